@@ -1,0 +1,291 @@
+"""Typed configuration for every stage.
+
+One pydantic model per stage, composed into `PipelineConfig`. The same models are the Prefect flows'
+parameters, so the UI renders them as forms: the docstring under each field becomes its description,
+`Literal` becomes a drop-down, and bounds become limits.
+
+Loading order (later wins): the model defaults → a YAML file (`configs/*.yaml`) → environment
+variables `FAITHFORGE_<FIELD>` or `FAITHFORGE_<SECTION>__<FIELD>` (e.g. `FAITHFORGE_TRAIN__STEPS=64`)
+→ explicit overrides from the CLI. Validation reports every problem at once, before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from faithforge.errors import ConfigError, UserError
+
+ENV_PREFIX = "FAITHFORGE_"
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown options are errors, attribute docstrings are descriptions."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+
+class TinyModelConfig(Section):
+    """Shape of the random-init Llama that `faithforge tiny-model` builds for offline runs and tests."""
+
+    hidden_size: int = Field(128, ge=8, le=4096)
+    """Width of the residual stream."""
+    num_layers: int = Field(2, ge=1, le=64)
+    """Number of decoder layers."""
+    num_heads: int = Field(4, ge=1, le=64)
+    """Attention heads (also key/value heads: no grouped-query attention in the tiny model)."""
+    intermediate_size: int = Field(256, ge=8)
+    """Width of the MLP."""
+    max_position_embeddings: int = Field(128, ge=16)
+    """Longest sequence, in tokens, the model is built for."""
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "TinyModelConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})")
+        return self
+
+
+class ModelConfig(Section):
+    """The model that is trained and evaluated."""
+
+    path: str | None = None
+    """A local folder with `config.json` and weights (your own SFT model). Empty: build and use the tiny
+    offline model in the workspace (`models/tiny`)."""
+    tiny: TinyModelConfig = TinyModelConfig()
+    """Shape of the tiny model, used only when `path` is empty."""
+
+
+class GenerateConfig(Section):
+    """Data generation: where source documents and reference summaries come from."""
+
+    backend: Literal["template"] = "template"
+    """Who writes the data. `template`: the built-in offline teacher (deterministic, no model needed)."""
+    train_sources: int = Field(2000, ge=10, le=1_000_000)
+    """Source documents for warm-start and preference training."""
+    val_sources: int = Field(300, ge=10, le=100_000)
+    """Source documents held out for choosing hyperparameters."""
+    test_sources: int = Field(500, ge=10, le=100_000)
+    """Source documents held out for the final before/after evaluation (never used in training)."""
+    omitted_fact_share: float = Field(0.5, ge=0.0, le=1.0)
+    """Share of sources that do not state the day. Their warm-start reference summary still states one,
+    as in XSum, which is what teaches a summarizer to invent facts."""
+
+
+class PairsConfig(Section):
+    """Preference pairs built from the generated examples."""
+
+    omission_share: float = Field(0.5, ge=0.0, le=1.0)
+    """Share of sources that stating a day also get a pair whose rejected summary drops that day, so that
+    the model cannot lower its hallucination rate by saying less."""
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """Share of training sources whose pairs are kept for validation (split by source)."""
+
+
+class WarmStartConfig(Section):
+    """A short supervised fine-tune so the tiny model can summarize at all (skip it for your own SFT model)."""
+
+    enabled: bool = True
+    """Run the warm start. Turn off when `model.path` already points at an SFT model."""
+    steps: int = Field(600, ge=1, le=1_000_000)
+    """Optimizer steps."""
+    batch_size: int = Field(32, ge=1, le=4096)
+    """Examples per step."""
+    learning_rate: float = Field(1e-3, gt=0, le=1.0)
+    """AdamW learning rate."""
+
+
+class ReferenceConfig(Section):
+    """The reference log-prob pass: run once, stored on disk, consumed by training."""
+
+    batch_size: int = Field(64, ge=1, le=4096)
+    """Pairs per forward pass (the GPU gate may lower it)."""
+    max_length: int = Field(128, ge=8, le=131072)
+    """Prompt + completion tokens kept per sequence; longer pairs are truncated from the prompt's start."""
+    shard_size: int = Field(512, ge=1)
+    """Pairs per cache shard; a killed run resumes from the last complete shard."""
+
+
+class TrainConfig(Section):
+    """DPO training of LoRA adapters on top of the (4-bit where supported) policy."""
+
+    steps: int = Field(128, ge=1, le=1_000_000)
+    """Optimizer steps."""
+    batch_size: int = Field(16, ge=1, le=4096)
+    """Effective batch in pairs per optimizer step (micro-batch × gradient accumulation, set by the gate)."""
+    learning_rate: float = Field(2e-3, gt=0, le=1.0)
+    """AdamW learning rate for the LoRA weights."""
+    beta: float = Field(0.1, gt=0, le=10.0)
+    """DPO temperature β: how far the policy may move from the reference."""
+    lora_r: int = Field(16, ge=1, le=1024)
+    """LoRA rank."""
+    lora_alpha: int = Field(32, ge=1)
+    """LoRA scaling numerator (scale = alpha / r)."""
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the LoRA input."""
+    checkpoint_every: int = Field(32, ge=1)
+    """Save a resumable checkpoint every this many steps."""
+    quantization: Literal["auto", "nf4", "none"] = "auto"
+    """`nf4`: load the policy in 4-bit NF4 with double quantization (bitsandbytes). `auto`: NF4 on a CUDA
+    GPU, full precision on CPU. `none`: never quantize."""
+
+
+class ControlConfig(Section):
+    """An honest baseline trained beside DPO."""
+
+    sft_on_chosen: bool = True
+    """Also train a LoRA SFT on the chosen summaries with the same steps, batch and rank, and report it."""
+
+
+class EvaluateConfig(Section):
+    """Before/after hallucination evaluation on held-out sources."""
+
+    judge: Literal["grounding"] = "grounding"
+    """How a summary is judged. `grounding`: deterministic; a name, place, number, day or item that is not
+    in the source is a hallucination."""
+    max_new_tokens: int = Field(32, ge=1, le=32768)
+    """Longest summary generated, in tokens."""
+    batch_size: int = Field(128, ge=1, le=4096)
+    """Summaries generated per batch."""
+    bootstrap_samples: int = Field(2000, ge=100, le=1_000_000)
+    """Resamples for the paired bootstrap confidence interval."""
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    """Confidence level of the interval."""
+
+
+class GpuConfig(Section):
+    """The GPU gate in front of every stage."""
+
+    profile: str | None = None
+    """Replace the NVML reading with a named simulated GPU (`faithforge gpu --help` lists them). Empty: read
+    the real GPU; no GPU means CPU placement."""
+    policy: Literal["stay-local", "keep-model"] = "stay-local"
+    """When the preferred model does not fit here: `stay-local` takes the largest candidate that fits;
+    `keep-model` offloads the preferred model to the A100 pool."""
+    offload_pool: str | None = None
+    """Prefect work pool that runs offloaded stages (e.g. `a100`). Empty: offloading is not configured."""
+
+
+class PipelineConfig(Section):
+    """Everything one FaithForge run needs."""
+
+    workspace: str = ".faithforge"
+    """Directory for datasets, caches, checkpoints, adapters, reports and the SQLite database."""
+    database_url: str | None = None
+    """SQLAlchemy URL of the run store (e.g. `postgresql+psycopg://...`). Empty: SQLite in the workspace."""
+    storage_url: str | None = None
+    """Where stage inputs and outputs are shared with other machines (fsspec URL). Empty: the workspace."""
+    seed: int = Field(0, ge=0)
+    """Seed for data, initialization, training and bootstrap."""
+    model: ModelConfig = ModelConfig()
+    generate: GenerateConfig = GenerateConfig()
+    pairs: PairsConfig = PairsConfig()
+    warm_start: WarmStartConfig = WarmStartConfig()
+    reference: ReferenceConfig = ReferenceConfig()
+    train: TrainConfig = TrainConfig()
+    control: ControlConfig = ControlConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    gpu: GpuConfig = GpuConfig()
+
+
+def _set_path(tree: dict[str, Any], dotted: list[str], value: Any) -> None:
+    node = tree
+    for key in dotted[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[dotted[-1]] = value
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """`FAITHFORGE_TRAIN__STEPS=64` → `{"train": {"steps": 64}}`; values are parsed as YAML scalars."""
+    tree: dict[str, Any] = {}
+    skip = {"FAITHFORGE_GPU_PROFILE", "FAITHFORGE_CONFIG"}  # read elsewhere (the probe; the CLI)
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX) or name in skip:
+            continue
+        dotted = [part.lower() for part in name[len(ENV_PREFIX):].split("__") if part]
+        if not dotted:
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        _set_path(tree, dotted, value)
+    return tree
+
+
+def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _known_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The option names valid at `loc` (for 'unknown option' messages)."""
+    current: Any = model
+    for part in loc[:-1]:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+    return sorted(getattr(current, "model_fields", {}))
+
+
+def format_validation_error(model: type[BaseModel], exc: ValidationError) -> list[str]:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            known = _known_fields(model, loc)
+            problems.append(f"{where}: unknown option; known options here: {', '.join(known)}")
+        else:
+            problems.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+    return problems
+
+
+def validate_config(data: Mapping[str, Any], source: str = "configuration") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(source, format_validation_error(PipelineConfig, exc)) from None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> PipelineConfig:
+    """Defaults ← YAML file ← `FAITHFORGE_*` environment ← `overrides`, validated all at once."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        file = Path(path)
+        if not file.is_file():
+            raise UserError(f"config file {file} not found; pass an existing YAML file (see configs/demo.yaml)")
+        try:
+            loaded = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as exc:
+            raise UserError(f"config file {file} is not valid YAML: {exc}".replace("\n", " ")) from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"config file {file} must hold a mapping of options, not {type(loaded).__name__}")
+        data = loaded
+        source = str(file)
+    env = env_overrides(os.environ if environ is None else environ)
+    if env:
+        data = deep_merge(data, env)
+        source += " + FAITHFORGE_* environment"
+    if overrides:
+        data = deep_merge(data, overrides)
+    return validate_config(data, source)

@@ -1,0 +1,21 @@
+"""Errors a user can act on.
+
+A `UserError` carries a one-line message that says what to fix. The CLI prints it and exits with a
+non-zero status instead of showing a traceback.
+"""
+
+
+class UserError(Exception):
+    """Bad input or environment the user can fix; the message says how."""
+
+    exit_code = 2
+
+
+class ConfigError(UserError):
+    """Configuration that failed validation; `problems` lists every problem found, not just the first."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        lines = "\n".join(f"  - {p}" for p in problems)
+        super().__init__(f"invalid configuration in {source} ({len(problems)} problem(s)):\n{lines}")
