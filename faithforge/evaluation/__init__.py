@@ -1,0 +1,19 @@
+"""Hallucination evaluation: judges, metrics, before/after comparisons, calibration and reports.
+
+Plain Python (no Prefect): the pipeline's tasks call `evaluate_pair` / `evaluate_single` /
+`compare_reports`, the CLI calls calibration and `compare_runs`. The `nli` judge imports transformers
+only when it is built.
+"""
+
+from faithforge.evaluation.evaluate import compare_reports, evaluate_pair, evaluate_single
+from faithforge.evaluation.grounding import GroundingJudge
+from faithforge.evaluation.items import EvalItem, check_disjoint
+from faithforge.evaluation.judges import DEFAULT_JUDGE, JUDGE_NAMES, get_judge
+from faithforge.evaluation.results import ComparisonReport, ItemResult, ModelReport
+from faithforge.evaluation.verdict import Flag, Judge, SentenceResult, Verdict
+
+__all__ = [
+    "DEFAULT_JUDGE", "JUDGE_NAMES", "ComparisonReport", "EvalItem", "Flag", "GroundingJudge", "ItemResult", "Judge",
+    "ModelReport", "SentenceResult", "Verdict", "check_disjoint", "compare_reports", "evaluate_pair",
+    "evaluate_single", "get_judge",
+]

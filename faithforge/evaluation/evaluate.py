@@ -1,0 +1,129 @@
+"""Judge summaries and turn verdicts into the reports the pipeline stores: one model, or a pair."""
+
+from __future__ import annotations
+
+from collections import Counter
+from statistics import fmean
+from typing import Sequence
+
+from faithforge.evaluation.items import EvalItem
+from faithforge.evaluation.judges import resolve_judge
+from faithforge.evaluation.metrics import (
+    content_retention,
+    hallucination_rate,
+    key_fact_recall,
+    mcnemar_exact,
+    paired_bootstrap,
+    paired_counts,
+    sentence_unsupported_rate,
+    summary_length,
+    wilson_interval,
+)
+from faithforge.evaluation.results import (
+    CategoryResult,
+    ComparisonReport,
+    Difference,
+    FlagRecord,
+    ItemResult,
+    ModelReport,
+    clean,
+)
+from faithforge.evaluation.verdict import Judge
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return fmean(present) if present else None
+
+
+def _check_lengths(items: Sequence[EvalItem], summaries: Sequence[str], label: str) -> None:
+    if len(items) != len(summaries):
+        raise ValueError(f"{len(items)} items but {len(summaries)} {label} summaries")
+    ids = [item.id for item in items]
+    if len(set(ids)) != len(ids):
+        duplicates = sorted(i for i, n in Counter(ids).items() if n > 1)
+        raise ValueError(f"duplicate item ids: {', '.join(duplicates[:5])}")
+
+
+def evaluate_single(items: Sequence[EvalItem], summaries: Sequence[str], judge: Judge | str = "grounding",
+                    *, label: str = "model", confidence: float = 0.95) -> ModelReport:
+    """Judge each summary against its item's source and aggregate rates, intervals and recall."""
+    _check_lengths(items, summaries, label)
+    judge = resolve_judge(judge)
+    results: list[ItemResult] = []
+    for item, summary in zip(items, summaries):
+        verdict = judge.judge(item.source, summary)
+        retention = content_retention(item.source, summary)
+        results.append(ItemResult(
+            id=item.id, category=item.category, summary=summary, hallucinated=verdict.hallucinated,
+            judgeable=verdict.judgeable, sentences=len(verdict.sentences),
+            unsupported_sentences=verdict.unsupported_sentences,
+            recall=key_fact_recall(item.key_facts, summary), retention=clean(retention),
+            flags=[FlagRecord(**f.to_dict()) for f in verdict.flags], error=verdict.error))
+    return _aggregate(results, label=label, judge=judge.name, confidence=confidence,
+                      lengths=[summary_length(s) for s in summaries])
+
+
+def _aggregate(results: list[ItemResult], *, label: str, judge: str, confidence: float,
+               lengths: list[int]) -> ModelReport:
+    judged = [r for r in results if r.judgeable]
+    flags = [r.hallucinated for r in judged]
+    k = sum(flags)
+    low, high = wilson_interval(k, len(judged), confidence)
+    per_category = {}
+    for name in sorted({r.category for r in judged}):
+        group = [r for r in judged if r.category == name]
+        per_category[name] = CategoryResult(
+            n=len(group), hallucinated=sum(r.hallucinated for r in group),
+            rate=clean(hallucination_rate([r.hallucinated for r in group])), recall=_mean([r.recall for r in group]))
+    kinds = Counter(flag.kind for r in judged for flag in r.flags)
+    recalls = [r.recall for r in results if r.recall is not None]
+    return ModelReport(
+        label=label, judge=judge, n_items=len(results), n_judged=len(judged),
+        n_unjudgeable=len(results) - len(judged), hallucinated=k, rate=clean(hallucination_rate(flags)),
+        rate_ci=(clean(low), clean(high)), confidence=confidence,
+        sentences=sum(r.sentences for r in judged), unsupported_sentences=sum(r.unsupported_sentences for r in judged),
+        sentence_rate=clean(sentence_unsupported_rate([r.unsupported_sentences for r in judged],
+                                                      [r.sentences for r in judged])),
+        per_category=per_category, flags_by_kind=dict(sorted(kinds.items())),
+        recall=_mean(recalls), recall_items=len(recalls), retention=_mean([r.retention for r in results]),
+        mean_summary_length=fmean(lengths) if lengths else None, items=results)
+
+
+def compare_reports(before: ModelReport, after: ModelReport, *, confidence: float = 0.95,
+                    bootstrap_samples: int = 2000, seed: int = 0) -> ComparisonReport:
+    """Paired statistics of two reports on the same items (use it to compare a control with `before`
+    without judging `before` twice)."""
+    if [r.id for r in before.items] != [r.id for r in after.items]:
+        raise ValueError(f"reports {before.label!r} and {after.label!r} are not on the same items in the same order")
+    if before.judge != after.judge:
+        raise ValueError(f"reports were judged by different judges ({before.judge!r} vs {after.judge!r})")
+    pairs = [(b, a) for b, a in zip(before.items, after.items) if b.judgeable and a.judgeable]
+    counts = paired_counts([b.hallucinated for b, _ in pairs], [a.hallucinated for _, a in pairs])
+    options = dict(samples=bootstrap_samples, confidence=confidence, seed=seed)
+
+    def difference(field: str) -> Difference | None:
+        values = [(getattr(b, field), getattr(a, field)) for b, a in pairs]
+        values = [(float(x), float(y)) for x, y in values if x is not None and y is not None]
+        if not values:
+            return None
+        d = paired_bootstrap([x for x, _ in values], [y for _, y in values], **options)
+        return Difference(before=d.before, after=d.after, difference=d.difference, ci_low=d.ci_low,
+                          ci_high=d.ci_high, n=d.n)
+
+    empty = Difference(before=None, after=None, difference=None, ci_low=None, ci_high=None, n=0)
+    return ComparisonReport(
+        judge=before.judge, before=before, after=after, confidence=confidence, bootstrap_samples=bootstrap_samples,
+        seed=seed, n_paired=len(pairs), rate=difference("hallucinated") or empty, recall=difference("recall"),
+        retention=difference("retention"), fixed=counts.fixed, broken=counts.broken, both=counts.both,
+        neither=counts.neither, mcnemar_p=mcnemar_exact(counts.fixed, counts.broken))
+
+
+def evaluate_pair(items: Sequence[EvalItem], before: Sequence[str], after: Sequence[str],
+                  judge: Judge | str = "grounding", *, confidence: float = 0.95, bootstrap_samples: int = 2000,
+                  seed: int = 0, labels: tuple[str, str] = ("before", "after")) -> ComparisonReport:
+    """Judge both sets of summaries of the same items and compare them, paired by item."""
+    judge = resolve_judge(judge)
+    first = evaluate_single(items, before, judge, label=labels[0], confidence=confidence)
+    second = evaluate_single(items, after, judge, label=labels[1], confidence=confidence)
+    return compare_reports(first, second, confidence=confidence, bootstrap_samples=bootstrap_samples, seed=seed)

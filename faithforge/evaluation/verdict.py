@@ -1,0 +1,86 @@
+"""What every judge returns, and the interface every judge implements."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Protocol, runtime_checkable
+
+FlagKind = Literal["number", "date", "entity", "quote", "claim", "inconsistent"]
+
+
+@dataclass(frozen=True)
+class Flag:
+    """One unsupported span in a summary and why it is unsupported.
+
+    `span` is (start, end) character offsets into the summary, or None when the judge cannot locate
+    the claim (an LLM judge quoting a claim that is not verbatim in the summary).
+    """
+
+    text: str
+    span: tuple[int, int] | None
+    kind: FlagKind
+    sentence_index: int | None
+    reason: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class SentenceResult:
+    """The verdict on one summary sentence; `score` is the judge's support score where it has one."""
+
+    index: int
+    text: str
+    supported: bool
+    score: float | None = None
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A judge's decision on one (source, summary) pair.
+
+    `judgeable` is False when the judge could not decide (an LLM that never returned valid JSON); such
+    items are counted separately and left out of rates, never counted as faithful.
+    """
+
+    judge: str
+    hallucinated: bool
+    sentences: tuple[SentenceResult, ...] = ()
+    flags: tuple[Flag, ...] = ()
+    judgeable: bool = True
+    error: str | None = None
+    score: float | None = None
+
+    @property
+    def unsupported_sentences(self) -> int:
+        return sum(1 for s in self.sentences if not s.supported)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@runtime_checkable
+class Judge(Protocol):
+    """Decides whether a summary states anything its source does not support."""
+
+    name: str
+
+    def judge(self, source: str, summary: str) -> Verdict:
+        """Judge one summary against its source."""
+        ...
+
+
+def unjudgeable(judge: str, error: str) -> Verdict:
+    """A verdict for an item the judge could not decide."""
+    return Verdict(judge=judge, hallucinated=False, judgeable=False, error=error)
+
+
+def verdict_from_sentences(judge: str, sentences: list[SentenceResult], flags: list[Flag],
+                           score: float | None = None) -> Verdict:
+    """A summary is hallucinated when at least one of its sentences is unsupported."""
+    return Verdict(judge=judge, hallucinated=any(not s.supported for s in sentences),
+                   sentences=tuple(sentences), flags=tuple(flags), score=score)
+
+
+__all__ = ["Flag", "FlagKind", "Judge", "SentenceResult", "Verdict", "unjudgeable", "verdict_from_sentences"]
