@@ -16,8 +16,8 @@ def get_judge(name: str = DEFAULT_JUDGE, **options: Any) -> Judge:
     """Build the judge called `name`.
 
     Options: `nli` takes `checkpoint` (a local folder) and optionally `threshold`, `supported_label`,
-    `batch_size`; `llm` takes `backend` (an object with a `chat` method) and optionally `model_name`,
-    `max_tokens`, `seed`.
+    `batch_size`; `llm` takes `backend` (an object with a `chat` method) and optionally `max_tokens`,
+    `temperature`, `seed`, `attempts`.
     """
     if name == "grounding":
         if options:
