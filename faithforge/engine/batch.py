@@ -1,0 +1,88 @@
+"""Batched generation of many short requests that share the engine's prefix (evaluation, on-policy sampling).
+
+Layout of row i in the batch cache: [shared prefix][pads][suffix_i][generated...]
+- the prefix states are expanded to the batch once (one copy of batch x prefix; the engine's own cache is
+  only read, through views);
+- suffixes are left-padded; the attention mask is 0 on pads and covers cached + new tokens;
+- position ids are explicit: suffix_i runs shared, shared+1, ... whatever its padding, so each row's
+  positions equal an unpadded re-encode of that row; pads get position `shared` (they are masked out);
+- finished rows are dropped from the batch (`batch_select_indices`), so long and short answers can mix.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from faithforge.engine.forward import forward_last_logits
+from faithforge.engine.kv import WorkingCache, new_cache
+from faithforge.engine.prompts import common_prefix_length
+from faithforge.engine.result import GenerationResult
+from faithforge.engine.sampling import SamplingConfig, choose_tokens
+from faithforge.engine.stopping import StopTracker
+
+
+class BatchRunner:
+    """Runs one batch of fully rendered requests (token ids incl. prefix) against a WorkingCache at the prefix."""
+
+    def __init__(self, model, tokenizer, working: WorkingCache, device: torch.device, eos: frozenset[int],
+                 pad_id: int, stop: tuple[str, ...], prefill_chunk: int):
+        self.model, self.tokenizer, self.working, self.device = model, tokenizer, working, device
+        self.eos, self.pad_id, self.stop, self.prefill_chunk = eos, pad_id, stop, prefill_chunk
+
+    def run(self, rows: list[list[int]], sampling: SamplingConfig, generator: torch.Generator | None,
+            return_logits: bool) -> list[GenerationResult]:
+        batch = len(rows)
+        # Reuse what every row shares with the cached prefix, leaving each row at least one token to feed.
+        shared = min(min(common_prefix_length(self.working.ids, r), len(r) - 1) for r in rows)
+        cache = new_cache(self.model)
+        for layer_idx, (k, v) in enumerate(self.working.prefix_views(shared)):
+            cache.update(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1), layer_idx)
+
+        suffixes = [r[shared:] for r in rows]
+        width = max(len(s) for s in suffixes)
+        input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros(batch, shared + width, dtype=torch.long)
+        mask[:, :shared] = 1
+        positions = torch.full((batch, width), shared, dtype=torch.long)
+        for i, suffix in enumerate(suffixes):
+            pad = width - len(suffix)
+            input_ids[i, pad:] = torch.tensor(suffix, dtype=torch.long)
+            mask[i, shared + pad:] = 1
+            positions[i, pad:] = torch.arange(shared, shared + len(suffix))
+        input_ids, mask, positions = input_ids.to(self.device), mask.to(self.device), positions.to(self.device)
+
+        logits = None
+        for start in range(0, width, self.prefill_chunk):
+            end = min(width, start + self.prefill_chunk)
+            logits = forward_last_logits(self.model, cache, input_ids[:, start:end], mask[:, :shared + end],
+                                         positions[:, start:end])
+
+        trackers = [StopTracker(self.tokenizer, self.eos, self.stop, None, sampling.max_new_tokens) for _ in rows]
+        kept: list[list[torch.Tensor]] = [[] for _ in rows]
+        active = list(range(batch))  # original row index of each batch row still generating
+        next_pos = torch.tensor([shared + len(s) for s in suffixes], dtype=torch.long, device=self.device)
+        while True:
+            tokens = choose_tokens(logits, sampling, generator)
+            still = []
+            for j, row in enumerate(active):
+                if return_logits:
+                    kept[row].append(logits[j].clone())
+                if trackers[row].push(int(tokens[j])) is None:
+                    still.append(j)
+            if not still:
+                break
+            if len(still) < len(active):
+                keep = torch.tensor(still, dtype=torch.long, device=self.device)
+                cache.batch_select_indices(keep)
+                mask, next_pos, tokens = mask[keep], next_pos[keep], tokens[keep]
+                active = [active[j] for j in still]
+            mask = torch.cat([mask, torch.ones(len(active), 1, dtype=mask.dtype, device=self.device)], dim=1)
+            logits = forward_last_logits(self.model, cache, tokens.unsqueeze(1), mask, next_pos.unsqueeze(1))
+            next_pos = next_pos + 1
+
+        return [
+            GenerationResult(text=t.final_text(), token_ids=t.token_ids, finish_reason=t.finish_reason,
+                             prompt_tokens=len(r), cached_tokens=shared,
+                             logits=torch.stack(kept[i]) if return_logits else None)
+            for i, (t, r) in enumerate(zip(trackers, rows))
+        ]

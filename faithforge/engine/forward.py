@@ -1,0 +1,52 @@
+"""One model call that appends to a KV cache, with the three arguments transformers 5.x gets wrong silently
+if left implicit (see /work/shared/research-notes.md, "prefix-cache pitfalls"):
+
+- attention_mask covers cached + new tokens ([batch, past + new]; a mask over the new tokens only gave
+  max |Δlogit| 43.6);
+- position_ids are explicit (LlamaModel otherwise uses arange(new) + cache length and ignores padding);
+- logits_to_keep=1: only the last position's logits are built (a 2,000-token prefill otherwise builds
+  [2000, vocab] floats: 256 MB at vocab 32k).
+"""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import DynamicCache
+
+
+def forward_last_logits(model, cache: DynamicCache, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                        position_ids: torch.Tensor) -> torch.Tensor:
+    """Run `model` on input_ids [batch, new] after `cache`; returns float32 logits [batch, vocab] of the last position.
+
+    If the call fails part-way (e.g. out of memory), layers that were already extended are cropped back so
+    the cache again holds exactly its previous tokens, then the error propagates.
+    """
+    before = cache.get_seq_length()
+    try:
+        out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+    except BaseException:
+        for layer in cache.layers:
+            extra = layer.get_seq_length() - before
+            if extra > 0:
+                layer.crop(-extra)
+        raise
+    return out.logits[:, -1, :].float()
+
+
+def prefill_in_chunks(model, cache: DynamicCache, ids: list[int], device: torch.device, chunk: int) -> torch.Tensor:
+    """Append `ids` (one sequence) to `cache` in chunks of at most `chunk` tokens; returns last logits [vocab].
+
+    Chunking bounds the attention scores held at once to chunk x (cache + chunk) per head.
+    """
+    logits = None
+    for start in range(0, len(ids), chunk):
+        piece = ids[start:start + chunk]
+        past = cache.get_seq_length()
+        logits = forward_last_logits(
+            model, cache,
+            torch.tensor([piece], dtype=torch.long, device=device),
+            torch.ones(1, past + len(piece), dtype=torch.long, device=device),
+            torch.arange(past, past + len(piece), device=device).unsqueeze(0),
+        )
+    return logits[0]
