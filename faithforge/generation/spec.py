@@ -1,0 +1,254 @@
+"""Generation specs: named categories, each with parameter axes, a prompt template, an output schema and a
+target count. Loaded from YAML and validated by pydantic; every problem is reported at once.
+
+A prompt template uses `{axis}` placeholders (Python `str.format`; write `{{`/`}}` for literal braces).
+The schema is inline JSON Schema (`schema:`) or a pydantic model reference (`schema_model: module:Class`),
+set once for the spec or per category.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import itertools
+import json
+import math
+import string
+from pathlib import Path
+from typing import Any, Iterator
+
+import yaml
+from jsonschema import Draft202012Validator
+from jsonschema.exceptions import SchemaError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from faithforge.config import format_validation_error
+from faithforge.errors import ConfigError, UserError
+
+#: Most parameter combinations one category may have (each gets a coverage row).
+MAX_COMBINATIONS = 100_000
+
+Scalar = str | int | float | bool
+
+
+def load_schema_model(reference: str) -> dict[str, Any]:
+    """The JSON Schema of the pydantic model named `module:Class`."""
+    module_name, _, class_name = reference.partition(":")
+    if not module_name or not class_name:
+        raise ValueError(f"schema_model {reference!r} must look like 'package.module:ClassName'")
+    try:
+        model = getattr(importlib.import_module(module_name), class_name)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"schema_model {reference!r} cannot be imported ({exc})") from None
+    if not (isinstance(model, type) and issubclass(model, BaseModel)):
+        raise ValueError(f"schema_model {reference!r} is not a pydantic model class")
+    return model.model_json_schema()
+
+
+def schema_problems(schema: dict[str, Any]) -> list[str]:
+    try:
+        Draft202012Validator.check_schema(schema)
+    except SchemaError as exc:
+        return [f"schema is not valid JSON Schema: {exc.message}"]
+    if schema.get("type") != "object":
+        return ["schema must describe a JSON object (type: object)"]
+    return []
+
+
+def placeholders(template: str) -> set[str]:
+    """Names used as `{name}` in `template` (raises ValueError on unbalanced braces)."""
+    return {field.split(".")[0].split("[")[0] for _, field, _, _ in string.Formatter().parse(template) if field}
+
+
+class Category(BaseModel):
+    """One kind of example: the axes its parameter combinations are drawn from, its prompt and target."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, use_attribute_docstrings=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Identifier, also the sub-folder the category's examples are written to."""
+    target: int = Field(ge=0, le=10_000_000)
+    """Examples wanted in this category."""
+    axes: dict[str, list[Scalar]] = Field(default_factory=dict)
+    """Parameter axes: name → values. Every combination of one value per axis is a coverage cell."""
+    prompt: str = Field(min_length=1)
+    """User message template; `{axis}` is replaced by the combination's value."""
+    system_prompt: str | None = None
+    """System message for this category (default: the spec's)."""
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    """Output JSON Schema for this category (default: the spec's)."""
+    schema_model: str | None = None
+    """Output schema as a pydantic model `module:Class` (default: the spec's)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "Category":
+        problems = []
+        for axis, values in self.axes.items():
+            if not values:
+                problems.append(f"axis {axis!r} has no values")
+            elif len({json.dumps(v) for v in values}) != len(values):
+                problems.append(f"axis {axis!r} repeats a value")
+        try:
+            unknown = placeholders(self.prompt) - set(self.axes)
+            if unknown:
+                problems.append(f"prompt uses {', '.join(sorted(unknown))} but the axes are "
+                                f"{', '.join(sorted(self.axes)) or '(none)'}; add the axis or write {{{{ }}}} for a brace")
+        except ValueError as exc:
+            problems.append(f"prompt is not a valid template ({exc}); write {{{{ and }}}} for literal braces")
+        if self.json_schema is not None and self.schema_model is not None:
+            problems.append("give schema or schema_model, not both")
+        if self.json_schema is not None:
+            problems += schema_problems(self.json_schema)
+        if self.schema_model is not None:
+            try:
+                load_schema_model(self.schema_model)
+            except ValueError as exc:
+                problems.append(str(exc))
+        size = math.prod(len(v) for v in self.axes.values()) if self.axes else 1
+        if size > MAX_COMBINATIONS:
+            problems.append(f"{size} parameter combinations exceed {MAX_COMBINATIONS}; use fewer axis values")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    def combinations(self) -> Iterator[dict[str, Scalar]]:
+        """Every parameter combination, axes in declared order."""
+        names = list(self.axes)
+        for values in itertools.product(*(self.axes[n] for n in names)):
+            yield dict(zip(names, values))
+
+
+class GenerationSpec(BaseModel):
+    """What to generate: categories with axes, prompts, schemas and targets."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, use_attribute_docstrings=True)
+
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    """Identifier of the dataset; coverage rows and the output folder are keyed by it."""
+    description: str = ""
+    """What the examples are for."""
+    system_prompt: str | None = None
+    """Default system message."""
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    """Default output JSON Schema."""
+    schema_model: str | None = None
+    """Default output schema as a pydantic model `module:Class`."""
+    schema_in_prompt: bool = True
+    """Append the schema to every prompt (backends without constrained decoding need it)."""
+    categories: list[Category] = Field(min_length=1)
+    """The categories, each with its own target."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "GenerationSpec":
+        problems = []
+        names = [c.name for c in self.categories]
+        for dup in sorted({n for n in names if names.count(n) > 1}):
+            problems.append(f"category name {dup!r} is used twice")
+        if self.json_schema is not None and self.schema_model is not None:
+            problems.append("give schema or schema_model, not both")
+        if self.json_schema is not None:
+            problems += schema_problems(self.json_schema)
+        if self.schema_model is not None:
+            try:
+                load_schema_model(self.schema_model)
+            except ValueError as exc:
+                problems.append(str(exc))
+        spec_has_schema = self.json_schema is not None or self.schema_model is not None
+        for category in self.categories:
+            if not spec_has_schema and category.json_schema is None and category.schema_model is None:
+                problems.append(f"category {category.name!r} has no output schema; set schema or schema_model "
+                                "on the spec or the category")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # derived ------------------------------------------------------------------------------------
+    def category(self, name: str) -> Category:
+        for category in self.categories:
+            if category.name == name:
+                return category
+        raise KeyError(name)
+
+    def schema_for(self, category: Category) -> dict[str, Any]:
+        if category.json_schema is not None:
+            return category.json_schema
+        if category.schema_model is not None:
+            return load_schema_model(category.schema_model)
+        if self.json_schema is not None:
+            return self.json_schema
+        return load_schema_model(self.schema_model or "")
+
+    def messages_for(self, category: Category, params: dict[str, Scalar]) -> list[dict[str, str]]:
+        """The chat messages for one combination of `category`."""
+        prompt = category.prompt.format(**params)
+        if self.schema_in_prompt:
+            schema = json.dumps(self.schema_for(category), ensure_ascii=False, sort_keys=True)
+            prompt += f"\n\nReply with only one JSON object that matches this JSON Schema:\n{schema}"
+        messages = []
+        system = category.system_prompt or self.system_prompt
+        if system:
+            messages.append({"role": "system", "content": system})
+        messages.append({"role": "user", "content": prompt})
+        return messages
+
+    def targets(self, total: int | None = None) -> dict[str, int]:
+        """Target per category: the spec's, or `total` split in proportion to them (largest remainder)."""
+        own = {c.name: c.target for c in self.categories}
+        if total is None:
+            return own
+        weights = own if sum(own.values()) > 0 else {name: 1 for name in own}
+        whole = sum(weights.values())
+        exact = {name: total * w / whole for name, w in weights.items()}
+        out = {name: math.floor(v) for name, v in exact.items()}
+        left = total - sum(out.values())
+        for name in sorted(exact, key=lambda n: (out[n] - exact[n], list(own).index(n)))[:left]:
+            out[name] += 1
+        return out
+
+    def fingerprint(self) -> str:
+        """A content hash of the spec (sha256 hex), recorded with the generated examples."""
+        body = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
+        return hashlib.sha256(body.encode()).hexdigest()
+
+
+def spec_problems(data: dict[str, Any], exc: ValidationError) -> list[str]:
+    """One line per problem, located by category name where possible (`categories[dialogue].prompt`)."""
+    problems = []
+    generic = iter(format_validation_error(GenerationSpec, exc))
+    categories = data.get("categories") if isinstance(data.get("categories"), list) else []
+    for err in exc.errors():
+        line = next(generic)
+        loc = list(err["loc"])
+        if len(loc) >= 2 and loc[0] == "categories" and isinstance(loc[1], int) and loc[1] < len(categories):
+            entry = categories[loc[1]]
+            if isinstance(entry, dict) and entry.get("name"):
+                loc[1] = f"[{entry['name']}]"
+        where = ".".join(str(p) for p in loc).replace(".[", "[") or "(top level)"
+        if err["type"] == "value_error":
+            problems.extend(f"{where}: {part}" for part in str(err["ctx"]["error"]).split("; "))
+        elif err["type"] == "extra_forbidden":
+            problems.append(f"{where}: {line.split(': ', 1)[1]}")
+        else:
+            problems.append(f"{where}: {err['msg']} (got {err.get('input')!r})"[:300])
+    return problems
+
+
+def parse_spec(data: Any, source: str) -> GenerationSpec:
+    if not isinstance(data, dict):
+        raise UserError(f"spec {source} must hold a mapping (name, categories, ...), not {type(data).__name__}")
+    try:
+        return GenerationSpec.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(source, spec_problems(data, exc)) from None
+
+
+def load_spec(path: str | Path) -> GenerationSpec:
+    """Read and validate a spec YAML file, reporting every problem at once (`ConfigError`)."""
+    file = Path(path)
+    if not file.is_file():
+        raise UserError(f"spec file {file} not found; pass a YAML spec such as configs/specs/grounded-summaries.yaml")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise UserError(f"spec file {file} is not valid YAML: {exc}".replace("\n", " ")) from None
+    return parse_spec(data, str(file))
