@@ -1,0 +1,75 @@
+"""Simulated GPUs for planning without the hardware (`FAITHFORGE_GPU_PROFILE=<name>` or `profile=`).
+
+Totals are what NVML reports for each board (MiB × 2**20); free memory assumes an idle card except where a
+field note measured it. Sources: `rtx5070-12gb` is the seed note's RTX 5070 (11.94 GiB total, 10.48 GiB
+available); the desktop cards keep ~0.7 GiB for the display; datacenter cards are idle.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from gpu.errors import UnknownProfileError
+from gpu.snapshot import GpuDevice, GpuSnapshot
+
+PROFILE_ENV = "FAITHFORGE_GPU_PROFILE"
+MIB = 1 << 20
+GIB = 1 << 30
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    gpu_name: str
+    total_bytes: int
+    free_bytes: int
+    description: str
+
+
+def _profile(name: str, gpu_name: str, total_bytes: int, free_bytes: int, description: str) -> Profile:
+    return Profile(name, gpu_name, int(total_bytes), int(free_bytes), description)
+
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in (
+        _profile("rtx4070super-12gb", "NVIDIA GeForce RTX 4070 SUPER", 12282 * MIB, 12282 * MIB - 0.7 * GIB,
+                 "12 GB desktop card with a display attached (seed note: qwen3:30b-a3b crashed it)"),
+        _profile("rtx5070-12gb", "NVIDIA GeForce RTX 5070", 11.94 * GIB, 10.48 * GIB,
+                 "12 GB desktop card as measured in the seed note (10.48 GiB available)"),
+        _profile("rtx4090-24gb", "NVIDIA GeForce RTX 4090", 24564 * MIB, 24564 * MIB - 0.7 * GIB,
+                 "24 GB desktop card with a display attached"),
+        _profile("a100-40gb", "NVIDIA A100-SXM4-40GB", 40960 * MIB, 40960 * MIB - 0.5 * GIB, "idle A100 40 GB"),
+        _profile("a100-80gb", "NVIDIA A100-SXM4-80GB", 81920 * MIB, 81920 * MIB - 0.5 * GIB, "idle A100 80 GB"),
+        _profile("h100-80gb", "NVIDIA H100 80GB HBM3", 81559 * MIB, 81559 * MIB - 0.5 * GIB, "idle H100 80 GB"),
+        _profile("h200-141gb", "NVIDIA H200", 143771 * MIB, 143771 * MIB - 0.5 * GIB, "idle H200 141 GB"),
+        _profile("none", "", 0, 0, "no GPU at all (CPU placement or offload)"),
+    )
+}
+
+
+def known_profiles() -> list[str]:
+    return list(PROFILES)
+
+
+def profile_snapshot(name: str) -> GpuSnapshot:
+    """The snapshot a simulated GPU would give; `none` is the empty snapshot."""
+    profile = PROFILES.get(name.strip().lower())
+    if profile is None:
+        raise UnknownProfileError(
+            f"unknown GPU profile {name!r}; known profiles: {', '.join(PROFILES)} "
+            f"(set gpu.profile / {PROFILE_ENV} to one of them, or leave it empty to read the real GPU)"
+        )
+    source = f"profile:{profile.name}"
+    if profile.total_bytes == 0:
+        return GpuSnapshot(source=source, note="simulated: no GPU")
+    device = GpuDevice(
+        index=0,
+        name=profile.gpu_name,
+        uuid=f"GPU-simulated-{profile.name}",
+        total_bytes=profile.total_bytes,
+        free_bytes=profile.free_bytes,
+        used_bytes=profile.total_bytes - profile.free_bytes,
+        memory_api="simulated",
+    )
+    return GpuSnapshot(devices=(device,), source=source, note=f"simulated: {profile.description}")
