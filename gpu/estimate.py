@@ -1,0 +1,224 @@
+"""Peak GPU memory per stage, as pure byte arithmetic. Every term is reported separately, in bytes.
+
+Sources and assumptions (bench/gpu_estimate.py measures them; `faithforge gpu calibrate` corrects them):
+- Weights: fp32 4 B/param, bf16/fp16 2 B, int8 1 B for the decoder linears, NF4 with double quantization
+  0.516 B/param for the decoder linears (4-bit codes + 8-bit block constants); bitsandbytes keeps
+  embeddings, lm_head, norms and biases in 16-bit.
+- KV cache per token = 2 × layers × kv_heads × head_dim × bytes (Llama-3-8B bf16: 128 KiB).
+- Attention runs in SDPA's flash/memory-efficient kernels: no seq × seq score matrix is kept.
+- Training activations saved per token and layer (bf16): 5·hidden + 2·q_out + 2·kv_out + 4·intermediate
+  values (norm inputs/outputs, q/k/v, attention output, o_proj input, SwiGLU gate/up/act/product). With
+  gradient checkpointing only each layer's input is kept, plus one layer's activations during recompute.
+- Forward-only (no grad) transient per token: 2·hidden + 3·intermediate values (the MLP dominates).
+- Logits: DPO scores chosen and rejected, so 2 × batch × seq × vocab values. Forward: bf16 logits + fp32
+  log-softmax = 6 B/value; training adds the bf16 gradient = 8 B/value. With `logits_chunk_tokens` the
+  lm_head and log-softmax run over that many token positions at a time.
+- CUDA context ~0.5 GiB (not in torch's reserved bytes); the caching allocator's fragmentation is taken as
+  a fraction of everything else (the seed note saw reserved/allocated ≈ 1.25 while loading two 4-bit 7B
+  models; steady-state training is lower).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gpu.model_shape import LORA_TARGETS_ALL_LINEAR, ModelShape
+from gpu.ollama import OllamaModel
+
+Quantization = Literal["fp32", "bf16", "fp16", "int8", "nf4"]
+Optimizer = Literal["adamw-fp32", "paged-adamw-8bit"]
+RefStrategy = Literal["cached", "live"]
+ReferenceModel = Literal["adapters-disabled", "separate-copy"]
+Device = Literal["cuda", "cpu"]
+
+GIB = 1 << 30
+MIB = 1 << 20
+CUDA_CONTEXT_BYTES = 512 * MIB
+ALLOCATOR_OVERHEAD_FRACTION = 0.10
+LINEAR_BYTES_PER_PARAM: dict[str, float] = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "nf4": 0.516}
+OTHER_BYTES_PER_PARAM: dict[str, float] = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 2.0, "nf4": 2.0}
+LOGIT_BYTES_FORWARD = 6  # bf16 logits (2) + fp32 log-softmax (4)
+LOGIT_BYTES_TRAIN = 8  # + bf16 gradient of the logits (2)
+LORA_PARAM_BYTES = 4  # PEFT keeps LoRA weights in fp32 on k-bit models
+LORA_GRAD_BYTES = 4
+OPTIMIZER_BYTES_PER_PARAM: dict[str, int] = {"adamw-fp32": 8, "paged-adamw-8bit": 2}  # exp_avg + exp_avg_sq
+OLLAMA_NUM_BATCH = 512  # Ollama's default prompt batch, which sizes its compute graph
+OLLAMA_MIN_GRAPH_BYTES = 256 * MIB
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A stage's predicted peak; `terms` maps a *_bytes name to its size, `total_bytes` is their sum."""
+
+    stage: str
+    model: str
+    terms: dict[str, int]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(self.terms.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"stage": self.stage, "model": self.model, "total_bytes": self.total_bytes,
+                "terms": dict(self.terms), "settings": dict(self.settings)}
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def _check_choice(name: str, value: str, choices: Any) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+
+
+def weights_bytes(shape: ModelShape, quantization: Quantization) -> int:
+    """Resident weights: quantizable decoder linears at the chosen width, everything else 16-bit or fp32."""
+    _check_choice("quantization", quantization, LINEAR_BYTES_PER_PARAM)
+    other = shape.embedding_params + shape.lm_head_params + shape.small_params
+    return int(shape.linear_params * LINEAR_BYTES_PER_PARAM[quantization] + other * OTHER_BYTES_PER_PARAM[quantization])
+
+
+def dequant_buffer_bytes(shape: ModelShape, quantization: Quantization) -> int:
+    """A quantized matmul dequantizes one weight to bf16 at a time: the largest linear's 16-bit copy."""
+    if quantization not in ("nf4", "int8"):
+        return 0
+    return 2 * max(a * b for a, b in shape.linear_shapes().values())
+
+
+def _act_bytes(device: Device) -> int:
+    return 2 if device == "cuda" else 4  # bf16 on GPU, fp32 on CPU
+
+
+def forward_activation_bytes(shape: ModelShape, tokens: int, device: Device = "cuda") -> int:
+    """No-grad forward: one layer's transient tensors plus the residual stream."""
+    return tokens * (2 * shape.hidden_size + 3 * shape.intermediate_size) * _act_bytes(device)
+
+
+def train_activation_bytes(shape: ModelShape, tokens: int, gradient_checkpointing: bool, lora_r: int,
+                           n_lora_targets: int, device: Device = "cuda") -> int:
+    """Tensors saved for backward across the decoder (+ LoRA A outputs and the final norm's input)."""
+    per_layer = (5 * shape.hidden_size + 2 * shape.q_out + 2 * shape.kv_out + 4 * shape.intermediate_size
+                 + lora_r * n_lora_targets)
+    if gradient_checkpointing:
+        values = shape.num_layers * shape.hidden_size + per_layer  # layer inputs + one layer recomputed
+    else:
+        values = shape.num_layers * per_layer
+    return tokens * (values + shape.hidden_size) * _act_bytes(device)
+
+
+def logits_bytes(shape: ModelShape, tokens: int, bytes_per_value: int, chunk_tokens: int | None) -> int:
+    positions = tokens if not chunk_tokens else min(tokens, chunk_tokens)
+    return positions * shape.vocab_size * bytes_per_value
+
+
+def _finish(stage: str, model: str, terms: dict[str, int], device: Device, settings: dict[str, Any],
+            overhead_fraction: float = ALLOCATOR_OVERHEAD_FRACTION) -> Estimate:
+    body = {k: int(v) for k, v in terms.items()}
+    context = CUDA_CONTEXT_BYTES if device == "cuda" else 0
+    overhead = int(overhead_fraction * sum(body.values())) if device == "cuda" else 0
+    ordered = {"cuda_context_bytes": context, **body, "allocator_overhead_bytes": overhead}
+    return Estimate(stage, model, ordered, {"device": device, **settings})
+
+
+def estimate_reference(shape: ModelShape, *, batch_size: int, seq_len: int, quantization: Quantization = "nf4",
+                       logits_chunk_tokens: int | None = None, device: Device = "cuda") -> Estimate:
+    """The reference log-prob pass: forward only over chosen + rejected (2 × batch_size sequences)."""
+    _check_positive(batch_size=batch_size, seq_len=seq_len)
+    tokens = 2 * batch_size * seq_len
+    terms = {
+        "weights_bytes": weights_bytes(shape, quantization),
+        "dequant_buffer_bytes": dequant_buffer_bytes(shape, quantization),
+        "activations_bytes": forward_activation_bytes(shape, tokens, device),
+        "logits_bytes": logits_bytes(shape, tokens, LOGIT_BYTES_FORWARD, logits_chunk_tokens),
+    }
+    return _finish("reference", shape.name, terms, device,
+                   {"batch_size": batch_size, "seq_len": seq_len, "quantization": quantization,
+                    "logits_chunk_tokens": logits_chunk_tokens})
+
+
+def estimate_train(shape: ModelShape, *, micro_batch: int, seq_len: int, quantization: Quantization = "nf4",
+                   lora_r: int = 16, lora_targets: tuple[str, ...] = LORA_TARGETS_ALL_LINEAR,
+                   optimizer: Optimizer = "adamw-fp32", gradient_checkpointing: bool = True,
+                   ref_strategy: RefStrategy = "cached", reference_model: ReferenceModel = "adapters-disabled",
+                   logits_chunk_tokens: int | None = None, device: Device = "cuda") -> Estimate:
+    """QLoRA DPO: one micro-batch of `micro_batch` pairs (2 × micro_batch sequences of `seq_len` tokens).
+
+    `ref_strategy="live"` adds the reference model: with `adapters-disabled` (TRL + PEFT) it shares the
+    policy's weights and only its forward pass can raise the peak (it runs before the policy's forward, so
+    it adds max(0, its transient − the training transient)); `separate-copy` also keeps a second copy of
+    the weights resident, as in the seed note's two-model run.
+    """
+    _check_positive(micro_batch=micro_batch, seq_len=seq_len, lora_r=lora_r)
+    _check_choice("optimizer", optimizer, OPTIMIZER_BYTES_PER_PARAM)
+    _check_choice("ref_strategy", ref_strategy, ("cached", "live"))
+    _check_choice("reference_model", reference_model, ("adapters-disabled", "separate-copy"))
+    tokens = 2 * micro_batch * seq_len
+    lora = shape.lora_params(lora_r, lora_targets)
+    weights = weights_bytes(shape, quantization)
+    activations = train_activation_bytes(shape, tokens, gradient_checkpointing, lora_r, len(lora_targets), device)
+    logits = logits_bytes(shape, tokens, LOGIT_BYTES_TRAIN, logits_chunk_tokens)
+    terms = {
+        "weights_bytes": weights,
+        "dequant_buffer_bytes": dequant_buffer_bytes(shape, quantization),
+        "lora_params_bytes": lora * LORA_PARAM_BYTES,
+        "lora_grads_bytes": lora * LORA_GRAD_BYTES,
+        "optimizer_state_bytes": lora * OPTIMIZER_BYTES_PER_PARAM[optimizer],
+        "activations_bytes": activations,
+        "logits_bytes": logits,
+        "reference_weights_bytes": 0,
+        "reference_pass_bytes": 0,
+    }
+    if ref_strategy == "live":
+        if reference_model == "separate-copy":
+            terms["reference_weights_bytes"] = weights
+        ref_transient = (forward_activation_bytes(shape, tokens, device)
+                         + logits_bytes(shape, tokens, LOGIT_BYTES_FORWARD, logits_chunk_tokens))
+        terms["reference_pass_bytes"] = max(0, ref_transient - activations - logits)
+    return _finish("train", shape.name, terms, device, {
+        "micro_batch": micro_batch, "seq_len": seq_len, "quantization": quantization, "lora_r": lora_r,
+        "lora_params": lora, "optimizer": optimizer, "gradient_checkpointing": gradient_checkpointing,
+        "ref_strategy": ref_strategy, "reference_model": reference_model, "logits_chunk_tokens": logits_chunk_tokens})
+
+
+def estimate_hf_generate(shape: ModelShape, *, batch_size: int, prompt_tokens: int, max_new_tokens: int,
+                         quantization: Quantization = "nf4", kv_bytes_per_value: float = 2.0,
+                         stage: str = "evaluate", device: Device = "cuda") -> Estimate:
+    """`model.generate()` with transformers: weights + KV cache for prompt + new tokens + the prefill's
+    transient activations; logits are kept for the last position only (`logits_to_keep=1`)."""
+    _check_positive(batch_size=batch_size, prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens)
+    context = prompt_tokens + max_new_tokens
+    terms = {
+        "weights_bytes": weights_bytes(shape, quantization),
+        "dequant_buffer_bytes": dequant_buffer_bytes(shape, quantization),
+        "kv_cache_bytes": batch_size * context * shape.kv_bytes_per_token(kv_bytes_per_value),
+        "activations_bytes": forward_activation_bytes(shape, batch_size * prompt_tokens, device),
+        "logits_bytes": batch_size * shape.vocab_size * LOGIT_BYTES_FORWARD,
+    }
+    return _finish(stage, shape.name, terms, device, {
+        "batch_size": batch_size, "prompt_tokens": prompt_tokens, "max_new_tokens": max_new_tokens,
+        "quantization": quantization})
+
+
+def estimate_ollama(model: OllamaModel, *, parallel: int, context_tokens: int, kv_bytes_per_value: float = 2.0,
+                    stage: str = "generate") -> Estimate:
+    """An Ollama server holding `model` with `parallel` slots of `context_tokens` each (num_ctx).
+
+    Ollama (llama.cpp) allocates the KV cache for num_ctx × parallel at load time, and a compute graph of
+    about 4 B × num_batch × total context × (1 + heads) without flash attention (Ollama's GraphSize).
+    It does not use PyTorch's caching allocator, so no allocator overhead is added.
+    """
+    _check_positive(parallel=parallel, context_tokens=context_tokens)
+    total_context = parallel * context_tokens
+    graph = max(4 * OLLAMA_NUM_BATCH * total_context * (1 + model.num_heads), OLLAMA_MIN_GRAPH_BYTES)
+    terms = {
+        "weights_bytes": model.weights_bytes,
+        "kv_cache_bytes": total_context * model.kv_bytes_per_token(kv_bytes_per_value),
+        "compute_graph_bytes": graph,
+    }
+    return _finish(stage, model.name, terms, "cuda", {"parallel": parallel, "context_tokens": context_tokens},
+                   overhead_fraction=0.0)
