@@ -1,0 +1,361 @@
+"""Choose where and how each stage runs, from a snapshot and the estimator. Pure: no I/O, no Prefect.
+
+Rules:
+- Safety margin per GPU: max(1 GiB, 10 % of its total). usable = free − margin. A plan is `local` only if its
+  (calibrated) estimate is ≤ usable; the GPU with the most usable memory is tried.
+- Search order. generate: candidates in order (stay-local) or the preferred one only (keep-model); per
+  model, max tokens from the requested value down to `min_max_tokens` (halving), and at each, parallel
+  requests from the requested batch down to 1 (1 = single-example mode). reference/evaluate: batch halving.
+  train: micro-batch over the divisors of the effective batch, largest first (grad_accum = effective ÷
+  micro-batch, so the effective batch never changes); at each micro-batch a live reference pass is tried
+  before cached reference log-probs when `ref_strategy="auto"`.
+- Nothing fits locally (or no GPU): `cpu` when the model has at most `cpu_max_params` parameters, else
+  `offload` of the preferred model to `offload_target`, sized on `offload_snapshot` (an A100 by default).
+  `offload_target=None` yields an offload plan that `require_runnable` refuses with the two ways out.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Iterator, Literal, Sequence, Union
+
+from gpu.corrections import STAGES, Corrections
+from gpu.errors import PlanNotRunnableError
+from gpu.estimate import (GIB, Estimate, Optimizer, Quantization, ReferenceModel, estimate_hf_generate,
+                          estimate_ollama, estimate_reference, estimate_train)
+from gpu.model_shape import ModelShape
+from gpu.ollama import OllamaModel
+from gpu.profiles import profile_snapshot
+from gpu.snapshot import GpuDevice, GpuSnapshot
+
+Stage = Literal["generate", "reference", "train", "evaluate"]
+Placement = Literal["local", "cpu", "offload"]
+Policy = Literal["stay-local", "keep-model"]
+Candidate = Union[ModelShape, OllamaModel]
+
+MIN_MARGIN_BYTES = 1 * GIB
+MARGIN_FRACTION = 0.10
+DEFAULT_CPU_MAX_PARAMS = 1_000_000_000
+DEFAULT_OFFLOAD_PROFILE = "a100-40gb"
+TEMPLATE_MODEL = "template"
+
+
+@dataclass(frozen=True)
+class StageRequest:
+    """What a stage asks for before the gate shrinks it. Token counts are tokens, not bytes."""
+
+    batch_size: int
+    """Effective batch: train = pairs per optimizer step; reference = pairs per forward; generate = parallel
+    requests; evaluate = summaries generated together."""
+    seq_len: int = 512
+    """train/reference: prompt + completion tokens per sequence."""
+    max_tokens: int = 4096
+    """generate/evaluate: most new tokens per request."""
+    prompt_tokens: int = 1024
+    """generate/evaluate: prompt tokens per request."""
+    min_max_tokens: int | None = None
+    """generate: the gate may lower max_tokens down to this (default min(max_tokens, 4096))."""
+    quantization: Quantization = "nf4"
+    """Weights on a GPU (CPU plans use fp32)."""
+    lora_r: int = 16
+    optimizer: Optimizer = "adamw-fp32"
+    gradient_checkpointing: bool = True
+    ref_strategy: Literal["auto", "live", "cached"] = "auto"
+    reference_model: ReferenceModel = "adapters-disabled"
+    logits_chunk_tokens: int | None = None
+    kv_bytes_per_value: float = 2.0
+
+    def __post_init__(self) -> None:
+        for name in ("batch_size", "seq_len", "max_tokens", "prompt_tokens", "lora_r"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        if self.min_max_tokens is not None and not 1 <= self.min_max_tokens:
+            raise ValueError(f"min_max_tokens must be a positive integer, got {self.min_max_tokens!r}")
+        if self.ref_strategy not in ("auto", "live", "cached"):
+            raise ValueError(f"ref_strategy must be auto, live or cached, got {self.ref_strategy!r}")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The gate's decision for one stage. All memory numbers in bytes."""
+
+    stage: str
+    placement: Placement
+    model: str
+    batch_size: int
+    """Micro-batch (train), pairs per forward (reference), parallel requests (generate), batch (evaluate)."""
+    grad_accum: int
+    max_tokens: int
+    """generate/evaluate: max new tokens; train/reference: tokens per sequence."""
+    ref_strategy: Literal["cached", "live"] | None
+    estimated_peak_bytes: int
+    usable_bytes: int | None
+    headroom_bytes: int | None
+    margin_bytes: int
+    breakdown: dict[str, int]
+    reason: str
+    fits: bool
+    policy: Policy
+    requested_batch_size: int
+    requested_max_tokens: int
+    gpu_index: int | None = None
+    gpu_name: str | None = None
+    offload_target: str | None = None
+    correction_factor: float = 1.0
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def margin_bytes(device: GpuDevice) -> int:
+    return max(MIN_MARGIN_BYTES, int(MARGIN_FRACTION * device.total_bytes))
+
+
+def usable_bytes(device: GpuDevice) -> int:
+    return max(0, device.free_bytes - margin_bytes(device))
+
+
+def _halving(start: int, floor: int = 1) -> list[int]:
+    values, value = [], start
+    while value > floor:
+        values.append(value)
+        value //= 2
+    if not values or values[-1] != floor:
+        values.append(min(floor, start))
+    return list(dict.fromkeys(values))
+
+
+def _divisors_desc(n: int) -> list[int]:
+    return [d for d in range(n, 0, -1) if n % d == 0]
+
+
+def _gib(n: int | None) -> str:
+    return "n/a" if n is None else f"{n / GIB:.2f} GiB"
+
+
+@dataclass(frozen=True)
+class _Option:
+    batch_size: int
+    grad_accum: int
+    max_tokens: int
+    ref_strategy: Literal["cached", "live"] | None
+    estimate: Estimate
+
+
+def _estimate(stage: str, model: Candidate, req: StageRequest, batch: int, tokens: int,
+              ref: Literal["cached", "live"] | None, device: Literal["cuda", "cpu"]) -> Estimate:
+    quant: Quantization = req.quantization if device == "cuda" else "fp32"
+    if isinstance(model, OllamaModel):
+        if stage in ("reference", "train"):
+            raise ValueError(f"stage {stage} needs a Hugging Face model (config.json), not the Ollama model {model.name}")
+        return estimate_ollama(model, parallel=batch, context_tokens=req.prompt_tokens + tokens,
+                               kv_bytes_per_value=req.kv_bytes_per_value, stage=stage)
+    if stage in ("generate", "evaluate"):
+        return estimate_hf_generate(model, batch_size=batch, prompt_tokens=req.prompt_tokens, max_new_tokens=tokens,
+                                    quantization=quant, kv_bytes_per_value=req.kv_bytes_per_value, stage=stage,
+                                    device=device)
+    if stage == "reference":
+        return estimate_reference(model, batch_size=batch, seq_len=tokens, quantization=quant,
+                                  logits_chunk_tokens=req.logits_chunk_tokens, device=device)
+    return estimate_train(model, micro_batch=batch, seq_len=tokens, quantization=quant, lora_r=req.lora_r,
+                          optimizer=req.optimizer, gradient_checkpointing=req.gradient_checkpointing,
+                          ref_strategy=ref or "cached", reference_model=req.reference_model,
+                          logits_chunk_tokens=req.logits_chunk_tokens, device=device)
+
+
+def _options(stage: str, model: Candidate, req: StageRequest, device: Literal["cuda", "cpu"]) -> Iterator[_Option]:
+    """Every setting the gate may choose, best first."""
+    if stage == "generate":
+        floor = req.min_max_tokens or min(req.max_tokens, 4096)
+        for tokens in _halving(req.max_tokens, min(floor, req.max_tokens)):
+            for batch in _halving(req.batch_size):
+                yield _Option(batch, 1, tokens, None, _estimate(stage, model, req, batch, tokens, None, device))
+    elif stage == "evaluate":
+        for batch in _halving(req.batch_size):
+            yield _Option(batch, 1, req.max_tokens, None, _estimate(stage, model, req, batch, req.max_tokens, None, device))
+    elif stage == "reference":
+        for batch in _halving(req.batch_size):
+            yield _Option(batch, 1, req.seq_len, None, _estimate(stage, model, req, batch, req.seq_len, None, device))
+    else:
+        refs: tuple[Literal["cached", "live"], ...] = (
+            ("live", "cached") if req.ref_strategy == "auto" else (req.ref_strategy,))  # type: ignore[assignment]
+        for micro in _divisors_desc(req.batch_size):
+            for ref in refs:
+                yield _Option(micro, req.batch_size // micro, req.seq_len, ref,
+                              _estimate(stage, model, req, micro, req.seq_len, ref, device))
+
+
+def _peak(option: _Option, factor: float) -> int:
+    return int(math.ceil(option.estimate.total_bytes * factor))
+
+
+def _search(stage: str, model: Candidate, req: StageRequest, usable: int, factor: float,
+            device: Literal["cuda", "cpu"] = "cuda") -> tuple[_Option | None, _Option]:
+    """(first option that fits, the smallest option tried)."""
+    last: _Option | None = None
+    for option in _options(stage, model, req, device):
+        if _peak(option, factor) <= usable:
+            return option, option
+        last = option
+    assert last is not None
+    return None, last
+
+
+def _breakdown(option: _Option, factor: float) -> dict[str, int]:
+    terms = dict(option.estimate.terms)
+    correction = _peak(option, factor) - option.estimate.total_bytes
+    if correction:
+        terms["calibration_correction_bytes"] = correction
+    return terms
+
+
+def _changes(stage: str, option: _Option, req: StageRequest) -> str:
+    parts = []
+    if option.batch_size != req.batch_size:
+        what = "micro-batch" if stage == "train" else "batch"
+        parts.append(f"{what} {req.batch_size} → {option.batch_size}"
+                     + (f" with gradient accumulation {option.grad_accum} (effective batch kept at "
+                        f"{req.batch_size})" if stage == "train" else ""))
+    if stage == "generate" and option.max_tokens != req.max_tokens:
+        parts.append(f"max tokens {req.max_tokens} → {option.max_tokens}")
+    if option.batch_size == 1 and stage == "generate" and req.batch_size > 1:
+        parts.append("single-example mode")
+    return "; ".join(parts)
+
+
+def _make_plan(stage: str, placement: Placement, option: _Option, req: StageRequest, policy: Policy, *,
+               usable: int | None, margin: int, factor: float, fits: bool, reason: str,
+               device: GpuDevice | None = None, offload_target: str | None = None) -> Plan:
+    peak = _peak(option, factor)
+    return Plan(
+        stage=stage, placement=placement, model=option.estimate.model, batch_size=option.batch_size,
+        grad_accum=option.grad_accum, max_tokens=option.max_tokens, ref_strategy=option.ref_strategy,
+        estimated_peak_bytes=peak, usable_bytes=usable, headroom_bytes=None if usable is None else usable - peak,
+        margin_bytes=margin, breakdown=_breakdown(option, factor), reason=reason, fits=fits, policy=policy,
+        requested_batch_size=req.batch_size,
+        requested_max_tokens=req.max_tokens if stage in ("generate", "evaluate") else req.seq_len,
+        gpu_index=None if device is None or placement != "local" else device.index,
+        gpu_name=None if device is None else device.name, offload_target=offload_target,
+        correction_factor=factor, settings=dict(option.estimate.settings),
+    )
+
+
+def _best_device(snapshot: GpuSnapshot) -> GpuDevice | None:
+    return max(snapshot.devices, key=usable_bytes, default=None)
+
+
+def _template_plan(stage: str, req: StageRequest, policy: Policy) -> Plan:
+    return Plan(stage=stage, placement="cpu", model=TEMPLATE_MODEL, batch_size=req.batch_size, grad_accum=1,
+                max_tokens=req.max_tokens, ref_strategy=None, estimated_peak_bytes=0, usable_bytes=None,
+                headroom_bytes=None, margin_bytes=0, breakdown={}, policy=policy, fits=True,
+                requested_batch_size=req.batch_size, requested_max_tokens=req.max_tokens,
+                reason="No generation model is configured, so the built-in template backend writes the data on "
+                       "the CPU; it needs no GPU memory.")
+
+
+def plan_stage(snapshot: GpuSnapshot, stage: Stage, candidates: Sequence[Candidate], request: StageRequest, *,
+               policy: Policy = "stay-local", offload_target: str | None = None,
+               corrections: Corrections | None = None, offload_snapshot: GpuSnapshot | None = None,
+               cpu_max_params: int = DEFAULT_CPU_MAX_PARAMS, cpu_memory_bytes: int | None = None) -> Plan:
+    """Plan one stage. `candidates`: models, preferred first (generate may list several tiers; the other
+    stages pass the one model they run). An empty list is allowed for generate only (template backend)."""
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    if policy not in ("stay-local", "keep-model"):
+        raise ValueError(f"policy must be stay-local or keep-model, got {policy!r}")
+    if not candidates:
+        if stage == "generate":
+            return _template_plan(stage, request, policy)
+        raise ValueError(f"stage {stage} needs a model to plan for")
+    corrections = corrections or Corrections()
+    preferred = candidates[0]
+    device = _best_device(snapshot)
+    tried: list[str] = []
+    if device is not None:
+        usable, margin = usable_bytes(device), margin_bytes(device)
+        where = (f"GPU {device.index} ({device.name}: {_gib(device.free_bytes)} free of {_gib(device.total_bytes)}, "
+                 f"{_gib(usable)} usable after a {_gib(margin)} safety margin)")
+        pool = list(candidates) if policy == "stay-local" else [preferred]
+        for model in pool:
+            factor = corrections.factor(device.name, model.name, stage)
+            found, smallest = _search(stage, model, request, usable, factor)
+            if found is not None:
+                changes = _changes(stage, found, request)
+                downgraded = model is not preferred
+                reason = (f"{stage} runs locally on {where} with {model.name}"
+                          + (f" instead of {preferred.name} (policy stay-local: the largest candidate that fits)"
+                             if downgraded else "")
+                          + f": estimated peak {_gib(_peak(found, factor))}"
+                          + (f" (× calibration {factor:.2f})" if factor != 1.0 else "")
+                          + (f", after {changes}" if changes else ", as requested")
+                          + (f"; {'; '.join(tried)}" if tried else "") + ".")
+                if stage == "train":
+                    reason += (f" Reference log-probs: {found.ref_strategy}"
+                               + (" (a live reference pass does not fit)" if found.ref_strategy == "cached"
+                                  and request.ref_strategy == "auto" else "") + ".")
+                return _make_plan(stage, "local", found, request, policy, usable=usable, margin=margin,
+                                  factor=factor, fits=True, reason=reason, device=device)
+            tried.append(f"{model.name} needs at least {_gib(_peak(smallest, factor))} even at its smallest "
+                         f"setting (batch {smallest.batch_size}, {smallest.max_tokens} tokens)")
+        local_note = f"Nothing fits on {where}: {'; '.join(tried)}."
+    else:
+        local_note = f"No GPU is visible ({snapshot.note or snapshot.source})."
+
+    cpu_pool = list(candidates) if policy == "stay-local" else [preferred]
+    small = next((m for m in cpu_pool if m.total_params <= cpu_max_params), None)
+    if small is not None:
+        cpu_usable = None if cpu_memory_bytes is None else max(0, int(cpu_memory_bytes * 0.8))
+        found, smallest = _search(stage, small, request, cpu_usable if cpu_usable is not None else 1 << 62, 1.0, "cpu")
+        option = found or smallest
+        reason = (f"{local_note} {small.name} has {small.total_params / 1e6:.0f}M parameters (at most "
+                  f"{cpu_max_params / 1e6:.0f}M run on CPU), so {stage} runs on the CPU in fp32: estimated "
+                  f"{_gib(_peak(option, 1.0))}"
+                  + (f" of {_gib(cpu_usable)} usable RAM" if cpu_usable is not None else " (RAM not checked)") + ".")
+        return _make_plan(stage, "cpu", option, request, policy, usable=cpu_usable, margin=0, factor=1.0,
+                          fits=found is not None, reason=reason)
+
+    target_snapshot = offload_snapshot or profile_snapshot(DEFAULT_OFFLOAD_PROFILE)
+    remote = _best_device(target_snapshot)
+    if remote is None:
+        raise ValueError("offload_snapshot must describe at least one GPU")
+    factor = corrections.factor(remote.name, preferred.name, stage)
+    r_usable, r_margin = usable_bytes(remote), margin_bytes(remote)
+    found, smallest = _search(stage, preferred, request, r_usable, factor)
+    option = found or smallest
+    target = (f"is offloaded to the pool {offload_target!r}" if offload_target
+              else "would have to be offloaded, but no offload pool is configured;")
+    reason = (f"{local_note} {preferred.name} is too large for the CPU (over {cpu_max_params / 1e6:.0f}M "
+              f"parameters), so {stage} {target} sized for {remote.name} "
+              f"({_gib(r_usable)} usable): estimated peak {_gib(_peak(option, factor))}"
+              + (f" after {_changes(stage, option, request)}" if found and _changes(stage, option, request) else "")
+              + ("" if found else "; it does not fit there either") + ".")
+    if offload_target is None:
+        reason += " Configure gpu.offload_pool or choose a smaller model."
+    return _make_plan(stage, "offload", option, request, policy, usable=r_usable, margin=r_margin, factor=factor,
+                      fits=found is not None, reason=reason, device=remote, offload_target=offload_target)
+
+
+def require_runnable(plan: Plan) -> Plan:
+    """Return `plan` if it can run; else raise `PlanNotRunnableError` with the ways out."""
+    if plan.placement == "offload" and plan.offload_target is None:
+        raise PlanNotRunnableError(
+            f"{plan.stage}: {plan.model} needs ~{_gib(plan.estimated_peak_bytes)} of GPU memory and does not fit on "
+            f"this machine; choose a smaller model, or configure the A100 pool: gpu.offload_pool "
+            f"(e.g. FAITHFORGE_GPU__OFFLOAD_POOL=a100)"
+        )
+    if not plan.fits:
+        where = {"local": "this GPU", "cpu": "this machine's RAM", "offload": f"the offload pool {plan.offload_target}"}
+        raise PlanNotRunnableError(
+            f"{plan.stage}: {plan.model} needs ~{_gib(plan.estimated_peak_bytes)} even at batch {plan.batch_size}, "
+            f"more than {where[plan.placement]} offers ({_gib(plan.usable_bytes)}); choose a smaller model, shorter "
+            f"sequences, or a larger GPU"
+        )
+    return plan
+
+
+def with_batch(plan: Plan, batch_size: int, grad_accum: int) -> Plan:
+    """A copy of `plan` with a new micro-batch / accumulation (used by the OOM back-off)."""
+    return replace(plan, batch_size=batch_size, grad_accum=grad_accum)
