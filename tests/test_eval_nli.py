@@ -107,3 +107,22 @@ def test_bad_checkpoints_and_options(tmp_path, classifier_dir):
         NliJudge(classifier_dir, threshold=1.5)
     with pytest.raises(UserError, match="supported_label 5 is out of range"):
         NliJudge(classifier_dir, supported_label=5)
+
+
+def test_calibrate_nli_picks_the_best_threshold(classifier_dir, tmp_path):
+    from typer.testing import CliRunner
+
+    from faithforge.cli_eval import app
+    from faithforge.evaluation.calibration import best_threshold, calibrate_nli, make_calibration_set, read_labels
+
+    labels = make_calibration_set(tmp_path / "cal.jsonl", n=12, seed=0)
+    examples = read_labels(labels)
+    judge = NliJudge(classifier_dir)
+    scores = [min(s for _, _, s in judge.sentence_scores(e.source, e.summary)) for e in examples]
+    report = calibrate_nli(judge, examples)
+    assert report.threshold == judge.threshold == best_threshold(scores, [e.hallucinated for e in examples])
+    assert report.balanced_accuracy >= 0.5  # never worse than flagging everything or nothing
+    result = CliRunner().invoke(app, ["calibrate", "--labels", str(labels), "--judge", "nli",
+                                      "--checkpoint", str(classifier_dir)])
+    assert result.exit_code == 0, result.output
+    assert f"threshold {report.threshold:.4f}" in result.output
