@@ -1,0 +1,68 @@
+"""Markdown, table rows, the PNG chart, storing evaluations and comparing two stored runs."""
+
+from __future__ import annotations
+
+import pytest
+
+from faithforge.errors import UserError
+from faithforge.evaluation import EvalItem, compare_reports, evaluate_single
+from faithforge.evaluation.persist import compare_runs, load_evaluation, save_evaluation
+from faithforge.evaluation.report import bar_chart, markdown_report, table_rows
+from faithforge.store import Store
+
+ITEMS = [EvalItem(id=f"i{k}", source=f"Alice bought {k} lamps in Paris .", key_facts=["Alice", str(k), "Paris"],
+                  category="odd" if k % 2 else "even") for k in range(2, 8)]
+BEFORE = [f"Alice bought {k} lamps in Paris on Monday ." for k in range(2, 8)]
+AFTER = [f"Alice bought {k} lamps in Paris ." for k in range(2, 8)]
+CONTROL = ["Alice bought lamps ."] * 6
+
+
+@pytest.fixture(scope="module")
+def reports():
+    before = evaluate_single(ITEMS, BEFORE, label="before")
+    after = evaluate_single(ITEMS, AFTER, label="after")
+    control = evaluate_single(ITEMS, CONTROL, label="control")
+    return (compare_reports(before, after, bootstrap_samples=200),
+            compare_reports(before, control, bootstrap_samples=200))
+
+
+def test_markdown_has_rates_ci_recall_judge_unit_and_flagged_spans(reports):
+    comparison, control = reports
+    text = markdown_report(comparison, control, worst_examples=2)
+    assert "Judge: `grounding`" in text and "Unit: summary" in text
+    assert "| before | 6 | 0 | 100.0% | [61.0%, 100.0%] | 100.0% | 100.0% |" in text
+    assert "| control | 6 | 0 | 0.0% |" in text and "| 33.3% |" in text  # recall beside the rate
+    assert "McNemar exact p = 0.0312 (fixed 6, newly hallucinated 0" in text
+    assert "key-fact recall -66.7 pp" in text
+    assert "## By category" in text
+    assert "Alice bought 2 lamps in Paris on **Monday** ." in text
+    assert text.count("- `i") == 2
+
+
+def test_table_rows(reports):
+    rows = table_rows(*reports)
+    assert [r["model"] for r in rows] == ["before", "after", "control"]
+    assert rows[2]["hallucination_rate"] == 0.0 and rows[2]["key_fact_recall"] == pytest.approx(1 / 3)
+
+
+def test_bar_chart_writes_png(reports, tmp_path):
+    path = bar_chart(reports[0], tmp_path / "charts" / "rates.png", control=reports[1])
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_store_and_compare_runs(reports, tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'runs.db'}")
+    run = store.start_run("pipeline", {})
+    first = save_evaluation(store, reports[0], uri="reports/a.json", run_id=run)
+    second = save_evaluation(store, reports[1], uri="reports/b.json")
+    assert load_evaluation(store, run) == (first, reports[0])  # a run id finds its evaluation
+    result = compare_runs(store, first, second)
+    rows = {r["metric"]: r for r in result["rows"]}
+    assert rows["after rate"]["b_minus_a"] == 0.0
+    assert rows["after recall"]["b_minus_a"] == pytest.approx(1 / 3 - 1)
+    assert result["warnings"] == []
+    other = store.add_artifact("adapter", "adapters/x", "h")
+    with pytest.raises(UserError, match="is a adapter artifact, not an evaluation"):
+        compare_runs(store, first, other)
+    with pytest.raises(UserError, match="'nope' is unknown"):
+        compare_runs(store, "nope", first)
