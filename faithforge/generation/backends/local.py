@@ -1,7 +1,7 @@
 """A local transformers model as a chat backend (no server).
 
-If FaithForge's prefix-cached engine (`faithforge.engine`) is importable when a request arrives it is
-used; otherwise plain `model.generate`. torch and transformers are imported on first use only, so
+If FaithForge's prefix-cached engine (`faithforge.engine.PrefixCachedEngine`) is importable when a
+request arrives it is used, with the system prompt as the cached prefix; otherwise plain `model.generate`. torch and transformers are imported on first use only, so
 importing this module stays cheap. There is no constrained decoding here: the spec's prompt states the
 schema and the parser validates the answer.
 """
@@ -18,14 +18,14 @@ from faithforge.generation.backends.base import BackendConfigError, ChatResult, 
 
 
 def _engine_module() -> Any | None:
-    """`faithforge.engine` when it is installed and offers a chat-style entry point, else None."""
+    """`faithforge.engine` when it is installed and offers `PrefixCachedEngine`, else None."""
     if importlib.util.find_spec("faithforge.engine") is None:
         return None
     try:
         module = importlib.import_module("faithforge.engine")
     except ImportError:
         return None
-    return module if callable(getattr(module, "chat_generate", None)) else None
+    return module if hasattr(module, "PrefixCachedEngine") and hasattr(module, "SamplingConfig") else None
 
 
 class LocalTransformersBackend:
@@ -38,6 +38,7 @@ class LocalTransformersBackend:
         self.device = device
         self._lock = threading.Lock()
         self._loaded: tuple[Any, Any] | None = None
+        self._engines: dict[str, Any] = {}  # one prefix-cached engine per distinct system prompt
 
     def __repr__(self) -> str:
         return f"LocalTransformersBackend(model={self.model!r})"
@@ -71,9 +72,28 @@ class LocalTransformersBackend:
         with self._lock:
             model, tokenizer = self._load()
             if engine is not None:
-                return engine.chat_generate(model, tokenizer, messages, max_tokens=max_tokens,
-                                            temperature=temperature, seed=seed)
+                return self._engine_generate(engine, model, tokenizer, messages, max_tokens, temperature, seed)
             return self._generate(model, tokenizer, messages, max_tokens, temperature, seed)
+
+    def _engine_generate(self, engine: Any, model: Any, tokenizer: Any, messages: list[dict], max_tokens: int,
+                         temperature: float, seed: int | None) -> ChatResult:
+        """Generate with the prefix-cached engine: the system messages are the cached prefix (shared by
+        every example of a spec), the rest of the conversation is the request."""
+        split = next((i for i, m in enumerate(messages) if m.get("role") != "system"), len(messages))
+        system, rest = messages[:split], messages[split:]
+        chat = bool(getattr(tokenizer, "chat_template", None))
+        prefix: Any = system if chat else "".join(str(m.get("content") or "") + "\n" for m in system)
+        key = repr(prefix)
+        if key not in self._engines:
+            self._engines[key] = engine.PrefixCachedEngine(model, tokenizer, prefix)
+        prompt: Any = rest if chat else "\n".join(str(m.get("content") or "") for m in rest)
+        sampling = engine.SamplingConfig(temperature=temperature, seed=seed, max_new_tokens=max_tokens)
+        out = self._engines[key].generate(prompt, sampling)
+        answer, thinking = split_think(out.text)
+        truncated = out.finish_reason == "length"
+        return ChatResult(text=answer, thinking=thinking, finish_reason="length" if truncated else "stop",
+                          truncated=truncated, model=self.model,
+                          usage=Usage(prompt_tokens=out.prompt_tokens, completion_tokens=len(out.token_ids)))
 
     def _generate(self, model: Any, tokenizer: Any, messages: list[dict], max_tokens: int, temperature: float,
                   seed: int | None) -> ChatResult:
