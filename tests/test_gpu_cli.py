@@ -1,0 +1,96 @@
+"""`faithforge gpu` (tested on its own Typer app) and the calibration file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from faithforge.calibration import (NO_CUDA_MESSAGE, StageSettings, correction_factor, load_corrections,
+                                    run_stage_steps, save_corrections)
+from faithforge.cli_gpu import app
+from faithforge.errors import UserError
+from gpu.corrections import Corrections
+from gpu.estimate import estimate_reference
+from gpu.model_shape import load_model_shape
+
+runner = CliRunner()
+PLAN_KEYS = {"placement", "model", "batch_size", "grad_accum", "ref_strategy", "estimated_peak_bytes",
+             "usable_bytes", "reason"}
+
+
+@pytest.fixture(autouse=True)
+def _isolated(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("FAITHFORGE_GPU_PROFILE", "FAITHFORGE_CONFIG"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def test_json_prints_one_object_with_snapshot_and_all_four_plans():
+    result = runner.invoke(app, ["--profile", "rtx5070-12gb", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert set(data) == {"snapshot", "plans"}
+    assert data["snapshot"]["devices"][0]["free_bytes"] == int(10.48 * (1 << 30))
+    assert set(data["plans"]) == {"generate", "reference", "train", "evaluate"}
+    for plan in data["plans"].values():
+        assert PLAN_KEYS <= set(plan)
+    assert data["plans"]["train"]["ref_strategy"] in ("cached", "live")
+    assert data["plans"]["train"]["placement"] == "local"
+
+
+def test_config_file_model_and_no_gpu_without_pool_still_prints_plans(tmp_path):
+    model_dir = tmp_path / "qwen"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(
+        (load_model_shape.__globals__["SHIPPED_CONFIGS_DIR"] / "qwen3-8b.json").read_text(), encoding="utf-8")
+    config = tmp_path / "run.yaml"
+    config.write_text(f"model:\n  path: {model_dir}\ngpu:\n  offload_pool: a100\n", encoding="utf-8")
+    result = runner.invoke(app, ["--profile", "none", "--json", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    plans = json.loads(result.output)["plans"]
+    assert {plans[s]["placement"] for s in ("reference", "train", "evaluate")} == {"offload"}
+    assert plans["train"]["offload_target"] == "a100" and plans["train"]["model"] == "qwen"
+
+
+def test_rich_tables_by_default():
+    result = runner.invoke(app, ["--profile", "a100-80gb"])
+    assert result.exit_code == 0, result.output
+    assert "Plans" in result.output and "NVIDIA A100-SXM4-80GB" in result.output and "train" in result.output
+
+
+def test_unknown_profile_exits_2_listing_known_profiles():
+    result = runner.invoke(app, ["--profile", "gtx-potato"])
+    assert result.exit_code == 2
+    assert "rtx5070-12gb" in result.output and "a100-80gb" in result.output
+
+
+def test_calibrate_without_cuda_says_it_needs_a_gpu():
+    result = runner.invoke(app, ["calibrate", "--model", "qwen2.5-7b"])
+    assert result.exit_code == 2 and NO_CUDA_MESSAGE in result.output
+
+
+def test_calibration_file_round_trip_and_bad_file(tmp_path):
+    path = tmp_path / "cal" / "gpu.json"
+    assert load_corrections(path) == Corrections()
+    saved = Corrections().with_factor("NVIDIA GeForce RTX 5070", "qwen2.5-7b", "train", 1.2)
+    save_corrections(path, saved)
+    assert load_corrections(path).factor("NVIDIA GeForce RTX 5070", "qwen2.5-7b", "train") == 1.2
+    path.write_text('{"factors": {"just-a-name": 2}}', encoding="utf-8")
+    with pytest.raises(UserError, match="unusable"):
+        load_corrections(path)
+    estimate = estimate_reference(load_model_shape("llama-3-8b"), batch_size=1, seq_len=128)
+    assert correction_factor(estimate, estimate.total_bytes - (512 << 20)) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_measured_steps_run_on_cpu_with_a_tiny_shape():
+    cfg = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+           "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256, "max_position_embeddings": 64}
+    for settings in (StageSettings(stage="train", batch_size=2, seq_len=16, ref_strategy="live"),
+                     StageSettings(stage="train", batch_size=1, seq_len=16, ref_strategy="live",
+                                   reference_model="separate-copy", logits_chunk_tokens=8),
+                     StageSettings(stage="reference", batch_size=2, seq_len=16),
+                     StageSettings(stage="evaluate", batch_size=2, prompt_tokens=8, max_new_tokens=4)):
+        run_stage_steps(cfg, settings, steps=1, device="cpu")
