@@ -20,9 +20,8 @@ from typing import Any, Iterator
 import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from faithforge.config import format_validation_error
 from faithforge.errors import ConfigError, UserError
 
 #: Most parameter combinations one category may have (each gets a coverage row).
@@ -80,35 +79,54 @@ class Category(BaseModel):
     schema_model: str | None = None
     """Output schema as a pydantic model `module:Class` (default: the spec's)."""
 
-    @model_validator(mode="after")
-    def _check(self) -> "Category":
+    @field_validator("axes")
+    @classmethod
+    def _axes(cls, axes: dict[str, list[Scalar]]) -> dict[str, list[Scalar]]:
         problems = []
-        for axis, values in self.axes.items():
+        for axis, values in axes.items():
             if not values:
                 problems.append(f"axis {axis!r} has no values")
             elif len({json.dumps(v) for v in values}) != len(values):
                 problems.append(f"axis {axis!r} repeats a value")
-        try:
-            unknown = placeholders(self.prompt) - set(self.axes)
-            if unknown:
-                problems.append(f"prompt uses {', '.join(sorted(unknown))} but the axes are "
-                                f"{', '.join(sorted(self.axes)) or '(none)'}; add the axis or write {{{{ }}}} for a brace")
-        except ValueError as exc:
-            problems.append(f"prompt is not a valid template ({exc}); write {{{{ and }}}} for literal braces")
-        if self.json_schema is not None and self.schema_model is not None:
-            problems.append("give schema or schema_model, not both")
-        if self.json_schema is not None:
-            problems += schema_problems(self.json_schema)
-        if self.schema_model is not None:
-            try:
-                load_schema_model(self.schema_model)
-            except ValueError as exc:
-                problems.append(str(exc))
-        size = math.prod(len(v) for v in self.axes.values()) if self.axes else 1
+        size = math.prod(len(v) for v in axes.values()) if axes else 1
         if size > MAX_COMBINATIONS:
             problems.append(f"{size} parameter combinations exceed {MAX_COMBINATIONS}; use fewer axis values")
         if problems:
             raise ValueError("; ".join(problems))
+        return axes
+
+    @field_validator("json_schema")
+    @classmethod
+    def _schema(cls, schema: dict[str, Any] | None) -> dict[str, Any] | None:
+        problems = schema_problems(schema) if schema is not None else []
+        if problems:
+            raise ValueError("; ".join(problems))
+        return schema
+
+    @field_validator("schema_model")
+    @classmethod
+    def _schema_model(cls, reference: str | None) -> str | None:
+        if reference is not None:
+            load_schema_model(reference)
+        return reference
+
+    @field_validator("prompt")
+    @classmethod
+    def _prompt(cls, prompt: str, info: ValidationInfo) -> str:
+        try:
+            used = placeholders(prompt)
+        except ValueError as exc:
+            raise ValueError(f"prompt is not a valid template ({exc}); write {{{{ and }}}} for literal braces") from None
+        axes = info.data.get("axes")
+        if axes is not None and used - set(axes):
+            raise ValueError(f"prompt uses {', '.join(sorted(used - set(axes)))} but the axes are "
+                             f"{', '.join(sorted(axes)) or '(none)'}; add the axis or write {{{{ }}}} for a brace")
+        return prompt
+
+    @model_validator(mode="after")
+    def _one_schema(self) -> "Category":
+        if self.json_schema is not None and self.schema_model is not None:
+            raise ValueError("give schema or schema_model, not both")
         return self
 
     def combinations(self) -> Iterator[dict[str, Scalar]]:
@@ -214,10 +232,8 @@ class GenerationSpec(BaseModel):
 def spec_problems(data: dict[str, Any], exc: ValidationError) -> list[str]:
     """One line per problem, located by category name where possible (`categories[dialogue].prompt`)."""
     problems = []
-    generic = iter(format_validation_error(GenerationSpec, exc))
     categories = data.get("categories") if isinstance(data.get("categories"), list) else []
     for err in exc.errors():
-        line = next(generic)
         loc = list(err["loc"])
         if len(loc) >= 2 and loc[0] == "categories" and isinstance(loc[1], int) and loc[1] < len(categories):
             entry = categories[loc[1]]
@@ -227,7 +243,9 @@ def spec_problems(data: dict[str, Any], exc: ValidationError) -> list[str]:
         if err["type"] == "value_error":
             problems.extend(f"{where}: {part}" for part in str(err["ctx"]["error"]).split("; "))
         elif err["type"] == "extra_forbidden":
-            problems.append(f"{where}: {line.split(': ', 1)[1]}")
+            model = Category if loc and loc[0] == "categories" else GenerationSpec
+            known = sorted(f.alias or name for name, f in model.model_fields.items())
+            problems.append(f"{where}: unknown option; known options here: {', '.join(known)}")
         else:
             problems.append(f"{where}: {err['msg']} (got {err.get('input')!r})"[:300])
     return problems
