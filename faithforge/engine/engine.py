@@ -20,7 +20,7 @@ from faithforge.engine.batch import BatchRunner
 from faithforge.engine.errors import CacheMismatchError, EngineError
 from faithforge.engine.fingerprint import fingerprint, weights_version
 from faithforge.engine.forward import forward_last_logits, prefill_in_chunks
-from faithforge.engine.kv import WorkingCache, new_cache
+from faithforge.engine.kv import WorkingCache, cache_storage_nbytes, new_cache
 from faithforge.engine.prefix_cache import PrefixCache
 from faithforge.engine.prompts import Prompt, PromptRenderer, Turn, common_prefix_length
 from faithforge.engine.result import GenerationResult
@@ -72,8 +72,14 @@ class PrefixCachedEngine:
 
     @property
     def cache_nbytes(self) -> int:
-        """Bytes of key/value states the working cache currently exposes."""
+        """Bytes of key/value states the working cache currently exposes (prefix, plus a conversation's tokens)."""
         return self._wc.nbytes()
+
+    @property
+    def cache_storage_nbytes(self) -> int:
+        """Bytes the working cache keeps alive: cache_nbytes plus, after a crop, the tail of the last request
+        (freed when the next request starts writing)."""
+        return cache_storage_nbytes(self._wc.cache)
 
     def generate(self, prompt: Prompt, sampling: SamplingConfig = SamplingConfig(), *,
                  stop: str | list[str] | None = None, callback: TokenCallback | None = None,
@@ -112,6 +118,7 @@ class PrefixCachedEngine:
 
         The prefix states are expanded to the batch once per chunk; per-request suffixes are left-padded with
         explicit position ids; rows that finish leave the batch. max_new_tokens overrides sampling's.
+        Stop strings apply per row; there is no per-token callback in batched mode.
         Seeded sampling is reproducible for the same prompts and batch_size, but draws differ from `generate`.
         """
         self._check_ready()

@@ -62,6 +62,18 @@ def cache_nbytes(cache: DynamicCache) -> int:
     return total
 
 
+def cache_storage_nbytes(cache: DynamicCache) -> int:
+    """Bytes of the distinct storages behind a cache's tensors: what it actually keeps alive. After a crop
+    this includes the cropped-off tail of the last request until the next request replaces the storage."""
+    seen: dict[int, int] = {}
+    for layer in cache.layers:
+        if layer.is_initialized:
+            for t in (layer.keys, layer.values):
+                storage = t.untyped_storage()
+                seen[storage.data_ptr()] = storage.nbytes()
+    return sum(seen.values())
+
+
 class WorkingCache:
     """A DynamicCache plus `ids`, the tokens whose states it holds (always len(ids) == its sequence length)."""
 
