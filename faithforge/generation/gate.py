@@ -1,0 +1,71 @@
+"""Ask the GPU gate (`gpu.planner`, when installed) for the model tier, parallel requests and max tokens.
+
+Generation runs on the machine that serves the model. The gate reads *this* machine's GPU, so it is
+consulted only for the local backend and for an Ollama on loopback; a remote server or an
+OpenAI-compatible API keeps the configured values. Without the gate, the configured values are used.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import asdict, dataclass, field
+from typing import Any
+from urllib.parse import urlparse
+
+LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
+
+
+@dataclass(frozen=True)
+class GateDecision:
+    model: str
+    batch_size: int
+    """Parallel requests (1 = single-example mode)."""
+    max_tokens: int
+    """Longest answer, tokens."""
+    source: str
+    """`gate` when the planner decided, `configured` otherwise."""
+    reason: str
+    plan: dict[str, Any] | None = field(default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def gate_available() -> bool:
+    return importlib.util.find_spec("gpu") is not None and importlib.util.find_spec("gpu.planner") is not None
+
+
+def _is_local(base_url: str | None) -> bool:
+    return base_url is None or (urlparse(base_url).hostname or "") in LOOPBACK
+
+
+def decide(backend: str, models: list[str], *, batch_size: int, max_tokens: int, prompt_tokens: int,
+           base_url: str | None = None, gpu_profile: str | None = None, policy: str = "stay-local") -> GateDecision:
+    """The settings to generate with. `models` are tiers, preferred first (e.g. qwen3:30b-a3b, qwen3:8b)."""
+    configured = GateDecision(models[0], batch_size, max_tokens, "configured", "")
+    if not gate_available():
+        return GateDecision(**{**configured.to_dict(), "reason": "no GPU gate (gpu.planner) installed: configured values"})
+    if backend == "openai" or (backend == "ollama" and not _is_local(base_url)):
+        return GateDecision(**{**configured.to_dict(), "reason": "the model runs on another machine: configured values"})
+    from gpu import ModelConfigError, StageRequest, load_model_shape, ollama_model, plan_stage, read_snapshot
+
+    candidates, skipped = [], []
+    if backend in ("ollama", "local"):
+        for name in models:
+            try:
+                candidates.append(ollama_model(name) if backend == "ollama" else load_model_shape(name))
+            except (ModelConfigError, OSError, ValueError) as exc:
+                skipped.append(f"{name}: {exc}")
+        if not candidates:
+            return GateDecision(**{**configured.to_dict(),
+                                   "reason": "the gate cannot size " + "; ".join(skipped) + ": configured values"})
+    request = StageRequest(batch_size=batch_size, max_tokens=max_tokens, prompt_tokens=max(1, prompt_tokens),
+                           min_max_tokens=min(max_tokens, 1024))
+    plan = plan_stage(read_snapshot(gpu_profile), "generate", candidates, request, policy=policy)  # type: ignore[arg-type]
+    model = plan.model if candidates else models[0]
+    note = f" (not sized: {'; '.join(skipped)})" if skipped else ""
+    batch = plan.batch_size
+    if plan.placement == "offload":  # the server runs here anyway (on CPU or partly offloaded): be gentle
+        batch, note = 1, note + " Generating here anyway in single-example mode."
+    return GateDecision(model=model, batch_size=batch, max_tokens=plan.max_tokens, source="gate",
+                        reason=plan.reason + note, plan=plan.to_dict())

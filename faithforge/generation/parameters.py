@@ -1,0 +1,60 @@
+"""The generation flow's parameters (one pydantic model: the Prefect UI renders it as a form)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class GenerateParameters(BaseModel):
+    """Generate examples from a spec with a local LLM, resumably."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    spec: str
+    """Path of the generation spec YAML (e.g. configs/specs/grounded-summaries.yaml)."""
+    backend: Literal["ollama", "openai", "local", "template"] = "ollama"
+    """Who writes the examples: an Ollama server, an OpenAI-compatible server, a local transformers model
+    folder, or the offline template teacher."""
+    model: str = "qwen3:8b"
+    """Model name (Ollama tag, server model id) or, for `local`, the model folder."""
+    fallback_models: list[str] = Field(default_factory=list)
+    """Smaller tiers the GPU gate may pick when `model` does not fit (e.g. qwen3:8b after qwen3:30b-a3b)."""
+    target: int | None = Field(None, ge=0, le=10_000_000)
+    """Total examples wanted, split over categories in proportion to the spec's targets. Empty: the spec's."""
+    base_url: str | None = None
+    """Server root (Ollama default http://127.0.0.1:11434; required for `openai`)."""
+    api_key_env: str | None = None
+    """`openai`: environment variable holding the API key."""
+    api_key_secret: str | None = None
+    """`openai`: name of a Prefect Secret block holding the API key (read when the first request is made)."""
+    batch_size: int = Field(1, ge=1, le=256)
+    """Parallel requests wanted (1 = single-example mode); the GPU gate may lower it."""
+    max_tokens: int = Field(4000, ge=16, le=262_144)
+    """Longest answer per request, tokens; the GPU gate may lower it."""
+    temperature: float = Field(0.8, ge=0.0, le=2.0)
+    """Sampling temperature (sent explicitly: OpenAI-compatible servers default to 1.0)."""
+    num_ctx: int = Field(8192, ge=512, le=1_048_576)
+    """Ollama context window, tokens. Constant for the whole run (a change reloads the model)."""
+    seed: int = Field(0, ge=0)
+    """Base seed; each slot attempt derives its own."""
+    use_gpu_gate: bool = True
+    """Ask the GPU gate for model tier, parallel requests and max tokens (when it is installed)."""
+    gpu_profile: str | None = None
+    """Plan for a named simulated GPU instead of the real one (see `faithforge gpu`)."""
+    workspace: str = ".faithforge"
+    """Workspace directory; examples go to datasets/generated/<spec name>/."""
+    database_url: str | None = None
+    """Coverage database (SQLAlchemy URL). Empty: the workspace's SQLite database. Share one PostgreSQL
+    URL between machines to split the work."""
+    claim_ttl_s: float = Field(900.0, gt=0)
+    """Lease of a claimed slot, seconds: a dead worker's slots are retaken after it."""
+    read_timeout_s: float = Field(300.0, gt=0)
+    """Longest silence from the server before a request is retried, seconds."""
+    max_failures: int = Field(200, ge=1)
+    """Failed attempts after which the run stops."""
+    limit: int | None = Field(None, ge=1)
+    """Stop after storing this many new examples (the next run resumes)."""
+    unload_after: bool = False
+    """Unload the Ollama model when done (frees VRAM before a GPU training stage)."""
