@@ -168,6 +168,31 @@ class GpuConfig(Section):
     `keep-model` offloads the preferred model to the A100 pool."""
     offload_pool: str | None = None
     """Prefect work pool that runs offloaded stages (e.g. `a100`). Empty: offloading is not configured."""
+    offload_profile: str = "a100-40gb"
+    """What the offload pool's GPU looks like (a profile name), for planning the offloaded stage."""
+    generation_models: list[str] = []
+    """Ollama tags the generate stage may use, preferred first (e.g. `qwen3:30b-a3b`, `qwen3:8b`). Empty: the
+    offline template teacher, which needs no GPU."""
+    generation_batch_size: int = Field(8, ge=1, le=1024)
+    """Examples per generation call the user asks for; the gate lowers it (1 = single-example mode)."""
+    generation_max_tokens: int = Field(4096, ge=1, le=262144)
+    """Max new tokens per generated example the user asks for."""
+    generation_min_max_tokens: int = Field(4096, ge=1, le=262144)
+    """The gate may cut max new tokens down to this, not further."""
+    generation_prompt_tokens: int = Field(2048, ge=1, le=262144)
+    """Prompt tokens per generation request (system prompt + parameters), for the KV-cache estimate."""
+    sizing_model: str | None = None
+    """Plan with this model's shape (a config.json folder or a shipped name such as `qwen2.5-7b`) instead of
+    `model.path` — for "what if" planning."""
+    cpu_max_params: int = Field(1_000_000_000, ge=0)
+    """Models up to this many parameters may run on the CPU when no GPU fits them."""
+    ref_strategy: Literal["auto", "cached", "live"] = "cached"
+    """How training gets reference log-probs. `cached`: the reference stage computes them once (FaithForge's
+    pipeline always does); `live`/`auto` only matter for planning other trainers."""
+    logits_chunk_tokens: int | None = Field(None, ge=1)
+    """Positions per chunk when computing log-probs (bounds the logits term); empty: unchunked estimate."""
+    calibration_file: str | None = None
+    """Measured correction factors (`faithforge gpu calibrate`). Empty: `<workspace>/gpu_calibration.json`."""
 
 
 class PipelineConfig(Section):

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import os
 
-from prefect.context import SettingsContext
-from prefect.settings import get_current_settings
-
 
 def offline_environment() -> None:
     """Defaults for a machine without internet: no telemetry (it also races on a fresh SQLite database)."""
@@ -19,8 +16,11 @@ def offline_environment() -> None:
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
 
 
-def without_heartbeats() -> SettingsContext:
+def without_heartbeats():
     """A settings context with flow heartbeats off; use as `with without_heartbeats(): flow(...)`."""
+    from prefect.context import SettingsContext
+    from prefect.settings import get_current_settings
+
     current = get_current_settings()
     flows = current.flows.model_copy(update={"heartbeat_frequency": None})
     context = SettingsContext.get()

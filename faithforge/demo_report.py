@@ -1,0 +1,47 @@
+"""The demo's closing summary: rates before/after with their intervals, the control, and where things are."""
+
+from __future__ import annotations
+
+
+def _pct(x) -> str:
+    return "—" if x is None else f"{100 * x:.1f}%"
+
+
+def _ci(ci) -> str:
+    return "" if not ci else f" [{_pct(ci[0])}, {_pct(ci[1])}]"
+
+
+def print_summary(summary: dict) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    stages = summary["stages"]
+    ev = stages["evaluate"]
+    table = Table(title=f"Hallucination rate on {ev['items']} held-out sources (judge: {ev['judge']}, unit: summary)")
+    for column in ("model", "hallucination rate (95% CI)", "fact recall"):
+        table.add_column(column)
+    for label, name in (("before", "before DPO (warm-start SFT)"), ("after", "after DPO"),
+                        ("control", "control: LoRA SFT on chosen")):
+        if label in ev["models"]:
+            m = ev["models"][label]
+            table.add_row(name, _pct(m["rate"]) + _ci(m["rate_ci"]), _pct(m["recall"]))
+    console.print(table)
+    diff = ev["difference"]["rate"]
+    console.print(f"paired difference after − before: {_pct(diff['difference'])}{_ci([diff['ci_low'], diff['ci_high']])} "
+                  f"(paired bootstrap, 95%); McNemar exact p = {ev['difference']['mcnemar_p']:.2g}; "
+                  f"fixed {ev['difference']['fixed']}, newly broken {ev['difference']['broken']}")
+    if ev.get("control_difference"):
+        c = ev["control_difference"]
+        console.print(f"control (LoRA SFT on chosen, same steps): {_pct(c['difference'])}{_ci([c['ci_low'], c['ci_high']])} "
+                      "vs before — shown for comparison; the demo does not claim DPO beats it")
+    reused = [name for name, out in stages.items() if out and out.get("reused")]
+    if reused:
+        console.print(f"reused from an earlier run (not recomputed): {', '.join(reused)}")
+    console.print("\n[bold]where everything was written[/bold]")
+    for name in ("generate", "warm_start", "pairs", "reference", "train", "control", "evaluate"):
+        out = stages.get(name)
+        if out and out.get("path"):
+            console.print(f"  {name:<11} {out['path']}  ({out.get('wall_seconds', 0):.1f} s)")
+    console.print(f"  report      {ev['markdown_path']}\n  chart       {ev['chart']}")
+    console.print(f"run {summary['run_id']} finished in {summary['wall_seconds']:.0f} s")

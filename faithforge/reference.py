@@ -1,0 +1,334 @@
+"""Reference log-prob cache: the DPO reference pass, run once, stored as a few bytes per pair.
+
+For each pair: the reference model's summed log-prob of the chosen and the rejected completion and their
+token counts. Tokenization and truncation follow TRL's DPO semantics exactly (prompt rendered with the
+generation prompt; the completion starts where prompt and prompt+completion token ids diverge; the
+collator's `keep_start`/`keep_end` cut), so TRL's loss can consume these numbers unchanged.
+
+The cache is a directory of Parquet shards plus `manifest.json`. It is keyed by everything the numbers
+depend on (weights, tokenizer, chat template, max length, truncation mode, quantization, pair content);
+every shard carries a SHA-256; a killed run resumes after the last verified shard; a corrupt shard is
+detected and recomputed, never used.
+
+Log-probs are computed over the vocabulary in chunks (a running log-sum-exp), so the batch × seq × vocab
+logits tensor — 1.25 GB per pair at 2,048 tokens with a 152k vocabulary — is never materialized.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from faithforge.errors import UserError
+from faithforge.workspace import atomic_write_bytes, atomic_write_json, sha256_file
+
+log = logging.getLogger(__name__)
+
+TRUNCATION_MODES = ("keep_start", "keep_end")
+MANIFEST = "manifest.json"
+CACHE_FORMAT = 1
+
+
+# --- tokenization (mirrors TRL 1.x DPO) -----------------------------------------------------------
+
+def _ids(encoded: Any) -> list[int]:
+    return list(encoded["input_ids"] if not isinstance(encoded, list) else encoded)
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def tokenize_pair(tokenizer, pair: dict) -> dict[str, list[int]]:
+    """prompt_ids / chosen_ids / rejected_ids for one conversational pair."""
+    prompt = tokenizer.apply_chat_template(pair["prompt"], add_generation_prompt=True, tokenize=True)
+    with_chosen = tokenizer.apply_chat_template(pair["prompt"] + pair["chosen"], tokenize=True)
+    with_rejected = tokenizer.apply_chat_template(pair["prompt"] + pair["rejected"], tokenize=True)
+    prompt_ids, chosen_ids, rejected_ids = _ids(prompt), _ids(with_chosen), _ids(with_rejected)
+    # A BPE merge or a template that renders the prompt differently can move the boundary: the completion
+    # starts where the token ids diverge.
+    start = min(common_prefix_length(prompt_ids, chosen_ids), common_prefix_length(prompt_ids, rejected_ids))
+    return {"prompt_ids": prompt_ids[:start], "chosen_ids": chosen_ids[start:], "rejected_ids": rejected_ids[start:]}
+
+
+def collate_pairs(tokenized: Sequence[dict[str, list[int]]], pad_id: int, max_length: int | None,
+                  truncation_mode: str = "keep_start"):
+    """Batch of 2B sequences — chosen first, then rejected — right-padded, with the completion mask."""
+    import torch
+
+    if truncation_mode not in TRUNCATION_MODES:
+        raise ValueError(f"truncation_mode must be one of {TRUNCATION_MODES}, got {truncation_mode!r}")
+    seqs, masks = [], []
+    for side in ("chosen_ids", "rejected_ids"):
+        for item in tokenized:
+            ids = item["prompt_ids"] + item[side]
+            mask = [0] * len(item["prompt_ids"]) + [1] * len(item[side])
+            if max_length is not None:
+                cut = slice(None, max_length) if truncation_mode == "keep_start" else slice(-max_length, None)
+                ids, mask = ids[cut], mask[cut]
+            seqs.append(ids)
+            masks.append(mask)
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(seqs), width), dtype=torch.long)
+    completion = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, (ids, mask) in enumerate(zip(seqs, masks)):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention[row, : len(ids)] = 1
+        completion[row, : len(mask)] = torch.tensor(mask, dtype=torch.long)
+    return input_ids, attention, completion
+
+
+# --- log-probs, chunked over the vocabulary --------------------------------------------------------
+
+def completion_logps(model, input_ids, attention_mask, completion_mask, vocab_chunk: int = 8192):
+    """Summed log-prob of the completion tokens of each sequence, and their count.
+
+    The decoder runs once; the LM head is applied to the completion positions only, one vocabulary chunk
+    at a time, keeping a running log-sum-exp in fp32. Peak extra memory: positions × `vocab_chunk` × 4 B.
+    """
+    import torch
+
+    head = model.get_output_embeddings()
+    softcap = getattr(model.config, "final_logit_softcapping", None)
+    if head is None or softcap or not hasattr(head, "weight") or head.weight.dim() != 2:
+        # Unusual heads (soft-capped logits, quantized heads): take the full logits, still correct.
+        with torch.no_grad():
+            logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
+        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
+        mask = completion_mask[:, 1:].to(logp.dtype)
+        return (logp * mask).sum(-1), completion_mask[:, 1:].sum(-1)
+
+    with torch.no_grad():
+        backbone = model.get_decoder()
+        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+        targets = input_ids[:, 1:]
+        mask = completion_mask[:, 1:].bool()
+        rows, cols = mask.nonzero(as_tuple=True)
+        h = hidden[:, :-1][rows, cols].float()  # (n, d): only completion positions
+        t = targets[rows, cols]
+        weight = head.weight
+        bias = getattr(head, "bias", None)
+        target_logit = (h * weight[t].float()).sum(-1)
+        if bias is not None:
+            target_logit = target_logit + bias[t].float()
+        lse = torch.full((h.shape[0],), float("-inf"), device=h.device)
+        for start in range(0, weight.shape[0], vocab_chunk):
+            chunk = h @ weight[start: start + vocab_chunk].float().T
+            if bias is not None:
+                chunk = chunk + bias[start: start + vocab_chunk].float()
+            lse = torch.logaddexp(lse, torch.logsumexp(chunk, dim=-1))
+        token_logp = target_logit - lse
+        sums = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=h.device)
+        sums.index_add_(0, rows, token_logp)
+        return sums, mask.sum(-1)
+
+
+# --- the cache key -----------------------------------------------------------------------------------
+
+def weights_fingerprint(model_dir: str | Path) -> str:
+    """SHA-256 over config.json and every weight file of a local model folder."""
+    root = Path(model_dir)
+    files = sorted(p for p in root.iterdir() if p.suffix in {".safetensors", ".bin", ".pt"} or p.name == "config.json")
+    if not files:
+        raise UserError(f"{root} holds no model weights (*.safetensors or *.bin); point model.path at a model folder")
+    digest = hashlib.sha256()
+    for file in files:
+        digest.update(file.name.encode())
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    digest = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    digest.update((backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))).encode())
+    digest.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def pairs_fingerprint(pairs: Sequence[dict]) -> str:
+    digest = hashlib.sha256()
+    for pair in pairs:
+        digest.update(json.dumps({k: pair[k] for k in ("id", "prompt", "chosen", "rejected")}, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def cache_key(*, weights: str, tokenizer, max_length: int | None, truncation_mode: str,
+              quantization: dict | None, pairs: Sequence[dict]) -> tuple[str, dict[str, Any]]:
+    components = {
+        "format": CACHE_FORMAT,
+        "weights": weights,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "chat_template": hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest(),
+        "max_length": max_length,
+        "truncation_mode": truncation_mode,
+        "quantization": quantization or {},
+        "pairs": pairs_fingerprint(pairs),
+        "num_pairs": len(pairs),
+    }
+    key = hashlib.sha256(json.dumps(components, sort_keys=True).encode()).hexdigest()
+    return key, components
+
+
+# --- the cache on disk -------------------------------------------------------------------------------
+
+@dataclass
+class ShardInfo:
+    index: int
+    file: str
+    rows: int
+    sha256: str
+
+
+class ReferenceCache:
+    """A directory of checksummed Parquet shards for one cache key."""
+
+    def __init__(self, directory: str | Path, key: str, components: dict[str, Any], shard_size: int):
+        self.directory = Path(directory)
+        self.key = key
+        self.components = components
+        self.shard_size = shard_size
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / MANIFEST
+
+    def _read_manifest(self) -> dict[str, Any] | None:
+        if not self.manifest_path.exists():
+            return None
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            log.warning("reference cache manifest %s is unreadable; recomputing", self.manifest_path)
+            return None
+        if manifest.get("key") != self.key or manifest.get("shard_size") != self.shard_size:
+            log.warning("reference cache at %s was built for another key; recomputing", self.directory)
+            return None
+        return manifest
+
+    def verified_shards(self) -> list[ShardInfo]:
+        """Shards whose file exists and matches its checksum, in order, stopping at the first bad one."""
+        manifest = self._read_manifest()
+        good: list[ShardInfo] = []
+        for expected, entry in enumerate((manifest or {}).get("shards", [])):
+            shard = ShardInfo(**entry)
+            path = self.directory / shard.file
+            if shard.index != expected or not path.exists() or sha256_file(path) != shard.sha256:
+                log.warning("reference cache shard %s is missing or corrupt; it will be recomputed", path)
+                break
+            good.append(shard)
+        return good
+
+    def is_complete(self) -> bool:
+        manifest = self._read_manifest()
+        if not manifest or not manifest.get("complete"):
+            return False
+        shards = self.verified_shards()
+        return len(shards) == len(manifest["shards"]) and sum(s.rows for s in shards) == self.components["num_pairs"]
+
+    def _write_manifest(self, shards: list[ShardInfo], complete: bool) -> None:
+        atomic_write_json(self.manifest_path, {
+            "key": self.key, "components": self.components, "shard_size": self.shard_size,
+            "shards": [s.__dict__ for s in shards], "complete": complete,
+        })
+
+    def write_shard(self, shards: list[ShardInfo], index: int, rows: dict[str, list]) -> list[ShardInfo]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table({
+            "pair_id": pa.array(rows["pair_id"], pa.string()),
+            "ref_chosen_logps": pa.array(rows["ref_chosen_logps"], pa.float64()),
+            "ref_rejected_logps": pa.array(rows["ref_rejected_logps"], pa.float64()),
+            "chosen_tokens": pa.array(rows["chosen_tokens"], pa.int32()),
+            "rejected_tokens": pa.array(rows["rejected_tokens"], pa.int32()),
+        })
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        data = buffer.getvalue()
+        name = f"shard-{index:05d}.parquet"
+        atomic_write_bytes(self.directory / name, data)
+        shards = shards[:index] + [ShardInfo(index, name, table.num_rows, hashlib.sha256(data).hexdigest())]
+        self._write_manifest(shards, complete=False)
+        return shards
+
+    def mark_complete(self, shards: list[ShardInfo]) -> None:
+        self._write_manifest(shards, complete=True)
+
+    def load(self) -> dict[str, tuple[float, float, int, int]]:
+        """pair_id → (ref_chosen_logp, ref_rejected_logp, chosen_tokens, rejected_tokens); verified."""
+        import pyarrow.parquet as pq
+
+        if not self.is_complete():
+            raise UserError(f"reference cache {self.directory} is incomplete or corrupt; "
+                            "run the reference stage again (it resumes from the last good shard)")
+        out: dict[str, tuple[float, float, int, int]] = {}
+        for shard in self.verified_shards():
+            table = pq.read_table(self.directory / shard.file).to_pydict()
+            for i, pair_id in enumerate(table["pair_id"]):
+                out[pair_id] = (table["ref_chosen_logps"][i], table["ref_rejected_logps"][i],
+                                table["chosen_tokens"][i], table["rejected_tokens"][i])
+        return out
+
+
+def compute_reference_cache(
+    model,
+    tokenizer,
+    pairs: Sequence[dict],
+    cache: ReferenceCache,
+    *,
+    batch_size: int,
+    max_length: int | None,
+    truncation_mode: str = "keep_start",
+    on_shard: Callable[[int, int], None] | None = None,
+    vocab_chunk: int = 8192,
+) -> dict[str, Any]:
+    """Fill `cache` for `pairs`, resuming after the last verified shard. Returns a small summary."""
+    import torch
+
+    if not pairs:
+        raise UserError("no preference pairs to score; run the pairs stage first")
+    if cache.is_complete():
+        return {"computed_pairs": 0, "reused": True, "shards": len(cache.verified_shards())}
+    shards = cache.verified_shards()
+    model.eval()
+    device = next(model.parameters()).device
+    start_shard = len(shards)
+    computed = 0
+    for index in range(start_shard, (len(pairs) + cache.shard_size - 1) // cache.shard_size):
+        chunk = pairs[index * cache.shard_size: (index + 1) * cache.shard_size]
+        rows: dict[str, list] = {k: [] for k in ("pair_id", "ref_chosen_logps", "ref_rejected_logps",
+                                                 "chosen_tokens", "rejected_tokens")}
+        for b in range(0, len(chunk), batch_size):
+            batch = chunk[b: b + batch_size]
+            tokenized = [tokenize_pair(tokenizer, p) for p in batch]
+            input_ids, attention, completion = collate_pairs(tokenized, tokenizer.pad_token_id, max_length,
+                                                             truncation_mode)
+            sums, counts = completion_logps(model, input_ids.to(device), attention.to(device),
+                                            completion.to(device), vocab_chunk=vocab_chunk)
+            n = len(batch)
+            rows["pair_id"] += [p["id"] for p in batch]
+            rows["ref_chosen_logps"] += sums[:n].double().tolist()
+            rows["ref_rejected_logps"] += sums[n:].double().tolist()
+            rows["chosen_tokens"] += counts[:n].tolist()
+            rows["rejected_tokens"] += counts[n:].tolist()
+            del sums, counts
+        shards = cache.write_shard(shards, index, rows)
+        computed += len(chunk)
+        if on_shard is not None:
+            on_shard(index + 1, (len(pairs) + cache.shard_size - 1) // cache.shard_size)
+    cache.mark_complete(shards)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"computed_pairs": computed, "reused": False, "shards": len(shards), "resumed_from_shard": start_shard}

@@ -1,0 +1,97 @@
+"""Stage: greedy summaries of held-out sources before and after training, judged and compared.
+
+Summaries come from the prefix-cached engine (the shared system prompt is encoded once). The
+evaluation sources are checked against everything training saw: overlap stops the run.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from faithforge.stages.context import StageContext
+from faithforge.stages.generate import load_split
+from faithforge.stages.pairs import load_pairs
+from faithforge.teacher import SYSTEM_PROMPT
+from faithforge.workspace import atomic_write_json, atomic_write_text
+
+
+def summarize_sources(model_path: str, sources: list[str], *, adapter: str | None, device: str,
+                      max_new_tokens: int, batch_size: int) -> list[str]:
+    """Greedy (temperature 0) summaries of `sources`, optionally with a LoRA adapter merged in."""
+    from faithforge.engine import PrefixCachedEngine, SamplingConfig
+    from faithforge.modeling import load_causal_lm, load_tokenizer
+
+    tokenizer = load_tokenizer(model_path)
+    model = load_causal_lm(model_path, quantization=None, device=device)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        model.eval()
+    engine = PrefixCachedEngine(model, tokenizer, [{"role": "system", "content": SYSTEM_PROMPT}])
+    results = engine.generate_batch([[{"role": "user", "content": s}] for s in sources],
+                                    SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens),
+                                    batch_size=batch_size)
+    return [r.text.strip() for r in results]
+
+
+def evaluate_models(ctx: StageContext, model: dict, dataset: dict, pairs: dict, dpo: dict,
+                    control: dict | None, plan: dict) -> dict:
+    from faithforge.evaluation import (EvalItem, bar_chart, check_disjoint, compare_reports, evaluate_single,
+                                       get_judge, markdown_report, save_evaluation, table_rows)
+    from faithforge.modeling import device_for
+
+    cfg = ctx.config.evaluate
+    test = load_split(dataset, "test")
+    training_pairs = load_pairs(pairs["train"]) + load_pairs(pairs["val"])
+    check_disjoint([e.source for e in test], [p["prompt"][-1]["content"] for p in training_pairs],
+                   what=f"evaluation sources ({dataset['files']['test']}) and training pairs ({pairs['path']})")
+    check_disjoint([e.id for e in test], [p["source_id"] for p in training_pairs],
+                   what="evaluation example ids and training pair sources")
+    items = [EvalItem(id=e.id, source=e.source, key_facts=e.facts.key_facts(), category=e.category) for e in test]
+    sources = [e.source for e in test]
+    device = device_for(plan["placement"])
+    batch = plan.get("batch_size") or cfg.batch_size
+    judge = get_judge(cfg.judge)
+    started = time.perf_counter()
+    models = {"before": None, "after": dpo["path"]}
+    if control:
+        models["control"] = control["path"]
+    reports = {}
+    for index, (label, adapter) in enumerate(models.items(), start=1):
+        summaries = summarize_sources(model["path"], sources, adapter=adapter, device=device,
+                                      max_new_tokens=cfg.max_new_tokens, batch_size=batch)
+        reports[label] = evaluate_single(items, summaries, judge, label=label, confidence=cfg.confidence)
+        ctx.progress("evaluate", index, len(models), f"{label}: rate {reports[label].rate:.3f}")
+    comparison = compare_reports(reports["before"], reports["after"], confidence=cfg.confidence,
+                                 bootstrap_samples=cfg.bootstrap_samples, seed=ctx.config.seed)
+    control_cmp = None
+    if "control" in reports:
+        control_cmp = compare_reports(reports["before"], reports["control"], confidence=cfg.confidence,
+                                      bootstrap_samples=cfg.bootstrap_samples, seed=ctx.config.seed)
+    seconds = time.perf_counter() - started
+    out = ctx.workspace.dir("reports") / f"eval-{ctx.run_id or 'adhoc'}"
+    markdown = markdown_report(comparison, control=control_cmp)
+    atomic_write_text(out / "report.md", markdown)
+    atomic_write_json(out / "report.json", {"comparison": comparison.to_dict(),
+                                            "control": control_cmp.to_dict() if control_cmp else None})
+    chart = bar_chart(comparison, out / "rates.png", control=control_cmp)
+    parents = [dpo["artifact_id"]] + ([control["artifact_id"]] if control and control.get("artifact_id") else [])
+    artifact_id = save_evaluation(ctx.store, comparison, uri=str(out), run_id=ctx.run_id, parents=parents,
+                                  control=control_cmp)
+    summary = {label: _headline(r) for label, r in reports.items()}
+    return {
+        "path": str(out), "markdown_path": str(out / "report.md"), "chart": str(Path(chart)),
+        "artifact_id": artifact_id, "judge": cfg.judge, "items": len(items), "seconds": round(seconds, 2),
+        "items_per_second": round(len(items) * len(models) / seconds, 1), "models": summary,
+        "difference": {"rate": comparison.rate.model_dump(), "recall": comparison.recall.model_dump(),
+                       "fixed": comparison.fixed, "broken": comparison.broken, "mcnemar_p": comparison.mcnemar_p},
+        "control_difference": control_cmp.rate.model_dump() if control_cmp else None,
+        "table": table_rows(comparison, control_cmp), "markdown": markdown,
+    }
+
+
+def _headline(report) -> dict:
+    return {"rate": report.rate, "rate_ci": list(report.rate_ci) if report.rate_ci else None,
+            "recall": report.recall, "n": report.n_judged}

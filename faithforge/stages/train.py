@@ -1,0 +1,122 @@
+"""Stages: DPO on cached reference log-probs, and the LoRA SFT control trained with the same budget."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from faithforge.stages.context import StageContext, content_key
+from faithforge.stages.pairs import load_pairs
+from faithforge.workspace import atomic_directory, atomic_write_json, sha256_tree
+
+
+def _done(out: Path) -> dict | None:
+    marker = out / "faithforge.json"
+    return {**json.loads(marker.read_text()), "reused": True} if marker.is_file() else None
+
+
+def _micro_batch(plan: dict, effective: int) -> tuple[int, int]:
+    micro = max(1, min(int(plan.get("batch_size") or effective), effective))
+    accum = int(plan.get("grad_accum") or max(1, effective // micro))
+    return micro, accum
+
+
+def train_dpo(ctx: StageContext, model: dict, pairs: dict, reference: dict, plan: dict) -> dict:
+    import torch
+
+    from faithforge.dpo import run_dpo
+    from faithforge.modeling import attach_lora, device_for, load_causal_lm, load_tokenizer
+    from faithforge.reference import ReferenceCache
+    from faithforge.training_plot import plot_training
+
+    cfg = ctx.config.train
+    key = content_key("dpo", reference["key"], cfg.model_dump(), ctx.config.seed)
+    out = ctx.workspace.dir("adapters") / f"dpo-{key}"
+    if (done := _done(out)) is not None:
+        return done
+    cache = ReferenceCache(reference["path"], reference["key"], _components(reference["path"]),
+                           ctx.config.reference.shard_size)
+    reference_logps = cache.load()
+    device = device_for(plan["placement"])
+    torch.manual_seed(ctx.config.seed)
+    tokenizer = load_tokenizer(model["path"])
+    base = load_causal_lm(model["path"], quantization=reference["quantization"], device=device)
+    on_gpu = device == "cuda"
+    policy = attach_lora(base, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                         quantized=bool(reference["quantization"]), gradient_checkpointing=on_gpu)
+    micro, accum = _micro_batch(plan, cfg.batch_size)
+    started = time.perf_counter()
+    result = run_dpo(
+        policy, tokenizer, load_pairs(pairs["train"]), reference_logps,
+        output_dir=str(ctx.workspace.dir("checkpoints") / f"dpo-{key}"), steps=cfg.steps, micro_batch=micro,
+        grad_accum=accum, learning_rate=cfg.learning_rate, beta=cfg.beta, max_length=ctx.config.reference.max_length,
+        seed=ctx.config.seed, checkpoint_every=cfg.checkpoint_every, gradient_checkpointing=on_gpu,
+        optimizer="paged_adamw_8bit" if on_gpu else "adamw_torch", bf16=on_gpu,
+        guard_tolerance=1e-3 if not on_gpu else 2e-2,
+        extra_callbacks=[_progress_callback(ctx, "train", cfg.steps)],
+    )
+    history = result["history"]
+    info = {"path": str(out), "steps": result["steps"], "micro_batch": micro, "grad_accum": accum,
+            "first_loss": history[0]["loss"] if history else None, "final_loss": history[-1]["loss"] if history else None,
+            "final_margin": history[-1]["margin"] if history else None, "stuck_at_ln2": result["stuck_at_ln2"],
+            "resumed_from": result["resumed_from"], "train_seconds": round(time.perf_counter() - started, 2)}
+    with atomic_directory(out) as tmp:
+        result["trainer"].model.save_pretrained(tmp)
+        atomic_write_json(tmp / "history.json", history)
+        plot_training(history, tmp / "training.png")
+        atomic_write_json(tmp / "faithforge.json", info)
+    info["artifact_id"] = ctx.store.add_artifact("adapter", str(out), sha256_tree(out), run_id=ctx.run_id, meta=info,
+                                                 parents=[reference["artifact_id"]])
+    atomic_write_json(out / "faithforge.json", info)
+    return {**info, "plot": str(out / "training.png"), "reused": False}
+
+
+def train_sft_control(ctx: StageContext, model: dict, pairs: dict, plan: dict) -> dict:
+    """LoRA SFT on the chosen summaries, same steps, batch, rank and learning rate as DPO."""
+    import torch
+
+    from faithforge.modeling import attach_lora, device_for, load_causal_lm, load_tokenizer
+    from faithforge.sft import SftExample, train_sft
+
+    cfg = ctx.config.train
+    key = content_key("sft-control", model["path"], pairs["path"], cfg.model_dump(), ctx.config.seed)
+    out = ctx.workspace.dir("adapters") / f"sft-control-{key}"
+    if (done := _done(out)) is not None:
+        return done
+    device = device_for(plan["placement"])
+    torch.manual_seed(ctx.config.seed)
+    tokenizer = load_tokenizer(model["path"])
+    base = load_causal_lm(model["path"], quantization=None, device=device)
+    policy = attach_lora(base, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, quantized=False,
+                         gradient_checkpointing=False)
+    examples = [SftExample(p["prompt"], p["chosen"][0]["content"]) for p in load_pairs(pairs["train"])]
+    started = time.perf_counter()
+    losses = train_sft(policy, tokenizer, examples, steps=cfg.steps, batch_size=cfg.batch_size,
+                       learning_rate=cfg.learning_rate, seed=ctx.config.seed,
+                       on_step=lambda s, loss: ctx.progress("control", s, cfg.steps, f"loss {loss:.3f}")
+                       if s % 16 == 0 or s == cfg.steps else None)
+    info = {"path": str(out), "steps": cfg.steps, "first_loss": losses[0], "final_loss": losses[-1],
+            "train_seconds": round(time.perf_counter() - started, 2)}
+    with atomic_directory(out) as tmp:
+        policy.save_pretrained(tmp)
+        atomic_write_json(tmp / "faithforge.json", info)
+    info["artifact_id"] = ctx.store.add_artifact("adapter", str(out), sha256_tree(out), run_id=ctx.run_id,
+                                                 meta={"control": "sft-on-chosen", **info},
+                                                 parents=[pairs["artifact_id"]] if pairs.get("artifact_id") else [])
+    return {**info, "reused": False}
+
+
+def _components(path: str) -> dict:
+    return json.loads((Path(path) / "manifest.json").read_text())["components"]
+
+
+def _progress_callback(ctx: StageContext, stage: str, total: int):
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ARG002
+            if logs and "loss" in logs and (state.global_step % 8 == 0 or state.global_step == total):
+                ctx.progress(stage, state.global_step, total, f"loss {logs['loss']:.3f}")
+
+    return Progress()

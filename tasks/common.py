@@ -1,0 +1,66 @@
+"""What every pipeline task does around its stage: open the context, show progress, time it, record it.
+
+Tasks return small JSON only (paths, keys, metrics): Prefect keeps every task result for dependency
+tracking, so a model or tensor returned here would stay in memory for the whole flow run.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+
+from prefect import get_run_logger
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.events import emit_event
+
+from faithforge.config import PipelineConfig
+from faithforge.progress import fan_out
+from faithforge.stages.context import StageContext
+
+#: keys too large or too internal to store with a stage record
+_BULKY = {"markdown", "table", "history"}
+
+
+def _artifact_progress(stage: str) -> Callable[[str, int, int, str], None]:
+    """A Prefect progress artifact for this stage, updated at most once per percent."""
+    state: dict[str, Any] = {"id": None, "last": -1.0}
+
+    def sink(_stage: str, done: int, total: int, message: str) -> None:  # noqa: ARG001
+        percent = round(100.0 * done / max(total, 1), 0)
+        if percent == state["last"]:
+            return
+        state["last"] = percent
+        try:
+            if state["id"] is None:
+                state["id"] = create_progress_artifact(progress=percent, key=f"progress-{stage}".replace("_", "-"),
+                                                       description=f"{stage}: {message}")
+            else:
+                update_progress_artifact(state["id"], progress=percent, description=f"{stage}: {message}")
+        except Exception:  # noqa: BLE001 - progress display must never fail a stage
+            pass
+
+    return sink
+
+
+def run_stage(stage: str, config: PipelineConfig, run_id: str | None, fn: Callable[..., dict], *args: Any) -> dict:
+    logger = get_run_logger()
+    ctx = StageContext.open(config, run_id, progress=fan_out(_artifact_progress(stage)))
+    started = time.perf_counter()
+    try:
+        out = fn(ctx, *args)
+    except Exception as exc:
+        if run_id:
+            ctx.store.record_stage(run_id, stage, status="failed", message=str(exc)[:2000],
+                                   wall_seconds=time.perf_counter() - started)
+        raise
+    wall = round(time.perf_counter() - started, 2)
+    out = {**out, "wall_seconds": wall}
+    reused = bool(out.get("reused"))
+    if run_id:
+        ctx.store.record_stage(run_id, stage, status="completed", reused=reused, wall_seconds=wall,
+                               outputs={k: v for k, v in out.items() if k not in _BULKY})
+    logger.info("%s %s in %.1f s", stage, "reused existing output" if reused else "completed", wall)
+    fan_out()(stage, 1, 1, "reused (already computed)" if reused else f"done in {wall:.1f} s")
+    emit_event(event="faithforge.stage.completed", resource={"prefect.resource.id": f"faithforge.stage.{stage}"},
+               payload={"stage": stage, "run_id": run_id, "reused": reused, "wall_seconds": wall})
+    return out

@@ -1,0 +1,22 @@
+"""Task: before/after hallucination evaluation, published as markdown and table artifacts."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from faithforge.config import PipelineConfig
+from faithforge.stages.evaluate import evaluate_models
+from tasks.common import run_stage
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def evaluate_task(config: PipelineConfig, run_id: str | None, model: dict, dataset: dict, pairs: dict, dpo: dict,
+                  control: dict | None, plan: dict) -> dict:
+    out = run_stage("evaluate", config, run_id, evaluate_models, model, dataset, pairs, dpo, control, plan)
+    create_markdown_artifact(key="hallucination-report", markdown=out.pop("markdown"),
+                             description="Hallucination rate before and after DPO, with the SFT control")
+    create_table_artifact(key="hallucination-table", table=out.pop("table"),
+                          description="Rates, confidence intervals and recall per model")
+    return out

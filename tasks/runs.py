@@ -1,0 +1,21 @@
+"""Tasks that open and close a run in the FaithForge store (linked to the Prefect flow run)."""
+
+from __future__ import annotations
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from faithforge.config import PipelineConfig
+from faithforge.stages.context import StageContext
+
+
+@task(name="start-run", cache_policy=NO_CACHE)
+def start_run_task(config: PipelineConfig, kind: str) -> str:
+    ctx = StageContext.open(config)
+    return ctx.store.start_run(kind, config.model_dump(mode="json"), prefect_flow_run_id=str(flow_run.id or ""))
+
+
+@task(name="finish-run", cache_policy=NO_CACHE)
+def finish_run_task(config: PipelineConfig, run_id: str, status: str, summary: dict) -> None:
+    StageContext.open(config).store.finish_run(run_id, status, summary)
