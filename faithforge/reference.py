@@ -267,18 +267,36 @@ class ReferenceCache:
         self._write_manifest(shards, complete=True)
 
     def load(self) -> dict[str, tuple[float, float, int, int]]:
-        """pair_id → (ref_chosen_logp, ref_rejected_logp, chosen_tokens, rejected_tokens); verified."""
+        """pair_id → (ref_chosen_logp, ref_rejected_logp, chosen_tokens, rejected_tokens); verified.
+
+        Each shard is read once and its bytes are checked against the manifest's SHA-256 before they are
+        parsed, so a file that changes between the check and the read is never used.
+        """
         import pyarrow.parquet as pq
 
-        if not self.is_complete():
-            raise UserError(f"reference cache {self.directory} is incomplete or corrupt; "
+        manifest = self._read_manifest()
+        if not manifest or not manifest.get("complete"):
+            raise UserError(f"reference cache {self.directory} is incomplete or was built for another key; "
                             "run the reference stage again (it resumes from the last good shard)")
         out: dict[str, tuple[float, float, int, int]] = {}
-        for shard in self.verified_shards():
-            table = pq.read_table(self.directory / shard.file).to_pydict()
+        for entry in manifest["shards"]:
+            shard = ShardInfo(**entry)
+            path = self.directory / shard.file
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise UserError(f"reference cache shard {path} is unreadable ({exc.strerror or exc}); run the "
+                                "reference stage again (it recomputes missing shards)") from exc
+            if hashlib.sha256(data).hexdigest() != shard.sha256:
+                raise UserError(f"reference cache shard {path} does not match its checksum (corrupt or changed); "
+                                "run the reference stage again (it recomputes it)")
+            table = pq.read_table(io.BytesIO(data)).to_pydict()
             for i, pair_id in enumerate(table["pair_id"]):
                 out[pair_id] = (table["ref_chosen_logps"][i], table["ref_rejected_logps"][i],
                                 table["chosen_tokens"][i], table["rejected_tokens"][i])
+        if len(out) != self.components["num_pairs"]:
+            raise UserError(f"reference cache {self.directory} holds {len(out)} pairs, its key says "
+                            f"{self.components['num_pairs']}; run the reference stage again")
         return out
 
 

@@ -1,0 +1,51 @@
+"""Helpers shared by the reference-cache, DPO and pairs tests (this module holds no tests itself)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from faithforge.pairs import build_synthetic_pairs
+from faithforge.teacher import generate_split
+
+TRAIN = dict(micro_batch=2, grad_accum=1, learning_rate=5e-3, beta=0.1, seed=7)
+
+
+def make_pairs(count: int, seed: int = 0) -> list[dict]:
+    """Synthetic pairs from `count` teacher examples (every example gives a hallucination pair, some an omission)."""
+    pairs, _ = build_synthetic_pairs(generate_split("train", count, seed, 0.5), omission_share=1.0, seed=seed)
+    return pairs
+
+
+def load(model_dir: str | Path):
+    from faithforge.modeling import load_causal_lm, load_tokenizer
+
+    return load_causal_lm(model_dir, quantization=None, device="cpu"), load_tokenizer(model_dir)
+
+
+def lora_policy(model_dir: str | Path, seed: int = 0):
+    """The tiny model with fresh LoRA adapters, initialized identically for a given seed, dropout off."""
+    import torch
+
+    from faithforge.modeling import attach_lora
+
+    model, tokenizer = load(model_dir)
+    torch.manual_seed(seed)
+    return attach_lora(model, r=4, alpha=8, dropout=0.0, quantized=False, gradient_checkpointing=False), tokenizer
+
+
+def build_cache(model_dir: str | Path, pairs: list[dict], directory: str | Path, *, shard_size: int = 4,
+                max_length: int | None = None, batch_size: int = 3):
+    """Compute (or resume) the reference cache of the model at `model_dir`; returns (cache, summary)."""
+    from faithforge.reference import ReferenceCache, cache_key, compute_reference_cache, weights_fingerprint
+
+    model, tokenizer = load(model_dir)
+    key, components = cache_key(weights=weights_fingerprint(model_dir), tokenizer=tokenizer, max_length=max_length,
+                                truncation_mode="keep_start", quantization=None, pairs=pairs)
+    cache = ReferenceCache(directory, key, components, shard_size)
+    summary = compute_reference_cache(model, tokenizer, pairs, cache, batch_size=batch_size, max_length=max_length,
+                                      vocab_chunk=37)
+    return cache, summary
+
+
+def lora_state(model) -> dict:
+    return {k: v.detach().clone() for k, v in model.named_parameters() if "lora_" in k}
