@@ -131,4 +131,4 @@ def test_expired_claim_of_a_dead_worker_is_retaken(tmp_path):
     (retaken,) = db.claim(name, "other", 5, ttl_s=60)
     assert retaken.slot_id == held.slot_id and retaken.token != held.token
     assert db.complete(held, {"x": 1}, "h", "p", spec=name, backend="b", model="m", worker="dead-worker",
-                       repaired=False, prompt_tokens=0, completion_tokens=0, max_attempts=3) == "lost"
+                       repaired=False, prompt_tokens=0, completion_tokens=0, max_attempts=3).status == "lost"

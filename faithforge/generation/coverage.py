@@ -15,7 +15,7 @@ import json
 import time
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from sqlalchemy import func, or_, select, update
@@ -43,6 +43,16 @@ class Claim:
     params: dict[str, Any]
     attempts: int
     until: float
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What recording a result did: `status` is `done`, `duplicate`, `failed` or `lost`; `next_claims` are
+    slots claimed in the same transaction (one commit per example instead of two)."""
+
+    status: str
+    failure_id: int | None = None
+    next_claims: list[Claim] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -157,23 +167,28 @@ class CoverageDB:
     def claim(self, spec: str, worker: str, count: int, ttl_s: float) -> list[Claim]:
         """Atomically take up to `count` free slots (pending, or claimed with an expired lease), lowest
         ordinal first — which walks the least-covered combinations first."""
-        now = time.time()
         with self.session() as s, s.begin():
-            query = (select(Slot).where(Slot.spec == spec, or_(
-                Slot.status == "pending", (Slot.status == "claimed") & (Slot.claimed_until < now)))
-                .order_by(Slot.ordinal, Slot.category).limit(count).with_for_update(skip_locked=True))
-            slots = s.execute(query).scalars().all()
-            if not slots:
-                return []
-            params = dict(s.execute(select(Combination.id, Combination.params).where(
-                Combination.id.in_({sl.combination_id for sl in slots}))).all())
-            claims = []
-            for slot in slots:
-                slot.status, slot.claim_token = "claimed", uuid.uuid4().hex
-                slot.worker, slot.claimed_until = worker[:128], now + ttl_s
-                claims.append(Claim(slot.id, slot.claim_token, slot.category, slot.ordinal, slot.combination_id,
-                                    params[slot.combination_id], slot.attempts, slot.claimed_until))
-            return claims
+            return self._claim(s, spec, worker, count, ttl_s)
+
+    def _claim(self, s: Session, spec: str, worker: str, count: int, ttl_s: float) -> list[Claim]:
+        if count <= 0:
+            return []
+        now = time.time()
+        query = (select(Slot).where(Slot.spec == spec, or_(
+            Slot.status == "pending", (Slot.status == "claimed") & (Slot.claimed_until < now)))
+            .order_by(Slot.ordinal, Slot.category).limit(count).with_for_update(skip_locked=True))
+        slots = s.execute(query).scalars().all()
+        if not slots:
+            return []
+        params = dict(s.execute(select(Combination.id, Combination.params).where(
+            Combination.id.in_({sl.combination_id for sl in slots}))).all())
+        claims = []
+        for slot in slots:
+            slot.status, slot.claim_token = "claimed", uuid.uuid4().hex
+            slot.worker, slot.claimed_until = worker[:128], now + ttl_s
+            claims.append(Claim(slot.id, slot.claim_token, slot.category, slot.ordinal, slot.combination_id,
+                                params[slot.combination_id], slot.attempts, slot.claimed_until))
+        return claims
 
     def _held(self, s: Session, claim: Claim) -> Slot | None:
         slot = s.execute(select(Slot).where(Slot.id == claim.slot_id).with_for_update()).scalar_one()
@@ -190,22 +205,23 @@ class CoverageDB:
     # outcomes -----------------------------------------------------------------------------------
     def complete(self, claim: Claim, payload: dict[str, Any], digest: str, relpath: str, *, spec: str,
                  backend: str, model: str, worker: str, repaired: bool, prompt_tokens: int,
-                 completion_tokens: int, max_attempts: int) -> str:
+                 completion_tokens: int, max_attempts: int, claim_next: int = 0, ttl_s: float = 0.0) -> Outcome:
         """Store an accepted example: `done`, or `duplicate` (same content already stored; recorded as a
-        failure), or `lost` (the lease expired and another worker holds the slot; nothing stored)."""
+        failure), or `lost` (the lease expired and another worker holds the slot; nothing stored). With
+        `claim_next`, also claim that many slots (lease `ttl_s` seconds) in the same transaction."""
         for attempt in range(3):
             try:
                 with self.session() as s, s.begin():
                     slot = self._held(s, claim)
                     if slot is None:
-                        return "lost"
+                        return Outcome("lost", None, self._claim(s, spec, worker, claim_next, ttl_s))
                     clash = s.execute(select(ExampleRow.id).where(ExampleRow.spec == spec,
                                                                   ExampleRow.content_hash == digest)).first()
                     if clash is not None:
-                        self._record_failure(s, slot, claim, spec, "duplicate", f"same content as example {clash[0]}",
-                                             json.dumps(payload, ensure_ascii=False), "", False, model, worker,
-                                             max_attempts=max_attempts)
-                        return "duplicate"
+                        failure_id = self._record_failure(
+                            s, slot, claim, spec, "duplicate", f"same content as example {clash[0]}",
+                            json.dumps(payload, ensure_ascii=False), "", False, model, worker, max_attempts=max_attempts)
+                        return Outcome("duplicate", failure_id, self._claim(s, spec, worker, claim_next, ttl_s))
                     s.add(ExampleRow(spec=spec, category=claim.category, slot_id=slot.id, ordinal=slot.ordinal,
                                      combination_id=slot.combination_id, params=claim.params, content_hash=digest,
                                      payload=payload, relpath=relpath, backend=backend, model=model[:256],
@@ -216,22 +232,24 @@ class CoverageDB:
                     slot.attempts += 1
                     s.execute(update(Combination).where(Combination.id == slot.combination_id).values(
                         attempts=Combination.attempts + 1, successes=Combination.successes + 1))
-                    return "done"
+                    return Outcome("done", None, self._claim(s, spec, worker, claim_next, ttl_s))
             except IntegrityError:  # PostgreSQL: a concurrent worker inserted the same content first
                 if attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
     def fail(self, claim: Claim, *, spec: str, reason: str, detail: str, raw_text: str, repair_text: str,
-             truncated: bool, model: str, worker: str, max_attempts: int) -> int | None:
-        """Record a failed attempt; the slot goes back to pending, or after `max_attempts` is abandoned and
-        replaced on the least-covered combination. Returns the failure id (None when the claim was lost)."""
+             truncated: bool, model: str, worker: str, max_attempts: int, claim_next: int = 0,
+             ttl_s: float = 0.0) -> Outcome:
+        """Record a failed attempt (`failed`, or `lost` when the lease had expired); the slot goes back to
+        pending, or after `max_attempts` is abandoned and replaced on the least-covered combination."""
         with self.session() as s, s.begin():
             slot = self._held(s, claim)
             if slot is None:
-                return None
-            return self._record_failure(s, slot, claim, spec, reason, detail, raw_text, repair_text, truncated,
-                                        model, worker, max_attempts=max_attempts)
+                return Outcome("lost", None, self._claim(s, spec, worker, claim_next, ttl_s))
+            failure_id = self._record_failure(s, slot, claim, spec, reason, detail, raw_text, repair_text, truncated,
+                                              model, worker, max_attempts=max_attempts)
+            return Outcome("failed", failure_id, self._claim(s, spec, worker, claim_next, ttl_s))
 
     def _record_failure(self, s: Session, slot: Slot, claim: Claim, spec: str, reason: str, detail: str,
                         raw_text: str, repair_text: str, truncated: bool, model: str, worker: str,

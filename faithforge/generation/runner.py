@@ -129,8 +129,9 @@ class Generator:
         return self.backend.chat(messages, schema=schema, max_tokens=self.options.max_tokens,
                                  temperature=self.options.temperature, seed=seed)
 
-    def store(self, att: Attempt) -> None:
-        """Commit one attempt's outcome (database first, then the file), and count it."""
+    def store(self, att: Attempt, claim_next: int = 0) -> list[Claim]:
+        """Commit one attempt's outcome (database first, then the file) and count it; claims `claim_next`
+        further slots in the same transaction and returns them."""
         o, claim = self.options, att.claim
         self.summary.truncations += att.truncations
         model = att.result.model if att.result else self.backend.model
@@ -138,12 +139,13 @@ class Generator:
             digest = content_hash(att.payload)
             relpath = example_relpath(claim.category, claim.ordinal)
             usage = att.result.usage if att.result else None
-            status = self.db.complete(claim, att.payload, digest, relpath, spec=self.spec.name,
+            outcome = self.db.complete(claim, att.payload, digest, relpath, spec=self.spec.name,
                                       backend=self.backend.name, model=model, worker=o.worker_id,
                                       repaired=att.repaired, prompt_tokens=usage.prompt_tokens if usage else 0,
                                       completion_tokens=usage.completion_tokens if usage else 0,
-                                      max_attempts=o.max_attempts_per_slot)
-            if status == "done":
+                                      max_attempts=o.max_attempts_per_slot, claim_next=claim_next,
+                                      ttl_s=o.claim_ttl_s)
+            if outcome.status == "done":
                 row = ExampleRow(spec=self.spec.name, category=claim.category, ordinal=claim.ordinal,
                                  params=claim.params, content_hash=digest, payload=att.payload, relpath=relpath,
                                  backend=self.backend.name, model=model, repaired=att.repaired)
@@ -153,25 +155,27 @@ class Generator:
                 self.summary.done_total += 1
                 if self.on_progress:
                     self.on_progress(self.summary.done_total, self.summary.target_total)
-            elif status == "duplicate":
+            elif outcome.status == "duplicate":
                 self.summary.failures["duplicate"] += 1
             else:
                 self.summary.lost_claims += 1
-            return
+            return outcome.next_claims
         if att.error is not None:
             reason, detail = att.error.reason, str(att.error)
         else:
             reason, detail = att.failure.reason, att.failure.detail
-        failure_id = self.db.fail(claim, spec=self.spec.name, reason=reason, detail=detail, raw_text=att.raw_text,
-                                  repair_text=att.repair_text, truncated=att.truncations > 0, model=model,
-                                  worker=o.worker_id, max_attempts=o.max_attempts_per_slot)
-        if failure_id is None:
+        outcome = self.db.fail(claim, spec=self.spec.name, reason=reason, detail=detail, raw_text=att.raw_text,
+                               repair_text=att.repair_text, truncated=att.truncations > 0, model=model,
+                               worker=o.worker_id, max_attempts=o.max_attempts_per_slot, claim_next=claim_next,
+                               ttl_s=o.claim_ttl_s)
+        if outcome.failure_id is None:
             self.summary.lost_claims += 1
-            return
+            return outcome.next_claims
         self.summary.failures[reason] += 1
-        write_quarantine_file(self.out_dir, failure_id, {
+        write_quarantine_file(self.out_dir, outcome.failure_id, {
             "category": claim.category, "ordinal": claim.ordinal, "params": claim.params, "reason": reason,
             "detail": detail, "raw_text": att.raw_text, "repair_text": att.repair_text, "model": model})
+        return outcome.next_claims
 
     # the loop -----------------------------------------------------------------------------------
     def run(self) -> GenerationSummary:
@@ -185,6 +189,7 @@ class Generator:
             self.on_progress(self.summary.done_total, self.summary.target_total)
         pool = ThreadPoolExecutor(max_workers=o.batch_size) if o.batch_size > 1 else None
         consecutive_errors = 0
+        prefetched: list[Claim] = []
         try:
             while True:
                 if o.limit is not None and self.summary.generated >= o.limit:
@@ -195,7 +200,8 @@ class Generator:
                     self.summary.message = f"{o.max_failures} failed attempts; see the quarantine folder"
                     break
                 want = o.batch_size if o.limit is None else min(o.batch_size, o.limit - self.summary.generated)
-                claims = self.db.claim(self.spec.name, o.worker_id, want, o.claim_ttl_s)
+                claims = prefetched or self.db.claim(self.spec.name, o.worker_id, want, o.claim_ttl_s)
+                prefetched = []
                 if not claims:
                     if o.wait_for_others and self.db.counts(self.spec.name).claimed > 0:
                         time.sleep(o.poll_s)
@@ -206,8 +212,13 @@ class Generator:
                 if fatal is not None:
                     self.db.release([a.claim for a in attempts])
                     raise fatal
-                for att in attempts:
-                    self.store(att)
+                for i, att in enumerate(attempts):
+                    # single-example mode: the commit of this example also claims the next slot
+                    last = i == len(attempts) - 1 and o.batch_size == 1
+                    more = (last and consecutive_errors + (att.error is not None) < o.max_consecutive_backend_errors
+                            and (o.limit is None or self.summary.generated + 1 < o.limit)
+                            and sum(self.summary.failures.values()) + 1 < o.max_failures)
+                    prefetched = self.store(att, claim_next=1 if more else 0)
                     consecutive_errors = consecutive_errors + 1 if att.error is not None else 0
                 if consecutive_errors >= o.max_consecutive_backend_errors:
                     self.summary.stopped = "backend_errors"
@@ -216,6 +227,8 @@ class Generator:
         except KeyboardInterrupt:
             self.summary.stopped = "interrupted"
         finally:
+            if prefetched:
+                self.db.release(prefetched)
             if pool is not None:
                 pool.shutdown(wait=True, cancel_futures=True)
             self.summary.elapsed_s = time.perf_counter() - started
