@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from faithforge.pairs import build_synthetic_pairs
 from faithforge.teacher import generate_split
 
+REPO = Path(__file__).resolve().parents[1]
 TRAIN = dict(micro_batch=2, grad_accum=1, learning_rate=5e-3, beta=0.1, seed=7)
 
 
@@ -34,7 +40,7 @@ def lora_policy(model_dir: str | Path, seed: int = 0):
 
 
 def build_cache(model_dir: str | Path, pairs: list[dict], directory: str | Path, *, shard_size: int = 4,
-                max_length: int | None = None, batch_size: int = 3):
+                max_length: int | None = None, batch_size: int = 3, on_shard=None):
     """Compute (or resume) the reference cache of the model at `model_dir`; returns (cache, summary)."""
     from faithforge.reference import ReferenceCache, cache_key, compute_reference_cache, weights_fingerprint
 
@@ -43,8 +49,32 @@ def build_cache(model_dir: str | Path, pairs: list[dict], directory: str | Path,
                                 truncation_mode="keep_start", quantization=None, pairs=pairs)
     cache = ReferenceCache(directory, key, components, shard_size)
     summary = compute_reference_cache(model, tokenizer, pairs, cache, batch_size=batch_size, max_length=max_length,
-                                      vocab_chunk=37)
+                                      vocab_chunk=37, on_shard=on_shard)
     return cache, summary
+
+
+def start_script(code: str, marker: Path) -> subprocess.Popen:
+    """Run `code` in a fresh Python (one torch thread) with the repo and tests importable."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "OMP_NUM_THREADS": "1",
+           "TOKENIZERS_PARALLELISM": "false", "HF_HUB_OFFLINE": "1"}
+    prelude = "import torch; torch.set_num_threads(1)\n"
+    return subprocess.Popen([sys.executable, "-c", prelude + code], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def kill_when(process: subprocess.Popen, marker: Path, timeout: float = 180.0) -> None:
+    """SIGKILL `process` as soon as `marker` exists (fail if it exits or the marker never shows)."""
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if process.poll() is not None:
+            raise AssertionError(f"the child exited ({process.returncode}) before the kill point:\n"
+                                 f"{process.stdout.read()}")
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError("the child never reached the kill point")
+        time.sleep(0.05)
+    os.kill(process.pid, signal.SIGKILL)
+    assert process.wait(timeout=30) == -signal.SIGKILL
 
 
 def lora_state(model) -> dict:
