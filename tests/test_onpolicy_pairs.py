@@ -1,0 +1,78 @@
+"""On-policy pairs from the tiny model: sampled through the engine, judged, best vs worst past a margin."""
+
+from __future__ import annotations
+
+import pytest
+from test_dpo_support import load
+
+from faithforge.errors import UserError
+from faithforge.evaluation import get_judge
+from faithforge.onpolicy_pairs import build_onpolicy_pairs, score_summary
+from faithforge.pairs import validate_pairs
+from faithforge.teacher import generate_split, prompt_messages
+
+SETTINGS = dict(k=4, temperature=1.5, seed=11, max_new_tokens=12, margin=0.5)
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tiny_model_dir):
+    return load(tiny_model_dir)
+
+
+def test_pairs_prefer_the_more_faithful_sample_and_every_source_is_accounted_for(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    examples = list(generate_split("train", 6, 3, 0.5))
+    pairs, report = build_onpolicy_pairs(model, tokenizer, examples, **SETTINGS)
+
+    assert pairs, "the seeded tiny model must give at least one pair, or this test checks nothing"
+    assert report.sources == 6 and report.samples == 6 * SETTINGS["k"]
+    assert report.built == len(pairs)
+    assert report.built + sum(report.dropped_sources.values()) == report.sources
+    validate_pairs(pairs, "on-policy")
+    by_id = {e.id: e for e in examples}
+    judge = get_judge("grounding")
+    for pair, scores in zip(pairs, report.scores):
+        example = by_id[pair["source_id"]]
+        assert pair["kind"] == "on-policy" and pair["id"] == scores["id"]
+        assert pair["prompt"] == prompt_messages(example.source)
+        chosen = score_summary(judge, example.source, pair["chosen"][0]["content"], example.facts.key_facts(), 1.0)
+        rejected = score_summary(judge, example.source, pair["rejected"][0]["content"], example.facts.key_facts(), 1.0)
+        assert chosen["score"] - rejected["score"] >= SETTINGS["margin"]
+        assert chosen == scores["chosen"] and rejected == scores["rejected"]
+    assert not model.training
+
+
+def test_same_seed_same_pairs_and_an_unreachable_margin_drops_every_source_with_a_reason(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    examples = list(generate_split("train", 6, 3, 0.5))
+    first, _ = build_onpolicy_pairs(model, tokenizer, examples, **SETTINGS)
+    again, _ = build_onpolicy_pairs(model, tokenizer, examples, **SETTINGS)
+    assert first == again
+
+    pairs, report = build_onpolicy_pairs(model, tokenizer, examples, **{**SETTINGS, "margin": 3.0})
+    assert pairs == [] and report.built == 0
+    assert sum(report.dropped_sources.values()) == 6
+    assert all("margin" in reason or "fewer than 2" in reason for reason in report.dropped_sources)
+    assert any("margin 3.0" in reason for reason in report.dropped_sources)
+
+
+def test_works_on_the_lora_policy_and_on_dict_rows(tiny_model_dir):
+    from test_dpo_support import lora_policy
+
+    policy, tokenizer = lora_policy(tiny_model_dir)
+    policy.train()
+    rows = [e.to_dict() for e in generate_split("train", 3, 3, 0.5)]
+    pairs, report = build_onpolicy_pairs(policy, tokenizer, rows, **SETTINGS)
+    assert report.samples == 3 * SETTINGS["k"] and policy.training  # mode restored
+    assert {p["source_id"] for p in pairs} <= {r["id"] for r in rows}
+
+
+def test_bad_settings_are_refused(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    examples = list(generate_split("train", 1, 3, 0.5))
+    with pytest.raises(UserError, match="at least 2 samples"):
+        build_onpolicy_pairs(model, tokenizer, examples, k=1)
+    with pytest.raises(UserError, match="temperature > 0"):
+        build_onpolicy_pairs(model, tokenizer, examples, temperature=0.0)
+    with pytest.raises(UserError, match="lacks 'source'"):
+        build_onpolicy_pairs(model, tokenizer, [{"id": "x"}])
