@@ -100,6 +100,9 @@ def validate_pairs(pairs: list[dict], source: str | Path = "pairs") -> None:
     problems = []
     ids: set[str] = set()
     for row_number, pair in enumerate(pairs, start=1):
+        if not isinstance(pair, dict):
+            problems.append(f"row {row_number}: not a JSON object")
+            continue
         missing = [f for f in REQUIRED_FIELDS if f not in pair or pair[f] in (None, "", [])]
         if missing:
             problems.append(f"row {row_number}: missing or empty field(s) {', '.join(missing)}")
