@@ -1,8 +1,8 @@
 """Batched generation of many short requests that share the engine's prefix (evaluation, on-policy sampling).
 
 Layout of row i in the batch cache: [shared prefix][pads][suffix_i][generated...]
-- the prefix states are expanded to the batch once (one copy of batch x prefix; the engine's own cache is
-  only read, through views);
+- the prefix states are expanded to the batch once, into a buffer sized for prefix + suffixes + generated
+  tokens (one copy of batch x prefix; the engine's own cache is only read);
 - suffixes are left-padded; the attention mask is 0 on pads and covers cached + new tokens;
 - position ids are explicit: suffix_i runs shared, shared+1, ... whatever its padding, so each row's
   positions equal an unpadded re-encode of that row; pads get position `shared` (they are masked out);
@@ -34,12 +34,16 @@ class BatchRunner:
         batch = len(rows)
         # Reuse what every row shares with the cached prefix, leaving each row at least one token to feed.
         shared = min(min(common_prefix_length(self.working.ids, r), len(r) - 1) for r in rows)
-        cache = new_cache(self.model)
-        for layer_idx, (k, v) in enumerate(self.working.prefix_views(shared)):
-            cache.update(k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1), layer_idx)
-
         suffixes = [r[shared:] for r in rows]
         width = max(len(s) for s in suffixes)
+        cache = new_cache(self.model)
+        for layer_idx, (k, v) in enumerate(self.working.prefix_views(shared)):
+            k, v = k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
+            layer = cache.layers[layer_idx]
+            layer.lazy_initialization(k, v)
+            layer.reserve(k, shared + width + sampling.max_new_tokens)  # one allocation for the whole batch
+            cache.update(k, v, layer_idx)
+
         input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
         mask = torch.zeros(batch, shared + width, dtype=torch.long)
         mask[:, :shared] = 1

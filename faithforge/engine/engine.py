@@ -77,8 +77,7 @@ class PrefixCachedEngine:
 
     @property
     def cache_storage_nbytes(self) -> int:
-        """Bytes the working cache keeps alive: cache_nbytes plus, after a crop, the tail of the last request
-        (freed when the next request starts writing)."""
+        """Bytes the working cache keeps alive: its buffers' capacity (cache_nbytes plus room for a request)."""
         return cache_storage_nbytes(self._wc.cache)
 
     def generate(self, prompt: Prompt, sampling: SamplingConfig = SamplingConfig(), *,
