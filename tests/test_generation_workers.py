@@ -38,10 +38,11 @@ def spec_copy(tmp_path: Path) -> tuple[Path, str]:
     return path, data["name"]
 
 
-def start_worker(spec: Path, db_url: str, out: Path, target: int, name: str, delay: float = 0.01) -> subprocess.Popen:
+def start_worker(spec: Path, db_url: str, out: Path, target: int, name: str, delay: float = 0.01,
+                 ttl_s: float = 2.0) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     cmd = [sys.executable, "-m", "faithforge.generation.worker", "--spec", str(spec), "--db", db_url, "--out", str(out),
-           "--backend", "template", "--target", str(target), "--delay", str(delay), "--claim-ttl", "2",
+           "--backend", "template", "--target", str(target), "--delay", str(delay), "--claim-ttl", str(ttl_s),
            "--poll", "0.05", "--worker-id", name]
     return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
@@ -95,7 +96,8 @@ def run_three_workers(db_url: str, tmp_path: Path) -> None:
     spec, name = spec_copy(tmp_path)
     out, target = tmp_path / "out", 45
     db = CoverageDB(db_url)  # create the tables once; the workers also race to do it
-    procs = [start_worker(spec, db_url, out, target, f"w{i}") for i in range(3)]
+    # no worker dies here: a long lease keeps a worker stalled by a busy machine from losing its slot
+    procs = [start_worker(spec, db_url, out, target, f"w{i}", ttl_s=60.0) for i in range(3)]
     summaries = [finish(p) for p in procs]
     # every slot generated exactly once: the workers' new examples add up to the target, nothing was
     # discarded for a lost lease, and no duplicate content was produced
