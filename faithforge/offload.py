@@ -1,0 +1,378 @@
+"""Offloading a stage to another machine (the `a100` pool): plain Python, no Prefect, no torch.
+
+How a stage moves:
+
+1. The parent (the pipeline, on the local machine) turns the stage's inputs into *portable* inputs:
+   every absolute path in them that exists is published to the storage URL (fsspec: a local directory,
+   `s3://…`, `gs://…`) and replaced by a reference `@storage/<key>`. Paths inside the workspace keep their
+   workspace-relative layout (`@storage/workspace/models/sft-…`); other paths (your own model folder) go
+   under `@storage/external/<hash>/<name>`. Content-keyed folders that are already published with the same
+   checksums are not uploaded again.
+2. The child (the same flow, run as a deployment on the offload pool) resolves each reference against *its*
+   storage URL, downloads into its own workspace at the same relative path (checksums verified), runs the
+   stage, publishes every output path under its workspace the same way and writes the portable outputs as
+   `results/<flow-run-id>.json` in storage. It returns only that small JSON (URIs and metrics).
+3. The parent reads that JSON from storage (not Prefect's pickled result), downloads the outputs into its
+   own workspace at the same relative paths and continues as if the stage had run locally.
+
+Each published object has a manifest `<key>.manifest.json` (sha256 of every file), written last: an
+object without a manifest is incomplete and is never read.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from faithforge.config import PipelineConfig, env_overrides, deep_merge
+from faithforge.errors import UserError
+from faithforge.workspace import Workspace, atomic_write_json, sha256_file
+
+REF_PREFIX = "@storage/"
+"""Prefix of a portable reference; the rest is a key relative to the storage URL."""
+MANIFEST_SUFFIX = ".manifest.json"
+DEFAULT_OFFLOAD_TIMEOUT_S = 600.0
+"""How long the parent waits for a worker of the offload pool to start the run (config: gpu.offload_timeout_s)."""
+DEFAULT_WORKER_WORKSPACE = "~/.faithforge-worker"
+"""Workspace of an offload worker when FAITHFORGE_WORKSPACE is not set (never the parent's path)."""
+#: which flow runs each offloadable stage; the deployment is `<flow>/<pool>`
+STAGE_FLOWS = {"reference": "faithforge-reference", "train": "faithforge-train", "evaluate": "faithforge-evaluate"}
+#: artifact kind the parent records for a stage's fetched outputs
+STAGE_ARTIFACT_KIND = {"reference": "reference_cache", "train": "adapter", "evaluate": "evaluation_report"}
+
+
+class OffloadError(UserError):
+    """An offloaded stage could not run: no worker, a failed child run, or missing data in storage."""
+
+
+# -- settings --------------------------------------------------------------------------------------------
+
+TIMEOUT_ENV = "FF_OFFLOAD_TIMEOUT_S"
+"""Machine-level fallback for gpu.offload_timeout_s (not FAITHFORGE_-prefixed: the config loader would read
+that prefix as a config field)."""
+
+
+def offload_timeout_s(config: PipelineConfig, environ: dict[str, str] | None = None) -> float:
+    """Seconds the parent waits for a worker to start an offloaded run: gpu.offload_timeout_s, else the
+    FF_OFFLOAD_TIMEOUT_S environment variable of the machine running the pipeline, else 600."""
+    configured = getattr(config.gpu, "offload_timeout_s", None)
+    if configured is not None:
+        return float(configured)
+    raw = (os.environ if environ is None else environ).get(TIMEOUT_ENV)
+    if raw:
+        try:
+            value = float(raw)
+        except ValueError:
+            raise OffloadError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
+        if value <= 0:
+            raise OffloadError(f"{TIMEOUT_ENV} must be positive, got {raw}")
+        return value
+    return DEFAULT_OFFLOAD_TIMEOUT_S
+
+
+def deployment_name(stage: str, pool: str) -> str:
+    """`faithforge-train/a100`: every offloadable stage has a deployment named after the pool it runs on."""
+    if stage not in STAGE_FLOWS:
+        raise OffloadError(f"stage {stage!r} cannot be offloaded; offloadable stages: {', '.join(STAGE_FLOWS)}")
+    return f"{STAGE_FLOWS[stage]}/{pool}"
+
+
+def storage_root(config: PipelineConfig, environ: dict[str, str] | None = None) -> str:
+    """The storage URL of this machine: FAITHFORGE_STORAGE_URL, else config.storage_url."""
+    env = os.environ if environ is None else environ
+    url = env.get("FAITHFORGE_STORAGE_URL") or config.storage_url
+    if not url:
+        raise OffloadError("offloading needs shared storage: set storage_url (FAITHFORGE_STORAGE_URL), e.g. "
+                           "s3://bucket/faithforge, or a directory both machines mount")
+    return url.rstrip("/")
+
+
+def worker_start_hint(pool: str) -> str:
+    return (f"start one on the GPU machine with `PREFECT_API_URL=<your server>/api "
+            f"FAITHFORGE_STORAGE_URL=<storage url> prefect worker start --pool {pool} --limit 1` "
+            f"(or run the Dockerfile's image there)")
+
+
+def no_worker_message(stage: str, pool: str, waited_s: float) -> str:
+    return (f"{stage}: no worker of the work pool {pool!r} started the offloaded run within {waited_s:.0f} s "
+            f"(gpu.offload_timeout_s); {worker_start_hint(pool)}, then retry this run — finished stages are "
+            f"reused")
+
+
+def child_config(config: PipelineConfig, model_path_ref: str | None) -> dict[str, Any]:
+    """The config the child receives: the parent's, minus what only makes sense on the parent's machine."""
+    data = config.model_dump(mode="json")
+    data["gpu"]["profile"] = None          # the worker reads its own GPU (or its FAITHFORGE_GPU_PROFILE)
+    data["gpu"]["offload_pool"] = None     # a stage that does not fit on the offload GPU fails there, never loops
+    data["gpu"]["calibration_file"] = None
+    if data.get("database_url", "") and str(data["database_url"]).startswith("sqlite"):
+        data["database_url"] = None        # a SQLite file of the parent is not the worker's
+    if model_path_ref is not None:
+        data["model"]["path"] = model_path_ref
+    return data
+
+
+def worker_config(received: PipelineConfig, environ: dict[str, str] | None = None) -> PipelineConfig:
+    """On the worker: the received config with this machine's FAITHFORGE_* environment on top, its own workspace."""
+    env = dict(os.environ if environ is None else environ)
+    data = received.model_dump(mode="json")
+    data = deep_merge(data, env_overrides(env))
+    data["workspace"] = env.get("FAITHFORGE_WORKSPACE") or os.path.expanduser(DEFAULT_WORKER_WORKSPACE)
+    if env.get("FAITHFORGE_STORAGE_URL"):
+        data["storage_url"] = env["FAITHFORGE_STORAGE_URL"]
+    data.setdefault("gpu", {})["offload_pool"] = None
+    return PipelineConfig.model_validate(data)
+
+
+# -- transfer ----------------------------------------------------------------------------------------
+
+def _fs(url: str):
+    import fsspec
+
+    return fsspec.core.url_to_fs(url)
+
+
+def _join(url: str, key: str) -> str:
+    return f"{url.rstrip('/')}/{key.lstrip('/')}"
+
+
+def local_manifest(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        files = {str(f.relative_to(path)).replace(os.sep, "/"): sha256_file(f)
+                 for f in sorted(path.rglob("*")) if f.is_file()}
+        return {"kind": "dir", "files": files}
+    return {"kind": "file", "files": {"": sha256_file(path)}}
+
+
+def _read_manifest(url: str) -> dict[str, Any] | None:
+    fs, path = _fs(url + MANIFEST_SUFFIX)
+    try:
+        with fs.open(path, "rb") as handle:
+            return json.loads(handle.read().decode())
+    except FileNotFoundError:
+        return None
+
+
+def publish(local: str | os.PathLike[str], url: str) -> dict[str, Any]:
+    """Upload a file or folder to `url`; the manifest goes last. Skipped when the same content is there."""
+    source = Path(local)
+    manifest = local_manifest(source)
+    if _read_manifest(url) == manifest:
+        return manifest
+    fs, target = _fs(url)
+    for rel in manifest["files"]:
+        dest = target if manifest["kind"] == "file" else f"{target}/{rel}"
+        parent = dest.rsplit("/", 1)[0]
+        if parent:
+            fs.makedirs(parent, exist_ok=True)
+        fs.put_file(str(source if manifest["kind"] == "file" else source / rel), dest)
+    mfs, mpath = _fs(url + MANIFEST_SUFFIX)
+    with mfs.open(mpath, "wb") as handle:
+        handle.write(json.dumps(manifest, sort_keys=True).encode())
+    return manifest
+
+
+def fetch(url: str, local: str | os.PathLike[str]) -> dict[str, Any]:
+    """Download `url` into `local` (replaced atomically), verifying every file's sha256 against the manifest."""
+    manifest = _read_manifest(url)
+    if manifest is None:
+        raise OffloadError(f"{url} is not in storage (no {MANIFEST_SUFFIX}): it was never published completely")
+    dest = Path(local)
+    if dest.exists() and local_manifest(dest) == manifest:
+        return manifest
+    fs, source = _fs(url)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".fetch", dir=dest.parent))
+    try:
+        for rel, digest in manifest["files"].items():
+            src = source if manifest["kind"] == "file" else f"{source}/{rel}"
+            out = staging / "payload" if manifest["kind"] == "file" else staging / "payload" / rel
+            out.parent.mkdir(parents=True, exist_ok=True)
+            fs.get_file(src, str(out))
+            if sha256_file(out) != digest:
+                raise OffloadError(f"{src}: checksum mismatch after download (storage changed or was corrupted); "
+                                   f"run the stage again")
+        if dest.is_dir():
+            shutil.rmtree(dest)
+        elif dest.exists():
+            dest.unlink()
+        if manifest["kind"] == "dir":
+            (staging / "payload").mkdir(exist_ok=True)  # an empty folder has no files to create it
+        os.replace(staging / "payload", dest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return manifest
+
+
+def manifest_digest(manifest: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+
+
+# -- portable values ---------------------------------------------------------------------------------
+
+def _strings(value: Any) -> Iterable[str]:
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        for item in value.values():
+            yield from _strings(item)
+    elif isinstance(value, (list, tuple)):
+        for item in value:
+            yield from _strings(item)
+
+
+def _map_strings(value: Any, fn: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_map_strings(v, fn) for v in value]
+    if isinstance(value, tuple):
+        return tuple(_map_strings(v, fn) for v in value)
+    return value
+
+
+def _outermost(paths: Iterable[str]) -> list[str]:
+    """Drop every path that lies inside another one of the set (it travels with its folder)."""
+    ordered = sorted(set(paths), key=len)
+    kept: list[str] = []
+    for p in ordered:
+        if not any(p == k or p.startswith(k.rstrip("/") + "/") for k in kept):
+            kept.append(p)
+    return kept
+
+
+def storage_key(path: str, workspace_root: Path) -> str:
+    """`workspace/<relative path>` inside the workspace, else `external/<hash of the path>/<name>`."""
+    resolved = Path(path).resolve()
+    try:
+        rel = resolved.relative_to(workspace_root.resolve())
+        return "workspace/" + str(rel).replace(os.sep, "/")
+    except ValueError:
+        digest = hashlib.sha256(str(resolved).encode()).hexdigest()[:12]
+        return f"external/{digest}/{resolved.name}"
+
+
+def local_path_for(key: str, workspace_root: Path) -> Path:
+    if key.startswith("workspace/"):
+        return workspace_root / key[len("workspace/"):]
+    if key.startswith("external/"):
+        return workspace_root / key
+    raise OffloadError(f"unknown storage reference {REF_PREFIX}{key}")
+
+
+def is_ref(value: Any) -> bool:
+    return isinstance(value, str) and value.startswith(REF_PREFIX)
+
+
+def to_portable(value: Any, workspace_root: Path, storage_url: str,
+                include: Callable[[Path], bool] | None = None) -> Any:
+    """Publish every existing absolute path in `value` (optionally only those `include` accepts) and
+    replace it by an `@storage/` reference. Everything else is returned unchanged."""
+    def candidate(s: str) -> bool:
+        if not os.path.isabs(s) or not os.path.exists(s):
+            return False
+        return include is None or include(Path(s))
+
+    paths = [s for s in _strings(value) if candidate(s)]
+    for top in _outermost(paths):
+        publish(top, _join(storage_url, storage_key(top, workspace_root)))
+    return _map_strings(value, lambda s: REF_PREFIX + storage_key(s, workspace_root) if candidate(s) else s)
+
+
+def from_portable(value: Any, workspace_root: Path, storage_url: str) -> Any:
+    """Download every `@storage/` reference in `value` into the workspace and replace it by the local path."""
+    keys = [s[len(REF_PREFIX):] for s in _strings(value) if is_ref(s)]
+    for top in _outermost(keys):
+        fetch(_join(storage_url, top), local_path_for(top, workspace_root))
+    return _map_strings(value, lambda s: str(local_path_for(s[len(REF_PREFIX):], workspace_root)) if is_ref(s) else s)
+
+
+def relocate_markers(folder: Path, old_root: str, new_root: str) -> None:
+    """Stage folders keep a JSON marker (`faithforge.json`, `manifest.json`) with absolute paths written on the
+    machine that made them; point those at this machine's workspace so a later local rerun reuses them."""
+    if not folder.is_dir() or not old_root or old_root == new_root:
+        return
+    for name in ("faithforge.json", "manifest.json"):
+        marker = folder / name
+        if not marker.is_file():
+            continue
+        data = json.loads(marker.read_text(encoding="utf-8"))
+        prefix = old_root.rstrip("/") + "/"
+        fixed = _map_strings(data, lambda s: new_root.rstrip("/") + "/" + s[len(prefix):] if s.startswith(prefix) else s)
+        if fixed != data:
+            atomic_write_json(marker, fixed)
+
+
+def artifact_ids(value: Any) -> list[str]:
+    """Every `artifact_id` in a (nested) stage output."""
+    found: list[str] = []
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k == "artifact_id" and isinstance(v, str) and v:
+                found.append(v)
+            else:
+                found.extend(artifact_ids(v))
+    elif isinstance(value, list):
+        for v in value:
+            found.extend(artifact_ids(v))
+    return found
+
+
+def replace_artifact_ids(value: Any, fn: Callable[[dict], str | None]) -> Any:
+    """A copy of `value` where each dict holding an `artifact_id` gets `fn(dict)` as its id."""
+    if isinstance(value, dict):
+        out = {k: replace_artifact_ids(v, fn) for k, v in value.items()}
+        if "artifact_id" in value:
+            out["artifact_id"] = fn(out)
+        return out
+    if isinstance(value, list):
+        return [replace_artifact_ids(v, fn) for v in value]
+    return value
+
+
+# -- results -----------------------------------------------------------------------------------------
+
+def result_url(storage_url: str, flow_run_id: str) -> str:
+    return _join(storage_url, f"results/{flow_run_id}.json")
+
+
+def write_result(storage_url: str, flow_run_id: str, result: dict[str, Any]) -> str:
+    url = result_url(storage_url, flow_run_id)
+    fs, path = _fs(url)
+    parent = path.rsplit("/", 1)[0]
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(path, "wb") as handle:
+        handle.write(json.dumps(result, sort_keys=True, default=_jsonable).encode())
+    return url
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy scalars and arrays (metrics) as plain JSON; anything else as its string."""
+    for name in ("item", "tolist"):
+        convert = getattr(value, name, None)
+        if callable(convert):
+            return convert()
+    return str(value)
+
+
+def read_result(storage_url: str, flow_run_id: str) -> dict[str, Any]:
+    url = result_url(storage_url, flow_run_id)
+    fs, path = _fs(url)
+    try:
+        with fs.open(path, "rb") as handle:
+            return json.loads(handle.read().decode())
+    except FileNotFoundError:
+        raise OffloadError(f"the offloaded run {flow_run_id} completed but left no result at {url}; does the "
+                           f"worker use the same storage (FAITHFORGE_STORAGE_URL)?") from None
+
+
+def open_workspace(config: PipelineConfig) -> Workspace:
+    return Workspace.open(config.workspace)

@@ -1,0 +1,230 @@
+"""Prefect glue for offloading and the GPU concurrency guard (the logic lives in `faithforge.offload`).
+
+- `offload_task` (parent side): publish inputs to storage, run the stage's deployment on the offload pool as a
+  linked subflow, wait for a worker (at most `gpu.offload_timeout_s`), then until the run is final, and fetch
+  what it produced into the local workspace.
+- `receive_task` / `send_task` (child side, in the stage flow run on the offload pool): inputs from storage
+  into the worker's workspace; outputs back to storage plus a `results/<flow-run-id>.json`.
+- `gpu_slot`: one GPU job at a time through the global concurrency limit `gpu` (strict in deployed runs).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.events import emit_event
+
+from faithforge import offload
+from faithforge.config import PipelineConfig
+from faithforge.errors import UserError
+from faithforge.stages.context import StageContext
+from faithforge.workspace import sha256_file, sha256_tree
+
+DEFAULT_GPU_LIMIT = "gpu"
+POLL_S = 2.0
+
+
+# -- the GPU guard --------------------------------------------------------------------------------------
+
+def gpu_limit_name(config: PipelineConfig) -> str:
+    return getattr(config.gpu, "concurrency_limit", None) or DEFAULT_GPU_LIMIT
+
+
+def enforce_gpu_limit(config: PipelineConfig) -> bool:
+    """Strict in runs started by a worker (a deployment) or when gpu.require_concurrency_limit says so.
+
+    The local demo on Prefect's ephemeral server has no limits and runs one stage at a time, so it does
+    not take a slot there; a deployed run on a server without the `gpu` limit fails instead of silently
+    running two GPU jobs at once.
+    """
+    if getattr(config.gpu, "require_concurrency_limit", False):
+        return True
+    if os.environ.get("PREFECT__FLOW_RUN_ID"):
+        return True
+    from prefect.runtime import deployment
+
+    return deployment.id is not None
+
+
+@contextlib.contextmanager
+def gpu_slot(config: PipelineConfig, plan: dict) -> Iterator[None]:
+    """Hold one slot of the `gpu` limit while a stage uses the local GPU (CPU and offload plans take none)."""
+    if plan.get("placement") != "local" or not enforce_gpu_limit(config):
+        yield
+        return
+    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
+    from prefect.concurrency.sync import concurrency
+
+    name = gpu_limit_name(config)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(concurrency(name, occupy=1, strict=True))
+        except ConcurrencySlotAcquisitionError as exc:
+            raise UserError(f"the global concurrency limit {name!r} is missing on the Prefect server ({exc}); "
+                            f"create it with `prefect gcl create {name} --limit 1` or `python -m deployments.deploy`"
+                            ) from None
+        get_run_logger().info("holding a slot of the %r concurrency limit for %s", name, plan.get("stage"))
+        yield
+
+
+# -- parent side ----------------------------------------------------------------------------------------
+
+def _wait_for_child(client, flow_run_id, stage: str, pool: str, pickup_timeout_s: float) -> Any:
+    """Poll the child run: it must leave SCHEDULED within the timeout, then reach a final state."""
+    from prefect.states import Cancelled
+
+    logger = get_run_logger()
+    started = time.monotonic()
+    announced = False
+    while True:
+        run = client.read_flow_run(flow_run_id)
+        state = run.state
+        if state is not None and state.is_final():
+            return run
+        if state is None or state.is_scheduled():
+            waited = time.monotonic() - started
+            if waited >= pickup_timeout_s:
+                client.set_flow_run_state(flow_run_id, Cancelled(message="no worker picked it up in time"),
+                                          force=True)
+                raise offload.OffloadError(offload.no_worker_message(stage, pool, waited))
+        elif not announced:
+            logger.info("%s: a worker of pool %r started the run (%s)", stage, pool, state.name)
+            announced = True
+        time.sleep(POLL_S)
+
+
+def _record_outputs(ctx: StageContext, stage: str, outputs: Any, parents: list[str]) -> Any:
+    kind = offload.STAGE_ARTIFACT_KIND[stage]
+
+    def register(entry: dict) -> str | None:
+        path = entry.get("path")
+        if not path or not Path(path).exists():
+            return None
+        digest = sha256_tree(path) if Path(path).is_dir() else sha256_file(path)
+        meta = {k: v for k, v in entry.items() if k not in ("markdown", "table", "history")}
+        return ctx.store.add_artifact(kind, str(path), digest, run_id=ctx.run_id, meta={"offloaded": True, **meta},
+                                      parents=parents)
+
+    return offload.replace_artifact_ids(outputs, register)
+
+
+@task(name="offload-stage", cache_policy=NO_CACHE, persist_result=False)
+def offload_task(config: PipelineConfig, run_id: str | None, stage: str, plan: dict, inputs: dict) -> Any:
+    """Run `stage` as a flow run of its deployment on the offload pool and bring its outputs here."""
+    from prefect import get_client
+    from prefect.deployments import run_deployment
+    from prefect.exceptions import ObjectNotFound
+
+    logger = get_run_logger()
+    pool = plan.get("offload_target") or config.gpu.offload_pool
+    if not pool:
+        raise offload.OffloadError(f"{stage}: the plan says offload but no gpu.offload_pool is configured")
+    name = offload.deployment_name(stage, pool)
+    storage = offload.storage_root(config)
+    ctx = StageContext.open(config, run_id)
+    root = ctx.workspace.root
+    started = time.perf_counter()
+    parents = offload.artifact_ids(inputs)
+    portable = offload.to_portable(inputs, root, storage)
+    model_ref = offload.to_portable(config.model.path, root, storage) if config.model.path else None
+    parameters = {"config": offload.child_config(config, model_ref), **portable, "run_id": None, "offloaded": True}
+    timeout_s = offload.offload_timeout_s(config)
+    logger.info("%s: offloading to deployment %s on pool %r (inputs in %s)", stage, name, pool, storage)
+    try:
+        child = run_deployment(name, parameters=parameters, timeout=0, as_subflow=True,
+                               tags=["faithforge", "offload", stage])
+    except ObjectNotFound:
+        raise offload.OffloadError(f"{stage}: the deployment {name!r} does not exist on the Prefect server; register "
+                                   f"it with `python -m deployments.deploy` or `prefect deploy --all`") from None
+    with get_client(sync_client=True) as client:
+        run = _wait_for_child(client, child.id, stage, pool, timeout_s)
+    if not run.state.is_completed():
+        raise offload.OffloadError(f"{stage}: the offloaded flow run {run.name} ({run.id}) on pool {pool!r} ended "
+                                   f"{run.state.name}: {run.state.message or 'see its logs in the Prefect UI'}")
+    result = offload.read_result(storage, str(run.id))
+    local = offload.from_portable(result["outputs"], root, storage)
+    for key in {s for s in offload._strings(result["outputs"]) if offload.is_ref(s)}:
+        folder = offload.local_path_for(key[len(offload.REF_PREFIX):], root)
+        offload.relocate_markers(folder, result.get("workspace", ""), str(root))
+    local = _record_outputs(ctx, stage, local, parents)
+    wall = round(time.perf_counter() - started, 2)
+    reused = bool(result.get("reused"))
+    if run_id:
+        ctx.store.record_stage(run_id, stage, status="completed", reused=reused, wall_seconds=wall,
+                               outputs={"offloaded_to": pool, "flow_run_id": str(run.id), "outputs": local},
+                               message=f"offloaded to pool {pool} as flow run {run.name}")
+    emit_event(event="faithforge.stage.completed", resource={"prefect.resource.id": f"faithforge.stage.{stage}"},
+               payload={"stage": stage, "run_id": run_id, "reused": reused, "wall_seconds": wall,
+                        "offloaded_to": pool, "flow_run_id": str(run.id)})
+    logger.info("%s: offloaded run %s completed; outputs fetched into %s in %.1f s", stage, run.name, root, wall)
+    return local
+
+
+# -- child side -----------------------------------------------------------------------------------------
+
+@task(name="receive-offloaded-inputs", cache_policy=NO_CACHE, persist_result=False)
+def receive_task(config: PipelineConfig, stage: str, inputs: dict) -> dict:
+    """On the offload worker: this machine's config, a run in its own store, inputs fetched from storage."""
+    from faithforge.stages.context import StageContext
+
+    cfg = offload.worker_config(config)
+    storage = offload.storage_root(cfg)
+    ctx = StageContext.open(cfg)
+    root = ctx.workspace.root
+    if cfg.model.path and offload.is_ref(cfg.model.path):
+        cfg = cfg.model_copy(update={"model": cfg.model.model_copy(
+            update={"path": offload.from_portable(cfg.model.path, root, storage)})})
+    local = offload.from_portable(inputs, root, storage)
+
+    def imported(entry: dict) -> str | None:
+        path = entry.get("path")
+        if not path or not Path(path).exists():
+            return None
+        digest = sha256_tree(path) if Path(path).is_dir() else sha256_file(path)
+        return ctx.store.add_artifact("offload_input", str(path), digest, meta={"origin_artifact_id":
+                                                                                  entry.get("artifact_id")})
+
+    local = offload.replace_artifact_ids(local, imported)
+    run_id = ctx.store.start_run(f"offload-{stage}", cfg.model_dump(mode="json"),
+                                 prefect_flow_run_id=os.environ.get("PREFECT__FLOW_RUN_ID", ""))
+    get_run_logger().info("%s: inputs fetched from %s into %s", stage, storage, root)
+    return {"config": cfg.model_dump(mode="json"), "run_id": run_id, "inputs": local}
+
+
+@task(name="send-offloaded-outputs", cache_policy=NO_CACHE, persist_result=False)
+def send_task(config: PipelineConfig, run_id: str, stage: str, outputs: Any) -> dict:
+    """On the offload worker: publish the outputs under the workspace and write the result JSON to storage."""
+    from prefect.runtime import flow_run
+
+    ctx = StageContext.open(config)
+    root = ctx.workspace.root
+    storage = offload.storage_root(config)
+    portable = offload.to_portable(outputs, root, storage, include=lambda p: _inside(p, root))
+    reused = all(entry.get("reused", False) for entry in _stage_dicts(outputs)) if _stage_dicts(outputs) else False
+    result = {"stage": stage, "outputs": portable, "workspace": str(root), "reused": reused}
+    url = offload.write_result(storage, str(flow_run.id), result)
+    ctx.store.finish_run(run_id, "completed", {"result": url})
+    get_run_logger().info("%s: outputs published; result at %s", stage, url)
+    return result
+
+
+def _inside(path: Path, root: Path) -> bool:
+    try:
+        path.resolve().relative_to(root.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def _stage_dicts(outputs: Any) -> list[dict]:
+    if isinstance(outputs, dict) and "path" in outputs:
+        return [outputs]
+    if isinstance(outputs, dict):
+        return [v for v in outputs.values() if isinstance(v, dict) and "path" in v]
+    return []
