@@ -14,6 +14,7 @@ from flows.reference import reference_flow
 from flows.train import train_flow
 from tasks.data import base_model_task, generate_task, pairs_task, warm_start_task
 from tasks.gate import gate_task
+from tasks.offload import gpu_slot
 from tasks.runs import finish_run_task, start_run_task
 
 
@@ -27,7 +28,9 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
         stages["generate"] = dataset = generate_task(config, run_id)
         stages["base_model"] = base = base_model_task(config, run_id)
         warm_plan = gate_task(config, run_id, "train")  # the warm start is a training stage
-        stages["warm_start"] = model = warm_start_task(config, run_id, base, dataset, warm_plan)
+        # An offload plan runs the warm start on this CPU: it exists for the tiny model (turn it off for your own).
+        with gpu_slot(config, warm_plan):
+            stages["warm_start"] = model = warm_start_task(config, run_id, base, dataset, warm_plan)
         stages["pairs"] = pairs = pairs_task(config, run_id, dataset)
         stages["reference"] = reference = reference_flow(config, model, pairs, run_id=run_id)
         trained = train_flow(config, model, pairs, reference, run_id=run_id)
