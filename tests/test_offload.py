@@ -1,0 +1,189 @@
+"""Offload plumbing without a server: storage transfer, portable references, configs, messages, the yaml twin."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from faithforge import offload
+from faithforge.config import PipelineConfig
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _tree(root: Path) -> None:
+    (root / "sub").mkdir(parents=True)
+    (root / "a.txt").write_text("alpha")
+    (root / "sub" / "b.bin").write_bytes(bytes(range(256)))
+
+
+def test_publish_fetch_round_trip_and_skip_when_unchanged(tmp_path):
+    src = tmp_path / "src"
+    _tree(src)
+    url = str(tmp_path / "store" / "obj")
+    manifest = offload.publish(src, url)
+    assert set(manifest["files"]) == {"a.txt", "sub/b.bin"}
+    assert Path(url + offload.MANIFEST_SUFFIX).is_file()
+    dest = tmp_path / "dest" / "obj"
+    offload.fetch(url, dest)
+    assert (dest / "sub" / "b.bin").read_bytes() == bytes(range(256)) and (dest / "a.txt").read_text() == "alpha"
+    # Same content: nothing is uploaded again (the stored bytes are left alone).
+    stored = Path(url) / "a.txt"
+    before = stored.stat().st_mtime_ns
+    offload.publish(src, url)
+    assert stored.stat().st_mtime_ns == before
+    # A single file travels too.
+    offload.publish(src / "a.txt", url + "-file")
+    offload.fetch(url + "-file", tmp_path / "one.txt")
+    assert (tmp_path / "one.txt").read_text() == "alpha"
+
+
+def test_fetch_refuses_corrupt_or_incomplete_objects(tmp_path):
+    src = tmp_path / "src"
+    _tree(src)
+    url = str(tmp_path / "store" / "obj")
+    offload.publish(src, url)
+    (Path(url) / "a.txt").write_text("tampered")
+    dest = tmp_path / "dest"
+    with pytest.raises(offload.OffloadError, match="checksum mismatch"):
+        offload.fetch(url, dest)
+    assert not dest.exists()  # nothing half-written is left behind
+    with pytest.raises(offload.OffloadError, match="never published completely"):
+        offload.fetch(str(tmp_path / "store" / "missing"), dest)
+
+
+def test_portable_paths_move_between_two_workspaces(tmp_path):
+    storage = str(tmp_path / "storage")
+    parent_ws, child_ws = tmp_path / "parent", tmp_path / "child"
+    pairs_dir = parent_ws / "pairs" / "pairs-k1"
+    pairs_dir.mkdir(parents=True)
+    (pairs_dir / "train.jsonl").write_text("{}\n")
+    own_model = tmp_path / "models" / "my-sft"
+    own_model.mkdir(parents=True)
+    (own_model / "config.json").write_text("{}")
+    inputs = {"pairs": {"path": str(pairs_dir), "train": str(pairs_dir / "train.jsonl"), "key": "k1",
+                        "counts": {"train": 3}},
+              "model": {"path": str(own_model)}, "note": "/definitely/not/a/real/path"}
+    portable = offload.to_portable(inputs, parent_ws, storage)
+    assert portable["pairs"]["path"] == "@storage/workspace/pairs/pairs-k1"
+    assert portable["pairs"]["train"] == "@storage/workspace/pairs/pairs-k1/train.jsonl"
+    assert portable["model"]["path"].startswith("@storage/external/") and portable["model"]["path"].endswith("/my-sft")
+    assert portable["note"] == "/definitely/not/a/real/path" and portable["pairs"]["counts"] == {"train": 3}
+    json.dumps(portable)  # small JSON only
+
+    local = offload.from_portable(portable, child_ws, storage)
+    assert local["pairs"]["train"] == str(child_ws / "pairs" / "pairs-k1" / "train.jsonl")
+    assert Path(local["pairs"]["train"]).read_text() == "{}\n"
+    assert (Path(local["model"]["path"]) / "config.json").is_file()
+    assert Path(local["model"]["path"]).is_relative_to(child_ws)
+
+
+def test_relocate_markers_points_reused_outputs_at_this_workspace(tmp_path):
+    folder = tmp_path / "ws" / "adapters" / "dpo-k"
+    folder.mkdir(parents=True)
+    (folder / "faithforge.json").write_text(json.dumps({"path": "/worker/ws/adapters/dpo-k", "steps": 4,
+                                                       "other": "/elsewhere/x"}))
+    offload.relocate_markers(folder, "/worker/ws", str(tmp_path / "ws"))
+    data = json.loads((folder / "faithforge.json").read_text())
+    assert data == {"path": str(folder), "steps": 4, "other": "/elsewhere/x"}
+
+
+def test_child_and_worker_configs():
+    parent = PipelineConfig.model_validate({"workspace": "/home/me/ws", "database_url": "sqlite:////home/me/x.db",
+                                            "storage_url": "s3://bucket/ff", "model": {"path": "/home/me/model"},
+                                            "gpu": {"offload_pool": "a100", "profile": "rtx5070-12gb"}})
+    sent = offload.child_config(parent, "@storage/external/abc/model")
+    assert sent["gpu"]["offload_pool"] is None and sent["gpu"]["profile"] is None
+    assert sent["database_url"] is None and sent["model"]["path"] == "@storage/external/abc/model"
+    received = PipelineConfig.model_validate(sent)
+    cfg = offload.worker_config(received, {"FAITHFORGE_WORKSPACE": "/data/ws", "FAITHFORGE_STORAGE_URL": "gs://b/ff",
+                                           "FAITHFORGE_TRAIN__STEPS": "7", "FAITHFORGE_GPU_PROFILE": "a100-80gb"})
+    assert cfg.workspace == "/data/ws" and cfg.storage_url == "gs://b/ff" and cfg.train.steps == 7
+    assert cfg.gpu.offload_pool is None and cfg.gpu.profile is None  # the probe reads FAITHFORGE_GPU_PROFILE itself
+    fallback = offload.worker_config(received, {})
+    assert fallback.workspace.endswith(".faithforge-worker") and fallback.storage_url == "s3://bucket/ff"
+
+
+def test_settings_and_messages():
+    cfg = PipelineConfig()
+    assert offload.offload_timeout_s(cfg, {}) == offload.DEFAULT_OFFLOAD_TIMEOUT_S
+    assert offload.offload_timeout_s(cfg, {offload.TIMEOUT_ENV: "12.5"}) == 12.5
+    with pytest.raises(offload.OffloadError):
+        offload.offload_timeout_s(cfg, {offload.TIMEOUT_ENV: "soon"})
+    with pytest.raises(offload.OffloadError, match="storage_url"):
+        offload.storage_root(cfg, {})
+    assert offload.storage_root(cfg, {"FAITHFORGE_STORAGE_URL": "s3://b/x/"}) == "s3://b/x"
+    assert offload.deployment_name("train", "a100") == "faithforge-train/a100"
+    with pytest.raises(offload.OffloadError):
+        offload.deployment_name("generate", "a100")
+    message = offload.no_worker_message("train", "a100", 30)
+    assert "'a100'" in message and "prefect worker start --pool a100" in message and "30 s" in message
+
+
+def test_result_json_round_trip(tmp_path):
+    import numpy as np
+
+    storage = str(tmp_path / "storage")
+    offload.write_result(storage, "run-1", {"outputs": {"rate": np.float64(0.25)}, "reused": False})
+    assert offload.read_result(storage, "run-1") == {"outputs": {"rate": 0.25}, "reused": False}
+    with pytest.raises(offload.OffloadError, match="same storage"):
+        offload.read_result(storage, "run-2")
+
+
+def test_prefect_yaml_matches_deploy_py():
+    from deployments import deploy
+    from deployments.generation import NIGHTLY_CRON
+
+    spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
+    declared = {(d["entrypoint"], d["name"], d["work_pool"]["name"]) for d in spec["deployments"]}
+    expected = {(deploy.PIPELINE_ENTRYPOINT, deploy.LOCAL_POOL, deploy.LOCAL_POOL),
+                (deploy.GENERATION_ENTRYPOINT, "nightly-generation", deploy.LOCAL_POOL)}
+    pools = [deploy.LOCAL_POOL, deploy.A100_POOL, deploy.A100_DOCKER_POOL]
+    expected |= {(entry, pool, pool) for entry in deploy.STAGE_ENTRYPOINTS.values() for pool in pools}
+    assert declared == expected
+    nightly = next(d for d in spec["deployments"] if d["name"] == "nightly-generation")
+    assert nightly["schedules"][0]["cron"] == NIGHTLY_CRON
+    docker = next(d for d in spec["deployments"] if d["work_pool"]["name"] == deploy.A100_DOCKER_POOL)
+    assert docker["work_pool"]["job_variables"] == deploy.docker_job_variables()
+    # every entrypoint is importable as a flow, and stage deployments follow `<flow>/<pool>` naming
+    from prefect.flows import load_flow_from_entrypoint
+
+    for stage, entry in deploy.STAGE_ENTRYPOINTS.items():
+        assert load_flow_from_entrypoint(entry).name == offload.STAGE_FLOWS[stage]
+
+
+def test_docker_template_exposes_container_kwargs():
+    from deployments.deploy import docker_base_job_template
+
+    template = {"job_configuration": {"image": "{{ image }}"}, "variables": {"properties": {"image": {}}}}
+    out = docker_base_job_template(template)
+    assert out["job_configuration"]["container_create_kwargs"] == "{{ container_create_kwargs }}"
+    assert "container_create_kwargs" in out["variables"]["properties"] and "container_create_kwargs" not in \
+        template["job_configuration"]
+
+
+def test_gpu_slot_without_a_limit(prefect_harness, monkeypatch):
+    """A deployed run (enforced) on a server without the `gpu` limit fails and says how to create it; the
+    local demo (not enforced) and CPU plans take no slot."""
+    from prefect import flow
+
+    import tasks.offload as glue
+    from faithforge.errors import UserError
+
+    cfg = PipelineConfig()
+
+    @flow
+    def guarded(placement: str) -> str:
+        with glue.gpu_slot(cfg, {"placement": placement, "stage": "train"}):
+            return "ran"
+
+    assert guarded("local") == "ran"  # not under a deployment: no slot, no error
+    monkeypatch.setattr(glue, "enforce_gpu_limit", lambda config: True)
+    assert guarded("cpu") == "ran"
+    state = guarded("local", return_state=True)
+    assert state.is_failed()
+    with pytest.raises(UserError, match="prefect gcl create gpu"):
+        state.result()
