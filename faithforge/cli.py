@@ -72,6 +72,9 @@ def demo(
     from faithforge.workspace import Workspace
 
     ws = Workspace.open(cfg.workspace)  # fails early, with the fix, if it is not writable
+    from gpu import read_snapshot
+
+    read_snapshot(cfg.gpu.profile)  # an unknown profile name fails here, listing the known ones
     if fresh:
         for sub in DERIVED_DIRS:
             shutil.rmtree(ws.dir(sub), ignore_errors=True)

@@ -79,9 +79,9 @@ class GenerateConfig(Section):
 class PairsConfig(Section):
     """Preference pairs built from the generated examples."""
 
-    omission_share: float = Field(0.5, ge=0.0, le=1.0)
-    """Share of sources that stating a day also get a pair whose rejected summary drops that day, so that
-    the model cannot lower its hallucination rate by saying less."""
+    omission_share: float = Field(1.0, ge=0.0, le=1.0)
+    """Share of the sources that state a day which also get a pair whose rejected summary drops that day, so
+    that the model cannot lower its hallucination rate by saying less."""
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     """Share of training sources whose pairs are kept for validation (split by source)."""
 
@@ -117,13 +117,17 @@ class TrainConfig(Section):
     """Optimizer steps."""
     batch_size: int = Field(16, ge=1, le=4096)
     """Effective batch in pairs per optimizer step (micro-batch × gradient accumulation, set by the gate)."""
-    learning_rate: float = Field(2e-3, gt=0, le=1.0)
+    learning_rate: float = Field(1e-3, gt=0, le=1.0)
     """AdamW learning rate for the LoRA weights."""
     beta: float = Field(0.1, gt=0, le=10.0)
     """DPO temperature β: how far the policy may move from the reference."""
+    sft_weight: float = Field(0.5, ge=0.0, le=100.0)
+    """Weight of an NLL term on the chosen summary added to the DPO loss (TRL `loss_type=["sigmoid", "sft"]`,
+    the RPO objective). Without it, DPO on the demo task lowered the likelihood of faithful summaries too and
+    dropped facts (validation recall 0.94); 0 gives pure DPO."""
     lora_r: int = Field(16, ge=1, le=1024)
     """LoRA rank."""
-    lora_alpha: int = Field(32, ge=1)
+    lora_alpha: int = Field(16, ge=1)
     """LoRA scaling numerator (scale = alpha / r)."""
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     """Dropout on the LoRA input."""

@@ -21,7 +21,9 @@ def run_pipeline_with_progress(config: PipelineConfig, verbose: bool = False) ->
 
     offline_environment()
     if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        # Our progress bars and summary speak for the run; a failing stage's one-line error is printed by the
+        # CLI, so Prefect's own log (with tracebacks) is shown only with --verbose.
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     for noisy in ("transformers", "datasets", "bitsandbytes", "accelerate", "peft"):

@@ -53,7 +53,7 @@ def train_dpo(ctx: StageContext, model: dict, pairs: dict, reference: dict, plan
         grad_accum=accum, learning_rate=cfg.learning_rate, beta=cfg.beta, max_length=ctx.config.reference.max_length,
         seed=ctx.config.seed, checkpoint_every=cfg.checkpoint_every, gradient_checkpointing=on_gpu,
         optimizer="paged_adamw_8bit" if on_gpu else "adamw_torch", bf16=on_gpu,
-        guard_tolerance=1e-3 if not on_gpu else 2e-2,
+        guard_tolerance=1e-3 if not on_gpu else 2e-2, sft_weight=cfg.sft_weight,
         extra_callbacks=[_progress_callback(ctx, "train", cfg.steps)],
     )
     history = result["history"]

@@ -1,0 +1,50 @@
+"""Bad input ends with a one-line message and exit status 2, never a traceback."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _faithforge(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-c", "from faithforge.cli import main; main()", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180, env=full_env)
+
+
+def _one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    return result.stderr
+
+
+def test_missing_config_file(tmp_path):
+    err = _one_line_error(_faithforge("demo", "--config", str(tmp_path / "missing.yaml"), "-w", str(tmp_path / "w")))
+    assert "missing.yaml not found" in err and "configs/demo.yaml" in err
+
+
+def test_unknown_stage_option(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  epochs: 3\n")
+    err = _one_line_error(_faithforge("demo", "--config", str(config), "-w", str(tmp_path / "w")))
+    assert "train.epochs: unknown option" in err and "steps" in err
+
+
+def test_unwritable_workspace(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    err = _one_line_error(_faithforge("demo", "-w", str(blocker / "ws")))
+    assert "not writable" in err and "--workspace" in err
+
+
+def test_unknown_gpu_profile_lists_known_ones(tmp_path):
+    err = _one_line_error(_faithforge("demo", "-w", str(tmp_path / "w"), "--profile", "gtx-9000"))
+    assert "rtx5070-12gb" in err
+
+
+def test_tiny_model_command(tmp_path):
+    result = _faithforge("tiny-model", str(tmp_path / "m"), "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "m" / "config.json").is_file() and (tmp_path / "m" / "tokenizer.json").is_file()

@@ -1,0 +1,64 @@
+import os
+
+import pytest
+
+from faithforge.errors import UserError
+from faithforge.store import Store
+from faithforge.workspace import Workspace, atomic_directory, atomic_write_json, atomic_write_text
+
+
+def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "a" / "f.json"
+    atomic_write_json(target, {"x": 1})
+    atomic_write_text(target, "new")
+    assert target.read_text() == "new"
+    assert [p.name for p in target.parent.iterdir()] == ["f.json"]
+
+
+def test_atomic_directory_keeps_old_content_when_the_block_fails(tmp_path):
+    target = tmp_path / "model"
+    with atomic_directory(target) as tmp:
+        (tmp / "w.bin").write_text("v1")
+    with pytest.raises(RuntimeError):
+        with atomic_directory(target) as tmp:
+            (tmp / "w.bin").write_text("half")
+            raise RuntimeError("killed mid-save")
+    assert (target / "w.bin").read_text() == "v1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_unwritable_workspace_says_what_to_fix(tmp_path):
+    if os.geteuid() == 0:
+        blocker = tmp_path / "file"
+        blocker.write_text("x")
+        root = blocker / "ws"  # a path under a regular file can never be created, even by root
+    else:
+        root = tmp_path / "ro"
+        root.mkdir(mode=0o500)
+    with pytest.raises(UserError, match="not writable.*--workspace"):
+        Workspace.open(root)
+
+
+def test_store_runs_stages_and_lineage(tmp_path):
+    store = Store(f"sqlite:///{tmp_path / 'db.sqlite'}")
+    run = store.start_run("pipeline", {"seed": 0})
+    store.record_stage(run, "gate:train", status="planned", plan={"placement": "cpu"})
+    store.record_stage(run, "train", status="completed", outputs={"path": "/x"}, wall_seconds=1.5)
+    data = store.add_artifact("dataset", "/d", "h1", run_id=run)
+    pairs = store.add_artifact("pairs", "/p", "h2", run_id=run, parents=[data])
+    ref = store.add_artifact("reference_cache", "/r", "h3", run_id=run, parents=[pairs])
+    adapter = store.add_artifact("adapter", "/a", "h4", run_id=run, parents=[ref])
+    evaluation = store.add_artifact("evaluation", "/e", "h5", run_id=run, parents=[adapter])
+    assert [a.kind for a in store.ancestors(evaluation)] == ["adapter", "reference_cache", "pairs", "dataset"]
+    # the same artifact recorded twice is one row, and its lineage edges are not duplicated
+    assert store.add_artifact("pairs", "/p", "h2", parents=[data]) == pairs
+    assert [a.id for a in store.parents(pairs)] == [data]
+    store.finish_run(run, "completed", {"ok": True})
+    assert store.get_run(run).status == "completed"
+    assert [s.stage for s in store.stages(run)] == ["gate:train", "train"]
+    assert store.stages(run)[0].plan == {"placement": "cpu"}
+
+
+def test_store_rejects_unusable_url():
+    with pytest.raises(UserError, match="database_url"):
+        Store("notadialect://x")
