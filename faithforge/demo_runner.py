@@ -26,6 +26,9 @@ def run_pipeline_with_progress(config: PipelineConfig, verbose: bool = False) ->
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not user news
     for noisy in ("transformers", "datasets", "bitsandbytes", "accelerate", "peft"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")

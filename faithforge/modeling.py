@@ -57,11 +57,21 @@ def load_causal_lm(path: str | Path, *, quantization: dict[str, Any] | None, dev
 
 
 def attach_lora(model, *, r: int, alpha: int, dropout: float, quantized: bool, gradient_checkpointing: bool):
-    """LoRA on every linear layer (peft `all-linear`), prepared for k-bit training when quantized."""
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    """LoRA on every linear layer (peft `all-linear`), prepared for k-bit training when quantized.
+
+    We do not call peft's `prepare_model_for_kbit_training`: it casts every non-quantized weight to fp32,
+    embeddings and lm_head included — about 2.2 GB more for Qwen2.5-7B (152k × 3584 × 2 matrices × 2 extra
+    bytes), which is what decides whether a 7B QLoRA run fits a 12 GB card. The base stays frozen in bf16; the
+    gradient flows to the LoRA weights through checkpointed layers via `enable_input_require_grads`.
+    """
+    from peft import LoraConfig, get_peft_model
 
     if quantized:
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        for param in model.parameters():
+            param.requires_grad_(False)
+        if gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules="all-linear",
                         task_type="CAUSAL_LM")
     return get_peft_model(model, config)

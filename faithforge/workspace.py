@@ -71,11 +71,20 @@ def atomic_write_jsonl(path: str | os.PathLike[str], rows: list[dict[str, Any]])
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Rows of a JSON-lines file; a line that is not JSON is a `UserError` naming the file and line."""
     rows = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            if line.strip():
+    try:
+        handle = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}; check the path") from None
+    with handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
                 rows.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise UserError(f"{path}: line {number} is not valid JSON ({exc.msg}); fix or remove that line") from None
     return rows
 
 

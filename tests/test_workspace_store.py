@@ -62,3 +62,14 @@ def test_store_runs_stages_and_lineage(tmp_path):
 def test_store_rejects_unusable_url():
     with pytest.raises(UserError, match="database_url"):
         Store("notadialect://x")
+
+
+def test_read_jsonl_names_file_and_line(tmp_path):
+    from faithforge.workspace import read_jsonl
+
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"id": 1}\n\n{"id": 2\n')
+    with pytest.raises(UserError, match=r"pairs.jsonl: line 3 is not valid JSON"):
+        read_jsonl(path)
+    with pytest.raises(UserError, match="cannot read"):
+        read_jsonl(tmp_path / "missing.jsonl")
