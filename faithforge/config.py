@@ -63,8 +63,25 @@ class ModelConfig(Section):
 class GenerateConfig(Section):
     """Data generation: where source documents and reference summaries come from."""
 
-    backend: Literal["template"] = "template"
-    """Who writes the data. `template`: the built-in offline teacher (deterministic, no model needed)."""
+    backend: Literal["template", "ollama", "openai", "local"] = "template"
+    """Who writes the data. `template`: the built-in offline teacher (deterministic, no model needed; the demo).
+    `ollama` / `openai` / `local`: the spec-driven generation flow runs as a subflow with that backend and its
+    examples are split into train / validation / test by content hash."""
+    spec: str = "configs/specs/grounded-summaries.yaml"
+    """Generation spec for LLM backends (must produce source_document, summary, key_facts and, for pairs,
+    hallucinated_summary)."""
+    model: str = "qwen3:8b"
+    """LLM backends: the model (Ollama tag, server model id, or for `local` a model folder)."""
+    fallback_models: list[str] = []
+    """Smaller tiers the GPU gate may pick when `model` does not fit (e.g. `qwen3:8b` after `qwen3:30b-a3b`)."""
+    base_url: str | None = None
+    """LLM backends: the server root (Ollama default http://127.0.0.1:11434; required for `openai`)."""
+    target: int = Field(1000, ge=10, le=10_000_000)
+    """LLM backends: total examples to generate (a rerun tops up to this)."""
+    val_share: float = Field(0.1, ge=0.0, lt=0.5)
+    """LLM backends: share of examples held out for validation."""
+    test_share: float = Field(0.2, gt=0.0, lt=0.5)
+    """LLM backends: share of examples held out for the final evaluation."""
     train_sources: int = Field(2000, ge=10, le=1_000_000)
     """Source documents for warm-start and preference training."""
     val_sources: int = Field(300, ge=10, le=100_000)

@@ -59,7 +59,7 @@ def _source_of(example: Any) -> tuple[str, str, list[str]]:
 
             facts = Facts(**example["facts"]).key_facts()
         return str(source_id), source, list(facts or [])
-    return example.id, example.source, example.facts.key_facts()
+    return example.id, example.source, list(example.key_facts)
 
 
 def score_summary(judge, source: str, summary: str, key_facts: list[str], recall_weight: float) -> dict[str, Any]:

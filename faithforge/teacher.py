@@ -70,20 +70,26 @@ class Example:
     source: str
     faithful: str
     warm_start_reference: str
-    facts: Facts
+    facts: Facts | None  # the teacher's structured facts; None for examples from an LLM generator
     hallucinated: str = ""  # a variant with an invented or swapped fact
     omission: str = ""  # a variant that drops the stated day ("" when the source states none)
+    key_facts: tuple[str, ...] = ()  # the checkable facts a faithful summary keeps (for recall)
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.key_facts and self.facts is not None:
+            object.__setattr__(self, "key_facts", tuple(self.facts.key_facts()))
 
     def to_dict(self) -> dict:
         row = asdict(self)
-        row["key_facts"] = self.facts.key_facts()
+        row["key_facts"] = list(self.key_facts)
         return row
 
     @classmethod
     def from_dict(cls, row: dict) -> "Example":
-        data = {k: v for k, v in row.items() if k != "key_facts"}
-        data["facts"] = Facts(**data["facts"])
+        data = dict(row)
+        data["facts"] = Facts(**data["facts"]) if data.get("facts") else None
+        data["key_facts"] = tuple(data.get("key_facts") or ())
         return cls(**data)
 
 

@@ -30,3 +30,10 @@ def warm_start_task(config: PipelineConfig, run_id: str | None, base: dict, data
 @task(name="preference-pairs", cache_policy=NO_CACHE)
 def pairs_task(config: PipelineConfig, run_id: str | None, dataset: dict) -> dict:
     return run_stage("pairs", config, run_id, build_pairs, dataset)
+
+
+@task(name="import-generated-examples", cache_policy=NO_CACHE)
+def import_generated_task(config: PipelineConfig, run_id: str | None, export: dict) -> dict:
+    from faithforge.stages.generate import import_generated
+
+    return run_stage("generate", config, run_id, import_generated, export)

@@ -49,7 +49,7 @@ def evaluate_models(ctx: StageContext, model: dict, dataset: dict, pairs: dict, 
                    what=f"evaluation sources ({dataset['files']['test']}) and training pairs ({pairs['path']})")
     check_disjoint([e.id for e in test], [p["source_id"] for p in training_pairs],
                    what="evaluation example ids and training pair sources")
-    items = [EvalItem(id=e.id, source=e.source, key_facts=e.facts.key_facts(), category=e.category) for e in test]
+    items = [EvalItem(id=e.id, source=e.source, key_facts=list(e.key_facts), category=e.category) for e in test]
     sources = [e.source for e in test]
     device = device_for(plan["placement"])
     batch = plan.get("batch_size") or cfg.batch_size

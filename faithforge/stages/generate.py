@@ -51,3 +51,68 @@ def generate_examples(ctx: StageContext) -> dict:
 
 def load_split(dataset: dict, split: str) -> list[Example]:
     return [Example.from_dict(row) for row in read_jsonl(dataset["files"][split])]
+
+
+def generation_parameters(ctx_config) -> "object":
+    """The spec-driven generation flow's parameters for the pipeline's LLM backends."""
+    from faithforge.generation.parameters import GenerateParameters
+
+    cfg = ctx_config.generate
+    return GenerateParameters(
+        spec=cfg.spec, backend=cfg.backend, model=cfg.model, fallback_models=cfg.fallback_models, target=cfg.target,
+        base_url=cfg.base_url, seed=ctx_config.seed, gpu_profile=ctx_config.gpu.profile,
+        workspace=ctx_config.workspace, database_url=ctx_config.database_url,
+        unload_after=True,  # free the GPU for the training stages that follow
+    )
+
+
+def _split_of(content_hash: str, seed: int, val_share: float, test_share: float) -> str:
+    import hashlib
+
+    position = int.from_bytes(hashlib.sha256(f"split:{seed}:{content_hash}".encode()).digest()[:8], "big") / 2**64
+    if position < test_share:
+        return "test"
+    return "val" if position < test_share + val_share else "train"
+
+
+def import_generated(ctx: StageContext, export: dict) -> dict:
+    """Turn the generation flow's export (one JSON object per line) into the pipeline's three splits.
+
+    A row becomes an example with the generated `summary` as its faithful summary and its
+    `hallucinated_summary` (when present) as the rejected candidate. The split is a deterministic function
+    of the content hash, so a later top-up never moves an example from test into training.
+    """
+    from faithforge.errors import UserError
+
+    cfg = ctx.config.generate
+    rows = read_jsonl(export["path"])
+    key = content_key("imported", export.get("sha256") or sha256_file(export["path"]), cfg.val_share,
+                      cfg.test_share, ctx.config.seed)
+    out = ctx.workspace.dir("datasets") / f"generated-{key}"
+    if (out / "manifest.json").exists():
+        return {**json.loads((out / "manifest.json").read_text()), "reused": True}
+    splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
+    for number, row in enumerate(rows, start=1):
+        data = row.get("data") or {}
+        missing = [f for f in ("source_document", "summary", "key_facts") if not data.get(f)]
+        if missing:
+            raise UserError(f"{export['path']}: line {number} lacks {', '.join(missing)}; the pipeline needs a spec "
+                            "whose schema has source_document, summary and key_facts (see grounded-summaries.yaml)")
+        split = _split_of(row["content_hash"], ctx.config.seed, cfg.val_share, cfg.test_share)
+        example = Example(id=row["content_hash"][:16], split=split, category=row.get("category", "all"),
+                          source=data["source_document"], faithful=data["summary"],
+                          warm_start_reference=data["summary"], facts=None,
+                          hallucinated=data.get("hallucinated_summary") or "", key_facts=tuple(data["key_facts"]),
+                          extra={"params": row.get("params"), "model": row.get("model")})
+        splits[split].append(example.to_dict())
+    if not splits["train"] or not splits["test"]:
+        raise UserError(f"{export['path']} has {len(rows)} examples: too few to split into train and test; "
+                        "raise generate.target")
+    files = {split: str(atomic_write_jsonl(out / f"{split}.jsonl", items)) for split, items in splits.items()}
+    counts = {split: len(items) for split, items in splits.items()}
+    parents = [export["artifact_id"]] if export.get("artifact_id") else []
+    artifact_id = ctx.store.add_artifact("dataset", str(out), key, run_id=ctx.run_id,
+                                         meta={"counts": counts, "backend": cfg.backend}, parents=parents)
+    info = {"path": str(out), "files": files, "counts": counts, "artifact_id": artifact_id, "key": out.name}
+    atomic_write_json(out / "manifest.json", info)
+    return {**info, "reused": False}
