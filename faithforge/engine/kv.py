@@ -24,8 +24,9 @@ from transformers.cache_utils import DynamicCache, DynamicLayer
 from faithforge.engine.errors import EngineError
 
 RESTORE_TIMING_NOTE = (
-    "2,000-token prefix, 8 layers x hidden 512 fp32 (62.5 MB of KV), 2 shared CPU cores: crop back to the "
-    "prefix 0.067 ms per restore, copy.deepcopy of the prefix cache 77.8 ms (bench/prefix_cache.py)"
+    "2,000-token prefix, 8 layers x hidden 512 fp32 (62.5 MB of KV), 2 CPU cores shared with other jobs "
+    "(load average ~7): crop back to the prefix 0.03-0.07 ms per restore, copy.deepcopy of the prefix cache "
+    "78-206 ms (two runs of bench/prefix_cache.py)"
 )
 
 _GROW_FACTOR = 1.25  # new capacity = max(needed, 1.25 x old) + _GROW_SLACK tokens
