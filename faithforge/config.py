@@ -189,6 +189,15 @@ class GpuConfig(Section):
     `keep-model` offloads the preferred model to the A100 pool."""
     offload_pool: str | None = None
     """Prefect work pool that runs offloaded stages (e.g. `a100`). Empty: offloading is not configured."""
+    offload_timeout_s: float = Field(600.0, gt=0, le=86400)
+    """Seconds to wait for a worker of the offload pool to start an offloaded stage before failing with how to
+    start one (once a worker has started it, the pipeline waits for it to finish)."""
+    concurrency_limit: str = "gpu"
+    """Prefect global concurrency limit a local GPU stage holds one slot of (one GPU job at a time per worker;
+    give each machine its own, e.g. `gpu-a100`)."""
+    require_concurrency_limit: bool = False
+    """Take the GPU slot strictly (a missing limit is an error) even outside deployed runs; deployed runs are
+    always strict."""
     offload_profile: str = "a100-40gb"
     """What the offload pool's GPU looks like (a profile name), for planning the offloaded stage."""
     generation_models: list[str] = []

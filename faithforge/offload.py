@@ -36,8 +36,6 @@ from faithforge.workspace import Workspace, atomic_write_json, sha256_file
 REF_PREFIX = "@storage/"
 """Prefix of a portable reference; the rest is a key relative to the storage URL."""
 MANIFEST_SUFFIX = ".manifest.json"
-DEFAULT_OFFLOAD_TIMEOUT_S = 600.0
-"""How long the parent waits for a worker of the offload pool to start the run (config: gpu.offload_timeout_s)."""
 DEFAULT_WORKER_WORKSPACE = "~/.faithforge-worker"
 """Workspace of an offload worker when FAITHFORGE_WORKSPACE is not set (never the parent's path)."""
 #: which flow runs each offloadable stage; the deployment is `<flow>/<pool>`
@@ -52,27 +50,9 @@ class OffloadError(UserError):
 
 # -- settings --------------------------------------------------------------------------------------------
 
-TIMEOUT_ENV = "FF_OFFLOAD_TIMEOUT_S"
-"""Machine-level fallback for gpu.offload_timeout_s (not FAITHFORGE_-prefixed: the config loader would read
-that prefix as a config field)."""
-
-
-def offload_timeout_s(config: PipelineConfig, environ: dict[str, str] | None = None) -> float:
-    """Seconds the parent waits for a worker to start an offloaded run: gpu.offload_timeout_s, else the
-    FF_OFFLOAD_TIMEOUT_S environment variable of the machine running the pipeline, else 600."""
-    configured = getattr(config.gpu, "offload_timeout_s", None)
-    if configured is not None:
-        return float(configured)
-    raw = (os.environ if environ is None else environ).get(TIMEOUT_ENV)
-    if raw:
-        try:
-            value = float(raw)
-        except ValueError:
-            raise OffloadError(f"{TIMEOUT_ENV}={raw!r} is not a number of seconds") from None
-        if value <= 0:
-            raise OffloadError(f"{TIMEOUT_ENV} must be positive, got {raw}")
-        return value
-    return DEFAULT_OFFLOAD_TIMEOUT_S
+def offload_timeout_s(config: PipelineConfig) -> float:
+    """Seconds the parent waits for a worker to start an offloaded run (gpu.offload_timeout_s)."""
+    return float(config.gpu.offload_timeout_s)
 
 
 def deployment_name(stage: str, pool: str) -> str:

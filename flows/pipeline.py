@@ -9,10 +9,12 @@ from __future__ import annotations
 from prefect import flow
 
 from faithforge.config import PipelineConfig
+from faithforge.stages.generate import generation_parameters
 from flows.evaluate import evaluate_flow
+from flows.generate import generate_flow
 from flows.reference import reference_flow
 from flows.train import train_flow
-from tasks.data import base_model_task, generate_task, pairs_task, warm_start_task
+from tasks.data import base_model_task, generate_task, import_generated_task, pairs_task, warm_start_task
 from tasks.gate import gate_task
 from tasks.offload import gpu_slot
 from tasks.runs import finish_run_task, start_run_task
@@ -24,8 +26,12 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
     run_id = start_run_task(config, "pipeline")
     stages: dict[str, dict] = {}
     try:
-        gate_task(config, run_id, "generate")
-        stages["generate"] = dataset = generate_task(config, run_id)
+        if config.generate.backend == "template":
+            gate_task(config, run_id, "generate")
+            stages["generate"] = dataset = generate_task(config, run_id)
+        else:  # an LLM writes the data: the spec-driven generation flow (gated inside) runs as a subflow
+            generated = generate_flow(generation_parameters(config))
+            stages["generate"] = dataset = import_generated_task(config, run_id, generated["export"])
         stages["base_model"] = base = base_model_task(config, run_id)
         warm_plan = gate_task(config, run_id, "train")  # the warm start is a training stage
         # An offload plan runs the warm start on this CPU: it exists for the tiny model (turn it off for your own).

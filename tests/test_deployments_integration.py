@@ -153,12 +153,11 @@ def _root_flow_run(client, flow_run) -> str:
 
 
 def _pipeline_config(stack) -> dict:
-    from faithforge.config import GpuConfig, PipelineConfig
+    from faithforge.config import PipelineConfig
 
     data = json.loads(json.dumps(SMALL))
     data.update(workspace=str(stack["workspace"]), storage_url=str(stack["storage"]))
-    if "offload_timeout_s" in GpuConfig.model_fields:
-        data["gpu"]["offload_timeout_s"] = OFFLOAD_WAIT_S
+    data["gpu"]["offload_timeout_s"] = OFFLOAD_WAIT_S
     return PipelineConfig.model_validate(data).model_dump(mode="json")
 
 
@@ -188,7 +187,7 @@ def test_ui_run_offloads_training_fails_without_worker_and_completes_on_retry(st
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     assert "created global concurrency limit gpu" in deployed.stdout
 
-    _start_worker(stack, "local", "rtx5070-12gb", {"FF_OFFLOAD_TIMEOUT_S": str(OFFLOAD_WAIT_S)})
+    _start_worker(stack, "local", "rtx5070-12gb", {})
     with _client(api) as client:
         assert {p.name: p.type for p in client.read_work_pools()} == {"local": "process", "a100": "process"}
         assert client.read_global_concurrency_limit_by_name("gpu").limit == 1

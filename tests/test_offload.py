@@ -109,10 +109,8 @@ def test_child_and_worker_configs():
 
 def test_settings_and_messages():
     cfg = PipelineConfig()
-    assert offload.offload_timeout_s(cfg, {}) == offload.DEFAULT_OFFLOAD_TIMEOUT_S
-    assert offload.offload_timeout_s(cfg, {offload.TIMEOUT_ENV: "12.5"}) == 12.5
-    with pytest.raises(offload.OffloadError):
-        offload.offload_timeout_s(cfg, {offload.TIMEOUT_ENV: "soon"})
+    assert offload.offload_timeout_s(cfg) == 600.0
+    assert offload.offload_timeout_s(PipelineConfig(gpu={"offload_timeout_s": 12.5})) == 12.5
     with pytest.raises(offload.OffloadError, match="storage_url"):
         offload.storage_root(cfg, {})
     assert offload.storage_root(cfg, {"FAITHFORGE_STORAGE_URL": "s3://b/x/"}) == "s3://b/x"

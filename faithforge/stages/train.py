@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import time
 from pathlib import Path
 
 from faithforge.stages.context import StageContext, content_key
 from faithforge.stages.pairs import load_pairs
 from faithforge.workspace import atomic_directory, atomic_write_json, sha256_tree
+
+log = logging.getLogger(__name__)
+
+
+def plan_from_record(record: dict, micro_batch: int, grad_accum: int):
+    """The gate's `Plan` back from its JSON record, with the micro-batch the stage actually starts with."""
+    from gpu.planner import Plan
+
+    names = {f.name for f in dataclasses.fields(Plan)}
+    return Plan(**{**{k: v for k, v in record.items() if k in names}, "batch_size": micro_batch,
+                   "grad_accum": grad_accum})
 
 
 def _done(out: Path) -> dict | None:
@@ -29,6 +42,7 @@ def train_dpo(ctx: StageContext, model: dict, pairs: dict, reference: dict, plan
     from faithforge.modeling import attach_lora, device_for, load_causal_lm, load_tokenizer
     from faithforge.reference import ReferenceCache
     from faithforge.training_plot import plot_training
+    from gpu import run_with_oom_backoff
 
     cfg = ctx.config.train
     key = content_key("dpo", reference["key"], cfg.model_dump(), ctx.config.seed)
@@ -46,21 +60,42 @@ def train_dpo(ctx: StageContext, model: dict, pairs: dict, reference: dict, plan
     policy = attach_lora(base, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                          quantized=bool(reference["quantization"]), gradient_checkpointing=on_gpu)
     micro, accum = _micro_batch(plan, cfg.batch_size)
+    train_pairs = load_pairs(pairs["train"])
+    backoffs: list[dict] = []
+
+    def train_with(current) -> dict:
+        # Called again after a CUDA OOM with half the micro-batch and twice the accumulation; run_dpo resumes
+        # from the newest complete checkpoint, so a back-off loses at most `checkpoint_every` steps.
+        out = run_dpo(
+            policy, tokenizer, train_pairs, reference_logps,
+            output_dir=str(ctx.workspace.dir("checkpoints") / f"dpo-{key}"), steps=cfg.steps,
+            micro_batch=current.batch_size, grad_accum=current.grad_accum, learning_rate=cfg.learning_rate,
+            beta=cfg.beta, max_length=ctx.config.reference.max_length, seed=ctx.config.seed,
+            checkpoint_every=cfg.checkpoint_every, gradient_checkpointing=on_gpu,
+            optimizer="paged_adamw_8bit" if on_gpu else "adamw_torch", bf16=on_gpu,
+            guard_tolerance=1e-3 if not on_gpu else 2e-2, sft_weight=cfg.sft_weight,
+            extra_callbacks=[_progress_callback(ctx, "train", cfg.steps)],
+        )
+        return {**out, "micro_batch": current.batch_size, "grad_accum": current.grad_accum}
+
+    def log_backoff(event) -> None:
+        backoffs.append({"attempt": event.attempt, "error": event.error, "micro_batch": event.next_plan.batch_size,
+                         "grad_accum": event.next_plan.grad_accum, "measured_peak_bytes": event.measured_peak_bytes})
+        log.warning("CUDA out of memory (%s); retrying with micro-batch %d × accumulation %d from the last "
+                    "checkpoint", event.error, event.next_plan.batch_size, event.next_plan.grad_accum)
+        if ctx.run_id:
+            ctx.store.record_stage(ctx.run_id, "train:oom-backoff", status="backoff", plan=backoffs[-1],
+                                   message=event.error)
+
     started = time.perf_counter()
-    result = run_dpo(
-        policy, tokenizer, load_pairs(pairs["train"]), reference_logps,
-        output_dir=str(ctx.workspace.dir("checkpoints") / f"dpo-{key}"), steps=cfg.steps, micro_batch=micro,
-        grad_accum=accum, learning_rate=cfg.learning_rate, beta=cfg.beta, max_length=ctx.config.reference.max_length,
-        seed=ctx.config.seed, checkpoint_every=cfg.checkpoint_every, gradient_checkpointing=on_gpu,
-        optimizer="paged_adamw_8bit" if on_gpu else "adamw_torch", bf16=on_gpu,
-        guard_tolerance=1e-3 if not on_gpu else 2e-2, sft_weight=cfg.sft_weight,
-        extra_callbacks=[_progress_callback(ctx, "train", cfg.steps)],
-    )
+    result = run_with_oom_backoff(train_with, plan_from_record(plan, micro, accum), on_backoff=log_backoff)
+    micro, accum = result["micro_batch"], result["grad_accum"]
     history = result["history"]
     info = {"path": str(out), "steps": result["steps"], "micro_batch": micro, "grad_accum": accum,
             "first_loss": history[0]["loss"] if history else None, "final_loss": history[-1]["loss"] if history else None,
             "final_margin": history[-1]["margin"] if history else None, "stuck_at_ln2": result["stuck_at_ln2"],
-            "resumed_from": result["resumed_from"], "train_seconds": round(time.perf_counter() - started, 2)}
+            "resumed_from": result["resumed_from"], "oom_backoffs": backoffs,
+            "train_seconds": round(time.perf_counter() - started, 2)}
     with atomic_directory(out) as tmp:
         result["trainer"].model.save_pretrained(tmp)
         atomic_write_json(tmp / "history.json", history)
