@@ -24,18 +24,16 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
-from faithforge.config import PipelineConfig, env_overrides, deep_merge
+from faithforge import storage
+from faithforge.config import PipelineConfig, deep_merge, env_overrides
 from faithforge.errors import UserError
-from faithforge.workspace import Workspace, atomic_write_json, sha256_file
+from faithforge.workspace import Workspace, atomic_write_json
 
 REF_PREFIX = "@storage/"
 """Prefix of a portable reference; the rest is a key relative to the storage URL."""
-MANIFEST_SUFFIX = ".manifest.json"
 DEFAULT_WORKER_WORKSPACE = "~/.faithforge-worker"
 """Workspace of an offload worker when FAITHFORGE_WORKSPACE is not set (never the parent's path)."""
 #: which flow runs each offloadable stage; the deployment is `<flow>/<pool>`
@@ -111,86 +109,8 @@ def worker_config(received: PipelineConfig, environ: dict[str, str] | None = Non
 
 # -- transfer ----------------------------------------------------------------------------------------
 
-def _fs(url: str):
-    import fsspec
-
-    return fsspec.core.url_to_fs(url)
-
-
 def _join(url: str, key: str) -> str:
     return f"{url.rstrip('/')}/{key.lstrip('/')}"
-
-
-def local_manifest(path: Path) -> dict[str, Any]:
-    if path.is_dir():
-        files = {str(f.relative_to(path)).replace(os.sep, "/"): sha256_file(f)
-                 for f in sorted(path.rglob("*")) if f.is_file()}
-        return {"kind": "dir", "files": files}
-    return {"kind": "file", "files": {"": sha256_file(path)}}
-
-
-def _read_manifest(url: str) -> dict[str, Any] | None:
-    fs, path = _fs(url + MANIFEST_SUFFIX)
-    try:
-        with fs.open(path, "rb") as handle:
-            return json.loads(handle.read().decode())
-    except FileNotFoundError:
-        return None
-
-
-def publish(local: str | os.PathLike[str], url: str) -> dict[str, Any]:
-    """Upload a file or folder to `url`; the manifest goes last. Skipped when the same content is there."""
-    source = Path(local)
-    manifest = local_manifest(source)
-    if _read_manifest(url) == manifest:
-        return manifest
-    fs, target = _fs(url)
-    for rel in manifest["files"]:
-        dest = target if manifest["kind"] == "file" else f"{target}/{rel}"
-        parent = dest.rsplit("/", 1)[0]
-        if parent:
-            fs.makedirs(parent, exist_ok=True)
-        fs.put_file(str(source if manifest["kind"] == "file" else source / rel), dest)
-    mfs, mpath = _fs(url + MANIFEST_SUFFIX)
-    with mfs.open(mpath, "wb") as handle:
-        handle.write(json.dumps(manifest, sort_keys=True).encode())
-    return manifest
-
-
-def fetch(url: str, local: str | os.PathLike[str]) -> dict[str, Any]:
-    """Download `url` into `local` (replaced atomically), verifying every file's sha256 against the manifest."""
-    manifest = _read_manifest(url)
-    if manifest is None:
-        raise OffloadError(f"{url} is not in storage (no {MANIFEST_SUFFIX}): it was never published completely")
-    dest = Path(local)
-    if dest.exists() and local_manifest(dest) == manifest:
-        return manifest
-    fs, source = _fs(url)
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".fetch", dir=dest.parent))
-    try:
-        for rel, digest in manifest["files"].items():
-            src = source if manifest["kind"] == "file" else f"{source}/{rel}"
-            out = staging / "payload" if manifest["kind"] == "file" else staging / "payload" / rel
-            out.parent.mkdir(parents=True, exist_ok=True)
-            fs.get_file(src, str(out))
-            if sha256_file(out) != digest:
-                raise OffloadError(f"{src}: checksum mismatch after download (storage changed or was corrupted); "
-                                   f"run the stage again")
-        if dest.is_dir():
-            shutil.rmtree(dest)
-        elif dest.exists():
-            dest.unlink()
-        if manifest["kind"] == "dir":
-            (staging / "payload").mkdir(exist_ok=True)  # an empty folder has no files to create it
-        os.replace(staging / "payload", dest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return manifest
-
-
-def manifest_digest(manifest: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 
 # -- portable values ---------------------------------------------------------------------------------
@@ -262,7 +182,7 @@ def to_portable(value: Any, workspace_root: Path, storage_url: str,
 
     paths = [s for s in _strings(value) if candidate(s)]
     for top in _outermost(paths):
-        publish(top, _join(storage_url, storage_key(top, workspace_root)))
+        storage.publish(top, _join(storage_url, storage_key(top, workspace_root)))
     return _map_strings(value, lambda s: REF_PREFIX + storage_key(s, workspace_root) if candidate(s) else s)
 
 
@@ -270,7 +190,7 @@ def from_portable(value: Any, workspace_root: Path, storage_url: str) -> Any:
     """Download every `@storage/` reference in `value` into the workspace and replace it by the local path."""
     keys = [s[len(REF_PREFIX):] for s in _strings(value) if is_ref(s)]
     for top in _outermost(keys):
-        fetch(_join(storage_url, top), local_path_for(top, workspace_root))
+        storage.fetch(_join(storage_url, top), local_path_for(top, workspace_root))
     return _map_strings(value, lambda s: str(local_path_for(s[len(REF_PREFIX):], workspace_root)) if is_ref(s) else s)
 
 
@@ -324,14 +244,7 @@ def result_url(storage_url: str, flow_run_id: str) -> str:
 
 
 def write_result(storage_url: str, flow_run_id: str, result: dict[str, Any]) -> str:
-    url = result_url(storage_url, flow_run_id)
-    fs, path = _fs(url)
-    parent = path.rsplit("/", 1)[0]
-    if parent:
-        fs.makedirs(parent, exist_ok=True)
-    with fs.open(path, "wb") as handle:
-        handle.write(json.dumps(result, sort_keys=True, default=_jsonable).encode())
-    return url
+    return storage.write_json(result_url(storage_url, flow_run_id), result, default=_jsonable)
 
 
 def _jsonable(value: Any) -> Any:
@@ -345,13 +258,11 @@ def _jsonable(value: Any) -> Any:
 
 def read_result(storage_url: str, flow_run_id: str) -> dict[str, Any]:
     url = result_url(storage_url, flow_run_id)
-    fs, path = _fs(url)
-    try:
-        with fs.open(path, "rb") as handle:
-            return json.loads(handle.read().decode())
-    except FileNotFoundError:
+    result = storage.read_json(url)
+    if result is None:
         raise OffloadError(f"the offloaded run {flow_run_id} completed but left no result at {url}; does the "
-                           f"worker use the same storage (FAITHFORGE_STORAGE_URL)?") from None
+                           f"worker use the same storage (FAITHFORGE_STORAGE_URL)?")
+    return result
 
 
 def open_workspace(config: PipelineConfig) -> Workspace:

@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -49,30 +50,41 @@ def _join(root: str, relative: str) -> str:
     return f"{root.rstrip('/')}/{relative}"
 
 
-def _local_index(local_dir: Path) -> dict[str, Any]:
+def _local_index(local_dir: Path, kind: str = "dir") -> dict[str, Any]:
     files = []
     for path in sorted(p for p in local_dir.rglob("*") if p.is_file()):
         relative = path.relative_to(local_dir).as_posix()
         if relative == INDEX:
             continue
         files.append({"path": relative, "size": path.stat().st_size, "sha256": sha256_file(path)})
-    return {"format": INDEX_FORMAT, "files": files}
+    return {"format": INDEX_FORMAT, "kind": kind, "files": files}
 
 
-def publish_dir(local_dir: str | os.PathLike[str], url: str) -> dict[str, Any]:
+def _published_index(fs, index_path: str) -> dict[str, Any] | None:
+    try:
+        with fs.open(index_path, "rb") as handle:
+            return json.loads(handle.read())
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def publish_dir(local_dir: str | os.PathLike[str], url: str, *, _kind: str = "dir") -> dict[str, Any]:
     """Upload every file under `local_dir` to `url`, then the index. Returns the index (paths, sizes, SHA-256).
 
-    Republishing to the same URL first removes the old index, so readers never take a mix of two versions.
-    Files present at `url` but absent from `local_dir` are left there but are not part of the publication.
+    Republishing to the same URL first removes the old index, so readers never take a mix of two versions;
+    republishing identical content uploads nothing. Files present at `url` but absent from `local_dir` are
+    left there but are not part of the publication.
     """
     root = Path(local_dir)
     if not root.is_dir():
         raise UserError(f"cannot publish {root}: it is not a directory")
-    index = _local_index(root)
+    index = _local_index(root, _kind)
     if not index["files"]:
         raise UserError(f"cannot publish {root}: it holds no files")
     fs, base = _filesystem(url)
     index_path = _join(base, INDEX)
+    if _published_index(fs, index_path) == index:
+        return index  # already there, verified by the same checksums
     if fs.exists(index_path):
         fs.rm(index_path)
     fs.makedirs(base, exist_ok=True)
@@ -85,6 +97,70 @@ def publish_dir(local_dir: str | os.PathLike[str], url: str) -> dict[str, Any]:
     with fs.open(index_path, "wb") as handle:
         handle.write(json.dumps(index, indent=2, sort_keys=True).encode())
     return index
+
+
+def publish_file(local_file: str | os.PathLike[str], url: str) -> dict[str, Any]:
+    """Publish one file: `url` becomes a publication holding it under its own name (see `fetch_file`)."""
+    path = Path(local_file)
+    if not path.is_file():
+        raise UserError(f"cannot publish {path}: it is not a file")
+    with tempfile.TemporaryDirectory(prefix=".publish-", dir=path.parent) as tmp:
+        staged = Path(tmp) / path.name
+        try:
+            os.link(path, staged)  # no copy of a large file when the filesystem allows a hard link
+        except OSError:
+            shutil.copy2(path, staged)
+        return publish_dir(tmp, url, _kind="file")
+
+
+def fetch_file(url: str, local_file: str | os.PathLike[str]) -> Path:
+    """Download a publication made by `publish_file` to `local_file`, verified, replacing it atomically."""
+    index = read_index(url)
+    if index.get("kind") != "file":
+        raise UserError(f"{url} holds a published directory, not a file; fetch it with fetch_dir")
+    target = Path(local_file)
+    with tempfile.TemporaryDirectory(prefix=".fetch-", dir=_existing_parent(target)) as tmp:
+        folder = fetch_dir(url, Path(tmp) / "payload")
+        os.replace(folder / index["files"][0]["path"], target)
+    return target
+
+
+def publish(local: str | os.PathLike[str], url: str) -> dict[str, Any]:
+    """`publish_dir` or `publish_file`, whichever `local` is."""
+    return publish_dir(local, url) if Path(local).is_dir() else publish_file(local, url)
+
+
+def fetch(url: str, local: str | os.PathLike[str]) -> dict[str, Any]:
+    """`fetch_dir` or `fetch_file`, as the publication at `url` was made; returns its index."""
+    index = read_index(url)
+    (fetch_file if index.get("kind") == "file" else fetch_dir)(url, local)
+    return index
+
+
+def read_json(url: str) -> dict[str, Any] | None:
+    """A small JSON document at `url` (None if absent)."""
+    fs, path = _filesystem(url)
+    try:
+        with fs.open(path, "rb") as handle:
+            return json.loads(handle.read().decode())
+    except FileNotFoundError:
+        return None
+
+
+def write_json(url: str, document: dict[str, Any], default: Any = None) -> str:
+    """Write a small JSON document to `url` (results, not data: no index, last writer wins)."""
+    fs, path = _filesystem(url)
+    parent = path.rsplit("/", 1)[0]
+    if parent:
+        fs.makedirs(parent, exist_ok=True)
+    with fs.open(path, "wb") as handle:
+        handle.write(json.dumps(document, sort_keys=True, default=default).encode())
+    return url
+
+
+def _existing_parent(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.parent
 
 
 def read_index(url: str) -> dict[str, Any]:

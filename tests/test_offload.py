@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from faithforge import offload
+from faithforge import offload, storage
 from faithforge.config import PipelineConfig
+from faithforge.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -21,23 +22,24 @@ def _tree(root: Path) -> None:
 
 
 def test_publish_fetch_round_trip_and_skip_when_unchanged(tmp_path):
+    """Offload moves stage folders (and single files) through faithforge.storage, checksummed."""
     src = tmp_path / "src"
     _tree(src)
     url = str(tmp_path / "store" / "obj")
-    manifest = offload.publish(src, url)
-    assert set(manifest["files"]) == {"a.txt", "sub/b.bin"}
-    assert Path(url + offload.MANIFEST_SUFFIX).is_file()
+    index = storage.publish(src, url)
+    assert {f["path"] for f in index["files"]} == {"a.txt", "sub/b.bin"}
+    assert (Path(url) / storage.INDEX).is_file()
     dest = tmp_path / "dest" / "obj"
-    offload.fetch(url, dest)
+    storage.fetch(url, dest)
     assert (dest / "sub" / "b.bin").read_bytes() == bytes(range(256)) and (dest / "a.txt").read_text() == "alpha"
     # Same content: nothing is uploaded again (the stored bytes are left alone).
     stored = Path(url) / "a.txt"
     before = stored.stat().st_mtime_ns
-    offload.publish(src, url)
+    storage.publish(src, url)
     assert stored.stat().st_mtime_ns == before
-    # A single file travels too.
-    offload.publish(src / "a.txt", url + "-file")
-    offload.fetch(url + "-file", tmp_path / "one.txt")
+    # A single file travels too, and comes back as a file.
+    storage.publish(src / "a.txt", url + "-file")
+    storage.fetch(url + "-file", tmp_path / "one.txt")
     assert (tmp_path / "one.txt").read_text() == "alpha"
 
 
@@ -45,14 +47,14 @@ def test_fetch_refuses_corrupt_or_incomplete_objects(tmp_path):
     src = tmp_path / "src"
     _tree(src)
     url = str(tmp_path / "store" / "obj")
-    offload.publish(src, url)
+    storage.publish(src, url)
     (Path(url) / "a.txt").write_text("tampered")
     dest = tmp_path / "dest"
-    with pytest.raises(offload.OffloadError, match="checksum mismatch"):
-        offload.fetch(url, dest)
+    with pytest.raises(UserError, match="does not match the published checksum"):
+        storage.fetch(url, dest)
     assert not dest.exists()  # nothing half-written is left behind
-    with pytest.raises(offload.OffloadError, match="never published completely"):
-        offload.fetch(str(tmp_path / "store" / "missing"), dest)
+    with pytest.raises(UserError, match="nothing is published"):
+        storage.fetch(str(tmp_path / "store" / "missing"), dest)
 
 
 def test_portable_paths_move_between_two_workspaces(tmp_path):
