@@ -165,9 +165,25 @@ class ControlConfig(Section):
 class EvaluateConfig(Section):
     """Before/after hallucination evaluation on held-out sources."""
 
-    judge: Literal["grounding"] = "grounding"
-    """How a summary is judged. `grounding`: deterministic; a name, place, number, day or item that is not
-    in the source is a hallucination."""
+    judge: Literal["grounding", "nli", "llm"] = "grounding"
+    """How a summary is judged. `grounding`: deterministic; a name, place, number, day or item that is not in
+    the source is a hallucination. `nli`: a local sequence-classification checkpoint scores each sentence
+    against the source (HHEM / MiniCheck style). `llm`: an LLM judge over Ollama or an OpenAI-compatible server."""
+    nli_checkpoint: str | None = None
+    """`nli`: folder of a local Hugging Face sequence-classification model (required for `nli`)."""
+    nli_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    """`nli`: a sentence is supported when its best-chunk support probability reaches this (calibrate it with
+    `faithforge eval calibrate`)."""
+    nli_supported_label: int | None = Field(None, ge=0)
+    """`nli`: index of the label that means "supported" (empty: read from the checkpoint's labels)."""
+    llm_backend: Literal["ollama", "openai"] = "ollama"
+    """`llm`: which server the judge model runs on."""
+    llm_model: str = "qwen3:8b"
+    """`llm`: the judge model."""
+    llm_base_url: str | None = None
+    """`llm`: the server root (Ollama default http://127.0.0.1:11434; required for `openai`)."""
+    worst_examples: int = Field(5, ge=0, le=100)
+    """Flagged summaries shown per model in the report."""
     max_new_tokens: int = Field(32, ge=1, le=32768)
     """Longest summary generated, in tokens."""
     batch_size: int = Field(128, ge=1, le=4096)

@@ -22,16 +22,9 @@ WORDS = (
     "monday tuesday wednesday thursday friday saturday sunday you i we they he she answer question summary"
 ).split()
 
-CHAT_TEMPLATE = (
-    "{{ bos_token }}"
-    "{% for message in messages %}"
-    "{% if message['role'] == 'system' %}<system> {{ message['content'] }} "
-    "{% elif message['role'] == 'user' %}<user> {{ message['content'] }} "
-    "{% elif message['role'] == 'assistant' %}<assistant> {{ message['content'] }} {{ eos_token }}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<assistant>{% endif %}"
-)
+# The project's chat template (the tiny model's), so engine tests render prompts the way the pipeline does.
+from faithforge.tiny_model import CHAT_TEMPLATE  # noqa: E402
+
 
 SYSTEM_PROMPT = " ".join(WORDS[i % len(WORDS)] for i in range(0, 7 * 40, 7))  # 40 words, deterministic
 

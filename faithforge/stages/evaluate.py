@@ -53,7 +53,7 @@ def evaluate_models(ctx: StageContext, model: dict, dataset: dict, pairs: dict, 
     sources = [e.source for e in test]
     device = device_for(plan["placement"])
     batch = plan.get("batch_size") or cfg.batch_size
-    judge = get_judge(cfg.judge)
+    judge = get_judge(cfg.judge, **judge_options(cfg))
     started = time.perf_counter()
     models = {"before": None, "after": dpo["path"]}
     if control:
@@ -72,7 +72,7 @@ def evaluate_models(ctx: StageContext, model: dict, dataset: dict, pairs: dict, 
                                       bootstrap_samples=cfg.bootstrap_samples, seed=ctx.config.seed)
     seconds = time.perf_counter() - started
     out = ctx.workspace.dir("reports") / f"eval-{ctx.run_id or 'adhoc'}"
-    markdown = markdown_report(comparison, control=control_cmp)
+    markdown = markdown_report(comparison, control=control_cmp, worst_examples=cfg.worst_examples)
     atomic_write_text(out / "report.md", markdown)
     atomic_write_json(out / "report.json", {"comparison": comparison.to_dict(),
                                             "control": control_cmp.to_dict() if control_cmp else None})
@@ -90,6 +90,23 @@ def evaluate_models(ctx: StageContext, model: dict, dataset: dict, pairs: dict, 
         "control_difference": control_cmp.rate.model_dump() if control_cmp else None,
         "table": table_rows(comparison, control_cmp), "markdown": markdown,
     }
+
+
+def judge_options(cfg) -> dict:
+    """The configured judge's options (`EvaluateConfig`), checked before any summary is generated."""
+    from faithforge.errors import UserError
+
+    if cfg.judge == "nli":
+        if not cfg.nli_checkpoint:
+            raise UserError("evaluate.judge is nli but evaluate.nli_checkpoint is empty; set it to the folder of a "
+                            "local sequence-classification model")
+        return {"checkpoint": cfg.nli_checkpoint, "threshold": cfg.nli_threshold,
+                "supported_label": cfg.nli_supported_label}
+    if cfg.judge == "llm":
+        from faithforge.generation.backends import make_backend
+
+        return {"backend": make_backend(cfg.llm_backend, cfg.llm_model, base_url=cfg.llm_base_url)}
+    return {}
 
 
 def _headline(report) -> dict:

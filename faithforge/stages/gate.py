@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 
 from faithforge.stages.context import StageContext
@@ -26,3 +27,12 @@ def gate(ctx: StageContext, stage: str) -> dict:
         ctx.store.record_stage(ctx.run_id, f"gate:{stage}", status="planned", plan=record, message=plan.reason)
     require_runnable(plan)
     return record
+
+
+def plan_from_record(record: dict, micro_batch: int, grad_accum: int):
+    """The gate's `Plan` back from its JSON record, with the micro-batch the stage actually starts with."""
+    from gpu.planner import Plan
+
+    names = {f.name for f in dataclasses.fields(Plan)}
+    return Plan(**{**{k: v for k, v in record.items() if k in names}, "batch_size": micro_batch,
+                   "grad_accum": grad_accum})

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import logging
+
 from faithforge.stages.context import StageContext
+from faithforge.stages.gate import plan_from_record
 from faithforge.stages.pairs import load_pairs
+
+log = logging.getLogger(__name__)
 
 
 def reference_logps(ctx: StageContext, model: dict, pairs: dict, plan: dict) -> dict:
@@ -23,12 +28,25 @@ def reference_logps(ctx: StageContext, model: dict, pairs: dict, plan: dict) -> 
             "quantization": quantization}
     if cache.is_complete():
         return {**info, "reused": True, "artifact_id": _record(ctx, cache, pairs)}
+    from gpu import run_with_oom_backoff
+
     loaded = load_causal_lm(model["path"], quantization=quantization, device=device)
-    summary = compute_reference_cache(
-        loaded, tokenizer, train_pairs, cache, batch_size=plan.get("batch_size") or cfg.batch_size,
-        max_length=cfg.max_length,
-        on_shard=lambda done, total: ctx.progress("reference", done, total, f"shard {done}/{total}"))
-    del loaded
+
+    def compute(current) -> dict:
+        # After a CUDA OOM this runs again with half the batch and resumes after the last complete shard.
+        return compute_reference_cache(
+            loaded, tokenizer, train_pairs, cache, batch_size=current.batch_size, max_length=cfg.max_length,
+            on_shard=lambda done, total: ctx.progress("reference", done, total, f"shard {done}/{total}"))
+
+    def log_backoff(event) -> None:
+        log.warning("CUDA out of memory in the reference pass (%s); retrying with batch %d from the last shard",
+                    event.error, event.next_plan.batch_size)
+        if ctx.run_id:
+            ctx.store.record_stage(ctx.run_id, "reference:oom-backoff", status="backoff", message=event.error,
+                                   plan={"attempt": event.attempt, "batch_size": event.next_plan.batch_size})
+
+    batch = plan.get("batch_size") or cfg.batch_size
+    summary = run_with_oom_backoff(compute, plan_from_record(plan, batch, 1), on_backoff=log_backoff)
     return {**info, **summary, "reused": False, "artifact_id": _record(ctx, cache, pairs)}
 
 

@@ -2,26 +2,17 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import time
 from pathlib import Path
 
 from faithforge.stages.context import StageContext, content_key
+from faithforge.stages.gate import plan_from_record
 from faithforge.stages.pairs import load_pairs
 from faithforge.workspace import atomic_directory, atomic_write_json, sha256_tree
 
 log = logging.getLogger(__name__)
-
-
-def plan_from_record(record: dict, micro_batch: int, grad_accum: int):
-    """The gate's `Plan` back from its JSON record, with the micro-batch the stage actually starts with."""
-    from gpu.planner import Plan
-
-    names = {f.name for f in dataclasses.fields(Plan)}
-    return Plan(**{**{k: v for k, v in record.items() if k in names}, "batch_size": micro_batch,
-                   "grad_accum": grad_accum})
 
 
 def _done(out: Path) -> dict | None:
