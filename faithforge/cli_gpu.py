@@ -1,7 +1,7 @@
 """`faithforge gpu`: show what the GPU gate sees and plans; `faithforge gpu calibrate`: measure and correct.
 
-The lead registers it with `app.add_typer(cli_gpu.app, name="gpu")`. Options that `GpuConfig` does not
-have yet are read with `getattr` defaults (see `_gpu_option`).
+Registered in `faithforge/cli.py` as `faithforge gpu`. Its settings are the typed fields of `GpuConfig`; the
+planning itself lives in `faithforge.stages.gate` (the same code the pipeline's gate task runs).
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import typer
 
@@ -17,94 +17,22 @@ from faithforge.calibration import (StageSettings, load_corrections, measure_pea
                                     correction_factor, require_cuda, save_corrections)
 from faithforge.config import PipelineConfig, load_config
 from faithforge.errors import UserError
-from gpu.corrections import STAGES, Corrections
+from faithforge.stages.gate import calibration_path, plan_pipeline
 from gpu.estimate import GIB, estimate_hf_generate, estimate_reference, estimate_train
-from gpu.model_shape import SHIPPED_MODELS, ModelShape, load_model_config, load_model_shape
-from gpu.ollama import ollama_model
-from gpu.planner import DEFAULT_CPU_MAX_PARAMS, DEFAULT_OFFLOAD_PROFILE, Plan, StageRequest, plan_stage
+from gpu.model_shape import SHIPPED_MODELS, load_model_config, load_model_shape
+from gpu.planner import Plan
 from gpu.probe import probe_nvml, read_snapshot
-from gpu.profiles import PROFILE_ENV, known_profiles, profile_snapshot
+from gpu.profiles import PROFILE_ENV, known_profiles
 from gpu.snapshot import GpuSnapshot
 
 app = typer.Typer(help="The GPU gate: what the GPU has free, and where and how each stage will run.",
                   no_args_is_help=False)
-
-TINY_VOCAB_SIZE = 1024  # upper bound for the tiny model's word-level tokenizer (~240 words)
-GPU_OPTION_DEFAULTS: dict[str, Any] = {
-    "generation_models": [],
-    "generation_batch_size": 8,
-    "generation_max_tokens": 4096,
-    "generation_min_max_tokens": 4096,
-    "generation_prompt_tokens": 2048,
-    "sizing_model": None,
-    "offload_profile": DEFAULT_OFFLOAD_PROFILE,
-    "cpu_max_params": DEFAULT_CPU_MAX_PARAMS,
-    "ref_strategy": "auto",
-    "logits_chunk_tokens": None,
-    "calibration_file": None,
-}
-
-
-def _gpu_option(cfg: PipelineConfig, name: str) -> Any:
-    return getattr(cfg.gpu, name, GPU_OPTION_DEFAULTS[name])
-
-
-def train_model_shape(cfg: PipelineConfig) -> ModelShape:
-    """The model the reference/train/evaluate stages run: gpu.sizing_model, else model.path, else tiny."""
-    source = _gpu_option(cfg, "sizing_model") or cfg.model.path
-    if source:
-        return load_model_shape(source)
-    tiny = cfg.model.tiny
-    return ModelShape(name="tiny", model_type="llama", hidden_size=tiny.hidden_size,
-                      intermediate_size=tiny.intermediate_size, num_layers=tiny.num_layers,
-                      num_attention_heads=tiny.num_heads, num_kv_heads=tiny.num_heads,
-                      head_dim=tiny.hidden_size // tiny.num_heads, vocab_size=TINY_VOCAB_SIZE)
-
-
-def stage_requests(cfg: PipelineConfig) -> dict[str, StageRequest]:
-    """What each stage asks for, from the pipeline configuration."""
-    quant = "bf16" if cfg.train.quantization == "none" else "nf4"
-    chunk = _gpu_option(cfg, "logits_chunk_tokens")
-    return {
-        "generate": StageRequest(batch_size=_gpu_option(cfg, "generation_batch_size"),
-                                 max_tokens=_gpu_option(cfg, "generation_max_tokens"),
-                                 min_max_tokens=_gpu_option(cfg, "generation_min_max_tokens"),
-                                 prompt_tokens=_gpu_option(cfg, "generation_prompt_tokens"), quantization=quant),
-        "reference": StageRequest(batch_size=cfg.reference.batch_size, seq_len=cfg.reference.max_length,
-                                  quantization=quant, logits_chunk_tokens=chunk),
-        "train": StageRequest(batch_size=cfg.train.batch_size, seq_len=cfg.reference.max_length, quantization=quant,
-                              lora_r=cfg.train.lora_r, ref_strategy=_gpu_option(cfg, "ref_strategy"),
-                              logits_chunk_tokens=chunk),
-        "evaluate": StageRequest(batch_size=cfg.evaluate.batch_size, max_tokens=cfg.evaluate.max_new_tokens,
-                                 prompt_tokens=cfg.reference.max_length, quantization=quant),
-    }
-
-
-def calibration_path(cfg: PipelineConfig) -> Path:
-    return Path(_gpu_option(cfg, "calibration_file") or Path(cfg.workspace) / "gpu_calibration.json")
-
 
 def _ram_bytes() -> int | None:
     try:
         return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
     except (ValueError, OSError, AttributeError):
         return None
-
-
-def plan_pipeline(cfg: PipelineConfig, snapshot: GpuSnapshot, corrections: Corrections | None = None,
-                  cpu_memory_bytes: int | None = None) -> dict[str, Plan]:
-    """A plan for every stage with the configured models (what the gate task and `faithforge gpu` show)."""
-    shape = train_model_shape(cfg)
-    generation = [ollama_model(tag) for tag in _gpu_option(cfg, "generation_models")]
-    offload = profile_snapshot(_gpu_option(cfg, "offload_profile"))
-    requests = stage_requests(cfg)
-    return {
-        stage: plan_stage(snapshot, stage, generation if stage == "generate" else [shape], requests[stage],
-                          policy=cfg.gpu.policy, offload_target=cfg.gpu.offload_pool, corrections=corrections,
-                          offload_snapshot=offload, cpu_max_params=_gpu_option(cfg, "cpu_max_params"),
-                          cpu_memory_bytes=cpu_memory_bytes)
-        for stage in STAGES
-    }
 
 
 def _gib(n: int | None) -> str:
@@ -189,7 +117,7 @@ def calibrate(
             raise UserError(f"--stage must be reference, train or evaluate (generate runs in Ollama), got {stage!r}")
         require_cuda()
         cfg = _load(config)
-        source = model or _gpu_option(cfg, "sizing_model") or cfg.model.path
+        source = model or cfg.gpu.sizing_model or cfg.model.path
         if not source:
             raise UserError("calibrate needs a real model shape: pass --model (e.g. qwen2.5-7b) or set model.path")
         raw = load_model_config(Path(__file__).parents[1] / "gpu" / "model_configs" / f"{source}.json"

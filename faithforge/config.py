@@ -275,14 +275,18 @@ def _set_path(tree: dict[str, Any], dotted: list[str], value: Any) -> None:
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
-    """`FAITHFORGE_TRAIN__STEPS=64` → `{"train": {"steps": 64}}`; values are parsed as YAML scalars."""
+    """`FAITHFORGE_TRAIN__STEPS=64` → `{"train": {"steps": 64}}`; values are parsed as YAML scalars.
+
+    Only variables whose first part names a config field are configuration; other `FAITHFORGE_*` variables
+    belong to tools (`FAITHFORGE_GPU_PROFILE` for the probe, `FAITHFORGE_CONFIG` for the CLI, test settings).
+    An unknown option *inside* a section (`FAITHFORGE_TRAIN__EPOCHS`) is still an error.
+    """
     tree: dict[str, Any] = {}
-    skip = {"FAITHFORGE_GPU_PROFILE", "FAITHFORGE_CONFIG"}  # read elsewhere (the probe; the CLI)
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX) or name in skip:
+        if not name.startswith(ENV_PREFIX):
             continue
         dotted = [part.lower() for part in name[len(ENV_PREFIX):].split("__") if part]
-        if not dotted:
+        if not dotted or dotted[0] not in PipelineConfig.model_fields:
             continue
         try:
             value = yaml.safe_load(raw) if raw != "" else None

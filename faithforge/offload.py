@@ -15,8 +15,9 @@ How a stage moves:
 3. The parent reads that JSON from storage (not Prefect's pickled result), downloads the outputs into its
    own workspace at the same relative paths and continues as if the stage had run locally.
 
-Each published object has a manifest `<key>.manifest.json` (sha256 of every file), written last: an
-object without a manifest is incomplete and is never read.
+Transfers go through `faithforge.storage`: each published object has an index
+(`<key>/faithforge-index.json`: path, size and SHA-256 of every file) written last, so an object without an
+index is incomplete and is never read, and a download is verified before it replaces anything.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ POLL_S = 2.0
 # -- the GPU guard --------------------------------------------------------------------------------------
 
 def gpu_limit_name(config: PipelineConfig) -> str:
-    return getattr(config.gpu, "concurrency_limit", None) or DEFAULT_GPU_LIMIT
+    return config.gpu.concurrency_limit or DEFAULT_GPU_LIMIT
 
 
 def enforce_gpu_limit(config: PipelineConfig) -> bool:
@@ -43,7 +43,7 @@ def enforce_gpu_limit(config: PipelineConfig) -> bool:
     not take a slot there; a deployed run on a server without the `gpu` limit fails instead of silently
     running two GPU jobs at once.
     """
-    if getattr(config.gpu, "require_concurrency_limit", False):
+    if config.gpu.require_concurrency_limit:
         return True
     if os.environ.get("PREFECT__FLOW_RUN_ID"):
         return True

@@ -24,10 +24,13 @@ def test_every_problem_reported_at_once(tmp_path):
 
 def test_env_overrides_nested_and_typed():
     env = {"FAITHFORGE_TRAIN__STEPS": "64", "FAITHFORGE_WORKSPACE": "/tmp/x", "OTHER": "1",
-           "FAITHFORGE_GPU_PROFILE": "a100-80gb"}
+           "FAITHFORGE_GPU_PROFILE": "a100-80gb", "FAITHFORGE_TEST_POSTGRES_URL": "postgresql://x"}
+    # tool variables (the probe's profile, test settings) are not configuration
     assert env_overrides(env) == {"train": {"steps": 64}, "workspace": "/tmp/x"}
     cfg = load_config(None, environ=env)
     assert cfg.train.steps == 64 and cfg.workspace == "/tmp/x"
+    with pytest.raises(ConfigError, match="train.epochs: unknown option"):
+        load_config(None, environ={"FAITHFORGE_TRAIN__EPOCHS": "3"})
 
 
 def test_file_then_env_then_overrides(tmp_path):

@@ -275,10 +275,12 @@ def test_ui_run_offloads_training_fails_without_worker_and_completes_on_retry(st
     assert history[0]["step"] == 1 and history[0]["margin"] == pytest.approx(0.0, abs=1e-3)
     # it came through the storage directory, byte for byte, from the a100 worker's workspace
     key = "workspace/" + str(adapter.relative_to(stack["workspace"]))
-    manifest = json.loads((stack["storage"] / f"{key}.manifest.json").read_text())
+    from faithforge.storage import INDEX
     from faithforge.workspace import sha256_file
 
-    assert manifest["files"]["adapter_model.safetensors"] == sha256_file(adapter / "adapter_model.safetensors")
+    index = json.loads((stack["storage"] / key / INDEX).read_text())
+    published = {f["path"]: f["sha256"] for f in index["files"]}
+    assert published["adapter_model.safetensors"] == sha256_file(adapter / "adapter_model.safetensors")
     assert (stack["worker_workspace"] / adapter.relative_to(stack["workspace"])).is_dir()
     assert json.loads((adapter / "faithforge.json").read_text())["path"] == str(adapter)  # relocated marker
     # ... and was evaluated here, with the fetched adapter as the evaluation's parent

@@ -1,11 +1,77 @@
-"""Stage: the GPU gate. Reads the GPU (NVML or a simulated profile) and plans one stage before it loads anything."""
+"""Stage: the GPU gate. Reads the GPU (NVML or a simulated profile) and plans each stage before it loads anything.
+
+`plan_pipeline` turns the pipeline configuration into one `gpu.planner` request per stage (what the gate task
+and `faithforge gpu` show); `gate` plans one stage for a run and records the decision.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import os
+from pathlib import Path
 
+from faithforge.config import PipelineConfig
 from faithforge.stages.context import StageContext
+from gpu.corrections import STAGES, Corrections
+from gpu.model_shape import ModelShape, load_model_shape
+from gpu.ollama import ollama_model
+from gpu.planner import Plan, StageRequest, plan_stage
+from gpu.profiles import profile_snapshot
+from gpu.snapshot import GpuSnapshot
+
+TINY_VOCAB_SIZE = 1024  # upper bound for the tiny model's word-level tokenizer (~120 words)
+
+
+def train_model_shape(cfg: PipelineConfig) -> ModelShape:
+    """The model the reference/train/evaluate stages run: gpu.sizing_model, else model.path, else tiny."""
+    source = cfg.gpu.sizing_model or cfg.model.path
+    if source:
+        return load_model_shape(source)
+    tiny = cfg.model.tiny
+    return ModelShape(name="tiny", model_type="llama", hidden_size=tiny.hidden_size,
+                      intermediate_size=tiny.intermediate_size, num_layers=tiny.num_layers,
+                      num_attention_heads=tiny.num_heads, num_kv_heads=tiny.num_heads,
+                      head_dim=tiny.hidden_size // tiny.num_heads, vocab_size=TINY_VOCAB_SIZE)
+
+
+def stage_requests(cfg: PipelineConfig) -> dict[str, StageRequest]:
+    """What each stage asks for, from the pipeline configuration."""
+    quant = "bf16" if cfg.train.quantization == "none" else "nf4"
+    chunk = cfg.gpu.logits_chunk_tokens
+    return {
+        "generate": StageRequest(batch_size=cfg.gpu.generation_batch_size,
+                                 max_tokens=cfg.gpu.generation_max_tokens,
+                                 min_max_tokens=cfg.gpu.generation_min_max_tokens,
+                                 prompt_tokens=cfg.gpu.generation_prompt_tokens, quantization=quant),
+        "reference": StageRequest(batch_size=cfg.reference.batch_size, seq_len=cfg.reference.max_length,
+                                  quantization=quant, logits_chunk_tokens=chunk),
+        "train": StageRequest(batch_size=cfg.train.batch_size, seq_len=cfg.reference.max_length, quantization=quant,
+                              lora_r=cfg.train.lora_r, ref_strategy=cfg.gpu.ref_strategy,
+                              logits_chunk_tokens=chunk),
+        "evaluate": StageRequest(batch_size=cfg.evaluate.batch_size, max_tokens=cfg.evaluate.max_new_tokens,
+                                 prompt_tokens=cfg.reference.max_length, quantization=quant),
+    }
+
+
+def calibration_path(cfg: PipelineConfig) -> Path:
+    return Path(cfg.gpu.calibration_file or Path(cfg.workspace) / "gpu_calibration.json")
+
+
+def plan_pipeline(cfg: PipelineConfig, snapshot: GpuSnapshot, corrections: Corrections | None = None,
+                  cpu_memory_bytes: int | None = None) -> dict[str, Plan]:
+    """A plan for every stage with the configured models (what the gate task and `faithforge gpu` show)."""
+    shape = train_model_shape(cfg)
+    generation = [ollama_model(tag) for tag in cfg.gpu.generation_models]
+    offload = profile_snapshot(cfg.gpu.offload_profile)
+    requests = stage_requests(cfg)
+    return {
+        stage: plan_stage(snapshot, stage, generation if stage == "generate" else [shape], requests[stage],
+                          policy=cfg.gpu.policy, offload_target=cfg.gpu.offload_pool, corrections=corrections,
+                          offload_snapshot=offload, cpu_max_params=cfg.gpu.cpu_max_params,
+                          cpu_memory_bytes=cpu_memory_bytes)
+        for stage in STAGES
+    }
+
 
 
 def gate(ctx: StageContext, stage: str) -> dict:
@@ -15,7 +81,6 @@ def gate(ctx: StageContext, stage: str) -> dict:
     and no offload pool is configured.
     """
     from faithforge.calibration import load_corrections
-    from faithforge.cli_gpu import calibration_path, plan_pipeline
     from gpu import read_snapshot, require_runnable
 
     snapshot = read_snapshot(ctx.config.gpu.profile)
@@ -30,9 +95,17 @@ def gate(ctx: StageContext, stage: str) -> dict:
 
 
 def plan_from_record(record: dict, micro_batch: int, grad_accum: int):
-    """The gate's `Plan` back from its JSON record, with the micro-batch the stage actually starts with."""
+    """The gate's `Plan` back from its JSON record, with the micro-batch the stage actually starts with.
+
+    Fields a record lacks (a hand-written plan, an older record) take neutral values: the back-off only
+    needs the stage, the micro-batch and the accumulation.
+    """
     from gpu.planner import Plan
 
+    neutral = {"stage": "stage", "placement": "cpu", "model": "", "max_tokens": 0, "ref_strategy": None,
+               "estimated_peak_bytes": 0, "usable_bytes": None, "headroom_bytes": None, "margin_bytes": 0,
+               "breakdown": {}, "reason": "", "fits": True, "policy": "stay-local",
+               "requested_batch_size": micro_batch * grad_accum, "requested_max_tokens": 0}
     names = {f.name for f in dataclasses.fields(Plan)}
-    return Plan(**{**{k: v for k, v in record.items() if k in names}, "batch_size": micro_batch,
-                   "grad_accum": grad_accum})
+    known = {k: v for k, v in record.items() if k in names}
+    return Plan(**{**neutral, **known, "batch_size": micro_batch, "grad_accum": grad_accum})
