@@ -96,6 +96,16 @@ class GenerateConfig(Section):
 class PairsConfig(Section):
     """Preference pairs built from the generated examples."""
 
+    builder: Literal["synthetic", "on-policy"] = "synthetic"
+    """`synthetic`: chosen = faithful summary, rejected = the generator's hallucinated variant (plus the
+    omission variants below). `on-policy`: sample `samples_per_source` summaries from the warm-started model,
+    judge them, and pair the most faithful against the least faithful when their scores differ by `margin`."""
+    samples_per_source: int = Field(4, ge=2, le=64)
+    """`on-policy`: summaries sampled per source."""
+    temperature: float = Field(1.0, gt=0.0, le=5.0)
+    """`on-policy`: sampling temperature."""
+    margin: float = Field(0.5, ge=0.0)
+    """`on-policy`: smallest score difference (judge verdict + key-fact recall) that makes a pair."""
     omission_share: float = Field(1.0, ge=0.0, le=1.0)
     """Share of the sources that state a day which also get a pair whose rejected summary drops that day, so
     that the model cannot lower its hallucination rate by saying less."""
@@ -150,6 +160,9 @@ class TrainConfig(Section):
     """Dropout on the LoRA input."""
     checkpoint_every: int = Field(32, ge=1)
     """Save a resumable checkpoint every this many steps."""
+    save_merged: bool = False
+    """Also save a standalone model with the adapter folded into the 16-bit base (`<adapter>/merged`), e.g. to
+    import into Ollama; the adapter in peft's format is always saved."""
     quantization: Literal["auto", "nf4", "none"] = "auto"
     """`nf4`: load the policy in 4-bit NF4 with double quantization (bitsandbytes). `auto`: NF4 on a CUDA
     GPU, full precision on CPU. `none`: never quantize."""

@@ -86,3 +86,24 @@ def device_for(placement: str) -> str:
     import torch
 
     return "cuda" if placement == "local" and torch.cuda.is_available() else "cpu"
+
+
+def merge_adapter(base_path: str | Path, adapter_path: str | Path, out_path: str | Path) -> Path:
+    """Fold a LoRA adapter into its base model's weights and save a standalone model (plus tokenizer).
+
+    The base is loaded unquantized (fp32 on CPU, bf16 on CUDA): merging into 4-bit weights would round the
+    update away, so a QLoRA adapter is merged into the 16-bit base it was trained on top of.
+    """
+    import torch
+    from peft import PeftModel
+
+    from faithforge.workspace import atomic_directory
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    base = load_causal_lm(base_path, quantization=None, device=device)
+    merged = PeftModel.from_pretrained(base, str(adapter_path)).merge_and_unload()
+    tokenizer = load_tokenizer(base_path)
+    with atomic_directory(out_path) as tmp:
+        merged.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return Path(out_path)

@@ -37,7 +37,9 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
         # An offload plan runs the warm start on this CPU: it exists for the tiny model (turn it off for your own).
         with gpu_slot(config, warm_plan):
             stages["warm_start"] = model = warm_start_task(config, run_id, base, dataset, warm_plan)
-        stages["pairs"] = pairs = pairs_task(config, run_id, dataset)
+        # On-policy pairs sample from the warm-started model: a generation workload, gated like one.
+        pairs_plan = gate_task(config, run_id, "evaluate") if config.pairs.builder == "on-policy" else None
+        stages["pairs"] = pairs = pairs_task(config, run_id, dataset, model, pairs_plan)
         stages["reference"] = reference = reference_flow(config, model, pairs, run_id=run_id)
         trained = train_flow(config, model, pairs, reference, run_id=run_id)
         stages["train"], stages["control"] = trained["dpo"], trained["control"]

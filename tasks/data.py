@@ -28,8 +28,10 @@ def warm_start_task(config: PipelineConfig, run_id: str | None, base: dict, data
 
 
 @task(name="preference-pairs", cache_policy=NO_CACHE)
-def pairs_task(config: PipelineConfig, run_id: str | None, dataset: dict) -> dict:
-    return run_stage("pairs", config, run_id, build_pairs, dataset)
+def pairs_task(config: PipelineConfig, run_id: str | None, dataset: dict, model: dict | None = None,
+               plan: dict | None = None) -> dict:
+    # `model` and `plan` matter for on-policy pairs only (sampled from the warm-started model, gated).
+    return run_stage("pairs", config, run_id, build_pairs, dataset, model, plan)
 
 
 @task(name="import-generated-examples", cache_policy=NO_CACHE)

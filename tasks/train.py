@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 from prefect import task
+from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from faithforge.config import PipelineConfig
@@ -13,7 +17,13 @@ from tasks.common import run_stage
 @task(name="dpo-train", cache_policy=NO_CACHE, retries=1)
 def dpo_task(config: PipelineConfig, run_id: str | None, model: dict, pairs: dict, reference: dict, plan: dict) -> dict:
     # retries=1: training resumes from its newest checkpoint.
-    return run_stage("train", config, run_id, train_dpo, model, pairs, reference, plan)
+    out = run_stage("train", config, run_id, train_dpo, model, pairs, reference, plan)
+    history = json.loads((Path(out["path"]) / "history.json").read_text())
+    every = max(1, len(history) // 32)  # a readable table: about 32 rows whatever the step count
+    create_table_artifact(
+        key="dpo-training", table=[h for i, h in enumerate(history) if i % every == 0 or i == len(history) - 1],
+        description=f"DPO loss, reward margin and reward accuracy per step (plot: {out['path']}/training.png)")
+    return out
 
 
 @task(name="sft-control", cache_policy=NO_CACHE)

@@ -54,7 +54,7 @@ def test_pipeline_runs_end_to_end_and_reuses(prefect_harness, tmp_path):
     import asyncio
 
     keys = asyncio.run(artifact_keys())
-    assert {"hallucination-report", "hallucination-table", "gpu-plan-train"} <= keys
+    assert {"hallucination-report", "hallucination-table", "gpu-plan-train", "dpo-training"} <= keys
 
     second = pipeline(cfg)
     reused = {name for name, out in second["stages"].items() if out and out.get("reused")}

@@ -102,3 +102,49 @@ def test_judge_options_are_checked_before_generation():
     llm = judge_options(EvaluateConfig(judge="llm", llm_model="qwen3:8b", llm_base_url="http://127.0.0.1:9"))
     assert hasattr(llm["backend"], "chat")
     assert math.isclose(EvaluateConfig().confidence, 0.95)
+
+
+def test_merged_model_gives_the_adapter_models_logits(tiny_model_dir, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from faithforge.modeling import merge_adapter
+
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    torch.manual_seed(0)
+    # init_lora_weights=False: a non-zero update, so a merge that dropped it would be caught
+    peft_model = get_peft_model(base, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear",
+                                                 init_lora_weights=False, task_type="CAUSAL_LM")).eval()
+    peft_model.save_pretrained(tmp_path / "adapter")
+    ids = torch.tensor([[2, 4, 10, 11, 12, 13]])
+    with torch.no_grad():
+        expected = peft_model(input_ids=ids).logits
+    merged_dir = merge_adapter(tiny_model_dir, tmp_path / "adapter", tmp_path / "merged")
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir).eval()
+    with torch.no_grad():
+        got = merged(input_ids=ids).logits
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert not torch.allclose(got, AutoModelForCausalLM.from_pretrained(tiny_model_dir)(input_ids=ids).logits, atol=1e-3)
+    assert (merged_dir / "tokenizer.json").is_file()
+
+
+def test_on_policy_pairs_stage_samples_from_the_given_model(tiny_model_dir, tmp_path):
+    from faithforge.config import load_config
+    from faithforge.stages.context import StageContext
+    from faithforge.stages.generate import generate_examples
+    from faithforge.stages.pairs import build_pairs, load_pairs
+
+    cfg = load_config(None, environ={}, overrides={
+        "workspace": str(tmp_path / "ws"), "generate": {"train_sources": 12, "val_sources": 10, "test_sources": 10},
+        "pairs": {"builder": "on-policy", "samples_per_source": 4, "margin": 0.0, "val_fraction": 0.0}})
+    ctx = StageContext.open(cfg)
+    dataset = generate_examples(ctx)
+    with pytest.raises(UserError, match="no model"):
+        build_pairs(ctx, dataset)
+    out = build_pairs(ctx, dataset, {"path": str(tiny_model_dir)}, {"placement": "cpu", "batch_size": 16})
+    pairs = load_pairs(out["train"])
+    report = out["report"]
+    assert pairs and {p["kind"] for p in pairs} == {"on-policy"}
+    assert report["sources"] == 12 and report["built"] == len(pairs)
+    assert build_pairs(ctx, dataset, {"path": str(tiny_model_dir)}, {"placement": "cpu"})["reused"]

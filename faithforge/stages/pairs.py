@@ -4,19 +4,33 @@ from __future__ import annotations
 
 import json
 
+from faithforge.errors import UserError
 from faithforge.pairs import build_synthetic_pairs, split_by_source, validate_pairs
 from faithforge.stages.context import StageContext, content_key
 from faithforge.stages.generate import load_split
 from faithforge.workspace import atomic_write_json, atomic_write_jsonl, read_jsonl, sha256_file
 
 
-def build_pairs(ctx: StageContext, dataset: dict) -> dict:
+def build_pairs(ctx: StageContext, dataset: dict, model: dict | None = None, plan: dict | None = None) -> dict:
+    """Pairs from the training split: synthetic, or on-policy from `model` (the warm-started policy)."""
     cfg = ctx.config.pairs
-    out = ctx.workspace.dir("pairs") / f"pairs-{content_key('pairs', dataset['key'], cfg.model_dump(), ctx.config.seed)}"
+    on_policy = cfg.builder == "on-policy"
+    if on_policy and model is None:
+        raise UserError("pairs.builder is on-policy but no model was given to sample from")
+    depends_on = [dataset["key"], cfg.model_dump(), ctx.config.seed]
+    if on_policy:
+        from faithforge.reference import weights_fingerprint
+
+        depends_on.append(weights_fingerprint(model["path"]))  # on-policy samples depend on the policy
+    out = ctx.workspace.dir("pairs") / f"pairs-{content_key('pairs', *depends_on)}"
     manifest = out / "manifest.json"
     if manifest.exists():
         return {**json.loads(manifest.read_text()), "reused": True}
-    pairs, report = build_synthetic_pairs(load_split(dataset, "train"), cfg.omission_share, ctx.config.seed)
+    examples = load_split(dataset, "train")
+    if on_policy:
+        pairs, report = _sample_onpolicy_pairs(ctx, examples, model, plan or {"placement": "cpu"})
+    else:
+        pairs, report = build_synthetic_pairs(examples, cfg.omission_share, ctx.config.seed)
     validate_pairs(pairs, "generated pairs")
     train, val = split_by_source(pairs, cfg.val_fraction, ctx.config.seed)
     train_path = atomic_write_jsonl(out / "train.jsonl", train)
@@ -28,6 +42,23 @@ def build_pairs(ctx: StageContext, dataset: dict) -> dict:
             "val": len(val)}, "report": report.to_dict(), "artifact_id": artifact_id}
     atomic_write_json(manifest, info)
     return {**info, "reused": False}
+
+
+def _sample_onpolicy_pairs(ctx: StageContext, examples, model: dict, plan: dict):
+    from faithforge.evaluation import get_judge
+    from faithforge.modeling import device_for, load_causal_lm, load_tokenizer
+    from faithforge.onpolicy_pairs import build_onpolicy_pairs
+    from faithforge.stages.evaluate import judge_options
+
+    cfg = ctx.config.pairs
+    tokenizer = load_tokenizer(model["path"])
+    policy = load_causal_lm(model["path"], quantization=None, device=device_for(plan["placement"]))
+    ctx.progress("pairs", 0, 1, f"sampling {cfg.samples_per_source} summaries per source")
+    return build_onpolicy_pairs(policy, tokenizer, examples, k=cfg.samples_per_source, temperature=cfg.temperature,
+                                seed=ctx.config.seed, max_new_tokens=ctx.config.evaluate.max_new_tokens,
+                                margin=cfg.margin,
+                                judge=get_judge(ctx.config.evaluate.judge, **judge_options(ctx.config.evaluate)),
+                                batch_size=plan.get("batch_size") or 32)
 
 
 def load_pairs(path: str) -> list[dict]:

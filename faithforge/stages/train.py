@@ -91,6 +91,11 @@ def train_dpo(ctx: StageContext, model: dict, pairs: dict, reference: dict, plan
         result["trainer"].model.save_pretrained(tmp)
         atomic_write_json(tmp / "history.json", history)
         plot_training(history, tmp / "training.png")
+        if cfg.save_merged:  # inside the atomic block: an adapter is complete only with its merged model
+            from faithforge.modeling import merge_adapter
+
+            merge_adapter(model["path"], tmp, tmp / "merged")
+            info["merged_path"] = str(out / "merged")
         atomic_write_json(tmp / "faithforge.json", info)
     info["artifact_id"] = ctx.store.add_artifact("adapter", str(out), sha256_tree(out), run_id=ctx.run_id, meta=info,
                                                  parents=[reference["artifact_id"]])
