@@ -195,6 +195,13 @@ class EvaluateConfig(Section):
     """`llm`: the judge model."""
     llm_base_url: str | None = None
     """`llm`: the server root (Ollama default http://127.0.0.1:11434; required for `openai`)."""
+    served_model: str | None = None
+    """Also evaluate a model served by Ollama or an OpenAI-compatible server (e.g. your merged model after
+    `ollama create`), with the same fixed prompt at temperature 0, compared against the model before DPO."""
+    served_backend: Literal["ollama", "openai"] = "ollama"
+    """Where `served_model` runs."""
+    served_base_url: str | None = None
+    """The server root for `served_model` (Ollama default http://127.0.0.1:11434; required for `openai`)."""
     worst_examples: int = Field(5, ge=0, le=100)
     """Flagged summaries shown per model in the report."""
     max_new_tokens: int = Field(32, ge=1, le=32768)

@@ -22,7 +22,7 @@ def print_summary(summary: dict) -> None:
     for column in ("model", "hallucination rate (95% CI)", "fact recall"):
         table.add_column(column)
     for label, name in (("before", "before DPO (warm-start SFT)"), ("after", "after DPO"),
-                        ("control", "control: LoRA SFT on chosen")):
+                        ("control", "control: LoRA SFT on chosen"), ("served", "served model")):
         if label in ev["models"]:
             m = ev["models"][label]
             table.add_row(name, _pct(m["rate"]) + _ci(m["rate_ci"]), _pct(m["recall"]))

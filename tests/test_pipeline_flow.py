@@ -56,7 +56,19 @@ def test_pipeline_runs_end_to_end_and_reuses(prefect_harness, tmp_path):
     keys = asyncio.run(artifact_keys())
     assert {"hallucination-report", "hallucination-table", "gpu-plan-train", "dpo-training"} <= keys
 
-    second = pipeline(cfg)
+    # Second run, now also evaluating a served model (a loopback Ollama that always adds a day): every
+    # training stage is reused, and the evaluation compares the served model too.
+    from fake_llm_servers import FakeOllama, Reply
+
+    with FakeOllama(default=lambda body: Reply(content="Ada bought 3 lamps in Oslo on Monday .")) as server:
+        served = cfg.model_copy(update={"evaluate": cfg.evaluate.model_copy(
+            update={"served_model": "qwen3:8b", "served_base_url": server.url})})
+        second = pipeline(served)
+        requests = server.chat_requests()
     reused = {name for name, out in second["stages"].items() if out and out.get("reused")}
     assert {"generate", "warm_start", "pairs", "reference", "train", "control"} <= reused
-    assert second["stages"]["evaluate"]["models"] == ev["models"]  # same models, same greedy summaries
+    models = second["stages"]["evaluate"]["models"]
+    assert {k: models[k] for k in ev["models"]} == ev["models"]  # same models, same greedy summaries
+    assert models["served"]["rate"] == 1.0 and models["served"]["n"] == 30  # "Ada … Oslo … Monday" is unsupported
+    assert len(requests) == 30 and all(r["options"]["temperature"] == 0.0 for r in requests)
+    assert requests[0]["messages"][0]["role"] == "system"

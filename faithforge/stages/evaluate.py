@@ -36,6 +36,17 @@ def summarize_sources(model_path: str, sources: list[str], *, adapter: str | Non
     return [r.text.strip() for r in results]
 
 
+def summarize_with_backend(backend, sources: list[str], *, max_new_tokens: int, seed: int) -> list[str]:
+    """Greedy summaries from a served model (Ollama / OpenAI-compatible), one request per source, same prompt.
+
+    Thinking is off and stripped by the backend; a truncated answer is kept as it is (it is what the model
+    said within the budget the local models also get).
+    """
+    return [backend.chat([{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": source}],
+                         schema=None, max_tokens=max_new_tokens, temperature=0.0, seed=seed).text.strip()
+            for source in sources]
+
+
 def evaluate_models(ctx: StageContext, model: dict, dataset: dict, pairs: dict, dpo: dict,
                     control: dict | None, plan: dict) -> dict:
     from faithforge.evaluation import (EvalItem, bar_chart, check_disjoint, compare_reports, evaluate_single,
@@ -64,18 +75,33 @@ def evaluate_models(ctx: StageContext, model: dict, dataset: dict, pairs: dict, 
                                       max_new_tokens=cfg.max_new_tokens, batch_size=batch)
         reports[label] = evaluate_single(items, summaries, judge, label=label, confidence=cfg.confidence)
         ctx.progress("evaluate", index, len(models), f"{label}: rate {reports[label].rate:.3f}")
+    if cfg.served_model:
+        from faithforge.generation.backends import make_backend
+
+        backend = make_backend(cfg.served_backend, cfg.served_model, base_url=cfg.served_base_url)
+        summaries = summarize_with_backend(backend, sources, max_new_tokens=cfg.max_new_tokens, seed=ctx.config.seed)
+        reports["served"] = evaluate_single(items, summaries, judge, label=f"served: {cfg.served_model}",
+                                            confidence=cfg.confidence)
     comparison = compare_reports(reports["before"], reports["after"], confidence=cfg.confidence,
                                  bootstrap_samples=cfg.bootstrap_samples, seed=ctx.config.seed)
     control_cmp = None
     if "control" in reports:
         control_cmp = compare_reports(reports["before"], reports["control"], confidence=cfg.confidence,
                                       bootstrap_samples=cfg.bootstrap_samples, seed=ctx.config.seed)
+    served_cmp = None
+    if "served" in reports:
+        served_cmp = compare_reports(reports["before"], reports["served"], confidence=cfg.confidence,
+                                     bootstrap_samples=cfg.bootstrap_samples, seed=ctx.config.seed)
     seconds = time.perf_counter() - started
     out = ctx.workspace.dir("reports") / f"eval-{ctx.run_id or 'adhoc'}"
     markdown = markdown_report(comparison, control=control_cmp, worst_examples=cfg.worst_examples)
+    if served_cmp is not None:
+        markdown += "\n\n" + markdown_report(served_cmp, worst_examples=cfg.worst_examples,
+                                               title=f"Served model {cfg.served_model} vs before DPO")
     atomic_write_text(out / "report.md", markdown)
     atomic_write_json(out / "report.json", {"comparison": comparison.to_dict(),
-                                            "control": control_cmp.to_dict() if control_cmp else None})
+                                            "control": control_cmp.to_dict() if control_cmp else None,
+                                            "served": served_cmp.to_dict() if served_cmp else None})
     chart = bar_chart(comparison, out / "rates.png", control=control_cmp)
     parents = [dpo["artifact_id"]] + ([control["artifact_id"]] if control and control.get("artifact_id") else [])
     artifact_id = save_evaluation(ctx.store, comparison, uri=str(out), run_id=ctx.run_id, parents=parents,
@@ -84,10 +110,11 @@ def evaluate_models(ctx: StageContext, model: dict, dataset: dict, pairs: dict, 
     return {
         "path": str(out), "markdown_path": str(out / "report.md"), "chart": str(Path(chart)),
         "artifact_id": artifact_id, "judge": cfg.judge, "items": len(items), "seconds": round(seconds, 2),
-        "items_per_second": round(len(items) * len(models) / seconds, 1), "models": summary,
+        "items_per_second": round(len(items) * len(reports) / seconds, 1), "models": summary,
         "difference": {"rate": comparison.rate.model_dump(), "recall": comparison.recall.model_dump(),
                        "fixed": comparison.fixed, "broken": comparison.broken, "mcnemar_p": comparison.mcnemar_p},
         "control_difference": control_cmp.rate.model_dump() if control_cmp else None,
+        "served_difference": served_cmp.rate.model_dump() if served_cmp else None,
         "table": table_rows(comparison, control_cmp), "markdown": markdown,
     }
 
