@@ -31,7 +31,7 @@ from typing import Any, Callable, Iterable
 from faithforge import storage
 from faithforge.config import PipelineConfig, deep_merge, env_overrides
 from faithforge.errors import UserError
-from faithforge.workspace import Workspace, atomic_write_json
+from faithforge.workspace import atomic_write_json
 
 REF_PREFIX = "@storage/"
 """Prefix of a portable reference; the rest is a key relative to the storage URL."""
@@ -265,6 +265,3 @@ def read_result(storage_url: str, flow_run_id: str) -> dict[str, Any]:
                            f"worker use the same storage (FAITHFORGE_STORAGE_URL)?")
     return result
 
-
-def open_workspace(config: PipelineConfig) -> Workspace:
-    return Workspace.open(config.workspace)

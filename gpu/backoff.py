@@ -62,7 +62,7 @@ def _free_cuda_cache() -> None:
     try:
         if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
             torch.cuda.empty_cache()
-    except Exception:
+    except Exception:  # a CUDA context broken by the OOM: freeing is best effort, the retry will tell
         pass
 
 

@@ -62,9 +62,7 @@ def warm_start(ctx: StageContext, base: dict, dataset: dict, plan: dict) -> dict
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         atomic_write_json(tmp / "faithforge.json", info)
-    from faithforge.reference import weights_fingerprint as fp
-
-    info["artifact_id"] = ctx.store.add_artifact("model", str(out), fp(out), run_id=ctx.run_id,
+    info["artifact_id"] = ctx.store.add_artifact("model", str(out), weights_fingerprint(out), run_id=ctx.run_id,
                                                  meta={"stage": "warm_start", **info},
                                                  parents=[dataset["artifact_id"]] if dataset.get("artifact_id") else [])
     atomic_write_json(out / "faithforge.json", info)
