@@ -357,3 +357,36 @@ def test_a_schedule_set_to_a_near_time_produces_a_completed_run(stack):
     assert run.expected_start_time >= anchor - dt.timedelta(seconds=1)
     examples = list((stack["root"] / "nightly-ws" / "datasets").rglob("*.json"))
     assert len([p for p in examples if "_quarantine" not in p.parts]) >= 12
+
+
+def test_prefect_yaml_registers_the_same_deployments(stack):
+    """`prefect deploy --all --prefect-file deployments/prefect.yaml` registers what deploy.py does: the same
+    deployments on the same pools, the nightly cron, and typed parameter forms."""
+    import yaml
+
+    api = stack["api"]
+    spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
+    expected = {f"{d['entrypoint'].rsplit('.', 1)[-1]}:{d['name']}" for d in spec["deployments"]}
+    with _client(api) as client:
+        for pool in ("local", "a100"):  # the first test created them; alone, this test creates them here
+            try:
+                client.read_work_pool(pool)
+            except Exception:
+                subprocess.run([sys.executable, "-m", "prefect", "work-pool", "create", pool, "--type", "process"],
+                               env=stack["env"], cwd=REPO, check=True, capture_output=True, timeout=120)
+    done = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file",
+                           "deployments/prefect.yaml"], env=stack["env"], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with _client(api) as client:
+        registered = {}
+        for deployment in client.read_deployments():
+            flow = client.read_flow(deployment.flow_id)
+            registered[f"{flow.name}/{deployment.name}"] = deployment
+        nightly = registered["faithforge-generate/nightly-generation"]
+        assert nightly.schedules[0].schedule.cron == "0 2 * * *" and nightly.work_pool_name == "local"
+        train = registered["faithforge-train/a100"]
+        assert train.work_pool_name == "a100"
+        steps = train.parameter_openapi_schema["definitions"]["TrainConfig"]["properties"]["steps"]
+        assert steps["minimum"] == 1 and "Optimizer steps" in steps["description"]
+    assert len(expected) == len(spec["deployments"]) and len(registered) >= len(spec["deployments"])
