@@ -73,3 +73,20 @@ def test_read_jsonl_names_file_and_line(tmp_path):
         read_jsonl(path)
     with pytest.raises(UserError, match="cannot read"):
         read_jsonl(tmp_path / "missing.jsonl")
+
+
+@pytest.mark.postgres
+def test_store_and_lineage_on_postgresql():
+    """The run store on PostgreSQL (FAITHFORGE_TEST_POSTGRES_URL, started by .ci/run), not only SQLite."""
+    url = os.environ.get("FAITHFORGE_TEST_POSTGRES_URL")
+    if not url:
+        pytest.skip("FAITHFORGE_TEST_POSTGRES_URL is not set (.ci/run starts a PostgreSQL server and sets it)")
+    store = Store(url.replace("postgresql://", "postgresql+psycopg://", 1))
+    run = store.start_run("pipeline", {"seed": 0, "nested": {"a": [1, 2]}})
+    data = store.add_artifact("dataset", f"/d/{run}", f"h-{run}", run_id=run)
+    adapter = store.add_artifact("adapter", f"/a/{run}", f"a-{run}", run_id=run, parents=[data])
+    store.record_stage(run, "train", status="completed", plan={"placement": "local"}, wall_seconds=2.0)
+    assert [a.id for a in store.ancestors(adapter)] == [data]
+    assert store.stages(run)[0].plan == {"placement": "local"}
+    store.finish_run(run, "completed", {"ok": True})
+    assert store.get_run(run).config == {"seed": 0, "nested": {"a": [1, 2]}}
