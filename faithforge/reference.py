@@ -136,17 +136,29 @@ def completion_logps(model, input_ids, attention_mask, completion_mask, vocab_ch
 
 # --- the cache key -----------------------------------------------------------------------------------
 
+#: (folder, ((name, size, mtime_ns), ...)) → fingerprint. One pipeline run asks for the same model's fingerprint
+#: in several stages (warm start, reference, on-policy pairs); a 7B folder is ~15 GB to read each time.
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
 def weights_fingerprint(model_dir: str | Path) -> str:
-    """SHA-256 over config.json and every weight file of a local model folder."""
+    """SHA-256 over config.json and every weight file of a local model folder.
+
+    Remembered for the life of the process while every file keeps its name, size and modification time; a
+    rewritten file (new mtime) is hashed again.
+    """
     root = Path(model_dir)
     files = sorted(p for p in root.iterdir() if p.suffix in {".safetensors", ".bin", ".pt"} or p.name == "config.json")
     if not files:
         raise UserError(f"{root} holds no model weights (*.safetensors or *.bin); point model.path at a model folder")
-    digest = hashlib.sha256()
-    for file in files:
-        digest.update(file.name.encode())
-        digest.update(sha256_file(file).encode())
-    return digest.hexdigest()
+    signature = (str(root.resolve()), tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if signature not in _FINGERPRINTS:
+        digest = hashlib.sha256()
+        for file in files:
+            digest.update(file.name.encode())
+            digest.update(sha256_file(file).encode())
+        _FINGERPRINTS[signature] = digest.hexdigest()
+    return _FINGERPRINTS[signature]
 
 
 def tokenizer_fingerprint(tokenizer) -> str:
