@@ -7,7 +7,6 @@ hallucination rates. Errors the user can fix end with a one-line message and exi
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -16,11 +15,11 @@ import typer
 
 from faithforge.errors import UserError
 
-app = typer.Typer(help="FaithForge: make a local LLM hallucinate less, and measure it.", no_args_is_help=True,
-                  pretty_exceptions_enable=False)
+app = typer.Typer(help="FaithForge: make a local LLM hallucinate less, and measure it. Add -v to any command "
+                       "to see the traceback behind an error.", no_args_is_help=True, pretty_exceptions_enable=False)
 
-# Stage outputs that `--fresh` removes; the run database and reports are history and stay.
-DERIVED_DIRS = ("datasets", "pairs", "refcache", "models", "checkpoints", "adapters")
+#: The flags that show a traceback instead of the one-line error (and, for `demo`, Prefect's run logs).
+VERBOSE_FLAGS = ("-v", "--verbose")
 
 
 def _register_subcommands() -> None:
@@ -70,16 +69,17 @@ def demo(
     if profile:
         overrides["gpu"] = {"profile": profile}
     cfg = _load(config, overrides)
-    from faithforge.workspace import Workspace
+    from faithforge.preflight import check_pipeline_inputs
+    from faithforge.workspace import refuse_unowned
 
-    ws = Workspace.open(cfg.workspace)  # fails early, with the fix, if it is not writable
-    from gpu import read_snapshot
-
-    read_snapshot(cfg.gpu.profile)  # an unknown profile name fails here, listing the known ones
     if fresh:
-        for sub in DERIVED_DIRS:
-            shutil.rmtree(ws.dir(sub), ignore_errors=True)
-            ws.dir(sub).mkdir()
+        refuse_unowned(cfg.workspace)  # before anything is written there
+    ws = check_pipeline_inputs(cfg)  # every check that needs no model, before Prefect starts
+    if fresh:
+        removed, kept = ws.remove_outputs()
+        typer.echo(f"--fresh: removed {len(removed)} output(s) FaithForge wrote in {ws.root}")
+        for entry in kept:
+            typer.echo(f"--fresh: kept {entry} (not written by FaithForge)")
     from faithforge.demo_runner import run_pipeline_with_progress
 
     summary = run_pipeline_with_progress(cfg, verbose=verbose)
@@ -88,14 +88,74 @@ def demo(
     print_summary(summary)
 
 
-def main() -> None:
+@app.command()
+def runs(
+    workspace: str = typer.Option(".faithforge", "--workspace", "-w", help="Workspace holding faithforge.db."),
+    database_url: Optional[str] = typer.Option(None, "--database-url", help="Run store URL (default: the workspace's)."),
+    limit: int = typer.Option(20, "--limit", min=1, help="How many of the newest runs to list."),
+) -> None:
+    """List runs with their status; runs whose process is gone are marked crashed, with where they stopped."""
+    from faithforge.store import Store
+
+    if database_url is None:
+        if not workspace.strip():
+            raise UserError("--workspace is empty; pass the workspace directory (default .faithforge)")
+        db = Path(workspace).expanduser().resolve() / "faithforge.db"
+        if not db.is_file():
+            raise UserError(f"no run store at {db}; pass --workspace DIR of a workspace that has run the pipeline")
+        database_url = f"sqlite:///{db}"
+    store = Store(database_url)
+    store.mark_crashed_runs()
+    rows = store.list_runs(limit)
+    if not rows:
+        typer.echo("no runs yet")
+        return
+    typer.echo(f"{'run':<34}{'kind':<10}{'status':<11}{'started':<21}{'stopped':<21}{'last stage':<26}process")
+    for row in rows:
+        stopped = row["finished"].strftime("%Y-%m-%d %H:%M:%S") if row["finished"] else "-"
+        process = f"{row['pid']}@{row['host']}" if row["pid"] else "-"
+        typer.echo(f"{row['id']:<34}{row['kind']:<10}{row['status']:<11}{row['started']:%Y-%m-%d %H:%M:%S}  "
+                   f"{stopped:<21}{(row['last_stage'] or '-'):<26}{process}")
+
+
+def _strip_verbose(args: list[str]) -> tuple[list[str], bool]:
+    """`-v` anywhere means "show tracebacks"; only `demo` also takes it as its own option (Prefect logs)."""
+    verbose = any(a in VERBOSE_FLAGS for a in args)
+    if verbose and (not args or args[0] != "demo"):
+        args = [a for a in args if a not in VERBOSE_FLAGS]
+    return args, verbose
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The `faithforge` entry point: bad input ends with one line on stderr and exit status 2."""
     # Before anything imports Prefect: its settings are read once.
     from faithforge.prefect_settings import offline_environment
 
     offline_environment()
+    args, verbose = _strip_verbose(list(sys.argv[1:] if argv is None else argv))
     _register_subcommands()
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
     try:
-        app()
-    except UserError as exc:
-        typer.echo(f"error: {exc}", err=True)
+        code = app(args=args, prog_name="faithforge", standalone_mode=False)
+    except NoArgsIsHelpError:
+        sys.exit(2)  # the help was printed
+    except ClickException as exc:  # a usage error: unknown option, bad value, missing argument
+        typer.echo(f"error: {' '.join(exc.format_message().split())} (see faithforge --help)", err=True)
         sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        typer.echo("interrupted; rerun the same command to continue (finished stages are reused)", err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the one place errors become messages
+        from faithforge.cli_errors import one_line
+
+        message = None if verbose else one_line(exc)
+        if message is None:
+            raise  # -v, or a bug: the traceback is what helps
+        typer.echo(f"error: {message}", err=True)
+        sys.exit(getattr(exc, "exit_code", 2) if isinstance(exc, UserError) else 2)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

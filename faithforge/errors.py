@@ -17,5 +17,5 @@ class ConfigError(UserError):
     def __init__(self, source: str, problems: list[str]):
         self.source = source
         self.problems = problems
-        lines = "\n".join(f"  - {p}" for p in problems)
-        super().__init__(f"invalid configuration in {source} ({len(problems)} problem(s)):\n{lines}")
+        # One line, every problem in it: a terminal shows it whole, a log keeps it as one record.
+        super().__init__(f"invalid configuration in {source} ({len(problems)} problem(s)): " + "; ".join(problems))

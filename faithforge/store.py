@@ -9,12 +9,16 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import os
+import socket
+import sqlite3
 import uuid
 from contextlib import contextmanager
 from typing import Any, Iterator
 
-from sqlalchemy import JSON, DateTime, Float, ForeignKey, String, Text, create_engine, event, select
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, String, Text, create_engine, event, inspect, select, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from faithforge.errors import UserError
@@ -42,6 +46,14 @@ class Run(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
     finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
     summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    pid: Mapped[int | None] = mapped_column(nullable=True)
+    """The process that runs it (with `host` and `pid_started`: tells a live run from a killed one)."""
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    pid_started: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+#: Columns added after the first release; `_add_missing_columns` adds them to an older database.
+_RUN_COLUMNS_ADDED = {"pid": "INTEGER", "host": "VARCHAR(255)", "pid_started": "VARCHAR(64)"}
 
 
 class StageOutput(Base):
@@ -101,14 +113,55 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def describe_database_error(url: str, exc: BaseException) -> str:
+    """One line for a store that cannot be opened or read: which, why, and what to do."""
+    reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    where = url.split("///", 1)[1] if url.startswith("sqlite:///") else url.split("@")[-1]
+    if url.startswith("sqlite"):
+        return (f"the run store {where} cannot be used ({reason}); if it is damaged, move it aside (a new one is "
+                "created), or pass --database-url / set database_url to a database you can open")
+    return f"the run store at {where} cannot be used ({reason}); check database_url and that the server is up"
+
+
+def process_start_time(pid: int) -> str | None:
+    """When process `pid` started (Linux: clock ticks since boot from /proc), to tell it from a reused pid."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
+def process_alive(pid: int, started: str | None) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, owned by someone else
+        pass
+    return started is None or process_start_time(pid) in (None, started)
+
+
 class Store:
     """Thin repository over the run database. Every method commits its own transaction."""
 
     def __init__(self, url: str):
         self.url = url
         self.engine = make_engine(url)
-        Base.metadata.create_all(self.engine)
+        try:
+            Base.metadata.create_all(self.engine)
+            self._add_missing_columns()
+        except (DBAPIError, sqlite3.DatabaseError) as exc:
+            self.engine.dispose()
+            raise UserError(describe_database_error(url, exc)) from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _add_missing_columns(self) -> None:
+        present = {c["name"] for c in inspect(self.engine).get_columns("runs")}
+        with self.engine.begin() as conn:
+            for name, kind in _RUN_COLUMNS_ADDED.items():
+                if name not in present:
+                    conn.execute(text(f"ALTER TABLE runs ADD COLUMN {name} {kind}"))
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -117,12 +170,53 @@ class Store:
 
     # runs ---------------------------------------------------------------------------------------
     def start_run(self, kind: str, config: dict[str, Any], prefect_flow_run_id: str | None = None) -> str:
+        """Open a run owned by this process (first marking runs whose process is gone as crashed)."""
+        self.mark_crashed_runs()
+        pid = os.getpid()
         with self.session() as s:
             run = Run(kind=kind, config=json.loads(json.dumps(config, default=str)),
-                      prefect_flow_run_id=prefect_flow_run_id)
+                      prefect_flow_run_id=prefect_flow_run_id, pid=pid, host=socket.gethostname(),
+                      pid_started=process_start_time(pid))
             s.add(run)
             s.flush()
             return run.id
+
+    def mark_crashed_runs(self) -> list[str]:
+        """Runs still `running` whose process on this host is gone become `crashed`, with where they stopped.
+
+        A run on another host cannot be checked from here and is left as it is. `finished_at` is when the
+        run was last heard of (its last stage record, else its start); the summary names that stage.
+        """
+        host = socket.gethostname()
+        crashed = []
+        with self.session() as s:
+            for run in s.scalars(select(Run).where(Run.status == "running", Run.host == host)):
+                if run.pid is None or process_alive(run.pid, run.pid_started):
+                    continue
+                last = s.scalars(select(StageOutput).where(StageOutput.run_id == run.id)
+                                 .order_by(StageOutput.created_at.desc())).first()
+                run.status = "crashed"
+                run.finished_at = last.created_at if last is not None else run.created_at
+                run.summary = {**(run.summary or {}), "crashed": {
+                    "detected_at": _now().isoformat(),
+                    "last_stage": f"{last.stage} ({last.status})" if last is not None else None,
+                    "pid": run.pid, "host": run.host,
+                    "message": "its process ended without finishing the run (killed or crashed)"}}
+                crashed.append(run.id)
+        return crashed
+
+    def list_runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest runs with their status and the last stage each reached."""
+        with self.session() as s:
+            runs = list(s.scalars(select(Run).order_by(Run.created_at.desc()).limit(limit)))
+            rows = []
+            for run in runs:
+                last = s.scalars(select(StageOutput).where(StageOutput.run_id == run.id)
+                                 .order_by(StageOutput.created_at.desc())).first()
+                rows.append({"id": run.id, "kind": run.kind, "status": run.status, "started": run.created_at,
+                             "finished": run.finished_at, "pid": run.pid, "host": run.host,
+                             "last_stage": f"{last.stage} ({last.status})" if last is not None else None})
+            return rows
 
     def finish_run(self, run_id: str, status: str, summary: dict[str, Any] | None = None) -> None:
         with self.session() as s:

@@ -12,6 +12,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -132,6 +133,48 @@ def sha256_tree(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+#: The file that says "FaithForge created this directory": only such a workspace may be cleaned by `--fresh`.
+MARKER = ".faithforge-workspace"
+#: Top-level names FaithForge writes in a workspace (a folder holding only these is an older FaithForge's).
+KNOWN_TOP_LEVEL = frozenset(SUBDIRS) | {MARKER, "faithforge.db", "faithforge.db-wal", "faithforge.db-shm",
+                                        "faithforge.db-journal", "gpu_calibration.json"}
+#: Sub-directories whose entries are recomputable stage outputs (`--fresh` removes FaithForge's ones).
+DERIVED_DIRS = ("datasets", "pairs", "refcache", "models", "checkpoints", "adapters")
+#: Names of what stages write there: `<kind>-<16 hex content key>`, a reference cache `<16 hex>`, and the
+#: hidden temporary, lock and swap names of `atomic_write_bytes`, `atomic_directory` and `faithforge.locks`.
+_OUTPUT_NAME = re.compile(r"^((summaries|generated|pairs|tiny|sft|sft-control|dpo)-)?[0-9a-f]{16}$")
+_HIDDEN_NAME = re.compile(r"^\..+\.(tmp|lock|old)$")
+#: The generation flow's examples and export: generated data (LLM time), kept by `--fresh` without comment.
+_GENERATED_DATA = re.compile(r"^generated(-.+\.jsonl)?$")
+
+
+def written_by_faithforge(entry: Path) -> bool:
+    """Whether `entry` (directly under a derived sub-directory) is a stage output or FaithForge's temporary."""
+    return bool(_OUTPUT_NAME.match(entry.name) or _HIDDEN_NAME.match(entry.name))
+
+
+def may_own(path: Path) -> bool:
+    """Whether FaithForge may treat `path` as its own: new, empty, marked, or an older FaithForge's workspace
+    (its run database and nothing but FaithForge's names)."""
+    if not path.exists():
+        return True
+    if not path.is_dir():
+        return False
+    entries = list(path.iterdir())
+    if not entries or (path / MARKER).is_file():
+        return True
+    return (path / "faithforge.db").is_file() and all(p.name in KNOWN_TOP_LEVEL for p in entries)
+
+
+def refuse_unowned(root: str | os.PathLike[str]) -> None:
+    """`--fresh` refuses, before writing anything, a non-empty directory FaithForge did not create."""
+    path = Path(root).expanduser().resolve()
+    if not may_own(path):
+        raise UserError(f"--fresh refuses to delete anything in {path}: it was not created by FaithForge "
+                        f"(no {MARKER} file) and is not empty; pass --workspace NEW_DIR, or remove old "
+                        "outputs yourself")
+
+
 @dataclass(frozen=True)
 class Workspace:
     """The directory tree of one FaithForge workspace (default `./.faithforge`)."""
@@ -140,10 +183,24 @@ class Workspace:
 
     @classmethod
     def open(cls, root: str | os.PathLike[str]) -> "Workspace":
-        """Create the tree if needed and prove it is writable, or raise a `UserError` saying what to fix."""
+        """Create the tree if needed and prove it is writable, or raise a `UserError` saying what to fix.
+
+        A directory FaithForge creates (or finds empty) gets the `MARKER` file: it is FaithForge's, and
+        `fresh` may clean it. An existing non-empty directory without the marker is used as it is (FaithForge
+        only adds its own sub-directories) but is never cleaned.
+        """
+        if not str(root).strip():
+            raise UserError("the workspace is an empty string; pass --workspace DIR (or set workspace: / "
+                            "FAITHFORGE_WORKSPACE) to a directory for FaithForge's files, e.g. .faithforge")
         path = Path(root).expanduser().resolve()
+        if path.exists() and not path.is_dir():
+            raise UserError(f"workspace {path} is a file, not a directory; pass --workspace DIR")
         try:
+            claimable = may_own(path)
             path.mkdir(parents=True, exist_ok=True)
+            if claimable and not (path / MARKER).exists():
+                atomic_write_json(path / MARKER, {"created_by": "faithforge", "note": "FaithForge owns this "
+                                                  "directory; `faithforge demo --fresh` may delete outputs in it"})
             for sub in SUBDIRS:
                 (path / sub).mkdir(exist_ok=True)
             probe = path / "tmp" / f".write-probe-{os.getpid()}"
@@ -156,6 +213,11 @@ class Workspace:
             ) from exc
         return cls(path)
 
+    @property
+    def owned(self) -> bool:
+        """FaithForge created this directory (it holds the marker)."""
+        return (self.root / MARKER).is_file()
+
     def dir(self, kind: str) -> Path:
         if kind not in SUBDIRS:
             raise ValueError(f"unknown workspace sub-directory {kind!r}; known: {', '.join(SUBDIRS)}")
@@ -164,3 +226,25 @@ class Workspace:
     @property
     def database_url(self) -> str:
         return f"sqlite:///{self.root / 'faithforge.db'}"
+
+    def remove_outputs(self) -> tuple[list[Path], list[Path]]:
+        """`--fresh`: delete the stage outputs FaithForge wrote; return (removed, kept as not ours).
+
+        Refuses a workspace without the marker: FaithForge cannot tell its files from yours there. The run
+        database and the reports are history and stay.
+        """
+        if not self.owned:
+            refuse_unowned(self.root)
+        removed, kept = [], []
+        for sub in DERIVED_DIRS:
+            for entry in sorted(self.dir(sub).iterdir()):
+                if not written_by_faithforge(entry):
+                    if not (sub == "datasets" and _GENERATED_DATA.match(entry.name)):
+                        kept.append(entry)
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+                removed.append(entry)
+        return removed, kept

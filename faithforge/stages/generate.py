@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from faithforge.stages.context import StageContext, content_key
+from faithforge.reuse import claim_output
 from faithforge.teacher import Example, generate_split
-from faithforge.workspace import atomic_write_json, atomic_write_jsonl, read_jsonl, sha256_file
+from faithforge.workspace import atomic_directory, atomic_write_jsonl, read_jsonl, sha256_file
 
 SPLITS = ("train", "val", "test")
 TEACHER_VERSION = 1
@@ -22,31 +22,28 @@ def dataset_dir(ctx: StageContext) -> Path:
 def generate_examples(ctx: StageContext) -> dict:
     cfg = ctx.config.generate
     out = dataset_dir(ctx)
-    manifest = out / "manifest.json"
-    if manifest.exists():
-        info = json.loads(manifest.read_text())
-        info["reused"] = True
-        return info
-    counts = {"train": cfg.train_sources, "val": cfg.val_sources, "test": cfg.test_sources}
-    total = sum(counts.values())
-    done = 0
-    files = {}
-    for split in SPLITS:
-        rows = []
-        for example in generate_split(split, counts[split], ctx.config.seed, cfg.omitted_fact_share):
-            rows.append(example.to_dict())
-            done += 1
-            if done % 500 == 0 or done == total:
-                ctx.progress("generate", done, total, f"{done}/{total} examples")
-        path = atomic_write_jsonl(out / f"{split}.jsonl", rows)
-        files[split] = str(path)
-    digest = content_key(*(sha256_file(files[s]) for s in SPLITS))
-    artifact_id = ctx.store.add_artifact("dataset", str(out), digest, run_id=ctx.run_id,
-                                         meta={"counts": counts, "backend": cfg.backend})
-    info = {"path": str(out), "files": files, "counts": counts, "artifact_id": artifact_id, "key": out.name}
-    atomic_write_json(manifest, info)
-    info["reused"] = False
-    return info
+    with claim_output("generate", out, "manifest.json", ctx.progress) as claim:
+        if claim.reused is not None:
+            return claim.reused
+        counts = {"train": cfg.train_sources, "val": cfg.val_sources, "test": cfg.test_sources}
+        total = sum(counts.values())
+        done = 0
+        files = {}
+        with atomic_directory(out) as tmp:
+            for split in SPLITS:
+                rows = []
+                for example in generate_split(split, counts[split], ctx.config.seed, cfg.omitted_fact_share):
+                    rows.append(example.to_dict())
+                    done += 1
+                    if done % 500 == 0 or done == total:
+                        ctx.progress("generate", done, total, f"{done}/{total} examples")
+                atomic_write_jsonl(tmp / f"{split}.jsonl", rows)
+                files[split] = str(out / f"{split}.jsonl")
+            digest = content_key(*(sha256_file(tmp / f"{s}.jsonl") for s in SPLITS))
+            artifact_id = ctx.store.add_artifact("dataset", str(out), digest, run_id=ctx.run_id,
+                                                 meta={"counts": counts, "backend": cfg.backend})
+            info = {"path": str(out), "files": files, "counts": counts, "artifact_id": artifact_id, "key": out.name}
+            return claim.finish(tmp, info)
 
 
 def load_split(dataset: dict, split: str) -> list[Example]:
@@ -89,30 +86,35 @@ def import_generated(ctx: StageContext, export: dict) -> dict:
     key = content_key("imported", export.get("sha256") or sha256_file(export["path"]), cfg.val_share,
                       cfg.test_share, ctx.config.seed)
     out = ctx.workspace.dir("datasets") / f"generated-{key}"
-    if (out / "manifest.json").exists():
-        return {**json.loads((out / "manifest.json").read_text()), "reused": True}
-    splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
-    for number, row in enumerate(rows, start=1):
-        data = row.get("data") or {}
-        missing = [f for f in ("source_document", "summary", "key_facts") if not data.get(f)]
-        if missing:
-            raise UserError(f"{export['path']}: line {number} lacks {', '.join(missing)}; the pipeline needs a spec "
-                            "whose schema has source_document, summary and key_facts (see grounded-summaries.yaml)")
-        split = _split_of(row["content_hash"], ctx.config.seed, cfg.val_share, cfg.test_share)
-        example = Example(id=row["content_hash"][:16], split=split, category=row.get("category", "all"),
-                          source=data["source_document"], faithful=data["summary"],
-                          warm_start_reference=data["summary"], facts=None,
-                          hallucinated=data.get("hallucinated_summary") or "", key_facts=tuple(data["key_facts"]),
-                          extra={"params": row.get("params"), "model": row.get("model")})
-        splits[split].append(example.to_dict())
-    if not splits["train"] or not splits["test"]:
-        raise UserError(f"{export['path']} has {len(rows)} examples: too few to split into train and test; "
-                        "raise generate.target")
-    files = {split: str(atomic_write_jsonl(out / f"{split}.jsonl", items)) for split, items in splits.items()}
-    counts = {split: len(items) for split, items in splits.items()}
-    parents = [export["artifact_id"]] if export.get("artifact_id") else []
-    artifact_id = ctx.store.add_artifact("dataset", str(out), key, run_id=ctx.run_id,
-                                         meta={"counts": counts, "backend": cfg.backend}, parents=parents)
-    info = {"path": str(out), "files": files, "counts": counts, "artifact_id": artifact_id, "key": out.name}
-    atomic_write_json(out / "manifest.json", info)
-    return {**info, "reused": False}
+    with claim_output("generate", out, "manifest.json", ctx.progress) as claim:
+        if claim.reused is not None:
+            return claim.reused
+        splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
+        for number, row in enumerate(rows, start=1):
+            data = row.get("data") or {}
+            missing = [f for f in ("source_document", "summary", "key_facts") if not data.get(f)]
+            if missing:
+                raise UserError(f"{export['path']}: line {number} lacks {', '.join(missing)}; the pipeline needs a "
+                                "spec whose schema has source_document, summary and key_facts "
+                                "(see grounded-summaries.yaml)")
+            split = _split_of(row["content_hash"], ctx.config.seed, cfg.val_share, cfg.test_share)
+            example = Example(id=row["content_hash"][:16], split=split, category=row.get("category", "all"),
+                              source=data["source_document"], faithful=data["summary"],
+                              warm_start_reference=data["summary"], facts=None,
+                              hallucinated=data.get("hallucinated_summary") or "",
+                              key_facts=tuple(data["key_facts"]),
+                              extra={"params": row.get("params"), "model": row.get("model")})
+            splits[split].append(example.to_dict())
+        if not splits["train"] or not splits["test"]:
+            raise UserError(f"{export['path']} has {len(rows)} examples: too few to split into train and test; "
+                            "raise generate.target")
+        with atomic_directory(out) as tmp:
+            for split, items in splits.items():
+                atomic_write_jsonl(tmp / f"{split}.jsonl", items)
+            files = {split: str(out / f"{split}.jsonl") for split in splits}
+            counts = {split: len(items) for split, items in splits.items()}
+            parents = [export["artifact_id"]] if export.get("artifact_id") else []
+            artifact_id = ctx.store.add_artifact("dataset", str(out), key, run_id=ctx.run_id,
+                                                 meta={"counts": counts, "backend": cfg.backend}, parents=parents)
+            info = {"path": str(out), "files": files, "counts": counts, "artifact_id": artifact_id, "key": out.name}
+            return claim.finish(tmp, info)

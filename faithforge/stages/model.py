@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import json
+import shutil
 import time
 from pathlib import Path
 
 from faithforge.errors import UserError
+from faithforge.reuse import claim_output
 from faithforge.stages.context import StageContext, content_key
 from faithforge.stages.generate import load_split
 from faithforge.teacher import prompt_messages
-from faithforge.workspace import atomic_directory, atomic_write_json
+from faithforge.workspace import atomic_directory
 
 
 def base_model(ctx: StageContext) -> dict:
@@ -25,10 +26,11 @@ def base_model(ctx: StageContext) -> dict:
 
     key = content_key("tiny", cfg.tiny.model_dump(), ctx.config.seed)
     path = ctx.workspace.dir("models") / f"tiny-{key}"
-    if (path / "config.json").is_file():
-        return {"path": str(path), "built": False, "reused": True}
-    build_tiny_model(path, seed=ctx.config.seed, spec=cfg.tiny)
-    return {"path": str(path), "built": True, "reused": False}
+    with claim_output("base_model", path, progress=ctx.progress) as claim:
+        if claim.reused is not None:
+            return {**claim.reused, "built": False}
+        build_tiny_model(path, seed=ctx.config.seed, spec=cfg.tiny)  # an atomic directory
+        return claim.finish(path, {"path": str(path), "built": True})  # the manifest last, beside it
 
 
 def warm_start(ctx: StageContext, base: dict, dataset: dict, plan: dict) -> dict:
@@ -36,35 +38,53 @@ def warm_start(ctx: StageContext, base: dict, dataset: dict, plan: dict) -> dict
     cfg = ctx.config.warm_start
     if not cfg.enabled:
         return {"path": base["path"], "skipped": True, "reused": True}
+    from faithforge.reference import weights_fingerprint
+
+    # How often it checkpoints does not change the result, so it is not part of the key.
+    key = content_key("warm", weights_fingerprint(base["path"]), dataset["key"],
+                      cfg.model_dump(exclude={"checkpoint_every"}), ctx.config.seed)
+    out = ctx.workspace.dir("models") / f"sft-{key}"
+    with claim_output("warm_start", out, progress=ctx.progress) as claim:
+        if claim.reused is not None:
+            return claim.reused
+        return _train_warm_start(ctx, claim, base, dataset, plan, out)
+
+
+def _train_warm_start(ctx: StageContext, claim, base: dict, dataset: dict, plan: dict, out: Path) -> dict:
     import torch
 
-    from faithforge.modeling import device_for, load_causal_lm, load_tokenizer
+    from faithforge.modeling import load_for_plan, load_tokenizer, plan_precision
     from faithforge.reference import weights_fingerprint
     from faithforge.sft import SftExample, train_sft
 
-    key = content_key("warm", weights_fingerprint(base["path"]), dataset["key"], cfg.model_dump(), ctx.config.seed)
-    out = ctx.workspace.dir("models") / f"sft-{key}"
-    if (out / "faithforge.json").is_file():
-        return {**json.loads((out / "faithforge.json").read_text()), "reused": True}
-    device = device_for(plan["placement"])
+    cfg = ctx.config.warm_start
+    checkpoints = ctx.workspace.dir("checkpoints") / out.name
+    resumed: list[int] = []
+    if plan_precision(plan) == "nf4":  # a full fine-tune trains every weight: 4-bit weights cannot be trained
+        raise UserError("the warm start is a full fine-tune and needs a 16-bit or fp32 plan, but its plan says nf4; "
+                        "gate it as the warm_start stage (faithforge gpu shows that plan)")
     torch.manual_seed(ctx.config.seed)
     tokenizer = load_tokenizer(base["path"])
-    model = load_causal_lm(base["path"], quantization=None, device=device)
+    model, _ = load_for_plan(base["path"], plan)  # the warm_start plan: bf16 on a GPU, fp32 on the CPU
     examples = [SftExample(prompt_messages(e.source), e.warm_start_reference) for e in load_split(dataset, "train")]
     started = time.perf_counter()
     losses = train_sft(model, tokenizer, examples, steps=cfg.steps, batch_size=cfg.batch_size,
                        learning_rate=cfg.learning_rate, seed=ctx.config.seed,
                        on_step=lambda s, loss: ctx.progress("warm_start", s, cfg.steps, f"loss {loss:.3f}")
-                       if s % 25 == 0 or s == cfg.steps else None)
+                       if s % 25 == 0 or s == cfg.steps else None,
+                       checkpoint_dir=checkpoints, checkpoint_every=cfg.checkpoint_every,
+                       on_resume=lambda step: (resumed.append(step),
+                                               ctx.progress("warm_start", step, cfg.steps, f"resumed at step {step}")))
     info = {"path": str(out), "first_loss": losses[0], "final_loss": losses[-1], "steps": cfg.steps,
+            "resumed_from_step": resumed[0] if resumed else None,
             "train_seconds": round(time.perf_counter() - started, 2)}
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / "faithforge.json", info)
-    info["artifact_id"] = ctx.store.add_artifact("model", str(out), weights_fingerprint(out), run_id=ctx.run_id,
-                                                 meta={"stage": "warm_start", **info},
-                                                 parents=[dataset["artifact_id"]] if dataset.get("artifact_id") else [])
-    atomic_write_json(out / "faithforge.json", info)
+        info["artifact_id"] = ctx.store.add_artifact(
+            "model", str(out), weights_fingerprint(tmp), run_id=ctx.run_id, meta={"stage": "warm_start", **info},
+            parents=[dataset["artifact_id"]] if dataset.get("artifact_id") else [])
+        result = claim.finish(tmp, info)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the finished model replaces them
     del model
-    return {**info, "reused": False}
+    return result

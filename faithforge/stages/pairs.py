@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
-
 from faithforge.errors import UserError
 from faithforge.pairs import build_synthetic_pairs, split_by_source, validate_pairs
+from faithforge.reuse import claim_output
 from faithforge.stages.context import StageContext, content_key
 from faithforge.stages.generate import load_split
-from faithforge.workspace import atomic_write_json, atomic_write_jsonl, read_jsonl, sha256_file
+from faithforge.workspace import atomic_directory, atomic_write_jsonl, read_jsonl, sha256_file
 
 
 def build_pairs(ctx: StageContext, dataset: dict, model: dict | None = None, plan: dict | None = None) -> dict:
@@ -23,36 +22,37 @@ def build_pairs(ctx: StageContext, dataset: dict, model: dict | None = None, pla
 
         depends_on.append(weights_fingerprint(model["path"]))  # on-policy samples depend on the policy
     out = ctx.workspace.dir("pairs") / f"pairs-{content_key('pairs', *depends_on)}"
-    manifest = out / "manifest.json"
-    if manifest.exists():
-        return {**json.loads(manifest.read_text()), "reused": True}
-    examples = load_split(dataset, "train")
-    if on_policy:
-        pairs, report = _sample_onpolicy_pairs(ctx, examples, model, plan or {"placement": "cpu"})
-    else:
-        pairs, report = build_synthetic_pairs(examples, cfg.omission_share, ctx.config.seed)
-    validate_pairs(pairs, "generated pairs")
-    train, val = split_by_source(pairs, cfg.val_fraction, ctx.config.seed)
-    train_path = atomic_write_jsonl(out / "train.jsonl", train)
-    val_path = atomic_write_jsonl(out / "val.jsonl", val)
-    artifact_id = ctx.store.add_artifact(
-        "pairs", str(out), content_key(sha256_file(train_path), sha256_file(val_path)), run_id=ctx.run_id,
-        meta=report.to_dict(), parents=[dataset["artifact_id"]] if dataset.get("artifact_id") else [])
-    info = {"path": str(out), "train": str(train_path), "val": str(val_path), "counts": {"train": len(train),
-            "val": len(val)}, "report": report.to_dict(), "artifact_id": artifact_id}
-    atomic_write_json(manifest, info)
-    return {**info, "reused": False}
+    with claim_output("pairs", out, "manifest.json", ctx.progress) as claim:
+        if claim.reused is not None:
+            return claim.reused
+        examples = load_split(dataset, "train")
+        if on_policy:
+            pairs, report = _sample_onpolicy_pairs(ctx, examples, model, plan or {"placement": "cpu"})
+        else:
+            pairs, report = build_synthetic_pairs(examples, cfg.omission_share, ctx.config.seed)
+        validate_pairs(pairs, "generated pairs")
+        train, val = split_by_source(pairs, cfg.val_fraction, ctx.config.seed)
+        with atomic_directory(out) as tmp:
+            train_tmp = atomic_write_jsonl(tmp / "train.jsonl", train)
+            val_tmp = atomic_write_jsonl(tmp / "val.jsonl", val)
+            artifact_id = ctx.store.add_artifact(
+                "pairs", str(out), content_key(sha256_file(train_tmp), sha256_file(val_tmp)), run_id=ctx.run_id,
+                meta=report.to_dict(), parents=[dataset["artifact_id"]] if dataset.get("artifact_id") else [])
+            info = {"path": str(out), "train": str(out / "train.jsonl"), "val": str(out / "val.jsonl"),
+                    "counts": {"train": len(train), "val": len(val)}, "report": report.to_dict(),
+                    "artifact_id": artifact_id}
+            return claim.finish(tmp, info)
 
 
 def _sample_onpolicy_pairs(ctx: StageContext, examples, model: dict, plan: dict):
     from faithforge.evaluation import get_judge
-    from faithforge.modeling import device_for, load_causal_lm, load_tokenizer
+    from faithforge.modeling import load_for_plan, load_tokenizer
     from faithforge.onpolicy_pairs import build_onpolicy_pairs
     from faithforge.stages.evaluate import judge_options
 
     cfg = ctx.config.pairs
     tokenizer = load_tokenizer(model["path"])
-    policy = load_causal_lm(model["path"], quantization=None, device=device_for(plan["placement"]))
+    policy, _ = load_for_plan(model["path"], plan)  # sampled in the precision the plan names
     ctx.progress("pairs", 0, 1, f"sampling {cfg.samples_per_source} summaries per source")
     return build_onpolicy_pairs(policy, tokenizer, examples, k=cfg.samples_per_source, temperature=cfg.temperature,
                                 seed=ctx.config.seed, max_new_tokens=ctx.config.evaluate.max_new_tokens,

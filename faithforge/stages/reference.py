@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 
+from faithforge.locks import output_lock
 from faithforge.stages.context import StageContext
 from faithforge.stages.gate import plan_from_record
 from faithforge.stages.pairs import load_pairs
@@ -12,25 +13,40 @@ log = logging.getLogger(__name__)
 
 
 def reference_logps(ctx: StageContext, model: dict, pairs: dict, plan: dict) -> dict:
-    from faithforge.modeling import device_for, load_causal_lm, load_tokenizer, quantization_settings
-    from faithforge.reference import ReferenceCache, cache_key, compute_reference_cache, weights_fingerprint
+    from faithforge.modeling import (compute_dtype_name, device_for, load_tokenizer, plan_precision,
+                                     precision_quantization)
+    from faithforge.reference import ReferenceCache, cache_key, weights_fingerprint
 
     cfg = ctx.config.reference
     device = device_for(plan["placement"])
-    quantization = quantization_settings(ctx.config.train.quantization, device)
+    precision = plan_precision(plan)  # the stage loads exactly what its plan names
+    quantization = precision_quantization(precision)
     train_pairs = load_pairs(pairs["train"])
     tokenizer = load_tokenizer(model["path"])
     key, components = cache_key(weights=weights_fingerprint(model["path"]), tokenizer=tokenizer,
                                 max_length=cfg.max_length, truncation_mode="keep_start",
-                                quantization=quantization, pairs=train_pairs)
+                                quantization=quantization, pairs=train_pairs,
+                                compute_dtype=compute_dtype_name(precision, device))
     cache = ReferenceCache(ctx.workspace.dir("refcache") / key[:16], key, components, cfg.shard_size)
     info = {"path": str(cache.directory), "key": key, "pairs": len(train_pairs), "device": device,
-            "quantization": quantization}
-    if cache.is_complete():
-        return {**info, "reused": True, "artifact_id": _record(ctx, cache, pairs)}
+            "quantization": quantization, "precision": precision}
+    # The cache checks its own shards against their SHA-256 (and resumes after the last good one); the lock
+    # makes a second run wait for the first one's cache instead of computing it too.
+    with output_lock(cache.directory, "reference",
+                     on_wait=lambda message: ctx.progress("reference", 0, 1, message)):
+        if cache.is_complete():
+            return {**info, "reused": True, "artifact_id": _record(ctx, cache, pairs)}
+        return _compute(ctx, cache, info, model, pairs, plan, train_pairs, tokenizer, quantization, device)
+
+
+def _compute(ctx: StageContext, cache, info: dict, model: dict, pairs: dict, plan: dict, train_pairs: list,
+             tokenizer, quantization, device: str) -> dict:
+    from faithforge.modeling import load_for_plan
+    from faithforge.reference import compute_reference_cache
     from gpu import run_with_oom_backoff
 
-    loaded = load_causal_lm(model["path"], quantization=quantization, device=device)
+    cfg = ctx.config.reference
+    loaded, _ = load_for_plan(model["path"], plan)
 
     def compute(current) -> dict:
         # After a CUDA OOM this runs again with half the batch and resumes after the last complete shard.

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
+from faithforge.reuse import Claim, claim_output
 from faithforge.stages.context import StageContext, content_key
 from faithforge.stages.gate import plan_from_record
 from faithforge.stages.pairs import load_pairs
 from faithforge.workspace import atomic_directory, atomic_write_json, sha256_tree
 
 log = logging.getLogger(__name__)
-
-
-def _done(out: Path) -> dict | None:
-    marker = out / "faithforge.json"
-    return {**json.loads(marker.read_text()), "reused": True} if marker.is_file() else None
 
 
 def _micro_batch(plan: dict, effective: int) -> tuple[int, int]:
@@ -27,29 +24,36 @@ def _micro_batch(plan: dict, effective: int) -> tuple[int, int]:
 
 
 def train_dpo(ctx: StageContext, model: dict, pairs: dict, reference: dict, plan: dict) -> dict:
+    cfg = ctx.config.train
+    key = content_key("dpo", reference["key"], cfg.model_dump(), ctx.config.seed)
+    out = ctx.workspace.dir("adapters") / f"dpo-{key}"
+    with claim_output("train", out, progress=ctx.progress) as claim:
+        if claim.reused is not None:
+            return claim.reused
+        return _train_dpo(ctx, claim, key, out, model, pairs, reference, plan)
+
+
+def _train_dpo(ctx: StageContext, claim: Claim, key: str, out: Path, model: dict, pairs: dict, reference: dict,
+               plan: dict) -> dict:
     import torch
 
     from faithforge.dpo import run_dpo
-    from faithforge.modeling import attach_lora, device_for, load_causal_lm, load_tokenizer
+    from faithforge.modeling import attach_lora, check_same_precision, load_for_plan, load_tokenizer, plan_precision
     from faithforge.reference import ReferenceCache
     from faithforge.training_plot import plot_training
     from gpu import run_with_oom_backoff
 
     cfg = ctx.config.train
-    key = content_key("dpo", reference["key"], cfg.model_dump(), ctx.config.seed)
-    out = ctx.workspace.dir("adapters") / f"dpo-{key}"
-    if (done := _done(out)) is not None:
-        return done
     cache = ReferenceCache(reference["path"], reference["key"], _components(reference["path"]),
                            ctx.config.reference.shard_size)
     reference_logps = cache.load()
-    device = device_for(plan["placement"])
+    check_same_precision(plan, reference)
     torch.manual_seed(ctx.config.seed)
     tokenizer = load_tokenizer(model["path"])
-    base = load_causal_lm(model["path"], quantization=reference["quantization"], device=device)
+    base, device = load_for_plan(model["path"], plan)  # exactly the precision the train plan names
     on_gpu = device == "cuda"
     policy = attach_lora(base, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                         quantized=bool(reference["quantization"]), gradient_checkpointing=on_gpu)
+                         quantized=plan_precision(plan) == "nf4", gradient_checkpointing=on_gpu)
     micro, accum = _micro_batch(plan, cfg.batch_size)
     train_pairs = load_pairs(pairs["train"])
     backoffs: list[dict] = []
@@ -64,7 +68,7 @@ def train_dpo(ctx: StageContext, model: dict, pairs: dict, reference: dict, plan
             beta=cfg.beta, max_length=ctx.config.reference.max_length, seed=ctx.config.seed,
             checkpoint_every=cfg.checkpoint_every, gradient_checkpointing=on_gpu,
             optimizer="paged_adamw_8bit" if on_gpu else "adamw_torch", bf16=on_gpu,
-            guard_tolerance=1e-3 if not on_gpu else 2e-2, sft_weight=cfg.sft_weight,
+            guard_tolerance=None, sft_weight=cfg.sft_weight,  # None: scaled to the dtype and tokens
             extra_callbacks=[_progress_callback(ctx, "train", cfg.steps)],
         )
         return {**out, "micro_batch": current.batch_size, "grad_accum": current.grad_accum}
@@ -96,46 +100,53 @@ def train_dpo(ctx: StageContext, model: dict, pairs: dict, reference: dict, plan
 
             merge_adapter(model["path"], tmp, tmp / "merged")
             info["merged_path"] = str(out / "merged")
-        atomic_write_json(tmp / "faithforge.json", info)
-    info["artifact_id"] = ctx.store.add_artifact("adapter", str(out), sha256_tree(out), run_id=ctx.run_id, meta=info,
-                                                 parents=[reference["artifact_id"]])
-    atomic_write_json(out / "faithforge.json", info)
-    return {**info, "plot": str(out / "training.png"), "reused": False}
+        info["artifact_id"] = ctx.store.add_artifact("adapter", str(out), sha256_tree(tmp), run_id=ctx.run_id,
+                                                     meta=info, parents=[reference["artifact_id"]])
+        result = claim.finish(tmp, info)
+    return {**result, "plot": str(out / "training.png")}
 
 
 def train_sft_control(ctx: StageContext, model: dict, pairs: dict, plan: dict) -> dict:
     """LoRA SFT on the chosen summaries, same steps, batch, rank and learning rate as DPO."""
-    import torch
-
-    from faithforge.modeling import attach_lora, device_for, load_causal_lm, load_tokenizer
-    from faithforge.sft import SftExample, train_sft
-
     cfg = ctx.config.train
     key = content_key("sft-control", model["path"], pairs["path"], cfg.model_dump(), ctx.config.seed)
     out = ctx.workspace.dir("adapters") / f"sft-control-{key}"
-    if (done := _done(out)) is not None:
-        return done
-    device = device_for(plan["placement"])
+    with claim_output("control", out, progress=ctx.progress) as claim:
+        if claim.reused is not None:
+            return claim.reused
+        return _train_sft_control(ctx, claim, out, model, pairs, plan)
+
+
+def _train_sft_control(ctx: StageContext, claim: Claim, out: Path, model: dict, pairs: dict, plan: dict) -> dict:
+    import torch
+
+    from faithforge.modeling import attach_lora, load_for_plan, load_tokenizer, plan_precision
+    from faithforge.sft import SftExample, train_sft
+
+    cfg = ctx.config.train
+    checkpoints = ctx.workspace.dir("checkpoints") / out.name
     torch.manual_seed(ctx.config.seed)
     tokenizer = load_tokenizer(model["path"])
-    base = load_causal_lm(model["path"], quantization=None, device=device)
-    policy = attach_lora(base, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout, quantized=False,
-                         gradient_checkpointing=False)
+    base, device = load_for_plan(model["path"], plan)  # the control runs under the train plan, in its precision
+    policy = attach_lora(base, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                         quantized=plan_precision(plan) == "nf4", gradient_checkpointing=device == "cuda")
     examples = [SftExample(p["prompt"], p["chosen"][0]["content"]) for p in load_pairs(pairs["train"])]
     started = time.perf_counter()
     losses = train_sft(policy, tokenizer, examples, steps=cfg.steps, batch_size=cfg.batch_size,
                        learning_rate=cfg.learning_rate, seed=ctx.config.seed,
                        on_step=lambda s, loss: ctx.progress("control", s, cfg.steps, f"loss {loss:.3f}")
-                       if s % 16 == 0 or s == cfg.steps else None)
+                       if s % 16 == 0 or s == cfg.steps else None,
+                       checkpoint_dir=checkpoints, checkpoint_every=cfg.checkpoint_every)
     info = {"path": str(out), "steps": cfg.steps, "first_loss": losses[0], "final_loss": losses[-1],
             "train_seconds": round(time.perf_counter() - started, 2)}
     with atomic_directory(out) as tmp:
         policy.save_pretrained(tmp)
-        atomic_write_json(tmp / "faithforge.json", info)
-    info["artifact_id"] = ctx.store.add_artifact("adapter", str(out), sha256_tree(out), run_id=ctx.run_id,
-                                                 meta={"control": "sft-on-chosen", **info},
-                                                 parents=[pairs["artifact_id"]] if pairs.get("artifact_id") else [])
-    return {**info, "reused": False}
+        info["artifact_id"] = ctx.store.add_artifact(
+            "adapter", str(out), sha256_tree(tmp), run_id=ctx.run_id, meta={"control": "sft-on-chosen", **info},
+            parents=[pairs["artifact_id"]] if pairs.get("artifact_id") else [])
+        result = claim.finish(tmp, info)
+    shutil.rmtree(checkpoints, ignore_errors=True)  # the finished adapter replaces them
+    return result
 
 
 def _components(path: str) -> dict:
