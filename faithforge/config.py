@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from faithforge.errors import ConfigError, UserError
 
@@ -124,6 +124,9 @@ class WarmStartConfig(Section):
     """Examples per step."""
     learning_rate: float = Field(1e-3, gt=0, le=1.0)
     """AdamW learning rate."""
+    checkpoint_every: int = Field(100, ge=1)
+    """Save a resumable checkpoint (weights, optimizer, step, RNG) every this many steps; a killed warm start
+    resumes from the newest one. Not part of the output's key: it does not change the result."""
 
 
 class ReferenceConfig(Section):
@@ -266,6 +269,15 @@ class PipelineConfig(Section):
 
     workspace: str = ".faithforge"
     """Directory for datasets, caches, checkpoints, adapters, reports and the SQLite database."""
+
+    @field_validator("workspace")
+    @classmethod
+    def _workspace_is_named(cls, value: str) -> str:
+        # An empty name would silently mean the current directory, which FaithForge does not own.
+        if not value.strip():
+            raise ValueError("must name a directory, not be empty (an empty workspace would be the current "
+                             "directory); e.g. .faithforge")
+        return value
     database_url: str | None = None
     """SQLAlchemy URL of the run store (e.g. `postgresql+psycopg://...`). Empty: SQLite in the workspace."""
     storage_url: str | None = None
@@ -367,10 +379,17 @@ def load_config(
     source = "defaults"
     if path is not None:
         file = Path(path)
+        if file.is_dir():
+            raise UserError(f"config file {file} is a directory; pass a YAML file (see configs/demo.yaml)")
         if not file.is_file():
             raise UserError(f"config file {file} not found; pass an existing YAML file (see configs/demo.yaml)")
         try:
             loaded = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise UserError(f"config file {file} is not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at "
+                            f"position {exc.start}); save it as UTF-8") from None
+        except OSError as exc:
+            raise UserError(f"cannot read config file {file} ({exc.strerror or exc}); check its permissions") from None
         except yaml.YAMLError as exc:
             raise UserError(f"config file {file} is not valid YAML: {exc}".replace("\n", " ")) from None
         if not isinstance(loaded, dict):
