@@ -1,4 +1,4 @@
-"""The `grounding` judge: deterministic, CPU-only, explainable.
+"""The `grounding` judge: deterministic, CPU-only, explainable — a cheap first filter, not a full judge.
 
 A summary sentence is unsupported when it contains a checkable fact that its source does not:
 
@@ -6,22 +6,47 @@ A summary sentence is unsupported when it contains a checkable fact that its sou
 - a date word (a weekday, a month, or today/yesterday/tomorrow/tonight),
 - a name: a run of capitalized words, matched case-insensitively and contiguously, with plurals and
   possessives stripped ("Alice 's" matches "Alice"),
-- a quoted span, matched contiguously.
+- a quoted span, matched contiguously (punctuation and spacing inside the quote are ignored, so
+  "Graz." matches "Graz ."; quote marks pair across the whole summary, not per sentence).
 
 Capitalization at the start of a sentence says nothing, so a sentence-initial word is treated as a
 name only with evidence: it is not a closed-class word (the, however, nobody, ...), and it is either
 written capitalized mid-sentence somewhere in the source or summary, or never written in lower case
 there. Everything else (verbs, common nouns, paraphrase) is accepted: the judge measures invented or
-changed facts, not wording. Its known blind spots: a changed verb or common noun ("sold" for
-"bought"), a negation, and title-case text (every word then looks like a name).
+changed facts, not wording.
+
+Measured limits (human-labeled real news summaries; see `MEASURED_LIMITS`): balanced accuracy 0.60,
+no better than counting novel words; recall 0.24 on XSum-style summaries and 0.37 on CNN/DM-style ones.
+It misses changed relations ("stole 12 clocks" for "bought 12 clocks"), negations, invented events
+and title-case text (every word then looks like a name). Pair it with the `nli` or `llm` judge
+(`evaluate.judge: [grounding, nli]`) when the rate matters.
+
+A summary cut off by the token limit (`truncated=True`) does not make a claim with its last word:
+"… moved to Gra" is a name cut short, not an invented place, so that word is not checked.
 """
 
 from __future__ import annotations
 
-from faithforge.evaluation.text import QUOTE_CHARS, STOPWORDS, Unit, analyze, contains_sequence
+from dataclasses import replace
+
+from faithforge.evaluation.text import (
+    QUOTE_CHARS,
+    STOPWORDS,
+    Unit,
+    analyze,
+    contains_sequence,
+    drop_truncated_word,
+)
 from faithforge.evaluation.verdict import Flag, SentenceResult, Verdict, verdict_from_sentences
 
 _SHOWN = 5
+
+#: What the grounding judge is known to miss, shown in every report that uses it. Figures: balanced
+#: accuracy and recall against human labels on real news summaries (positive class = hallucinated).
+MEASURED_LIMITS = ("grounding judge measured on human-labeled real news summaries: balanced accuracy 0.60 "
+                   "(no better than counting novel words), recall 0.24 on XSum-style and 0.37 on CNN/DM-style "
+                   "summaries; it misses changed relations (\"stole\" for \"bought\"), negations and invented "
+                   "events")
 
 
 def _listing(texts: list[str]) -> str:
@@ -37,7 +62,19 @@ class GroundingJudge:
 
     name = "grounding"
 
-    def judge(self, source: str, summary: str) -> Verdict:
+    limits = MEASURED_LIMITS
+
+    def judge(self, source: str, summary: str, *, truncated: bool = False) -> Verdict:
+        """Flag the summary's numbers, dates, names and quotes that `source` lacks.
+
+        `truncated`: the summary was cut off by the token limit; its final word may be cut short and is
+        not checked (the verdict records `truncated=True` so reports count such summaries apart).
+        """
+        checked = drop_truncated_word(summary) if truncated else summary
+        verdict = self._judge(source, checked)
+        return replace(verdict, truncated=truncated) if truncated else verdict
+
+    def _judge(self, source: str, summary: str) -> Verdict:
         src, summ = analyze(source), analyze(summary)
         src_keys = {u.key for u in src.units}
         src_sequence = [u.key for u in src.units if u.kind != "punct"]
@@ -47,10 +84,22 @@ class GroundingJudge:
         src_numbers = [u.text for u in src.units if u.kind == "number"]
         src_dates = [u.text for u in src.units if u.kind == "date"]
 
+        quote_flags: dict[int, list[Flag]] = {}
+        for quote in _quotes(list(summ.units)):  # paired over the whole summary: a quote may span sentences
+            inner = [u.key for u in quote[1:-1] if u.kind != "punct"]
+            if inner and not contains_sequence(src_sequence, inner):
+                start, end, index = quote[0].start, quote[-1].end, quote[0].sentence
+                quote_flags.setdefault(index, []).append(
+                    Flag(summary[start:end], (start, end), "quote", index,
+                         "quoted text is not in the source word for word"))
+        by_sentence: dict[int, list[Unit]] = {}
+        for u in summ.units:
+            by_sentence.setdefault(u.sentence, []).append(u)
+
         sentences: list[SentenceResult] = []
         flags: list[Flag] = []
         for index in range(len(summ.sentence_spans)):
-            units = summ.sentence_units(index)
+            units = by_sentence.get(index, [])
             found: list[Flag] = []
             for u in units:
                 if u.kind == "number" and u.key not in src_keys:
@@ -65,12 +114,7 @@ class GroundingJudge:
                     text = summary[run[0].start:run[-1].end]
                     found.append(Flag(text, (run[0].start, run[-1].end), "entity", index,
                                       f"name {text!r} does not appear in the source"))
-            for quote in _quotes(units):
-                inner = [u.key for u in quote[1:-1] if u.kind != "punct"]
-                if inner and not contains_sequence(src_sequence, inner):
-                    start, end = quote[0].start, quote[-1].end
-                    found.append(Flag(summary[start:end], (start, end), "quote", index,
-                                      "quoted text is not in the source word for word"))
+            found.extend(quote_flags.get(index, []))
             sentences.append(SentenceResult(index=index, text=summ.sentence_text(index), supported=not found))
             flags.extend(found)
         score = (sum(s.supported for s in sentences) / len(sentences)) if sentences else 1.0

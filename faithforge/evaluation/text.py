@@ -210,6 +210,9 @@ def _parse_number_words(words: list[str], start: int) -> tuple[int, int] | None:
             continue
         if any(k is None for k in kinds):
             break
+        # A hyphenated token is one word: it is read whole or not at all ("twenty-one" is 21, but
+        # "one-two" is no single number), so the state before it is restored when it stops midway.
+        saved = (total, current, prev, consumed_any)
         stop = False
         for part, kind in zip(parts, kinds):
             if consumed_any and ((prev in ("unit", "teen") and kind in ("unit", "teen", "tens"))
@@ -225,27 +228,44 @@ def _parse_number_words(words: list[str], start: int) -> tuple[int, int] | None:
                 current = 0
             prev, consumed_any = kind, True
         if stop:
+            total, current, prev, consumed_any = saved
             break
         i += 1
-    if not consumed_any:
+    if not consumed_any or i == start:
         return None
     while i > start and words[i - 1] == "and":
         i -= 1
     return total + current, i - start
 
 
+_OPENING_QUOTES = frozenset({"“", "«", "„"})
+_CLOSING_QUOTES = frozenset({"”", "»"})
+
+
 def _split_sentences(tokens: list[Token]) -> list[int]:
-    """Sentence index of every token. A sentence ends at . ! ? (not after an abbreviation or initial)."""
+    """Sentence index of every token. A sentence ends at . ! ? (not after an abbreviation or initial).
+
+    A closing quote right after the end mark stays with its sentence (`He said "I left Graz." Then …`):
+    otherwise it would open a quote in the next sentence and pair with that sentence's next quote mark.
+    """
     index, out = 0, []
+    straight_open = False  # inside a "…" quote (straight marks open and close alternately)
+    ended = False  # the previous token ended a sentence; the split waits for closing quotes
     for i, tok in enumerate(tokens):
+        closes = tok.text in _CLOSING_QUOTES or (tok.text == '"' and straight_open)
+        if ended and not closes:
+            index += 1
+            ended = False
         out.append(index)
+        if tok.text == '"':
+            straight_open = not straight_open
         if tok.text in _SENTENCE_END:
             prev = tokens[i - 1].text if i else ""
             is_abbreviation = tok.text == "." and (prev.lower() in _ABBREVIATIONS
                                                    or (len(prev) == 1 and prev.isupper()))
             nxt = tokens[i + 1].text if i + 1 < len(tokens) else ""
             if not is_abbreviation and nxt not in _SENTENCE_END:
-                index += 1
+                ended = True
     return out
 
 
@@ -300,7 +320,7 @@ def analyze(text: str) -> Analysis:
         end_tok = tokens[span_end - 1]
         units.append(Unit(kind=kind, key=key, text=text[tok.start:end_tok.end], start=tok.start,
                           end=end_tok.end, sentence=sent, capitalized=capitalized, sentence_initial=initial))
-        i = span_end
+        i = max(span_end, i + 1)  # always advance, whatever a parser reports (a 0-token parse hung here)
     spans: dict[int, tuple[int, int]] = {}
     for tok, sent in zip(tokens, sentence_of):
         start, _ = spans.get(sent, (tok.start, tok.end))
@@ -322,3 +342,22 @@ def contains_sequence(haystack: list[str], needle: list[str]) -> bool:
         if haystack[i] == first and haystack[i:i + n] == needle:
             return True
     return False
+
+
+def drop_truncated_word(summary: str) -> str:
+    """`summary` without its final word when it ends mid-word or mid-number (cut off by a token limit).
+
+    A summary that ends with punctuation keeps everything; one that ends in a word or number loses that
+    word, which may be cut short ("moved to Gra") and so is not a claim. The result is a prefix of
+    `summary`, so character spans found in it are valid in `summary` too.
+    """
+    tokens = tokenize(summary)
+    if not tokens or not tokens[-1].text[0].isalnum():
+        return summary
+    return summary[:tokens[-1].start].rstrip()
+
+
+def sentences_of(text: str) -> list[str]:
+    """The sentences of `text` as `analyze` splits them (the unit every judge scores)."""
+    analysis = analyze(text)
+    return [analysis.sentence_text(i) for i in range(len(analysis.sentence_spans))]

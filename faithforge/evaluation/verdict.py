@@ -51,6 +51,8 @@ class Verdict:
     judgeable: bool = True
     error: str | None = None
     score: float | None = None
+    truncated: bool = False
+    """The summary was cut off by the token limit; its final word was not judged as a claim."""
 
     @property
     def unsupported_sentences(self) -> int:
