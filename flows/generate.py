@@ -1,7 +1,8 @@
 """The generation flow: plan (spec + GPU gate) → generate (resumable) → export → optionally free the GPU.
 
 Run it from Python (`generate_flow(GenerateParameters(...))`), from the CLI (`faithforge generate`), or
-as the nightly deployment (`deployments/generation.py`). torch is never imported at import time.
+as the nightly deployment (`deployments/generation.py`). torch is never imported at import time. A run
+that stores none of the examples it still had to make ends `Failed`, naming the top failure reasons.
 """
 
 from __future__ import annotations
@@ -9,7 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow
+from prefect.states import Failed
 
+from faithforge.generation.job import failure_of
 from faithforge.generation.parameters import GenerateParameters
 from tasks.generation import export_examples, generate_examples, plan_generation, release_ollama
 
@@ -23,4 +26,8 @@ def generate_flow(params: GenerateParameters) -> dict[str, Any]:
     unloaded: list[str] = []
     if params.unload_after and params.backend == "ollama":
         unloaded = release_ollama(params.base_url, [plan["decision"]["model"]])
-    return {"plan": plan, "summary": summary, "export": exported, "unloaded": unloaded}
+    result = {"plan": plan, "summary": summary, "export": exported, "unloaded": unloaded}
+    failure = failure_of(result)
+    if failure is not None:  # a returned Failed state ends the run without a traceback in its log; calling
+        return Failed(message=str(failure), data=failure)  # the flow raises `failure` (a one-line UserError)
+    return result

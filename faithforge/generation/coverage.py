@@ -2,8 +2,9 @@
 
 Every method is one short transaction. Claims are atomic across processes and machines (see
 `database.py`); a claim carries a random token and a lease (`claimed_until`), and only the holder of a
-live token can complete or fail its slot. A worker that dies leaves its lease to expire; the slot is then
-claimed again. Coverage counters change in the same transaction as the example or failure they count,
+live token can complete or fail its slot. A running worker renews its leases with a heartbeat; a worker
+that dies on this host is noticed at once (its process is gone, `liveness.py`) and its slots are claimed
+again; one that dies on another host stops renewing, and its slots return when the lease runs out. Coverage counters change in the same transaction as the example or failure they count,
 so `attempts == successes + failures` always holds, whatever was killed when.
 """
 
@@ -23,8 +24,9 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from faithforge.generation.database import advisory_lock, make_coverage_engine
+from faithforge.generation.liveness import process_alive, process_start, this_host
 from faithforge.generation.spec import GenerationSpec
-from faithforge.generation.tables import Combination, ExampleRow, FailureRow, GenerationBase, Slot
+from faithforge.generation.tables import Combination, ExampleRow, FailureRow, GenerationBase, Slot, WorkerRow
 
 
 def combination_key(params: dict[str, Any]) -> str:
@@ -105,7 +107,7 @@ class CoverageDB:
         with self.session() as s, s.begin():
             advisory_lock(s.connection(), f"faithforge-generation-plan:{spec.name}")
             for category in spec.categories:
-                wanted = {combination_key(p): p for p in category.combinations()}
+                wanted = {combination_key(p): p for p in spec.combinations(category)}
                 known = dict(s.execute(select(Combination.key_hash, Combination.id).where(
                     Combination.spec == spec.name, Combination.category == category.name)).all())
                 for key, params in wanted.items():
@@ -163,6 +165,52 @@ class CoverageDB:
             heapq.heappush(heap, (used + 1, failures, rank, combo_id))
         s.flush()
 
+    # workers ------------------------------------------------------------------------------------
+    def register_worker(self, worker: str, pid: int | None = None) -> None:
+        """Record where `worker` runs (this host, `pid`, default this process) so others can check it is alive."""
+        import os
+
+        pid = os.getpid() if pid is None else pid
+        with self.session() as s, s.begin():
+            row = s.get(WorkerRow, worker[:128])
+            if row is None:
+                row = WorkerRow(worker=worker[:128])
+                s.add(row)
+            row.host, row.pid, row.process_start = this_host()[:255], pid, process_start(pid)
+            row.heartbeat_at = time.time()
+
+    def heartbeat(self, worker: str, ttl_s: float) -> int:
+        """Renew every lease `worker` holds to `ttl_s` seconds from now; returns how many."""
+        now = time.time()
+        with self.session() as s, s.begin():
+            s.execute(update(WorkerRow).where(WorkerRow.worker == worker[:128]).values(heartbeat_at=now))
+            result = s.execute(update(Slot).where(Slot.status == "claimed", Slot.worker == worker[:128],
+                                                  Slot.claimed_until >= now).values(claimed_until=now + ttl_s))
+            return result.rowcount or 0
+
+    def _free_dead_claims(self, s: Session, spec: str, now: float) -> int:
+        """Give back live-leased slots whose worker's process on this host is gone; returns how many."""
+        holders = set(s.execute(select(Slot.worker).where(Slot.spec == spec, Slot.status == "claimed",
+                                                          Slot.claimed_until >= now).distinct()).scalars())
+        if not holders:
+            return 0
+        host = this_host()[:255]
+        dead = [w.worker for w in s.execute(select(WorkerRow).where(WorkerRow.worker.in_(holders))).scalars()
+                if w.host == host and not process_alive(w.pid, w.process_start)]
+        if not dead:
+            return 0
+        result = s.execute(update(Slot).where(Slot.spec == spec, Slot.status == "claimed", Slot.worker.in_(dead))
+                           .values(status="pending", claim_token=None, claimed_until=None))
+        return result.rowcount or 0
+
+    def holders(self, spec: str) -> dict[str, float]:
+        """Workers holding live leases on `spec`'s slots, with the latest end of their leases (Unix seconds)."""
+        now = time.time()
+        with self.session() as s, s.begin():
+            rows = s.execute(select(Slot.worker, func.max(Slot.claimed_until)).where(
+                Slot.spec == spec, Slot.status == "claimed", Slot.claimed_until >= now).group_by(Slot.worker)).all()
+        return {str(worker): float(until) for worker, until in rows}
+
     # claims -------------------------------------------------------------------------------------
     def claim(self, spec: str, worker: str, count: int, ttl_s: float) -> list[Claim]:
         """Atomically take up to `count` free slots (pending, or claimed with an expired lease), lowest
@@ -174,6 +222,7 @@ class CoverageDB:
         if count <= 0:
             return []
         now = time.time()
+        self._free_dead_claims(s, spec, now)
         query = (select(Slot).where(Slot.spec == spec, or_(
             Slot.status == "pending", (Slot.status == "claimed") & (Slot.claimed_until < now)))
             .order_by(Slot.ordinal, Slot.category).limit(count).with_for_update(skip_locked=True))
@@ -275,6 +324,7 @@ class CoverageDB:
     def counts(self, spec: str) -> SlotCounts:
         now = time.time()
         with self.session() as s, s.begin():
+            self._free_dead_claims(s, spec, now)
             rows = s.execute(select(Slot.status, Slot.claimed_until).where(Slot.spec == spec,
                                                                             Slot.status != "abandoned")).all()
         pending = sum(1 for st, until in rows if st == "pending" or (st == "claimed" and (until or 0) < now))

@@ -1,7 +1,8 @@
 """Example files on disk, written from the coverage database, and the checks that the two agree.
 
 Layout: `<out_dir>/<category>/<ordinal:06d>.json` per accepted example, `<out_dir>/_quarantine/<id>.json`
-per failed attempt. Every file is written atomically (`faithforge.workspace`), so a reader sees a whole
+per failed attempt, `<out_dir>/_reasoning/<category>/<ordinal:06d>.txt` for the reasoning a model wrote
+beside an accepted answer (think blocks, a `thought` key): kept for inspection, never part of the data. Every file is written atomically (`faithforge.workspace`), so a reader sees a whole
 file or none. The database row is committed first and holds the content; a process killed between the
 commit and the file write leaves a missing file that `reconcile` rewrites from the row, so nothing
 accepted is ever lost and no file exists without its row.
@@ -23,6 +24,7 @@ from faithforge.generation.tables import ExampleRow
 from faithforge.workspace import atomic_write_json, atomic_write_text
 
 QUARANTINE_DIR = "_quarantine"
+REASONING_DIR = "_reasoning"
 
 
 def example_relpath(category: str, ordinal: int) -> str:
@@ -38,6 +40,10 @@ def example_document(row: ExampleRow) -> dict[str, Any]:
 
 def write_example_file(out_dir: Path, row: ExampleRow) -> Path:
     return atomic_write_json(out_dir / row.relpath, example_document(row))
+
+
+def write_reasoning_file(out_dir: Path, relpath: str, reasoning: str) -> Path:
+    return atomic_write_text(out_dir / REASONING_DIR / (relpath.rsplit(".", 1)[0] + ".txt"), reasoning)
 
 
 def write_quarantine_file(out_dir: Path, failure_id: int, record: dict[str, Any]) -> Path:

@@ -1,4 +1,8 @@
-"""The generation flow's parameters (one pydantic model: the Prefect UI renders it as a form)."""
+"""The parameters of a generation run (one pydantic model: the Prefect UI renders it as a form).
+
+The Prefect flow, `faithforge generate` (with and without Prefect) and the standalone worker all take this
+model and hand it to `faithforge.generation.job`; their options take their defaults from here.
+"""
 
 from __future__ import annotations
 
@@ -48,10 +52,23 @@ class GenerateParameters(BaseModel):
     database_url: str | None = None
     """Coverage database (SQLAlchemy URL). Empty: the workspace's SQLite database. Share one PostgreSQL
     URL between machines to split the work."""
-    claim_ttl_s: float = Field(900.0, gt=0)
-    """Lease of a claimed slot, seconds: a dead worker's slots are retaken after it."""
+    claim_ttl_s: float = Field(120.0, gt=0)
+    """Lease of a claimed slot, seconds, renewed by the worker's heartbeat while it runs. A worker that dies on
+    this machine loses its slots at once; one that dies elsewhere, when this lease runs out."""
     read_timeout_s: float = Field(300.0, gt=0)
-    """Longest silence from the server before a request is retried, seconds."""
+    """Longest silence from the server before a request is retried, seconds (a stalled server is given up on
+    after this; the first request may include loading the model)."""
+    documents: str | None = None
+    """A documents file that replaces the spec's `documents.path` (the spec must take its sources from
+    documents)."""
+    examples_dir: str | None = None
+    """Folder the example files are written to. Empty: <workspace>/datasets/generated/<spec name>."""
+    worker_id: str | None = None
+    """Name of this worker in the coverage database. Empty: host:pid."""
+    poll_s: float = Field(1.0, gt=0)
+    """Wait between looks for free slots while other workers hold them, seconds."""
+    template_delay_s: float = Field(0.0, ge=0)
+    """`template` backend only: seconds per request (simulates a model in tests and benchmarks)."""
     max_failures: int = Field(200, ge=1)
     """Failed attempts after which the run stops."""
     limit: int | None = Field(None, ge=1)

@@ -1,7 +1,8 @@
 """Turn a model's raw answer into a validated JSON object, or a failure with a reason.
 
-Order: drop think blocks, drop Markdown code fences, take the first JSON object that decodes, validate it
-against the category's JSON Schema. Reasons (`ParseFailure.reason`) are stable names used in summaries:
+Order: drop think blocks, drop Markdown code fences, take the first JSON object that decodes, move known
+reasoning keys (`thought`, `reasoning`, ...) that the schema does not declare out of the object, validate
+it against the category's JSON Schema. Reasons (`ParseFailure.reason`) are stable names used in summaries:
 `empty`, `truncated`, `no_json`, `invalid_json`, `schema`.
 """
 
@@ -17,6 +18,11 @@ from typing import Any
 from jsonschema import Draft202012Validator
 
 from faithforge.generation.backends.base import split_think
+
+#: Keys models use to wrap their reasoning around the answer (`{"thought": "...", "summary": "..."}`). They
+#: are taken out of the object before validation, unless the schema declares them as fields.
+REASONING_KEYS = ("thought", "thoughts", "thinking", "think", "reasoning", "reasoning_content", "analysis",
+                  "rationale", "chain_of_thought", "cot", "scratchpad", "inner_monologue", "reflection", "plan")
 
 _FENCE = re.compile(r"```[A-Za-z0-9_-]*\s*\n?(.*?)```", re.DOTALL)
 _DECODER = json.JSONDecoder()
@@ -73,19 +79,49 @@ def schema_errors(obj: Any, schema: dict[str, Any], limit: int = 5) -> list[str]
     return out
 
 
-def parse_answer(text: str, schema: dict[str, Any], *, truncated: bool = False
-                 ) -> tuple[dict[str, Any] | None, ParseFailure | None]:
+def split_reasoning(obj: dict[str, Any], schema: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """`obj` without the reasoning keys its schema does not declare, and their text (one block per key)."""
+    declared = set((schema.get("properties") or {}))
+    kept, reasoning = {}, []
+    for key, value in obj.items():
+        if key.lower() in REASONING_KEYS and key not in declared:
+            text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+            reasoning.append(f"{key}: {text}")
+        else:
+            kept[key] = value
+    return kept, "\n".join(reasoning)
+
+
+@dataclass(frozen=True)
+class ParsedReply:
+    payload: dict[str, Any] | None
+    """The validated object (reasoning keys removed), or None."""
+    failure: ParseFailure | None
+    reasoning: str = ""
+    """Reasoning taken out of the object (`key: text` lines); kept beside the example, never in it."""
+
+
+def parse_reply(text: str, schema: dict[str, Any], *, truncated: bool = False) -> ParsedReply:
     """Validated object, or why not. A truncated answer that still holds a valid object is accepted."""
     obj, failure = extract_object(text)
     if failure is not None:
         if truncated:
-            return None, ParseFailure("truncated", "the reply was cut off at the token limit before the JSON "
-                                                   "object ended; answer more briefly")
-        return None, failure
+            return ParsedReply(None, ParseFailure("truncated", "the reply was cut off at the token limit before "
+                                                               "the JSON object ended; answer more briefly"))
+        return ParsedReply(None, failure)
+    obj, reasoning = split_reasoning(obj, schema)
     problems = schema_errors(obj, schema)
     if problems:
-        return None, ParseFailure("schema", "the JSON object does not match the schema: " + "; ".join(problems))
-    return obj, None
+        return ParsedReply(None, ParseFailure("schema", "the JSON object does not match the schema: " +
+                                              "; ".join(problems)), reasoning)
+    return ParsedReply(obj, None, reasoning)
+
+
+def parse_answer(text: str, schema: dict[str, Any], *, truncated: bool = False
+                 ) -> tuple[dict[str, Any] | None, ParseFailure | None]:
+    """`parse_reply` as (payload, failure)."""
+    parsed = parse_reply(text, schema, truncated=truncated)
+    return parsed.payload, parsed.failure
 
 
 def content_hash(obj: Any) -> str:

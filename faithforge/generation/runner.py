@@ -1,9 +1,11 @@
 """The generation loop: claim a slot, prompt the backend, parse, repair once, store, repeat.
 
 Each accepted example is committed to the database and written as a file before the next claim, so a
-killed process loses at most the examples in flight. Failures are stored with their raw text and never
-stop the run; only a fatal backend error (missing model, unreachable server, bad credentials) or a
-run of consecutive backend errors does, after giving the slots back.
+killed process loses at most the examples in flight. An answer must parse, match the schema and pass the
+spec's quality gates (`quality.py`); one repair request names what was wrong. Failures are stored with
+their raw text and reason and never stop the run; only a fatal backend error (missing model, unreachable
+server, bad credentials) or a run of consecutive backend errors does, after giving the slots back. While
+it runs, a heartbeat thread renews this worker's leases, so only a dead worker's slots are ever retaken.
 """
 
 from __future__ import annotations
@@ -11,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import os
 import socket
+import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,14 +23,23 @@ from typing import Any, Callable
 
 from faithforge.generation.backends.base import BackendError, ChatBackend, ChatResult
 from faithforge.generation.coverage import Claim, CoverageDB
-from faithforge.generation.files import example_relpath, reconcile, write_example_file, write_quarantine_file
-from faithforge.generation.parsing import ParseFailure, content_hash, parse_answer, repair_messages
+from faithforge.generation.files import (
+    example_relpath,
+    reconcile,
+    write_example_file,
+    write_quarantine_file,
+    write_reasoning_file,
+)
+from faithforge.generation.parsing import ParseFailure, content_hash, parse_reply, repair_messages
+from faithforge.generation.quality import QUALITY_REASONS, QualityGate
 from faithforge.generation.spec import GenerationSpec
 from faithforge.generation.summary import GenerationSummary
 from faithforge.generation.tables import ExampleRow
 
 ProgressCallback = Callable[[int, int], None]
 """Called with (examples stored, target) after every stored example."""
+LogCallback = Callable[[str], None]
+"""Called with one line when the run has news the user should see (e.g. it waits for other workers)."""
 
 
 def default_worker_id() -> str:
@@ -46,8 +59,9 @@ class GenerationOptions:
     temperature: float = 0.8
     seed: int = 0
     """Base seed; each slot attempt gets its own seed derived from it."""
-    claim_ttl_s: float = 900.0
-    """Lease of a claim, seconds; a dead worker's slots are retaken after it. Keep it above the slowest request."""
+    claim_ttl_s: float = 120.0
+    """Lease of a claim, seconds, renewed by the heartbeat while this worker runs. A worker that dies on this
+    host loses its slots at once (its process is gone); one on another host after this lease."""
     max_attempts_per_slot: int = 3
     """Failed attempts before a slot is abandoned and replaced on another combination."""
     max_failures: int = 200
@@ -64,6 +78,11 @@ class GenerationOptions:
     """Wait between looks for free slots while others work, seconds."""
     worker_id: str = field(default_factory=default_worker_id)
 
+    @property
+    def heartbeat_s(self) -> float:
+        """Seconds between lease renewals: three per lease, so one late beat never loses a slot."""
+        return max(0.05, min(30.0, self.claim_ttl_s / 3))
+
 
 @dataclass
 class Attempt:
@@ -76,6 +95,11 @@ class Attempt:
     raw_text: str = ""
     repair_text: str = ""
     repaired: bool = False
+    repair_requested: bool = False
+    first_failure: str = ""
+    """Why the first answer was not accepted: `parse` (no object, off-schema), `quality`, or empty."""
+    reasoning: str = ""
+    """Thinking the server returned and reasoning keys taken out of the answer; kept beside the example."""
     truncations: int = 0
     error: BackendError | None = None
 
@@ -90,12 +114,17 @@ class Generator:
     """Fills a spec's slots with examples from one backend."""
 
     def __init__(self, spec: GenerationSpec, backend: ChatBackend, db: CoverageDB, out_dir: Path,
-                 options: GenerationOptions, on_progress: ProgressCallback | None = None):
+                 options: GenerationOptions, on_progress: ProgressCallback | None = None,
+                 log: LogCallback | None = None):
         self.spec, self.backend, self.db, self.out_dir = spec, backend, db, Path(out_dir)
         self.options = options
         self.on_progress = on_progress
+        self.log = log or (lambda line: None)
         self.targets = spec.targets(options.target)
         self._schemas = {c.name: spec.schema_for(c) for c in spec.categories}
+        # A documents spec's sources are the user's own (and may repeat across categories): only generated
+        # sources are checked for repeats.
+        self.quality = QualityGate(spec.quality, remember_sources=spec.documents is None)
         self.summary = GenerationSummary(spec=spec.name, backend=backend.name, model=backend.model,
                                          targets=self.targets, examples_dir=str(self.out_dir))
 
@@ -111,19 +140,36 @@ class Generator:
             out.result = self._chat(messages, schema, seed)
             out.raw_text = out.result.text
             out.truncations += out.result.truncated
-            out.payload, out.failure = parse_answer(out.result.text, schema, truncated=out.result.truncated)
+            out.payload, out.failure, out.reasoning = self._check(claim, out.result, schema)
+            out.first_failure = "" if out.failure is None else (
+                "quality" if out.failure.reason in QUALITY_REASONS else "parse")
             if out.failure is not None and self.options.repair:
+                out.repair_requested = True
                 fixed = self._chat(repair_messages(messages, out.result.text, out.failure), schema, seed)
                 out.repair_text = fixed.text
                 out.truncations += fixed.truncated
-                payload, failure = parse_answer(fixed.text, schema, truncated=fixed.truncated)
+                payload, failure, reasoning = self._check(claim, fixed, schema)
                 if payload is not None:
                     out.payload, out.failure, out.repaired, out.result = payload, None, True, fixed
+                    out.reasoning = reasoning
                 else:
                     out.failure = ParseFailure(out.failure.reason, f"{out.failure.detail}; after repair: {failure.detail}")
         except BackendError as exc:
             out.error = exc
         return out
+
+    def _check(self, claim: Claim, result: ChatResult, schema: dict
+               ) -> tuple[dict[str, Any] | None, ParseFailure | None, str]:
+        """Parse, validate and run the quality gates on one answer: (payload, failure, reasoning)."""
+        parsed = parse_reply(result.text, schema, truncated=result.truncated)
+        reasoning = "\n".join(t for t in (result.thinking.strip(), parsed.reasoning) if t)
+        if parsed.payload is None:
+            return None, parsed.failure, reasoning
+        payload = self.spec.complete_payload(claim.params, parsed.payload)
+        problem = self.quality.first_failure(payload, example_relpath(claim.category, claim.ordinal))
+        if problem is not None:
+            return None, ParseFailure(problem.reason, problem.detail), reasoning
+        return payload, None, reasoning
 
     def _chat(self, messages: list[dict], schema: dict, seed: int) -> ChatResult:
         return self.backend.chat(messages, schema=schema, max_tokens=self.options.max_tokens,
@@ -134,6 +180,12 @@ class Generator:
         further slots in the same transaction and returns them."""
         o, claim = self.options, att.claim
         self.summary.truncations += att.truncations
+        if att.result is not None:
+            self.summary.first_answers += 1
+            self.summary.parse_failures += att.first_failure == "parse"
+            self.summary.quality_rejections += att.first_failure == "quality"
+            self.summary.repair_requests += att.repair_requested
+            self.summary.response_formats[att.result.response_format or "none"] += 1
         model = att.result.model if att.result else self.backend.model
         if att.payload is not None:
             digest = content_hash(att.payload)
@@ -150,6 +202,9 @@ class Generator:
                                  params=claim.params, content_hash=digest, payload=att.payload, relpath=relpath,
                                  backend=self.backend.name, model=model, repaired=att.repaired)
                 write_example_file(self.out_dir, row)
+                if att.reasoning:
+                    write_reasoning_file(self.out_dir, relpath, att.reasoning)
+                self.quality.accept(att.payload, relpath)
                 self.summary.generated += 1
                 self.summary.repaired += att.repaired
                 self.summary.done_total += 1
@@ -174,7 +229,8 @@ class Generator:
         self.summary.failures[reason] += 1
         write_quarantine_file(self.out_dir, outcome.failure_id, {
             "category": claim.category, "ordinal": claim.ordinal, "params": claim.params, "reason": reason,
-            "detail": detail, "raw_text": att.raw_text, "repair_text": att.repair_text, "model": model})
+            "detail": detail, "raw_text": att.raw_text, "repair_text": att.repair_text, "model": model,
+            "reasoning": att.reasoning})
         return outcome.next_claims
 
     # the loop -----------------------------------------------------------------------------------
@@ -182,6 +238,7 @@ class Generator:
         """Generate until every target is met, the limit is reached, or a stop condition fires."""
         o = self.options
         started = time.perf_counter()
+        self.db.register_worker(o.worker_id)
         self.db.sync(self.spec, self.targets, o.seed)
         reconcile(self.db, self.spec.name, self.out_dir, stale_after_s=max(o.claim_ttl_s, 60.0))
         self.summary.done_before = self.summary.done_total = self.db.counts(self.spec.name).done
@@ -190,6 +247,11 @@ class Generator:
         pool = ThreadPoolExecutor(max_workers=o.batch_size) if o.batch_size > 1 else None
         consecutive_errors = 0
         prefetched: list[Claim] = []
+        waiting_since: float | None = None
+        stop_beating = threading.Event()
+        beat = threading.Thread(target=self._heartbeat, args=(stop_beating,), daemon=True,
+                                name=f"heartbeat-{o.worker_id}")
+        beat.start()
         try:
             while True:
                 if o.limit is not None and self.summary.generated >= o.limit:
@@ -204,9 +266,17 @@ class Generator:
                 prefetched = []
                 if not claims:
                     if o.wait_for_others and self.db.counts(self.spec.name).claimed > 0:
+                        if waiting_since is None:  # say so once per wait, naming who holds the slots
+                            waiting_since = time.monotonic()
+                            holders = self.db.holders(self.spec.name)
+                            longest = max(holders.values(), default=time.time()) - time.time()
+                            self.log(f"waiting for {len(holders)} other worker(s) that hold the remaining slots "
+                                     f"({', '.join(sorted(holders))}); a dead one's slots return within "
+                                     f"{max(0.0, longest):.0f} s, or at once if it ran on this machine")
                         time.sleep(o.poll_s)
                         continue
                     break
+                waiting_since = None
                 attempts = list(pool.map(self.attempt, claims)) if pool else [self.attempt(claims[0])]
                 fatal = next((a.error for a in attempts if a.error is not None and a.error.fatal), None)
                 if fatal is not None:
@@ -227,6 +297,8 @@ class Generator:
         except KeyboardInterrupt:
             self.summary.stopped = "interrupted"
         finally:
+            stop_beating.set()
+            beat.join()
             if prefetched:
                 self.db.release(prefetched)
             if pool is not None:
@@ -237,8 +309,17 @@ class Generator:
         return self.summary
 
 
+    def _heartbeat(self, stop: threading.Event) -> None:
+        """Renew this worker's leases every `heartbeat_s` seconds until `stop` is set."""
+        while not stop.wait(self.options.heartbeat_s):
+            try:
+                self.db.heartbeat(self.options.worker_id, self.options.claim_ttl_s)
+            except Exception as exc:  # noqa: BLE001 - a missed beat is retried; the lease outlives two of them
+                self.log(f"heartbeat failed ({type(exc).__name__}: {exc}); retrying")
+
+
 def run_generation(spec: GenerationSpec, backend: ChatBackend, db: CoverageDB, out_dir: Path,
                    options: GenerationOptions | None = None,
-                   on_progress: ProgressCallback | None = None) -> GenerationSummary:
+                   on_progress: ProgressCallback | None = None, log: LogCallback | None = None) -> GenerationSummary:
     """Fill `spec`'s targets from `backend`, storing examples in `db` and under `out_dir`."""
-    return Generator(spec, backend, db, out_dir, options or GenerationOptions(), on_progress).run()
+    return Generator(spec, backend, db, out_dir, options or GenerationOptions(), on_progress, log).run()

@@ -3,7 +3,14 @@ target count. Loaded from YAML and validated by pydantic; every problem is repor
 
 A prompt template uses `{axis}` placeholders (Python `str.format`; write `{{`/`}}` for literal braces).
 The schema is inline JSON Schema (`schema:`) or a pydantic model reference (`schema_model: module:Class`),
-set once for the spec or per category.
+set once for the spec or per category. Schemas are closed by default: an object that does not say otherwise
+gets `additionalProperties: false`, so a reply that wraps the answer with extra keys (`{"thought": ...,
+"summary": ...}`) never reaches stored data (`open_schema: true` turns this off).
+
+`quality:` names the gates run after the schema (`quality.py`). `documents:` takes the sources from the
+user's own file instead of asking the teacher to invent them: every document becomes one parameter
+combination (`document_id`), the prompt's `{document}` is its text, and the stored example gets the text
+in `documents.field` (the teacher never rewrites the source).
 """
 
 from __future__ import annotations
@@ -20,14 +27,33 @@ from typing import Any, Iterator
 import yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 from faithforge.errors import ConfigError, UserError
+from faithforge.generation.quality import QualityRules
 
 #: Most parameter combinations one category may have (each gets a coverage row).
 MAX_COMBINATIONS = 100_000
 
 Scalar = str | int | float | bool
+
+#: Prompt placeholders a documents spec fills itself (not axes).
+DOCUMENT_PLACEHOLDERS = frozenset({"document", "document_id"})
+
+
+def close_schema(schema: Any) -> Any:
+    """`schema` with `additionalProperties: false` on every object schema that does not set it (any depth)."""
+    if isinstance(schema, list):
+        return [close_schema(item) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {key: close_schema(value) if key not in ("enum", "const", "default", "examples") else value
+           for key, value in schema.items()}
+    if (out.get("type") == "object" or "properties" in out) and "additionalProperties" not in out \
+            and "patternProperties" not in out:
+        out["additionalProperties"] = False
+    return out
 
 
 def load_schema_model(reference: str) -> dict[str, Any]:
@@ -66,8 +92,8 @@ class Category(BaseModel):
 
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
     """Identifier, also the sub-folder the category's examples are written to."""
-    target: int = Field(ge=0, le=10_000_000)
-    """Examples wanted in this category."""
+    target: int | None = Field(None, ge=0, le=10_000_000)
+    """Examples wanted in this category (a documents spec may leave it out: one per document)."""
     axes: dict[str, list[Scalar]] = Field(default_factory=dict)
     """Parameter axes: name → values. Every combination of one value per axis is a coverage cell."""
     prompt: str = Field(min_length=1)
@@ -118,8 +144,8 @@ class Category(BaseModel):
         except ValueError as exc:
             raise ValueError(f"prompt is not a valid template ({exc}); write {{{{ and }}}} for literal braces") from None
         axes = info.data.get("axes")
-        if axes is not None and used - set(axes):
-            raise ValueError(f"prompt uses {', '.join(sorted(used - set(axes)))} but the axes are "
+        if axes is not None and used - set(axes) - DOCUMENT_PLACEHOLDERS:
+            raise ValueError(f"prompt uses {', '.join(sorted(used - set(axes) - DOCUMENT_PLACEHOLDERS))} but the axes are "
                              f"{', '.join(sorted(axes)) or '(none)'}; add the axis or write {{{{ }}}} for a brace")
         return prompt
 
@@ -134,6 +160,24 @@ class Category(BaseModel):
         names = list(self.axes)
         for values in itertools.product(*(self.axes[n] for n in names)):
             yield dict(zip(names, values))
+
+
+class DocumentsSource(BaseModel):
+    """Sources from the user's own file: the teacher writes summaries of real documents."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    path: str = Field(min_length=1)
+    """JSONL, JSON, CSV/TSV or Parquet file, or a `datasets.save_to_disk` folder (relative to the spec file)."""
+    text_column: str = "document"
+    """Column holding the document text."""
+    id_column: str | None = None
+    """Column holding a stable id (default: a hash of the text)."""
+    field: str = "source_document"
+    """Field of the stored example that receives the document text (the teacher is not asked for it)."""
+    max_words: int = Field(1500, ge=10, le=200_000)
+    """Longest document sent to the teacher, words; a longer one is cut at a sentence end before it (a small
+    context window would otherwise truncate the prompt silently)."""
 
 
 class GenerationSpec(BaseModel):
@@ -153,8 +197,17 @@ class GenerationSpec(BaseModel):
     """Default output schema as a pydantic model `module:Class`."""
     schema_in_prompt: bool = True
     """Append the schema to every prompt (backends without constrained decoding need it)."""
+    open_schema: bool = False
+    """Keep object schemas open (extra keys allowed). Off by default: extra keys such as a model's `thought`
+    would otherwise be stored as data."""
+    quality: QualityRules = Field(default_factory=QualityRules)
+    """Content checks after the schema (placeholders, URLs, repeats, lengths, grounding)."""
+    documents: DocumentsSource | None = None
+    """Take the sources from your own documents file instead of having the teacher invent them."""
     categories: list[Category] = Field(min_length=1)
     """The categories, each with its own target."""
+
+    _documents: dict[str, Any] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _check(self) -> "GenerationSpec":
@@ -176,6 +229,18 @@ class GenerationSpec(BaseModel):
             if not spec_has_schema and category.json_schema is None and category.schema_model is None:
                 problems.append(f"category {category.name!r} has no output schema; set schema or schema_model "
                                 "on the spec or the category")
+            if category.target is None and self.documents is None:
+                problems.append(f"category {category.name!r} has no target; give the number of examples wanted")
+            try:
+                used = placeholders(category.prompt) - set(category.axes)
+            except ValueError:
+                used = set()
+            if self.documents is None and used & DOCUMENT_PLACEHOLDERS:
+                problems.append(f"category {category.name!r}: prompt uses {{document}} but the spec has no "
+                                "documents; add documents: {path: FILE} or remove the placeholder")
+            if self.documents is not None and "document" not in used:
+                problems.append(f"category {category.name!r}: a documents spec needs {{document}} in the prompt "
+                                "(where the document text goes)")
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -187,7 +252,8 @@ class GenerationSpec(BaseModel):
                 return category
         raise KeyError(name)
 
-    def schema_for(self, category: Category) -> dict[str, Any]:
+    def declared_schema(self, category: Category) -> dict[str, Any]:
+        """The category's schema as written (inline or from its pydantic model)."""
         if category.json_schema is not None:
             return category.json_schema
         if category.schema_model is not None:
@@ -196,9 +262,67 @@ class GenerationSpec(BaseModel):
             return self.json_schema
         return load_schema_model(self.schema_model or "")
 
+    def schema_for(self, category: Category) -> dict[str, Any]:
+        """The schema the teacher answers: closed unless `open_schema`; without the documents field."""
+        schema = self.declared_schema(category)
+        if self.documents is not None:
+            name = self.documents.field
+            schema = {**schema, "properties": {k: v for k, v in (schema.get("properties") or {}).items() if k != name},
+                      "required": [r for r in schema.get("required") or [] if r != name]}
+        return schema if self.open_schema else close_schema(schema)
+
+    # documents ------------------------------------------------------------------------------------
+    def attach_documents(self, base_dir: Path) -> None:
+        """Read the documents file (relative to `base_dir`); raises a `UserError` naming what to fix."""
+        if self.documents is None:
+            return
+        from faithforge.documents import read_documents
+
+        path = Path(self.documents.path).expanduser()
+        if not path.is_absolute():
+            path = base_dir / path
+        docs = read_documents(path, text_column=self.documents.text_column, id_column=self.documents.id_column,
+                              allow_duplicates=True)
+        self._documents = {doc.id: doc for doc in docs}
+
+    def document_ids(self) -> list[str]:
+        if self.documents is not None and not self._documents:
+            raise UserError(f"spec {self.name} takes its sources from {self.documents.path}, which was not read; "
+                            "load the spec with load_spec(path)")
+        return list(self._documents)
+
+    def document_text(self, document_id: str) -> str:
+        """The document's text, cut at a sentence end within `documents.max_words` words."""
+        text = self._documents[document_id].text.strip()
+        words = text.split()
+        limit = self.documents.max_words if self.documents else len(words)
+        if len(words) <= limit:
+            return text
+        cut = " ".join(words[:limit])
+        end = max(cut.rfind(". "), cut.rfind("! "), cut.rfind("? "))
+        return cut[:end + 1] if end > 0 else cut
+
+    def combinations(self, category: Category) -> Iterator[dict[str, Scalar]]:
+        """Every parameter combination of `category` (a documents spec adds one per document)."""
+        if self.documents is None:
+            yield from category.combinations()
+            return
+        for params in category.combinations():
+            for document_id in self.document_ids():
+                yield {**params, "document_id": document_id}
+
+    def complete_payload(self, params: dict[str, Any], payload: dict[str, Any]) -> dict[str, Any]:
+        """The stored example: the teacher's answer, plus the real document for a documents spec."""
+        if self.documents is None or "document_id" not in params:
+            return payload
+        return {self.documents.field: self.document_text(str(params["document_id"])), **payload}
+
     def messages_for(self, category: Category, params: dict[str, Scalar]) -> list[dict[str, str]]:
         """The chat messages for one combination of `category`."""
-        prompt = category.prompt.format(**params)
+        values = dict(params)
+        if self.documents is not None and "document_id" in params:
+            values["document"] = self.document_text(str(params["document_id"]))
+        prompt = category.prompt.format(**values)
         if self.schema_in_prompt:
             schema = json.dumps(self.schema_for(category), ensure_ascii=False, sort_keys=True)
             prompt += f"\n\nReply with only one JSON object that matches this JSON Schema:\n{schema}"
@@ -211,7 +335,8 @@ class GenerationSpec(BaseModel):
 
     def targets(self, total: int | None = None) -> dict[str, int]:
         """Target per category: the spec's, or `total` split in proportion to them (largest remainder)."""
-        own = {c.name: c.target for c in self.categories}
+        per_document = len(self._documents) if self.documents is not None else 0
+        own = {c.name: c.target if c.target is not None else per_document for c in self.categories}
         if total is None:
             return own
         weights = own if sum(own.values()) > 0 else {name: 1 for name in own}
@@ -243,7 +368,8 @@ def spec_problems(data: dict[str, Any], exc: ValidationError) -> list[str]:
         if err["type"] == "value_error":
             problems.extend(f"{where}: {part}" for part in str(err["ctx"]["error"]).split("; "))
         elif err["type"] == "extra_forbidden":
-            model = Category if loc and loc[0] == "categories" else GenerationSpec
+            nested = {"categories": Category, "quality": QualityRules, "documents": DocumentsSource}
+            model = nested.get(str(loc[0]), GenerationSpec) if len(loc) > 1 else GenerationSpec
             known = sorted(f.alias or name for name, f in model.model_fields.items())
             problems.append(f"{where}: unknown option; known options here: {', '.join(known)}")
         else:
@@ -251,17 +377,21 @@ def spec_problems(data: dict[str, Any], exc: ValidationError) -> list[str]:
     return problems
 
 
-def parse_spec(data: Any, source: str) -> GenerationSpec:
+def parse_spec(data: Any, source: str, base_dir: Path | None = None) -> GenerationSpec:
+    """Validate `data`; a documents spec reads its documents (paths relative to `base_dir`, default: cwd)."""
     if not isinstance(data, dict):
         raise UserError(f"spec {source} must hold a mapping (name, categories, ...), not {type(data).__name__}")
     try:
-        return GenerationSpec.model_validate(data)
+        spec = GenerationSpec.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(source, spec_problems(data, exc)) from None
+    spec.attach_documents(base_dir or Path.cwd())
+    return spec
 
 
-def load_spec(path: str | Path) -> GenerationSpec:
-    """Read and validate a spec YAML file, reporting every problem at once (`ConfigError`)."""
+def load_spec(path: str | Path, *, documents: str | None = None) -> GenerationSpec:
+    """Read and validate a spec YAML file, reporting every problem at once (`ConfigError`). `documents`
+    replaces the spec's documents file (relative to the current directory)."""
     file = Path(path)
     if not file.is_file():
         raise UserError(f"spec file {file} not found; pass a YAML spec such as configs/specs/grounded-summaries.yaml")
@@ -269,4 +399,9 @@ def load_spec(path: str | Path) -> GenerationSpec:
         data = yaml.safe_load(file.read_text(encoding="utf-8"))
     except yaml.YAMLError as exc:
         raise UserError(f"spec file {file} is not valid YAML: {exc}".replace("\n", " ")) from None
-    return parse_spec(data, str(file))
+    if documents:
+        if not isinstance(data, dict) or not isinstance(data.get("documents"), dict):
+            raise UserError(f"--documents was given but spec {file} does not take its sources from documents; use a "
+                            "spec with a documents: section, such as configs/specs/own-documents.yaml")
+        data = {**data, "documents": {**data["documents"], "path": str(Path(documents).expanduser().resolve())}}
+    return parse_spec(data, str(file), file.parent)

@@ -8,6 +8,8 @@
 - `gen_examples`: each accepted example with its content (the database is the source of truth; files
   are written from it). Unique by (spec, content hash) and by slot.
 - `gen_failures`: every failed attempt with its reason and raw text (quarantine).
+- `gen_workers`: where each worker runs (host, pid, process start) and its last heartbeat, so a claim held
+  by a worker whose process is gone is taken back at once (`liveness.py`).
 
 Times are Unix seconds (float), compared only between workers of one deployment.
 """
@@ -98,3 +100,14 @@ class FailureRow(GenerationBase):
     model: Mapped[str] = mapped_column(String(256), default="")
     worker: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[float] = mapped_column(Float)
+
+
+class WorkerRow(GenerationBase):
+    __tablename__ = "gen_workers"
+
+    worker: Mapped[str] = mapped_column(String(128), primary_key=True)
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    process_start: Mapped[str] = mapped_column(String(64), default="")
+    """The process's start time as the OS reports it (tells a reused pid from the original)."""
+    heartbeat_at: Mapped[float] = mapped_column(Float)

@@ -52,6 +52,9 @@ class ChatResult:
     """Token counts and timings."""
     model: str = ""
     """The model that answered, as the server named it."""
+    response_format: str = ""
+    """The structured-output mode the server accepted for this answer (`json_schema`, `json_object`, `prompt`,
+    `format_schema`, `format_json`; empty when no schema was asked for or the backend has no such modes)."""
 
 
 @runtime_checkable

@@ -5,13 +5,14 @@ Wire facts this follows (Ollama server source): `/api/chat` streams NDJSON by de
 Errors are `{"error": "..."}` — 404 for an unknown model, 503 when the queue is full; once streaming
 has begun the status stays 200 and an `{"error": ...}` line ends the stream. `num_ctx` is sent with the
 same value on every request (a different value reloads the model). `think: false` keeps reasoning out
-of JSON work; inline `<think>` blocks from older servers are stripped anyway.
+of JSON work; inline `<think>` blocks from older servers are stripped anyway. Structured output is
+negotiated (`negotiation.py`): `format` with the schema, then `format: "json"`, then none (schema in the prompt).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
@@ -33,6 +34,13 @@ from faithforge.generation.backends.http import (
     raise_for_status,
     translate_transport_errors,
     with_retries,
+)
+from faithforge.generation.backends.negotiation import (
+    OLLAMA_MODES,
+    FormatNegotiator,
+    FormatRejected,
+    names_response_format,
+    with_schema_instruction,
 )
 
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
@@ -100,6 +108,7 @@ class OllamaBackend:
         self.http = http or HttpOptions()
         self._client = make_client(self.base_url, self.http)
         self._where = f"Ollama at {self.base_url}"
+        self.negotiator = FormatNegotiator("ollama", self.base_url, model, OLLAMA_MODES)
 
     def __repr__(self) -> str:
         return f"OllamaBackend(model={self.model!r}, base_url={self.base_url!r})"
@@ -109,41 +118,58 @@ class OllamaBackend:
 
     # chat ---------------------------------------------------------------------------------------
     def request_body(self, messages: list[dict], *, schema: dict | None, max_tokens: int, temperature: float,
-                     seed: int | None) -> dict[str, Any]:
+                     seed: int | None, mode: str | None = None) -> dict[str, Any]:
+        """The request for `mode` (default: the negotiated one; ignored without a schema)."""
+        mode = (mode or self.negotiator.mode) if schema is not None else None
+        if mode == "prompt":
+            messages = with_schema_instruction(messages, schema or {})
         options: dict[str, Any] = {"num_predict": max_tokens, "num_ctx": self.num_ctx, "temperature": temperature}
         if seed is not None:
             options["seed"] = seed
         body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": self.stream,
                                 "options": options, "keep_alive": self.keep_alive}
-        if schema is not None:
+        if mode == "format_schema":
             body["format"] = schema
+        elif mode == "format_json":
+            body["format"] = "json"
         if self.think is not None:
             body["think"] = self.think
         return body
 
     def chat(self, messages: list[dict], *, schema: dict | None = None, max_tokens: int = 1024,
              temperature: float = 0.0, seed: int | None = None) -> ChatResult:
-        """One chat completion; retries a busy server or dropped connection, never a missing model."""
-        body = self.request_body(messages, schema=schema, max_tokens=max_tokens, temperature=temperature, seed=seed)
-        return with_retries(lambda: self._chat_once(body), self.http, self._where)
+        """One chat completion; retries a busy server or dropped connection, never a missing model; a
+        rejected `format` moves to the next structured-output mode."""
+        while True:
+            mode = self.negotiator.mode if schema is not None else ""
+            body = self.request_body(messages, schema=schema, max_tokens=max_tokens, temperature=temperature,
+                                     seed=seed, mode=mode or None)
+            try:
+                return with_retries(lambda: self._chat_once(body, mode), self.http, self._where)
+            except FormatRejected as exc:  # not an outage: ask again at once in the next, weaker mode
+                self.negotiator.reject(mode, str(exc))
 
-    def _chat_once(self, body: dict[str, Any]) -> ChatResult:
+    def _chat_once(self, body: dict[str, Any], mode: str = "") -> ChatResult:
         deadline = Deadline(self.http.deadline_s, self._where)
         try:
             with self._client.stream("POST", "/api/chat", json=body) as response:
                 if response.status_code >= 400:
                     response.read()
+                    message = error_message(response.content)
+                    if ("format" in body and response.status_code not in (401, 403, 404, 429, 503)
+                            and names_response_format(message)):
+                        raise FormatRejected(f"HTTP {response.status_code}: {message}")
                     self._raise(response)
                 if not self.stream:
                     response.read()
-                    return self._result([self._decode(response.text)])
+                    return replace(self._result([self._decode(response.text)]), response_format=mode)
                 chunks = []
                 for line in lines_with_deadline(response, deadline):
                     chunk = self._decode(line)
                     chunks.append(chunk)
                     if chunk.get("done"):
                         break
-                return self._result(chunks)
+                return replace(self._result(chunks), response_format=mode)
         except httpx.HTTPError as exc:
             raise translate_transport_errors(exc, self._where, self.http) from None
 

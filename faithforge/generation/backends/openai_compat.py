@@ -1,7 +1,8 @@
 """Any OpenAI-compatible `/v1/chat/completions` server (vLLM, llama.cpp server, LM Studio, Ollama's
 `/v1`, hosted APIs) over httpx.
 
-Structured output goes in `response_format: {"type": "json_schema", ...}`; streaming is Server-Sent
+Structured output is negotiated per server and model (`negotiation.py`): `response_format` `json_schema`,
+then `json_object` with the schema attached, then no response format with the schema in the prompt; streaming is Server-Sent
 Events (`data: {...}` lines ending with `data: [DONE]`) with `finish_reason` on the last choice chunk and
 `usage` on a final chunk (`stream_options.include_usage`). Errors are `{"error": {"message": ...}}`,
 as a non-2xx body or as an SSE event after streaming has begun. Temperature is always sent: these
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -27,6 +29,13 @@ from faithforge.generation.backends.base import (
     TransientBackendError,
     Usage,
     split_think,
+)
+from faithforge.generation.backends.negotiation import (
+    OPENAI_MODES,
+    FormatNegotiator,
+    FormatRejected,
+    names_response_format,
+    with_schema_instruction,
 )
 from faithforge.generation.backends.http import (
     Deadline,
@@ -76,6 +85,7 @@ class OpenAICompatBackend:
         self.http = http or HttpOptions()
         self._client: httpx.Client | None = None
         self._where = f"the OpenAI-compatible server at {self.base_url}"
+        self.negotiator = FormatNegotiator("openai", self.base_url, model, OPENAI_MODES)
 
     def __repr__(self) -> str:  # the key never appears here
         return f"OpenAICompatBackend(model={self.model!r}, base_url={self.base_url!r})"
@@ -92,30 +102,46 @@ class OpenAICompatBackend:
         return self._client
 
     def request_body(self, messages: list[dict], *, schema: dict | None, max_tokens: int, temperature: float,
-                     seed: int | None) -> dict[str, Any]:
+                     seed: int | None, mode: str | None = None) -> dict[str, Any]:
+        """The request for `mode` (default: the negotiated one; ignored without a schema)."""
+        mode = (mode or self.negotiator.mode) if schema is not None else None
+        if mode == "prompt":
+            messages = with_schema_instruction(messages, schema or {})
         body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
                                 "temperature": temperature, "stream": self.stream}
         if self.stream:
             body["stream_options"] = {"include_usage": True}
         if seed is not None:
             body["seed"] = seed
-        if schema is not None:
+        if mode == "json_schema":
             body["response_format"] = {"type": "json_schema",
                                        "json_schema": {"name": "example", "schema": schema, "strict": True}}
+        elif mode == "json_object":  # llama.cpp's server compiles the attached schema into a grammar
+            body["response_format"] = {"type": "json_object", "schema": schema}
         return body
 
     def chat(self, messages: list[dict], *, schema: dict | None = None, max_tokens: int = 1024,
              temperature: float = 0.0, seed: int | None = None) -> ChatResult:
-        body = self.request_body(messages, schema=schema, max_tokens=max_tokens, temperature=temperature, seed=seed)
-        return with_retries(lambda: self._chat_once(body), self.http, self._where)
+        while True:
+            mode = self.negotiator.mode if schema is not None else ""
+            body = self.request_body(messages, schema=schema, max_tokens=max_tokens, temperature=temperature,
+                                     seed=seed, mode=mode or None)
+            try:
+                return with_retries(lambda: self._chat_once(body, mode), self.http, self._where)
+            except FormatRejected as exc:  # not an outage: ask again at once in the next, weaker mode
+                self.negotiator.reject(mode, str(exc))
 
-    def _chat_once(self, body: dict[str, Any]) -> ChatResult:
+    def _chat_once(self, body: dict[str, Any], mode: str = "") -> ChatResult:
         deadline = Deadline(self.http.deadline_s, self._where)
         client = self._http()
         try:
             with client.stream("POST", "/v1/chat/completions", json=body) as response:
                 if response.status_code >= 400:
                     response.read()
+                    message = error_message(response.content)
+                    if ("response_format" in body and response.status_code not in (401, 403, 404, 429, 503)
+                            and names_response_format(message)):
+                        raise FormatRejected(f"HTTP {response.status_code}: {message}")
                     if response.status_code == 404:
                         raise ModelNotFoundError(
                             f"{self._where} has no model {self.model!r} or no /v1/chat/completions "
@@ -123,8 +149,10 @@ class OpenAICompatBackend:
                     raise_for_status(response, self._where)
                 if not self.stream:
                     response.read()
-                    return self._from_body(self._decode(response.text))
-                return self._from_events(response, deadline)
+                    result = self._from_body(self._decode(response.text))
+                else:
+                    result = self._from_events(response, deadline)
+                return replace(result, response_format=mode)
         except httpx.HTTPError as exc:
             raise translate_transport_errors(exc, self._where, self.http) from None
 

@@ -1,0 +1,163 @@
+"""One generation run from one parameter model: validate → plan → generate → export → release the GPU.
+
+The Prefect flow (`flows/generate.py`, one task per step), `faithforge generate --no-prefect` and the
+standalone worker all call these functions with a `GenerateParameters`, so a run means the same thing
+however it is started. No Prefect here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from faithforge.errors import UserError
+from faithforge.generation.backends import ChatBackend, HttpOptions, make_backend
+from faithforge.generation.coverage import CoverageDB
+from faithforge.generation.gate import GateDecision, decide
+from faithforge.generation.parameters import GenerateParameters
+from faithforge.generation.runner import GenerationOptions, LogCallback, ProgressCallback, default_worker_id, run_generation
+from faithforge.generation.spec import GenerationSpec, load_spec
+from faithforge.generation.summary import GenerationSummary
+
+
+class GenerationFailed(UserError):
+    """A run that stored none of the examples it still had to make (the message names the top reasons);
+    `result` is the run's result (plan, summary, export) for printing."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, result: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.result = result
+
+
+def load(params: GenerateParameters) -> GenerationSpec:
+    return load_spec(params.spec, documents=params.documents)
+
+
+def validate(params: GenerateParameters) -> GenerationSpec:
+    """Everything that can be checked before a run starts; raises a one-line `UserError` saying what to fix."""
+    spec = load(params)
+    if params.backend in ("ollama", "openai") and params.base_url is not None:
+        url = urlparse(params.base_url)
+        if url.scheme not in ("http", "https") or not url.hostname:
+            raise UserError(f"--base-url {params.base_url!r} is not an http(s) URL; give the server root, e.g. "
+                            "http://127.0.0.1:11434 (Ollama) or http://127.0.0.1:8000 (OpenAI-compatible)")
+    if params.backend == "openai" and not params.base_url:
+        raise UserError("the openai backend needs --base-url (the server root that serves /v1/chat/completions)")
+    if params.backend == "local" and not (Path(params.model).expanduser() / "config.json").is_file():
+        raise UserError(f"--model {params.model!r} is not a local model folder with a config.json; the local backend "
+                        "takes the path of a folder written by save_pretrained")
+    if params.backend == "template":
+        properties = set((spec.schema_for(spec.categories[0]).get("properties") or {}))
+        if not {"summary", "key_facts"} <= properties:
+            raise UserError(f"the template backend only writes grounded-summaries examples, not {spec.name}; use "
+                            "--backend ollama, openai or local for this spec")
+    return spec
+
+
+def resolve_paths(params: GenerateParameters, spec_name: str) -> dict[str, str]:
+    """Workspace, database URL, examples folder and export file of a run. A run given both its database and
+    its examples folder (a worker) opens no workspace."""
+    if params.database_url and params.examples_dir:
+        return {"workspace": "", "database_url": params.database_url, "examples_dir": params.examples_dir,
+                "export": str(Path(params.examples_dir) / f"{spec_name}.jsonl")}
+    from faithforge.workspace import Workspace
+
+    ws = Workspace.open(params.workspace)
+    return {"workspace": str(ws.root), "database_url": params.database_url or ws.database_url,
+            "examples_dir": params.examples_dir or str(ws.dir("datasets") / "generated" / spec_name),
+            "export": str(ws.dir("datasets") / f"generated-{spec_name}.jsonl")}
+
+
+def estimate_prompt_tokens(spec: GenerationSpec) -> int:
+    """A rough prompt size for the gate: the longest rendered first prompt, ~3.5 characters per token."""
+    longest = max(sum(len(m["content"]) for m in spec.messages_for(c, next(spec.combinations(c))))
+                  for c in spec.categories)
+    return int(longest / 3.5) + 64
+
+
+def plan(params: GenerateParameters, spec: GenerationSpec | None = None) -> dict[str, Any]:
+    """Validate, then decide model, parallel requests and max tokens (GPU gate or configured) and the paths."""
+    spec = spec or validate(params)
+    if params.use_gpu_gate:
+        decision = decide(params.backend, [params.model, *params.fallback_models], batch_size=params.batch_size,
+                          max_tokens=params.max_tokens, prompt_tokens=estimate_prompt_tokens(spec),
+                          base_url=params.base_url, gpu_profile=params.gpu_profile)
+    else:
+        decision = GateDecision(params.model, params.batch_size, params.max_tokens, "configured", "gate turned off")
+    return {"spec": spec.name, "fingerprint": spec.fingerprint(), "targets": spec.targets(params.target),
+            "decision": decision.to_dict(), **resolve_paths(params, spec.name)}
+
+
+def build_backend(params: GenerateParameters, model: str) -> ChatBackend:
+    return make_backend(params.backend, model, base_url=params.base_url, num_ctx=params.num_ctx,
+                        api_key_env=params.api_key_env, api_key_secret=params.api_key_secret,
+                        http=HttpOptions(read_timeout_s=params.read_timeout_s), delay_s=params.template_delay_s)
+
+
+def build_options(params: GenerateParameters, decision: dict[str, Any]) -> GenerationOptions:
+    return GenerationOptions(target=params.target, batch_size=decision["batch_size"],
+                             max_tokens=decision["max_tokens"], temperature=params.temperature, seed=params.seed,
+                             claim_ttl_s=params.claim_ttl_s, max_failures=params.max_failures, limit=params.limit,
+                             poll_s=params.poll_s, worker_id=params.worker_id or default_worker_id())
+
+
+def generate(params: GenerateParameters, plan_: dict[str, Any], on_progress: ProgressCallback | None = None,
+             log: LogCallback | None = None) -> GenerationSummary:
+    """The run itself: fill the targets, then close the backend and the database."""
+    spec = load(params)
+    backend = build_backend(params, plan_["decision"]["model"])
+    db = CoverageDB(plan_["database_url"])
+    try:
+        return run_generation(spec, backend, db, Path(plan_["examples_dir"]), build_options(params, plan_["decision"]),
+                              on_progress, log)
+    finally:
+        close = getattr(backend, "close", None)
+        if close is not None:
+            close()
+        db.close()
+
+
+def export(plan_: dict[str, Any]) -> dict[str, Any]:
+    """Write every stored example of the spec as one JSONL file; returns its path and line count."""
+    from faithforge.generation.files import export_jsonl
+
+    db = CoverageDB(plan_["database_url"])
+    try:
+        count = export_jsonl(db, plan_["spec"], Path(plan_["export"]))
+    finally:
+        db.close()
+    return {"path": plan_["export"], "examples": count}
+
+
+def release(params: GenerateParameters, plan_: dict[str, Any]) -> list[str]:
+    """Unload the Ollama model when asked to (frees VRAM for a GPU stage); the names unloaded."""
+    if not (params.unload_after and params.backend == "ollama"):
+        return []
+    from faithforge.generation.backends.ollama import DEFAULT_OLLAMA_URL, release_ollama_gpu
+
+    return release_ollama_gpu(params.base_url or DEFAULT_OLLAMA_URL, [plan_["decision"]["model"]])
+
+
+def failure_of(result: dict[str, Any]) -> GenerationFailed | None:
+    """The failure of a run that stored nothing although examples were still wanted, else None."""
+    summary = GenerationSummary.from_dict(result["summary"])
+    return GenerationFailed(summary.failure_message(), result) if summary.stored_nothing else None
+
+
+def run(params: GenerateParameters, on_progress: ProgressCallback | None = None,
+        log: LogCallback | None = None) -> dict[str, Any]:
+    """The whole run without Prefect (the CLI's `--no-prefect`); the same result shape as the flow, and the
+    same `GenerationFailed` when nothing was stored."""
+    plan_ = plan(params)
+    summary = generate(params, plan_, on_progress, log)
+    exported = export(plan_)
+    unloaded = release(params, plan_)
+    result = {"plan": plan_, "summary": summary.to_dict(), "export": exported, "unloaded": unloaded}
+    failure = failure_of(result)
+    if failure is not None:
+        raise failure
+    return result
+
