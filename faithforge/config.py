@@ -63,6 +63,10 @@ class ModelConfig(Section):
 class GenerateConfig(Section):
     """Data generation: where source documents and reference summaries come from."""
 
+    task: Literal["summaries", "grounded-qa"] = "summaries"
+    """The `template` backend's task. `summaries`: one-event documents whose day is sometimes missing (the tiny
+    demo). `grounded-qa`: questions about three-person documents, half of which ask for a fact the document
+    does not state (the real-model demo, `faithforge demo --real`: SmolLM2 answers them anyway)."""
     backend: Literal["template", "ollama", "openai", "local"] = "template"
     """Who writes the data. `template`: the built-in offline teacher (deterministic, no model needed; the demo).
     `ollama` / `openai` / `local`: the spec-driven generation flow runs as a subflow with that backend and its
@@ -111,6 +115,33 @@ class PairsConfig(Section):
     that the model cannot lower its hallucination rate by saying less."""
     val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
     """Share of training sources whose pairs are kept for validation (split by source)."""
+    path: str | None = None
+    """Existing preference pairs to train on instead of building them: TRL's standard or conversational format
+    or plain `{prompt, chosen, rejected}` triplets, as JSONL, JSON, CSV, Parquet or a `save_to_disk` folder.
+    Missing ids and source ids are derived from the content; pairs are split by source (`val_fraction`)."""
+    path_split: str | None = None
+    """`path` is a `DatasetDict` folder: the split to read (e.g. `train`)."""
+
+
+class DataConfig(Section):
+    """Your own documents as the sources the pipeline trains and evaluates on (instead of generated ones)."""
+
+    documents_path: str | None = None
+    """JSONL, JSON, CSV or Parquet file or `save_to_disk` folder of documents. Split by document id into train /
+    validation / test (`generate.val_share`, `generate.test_share`) unless `eval_path` holds the test set.
+    Pairs come from your model's own samples (`pairs.builder: on-policy`) or from `pairs.path`."""
+    eval_path: str | None = None
+    """A held-out evaluation file (same columns): the before/after rates are measured on it, and the overlap
+    guard refuses it if any of its documents also occurs in the training data."""
+    text_column: str = "document"
+    """The column that holds the document text (the user message the model answers)."""
+    id_column: str | None = None
+    """The column that holds a document id. Empty: ids are derived from the text (SHA-256)."""
+    key_facts_column: str | None = None
+    """A column of facts a good answer keeps (a list, or text separated by `;`), for recall. Empty: content
+    retention is reported instead."""
+    split: str | None = None
+    """The split to read when a path is a `DatasetDict` folder."""
 
 
 class WarmStartConfig(Section):
@@ -295,6 +326,7 @@ class PipelineConfig(Section):
     gpu: GpuConfig = GpuConfig()
 
 
+    data: DataConfig = DataConfig()
 def _set_path(tree: dict[str, Any], dotted: list[str], value: Any) -> None:
     node = tree
     for key in dotted[:-1]:
@@ -304,6 +336,20 @@ def _set_path(tree: dict[str, Any], dotted: list[str], value: Any) -> None:
             node[key] = child
         node = child
     node[dotted[-1]] = value
+    @model_validator(mode="after")
+    def _own_documents_need_pairs_from_somewhere(self) -> "PipelineConfig":
+        # The user's documents come without reference answers: nothing to warm-start on, no synthetic variants.
+        if self.data.documents_path:
+            if self.warm_start.enabled:
+                raise ValueError("data.documents_path has no reference answers to warm-start on; set "
+                                 "warm_start.enabled: false (and model.path to your SFT model)")
+            if self.pairs.builder == "synthetic" and not self.pairs.path:
+                raise ValueError("data.documents_path needs pairs from your model's own samples or a file: set "
+                                 "pairs.builder: on-policy, or pairs.path")
+        if self.data.eval_path and not self.data.documents_path:
+            raise ValueError("data.eval_path is the held-out file for data.documents_path; set documents_path too")
+        return self
+
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:

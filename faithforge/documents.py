@@ -53,15 +53,13 @@ def read_documents(
     Duplicate texts (or duplicate ids) are bad rows unless `allow_duplicates`, in which case later copies are
     dropped: a repeated document would otherwise be counted twice and could sit on both sides of a split."""
     path = Path(path)
-    if not path.exists():
-        raise DocumentError(f"documents file {path} does not exist; check data.documents_path")
-    rows = _rows(path, split)
+    rows = read_rows(path, split, what="documents file", setting="data.documents_path")
     problems: list[str] = []
     documents: list[Document] = []
     seen_ids: dict[str, str] = {}
     columns_seen: set[str] = set()
     for where, row in rows:
-        if isinstance(row, _BadRow):
+        if isinstance(row, BadRow):
             problems.append(f"{where}: {row}")
             continue
         if not isinstance(row, dict):
@@ -116,6 +114,16 @@ def _document(row: dict, where: str, text_column: str, id_column: str | None) ->
     return Document(id=doc_id, text=text, meta=meta), ""
 
 
+def read_rows(path: str | Path, split: str | None = None, *, what: str = "file",
+              setting: str = "the path") -> Iterator[tuple[str, Any]]:
+    """(where, row) for every row of a JSONL/JSON/CSV/Parquet file or dataset folder; `where` is `file:line`
+    (JSON lines, CSV) or `file row N`. A row that cannot be parsed is a `BadRow` (a string saying why)."""
+    path = Path(path)
+    if not path.exists():
+        raise DocumentError(f"{what} {path} does not exist; check {setting}")
+    return _rows(path, split)
+
+
 def _rows(path: Path, split: str | None) -> Iterator[tuple[str, Any]]:
     if path.is_dir():
         return _dataset_rows(path, split)
@@ -148,10 +156,10 @@ def _json_lines(path: Path, text: str) -> Iterator[tuple[str, Any]]:
         try:
             yield f"{path}:{number}", json.loads(line)
         except json.JSONDecodeError as exc:
-            yield f"{path}:{number}", _BadRow(f"not valid JSON ({exc.msg}); fix the line or remove it")
+            yield f"{path}:{number}", BadRow(f"not valid JSON ({exc.msg}); fix the line or remove it")
 
 
-class _BadRow(str):
+class BadRow(str):
     """A row that could not even be parsed; reported as `not an object` with its parse error."""
 
 
@@ -172,7 +180,7 @@ def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[str, Any]]:
         except StopIteration:
             return
         except csv.Error as exc:
-            yield f"{path}:{start}", _BadRow(f"unreadable CSV ({exc}); fix the quoting")
+            yield f"{path}:{start}", BadRow(f"unreadable CSV ({exc}); fix the quoting")
             start = reader.line_num + 1
             continue
         where = f"{path}:{start}"
@@ -180,7 +188,7 @@ def _csv_rows(path: Path, delimiter: str) -> Iterator[tuple[str, Any]]:
         if not values or all(not v.strip() for v in values):
             continue
         if len(values) != len(header):
-            yield where, _BadRow(f"has {len(values)} fields but the header has {len(header)}; "
+            yield where, BadRow(f"has {len(values)} fields but the header has {len(header)}; "
                                  "quote fields that contain the delimiter")
             continue
         yield where, dict(zip(header, values))

@@ -12,12 +12,14 @@ from pathlib import Path
 from faithforge.stages.context import StageContext
 from faithforge.stages.generate import load_split
 from faithforge.stages.pairs import load_pairs
+from faithforge.overlap import check_no_text_overlap
+from faithforge.own_data import system_prompt
 from faithforge.teacher import SYSTEM_PROMPT
 from faithforge.workspace import atomic_write_json, atomic_write_text
 
 
 def summarize_sources(model_path: str, sources: list[str], *, adapter: str | None, device: str,
-                      max_new_tokens: int, batch_size: int) -> list[str]:
+                      max_new_tokens: int, batch_size: int, system_prompt: str = SYSTEM_PROMPT) -> list[str]:
     """Greedy (temperature 0) summaries of `sources`, optionally with a LoRA adapter merged in."""
     from faithforge.engine import PrefixCachedEngine, SamplingConfig
     from faithforge.modeling import load_causal_lm, load_tokenizer
@@ -29,20 +31,21 @@ def summarize_sources(model_path: str, sources: list[str], *, adapter: str | Non
 
         model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
         model.eval()
-    engine = PrefixCachedEngine(model, tokenizer, [{"role": "system", "content": SYSTEM_PROMPT}])
+    engine = PrefixCachedEngine(model, tokenizer, [{"role": "system", "content": system_prompt}])
     results = engine.generate_batch([[{"role": "user", "content": s}] for s in sources],
                                     SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens),
                                     batch_size=batch_size)
     return [r.text.strip() for r in results]
 
 
-def summarize_with_backend(backend, sources: list[str], *, max_new_tokens: int, seed: int) -> list[str]:
+def summarize_with_backend(backend, sources: list[str], *, max_new_tokens: int, seed: int,
+                           system_prompt: str = SYSTEM_PROMPT) -> list[str]:
     """Greedy summaries from a served model (Ollama / OpenAI-compatible), one request per source, same prompt.
 
     Thinking is off and stripped by the backend; a truncated answer is kept as it is (it is what the model
     said within the budget the local models also get).
     """
-    return [backend.chat([{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": source}],
+    return [backend.chat([{"role": "system", "content": system_prompt}, {"role": "user", "content": source}],
                          schema=None, max_tokens=max_new_tokens, temperature=0.0, seed=seed).text.strip()
             for source in sources]
 
@@ -61,6 +64,11 @@ def evaluate_models(ctx: StageContext, model: dict, dataset: dict, pairs: dict, 
     check_disjoint([e.id for e in test], [p["source_id"] for p in training_pairs],
                    what="evaluation example ids and training pair sources")
     items = [EvalItem(id=e.id, source=e.source, key_facts=list(e.key_facts), category=e.category) for e in test]
+    # Imported pairs wrap documents in their own prompts and ids: compare the text itself (word shingles).
+    check_no_text_overlap({e.id: e.source for e in test},
+                          (" ".join(m["content"] for m in p["prompt"]) for p in training_pairs),
+                          what=f"evaluation sources and training pairs ({pairs['path']})")
+    prompt = system_prompt(ctx.config)
     sources = [e.source for e in test]
     device = device_for(plan["placement"])
     batch = plan.get("batch_size") or cfg.batch_size
@@ -72,14 +80,15 @@ def evaluate_models(ctx: StageContext, model: dict, dataset: dict, pairs: dict, 
     reports = {}
     for index, (label, adapter) in enumerate(models.items(), start=1):
         summaries = summarize_sources(model["path"], sources, adapter=adapter, device=device,
-                                      max_new_tokens=cfg.max_new_tokens, batch_size=batch)
+                                      max_new_tokens=cfg.max_new_tokens, batch_size=batch, system_prompt=prompt)
         reports[label] = evaluate_single(items, summaries, judge, label=label, confidence=cfg.confidence)
         ctx.progress("evaluate", index, len(models), f"{label}: rate {reports[label].rate:.3f}")
     if cfg.served_model:
         from faithforge.generation.backends import make_backend
 
         backend = make_backend(cfg.served_backend, cfg.served_model, base_url=cfg.served_base_url)
-        summaries = summarize_with_backend(backend, sources, max_new_tokens=cfg.max_new_tokens, seed=ctx.config.seed)
+        summaries = summarize_with_backend(backend, sources, max_new_tokens=cfg.max_new_tokens, seed=ctx.config.seed,
+                                           system_prompt=prompt)
         reports["served"] = evaluate_single(items, summaries, judge, label=f"served: {cfg.served_model}",
                                             confidence=cfg.confidence)
     comparison = compare_reports(reports["before"], reports["after"], confidence=cfg.confidence,

@@ -6,8 +6,9 @@ from pathlib import Path
 
 from faithforge.stages.context import StageContext, content_key
 from faithforge.reuse import claim_output
-from faithforge.teacher import Example, generate_split
-from faithforge.workspace import atomic_directory, atomic_write_jsonl, read_jsonl, sha256_file
+from faithforge.own_data import document_splits, task_examples
+from faithforge.teacher import Example
+from faithforge.workspace import atomic_directory, atomic_write_jsonl, read_jsonl, sha256_file, sha256_tree
 
 SPLITS = ("train", "val", "test")
 TEACHER_VERSION = 1
@@ -15,7 +16,7 @@ TEACHER_VERSION = 1
 
 def dataset_dir(ctx: StageContext) -> Path:
     cfg = ctx.config
-    key = content_key("dataset", TEACHER_VERSION, cfg.generate.model_dump(), cfg.seed)
+    key = content_key("dataset", TEACHER_VERSION, cfg.generate.model_dump(), cfg.seed, *_documents_key(cfg))
     return ctx.workspace.dir("datasets") / f"summaries-{key}"
 
 
@@ -25,14 +26,17 @@ def generate_examples(ctx: StageContext) -> dict:
     with claim_output("generate", out, "manifest.json", ctx.progress) as claim:
         if claim.reused is not None:
             return claim.reused
-        counts = {"train": cfg.train_sources, "val": cfg.val_sources, "test": cfg.test_sources}
+        documents = document_splits(ctx.config) if ctx.config.data.documents_path else None
+        counts = ({s: len(documents[s]) for s in SPLITS} if documents else
+                  {"train": cfg.train_sources, "val": cfg.val_sources, "test": cfg.test_sources})
         total = sum(counts.values())
         done = 0
         files = {}
         with atomic_directory(out) as tmp:
             for split in SPLITS:
                 rows = []
-                for example in generate_split(split, counts[split], ctx.config.seed, cfg.omitted_fact_share):
+                examples = documents[split] if documents else task_examples(ctx.config, split, counts[split])
+                for example in examples:
                     rows.append(example.to_dict())
                     done += 1
                     if done % 500 == 0 or done == total:
@@ -44,6 +48,14 @@ def generate_examples(ctx: StageContext) -> dict:
                                                  meta={"counts": counts, "backend": cfg.backend})
             info = {"path": str(out), "files": files, "counts": counts, "artifact_id": artifact_id, "key": out.name}
             return claim.finish(tmp, info)
+
+
+def _documents_key(cfg) -> list:
+    """What a dataset built from the user's documents depends on (nothing extra for generated data)."""
+    if not cfg.data.documents_path:
+        return []
+    paths = [cfg.data.documents_path] + ([cfg.data.eval_path] if cfg.data.eval_path else [])
+    return [cfg.data.model_dump()] + [(sha256_tree if Path(p).is_dir() else sha256_file)(p) for p in paths]
 
 
 def load_split(dataset: dict, split: str) -> list[Example]:

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from faithforge.errors import UserError
+from faithforge.own_data import system_prompt
 from faithforge.pairs import build_synthetic_pairs, split_by_source, validate_pairs
 from faithforge.reuse import claim_output
 from faithforge.stages.context import StageContext, content_key
@@ -17,7 +20,14 @@ def build_pairs(ctx: StageContext, dataset: dict, model: dict | None = None, pla
     if on_policy and model is None:
         raise UserError("pairs.builder is on-policy but no model was given to sample from")
     depends_on = [dataset["key"], cfg.model_dump(), ctx.config.seed]
-    if on_policy:
+    if cfg.path:  # imported pairs depend on the file's content, not on a model
+        from faithforge.workspace import sha256_tree
+
+        on_policy = False
+        if not Path(cfg.path).exists():
+            raise UserError(f"pairs.path {cfg.path} does not exist; point it at your pairs file or folder")
+        depends_on.append((sha256_tree if Path(cfg.path).is_dir() else sha256_file)(cfg.path))
+    elif on_policy:
         from faithforge.reference import weights_fingerprint
 
         depends_on.append(weights_fingerprint(model["path"]))  # on-policy samples depend on the policy
@@ -26,7 +36,9 @@ def build_pairs(ctx: StageContext, dataset: dict, model: dict | None = None, pla
         if claim.reused is not None:
             return claim.reused
         examples = load_split(dataset, "train")
-        if on_policy:
+        if cfg.path:
+            pairs, report = _imported_pairs(cfg)
+        elif on_policy:
             pairs, report = _sample_onpolicy_pairs(ctx, examples, model, plan or {"placement": "cpu"})
         else:
             pairs, report = build_synthetic_pairs(examples, cfg.omission_share, ctx.config.seed)
@@ -58,7 +70,17 @@ def _sample_onpolicy_pairs(ctx: StageContext, examples, model: dict, plan: dict)
                                 seed=ctx.config.seed, max_new_tokens=ctx.config.evaluate.max_new_tokens,
                                 margin=cfg.margin,
                                 judge=get_judge(ctx.config.evaluate.judge, **judge_options(ctx.config.evaluate)),
-                                batch_size=plan.get("batch_size") or 32)
+                                batch_size=plan.get("batch_size") or 32, system_prompt=system_prompt(ctx.config))
+
+
+def _imported_pairs(cfg):
+    """`pairs.path` read, normalized and validated, with a report in the builders' shape."""
+    from collections import Counter
+
+    from faithforge.pairs import PairBuildReport, import_pairs
+
+    pairs = import_pairs(cfg.path, split=cfg.path_split)
+    return pairs, PairBuildReport(built=len(pairs), by_kind=Counter(p["kind"] for p in pairs))
 
 
 def load_pairs(path: str) -> list[dict]:
