@@ -71,7 +71,8 @@ def resolve_api_key(env_var: str | None, secret_block: str | None) -> str | None
 
 
 class OpenAICompatBackend:
-    """Chat with an OpenAI-compatible server; `base_url` is the root that has `/v1/chat/completions`."""
+    """Chat with an OpenAI-compatible server; `base_url` is the root that has `/v1/chat/completions` (a URL
+    ending in `/v1`, as OpenAI clients take it, works too)."""
 
     name = "openai"
 
@@ -79,6 +80,8 @@ class OpenAICompatBackend:
                  api_key_secret: str | None = None, stream: bool = True, http: HttpOptions | None = None):
         self.model = model
         self.base_url = base_url.rstrip("/")
+        if self.base_url.endswith("/v1"):  # OpenAI clients take the URL with /v1; this class adds it itself
+            self.base_url = self.base_url[:-3]
         self.api_key_env = api_key_env
         self.api_key_secret = api_key_secret
         self.stream = stream
