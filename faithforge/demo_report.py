@@ -21,7 +21,10 @@ def print_summary(summary: dict) -> None:
     table = Table(title=f"Hallucination rate on {ev['items']} held-out sources (judge: {ev['judge']}, unit: summary)")
     for column in ("model", "hallucination rate (95% CI)", "fact recall"):
         table.add_column(column)
-    for label, name in (("before", "before DPO (warm-start SFT)"), ("after", "after DPO"),
+    # Say what the baseline is: with the warm start off it is the user's model as given, never "warm-start SFT".
+    warm_skipped = bool((stages.get("warm_start") or {}).get("skipped"))
+    baseline = "before DPO (your model; no warm start)" if warm_skipped else "before DPO (warm-start SFT)"
+    for label, name in (("before", baseline), ("after", "after DPO"),
                         ("control", "control: LoRA SFT on chosen"), ("served", "served model")):
         if label in ev["models"]:
             m = ev["models"][label]
@@ -35,13 +38,15 @@ def print_summary(summary: dict) -> None:
         c = ev["control_difference"]
         console.print(f"control (LoRA SFT on chosen, same steps): {_pct(c['difference'])}{_ci([c['ci_low'], c['ci_high']])} "
                       "vs before — shown for comparison; the demo does not claim DPO beats it")
-    reused = [name for name, out in stages.items() if out and out.get("reused")]
+    reused = [name for name, out in stages.items() if out and out.get("reused") and not out.get("skipped")]
+    if warm_skipped:
+        console.print("warm start: turned off (warm_start.enabled: false) — not run, nothing reused")
     if reused:
         console.print(f"reused from an earlier run (not recomputed): {', '.join(reused)}")
     console.print("\n[bold]where everything was written[/bold]")
     for name in ("generate", "warm_start", "pairs", "reference", "train", "control", "evaluate"):
         out = stages.get(name)
-        if out and out.get("path"):
+        if out and out.get("path") and not out.get("skipped"):
             console.print(f"  {name:<11} {out['path']}  ({out.get('wall_seconds', 0):.1f} s)")
     console.print(f"  report      {ev['markdown_path']}\n  chart       {ev['chart']}")
     console.print(f"run {summary['run_id']} finished in {summary['wall_seconds']:.0f} s")
