@@ -4,7 +4,7 @@
     python bench/gpu_estimate.py --predict-only   # the estimator's table only; runs anywhere
 
 Each row builds the model from gpu/model_configs/<model>.json (NF4 via bitsandbytes for the quantized
-stages), runs `--steps` real steps (faithforge.calibration.run_stage_steps) and compares
+stages), runs `--steps` real steps of the stage code (faithforge.calibration.measure_stage) and compares
 torch.cuda.max_memory_reserved() with the prediction minus the CUDA context (torch does not count the
 context). ratio = measured / predicted; above 1 means the estimator was optimistic.
 """
@@ -42,15 +42,16 @@ def predict(model: str, case: str, batch: int, seq_len: int, new_tokens: int) ->
 
 
 def measure(model: str, case: str, batch: int, seq_len: int, new_tokens: int, steps: int) -> int | str:
-    from faithforge.calibration import StageSettings, measure_peak_reserved_bytes
+    """Peak reserved bytes of the real stage code (faithforge.calibration.measure_stage) on CUDA."""
+    from faithforge.calibration import measure_stage
 
     stage, ref, ref_model = CASES[case]
-    settings = StageSettings(stage=stage, batch_size=batch, seq_len=seq_len, prompt_tokens=seq_len,
-                             max_new_tokens=new_tokens, ref_strategy=ref or "cached",
-                             reference_model=ref_model or "adapters-disabled")
+    if ref == "live" or ref_model == "separate-copy":
+        return "n/a"  # FaithForge trains on cached reference log-probs only; bench/gpu_check.py times TRL's live one
     try:
-        return measure_peak_reserved_bytes(load_model_config(SHIPPED_CONFIGS_DIR / f"{model}.json"), settings,
-                                           steps=steps)
+        run = measure_stage(load_model_config(SHIPPED_CONFIGS_DIR / f"{model}.json"), stage, precision="nf4",
+                            seq_len=seq_len, batch_size=batch, steps=steps, max_new_tokens=new_tokens)
+        return int(run["peak_reserved_bytes"])
     except Exception as exc:  # an OOM is a result here: it says the prediction should have refused
         if "out of memory" in str(exc).lower() or type(exc).__name__ == "OutOfMemoryError":
             return "OOM"

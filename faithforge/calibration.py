@@ -1,18 +1,21 @@
-"""Calibrate the GPU gate: run a stage for real on CUDA, measure its peak, store a correction factor.
+"""Calibrate the GPU gate: run the real stage code on CUDA, measure its peak, store a correction factor.
 
 The file is JSON: `{"version": 1, "factors": {"<gpu name>|<model>|<stage>": measured ÷ predicted}}`; the
-planner multiplies its estimate by the factor for the GPU, model and stage at hand. Models are random-init
-copies of the real shape (memory does not depend on the weights' values), NF4 via bitsandbytes when asked.
-`bench/gpu_estimate.py` uses the same step functions.
+planner multiplies its estimate by the factor for the GPU, model and stage at hand. The model is a random-init
+folder of the real shape (memory does not depend on the weights' values) loaded by the stages' own loader
+(`faithforge.modeling.load_for_plan`: NF4 via bitsandbytes, `is_loaded_in_4bit` set, so peft and TRL take their
+4-bit paths), and the measured code is the stages' own: `compute_reference_cache`, `run_dpo`, the engine.
+`bench/gpu_estimate.py` and `bench/gpu_check.py` use the same functions.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from faithforge.errors import UserError
 from gpu.corrections import Corrections
@@ -51,153 +54,182 @@ def require_cuda() -> Any:
     return torch
 
 
-def _replace_linears_nf4(module: Any, compute_dtype: Any) -> None:
-    """Swap every decoder nn.Linear (not lm_head) for a bitsandbytes NF4 Linear4bit with double quant."""
-    import bitsandbytes as bnb
+@dataclass
+class Measurement:
+    """Peak memory over a block: CUDA peak reserved/allocated (torch's counters, reset on entry), or the
+    process's peak RSS on the CPU (which cannot be reset: it is the lifetime peak)."""
+
+    device: str
+    peak_reserved_bytes: int | None = None
+    peak_allocated_bytes: int | None = None
+    peak_rss_bytes: int | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if v is not None}
+
+
+@contextmanager
+def measure_peak(device: str) -> Iterator[Measurement]:
+    """Reset the peak counters, run the block, read them (also when the block raises, e.g. on OOM)."""
+    import gc
+    import resource
+    import time
+
     import torch
 
-    for name, child in list(module.named_children()):
-        if isinstance(child, torch.nn.Linear) and name != "lm_head":
-            q = bnb.nn.Linear4bit(child.in_features, child.out_features, bias=child.bias is not None,
-                                  compute_dtype=compute_dtype, compress_statistics=True, quant_type="nf4")
-            q.weight = bnb.nn.Params4bit(child.weight.data.to(torch.bfloat16), requires_grad=False,
-                                         compress_statistics=True, quant_type="nf4")
-            if child.bias is not None:
-                q.bias = torch.nn.Parameter(child.bias.data.to(compute_dtype), requires_grad=False)
-            setattr(module, name, q)
+    result = Measurement(device=device)
+    on_cuda = device == "cuda" and torch.cuda.is_available()
+    if on_cuda:
+        gc.collect()
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats()
+    started = time.perf_counter()
+    try:
+        yield result
+    finally:
+        if on_cuda:
+            torch.cuda.synchronize()
+            result.peak_reserved_bytes = int(torch.cuda.max_memory_reserved())
+            result.peak_allocated_bytes = int(torch.cuda.max_memory_allocated())
         else:
-            _replace_linears_nf4(child, compute_dtype)
+            result.peak_rss_bytes = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux: KiB
+        result.seconds = round(time.perf_counter() - started, 3)
 
 
-def build_model(config: Mapping[str, Any], quantization: str, device: str) -> Any:
-    """A random-init causal LM of the config's shape on `device`; NF4 linears when `quantization='nf4'`."""
+def stage_peak(device: str) -> Callable[[], dict[str, Any]]:
+    """For a stage's output: a function returning the CUDA peaks since now ({} off CUDA). Every GPU stage
+    records what it really used beside what the gate planned."""
+    import torch
+
+    if device != "cuda" or not torch.cuda.is_available():
+        return lambda: {}
+    torch.cuda.reset_peak_memory_stats()
+    return lambda: {"measured_peak_reserved_bytes": int(torch.cuda.max_memory_reserved()),
+                    "measured_peak_allocated_bytes": int(torch.cuda.max_memory_allocated())}
+
+
+def build_random_model_dir(config: Mapping[str, Any], out: str | os.PathLike[str], *, seed: int = 0,
+                           init_device: str = "cpu") -> Path:
+    """A random-init model folder of `config`'s shape (bf16 safetensors) with the tiny offline tokenizer and chat
+    template, so every stage loads it through its own loader (`load_for_plan`), exactly as a user's model.
+    Weight values do not change memory; rotary buffers are computed by the model's own constructor."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = dict(config)
-    hf_config = AutoConfig.for_model(cfg.pop("model_type"), **{k: v for k, v in cfg.items() if k != "architectures"})
-    dtype = torch.float32 if quantization == "fp32" else torch.bfloat16
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
-    model = model.to_empty(device="cpu")
-    with torch.no_grad():  # values do not change memory; rotary buffers stay uninitialised on purpose
-        for param in model.parameters():
-            param.normal_(0.0, 0.02)
-    if quantization == "nf4":
-        _replace_linears_nf4(model, torch.bfloat16)
-    model.config.use_cache = False
-    return model.to(device)
+    from faithforge.teacher import VOCABULARY_TEXTS
+    from faithforge.tiny_model import build_tokenizer
 
-
-@dataclass(frozen=True)
-class StageSettings:
-    """What one measured run does; fields mirror the estimator's arguments."""
-
-    stage: str
-    batch_size: int
-    seq_len: int = 512
-    prompt_tokens: int = 256
-    max_new_tokens: int = 64
-    quantization: str = "nf4"
-    lora_r: int = 16
-    optimizer: str = "adamw-fp32"
-    gradient_checkpointing: bool = True
-    ref_strategy: str = "cached"
-    reference_model: str = "adapters-disabled"
-    logits_chunk_tokens: int | None = None
-
-
-def _sequence_logps(model: Any, ids: Any, chunk_tokens: int | None) -> Any:
-    """Sum of token log-probs per sequence; the lm_head + log-softmax run in chunks when asked."""
-    import torch
-
-    hidden = model.model(input_ids=ids).last_hidden_state[:, :-1]
-    labels = ids[:, 1:]
-    flat_h, flat_y = hidden.reshape(-1, hidden.shape[-1]), labels.reshape(-1)
-    step = chunk_tokens or flat_h.shape[0]
-    parts = []
-    for start in range(0, flat_h.shape[0], step):
-        logits = model.lm_head(flat_h[start:start + step]).float()
-        parts.append(torch.log_softmax(logits, -1).gather(-1, flat_y[start:start + step, None]).squeeze(-1))
-    return torch.cat(parts).view(labels.shape).sum(-1)
-
-
-def run_stage_steps(config: Mapping[str, Any], settings: StageSettings, *, steps: int = 2,
-                    device: str = "cuda", seed: int = 0) -> None:
-    """Run `steps` real steps of a stage on a random-init model (any device; measure on CUDA)."""
-    import torch
-
+    target = Path(out)
+    if (target / "config.json").is_file():
+        return target
+    cfg = {k: v for k, v in dict(config).items() if k not in ("architectures", "torch_dtype", "dtype")}
+    hf_config = AutoConfig.for_model(cfg.pop("model_type"), **cfg)
+    hf_config.use_cache = False
     torch.manual_seed(seed)
-    vocab = int(config["vocab_size"])
-    model = build_model(config, settings.quantization if device == "cuda" else "fp32", device)
-    pairs = 2 * settings.batch_size
-    if settings.stage == "reference":
-        model.eval()
-        with torch.no_grad():
-            for _ in range(steps):
-                ids = torch.randint(0, vocab, (pairs, settings.seq_len), device=device)
-                _sequence_logps(model, ids, settings.logits_chunk_tokens)
-        return
-    if settings.stage in ("evaluate", "generate"):
-        model.eval()
-        model.config.use_cache = True
-        for _ in range(steps):
-            ids = torch.randint(0, vocab, (settings.batch_size, settings.prompt_tokens), device=device)
-            model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=settings.max_new_tokens,
-                           min_new_tokens=settings.max_new_tokens, do_sample=False)
-        return
-    from peft import LoraConfig, get_peft_model
-
-    if settings.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
-    model = get_peft_model(model, LoraConfig(r=settings.lora_r, lora_alpha=2 * settings.lora_r,
-                                             target_modules=list(LORA_TARGETS_ALL_LINEAR), task_type="CAUSAL_LM"))
-    reference = None
-    if settings.ref_strategy == "live" and settings.reference_model == "separate-copy":
-        reference = build_model(config, settings.quantization if device == "cuda" else "fp32", device).eval()
-    params = [p for p in model.parameters() if p.requires_grad]
-    if settings.optimizer == "paged-adamw-8bit" and device == "cuda":
-        import bitsandbytes as bnb
-
-        optimizer = bnb.optim.PagedAdamW8bit(params, lr=1e-4)
-    else:
-        optimizer = torch.optim.AdamW(params, lr=1e-4)
-    model.train()
-    base = model.get_base_model()
-    for _ in range(steps):
-        ids = torch.randint(0, vocab, (pairs, settings.seq_len), device=device)
-        if settings.ref_strategy == "live":
-            with torch.no_grad():
-                if reference is not None:
-                    ref = _sequence_logps(reference, ids, settings.logits_chunk_tokens)
-                else:
-                    with model.disable_adapter():
-                        ref = _sequence_logps(base, ids, settings.logits_chunk_tokens)
-        else:
-            ref = torch.zeros(pairs, device=device)  # cached log-probs: read from disk in the pipeline
-        policy = _sequence_logps(base, ids, settings.logits_chunk_tokens)
-        margin = (policy[0::2] - ref[0::2]) - (policy[1::2] - ref[1::2])
-        loss = -torch.nn.functional.logsigmoid(0.1 * margin).mean()
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
+    with torch.device(init_device):
+        model = AutoModelForCausalLM.from_config(hf_config, dtype=torch.bfloat16)
+    tokenizer = build_tokenizer(list(VOCABULARY_TEXTS))
+    if len(tokenizer) > hf_config.vocab_size:
+        raise UserError(f"the offline tokenizer has {len(tokenizer)} tokens, more than the shape's vocabulary")
+    model.config.pad_token_id = tokenizer.pad_token_id
+    target.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    del model
+    return target
 
 
-def measure_peak_reserved_bytes(config: Mapping[str, Any], settings: StageSettings, *, steps: int = 2) -> int:
-    """`torch.cuda.max_memory_reserved()` over `steps` steps of the stage (fresh peak counter, cache emptied)."""
-    torch = require_cuda()
-    import gc
+def pairs_of_length(tokenizer, count: int, seq_len: int) -> list[dict]:
+    """Synthetic pairs whose prompt is padded with teacher sources until prompt + completion ≈ `seq_len` tokens."""
+    from faithforge.pairs import build_synthetic_pairs
+    from faithforge.reference import tokenize_pair
+    from faithforge.teacher import generate_split
 
-    gc.collect()
-    torch.cuda.empty_cache()
-    torch.cuda.reset_peak_memory_stats()
-    run_stage_steps(config, settings, steps=steps, device="cuda")
-    torch.cuda.synchronize()
-    peak = int(torch.cuda.max_memory_reserved())
-    gc.collect()
-    torch.cuda.empty_cache()
-    return peak
+    examples = list(generate_split("bench", count + 64, 0, 0.5))
+    pairs, _ = build_synthetic_pairs(examples[:count], omission_share=0.0, seed=0)
+    filler = [e.source.split() for e in examples]
+    out = []
+    for i, pair in enumerate(pairs[:count]):
+        words: list[str] = []
+        j = i
+        while True:
+            candidate = words + filler[j % len(filler)]
+            trial = {**pair, "prompt": [pair["prompt"][0], {"role": "user", "content": " ".join(candidate)}]}
+            t = tokenize_pair(tokenizer, trial)
+            if len(t["prompt_ids"]) + max(len(t["chosen_ids"]), len(t["rejected_ids"])) > seq_len:
+                if not words:  # one source is already longer: cut its words
+                    words = candidate[: max(1, seq_len // 4)]
+                break
+            words, j = candidate, j + 1
+        out.append({**pair, "prompt": [pair["prompt"][0], {"role": "user", "content": " ".join(words)}]})
+    return out
+
+
+def run_real_stage(stage: str, policy: Any, tokenizer: Any, *, seq_len: int, batch_size: int, steps: int,
+                   workdir: str | os.PathLike[str], device: str, precision: str, pairs: int | None = None,
+                   max_new_tokens: int = 16) -> dict[str, Any]:
+    """Run the real stage code on a loaded model under `measure_peak`: `reference` = compute_reference_cache,
+    `train` = reference cache then `run_dpo` (LoRA already attached to `policy`), `evaluate` = the prefix-cached
+    engine's greedy summaries. Returns the measurement and what ran."""
+    from faithforge.modeling import compute_dtype_name
+    from faithforge.reference import ReferenceCache, cache_key, compute_reference_cache
+
+    work = Path(workdir)
+    count = pairs or max(2 * batch_size, batch_size * steps)
+    data = pairs_of_length(tokenizer, count, seq_len)
+    key, components = cache_key(weights=f"random-{work.name}", tokenizer=tokenizer, max_length=seq_len,
+                                truncation_mode="keep_start", quantization={"precision": precision}, pairs=data,
+                                compute_dtype=compute_dtype_name(precision, device))
+    cache = ReferenceCache(work / "refcache", key, components, shard_size=max(1, count))
+    if stage == "evaluate":
+        from faithforge.engine import PrefixCachedEngine, SamplingConfig
+        from faithforge.teacher import SYSTEM_PROMPT
+
+        engine = PrefixCachedEngine(policy, tokenizer, [{"role": "system", "content": SYSTEM_PROMPT}])
+        with measure_peak(device) as measured:
+            engine.generate_batch([p["prompt"][1:] for p in data[:batch_size]],
+                                  SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens), batch_size=batch_size)
+        return {"stage": stage, **measured.to_dict()}
+    if stage == "reference":
+        with measure_peak(device) as measured:
+            compute_reference_cache(policy, tokenizer, data, cache, batch_size=batch_size, max_length=seq_len)
+        return {"stage": stage, **measured.to_dict()}
+    from faithforge.dpo import run_dpo
+
+    with policy.disable_adapter():  # the reference is the base: adapters off (LoRA B = 0 gives the same numbers)
+        compute_reference_cache(policy, tokenizer, data, cache, batch_size=batch_size, max_length=seq_len)
+    on_gpu = device == "cuda"
+    with measure_peak(device) as measured:
+        result = run_dpo(policy, tokenizer, data, cache.load(), output_dir=str(work / "run"), steps=steps,
+                         micro_batch=batch_size, grad_accum=1, learning_rate=1e-4, beta=0.1, max_length=seq_len,
+                         seed=0, checkpoint_every=steps + 1, gradient_checkpointing=on_gpu,
+                         optimizer="paged_adamw_8bit" if on_gpu else "adamw_torch", bf16=on_gpu)
+    return {"stage": stage, "steps": result["steps"], **measured.to_dict()}
+
+
+def measure_stage(config: Mapping[str, Any], stage: str, *, precision: str, seq_len: int, batch_size: int,
+                  steps: int, lora_r: int = 16, max_new_tokens: int = 64, device: str = "cuda",
+                  workdir: str | os.PathLike[str] | None = None) -> dict[str, Any]:
+    """Build a random-init folder of `config`'s shape, load it as the stage's plan would, run the real stage.
+
+    `device="cpu"` with a tiny config is the dry run the tests use; calibration itself runs on CUDA."""
+    import tempfile
+
+    from faithforge.modeling import attach_lora, load_for_plan, load_tokenizer
+
+    with tempfile.TemporaryDirectory(prefix="ff-calibrate-", dir=workdir) as tmp:
+        folder = build_random_model_dir(config, Path(tmp) / "model", init_device=device)
+        plan = {"stage": stage, "placement": "local" if device == "cuda" else "cpu", "precision": precision}
+        model, loaded_on = load_for_plan(folder, plan)
+        tokenizer = load_tokenizer(folder)
+        if stage == "train":
+            model = attach_lora(model, r=lora_r, alpha=2 * lora_r, dropout=0.0, quantized=precision == "nf4",
+                                gradient_checkpointing=loaded_on == "cuda")
+        return run_real_stage(stage, model, tokenizer, seq_len=seq_len, batch_size=batch_size, steps=steps,
+                              workdir=Path(tmp) / "work", device=loaded_on, precision=precision,
+                              max_new_tokens=max_new_tokens)
 
 
 def correction_factor(estimate: Estimate, measured_reserved_bytes: int) -> float:

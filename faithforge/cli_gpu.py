@@ -13,8 +13,7 @@ from typing import Optional
 
 import typer
 
-from faithforge.calibration import (StageSettings, load_corrections, measure_peak_reserved_bytes,
-                                    correction_factor, require_cuda, save_corrections)
+from faithforge.calibration import correction_factor, load_corrections, measure_stage, require_cuda, save_corrections
 from faithforge.config import PipelineConfig, load_config
 from faithforge.errors import UserError
 from faithforge.stages.gate import calibration_path, plan_pipeline
@@ -132,9 +131,9 @@ def calibrate(
         else:
             estimate = estimate_hf_generate(shape, batch_size=batch_size, prompt_tokens=seq_len,
                                             max_new_tokens=max_new_tokens, quantization=quant)
-        settings = StageSettings(stage=stage, batch_size=batch_size, seq_len=seq_len, prompt_tokens=seq_len,
-                                 max_new_tokens=max_new_tokens, quantization=quant, lora_r=cfg.train.lora_r)
-        measured = measure_peak_reserved_bytes(raw, settings, steps=steps)
+        measured_run = measure_stage(raw, stage, precision=quant, seq_len=seq_len, batch_size=batch_size,
+                                     steps=steps, lora_r=cfg.train.lora_r, max_new_tokens=max_new_tokens)
+        measured = int(measured_run["peak_reserved_bytes"])
         real = probe_nvml()
         import torch
 

@@ -44,7 +44,18 @@ def make_trainer_class():
 
         def __init__(self, *args: Any, reference_logps: dict[str, tuple[float, float, int, int]], **kwargs: Any):
             self._cached_reference = reference_logps
-            super().__init__(*args, **kwargs)
+            model = kwargs.get("model")
+            # TRL adds a frozen copy of the adapter named `ref` to a PeftModel passed without a peft_config
+            # (dpo_trainer.py ~666-694). Our reference comes from the cache, so that copy is never read: a second
+            # trainer on the same model (the OOM back-off's retry) would fail with "Adapter with name 'ref'
+            # already exists", and it would cost VRAM and be saved beside the adapter. Drop it before and after.
+            drop_reference_adapter(model)
+            # TRL fingerprints its own reference-cache file by hashing every tensor of the model on the CPU in
+            # fp32 (dpo_trainer.py ~980, utils.hash_module: ~7.7 GB for a 7B NF4 model). Our
+            # `_precompute_ref_logps` never reads that file, so the hash is skipped.
+            with _no_model_hash():
+                super().__init__(*args, **kwargs)
+            drop_reference_adapter(self.model)
 
         def _precompute_ref_logps(self, dataset, name, batch_size):  # noqa: ARG002 - TRL's signature
             if "id" not in dataset.column_names:
@@ -73,6 +84,44 @@ def make_trainer_class():
     return CachedReferenceDPOTrainer
 
 
+REFERENCE_ADAPTER = "ref"
+
+
+def drop_reference_adapter(model) -> None:
+    """Delete TRL's `ref` adapter copy from a PeftModel (no-op for anything else)."""
+    peft_config = getattr(model, "peft_config", None)
+    if isinstance(peft_config, dict) and REFERENCE_ADAPTER in peft_config:
+        model.delete_adapter(REFERENCE_ADAPTER)
+
+
+class _no_model_hash:
+    """Replace TRL's `hash_module` in `trl.trainer.dpo_trainer` with a constant while a trainer is built."""
+
+    def __enter__(self):
+        import trl.trainer.dpo_trainer as dpo_module
+
+        self._module, self._saved = dpo_module, dpo_module.hash_module
+        dpo_module.hash_module = lambda module: "faithforge-reference-cache"  # noqa: ARG005 - never read
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._module.hash_module = self._saved
+
+
+def step0_tolerance(compute_dtype: str, beta: float, completion_tokens: float) -> float:
+    """How far the step-0 loss and rewards may stray from ln 2 and 0 before the reference is called wrong.
+
+    The cache is computed with TRL's own chunked kernel in the training dtype, so step 0 reproduces it up to
+    the backbone's run-to-run noise. In fp32 that is ~1e-6 nats per sequence: 1e-3 is generous. In bf16 the
+    noise is per token (0.007-0.022 nats measured between fp32 and bf16 tiles on the 7B head shape) and adds up
+    over the completion like a random walk, so the reward noise is β × 0.022 × √tokens (plus the fp32 floor).
+    A wrong cache (another model, another tokenizer) is off by whole nats per token.
+    """
+    if compute_dtype == "float32":
+        return 1e-3
+    return 1e-3 + beta * 0.022 * math.sqrt(max(1.0, completion_tokens))
+
+
 def make_guard_callback(tolerance: float, stuck_after_steps: int, stuck_tolerance: float = 1e-4,
                         pure_dpo: bool = True):
     """A `TrainerCallback` that checks the step-0 identity and flags a loss stuck at ln 2.
@@ -96,6 +145,13 @@ def make_guard_callback(tolerance: float, stuck_after_steps: int, stuck_toleranc
             if not logs or "loss" not in logs:
                 return
             loss = float(logs["loss"])
+            values = {k: float(v) for k, v in logs.items() if k == "loss" or k.startswith("rewards/")}
+            broken = {k: v for k, v in values.items() if not math.isfinite(v)}
+            if broken:  # every comparison with NaN is false: test it explicitly, at every step
+                raise ReferenceMismatchError(
+                    f"DPO step {state.global_step}: non-finite {', '.join(f'{k}={v}' for k, v in broken.items())} — "
+                    "the reference log-probs or the policy produced NaN/inf; check the reference cache and the "
+                    "learning rate (faithforge demo --fresh rebuilds the cache)")
             self.losses.append(loss)
             if not self.checked_start:
                 self.checked_start = True
@@ -131,13 +187,16 @@ def run_dpo(
     gradient_checkpointing: bool = False,
     optimizer: str = "adamw_torch",
     bf16: bool = False,
-    guard_tolerance: float = 1e-3,
+    guard_tolerance: float | None = None,
     sft_weight: float = 0.0,
     extra_callbacks: list | None = None,
 ) -> dict[str, Any]:
     """Train LoRA adapters already attached to `model` (a peft model) with cached reference log-probs.
 
-    Resumes from the newest checkpoint in `output_dir` if there is one. Returns the step log and flags.
+    Resumes from the newest checkpoint in `output_dir` if there is one; a checkpoint that already holds `steps`
+    steps is loaded, not trained further (the adapter has exactly `steps` steps). Returns the step log and flags.
+    `guard_tolerance=None` scales the step-0 check to the compute dtype and completion length
+    (`step0_tolerance`).
     `sft_weight` > 0 adds an NLL term on the chosen completions (TRL's `loss_type=["sigmoid", "sft"]`, the
     RPO objective), which keeps DPO from lowering the likelihood of the faithful summary itself.
     """
@@ -148,8 +207,11 @@ def run_dpo(
         learning_rate=learning_rate, beta=beta, max_length=max_length, seed=seed, checkpoint_every=checkpoint_every,
         gradient_checkpointing=gradient_checkpointing, optimizer=optimizer, bf16=bf16, sft_weight=sft_weight,
     )
+    remember_or_restore_initial_adapter(model, output_dir)
     columns = ["id", "prompt", "chosen", "rejected"]
     dataset = Dataset.from_list([{k: p[k] for k in columns} for p in train_pairs])
+    if guard_tolerance is None:
+        guard_tolerance = step0_tolerance(training_dtype(model, bf16), beta, mean_completion_tokens(reference_logps))
     guard = make_guard_callback(guard_tolerance, stuck_after_steps=max(10, steps // 5), pure_dpo=sft_weight == 0)
     trainer_cls = make_trainer_class()
     trainer = trainer_cls(
@@ -162,7 +224,12 @@ def run_dpo(
     last = last_complete_checkpoint(output_dir)
     padding_side = tokenizer.padding_side
     try:
-        trainer.train(resume_from_checkpoint=last)
+        if last is not None and checkpoint_step(last) >= steps:
+            # Resuming a finished run would train one step past the end (the Trainer starts a new epoch);
+            # the finished checkpoint is the result.
+            load_finished_checkpoint(trainer, last)
+        else:
+            trainer.train(resume_from_checkpoint=last)
     finally:
         tokenizer.padding_side = padding_side  # TRL pads on the right; generation afterwards needs our side
     history = [h for h in trainer.state.log_history if "loss" in h]
@@ -228,6 +295,60 @@ def dpo_config(
         dataloader_num_workers=0,
         use_cpu=not bf16 and not _cuda_available(),
     )
+
+
+_INITIAL_ADAPTER = "_faithforge_initial_adapter"
+
+
+def remember_or_restore_initial_adapter(model, output_dir: str) -> None:
+    """Keep a CPU copy of the adapter as first given; when a later call finds no checkpoint to resume from (an OOM
+    before the first save), put it back, so the retry starts from the reference again and the step-0 check holds.
+    With a checkpoint, the Trainer loads the adapter from it."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+
+    saved = getattr(model, _INITIAL_ADAPTER, None)
+    if saved is None:
+        state = {k: v.detach().to("cpu", copy=True) for k, v in get_peft_model_state_dict(model).items()}
+        object.__setattr__(model, _INITIAL_ADAPTER, state)
+    elif last_complete_checkpoint(output_dir) is None:
+        set_peft_model_state_dict(model, saved)
+
+
+def training_dtype(model, bf16: bool) -> str:
+    """The dtype TRL's log-prob tiles run in: bf16 under the Trainer's bf16 autocast, else the hidden states'
+    dtype (the input embeddings' weight dtype: bf16 for NF4 and bf16 loads, fp32 for fp32 loads)."""
+    if bf16:
+        return "bfloat16"
+    embeddings = model.get_input_embeddings()
+    return str(embeddings.weight.dtype).replace("torch.", "") if embeddings is not None else "float32"
+
+
+def mean_completion_tokens(reference_logps: dict[str, tuple[float, float, int, int]]) -> float:
+    """Mean over pairs of the longer completion's token count (what one reward sums over)."""
+    if not reference_logps:
+        return 1.0
+    return sum(max(c, r) for _, _, c, r in reference_logps.values()) / len(reference_logps)
+
+
+def checkpoint_step(path: str) -> int:
+    """The global step a complete checkpoint folder recorded."""
+    import json
+    from pathlib import Path
+
+    return int(json.loads((Path(path) / "trainer_state.json").read_text()).get("global_step", 0))
+
+
+def load_finished_checkpoint(trainer, path: str) -> None:
+    """Load a finished run's adapter weights and trainer state (history) from `path` without training."""
+    from pathlib import Path
+
+    from peft import set_peft_model_state_dict
+    from safetensors.torch import load_file
+    from transformers import TrainerState
+
+    weights = Path(path) / "adapter_model.safetensors"
+    set_peft_model_state_dict(trainer.model, load_file(str(weights)))
+    trainer.state = TrainerState.load_from_json(str(Path(path) / "trainer_state.json"))
 
 
 def last_complete_checkpoint(output_dir: str) -> str | None:

@@ -10,8 +10,9 @@ depend on (weights, tokenizer, chat template, max length, truncation mode, quant
 every shard carries a SHA-256; a killed run resumes after the last verified shard; a corrupt shard is
 detected and recomputed, never used.
 
-Log-probs are computed over the vocabulary in chunks (a running log-sum-exp), so the batch × seq × vocab
-logits tensor — 1.25 GB per pair at 2,048 tokens with a 152k vocabulary — is never materialized.
+Log-probs come from TRL's chunked LM-head kernel in the dtype training uses (vocabulary tiles with a running
+log-sum-exp), so the batch × seq × vocab logits tensor — 1.25 GB per pair at 2,048 tokens with a 152k vocabulary —
+is never materialized, and the numbers are the ones the policy reproduces at step 0. The dtype is in the key.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ log = logging.getLogger(__name__)
 
 TRUNCATION_MODES = ("keep_start", "keep_end")
 MANIFEST = "manifest.json"
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: TRL's chunked kernel in the training dtype; the dtype is part of the key
 
 
 # --- tokenization (mirrors TRL 1.x DPO) -----------------------------------------------------------
@@ -89,49 +90,50 @@ def collate_pairs(tokenized: Sequence[dict[str, list[int]]], pad_id: int, max_le
     return input_ids, attention, completion
 
 
-# --- log-probs, chunked over the vocabulary --------------------------------------------------------
+# --- log-probs: TRL's own chunked kernel, in the training dtype ---------------------------------------
 
-def completion_logps(model, input_ids, attention_mask, completion_mask, vocab_chunk: int = 8192):
+def completion_logps(model, input_ids, attention_mask, completion_mask, autocast_bf16: bool = False,
+                     vocab_chunk: int | None = None):
     """Summed log-prob of the completion tokens of each sequence, and their count.
 
-    The decoder runs once; the LM head is applied to the completion positions only, one vocabulary chunk
-    at a time, keeping a running log-sum-exp in fp32. Peak extra memory: positions × `vocab_chunk` × 4 B.
+    Runs TRL's chunked log-prob kernel (`trl.kernels.chunked_logprob.ChunkedLogProbFunction`), the code
+    `DPOTrainer`'s fused LM head scores the policy with: the backbone runs once and the head projects the scored
+    positions in [4,096 tokens × `vocab_chunk`] tiles (TRL's 32,768 by default) in the compute dtype with fp32
+    running statistics, so the batch × seq × vocab logits never exist. `autocast_bf16` reproduces the Trainer's
+    bf16 autocast (GPU training with `bf16=True`); without it the tiles run in the hidden states' dtype, as
+    training on that device does. Same kernel, same dtype: at step 0 the policy reproduces these numbers.
+    Models that scale their logits (Granite, Falcon-H1, ...) go through TRL's `add_fused_lm_head` instead.
     """
     import torch
+    from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE, add_fused_lm_head
 
-    head = model.get_output_embeddings()
-    softcap = getattr(model.config, "final_logit_softcapping", None)
-    if head is None or softcap or not hasattr(head, "weight") or head.weight.dim() != 2:
-        # Unusual heads (soft-capped logits, quantized heads): take the full logits, still correct.
-        with torch.no_grad():
-            logits = model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits.float()
-        logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, input_ids[:, 1:, None]).squeeze(-1)
-        mask = completion_mask[:, 1:].to(logp.dtype)
-        return (logp * mask).sum(-1), completion_mask[:, 1:].sum(-1)
-
-    with torch.no_grad():
-        backbone = model.get_decoder()
-        hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-        targets = input_ids[:, 1:]
-        mask = completion_mask[:, 1:].bool()
-        rows, cols = mask.nonzero(as_tuple=True)
-        h = hidden[:, :-1][rows, cols].float()  # (n, d): only completion positions
-        t = targets[rows, cols]
-        weight = head.weight
-        bias = getattr(head, "bias", None)
-        target_logit = (h * weight[t].float()).sum(-1)
-        if bias is not None:
-            target_logit = target_logit + bias[t].float()
-        lse = torch.full((h.shape[0],), float("-inf"), device=h.device)
-        for start in range(0, weight.shape[0], vocab_chunk):
-            chunk = h @ weight[start: start + vocab_chunk].float().T
-            if bias is not None:
-                chunk = chunk + bias[start: start + vocab_chunk].float()
-            lse = torch.logaddexp(lse, torch.logsumexp(chunk, dim=-1))
-        token_logp = target_logit - lse
-        sums = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=h.device)
-        sums.index_add_(0, rows, token_logp)
-        return sums, mask.sum(-1)
+    labels = input_ids.masked_fill(completion_mask == 0, -100)
+    mask = completion_mask[:, 1:]
+    config = model.config.get_text_config()
+    scaled = any(getattr(config, name, None) is not None
+                 for name in ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling"))
+    with torch.no_grad(), torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+        if scaled:
+            if not getattr(model, "_faithforge_fused_head", False):
+                add_fused_lm_head(model)
+                object.__setattr__(model, "_faithforge_fused_head", True)
+            out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True,
+                        use_cache=False)
+            return (out.log_probs.float() * mask).sum(-1), mask.sum(-1)
+        hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                     use_cache=False).last_hidden_state[:, :-1]
+        head = model.get_output_embeddings()
+        targets = labels[:, 1:]
+        scored = targets != -100
+        per_token = ChunkedLogProbFunction.apply(
+            hidden[scored], head.weight, getattr(head, "bias", None), targets[scored], 1.0,
+            vocab_chunk or _CHUNKED_LOGPROB_CHUNK_SIZE, getattr(config, "final_logit_softcapping", None), 1.0,
+            ("log_probs",))[0]
+    sums = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
+    rows = scored.nonzero(as_tuple=True)[0]
+    sums.index_add_(0, rows, per_token.float())
+    return sums, mask.sum(-1)
 
 
 # --- the cache key -----------------------------------------------------------------------------------
@@ -177,8 +179,10 @@ def pairs_fingerprint(pairs: Sequence[dict]) -> str:
 
 
 def cache_key(*, weights: str, tokenizer, max_length: int | None, truncation_mode: str,
-              quantization: dict | None, pairs: Sequence[dict]) -> tuple[str, dict[str, Any]]:
+              quantization: dict | None, pairs: Sequence[dict],
+              compute_dtype: str = "float32") -> tuple[str, dict[str, Any]]:
     components = {
+        "compute_dtype": compute_dtype,
         "format": CACHE_FORMAT,
         "weights": weights,
         "tokenizer": tokenizer_fingerprint(tokenizer),
@@ -322,7 +326,8 @@ def compute_reference_cache(
     max_length: int | None,
     truncation_mode: str = "keep_start",
     on_shard: Callable[[int, int], None] | None = None,
-    vocab_chunk: int = 8192,
+    autocast_bf16: bool | None = None,
+    vocab_chunk: int | None = None,
 ) -> dict[str, Any]:
     """Fill `cache` for `pairs`, resuming after the last verified shard. Returns a small summary."""
     import torch
@@ -334,6 +339,8 @@ def compute_reference_cache(
     shards = cache.verified_shards()
     model.eval()
     device = next(model.parameters()).device
+    if autocast_bf16 is None:  # GPU training runs under bf16 autocast (run_dpo's bf16=True on CUDA)
+        autocast_bf16 = device.type == "cuda" and cache.components.get("compute_dtype") == "bfloat16"
     start_shard = len(shards)
     computed = 0
     for index in range(start_shard, (len(pairs) + cache.shard_size - 1) // cache.shard_size):
@@ -346,7 +353,8 @@ def compute_reference_cache(
             input_ids, attention, completion = collate_pairs(tokenized, tokenizer.pad_token_id, max_length,
                                                              truncation_mode)
             sums, counts = completion_logps(model, input_ids.to(device), attention.to(device),
-                                            completion.to(device), vocab_chunk=vocab_chunk)
+                                            completion.to(device), autocast_bf16=autocast_bf16,
+                                            vocab_chunk=vocab_chunk)
             n = len(batch)
             rows["pair_id"] += [p["id"] for p in batch]
             rows["ref_chosen_logps"] += sums[:n].double().tolist()

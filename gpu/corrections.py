@@ -8,7 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-STAGES = ("generate", "reference", "train", "evaluate")
+STAGES = ("generate", "reference", "train", "evaluate", "warm_start")
 
 
 def correction_key(gpu_name: str, model: str, stage: str) -> str:

@@ -1,21 +1,35 @@
 """Peak GPU memory per stage, as pure byte arithmetic. Every term is reported separately, in bytes.
 
-Sources and assumptions (bench/gpu_estimate.py measures them; `faithforge gpu calibrate` corrects them):
-- Weights: fp32 4 B/param, bf16/fp16 2 B, int8 1 B for the decoder linears, NF4 with double quantization
-  0.516 B/param for the decoder linears (4-bit codes + 8-bit block constants); bitsandbytes keeps
-  embeddings, lm_head, norms and biases in 16-bit.
+Each term models the code FaithForge runs (TRL 1.16, peft 0.21, bitsandbytes 0.50, transformers 5.x); the
+comment at each constant names its source. `bench/gpu_check.py` measures them on a GPU with the real
+`run_dpo`; `faithforge gpu calibrate` stores measured ÷ predicted corrections.
+
+- Weights: NF4 with double quantization 0.516 B/param for the decoder linears (4-bit codes + 8-bit block
+  constants); bitsandbytes keeps embeddings, lm_head, norms and biases in the 16-bit load dtype.
+- Dequantization: a 4-bit matmul dequantizes one weight to bf16 at a time (bitsandbytes `MatMul4Bit`).
 - KV cache per token = 2 × layers × kv_heads × head_dim × bytes (Llama-3-8B bf16: 128 KiB).
 - Attention runs in SDPA's flash/memory-efficient kernels: no seq × seq score matrix is kept.
 - Training activations saved per token and layer (bf16): 5·hidden + 2·q_out + 2·kv_out + 4·intermediate
   values (norm inputs/outputs, q/k/v, attention output, o_proj input, SwiGLU gate/up/act/product). With
-  gradient checkpointing only each layer's input is kept, plus one layer's activations during recompute.
-- Forward-only (no grad) transient per token: 2·hidden + 3·intermediate values (the MLP dominates).
-- Logits: DPO scores chosen and rejected, so 2 × batch × seq × vocab values. Forward: bf16 logits + fp32
-  log-softmax = 6 B/value; training adds the bf16 gradient = 8 B/value. With `logits_chunk_tokens` the
-  lm_head and log-softmax run over that many token positions at a time.
+  gradient checkpointing (non-reentrant) only each layer's input is kept, plus one layer during recompute.
+- Log-probs never materialise batch × seq × vocab logits. Training: TRL's fused LM head
+  (`trl/trainer/utils.py` `add_fused_lm_head`, `trl/kernels/chunked_logprob.py` `ChunkedLogProbFunction`)
+  projects the scored positions through the head in [4,096 tokens × 32,768 vocab] tiles in the compute dtype
+  (bf16 under the Trainer's autocast), folding each tile into fp32 running statistics; its backward recomputes
+  the tiles and accumulates the hidden-state gradient in fp32. The reference pass (`faithforge.reference.
+  completion_logps`) runs the same kernel forward-only, so reference and policy agree to the bit at step 0.
+  All positions are charged: the estimator cannot know the prompt share, and off-Triton devices score every
+  position anyway.
+- LoRA: TRL casts trainable LoRA weights to bf16 on 4-bit models (`dpo_trainer.py` ~726-730, QLoRA paper §3);
+  peft keeps them fp32 on unquantized models (`autocast_adapter_dtype=True`). Gradients share the dtype.
+- Optimizer: the GPU train stage uses bitsandbytes `paged_adamw_8bit` (two uint8 states per parameter plus one
+  fp32 absmax per 256-value block; paged, so the driver may evict it to host memory under pressure, but it is
+  charged in full). CPU plans use torch AdamW (two fp32 states).
+- TRL's frozen `ref` adapter (added when a PeftModel is passed without a peft_config) is deleted by
+  `faithforge.dpo` before training, so it costs nothing here.
 - CUDA context ~0.5 GiB (not in torch's reserved bytes); the caching allocator's fragmentation is taken as
-  a fraction of everything else (the seed note saw reserved/allocated ≈ 1.25 while loading two 4-bit 7B
-  models; steady-state training is lower).
+  a fraction of everything else (reserved/allocated ≈ 1.25 was seen while loading two 4-bit 7B models;
+  steady-state training is lower).
 """
 
 from __future__ import annotations
@@ -38,11 +52,19 @@ CUDA_CONTEXT_BYTES = 512 * MIB
 ALLOCATOR_OVERHEAD_FRACTION = 0.10
 LINEAR_BYTES_PER_PARAM: dict[str, float] = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "nf4": 0.516}
 OTHER_BYTES_PER_PARAM: dict[str, float] = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 2.0, "nf4": 2.0}
-LOGIT_BYTES_FORWARD = 6  # bf16 logits (2) + fp32 log-softmax (4)
-LOGIT_BYTES_TRAIN = 8  # + bf16 gradient of the logits (2)
-LORA_PARAM_BYTES = 4  # PEFT keeps LoRA weights in fp32 on k-bit models
-LORA_GRAD_BYTES = 4
-OPTIMIZER_BYTES_PER_PARAM: dict[str, int] = {"adamw-fp32": 8, "paged-adamw-8bit": 2}  # exp_avg + exp_avg_sq
+# TRL 1.16 `trl/kernels/chunked_logprob.py`: TOKEN_CHUNK_SIZE rows × `_CHUNKED_LOGPROB_CHUNK_SIZE`
+# (`trl/trainer/utils.py`) vocabulary columns per projection tile.
+LOGPROB_TILE_TOKENS = 4096
+LOGPROB_TILE_VOCAB = 32768
+# fp32 per-token running statistics of the kernel (max, sum-exp, entropy/extra sums, target logit, log-z, ...).
+LOGPROB_STATS_BYTES_PER_TOKEN = 10 * 4
+# paged_adamw_8bit: exp_avg + exp_avg_sq as uint8 (2 B) + one fp32 absmax per 256-value block for each (8/256 B).
+OPTIMIZER_BYTES_PER_PARAM: dict[str, float] = {"adamw-fp32": 8.0, "paged-adamw-8bit": 2.0 + 8.0 / 256}
+# generate(): logits for the last position only (`logits_to_keep=1`), in the model dtype (2) + fp32 scores (4).
+LOGIT_BYTES_FORWARD = 6
+# A full fine-tune's loss (transformers `ForCausalLMLoss`): logits in the model dtype, their fp32 upcast, the fp32
+# log-softmax inside cross_entropy and the fp32 gradient: 4 + 4 + 4 bytes besides the model-dtype logits.
+FULL_LOGIT_FP32_BYTES = 12
 OLLAMA_NUM_BATCH = 512  # Ollama's default prompt batch, which sizes its compute graph
 OLLAMA_MIN_GRAPH_BYTES = 256 * MIB
 
@@ -111,9 +133,28 @@ def train_activation_bytes(shape: ModelShape, tokens: int, gradient_checkpointin
     return tokens * (values + shape.hidden_size) * _act_bytes(device)
 
 
-def logits_bytes(shape: ModelShape, tokens: int, bytes_per_value: int, chunk_tokens: int | None) -> int:
-    positions = tokens if not chunk_tokens else min(tokens, chunk_tokens)
-    return positions * shape.vocab_size * bytes_per_value
+def logprob_tile_bytes(shape: ModelShape, tokens: int, compute_bytes: int) -> int:
+    """One projection tile of TRL's chunked log-prob kernel: min(tokens, 4096) × min(vocab, 32768) values."""
+    return min(tokens, LOGPROB_TILE_TOKENS) * min(shape.vocab_size, LOGPROB_TILE_VOCAB) * compute_bytes
+
+
+def logprob_forward_bytes(shape: ModelShape, tokens: int, device: Device = "cuda") -> int:
+    """Forward-only chunked log-probs: the gathered hidden states of the scored positions, one tile, stats."""
+    act = _act_bytes(device)
+    return logprob_tile_bytes(shape, tokens, act) + tokens * (shape.hidden_size * act + LOGPROB_STATS_BYTES_PER_TOKEN)
+
+
+def logprob_train_bytes(shape: ModelShape, tokens: int, device: Device = "cuda") -> int:
+    """Chunked log-probs with backward: the saved hidden states (compute dtype) and their fp32 gradient
+    accumulator (`grad_hidden`), one tile, the per-token stats, and the gradient cast back to the compute dtype."""
+    act = _act_bytes(device)
+    per_token = shape.hidden_size * (act + 4 + act) + LOGPROB_STATS_BYTES_PER_TOKEN
+    return logprob_tile_bytes(shape, tokens, act) + tokens * per_token
+
+
+def lora_bytes_per_param(quantization: Quantization) -> int:
+    """TRL casts LoRA weights to bf16 on 4-bit models (dpo_trainer.py ~726-730); peft keeps fp32 otherwise."""
+    return 2 if quantization == "nf4" else 4
 
 
 def _finish(stage: str, model: str, terms: dict[str, int], device: Device, settings: dict[str, Any],
@@ -126,26 +167,26 @@ def _finish(stage: str, model: str, terms: dict[str, int], device: Device, setti
 
 
 def estimate_reference(shape: ModelShape, *, batch_size: int, seq_len: int, quantization: Quantization = "nf4",
-                       logits_chunk_tokens: int | None = None, device: Device = "cuda") -> Estimate:
-    """The reference log-prob pass: forward only over chosen + rejected (2 × batch_size sequences)."""
+                       device: Device = "cuda") -> Estimate:
+    """The reference log-prob pass: forward only over chosen + rejected (2 × batch_size sequences), log-probs
+    through TRL's chunked kernel (`faithforge.reference.completion_logps`)."""
     _check_positive(batch_size=batch_size, seq_len=seq_len)
     tokens = 2 * batch_size * seq_len
     terms = {
         "weights_bytes": weights_bytes(shape, quantization),
         "dequant_buffer_bytes": dequant_buffer_bytes(shape, quantization),
         "activations_bytes": forward_activation_bytes(shape, tokens, device),
-        "logits_bytes": logits_bytes(shape, tokens, LOGIT_BYTES_FORWARD, logits_chunk_tokens),
+        "logits_bytes": logprob_forward_bytes(shape, tokens, device),
     }
     return _finish("reference", shape.name, terms, device,
-                   {"batch_size": batch_size, "seq_len": seq_len, "quantization": quantization,
-                    "logits_chunk_tokens": logits_chunk_tokens})
+                   {"batch_size": batch_size, "seq_len": seq_len, "quantization": quantization})
 
 
 def estimate_train(shape: ModelShape, *, micro_batch: int, seq_len: int, quantization: Quantization = "nf4",
                    lora_r: int = 16, lora_targets: tuple[str, ...] = LORA_TARGETS_ALL_LINEAR,
-                   optimizer: Optimizer = "adamw-fp32", gradient_checkpointing: bool = True,
+                   optimizer: Optimizer = "paged-adamw-8bit", gradient_checkpointing: bool = True,
                    ref_strategy: RefStrategy = "cached", reference_model: ReferenceModel = "adapters-disabled",
-                   logits_chunk_tokens: int | None = None, device: Device = "cuda") -> Estimate:
+                   device: Device = "cuda") -> Estimate:
     """QLoRA DPO: one micro-batch of `micro_batch` pairs (2 × micro_batch sequences of `seq_len` tokens).
 
     `ref_strategy="live"` adds the reference model: with `adapters-disabled` (TRL + PEFT) it shares the
@@ -161,13 +202,14 @@ def estimate_train(shape: ModelShape, *, micro_batch: int, seq_len: int, quantiz
     lora = shape.lora_params(lora_r, lora_targets)
     weights = weights_bytes(shape, quantization)
     activations = train_activation_bytes(shape, tokens, gradient_checkpointing, lora_r, len(lora_targets), device)
-    logits = logits_bytes(shape, tokens, LOGIT_BYTES_TRAIN, logits_chunk_tokens)
+    logits = logprob_train_bytes(shape, tokens, device)
+    lora_width = lora_bytes_per_param(quantization)
     terms = {
         "weights_bytes": weights,
         "dequant_buffer_bytes": dequant_buffer_bytes(shape, quantization),
-        "lora_params_bytes": lora * LORA_PARAM_BYTES,
-        "lora_grads_bytes": lora * LORA_GRAD_BYTES,
-        "optimizer_state_bytes": lora * OPTIMIZER_BYTES_PER_PARAM[optimizer],
+        "lora_params_bytes": lora * lora_width,
+        "lora_grads_bytes": lora * lora_width,
+        "optimizer_state_bytes": int(lora * OPTIMIZER_BYTES_PER_PARAM[optimizer]),
         "activations_bytes": activations,
         "logits_bytes": logits,
         "reference_weights_bytes": 0,
@@ -176,13 +218,34 @@ def estimate_train(shape: ModelShape, *, micro_batch: int, seq_len: int, quantiz
     if ref_strategy == "live":
         if reference_model == "separate-copy":
             terms["reference_weights_bytes"] = weights
-        ref_transient = (forward_activation_bytes(shape, tokens, device)
-                         + logits_bytes(shape, tokens, LOGIT_BYTES_FORWARD, logits_chunk_tokens))
+        ref_transient = forward_activation_bytes(shape, tokens, device) + logprob_forward_bytes(shape, tokens, device)
         terms["reference_pass_bytes"] = max(0, ref_transient - activations - logits)
     return _finish("train", shape.name, terms, device, {
         "micro_batch": micro_batch, "seq_len": seq_len, "quantization": quantization, "lora_r": lora_r,
         "lora_params": lora, "optimizer": optimizer, "gradient_checkpointing": gradient_checkpointing,
-        "ref_strategy": ref_strategy, "reference_model": reference_model, "logits_chunk_tokens": logits_chunk_tokens})
+        "ref_strategy": ref_strategy, "reference_model": reference_model})
+
+
+def estimate_full_finetune(shape: ModelShape, *, batch_size: int, seq_len: int, quantization: Quantization = "bf16",
+                           stage: str = "warm_start", device: Device = "cuda") -> Estimate:
+    """Every parameter trained with torch AdamW (`faithforge.sft.train_sft`, the warm start): weights, their
+    gradients and two AdamW states all in the load dtype, activations without checkpointing, and the full
+    batch × seq × vocab logits of the causal-LM loss. 4-bit weights cannot be fully fine-tuned."""
+    _check_positive(batch_size=batch_size, seq_len=seq_len)
+    if quantization in ("nf4", "int8"):
+        raise ValueError("a full fine-tune trains every weight; it cannot run on quantized weights (use bf16/fp32)")
+    width = int(LINEAR_BYTES_PER_PARAM[quantization])
+    tokens = batch_size * seq_len
+    params = shape.total_params
+    terms = {
+        "weights_bytes": params * width,
+        "grads_bytes": params * width,
+        "optimizer_state_bytes": 2 * params * width,  # torch AdamW: exp_avg, exp_avg_sq like the parameter
+        "activations_bytes": train_activation_bytes(shape, tokens, False, 0, 0, device),
+        "logits_bytes": tokens * shape.vocab_size * (width + FULL_LOGIT_FP32_BYTES),
+    }
+    return _finish(stage, shape.name, terms, device, {"batch_size": batch_size, "seq_len": seq_len,
+                                                        "quantization": quantization, "optimizer": "adamw-torch"})
 
 
 def estimate_hf_generate(shape: ModelShape, *, batch_size: int, prompt_tokens: int, max_new_tokens: int,

@@ -5,7 +5,8 @@ Rules:
   (calibrated) estimate is ≤ usable; the GPU with the most usable memory is tried.
 - Search order. generate: candidates in order (stay-local) or the preferred one only (keep-model); per
   model, max tokens from the requested value down to `min_max_tokens` (halving), and at each, parallel
-  requests from the requested batch down to 1 (1 = single-example mode). reference/evaluate: batch halving.
+  requests from the requested batch down to 1 (1 = single-example mode). reference/evaluate/warm_start: batch
+  halving.
   train: micro-batch over the divisors of the effective batch, largest first (grad_accum = effective ÷
   micro-batch, so the effective batch never changes); at each micro-batch a live reference pass is tried
   before cached reference log-probs when `ref_strategy="auto"`.
@@ -22,14 +23,14 @@ from typing import Any, Iterator, Literal, Sequence, Union
 
 from gpu.corrections import STAGES, Corrections
 from gpu.errors import PlanNotRunnableError
-from gpu.estimate import (GIB, Estimate, Optimizer, Quantization, ReferenceModel, estimate_hf_generate,
-                          estimate_ollama, estimate_reference, estimate_train)
+from gpu.estimate import (GIB, Estimate, Optimizer, Quantization, ReferenceModel, estimate_full_finetune,
+                          estimate_hf_generate, estimate_ollama, estimate_reference, estimate_train)
 from gpu.model_shape import ModelShape
 from gpu.ollama import OllamaModel
 from gpu.profiles import profile_snapshot
 from gpu.snapshot import GpuDevice, GpuSnapshot
 
-Stage = Literal["generate", "reference", "train", "evaluate"]
+Stage = Literal["generate", "reference", "train", "evaluate", "warm_start"]
 Placement = Literal["local", "cpu", "offload"]
 Policy = Literal["stay-local", "keep-model"]
 Candidate = Union[ModelShape, OllamaModel]
@@ -57,13 +58,13 @@ class StageRequest:
     min_max_tokens: int | None = None
     """generate: the gate may lower max_tokens down to this (default min(max_tokens, 4096))."""
     quantization: Quantization = "nf4"
-    """Weights on a GPU (CPU plans use fp32)."""
+    """Weights on a GPU (CPU plans use fp32). warm_start (a full fine-tune) needs bf16 or fp32."""
     lora_r: int = 16
-    optimizer: Optimizer = "adamw-fp32"
+    optimizer: Optimizer = "paged-adamw-8bit"
+    """train on a GPU (the train stage uses bitsandbytes paged_adamw_8bit there); CPU plans use torch AdamW."""
     gradient_checkpointing: bool = True
     ref_strategy: Literal["auto", "live", "cached"] = "auto"
     reference_model: ReferenceModel = "adapters-disabled"
-    logits_chunk_tokens: int | None = None
     kv_bytes_per_value: float = 2.0
 
     def __post_init__(self) -> None:
@@ -105,6 +106,13 @@ class Plan:
     offload_target: str | None = None
     correction_factor: float = 1.0
     settings: dict[str, Any] = field(default_factory=dict)
+    precision: str = "fp32"
+    """How the stage loads the model's weights: `nf4` (4-bit NF4, bf16 compute), `bf16`, or `fp32` (CPU)."""
+    gpu_uuid: str | None = None
+    """The planned GPU's UUID (local plans): the stage restricts CUDA visibility to it."""
+    num_ctx: int | None = None
+    """generate/evaluate with an Ollama model: the context per request (prompt + max tokens) the estimate
+    assumes; the request must send exactly this `num_ctx` (a different one makes Ollama reload the model)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -148,6 +156,11 @@ class _Option:
 def _estimate(stage: str, model: Candidate, req: StageRequest, batch: int, tokens: int,
               ref: Literal["cached", "live"] | None, device: Literal["cuda", "cpu"]) -> Estimate:
     quant: Quantization = req.quantization if device == "cuda" else "fp32"
+    if stage == "warm_start":
+        if isinstance(model, OllamaModel):
+            raise ValueError(f"stage warm_start needs a Hugging Face model (config.json), not {model.name}")
+        return estimate_full_finetune(model, batch_size=batch, seq_len=tokens,
+                                      quantization="bf16" if quant in ("nf4", "int8") else quant, device=device)
     if isinstance(model, OllamaModel):
         if stage in ("reference", "train"):
             raise ValueError(f"stage {stage} needs a Hugging Face model (config.json), not the Ollama model {model.name}")
@@ -158,12 +171,12 @@ def _estimate(stage: str, model: Candidate, req: StageRequest, batch: int, token
                                     quantization=quant, kv_bytes_per_value=req.kv_bytes_per_value, stage=stage,
                                     device=device)
     if stage == "reference":
-        return estimate_reference(model, batch_size=batch, seq_len=tokens, quantization=quant,
-                                  logits_chunk_tokens=req.logits_chunk_tokens, device=device)
+        return estimate_reference(model, batch_size=batch, seq_len=tokens, quantization=quant, device=device)
+    # The CPU train path uses torch AdamW and no gradient checkpointing (faithforge/stages/train.py).
     return estimate_train(model, micro_batch=batch, seq_len=tokens, quantization=quant, lora_r=req.lora_r,
-                          optimizer=req.optimizer, gradient_checkpointing=req.gradient_checkpointing,
-                          ref_strategy=ref or "cached", reference_model=req.reference_model,
-                          logits_chunk_tokens=req.logits_chunk_tokens, device=device)
+                          optimizer=req.optimizer if device == "cuda" else "adamw-fp32",
+                          gradient_checkpointing=req.gradient_checkpointing and device == "cuda",
+                          ref_strategy=ref or "cached", reference_model=req.reference_model, device=device)
 
 
 def _options(stage: str, model: Candidate, req: StageRequest, device: Literal["cuda", "cpu"]) -> Iterator[_Option]:
@@ -176,7 +189,7 @@ def _options(stage: str, model: Candidate, req: StageRequest, device: Literal["c
     elif stage == "evaluate":
         for batch in _halving(req.batch_size):
             yield _Option(batch, 1, req.max_tokens, None, _estimate(stage, model, req, batch, req.max_tokens, None, device))
-    elif stage == "reference":
+    elif stage in ("reference", "warm_start"):
         for batch in _halving(req.batch_size):
             yield _Option(batch, 1, req.seq_len, None, _estimate(stage, model, req, batch, req.seq_len, None, device))
     else:
@@ -230,6 +243,8 @@ def _make_plan(stage: str, placement: Placement, option: _Option, req: StageRequ
                usable: int | None, margin: int, factor: float, fits: bool, reason: str,
                device: GpuDevice | None = None, offload_target: str | None = None) -> Plan:
     peak = _peak(option, factor)
+    quant = option.estimate.settings.get("quantization")
+    num_ctx = option.estimate.settings.get("context_tokens")
     return Plan(
         stage=stage, placement=placement, model=option.estimate.model, batch_size=option.batch_size,
         grad_accum=option.grad_accum, max_tokens=option.max_tokens, ref_strategy=option.ref_strategy,
@@ -240,6 +255,9 @@ def _make_plan(stage: str, placement: Placement, option: _Option, req: StageRequ
         gpu_index=None if device is None or placement != "local" else device.index,
         gpu_name=None if device is None else device.name, offload_target=offload_target,
         correction_factor=factor, settings=dict(option.estimate.settings),
+        precision=quant if quant in ("nf4", "bf16", "fp32") else ("gguf" if num_ctx else "fp32"),
+        gpu_uuid=None if device is None or placement != "local" else device.uuid,
+        num_ctx=num_ctx,
     )
 
 

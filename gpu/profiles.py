@@ -1,8 +1,10 @@
 """Simulated GPUs for planning without the hardware (`FAITHFORGE_GPU_PROFILE=<name>` or `profile=`).
 
 Totals are what NVML reports for each board (MiB × 2**20); free memory assumes an idle card except where a
-field note measured it. Sources: `rtx5070-12gb` is the seed note's RTX 5070 (11.94 GiB total, 10.48 GiB
-available); the desktop cards keep ~0.7 GiB for the display; datacenter cards are idle.
+field note measured it. Sources: `rtx5070-12gb` is the seed note's RTX 5070: 11.94 GiB total (NVML's 12,227 MiB)
+and "10.48 GB" available. The note does not say whether 10.48 is GB or GiB; the profile takes the stricter reading,
+10.48e9 bytes (= 9.76 GiB), and `bench/gpu_check.py` caps a real card at the same 10.48e9 bytes. The desktop cards
+keep ~0.7 GiB for the display; datacenter cards are idle.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from gpu.snapshot import GpuDevice, GpuSnapshot
 PROFILE_ENV = "FAITHFORGE_GPU_PROFILE"
 MIB = 1 << 20
 GIB = 1 << 30
+RTX5070_FREE_BYTES = 10_480_000_000  # the seed note's "10.48", read as GB (the stricter reading)
 
 
 @dataclass(frozen=True)
@@ -35,8 +38,8 @@ PROFILES: dict[str, Profile] = {
     for p in (
         _profile("rtx4070super-12gb", "NVIDIA GeForce RTX 4070 SUPER", 12282 * MIB, 12282 * MIB - 0.7 * GIB,
                  "12 GB desktop card with a display attached (seed note: qwen3:30b-a3b crashed it)"),
-        _profile("rtx5070-12gb", "NVIDIA GeForce RTX 5070", 11.94 * GIB, 10.48 * GIB,
-                 "12 GB desktop card as measured in the seed note (10.48 GiB available)"),
+        _profile("rtx5070-12gb", "NVIDIA GeForce RTX 5070", 11.94 * GIB, RTX5070_FREE_BYTES,
+                 "12 GB desktop card as measured in the seed note (10.48e9 bytes available)"),
         _profile("rtx4090-24gb", "NVIDIA GeForce RTX 4090", 24564 * MIB, 24564 * MIB - 0.7 * GIB,
                  "24 GB desktop card with a display attached"),
         _profile("a100-40gb", "NVIDIA A100-SXM4-40GB", 40960 * MIB, 40960 * MIB - 0.5 * GIB, "idle A100 40 GB"),

@@ -7,8 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from faithforge.calibration import (NO_CUDA_MESSAGE, StageSettings, correction_factor, load_corrections,
-                                    run_stage_steps, save_corrections)
+from faithforge.calibration import (NO_CUDA_MESSAGE, correction_factor, load_corrections, measure_stage,
+                                    save_corrections)
 from faithforge.cli_gpu import app
 from faithforge.errors import UserError
 from gpu.corrections import Corrections
@@ -27,13 +27,13 @@ def _isolated(tmp_path, monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-def test_json_prints_one_object_with_snapshot_and_all_four_plans():
+def test_json_prints_one_object_with_snapshot_and_every_stage_plan():
     result = runner.invoke(app, ["--profile", "rtx5070-12gb", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert set(data) == {"snapshot", "plans"}
-    assert data["snapshot"]["devices"][0]["free_bytes"] == int(10.48 * (1 << 30))
-    assert set(data["plans"]) == {"generate", "reference", "train", "evaluate"}
+    assert data["snapshot"]["devices"][0]["free_bytes"] == 10_480_000_000  # "10.48" read as GB, the stricter
+    assert set(data["plans"]) == {"generate", "reference", "train", "evaluate", "warm_start"}
     for plan in data["plans"].values():
         assert PLAN_KEYS <= set(plan)
     assert data["plans"]["train"]["ref_strategy"] in ("cached", "live")
@@ -85,12 +85,32 @@ def test_calibration_file_round_trip_and_bad_file(tmp_path):
 
 
 @pytest.mark.slow
-def test_measured_steps_run_on_cpu_with_a_tiny_shape():
+def test_calibration_runs_the_real_stage_code_on_a_random_nf4_folder_on_cpu(tmp_path):
     cfg = {"model_type": "llama", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
-           "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 256, "max_position_embeddings": 64}
-    for settings in (StageSettings(stage="train", batch_size=2, seq_len=16, ref_strategy="live"),
-                     StageSettings(stage="train", batch_size=1, seq_len=16, ref_strategy="live",
-                                   reference_model="separate-copy", logits_chunk_tokens=8),
-                     StageSettings(stage="reference", batch_size=2, seq_len=16),
-                     StageSettings(stage="evaluate", batch_size=2, prompt_tokens=8, max_new_tokens=4)):
-        run_stage_steps(cfg, settings, steps=1, device="cpu")
+           "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 512, "max_position_embeddings": 256}
+    train = measure_stage(cfg, "train", precision="nf4", seq_len=48, batch_size=1, steps=2, lora_r=4, device="cpu",
+                          workdir=tmp_path)
+    assert train["steps"] == 2 and train["peak_rss_bytes"] > 0
+    for stage in ("reference", "evaluate"):
+        run = measure_stage(cfg, stage, precision="nf4", seq_len=48, batch_size=2, steps=1, max_new_tokens=4,
+                            device="cpu", workdir=tmp_path)
+        assert run["stage"] == stage and run["seconds"] > 0
+
+
+def test_rtx5070_plans_qlora_dpo_of_a_7b_model_locally_within_10_48e9_bytes(tmp_path):
+    """Issue 13: qwen2.5-7b at 1,024 tokens on the 12 GB RTX 5070 with 10.48e9 bytes free."""
+    config = tmp_path / "ff.yaml"
+    config.write_text("gpu:\n  sizing_model: qwen2.5-7b\nreference:\n  max_length: 1024\n", encoding="utf-8")
+    result = runner.invoke(app, ["--profile", "rtx5070-12gb", "--json", "--config", str(config)])
+    assert result.exit_code == 0, result.output
+    plans = json.loads(result.output)["plans"]
+    train = plans["train"]
+    assert (train["placement"], train["ref_strategy"], train["precision"]) == ("local", "cached", "nf4")
+    assert train["batch_size"] >= 1 and train["max_tokens"] == 1024
+    assert train["breakdown"]["cuda_context_bytes"] > 0
+    assert train["estimated_peak_bytes"] <= 10_480_000_000
+    assert train["estimated_peak_bytes"] <= train["usable_bytes"]
+    for stage in ("reference", "evaluate"):
+        assert plans[stage]["precision"] == "nf4"
+    assert plans["warm_start"]["precision"] == "bf16"  # a full fine-tune: never 4-bit
+    assert plans["warm_start"]["settings"]["optimizer"] == "adamw-torch"

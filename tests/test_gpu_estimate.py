@@ -39,29 +39,41 @@ def test_nf4_keeps_embeddings_and_lm_head_in_16_bit():
     assert weights_bytes(shape, "fp32") == 4 * shape.total_params
 
 
-def test_dpo_logits_term_and_chunking():
+def test_log_prob_terms_model_trls_chunked_kernel_not_full_logits():
     shape = load_model_shape("qwen2.5-7b")
-    full = estimate_train(shape, micro_batch=1, seq_len=2048)
-    assert full.terms["logits_bytes"] == 2 * 1 * 2048 * 152064 * 8  # chosen + rejected, fp32 + bf16 + grad
-    chunked = estimate_train(shape, micro_batch=1, seq_len=2048, logits_chunk_tokens=1024)
-    assert chunked.terms["logits_bytes"] == 1024 * 152064 * 8
+    tokens = 2 * 1 * 2048  # chosen + rejected
+    train = estimate_train(shape, micro_batch=1, seq_len=2048)
+    tile = 4096 * 32768 * 2  # TRL: TOKEN_CHUNK_SIZE × _CHUNKED_LOGPROB_CHUNK_SIZE bf16 values
+    assert train.terms["logits_bytes"] == tile + tokens * (3584 * (2 + 4 + 2) + 40)
+    assert train.terms["logits_bytes"] < 2 * 2048 * 152064 * 8 / 10  # the old full-logits charge, 10x smaller
     ref = estimate_reference(shape, batch_size=2, seq_len=512)
-    assert ref.terms["logits_bytes"] == 2 * 2 * 512 * 152064 * 6
+    assert ref.terms["logits_bytes"] == min(2048, 4096) * 32768 * 2 + 2048 * (3584 * 2 + 40)
     assert ref.terms["cuda_context_bytes"] == CUDA_CONTEXT_BYTES == 512 * KIB * KIB
 
 
 def test_lora_optimizer_and_checkpointing_terms():
     shape = load_model_shape("llama-3-8b")
     lora = 32 * 16 * ((4096 + 4096) * 2 + (4096 + 1024) * 2 + (4096 + 14336) * 3)
-    adam = estimate_train(shape, micro_batch=1, seq_len=512)
-    assert adam.settings["lora_params"] == lora == 41_943_040
-    assert (adam.terms["lora_params_bytes"], adam.terms["lora_grads_bytes"], adam.terms["optimizer_state_bytes"]) == (
-        4 * lora, 4 * lora, 8 * lora)
-    paged = estimate_train(shape, micro_batch=1, seq_len=512, optimizer="paged-adamw-8bit")
-    assert paged.terms["optimizer_state_bytes"] == 2 * lora
+    paged = estimate_train(shape, micro_batch=1, seq_len=512)  # the GPU train stage: NF4 + paged 8-bit AdamW
+    assert paged.settings["lora_params"] == lora == 41_943_040
+    # TRL casts LoRA to bf16 on 4-bit models; two uint8 states + an fp32 absmax per 256-value block each
+    assert (paged.terms["lora_params_bytes"], paged.terms["lora_grads_bytes"], paged.terms["optimizer_state_bytes"]) \
+        == (2 * lora, 2 * lora, int(lora * (2 + 8 / 256)))
+    fp32 = estimate_train(shape, micro_batch=1, seq_len=512, quantization="bf16", optimizer="adamw-fp32")
+    assert (fp32.terms["lora_params_bytes"], fp32.terms["optimizer_state_bytes"]) == (4 * lora, 8 * lora)
     no_ckpt = estimate_train(shape, micro_batch=1, seq_len=512, gradient_checkpointing=False)
-    assert no_ckpt.terms["activations_bytes"] > 10 * adam.terms["activations_bytes"]
-    assert adam.total_bytes == sum(adam.terms.values())
+    assert no_ckpt.terms["activations_bytes"] > 10 * paged.terms["activations_bytes"]
+    assert paged.total_bytes == sum(paged.terms.values())
+
+
+def test_full_fine_tune_charges_weights_grads_and_two_adamw_states():
+    from gpu.estimate import estimate_full_finetune
+
+    shape = load_model_shape("qwen2.5-7b")
+    est = estimate_full_finetune(shape, batch_size=1, seq_len=128, quantization="bf16")
+    assert est.terms["optimizer_state_bytes"] == 2 * est.terms["weights_bytes"] == 4 * shape.total_params
+    with pytest.raises(ValueError, match="quantized"):
+        estimate_full_finetune(shape, batch_size=1, seq_len=128, quantization="nf4")
 
 
 def test_live_reference_with_a_separate_copy_adds_the_weights_again():

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from faithforge.config import PipelineConfig
 from faithforge.stages.context import StageContext
-from gpu.corrections import STAGES, Corrections
+from gpu.corrections import Corrections
 from gpu.model_shape import ModelShape, load_model_shape
 from gpu.ollama import ollama_model
 from gpu.planner import Plan, StageRequest, plan_stage
@@ -20,6 +20,8 @@ from gpu.profiles import profile_snapshot
 from gpu.snapshot import GpuSnapshot
 
 TINY_VOCAB_SIZE = 1024  # upper bound for the tiny model's word-level tokenizer (~120 words)
+WARM_START_MAX_LENGTH = 128  # faithforge.sft.train_sft's default max_length, which the warm start uses
+PLANNED_STAGES = ("generate", "reference", "train", "evaluate", "warm_start")
 
 
 def train_model_shape(cfg: PipelineConfig) -> ModelShape:
@@ -37,17 +39,21 @@ def train_model_shape(cfg: PipelineConfig) -> ModelShape:
 def stage_requests(cfg: PipelineConfig) -> dict[str, StageRequest]:
     """What each stage asks for, from the pipeline configuration."""
     quant = "bf16" if cfg.train.quantization == "none" else "nf4"
-    chunk = cfg.gpu.logits_chunk_tokens
     return {
         "generate": StageRequest(batch_size=cfg.gpu.generation_batch_size,
                                  max_tokens=cfg.gpu.generation_max_tokens,
                                  min_max_tokens=cfg.gpu.generation_min_max_tokens,
                                  prompt_tokens=cfg.gpu.generation_prompt_tokens, quantization=quant),
         "reference": StageRequest(batch_size=cfg.reference.batch_size, seq_len=cfg.reference.max_length,
-                                  quantization=quant, logits_chunk_tokens=chunk),
+                                  quantization=quant),
+        # The GPU train stage: paged 8-bit AdamW and gradient checkpointing (faithforge/stages/train.py).
         "train": StageRequest(batch_size=cfg.train.batch_size, seq_len=cfg.reference.max_length, quantization=quant,
                               lora_r=cfg.train.lora_r, ref_strategy=cfg.gpu.ref_strategy,
-                              logits_chunk_tokens=chunk),
+                              optimizer="paged-adamw-8bit"),
+        # The warm start trains every weight with torch AdamW (faithforge/sft.py, max_length 128): a full
+        # fine-tune in 16-bit on a GPU, never on 4-bit weights.
+        "warm_start": StageRequest(batch_size=cfg.warm_start.batch_size, seq_len=WARM_START_MAX_LENGTH,
+                                   quantization="bf16"),
         "evaluate": StageRequest(batch_size=cfg.evaluate.batch_size, max_tokens=cfg.evaluate.max_new_tokens,
                                  prompt_tokens=cfg.reference.max_length, quantization=quant),
     }
@@ -64,13 +70,31 @@ def plan_pipeline(cfg: PipelineConfig, snapshot: GpuSnapshot, corrections: Corre
     generation = [ollama_model(tag) for tag in cfg.gpu.generation_models]
     offload = profile_snapshot(cfg.gpu.offload_profile)
     requests = stage_requests(cfg)
-    return {
+    plans = {
         stage: plan_stage(snapshot, stage, generation if stage == "generate" else [shape], requests[stage],
                           policy=cfg.gpu.policy, offload_target=cfg.gpu.offload_pool, corrections=corrections,
                           offload_snapshot=offload, cpu_max_params=cfg.gpu.cpu_max_params,
                           cpu_memory_bytes=cpu_memory_bytes)
-        for stage in STAGES
+        for stage in PLANNED_STAGES
     }
+    for stage in cfg.gpu.offload_stages:  # offloaded on purpose (a GPU rented for one stage)
+        plans[stage] = offloaded_on_purpose(cfg, stage, shape, requests[stage], offload, corrections)
+    return plans
+
+
+def offloaded_on_purpose(cfg: PipelineConfig, stage: str, shape: ModelShape, request: StageRequest,
+                         offload_snapshot: GpuSnapshot, corrections: Corrections | None) -> Plan:
+    """`gpu.offload_stages`: the stage runs on `gpu.offload_pool` whatever fits here, sized for that pool's GPU.
+
+    The planner's offload branch does the sizing: asked with no local GPU and no CPU allowance, it plans the
+    stage for `offload_snapshot` (the pool's profile) exactly as it does for a stage that does not fit here.
+    """
+    plan = plan_stage(GpuSnapshot(source="none", note="gpu.offload_stages"), stage, [shape], request,
+                      policy=cfg.gpu.policy, offload_target=cfg.gpu.offload_pool, corrections=corrections,
+                      offload_snapshot=offload_snapshot, cpu_max_params=0)
+    sizing = plan.reason[plan.reason.find(" sized for "):] if " sized for " in plan.reason else f": {plan.reason}"
+    return dataclasses.replace(plan, reason=f"gpu.offload_stages lists {stage}, so it is offloaded to the pool "
+                                            f"{cfg.gpu.offload_pool!r}{sizing}")
 
 
 
