@@ -23,41 +23,64 @@ def _pct(value: float | None) -> str:
 
 @app.command()
 def calibrate(
-    labels: Path = typer.Option(..., "--labels", help="JSONL with source, summary, label (faithful|hallucinated|0|1)."),
-    judge: str = typer.Option("grounding", "--judge", help="grounding or nli."),
-    checkpoint: Optional[Path] = typer.Option(None, "--checkpoint", help="nli: local sequence-classification folder."),
+    labels: Path = typer.Option(..., "--labels", help="JSONL with source, summary, label (faithful|hallucinated|0|1), "
+                                                      "optional dataset (subset) and split (validation|test)."),
+    judge: list[str] = typer.Option(["grounding"], "--judge",
+                                    help="grounding, nli or llm; repeat to calibrate a combined judge."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="nli: local folder or hub id."),
     supported_label: Optional[int] = typer.Option(None, "--supported-label",
                                                   help="nli: index of the 'supported' class (default: by name)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                           help="nli: allow a checkpoint that ships its own Python code."),
+    llm_backend: str = typer.Option("ollama", "--llm-backend", help="llm: ollama or openai."),
+    llm_model: str = typer.Option("qwen3:8b", "--llm-model", help="llm: the judge model."),
+    llm_base_url: Optional[str] = typer.Option(None, "--llm-base-url", help="llm: the server root."),
+    holdout: float = typer.Option(0.5, "--holdout", help="Share of labels held out for the reported accuracy."),
+    split_seed: int = typer.Option(0, "--split-seed", help="Seed of the validation/test split by source."),
+    workspace: Path = typer.Option(Path(".faithforge"), "--workspace",
+                                   help="Workspace whose calibrations/ folder stores the result for later reports."),
+    save: bool = typer.Option(True, "--save/--no-save", help="Store the calibration for reports using this judge."),
+    as_json: bool = typer.Option(False, "--json", help="Print the calibration as JSON."),
 ) -> None:
-    """Precision, recall and balanced accuracy of a judge on labeled summaries (nli: best threshold too)."""
-    from faithforge.evaluation.calibration import calibrate as run_calibration
-    from faithforge.evaluation.calibration import calibrate_nli, read_labels
-    from faithforge.evaluation.judges import get_judge
+    """A judge's accuracy on labeled summaries: threshold chosen on one split, accuracy reported on the other."""
+    from faithforge.evaluation.calibration import read_labels
+    from faithforge.evaluation.heldout import calibrate_heldout, save_calibration
+    from faithforge.evaluation.judges import build_judges, judge_names
 
-    if judge not in ("grounding", "nli"):
-        raise UserError(f"--judge {judge!r} cannot be calibrated from the command line; use grounding or nli")
-    if judge == "grounding" and (checkpoint is not None or supported_label is not None):
-        raise UserError("--checkpoint and --supported-label apply to --judge nli only")
-    if judge == "nli":  # build the judge first: a bad checkpoint fails before any labels are read
-        options = {"checkpoint": str(checkpoint) if checkpoint else None}
+    names = judge_names(judge)
+    if "nli" not in names and (checkpoint is not None or supported_label is not None or trust_remote_code):
+        raise UserError("--checkpoint, --supported-label and --trust-remote-code apply to --judge nli only")
+    options: dict[str, dict] = {}
+    if "nli" in names:  # build the judges first: a bad checkpoint fails before any labels are read
+        options["nli"] = {"checkpoint": checkpoint, "trust_remote_code": trust_remote_code}
         if supported_label is not None:
-            options["supported_label"] = supported_label
-        nli_judge = get_judge("nli", **options)
-        report = calibrate_nli(nli_judge, read_labels(labels))
-    else:
-        report = run_calibration(get_judge("grounding"), read_labels(labels))
+            options["nli"]["supported_label"] = supported_label
+    if "llm" in names:
+        from faithforge.generation.backends import make_backend
+
+        options["llm"] = {"backend": make_backend(llm_backend, llm_model, base_url=llm_base_url)}
+    built = build_judges(names, options)
+    examples = read_labels(labels)
+    result = calibrate_heldout(built, examples, labels_path=labels, holdout=holdout, seed=split_seed)
+    stored = None
+    if save:
+        stored = save_calibration(workspace.expanduser() / "calibrations", result)
     if as_json:
-        typer.echo(json.dumps(report.to_dict(), indent=2))
+        typer.echo(json.dumps({**result.to_dict(), "stored": str(stored) if stored else None}, indent=2))
         return
-    typer.echo(f"judge {report.judge} on {report.n} labeled summaries ({report.unjudgeable} unjudgeable); "
+    report = result.test
+    typer.echo(f"judge {result.judge} ({result.checkpoint}): thresholds chosen on {result.validation} validation "
+               f"labels, accuracy on {report.n} held-out labels ({report.unjudgeable} unjudgeable); "
                f"positive class = hallucinated")
-    typer.echo(f"  precision {_pct(report.precision)}  recall {_pct(report.recall)}  "
-               f"specificity {_pct(report.specificity)}  balanced accuracy {_pct(report.balanced_accuracy)}")
-    typer.echo(f"  TP {report.true_positives}  FP {report.false_positives}  TN {report.true_negatives}  "
-               f"FN {report.false_negatives}")
-    if report.threshold is not None:
-        typer.echo(f"  threshold {report.threshold:.4f} (maximizes balanced accuracy; set it in the nli judge)")
+    for name, value in sorted(result.thresholds.items()):
+        typer.echo(f"  {name} threshold {value:.4f} (maximizes balanced accuracy on the validation split)")
+    rows = [("all", report)] + sorted(result.per_subset.items())
+    for name, r in rows:
+        typer.echo(f"  {name:<10} n {r.n:<5} precision {_pct(r.precision)}  recall {_pct(r.recall)}  "
+                   f"specificity {_pct(r.specificity)}  balanced accuracy {_pct(r.balanced_accuracy)}  "
+                   f"TP {r.true_positives} FP {r.false_positives} TN {r.true_negatives} FN {r.false_negatives}")
+    if stored:
+        typer.echo(f"stored in {stored}: reports judged by {result.judge} with this checkpoint carry it")
 
 
 @app.command()

@@ -18,19 +18,21 @@ runner = CliRunner()
 
 def test_calibrate_grounding(tmp_path):
     labels = make_calibration_set(tmp_path / "cal.jsonl", n=20, seed=1)
-    result = runner.invoke(app, ["calibrate", "--labels", str(labels)])
+    workspace = ["--workspace", str(tmp_path / "ws")]
+    result = runner.invoke(app, ["calibrate", "--labels", str(labels), *workspace])
     assert result.exit_code == 0, result.output
-    assert "judge grounding on 20 labeled summaries" in result.output and "balanced accuracy" in result.output
-    data = json.loads(runner.invoke(app, ["calibrate", "--labels", str(labels), "--json"]).output)
-    assert data["n"] == 20 and data["precision"] == 1.0
+    assert "judge grounding (grounding-rules): thresholds chosen on" in result.output
+    assert "balanced accuracy" in result.output and "stored in" in result.output
+    data = json.loads(runner.invoke(app, ["calibrate", "--labels", str(labels), "--json", *workspace]).stdout)
+    assert data["validation"] + data["test"]["n"] == 20 and data["test"]["precision"] == 1.0
 
 
 def test_calibrate_errors_are_user_errors(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"source": "s", "summary": "t", "label": "yes"}\n')
-    result = runner.invoke(app, ["calibrate", "--labels", str(bad)])
+    result = runner.invoke(app, ["calibrate", "--labels", str(bad), "--workspace", str(tmp_path / "ws")])
     assert isinstance(result.exception, UserError) and "line 1: unknown label 'yes'" in str(result.exception)
-    result = runner.invoke(app, ["calibrate", "--labels", str(bad), "--judge", "nli"])
+    result = runner.invoke(app, ["calibrate", "--labels", str(bad), "--judge", "nli", "--workspace", str(tmp_path)])
     assert isinstance(result.exception, UserError) and "needs a checkpoint" in str(result.exception)
 
 

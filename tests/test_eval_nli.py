@@ -122,7 +122,14 @@ def test_calibrate_nli_picks_the_best_threshold(classifier_dir, tmp_path):
     report = calibrate_nli(judge, examples)
     assert report.threshold == judge.threshold == best_threshold(scores, [e.hallucinated for e in examples])
     assert report.balanced_accuracy >= 0.5  # never worse than flagging everything or nothing
+    # The CLI chooses the threshold on the validation split only and reports on the held-out one.
+    from faithforge.evaluation.heldout import split_examples
+
+    labels = make_calibration_set(tmp_path / "cal40.jsonl", n=40, seed=0)
+    validation, _ = split_examples(read_labels(labels))
+    val_scores = [min(s for _, _, s in judge.sentence_scores(e.source, e.summary)) for e in validation]
+    chosen = best_threshold(val_scores, [e.hallucinated for e in validation])
     result = CliRunner().invoke(app, ["calibrate", "--labels", str(labels), "--judge", "nli",
-                                      "--checkpoint", str(classifier_dir)])
+                                      "--checkpoint", str(classifier_dir), "--workspace", str(tmp_path / "ws")])
     assert result.exit_code == 0, result.output
-    assert f"threshold {report.threshold:.4f}" in result.output
+    assert f"nli threshold {chosen:.4f}" in result.output

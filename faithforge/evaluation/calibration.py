@@ -28,6 +28,13 @@ class LabeledExample:
     summary: str
     hallucinated: bool
     line: int
+    dataset: str | None = None
+    """Subset the row belongs to (e.g. `xsum`, `cnndm`): calibration reports each subset too."""
+    split: str | None = None
+    """`validation` or `test` when the labels fix the split themselves."""
+
+
+_SPLITS = {"validation": "validation", "val": "validation", "dev": "validation", "test": "test"}
 
 
 def _fail(path: Path, line: int, problem: str) -> UserError:
@@ -67,8 +74,20 @@ def read_labels(path: str | Path) -> list[LabeledExample]:
             for key in ("source", "summary"):
                 if not isinstance(row[key], str):
                     raise _fail(file, number, f"{key} must be a string, got {type(row[key]).__name__}")
+            empty = [key for key in ("source", "summary") if not row[key].strip()]
+            if empty:  # a judge has nothing to compare: scoring it would add a meaningless verdict
+                raise _fail(file, number, f"{' and '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty; fill "
+                                          f"in the text or delete the row")
+            dataset = row.get("dataset")
+            if dataset is not None and not isinstance(dataset, str):
+                raise _fail(file, number, f"dataset must be a string naming the subset, got {type(dataset).__name__}")
+            split = row.get("split")
+            if split is not None and (not isinstance(split, str) or split.strip().lower() not in _SPLITS):
+                raise _fail(file, number, f"split {split!r} is neither validation nor test; use one of those or "
+                                          f"leave the field out (rows are then split by source)")
             examples.append(LabeledExample(row["source"], row["summary"], _parse_label(row["label"], file, number),
-                                           number))
+                                           number, dataset=dataset or None,
+                                           split=_SPLITS[split.strip().lower()] if split else None))
     positives = sum(e.hallucinated for e in examples)
     if not examples or positives in (0, len(examples)):
         raise UserError(f"labels file {file} needs at least one faithful and one hallucinated example "

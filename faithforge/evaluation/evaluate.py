@@ -6,6 +6,10 @@ from collections import Counter
 from statistics import fmean
 from typing import Sequence
 
+from pathlib import Path
+
+from faithforge.evaluation.combined import CombinedJudge, call_judge
+from faithforge.evaluation.heldout import calibrations_for
 from faithforge.evaluation.items import EvalItem
 from faithforge.evaluation.judges import resolve_judge
 from faithforge.evaluation.metrics import (
@@ -25,6 +29,7 @@ from faithforge.evaluation.results import (
     Difference,
     FlagRecord,
     ItemResult,
+    JudgeRate,
     ModelReport,
     clean,
 )
@@ -45,23 +50,50 @@ def _check_lengths(items: Sequence[EvalItem], summaries: Sequence[str], label: s
         raise ValueError(f"duplicate item ids: {', '.join(duplicates[:5])}")
 
 
-def evaluate_single(items: Sequence[EvalItem], summaries: Sequence[str], judge: Judge | str = "grounding",
-                    *, label: str = "model", confidence: float = 0.95) -> ModelReport:
-    """Judge each summary against its item's source and aggregate rates, intervals and recall."""
+def evaluate_single(items: Sequence[EvalItem], summaries: Sequence[str],
+                    judge: Judge | str | Sequence[str] = "grounding", *, label: str = "model",
+                    confidence: float = 0.95, truncated: Sequence[bool] | None = None,
+                    calibration_dir: str | Path | None = None) -> ModelReport:
+    """Judge each summary against its item's source and aggregate rates, intervals and recall.
+
+    `truncated[i]`: summary i was cut off by the token limit (its last word is not judged; counted apart).
+    `calibration_dir`: where stored judge calibrations live; the report carries the judge's (or says none).
+    """
     _check_lengths(items, summaries, label)
+    if truncated is not None and len(truncated) != len(summaries):
+        raise ValueError(f"{len(summaries)} summaries but {len(truncated)} truncation flags")
     judge = resolve_judge(judge)
+    cut = list(truncated) if truncated is not None else [False] * len(summaries)
     results: list[ItemResult] = []
-    for item, summary in zip(items, summaries):
-        verdict = judge.judge(item.source, summary)
+    for item, summary, was_cut in zip(items, summaries, cut):
+        verdict = call_judge(judge, item.source, summary, was_cut)
         retention = content_retention(item.source, summary)
         results.append(ItemResult(
             id=item.id, category=item.category, summary=summary, hallucinated=verdict.hallucinated,
             judgeable=verdict.judgeable, sentences=len(verdict.sentences),
             unsupported_sentences=verdict.unsupported_sentences,
             recall=key_fact_recall(item.key_facts, summary), retention=clean(retention),
-            flags=[FlagRecord(**f.to_dict()) for f in verdict.flags], error=verdict.error))
-    return _aggregate(results, label=label, judge=judge.name, confidence=confidence,
-                      lengths=[summary_length(s) for s in summaries])
+            flags=[FlagRecord(**f.to_dict()) for f in verdict.flags], error=verdict.error, truncated=was_cut,
+            judges={p.judge: (p.hallucinated if p.judgeable else None) for p in verdict.parts}))
+    report = _aggregate(results, label=label, judge=judge.name, confidence=confidence,
+                        lengths=[summary_length(s) for s in summaries])
+    components = judge.judges if isinstance(judge, CombinedJudge) else [judge]
+    limits = {j.name: j.limits for j in components if isinstance(getattr(j, "limits", None), str)}
+    return report.model_copy(update={"calibrations": calibrations_for(calibration_dir, judge),
+                                     "judge_limits": limits})
+
+
+def _judge_rates(results: list[ItemResult], confidence: float) -> dict[str, JudgeRate]:
+    names = list(dict.fromkeys(name for r in results for name in r.judges))
+    rates = {}
+    for name in names:
+        decided = [r.judges[name] for r in results if r.judges.get(name) is not None]
+        k = sum(bool(d) for d in decided)
+        low, high = wilson_interval(k, len(decided), confidence)
+        rates[name] = JudgeRate(n_judged=len(decided), hallucinated=k,
+                                rate=clean(hallucination_rate([bool(d) for d in decided])),
+                                rate_ci=(clean(low), clean(high)))
+    return rates
 
 
 def _aggregate(results: list[ItemResult], *, label: str, judge: str, confidence: float,
@@ -87,7 +119,8 @@ def _aggregate(results: list[ItemResult], *, label: str, judge: str, confidence:
                                                       [r.sentences for r in judged])),
         per_category=per_category, flags_by_kind=dict(sorted(kinds.items())),
         recall=_mean(recalls), recall_items=len(recalls), retention=_mean([r.retention for r in results]),
-        mean_summary_length=fmean(lengths) if lengths else None, items=results)
+        mean_summary_length=fmean(lengths) if lengths else None, items=results,
+        n_truncated=sum(r.truncated for r in results), judge_rates=_judge_rates(results, confidence))
 
 
 def compare_reports(before: ModelReport, after: ModelReport, *, confidence: float = 0.95,
@@ -120,10 +153,13 @@ def compare_reports(before: ModelReport, after: ModelReport, *, confidence: floa
 
 
 def evaluate_pair(items: Sequence[EvalItem], before: Sequence[str], after: Sequence[str],
-                  judge: Judge | str = "grounding", *, confidence: float = 0.95, bootstrap_samples: int = 2000,
-                  seed: int = 0, labels: tuple[str, str] = ("before", "after")) -> ComparisonReport:
+                  judge: Judge | str | Sequence[str] = "grounding", *, confidence: float = 0.95,
+                  bootstrap_samples: int = 2000, seed: int = 0, labels: tuple[str, str] = ("before", "after"),
+                  calibration_dir: str | Path | None = None) -> ComparisonReport:
     """Judge both sets of summaries of the same items and compare them, paired by item."""
     judge = resolve_judge(judge)
-    first = evaluate_single(items, before, judge, label=labels[0], confidence=confidence)
-    second = evaluate_single(items, after, judge, label=labels[1], confidence=confidence)
+    first = evaluate_single(items, before, judge, label=labels[0], confidence=confidence,
+                            calibration_dir=calibration_dir)
+    second = evaluate_single(items, after, judge, label=labels[1], confidence=confidence,
+                             calibration_dir=calibration_dir)
     return compare_reports(first, second, confidence=confidence, bootstrap_samples=bootstrap_samples, seed=seed)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 from faithforge.errors import UserError
 from faithforge.evaluation.grounding import GroundingJudge
@@ -22,7 +22,7 @@ def get_judge(name: str = DEFAULT_JUDGE, **options: Any) -> Judge:
     if name == "grounding":
         if options:
             raise UserError(f"the grounding judge takes no options (got {', '.join(sorted(options))})")
-        return GroundingJudge()
+        return GroundingJudge()  # its measured limits travel with every report (GroundingJudge.limits)
     if name == "nli":
         checkpoint = options.pop("checkpoint", None)
         if not checkpoint:
@@ -41,6 +41,34 @@ def get_judge(name: str = DEFAULT_JUDGE, **options: Any) -> Judge:
     raise UserError(f"unknown judge {name!r}; choose one of {', '.join(JUDGE_NAMES)}")
 
 
-def resolve_judge(judge: Judge | str) -> Judge:
-    """A judge object as is, or the judge with that name and default options."""
-    return get_judge(judge) if isinstance(judge, str) else judge
+def judge_names(judge: str | Sequence[str]) -> list[str]:
+    """`evaluate.judge` as a list of names: one name, a list, or "grounding+nli" / "grounding,nli"."""
+    raw = [judge] if isinstance(judge, str) else list(judge)
+    names = [part.strip() for item in raw for part in str(item).replace("+", ",").split(",") if part.strip()]
+    if not names:
+        raise UserError(f"no judge named; choose from {', '.join(JUDGE_NAMES)} (a list combines them)")
+    unknown = [n for n in names if n not in JUDGE_NAMES]
+    if unknown:
+        raise UserError(f"unknown judge {unknown[0]!r}; choose from {', '.join(JUDGE_NAMES)} (a list combines them)")
+    if len(set(names)) != len(names):
+        raise UserError(f"judge list {names} names a judge twice; list each judge once")
+    return names
+
+
+def build_judges(judge: str | Sequence[str], options: dict[str, dict[str, Any]] | None = None) -> Judge:
+    """One judge, or a `CombinedJudge` of several; `options` maps a judge name to its options."""
+    names = judge_names(judge)
+    options = options or {}
+    built = [get_judge(name, **dict(options.get(name, {}))) for name in names]
+    if len(built) == 1:
+        return built[0]
+    from faithforge.evaluation.combined import CombinedJudge
+
+    return CombinedJudge(built)
+
+
+def resolve_judge(judge: Judge | str | Sequence[str]) -> Judge:
+    """A judge object as is, or the judge(s) with those names and default options."""
+    if isinstance(judge, str) or isinstance(judge, (list, tuple)):
+        return build_judges(judge)
+    return judge

@@ -38,6 +38,10 @@ def table_rows(comparison: ComparisonReport, control: ComparisonReport | None = 
             "rate_ci_low": model.rate_ci[0], "rate_ci_high": model.rate_ci[1],
             "sentence_rate": model.sentence_rate, "key_fact_recall": model.recall,
             "content_retention": model.retention, "mean_summary_length": model.mean_summary_length,
+            "truncated": model.n_truncated,
+            **{f"rate_{name}": rate.rate for name, rate in model.judge_rates.items()},
+            "judge_balanced_accuracy": ((model.calibrations.get(model.judge) or {}).get("test") or {})
+            .get("balanced_accuracy"),
         })
     return rows
 
@@ -75,11 +79,47 @@ def _highlight(item: ItemResult) -> str:
     return "".join(out).replace("\n", " ")
 
 
+def judge_accuracy_lines(model: ModelReport) -> list[str]:
+    """What is known of the judge's accuracy: its stored held-out calibration, or that it has none.
+
+    The first line is the headline: a report whose judge was never calibrated says so there."""
+    own = model.calibrations.get(model.judge)
+    if own is not None:
+        first = f"> Judge accuracy: {_calibration_text(own)}."
+    else:
+        first = (f"> **Judge `{model.judge}` has no calibration on record: its accuracy on this kind of data is "
+                 f"unmeasured** (run `faithforge eval calibrate --labels FILE --judge {model.judge.replace('+', ' --judge ')}`).")
+    lines = [first]
+    for name, calibration in model.calibrations.items():
+        if name != model.judge:
+            lines.append(f"> - `{name}`: " + (_calibration_text(calibration) if calibration else "no calibration on record"))
+    for name, limit in model.judge_limits.items():
+        lines.append(f"> - `{name}` known limits: {limit}.")
+    return lines
+
+
+def _calibration_text(c: dict[str, Any]) -> str:
+    test = c.get("test") or {}
+
+    def num(v: Any) -> str:
+        return "n/a" if v is None else f"{v:.2f}"
+
+    thresholds = ", ".join(f"{k} threshold {v:.3f}" for k, v in sorted((c.get("thresholds") or {}).items()))
+    subsets = "; ".join(f"{name} BAcc {num(r.get('balanced_accuracy'))}, recall {num(r.get('recall'))}"
+                        for name, r in sorted((c.get("per_subset") or {}).items()))
+    return (f"`{c.get('judge')}` ({c.get('checkpoint')}) on {test.get('n')} held-out labels from "
+            f"{Path(str(c.get('labels'))).name}: balanced accuracy {num(test.get('balanced_accuracy'))}, "
+            f"precision {num(test.get('precision'))}, recall {num(test.get('recall'))}"
+            + (f", {thresholds}" if thresholds else "") + (f" ({subsets})" if subsets else ""))
+
+
 def markdown_report(comparison: ComparisonReport, control: ComparisonReport | None = None, *,
                     worst_examples: int = 5, title: str = "Hallucination evaluation") -> str:
-    """The report users read: rates with intervals and recall beside them, the tests, and worst examples."""
+    """The report users read: rates with intervals and recall beside them, the tests, and worst examples.
+
+    Its first line states the judge's measured accuracy, or that it has none."""
     conf = int(100 * comparison.confidence)
-    lines = [f"# {title}", "",
+    lines = judge_accuracy_lines(comparison.before) + ["", f"# {title}", "",
              f"Judge: `{comparison.judge}`. Unit: {comparison.unit}. Rates are shares of judged summaries; "
              f"intervals are {conf}% Wilson intervals for single rates and paired bootstrap intervals for "
              f"differences.", "",
@@ -89,6 +129,20 @@ def markdown_report(comparison: ComparisonReport, control: ComparisonReport | No
     for m in _models(comparison, control):
         lines.append(f"| {m.label} | {m.n_judged} | {m.n_unjudgeable} | {_pct(m.rate)} | {_ci(*m.rate_ci)} | "
                      f"{_pct(m.sentence_rate)} | {_pct(m.recall)} | {_pct(m.retention)} |")
+    judge_names = list(dict.fromkeys(n for m in _models(comparison, control) for n in m.judge_rates))
+    if judge_names:
+        lines += ["", "## Each judge", "",
+                  "A summary is hallucinated when any judge says so; each judge's own rate is beside the combined one.",
+                  "", "| model | combined | " + " | ".join(judge_names) + " |",
+                  "|---|---:|" + "---:|" * len(judge_names)]
+        for m in _models(comparison, control):
+            cells = [f"{_pct(m.judge_rates[n].rate)} {_ci(*m.judge_rates[n].rate_ci)}" if n in m.judge_rates
+                     else "n/a" for n in judge_names]
+            lines.append(f"| {m.label} | {_pct(m.rate)} | " + " | ".join(cells) + " |")
+    truncated = [m for m in _models(comparison, control) if m.n_truncated]
+    if truncated:
+        lines += ["", "Cut off by the token limit (their last word is not judged as a claim): "
+                  + ", ".join(f"{m.label} {m.n_truncated} of {m.n_items}" for m in truncated) + "."]
     lines += ["", "## Paired comparisons", ""]
     lines += _comparison_lines("after vs before", comparison)
     if control is not None:

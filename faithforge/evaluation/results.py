@@ -55,6 +55,10 @@ class ItemResult(_Record):
     retention: float | None
     flags: list[FlagRecord]
     error: str | None = None
+    truncated: bool = False
+    """The summary was cut off by the token limit (its last word was not judged as a claim)."""
+    judges: dict[str, bool | None] = {}
+    """Each combined judge's own verdict: hallucinated, or None where it could not decide."""
 
 
 class CategoryResult(_Record):
@@ -62,6 +66,15 @@ class CategoryResult(_Record):
     hallucinated: int
     rate: float | None
     recall: float | None
+
+
+class JudgeRate(_Record):
+    """One judge's rate when several judges are combined."""
+
+    n_judged: int
+    hallucinated: int
+    rate: float | None
+    rate_ci: tuple[float | None, float | None]
 
 
 class ModelReport(_Record):
@@ -90,6 +103,14 @@ class ModelReport(_Record):
     """Mean share of the source's content words kept (reported beside recall, useful when no key facts)."""
     mean_summary_length: float | None
     items: list[ItemResult]
+    n_truncated: int = 0
+    """Summaries cut off by the token limit (counted apart: their cut-off last word is not a claim)."""
+    judge_rates: dict[str, JudgeRate] = {}
+    """With a judge list: each judge's own rate beside the combined `rate`."""
+    calibrations: dict[str, dict[str, Any] | None] = {}
+    """The stored held-out calibration of the judge and of each judge it combines (None: not calibrated)."""
+    judge_limits: dict[str, str] = {}
+    """Known measured limits of the judges used (the grounding judge's figures)."""
 
 
 class Difference(_Record):

@@ -53,6 +53,8 @@ class Verdict:
     score: float | None = None
     truncated: bool = False
     """The summary was cut off by the token limit; its final word was not judged as a claim."""
+    parts: tuple["Verdict", ...] = ()
+    """A combined judge's verdict keeps each judge's own verdict here."""
 
     @property
     def unsupported_sentences(self) -> int:

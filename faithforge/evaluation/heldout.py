@@ -1,0 +1,173 @@
+"""A judge's measured accuracy: threshold chosen on one split of the labels, accuracy reported on the other.
+
+`calibrate_heldout` splits the labels (by each row's `split` field when every row has one, else by a hash
+of the source so a source never sits on both sides), chooses the judge's threshold on the validation
+split where it has one (nli: the support score below which a sentence is flagged), and reports
+precision, recall and balanced accuracy on the test split, overall and per `dataset` subset.
+
+The result is stored in the workspace (`calibrations/<judge>-<checkpoint digest>.json`) and attached to
+every report that uses the same judge and checkpoint; a report whose judge has none says so first.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+from faithforge.errors import UserError
+from faithforge.evaluation.calibration import CalibrationReport, LabeledExample, best_threshold, confusion_report
+from faithforge.evaluation.combined import CombinedJudge
+from faithforge.evaluation.verdict import Judge
+from faithforge.workspace import atomic_write_json
+
+
+def judge_checkpoint(judge: Judge) -> str:
+    """What identifies a judge's behaviour besides its name: a checkpoint, a served model, or the rules."""
+    if isinstance(judge, CombinedJudge):
+        return "+".join(judge_checkpoint(j) for j in judge.judges)
+    checkpoint = getattr(judge, "checkpoint", None)
+    return str(checkpoint) if checkpoint else f"{judge.name}-rules"
+
+
+def split_examples(examples: Sequence[LabeledExample], *, holdout: float = 0.5,
+                   seed: int = 0) -> tuple[list[LabeledExample], list[LabeledExample]]:
+    """(validation, test). Rows' own `split` fields win when every row has one; otherwise a row goes to
+    test when the hash of (seed, source) falls below `holdout`, so one source never sits on both sides."""
+    if all(e.split for e in examples):
+        validation = [e for e in examples if e.split == "validation"]
+        test = [e for e in examples if e.split == "test"]
+    else:
+        if not 0.0 < holdout < 1.0:
+            raise UserError(f"--holdout is the share of labels kept for the report, in (0, 1) (got {holdout})")
+
+        def share(source: str) -> float:
+            digest = hashlib.sha256(f"{seed}\0{source}".encode()).digest()
+            return int.from_bytes(digest[:8], "big") / 2 ** 64
+
+        test = [e for e in examples if share(e.source) < holdout]
+        validation = [e for e in examples if share(e.source) >= holdout]
+    for name, part in (("validation", validation), ("test", test)):
+        positives = sum(e.hallucinated for e in part)
+        if positives in (0, len(part)):
+            raise UserError(f"the {name} split has {len(part)} labels, {positives} hallucinated: it needs both "
+                            f"kinds; add labels, change --split-seed/--holdout, or set each row's split field")
+    return validation, test
+
+
+def _thresholded(judge: Judge) -> list[Any]:
+    parts = judge.judges if isinstance(judge, CombinedJudge) else [judge]
+    return [j for j in parts if hasattr(j, "sentence_scores") and hasattr(j, "threshold")]
+
+
+def _summary_score(judge: Any, example: LabeledExample) -> float:
+    return min((s for _, _, s in judge.sentence_scores(example.source, example.summary)), default=1.0)
+
+
+@dataclass(frozen=True)
+class HeldOutCalibration:
+    """A judge's accuracy on held-out labels, with the thresholds chosen on the validation split."""
+
+    judge: str
+    checkpoint: str
+    labels: str
+    labels_sha256: str
+    validation: int
+    test: CalibrationReport
+    thresholds: dict[str, float] = field(default_factory=dict)
+    per_subset: dict[str, CalibrationReport] = field(default_factory=dict)
+    created: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"judge": self.judge, "checkpoint": self.checkpoint, "labels": self.labels,
+                "labels_sha256": self.labels_sha256, "validation": self.validation, "test": self.test.to_dict(),
+                "thresholds": dict(self.thresholds),
+                "per_subset": {k: v.to_dict() for k, v in self.per_subset.items()}, "created": self.created}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "HeldOutCalibration":
+        return cls(judge=data["judge"], checkpoint=data["checkpoint"], labels=data["labels"],
+                   labels_sha256=data["labels_sha256"], validation=int(data["validation"]),
+                   test=CalibrationReport(**data["test"]), thresholds=dict(data.get("thresholds") or {}),
+                   per_subset={k: CalibrationReport(**v) for k, v in (data.get("per_subset") or {}).items()},
+                   created=str(data.get("created", "")))
+
+    def summary_line(self) -> str:
+        t = self.test
+
+        def pct(v: float | None) -> str:
+            return "n/a" if v is None else f"{v:.2f}"
+
+        thresholds = ", ".join(f"{k} threshold {v:.3f}" for k, v in sorted(self.thresholds.items()))
+        return (f"judge `{self.judge}` ({self.checkpoint}) measured on {t.n} held-out labels from "
+                f"{Path(self.labels).name}: balanced accuracy {pct(t.balanced_accuracy)}, precision "
+                f"{pct(t.precision)}, recall {pct(t.recall)}" + (f"; {thresholds}" if thresholds else "")
+                + f" (chosen on {self.validation} validation labels)")
+
+
+def calibrate_heldout(judge: Judge, examples: Sequence[LabeledExample], *, labels_path: str | Path,
+                      holdout: float = 0.5, seed: int = 0) -> HeldOutCalibration:
+    """Choose thresholds on the validation split, set them on the judge, report on the test split."""
+    validation, test = split_examples(examples, holdout=holdout, seed=seed)
+    thresholds: dict[str, float] = {}
+    for part in _thresholded(judge):  # nli: its own best threshold on validation labels only
+        scores = [_summary_score(part, e) for e in validation]
+        part.threshold = best_threshold(scores, [e.hallucinated for e in validation])
+        thresholds[part.name] = part.threshold
+    predicted: list[bool | None] = []
+    for example in test:
+        verdict = judge.judge(example.source, example.summary)
+        predicted.append(verdict.hallucinated if verdict.judgeable else None)
+    truth = [e.hallucinated for e in test]
+    single = next(iter(thresholds.values())) if len(thresholds) == 1 else None
+    report = confusion_report(judge.name, truth, predicted, threshold=single)
+    subsets: dict[str, CalibrationReport] = {}
+    for name in sorted({e.dataset for e in test if e.dataset}):
+        idx = [i for i, e in enumerate(test) if e.dataset == name]
+        subsets[name] = confusion_report(judge.name, [truth[i] for i in idx], [predicted[i] for i in idx],
+                                         threshold=single)
+    path = Path(labels_path)
+    return HeldOutCalibration(judge=judge.name, checkpoint=judge_checkpoint(judge), labels=str(path.resolve()),
+                              labels_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
+                              validation=len(validation), test=report, thresholds=thresholds, per_subset=subsets,
+                              created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+def calibration_file(directory: str | Path, judge_name: str, checkpoint: str) -> Path:
+    digest = hashlib.sha256(checkpoint.encode()).hexdigest()[:12]
+    return Path(directory) / f"{judge_name.replace('+', '_')}-{digest}.json"
+
+
+def save_calibration(directory: str | Path, calibration: HeldOutCalibration) -> Path:
+    return atomic_write_json(calibration_file(directory, calibration.judge, calibration.checkpoint),
+                             calibration.to_dict())
+
+
+def load_calibration(directory: str | Path | None, judge_name: str, checkpoint: str) -> HeldOutCalibration | None:
+    """The stored calibration of this judge and checkpoint, or None (no file, or an unreadable one)."""
+    if directory is None:
+        return None
+    path = calibration_file(directory, judge_name, checkpoint)
+    if not path.is_file():
+        return None
+    try:
+        return HeldOutCalibration.from_dict(json.loads(path.read_text(encoding="utf-8")))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def calibrations_for(directory: str | Path | None, judge: Judge) -> dict[str, dict[str, Any] | None]:
+    """Stored calibration (as a dict) of the judge and of each judge it combines; None where there is none."""
+    judges = [judge] + (judge.judges if isinstance(judge, CombinedJudge) else [])
+    out: dict[str, dict[str, Any] | None] = {}
+    for j in judges:
+        found = load_calibration(directory, j.name, judge_checkpoint(j))
+        out[j.name] = found.to_dict() if found else None
+    return out
+
+
+__all__ = ["HeldOutCalibration", "calibrate_heldout", "calibration_file", "calibrations_for", "judge_checkpoint",
+           "load_calibration", "save_calibration", "split_examples"]
