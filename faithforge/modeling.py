@@ -30,6 +30,10 @@ def plan_precision(plan: dict) -> str:
     """The precision a stage's plan names (`nf4`, `bf16` or `fp32`); plans recorded before the field existed
     fall back to what they implied (CPU plans fp32, GPU plans NF4)."""
     precision = plan.get("precision") or ("fp32" if plan.get("placement") != "local" else "nf4")
+    if plan.get("placement") == "cpu" and precision == "bf16":
+        # The planner gives CPU plans fp32; a bf16 record placed on the CPU is a GPU plan rewritten to run here
+        # (faithforge.offload.runs_here: the warm start cannot be offloaded). It runs as a CPU plan does.
+        precision = "fp32"
     if precision not in PRECISIONS:
         raise UserError(f"the {plan.get('stage', 'stage')} plan names precision {precision!r}; a local model loads "
                         f"as one of {', '.join(PRECISIONS)}")
@@ -202,3 +206,22 @@ def check_same_precision(train_plan: dict, reference: dict) -> None:
         raise UserError(f"the train plan loads the model in {want} but the reference log-probs were computed in "
                         f"{have}; the step-0 check would fail. Run both stages on the same kind of device (the "
                         "reference stage reruns for the train plan's precision when gpu settings agree)")
+
+
+def start_peak_measurement() -> None:
+    """Reset CUDA's peak counters at the start of a stage (no-op without CUDA; never starts CUDA itself)."""
+    import torch
+
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.reset_peak_memory_stats()
+
+
+def measured_peak() -> dict[str, int]:
+    """CUDA peak reserved/allocated bytes since `start_peak_measurement` (or since CUDA started), for a stage's
+    output beside the gate's estimate; {} when this process has not used CUDA."""
+    import torch
+
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return {}
+    return {"measured_peak_reserved_bytes": int(torch.cuda.max_memory_reserved()),
+            "measured_peak_allocated_bytes": int(torch.cuda.max_memory_allocated())}

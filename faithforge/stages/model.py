@@ -53,7 +53,7 @@ def warm_start(ctx: StageContext, base: dict, dataset: dict, plan: dict) -> dict
 def _train_warm_start(ctx: StageContext, claim, base: dict, dataset: dict, plan: dict, out: Path) -> dict:
     import torch
 
-    from faithforge.modeling import load_for_plan, load_tokenizer, plan_precision
+    from faithforge.modeling import load_for_plan, load_tokenizer, measured_peak, plan_precision, start_peak_measurement
     from faithforge.reference import weights_fingerprint
     from faithforge.sft import SftExample, train_sft
 
@@ -65,6 +65,7 @@ def _train_warm_start(ctx: StageContext, claim, base: dict, dataset: dict, plan:
                         "gate it as the warm_start stage (faithforge gpu shows that plan)")
     torch.manual_seed(ctx.config.seed)
     tokenizer = load_tokenizer(base["path"])
+    start_peak_measurement()
     model, _ = load_for_plan(base["path"], plan)  # the warm_start plan: bf16 on a GPU, fp32 on the CPU
     examples = [SftExample(prompt_messages(e.source), e.warm_start_reference) for e in load_split(dataset, "train")]
     started = time.perf_counter()
@@ -77,7 +78,7 @@ def _train_warm_start(ctx: StageContext, claim, base: dict, dataset: dict, plan:
                                                ctx.progress("warm_start", step, cfg.steps, f"resumed at step {step}")))
     info = {"path": str(out), "first_loss": losses[0], "final_loss": losses[-1], "steps": cfg.steps,
             "resumed_from_step": resumed[0] if resumed else None,
-            "train_seconds": round(time.perf_counter() - started, 2)}
+            "train_seconds": round(time.perf_counter() - started, 2), **measured_peak()}
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)

@@ -41,11 +41,12 @@ def reference_logps(ctx: StageContext, model: dict, pairs: dict, plan: dict) -> 
 
 def _compute(ctx: StageContext, cache, info: dict, model: dict, pairs: dict, plan: dict, train_pairs: list,
              tokenizer, quantization, device: str) -> dict:
-    from faithforge.modeling import load_for_plan
+    from faithforge.modeling import load_for_plan, measured_peak, start_peak_measurement
     from faithforge.reference import compute_reference_cache
     from gpu import run_with_oom_backoff
 
     cfg = ctx.config.reference
+    start_peak_measurement()
     loaded, _ = load_for_plan(model["path"], plan)
 
     def compute(current) -> dict:
@@ -63,7 +64,7 @@ def _compute(ctx: StageContext, cache, info: dict, model: dict, pairs: dict, pla
 
     batch = plan.get("batch_size") or cfg.batch_size
     summary = run_with_oom_backoff(compute, plan_from_record(plan, batch, 1), on_backoff=log_backoff)
-    return {**info, **summary, "reused": False, "artifact_id": _record(ctx, cache, pairs)}
+    return {**info, **summary, **measured_peak(), "reused": False, "artifact_id": _record(ctx, cache, pairs)}
 
 
 def _record(ctx: StageContext, cache, pairs: dict) -> str:

@@ -38,7 +38,8 @@ def _train_dpo(ctx: StageContext, claim: Claim, key: str, out: Path, model: dict
     import torch
 
     from faithforge.dpo import run_dpo
-    from faithforge.modeling import attach_lora, check_same_precision, load_for_plan, load_tokenizer, plan_precision
+    from faithforge.modeling import (attach_lora, check_same_precision, load_for_plan, load_tokenizer, measured_peak,
+                                     plan_precision, start_peak_measurement)
     from faithforge.reference import ReferenceCache
     from faithforge.training_plot import plot_training
     from gpu import run_with_oom_backoff
@@ -50,6 +51,7 @@ def _train_dpo(ctx: StageContext, claim: Claim, key: str, out: Path, model: dict
     check_same_precision(plan, reference)
     torch.manual_seed(ctx.config.seed)
     tokenizer = load_tokenizer(model["path"])
+    start_peak_measurement()
     base, device = load_for_plan(model["path"], plan)  # exactly the precision the train plan names
     on_gpu = device == "cuda"
     policy = attach_lora(base, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
@@ -90,7 +92,7 @@ def _train_dpo(ctx: StageContext, claim: Claim, key: str, out: Path, model: dict
             "first_loss": history[0]["loss"] if history else None, "final_loss": history[-1]["loss"] if history else None,
             "final_margin": history[-1]["margin"] if history else None, "stuck_at_ln2": result["stuck_at_ln2"],
             "resumed_from": result["resumed_from"], "oom_backoffs": backoffs,
-            "train_seconds": round(time.perf_counter() - started, 2)}
+            "train_seconds": round(time.perf_counter() - started, 2), **measured_peak()}
     with atomic_directory(out) as tmp:
         result["trainer"].model.save_pretrained(tmp)
         atomic_write_json(tmp / "history.json", history)
@@ -120,13 +122,15 @@ def train_sft_control(ctx: StageContext, model: dict, pairs: dict, plan: dict) -
 def _train_sft_control(ctx: StageContext, claim: Claim, out: Path, model: dict, pairs: dict, plan: dict) -> dict:
     import torch
 
-    from faithforge.modeling import attach_lora, load_for_plan, load_tokenizer, plan_precision
+    from faithforge.modeling import (attach_lora, load_for_plan, load_tokenizer, measured_peak, plan_precision,
+                                     start_peak_measurement)
     from faithforge.sft import SftExample, train_sft
 
     cfg = ctx.config.train
     checkpoints = ctx.workspace.dir("checkpoints") / out.name
     torch.manual_seed(ctx.config.seed)
     tokenizer = load_tokenizer(model["path"])
+    start_peak_measurement()
     base, device = load_for_plan(model["path"], plan)  # the control runs under the train plan, in its precision
     policy = attach_lora(base, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                          quantized=plan_precision(plan) == "nf4", gradient_checkpointing=device == "cuda")
@@ -138,7 +142,7 @@ def _train_sft_control(ctx: StageContext, claim: Claim, out: Path, model: dict, 
                        if s % 16 == 0 or s == cfg.steps else None,
                        checkpoint_dir=checkpoints, checkpoint_every=cfg.checkpoint_every)
     info = {"path": str(out), "steps": cfg.steps, "first_loss": losses[0], "final_loss": losses[-1],
-            "train_seconds": round(time.perf_counter() - started, 2)}
+            "train_seconds": round(time.perf_counter() - started, 2), **measured_peak()}
     with atomic_directory(out) as tmp:
         policy.save_pretrained(tmp)
         info["artifact_id"] = ctx.store.add_artifact(
