@@ -289,8 +289,6 @@ class GpuConfig(Section):
     ref_strategy: Literal["auto", "cached", "live"] = "cached"
     """How training gets reference log-probs. `cached`: the reference stage computes them once (FaithForge's
     pipeline always does); `live`/`auto` only matter for planning other trainers."""
-    logits_chunk_tokens: int | None = Field(None, ge=1)
-    """Positions per chunk when computing log-probs (bounds the logits term); empty: unchunked estimate."""
     calibration_file: str | None = None
     """Measured correction factors (`faithforge gpu calibrate`). Empty: `<workspace>/gpu_calibration.json`."""
 

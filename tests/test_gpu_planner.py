@@ -128,3 +128,15 @@ def test_bad_stage_and_policy_are_rejected():
         plan_stage(snap, "train", [TINY], StageRequest(batch_size=1), policy="yolo")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="batch_size"):
         StageRequest(batch_size=0)
+
+
+def test_generation_plans_name_the_ollama_num_ctx_their_estimate_assumes():
+    """Issue 13 finding 9: the request must send the num_ctx the gate sized the KV cache for."""
+    snap = profile_snapshot("rtx4090-24gb")
+    request = StageRequest(batch_size=2, max_tokens=2048, prompt_tokens=16384)
+    plan = plan_stage(snap, "generate", [ollama_model("qwen3:8b")], request)
+    assert plan.num_ctx == plan.settings["context_tokens"] == 16384 + plan.max_tokens
+    kv = estimate_ollama(ollama_model("qwen3:8b"), parallel=plan.batch_size, context_tokens=plan.num_ctx)
+    assert plan.breakdown["kv_cache_bytes"] == kv.terms["kv_cache_bytes"]
+    hf = plan_stage(snap, "evaluate", [load_model_shape("qwen2.5-7b")], StageRequest(batch_size=4))
+    assert hf.num_ctx is None and hf.precision == "nf4"
