@@ -259,6 +259,9 @@ class GpuConfig(Section):
     `keep-model` offloads the preferred model to the A100 pool."""
     offload_pool: str | None = None
     """Prefect work pool that runs offloaded stages (e.g. `a100`). Empty: offloading is not configured."""
+    offload_stages: list[Literal["reference", "train", "evaluate"]] = []
+    """Stages that always run on `offload_pool`, whatever fits here (e.g. `[train]` when you rent a GPU for
+    training only). Empty: the gate offloads only what does not fit."""
     offload_timeout_s: float = Field(600.0, gt=0, le=86400)
     """Seconds to wait for a worker of the offload pool to start an offloaded stage before failing with how to
     start one (once a worker has started it, the pipeline waits for it to finish)."""
@@ -291,6 +294,13 @@ class GpuConfig(Section):
     pipeline always does); `live`/`auto` only matter for planning other trainers."""
     calibration_file: str | None = None
     """Measured correction factors (`faithforge gpu calibrate`). Empty: `<workspace>/gpu_calibration.json`."""
+
+    @model_validator(mode="after")
+    def _offload_stages_need_a_pool(self) -> "GpuConfig":
+        if self.offload_stages and not self.offload_pool:
+            raise ValueError(f"offload_stages {self.offload_stages} needs offload_pool (e.g. a100): the work pool "
+                             "that runs them")
+        return self
 
 
 class PipelineConfig(Section):
