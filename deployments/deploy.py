@@ -24,6 +24,7 @@ import argparse
 import copy
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,12 @@ A100_DOCKER_POOL = "a100-docker"
 GPU_LIMIT = "gpu"
 DEFAULT_IMAGE = "faithforge-a100:latest"
 DEFAULT_SPEC = "configs/specs/grounded-summaries.yaml"
+PREFECT_VERSION = "3.8.8"
+#: The nightly generation's model tiers, largest first. The GPU gate takes the largest that fits this machine's
+#: GPU; qwen3:0.6b (750M parameters, under gpu.cpu_max_params) runs on the CPU when no tier fits a GPU, so a
+#: nightly run never tries a model that does not fit (README: "Nightly generation").
+NIGHTLY_MODEL = "qwen3:8b"
+NIGHTLY_FALLBACK_MODELS = ["qwen3:4b", "qwen3:1.7b", "qwen3:0.6b"]
 #: the stage flows that can run on a GPU pool, by stage name
 STAGE_ENTRYPOINTS = {
     "reference": "flows.reference.reference_flow",
@@ -116,53 +123,147 @@ def _run(value):
     return asyncio.run(value) if inspect.isawaitable(value) else value
 
 
-def build_deployments(project_dir: str | os.PathLike[str] = ".", *, timezone: str = "UTC",
-                      config_file: str | None = None, storage_url: str | None = None, offload_pool: str = A100_POOL,
-                      docker: bool = False, image: str = DEFAULT_IMAGE, generation_backend: str = "ollama",
-                      generation_model: str = "qwen3:8b", generation_paused: bool = False) -> list:
-    """Every deployment as a `RunnerDeployment` (register with `.apply()`, or serve them)."""
-    from prefect.deployments.runner import EntrypointType
+@dataclass
+class Declaration:
+    """One deployment, declared once: `build_deployments` registers it from Python, `prefect_yaml` writes it
+    for `prefect deploy`; tests/test_deployments_integration.py registers both and compares them field by field."""
 
-    from deployments.generation import generation_deployment_kwargs
-    from faithforge.config import load_config
-    from faithforge.generation.parameters import GenerateParameters
+    entrypoint: str
+    name: str
+    work_pool: str
+    job_variables: dict[str, Any]
+    parameters: dict[str, Any]
+    tags: list[str]
+    description: str
+    schedules: list[dict[str, Any]] = field(default_factory=list)
+    """`{"cron", "timezone", "active"}` each."""
+    paused: bool = False
+
+
+def _flows() -> dict[str, Any]:
     from flows.evaluate import evaluate_flow
     from flows.generate import generate_flow
     from flows.pipeline import pipeline
     from flows.reference import reference_flow
     from flows.train import train_flow
 
+    return {PIPELINE_ENTRYPOINT: pipeline, GENERATION_ENTRYPOINT: generate_flow,
+            STAGE_ENTRYPOINTS["reference"]: reference_flow, STAGE_ENTRYPOINTS["train"]: train_flow,
+            STAGE_ENTRYPOINTS["evaluate"]: evaluate_flow}
+
+
+def pipeline_parameters(config) -> dict[str, Any]:
+    """The pipeline deployment's defaults: only what differs from `PipelineConfig`'s own defaults (the workspace,
+    the storage URL, the offload pool, ...). The form shows every other field with its schema default, and a
+    config field added later needs no change here or in prefect.yaml."""
+    return {"config": config.model_dump(mode="json", exclude_defaults=True)}
+
+
+def declarations(project_dir: str | os.PathLike[str] = ".", *, timezone: str = "UTC", config_file: str | None = None,
+                 storage_url: str | None = None, offload_pool: str = A100_POOL, docker: bool = False,
+                 image: str = DEFAULT_IMAGE, generation_backend: str = "ollama",
+                 generation_model: str = NIGHTLY_MODEL, generation_fallback_models: list[str] | None = None,
+                 generation_paused: bool = False) -> list[Declaration]:
+    """Every FaithForge deployment for these options (the one declaration both registrations come from)."""
+    from deployments.generation import generation_deployment_kwargs
+    from faithforge.config import load_config
+    from faithforge.generation.parameters import GenerateParameters
+
     project = Path(project_dir).resolve()
     local_vars = {"working_dir": str(project)}
     overrides: dict[str, Any] = {"gpu": {"offload_pool": offload_pool}}
     if storage_url:
         overrides["storage_url"] = storage_url
-    config = load_config(config_file, overrides=overrides)
+    config = load_config(config_file, overrides=overrides, environ={})
     if not Path(config.workspace).is_absolute():
         config = config.model_copy(update={"workspace": str(project / config.workspace)})
-    module = EntrypointType.MODULE_PATH
-    out = [pipeline.to_deployment(
-        name=LOCAL_POOL, work_pool_name=LOCAL_POOL, job_variables=local_vars, entrypoint_type=module,
-        parameters={"config": config.model_dump(mode="json")}, tags=["faithforge", "pipeline"],
+    out = [Declaration(
+        entrypoint=PIPELINE_ENTRYPOINT, name=LOCAL_POOL, work_pool=LOCAL_POOL, job_variables=dict(local_vars),
+        parameters=pipeline_parameters(config), tags=["faithforge", "pipeline"],
         description="The whole pipeline: generate → pairs → reference → DPO → evaluate; GPU stages that do not fit "
-                    "here are offloaded to gpu.offload_pool.")]
+                    "here (or that gpu.offload_stages names) run on gpu.offload_pool.")]
+    fallbacks = NIGHTLY_FALLBACK_MODELS if generation_fallback_models is None else generation_fallback_models
     params = GenerateParameters(spec=str(project / DEFAULT_SPEC), backend=generation_backend, model=generation_model,
-                                workspace=config.workspace)
-    out.append(generate_flow.to_deployment(
-        **generation_deployment_kwargs(params, timezone=timezone, work_pool_name=LOCAL_POOL, paused=generation_paused),
-        job_variables=local_vars, entrypoint_type=module))
-    stage_flows = {"reference": reference_flow, "train": train_flow, "evaluate": evaluate_flow}
+                                fallback_models=[m for m in fallbacks if m != generation_model],
+                                workspace=config.workspace, database_url=config.database_url,
+                                unload_after=generation_backend == "ollama")
+    nightly = generation_deployment_kwargs(params, timezone=timezone, work_pool_name=LOCAL_POOL,
+                                           paused=generation_paused)
+    out.append(Declaration(
+        entrypoint=GENERATION_ENTRYPOINT, name=nightly["name"], work_pool=LOCAL_POOL, job_variables=dict(local_vars),
+        parameters={"params": {"spec": params.spec, "backend": params.backend, "model": params.model,
+                               **params.model_dump(mode="json", exclude_defaults=True)}},
+        tags=list(nightly["tags"]),
+        description=nightly["description"], paused=bool(nightly.get("paused")),
+        schedules=[{"cron": c.cron, "timezone": c.timezone, "active": bool(c.active)} for c in nightly["schedules"]]))
     pools = [(LOCAL_POOL, local_vars), (A100_POOL, {})] + ([(A100_DOCKER_POOL, docker_job_variables(image))]
                                                             if docker else [])
-    for stage, flow_obj in stage_flows.items():
+    for stage, entrypoint in STAGE_ENTRYPOINTS.items():
         for pool, job_variables in pools:
-            parameters = {} if pool != LOCAL_POOL else {"config": config.model_dump(mode="json")}
-            out.append(flow_obj.to_deployment(
-                name=pool, work_pool_name=pool, job_variables=job_variables, entrypoint_type=module,
-                parameters=parameters, tags=["faithforge", stage, pool],
+            out.append(Declaration(
+                entrypoint=entrypoint, name=pool, work_pool=pool, job_variables=copy.deepcopy(job_variables),
+                parameters=pipeline_parameters(config) if pool == LOCAL_POOL else {},
+                tags=["faithforge", stage, pool],
                 description=f"The {stage} stage on the {pool!r} pool (the pipeline offloads here when "
                             f"gpu.offload_pool={pool!r})."))
     return out
+
+
+def build_deployments(project_dir: str | os.PathLike[str] = ".", **options: Any) -> list:
+    """Every deployment as a `RunnerDeployment` (register with `.apply()`, or serve them)."""
+    from prefect.deployments.runner import EntrypointType
+    from prefect.schedules import Cron
+
+    flows = _flows()
+    return [flows[d.entrypoint].to_deployment(
+        name=d.name, work_pool_name=d.work_pool, job_variables=d.job_variables,
+        entrypoint_type=EntrypointType.MODULE_PATH, parameters=d.parameters, tags=d.tags, description=d.description,
+        schedules=[Cron(s["cron"], timezone=s["timezone"], active=s["active"]) for s in d.schedules] or None,
+        paused=d.paused)
+        for d in declarations(project_dir, **options)]
+
+
+PWD = "{{ $PWD }}"
+"""`prefect deploy` replaces this with the directory it runs in (its environment's PWD)."""
+
+
+def prefect_yaml(decls: list[Declaration], project_dir: str | os.PathLike[str], *, portable: bool = True,
+                 name: str = "faithforge", command: str = "python -m deployments.deploy --write-prefect-yaml PATH") -> str:
+    """The same deployments as a prefect.yaml. `portable`: the project root becomes `{{ $PWD }}`, so the file is
+    the same on every machine and resolves to the directory `prefect deploy` runs in (the repository root)."""
+    import yaml
+
+    root = str(Path(project_dir).resolve())
+
+    def place(value: Any) -> Any:
+        if isinstance(value, str) and portable:
+            return value.replace(root + os.sep, PWD + "/") if value != root else PWD
+        if isinstance(value, dict):
+            return {k: place(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [place(v) for v in value]
+        return value
+
+    deployments = []
+    for d in decls:
+        entry: dict[str, Any] = {"name": d.name, "entrypoint": d.entrypoint, "description": place(d.description),
+                                 "tags": d.tags, "parameters": place(d.parameters)}
+        if d.schedules:
+            entry["schedules"] = d.schedules
+        entry["paused"] = d.paused
+        entry["work_pool"] = {"name": d.work_pool, "job_variables": place(d.job_variables)}
+        deployments.append(entry)
+    body = {"name": name, "prefect-version": PREFECT_VERSION, "build": None, "push": None, "pull": [],
+            "deployments": deployments}
+    header = (f"# GENERATED by\n#   {command}\n# from deployments/deploy.py, the one declaration of FaithForge's "
+              "deployments. Do not edit:\n# change deploy.py or its options and generate it again.\n"
+              "# tests/test_deployments_declarations.py fails when this file and deploy.py disagree.\n#\n"
+              "# Before `prefect --no-prompt deploy --all --prefect-file <this file>` (from the repository root):\n"
+              "#   prefect work-pool create local --type process; prefect work-pool create a100 --type process\n"
+              "#   prefect gcl create gpu --limit 1\n"
+              "# (`python -m deployments.deploy` does all of it in one step.) {{ $PWD }} is the directory you run\n"
+              "# `prefect deploy` in: flows on the `local` pool run there.\n")
+    return header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True, width=110)
 
 
 def deploy(project_dir: str | os.PathLike[str] = ".", *, gpu_slots: int = 1, docker: bool = False,
@@ -190,17 +291,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--docker", action="store_true", help="Also create the a100-docker pool and deployments.")
     parser.add_argument("--image", default=DEFAULT_IMAGE, help="Image of the a100-docker deployments.")
     parser.add_argument("--generation-backend", default="ollama", help="Backend of the nightly generation.")
-    parser.add_argument("--generation-model", default="qwen3:8b", help="Model of the nightly generation.")
+    parser.add_argument("--generation-model", default=NIGHTLY_MODEL, help="Model of the nightly generation.")
+    parser.add_argument("--generation-fallback-models", default=",".join(NIGHTLY_FALLBACK_MODELS),
+                        help="Smaller tiers for the nightly generation, comma-separated, largest first.")
     parser.add_argument("--pause-nightly", action="store_true", help="Register the nightly schedule paused.")
+    parser.add_argument("--write-prefect-yaml", metavar="PATH", default=None,
+                        help="Write these deployments as a prefect.yaml for `prefect deploy` instead of registering "
+                             "them (no server needed).")
     args = parser.parse_args(argv)
+    options = dict(timezone=args.timezone, config_file=args.config, storage_url=args.storage_url,
+                   offload_pool=args.offload_pool, image=args.image, generation_backend=args.generation_backend,
+                   generation_model=args.generation_model,
+                   generation_fallback_models=[m.strip() for m in args.generation_fallback_models.split(",")
+                                               if m.strip()],
+                   generation_paused=args.pause_nightly)
+    if args.write_prefect_yaml:
+        command = "python -m deployments.deploy " + " ".join(argv if argv is not None else sys.argv[1:])
+        text = prefect_yaml(declarations(args.project_dir, docker=args.docker, **options), args.project_dir,
+                            portable=args.project_dir == ".", name="faithforge-docker" if args.docker else "faithforge",
+                            command=command)
+        Path(args.write_prefect_yaml).write_text(text, encoding="utf-8")
+        print(f"wrote {args.write_prefect_yaml}")
+        return 0
     if not PREFECT_API_URL.value():
         print("PREFECT_API_URL is not set: start `prefect server start` and export "
               "PREFECT_API_URL=http://127.0.0.1:4200/api (deployments need a running server)", file=sys.stderr)
         return 2
-    result = deploy(args.project_dir, gpu_slots=args.gpu_slots, docker=args.docker, timezone=args.timezone,
-                    config_file=args.config, storage_url=args.storage_url, offload_pool=args.offload_pool,
-                    image=args.image, generation_backend=args.generation_backend,
-                    generation_model=args.generation_model, generation_paused=args.pause_nightly)
+    result = deploy(args.project_dir, gpu_slots=args.gpu_slots, docker=args.docker, **options)
     for name in result["pools_created"]:
         print(f"created work pool {name}")
     for name in result["limits_created"]:

@@ -71,6 +71,17 @@ def storage_root(config: PipelineConfig, environ: dict[str, str] | None = None) 
     return url.rstrip("/")
 
 
+def runs_here(record: dict) -> dict:
+    """The gate's record as it is executed: a stage that cannot be offloaded (the warm start: no deployment runs
+    it) runs on this machine's CPU even when the plan says offload, and its record says so."""
+    stage = record.get("stage")
+    if record.get("placement") != "offload" or stage in STAGE_FLOWS:
+        return record
+    return {**record, "placement": "cpu", "planned_placement": "offload", "offload_target": None,
+            "reason": f"{record.get('reason', '')} {stage} cannot be offloaded (no deployment runs it), so it runs "
+                      f"on this machine's CPU.".strip()}
+
+
 def worker_start_hint(pool: str) -> str:
     return (f"start one on the GPU machine with `PREFECT_API_URL=<your server>/api "
             f"FAITHFORGE_STORAGE_URL=<storage url> prefect worker start --pool {pool} --limit 1` "
@@ -88,6 +99,7 @@ def child_config(config: PipelineConfig, model_path_ref: str | None) -> dict[str
     data = config.model_dump(mode="json")
     data["gpu"]["profile"] = None          # the worker reads its own GPU (or its FAITHFORGE_GPU_PROFILE)
     data["gpu"]["offload_pool"] = None     # a stage that does not fit on the offload GPU fails there, never loops
+    data["gpu"]["offload_stages"] = []     # ... and a stage offloaded on purpose runs there, not offloaded again
     data["gpu"]["calibration_file"] = None
     if data.get("database_url", "") and str(data["database_url"]).startswith("sqlite"):
         data["database_url"] = None        # a SQLite file of the parent is not the worker's
@@ -105,6 +117,7 @@ def worker_config(received: PipelineConfig, environ: dict[str, str] | None = Non
     if env.get("FAITHFORGE_STORAGE_URL"):
         data["storage_url"] = env["FAITHFORGE_STORAGE_URL"]
     data.setdefault("gpu", {})["offload_pool"] = None
+    data["gpu"]["offload_stages"] = []  # the worker runs what it receives (its environment cannot send it on)
     return PipelineConfig.model_validate(data)
 
 

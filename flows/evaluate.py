@@ -11,7 +11,7 @@ from tasks.gate import gate_task
 from tasks.offload import gpu_slot, offload_task, receive_task, send_task
 
 
-@flow(name="faithforge-evaluate", log_prints=True)
+@flow(name="faithforge-evaluate", log_prints=False)
 def evaluate_flow(config: PipelineConfig, model: dict, dataset: dict, pairs: dict, dpo: dict,
                   control: dict | None = None, run_id: str | None = None, offloaded: bool = False) -> dict:
     """Summarize the held-out sources with each model, judge them, and compare.

@@ -17,10 +17,13 @@ from flows.train import train_flow
 from tasks.data import base_model_task, generate_task, import_generated_task, pairs_task, warm_start_task
 from tasks.gate import gate_task
 from tasks.offload import gpu_slot
+from tasks.report import report_task
 from tasks.runs import finish_run_task, start_run_task
 
 
-@flow(name="faithforge-pipeline", log_prints=True)
+# log_prints=False on every FaithForge flow: FaithForge logs through the run logger; captured prints were only
+# libraries' console output (dill's bytecode disassembly among it), not what an operator reads.
+@flow(name="faithforge-pipeline", log_prints=False)
 def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
     """Run the whole pipeline and return where everything was written and the before/after rates."""
     run_id = start_run_task(config, "pipeline")
@@ -33,8 +36,10 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
             generated = generate_flow(generation_parameters(config))
             stages["generate"] = dataset = import_generated_task(config, run_id, generated["export"])
         stages["base_model"] = base = base_model_task(config, run_id)
-        warm_plan = gate_task(config, run_id, "train")  # the warm start is a training stage
-        # An offload plan runs the warm start on this CPU: it exists for the tiny model (turn it off for your own).
+        # A full fine-tune, planned as one. It cannot be offloaded: when its plan says offload, the gate records
+        # (and its artifact shows) that it runs on this machine's CPU. It exists for the tiny model (turn it off
+        # for your own).
+        warm_plan = gate_task(config, run_id, "warm_start")
         with gpu_slot(config, warm_plan):
             stages["warm_start"] = model = warm_start_task(config, run_id, base, dataset, warm_plan)
         # On-policy pairs sample from the warm-started model: a generation workload, gated like one.
@@ -49,5 +54,6 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
         finish_run_task(config, run_id, "failed", {"error": str(exc)[:2000], "stages": stages})
         raise
     summary = {"run_id": run_id, "workspace": config.workspace, "stages": stages}
+    summary["report"] = report_task(run_id, stages)  # on this run's Artifacts tab, not only on the subflows'
     finish_run_task(config, run_id, "completed", summary)
     return summary

@@ -10,7 +10,7 @@ from tasks.offload import gpu_slot, offload_task, receive_task, send_task
 from tasks.reference import reference_task
 
 
-@flow(name="faithforge-reference", log_prints=True)
+@flow(name="faithforge-reference", log_prints=False)
 def reference_flow(config: PipelineConfig, model: dict, pairs: dict, run_id: str | None = None,
                    offloaded: bool = False) -> dict:
     """Score every training pair with the reference model once and store the result on disk.

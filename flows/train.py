@@ -11,7 +11,7 @@ from tasks.offload import gpu_slot, offload_task, receive_task, send_task
 from tasks.train import control_task, dpo_task
 
 
-@flow(name="faithforge-train", log_prints=True)
+@flow(name="faithforge-train", log_prints=False)
 def train_flow(config: PipelineConfig, model: dict, pairs: dict, reference: dict, run_id: str | None = None,
                offloaded: bool = False) -> dict:
     """Train the DPO adapter (and, if configured, the LoRA SFT control with the same budget).

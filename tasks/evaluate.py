@@ -1,4 +1,5 @@
-"""Task: before/after hallucination evaluation, published as markdown and table artifacts."""
+"""Task: before/after hallucination evaluation, published as markdown (with the rates chart inside) and table
+artifacts."""
 
 from __future__ import annotations
 
@@ -8,15 +9,18 @@ from prefect.cache_policies import NO_CACHE
 
 from faithforge.config import PipelineConfig
 from faithforge.stages.evaluate import evaluate_models
+from faithforge.ui_report import image_markdown
 from tasks.common import run_stage
 
 
-@task(name="evaluate", cache_policy=NO_CACHE)
+@task(name="evaluate", cache_policy=NO_CACHE, log_prints=False)
 def evaluate_task(config: PipelineConfig, run_id: str | None, model: dict, dataset: dict, pairs: dict, dpo: dict,
                   control: dict | None, plan: dict) -> dict:
     out = run_stage("evaluate", config, run_id, evaluate_models, model, dataset, pairs, dpo, control, plan)
-    create_markdown_artifact(key="hallucination-report", markdown=out.pop("markdown"),
+    chart = image_markdown("Hallucination rate before and after DPO", out.get("chart"))
+    create_markdown_artifact(key="hallucination-report", markdown=f"{chart}\n\n{out.pop('markdown')}",
                              description="Hallucination rate before and after DPO, with the SFT control")
-    create_table_artifact(key="hallucination-table", table=out.pop("table"),
+    # The table stays in the output (a few rows): the pipeline run shows it too, also when this ran offloaded.
+    create_table_artifact(key="hallucination-table", table=out["table"],
                           description="Rates, confidence intervals and recall per model")
     return out

@@ -1,4 +1,5 @@
-"""The GPU gate task: runs before every GPU stage, records its plan, shows it as an artifact."""
+"""The GPU gate task: runs before every GPU stage, records its plan, shows it (and where the stage runs) as an
+artifact."""
 
 from __future__ import annotations
 
@@ -7,24 +8,23 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from faithforge.config import PipelineConfig
+from faithforge.offload import runs_here
 from faithforge.stages.context import StageContext
 from faithforge.stages.gate import gate
+from faithforge.ui_report import plan_markdown, runs_on
 
 
-def _gib(n) -> str:
-    return "—" if n is None else f"{n / 2**30:.2f} GiB"
+def _cuda_available() -> bool:
+    import torch  # the stage behind this gate imports it anyway
+
+    return torch.cuda.is_available()
 
 
 @task(name="gpu-gate", cache_policy=NO_CACHE)
 def gate_task(config: PipelineConfig, run_id: str | None, stage: str) -> dict:
-    plan = gate(StageContext.open(config, run_id), stage)
+    plan = runs_here(gate(StageContext.open(config, run_id), stage))
     get_run_logger().info("gate %s: %s", stage, plan["reason"])
-    create_markdown_artifact(
-        key=f"gpu-plan-{stage}",
-        markdown=(f"### GPU plan for `{stage}`\n\n| placement | model | micro-batch × accumulation | estimated peak | "
-                  f"usable |\n|---|---|---|---|---|\n| {plan['placement']} | {plan['model']} | {plan['batch_size']} × "
-                  f"{plan['grad_accum']} | {_gib(plan['estimated_peak_bytes'])} | {_gib(plan['usable_bytes'])} |\n\n"
-                  f"{plan['reason']}\n"),
-        description=f"GPU gate decision for {stage}",
-    )
+    where = runs_on(plan, _cuda_available())
+    create_markdown_artifact(key=f"gpu-plan-{stage}".replace("_", "-"), markdown=plan_markdown(plan, where),
+                             description=f"GPU gate decision for {stage}: runs on {where}")
     return plan

@@ -153,6 +153,8 @@ def offload_task(config: PipelineConfig, run_id: str | None, stage: str, plan: d
         folder = offload.local_path_for(key[len(offload.REF_PREFIX):], root)
         offload.relocate_markers(folder, result.get("workspace", ""), str(root))
     local = _record_outputs(ctx, stage, local, parents)
+    for entry in _stage_dicts(local):  # what actually ran where: the pipeline's report shows it
+        entry.update(offloaded_to=pool, offload_flow_run=run.name, offload_flow_run_id=str(run.id))
     wall = round(time.perf_counter() - started, 2)
     reused = bool(result.get("reused"))
     if run_id:

@@ -6,26 +6,35 @@ import json
 from pathlib import Path
 
 from prefect import task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from faithforge.config import PipelineConfig
 from faithforge.stages.train import train_dpo, train_sft_control
+from faithforge.ui_report import image_markdown
 from tasks.common import run_stage
 
+# log_prints=False on the training tasks: datasets hashes functions with dill, whose detect.py disassembles
+# them with dis.dis under a stdout capture; Prefect's print capture sent those 160-212 lines of bytecode to the
+# run log instead. Everything FaithForge reports goes through the run logger and artifacts.
 
-@task(name="dpo-train", cache_policy=NO_CACHE, retries=1)
+
+@task(name="dpo-train", cache_policy=NO_CACHE, retries=1, log_prints=False)
 def dpo_task(config: PipelineConfig, run_id: str | None, model: dict, pairs: dict, reference: dict, plan: dict) -> dict:
     # retries=1: training resumes from its newest checkpoint.
     out = run_stage("train", config, run_id, train_dpo, model, pairs, reference, plan)
-    history = json.loads((Path(out["path"]) / "history.json").read_text())
+    adapter = Path(out["path"])
+    history = json.loads((adapter / "history.json").read_text())
     every = max(1, len(history) // 32)  # a readable table: about 32 rows whatever the step count
     create_table_artifact(
         key="dpo-training", table=[h for i, h in enumerate(history) if i % every == 0 or i == len(history) - 1],
-        description=f"DPO loss, reward margin and reward accuracy per step (plot: {out['path']}/training.png)")
+        description="DPO loss, reward margin and reward accuracy per step (curves: the dpo-training-curves artifact)")
+    create_markdown_artifact(
+        key="dpo-training-curves", description=f"DPO training curves ({len(history)} steps)",
+        markdown=f"### DPO training curves\n\n{image_markdown('DPO loss, reward margin and accuracy per step', adapter / 'training.png')}\n")
     return out
 
 
-@task(name="sft-control", cache_policy=NO_CACHE)
+@task(name="sft-control", cache_policy=NO_CACHE, log_prints=False)
 def control_task(config: PipelineConfig, run_id: str | None, model: dict, pairs: dict, plan: dict) -> dict:
     return run_stage("control", config, run_id, train_sft_control, model, pairs, plan)

@@ -96,9 +96,11 @@ def test_relocate_markers_points_reused_outputs_at_this_workspace(tmp_path):
 def test_child_and_worker_configs():
     parent = PipelineConfig.model_validate({"workspace": "/home/me/ws", "database_url": "sqlite:////home/me/x.db",
                                             "storage_url": "s3://bucket/ff", "model": {"path": "/home/me/model"},
-                                            "gpu": {"offload_pool": "a100", "profile": "rtx5070-12gb"}})
+                                            "gpu": {"offload_pool": "a100", "profile": "rtx5070-12gb",
+                                                    "offload_stages": ["train"]}})
     sent = offload.child_config(parent, "@storage/external/abc/model")
     assert sent["gpu"]["offload_pool"] is None and sent["gpu"]["profile"] is None
+    assert sent["gpu"]["offload_stages"] == []  # offloaded on purpose once, run there, never sent on
     assert sent["database_url"] is None and sent["model"]["path"] == "@storage/external/abc/model"
     received = PipelineConfig.model_validate(sent)
     cfg = offload.worker_config(received, {"FAITHFORGE_WORKSPACE": "/data/ws", "FAITHFORGE_STORAGE_URL": "gs://b/ff",
@@ -107,6 +109,36 @@ def test_child_and_worker_configs():
     assert cfg.gpu.offload_pool is None and cfg.gpu.profile is None  # the probe reads FAITHFORGE_GPU_PROFILE itself
     fallback = offload.worker_config(received, {})
     assert fallback.workspace.endswith(".faithforge-worker") and fallback.storage_url == "s3://bucket/ff"
+
+
+def test_offload_stages_offload_on_purpose_and_need_a_pool():
+    from faithforge.errors import ConfigError
+    from faithforge.stages.gate import plan_pipeline
+    from gpu.profiles import profile_snapshot
+
+    cfg = PipelineConfig.model_validate({"gpu": {"offload_pool": "a100", "offload_stages": ["train"],
+                                                 "offload_profile": "a100-80gb"}})
+    plans = plan_pipeline(cfg, profile_snapshot("rtx5070-12gb"))
+    assert plans["train"].placement == "offload" and plans["train"].offload_target == "a100" and plans["train"].fits
+    assert plans["train"].reason.startswith("gpu.offload_stages lists train, so it is offloaded to the pool 'a100'")
+    assert "A100" in plans["train"].reason  # sized for the pool's GPU, not this one
+    assert {plans[s].placement for s in ("reference", "evaluate", "warm_start")} == {"local"}  # the tiny model fits
+    from faithforge.config import validate_config
+
+    with pytest.raises(ConfigError, match="offload_stages .* needs offload_pool"):
+        validate_config({"gpu": {"offload_stages": ["train"]}})
+    with pytest.raises(ConfigError, match="offload_stages"):
+        validate_config({"gpu": {"offload_pool": "a100", "offload_stages": ["warm_start"]}})
+
+
+def test_a_stage_that_cannot_be_offloaded_says_it_runs_here():
+    planned = {"stage": "warm_start", "placement": "offload", "offload_target": "a100", "reason": "Too large here."}
+    ran = offload.runs_here(planned)
+    assert ran["placement"] == "cpu" and ran["planned_placement"] == "offload" and ran["offload_target"] is None
+    assert ran["reason"].endswith("warm_start cannot be offloaded (no deployment runs it), so it runs on this "
+                                  "machine's CPU.")
+    train = {**planned, "stage": "train"}
+    assert offload.runs_here(train) is train  # an offloadable stage's offload plan is what happens
 
 
 def test_settings_and_messages():

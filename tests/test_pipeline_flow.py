@@ -1,9 +1,30 @@
 """One end-to-end pipeline run under the Prefect test harness, small sizes; then a second run that reuses."""
 
+import re
+
 import pytest
 
 from faithforge.config import load_config
 from faithforge.store import Store
+
+_BYTECODE = re.compile(r"\b(LOAD_GLOBAL|LOAD_FAST|LOAD_CONST|RETURN_VALUE|CALL_FUNCTION|PRECALL|RESUME)\b")
+
+
+async def _all_log_messages() -> list[str]:
+    from prefect.client.orchestration import get_client
+    from prefect.logging.handlers import APILogHandler
+
+    await APILogHandler.aflush()  # run logs reach the server from a background worker
+    async with get_client() as client:
+        logs = []
+        offset = 0
+        while True:  # the API pages at 200 records
+            page = await client.read_logs(limit=200, offset=offset)
+            logs += page
+            if len(page) < 200:
+                return [entry.message for entry in logs]
+            offset += 200
+
 
 SMALL = {
     "generate": {"train_sources": 120, "val_sources": 20, "test_sources": 30},
@@ -54,7 +75,29 @@ def test_pipeline_runs_end_to_end_and_reuses(prefect_harness, tmp_path):
     import asyncio
 
     keys = asyncio.run(artifact_keys())
-    assert {"hallucination-report", "hallucination-table", "gpu-plan-train", "dpo-training"} <= keys
+    assert {"hallucination-report", "hallucination-table", "gpu-plan-train", "dpo-training", "dpo-training-curves",
+            "gpu-plan-warm-start"} <= keys
+
+    # The pipeline run itself carries the report, with the charts inside it (not a file path) and the table.
+    async def pipeline_artifacts(flow_run_id):
+        from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+        async with get_client() as client:
+            return {a.key: a for a in await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id])))}
+
+    own = asyncio.run(pipeline_artifacts(store.get_run(first["run_id"]).prefect_flow_run_id))
+    report = own["faithforge-report"].data
+    assert report.count("](data:image/png;base64,iVBORw0KGgo") == 2  # the rates chart and the training curves
+    assert "## Where each stage ran" in report and "| train | this machine | no |" in report
+    assert own["faithforge-rates"].type == "table" and "hallucination_rate" in own["faithforge-rates"].data
+
+    # The run logs hold what an operator reads: no bytecode disassembly (dill's detect.py calls dis.dis under a
+    # stdout capture, which Prefect's print capture used to turn into 160-212 log lines in dpo-train).
+    messages = asyncio.run(_all_log_messages())
+    assert any("train completed" in m for m in messages)  # the logs of the training task are there
+    disassembly = [m for m in messages if _BYTECODE.search(m)]
+    assert not disassembly, disassembly[:3]
 
     # Second run, now also evaluating a served model (a loopback Ollama that always adds a day): every
     # training stage is reused, and the evaluation compares the served model too.
