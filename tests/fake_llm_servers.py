@@ -127,6 +127,14 @@ class _Server(ThreadingHTTPServer):
     daemon_threads = True
     fake: "FakeServer"
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client closing its keep-alive connection is normal; print anything else as the base class does."""
+        import sys
+
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
+
 
 class FakeServer:
     """Base: a threaded loopback HTTP server with a script of behaviours and a log of requests."""
