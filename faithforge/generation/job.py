@@ -50,8 +50,10 @@ def validate(params: GenerateParameters) -> GenerationSpec:
         raise UserError(f"--model {params.model!r} is not a local model folder with a config.json; the local backend "
                         "takes the path of a folder written by save_pretrained")
     if params.backend == "template":
+        from faithforge.generation.backends.template import REQUIRED_FIELDS
+
         properties = set((spec.schema_for(spec.categories[0]).get("properties") or {}))
-        if not {"summary", "key_facts"} <= properties:
+        if not set(REQUIRED_FIELDS) <= properties:
             raise UserError(f"the template backend only writes grounded-summaries examples, not {spec.name}; use "
                             "--backend ollama, openai or local for this spec")
     return spec
