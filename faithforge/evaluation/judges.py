@@ -12,13 +12,16 @@ JUDGE_NAMES = ("grounding", "nli", "llm")
 DEFAULT_JUDGE = "grounding"
 
 
-def get_judge(name: str = DEFAULT_JUDGE, **options: Any) -> Judge:
-    """Build the judge called `name`.
+def get_judge(name: str | Sequence[str] = DEFAULT_JUDGE, **options: Any) -> Judge:
+    """Build the judge called `name`; a list (or "grounding+nli") builds a combined judge, and then
+    `options` maps each judge's name to its options.
 
     Options: `nli` takes `checkpoint` (a local folder) and optionally `threshold`, `supported_label`,
     `batch_size`; `llm` takes `backend` (an object with a `chat` method) and optionally `max_tokens`,
     `temperature`, `seed`, `attempts`.
     """
+    if not isinstance(name, str) or "+" in name or "," in name:
+        return build_judges(name, options)
     if name == "grounding":
         if options:
             raise UserError(f"the grounding judge takes no options (got {', '.join(sorted(options))})")
@@ -26,8 +29,8 @@ def get_judge(name: str = DEFAULT_JUDGE, **options: Any) -> Judge:
     if name == "nli":
         checkpoint = options.pop("checkpoint", None)
         if not checkpoint:
-            raise UserError("the nli judge needs a checkpoint: pass the folder of a local sequence-classification "
-                            "model (e.g. --checkpoint PATH)")
+            raise UserError("the nli judge needs a checkpoint: pass the folder (or hub id) of a sequence-classification "
+                            "model or seq2seq checker (e.g. --checkpoint PATH)")
         from faithforge.evaluation.nli import NliJudge
 
         return NliJudge(checkpoint, **options)

@@ -19,8 +19,12 @@ from faithforge.workspace import atomic_write_json, atomic_write_text
 
 
 def summarize_sources(model_path: str, sources: list[str], *, adapter: str | None, device: str,
-                      max_new_tokens: int, batch_size: int, system_prompt: str = SYSTEM_PROMPT) -> list[str]:
-    """Greedy (temperature 0) summaries of `sources`, optionally with a LoRA adapter merged in."""
+                      max_new_tokens: int, batch_size: int, system_prompt: str = SYSTEM_PROMPT,
+                      truncated: list[bool] | None = None) -> list[str]:
+    """Greedy (temperature 0) summaries of `sources`, optionally with a LoRA adapter merged in.
+
+    `truncated`: a list to fill with whether each summary was cut off by `max_new_tokens` (for the judge:
+    a cut-off last word is not a claim)."""
     from faithforge.engine import PrefixCachedEngine, SamplingConfig
     from faithforge.modeling import load_causal_lm, load_tokenizer
 
@@ -35,19 +39,24 @@ def summarize_sources(model_path: str, sources: list[str], *, adapter: str | Non
     results = engine.generate_batch([[{"role": "user", "content": s}] for s in sources],
                                     SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens),
                                     batch_size=batch_size)
+    if truncated is not None:
+        truncated[:] = [r.finish_reason == "length" for r in results]
     return [r.text.strip() for r in results]
 
 
 def summarize_with_backend(backend, sources: list[str], *, max_new_tokens: int, seed: int,
-                           system_prompt: str = SYSTEM_PROMPT) -> list[str]:
+                           system_prompt: str = SYSTEM_PROMPT, truncated: list[bool] | None = None) -> list[str]:
     """Greedy summaries from a served model (Ollama / OpenAI-compatible), one request per source, same prompt.
 
     Thinking is off and stripped by the backend; a truncated answer is kept as it is (it is what the model
     said within the budget the local models also get).
     """
-    return [backend.chat([{"role": "system", "content": system_prompt}, {"role": "user", "content": source}],
-                         schema=None, max_tokens=max_new_tokens, temperature=0.0, seed=seed).text.strip()
-            for source in sources]
+    results = [backend.chat([{"role": "system", "content": system_prompt}, {"role": "user", "content": source}],
+                            schema=None, max_tokens=max_new_tokens, temperature=0.0, seed=seed)
+               for source in sources]
+    if truncated is not None:
+        truncated[:] = [bool(getattr(r, "truncated", False)) for r in results]
+    return [r.text.strip() for r in results]
 
 
 def evaluate_models(ctx: StageContext, model: dict, dataset: dict, pairs: dict, dpo: dict,
@@ -78,19 +87,24 @@ def evaluate_models(ctx: StageContext, model: dict, dataset: dict, pairs: dict, 
     if control:
         models["control"] = control["path"]
     reports = {}
+    calibrations = ctx.workspace.root / "calibrations"  # written by `faithforge eval calibrate --workspace`
     for index, (label, adapter) in enumerate(models.items(), start=1):
+        cut: list[bool] = []
         summaries = summarize_sources(model["path"], sources, adapter=adapter, device=device,
-                                      max_new_tokens=cfg.max_new_tokens, batch_size=batch, system_prompt=prompt)
-        reports[label] = evaluate_single(items, summaries, judge, label=label, confidence=cfg.confidence)
+                                      max_new_tokens=cfg.max_new_tokens, batch_size=batch, system_prompt=prompt,
+                                      truncated=cut)
+        reports[label] = evaluate_single(items, summaries, judge, label=label, confidence=cfg.confidence,
+                                         truncated=cut, calibration_dir=calibrations)
         ctx.progress("evaluate", index, len(models), f"{label}: rate {reports[label].rate:.3f}")
     if cfg.served_model:
         from faithforge.generation.backends import make_backend
 
         backend = make_backend(cfg.served_backend, cfg.served_model, base_url=cfg.served_base_url)
+        cut = []
         summaries = summarize_with_backend(backend, sources, max_new_tokens=cfg.max_new_tokens, seed=ctx.config.seed,
-                                           system_prompt=prompt)
+                                           system_prompt=prompt, truncated=cut)
         reports["served"] = evaluate_single(items, summaries, judge, label=f"served: {cfg.served_model}",
-                                            confidence=cfg.confidence)
+                                            confidence=cfg.confidence, truncated=cut, calibration_dir=calibrations)
     comparison = compare_reports(reports["before"], reports["after"], confidence=cfg.confidence,
                                  bootstrap_samples=cfg.bootstrap_samples, seed=ctx.config.seed)
     control_cmp = None
@@ -129,16 +143,30 @@ def evaluate_models(ctx: StageContext, model: dict, dataset: dict, pairs: dict, 
 
 
 def judge_options(cfg) -> dict:
-    """The configured judge's options (`EvaluateConfig`), checked before any summary is generated."""
+    """The configured judge's options (`EvaluateConfig`), checked before any summary is generated.
+
+    One judge: its options. A judge list (`[grounding, nli]`): a dict of options per judge name, which
+    `get_judge(cfg.judge, **judge_options(cfg))` turns into a combined judge."""
+    from faithforge.evaluation.judges import judge_names
+
+    names = judge_names(cfg.judge)
+    options = {name: _one_judge_options(name, cfg) for name in names}
+    return options[names[0]] if len(names) == 1 else options
+
+
+def _one_judge_options(name: str, cfg) -> dict:
     from faithforge.errors import UserError
 
-    if cfg.judge == "nli":
+    if name == "nli":
         if not cfg.nli_checkpoint:
-            raise UserError("evaluate.judge is nli but evaluate.nli_checkpoint is empty; set it to the folder of a "
-                            "local sequence-classification model")
-        return {"checkpoint": cfg.nli_checkpoint, "threshold": cfg.nli_threshold,
-                "supported_label": cfg.nli_supported_label}
-    if cfg.judge == "llm":
+            raise UserError("evaluate.judge includes nli but evaluate.nli_checkpoint is empty; set it to the folder "
+                            "(or hub id) of a sequence-classification or seq2seq checker")
+        options = {"checkpoint": cfg.nli_checkpoint, "threshold": cfg.nli_threshold,
+                   "supported_label": cfg.nli_supported_label}
+        if getattr(cfg, "nli_trust_remote_code", False):  # an explicit opt-in only: it runs the checkpoint's code
+            options["trust_remote_code"] = True
+        return options
+    if name == "llm":
         from faithforge.generation.backends import make_backend
 
         return {"backend": make_backend(cfg.llm_backend, cfg.llm_model, base_url=cfg.llm_base_url)}
