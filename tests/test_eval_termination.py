@@ -93,3 +93,28 @@ def test_llm_judge_claim_locating_returns_on_arbitrary_text(summary, claim):
 def test_grounding_judge_returns_on_very_long_sources(paragraph):
     source = (paragraph + " . Ferrari had a one-two finish on Monday . ") * 200
     finishes(GroundingJudge().judge, source, "Ferrari had a one-two finish . " + paragraph)
+
+
+_NLI: list = []
+
+
+def _tiny_nli_judge():
+    """A random-init BERT classifier with a word-level tokenizer (built once): chunking does not depend on weights."""
+    if not _NLI:
+        import tempfile
+        from pathlib import Path
+
+        from faithforge.evaluation.nli import NliJudge
+        from test_eval_nli_families import save_classifier
+
+        folder = Path(tempfile.mkdtemp(prefix="ff-nli-")) / "bert"
+        _NLI.append(NliJudge(save_classifier(folder, "bert", {0: "unsupported", 1: "supported"}), max_length=32))
+    return _NLI[0]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(source=any_text, hypothesis_tokens=st.integers(min_value=1, max_value=21))
+def test_nli_chunking_returns_and_every_chunk_fits_the_window(source, hypothesis_tokens):
+    judge = _tiny_nli_judge()
+    chunks = finishes(judge.chunk_source, source, hypothesis_tokens)
+    assert chunks and all(judge._length(c) <= judge.window(hypothesis_tokens) for c in chunks)
