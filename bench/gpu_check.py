@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-BUDGET_BYTES = 10_480_000_000  # the RTX 5070's free memory, read as GB (gpu/profiles.py RTX5070_FREE_BYTES)
+from gpu.profiles import RTX5070_FREE_BYTES as BUDGET_BYTES  # noqa: E402 - one reading of "10.48": 10.48e9 bytes
 CASES = ((512, 1), (1024, 1), (1024, 2), (2048, 1))
 CAPPED_CASE, CAPPED_STEPS = (1024, 1), 4
 TINY = {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
