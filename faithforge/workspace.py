@@ -79,13 +79,19 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}; check the path") from None
     with handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise UserError(f"{path}: line {number} is not valid JSON ({exc.msg}); fix or remove that line") from None
+        number = 0  # the last line read whole
+        try:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path}: line {number} is not valid JSON ({exc.msg}); fix or remove that "
+                                    "line") from None
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{path} is not UTF-8 text after line {number} ({exc.reason}); save the file as "
+                            "UTF-8") from None
     return rows
 
 

@@ -128,6 +128,7 @@ def _train_sft_control(ctx: StageContext, claim: Claim, out: Path, model: dict, 
 
     cfg = ctx.config.train
     checkpoints = ctx.workspace.dir("checkpoints") / out.name
+    resumed: list[int] = []
     torch.manual_seed(ctx.config.seed)
     tokenizer = load_tokenizer(model["path"])
     start_peak_measurement()
@@ -140,8 +141,10 @@ def _train_sft_control(ctx: StageContext, claim: Claim, out: Path, model: dict, 
                        learning_rate=cfg.learning_rate, seed=ctx.config.seed,
                        on_step=lambda s, loss: ctx.progress("control", s, cfg.steps, f"loss {loss:.3f}")
                        if s % 16 == 0 or s == cfg.steps else None,
-                       checkpoint_dir=checkpoints, checkpoint_every=cfg.checkpoint_every)
+                       checkpoint_dir=checkpoints, checkpoint_every=cfg.checkpoint_every,
+                       on_resume=resumed.append)
     info = {"path": str(out), "steps": cfg.steps, "first_loss": losses[0], "final_loss": losses[-1],
+            "resumed_from_step": resumed[0] if resumed else None,
             "train_seconds": round(time.perf_counter() - started, 2), **measured_peak()}
     with atomic_directory(out) as tmp:
         policy.save_pretrained(tmp)
