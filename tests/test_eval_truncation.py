@@ -77,3 +77,11 @@ def test_the_configured_judge_list_reaches_the_pipeline_judge():
     assert judge.name == "grounding+llm" and [j.name for j in judge.judges] == ["grounding", "llm"]
     single = EvaluateConfig()
     assert get_judge(single.judge, **judge_options(single)).name == "grounding"  # a single string still works
+
+
+def test_the_stage_output_carries_the_judge_accuracy_line():
+    from faithforge.stages.evaluate import _judge_accuracy
+
+    items = [EvalItem(id="a", source=SOURCE)]
+    report = evaluate_pair(items, ["Anna left ."], ["Bob left ."], bootstrap_samples=50)
+    assert _judge_accuracy(report).startswith("Judge `grounding` has no calibration on record")

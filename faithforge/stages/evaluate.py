@@ -132,6 +132,7 @@ def evaluate_models(ctx: StageContext, model: dict, dataset: dict, pairs: dict, 
     summary = {label: _headline(r) for label, r in reports.items()}
     return {
         "path": str(out), "markdown_path": str(out / "report.md"), "chart": str(Path(chart)),
+        "judge_accuracy": _judge_accuracy(comparison),
         "artifact_id": artifact_id, "judge": cfg.judge, "items": len(items), "seconds": round(seconds, 2),
         "items_per_second": round(len(items) * len(reports) / seconds, 1), "models": summary,
         "difference": {"rate": comparison.rate.model_dump(), "recall": comparison.recall.model_dump(),
@@ -171,6 +172,13 @@ def _one_judge_options(name: str, cfg) -> dict:
 
         return {"backend": make_backend(cfg.llm_backend, cfg.llm_model, base_url=cfg.llm_base_url)}
     return {}
+
+
+def _judge_accuracy(comparison) -> str:
+    """The report's first line: the judge's stored held-out accuracy, or that it has none (for the terminal)."""
+    from faithforge.evaluation.report import judge_accuracy_lines
+
+    return judge_accuracy_lines(comparison.before)[0].lstrip("> ").replace("**", "")
 
 
 def _headline(report) -> dict:
