@@ -108,3 +108,30 @@ def test_judge_registry():
         get_judge("oracle")
     with pytest.raises(UserError, match="needs a checkpoint"):
         get_judge("nli")
+
+
+CRAFTED_SOURCE = "On Monday , Alice bought 12 clocks in Graz . The shop had opened in March ."
+
+
+@pytest.mark.parametrize("case, summary, hallucinated, flagged", [
+    ("faithful paraphrase", "In March a shop opened ; on Monday Alice purchased twelve clocks there .", False, []),
+    ("swapped entity", "On Monday , Bruno bought 12 clocks in Graz .", True, ["Bruno"]),
+    ("changed number", "Alice bought 21 clocks in Graz .", True, ["21"]),
+    # Its documented blind spots: these are hallucinations the grounding judge does NOT flag.
+    ("negation (missed)", "Alice did not buy clocks in Graz .", False, []),
+    ("changed relation (missed)", "On Monday , Alice stole 12 clocks in Graz .", False, []),
+])
+def test_crafted_pairs_hand_checked(judge, case, summary, hallucinated, flagged):
+    verdict = judge.judge(CRAFTED_SOURCE, summary)
+    assert verdict.hallucinated is hallucinated, case
+    assert [f.text for f in verdict.flags] == flagged, case
+
+
+def test_measured_limits_are_stated():
+    from faithforge.evaluation.grounding import MEASURED_LIMITS
+
+    assert "balanced accuracy 0.60" in MEASURED_LIMITS and "recall 0.24" in MEASURED_LIMITS
+    assert "0.37" in MEASURED_LIMITS and "negations" in MEASURED_LIMITS
+    import faithforge.evaluation.grounding as grounding
+
+    assert "balanced accuracy 0.60" in grounding.__doc__ and "recall 0.24" in grounding.__doc__
