@@ -417,8 +417,14 @@ def _known_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
 
 def format_validation_error(model: type[BaseModel], exc: ValidationError) -> list[str]:
     problems = []
+    seen: set[tuple] = set()
     for err in exc.errors():
-        loc = tuple(err["loc"])
+        # A union field (`judge: name | list[name]`) fails once per branch, each tagged `literal[...]` /
+        # `list[...]` in its location: report the field once, with the first branch's message.
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+        if loc in seen:
+            continue
+        seen.add(loc)
         where = ".".join(str(p) for p in loc) or "(top level)"
         if err["type"] == "extra_forbidden":
             known = _known_fields(model, loc)
