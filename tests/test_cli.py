@@ -48,3 +48,26 @@ def test_tiny_model_command(tmp_path):
     result = _faithforge("tiny-model", str(tmp_path / "m"), "--seed", "1")
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "m" / "config.json").is_file() and (tmp_path / "m" / "tokenizer.json").is_file()
+
+
+def test_a_garbled_run_store_is_one_line_not_a_sqlite_traceback(tmp_path):
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "faithforge.db").write_bytes(b"not a database\x00" * 100)
+    err = _one_line_error(_faithforge("demo", "-w", str(tmp_path / "w")))
+    assert "faithforge.db cannot be used (file is not a database)" in err and "move it aside" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_an_unopenable_database_url_is_one_line(tmp_path):
+    err = _one_line_error(_faithforge("eval", "compare", "a", "b", "--database-url", "sqlite:////nonexistent/x.db"))
+    assert "/nonexistent/x.db cannot be used (unable to open database file)" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_non_utf8_config_names_the_file_and_v_shows_the_traceback(tmp_path):
+    config = tmp_path / "latin1.yaml"
+    config.write_bytes(b"seed: 1  # caf\xe9\n")
+    err = _one_line_error(_faithforge("demo", "-c", str(config), "-w", str(tmp_path / "w")))
+    assert "latin1.yaml is not UTF-8 text" in err and len(err.strip().splitlines()) == 1
+    verbose = _faithforge("demo", "-v", "-c", str(config), "-w", str(tmp_path / "w"))
+    assert verbose.returncode != 0 and "Traceback" in verbose.stderr

@@ -59,3 +59,27 @@ def test_field_docstrings_become_descriptions():
     assert "DPO temperature" in train["beta"]["description"]
     assert train["steps"]["minimum"] == 1
     assert schema["$defs"]["TrainConfig"]["properties"]["quantization"]["enum"] == ["auto", "nf4", "none"]
+
+
+@pytest.mark.parametrize("source", ["override", "yaml", "env"])
+def test_an_empty_workspace_is_a_config_error(source, tmp_path):
+    """An empty workspace meant the current directory, which `--fresh` then emptied."""
+    path, overrides, environ = None, None, {}
+    if source == "override":
+        overrides = {"workspace": ""}
+    elif source == "yaml":
+        path = tmp_path / "c.yaml"
+        path.write_text('workspace: ""\n')
+    else:
+        environ = {"FAITHFORGE_WORKSPACE": ""}
+    with pytest.raises(ConfigError, match="workspace"):
+        load_config(path, overrides=overrides, environ=environ)
+
+
+def test_a_config_that_is_not_utf8_or_is_a_directory_says_so(tmp_path):
+    latin1 = tmp_path / "c.yaml"
+    latin1.write_bytes(b"seed: 1  # caf\xe9\n")
+    with pytest.raises(UserError, match=r"c.yaml is not UTF-8 text .*save it as UTF-8"):
+        load_config(latin1, environ={})
+    with pytest.raises(UserError, match="is a directory"):
+        load_config(tmp_path, environ={})

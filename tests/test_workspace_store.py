@@ -90,3 +90,52 @@ def test_store_and_lineage_on_postgresql():
     assert store.stages(run)[0].plan == {"placement": "local"}
     store.finish_run(run, "completed", {"ok": True})
     assert store.get_run(run).config == {"seed": 0, "nested": {"a": [1, 2]}}
+
+
+def test_fresh_refuses_a_directory_faithforge_did_not_create(tmp_path, monkeypatch, capsys):
+    """`demo -w . --fresh` in a folder of yours deleted `models/mine.txt`; now it refuses and writes nothing."""
+    from faithforge.cli import main
+
+    mine = tmp_path / "d" / "models" / "mine.txt"
+    mine.parent.mkdir(parents=True)
+    mine.write_text("x")
+    monkeypatch.chdir(tmp_path / "d")
+    with pytest.raises(SystemExit) as code:
+        main(["demo", "-w", ".", "--fresh"])
+    err = capsys.readouterr().err
+    assert code.value.code == 2 and str(tmp_path / "d") in err and "not created by FaithForge" in err
+    assert mine.read_text() == "x"
+    assert sorted(p.name for p in (tmp_path / "d").iterdir()) == ["models"]  # nothing written either
+
+
+def test_fresh_removes_only_what_faithforge_wrote(tmp_path):
+    from faithforge.workspace import MARKER
+
+    ws = Workspace.open(tmp_path / "ws")
+    assert ws.owned and (ws.root / MARKER).is_file()
+    outputs = [ws.dir("models") / "tiny-0123456789abcdef", ws.dir("adapters") / "dpo-0123456789abcdef",
+               ws.dir("refcache") / "0123456789abcdef", ws.dir("checkpoints") / "sft-0123456789abcdef"]
+    for out in outputs:
+        out.mkdir()
+        (out / "weights.bin").write_bytes(b"w")
+    lock = ws.dir("adapters") / ".dpo-0123456789abcdef.lock"
+    lock.write_text("")
+    yours = [ws.dir("models") / "mine.txt", ws.dir("adapters") / "my-adapter"]
+    yours[0].write_text("x")
+    yours[1].mkdir()
+    (ws.root / "reports" / "eval-1").mkdir()
+    removed, kept = ws.remove_outputs()
+    assert sorted(removed) == sorted(outputs + [lock])
+    assert sorted(kept) == sorted(yours) and all(p.exists() for p in yours)
+    assert (ws.root / "reports" / "eval-1").is_dir()  # history stays
+
+
+def test_a_folder_of_yours_is_used_but_never_marked_as_ours(tmp_path):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "notes.txt").write_text("x")
+    ws = Workspace.open(folder)
+    assert not ws.owned
+    with pytest.raises(UserError, match="not created by FaithForge"):
+        ws.remove_outputs()
+    assert Workspace.open(tmp_path / "new").owned and Workspace.open(tmp_path / "new").owned
