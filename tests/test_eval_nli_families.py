@@ -151,8 +151,9 @@ from transformers import PretrainedConfig
 class WordCheckConfig(PretrainedConfig):
     model_type = "word-check"
 
-    def __init__(self, vocab_size=8, **kwargs):
+    def __init__(self, vocab_size=8, foundation=None, **kwargs):
         self.vocab_size = vocab_size
+        self.foundation = foundation
         super().__init__(**kwargs)
 '''
 
@@ -176,6 +177,10 @@ class WordCheckForSequenceClassification(PreTrainedModel):
         super().__init__(config)
         self.bias = torch.nn.Parameter(torch.zeros(2))
         self.post_init()
+        if config.foundation:  # like HHEM: the tokenizer comes from a foundation model, not the checkpoint
+            from transformers import AutoTokenizer
+
+            self.tokenizer = AutoTokenizer.from_pretrained(config.foundation)
 
     def forward(self, input_ids=None, attention_mask=None, **kwargs):
         return SequenceClassifierOutput(logits=self.bias.expand(input_ids.shape[0], 2))
@@ -200,6 +205,24 @@ def save_custom(path: Path) -> Path:
                      "AutoModelForSequenceClassification": "modeling_word_check.WordCheckForSequenceClassification"},
         "id2label": {"0": "LABEL_0", "1": "LABEL_1"}, "label2id": {"LABEL_0": 0, "LABEL_1": 1}, "vocab_size": 8}))
     return path
+
+
+def test_a_custom_model_without_tokenizer_files_lends_its_own(tmp_path):
+    from safetensors.torch import save_file
+
+    import torch
+
+    path = save_custom(tmp_path / "hhem-like")
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        (path / name).unlink(missing_ok=True)
+    foundation = tmp_path / "foundation"
+    word_tokenizer().save_pretrained(foundation)
+    config = json.loads((path / "config.json").read_text())
+    (path / "config.json").write_text(json.dumps({**config, "foundation": str(foundation)}))
+    save_file({"bias": torch.zeros(2)}, str(path / "model.safetensors"))
+    judge = NliJudge(path, trust_remote_code=True)
+    assert judge.tokenizer is judge.model.tokenizer
+    assert not judge.judge(SOURCE, "Alice bought 3 lamps in Paris .").hallucinated
 
 
 def test_custom_code_needs_an_explicit_opt_in(tmp_path):

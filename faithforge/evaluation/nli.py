@@ -146,7 +146,7 @@ class NliJudge:
         source = str(Path(where).expanduser()) if Path(where).expanduser().is_dir() else where
         try:
             self.model = loader.from_pretrained(source, trust_remote_code=trust_remote_code)
-            self.tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+            self.tokenizer = self._load_tokenizer(AutoTokenizer, source, trust_remote_code)
         except (OSError, ValueError, KeyError, ImportError) as exc:
             raise UserError(f"nli checkpoint {where} could not be loaded as a tokenizer + {loader.__name__[4:]} "
                             f"({_first_line(exc)}); check it holds config.json, weights and tokenizer files") from None
@@ -173,6 +173,17 @@ class NliJudge:
             self._setup_seq2seq(seq2seq_template, seq2seq_answers, where)
         self.max_length = max_length or self._model_max_length()
         self._inputs = set(inspect.signature(self.model.forward).parameters)
+
+    def _load_tokenizer(self, auto_tokenizer: Any, source: str, trust_remote_code: bool) -> Any:
+        """The checkpoint's tokenizer; a custom-code model without one (HHEM-2.1-open ships none and builds its
+        own from its foundation model) lends the tokenizer it holds, used here only to size chunks."""
+        try:
+            return auto_tokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        except (OSError, ValueError, KeyError):
+            own = getattr(self.model, "tokenizer", None)
+            if trust_remote_code and callable(getattr(self.model, "predict", None)) and own is not None:
+                return own
+            raise
 
     @staticmethod
     def _family(config: dict[str, Any], architectures: list[str], custom: bool, where: str) -> str:
