@@ -6,12 +6,33 @@ if left implicit (see /work/shared/research-notes.md, "prefix-cache pitfalls"):
 - position_ids are explicit (LlamaModel otherwise uses arange(new) + cache length and ignores padding);
 - logits_to_keep=1: only the last position's logits are built (a 2,000-token prefill otherwise builds
   [2000, vocab] floats: 256 MB at vocab 32k).
+
+The cache goes in as `cache=`: transformers 5.24 renamed the forward argument `past_key_values` to `cache`
+and warns that the old name goes in 5.40 (`deprecate_kwarg("past_key_values", "5.40.0", new_name="cache")`
+on every model's forward). Models whose forward predates the rename still get `past_key_values`.
 """
 
 from __future__ import annotations
 
+import inspect
+from functools import lru_cache
+
 import torch
 from transformers.cache_utils import DynamicCache
+
+
+@lru_cache(maxsize=None)
+def _cache_argument_of(forward_owner: type) -> str:
+    parameters = inspect.signature(forward_owner.forward).parameters
+    return "cache" if "cache" in parameters else "past_key_values"
+
+
+def cache_argument(model) -> str:
+    """The name under which `model`'s forward takes a KV cache (`cache`, or `past_key_values` before 5.24).
+
+    A peft wrapper forwards **kwargs to the model it wraps, so the wrapped model's signature decides."""
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return _cache_argument_of(type(inner))
 
 
 def forward_last_logits(model, cache: DynamicCache, input_ids: torch.Tensor, attention_mask: torch.Tensor,
@@ -24,7 +45,7 @@ def forward_last_logits(model, cache: DynamicCache, input_ids: torch.Tensor, att
     before = cache.get_seq_length()
     try:
         out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                    past_key_values=cache, use_cache=True, logits_to_keep=1)
+                    use_cache=True, logits_to_keep=1, **{cache_argument(model): cache})
     except BaseException:
         for layer in cache.layers:
             extra = layer.get_seq_length() - before
