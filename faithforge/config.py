@@ -23,10 +23,34 @@ from faithforge.errors import ConfigError, UserError
 ENV_PREFIX = "FAITHFORGE_"
 
 
-class Section(BaseModel):
-    """Base for every config section: unknown options are errors, attribute docstrings are descriptions."""
+def _number(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True)
+
+def _limits(prop: dict[str, Any]) -> str:
+    """`≥ 1, ≤ 1,000,000` from a JSON-schema property (also inside `anyOf`, as for optional fields)."""
+    signs = (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"), ("exclusiveMaximum", "<"))
+    for option in [prop, *prop.get("anyOf", [])]:
+        found = [f"{sign} {_number(option[key])}" for key, sign in signs if key in option]
+        if found:
+            return ", ".join(found)
+    return ""
+
+
+def _limits_in_descriptions(schema: dict[str, Any], _model: type) -> None:
+    """The Prefect UI's form shows a field's description but not its bounds: write the bounds into it."""
+    for prop in schema.get("properties", {}).values():
+        limits = _limits(prop)
+        if limits and prop.get("description") and "Limits:" not in prop["description"]:
+            prop["description"] = f"{prop['description']} Limits: {limits}."
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown options are errors, attribute docstrings are descriptions (with
+    the field's bounds added in the JSON schema, which is what the Prefect UI's form shows)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True,
+                              json_schema_extra=_limits_in_descriptions)
 
 
 class TinyModelConfig(Section):
