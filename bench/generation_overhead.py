@@ -1,8 +1,9 @@
 """FaithForge's own overhead per generated example, through the real generation flow.
 
 An instant backend (answers prepared in advance, ~0 s per call) replaces the model, so everything
-measured is FaithForge: Prefect task, claim transaction, prompt rendering, JSON extraction and schema
-validation, dedup check, commit transaction, atomic file write with fsync, progress reporting.
+measured is FaithForge: Prefect task, claim transaction (with the dead-claimant check), prompt rendering,
+JSON extraction and schema validation, the quality gates (grounding judge on summary, variant and key
+facts), dedup check, commit transaction, atomic file write with fsync, progress reporting.
 
 Two flow runs with different targets in fresh workspaces; the marginal cost per example is
 (wall(N2) − wall(N1)) / (N2 − N1), which removes the flow's fixed start-up cost. The generation loop's own
@@ -55,12 +56,12 @@ def prepared_answers(count: int) -> list[str]:
 
 
 def run_once(target: int, answers: list[str]) -> tuple[float, dict]:
-    import tasks.generation as generation_tasks
+    from faithforge.generation import job
     from faithforge.generation.parameters import GenerateParameters
     from flows.generate import generate_flow
 
     backend = InstantBackend(answers)
-    generation_tasks.make_backend = lambda *a, **k: backend  # the flow's own code path, model swapped out
+    job.build_backend = lambda *a, **k: backend  # the flow's own code path, model swapped out
     with tempfile.TemporaryDirectory() as workspace:
         params = GenerateParameters(spec=str(SPEC), backend="template", model="instant", target=target,
                                     workspace=workspace, use_gpu_gate=False)

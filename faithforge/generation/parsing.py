@@ -25,7 +25,9 @@ REASONING_KEYS = ("thought", "thoughts", "thinking", "think", "reasoning", "reas
                   "rationale", "chain_of_thought", "cot", "scratchpad", "inner_monologue", "reflection", "plan")
 
 _FENCE = re.compile(r"```[A-Za-z0-9_-]*\s*\n?(.*?)```", re.DOTALL)
-_DECODER = json.JSONDecoder()
+# strict=False: accept raw newlines and tabs inside strings; small models (and llama.cpp's json_object
+# grammar) write them, and they carry no ambiguity.
+_DECODER = json.JSONDecoder(strict=False)
 
 
 @dataclass(frozen=True)
