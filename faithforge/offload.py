@@ -88,10 +88,12 @@ def worker_start_hint(pool: str) -> str:
             f"(or run the Dockerfile's image there)")
 
 
-def no_worker_message(stage: str, pool: str, waited_s: float) -> str:
-    return (f"{stage}: no worker of the work pool {pool!r} started the offloaded run within {waited_s:.0f} s "
-            f"(gpu.offload_timeout_s); {worker_start_hint(pool)}, then retry this run — finished stages are "
-            f"reused")
+def no_worker_message(stage: str, pool: str, timeout_s: float, waited_s: float | None = None) -> str:
+    # The configured limit, not the measured wait (which overshoots by up to a poll and an API round trip).
+    waited = f"; waited {waited_s:.0f} s" if waited_s is not None and round(waited_s) != round(timeout_s) else ""
+    return (f"{stage}: no worker of the work pool {pool!r} started the offloaded run within {timeout_s:.0f} s "
+            f"(gpu.offload_timeout_s{waited}); {worker_start_hint(pool)}, then retry this run — finished stages "
+            f"are reused")
 
 
 def child_config(config: PipelineConfig, model_path_ref: str | None) -> dict[str, Any]:

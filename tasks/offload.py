@@ -92,7 +92,7 @@ def _wait_for_child(client, flow_run_id, stage: str, pool: str, pickup_timeout_s
             if waited >= pickup_timeout_s:
                 client.set_flow_run_state(flow_run_id, Cancelled(message="no worker picked it up in time"),
                                           force=True)
-                raise offload.OffloadError(offload.no_worker_message(stage, pool, waited))
+                raise offload.OffloadError(offload.no_worker_message(stage, pool, pickup_timeout_s, waited))
         elif not announced:
             logger.info("%s: a worker of pool %r started the run (%s)", stage, pool, state.name)
             announced = True

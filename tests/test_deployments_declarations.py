@@ -60,3 +60,13 @@ def test_nightly_generation_has_smaller_tiers_and_shares_the_pipeline_workspace(
     decision = decide("ollama", [params["model"], *params["fallback_models"]], batch_size=1, max_tokens=4000,
                       prompt_tokens=1500, gpu_profile=None)
     assert decision.model == "qwen3:0.6b" and "anyway" not in decision.reason, decision.reason
+
+
+def test_the_form_shows_limits_in_the_descriptions():
+    """The Prefect UI's form renders a field's description, not its JSON-schema bounds (README: the form)."""
+    from faithforge.config import PipelineConfig
+
+    props = PipelineConfig.model_json_schema()["$defs"]
+    assert props["TrainConfig"]["properties"]["steps"]["description"] == "Optimizer steps. Limits: ≥ 1, ≤ 1,000,000."
+    assert props["TrainConfig"]["properties"]["learning_rate"]["description"].endswith("Limits: > 0, ≤ 1.")
+    assert "Limits" not in props["TrainConfig"]["properties"]["save_merged"]["description"]  # no bounds, no note

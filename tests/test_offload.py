@@ -151,7 +151,8 @@ def test_settings_and_messages():
     assert offload.deployment_name("train", "a100") == "faithforge-train/a100"
     with pytest.raises(offload.OffloadError):
         offload.deployment_name("generate", "a100")
-    message = offload.no_worker_message("train", "a100", 30)
+    message = offload.no_worker_message("train", "a100", 30, 33.4)
+    assert "within 30 s (gpu.offload_timeout_s; waited 33 s)" in message
     assert "'a100'" in message and "prefect worker start --pool a100" in message and "30 s" in message
 
 
