@@ -125,6 +125,7 @@ def _run(params: GenerateParameters, console: Console, *, prefect: bool, verbose
         if not prefect:
             return job.run(params, on_progress, log)
         listeners.add_listener(on_progress)
+        listeners.add_message_listener(log)
         try:
             from faithforge.prefect_settings import offline_environment
 
@@ -136,6 +137,7 @@ def _run(params: GenerateParameters, console: Console, *, prefect: bool, verbose
             return generate_flow(params)
         finally:
             listeners.remove_listener(on_progress)
+            listeners.remove_message_listener(log)
 
 
 def _print_summary(console: Console, result: dict) -> None:

@@ -49,7 +49,11 @@ def generate_examples(params: GenerateParameters, plan: dict[str, Any]) -> dict[
             last[0] = now
             update_progress_artifact(artifact_id, progress=100.0 * done / max(1, target))
 
-    summary = job.generate(params, plan, on_progress, log=logger.info)
+    def log(line: str) -> None:  # the run log, and whoever started the flow in this process (the CLI)
+        logger.info(line)
+        progress_listeners.notify_message(line)
+
+    summary = job.generate(params, plan, on_progress, log=log)
     update_progress_artifact(artifact_id, progress=100.0 * summary.done_total / max(1, summary.target_total))
     for line in summary.lines():
         logger.info(line)

@@ -180,3 +180,18 @@ def test_a_running_worker_keeps_its_claims_alive_with_heartbeats(tmp_path):
     time.sleep(0.6)  # past the first lease: only the renewal keeps the slot
     assert db.holders(spec.name)["w"] > time.time() + 30
     assert [c.slot_id for c in db.claim(spec.name, "other", 2, 60.0)] != [claim.slot_id]
+
+
+def test_waiting_for_another_worker_says_so_and_names_it(tmp_path):
+    """A live worker holds the last slot (its lease runs out in 1 s): the run says whom it waits for instead of
+    waiting silently, then takes the slot when the lease ends."""
+    spec = load_spec(GROUNDED)
+    db = CoverageDB(f"sqlite:///{tmp_path / 'c.db'}")
+    db.register_worker("busy-elsewhere")  # this process: alive, so only its lease can free the slot
+    db.sync(spec, spec.targets(1))
+    db.claim(spec.name, "busy-elsewhere", 1, 1.0)
+    said: list[str] = []
+    summary = run_generation(spec, TemplateBackend(), db, tmp_path / "out", GenerationOptions(target=1, poll_s=0.05),
+                             log=said.append)
+    assert summary.done_total == 1
+    assert len(said) == 1 and "waiting for 1 other worker(s)" in said[0] and "busy-elsewhere" in said[0]

@@ -29,3 +29,27 @@ def notify(done: int, target: int) -> None:
         listeners = list(_listeners)
     for listener in listeners:
         listener(done, target)
+
+
+MessageListener = Callable[[str], None]
+"""Called with one line of news from the run (e.g. that it waits for other workers)."""
+
+_message_listeners: list[MessageListener] = []
+
+
+def add_message_listener(listener: MessageListener) -> None:
+    with _lock:
+        _message_listeners.append(listener)
+
+
+def remove_message_listener(listener: MessageListener) -> None:
+    with _lock:
+        if listener in _message_listeners:
+            _message_listeners.remove(listener)
+
+
+def notify_message(line: str) -> None:
+    with _lock:
+        listeners = list(_message_listeners)
+    for listener in listeners:
+        listener(line)
