@@ -55,12 +55,16 @@ def run_stage(stage: str, config: PipelineConfig, run_id: str | None, fn: Callab
         raise
     wall = round(time.perf_counter() - started, 2)
     out = {**out, "wall_seconds": wall}
-    reused = bool(out.get("reused"))
+    # A stage that is turned off (the warm start for your own model) was neither run nor reused: say so.
+    skipped = bool(out.get("skipped"))
+    reused = bool(out.get("reused")) and not skipped
     if run_id:
         ctx.store.record_stage(run_id, stage, status="completed", reused=reused, wall_seconds=wall,
                                outputs={k: v for k, v in out.items() if k not in _BULKY})
-    logger.info("%s %s in %.1f s", stage, "reused existing output" if reused else "completed", wall)
-    fan_out()(stage, 1, 1, "reused (already computed)" if reused else f"done in {wall:.1f} s")
+    done = "skipped (turned off)" if skipped else "reused existing output" if reused else "completed"
+    logger.info("%s %s in %.1f s", stage, done, wall)
+    fan_out()(stage, 1, 1, "skipped (turned off)" if skipped else "reused (already computed)" if reused
+              else f"done in {wall:.1f} s")
     emit_event(event="faithforge.stage.completed", resource={"prefect.resource.id": f"faithforge.stage.{stage}"},
-               payload={"stage": stage, "run_id": run_id, "reused": reused, "wall_seconds": wall})
+               payload={"stage": stage, "run_id": run_id, "reused": reused, "skipped": skipped, "wall_seconds": wall})
     return out
