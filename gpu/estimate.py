@@ -250,9 +250,13 @@ def estimate_full_finetune(shape: ModelShape, *, batch_size: int, seq_len: int, 
 
 def estimate_hf_generate(shape: ModelShape, *, batch_size: int, prompt_tokens: int, max_new_tokens: int,
                          quantization: Quantization = "nf4", kv_bytes_per_value: float = 2.0,
-                         stage: str = "evaluate", device: Device = "cuda") -> Estimate:
+                         stage: str = "evaluate", device: Device = "cuda", adapter_lora_r: int | None = None
+                         ) -> Estimate:
     """`model.generate()` with transformers: weights + KV cache for prompt + new tokens + the prefill's
-    transient activations; logits are kept for the last position only (`logits_to_keep=1`)."""
+    transient activations; logits are kept for the last position only (`logits_to_keep=1`).
+
+    `adapter_lora_r`: a LoRA adapter kept unmerged beside 4-bit weights (faithforge/stages/evaluate.py does not
+    merge into NF4, which would re-quantize the update), loaded by peft in fp32 (`autocast_adapter_dtype`)."""
     _check_positive(batch_size=batch_size, prompt_tokens=prompt_tokens, max_new_tokens=max_new_tokens)
     context = prompt_tokens + max_new_tokens
     terms = {
@@ -261,6 +265,7 @@ def estimate_hf_generate(shape: ModelShape, *, batch_size: int, prompt_tokens: i
         "kv_cache_bytes": batch_size * context * shape.kv_bytes_per_token(kv_bytes_per_value),
         "activations_bytes": forward_activation_bytes(shape, batch_size * prompt_tokens, device),
         "logits_bytes": batch_size * shape.vocab_size * LOGIT_BYTES_FORWARD,
+        "adapter_bytes": 4 * shape.lora_params(adapter_lora_r) if adapter_lora_r and quantization == "nf4" else 0,
     }
     return _finish(stage, shape.name, terms, device, {
         "batch_size": batch_size, "prompt_tokens": prompt_tokens, "max_new_tokens": max_new_tokens,

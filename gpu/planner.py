@@ -169,7 +169,7 @@ def _estimate(stage: str, model: Candidate, req: StageRequest, batch: int, token
     if stage in ("generate", "evaluate"):
         return estimate_hf_generate(model, batch_size=batch, prompt_tokens=req.prompt_tokens, max_new_tokens=tokens,
                                     quantization=quant, kv_bytes_per_value=req.kv_bytes_per_value, stage=stage,
-                                    device=device)
+                                    device=device, adapter_lora_r=req.lora_r if stage == "evaluate" else None)
     if stage == "reference":
         return estimate_reference(model, batch_size=batch, seq_len=tokens, quantization=quant, device=device)
     # The CPU train path uses torch AdamW and no gradient checkpointing (faithforge/stages/train.py).

@@ -54,8 +54,9 @@ def stage_requests(cfg: PipelineConfig) -> dict[str, StageRequest]:
         # fine-tune in 16-bit on a GPU, never on 4-bit weights.
         "warm_start": StageRequest(batch_size=cfg.warm_start.batch_size, seq_len=WARM_START_MAX_LENGTH,
                                    quantization="bf16"),
+        # Evaluate keeps the trained LoRA adapter unmerged on 4-bit weights (rank train.lora_r).
         "evaluate": StageRequest(batch_size=cfg.evaluate.batch_size, max_tokens=cfg.evaluate.max_new_tokens,
-                                 prompt_tokens=cfg.reference.max_length, quantization=quant),
+                                 prompt_tokens=cfg.reference.max_length, quantization=quant, lora_r=cfg.train.lora_r),
     }
 
 
