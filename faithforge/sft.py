@@ -110,6 +110,26 @@ def _restore(state: dict, model, optimizer, generator) -> None:
         torch.cuda.set_rng_state_all(state["cuda_rng"])
 
 
+def _backward_in_micro_batches(model, batch: dict[str, torch.Tensor], micro_batch: int) -> torch.Tensor:
+    """Backward over `batch` in slices of `micro_batch` rows (the GPU plan's micro-batch), each slice's mean
+    token loss weighted by its share of the batch's label tokens: the same gradient and loss as one pass over
+    the whole batch, with the activations of one slice at a time. Returns the batch's mean token loss."""
+    rows = batch["input_ids"].shape[0]
+    if micro_batch >= rows:
+        loss = model(**batch).loss
+        loss.backward()
+        return loss
+    counted = (batch["labels"][:, 1:] != -100).sum().clamp(min=1)
+    total = torch.zeros((), device=batch["input_ids"].device)
+    for start in range(0, rows, micro_batch):
+        part = {k: v[start: start + micro_batch] for k, v in batch.items()}
+        share = (part["labels"][:, 1:] != -100).sum() / counted
+        loss = model(**part).loss * share
+        loss.backward()
+        total += loss.detach()
+    return total
+
+
 def train_sft(
     model,
     tokenizer,
@@ -124,6 +144,7 @@ def train_sft(
     checkpoint_dir: str | Path | None = None,
     checkpoint_every: int = 0,
     on_resume: Callable[[int], None] | None = None,
+    micro_batch: int | None = None,
 ) -> list[float]:
     """Train `model` in place (all its trainable parameters) and return the loss of every step.
 
@@ -152,8 +173,7 @@ def train_sft(
         index = torch.randint(len(encoded), (batch_size,), generator=generator).tolist()
         batch = collate([encoded[i] for i in index], tokenizer.pad_token_id)
         batch = {k: v.to(model.device) for k, v in batch.items()}
-        loss = model(**batch).loss
-        loss.backward()
+        loss = _backward_in_micro_batches(model, batch, micro_batch or batch_size)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))

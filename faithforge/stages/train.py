@@ -125,6 +125,8 @@ def _train_sft_control(ctx: StageContext, claim: Claim, out: Path, model: dict, 
     from faithforge.modeling import (attach_lora, load_for_plan, load_tokenizer, measured_peak, plan_precision,
                                      start_peak_measurement)
     from faithforge.sft import SftExample, train_sft
+    from gpu import run_with_oom_backoff
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     cfg = ctx.config.train
     checkpoints = ctx.workspace.dir("checkpoints") / out.name
@@ -137,13 +139,27 @@ def _train_sft_control(ctx: StageContext, claim: Claim, out: Path, model: dict, 
                          quantized=plan_precision(plan) == "nf4", gradient_checkpointing=device == "cuda")
     examples = [SftExample(p["prompt"], p["chosen"][0]["content"]) for p in load_pairs(pairs["train"])]
     started = time.perf_counter()
-    losses = train_sft(policy, tokenizer, examples, steps=cfg.steps, batch_size=cfg.batch_size,
-                       learning_rate=cfg.learning_rate, seed=ctx.config.seed,
-                       on_step=lambda s, loss: ctx.progress("control", s, cfg.steps, f"loss {loss:.3f}")
-                       if s % 16 == 0 or s == cfg.steps else None,
-                       checkpoint_dir=checkpoints, checkpoint_every=cfg.checkpoint_every,
-                       on_resume=resumed.append)
+    initial = {k: v.detach().clone() for k, v in get_peft_model_state_dict(policy).items()}
+    attempts: list[int] = []
+
+    def control_with(current) -> list[float]:
+        # The train plan's micro-batch, the same effective batch; after a CUDA OOM again with half the micro-batch,
+        # from the initial adapter (train_sft resumes from its own checkpoint when there is one).
+        if attempts:
+            policy.zero_grad(set_to_none=True)
+            set_peft_model_state_dict(policy, initial)
+        attempts.append(current.batch_size)
+        return train_sft(
+            policy, tokenizer, examples, steps=cfg.steps, batch_size=cfg.batch_size, micro_batch=current.batch_size,
+            learning_rate=cfg.learning_rate, seed=ctx.config.seed,
+            on_step=lambda s, loss: ctx.progress("control", s, cfg.steps, f"loss {loss:.3f}")
+            if s % 16 == 0 or s == cfg.steps else None,
+            checkpoint_dir=checkpoints, checkpoint_every=cfg.checkpoint_every, on_resume=resumed.append)
+
+    micro, accum = _micro_batch(plan, cfg.batch_size)
+    losses = run_with_oom_backoff(control_with, plan_from_record(plan, micro, accum))
     info = {"path": str(out), "steps": cfg.steps, "first_loss": losses[0], "final_loss": losses[-1],
+            "micro_batch": attempts[-1],
             "resumed_from_step": resumed[0] if resumed else None,
             "train_seconds": round(time.perf_counter() - started, 2), **measured_peak()}
     with atomic_directory(out) as tmp:
