@@ -41,8 +41,11 @@ FILLERS = ("The weather was mild.", "It was a busy week.", "The shop was crowded
            "The street was quiet.", "Prices had gone up.", "The market opened early.")
 KINDS = ("day", "count", "place")
 PEOPLE_PER_DOCUMENT = 3
-#: Share of questions the document cannot answer (the rest are answerable, for answer accuracy).
-UNANSWERABLE_SHARE = 0.5
+#: Share of questions the document cannot answer (the rest are answerable, for answer accuracy). Chosen on the
+#: validation split (48 items, 50% unanswerable, greedy SmolLM2-135M-Instruct): 7/21 unanswerable answers
+#: invented a fact (33%) against 2/27 answerable ones, 19% overall; 70% unanswerable puts the expected overall
+#: rate above 20% while 30% answerable questions still measure answer accuracy.
+UNANSWERABLE_SHARE = 0.7
 
 
 def _sentence(person: dict, omitted: str) -> str:
