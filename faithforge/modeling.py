@@ -225,3 +225,17 @@ def measured_peak() -> dict[str, int]:
         return {}
     return {"measured_peak_reserved_bytes": int(torch.cuda.max_memory_reserved()),
             "measured_peak_allocated_bytes": int(torch.cuda.max_memory_allocated())}
+
+
+def use_chunked_head_loss(policy) -> None:
+    """Make `policy(**batch).loss` come from TRL's chunked LM head (`add_fused_lm_head`, the kernel the DPO stage
+    trains with): the mean NLL of the labelled tokens, as the causal-LM loss, without the micro-batch × seq ×
+    vocab logits (2.2 GB in fp32 for one 1,024-token sequence of a 152k vocabulary), so the SFT control fits
+    the train plan it runs under. For training only: the patched forward returns no logits."""
+    import functools
+
+    from trl.trainer.utils import add_fused_lm_head
+
+    base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
+    add_fused_lm_head(base)
+    base.forward = functools.partial(base.forward, fused_lm_head=True)

@@ -124,3 +124,22 @@ def test_the_sft_control_backs_off_on_an_oom_inside_a_step(tmp_path, monkeypatch
     out = train_sft_control(ctx, model, pairs, plan)
     assert forwards["raised"] == 1 and out["micro_batch"] == 2 and out["steps"] == 3
     assert out["resumed_from_step"] == 1  # from the control's own checkpoint after step 1
+
+
+def test_the_chunked_head_loss_equals_the_causal_lm_loss(tiny_model_dir):
+    import torch
+
+    from faithforge.modeling import attach_lora, load_causal_lm, load_tokenizer, use_chunked_head_loss
+    from faithforge.sft import SftExample, collate, encode_example
+    from faithforge.teacher import generate_split, prompt_messages
+
+    tokenizer = load_tokenizer(tiny_model_dir)
+    batch = collate([encode_example(tokenizer, SftExample(prompt_messages(e.source), e.faithful), 128)
+                     for e in generate_split("train", 4, 0, 0.5)], tokenizer.pad_token_id)
+    model = attach_lora(load_causal_lm(tiny_model_dir, quantization=None, device="cpu"), r=4, alpha=8, dropout=0.0,
+                        quantized=False, gradient_checkpointing=False)
+    expected = model(**batch).loss
+    use_chunked_head_loss(model)
+    out = model(**batch)
+    assert float(out.loss) == pytest.approx(float(expected), abs=1e-5)
+    assert getattr(out, "logits", None) is None  # no batch × seq × vocab tensor

@@ -123,7 +123,7 @@ def _train_sft_control(ctx: StageContext, claim: Claim, out: Path, model: dict, 
     import torch
 
     from faithforge.modeling import (attach_lora, load_for_plan, load_tokenizer, measured_peak, plan_precision,
-                                     start_peak_measurement)
+                                     start_peak_measurement, use_chunked_head_loss)
     from faithforge.sft import SftExample, train_sft
     from gpu import run_with_oom_backoff
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
@@ -137,6 +137,7 @@ def _train_sft_control(ctx: StageContext, claim: Claim, out: Path, model: dict, 
     base, device = load_for_plan(model["path"], plan)  # the control runs under the train plan, in its precision
     policy = attach_lora(base, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                          quantized=plan_precision(plan) == "nf4", gradient_checkpointing=device == "cuda")
+    use_chunked_head_loss(policy)  # no full logits: the control stays within the DPO plan it runs under
     examples = [SftExample(p["prompt"], p["chosen"][0]["content"]) for p in load_pairs(pairs["train"])]
     started = time.perf_counter()
     initial = {k: v.detach().clone() for k, v in get_peft_model_state_dict(policy).items()}
