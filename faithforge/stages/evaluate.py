@@ -18,7 +18,7 @@ from faithforge.teacher import SYSTEM_PROMPT
 from faithforge.workspace import atomic_write_json, atomic_write_text
 
 
-def summarize_sources(model_path: str, sources: list[str], *, adapter: str | None, device: str,
+def summarize_sources(model_path: str, sources: list[str], *, adapter: str | None, plan: dict,
                       max_new_tokens: int, batch_size: int, system_prompt: str = SYSTEM_PROMPT,
                       truncated: list[bool] | None = None) -> list[str]:
     """Greedy (temperature 0) summaries of `sources`, optionally with a LoRA adapter merged in.
@@ -26,14 +26,16 @@ def summarize_sources(model_path: str, sources: list[str], *, adapter: str | Non
     `truncated`: a list to fill with whether each summary was cut off by `max_new_tokens` (for the judge:
     a cut-off last word is not a claim)."""
     from faithforge.engine import PrefixCachedEngine, SamplingConfig
-    from faithforge.modeling import load_causal_lm, load_tokenizer
+    from faithforge.modeling import load_for_plan, load_tokenizer, plan_precision
 
     tokenizer = load_tokenizer(model_path)
-    model = load_causal_lm(model_path, quantization=None, device=device)
+    model, _ = load_for_plan(model_path, plan)  # exactly the precision the evaluate plan names
     if adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        model = PeftModel.from_pretrained(model, adapter)
+        if plan_precision(plan) != "nf4":  # merging into 4-bit weights would re-quantize (and round) the update
+            model = model.merge_and_unload()
         model.eval()
     engine = PrefixCachedEngine(model, tokenizer, [{"role": "system", "content": system_prompt}])
     results = engine.generate_batch([[{"role": "user", "content": s}] for s in sources],
@@ -63,7 +65,6 @@ def evaluate_models(ctx: StageContext, model: dict, dataset: dict, pairs: dict, 
                     control: dict | None, plan: dict) -> dict:
     from faithforge.evaluation import (EvalItem, bar_chart, check_disjoint, compare_reports, evaluate_single,
                                        get_judge, markdown_report, save_evaluation, table_rows)
-    from faithforge.modeling import device_for
 
     cfg = ctx.config.evaluate
     test = load_split(dataset, "test")
@@ -79,9 +80,11 @@ def evaluate_models(ctx: StageContext, model: dict, dataset: dict, pairs: dict, 
                           what=f"evaluation sources and training pairs ({pairs['path']})")
     prompt = system_prompt(ctx.config)
     sources = [e.source for e in test]
-    device = device_for(plan["placement"])
     batch = plan.get("batch_size") or cfg.batch_size
     judge = get_judge(cfg.judge, **judge_options(cfg))
+    from faithforge.modeling import measured_peak, start_peak_measurement
+
+    start_peak_measurement()
     started = time.perf_counter()
     models = {"before": None, "after": dpo["path"]}
     if control:
@@ -90,7 +93,7 @@ def evaluate_models(ctx: StageContext, model: dict, dataset: dict, pairs: dict, 
     calibrations = ctx.workspace.root / "calibrations"  # written by `faithforge eval calibrate --workspace`
     for index, (label, adapter) in enumerate(models.items(), start=1):
         cut: list[bool] = []
-        summaries = summarize_sources(model["path"], sources, adapter=adapter, device=device,
+        summaries = summarize_sources(model["path"], sources, adapter=adapter, plan=plan,
                                       max_new_tokens=cfg.max_new_tokens, batch_size=batch, system_prompt=prompt,
                                       truncated=cut)
         reports[label] = evaluate_single(items, summaries, judge, label=label, confidence=cfg.confidence,
@@ -134,6 +137,7 @@ def evaluate_models(ctx: StageContext, model: dict, dataset: dict, pairs: dict, 
         "path": str(out), "markdown_path": str(out / "report.md"), "chart": str(Path(chart)),
         "judge_accuracy": _judge_accuracy(comparison),
         "artifact_id": artifact_id, "judge": cfg.judge, "items": len(items), "seconds": round(seconds, 2),
+        **measured_peak(),
         "items_per_second": round(len(items) * len(reports) / seconds, 1), "models": summary,
         "difference": {"rate": comparison.rate.model_dump(), "recall": comparison.recall.model_dump(),
                        "fixed": comparison.fixed, "broken": comparison.broken, "mcnemar_p": comparison.mcnemar_p},
