@@ -21,7 +21,7 @@ def test_calibrate_grounding(tmp_path):
     workspace = ["--workspace", str(tmp_path / "ws")]
     result = runner.invoke(app, ["calibrate", "--labels", str(labels), *workspace])
     assert result.exit_code == 0, result.output
-    assert "judge grounding (grounding-rules): thresholds chosen on" in result.output
+    assert "judge grounding (grounding-rules-v2): thresholds chosen on" in result.output
     assert "balanced accuracy" in result.output and "stored in" in result.output
     data = json.loads(runner.invoke(app, ["calibrate", "--labels", str(labels), "--json", *workspace]).stdout)
     assert data["validation"] + data["test"]["n"] == 20 and data["test"]["precision"] == 1.0

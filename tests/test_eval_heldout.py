@@ -127,14 +127,14 @@ def test_a_report_with_a_judge_list_shows_each_rate_and_calibration(tmp_path):
     first = markdown.splitlines()[0]
     assert "Judge `grounding+llm` has no calibration on record" in first
     assert "| after | 100.0% | 0.0% [0.0%, 79.3%] | 100.0% [20.7%, 100.0%] |" in markdown
-    assert "> - `grounding`: `grounding` (grounding-rules) on 8 held-out labels from labels.jsonl: balanced accuracy " \
+    assert "> - `grounding`: `grounding` (grounding-rules-v2) on 8 held-out labels from labels.jsonl: balanced accuracy " \
            "0.63, precision 0.75, recall 0.60" in markdown
     assert "> - `llm`: no calibration on record" in markdown
     assert "balanced accuracy 0.60 (no better than counting novel words)" in markdown  # the grounding limits
 
     single = evaluate_pair(items, ["Alice bought 3 lamps ."], ["Bob bought 3 lamps ."], "grounding",
                            bootstrap_samples=50, calibration_dir=workspace / "calibrations")
-    assert markdown_report(single).splitlines()[0].startswith("> Judge accuracy: `grounding` (grounding-rules) on 8")
+    assert markdown_report(single).splitlines()[0].startswith("> Judge accuracy: `grounding` (grounding-rules-v2) on 8")
     uncalibrated = evaluate_pair(items, ["a ."], ["b ."], "grounding", bootstrap_samples=50)
     assert "has no calibration on record" in markdown_report(uncalibrated).splitlines()[0]
 
@@ -160,3 +160,12 @@ def test_empty_or_malformed_label_rows_are_rejected_with_file_and_line(tmp_path,
     with pytest.raises(UserError) as err:
         read_labels(path)
     assert f"labels file {path}, {problem}" in str(err.value)
+
+
+def test_labels_with_a_split_on_some_rows_only_are_refused(tmp_path):
+    rows = [dict(source=SOURCE, summary=s, label=l) for s, l, *_ in ROWS]
+    rows[0]["split"] = "test"
+    path = tmp_path / "mixed.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    with pytest.raises(UserError, match="1 of 10 label rows have a split field"):
+        split_examples(read_labels(path))

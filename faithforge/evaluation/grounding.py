@@ -63,6 +63,8 @@ class GroundingJudge:
     name = "grounding"
 
     limits = MEASURED_LIMITS
+    #: Version of the rules: a stored calibration belongs to the rules it measured (bump it when they change).
+    checkpoint = "grounding-rules-v2"
 
     def judge(self, source: str, summary: str, *, truncated: bool = False) -> Verdict:
         """Flag the summary's numbers, dates, names and quotes that `source` lacks.

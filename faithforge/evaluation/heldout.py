@@ -37,7 +37,11 @@ def split_examples(examples: Sequence[LabeledExample], *, holdout: float = 0.5,
                    seed: int = 0) -> tuple[list[LabeledExample], list[LabeledExample]]:
     """(validation, test). Rows' own `split` fields win when every row has one; otherwise a row goes to
     test when the hash of (seed, source) falls below `holdout`, so one source never sits on both sides."""
-    if all(e.split for e in examples):
+    with_split = sum(1 for e in examples if e.split)
+    if 0 < with_split < len(examples):
+        raise UserError(f"{with_split} of {len(examples)} label rows have a split field and the others do not; give "
+                        f"every row a split (validation or test) or none (rows are then split by source)")
+    if with_split:
         validation = [e for e in examples if e.split == "validation"]
         test = [e for e in examples if e.split == "test"]
     else:
