@@ -63,8 +63,10 @@ def calibrate(
     examples = read_labels(labels)
     result = calibrate_heldout(built, examples, labels_path=labels, holdout=holdout, seed=split_seed)
     stored = None
-    if save:
-        stored = save_calibration(workspace.expanduser() / "calibrations", result)
+    if save:  # through Workspace.open: the folder is (or becomes) a FaithForge workspace, never a stray directory
+        from faithforge.workspace import Workspace
+
+        stored = save_calibration(Workspace.open(workspace).root / "calibrations", result)
     if as_json:
         typer.echo(json.dumps({**result.to_dict(), "stored": str(stored) if stored else None}, indent=2))
         return
