@@ -104,3 +104,22 @@ def test_the_planned_gpu_is_the_only_one_the_stage_sees():
                                                                       "CUDA_VISIBLE_DEVICES": "GPU-bbbb"}
     assert visibility_env(plan.gpu_uuid, cuda_initialized=True) == {}  # then the index is made current instead
     assert visibility_env("GPU-simulated-rtx5070-12gb", cuda_initialized=False) == {}
+
+
+def test_a_disabled_warm_start_is_neither_planned_nor_refused(tmp_path):
+    """A 7B full fine-tune fits no 12 GB card; with the warm start off (your own SFT model) the gate must not
+    refuse the run for it."""
+    from faithforge.stages.gate import gate, plan_pipeline
+    from gpu.profiles import profile_snapshot
+
+    cfg = load_config(None, environ={}, overrides={
+        "workspace": str(tmp_path / "ws"), "gpu": {"sizing_model": "qwen2.5-7b", "profile": "rtx5070-12gb"},
+        "reference": {"max_length": 1024}, "warm_start": {"enabled": False}})
+    assert "warm_start" not in plan_pipeline(cfg, profile_snapshot("rtx5070-12gb"))
+    record = gate(StageContext.open(cfg), "warm_start")
+    assert record["skipped"] and record["placement"] == "cpu"
+    enabled = cfg.model_copy(update={"warm_start": cfg.warm_start.model_copy(update={"enabled": True})})
+    from gpu.errors import PlanNotRunnableError
+
+    with pytest.raises(PlanNotRunnableError, match="warm_start"):
+        gate(StageContext.open(enabled), "warm_start")

@@ -76,7 +76,7 @@ def plan_pipeline(cfg: PipelineConfig, snapshot: GpuSnapshot, corrections: Corre
                           policy=cfg.gpu.policy, offload_target=cfg.gpu.offload_pool, corrections=corrections,
                           offload_snapshot=offload, cpu_max_params=cfg.gpu.cpu_max_params,
                           cpu_memory_bytes=cpu_memory_bytes)
-        for stage in PLANNED_STAGES
+        for stage in PLANNED_STAGES if stage != "warm_start" or cfg.warm_start.enabled
     }
     for stage in cfg.gpu.offload_stages:  # offloaded on purpose (a GPU rented for one stage)
         plans[stage] = offloaded_on_purpose(cfg, stage, shape, requests[stage], offload, corrections)
@@ -109,6 +109,9 @@ def gate(ctx: StageContext, stage: str) -> dict:
     from gpu import read_snapshot, require_runnable
 
     snapshot = read_snapshot(ctx.config.gpu.profile)
+    if stage == "warm_start" and not ctx.config.warm_start.enabled:  # nothing runs, nothing to plan or refuse
+        return {**plan_from_record({"stage": stage, "reason": "warm_start.enabled is false: the warm start is "
+                                    "skipped", "precision": "fp32"}, 1, 1).to_dict(), "skipped": True}
     plan = plan_pipeline(ctx.config, snapshot, corrections=load_corrections(calibration_path(ctx.config)))[stage]
     record = {**plan.to_dict(), "stage": stage,
               "snapshot": {"source": snapshot.source, "devices": len(snapshot.devices),
