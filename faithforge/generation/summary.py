@@ -96,7 +96,7 @@ class GenerationSummary:
                f"({self.generated} new this run, {self.repaired} after repair) in {self.elapsed_s:.1f} s",
                "by category: " + ", ".join(f"{c} {self.done_by_category.get(c, 0)}/{t}"
                                            for c, t in self.targets.items())]
-        if self.response_formats:
+        if set(self.response_formats) - {"none"}:  # backends without modes (template, local) say nothing
             out.append("structured output: " + ", ".join(f"{m} {n}" for m, n in self.response_formats.most_common()))
         if self.first_answers:
             out.append(f"first answers: {self.first_answers}, {self.parse_failures} unparsable or off-schema, "
