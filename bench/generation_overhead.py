@@ -9,7 +9,7 @@ Two flow runs with different targets in fresh workspaces; the marginal cost per 
 (wall(N2) − wall(N1)) / (N2 − N1), which removes the flow's fixed start-up cost. The generation loop's own
 time per example (from the run summary) is reported too.
 
-    python bench/generation_overhead.py [--small 100] [--large 400]
+    python bench/generation_overhead.py [--small 100] [--large 400] [--gates-only]
 """
 
 from __future__ import annotations
@@ -73,11 +73,31 @@ def run_once(target: int, answers: list[str]) -> tuple[float, dict]:
     return wall, summary
 
 
+def quality_gate_ms(answers: list[str]) -> float:
+    """The quality gates alone (grounding judge on summary, variant and key facts), ms per example."""
+    from faithforge.generation.quality import QualityGate
+    from faithforge.generation.spec import load_spec
+
+    gate = QualityGate(load_spec(SPEC).quality)
+    payloads = [json.loads(a) for a in answers]
+    gate.check(payloads[0])  # imports the judge once, outside the timing
+    started = time.perf_counter()
+    for payload in payloads:
+        gate.check(payload)
+    return 1000 * (time.perf_counter() - started) / len(payloads)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--small", type=int, default=100, help="examples in the first run")
     parser.add_argument("--large", type=int, default=400, help="examples in the second run")
+    parser.add_argument("--gates-only", action="store_true", help="time only the quality gates (no Prefect)")
     args = parser.parse_args()
+    if args.gates_only:
+        answers = prepared_answers(args.large)
+        print(json.dumps({"quality_gates_ms_per_example": round(quality_gate_ms(answers), 2),
+                          "examples": args.large, "load_average_1m": round(os.getloadavg()[0], 1)}, indent=2))
+        return
     from prefect.testing.utilities import prefect_test_harness
 
     from faithforge.prefect_settings import without_heartbeats
@@ -94,6 +114,7 @@ def main() -> None:
         "flow_wall_s": [round(small_wall, 3), round(large_wall, 3)],
         "marginal_overhead_ms_per_example": round(marginal_ms, 2),
         "loop_ms_per_example": round(loop_ms, 2),
+        "quality_gates_ms_per_example": round(quality_gate_ms(answers), 2),
         "target_ms": 20,
         "cpu_count": os.cpu_count(),
     }, indent=2))

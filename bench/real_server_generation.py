@@ -63,7 +63,11 @@ def measure(base_url: str, model: str, attempts: int, max_tokens: int, seed: int
             generator.store(attempt)
             outcome = "stored" if attempt.payload is not None else (attempt.failure.reason if attempt.failure
                                                                      else attempt.error.reason)
-            print(f"attempt {i + 1}/{attempts}: {outcome} ({time.perf_counter() - started:.0f} s)", file=sys.stderr)
+            # one line per attempt, so a run cut short still leaves its figures
+            print(json.dumps({"attempt": i + 1, "outcome": outcome, "first_failure": attempt.first_failure,
+                              "repair_requested": attempt.repair_requested, "repaired": attempt.repaired,
+                              "truncations": attempt.truncations, "requests_so_far": requests["n"],
+                              "elapsed_s": round(time.perf_counter() - started, 1)}), file=sys.stderr, flush=True)
         wall = time.perf_counter() - started
         summary = generator.summary
         failures = dict(summary.failures)
