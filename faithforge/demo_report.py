@@ -46,7 +46,7 @@ def print_summary(summary: dict) -> None:
     for name, out in stages.items():
         if out and out.get("recomputed_because"):
             console.print(f"[yellow]recomputed {name}[/yellow]: {out['recomputed_because']}")
-        if out and out.get("resumed_from_step"):
+        if out and out.get("resumed_from_step") and not out.get("reused"):
             console.print(f"{name} resumed from its checkpoint at step {out['resumed_from_step']}")
     console.print("\n[bold]where everything was written[/bold]")
     for name in ("generate", "warm_start", "pairs", "reference", "train", "control", "evaluate"):
