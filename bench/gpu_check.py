@@ -12,9 +12,9 @@ and loads it the way the train stage does (`load_for_plan`, NF4 + double quantiz
 LoRA (r 16, all linears) once. Then, with the real `run_dpo` (cached reference log-probs, paged 8-bit AdamW,
 gradient checkpointing, bf16), for (seq, micro-batch) in (512, 1), (1024, 1), (1024, 2), (2048, 1): peak
 reserved and allocated beside `gpu.estimate.estimate_train`'s prediction; the (1024, 1) case again under
-`torch.cuda.set_per_process_memory_fraction(10.48e9 / total)` for 4 steps (the RTX 5070 verdict); steps/s of
-the cached reference vs TRL's live reference (same model, adapters disabled); and bench/prefix_cache.py's
-6,287-token prefix variant. Everything goes to `<out>/gpu_check.json` as it is measured (a timeout keeps what
+`torch.cuda.set_per_process_memory_fraction((10.48e9 - 0.5 GiB context) / total)` for 4 steps (the RTX 5070
+verdict); steps/s of the cached reference vs TRL's live reference (same model, adapters disabled); and
+bench/prefix_cache.py's 6,287-token prefix variant. Everything goes to `<out>/gpu_check.json` as it is measured (a timeout keeps what
 was done).
 """
 
@@ -154,11 +154,14 @@ def main(argv: list[str] | None = None) -> int:
         write(args.out, report)
         print(json.dumps({k: v for k, v in row.items() if k != "terms"}), flush=True)
 
-    if on_gpu:  # the RTX 5070 verdict: the whole process may use 10.48e9 bytes of this card, CUDA context aside
+    if on_gpu:  # the RTX 5070 verdict: 10.48e9 bytes for the whole process, so torch's allocator gets that minus
+        # the CUDA context it does not count (the estimator's 0.5 GiB; a stricter cap than the card's free memory)
+        from gpu.estimate import CUDA_CONTEXT_BYTES
+
         total = torch.cuda.get_device_properties(0).total_memory
-        torch.cuda.set_per_process_memory_fraction(BUDGET_BYTES / total)
+        torch.cuda.set_per_process_memory_fraction((BUDGET_BYTES - CUDA_CONTEXT_BYTES) / total)
     capped = dpo_case(capped_case[0], capped_case[1], CAPPED_STEPS, "capped")
-    capped["memory_fraction_bytes"] = BUDGET_BYTES if on_gpu else None
+    capped["allocator_cap_bytes"] = BUDGET_BYTES - 512 * 2**20 if on_gpu else None
     capped["fits"] = not capped.get("oom") and capped.get("steps") == CAPPED_STEPS
     report["capped"] = capped
     if on_gpu:
