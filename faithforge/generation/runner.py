@@ -30,6 +30,7 @@ from faithforge.generation.files import (
     write_quarantine_file,
     write_reasoning_file,
 )
+from faithforge.generation.parameters import GenerateParameters
 from faithforge.generation.parsing import ParseFailure, content_hash, parse_reply, repair_messages
 from faithforge.generation.quality import QUALITY_REASONS, QualityGate
 from faithforge.generation.spec import GenerationSpec
@@ -42,6 +43,10 @@ LogCallback = Callable[[str], None]
 """Called with one line when the run has news the user should see (e.g. it waits for other workers)."""
 
 
+# The defaults shared with the run's parameters are declared once, in `GenerateParameters`.
+_DEFAULTS = GenerateParameters.model_fields
+
+
 def default_worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -52,19 +57,19 @@ class GenerationOptions:
 
     target: int | None = None
     """Total examples wanted, split over categories in proportion to the spec's targets (None: the spec's)."""
-    batch_size: int = 1
+    batch_size: int = _DEFAULTS["batch_size"].default
     """Slots claimed and requested at once (1: single-example mode, the safe choice on a small GPU)."""
-    max_tokens: int = 4000
+    max_tokens: int = _DEFAULTS["max_tokens"].default
     """Longest answer per request, tokens."""
-    temperature: float = 0.8
-    seed: int = 0
+    temperature: float = _DEFAULTS["temperature"].default
+    seed: int = _DEFAULTS["seed"].default
     """Base seed; each slot attempt gets its own seed derived from it."""
-    claim_ttl_s: float = 120.0
+    claim_ttl_s: float = _DEFAULTS["claim_ttl_s"].default
     """Lease of a claim, seconds, renewed by the heartbeat while this worker runs. A worker that dies on this
     host loses its slots at once (its process is gone); one on another host after this lease."""
     max_attempts_per_slot: int = 3
     """Failed attempts before a slot is abandoned and replaced on another combination."""
-    max_failures: int = 200
+    max_failures: int = _DEFAULTS["max_failures"].default
     """Failed attempts after which this run stops (a backend that only writes garbage)."""
     max_consecutive_backend_errors: int = 5
     """Backend errors in a row (after retries) after which this run stops."""
@@ -74,7 +79,7 @@ class GenerationOptions:
     """Stop this worker after storing this many examples (None: until every target is met)."""
     wait_for_others: bool = True
     """When no slot is free but other workers hold live claims, wait (their slots return if they die)."""
-    poll_s: float = 1.0
+    poll_s: float = _DEFAULTS["poll_s"].default
     """Wait between looks for free slots while others work, seconds."""
     worker_id: str = field(default_factory=default_worker_id)
 
