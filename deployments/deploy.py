@@ -35,6 +35,10 @@ GPU_LIMIT = "gpu"
 DEFAULT_IMAGE = "faithforge-a100:latest"
 DEFAULT_SPEC = "configs/specs/grounded-summaries.yaml"
 PREFECT_VERSION = "3.8.8"
+#: Environment of every flow run a process worker starts. OMP_WAIT_POLICY=PASSIVE: torch's OpenMP threads sleep
+#: instead of spinning while they wait. On a loaded 2-core worker, spinning threads took the warm start from
+#: 34 s to 250 s for 60 steps; PASSIVE ran them in 23 s with 2 threads (bench/cpu_wait_policy.py, BENCHMARKS.md).
+PROCESS_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 #: The nightly generation's model tiers, largest first. The GPU gate takes the largest that fits this machine's
 #: GPU; qwen3:0.6b (750M parameters, under gpu.cpu_max_params) runs on the CPU when no tier fits a GPU, so a
 #: nightly run never tries a model that does not fit (README: "Nightly generation").
@@ -170,7 +174,7 @@ def declarations(project_dir: str | os.PathLike[str] = ".", *, timezone: str = "
     from faithforge.generation.parameters import GenerateParameters
 
     project = Path(project_dir).resolve()
-    local_vars = {"working_dir": str(project)}
+    local_vars = {"working_dir": str(project), "env": dict(PROCESS_ENV)}
     overrides: dict[str, Any] = {"gpu": {"offload_pool": offload_pool}}
     if storage_url:
         overrides["storage_url"] = storage_url
@@ -196,7 +200,7 @@ def declarations(project_dir: str | os.PathLike[str] = ".", *, timezone: str = "
         tags=list(nightly["tags"]),
         description=nightly["description"], paused=bool(nightly.get("paused")),
         schedules=[{"cron": c.cron, "timezone": c.timezone, "active": bool(c.active)} for c in nightly["schedules"]]))
-    pools = [(LOCAL_POOL, local_vars), (A100_POOL, {})] + ([(A100_DOCKER_POOL, docker_job_variables(image))]
+    pools = [(LOCAL_POOL, local_vars), (A100_POOL, {"env": dict(PROCESS_ENV)})] + ([(A100_DOCKER_POOL, docker_job_variables(image))]
                                                             if docker else [])
     for stage, entrypoint in STAGE_ENTRYPOINTS.items():
         for pool, job_variables in pools:

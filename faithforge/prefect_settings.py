@@ -14,6 +14,9 @@ def offline_environment() -> None:
     """Defaults for a machine without internet: no telemetry (it also races on a fresh SQLite database)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    # Before torch is imported (OpenMP reads it once): waiting threads sleep instead of spinning. On a loaded
+    # 2-core machine spinning made the warm start ~10x slower (bench/cpu_wait_policy.py, BENCHMARKS.md).
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 
 def without_heartbeats():

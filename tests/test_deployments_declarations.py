@@ -36,7 +36,8 @@ def test_options_reach_the_yaml_and_the_python_deployments(tmp_path):
     pipeline = by_name[("flows.pipeline.pipeline", "local")]
     assert pipeline["parameters"]["config"] == {"workspace": "{{ $PWD }}/.faithforge", "storage_url": "s3://bucket/ff",
                                                 "gpu": {"offload_pool": "a100"}}
-    assert pipeline["work_pool"] == {"name": "local", "job_variables": {"working_dir": "{{ $PWD }}"}}
+    assert pipeline["work_pool"] == {"name": "local", "job_variables": {"working_dir": "{{ $PWD }}",
+                                                                "env": {"OMP_WAIT_POLICY": "PASSIVE"}}}
 
     from deployments.deploy import build_deployments
 
