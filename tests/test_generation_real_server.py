@@ -65,14 +65,14 @@ def test_negotiation_falls_back_from_json_schema_to_json_object(llama_server, st
 
 
 def test_a_generation_run_against_the_real_server_accounts_for_every_answer(llama_server, tmp_path):
-    """One grounded-summaries slot, one attempt of at most 96 tokens (no repair request: each grammar-constrained
+    """One grounded-summaries slot, one attempt of at most 64 tokens (no repair request: each grammar-constrained
     token costs several times a free one on this server): whatever SmolLM2 writes is either stored or
     quarantined with a named reason, and the summary says which structured-output mode was used."""
     spec = load_spec(ROOT / "configs" / "specs" / "grounded-summaries.yaml")
     backend = make_backend("openai", llama_server.model, base_url=llama_server.base_url)
     db = CoverageDB(f"sqlite:///{tmp_path / 'c.db'}")
     summary = run_generation(spec, backend, db, tmp_path / "out",
-                             GenerationOptions(target=1, max_tokens=96, max_failures=1, repair=False, poll_s=0.01))
+                             GenerationOptions(target=1, max_tokens=64, max_failures=1, repair=False, poll_s=0.01))
     assert summary.first_answers == 1 and set(summary.response_formats) == {"json_object"}
     assert summary.generated + sum(summary.failures.values()) == 1
     failures = db.failures(spec.name)
