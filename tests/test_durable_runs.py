@@ -3,7 +3,6 @@ and a warm start that resumes after SIGKILL."""
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
