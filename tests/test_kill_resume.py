@@ -49,6 +49,7 @@ def _tensors(folder: Path, name: str) -> dict:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(2400)  # nine child processes; ~4 min on an idle 2-core machine
 def test_sigkill_in_every_stage_then_rerun_equals_an_uninterrupted_run(tmp_path):
     import torch
 
