@@ -24,6 +24,7 @@ def _faithforge(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)  # two GGUF loads and one import: ~1 min on 2 idle cores
 def test_smollm2_gguf_round_trip_keeps_the_logits(tmp_path_factory):
     """The written folder, loaded the way the pipeline loads it, gives the GGUF model's logits (checked here
     independently of the import's own verification) and keeps the tokenizer and ChatML template."""
@@ -98,3 +99,9 @@ def test_unusable_sources_say_what_to_pass(tmp_path, make, problem):
     with pytest.raises(UserError, match=problem):
         import_model(make(tmp_path), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_cli_needs_src_and_out_or_smollm2(tmp_path):
+    result = _faithforge("model", "import", str(tmp_path / "only-one"))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "pass SRC and OUT" in result.stderr and "--smollm2 OUT" in result.stderr
