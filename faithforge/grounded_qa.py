@@ -23,8 +23,12 @@ from faithforge.teacher import Example
 
 TASK_NAME = "grounded-qa"
 ABSTAIN = "The document does not say."
-SYSTEM_PROMPT = ("Answer the question using only the document. If the document does not contain the answer, "
-                 f"reply exactly: {ABSTAIN}")
+#: Chosen on the validation split (greedy SmolLM2-135M-Instruct, bench/real_outputs.py): with "Answer the question
+#: using only the document. If the document does not contain the answer, reply exactly: The document does not
+#: say." the judge flagged 17/112 answers (15%) and the model abstained on most answerable questions (accuracy
+#: 22-43%); with this plain instruction it flagged 20/48 (42%; 18/36 unanswerable) and answered 9/12 answerable
+#: questions correctly. A user's prompt rarely spells out the abstention; the plain one is the realistic case.
+SYSTEM_PROMPT = "Answer the question about the document in one short sentence."
 
 # Names and places are single capitalized words that are unambiguous as names; days are weekdays.
 NAMES = ("Ada", "Bruno", "Chen", "Dara", "Emil", "Farah", "Goran", "Hana", "Ivo", "Jana", "Kofi", "Lena",

@@ -7,6 +7,7 @@ import pytest
 from real_model import imported_smollm2
 
 from faithforge.config import deep_merge, load_config
+from faithforge.grounded_qa import SYSTEM_PROMPT
 from faithforge.real_demo import CI_SETTINGS, REAL_SETTINGS
 
 
@@ -25,7 +26,7 @@ def test_real_model_runs_every_stage(prefect_harness, tmp_path, tmp_path_factory
     pairs = load_pairs(stages["pairs"]["train"]) + load_pairs(stages["pairs"]["val"])
     assert pairs and {p["kind"] for p in pairs} == {"on-policy"}
     for pair in pairs:  # the real task's prompt, and the model's own words on both sides
-        assert pair["prompt"][0]["content"].startswith("Answer the question using only the document")
+        assert pair["prompt"][0]["content"] == SYSTEM_PROMPT
         assert pair["prompt"][1]["content"].startswith("Document: ")
         assert pair["chosen"][0]["content"] != pair["rejected"][0]["content"]
     assert stages["reference"]["pairs"] == stages["pairs"]["counts"]["train"]
