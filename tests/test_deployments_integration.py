@@ -1,17 +1,19 @@
-"""A real Prefect server on loopback, both work pools with real workers, the pipeline started as the UI does.
+"""A real Prefect server on loopback (with its UI), both work pools with real workers, the pipeline started as
+the UI does, the UI itself in headless Chromium, and both deployment declarations registered and compared.
 
-The local worker plans for an RTX 5070 (12 GB) and sizes the stages for qwen2.5-7b at 1,024 tokens, so the
-gate keeps reference and evaluation local and offloads DPO training to the `a100` pool; the tiny model is what
-actually trains, on the CPU, in the a100 worker's own workspace. First the a100 worker is down: the offloaded
-stage must fail after the configured wait with a message naming the pool and how to start a worker. Then the
-worker starts, the failed run is retried (as the UI's Retry button does), and the pipeline completes with the
-earlier stages reused and the adapter brought back through the storage directory.
+The pipeline runs with `gpu.offload_stages: [train]`: a user who rents a GPU for training only. The local worker
+plans for an RTX 5070 (12 GB), where the tiny model fits, so reference and evaluation stay local and only DPO
+training runs on the `a100` pool — on the CPU, in the a100 worker's own workspace. First the a100 worker is down:
+the offloaded stage must fail after the configured wait with a message naming the pool and how to start a worker.
+Then the worker starts, the failed run is retried (as the UI's Retry button does), and the pipeline completes with
+the earlier stages reused and the adapter brought back through the storage directory.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -22,21 +24,22 @@ from pathlib import Path
 import httpx
 import pytest
 
-pytestmark = pytest.mark.slow
+# Under heavy load (six processes on two cores) one run took over 10 min; the waits below have their own guards.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
 REPO = Path(__file__).resolve().parents[1]
-HANG_GUARD_S = 420  # a wait that never ends is a failure, not a slow pass
+HANG_GUARD_S = 900  # a wait that never ends is a failure, not a slow pass
 OFFLOAD_WAIT_S = 20
 
 SMALL = {
     "generate": {"train_sources": 120, "val_sources": 20, "test_sources": 30},
     "warm_start": {"steps": 30, "batch_size": 16},
-    "reference": {"shard_size": 64, "max_length": 1024},
+    "reference": {"shard_size": 64},
     "train": {"steps": 4, "batch_size": 8, "checkpoint_every": 2},
     "evaluate": {"bootstrap_samples": 200},
-    "gpu": {"sizing_model": "qwen2.5-7b", "policy": "keep-model", "offload_pool": "a100",
-            "offload_profile": "a100-80gb"},
+    "gpu": {"offload_pool": "a100", "offload_stages": ["train"], "offload_profile": "a100-80gb"},
 }
+BYTECODE = re.compile(r"\b(LOAD_GLOBAL|LOAD_FAST|LOAD_CONST|RETURN_VALUE|PRECALL|RESUME)\b")
 
 
 def _free_port() -> int:
@@ -89,8 +92,10 @@ def stack(tmp_path_factory):
     (root / "logs").mkdir()
     port = _free_port()
     api = f"http://127.0.0.1:{port}/api"
+    # The UI is on (the browser test reads it); on a port other than 4200 it needs PREFECT_UI_API_URL, and every
+    # server setting must be in the server's environment before it starts.
     env = {**os.environ, "PREFECT_HOME": str(root / "prefect-home"), "PREFECT_API_URL": api,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false",
+           "PREFECT_UI_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true",
            "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_LOGGING_LEVEL": "INFO",
            # recently changed deployments are scheduled within 5 s; the full scheduler pass every 10 s
            "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "10",
@@ -111,8 +116,8 @@ def stack(tmp_path_factory):
             assert procs.running["server"].poll() is None, procs.tail("server")
             assert time.monotonic() < deadline, "server did not become healthy:\n" + procs.tail("server")
             time.sleep(0.5)
-        yield {"root": root, "api": api, "env": env, "procs": procs, "storage": root / "storage",
-               "workspace": root / "ws", "worker_workspace": root / "a100-ws"}
+        yield {"root": root, "api": api, "ui": f"http://127.0.0.1:{port}", "env": env, "procs": procs,
+               "storage": root / "storage", "workspace": root / "ws", "worker_workspace": root / "a100-ws"}
     finally:
         procs.stop_all()
 
@@ -173,9 +178,10 @@ def _start_worker(stack, pool: str, profile: str, extra: dict[str, str]) -> None
     stack["procs"].start(f"worker-{pool}", args, env, cwd)
 
 
-def test_ui_run_offloads_training_fails_without_worker_and_completes_on_retry(stack):
-    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterKey, FlowRunFilter,
-                                                FlowRunFilterParentFlowRunId, LogFilter, LogFilterFlowRunId)
+def test_ui_run_offloads_training_on_purpose_fails_without_worker_and_completes_on_retry(stack):
+    from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey,
+                                                FlowRunFilter, FlowRunFilterParentFlowRunId, LogFilter,
+                                                LogFilterFlowRunId)
     from prefect.states import AwaitingRetry
     from sqlalchemy import select
 
@@ -208,7 +214,9 @@ def test_ui_run_offloads_training_fails_without_worker_and_completes_on_retry(st
             schema = deployment.parameter_openapi_schema
             assert "config" in schema["properties"], name
             steps = schema["definitions"]["TrainConfig"]["properties"]["steps"]
-            assert steps["description"] == "Optimizer steps." and (steps["minimum"], steps["maximum"]) == (1, 1_000_000)
+            # the form shows descriptions, not bounds: the bounds are written into the description
+            assert steps["description"] == "Optimizer steps. Limits: ≥ 1, ≤ 1,000,000."
+            assert (steps["minimum"], steps["maximum"]) == (1, 1_000_000)
             policy = schema["definitions"]["GpuConfig"]["properties"]["policy"]
             assert policy["enum"] == ["stay-local", "keep-model"] and policy["description"]
             assert deployment.work_pool_name == name.split("/")[1]
@@ -233,9 +241,12 @@ def test_ui_run_offloads_training_fails_without_worker_and_completes_on_retry(st
         assert done.state.is_completed(), (done.state, procs.tail("worker-local"), procs.tail("worker-a100"))
         assert done.run_count == 2 and done.work_pool_name == "local"
 
-        # the training ran as a flow run of faithforge-train/a100, nested under this pipeline run
+        stack["pipeline_run_id"] = str(run.id)  # for the browser test
+        # only the training ran on the a100 pool, as a flow run of faithforge-train/a100 nested under this run
         a100_runs = [r for r in client.read_flow_runs() if r.work_pool_name == "a100" and r.state.is_completed()]
         assert len(a100_runs) == 1
+        assert {client.read_flow(r.flow_id).name for r in client.read_flow_runs() if r.work_pool_name == "a100"} == {
+            "faithforge-train"}
         child = a100_runs[0]
         assert client.read_deployment(child.deployment_id).name == "a100"
         assert client.read_flow(child.flow_id).name == "faithforge-train"
@@ -251,13 +262,33 @@ def test_ui_run_offloads_training_fails_without_worker_and_completes_on_retry(st
         by_placement = {("| offload |" in a.data): a for a in plans}
         assert True in by_placement and False in by_placement  # offload here, local on the A100
         assert str(by_placement[False].flow_run_id) == str(child.id)
+        assert "gpu.offload_stages lists train" in by_placement[True].data
+        assert "**Runs on:** the `a100` work pool" in by_placement[True].data
+        # the pipeline run itself carries the report (charts inside it) and the table
+        own = {a.key: a for a in client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id])))}
+        # (each stage flow's gate artifact is on that subflow's run)
+        assert {"faithforge-report", "faithforge-rates", "gpu-plan-generate", "gpu-plan-warm-start"} <= set(own)
+        report = own["faithforge-report"].data
+        assert report.count("](data:image/png;base64,") == 2  # the rates chart and the training curves
+        assert f"| train | pool a100 (flow run {child.name}) | no |" in report
+        assert "| reference | this machine | yes |" in report  # reused by the retry
 
         subflows = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             parent_flow_run_id=FlowRunFilterParentFlowRunId(operator="or_", any_=[run.id])))
         tree_ids = [run.id, child.id] + [r.id for r in subflows]
-        logs = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=tree_ids)))
+        logs, offset = [], 0
+        while True:  # the API pages at 200 records
+            page = client.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=tree_ids)),
+                                    limit=200, offset=offset)
+            logs, offset = logs + page, offset + 200
+            if len(page) < 200:
+                break
         messages = [entry.message for entry in logs]
         assert any("holding a slot of the 'gpu' concurrency limit for reference" in m for m in messages)
+        # run logs are what an operator reads, here and on the worker: no bytecode from dill's dis.dis
+        assert any("train completed in" in m for m in messages)  # the worker's dpo-train logs are there
+        assert not [m for m in messages if BYTECODE.search(m)], [m for m in messages if BYTECODE.search(m)][:3]
 
     # --- what the pipeline produced: FaithForge's own store on this machine ---------------------------
     store = Store(f"sqlite:///{stack['workspace'] / 'faithforge.db'}")
@@ -359,34 +390,110 @@ def test_a_schedule_set_to_a_near_time_produces_a_completed_run(stack):
     assert len([p for p in examples if "_quarantine" not in p.parts]) >= 12
 
 
-def test_prefect_yaml_registers_the_same_deployments(stack):
-    """`prefect deploy --all --prefect-file deployments/prefect.yaml` registers what deploy.py does: the same
-    deployments on the same pools, the nightly cron, and typed parameter forms."""
-    import yaml
+def test_the_ui_shows_the_pipeline_report_with_its_charts(stack, tmp_path):
+    """Headless Chromium (Debian's `chromium`, over the DevTools protocol) against the server's own UI: the pipeline
+    run's Artifacts tab lists the report, and the report page shows it with the rates chart loaded."""
+    from cdp_browser import Browser, find_chromium
 
-    api = stack["api"]
-    spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
-    expected = {f"{d['entrypoint'].rsplit('.', 1)[-1]}:{d['name']}" for d in spec["deployments"]}
-    with _client(api) as client:
-        for pool in ("local", "a100"):  # the first test created them; alone, this test creates them here
-            try:
-                client.read_work_pool(pool)
-            except Exception:
-                subprocess.run([sys.executable, "-m", "prefect", "work-pool", "create", pool, "--type", "process"],
-                               env=stack["env"], cwd=REPO, check=True, capture_output=True, timeout=120)
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no chromium on this machine (.ci/run installs Debian's chromium)")
+    run_id = stack.get("pipeline_run_id")
+    assert run_id, "the pipeline run of test_ui_run_offloads_training_on_purpose_... did not complete"
+    shots = tmp_path / "screenshots"
+    with Browser(chromium, tmp_path / "chromium-profile") as browser:
+        browser.goto(f"{stack['ui']}/runs/flow-run/{run_id}")
+        # the run page's tabs are not addressable by URL: click the one whose own text is "Artifacts"
+        tab_js = ("[...document.querySelectorAll('body *')].find(e => e.children.length == 0 && e.innerText && "
+                  "e.innerText.trim() == 'Artifacts')")
+        browser.wait_for(f"!!{tab_js}", 120, "the flow run page's Artifacts tab")
+        browser.evaluate(f"{tab_js}.click()")
+        browser.wait_for("document.body.innerText.includes('faithforge-report')", 60, "the Artifacts tab")
+        tab = browser.screenshot(shots / "pipeline-run-artifacts.png")
+        link = browser.wait_for("[...document.querySelectorAll('a')].map(a => a.href)"
+                                ".find(h => h.includes('/artifacts/key/faithforge-report') || "
+                                "h.includes('/artifacts/artifact/')) || ''", 30, "a link to the report")
+        texts = browser.evaluate("document.body.innerText")
+        assert "faithforge-rates" in texts and "gpu-plan-warm-start" in texts, texts[:2000]
+
+        with _client(stack["api"]) as client:
+            from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
+
+            report = client.read_artifacts(artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[run_id]), key=ArtifactFilterKey(any_=["faithforge-report"])))
+        assert len(report) == 1 and link
+        browser.goto(f"{stack['ui']}/artifacts/artifact/{report[0].id}")
+        chart = "[...document.images].find(i => i.alt == 'Hallucination rate before and after DPO')"
+        width = browser.wait_for(f"(() => {{ const i = {chart}; return i && i.complete ? i.naturalWidth : 0 }})()",
+                                 60, "the rates chart to load")
+        assert width > 0
+        curves = browser.evaluate("[...document.images].filter(i => i.alt.startsWith('DPO loss'))"
+                                  ".map(i => i.naturalWidth)")
+        assert curves and curves[0] > 0
+        text = browser.evaluate("document.body.innerText")
+        assert "FaithForge run" in text and "Where each stage ran" in text and "pool a100" in text
+        page = browser.screenshot(shots / "pipeline-report.png", full_page=True)
+    for shot in (tab, page):
+        assert shot.stat().st_size > 10_000 and shot.read_bytes().startswith(b"\x89PNG")
+    print(f"screenshots: {shots}")
+
+
+def _deployments_snapshot(client) -> dict[str, dict]:
+    """Every deployment on the server, as the fields an operator sees, keyed `flow/deployment`."""
+    # Left out: ids and timestamps, and `version` — the YAML path stores the flow's source hash in it (as
+    # `prefect deploy` always does), the Python path leaves it empty; neither is something FaithForge declares.
+    volatile = {"id", "created", "updated", "flow_id", "version", "version_id", "version_info", "last_polled",
+                "status", "created_by", "updated_by", "storage_document_id", "infrastructure_document_id",
+                "work_queue_id", "pull_steps", "path"}
+    out = {}
+    for deployment in client.read_deployments():
+        flow = client.read_flow(deployment.flow_id)
+        fields = {k: v for k, v in deployment.model_dump(mode="json").items() if k not in volatile}
+        fields["schedules"] = sorted(
+            ({"cron": s.schedule.cron, "timezone": s.schedule.timezone, "day_or": s.schedule.day_or,
+              "active": s.active} for s in deployment.schedules), key=json.dumps)
+        out[f"{flow.name}/{deployment.name}"] = fields
+    return out
+
+
+def _delete_all_deployments(client) -> None:
+    for deployment in client.read_deployments():
+        client.delete_deployment(deployment.id)
+
+
+def test_prefect_yaml_and_deploy_py_register_the_same_deployments(stack, tmp_path):
+    """Both declarations, with the same non-default options, on a real server: `python -m deployments.deploy` and
+    `prefect deploy --all` with the prefect.yaml that `--write-prefect-yaml` generates register the same
+    deployments, schedules (with the timezone) and parameters (with the storage URL and workspace)."""
+    options = ["--timezone", "Europe/Berlin", "--storage-url", str(stack["storage"])]
+    env = {**stack["env"], "PWD": str(REPO)}  # what a shell sets when `prefect deploy` runs in the repository root
+    with _client(stack["api"]) as client:
+        _delete_all_deployments(client)  # earlier tests changed the nightly deployment
+    done = subprocess.run([sys.executable, "-m", "deployments.deploy", *options], env=env, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    with _client(stack["api"]) as client:
+        from_python = _deployments_snapshot(client)
+        _delete_all_deployments(client)
+    yaml_file = tmp_path / "prefect.yaml"
+    done = subprocess.run([sys.executable, "-m", "deployments.deploy", *options, "--write-prefect-yaml",
+                           str(yaml_file)], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
     done = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file",
-                           "deployments/prefect.yaml"], env=stack["env"], cwd=REPO, capture_output=True, text=True,
-                          timeout=300)
+                           str(yaml_file)], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    with _client(api) as client:
-        registered = {}
-        for deployment in client.read_deployments():
-            flow = client.read_flow(deployment.flow_id)
-            registered[f"{flow.name}/{deployment.name}"] = deployment
-        nightly = registered["faithforge-generate/nightly-generation"]
-        assert nightly.schedules[0].schedule.cron == "0 2 * * *" and nightly.work_pool_name == "local"
-        train = registered["faithforge-train/a100"]
-        assert train.work_pool_name == "a100"
-        steps = train.parameter_openapi_schema["definitions"]["TrainConfig"]["properties"]["steps"]
-        assert steps["minimum"] == 1 and "Optimizer steps" in steps["description"]
-    assert len(expected) == len(spec["deployments"]) and len(registered) >= len(spec["deployments"])
+    with _client(stack["api"]) as client:
+        from_yaml = _deployments_snapshot(client)
+
+    assert len(from_python) == 8 and set(from_yaml) == set(from_python)
+    for name, expected in from_python.items():
+        got = from_yaml[name]
+        differing = {k: (expected.get(k), got.get(k)) for k in set(expected) | set(got) if expected.get(k) != got.get(k)}
+        assert not differing, f"{name}: {json.dumps(differing, indent=1, default=str)[:3000]}"
+    # what went wrong before: the YAML reset the timezone and dropped the storage URL and workspace
+    nightly = from_yaml["faithforge-generate/nightly-generation"]
+    assert nightly["schedules"] == [{"cron": "0 2 * * *", "timezone": "Europe/Berlin", "day_or": True, "active": True}]
+    config = from_yaml["faithforge-pipeline/local"]["parameters"]["config"]
+    assert config["storage_url"] == str(stack["storage"]) and config["workspace"] == str(REPO / ".faithforge")
+    assert nightly["parameters"]["params"]["workspace"] == str(REPO / ".faithforge")
+    assert from_yaml["faithforge-train/a100"]["work_pool_name"] == "a100"
