@@ -54,6 +54,9 @@ def _real_preset(config: Optional[Path], overrides: dict[str, Any]) -> dict[str,
 
     workspace = _load(config, overrides, base=REAL_SETTINGS).workspace
     path = ensure_real_model(workspace, say=lambda message: typer.echo(message, err=True))
+    from faithforge.real_demo import calibrate_judge_on_labels
+
+    calibrate_judge_on_labels(workspace)  # the report then shows the judge's measured precision and recall
     return {**REAL_SETTINGS, "model": {"path": str(path)}}
 
 

@@ -61,3 +61,22 @@ def ensure_real_model(workspace: str | Path, say: Callable[[str], None] = lambda
     say(f"importing SmolLM2-135M-Instruct from {gguf.name} into {out} (once; verified by logits)")
     import_model(gguf, out, on_step=say)
     return out
+
+
+#: The hand-labeled real SmolLM2 answers on this task (in a source checkout; not shipped in the wheel).
+LABELED_SET = Path(__file__).resolve().parents[1] / "tests" / "data" / "smollm2_grounded_qa_labels.jsonl"
+
+
+def calibrate_judge_on_labels(workspace: str | Path, labels: Path = LABELED_SET) -> Path | None:
+    """Store the grounding judge's accuracy on the labeled set in the workspace, so every report of the real demo
+    carries the judge's precision and recall beside its rates (what `faithforge eval calibrate --labels` does).
+    None when the labels are not there (an installed wheel without the repository's tests/)."""
+    if not labels.is_file():
+        return None
+    from faithforge.evaluation import get_judge
+    from faithforge.evaluation.calibration import read_labels
+    from faithforge.evaluation.heldout import calibrate_heldout, save_calibration
+    from faithforge.workspace import Workspace
+
+    result = calibrate_heldout(get_judge("grounding"), read_labels(labels), labels_path=labels)
+    return save_calibration(Workspace.open(workspace).root / "calibrations", result)

@@ -39,3 +39,16 @@ def test_grounding_judge_precision_on_real_answers_is_at_least_0_8():
     true_positives = sum(r["label"] == "hallucinated" for r in flagged)
     assert flagged and true_positives / len(flagged) >= 0.8, [r["summary"] for r in flagged
                                                               if r["label"] == "faithful"]
+
+
+def test_demo_real_stores_the_judge_calibration_its_reports_show(tmp_path):
+    from faithforge.evaluation import get_judge
+    from faithforge.evaluation.heldout import calibrations_for
+    from faithforge.real_demo import LABELED_SET, calibrate_judge_on_labels
+
+    assert LABELED_SET == LABELS.resolve()
+    stored = calibrate_judge_on_labels(tmp_path / "ws")
+    assert stored is not None and stored.parent == tmp_path / "ws" / "calibrations"
+    found = calibrations_for(tmp_path / "ws" / "calibrations", get_judge("grounding"))
+    assert found  # what the evaluation report reads and prints beside its rates
+    assert calibrate_judge_on_labels(tmp_path / "ws2", labels=tmp_path / "missing.jsonl") is None
