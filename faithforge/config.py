@@ -360,6 +360,7 @@ class PipelineConfig(Section):
     seed: int = Field(0, ge=0)
     """Seed for data, initialization, training and bootstrap."""
     model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
     generate: GenerateConfig = GenerateConfig()
     pairs: PairsConfig = PairsConfig()
     warm_start: WarmStartConfig = WarmStartConfig()
@@ -369,17 +370,6 @@ class PipelineConfig(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     gpu: GpuConfig = GpuConfig()
 
-
-    data: DataConfig = DataConfig()
-def _set_path(tree: dict[str, Any], dotted: list[str], value: Any) -> None:
-    node = tree
-    for key in dotted[:-1]:
-        child = node.get(key)
-        if not isinstance(child, dict):
-            child = {}
-            node[key] = child
-        node = child
-    node[dotted[-1]] = value
     @model_validator(mode="after")
     def _own_documents_need_pairs_from_somewhere(self) -> "PipelineConfig":
         # The user's documents come without reference answers: nothing to warm-start on, no synthetic variants.
@@ -394,6 +384,16 @@ def _set_path(tree: dict[str, Any], dotted: list[str], value: Any) -> None:
             raise ValueError("data.eval_path is the held-out file for data.documents_path; set documents_path too")
         return self
 
+
+def _set_path(tree: dict[str, Any], dotted: list[str], value: Any) -> None:
+    node = tree
+    for key in dotted[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[dotted[-1]] = value
 
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
@@ -469,6 +469,7 @@ def load_config(
     path: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    base: Mapping[str, Any] | None = None,
 ) -> PipelineConfig:
     """Defaults ← `base` (a preset, e.g. `demo --real`) ← YAML file ← `FAITHFORGE_*` environment ← `overrides`,
     validated all at once."""
@@ -480,7 +481,6 @@ def load_config(
             raise UserError(f"config file {file} is a directory; pass a YAML file (see configs/demo.yaml)")
         if not file.is_file():
             raise UserError(f"config file {file} not found; pass an existing YAML file (see configs/demo.yaml)")
-    base: Mapping[str, Any] | None = None,
         try:
             loaded = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
         except UnicodeDecodeError as exc:
