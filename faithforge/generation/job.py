@@ -93,8 +93,14 @@ def plan(params: GenerateParameters, spec: GenerationSpec | None = None) -> dict
             "decision": decision.to_dict(), **resolve_paths(params, spec.name)}
 
 
-def build_backend(params: GenerateParameters, model: str) -> ChatBackend:
-    return make_backend(params.backend, model, base_url=params.base_url, num_ctx=params.num_ctx,
+def planned_num_ctx(params: GenerateParameters, decision: dict[str, Any]) -> int:
+    """The context the request sends: the gate's when it sized the server (its KV cache is planned for exactly
+    that many tokens, and a different `num_ctx` makes Ollama reload the model, ollama#9977), else the option."""
+    return int(((decision.get("plan") or {}).get("num_ctx")) or params.num_ctx)
+
+
+def build_backend(params: GenerateParameters, model: str, num_ctx: int | None = None) -> ChatBackend:
+    return make_backend(params.backend, model, base_url=params.base_url, num_ctx=num_ctx or params.num_ctx,
                         api_key_env=params.api_key_env, api_key_secret=params.api_key_secret,
                         http=HttpOptions(read_timeout_s=params.read_timeout_s), delay_s=params.template_delay_s)
 
@@ -110,7 +116,7 @@ def generate(params: GenerateParameters, plan_: dict[str, Any], on_progress: Pro
              log: LogCallback | None = None) -> GenerationSummary:
     """The run itself: fill the targets, then close the backend and the database."""
     spec = load(params)
-    backend = build_backend(params, plan_["decision"]["model"])
+    backend = build_backend(params, plan_["decision"]["model"], planned_num_ctx(params, plan_["decision"]))
     db = CoverageDB(plan_["database_url"])
     try:
         return run_generation(spec, backend, db, Path(plan_["examples_dir"]), build_options(params, plan_["decision"]),
