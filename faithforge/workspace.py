@@ -143,7 +143,8 @@ def sha256_tree(path: str | os.PathLike[str]) -> str:
 MARKER = ".faithforge-workspace"
 #: Top-level names FaithForge writes in a workspace (a folder holding only these is an older FaithForge's).
 KNOWN_TOP_LEVEL = frozenset(SUBDIRS) | {MARKER, "faithforge.db", "faithforge.db-wal", "faithforge.db-shm",
-                                        "faithforge.db-journal", "gpu_calibration.json"}
+                                        "faithforge.db-journal", "gpu_calibration.json",
+                                        "calibrations"}  # judge calibrations (faithforge.evaluation.heldout)
 #: Sub-directories whose entries are recomputable stage outputs (`--fresh` removes FaithForge's ones).
 DERIVED_DIRS = ("datasets", "pairs", "refcache", "models", "checkpoints", "adapters")
 #: Names of what stages write there: `<kind>-<16 hex content key>`, a reference cache `<16 hex>`, and the

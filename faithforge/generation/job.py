@@ -44,6 +44,9 @@ def validate(params: GenerateParameters) -> GenerationSpec:
         if url.scheme not in ("http", "https") or not url.hostname:
             raise UserError(f"--base-url {params.base_url!r} is not an http(s) URL; give the server root, e.g. "
                             "http://127.0.0.1:11434 (Ollama) or http://127.0.0.1:8000 (OpenAI-compatible)")
+    if not (params.database_url and params.examples_dir) and not params.workspace.strip():
+        raise UserError("--workspace is empty; give a folder for FaithForge's files (e.g. .faithforge), never the "
+                        "current directory by omission")
     if params.backend == "openai" and not params.base_url:
         raise UserError("the openai backend needs --base-url (the server root that serves /v1/chat/completions)")
     if params.backend == "local" and not (Path(params.model).expanduser() / "config.json").is_file():
