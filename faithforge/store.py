@@ -286,11 +286,6 @@ class Store:
         with self.session() as s:
             return s.get(Artifact, artifact_id)
 
-    def find_artifact(self, kind: str, content_hash: str) -> Artifact | None:
-        with self.session() as s:
-            return s.scalars(select(Artifact).where(Artifact.kind == kind, Artifact.content_hash == content_hash)
-                             .order_by(Artifact.created_at.desc())).first()
-
     def parents(self, artifact_id: str) -> list[Artifact]:
         with self.session() as s:
             ids = s.scalars(select(Lineage.parent_id).where(Lineage.child_id == artifact_id)).all()

@@ -19,6 +19,7 @@ from faithforge.evaluation.metrics import (
     mcnemar_exact,
     paired_bootstrap,
     paired_counts,
+    per_category_rates,
     sentence_unsupported_rate,
     summary_length,
     wilson_interval,
@@ -102,12 +103,10 @@ def _aggregate(results: list[ItemResult], *, label: str, judge: str, confidence:
     flags = [r.hallucinated for r in judged]
     k = sum(flags)
     low, high = wilson_interval(k, len(judged), confidence)
-    per_category = {}
-    for name in sorted({r.category for r in judged}):
-        group = [r for r in judged if r.category == name]
-        per_category[name] = CategoryResult(
-            n=len(group), hallucinated=sum(r.hallucinated for r in group),
-            rate=clean(hallucination_rate([r.hallucinated for r in group])), recall=_mean([r.recall for r in group]))
+    per_category = {
+        name: CategoryResult(n=rate.n, hallucinated=rate.hallucinated, rate=clean(rate.rate),
+                             recall=_mean([r.recall for r in judged if r.category == name]))
+        for name, rate in per_category_rates(flags, [r.category for r in judged]).items()}
     kinds = Counter(flag.kind for r in judged for flag in r.flags)
     recalls = [r.recall for r in results if r.recall is not None]
     return ModelReport(

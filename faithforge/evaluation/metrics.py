@@ -61,16 +61,6 @@ def per_category_rates(hallucinated: Sequence[bool], categories: Sequence[str]) 
     return out
 
 
-def fact_kept(fact: str, summary: str) -> bool:
-    """True when the fact's content words occur, in order and contiguously, among the summary's.
-
-    Same normalization as the judge ("3 lamps" is kept by "three Lamps"); stopwords and punctuation are
-    ignored on both sides, so "in Paris" is kept by "at Paris".
-    """
-    needle = analyze(fact).content_keys()
-    return contains_sequence(analyze(summary).content_keys(), needle) if needle else True
-
-
 def key_fact_recall(key_facts: Sequence[str], summary: str) -> float | None:
     """Share of the source's key facts the summary keeps; None when the source lists no key facts."""
     if not key_facts:

@@ -1,4 +1,4 @@
-"""Ask the GPU gate (`gpu.planner`, when installed) for the model tier, parallel requests and max tokens.
+"""Ask the GPU gate (`gpu.planner`) for the model tier, parallel requests and max tokens.
 
 Generation runs on the machine that serves the model. The gate reads *this* machine's GPU, so it is
 consulted only for the local backend and for an Ollama on loopback; a remote server or an
@@ -7,7 +7,6 @@ OpenAI-compatible API keeps the configured values. Without the gate, the configu
 
 from __future__ import annotations
 
-import importlib.util
 from dataclasses import asdict, dataclass, field
 from typing import Any
 from urllib.parse import urlparse
@@ -31,10 +30,6 @@ class GateDecision:
         return asdict(self)
 
 
-def gate_available() -> bool:
-    return importlib.util.find_spec("gpu") is not None and importlib.util.find_spec("gpu.planner") is not None
-
-
 def _is_local(base_url: str | None) -> bool:
     return base_url is None or (urlparse(base_url).hostname or "") in LOOPBACK
 
@@ -43,8 +38,6 @@ def decide(backend: str, models: list[str], *, batch_size: int, max_tokens: int,
            base_url: str | None = None, gpu_profile: str | None = None, policy: str = "stay-local") -> GateDecision:
     """The settings to generate with. `models` are tiers, preferred first (e.g. qwen3:30b-a3b, qwen3:8b)."""
     configured = GateDecision(models[0], batch_size, max_tokens, "configured", "")
-    if not gate_available():
-        return GateDecision(**{**configured.to_dict(), "reason": "no GPU gate (gpu.planner) installed: configured values"})
     if backend == "openai" or (backend == "ollama" and not _is_local(base_url)):
         return GateDecision(**{**configured.to_dict(), "reason": "the model runs on another machine: configured values"})
     from gpu import ModelConfigError, StageRequest, load_model_shape, ollama_model, plan_stage, read_snapshot

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from faithforge.errors import UserError
 
@@ -133,8 +133,3 @@ def split_think(text: str) -> tuple[str, str]:
         thoughts.append(answer[:end])
         answer = answer[end + 8:]
     return answer.strip(), "\n".join(t.strip() for t in thoughts if t.strip())
-
-
-def redact(value: Any) -> str:
-    """A printable stand-in for a secret."""
-    return "***" if value else "(none)"
