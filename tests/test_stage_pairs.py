@@ -1,0 +1,63 @@
+"""Pairs stage logic on tiny inputs, against expectations worked out by hand: synthetic pairs, the split by
+source, and the on-policy builder run as a stage."""
+
+import pytest
+
+from faithforge.errors import UserError
+from faithforge.pairs import build_synthetic_pairs, split_by_source
+from faithforge.teacher import Example, Facts, make_example
+
+
+def _example(eid: str, day: str | None) -> Example:
+    facts = Facts(name="Ada", verb="bought", count="3", item="lamps", place="Oslo", day=day)
+    source = ("On Monday , " if day else "") + "Ada bought 3 lamps in Oslo ."
+    faithful = "Ada bought 3 lamps in Oslo" + (" on Monday ." if day else " .")
+    return Example(id=eid, split="train", category="day-stated" if day else "day-omitted", source=source,
+                   faithful=faithful, warm_start_reference=faithful if day else "Ada bought 3 lamps in Oslo on Friday .",
+                   facts=facts, hallucinated="Ada bought 3 lamps in Oslo on Tuesday .",
+                   omission="Ada bought 3 lamps in Oslo ." if day else "")
+
+
+def test_synthetic_pairs_by_hand():
+    stated, omitted = _example("s", "Monday"), _example("o", None)
+    pairs, report = build_synthetic_pairs([stated, omitted, stated], omission_share=1.0, seed=0)
+    # stated: hallucination + omission; omitted: hallucination; the repeated source adds nothing.
+    assert [(p["source_id"], p["kind"]) for p in pairs] == [("s", "hallucination"), ("s", "omission"),
+                                                           ("o", "hallucination")]
+    assert report.to_dict() == {"built": 3, "dropped": {"duplicate": 2},
+                                "by_kind": {"hallucination": 2, "omission": 1}}
+    assert pairs[1]["chosen"][0]["content"] == "Ada bought 3 lamps in Oslo on Monday ."
+    assert pairs[1]["rejected"][0]["content"] == "Ada bought 3 lamps in Oslo ."
+    assert pairs[0]["prompt"][0]["role"] == "system" and pairs[0]["prompt"][1]["content"] == stated.source
+    none, _ = build_synthetic_pairs([stated], omission_share=0.0, seed=0)
+    assert [p["kind"] for p in none] == ["hallucination"]
+
+
+def test_split_keeps_every_source_on_one_side():
+    examples = [make_example("train", i, 0, 0.5) for i in range(200)]
+    pairs, _ = build_synthetic_pairs(examples, omission_share=1.0, seed=0)
+    train, val = split_by_source(pairs, 0.25, seed=0)
+    assert len(train) + len(val) == len(pairs) and 0.1 < len(val) / len(pairs) < 0.4
+    assert not {p["source_id"] for p in train} & {p["source_id"] for p in val}
+    assert split_by_source(pairs, 0.25, seed=0) == (train, val)  # deterministic
+
+
+def test_on_policy_pairs_stage_samples_from_the_given_model(tiny_model_dir, tmp_path):
+    from faithforge.config import load_config
+    from faithforge.stages.context import StageContext
+    from faithforge.stages.generate import generate_examples
+    from faithforge.stages.pairs import build_pairs, load_pairs
+
+    cfg = load_config(None, environ={}, overrides={
+        "workspace": str(tmp_path / "ws"), "generate": {"train_sources": 12, "val_sources": 10, "test_sources": 10},
+        "pairs": {"builder": "on-policy", "samples_per_source": 4, "margin": 0.0, "val_fraction": 0.0}})
+    ctx = StageContext.open(cfg)
+    dataset = generate_examples(ctx)
+    with pytest.raises(UserError, match="no model"):
+        build_pairs(ctx, dataset)
+    out = build_pairs(ctx, dataset, {"path": str(tiny_model_dir)}, {"placement": "cpu", "batch_size": 16})
+    pairs = load_pairs(out["train"])
+    report = out["report"]
+    assert pairs and {p["kind"] for p in pairs} == {"on-policy"}
+    assert report["sources"] == 12 and report["built"] == len(pairs)
+    assert build_pairs(ctx, dataset, {"path": str(tiny_model_dir)}, {"placement": "cpu"})["reused"]
