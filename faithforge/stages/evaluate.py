@@ -73,12 +73,12 @@ def evaluate_models(ctx: StageContext, model: dict, dataset: dict, pairs: dict, 
                    what=f"evaluation sources ({dataset['files']['test']}) and training pairs ({pairs['path']})")
     check_disjoint([e.id for e in test], [p["source_id"] for p in training_pairs],
                    what="evaluation example ids and training pair sources")
-    items = [EvalItem(id=e.id, source=e.source, key_facts=list(e.key_facts), category=e.category) for e in test]
     # Imported pairs wrap documents in their own prompts and ids: compare the text itself (word shingles).
     check_no_text_overlap({e.id: e.source for e in test},
                           (" ".join(m["content"] for m in p["prompt"]) for p in training_pairs),
                           what=f"evaluation sources and training pairs ({pairs['path']})")
     prompt = system_prompt(ctx.config)
+    items = [EvalItem(id=e.id, source=e.source, key_facts=list(e.key_facts), category=e.category) for e in test]
     sources = [e.source for e in test]
     batch = plan.get("batch_size") or cfg.batch_size
     judge = get_judge(cfg.judge, **judge_options(cfg))
