@@ -52,8 +52,23 @@ def test_pipeline_runs_end_to_end_and_reuses(prefect_harness, tmp_path):
     assert stages["train"]["steps"] == 4  # the step-0 reward check (policy == reference) passed
     ev = stages["evaluate"]
     assert ev["items"] == 30 and set(ev["models"]) == {"before", "after", "control"}
-    for model in ev["models"].values():
-        assert 0.0 <= model["rate"] <= 1.0 and 0.0 <= model["recall"] <= 1.0
+    models, difference = ev["models"], ev["difference"]
+    for label, model in models.items():
+        assert model["n"] == 30, (label, model)  # the grounding judge decides every test summary
+        hallucinated = round(model["rate"] * model["n"])  # a rate is a count of summaries over n
+        assert model["rate"] == pytest.approx(hallucinated / model["n"]), (label, model)
+        assert model["rate_ci"][0] <= model["rate"] <= model["rate_ci"][1], (label, model)
+        assert model["recall"] is not None and 0.0 <= model["recall"] <= 1.0, (label, model)  # sources list key facts
+    # The warm-start reference always states a day, also where the source does not: the model before DPO has
+    # learned to invent days, so it hallucinates on this test split. (At these sizes all three models measured
+    # 30 of 30 on this machine and 4 DPO steps leave the greedy summaries unchanged, so "the rate dropped" is a
+    # claim for the demo's sizes, not this test's; BENCHMARKS.md holds the demo's figures.)
+    assert models["before"]["rate"] > 0.0, models
+    # The paired difference is these two reports' own: same rates, and the count moves by fixed − broken.
+    rate = difference["rate"]
+    assert (rate["before"], rate["after"], rate["n"]) == (models["before"]["rate"], models["after"]["rate"], 30)
+    assert rate["difference"] == pytest.approx(rate["after"] - rate["before"])
+    assert round(30 * (rate["before"] - rate["after"])) == difference["fixed"] - difference["broken"], difference
 
     # The store links every stage output to the data it came from, and holds each gate's plan.
     store = Store(f"sqlite:///{tmp_path / 'ws' / 'faithforge.db'}")
