@@ -7,18 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from faithforge.evaluation.metrics import (
-    content_retention,
-    hallucination_rate,
-    key_fact_recall,
-    mcnemar_exact,
-    paired_bootstrap,
-    paired_counts,
-    per_category_rates,
-    sentence_unsupported_rate,
-    summary_length,
-    wilson_interval,
-)
+from faithforge.evaluation.metrics import (content_retention, hallucination_rate, key_fact_recall, mcnemar_exact,
+                                           paired_bootstrap, paired_counts, per_category_rates,
+                                           sentence_unsupported_rate, summary_length, wilson_interval)
 
 
 def test_rates():
