@@ -14,7 +14,8 @@ import json
 import re
 import threading
 
-from faithforge.generation.backends.base import BackendError
+from faithforge.generation.backends.base import BackendError, ChatResult
+from faithforge.generation.backends.http import with_retries
 
 #: OpenAI-compatible modes, strongest first: a JSON Schema the server enforces; a JSON object with the schema
 #: attached (llama.cpp turns it into a grammar); no response format, the schema stated in the prompt.
@@ -85,3 +86,22 @@ def with_schema_instruction(messages: list[dict], schema: dict) -> list[dict]:
                                   f"this JSON Schema:\n{json.dumps(schema, ensure_ascii=False, sort_keys=True)}")
             break
     return out
+
+
+class NegotiatedChat:
+    """`chat` for an HTTP backend with a `negotiator`: one request in the negotiated mode, retried on a busy
+    server or dropped connection (never on a missing model); a refused response format moves to the next,
+    weaker mode at once. The backend supplies `request_body(messages, ..., mode=)`, `_chat_once(body, mode)`,
+    `http` (HttpOptions) and `_where` (the server, for messages)."""
+
+    def chat(self, messages: list[dict], *, schema: dict | None = None, max_tokens: int = 1024,
+             temperature: float = 0.0, seed: int | None = None) -> ChatResult:
+        while True:
+            mode = self.negotiator.mode if schema is not None else ""  # type: ignore[attr-defined]
+            body = self.request_body(messages, schema=schema, max_tokens=max_tokens,  # type: ignore[attr-defined]
+                                     temperature=temperature, seed=seed, mode=mode or None)
+            try:
+                return with_retries(lambda: self._chat_once(body, mode), self.http,  # type: ignore[attr-defined]
+                                    self._where)  # type: ignore[attr-defined]
+            except FormatRejected as exc:  # not an outage: ask again at once in the next, weaker mode
+                self.negotiator.reject(mode, str(exc))  # type: ignore[attr-defined]

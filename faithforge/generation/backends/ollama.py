@@ -39,6 +39,7 @@ from faithforge.generation.backends.negotiation import (
     OLLAMA_MODES,
     FormatNegotiator,
     FormatRejected,
+    NegotiatedChat,
     names_response_format,
     with_schema_instruction,
 )
@@ -87,7 +88,7 @@ def _usage(final: dict[str, Any]) -> Usage:
     )
 
 
-class OllamaBackend:
+class OllamaBackend(NegotiatedChat):
     """Chat with a model served by Ollama.
 
     `num_ctx` (tokens) is constant for the backend's life; `keep_alive` (Ollama duration string or
@@ -135,19 +136,6 @@ class OllamaBackend:
         if self.think is not None:
             body["think"] = self.think
         return body
-
-    def chat(self, messages: list[dict], *, schema: dict | None = None, max_tokens: int = 1024,
-             temperature: float = 0.0, seed: int | None = None) -> ChatResult:
-        """One chat completion; retries a busy server or dropped connection, never a missing model; a
-        rejected `format` moves to the next structured-output mode."""
-        while True:
-            mode = self.negotiator.mode if schema is not None else ""
-            body = self.request_body(messages, schema=schema, max_tokens=max_tokens, temperature=temperature,
-                                     seed=seed, mode=mode or None)
-            try:
-                return with_retries(lambda: self._chat_once(body, mode), self.http, self._where)
-            except FormatRejected as exc:  # not an outage: ask again at once in the next, weaker mode
-                self.negotiator.reject(mode, str(exc))
 
     def _chat_once(self, body: dict[str, Any], mode: str = "") -> ChatResult:
         deadline = Deadline(self.http.deadline_s, self._where)

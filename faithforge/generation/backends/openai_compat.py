@@ -34,6 +34,7 @@ from faithforge.generation.backends.negotiation import (
     OPENAI_MODES,
     FormatNegotiator,
     FormatRejected,
+    NegotiatedChat,
     names_response_format,
     with_schema_instruction,
 )
@@ -45,7 +46,6 @@ from faithforge.generation.backends.http import (
     make_client,
     raise_for_status,
     translate_transport_errors,
-    with_retries,
 )
 
 
@@ -70,7 +70,7 @@ def resolve_api_key(env_var: str | None, secret_block: str | None) -> str | None
     return None
 
 
-class OpenAICompatBackend:
+class OpenAICompatBackend(NegotiatedChat):
     """Chat with an OpenAI-compatible server; `base_url` is the root that has `/v1/chat/completions` (a URL
     ending in `/v1`, as OpenAI clients take it, works too)."""
 
@@ -122,17 +122,6 @@ class OpenAICompatBackend:
         elif mode == "json_object":  # llama.cpp's server compiles the attached schema into a grammar
             body["response_format"] = {"type": "json_object", "schema": schema}
         return body
-
-    def chat(self, messages: list[dict], *, schema: dict | None = None, max_tokens: int = 1024,
-             temperature: float = 0.0, seed: int | None = None) -> ChatResult:
-        while True:
-            mode = self.negotiator.mode if schema is not None else ""
-            body = self.request_body(messages, schema=schema, max_tokens=max_tokens, temperature=temperature,
-                                     seed=seed, mode=mode or None)
-            try:
-                return with_retries(lambda: self._chat_once(body, mode), self.http, self._where)
-            except FormatRejected as exc:  # not an outage: ask again at once in the next, weaker mode
-                self.negotiator.reject(mode, str(exc))
 
     def _chat_once(self, body: dict[str, Any], mode: str = "") -> ChatResult:
         deadline = Deadline(self.http.deadline_s, self._where)
