@@ -14,9 +14,23 @@ def offline_environment() -> None:
     """Defaults for a machine without internet: no telemetry (it also races on a fresh SQLite database)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-    # Before torch is imported (OpenMP reads it once): waiting threads sleep instead of spinning. On a loaded
-    # 2-core machine spinning made the warm start ~10x slower (bench/cpu_wait_policy.py, BENCHMARKS.md).
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    os.environ.setdefault("OMP_WAIT_POLICY", omp_wait_policy())
+
+
+def omp_wait_policy(load_average_1m: float | None = None, cpu_count: int | None = None) -> str:
+    """OpenMP's wait policy for this process, chosen before torch is imported (OpenMP reads it once).
+
+    On an oversubscribed machine spinning threads wait for descheduled partners: the demo's warm start ran
+    ~10x slower than with PASSIVE at load 12-19 on 2 cores. On an idle 2-core machine PASSIVE costs instead:
+    the whole demo took 138 s with it vs 108 s with ACTIVE (BENCHMARKS.md, bench/cpu_wait_policy.py).
+    So sleep only when the 1-minute load average already reaches the core count."""
+    if load_average_1m is None:
+        try:
+            load_average_1m = os.getloadavg()[0]
+        except OSError:  # not available on this platform: keep OpenMP's default
+            return "ACTIVE"
+    cores = cpu_count or os.cpu_count() or 1
+    return "PASSIVE" if load_average_1m >= cores else "ACTIVE"
 
 
 def without_heartbeats():

@@ -71,3 +71,11 @@ def test_a_non_utf8_config_names_the_file_and_v_shows_the_traceback(tmp_path):
     assert "latin1.yaml is not UTF-8 text" in err and len(err.strip().splitlines()) == 1
     verbose = _faithforge("demo", "-v", "-c", str(config), "-w", str(tmp_path / "w"))
     assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+
+
+def test_openmp_threads_sleep_only_on_an_oversubscribed_machine():
+    from faithforge.prefect_settings import omp_wait_policy
+
+    assert omp_wait_policy(load_average_1m=0.3, cpu_count=2) == "ACTIVE"  # idle: spinning is faster
+    assert omp_wait_policy(load_average_1m=2.0, cpu_count=2) == "PASSIVE"  # every core busy already
+    assert omp_wait_policy(load_average_1m=15.0, cpu_count=2) == "PASSIVE"
