@@ -22,6 +22,7 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 from faithforge.errors import UserError
+from faithforge.liveness import process_alive, process_start
 
 
 def _now() -> dt.datetime:
@@ -123,25 +124,6 @@ def describe_database_error(url: str, exc: BaseException) -> str:
     return f"the run store at {where} cannot be used ({reason}); check database_url and that the server is up"
 
 
-def process_start_time(pid: int) -> str | None:
-    """When process `pid` started (Linux: clock ticks since boot from /proc), to tell it from a reused pid."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[19]
-    except (OSError, IndexError):
-        return None
-
-
-def process_alive(pid: int, started: str | None) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # it exists, owned by someone else
-        pass
-    return started is None or process_start_time(pid) in (None, started)
-
-
 class Store:
     """Thin repository over the run database. Every method commits its own transaction."""
 
@@ -176,7 +158,7 @@ class Store:
         with self.session() as s:
             run = Run(kind=kind, config=json.loads(json.dumps(config, default=str)),
                       prefect_flow_run_id=prefect_flow_run_id, pid=pid, host=socket.gethostname(),
-                      pid_started=process_start_time(pid))
+                      pid_started=process_start(pid) or None)
             s.add(run)
             s.flush()
             return run.id
@@ -191,7 +173,7 @@ class Store:
         crashed = []
         with self.session() as s:
             for run in s.scalars(select(Run).where(Run.status == "running", Run.host == host)):
-                if run.pid is None or process_alive(run.pid, run.pid_started):
+                if run.pid is None or process_alive(run.pid, run.pid_started or ""):
                     continue
                 last = s.scalars(select(StageOutput).where(StageOutput.run_id == run.id)
                                  .order_by(StageOutput.created_at.desc())).first()

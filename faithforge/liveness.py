@@ -1,4 +1,5 @@
-"""Is the process that holds a claim still alive? (Plain OS calls; no database.)
+"""Is a process on this host still alive? (Plain OS calls; no database.) Used by the run store (a run whose
+process is gone is marked crashed) and by generation claims.
 
 A claim records its worker; the worker's row records host, pid and the process's start time. On the same
 host, a claim whose process is gone (or is a zombie, or whose pid now belongs to a newer process) is taken
