@@ -265,6 +265,9 @@ class EvaluateConfig(Section):
     """Where `served_model` runs."""
     served_base_url: str | None = None
     """The server root for `served_model` (Ollama default http://127.0.0.1:11434; required for `openai`)."""
+    split: Literal["test", "val"] = "test"
+    """Which held-out split is evaluated. `test` for the figures you report; `val` while choosing settings
+    (training steps, learning rate, β, a prompt), so the test split never chooses anything."""
     worst_examples: int = Field(5, ge=0, le=100)
     """Flagged summaries shown per model in the report."""
     max_new_tokens: int = Field(32, ge=1, le=32768)

@@ -67,10 +67,10 @@ def evaluate_models(ctx: StageContext, model: dict, dataset: dict, pairs: dict, 
                                        get_judge, markdown_report, save_evaluation, table_rows)
 
     cfg = ctx.config.evaluate
-    test = load_split(dataset, "test")
+    test = load_split(dataset, cfg.split)  # `val` only while choosing settings (EvaluateConfig.split)
     training_pairs = load_pairs(pairs["train"]) + load_pairs(pairs["val"])
     check_disjoint([e.source for e in test], [p["prompt"][-1]["content"] for p in training_pairs],
-                   what=f"evaluation sources ({dataset['files']['test']}) and training pairs ({pairs['path']})")
+                   what=f"evaluation sources ({dataset['files'][cfg.split]}) and training pairs ({pairs['path']})")
     check_disjoint([e.id for e in test], [p["source_id"] for p in training_pairs],
                    what="evaluation example ids and training pair sources")
     # Imported pairs wrap documents in their own prompts and ids: compare the text itself (word shingles).
@@ -136,7 +136,7 @@ def evaluate_models(ctx: StageContext, model: dict, dataset: dict, pairs: dict, 
     return {
         "path": str(out), "markdown_path": str(out / "report.md"), "chart": str(Path(chart)),
         "judge_accuracy": _judge_accuracy(comparison),
-        "artifact_id": artifact_id, "judge": cfg.judge, "items": len(items), "seconds": round(seconds, 2),
+        "artifact_id": artifact_id, "judge": cfg.judge, "split": cfg.split, "items": len(items), "seconds": round(seconds, 2),
         **measured_peak(),
         "items_per_second": round(len(items) * len(reports) / seconds, 1), "models": summary,
         "difference": {"rate": comparison.rate.model_dump(), "recall": comparison.recall.model_dump(),
