@@ -28,7 +28,7 @@ CHILD = r"""
 import json, sys, time
 import torch
 torch.set_num_threads(int(sys.argv[2]))
-from faithforge.config import load_config
+from faithforge.core.config import load_config
 from faithforge.stages.context import StageContext
 from faithforge.stages.generate import generate_examples
 from faithforge.stages.model import base_model, warm_start

@@ -44,7 +44,7 @@ def parse_args() -> argparse.Namespace:
 def main() -> None:
     args = parse_args()
     torch.set_num_threads(args.threads)
-    from faithforge.modeling import load_causal_lm, load_tokenizer
+    from faithforge.training.modeling import load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(args.model)
     model = load_causal_lm(args.model, quantization=None, device="cpu")

@@ -22,12 +22,12 @@ STAGES = ("generate", "warm_start", "pairs", "reference", "train", "control", "e
 
 
 def run_seed(seed: int, root: Path) -> dict:
-    from faithforge.store import Store
+    from faithforge.core.store import Store
 
     workspace = root / f"seed{seed}"
     shutil.rmtree(workspace, ignore_errors=True)
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", "from faithforge.cli import main; main()", "demo", "--seed", str(seed),
+    done = subprocess.run([sys.executable, "-c", "from faithforge.app.cli import main; main()", "demo", "--seed", str(seed),
                            "-w", str(workspace)], capture_output=True, text=True)
     wall = time.perf_counter() - started
     if done.returncode != 0:
@@ -36,7 +36,7 @@ def run_seed(seed: int, root: Path) -> dict:
     with store.session() as s:
         from sqlalchemy import select
 
-        from faithforge.store import Run
+        from faithforge.core.store import Run
 
         run = s.scalars(select(Run).order_by(Run.created_at.desc())).first()
     stages = {st.stage: st for st in store.stages(run.id)}

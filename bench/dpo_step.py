@@ -12,7 +12,7 @@ Both variants train the same LoRA adapters (same random-init weights, seed, pair
 
 Each variant runs in its own process, so its peak memory is its own: CPU = peak RSS (ru_maxrss), GPU =
 torch.cuda.max_memory_reserved(). Steps/second is measured over the steps after `--warmup`.
-The CUDA variant builds the config's shape with NF4 + double-quant linears (faithforge.calibration), LoRA
+The CUDA variant builds the config's shape with NF4 + double-quant linears (faithforge.gpu_calibration.calibrate), LoRA
 r=16 on all linears, sequence length 1024, micro-batch 1, gradient checkpointing, paged 8-bit AdamW and
 bf16 — what the train stage does on a GPU — and checks the peak against the RTX 5070's 10.48e9-byte budget
 (gpu/profiles.py reads the seed note's "10.48" as GB, the stricter reading; goal < 8 GiB).
@@ -44,9 +44,9 @@ SHAPES = {
 
 def bench_pairs(tokenizer, count: int, seq_len: int) -> list[dict]:
     """Synthetic pairs whose rendered prompt + completion is close to `seq_len` tokens (sources concatenated)."""
-    from faithforge.pairs import build_synthetic_pairs
-    from faithforge.reference import tokenize_pair
-    from faithforge.teacher import generate_split
+    from faithforge.data.pairs import build_synthetic_pairs
+    from faithforge.training.reference import tokenize_pair
+    from faithforge.data.teacher import generate_split
 
     examples = list(generate_split("bench", count + 64, 0, 0.5))
     pairs, _ = build_synthetic_pairs(examples[:count], omission_share=0.0, seed=0)
@@ -72,8 +72,8 @@ def build_model(shape: dict, device: str):
     if device == "cuda":  # a random-init folder of the shape, loaded the way the train stage loads it (NF4)
         import tempfile
 
-        from faithforge.calibration import build_random_model_dir
-        from faithforge.modeling import load_for_plan
+        from faithforge.gpu_calibration.calibrate import build_random_model_dir
+        from faithforge.training.modeling import load_for_plan
 
         config = json.loads(Path(shape["config"]).read_text())
         folder = build_random_model_dir(config, Path(tempfile.mkdtemp(prefix="dpo-step-")) / "model",
@@ -127,11 +127,11 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
     import torch
     from datasets import Dataset
 
-    from faithforge.dpo import dpo_config, run_dpo
-    from faithforge.modeling import attach_lora
-    from faithforge.reference import ReferenceCache, cache_key, compute_reference_cache
-    from faithforge.tiny_model import build_tokenizer
-    from faithforge.teacher import VOCABULARY_TEXTS
+    from faithforge.training.dpo import dpo_config, run_dpo
+    from faithforge.training.modeling import attach_lora
+    from faithforge.training.reference import ReferenceCache, cache_key, compute_reference_cache
+    from faithforge.training.tiny_model import build_tokenizer
+    from faithforge.data.teacher import VOCABULARY_TEXTS
 
     torch.set_num_threads(args.threads)
     shape = SHAPES[args.shape]

@@ -40,7 +40,7 @@ class InstantBackend:
         self.calls = 0
 
     def chat(self, messages, *, schema=None, max_tokens=1024, temperature=0.0, seed=None):
-        from faithforge.generation.backends import ChatResult
+        from faithforge.backends import ChatResult
 
         text = self.answers[self.calls % len(self.answers)]
         self.calls += 1
@@ -48,7 +48,7 @@ class InstantBackend:
 
 
 def prepared_answers(count: int) -> list[str]:
-    from faithforge.generation.backends.template import TemplateBackend
+    from faithforge.backends.template import TemplateBackend
 
     teacher = TemplateBackend()
     return [teacher.chat([{"role": "user", "content": "Rule: the document must state the day."}],
@@ -100,7 +100,7 @@ def main() -> None:
         return
     from prefect.testing.utilities import prefect_test_harness
 
-    from faithforge.prefect_settings import without_heartbeats
+    from faithforge.app.prefect_settings import without_heartbeats
 
     answers = prepared_answers(args.large)
     with prefect_test_harness(server_startup_timeout=120), without_heartbeats():

@@ -61,7 +61,7 @@ def live_reference_steps_per_second(policy, tokenizer, pairs, seq: int, steps: i
     from transformers import TrainerCallback
     from trl import DPOTrainer
 
-    from faithforge.dpo import dpo_config, drop_reference_adapter
+    from faithforge.training.dpo import dpo_config, drop_reference_adapter
 
     times: list[float] = []
 
@@ -95,10 +95,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from faithforge.calibration import build_random_model_dir, measure_peak, pairs_of_length
-    from faithforge.dpo import run_dpo
-    from faithforge.modeling import attach_lora, load_for_plan, load_tokenizer
-    from faithforge.reference import ReferenceCache, cache_key, compute_reference_cache
+    from faithforge.gpu_calibration.calibrate import build_random_model_dir, measure_peak, pairs_of_length
+    from faithforge.training.dpo import run_dpo
+    from faithforge.training.modeling import attach_lora, load_for_plan, load_tokenizer
+    from faithforge.training.reference import ReferenceCache, cache_key, compute_reference_cache
     from gpu.model_shape import SHIPPED_CONFIGS_DIR, load_model_config
 
     on_gpu = not args.dry_run

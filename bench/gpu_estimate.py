@@ -4,7 +4,7 @@
     python bench/gpu_estimate.py --predict-only   # the estimator's table only; runs anywhere
 
 Each row builds the model from gpu/model_configs/<model>.json (NF4 via bitsandbytes for the quantized
-stages), runs `--steps` real steps of the stage code (faithforge.calibration.measure_stage) and compares
+stages), runs `--steps` real steps of the stage code (faithforge.gpu_calibration.calibrate.measure_stage) and compares
 torch.cuda.max_memory_reserved() with the prediction minus the CUDA context (torch does not count the
 context). ratio = measured / predicted; above 1 means the estimator was optimistic.
 """
@@ -42,8 +42,8 @@ def predict(model: str, case: str, batch: int, seq_len: int, new_tokens: int) ->
 
 
 def measure(model: str, case: str, batch: int, seq_len: int, new_tokens: int, steps: int) -> int | str:
-    """Peak reserved bytes of the real stage code (faithforge.calibration.measure_stage) on CUDA."""
-    from faithforge.calibration import measure_stage
+    """Peak reserved bytes of the real stage code (faithforge.gpu_calibration.calibrate.measure_stage) on CUDA."""
+    from faithforge.gpu_calibration.calibrate import measure_stage
 
     stage, ref, ref_model = CASES[case]
     if ref == "live" or ref_model == "separate-copy":

@@ -63,7 +63,7 @@ def main() -> None:
             server, proc = start_llama_server(tmp / "server.log")
             base_url, args.model = server.root_url, server.model
         try:
-            from faithforge.generation.backends import make_backend
+            from faithforge.backends import make_backend
             from faithforge.evaluation.llm import LlmJudge
 
             judge = LlmJudge(make_backend("openai", args.model, base_url=base_url, stream=False), max_tokens=256,

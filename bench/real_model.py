@@ -48,13 +48,13 @@ def _nested(assignments: list[str], split: str) -> dict:
 def run_seed(seed: int, workspace: Path, config: dict) -> dict:
     from sqlalchemy import select
 
-    from faithforge.store import Run, Store
+    from faithforge.core.store import Run, Store
 
     workspace.mkdir(parents=True, exist_ok=True)
     config_file = workspace.parent / f"real-model-seed{seed}.yaml"
     config_file.write_text(yaml.safe_dump(config))
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", "from faithforge.cli import main; main()", "demo", "--real",
+    done = subprocess.run([sys.executable, "-c", "from faithforge.app.cli import main; main()", "demo", "--real",
                            "--seed", str(seed), "-w", str(workspace), "-c", str(config_file)],
                           capture_output=True, text=True)
     wall = time.perf_counter() - started
@@ -152,7 +152,7 @@ def main() -> None:
     parser.add_argument("--split", choices=("val", "test"), required=True,
                         help="val while choosing settings; test for the reported figures.")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="SECTION.FIELD=VALUE",
-                        help="A setting over demo --real's (faithforge/real_demo.py), e.g. train.learning_rate=3e-4.")
+                        help="A setting over demo --real's (faithforge/app/real_demo.py), e.g. train.learning_rate=3e-4.")
     parser.add_argument("--workspace", type=Path, default=Path("bench/out/real-model-workspace"),
                         help="One workspace for every seed (the imported model and shared stages are reused).")
     parser.add_argument("--out", type=Path, default=None, help="Also write the table and raw JSON here.")

@@ -45,8 +45,8 @@ def main() -> None:
 
     from faithforge.engine import PrefixCachedEngine, SamplingConfig
     from faithforge.evaluation import get_judge
-    from faithforge.grounded_qa import SYSTEM_PROMPT, make_question
-    from faithforge.modeling import load_causal_lm, load_tokenizer
+    from faithforge.data.grounded_qa import SYSTEM_PROMPT, make_question
+    from faithforge.training.modeling import load_causal_lm, load_tokenizer
 
     tokenizer = load_tokenizer(args.model)
     model = load_causal_lm(args.model, quantization=None, device="cpu")

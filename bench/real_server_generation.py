@@ -32,7 +32,7 @@ SPEC = ROOT / "configs" / "specs" / "grounded-summaries.yaml"
 
 
 def measure(base_url: str, model: str, attempts: int, max_tokens: int, seed: int) -> dict:
-    from faithforge.generation.backends import make_backend
+    from faithforge.backends import make_backend
     from faithforge.generation.coverage import CoverageDB
     from faithforge.generation.quality import QUALITY_REASONS
     from faithforge.generation.runner import GenerationOptions, Generator

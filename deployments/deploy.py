@@ -170,7 +170,7 @@ def declarations(project_dir: str | os.PathLike[str] = ".", *, timezone: str = "
                  generation_paused: bool = False) -> list[Declaration]:
     """Every FaithForge deployment for these options (the one declaration both registrations come from)."""
     from deployments.generation import generation_deployment_kwargs
-    from faithforge.config import load_config
+    from faithforge.core.config import load_config
     from faithforge.generation.parameters import GenerateParameters
 
     project = Path(project_dir).resolve()

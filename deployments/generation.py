@@ -27,7 +27,7 @@ def generation_deployment_kwargs(params: GenerateParameters, *, name: str = "nig
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        from faithforge.errors import UserError
+        from faithforge.core.errors import UserError
 
         raise UserError(f"unknown timezone {timezone!r}; use an IANA name such as UTC or Europe/Berlin") from None
     kwargs: dict[str, Any] = {

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from faithforge.config import PipelineConfig
+from faithforge.core.config import PipelineConfig
 from faithforge.stages.generate import generation_parameters
 from flows.evaluate import evaluate_flow
 from flows.generate import generate_flow

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prefect import flow
 
-from faithforge.config import PipelineConfig
+from faithforge.core.config import PipelineConfig
 from tasks.gate import gate_task
 from tasks.offload import gpu_slot, offload_task, receive_task, send_task
 from tasks.reference import reference_task

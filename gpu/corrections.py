@@ -1,6 +1,6 @@
 """Calibration correction factors: measured peak ÷ predicted peak, per (GPU name, model, stage).
 
-Pure data; reading and writing the JSON file is `faithforge/calibration.py`'s job.
+Pure data; reading and writing the JSON file is `faithforge/gpu_calibration/calibrate.py`'s job.
 """
 
 from __future__ import annotations

@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
-from faithforge.errors import UserError
+
+class UserError(Exception):
+    """Bad input or environment the user can fix; the message says how (one line; the CLI exits with 2).
+
+    Defined here because `gpu/` imports nothing from `faithforge/`; `faithforge.core.errors.UserError` is this class."""
+
+    exit_code = 2
 
 
 class GpuGateError(UserError):

@@ -16,7 +16,7 @@ comment at each constant names its source. `bench/gpu_check.py` measures them on
   (`trl/trainer/utils.py` `add_fused_lm_head`, `trl/kernels/chunked_logprob.py` `ChunkedLogProbFunction`)
   projects the scored positions through the head in [4,096 tokens × 32,768 vocab] tiles in the compute dtype
   (bf16 under the Trainer's autocast), folding each tile into fp32 running statistics; its backward recomputes
-  the tiles and accumulates the hidden-state gradient in fp32. The reference pass (`faithforge.reference.
+  the tiles and accumulates the hidden-state gradient in fp32. The reference pass (`faithforge.training.reference.
   completion_logps`) runs the same kernel forward-only, so reference and policy agree to the bit at step 0.
   All positions are charged: the estimator cannot know the prompt share, and off-Triton devices score every
   position anyway.
@@ -26,7 +26,7 @@ comment at each constant names its source. `bench/gpu_check.py` measures them on
   fp32 absmax per 256-value block; paged, so the driver may evict it to host memory under pressure, but it is
   charged in full). CPU plans use torch AdamW (two fp32 states).
 - TRL's frozen `ref` adapter (added when a PeftModel is passed without a peft_config) is deleted by
-  `faithforge.dpo` before training, so it costs nothing here.
+  `faithforge.training.dpo` before training, so it costs nothing here.
 - CUDA context ~0.5 GiB (not in torch's reserved bytes); the caching allocator's fragmentation is taken as
   a fraction of everything else (reserved/allocated ≈ 1.25 was seen while loading two 4-bit 7B models;
   steady-state training is lower).
@@ -169,7 +169,7 @@ def _finish(stage: str, model: str, terms: dict[str, int], device: Device, setti
 def estimate_reference(shape: ModelShape, *, batch_size: int, seq_len: int, quantization: Quantization = "nf4",
                        device: Device = "cuda") -> Estimate:
     """The reference log-prob pass: forward only over chosen + rejected (2 × batch_size sequences), log-probs
-    through TRL's chunked kernel (`faithforge.reference.completion_logps`)."""
+    through TRL's chunked kernel (`faithforge.training.reference.completion_logps`)."""
     _check_positive(batch_size=batch_size, seq_len=seq_len)
     tokens = 2 * batch_size * seq_len
     terms = {
@@ -228,7 +228,7 @@ def estimate_train(shape: ModelShape, *, micro_batch: int, seq_len: int, quantiz
 
 def estimate_full_finetune(shape: ModelShape, *, batch_size: int, seq_len: int, quantization: Quantization = "bf16",
                            stage: str = "warm_start", device: Device = "cuda") -> Estimate:
-    """Every parameter trained with torch AdamW (`faithforge.sft.train_sft`, the warm start): weights, their
+    """Every parameter trained with torch AdamW (`faithforge.training.sft.train_sft`, the warm start): weights, their
     gradients and two AdamW states all in the load dtype, activations without checkpointing, and the full
     batch × seq × vocab logits of the causal-LM loss. 4-bit weights cannot be fully fine-tuned."""
     _check_positive(batch_size=batch_size, seq_len=seq_len)

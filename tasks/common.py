@@ -13,8 +13,8 @@ from prefect import get_run_logger
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.events import emit_event
 
-from faithforge.config import PipelineConfig
-from faithforge.progress import fan_out
+from faithforge.core.config import PipelineConfig
+from faithforge.core.progress import fan_out
 from faithforge.stages.context import StageContext
 
 #: keys too large or too internal to store with a stage record

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from faithforge.config import PipelineConfig
+from faithforge.core.config import PipelineConfig
 from faithforge.stages.generate import generate_examples
 from faithforge.stages.model import base_model, warm_start
 from faithforge.stages.pairs import build_pairs

@@ -7,11 +7,11 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from faithforge.config import PipelineConfig
-from faithforge.offload import runs_here
+from faithforge.core.config import PipelineConfig
+from faithforge.offload.dispatch import runs_here
 from faithforge.stages.context import StageContext
 from faithforge.stages.gate import gate
-from faithforge.ui_report import plan_markdown, runs_on
+from faithforge.stages.ui_report import plan_markdown, runs_on
 
 
 def _cuda_available() -> bool:

@@ -15,9 +15,9 @@ from prefect.cache_policies import NO_CACHE
 
 from faithforge.generation import job
 from faithforge.generation import progress as progress_listeners
-from faithforge.generation.backends.ollama import DEFAULT_OLLAMA_URL, release_ollama_gpu
+from faithforge.backends.ollama import DEFAULT_OLLAMA_URL, release_ollama_gpu
 from faithforge.generation.parameters import GenerateParameters
-from faithforge.workspace import sha256_file
+from faithforge.core.workspace import sha256_file
 
 #: Least time between two updates of the progress artifact, seconds (each is an API call).
 PROGRESS_EVERY_S = 1.0
@@ -63,7 +63,7 @@ def generate_examples(params: GenerateParameters, plan: dict[str, Any]) -> dict[
 @task(name="export-examples", cache_policy=NO_CACHE, persist_result=False)
 def export_examples(plan: dict[str, Any]) -> dict[str, Any]:
     """Write all stored examples of the spec as one JSONL file and record it in the run store."""
-    from faithforge.store import Store
+    from faithforge.core.store import Store
 
     exported = job.export(plan)
     digest = sha256_file(plan["export"])

@@ -1,4 +1,4 @@
-"""Prefect glue for offloading and the GPU concurrency guard (the logic lives in `faithforge.offload`).
+"""Prefect glue for offloading and the GPU concurrency guard (the logic lives in `faithforge.offload.dispatch`).
 
 - `offload_task` (parent side): publish inputs to storage, run the stage's deployment on the offload pool as a
   linked subflow, wait for a worker (at most `gpu.offload_timeout_s`), then until the run is final, and fetch
@@ -20,11 +20,11 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
 
-from faithforge import offload
-from faithforge.config import PipelineConfig
-from faithforge.errors import UserError
+from faithforge.offload import dispatch as offload
+from faithforge.core.config import PipelineConfig
+from faithforge.core.errors import UserError
 from faithforge.stages.context import StageContext
-from faithforge.workspace import sha256_file, sha256_tree
+from faithforge.core.workspace import sha256_file, sha256_tree
 
 DEFAULT_GPU_LIMIT = "gpu"
 POLL_S = 2.0

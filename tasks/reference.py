@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from faithforge.config import PipelineConfig
+from faithforge.core.config import PipelineConfig
 from faithforge.stages.reference import reference_logps
 from tasks.common import run_stage
 

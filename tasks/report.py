@@ -8,7 +8,7 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from faithforge.ui_report import pipeline_report_markdown
+from faithforge.stages.ui_report import pipeline_report_markdown
 
 REPORT_KEY = "faithforge-report"
 TABLE_KEY = "faithforge-rates"

@@ -6,7 +6,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from faithforge.config import PipelineConfig
+from faithforge.core.config import PipelineConfig
 from faithforge.stages.context import StageContext
 
 

@@ -9,9 +9,9 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from faithforge.config import PipelineConfig
+from faithforge.core.config import PipelineConfig
 from faithforge.stages.train import train_dpo, train_sft_control
-from faithforge.ui_report import image_markdown
+from faithforge.stages.ui_report import image_markdown
 from tasks.common import run_stage
 
 # log_prints=False on the training tasks: datasets hashes functions with dill, whose detect.py disassembles

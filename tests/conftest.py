@@ -19,9 +19,9 @@ def prefect_harness():
     """A temporary Prefect server (SQLite) with flow heartbeats off; request it in tests that run flows."""
     from prefect.testing.utilities import prefect_test_harness
 
-    from faithforge.prefect_settings import without_heartbeats
+    from faithforge.app.prefect_settings import without_heartbeats
 
-    with prefect_test_harness(server_startup_timeout=90):
+    with prefect_test_harness(server_startup_timeout=240):
         with without_heartbeats():
             yield
 
@@ -29,7 +29,7 @@ def prefect_harness():
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A tiny tokenizer + random-init Llama built once per session, loaded with `from_pretrained(path)`."""
-    from faithforge.tiny_model import build_tiny_model
+    from faithforge.training.tiny_model import build_tiny_model
 
     path = tmp_path_factory.mktemp("tiny") / "model"
     build_tiny_model(path, seed=0)

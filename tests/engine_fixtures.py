@@ -23,7 +23,7 @@ WORDS = (
 ).split()
 
 # The project's chat template (the tiny model's), so engine tests render prompts the way the pipeline does.
-from faithforge.tiny_model import CHAT_TEMPLATE  # noqa: E402
+from faithforge.training.tiny_model import CHAT_TEMPLATE  # noqa: E402
 
 
 SYSTEM_PROMPT = " ".join(WORDS[i % len(WORDS)] for i in range(0, 7 * 40, 7))  # 40 words, deterministic

@@ -33,7 +33,7 @@ def _die() -> None:
 
 
 def main(workspace: str, out: str, kill_at: str | None) -> None:
-    from faithforge.config import load_config
+    from faithforge.core.config import load_config
     from faithforge.stages import pairs as pairs_stage
     from faithforge.stages.context import StageContext
     from faithforge.stages.evaluate import evaluate_models

@@ -20,13 +20,13 @@ def smollm2_or_skip() -> Path:
         if os.environ.get("CI", "").lower() == "true":  # CI must run the real-model tests, never skip them
             pytest.fail(message)
         pytest.skip(message)
-    from faithforge.model_import import smollm2_gguf
+    from faithforge.training.model_import import smollm2_gguf
 
     return smollm2_gguf()
 
 
 def imported_smollm2(tmp_path_factory) -> Path:
-    from faithforge.model_import import RECORD_NAME, import_model
+    from faithforge.training.model_import import RECORD_NAME, import_model
 
     gguf = smollm2_or_skip()
     ready = os.environ.get("FAITHFORGE_TEST_SMOLLM2_DIR")  # a folder imported earlier (saves a minute locally)

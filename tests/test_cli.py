@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _faithforge(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
     full_env = {**os.environ, **(env or {})}
-    return subprocess.run([sys.executable, "-c", "from faithforge.cli import main; main()", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-c", "from faithforge.app.cli import main; main()", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=180, env=full_env)
 
 
@@ -74,7 +74,7 @@ def test_a_non_utf8_config_names_the_file_and_v_shows_the_traceback(tmp_path):
 
 
 def test_openmp_threads_sleep_only_on_an_oversubscribed_machine():
-    from faithforge.prefect_settings import omp_wait_policy
+    from faithforge.app.prefect_settings import omp_wait_policy
 
     assert omp_wait_policy(load_average_1m=0.3, cpu_count=2) == "ACTIVE"  # idle: spinning is faster
     assert omp_wait_policy(load_average_1m=2.0, cpu_count=2) == "PASSIVE"  # every core busy already

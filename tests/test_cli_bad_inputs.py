@@ -1,6 +1,6 @@
 """A table of bad inputs through the real `faithforge` entry point: each ends with exit 2 and ONE line, no traceback.
 
-Rows call `faithforge.cli.main` in this process (the same function the `faithforge` script runs; a fresh
+Rows call `faithforge.app.cli.main` in this process (the same function the `faithforge` script runs; a fresh
 interpreter per row would cost ~4 s each for imports alone). Every row fails in validation, before any model or
 Prefect server starts. `test_cli.py` runs a few of the same inputs in a real subprocess.
 """
@@ -153,7 +153,7 @@ def _validation_passed(*args, **kwargs):
 
 
 def run_cli(argv: list[str], env: dict[str, str], monkeypatch, capsys) -> tuple[int, str]:
-    from faithforge.cli import main
+    from faithforge.app.cli import main
 
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -170,7 +170,7 @@ def test_bad_input_is_one_line_and_exit_2(name, tmp_path, monkeypatch, capsys):
     for var in ("FAITHFORGE_CONFIG", "FAITHFORGE_WORKSPACE", "FAITHFORGE_DATABASE_URL"):
         monkeypatch.delenv(var, raising=False)
     # A row that passed validation would start the whole pipeline: stop it there, as a failure of the row.
-    monkeypatch.setattr("faithforge.demo_runner.run_pipeline_with_progress", _validation_passed)
+    monkeypatch.setattr("faithforge.app.demo_runner.run_pipeline_with_progress", _validation_passed)
     argv, env = ROWS[name](tmp_path)
     code, output = run_cli(argv, env, monkeypatch, capsys)
     lines = [line for line in output.splitlines() if line.strip()]
@@ -186,10 +186,10 @@ def test_the_table_is_large_enough():
 
 
 def test_verbose_shows_the_traceback(tmp_path, monkeypatch, capsys):
-    from faithforge.errors import UserError
+    from faithforge.core.errors import UserError
 
     config = _write(tmp_path / "c.yaml", NOT_UTF8)
-    from faithforge.cli import main
+    from faithforge.app.cli import main
 
     with pytest.raises(UserError, match="not UTF-8"):
         main(["-v", "demo", "-c", str(config), "-w", str(tmp_path / "ws")])

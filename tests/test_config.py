@@ -1,7 +1,7 @@
 import pytest
 
-from faithforge.config import PipelineConfig, env_overrides, load_config
-from faithforge.errors import ConfigError, UserError
+from faithforge.core.config import PipelineConfig, env_overrides, load_config
+from faithforge.core.errors import ConfigError, UserError
 
 
 def test_defaults_validate():

@@ -3,7 +3,7 @@ not list the warm start among the stages reused from an earlier run."""
 
 from __future__ import annotations
 
-from faithforge.demo_report import print_summary
+from faithforge.app.demo_report import print_summary
 
 
 def _summary(warm_start: dict) -> dict:

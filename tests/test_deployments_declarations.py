@@ -65,7 +65,7 @@ def test_nightly_generation_has_smaller_tiers_and_shares_the_pipeline_workspace(
 
 def test_the_form_shows_limits_in_the_descriptions():
     """The Prefect UI's form renders a field's description, not its JSON-schema bounds (README: the form)."""
-    from faithforge.config import PipelineConfig
+    from faithforge.core.config import PipelineConfig
 
     props = PipelineConfig.model_json_schema()["$defs"]
     assert props["TrainConfig"]["properties"]["steps"]["description"] == "Optimizer steps. Limits: ≥ 1, ≤ 1,000,000."

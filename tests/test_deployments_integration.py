@@ -160,7 +160,7 @@ def _root_flow_run(client, flow_run) -> str:
 
 
 def _pipeline_config(stack) -> dict:
-    from faithforge.config import PipelineConfig
+    from faithforge.core.config import PipelineConfig
 
     data = json.loads(json.dumps(SMALL))
     data.update(workspace=str(stack["workspace"]), storage_url=str(stack["storage"]))
@@ -185,7 +185,7 @@ def test_ui_run_offloads_training_on_purpose_fails_without_worker_and_completes_
     from prefect.states import AwaitingRetry
     from sqlalchemy import select
 
-    from faithforge.store import Run, Store
+    from faithforge.core.store import Run, Store
 
     api, procs = stack["api"], stack["procs"]
     deployed = subprocess.run(
@@ -308,8 +308,8 @@ def test_ui_run_offloads_training_on_purpose_fails_without_worker_and_completes_
     assert history[0]["step"] == 1 and history[0]["margin"] == pytest.approx(0.0, abs=1e-3)
     # it came through the storage directory, byte for byte, from the a100 worker's workspace
     key = "workspace/" + str(adapter.relative_to(stack["workspace"]))
-    from faithforge.storage import INDEX
-    from faithforge.workspace import sha256_file
+    from faithforge.offload.storage import INDEX
+    from faithforge.core.workspace import sha256_file
 
     index = json.loads((stack["storage"] / key / INDEX).read_text())
     published = {f["path"]: f["sha256"] for f in index["files"]}

@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from faithforge.documents import Document, DocumentError, content_id, read_documents
-from faithforge.errors import UserError
+from faithforge.data.documents import Document, DocumentError, content_id, read_documents
+from faithforge.core.errors import UserError
 
 ROWS = [
     {"document": "Ada bought 3 lamps in Oslo on Monday.", "title": "lamps"},

@@ -8,7 +8,7 @@ import pytest
 import torch
 from test_dpo_support import TRAIN, build_cache, kill_when, lora_policy, lora_state, make_pairs, start_script
 
-from faithforge.dpo import ReferenceMismatchError, last_complete_checkpoint, run_dpo
+from faithforge.training.dpo import ReferenceMismatchError, last_complete_checkpoint, run_dpo
 
 STEPS = 6
 
@@ -23,7 +23,7 @@ def test_sigkill_after_checkpoint_resumes_to_max_steps_as_if_never_killed(tiny_m
         "from pathlib import Path\n"
         "from transformers import TrainerCallback\n"
         "from test_dpo_support import TRAIN, build_cache, lora_policy, make_pairs\n"
-        "from faithforge.dpo import run_dpo\n"
+        "from faithforge.training.dpo import run_dpo\n"
         "class KillPoint(TrainerCallback):\n"
         "    def on_save(self, args, state, control, **kwargs):\n"
         "        if state.global_step == 2:\n"
@@ -60,7 +60,7 @@ def test_sigkill_after_checkpoint_resumes_to_max_steps_as_if_never_killed(tiny_m
 
 
 def test_cache_of_another_model_is_stopped_at_step_zero(tiny_model_dir, tmp_path):
-    from faithforge.tiny_model import build_tiny_model
+    from faithforge.training.tiny_model import build_tiny_model
 
     pairs = make_pairs(4)
     other = build_tiny_model(tmp_path / "other-model", seed=1)  # same tokenizer, other weights
@@ -92,12 +92,12 @@ def test_cache_of_other_pairs_is_rejected_by_id(tiny_model_dir, tmp_path):
 
 
 def test_failing_training_stage_leaves_existing_adapter_untouched(tiny_model_dir, tmp_path):
-    from faithforge.config import PipelineConfig
+    from faithforge.core.config import PipelineConfig
     from faithforge.stages.context import StageContext, content_key
     from faithforge.stages.reference import reference_logps
     from faithforge.stages.train import train_dpo
-    from faithforge.tiny_model import build_tiny_model
-    from faithforge.workspace import atomic_write_jsonl, sha256_tree
+    from faithforge.training.tiny_model import build_tiny_model
+    from faithforge.core.workspace import atomic_write_jsonl, sha256_tree
 
     config = PipelineConfig(workspace=str(tmp_path / "ws"), reference={"max_length": 64, "shard_size": 4},
                             train={"steps": 3, "batch_size": 2, "lora_r": 4, "lora_alpha": 8, "checkpoint_every": 1})

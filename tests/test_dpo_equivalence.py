@@ -7,7 +7,7 @@ import math
 import torch
 from test_dpo_support import TRAIN, build_cache, lora_policy, lora_state, make_pairs
 
-from faithforge.dpo import dpo_config, run_dpo
+from faithforge.training.dpo import dpo_config, run_dpo
 
 STEPS = 6
 

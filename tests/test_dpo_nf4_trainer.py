@@ -17,7 +17,7 @@ NF4_PLAN = {"stage": "train", "placement": "cpu", "precision": "nf4", "batch_siz
 def _nf4_policy(model_dir):
     import torch
 
-    from faithforge.modeling import attach_lora, load_for_plan, load_tokenizer
+    from faithforge.training.modeling import attach_lora, load_for_plan, load_tokenizer
 
     model, device = load_for_plan(model_dir, NF4_PLAN)
     torch.manual_seed(0)
@@ -27,8 +27,8 @@ def _nf4_policy(model_dir):
 
 def _reference(model_dir, pairs, directory):
     """The reference cache computed the way the stage does for an NF4 plan (same kernel, bf16 tiles)."""
-    from faithforge.modeling import compute_dtype_name, load_for_plan, load_tokenizer, precision_quantization
-    from faithforge.reference import ReferenceCache, cache_key, compute_reference_cache, weights_fingerprint
+    from faithforge.training.modeling import compute_dtype_name, load_for_plan, load_tokenizer, precision_quantization
+    from faithforge.training.reference import ReferenceCache, cache_key, compute_reference_cache, weights_fingerprint
 
     model, _ = load_for_plan(model_dir, NF4_PLAN)
     tokenizer = load_tokenizer(model_dir)
@@ -41,7 +41,7 @@ def _reference(model_dir, pairs, directory):
 
 
 def _train(policy, tokenizer, pairs, reference, out, *, steps, micro_batch=2, grad_accum=1, callbacks=None):
-    from faithforge.dpo import run_dpo
+    from faithforge.training.dpo import run_dpo
 
     return run_dpo(policy, tokenizer, pairs, reference, output_dir=str(out), steps=steps, micro_batch=micro_batch,
                    grad_accum=grad_accum, learning_rate=5e-3, beta=0.1, max_length=None, seed=7,
@@ -68,7 +68,7 @@ def test_nf4_reference_cache_key_names_the_compute_dtype_and_training_passes_the
 def test_oom_inside_a_training_step_backs_off_and_retries_on_the_same_model(tiny_model_dir, tmp_path):
     import torch
 
-    from faithforge.dpo import run_dpo
+    from faithforge.training.dpo import run_dpo
     from faithforge.stages.gate import plan_from_record
     from gpu import run_with_oom_backoff
 
@@ -109,7 +109,7 @@ def test_oom_inside_a_training_step_backs_off_and_retries_on_the_same_model(tiny
 
 
 def test_a_nan_loss_stops_the_run(tiny_model_dir, tmp_path):
-    from faithforge.dpo import ReferenceMismatchError
+    from faithforge.training.dpo import ReferenceMismatchError
 
     pairs = make_pairs(4)
     reference, _ = _reference(tiny_model_dir, pairs, tmp_path / "ref")
@@ -120,7 +120,7 @@ def test_a_nan_loss_stops_the_run(tiny_model_dir, tmp_path):
 
 
 def test_step0_tolerance_scales_with_dtype_and_tokens():
-    from faithforge.dpo import step0_tolerance
+    from faithforge.training.dpo import step0_tolerance
 
     assert step0_tolerance("float32", 0.1, 500) == 1e-3
     short, long = step0_tolerance("bfloat16", 0.1, 16), step0_tolerance("bfloat16", 0.1, 1024)

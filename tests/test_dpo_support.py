@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
-from faithforge.pairs import build_synthetic_pairs
-from faithforge.teacher import generate_split
+from faithforge.data.pairs import build_synthetic_pairs
+from faithforge.data.teacher import generate_split
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = dict(micro_batch=2, grad_accum=1, learning_rate=5e-3, beta=0.1, seed=7)
@@ -23,7 +23,7 @@ def make_pairs(count: int, seed: int = 0) -> list[dict]:
 
 
 def load(model_dir: str | Path):
-    from faithforge.modeling import load_causal_lm, load_tokenizer
+    from faithforge.training.modeling import load_causal_lm, load_tokenizer
 
     return load_causal_lm(model_dir, quantization=None, device="cpu"), load_tokenizer(model_dir)
 
@@ -32,7 +32,7 @@ def lora_policy(model_dir: str | Path, seed: int = 0):
     """The tiny model with fresh LoRA adapters, initialized identically for a given seed, dropout off."""
     import torch
 
-    from faithforge.modeling import attach_lora
+    from faithforge.training.modeling import attach_lora
 
     model, tokenizer = load(model_dir)
     torch.manual_seed(seed)
@@ -42,7 +42,7 @@ def lora_policy(model_dir: str | Path, seed: int = 0):
 def build_cache(model_dir: str | Path, pairs: list[dict], directory: str | Path, *, shard_size: int = 4,
                 max_length: int | None = None, batch_size: int = 3, on_shard=None):
     """Compute (or resume) the reference cache of the model at `model_dir`; returns (cache, summary)."""
-    from faithforge.reference import ReferenceCache, cache_key, compute_reference_cache, weights_fingerprint
+    from faithforge.training.reference import ReferenceCache, cache_key, compute_reference_cache, weights_fingerprint
 
     model, tokenizer = load(model_dir)
     key, components = cache_key(weights=weights_fingerprint(model_dir), tokenizer=tokenizer, max_length=max_length,

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from faithforge.errors import UserError
+from faithforge.core.errors import UserError
 
 HERE = Path(__file__).resolve().parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parent)]), "TQDM_DISABLE": "1"}
@@ -25,7 +25,7 @@ TINY = {
 
 
 def _config(workspace: Path):
-    from faithforge.config import load_config
+    from faithforge.core.config import load_config
 
     return load_config(None, overrides={**TINY, "workspace": str(workspace)}, environ={})
 
@@ -56,7 +56,7 @@ def built(tmp_path_factory):
 
 def test_a_cut_test_split_is_regenerated_not_evaluated_short(built):
     from faithforge.stages.generate import generate_examples
-    from faithforge.workspace import read_jsonl
+    from faithforge.core.workspace import read_jsonl
 
     test = Path(built["dataset"]["files"]["test"])
     rows = test.read_text().splitlines(keepends=True)
@@ -79,7 +79,7 @@ def test_a_deleted_dpo_adapter_is_trained_again_not_reused(built):
 
 def test_a_truncated_warm_start_model_is_trained_again_not_reused(built):
     from faithforge.stages.model import warm_start
-    from faithforge.workspace import sha256_file
+    from faithforge.core.workspace import sha256_file
 
     weights = Path(built["model"]["path"]) / "model.safetensors"
     original = sha256_file(weights)
@@ -91,7 +91,7 @@ def test_a_truncated_warm_start_model_is_trained_again_not_reused(built):
 
 
 def test_a_large_files_checksum_is_cached_by_size_and_mtime(tmp_path, monkeypatch):
-    from faithforge import reuse
+    from faithforge.stages import reuse
 
     folder = tmp_path / "out"
     folder.mkdir()
@@ -159,7 +159,7 @@ def test_a_second_run_waits_for_the_first_and_reuses_its_output(tmp_path):
 
 
 def test_a_lock_held_elsewhere_can_be_refused_naming_the_holder(tmp_path):
-    from faithforge.locks import output_lock
+    from faithforge.core.locks import output_lock
 
     target = tmp_path / "adapters" / "dpo-0123456789abcdef"
     with output_lock(target, "train"):
@@ -171,12 +171,12 @@ def test_a_lock_held_elsewhere_can_be_refused_naming_the_holder(tmp_path):
 # --- item 4: killed runs are marked crashed -------------------------------------------------------------------------
 
 def test_a_killed_run_is_marked_crashed_with_where_it_stopped(tmp_path, monkeypatch, capsys):
-    from faithforge.store import Store
+    from faithforge.core.store import Store
 
     workspace = tmp_path / "ws"
     workspace.mkdir()
     url = f"sqlite:///{workspace / 'faithforge.db'}"
-    script = ("import os, signal, sys\nfrom faithforge.store import Store\n"
+    script = ("import os, signal, sys\nfrom faithforge.core.store import Store\n"
               "store = Store(sys.argv[1])\nrun = store.start_run('pipeline', {})\n"
               "store.record_stage(run, 'warm_start', status='completed')\nprint(run, flush=True)\n"
               "os.kill(os.getpid(), signal.SIGKILL)\n")
@@ -190,7 +190,7 @@ def test_a_killed_run_is_marked_crashed_with_where_it_stopped(tmp_path, monkeypa
     assert run.status == "crashed" and run.finished_at is not None
     assert run.summary["crashed"]["last_stage"] == "warm_start (completed)"
 
-    from faithforge.cli import main
+    from faithforge.app.cli import main
 
     with pytest.raises(SystemExit) as code:
         main(["runs", "-w", str(workspace)])
@@ -205,7 +205,7 @@ def test_a_killed_run_is_marked_crashed_with_where_it_stopped(tmp_path, monkeypa
 _SFT_SCRIPT = """
 import os, signal, sys
 from test_durable_runs import sft_inputs
-from faithforge.sft import train_sft
+from faithforge.training.sft import train_sft
 model, tokenizer, examples = sft_inputs(sys.argv[1])
 
 def die_at_5(step, loss):
@@ -221,8 +221,8 @@ def sft_inputs(model_dir: str):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from faithforge.sft import SftExample
-    from faithforge.teacher import generate_split, prompt_messages
+    from faithforge.training.sft import SftExample
+    from faithforge.data.teacher import generate_split, prompt_messages
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
@@ -235,7 +235,7 @@ def sft_inputs(model_dir: str):
 def test_warm_start_sft_resumes_after_sigkill_to_the_same_weights(tiny_model_dir, tmp_path):
     import torch
 
-    from faithforge.sft import train_sft
+    from faithforge.training.sft import train_sft
 
     checkpoints = tmp_path / "ckpt"
     child = subprocess.run([sys.executable, "-c", _SFT_SCRIPT, str(tiny_model_dir), str(checkpoints)], env=ENV,

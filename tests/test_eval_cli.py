@@ -6,12 +6,12 @@ import json
 
 from typer.testing import CliRunner
 
-from faithforge.cli_eval import app
-from faithforge.errors import UserError
+from faithforge.app.cli_eval import app
+from faithforge.core.errors import UserError
 from faithforge.evaluation import EvalItem, evaluate_pair
 from faithforge.evaluation.calibration import make_calibration_set
 from faithforge.evaluation.persist import save_evaluation
-from faithforge.store import Store
+from faithforge.core.store import Store
 
 runner = CliRunner()
 

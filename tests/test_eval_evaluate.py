@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from faithforge.errors import UserError
+from faithforge.core.errors import UserError
 from faithforge.evaluation import (
     ComparisonReport,
     EvalItem,

@@ -6,7 +6,7 @@ import pytest
 
 from faithforge.evaluation import GroundingJudge, get_judge
 from faithforge.evaluation.text import analyze
-from faithforge.errors import UserError
+from faithforge.core.errors import UserError
 
 SOURCE = "The weather was mild . On Monday , Alice bought 3 lamps in Paris . Nobody seemed surprised ."
 

@@ -7,8 +7,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from faithforge.cli_eval import app
-from faithforge.errors import UserError
+from faithforge.app.cli_eval import app
+from faithforge.core.errors import UserError
 from faithforge.evaluation import EvalItem, evaluate_pair, markdown_report
 from faithforge.evaluation.calibration import read_labels
 from faithforge.evaluation.heldout import split_examples

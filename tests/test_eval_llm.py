@@ -10,7 +10,7 @@ import pytest
 
 from fake_judge_servers import LlamaCppLikeOpenAI, rule_judge
 from fake_llm_servers import FakeOpenAI
-from faithforge.errors import UserError
+from faithforge.core.errors import UserError
 from faithforge.evaluation import EvalItem, evaluate_single, get_judge
 from faithforge.evaluation.llm import CHECK_SCHEMA, CLAIMS_SCHEMA, LlmJudge, locate_claim, parse_check, parse_claims
 
@@ -169,7 +169,7 @@ CRAFTED = [  # (summary, hallucinated, flagged text) — hand-checked against SO
 
 @pytest.mark.parametrize("summary, hallucinated, flagged", CRAFTED)
 def test_loopback_llama_cpp_like_server_negotiates_and_judges(summary, hallucinated, flagged):
-    from faithforge.generation.backends import make_backend
+    from faithforge.backends import make_backend
 
     with LlamaCppLikeOpenAI(default=rule_judge) as server:
         backend = make_backend("openai", "qwen3:8b", base_url=server.url, stream=False)
@@ -183,7 +183,7 @@ def test_loopback_llama_cpp_like_server_negotiates_and_judges(summary, hallucina
 
 
 def test_loopback_streaming_openai_server():
-    from faithforge.generation.backends import make_backend
+    from faithforge.backends import make_backend
 
     with FakeOpenAI(default=rule_judge) as server:
         judge = get_judge("llm", backend=make_backend("openai", "qwen3:8b", base_url=server.url))
@@ -194,7 +194,7 @@ def test_loopback_streaming_openai_server():
 def test_real_llama_cpp_server_returns_verdicts(llama_server):
     """SmolLM2-135M as a judge: its verdicts are not the point (it is far too small), the protocol is —
     structured output negotiated with a real server, both steps parsed, every item judged or counted apart."""
-    from faithforge.generation.backends import make_backend
+    from faithforge.backends import make_backend
 
     backend = make_backend("openai", llama_server.model, base_url=llama_server.root_url, stream=False)
     judge = LlmJudge(backend, max_tokens=256, max_claims=3)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from faithforge.errors import UserError
+from faithforge.core.errors import UserError
 from faithforge.evaluation import get_judge
 from faithforge.evaluation.nli import NliJudge
 
@@ -112,7 +112,7 @@ def test_bad_checkpoints_and_options(tmp_path, classifier_dir):
 def test_calibrate_nli_picks_the_best_threshold(classifier_dir, tmp_path):
     from typer.testing import CliRunner
 
-    from faithforge.cli_eval import app
+    from faithforge.app.cli_eval import app
     from faithforge.evaluation.calibration import best_threshold, calibrate_nli, make_calibration_set, read_labels
 
     labels = make_calibration_set(tmp_path / "cal.jsonl", n=12, seed=0)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from faithforge.errors import UserError
+from faithforge.core.errors import UserError
 from faithforge.evaluation.nli import MINICHECK_TEMPLATE, NliJudge, supported_index
 
 CORPUS = ["On Monday , Alice bought 3 lamps in Paris .", "The weather was mild .", "Bob sold 5 maps in Lima .",

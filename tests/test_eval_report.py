@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from faithforge.errors import UserError
+from faithforge.core.errors import UserError
 from faithforge.evaluation import EvalItem, compare_reports, evaluate_single
 from faithforge.evaluation.persist import compare_runs, load_evaluation, save_evaluation
 from faithforge.evaluation.report import bar_chart, markdown_report, table_rows
-from faithforge.store import Store
+from faithforge.core.store import Store
 
 ITEMS = [EvalItem(id=f"i{k}", source=f"Alice bought {k} lamps in Paris .", key_facts=["Alice", str(k), "Paris"],
                   category="odd" if k % 2 else "even") for k in range(2, 8)]

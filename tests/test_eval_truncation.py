@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from faithforge.config import EvaluateConfig
+from faithforge.core.config import EvaluateConfig
 from faithforge.evaluation import EvalItem, GroundingJudge, evaluate_pair, evaluate_single, get_judge, markdown_report
 from faithforge.evaluation.text import drop_truncated_word
-from faithforge.stages.evaluate import judge_options, summarize_with_backend
+from faithforge.evaluation.options import judge_options
+from faithforge.stages.evaluate import summarize_with_backend
 
 SOURCE = 'Anna said "I moved to Graz ." Then she left for Vienna .'
 

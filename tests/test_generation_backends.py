@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from faithforge.generation.backends import (
+from faithforge.backends import (
     BackendError,
     BackendTimeoutError,
     BackendUnreachableError,
@@ -15,9 +15,9 @@ from faithforge.generation.backends import (
     ModelNotFoundError,
     make_backend,
 )
-from faithforge.generation.backends.base import BackendConfigError
-from faithforge.generation.backends.ollama import OllamaBackend, release_ollama_gpu
-from faithforge.generation.backends.openai_compat import OpenAICompatBackend
+from faithforge.backends.base import BackendConfigError
+from faithforge.backends.ollama import OllamaBackend, release_ollama_gpu
+from faithforge.backends.openai_compat import OpenAICompatBackend
 from tests.fake_llm_servers import Drop, FakeOllama, FakeOpenAI, MidStreamError, Reply, Stall, Status
 
 FAST = HttpOptions(connect_timeout_s=1.0, read_timeout_s=0.5, deadline_s=30.0, retries=2, backoff_s=0.01)

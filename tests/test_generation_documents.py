@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from faithforge.errors import ConfigError, UserError
+from faithforge.core.errors import ConfigError, UserError
 from faithforge.generation.coverage import CoverageDB
 from faithforge.generation.files import verify
 from faithforge.generation.runner import GenerationOptions, run_generation
@@ -48,7 +48,7 @@ def test_every_real_document_gets_one_example_that_keeps_the_document_verbatim(t
     assert spec.targets() == {"summaries": 3}
     db = CoverageDB(f"sqlite:///{tmp_path / 'c.db'}")
     with FakeOpenAI(default=honest_teacher) as server:
-        from faithforge.generation.backends.openai_compat import OpenAICompatBackend
+        from faithforge.backends.openai_compat import OpenAICompatBackend
 
         summary = run_generation(spec, OpenAICompatBackend("qwen3:8b", base_url=server.url), db, tmp_path / "out",
                                  GenerationOptions(poll_s=0.01))

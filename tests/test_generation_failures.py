@@ -17,7 +17,7 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-from faithforge.generation.backends.template import TemplateBackend
+from faithforge.backends.template import TemplateBackend
 from faithforge.generation.coverage import CoverageDB
 from faithforge.generation.parameters import GenerateParameters
 from faithforge.generation.runner import GenerationOptions, run_generation
@@ -31,7 +31,7 @@ HANG_GUARD_S = 120  # only to fail instead of hanging; nothing asserts on time
 
 
 def cli() -> typer.Typer:
-    from faithforge.cli_generate import generate
+    from faithforge.app.cli_generate import generate
 
     app = typer.Typer()
     app.command("generate")(generate)

@@ -11,7 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from faithforge.generation.backends.template import TemplateBackend
+from faithforge.backends.template import TemplateBackend
 from faithforge.generation.parameters import GenerateParameters
 from tests.fake_llm_servers import FakeOllama, FakeOpenAI, Reply
 
@@ -30,7 +30,7 @@ def test_flow_module_does_not_import_torch():
 def test_flow_generates_exports_records_and_reports_progress(prefect_harness, tmp_path):
     from prefect.client.orchestration import get_client
 
-    from faithforge.store import Store
+    from faithforge.core.store import Store
     from flows.generate import generate_flow
 
     params = GenerateParameters(spec=GROUNDED, backend="template", model="template", target=6,
@@ -68,7 +68,7 @@ def test_flow_over_ollama_unloads_the_model_afterwards(prefect_harness, tmp_path
 
 
 def test_cli_command_runs_the_flow_with_a_progress_bar(prefect_harness, tmp_path):
-    from faithforge.cli_generate import generate
+    from faithforge.app.cli_generate import generate
 
     app = typer.Typer()
     app.command("generate")(generate)
@@ -88,7 +88,7 @@ def test_cli_command_runs_the_flow_with_a_progress_bar(prefect_harness, tmp_path
 def test_openai_key_from_a_prefect_secret_block(prefect_harness):
     from prefect.blocks.system import Secret
 
-    from faithforge.generation.backends.openai_compat import OpenAICompatBackend
+    from faithforge.backends.openai_compat import OpenAICompatBackend
 
     Secret(value="sk-from-block").save("ff-gen-test-key", overwrite=True)
     with FakeOpenAI() as server:
@@ -101,7 +101,7 @@ def test_openai_key_from_a_prefect_secret_block(prefect_harness):
 
 def test_nightly_deployment_at_two_in_a_configurable_timezone():
     from deployments.generation import generation_deployment, generation_deployment_kwargs
-    from faithforge.errors import UserError
+    from faithforge.core.errors import UserError
 
     params = GenerateParameters(spec=GROUNDED, target=500)
     kwargs = generation_deployment_kwargs(params, timezone="Europe/Berlin")

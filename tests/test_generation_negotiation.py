@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from faithforge.generation.backends import HttpOptions
-from faithforge.generation.backends.ollama import OllamaBackend
-from faithforge.generation.backends.openai_compat import OpenAICompatBackend
-from faithforge.generation.backends.template import TemplateBackend
+from faithforge.backends import HttpOptions
+from faithforge.backends.ollama import OllamaBackend
+from faithforge.backends.openai_compat import OpenAICompatBackend
+from faithforge.backends.template import TemplateBackend
 from faithforge.generation.coverage import CoverageDB
 from faithforge.generation.runner import GenerationOptions, run_generation
 from faithforge.generation.spec import load_spec
@@ -59,7 +59,7 @@ def test_openai_falls_back_to_plain_json_instructions_when_no_format_is_accepted
 def test_a_server_error_that_does_not_name_the_format_is_still_an_error():
     import pytest
 
-    from faithforge.generation.backends import BackendError
+    from faithforge.backends import BackendError
 
     with FakeOpenAI() as server:
         server.push(Status(500, "CUDA error: out of memory"))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from faithforge.generation.backends import ChatResult
+from faithforge.backends import ChatResult
 from faithforge.generation.coverage import CoverageDB
 from faithforge.generation.parsing import parse_reply
 from faithforge.generation.quality import QualityGate

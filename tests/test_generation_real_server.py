@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from faithforge.generation.backends import make_backend
-from faithforge.generation.backends.openai_compat import OpenAICompatBackend
+from faithforge.backends import make_backend
+from faithforge.backends.openai_compat import OpenAICompatBackend
 from faithforge.generation.coverage import CoverageDB
 from faithforge.generation.files import verify
 from faithforge.generation.runner import GenerationOptions, run_generation
@@ -53,7 +53,7 @@ def test_a_length_cut_is_reported_as_truncation(llama_server, stream):
 def test_negotiation_falls_back_from_json_schema_to_json_object(llama_server, stream):
     """This server answers HTTP 500 to `json_schema` (research notes): the backend must move to `json_object`
     with the schema (which llama.cpp turns into a grammar), and the answer must be JSON that fits it."""
-    from faithforge.generation.backends.negotiation import forget_all
+    from faithforge.backends.negotiation import forget_all
 
     forget_all()  # start from json_schema, whatever an earlier test taught this process
     backend = OpenAICompatBackend(llama_server.model, base_url=llama_server.base_url, stream=stream)

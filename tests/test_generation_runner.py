@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from faithforge.generation.backends import BackendError, ChatResult, HttpOptions, ModelNotFoundError
-from faithforge.generation.backends.ollama import OllamaBackend
-from faithforge.generation.backends.template import TemplateBackend
+from faithforge.backends import BackendError, ChatResult, HttpOptions, ModelNotFoundError
+from faithforge.backends.ollama import OllamaBackend
+from faithforge.backends.template import TemplateBackend
 from faithforge.generation.coverage import CoverageDB
 from faithforge.generation.files import verify
 from faithforge.generation.runner import GenerationOptions, run_generation

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from faithforge.errors import ConfigError, UserError
+from faithforge.core.errors import ConfigError, UserError
 from faithforge.generation.parsing import content_hash, parse_answer, repair_messages
 from faithforge.generation.spec import load_spec, parse_spec
 

@@ -7,10 +7,10 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from faithforge.calibration import (NO_CUDA_MESSAGE, correction_factor, load_corrections, measure_stage,
+from faithforge.gpu_calibration.calibrate import (NO_CUDA_MESSAGE, correction_factor, load_corrections, measure_stage,
                                     save_corrections)
-from faithforge.cli_gpu import app
-from faithforge.errors import UserError
+from faithforge.app.cli_gpu import app
+from faithforge.core.errors import UserError
 from gpu.corrections import Corrections
 from gpu.estimate import estimate_reference
 from gpu.model_shape import load_model_shape

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from faithforge.config import load_config
-from faithforge.errors import UserError
+from faithforge.core.config import load_config
+from faithforge.core.errors import UserError
 from faithforge.stages.context import StageContext
 
 NF4 = {"stage": "train", "placement": "cpu", "precision": "nf4", "batch_size": 2, "grad_accum": 1}
@@ -24,7 +24,7 @@ def _kinds(model) -> dict:
 @pytest.fixture
 def spy(monkeypatch):
     """Record what every stage's `load_for_plan` call really loaded (the real loader runs)."""
-    import faithforge.modeling as modeling
+    import faithforge.training.modeling as modeling
 
     real = modeling.load_for_plan
     loads: list[tuple[str, dict]] = []
@@ -69,7 +69,7 @@ def test_reference_train_control_evaluate_and_onpolicy_load_nf4_when_the_plan_sa
 
 
 def test_fp32_and_bf16_plans_load_no_4bit_layers(tiny_model_dir, spy):
-    import faithforge.modeling as modeling
+    import faithforge.training.modeling as modeling
 
     for precision, dtype in (("fp32", "torch.float32"), ("bf16", "torch.bfloat16")):
         modeling.load_for_plan(tiny_model_dir, {"stage": "warm_start", "placement": "local", "precision": precision})
@@ -90,7 +90,7 @@ def test_the_warm_start_refuses_a_4bit_plan(tmp_path):
 
 
 def test_the_planned_gpu_is_the_only_one_the_stage_sees():
-    from faithforge.modeling import visibility_env
+    from faithforge.training.modeling import visibility_env
     from gpu.planner import StageRequest, plan_stage
     from gpu.model_shape import load_model_shape
     from gpu.snapshot import GpuDevice, GpuSnapshot

@@ -4,7 +4,7 @@ states (so any such fact in an answer is an invention the grounding judge can se
 from __future__ import annotations
 
 from faithforge.evaluation import get_judge
-from faithforge.grounded_qa import ABSTAIN, DAYS, PLACES, generate_questions, make_question
+from faithforge.data.grounded_qa import ABSTAIN, DAYS, PLACES, generate_questions, make_question
 
 
 def test_questions_are_deterministic_and_split_between_answerable_and_not():

@@ -5,11 +5,11 @@ import json
 
 import pytest
 
-from faithforge.config import load_config
-from faithforge.errors import UserError
+from faithforge.core.config import load_config
+from faithforge.core.errors import UserError
 from faithforge.stages.context import StageContext
 from faithforge.stages.generate import import_generated, load_split
-from faithforge.teacher import make_example
+from faithforge.data.teacher import make_example
 
 
 def _export(path, n):

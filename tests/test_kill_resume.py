@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from faithforge.workspace import sha256_file
+from faithforge.core.workspace import sha256_file
 
 HERE = Path(__file__).resolve().parent
 DRIVER = HERE / "pipeline_driver.py"

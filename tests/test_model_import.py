@@ -12,14 +12,14 @@ import pytest
 import torch
 from real_model import imported_smollm2, smollm2_or_skip
 
-from faithforge.errors import UserError
-from faithforge.model_import import RECORD_NAME, SMOLLM2_MISSING, import_model, probe_ids, smollm2_gguf
+from faithforge.core.errors import UserError
+from faithforge.training.model_import import RECORD_NAME, SMOLLM2_MISSING, import_model, probe_ids, smollm2_gguf
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def _faithforge(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", "from faithforge.cli import main; main()", *args], cwd=ROOT,
+    return subprocess.run([sys.executable, "-c", "from faithforge.app.cli import main; main()", *args], cwd=ROOT,
                           capture_output=True, text=True, timeout=600, env=dict(os.environ))
 
 
@@ -30,7 +30,7 @@ def test_smollm2_gguf_round_trip_keeps_the_logits(tmp_path_factory):
     independently of the import's own verification) and keeps the tokenizer and ChatML template."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from faithforge.modeling import load_causal_lm, load_tokenizer
+    from faithforge.training.modeling import load_causal_lm, load_tokenizer
 
     gguf = smollm2_or_skip()
     out = imported_smollm2(tmp_path_factory)
@@ -77,8 +77,8 @@ def test_missing_wheel_says_how_to_install(monkeypatch):
 
 
 def test_hf_folder_import_round_trips_the_tiny_model(tmp_path):
-    from faithforge.modeling import load_causal_lm, load_tokenizer
-    from faithforge.tiny_model import build_tiny_model
+    from faithforge.training.modeling import load_causal_lm, load_tokenizer
+    from faithforge.training.tiny_model import build_tiny_model
 
     source = build_tiny_model(tmp_path / "tiny", seed=1)
     report = import_model(source, tmp_path / "out")

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from faithforge import offload, storage
-from faithforge.config import PipelineConfig
-from faithforge.errors import UserError
+from faithforge.offload import dispatch as offload, storage
+from faithforge.core.config import PipelineConfig
+from faithforge.core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -22,7 +22,7 @@ def _tree(root: Path) -> None:
 
 
 def test_publish_fetch_round_trip_and_skip_when_unchanged(tmp_path):
-    """Offload moves stage folders (and single files) through faithforge.storage, checksummed."""
+    """Offload moves stage folders (and single files) through faithforge.offload.storage, checksummed."""
     src = tmp_path / "src"
     _tree(src)
     url = str(tmp_path / "store" / "obj")
@@ -112,7 +112,7 @@ def test_child_and_worker_configs():
 
 
 def test_offload_stages_offload_on_purpose_and_need_a_pool():
-    from faithforge.errors import ConfigError
+    from faithforge.core.errors import ConfigError
     from faithforge.stages.gate import plan_pipeline
     from gpu.profiles import profile_snapshot
 
@@ -123,7 +123,7 @@ def test_offload_stages_offload_on_purpose_and_need_a_pool():
     assert plans["train"].reason.startswith("gpu.offload_stages lists train, so it is offloaded to the pool 'a100'")
     assert "A100" in plans["train"].reason  # sized for the pool's GPU, not this one
     assert {plans[s].placement for s in ("reference", "evaluate", "warm_start")} == {"local"}  # the tiny model fits
-    from faithforge.config import validate_config
+    from faithforge.core.config import validate_config
 
     with pytest.raises(ConfigError, match="offload_stages .* needs offload_pool"):
         validate_config({"gpu": {"offload_stages": ["train"]}})
@@ -208,7 +208,7 @@ def test_gpu_slot_without_a_limit(prefect_harness, monkeypatch):
     from prefect import flow
 
     import tasks.offload as glue
-    from faithforge.errors import UserError
+    from faithforge.core.errors import UserError
 
     cfg = PipelineConfig()
 

@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 from test_dpo_support import load
 
-from faithforge.errors import UserError
+from faithforge.core.errors import UserError
 from faithforge.evaluation import get_judge
-from faithforge.onpolicy_pairs import build_onpolicy_pairs, score_summary
-from faithforge.pairs import validate_pairs
-from faithforge.teacher import generate_split, prompt_messages
+from faithforge.training.onpolicy_pairs import build_onpolicy_pairs, score_summary
+from faithforge.data.pairs import validate_pairs
+from faithforge.data.teacher import generate_split, prompt_messages
 
 SETTINGS = dict(k=4, temperature=1.5, seed=11, max_new_tokens=12, margin=0.5)
 

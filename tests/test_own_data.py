@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from faithforge.config import validate_config
-from faithforge.errors import ConfigError, UserError
-from faithforge.overlap import check_no_text_overlap, overlapping_sources
-from faithforge.own_data import DOCUMENTS_PROMPT, document_splits, system_prompt
-from faithforge.pairs import PairsImportError, import_pairs, normalize_pair, split_by_source
+from faithforge.core.config import validate_config
+from faithforge.core.errors import ConfigError, UserError
+from faithforge.data.overlap import check_no_text_overlap, overlapping_sources
+from faithforge.data.own_data import DOCUMENTS_PROMPT, document_splits, system_prompt
+from faithforge.data.pairs import PairsImportError, import_pairs, normalize_pair, split_by_source
 
 STANDARD = {"prompt": "What colour is the sky?", "chosen": "Blue.", "rejected": "Green."}
 CONVERSATIONAL = {"prompt": [{"role": "user", "content": "What colour is the sky?"}],
@@ -121,8 +121,8 @@ def test_overlap_guard_finds_a_document_wrapped_in_an_imported_prompt():
 
 
 def test_template_tasks_never_trip_the_guard():
-    from faithforge.grounded_qa import generate_questions
-    from faithforge.teacher import generate_split
+    from faithforge.data.grounded_qa import generate_questions
+    from faithforge.data.teacher import generate_split
 
     for train, test in ((generate_split("train", 2000, 0, 0.5), generate_split("test", 500, 0, 0.5)),
                         (generate_questions("train", 2000, 0), generate_questions("test", 500, 0))):

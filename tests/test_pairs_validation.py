@@ -7,8 +7,8 @@ import json
 import pytest
 from test_dpo_support import make_pairs
 
-from faithforge.errors import UserError
-from faithforge.pairs import split_by_source
+from faithforge.core.errors import UserError
+from faithforge.data.pairs import split_by_source
 from faithforge.stages.pairs import load_pairs
 
 

@@ -4,8 +4,8 @@ import re
 
 import pytest
 
-from faithforge.config import load_config
-from faithforge.store import Store
+from faithforge.core.config import load_config
+from faithforge.core.store import Store
 
 _BYTECODE = re.compile(r"\b(LOAD_GLOBAL|LOAD_FAST|LOAD_CONST|RETURN_VALUE|CALL_FUNCTION|PRECALL|RESUME)\b")
 

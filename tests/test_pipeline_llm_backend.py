@@ -3,14 +3,14 @@ Ollama server (real NDJSON protocol), and its examples are split, paired, traine
 
 import pytest
 
-from faithforge.config import load_config
+from faithforge.core.config import load_config
 
 
 def _answer_as_teacher(body: dict):
     """Ollama's reply to a grounded-summaries request, written by the offline teacher."""
     from fake_llm_servers import Reply
 
-    from faithforge.generation.backends.template import TemplateBackend
+    from faithforge.backends.template import TemplateBackend
 
     result = TemplateBackend().chat(body["messages"], schema=body.get("format"),
                                     seed=(body.get("options") or {}).get("seed"))
@@ -21,7 +21,7 @@ def _answer_as_teacher(body: dict):
 def test_pipeline_trains_on_examples_generated_through_ollama(prefect_harness, tmp_path):
     from fake_llm_servers import FakeOllama
 
-    from faithforge.store import Store
+    from faithforge.core.store import Store
     from flows.pipeline import pipeline
 
     with FakeOllama(default=_answer_as_teacher) as server:

@@ -54,8 +54,8 @@ def mapped_modules(readme: str) -> set[str]:
 
 def test_parser_reads_folder_relative_and_full_paths():
     readme = (f"{START}:\n\n- `gpu/` — `probe.py` (x), `a.json`\n  `planner.py`\n"
-              "- `faithforge/` **core**: `store.py`, `faithforge/engine/kv.py`\n\n" + END)
-    assert mapped_modules(readme) == {"gpu/probe.py", "gpu/planner.py", "faithforge/store.py",
+              "- `faithforge/core/` **core**: `store.py`, `faithforge/engine/kv.py`\n\n" + END)
+    assert mapped_modules(readme) == {"gpu/probe.py", "gpu/planner.py", "faithforge/core/store.py",
                                       "faithforge/engine/kv.py"}
 
 

@@ -44,7 +44,7 @@ def test_grounding_judge_precision_on_real_answers_is_at_least_0_8():
 def test_demo_real_stores_the_judge_calibration_its_reports_show(tmp_path):
     from faithforge.evaluation import get_judge
     from faithforge.evaluation.heldout import calibrations_for
-    from faithforge.real_demo import LABELED_SET, calibrate_judge_on_labels
+    from faithforge.app.real_demo import LABELED_SET, calibrate_judge_on_labels
 
     assert LABELED_SET == LABELS.resolve()
     stored = calibrate_judge_on_labels(tmp_path / "ws")

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 from real_model import imported_smollm2
 
-from faithforge.config import deep_merge, load_config
-from faithforge.grounded_qa import SYSTEM_PROMPT
-from faithforge.real_demo import CI_SETTINGS, REAL_SETTINGS
+from faithforge.core.config import deep_merge, load_config
+from faithforge.data.grounded_qa import SYSTEM_PROMPT
+from faithforge.app.real_demo import CI_SETTINGS, REAL_SETTINGS
 
 
 @pytest.mark.slow

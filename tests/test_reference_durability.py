@@ -7,8 +7,8 @@ import json
 import pytest
 from test_dpo_support import build_cache, kill_when, load, make_pairs, start_script
 
-from faithforge.errors import UserError
-from faithforge.reference import ReferenceCache, cache_key, weights_fingerprint
+from faithforge.core.errors import UserError
+from faithforge.training.reference import ReferenceCache, cache_key, weights_fingerprint
 
 PAIRS = 10  # teacher examples → about 15 pairs, 4 shards of 4
 
@@ -77,7 +77,7 @@ def test_truncated_manifest_recomputes_everything(tiny_model_dir, tmp_path):
 
 
 def test_key_changes_with_tokenizer_template_length_truncation_quantization_pairs_and_weights(tiny_model_dir, tmp_path):
-    from faithforge.tiny_model import build_tiny_model
+    from faithforge.training.tiny_model import build_tiny_model
 
     pairs = make_pairs(3)
     _, tokenizer = load(tiny_model_dir)

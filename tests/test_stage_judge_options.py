@@ -2,14 +2,14 @@
 
 import pytest
 
-from faithforge.config import EvaluateConfig
-from faithforge.errors import UserError
+from faithforge.core.config import EvaluateConfig
+from faithforge.core.errors import UserError
 
 
 def test_judge_options_are_checked_before_generation():
-    from faithforge.generation.backends.ollama import OllamaBackend
-    from faithforge.generation.backends.openai_compat import OpenAICompatBackend
-    from faithforge.stages.evaluate import judge_options
+    from faithforge.backends.ollama import OllamaBackend
+    from faithforge.backends.openai_compat import OpenAICompatBackend
+    from faithforge.evaluation.options import judge_options
 
     assert judge_options(EvaluateConfig()) == {}
     with pytest.raises(UserError, match="nli_checkpoint is empty"):

@@ -3,9 +3,9 @@ source, and the on-policy builder run as a stage."""
 
 import pytest
 
-from faithforge.errors import UserError
-from faithforge.pairs import build_synthetic_pairs, split_by_source
-from faithforge.teacher import Example, Facts, make_example
+from faithforge.core.errors import UserError
+from faithforge.data.pairs import build_synthetic_pairs, split_by_source
+from faithforge.data.teacher import Example, Facts, make_example
 
 
 def _example(eid: str, day: str | None) -> Example:
@@ -43,7 +43,7 @@ def test_split_keeps_every_source_on_one_side():
 
 
 def test_on_policy_pairs_stage_samples_from_the_given_model(tiny_model_dir, tmp_path):
-    from faithforge.config import load_config
+    from faithforge.core.config import load_config
     from faithforge.stages.context import StageContext
     from faithforge.stages.generate import generate_examples
     from faithforge.stages.pairs import build_pairs, load_pairs

@@ -3,15 +3,15 @@ reference log-probs, completion tokens left after truncation, and merging an ada
 
 import pytest
 
-from faithforge.dpo import expected_completion_tokens
-from faithforge.pairs import build_synthetic_pairs
-from faithforge.teacher import make_example
+from faithforge.training.dpo import expected_completion_tokens
+from faithforge.data.pairs import build_synthetic_pairs
+from faithforge.data.teacher import make_example
 
 
 def test_sft_labels_cover_the_completion_only(tiny_model_dir):
     from transformers import AutoTokenizer
 
-    from faithforge.sft import SftExample, collate, encode_example
+    from faithforge.training.sft import SftExample, collate, encode_example
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     prompt = [{"role": "user", "content": "Ada bought 3 lamps in Oslo ."}]
@@ -29,7 +29,7 @@ def test_chunked_log_probs_equal_the_full_softmax(tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from faithforge.reference import collate_pairs, completion_logps, tokenize_pair
+    from faithforge.training.reference import collate_pairs, completion_logps, tokenize_pair
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
@@ -59,7 +59,7 @@ def test_merged_model_gives_the_adapter_models_logits(tiny_model_dir, tmp_path):
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from faithforge.modeling import merge_adapter
+    from faithforge.training.modeling import merge_adapter
 
     base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
     torch.manual_seed(0)

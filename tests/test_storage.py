@@ -8,10 +8,10 @@ import fsspec
 import pytest
 from test_dpo_support import build_cache, make_pairs
 
-from faithforge.errors import UserError
-from faithforge.reference import ReferenceCache
-from faithforge.storage import INDEX, fetch_dir, publish_dir, read_index
-from faithforge.workspace import sha256_tree
+from faithforge.core.errors import UserError
+from faithforge.training.reference import ReferenceCache
+from faithforge.offload.storage import INDEX, fetch_dir, publish_dir, read_index
+from faithforge.core.workspace import sha256_tree
 
 
 @pytest.fixture(scope="module")

@@ -1,7 +1,7 @@
 import hashlib
 
-from faithforge.teacher import DAYS, generate_split, make_example, prompt_messages
-from faithforge.tiny_model import build_tiny_model
+from faithforge.data.teacher import DAYS, generate_split, make_example, prompt_messages
+from faithforge.training.tiny_model import build_tiny_model
 
 
 def test_teacher_is_deterministic_and_noisy_like_xsum():

@@ -6,7 +6,7 @@ CPU cannot run out of CUDA memory on demand); everything else is the real stage.
 
 import pytest
 
-from faithforge.config import load_config
+from faithforge.core.config import load_config
 from faithforge.stages.context import StageContext
 
 
@@ -14,7 +14,7 @@ from faithforge.stages.context import StageContext
 def test_dpo_stage_backs_off_on_an_oom_inside_a_training_step(tmp_path, monkeypatch):
     import torch
 
-    import faithforge.modeling as modeling
+    import faithforge.training.modeling as modeling
     from faithforge.stages.generate import generate_examples
     from faithforge.stages.model import base_model
     from faithforge.stages.pairs import build_pairs
@@ -68,9 +68,9 @@ def test_dpo_stage_backs_off_on_an_oom_inside_a_training_step(tmp_path, monkeypa
 def test_sft_micro_batches_give_the_full_batch_loss_and_weights(tiny_model_dir):
     import torch
 
-    from faithforge.modeling import attach_lora, load_causal_lm, load_tokenizer
-    from faithforge.sft import SftExample, train_sft
-    from faithforge.teacher import generate_split, prompt_messages
+    from faithforge.training.modeling import attach_lora, load_causal_lm, load_tokenizer
+    from faithforge.training.sft import SftExample, train_sft
+    from faithforge.data.teacher import generate_split, prompt_messages
 
     examples = [SftExample(prompt_messages(e.source), e.faithful) for e in generate_split("train", 8, 0, 0.5)]
     runs = []
@@ -92,7 +92,7 @@ def test_sft_micro_batches_give_the_full_batch_loss_and_weights(tiny_model_dir):
 def test_the_sft_control_backs_off_on_an_oom_inside_a_step(tmp_path, monkeypatch):
     import torch
 
-    import faithforge.modeling as modeling
+    import faithforge.training.modeling as modeling
     from faithforge.stages.generate import generate_examples
     from faithforge.stages.model import base_model
     from faithforge.stages.pairs import build_pairs
@@ -129,9 +129,9 @@ def test_the_sft_control_backs_off_on_an_oom_inside_a_step(tmp_path, monkeypatch
 def test_the_chunked_head_loss_equals_the_causal_lm_loss(tiny_model_dir):
     import torch
 
-    from faithforge.modeling import attach_lora, load_causal_lm, load_tokenizer, use_chunked_head_loss
-    from faithforge.sft import SftExample, collate, encode_example
-    from faithforge.teacher import generate_split, prompt_messages
+    from faithforge.training.modeling import attach_lora, load_causal_lm, load_tokenizer, use_chunked_head_loss
+    from faithforge.training.sft import SftExample, collate, encode_example
+    from faithforge.data.teacher import generate_split, prompt_messages
 
     tokenizer = load_tokenizer(tiny_model_dir)
     batch = collate([encode_example(tokenizer, SftExample(prompt_messages(e.source), e.faithful), 128)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 
-from faithforge.ui_report import (MAX_EMBEDDED_PNG_BYTES, image_markdown, pipeline_report_markdown, plan_markdown,
+from faithforge.stages.ui_report import (MAX_EMBEDDED_PNG_BYTES, image_markdown, pipeline_report_markdown, plan_markdown,
                                   png_data_uri, runs_on)
 
 

@@ -2,9 +2,9 @@ import os
 
 import pytest
 
-from faithforge.errors import UserError
-from faithforge.store import Store
-from faithforge.workspace import Workspace, atomic_directory, atomic_write_json, atomic_write_text
+from faithforge.core.errors import UserError
+from faithforge.core.store import Store
+from faithforge.core.workspace import Workspace, atomic_directory, atomic_write_json, atomic_write_text
 
 
 def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
@@ -65,7 +65,7 @@ def test_store_rejects_unusable_url():
 
 
 def test_read_jsonl_names_file_and_line(tmp_path):
-    from faithforge.workspace import read_jsonl
+    from faithforge.core.workspace import read_jsonl
 
     path = tmp_path / "pairs.jsonl"
     path.write_text('{"id": 1}\n\n{"id": 2\n')
@@ -94,7 +94,7 @@ def test_store_and_lineage_on_postgresql():
 
 def test_fresh_refuses_a_directory_faithforge_did_not_create(tmp_path, monkeypatch, capsys):
     """`demo -w . --fresh` in a folder of yours deleted `models/mine.txt`; now it refuses and writes nothing."""
-    from faithforge.cli import main
+    from faithforge.app.cli import main
 
     mine = tmp_path / "d" / "models" / "mine.txt"
     mine.parent.mkdir(parents=True)
@@ -109,7 +109,7 @@ def test_fresh_refuses_a_directory_faithforge_did_not_create(tmp_path, monkeypat
 
 
 def test_fresh_removes_only_what_faithforge_wrote(tmp_path):
-    from faithforge.workspace import MARKER
+    from faithforge.core.workspace import MARKER
 
     ws = Workspace.open(tmp_path / "ws")
     assert ws.owned and (ws.root / MARKER).is_file()

@@ -1,6 +1,6 @@
 """Errors the engine raises for input a caller can fix; each message says what to change."""
 
-from faithforge.errors import UserError
+from faithforge.core.errors import UserError
 
 
 class EngineError(UserError):

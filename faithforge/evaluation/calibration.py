@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from faithforge.errors import UserError
+from faithforge.core.errors import UserError
 from faithforge.evaluation.verdict import Judge
-from faithforge.workspace import atomic_write_jsonl
+from faithforge.core.workspace import atomic_write_jsonl
 
 _LABELS = {"faithful": False, "hallucinated": True}
 

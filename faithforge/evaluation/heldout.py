@@ -18,11 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
-from faithforge.errors import UserError
+from faithforge.core.errors import UserError
 from faithforge.evaluation.calibration import CalibrationReport, LabeledExample, best_threshold, confusion_report
 from faithforge.evaluation.combined import CombinedJudge
 from faithforge.evaluation.verdict import Judge
-from faithforge.workspace import atomic_write_json
+from faithforge.core.workspace import atomic_write_json
 
 
 def judge_checkpoint(judge: Judge) -> str:

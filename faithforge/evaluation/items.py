@@ -6,7 +6,7 @@ from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from faithforge.errors import UserError
+from faithforge.core.errors import UserError
 
 _SHOWN_IDS = 5
 

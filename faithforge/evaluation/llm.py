@@ -28,7 +28,7 @@ import json
 import re
 from typing import Any, Protocol, runtime_checkable
 
-from faithforge.errors import UserError
+from faithforge.core.errors import UserError
 from faithforge.evaluation.text import analyze, drop_truncated_word, tokenize
 from faithforge.evaluation.verdict import Flag, SentenceResult, Verdict, unjudgeable
 

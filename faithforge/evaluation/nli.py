@@ -33,7 +33,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from faithforge.errors import UserError
+from faithforge.core.errors import UserError
 from faithforge.evaluation.text import analyze, drop_truncated_word
 from faithforge.evaluation.verdict import Flag, SentenceResult, Verdict, verdict_from_sentences
 

@@ -8,9 +8,9 @@ from typing import Any
 
 from sqlalchemy import select
 
-from faithforge.errors import UserError
+from faithforge.core.errors import UserError
 from faithforge.evaluation.results import ComparisonReport
-from faithforge.store import Artifact, Store
+from faithforge.core.store import Artifact, Store
 
 ARTIFACT_KIND = "evaluation"
 

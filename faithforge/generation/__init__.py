@@ -8,7 +8,7 @@ coverage database and an atomically written file before the next request. Severa
 database: claims are atomic and a dead worker's claims expire.
 """
 
-from faithforge.generation.backends import BACKEND_NAMES, ChatBackend, ChatResult, make_backend
+from faithforge.backends import BACKEND_NAMES, ChatBackend, ChatResult, make_backend
 from faithforge.generation.coverage import CoverageDB
 from faithforge.generation.files import export_jsonl, reconcile, verify
 from faithforge.generation.runner import GenerationOptions, run_generation

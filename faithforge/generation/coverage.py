@@ -3,7 +3,7 @@
 Every method is one short transaction. Claims are atomic across processes and machines (see
 `database.py`); a claim carries a random token and a lease (`claimed_until`), and only the holder of a
 live token can complete or fail its slot. A running worker renews its leases with a heartbeat; a worker
-that dies on this host is noticed at once (its process is gone, `faithforge/liveness.py`) and its slots are claimed
+that dies on this host is noticed at once (its process is gone, `faithforge/core/liveness.py`) and its slots are claimed
 again; one that dies on another host stops renewing, and its slots return when the lease runs out. Coverage counters change in the same transaction as the example or failure they count,
 so `attempts == successes + failures` always holds, whatever was killed when.
 """
@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from faithforge.generation.database import advisory_lock, make_coverage_engine
-from faithforge.liveness import process_alive, process_start, this_host
+from faithforge.core.liveness import process_alive, process_start, this_host
 from faithforge.generation.spec import GenerationSpec
 from faithforge.generation.tables import Combination, ExampleRow, FailureRow, GenerationBase, Slot, WorkerRow
 

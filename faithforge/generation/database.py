@@ -15,7 +15,7 @@ from typing import Any
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Connection, Engine
 
-from faithforge.errors import UserError
+from faithforge.core.errors import UserError
 
 #: How long (ms) a SQLite writer waits for the write lock before failing.
 SQLITE_BUSY_TIMEOUT_MS = 60_000

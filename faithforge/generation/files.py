@@ -2,7 +2,7 @@
 
 Layout: `<out_dir>/<category>/<ordinal:06d>.json` per accepted example, `<out_dir>/_quarantine/<id>.json`
 per failed attempt, `<out_dir>/_reasoning/<category>/<ordinal:06d>.txt` for the reasoning a model wrote
-beside an accepted answer (think blocks, a `thought` key): kept for inspection, never part of the data. Every file is written atomically (`faithforge.workspace`), so a reader sees a whole
+beside an accepted answer (think blocks, a `thought` key): kept for inspection, never part of the data. Every file is written atomically (`faithforge.core.workspace`), so a reader sees a whole
 file or none. The database row is committed first and holds the content; a process killed between the
 commit and the file write leaves a missing file that `reconcile` rewrites from the row, so nothing
 accepted is ever lost and no file exists without its row.
@@ -21,7 +21,7 @@ from typing import Any
 from faithforge.generation.coverage import CoverageDB
 from faithforge.generation.parsing import content_hash
 from faithforge.generation.tables import ExampleRow
-from faithforge.workspace import atomic_write_json, atomic_write_text
+from faithforge.core.workspace import atomic_write_json, atomic_write_text
 
 QUARANTINE_DIR = "_quarantine"
 REASONING_DIR = "_reasoning"

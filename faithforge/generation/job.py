@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from faithforge.errors import UserError
-from faithforge.generation.backends import ChatBackend, HttpOptions, make_backend
+from faithforge.core.errors import UserError
+from faithforge.backends import ChatBackend, HttpOptions, make_backend
 from faithforge.generation.coverage import CoverageDB
 from faithforge.generation.gate import GateDecision, decide
 from faithforge.generation.parameters import GenerateParameters
@@ -53,7 +53,7 @@ def validate(params: GenerateParameters) -> GenerationSpec:
         raise UserError(f"--model {params.model!r} is not a local model folder with a config.json; the local backend "
                         "takes the path of a folder written by save_pretrained")
     if params.backend == "template":
-        from faithforge.generation.backends.template import REQUIRED_FIELDS
+        from faithforge.backends.template import REQUIRED_FIELDS
 
         properties = set((spec.schema_for(spec.categories[0]).get("properties") or {}))
         if not set(REQUIRED_FIELDS) <= properties:
@@ -68,7 +68,7 @@ def resolve_paths(params: GenerateParameters, spec_name: str) -> dict[str, str]:
     if params.database_url and params.examples_dir:
         return {"workspace": "", "database_url": params.database_url, "examples_dir": params.examples_dir,
                 "export": str(Path(params.examples_dir) / f"{spec_name}.jsonl")}
-    from faithforge.workspace import Workspace
+    from faithforge.core.workspace import Workspace
 
     ws = Workspace.open(params.workspace)
     return {"workspace": str(ws.root), "database_url": params.database_url or ws.database_url,
@@ -147,7 +147,7 @@ def release(params: GenerateParameters, plan_: dict[str, Any]) -> list[str]:
     """Unload the Ollama model when asked to (frees VRAM for a GPU stage); the names unloaded."""
     if not (params.unload_after and params.backend == "ollama"):
         return []
-    from faithforge.generation.backends.ollama import DEFAULT_OLLAMA_URL, release_ollama_gpu
+    from faithforge.backends.ollama import DEFAULT_OLLAMA_URL, release_ollama_gpu
 
     return release_ollama_gpu(params.base_url or DEFAULT_OLLAMA_URL, [plan_["decision"]["model"]])
 

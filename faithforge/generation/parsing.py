@@ -17,7 +17,7 @@ from typing import Any
 
 from jsonschema import Draft202012Validator
 
-from faithforge.generation.backends.base import split_think
+from faithforge.backends.base import split_think
 
 #: Keys models use to wrap their reasoning around the answer (`{"thought": "...", "summary": "..."}`). They
 #: are taken out of the object before validation, unless the schema declares them as fields.

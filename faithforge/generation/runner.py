@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from faithforge.generation.backends.base import BackendError, ChatBackend, ChatResult
+from faithforge.backends.base import BackendError, ChatBackend, ChatResult
 from faithforge.generation.coverage import Claim, CoverageDB
 from faithforge.generation.files import (
     example_relpath,

@@ -30,7 +30,7 @@ from jsonschema.exceptions import SchemaError
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
-from faithforge.errors import ConfigError, UserError
+from faithforge.core.errors import ConfigError, UserError
 from faithforge.generation.quality import QualityRules
 
 #: Most parameter combinations one category may have (each gets a coverage row).
@@ -276,7 +276,7 @@ class GenerationSpec(BaseModel):
         """Read the documents file (relative to `base_dir`); raises a `UserError` naming what to fix."""
         if self.documents is None:
             return
-        from faithforge.documents import read_documents
+        from faithforge.data.documents import read_documents
 
         path = Path(self.documents.path).expanduser()
         if not path.is_absolute():

@@ -9,7 +9,7 @@
   are written from it). Unique by (spec, content hash) and by slot.
 - `gen_failures`: every failed attempt with its reason and raw text (quarantine).
 - `gen_workers`: where each worker runs (host, pid, process start) and its last heartbeat, so a claim held
-  by a worker whose process is gone is taken back at once (`faithforge/liveness.py`).
+  by a worker whose process is gone is taken back at once (`faithforge/core/liveness.py`).
 
 Times are Unix seconds (float), compared only between workers of one deployment.
 """

@@ -14,9 +14,9 @@ import sys
 
 from pydantic import ValidationError
 
-from faithforge.errors import UserError
+from faithforge.core.errors import UserError
 from faithforge.generation import job
-from faithforge.generation.backends import BACKEND_NAMES
+from faithforge.backends import BACKEND_NAMES
 from faithforge.generation.parameters import GenerateParameters
 
 _FIELDS = GenerateParameters.model_fields

@@ -7,9 +7,9 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from faithforge.config import PipelineConfig
-from faithforge.store import Store
-from faithforge.workspace import Workspace
+from faithforge.core.config import PipelineConfig
+from faithforge.core.store import Store
+from faithforge.core.workspace import Workspace
 
 #: progress(stage, done, total, message)
 ProgressFn = Callable[[str, int, int, str], None]

@@ -12,10 +12,11 @@ from pathlib import Path
 from faithforge.stages.context import StageContext
 from faithforge.stages.generate import load_split
 from faithforge.stages.pairs import load_pairs
-from faithforge.overlap import check_no_text_overlap
-from faithforge.own_data import system_prompt
-from faithforge.teacher import SYSTEM_PROMPT
-from faithforge.workspace import atomic_write_json, atomic_write_text
+from faithforge.data.overlap import check_no_text_overlap
+from faithforge.evaluation.options import judge_options
+from faithforge.data.own_data import system_prompt
+from faithforge.data.teacher import SYSTEM_PROMPT
+from faithforge.core.workspace import atomic_write_json, atomic_write_text
 
 
 def summarize_sources(model_path: str, sources: list[str], *, adapter: str | None, plan: dict,
@@ -26,7 +27,7 @@ def summarize_sources(model_path: str, sources: list[str], *, adapter: str | Non
     `truncated`: a list to fill with whether each summary was cut off by `max_new_tokens` (for the judge:
     a cut-off last word is not a claim)."""
     from faithforge.engine import PrefixCachedEngine, SamplingConfig
-    from faithforge.modeling import load_for_plan, load_tokenizer, plan_precision
+    from faithforge.training.modeling import load_for_plan, load_tokenizer, plan_precision
 
     tokenizer = load_tokenizer(model_path)
     model, _ = load_for_plan(model_path, plan)  # exactly the precision the evaluate plan names
@@ -82,7 +83,7 @@ def evaluate_models(ctx: StageContext, model: dict, dataset: dict, pairs: dict, 
     sources = [e.source for e in test]
     batch = plan.get("batch_size") or cfg.batch_size
     judge = get_judge(cfg.judge, **judge_options(cfg))
-    from faithforge.modeling import measured_peak, start_peak_measurement
+    from faithforge.training.modeling import measured_peak, start_peak_measurement
 
     start_peak_measurement()
     started = time.perf_counter()
@@ -100,7 +101,7 @@ def evaluate_models(ctx: StageContext, model: dict, dataset: dict, pairs: dict, 
                                          truncated=cut, calibration_dir=calibrations)
         ctx.progress("evaluate", index, len(models), f"{label}: rate {reports[label].rate:.3f}")
     if cfg.served_model:
-        from faithforge.generation.backends import make_backend
+        from faithforge.backends import make_backend
 
         backend = make_backend(cfg.served_backend, cfg.served_model, base_url=cfg.served_base_url)
         cut = []
@@ -145,37 +146,6 @@ def evaluate_models(ctx: StageContext, model: dict, dataset: dict, pairs: dict, 
         "served_difference": served_cmp.rate.model_dump() if served_cmp else None,
         "table": table_rows(comparison, control_cmp), "markdown": markdown,
     }
-
-
-def judge_options(cfg) -> dict:
-    """The configured judge's options (`EvaluateConfig`), checked before any summary is generated.
-
-    One judge: its options. A judge list (`[grounding, nli]`): a dict of options per judge name, which
-    `get_judge(cfg.judge, **judge_options(cfg))` turns into a combined judge."""
-    from faithforge.evaluation.judges import judge_names
-
-    names = judge_names(cfg.judge)
-    options = {name: _one_judge_options(name, cfg) for name in names}
-    return options[names[0]] if len(names) == 1 else options
-
-
-def _one_judge_options(name: str, cfg) -> dict:
-    from faithforge.errors import UserError
-
-    if name == "nli":
-        if not cfg.nli_checkpoint:
-            raise UserError("evaluate.judge includes nli but evaluate.nli_checkpoint is empty; set it to the folder "
-                            "(or hub id) of a sequence-classification or seq2seq checker")
-        options = {"checkpoint": cfg.nli_checkpoint, "threshold": cfg.nli_threshold,
-                   "supported_label": cfg.nli_supported_label}
-        if getattr(cfg, "nli_trust_remote_code", False):  # an explicit opt-in only: it runs the checkpoint's code
-            options["trust_remote_code"] = True
-        return options
-    if name == "llm":
-        from faithforge.generation.backends import make_backend
-
-        return {"backend": make_backend(cfg.llm_backend, cfg.llm_model, base_url=cfg.llm_base_url)}
-    return {}
 
 
 def _judge_accuracy(comparison) -> str:

@@ -10,7 +10,7 @@ import dataclasses
 import os
 from pathlib import Path
 
-from faithforge.config import PipelineConfig
+from faithforge.core.config import PipelineConfig
 from faithforge.stages.context import StageContext
 from gpu.corrections import Corrections
 from gpu.model_shape import ModelShape, load_model_shape
@@ -20,7 +20,7 @@ from gpu.profiles import profile_snapshot
 from gpu.snapshot import GpuSnapshot
 
 TINY_VOCAB_SIZE = 1024  # upper bound for the tiny model's word-level tokenizer (~120 words)
-WARM_START_MAX_LENGTH = 128  # faithforge.sft.train_sft's default max_length, which the warm start uses
+WARM_START_MAX_LENGTH = 128  # faithforge.training.sft.train_sft's default max_length, which the warm start uses
 PLANNED_STAGES = ("generate", "reference", "train", "evaluate", "warm_start")
 
 
@@ -50,7 +50,7 @@ def stage_requests(cfg: PipelineConfig) -> dict[str, StageRequest]:
         "train": StageRequest(batch_size=cfg.train.batch_size, seq_len=cfg.reference.max_length, quantization=quant,
                               lora_r=cfg.train.lora_r, ref_strategy=cfg.gpu.ref_strategy,
                               optimizer="paged-adamw-8bit"),
-        # The warm start trains every weight with torch AdamW (faithforge/sft.py, max_length 128): a full
+        # The warm start trains every weight with torch AdamW (faithforge/training/sft.py, max_length 128): a full
         # fine-tune in 16-bit on a GPU, never on 4-bit weights.
         "warm_start": StageRequest(batch_size=cfg.warm_start.batch_size, seq_len=WARM_START_MAX_LENGTH,
                                    quantization="bf16"),
@@ -105,7 +105,7 @@ def gate(ctx: StageContext, stage: str) -> dict:
     Raises `PlanNotRunnableError` (a one-line message naming the ways out) when the stage must be offloaded
     and no offload pool is configured.
     """
-    from faithforge.calibration import load_corrections
+    from faithforge.gpu_calibration.calibrate import load_corrections
     from gpu import read_snapshot, require_runnable
 
     snapshot = read_snapshot(ctx.config.gpu.profile)

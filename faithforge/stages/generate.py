@@ -5,10 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from faithforge.stages.context import StageContext, content_key
-from faithforge.reuse import claim_output
-from faithforge.own_data import document_splits, task_examples
-from faithforge.teacher import Example
-from faithforge.workspace import atomic_directory, atomic_write_jsonl, read_jsonl, sha256_file, sha256_tree
+from faithforge.stages.reuse import claim_output
+from faithforge.data.own_data import document_splits, task_examples
+from faithforge.data.teacher import Example
+from faithforge.core.workspace import atomic_directory, atomic_write_jsonl, read_jsonl, sha256_file, sha256_tree
 
 SPLITS = ("train", "val", "test")
 TEACHER_VERSION = 1
@@ -91,7 +91,7 @@ def import_generated(ctx: StageContext, export: dict) -> dict:
     `hallucinated_summary` (when present) as the rejected candidate. The split is a deterministic function
     of the content hash, so a later top-up never moves an example from test into training.
     """
-    from faithforge.errors import UserError
+    from faithforge.core.errors import UserError
 
     cfg = ctx.config.generate
     rows = read_jsonl(export["path"])

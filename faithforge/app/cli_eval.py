@@ -1,0 +1,116 @@
+"""`faithforge eval …`: calibrate a judge against labels, compare two stored evaluations.
+
+The lead's CLI registers `app` (e.g. `app.add_typer(cli_eval.app, name="eval")`) and turns
+`UserError` into a one-line message and exit status 2.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from faithforge.core.errors import UserError
+
+app = typer.Typer(help="Judge calibration and comparison of stored evaluations.", no_args_is_help=True)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+@app.command()
+def calibrate(
+    labels: Path = typer.Option(..., "--labels", help="JSONL with source, summary, label (faithful|hallucinated|0|1), "
+                                                      "optional dataset (subset) and split (validation|test)."),
+    judge: list[str] = typer.Option(["grounding"], "--judge",
+                                    help="grounding, nli or llm; repeat to calibrate a combined judge."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="nli: local folder or hub id."),
+    supported_label: Optional[int] = typer.Option(None, "--supported-label",
+                                                  help="nli: index of the 'supported' class (default: by name)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                           help="nli: allow a checkpoint that ships its own Python code."),
+    llm_backend: str = typer.Option("ollama", "--llm-backend", help="llm: ollama or openai."),
+    llm_model: str = typer.Option("qwen3:8b", "--llm-model", help="llm: the judge model."),
+    llm_base_url: Optional[str] = typer.Option(None, "--llm-base-url", help="llm: the server root."),
+    holdout: float = typer.Option(0.5, "--holdout", help="Share of labels held out for the reported accuracy."),
+    split_seed: int = typer.Option(0, "--split-seed", help="Seed of the validation/test split by source."),
+    workspace: Path = typer.Option(Path(".faithforge"), "--workspace",
+                                   help="Workspace whose calibrations/ folder stores the result for later reports."),
+    save: bool = typer.Option(True, "--save/--no-save", help="Store the calibration for reports using this judge."),
+    as_json: bool = typer.Option(False, "--json", help="Print the calibration as JSON."),
+) -> None:
+    """A judge's accuracy on labeled summaries: threshold chosen on one split, accuracy reported on the other."""
+    from faithforge.evaluation.calibration import read_labels
+    from faithforge.evaluation.heldout import calibrate_heldout, save_calibration
+    from faithforge.evaluation.judges import build_judges, judge_names
+
+    names = judge_names(judge)
+    if "nli" not in names and (checkpoint is not None or supported_label is not None or trust_remote_code):
+        raise UserError("--checkpoint, --supported-label and --trust-remote-code apply to --judge nli only")
+    options: dict[str, dict] = {}
+    if "nli" in names:  # build the judges first: a bad checkpoint fails before any labels are read
+        options["nli"] = {"checkpoint": checkpoint, "trust_remote_code": trust_remote_code}
+        if supported_label is not None:
+            options["nli"]["supported_label"] = supported_label
+    if "llm" in names:
+        from faithforge.backends import make_backend
+
+        options["llm"] = {"backend": make_backend(llm_backend, llm_model, base_url=llm_base_url)}
+    built = build_judges(names, options)
+    examples = read_labels(labels)
+    result = calibrate_heldout(built, examples, labels_path=labels, holdout=holdout, seed=split_seed)
+    stored = None
+    if save:  # through Workspace.open: the folder is (or becomes) a FaithForge workspace, never a stray directory
+        from faithforge.core.workspace import Workspace
+
+        stored = save_calibration(Workspace.open(workspace).root / "calibrations", result)
+    if as_json:
+        typer.echo(json.dumps({**result.to_dict(), "stored": str(stored) if stored else None}, indent=2))
+        return
+    report = result.test
+    typer.echo(f"judge {result.judge} ({result.checkpoint}): thresholds chosen on {result.validation} validation "
+               f"labels, accuracy on {report.n} held-out labels ({report.unjudgeable} unjudgeable); "
+               f"positive class = hallucinated")
+    for name, value in sorted(result.thresholds.items()):
+        typer.echo(f"  {name} threshold {value:.4f} (maximizes balanced accuracy on the validation split)")
+    rows = [("all", report)] + sorted(result.per_subset.items())
+    for name, r in rows:
+        typer.echo(f"  {name:<10} n {r.n:<5} precision {_pct(r.precision)}  recall {_pct(r.recall)}  "
+                   f"specificity {_pct(r.specificity)}  balanced accuracy {_pct(r.balanced_accuracy)}  "
+                   f"TP {r.true_positives} FP {r.false_positives} TN {r.true_negatives} FN {r.false_negatives}")
+    if stored:
+        typer.echo(f"stored in {stored}: reports judged by {result.judge} with this checkpoint carry it")
+
+
+@app.command()
+def compare(
+    run_a: str = typer.Argument(..., help="Evaluation artifact id, or a run id (its newest evaluation)."),
+    run_b: str = typer.Argument(..., help="Evaluation artifact id, or a run id."),
+    workspace: Path = typer.Option(Path(".faithforge"), "--workspace", help="Workspace holding faithforge.db."),
+    database_url: Optional[str] = typer.Option(None, "--database-url", help="Run store URL (default: the workspace's SQLite)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
+) -> None:
+    """Compare two stored evaluations (B − A): rates, recall, intervals, and whether they are comparable."""
+    from faithforge.evaluation.persist import compare_runs
+    from faithforge.core.store import Store
+
+    if database_url is None:
+        db = workspace.expanduser().resolve() / "faithforge.db"
+        if not db.is_file():
+            raise UserError(f"no run store at {db}; pass --workspace DIR of a workspace that has run an evaluation")
+        database_url = f"sqlite:///{db}"
+    result = compare_runs(Store(database_url), run_a, run_b)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+        return
+    typer.echo(f"A = {result['a']} (judge {result['judge_a']}, {result['n_a']} items)   "
+               f"B = {result['b']} (judge {result['judge_b']}, {result['n_b']} items)")
+    typer.echo(f"{'metric':<22}{'A':>10}{'B':>10}{'B - A':>10}")
+    for row in result["rows"]:
+        cells = ["n/a" if row[k] is None else f"{row[k]:.4f}" for k in ("a", "b", "b_minus_a")]
+        typer.echo(f"{row['metric']:<22}{cells[0]:>10}{cells[1]:>10}{cells[2]:>10}")
+    for warning in result["warnings"]:
+        typer.echo(f"warning: {warning}")

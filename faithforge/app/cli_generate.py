@@ -1,0 +1,154 @@
+"""`faithforge generate`: one generation run with a rich progress bar, as a Prefect flow or without one.
+
+Register with `app.command("generate")(generate)`. Both paths hand one `GenerateParameters` to
+`faithforge.generation.job` (the flow through its tasks); the options take their defaults from that model.
+Everything that can be checked is checked before the run starts, and bad input ends in one line (exit 2);
+a run that stores nothing ends with its summary and the top failure reasons (exit 1). `-v` shows Prefect's
+run log and tracebacks.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from faithforge.core.errors import UserError
+from faithforge.backends import BACKEND_NAMES
+from faithforge.generation.parameters import GenerateParameters
+
+_FIELDS = GenerateParameters.model_fields
+# Option names of the parameters whose flag is not --<field with dashes>.
+_OPTION_OF = {"use_gpu_gate": "--no-gate", "fallback_models": "--fallback-model", "read_timeout_s": "--read-timeout",
+              "spec": "--spec"}
+
+
+def _default(name: str) -> Any:
+    return _FIELDS[name].default
+
+
+def option_name(field: str) -> str:
+    return _OPTION_OF.get(field, "--" + field.replace("_", "-"))
+
+
+def parameter_problems(exc: ValidationError) -> str:
+    """Pydantic's errors as one line, each named by its command-line option."""
+    parts = []
+    for err in exc.errors():
+        field = str(err["loc"][0]) if err["loc"] else "options"
+        message = err["msg"][0].lower() + err["msg"][1:] if err["msg"] else "invalid"
+        parts.append(f"{option_name(field)}: {message} (got {err.get('input')!r})")
+    return "; ".join(parts)
+
+
+def generate(
+    spec: Annotated[Path, typer.Option("--spec", help="Generation spec YAML (see configs/specs/).")],
+    backend: Annotated[str, typer.Option("--backend", help=f"One of: {', '.join(BACKEND_NAMES)}.")] = _default("backend"),
+    model: Annotated[str, typer.Option("--model", help="Ollama tag, server model id, or local model folder.")] = _default("model"),
+    target: Annotated[Optional[int], typer.Option("--target", help="Total examples (default: the spec's targets).")] = None,
+    fallback_model: Annotated[Optional[list[str]], typer.Option(
+        "--fallback-model", help="Smaller tier the GPU gate may pick instead (repeatable).")] = None,
+    base_url: Annotated[Optional[str], typer.Option("--base-url", help="Server root URL.")] = None,
+    api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", help="openai: env var with the key.")] = None,
+    api_key_secret: Annotated[Optional[str], typer.Option("--api-key-secret",
+                                                          help="openai: Prefect Secret block with the key.")] = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", help="Parallel requests (gate may lower).")] = _default("batch_size"),
+    max_tokens: Annotated[int, typer.Option("--max-tokens", help="Longest answer, tokens (gate may lower).")] = _default("max_tokens"),
+    temperature: Annotated[float, typer.Option("--temperature")] = _default("temperature"),
+    seed: Annotated[int, typer.Option("--seed")] = _default("seed"),
+    read_timeout: Annotated[float, typer.Option("--read-timeout", help="Seconds of silence from the server before "
+                                                "a request is given up and retried.")] = _default("read_timeout_s"),
+    documents: Annotated[Optional[str], typer.Option("--documents", help="Your documents file (JSONL/CSV/Parquet) "
+                                                     "for a spec with a documents: section.")] = None,
+    workspace: Annotated[str, typer.Option("--workspace", help="Workspace directory.")] = _default("workspace"),
+    database_url: Annotated[Optional[str], typer.Option("--database-url",
+                                                        help="Coverage DB URL (share a PostgreSQL URL between machines).")] = None,
+    gpu_profile: Annotated[Optional[str], typer.Option("--gpu-profile", help="Plan for a simulated GPU.")] = None,
+    no_gate: Annotated[bool, typer.Option("--no-gate", help="Use --model/--batch-size/--max-tokens as given.")] = False,
+    limit: Annotated[Optional[int], typer.Option("--limit", help="Stop after this many new examples.")] = None,
+    unload_after: Annotated[bool, typer.Option("--unload-after", help="Unload the Ollama model when done.")] = False,
+    prefect: Annotated[bool, typer.Option("--prefect/--no-prefect", help="Run as a Prefect flow.")] = True,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect's run log and tracebacks.")] = False,
+) -> None:
+    """Generate examples from a local LLM, resumably (rerun the same command to continue)."""
+    console = Console(stderr=True)
+    try:
+        params = GenerateParameters(spec=str(spec), backend=backend, model=model, target=target,  # type: ignore[arg-type]
+                                    fallback_models=fallback_model or [], base_url=base_url, api_key_env=api_key_env,
+                                    api_key_secret=api_key_secret, batch_size=batch_size, max_tokens=max_tokens,
+                                    temperature=temperature, seed=seed, read_timeout_s=read_timeout,
+                                    documents=documents, workspace=workspace, database_url=database_url,
+                                    gpu_profile=gpu_profile, use_gpu_gate=not no_gate, limit=limit,
+                                    unload_after=unload_after)
+    except ValidationError as exc:
+        console.print(f"[red]error:[/red] {escape(parameter_problems(exc))}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from None
+    try:
+        result = _run(params, console, prefect=prefect, verbose=verbose)
+    except UserError as exc:
+        from faithforge.generation.job import GenerationFailed
+
+        if verbose:
+            console.print(traceback.format_exc(), markup=False, highlight=False)
+        if isinstance(exc, GenerationFailed) and exc.result is not None:
+            _print_summary(console, exc.result)
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
+        raise typer.Exit(exc.exit_code) from None
+    _print_summary(console, result)
+    if result["summary"].get("stopped") not in ("completed", "limit"):  # e.g. backend_errors, max_failures
+        raise typer.Exit(1)
+
+
+def _run(params: GenerateParameters, console: Console, *, prefect: bool, verbose: bool) -> dict:
+    from faithforge.generation import job
+    from faithforge.generation import progress as listeners
+
+    job.validate(params)  # bad input fails here, in one line, before a server or a flow starts
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    with Progress(*columns, console=console, transient=False) as bar:
+        task_id = bar.add_task(f"generating {Path(params.spec).stem}", total=None)
+
+        def on_progress(done: int, total: int) -> None:
+            bar.update(task_id, completed=done, total=total)
+
+        def log(line: str) -> None:
+            bar.console.print(line, markup=False, highlight=False)
+
+        if not prefect:
+            return job.run(params, on_progress, log)
+        listeners.add_listener(on_progress)
+        listeners.add_message_listener(log)
+        try:
+            from faithforge.app.prefect_settings import offline_environment
+
+            offline_environment()
+            if not verbose:  # our bar and summary speak for the run; Prefect's log (with tracebacks) only with -v
+                os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+            from flows.generate import generate_flow
+
+            return generate_flow(params)
+        finally:
+            listeners.remove_listener(on_progress)
+            listeners.remove_message_listener(log)
+
+
+def _print_summary(console: Console, result: dict) -> None:
+    from faithforge.generation.summary import GenerationSummary
+
+    summary = GenerationSummary.from_dict(result["summary"])
+    decision = result["plan"]["decision"]
+    console.print(f"model {decision['model']}, {decision['batch_size']} parallel, max {decision['max_tokens']} tokens "
+                  f"({decision['source']})", highlight=False)
+    for line in summary.lines():
+        console.print(line, markup=False, highlight=False)
+    console.print(f"dataset: {result['export']['path']} ({result['export']['examples']} examples)", highlight=False)
+    if result.get("unloaded"):
+        console.print(f"unloaded from Ollama: {', '.join(result['unloaded'])}")

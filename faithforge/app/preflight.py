@@ -1,0 +1,62 @@
+"""Checks of a pipeline configuration that need no model: run before Prefect starts, so bad input costs seconds.
+
+Every check raises a `UserError` (one line, what to fix). A stage would find the same problems, but only
+after the server started and earlier stages ran — with Prefect's logs in front of the message.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from faithforge.core.config import PipelineConfig
+from faithforge.core.errors import UserError
+from faithforge.core.workspace import Workspace
+
+
+def check_pipeline_inputs(cfg: PipelineConfig) -> Workspace:
+    """Open the workspace and the run store, and check the GPU profile, model folder, judge and data spec."""
+    workspace = Workspace.open(cfg.workspace)
+    from faithforge.core.store import Store
+
+    store = Store(cfg.database_url or workspace.database_url)  # a damaged or unreachable store fails here
+    store.mark_crashed_runs()
+    store.engine.dispose()
+    from gpu import read_snapshot
+
+    read_snapshot(cfg.gpu.profile)  # an unknown profile name fails here, listing the known ones
+    if cfg.model.path and not (Path(cfg.model.path).expanduser() / "config.json").is_file():
+        raise UserError(f"model.path {cfg.model.path} has no config.json; point it at a folder saved with "
+                        "save_pretrained")
+    from faithforge.evaluation.judges import judge_names
+    from faithforge.evaluation.options import judge_options
+
+    judge_options(cfg.evaluate)  # nli without a checkpoint, llm without a model: before any training
+    ev, gen = cfg.evaluate, cfg.generate
+    for option, url, used in (("evaluate.served_base_url", ev.served_base_url, bool(ev.served_model)),
+                              ("evaluate.llm_base_url", ev.llm_base_url, "llm" in judge_names(ev.judge)),
+                              ("generate.base_url", gen.base_url, gen.backend in ("ollama", "openai"))):
+        if used and url:
+            check_server_url(option, url)
+    if cfg.evaluate.served_model:
+        from faithforge.backends import make_backend
+
+        make_backend(cfg.evaluate.served_backend, cfg.evaluate.served_model, base_url=cfg.evaluate.served_base_url)
+    if cfg.generate.backend != "template":
+        from faithforge.generation.spec import load_spec
+        from faithforge.stages.generate import generation_parameters
+
+        load_spec(cfg.generate.spec)
+        generation_parameters(cfg)  # the generation flow's parameters, validated
+    return workspace
+
+
+def check_server_url(option: str, url: str) -> None:
+    """An http(s) URL with a host, or a `UserError` naming the option (a request would fail much later)."""
+    import httpx
+
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise UserError(f"{option} {url!r} is not a URL ({exc}); use e.g. http://127.0.0.1:11434") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise UserError(f"{option} {url!r} is not an http(s) URL with a host; use e.g. http://127.0.0.1:11434")

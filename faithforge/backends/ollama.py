@@ -1,0 +1,255 @@
+"""Ollama's native API (`/api/chat`, `/api/ps`, `/api/show`, unloading) over httpx.
+
+Wire facts this follows (Ollama server source): `/api/chat` streams NDJSON by default; the last chunk has
+`done: true`, `done_reason` (`stop`/`length`) and metrics in nanoseconds that are *omitted when zero*.
+Errors are `{"error": "..."}` — 404 for an unknown model, 503 when the queue is full; once streaming
+has begun the status stays 200 and an `{"error": ...}` line ends the stream. `num_ctx` is sent with the
+same value on every request (a different value reloads the model). `think: false` keeps reasoning out
+of JSON work; inline `<think>` blocks from older servers are stripped anyway. Structured output is
+negotiated (`negotiation.py`): `format` with the schema, then `format: "json"`, then none (schema in the prompt).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, replace
+from typing import Any
+
+import httpx
+
+from faithforge.backends.base import (
+    BackendError,
+    ChatResult,
+    ModelNotFoundError,
+    TransientBackendError,
+    Usage,
+    split_think,
+)
+from faithforge.backends.http import (
+    Deadline,
+    HttpOptions,
+    error_message,
+    lines_with_deadline,
+    make_client,
+    raise_for_status,
+    translate_transport_errors,
+    with_retries,
+)
+from faithforge.backends.negotiation import (
+    OLLAMA_MODES,
+    FormatNegotiator,
+    FormatRejected,
+    NegotiatedChat,
+    names_response_format,
+    with_schema_instruction,
+)
+
+DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
+_NS = 1e-9
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model Ollama holds in memory (`/api/ps`); sizes in bytes."""
+
+    name: str
+    size_bytes: int
+    vram_bytes: int
+    context_length: int
+    expires_at: str
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What `/api/show` says about a model, for the GPU planner."""
+
+    name: str
+    parameter_count: int
+    """Parameters (0 when the server did not say)."""
+    parameter_size: str
+    """Ollama's human label, e.g. `8.2B`."""
+    quantization: str
+    """e.g. `Q4_K_M`."""
+    family: str
+    context_length: int
+    """Longest context the model supports, tokens (0 when unknown)."""
+    capabilities: tuple[str, ...]
+
+
+def _usage(final: dict[str, Any]) -> Usage:
+    """Metrics from a final chunk; absent fields (Ollama omits zeros) count as 0."""
+    return Usage(
+        prompt_tokens=int(final.get("prompt_eval_count") or 0),
+        completion_tokens=int(final.get("eval_count") or 0),
+        total_s=float(final.get("total_duration") or 0) * _NS,
+        load_s=float(final.get("load_duration") or 0) * _NS,
+        prompt_eval_s=float(final.get("prompt_eval_duration") or 0) * _NS,
+        eval_s=float(final.get("eval_duration") or 0) * _NS,
+    )
+
+
+class OllamaBackend(NegotiatedChat):
+    """Chat with a model served by Ollama.
+
+    `num_ctx` (tokens) is constant for the backend's life; `keep_alive` (Ollama duration string or
+    seconds) keeps the model loaded between examples; `stream=False` asks for one JSON body instead.
+    """
+
+    name = "ollama"
+
+    def __init__(self, model: str, *, base_url: str = DEFAULT_OLLAMA_URL, num_ctx: int = 8192,
+                 keep_alive: str | int = "30m", think: bool | None = False, stream: bool = True,
+                 http: HttpOptions | None = None):
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        self.num_ctx = num_ctx
+        self.keep_alive = keep_alive
+        self.think = think
+        self.stream = stream
+        self.http = http or HttpOptions()
+        self._client = make_client(self.base_url, self.http)
+        self._where = f"Ollama at {self.base_url}"
+        self.negotiator = FormatNegotiator("ollama", self.base_url, model, OLLAMA_MODES)
+
+    def __repr__(self) -> str:
+        return f"OllamaBackend(model={self.model!r}, base_url={self.base_url!r})"
+
+    def close(self) -> None:
+        self._client.close()
+
+    # chat ---------------------------------------------------------------------------------------
+    def request_body(self, messages: list[dict], *, schema: dict | None, max_tokens: int, temperature: float,
+                     seed: int | None, mode: str | None = None) -> dict[str, Any]:
+        """The request for `mode` (default: the negotiated one; ignored without a schema)."""
+        mode = (mode or self.negotiator.mode) if schema is not None else None
+        if mode == "prompt":
+            messages = with_schema_instruction(messages, schema or {})
+        options: dict[str, Any] = {"num_predict": max_tokens, "num_ctx": self.num_ctx, "temperature": temperature}
+        if seed is not None:
+            options["seed"] = seed
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "stream": self.stream,
+                                "options": options, "keep_alive": self.keep_alive}
+        if mode == "format_schema":
+            body["format"] = schema
+        elif mode == "format_json":
+            body["format"] = "json"
+        if self.think is not None:
+            body["think"] = self.think
+        return body
+
+    def _chat_once(self, body: dict[str, Any], mode: str = "") -> ChatResult:
+        deadline = Deadline(self.http.deadline_s, self._where)
+        try:
+            with self._client.stream("POST", "/api/chat", json=body) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    message = error_message(response.content)
+                    if ("format" in body and response.status_code not in (401, 403, 404, 429, 503)
+                            and names_response_format(message)):
+                        raise FormatRejected(f"HTTP {response.status_code}: {message}")
+                    self._raise(response)
+                if not self.stream:
+                    response.read()
+                    return replace(self._result([self._decode(response.text)]), response_format=mode)
+                chunks = []
+                for line in lines_with_deadline(response, deadline):
+                    chunk = self._decode(line)
+                    chunks.append(chunk)
+                    if chunk.get("done"):
+                        break
+                return replace(self._result(chunks), response_format=mode)
+        except httpx.HTTPError as exc:
+            raise translate_transport_errors(exc, self._where, self.http) from None
+
+    def _decode(self, line: str) -> dict[str, Any]:
+        try:
+            chunk = json.loads(line)
+        except ValueError:
+            raise BackendError(f"{self._where} sent a line that is not JSON: {line[:200]!r}") from None
+        if not isinstance(chunk, dict):
+            raise BackendError(f"{self._where} sent {type(chunk).__name__} instead of an object")
+        if "error" in chunk:  # mid-stream failure: status stayed 200
+            raise BackendError(f"{self._where} failed mid-answer: {chunk['error']}")
+        return chunk
+
+    def _raise(self, response: httpx.Response) -> None:
+        if response.status_code == 404:
+            raise ModelNotFoundError(
+                f"model {self.model!r} is not available on {self._where} ({error_message(response.content)}); "
+                f"run `ollama pull {self.model}` or pass a model from `ollama list`")
+        raise_for_status(response, self._where)
+
+    def _result(self, chunks: list[dict[str, Any]]) -> ChatResult:
+        if not chunks or not chunks[-1].get("done"):
+            raise TransientBackendError(f"{self._where} closed the stream before the final chunk")
+        content = "".join((c.get("message") or {}).get("content") or "" for c in chunks)
+        thinking = "".join((c.get("message") or {}).get("thinking") or "" for c in chunks)
+        answer, inline = split_think(content)
+        final = chunks[-1]
+        reason = final.get("done_reason") or "stop"
+        return ChatResult(text=answer, thinking="\n".join(t for t in (thinking.strip(), inline) if t),
+                          finish_reason=reason, truncated=reason == "length", usage=_usage(final),
+                          model=str(final.get("model") or self.model))
+
+    # model management ---------------------------------------------------------------------------
+    def _get_json(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        def once() -> dict[str, Any]:
+            try:
+                response = self._client.request(method, path, json=body)
+            except httpx.HTTPError as exc:
+                raise translate_transport_errors(exc, self._where, self.http) from None
+            if response.status_code >= 400:
+                self._raise(response)
+            data = response.json()
+            if isinstance(data, dict) and "error" in data:
+                raise BackendError(f"{self._where}: {data['error']}")
+            return data
+
+        return with_retries(once, self.http, self._where)
+
+    def unload(self, model: str | None = None) -> None:
+        """Ask Ollama to free `model`'s memory now (`keep_alive: 0`), e.g. before a GPU training stage."""
+        self._get_json("POST", "/api/generate", {"model": model or self.model, "keep_alive": 0})
+
+    def loaded_models(self) -> list[LoadedModel]:
+        """Models Ollama holds in memory now (`/api/ps`)."""
+        data = self._get_json("GET", "/api/ps")
+        return [LoadedModel(name=str(m.get("name") or m.get("model") or ""), size_bytes=int(m.get("size") or 0),
+                            vram_bytes=int(m.get("size_vram") or 0),
+                            context_length=int(m.get("context_length") or 0),
+                            expires_at=str(m.get("expires_at") or ""))
+                for m in data.get("models") or []]
+
+    def show(self, model: str | None = None) -> ModelInfo:
+        """Size, quantization and context length of `model` (`/api/show`)."""
+        name = model or self.model
+        data = self._get_json("POST", "/api/show", {"model": name})
+        details = data.get("details") or {}
+        info = data.get("model_info") or {}
+        context = next((int(v) for k, v in info.items() if k.endswith(".context_length") and v), 0)
+        return ModelInfo(name=name, parameter_count=int(info.get("general.parameter_count") or 0),
+                         parameter_size=str(details.get("parameter_size") or ""),
+                         quantization=str(details.get("quantization_level") or ""),
+                         family=str(details.get("family") or ""), context_length=context,
+                         capabilities=tuple(data.get("capabilities") or ()))
+
+
+def release_ollama_gpu(base_url: str = DEFAULT_OLLAMA_URL, models: list[str] | None = None,
+                       http: HttpOptions | None = None) -> list[str]:
+    """Unload `models` (default: every model Ollama has loaded) so a GPU stage gets the VRAM back.
+
+    Returns the names unloaded. An Ollama that is not running holds no VRAM: that returns `[]`.
+    """
+    from faithforge.backends.base import BackendUnreachableError
+
+    options = http or HttpOptions(retries=1, backoff_s=0.5)
+    backend = OllamaBackend(models[0] if models else "", base_url=base_url, http=options)
+    try:
+        names = models if models is not None else [m.name for m in backend.loaded_models()]
+        for name in names:
+            backend.unload(name)
+        return list(names)
+    except BackendUnreachableError:
+        return []
+    finally:
+        backend.close()

@@ -1,0 +1,200 @@
+"""Any OpenAI-compatible `/v1/chat/completions` server (vLLM, llama.cpp server, LM Studio, Ollama's
+`/v1`, hosted APIs) over httpx.
+
+Structured output is negotiated per server and model (`negotiation.py`): `response_format` `json_schema`,
+then `json_object` with the schema attached, then no response format with the schema in the prompt; streaming is Server-Sent
+Events (`data: {...}` lines ending with `data: [DONE]`) with `finish_reason` on the last choice chunk and
+`usage` on a final chunk (`stream_options.include_usage`). Errors are `{"error": {"message": ...}}`,
+as a non-2xx body or as an SSE event after streaming has begun. Temperature is always sent: these
+servers default to 1.0, unlike Ollama's 0.8.
+
+The API key comes from an environment variable or a Prefect Secret block, resolved on first use and
+never printed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import replace
+from typing import Any
+
+import httpx
+
+from faithforge.backends.base import (
+    BackendConfigError,
+    BackendError,
+    ChatResult,
+    ModelNotFoundError,
+    TransientBackendError,
+    Usage,
+    split_think,
+)
+from faithforge.backends.negotiation import (
+    OPENAI_MODES,
+    FormatNegotiator,
+    FormatRejected,
+    NegotiatedChat,
+    names_response_format,
+    with_schema_instruction,
+)
+from faithforge.backends.http import (
+    Deadline,
+    HttpOptions,
+    error_message,
+    lines_with_deadline,
+    make_client,
+    raise_for_status,
+    translate_transport_errors,
+)
+
+
+def resolve_api_key(env_var: str | None, secret_block: str | None) -> str | None:
+    """The API key from `env_var`, else from the Prefect Secret block named `secret_block`, else None."""
+    if env_var:
+        value = os.environ.get(env_var)
+        if value:
+            return value
+        if not secret_block:
+            raise BackendConfigError(f"environment variable {env_var} is empty; export the API key there")
+    if secret_block:
+        try:
+            from prefect.blocks.system import Secret  # Prefect only when a block is named
+
+            value = Secret.load(secret_block).get()
+        except Exception as exc:  # noqa: BLE001 - Prefect raises ValueError, httpx errors, ...
+            raise BackendConfigError(
+                f"cannot load Prefect Secret block {secret_block!r} ({type(exc).__name__}); create it with "
+                f"`Secret(value=...).save({secret_block!r})` or use --api-key-env") from None
+        return str(value)
+    return None
+
+
+class OpenAICompatBackend(NegotiatedChat):
+    """Chat with an OpenAI-compatible server; `base_url` is the root that has `/v1/chat/completions` (a URL
+    ending in `/v1`, as OpenAI clients take it, works too)."""
+
+    name = "openai"
+
+    def __init__(self, model: str, *, base_url: str, api_key_env: str | None = None,
+                 api_key_secret: str | None = None, stream: bool = True, http: HttpOptions | None = None):
+        self.model = model
+        self.base_url = base_url.rstrip("/")
+        if self.base_url.endswith("/v1"):  # OpenAI clients take the URL with /v1; this class adds it itself
+            self.base_url = self.base_url[:-3]
+        self.api_key_env = api_key_env
+        self.api_key_secret = api_key_secret
+        self.stream = stream
+        self.http = http or HttpOptions()
+        self._client: httpx.Client | None = None
+        self._where = f"the OpenAI-compatible server at {self.base_url}"
+        self.negotiator = FormatNegotiator("openai", self.base_url, model, OPENAI_MODES)
+
+    def __repr__(self) -> str:  # the key never appears here
+        return f"OpenAICompatBackend(model={self.model!r}, base_url={self.base_url!r})"
+
+    def close(self) -> None:
+        if self._client is not None:
+            self._client.close()
+
+    def _http(self) -> httpx.Client:
+        if self._client is None:
+            key = resolve_api_key(self.api_key_env, self.api_key_secret)
+            headers = {"Authorization": f"Bearer {key}"} if key else {}
+            self._client = make_client(self.base_url, self.http, headers)
+        return self._client
+
+    def request_body(self, messages: list[dict], *, schema: dict | None, max_tokens: int, temperature: float,
+                     seed: int | None, mode: str | None = None) -> dict[str, Any]:
+        """The request for `mode` (default: the negotiated one; ignored without a schema)."""
+        mode = (mode or self.negotiator.mode) if schema is not None else None
+        if mode == "prompt":
+            messages = with_schema_instruction(messages, schema or {})
+        body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
+                                "temperature": temperature, "stream": self.stream}
+        if self.stream:
+            body["stream_options"] = {"include_usage": True}
+        if seed is not None:
+            body["seed"] = seed
+        if mode == "json_schema":
+            body["response_format"] = {"type": "json_schema",
+                                       "json_schema": {"name": "example", "schema": schema, "strict": True}}
+        elif mode == "json_object":  # llama.cpp's server compiles the attached schema into a grammar
+            body["response_format"] = {"type": "json_object", "schema": schema}
+        return body
+
+    def _chat_once(self, body: dict[str, Any], mode: str = "") -> ChatResult:
+        deadline = Deadline(self.http.deadline_s, self._where)
+        client = self._http()
+        try:
+            with client.stream("POST", "/v1/chat/completions", json=body) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    message = error_message(response.content)
+                    if ("response_format" in body and response.status_code not in (401, 403, 404, 429, 503)
+                            and names_response_format(message)):
+                        raise FormatRejected(f"HTTP {response.status_code}: {message}")
+                    if response.status_code == 404:
+                        raise ModelNotFoundError(
+                            f"{self._where} has no model {self.model!r} or no /v1/chat/completions "
+                            f"({error_message(response.content)}); check --model and --base-url")
+                    raise_for_status(response, self._where)
+                if not self.stream:
+                    response.read()
+                    result = self._from_body(self._decode(response.text))
+                else:
+                    result = self._from_events(response, deadline)
+                return replace(result, response_format=mode)
+        except httpx.HTTPError as exc:
+            raise translate_transport_errors(exc, self._where, self.http) from None
+
+    def _decode(self, text: str) -> dict[str, Any]:
+        try:
+            data = json.loads(text)
+        except ValueError:
+            raise BackendError(f"{self._where} sent data that is not JSON: {text[:200]!r}") from None
+        if not isinstance(data, dict):
+            raise BackendError(f"{self._where} sent {type(data).__name__} instead of an object")
+        if "error" in data:
+            raise BackendError(f"{self._where} failed: {error_message(text.encode())}")
+        return data
+
+    def _from_body(self, data: dict[str, Any]) -> ChatResult:
+        choice = (data.get("choices") or [{}])[0]
+        message = choice.get("message") or {}
+        thinking = message.get("reasoning_content") or message.get("reasoning") or ""
+        return self._result(message.get("content") or "", thinking, choice.get("finish_reason"),
+                            data.get("usage"), data.get("model"))
+
+    def _from_events(self, response: httpx.Response, deadline: Deadline) -> ChatResult:
+        content, thinking = [], []
+        finish, usage, model, done = None, None, None, False
+        for line in lines_with_deadline(response, deadline):
+            if not line.startswith("data:"):
+                continue  # SSE comments (": keep-alive"), event names, ids
+            payload = line[5:].strip()
+            if payload == "[DONE]":
+                done = True
+                break
+            event = self._decode(payload)
+            model = event.get("model") or model
+            usage = event.get("usage") or usage
+            for choice in event.get("choices") or []:
+                delta = choice.get("delta") or {}
+                content.append(delta.get("content") or "")
+                thinking.append(delta.get("reasoning_content") or delta.get("reasoning") or "")
+                finish = choice.get("finish_reason") or finish
+        if not done and finish is None:
+            raise TransientBackendError(f"{self._where} closed the stream before `data: [DONE]`")
+        return self._result("".join(content), "".join(thinking), finish, usage, model)
+
+    def _result(self, content: str, thinking: str, finish: str | None, usage: dict | None,
+                model: str | None) -> ChatResult:
+        answer, inline = split_think(content)
+        usage = usage or {}
+        reason = finish or "stop"
+        return ChatResult(text=answer, thinking="\n".join(t for t in (thinking.strip(), inline) if t),
+                          finish_reason=reason, truncated=reason == "length",
+                          usage=Usage(prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                                      completion_tokens=int(usage.get("completion_tokens") or 0)),
+                          model=str(model or self.model))

@@ -1,0 +1,51 @@
+"""The offline template teacher as a chat backend: deterministic valid JSON for `grounded-summaries`.
+
+No model, no network: it reads the prompt for the day rule ("must state the day" / "must not mention
+the day"), derives the example from the request's `seed` and prompt, and answers with the JSON object the
+grounded-summaries spec asks for. Used offline, in tests, and for the overhead benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import zlib
+
+from faithforge.backends.base import BackendConfigError, ChatResult, Usage
+from faithforge.data.teacher import make_example
+
+STATES_DAY = "must state the day"
+OMITS_DAY = "must not mention the day"
+REQUIRED_FIELDS = ("source_document", "summary", "key_facts")
+
+
+class TemplateBackend:
+    """Answers grounded-summaries prompts from `faithforge.data.teacher`; `delay_s` (seconds) simulates a model."""
+
+    name = "template"
+
+    def __init__(self, model: str = "template-teacher", *, delay_s: float = 0.0):
+        self.model = model
+        self.delay_s = delay_s
+
+    def __repr__(self) -> str:
+        return f"TemplateBackend(delay_s={self.delay_s})"
+
+    def chat(self, messages: list[dict], *, schema: dict | None = None, max_tokens: int = 1024,
+             temperature: float = 0.0, seed: int | None = None) -> ChatResult:
+        properties = (schema or {}).get("properties") or {}
+        if schema is not None and not all(name in properties for name in REQUIRED_FIELDS):
+            raise BackendConfigError(
+                "the template backend only writes grounded-summaries examples (fields "
+                f"{', '.join(REQUIRED_FIELDS)}); use --backend ollama/openai/local for this spec")
+        if self.delay_s:
+            time.sleep(self.delay_s)
+        prompt = next((m.get("content") or "" for m in messages if m.get("role") == "user"), "")
+        share = 1.0 if OMITS_DAY in prompt else 0.0 if STATES_DAY in prompt else 0.5
+        example = make_example("generated", int(seed or 0), zlib.crc32(prompt.encode()), share)
+        answer = {"source_document": example.source, "summary": example.faithful,
+                  "key_facts": example.facts.key_facts(), "hallucinated_summary": example.hallucinated}
+        text = json.dumps(answer, ensure_ascii=False)
+        words = len(text.split())
+        return ChatResult(text=text, finish_reason="stop", truncated=False, model=self.model,
+                          usage=Usage(prompt_tokens=len(prompt.split()), completion_tokens=words))

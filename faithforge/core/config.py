@@ -1,0 +1,506 @@
+"""Typed configuration for every stage.
+
+One pydantic model per stage, composed into `PipelineConfig`. The same models are the Prefect flows'
+parameters, so the UI renders them as forms: the docstring under each field becomes its description,
+`Literal` becomes a drop-down, and bounds become limits.
+
+Loading order (later wins): the model defaults → a YAML file (`configs/*.yaml`) → environment
+variables `FAITHFORGE_<FIELD>` or `FAITHFORGE_<SECTION>__<FIELD>` (e.g. `FAITHFORGE_TRAIN__STEPS=64`)
+→ explicit overrides from the CLI. Validation reports every problem at once, before any work starts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from faithforge.core.errors import ConfigError, UserError
+
+ENV_PREFIX = "FAITHFORGE_"
+
+
+def _number(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else f"{value:g}"
+
+
+def _limits(prop: dict[str, Any]) -> str:
+    """`≥ 1, ≤ 1,000,000` from a JSON-schema property (also inside `anyOf`, as for optional fields)."""
+    signs = (("minimum", "≥"), ("exclusiveMinimum", ">"), ("maximum", "≤"), ("exclusiveMaximum", "<"))
+    for option in [prop, *prop.get("anyOf", [])]:
+        found = [f"{sign} {_number(option[key])}" for key, sign in signs if key in option]
+        if found:
+            return ", ".join(found)
+    return ""
+
+
+def _limits_in_descriptions(schema: dict[str, Any], _model: type) -> None:
+    """The Prefect UI's form shows a field's description but not its bounds: write the bounds into it."""
+    for prop in schema.get("properties", {}).values():
+        limits = _limits(prop)
+        if limits and prop.get("description") and "Limits:" not in prop["description"]:
+            prop["description"] = f"{prop['description']} Limits: {limits}."
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown options are errors, attribute docstrings are descriptions (with
+    the field's bounds added in the JSON schema, which is what the Prefect UI's form shows)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True,
+                              json_schema_extra=_limits_in_descriptions)
+
+
+class TinyModelConfig(Section):
+    """Shape of the random-init Llama that `faithforge tiny-model` builds for offline runs and tests."""
+
+    hidden_size: int = Field(128, ge=8, le=4096)
+    """Width of the residual stream."""
+    num_layers: int = Field(2, ge=1, le=64)
+    """Number of decoder layers."""
+    num_heads: int = Field(4, ge=1, le=64)
+    """Attention heads (also key/value heads: no grouped-query attention in the tiny model)."""
+    intermediate_size: int = Field(256, ge=8)
+    """Width of the MLP."""
+    max_position_embeddings: int = Field(128, ge=16)
+    """Longest sequence, in tokens, the model is built for."""
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> "TinyModelConfig":
+        if self.hidden_size % self.num_heads:
+            raise ValueError(f"hidden_size ({self.hidden_size}) must be a multiple of num_heads ({self.num_heads})")
+        return self
+
+
+class ModelConfig(Section):
+    """The model that is trained and evaluated."""
+
+    path: str | None = None
+    """A local folder with `config.json` and weights (your own SFT model). Empty: build and use the tiny
+    offline model in the workspace (`models/tiny`)."""
+    tiny: TinyModelConfig = TinyModelConfig()
+    """Shape of the tiny model, used only when `path` is empty."""
+
+
+class GenerateConfig(Section):
+    """Data generation: where source documents and reference summaries come from."""
+
+    task: Literal["summaries", "grounded-qa"] = "summaries"
+    """The `template` backend's task. `summaries`: one-event documents whose day is sometimes missing (the tiny
+    demo). `grounded-qa`: questions about three-person documents, half of which ask for a fact the document
+    does not state (the real-model demo, `faithforge demo --real`: SmolLM2 answers them anyway)."""
+    backend: Literal["template", "ollama", "openai", "local"] = "template"
+    """Who writes the data. `template`: the built-in offline teacher (deterministic, no model needed; the demo).
+    `ollama` / `openai` / `local`: the spec-driven generation flow runs as a subflow with that backend and its
+    examples are split into train / validation / test by content hash."""
+    spec: str = "configs/specs/grounded-summaries.yaml"
+    """Generation spec for LLM backends (must produce source_document, summary, key_facts and, for pairs,
+    hallucinated_summary)."""
+    model: str = "qwen3:8b"
+    """LLM backends: the model (Ollama tag, server model id, or for `local` a model folder)."""
+    fallback_models: list[str] = []
+    """Smaller tiers the GPU gate may pick when `model` does not fit (e.g. `qwen3:8b` after `qwen3:30b-a3b`)."""
+    base_url: str | None = None
+    """LLM backends: the server root (Ollama default http://127.0.0.1:11434; required for `openai`)."""
+    target: int = Field(1000, ge=10, le=10_000_000)
+    """LLM backends: total examples to generate (a rerun tops up to this)."""
+    val_share: float = Field(0.1, ge=0.0, lt=0.5)
+    """LLM backends: share of examples held out for validation."""
+    test_share: float = Field(0.2, gt=0.0, lt=0.5)
+    """LLM backends: share of examples held out for the final evaluation."""
+    train_sources: int = Field(2000, ge=10, le=1_000_000)
+    """Source documents for warm-start and preference training."""
+    val_sources: int = Field(300, ge=10, le=100_000)
+    """Source documents held out for choosing hyperparameters."""
+    test_sources: int = Field(500, ge=10, le=100_000)
+    """Source documents held out for the final before/after evaluation (never used in training)."""
+    omitted_fact_share: float = Field(0.5, ge=0.0, le=1.0)
+    """Share of sources that do not state the day. Their warm-start reference summary still states one,
+    as in XSum, which is what teaches a summarizer to invent facts."""
+
+
+class PairsConfig(Section):
+    """Preference pairs built from the generated examples."""
+
+    builder: Literal["synthetic", "on-policy"] = "synthetic"
+    """`synthetic`: chosen = faithful summary, rejected = the generator's hallucinated variant (plus the
+    omission variants below). `on-policy`: sample `samples_per_source` summaries from the warm-started model,
+    judge them, and pair the most faithful against the least faithful when their scores differ by `margin`."""
+    samples_per_source: int = Field(4, ge=2, le=64)
+    """`on-policy`: summaries sampled per source."""
+    temperature: float = Field(1.0, gt=0.0, le=5.0)
+    """`on-policy`: sampling temperature."""
+    margin: float = Field(0.5, ge=0.0)
+    """`on-policy`: smallest score difference (judge verdict + key-fact recall) that makes a pair."""
+    omission_share: float = Field(1.0, ge=0.0, le=1.0)
+    """Share of the sources that state a day which also get a pair whose rejected summary drops that day, so
+    that the model cannot lower its hallucination rate by saying less."""
+    val_fraction: float = Field(0.1, ge=0.0, lt=1.0)
+    """Share of training sources whose pairs are kept for validation (split by source)."""
+    path: str | None = None
+    """Existing preference pairs to train on instead of building them: TRL's standard or conversational format
+    or plain `{prompt, chosen, rejected}` triplets, as JSONL, JSON, CSV, Parquet or a `save_to_disk` folder.
+    Missing ids and source ids are derived from the content; pairs are split by source (`val_fraction`)."""
+    path_split: str | None = None
+    """`path` is a `DatasetDict` folder: the split to read (e.g. `train`)."""
+
+
+class DataConfig(Section):
+    """Your own documents as the sources the pipeline trains and evaluates on (instead of generated ones)."""
+
+    documents_path: str | None = None
+    """JSONL, JSON, CSV or Parquet file or `save_to_disk` folder of documents. Split by document id into train /
+    validation / test (`generate.val_share`, `generate.test_share`) unless `eval_path` holds the test set.
+    Pairs come from your model's own samples (`pairs.builder: on-policy`) or from `pairs.path`."""
+    eval_path: str | None = None
+    """A held-out evaluation file (same columns): the before/after rates are measured on it, and the overlap
+    guard refuses it if any of its documents also occurs in the training data."""
+    text_column: str = "document"
+    """The column that holds the document text (the user message the model answers)."""
+    id_column: str | None = None
+    """The column that holds a document id. Empty: ids are derived from the text (SHA-256)."""
+    key_facts_column: str | None = None
+    """A column of facts a good answer keeps (a list, or text separated by `;`), for recall. Empty: content
+    retention is reported instead."""
+    split: str | None = None
+    """The split to read when a path is a `DatasetDict` folder."""
+
+
+class WarmStartConfig(Section):
+    """A short supervised fine-tune so the tiny model can summarize at all (skip it for your own SFT model)."""
+
+    enabled: bool = True
+    """Run the warm start. Turn off when `model.path` already points at an SFT model."""
+    steps: int = Field(600, ge=1, le=1_000_000)
+    """Optimizer steps."""
+    batch_size: int = Field(32, ge=1, le=4096)
+    """Examples per step."""
+    learning_rate: float = Field(1e-3, gt=0, le=1.0)
+    """AdamW learning rate."""
+    checkpoint_every: int = Field(100, ge=1)
+    """Save a resumable checkpoint (weights, optimizer, step, RNG) every this many steps; a killed warm start
+    resumes from the newest one. Not part of the output's key: it does not change the result."""
+
+
+class ReferenceConfig(Section):
+    """The reference log-prob pass: run once, stored on disk, consumed by training."""
+
+    batch_size: int = Field(64, ge=1, le=4096)
+    """Pairs per forward pass (the GPU gate may lower it)."""
+    max_length: int = Field(128, ge=8, le=131072)
+    """Prompt + completion tokens kept per sequence; longer pairs are truncated from the prompt's start."""
+    shard_size: int = Field(512, ge=1)
+    """Pairs per cache shard; a killed run resumes from the last complete shard."""
+
+
+class TrainConfig(Section):
+    """DPO training of LoRA adapters on top of the (4-bit where supported) policy."""
+
+    steps: int = Field(128, ge=1, le=1_000_000)
+    """Optimizer steps."""
+    batch_size: int = Field(16, ge=1, le=4096)
+    """Effective batch in pairs per optimizer step (micro-batch × gradient accumulation, set by the gate)."""
+    learning_rate: float = Field(1e-3, gt=0, le=1.0)
+    """AdamW learning rate for the LoRA weights."""
+    beta: float = Field(0.1, gt=0, le=10.0)
+    """DPO temperature β: how far the policy may move from the reference."""
+    sft_weight: float = Field(0.5, ge=0.0, le=100.0)
+    """Weight of an NLL term on the chosen summary added to the DPO loss (TRL `loss_type=["sigmoid", "sft"]`,
+    the RPO objective). Without it, DPO on the demo task lowered the likelihood of faithful summaries too and
+    dropped facts (validation recall 0.94); 0 gives pure DPO."""
+    lora_r: int = Field(16, ge=1, le=1024)
+    """LoRA rank."""
+    lora_alpha: int = Field(16, ge=1)
+    """LoRA scaling numerator (scale = alpha / r)."""
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    """Dropout on the LoRA input."""
+    checkpoint_every: int = Field(32, ge=1)
+    """Save a resumable checkpoint every this many steps."""
+    save_merged: bool = False
+    """Also save a standalone model with the adapter folded into the 16-bit base (`<adapter>/merged`), e.g. to
+    import into Ollama; the adapter in peft's format is always saved."""
+    quantization: Literal["auto", "nf4", "none"] = "auto"
+    """`nf4`: load the policy in 4-bit NF4 with double quantization (bitsandbytes). `auto`: NF4 on a CUDA
+    GPU, full precision on CPU. `none`: never quantize."""
+
+
+class ControlConfig(Section):
+    """An honest baseline trained beside DPO."""
+
+    sft_on_chosen: bool = True
+    """Also train a LoRA SFT on the chosen summaries with the same steps, batch and rank, and report it."""
+
+
+class EvaluateConfig(Section):
+    """Before/after hallucination evaluation on held-out sources."""
+
+    judge: Literal["grounding", "nli", "llm"] | list[Literal["grounding", "nli", "llm"]] = "grounding"
+    """How a summary is judged. `grounding`: deterministic; a name, place, number, day or quote that is not in
+    the source is a hallucination (a cheap filter: balanced accuracy 0.60 on human-labeled news summaries; it
+    misses changed relations, negations, invented events). `nli`: a checkpoint scores each sentence against
+    the source (MNLI / HHEM / MiniCheck). `llm`: an LLM extracts claims and checks each (Ollama or an
+    OpenAI-compatible server). A list (`[grounding, nli]`) combines judges: hallucinated when any says so,
+    each judge's rate reported beside the combined one."""
+    nli_checkpoint: str | None = None
+    """`nli`: folder or hub id of a sequence-classification model or a seq2seq yes/no checker (required for `nli`)."""
+    nli_trust_remote_code: bool = False
+    """`nli`: allow a checkpoint that ships its own Python code (HHEM-2.1-open); it runs that code: read it first."""
+    nli_threshold: float = Field(0.5, ge=0.0, le=1.0)
+    """`nli`: a sentence is supported when its best-chunk support probability reaches this (calibrate it with
+    `faithforge eval calibrate`)."""
+    nli_supported_label: int | None = Field(None, ge=0)
+    """`nli`: index of the label that means "supported" (empty: read from the checkpoint's labels)."""
+    llm_backend: Literal["ollama", "openai"] = "ollama"
+    """`llm`: which server the judge model runs on."""
+    llm_model: str = "qwen3:8b"
+    """`llm`: the judge model."""
+    llm_base_url: str | None = None
+    """`llm`: the server root (Ollama default http://127.0.0.1:11434; required for `openai`)."""
+    served_model: str | None = None
+    """Also evaluate a model served by Ollama or an OpenAI-compatible server (e.g. your merged model after
+    `ollama create`), with the same fixed prompt at temperature 0, compared against the model before DPO."""
+    served_backend: Literal["ollama", "openai"] = "ollama"
+    """Where `served_model` runs."""
+    served_base_url: str | None = None
+    """The server root for `served_model` (Ollama default http://127.0.0.1:11434; required for `openai`)."""
+    split: Literal["test", "val"] = "test"
+    """Which held-out split is evaluated. `test` for the figures you report; `val` while choosing settings
+    (training steps, learning rate, β, a prompt), so the test split never chooses anything."""
+    worst_examples: int = Field(5, ge=0, le=100)
+    """Flagged summaries shown per model in the report."""
+    max_new_tokens: int = Field(32, ge=1, le=32768)
+    """Longest summary generated, in tokens."""
+    batch_size: int = Field(128, ge=1, le=4096)
+    """Summaries generated per batch."""
+    bootstrap_samples: int = Field(2000, ge=100, le=1_000_000)
+    """Resamples for the paired bootstrap confidence interval."""
+    confidence: float = Field(0.95, gt=0.5, lt=1.0)
+    """Confidence level of the interval."""
+
+    @field_validator("judge")
+    @classmethod
+    def _judge_list(cls, value: Any) -> Any:
+        if isinstance(value, list) and (not value or len(set(value)) != len(value)):
+            raise ValueError("list each judge once, at least one (e.g. [grounding, nli])")
+        return value[0] if isinstance(value, list) and len(value) == 1 else value
+
+
+class GpuConfig(Section):
+    """The GPU gate in front of every stage."""
+
+    profile: str | None = None
+    """Replace the NVML reading with a named simulated GPU (`faithforge gpu --help` lists them). Empty: read
+    the real GPU; no GPU means CPU placement."""
+    policy: Literal["stay-local", "keep-model"] = "stay-local"
+    """When the preferred model does not fit here: `stay-local` takes the largest candidate that fits;
+    `keep-model` offloads the preferred model to the A100 pool."""
+    offload_pool: str | None = None
+    """Prefect work pool that runs offloaded stages (e.g. `a100`). Empty: offloading is not configured."""
+    offload_stages: list[Literal["reference", "train", "evaluate"]] = []
+    """Stages that always run on `offload_pool`, whatever fits here (e.g. `[train]` when you rent a GPU for
+    training only). Empty: the gate offloads only what does not fit."""
+    offload_timeout_s: float = Field(600.0, gt=0, le=86400)
+    """Seconds to wait for a worker of the offload pool to start an offloaded stage before failing with how to
+    start one (once a worker has started it, the pipeline waits for it to finish)."""
+    concurrency_limit: str = "gpu"
+    """Prefect global concurrency limit a local GPU stage holds one slot of (one GPU job at a time per worker;
+    give each machine its own, e.g. `gpu-a100`)."""
+    require_concurrency_limit: bool = False
+    """Take the GPU slot strictly (a missing limit is an error) even outside deployed runs; deployed runs are
+    always strict."""
+    offload_profile: str = "a100-40gb"
+    """What the offload pool's GPU looks like (a profile name), for planning the offloaded stage."""
+    generation_models: list[str] = []
+    """Ollama tags the generate stage may use, preferred first (e.g. `qwen3:30b-a3b`, `qwen3:8b`). Empty: the
+    offline template teacher, which needs no GPU."""
+    generation_batch_size: int = Field(8, ge=1, le=1024)
+    """Examples per generation call the user asks for; the gate lowers it (1 = single-example mode)."""
+    generation_max_tokens: int = Field(4096, ge=1, le=262144)
+    """Max new tokens per generated example the user asks for."""
+    generation_min_max_tokens: int = Field(4096, ge=1, le=262144)
+    """The gate may cut max new tokens down to this, not further."""
+    generation_prompt_tokens: int = Field(2048, ge=1, le=262144)
+    """Prompt tokens per generation request (system prompt + parameters), for the KV-cache estimate."""
+    sizing_model: str | None = None
+    """Plan with this model's shape (a config.json folder or a shipped name such as `qwen2.5-7b`) instead of
+    `model.path` — for "what if" planning."""
+    cpu_max_params: int = Field(1_000_000_000, ge=0)
+    """Models up to this many parameters may run on the CPU when no GPU fits them."""
+    ref_strategy: Literal["auto", "cached", "live"] = "cached"
+    """How training gets reference log-probs. `cached`: the reference stage computes them once (FaithForge's
+    pipeline always does); `live`/`auto` only matter for planning other trainers."""
+    calibration_file: str | None = None
+    """Measured correction factors (`faithforge gpu calibrate`). Empty: `<workspace>/gpu_calibration.json`."""
+
+    @model_validator(mode="after")
+    def _offload_stages_need_a_pool(self) -> "GpuConfig":
+        if self.offload_stages and not self.offload_pool:
+            raise ValueError(f"offload_stages {self.offload_stages} needs offload_pool (e.g. a100): the work pool "
+                             "that runs them")
+        return self
+
+
+class PipelineConfig(Section):
+    """Everything one FaithForge run needs."""
+
+    workspace: str = ".faithforge"
+    """Directory for datasets, caches, checkpoints, adapters, reports and the SQLite database."""
+
+    @field_validator("workspace")
+    @classmethod
+    def _workspace_is_named(cls, value: str) -> str:
+        # An empty name would silently mean the current directory, which FaithForge does not own.
+        if not value.strip():
+            raise ValueError("must name a directory, not be empty (an empty workspace would be the current "
+                             "directory); e.g. .faithforge")
+        return value
+    database_url: str | None = None
+    """SQLAlchemy URL of the run store (e.g. `postgresql+psycopg://...`). Empty: SQLite in the workspace."""
+    storage_url: str | None = None
+    """Where stage inputs and outputs are shared with other machines (fsspec URL). Empty: the workspace."""
+    seed: int = Field(0, ge=0)
+    """Seed for data, initialization, training and bootstrap."""
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    generate: GenerateConfig = GenerateConfig()
+    pairs: PairsConfig = PairsConfig()
+    warm_start: WarmStartConfig = WarmStartConfig()
+    reference: ReferenceConfig = ReferenceConfig()
+    train: TrainConfig = TrainConfig()
+    control: ControlConfig = ControlConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
+    gpu: GpuConfig = GpuConfig()
+
+    @model_validator(mode="after")
+    def _own_documents_need_pairs_from_somewhere(self) -> "PipelineConfig":
+        # The user's documents come without reference answers: nothing to warm-start on, no synthetic variants.
+        if self.data.documents_path:
+            if self.warm_start.enabled:
+                raise ValueError("data.documents_path has no reference answers to warm-start on; set "
+                                 "warm_start.enabled: false (and model.path to your SFT model)")
+            if self.pairs.builder == "synthetic" and not self.pairs.path:
+                raise ValueError("data.documents_path needs pairs from your model's own samples or a file: set "
+                                 "pairs.builder: on-policy, or pairs.path")
+        if self.data.eval_path and not self.data.documents_path:
+            raise ValueError("data.eval_path is the held-out file for data.documents_path; set documents_path too")
+        return self
+
+
+def _set_path(tree: dict[str, Any], dotted: list[str], value: Any) -> None:
+    node = tree
+    for key in dotted[:-1]:
+        child = node.get(key)
+        if not isinstance(child, dict):
+            child = {}
+            node[key] = child
+        node = child
+    node[dotted[-1]] = value
+
+
+def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
+    """`FAITHFORGE_TRAIN__STEPS=64` → `{"train": {"steps": 64}}`; values are parsed as YAML scalars.
+
+    Only variables whose first part names a config field are configuration; other `FAITHFORGE_*` variables
+    belong to tools (`FAITHFORGE_GPU_PROFILE` for the probe, `FAITHFORGE_CONFIG` for the CLI, test settings).
+    An unknown option *inside* a section (`FAITHFORGE_TRAIN__EPOCHS`) is still an error.
+    """
+    tree: dict[str, Any] = {}
+    for name, raw in environ.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        dotted = [part.lower() for part in name[len(ENV_PREFIX):].split("__") if part]
+        if not dotted or dotted[0] not in PipelineConfig.model_fields:
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw != "" else None
+        except yaml.YAMLError:
+            value = raw
+        _set_path(tree, dotted, value)
+    return tree
+
+
+def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def _known_fields(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The option names valid at `loc` (for 'unknown option' messages)."""
+    current: Any = model
+    for part in loc[:-1]:
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = field.annotation
+    return sorted(getattr(current, "model_fields", {}))
+
+
+def format_validation_error(model: type[BaseModel], exc: ValidationError) -> list[str]:
+    problems = []
+    seen: set[tuple] = set()
+    for err in exc.errors():
+        # A union field (`judge: name | list[name]`) fails once per branch, each tagged `literal[...]` /
+        # `list[...]` in its location: report the field once, with the first branch's message.
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and "[" in p))
+        if loc in seen:
+            continue
+        seen.add(loc)
+        where = ".".join(str(p) for p in loc) or "(top level)"
+        if err["type"] == "extra_forbidden":
+            known = _known_fields(model, loc)
+            problems.append(f"{where}: unknown option; known options here: {', '.join(known)}")
+        else:
+            problems.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+    return problems
+
+
+def validate_config(data: Mapping[str, Any], source: str = "configuration") -> PipelineConfig:
+    try:
+        return PipelineConfig.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(source, format_validation_error(PipelineConfig, exc)) from None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    base: Mapping[str, Any] | None = None,
+) -> PipelineConfig:
+    """Defaults ← `base` (a preset, e.g. `demo --real`) ← YAML file ← `FAITHFORGE_*` environment ← `overrides`,
+    validated all at once."""
+    data: dict[str, Any] = deep_merge({}, base or {})
+    source = "defaults"
+    if path is not None:
+        file = Path(path)
+        if file.is_dir():
+            raise UserError(f"config file {file} is a directory; pass a YAML file (see configs/demo.yaml)")
+        if not file.is_file():
+            raise UserError(f"config file {file} not found; pass an existing YAML file (see configs/demo.yaml)")
+        try:
+            loaded = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as exc:
+            raise UserError(f"config file {file} is not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at "
+                            f"position {exc.start}); save it as UTF-8") from None
+        except OSError as exc:
+            raise UserError(f"cannot read config file {file} ({exc.strerror or exc}); check its permissions") from None
+        except yaml.YAMLError as exc:
+            raise UserError(f"config file {file} is not valid YAML: {exc}".replace("\n", " ")) from None
+        if not isinstance(loaded, dict):
+            raise UserError(f"config file {file} must hold a mapping of options, not {type(loaded).__name__}")
+        data = deep_merge(data, loaded)
+        source = str(file)
+    env = env_overrides(os.environ if environ is None else environ)
+    if env:
+        data = deep_merge(data, env)
+        source += " + FAITHFORGE_* environment"
+    if overrides:
+        data = deep_merge(data, overrides)
+    return validate_config(data, source)

@@ -1,0 +1,22 @@
+"""Errors a user can act on.
+
+A `UserError` carries a one-line message that says what to fix. The CLI prints it and exits with a
+non-zero status instead of showing a traceback.
+
+The class itself is defined in `gpu/errors.py` (the GPU gate's errors derive from it, and `gpu/` imports nothing
+from this package); this module is where the rest of FaithForge takes it from.
+"""
+
+from gpu.errors import UserError
+
+__all__ = ["UserError", "ConfigError"]
+
+
+class ConfigError(UserError):
+    """Configuration that failed validation; `problems` lists every problem found, not just the first."""
+
+    def __init__(self, source: str, problems: list[str]):
+        self.source = source
+        self.problems = problems
+        # One line, every problem in it: a terminal shows it whole, a log keeps it as one record.
+        super().__init__(f"invalid configuration in {source} ({len(problems)} problem(s)): " + "; ".join(problems))

@@ -1,0 +1,288 @@
+"""The run store: runs, stage outputs (with the GPU gate's plan), artifacts and their lineage.
+
+SQLAlchemy 2; SQLite in the workspace by default, any SQLAlchemy URL (PostgreSQL for several workers)
+by setting `database_url`. Lineage is a graph of artifacts: example set → pairs → reference cache →
+adapter → evaluation, so any number in a report can be traced back to the data that produced it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import socket
+import sqlite3
+import uuid
+from contextlib import contextmanager
+from typing import Any, Iterator
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, String, Text, create_engine, event, inspect, select, text
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from faithforge.core.errors import UserError
+from faithforge.core.liveness import process_alive, process_start
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc)
+
+
+def _new_id() -> str:
+    return uuid.uuid4().hex
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Run(Base):
+    __tablename__ = "runs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=_new_id)
+    kind: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(32), default="running")
+    config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    prefect_flow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    summary: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    pid: Mapped[int | None] = mapped_column(nullable=True)
+    """The process that runs it (with `host` and `pid_started`: tells a live run from a killed one)."""
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    pid_started: Mapped[str | None] = mapped_column(String(64), nullable=True)
+
+
+#: Columns added after the first release; `_add_missing_columns` adds them to an older database.
+_RUN_COLUMNS_ADDED = {"pid": "INTEGER", "host": "VARCHAR(255)", "pid_started": "VARCHAR(64)"}
+
+
+class StageOutput(Base):
+    """One stage of one run: what the gate decided, what the stage produced, how long it took."""
+
+    __tablename__ = "stage_outputs"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=_new_id)
+    run_id: Mapped[str] = mapped_column(ForeignKey("runs.id"), index=True)
+    stage: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(32), default="running")
+    plan: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    outputs: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    reused: Mapped[bool] = mapped_column(default=False)
+    wall_seconds: Mapped[float | None] = mapped_column(Float, nullable=True)
+    message: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class Artifact(Base):
+    """Something a stage wrote: a dataset, pairs, a reference cache, an adapter, an evaluation."""
+
+    __tablename__ = "artifacts"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=_new_id)
+    run_id: Mapped[str | None] = mapped_column(ForeignKey("runs.id"), nullable=True, index=True)
+    kind: Mapped[str] = mapped_column(String(64), index=True)
+    uri: Mapped[str] = mapped_column(Text)
+    content_hash: Mapped[str] = mapped_column(String(64), index=True)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+
+
+class Lineage(Base):
+    """`child` was made from `parent`."""
+
+    __tablename__ = "lineage"
+    parent_id: Mapped[str] = mapped_column(ForeignKey("artifacts.id"), primary_key=True)
+    child_id: Mapped[str] = mapped_column(ForeignKey("artifacts.id"), primary_key=True)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    # WAL lets readers (the UI, a second worker) proceed while a stage writes; busy_timeout waits for the
+    # single writer instead of failing with "database is locked".
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    try:
+        engine = create_engine(url, future=True)
+    except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises several types for a bad URL
+        raise UserError(f"database_url {url!r} is not usable ({exc}); use e.g. sqlite:///path.db") from None
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def describe_database_error(url: str, exc: BaseException) -> str:
+    """One line for a store that cannot be opened or read: which, why, and what to do."""
+    reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    where = url.split("///", 1)[1] if url.startswith("sqlite:///") else url.split("@")[-1]
+    if url.startswith("sqlite"):
+        return (f"the run store {where} cannot be used ({reason}); if it is damaged, move it aside (a new one is "
+                "created), or pass --database-url / set database_url to a database you can open")
+    return f"the run store at {where} cannot be used ({reason}); check database_url and that the server is up"
+
+
+class Store:
+    """Thin repository over the run database. Every method commits its own transaction."""
+
+    def __init__(self, url: str):
+        self.url = url
+        self.engine = make_engine(url)
+        try:
+            Base.metadata.create_all(self.engine)
+            self._add_missing_columns()
+        except (DBAPIError, sqlite3.DatabaseError) as exc:
+            self.engine.dispose()
+            raise UserError(describe_database_error(url, exc)) from None
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    def _add_missing_columns(self) -> None:
+        present = {c["name"] for c in inspect(self.engine).get_columns("runs")}
+        with self.engine.begin() as conn:
+            for name, kind in _RUN_COLUMNS_ADDED.items():
+                if name not in present:
+                    conn.execute(text(f"ALTER TABLE runs ADD COLUMN {name} {kind}"))
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with self._sessions.begin() as session:
+            yield session
+
+    # runs ---------------------------------------------------------------------------------------
+    def start_run(self, kind: str, config: dict[str, Any], prefect_flow_run_id: str | None = None) -> str:
+        """Open a run owned by this process (first marking runs whose process is gone as crashed)."""
+        self.mark_crashed_runs()
+        pid = os.getpid()
+        with self.session() as s:
+            run = Run(kind=kind, config=json.loads(json.dumps(config, default=str)),
+                      prefect_flow_run_id=prefect_flow_run_id, pid=pid, host=socket.gethostname(),
+                      pid_started=process_start(pid) or None)
+            s.add(run)
+            s.flush()
+            return run.id
+
+    def mark_crashed_runs(self) -> list[str]:
+        """Runs still `running` whose process on this host is gone become `crashed`, with where they stopped.
+
+        A run on another host cannot be checked from here and is left as it is. `finished_at` is when the
+        run was last heard of (its last stage record, else its start); the summary names that stage.
+        """
+        host = socket.gethostname()
+        crashed = []
+        with self.session() as s:
+            for run in s.scalars(select(Run).where(Run.status == "running", Run.host == host)):
+                if run.pid is None or process_alive(run.pid, run.pid_started or ""):
+                    continue
+                last = s.scalars(select(StageOutput).where(StageOutput.run_id == run.id)
+                                 .order_by(StageOutput.created_at.desc())).first()
+                run.status = "crashed"
+                run.finished_at = last.created_at if last is not None else run.created_at
+                run.summary = {**(run.summary or {}), "crashed": {
+                    "detected_at": _now().isoformat(),
+                    "last_stage": f"{last.stage} ({last.status})" if last is not None else None,
+                    "pid": run.pid, "host": run.host,
+                    "message": "its process ended without finishing the run (killed or crashed)"}}
+                crashed.append(run.id)
+        return crashed
+
+    def list_runs(self, limit: int = 20) -> list[dict[str, Any]]:
+        """The newest runs with their status and the last stage each reached."""
+        with self.session() as s:
+            runs = list(s.scalars(select(Run).order_by(Run.created_at.desc()).limit(limit)))
+            rows = []
+            for run in runs:
+                last = s.scalars(select(StageOutput).where(StageOutput.run_id == run.id)
+                                 .order_by(StageOutput.created_at.desc())).first()
+                rows.append({"id": run.id, "kind": run.kind, "status": run.status, "started": run.created_at,
+                             "finished": run.finished_at, "pid": run.pid, "host": run.host,
+                             "last_stage": f"{last.stage} ({last.status})" if last is not None else None})
+            return rows
+
+    def finish_run(self, run_id: str, status: str, summary: dict[str, Any] | None = None) -> None:
+        with self.session() as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                raise KeyError(run_id)
+            run.status = status
+            run.finished_at = _now()
+            run.summary = json.loads(json.dumps(summary or {}, default=str))
+
+    def get_run(self, run_id: str) -> Run | None:
+        with self.session() as s:
+            return s.get(Run, run_id)
+
+    # stages -------------------------------------------------------------------------------------
+    def record_stage(
+        self,
+        run_id: str,
+        stage: str,
+        *,
+        status: str,
+        outputs: dict[str, Any] | None = None,
+        plan: dict[str, Any] | None = None,
+        reused: bool = False,
+        wall_seconds: float | None = None,
+        message: str | None = None,
+    ) -> str:
+        with self.session() as s:
+            row = StageOutput(run_id=run_id, stage=stage, status=status,
+                              outputs=json.loads(json.dumps(outputs or {}, default=str)),
+                              plan=plan, reused=reused, wall_seconds=wall_seconds, message=message)
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def stages(self, run_id: str) -> list[StageOutput]:
+        with self.session() as s:
+            return list(s.scalars(select(StageOutput).where(StageOutput.run_id == run_id)
+                                  .order_by(StageOutput.created_at)))
+
+    # artifacts and lineage ----------------------------------------------------------------------
+    def add_artifact(
+        self,
+        kind: str,
+        uri: str,
+        content_hash: str,
+        *,
+        run_id: str | None = None,
+        meta: dict[str, Any] | None = None,
+        parents: list[str] | tuple[str, ...] = (),
+    ) -> str:
+        """Record an artifact and where it came from; an identical (kind, hash, uri) is reused, not duplicated."""
+        with self.session() as s:
+            existing = s.scalars(select(Artifact).where(Artifact.kind == kind, Artifact.content_hash == content_hash,
+                                                        Artifact.uri == uri)).first()
+            if existing is None:
+                existing = Artifact(kind=kind, uri=uri, content_hash=content_hash, run_id=run_id,
+                                    meta=json.loads(json.dumps(meta or {}, default=str)))
+                s.add(existing)
+                s.flush()
+            for parent in parents:
+                if s.get(Lineage, (parent, existing.id)) is None:
+                    s.add(Lineage(parent_id=parent, child_id=existing.id))
+            return existing.id
+
+    def artifact(self, artifact_id: str) -> Artifact | None:
+        with self.session() as s:
+            return s.get(Artifact, artifact_id)
+
+    def parents(self, artifact_id: str) -> list[Artifact]:
+        with self.session() as s:
+            ids = s.scalars(select(Lineage.parent_id).where(Lineage.child_id == artifact_id)).all()
+            return [s.get(Artifact, i) for i in ids]
+
+    def ancestors(self, artifact_id: str) -> list[Artifact]:
+        """Every artifact `artifact_id` was derived from, nearest first (breadth-first)."""
+        seen: dict[str, Artifact] = {}
+        frontier = [artifact_id]
+        while frontier:
+            nxt = []
+            for node in frontier:
+                for parent in self.parents(node):
+                    if parent.id not in seen:
+                        seen[parent.id] = parent
+                        nxt.append(parent.id)
+            frontier = nxt
+        return list(seen.values())

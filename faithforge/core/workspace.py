@@ -1,0 +1,257 @@
+"""The workspace: one directory that holds everything a run writes, and the atomic writes into it.
+
+Every file FaithForge produces goes through `atomic_write_bytes` (or one of its wrappers) or
+`atomic_directory`: the content is written to a temporary name in the same directory, fsynced, and
+renamed over the final name. A killed process therefore leaves either the old file or the new one,
+never half of one — "nothing already written is lost".
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+from faithforge.core.errors import UserError
+
+#: Sub-directories of a workspace, by what they hold.
+SUBDIRS = ("datasets", "pairs", "refcache", "models", "checkpoints", "adapters", "reports", "tmp")
+
+
+def _fsync_dir(path: Path) -> None:
+    """Persist a rename: the directory entry itself must reach the disk (POSIX)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # some filesystems (and Windows) refuse to open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Write `data` to `path` so that readers see the old content or the new, never a mix."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp_name, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_dir(target.parent)
+    return target
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def atomic_write_jsonl(path: str | os.PathLike[str], rows: list[dict[str, Any]]) -> Path:
+    body = "".join(json.dumps(row, sort_keys=True, ensure_ascii=False) + "\n" for row in rows)
+    return atomic_write_text(path, body)
+
+
+def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
+    """Rows of a JSON-lines file; a line that is not JSON is a `UserError` naming the file and line."""
+    rows = []
+    try:
+        handle = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise UserError(f"cannot read {path}: {exc.strerror or exc}; check the path") from None
+    with handle:
+        number = 0  # the last line read whole
+        try:
+            for number, line in enumerate(handle, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path}: line {number} is not valid JSON ({exc.msg}); fix or remove that "
+                                    "line") from None
+        except UnicodeDecodeError as exc:
+            raise UserError(f"{path} is not UTF-8 text after line {number} ({exc.reason}); save the file as "
+                            "UTF-8") from None
+    return rows
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary directory that replaces `path` only if the block finishes.
+
+    Used for model folders (`save_pretrained` writes several files). An existing `path` is kept
+    until the new one is complete, then swapped out.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        old = None
+        if target.exists():
+            old = target.with_name(f".{target.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(target, old)
+        os.replace(tmp, target)
+        _fsync_dir(target.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def sha256_file(path: str | os.PathLike[str], chunk_bytes: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def sha256_tree(path: str | os.PathLike[str]) -> str:
+    """A content hash of a directory: relative names and bytes of every file, in sorted order."""
+    root = Path(path)
+    digest = hashlib.sha256()
+    for file in sorted(p for p in root.rglob("*") if p.is_file()):
+        digest.update(str(file.relative_to(root)).encode())
+        digest.update(sha256_file(file).encode())
+    return digest.hexdigest()
+
+
+#: The file that says "FaithForge created this directory": only such a workspace may be cleaned by `--fresh`.
+MARKER = ".faithforge-workspace"
+#: Top-level names FaithForge writes in a workspace (a folder holding only these is an older FaithForge's).
+KNOWN_TOP_LEVEL = frozenset(SUBDIRS) | {MARKER, "faithforge.db", "faithforge.db-wal", "faithforge.db-shm",
+                                        "faithforge.db-journal", "gpu_calibration.json",
+                                        "calibrations"}  # judge calibrations (faithforge.evaluation.heldout)
+#: Sub-directories whose entries are recomputable stage outputs (`--fresh` removes FaithForge's ones).
+DERIVED_DIRS = ("datasets", "pairs", "refcache", "models", "checkpoints", "adapters")
+#: Names of what stages write there: `<kind>-<16 hex content key>`, a reference cache `<16 hex>`, and the
+#: hidden temporary, lock and swap names of `atomic_write_bytes`, `atomic_directory` and `faithforge.core.locks`.
+_OUTPUT_NAME = re.compile(r"^((summaries|generated|pairs|tiny|sft|sft-control|dpo)-)?[0-9a-f]{16}$")
+_HIDDEN_NAME = re.compile(r"^\..+\.(tmp|lock|old)$")
+#: The generation flow's examples and export: generated data (LLM time), kept by `--fresh` without comment.
+_GENERATED_DATA = re.compile(r"^generated(-.+\.jsonl)?$")
+
+
+def written_by_faithforge(entry: Path) -> bool:
+    """Whether `entry` (directly under a derived sub-directory) is a stage output or FaithForge's temporary."""
+    return bool(_OUTPUT_NAME.match(entry.name) or _HIDDEN_NAME.match(entry.name))
+
+
+def may_own(path: Path) -> bool:
+    """Whether FaithForge may treat `path` as its own: new, empty, marked, or an older FaithForge's workspace
+    (its run database and nothing but FaithForge's names)."""
+    if not path.exists():
+        return True
+    if not path.is_dir():
+        return False
+    entries = list(path.iterdir())
+    if not entries or (path / MARKER).is_file():
+        return True
+    return (path / "faithforge.db").is_file() and all(p.name in KNOWN_TOP_LEVEL for p in entries)
+
+
+def refuse_unowned(root: str | os.PathLike[str]) -> None:
+    """`--fresh` refuses, before writing anything, a non-empty directory FaithForge did not create."""
+    path = Path(root).expanduser().resolve()
+    if not may_own(path):
+        raise UserError(f"--fresh refuses to delete anything in {path}: it was not created by FaithForge "
+                        f"(no {MARKER} file) and is not empty; pass --workspace NEW_DIR, or remove old "
+                        "outputs yourself")
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """The directory tree of one FaithForge workspace (default `./.faithforge`)."""
+
+    root: Path
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str]) -> "Workspace":
+        """Create the tree if needed and prove it is writable, or raise a `UserError` saying what to fix.
+
+        A directory FaithForge creates (or finds empty) gets the `MARKER` file: it is FaithForge's, and
+        `fresh` may clean it. An existing non-empty directory without the marker is used as it is (FaithForge
+        only adds its own sub-directories) but is never cleaned.
+        """
+        if not str(root).strip():
+            raise UserError("the workspace is an empty string; pass --workspace DIR (or set workspace: / "
+                            "FAITHFORGE_WORKSPACE) to a directory for FaithForge's files, e.g. .faithforge")
+        path = Path(root).expanduser().resolve()
+        if path.exists() and not path.is_dir():
+            raise UserError(f"workspace {path} is a file, not a directory; pass --workspace DIR")
+        try:
+            claimable = may_own(path)
+            path.mkdir(parents=True, exist_ok=True)
+            if claimable and not (path / MARKER).exists():
+                atomic_write_json(path / MARKER, {"created_by": "faithforge", "note": "FaithForge owns this "
+                                                  "directory; `faithforge demo --fresh` may delete outputs in it"})
+            for sub in SUBDIRS:
+                (path / sub).mkdir(exist_ok=True)
+            probe = path / "tmp" / f".write-probe-{os.getpid()}"
+            probe.write_bytes(b"ok")
+            probe.unlink()
+        except OSError as exc:
+            raise UserError(
+                f"workspace {path} is not writable ({exc.strerror or exc}); "
+                "pass --workspace DIR or set FAITHFORGE_WORKSPACE to a directory you can write"
+            ) from exc
+        return cls(path)
+
+    @property
+    def owned(self) -> bool:
+        """FaithForge created this directory (it holds the marker)."""
+        return (self.root / MARKER).is_file()
+
+    def dir(self, kind: str) -> Path:
+        if kind not in SUBDIRS:
+            raise ValueError(f"unknown workspace sub-directory {kind!r}; known: {', '.join(SUBDIRS)}")
+        return self.root / kind
+
+    @property
+    def database_url(self) -> str:
+        return f"sqlite:///{self.root / 'faithforge.db'}"
+
+    def remove_outputs(self) -> tuple[list[Path], list[Path]]:
+        """`--fresh`: delete the stage outputs FaithForge wrote; return (removed, kept as not ours).
+
+        Refuses a workspace without the marker: FaithForge cannot tell its files from yours there. The run
+        database and the reports are history and stay.
+        """
+        if not self.owned:
+            refuse_unowned(self.root)
+        removed, kept = [], []
+        for sub in DERIVED_DIRS:
+            for entry in sorted(self.dir(sub).iterdir()):
+                if not written_by_faithforge(entry):
+                    if not (sub == "datasets" and _GENERATED_DATA.match(entry.name)):
+                        kept.append(entry)
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry)
+                else:
+                    entry.unlink()
+                removed.append(entry)
+        return removed, kept

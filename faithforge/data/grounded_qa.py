@@ -1,0 +1,129 @@
+"""The real-model task: questions about a short multi-fact document, half of which the document cannot answer.
+
+Why this task: a pretrained instruct model summarizing a short document rarely invents anything (SmolLM2-135M
+invented a day 0 times in 72 day-omitted sources of the template task, issue 14). Asked a direct question
+whose answer is missing, the same model answers anyway — it names a day, a number or a place the document
+never states. That invention is exactly what the `grounding` judge detects: an *unanswerable* question asks
+for a kind of fact (a day, a count, a place) that appears nowhere in its document, so any day, number or place
+name in the answer is, by construction, not in the source. *Answerable* questions keep the model honest in the
+other direction: their answer is a key fact, so a model that learns to say "The document does not say." to
+everything loses answer accuracy (reported as recall beside the rate).
+
+Every document tells of three people (name, verb, count, item, place, day). Per document one fact kind
+(`day`, `count` or `place`) is left out of every sentence; unanswerable questions ask for exactly that kind.
+Deterministic in (split, index, seed), like the template teacher.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+
+from faithforge.data.teacher import Example
+
+TASK_NAME = "grounded-qa"
+ABSTAIN = "The document does not say."
+#: Chosen on the validation split (greedy SmolLM2-135M-Instruct, bench/real_outputs.py): with "Answer the question
+#: using only the document. If the document does not contain the answer, reply exactly: The document does not
+#: say." the judge flagged 17/112 answers (15%) and the model abstained on most answerable questions (accuracy
+#: 22-43%); with this plain instruction it flagged 20/48 (42%; 18/36 unanswerable) and answered 9/12 answerable
+#: questions correctly. A user's prompt rarely spells out the abstention; the plain one is the realistic case.
+SYSTEM_PROMPT = "Answer the question about the document in one short sentence."
+
+# Names and places are single capitalized words that are unambiguous as names; days are weekdays.
+NAMES = ("Ada", "Bruno", "Chen", "Dara", "Emil", "Farah", "Goran", "Hana", "Ivo", "Jana", "Kofi", "Lena",
+         "Mateo", "Nia", "Omar", "Petra", "Quinn", "Rosa", "Sami", "Tomas", "Uma", "Vera", "Wim", "Yara")
+PLACES = ("Oslo", "Lima", "Porto", "Kyoto", "Dakar", "Quito", "Riga", "Turin", "Hanoi", "Leeds", "Perth",
+          "Bergen", "Malmo", "Cusco", "Ghent", "Izmir", "Tartu", "Lyon", "Graz", "Nantes")
+DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+ITEMS = ("lamps", "chairs", "books", "kettles", "clocks", "rugs", "vases", "bikes", "maps", "mugs",
+         "boots", "hats", "drums", "kites", "pens", "plates")
+COUNTS = tuple(range(2, 13))
+VERBS = (("bought", "buy"), ("sold", "sell"), ("repaired", "repair"), ("painted", "paint"),
+         ("delivered", "deliver"), ("ordered", "order"))
+FILLERS = ("The weather was mild.", "It was a busy week.", "The shop was crowded.", "Nobody seemed surprised.",
+           "The street was quiet.", "Prices had gone up.", "The market opened early.")
+KINDS = ("day", "count", "place")
+PEOPLE_PER_DOCUMENT = 3
+#: Share of questions the document cannot answer (the rest are answerable, for answer accuracy). Chosen on the
+#: validation split (48 items, 50% unanswerable, greedy SmolLM2-135M-Instruct): 7/21 unanswerable answers
+#: invented a fact (33%) against 2/27 answerable ones, 19% overall; 70% unanswerable puts the expected overall
+#: rate above 20% while 30% answerable questions still measure answer accuracy.
+UNANSWERABLE_SHARE = 0.7
+
+
+def _sentence(person: dict, omitted: str) -> str:
+    count = "some" if omitted == "count" else str(person["count"])
+    text = f"{person['name']} {person['verb'][0]} {count} {person['item']}"
+    if omitted != "place":
+        text += f" in {person['place']}"
+    if omitted != "day":
+        text += f" on {person['day']}"
+    return text + "."
+
+
+def _question(person: dict, kind: str) -> str:
+    past, base = person["verb"]
+    if kind == "day":
+        return f"On which day did {person['name']} {base} the {person['item']}?"
+    if kind == "count":
+        return f"How many {person['item']} did {person['name']} {base}?"
+    return f"In which city did {person['name']} {base} the {person['item']}?"
+
+
+def _answer(person: dict, kind: str) -> tuple[str, str]:
+    """(faithful answer, the key fact it must contain)."""
+    past, _ = person["verb"]
+    if kind == "day":
+        return f"{person['name']} {past} the {person['item']} on {person['day']}.", person["day"]
+    if kind == "count":
+        return f"{person['name']} {past} {person['count']} {person['item']}.", str(person["count"])
+    return f"{person['name']} {past} the {person['item']} in {person['place']}.", person["place"]
+
+
+def _invented(person: dict, kind: str, rng: random.Random) -> str:
+    """A confident answer with a value of the asked kind that the document does not state."""
+    past, _ = person["verb"]
+    if kind == "day":
+        return f"{person['name']} {past} the {person['item']} on {rng.choice(DAYS)}."
+    if kind == "count":
+        return f"{person['name']} {past} {rng.choice(COUNTS)} {person['item']}."
+    return f"{person['name']} {past} the {person['item']} in {rng.choice(PLACES)}."
+
+
+def make_question(split: str, index: int, seed: int) -> Example:
+    rng = random.Random(f"faithforge-grounded-qa:{seed}:{split}:{index}")
+    names = rng.sample(NAMES, PEOPLE_PER_DOCUMENT)
+    items = rng.sample(ITEMS, PEOPLE_PER_DOCUMENT)
+    people = [{"name": n, "item": i, "verb": rng.choice(VERBS), "count": rng.choice(COUNTS),
+               "place": rng.choice(PLACES), "day": rng.choice(DAYS)} for n, i in zip(names, items)]
+    omitted = rng.choice(KINDS)  # this kind of fact appears nowhere in the document
+    sentences = [_sentence(p, omitted) for p in people]
+    filler = rng.choice(FILLERS)
+    sentences.insert(rng.randrange(len(sentences) + 1), filler)
+    document = " ".join(sentences)
+    target = rng.choice(people)
+    unanswerable = rng.random() < UNANSWERABLE_SHARE
+    kind = omitted if unanswerable else rng.choice([k for k in KINDS if k != omitted])
+    source = f"Document: {document}\nQuestion: {_question(target, kind)}"
+    if unanswerable:
+        faithful, key_facts, category = ABSTAIN, (), f"unanswerable-{kind}"
+        hallucinated = _invented(target, kind, rng)
+    else:
+        faithful, fact = _answer(target, kind)
+        key_facts, category = (fact,), f"answerable-{kind}"
+        hallucinated = ABSTAIN  # refusing an answerable question: the omission failure, not an invention
+    example_id = hashlib.sha256(f"qa:{seed}:{split}:{index}".encode()).hexdigest()[:16]
+    return Example(id=example_id, split=split, category=category, source=source, faithful=faithful,
+                   warm_start_reference=faithful, facts=None, hallucinated=hallucinated if unanswerable else "",
+                   omission=hallucinated if not unanswerable else "", key_facts=key_facts,
+                   extra={"task": TASK_NAME, "kind": kind, "answerable": not unanswerable})
+
+
+def generate_questions(split: str, count: int, seed: int):
+    for index in range(count):
+        yield make_question(split, index, seed)
+
+
+def prompt_messages(source: str) -> list[dict[str, str]]:
+    return [{"role": "system", "content": SYSTEM_PROMPT}, {"role": "user", "content": source}]

@@ -1,0 +1,164 @@
+"""On-policy preference pairs: sample summaries from the current policy, judge them, pair best against worst.
+
+For each source, `k` summaries are sampled through the prefix-cached engine (the system prompt is encoded
+once and shared by every request). Each is scored
+
+    score = (1 if the judge finds nothing unsupported else 0) + recall_weight × key-fact recall
+
+with the evaluation judge (`grounding` by default) and `key_fact_recall`, so a summary that hallucinates
+loses to one that does not, and among faithful ones the one that keeps more facts wins (the model cannot
+learn to be faithful by saying nothing). The highest-scoring summary becomes `chosen`, the lowest
+`rejected`, when their scores differ by at least `margin`; otherwise the source gives no pair, and the
+report says why. Rows have the synthetic pairs' format (TRL conversational prompt/chosen/rejected plus
+`id`, `source_id`, `kind="on-policy"`), so they go through `validate_pairs`, the reference cache and
+`run_dpo` unchanged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from faithforge.core.errors import UserError
+from faithforge.data.pairs import validate_pairs
+from faithforge.data.teacher import SYSTEM_PROMPT, prompt_messages
+
+KIND = "on-policy"
+
+
+@dataclass
+class OnPolicyReport:
+    """What the builder did: sources seen, samples drawn, pairs built, and why sources or samples were dropped."""
+
+    sources: int = 0
+    samples: int = 0
+    built: int = 0
+    dropped_sources: Counter = field(default_factory=Counter)
+    dropped_samples: Counter = field(default_factory=Counter)
+    scores: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"sources": self.sources, "samples": self.samples, "built": self.built,
+                "dropped_sources": dict(self.dropped_sources), "dropped_samples": dict(self.dropped_samples),
+                "scores": self.scores}
+
+
+def _source_of(example: Any) -> tuple[str, str, list[str]]:
+    """(source_id, source text, key facts) from a teacher `Example` or a dict with id/source/key_facts."""
+    if isinstance(example, dict):
+        try:
+            source_id, source = example["id"], example["source"]
+        except KeyError as exc:
+            raise UserError(f"an on-policy source row lacks {exc.args[0]!r}; each needs id and source "
+                            "(and key_facts for recall)") from exc
+        facts = example.get("key_facts")
+        if facts is None and isinstance(example.get("facts"), dict):
+            from faithforge.data.teacher import Facts
+
+            facts = Facts(**example["facts"]).key_facts()
+        return str(source_id), source, list(facts or [])
+    return example.id, example.source, list(example.key_facts)
+
+
+def score_summary(judge, source: str, summary: str, key_facts: list[str], recall_weight: float) -> dict[str, Any]:
+    """The judge's verdict and recall folded into one number (see the module docstring)."""
+    from faithforge.evaluation.metrics import key_fact_recall
+
+    verdict = judge.judge(source, summary)
+    recall = key_fact_recall(key_facts, summary)
+    score = (0.0 if verdict.hallucinated else 1.0) + recall_weight * (recall or 0.0)
+    return {"judgeable": verdict.judgeable, "hallucinated": verdict.hallucinated, "recall": recall, "score": score}
+
+
+def build_onpolicy_pairs(
+    model,
+    tokenizer,
+    examples: Iterable[Any],
+    *,
+    k: int = 4,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
+    max_new_tokens: int = 48,
+    margin: float = 0.5,
+    recall_weight: float = 1.0,
+    judge: Any = "grounding",
+    batch_size: int = 32,
+    system_prompt: str = SYSTEM_PROMPT,
+) -> tuple[list[dict], OnPolicyReport]:
+    """Sample `k` summaries per source from `model` (the current policy), judge them, pair best vs worst.
+
+    `judge` is a judge name for `faithforge.evaluation.get_judge` or a judge object. Sampling is seeded:
+    the same model, sources and arguments give the same pairs. The model is used in eval mode and put back
+    into the mode it was in.
+    """
+    from faithforge.engine import PrefixCachedEngine, SamplingConfig
+    from faithforge.evaluation.judges import resolve_judge
+
+    if k < 2:
+        raise UserError(f"on-policy pairs need at least 2 samples per source (k={k})")
+    if temperature <= 0:
+        raise UserError(f"on-policy sampling needs temperature > 0 (got {temperature}): greedy decoding gives k "
+                        "identical summaries")
+    sources = [_source_of(e) for e in examples]
+    judge = resolve_judge(judge)
+    report = OnPolicyReport(sources=len(sources))
+    if not sources:
+        return [], report
+
+    was_training = model.training
+    model.eval()
+    try:
+        engine = PrefixCachedEngine(model, tokenizer, [{"role": "system", "content": system_prompt}])
+        prompts = [source for _, source, _ in sources for _ in range(k)]
+        results = engine.generate_batch(prompts, SamplingConfig(temperature=temperature, top_p=top_p, seed=seed,
+                                                                max_new_tokens=max_new_tokens), batch_size=batch_size)
+    finally:
+        model.train(was_training)
+    report.samples = len(results)
+
+    pairs: list[dict] = []
+    seen: set[tuple[str, str, str]] = set()
+    for index, (source_id, source, key_facts) in enumerate(sources):
+        candidates: dict[str, dict[str, Any]] = {}
+        for result in results[index * k: (index + 1) * k]:
+            text = " ".join(result.text.split())
+            if not text:
+                report.dropped_samples["empty summary"] += 1
+                continue
+            if text in candidates:
+                report.dropped_samples["duplicate summary"] += 1
+                continue
+            scored = score_summary(judge, source, text, key_facts, recall_weight)
+            if not scored["judgeable"]:
+                report.dropped_samples["judge could not decide"] += 1
+                continue
+            candidates[text] = scored
+        if len(candidates) < 2:
+            report.dropped_sources["fewer than 2 distinct judged summaries"] += 1
+            continue
+        ranked = sorted(candidates.items(), key=lambda item: item[1]["score"])
+        (worst, worst_score), (best, best_score) = ranked[0], ranked[-1]
+        if best_score["score"] - worst_score["score"] < margin:
+            report.dropped_sources[f"best and worst score differ by less than the margin {margin}"] += 1
+            continue
+        key = (source, best, worst)
+        if key in seen:
+            report.dropped_sources["duplicate pair"] += 1
+            continue
+        seen.add(key)
+        pair_id = hashlib.sha256(f"{source_id}:{KIND}:{best}:{worst}".encode()).hexdigest()[:16]
+        pairs.append({
+            "id": pair_id, "source_id": source_id, "kind": KIND,
+            "prompt": prompt_messages(source) if system_prompt == SYSTEM_PROMPT else
+            [{"role": "system", "content": system_prompt}, {"role": "user", "content": source}],
+            "chosen": [{"role": "assistant", "content": best}],
+            "rejected": [{"role": "assistant", "content": worst}],
+        })
+        report.scores.append({"id": pair_id, "chosen": best_score, "rejected": worst_score})
+    report.built = len(pairs)
+    if pairs:
+        validate_pairs(pairs, "on-policy pairs")
+    return pairs, report

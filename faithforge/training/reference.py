@@ -1,0 +1,372 @@
+"""Reference log-prob cache: the DPO reference pass, run once, stored as a few bytes per pair.
+
+For each pair: the reference model's summed log-prob of the chosen and the rejected completion and their
+token counts. Tokenization and truncation follow TRL's DPO semantics exactly (prompt rendered with the
+generation prompt; the completion starts where prompt and prompt+completion token ids diverge; the
+collator's `keep_start`/`keep_end` cut), so TRL's loss can consume these numbers unchanged.
+
+The cache is a directory of Parquet shards plus `manifest.json`. It is keyed by everything the numbers
+depend on (weights, tokenizer, chat template, max length, truncation mode, quantization, pair content);
+every shard carries a SHA-256; a killed run resumes after the last verified shard; a corrupt shard is
+detected and recomputed, never used.
+
+Log-probs come from TRL's chunked LM-head kernel in the dtype training uses (vocabulary tiles with a running
+log-sum-exp), so the batch × seq × vocab logits tensor — 1.25 GB per pair at 2,048 tokens with a 152k vocabulary —
+is never materialized, and the numbers are the ones the policy reproduces at step 0. The dtype is in the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from faithforge.core.errors import UserError
+from faithforge.core.workspace import atomic_write_bytes, atomic_write_json, sha256_file
+
+log = logging.getLogger(__name__)
+
+TRUNCATION_MODES = ("keep_start", "keep_end")
+MANIFEST = "manifest.json"
+CACHE_FORMAT = 2  # 2: TRL's chunked kernel in the training dtype; the dtype is part of the key
+
+
+# --- tokenization (mirrors TRL 1.x DPO) -----------------------------------------------------------
+
+def _ids(encoded: Any) -> list[int]:
+    return list(encoded["input_ids"] if not isinstance(encoded, list) else encoded)
+
+
+def common_prefix_length(a: Sequence[int], b: Sequence[int]) -> int:
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def tokenize_pair(tokenizer, pair: dict) -> dict[str, list[int]]:
+    """prompt_ids / chosen_ids / rejected_ids for one conversational pair."""
+    prompt = tokenizer.apply_chat_template(pair["prompt"], add_generation_prompt=True, tokenize=True)
+    with_chosen = tokenizer.apply_chat_template(pair["prompt"] + pair["chosen"], tokenize=True)
+    with_rejected = tokenizer.apply_chat_template(pair["prompt"] + pair["rejected"], tokenize=True)
+    prompt_ids, chosen_ids, rejected_ids = _ids(prompt), _ids(with_chosen), _ids(with_rejected)
+    # A BPE merge or a template that renders the prompt differently can move the boundary: the completion
+    # starts where the token ids diverge.
+    start = min(common_prefix_length(prompt_ids, chosen_ids), common_prefix_length(prompt_ids, rejected_ids))
+    return {"prompt_ids": prompt_ids[:start], "chosen_ids": chosen_ids[start:], "rejected_ids": rejected_ids[start:]}
+
+
+def collate_pairs(tokenized: Sequence[dict[str, list[int]]], pad_id: int, max_length: int | None,
+                  truncation_mode: str = "keep_start"):
+    """Batch of 2B sequences — chosen first, then rejected — right-padded, with the completion mask."""
+    import torch
+
+    if truncation_mode not in TRUNCATION_MODES:
+        raise ValueError(f"truncation_mode must be one of {TRUNCATION_MODES}, got {truncation_mode!r}")
+    seqs, masks = [], []
+    for side in ("chosen_ids", "rejected_ids"):
+        for item in tokenized:
+            ids = item["prompt_ids"] + item[side]
+            mask = [0] * len(item["prompt_ids"]) + [1] * len(item[side])
+            if max_length is not None:
+                cut = slice(None, max_length) if truncation_mode == "keep_start" else slice(-max_length, None)
+                ids, mask = ids[cut], mask[cut]
+            seqs.append(ids)
+            masks.append(mask)
+    width = max(len(s) for s in seqs)
+    input_ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(seqs), width), dtype=torch.long)
+    completion = torch.zeros((len(seqs), width), dtype=torch.long)
+    for row, (ids, mask) in enumerate(zip(seqs, masks)):
+        input_ids[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        attention[row, : len(ids)] = 1
+        completion[row, : len(mask)] = torch.tensor(mask, dtype=torch.long)
+    return input_ids, attention, completion
+
+
+# --- log-probs: TRL's own chunked kernel, in the training dtype ---------------------------------------
+
+def completion_logps(model, input_ids, attention_mask, completion_mask, autocast_bf16: bool = False,
+                     vocab_chunk: int | None = None):
+    """Summed log-prob of the completion tokens of each sequence, and their count.
+
+    Runs TRL's chunked log-prob kernel (`trl.kernels.chunked_logprob.ChunkedLogProbFunction`), the code
+    `DPOTrainer`'s fused LM head scores the policy with: the backbone runs once and the head projects the scored
+    positions in [4,096 tokens × `vocab_chunk`] tiles (TRL's 32,768 by default) in the compute dtype with fp32
+    running statistics, so the batch × seq × vocab logits never exist. `autocast_bf16` reproduces the Trainer's
+    bf16 autocast (GPU training with `bf16=True`); without it the tiles run in the hidden states' dtype, as
+    training on that device does. Same kernel, same dtype: at step 0 the policy reproduces these numbers.
+    Models that scale their logits (Granite, Falcon-H1, ...) go through TRL's `add_fused_lm_head` instead.
+    """
+    import torch
+    from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+    from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE, add_fused_lm_head
+
+    labels = input_ids.masked_fill(completion_mask == 0, -100)
+    mask = completion_mask[:, 1:]
+    config = model.config.get_text_config()
+    scaled = any(getattr(config, name, None) is not None
+                 for name in ("logit_scale", "output_multiplier", "lm_head_multiplier", "logits_scaling"))
+    with torch.no_grad(), torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=autocast_bf16):
+        if scaled:
+            if not getattr(model, "_faithforge_fused_head", False):
+                add_fused_lm_head(model)
+                object.__setattr__(model, "_faithforge_fused_head", True)
+            out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True,
+                        use_cache=False)
+            return (out.log_probs.float() * mask).sum(-1), mask.sum(-1)
+        hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
+                                     use_cache=False).last_hidden_state[:, :-1]
+        head = model.get_output_embeddings()
+        targets = labels[:, 1:]
+        scored = targets != -100
+        per_token = ChunkedLogProbFunction.apply(
+            hidden[scored], head.weight, getattr(head, "bias", None), targets[scored], 1.0,
+            vocab_chunk or _CHUNKED_LOGPROB_CHUNK_SIZE, getattr(config, "final_logit_softcapping", None), 1.0,
+            ("log_probs",))[0]
+    sums = torch.zeros(input_ids.shape[0], dtype=torch.float32, device=input_ids.device)
+    rows = scored.nonzero(as_tuple=True)[0]
+    sums.index_add_(0, rows, per_token.float())
+    return sums, mask.sum(-1)
+
+
+# --- the cache key -----------------------------------------------------------------------------------
+
+#: (folder, ((name, size, mtime_ns), ...)) → fingerprint. One pipeline run asks for the same model's fingerprint
+#: in several stages (warm start, reference, on-policy pairs); a 7B folder is ~15 GB to read each time.
+_FINGERPRINTS: dict[tuple, str] = {}
+
+
+def weights_fingerprint(model_dir: str | Path) -> str:
+    """SHA-256 over config.json and every weight file of a local model folder.
+
+    Remembered for the life of the process while every file keeps its name, size and modification time; a
+    rewritten file (new mtime) is hashed again.
+    """
+    root = Path(model_dir)
+    files = sorted(p for p in root.iterdir() if p.suffix in {".safetensors", ".bin", ".pt"} or p.name == "config.json")
+    if not files:
+        raise UserError(f"{root} holds no model weights (*.safetensors or *.bin); point model.path at a model folder")
+    signature = (str(root.resolve()), tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    if signature not in _FINGERPRINTS:
+        digest = hashlib.sha256()
+        for file in files:
+            digest.update(file.name.encode())
+            digest.update(sha256_file(file).encode())
+        _FINGERPRINTS[signature] = digest.hexdigest()
+    return _FINGERPRINTS[signature]
+
+
+def tokenizer_fingerprint(tokenizer) -> str:
+    digest = hashlib.sha256()
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    digest.update((backend.to_str() if backend is not None else repr(sorted(tokenizer.get_vocab().items()))).encode())
+    digest.update(json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str).encode())
+    return digest.hexdigest()
+
+
+def pairs_fingerprint(pairs: Sequence[dict]) -> str:
+    digest = hashlib.sha256()
+    for pair in pairs:
+        digest.update(json.dumps({k: pair[k] for k in ("id", "prompt", "chosen", "rejected")}, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def cache_key(*, weights: str, tokenizer, max_length: int | None, truncation_mode: str,
+              quantization: dict | None, pairs: Sequence[dict],
+              compute_dtype: str = "float32") -> tuple[str, dict[str, Any]]:
+    components = {
+        "compute_dtype": compute_dtype,
+        "format": CACHE_FORMAT,
+        "weights": weights,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "chat_template": hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest(),
+        "max_length": max_length,
+        "truncation_mode": truncation_mode,
+        "quantization": quantization or {},
+        "pairs": pairs_fingerprint(pairs),
+        "num_pairs": len(pairs),
+    }
+    key = hashlib.sha256(json.dumps(components, sort_keys=True).encode()).hexdigest()
+    return key, components
+
+
+# --- the cache on disk -------------------------------------------------------------------------------
+
+@dataclass
+class ShardInfo:
+    index: int
+    file: str
+    rows: int
+    sha256: str
+
+
+class ReferenceCache:
+    """A directory of checksummed Parquet shards for one cache key."""
+
+    def __init__(self, directory: str | Path, key: str, components: dict[str, Any], shard_size: int):
+        self.directory = Path(directory)
+        self.key = key
+        self.components = components
+        self.shard_size = shard_size
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.directory / MANIFEST
+
+    def _read_manifest(self) -> dict[str, Any] | None:
+        if not self.manifest_path.exists():
+            return None
+        try:
+            manifest = json.loads(self.manifest_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            log.warning("reference cache manifest %s is unreadable; recomputing", self.manifest_path)
+            return None
+        if manifest.get("key") != self.key or manifest.get("shard_size") != self.shard_size:
+            log.warning("reference cache at %s was built for another key; recomputing", self.directory)
+            return None
+        return manifest
+
+    def verified_shards(self) -> list[ShardInfo]:
+        """Shards whose file exists and matches its checksum, in order, stopping at the first bad one."""
+        manifest = self._read_manifest()
+        good: list[ShardInfo] = []
+        for expected, entry in enumerate((manifest or {}).get("shards", [])):
+            shard = ShardInfo(**entry)
+            path = self.directory / shard.file
+            if shard.index != expected or not path.exists() or sha256_file(path) != shard.sha256:
+                log.warning("reference cache shard %s is missing or corrupt; it will be recomputed", path)
+                break
+            good.append(shard)
+        return good
+
+    def is_complete(self) -> bool:
+        manifest = self._read_manifest()
+        if not manifest or not manifest.get("complete"):
+            return False
+        shards = self.verified_shards()
+        return len(shards) == len(manifest["shards"]) and sum(s.rows for s in shards) == self.components["num_pairs"]
+
+    def _write_manifest(self, shards: list[ShardInfo], complete: bool) -> None:
+        atomic_write_json(self.manifest_path, {
+            "key": self.key, "components": self.components, "shard_size": self.shard_size,
+            "shards": [s.__dict__ for s in shards], "complete": complete,
+        })
+
+    def write_shard(self, shards: list[ShardInfo], index: int, rows: dict[str, list]) -> list[ShardInfo]:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.table({
+            "pair_id": pa.array(rows["pair_id"], pa.string()),
+            "ref_chosen_logps": pa.array(rows["ref_chosen_logps"], pa.float64()),
+            "ref_rejected_logps": pa.array(rows["ref_rejected_logps"], pa.float64()),
+            "chosen_tokens": pa.array(rows["chosen_tokens"], pa.int32()),
+            "rejected_tokens": pa.array(rows["rejected_tokens"], pa.int32()),
+        })
+        buffer = io.BytesIO()
+        pq.write_table(table, buffer)
+        data = buffer.getvalue()
+        name = f"shard-{index:05d}.parquet"
+        atomic_write_bytes(self.directory / name, data)
+        shards = shards[:index] + [ShardInfo(index, name, table.num_rows, hashlib.sha256(data).hexdigest())]
+        self._write_manifest(shards, complete=False)
+        return shards
+
+    def mark_complete(self, shards: list[ShardInfo]) -> None:
+        self._write_manifest(shards, complete=True)
+
+    def load(self) -> dict[str, tuple[float, float, int, int]]:
+        """pair_id → (ref_chosen_logp, ref_rejected_logp, chosen_tokens, rejected_tokens); verified.
+
+        Each shard is read once and its bytes are checked against the manifest's SHA-256 before they are
+        parsed, so a file that changes between the check and the read is never used.
+        """
+        import pyarrow.parquet as pq
+
+        manifest = self._read_manifest()
+        if not manifest or not manifest.get("complete"):
+            raise UserError(f"reference cache {self.directory} is incomplete or was built for another key; "
+                            "run the reference stage again (it resumes from the last good shard)")
+        out: dict[str, tuple[float, float, int, int]] = {}
+        for entry in manifest["shards"]:
+            shard = ShardInfo(**entry)
+            path = self.directory / shard.file
+            try:
+                data = path.read_bytes()
+            except OSError as exc:
+                raise UserError(f"reference cache shard {path} is unreadable ({exc.strerror or exc}); run the "
+                                "reference stage again (it recomputes missing shards)") from exc
+            if hashlib.sha256(data).hexdigest() != shard.sha256:
+                raise UserError(f"reference cache shard {path} does not match its checksum (corrupt or changed); "
+                                "run the reference stage again (it recomputes it)")
+            table = pq.read_table(io.BytesIO(data)).to_pydict()
+            for i, pair_id in enumerate(table["pair_id"]):
+                out[pair_id] = (table["ref_chosen_logps"][i], table["ref_rejected_logps"][i],
+                                table["chosen_tokens"][i], table["rejected_tokens"][i])
+        if len(out) != self.components["num_pairs"]:
+            raise UserError(f"reference cache {self.directory} holds {len(out)} pairs, its key says "
+                            f"{self.components['num_pairs']}; run the reference stage again")
+        return out
+
+
+def compute_reference_cache(
+    model,
+    tokenizer,
+    pairs: Sequence[dict],
+    cache: ReferenceCache,
+    *,
+    batch_size: int,
+    max_length: int | None,
+    truncation_mode: str = "keep_start",
+    on_shard: Callable[[int, int], None] | None = None,
+    autocast_bf16: bool | None = None,
+    vocab_chunk: int | None = None,
+) -> dict[str, Any]:
+    """Fill `cache` for `pairs`, resuming after the last verified shard. Returns a small summary."""
+    import torch
+
+    if not pairs:
+        raise UserError("no preference pairs to score; run the pairs stage first")
+    if cache.is_complete():
+        return {"computed_pairs": 0, "reused": True, "shards": len(cache.verified_shards())}
+    shards = cache.verified_shards()
+    model.eval()
+    device = next(model.parameters()).device
+    if autocast_bf16 is None:  # GPU training runs under bf16 autocast (run_dpo's bf16=True on CUDA)
+        autocast_bf16 = device.type == "cuda" and cache.components.get("compute_dtype") == "bfloat16"
+    start_shard = len(shards)
+    computed = 0
+    for index in range(start_shard, (len(pairs) + cache.shard_size - 1) // cache.shard_size):
+        chunk = pairs[index * cache.shard_size: (index + 1) * cache.shard_size]
+        rows: dict[str, list] = {k: [] for k in ("pair_id", "ref_chosen_logps", "ref_rejected_logps",
+                                                 "chosen_tokens", "rejected_tokens")}
+        for b in range(0, len(chunk), batch_size):
+            batch = chunk[b: b + batch_size]
+            tokenized = [tokenize_pair(tokenizer, p) for p in batch]
+            input_ids, attention, completion = collate_pairs(tokenized, tokenizer.pad_token_id, max_length,
+                                                             truncation_mode)
+            sums, counts = completion_logps(model, input_ids.to(device), attention.to(device),
+                                            completion.to(device), autocast_bf16=autocast_bf16,
+                                            vocab_chunk=vocab_chunk)
+            n = len(batch)
+            rows["pair_id"] += [p["id"] for p in batch]
+            rows["ref_chosen_logps"] += sums[:n].double().tolist()
+            rows["ref_rejected_logps"] += sums[n:].double().tolist()
+            rows["chosen_tokens"] += counts[:n].tolist()
+            rows["rejected_tokens"] += counts[n:].tolist()
+            del sums, counts
+        shards = cache.write_shard(shards, index, rows)
+        computed += len(chunk)
+        if on_shard is not None:
+            on_shard(index + 1, (len(pairs) + cache.shard_size - 1) // cache.shard_size)
+    cache.mark_complete(shards)
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return {"computed_pairs": computed, "reused": False, "shards": len(shards), "resumed_from_shard": start_shard}
