@@ -39,6 +39,7 @@ from typing import Any, Literal
 
 from gpu.model_shape import LORA_TARGETS_ALL_LINEAR, ModelShape
 from gpu.ollama import OllamaModel
+from gpu.units import GiB_bytes, MiB_bytes
 
 Quantization = Literal["fp32", "bf16", "fp16", "int8", "nf4"]
 Optimizer = Literal["adamw-fp32", "paged-adamw-8bit"]
@@ -46,9 +47,8 @@ RefStrategy = Literal["cached", "live"]
 ReferenceModel = Literal["adapters-disabled", "separate-copy"]
 Device = Literal["cuda", "cpu"]
 
-GIB = 1 << 30
-MIB = 1 << 20
-CUDA_CONTEXT_BYTES = 512 * MIB
+GIB = GiB_bytes  # kept for gpu/backoff.py, gpu/planner.py and bench/gpu_estimate.py, which import it from here
+CUDA_CONTEXT_BYTES = 512 * MiB_bytes
 ALLOCATOR_OVERHEAD_FRACTION = 0.10
 LINEAR_BYTES_PER_PARAM: dict[str, float] = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "nf4": 0.516}
 OTHER_BYTES_PER_PARAM: dict[str, float] = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 2.0, "nf4": 2.0}
@@ -66,7 +66,7 @@ LOGIT_BYTES_FORWARD = 6
 # log-softmax inside cross_entropy and the fp32 gradient: 4 + 4 + 4 bytes besides the model-dtype logits.
 FULL_LOGIT_FP32_BYTES = 12
 OLLAMA_NUM_BATCH = 512  # Ollama's default prompt batch, which sizes its compute graph
-OLLAMA_MIN_GRAPH_BYTES = 256 * MIB
+OLLAMA_MIN_GRAPH_BYTES = 256 * MiB_bytes
 
 
 @dataclass(frozen=True)

@@ -13,10 +13,9 @@ from dataclasses import dataclass
 
 from gpu.errors import UnknownProfileError
 from gpu.snapshot import GpuDevice, GpuSnapshot
+from gpu.units import GiB_bytes, MiB_bytes
 
 PROFILE_ENV = "FAITHFORGE_GPU_PROFILE"
-MIB = 1 << 20
-GIB = 1 << 30
 RTX5070_FREE_BYTES = 10_480_000_000  # the seed note's "10.48", read as GB (the stricter reading)
 
 
@@ -36,16 +35,21 @@ def _profile(name: str, gpu_name: str, total_bytes: int, free_bytes: int, descri
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
-        _profile("rtx4070super-12gb", "NVIDIA GeForce RTX 4070 SUPER", 12282 * MIB, 12282 * MIB - 0.7 * GIB,
+        _profile("rtx4070super-12gb", "NVIDIA GeForce RTX 4070 SUPER", 12282 * MiB_bytes,
+                 12282 * MiB_bytes - 0.7 * GiB_bytes,
                  "12 GB desktop card with a display attached (seed note: qwen3:30b-a3b crashed it)"),
-        _profile("rtx5070-12gb", "NVIDIA GeForce RTX 5070", 11.94 * GIB, RTX5070_FREE_BYTES,
+        _profile("rtx5070-12gb", "NVIDIA GeForce RTX 5070", 11.94 * GiB_bytes, RTX5070_FREE_BYTES,
                  "12 GB desktop card as measured in the seed note (10.48e9 bytes available)"),
-        _profile("rtx4090-24gb", "NVIDIA GeForce RTX 4090", 24564 * MIB, 24564 * MIB - 0.7 * GIB,
+        _profile("rtx4090-24gb", "NVIDIA GeForce RTX 4090", 24564 * MiB_bytes, 24564 * MiB_bytes - 0.7 * GiB_bytes,
                  "24 GB desktop card with a display attached"),
-        _profile("a100-40gb", "NVIDIA A100-SXM4-40GB", 40960 * MIB, 40960 * MIB - 0.5 * GIB, "idle A100 40 GB"),
-        _profile("a100-80gb", "NVIDIA A100-SXM4-80GB", 81920 * MIB, 81920 * MIB - 0.5 * GIB, "idle A100 80 GB"),
-        _profile("h100-80gb", "NVIDIA H100 80GB HBM3", 81559 * MIB, 81559 * MIB - 0.5 * GIB, "idle H100 80 GB"),
-        _profile("h200-141gb", "NVIDIA H200", 143771 * MIB, 143771 * MIB - 0.5 * GIB, "idle H200 141 GB"),
+        _profile("a100-40gb", "NVIDIA A100-SXM4-40GB", 40960 * MiB_bytes, 40960 * MiB_bytes - 0.5 * GiB_bytes,
+                 "idle A100 40 GB"),
+        _profile("a100-80gb", "NVIDIA A100-SXM4-80GB", 81920 * MiB_bytes, 81920 * MiB_bytes - 0.5 * GiB_bytes,
+                 "idle A100 80 GB"),
+        _profile("h100-80gb", "NVIDIA H100 80GB HBM3", 81559 * MiB_bytes, 81559 * MiB_bytes - 0.5 * GiB_bytes,
+                 "idle H100 80 GB"),
+        _profile("h200-141gb", "NVIDIA H200", 143771 * MiB_bytes, 143771 * MiB_bytes - 0.5 * GiB_bytes,
+                 "idle H200 141 GB"),
         _profile("none", "", 0, 0, "no GPU at all (CPU placement or offload)"),
     )
 }

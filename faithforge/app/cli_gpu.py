@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -17,12 +18,13 @@ from faithforge.gpu_calibration.calibrate import correction_factor, load_correct
 from faithforge.core.config import PipelineConfig, load_config
 from faithforge.core.errors import UserError
 from faithforge.stages.gate import calibration_path, plan_pipeline
-from gpu.estimate import GIB, estimate_hf_generate, estimate_reference, estimate_train
+from gpu.estimate import estimate_hf_generate, estimate_reference, estimate_train
 from gpu.model_shape import SHIPPED_MODELS, load_model_config, load_model_shape
 from gpu.planner import Plan
 from gpu.probe import probe_nvml, read_snapshot
 from gpu.profiles import PROFILE_ENV, known_profiles
 from gpu.snapshot import GpuSnapshot
+from gpu.units import format_gib
 
 app = typer.Typer(help="The GPU gate: what the GPU has free, and where and how each stage will run.",
                   no_args_is_help=False)
@@ -34,22 +36,19 @@ def _ram_bytes() -> int | None:
         return None
 
 
-def _gib(n: int | None) -> str:
-    return "—" if n is None else f"{n / GIB:.2f}"
-
-
 def _print_tables(snapshot: GpuSnapshot, plans: dict[str, Plan]) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
+    gib = partial(format_gib, unit=False)  # a table cell: the column header names the unit
     gpus = Table(title=f"GPU snapshot ({snapshot.source}{': ' + snapshot.note if snapshot.note else ''})")
     for column in ("cuda", "name", "total GiB", "free GiB", "used GiB", "processes (pid: GiB)"):
         gpus.add_column(column)
     for dev in snapshot.devices:
-        procs = ", ".join(f"{p.pid}: {_gib(p.used_bytes)}" for p in dev.processes) or "—"
-        gpus.add_row(str(dev.index), dev.name + (" (MIG)" if dev.is_mig else ""), _gib(dev.total_bytes),
-                     _gib(dev.free_bytes), _gib(dev.used_bytes), procs)
+        procs = ", ".join(f"{p.pid}: {gib(p.used_bytes)}" for p in dev.processes) or "—"
+        gpus.add_row(str(dev.index), dev.name + (" (MIG)" if dev.is_mig else ""), gib(dev.total_bytes),
+                     gib(dev.free_bytes), gib(dev.used_bytes), procs)
     if snapshot.is_empty:
         gpus.add_row("—", "no GPU", "—", "—", "—", "—")
     console.print(gpus)
@@ -61,8 +60,8 @@ def _print_tables(snapshot: GpuSnapshot, plans: dict[str, Plan]) -> None:
         where = plan.placement + (f" (cuda:{plan.gpu_index})" if plan.placement == "local" else "") + (
             f" → {plan.offload_target or 'not configured'}" if plan.placement == "offload" else "")
         table.add_row(stage, where, plan.model, f"{plan.batch_size} × {plan.grad_accum}", str(plan.max_tokens),
-                      plan.ref_strategy or "—", _gib(plan.estimated_peak_bytes), _gib(plan.usable_bytes),
-                      _gib(plan.headroom_bytes))
+                      plan.ref_strategy or "—", gib(plan.estimated_peak_bytes), gib(plan.usable_bytes),
+                      gib(plan.headroom_bytes))
     console.print(table)
     for stage, plan in plans.items():
         console.print(f"[bold]{stage}[/bold]: {plan.reason}")
@@ -144,6 +143,6 @@ def calibrate(
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"{stage} {shape.name} on {gpu_name}: predicted {estimate.total_bytes / GIB:.2f} GiB, measured "
-               f"{(measured + estimate.terms['cuda_context_bytes']) / GIB:.2f} GiB (reserved + CUDA context); "
+    typer.echo(f"{stage} {shape.name} on {gpu_name}: predicted {formatformat_gib(estimate.total_bytes)}, measured "
+               f"{formatformat_gib(measured + estimate.terms['cuda_context_bytes'])} (reserved + CUDA context); "
                f"correction ×{factor:.3f} saved to {path}")

@@ -12,6 +12,8 @@ import base64
 from pathlib import Path
 from typing import Any
 
+from gpu.units import format_gib
+
 #: Largest PNG embedded in an artifact, bytes. The charts FaithForge draws are 20-80 KB; a file far larger than
 #: that is not one of them, and base64 would make each artifact version in the server's database 4/3 of it.
 MAX_EMBEDDED_PNG_BYTES = 2_000_000
@@ -40,10 +42,6 @@ def image_markdown(alt: str, path: str | Path | None) -> str:
            f"{MAX_EMBEDDED_PNG_BYTES // 1_000_000} MB).*"
 
 
-def _gib(n: Any) -> str:
-    return "—" if n is None else f"{n / 2**30:.2f} GiB"
-
-
 def runs_on(record: dict, cuda_available: bool) -> str:
     """Where a stage with this gate record actually executes, in words."""
     placement = record.get("placement")
@@ -66,8 +64,8 @@ def plan_markdown(record: dict, where: str) -> str:
              "| placement | model | micro-batch × accumulation | estimated peak | usable |",
              "|---|---|---|---|---|",
              f"| {record.get('placement')} | {record.get('model')} | {record.get('batch_size')} × "
-             f"{record.get('grad_accum')} | {_gib(record.get('estimated_peak_bytes'))} | "
-             f"{_gib(record.get('usable_bytes'))} |", "", str(record.get("reason", ""))]
+             f"{record.get('grad_accum')} | {format_gib(record.get('estimated_peak_bytes'))} | "
+             f"{format_gib(record.get('usable_bytes'))} |", "", str(record.get("reason", ""))]
     return "\n".join(lines) + "\n"
 
 
