@@ -13,8 +13,8 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
+from faithforge.core.progress import StageReporter
 from faithforge.generation import job
-from faithforge.generation import progress as progress_listeners
 from faithforge.backends.ollama import DEFAULT_OLLAMA_URL, release_ollama_gpu
 from faithforge.generation.parameters import GenerateParameters
 from faithforge.core.workspace import sha256_file
@@ -36,14 +36,16 @@ def plan_generation(params: GenerateParameters) -> dict[str, Any]:
 
 @task(name="generate-examples", cache_policy=NO_CACHE, persist_result=False)
 def generate_examples(params: GenerateParameters, plan: dict[str, Any]) -> dict[str, Any]:
-    """Fill the spec's targets; reports progress as a Prefect progress artifact and to in-process listeners."""
+    """Fill the spec's targets; reports progress as a Prefect progress artifact and to this process's progress
+    sinks (stage `job.PROGRESS_STAGE`)."""
     logger = get_run_logger()
     target_total = sum(plan["targets"].values())
     artifact_id = create_progress_artifact(progress=0.0, description=f"{plan['spec']}: examples stored of {target_total}")
     last = [0.0]
+    sinks = StageReporter(job.PROGRESS_STAGE)
 
     def on_progress(done: int, target: int) -> None:
-        progress_listeners.notify(done, target)
+        sinks.counts(done, target)
         now = time.monotonic()
         if now - last[0] >= PROGRESS_EVERY_S or done >= target:
             last[0] = now
@@ -51,7 +53,7 @@ def generate_examples(params: GenerateParameters, plan: dict[str, Any]) -> dict[
 
     def log(line: str) -> None:  # the run log, and whoever started the flow in this process (the CLI)
         logger.info(line)
-        progress_listeners.notify_message(line)
+        sinks.news(line)
 
     summary = job.generate(params, plan, on_progress, log=log)
     update_progress_artifact(artifact_id, progress=100.0 * summary.done_total / max(1, summary.target_total))

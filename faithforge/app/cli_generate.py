@@ -107,8 +107,8 @@ def generate(
 
 
 def _run(params: GenerateParameters, console: Console, *, prefect: bool, verbose: bool) -> dict:
+    from faithforge.core.progress import StageReporter, add_sink, remove_sink
     from faithforge.generation import job
-    from faithforge.generation import progress as listeners
 
     job.validate(params)  # bad input fails here, in one line, before a server or a flow starts
     columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
@@ -116,17 +116,19 @@ def _run(params: GenerateParameters, console: Console, *, prefect: bool, verbose
     with Progress(*columns, console=console, transient=False) as bar:
         task_id = bar.add_task(f"generating {Path(params.spec).stem}", total=None)
 
-        def on_progress(done: int, total: int) -> None:
-            bar.update(task_id, completed=done, total=total)
+        def sink(stage: str, done: int, total: int, message: str) -> None:
+            if stage != job.PROGRESS_STAGE:
+                return
+            if message:  # a line of news: printed above the bar, which stays where it is
+                bar.console.print(message, markup=False, highlight=False)
+            else:
+                bar.update(task_id, completed=done, total=total)
 
-        def log(line: str) -> None:
-            bar.console.print(line, markup=False, highlight=False)
-
-        if not prefect:
-            return job.run(params, on_progress, log)
-        listeners.add_listener(on_progress)
-        listeners.add_message_listener(log)
+        add_sink(sink)
         try:
+            if not prefect:
+                reporter = StageReporter(job.PROGRESS_STAGE)
+                return job.run(params, reporter.counts, reporter.news)
             from faithforge.app.prefect_settings import offline_environment
 
             offline_environment()
@@ -136,8 +138,7 @@ def _run(params: GenerateParameters, console: Console, *, prefect: bool, verbose
 
             return generate_flow(params)
         finally:
-            listeners.remove_listener(on_progress)
-            listeners.remove_message_listener(log)
+            remove_sink(sink)
 
 
 def _print_summary(console: Console, result: dict) -> None:

@@ -20,6 +20,9 @@ from faithforge.generation.runner import GenerationOptions, LogCallback, Progres
 from faithforge.generation.spec import GenerationSpec, load_spec
 from faithforge.generation.summary import GenerationSummary
 
+PROGRESS_STAGE = "generate"
+"""The stage a run's progress and news are reported under in `faithforge.core.progress` (flow and CLI)."""
+
 
 class GenerationFailed(UserError):
     """A run that stored none of the examples it still had to make (the message names the top reasons);
