@@ -66,10 +66,14 @@ def run_seed(seed: int, workspace: Path, config: dict) -> dict:
     stages = {st.stage: st for st in store.stages(run.id)}
     evaluation = stages["evaluate"].outputs
     report = json.loads((Path(evaluation["path"]) / "report.json").read_text())
+    split = evaluation.get("split", "test")
+    sources = {row["id"]: row["source"] for row in map(json.loads, Path(
+        stages["generate"].outputs["files"][split]).read_text().splitlines())}
     return {"seed": seed, "wall_s": wall, "stage_s": {k: stages[k].wall_seconds for k in STAGES if k in stages},
             "reused": [k for k in STAGES if k in stages and stages[k].reused],
             "split": evaluation.get("split", "test"), "items": evaluation["items"], "config": config,
-            "report": evaluation["path"], **summarize(report, seed)}
+            "report": evaluation["path"], **summarize(report, seed),
+            "attribution": rejudge(report, sources, seed)}
 
 
 def _answer_accuracy(model: dict) -> tuple[int, int]:
@@ -112,6 +116,31 @@ def summarize(report: dict, seed: int) -> dict:
     return out
 
 
+def rejudge(report: dict, sources: dict[str, str], seed: int) -> dict:
+    """Every model's answers judged again by the `grounded-qa` judge (faithforge/evaluation/attribution.py),
+    which also catches values attached to the wrong person: the pairs were chosen by the `grounding` judge, so
+    this shows whether training moved inventions into that judge's blind spot instead of removing them."""
+    from faithforge.evaluation.attribution import GroundedQaJudge
+
+    judge = GroundedQaJudge()
+    answers = {"before": report["comparison"]["before"]["items"], "dpo": report["comparison"]["after"]["items"]}
+    if report["control"]:
+        answers["control"] = report["control"]["after"]["items"]
+    flagged = {label: {i["id"]: float(judge.judge(sources[i["id"]], i["summary"], truncated=i["truncated"]).hallucinated)
+                       for i in items} for label, items in answers.items()}
+    ids = sorted(flagged["before"])
+    out = {"rates": {label: sum(v.values()) / len(v) for label, v in flagged.items()}, "n": len(ids)}
+    for label in [k for k in flagged if k != "before"]:
+        diff, low, high = paired_bootstrap([flagged["before"][i] for i in ids], [flagged[label][i] for i in ids],
+                                           samples=4000, seed=seed)
+        out[f"{label}_minus_before"] = {"difference": diff, "ci_low": low, "ci_high": high, "n": len(ids)}
+    if "control" in flagged:
+        diff, low, high = paired_bootstrap([flagged["control"][i] for i in ids], [flagged["dpo"][i] for i in ids],
+                                           samples=4000, seed=seed)
+        out["dpo_minus_control"] = {"difference": diff, "ci_low": low, "ci_high": high, "n": len(ids)}
+    return out
+
+
 def pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
@@ -139,6 +168,19 @@ def table(rows: list[dict]) -> str:
                                   for k in STAGES)
                      + f" | {rate('before')} | {rate('dpo')} | {rate('control')} | {diff(r['dpo_minus_before'])} | "
                      f"{diff(r.get('control_minus_before'))} | {diff(r.get('dpo_minus_control'))} | {accuracy} |")
+    lines += ["", "The same answers judged by `grounded-qa` (grounding + who-did-what):", "",
+              "| seed | before | after DPO | SFT control | Δ DPO−before [95% CI] | Δ control−before [95% CI] | "
+              "Δ DPO−control [95% CI] |", "|---|---|---|---|---|---|---|"]
+    for r in rows:
+        a = r["attribution"]
+
+        def diff2(key: str) -> str:
+            d = a.get(key)
+            return "–" if not d else f"{pct(d['difference'])} [{pct(d['ci_low'])}, {pct(d['ci_high'])}]"
+
+        lines.append(f"| {r['seed']} | {pct(a['rates']['before'])} | {pct(a['rates']['dpo'])} | "
+                     f"{pct(a['rates'].get('control'))} | {diff2('dpo_minus_before')} | {diff2('control_minus_before')} "
+                     f"| {diff2('dpo_minus_control')} |")
     calibration = next((c for c in rows[0]["calibration"].values() if c), None) if rows else None
     if calibration:
         lines.append("")

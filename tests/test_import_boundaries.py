@@ -16,7 +16,7 @@ LAYERS: dict[str, set[str]] = {
     "data": {"core"},
     "engine": {"core"},
     "backends": {"core", "data"},
-    "evaluation": {"core", "backends"},
+    "evaluation": {"core", "data", "backends"},
     "generation": {"core", "data", "backends", "evaluation"},
     "training": {"core", "data", "engine", "evaluation"},
     "offload": {"core"},
