@@ -243,12 +243,7 @@ class Generator:
         """Generate until every target is met, the limit is reached, or a stop condition fires."""
         o = self.options
         started = time.perf_counter()
-        self.db.register_worker(o.worker_id)
-        self.db.sync(self.spec, self.targets, o.seed)
-        reconcile(self.db, self.spec.name, self.out_dir, stale_after_s=max(o.claim_ttl_s, 60.0))
-        self.summary.done_before = self.summary.done_total = self.db.counts(self.spec.name).done
-        if self.on_progress:
-            self.on_progress(self.summary.done_total, self.summary.target_total)
+        self._prepare()
         pool = ThreadPoolExecutor(max_workers=o.batch_size) if o.batch_size > 1 else None
         consecutive_errors = 0
         prefetched: list[Claim] = []
@@ -258,43 +253,18 @@ class Generator:
                                 name=f"heartbeat-{o.worker_id}")
         beat.start()
         try:
-            while True:
-                if o.limit is not None and self.summary.generated >= o.limit:
-                    self.summary.stopped = "limit"
-                    break
-                if sum(self.summary.failures.values()) >= o.max_failures:
-                    self.summary.stopped = "max_failures"
-                    self.summary.message = f"{o.max_failures} failed attempts; see the quarantine folder"
-                    break
+            while not self._stop_condition():
                 want = o.batch_size if o.limit is None else min(o.batch_size, o.limit - self.summary.generated)
                 claims = prefetched or self.db.claim(self.spec.name, o.worker_id, want, o.claim_ttl_s)
                 prefetched = []
                 if not claims:
                     if o.wait_for_others and self.db.counts(self.spec.name).claimed > 0:
-                        if waiting_since is None:  # say so once per wait, naming who holds the slots
-                            waiting_since = time.monotonic()
-                            holders = self.db.holders(self.spec.name)
-                            longest = max(holders.values(), default=time.time()) - time.time()
-                            self.log(f"waiting for {len(holders)} other worker(s) that hold the remaining slots "
-                                     f"({', '.join(sorted(holders))}); a dead one's slots return within "
-                                     f"{max(0.0, longest):.0f} s, or at once if it ran on this machine")
-                        time.sleep(o.poll_s)
+                        waiting_since = self._wait_for_others(waiting_since)
                         continue
                     break
                 waiting_since = None
                 attempts = list(pool.map(self.attempt, claims)) if pool else [self.attempt(claims[0])]
-                fatal = next((a.error for a in attempts if a.error is not None and a.error.fatal), None)
-                if fatal is not None:
-                    self.db.release([a.claim for a in attempts])
-                    raise fatal
-                for i, att in enumerate(attempts):
-                    # single-example mode: the commit of this example also claims the next slot
-                    last = i == len(attempts) - 1 and o.batch_size == 1
-                    more = (last and consecutive_errors + (att.error is not None) < o.max_consecutive_backend_errors
-                            and (o.limit is None or self.summary.generated + 1 < o.limit)
-                            and sum(self.summary.failures.values()) + 1 < o.max_failures)
-                    prefetched = self.store(att, claim_next=1 if more else 0)
-                    consecutive_errors = consecutive_errors + 1 if att.error is not None else 0
+                prefetched, consecutive_errors = self._store_attempts(attempts, consecutive_errors)
                 if consecutive_errors >= o.max_consecutive_backend_errors:
                     self.summary.stopped = "backend_errors"
                     self.summary.message = f"{consecutive_errors} backend errors in a row; last: {attempts[-1].error}"
@@ -313,6 +283,59 @@ class Generator:
         self.summary.done_total = sum(self.summary.done_by_category.values())
         return self.summary
 
+    def _prepare(self) -> None:
+        """Register this worker, bring the slots in line with the spec and the files on disk, report the start."""
+        o = self.options
+        self.db.register_worker(o.worker_id)
+        self.db.sync(self.spec, self.targets, o.seed)
+        reconcile(self.db, self.spec.name, self.out_dir, stale_after_s=max(o.claim_ttl_s, 60.0))
+        self.summary.done_before = self.summary.done_total = self.db.counts(self.spec.name).done
+        if self.on_progress:
+            self.on_progress(self.summary.done_total, self.summary.target_total)
+
+    def _stop_condition(self) -> bool:
+        """True (with `summary.stopped` set) when the limit is reached or too many attempts failed."""
+        o = self.options
+        if o.limit is not None and self.summary.generated >= o.limit:
+            self.summary.stopped = "limit"
+            return True
+        if sum(self.summary.failures.values()) >= o.max_failures:
+            self.summary.stopped = "max_failures"
+            self.summary.message = f"{o.max_failures} failed attempts; see the quarantine folder"
+            return True
+        return False
+
+    def _wait_for_others(self, waiting_since: float | None) -> float:
+        """Sleep one poll while other workers hold the remaining slots; says so once per wait, naming who holds
+        them. Returns when this wait began."""
+        if waiting_since is None:
+            waiting_since = time.monotonic()
+            holders = self.db.holders(self.spec.name)
+            longest = max(holders.values(), default=time.time()) - time.time()
+            self.log(f"waiting for {len(holders)} other worker(s) that hold the remaining slots "
+                     f"({', '.join(sorted(holders))}); a dead one's slots return within "
+                     f"{max(0.0, longest):.0f} s, or at once if it ran on this machine")
+        time.sleep(self.options.poll_s)
+        return waiting_since
+
+    def _store_attempts(self, attempts: list[Attempt], consecutive_errors: int) -> tuple[list[Claim], int]:
+        """Store a batch's outcomes (a fatal backend error gives the slots back and is raised); returns the slots
+        claimed ahead and the backend errors in a row so far."""
+        o = self.options
+        fatal = next((a.error for a in attempts if a.error is not None and a.error.fatal), None)
+        if fatal is not None:
+            self.db.release([a.claim for a in attempts])
+            raise fatal
+        prefetched: list[Claim] = []
+        for i, att in enumerate(attempts):
+            # single-example mode: the commit of this example also claims the next slot
+            last = i == len(attempts) - 1 and o.batch_size == 1
+            more = (last and consecutive_errors + (att.error is not None) < o.max_consecutive_backend_errors
+                    and (o.limit is None or self.summary.generated + 1 < o.limit)
+                    and sum(self.summary.failures.values()) + 1 < o.max_failures)
+            prefetched = self.store(att, claim_next=1 if more else 0)
+            consecutive_errors = consecutive_errors + 1 if att.error is not None else 0
+        return prefetched, consecutive_errors
 
     def _heartbeat(self, stop: threading.Event) -> None:
         """Renew this worker's leases every `heartbeat_s` seconds until `stop` is set."""
