@@ -94,7 +94,7 @@ def build_onpolicy_pairs(
     the same model, sources and arguments give the same pairs. The model is used in eval mode and put back
     into the mode it was in.
     """
-    from faithforge.engine import PrefixCachedEngine, SamplingConfig
+    from faithforge.engine import SamplingConfig
     from faithforge.evaluation.judges import resolve_judge
 
     if k < 2:
@@ -107,58 +107,88 @@ def build_onpolicy_pairs(
     report = OnPolicyReport(sources=len(sources))
     if not sources:
         return [], report
-
-    was_training = model.training
-    model.eval()
-    try:
-        engine = PrefixCachedEngine(model, tokenizer, [{"role": "system", "content": system_prompt}])
-        prompts = [source for _, source, _ in sources for _ in range(k)]
-        results = engine.generate_batch(prompts, SamplingConfig(temperature=temperature, top_p=top_p, seed=seed,
-                                                                max_new_tokens=max_new_tokens), batch_size=batch_size)
-    finally:
-        model.train(was_training)
+    sampling = SamplingConfig(temperature=temperature, top_p=top_p, seed=seed, max_new_tokens=max_new_tokens)
+    results = _sample(model, tokenizer, [source for _, source, _ in sources for _ in range(k)], sampling,
+                      batch_size, system_prompt)
     report.samples = len(results)
 
     pairs: list[dict] = []
     seen: set[tuple[str, str, str]] = set()
     for index, (source_id, source, key_facts) in enumerate(sources):
-        candidates: dict[str, dict[str, Any]] = {}
-        for result in results[index * k: (index + 1) * k]:
-            text = " ".join(result.text.split())
-            if not text:
-                report.dropped_samples["empty summary"] += 1
-                continue
-            if text in candidates:
-                report.dropped_samples["duplicate summary"] += 1
-                continue
-            scored = score_summary(judge, source, text, key_facts, recall_weight)
-            if not scored["judgeable"]:
-                report.dropped_samples["judge could not decide"] += 1
-                continue
-            candidates[text] = scored
-        if len(candidates) < 2:
-            report.dropped_sources["fewer than 2 distinct judged summaries"] += 1
+        texts = [result.text for result in results[index * k: (index + 1) * k]]
+        candidates = _judged_candidates(judge, source, key_facts, texts, recall_weight, report)
+        picked = _best_and_worst(candidates, margin, report)
+        if picked is None:
             continue
-        ranked = sorted(candidates.items(), key=lambda item: item[1]["score"])
-        (worst, worst_score), (best, best_score) = ranked[0], ranked[-1]
-        if best_score["score"] - worst_score["score"] < margin:
-            report.dropped_sources[f"best and worst score differ by less than the margin {margin}"] += 1
-            continue
+        (best, best_score), (worst, worst_score) = picked
         key = (source, best, worst)
         if key in seen:
             report.dropped_sources["duplicate pair"] += 1
             continue
         seen.add(key)
-        pair_id = hashlib.sha256(f"{source_id}:{KIND}:{best}:{worst}".encode()).hexdigest()[:16]
-        pairs.append({
-            "id": pair_id, "source_id": source_id, "kind": KIND,
-            "prompt": prompt_messages(source) if system_prompt == SYSTEM_PROMPT else
-            [{"role": "system", "content": system_prompt}, {"role": "user", "content": source}],
-            "chosen": [{"role": "assistant", "content": best}],
-            "rejected": [{"role": "assistant", "content": worst}],
-        })
-        report.scores.append({"id": pair_id, "chosen": best_score, "rejected": worst_score})
+        pairs.append(_pair_row(source_id, source, best, worst, system_prompt))
+        report.scores.append({"id": pairs[-1]["id"], "chosen": best_score, "rejected": worst_score})
     report.built = len(pairs)
     if pairs:
         validate_pairs(pairs, "on-policy pairs")
     return pairs, report
+
+
+def _sample(model, tokenizer, prompts: list[str], sampling, batch_size: int, system_prompt: str) -> list:
+    """One generation per prompt through the prefix-cached engine, the model in eval mode (then put back)."""
+    from faithforge.engine import PrefixCachedEngine
+
+    was_training = model.training
+    model.eval()
+    try:
+        engine = PrefixCachedEngine(model, tokenizer, [{"role": "system", "content": system_prompt}])
+        return engine.generate_batch(prompts, sampling, batch_size=batch_size)
+    finally:
+        model.train(was_training)
+
+
+def _judged_candidates(judge, source: str, key_facts: list[str], texts: list[str], recall_weight: float,
+                       report: OnPolicyReport) -> dict[str, dict[str, Any]]:
+    """One source's distinct, judgeable summaries and their scores; the report counts the samples dropped."""
+    candidates: dict[str, dict[str, Any]] = {}
+    for raw in texts:
+        text = " ".join(raw.split())
+        if not text:
+            report.dropped_samples["empty summary"] += 1
+            continue
+        if text in candidates:
+            report.dropped_samples["duplicate summary"] += 1
+            continue
+        scored = score_summary(judge, source, text, key_facts, recall_weight)
+        if not scored["judgeable"]:
+            report.dropped_samples["judge could not decide"] += 1
+            continue
+        candidates[text] = scored
+    return candidates
+
+
+def _best_and_worst(candidates: dict[str, dict[str, Any]], margin: float, report: OnPolicyReport
+                    ) -> tuple[tuple[str, dict[str, Any]], tuple[str, dict[str, Any]]] | None:
+    """(best, worst) summaries with their scores, or None (the report says why) when there are fewer than two
+    or their scores differ by less than `margin`."""
+    if len(candidates) < 2:
+        report.dropped_sources["fewer than 2 distinct judged summaries"] += 1
+        return None
+    ranked = sorted(candidates.items(), key=lambda item: item[1]["score"])
+    worst, best = ranked[0], ranked[-1]
+    if best[1]["score"] - worst[1]["score"] < margin:
+        report.dropped_sources[f"best and worst score differ by less than the margin {margin}"] += 1
+        return None
+    return best, worst
+
+
+def _pair_row(source_id: str, source: str, best: str, worst: str, system_prompt: str) -> dict[str, Any]:
+    """One pair in the synthetic pairs' format (TRL conversational prompt/chosen/rejected, id, source_id, kind)."""
+    return {
+        "id": hashlib.sha256(f"{source_id}:{KIND}:{best}:{worst}".encode()).hexdigest()[:16],
+        "source_id": source_id, "kind": KIND,
+        "prompt": prompt_messages(source) if system_prompt == SYSTEM_PROMPT else
+        [{"role": "system", "content": system_prompt}, {"role": "user", "content": source}],
+        "chosen": [{"role": "assistant", "content": best}],
+        "rejected": [{"role": "assistant", "content": worst}],
+    }
