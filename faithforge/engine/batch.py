@@ -31,19 +31,41 @@ class BatchRunner:
 
     def run(self, rows: list[list[int]], sampling: SamplingConfig, generator: torch.Generator | None,
             return_logits: bool) -> list[GenerationResult]:
-        batch = len(rows)
         # Reuse what every row shares with the cached prefix, leaving each row at least one token to feed.
         shared = min(min(common_prefix_length(self.working.ids, r), len(r) - 1) for r in rows)
         suffixes = [r[shared:] for r in rows]
         width = max(len(s) for s in suffixes)
+        cache = self._batch_cache(len(rows), shared, shared + width + sampling.max_new_tokens)
+        input_ids, mask, positions = self._padded_inputs(suffixes, shared, width)
+        logits = None
+        for start in range(0, width, self.prefill_chunk):
+            end = min(width, start + self.prefill_chunk)
+            logits = forward_last_logits(self.model, cache, input_ids[:, start:end], mask[:, :shared + end],
+                                         positions[:, start:end])
+        next_pos = torch.tensor([shared + len(s) for s in suffixes], dtype=torch.long, device=self.device)
+        trackers, kept = self._decode(cache, logits, mask, next_pos, sampling, generator, return_logits)
+        return [
+            GenerationResult(text=t.final_text(), token_ids=t.token_ids, finish_reason=t.finish_reason,
+                             prompt_tokens=len(r), cached_tokens=shared,
+                             logits=torch.stack(kept[i]) if return_logits else None)
+            for i, (t, r) in enumerate(zip(trackers, rows))
+        ]
+
+    def _batch_cache(self, batch: int, shared: int, capacity: int):
+        """A fresh cache holding the first `shared` prefix positions for every row, with room for `capacity`."""
         cache = new_cache(self.model)
         for layer_idx, (k, v) in enumerate(self.working.prefix_views(shared)):
             k, v = k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1)
             layer = cache.layers[layer_idx]
             layer.lazy_initialization(k, v)
-            layer.reserve(k, shared + width + sampling.max_new_tokens)  # one allocation for the whole batch
+            layer.reserve(k, capacity)  # one allocation for the whole batch
             cache.update(k, v, layer_idx)
+        return cache
 
+    def _padded_inputs(self, suffixes: list[list[int]], shared: int, width: int
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Left-padded suffix ids, the attention mask over prefix + suffix, and each row's explicit positions."""
+        batch = len(suffixes)
         input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
         mask = torch.zeros(batch, shared + width, dtype=torch.long)
         mask[:, :shared] = 1
@@ -53,18 +75,18 @@ class BatchRunner:
             input_ids[i, pad:] = torch.tensor(suffix, dtype=torch.long)
             mask[i, shared + pad:] = 1
             positions[i, pad:] = torch.arange(shared, shared + len(suffix))
-        input_ids, mask, positions = input_ids.to(self.device), mask.to(self.device), positions.to(self.device)
+        return input_ids.to(self.device), mask.to(self.device), positions.to(self.device)
 
-        logits = None
-        for start in range(0, width, self.prefill_chunk):
-            end = min(width, start + self.prefill_chunk)
-            logits = forward_last_logits(self.model, cache, input_ids[:, start:end], mask[:, :shared + end],
-                                         positions[:, start:end])
-
-        trackers = [StopTracker(self.tokenizer, self.eos, self.stop, None, sampling.max_new_tokens) for _ in rows]
-        kept: list[list[torch.Tensor]] = [[] for _ in rows]
+    def _decode(self, cache, logits: torch.Tensor, mask: torch.Tensor, next_pos: torch.Tensor,
+                sampling: SamplingConfig, generator: torch.Generator | None, return_logits: bool
+                ) -> tuple[list[StopTracker], list[list[torch.Tensor]]]:
+        """Sample until every row stops, dropping finished rows from the batch; each row's tracker and, when
+        asked, the logits it sampled from."""
+        batch = int(mask.shape[0])
+        trackers = [StopTracker(self.tokenizer, self.eos, self.stop, None, sampling.max_new_tokens)
+                    for _ in range(batch)]
+        kept: list[list[torch.Tensor]] = [[] for _ in range(batch)]
         active = list(range(batch))  # original row index of each batch row still generating
-        next_pos = torch.tensor([shared + len(s) for s in suffixes], dtype=torch.long, device=self.device)
         while True:
             tokens = choose_tokens(logits, sampling, generator)
             still = []
@@ -74,7 +96,7 @@ class BatchRunner:
                 if trackers[row].push(int(tokens[j])) is None:
                     still.append(j)
             if not still:
-                break
+                return trackers, kept
             if len(still) < len(active):
                 keep = torch.tensor(still, dtype=torch.long, device=self.device)
                 cache.batch_select_indices(keep)
@@ -83,10 +105,3 @@ class BatchRunner:
             mask = torch.cat([mask, torch.ones(len(active), 1, dtype=mask.dtype, device=self.device)], dim=1)
             logits = forward_last_logits(self.model, cache, tokens.unsqueeze(1), mask, next_pos.unsqueeze(1))
             next_pos = next_pos + 1
-
-        return [
-            GenerationResult(text=t.final_text(), token_ids=t.token_ids, finish_reason=t.finish_reason,
-                             prompt_tokens=len(r), cached_tokens=shared,
-                             logits=torch.stack(kept[i]) if return_logits else None)
-            for i, (t, r) in enumerate(zip(trackers, rows))
-        ]
