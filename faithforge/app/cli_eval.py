@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 
 from faithforge.core.errors import UserError
+
+if TYPE_CHECKING:
+    from faithforge.evaluation.heldout import HeldOutCalibration
+    from faithforge.evaluation.verdict import Judge
 
 app = typer.Typer(help="Judge calibration and comparison of stored evaluations.", no_args_is_help=True)
 
@@ -45,21 +49,11 @@ def calibrate(
     """A judge's accuracy on labeled summaries: threshold chosen on one split, accuracy reported on the other."""
     from faithforge.evaluation.calibration import read_labels
     from faithforge.evaluation.heldout import calibrate_heldout, save_calibration
-    from faithforge.evaluation.judges import build_judges, judge_names
 
-    names = judge_names(judge)
-    if "nli" not in names and (checkpoint is not None or supported_label is not None or trust_remote_code):
-        raise UserError("--checkpoint, --supported-label and --trust-remote-code apply to --judge nli only")
-    options: dict[str, dict] = {}
-    if "nli" in names:  # build the judges first: a bad checkpoint fails before any labels are read
-        options["nli"] = {"checkpoint": checkpoint, "trust_remote_code": trust_remote_code}
-        if supported_label is not None:
-            options["nli"]["supported_label"] = supported_label
-    if "llm" in names:
-        from faithforge.backends import make_backend
-
-        options["llm"] = {"backend": make_backend(llm_backend, llm_model, base_url=llm_base_url)}
-    built = build_judges(names, options)
+    # build the judges first: a bad checkpoint fails before any labels are read
+    built = _calibration_judges(judge, checkpoint=checkpoint, supported_label=supported_label,
+                                trust_remote_code=trust_remote_code, llm_backend=llm_backend, llm_model=llm_model,
+                                llm_base_url=llm_base_url)
     examples = read_labels(labels)
     result = calibrate_heldout(built, examples, labels_path=labels, holdout=holdout, seed=split_seed)
     stored = None
@@ -70,6 +64,31 @@ def calibrate(
     if as_json:
         typer.echo(json.dumps({**result.to_dict(), "stored": str(stored) if stored else None}, indent=2))
         return
+    _print_calibration(result, stored)
+
+
+def _calibration_judges(judge: list[str], *, checkpoint: str | None, supported_label: int | None,
+                        trust_remote_code: bool, llm_backend: str, llm_model: str, llm_base_url: str | None) -> Judge:
+    """The judges `--judge` names, built with their options; nli-only options on other judges are an error."""
+    from faithforge.evaluation.judges import build_judges, judge_names
+
+    names = judge_names(judge)
+    if "nli" not in names and (checkpoint is not None or supported_label is not None or trust_remote_code):
+        raise UserError("--checkpoint, --supported-label and --trust-remote-code apply to --judge nli only")
+    options: dict[str, dict] = {}
+    if "nli" in names:
+        options["nli"] = {"checkpoint": checkpoint, "trust_remote_code": trust_remote_code}
+        if supported_label is not None:
+            options["nli"]["supported_label"] = supported_label
+    if "llm" in names:
+        from faithforge.backends import make_backend
+
+        options["llm"] = {"backend": make_backend(llm_backend, llm_model, base_url=llm_base_url)}
+    return build_judges(names, options)
+
+
+def _print_calibration(result: HeldOutCalibration, stored: Path | None) -> None:
+    """The calibration in words: thresholds, then precision/recall/specificity per subset, then where it is stored."""
     report = result.test
     typer.echo(f"judge {result.judge} ({result.checkpoint}): thresholds chosen on {result.validation} validation "
                f"labels, accuracy on {report.n} held-out labels ({report.unjudgeable} unjudgeable); "
