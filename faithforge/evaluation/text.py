@@ -279,44 +279,11 @@ def analyze(text: str) -> Analysis:
     i = 0
     while i < len(tokens):
         tok, sent = tokens[i], sentence_of[i]
-        is_word = tok.text[0].isalpha()
-        initial = is_word and sent not in seen_word_in_sentence
+        initial = tok.text[0].isalpha() and sent not in seen_word_in_sentence
         if tok.text[0].isalnum():
             seen_word_in_sentence.add(sent)
         capitalized = tok.text[0].isupper()
-        low = lowered[i]
-        kind: UnitKind
-        span_end = i + 1
-        if tok.text[0].isdigit():
-            key = _digit_key(tok.text)
-            kind, key = ("number", key) if key else ("word", low)
-        elif is_word and low in _ORDINAL_WORDS:
-            kind, key = "number", f"ord:{_ORDINAL_WORDS[low]}"
-        elif is_word and _number_word_kind(low.split("-")[0]) is not None or (
-                low == "a" and i + 1 < len(tokens) and lowered[i + 1] in _SCALES):
-            parsed = _parse_number_words(lowered, i)
-            if low == "one" and ((i and lowered[i - 1] in _ONE_PRONOUN_BEFORE)
-                                 or (i + 1 < len(tokens) and lowered[i + 1] in _ONE_PRONOUN_AFTER)):
-                parsed = None
-            if parsed is None:
-                kind, key = "word", stem(low)
-            else:
-                value, consumed = parsed
-                span_end = i + consumed
-                kind, key = "number", f"#{value}"
-        elif is_word and low in DAYS:
-            kind, key = "date", f"day:{low}"
-        elif is_word and low in MONTHS and (low not in _AMBIGUOUS_MONTHS or (capitalized and not initial)):
-            kind, key = "date", f"month:{low}"
-        elif is_word and low in RELATIVE_DAYS:
-            kind, key = "date", f"rel:{low}"
-        elif is_word and capitalized and low in _DATE_ABBREVIATIONS and not initial:
-            full = _DATE_ABBREVIATIONS[low]
-            kind, key = "date", (f"day:{full}" if full in DAYS else f"month:{full}")
-        elif is_word or tok.text.lower() in ("'s", "’s"):
-            kind, key = "word", stem(low)
-        else:
-            kind, key = "punct", tok.text
+        kind, key, span_end = _classify(tokens, lowered, i, initial=initial, capitalized=capitalized)
         end_tok = tokens[span_end - 1]
         units.append(Unit(kind=kind, key=key, text=text[tok.start:end_tok.end], start=tok.start,
                           end=end_tok.end, sentence=sent, capitalized=capitalized, sentence_initial=initial))
@@ -330,6 +297,41 @@ def analyze(text: str) -> Analysis:
     remap = {old: new for new, old in enumerate(sorted(spans))}
     units = [Unit(**{**u.__dict__, "sentence": remap[u.sentence]}) for u in units]
     return Analysis(text=text, units=tuple(units), sentence_spans=ordered)
+
+
+def _classify(tokens: list[Token], lowered: list[str], i: int, *, initial: bool, capitalized: bool
+              ) -> tuple[UnitKind, str, int]:
+    """(kind, key, end token index) of the unit starting at token `i`: a number (digits, ordinals, number
+    words, which may span several tokens), a date word, a stemmed word, or punctuation."""
+    tok, low = tokens[i], lowered[i]
+    is_word = tok.text[0].isalpha()
+    if tok.text[0].isdigit():
+        key = _digit_key(tok.text)
+        return ("number", key, i + 1) if key else ("word", low, i + 1)
+    if is_word and low in _ORDINAL_WORDS:
+        return "number", f"ord:{_ORDINAL_WORDS[low]}", i + 1
+    if is_word and _number_word_kind(low.split("-")[0]) is not None or (
+            low == "a" and i + 1 < len(tokens) and lowered[i + 1] in _SCALES):
+        parsed = _parse_number_words(lowered, i)
+        if low == "one" and ((i and lowered[i - 1] in _ONE_PRONOUN_BEFORE)
+                             or (i + 1 < len(tokens) and lowered[i + 1] in _ONE_PRONOUN_AFTER)):
+            parsed = None
+        if parsed is None:
+            return "word", stem(low), i + 1
+        value, consumed = parsed
+        return "number", f"#{value}", i + consumed
+    if is_word and low in DAYS:
+        return "date", f"day:{low}", i + 1
+    if is_word and low in MONTHS and (low not in _AMBIGUOUS_MONTHS or (capitalized and not initial)):
+        return "date", f"month:{low}", i + 1
+    if is_word and low in RELATIVE_DAYS:
+        return "date", f"rel:{low}", i + 1
+    if is_word and capitalized and low in _DATE_ABBREVIATIONS and not initial:
+        full = _DATE_ABBREVIATIONS[low]
+        return "date", (f"day:{full}" if full in DAYS else f"month:{full}"), i + 1
+    if is_word or tok.text.lower() in ("'s", "’s"):
+        return "word", stem(low), i + 1
+    return "punct", tok.text, i + 1
 
 
 def contains_sequence(haystack: list[str], needle: list[str]) -> bool:
