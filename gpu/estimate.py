@@ -47,7 +47,6 @@ RefStrategy = Literal["cached", "live"]
 ReferenceModel = Literal["adapters-disabled", "separate-copy"]
 Device = Literal["cuda", "cpu"]
 
-GIB = GiB_bytes  # an alias for callers that import it from here (bench/gpu_estimate.py); new code uses gpu.units
 CUDA_CONTEXT_BYTES = 512 * MiB_bytes
 ALLOCATOR_OVERHEAD_FRACTION = 0.10
 LINEAR_BYTES_PER_PARAM: dict[str, float] = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "nf4": 0.516}

@@ -8,8 +8,7 @@ import pytest
 
 from gpu.errors import UnknownProfileError
 from gpu.probe import Nvml, probe_nvml, read_snapshot
-
-GIB = 1 << 30
+from gpu.units import GiB_bytes as GIB
 
 
 class FakeNVMLError(Exception):
