@@ -74,11 +74,12 @@ def build_model(shape: dict, device: str):
 
         from faithforge.gpu_calibration.calibrate import build_random_model_dir
         from faithforge.training.modeling import load_for_plan
+        from gpu.planner import Plan
 
         config = json.loads(Path(shape["config"]).read_text())
         folder = build_random_model_dir(config, Path(tempfile.mkdtemp(prefix="dpo-step-")) / "model",
                                         init_device="cuda")
-        return load_for_plan(folder, {"stage": "train", "placement": "local", "precision": "nf4"})[0]
+        return load_for_plan(folder, Plan.manual("train", "local", precision="nf4"))[0]
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=shape["vocab"], hidden_size=shape["hidden"], num_hidden_layers=shape["layers"],
@@ -127,7 +128,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
     import torch
     from datasets import Dataset
 
-    from faithforge.training.dpo import dpo_config, run_dpo
+    from faithforge.training.dpo import DpoArguments, dpo_config, run_dpo
     from faithforge.training.modeling import attach_lora
     from faithforge.training.reference import ReferenceCache, cache_key, compute_reference_cache
     from faithforge.training.tiny_model import build_tokenizer
@@ -143,9 +144,10 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
                      "parameters": sum(p.numel() for p in model.parameters())}
     work = Path(tempfile.mkdtemp(prefix=f"dpo-bench-{variant}-"))
     steps = args.steps
-    settings = dict(steps=steps, micro_batch=shape["micro_batch"], grad_accum=1, learning_rate=1e-4, beta=0.1,
-                    max_length=shape["seq"], seed=0, checkpoint_every=steps + 1, gradient_checkpointing=on_gpu,
-                    optimizer="paged_adamw_8bit" if on_gpu else "adamw_torch", bf16=on_gpu)
+    settings = DpoArguments(output_dir=str(work / "run"), steps=steps, micro_batch=shape["micro_batch"], grad_accum=1,
+                            learning_rate=1e-4, beta=0.1, max_length=shape["seq"], seed=0,
+                            checkpoint_every=steps + 1, gradient_checkpointing=on_gpu,
+                            optimizer="paged_adamw_8bit" if on_gpu else "adamw_torch", bf16=on_gpu)
     timer = step_timer(args.warmup)
     if variant == "faithforge":
         key, components = cache_key(weights=f"bench-random-init-{args.shape}", tokenizer=tokenizer,
@@ -166,13 +168,13 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
                          gradient_checkpointing=on_gpu)
     started = time.perf_counter()
     if variant == "faithforge":
-        result = run_dpo(policy, tokenizer, pairs, reference, output_dir=str(work / "run"),
-                         guard_tolerance=2e-2 if on_gpu else 1e-3, extra_callbacks=[timer], **settings)
+        result = run_dpo(policy, tokenizer, pairs, reference, settings,
+                         guard_tolerance=2e-2 if on_gpu else 1e-3, extra_callbacks=[timer])
         losses = [h["loss"] for h in result["history"]]
     else:
         from trl import DPOTrainer
 
-        config = dpo_config(output_dir=str(work / "run"), precompute_ref_log_probs=False, **settings)
+        config = dpo_config(settings, precompute_ref_log_probs=False)
         columns = ["id", "prompt", "chosen", "rejected"]
         trainer = DPOTrainer(model=policy, args=config, processing_class=tokenizer, callbacks=[timer],
                              train_dataset=Dataset.from_list([{k: p[k] for k in columns} for p in pairs]))

@@ -61,7 +61,7 @@ def live_reference_steps_per_second(policy, tokenizer, pairs, seq: int, steps: i
     from transformers import TrainerCallback
     from trl import DPOTrainer
 
-    from faithforge.training.dpo import dpo_config, drop_reference_adapter
+    from faithforge.training.dpo import DpoArguments, dpo_config, drop_reference_adapter
 
     times: list[float] = []
 
@@ -72,9 +72,10 @@ def live_reference_steps_per_second(policy, tokenizer, pairs, seq: int, steps: i
         def on_step_end(self, args, state, control, **kwargs):  # noqa: ARG002
             times.append(time.perf_counter() - self.t)
 
-    args = dpo_config(output_dir=str(work), steps=steps, micro_batch=1, grad_accum=1, learning_rate=1e-4, beta=0.1,
-                      max_length=seq, seed=0, checkpoint_every=steps + 1, gradient_checkpointing=on_gpu,
-                      optimizer="paged_adamw_8bit" if on_gpu else "adamw_torch", bf16=on_gpu,
+    args = dpo_config(DpoArguments(output_dir=str(work), steps=steps, micro_batch=1, grad_accum=1, learning_rate=1e-4,
+                                   beta=0.1, max_length=seq, seed=0, checkpoint_every=steps + 1,
+                                   gradient_checkpointing=on_gpu,
+                                   optimizer="paged_adamw_8bit" if on_gpu else "adamw_torch", bf16=on_gpu),
                       precompute_ref_log_probs=False)
     columns = ["id", "prompt", "chosen", "rejected"]
     trainer = DPOTrainer(model=policy, args=args, processing_class=tokenizer, callbacks=[Timer()],
@@ -96,10 +97,11 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from faithforge.gpu_calibration.calibrate import build_random_model_dir, measure_peak, pairs_of_length
-    from faithforge.training.dpo import run_dpo
+    from faithforge.training.dpo import DpoArguments, run_dpo
     from faithforge.training.modeling import attach_lora, load_for_plan, load_tokenizer
     from faithforge.training.reference import ReferenceCache, cache_key, compute_reference_cache
     from gpu.model_shape import SHIPPED_CONFIGS_DIR, load_model_config
+    from gpu.planner import Plan
 
     on_gpu = not args.dry_run
     if on_gpu and not torch.cuda.is_available():
@@ -115,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     started = time.perf_counter()
     folder = build_random_model_dir(config, work / "model", init_device=device)
-    plan = {"stage": "train", "placement": "local" if on_gpu else "cpu", "precision": "nf4"}
+    plan = Plan.manual("train", "local" if on_gpu else "cpu", precision="nf4")
     base, loaded_on = load_for_plan(folder, plan)
     tokenizer = load_tokenizer(folder)
     policy = attach_lora(base, r=16, alpha=32, dropout=0.0, quantized=True, gradient_checkpointing=on_gpu)
@@ -135,10 +137,11 @@ def main(argv: list[str] | None = None) -> int:
                **predicted(config, name, seq, micro, "cuda" if on_gpu else "cpu")}
         try:
             with measure_peak(loaded_on) as peak:
-                result = run_dpo(policy, tokenizer, pairs, cache.load(), output_dir=str(work / f"run-{tag}"),
-                                 steps=steps, micro_batch=micro, grad_accum=1, learning_rate=1e-4, beta=0.1,
-                                 max_length=seq, seed=0, checkpoint_every=steps + 1, gradient_checkpointing=on_gpu,
-                                 optimizer="paged_adamw_8bit" if on_gpu else "adamw_torch", bf16=on_gpu)
+                result = run_dpo(policy, tokenizer, pairs, cache.load(), DpoArguments(
+                    output_dir=str(work / f"run-{tag}"), steps=steps, micro_batch=micro, grad_accum=1,
+                    learning_rate=1e-4, beta=0.1, max_length=seq, seed=0, checkpoint_every=steps + 1,
+                    gradient_checkpointing=on_gpu, optimizer="paged_adamw_8bit" if on_gpu else "adamw_torch",
+                    bf16=on_gpu))
             row.update(steps=result["steps"], first_loss=result["history"][0]["loss"], oom=False)
             del result
         except torch.OutOfMemoryError as exc:
@@ -188,10 +191,10 @@ def main(argv: list[str] | None = None) -> int:
         def on_step_end(self, a, s, c, **kw):  # noqa: ARG002
             times.append(time.perf_counter() - self.t)
 
-    run_dpo(policy, tokenizer, pairs, cache.load(), output_dir=str(work / "run-speed"), steps=args.speed_steps,
-            micro_batch=1, grad_accum=1, learning_rate=1e-4, beta=0.1, max_length=speed_seq, seed=0,
-            checkpoint_every=args.speed_steps + 1, gradient_checkpointing=on_gpu,
-            optimizer="paged_adamw_8bit" if on_gpu else "adamw_torch", bf16=on_gpu, extra_callbacks=[Timer()])
+    run_dpo(policy, tokenizer, pairs, cache.load(), DpoArguments(
+        output_dir=str(work / "run-speed"), steps=args.speed_steps, micro_batch=1, grad_accum=1, learning_rate=1e-4,
+        beta=0.1, max_length=speed_seq, seed=0, checkpoint_every=args.speed_steps + 1, gradient_checkpointing=on_gpu,
+        optimizer="paged_adamw_8bit" if on_gpu else "adamw_torch", bf16=on_gpu), extra_callbacks=[Timer()])
     cached = len(times[1:] or times) / sum(times[1:] or times)
     live = live_reference_steps_per_second(policy, tokenizer, pairs, speed_seq, args.speed_steps,
                                            work / "run-live", on_gpu)

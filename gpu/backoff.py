@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from typing import Callable, TypeVar
 
 from gpu.errors import OomBackoffExhausted
-from gpu.estimate import GIB
-from gpu.planner import Plan, with_batch
+from gpu.planner import Plan
+from gpu.units import format_gib
 
 T = TypeVar("T")
 OOM_CLASS_NAMES = ("OutOfMemoryError",)
@@ -87,16 +87,16 @@ def run_with_oom_backoff(step_fn: Callable[[Plan], T], plan: Plan, *, max_backof
             _free_cuda_cache()
             smaller = _smaller(current.batch_size)
             if attempt >= max_backoffs or smaller is None:
-                peak_text = "not measured" if peak is None else f"{peak / GIB:.2f} GiB"
+                peak_text = format_gib(peak, unknown="not measured")
                 raise OomBackoffExhausted(
                     f"{current.stage}: CUDA out of memory after {attempt} back-off(s) "
                     f"(plan: {current.model}, batch {current.batch_size} × accumulation {current.grad_accum}, "
-                    f"{current.max_tokens} tokens, estimated {current.estimated_peak_bytes / GIB:.2f} GiB; measured "
+                    f"{current.max_tokens} tokens, estimated {format_gib(current.estimated_peak_bytes)}; measured "
                     f"peak reserved {peak_text}); close other programs using the GPU, shorten the sequences, "
                     f"choose a smaller model, run `faithforge gpu calibrate`, or offload (gpu.offload_pool)"
                 ) from None
             attempt += 1
-            next_plan = with_batch(current, smaller, current.grad_accum * (current.batch_size // smaller))
+            next_plan = current.with_micro_batch(smaller, current.grad_accum * (current.batch_size // smaller))
             if on_backoff is not None:
                 on_backoff(BackoffEvent(attempt, current, next_plan, error, peak))
             current = next_plan

@@ -18,24 +18,27 @@ Rules:
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass
 from typing import Any, Iterator, Literal, Sequence, Union
+
+from pydantic import BaseModel, ConfigDict, Field
 
 from gpu.corrections import STAGES, Corrections
 from gpu.errors import PlanNotRunnableError
-from gpu.estimate import (GIB, Estimate, Optimizer, Quantization, ReferenceModel, estimate_full_finetune,
+from gpu.estimate import (Estimate, Optimizer, Quantization, ReferenceModel, estimate_full_finetune,
                           estimate_hf_generate, estimate_ollama, estimate_reference, estimate_train)
 from gpu.model_shape import ModelShape
 from gpu.ollama import OllamaModel
 from gpu.profiles import profile_snapshot
 from gpu.snapshot import GpuDevice, GpuSnapshot
+from gpu.units import GiB_bytes, format_gib
 
 Stage = Literal["generate", "reference", "train", "evaluate", "warm_start"]
 Placement = Literal["local", "cpu", "offload"]
 Policy = Literal["stay-local", "keep-model"]
 Candidate = Union[ModelShape, OllamaModel]
 
-MIN_MARGIN_BYTES = 1 * GIB
+MIN_MARGIN_BYTES = 1 * GiB_bytes
 MARGIN_FRACTION = 0.10
 DEFAULT_CPU_MAX_PARAMS = 1_000_000_000
 DEFAULT_OFFLOAD_PROFILE = "a100-40gb"
@@ -78,9 +81,15 @@ class StageRequest:
             raise ValueError(f"ref_strategy must be auto, live or cached, got {self.ref_strategy!r}")
 
 
-@dataclass(frozen=True)
-class Plan:
-    """The gate's decision for one stage. All memory numbers in bytes."""
+class Plan(BaseModel):
+    """The gate's decision for one stage. All memory numbers in bytes.
+
+    Frozen: a changed plan is a copy (`model_copy(update=...)`, `with_micro_batch`). Keys it does not know (the
+    gate record's `snapshot`, `skipped`, ...) are ignored by `Plan.model_validate`, so the full record the gate
+    writes reads back as the plan the stage starts with.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
 
     stage: str
     placement: Placement
@@ -105,7 +114,7 @@ class Plan:
     gpu_name: str | None = None
     offload_target: str | None = None
     correction_factor: float = 1.0
-    settings: dict[str, Any] = field(default_factory=dict)
+    settings: dict[str, Any] = Field(default_factory=dict)
     precision: str = "fp32"
     """How the stage loads the model's weights: `nf4` (4-bit NF4, bf16 compute), `bf16`, or `fp32` (CPU)."""
     gpu_uuid: str | None = None
@@ -115,7 +124,29 @@ class Plan:
     assumes; the request must send exactly this `num_ctx` (a different one makes Ollama reload the model)."""
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """The plan as JSON-able data (what the run store and the Prefect artifacts hold)."""
+        return self.model_dump(mode="json")
+
+    @property
+    def effective_batch(self) -> int:
+        """Micro-batch × gradient accumulation: what one optimizer step sees (train)."""
+        return self.batch_size * self.grad_accum
+
+    def with_micro_batch(self, batch_size: int, grad_accum: int) -> "Plan":
+        """A copy with a new micro-batch / accumulation: the batch a stage starts with, or the OOM back-off's."""
+        return self.model_copy(update={"batch_size": batch_size, "grad_accum": grad_accum})
+
+    @classmethod
+    def manual(cls, stage: str, placement: Placement = "cpu", *, precision: str = "fp32", batch_size: int = 1,
+               grad_accum: int = 1, reason: str = "", **fields: Any) -> "Plan":
+        """A hand-written plan (tests, benchmarks, calibration, a stage run without the gate): what it names,
+        neutral values for the rest (no estimate, nothing refused)."""
+        return cls(stage=stage, placement=placement, model=fields.pop("model", ""), batch_size=batch_size,
+                   grad_accum=grad_accum, max_tokens=fields.pop("max_tokens", 0),
+                   ref_strategy=fields.pop("ref_strategy", None), estimated_peak_bytes=0, usable_bytes=None,
+                   headroom_bytes=None, margin_bytes=0, breakdown={}, reason=reason, fits=True,
+                   policy=fields.pop("policy", "stay-local"), requested_batch_size=batch_size * grad_accum,
+                   requested_max_tokens=0, precision=precision, **fields)
 
 
 def margin_bytes(device: GpuDevice) -> int:
@@ -138,10 +169,6 @@ def _halving(start: int, floor: int = 1) -> list[int]:
 
 def _divisors_desc(n: int) -> list[int]:
     return [d for d in range(n, 0, -1) if n % d == 0]
-
-
-def _gib(n: int | None) -> str:
-    return "n/a" if n is None else f"{n / GIB:.2f} GiB"
 
 
 @dataclass(frozen=True)
@@ -279,63 +306,91 @@ def plan_stage(snapshot: GpuSnapshot, stage: Stage, candidates: Sequence[Candida
                corrections: Corrections | None = None, offload_snapshot: GpuSnapshot | None = None,
                cpu_max_params: int = DEFAULT_CPU_MAX_PARAMS, cpu_memory_bytes: int | None = None) -> Plan:
     """Plan one stage. `candidates`: models, preferred first (generate may list several tiers; the other
-    stages pass the one model they run). An empty list is allowed for generate only (template backend)."""
-    if stage not in STAGES:
-        raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
-    if policy not in ("stay-local", "keep-model"):
-        raise ValueError(f"policy must be stay-local or keep-model, got {policy!r}")
+    stages pass the one model they run). An empty list is allowed for generate only (template backend).
+
+    Tried in order: the local GPU with the most usable memory, then the CPU (small models), then offload."""
+    _check_stage_and_policy(stage, policy)
     if not candidates:
         if stage == "generate":
             return _template_plan(stage, request, policy)
         raise ValueError(f"stage {stage} needs a model to plan for")
     corrections = corrections or Corrections()
-    preferred = candidates[0]
+    pool = list(candidates) if policy == "stay-local" else [candidates[0]]
     device = _best_device(snapshot)
-    tried: list[str] = []
     if device is not None:
-        usable, margin = usable_bytes(device), margin_bytes(device)
-        where = (f"GPU {device.index} ({device.name}: {_gib(device.free_bytes)} free of {_gib(device.total_bytes)}, "
-                 f"{_gib(usable)} usable after a {_gib(margin)} safety margin)")
-        pool = list(candidates) if policy == "stay-local" else [preferred]
-        for model in pool:
-            factor = corrections.factor(device.name, model.name, stage)
-            found, smallest = _search(stage, model, request, usable, factor)
-            if found is not None:
-                changes = _changes(stage, found, request)
-                downgraded = model is not preferred
-                reason = (f"{stage} runs locally on {where} with {model.name}"
-                          + (f" instead of {preferred.name} (policy stay-local: the largest candidate that fits)"
-                             if downgraded else "")
-                          + f": estimated peak {_gib(_peak(found, factor))}"
-                          + (f" (× calibration {factor:.2f})" if factor != 1.0 else "")
-                          + (f", after {changes}" if changes else ", as requested")
-                          + (f"; {'; '.join(tried)}" if tried else "") + ".")
-                if stage == "train":
-                    reason += (f" Reference log-probs: {found.ref_strategy}"
-                               + (" (a live reference pass does not fit)" if found.ref_strategy == "cached"
-                                  and request.ref_strategy == "auto" else "") + ".")
-                return _make_plan(stage, "local", found, request, policy, usable=usable, margin=margin,
-                                  factor=factor, fits=True, reason=reason, device=device)
-            tried.append(f"{model.name} needs at least {_gib(_peak(smallest, factor))} even at its smallest "
-                         f"setting (batch {smallest.batch_size}, {smallest.max_tokens} tokens)")
-        local_note = f"Nothing fits on {where}: {'; '.join(tried)}."
+        plan, local_note = _plan_local(stage, device, pool, candidates[0], request, policy, corrections)
+        if plan is not None:
+            return plan
     else:
         local_note = f"No GPU is visible ({snapshot.note or snapshot.source})."
-
-    cpu_pool = list(candidates) if policy == "stay-local" else [preferred]
-    small = next((m for m in cpu_pool if m.total_params <= cpu_max_params), None)
+    small = next((m for m in pool if m.total_params <= cpu_max_params), None)
     if small is not None:
-        cpu_usable = None if cpu_memory_bytes is None else max(0, int(cpu_memory_bytes * 0.8))
-        found, smallest = _search(stage, small, request, cpu_usable if cpu_usable is not None else 1 << 62, 1.0, "cpu")
-        option = found or smallest
-        reason = (f"{local_note} {small.name} has {small.total_params / 1e6:.0f}M parameters (at most "
-                  f"{cpu_max_params / 1e6:.0f}M run on CPU), so {stage} runs on the CPU in fp32: estimated "
-                  f"{_gib(_peak(option, 1.0))}"
-                  + (f" of {_gib(cpu_usable)} usable RAM" if cpu_usable is not None else " (RAM not checked)") + ".")
-        return _make_plan(stage, "cpu", option, request, policy, usable=cpu_usable, margin=0, factor=1.0,
-                          fits=found is not None, reason=reason)
+        return _plan_cpu(stage, small, request, policy, local_note, cpu_max_params, cpu_memory_bytes)
+    return _plan_offload(stage, candidates[0], request, policy, local_note, corrections,
+                         offload_snapshot or profile_snapshot(DEFAULT_OFFLOAD_PROFILE), offload_target, cpu_max_params)
 
-    target_snapshot = offload_snapshot or profile_snapshot(DEFAULT_OFFLOAD_PROFILE)
+
+def _check_stage_and_policy(stage: str, policy: str) -> None:
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+    if policy not in ("stay-local", "keep-model"):
+        raise ValueError(f"policy must be stay-local or keep-model, got {policy!r}")
+
+
+def _plan_local(stage: str, device: GpuDevice, pool: list[Candidate], preferred: Candidate, request: StageRequest,
+                policy: Policy, corrections: Corrections) -> tuple[Plan | None, str]:
+    """(the local plan of the first model in `pool` that fits on `device`, or None; what was tried there)."""
+    usable, margin = usable_bytes(device), margin_bytes(device)
+    where = (f"GPU {device.index} ({device.name}: {format_gib(device.free_bytes)} free of "
+             f"{format_gib(device.total_bytes)}, {format_gib(usable)} usable after a {format_gib(margin)} safety margin)")
+    tried: list[str] = []
+    for model in pool:
+        factor = corrections.factor(device.name, model.name, stage)
+        found, smallest = _search(stage, model, request, usable, factor)
+        if found is not None:
+            reason = _local_reason(stage, where, model, preferred, found, factor, request, tried)
+            return _make_plan(stage, "local", found, request, policy, usable=usable, margin=margin, factor=factor,
+                              fits=True, reason=reason, device=device), ""
+        tried.append(f"{model.name} needs at least {format_gib(_peak(smallest, factor))} even at its smallest "
+                     f"setting (batch {smallest.batch_size}, {smallest.max_tokens} tokens)")
+    return None, f"Nothing fits on {where}: {'; '.join(tried)}."
+
+
+def _local_reason(stage: str, where: str, model: Candidate, preferred: Candidate, found: _Option, factor: float,
+                  request: StageRequest, tried: list[str]) -> str:
+    changes = _changes(stage, found, request)
+    reason = (f"{stage} runs locally on {where} with {model.name}"
+              + (f" instead of {preferred.name} (policy stay-local: the largest candidate that fits)"
+                 if model is not preferred else "")
+              + f": estimated peak {format_gib(_peak(found, factor))}"
+              + (f" (× calibration {factor:.2f})" if factor != 1.0 else "")
+              + (f", after {changes}" if changes else ", as requested")
+              + (f"; {'; '.join(tried)}" if tried else "") + ".")
+    if stage == "train":
+        reason += (f" Reference log-probs: {found.ref_strategy}"
+                   + (" (a live reference pass does not fit)" if found.ref_strategy == "cached"
+                      and request.ref_strategy == "auto" else "") + ".")
+    return reason
+
+
+def _plan_cpu(stage: str, small: Candidate, request: StageRequest, policy: Policy, local_note: str,
+              cpu_max_params: int, cpu_memory_bytes: int | None) -> Plan:
+    """`small` (at most `cpu_max_params` parameters) on the CPU in fp32, within 80 % of the RAM when it is known."""
+    cpu_usable = None if cpu_memory_bytes is None else max(0, int(cpu_memory_bytes * 0.8))
+    found, smallest = _search(stage, small, request, cpu_usable if cpu_usable is not None else 1 << 62, 1.0, "cpu")
+    option = found or smallest
+    reason = (f"{local_note} {small.name} has {small.total_params / 1e6:.0f}M parameters (at most "
+              f"{cpu_max_params / 1e6:.0f}M run on CPU), so {stage} runs on the CPU in fp32: estimated "
+              f"{format_gib(_peak(option, 1.0))}"
+              + (f" of {format_gib(cpu_usable)} usable RAM" if cpu_usable is not None else " (RAM not checked)") + ".")
+    return _make_plan(stage, "cpu", option, request, policy, usable=cpu_usable, margin=0, factor=1.0,
+                      fits=found is not None, reason=reason)
+
+
+def _plan_offload(stage: str, preferred: Candidate, request: StageRequest, policy: Policy, local_note: str,
+                  corrections: Corrections, target_snapshot: GpuSnapshot, offload_target: str | None,
+                  cpu_max_params: int) -> Plan:
+    """The preferred model offloaded to `offload_target`, sized for the best GPU of `target_snapshot`."""
     remote = _best_device(target_snapshot)
     if remote is None:
         raise ValueError("offload_snapshot must describe at least one GPU")
@@ -347,7 +402,7 @@ def plan_stage(snapshot: GpuSnapshot, stage: Stage, candidates: Sequence[Candida
               else "would have to be offloaded, but no offload pool is configured;")
     reason = (f"{local_note} {preferred.name} is too large for the CPU (over {cpu_max_params / 1e6:.0f}M "
               f"parameters), so {stage} {target} sized for {remote.name} "
-              f"({_gib(r_usable)} usable): estimated peak {_gib(_peak(option, factor))}"
+              f"({format_gib(r_usable)} usable): estimated peak {format_gib(_peak(option, factor))}"
               + (f" after {_changes(stage, option, request)}" if found and _changes(stage, option, request) else "")
               + ("" if found else "; it does not fit there either") + ".")
     if offload_target is None:
@@ -360,20 +415,15 @@ def require_runnable(plan: Plan) -> Plan:
     """Return `plan` if it can run; else raise `PlanNotRunnableError` with the ways out."""
     if plan.placement == "offload" and plan.offload_target is None:
         raise PlanNotRunnableError(
-            f"{plan.stage}: {plan.model} needs ~{_gib(plan.estimated_peak_bytes)} of GPU memory and does not fit on "
+            f"{plan.stage}: {plan.model} needs ~{format_gib(plan.estimated_peak_bytes)} of GPU memory and does not fit on "
             f"this machine; choose a smaller model, or configure the A100 pool: gpu.offload_pool "
             f"(e.g. FAITHFORGE_GPU__OFFLOAD_POOL=a100)"
         )
     if not plan.fits:
         where = {"local": "this GPU", "cpu": "this machine's RAM", "offload": f"the offload pool {plan.offload_target}"}
         raise PlanNotRunnableError(
-            f"{plan.stage}: {plan.model} needs ~{_gib(plan.estimated_peak_bytes)} even at batch {plan.batch_size}, "
-            f"more than {where[plan.placement]} offers ({_gib(plan.usable_bytes)}); choose a smaller model, shorter "
+            f"{plan.stage}: {plan.model} needs ~{format_gib(plan.estimated_peak_bytes)} even at batch {plan.batch_size}, "
+            f"more than {where[plan.placement]} offers ({format_gib(plan.usable_bytes, unknown='n/a')}); choose a smaller model, shorter "
             f"sequences, or a larger GPU"
         )
     return plan
-
-
-def with_batch(plan: Plan, batch_size: int, grad_accum: int) -> Plan:
-    """A copy of `plan` with a new micro-batch / accumulation (used by the OOM back-off)."""
-    return replace(plan, batch_size=batch_size, grad_accum=grad_accum)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 
 import torch
-from test_dpo_support import TRAIN, build_cache, lora_policy, lora_state, make_pairs
+from test_dpo_support import build_cache, dpo_args, lora_policy, lora_state, make_pairs
 
 from faithforge.training.dpo import dpo_config, run_dpo
 
@@ -20,8 +20,8 @@ def test_reference_cache_equals_trl_compute_ref_log_probs(tiny_model_dir, tmp_pa
     cache, _ = build_cache(tiny_model_dir, pairs, tmp_path / "cache", shard_size=3, max_length=40)
     cached = cache.load()
     policy, tokenizer = lora_policy(tiny_model_dir)
-    args = dpo_config(output_dir=str(tmp_path / "trl"), steps=1, max_length=40, checkpoint_every=100,
-                      precompute_ref_log_probs=False, **TRAIN)
+    args = dpo_config(dpo_args(tmp_path / "trl", steps=1, max_length=40, checkpoint_every=100),
+                      precompute_ref_log_probs=False)
     columns = ["id", "prompt", "chosen", "rejected"]
     trainer = DPOTrainer(model=policy, args=args, processing_class=tokenizer,
                          train_dataset=Dataset.from_list([{k: p[k] for k in columns} for p in pairs]))
@@ -31,9 +31,9 @@ def test_reference_cache_equals_trl_compute_ref_log_probs(tiny_model_dir, tmp_pa
     chosen, rejected = trainer.compute_ref_log_probs(policy, batch)
     for row, pair_id in enumerate(dataset["id"]):
         ours = cached[pair_id]
-        assert abs(ours[0] - float(chosen[row])) < 1e-5, pair_id
-        assert abs(ours[1] - float(rejected[row])) < 1e-5, pair_id
-    ours_tokens = [(cached[i][2], cached[i][3]) for i in dataset["id"]]
+        assert abs(ours.chosen_logps - float(chosen[row])) < 1e-5, pair_id
+        assert abs(ours.rejected_logps - float(rejected[row])) < 1e-5, pair_id
+    ours_tokens = [(cached[i].chosen_tokens, cached[i].rejected_tokens) for i in dataset["id"]]
     counts = batch["completion_mask"][:, 1:].sum(-1).tolist()
     assert ours_tokens == list(zip(counts[: len(dataset)], counts[len(dataset):]))
 
@@ -46,12 +46,12 @@ def test_cached_reference_training_equals_live_reference_training(tiny_model_dir
     cache, _ = build_cache(tiny_model_dir, pairs, tmp_path / "cache", shard_size=4)
 
     ours_model, tokenizer = lora_policy(tiny_model_dir, seed=3)
-    ours = run_dpo(ours_model, tokenizer, pairs, cache.load(), output_dir=str(tmp_path / "ours"), steps=STEPS,
-                   max_length=None, checkpoint_every=100, **TRAIN)
+    ours = run_dpo(ours_model, tokenizer, pairs, cache.load(),
+                   dpo_args(tmp_path / "ours", steps=STEPS, max_length=None, checkpoint_every=100))
 
     live_model, tokenizer = lora_policy(tiny_model_dir, seed=3)
-    args = dpo_config(output_dir=str(tmp_path / "live"), steps=STEPS, max_length=None, checkpoint_every=100,
-                      precompute_ref_log_probs=False, **TRAIN)
+    args = dpo_config(dpo_args(tmp_path / "live", steps=STEPS, max_length=None, checkpoint_every=100),
+                      precompute_ref_log_probs=False)
     columns = ["id", "prompt", "chosen", "rejected"]
     live = DPOTrainer(model=live_model, args=args, processing_class=tokenizer,
                       train_dataset=Dataset.from_list([{k: p[k] for k in columns} for p in pairs]))

@@ -10,8 +10,10 @@ import pytest
 
 from test_dpo_support import make_pairs
 
+from gpu.planner import Plan
+
 pytestmark = pytest.mark.filterwarnings("ignore")
-NF4_PLAN = {"stage": "train", "placement": "cpu", "precision": "nf4", "batch_size": 2, "grad_accum": 1}
+NF4_PLAN = Plan.manual("train", "cpu", precision="nf4", batch_size=2, grad_accum=1)
 
 
 def _nf4_policy(model_dir):
@@ -41,11 +43,11 @@ def _reference(model_dir, pairs, directory):
 
 
 def _train(policy, tokenizer, pairs, reference, out, *, steps, micro_batch=2, grad_accum=1, callbacks=None):
-    from faithforge.training.dpo import run_dpo
+    from faithforge.training.dpo import DpoArguments, run_dpo
 
-    return run_dpo(policy, tokenizer, pairs, reference, output_dir=str(out), steps=steps, micro_batch=micro_batch,
-                   grad_accum=grad_accum, learning_rate=5e-3, beta=0.1, max_length=None, seed=7,
-                   checkpoint_every=2, extra_callbacks=callbacks)
+    return run_dpo(policy, tokenizer, pairs, reference, DpoArguments(
+        output_dir=str(out), steps=steps, micro_batch=micro_batch, grad_accum=grad_accum, learning_rate=5e-3,
+        beta=0.1, max_length=None, seed=7, checkpoint_every=2), extra_callbacks=callbacks)
 
 
 def test_nf4_reference_cache_key_names_the_compute_dtype_and_training_passes_the_step0_check(tiny_model_dir,
@@ -68,8 +70,7 @@ def test_nf4_reference_cache_key_names_the_compute_dtype_and_training_passes_the
 def test_oom_inside_a_training_step_backs_off_and_retries_on_the_same_model(tiny_model_dir, tmp_path):
     import torch
 
-    from faithforge.training.dpo import run_dpo
-    from faithforge.stages.gate import plan_from_record
+    from faithforge.training.dpo import DpoArguments, run_dpo
     from gpu import run_with_oom_backoff
 
     pairs = make_pairs(6)
@@ -93,13 +94,13 @@ def test_oom_inside_a_training_step_backs_off_and_retries_on_the_same_model(tiny
     events = []
 
     def attempt(plan):
-        out = run_dpo(policy, tokenizer, pairs, reference, output_dir=str(tmp_path / "run"), steps=4,
-                      micro_batch=plan.batch_size, grad_accum=plan.grad_accum, learning_rate=5e-3, beta=0.1,
-                      max_length=None, seed=7, checkpoint_every=2, extra_callbacks=[StepWatch()])
+        out = run_dpo(policy, tokenizer, pairs, reference, DpoArguments(
+            output_dir=str(tmp_path / "run"), steps=4, micro_batch=plan.batch_size, grad_accum=plan.grad_accum,
+            learning_rate=5e-3, beta=0.1, max_length=None, seed=7, checkpoint_every=2), extra_callbacks=[StepWatch()])
         return {**out, "micro_batch": plan.batch_size, "grad_accum": plan.grad_accum}
 
     try:
-        result = run_with_oom_backoff(attempt, plan_from_record({**NF4_PLAN}, 2, 1), on_backoff=events.append)
+        result = run_with_oom_backoff(attempt, NF4_PLAN.with_micro_batch(2, 1), on_backoff=events.append)
     finally:
         hook.remove()
     assert fired and len(events) == 1
@@ -113,7 +114,7 @@ def test_a_nan_loss_stops_the_run(tiny_model_dir, tmp_path):
 
     pairs = make_pairs(4)
     reference, _ = _reference(tiny_model_dir, pairs, tmp_path / "ref")
-    broken = {k: (float("nan"), v[1], v[2], v[3]) for k, v in reference.items()}
+    broken = {k: v._replace(chosen_logps=float("nan")) for k, v in reference.items()}
     policy, tokenizer = _nf4_policy(tiny_model_dir)
     with pytest.raises(ReferenceMismatchError, match="non-finite"):
         _train(policy, tokenizer, pairs, broken, tmp_path / "run", steps=2)

@@ -16,6 +16,13 @@ REPO = Path(__file__).resolve().parents[1]
 TRAIN = dict(micro_batch=2, grad_accum=1, learning_rate=5e-3, beta=0.1, seed=7)
 
 
+def dpo_args(output_dir: str | Path, **settings):
+    """The DPO arguments these tests train with (`TRAIN`), with `settings` on top."""
+    from faithforge.training.dpo import DpoArguments
+
+    return DpoArguments(output_dir=str(output_dir), **{**TRAIN, **settings})
+
+
 def make_pairs(count: int, seed: int = 0) -> list[dict]:
     """Synthetic pairs from `count` teacher examples (every example gives a hallucination pair, some an omission)."""
     pairs, _ = build_synthetic_pairs(generate_split("train", count, seed, 0.5), omission_share=1.0, seed=seed)

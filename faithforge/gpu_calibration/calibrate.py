@@ -196,16 +196,16 @@ def run_real_stage(stage: str, policy: Any, tokenizer: Any, *, seq_len: int, bat
         with measure_peak(device) as measured:
             compute_reference_cache(policy, tokenizer, data, cache, batch_size=batch_size, max_length=seq_len)
         return {"stage": stage, **measured.to_dict()}
-    from faithforge.training.dpo import run_dpo
+    from faithforge.training.dpo import DpoArguments, run_dpo
 
     with policy.disable_adapter():  # the reference is the base: adapters off (LoRA B = 0 gives the same numbers)
         compute_reference_cache(policy, tokenizer, data, cache, batch_size=batch_size, max_length=seq_len)
     on_gpu = device == "cuda"
     with measure_peak(device) as measured:
-        result = run_dpo(policy, tokenizer, data, cache.load(), output_dir=str(work / "run"), steps=steps,
-                         micro_batch=batch_size, grad_accum=1, learning_rate=1e-4, beta=0.1, max_length=seq_len,
-                         seed=0, checkpoint_every=steps + 1, gradient_checkpointing=on_gpu,
-                         optimizer="paged_adamw_8bit" if on_gpu else "adamw_torch", bf16=on_gpu)
+        result = run_dpo(policy, tokenizer, data, cache.load(), DpoArguments(
+            output_dir=str(work / "run"), steps=steps, micro_batch=batch_size, grad_accum=1, learning_rate=1e-4,
+            beta=0.1, max_length=seq_len, seed=0, checkpoint_every=steps + 1, gradient_checkpointing=on_gpu,
+            optimizer="paged_adamw_8bit" if on_gpu else "adamw_torch", bf16=on_gpu))
     return {"stage": stage, "steps": result["steps"], **measured.to_dict()}
 
 
@@ -218,10 +218,11 @@ def measure_stage(config: Mapping[str, Any], stage: str, *, precision: str, seq_
     import tempfile
 
     from faithforge.training.modeling import attach_lora, load_for_plan, load_tokenizer
+    from gpu.planner import Plan
 
     with tempfile.TemporaryDirectory(prefix="ff-calibrate-", dir=workdir) as tmp:
         folder = build_random_model_dir(config, Path(tmp) / "model", init_device=device)
-        plan = {"stage": stage, "placement": "local" if device == "cuda" else "cpu", "precision": precision}
+        plan = Plan.manual(stage, "local" if device == "cuda" else "cpu", precision=precision)
         model, loaded_on = load_for_plan(folder, plan)
         tokenizer = load_tokenizer(folder)
         if stage == "train":

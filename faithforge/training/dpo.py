@@ -14,11 +14,55 @@ and the run stops. A loss stuck at ln 2 after warm-up is flagged.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass, replace
 from typing import Any
 
 from faithforge.core.errors import UserError
+from faithforge.training.reference import ReferenceLogpsByPair
 
 LN2 = math.log(2.0)
+
+
+@dataclass(frozen=True)
+class DpoArguments:
+    """How one DPO run trains: everything `run_dpo` and `dpo_config` need besides the model and the data.
+
+    The batch is `micro_batch` pairs per forward × `grad_accum` forwards per optimizer step; `effective_batch`
+    (their product) is what one step sees, and what the OOM back-off keeps (`with_micro_batch`).
+    """
+
+    output_dir: str
+    """Where checkpoints go (`checkpoint-N`); a rerun resumes from the newest complete one."""
+    steps: int
+    """Optimizer steps."""
+    micro_batch: int
+    """Pairs per forward/backward pass (`per_device_train_batch_size`)."""
+    grad_accum: int
+    """Forward/backward passes per optimizer step (`gradient_accumulation_steps`)."""
+    learning_rate: float
+    beta: float
+    """DPO's β: how far the policy may move from the reference."""
+    max_length: int | None
+    """Prompt + completion tokens per sequence (TRL cuts with `keep_start`); None: no cut."""
+    seed: int
+    checkpoint_every: int
+    """Steps between checkpoints (`save_steps`)."""
+    gradient_checkpointing: bool = False
+    optimizer: str = "adamw_torch"
+    """A transformers `optim` name (`paged_adamw_8bit` on a GPU)."""
+    bf16: bool = False
+    """Train under bf16 autocast (CUDA)."""
+    sft_weight: float = 0.0
+    """> 0 adds an NLL term on the chosen completions (TRL's `loss_type=["sigmoid", "sft"]`, the RPO objective)."""
+
+    @property
+    def effective_batch(self) -> int:
+        """Pairs per optimizer step: `micro_batch` × `grad_accum`."""
+        return self.micro_batch * self.grad_accum
+
+    def with_micro_batch(self, micro_batch: int, grad_accum: int) -> "DpoArguments":
+        """A copy with another micro-batch × accumulation (the plan a stage starts with, or the OOM back-off's)."""
+        return replace(self, micro_batch=micro_batch, grad_accum=grad_accum)
 
 
 class ReferenceMismatchError(UserError):
@@ -42,7 +86,7 @@ def make_trainer_class():
     class CachedReferenceDPOTrainer(DPOTrainer):
         """`DPOTrainer` whose reference log-probs come from a `ReferenceCache`, never from a forward pass."""
 
-        def __init__(self, *args: Any, reference_logps: dict[str, tuple[float, float, int, int]], **kwargs: Any):
+        def __init__(self, *args: Any, reference_logps: ReferenceLogpsByPair, **kwargs: Any):
             self._cached_reference = reference_logps
             model = kwargs.get("model")
             # TRL adds a frozen copy of the adapter named `ref` to a PeftModel passed without a peft_config
@@ -68,7 +112,8 @@ def make_trainer_class():
                     "built for other pairs; run the reference stage for these pairs")
             mode, max_length = self.args.truncation_mode, self.args.max_length
             for row, pair_id in enumerate(ids):
-                _, _, chosen_tokens, rejected_tokens = self._cached_reference[pair_id]
+                cached = self._cached_reference[pair_id]
+                chosen_tokens, rejected_tokens = cached.chosen_tokens, cached.rejected_tokens
                 prompt_len = len(dataset[row]["prompt_ids"])
                 want = (expected_completion_tokens(prompt_len, len(dataset[row]["chosen_ids"]), max_length, mode),
                         expected_completion_tokens(prompt_len, len(dataset[row]["rejected_ids"]), max_length, mode))
@@ -77,8 +122,8 @@ def make_trainer_class():
                         f"pair {pair_id}: the cache scored {chosen_tokens}/{rejected_tokens} completion tokens but "
                         f"training tokenizes {want[0]}/{want[1]}: the cache was built with another tokenizer, chat "
                         "template or max length; rerun the reference stage")
-            chosen = [float(self._cached_reference[i][0]) for i in ids]
-            rejected = [float(self._cached_reference[i][1]) for i in ids]
+            chosen = [float(self._cached_reference[i].chosen_logps) for i in ids]
+            rejected = [float(self._cached_reference[i].rejected_logps) for i in ids]
             return dataset.add_column("ref_chosen_logps", chosen).add_column("ref_rejected_logps", rejected)
 
     return CachedReferenceDPOTrainer
@@ -169,62 +214,52 @@ def make_guard_callback(tolerance: float, stuck_after_steps: int, stuck_toleranc
     return ReferenceGuard()
 
 
-def run_dpo(
-    model,
-    tokenizer,
-    train_pairs: list[dict],
-    reference_logps: dict[str, tuple[float, float, int, int]],
-    *,
-    output_dir: str,
-    steps: int,
-    micro_batch: int,
-    grad_accum: int,
-    learning_rate: float,
-    beta: float,
-    max_length: int | None,
-    seed: int,
-    checkpoint_every: int,
-    gradient_checkpointing: bool = False,
-    optimizer: str = "adamw_torch",
-    bf16: bool = False,
-    guard_tolerance: float | None = None,
-    sft_weight: float = 0.0,
-    extra_callbacks: list | None = None,
-) -> dict[str, Any]:
+def run_dpo(model, tokenizer, train_pairs: list[dict], reference_logps: ReferenceLogpsByPair, args: DpoArguments, *,
+            guard_tolerance: float | None = None, extra_callbacks: list | None = None) -> dict[str, Any]:
     """Train LoRA adapters already attached to `model` (a peft model) with cached reference log-probs.
 
-    Resumes from the newest checkpoint in `output_dir` if there is one; a checkpoint that already holds `steps`
-    steps is loaded, not trained further (the adapter has exactly `steps` steps). Returns the step log and flags.
-    `guard_tolerance=None` scales the step-0 check to the compute dtype and completion length
-    (`step0_tolerance`).
-    `sft_weight` > 0 adds an NLL term on the chosen completions (TRL's `loss_type=["sigmoid", "sft"]`, the
-    RPO objective), which keeps DPO from lowering the likelihood of the faithful summary itself.
-    """
-    from datasets import Dataset
+    Resumes from the newest checkpoint in `args.output_dir` if there is one; a checkpoint that already holds
+    `args.steps` steps is loaded, not trained further (the adapter has exactly `steps` steps). Returns the step log
+    and flags. `guard_tolerance=None` scales the step-0 check to the compute dtype and completion length
+    (`step0_tolerance`). `args.sft_weight` > 0 adds an NLL term on the chosen completions, which keeps DPO from
+    lowering the likelihood of the faithful summary itself.
 
-    args = dpo_config(
-        output_dir=output_dir, steps=steps, micro_batch=micro_batch, grad_accum=grad_accum,
-        learning_rate=learning_rate, beta=beta, max_length=max_length, seed=seed, checkpoint_every=checkpoint_every,
-        gradient_checkpointing=gradient_checkpointing, optimizer=optimizer, bf16=bf16, sft_weight=sft_weight,
-    )
-    remember_or_restore_initial_adapter(model, output_dir)
+    Steps: set up the trainer (with the reference guard) → train (or load the finished run) → the step log.
+    """
+    remember_or_restore_initial_adapter(model, args.output_dir)
+    trainer, guard = _setup_trainer(model, tokenizer, train_pairs, reference_logps, args, guard_tolerance,
+                                    extra_callbacks)
+    last = _train_or_load(trainer, tokenizer, args)
+    return _training_result(trainer, guard, last)
+
+
+def _setup_trainer(model, tokenizer, train_pairs: list[dict], reference_logps: ReferenceLogpsByPair,
+                   args: DpoArguments, guard_tolerance: float | None, extra_callbacks: list | None):
+    """The cached-reference trainer over `train_pairs` and its step-0 / stuck-at-ln 2 guard."""
+    from datasets import Dataset
+    from transformers.trainer_callback import PrinterCallback
+
     columns = ["id", "prompt", "chosen", "rejected"]
     dataset = Dataset.from_list([{k: p[k] for k in columns} for p in train_pairs])
     if guard_tolerance is None:
-        guard_tolerance = step0_tolerance(training_dtype(model, bf16), beta, mean_completion_tokens(reference_logps))
-    guard = make_guard_callback(guard_tolerance, stuck_after_steps=max(10, steps // 5), pure_dpo=sft_weight == 0)
-    trainer_cls = make_trainer_class()
-    trainer = trainer_cls(
-        model=model, args=args, train_dataset=dataset, processing_class=tokenizer,
+        guard_tolerance = step0_tolerance(training_dtype(model, args.bf16), args.beta,
+                                          mean_completion_tokens(reference_logps))
+    guard = make_guard_callback(guard_tolerance, stuck_after_steps=max(10, args.steps // 5),
+                                pure_dpo=args.sft_weight == 0)
+    trainer = make_trainer_class()(
+        model=model, args=dpo_config(args), train_dataset=dataset, processing_class=tokenizer,
         reference_logps=reference_logps, callbacks=[guard, *(extra_callbacks or [])],
     )
-    from transformers.trainer_callback import PrinterCallback
-
     trainer.remove_callback(PrinterCallback)  # metrics go to our log and artifacts, not raw dicts on stdout
-    last = last_complete_checkpoint(output_dir)
+    return trainer, guard
+
+
+def _train_or_load(trainer, tokenizer, args: DpoArguments) -> str | None:
+    """Train to `args.steps`, resuming from the newest complete checkpoint; returns that checkpoint (or None)."""
+    last = last_complete_checkpoint(args.output_dir)
     padding_side = tokenizer.padding_side
     try:
-        if last is not None and checkpoint_step(last) >= steps:
+        if last is not None and checkpoint_step(last) >= args.steps:
             # Resuming a finished run would train one step past the end (the Trainer starts a new epoch);
             # the finished checkpoint is the result.
             load_finished_checkpoint(trainer, last)
@@ -232,10 +267,14 @@ def run_dpo(
             trainer.train(resume_from_checkpoint=last)
     finally:
         tokenizer.padding_side = padding_side  # TRL pads on the right; generation afterwards needs our side
+    return last
+
+
+def _training_result(trainer, guard, resumed_from: str | None) -> dict[str, Any]:
     history = [h for h in trainer.state.log_history if "loss" in h]
     return {
         "steps": trainer.state.global_step,
-        "resumed_from": last,
+        "resumed_from": resumed_from,
         "history": [{"step": h["step"], "loss": h["loss"], "margin": h.get("rewards/margins"),
                      "accuracy": h.get("rewards/accuracies")} for h in history],
         "stuck_at_ln2": guard.stuck,
@@ -243,23 +282,7 @@ def run_dpo(
     }
 
 
-def dpo_config(
-    *,
-    output_dir: str,
-    steps: int,
-    micro_batch: int,
-    grad_accum: int,
-    learning_rate: float,
-    beta: float,
-    max_length: int | None,
-    seed: int,
-    checkpoint_every: int,
-    gradient_checkpointing: bool = False,
-    optimizer: str = "adamw_torch",
-    bf16: bool = False,
-    sft_weight: float = 0.0,
-    precompute_ref_log_probs: bool = True,
-):
+def dpo_config(args: DpoArguments, *, precompute_ref_log_probs: bool = True):
     """The `DPOConfig` FaithForge trains with (constant learning rate, a log line and a loss every step).
 
     `precompute_ref_log_probs=False` gives the same settings with TRL computing the reference live, which is
@@ -268,32 +291,32 @@ def dpo_config(
     from trl import DPOConfig
 
     return DPOConfig(
-        output_dir=output_dir,
-        max_steps=steps,
-        per_device_train_batch_size=micro_batch,
-        gradient_accumulation_steps=grad_accum,
-        learning_rate=learning_rate,
+        output_dir=args.output_dir,
+        max_steps=args.steps,
+        per_device_train_batch_size=args.micro_batch,
+        gradient_accumulation_steps=args.grad_accum,
+        learning_rate=args.learning_rate,
         lr_scheduler_type="constant",
         warmup_steps=0,
-        beta=beta,
-        loss_type=["sigmoid", "sft"] if sft_weight > 0 else ["sigmoid"],
-        loss_weights=[1.0, sft_weight] if sft_weight > 0 else None,
-        max_length=max_length,
+        beta=args.beta,
+        loss_type=["sigmoid", "sft"] if args.sft_weight > 0 else ["sigmoid"],
+        loss_weights=[1.0, args.sft_weight] if args.sft_weight > 0 else None,
+        max_length=args.max_length,
         truncation_mode="keep_start",
         precompute_ref_log_probs=precompute_ref_log_probs,
         logging_steps=1,
         save_strategy="steps",
-        save_steps=checkpoint_every,
+        save_steps=args.checkpoint_every,
         save_total_limit=2,
         report_to="none",
-        seed=seed,
-        data_seed=seed,
-        bf16=bf16,
-        gradient_checkpointing=gradient_checkpointing,
-        optim=optimizer,
+        seed=args.seed,
+        data_seed=args.seed,
+        bf16=args.bf16,
+        gradient_checkpointing=args.gradient_checkpointing,
+        optim=args.optimizer,
         disable_tqdm=True,
         dataloader_num_workers=0,
-        use_cpu=not bf16 and not _cuda_available(),
+        use_cpu=not args.bf16 and not _cuda_available(),
     )
 
 
@@ -323,11 +346,12 @@ def training_dtype(model, bf16: bool) -> str:
     return str(embeddings.weight.dtype).replace("torch.", "") if embeddings is not None else "float32"
 
 
-def mean_completion_tokens(reference_logps: dict[str, tuple[float, float, int, int]]) -> float:
+def mean_completion_tokens(reference_logps: ReferenceLogpsByPair) -> float:
     """Mean over pairs of the longer completion's token count (what one reward sums over)."""
     if not reference_logps:
         return 1.0
-    return sum(max(c, r) for _, _, c, r in reference_logps.values()) / len(reference_logps)
+    return (sum(max(r.chosen_tokens, r.rejected_tokens) for r in reference_logps.values())
+            / len(reference_logps))
 
 
 def checkpoint_step(path: str) -> int:

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from faithforge.core.errors import UserError
+
+if TYPE_CHECKING:
+    from gpu.planner import Plan
 
 
 def quantization_settings(mode: str, device: str) -> dict[str, Any] | None:
@@ -26,16 +29,15 @@ NF4_SETTINGS = {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_us
                 "bnb_4bit_compute_dtype": "bfloat16"}
 
 
-def plan_precision(plan: dict) -> str:
-    """The precision a stage's plan names (`nf4`, `bf16` or `fp32`); plans recorded before the field existed
-    fall back to what they implied (CPU plans fp32, GPU plans NF4)."""
-    precision = plan.get("precision") or ("fp32" if plan.get("placement") != "local" else "nf4")
-    if plan.get("placement") == "cpu" and precision == "bf16":
+def plan_precision(plan: "Plan") -> str:
+    """The precision a stage's plan names (`nf4`, `bf16` or `fp32`)."""
+    precision = plan.precision
+    if plan.placement == "cpu" and precision == "bf16":
         # The planner gives CPU plans fp32; a bf16 record placed on the CPU is a GPU plan rewritten to run here
         # (faithforge.offload.dispatch.runs_here: the warm start cannot be offloaded). It runs as a CPU plan does.
         precision = "fp32"
     if precision not in PRECISIONS:
-        raise UserError(f"the {plan.get('stage', 'stage')} plan names precision {precision!r}; a local model loads "
+        raise UserError(f"the {plan.stage} plan names precision {precision!r}; a local model loads "
                         f"as one of {', '.join(PRECISIONS)}")
     return precision
 
@@ -53,10 +55,10 @@ def compute_dtype_name(precision: str, device: str) -> str:
     return "float32" if precision == "fp32" else "bfloat16"
 
 
-def load_for_plan(path: str | Path, plan: dict):
+def load_for_plan(path: str | Path, plan: "Plan"):
     """Load the model exactly the way `plan` says: its precision on its device (the planned GPU when local and
     CUDA exists, else the CPU: bitsandbytes quantizes NF4 on the CPU too). Returns (model, device)."""
-    device = device_for(plan.get("placement", "cpu"))
+    device = device_for(plan.placement)
     if device == "cuda":
         select_planned_gpu(plan)
     precision = plan_precision(plan)
@@ -64,7 +66,7 @@ def load_for_plan(path: str | Path, plan: dict):
                           precision=precision), device
 
 
-def select_planned_gpu(plan: dict) -> int:
+def select_planned_gpu(plan: "Plan") -> int:
     """Make the plan's GPU the current CUDA device and return its index in this process.
 
     Before CUDA starts in this process, visibility is restricted to the planned GPU (by UUID, PCI bus order), so
@@ -72,8 +74,8 @@ def select_planned_gpu(plan: dict) -> int:
     """
     import torch
 
-    index = int(plan.get("gpu_index") or 0)
-    uuid = plan.get("gpu_uuid")
+    index = plan.gpu_index or 0
+    uuid = plan.gpu_uuid
     restrict = visibility_env(uuid, torch.cuda.is_initialized())
     if restrict:
         os.environ.update(restrict)
@@ -198,10 +200,12 @@ def _saved_precision(model_dir: str | Path) -> str:
     return "bf16" if dtype in ("bfloat16", "float16") else "fp32"
 
 
-def check_same_precision(train_plan: dict, reference: dict) -> None:
-    """Training must load the policy in the precision its reference log-probs were computed in."""
+def check_same_precision(train_plan: "Plan", reference_precision: str | None,
+                         reference_quantization: dict[str, Any] | None) -> None:
+    """Training must load the policy in the precision its reference log-probs were computed in (the reference
+    stage's `precision`; a cache recorded without it: NF4 when it names a quantization, else fp32)."""
     want = plan_precision(train_plan)
-    have = reference.get("precision") or ("nf4" if reference.get("quantization") else "fp32")
+    have = reference_precision or ("nf4" if reference_quantization else "fp32")
     if want != have:
         raise UserError(f"the train plan loads the model in {want} but the reference log-probs were computed in "
                         f"{have}; the step-0 check would fail. Run both stages on the same kind of device (the "

@@ -23,7 +23,7 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NamedTuple, Sequence
 
 from faithforge.core.errors import UserError
 from faithforge.core.workspace import atomic_write_bytes, atomic_write_json, sha256_file
@@ -199,6 +199,28 @@ def cache_key(*, weights: str, tokenizer, max_length: int | None, truncation_mod
 
 # --- the cache on disk -------------------------------------------------------------------------------
 
+class ReferenceLogps(NamedTuple):
+    """The reference model's numbers for one preference pair (what TRL's DPO loss reads as `ref_*_logps`).
+
+    Log-probs are natural-log probabilities (nats) summed over the completion's tokens after TRL's truncation, as
+    computed by the reference pass (`completion_logps`); scalars per pair, not per token. The token counts say how
+    many completion tokens each sum covers, so training can check its own tokenization against the cache.
+    """
+
+    chosen_logps: float
+    """log π_ref(chosen | prompt): summed log-prob of the chosen completion's tokens (nats, ≤ 0)."""
+    rejected_logps: float
+    """log π_ref(rejected | prompt): summed log-prob of the rejected completion's tokens (nats, ≤ 0)."""
+    chosen_tokens: int
+    """Completion tokens the chosen sum covers (after truncation to `max_length`)."""
+    rejected_tokens: int
+    """Completion tokens the rejected sum covers (after truncation to `max_length`)."""
+
+
+#: pair id → its reference log-probs: what `ReferenceCache.load` returns and `run_dpo` consumes.
+ReferenceLogpsByPair = dict[str, ReferenceLogps]
+
+
 @dataclass
 class ShardInfo:
     index: int
@@ -282,8 +304,8 @@ class ReferenceCache:
     def mark_complete(self, shards: list[ShardInfo]) -> None:
         self._write_manifest(shards, complete=True)
 
-    def load(self) -> dict[str, tuple[float, float, int, int]]:
-        """pair_id → (ref_chosen_logp, ref_rejected_logp, chosen_tokens, rejected_tokens); verified.
+    def load(self) -> ReferenceLogpsByPair:
+        """pair_id → its `ReferenceLogps` (chosen/rejected summed log-probs and token counts); verified.
 
         Each shard is read once and its bytes are checked against the manifest's SHA-256 before they are
         parsed, so a file that changes between the check and the read is never used.
@@ -294,7 +316,7 @@ class ReferenceCache:
         if not manifest or not manifest.get("complete"):
             raise UserError(f"reference cache {self.directory} is incomplete or was built for another key; "
                             "run the reference stage again (it resumes from the last good shard)")
-        out: dict[str, tuple[float, float, int, int]] = {}
+        out: ReferenceLogpsByPair = {}
         for entry in manifest["shards"]:
             shard = ShardInfo(**entry)
             path = self.directory / shard.file
@@ -308,8 +330,10 @@ class ReferenceCache:
                                 "run the reference stage again (it recomputes it)")
             table = pq.read_table(io.BytesIO(data)).to_pydict()
             for i, pair_id in enumerate(table["pair_id"]):
-                out[pair_id] = (table["ref_chosen_logps"][i], table["ref_rejected_logps"][i],
-                                table["chosen_tokens"][i], table["rejected_tokens"][i])
+                out[pair_id] = ReferenceLogps(chosen_logps=table["ref_chosen_logps"][i],
+                                              rejected_logps=table["ref_rejected_logps"][i],
+                                              chosen_tokens=table["chosen_tokens"][i],
+                                              rejected_tokens=table["rejected_tokens"][i])
         if len(out) != self.components["num_pairs"]:
             raise UserError(f"reference cache {self.directory} holds {len(out)} pairs, its key says "
                             f"{self.components['num_pairs']}; run the reference stage again")
