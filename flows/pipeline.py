@@ -10,6 +10,7 @@ from prefect import flow
 
 from faithforge.core.config import PipelineConfig
 from faithforge.stages.generate import generation_parameters
+from faithforge.stages.outputs import StageOutput
 from flows.evaluate import evaluate_flow
 from flows.generate import generate_flow
 from flows.reference import reference_flow
@@ -27,7 +28,7 @@ from tasks.runs import finish_run_task, start_run_task
 def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
     """Run the whole pipeline and return where everything was written and the before/after rates."""
     run_id = start_run_task(config, "pipeline")
-    stages: dict[str, dict] = {}
+    stages: dict[str, StageOutput | None] = {}
     try:
         if config.generate.backend == "template":
             gate_task(config, run_id, "generate")
@@ -47,13 +48,18 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
         stages["pairs"] = pairs = pairs_task(config, run_id, dataset, model, pairs_plan)
         stages["reference"] = reference = reference_flow(config, model, pairs, run_id=run_id)
         trained = train_flow(config, model, pairs, reference, run_id=run_id)
-        stages["train"], stages["control"] = trained["dpo"], trained["control"]
-        stages["evaluate"] = evaluate_flow(config, model, dataset, pairs, trained["dpo"], trained["control"],
+        stages["train"], stages["control"] = trained.dpo, trained.control
+        stages["evaluate"] = evaluate_flow(config, model, dataset, pairs, trained.dpo, trained.control,
                                            run_id=run_id)
     except BaseException as exc:
-        finish_run_task(config, run_id, "failed", {"error": str(exc)[:2000], "stages": stages})
+        finish_run_task(config, run_id, "failed", {"error": str(exc)[:2000], "stages": _as_json(stages)})
         raise
-    summary = {"run_id": run_id, "workspace": config.workspace, "stages": stages}
-    summary["report"] = report_task(run_id, stages)  # on this run's Artifacts tab, not only on the subflows'
+    # The summary is JSON (the run store keeps it; the demo and the report read it).
+    summary = {"run_id": run_id, "workspace": config.workspace, "stages": _as_json(stages)}
+    summary["report"] = report_task(run_id, summary["stages"])  # on this run's Artifacts tab, not only the subflows'
     finish_run_task(config, run_id, "completed", summary)
     return summary
+
+
+def _as_json(stages: dict[str, StageOutput | None]) -> dict[str, dict | None]:
+    return {name: out.model_dump(mode="json") if out is not None else None for name, out in stages.items()}

@@ -16,6 +16,7 @@ from prefect.events import emit_event
 from faithforge.core.config import PipelineConfig
 from faithforge.core.progress import fan_out
 from faithforge.stages.context import StageContext
+from faithforge.stages.outputs import StageOutput
 
 #: keys too large or too internal to store with a stage record
 _BULKY = {"markdown", "table", "history"}
@@ -42,7 +43,8 @@ def _artifact_progress(stage: str) -> Callable[[str, int, int, str], None]:
     return sink
 
 
-def run_stage(stage: str, config: PipelineConfig, run_id: str | None, fn: Callable[..., dict], *args: Any) -> dict:
+def run_stage(stage: str, config: PipelineConfig, run_id: str | None, fn: Callable[..., StageOutput],
+              *args: Any) -> StageOutput:
     logger = get_run_logger()
     ctx = StageContext.open(config, run_id, progress=fan_out(_artifact_progress(stage)))
     started = time.perf_counter()
@@ -54,13 +56,13 @@ def run_stage(stage: str, config: PipelineConfig, run_id: str | None, fn: Callab
                                    wall_seconds=time.perf_counter() - started)
         raise
     wall = round(time.perf_counter() - started, 2)
-    out = {**out, "wall_seconds": wall}
+    out = out.model_copy(update={"wall_seconds": wall})
     # A stage that is turned off (the warm start for your own model) was neither run nor reused: say so.
-    skipped = bool(out.get("skipped"))
-    reused = bool(out.get("reused")) and not skipped
+    skipped = bool(getattr(out, "skipped", False))
+    reused = out.reused and not skipped
     if run_id:
         ctx.store.record_stage(run_id, stage, status="completed", reused=reused, wall_seconds=wall,
-                               outputs={k: v for k, v in out.items() if k not in _BULKY})
+                               outputs=out.model_dump(mode="json", exclude=_BULKY))
     done = "skipped (turned off)" if skipped else "reused existing output" if reused else "completed"
     logger.info("%s %s in %.1f s", stage, done, wall)
     fan_out()(stage, 1, 1, "skipped (turned off)" if skipped else "reused (already computed)" if reused

@@ -19,12 +19,14 @@ from typing import Any, Iterator
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.events import emit_event
+from pydantic import BaseModel
 
 from faithforge.offload import dispatch as offload
 from faithforge.core.config import PipelineConfig
 from faithforge.core.errors import UserError
 from faithforge.stages.context import StageContext
 from faithforge.core.workspace import sha256_file, sha256_tree
+from gpu.planner import Plan
 
 DEFAULT_GPU_LIMIT = "gpu"
 POLL_S = 2.0
@@ -53,9 +55,9 @@ def enforce_gpu_limit(config: PipelineConfig) -> bool:
 
 
 @contextlib.contextmanager
-def gpu_slot(config: PipelineConfig, plan: dict) -> Iterator[None]:
+def gpu_slot(config: PipelineConfig, plan: Plan) -> Iterator[None]:
     """Hold one slot of the `gpu` limit while a stage uses the local GPU (CPU and offload plans take none)."""
-    if plan.get("placement") != "local" or not enforce_gpu_limit(config):
+    if plan.placement != "local" or not enforce_gpu_limit(config):
         yield
         return
     from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
@@ -69,7 +71,7 @@ def gpu_slot(config: PipelineConfig, plan: dict) -> Iterator[None]:
             raise UserError(f"the global concurrency limit {name!r} is missing on the Prefect server ({exc}); "
                             f"create it with `prefect gcl create {name} --limit 1` or `python -m deployments.deploy`"
                             ) from None
-        get_run_logger().info("holding a slot of the %r concurrency limit for %s", name, plan.get("stage"))
+        get_run_logger().info("holding a slot of the %r concurrency limit for %s", name, plan.stage)
         yield
 
 
@@ -115,14 +117,18 @@ def _record_outputs(ctx: StageContext, stage: str, outputs: Any, parents: list[s
 
 
 @task(name="offload-stage", cache_policy=NO_CACHE, persist_result=False)
-def offload_task(config: PipelineConfig, run_id: str | None, stage: str, plan: dict, inputs: dict) -> Any:
-    """Run `stage` as a flow run of its deployment on the offload pool and bring its outputs here."""
+def offload_task(config: PipelineConfig, run_id: str | None, stage: str, plan: Plan, inputs: dict) -> Any:
+    """Run `stage` as a flow run of its deployment on the offload pool and bring its outputs here.
+
+    `inputs`: the stage flow's inputs (stage outputs). Returns the stage's outputs as JSON, with local paths; the
+    flow validates them back into its output type."""
     from prefect import get_client
     from prefect.deployments import run_deployment
     from prefect.exceptions import ObjectNotFound
 
     logger = get_run_logger()
-    pool = plan.get("offload_target") or config.gpu.offload_pool
+    inputs = as_json(inputs)
+    pool = plan.offload_target or config.gpu.offload_pool
     if not pool:
         raise offload.OffloadError(f"{stage}: the plan says offload but no gpu.offload_pool is configured")
     name = offload.deployment_name(stage, pool)
@@ -172,9 +178,11 @@ def offload_task(config: PipelineConfig, run_id: str | None, stage: str, plan: d
 
 @task(name="receive-offloaded-inputs", cache_policy=NO_CACHE, persist_result=False)
 def receive_task(config: PipelineConfig, stage: str, inputs: dict) -> dict:
-    """On the offload worker: this machine's config, a run in its own store, inputs fetched from storage."""
+    """On the offload worker: this machine's config, a run in its own store, inputs fetched from storage (as JSON:
+    the flow validates them into its input types)."""
     from faithforge.stages.context import StageContext
 
+    inputs = as_json(inputs)
     cfg = offload.worker_config(config)
     storage = offload.storage_root(cfg)
     ctx = StageContext.open(cfg)
@@ -204,6 +212,7 @@ def send_task(config: PipelineConfig, run_id: str, stage: str, outputs: Any) -> 
     """On the offload worker: publish the outputs under the workspace and write the result JSON to storage."""
     from prefect.runtime import flow_run
 
+    outputs = as_json(outputs)
     ctx = StageContext.open(config)
     root = ctx.workspace.root
     storage = offload.storage_root(config)
@@ -214,6 +223,17 @@ def send_task(config: PipelineConfig, run_id: str, stage: str, outputs: Any) -> 
     ctx.store.finish_run(run_id, "completed", {"result": url})
     get_run_logger().info("%s: outputs published; result at %s", stage, url)
     return result
+
+
+def as_json(value: Any) -> Any:
+    """Stage outputs (pydantic models, also inside dicts and lists) as the JSON the offload path moves."""
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {k: as_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [as_json(v) for v in value]
+    return value
 
 
 def _inside(path: Path, root: Path) -> bool:

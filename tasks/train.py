@@ -10,8 +10,10 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from faithforge.core.config import PipelineConfig
+from faithforge.stages.outputs import AdapterOutput, ControlOutput, ModelOutput, PairsOutput, ReferenceOutput
 from faithforge.stages.train import train_dpo, train_sft_control
 from faithforge.stages.ui_report import image_markdown
+from gpu.planner import Plan
 from tasks.common import run_stage
 
 # log_prints=False on the training tasks: datasets hashes functions with dill, whose detect.py disassembles
@@ -20,10 +22,11 @@ from tasks.common import run_stage
 
 
 @task(name="dpo-train", cache_policy=NO_CACHE, retries=1, log_prints=False)
-def dpo_task(config: PipelineConfig, run_id: str | None, model: dict, pairs: dict, reference: dict, plan: dict) -> dict:
+def dpo_task(config: PipelineConfig, run_id: str | None, model: ModelOutput, pairs: PairsOutput,
+             reference: ReferenceOutput, plan: Plan) -> AdapterOutput:
     # retries=1: training resumes from its newest checkpoint.
     out = run_stage("train", config, run_id, train_dpo, model, pairs, reference, plan)
-    adapter = Path(out["path"])
+    adapter = Path(out.path)
     history = json.loads((adapter / "history.json").read_text())
     every = max(1, len(history) // 32)  # a readable table: about 32 rows whatever the step count
     create_table_artifact(
@@ -36,5 +39,6 @@ def dpo_task(config: PipelineConfig, run_id: str | None, model: dict, pairs: dic
 
 
 @task(name="sft-control", cache_policy=NO_CACHE, log_prints=False)
-def control_task(config: PipelineConfig, run_id: str | None, model: dict, pairs: dict, plan: dict) -> dict:
+def control_task(config: PipelineConfig, run_id: str | None, model: ModelOutput, pairs: PairsOutput,
+                 plan: Plan) -> ControlOutput:
     return run_stage("control", config, run_id, train_sft_control, model, pairs, plan)

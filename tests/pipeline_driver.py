@@ -90,7 +90,8 @@ def main(workspace: str, out: str, kill_at: str | None) -> None:
     lap("evaluate")
     keep = ("reused", "recomputed_because", "resumed_from_step", "resumed_from", "path", "models", "steps",
             "final_loss", "counts")
-    Path(out).write_text(json.dumps({k: {f: v.get(f) for f in keep if f in v} for k, v in results.items()},
+    fields = {k: v.model_dump(mode="json", exclude_unset=True) for k, v in results.items()}  # the keys each stage set
+    Path(out).write_text(json.dumps({k: {f: v.get(f) for f in keep if f in v} for k, v in fields.items()},
                                     default=str))
 
 

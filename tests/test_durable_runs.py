@@ -58,35 +58,35 @@ def test_a_cut_test_split_is_regenerated_not_evaluated_short(built):
     from faithforge.stages.generate import generate_examples
     from faithforge.core.workspace import read_jsonl
 
-    test = Path(built["dataset"]["files"]["test"])
+    test = Path(built["dataset"].files["test"])
     rows = test.read_text().splitlines(keepends=True)
     test.write_text("".join(rows[:3]))
     again = generate_examples(built["ctx"])
-    assert again["reused"] is False and "test.jsonl" in again["recomputed_because"]
+    assert again.reused is False and "test.jsonl" in again.recomputed_because
     assert len(read_jsonl(test)) == len(rows) == 10
-    assert generate_examples(built["ctx"])["reused"] is True  # and now it is whole again
+    assert generate_examples(built["ctx"]).reused is True  # and now it is whole again
 
 
 def test_a_deleted_dpo_adapter_is_trained_again_not_reused(built):
     from faithforge.stages.train import train_dpo
 
-    adapter = Path(built["dpo"]["path"]) / "adapter_model.safetensors"
+    adapter = Path(built["dpo"].path) / "adapter_model.safetensors"
     adapter.unlink()
     again = train_dpo(built["ctx"], built["model"], built["pairs"], built["reference"], built["plan"])
-    assert again["reused"] is False and "adapter_model.safetensors is missing" in again["recomputed_because"]
-    assert adapter.is_file() and again["steps"] == TINY["train"]["steps"]
+    assert again.reused is False and "adapter_model.safetensors is missing" in again.recomputed_because
+    assert adapter.is_file() and again.steps == TINY["train"]["steps"]
 
 
 def test_a_truncated_warm_start_model_is_trained_again_not_reused(built):
     from faithforge.stages.model import warm_start
     from faithforge.core.workspace import sha256_file
 
-    weights = Path(built["model"]["path"]) / "model.safetensors"
+    weights = Path(built["model"].path) / "model.safetensors"
     original = sha256_file(weights)
     with open(weights, "r+b") as handle:
         handle.truncate(weights.stat().st_size // 2)
     again = warm_start(built["ctx"], built["base"], built["dataset"], built["plan"])
-    assert again["reused"] is False and "model.safetensors" in again["recomputed_because"]
+    assert again.reused is False and "model.safetensors" in again.recomputed_because
     assert sha256_file(weights) == original  # the same seed and data give the same model
 
 
@@ -128,7 +128,7 @@ def progress(stage, done, total, message):
             time.sleep(0.05)
 
 out = generate_examples(StageContext.open(_config(Path(workspace)), progress=progress))
-print("RESULT reused=%s" % out["reused"], flush=True)
+print("RESULT reused=%s" % out.reused, flush=True)
 """
 
 

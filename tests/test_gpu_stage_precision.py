@@ -8,8 +8,13 @@ import pytest
 from faithforge.core.config import load_config
 from faithforge.core.errors import UserError
 from faithforge.stages.context import StageContext
+from gpu.planner import Plan
 
-NF4 = {"stage": "train", "placement": "cpu", "precision": "nf4", "batch_size": 2, "grad_accum": 1}
+NF4 = Plan.manual("train", "cpu", precision="nf4", batch_size=2, grad_accum=1)
+
+
+def nf4_for(stage: str) -> Plan:
+    return NF4.model_copy(update={"stage": stage})
 
 
 def _kinds(model) -> dict:
@@ -31,7 +36,7 @@ def spy(monkeypatch):
 
     def watched(path, plan):
         model, device = real(path, plan)
-        loads.append((plan.get("precision"), _kinds(model)))
+        loads.append((plan.precision, _kinds(model)))
         return model, device
 
     monkeypatch.setattr(modeling, "load_for_plan", watched)
@@ -55,12 +60,12 @@ def test_reference_train_control_evaluate_and_onpolicy_load_nf4_when_the_plan_sa
     dataset = generate_examples(ctx)
     model = base_model(ctx)
     pairs = build_pairs(ctx, dataset)
-    reference = reference_logps(ctx, model, pairs, {**NF4, "stage": "reference"})
+    reference = reference_logps(ctx, model, pairs, nf4_for("reference"))
     dpo = train_dpo(ctx, model, pairs, reference, NF4)
     train_sft_control(ctx, model, pairs, NF4)
-    summarize_sources(model["path"], [e.source for e in load_split(dataset, "test")[:2]], adapter=dpo["path"],
-                      plan={**NF4, "stage": "evaluate"}, max_new_tokens=4, batch_size=2)
-    _sample_onpolicy_pairs(ctx, load_split(dataset, "train")[:1], model, {**NF4, "stage": "evaluate"})
+    summarize_sources(model.path, [e.source for e in load_split(dataset, "test")[:2]], adapter=dpo.path,
+                      plan=nf4_for("evaluate"), max_new_tokens=4, batch_size=2)
+    _sample_onpolicy_pairs(ctx, load_split(dataset, "train")[:1], model, nf4_for("evaluate"))
     assert len(spy) == 5  # reference, train, control, evaluate, on-policy pairs
     for precision, kinds in spy:
         assert precision == "nf4"
@@ -72,7 +77,7 @@ def test_fp32_and_bf16_plans_load_no_4bit_layers(tiny_model_dir, spy):
     import faithforge.training.modeling as modeling
 
     for precision, dtype in (("fp32", "torch.float32"), ("bf16", "torch.bfloat16")):
-        modeling.load_for_plan(tiny_model_dir, {"stage": "warm_start", "placement": "local", "precision": precision})
+        modeling.load_for_plan(tiny_model_dir, Plan.manual("warm_start", "local", precision=precision))
         assert spy[-1][1]["linear4bit"] == 0 and spy[-1][1]["dtype"] == dtype
 
 
@@ -86,7 +91,7 @@ def test_the_warm_start_refuses_a_4bit_plan(tmp_path):
     ctx = StageContext.open(cfg)
     dataset = generate_examples(ctx)
     with pytest.raises(UserError, match="full fine-tune"):
-        warm_start(ctx, base_model(ctx), dataset, {**NF4, "stage": "warm_start"})
+        warm_start(ctx, base_model(ctx), dataset, nf4_for("warm_start"))
 
 
 def test_the_planned_gpu_is_the_only_one_the_stage_sees():
@@ -117,7 +122,7 @@ def test_a_disabled_warm_start_is_neither_planned_nor_refused(tmp_path):
         "reference": {"max_length": 1024}, "warm_start": {"enabled": False}})
     assert "warm_start" not in plan_pipeline(cfg, profile_snapshot("rtx5070-12gb"))
     record = gate(StageContext.open(cfg), "warm_start")
-    assert record["skipped"] and record["placement"] == "cpu"
+    assert record.skipped and record.placement == "cpu" and record.stage == "warm_start"
     enabled = cfg.model_copy(update={"warm_start": cfg.warm_start.model_copy(update={"enabled": True})})
     from gpu.errors import PlanNotRunnableError
 

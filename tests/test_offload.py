@@ -209,12 +209,13 @@ def test_gpu_slot_without_a_limit(prefect_harness, monkeypatch):
 
     import tasks.offload as glue
     from faithforge.core.errors import UserError
+    from gpu.planner import Plan
 
     cfg = PipelineConfig()
 
     @flow
     def guarded(placement: str) -> str:
-        with glue.gpu_slot(cfg, {"placement": placement, "stage": "train"}):
+        with glue.gpu_slot(cfg, Plan.manual("train", placement)):
             return "ran"
 
     assert guarded("local") == "ran"  # not under a deployment: no slot, no error

@@ -46,7 +46,9 @@ def test_on_policy_pairs_stage_samples_from_the_given_model(tiny_model_dir, tmp_
     from faithforge.core.config import load_config
     from faithforge.stages.context import StageContext
     from faithforge.stages.generate import generate_examples
+    from faithforge.stages.outputs import ModelOutput
     from faithforge.stages.pairs import build_pairs, load_pairs
+    from gpu.planner import Plan
 
     cfg = load_config(None, environ={}, overrides={
         "workspace": str(tmp_path / "ws"), "generate": {"train_sources": 12, "val_sources": 10, "test_sources": 10},
@@ -55,9 +57,10 @@ def test_on_policy_pairs_stage_samples_from_the_given_model(tiny_model_dir, tmp_
     dataset = generate_examples(ctx)
     with pytest.raises(UserError, match="no model"):
         build_pairs(ctx, dataset)
-    out = build_pairs(ctx, dataset, {"path": str(tiny_model_dir)}, {"placement": "cpu", "batch_size": 16})
-    pairs = load_pairs(out["train"])
-    report = out["report"]
+    model = ModelOutput(path=str(tiny_model_dir))
+    out = build_pairs(ctx, dataset, model, Plan.manual("evaluate", "cpu", batch_size=16))
+    pairs = load_pairs(out.train)
+    report = out.report
     assert pairs and {p["kind"] for p in pairs} == {"on-policy"}
     assert report["sources"] == 12 and report["built"] == len(pairs)
-    assert build_pairs(ctx, dataset, {"path": str(tiny_model_dir)}, {"placement": "cpu"})["reused"]
+    assert build_pairs(ctx, dataset, model, Plan.manual("evaluate", "cpu")).reused

@@ -8,6 +8,7 @@ import pytest
 
 from faithforge.core.config import load_config
 from faithforge.stages.context import StageContext
+from gpu.planner import Plan
 
 
 @pytest.mark.slow
@@ -31,12 +32,13 @@ def test_dpo_stage_backs_off_on_an_oom_inside_a_training_step(tmp_path, monkeypa
     dataset = generate_examples(ctx)
     model = base_model(ctx)
     pairs = build_pairs(ctx, dataset)
-    plan = {"stage": "train", "placement": "cpu", "precision": "nf4", "model": "tiny", "batch_size": 4,
-            "grad_accum": 1, "max_tokens": 128, "ref_strategy": "cached", "estimated_peak_bytes": 1,
-            "usable_bytes": None, "headroom_bytes": None, "margin_bytes": 0, "breakdown": {}, "reason": "test",
-            "fits": True, "policy": "stay-local", "requested_batch_size": 4, "requested_max_tokens": 128}
+    plan = Plan.model_validate({
+        "stage": "train", "placement": "cpu", "precision": "nf4", "model": "tiny", "batch_size": 4,
+        "grad_accum": 1, "max_tokens": 128, "ref_strategy": "cached", "estimated_peak_bytes": 1,
+        "usable_bytes": None, "headroom_bytes": None, "margin_bytes": 0, "breakdown": {}, "reason": "test",
+        "fits": True, "policy": "stay-local", "requested_batch_size": 4, "requested_max_tokens": 128})
     reference = reference_logps(ctx, model, pairs, plan)
-    assert reference["precision"] == "nf4"
+    assert reference.precision == "nf4"
 
     real_load = modeling.load_for_plan
     forwards = {"n": 0, "raised": 0}
@@ -55,13 +57,13 @@ def test_dpo_stage_backs_off_on_an_oom_inside_a_training_step(tmp_path, monkeypa
     monkeypatch.setattr(modeling, "load_for_plan", load_and_watch)
     out = train_dpo(ctx, model, pairs, reference, plan)
     assert forwards["raised"] == 1
-    assert (out["micro_batch"], out["grad_accum"]) == (2, 2)  # effective batch kept at 4
-    assert out["steps"] == 3 and out["resumed_from"].endswith("checkpoint-1")
-    assert out["oom_backoffs"][0]["error"].startswith("CUDA out of memory")
+    assert (out.micro_batch, out.grad_accum) == (2, 2)  # effective batch kept at 4
+    assert out.steps == 3 and out.resumed_from.endswith("checkpoint-1")
+    assert out.oom_backoffs[0]["error"].startswith("CUDA out of memory")
     assert any(s.stage == "train:oom-backoff" for s in ctx.store.stages(ctx.run_id))
     from pathlib import Path
 
-    adapter = Path(out["path"])
+    adapter = Path(out.path)
     assert (adapter / "adapter_model.safetensors").is_file() and not (adapter / "ref").exists()
 
 
@@ -105,7 +107,7 @@ def test_the_sft_control_backs_off_on_an_oom_inside_a_step(tmp_path, monkeypatch
     dataset = generate_examples(ctx)
     model = base_model(ctx)
     pairs = build_pairs(ctx, dataset)
-    plan = {"stage": "train", "placement": "cpu", "precision": "fp32", "batch_size": 4, "grad_accum": 1}
+    plan = Plan.manual("train", "cpu", precision="fp32", batch_size=4, grad_accum=1)
     real_load = modeling.load_for_plan
     forwards = {"n": 0, "raised": 0}
 
@@ -122,8 +124,8 @@ def test_the_sft_control_backs_off_on_an_oom_inside_a_step(tmp_path, monkeypatch
 
     monkeypatch.setattr(modeling, "load_for_plan", load_and_watch)
     out = train_sft_control(ctx, model, pairs, plan)
-    assert forwards["raised"] == 1 and out["micro_batch"] == 2 and out["steps"] == 3
-    assert out["resumed_from_step"] == 1  # from the control's own checkpoint after step 1
+    assert forwards["raised"] == 1 and out.micro_batch == 2 and out.steps == 3
+    assert out.resumed_from_step == 1  # from the control's own checkpoint after step 1
 
 
 def test_the_chunked_head_loss_equals_the_causal_lm_loss(tiny_model_dir):

@@ -11,15 +11,18 @@ from pathlib import Path
 
 from faithforge.stages.context import StageContext
 from faithforge.stages.generate import load_split
+from faithforge.stages.outputs import (AdapterOutput, ControlOutput, DatasetOutput, EvaluationOutput, ModelOutput,
+                                       PairsOutput)
 from faithforge.stages.pairs import load_pairs
 from faithforge.data.overlap import check_no_text_overlap
 from faithforge.evaluation.options import judge_options
 from faithforge.data.own_data import system_prompt
 from faithforge.data.teacher import SYSTEM_PROMPT
 from faithforge.core.workspace import atomic_write_json, atomic_write_text
+from gpu.planner import Plan
 
 
-def summarize_sources(model_path: str, sources: list[str], *, adapter: str | None, plan: dict,
+def summarize_sources(model_path: str, sources: list[str], *, adapter: str | None, plan: Plan,
                       max_new_tokens: int, batch_size: int, system_prompt: str = SYSTEM_PROMPT,
                       truncated: list[bool] | None = None) -> list[str]:
     """Greedy (temperature 0) summaries of `sources`, optionally with a LoRA adapter merged in.
@@ -62,44 +65,76 @@ def summarize_with_backend(backend, sources: list[str], *, max_new_tokens: int, 
     return [r.text.strip() for r in results]
 
 
-def evaluate_models(ctx: StageContext, model: dict, dataset: dict, pairs: dict, dpo: dict,
-                    control: dict | None, plan: dict) -> dict:
-    from faithforge.evaluation import (EvalItem, bar_chart, check_disjoint, compare_reports, evaluate_single,
-                                       get_judge, markdown_report, save_evaluation, table_rows)
+def evaluate_models(ctx: StageContext, model: ModelOutput, dataset: DatasetOutput, pairs: PairsOutput,
+                    dpo: AdapterOutput, control: ControlOutput | None, plan: Plan) -> EvaluationOutput:
+    """check no overlap → summarize and judge each model → compare → write the report → lineage."""
+    from faithforge.evaluation import EvalItem, get_judge, save_evaluation, table_rows
+    from faithforge.training.modeling import measured_peak, start_peak_measurement
 
     cfg = ctx.config.evaluate
     test = load_split(dataset, cfg.split)  # `val` only while choosing settings (EvaluateConfig.split)
-    training_pairs = load_pairs(pairs["train"]) + load_pairs(pairs["val"])
+    _check_no_overlap(test, dataset, pairs, cfg.split)
+    items = [EvalItem(id=e.id, source=e.source, key_facts=list(e.key_facts), category=e.category) for e in test]
+    judge = get_judge(cfg.judge, **judge_options(cfg))
+    start_peak_measurement()
+    started = time.perf_counter()
+    adapters = {"before": None, "after": dpo.path, **({"control": control.path} if control else {})}
+    reports = _judge_models(ctx, model, items, [e.source for e in test], adapters, judge, plan)
+    comparisons = _compare(ctx, reports)
+    seconds = time.perf_counter() - started
+    out = ctx.workspace.dir("reports") / f"eval-{ctx.run_id or 'adhoc'}"
+    markdown, chart = _write_report(ctx, out, *comparisons)
+    comparison, control_cmp, served_cmp = comparisons
+    parents = [dpo.artifact_id] + ([control.artifact_id] if control and control.artifact_id else [])
+    artifact_id = save_evaluation(ctx.store, comparison, uri=str(out), run_id=ctx.run_id, parents=parents,
+                                  control=control_cmp)
+    return EvaluationOutput(
+        path=str(out), markdown_path=str(out / "report.md"), chart=str(Path(chart)),
+        judge_accuracy=_judge_accuracy(comparison),
+        artifact_id=artifact_id, judge=cfg.judge, split=cfg.split, items=len(items), seconds=round(seconds, 2),
+        **measured_peak(),
+        items_per_second=round(len(items) * len(reports) / seconds, 1),
+        models={label: _headline(r) for label, r in reports.items()},
+        difference={"rate": comparison.rate.model_dump(), "recall": comparison.recall.model_dump(),
+                    "fixed": comparison.fixed, "broken": comparison.broken, "mcnemar_p": comparison.mcnemar_p},
+        control_difference=control_cmp.rate.model_dump() if control_cmp else None,
+        served_difference=served_cmp.rate.model_dump() if served_cmp else None,
+        table=table_rows(comparison, control_cmp), markdown=markdown,
+    )
+
+
+def _check_no_overlap(test: list, dataset: DatasetOutput, pairs: PairsOutput, split: str) -> None:
+    """Stop the run when an evaluation source is inside what training saw (by text, by id, by word shingles)."""
+    from faithforge.evaluation import check_disjoint
+
+    training_pairs = load_pairs(pairs.train) + load_pairs(pairs.val)
     check_disjoint([e.source for e in test], [p["prompt"][-1]["content"] for p in training_pairs],
-                   what=f"evaluation sources ({dataset['files'][cfg.split]}) and training pairs ({pairs['path']})")
+                   what=f"evaluation sources ({dataset.files[split]}) and training pairs ({pairs.path})")
     check_disjoint([e.id for e in test], [p["source_id"] for p in training_pairs],
                    what="evaluation example ids and training pair sources")
     # Imported pairs wrap documents in their own prompts and ids: compare the text itself (word shingles).
     check_no_text_overlap({e.id: e.source for e in test},
                           (" ".join(m["content"] for m in p["prompt"]) for p in training_pairs),
-                          what=f"evaluation sources and training pairs ({pairs['path']})")
-    prompt = system_prompt(ctx.config)
-    items = [EvalItem(id=e.id, source=e.source, key_facts=list(e.key_facts), category=e.category) for e in test]
-    sources = [e.source for e in test]
-    batch = plan.get("batch_size") or cfg.batch_size
-    judge = get_judge(cfg.judge, **judge_options(cfg))
-    from faithforge.training.modeling import measured_peak, start_peak_measurement
+                          what=f"evaluation sources and training pairs ({pairs.path})")
 
-    start_peak_measurement()
-    started = time.perf_counter()
-    models = {"before": None, "after": dpo["path"]}
-    if control:
-        models["control"] = control["path"]
-    reports = {}
+
+def _judge_models(ctx: StageContext, model: ModelOutput, items: list, sources: list[str],
+                  adapters: dict[str, str | None], judge, plan: Plan) -> dict:
+    """label → its judged report: each local model (base + adapter) greedy, then the served model if configured."""
+    from faithforge.evaluation import evaluate_single
+
+    cfg = ctx.config.evaluate
+    prompt = system_prompt(ctx.config)
     calibrations = ctx.workspace.root / "calibrations"  # written by `faithforge eval calibrate --workspace`
-    for index, (label, adapter) in enumerate(models.items(), start=1):
+    reports = {}
+    for index, (label, adapter) in enumerate(adapters.items(), start=1):
         cut: list[bool] = []
-        summaries = summarize_sources(model["path"], sources, adapter=adapter, plan=plan,
-                                      max_new_tokens=cfg.max_new_tokens, batch_size=batch, system_prompt=prompt,
-                                      truncated=cut)
+        summaries = summarize_sources(model.path, sources, adapter=adapter, plan=plan,
+                                      max_new_tokens=cfg.max_new_tokens, batch_size=plan.batch_size,
+                                      system_prompt=prompt, truncated=cut)
         reports[label] = evaluate_single(items, summaries, judge, label=label, confidence=cfg.confidence,
                                          truncated=cut, calibration_dir=calibrations)
-        ctx.progress("evaluate", index, len(models), f"{label}: rate {reports[label].rate:.3f}")
+        ctx.progress("evaluate", index, len(adapters), f"{label}: rate {reports[label].rate:.3f}")
     if cfg.served_model:
         from faithforge.backends import make_backend
 
@@ -109,18 +144,29 @@ def evaluate_models(ctx: StageContext, model: dict, dataset: dict, pairs: dict, 
                                            system_prompt=prompt, truncated=cut)
         reports["served"] = evaluate_single(items, summaries, judge, label=f"served: {cfg.served_model}",
                                             confidence=cfg.confidence, truncated=cut, calibration_dir=calibrations)
-    comparison = compare_reports(reports["before"], reports["after"], confidence=cfg.confidence,
-                                 bootstrap_samples=cfg.bootstrap_samples, seed=ctx.config.seed)
-    control_cmp = None
-    if "control" in reports:
-        control_cmp = compare_reports(reports["before"], reports["control"], confidence=cfg.confidence,
-                                      bootstrap_samples=cfg.bootstrap_samples, seed=ctx.config.seed)
-    served_cmp = None
-    if "served" in reports:
-        served_cmp = compare_reports(reports["before"], reports["served"], confidence=cfg.confidence,
-                                     bootstrap_samples=cfg.bootstrap_samples, seed=ctx.config.seed)
-    seconds = time.perf_counter() - started
-    out = ctx.workspace.dir("reports") / f"eval-{ctx.run_id or 'adhoc'}"
+    return reports
+
+
+def _compare(ctx: StageContext, reports: dict) -> tuple:
+    """(after vs before, control vs before or None, served vs before or None), paired."""
+    from faithforge.evaluation import compare_reports
+
+    cfg = ctx.config.evaluate
+
+    def against_before(label: str):
+        if label not in reports:
+            return None
+        return compare_reports(reports["before"], reports[label], confidence=cfg.confidence,
+                               bootstrap_samples=cfg.bootstrap_samples, seed=ctx.config.seed)
+
+    return against_before("after"), against_before("control"), against_before("served")
+
+
+def _write_report(ctx: StageContext, out: Path, comparison, control_cmp, served_cmp) -> tuple[str, str]:
+    """report.md, report.json and the rates chart under `out`; returns (the markdown, the chart's path)."""
+    from faithforge.evaluation import bar_chart, markdown_report
+
+    cfg = ctx.config.evaluate
     markdown = markdown_report(comparison, control=control_cmp, worst_examples=cfg.worst_examples)
     if served_cmp is not None:
         markdown += "\n\n" + markdown_report(served_cmp, worst_examples=cfg.worst_examples,
@@ -129,23 +175,7 @@ def evaluate_models(ctx: StageContext, model: dict, dataset: dict, pairs: dict, 
     atomic_write_json(out / "report.json", {"comparison": comparison.to_dict(),
                                             "control": control_cmp.to_dict() if control_cmp else None,
                                             "served": served_cmp.to_dict() if served_cmp else None})
-    chart = bar_chart(comparison, out / "rates.png", control=control_cmp)
-    parents = [dpo["artifact_id"]] + ([control["artifact_id"]] if control and control.get("artifact_id") else [])
-    artifact_id = save_evaluation(ctx.store, comparison, uri=str(out), run_id=ctx.run_id, parents=parents,
-                                  control=control_cmp)
-    summary = {label: _headline(r) for label, r in reports.items()}
-    return {
-        "path": str(out), "markdown_path": str(out / "report.md"), "chart": str(Path(chart)),
-        "judge_accuracy": _judge_accuracy(comparison),
-        "artifact_id": artifact_id, "judge": cfg.judge, "split": cfg.split, "items": len(items), "seconds": round(seconds, 2),
-        **measured_peak(),
-        "items_per_second": round(len(items) * len(reports) / seconds, 1), "models": summary,
-        "difference": {"rate": comparison.rate.model_dump(), "recall": comparison.recall.model_dump(),
-                       "fixed": comparison.fixed, "broken": comparison.broken, "mcnemar_p": comparison.mcnemar_p},
-        "control_difference": control_cmp.rate.model_dump() if control_cmp else None,
-        "served_difference": served_cmp.rate.model_dump() if served_cmp else None,
-        "table": table_rows(comparison, control_cmp), "markdown": markdown,
-    }
+    return markdown, bar_chart(comparison, out / "rates.png", control=control_cmp)
 
 
 def _judge_accuracy(comparison) -> str:

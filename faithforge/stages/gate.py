@@ -1,27 +1,52 @@
 """Stage: the GPU gate. Reads the GPU (NVML or a simulated profile) and plans each stage before it loads anything.
 
 `plan_pipeline` turns the pipeline configuration into one `gpu.planner` request per stage (what the gate task
-and `faithforge gpu` show); `gate` plans one stage for a run and records the decision.
+and `faithforge gpu` show); `gate` plans one stage for a run and records the decision as a `GateRecord`: the
+stage's `Plan` plus what the gate saw (`snapshot`), whether the stage is turned off (`skipped`) and, for a stage
+that cannot be offloaded, the placement that was planned before it was moved here (`planned_placement`). A
+`GateRecord` is a `Plan`: the stage functions take it as their plan.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 from pathlib import Path
+from typing import Optional
+
+from pydantic import BaseModel, ConfigDict
 
 from faithforge.core.config import PipelineConfig
 from faithforge.stages.context import StageContext
 from gpu.corrections import Corrections
 from gpu.model_shape import ModelShape, load_model_shape
 from gpu.ollama import ollama_model
-from gpu.planner import Plan, StageRequest, plan_stage
+from gpu.planner import Placement, Plan, StageRequest, plan_stage
 from gpu.profiles import profile_snapshot
 from gpu.snapshot import GpuSnapshot
 
 TINY_VOCAB_SIZE = 1024  # upper bound for the tiny model's word-level tokenizer (~120 words)
 WARM_START_MAX_LENGTH = 128  # faithforge.training.sft.train_sft's default max_length, which the warm start uses
 PLANNED_STAGES = ("generate", "reference", "train", "evaluate", "warm_start")
+
+
+class GateSnapshot(BaseModel):
+    """What the gate read: where the GPU numbers came from, how many GPUs, the simulated profile (if any)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    source: str
+    devices: int
+    profile: Optional[str] = None
+
+
+class GateRecord(Plan):
+    """The gate's record of one stage (stored with the run, shown as an artifact, passed to the stage)."""
+
+    snapshot: Optional[GateSnapshot] = None
+    skipped: bool = False
+    """The stage is turned off (warm_start.enabled false): nothing is planned, refused or run."""
+    planned_placement: Optional[Placement] = None
+    """Set by `faithforge.offload.dispatch.runs_here` when a stage that cannot be offloaded runs here instead."""
 
 
 def train_model_shape(cfg: PipelineConfig) -> ModelShape:
@@ -94,12 +119,11 @@ def offloaded_on_purpose(cfg: PipelineConfig, stage: str, shape: ModelShape, req
                       policy=cfg.gpu.policy, offload_target=cfg.gpu.offload_pool, corrections=corrections,
                       offload_snapshot=offload_snapshot, cpu_max_params=0)
     sizing = plan.reason[plan.reason.find(" sized for "):] if " sized for " in plan.reason else f": {plan.reason}"
-    return dataclasses.replace(plan, reason=f"gpu.offload_stages lists {stage}, so it is offloaded to the pool "
-                                            f"{cfg.gpu.offload_pool!r}{sizing}")
+    return plan.model_copy(update={"reason": f"gpu.offload_stages lists {stage}, so it is offloaded to the pool "
+                                             f"{cfg.gpu.offload_pool!r}{sizing}"})
 
 
-
-def gate(ctx: StageContext, stage: str) -> dict:
+def gate(ctx: StageContext, stage: str) -> GateRecord:
     """The plan for `stage`: placement, model, micro-batch × accumulation, estimate, and the reason.
 
     Raises `PlanNotRunnableError` (a one-line message naming the ways out) when the stage must be offloaded
@@ -110,30 +134,14 @@ def gate(ctx: StageContext, stage: str) -> dict:
 
     snapshot = read_snapshot(ctx.config.gpu.profile)
     if stage == "warm_start" and not ctx.config.warm_start.enabled:  # nothing runs, nothing to plan or refuse
-        return {**plan_from_record({"stage": stage, "reason": "warm_start.enabled is false: the warm start is "
-                                    "skipped", "precision": "fp32"}, 1, 1).to_dict(), "skipped": True}
+        return GateRecord(**Plan.manual(stage, "cpu", reason="warm_start.enabled is false: the warm start is "
+                                        "skipped").model_dump(), skipped=True)
     plan = plan_pipeline(ctx.config, snapshot, corrections=load_corrections(calibration_path(ctx.config)))[stage]
-    record = {**plan.to_dict(), "stage": stage,
-              "snapshot": {"source": snapshot.source, "devices": len(snapshot.devices),
-                           "profile": ctx.config.gpu.profile or os.environ.get("FAITHFORGE_GPU_PROFILE")}}
+    record = GateRecord(**plan.model_dump(), snapshot=GateSnapshot(
+        source=snapshot.source, devices=len(snapshot.devices),
+        profile=ctx.config.gpu.profile or os.environ.get("FAITHFORGE_GPU_PROFILE")))
     if ctx.run_id:
-        ctx.store.record_stage(ctx.run_id, f"gate:{stage}", status="planned", plan=record, message=plan.reason)
+        ctx.store.record_stage(ctx.run_id, f"gate:{stage}", status="planned", plan=record.to_dict(),
+                               message=plan.reason)
     require_runnable(plan)
     return record
-
-
-def plan_from_record(record: dict, micro_batch: int, grad_accum: int):
-    """The gate's `Plan` back from its JSON record, with the micro-batch the stage actually starts with.
-
-    Fields a record lacks (a hand-written plan, an older record) take neutral values: the back-off only
-    needs the stage, the micro-batch and the accumulation.
-    """
-    from gpu.planner import Plan
-
-    neutral = {"stage": "stage", "placement": "cpu", "model": "", "max_tokens": 0, "ref_strategy": None,
-               "estimated_peak_bytes": 0, "usable_bytes": None, "headroom_bytes": None, "margin_bytes": 0,
-               "breakdown": {}, "reason": "", "fits": True, "policy": "stay-local",
-               "requested_batch_size": micro_batch * grad_accum, "requested_max_tokens": 0}
-    names = {f.name for f in dataclasses.fields(Plan)}
-    known = {k: v for k, v in record.items() if k in names}
-    return Plan(**{**neutral, **known, "batch_size": micro_batch, "grad_accum": grad_accum})

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from faithforge.stages.context import StageContext, content_key
+from faithforge.stages.outputs import DatasetOutput
 from faithforge.stages.reuse import claim_output
 from faithforge.data.own_data import document_splits, task_examples
 from faithforge.data.teacher import Example
@@ -20,12 +21,12 @@ def dataset_dir(ctx: StageContext) -> Path:
     return ctx.workspace.dir("datasets") / f"summaries-{key}"
 
 
-def generate_examples(ctx: StageContext) -> dict:
+def generate_examples(ctx: StageContext) -> DatasetOutput:
     cfg = ctx.config.generate
     out = dataset_dir(ctx)
     with claim_output("generate", out, "manifest.json", ctx.progress) as claim:
         if claim.reused is not None:
-            return claim.reused
+            return DatasetOutput.model_validate(claim.reused)
         documents = document_splits(ctx.config) if ctx.config.data.documents_path else None
         counts = ({s: len(documents[s]) for s in SPLITS} if documents else
                   {"train": cfg.train_sources, "val": cfg.val_sources, "test": cfg.test_sources})
@@ -47,7 +48,7 @@ def generate_examples(ctx: StageContext) -> dict:
             artifact_id = ctx.store.add_artifact("dataset", str(out), digest, run_id=ctx.run_id,
                                                  meta={"counts": counts, "backend": cfg.backend})
             info = {"path": str(out), "files": files, "counts": counts, "artifact_id": artifact_id, "key": out.name}
-            return claim.finish(tmp, info)
+            return DatasetOutput.model_validate(claim.finish(tmp, info))
 
 
 def _documents_key(cfg) -> list:
@@ -58,8 +59,8 @@ def _documents_key(cfg) -> list:
     return [cfg.data.model_dump()] + [(sha256_tree if Path(p).is_dir() else sha256_file)(p) for p in paths]
 
 
-def load_split(dataset: dict, split: str) -> list[Example]:
-    return [Example.from_dict(row) for row in read_jsonl(dataset["files"][split])]
+def load_split(dataset: DatasetOutput, split: str) -> list[Example]:
+    return [Example.from_dict(row) for row in read_jsonl(dataset.files[split])]
 
 
 def generation_parameters(ctx_config) -> "object":
@@ -84,7 +85,7 @@ def _split_of(content_hash: str, seed: int, val_share: float, test_share: float)
     return "val" if position < test_share + val_share else "train"
 
 
-def import_generated(ctx: StageContext, export: dict) -> dict:
+def import_generated(ctx: StageContext, export: dict) -> DatasetOutput:
     """Turn the generation flow's export (one JSON object per line) into the pipeline's three splits.
 
     A row becomes an example with the generated `summary` as its faithful summary and its
@@ -100,7 +101,7 @@ def import_generated(ctx: StageContext, export: dict) -> dict:
     out = ctx.workspace.dir("datasets") / f"generated-{key}"
     with claim_output("generate", out, "manifest.json", ctx.progress) as claim:
         if claim.reused is not None:
-            return claim.reused
+            return DatasetOutput.model_validate(claim.reused)
         splits: dict[str, list[dict]] = {s: [] for s in SPLITS}
         for number, row in enumerate(rows, start=1):
             data = row.get("data") or {}
@@ -129,4 +130,4 @@ def import_generated(ctx: StageContext, export: dict) -> dict:
             artifact_id = ctx.store.add_artifact("dataset", str(out), key, run_id=ctx.run_id,
                                                  meta={"counts": counts, "backend": cfg.backend}, parents=parents)
             info = {"path": str(out), "files": files, "counts": counts, "artifact_id": artifact_id, "key": out.name}
-            return claim.finish(tmp, info)
+            return DatasetOutput.model_validate(claim.finish(tmp, info))

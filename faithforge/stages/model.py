@@ -10,47 +10,51 @@ from faithforge.core.errors import UserError
 from faithforge.stages.reuse import claim_output
 from faithforge.stages.context import StageContext, content_key
 from faithforge.stages.generate import load_split
+from faithforge.stages.outputs import BaseModelOutput, DatasetOutput, ModelOutput, WarmStartOutput
+from gpu.planner import Plan
 from faithforge.data.teacher import prompt_messages
 from faithforge.core.workspace import atomic_directory
 
 
-def base_model(ctx: StageContext) -> dict:
+def base_model(ctx: StageContext) -> BaseModelOutput:
     """The folder of the model everything starts from; builds the tiny model when `model.path` is empty."""
     cfg = ctx.config.model
     if cfg.path:
         path = Path(cfg.path).expanduser()
         if not (path / "config.json").is_file():
             raise UserError(f"model.path {path} has no config.json; point it at a folder saved with save_pretrained")
-        return {"path": str(path), "built": False, "reused": True}
+        return BaseModelOutput(path=str(path), built=False, reused=True)
     from faithforge.training.tiny_model import build_tiny_model
 
     key = content_key("tiny", cfg.tiny.model_dump(), ctx.config.seed)
     path = ctx.workspace.dir("models") / f"tiny-{key}"
     with claim_output("base_model", path, progress=ctx.progress) as claim:
         if claim.reused is not None:
-            return {**claim.reused, "built": False}
+            return BaseModelOutput.model_validate({**claim.reused, "built": False})
         build_tiny_model(path, seed=ctx.config.seed, spec=cfg.tiny)  # an atomic directory
-        return claim.finish(path, {"path": str(path), "built": True})  # the manifest last, beside it
+        # the manifest last, beside it
+        return BaseModelOutput.model_validate(claim.finish(path, {"path": str(path), "built": True}))
 
 
-def warm_start(ctx: StageContext, base: dict, dataset: dict, plan: dict) -> dict:
+def warm_start(ctx: StageContext, base: ModelOutput, dataset: DatasetOutput, plan: Plan) -> WarmStartOutput:
     """SFT on the (noisy) reference summaries so the tiny model can summarize; skipped when disabled."""
     cfg = ctx.config.warm_start
     if not cfg.enabled:
-        return {"path": base["path"], "skipped": True, "reused": True}
+        return WarmStartOutput(path=base.path, skipped=True, reused=True)
     from faithforge.training.reference import weights_fingerprint
 
     # How often it checkpoints does not change the result, so it is not part of the key.
-    key = content_key("warm", weights_fingerprint(base["path"]), dataset["key"],
+    key = content_key("warm", weights_fingerprint(base.path), dataset.key,
                       cfg.model_dump(exclude={"checkpoint_every"}), ctx.config.seed)
     out = ctx.workspace.dir("models") / f"sft-{key}"
     with claim_output("warm_start", out, progress=ctx.progress) as claim:
         if claim.reused is not None:
-            return claim.reused
+            return WarmStartOutput.model_validate(claim.reused)
         return _train_warm_start(ctx, claim, base, dataset, plan, out)
 
 
-def _train_warm_start(ctx: StageContext, claim, base: dict, dataset: dict, plan: dict, out: Path) -> dict:
+def _train_warm_start(ctx: StageContext, claim, base: ModelOutput, dataset: DatasetOutput, plan: Plan,
+                      out: Path) -> WarmStartOutput:
     import torch
 
     from faithforge.training.modeling import load_for_plan, load_tokenizer, measured_peak, plan_precision, start_peak_measurement
@@ -64,9 +68,9 @@ def _train_warm_start(ctx: StageContext, claim, base: dict, dataset: dict, plan:
         raise UserError("the warm start is a full fine-tune and needs a 16-bit or fp32 plan, but its plan says nf4; "
                         "gate it as the warm_start stage (faithforge gpu shows that plan)")
     torch.manual_seed(ctx.config.seed)
-    tokenizer = load_tokenizer(base["path"])
+    tokenizer = load_tokenizer(base.path)
     start_peak_measurement()
-    model, _ = load_for_plan(base["path"], plan)  # the warm_start plan: bf16 on a GPU, fp32 on the CPU
+    model, _ = load_for_plan(base.path, plan)  # the warm_start plan: bf16 on a GPU, fp32 on the CPU
     examples = [SftExample(prompt_messages(e.source), e.warm_start_reference) for e in load_split(dataset, "train")]
     started = time.perf_counter()
     losses = train_sft(model, tokenizer, examples, steps=cfg.steps, batch_size=cfg.batch_size,
@@ -84,8 +88,8 @@ def _train_warm_start(ctx: StageContext, claim, base: dict, dataset: dict, plan:
         tokenizer.save_pretrained(tmp)
         info["artifact_id"] = ctx.store.add_artifact(
             "model", str(out), weights_fingerprint(tmp), run_id=ctx.run_id, meta={"stage": "warm_start", **info},
-            parents=[dataset["artifact_id"]] if dataset.get("artifact_id") else [])
-        result = claim.finish(tmp, info)
+            parents=[dataset.artifact_id] if dataset.artifact_id else [])
+        result = WarmStartOutput.model_validate(claim.finish(tmp, info))
     shutil.rmtree(checkpoints, ignore_errors=True)  # the finished model replaces them
     del model
     return result

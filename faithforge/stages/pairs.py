@@ -10,16 +10,23 @@ from faithforge.data.pairs import build_synthetic_pairs, split_by_source, valida
 from faithforge.stages.reuse import claim_output
 from faithforge.stages.context import StageContext, content_key
 from faithforge.stages.generate import load_split
+from faithforge.stages.outputs import DatasetOutput, ModelOutput, PairsOutput
+from gpu.planner import Plan
 from faithforge.core.workspace import atomic_directory, atomic_write_jsonl, read_jsonl, sha256_file
 
+#: On-policy sampling without a gate plan: on the CPU in fp32, 32 summaries at a time.
+NO_GATE_PLAN = Plan.manual("evaluate", "cpu", batch_size=32)
 
-def build_pairs(ctx: StageContext, dataset: dict, model: dict | None = None, plan: dict | None = None) -> dict:
-    """Pairs from the training split: synthetic, or on-policy from `model` (the warm-started policy)."""
+
+def build_pairs(ctx: StageContext, dataset: DatasetOutput, model: ModelOutput | None = None,
+                plan: Plan | None = None) -> PairsOutput:
+    """Pairs from the training split: synthetic, or on-policy from `model` (the warm-started policy), sampled as
+    `plan` says (no plan: on the CPU, in fp32)."""
     cfg = ctx.config.pairs
     on_policy = cfg.builder == "on-policy"
     if on_policy and model is None:
         raise UserError("pairs.builder is on-policy but no model was given to sample from")
-    depends_on = [dataset["key"], cfg.model_dump(), ctx.config.seed]
+    depends_on = [dataset.key, cfg.model_dump(), ctx.config.seed]
     if cfg.path:  # imported pairs depend on the file's content, not on a model
         from faithforge.core.workspace import sha256_tree
 
@@ -30,16 +37,16 @@ def build_pairs(ctx: StageContext, dataset: dict, model: dict | None = None, pla
     elif on_policy:
         from faithforge.training.reference import weights_fingerprint
 
-        depends_on.append(weights_fingerprint(model["path"]))  # on-policy samples depend on the policy
+        depends_on.append(weights_fingerprint(model.path))  # on-policy samples depend on the policy
     out = ctx.workspace.dir("pairs") / f"pairs-{content_key('pairs', *depends_on)}"
     with claim_output("pairs", out, "manifest.json", ctx.progress) as claim:
         if claim.reused is not None:
-            return claim.reused
+            return PairsOutput.model_validate(claim.reused)
         examples = load_split(dataset, "train")
         if cfg.path:
             pairs, report = _imported_pairs(cfg)
         elif on_policy:
-            pairs, report = _sample_onpolicy_pairs(ctx, examples, model, plan or {"placement": "cpu"})
+            pairs, report = _sample_onpolicy_pairs(ctx, examples, model, plan or NO_GATE_PLAN)
         else:
             pairs, report = build_synthetic_pairs(examples, cfg.omission_share, ctx.config.seed)
         validate_pairs(pairs, "generated pairs")
@@ -49,28 +56,28 @@ def build_pairs(ctx: StageContext, dataset: dict, model: dict | None = None, pla
             val_tmp = atomic_write_jsonl(tmp / "val.jsonl", val)
             artifact_id = ctx.store.add_artifact(
                 "pairs", str(out), content_key(sha256_file(train_tmp), sha256_file(val_tmp)), run_id=ctx.run_id,
-                meta=report.to_dict(), parents=[dataset["artifact_id"]] if dataset.get("artifact_id") else [])
+                meta=report.to_dict(), parents=[dataset.artifact_id] if dataset.artifact_id else [])
             info = {"path": str(out), "train": str(out / "train.jsonl"), "val": str(out / "val.jsonl"),
                     "counts": {"train": len(train), "val": len(val)}, "report": report.to_dict(),
                     "artifact_id": artifact_id}
-            return claim.finish(tmp, info)
+            return PairsOutput.model_validate(claim.finish(tmp, info))
 
 
-def _sample_onpolicy_pairs(ctx: StageContext, examples, model: dict, plan: dict):
+def _sample_onpolicy_pairs(ctx: StageContext, examples, model: ModelOutput, plan: Plan):
     from faithforge.evaluation import get_judge
     from faithforge.training.modeling import load_for_plan, load_tokenizer
     from faithforge.training.onpolicy_pairs import build_onpolicy_pairs
     from faithforge.evaluation.options import judge_options
 
     cfg = ctx.config.pairs
-    tokenizer = load_tokenizer(model["path"])
-    policy, _ = load_for_plan(model["path"], plan)  # sampled in the precision the plan names
+    tokenizer = load_tokenizer(model.path)
+    policy, _ = load_for_plan(model.path, plan)  # sampled in the precision the plan names
     ctx.progress("pairs", 0, 1, f"sampling {cfg.samples_per_source} summaries per source")
     return build_onpolicy_pairs(policy, tokenizer, examples, k=cfg.samples_per_source, temperature=cfg.temperature,
                                 seed=ctx.config.seed, max_new_tokens=ctx.config.evaluate.max_new_tokens,
                                 margin=cfg.margin,
                                 judge=get_judge(ctx.config.evaluate.judge, **judge_options(ctx.config.evaluate)),
-                                batch_size=plan.get("batch_size") or 32, system_prompt=system_prompt(ctx.config))
+                                batch_size=plan.batch_size, system_prompt=system_prompt(ctx.config))
 
 
 def _imported_pairs(cfg):

@@ -6,24 +6,25 @@ import logging
 
 from faithforge.core.locks import output_lock
 from faithforge.stages.context import StageContext
-from faithforge.stages.gate import plan_from_record
+from faithforge.stages.outputs import ModelOutput, PairsOutput, ReferenceOutput
 from faithforge.stages.pairs import load_pairs
+from gpu.planner import Plan
 
 log = logging.getLogger(__name__)
 
 
-def reference_logps(ctx: StageContext, model: dict, pairs: dict, plan: dict) -> dict:
+def reference_logps(ctx: StageContext, model: ModelOutput, pairs: PairsOutput, plan: Plan) -> ReferenceOutput:
     from faithforge.training.modeling import (compute_dtype_name, device_for, load_tokenizer, plan_precision,
                                      precision_quantization)
     from faithforge.training.reference import ReferenceCache, cache_key, weights_fingerprint
 
     cfg = ctx.config.reference
-    device = device_for(plan["placement"])
+    device = device_for(plan.placement)
     precision = plan_precision(plan)  # the stage loads exactly what its plan names
     quantization = precision_quantization(precision)
-    train_pairs = load_pairs(pairs["train"])
-    tokenizer = load_tokenizer(model["path"])
-    key, components = cache_key(weights=weights_fingerprint(model["path"]), tokenizer=tokenizer,
+    train_pairs = load_pairs(pairs.train)
+    tokenizer = load_tokenizer(model.path)
+    key, components = cache_key(weights=weights_fingerprint(model.path), tokenizer=tokenizer,
                                 max_length=cfg.max_length, truncation_mode="keep_start",
                                 quantization=quantization, pairs=train_pairs,
                                 compute_dtype=compute_dtype_name(precision, device))
@@ -35,21 +36,21 @@ def reference_logps(ctx: StageContext, model: dict, pairs: dict, plan: dict) -> 
     with output_lock(cache.directory, "reference",
                      on_wait=lambda message: ctx.progress("reference", 0, 1, message)):
         if cache.is_complete():
-            return {**info, "reused": True, "artifact_id": _record(ctx, cache, pairs)}
-        return _compute(ctx, cache, info, model, pairs, plan, train_pairs, tokenizer, quantization, device)
+            return ReferenceOutput(**info, reused=True, artifact_id=_record(ctx, cache, pairs))
+        return _compute(ctx, cache, info, model, pairs, plan, train_pairs, tokenizer)
 
 
-def _compute(ctx: StageContext, cache, info: dict, model: dict, pairs: dict, plan: dict, train_pairs: list,
-             tokenizer, quantization, device: str) -> dict:
+def _compute(ctx: StageContext, cache, info: dict, model: ModelOutput, pairs: PairsOutput, plan: Plan,
+             train_pairs: list, tokenizer) -> ReferenceOutput:
     from faithforge.training.modeling import load_for_plan, measured_peak, start_peak_measurement
     from faithforge.training.reference import compute_reference_cache
     from gpu import run_with_oom_backoff
 
     cfg = ctx.config.reference
     start_peak_measurement()
-    loaded, _ = load_for_plan(model["path"], plan)
+    loaded, _ = load_for_plan(model.path, plan)
 
-    def compute(current) -> dict:
+    def compute(current: Plan) -> dict:
         # After a CUDA OOM this runs again with half the batch and resumes after the last complete shard.
         return compute_reference_cache(
             loaded, tokenizer, train_pairs, cache, batch_size=current.batch_size, max_length=cfg.max_length,
@@ -62,12 +63,12 @@ def _compute(ctx: StageContext, cache, info: dict, model: dict, pairs: dict, pla
             ctx.store.record_stage(ctx.run_id, "reference:oom-backoff", status="backoff", message=event.error,
                                    plan={"attempt": event.attempt, "batch_size": event.next_plan.batch_size})
 
-    batch = plan.get("batch_size") or cfg.batch_size
-    summary = run_with_oom_backoff(compute, plan_from_record(plan, batch, 1), on_backoff=log_backoff)
-    return {**info, **summary, **measured_peak(), "reused": False, "artifact_id": _record(ctx, cache, pairs)}
+    summary = run_with_oom_backoff(compute, plan.with_micro_batch(plan.batch_size, 1), on_backoff=log_backoff)
+    return ReferenceOutput(**{**info, **summary, **measured_peak(), "reused": False,
+                              "artifact_id": _record(ctx, cache, pairs)})
 
 
-def _record(ctx: StageContext, cache, pairs: dict) -> str:
+def _record(ctx: StageContext, cache, pairs: PairsOutput) -> str:
     return ctx.store.add_artifact("reference_cache", str(cache.directory), cache.key, run_id=ctx.run_id,
                                   meta={"components": cache.components},
-                                  parents=[pairs["artifact_id"]] if pairs.get("artifact_id") else [])
+                                  parents=[pairs.artifact_id] if pairs.artifact_id else [])

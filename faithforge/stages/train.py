@@ -10,69 +10,102 @@ from pathlib import Path
 
 from faithforge.stages.reuse import Claim, claim_output
 from faithforge.stages.context import StageContext, content_key
-from faithforge.stages.gate import plan_from_record
+from faithforge.stages.outputs import AdapterOutput, ControlOutput, ModelOutput, PairsOutput, ReferenceOutput
 from faithforge.stages.pairs import load_pairs
 from faithforge.core.workspace import atomic_directory, atomic_write_json, sha256_tree
+from gpu.planner import Plan
 
 log = logging.getLogger(__name__)
 
 
-def _micro_batch(plan: dict, effective: int) -> tuple[int, int]:
-    micro = max(1, min(int(plan.get("batch_size") or effective), effective))
-    accum = int(plan.get("grad_accum") or max(1, effective // micro))
-    return micro, accum
+def starting_plan(plan: Plan, effective: int) -> Plan:
+    """The plan a training stage starts with: the gate's micro-batch (at most the effective batch) × its
+    accumulation."""
+    micro = max(1, min(plan.batch_size, effective))
+    return plan.with_micro_batch(micro, plan.grad_accum or max(1, effective // micro))
 
 
-def train_dpo(ctx: StageContext, model: dict, pairs: dict, reference: dict, plan: dict) -> dict:
+def train_dpo(ctx: StageContext, model: ModelOutput, pairs: PairsOutput, reference: ReferenceOutput,
+              plan: Plan) -> AdapterOutput:
     cfg = ctx.config.train
-    key = content_key("dpo", reference["key"], cfg.model_dump(), ctx.config.seed)
+    key = content_key("dpo", reference.key, cfg.model_dump(), ctx.config.seed)
     out = ctx.workspace.dir("adapters") / f"dpo-{key}"
     with claim_output("train", out, progress=ctx.progress) as claim:
         if claim.reused is not None:
-            return claim.reused
+            return AdapterOutput.model_validate(claim.reused)
         return _train_dpo(ctx, claim, key, out, model, pairs, reference, plan)
 
 
-def _train_dpo(ctx: StageContext, claim: Claim, key: str, out: Path, model: dict, pairs: dict, reference: dict,
-               plan: dict) -> dict:
+def _train_dpo(ctx: StageContext, claim: Claim, key: str, out: Path, model: ModelOutput, pairs: PairsOutput,
+               reference: ReferenceOutput, plan: Plan) -> AdapterOutput:
+    """setup (policy, tokenizer, cached reference) → train (with OOM back-off) → save → lineage."""
+    from faithforge.training.modeling import measured_peak
+
+    policy, tokenizer, reference_logps, on_gpu = _setup_dpo(ctx, model, reference, plan)
+    started = time.perf_counter()
+    result, backoffs = _run_dpo_with_backoff(ctx, key, policy, tokenizer, load_pairs(pairs.train), reference_logps,
+                                             starting_plan(plan, ctx.config.train.batch_size), on_gpu)
+    history = result["history"]
+    info = {"path": str(out), "steps": result["steps"], "micro_batch": result["micro_batch"],
+            "grad_accum": result["grad_accum"],
+            "first_loss": history[0]["loss"] if history else None, "final_loss": history[-1]["loss"] if history else None,
+            "final_margin": history[-1]["margin"] if history else None, "stuck_at_ln2": result["stuck_at_ln2"],
+            "resumed_from": result["resumed_from"], "oom_backoffs": backoffs,
+            "train_seconds": round(time.perf_counter() - started, 2), **measured_peak()}
+    saved = _save_adapter(ctx, claim, out, model, reference, result["trainer"].model, history, info)
+    return saved.model_copy(update={"plot": str(out / "training.png")})
+
+
+def _setup_dpo(ctx: StageContext, model: ModelOutput, reference: ReferenceOutput, plan: Plan):
+    """(LoRA policy on the base loaded as `plan` says, its tokenizer, the verified reference cache, on a GPU?)."""
     import torch
 
-    from faithforge.training.dpo import run_dpo
-    from faithforge.training.modeling import (attach_lora, check_same_precision, load_for_plan, load_tokenizer, measured_peak,
-                                     plan_precision, start_peak_measurement)
+    from faithforge.training.modeling import (attach_lora, check_same_precision, load_for_plan, load_tokenizer,
+                                              plan_precision, start_peak_measurement)
     from faithforge.training.reference import ReferenceCache
-    from faithforge.training.plot import plot_training
-    from gpu import run_with_oom_backoff
 
     cfg = ctx.config.train
-    cache = ReferenceCache(reference["path"], reference["key"], _components(reference["path"]),
-                           ctx.config.reference.shard_size)
+    cache = ReferenceCache(reference.path, reference.key, _components(reference.path), ctx.config.reference.shard_size)
     reference_logps = cache.load()
-    check_same_precision(plan, reference)
+    check_same_precision(plan, reference.precision, reference.quantization)
     torch.manual_seed(ctx.config.seed)
-    tokenizer = load_tokenizer(model["path"])
+    tokenizer = load_tokenizer(model.path)
     start_peak_measurement()
-    base, device = load_for_plan(model["path"], plan)  # exactly the precision the train plan names
+    base, device = load_for_plan(model.path, plan)  # exactly the precision the train plan names
     on_gpu = device == "cuda"
     policy = attach_lora(base, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                          quantized=plan_precision(plan) == "nf4", gradient_checkpointing=on_gpu)
-    micro, accum = _micro_batch(plan, cfg.batch_size)
-    train_pairs = load_pairs(pairs["train"])
+    return policy, tokenizer, reference_logps, on_gpu
+
+
+def _dpo_arguments(ctx: StageContext, key: str, on_gpu: bool, start: Plan):
+    from faithforge.training.dpo import DpoArguments
+
+    cfg = ctx.config.train
+    return DpoArguments(
+        output_dir=str(ctx.workspace.dir("checkpoints") / f"dpo-{key}"), steps=cfg.steps,
+        micro_batch=start.batch_size, grad_accum=start.grad_accum, learning_rate=cfg.learning_rate, beta=cfg.beta,
+        max_length=ctx.config.reference.max_length, seed=ctx.config.seed, checkpoint_every=cfg.checkpoint_every,
+        gradient_checkpointing=on_gpu, optimizer="paged_adamw_8bit" if on_gpu else "adamw_torch", bf16=on_gpu,
+        sft_weight=cfg.sft_weight)
+
+
+def _run_dpo_with_backoff(ctx: StageContext, key: str, policy, tokenizer, train_pairs: list[dict], reference_logps,
+                          start: Plan, on_gpu: bool) -> tuple[dict, list[dict]]:
+    """`run_dpo` from `start`'s micro-batch; after a CUDA OOM again with half of it (the run store hears of each)."""
+    from faithforge.training.dpo import run_dpo
+    from gpu import run_with_oom_backoff
+
+    args = _dpo_arguments(ctx, key, on_gpu, start)
     backoffs: list[dict] = []
 
-    def train_with(current) -> dict:
+    def train_with(current: Plan) -> dict:
         # Called again after a CUDA OOM with half the micro-batch and twice the accumulation; run_dpo resumes
         # from the newest complete checkpoint, so a back-off loses at most `checkpoint_every` steps.
-        out = run_dpo(
-            policy, tokenizer, train_pairs, reference_logps,
-            output_dir=str(ctx.workspace.dir("checkpoints") / f"dpo-{key}"), steps=cfg.steps,
-            micro_batch=current.batch_size, grad_accum=current.grad_accum, learning_rate=cfg.learning_rate,
-            beta=cfg.beta, max_length=ctx.config.reference.max_length, seed=ctx.config.seed,
-            checkpoint_every=cfg.checkpoint_every, gradient_checkpointing=on_gpu,
-            optimizer="paged_adamw_8bit" if on_gpu else "adamw_torch", bf16=on_gpu,
-            guard_tolerance=None, sft_weight=cfg.sft_weight,  # None: scaled to the dtype and tokens
-            extra_callbacks=[_progress_callback(ctx, "train", cfg.steps)],
-        )
+        out = run_dpo(policy, tokenizer, train_pairs, reference_logps,
+                      args.with_micro_batch(current.batch_size, current.grad_accum),
+                      guard_tolerance=None,  # None: scaled to the dtype and tokens
+                      extra_callbacks=[_progress_callback(ctx, "train", args.steps)])
         return {**out, "micro_batch": current.batch_size, "grad_accum": current.grad_accum}
 
     def log_backoff(event) -> None:
@@ -84,42 +117,41 @@ def _train_dpo(ctx: StageContext, claim: Claim, key: str, out: Path, model: dict
             ctx.store.record_stage(ctx.run_id, "train:oom-backoff", status="backoff", plan=backoffs[-1],
                                    message=event.error)
 
-    started = time.perf_counter()
-    result = run_with_oom_backoff(train_with, plan_from_record(plan, micro, accum), on_backoff=log_backoff)
-    micro, accum = result["micro_batch"], result["grad_accum"]
-    history = result["history"]
-    info = {"path": str(out), "steps": result["steps"], "micro_batch": micro, "grad_accum": accum,
-            "first_loss": history[0]["loss"] if history else None, "final_loss": history[-1]["loss"] if history else None,
-            "final_margin": history[-1]["margin"] if history else None, "stuck_at_ln2": result["stuck_at_ln2"],
-            "resumed_from": result["resumed_from"], "oom_backoffs": backoffs,
-            "train_seconds": round(time.perf_counter() - started, 2), **measured_peak()}
+    return run_with_oom_backoff(train_with, start, on_backoff=log_backoff), backoffs
+
+
+def _save_adapter(ctx: StageContext, claim: Claim, out: Path, model: ModelOutput, reference: ReferenceOutput,
+                  trained, history: list[dict], info: dict) -> AdapterOutput:
+    """The adapter, its history and curves (and the merged model) written atomically; lineage: reference → adapter."""
+    from faithforge.training.plot import plot_training
+
     with atomic_directory(out) as tmp:
-        result["trainer"].model.save_pretrained(tmp)
+        trained.save_pretrained(tmp)
         atomic_write_json(tmp / "history.json", history)
         plot_training(history, tmp / "training.png")
-        if cfg.save_merged:  # inside the atomic block: an adapter is complete only with its merged model
+        if ctx.config.train.save_merged:  # inside the atomic block: an adapter is complete only with its merged model
             from faithforge.training.modeling import merge_adapter
 
-            merge_adapter(model["path"], tmp, tmp / "merged")
+            merge_adapter(model.path, tmp, tmp / "merged")
             info["merged_path"] = str(out / "merged")
         info["artifact_id"] = ctx.store.add_artifact("adapter", str(out), sha256_tree(tmp), run_id=ctx.run_id,
-                                                     meta=info, parents=[reference["artifact_id"]])
-        result = claim.finish(tmp, info)
-    return {**result, "plot": str(out / "training.png")}
+                                                     meta=info, parents=[reference.artifact_id])
+        return AdapterOutput.model_validate(claim.finish(tmp, info))
 
 
-def train_sft_control(ctx: StageContext, model: dict, pairs: dict, plan: dict) -> dict:
+def train_sft_control(ctx: StageContext, model: ModelOutput, pairs: PairsOutput, plan: Plan) -> ControlOutput:
     """LoRA SFT on the chosen summaries, same steps, batch, rank and learning rate as DPO."""
     cfg = ctx.config.train
-    key = content_key("sft-control", model["path"], pairs["path"], cfg.model_dump(), ctx.config.seed)
+    key = content_key("sft-control", model.path, pairs.path, cfg.model_dump(), ctx.config.seed)
     out = ctx.workspace.dir("adapters") / f"sft-control-{key}"
     with claim_output("control", out, progress=ctx.progress) as claim:
         if claim.reused is not None:
-            return claim.reused
+            return ControlOutput.model_validate(claim.reused)
         return _train_sft_control(ctx, claim, out, model, pairs, plan)
 
 
-def _train_sft_control(ctx: StageContext, claim: Claim, out: Path, model: dict, pairs: dict, plan: dict) -> dict:
+def _train_sft_control(ctx: StageContext, claim: Claim, out: Path, model: ModelOutput, pairs: PairsOutput,
+                       plan: Plan) -> ControlOutput:
     import torch
 
     from faithforge.training.modeling import (attach_lora, load_for_plan, load_tokenizer, measured_peak, plan_precision,
@@ -132,18 +164,18 @@ def _train_sft_control(ctx: StageContext, claim: Claim, out: Path, model: dict, 
     checkpoints = ctx.workspace.dir("checkpoints") / out.name
     resumed: list[int] = []
     torch.manual_seed(ctx.config.seed)
-    tokenizer = load_tokenizer(model["path"])
+    tokenizer = load_tokenizer(model.path)
     start_peak_measurement()
-    base, device = load_for_plan(model["path"], plan)  # the control runs under the train plan, in its precision
+    base, device = load_for_plan(model.path, plan)  # the control runs under the train plan, in its precision
     policy = attach_lora(base, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                          quantized=plan_precision(plan) == "nf4", gradient_checkpointing=device == "cuda")
     use_chunked_head_loss(policy)  # no full logits: the control stays within the DPO plan it runs under
-    examples = [SftExample(p["prompt"], p["chosen"][0]["content"]) for p in load_pairs(pairs["train"])]
+    examples = [SftExample(p["prompt"], p["chosen"][0]["content"]) for p in load_pairs(pairs.train)]
     started = time.perf_counter()
     initial = {k: v.detach().clone() for k, v in get_peft_model_state_dict(policy).items()}
     attempts: list[int] = []
 
-    def control_with(current) -> list[float]:
+    def control_with(current: Plan) -> list[float]:
         # The train plan's micro-batch, the same effective batch; after a CUDA OOM again with half the micro-batch,
         # from the initial adapter (train_sft resumes from its own checkpoint when there is one).
         if attempts:
@@ -157,8 +189,7 @@ def _train_sft_control(ctx: StageContext, claim: Claim, out: Path, model: dict, 
             if s % 16 == 0 or s == cfg.steps else None,
             checkpoint_dir=checkpoints, checkpoint_every=cfg.checkpoint_every, on_resume=resumed.append)
 
-    micro, accum = _micro_batch(plan, cfg.batch_size)
-    losses = run_with_oom_backoff(control_with, plan_from_record(plan, micro, accum))
+    losses = run_with_oom_backoff(control_with, starting_plan(plan, cfg.batch_size))
     info = {"path": str(out), "steps": cfg.steps, "first_loss": losses[0], "final_loss": losses[-1],
             "micro_batch": attempts[-1],
             "resumed_from_step": resumed[0] if resumed else None,
@@ -167,13 +198,14 @@ def _train_sft_control(ctx: StageContext, claim: Claim, out: Path, model: dict, 
         policy.save_pretrained(tmp)
         info["artifact_id"] = ctx.store.add_artifact(
             "adapter", str(out), sha256_tree(tmp), run_id=ctx.run_id, meta={"control": "sft-on-chosen", **info},
-            parents=[pairs["artifact_id"]] if pairs.get("artifact_id") else [])
-        result = claim.finish(tmp, info)
+            parents=[pairs.artifact_id] if pairs.artifact_id else [])
+        result = ControlOutput.model_validate(claim.finish(tmp, info))
     shutil.rmtree(checkpoints, ignore_errors=True)  # the finished adapter replaces them
     return result
 
 
 def _components(path: str) -> dict:
+    """The reference cache's key components, from its manifest."""
     return json.loads((Path(path) / "manifest.json").read_text())["components"]
 
 
