@@ -52,3 +52,25 @@ def test_demo_real_stores_the_judge_calibration_its_reports_show(tmp_path):
     found = calibrations_for(tmp_path / "ws" / "calibrations", get_judge("grounding"))
     assert found  # what the evaluation report reads and prints beside its rates
     assert calibrate_judge_on_labels(tmp_path / "ws2", labels=tmp_path / "missing.jsonl") is None
+
+
+HELD_OUT = Path(__file__).parent / "data" / "smollm2_grounded_qa_labels_test.jsonl"
+
+
+def test_held_out_labels_are_well_formed_and_measure_the_grounded_qa_judge():
+    """60 answers from the benchmark's test split (30 before, 30 after DPO, seed 0), labeled by reading them; the
+    grounded-qa judge was written against the 160 validation labels above and never changed after these."""
+    from faithforge.evaluation import get_judge
+
+    rows = [json.loads(line) for line in HELD_OUT.read_text().splitlines() if line.strip()]
+    assert len(rows) == 60 and len({r["id"] for r in rows}) == 60
+    assert not {r["source"] for r in rows} & {r["source"] for r in _rows()}  # no question shared with the 160
+    for row in rows:
+        assert row["label"] in ("faithful", "hallucinated") and row["note"] and row["task_split"] == "test"
+        assert (row["span"] in row["summary"]) if row["label"] == "hallucinated" else row["span"] is None, row
+    judge = get_judge("grounded-qa")
+    flagged = [r for r in rows if judge.judge(r["source"], r["summary"]).hallucinated]
+    true_positives = sum(r["label"] == "hallucinated" for r in flagged)
+    positives = sum(r["label"] == "hallucinated" for r in rows)
+    assert true_positives / len(flagged) >= 0.8 and true_positives / positives >= 0.8, (true_positives, len(flagged),
+                                                                                        positives)

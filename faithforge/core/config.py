@@ -236,11 +236,14 @@ class ControlConfig(Section):
 class EvaluateConfig(Section):
     """Before/after hallucination evaluation on held-out sources."""
 
-    judge: Literal["grounding", "nli", "llm"] | list[Literal["grounding", "nli", "llm"]] = "grounding"
+    judge: Literal["grounding", "grounded-qa", "nli", "llm"] | list[Literal["grounding", "grounded-qa", "nli", "llm"]] = \
+        "grounding"
     """How a summary is judged. `grounding`: deterministic; a name, place, number, day or quote that is not in
     the source is a hallucination (a cheap filter: balanced accuracy 0.60 on human-labeled news summaries; it
-    misses changed relations, negations, invented events). `nli`: a checkpoint scores each sentence against
-    the source (MNLI / HHEM / MiniCheck). `llm`: an LLM extracts claims and checks each (Ollama or an
+    misses changed relations, negations, invented events). `grounded-qa`: grounding plus who-did-what, for the
+    grounded-qa task's documents (another person's value, a person named as a place, invented relations;
+    precision 0.91, recall 0.97 on 60 held-out labeled SmolLM2 answers). `nli`: a checkpoint scores each
+    sentence against the source (MNLI / HHEM / MiniCheck). `llm`: an LLM extracts claims and checks each (Ollama or an
     OpenAI-compatible server). A list (`[grounding, nli]`) combines judges: hallucinated when any says so,
     each judge's rate reported beside the combined one."""
     nli_checkpoint: str | None = None

@@ -1,4 +1,5 @@
-"""Judges by name: `grounding` (default), `nli`, `llm`."""
+"""Judges by name: `grounding` (default), `grounded-qa` (grounding + who-did-what on the grounded-qa task), `nli`,
+`llm`."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from faithforge.core.errors import UserError
 from faithforge.evaluation.grounding import GroundingJudge
 from faithforge.evaluation.verdict import Judge
 
-JUDGE_NAMES = ("grounding", "nli", "llm")
+JUDGE_NAMES = ("grounding", "grounded-qa", "nli", "llm")
 DEFAULT_JUDGE = "grounding"
 
 
@@ -26,6 +27,12 @@ def get_judge(name: str | Sequence[str] = DEFAULT_JUDGE, **options: Any) -> Judg
         if options:
             raise UserError(f"the grounding judge takes no options (got {', '.join(sorted(options))})")
         return GroundingJudge()  # its measured limits travel with every report (GroundingJudge.limits)
+    if name == "grounded-qa":
+        if options:
+            raise UserError(f"the grounded-qa judge takes no options (got {', '.join(sorted(options))})")
+        from faithforge.evaluation.attribution import GroundedQaJudge
+
+        return GroundedQaJudge()
     if name == "nli":
         checkpoint = options.pop("checkpoint", None)
         if not checkpoint:
