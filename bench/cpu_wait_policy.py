@@ -32,12 +32,13 @@ from faithforge.core.config import load_config
 from faithforge.stages.context import StageContext
 from faithforge.stages.generate import generate_examples
 from faithforge.stages.model import base_model, warm_start
+from gpu.planner import Plan
 cfg = load_config(None, overrides={"workspace": sys.argv[1], "warm_start": {"steps": int(sys.argv[3]),
                                    "checkpoint_every": 1_000_000}}, environ={})
 ctx = StageContext.open(cfg, None)
 data, base = generate_examples(ctx), base_model(ctx)
-out = warm_start(ctx, base, data, {"placement": "cpu"})
-print(json.dumps({"train_seconds": out["train_seconds"], "threads": torch.get_num_threads()}))
+out = warm_start(ctx, base, data, Plan.manual("warm_start", "cpu"))
+print(json.dumps({"train_seconds": out.train_seconds, "threads": torch.get_num_threads()}))
 """
 
 

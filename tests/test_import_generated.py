@@ -35,14 +35,14 @@ def test_export_is_split_deterministically_and_reused(tmp_path):
     ctx = _ctx(tmp_path)
     export = _export(tmp_path / "export.jsonl", 300)
     first = import_generated(ctx, export)
-    assert sum(first["counts"].values()) == 300 and not first["reused"]
-    assert 30 < first["counts"]["test"] < 90 and 10 < first["counts"]["val"] < 55
+    assert sum(first.counts.values()) == 300 and not first.reused
+    assert 30 < first.counts["test"] < 90 and 10 < first.counts["val"] < 55
     test = load_split(first, "test")
     assert test[0].facts is None and test[0].key_facts and test[0].hallucinated
     train_ids = {e.id for e in load_split(first, "train")}
     assert not train_ids & {e.id for e in test}
     again = import_generated(ctx, export)
-    assert again["reused"] and again["counts"] == first["counts"]
+    assert again.reused and again.counts == first.counts
 
     # A top-up (more lines) never moves an earlier example out of the test split.
     bigger = import_generated(ctx, _export(tmp_path / "export2.jsonl", 400))

@@ -140,7 +140,7 @@ def test_pairs_stage_imports_pairs_path_and_splits_by_source(tmp_path):
                               "generate": {"train_sources": 10, "val_sources": 10, "test_sources": 10}})
     ctx = StageContext.open(config)
     out = build_pairs(ctx, generate_examples(ctx))
-    train, val = load_pairs(out["train"]), load_pairs(out["val"])
-    assert len(train) + len(val) == 80 and out["report"]["by_kind"] == {"imported": 80}
+    train, val = load_pairs(out.train), load_pairs(out.val)
+    assert len(train) + len(val) == 80 and out.report["by_kind"] == {"imported": 80}
     assert not {p["source_id"] for p in train} & {p["source_id"] for p in val}
-    assert build_pairs(ctx, generate_examples(ctx))["reused"]
+    assert build_pairs(ctx, generate_examples(ctx)).reused

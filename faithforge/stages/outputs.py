@@ -43,15 +43,6 @@ class StageOutput(BaseModel):
     offload_flow_run: Optional[str] = None
     offload_flow_run_id: Optional[str] = None
 
-    def __getitem__(self, key: str) -> Any:
-        """Read-only `output["key"]` for callers outside the stages that still read outputs as JSON
-        (bench/cpu_wait_policy.py, tests/test_import_generated.py, tests/test_own_data.py); new code reads
-        attributes."""
-        try:
-            return getattr(self, key)
-        except AttributeError:
-            raise KeyError(key) from None
-
 
 class DatasetOutput(StageOutput):
     """generate (or import of the generation flow's export): the train/val/test example files."""
