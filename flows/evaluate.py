@@ -9,8 +9,7 @@ from faithforge.core.config import PipelineConfig
 from faithforge.stages.outputs import (AdapterOutput, ControlOutput, DatasetOutput, EvaluationOutput, ModelOutput,
                                        PairsOutput)
 from tasks.evaluate import evaluate_task
-from tasks.gate import gate_task
-from tasks.offload import gpu_slot, offload_task, receive_task, send_task
+from tasks.gated import gated_stage
 
 
 @flow(name="faithforge-evaluate", log_prints=False)
@@ -30,23 +29,10 @@ def evaluate_flow(config: PipelineConfig, model: ModelOutput, dataset: DatasetOu
         offloaded: Set by the pipeline when it runs this stage on the offload pool: paths are `@storage/`
             references, outputs are published to the storage URL (and returned as that JSON).
     """
-    inputs = {"model": model, "dataset": dataset, "pairs": pairs, "dpo": dpo, "control": control}
-    if offloaded:
-        received = receive_task(config, "evaluate", inputs)
-        config, run_id = PipelineConfig.model_validate(received["config"]), received["run_id"]
-        model, dataset, pairs, dpo, control = _typed_inputs(received["inputs"])
-        inputs = {"model": model, "dataset": dataset, "pairs": pairs, "dpo": dpo, "control": control}
-    plan = gate_task(config, run_id, "evaluate")
-    if plan.placement == "offload":
-        return EvaluationOutput.model_validate(offload_task(config, run_id, "evaluate", plan, inputs))
-    with gpu_slot(config, plan):
-        out = evaluate_task(config, run_id, model, dataset, pairs, dpo, control, plan)
-    return send_task(config, run_id, "evaluate", out)["outputs"] if offloaded else out
-
-
-def _typed_inputs(inputs: dict) -> tuple:
-    """The received JSON inputs as the stage outputs they are."""
-    control = inputs.get("control")
-    return (ModelOutput.model_validate(inputs["model"]), DatasetOutput.model_validate(inputs["dataset"]),
-            PairsOutput.model_validate(inputs["pairs"]), AdapterOutput.model_validate(inputs["dpo"]),
-            ControlOutput.model_validate(control) if control else None)
+    return gated_stage(
+        "evaluate", config, run_id, offloaded=offloaded,
+        inputs={"model": model, "dataset": dataset, "pairs": pairs, "dpo": dpo, "control": control},
+        input_types={"model": ModelOutput, "dataset": DatasetOutput, "pairs": PairsOutput, "dpo": AdapterOutput,
+                     "control": ControlOutput}, output_type=EvaluationOutput,
+        work=lambda cfg, rid, i, plan: evaluate_task(cfg, rid, i["model"], i["dataset"], i["pairs"], i["dpo"],
+                                                     i["control"], plan))

@@ -6,8 +6,7 @@ from prefect import flow
 
 from faithforge.core.config import PipelineConfig
 from faithforge.stages.outputs import ModelOutput, PairsOutput, ReferenceOutput
-from tasks.gate import gate_task
-from tasks.offload import gpu_slot, offload_task, receive_task, send_task
+from tasks.gated import gated_stage
 from tasks.reference import reference_task
 
 
@@ -24,15 +23,6 @@ def reference_flow(config: PipelineConfig, model: ModelOutput, pairs: PairsOutpu
         offloaded: Set by the pipeline when it runs this stage on the offload pool: paths are `@storage/`
             references, outputs are published to the storage URL (and returned as that JSON).
     """
-    if offloaded:
-        received = receive_task(config, "reference", {"model": model, "pairs": pairs})
-        config, run_id = PipelineConfig.model_validate(received["config"]), received["run_id"]
-        model = ModelOutput.model_validate(received["inputs"]["model"])
-        pairs = PairsOutput.model_validate(received["inputs"]["pairs"])
-    plan = gate_task(config, run_id, "reference")
-    if plan.placement == "offload":
-        return ReferenceOutput.model_validate(
-            offload_task(config, run_id, "reference", plan, {"model": model, "pairs": pairs}))
-    with gpu_slot(config, plan):
-        out = reference_task(config, run_id, model, pairs, plan)
-    return send_task(config, run_id, "reference", out)["outputs"] if offloaded else out
+    return gated_stage("reference", config, run_id, offloaded=offloaded, inputs={"model": model, "pairs": pairs},
+                       input_types={"model": ModelOutput, "pairs": PairsOutput}, output_type=ReferenceOutput,
+                       work=lambda cfg, rid, i, plan: reference_task(cfg, rid, i["model"], i["pairs"], plan))

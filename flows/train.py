@@ -7,8 +7,8 @@ from prefect import flow
 
 from faithforge.core.config import PipelineConfig
 from faithforge.stages.outputs import ModelOutput, PairsOutput, ReferenceOutput, TrainOutputs
-from tasks.gate import gate_task
-from tasks.offload import gpu_slot, offload_task, receive_task, send_task
+from gpu.planner import Plan
+from tasks.gated import gated_stage
 from tasks.train import control_task, dpo_task
 
 
@@ -26,18 +26,15 @@ def train_flow(config: PipelineConfig, model: ModelOutput, pairs: PairsOutput, r
         offloaded: Set by the pipeline when it runs this stage on the offload pool: paths are `@storage/`
             references, outputs are published to the storage URL (and returned as that JSON).
     """
-    if offloaded:
-        received = receive_task(config, "train", {"model": model, "pairs": pairs, "reference": reference})
-        config, run_id = PipelineConfig.model_validate(received["config"]), received["run_id"]
-        model = ModelOutput.model_validate(received["inputs"]["model"])
-        pairs = PairsOutput.model_validate(received["inputs"]["pairs"])
-        reference = ReferenceOutput.model_validate(received["inputs"]["reference"])
-    plan = gate_task(config, run_id, "train")
-    if plan.placement == "offload":
-        return TrainOutputs.model_validate(offload_task(config, run_id, "train", plan, {
-            "model": model, "pairs": pairs, "reference": reference}))
-    with gpu_slot(config, plan):
-        dpo = dpo_task(config, run_id, model, pairs, reference, plan)
-        control = control_task(config, run_id, model, pairs, plan) if config.control.sft_on_chosen else None
-    out = TrainOutputs(dpo=dpo, control=control)
-    return send_task(config, run_id, "train", out)["outputs"] if offloaded else out
+    return gated_stage("train", config, run_id, offloaded=offloaded,
+                       inputs={"model": model, "pairs": pairs, "reference": reference},
+                       input_types={"model": ModelOutput, "pairs": PairsOutput, "reference": ReferenceOutput},
+                       output_type=TrainOutputs, work=_train_here)
+
+
+def _train_here(config: PipelineConfig, run_id: str | None, inputs: dict, plan: Plan) -> TrainOutputs:
+    """DPO, then the SFT control with the same budget when configured (both inside the one `gpu` slot)."""
+    model, pairs, reference = inputs["model"], inputs["pairs"], inputs["reference"]
+    dpo = dpo_task(config, run_id, model, pairs, reference, plan)
+    control = control_task(config, run_id, model, pairs, plan) if config.control.sft_on_chosen else None
+    return TrainOutputs(dpo=dpo, control=control)
