@@ -12,34 +12,18 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
+
+from demo_run import run_demo
 
 STAGES = ("generate", "warm_start", "pairs", "reference", "train", "control", "evaluate")
 
 
 def run_seed(seed: int, root: Path) -> dict:
-    from faithforge.core.store import Store
-
     workspace = root / f"seed{seed}"
     shutil.rmtree(workspace, ignore_errors=True)
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", "from faithforge.app.cli import main; main()", "demo", "--seed", str(seed),
-                           "-w", str(workspace)], capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"seed {seed} failed:\n{done.stderr[-3000:]}")
-    store = Store(f"sqlite:///{workspace / 'faithforge.db'}")
-    with store.session() as s:
-        from sqlalchemy import select
-
-        from faithforge.core.store import Run
-
-        run = s.scalars(select(Run).order_by(Run.created_at.desc())).first()
-    stages = {st.stage: st for st in store.stages(run.id)}
+    wall, stages = run_demo(workspace, seed)
     ev = stages["evaluate"].outputs
     return {"seed": seed, "wall_s": wall, "stage_s": {k: stages[k].wall_seconds for k in STAGES if k in stages},
             "models": ev["models"], "difference": ev["difference"], "control": ev["control_difference"],

@@ -20,12 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import yaml
+from demo_run import run_demo
 
 STAGES = ("generate", "pairs", "reference", "train", "control", "evaluate")
 
@@ -46,24 +44,10 @@ def _nested(assignments: list[str], split: str) -> dict:
 
 
 def run_seed(seed: int, workspace: Path, config: dict) -> dict:
-    from sqlalchemy import select
-
-    from faithforge.core.store import Run, Store
-
     workspace.mkdir(parents=True, exist_ok=True)
     config_file = workspace.parent / f"real-model-seed{seed}.yaml"
     config_file.write_text(yaml.safe_dump(config))
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", "from faithforge.app.cli import main; main()", "demo", "--real",
-                           "--seed", str(seed), "-w", str(workspace), "-c", str(config_file)],
-                          capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if done.returncode != 0:
-        raise SystemExit(f"seed {seed} failed:\n{done.stderr[-3000:]}")
-    store = Store(f"sqlite:///{workspace / 'faithforge.db'}")
-    with store.session() as session:
-        run = session.scalars(select(Run).order_by(Run.created_at.desc())).first()
-    stages = {st.stage: st for st in store.stages(run.id)}
+    wall, stages = run_demo(workspace, seed, "--real", "-c", str(config_file))
     evaluation = stages["evaluate"].outputs
     report = json.loads((Path(evaluation["path"]) / "report.json").read_text())
     split = evaluation.get("split", "test")
