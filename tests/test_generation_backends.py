@@ -211,6 +211,21 @@ def test_openai_missing_key_env_is_a_clear_error(monkeypatch):
         backend.chat(MESSAGES, schema=None, max_tokens=8, temperature=0, seed=None)
 
 
+# shared HTTP plumbing ----------------------------------------------------------------------------------
+def test_json_object_accepts_an_object_and_names_the_server_in_every_refusal():
+    from faithforge.backends.http import json_object
+
+    assert json_object('{"a": 1}', "server S") == {"a": 1}
+    with pytest.raises(BackendError, match=r"^server S sent a line that is not JSON: '\{oops'$"):
+        json_object("{oops", "server S", what="a line")
+    with pytest.raises(BackendError, match=r"^server S sent list instead of an object$"):
+        json_object("[1]", "server S")
+    with pytest.raises(BackendError, match=r"^server S failed mid-answer: boom$"):
+        json_object('{"error": "boom"}', "server S", failed="failed mid-answer")
+    with pytest.raises(BackendError, match=r"^server S failed: bad key$"):
+        json_object('{"error": {"message": "bad key"}}', "server S")
+
+
 # registry and template ---------------------------------------------------------------------------------
 def test_make_backend_by_name_and_template_is_deterministic_valid_json():
     from faithforge.generation.schemas import GroundedSummary

@@ -133,3 +133,12 @@ def split_think(text: str) -> tuple[str, str]:
         thoughts.append(answer[:end])
         answer = answer[end + 8:]
     return answer.strip(), "\n".join(t.strip() for t in thoughts if t.strip())
+
+
+def server_answer(content: str, thinking: str, finish_reason: str | None, usage: Usage, model: str) -> ChatResult:
+    """A server's answer as a `ChatResult`: an inline think block leaves the text and joins the reasoning the
+    server sent in its own field; no finish reason counts as `stop`, and `length` means cut off."""
+    answer, inline = split_think(content)
+    reason = finish_reason or "stop"
+    return ChatResult(text=answer, thinking="\n".join(t for t in (thinking.strip(), inline) if t),
+                      finish_reason=reason, truncated=reason == "length", usage=usage, model=model)

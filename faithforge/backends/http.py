@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass
-from typing import Callable, Iterator, TypeVar
+from typing import Any, Callable, Iterator, TypeVar
 
 import httpx
 
@@ -101,6 +101,21 @@ def error_message(body: bytes) -> str:
             return str(err.get("message") or err)
         return str(err)
     return text[:500]
+
+
+def json_object(text: str, where: str, *, what: str = "data", failed: str = "failed") -> dict[str, Any]:
+    """`text` (a body, an NDJSON line or an SSE payload) as a JSON object; text that is not JSON, JSON that is
+    not an object, or an `{"error": ...}` object (a failure after the status was already 200) is a
+    `BackendError` naming `where`: "`where` sent `what` that is not JSON", "`where` `failed`: message"."""
+    try:
+        data = json.loads(text)
+    except ValueError:
+        raise BackendError(f"{where} sent {what} that is not JSON: {text[:200]!r}") from None
+    if not isinstance(data, dict):
+        raise BackendError(f"{where} sent {type(data).__name__} instead of an object")
+    if "error" in data:
+        raise BackendError(f"{where} {failed}: {error_message(text.encode())}")
+    return data
 
 
 def raise_for_status(response: httpx.Response, where: str) -> None:

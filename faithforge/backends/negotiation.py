@@ -13,9 +13,20 @@ from __future__ import annotations
 import json
 import re
 import threading
+from dataclasses import replace
+from typing import Any
 
-from faithforge.backends.base import BackendError, ChatResult
-from faithforge.backends.http import with_retries
+import httpx
+
+from faithforge.backends.base import BackendError, ChatResult, ModelNotFoundError
+from faithforge.backends.http import (
+    Deadline,
+    HttpOptions,
+    error_message,
+    raise_for_status,
+    translate_transport_errors,
+    with_retries,
+)
 
 #: OpenAI-compatible modes, strongest first: a JSON Schema the server enforces; a JSON object with the schema
 #: attached (llama.cpp turns it into a grammar); no response format, the schema stated in the prompt.
@@ -91,17 +102,92 @@ def with_schema_instruction(messages: list[dict], schema: dict) -> list[dict]:
 class NegotiatedChat:
     """`chat` for an HTTP backend with a `negotiator`: one request in the negotiated mode, retried on a busy
     server or dropped connection (never on a missing model); a refused response format moves to the next,
-    weaker mode at once. The backend supplies `request_body(messages, ..., mode=)`, `_chat_once(body, mode)`,
-    `http` (HttpOptions) and `_where` (the server, for messages)."""
+    weaker mode at once. `request_body` resolves the mode (and states the schema in the prompt in
+    `prompt` mode); the backend's `_body` writes its own request.
+
+    One request (`_chat_once`) is the same skeleton for every HTTP backend: POST `chat_path` under the
+    request deadline; an error status whose message names the response format (and the body asked for one
+    in `format_field`) is `FormatRejected`, any other goes to the backend's `_raise`; a 2xx answer is one
+    JSON body (`stream` false, read by `_from_body`) or a stream (read by `_from_stream`); transport errors
+    become typed backend errors. The backend supplies `_body(messages, ..., mode=)`, `chat_path`,
+    `format_field`, `stream`, `_http()` (its httpx client), `_not_found(message)`, `_from_body(data)`,
+    `_from_stream(response, deadline)`, `_decode(text)`, `http` (HttpOptions) and `_where` (the server, for
+    messages)."""
+
+    chat_path: str
+    """Path of the chat endpoint under the base URL."""
+    format_field: str
+    """The request-body field that carries the response format."""
+    negotiator: FormatNegotiator
+    stream: bool
+    http: HttpOptions
+    _where: str
 
     def chat(self, messages: list[dict], *, schema: dict | None = None, max_tokens: int = 1024,
              temperature: float = 0.0, seed: int | None = None) -> ChatResult:
         while True:
-            mode = self.negotiator.mode if schema is not None else ""  # type: ignore[attr-defined]
-            body = self.request_body(messages, schema=schema, max_tokens=max_tokens,  # type: ignore[attr-defined]
-                                     temperature=temperature, seed=seed, mode=mode or None)
+            mode = self.negotiator.mode if schema is not None else ""
+            body = self.request_body(messages, schema=schema, max_tokens=max_tokens, temperature=temperature,
+                                     seed=seed, mode=mode or None)
             try:
-                return with_retries(lambda: self._chat_once(body, mode), self.http,  # type: ignore[attr-defined]
-                                    self._where)  # type: ignore[attr-defined]
+                return with_retries(lambda: self._chat_once(body, mode), self.http, self._where)
             except FormatRejected as exc:  # not an outage: ask again at once in the next, weaker mode
-                self.negotiator.reject(mode, str(exc))  # type: ignore[attr-defined]
+                self.negotiator.reject(mode, str(exc))
+
+    def _chat_once(self, body: dict[str, Any], mode: str = "") -> ChatResult:
+        deadline = Deadline(self.http.deadline_s, self._where)
+        try:
+            with self._http().stream("POST", self.chat_path, json=body) as response:
+                if response.status_code >= 400:
+                    response.read()
+                    message = error_message(response.content)
+                    if (self.format_field in body and response.status_code not in (401, 403, 404, 429, 503)
+                            and names_response_format(message)):
+                        raise FormatRejected(f"HTTP {response.status_code}: {message}")
+                    self._raise(response)
+                if not self.stream:
+                    response.read()
+                    result = self._from_body(self._decode(response.text))
+                else:
+                    result = self._from_stream(response, deadline)
+                return replace(result, response_format=mode)
+        except httpx.HTTPError as exc:
+            raise translate_transport_errors(exc, self._where, self.http) from None
+
+    def request_body(self, messages: list[dict], *, schema: dict | None, max_tokens: int, temperature: float,
+                     seed: int | None, mode: str | None = None) -> dict[str, Any]:
+        """The request for `mode` (default: the negotiated one; ignored without a schema); in `prompt` mode
+        the schema is stated in the last user message."""
+        mode = (mode or self.negotiator.mode) if schema is not None else None
+        if mode == "prompt":
+            messages = with_schema_instruction(messages, schema or {})
+        return self._body(messages, schema=schema, max_tokens=max_tokens, temperature=temperature, seed=seed,
+                          mode=mode)
+
+    def _raise(self, response: httpx.Response) -> None:
+        """Raise the typed error for an error status (the body is read): 404 is a missing model."""
+        if response.status_code == 404:
+            raise ModelNotFoundError(self._not_found(error_message(response.content)))
+        raise_for_status(response, self._where)
+
+    # what each backend supplies -----------------------------------------------------------------
+    def _not_found(self, message: str) -> str:
+        """What to say for a 404 whose body says `message`: which model is missing and how to fix it."""
+        raise NotImplementedError
+
+    def _body(self, messages: list[dict], *, schema: dict | None, max_tokens: int, temperature: float,
+              seed: int | None, mode: str | None) -> dict[str, Any]:
+        """The backend's request body for `mode` (None: no response format)."""
+        raise NotImplementedError
+
+    def _http(self) -> httpx.Client:
+        raise NotImplementedError
+
+    def _decode(self, text: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def _from_body(self, data: dict[str, Any]) -> ChatResult:
+        raise NotImplementedError
+
+    def _from_stream(self, response: httpx.Response, deadline: Deadline) -> ChatResult:
+        raise NotImplementedError

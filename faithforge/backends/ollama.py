@@ -11,8 +11,7 @@ negotiated (`negotiation.py`): `format` with the schema, then `format: "json"`, 
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -20,28 +19,23 @@ import httpx
 from faithforge.backends.base import (
     BackendError,
     ChatResult,
-    ModelNotFoundError,
     TransientBackendError,
     Usage,
-    split_think,
+    server_answer,
 )
 from faithforge.backends.http import (
     Deadline,
     HttpOptions,
-    error_message,
+    json_object,
     lines_with_deadline,
     make_client,
-    raise_for_status,
     translate_transport_errors,
     with_retries,
 )
 from faithforge.backends.negotiation import (
     OLLAMA_MODES,
     FormatNegotiator,
-    FormatRejected,
     NegotiatedChat,
-    names_response_format,
-    with_schema_instruction,
 )
 
 DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
@@ -96,6 +90,8 @@ class OllamaBackend(NegotiatedChat):
     """
 
     name = "ollama"
+    chat_path = "/api/chat"
+    format_field = "format"
 
     def __init__(self, model: str, *, base_url: str = DEFAULT_OLLAMA_URL, num_ctx: int = 8192,
                  keep_alive: str | int = "30m", think: bool | None = False, stream: bool = True,
@@ -118,12 +114,8 @@ class OllamaBackend(NegotiatedChat):
         self._client.close()
 
     # chat ---------------------------------------------------------------------------------------
-    def request_body(self, messages: list[dict], *, schema: dict | None, max_tokens: int, temperature: float,
-                     seed: int | None, mode: str | None = None) -> dict[str, Any]:
-        """The request for `mode` (default: the negotiated one; ignored without a schema)."""
-        mode = (mode or self.negotiator.mode) if schema is not None else None
-        if mode == "prompt":
-            messages = with_schema_instruction(messages, schema or {})
+    def _body(self, messages: list[dict], *, schema: dict | None, max_tokens: int, temperature: float,
+              seed: int | None, mode: str | None) -> dict[str, Any]:
         options: dict[str, Any] = {"num_predict": max_tokens, "num_ctx": self.num_ctx, "temperature": temperature}
         if seed is not None:
             options["seed"] = seed
@@ -137,59 +129,36 @@ class OllamaBackend(NegotiatedChat):
             body["think"] = self.think
         return body
 
-    def _chat_once(self, body: dict[str, Any], mode: str = "") -> ChatResult:
-        deadline = Deadline(self.http.deadline_s, self._where)
-        try:
-            with self._client.stream("POST", "/api/chat", json=body) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    message = error_message(response.content)
-                    if ("format" in body and response.status_code not in (401, 403, 404, 429, 503)
-                            and names_response_format(message)):
-                        raise FormatRejected(f"HTTP {response.status_code}: {message}")
-                    self._raise(response)
-                if not self.stream:
-                    response.read()
-                    return replace(self._result([self._decode(response.text)]), response_format=mode)
-                chunks = []
-                for line in lines_with_deadline(response, deadline):
-                    chunk = self._decode(line)
-                    chunks.append(chunk)
-                    if chunk.get("done"):
-                        break
-                return replace(self._result(chunks), response_format=mode)
-        except httpx.HTTPError as exc:
-            raise translate_transport_errors(exc, self._where, self.http) from None
+    def _http(self) -> httpx.Client:
+        return self._client
 
-    def _decode(self, line: str) -> dict[str, Any]:
-        try:
-            chunk = json.loads(line)
-        except ValueError:
-            raise BackendError(f"{self._where} sent a line that is not JSON: {line[:200]!r}") from None
-        if not isinstance(chunk, dict):
-            raise BackendError(f"{self._where} sent {type(chunk).__name__} instead of an object")
-        if "error" in chunk:  # mid-stream failure: status stayed 200
-            raise BackendError(f"{self._where} failed mid-answer: {chunk['error']}")
-        return chunk
+    def _decode(self, text: str) -> dict[str, Any]:
+        return json_object(text, self._where, what="a line", failed="failed mid-answer")
 
-    def _raise(self, response: httpx.Response) -> None:
-        if response.status_code == 404:
-            raise ModelNotFoundError(
-                f"model {self.model!r} is not available on {self._where} ({error_message(response.content)}); "
+    def _from_body(self, data: dict[str, Any]) -> ChatResult:
+        return self._result([data])
+
+    def _from_stream(self, response: httpx.Response, deadline: Deadline) -> ChatResult:
+        chunks = []
+        for line in lines_with_deadline(response, deadline):
+            chunk = self._decode(line)
+            chunks.append(chunk)
+            if chunk.get("done"):
+                break
+        return self._result(chunks)
+
+    def _not_found(self, message: str) -> str:
+        return (f"model {self.model!r} is not available on {self._where} ({message}); "
                 f"run `ollama pull {self.model}` or pass a model from `ollama list`")
-        raise_for_status(response, self._where)
 
     def _result(self, chunks: list[dict[str, Any]]) -> ChatResult:
         if not chunks or not chunks[-1].get("done"):
             raise TransientBackendError(f"{self._where} closed the stream before the final chunk")
         content = "".join((c.get("message") or {}).get("content") or "" for c in chunks)
         thinking = "".join((c.get("message") or {}).get("thinking") or "" for c in chunks)
-        answer, inline = split_think(content)
         final = chunks[-1]
-        reason = final.get("done_reason") or "stop"
-        return ChatResult(text=answer, thinking="\n".join(t for t in (thinking.strip(), inline) if t),
-                          finish_reason=reason, truncated=reason == "length", usage=_usage(final),
-                          model=str(final.get("model") or self.model))
+        return server_answer(content, thinking, final.get("done_reason"), _usage(final),
+                             str(final.get("model") or self.model))
 
     # model management ---------------------------------------------------------------------------
     def _get_json(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -14,38 +14,29 @@ never printed.
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import replace
 from typing import Any
 
 import httpx
 
 from faithforge.backends.base import (
     BackendConfigError,
-    BackendError,
     ChatResult,
-    ModelNotFoundError,
     TransientBackendError,
     Usage,
-    split_think,
-)
-from faithforge.backends.negotiation import (
-    OPENAI_MODES,
-    FormatNegotiator,
-    FormatRejected,
-    NegotiatedChat,
-    names_response_format,
-    with_schema_instruction,
+    server_answer,
 )
 from faithforge.backends.http import (
     Deadline,
     HttpOptions,
-    error_message,
+    json_object,
     lines_with_deadline,
     make_client,
-    raise_for_status,
-    translate_transport_errors,
+)
+from faithforge.backends.negotiation import (
+    OPENAI_MODES,
+    FormatNegotiator,
+    NegotiatedChat,
 )
 
 
@@ -75,6 +66,8 @@ class OpenAICompatBackend(NegotiatedChat):
     ending in `/v1`, as OpenAI clients take it, works too)."""
 
     name = "openai"
+    chat_path = "/v1/chat/completions"
+    format_field = "response_format"
 
     def __init__(self, model: str, *, base_url: str, api_key_env: str | None = None,
                  api_key_secret: str | None = None, stream: bool = True, http: HttpOptions | None = None):
@@ -104,12 +97,8 @@ class OpenAICompatBackend(NegotiatedChat):
             self._client = make_client(self.base_url, self.http, headers)
         return self._client
 
-    def request_body(self, messages: list[dict], *, schema: dict | None, max_tokens: int, temperature: float,
-                     seed: int | None, mode: str | None = None) -> dict[str, Any]:
-        """The request for `mode` (default: the negotiated one; ignored without a schema)."""
-        mode = (mode or self.negotiator.mode) if schema is not None else None
-        if mode == "prompt":
-            messages = with_schema_instruction(messages, schema or {})
+    def _body(self, messages: list[dict], *, schema: dict | None, max_tokens: int, temperature: float,
+              seed: int | None, mode: str | None) -> dict[str, Any]:
         body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
                                 "temperature": temperature, "stream": self.stream}
         if self.stream:
@@ -123,41 +112,12 @@ class OpenAICompatBackend(NegotiatedChat):
             body["response_format"] = {"type": "json_object", "schema": schema}
         return body
 
-    def _chat_once(self, body: dict[str, Any], mode: str = "") -> ChatResult:
-        deadline = Deadline(self.http.deadline_s, self._where)
-        client = self._http()
-        try:
-            with client.stream("POST", "/v1/chat/completions", json=body) as response:
-                if response.status_code >= 400:
-                    response.read()
-                    message = error_message(response.content)
-                    if ("response_format" in body and response.status_code not in (401, 403, 404, 429, 503)
-                            and names_response_format(message)):
-                        raise FormatRejected(f"HTTP {response.status_code}: {message}")
-                    if response.status_code == 404:
-                        raise ModelNotFoundError(
-                            f"{self._where} has no model {self.model!r} or no /v1/chat/completions "
-                            f"({error_message(response.content)}); check --model and --base-url")
-                    raise_for_status(response, self._where)
-                if not self.stream:
-                    response.read()
-                    result = self._from_body(self._decode(response.text))
-                else:
-                    result = self._from_events(response, deadline)
-                return replace(result, response_format=mode)
-        except httpx.HTTPError as exc:
-            raise translate_transport_errors(exc, self._where, self.http) from None
+    def _not_found(self, message: str) -> str:
+        return (f"{self._where} has no model {self.model!r} or no /v1/chat/completions ({message}); "
+                "check --model and --base-url")
 
     def _decode(self, text: str) -> dict[str, Any]:
-        try:
-            data = json.loads(text)
-        except ValueError:
-            raise BackendError(f"{self._where} sent data that is not JSON: {text[:200]!r}") from None
-        if not isinstance(data, dict):
-            raise BackendError(f"{self._where} sent {type(data).__name__} instead of an object")
-        if "error" in data:
-            raise BackendError(f"{self._where} failed: {error_message(text.encode())}")
-        return data
+        return json_object(text, self._where)
 
     def _from_body(self, data: dict[str, Any]) -> ChatResult:
         choice = (data.get("choices") or [{}])[0]
@@ -166,7 +126,7 @@ class OpenAICompatBackend(NegotiatedChat):
         return self._result(message.get("content") or "", thinking, choice.get("finish_reason"),
                             data.get("usage"), data.get("model"))
 
-    def _from_events(self, response: httpx.Response, deadline: Deadline) -> ChatResult:
+    def _from_stream(self, response: httpx.Response, deadline: Deadline) -> ChatResult:
         content, thinking = [], []
         finish, usage, model, done = None, None, None, False
         for line in lines_with_deadline(response, deadline):
@@ -190,11 +150,8 @@ class OpenAICompatBackend(NegotiatedChat):
 
     def _result(self, content: str, thinking: str, finish: str | None, usage: dict | None,
                 model: str | None) -> ChatResult:
-        answer, inline = split_think(content)
         usage = usage or {}
-        reason = finish or "stop"
-        return ChatResult(text=answer, thinking="\n".join(t for t in (thinking.strip(), inline) if t),
-                          finish_reason=reason, truncated=reason == "length",
-                          usage=Usage(prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                                      completion_tokens=int(usage.get("completion_tokens") or 0)),
-                          model=str(model or self.model))
+        return server_answer(content, thinking, finish,
+                             Usage(prompt_tokens=int(usage.get("prompt_tokens") or 0),
+                                   completion_tokens=int(usage.get("completion_tokens") or 0)),
+                             str(model or self.model))
