@@ -83,6 +83,16 @@ def test_every_bad_jsonl_row_is_named_with_its_line_and_fix(tmp_path):
     assert f"{path}:7: not an object" in message
 
 
+def test_many_bad_rows_are_listed_up_to_ten_then_counted(tmp_path):
+    path = tmp_path / "docs.jsonl"
+    path.write_text("".join(json.dumps({"document": n}) + "\n" for n in range(12)))
+    with pytest.raises(DocumentError) as error:
+        read_documents(path)
+    shown = "; ".join(f"{path}:{n + 1}: 'document' is int, not text; write the document as a string"
+                      for n in range(10))
+    assert str(error.value) == f"{path}: 12 bad row(s): {shown}; … and 2 more"
+
+
 def test_duplicates_can_be_dropped_instead(tmp_path):
     path = _jsonl(tmp_path / "d.jsonl", [ROWS[0], ROWS[1], ROWS[0]])
     assert read_documents(path, allow_duplicates=True) == _expected(ROWS[:2])

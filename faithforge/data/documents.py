@@ -15,10 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from faithforge.core.errors import UserError
+from faithforge.core.errors import UserError, bad_rows_message
 
-#: How many problems a message lists before it says "… and N more" (the message stays one readable line).
-SHOWN_PROBLEMS = 10
 JSON_SUFFIXES = (".jsonl", ".ndjson", ".json")
 CSV_SUFFIXES = (".csv", ".tsv")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -85,9 +83,7 @@ def read_documents(
         raise DocumentError(f"{path}: no row has a column {column!r} (columns: {', '.join(sorted(columns_seen))}); "
                             f"set data.{option} to the column that holds it")
     if problems:
-        shown = "; ".join(problems[:SHOWN_PROBLEMS])
-        more = f"; … and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
-        raise DocumentError(f"{path}: {len(problems)} bad row(s): {shown}{more}")
+        raise DocumentError(bad_rows_message(path, problems))
     if not documents:
         raise DocumentError(f"{path} holds no documents; add rows with a non-empty {text_column!r} column")
     return documents

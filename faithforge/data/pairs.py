@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from faithforge.core.errors import UserError
+from faithforge.core.errors import UserError, bad_rows_message
 from faithforge.data.teacher import Example, prompt_messages
 
 REQUIRED_FIELDS = ("id", "prompt", "chosen", "rejected")
@@ -203,7 +203,7 @@ def import_pairs(path: str | Path, *, split: str | None = None, allow_duplicates
 
     All bad rows are reported at once with file, line (or row) and fix. A repeated id is a bad row unless
     `allow_duplicates` (then later copies are dropped — identical rows, e.g. from concatenated exports)."""
-    from faithforge.data.documents import SHOWN_PROBLEMS, BadRow, read_rows
+    from faithforge.data.documents import BadRow, read_rows
 
     problems: list[str] = []
     pairs: list[dict] = []
@@ -225,9 +225,7 @@ def import_pairs(path: str | Path, *, split: str | None = None, allow_duplicates
         first_seen[pair["id"]] = where
         pairs.append(pair)
     if problems:
-        shown = "; ".join(problems[:SHOWN_PROBLEMS])
-        more = f"; … and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
-        raise PairsImportError(f"{path}: {len(problems)} bad pair row(s): {shown}{more}")
+        raise PairsImportError(bad_rows_message(path, problems, what="pair row"))
     if not pairs:
         raise PairsImportError(f"{path} holds no pairs; add rows with prompt, chosen and rejected")
     validate_pairs(pairs, path)
