@@ -86,10 +86,9 @@ def _train_warm_start(ctx: StageContext, claim, base: ModelOutput, dataset: Data
     with atomic_directory(out) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        info["artifact_id"] = ctx.store.add_artifact(
-            "model", str(out), weights_fingerprint(tmp), run_id=ctx.run_id, meta={"stage": "warm_start", **info},
-            parents=[dataset.artifact_id] if dataset.artifact_id else [])
-        result = WarmStartOutput.model_validate(claim.finish(tmp, info))
+        result = WarmStartOutput.model_validate(claim.record(
+            ctx.store, ctx.run_id, tmp, "model", weights_fingerprint(tmp), info,
+            meta={"stage": "warm_start", **info}, parents=[dataset.artifact_id]))
     shutil.rmtree(checkpoints, ignore_errors=True)  # the finished model replaces them
     del model
     return result

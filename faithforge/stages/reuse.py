@@ -18,10 +18,13 @@ import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from faithforge.core.locks import output_lock
 from faithforge.core.workspace import atomic_write_json, sha256_file
+
+if TYPE_CHECKING:
+    from faithforge.core.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +114,15 @@ class Claim:
         """Write the manifest into the (temporary) output folder, as its last file."""
         write_manifest(tmp, info, self.manifest)
         return self.result(info)
+
+    def record(self, store: Store, run_id: str | None, tmp: Path, kind: str, content_hash: str,
+               info: dict[str, Any], *, meta: dict[str, Any], parents: Iterable[str | None]) -> dict[str, Any]:
+        """Record the written output (`tmp`, still inside its atomic directory) in the run store as a `kind`
+        artifact at the claimed folder, with lineage from the `parents` that have an id; then `finish` it with
+        `info` plus that `artifact_id`."""
+        info["artifact_id"] = store.add_artifact(kind, str(self.folder), content_hash, run_id=run_id, meta=meta,
+                                                 parents=[p for p in parents if p])
+        return self.finish(tmp, info)
 
     def result(self, info: dict[str, Any]) -> dict[str, Any]:
         out = {**info, "reused": False}

@@ -134,9 +134,8 @@ def _save_adapter(ctx: StageContext, claim: Claim, out: Path, model: ModelOutput
 
             merge_adapter(model.path, tmp, tmp / "merged")
             info["merged_path"] = str(out / "merged")
-        info["artifact_id"] = ctx.store.add_artifact("adapter", str(out), sha256_tree(tmp), run_id=ctx.run_id,
-                                                     meta=info, parents=[reference.artifact_id])
-        return AdapterOutput.model_validate(claim.finish(tmp, info))
+        return AdapterOutput.model_validate(claim.record(
+            ctx.store, ctx.run_id, tmp, "adapter", sha256_tree(tmp), info, meta=info, parents=[reference.artifact_id]))
 
 
 def train_sft_control(ctx: StageContext, model: ModelOutput, pairs: PairsOutput, plan: Plan) -> ControlOutput:
@@ -196,10 +195,9 @@ def _train_sft_control(ctx: StageContext, claim: Claim, out: Path, model: ModelO
             "train_seconds": round(time.perf_counter() - started, 2), **measured_peak()}
     with atomic_directory(out) as tmp:
         policy.save_pretrained(tmp)
-        info["artifact_id"] = ctx.store.add_artifact(
-            "adapter", str(out), sha256_tree(tmp), run_id=ctx.run_id, meta={"control": "sft-on-chosen", **info},
-            parents=[pairs.artifact_id] if pairs.artifact_id else [])
-        result = ControlOutput.model_validate(claim.finish(tmp, info))
+        result = ControlOutput.model_validate(claim.record(
+            ctx.store, ctx.run_id, tmp, "adapter", sha256_tree(tmp), info,
+            meta={"control": "sft-on-chosen", **info}, parents=[pairs.artifact_id]))
     shutil.rmtree(checkpoints, ignore_errors=True)  # the finished adapter replaces them
     return result
 
