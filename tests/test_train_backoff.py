@@ -11,11 +11,34 @@ from faithforge.stages.context import StageContext
 from gpu.planner import Plan
 
 
-@pytest.mark.slow
-def test_dpo_stage_backs_off_on_an_oom_inside_a_training_step(tmp_path, monkeypatch):
+def oom_on_the_second_training_forward(monkeypatch, allocate: str) -> dict[str, int]:
+    """Every model a stage loads (`load_for_plan`) raises one CUDA OOM ("Tried to allocate `allocate`") from a
+    forward pre-hook on its first decoder layer, at the second forward in training mode; returns the counters
+    (`n` forwards seen, `raised` OOMs)."""
     import torch
 
     import faithforge.training.modeling as modeling
+
+    real_load = modeling.load_for_plan
+    forwards = {"n": 0, "raised": 0}
+
+    def oom_in_step_two(module, args):
+        forwards["n"] += 1
+        if module.training and forwards["n"] >= 2 and not forwards["raised"]:
+            forwards["raised"] += 1
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {allocate} (raised inside step 2)")
+
+    def load_and_watch(path, plan):
+        loaded, device = real_load(path, plan)
+        loaded.model.layers[0].register_forward_pre_hook(oom_in_step_two)
+        return loaded, device
+
+    monkeypatch.setattr(modeling, "load_for_plan", load_and_watch)
+    return forwards
+
+
+@pytest.mark.slow
+def test_dpo_stage_backs_off_on_an_oom_inside_a_training_step(tmp_path, monkeypatch):
     from faithforge.stages.generate import generate_examples
     from faithforge.stages.model import base_model
     from faithforge.stages.pairs import build_pairs
@@ -40,21 +63,7 @@ def test_dpo_stage_backs_off_on_an_oom_inside_a_training_step(tmp_path, monkeypa
     reference = reference_logps(ctx, model, pairs, plan)
     assert reference.precision == "nf4"
 
-    real_load = modeling.load_for_plan
-    forwards = {"n": 0, "raised": 0}
-
-    def oom_on_the_second_training_forward(module, args):
-        forwards["n"] += 1
-        if module.training and forwards["n"] >= 2 and not forwards["raised"]:
-            forwards["raised"] += 1
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (raised inside step 2)")
-
-    def load_and_watch(path, plan):
-        loaded, device = real_load(path, plan)
-        loaded.model.layers[0].register_forward_pre_hook(oom_on_the_second_training_forward)
-        return loaded, device
-
-    monkeypatch.setattr(modeling, "load_for_plan", load_and_watch)
+    forwards = oom_on_the_second_training_forward(monkeypatch, "2.00 GiB")
     out = train_dpo(ctx, model, pairs, reference, plan)
     assert forwards["raised"] == 1
     assert (out.micro_batch, out.grad_accum) == (2, 2)  # effective batch kept at 4
@@ -92,9 +101,6 @@ def test_sft_micro_batches_give_the_full_batch_loss_and_weights(tiny_model_dir):
 
 @pytest.mark.slow
 def test_the_sft_control_backs_off_on_an_oom_inside_a_step(tmp_path, monkeypatch):
-    import torch
-
-    import faithforge.training.modeling as modeling
     from faithforge.stages.generate import generate_examples
     from faithforge.stages.model import base_model
     from faithforge.stages.pairs import build_pairs
@@ -108,21 +114,7 @@ def test_the_sft_control_backs_off_on_an_oom_inside_a_step(tmp_path, monkeypatch
     model = base_model(ctx)
     pairs = build_pairs(ctx, dataset)
     plan = Plan.manual("train", "cpu", precision="fp32", batch_size=4, grad_accum=1)
-    real_load = modeling.load_for_plan
-    forwards = {"n": 0, "raised": 0}
-
-    def oom_in_step_two(module, args):
-        forwards["n"] += 1
-        if module.training and forwards["n"] >= 2 and not forwards["raised"]:
-            forwards["raised"] += 1
-            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1.00 GiB (raised inside step 2)")
-
-    def load_and_watch(path, plan):
-        loaded, device = real_load(path, plan)
-        loaded.model.layers[0].register_forward_pre_hook(oom_in_step_two)
-        return loaded, device
-
-    monkeypatch.setattr(modeling, "load_for_plan", load_and_watch)
+    forwards = oom_on_the_second_training_forward(monkeypatch, "1.00 GiB")
     out = train_sft_control(ctx, model, pairs, plan)
     assert forwards["raised"] == 1 and out.micro_batch == 2 and out.steps == 3
     assert out.resumed_from_step == 1  # from the control's own checkpoint after step 1
