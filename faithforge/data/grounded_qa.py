@@ -71,24 +71,25 @@ def _question(person: dict, kind: str) -> str:
     return f"In which city did {person['name']} {base} the {person['item']}?"
 
 
-def _answer(person: dict, kind: str) -> tuple[str, str]:
-    """(faithful answer, the key fact it must contain)."""
+def _statement(person: dict, kind: str, value: object) -> str:
+    """The sentence that answers `person`'s question of `kind` with `value` (a day, a count or a place)."""
     past, _ = person["verb"]
     if kind == "day":
-        return f"{person['name']} {past} the {person['item']} on {person['day']}.", person["day"]
+        return f"{person['name']} {past} the {person['item']} on {value}."
     if kind == "count":
-        return f"{person['name']} {past} {person['count']} {person['item']}.", str(person["count"])
-    return f"{person['name']} {past} the {person['item']} in {person['place']}.", person["place"]
+        return f"{person['name']} {past} {value} {person['item']}."
+    return f"{person['name']} {past} the {person['item']} in {value}."
+
+
+def _answer(person: dict, kind: str) -> tuple[str, str]:
+    """(faithful answer, the key fact it must contain)."""
+    fact = str(person[kind])
+    return _statement(person, kind, fact), fact
 
 
 def _invented(person: dict, kind: str, rng: random.Random) -> str:
     """A confident answer with a value of the asked kind that the document does not state."""
-    past, _ = person["verb"]
-    if kind == "day":
-        return f"{person['name']} {past} the {person['item']} on {rng.choice(DAYS)}."
-    if kind == "count":
-        return f"{person['name']} {past} {rng.choice(COUNTS)} {person['item']}."
-    return f"{person['name']} {past} the {person['item']} in {rng.choice(PLACES)}."
+    return _statement(person, kind, rng.choice({"day": DAYS, "count": COUNTS, "place": PLACES}[kind]))
 
 
 def make_question(split: str, index: int, seed: int) -> Example:
