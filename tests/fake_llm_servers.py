@@ -181,6 +181,22 @@ class FakeServer:
     def route(self, h: _Handler, method: str, path: str, body: dict[str, Any]) -> None:
         raise NotImplementedError
 
+    def go_wrong_mid_stream(self, h: _Handler, b: Behaviour, write: Callable[[Any], None], *,
+                            partial: Callable[[str], Any], error: Callable[[str], Any]) -> None:
+        """The rest of a begun stream for a failing behaviour: its `partial` answer (written as the server's
+        chunk for that text), then an error object (`MidStreamError`), a closed connection (`Drop`) or
+        silence until `Stall.seconds` pass (or the server stops) and then a closed connection."""
+        if getattr(b, "partial", ""):
+            write(partial(b.partial))
+        if isinstance(b, MidStreamError):
+            write(error(b.message))
+            return h._end_stream()
+        if isinstance(b, Drop):
+            return h._drop()
+        if isinstance(b, Stall):
+            self.wake.wait(b.seconds)
+            return h._drop()
+
 
 class FakeOllama(FakeServer):
     """Speaks Ollama's `/api/*`. `models` are the names it has; others get a 404 like the real server."""
@@ -241,18 +257,11 @@ class FakeOllama(FakeServer):
             h._chunk(json.dumps(final) + "\n")
             return h._end_stream()
         h._start_stream("application/x-ndjson")
-        partial = getattr(b, "partial", "")
-        if partial:
-            h._chunk(json.dumps({"model": model, "message": {"role": "assistant", "content": partial},
-                                 "done": False}) + "\n")
-        if isinstance(b, MidStreamError):
-            h._chunk(json.dumps({"error": b.message}) + "\n")
-            return h._end_stream()
-        if isinstance(b, Drop):
-            return h._drop()
-        if isinstance(b, Stall):
-            self.wake.wait(b.seconds)
-            return h._drop()
+        self.go_wrong_mid_stream(
+            h, b, lambda obj: h._chunk(json.dumps(obj) + "\n"),
+            partial=lambda text: {"model": model, "message": {"role": "assistant", "content": text},
+                                  "done": False},
+            error=lambda message: {"error": message})
 
 
 class FakeOpenAI(FakeServer):
@@ -299,14 +308,8 @@ class FakeOpenAI(FakeServer):
                 event({**base, "choices": [], "usage": usage})
             h._chunk("data: [DONE]\n\n")
             return h._end_stream()
-        partial = getattr(b, "partial", "")
-        if partial:
-            event({**base, "choices": [{"index": 0, "delta": {"content": partial}, "finish_reason": None}]})
-        if isinstance(b, MidStreamError):
-            event({"error": {"message": b.message, "type": "server_error"}})
-            return h._end_stream()
-        if isinstance(b, Drop):
-            return h._drop()
-        if isinstance(b, Stall):
-            self.wake.wait(b.seconds)
-            return h._drop()
+        self.go_wrong_mid_stream(
+            h, b, event,
+            partial=lambda text: {**base, "choices": [{"index": 0, "delta": {"content": text},
+                                                       "finish_reason": None}]},
+            error=lambda message: {"error": {"message": message, "type": "server_error"}})
