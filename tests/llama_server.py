@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -23,6 +21,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+
+from processes import free_port, stop_process
 
 MODEL_ALIAS = "smollm2-135m-instruct"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -55,12 +55,6 @@ def smollm2_gguf() -> Path | None:
     return path if path.is_file() else None
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def _missing() -> str | None:
     if importlib.util.find_spec("llama_cpp") is None:
         return ("llama-cpp-python is not installed (CMAKE_ARGS=\"-DGGML_NATIVE=OFF\" pip install "
@@ -71,19 +65,13 @@ def _missing() -> str | None:
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is not None:
-        return
-    os.kill(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=15)
-    except subprocess.TimeoutExpired:
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=15)
+    """Stop the server (the benchmarks that start it call this too)."""
+    stop_process(proc)
 
 
 def start_llama_server(log_path: Path, *, n_ctx: int = 4096, threads: int = THREADS) -> tuple[LlamaServer, subprocess.Popen]:
     """Start the server and wait until it lists its model; the caller stops it (`_stop`)."""
-    port = _free_port()
+    port = free_port()
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--model_alias", MODEL_ALIAS,
            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
            "--n_threads_batch", str(threads)]

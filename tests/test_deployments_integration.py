@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -24,6 +22,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.processes import free_port, stop_process
+from tests.small_config import SMALL_PIPELINE
+
 # Under heavy load (six processes on two cores) one run took over 10 min; the waits below have their own guards.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
 
@@ -31,21 +32,10 @@ REPO = Path(__file__).resolve().parents[1]
 HANG_GUARD_S = 900  # a wait that never ends is a failure, not a slow pass
 OFFLOAD_WAIT_S = 20
 
-SMALL = {
-    "generate": {"train_sources": 120, "val_sources": 20, "test_sources": 30},
-    "warm_start": {"steps": 30, "batch_size": 16},
-    "reference": {"shard_size": 64},
-    "train": {"steps": 4, "batch_size": 8, "checkpoint_every": 2},
-    "evaluate": {"bootstrap_samples": 200},
-    "gpu": {"offload_pool": "a100", "offload_stages": ["train"], "offload_profile": "a100-80gb"},
-}
+#: The end-to-end sizes, training offloaded to the `a100` pool.
+SMALL = {**SMALL_PIPELINE,
+         "gpu": {"offload_pool": "a100", "offload_stages": ["train"], "offload_profile": "a100-80gb"}}
 BYTECODE = re.compile(r"\b(LOAD_GLOBAL|LOAD_FAST|LOAD_CONST|RETURN_VALUE|PRECALL|RESUME)\b")
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 class Processes:
@@ -63,19 +53,7 @@ class Processes:
         return proc
 
     def stop(self, name: str) -> None:
-        proc = self.running.pop(name)
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=30)
-        else:
-            try:  # the leader exited; its flow-run children may not have
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        stop_process(self.running.pop(name), group=True, timeout_s=30)
 
     def stop_all(self) -> None:
         for name in list(self.running)[::-1]:
@@ -90,7 +68,7 @@ class Processes:
 def stack(tmp_path_factory):
     root = tmp_path_factory.mktemp("deploy-it")
     (root / "logs").mkdir()
-    port = _free_port()
+    port = free_port()
     api = f"http://127.0.0.1:{port}/api"
     # The UI is on (the browser test reads it); on a port other than 4200 it needs PREFECT_UI_API_URL, and every
     # server setting must be in the server's environment before it starts.

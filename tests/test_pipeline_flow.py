@@ -6,6 +6,7 @@ import pytest
 
 from faithforge.core.config import load_config
 from faithforge.core.store import Store
+from tests.small_config import SMALL_PIPELINE
 
 _BYTECODE = re.compile(r"\b(LOAD_GLOBAL|LOAD_FAST|LOAD_CONST|RETURN_VALUE|CALL_FUNCTION|PRECALL|RESUME)\b")
 
@@ -26,22 +27,13 @@ async def _all_log_messages() -> list[str]:
             offset += 200
 
 
-SMALL = {
-    "generate": {"train_sources": 120, "val_sources": 20, "test_sources": 30},
-    "warm_start": {"steps": 30, "batch_size": 16},
-    "reference": {"shard_size": 64},
-    "train": {"steps": 4, "batch_size": 8, "checkpoint_every": 2},
-    "evaluate": {"bootstrap_samples": 200},
-}
-
-
 @pytest.mark.slow
 def test_pipeline_runs_end_to_end_and_reuses(prefect_harness, tmp_path):
     from prefect.client.orchestration import get_client
 
     from flows.pipeline import pipeline
 
-    cfg = load_config(None, overrides={**SMALL, "workspace": str(tmp_path / "ws")}, environ={})
+    cfg = load_config(None, overrides={**SMALL_PIPELINE, "workspace": str(tmp_path / "ws")}, environ={})
     first = pipeline(cfg)
     stages = first["stages"]
     assert set(stages) == {"generate", "base_model", "warm_start", "pairs", "reference", "train", "control",
