@@ -55,35 +55,51 @@ def predicted(config: dict, name: str, seq: int, micro: int, device: str) -> dic
             "predicted_reserved_bytes": est.total_bytes - est.terms["cuda_context_bytes"], "terms": est.terms}
 
 
+def speed_arguments(output_dir: Path, steps: int, seq: int, on_gpu: bool):
+    """The DPO settings both sides of the cached-vs-live speed comparison train with (no checkpoint inside it)."""
+    from faithforge.training.dpo import DpoArguments
+
+    return DpoArguments(output_dir=str(output_dir), steps=steps, micro_batch=1, grad_accum=1, learning_rate=1e-4,
+                        beta=0.1, max_length=seq, seed=0, checkpoint_every=steps + 1, gradient_checkpointing=on_gpu,
+                        optimizer="paged_adamw_8bit" if on_gpu else "adamw_torch", bf16=on_gpu)
+
+
+def step_timer():
+    """A trainer callback that times every step; `steps_per_second()` leaves out the first (warm-up) step."""
+    from transformers import TrainerCallback
+
+    class StepTimer(TrainerCallback):
+        def __init__(self):
+            self.times: list[float] = []
+
+        def on_step_begin(self, args, state, control, **kwargs):  # noqa: ARG002
+            self.started = time.perf_counter()
+
+        def on_step_end(self, args, state, control, **kwargs):  # noqa: ARG002
+            self.times.append(time.perf_counter() - self.started)
+
+        def steps_per_second(self) -> float:
+            timed = self.times[1:] or self.times
+            return len(timed) / sum(timed)
+
+    return StepTimer()
+
+
 def live_reference_steps_per_second(policy, tokenizer, pairs, seq: int, steps: int, work: Path, on_gpu: bool) -> float:
     """TRL's own DPOTrainer computing the reference live every step (adapters disabled), same settings."""
     from datasets import Dataset
-    from transformers import TrainerCallback
     from trl import DPOTrainer
 
-    from faithforge.training.dpo import DpoArguments, dpo_config, drop_reference_adapter
+    from faithforge.training.dpo import dpo_config, drop_reference_adapter
 
-    times: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, args, state, control, **kwargs):  # noqa: ARG002
-            self.t = time.perf_counter()
-
-        def on_step_end(self, args, state, control, **kwargs):  # noqa: ARG002
-            times.append(time.perf_counter() - self.t)
-
-    args = dpo_config(DpoArguments(output_dir=str(work), steps=steps, micro_batch=1, grad_accum=1, learning_rate=1e-4,
-                                   beta=0.1, max_length=seq, seed=0, checkpoint_every=steps + 1,
-                                   gradient_checkpointing=on_gpu,
-                                   optimizer="paged_adamw_8bit" if on_gpu else "adamw_torch", bf16=on_gpu),
-                      precompute_ref_log_probs=False)
+    timer = step_timer()
+    args = dpo_config(speed_arguments(work, steps, seq, on_gpu), precompute_ref_log_probs=False)
     columns = ["id", "prompt", "chosen", "rejected"]
-    trainer = DPOTrainer(model=policy, args=args, processing_class=tokenizer, callbacks=[Timer()],
+    trainer = DPOTrainer(model=policy, args=args, processing_class=tokenizer, callbacks=[timer],
                          train_dataset=Dataset.from_list([{k: p[k] for k in columns} for p in pairs]))
     trainer.train()
     drop_reference_adapter(policy)
-    timed = times[1:] or times
-    return len(timed) / sum(timed)
+    return timer.steps_per_second()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -172,8 +188,6 @@ def main(argv: list[str] | None = None) -> int:
     write(args.out, report)
     print(json.dumps({k: v for k, v in capped.items() if k != "terms"}), flush=True)
 
-    from transformers import TrainerCallback
-
     speed_seq = 1024 if on_gpu else 64
     pairs = pairs_of_length(tokenizer, args.speed_steps, speed_seq)
     key, components = cache_key(weights=f"random-{name}", tokenizer=tokenizer, max_length=speed_seq,
@@ -182,20 +196,10 @@ def main(argv: list[str] | None = None) -> int:
     cache = ReferenceCache(work / "ref-speed", key, components, shard_size=len(pairs))
     with policy.disable_adapter():
         compute_reference_cache(policy, tokenizer, pairs, cache, batch_size=1, max_length=speed_seq)
-    times: list[float] = []
-
-    class Timer(TrainerCallback):
-        def on_step_begin(self, a, s, c, **kw):  # noqa: ARG002
-            self.t = time.perf_counter()
-
-        def on_step_end(self, a, s, c, **kw):  # noqa: ARG002
-            times.append(time.perf_counter() - self.t)
-
-    run_dpo(policy, tokenizer, pairs, cache.load(), DpoArguments(
-        output_dir=str(work / "run-speed"), steps=args.speed_steps, micro_batch=1, grad_accum=1, learning_rate=1e-4,
-        beta=0.1, max_length=speed_seq, seed=0, checkpoint_every=args.speed_steps + 1, gradient_checkpointing=on_gpu,
-        optimizer="paged_adamw_8bit" if on_gpu else "adamw_torch", bf16=on_gpu), extra_callbacks=[Timer()])
-    cached = len(times[1:] or times) / sum(times[1:] or times)
+    timer = step_timer()
+    run_dpo(policy, tokenizer, pairs, cache.load(),
+            speed_arguments(work / "run-speed", args.speed_steps, speed_seq, on_gpu), extra_callbacks=[timer])
+    cached = timer.steps_per_second()
     live = live_reference_steps_per_second(policy, tokenizer, pairs, speed_seq, args.speed_steps,
                                            work / "run-live", on_gpu)
     report["speed"] = {"seq_len": speed_seq, "cached_steps_per_second": cached, "live_steps_per_second": live,
