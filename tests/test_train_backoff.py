@@ -9,6 +9,7 @@ import pytest
 from faithforge.core.config import load_config
 from faithforge.stages.context import StageContext
 from gpu.planner import Plan
+from tests.model_loads import watch_load_for_plan
 
 
 def oom_on_the_second_training_forward(monkeypatch, allocate: str) -> dict[str, int]:
@@ -17,9 +18,6 @@ def oom_on_the_second_training_forward(monkeypatch, allocate: str) -> dict[str, 
     (`n` forwards seen, `raised` OOMs)."""
     import torch
 
-    import faithforge.training.modeling as modeling
-
-    real_load = modeling.load_for_plan
     forwards = {"n": 0, "raised": 0}
 
     def oom_in_step_two(module, args):
@@ -28,12 +26,10 @@ def oom_on_the_second_training_forward(monkeypatch, allocate: str) -> dict[str, 
             forwards["raised"] += 1
             raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {allocate} (raised inside step 2)")
 
-    def load_and_watch(path, plan):
-        loaded, device = real_load(path, plan)
-        loaded.model.layers[0].register_forward_pre_hook(oom_in_step_two)
-        return loaded, device
+    def hook(model, plan) -> None:  # noqa: ARG001
+        model.model.layers[0].register_forward_pre_hook(oom_in_step_two)
 
-    monkeypatch.setattr(modeling, "load_for_plan", load_and_watch)
+    watch_load_for_plan(monkeypatch, hook)
     return forwards
 
 
