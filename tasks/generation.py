@@ -7,7 +7,6 @@ and a rerun must look at that database, not at a cached result.
 from __future__ import annotations
 
 import time
-from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -17,6 +16,7 @@ from faithforge.core.progress import StageReporter
 from faithforge.generation import job
 from faithforge.backends.ollama import DEFAULT_OLLAMA_URL, release_ollama_gpu
 from faithforge.generation.parameters import GenerateParameters
+from faithforge.generation.summary import GenerationSummary
 from faithforge.core.workspace import sha256_file
 
 #: Least time between two updates of the progress artifact, seconds (each is an API call).
@@ -25,22 +25,22 @@ PROGRESS_EVERY_S = 1.0
 
 
 @task(name="plan-generation", cache_policy=NO_CACHE, persist_result=False)
-def plan_generation(params: GenerateParameters) -> dict[str, Any]:
+def plan_generation(params: GenerateParameters) -> job.GenerationPlan:
     """Validate the spec and decide model, parallel requests and max tokens (GPU gate or configured)."""
     plan = job.plan(params)
-    d = plan["decision"]
-    get_run_logger().info("generation plan: %s, %d parallel request(s), max %d tokens (%s). %s", d["model"],
-                          d["batch_size"], d["max_tokens"], d["source"], d["reason"])
+    d = plan.decision
+    get_run_logger().info("generation plan: %s, %d parallel request(s), max %d tokens (%s). %s", d.model,
+                          d.batch_size, d.max_tokens, d.source, d.reason)
     return plan
 
 
 @task(name="generate-examples", cache_policy=NO_CACHE, persist_result=False)
-def generate_examples(params: GenerateParameters, plan: dict[str, Any]) -> dict[str, Any]:
+def generate_examples(params: GenerateParameters, plan: job.GenerationPlan) -> GenerationSummary:
     """Fill the spec's targets; reports progress as a Prefect progress artifact and to this process's progress
     sinks (stage `job.PROGRESS_STAGE`)."""
     logger = get_run_logger()
-    target_total = sum(plan["targets"].values())
-    artifact_id = create_progress_artifact(progress=0.0, description=f"{plan['spec']}: examples stored of {target_total}")
+    target_total = sum(plan.targets.values())
+    artifact_id = create_progress_artifact(progress=0.0, description=f"{plan.spec}: examples stored of {target_total}")
     last = [0.0]
     sinks = StageReporter(job.PROGRESS_STAGE)
 
@@ -59,21 +59,21 @@ def generate_examples(params: GenerateParameters, plan: dict[str, Any]) -> dict[
     update_progress_artifact(artifact_id, progress=100.0 * summary.done_total / max(1, summary.target_total))
     for line in summary.lines():
         logger.info(line)
-    return summary.to_dict()
+    return summary
 
 
 @task(name="export-examples", cache_policy=NO_CACHE, persist_result=False)
-def export_examples(plan: dict[str, Any]) -> dict[str, Any]:
+def export_examples(plan: job.GenerationPlan) -> job.ExportedExamples:
     """Write all stored examples of the spec as one JSONL file and record it in the run store."""
     from faithforge.core.store import Store
 
     exported = job.export(plan)
-    digest = sha256_file(plan["export"])
-    artifact_id = Store(plan["database_url"]).add_artifact(
-        "generated-examples", plan["export"], digest,
-        meta={"spec": plan["spec"], "spec_fingerprint": plan["fingerprint"], "examples": exported["examples"],
-              "model": plan["decision"]["model"]})
-    return {**exported, "sha256": digest, "artifact_id": artifact_id}
+    digest = sha256_file(plan.export)
+    artifact_id = Store(plan.database_url).add_artifact(
+        "generated-examples", plan.export, digest,
+        meta={"spec": plan.spec, "spec_fingerprint": plan.fingerprint, "examples": exported.examples,
+              "model": plan.decision.model})
+    return exported.model_copy(update={"sha256": digest, "artifact_id": artifact_id})
 
 
 @task(name="release-ollama-gpu", cache_policy=NO_CACHE, persist_result=False)

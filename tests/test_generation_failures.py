@@ -80,7 +80,7 @@ def test_a_run_that_stores_nothing_fails_with_its_top_reasons(prefect_harness, t
         state = generate_flow(params, return_state=True)
         assert state.is_failed() and "stored 0 of the 2" in state.message and "no_json 4" in state.message
         failure = state.result(raise_on_failure=False)
-        assert isinstance(failure, GenerationFailed) and failure.result["summary"]["generated"] == 0
+        assert isinstance(failure, GenerationFailed) and failure.result.summary.generated == 0
         direct = invoke("--spec", GROUNDED, "--backend", "ollama", "--base-url", server.url, "--target", "2",
                         "--no-gate", "--no-prefect", "--workspace", str(tmp_path / "direct"))
         flow = invoke("--spec", GROUNDED, "--backend", "ollama", "--base-url", server.url, "--target", "2",

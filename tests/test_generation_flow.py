@@ -31,16 +31,24 @@ def test_flow_generates_exports_records_and_reports_progress(prefect_harness, tm
     from prefect.client.orchestration import get_client
 
     from faithforge.core.store import Store
+    from faithforge.core.workspace import sha256_file
+    from faithforge.generation.job import GenerationResult
     from flows.generate import generate_flow
 
     params = GenerateParameters(spec=GROUNDED, backend="template", model="template", target=6,
                                 workspace=str(tmp_path))
     result = generate_flow(params)
-    assert result["summary"]["done_total"] == 6 and result["export"]["examples"] == 6
-    lines = Path(result["export"]["path"]).read_text().splitlines()
+    assert isinstance(result, GenerationResult)
+    assert result.summary.done_total == 6 and result.export.examples == 6
+    lines = Path(result.export.path).read_text().splitlines()
     assert len(lines) == 6 and all(json.loads(line)["data"]["summary"] for line in lines)
-    artifact = Store(result["plan"]["database_url"]).artifact(result["export"]["artifact_id"])
+    assert result.export.sha256 == sha256_file(result.export.path)
+    artifact = Store(result.plan.database_url).artifact(result.export.artifact_id)
     assert artifact.kind == "generated-examples" and artifact.meta["examples"] == 6
+    # JSON for Prefect and the run store, and back to the same typed result (the summary as its `to_dict()`)
+    dumped = json.loads(result.model_dump_json())
+    assert dumped["summary"] == result.summary.to_dict() and dumped["export"]["examples"] == 6
+    assert GenerationResult.model_validate_json(result.model_dump_json()) == result
 
     async def progress_artifacts():
         async with get_client() as client:
@@ -48,7 +56,7 @@ def test_flow_generates_exports_records_and_reports_progress(prefect_harness, tm
 
     assert any(a.data == 100.0 for a in asyncio.run(progress_artifacts()))
     again = generate_flow(params)  # resumes: nothing left to do
-    assert again["summary"]["generated"] == 0 and again["summary"]["done_total"] == 6
+    assert again.summary.generated == 0 and again.summary.done_total == 6
 
 
 def test_flow_over_ollama_unloads_the_model_afterwards(prefect_harness, tmp_path):
@@ -60,11 +68,11 @@ def test_flow_over_ollama_unloads_the_model_afterwards(prefect_harness, tmp_path
         result = generate_flow(GenerateParameters(spec=GROUNDED, backend="ollama", model="qwen3:8b", target=4,
                                                   base_url=server.url, workspace=str(tmp_path), unload_after=True,
                                                   gpu_profile="rtx4070super-12gb", batch_size=4, max_tokens=2000))
-    assert result["summary"]["done_total"] == 4 and result["unloaded"] == ["qwen3:8b"]
+    assert result.summary.done_total == 4 and result.unloaded == ["qwen3:8b"]
     assert server.unloaded == ["qwen3:8b"]
-    decision = result["plan"]["decision"]
-    assert decision["source"] == "gate" and decision["plan"]["stage"] == "generate"
-    assert {b["options"]["num_predict"] for b in server.chat_requests()} == {decision["max_tokens"]}
+    decision = result.plan.decision
+    assert decision.source == "gate" and decision.plan is not None and decision.plan.stage == "generate"
+    assert {b["options"]["num_predict"] for b in server.chat_requests()} == {decision.max_tokens}
 
 
 def test_cli_command_runs_the_flow_with_a_progress_bar(prefect_harness, tmp_path):

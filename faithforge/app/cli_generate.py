@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import traceback
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 from pydantic import ValidationError
@@ -23,6 +23,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from faithforge.core.errors import UserError
 from faithforge.backends import BACKEND_NAMES
 from faithforge.generation.parameters import GenerateParameters
+
+if TYPE_CHECKING:
+    from faithforge.generation.job import GenerationResult
 
 _FIELDS = GenerateParameters.model_fields
 # Option names of the parameters whose flag is not --<field with dashes>.
@@ -102,11 +105,11 @@ def generate(
         console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
         raise typer.Exit(exc.exit_code) from None
     _print_summary(console, result)
-    if result["summary"].get("stopped") not in ("completed", "limit"):  # e.g. backend_errors, max_failures
+    if result.summary.stopped not in ("completed", "limit"):  # e.g. backend_errors, max_failures
         raise typer.Exit(1)
 
 
-def _run(params: GenerateParameters, console: Console, *, prefect: bool, verbose: bool) -> dict:
+def _run(params: GenerateParameters, console: Console, *, prefect: bool, verbose: bool) -> GenerationResult:
     from faithforge.core.progress import StageReporter, add_sink, remove_sink
     from faithforge.generation import job
 
@@ -141,15 +144,12 @@ def _run(params: GenerateParameters, console: Console, *, prefect: bool, verbose
             remove_sink(sink)
 
 
-def _print_summary(console: Console, result: dict) -> None:
-    from faithforge.generation.summary import GenerationSummary
-
-    summary = GenerationSummary.from_dict(result["summary"])
-    decision = result["plan"]["decision"]
-    console.print(f"model {decision['model']}, {decision['batch_size']} parallel, max {decision['max_tokens']} tokens "
-                  f"({decision['source']})", highlight=False)
-    for line in summary.lines():
+def _print_summary(console: Console, result: GenerationResult) -> None:
+    decision = result.plan.decision
+    console.print(f"model {decision.model}, {decision.batch_size} parallel, max {decision.max_tokens} tokens "
+                  f"({decision.source})", highlight=False)
+    for line in result.summary.lines():
         console.print(line, markup=False, highlight=False)
-    console.print(f"dataset: {result['export']['path']} ({result['export']['examples']} examples)", highlight=False)
-    if result.get("unloaded"):
-        console.print(f"unloaded from Ollama: {', '.join(result['unloaded'])}")
+    console.print(f"dataset: {result.export.path} ({result.export.examples} examples)", highlight=False)
+    if result.unloaded:
+        console.print(f"unloaded from Ollama: {', '.join(result.unloaded)}")

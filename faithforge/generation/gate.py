@@ -7,16 +7,25 @@ OpenAI-compatible API keeps the configured values. Without the gate, the configu
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any
 from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict
+
+from gpu.planner import Plan
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 
 
-@dataclass(frozen=True)
-class GateDecision:
+class GateDecision(BaseModel):
+    """What a generation run uses: the model tier, parallel requests and max tokens, and who decided them.
+
+    Frozen and JSON-able (`model_dump(mode="json")`): it travels inside `job.GenerationPlan` between the Prefect
+    tasks of the generation flow."""
+
+    model_config = ConfigDict(frozen=True)
+
     model: str
+    """The model to generate with (an Ollama tag, a server model id or a local model folder)."""
     batch_size: int
     """Parallel requests (1 = single-example mode)."""
     max_tokens: int
@@ -24,10 +33,9 @@ class GateDecision:
     source: str
     """`gate` when the planner decided, `configured` otherwise."""
     reason: str
-    plan: dict[str, Any] | None = field(default=None)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+    """Why these values, in one line (the planner's reason, or why the configured values were kept)."""
+    plan: Plan | None = None
+    """The gate's full plan when it decided (its `num_ctx` is the context the request must send), else None."""
 
 
 def _is_local(base_url: str | None) -> bool:
@@ -37,9 +45,10 @@ def _is_local(base_url: str | None) -> bool:
 def decide(backend: str, models: list[str], *, batch_size: int, max_tokens: int, prompt_tokens: int,
            base_url: str | None = None, gpu_profile: str | None = None, policy: str = "stay-local") -> GateDecision:
     """The settings to generate with. `models` are tiers, preferred first (e.g. qwen3:30b-a3b, qwen3:8b)."""
-    configured = GateDecision(models[0], batch_size, max_tokens, "configured", "")
+    configured = GateDecision(model=models[0], batch_size=batch_size, max_tokens=max_tokens, source="configured",
+                              reason="")
     if backend == "openai" or (backend == "ollama" and not _is_local(base_url)):
-        return GateDecision(**{**configured.to_dict(), "reason": "the model runs on another machine: configured values"})
+        return configured.model_copy(update={"reason": "the model runs on another machine: configured values"})
     from gpu import ModelConfigError, StageRequest, load_model_shape, ollama_model, plan_stage, read_snapshot
 
     candidates, skipped = [], []
@@ -50,8 +59,8 @@ def decide(backend: str, models: list[str], *, batch_size: int, max_tokens: int,
             except (ModelConfigError, OSError, ValueError) as exc:
                 skipped.append(f"{name}: {exc}")
         if not candidates:
-            return GateDecision(**{**configured.to_dict(),
-                                   "reason": "the gate cannot size " + "; ".join(skipped) + ": configured values"})
+            return configured.model_copy(
+                update={"reason": "the gate cannot size " + "; ".join(skipped) + ": configured values"})
     request = StageRequest(batch_size=batch_size, max_tokens=max_tokens, prompt_tokens=max(1, prompt_tokens),
                            min_max_tokens=min(max_tokens, 1024))
     plan = plan_stage(read_snapshot(gpu_profile), "generate", candidates, request, policy=policy)  # type: ignore[arg-type]
@@ -61,4 +70,4 @@ def decide(backend: str, models: list[str], *, batch_size: int, max_tokens: int,
     if plan.placement == "offload":  # the server runs here anyway (on CPU or partly offloaded): be gentle
         batch, note = 1, note + " Generating here anyway in single-example mode."
     return GateDecision(model=model, batch_size=batch, max_tokens=plan.max_tokens, source="gate",
-                        reason=plan.reason + note, plan=plan.to_dict())
+                        reason=plan.reason + note, plan=plan)

@@ -8,8 +8,10 @@ however it is started. No Prefect here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Optional
 from urllib.parse import urlparse
+
+from pydantic import BaseModel, ConfigDict, PlainSerializer, PlainValidator, WithJsonSchema
 
 from faithforge.core.errors import UserError
 from faithforge.backends import ChatBackend, HttpOptions, make_backend
@@ -24,13 +26,78 @@ PROGRESS_STAGE = "generate"
 """The stage a run's progress and news are reported under in `faithforge.core.progress` (flow and CLI)."""
 
 
+class GenerationPlan(BaseModel):
+    """What `plan` decided for a run: the spec, the model and its settings, and where everything goes.
+
+    Handed from the plan task to the generate and export tasks (JSON-able: `model_dump(mode="json")`)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    spec: str
+    """The spec's name (`GenerationSpec.name`)."""
+    fingerprint: str
+    """The spec's content fingerprint (`GenerationSpec.fingerprint()`), recorded with the export."""
+    targets: dict[str, int]
+    """Examples wanted per category."""
+    decision: GateDecision
+    """Model, parallel requests and max tokens (the GPU gate's or the configured ones)."""
+    workspace: str
+    """The workspace root; empty for a worker given both its database and its examples folder."""
+    database_url: str
+    """The coverage database (also the run store the export is recorded in)."""
+    examples_dir: str
+    """The folder the example files are written to."""
+    export: str
+    """The JSONL file `export` writes."""
+
+
+class ExportedExamples(BaseModel):
+    """The export of a run: one JSONL file with every stored example of the spec."""
+
+    model_config = ConfigDict(frozen=True)
+
+    path: str
+    """The JSONL file."""
+    examples: int
+    """Lines (examples) in it."""
+    sha256: Optional[str] = None
+    """The file's SHA-256, when the export was recorded in the run store (the flow's export task)."""
+    artifact_id: Optional[str] = None
+    """The run store's `generated-examples` artifact of the file, when recorded (the flow's export task)."""
+
+
+def _summary_of(value: Any) -> GenerationSummary:
+    return value if isinstance(value, GenerationSummary) else GenerationSummary.from_dict(value)
+
+
+#: A `GenerationSummary` field: validated from its `to_dict()` form and dumped as it.
+SummaryField = Annotated[GenerationSummary, PlainValidator(_summary_of),
+                         PlainSerializer(lambda summary: summary.to_dict(), return_type=dict),
+                         WithJsonSchema({"type": "object"})]
+
+
+class GenerationResult(BaseModel):
+    """What a whole run returns, the flow and `run` alike."""
+
+    model_config = ConfigDict(frozen=True)
+
+    plan: GenerationPlan
+    """The run's plan."""
+    summary: SummaryField
+    """What was generated, what failed and why, and why the run stopped (dumped as `GenerationSummary.to_dict()`)."""
+    export: ExportedExamples
+    """The exported JSONL file."""
+    unloaded: list[str] = []
+    """Ollama models unloaded after the run (`unload_after`)."""
+
+
 class GenerationFailed(UserError):
     """A run that stored none of the examples it still had to make (the message names the top reasons);
     `result` is the run's result (plan, summary, export) for printing."""
 
     exit_code = 1
 
-    def __init__(self, message: str, result: dict[str, Any] | None = None):
+    def __init__(self, message: str, result: GenerationResult | None = None):
         super().__init__(message)
         self.result = result
 
@@ -86,7 +153,7 @@ def estimate_prompt_tokens(spec: GenerationSpec) -> int:
     return int(longest / 3.5) + 64
 
 
-def plan(params: GenerateParameters, spec: GenerationSpec | None = None) -> dict[str, Any]:
+def plan(params: GenerateParameters, spec: GenerationSpec | None = None) -> GenerationPlan:
     """Validate, then decide model, parallel requests and max tokens (GPU gate or configured) and the paths."""
     spec = spec or validate(params)
     if params.use_gpu_gate:
@@ -94,15 +161,16 @@ def plan(params: GenerateParameters, spec: GenerationSpec | None = None) -> dict
                           max_tokens=params.max_tokens, prompt_tokens=estimate_prompt_tokens(spec),
                           base_url=params.base_url, gpu_profile=params.gpu_profile)
     else:
-        decision = GateDecision(params.model, params.batch_size, params.max_tokens, "configured", "gate turned off")
-    return {"spec": spec.name, "fingerprint": spec.fingerprint(), "targets": spec.targets(params.target),
-            "decision": decision.to_dict(), **resolve_paths(params, spec.name)}
+        decision = GateDecision(model=params.model, batch_size=params.batch_size, max_tokens=params.max_tokens,
+                                source="configured", reason="gate turned off")
+    return GenerationPlan(spec=spec.name, fingerprint=spec.fingerprint(), targets=spec.targets(params.target),
+                          decision=decision, **resolve_paths(params, spec.name))
 
 
-def planned_num_ctx(params: GenerateParameters, decision: dict[str, Any]) -> int:
+def planned_num_ctx(params: GenerateParameters, decision: GateDecision) -> int:
     """The context the request sends: the gate's when it sized the server (its KV cache is planned for exactly
     that many tokens, and a different `num_ctx` makes Ollama reload the model, ollama#9977), else the option."""
-    return int(((decision.get("plan") or {}).get("num_ctx")) or params.num_ctx)
+    return int((decision.plan.num_ctx if decision.plan is not None else None) or params.num_ctx)
 
 
 def build_backend(params: GenerateParameters, model: str, num_ctx: int | None = None) -> ChatBackend:
@@ -111,21 +179,21 @@ def build_backend(params: GenerateParameters, model: str, num_ctx: int | None = 
                         http=HttpOptions(read_timeout_s=params.read_timeout_s), delay_s=params.template_delay_s)
 
 
-def build_options(params: GenerateParameters, decision: dict[str, Any]) -> GenerationOptions:
-    return GenerationOptions(target=params.target, batch_size=decision["batch_size"],
-                             max_tokens=decision["max_tokens"], temperature=params.temperature, seed=params.seed,
+def build_options(params: GenerateParameters, decision: GateDecision) -> GenerationOptions:
+    return GenerationOptions(target=params.target, batch_size=decision.batch_size,
+                             max_tokens=decision.max_tokens, temperature=params.temperature, seed=params.seed,
                              claim_ttl_s=params.claim_ttl_s, max_failures=params.max_failures, limit=params.limit,
                              poll_s=params.poll_s, worker_id=params.worker_id or default_worker_id())
 
 
-def generate(params: GenerateParameters, plan_: dict[str, Any], on_progress: ProgressCallback | None = None,
+def generate(params: GenerateParameters, plan_: GenerationPlan, on_progress: ProgressCallback | None = None,
              log: LogCallback | None = None) -> GenerationSummary:
     """The run itself: fill the targets, then close the backend and the database."""
     spec = load(params)
-    backend = build_backend(params, plan_["decision"]["model"], planned_num_ctx(params, plan_["decision"]))
-    db = CoverageDB(plan_["database_url"])
+    backend = build_backend(params, plan_.decision.model, planned_num_ctx(params, plan_.decision))
+    db = CoverageDB(plan_.database_url)
     try:
-        return run_generation(spec, backend, db, Path(plan_["examples_dir"]), build_options(params, plan_["decision"]),
+        return run_generation(spec, backend, db, Path(plan_.examples_dir), build_options(params, plan_.decision),
                               on_progress, log)
     finally:
         close = getattr(backend, "close", None)
@@ -134,42 +202,42 @@ def generate(params: GenerateParameters, plan_: dict[str, Any], on_progress: Pro
         db.close()
 
 
-def export(plan_: dict[str, Any]) -> dict[str, Any]:
+def export(plan_: GenerationPlan) -> ExportedExamples:
     """Write every stored example of the spec as one JSONL file; returns its path and line count."""
     from faithforge.generation.files import export_jsonl
 
-    db = CoverageDB(plan_["database_url"])
+    db = CoverageDB(plan_.database_url)
     try:
-        count = export_jsonl(db, plan_["spec"], Path(plan_["export"]))
+        count = export_jsonl(db, plan_.spec, Path(plan_.export))
     finally:
         db.close()
-    return {"path": plan_["export"], "examples": count}
+    return ExportedExamples(path=plan_.export, examples=count)
 
 
-def release(params: GenerateParameters, plan_: dict[str, Any]) -> list[str]:
+def release(params: GenerateParameters, plan_: GenerationPlan) -> list[str]:
     """Unload the Ollama model when asked to (frees VRAM for a GPU stage); the names unloaded."""
     if not (params.unload_after and params.backend == "ollama"):
         return []
     from faithforge.backends.ollama import DEFAULT_OLLAMA_URL, release_ollama_gpu
 
-    return release_ollama_gpu(params.base_url or DEFAULT_OLLAMA_URL, [plan_["decision"]["model"]])
+    return release_ollama_gpu(params.base_url or DEFAULT_OLLAMA_URL, [plan_.decision.model])
 
 
-def failure_of(result: dict[str, Any]) -> GenerationFailed | None:
+def failure_of(result: GenerationResult) -> GenerationFailed | None:
     """The failure of a run that stored nothing although examples were still wanted, else None."""
-    summary = GenerationSummary.from_dict(result["summary"])
+    summary = result.summary
     return GenerationFailed(summary.failure_message(), result) if summary.stored_nothing else None
 
 
 def run(params: GenerateParameters, on_progress: ProgressCallback | None = None,
-        log: LogCallback | None = None) -> dict[str, Any]:
-    """The whole run without Prefect (the CLI's `--no-prefect`); the same result shape as the flow, and the
+        log: LogCallback | None = None) -> GenerationResult:
+    """The whole run without Prefect (the CLI's `--no-prefect`); the same result as the flow, and the
     same `GenerationFailed` when nothing was stored."""
     plan_ = plan(params)
     summary = generate(params, plan_, on_progress, log)
     exported = export(plan_)
     unloaded = release(params, plan_)
-    result = {"plan": plan_, "summary": summary.to_dict(), "export": exported, "unloaded": unloaded}
+    result = GenerationResult(plan=plan_, summary=summary, export=exported, unloaded=unloaded)
     failure = failure_of(result)
     if failure is not None:
         raise failure
