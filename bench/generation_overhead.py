@@ -68,7 +68,7 @@ def run_once(target: int, answers: list[str]) -> tuple[float, dict]:
         started = time.perf_counter()
         result = generate_flow(params)
         wall = time.perf_counter() - started
-    summary = result["summary"]
+    summary = result.summary.to_dict()
     assert summary["done_total"] == target and summary["generated"] == target, summary
     return wall, summary
 

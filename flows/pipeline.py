@@ -35,7 +35,7 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
             stages["generate"] = dataset = generate_task(config, run_id)
         else:  # an LLM writes the data: the spec-driven generation flow (gated inside) runs as a subflow
             generated = generate_flow(generation_parameters(config))
-            stages["generate"] = dataset = import_generated_task(config, run_id, generated["export"])
+            stages["generate"] = dataset = import_generated_task(config, run_id, generated.export)
         stages["base_model"] = base = base_model_task(config, run_id)
         # A full fine-tune, planned as one. It cannot be offloaded: when its plan says offload, the gate records
         # (and its artifact shows) that it runs on this machine's CPU. It exists for the tiny model (turn it off

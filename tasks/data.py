@@ -6,6 +6,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from faithforge.core.config import PipelineConfig
+from faithforge.generation.job import ExportedExamples
 from faithforge.stages.outputs import BaseModelOutput, DatasetOutput, ModelOutput, PairsOutput, WarmStartOutput
 from faithforge.stages.generate import generate_examples
 from faithforge.stages.model import base_model, warm_start
@@ -38,7 +39,7 @@ def pairs_task(config: PipelineConfig, run_id: str | None, dataset: DatasetOutpu
 
 
 @task(name="import-generated-examples", cache_policy=NO_CACHE)
-def import_generated_task(config: PipelineConfig, run_id: str | None, export: dict) -> DatasetOutput:
+def import_generated_task(config: PipelineConfig, run_id: str | None, export: ExportedExamples) -> DatasetOutput:
     from faithforge.stages.generate import import_generated
 
     return run_stage("generate", config, run_id, import_generated, export)

@@ -7,6 +7,7 @@ import pytest
 
 from faithforge.core.config import load_config
 from faithforge.core.errors import UserError
+from faithforge.generation.job import ExportedExamples
 from faithforge.stages.context import StageContext
 from faithforge.stages.generate import import_generated, load_split
 from faithforge.data.teacher import make_example
@@ -21,7 +22,7 @@ def _export(path, n):
                                                             "key_facts": list(e.key_facts),
                                                             "hallucinated_summary": e.hallucinated}})
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return {"path": str(path), "artifact_id": None}
+    return ExportedExamples(path=str(path), examples=n)
 
 
 def _ctx(tmp_path):
@@ -55,4 +56,4 @@ def test_rows_without_the_required_fields_are_named(tmp_path):
     path = tmp_path / "bad.jsonl"
     path.write_text(json.dumps({"content_hash": "ab" * 32, "data": {"summary": "x"}}) + "\n")
     with pytest.raises(UserError, match=r"bad.jsonl: line 1 lacks source_document, key_facts"):
-        import_generated(ctx, {"path": str(path)})
+        import_generated(ctx, ExportedExamples(path=str(path), examples=1))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from faithforge.stages.context import StageContext, content_key
 from faithforge.stages.outputs import DatasetOutput
@@ -13,6 +14,9 @@ from faithforge.core.workspace import atomic_directory, atomic_write_jsonl, read
 
 SPLITS = ("train", "val", "test")
 TEACHER_VERSION = 1
+
+if TYPE_CHECKING:
+    from faithforge.generation.job import ExportedExamples
 
 
 def dataset_dir(ctx: StageContext) -> Path:
@@ -85,7 +89,7 @@ def _split_of(content_hash: str, seed: int, val_share: float, test_share: float)
     return "val" if position < test_share + val_share else "train"
 
 
-def import_generated(ctx: StageContext, export: dict) -> DatasetOutput:
+def import_generated(ctx: StageContext, export: "ExportedExamples") -> DatasetOutput:
     """Turn the generation flow's export (one JSON object per line) into the pipeline's three splits.
 
     A row becomes an example with the generated `summary` as its faithful summary and its
@@ -95,8 +99,8 @@ def import_generated(ctx: StageContext, export: dict) -> DatasetOutput:
     from faithforge.core.errors import UserError
 
     cfg = ctx.config.generate
-    rows = read_jsonl(export["path"])
-    key = content_key("imported", export.get("sha256") or sha256_file(export["path"]), cfg.val_share,
+    rows = read_jsonl(export.path)
+    key = content_key("imported", export.sha256 or sha256_file(export.path), cfg.val_share,
                       cfg.test_share, ctx.config.seed)
     out = ctx.workspace.dir("datasets") / f"generated-{key}"
     with claim_output("generate", out, "manifest.json", ctx.progress) as claim:
@@ -107,7 +111,7 @@ def import_generated(ctx: StageContext, export: dict) -> DatasetOutput:
             data = row.get("data") or {}
             missing = [f for f in ("source_document", "summary", "key_facts") if not data.get(f)]
             if missing:
-                raise UserError(f"{export['path']}: line {number} lacks {', '.join(missing)}; the pipeline needs a "
+                raise UserError(f"{export.path}: line {number} lacks {', '.join(missing)}; the pipeline needs a "
                                 "spec whose schema has source_document, summary and key_facts "
                                 "(see grounded-summaries.yaml)")
             split = _split_of(row["content_hash"], ctx.config.seed, cfg.val_share, cfg.test_share)
@@ -119,14 +123,14 @@ def import_generated(ctx: StageContext, export: dict) -> DatasetOutput:
                               extra={"params": row.get("params"), "model": row.get("model")})
             splits[split].append(example.to_dict())
         if not splits["train"] or not splits["test"]:
-            raise UserError(f"{export['path']} has {len(rows)} examples: too few to split into train and test; "
+            raise UserError(f"{export.path} has {len(rows)} examples: too few to split into train and test; "
                             "raise generate.target")
         with atomic_directory(out) as tmp:
             for split, items in splits.items():
                 atomic_write_jsonl(tmp / f"{split}.jsonl", items)
             files = {split: str(out / f"{split}.jsonl") for split in splits}
             counts = {split: len(items) for split, items in splits.items()}
-            parents = [export["artifact_id"]] if export.get("artifact_id") else []
+            parents = [export.artifact_id] if export.artifact_id else []
             artifact_id = ctx.store.add_artifact("dataset", str(out), key, run_id=ctx.run_id,
                                                  meta={"counts": counts, "backend": cfg.backend}, parents=parents)
             info = {"path": str(out), "files": files, "counts": counts, "artifact_id": artifact_id, "key": out.name}
