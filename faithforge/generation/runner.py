@@ -258,7 +258,11 @@ class Generator:
                 claims = prefetched or self.db.claim(self.spec.name, o.worker_id, want, o.claim_ttl_s)
                 prefetched = []
                 if not claims:
-                    if o.wait_for_others and self.db.counts(self.spec.name).claimed > 0:
+                    counts = self.db.counts(self.spec.name)
+                    if counts.pending > 0:  # a lease ran out between the claim and the count, or another worker
+                        time.sleep(o.poll_s)  # is claiming that slot this instant: look again, never give it up
+                        continue
+                    if o.wait_for_others and counts.claimed > 0:
                         waiting_since = self._wait_for_others(waiting_since)
                         continue
                     break
