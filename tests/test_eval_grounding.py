@@ -104,7 +104,7 @@ def test_analysis_keys():
 
 def test_judge_registry():
     assert get_judge("grounding").name == "grounding"
-    with pytest.raises(UserError, match="unknown judge 'oracle'; choose one of grounding, nli, llm"):
+    with pytest.raises(UserError, match="unknown judge 'oracle'; choose one of grounding, grounded-qa, nli, llm"):
         get_judge("oracle")
     with pytest.raises(UserError, match="needs a checkpoint"):
         get_judge("nli")
