@@ -13,6 +13,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.pop("FAITHFORGE_GPU_PROFILE", None)  # tests choose profiles explicitly
 
+#: Test files that share one expensive session resource run in one xdist worker (pyproject's `--dist loadgroup`);
+#: every other file is its own group, so a file's module fixtures are built once.
+SHARED_RESOURCE_GROUPS = {"test_model_import.py": "smollm2-import", "test_real_pipeline.py": "smollm2-import",
+                          "test_eval_llm.py": "llama-server", "test_generation_real_server.py": "llama-server"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which turns the mark into the item's scheduling group
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(SHARED_RESOURCE_GROUPS.get(item.path.name, item.path.name)))
+
 
 @pytest.fixture(scope="session")
 def prefect_harness():
