@@ -10,6 +10,8 @@ server and model starts there).
 
 from __future__ import annotations
 
+import abc
+
 import json
 import re
 import threading
@@ -99,7 +101,7 @@ def with_schema_instruction(messages: list[dict], schema: dict) -> list[dict]:
     return out
 
 
-class NegotiatedChat:
+class NegotiatedChat(abc.ABC):
     """`chat` for an HTTP backend with a `negotiator`: one request in the negotiated mode, retried on a busy
     server or dropped connection (never on a missing model); a refused response format moves to the next,
     weaker mode at once. `request_body` resolves the mode (and states the schema in the prompt in
@@ -171,23 +173,27 @@ class NegotiatedChat:
         raise_for_status(response, self._where)
 
     # what each backend supplies -----------------------------------------------------------------
+    @abc.abstractmethod
     def _not_found(self, message: str) -> str:
         """What to say for a 404 whose body says `message`: which model is missing and how to fix it."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _body(self, messages: list[dict], *, schema: dict | None, max_tokens: int, temperature: float,
               seed: int | None, mode: str | None) -> dict[str, Any]:
         """The backend's request body for `mode` (None: no response format)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def _http(self) -> httpx.Client:
-        raise NotImplementedError
+        """The backend's HTTP client (one per backend, with its timeouts and retries)."""
 
+    @abc.abstractmethod
     def _decode(self, text: str) -> dict[str, Any]:
-        raise NotImplementedError
+        """One response body (or stream line) as a JSON object, or a `BackendError` saying what came instead."""
 
+    @abc.abstractmethod
     def _from_body(self, data: dict[str, Any]) -> ChatResult:
-        raise NotImplementedError
+        """The result of a whole (non-streamed) response body."""
 
+    @abc.abstractmethod
     def _from_stream(self, response: httpx.Response, deadline: Deadline) -> ChatResult:
-        raise NotImplementedError
+        """The result of a streamed response, read line by line within `deadline`."""
