@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import random
 from pathlib import Path
 
 import yaml
@@ -66,13 +65,13 @@ def _answer_accuracy(model: dict) -> tuple[int, int]:
     return sum(1 for r in scored if r >= 1.0), len(scored)
 
 
-def paired_bootstrap(a: list[float], b: list[float], *, samples: int, seed: int) -> tuple[float, float, float]:
-    """mean(b − a) and its percentile 95% interval over items resampled in pairs."""
-    diffs = [y - x for x, y in zip(a, b)]
-    rng = random.Random(seed)
-    n = len(diffs)
-    means = sorted(sum(diffs[rng.randrange(n)] for _ in range(n)) / n for _ in range(samples))
-    return sum(diffs) / n, means[int(0.025 * samples)], means[int(0.975 * samples) - 1]
+def paired_difference(before: list[float], after: list[float], seed: int) -> dict:
+    """mean(after − before) with the pipeline's own paired bootstrap interval (95%, 2,000 resamples, as in the
+    run's report), as the JSON the table reads."""
+    from faithforge.evaluation.metrics import paired_bootstrap
+
+    d = paired_bootstrap(before, after, samples=2000, confidence=0.95, seed=seed)
+    return {"difference": d.difference, "ci_low": d.ci_low, "ci_high": d.ci_high, "n": d.n}
 
 
 def summarize(report: dict, seed: int) -> dict:
@@ -94,9 +93,8 @@ def summarize(report: dict, seed: int) -> dict:
         dpo = {i["id"]: i for i in comparison["after"]["items"] if i["judgeable"]}
         sft = {i["id"]: i for i in control["after"]["items"] if i["judgeable"]}
         ids = sorted(dpo.keys() & sft.keys())
-        diff, low, high = paired_bootstrap([float(sft[i]["hallucinated"]) for i in ids],
-                                           [float(dpo[i]["hallucinated"]) for i in ids], samples=4000, seed=seed)
-        out["dpo_minus_control"] = {"difference": diff, "ci_low": low, "ci_high": high, "n": len(ids)}
+        out["dpo_minus_control"] = paired_difference([float(sft[i]["hallucinated"]) for i in ids],
+                                                     [float(dpo[i]["hallucinated"]) for i in ids], seed)
     return out
 
 
@@ -115,13 +113,11 @@ def rejudge(report: dict, sources: dict[str, str], seed: int) -> dict:
     ids = sorted(flagged["before"])
     out = {"rates": {label: sum(v.values()) / len(v) for label, v in flagged.items()}, "n": len(ids)}
     for label in [k for k in flagged if k != "before"]:
-        diff, low, high = paired_bootstrap([flagged["before"][i] for i in ids], [flagged[label][i] for i in ids],
-                                           samples=4000, seed=seed)
-        out[f"{label}_minus_before"] = {"difference": diff, "ci_low": low, "ci_high": high, "n": len(ids)}
+        out[f"{label}_minus_before"] = paired_difference([flagged["before"][i] for i in ids],
+                                                         [flagged[label][i] for i in ids], seed)
     if "control" in flagged:
-        diff, low, high = paired_bootstrap([flagged["control"][i] for i in ids], [flagged["dpo"][i] for i in ids],
-                                           samples=4000, seed=seed)
-        out["dpo_minus_control"] = {"difference": diff, "ci_low": low, "ci_high": high, "n": len(ids)}
+        out["dpo_minus_control"] = paired_difference([flagged["control"][i] for i in ids],
+                                                     [flagged["dpo"][i] for i in ids], seed)
     return out
 
 
