@@ -72,14 +72,14 @@ def evaluate_models(ctx: StageContext, model: ModelOutput, dataset: DatasetOutpu
     from faithforge.training.modeling import measured_peak, start_peak_measurement
 
     cfg = ctx.config.evaluate
-    test = load_split(dataset, cfg.split)  # `val` only while choosing settings (EvaluateConfig.split)
-    _check_no_overlap(test, dataset, pairs, cfg.split)
-    items = [EvalItem(id=e.id, source=e.source, key_facts=list(e.key_facts), category=e.category) for e in test]
+    held_out = load_split(dataset, cfg.split)  # `val` only while choosing settings (EvaluateConfig.split)
+    _check_no_overlap(held_out, dataset, pairs, cfg.split)
+    items = [EvalItem(id=e.id, source=e.source, key_facts=list(e.key_facts), category=e.category) for e in held_out]
     judge = get_judge(cfg.judge, **judge_options(cfg))
     start_peak_measurement()
     started = time.perf_counter()
     adapters = {"before": None, "after": dpo.path, **({"control": control.path} if control else {})}
-    reports = _judge_models(ctx, model, items, [e.source for e in test], adapters, judge, plan)
+    reports = _judge_models(ctx, model, items, [e.source for e in held_out], adapters, judge, plan)
     comparisons = _compare(ctx, reports)
     seconds = time.perf_counter() - started
     out = ctx.workspace.dir("reports") / f"eval-{ctx.run_id or 'adhoc'}"
@@ -103,17 +103,17 @@ def evaluate_models(ctx: StageContext, model: ModelOutput, dataset: DatasetOutpu
     )
 
 
-def _check_no_overlap(test: list, dataset: DatasetOutput, pairs: PairsOutput, split: str) -> None:
+def _check_no_overlap(held_out: list, dataset: DatasetOutput, pairs: PairsOutput, split: str) -> None:
     """Stop the run when an evaluation source is inside what training saw (by text, by id, by word shingles)."""
     from faithforge.evaluation import check_disjoint
 
     training_pairs = load_pairs(pairs.train) + load_pairs(pairs.val)
-    check_disjoint([e.source for e in test], [p["prompt"][-1]["content"] for p in training_pairs],
+    check_disjoint([e.source for e in held_out], [p["prompt"][-1]["content"] for p in training_pairs],
                    what=f"evaluation sources ({dataset.files[split]}) and training pairs ({pairs.path})")
-    check_disjoint([e.id for e in test], [p["source_id"] for p in training_pairs],
+    check_disjoint([e.id for e in held_out], [p["source_id"] for p in training_pairs],
                    what="evaluation example ids and training pair sources")
     # Imported pairs wrap documents in their own prompts and ids: compare the text itself (word shingles).
-    check_no_text_overlap({e.id: e.source for e in test},
+    check_no_text_overlap({e.id: e.source for e in held_out},
                           (" ".join(m["content"] for m in p["prompt"]) for p in training_pairs),
                           what=f"evaluation sources and training pairs ({pairs.path})")
 
