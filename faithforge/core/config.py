@@ -134,6 +134,10 @@ class PairsConfig(Section):
     """`on-policy`: sampling temperature."""
     margin: float = Field(0.5, ge=0.0)
     """`on-policy`: smallest score difference (judge verdict + key-fact recall) that makes a pair."""
+    min_chosen_recall: float = Field(0.0, ge=0.0, le=1.0)
+    """`on-policy`: on a source with key facts (e.g. an answerable question), the chosen sample must recall at least
+    this share of them; 1.0 keeps a faithful non-answer from being chosen over a wrong answer, which teaches the
+    model to stop answering. Sources without key facts are unaffected."""
     omission_share: float = Field(1.0, ge=0.0, le=1.0)
     """Share of the sources that state a day which also get a pair whose rejected summary drops that day, so
     that the model cannot lower its hallucination rate by saying less."""
