@@ -76,3 +76,50 @@ def test_bad_settings_are_refused(model_and_tokenizer):
         build_onpolicy_pairs(model, tokenizer, examples, temperature=0.0)
     with pytest.raises(UserError, match="lacks 'source'"):
         build_onpolicy_pairs(model, tokenizer, [{"id": "x"}])
+
+
+def _scored(hallucinated: bool, recall: float | None) -> dict:
+    return {"judgeable": True, "hallucinated": hallucinated, "recall": recall,
+            "score": (0.0 if hallucinated else 1.0) + (recall or 0.0)}
+
+
+def test_on_an_answerable_question_a_faithful_non_answer_is_not_chosen_over_a_wrong_answer():
+    from faithforge.training.onpolicy_pairs import OnPolicyReport, _best_and_worst
+
+    # The SmolLM2 failure: no sample answers; the non-answer (score 1.0) beat the wrong answer (score 0.0).
+    non_answers = {"Tomas ordered the bikes.": _scored(False, 0.0), "Tomas ordered the bikes in Rome.": _scored(True, 0.0)}
+    report = OnPolicyReport()
+    best, worst = _best_and_worst(non_answers, 0.5, 0.0, report)  # the old rule pairs them
+    assert best[0] == "Tomas ordered the bikes." and worst[0] == "Tomas ordered the bikes in Rome."
+    assert _best_and_worst(non_answers, 0.5, 1.0, report) is None
+    assert report.dropped_sources == {"no sample recalls at least 1 of the key facts": 1}
+
+    # With an answer among the samples, the answer is chosen and the worst sample rejected.
+    answered = {**non_answers, "Tomas ordered the bikes in Lyon.": _scored(False, 1.0)}
+    best, worst = _best_and_worst(answered, 0.5, 1.0, OnPolicyReport())
+    assert best[0] == "Tomas ordered the bikes in Lyon." and worst[0] == "Tomas ordered the bikes in Rome."
+
+    # An answer the judge flags (an extra unsupported detail) still beats a non-answer as chosen: it answers.
+    flagged = {"The document does not say.": _scored(False, 0.0), "In Lyon, France.": _scored(True, 1.0),
+               "In Rome.": _scored(True, 0.0)}
+    best, worst = _best_and_worst(flagged, 0.5, 1.0, OnPolicyReport())
+    assert best[0] == "In Lyon, France." and worst[0] == "In Rome."
+
+
+def test_sources_without_key_facts_are_paired_as_before_under_min_chosen_recall():
+    from faithforge.training.onpolicy_pairs import OnPolicyReport, _best_and_worst
+
+    unanswerable = {"The document does not say.": _scored(False, None), "On Monday.": _scored(True, None)}
+    best, worst = _best_and_worst(unanswerable, 0.5, 1.0, OnPolicyReport())
+    assert best[0] == "The document does not say." and worst[0] == "On Monday."
+
+
+def test_min_chosen_recall_reaches_the_builder_and_drops_sources_with_a_reason(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    # Key facts no sample can contain: under min_chosen_recall 1.0 no sample may be chosen, so no source pairs.
+    rows = [{**e.to_dict(), "key_facts": ["zqxj-never-generated"]} for e in generate_split("train", 6, 3, 0.5)]
+    strict, report = build_onpolicy_pairs(model, tokenizer, rows, **SETTINGS, min_chosen_recall=1.0)
+    assert strict == [] and sum(report.dropped_sources.values()) == 6
+    assert report.dropped_sources["no sample recalls at least 1 of the key facts"] >= 1
+    assert set(report.dropped_sources) <= {"no sample recalls at least 1 of the key facts",
+                                           "fewer than 2 distinct judged summaries"}
