@@ -92,7 +92,7 @@ def test_on_an_answerable_question_a_faithful_non_answer_is_not_chosen_over_a_wr
     best, worst = _best_and_worst(non_answers, 0.5, 0.0, report)  # the old rule pairs them
     assert best[0] == "Tomas ordered the bikes." and worst[0] == "Tomas ordered the bikes in Rome."
     assert _best_and_worst(non_answers, 0.5, 1.0, report) is None
-    assert report.dropped_sources == {"no sample recalls at least 1 of the key facts": 1}
+    assert report.dropped_sources == {"no sample may be chosen (recall below 1, or a question)": 1}
 
     # With an answer among the samples, the answer is chosen and the worst sample rejected.
     answered = {**non_answers, "Tomas ordered the bikes in Lyon.": _scored(False, 1.0)}
@@ -120,6 +120,52 @@ def test_min_chosen_recall_reaches_the_builder_and_drops_sources_with_a_reason(m
     rows = [{**e.to_dict(), "key_facts": ["zqxj-never-generated"]} for e in generate_split("train", 6, 3, 0.5)]
     strict, report = build_onpolicy_pairs(model, tokenizer, rows, **SETTINGS, min_chosen_recall=1.0)
     assert strict == [] and sum(report.dropped_sources.values()) == 6
-    assert report.dropped_sources["no sample recalls at least 1 of the key facts"] >= 1
-    assert set(report.dropped_sources) <= {"no sample recalls at least 1 of the key facts",
+    assert report.dropped_sources["no sample may be chosen (recall below 1, or a question)"] >= 1
+    assert set(report.dropped_sources) <= {"no sample may be chosen (recall below 1, or a question)",
                                            "fewer than 2 distinct judged summaries"}
+
+
+def test_a_question_is_never_chosen():
+    from faithforge.training.onpolicy_pairs import OnPolicyReport, _best_and_worst
+
+    echo = {"On which day did Nia buy the drums?": _scored(False, None), "On Monday.": _scored(True, None),
+            "Nia bought the drums.": _scored(False, None)}
+    best, worst = _best_and_worst(echo, 0.5, 0.0, OnPolicyReport())
+    assert best[0] == "Nia bought the drums." and worst[0] == "On Monday."
+    only_echo = {"On which day did Nia buy the drums?": _scored(False, None), "On Monday.": _scored(True, None)}
+    report = OnPolicyReport()
+    assert _best_and_worst(only_echo, 0.5, 0.0, report) is None
+    # "On Monday." may be chosen but is also the worst: best and worst differ by less than the margin.
+    assert sum(report.dropped_sources.values()) == 1
+
+
+def test_an_omission_pair_rejects_the_faithful_non_answer_when_the_answer_was_sampled():
+    from faithforge.training.onpolicy_pairs import _omission_rival
+
+    candidates = {"Ivo painted the chairs in Quito.": _scored(False, 1.0), "Ivo painted the chairs in Rome.":
+                  _scored(True, 0.0), "Ivo painted the chairs.": _scored(False, 0.0),
+                  "Ivo painted the chairs, it seems.": _scored(False, 0.0)}
+    best = ("Ivo painted the chairs in Quito.", candidates["Ivo painted the chairs in Quito."])
+    worst = ("Ivo painted the chairs in Rome.", candidates["Ivo painted the chairs in Rome."])
+    rival = _omission_rival(candidates, (best, worst), 0.5)
+    assert rival is not None and rival[0] in ("Ivo painted the chairs.", "Ivo painted the chairs, it seems.")
+    assert rival[1]["recall"] == 0.0 and not rival[1]["hallucinated"]
+
+    # No faithful non-answer besides the rejected one, or nothing to recall: no second pair.
+    assert _omission_rival({best[0]: best[1], worst[0]: worst[1]}, (best, worst), 0.5) is None
+    unanswerable = {"Nia bought the drums.": _scored(False, None), "On Monday.": _scored(True, None),
+                    "Nia bought drums.": _scored(False, None)}
+    picked = (("Nia bought the drums.", unanswerable["Nia bought the drums."]), ("On Monday.", unanswerable["On Monday."]))
+    assert _omission_rival(unanswerable, picked, 0.5) is None
+
+
+def test_omission_pairs_reach_the_builder_and_are_counted(model_and_tokenizer):
+    model, tokenizer = model_and_tokenizer
+    examples = list(generate_split("train", 6, 3, 0.5))
+    plain, plain_report = build_onpolicy_pairs(model, tokenizer, examples, **SETTINGS)
+    both, report = build_onpolicy_pairs(model, tokenizer, examples, **SETTINGS, omission_pairs=True)
+    assert report.built == len(both) == len(plain) + report.omission_pairs
+    assert report.built - report.omission_pairs + sum(report.dropped_sources.values()) == report.sources
+    assert [p["id"] for p in both if p["id"] in {q["id"] for q in plain}] == [p["id"] for p in plain]
+    for pair, scores in zip(both, report.scores):
+        assert scores["chosen"]["score"] - scores["rejected"]["score"] >= SETTINGS["margin"]

@@ -26,9 +26,10 @@ REAL_SETTINGS: dict[str, Any] = {
                  "test_sources": 200},
     "warm_start": {"enabled": False},
     # min_chosen_recall 1.0: on an answerable question only a sample that answers it may be chosen (a faithful
-    # non-answer chosen over a wrong answer taught DPO to stop answering: −10.7 points of answer accuracy).
+    # non-answer chosen over a wrong answer taught DPO to stop answering: −10.7 points of answer accuracy);
+    # omission_pairs: there, a non-answer also loses to the answer (validation: BENCHMARKS.md).
     "pairs": {"builder": "on-policy", "samples_per_source": 4, "temperature": 1.0, "margin": 0.5,
-              "min_chosen_recall": 1.0, "val_fraction": 0.1},
+              "min_chosen_recall": 1.0, "omission_pairs": True, "val_fraction": 0.1},
     "reference": {"batch_size": 16, "max_length": 256},
     # lr 1e-4 with LoRA r 16 on a 135M model: large enough to move in 32 steps of 8 pairs; the NLL term (RPO)
     # keeps the chosen answers likely, so answerable questions keep their answers.

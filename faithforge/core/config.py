@@ -138,6 +138,9 @@ class PairsConfig(Section):
     """`on-policy`: on a source with key facts (e.g. an answerable question), the chosen sample must recall at least
     this share of them; 1.0 keeps a faithful non-answer from being chosen over a wrong answer, which teaches the
     model to stop answering. Sources without key facts are unaffected."""
+    omission_pairs: bool = False
+    """`on-policy`: on a source with key facts, also pair the chosen sample against the faithful sample that
+    recalls least (an evasive non-answer), so saying less loses where there is an answer to give."""
     omission_share: float = Field(1.0, ge=0.0, le=1.0)
     """Share of the sources that state a day which also get a pair whose rejected summary drops that day, so
     that the model cannot lower its hallucination rate by saying less."""

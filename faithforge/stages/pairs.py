@@ -76,6 +76,7 @@ def _sample_onpolicy_pairs(ctx: StageContext, examples, model: ModelOutput, plan
     return build_onpolicy_pairs(policy, tokenizer, examples, k=cfg.samples_per_source, temperature=cfg.temperature,
                                 seed=ctx.config.seed, max_new_tokens=ctx.config.evaluate.max_new_tokens,
                                 margin=cfg.margin, min_chosen_recall=cfg.min_chosen_recall,
+                                omission_pairs=cfg.omission_pairs,
                                 judge=get_judge(ctx.config.evaluate.judge, **judge_options(ctx.config.evaluate)),
                                 batch_size=plan.batch_size, system_prompt=system_prompt(ctx.config))
 

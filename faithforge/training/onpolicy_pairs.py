@@ -16,7 +16,13 @@ faithful non-answer ("The document does not say.", "Tomas ordered the bikes.") s
 answer, so without it such a sample becomes `chosen` and DPO learns to stop answering questions it could
 answer. Measured on SmolLM2's seed-0 pairs: 10–13 of ~95 pairs were exactly that, and answer accuracy fell
 ~11 points after DPO (BENCHMARKS.md). With `min_chosen_recall` = 1.0 only a sample that states every key
-fact may be chosen on such a source; sources without key facts (nothing to recall) are unaffected. Rows have the synthetic pairs' format (TRL conversational prompt/chosen/rejected plus
+fact may be chosen on such a source; sources without key facts (nothing to recall) are unaffected. A sample that
+is a question (SmolLM2 often echoes the one it was asked) is never chosen: it answers nothing.
+
+`omission_pairs` adds the other half of "it cannot win by saying less": the unanswerable sources' chosen samples
+are non-answers, and DPO generalizes them to answerable questions ("Ivo painted the chairs." for "Where did Ivo
+paint the chairs?"). On a source with key facts whose samples include a faithful one that recalls less than the
+chosen, a second pair rejects that one, so a non-answer loses to the answer where there is one. Rows have the synthetic pairs' format (TRL conversational prompt/chosen/rejected plus
 `id`, `source_id`, `kind="on-policy"`), so they go through `validate_pairs`, the reference cache and
 `run_dpo` unchanged.
 """
@@ -42,12 +48,14 @@ class OnPolicyReport:
     sources: int = 0
     samples: int = 0
     built: int = 0
+    omission_pairs: int = 0
     dropped_sources: Counter = field(default_factory=Counter)
     dropped_samples: Counter = field(default_factory=Counter)
     scores: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {"sources": self.sources, "samples": self.samples, "built": self.built,
+                "omission_pairs": self.omission_pairs,
                 "dropped_sources": dict(self.dropped_sources), "dropped_samples": dict(self.dropped_samples),
                 "scores": self.scores}
 
@@ -92,6 +100,7 @@ def build_onpolicy_pairs(
     margin: float = 0.5,
     recall_weight: float = 1.0,
     min_chosen_recall: float = 0.0,
+    omission_pairs: bool = False,
     judge: Any = "grounding",
     batch_size: int = 32,
     system_prompt: str = SYSTEM_PROMPT,
@@ -128,14 +137,15 @@ def build_onpolicy_pairs(
         picked = _best_and_worst(candidates, margin, min_chosen_recall, report)
         if picked is None:
             continue
-        (best, best_score), (worst, worst_score) = picked
-        key = (source, best, worst)
-        if key in seen:
-            report.dropped_sources["duplicate pair"] += 1
-            continue
-        seen.add(key)
-        pairs.append(_pair_row(source_id, source, best, worst, system_prompt))
-        report.scores.append({"id": pairs[-1]["id"], "chosen": best_score, "rejected": worst_score})
+        extra = _omission_rival(candidates, picked, margin) if omission_pairs else None
+        for (best, best_score), (rejected, rejected_score) in [picked, *([(picked[0], extra)] if extra else [])]:
+            if (source, best, rejected) in seen:
+                report.dropped_sources["duplicate pair"] += 1
+                continue
+            seen.add((source, best, rejected))
+            report.omission_pairs += rejected != picked[1][0]
+            pairs.append(_pair_row(source_id, source, best, rejected, system_prompt))
+            report.scores.append({"id": pairs[-1]["id"], "chosen": best_score, "rejected": rejected_score})
     report.built = len(pairs)
     if pairs:
         validate_pairs(pairs, "on-policy pairs")
@@ -175,9 +185,26 @@ def _judged_candidates(judge, source: str, key_facts: list[str], texts: list[str
     return candidates
 
 
-def _may_be_chosen(scored: dict[str, Any], min_chosen_recall: float) -> bool:
-    """A sample may be `chosen` when its source has nothing to recall or it recalls at least `min_chosen_recall`."""
+def _may_be_chosen(text: str, scored: dict[str, Any], min_chosen_recall: float) -> bool:
+    """A sample may be `chosen` when it is not a question (an echo of the question answers nothing; SmolLM2
+    echoes it) and its source has nothing to recall or it recalls at least `min_chosen_recall`."""
+    if text.rstrip().endswith("?"):
+        return False
     return scored["recall"] is None or scored["recall"] >= min_chosen_recall
+
+
+def _omission_rival(candidates: dict[str, dict[str, Any]], picked, margin: float) -> tuple[str, dict] | None:
+    """The on-policy omission pair's rejected sample: on a source with key facts, the *faithful* sample that
+    recalls least (an evasive non-answer such as "Ivo painted the chairs."), when it is not already the rejected
+    one and recalls less than the chosen by at least `margin` of score. The unanswerable sources' pairs prefer
+    such non-answers; this pair teaches that on an answerable question they lose to the answer."""
+    (best, best_score), (worst, _) = picked
+    if best_score["recall"] is None:
+        return None
+    faithful = [(text, scored) for text, scored in candidates.items()
+                if text not in (best, worst) and not scored["hallucinated"]
+                and scored["recall"] < best_score["recall"] and best_score["score"] - scored["score"] >= margin]
+    return min(faithful, key=lambda item: (item[1]["recall"], item[1]["score"]), default=None)
 
 
 def _best_and_worst(candidates: dict[str, dict[str, Any]], margin: float, min_chosen_recall: float,
@@ -188,9 +215,9 @@ def _best_and_worst(candidates: dict[str, dict[str, Any]], margin: float, min_ch
         report.dropped_sources["fewer than 2 distinct judged summaries"] += 1
         return None
     ranked = sorted(candidates.items(), key=lambda item: item[1]["score"])
-    eligible = [item for item in ranked if _may_be_chosen(item[1], min_chosen_recall)]
+    eligible = [item for item in ranked if _may_be_chosen(item[0], item[1], min_chosen_recall)]
     if not eligible:
-        report.dropped_sources[f"no sample recalls at least {min_chosen_recall:g} of the key facts"] += 1
+        report.dropped_sources[f"no sample may be chosen (recall below {min_chosen_recall:g}, or a question)"] += 1
         return None
     worst, best = ranked[0], eligible[-1]
     if best[1]["score"] - worst[1]["score"] < margin:
