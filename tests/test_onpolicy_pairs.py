@@ -159,13 +159,31 @@ def test_an_omission_pair_rejects_the_faithful_non_answer_when_the_answer_was_sa
     assert _omission_rival(unanswerable, picked, 0.5) is None
 
 
-def test_omission_pairs_reach_the_builder_and_are_counted(model_and_tokenizer):
+def test_the_builder_adds_omission_pairs_on_answerable_sources_only(model_and_tokenizer, monkeypatch):
+    """The samples are fixed (a random-init model cannot be made to sample an answer on demand); the judge, the
+    scoring and the pairing are the real ones, on grounded-qa questions."""
+    from types import SimpleNamespace
+
+    from faithforge.data.grounded_qa import make_question
+    from faithforge.training import onpolicy_pairs
+
+    unanswerable, answerable = make_question("train", 0, 0), make_question("train", 3, 0)
+    assert answerable.key_facts == ("Dakar",) and unanswerable.key_facts == ()
+    samples = {unanswerable.source: ["Yara repaired the clocks.", "Yara repaired the clocks on Friday.",
+                                     "On which day did Yara repair the clocks?", "Yara repaired the clocks."],
+               answerable.source: ["Kofi sold the plates in Dakar.", "Kofi sold the plates in Oslo.",
+                                   "Kofi sold the plates.", "Kofi sold the plates in Dakar."]}
+    monkeypatch.setattr(onpolicy_pairs, "_sample", lambda model, tokenizer, prompts, *rest: [
+        SimpleNamespace(text=samples[prompt][i % 4]) for i, prompt in enumerate(prompts)])
     model, tokenizer = model_and_tokenizer
-    examples = list(generate_split("train", 6, 3, 0.5))
-    plain, plain_report = build_onpolicy_pairs(model, tokenizer, examples, **SETTINGS)
-    both, report = build_onpolicy_pairs(model, tokenizer, examples, **SETTINGS, omission_pairs=True)
-    assert report.built == len(both) == len(plain) + report.omission_pairs
-    assert report.built - report.omission_pairs + sum(report.dropped_sources.values()) == report.sources
-    assert [p["id"] for p in both if p["id"] in {q["id"] for q in plain}] == [p["id"] for p in plain]
-    for pair, scores in zip(both, report.scores):
-        assert scores["chosen"]["score"] - scores["rejected"]["score"] >= SETTINGS["margin"]
+    pairs, report = build_onpolicy_pairs(model, tokenizer, [unanswerable, answerable], **SETTINGS,
+                                         min_chosen_recall=1.0, omission_pairs=True)
+    made = [(p["source_id"], p["chosen"][0]["content"], p["rejected"][0]["content"]) for p in pairs]
+    assert made == [(unanswerable.id, "Yara repaired the clocks.", "Yara repaired the clocks on Friday."),
+                    (answerable.id, "Kofi sold the plates in Dakar.", "Kofi sold the plates in Oslo."),
+                    (answerable.id, "Kofi sold the plates in Dakar.", "Kofi sold the plates.")]
+    assert report.built == 3 and report.omission_pairs == 1 and report.to_dict()["omission_pairs"] == 1
+    assert report.dropped_samples == {"duplicate summary": 2}
+
+    without, _ = build_onpolicy_pairs(model, tokenizer, [unanswerable, answerable], **SETTINGS, min_chosen_recall=1.0)
+    assert [p["id"] for p in without] == [p["id"] for p in pairs[:2]]
