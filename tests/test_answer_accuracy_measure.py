@@ -1,0 +1,45 @@
+"""The benchmark's two answer-accuracy measures (bench/answer_accuracy.py): recall 1 and checked accuracy."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from answer_accuracy import LABELS, agreement, asked_value, checked_correct, states_the_answer  # noqa: E402
+
+SOURCE = ("Document: Kofi bought 4 maps in Turin. Nia delivered 6 rugs in Malmo. It was a busy week. "
+          "Hana repaired 5 boots in Riga.\nQuestion: In which city did Kofi buy the maps?")
+
+
+def test_the_asked_value_comes_from_the_asked_persons_sentence():
+    assert asked_value(SOURCE, "answerable-place") == "Turin"
+    assert asked_value(SOURCE.replace("In which city did Kofi buy", "How many maps did Kofi buy"),
+                       "answerable-count") == "4"
+    with pytest.raises(ValueError, match="does not state it"):
+        asked_value(SOURCE, "answerable-day")
+
+
+@pytest.mark.parametrize("answer, by_recall, checked", [
+    ("Kofi bought the maps in Turin.", True, True),
+    ("Kofi bought the maps in Malmo, not in Turin.", True, False),  # a hedge: the wrong city asserted
+    ("Kofi bought the maps in Turin on Friday.", True, False),       # an invented day
+    ("Kofi bought the maps.", False, False),                          # a non-answer
+    ("Kofi bought the maps in Malmo.", False, False),                 # another person's city
+])
+def test_checked_accuracy_needs_the_answer_and_nothing_wrong(answer, by_recall, checked):
+    assert states_the_answer(["Turin"], answer) is by_recall
+    assert checked_correct(SOURCE, answer, ["Turin"]) is checked
+
+
+def test_on_the_labeled_sets_checked_agrees_with_reading_at_least_as_often_as_recall():
+    import json
+
+    for path in LABELS.values():
+        a = agreement([json.loads(line) for line in path.read_text().splitlines() if line.strip()])
+        assert a["answerable"] >= 20
+        assert a["checked_agrees"] >= a["recall_agrees"]
+        assert a["checked"] <= a["recall"]  # checked only ever removes answers recall counted
