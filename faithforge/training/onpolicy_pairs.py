@@ -14,17 +14,18 @@ report says why.
 `min_chosen_recall` closes the gap the score leaves on sources that have key facts (answerable questions): a
 faithful non-answer ("The document does not say.", "Tomas ordered the bikes.") scores 1.0 there, above a wrong
 answer, so without it such a sample becomes `chosen` and DPO learns to stop answering questions it could
-answer. Measured on SmolLM2's seed-0 pairs: 10–13 of ~95 pairs were exactly that, and answer accuracy fell
-~11 points after DPO (BENCHMARKS.md). With `min_chosen_recall` = 1.0 only a sample that states every key
+answer. Measured on SmolLM2's pairs of seeds 0–2: 7–13 of ~95 pairs per seed were exactly that, and answer
+accuracy fell ~11 points after DPO (BENCHMARKS.md). With `min_chosen_recall` = 1.0 only a sample that states every key
 fact may be chosen on such a source; sources without key facts (nothing to recall) are unaffected. A sample that
 is a question (SmolLM2 often echoes the one it was asked) is never chosen: it answers nothing.
 
 `omission_pairs` adds the other half of "it cannot win by saying less": the unanswerable sources' chosen samples
 are non-answers, and DPO generalizes them to answerable questions ("Ivo painted the chairs." for "Where did Ivo
 paint the chairs?"). On a source with key facts whose samples include a faithful one that recalls less than the
-chosen, a second pair rejects that one, so a non-answer loses to the answer where there is one. Rows have the synthetic pairs' format (TRL conversational prompt/chosen/rejected plus
-`id`, `source_id`, `kind="on-policy"`), so they go through `validate_pairs`, the reference cache and
-`run_dpo` unchanged.
+chosen, a second pair rejects that one, so a non-answer loses to the answer where there is one.
+
+Rows have the synthetic pairs' format (TRL conversational prompt/chosen/rejected plus `id`, `source_id`,
+`kind="on-policy"`), so they go through `validate_pairs`, the reference cache and `run_dpo` unchanged.
 """
 
 from __future__ import annotations
@@ -137,13 +138,14 @@ def build_onpolicy_pairs(
         picked = _best_and_worst(candidates, margin, min_chosen_recall, report)
         if picked is None:
             continue
-        extra = _omission_rival(candidates, picked, margin) if omission_pairs else None
-        for (best, best_score), (rejected, rejected_score) in [picked, *([(picked[0], extra)] if extra else [])]:
+        (best, best_score), worst = picked
+        omission = _omission_rival(candidates, picked, margin) if omission_pairs else None
+        for rejected, rejected_score in [worst] + ([omission] if omission else []):
             if (source, best, rejected) in seen:
                 report.dropped_sources["duplicate pair"] += 1
                 continue
             seen.add((source, best, rejected))
-            report.omission_pairs += rejected != picked[1][0]
+            report.omission_pairs += rejected != worst[0]
             pairs.append(_pair_row(source_id, source, best, rejected, system_prompt))
             report.scores.append({"id": pairs[-1]["id"], "chosen": best_score, "rejected": rejected_score})
     report.built = len(pairs)
