@@ -135,17 +135,13 @@ def build_onpolicy_pairs(
     for index, (source_id, source, key_facts) in enumerate(sources):
         texts = [result.text for result in results[index * k: (index + 1) * k]]
         candidates = _judged_candidates(judge, source, key_facts, texts, recall_weight, report)
-        picked = _best_and_worst(candidates, margin, min_chosen_recall, report)
-        if picked is None:
-            continue
-        (best, best_score), worst = picked
-        omission = _omission_rival(candidates, picked, margin) if omission_pairs else None
-        for rejected, rejected_score in [worst] + ([omission] if omission else []):
+        chosen_rejected = _source_pairs(candidates, margin, min_chosen_recall, omission_pairs, report)
+        for position, ((best, best_score), (rejected, rejected_score)) in enumerate(chosen_rejected):
             if (source, best, rejected) in seen:
                 report.dropped_sources["duplicate pair"] += 1
                 continue
             seen.add((source, best, rejected))
-            report.omission_pairs += rejected != worst[0]
+            report.omission_pairs += position > 0
             pairs.append(_pair_row(source_id, source, best, rejected, system_prompt))
             report.scores.append({"id": pairs[-1]["id"], "chosen": best_score, "rejected": rejected_score})
     report.built = len(pairs)
@@ -185,6 +181,16 @@ def _judged_candidates(judge, source: str, key_facts: list[str], texts: list[str
             continue
         candidates[text] = scored
     return candidates
+
+
+def _source_pairs(candidates: dict[str, dict[str, Any]], margin: float, min_chosen_recall: float,
+                  omission_pairs: bool, report: OnPolicyReport) -> list[tuple[tuple[str, dict], tuple[str, dict]]]:
+    """One source's (chosen, rejected) pairs: best vs worst, then best vs the omission rival when asked for."""
+    picked = _best_and_worst(candidates, margin, min_chosen_recall, report)
+    if picked is None:
+        return []
+    omission = _omission_rival(candidates, picked, margin) if omission_pairs else None
+    return [picked] + ([(picked[0], omission)] if omission else [])
 
 
 def _may_be_chosen(text: str, scored: dict[str, Any], min_chosen_recall: float) -> bool:
