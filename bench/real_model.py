@@ -100,6 +100,14 @@ def summarize(report: dict, seed: int) -> dict:
     return out
 
 
+def _answers_by_model(report: dict) -> dict[str, list[dict]]:
+    """The report's evaluated items per model: before, dpo and (when it ran) control."""
+    answers = {"before": report["comparison"]["before"]["items"], "dpo": report["comparison"]["after"]["items"]}
+    if report["control"]:
+        answers["control"] = report["control"]["after"]["items"]
+    return answers
+
+
 def rejudge(report: dict, sources: dict[str, str], seed: int) -> dict:
     """Every model's answers judged again by the `grounded-qa` judge (faithforge/evaluation/attribution.py),
     which also catches values attached to the wrong person: the pairs were chosen by the `grounding` judge, so
@@ -107,9 +115,7 @@ def rejudge(report: dict, sources: dict[str, str], seed: int) -> dict:
     from faithforge.evaluation.attribution import GroundedQaJudge
 
     judge = GroundedQaJudge()
-    answers = {"before": report["comparison"]["before"]["items"], "dpo": report["comparison"]["after"]["items"]}
-    if report["control"]:
-        answers["control"] = report["control"]["after"]["items"]
+    answers = _answers_by_model(report)
     flagged = {label: {i["id"]: float(judge.judge(sources[i["id"]], i["summary"], truncated=i["truncated"]).hallucinated)
                        for i in items} for label, items in answers.items()}
     ids = sorted(flagged["before"])
@@ -130,9 +136,7 @@ def per_item_accuracy(report: dict, sources: dict[str, str], key_facts: dict[str
     on 59/60 validation and 21/21 held-out answers, recall on 52/60 and 20/21)."""
     from answer_accuracy import checked_correct
 
-    answers = {"before": report["comparison"]["before"]["items"], "dpo": report["comparison"]["after"]["items"]}
-    if report["control"]:
-        answers["control"] = report["control"]["after"]["items"]
+    answers = _answers_by_model(report)
     out: dict = {"recall": {}, "checked": {}}
     for label, items in answers.items():
         answerable = [i for i in items if key_facts[i["id"]]]
