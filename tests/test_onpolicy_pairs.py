@@ -84,33 +84,51 @@ def _scored(hallucinated: bool, recall: float | None) -> dict:
 
 
 def test_on_an_answerable_question_a_faithful_non_answer_is_not_chosen_over_a_wrong_answer():
-    from faithforge.training.onpolicy_pairs import OnPolicyReport, _best_and_worst
+    from faithforge.training.onpolicy_pairs import ChosenRules, OnPolicyReport, _best_and_worst
 
     # The SmolLM2 failure: no sample answers; the non-answer (score 1.0) beat the wrong answer (score 0.0).
     non_answers = {"Tomas ordered the bikes.": _scored(False, 0.0), "Tomas ordered the bikes in Rome.": _scored(True, 0.0)}
     report = OnPolicyReport()
-    best, worst = _best_and_worst(non_answers, 0.5, 0.0, report)  # the old rule pairs them
+    best, worst = _best_and_worst(non_answers, 0.5, ChosenRules(0.0), report)  # the old rule pairs them
     assert best[0] == "Tomas ordered the bikes." and worst[0] == "Tomas ordered the bikes in Rome."
-    assert _best_and_worst(non_answers, 0.5, 1.0, report) is None
+    assert _best_and_worst(non_answers, 0.5, ChosenRules(1.0), report) is None
     assert report.dropped_sources == {"no sample may be chosen (recall below 1, or a question)": 1}
 
     # With an answer among the samples, the answer is chosen and the worst sample rejected.
     answered = {**non_answers, "Tomas ordered the bikes in Lyon.": _scored(False, 1.0)}
-    best, worst = _best_and_worst(answered, 0.5, 1.0, OnPolicyReport())
+    best, worst = _best_and_worst(answered, 0.5, ChosenRules(1.0), OnPolicyReport())
     assert best[0] == "Tomas ordered the bikes in Lyon." and worst[0] == "Tomas ordered the bikes in Rome."
 
     # An answer the judge flags (an extra unsupported detail) still beats a non-answer as chosen: it answers.
     flagged = {"The document does not say.": _scored(False, 0.0), "In Lyon, France.": _scored(True, 1.0),
                "In Rome.": _scored(True, 0.0)}
-    best, worst = _best_and_worst(flagged, 0.5, 1.0, OnPolicyReport())
+    best, worst = _best_and_worst(flagged, 0.5, ChosenRules(1.0), OnPolicyReport())
     assert best[0] == "In Lyon, France." and worst[0] == "In Rome."
 
 
+def test_under_faithful_chosen_a_flagged_answer_is_never_chosen():
+    from faithforge.training.onpolicy_pairs import ChosenRules, OnPolicyReport, _best_and_worst
+
+    # SmolLM2 seed 3: "Quinn painted the clocks on Saturday in Oslo." states the asked city and invents a day;
+    # it outscores a wrong city (2 - 1 = 1 point) and, chosen, teaches the invented day with the answer.
+    samples = {"Quinn painted the clocks on Saturday in Oslo.": _scored(True, 1.0),
+               "Quinn painted the clocks in Rome.": _scored(True, 0.0),
+               "Quinn painted the clocks in Oslo.": _scored(False, 1.0)}
+    best, worst = _best_and_worst(samples, 0.5, ChosenRules(1.0, faithful_chosen=True), OnPolicyReport())
+    assert best[0] == "Quinn painted the clocks in Oslo." and worst[0] == "Quinn painted the clocks in Rome."
+
+    del samples["Quinn painted the clocks in Oslo."]
+    report = OnPolicyReport()
+    assert _best_and_worst(samples, 0.5, ChosenRules(1.0), report)[0][0] == "Quinn painted the clocks on Saturday in Oslo."
+    assert _best_and_worst(samples, 0.5, ChosenRules(1.0, faithful_chosen=True), report) is None
+    assert report.dropped_sources == {"no sample may be chosen (recall below 1, a question, or flagged)": 1}
+
+
 def test_sources_without_key_facts_are_paired_as_before_under_min_chosen_recall():
-    from faithforge.training.onpolicy_pairs import OnPolicyReport, _best_and_worst
+    from faithforge.training.onpolicy_pairs import ChosenRules, OnPolicyReport, _best_and_worst
 
     unanswerable = {"The document does not say.": _scored(False, None), "On Monday.": _scored(True, None)}
-    best, worst = _best_and_worst(unanswerable, 0.5, 1.0, OnPolicyReport())
+    best, worst = _best_and_worst(unanswerable, 0.5, ChosenRules(1.0), OnPolicyReport())
     assert best[0] == "The document does not say." and worst[0] == "On Monday."
 
 
@@ -126,15 +144,15 @@ def test_min_chosen_recall_reaches_the_builder_and_drops_sources_with_a_reason(m
 
 
 def test_a_question_is_never_chosen():
-    from faithforge.training.onpolicy_pairs import OnPolicyReport, _best_and_worst
+    from faithforge.training.onpolicy_pairs import ChosenRules, OnPolicyReport, _best_and_worst
 
     echo = {"On which day did Nia buy the drums?": _scored(False, None), "On Monday.": _scored(True, None),
             "Nia bought the drums.": _scored(False, None)}
-    best, worst = _best_and_worst(echo, 0.5, 0.0, OnPolicyReport())
+    best, worst = _best_and_worst(echo, 0.5, ChosenRules(0.0), OnPolicyReport())
     assert best[0] == "Nia bought the drums." and worst[0] == "On Monday."
     only_echo = {"On which day did Nia buy the drums?": _scored(False, None), "On Monday.": _scored(True, None)}
     report = OnPolicyReport()
-    assert _best_and_worst(only_echo, 0.5, 0.0, report) is None
+    assert _best_and_worst(only_echo, 0.5, ChosenRules(0.0), report) is None
     # "On Monday." may be chosen but is also the worst: best and worst differ by less than the margin.
     assert sum(report.dropped_sources.values()) == 1
 
@@ -187,3 +205,36 @@ def test_the_builder_adds_omission_pairs_on_answerable_sources_only(model_and_to
 
     without, _ = build_onpolicy_pairs(model, tokenizer, [unanswerable, answerable], **SETTINGS, min_chosen_recall=1.0)
     assert [p["id"] for p in without] == [p["id"] for p in pairs[:2]]
+
+
+def test_the_builder_passes_faithful_chosen_on(model_and_tokenizer, monkeypatch):
+    """Fixed samples (as above), the real grounded-qa judge: the answer with an invented day is not chosen."""
+    from types import SimpleNamespace
+
+    from faithforge.data.grounded_qa import make_question
+    from faithforge.training import onpolicy_pairs
+
+    answerable = make_question("train", 3, 0)  # Kofi sold 4 plates in Dakar; asked: in which city
+    texts = ["Kofi sold the plates in Dakar on Monday.", "Kofi sold the plates in Oslo.", "Kofi sold the plates in Dakar.",
+             "Kofi sold the plates in Oslo."]
+    monkeypatch.setattr(onpolicy_pairs, "_sample", lambda model, tokenizer, prompts, *rest: [
+        SimpleNamespace(text=texts[i % 4]) for i, _ in enumerate(prompts)])
+    model, tokenizer = model_and_tokenizer
+    settings = {**SETTINGS, "judge": "grounded-qa", "min_chosen_recall": 1.0}
+    texts[2] = "Kofi sold the plates."  # no faithful answer: only the flagged one answers
+    lenient, _ = build_onpolicy_pairs(model, tokenizer, [answerable], **settings)
+    strict, report = build_onpolicy_pairs(model, tokenizer, [answerable], **settings, faithful_chosen=True)
+    assert [p["chosen"][0]["content"] for p in lenient] == ["Kofi sold the plates in Dakar on Monday."]
+    assert strict == [] and list(report.dropped_sources) == ["no sample may be chosen (recall below 1, a question, "
+                                                             "or flagged)"]
+
+
+def test_pairs_judge_is_its_own_setting_or_the_evaluations():
+    from faithforge.core.config import PipelineConfig
+    from faithforge.evaluation.attribution import GroundedQaJudge
+    from faithforge.evaluation.grounding import GroundingJudge
+    from faithforge.stages.pairs import _pairs_judge
+
+    assert isinstance(_pairs_judge(PipelineConfig()), GroundingJudge)
+    config = PipelineConfig.model_validate({"pairs": {"judge": "grounded-qa"}})
+    assert isinstance(_pairs_judge(config), GroundedQaJudge)

@@ -141,6 +141,12 @@ class PairsConfig(Section):
     omission_pairs: bool = False
     """`on-policy`: on a source with key facts, also pair the chosen sample against the faithful sample that
     recalls least (an evasive non-answer), so saying less loses where there is an answer to give."""
+    faithful_chosen: bool = False
+    """`on-policy`: the chosen sample must be one the judge flags nothing in; otherwise a sample that states the
+    answer and invents a detail can win over a wrong answer, and training raises the invention with it."""
+    judge: Literal["grounding", "grounded-qa"] | None = None
+    """`on-policy`: the judge that scores the samples; empty uses `evaluate.judge`. `grounded-qa` also flags a value
+    given to the wrong person ("Nia sold 5 books." when Wim sold them), which `grounding` lets through."""
     omission_share: float = Field(1.0, ge=0.0, le=1.0)
     """Share of the sources that state a day which also get a pair whose rejected summary drops that day, so
     that the model cannot lower its hallucination rate by saying less."""

@@ -64,10 +64,8 @@ def build_pairs(ctx: StageContext, dataset: DatasetOutput, model: ModelOutput | 
 
 
 def _sample_onpolicy_pairs(ctx: StageContext, examples, model: ModelOutput, plan: Plan):
-    from faithforge.evaluation import get_judge
     from faithforge.training.modeling import load_for_plan, load_tokenizer
     from faithforge.training.onpolicy_pairs import build_onpolicy_pairs
-    from faithforge.evaluation.options import judge_options
 
     cfg = ctx.config.pairs
     tokenizer = load_tokenizer(model.path)
@@ -76,9 +74,19 @@ def _sample_onpolicy_pairs(ctx: StageContext, examples, model: ModelOutput, plan
     return build_onpolicy_pairs(policy, tokenizer, examples, k=cfg.samples_per_source, temperature=cfg.temperature,
                                 seed=ctx.config.seed, max_new_tokens=ctx.config.evaluate.max_new_tokens,
                                 margin=cfg.margin, min_chosen_recall=cfg.min_chosen_recall,
-                                omission_pairs=cfg.omission_pairs,
-                                judge=get_judge(ctx.config.evaluate.judge, **judge_options(ctx.config.evaluate)),
+                                omission_pairs=cfg.omission_pairs, faithful_chosen=cfg.faithful_chosen,
+                                judge=_pairs_judge(ctx.config),
                                 batch_size=plan.batch_size, system_prompt=system_prompt(ctx.config))
+
+
+def _pairs_judge(config):
+    """`pairs.judge` when set (a deterministic judge, no options), else the evaluation's judge with its options."""
+    from faithforge.evaluation import get_judge
+    from faithforge.evaluation.options import judge_options
+
+    if config.pairs.judge:
+        return get_judge(config.pairs.judge)
+    return get_judge(config.evaluate.judge, **judge_options(config.evaluate))
 
 
 def _imported_pairs(cfg):

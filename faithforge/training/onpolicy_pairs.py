@@ -102,6 +102,7 @@ def build_onpolicy_pairs(
     recall_weight: float = 1.0,
     min_chosen_recall: float = 0.0,
     omission_pairs: bool = False,
+    faithful_chosen: bool = False,
     judge: Any = "grounding",
     batch_size: int = 32,
     system_prompt: str = SYSTEM_PROMPT,
@@ -135,7 +136,8 @@ def build_onpolicy_pairs(
     for index, (source_id, source, key_facts) in enumerate(sources):
         texts = [result.text for result in results[index * k: (index + 1) * k]]
         candidates = _judged_candidates(judge, source, key_facts, texts, recall_weight, report)
-        chosen_rejected = _source_pairs(candidates, margin, min_chosen_recall, omission_pairs, report)
+        rules = ChosenRules(min_chosen_recall, faithful_chosen)
+        chosen_rejected = _source_pairs(candidates, margin, rules, omission_pairs, report)
         for position, ((best, best_score), (rejected, rejected_score)) in enumerate(chosen_rejected):
             if (source, best, rejected) in seen:
                 report.dropped_sources["duplicate pair"] += 1
@@ -183,22 +185,41 @@ def _judged_candidates(judge, source: str, key_facts: list[str], texts: list[str
     return candidates
 
 
-def _source_pairs(candidates: dict[str, dict[str, Any]], margin: float, min_chosen_recall: float,
+def _source_pairs(candidates: dict[str, dict[str, Any]], margin: float, rules: "ChosenRules",
                   omission_pairs: bool, report: OnPolicyReport) -> list[tuple[tuple[str, dict], tuple[str, dict]]]:
     """One source's (chosen, rejected) pairs: best vs worst, then best vs the omission rival when asked for."""
-    picked = _best_and_worst(candidates, margin, min_chosen_recall, report)
+    picked = _best_and_worst(candidates, margin, rules, report)
     if picked is None:
         return []
     omission = _omission_rival(candidates, picked, margin) if omission_pairs else None
     return [picked] + ([(picked[0], omission)] if omission else [])
 
 
-def _may_be_chosen(text: str, scored: dict[str, Any], min_chosen_recall: float) -> bool:
+@dataclass(frozen=True)
+class ChosenRules:
+    """What a sample needs to be `chosen`, beside the best score (see the module docstring)."""
+
+    min_chosen_recall: float = 0.0
+    """On a source with key facts, the least share of them the chosen sample states."""
+    faithful_chosen: bool = False
+    """The chosen sample is one the judge finds nothing unsupported in. Without it, on an answerable question a
+    sample that states the answer *and* invents something (\"Quinn painted 5 clocks on Saturday in Oslo.\") still
+    outscores a wrong one and is chosen: DPO and the SFT term then raise the invention with the answer."""
+
+    def describe(self) -> str:
+        rules = [f"recall below {self.min_chosen_recall:g}", "a question"] + (["flagged"] if self.faithful_chosen else [])
+        return ", ".join(rules[:-1]) + ", or " + rules[-1]
+
+
+def _may_be_chosen(text: str, scored: dict[str, Any], rules: ChosenRules) -> bool:
     """A sample may be `chosen` when it is not a question (an echo of the question answers nothing; SmolLM2
-    echoes it) and its source has nothing to recall or it recalls at least `min_chosen_recall`."""
+    echoes it), its source has nothing to recall or it recalls at least `min_chosen_recall`, and — under
+    `faithful_chosen` — the judge flags nothing in it."""
     if text.rstrip().endswith("?"):
         return False
-    return scored["recall"] is None or scored["recall"] >= min_chosen_recall
+    if rules.faithful_chosen and scored["hallucinated"]:
+        return False
+    return scored["recall"] is None or scored["recall"] >= rules.min_chosen_recall
 
 
 def _omission_rival(candidates: dict[str, dict[str, Any]], picked, margin: float) -> tuple[str, dict] | None:
@@ -215,17 +236,17 @@ def _omission_rival(candidates: dict[str, dict[str, Any]], picked, margin: float
     return min(faithful, key=lambda item: (item[1]["recall"], item[1]["score"]), default=None)
 
 
-def _best_and_worst(candidates: dict[str, dict[str, Any]], margin: float, min_chosen_recall: float,
+def _best_and_worst(candidates: dict[str, dict[str, Any]], margin: float, rules: ChosenRules,
                     report: OnPolicyReport) -> tuple[tuple[str, dict[str, Any]], tuple[str, dict[str, Any]]] | None:
     """(best, worst) summaries with their scores, or None (the report says why) when there are fewer than two,
-    none may be chosen (`min_chosen_recall`), or best and worst differ by less than `margin`."""
+    none may be chosen (`ChosenRules`), or best and worst differ by less than `margin`."""
     if len(candidates) < 2:
         report.dropped_sources["fewer than 2 distinct judged summaries"] += 1
         return None
     ranked = sorted(candidates.items(), key=lambda item: item[1]["score"])
-    eligible = [item for item in ranked if _may_be_chosen(item[0], item[1], min_chosen_recall)]
+    eligible = [item for item in ranked if _may_be_chosen(item[0], item[1], rules)]
     if not eligible:
-        report.dropped_sources[f"no sample may be chosen (recall below {min_chosen_recall:g}, or a question)"] += 1
+        report.dropped_sources[f"no sample may be chosen ({rules.describe()})"] += 1
         return None
     worst, best = ranked[0], eligible[-1]
     if best[1]["score"] - worst[1]["score"] < margin:
