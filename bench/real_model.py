@@ -13,6 +13,7 @@ report with `--split test` and the settings chosen there, never the other way ro
 
     python bench/real_model.py --split val --seeds 0 --set train.learning_rate=3e-4
     python bench/real_model.py --split test --seeds 0 1 2 --out bench/out/real_model.md
+    python bench/real_model.py --pool bench/out/a.md bench/out/b.md   # pooled answer accuracy, nothing re-run
 """
 
 from __future__ import annotations
@@ -174,6 +175,15 @@ def pooled_accuracy(rows: list[dict], seed: int = 0) -> str:
     return "\n".join(lines)
 
 
+def read_out(path: Path) -> list[dict]:
+    """The seeds' rows an earlier `--out` file recorded (its JSON block)."""
+    text = path.read_text()
+    start = text.find("```json\n")
+    if start < 0:
+        raise SystemExit(f"{path}: no ```json block; pass a file this script wrote with --out")
+    return json.loads(text[start + len("```json\n"): text.index("```", start + 8)])
+
+
 def pct(x: float | None) -> str:
     return "n/a" if x is None else f"{100 * x:.1f}%"
 
@@ -227,14 +237,21 @@ def table(rows: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--split", choices=("val", "test"), required=True,
+    parser.add_argument("--split", choices=("val", "test"),
                         help="val while choosing settings; test for the reported figures.")
     parser.add_argument("--set", dest="assignments", action="append", default=[], metavar="SECTION.FIELD=VALUE",
                         help="A setting over demo --real's (faithforge/app/real_demo.py), e.g. train.learning_rate=3e-4.")
     parser.add_argument("--workspace", type=Path, default=Path("bench/out/real-model-workspace"),
                         help="One workspace for every seed (the imported model and shared stages are reused).")
     parser.add_argument("--out", type=Path, default=None, help="Also write the table and raw JSON here.")
+    parser.add_argument("--pool", type=Path, nargs="+", metavar="OUT_MD", default=None,
+                        help="Run nothing: pool the answer accuracy of earlier --out files' seeds into one table.")
     args = parser.parse_args()
+    if args.pool:
+        print(pooled_accuracy([row for path in args.pool for row in read_out(path)]))
+        return
+    if args.split is None:
+        parser.error("--split is required (val while choosing settings, test for the reported figures)")
     config = _nested(args.assignments, args.split)
     rows = []
     for seed in args.seeds:

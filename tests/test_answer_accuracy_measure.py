@@ -43,3 +43,29 @@ def test_on_the_labeled_sets_checked_agrees_with_reading_at_least_as_often_as_re
         assert a["answerable"] >= 20
         assert a["checked_agrees"] >= a["recall_agrees"]
         assert a["checked"] <= a["recall"]  # checked only ever removes answers recall counted
+
+
+def test_pooling_earlier_out_files_counts_every_seeds_answerable_items(tmp_path):
+    """`bench/real_model.py --pool`: two --out files, 2 + 1 answerable items; counts and difference by hand."""
+    import json
+
+    from real_model import pooled_accuracy, read_out
+
+    def out_file(name: str, rows: list[dict]) -> Path:
+        path = tmp_path / name
+        path.write_text("| table |\n\n```json\n" + json.dumps(rows) + "\n```\n")
+        return path
+
+    def row(seed: int, before: dict, dpo: dict) -> dict:
+        return {"seed": seed, "accuracy": {m: {"before": before, "dpo": dpo} for m in ("recall", "checked")}}
+
+    first = out_file("a.md", [row(3, {"x": 1.0, "y": 0.0}, {"x": 1.0, "y": 1.0})])
+    second = out_file("b.md", [row(6, {"z": 1.0}, {"z": 0.0})])
+    rows = read_out(first) + read_out(second)
+    assert [r["seed"] for r in rows] == [3, 6]
+    table = pooled_accuracy(rows)
+    assert "| recall 1 (the pipeline's) | 2/3 (66.7%) | 2/3 (66.7%) | – | 0.0% [" in table
+    plain = tmp_path / "c.md"
+    plain.write_text("| a table without its JSON |\n")
+    with pytest.raises(SystemExit, match="no ```json block"):
+        read_out(plain)
