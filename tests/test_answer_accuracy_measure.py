@@ -47,9 +47,15 @@ def test_on_the_labeled_sets_checked_agrees_with_reading_at_least_as_often_as_re
 
 def test_pooling_earlier_out_files_counts_every_seeds_answerable_items(tmp_path):
     """`bench/real_model.py --pool`: two --out files, 2 + 1 answerable items; counts and difference by hand."""
+    import importlib.util
     import json
 
-    from real_model import pooled_accuracy, read_out
+    # by path: tests/real_model.py (the SmolLM2 test helper) shadows bench/real_model.py by name
+    spec = importlib.util.spec_from_file_location("bench_real_model", Path(__file__).resolve().parents[1] / "bench"
+                                                  / "real_model.py")
+    bench_real_model = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_real_model)
+    pooled_accuracy, read_out = bench_real_model.pooled_accuracy, bench_real_model.read_out
 
     def out_file(name: str, rows: list[dict]) -> Path:
         path = tmp_path / name

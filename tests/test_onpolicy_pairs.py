@@ -215,13 +215,13 @@ def test_the_builder_passes_faithful_chosen_on(model_and_tokenizer, monkeypatch)
     from faithforge.training import onpolicy_pairs
 
     answerable = make_question("train", 3, 0)  # Kofi sold 4 plates in Dakar; asked: in which city
-    texts = ["Kofi sold the plates in Dakar on Monday.", "Kofi sold the plates in Oslo.", "Kofi sold the plates in Dakar.",
+    # No faithful answer among the samples: only the flagged one states the city.
+    texts = ["Kofi sold the plates in Dakar on Monday.", "Kofi sold the plates in Oslo.", "Kofi sold the plates.",
              "Kofi sold the plates in Oslo."]
     monkeypatch.setattr(onpolicy_pairs, "_sample", lambda model, tokenizer, prompts, *rest: [
         SimpleNamespace(text=texts[i % 4]) for i, _ in enumerate(prompts)])
     model, tokenizer = model_and_tokenizer
     settings = {**SETTINGS, "judge": "grounded-qa", "min_chosen_recall": 1.0}
-    texts[2] = "Kofi sold the plates."  # no faithful answer: only the flagged one answers
     lenient, _ = build_onpolicy_pairs(model, tokenizer, [answerable], **settings)
     strict, report = build_onpolicy_pairs(model, tokenizer, [answerable], **settings, faithful_chosen=True)
     assert [p["chosen"][0]["content"] for p in lenient] == ["Kofi sold the plates in Dakar on Monday."]
