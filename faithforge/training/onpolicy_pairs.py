@@ -133,10 +133,10 @@ def build_onpolicy_pairs(
 
     pairs: list[dict] = []
     seen: set[tuple[str, str, str]] = set()
+    rules = ChosenRules(min_chosen_recall, faithful_chosen)
     for index, (source_id, source, key_facts) in enumerate(sources):
         texts = [result.text for result in results[index * k: (index + 1) * k]]
         candidates = _judged_candidates(judge, source, key_facts, texts, recall_weight, report)
-        rules = ChosenRules(min_chosen_recall, faithful_chosen)
         chosen_rejected = _source_pairs(candidates, margin, rules, omission_pairs, report)
         for position, ((best, best_score), (rejected, rejected_score)) in enumerate(chosen_rejected):
             if (source, best, rejected) in seen:
