@@ -177,11 +177,12 @@ def pooled_accuracy(rows: list[dict], seed: int = 0) -> str:
 
 def read_out(path: Path) -> list[dict]:
     """The seeds' rows an earlier `--out` file recorded (its JSON block)."""
-    text = path.read_text()
-    start = text.find("```json\n")
+    text, fence = path.read_text(), "```json\n"
+    start = text.find(fence)
     if start < 0:
         raise SystemExit(f"{path}: no ```json block; pass a file this script wrote with --out")
-    return json.loads(text[start + len("```json\n"): text.index("```", start + 8)])
+    start += len(fence)
+    return json.loads(text[start: text.index("```", start)])
 
 
 def pct(x: float | None) -> str:
