@@ -102,6 +102,93 @@ def live_reference_steps_per_second(policy, tokenizer, pairs, seq: int, steps: i
     return timer.steps_per_second()
 
 
+def section(report: dict, out: Path, name: str, run) -> None:
+    """Run one measurement; a failure is recorded under its name and the next section still runs."""
+    import torch
+
+    started = time.perf_counter()
+    try:
+        report[name] = run()
+    except Exception as exc:  # noqa: BLE001 - one failing section must not cost the others on a 15-minute lease
+        report[name] = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"}
+    report[name]["section_seconds"] = round(time.perf_counter() - started, 1)
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+    write(out, report)
+    print(name, json.dumps(report[name])[:1500], flush=True)
+
+
+def likelihood_timing(model, tokenizer, device: str, items: int, batch_size: int) -> dict:
+    """Issue 23: the likelihood judge on QAGS articles with this (7B-shape NF4) model: items/s and peak memory.
+    Random-init weights: the scores mean nothing, the time and memory are the real code's."""
+    import torch
+
+    from faithforge.data.labeled_split import read_labeled_summaries
+    from faithforge.evaluation.likelihood import LikelihoodScorer
+    from faithforge.training.modeling import measured_peak, start_peak_measurement
+
+    rows = read_labeled_summaries(ROOT / "bench" / "data" / "qags-human-labels.jsonl")[:items]
+    scorer = LikelihoodScorer(model=model, tokenizer=tokenizer, device=device, batch_size=batch_size,
+                              max_source_tokens=1024, window_overlap_tokens=128)
+    scorer.score(rows[0].source, rows[0].summary)  # warm-up (kernels, allocator)
+    tokens = sum(len(tokenizer(r.source + " " + r.summary)["input_ids"]) for r in rows[1:])
+    start_peak_measurement()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    scorer.score_many([(r.source, r.summary) for r in rows[1:]])
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    return {"items": len(rows) - 1, "seconds": round(seconds, 2), "items_per_second": round((len(rows) - 1) / seconds, 2),
+            "mean_tokens_per_item": round(tokens / (len(rows) - 1), 1), **measured_peak()}
+
+
+def sampling_rate(model, tokenizer, requests: int, new_tokens: int) -> dict:
+    """Issue 28: the pairs stage's sampler (the batched prefix-cached engine, temperature 1.0) on this model."""
+    import torch
+
+    from faithforge.engine import PrefixCachedEngine, SamplingConfig
+
+    engine = PrefixCachedEngine(model, tokenizer, "You answer questions about the document below, briefly. " * 8)
+    prompts = [f"Question {i}: who sold the hats, and on which day?" for i in range(requests)]
+    sampling = SamplingConfig(temperature=1.0, top_p=0.95, seed=0, max_new_tokens=new_tokens)
+    engine.generate_batch(prompts[:2], sampling, batch_size=2)  # warm-up
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    results = engine.generate_batch(prompts, sampling, batch_size=requests)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    generated = sum(len(r.token_ids) for r in results)
+    return {"requests": requests, "new_tokens_each": new_tokens, "generated_tokens": generated,
+            "seconds": round(seconds, 2), "tokens_per_second": round(generated / seconds, 1)}
+
+
+def merge_timing(folder: Path, adapter: Path, device: str) -> dict:
+    """Issue 27: fold an adapter trained on the NF4 policy into the 16-bit base on the GPU (peft
+    merge_and_unload), the way `faithforge model export --format hf` does on a GPU: peak memory and time."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from faithforge.training.modeling import measured_peak, start_peak_measurement
+
+    start_peak_measurement()
+    started = time.perf_counter()
+    base = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.bfloat16, device_map=device)
+    loaded = time.perf_counter() - started
+    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
+    parameters = sum(p.numel() for p in merged.parameters())
+    del merged, base
+    return {"load_seconds": round(loaded, 1), "load_and_merge_seconds": round(seconds, 1), "parameters": parameters,
+            **measured_peak()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json ($OUT on a lent machine)")
@@ -173,6 +260,16 @@ def main(argv: list[str] | None = None) -> int:
         write(args.out, report)
         print(json.dumps({k: v for k, v in row.items() if k != "terms"}), flush=True)
 
+    policy.eval()
+    with policy.disable_adapter():  # the base model as the judge and the sampler would load it: NF4, no adapter
+        section(report, args.out, "likelihood_judge", lambda: likelihood_timing(
+            policy, tokenizer, loaded_on, items=41 if on_gpu else 3, batch_size=8 if on_gpu else 2))
+        section(report, args.out, "pairs_sampling", lambda: sampling_rate(
+            policy, tokenizer, requests=32 if on_gpu else 2, new_tokens=64 if on_gpu else 4))
+    policy.train()
+    adapter_dir = work / "adapter-after-dpo"
+    policy.save_pretrained(adapter_dir)  # trained by the DPO cases above: a real NF4-trained adapter
+
     if on_gpu:  # the RTX 5070 verdict: 10.48e9 bytes for the whole process, so torch's allocator gets that minus
         # the CUDA context it does not count (the estimator's 0.5 GiB; a stricter cap than the card's free memory)
         from gpu.estimate import CUDA_CONTEXT_BYTES
@@ -210,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
     del policy, base
     if on_gpu:
         torch.cuda.empty_cache()
+    section(report, args.out, "merge_adapter", lambda: merge_timing(folder, adapter_dir, device))
     prefix_args = (["--device", "cuda", "--prefix-tokens", "6287", "--hidden", "2048", "--layers", "36", "--heads",
                     "16", "--kv-heads", "2", "--intermediate", "11008", "--vocab", "151936", "--dtype", "bfloat16"]
                    if on_gpu else ["--prefix-tokens", "64", "--requests", "2", "--turns", "2", "--hidden", "64",

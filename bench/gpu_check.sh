@@ -50,7 +50,7 @@ EOF
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH="/tmp/site:$PWD" TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
     nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv || true
-    timeout 500 python3 bench/gpu_check.py --out "${OUT:?set OUT to the folder that comes back}"
+    timeout 480 python3 bench/gpu_check.py --out "${OUT:?set OUT to the folder that comes back}"
     ;;
   dry-run)
     python3 bench/gpu_check.py --dry-run --out "${2:?dry-run needs an output folder}" --steps 1 --speed-steps 3

@@ -249,16 +249,17 @@ class ControlConfig(Section):
 class EvaluateConfig(Section):
     """Before/after hallucination evaluation on held-out sources."""
 
-    judge: Literal["grounding", "grounded-qa", "nli", "llm"] | list[Literal["grounding", "grounded-qa", "nli", "llm"]] = \
-        "grounding"
+    judge: Literal["grounding", "grounded-qa", "nli", "llm", "likelihood"] | \
+        list[Literal["grounding", "grounded-qa", "nli", "llm", "likelihood"]] = "grounding"
     """How a summary is judged. `grounding`: deterministic; a name, place, number, day or quote that is not in
     the source is a hallucination (a cheap filter: balanced accuracy 0.60 on human-labeled news summaries; it
     misses changed relations, negations, invented events). `grounded-qa`: grounding plus who-did-what, for the
     grounded-qa task's documents (another person's value, a person named as a place, invented relations;
     precision 0.91, recall 0.97 on 60 held-out labeled SmolLM2 answers). `nli`: a checkpoint scores each
     sentence against the source (MNLI / HHEM / MiniCheck). `llm`: an LLM extracts claims and checks each (Ollama or an
-    OpenAI-compatible server). A list (`[grounding, nli]`) combines judges: hallucinated when any says so,
-    each judge's rate reported beside the combined one."""
+    OpenAI-compatible server). `likelihood`: a local causal LM (`likelihood_model`, default the run's base model)
+    scores each sentence's tokens with and without the source; runs offline on CPU. A list (`[grounding, nli]`)
+    combines judges (`judge_rule`), each judge's rate reported beside the combined one."""
     nli_checkpoint: str | None = None
     """`nli`: folder or hub id of a sequence-classification model or a seq2seq yes/no checker (required for `nli`)."""
     nli_trust_remote_code: bool = False
@@ -284,6 +285,23 @@ class EvaluateConfig(Section):
     split: Literal["test", "val"] = "test"
     """Which held-out split is evaluated. `test` for the figures you report; `val` while choosing settings
     (training steps, learning rate, β, a prompt), so the test split never chooses anything."""
+    likelihood_model: str | None = None
+    """`likelihood`: the folder of the causal LM that scores summaries (empty: the run's base model)."""
+    likelihood_feature: Literal["cond", "pmi"] = "cond"
+    """`likelihood`: a sentence's score: `cond`, mean log p(token | source), or `pmi`, what the source adds over
+    the same tokens without it (nats per token)."""
+    likelihood_threshold: float | None = Field(None, ge=-100.0, le=100.0)
+    """`likelihood`: a sentence scoring below this is flagged (nats per token; empty: the value chosen for
+    SmolLM2-135M on the development half of the QAGS human labels). Calibrate it for your model and text."""
+    likelihood_window_tokens: int = Field(1024, ge=16, le=131072)
+    """`likelihood`: a source longer than this many tokens is read in overlapping windows; each sentence keeps
+    the window that makes it most likely."""
+    judge_rule: Literal["any", "all", "logistic"] = "any"
+    """How a judge list decides: `any` flags what any judge flags; `all` what every judge flags; `logistic`
+    applies the combination fitted on labels in `judge_combination`."""
+    judge_combination: str | None = None
+    """`logistic`: the JSON file of a combination fitted on development labels (`faithforge eval calibrate
+    --rule logistic --save-combination FILE`, or bench/judges_real_text.py)."""
     worst_examples: int = Field(5, ge=0, le=100)
     """Flagged summaries shown per model in the report."""
     max_new_tokens: int = Field(32, ge=1, le=32768)

@@ -22,7 +22,7 @@ from typing import Any, Iterator
 from faithforge.core.errors import UserError
 
 #: Sub-directories of a workspace, by what they hold.
-SUBDIRS = ("datasets", "pairs", "refcache", "models", "checkpoints", "adapters", "reports", "tmp")
+SUBDIRS = ("datasets", "pairs", "refcache", "models", "checkpoints", "adapters", "reports", "tmp", "cache")
 
 
 def _fsync_dir(path: Path) -> None:

@@ -1,4 +1,6 @@
-"""Several judges as one: a summary is hallucinated when any of them says so (`evaluate.judge: [grounding, nli]`).
+"""Several judges as one (`evaluate.judge: [grounding, nli]`), deciding by `evaluate.judge_rule`: `any` (the default:
+hallucinated when any judge says so), `all` (when every judge does), or `logistic` (a combination fitted on
+labels, `faithforge.evaluation.fitted`, reads every judge's numbers).
 
 Every judge splits summaries with the same `analyze`, so their sentence indices agree: a sentence is
 supported only when every judge supports it. The combined verdict keeps each judge's own verdict in
@@ -9,7 +11,7 @@ judge flagged it and at least one could not decide (a flag from any judge decide
 from __future__ import annotations
 
 import inspect
-from typing import Sequence
+from typing import Any, Sequence
 
 from faithforge.evaluation.verdict import Flag, Judge, SentenceResult, Verdict
 
@@ -32,14 +34,19 @@ def call_judge(judge: Judge, source: str, summary: str, truncated: bool = False)
 class CombinedJudge:
     """Runs every judge; hallucinated when any judge says so."""
 
-    def __init__(self, judges: Sequence[Judge]):
-        if len(judges) < 2:
-            raise ValueError("a combined judge needs at least two judges")
+    def __init__(self, judges: Sequence[Judge], *, rule: str = "any", combination: Any = None):
+        if len(judges) < 2 and rule != "logistic":
+            raise ValueError("a combined judge needs at least two judges (or one with a fitted logistic rule)")
         names = [j.name for j in judges]
         if len(set(names)) != len(names):
             raise ValueError(f"judge names repeat: {', '.join(names)}")
+        if rule not in ("any", "all", "logistic") or (rule == "logistic") != (combination is not None):
+            raise ValueError(f"rule {rule!r}: any, all, or logistic with a fitted combination")
         self.judges = list(judges)
-        self.name = "+".join(names)
+        self.rule = rule
+        self.combination = combination
+        joiner = {"any": "+", "all": "&", "logistic": "+"}[rule]
+        self.name = joiner.join(names) + ("~logistic" if rule == "logistic" else "")
 
     @property
     def components(self) -> list[Judge]:
@@ -48,16 +55,32 @@ class CombinedJudge:
     def judge(self, source: str, summary: str, *, truncated: bool = False) -> Verdict:
         parts = [call_judge(j, source, summary, truncated) for j in self.judges]
         judged = [p for p in parts if p.judgeable]
-        hallucinated = any(p.hallucinated for p in judged)
+        score = None
+        if self.rule == "logistic":
+            if len(judged) < len(parts):  # the fit needs every judge's numbers: no partial decision
+                errors = "; ".join(f"{p.judge}: {p.error}" for p in parts if not p.judgeable)
+                return Verdict(judge=self.name, hallucinated=False, judgeable=False, error=errors,
+                               truncated=truncated, parts=tuple(parts))
+            from faithforge.evaluation.fitted import verdict_features
+
+            probability = self.combination.probability(verdict_features(
+                Verdict(judge=self.name, hallucinated=False, parts=tuple(parts))))
+            hallucinated, score = probability >= self.combination.threshold, 1.0 - probability
+        elif self.rule == "all":
+            hallucinated = bool(judged) and len(judged) == len(parts) and all(p.hallucinated for p in judged)
+        else:
+            hallucinated = any(p.hallucinated for p in judged)
         if not hallucinated and len(judged) < len(parts):
             errors = "; ".join(f"{p.judge}: {p.error}" for p in parts if not p.judgeable)
             return Verdict(judge=self.name, hallucinated=False, judgeable=False, error=errors, truncated=truncated,
                            parts=tuple(parts))
         sentences = _merge_sentences([p for p in judged if p.sentences])
         flags = tuple(Flag(f.text, f.span, f.kind, f.sentence_index, f"{p.judge}: {f.reason}")
-                      for p in judged for f in p.flags)
+                      for p in judged for f in p.flags) if hallucinated else ()
+        if not hallucinated:  # a sentence one judge doubted is not shown as unsupported when the rule says faithful
+            sentences = tuple(SentenceResult(s.index, s.text, True, s.score) for s in sentences)
         return Verdict(judge=self.name, hallucinated=hallucinated, sentences=sentences, flags=flags,
-                       truncated=truncated, parts=tuple(parts))
+                       truncated=truncated, parts=tuple(parts), score=score)
 
 
 def _merge_sentences(parts: list[Verdict]) -> tuple[SentenceResult, ...]:

@@ -31,6 +31,7 @@ from dataclasses import replace
 
 from faithforge.evaluation.text import (
     QUOTE_CHARS,
+    Analysis,
     STOPWORDS,
     Unit,
     analyze,
@@ -120,7 +121,18 @@ class GroundingJudge:
             sentences.append(SentenceResult(index=index, text=summ.sentence_text(index), supported=not found))
             flags.extend(found)
         score = (sum(s.supported for s in sentences) / len(sentences)) if sentences else 1.0
-        return verdict_from_sentences(self.name, sentences, flags, score=score)
+        verdict = verdict_from_sentences(self.name, sentences, flags, score=score)
+        return replace(verdict, features={"novel_share": novel_content_share(src, summ)})
+
+
+def novel_content_share(source: Analysis, summary: Analysis) -> float:
+    """The share of the summary's content words (stemmed keys, stop words left out) that the source lacks: the
+    lexical rule "more than 10% absent" is the baseline the real-text benchmark reports beside every judge."""
+    keys = summary.content_keys()
+    if not keys:
+        return 0.0
+    present = set(source.keys)
+    return sum(k not in present for k in keys) / len(keys)
 
 
 def _is_name(unit: Unit, capitalized_mid: set[str], lowercase_seen: set[str]) -> bool:

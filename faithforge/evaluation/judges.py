@@ -1,5 +1,5 @@
 """Judges by name: `grounding` (default), `grounded-qa` (grounding + who-did-what on the grounded-qa task), `nli`,
-`llm`."""
+`llm`, `likelihood` (a local causal LM's source-conditioned token log-probabilities)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from faithforge.core.errors import UserError
 from faithforge.evaluation.grounding import GroundingJudge
 from faithforge.evaluation.verdict import Judge
 
-JUDGE_NAMES = ("grounding", "grounded-qa", "nli", "llm")
+JUDGE_NAMES = ("grounding", "grounded-qa", "nli", "llm", "likelihood")
+RULES = ("any", "all", "logistic")
 DEFAULT_JUDGE = "grounding"
 
 
@@ -21,8 +22,10 @@ def get_judge(name: str | Sequence[str] = DEFAULT_JUDGE, **options: Any) -> Judg
     `batch_size`; `llm` takes `backend` (an object with a `chat` method) and optionally `max_tokens`,
     `temperature`, `seed`, `attempts`.
     """
-    if not isinstance(name, str) or "+" in name or "," in name:
-        return build_judges(name, options)
+    if not isinstance(name, str) or "+" in name or "," in name or "rule" in options:
+        rule = options.pop("rule", "any")
+        combination = options.pop("combination", None)
+        return build_judges(name, options, rule=rule, combination=combination)
     if name == "grounding":
         if options:
             raise UserError(f"the grounding judge takes no options (got {', '.join(sorted(options))})")
@@ -48,6 +51,18 @@ def get_judge(name: str | Sequence[str] = DEFAULT_JUDGE, **options: Any) -> Judg
         from faithforge.evaluation.llm import LlmJudge
 
         return LlmJudge(backend, **options)
+    if name == "likelihood":
+        from faithforge.evaluation.likelihood import LikelihoodJudge, LikelihoodScorer
+
+        if options.pop("deferred", False) or not (options.get("model_path") or options.get("scorer")
+                                                  or options.get("model")):
+            raise UserError("the likelihood judge needs a causal LM: set evaluate.likelihood_model to a model folder "
+                            "(it defaults to the run's base model inside a pipeline run)")
+        scorer_keys = ("model", "tokenizer", "device", "max_source_tokens", "window_overlap_tokens", "batch_size",
+                       "cache_dir")
+        scorer = options.pop("scorer", None) or LikelihoodScorer(
+            options.pop("model_path", None), **{k: options.pop(k) for k in scorer_keys if k in options})
+        return LikelihoodJudge(scorer, **options)
     raise UserError(f"unknown judge {name!r}; choose one of {', '.join(JUDGE_NAMES)}")
 
 
@@ -65,16 +80,32 @@ def judge_names(judge: str | Sequence[str]) -> list[str]:
     return names
 
 
-def build_judges(judge: str | Sequence[str], options: dict[str, dict[str, Any]] | None = None) -> Judge:
-    """One judge, or a `CombinedJudge` of several; `options` maps a judge name to its options."""
+def build_judges(judge: str | Sequence[str], options: dict[str, dict[str, Any]] | None = None, *,
+                 rule: str = "any", combination: Any = None) -> Judge:
+    """One judge, or a `CombinedJudge` of several; `options` maps a judge name to its options; `rule` is how the
+    list decides (`any`, `all`, or `logistic` with a `FittedCombination` or the path of one)."""
     names = judge_names(judge)
     options = options or {}
     built = [get_judge(name, **dict(options.get(name, {}))) for name in names]
-    if len(built) == 1:
+    if rule not in RULES:
+        raise UserError(f"judge rule {rule!r}: choose one of {', '.join(RULES)}")
+    if len(built) == 1 and rule != "logistic":
         return built[0]
     from faithforge.evaluation.combined import CombinedJudge
 
-    return CombinedJudge(built)
+    if rule == "logistic":
+        from faithforge.evaluation.fitted import FittedCombination
+
+        if combination is None:
+            raise UserError("judge rule logistic needs a fitted combination: set evaluate.judge_combination to the "
+                            "JSON file `faithforge eval calibrate --rule logistic` wrote")
+        if not isinstance(combination, FittedCombination):
+            combination = FittedCombination.load(combination)
+        unknown = sorted(set(combination.judges) - set(names))
+        if unknown:
+            raise UserError(f"the judge combination was fitted on {', '.join(combination.judges)}; evaluate.judge "
+                            f"lacks {', '.join(unknown)}")
+    return CombinedJudge(built, rule=rule, combination=combination)
 
 
 def resolve_judge(judge: Judge | str | Sequence[str]) -> Judge:

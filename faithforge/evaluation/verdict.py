@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 FlagKind = Literal["number", "date", "entity", "quote", "claim", "inconsistent"]
@@ -55,6 +55,9 @@ class Verdict:
     """The summary was cut off by the token limit; its final word was not judged as a claim."""
     parts: tuple["Verdict", ...] = ()
     """A combined judge's verdict keeps each judge's own verdict here."""
+    features: dict[str, float] = field(default_factory=dict)
+    """Named scores a judge measured beside its decision (the likelihood judge's mean log-probabilities): what a
+    combination fitted on labels reads (`faithforge.evaluation.fitted`)."""
 
     @property
     def unsupported_sentences(self) -> int:

@@ -75,7 +75,8 @@ def evaluate_models(ctx: StageContext, model: ModelOutput, dataset: DatasetOutpu
     held_out = load_split(dataset, cfg.split)  # `val` only while choosing settings (EvaluateConfig.split)
     _check_no_overlap(held_out, dataset, pairs, cfg.split)
     items = [EvalItem(id=e.id, source=e.source, key_facts=list(e.key_facts), category=e.category) for e in held_out]
-    judge = get_judge(cfg.judge, **judge_options(cfg))
+    judge = get_judge(cfg.judge, **judge_options(cfg, base_model=model.path,
+                                                 cache_dir=str(ctx.workspace.dir("cache") / "likelihood")))
     start_peak_measurement()
     started = time.perf_counter()
     adapters = {"before": None, "after": dpo.path, **({"control": control.path} if control else {})}

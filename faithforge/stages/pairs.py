@@ -75,18 +75,19 @@ def _sample_onpolicy_pairs(ctx: StageContext, examples, model: ModelOutput, plan
                                 seed=ctx.config.seed, max_new_tokens=ctx.config.evaluate.max_new_tokens,
                                 margin=cfg.margin, min_chosen_recall=cfg.min_chosen_recall,
                                 omission_pairs=cfg.omission_pairs, faithful_chosen=cfg.faithful_chosen,
-                                judge=_pairs_judge(ctx.config),
+                                judge=_pairs_judge(ctx.config, model.path),
                                 batch_size=plan.batch_size, system_prompt=system_prompt(ctx.config))
 
 
-def _pairs_judge(config):
-    """`pairs.judge` when set (a deterministic judge, no options), else the evaluation's judge with its options."""
+def _pairs_judge(config, base_model: str | None = None):
+    """`pairs.judge` when set (a deterministic judge, no options), else the evaluation's judge with its options
+    (the likelihood judge scores with `base_model`, the policy being sampled, unless it names its own model)."""
     from faithforge.evaluation import get_judge
     from faithforge.evaluation.options import judge_options
 
     if config.pairs.judge:
         return get_judge(config.pairs.judge)
-    return get_judge(config.evaluate.judge, **judge_options(config.evaluate))
+    return get_judge(config.evaluate.judge, **judge_options(config.evaluate, base_model=base_model))
 
 
 def _imported_pairs(cfg):

