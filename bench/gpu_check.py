@@ -195,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU: the code path, no figures")
     parser.add_argument("--steps", type=int, default=3, help="DPO steps per measured case")
     parser.add_argument("--speed-steps", type=int, default=6, help="steps for the cached-vs-live speed comparison")
+    parser.add_argument("--only", choices=["likelihood"], help="build the model, then run only this section (a rerun "
+                                                               "of one section on a short lease)")
     args = parser.parse_args(argv)
 
     import torch
@@ -227,6 +229,13 @@ def main(argv: list[str] | None = None) -> int:
     report["build_seconds"] = round(time.perf_counter() - started, 1)
     write(args.out, report)
     print(f"built {name} NF4 on {loaded_on} in {report['build_seconds']} s", flush=True)
+
+    if args.only == "likelihood":
+        policy.eval()
+        with policy.disable_adapter():
+            section(report, args.out, "likelihood_judge", lambda: likelihood_timing(
+                policy, tokenizer, loaded_on, items=41 if on_gpu else 3, batch_size=8 if on_gpu else 2))
+        return 0
 
     def dpo_case(seq: int, micro: int, steps: int, tag: str) -> dict:
         pairs = pairs_of_length(tokenizer, max(2 * micro, micro * steps), seq)

@@ -16,7 +16,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 WHEELS=(trl==1.16.0 datasets==5.2.0 dill==0.4.1 multiprocess==0.70.19 pydantic==2.13.4 pydantic-core==2.46.4
-        annotated-types==0.7.0 typing-inspection==0.4.2 bitsandbytes==0.50.2)
+        annotated-types==0.7.0 typing-inspection==0.4.2 bitsandbytes==0.50.2 sqlalchemy==2.0.44)
 KEEP_BNB_LIBS='libbitsandbytes_cuda130.so libbitsandbytes_cpu.so'
 
 case "${1:-}" in
@@ -50,7 +50,7 @@ EOF
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH="/tmp/site:$PWD" TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
     nvidia-smi --query-gpu=name,memory.total,memory.used --format=csv || true
-    timeout 480 python3 bench/gpu_check.py --out "${OUT:?set OUT to the folder that comes back}"
+    timeout 480 python3 bench/gpu_check.py --out "${OUT:?set OUT to the folder that comes back}" "${@:2}"
     ;;
   dry-run)
     python3 bench/gpu_check.py --dry-run --out "${2:?dry-run needs an output folder}" --steps 1 --speed-steps 3
