@@ -364,7 +364,7 @@ def _runs(tokens: Sequence[TokenLikelihood]) -> list[tuple[int, int]]:
 
 #: Sentence thresholds (nats per token) for SmolLM2-135M-Instruct, chosen on the development half of the QAGS
 #: labels (bench/judges_real_text.py prints the choice); another model or kind of text needs its own.
-DEFAULT_THRESHOLDS: dict[str, float] = {"cond": -2.5, "pmi": 0.5}
+DEFAULT_THRESHOLDS: dict[str, float] = {"cond": -1.84, "pmi": 2.18}
 
 
 __all__ = ["DEFAULT_THRESHOLDS", "FEATURES", "LikelihoodJudge", "LikelihoodScorer", "LikelihoodScores",
