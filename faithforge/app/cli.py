@@ -91,10 +91,12 @@ def demo(
         overrides["gpu"] = {"profile": profile}
     cfg = _load(config, overrides, base=_real_preset(config, overrides) if real else None)
     from faithforge.app.preflight import check_pipeline_inputs
-    from faithforge.core.workspace import refuse_unowned
+    from faithforge.core.workspace import drop_outside_links, refuse_unowned
 
     if fresh:
         refuse_unowned(cfg.workspace)  # before anything is written there
+        for line in drop_outside_links(cfg.workspace):  # a link out of the workspace: the link alone goes
+            typer.echo(f"--fresh: {line}")
     ws = check_pipeline_inputs(cfg)  # every check that needs no model, before Prefect starts
     if fresh:
         removed, kept = ws.remove_outputs()

@@ -108,17 +108,50 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         old = None
-        if target.exists():
+        if target.exists() or target.is_symlink():
             old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            remove_entry(old)
             os.replace(target, old)
         os.replace(tmp, target)
         _fsync_dir(target.parent)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            remove_entry(old)
     except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+        remove_entry(tmp)
         raise
+
+
+def remove_entry(path: Path) -> None:
+    """Delete `path` itself, never what a symbolic link points to: a link (dangling or not) or a file is
+    unlinked, a real directory removed with its contents (`shutil.rmtree` unlinks links inside it, it does not
+    follow them). Errors are ignored: this is cleanup."""
+    with contextlib.suppress(OSError):
+        if path.is_symlink() or not path.is_dir():
+            path.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def inside(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
+    """Whether the real path of `path` (every symbolic link followed) lies in the real path of `root`."""
+    real, real_root = os.path.realpath(path), os.path.realpath(root)
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def remove_inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
+    """Delete a FaithForge output `path` of the workspace `root`, or nothing: a symbolic link is removed alone,
+    and nothing is removed when the folder holding `path` lies (through a link) outside the workspace's real
+    path. Returns whether something was removed. Every cleanup in a workspace goes through here."""
+    path = Path(path)
+    if not inside(path.parent, root):
+        return False
+    if path.is_symlink():
+        path.unlink(missing_ok=True)
+        return True
+    if not path.exists() or not inside(path, root):
+        return False
+    remove_entry(path)
+    return True
 
 
 def sha256_file(path: str | os.PathLike[str], chunk_bytes: int = 1 << 20) -> str:
@@ -182,6 +215,39 @@ def refuse_unowned(root: str | os.PathLike[str]) -> None:
                         "outputs yourself")
 
 
+def _outside_link(root: Path, sub: str) -> str | None:
+    """Where `root/sub` points when it is a symbolic link out of the workspace's real path (or dangling)."""
+    entry = root / sub
+    if not entry.is_symlink():
+        return None
+    if entry.exists() and inside(entry, root):
+        return None
+    return os.readlink(entry)
+
+
+def _refuse_outside_link(root: Path, sub: str) -> None:
+    target = _outside_link(root, sub)
+    if target is not None:
+        raise UserError(f"{root / sub} is a symbolic link to {target}, outside the workspace (or missing); "
+                        "FaithForge never deletes anything outside its workspace and cleans its outputs there, so it "
+                        "refuses it: replace the link by a folder (--fresh removes the link alone), or put the whole "
+                        "workspace on that disk")
+
+
+def drop_outside_links(root: str | os.PathLike[str]) -> list[str]:
+    """`--fresh` in a FaithForge workspace: remove each derived sub-directory that is a symbolic link out of the
+    workspace — the link alone, never what it points to. Returns one message per link removed."""
+    path = Path(root).expanduser().resolve()
+    done = []
+    for sub in (*DERIVED_DIRS, "tmp"):
+        target = _outside_link(path, sub)
+        if target is not None:
+            (path / sub).unlink()
+            done.append(f"removed the symbolic link {path / sub} alone (it pointed to {target}, outside the "
+                        "workspace; nothing there was touched)")
+    return done
+
+
 @dataclass(frozen=True)
 class Workspace:
     """The directory tree of one FaithForge workspace (default `./.faithforge`)."""
@@ -209,6 +275,7 @@ class Workspace:
                 atomic_write_json(path / MARKER, {"created_by": "faithforge", "note": "FaithForge owns this "
                                                   "directory; `faithforge demo --fresh` may delete outputs in it"})
             for sub in SUBDIRS:
+                _refuse_outside_link(path, sub)
                 (path / sub).mkdir(exist_ok=True)
             probe = path / "tmp" / f".write-probe-{os.getpid()}"
             probe.write_bytes(b"ok")
@@ -244,14 +311,28 @@ class Workspace:
             refuse_unowned(self.root)
         removed, kept = [], []
         for sub in DERIVED_DIRS:
-            for entry in sorted(self.dir(sub).iterdir()):
+            folder = self.dir(sub)
+            if folder.is_symlink() or not inside(folder, self.root):  # its link alone, never what it points to
+                if _outside_link(self.root, sub) is not None:
+                    folder.unlink()
+                    folder.mkdir()
+                    removed.append(folder)
+                continue
+            if not folder.is_dir():
+                continue
+            for entry in sorted(folder.iterdir()):
                 if not written_by_faithforge(entry):
                     if not (sub == "datasets" and _GENERATED_DATA.match(entry.name)):
                         kept.append(entry)
                     continue
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
-                removed.append(entry)
+                if remove_inside(self.root, entry):
+                    removed.append(entry)
         return removed, kept
+
+    def output_dir(self, kind: str, name: str) -> Path:
+        """`dir(kind) / name` for a stage to write and later delete: a symbolic link there is removed (the link
+        alone), so the stage's cleanup can never reach outside the workspace."""
+        path = self.dir(kind) / name
+        if path.is_symlink():
+            path.unlink()
+        return path
