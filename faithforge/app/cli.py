@@ -166,7 +166,11 @@ def main(argv: list[str] | None = None) -> None:
     except ClickException as exc:  # a usage error: unknown option, bad value, missing argument
         typer.echo(f"error: {' '.join(exc.format_message().split())} (see faithforge --help)", err=True)
         sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, typer.Abort):
+    except (KeyboardInterrupt, typer.Abort) as exc:
+        from faithforge.app.stopping import EXIT_STATUS, StopRequested
+
+        if isinstance(exc, StopRequested):  # its one line is printed; the run is marked cancelled
+            sys.exit(EXIT_STATUS)
         typer.echo("interrupted; rerun the same command to continue (finished stages are reused)", err=True)
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the one place errors become messages

@@ -50,11 +50,17 @@ def run_pipeline_with_progress(config: PipelineConfig, verbose: bool = False) ->
     add_sink(sink)
     started = time.perf_counter()
     console.print("[bold]FaithForge demo[/bold]: starting Prefect's embedded server (first start takes ~10 s)…")
+    from pathlib import Path
+
+    from faithforge.app.stopping import Stopper
+    from faithforge.core.workspace import Workspace
+
+    store_url = config.database_url or Workspace(Path(config.workspace).expanduser().resolve()).database_url
     try:
         from faithforge.app.prefect_settings import without_heartbeats
         from flows.pipeline import pipeline
 
-        with progress, without_heartbeats():
+        with Stopper(store_url, STAGE_LABELS).installed(), progress, without_heartbeats():
             summary = pipeline(config)
     finally:
         remove_sink(sink)
