@@ -62,7 +62,7 @@ def _real_preset(config: Optional[Path], overrides: dict[str, Any]) -> dict[str,
 
 @app.command("tiny-model")
 def tiny_model(path: Path = typer.Argument(..., help="Folder to write the tokenizer and model to."),
-               seed: int = typer.Option(0, help="Seed for the random initialization.")) -> None:
+               seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed for the random initialization.")) -> None:
     """Build the tiny offline model: a word-level tokenizer trained on the synthetic corpus + a random-init Llama."""
     from faithforge.training.tiny_model import build_tiny_model
 
@@ -115,7 +115,7 @@ def demo(
 def runs(
     workspace: str = typer.Option(".faithforge", "--workspace", "-w", help="Workspace holding faithforge.db."),
     database_url: Optional[str] = typer.Option(None, "--database-url", help="Run store URL (default: the workspace's)."),
-    limit: int = typer.Option(20, "--limit", min=1, help="How many of the newest runs to list."),
+    limit: int = typer.Option(20, "--limit", min=1, max=100_000, help="How many of the newest runs to list."),
 ) -> None:
     """List runs with their status; runs whose process is gone are marked crashed, with where they stopped."""
     from faithforge.core.store import Store
@@ -164,7 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     except NoArgsIsHelpError:
         sys.exit(2)  # the help was printed
     except ClickException as exc:  # a usage error: unknown option, bad value, missing argument
-        typer.echo(f"error: {' '.join(exc.format_message().split())} (see faithforge --help)", err=True)
+        from faithforge.app.cli_errors import one_line_text
+
+        typer.echo(f"error: {one_line_text(exc.format_message(), 300)} (see faithforge --help)", err=True)
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, typer.Abort) as exc:
         from faithforge.app.stopping import EXIT_STATUS, StopRequested
