@@ -123,10 +123,12 @@ def runs(
     if database_url is None:
         if not workspace.strip():
             raise UserError("--workspace is empty; pass the workspace directory (default .faithforge)")
+        from faithforge.core.workspace import sqlite_url
+
         db = Path(workspace).expanduser().resolve() / "faithforge.db"
         if not db.is_file():
             raise UserError(f"no run store at {db}; pass --workspace DIR of a workspace that has run the pipeline")
-        database_url = f"sqlite:///{db}"
+        database_url = sqlite_url(db)
     store = Store(database_url)
     store.mark_crashed_runs()
     rows = store.list_runs(limit)

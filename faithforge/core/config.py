@@ -410,6 +410,11 @@ class PipelineConfig(Section):
         if not value.strip():
             raise ValueError("must name a directory, not be empty (an empty workspace would be the current "
                              "directory); e.g. .faithforge")
+        from faithforge.core.workspace import name_problem
+
+        problem = name_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
     database_url: str | None = None
     """SQLAlchemy URL of the run store (e.g. `postgresql+psycopg://...`). Empty: SQLite in the workspace."""
@@ -468,12 +473,29 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         dotted = [part.lower() for part in name[len(ENV_PREFIX):].split("__") if part]
         if not dotted or dotted[0] not in PipelineConfig.model_fields:
             continue
-        try:
-            value = strict_yaml.load(raw, name) if raw != "" else None
-        except yaml.YAMLError:
-            value = raw
+        if raw != "" and _is_text(dotted):
+            value = raw  # a path or a name is taken literally: `run #2` is not a YAML comment, a newline stays
+        else:
+            try:
+                value = strict_yaml.load(raw, name) if raw != "" else None
+            except yaml.YAMLError:
+                value = raw
         _set_path(tree, dotted, value)
     return tree
+
+
+def _is_text(dotted: list[str]) -> bool:
+    """Whether the option at `dotted` holds text (`str` or `str | None`), not a number, list or choice."""
+    import typing
+
+    model: Any = PipelineConfig
+    for part in dotted:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return False
+        model = field.annotation
+    options = typing.get_args(model) if typing.get_origin(model) in (typing.Union, _UnionType) else (model,)
+    return str in options and all(option in (str, type(None)) for option in options)
 
 
 def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:

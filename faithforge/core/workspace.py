@@ -248,6 +248,31 @@ def drop_outside_links(root: str | os.PathLike[str]) -> list[str]:
     return done
 
 
+def sqlite_url(path: str | os.PathLike[str]) -> str:
+    """The SQLAlchemy URL of the SQLite file `path`, which must hold no `?` (`name_problem` refuses one)."""
+    if "?" in str(path):
+        raise UserError(f"{clip_name(str(path))} contains '?', which would change the meaning of a SQLite URL; "
+                        "choose a folder name without it")
+    return f"sqlite:///{path}"
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a workspace path taken literally, or None. A control character (a newline) would be
+    printed and logged as something else; a `?` would turn the run database's SQLite URL into a query."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        return (f"the workspace {clip_name(name)} contains a control character (a newline or tab); choose a folder "
+                "name without one")
+    if "?" in name:
+        return (f"the workspace {clip_name(name)} contains '?', which would change the meaning of its run "
+                "database's URL; choose a folder name without it")
+    return None
+
+
+def clip_name(name: str, limit: int = 120) -> str:
+    text = repr(name)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 @dataclass(frozen=True)
 class Workspace:
     """The directory tree of one FaithForge workspace (default `./.faithforge`)."""
@@ -265,6 +290,9 @@ class Workspace:
         if not str(root).strip():
             raise UserError("the workspace is an empty string; pass --workspace DIR (or set workspace: / "
                             "FAITHFORGE_WORKSPACE) to a directory for FaithForge's files, e.g. .faithforge")
+        problem = name_problem(str(root))
+        if problem:
+            raise UserError(problem + " (pass --workspace DIR)")
         path = Path(root).expanduser().resolve()
         if path.exists() and not path.is_dir():
             raise UserError(f"workspace {path} is a file, not a directory; pass --workspace DIR")
@@ -299,7 +327,7 @@ class Workspace:
 
     @property
     def database_url(self) -> str:
-        return f"sqlite:///{self.root / 'faithforge.db'}"
+        return sqlite_url(self.root / "faithforge.db")
 
     def remove_outputs(self) -> tuple[list[Path], list[Path]]:
         """`--fresh`: delete the stage outputs FaithForge wrote; return (removed, kept as not ours).
