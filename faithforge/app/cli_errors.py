@@ -105,6 +105,9 @@ def _is_http_url_error(err: BaseException) -> bool:
 
 
 def one_line_text(text: str, limit: int = MAX_LINE) -> str:
-    """`text` as one line of at most `limit` characters (a huge bad value inside is cut, not printed whole)."""
-    text = " ".join(text[: 4 * limit].split())
+    """`text` as one line of at most `limit` characters (a huge bad value inside is cut, not printed whole), with
+    any password in a URL redacted."""
+    from gpu.errors import redact_credentials
+
+    text = redact_credentials(" ".join(text[: 4 * limit].split()))
     return text if len(text) <= limit else text[: limit - 1] + "…"
