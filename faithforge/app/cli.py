@@ -48,11 +48,15 @@ def _load(config: Optional[Path], overrides: dict[str, Any], base: dict[str, Any
     return load_config(path, overrides={k: v for k, v in overrides.items() if v is not None}, base=base)
 
 
-def _real_preset(config: Optional[Path], overrides: dict[str, Any]) -> dict[str, Any]:
+def _real_preset(config: Optional[Path], overrides: dict[str, Any], fresh: bool = False) -> dict[str, Any]:
     """`demo --real`'s settings with `model.path` at SmolLM2 imported into the workspace (imported once)."""
     from faithforge.app.real_demo import REAL_SETTINGS, ensure_real_model
 
     workspace = _load(config, overrides, base=REAL_SETTINGS).workspace
+    if fresh:
+        from faithforge.core.workspace import refuse_unowned
+
+        refuse_unowned(workspace)  # before the import writes anything there
     path = ensure_real_model(workspace, say=lambda message: typer.echo(message, err=True))
     from faithforge.app.real_demo import calibrate_judge_on_labels
 
@@ -89,7 +93,7 @@ def demo(
     overrides: dict[str, Any] = {"workspace": workspace, "seed": seed}
     if profile:
         overrides["gpu"] = {"profile": profile}
-    cfg = _load(config, overrides, base=_real_preset(config, overrides) if real else None)
+    cfg = _load(config, overrides, base=_real_preset(config, overrides, fresh) if real else None)
     from faithforge.app.preflight import check_pipeline_inputs
     from faithforge.core.workspace import drop_outside_links, refuse_unowned
 
