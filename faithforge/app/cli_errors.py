@@ -79,6 +79,12 @@ def _describe(err: BaseException) -> str | None:
         return describe_database_error(str(url), err)
     if _is_http_url_error(err):
         return f"the server URL is not usable ({err}); pass a URL like http://127.0.0.1:11434"
+    from faithforge.core.workspace import is_disk_full
+
+    if is_disk_full(err):
+        where = f" holding {err.filename}" if getattr(err, "filename", None) else ""
+        return (f"no space left on the device{where} ({getattr(err, 'strerror', None) or clip(str(err))}); free "
+                "space there and rerun the same command: finished stages and checkpoints are reused")
     if isinstance(err, OSError) and getattr(err, "filename", None):
         return f"{err.filename}: {err.strerror or err}; check the path"
     return None

@@ -9,6 +9,7 @@ never half of one — "nothing already written is lost".
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -50,12 +51,36 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if is_disk_full(exc):
+            raise disk_full(target, len(data)) from None
         raise
     _fsync_dir(target.parent)
     return target
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An `OSError` ENOSPC/EDQUOT, or a library's own error for one (safetensors raises `SafetensorError` with
+    "No space left on device (os error 28)")."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(exc)[:2000]
+    return isinstance(exc, Exception) and any(sign in text for sign in (os.strerror(errno.ENOSPC),
+                                                                       os.strerror(errno.EDQUOT)))
+
+
+def disk_full(target: Path, needed: int | None = None) -> UserError:
+    """The one line for a full disk: where, how much was needed (when known) and free, and that a rerun resumes."""
+    try:
+        free = f"{shutil.disk_usage(target.parent).free:,} bytes free"
+    except OSError:
+        free = "free space unknown"
+    need = f"{needed:,} bytes needed, " if needed is not None else ""
+    return UserError(f"no space left on the device holding {target.parent} while writing {target.name} ({need}"
+                     f"{free}); free space there and rerun the same command: finished stages and checkpoints are "
+                     "reused")
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -116,8 +141,10 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         _fsync_dir(target.parent)
         if old is not None:
             remove_entry(old)
-    except BaseException:
+    except BaseException as exc:
         remove_entry(tmp)
+        if is_disk_full(exc):
+            raise disk_full(target) from None
         raise
 
 
