@@ -365,7 +365,8 @@ def compute_reference_cache(
     import torch
 
     if not pairs:
-        raise UserError("no preference pairs to score; run the pairs stage first")
+        raise UserError("the reference pass got no preference pairs to score (the pairs output is empty); rerun "
+                        "with --fresh, or give pairs.path a file with pairs")
     if cache.is_complete():
         return {"computed_pairs": 0, "reused": True, "shards": len(cache.verified_shards())}
     shards = cache.verified_shards()
