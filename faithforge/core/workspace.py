@@ -384,6 +384,14 @@ class Workspace:
                     removed.append(entry)
         return removed, kept
 
+    def relative(self, path: str | os.PathLike[str]) -> str:
+        """`path` relative to the workspace when it lies inside it (for keys and lineage that must survive a copied
+        or moved workspace), else as given."""
+        try:
+            return str(Path(path).resolve().relative_to(self.root))
+        except ValueError:
+            return str(path)
+
     def output_dir(self, kind: str, name: str) -> Path:
         """`dir(kind) / name` for a stage to write and later delete: a symbolic link there is removed (the link
         alone), so the stage's cleanup can never reach outside the workspace."""

@@ -140,7 +140,9 @@ def _save_adapter(ctx: StageContext, claim: Claim, out: Path, model: ModelOutput
 def train_sft_control(ctx: StageContext, model: ModelOutput, pairs: PairsOutput, plan: Plan) -> ControlOutput:
     """LoRA SFT on the chosen summaries, same steps, batch, rank and learning rate as DPO."""
     cfg = ctx.config.train
-    key = content_key("sft-control", model.path, pairs.path, cfg.model_dump(), ctx.config.seed)
+    # Inside the workspace by their relative paths: a copied or moved workspace keeps its key (issue 25, item 4).
+    key = content_key("sft-control", ctx.workspace.relative(model.path), ctx.workspace.relative(pairs.path),
+                      cfg.model_dump(), ctx.config.seed)
     out = ctx.workspace.dir("adapters") / f"sft-control-{key}"
     with claim_output("control", out, progress=ctx.progress) as claim:
         if claim.reused is not None:
