@@ -234,6 +234,9 @@ FOUND_ROWS = {
     "yaml-billion-laughs-in-environment": lambda t: (["demo", "-w", str(t / "ws")], {
         "FAITHFORGE_TRAIN__STEPS": "[" + _laughs(6).replace("\n", ", ").rstrip(", ") + "]"}),
     "yaml-recursive-alias": _config_row("train: &t\n  steps: 1\n  again: *t\n"),
+    "yaml-nested-20000-deep": _config_row("train:\n  steps: " + "[" * 20000 + "]" * 20000 + "\n"),
+    "spec-billion-laughs": lambda t: (["generate", "--spec", str(_write(t / "spec.yaml", _laughs() + "name: *l9\n")),
+                                       "--backend", "template", "--target", "10", "--workspace", str(t / "ws")], {}),
     "yaml-duplicate-section": _config_row("train:\n  steps: 4\ntrain:\n  steps: 9999\n"),
     "yaml-duplicate-option": _config_row("train:\n  steps: 4\n  steps: 9999\n"),
     "yaml-steps-yes": _config_row("train:\n  steps: yes\n"),

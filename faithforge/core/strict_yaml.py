@@ -140,3 +140,6 @@ def load(text: str, source: str = "YAML"):
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass: no arbitrary objects
     except UserError as exc:
         raise UserError(f"{source}: {exc}") from None
+    except RecursionError:
+        raise UserError(f"{source}: the YAML is nested too deeply to read (lists or mappings inside each other "
+                        "hundreds of times); write the values out flat") from None
