@@ -24,12 +24,15 @@ def run_pipeline_with_progress(config: PipelineConfig, verbose: bool = False) ->
         # Our progress bars and summary speak for the run; a failing stage's one-line error is printed by the
         # CLI, so Prefect's own log (with tracebacks) is shown only with --verbose.
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+        # The embedded server's own log (uvicorn, FastAPI, prefect.server) goes to this terminal too: two runs
+        # sharing Prefect's SQLite database printed its "database is locked" tracebacks, which both runs survive.
+        os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not user news
-    for noisy in ("transformers", "datasets", "bitsandbytes", "accelerate", "peft"):
+    for noisy in ("transformers", "datasets", "bitsandbytes", "accelerate", "peft", "kernels"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")

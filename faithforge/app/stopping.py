@@ -65,7 +65,7 @@ def stop_children(wait_s: float = 3.0) -> None:
         for child in children:
             with contextlib.suppress(OSError):
                 os.kill(child, sig)
-        deadline = time.monotonic() + (wait_s if sig == signal.SIGTERM else 1.0)
+        deadline = time.monotonic() + (wait_s if sig == signal.SIGTERM else min(1.0, wait_s + 0.2))
         while children and time.monotonic() < deadline:
             for child in list(children):
                 try:
@@ -118,7 +118,8 @@ class Stopper:
         name = signal.Signals(signum).name
         if self.signals > 1:
             self.say(f"{name} again: stopping now")
-            self.finish(wait_s=0.5)
+            self.finish(wait_s=0.0)
+            stop_children(0.0)  # even while the first signal's clean-up is still waiting on them
             os._exit(EXIT_STATUS)
         self.where = self._describe()
         self.say(f"stopped on {name} {self.where}; every finished stage and checkpoint is kept whole: rerun the "
