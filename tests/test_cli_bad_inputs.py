@@ -234,7 +234,7 @@ FOUND_ROWS = {
     "yaml-billion-laughs-in-environment": lambda t: (["demo", "-w", str(t / "ws")], {
         "FAITHFORGE_TRAIN__STEPS": "[" + _laughs(6).replace("\n", ", ").rstrip(", ") + "]"}),
     "yaml-recursive-alias": _config_row("train: &t\n  steps: 1\n  again: *t\n"),
-    "yaml-nested-20000-deep": _config_row("train:\n  steps: " + "[" * 20000 + "]" * 20000 + "\n"),
+    "yaml-nested-3000-deep": _config_row("train:\n  steps: " + "[" * 3000 + "]" * 3000 + "\n"),
     "spec-billion-laughs": lambda t: (["generate", "--spec", str(_write(t / "spec.yaml", _laughs() + "name: *l9\n")),
                                        "--backend", "template", "--target", "10", "--workspace", str(t / "ws")], {}),
     "yaml-duplicate-section": _config_row("train:\n  steps: 4\ntrain:\n  steps: 9999\n"),
@@ -244,6 +244,8 @@ FOUND_ROWS = {
     "yaml-steps-sexagesimal": _config_row("train:\n  steps: 1:20\n"),
     "yaml-steps-true": _config_row("train:\n  steps: true\n"),
     "seed-50-mb-string": _config_row("seed: " + "1" * 50_000_000 + "\n"),
+    "seed-500-kb-string-quoted-short": _config_row("seed: '" + "1x" * 250_000 + "'\n"),
+    "seed-500-kb-number": _config_row("seed: " + "1" * 500_000 + "\n"),
     "seed-above-2-32": lambda t: (["demo", "--seed", "4294967296", "-w", str(t / "ws")], {}),
     "seed-10-23": _config_row("seed: 100000000000000000000000\n"),
     "seed-2-64": _config_row(f"seed: {2 ** 64}\n"),

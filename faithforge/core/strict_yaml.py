@@ -109,6 +109,9 @@ def _check_size(root) -> None:
 
 def _int(loader, node) -> int:
     text = loader.construct_scalar(node)
+    if len(text) > 100:  # Python refuses to read more than 4,300 digits; no option takes more than 20
+        raise UserError(f"{_where(node)}: a number of {len(text):,} digits ({clip(text)}); no option takes one "
+                        "that long")
     if text.startswith("0o"):
         return int(text[2:], 8)
     if text.startswith("0x"):
@@ -133,9 +136,36 @@ _Loader.add_constructor("tag:yaml.org,2002:int", _int)
 _Loader.add_constructor("tag:yaml.org,2002:float", _float)
 
 
+#: The deepest flow nesting (`[[[...]]]`, `{a: {b: ...}}`) read; no option nests more than three.
+MAX_DEPTH = 100
+
+
+def _flow_depth(text: str) -> int:
+    """The deepest nesting of `[`/`{` outside quotes (an upper bound of YAML's flow nesting; comments may add)."""
+    depth = deepest = 0
+    quote = ""
+    for ch in text:
+        if quote:
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+        elif ch in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif ch in "]}" and depth:
+            depth -= 1
+        elif ch == "\n":
+            quote = ""
+    return deepest
+
+
 def load(text: str, source: str = "YAML"):
     """Parse one YAML document (YAML 1.2 scalars); a duplicate key or an oversized expansion is a `UserError`
     naming `source`, and a syntax error is a `yaml.YAMLError` as with `yaml.safe_load`."""
+    if _flow_depth(text) > MAX_DEPTH:  # PyYAML would take seconds to fail in its recursion
+        raise UserError(f"{source}: the YAML nests lists or mappings more than {MAX_DEPTH} deep; write the values out "
+                        "flat")
     try:
         return yaml.load(text, Loader=_Loader)  # noqa: S506 - a SafeLoader subclass: no arbitrary objects
     except UserError as exc:
