@@ -100,7 +100,7 @@ class Stopper:
             return
         # Prefect's flow engine swaps in its own SIGTERM handler (it turns SIGTERM into a crash that first talks
         # to the server); a stage's progress report takes SIGTERM back, so it stops like Ctrl-C.
-        if signal.getsignal(signal.SIGTERM) is not self._handle:
+        if signal.getsignal(signal.SIGTERM) != self._handle:  # bound methods compare equal, never identical
             signal.signal(signal.SIGTERM, self._handle)
 
     def _describe(self) -> str:
