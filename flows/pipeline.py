@@ -19,7 +19,8 @@ from tasks.data import base_model_task, generate_task, import_generated_task, pa
 from tasks.gate import gate_task
 from tasks.offload import gpu_slot
 from tasks.report import report_task
-from tasks.runs import finish_run_task, start_run_task
+from tasks.runs import cancel_run, finish_run_task, start_run_task
+from gpu.errors import redact_credentials
 
 
 # log_prints=False on every FaithForge flow: FaithForge logs through the run logger; captured prints were only
@@ -51,8 +52,12 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
         stages["train"], stages["control"] = trained.dpo, trained.control
         stages["evaluate"] = evaluate_flow(config, model, dataset, pairs, trained.dpo, trained.control,
                                            run_id=run_id)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Prefect's server may be gone, so no task records it
+        cancel_run(config, run_id, _as_json(stages))
+        raise
     except BaseException as exc:
-        finish_run_task(config, run_id, "failed", {"error": str(exc)[:2000], "stages": _as_json(stages)})
+        finish_run_task(config, run_id, "failed", {"error": redact_credentials(str(exc))[:2000],
+                                                   "stages": _as_json(stages)})
         raise
     # The summary is JSON (the run store keeps it; the demo and the report read it).
     summary = {"run_id": run_id, "workspace": config.workspace, "stages": _as_json(stages)}

@@ -15,6 +15,7 @@ from prefect.events import emit_event
 
 from faithforge.core.config import PipelineConfig
 from faithforge.core.progress import fan_out
+from gpu.errors import redact_credentials
 from faithforge.stages.context import StageContext
 from faithforge.stages.outputs import StageOutput
 
@@ -52,7 +53,7 @@ def run_stage(stage: str, config: PipelineConfig, run_id: str | None, fn: Callab
         out = fn(ctx, *args)
     except Exception as exc:
         if run_id:
-            ctx.store.record_stage(run_id, stage, status="failed", message=str(exc)[:2000],
+            ctx.store.record_stage(run_id, stage, status="failed", message=redact_credentials(str(exc))[:2000],
                                    wall_seconds=time.perf_counter() - started)
         raise
     wall = round(time.perf_counter() - started, 2)

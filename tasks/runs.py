@@ -19,3 +19,12 @@ def start_run_task(config: PipelineConfig, kind: str) -> str:
 @task(name="finish-run", cache_policy=NO_CACHE)
 def finish_run_task(config: PipelineConfig, run_id: str, status: str, summary: dict) -> None:
     StageContext.open(config).store.finish_run(run_id, status, summary)
+
+
+def cancel_run(config: PipelineConfig, run_id: str, stages: dict) -> None:
+    """Mark the run `cancelled` (stopped on request) straight in the store: not a task, because a Ctrl-C also
+    stops Prefect's embedded server, and a task would wait for it."""
+    store = StageContext.open(config).store
+    run = store.get_run(run_id)
+    if run is not None and run.status == "running":
+        store.finish_run(run_id, "cancelled", {"stages": stages, "cancelled": "Ctrl-C or SIGTERM"})

@@ -156,7 +156,19 @@ def _start_worker(stack, pool: str, profile: str, extra: dict[str, str]) -> None
     stack["procs"].start(f"worker-{pool}", args, env, cwd)
 
 
-def test_ui_run_offloads_training_on_purpose_fails_without_worker_and_completes_on_retry(stack):
+@pytest.fixture(scope="module")
+def offloaded_pipeline_run(stack) -> str:
+    """The offload scenario's pipeline run, with its checks (the test below); the browser test reads its report.
+    A fixture, not a test's side effect: the UI test passed only when it ran after this scenario (issue 25,
+    item 11)."""
+    return _offload_scenario(stack)
+
+
+def test_ui_run_offloads_training_on_purpose_fails_without_worker_and_completes_on_retry(offloaded_pipeline_run):
+    assert offloaded_pipeline_run  # every check of the scenario runs inside the fixture, once per module
+
+
+def _offload_scenario(stack) -> str:
     from prefect.client.schemas.filters import (ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey,
                                                 FlowRunFilter, FlowRunFilterParentFlowRunId, LogFilter,
                                                 LogFilterFlowRunId)
@@ -219,7 +231,7 @@ def test_ui_run_offloads_training_on_purpose_fails_without_worker_and_completes_
         assert done.state.is_completed(), (done.state, procs.tail("worker-local"), procs.tail("worker-a100"))
         assert done.run_count == 2 and done.work_pool_name == "local"
 
-        stack["pipeline_run_id"] = str(run.id)  # for the browser test
+        pipeline_run_id = str(run.id)  # for the browser test
         # only the training ran on the a100 pool, as a flow run of faithforge-train/a100 nested under this run
         a100_runs = [r for r in client.read_flow_runs() if r.work_pool_name == "a100" and r.state.is_completed()]
         assert len(a100_runs) == 1
@@ -318,6 +330,7 @@ def test_ui_run_offloads_training_on_purpose_fails_without_worker_and_completes_
         time.sleep(2)
     assert offloaded and offloaded[0]["payload"]["stage"] == "train"
     assert stages >= {"generate", "reference", "train", "evaluate"}, stages
+    return pipeline_run_id
 
 
 def test_a_schedule_set_to_a_near_time_produces_a_completed_run(stack):
@@ -368,7 +381,7 @@ def test_a_schedule_set_to_a_near_time_produces_a_completed_run(stack):
     assert len([p for p in examples if "_quarantine" not in p.parts]) >= 12
 
 
-def test_the_ui_shows_the_pipeline_report_with_its_charts(stack, tmp_path):
+def test_the_ui_shows_the_pipeline_report_with_its_charts(stack, offloaded_pipeline_run, tmp_path):
     """Headless Chromium (Debian's `chromium`, over the DevTools protocol) against the server's own UI: the pipeline
     run's Artifacts tab lists the report, and the report page shows it with the rates chart loaded."""
     from cdp_browser import Browser, find_chromium
@@ -376,8 +389,7 @@ def test_the_ui_shows_the_pipeline_report_with_its_charts(stack, tmp_path):
     chromium = find_chromium()
     if chromium is None:
         pytest.skip("no chromium on this machine (.ci/run installs Debian's chromium)")
-    run_id = stack.get("pipeline_run_id")
-    assert run_id, "the pipeline run of test_ui_run_offloads_training_on_purpose_... did not complete"
+    run_id = offloaded_pipeline_run
     shots = tmp_path / "screenshots"
     with Browser(chromium, tmp_path / "chromium-profile") as browser:
         browser.goto(f"{stack['ui']}/runs/flow-run/{run_id}")

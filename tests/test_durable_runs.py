@@ -77,6 +77,21 @@ def test_a_deleted_dpo_adapter_is_trained_again_not_reused(built):
     assert adapter.is_file() and again.steps == TINY["train"]["steps"]
 
 
+def test_a_corrupt_reference_shard_is_named_as_why_the_cache_was_recomputed(built):
+    """Issue 25, item 10: a corrupt shard was only a WARNING log line, not in the summary's "recomputed" list."""
+    from faithforge.stages.gate import gate
+    from faithforge.stages.reference import reference_logps
+
+    shard = Path(built["reference"].path) / "shard-00000.parquet"
+    data = bytearray(shard.read_bytes())
+    data[20] ^= 0xFF
+    shard.write_bytes(bytes(data))
+    ctx = built["ctx"]
+    again = reference_logps(ctx, built["model"], built["pairs"], gate(ctx, "reference"))
+    assert again.reused is False and again.recomputed_because == "shard-00000.parquet is changed (checksum)"
+    assert reference_logps(ctx, built["model"], built["pairs"], gate(ctx, "reference")).reused is True
+
+
 def test_a_truncated_warm_start_model_is_trained_again_not_reused(built):
     from faithforge.stages.model import warm_start
     from faithforge.core.workspace import sha256_file

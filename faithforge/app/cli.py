@@ -48,11 +48,15 @@ def _load(config: Optional[Path], overrides: dict[str, Any], base: dict[str, Any
     return load_config(path, overrides={k: v for k, v in overrides.items() if v is not None}, base=base)
 
 
-def _real_preset(config: Optional[Path], overrides: dict[str, Any]) -> dict[str, Any]:
+def _real_preset(config: Optional[Path], overrides: dict[str, Any], fresh: bool = False) -> dict[str, Any]:
     """`demo --real`'s settings with `model.path` at SmolLM2 imported into the workspace (imported once)."""
     from faithforge.app.real_demo import REAL_SETTINGS, ensure_real_model
 
     workspace = _load(config, overrides, base=REAL_SETTINGS).workspace
+    if fresh:
+        from faithforge.core.workspace import refuse_unowned
+
+        refuse_unowned(workspace)  # before the import writes anything there
     path = ensure_real_model(workspace, say=lambda message: typer.echo(message, err=True))
     from faithforge.app.real_demo import calibrate_judge_on_labels
 
@@ -62,7 +66,7 @@ def _real_preset(config: Optional[Path], overrides: dict[str, Any]) -> dict[str,
 
 @app.command("tiny-model")
 def tiny_model(path: Path = typer.Argument(..., help="Folder to write the tokenizer and model to."),
-               seed: int = typer.Option(0, help="Seed for the random initialization.")) -> None:
+               seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed for the random initialization.")) -> None:
     """Build the tiny offline model: a word-level tokenizer trained on the synthetic corpus + a random-init Llama."""
     from faithforge.training.tiny_model import build_tiny_model
 
@@ -89,12 +93,14 @@ def demo(
     overrides: dict[str, Any] = {"workspace": workspace, "seed": seed}
     if profile:
         overrides["gpu"] = {"profile": profile}
-    cfg = _load(config, overrides, base=_real_preset(config, overrides) if real else None)
+    cfg = _load(config, overrides, base=_real_preset(config, overrides, fresh) if real else None)
     from faithforge.app.preflight import check_pipeline_inputs
-    from faithforge.core.workspace import refuse_unowned
+    from faithforge.core.workspace import drop_outside_links, refuse_unowned
 
     if fresh:
         refuse_unowned(cfg.workspace)  # before anything is written there
+        for line in drop_outside_links(cfg.workspace):  # a link out of the workspace: the link alone goes
+            typer.echo(f"--fresh: {line}")
     ws = check_pipeline_inputs(cfg)  # every check that needs no model, before Prefect starts
     if fresh:
         removed, kept = ws.remove_outputs()
@@ -113,7 +119,7 @@ def demo(
 def runs(
     workspace: str = typer.Option(".faithforge", "--workspace", "-w", help="Workspace holding faithforge.db."),
     database_url: Optional[str] = typer.Option(None, "--database-url", help="Run store URL (default: the workspace's)."),
-    limit: int = typer.Option(20, "--limit", min=1, help="How many of the newest runs to list."),
+    limit: int = typer.Option(20, "--limit", min=1, max=100_000, help="How many of the newest runs to list."),
 ) -> None:
     """List runs with their status; runs whose process is gone are marked crashed, with where they stopped."""
     from faithforge.core.store import Store
@@ -121,10 +127,12 @@ def runs(
     if database_url is None:
         if not workspace.strip():
             raise UserError("--workspace is empty; pass the workspace directory (default .faithforge)")
+        from faithforge.core.workspace import sqlite_url
+
         db = Path(workspace).expanduser().resolve() / "faithforge.db"
         if not db.is_file():
             raise UserError(f"no run store at {db}; pass --workspace DIR of a workspace that has run the pipeline")
-        database_url = f"sqlite:///{db}"
+        database_url = sqlite_url(db)
     store = Store(database_url)
     store.mark_crashed_runs()
     rows = store.list_runs(limit)
@@ -162,9 +170,15 @@ def main(argv: list[str] | None = None) -> None:
     except NoArgsIsHelpError:
         sys.exit(2)  # the help was printed
     except ClickException as exc:  # a usage error: unknown option, bad value, missing argument
-        typer.echo(f"error: {' '.join(exc.format_message().split())} (see faithforge --help)", err=True)
+        from faithforge.app.cli_errors import one_line_text
+
+        typer.echo(f"error: {one_line_text(exc.format_message(), 300)} (see faithforge --help)", err=True)
         sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, typer.Abort):
+    except (KeyboardInterrupt, typer.Abort) as exc:
+        from faithforge.app.stopping import EXIT_STATUS, StopRequested
+
+        if isinstance(exc, StopRequested):  # its one line is printed; the run is marked cancelled
+            sys.exit(EXIT_STATUS)
         typer.echo("interrupted; rerun the same command to continue (finished stages are reused)", err=True)
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the one place errors become messages

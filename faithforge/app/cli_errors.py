@@ -14,6 +14,10 @@ from pathlib import Path
 from types import TracebackType
 
 from faithforge.core.errors import UserError
+from faithforge.core.strict_yaml import clip
+
+#: The longest error line the CLI prints (a message listing many problems is cut there, never a value dumped).
+MAX_LINE = 2000
 
 #: Local variable names a loader uses for the file it reads (to name the file a decode error came from).
 _FILE_LOCALS = ("path", "file", "filename", "spec_path", "labels", "source")
@@ -44,7 +48,7 @@ def _validation_line(exc) -> str:
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err.get("loc", ())) or exc.title
-        parts.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+        parts.append(f"{where}: {err['msg']} (got {clip(err.get('input'))})")
     return "invalid value: " + "; ".join(parts)
 
 
@@ -53,7 +57,7 @@ def one_line(exc: BaseException) -> str | None:
     for err in _chain(exc):
         line = _describe(err)
         if line is not None:
-            return " ".join(line.split())  # never more than one line, whatever the library put in it
+            return one_line_text(line)  # never more than one line, whatever the library put in it
     return None
 
 
@@ -75,6 +79,12 @@ def _describe(err: BaseException) -> str | None:
         return describe_database_error(str(url), err)
     if _is_http_url_error(err):
         return f"the server URL is not usable ({err}); pass a URL like http://127.0.0.1:11434"
+    from faithforge.core.workspace import is_disk_full
+
+    if is_disk_full(err):
+        where = f" holding {err.filename}" if getattr(err, "filename", None) else ""
+        return (f"no space left on the device{where} ({getattr(err, 'strerror', None) or clip(str(err))}); free "
+                "space there and rerun the same command: finished stages and checkpoints are reused")
     if isinstance(err, OSError) and getattr(err, "filename", None):
         return f"{err.filename}: {err.strerror or err}; check the path"
     return None
@@ -98,3 +108,12 @@ def _is_http_url_error(err: BaseException) -> bool:
     except ImportError:
         return False
     return isinstance(err, (httpx.InvalidURL, httpx.UnsupportedProtocol, httpx.ConnectError))
+
+
+def one_line_text(text: str, limit: int = MAX_LINE) -> str:
+    """`text` as one line of at most `limit` characters (a huge bad value inside is cut, not printed whole), with
+    any password in a URL redacted."""
+    from gpu.errors import redact_credentials
+
+    text = redact_credentials(" ".join(text[: 4 * limit].split()))
+    return text if len(text) <= limit else text[: limit - 1] + "…"

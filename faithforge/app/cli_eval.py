@@ -40,7 +40,7 @@ def calibrate(
     llm_model: str = typer.Option("qwen3:8b", "--llm-model", help="llm: the judge model."),
     llm_base_url: Optional[str] = typer.Option(None, "--llm-base-url", help="llm: the server root."),
     holdout: float = typer.Option(0.5, "--holdout", help="Share of labels held out for the reported accuracy."),
-    split_seed: int = typer.Option(0, "--split-seed", help="Seed of the validation/test split by source."),
+    split_seed: int = typer.Option(0, "--split-seed", min=0, max=2**32 - 1, help="Seed of the validation/test split by source."),
     workspace: Path = typer.Option(Path(".faithforge"), "--workspace",
                                    help="Workspace whose calibrations/ folder stores the result for later reports."),
     save: bool = typer.Option(True, "--save/--no-save", help="Store the calibration for reports using this judge."),

@@ -103,10 +103,10 @@ def calibrate(
     stage: str = typer.Option("train", help="Stage to measure: reference, train or evaluate."),
     model: Optional[str] = typer.Option(
         None, help=f"Shipped shape ({', '.join(SHIPPED_MODELS)}) or a config.json path; default: the configured model."),
-    batch_size: int = typer.Option(1, min=1, help="Micro-batch (pairs for reference/train, prompts for evaluate)."),
-    seq_len: int = typer.Option(512, min=8, help="Tokens per sequence (train/reference) or prompt tokens (evaluate)."),
-    max_new_tokens: int = typer.Option(64, min=1, help="New tokens per prompt (evaluate)."),
-    steps: int = typer.Option(2, min=1, help="Real steps to run."),
+    batch_size: int = typer.Option(1, min=1, max=4096, help="Micro-batch (pairs for reference/train, prompts for evaluate)."),
+    seq_len: int = typer.Option(512, min=8, max=131072, help="Tokens per sequence (train/reference) or prompt tokens (evaluate)."),
+    max_new_tokens: int = typer.Option(64, min=1, max=32768, help="New tokens per prompt (evaluate)."),
+    steps: int = typer.Option(2, min=1, max=10_000, help="Real steps to run."),
     config: Optional[Path] = typer.Option(None, "--config", help="Pipeline YAML file."),
 ) -> None:
     """Run a stage for real on this CUDA GPU, measure torch.cuda.max_memory_reserved(), store the correction."""

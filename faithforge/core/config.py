@@ -12,13 +12,26 @@ variables `FAITHFORGE_<FIELD>` or `FAITHFORGE_<SECTION>__<FIELD>` (e.g. `FAITHFO
 from __future__ import annotations
 
 import os
+import re
+import types
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from faithforge.core import strict_yaml
 from faithforge.core.errors import ConfigError, UserError
+from faithforge.core.strict_yaml import clip
+
+#: The largest config file read (a configuration is a few kilobytes).
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def clip_text(text: str, limit: int) -> str:
+    """`text` on one line, cut to `limit` characters."""
+    text = " ".join(text[: 4 * limit].split())
+    return text if len(text) <= limit else text[:limit] + "…"
 
 ENV_PREFIX = "FAITHFORGE_"
 
@@ -52,6 +65,32 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, validate_assignment=True,
                               json_schema_extra=_limits_in_descriptions)
 
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_numbers(cls, value: Any, info) -> Any:
+        # pydantic's lax mode turns `true` into 1 and the string "1_0" into 10 (YAML 1.1 habits): a number
+        # option takes a number, written plainly.
+        field = cls.model_fields.get(info.field_name)
+        if field is None or not _numeric(field.annotation):
+            return value
+        if isinstance(value, bool):
+            raise ValueError("takes a number, not a boolean (yes/no/true/false)")
+        if isinstance(value, str) and not _PLAIN_NUMBER.fullmatch(value.strip()):
+            raise ValueError("takes a plain number, not text or 1_000-style underscores")
+        return value
+
+
+_UnionType = types.UnionType
+_PLAIN_NUMBER = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?")
+
+
+def _numeric(annotation: Any) -> bool:
+    """Whether a field holds an int or a float (alone or optional), not a bool."""
+    import typing
+
+    options = typing.get_args(annotation) if typing.get_origin(annotation) in (typing.Union, _UnionType) else (annotation,)
+    return any(option in (int, float) for option in options)
+
 
 class TinyModelConfig(Section):
     """Shape of the random-init Llama that `faithforge tiny-model` builds for offline runs and tests."""
@@ -62,9 +101,9 @@ class TinyModelConfig(Section):
     """Number of decoder layers."""
     num_heads: int = Field(4, ge=1, le=64)
     """Attention heads (also key/value heads: no grouped-query attention in the tiny model)."""
-    intermediate_size: int = Field(256, ge=8)
+    intermediate_size: int = Field(256, ge=8, le=65536)
     """Width of the MLP."""
-    max_position_embeddings: int = Field(128, ge=16)
+    max_position_embeddings: int = Field(128, ge=16, le=131072)
     """Longest sequence, in tokens, the model is built for."""
 
     @model_validator(mode="after")
@@ -132,7 +171,7 @@ class PairsConfig(Section):
     """`on-policy`: summaries sampled per source."""
     temperature: float = Field(1.0, gt=0.0, le=5.0)
     """`on-policy`: sampling temperature."""
-    margin: float = Field(0.5, ge=0.0)
+    margin: float = Field(0.5, ge=0.0, le=100.0)
     """`on-policy`: smallest score difference (judge verdict + key-fact recall) that makes a pair."""
     min_chosen_recall: float = Field(0.0, ge=0.0, le=1.0)
     """`on-policy`: on a source with key facts (e.g. an answerable question), the chosen sample must recall at least
@@ -192,7 +231,7 @@ class WarmStartConfig(Section):
     """Examples per step."""
     learning_rate: float = Field(1e-3, gt=0, le=1.0)
     """AdamW learning rate."""
-    checkpoint_every: int = Field(100, ge=1)
+    checkpoint_every: int = Field(100, ge=1, le=1_000_000)
     """Save a resumable checkpoint (weights, optimizer, step, RNG) every this many steps; a killed warm start
     resumes from the newest one. Not part of the output's key: it does not change the result."""
 
@@ -204,7 +243,7 @@ class ReferenceConfig(Section):
     """Pairs per forward pass (the GPU gate may lower it)."""
     max_length: int = Field(128, ge=8, le=131072)
     """Prompt + completion tokens kept per sequence; longer pairs are truncated from the prompt's start."""
-    shard_size: int = Field(512, ge=1)
+    shard_size: int = Field(512, ge=1, le=1_000_000)
     """Pairs per cache shard; a killed run resumes from the last complete shard."""
 
 
@@ -225,11 +264,11 @@ class TrainConfig(Section):
     dropped facts (validation recall 0.94); 0 gives pure DPO."""
     lora_r: int = Field(16, ge=1, le=1024)
     """LoRA rank."""
-    lora_alpha: int = Field(16, ge=1)
+    lora_alpha: int = Field(16, ge=1, le=65536)
     """LoRA scaling numerator (scale = alpha / r)."""
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0)
     """Dropout on the LoRA input."""
-    checkpoint_every: int = Field(32, ge=1)
+    checkpoint_every: int = Field(32, ge=1, le=1_000_000)
     """Save a resumable checkpoint every this many steps."""
     save_merged: bool = False
     """Also save a standalone model with the adapter folded into the 16-bit base (`<adapter>/merged`), e.g. to
@@ -267,7 +306,7 @@ class EvaluateConfig(Section):
     nli_threshold: float = Field(0.5, ge=0.0, le=1.0)
     """`nli`: a sentence is supported when its best-chunk support probability reaches this (calibrate it with
     `faithforge eval calibrate`)."""
-    nli_supported_label: int | None = Field(None, ge=0)
+    nli_supported_label: int | None = Field(None, ge=0, le=1000)
     """`nli`: index of the label that means "supported" (empty: read from the checkpoint's labels)."""
     llm_backend: Literal["ollama", "openai"] = "ollama"
     """`llm`: which server the judge model runs on."""
@@ -360,7 +399,7 @@ class GpuConfig(Section):
     sizing_model: str | None = None
     """Plan with this model's shape (a config.json folder or a shipped name such as `qwen2.5-7b`) instead of
     `model.path` — for "what if" planning."""
-    cpu_max_params: int = Field(1_000_000_000, ge=0)
+    cpu_max_params: int = Field(1_000_000_000, ge=0, le=10**13)
     """Models up to this many parameters may run on the CPU when no GPU fits them."""
     ref_strategy: Literal["auto", "cached", "live"] = "cached"
     """How training gets reference log-probs. `cached`: the reference stage computes them once (FaithForge's
@@ -389,12 +428,17 @@ class PipelineConfig(Section):
         if not value.strip():
             raise ValueError("must name a directory, not be empty (an empty workspace would be the current "
                              "directory); e.g. .faithforge")
+        from faithforge.core.workspace import name_problem
+
+        problem = name_problem(value)
+        if problem:
+            raise ValueError(problem)
         return value
     database_url: str | None = None
     """SQLAlchemy URL of the run store (e.g. `postgresql+psycopg://...`). Empty: SQLite in the workspace."""
     storage_url: str | None = None
     """Where stage inputs and outputs are shared with other machines (fsspec URL). Empty: the workspace."""
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     """Seed for data, initialization, training and bootstrap."""
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
@@ -447,12 +491,29 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         dotted = [part.lower() for part in name[len(ENV_PREFIX):].split("__") if part]
         if not dotted or dotted[0] not in PipelineConfig.model_fields:
             continue
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError:
-            value = raw
+        if raw != "" and _is_text(dotted):
+            value = raw  # a path or a name is taken literally: `run #2` is not a YAML comment, a newline stays
+        else:
+            try:
+                value = strict_yaml.load(raw, name) if raw != "" else None
+            except yaml.YAMLError:
+                value = raw
         _set_path(tree, dotted, value)
     return tree
+
+
+def _is_text(dotted: list[str]) -> bool:
+    """Whether the option at `dotted` holds text (`str` or `str | None`), not a number, list or choice."""
+    import typing
+
+    model: Any = PipelineConfig
+    for part in dotted:
+        field = getattr(model, "model_fields", {}).get(part)
+        if field is None:
+            return False
+        model = field.annotation
+    options = typing.get_args(model) if typing.get_origin(model) in (typing.Union, _UnionType) else (model,)
+    return str in options and all(option in (str, type(None)) for option in options)
 
 
 def deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
@@ -491,7 +552,7 @@ def format_validation_error(model: type[BaseModel], exc: ValidationError) -> lis
             known = _known_fields(model, loc)
             problems.append(f"{where}: unknown option; known options here: {', '.join(known)}")
         else:
-            problems.append(f"{where}: {err['msg']} (got {err.get('input')!r})")
+            problems.append(f"{where}: {err['msg']} (got {clip(err.get('input'))})")
     return problems
 
 
@@ -519,14 +580,17 @@ def load_config(
         if not file.is_file():
             raise UserError(f"config file {file} not found; pass an existing YAML file (see configs/demo.yaml)")
         try:
-            loaded = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+            if file.stat().st_size > MAX_CONFIG_BYTES:
+                raise UserError(f"config file {file} is {file.stat().st_size:,} bytes; a configuration is a few "
+                                f"kilobytes (at most {MAX_CONFIG_BYTES:,}): pass the right file")
+            loaded = strict_yaml.load(file.read_text(encoding="utf-8"), f"config file {file}") or {}
         except UnicodeDecodeError as exc:
             raise UserError(f"config file {file} is not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at "
                             f"position {exc.start}); save it as UTF-8") from None
         except OSError as exc:
             raise UserError(f"cannot read config file {file} ({exc.strerror or exc}); check its permissions") from None
         except yaml.YAMLError as exc:
-            raise UserError(f"config file {file} is not valid YAML: {exc}".replace("\n", " ")) from None
+            raise UserError(f"config file {file} is not valid YAML: {clip_text(str(exc), 300)}") from None
         if not isinstance(loaded, dict):
             raise UserError(f"config file {file} must hold a mapping of options, not {type(loaded).__name__}")
         data = deep_merge(data, loaded)

@@ -187,6 +187,19 @@ class Store:
                 crashed.append(run.id)
         return crashed
 
+    def cancel_runs_of_this_process(self, where: str) -> list[str]:
+        """Runs of this process still `running` become `cancelled` (stopped on request: Ctrl-C or SIGTERM), with
+        where they stopped. Returns their ids."""
+        cancelled = []
+        with self.session() as s:
+            for run in s.scalars(select(Run).where(Run.status == "running", Run.host == socket.gethostname(),
+                                                   Run.pid == os.getpid())):
+                run.status = "cancelled"
+                run.finished_at = _now()
+                run.summary = {**(run.summary or {}), "cancelled": {"where": where, "pid": run.pid}}
+                cancelled.append(run.id)
+        return cancelled
+
     def list_runs(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest runs with their status and the last stage each reached."""
         with self.session() as s:

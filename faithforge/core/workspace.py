@@ -9,6 +9,7 @@ never half of one — "nothing already written is lost".
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -50,12 +51,36 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp_name, target)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if is_disk_full(exc):
+            raise disk_full(target, len(data)) from None
         raise
     _fsync_dir(target.parent)
     return target
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """An `OSError` ENOSPC/EDQUOT, or a library's own error for one (safetensors raises `SafetensorError` with
+    "No space left on device (os error 28)")."""
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(exc)[:2000]
+    return isinstance(exc, Exception) and any(sign in text for sign in (os.strerror(errno.ENOSPC),
+                                                                       os.strerror(errno.EDQUOT)))
+
+
+def disk_full(target: Path, needed: int | None = None) -> UserError:
+    """The one line for a full disk: where, how much was needed (when known) and free, and that a rerun resumes."""
+    try:
+        free = f"{shutil.disk_usage(target.parent).free:,} bytes free"
+    except OSError:
+        free = "free space unknown"
+    need = f"{needed:,} bytes needed, " if needed is not None else ""
+    return UserError(f"no space left on the device holding {target.parent} while writing {target.name} ({need}"
+                     f"{free}); free space there and rerun the same command: finished stages and checkpoints are "
+                     "reused")
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -108,17 +133,52 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield tmp
         old = None
-        if target.exists():
+        if target.exists() or target.is_symlink():
             old = target.with_name(f".{target.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
+            remove_entry(old)
             os.replace(target, old)
         os.replace(tmp, target)
         _fsync_dir(target.parent)
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
+            remove_entry(old)
+    except BaseException as exc:
+        remove_entry(tmp)
+        if is_disk_full(exc):
+            raise disk_full(target) from None
         raise
+
+
+def remove_entry(path: Path) -> None:
+    """Delete `path` itself, never what a symbolic link points to: a link (dangling or not) or a file is
+    unlinked, a real directory removed with its contents (`shutil.rmtree` unlinks links inside it, it does not
+    follow them). Errors are ignored: this is cleanup."""
+    with contextlib.suppress(OSError):
+        if path.is_symlink() or not path.is_dir():
+            path.unlink(missing_ok=True)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def inside(path: str | os.PathLike[str], root: str | os.PathLike[str]) -> bool:
+    """Whether the real path of `path` (every symbolic link followed) lies in the real path of `root`."""
+    real, real_root = os.path.realpath(path), os.path.realpath(root)
+    return real == real_root or real.startswith(real_root.rstrip(os.sep) + os.sep)
+
+
+def remove_inside(root: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
+    """Delete a FaithForge output `path` of the workspace `root`, or nothing: a symbolic link is removed alone,
+    and nothing is removed when the folder holding `path` lies (through a link) outside the workspace's real
+    path. Returns whether something was removed. Every cleanup in a workspace goes through here."""
+    path = Path(path)
+    if not inside(path.parent, root):
+        return False
+    if path.is_symlink():
+        path.unlink(missing_ok=True)
+        return True
+    if not path.exists() or not inside(path, root):
+        return False
+    remove_entry(path)
+    return True
 
 
 def sha256_file(path: str | os.PathLike[str], chunk_bytes: int = 1 << 20) -> str:
@@ -182,6 +242,64 @@ def refuse_unowned(root: str | os.PathLike[str]) -> None:
                         "outputs yourself")
 
 
+def _outside_link(root: Path, sub: str) -> str | None:
+    """Where `root/sub` points when it is a symbolic link out of the workspace's real path (or dangling)."""
+    entry = root / sub
+    if not entry.is_symlink():
+        return None
+    if entry.exists() and inside(entry, root):
+        return None
+    return os.readlink(entry)
+
+
+def _refuse_outside_link(root: Path, sub: str) -> None:
+    target = _outside_link(root, sub)
+    if target is not None:
+        raise UserError(f"{root / sub} is a symbolic link to {target}, outside the workspace (or missing); "
+                        "FaithForge never deletes anything outside its workspace and cleans its outputs there, so it "
+                        "refuses it: replace the link by a folder (--fresh removes the link alone), or put the whole "
+                        "workspace on that disk")
+
+
+def drop_outside_links(root: str | os.PathLike[str]) -> list[str]:
+    """`--fresh` in a FaithForge workspace: remove each derived sub-directory that is a symbolic link out of the
+    workspace — the link alone, never what it points to. Returns one message per link removed."""
+    path = Path(root).expanduser().resolve()
+    done = []
+    for sub in (*DERIVED_DIRS, "tmp"):
+        target = _outside_link(path, sub)
+        if target is not None:
+            (path / sub).unlink()
+            done.append(f"removed the symbolic link {path / sub} alone (it pointed to {target}, outside the "
+                        "workspace; nothing there was touched)")
+    return done
+
+
+def sqlite_url(path: str | os.PathLike[str]) -> str:
+    """The SQLAlchemy URL of the SQLite file `path`, which must hold no `?` (`name_problem` refuses one)."""
+    if "?" in str(path):
+        raise UserError(f"{clip_name(str(path))} contains '?', which would change the meaning of a SQLite URL; "
+                        "choose a folder name without it")
+    return f"sqlite:///{path}"
+
+
+def name_problem(name: str) -> str | None:
+    """Why `name` cannot be a workspace path taken literally, or None. A control character (a newline) would be
+    printed and logged as something else; a `?` would turn the run database's SQLite URL into a query."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+        return (f"the workspace {clip_name(name)} contains a control character (a newline or tab); choose a folder "
+                "name without one")
+    if "?" in name:
+        return (f"the workspace {clip_name(name)} contains '?', which would change the meaning of its run "
+                "database's URL; choose a folder name without it")
+    return None
+
+
+def clip_name(name: str, limit: int = 120) -> str:
+    text = repr(name)
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
 @dataclass(frozen=True)
 class Workspace:
     """The directory tree of one FaithForge workspace (default `./.faithforge`)."""
@@ -199,6 +317,9 @@ class Workspace:
         if not str(root).strip():
             raise UserError("the workspace is an empty string; pass --workspace DIR (or set workspace: / "
                             "FAITHFORGE_WORKSPACE) to a directory for FaithForge's files, e.g. .faithforge")
+        problem = name_problem(str(root))
+        if problem:
+            raise UserError(problem + " (pass --workspace DIR)")
         path = Path(root).expanduser().resolve()
         if path.exists() and not path.is_dir():
             raise UserError(f"workspace {path} is a file, not a directory; pass --workspace DIR")
@@ -209,6 +330,7 @@ class Workspace:
                 atomic_write_json(path / MARKER, {"created_by": "faithforge", "note": "FaithForge owns this "
                                                   "directory; `faithforge demo --fresh` may delete outputs in it"})
             for sub in SUBDIRS:
+                _refuse_outside_link(path, sub)
                 (path / sub).mkdir(exist_ok=True)
             probe = path / "tmp" / f".write-probe-{os.getpid()}"
             probe.write_bytes(b"ok")
@@ -232,7 +354,7 @@ class Workspace:
 
     @property
     def database_url(self) -> str:
-        return f"sqlite:///{self.root / 'faithforge.db'}"
+        return sqlite_url(self.root / "faithforge.db")
 
     def remove_outputs(self) -> tuple[list[Path], list[Path]]:
         """`--fresh`: delete the stage outputs FaithForge wrote; return (removed, kept as not ours).
@@ -244,14 +366,36 @@ class Workspace:
             refuse_unowned(self.root)
         removed, kept = [], []
         for sub in DERIVED_DIRS:
-            for entry in sorted(self.dir(sub).iterdir()):
+            folder = self.dir(sub)
+            if folder.is_symlink() or not inside(folder, self.root):  # its link alone, never what it points to
+                if _outside_link(self.root, sub) is not None:
+                    folder.unlink()
+                    folder.mkdir()
+                    removed.append(folder)
+                continue
+            if not folder.is_dir():
+                continue
+            for entry in sorted(folder.iterdir()):
                 if not written_by_faithforge(entry):
                     if not (sub == "datasets" and _GENERATED_DATA.match(entry.name)):
                         kept.append(entry)
                     continue
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry)
-                else:
-                    entry.unlink()
-                removed.append(entry)
+                if remove_inside(self.root, entry):
+                    removed.append(entry)
         return removed, kept
+
+    def relative(self, path: str | os.PathLike[str]) -> str:
+        """`path` relative to the workspace when it lies inside it (for keys and lineage that must survive a copied
+        or moved workspace), else as given."""
+        try:
+            return str(Path(path).resolve().relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+    def output_dir(self, kind: str, name: str) -> Path:
+        """`dir(kind) / name` for a stage to write and later delete: a symbolic link there is removed (the link
+        alone), so the stage's cleanup can never reach outside the workspace."""
+        path = self.dir(kind) / name
+        if path.is_symlink():
+            path.unlink()
+        return path

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import yaml
+
+from faithforge.core import strict_yaml
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
@@ -396,7 +398,8 @@ def load_spec(path: str | Path, *, documents: str | None = None) -> GenerationSp
     if not file.is_file():
         raise UserError(f"spec file {file} not found; pass a YAML spec such as configs/specs/grounded-summaries.yaml")
     try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8"))
+        # YAML 1.2 scalars, duplicate keys refused, alias expansion bounded (a "billion laughs" spec hung for minutes)
+        data = strict_yaml.load(file.read_text(encoding="utf-8"), f"spec file {file}")
     except yaml.YAMLError as exc:
         raise UserError(f"spec file {file} is not valid YAML: {exc}".replace("\n", " ")) from None
     if documents:

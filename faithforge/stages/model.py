@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from faithforge.stages.generate import load_split
 from faithforge.stages.outputs import BaseModelOutput, DatasetOutput, ModelOutput, WarmStartOutput
 from gpu.planner import Plan
 from faithforge.data.teacher import prompt_messages
-from faithforge.core.workspace import atomic_directory
+from faithforge.core.workspace import atomic_directory, remove_inside
 
 
 def base_model(ctx: StageContext) -> BaseModelOutput:
@@ -62,7 +61,7 @@ def _train_warm_start(ctx: StageContext, claim, base: ModelOutput, dataset: Data
     from faithforge.training.sft import SftExample, train_sft
 
     cfg = ctx.config.warm_start
-    checkpoints = ctx.workspace.dir("checkpoints") / out.name
+    checkpoints = ctx.workspace.output_dir("checkpoints", out.name)
     resumed: list[int] = []
     if plan_precision(plan) == "nf4":  # a full fine-tune trains every weight: 4-bit weights cannot be trained
         raise UserError("the warm start is a full fine-tune and needs a 16-bit or fp32 plan, but its plan says nf4; "
@@ -89,6 +88,6 @@ def _train_warm_start(ctx: StageContext, claim, base: ModelOutput, dataset: Data
         result = WarmStartOutput.model_validate(claim.record(
             ctx.store, ctx.run_id, tmp, "model", weights_fingerprint(tmp), info,
             meta={"stage": "warm_start", **info}, parents=[dataset.artifact_id]))
-    shutil.rmtree(checkpoints, ignore_errors=True)  # the finished model replaces them
+    remove_inside(ctx.workspace.root, checkpoints)  # the finished model replaces them
     del model
     return result

@@ -51,6 +51,8 @@ def build_pairs(ctx: StageContext, dataset: DatasetOutput, model: ModelOutput | 
             pairs, report = build_synthetic_pairs(examples, cfg.omission_share, ctx.config.seed)
         validate_pairs(pairs, "generated pairs")
         train, val = split_by_source(pairs, cfg.val_fraction, ctx.config.seed)
+        if not train:  # said here, where it happened: there is no separate pairs stage for the user to run
+            raise UserError(_no_pairs_message(ctx.config, report, len(examples)))
         with atomic_directory(out) as tmp:
             train_tmp = atomic_write_jsonl(tmp / "train.jsonl", train)
             val_tmp = atomic_write_jsonl(tmp / "val.jsonl", val)
@@ -104,3 +106,18 @@ def load_pairs(path: str) -> list[dict]:
     pairs = read_jsonl(path)
     validate_pairs(pairs, path)
     return pairs
+
+
+def _no_pairs_message(config, report, sources: int) -> str:
+    """Why the pairs stage has nothing to train on, and what to change."""
+    cfg = config.pairs
+    reasons = getattr(report, "dropped", None) or getattr(report, "dropped_sources", None) or {}
+    dropped = ", ".join(f"{n} dropped: {why}" for why, n in sorted(reasons.items())) or "none dropped"
+    if cfg.path:
+        return f"pairs.path {cfg.path} gave no training pairs ({dropped}); add pairs or lower pairs.val_fraction"
+    if cfg.builder == "on-policy":
+        return (f"the on-policy pairs builder made no training pair from {sources} training source(s) ({dropped}): "
+                "no two samples of a source differed enough (pairs.margin); add documents, raise "
+                "pairs.samples_per_source or pairs.temperature, lower pairs.margin, or give pairs.path")
+    return (f"no training pairs from {sources} training source(s) ({dropped}); add sources (generate.train_sources "
+            "or data.documents_path)")

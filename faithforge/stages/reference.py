@@ -37,7 +37,8 @@ def reference_logps(ctx: StageContext, model: ModelOutput, pairs: PairsOutput, p
                      on_wait=lambda message: ctx.progress("reference", 0, 1, message)):
         if cache.is_complete():
             return ReferenceOutput(**info, reused=True, artifact_id=_record(ctx, cache, pairs))
-        return _compute(ctx, cache, info, model, pairs, plan, train_pairs, tokenizer)
+        why = "; ".join(cache.problems) or None  # a corrupt shard is named in the summary, not only in a log
+        return _compute(ctx, cache, {**info, "recomputed_because": why}, model, pairs, plan, train_pairs, tokenizer)
 
 
 def _compute(ctx: StageContext, cache, info: dict, model: ModelOutput, pairs: PairsOutput, plan: Plan,

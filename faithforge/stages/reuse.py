@@ -96,7 +96,32 @@ def verify(folder: Path, name: str = "faithforge.json") -> tuple[dict[str, Any] 
     if refreshed:
         atomic_write_json(manifest, data)
     info = {k: v for k, v in data.items() if k != CHECKSUMS}
-    return {**info, "reused": True}, None
+    return {**rebased(info, folder), "reused": True}, None
+
+
+def rebased(info: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """`info` of the output now at `folder`, its paths moved with the workspace.
+
+    A manifest records where its output was written (`path`, and the files under it). A workspace copied or moved
+    elsewhere (`cp -a A B`, `mv A A.moved`) must use its own outputs: every path under the workspace the output was
+    written in (`<workspace>/<sub-directory>/<name>`) is read as the same path under the workspace it is in now."""
+    written = info.get("path")
+    if not isinstance(written, str) or not written:
+        return info
+    old_root, new_root = str(Path(written).parent.parent), str(folder.parent.parent)
+    if old_root == new_root or Path(written).name != folder.name:
+        return info
+
+    def move(value: Any) -> Any:
+        if isinstance(value, str) and (value == old_root or value.startswith(old_root + "/")):
+            return new_root + value[len(old_root):]
+        if isinstance(value, dict):
+            return {k: move(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [move(v) for v in value]
+        return value
+
+    return move(info)
 
 
 @dataclass

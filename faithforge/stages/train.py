@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
 import time
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from faithforge.stages.reuse import Claim, claim_output
 from faithforge.stages.context import StageContext, content_key
 from faithforge.stages.outputs import AdapterOutput, ControlOutput, ModelOutput, PairsOutput, ReferenceOutput
 from faithforge.stages.pairs import load_pairs
-from faithforge.core.workspace import atomic_directory, atomic_write_json, sha256_tree
+from faithforge.core.workspace import atomic_directory, atomic_write_json, remove_inside, sha256_tree
 from gpu.planner import Plan
 
 log = logging.getLogger(__name__)
@@ -83,7 +82,7 @@ def _dpo_arguments(ctx: StageContext, key: str, on_gpu: bool, start: Plan):
 
     cfg = ctx.config.train
     return DpoArguments(
-        output_dir=str(ctx.workspace.dir("checkpoints") / f"dpo-{key}"), steps=cfg.steps,
+        output_dir=str(ctx.workspace.output_dir("checkpoints", f"dpo-{key}")), steps=cfg.steps,
         micro_batch=start.batch_size, grad_accum=start.grad_accum, learning_rate=cfg.learning_rate, beta=cfg.beta,
         max_length=ctx.config.reference.max_length, seed=ctx.config.seed, checkpoint_every=cfg.checkpoint_every,
         gradient_checkpointing=on_gpu, optimizer="paged_adamw_8bit" if on_gpu else "adamw_torch", bf16=on_gpu,
@@ -141,7 +140,9 @@ def _save_adapter(ctx: StageContext, claim: Claim, out: Path, model: ModelOutput
 def train_sft_control(ctx: StageContext, model: ModelOutput, pairs: PairsOutput, plan: Plan) -> ControlOutput:
     """LoRA SFT on the chosen summaries, same steps, batch, rank and learning rate as DPO."""
     cfg = ctx.config.train
-    key = content_key("sft-control", model.path, pairs.path, cfg.model_dump(), ctx.config.seed)
+    # Inside the workspace by their relative paths: a copied or moved workspace keeps its key (issue 25, item 4).
+    key = content_key("sft-control", ctx.workspace.relative(model.path), ctx.workspace.relative(pairs.path),
+                      cfg.model_dump(), ctx.config.seed)
     out = ctx.workspace.dir("adapters") / f"sft-control-{key}"
     with claim_output("control", out, progress=ctx.progress) as claim:
         if claim.reused is not None:
@@ -160,7 +161,7 @@ def _train_sft_control(ctx: StageContext, claim: Claim, out: Path, model: ModelO
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     cfg = ctx.config.train
-    checkpoints = ctx.workspace.dir("checkpoints") / out.name
+    checkpoints = ctx.workspace.output_dir("checkpoints", out.name)
     resumed: list[int] = []
     torch.manual_seed(ctx.config.seed)
     tokenizer = load_tokenizer(model.path)
@@ -198,7 +199,7 @@ def _train_sft_control(ctx: StageContext, claim: Claim, out: Path, model: ModelO
         result = ControlOutput.model_validate(claim.record(
             ctx.store, ctx.run_id, tmp, "adapter", sha256_tree(tmp), info,
             meta={"control": "sft-on-chosen", **info}, parents=[pairs.artifact_id]))
-    shutil.rmtree(checkpoints, ignore_errors=True)  # the finished adapter replaces them
+    remove_inside(ctx.workspace.root, checkpoints)  # the finished adapter replaces them
     return result
 
 

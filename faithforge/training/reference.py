@@ -237,6 +237,14 @@ class ReferenceCache:
         self.key = key
         self.components = components
         self.shard_size = shard_size
+        #: What was found wrong with the cache on disk (a corrupt shard, an unreadable manifest): the stage reports
+        #: it as why the cache was recomputed, like every other recomputed output.
+        self.problems: list[str] = []
+
+    def _problem(self, message: str) -> None:
+        log.warning("%s", message)
+        if message not in self.problems:
+            self.problems.append(message)
 
     @property
     def manifest_path(self) -> Path:
@@ -248,10 +256,10 @@ class ReferenceCache:
         try:
             manifest = json.loads(self.manifest_path.read_text())
         except (OSError, json.JSONDecodeError):
-            log.warning("reference cache manifest %s is unreadable; recomputing", self.manifest_path)
+            self._problem(f"{self.manifest_path.name} is unreadable")
             return None
         if manifest.get("key") != self.key or manifest.get("shard_size") != self.shard_size:
-            log.warning("reference cache at %s was built for another key; recomputing", self.directory)
+            self._problem(f"{self.manifest_path.name} was written for another key or shard size")
             return None
         return manifest
 
@@ -263,7 +271,7 @@ class ReferenceCache:
             shard = ShardInfo(**entry)
             path = self.directory / shard.file
             if shard.index != expected or not path.exists() or sha256_file(path) != shard.sha256:
-                log.warning("reference cache shard %s is missing or corrupt; it will be recomputed", path)
+                self._problem(f"{shard.file} is {'missing' if not path.exists() else 'changed (checksum)'}")
                 break
             good.append(shard)
         return good
@@ -357,7 +365,8 @@ def compute_reference_cache(
     import torch
 
     if not pairs:
-        raise UserError("no preference pairs to score; run the pairs stage first")
+        raise UserError("the reference pass got no preference pairs to score (the pairs output is empty); rerun "
+                        "with --fresh, or give pairs.path a file with pairs")
     if cache.is_complete():
         return {"computed_pairs": 0, "reused": True, "shards": len(cache.verified_shards())}
     shards = cache.verified_shards()

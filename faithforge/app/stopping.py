@@ -1,0 +1,170 @@
+"""Ctrl-C and SIGTERM stop a run within seconds, say where, and leave no process behind (issue 25, item 2).
+
+Ctrl-C sends SIGINT to the whole process group, so Prefect's embedded server (a `uvicorn` child) dies at once
+while the stage in this process goes on; every call to the server after that waits and retries, and the run
+used to end minutes later with "Connection refused". Here the first signal:
+
+- prints one line: which stage it stopped in (from the progress reports) and that a rerun resumes;
+- raises `KeyboardInterrupt` in the main thread, so the stage stops at its next bytecode. Every write is atomic
+  (a temporary file renamed into place, `faithforge/core/workspace.py`), so the current step's checkpoint is
+  whole or absent — the same guarantee a SIGKILL at any moment has (`tests/test_kill_resume.py`);
+- marks the run `cancelled` in the run store (not through Prefect: its server may be gone), stops every child
+  process (the embedded server included) and exits with status 130 — at the latest `GRACE_S` seconds after the
+  signal, whatever Prefect's clean-up is waiting for.
+
+A second signal exits at once (children killed, run marked). Work reporting progress from another thread stops
+at its next report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+import time
+from typing import Callable, Iterator
+
+from faithforge.core.progress import add_sink, remove_sink
+
+#: Seconds Prefect's own clean-up gets after the first signal before the process exits anyway.
+GRACE_S = 5.0
+EXIT_STATUS = 130
+
+
+class StopRequested(KeyboardInterrupt):
+    """Raised in the stage that was running when Ctrl-C or SIGTERM came."""
+
+
+def _children(pid: int) -> list[int]:
+    """Every descendant of `pid` (Linux `/proc`; elsewhere none are found)."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as handle:
+                    stat = handle.read().decode(errors="replace")
+                parents[int(entry)] = int(stat.rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+    found, frontier = [], [pid]
+    while frontier:
+        current = frontier.pop()
+        for child, parent in parents.items():
+            if parent == current and child not in found:
+                found.append(child)
+                frontier.append(child)
+    return found
+
+
+def stop_children(wait_s: float = 3.0) -> None:
+    """SIGTERM every descendant process, wait up to `wait_s`, then SIGKILL those left, and reap them."""
+    children = _children(os.getpid())
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for child in children:
+            with contextlib.suppress(OSError):
+                os.kill(child, sig)
+        deadline = time.monotonic() + (wait_s if sig == signal.SIGTERM else min(1.0, wait_s + 0.2))
+        while children and time.monotonic() < deadline:
+            for child in list(children):
+                try:
+                    done, _ = os.waitpid(child, os.WNOHANG)
+                except ChildProcessError:  # not our direct child (a grandchild) or already reaped
+                    done = child if not os.path.exists(f"/proc/{child}") else 0
+                if done:
+                    children.remove(child)
+            time.sleep(0.05)
+        if not children:
+            return
+
+
+class Stopper:
+    """Installed around a pipeline run in the CLI: turns Ctrl-C and SIGTERM into a prompt, clean stop."""
+
+    def __init__(self, database_url: str, labels: dict[str, str], say: Callable[[str], None] | None = None):
+        self.database_url, self.labels = database_url, labels
+        self.say = say or (lambda line: (sys.stderr.write(line + "\n"), sys.stderr.flush()))
+        self.signals = 0
+        self.where = "before the first stage started"
+        self.last: tuple[str, int, int] | None = None
+        self._finished = threading.Lock()
+        self._done = False
+
+    # progress: where the run is -----------------------------------------------------------------------
+    def _sink(self, stage: str, done: int, total: int, message: str) -> None:  # noqa: ARG002
+        self.last = (stage, done, total)
+        if threading.current_thread() is not threading.main_thread():
+            if self.signals:
+                raise StopRequested(self.where)  # work in another thread stops at its next report
+            return
+        # Prefect's flow engine swaps in its own SIGTERM handler (it turns SIGTERM into a crash that first talks
+        # to the server); a stage's progress report takes SIGTERM back, so it stops like Ctrl-C.
+        if signal.getsignal(signal.SIGTERM) != self._handle:  # bound methods compare equal, never identical
+            signal.signal(signal.SIGTERM, self._handle)
+
+    def _describe(self) -> str:
+        if self.last is None:
+            return "before the first stage started"
+        stage, done, total = self.last
+        label = self.labels.get(stage, stage)
+        if done >= total:
+            return f"after {label}"
+        return f"during {label} (past {done} of {total})"
+
+    # the signal ------------------------------------------------------------------------------------------
+    def _handle(self, signum: int, frame) -> None:  # noqa: ARG002
+        self.signals += 1
+        name = signal.Signals(signum).name
+        if self.signals > 1:
+            self.say(f"{name} again: stopping now")
+            self.finish(wait_s=0.0)
+            stop_children(0.0)  # even while the first signal's clean-up is still waiting on them
+            os._exit(EXIT_STATUS)
+        self.where = self._describe()
+        self.say(f"stopped on {name} {self.where}; every finished stage and checkpoint is kept whole: rerun the "
+                 "same command to resume")
+        threading.Thread(target=self._watchdog, name="faithforge-stop", daemon=True).start()
+        raise StopRequested(self.where)
+
+    def _watchdog(self) -> None:
+        time.sleep(GRACE_S)
+        self.finish()
+        os._exit(EXIT_STATUS)
+
+    def finish(self, wait_s: float = 3.0) -> None:
+        """Mark this process's running runs cancelled and stop its children (once)."""
+        with self._finished:
+            if self._done:
+                return
+            self._done = True
+        try:
+            from faithforge.core.store import Store
+
+            store = Store(self.database_url)
+            store.cancel_runs_of_this_process(self.where)
+            store.engine.dispose()
+        except Exception:  # noqa: BLE001 - stopping must not fail on a store problem; the run then shows crashed
+            pass
+        stop_children(wait_s)
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+            sys.stderr.flush()
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator["Stopper"]:
+        """Handle SIGINT and SIGTERM while the block runs (main thread only); restore the old handlers after."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        add_sink(self._sink)
+        try:
+            yield self
+        except KeyboardInterrupt:
+            self.finish()
+            raise
+        finally:
+            remove_sink(self._sink)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
