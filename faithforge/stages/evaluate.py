@@ -95,8 +95,7 @@ def evaluate_models(ctx: StageContext, model: ModelOutput, dataset: DatasetOutpu
         **measured_peak(),
         items_per_second=round(len(items) * len(reports) / seconds, 1),
         models={label: _headline(r) for label, r in reports.items()},
-        difference={"rate": comparison.rate.model_dump(), "recall": comparison.recall.model_dump(),
-                    "fixed": comparison.fixed, "broken": comparison.broken, "mcnemar_p": comparison.mcnemar_p},
+        difference=_difference(comparison),
         control_difference=control_cmp.rate.model_dump() if control_cmp else None,
         served_difference=served_cmp.rate.model_dump() if served_cmp else None,
         table=table_rows(comparison, control_cmp), markdown=markdown,
@@ -183,6 +182,15 @@ def _judge_accuracy(comparison) -> str:
     from faithforge.evaluation.report import judge_accuracy_lines
 
     return judge_accuracy_lines(comparison.before)[0].lstrip("> ").replace("**", "")
+
+
+def _difference(comparison) -> dict:
+    """after − before for the stage's output. Recall and retention are None where nothing could be measured (your
+    documents without `data.key_facts_column` have no key facts): kept as None, never dereferenced."""
+    return {"rate": comparison.rate.model_dump(),
+            "recall": comparison.recall.model_dump() if comparison.recall is not None else None,
+            "retention": comparison.retention.model_dump() if comparison.retention is not None else None,
+            "fixed": comparison.fixed, "broken": comparison.broken, "mcnemar_p": comparison.mcnemar_p}
 
 
 def _headline(report) -> dict:

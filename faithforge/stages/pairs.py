@@ -50,6 +50,8 @@ def build_pairs(ctx: StageContext, dataset: DatasetOutput, model: ModelOutput | 
         else:
             pairs, report = build_synthetic_pairs(examples, cfg.omission_share, ctx.config.seed)
         validate_pairs(pairs, "generated pairs")
+        if not pairs:  # nothing to train on: say why here, not as a missing cache in the reference stage
+            raise UserError(_no_pairs_message(cfg, len(examples), report))
         train, val = split_by_source(pairs, cfg.val_fraction, ctx.config.seed)
         with atomic_directory(out) as tmp:
             train_tmp = atomic_write_jsonl(tmp / "train.jsonl", train)
@@ -77,6 +79,20 @@ def _sample_onpolicy_pairs(ctx: StageContext, examples, model: ModelOutput, plan
                                 omission_pairs=cfg.omission_pairs, faithful_chosen=cfg.faithful_chosen,
                                 judge=_pairs_judge(ctx.config),
                                 batch_size=plan.batch_size, system_prompt=system_prompt(ctx.config))
+
+
+def _no_pairs_message(cfg, sources: int, report) -> str:
+    """One line: no pair was built, why (the builder's reasons), and what to change."""
+    reasons = getattr(report, "dropped_sources", None) or {}
+    why = ", ".join(f"{n} {reason}" for reason, n in sorted(reasons.items(), key=lambda kv: -kv[1])) or "none given"
+    if cfg.path:
+        fix = f"check that {cfg.path} holds pairs"
+    elif cfg.builder == "on-policy":
+        fix = ("add training documents, raise pairs.samples_per_source or pairs.temperature, or lower pairs.margin "
+               f"(now {cfg.margin:g})")
+    else:
+        fix = "add training sources (generate.train_sources)"
+    return f"the pairs stage built no preference pairs from {sources} training sources (dropped: {why}); {fix}"
 
 
 def _pairs_judge(config):
