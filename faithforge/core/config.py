@@ -401,6 +401,9 @@ class PipelineConfig(Section):
                                  "pairs.builder: on-policy, or pairs.path")
         if self.data.eval_path and not self.data.documents_path:
             raise ValueError("data.eval_path is the held-out file for data.documents_path; set documents_path too")
+        if self.data.key_facts_column and not self.data.documents_path:
+            raise ValueError("data.key_facts_column names a column of data.documents_path; set documents_path too "
+                             "(generated sources carry their own key facts)")
         return self
 
 
