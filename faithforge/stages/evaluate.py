@@ -74,7 +74,8 @@ def evaluate_models(ctx: StageContext, model: ModelOutput, dataset: DatasetOutpu
     cfg = ctx.config.evaluate
     held_out = load_split(dataset, cfg.split)  # `val` only while choosing settings (EvaluateConfig.split)
     _check_no_overlap(held_out, dataset, pairs, cfg.split)
-    items = [EvalItem(id=e.id, source=e.source, key_facts=list(e.key_facts), category=e.category) for e in held_out]
+    items = [EvalItem(id=e.id, source=e.source, key_facts=list(e.key_facts), category=e.category,
+                      reference=e.faithful or None) for e in held_out]
     judge = get_judge(cfg.judge, **judge_options(cfg))
     start_peak_measurement()
     started = time.perf_counter()
@@ -190,9 +191,12 @@ def _difference(comparison) -> dict:
     return {"rate": comparison.rate.model_dump(),
             "recall": comparison.recall.model_dump() if comparison.recall is not None else None,
             "retention": comparison.retention.model_dump() if comparison.retention is not None else None,
+            "coverage": comparison.coverage.model_dump() if comparison.coverage is not None else None,
+            "length": comparison.length.model_dump() if comparison.length is not None else None,
             "fixed": comparison.fixed, "broken": comparison.broken, "mcnemar_p": comparison.mcnemar_p}
 
 
 def _headline(report) -> dict:
     return {"rate": report.rate, "rate_ci": list(report.rate_ci) if report.rate_ci else None,
-            "recall": report.recall, "n": report.n_judged}
+            "recall": report.recall, "n": report.n_judged, "length": report.mean_summary_length,
+            "coverage": report.coverage, "refusals": report.refusals, "evasive": report.evasive}
