@@ -34,6 +34,10 @@ def _register_subcommands() -> None:
     app.add_typer(cli_gpu.app, name="gpu")
     app.add_typer(cli_eval.app, name="eval")
     app.add_typer(cli_model.app, name="model")
+    from faithforge.app.cli_label import label
+
+    app.command(name="label", help="Label a run's outputs as supported / unsupported in the terminal (resumable; "
+                "writes the JSONL `eval calibrate --labels` reads).")(label)
     try:
         from faithforge.app.cli_generate import generate
     except ImportError:  # the generation CLI is optional in slim installs

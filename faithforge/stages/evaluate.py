@@ -18,7 +18,7 @@ from faithforge.data.overlap import check_no_text_overlap
 from faithforge.evaluation.options import judge_options
 from faithforge.data.own_data import system_prompt
 from faithforge.data.teacher import SYSTEM_PROMPT
-from faithforge.core.workspace import atomic_write_json, atomic_write_text
+from faithforge.core.workspace import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from gpu.planner import Plan
 
 
@@ -85,6 +85,9 @@ def evaluate_models(ctx: StageContext, model: ModelOutput, dataset: DatasetOutpu
     seconds = time.perf_counter() - started
     out = ctx.workspace.dir("reports") / f"eval-{ctx.run_id or 'adhoc'}"
     markdown, chart = _write_report(ctx, out, *comparisons)
+    from faithforge.evaluation.labeling import OUTPUTS_FILE, output_rows
+
+    atomic_write_jsonl(out / OUTPUTS_FILE, output_rows(items, reports))  # what `faithforge label` shows people
     comparison, control_cmp, served_cmp = comparisons
     parents = [dpo.artifact_id] + ([control.artifact_id] if control and control.artifact_id else [])
     artifact_id = save_evaluation(ctx.store, comparison, uri=str(out), run_id=ctx.run_id, parents=parents,
