@@ -358,6 +358,23 @@ class GpuConfig(Section):
         return self
 
 
+class LabelConfig(Section):
+    """People's labels on the run's outputs, asked for in the Prefect UI after evaluate (off by default)."""
+
+    enabled: bool = False
+    """After evaluate, pause the run and show outputs as a form in the Prefect UI (source excerpt, output, the
+    judge's flagged spans, a choice per output); submitted labels are saved in the workspace, the judge is
+    re-calibrated on them and the report gains "judge accuracy on your labels"."""
+    items: int = Field(20, ge=1, le=10_000)
+    """Outputs to ask about, drawn shuffled from every evaluated model (which model wrote each is not shown)."""
+    batch_size: int = Field(10, ge=1, le=100)
+    """Outputs per form: the run pauses once per batch."""
+    timeout_s: int = Field(3600, ge=1, le=7 * 24 * 3600)
+    """Seconds a form waits for someone; then the run continues, "unlabeled" (it never hangs)."""
+    poll_s: int = Field(5, ge=1, le=600)
+    """How often the paused run checks for a submitted form, in seconds."""
+
+
 class PipelineConfig(Section):
     """Everything one FaithForge run needs."""
 
@@ -388,6 +405,7 @@ class PipelineConfig(Section):
     control: ControlConfig = ControlConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     gpu: GpuConfig = GpuConfig()
+    label: LabelConfig = LabelConfig()
 
     @model_validator(mode="after")
     def _own_documents_need_pairs_from_somewhere(self) -> "PipelineConfig":
