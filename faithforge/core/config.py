@@ -179,6 +179,10 @@ class DataConfig(Section):
     retention is reported instead."""
     split: str | None = None
     """The split to read when a path is a `DatasetDict` folder."""
+    system_prompt: str | None = None
+    """The instruction every stage gives the model with each document (sampling, evaluation). Empty: "Summarize
+    the document. State only facts the document states." (`demo --real --documents` asks for at most three
+    sentences)."""
 
 
 class WarmStartConfig(Section):
