@@ -140,12 +140,12 @@ def test_chromium_fills_the_pause_form_and_the_report_shows_the_judges_accuracy(
             assert sorted(r["label"] for r in rows) == ["faithful", "hallucinated"]
             # the run's report artifact, in the UI: the judge's accuracy on those two labels
             browser.goto(f"http://127.0.0.1:{port}/runs/flow-run/{run_id}")
-            tab = "[...document.querySelectorAll('[role=tab], button, a')].find(e => e.innerText.trim() === 'Artifacts')"
+            # the run page's tabs are not addressable by URL: click the one whose own text is "Artifacts"
+            tab = ("[...document.querySelectorAll('body *')].find(e => e.children.length == 0 && e.innerText && "
+                   "e.innerText.trim() == 'Artifacts')")
             browser.wait_for(f"!!{tab}", 120, "the flow run page's Artifacts tab")
             browser.evaluate(f"{tab}.click()")
-            link = browser.wait_for("[...document.querySelectorAll('a')].map(a => a.href)"
-                                    ".find(h => h.includes('/artifacts/artifact/') && "
-                                    "document.body.innerText.includes('faithforge-report'))", 60, "the report link")
+            browser.wait_for("document.body.innerText.includes('faithforge-report')", 60, "the Artifacts tab")
             reports = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"key": {"any_": ["faithforge-report"]}}})
             report_id = reports.json()[0]["id"]
             browser.goto(f"http://127.0.0.1:{port}/artifacts/artifact/{report_id}")
@@ -154,7 +154,6 @@ def test_chromium_fills_the_pause_form_and_the_report_shows_the_judges_accuracy(
             accuracy = label["agreement"]["accuracy"]
             assert f"{100 * accuracy:.1f}%" in text and "2 outputs labeled by you (1 skipped)" in text
             browser.screenshot(tmp_path / "report.png")
-            assert link
     finally:
         if flow_proc is not None and flow_proc.poll() is None:
             stop_process(flow_proc, group=True, timeout_s=30)
