@@ -191,3 +191,16 @@ def _choose(browser, title: str, choice: str) -> None:
                      "s.dispatchEvent(new Event('input', {bubbles: true})); "
                      "s.dispatchEvent(new Event('change', {bubbles: true})); })()")
     browser.wait_for(f"({select}).value === {choice!r}", 10, f"{title} set to {choice}")
+
+
+def test_demo_refuses_the_label_step_where_no_ui_can_show_the_form(tmp_path, monkeypatch, capsys):
+    from faithforge.app.cli import main
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setenv("FAITHFORGE_LABEL__ENABLED", "true")
+    with pytest.raises(SystemExit) as exit_:
+        main(["demo", "-w", str(tmp_path / "ws")])
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and err.count("\n") == 1
+    assert "label.enabled asks for labels in the Prefect UI" in err and "faithforge label" in err
+    assert not (tmp_path / "ws").exists()  # refused before any work

@@ -108,6 +108,10 @@ def demo(
     from faithforge.app.preflight import check_pipeline_inputs
     from faithforge.core.workspace import refuse_unowned
 
+    if cfg.label.enabled and not os.environ.get("PREFECT_API_URL"):
+        raise UserError("label.enabled asks for labels in the Prefect UI, but `faithforge demo` runs on the embedded "
+                        "server, which has no UI; start a server (see the README) and set PREFECT_API_URL, or label "
+                        "afterwards with `faithforge label`")
     if fresh:
         refuse_unowned(cfg.workspace)  # before anything is written there
     ws = check_pipeline_inputs(cfg)  # every check that needs no model, before Prefect starts
