@@ -140,6 +140,7 @@ def test_chromium_fills_the_pause_form_and_the_report_shows_the_judges_accuracy(
             assert sorted(r["label"] for r in rows) == ["faithful", "hallucinated"]
             # the run's report artifact, in the UI: the judge's accuracy on those two labels
             browser.goto(f"http://127.0.0.1:{port}/runs/flow-run/{run_id}")
+            browser.wait_for("!!document.body", 60, "the page")
             # the run page's tabs are not addressable by URL: click the one whose own text is "Artifacts"
             tab = ("[...document.querySelectorAll('body *')].find(e => e.children.length == 0 && e.innerText && "
                    "e.innerText.trim() == 'Artifacts')")
@@ -149,8 +150,8 @@ def test_chromium_fills_the_pause_form_and_the_report_shows_the_judges_accuracy(
             reports = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"key": {"any_": ["faithforge-report"]}}})
             report_id = reports.json()[0]["id"]
             browser.goto(f"http://127.0.0.1:{port}/artifacts/artifact/{report_id}")
-            text = browser.wait_for("document.body.innerText.includes('Judge accuracy on your labels') && "
-                                    "document.body.innerText", 120, "the report with the label section")
+            text = browser.wait_for("document.body && document.body.innerText.includes('Judge accuracy on your "
+                                    "labels') && document.body.innerText", 120, "the report with the label section")
             accuracy = label["agreement"]["accuracy"]
             assert f"{100 * accuracy:.1f}%" in text and "2 outputs labeled by you (1 skipped)" in text
             browser.screenshot(tmp_path / "report.png")
@@ -165,6 +166,7 @@ def test_chromium_fills_the_pause_form_and_the_report_shows_the_judges_accuracy(
 def _fill_the_form(browser, url: str, tmp_path: Path) -> None:
     """Open the paused run, press Resume, choose unsupported / supported / skip, submit."""
     browser.goto(url)
+    browser.wait_for("!!document.body", 60, "the page")
     resume = "[...document.querySelectorAll('button')].find(b => b.innerText.trim() === 'Resume')"
     browser.wait_for(f"!!{resume}", 120, "the paused run's Resume button")
     browser.evaluate(f"{resume}.click()")
