@@ -117,6 +117,8 @@ def run_labeler(items_path: Path, labels_path: Path, *, seed: int, stream: TextI
         if verdict != "skip":
             console.print("note (Enter for none): ", end="")
             note = _read_note(stream)
+            if not stream.isatty():  # a terminal echoed the Enter; a pipe did not
+                console.print()
         row = label_row(item, verdict, note)
         append_label(labels_path, row)
         counts[verdict] += 1
