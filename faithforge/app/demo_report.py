@@ -19,7 +19,7 @@ def print_summary(summary: dict) -> None:
     stages = summary["stages"]
     ev = stages["evaluate"]
     table = Table(title=f"Hallucination rate on {ev['items']} held-out sources (judge: {ev['judge']}, unit: summary)")
-    for column in ("model", "hallucination rate (95% CI)", "fact recall"):
+    for column in ("model", "hallucination rate (95% CI)", "fact recall", "length", "coverage", "refused / evasive"):
         table.add_column(column)
     # Say what the baseline is: with the warm start off it is the user's model as given, never "warm-start SFT".
     warm_skipped = bool((stages.get("warm_start") or {}).get("skipped"))
@@ -28,7 +28,9 @@ def print_summary(summary: dict) -> None:
                         ("control", "control: LoRA SFT on chosen"), ("served", "served model")):
         if label in ev["models"]:
             m = ev["models"][label]
-            table.add_row(name, _pct(m["rate"]) + _ci(m["rate_ci"]), _pct(m["recall"]))
+            length = "—" if m.get("length") is None else f"{m['length']:.1f} words"
+            table.add_row(name, _pct(m["rate"]) + _ci(m["rate_ci"]), _pct(m["recall"]), length,
+                          _pct(m.get("coverage")), f"{m.get('refusals', 0)} / {m.get('evasive', 0)}")
     console.print(table)
     diff = ev["difference"]["rate"]
     console.print(f"paired difference after − before: {_pct(diff['difference'])}{_ci([diff['ci_low'], diff['ci_high']])} "

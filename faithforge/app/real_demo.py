@@ -49,6 +49,26 @@ CI_SETTINGS: dict[str, Any] = {
 }
 
 
+#: `demo --real --documents FILE`: your documents as the sources, SmolLM2 asked for a summary of at most three
+#: sentences, on-policy pairs from its own samples, LoRA DPO beside the SFT control. No reference summaries exist,
+#: so no warm start; coverage is measured against each document's lead. The sizes aim at a seed in about half an
+#: hour on 2 CPU cores for news articles cut to ~250 words (bench/real_documents.py); longer documents cost more.
+DOCUMENTS_PROMPT = ("Summarize the article in at most three sentences. State only facts the article states; do not "
+                    "add names, numbers, dates or events it does not mention.")
+REAL_DOCUMENTS_SETTINGS: dict[str, Any] = {
+    "generate": {"val_share": 0.2, "test_share": 0.2},
+    "data": {"system_prompt": DOCUMENTS_PROMPT},
+    "warm_start": {"enabled": False},
+    "pairs": {"builder": "on-policy", "samples_per_source": 4, "temperature": 1.0, "margin": 0.5,
+              "val_fraction": 0.1},
+    "reference": {"batch_size": 4, "max_length": 640},
+    "train": {"steps": 16, "batch_size": 4, "learning_rate": 1e-4, "beta": 0.1, "sft_weight": 0.5, "lora_r": 16,
+              "lora_alpha": 32, "checkpoint_every": 8, "quantization": "none"},
+    "control": {"sft_on_chosen": True},
+    "evaluate": {"max_new_tokens": 80, "batch_size": 8, "worst_examples": 5},
+}
+
+
 def real_model_path(workspace: str | Path) -> Path:
     return Path(workspace) / "models" / REAL_MODEL_DIR
 

@@ -218,6 +218,10 @@ class DataConfig(Section):
     retention is reported instead."""
     split: str | None = None
     """The split to read when a path is a `DatasetDict` folder."""
+    system_prompt: str | None = None
+    """The instruction every stage gives the model with each document (sampling, evaluation). Empty: "Summarize
+    the document. State only facts the document states." (`demo --real --documents` asks for at most three
+    sentences)."""
 
 
 class WarmStartConfig(Section):
@@ -415,6 +419,23 @@ class GpuConfig(Section):
         return self
 
 
+class LabelConfig(Section):
+    """People's labels on the run's outputs, asked for in the Prefect UI after evaluate (off by default)."""
+
+    enabled: bool = False
+    """After evaluate, pause the run and show outputs as a form in the Prefect UI (source excerpt, output, the
+    judge's flagged spans, a choice per output); submitted labels are saved in the workspace, the judge is
+    re-calibrated on them and the report gains "judge accuracy on your labels"."""
+    items: int = Field(20, ge=1, le=10_000)
+    """Outputs to ask about, drawn shuffled from every evaluated model (which model wrote each is not shown)."""
+    batch_size: int = Field(10, ge=1, le=100)
+    """Outputs per form: the run pauses once per batch."""
+    timeout_s: int = Field(3600, ge=1, le=7 * 24 * 3600)
+    """Seconds a form waits for someone; then the run continues, "unlabeled" (it never hangs)."""
+    poll_s: int = Field(5, ge=1, le=600)
+    """How often the paused run checks for a submitted form, in seconds."""
+
+
 class PipelineConfig(Section):
     """Everything one FaithForge run needs."""
 
@@ -450,6 +471,7 @@ class PipelineConfig(Section):
     control: ControlConfig = ControlConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     gpu: GpuConfig = GpuConfig()
+    label: LabelConfig = LabelConfig()
 
     @model_validator(mode="after")
     def _own_documents_need_pairs_from_somewhere(self) -> "PipelineConfig":
@@ -463,6 +485,9 @@ class PipelineConfig(Section):
                                  "pairs.builder: on-policy, or pairs.path")
         if self.data.eval_path and not self.data.documents_path:
             raise ValueError("data.eval_path is the held-out file for data.documents_path; set documents_path too")
+        if self.data.key_facts_column and not self.data.documents_path:
+            raise ValueError("data.key_facts_column names a column of data.documents_path; set documents_path too "
+                             "(generated sources carry their own key facts)")
         return self
 
 

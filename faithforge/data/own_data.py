@@ -22,7 +22,7 @@ DOCUMENTS_PROMPT = "Summarize the document. State only facts the document states
 
 def system_prompt(config) -> str:
     if config.data.documents_path:
-        return DOCUMENTS_PROMPT
+        return config.data.system_prompt or DOCUMENTS_PROMPT
     if config.generate.task == "grounded-qa":
         from faithforge.data.grounded_qa import SYSTEM_PROMPT
 

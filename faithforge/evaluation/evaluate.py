@@ -75,13 +75,22 @@ def evaluate_single(items: Sequence[EvalItem], summaries: Sequence[str],
             unsupported_sentences=verdict.unsupported_sentences,
             recall=key_fact_recall(item.key_facts, summary), retention=clean(retention),
             flags=[FlagRecord(**f.to_dict()) for f in verdict.flags], error=verdict.error, truncated=was_cut,
-            judges={p.judge: (p.hallucinated if p.judgeable else None) for p in verdict.parts}))
+            judges={p.judge: (p.hallucinated if p.judgeable else None) for p in verdict.parts},
+            **_said(item, summary)))
     report = _aggregate(results, label=label, judge=judge.name, confidence=confidence,
                         lengths=[summary_length(s) for s in summaries])
     components = judge.judges if isinstance(judge, CombinedJudge) else [judge]
     limits = {j.name: j.limits for j in components if isinstance(getattr(j, "limits", None), str)}
     return report.model_copy(update={"calibrations": calibrations_for(calibration_dir, judge),
                                      "judge_limits": limits})
+
+
+def _said(item: EvalItem, summary: str) -> dict:
+    """Length, coverage, refusal and evasion of one summary: judge-free (`faithforge.evaluation.coverage`)."""
+    from faithforge.evaluation.coverage import measure
+
+    m = measure(item.source, summary, key_facts=item.key_facts, reference=item.reference)
+    return {"length": m.length, "coverage": m.coverage, "refusal": m.refusal, "evasive": m.evasive}
 
 
 def _judge_rates(results: list[ItemResult], confidence: float) -> dict[str, JudgeRate]:
@@ -119,7 +128,9 @@ def _aggregate(results: list[ItemResult], *, label: str, judge: str, confidence:
         per_category=per_category, flags_by_kind=dict(sorted(kinds.items())),
         recall=_mean(recalls), recall_items=len(recalls), retention=_mean([r.retention for r in results]),
         mean_summary_length=fmean(lengths) if lengths else None, items=results,
-        n_truncated=sum(r.truncated for r in results), judge_rates=_judge_rates(results, confidence))
+        n_truncated=sum(r.truncated for r in results), judge_rates=_judge_rates(results, confidence),
+        coverage=_mean([r.coverage for r in results]), refusals=sum(r.refusal for r in results),
+        evasive=sum(r.evasive for r in results))
 
 
 def compare_reports(before: ModelReport, after: ModelReport, *, confidence: float = 0.95,
@@ -134,8 +145,8 @@ def compare_reports(before: ModelReport, after: ModelReport, *, confidence: floa
     counts = paired_counts([b.hallucinated for b, _ in pairs], [a.hallucinated for _, a in pairs])
     options = dict(samples=bootstrap_samples, confidence=confidence, seed=seed)
 
-    def difference(field: str) -> Difference | None:
-        values = [(getattr(b, field), getattr(a, field)) for b, a in pairs]
+    def difference(field: str, over=pairs) -> Difference | None:
+        values = [(getattr(b, field), getattr(a, field)) for b, a in over]
         values = [(float(x), float(y)) for x, y in values if x is not None and y is not None]
         if not values:
             return None
@@ -143,12 +154,16 @@ def compare_reports(before: ModelReport, after: ModelReport, *, confidence: floa
         return Difference(before=d.before, after=d.after, difference=d.difference, ci_low=d.ci_low,
                           ci_high=d.ci_high, n=d.n)
 
+    def _all_items(field: str) -> Difference | None:  # judge-free measures: every item, judgeable or not
+        return difference(field, over=list(zip(before.items, after.items)))
+
     empty = Difference(before=None, after=None, difference=None, ci_low=None, ci_high=None, n=0)
     return ComparisonReport(
         judge=before.judge, before=before, after=after, confidence=confidence, bootstrap_samples=bootstrap_samples,
         seed=seed, n_paired=len(pairs), rate=difference("hallucinated") or empty, recall=difference("recall"),
         retention=difference("retention"), fixed=counts.fixed, broken=counts.broken, both=counts.both,
-        neither=counts.neither, mcnemar_p=mcnemar_exact(counts.fixed, counts.broken))
+        neither=counts.neither, mcnemar_p=mcnemar_exact(counts.fixed, counts.broken),
+        coverage=_all_items("coverage"), length=_all_items("length"))
 
 
 def evaluate_pair(items: Sequence[EvalItem], before: Sequence[str], after: Sequence[str],

@@ -22,6 +22,8 @@ class EvalItem(BaseModel):
     """Facts a good summary keeps (for recall). Empty: content retention is reported instead."""
     category: str = "all"
     """Group for per-category rates (e.g. `day-stated` / `day-omitted`)."""
+    reference: str | None = None
+    """A reference summary, when one exists: coverage is measured against it (otherwise against the lead)."""
 
 
 def check_disjoint(eval_ids: Iterable[str], training_ids: Iterable[str], *,

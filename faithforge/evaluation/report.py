@@ -38,7 +38,8 @@ def table_rows(comparison: ComparisonReport, control: ComparisonReport | None = 
             "rate_ci_low": model.rate_ci[0], "rate_ci_high": model.rate_ci[1],
             "sentence_rate": model.sentence_rate, "key_fact_recall": model.recall,
             "content_retention": model.retention, "mean_summary_length": model.mean_summary_length,
-            "truncated": model.n_truncated,
+            "truncated": model.n_truncated, "coverage": model.coverage, "refusals": model.refusals,
+            "evasive": model.evasive,
             **{f"rate_{name}": rate.rate for name, rate in model.judge_rates.items()},
             "judge_balanced_accuracy": ((model.calibrations.get(model.judge) or {}).get("test") or {})
             .get("balanced_accuracy"),
@@ -58,6 +59,31 @@ def _comparison_lines(name: str, c: ComparisonReport) -> list[str]:
     if c.retention is not None:
         lines.append(f"  - content retention {_signed_pct(c.retention.difference)}, CI "
                      f"[{_signed_pct(c.retention.ci_low)}, {_signed_pct(c.retention.ci_high)}]")
+    return lines
+
+
+def said_lines(comparison: ComparisonReport, control: ComparisonReport | None = None) -> list[str]:
+    """"Length and coverage beside the rate": so that "hallucinates less" is never "says less" unseen."""
+    lines = ["", "## Length and coverage beside the rate", "",
+             "Judge-free: coverage is the share of the key content (the reference summary, else the article's first "
+             "three sentences) whose content words the summary carries; a refusal declines the task; an evasive "
+             "answer carries almost nothing of the source, or restates the question without its answer.", "",
+             "| model | mean length (words) | coverage | refusals | evasive |", "|---|---:|---:|---:|---:|"]
+    for m in _models(comparison, control):
+        length = "n/a" if m.mean_summary_length is None else f"{m.mean_summary_length:.1f}"
+        lines.append(f"| {m.label} | {length} | {_pct(m.coverage)} | {m.refusals} of {m.n_items} | "
+                     f"{m.evasive} of {m.n_items} |")
+    for name, c in (("after vs before", comparison), ("control vs before", control)):
+        if c is None:
+            continue
+        parts = []
+        if c.length is not None and c.length.difference is not None:
+            parts.append(f"length {c.length.difference:+.1f} words [{c.length.ci_low:+.1f}, {c.length.ci_high:+.1f}]")
+        if c.coverage is not None:
+            parts.append(f"coverage {_signed_pct(c.coverage.difference)} "
+                         f"[{_signed_pct(c.coverage.ci_low)}, {_signed_pct(c.coverage.ci_high)}]")
+        if parts:
+            lines.append(f"- {name} (paired, {int(100 * c.confidence)}% bootstrap): " + "; ".join(parts))
     return lines
 
 
@@ -143,6 +169,7 @@ def markdown_report(comparison: ComparisonReport, control: ComparisonReport | No
     if truncated:
         lines += ["", "Cut off by the token limit (their last word is not judged as a claim): "
                   + ", ".join(f"{m.label} {m.n_truncated} of {m.n_items}" for m in truncated) + "."]
+    lines += said_lines(comparison, control)
     lines += ["", "## Paired comparisons", ""]
     lines += _comparison_lines("after vs before", comparison)
     if control is not None:

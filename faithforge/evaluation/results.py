@@ -59,6 +59,15 @@ class ItemResult(_Record):
     """The summary was cut off by the token limit (its last word was not judged as a claim)."""
     judges: dict[str, bool | None] = {}
     """Each combined judge's own verdict: hallucinated, or None where it could not decide."""
+    length: int | None = None
+    """Words and numbers in the summary."""
+    coverage: float | None = None
+    """Share of the key content (the reference summary, else the article's lead) the summary carries
+    (`faithforge.evaluation.coverage`)."""
+    refusal: bool = False
+    """The summary declines the task ("I cannot…", "The document does not say")."""
+    evasive: bool = False
+    """A non-answer that is not a refusal (almost nothing of the source, or a circular answer)."""
 
 
 class CategoryResult(_Record):
@@ -111,6 +120,12 @@ class ModelReport(_Record):
     """The stored held-out calibration of the judge and of each judge it combines (None: not calibrated)."""
     judge_limits: dict[str, str] = {}
     """Known measured limits of the judges used (the grounding judge's figures)."""
+    coverage: float | None = None
+    """Mean share of the key content covered (reference summary, else the article's lead), over all items."""
+    refusals: int = 0
+    """Summaries that decline the task."""
+    evasive: int = 0
+    """Non-answers that are not refusals."""
 
 
 class Difference(_Record):
@@ -147,3 +162,7 @@ class ComparisonReport(_Record):
     neither: int
     mcnemar_p: float
     """Two-sided exact McNemar p-value on the discordant pairs (fixed vs broken)."""
+    coverage: Difference | None = None
+    """after − before of the key-content coverage, paired."""
+    length: Difference | None = None
+    """after − before of the summary length in words, paired."""

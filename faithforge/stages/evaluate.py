@@ -18,7 +18,7 @@ from faithforge.data.overlap import check_no_text_overlap
 from faithforge.evaluation.options import judge_options
 from faithforge.data.own_data import system_prompt
 from faithforge.data.teacher import SYSTEM_PROMPT
-from faithforge.core.workspace import atomic_write_json, atomic_write_text
+from faithforge.core.workspace import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from gpu.planner import Plan
 
 
@@ -74,7 +74,8 @@ def evaluate_models(ctx: StageContext, model: ModelOutput, dataset: DatasetOutpu
     cfg = ctx.config.evaluate
     held_out = load_split(dataset, cfg.split)  # `val` only while choosing settings (EvaluateConfig.split)
     _check_no_overlap(held_out, dataset, pairs, cfg.split)
-    items = [EvalItem(id=e.id, source=e.source, key_facts=list(e.key_facts), category=e.category) for e in held_out]
+    items = [EvalItem(id=e.id, source=e.source, key_facts=list(e.key_facts), category=e.category,
+                      reference=e.faithful or None) for e in held_out]
     judge = get_judge(cfg.judge, **judge_options(cfg, base_model=model.path,
                                                  cache_dir=str(ctx.workspace.dir("cache") / "likelihood")))
     start_peak_measurement()
@@ -85,6 +86,9 @@ def evaluate_models(ctx: StageContext, model: ModelOutput, dataset: DatasetOutpu
     seconds = time.perf_counter() - started
     out = ctx.workspace.dir("reports") / f"eval-{ctx.run_id or 'adhoc'}"
     markdown, chart = _write_report(ctx, out, *comparisons)
+    from faithforge.evaluation.labeling import OUTPUTS_FILE, output_rows
+
+    atomic_write_jsonl(out / OUTPUTS_FILE, output_rows(items, reports))  # what `faithforge label` shows people
     comparison, control_cmp, served_cmp = comparisons
     parents = [dpo.artifact_id] + ([control.artifact_id] if control and control.artifact_id else [])
     artifact_id = save_evaluation(ctx.store, comparison, uri=str(out), run_id=ctx.run_id, parents=parents,
@@ -96,8 +100,7 @@ def evaluate_models(ctx: StageContext, model: ModelOutput, dataset: DatasetOutpu
         **measured_peak(),
         items_per_second=round(len(items) * len(reports) / seconds, 1),
         models={label: _headline(r) for label, r in reports.items()},
-        difference={"rate": comparison.rate.model_dump(), "recall": comparison.recall.model_dump(),
-                    "fixed": comparison.fixed, "broken": comparison.broken, "mcnemar_p": comparison.mcnemar_p},
+        difference=_difference(comparison),
         control_difference=control_cmp.rate.model_dump() if control_cmp else None,
         served_difference=served_cmp.rate.model_dump() if served_cmp else None,
         table=table_rows(comparison, control_cmp), markdown=markdown,
@@ -186,6 +189,18 @@ def _judge_accuracy(comparison) -> str:
     return judge_accuracy_lines(comparison.before)[0].lstrip("> ").replace("**", "")
 
 
+def _difference(comparison) -> dict:
+    """after − before for the stage's output. Recall and retention are None where nothing could be measured (your
+    documents without `data.key_facts_column` have no key facts): kept as None, never dereferenced."""
+    return {"rate": comparison.rate.model_dump(),
+            "recall": comparison.recall.model_dump() if comparison.recall is not None else None,
+            "retention": comparison.retention.model_dump() if comparison.retention is not None else None,
+            "coverage": comparison.coverage.model_dump() if comparison.coverage is not None else None,
+            "length": comparison.length.model_dump() if comparison.length is not None else None,
+            "fixed": comparison.fixed, "broken": comparison.broken, "mcnemar_p": comparison.mcnemar_p}
+
+
 def _headline(report) -> dict:
     return {"rate": report.rate, "rate_ci": list(report.rate_ci) if report.rate_ci else None,
-            "recall": report.recall, "n": report.n_judged}
+            "recall": report.recall, "n": report.n_judged, "length": report.mean_summary_length,
+            "coverage": report.coverage, "refusals": report.refusals, "evasive": report.evasive}

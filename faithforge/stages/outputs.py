@@ -162,6 +162,14 @@ class ModelRates(BaseModel):
     """Key-fact recall."""
     n: int = 0
     """Summaries judged."""
+    length: Optional[float] = None
+    """Mean summary length in words."""
+    coverage: Optional[float] = None
+    """Mean share of the key content covered (reference summary, else the article's lead)."""
+    refusals: int = 0
+    """Summaries that decline the task."""
+    evasive: int = 0
+    """Non-answers that are not refusals."""
 
 
 class EvaluationOutput(StageOutput):

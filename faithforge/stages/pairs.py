@@ -50,6 +50,8 @@ def build_pairs(ctx: StageContext, dataset: DatasetOutput, model: ModelOutput | 
         else:
             pairs, report = build_synthetic_pairs(examples, cfg.omission_share, ctx.config.seed)
         validate_pairs(pairs, "generated pairs")
+        if not pairs:  # nothing to train on: say why here, not as a missing cache in the reference stage
+            raise UserError(_no_pairs_message(ctx.config, report, len(examples)))
         train, val = split_by_source(pairs, cfg.val_fraction, ctx.config.seed)
         if not train:  # said here, where it happened: there is no separate pairs stage for the user to run
             raise UserError(_no_pairs_message(ctx.config, report, len(examples)))

@@ -47,15 +47,19 @@ def build_tokenizer(corpus: list[str]):
     return tokenizer
 
 
-def build_tiny_model(path: str | os.PathLike[str], seed: int = 0, spec: TinyModelConfig | None = None) -> Path:
-    """Write tokenizer + random-init `LlamaForCausalLM` to `path` (atomically) and return it."""
+def build_tiny_model(path: str | os.PathLike[str], seed: int = 0, spec: TinyModelConfig | None = None,
+                     extra_corpus: list[str] | tuple[str, ...] = ()) -> Path:
+    """Write tokenizer + random-init `LlamaForCausalLM` to `path` (atomically) and return it.
+
+    `extra_corpus`: more texts whose words join the vocabulary (e.g. real documents a test runs on, so the model's
+    samples are words of those documents rather than `<unk>`)."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from faithforge.data.teacher import VOCABULARY_TEXTS
 
     spec = spec or TinyModelConfig()
-    tokenizer = build_tokenizer(list(VOCABULARY_TEXTS))
+    tokenizer = build_tokenizer(list(VOCABULARY_TEXTS) + list(extra_corpus))
     config = LlamaConfig(
         vocab_size=len(tokenizer),
         hidden_size=spec.hidden_size,
