@@ -165,12 +165,16 @@ class CorruptionBuilder:
         cased = len(capitalized) >= 0.02 * total_words
         rare = max(2, int(0.05 * len(texts)))
         for doc, text, words in zip(self.docs, texts, per_doc):
-            if cased:
-                doc.names = sorted(w for w in words if w in capitalized)
+            if cased:  # and a capitalized first word right before a name ("Vera Novak, who ...")
+                names = {w for w in words if w in capitalized}
+                for first, second in re.findall(r"\b([A-Z][\w'-]+) ([A-Z][\w'-]+)", text):
+                    if second.lower() in names and first.lower() in words:
+                        names.add(first.lower())
+                doc.names = sorted(names)
                 continue
             # Lower-cased text: a rare word is taken for a name only where names stand: beside another rare
             # word ("claire tarplee"), after a title ("mr flower"), or before "'s" / "said" / "says".
-            candidates = {w for w in words if document_frequency[w] <= rare and len(w) >= 4}
+            candidates = {w for w in words if document_frequency[w] <= rare}
             tokens = re.findall(r"[a-z][a-z'-]*|\S", text.lower())
             names = set()
             for i, token in enumerate(tokens):
@@ -463,7 +467,7 @@ class CorruptionBuilder:
                     examples.append(TrainingExample(self.premise(doc_index, sentence_index, rng), hypothesis,
                                                     0 if unfaithful else 1, kind, self.docs[doc_index].id))
                     break
-                if position[doc_index] >= 4 * len(usable):
+                if position[doc_index] >= 8 * len(usable):
                     candidates[doc_index] = []  # each sentence has been tried several times
         return examples
 
