@@ -20,7 +20,7 @@ def train(
                                        "<workspace>/judges); the judge goes to OUT/<name>-<hash>/."),
     workspace: Path = typer.Option(Path(".faithforge"), "--workspace", "-w", help="Workspace (for the default --out)."),
     seed: int = typer.Option(0, "--seed", help="Seed of the training examples and the head's initialization."),
-    steps: int = typer.Option(150, "--steps", help="Training examples in batches of 16 (150 → 2,400 examples)."),
+    steps: int = typer.Option(40, "--steps", help="Training examples in batches of 16 (40 → 640 examples)."),
     method: str = typer.Option("alignment", "--method", help="alignment (frozen encoder + a logistic head, "
                                "minutes on CPU) or cross-encoder (fine-tunes the encoder; needs far more steps)."),
     text_column: str = typer.Option("document", "--text-column", help="Column holding each document's text."),

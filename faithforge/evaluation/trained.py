@@ -56,8 +56,9 @@ class TrainSettings:
     """`alignment`: the frozen encoder's support features and a logistic head (fits in seconds);
     `cross-encoder`: fine-tune the encoder's top layers on (premise, hypothesis) pairs (slow on CPU)."""
     seed: int = 0
-    steps: int = 150
-    """Batches of `batch_size` examples: `steps * batch_size` training examples for either method."""
+    steps: int = 40
+    """Batches of `batch_size` examples: `steps * batch_size` training examples for either method (640 by default:
+    plenty for the alignment head; the cross-encoder needs far more)."""
     batch_size: int = 16
     learning_rate: float = 5e-5
     head_learning_rate: float | None = None
