@@ -29,7 +29,7 @@ def _register_subcommands() -> None:
     if _registered:  # `main` may run more than once in a process (tests)
         return
     _registered.append(True)
-    from faithforge.app import cli_eval, cli_gpu, cli_model
+    from faithforge.app import cli_eval, cli_gpu, cli_judge, cli_model
 
     app.add_typer(cli_gpu.app, name="gpu")
     app.add_typer(cli_eval.app, name="eval")
@@ -38,6 +38,7 @@ def _register_subcommands() -> None:
 
     app.command(name="label", help="Label a run's outputs as supported / unsupported in the terminal (resumable; "
                 "writes the JSONL `eval calibrate --labels` reads).")(label)
+    app.add_typer(cli_judge.app, name="judge")
     try:
         from faithforge.app.cli_generate import generate
     except ImportError:  # the generation CLI is optional in slim installs
