@@ -292,8 +292,8 @@ class ControlConfig(Section):
 class EvaluateConfig(Section):
     """Before/after hallucination evaluation on held-out sources."""
 
-    judge: Literal["grounding", "grounded-qa", "nli", "llm", "likelihood"] | \
-        list[Literal["grounding", "grounded-qa", "nli", "llm", "likelihood"]] = "grounding"
+    judge: Literal["grounding", "grounded-qa", "nli", "llm", "likelihood", "trained"] | \
+        list[Literal["grounding", "grounded-qa", "nli", "llm", "likelihood", "trained"]] = "grounding"
     """How a summary is judged. `grounding`: deterministic; a name, place, number, day or quote that is not in
     the source is a hallucination (a cheap filter: balanced accuracy 0.60 on human-labeled news summaries; it
     misses changed relations, negations, invented events). `grounded-qa`: grounding plus who-did-what, for the
@@ -339,6 +339,9 @@ class EvaluateConfig(Section):
     likelihood_window_tokens: int = Field(1024, ge=16, le=131072)
     """`likelihood`: a source longer than this many tokens is read in overlapping windows; each sentence keeps
     the window that makes it most likely."""
+    trained_judge_path: str | None = None
+    """`trained`: the folder `faithforge judge train --documents FILE` wrote (MiniLM features and a head trained on
+    corruptions of your own documents, with its lineage)."""
     judge_rule: Literal["any", "all", "logistic"] = "any"
     """How a judge list decides: `any` flags what any judge flags; `all` what every judge flags; `logistic`
     applies the combination fitted on labels in `judge_combination`."""

@@ -9,7 +9,7 @@ from faithforge.core.errors import UserError
 from faithforge.evaluation.grounding import GroundingJudge
 from faithforge.evaluation.verdict import Judge
 
-JUDGE_NAMES = ("grounding", "grounded-qa", "nli", "llm", "likelihood")
+JUDGE_NAMES = ("grounding", "grounded-qa", "nli", "llm", "likelihood", "trained")
 RULES = ("any", "all", "logistic")
 DEFAULT_JUDGE = "grounding"
 
@@ -63,6 +63,14 @@ def get_judge(name: str | Sequence[str] = DEFAULT_JUDGE, **options: Any) -> Judg
         scorer = options.pop("scorer", None) or LikelihoodScorer(
             options.pop("model_path", None), **{k: options.pop(k) for k in scorer_keys if k in options})
         return LikelihoodJudge(scorer, **options)
+    if name == "trained":
+        path = options.pop("path", None)
+        if not path:
+            raise UserError("the trained judge needs the folder `faithforge judge train` wrote: set "
+                            "evaluate.trained_judge_path")
+        from faithforge.evaluation.trained import TrainedJudge
+
+        return TrainedJudge(path, **options)
     raise UserError(f"unknown judge {name!r}; choose one of {', '.join(JUDGE_NAMES)}")
 
 

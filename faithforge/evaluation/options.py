@@ -41,6 +41,14 @@ def judge_options(cfg, *, base_model: str | None = None, cache_dir: str | None =
 def _one_judge_options(name: str, cfg, base_model: str | None, cache_dir: str | None) -> dict:
     from faithforge.core.errors import UserError
 
+    if name == "trained":
+        from pathlib import Path
+
+        path = getattr(cfg, "trained_judge_path", None)
+        if not path or not Path(path).expanduser().is_dir():
+            raise UserError(f"evaluate.judge includes trained but evaluate.trained_judge_path ({path}) is not a "
+                            f"folder; train one with `faithforge judge train --documents FILE` and set it")
+        return {"path": str(Path(path).expanduser())}
     if name == "likelihood":
         model = getattr(cfg, "likelihood_model", None) or base_model
         options: dict = {"feature": cfg.likelihood_feature, "threshold": cfg.likelihood_threshold,
