@@ -158,6 +158,10 @@ class PairsConfig(Section):
     Missing ids and source ids are derived from the content; pairs are split by source (`val_fraction`)."""
     path_split: str | None = None
     """`path` is a `DatasetDict` folder: the split to read (e.g. `train`)."""
+    sampler: Literal["auto", "engine"] = "auto"
+    """`on-policy`: what samples the summaries. `auto`: llama.cpp on the model's GGUF when the policy is that file's
+    weights (an imported GGUF, not warm-started) and the stage runs on the CPU, the prefix-cached engine otherwise;
+    `engine`: always the prefix-cached engine. The choice is recorded in the pairs report."""
 
 
 class DataConfig(Section):
