@@ -298,6 +298,10 @@ class EvaluateConfig(Section):
     """Resamples for the paired bootstrap confidence interval."""
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     """Confidence level of the interval."""
+    sampler: Literal["auto", "engine"] = "auto"
+    """What writes the models' answers. `auto`: llama.cpp when *every* evaluated model exists as GGUF with exactly
+    its weights (one engine for all, so the models differ only by their weights) and the stage runs on the CPU;
+    the prefix-cached engine otherwise (today: the adapters exist only as PyTorch weights). Recorded in the output."""
 
     @field_validator("judge")
     @classmethod
