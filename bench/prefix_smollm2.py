@@ -161,9 +161,13 @@ def bench_length(length: int, args, model, tokenizer, llamas: dict) -> dict:
         variants[f"llama_{kind}_cached"] = lambda q, llm=cached: llama_tokens(llm, prefix + q, n, reset=False)
         cached.reset()
         _, prefill_llama[kind] = timed(lambda llm=cached: llama_tokens(llm, prefix, 1, reset=True))
-    with torch.inference_mode():  # one untimed warm-up request each (lazy inits, allocator)
-        for fn in variants.values():
-            fn(warm[:8])
+    with torch.inference_mode():  # untimed warm-ups: lazy inits and allocators, and llama.cpp's cached context
+        for name, fn in variants.items():  # holding prefix + a question, as it does between requests
+            if name.endswith("reencode"):  # without the prefix: re-encoding it here would cost a timed request
+                (hf_generate(model, warm, 2) if name == "reencode" else llama_tokens(llamas[name.split("_")[1]][0],
+                                                                                     warm, 2, reset=True))
+            else:
+                fn(warm)
     names = list(variants)
     seconds = {name: [] for name in names}
     tokens = {name: [] for name in names}
