@@ -38,7 +38,6 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -124,7 +123,9 @@ def timed(fn, device: str):
 
 
 def rss_mb() -> float:
-    return psutil.Process().memory_info().rss / 2**20
+    """Resident set size from /proc (no psutil: a bare GPU image may lack it)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def hf_generate(model, ids: list[int], n: int, device: str, cache=None) -> list[int]:
