@@ -61,7 +61,8 @@ def choose_sampler(setting: str, plan: Plan, sampling: SamplingConfig, ggufs: li
     return SamplerChoice("llama.cpp", ggufs[0], "the model exists as GGUF and the stage runs on the CPU")
 
 
-def gguf_sampler(gguf: Path, model_path: str | Path, tokenizer, system_prompt: str, n_ctx: int):
+def gguf_sampler(gguf: Path, model_path: str | Path, tokenizer, system_prompt: str, n_ctx: int,
+                 threads: int | None = None):
     """A `GGUFSampler` for `gguf` with the engine's EOS set for `model_path` and a chat prefix of `system_prompt`."""
     from types import SimpleNamespace
 
@@ -75,4 +76,5 @@ def gguf_sampler(gguf: Path, model_path: str | Path, tokenizer, system_prompt: s
     except OSError:  # no generation_config.json: the tokenizer's EOS only
         generation_config = None
     eos = eos_ids(tokenizer, SimpleNamespace(generation_config=generation_config))
-    return GGUFSampler(gguf, tokenizer, [{"role": "system", "content": system_prompt}], eos=eos, n_ctx=n_ctx)
+    return GGUFSampler(gguf, tokenizer, [{"role": "system", "content": system_prompt}], eos=eos, n_ctx=n_ctx,
+                       threads=threads)
