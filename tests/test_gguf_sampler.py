@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from faithforge.engine import EngineError, PrefixCachedEngine, SamplingConfig
-from faithforge.engine.gguf_sampler import llama_cpp_available
+from faithforge.engine.gguf_sampler import default_threads, llama_cpp_available
 from faithforge.stages.sampler import choose_sampler, gguf_of
 from gpu.planner import Plan
 from real_model import imported_smollm2
@@ -122,3 +122,10 @@ def test_the_choice_takes_llama_cpp_only_for_a_gguf_on_the_cpu(smollm2, tmp_path
     if llama_cpp_available():
         choice = choose_sampler("auto", CPU, greedy, [gguf])
         assert (choice.name, choice.gguf) == ("llama.cpp", gguf)
+
+
+def test_threads_drop_to_one_on_an_oversubscribed_machine():
+    assert default_threads(load_average_1m=0.4, cores=2) == 2  # idle: every core
+    assert default_threads(load_average_1m=2.0, cores=2) == 1  # every core busy already: no spinning barrier
+    assert default_threads(load_average_1m=8.4, cores=2) == 1
+    assert default_threads(load_average_1m=3.0, cores=8) == 8

@@ -51,6 +51,16 @@ def unsupported_sampling(sampling: SamplingConfig) -> str | None:
     return None
 
 
+def default_threads(load_average_1m: float | None = None, cores: int | None = None) -> int:
+    """llama.cpp's threads meet at a spinning barrier after every operation, so on an oversubscribed machine
+    (1-minute load at or above the cores) a descheduled thread stalls the others: one thread, else every core.
+    Measured side by side at load 8.4 on 2 cores: Q4_1 greedy 14.1 tokens/s on 1 thread, 1.4 on 2
+    (BENCHMARKS.md, issue 28); the same rule as the OpenMP wait policy (faithforge.app.prefect_settings)."""
+    cores = cores or len(os.sched_getaffinity(0))
+    load = os.getloadavg()[0] if load_average_1m is None else load_average_1m
+    return 1 if load >= cores else cores
+
+
 def request_seed(seed: int | None, index: int) -> int:
     """A 31-bit seed for request `index` of a call seeded with `seed` (None: a fresh random seed)."""
     if seed is None:
@@ -64,7 +74,7 @@ class GGUFSampler:
     tokenizer: the model's Hugging Face tokenizer (renders prompts and decodes text exactly as the engine does).
     prefix: as for `PrefixCachedEngine` (messages, text or ids). eos: the token ids that end generation (the
     engine's `stopping.eos_ids(tokenizer, model)`). n_ctx: llama.cpp's context (0: the model's own); a prompt
-    plus its token budget must fit. threads: CPU threads (default: the cores this process may use).
+    plus its token budget must fit. threads: CPU threads (default: `default_threads()`, one on a busy machine).
     """
 
     def __init__(self, gguf: str | Path, tokenizer, prefix: Prompt, *, eos: frozenset[int], n_ctx: int = 0,
@@ -77,7 +87,7 @@ class GGUFSampler:
         from llama_cpp import Llama
 
         self.gguf, self.tokenizer = gguf, tokenizer
-        self.threads = threads or len(os.sched_getaffinity(0))
+        self.threads = threads or default_threads()
         self.renderer = PromptRenderer(tokenizer, prefix)
         self._eos = eos
         self._llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=self.threads,
