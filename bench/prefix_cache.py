@@ -5,9 +5,13 @@ CPU (default; a few minutes on 2 cores):
     -> random-init Llama, hidden 512, 8 layers, vocab 8192, fp32; a 2,000-token prefix; 10 requests of
        20 new tokens + 32 generated (greedy, no EOS so every request makes exactly 32 tokens).
 GPU variant (the seed-002 scenario: 6,287-token system prompt, real-shape model, bf16):
-    python bench/prefix_cache.py --device cuda --prefix-tokens 6287 --hidden 2048 --layers 36 --heads 16 \
-        --kv-heads 2 --intermediate 11008 --vocab 151936 --dtype bfloat16
-    (Qwen2.5-3B shape). On a machine without CUDA it says so and exits with status 2.
+    python bench/prefix_cache.py --preset gpu-3b
+    = --device cuda --prefix-tokens 6287 --hidden 2048 --layers 36 --heads 16 --kv-heads 2 --intermediate 11008
+      --vocab 151936 --dtype bfloat16 --sampling-requests 64 --turns 10 (Qwen2.5-3B shape, random init built on
+      the GPU);
+    on a bare lent GPU: bench/gpu_prefix.sh (installs the few wheels the image lacks, then this; no Prefect).
+    On a machine without CUDA it says so and exits with status 2.
+    `--dry-run`: the same code on a tiny shape on the CPU in seconds (what the test suite runs).
 
 Reports, in one run and side by side:
   1. wall time of the 10 requests (variants interleaved request by request, after one warm-up each):
@@ -15,7 +19,9 @@ Reports, in one run and side by side:
      (b) generate() with a copy.deepcopy of a prefilled prefix cache, (c) the engine one by one,
      (d) the engine batched; ratios a/c and b/c; whether all variants produced the same tokens;
   2. restoring the prefix: crop (the engine's way) vs copy.deepcopy, ms per restore;
-  3. memory: cache bytes and process RSS after each independent request (flat), then a 20-turn
+  3. sampling as the on-policy pairs stage does it (`--sampling-requests` > 0): the engine's `generate_batch`
+     at temperature 1, seeded, `--sampling-batch` rows per forward, in generated tokens per second;
+  4. memory: cache bytes and process RSS after each independent request (flat), then a 20-turn
      conversation: cache bytes per turn (prefix + the conversation's own tokens only) and RSS, with the
      KV bytes and time a re-encoding turn needs at turns 1, 10 and 20 (CUDA: peak allocated per turn).
 tracemalloc is not used: torch tensors are allocated outside Python's allocator and it would not see them.
@@ -32,7 +38,6 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -40,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from faithforge.engine import PrefixCachedEngine, SamplingConfig  # noqa: E402
 
 
-def parse_args() -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prefix-tokens", type=int, default=2000, help="prefix length in tokens")
     p.add_argument("--requests", type=int, default=10, help="independent requests")
@@ -56,8 +61,27 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--device", default="cpu", help="cpu or cuda")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)), help="torch CPU threads")
+    p.add_argument("--sampling-requests", type=int, default=0, help="requests of the sampling-rate run (0: skip)")
+    p.add_argument("--sampling-batch", type=int, default=32, help="rows per forward in the sampling-rate run")
+    p.add_argument("--preset", choices=sorted(PRESETS), default=None, help="a named set of the options above")
+    p.add_argument("--dry-run", action="store_true", help="the same code on a tiny shape on the CPU (seconds)")
     p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "out" / "prefix_cache.json")
-    return p.parse_args()
+    args = p.parse_args(argv)
+    chosen = dict(PRESETS["dry-run"] if args.dry_run else PRESETS.get(args.preset, {}))
+    for key, value in chosen.items():  # a preset sets what the command line left at its default
+        if getattr(args, key) == p.get_default(key):
+            setattr(args, key, value)
+    return args
+
+
+PRESETS = {
+    # The seed field note's case: a 6,287-token system prompt on a Qwen2.5-3B-shaped model in bf16 on the GPU.
+    "gpu-3b": dict(device="cuda", prefix_tokens=6287, hidden=2048, layers=36, heads=16, kv_heads=2,
+                   intermediate=11008, vocab=151936, dtype="bfloat16", sampling_requests=64, turns=10),
+    # The same code paths in seconds on the CPU.
+    "dry-run": dict(device="cpu", prefix_tokens=64, requests=2, new_tokens=8, gen_tokens=4, turns=3, hidden=64,
+                    layers=2, vocab=512, sampling_requests=4, sampling_batch=2),
+}
 
 
 def build(args):
@@ -71,7 +95,13 @@ def build(args):
                          max_position_embeddings=max(4096, 2 * args.prefix_tokens), eos_token_id=None,
                          bos_token_id=None, pad_token_id=0, tie_word_embeddings=False)
     torch.manual_seed(0)
-    model = LlamaForCausalLM(config).to(device=args.device, dtype=getattr(torch, args.dtype)).eval()
+    default_dtype = torch.get_default_dtype()
+    torch.set_default_dtype(getattr(torch, args.dtype))
+    try:
+        with torch.device(args.device):  # built where it runs: a 3B random init on the CPU would take minutes
+            model = LlamaForCausalLM(config).eval()
+    finally:
+        torch.set_default_dtype(default_dtype)
     model.generation_config.eos_token_id = None  # every request generates exactly --gen-tokens tokens
     vocab = {f"w{i}": i for i in range(args.vocab)}
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="w1")),
@@ -93,7 +123,9 @@ def timed(fn, device: str):
 
 
 def rss_mb() -> float:
-    return psutil.Process().memory_info().rss / 2**20
+    """Resident set size from /proc (no psutil: a bare GPU image may lack it)."""
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
 
 
 def hf_generate(model, ids: list[int], n: int, device: str, cache=None) -> list[int]:
@@ -168,6 +200,21 @@ def bench_restore(engine, device: str, repeats: int = 20) -> dict:
             "prefix_cache_mb": engine.cache_nbytes / 2**20}
 
 
+def bench_sampling(args, engine, vocab: int) -> dict:
+    """Generated tokens/s of `generate_batch` at temperature 1 (seeded), as the on-policy pairs stage samples."""
+    generator = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(2, vocab, (args.new_tokens,), generator=generator).tolist()
+               for _ in range(args.sampling_requests)]
+    sampling = SamplingConfig(temperature=1.0, seed=0, max_new_tokens=args.gen_tokens)
+    with torch.inference_mode():
+        engine.generate_batch(prompts[:2], SamplingConfig(temperature=1.0, seed=0, max_new_tokens=2))  # warm-up
+        results, t = timed(lambda: engine.generate_batch(prompts, sampling, batch_size=args.sampling_batch),
+                           args.device)
+    tokens = sum(len(r.token_ids) for r in results)
+    return {"requests": len(prompts), "batch": args.sampling_batch, "tokens": tokens, "seconds": t,
+            "tokens_per_second": tokens / t}
+
+
 def bench_memory(args, model, engine, requests) -> dict:
     greedy = SamplingConfig(max_new_tokens=args.gen_tokens)
     cuda = args.device.startswith("cuda")
@@ -202,7 +249,7 @@ def bench_memory(args, model, engine, requests) -> dict:
     return {"per_request": per_request, "per_turn": per_turn}
 
 
-def report(args, req: dict, restore: dict, mem: dict) -> None:
+def report(args, req: dict, restore: dict, mem: dict, sampling: dict | None) -> None:
     print(f"\n== {args.requests} requests: {args.prefix_tokens}-token prefix + {args.new_tokens} new tokens, "
           f"{args.gen_tokens} generated ==")
     print(f"  engine prefill (once)            {req['prefill_s']:7.2f} s")
@@ -212,6 +259,10 @@ def report(args, req: dict, restore: dict, mem: dict) -> None:
           f"b/c = {req['speedup_vs_deepcopy']:.2f}x")
     print(f"  (d) engine, batched              {req['engine_batched_s']:7.2f} s   a/d = {req['speedup_batched_vs_reencode']:.2f}x")
     print(f"  same greedy tokens a=b=c: {req['same_tokens']}   d=c: {req['same_tokens_batched']}")
+    if sampling:
+        print(f"\n== sampling as the pairs stage does (temperature 1, batch {sampling['batch']}) ==")
+        print(f"  {sampling['requests']} requests, {sampling['tokens']} tokens in {sampling['seconds']:.2f} s: "
+              f"{sampling['tokens_per_second']:.1f} generated tokens/s")
     print(f"\n== restoring the prefix ({restore['prefix_cache_mb']:.1f} MB of KV) ==")
     print(f"  crop {restore['crop_ms']:.3f} ms   deepcopy {restore['deepcopy_ms']:.2f} ms")
     print("\n== memory after each independent request (prefix cache MB / storage held MB / RSS MB) ==")
@@ -229,8 +280,9 @@ def report(args, req: dict, restore: dict, mem: dict) -> None:
         print(line)
 
 
-def main() -> int:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    started = time.perf_counter()
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("CUDA is not available on this machine: the GPU variant (--device cuda) needs an NVIDIA GPU. "
               "Run it on the GPU box, or drop --device cuda for the CPU benchmark.", file=sys.stderr)
@@ -246,12 +298,18 @@ def main() -> int:
           f"{args.dtype} on {args.device}, {torch.get_num_threads()} threads; torch {torch.__version__}")
     req = bench_requests(args, model, tokenizer, prefix, requests)
     engine = req.pop("engine")
+    sampling = bench_sampling(args, engine, args.vocab) if args.sampling_requests > 0 else None
     restore = bench_restore(engine, args.device)
     mem = bench_memory(args, model, engine, requests)
-    report(args, req, restore, mem)
+    report(args, req, restore, mem, sampling)
+    device_name = torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "params": params,
-                                    "requests": req, "restore": restore, "memory": mem}, indent=2))
+                                    "device": device_name, "load_1m": os.getloadavg()[0],
+                                    "seconds": time.perf_counter() - started,
+                                    "imported_prefect": any(m.split(".")[0] == "prefect" for m in sys.modules),
+                                    "requests": req, "sampling": sampling, "restore": restore, "memory": mem},
+                                   indent=2))
     print(f"\nwrote {args.out}")
     return 0
 

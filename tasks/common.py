@@ -14,6 +14,7 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.events import emit_event
 
 from faithforge.core.config import PipelineConfig
+from faithforge.core import progress as progress_registry
 from faithforge.core.progress import fan_out
 from gpu.errors import redact_credentials
 from faithforge.stages.context import StageContext
@@ -49,9 +50,11 @@ def run_stage(stage: str, config: PipelineConfig, run_id: str | None, fn: Callab
     logger = get_run_logger()
     ctx = StageContext.open(config, run_id, progress=fan_out(_artifact_progress(stage)))
     started = time.perf_counter()
+    progress_registry.begin(stage)
     try:
         out = fn(ctx, *args)
     except Exception as exc:
+        progress_registry.end(stage, f"failed after {time.perf_counter() - started:.1f} s")
         if run_id:
             ctx.store.record_stage(run_id, stage, status="failed", message=redact_credentials(str(exc))[:2000],
                                    wall_seconds=time.perf_counter() - started)
@@ -66,8 +69,8 @@ def run_stage(stage: str, config: PipelineConfig, run_id: str | None, fn: Callab
                                outputs=out.model_dump(mode="json", exclude=_BULKY))
     done = "skipped (turned off)" if skipped else "reused existing output" if reused else "completed"
     logger.info("%s %s in %.1f s", stage, done, wall)
-    fan_out()(stage, 1, 1, "skipped (turned off)" if skipped else "reused (already computed)" if reused
-              else f"done in {wall:.1f} s")
+    progress_registry.end(stage, "skipped (turned off)" if skipped else "reused (already computed)" if reused
+                          else f"done in {wall:.1f} s")
     emit_event(event="faithforge.stage.completed", resource={"prefect.resource.id": f"faithforge.stage.{stage}"},
                payload={"stage": stage, "run_id": run_id, "reused": reused, "skipped": skipped, "wall_seconds": wall})
     return out

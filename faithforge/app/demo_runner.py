@@ -7,7 +7,8 @@ import os
 import time
 
 from faithforge.core.config import PipelineConfig
-from faithforge.core.progress import add_sink, remove_sink
+from faithforge.core import progress as progress_registry
+from faithforge.core.progress import PlainLines, add_sink, remove_sink
 
 STAGE_LABELS = {
     "generate": "generate examples", "base_model": "base model", "warm_start": "warm-start SFT",
@@ -38,18 +39,9 @@ def run_pipeline_with_progress(config: PipelineConfig, verbose: bool = False) ->
     os.environ.setdefault("TQDM_DISABLE", "1")
 
     from rich.console import Console
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     console = Console()
-    bars: dict[str, int] = {}
-    progress = Progress(TextColumn("{task.description:<22}"), BarColumn(), TextColumn("{task.fields[note]}"),
-                        TimeElapsedColumn(), console=console, transient=False)
-
-    def sink(stage: str, done: int, total: int, message: str) -> None:
-        if stage not in bars:
-            bars[stage] = progress.add_task(STAGE_LABELS.get(stage, stage), total=max(total, 1), note="")
-        progress.update(bars[stage], completed=min(done, total), total=max(total, 1), note=message)
-
+    sink, display = stage_display(console)
     add_sink(sink)
     started = time.perf_counter()
     console.print("[bold]FaithForge demo[/bold]: starting Prefect's embedded server (first start takes ~10 s)…")
@@ -63,9 +55,55 @@ def run_pipeline_with_progress(config: PipelineConfig, verbose: bool = False) ->
         from faithforge.app.prefect_settings import without_heartbeats
         from flows.pipeline import pipeline
 
-        with Stopper(store_url, STAGE_LABELS).installed(), progress, without_heartbeats():
+        with Stopper(store_url, STAGE_LABELS).installed(), display, without_heartbeats():
             summary = pipeline(config)
     finally:
         remove_sink(sink)
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)
     return summary
+
+
+def stage_display(console, every_s: float = 30.0):
+    """(progress sink, context manager to run the work in): a file or a pipe gets plain lines, a line per stage
+    at its start, every `every_s` seconds and at its end (a live bar would show nothing there until the end);
+    a terminal gets bars."""
+    return _bars(console) if console.is_terminal else _plain_lines(console, every_s)
+
+
+def _plain_lines(console, every_s: float):
+    def write(line: str) -> None:
+        console.file.write(f"{time.strftime('%H:%M:%S')} {line}\n")
+        console.file.flush()
+
+    lines = PlainLines(write, STAGE_LABELS, every_s=every_s)
+    return lines, lines
+
+
+def _bars(console):
+    """Rich bars whose clock runs from the stage's start to its end (`progress.begin` / `progress.end`), not
+    from its first count to its first full count (rich's own column stops at the first done == total)."""
+    from rich.progress import BarColumn, Progress, ProgressColumn, TextColumn
+    from rich.text import Text
+
+    class StageClock(ProgressColumn):
+        def render(self, task) -> Text:
+            end = task.fields.get("ended_at") or time.monotonic()
+            return Text(progress_registry.clock_text(end - task.fields["started_at"]), style="progress.elapsed")
+
+    bars: dict[str, int] = {}
+    display = Progress(TextColumn("{task.description:<22}"), BarColumn(), TextColumn("{task.fields[note]}"),
+                       StageClock(), console=console, transient=False)
+
+    def sink(stage: str, done: int, total: int, message: str) -> None:
+        now = time.monotonic()
+        if stage not in bars:
+            bars[stage] = display.add_task(STAGE_LABELS.get(stage, stage), total=max(total, 1), note="",
+                                           started_at=now, ended_at=None)
+        elif message == progress_registry.STARTED:
+            display.update(bars[stage], started_at=now, ended_at=None)
+        ended = progress_registry.has_ended(stage)
+        display.update(bars[stage], completed=min(done, total), total=max(total, 1),
+                       note="" if message == progress_registry.STARTED else message,
+                       **({"ended_at": now} if ended else {}))
+
+    return sink, display

@@ -197,6 +197,10 @@ class PairsConfig(Section):
     Missing ids and source ids are derived from the content; pairs are split by source (`val_fraction`)."""
     path_split: str | None = None
     """`path` is a `DatasetDict` folder: the split to read (e.g. `train`)."""
+    sampler: Literal["auto", "engine"] = "auto"
+    """`on-policy`: what samples the summaries. `auto`: llama.cpp on the model's GGUF when the policy is that file's
+    weights (an imported GGUF, not warm-started) and the stage runs on the CPU, the prefix-cached engine otherwise;
+    `engine`: always the prefix-cached engine. The choice is recorded in the pairs report."""
 
 
 class DataConfig(Section):
@@ -358,6 +362,10 @@ class EvaluateConfig(Section):
     """Resamples for the paired bootstrap confidence interval."""
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     """Confidence level of the interval."""
+    sampler: Literal["auto", "engine"] = "auto"
+    """What writes the models' answers. `auto`: llama.cpp when *every* evaluated model exists as GGUF with exactly
+    its weights (one engine for all, so the models differ only by their weights) and the stage runs on the CPU;
+    the prefix-cached engine otherwise (today: the adapters exist only as PyTorch weights). Recorded in the output."""
 
     @field_validator("judge")
     @classmethod

@@ -24,15 +24,25 @@ from gpu.planner import Plan
 
 def summarize_sources(model_path: str, sources: list[str], *, adapter: str | None, plan: Plan,
                       max_new_tokens: int, batch_size: int, system_prompt: str = SYSTEM_PROMPT,
-                      truncated: list[bool] | None = None) -> list[str]:
+                      truncated: list[bool] | None = None, gguf: Path | None = None) -> list[str]:
     """Greedy (temperature 0) summaries of `sources`, optionally with a LoRA adapter merged in.
 
     `truncated`: a list to fill with whether each summary was cut off by `max_new_tokens` (for the judge:
-    a cut-off last word is not a claim)."""
+    a cut-off last word is not a claim). `gguf`: the same model (base + adapter) as a GGUF file: written by
+    llama.cpp instead (`faithforge.stages.sampler`)."""
     from faithforge.engine import PrefixCachedEngine, SamplingConfig
     from faithforge.training.modeling import load_for_plan, load_tokenizer, plan_precision
 
     tokenizer = load_tokenizer(model_path)
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens)
+    if gguf is not None:
+        from faithforge.stages.sampler import gguf_sampler
+
+        results = gguf_sampler(gguf, model_path, tokenizer, system_prompt, n_ctx=0).generate_batch(
+            [[{"role": "user", "content": s}] for s in sources], greedy)
+        if truncated is not None:
+            truncated[:] = [r.finish_reason == "length" for r in results]
+        return [r.text.strip() for r in results]
     model, _ = load_for_plan(model_path, plan)  # exactly the precision the evaluate plan names
     if adapter:
         from peft import PeftModel
@@ -42,8 +52,7 @@ def summarize_sources(model_path: str, sources: list[str], *, adapter: str | Non
             model = model.merge_and_unload()
         model.eval()
     engine = PrefixCachedEngine(model, tokenizer, [{"role": "system", "content": system_prompt}])
-    results = engine.generate_batch([[{"role": "user", "content": s}] for s in sources],
-                                    SamplingConfig(temperature=0.0, max_new_tokens=max_new_tokens),
+    results = engine.generate_batch([[{"role": "user", "content": s}] for s in sources], greedy,
                                     batch_size=batch_size)
     if truncated is not None:
         truncated[:] = [r.finish_reason == "length" for r in results]
@@ -81,7 +90,7 @@ def evaluate_models(ctx: StageContext, model: ModelOutput, dataset: DatasetOutpu
     start_peak_measurement()
     started = time.perf_counter()
     adapters = {"before": None, "after": dpo.path, **({"control": control.path} if control else {})}
-    reports = _judge_models(ctx, model, items, [e.source for e in held_out], adapters, judge, plan)
+    reports, sampler = _judge_models(ctx, model, items, [e.source for e in held_out], adapters, judge, plan)
     comparisons = _compare(ctx, reports)
     seconds = time.perf_counter() - started
     out = ctx.workspace.dir("reports") / f"eval-{ctx.run_id or 'adhoc'}"
@@ -103,7 +112,7 @@ def evaluate_models(ctx: StageContext, model: ModelOutput, dataset: DatasetOutpu
         difference=_difference(comparison),
         control_difference=control_cmp.rate.model_dump() if control_cmp else None,
         served_difference=served_cmp.rate.model_dump() if served_cmp else None,
-        table=table_rows(comparison, control_cmp), markdown=markdown,
+        table=table_rows(comparison, control_cmp), markdown=markdown, sampler=sampler,
     )
 
 
@@ -123,11 +132,17 @@ def _check_no_overlap(held_out: list, dataset: DatasetOutput, pairs: PairsOutput
 
 
 def _judge_models(ctx: StageContext, model: ModelOutput, items: list, sources: list[str],
-                  adapters: dict[str, str | None], judge, plan: Plan) -> dict:
-    """label → its judged report: each local model (base + adapter) greedy, then the served model if configured."""
+                  adapters: dict[str, str | None], judge, plan: Plan) -> tuple[dict, str]:
+    """label → its judged report: each local model (base + adapter) greedy, then the served model if configured;
+    and what wrote the local models' answers (one engine for all of them)."""
+    from faithforge.engine import SamplingConfig
     from faithforge.evaluation import evaluate_single
+    from faithforge.stages.sampler import choose_sampler, gguf_of
 
     cfg = ctx.config.evaluate
+    ggufs = {label: gguf_of(model.path, adapter) for label, adapter in adapters.items()}
+    choice = choose_sampler(cfg.sampler, plan, SamplingConfig(max_new_tokens=cfg.max_new_tokens), list(ggufs.values()))
+    ctx.progress("evaluate", 0, len(adapters), f"answers written by {choice.describe()}")
     prompt = system_prompt(ctx.config)
     calibrations = ctx.workspace.root / "calibrations"  # written by `faithforge eval calibrate --workspace`
     reports = {}
@@ -135,7 +150,8 @@ def _judge_models(ctx: StageContext, model: ModelOutput, items: list, sources: l
         cut: list[bool] = []
         summaries = summarize_sources(model.path, sources, adapter=adapter, plan=plan,
                                       max_new_tokens=cfg.max_new_tokens, batch_size=plan.batch_size,
-                                      system_prompt=prompt, truncated=cut)
+                                      system_prompt=prompt, truncated=cut,
+                                      gguf=ggufs[label] if choice.name == "llama.cpp" else None)
         reports[label] = evaluate_single(items, summaries, judge, label=label, confidence=cfg.confidence,
                                          truncated=cut, calibration_dir=calibrations)
         ctx.progress("evaluate", index, len(adapters), f"{label}: rate {reports[label].rate:.3f}")
@@ -148,7 +164,7 @@ def _judge_models(ctx: StageContext, model: ModelOutput, items: list, sources: l
                                            system_prompt=prompt, truncated=cut)
         reports["served"] = evaluate_single(items, summaries, judge, label=f"served: {cfg.served_model}",
                                             confidence=cfg.confidence, truncated=cut, calibration_dir=calibrations)
-    return reports
+    return reports, choice.describe()
 
 
 def _compare(ctx: StageContext, reports: dict) -> tuple:

@@ -195,3 +195,5 @@ class EvaluationOutput(StageOutput):
     """Rates, intervals and recall per model (the Prefect table artifact)."""
     markdown: Optional[str] = None
     """The full report; the evaluate task moves it into an artifact and drops it from the output."""
+    sampler: str = ""
+    """What wrote the answers and why (`faithforge.stages.sampler`)."""

@@ -16,6 +16,8 @@ from faithforge.core.workspace import atomic_directory, atomic_write_jsonl, read
 
 #: On-policy sampling without a gate plan: on the CPU in fp32, 32 summaries at a time.
 NO_GATE_PLAN = Plan.manual("evaluate", "cpu", batch_size=32)
+#: llama.cpp's context for on-policy sampling: 0 = the model's own (SmolLM2: 8,192 tokens, 189 MB of f16 KV).
+SAMPLER_CONTEXT = 0
 
 
 def build_pairs(ctx: StageContext, dataset: DatasetOutput, model: ModelOutput | None = None,
@@ -38,6 +40,7 @@ def build_pairs(ctx: StageContext, dataset: DatasetOutput, model: ModelOutput | 
         from faithforge.training.reference import weights_fingerprint
 
         depends_on.append(weights_fingerprint(model.path))  # on-policy samples depend on the policy
+        depends_on.append(onpolicy_sampler(ctx.config, model, plan or NO_GATE_PLAN).name)  # and on what samples
     out = ctx.workspace.dir("pairs") / f"pairs-{content_key('pairs', *depends_on)}"
     with claim_output("pairs", out, "manifest.json", ctx.progress) as claim:
         if claim.reused is not None:
@@ -68,19 +71,35 @@ def build_pairs(ctx: StageContext, dataset: DatasetOutput, model: ModelOutput | 
 
 
 def _sample_onpolicy_pairs(ctx: StageContext, examples, model: ModelOutput, plan: Plan):
+    from faithforge.stages.sampler import gguf_sampler
     from faithforge.training.modeling import load_for_plan, load_tokenizer
     from faithforge.training.onpolicy_pairs import build_onpolicy_pairs
 
     cfg = ctx.config.pairs
     tokenizer = load_tokenizer(model.path)
-    policy, _ = load_for_plan(model.path, plan)  # sampled in the precision the plan names
-    ctx.progress("pairs", 0, 1, f"sampling {cfg.samples_per_source} summaries per source")
+    choice = onpolicy_sampler(ctx.config, model, plan)
+    sampler = policy = None
+    if choice.name == "llama.cpp":  # the policy is that file's weights: no PyTorch model to load
+        sampler = gguf_sampler(choice.gguf, model.path, tokenizer, system_prompt(ctx.config), SAMPLER_CONTEXT)
+    else:
+        policy, _ = load_for_plan(model.path, plan)  # sampled in the precision the plan names
+    ctx.progress("pairs", 0, 1, f"sampling {cfg.samples_per_source} summaries per source with {choice.describe()}")
     return build_onpolicy_pairs(policy, tokenizer, examples, k=cfg.samples_per_source, temperature=cfg.temperature,
                                 seed=ctx.config.seed, max_new_tokens=ctx.config.evaluate.max_new_tokens,
                                 margin=cfg.margin, min_chosen_recall=cfg.min_chosen_recall,
                                 omission_pairs=cfg.omission_pairs, faithful_chosen=cfg.faithful_chosen,
                                 judge=_pairs_judge(ctx.config, model.path),
-                                batch_size=plan.batch_size, system_prompt=system_prompt(ctx.config))
+                                batch_size=plan.batch_size, system_prompt=system_prompt(ctx.config),
+                                sampler=sampler, sampler_note=choice.describe())
+
+
+def onpolicy_sampler(config, model: ModelOutput, plan: Plan):
+    """What samples the on-policy summaries (`faithforge.stages.sampler`): part of the pairs' content key."""
+    from faithforge.engine import SamplingConfig
+    from faithforge.stages.sampler import choose_sampler, gguf_of
+
+    sampling = SamplingConfig(temperature=config.pairs.temperature, max_new_tokens=config.evaluate.max_new_tokens)
+    return choose_sampler(config.pairs.sampler, plan, sampling, [gguf_of(model.path)])
 
 
 def _pairs_judge(config, base_model: str | None = None):

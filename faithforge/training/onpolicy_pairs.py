@@ -31,6 +31,7 @@ Rows have the synthetic pairs' format (TRL conversational prompt/chosen/rejected
 from __future__ import annotations
 
 import hashlib
+import time
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any, Iterable
@@ -53,12 +54,14 @@ class OnPolicyReport:
     dropped_sources: Counter = field(default_factory=Counter)
     dropped_samples: Counter = field(default_factory=Counter)
     scores: list[dict[str, Any]] = field(default_factory=list)
+    sampler: str = "engine"
+    sample_seconds: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return {"sources": self.sources, "samples": self.samples, "built": self.built,
                 "omission_pairs": self.omission_pairs,
                 "dropped_sources": dict(self.dropped_sources), "dropped_samples": dict(self.dropped_samples),
-                "scores": self.scores}
+                "scores": self.scores, "sampler": self.sampler, "sample_seconds": self.sample_seconds}
 
 
 def _source_of(example: Any) -> tuple[str, str, list[str]]:
@@ -106,12 +109,16 @@ def build_onpolicy_pairs(
     judge: Any = "grounding",
     batch_size: int = 32,
     system_prompt: str = SYSTEM_PROMPT,
+    sampler: Any = None,
+    sampler_note: str = "engine",
 ) -> tuple[list[dict], OnPolicyReport]:
     """Sample `k` summaries per source from `model` (the current policy), judge them, pair best vs worst.
 
     `judge` is a judge name for `faithforge.evaluation.get_judge` or a judge object. Sampling is seeded:
     the same model, sources and arguments give the same pairs. The model is used in eval mode and put back
-    into the mode it was in.
+    into the mode it was in. `sampler`: something with the engine's `generate_batch` that samples instead (the
+    pairs stage passes a `GGUFSampler` when the policy exists as GGUF; `model` is then unused), `sampler_note`
+    what the report records about it.
     """
     from faithforge.engine import SamplingConfig
     from faithforge.evaluation.judges import resolve_judge
@@ -123,12 +130,17 @@ def build_onpolicy_pairs(
                         "identical summaries")
     sources = [_source_of(e) for e in examples]
     judge = resolve_judge(judge)
-    report = OnPolicyReport(sources=len(sources))
+    report = OnPolicyReport(sources=len(sources), sampler=sampler_note)
     if not sources:
         return [], report
     sampling = SamplingConfig(temperature=temperature, top_p=top_p, seed=seed, max_new_tokens=max_new_tokens)
-    results = _sample(model, tokenizer, [source for _, source, _ in sources for _ in range(k)], sampling,
-                      batch_size, system_prompt)
+    prompts = [source for _, source, _ in sources for _ in range(k)]  # a source's k samples together
+    started = time.perf_counter()
+    if sampler is not None:
+        results = sampler.generate_batch(prompts, sampling, batch_size=batch_size)
+    else:
+        results = _sample(model, tokenizer, prompts, sampling, batch_size, system_prompt)
+    report.sample_seconds = round(time.perf_counter() - started, 1)
     report.samples = len(results)
 
     pairs: list[dict] = []
