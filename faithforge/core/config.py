@@ -237,6 +237,12 @@ class TrainConfig(Section):
     quantization: Literal["auto", "nf4", "none"] = "auto"
     """`nf4`: load the policy in 4-bit NF4 with double quantization (bitsandbytes). `auto`: NF4 on a CUDA
     GPU, full precision on CPU. `none`: never quantize."""
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list)
+    """Send the training curves (DPO through TRL's own reporting callbacks, the warm start, the SFT control) and
+    the run's results (rates with intervals, the judge and its accuracy, GPU plans and measured peaks) to these
+    trackers, one tracker run per FaithForge run: TensorBoard under `<workspace>/tracking/tensorboard`, MLflow at
+    `MLFLOW_TRACKING_URI` or `<workspace>/tracking/mlflow.db`, W&B offline unless `WANDB_MODE` says otherwise.
+    Empty: none. Install with `pip install 'faithforge[track]'`."""
 
 
 class ControlConfig(Section):
