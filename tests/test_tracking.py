@@ -80,6 +80,12 @@ def test_curves_and_results_reach_tensorboard_and_mlflow(tmp_path, monkeypatch):
     assert run.data.metrics["eval/items"] == evaluation.items
     assert "gpu/train/plan" in run.data.tags and run.data.metrics["gpu/train/batch_size"] >= 1
 
+    from faithforge.stages.ui_report import pipeline_report_markdown
+
+    report = pipeline_report_markdown(ctx.run_id, {"evaluate": evaluation.model_dump(mode="json")})
+    assert f"tensorboard --logdir {ctx.workspace.root / 'tracking' / 'tensorboard' / ctx.run_id}" in report
+    assert run.info.run_id in report
+
 
 def test_a_tracker_that_is_not_installed_is_refused_in_one_line(monkeypatch):
     import importlib.util
