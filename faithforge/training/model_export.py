@@ -85,7 +85,11 @@ def export_model(source: str, out: str | Path, opts: ExportOptions,
     src = resolve_source(source, base=opts.base, workspace=opts.workspace)
     config = json.loads((Path(src.model_path) / "config.json").read_text())
     if opts.fmt != "hf":
+        from faithforge.training.gguf_writer import pre_tokenizer
+        from faithforge.training.modeling import load_tokenizer
+
         gguf_architecture(config)
+        pre_tokenizer(load_tokenizer(src.model_path))  # a vocabulary llama.cpp cannot read: refused now
         llama_cpp_or_error(f"--format {opts.fmt}")
     started = time.perf_counter()
     merged, tokenizer, merge = merged_model(src, say)
