@@ -15,6 +15,7 @@ from flows.evaluate import evaluate_flow
 from flows.generate import generate_flow
 from flows.reference import reference_flow
 from flows.train import train_flow
+from tasks.export_model import export_model_task
 from tasks.data import base_model_task, generate_task, import_generated_task, pairs_task, warm_start_task
 from tasks.gate import gate_task
 from tasks.offload import gpu_slot
@@ -51,6 +52,8 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
         stages["train"], stages["control"] = trained.dpo, trained.control
         stages["evaluate"] = evaluate_flow(config, model, dataset, pairs, trained.dpo, trained.control,
                                            run_id=run_id)
+        if config.export.enabled:  # after the evaluation: the model card carries the measured rates
+            stages["export"] = export_model_task(config, run_id, trained.dpo)
     except BaseException as exc:
         finish_run_task(config, run_id, "failed", {"error": str(exc)[:2000], "stages": _as_json(stages)})
         raise

@@ -364,6 +364,17 @@ class GpuConfig(Section):
         return self
 
 
+class ExportConfig(Section):
+    """Ship the trained model at the end of the run (`faithforge model export` as a pipeline stage)."""
+
+    enabled: bool = False
+    """Export the DPO adapter merged into its base, verified by serving it, into `<workspace>/exports/<run id>`."""
+    format: Literal["hf", "gguf", "ollama"] = "ollama"
+    """`hf`: merged safetensors for transformers; `gguf`: llama.cpp's format; `ollama`: GGUF + Modelfile."""
+    quant: list[Literal["f16", "q8_0", "q4_k_m"]] = Field(default_factory=lambda: ["f16", "q4_k_m"])
+    """GGUF types to write (f16 is always written and verified; the others are quantized from it)."""
+
+
 class PipelineConfig(Section):
     """Everything one FaithForge run needs."""
 
@@ -394,6 +405,7 @@ class PipelineConfig(Section):
     control: ControlConfig = ControlConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     gpu: GpuConfig = GpuConfig()
+    export: ExportConfig = ExportConfig()
 
     @model_validator(mode="after")
     def _own_documents_need_pairs_from_somewhere(self) -> "PipelineConfig":
