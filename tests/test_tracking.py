@@ -25,7 +25,7 @@ SIZES = {
 
 
 @pytest.mark.timeout(600)
-def test_curves_and_results_reach_tensorboard_and_mlflow(tmp_path, monkeypatch):
+def test_curves_and_results_reach_tensorboard_and_mlflow_and_the_export_card(tmp_path, monkeypatch):
     from mlflow.tracking import MlflowClient
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -85,6 +85,22 @@ def test_curves_and_results_reach_tensorboard_and_mlflow(tmp_path, monkeypatch):
     report = pipeline_report_markdown(ctx.run_id, {"evaluate": evaluation.model_dump(mode="json")})
     assert f"tensorboard --logdir {ctx.workspace.root / 'tracking' / 'tensorboard' / ctx.run_id}" in report
     assert run.info.run_id in report
+
+    # The export stage on the same run (recorded in the run store as the pipeline's tasks record each stage): its
+    # model card carries the run's lineage and measured rates.
+    from faithforge.stages.export_stage import export_trained_model
+
+    for name, out in (("generate", dataset), ("warm_start", model), ("pairs", pairs), ("train", dpo),
+                      ("evaluate", evaluation)):
+        ctx.store.record_stage(ctx.run_id, name, status="completed", outputs=out.model_dump(mode="json"))
+    ctx.config = ctx.config.model_copy(update={"export": ctx.config.export.model_copy(update={"format": "hf"})})
+    exported = export_trained_model(ctx, dpo)
+    card = (ctx.workspace.root / "exports" / ctx.run_id / "README.md").read_text()
+    assert exported.path == str(ctx.workspace.root / "exports" / ctx.run_id)
+    assert f"Pipeline run `{ctx.run_id}`" in card and f"DPO: 4 steps" in card
+    after = evaluation.models["after"]
+    assert f"| after | {100 * after.rate:.1f}% [{100 * after.rate_ci[0]:.1f}%, {100 * after.rate_ci[1]:.1f}%]" in card
+    assert evaluation.judge_accuracy in card and exported.merge_max_abs_logit_diff < 1e-3
 
 
 def test_a_tracker_that_is_not_installed_is_refused_in_one_line(monkeypatch):
