@@ -101,6 +101,8 @@ def test_curves_and_results_reach_tensorboard_and_mlflow_and_the_export_card(tmp
     after = evaluation.models["after"]
     assert f"| after | {100 * after.rate:.1f}% [{100 * after.rate_ci[0]:.1f}%, {100 * after.rate_ci[1]:.1f}%]" in card
     assert evaluation.judge_accuracy in card and exported.merge_max_abs_logit_diff < 1e-3
+    rerun = load_config(ctx.workspace.root / "exports" / ctx.run_id / "faithforge-run-config.yaml", environ={})
+    assert rerun.model_dump(mode="json") == cfg.model_dump(mode="json") and "faithforge demo --config" in card
 
 
 def test_a_tracker_that_is_not_installed_is_refused_in_one_line(monkeypatch):

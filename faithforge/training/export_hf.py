@@ -40,6 +40,8 @@ class ExportSource:
     """The workspace whose run store knows this adapter (for the model card's lineage and rates)."""
     run: dict[str, Any] = field(default_factory=dict)
     """Stage outputs of the run that trained the adapter (stage → outputs), when found."""
+    run_config: dict[str, Any] = field(default_factory=dict)
+    """That run's configuration (as the run store recorded it), when found."""
 
 
 def _stage_outputs(store, run_id: str) -> dict[str, Any]:
@@ -83,7 +85,8 @@ def resolve_source(source: str, *, base: str | None = None, workspace: str | Pat
                 raise UserError(f"the adapter in {path} names base model {base_path!r}, which is not a model folder "
                                 "here; pass the base with --base MODEL_FOLDER")
             ws, run_id, outputs = _run_for_adapter(path)
-            return ExportSource("adapter", str(Path(base_path).resolve()), str(path), run_id, ws, outputs)
+            config = _store(Path(ws)).get_run(run_id).config if run_id else {}
+            return ExportSource("adapter", str(Path(base_path).resolve()), str(path), run_id, ws, outputs, config)
         if (path / "config.json").is_file():
             if base:
                 raise UserError(f"{path} is a model folder, not an adapter; --base applies to adapters only")
@@ -107,7 +110,8 @@ def resolve_source(source: str, *, base: str | None = None, workspace: str | Pat
     if not model or not (Path(model) / "config.json").is_file():
         raise UserError(f"run {source}'s starting model ({model or 'not recorded'}) is not on disk; pass the adapter "
                         "folder and --base MODEL_FOLDER instead")
-    return ExportSource("adapter", str(Path(base or model).resolve()), adapter, source, str(ws), outputs)
+    return ExportSource("adapter", str(Path(base or model).resolve()), adapter, source, str(ws), outputs,
+                        store.get_run(source).config or {})
 
 
 def _probe_ids(tokenizer):

@@ -14,8 +14,10 @@ export is served back and compared token by token (`faithforge.training.export_v
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -215,6 +217,22 @@ def llama_cpp_or_error(purpose: str):
     return llama_cpp
 
 
+@contextlib.contextmanager
+def _stderr_to(path: Path):
+    """Send file descriptor 2 (where llama.cpp's C code logs) to `path` for the block."""
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(path, "wb") as sink:
+            os.dup2(sink.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
 def quantize(f16_path: str | Path, out: str | Path, quant: str, *, threads: int = 0) -> Path:
     """llama.cpp's quantizer: `f16_path` → `out` in `quant` (q8_0 or q4_k_m), written under a temporary name."""
     if quant not in QUANT_FTYPES or quant == "f16":
@@ -225,11 +243,15 @@ def quantize(f16_path: str | Path, out: str | Path, quant: str, *, threads: int 
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = QUANT_FTYPES[quant]
     params.nthread = threads
-    code = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(tmp).encode(), params)
+    log = out.with_name(f".{out.name}.log")
+    with _stderr_to(log):  # llama.cpp prints one line per tensor to the process's stderr
+        code = llama_cpp.llama_model_quantize(str(f16_path).encode(), str(tmp).encode(), params)
+    tail = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
+    log.unlink(missing_ok=True)
     if code != 0 or not tmp.is_file():
         tmp.unlink(missing_ok=True)
-        raise UserError(f"llama.cpp's quantizer failed ({code}) turning {f16_path} into {quant}; the f16 file is "
-                        "still there and usable")
+        raise UserError(f"llama.cpp's quantizer failed ({code}) turning {f16_path} into {quant}"
+                        f"{': ' + tail[0] if tail else ''}; the f16 file is still there and usable")
     tmp.replace(out)
     return out
 

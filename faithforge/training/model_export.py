@@ -24,6 +24,7 @@ from faithforge.training.gguf_writer import QUANTS, gguf_architecture, llama_cpp
 
 FORMATS = ("hf", "gguf", "ollama")
 RECORD_NAME = "faithforge-export.json"
+RUN_CONFIG_NAME = "faithforge-run-config.yaml"
 #: The merged model must reproduce base + adapter; fp32 merging moves logits by ~1e-5 (a different sum order).
 MERGE_TOLERANCE = 1e-3
 #: The f16 GGUF must give transformers' greedy answer on at least this share of the probe prompts (an f16/fp32
@@ -116,6 +117,10 @@ def export_model(source: str, out: str | Path, opts: ExportOptions,
                                 f"{record['hf']['reloaded_max_abs_logit_diff']:.3g}; nothing was written")
         else:
             _export_gguf(src, merged, tokenizer, config, tmp, out, opts, record, say)
+        if src.run_config:  # the run's settings, so the card's reproduce command is exact
+            import yaml
+
+            atomic_write_text(tmp / RUN_CONFIG_NAME, yaml.safe_dump(src.run_config, sort_keys=False))
         record["seconds"] = round(time.perf_counter() - started, 1)
         atomic_write_text(tmp / "README.md", model_card(src, record, opts, out))
         atomic_write_json(tmp / RECORD_NAME, record)
@@ -282,6 +287,8 @@ def model_card(src: ExportSource, record: dict, opts: ExportOptions, out: Path) 
     else:
         lines += ["```bash", f"faithforge model export {shlex.quote(record['source'])} {shlex.quote(str(out))} "
                   f"--format {opts.fmt}" + "".join(f" --quant {q}" for q in opts.quants if opts.fmt != "hf"), "```"]
-    if src.run_id:
-        lines.append(f"The run's configuration is stored with run `{src.run_id}` in `{src.workspace}/faithforge.db`.")
+    if src.run_config:
+        lines += ["", f"The run itself (`{src.run_id}`), with the settings it ran with (`{RUN_CONFIG_NAME}` beside this "
+                  "card; its `model.path` must exist):", "", "```bash",
+                  f"faithforge demo --config {RUN_CONFIG_NAME}", "```"]
     return "\n".join(lines) + "\n"
