@@ -24,16 +24,34 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def _run(workspace: Path, run_id: str | None):
+def _run(workspace: Path, run_id: str | None, need: str):
+    """(run id, config, completed stage outputs) of the newest run (or `run_id`) that completed stage `need`."""
     from faithforge.core.store import Store
 
     store = Store(f"sqlite:///{workspace / 'faithforge.db'}")
-    candidates = [run_id] if run_id else [r["id"] for r in store.list_runs(200) if r["status"] == "completed"]
+    candidates = [run_id] if run_id else [r["id"] for r in store.list_runs(200)]
     for rid in candidates:
         stages = {row.stage: row.outputs for row in store.stages(rid) if row.status == "completed"}
-        if "evaluate" in stages:
+        if need in stages:
             return rid, store.get_run(rid).config, stages
-    raise SystemExit(f"no finished run with an evaluation in {workspace}")
+    raise SystemExit(f"no run with a completed {need} stage in {workspace}")
+
+
+def _in_process(cfg, workspace: Path, model_path: str, adapter: str | None, held_out, items, judge, label: str) -> dict:
+    """The evaluate stage's in-process path (PrefixCachedEngine, greedy, the evaluate plan's precision)."""
+    from faithforge.data.own_data import system_prompt
+    from faithforge.evaluation import evaluate_single
+    from faithforge.stages.context import StageContext
+    from faithforge.stages.evaluate import summarize_sources
+    from faithforge.stages.gate import gate
+
+    plan = gate(StageContext.open(cfg), "evaluate")
+    cut: list[bool] = []
+    answers = summarize_sources(model_path, [e.source for e in held_out], adapter=adapter, plan=plan,
+                                max_new_tokens=cfg.evaluate.max_new_tokens, batch_size=plan.batch_size,
+                                system_prompt=system_prompt(cfg), truncated=cut)
+    return evaluate_single(items, answers, judge, label=label, confidence=cfg.evaluate.confidence, truncated=cut,
+                           calibration_dir=workspace / "calibrations").to_dict()
 
 
 def _accuracy(items: list[dict]) -> tuple[int, int]:
@@ -55,6 +73,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workspace", type=Path, required=True)
     parser.add_argument("--run-id")
+    parser.add_argument("--adapter", type=Path, help="export this adapter (e.g. a DPO checkpoint) instead of the run's "
+                        "finished one, and evaluate it in-process here (the run gives the data and settings)")
+    parser.add_argument("--with-before", action="store_true", help="also evaluate the base model in-process")
     parser.add_argument("--out-dir", type=Path, required=True, help="new folder for the exports")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--threads", type=int, default=2)
@@ -72,31 +93,47 @@ def main() -> None:
     from faithforge.training.model_export import ExportOptions, export_model
 
     workspace = args.workspace.resolve()
-    run_id, config, stages = _run(workspace, args.run_id)
+    run_id, config, stages = _run(workspace, args.run_id, "generate" if args.adapter else "evaluate")
     cfg = PipelineConfig.model_validate(config)
-    result: dict = {"run_id": run_id, "workspace": str(workspace), "adapter": stages["train"]["path"],
-                    "dpo_steps": stages["train"].get("steps"), "exports": {}}
+    if args.adapter:
+        state = json.loads((args.adapter / "trainer_state.json").read_text()) \
+            if (args.adapter / "trainer_state.json").is_file() else {}
+        adapter, steps = str(args.adapter.resolve()), state.get("global_step")
+    else:
+        adapter, steps = stages["train"]["path"], stages["train"].get("steps")
+    result: dict = {"run_id": run_id, "workspace": str(workspace), "adapter": adapter, "dpo_steps": steps,
+                    "exports": {}}
     args.out_dir.mkdir(parents=True, exist_ok=True)
     say = lambda message: print(f"  {message}", file=sys.stderr, flush=True)  # noqa: E731
 
     for fmt, quants in (("hf", ("f16",)), ("ollama", ("f16", "q8_0", "q4_k_m"))):
         out = args.out_dir / fmt
         started = time.perf_counter()
-        record = export_model(run_id, out, ExportOptions(fmt=fmt, quants=quants, workspace=str(workspace),
+        record = export_model(adapter if args.adapter else run_id, out, ExportOptions(fmt=fmt, quants=quants, workspace=str(workspace),
                                                          threads=args.threads, name="faithforge-smollm2"), say)
         record["wall_seconds"] = round(time.perf_counter() - started, 1)
         result["exports"][fmt] = record
         print(f"export {fmt}: {record['wall_seconds']} s", file=sys.stderr, flush=True)
 
-    evaluation = stages["evaluate"]
-    comparison = json.loads((Path(evaluation["path"]) / "report.json").read_text())["comparison"]
-    rows = [_row("in-process before DPO", comparison["before"]), _row("in-process after DPO", comparison["after"])]
-    in_process_answers = [i["summary"] for i in comparison["after"]["items"]]
     dataset = DatasetOutput.model_validate(stages["generate"])
     held_out = load_split(dataset, cfg.evaluate.split)
     items = [EvalItem(id=e.id, source=e.source, key_facts=list(e.key_facts), category=e.category) for e in held_out]
-    assert [i.id for i in items] == [i["id"] for i in comparison["after"]["items"]], "not the run's items"
     judge = get_judge(cfg.evaluate.judge, **judge_options(cfg.evaluate))
+    if args.adapter:
+        model_path = stages["warm_start"]["path"]
+        evaluation = {"judge": cfg.evaluate.judge, "split": cfg.evaluate.split}
+        comparison = {"after": _in_process(cfg, workspace, model_path, adapter, held_out, items, judge, "after")}
+        if args.with_before:
+            comparison["before"] = _in_process(cfg, workspace, model_path, None, held_out, items, judge, "before")
+        evaluation["judge_accuracy"] = (comparison["after"].get("calibrations") or {})
+        print("in-process evaluation done", file=sys.stderr, flush=True)
+    else:
+        evaluation = stages["evaluate"]
+        comparison = json.loads((Path(evaluation["path"]) / "report.json").read_text())["comparison"]
+    rows = ([_row("in-process before DPO", comparison["before"])] if "before" in comparison else []) + \
+        [_row("in-process after DPO", comparison["after"])]
+    in_process_answers = [i["summary"] for i in comparison["after"]["items"]]
+    assert [i.id for i in items] == [i["id"] for i in comparison["after"]["items"]], "not the run's items"
     files = result["exports"]["ollama"]["files"]
     for quant in ("f16", "q4_k_m"):
         started = time.perf_counter()
@@ -113,8 +150,10 @@ def main() -> None:
         row["seconds"] = round(time.perf_counter() - started, 1)
         rows.append(row)
         print(f"served {quant}: rate {row['rate']:.3f} in {row['seconds']} s", file=sys.stderr, flush=True)
-    after = rows[1]
-    for row in rows[2:]:
+    after = next(r for r in rows if r["model"] == "in-process after DPO")
+    for row in rows:
+        if not row["model"].startswith("served"):
+            continue
         row["intervals_overlap_in_process_after"] = _overlap(row["rate_ci"], after["rate_ci"])
     result["evaluation"] = {"judge": evaluation.get("judge"), "judge_accuracy": evaluation.get("judge_accuracy"),
                             "split": evaluation.get("split"), "rows": rows}

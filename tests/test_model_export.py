@@ -50,7 +50,7 @@ def _llama_cpp_or_skip() -> None:
 @pytest.mark.timeout(900)
 def test_smollm2_adapter_exported_to_gguf_and_ollama_serves_the_same_greedy_tokens(tmp_path_factory, tmp_path):
     """The f16 GGUF, served by llama.cpp's server, answers chat requests with transformers' greedy tokens; its
-    metadata carries the chat template; the Modelfile reproduces the template; the q4_k_m file is smaller."""
+    metadata carries the chat template; the Modelfile reproduces the template; llama.cpp quantizes it to q4_k_m."""
     import httpx
     import torch
     from gguf import GGUFReader
@@ -58,20 +58,23 @@ def test_smollm2_adapter_exported_to_gguf_and_ollama_serves_the_same_greedy_toke
     from peft import PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from faithforge.training.gguf_writer import quantize
     from faithforge.training.model_export import ExportOptions, export_model
 
     _llama_cpp_or_skip()
     base = imported_smollm2(tmp_path_factory)
     adapter = _random_adapter(base, tmp_path / "adapter")
     out = tmp_path / "export"
-    record = export_model(str(adapter), out, ExportOptions(fmt="ollama", quants=("f16", "q4_k_m"), prompts=6,
+    record = export_model(str(adapter), out, ExportOptions(fmt="ollama", quants=("f16",), prompts=6,
                                                            max_new_tokens=16))
     assert record["merge_max_abs_logit_diff"] < 1e-3 < record["adapter_changes_logits_by"]
-    f16, q4 = record["files"]["f16"], record["files"]["q4_k_m"]
+    f16 = record["files"]["f16"]
     assert f16["agreement"]["same_prompt_tokens"] == 6 and f16["agreement"]["same_greedy"] >= 5
-    assert q4["bytes"] < 0.5 * f16["bytes"] and (out / q4["file"]).stat().st_size == q4["bytes"]
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["Modelfile", "README.md", "faithforge-export.json", f16["file"], q4["file"]])
+        ["Modelfile", "README.md", "faithforge-export.json", f16["file"]])
+    q4 = quantize(out / f16["file"], tmp_path / "model-q4_k_m.gguf", "q4_k_m")  # llama.cpp's own quantizer
+    assert q4.stat().st_size < 0.5 * f16["bytes"]
+    assert GGUFReader(str(q4)).fields["general.file_type"].contents() == 15  # LLAMA_FTYPE_MOSTLY_Q4_K_M
 
     tokenizer = AutoTokenizer.from_pretrained(str(base))
     fields = GGUFReader(str(out / f16["file"])).fields
@@ -79,7 +82,7 @@ def test_smollm2_adapter_exported_to_gguf_and_ollama_serves_the_same_greedy_toke
     assert fields["general.architecture"].contents() == "llama" and fields["tokenizer.ggml.pre"].contents() == "smollm"
 
     modelfile = (out / "Modelfile").read_text()
-    assert modelfile.startswith("# Written by") and f"FROM ./{q4['file']}" in modelfile
+    assert modelfile.startswith("# Written by") and f"FROM ./{f16['file']}" in modelfile
     assert 'PARAMETER stop "<|im_end|>"' in modelfile and "SYSTEM \"\"\"You are a helpful AI assistant" in modelfile
     assert record["ollama"]["create"] == f"ollama create export -f {out / 'Modelfile'}"
     card = (out / "README.md").read_text()
@@ -180,3 +183,43 @@ def test_cli_export_names_the_problem_in_one_line(tmp_path):
                              str(tmp_path / "ws")], cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "neither a folder nor a run id" in result.stderr
+
+
+LLAMA3_STYLE = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
+                "{{ m['content'] }}<|eot_id|>{% endfor %}{% if add_generation_prompt %}"
+                "<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}")
+
+
+def test_modelfile_template_is_read_from_the_chat_template(tiny_model_dir):
+    """A Llama-3-style template: role headers, one end-of-turn token, no default system prompt."""
+    from transformers import AutoTokenizer
+
+    from faithforge.training.modelfile import (go_template, modelfile_text, reproduces_chat_template, stop_tokens,
+                                               template_pieces)
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    tokenizer.chat_template = LLAMA3_STYLE
+    pieces = template_pieces(tokenizer)
+    assert pieces.suffix == "<|eot_id|>" and pieces.default_system is None
+    assert pieces.user_prefix == "<|start_header_id|>user<|end_header_id|>\n\n"
+    assert pieces.assistant_prefix == "<|start_header_id|>assistant<|end_header_id|>\n\n"
+    conversations = [[{"role": "user", "content": "Q?"}],
+                     [{"role": "system", "content": "S"}, {"role": "user", "content": "Q?"}],
+                     [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"},
+                      {"role": "user", "content": "c"}]]
+    assert reproduces_chat_template(pieces, tokenizer, conversations) == []
+    assert stop_tokens(pieces, tokenizer)[0] == "<|eot_id|>"
+    text = modelfile_text("m.gguf", pieces, tokenizer)
+    assert 'PARAMETER stop "<|eot_id|>"' in text and "SYSTEM" not in text and go_template(pieces) in text
+
+
+def test_a_chat_template_without_system_turns_is_refused(tiny_model_dir):
+    from transformers import AutoTokenizer
+
+    from faithforge.training.modelfile import template_pieces
+
+    tokenizer = AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] != 'system' %}[{{ m['role'] }}] {{ m['content'] }}"
+                               "\n{% endif %}{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}")
+    with pytest.raises(UserError, match="drops a system, user or assistant message"):
+        template_pieces(tokenizer)

@@ -158,23 +158,13 @@ def merged_model(src: ExportSource, on_step: Callable[[str], None] | None = None
     say(f"merging {src.adapter_path}")
     with_adapter = PeftModel.from_pretrained(model, src.adapter_path).eval()
     reference = _logits(with_adapter, probes)
+    with with_adapter.disable_adapter():  # the base alone: an adapter that changes nothing is worth saying
+        base_logits = _logits(with_adapter, probes)
     merged = with_adapter.merge_and_unload().eval()
     record["reference_logits"] = reference
     record["merge_max_abs_logit_diff"] = _max_diff(reference, _logits(merged, probes))
-    record["adapter_changes_logits_by"] = _max_diff(reference, _logits_of_base(src.model_path, probes))
+    record["adapter_changes_logits_by"] = _max_diff(reference, base_logits)
     return merged, tokenizer, record
-
-
-def _logits_of_base(path: str, probes):
-    """The base alone (a sanity figure for the card: an adapter that changes nothing is worth saying)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    base = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    try:
-        return _logits(base, probes)
-    finally:
-        del base
 
 
 def default_dtype(model_path: str) -> str:

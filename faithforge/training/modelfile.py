@@ -29,7 +29,10 @@ class TemplatePieces:
     default_system: str | None
     """The system prompt the template inserts when a conversation has none."""
     bos: str
-    """A BOS token text the template starts with (dropped: llama.cpp adds BOS by the GGUF's add_bos_token)."""
+    """A BOS token text the template starts with."""
+    bos_in_template: bool = False
+    """Whether TEMPLATE writes `bos` itself (the tokenizer does not add BOS; otherwise llama.cpp adds it, by the
+    GGUF's add_bos_token, and TEMPLATE must not repeat it)."""
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -79,7 +82,9 @@ def template_pieces(tokenizer) -> TemplatePieces:
         raise UserError("the chat template renders a second user turn differently from the first; an Ollama "
                         "TEMPLATE cannot be derived from it")
     head = full[:i_s]
-    bos = tokenizer.bos_token if _adds_bos(tokenizer) and head.startswith(tokenizer.bos_token) else ""
+    bos = tokenizer.bos_token if tokenizer.bos_token and head.startswith(tokenizer.bos_token) else ""
+    if bos and head[len(bos):] and bare.startswith(bos + head[len(bos):]):
+        bos = ""  # the BOS text belongs to the system turn's own prefix (ChatML's <|im_start|> as BOS)
     system_prefix = head[len(bos):]
     # A default system prompt: what the template puts before the first user turn when there is no system turn.
     before_user = bare[len(bos):bare.index(u) - len(user_prefix)]
@@ -90,7 +95,8 @@ def template_pieces(tokenizer) -> TemplatePieces:
                             "Ollama TEMPLATE cannot be derived from it")
         default_system = before_user[len(system_prefix):len(before_user) - len(suffix)]
     return TemplatePieces(system_prefix=system_prefix, user_prefix=user_prefix, assistant_prefix=assistant_prefix,
-                          suffix=suffix, default_system=default_system, bos=bos)
+                          suffix=suffix, default_system=default_system, bos=bos,
+                          bos_in_template=bool(bos) and not _adds_bos(tokenizer))
 
 
 def render_as_ollama(pieces: TemplatePieces, messages: list[dict]) -> str:
@@ -98,7 +104,7 @@ def render_as_ollama(pieces: TemplatePieces, messages: list[dict]) -> str:
     computed the way the Go template below is written."""
     if pieces.default_system is not None and not any(m["role"] == "system" for m in messages):
         messages = [{"role": "system", "content": pieces.default_system}, *messages]
-    text = []
+    text = [pieces.bos if pieces.bos_in_template else ""]
     for i, message in enumerate(messages):
         last = i == len(messages) - 1
         role, content = message["role"], message["content"]
@@ -122,7 +128,8 @@ def go_template(pieces: TemplatePieces) -> str:
     """The Go template (Ollama's TEMPLATE) over `.Messages`; no `{{-` trimming, so newlines in the pieces stay."""
     sp, up, ap, sx = (_go_literal(p) for p in (pieces.system_prefix, pieces.user_prefix, pieces.assistant_prefix,
                                                pieces.suffix))
-    return ("{{ range $i, $_ := .Messages }}{{ $last := eq (len (slice $.Messages $i)) 1 }}"
+    return (_go_literal(pieces.bos if pieces.bos_in_template else "") +
+            "{{ range $i, $_ := .Messages }}{{ $last := eq (len (slice $.Messages $i)) 1 }}"
             f'{{{{ if eq .Role "system" }}}}{sp}{{{{ .Content }}}}{sx}'
             f'{{{{ else if eq .Role "user" }}}}{up}{{{{ .Content }}}}{sx}{{{{ if $last }}}}{ap}{{{{ end }}}}'
             f'{{{{ else if eq .Role "assistant" }}}}{ap}{{{{ .Content }}}}{{{{ if not $last }}}}{sx}{{{{ end }}}}'
@@ -160,7 +167,7 @@ def reproduces_chat_template(pieces: TemplatePieces, tokenizer, conversations: l
     wrong = []
     for i, messages in enumerate(conversations):
         expected = _render(tokenizer, messages, True)
-        if pieces.bos and expected.startswith(pieces.bos):
+        if pieces.bos and not pieces.bos_in_template and expected.startswith(pieces.bos):
             expected = expected[len(pieces.bos):]
         if render_as_ollama(pieces, messages) != expected:
             wrong.append(i)
