@@ -15,6 +15,7 @@ from flows.evaluate import evaluate_flow
 from flows.generate import generate_flow
 from flows.reference import reference_flow
 from flows.train import train_flow
+from tasks.export_model import export_model_task
 from tasks.data import base_model_task, generate_task, import_generated_task, pairs_task, warm_start_task
 from tasks.gate import gate_task
 from tasks.label import label_step
@@ -55,6 +56,8 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
                                                         run_id=run_id)
         if config.label.enabled:  # pauses the run for people's labels in the UI; times out into "unlabeled"
             stages["label"] = label_step(config, run_id, evaluation)
+        if config.export.enabled:  # after the evaluation: the model card carries the measured rates
+            stages["export"] = export_model_task(config, run_id, trained.dpo)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Prefect's server may be gone, so no task records it
         cancel_run(config, run_id, _as_json(stages))
         raise

@@ -16,6 +16,7 @@ os.environ.pop("FAITHFORGE_GPU_PROFILE", None)  # tests choose profiles explicit
 #: Test files that share one expensive session resource run in one xdist worker (pyproject's `--dist loadgroup`);
 #: every other file is its own group, so a file's module fixtures are built once.
 SHARED_RESOURCE_GROUPS = {"test_model_import.py": "smollm2-import", "test_real_pipeline.py": "smollm2-import",
+                          "test_model_export.py": "smollm2-import",
                           "test_eval_llm.py": "llama-server", "test_generation_real_server.py": "llama-server"}
 
 

@@ -69,10 +69,12 @@ def _stop(proc: subprocess.Popen) -> None:
     stop_process(proc)
 
 
-def start_llama_server(log_path: Path, *, n_ctx: int = 4096, threads: int = THREADS) -> tuple[LlamaServer, subprocess.Popen]:
-    """Start the server and wait until it lists its model; the caller stops it (`_stop`)."""
+def start_llama_server(log_path: Path, *, n_ctx: int = 4096, threads: int = THREADS,
+                       gguf: Path | None = None) -> tuple[LlamaServer, subprocess.Popen]:
+    """Start the server (on `gguf`, default the SmolLM2 file) and wait until it lists its model; the caller stops
+    it (`_stop`)."""
     port = free_port()
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(smollm2_gguf()), "--model_alias", MODEL_ALIAS,
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf or smollm2_gguf()), "--model_alias", MODEL_ALIAS,
            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
            "--n_threads_batch", str(threads)]
     log = open(log_path, "wb")  # noqa: SIM115 - kept open for the server's life, closed by the OS at exit

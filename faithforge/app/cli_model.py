@@ -38,3 +38,43 @@ def import_command(
     typer.echo(f"imported {report.architecture} ({report.parameters:,} parameters, {report.dtype}) to {report.out}; "
                f"logits match the source (max |Δ| {report.max_abs_logit_diff:.2g} over {report.probe_tokens} "
                f"tokens). Use it with model.path: {report.out}")
+
+
+@app.command("export")
+def export_command(
+    source: str = typer.Argument(..., help="A DPO adapter folder, a pipeline run id (see `faithforge runs`) or a "
+                                 "model folder."),
+    out: Path = typer.Argument(..., help="New folder to write the export to."),
+    fmt: str = typer.Option("gguf", "--format", help="hf (merged safetensors), gguf, or ollama (GGUF + Modelfile)."),
+    quant: list[str] = typer.Option(["f16"], "--quant", help="GGUF type: f16, q8_0 or q4_k_m; repeat for several "
+                                    "(the f16 file is always written: it is what the others are made from)."),
+    dtype: Optional[str] = typer.Option(None, help="--format hf only: float32, bfloat16 or float16 (default: the "
+                                        "base model's)."),
+    base: Optional[str] = typer.Option(None, help="The adapter's base model folder (default: from "
+                                       "adapter_config.json or the run)."),
+    workspace: str = typer.Option(".faithforge", "--workspace", "-w", help="Workspace of a run id."),
+    prompts: int = typer.Option(20, help="Probe prompts for the served-vs-transformers greedy check (1-20)."),
+    max_new_tokens: int = typer.Option(24, "--max-new-tokens", min=1, help="Greedy tokens compared per prompt."),
+    threads: int = typer.Option(2, min=1, help="CPU threads for llama.cpp."),
+    name: Optional[str] = typer.Option(None, help="Model name in the GGUF and for `ollama create` (default: OUT's "
+                                       "folder name)."),
+) -> None:
+    """Merge the adapter and write a model a server runs (hf, gguf, ollama), verified by serving it back."""
+    from faithforge.training.model_export import ExportOptions, export_model
+
+    opts = ExportOptions(fmt=fmt, quants=tuple(quant), dtype=dtype, base=base, workspace=workspace, prompts=prompts,
+                         max_new_tokens=max_new_tokens, threads=threads, name=name)
+    record = export_model(source, out, opts, on_step=lambda message: typer.echo(message, err=True))
+    where = Path(out).expanduser().resolve()
+    if record.get("merge_max_abs_logit_diff") is not None:
+        typer.echo(f"merged: max |Δlogit| vs base + adapter {record['merge_max_abs_logit_diff']:.2g}")
+    if "hf" in record:
+        typer.echo(f"wrote {where} ({record['hf']['dtype']}); reloaded with plain transformers: max |Δlogit| "
+                   f"{record['hf']['reloaded_max_abs_logit_diff']:.2g}")
+    for quant_name, info in (record.get("files") or {}).items():
+        a = info["agreement"]
+        typer.echo(f"{info['file']}: {info['bytes'] / 2**20:.1f} MiB, served greedy answers identical to "
+                   f"transformers' on {a['same_greedy']}/{a['prompts']} prompts")
+    if "ollama" in record:
+        typer.echo(record["ollama"]["create"])
+    typer.echo(f"model card: {where / 'README.md'}")

@@ -51,9 +51,13 @@ def print_summary(summary: dict) -> None:
         if out and out.get("resumed_from_step") and not out.get("reused"):
             console.print(f"{name} resumed from its checkpoint at step {out['resumed_from_step']}")
     console.print("\n[bold]where everything was written[/bold]")
-    for name in ("generate", "warm_start", "pairs", "reference", "train", "control", "evaluate"):
+    for name in ("generate", "warm_start", "pairs", "reference", "train", "control", "evaluate", "export"):
         out = stages.get(name)
         if out and out.get("path") and not out.get("skipped"):
             console.print(f"  {name:<11} {out['path']}  ({out.get('wall_seconds', 0):.1f} s)")
     console.print(f"  report      {ev['markdown_path']}\n  chart       {ev['chart']}")
+    for tracker, where in (ev.get("tracking") or {}).items():  # train.report_to
+        console.print(f"  {tracker:<11} {where}")
+    if (stages.get("export") or {}).get("ollama_create"):
+        console.print(f"  ollama      {stages['export']['ollama_create']}")
     console.print(f"run {summary['run_id']} finished in {summary['wall_seconds']:.0f} s")

@@ -31,6 +31,10 @@ def check_pipeline_inputs(cfg: PipelineConfig) -> Workspace:
     from faithforge.evaluation.options import judge_options
 
     judge_options(cfg.evaluate)  # nli without a checkpoint, llm without a model: before any training
+    if cfg.train.report_to:
+        from faithforge.training.tracking import check_trackers
+
+        check_trackers(cfg.train.report_to)  # a tracker that is not installed: before any training
     ev, gen = cfg.evaluate, cfg.generate
     for option, url, used in (("evaluate.served_base_url", ev.served_base_url, bool(ev.served_model)),
                               ("evaluate.llm_base_url", ev.llm_base_url, "llm" in judge_names(ev.judge)),

@@ -284,6 +284,12 @@ class TrainConfig(Section):
     quantization: Literal["auto", "nf4", "none"] = "auto"
     """`nf4`: load the policy in 4-bit NF4 with double quantization (bitsandbytes). `auto`: NF4 on a CUDA
     GPU, full precision on CPU. `none`: never quantize."""
+    report_to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(default_factory=list)
+    """Send the training curves (DPO through TRL's own reporting callbacks, the warm start, the SFT control) and
+    the run's results (rates with intervals, the judge and its accuracy, GPU plans and measured peaks) to these
+    trackers, one tracker run per FaithForge run: TensorBoard under `<workspace>/tracking/tensorboard`, MLflow at
+    `MLFLOW_TRACKING_URI` or `<workspace>/tracking/mlflow.db`, W&B offline unless `WANDB_MODE` says otherwise.
+    Empty: none. Install with `pip install 'faithforge[track]'`."""
 
 
 class ControlConfig(Section):
@@ -447,6 +453,17 @@ class LabelConfig(Section):
     """How often the paused run checks for a submitted form, in seconds."""
 
 
+class ExportConfig(Section):
+    """Ship the trained model at the end of the run (`faithforge model export` as a pipeline stage)."""
+
+    enabled: bool = False
+    """Export the DPO adapter merged into its base, verified by serving it, into `<workspace>/exports/<run id>`."""
+    format: Literal["hf", "gguf", "ollama"] = "ollama"
+    """`hf`: merged safetensors for transformers; `gguf`: llama.cpp's format; `ollama`: GGUF + Modelfile."""
+    quant: list[Literal["f16", "q8_0", "q4_k_m"]] = Field(default_factory=lambda: ["f16", "q4_k_m"])
+    """GGUF types to write (f16 is always written and verified; the others are quantized from it)."""
+
+
 class PipelineConfig(Section):
     """Everything one FaithForge run needs."""
 
@@ -483,6 +500,7 @@ class PipelineConfig(Section):
     evaluate: EvaluateConfig = EvaluateConfig()
     gpu: GpuConfig = GpuConfig()
     label: LabelConfig = LabelConfig()
+    export: ExportConfig = ExportConfig()
 
     @model_validator(mode="after")
     def _own_documents_need_pairs_from_somewhere(self) -> "PipelineConfig":

@@ -205,6 +205,8 @@ MARKER = ".faithforge-workspace"
 KNOWN_TOP_LEVEL = frozenset(SUBDIRS) | {MARKER, "faithforge.db", "faithforge.db-wal", "faithforge.db-shm",
                                         "faithforge.db-journal", "gpu_calibration.json",
                                         "calibrations"}  # judge calibrations (faithforge.evaluation.heldout)
+#: `train.report_to`'s TensorBoard/MLflow files and the export stage's models (faithforge.training.tracking, .model_export).
+KNOWN_TOP_LEVEL = KNOWN_TOP_LEVEL | {"tracking", "exports"}
 #: Sub-directories whose entries are recomputable stage outputs (`--fresh` removes FaithForge's ones).
 DERIVED_DIRS = ("datasets", "pairs", "refcache", "models", "checkpoints", "adapters")
 #: Names of what stages write there: `<kind>-<16 hex content key>`, a reference cache `<16 hex>`, and the

@@ -102,7 +102,7 @@ def evaluate_models(ctx: StageContext, model: ModelOutput, dataset: DatasetOutpu
     parents = [dpo.artifact_id] + ([control.artifact_id] if control and control.artifact_id else [])
     artifact_id = save_evaluation(ctx.store, comparison, uri=str(out), run_id=ctx.run_id, parents=parents,
                                   control=control_cmp)
-    return EvaluationOutput(
+    result = EvaluationOutput(
         path=str(out), markdown_path=str(out / "report.md"), chart=str(Path(chart)),
         judge_accuracy=_judge_accuracy(comparison),
         artifact_id=artifact_id, judge=cfg.judge, split=cfg.split, items=len(items), seconds=round(seconds, 2),
@@ -114,6 +114,28 @@ def evaluate_models(ctx: StageContext, model: ModelOutput, dataset: DatasetOutpu
         served_difference=served_cmp.rate.model_dump() if served_cmp else None,
         table=table_rows(comparison, control_cmp), markdown=markdown, sampler=sampler,
     )
+    tracking = _report_to_trackers(ctx, result)
+    return result.model_copy(update={"tracking": tracking}) if tracking else result
+
+
+def _report_to_trackers(ctx: StageContext, result: EvaluationOutput) -> dict[str, str]:
+    """Rates with intervals, the judge and its accuracy, and every stage's GPU plan and measured peak, logged to
+    the run's trackers (`train.report_to`); returns where to read them ({} when none is configured)."""
+    from faithforge.stages.train import open_tracker
+
+    tracker = open_tracker(ctx, Path(result.path).name)
+    if tracker is None:
+        return {}
+    from faithforge.training.tracking import rate_metrics, stage_metrics
+
+    with tracker:
+        tracker.log_metrics(rate_metrics(result.model_dump(mode="json")))
+        if ctx.run_id:
+            numbers, text = stage_metrics(ctx.store.stages(ctx.run_id))
+            tracker.log_metrics(numbers)
+            tracker.log_text(text)
+        tracker.log_text({"judge": result.judge, "judge_accuracy": result.judge_accuracy, "split": result.split})
+        return tracker.locations()
 
 
 def _check_no_overlap(held_out: list, dataset: DatasetOutput, pairs: PairsOutput, split: str) -> None:

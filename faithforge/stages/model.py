@@ -79,6 +79,7 @@ def _train_warm_start(ctx: StageContext, claim, base: ModelOutput, dataset: Data
                        checkpoint_dir=checkpoints, checkpoint_every=cfg.checkpoint_every,
                        on_resume=lambda step: (resumed.append(step),
                                                ctx.progress("warm_start", step, cfg.steps, f"resumed at step {step}")))
+    _report_losses(ctx, out.name, losses)
     info = {"path": str(out), "first_loss": losses[0], "final_loss": losses[-1], "steps": cfg.steps,
             "resumed_from_step": resumed[0] if resumed else None,
             "train_seconds": round(time.perf_counter() - started, 2), **measured_peak()}
@@ -91,3 +92,15 @@ def _train_warm_start(ctx: StageContext, claim, base: ModelOutput, dataset: Data
     remove_inside(ctx.workspace.root, checkpoints)  # the finished model replaces them
     del model
     return result
+
+
+def _report_losses(ctx: StageContext, name: str, losses: list[float]) -> None:
+    """The warm start's loss per step to the run's trackers (`train.report_to`), when any."""
+    from faithforge.stages.train import open_tracker
+
+    tracker = open_tracker(ctx, name)
+    if tracker is None:
+        return
+    with tracker:
+        for step, loss in enumerate(losses, start=1):
+            tracker.log_metrics({"warm_start/loss": loss}, step=step)

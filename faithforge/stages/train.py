@@ -27,7 +27,8 @@ def starting_plan(plan: Plan, effective: int) -> Plan:
 def train_dpo(ctx: StageContext, model: ModelOutput, pairs: PairsOutput, reference: ReferenceOutput,
               plan: Plan) -> AdapterOutput:
     cfg = ctx.config.train
-    key = content_key("dpo", reference.key, cfg.model_dump(), ctx.config.seed)
+    # Where the curves are reported does not change the adapter: report_to is not part of the key.
+    key = content_key("dpo", reference.key, cfg.model_dump(exclude={"report_to"}), ctx.config.seed)
     out = ctx.workspace.dir("adapters") / f"dpo-{key}"
     with claim_output("train", out, progress=ctx.progress) as claim:
         if claim.reused is not None:
@@ -42,8 +43,14 @@ def _train_dpo(ctx: StageContext, claim: Claim, key: str, out: Path, model: Mode
 
     policy, tokenizer, reference_logps, on_gpu = _setup_dpo(ctx, model, reference, plan)
     started = time.perf_counter()
-    result, backoffs = _run_dpo_with_backoff(ctx, key, policy, tokenizer, load_pairs(pairs.train), reference_logps,
-                                             starting_plan(plan, ctx.config.train.batch_size), on_gpu)
+    tracker = open_tracker(ctx, f"dpo-{key}")
+    try:
+        result, backoffs = _run_dpo_with_backoff(ctx, key, policy, tokenizer, load_pairs(pairs.train), reference_logps,
+                                                 starting_plan(plan, ctx.config.train.batch_size), on_gpu,
+                                                 tracker.trainer_callbacks() if tracker else [])
+    finally:
+        if tracker:
+            tracker.close()
     history = result["history"]
     info = {"path": str(out), "steps": result["steps"], "micro_batch": result["micro_batch"],
             "grad_accum": result["grad_accum"],
@@ -90,7 +97,7 @@ def _dpo_arguments(ctx: StageContext, key: str, on_gpu: bool, start: Plan):
 
 
 def _run_dpo_with_backoff(ctx: StageContext, key: str, policy, tokenizer, train_pairs: list[dict], reference_logps,
-                          start: Plan, on_gpu: bool) -> tuple[dict, list[dict]]:
+                          start: Plan, on_gpu: bool, report_callbacks: list | None = None) -> tuple[dict, list[dict]]:
     """`run_dpo` from `start`'s micro-batch; after a CUDA OOM again with half of it (the run store hears of each)."""
     from faithforge.training.dpo import run_dpo
     from gpu import run_with_oom_backoff
@@ -104,7 +111,7 @@ def _run_dpo_with_backoff(ctx: StageContext, key: str, policy, tokenizer, train_
         out = run_dpo(policy, tokenizer, train_pairs, reference_logps,
                       args.with_micro_batch(current.batch_size, current.grad_accum),
                       guard_tolerance=None,  # None: scaled to the dtype and tokens
-                      extra_callbacks=[_progress_callback(ctx, "train", args.steps)])
+                      extra_callbacks=[_progress_callback(ctx, "train", args.steps), *(report_callbacks or [])])
         return {**out, "micro_batch": current.batch_size, "grad_accum": current.grad_accum}
 
     def log_backoff(event) -> None:
@@ -142,7 +149,7 @@ def train_sft_control(ctx: StageContext, model: ModelOutput, pairs: PairsOutput,
     cfg = ctx.config.train
     # Inside the workspace by their relative paths: a copied or moved workspace keeps its key (issue 25, item 4).
     key = content_key("sft-control", ctx.workspace.relative(model.path), ctx.workspace.relative(pairs.path),
-                      cfg.model_dump(), ctx.config.seed)
+                      cfg.model_dump(exclude={"report_to"}), ctx.config.seed)
     out = ctx.workspace.dir("adapters") / f"sft-control-{key}"
     with claim_output("control", out, progress=ctx.progress) as claim:
         if claim.reused is not None:
@@ -189,7 +196,15 @@ def _train_sft_control(ctx: StageContext, claim: Claim, out: Path, model: ModelO
             if s % 16 == 0 or s == cfg.steps else None,
             checkpoint_dir=checkpoints, checkpoint_every=cfg.checkpoint_every, on_resume=resumed.append)
 
-    losses = run_with_oom_backoff(control_with, starting_plan(plan, cfg.batch_size))
+    tracker = open_tracker(ctx, out.name)
+    try:
+        losses = run_with_oom_backoff(control_with, starting_plan(plan, cfg.batch_size))
+        if tracker:
+            for step, loss in enumerate(losses, start=1):
+                tracker.log_metrics({"control/loss": loss}, step=step)
+    finally:
+        if tracker:
+            tracker.close()
     info = {"path": str(out), "steps": cfg.steps, "first_loss": losses[0], "final_loss": losses[-1],
             "micro_batch": attempts[-1],
             "resumed_from_step": resumed[0] if resumed else None,
@@ -201,6 +216,18 @@ def _train_sft_control(ctx: StageContext, claim: Claim, out: Path, model: ModelO
             meta={"control": "sft-on-chosen", **info}, parents=[pairs.artifact_id]))
     remove_inside(ctx.workspace.root, checkpoints)  # the finished adapter replaces them
     return result
+
+
+def open_tracker(ctx: StageContext, fallback_name: str):
+    """The run's trackers (`train.report_to`), tagged with the Prefect flow run that started the run; None when
+    none is configured. Named after the FaithForge run (or `fallback_name` for a stage run on its own)."""
+    if not ctx.config.train.report_to:
+        return None
+    from faithforge.training.tracking import Tracker
+
+    run = ctx.store.get_run(ctx.run_id) if ctx.run_id else None
+    return Tracker(ctx.config.train.report_to, ctx.workspace.root, ctx.run_id or fallback_name,
+                   tags={"prefect.flow_run_id": getattr(run, "prefect_flow_run_id", None)})
 
 
 def _components(path: str) -> dict:

@@ -110,6 +110,10 @@ def pipeline_report_markdown(run_id: str | None, stages: dict[str, Any]) -> str:
     parts += ["## DPO training curves", "",
               image_markdown("DPO loss, reward margin and accuracy per step",
                              Path(train["path"]) / "training.png" if train.get("path") else None), ""]
+    tracking = evaluation.get("tracking") or {}
+    if tracking:  # train.report_to: where the same run's curves and results are in the user's tracker
+        parts += ["Also in your tracker: " + "; ".join(f"**{name}**: `{where}`" for name, where in tracking.items()),
+                  ""]
     rows = where_each_stage_ran(stages)
     if rows:
         parts += ["## Where each stage ran", "", "| stage | ran on | reused | seconds |", "|---|---|---|---|"]
