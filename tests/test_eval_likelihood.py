@@ -187,3 +187,23 @@ def test_config_accepts_the_likelihood_judge_and_checks_its_options_before_work(
     options = judge_options(EvaluateConfig(judge=["grounding", "likelihood"], judge_rule="logistic",
                                            judge_combination=str(combo)), base_model=str(tiny_model_dir))
     assert options["rule"] == "logistic" and options["combination"].features == ("grounding.flags",)
+
+
+def test_eval_fit_combination_fits_on_validation_and_reports_held_out(tmp_path):
+    from typer.testing import CliRunner
+
+    from faithforge.app.cli_eval import app
+    from faithforge.evaluation.calibration import make_calibration_set
+
+    labels = make_calibration_set(tmp_path / "labels.jsonl", n=40, seed=0)
+    out = tmp_path / "combo.json"
+    result = CliRunner().invoke(app, ["fit-combination", "--labels", str(labels), "--judge", "grounding",
+                                      "--judge", "grounded-qa", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "held-out labels" in result.output
+    combo = FittedCombination.load(out)
+    assert set(combo.judges) <= {"grounding", "grounded-qa"} and combo.fitted_on["held_out"]["n"] > 0
+    missing = CliRunner().invoke(app, ["fit-combination", "--labels", str(labels), "--judge", "likelihood",
+                                       "--out", str(tmp_path / "other.json")])
+    assert isinstance(missing.exception, UserError) and "likelihood" in str(missing.exception)
+    assert not (tmp_path / "other.json").exists()

@@ -104,6 +104,55 @@ def _print_calibration(result: HeldOutCalibration, stored: Path | None) -> None:
         typer.echo(f"stored in {stored}: reports judged by {result.judge} with this checkpoint carry it")
 
 
+@app.command("fit-combination")
+def fit_combination_command(
+    labels: Path = typer.Option(..., "--labels", help="JSONL with source, summary, label, optional dataset and split."),
+    judge: list[str] = typer.Option(..., "--judge", help="A judge whose numbers the fit reads; repeat (e.g. "
+                                                         "--judge likelihood --judge grounding)."),
+    out: Path = typer.Option(..., "--out", help="Where to write the fitted combination (JSON) for "
+                                                "evaluate.judge_combination."),
+    likelihood_model: Optional[str] = typer.Option(None, "--likelihood-model", help="likelihood: the causal LM folder."),
+    trained_judge: Optional[str] = typer.Option(None, "--trained-judge", help="trained: the folder judge train wrote."),
+    holdout: float = typer.Option(0.5, "--holdout", help="Share of labels held out for the reported accuracy."),
+    split_seed: int = typer.Option(0, "--split-seed", min=0, max=2**32 - 1, help="Seed of the split by source."),
+) -> None:
+    """Fit a logistic combination of judges on the validation split of labels; report it on the held-out split."""
+    from faithforge.core.config import EvaluateConfig
+    from faithforge.evaluation.calibration import read_labels
+    from faithforge.evaluation.fitted import fit_combination, verdict_features
+    from faithforge.evaluation.heldout import split_examples
+    from faithforge.evaluation.judges import build_judges, judge_names
+    from faithforge.evaluation.options import judge_options
+
+    names = judge_names(judge)
+    cfg = EvaluateConfig(judge=names if len(names) > 1 else names[0], likelihood_model=likelihood_model,
+                         trained_judge_path=trained_judge)
+    options = judge_options(cfg)  # a missing model or judge folder fails here, before any label is read
+    built = build_judges(names, options if len(names) > 1 else {names[0]: options})
+    validation, test = split_examples(read_labels(labels), holdout=holdout, seed=split_seed)
+
+    def features(rows):
+        return [verdict_features(built.judge(e.source, e.summary)) for e in rows]
+
+    train_features = features(validation)
+    used = sorted(set.intersection(*(set(f) for f in train_features)))
+    combo = fit_combination(train_features, [e.hallucinated for e in validation], used,
+                            fitted_on={"labels": str(labels), "validation_rows": len(validation), "judges": names})
+    predicted = [combo.probability(f) >= combo.threshold for f in features(test)]
+    truth = [e.hallucinated for e in test]
+    tp = sum(p and t for p, t in zip(predicted, truth))
+    tn = sum(not p and not t for p, t in zip(predicted, truth))
+    recall, specificity = tp / max(1, sum(truth)), tn / max(1, len(truth) - sum(truth))
+    precision = tp / max(1, sum(predicted))
+    combo = type(combo)(**{**combo.__dict__, "fitted_on": {**combo.fitted_on, "held_out": {
+        "n": len(test), "balanced_accuracy": (recall + specificity) / 2, "precision": precision, "recall": recall}}})
+    combo.save(out)
+    typer.echo(f"fitted {', '.join(names)} on {len(validation)} validation labels ({len(used)} features); on "
+               f"{len(test)} held-out labels: balanced accuracy {_pct((recall + specificity) / 2)}, precision "
+               f"{_pct(precision)}, recall {_pct(recall)}; written to {out} (set evaluate.judge_rule: logistic and "
+               f"evaluate.judge_combination: {out})")
+
+
 @app.command()
 def compare(
     run_a: str = typer.Argument(..., help="Evaluation artifact id, or a run id (its newest evaluation)."),

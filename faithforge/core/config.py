@@ -356,8 +356,8 @@ class EvaluateConfig(Section):
     """How a judge list decides: `any` flags what any judge flags; `all` what every judge flags; `logistic`
     applies the combination fitted on labels in `judge_combination`."""
     judge_combination: str | None = None
-    """`logistic`: the JSON file of a combination fitted on development labels (`faithforge eval calibrate
-    --rule logistic --save-combination FILE`, or bench/judges_real_text.py)."""
+    """`logistic`: the JSON file of a combination fitted on development labels (`faithforge eval
+    fit-combination --labels FILE --judge ... --out FILE`, or bench/judges_real_text.py)."""
     worst_examples: int = Field(5, ge=0, le=100)
     """Flagged summaries shown per model in the report."""
     max_new_tokens: int = Field(32, ge=1, le=32768)

@@ -4,7 +4,7 @@
 features (`verdict_features`: its decision, its score and its named features, e.g. the likelihood judge's mean
 log-probabilities), and decides "hallucinated" when the fitted probability reaches the threshold. The weights,
 the feature scaling and the threshold are fitted on a development split of labels only
-(`fit_combination`; `faithforge eval calibrate --rule logistic`, or bench/judges_real_text.py on the QAGS
+(`fit_combination`; `faithforge eval fit-combination`, or bench/judges_real_text.py on the QAGS
 development half) and saved as JSON with where they came from; figures are then reported on held-out labels.
 
 The fit is L2-regularized logistic regression by Newton's method (a handful of features, a few hundred rows: no

@@ -106,7 +106,7 @@ def build_judges(judge: str | Sequence[str], options: dict[str, dict[str, Any]] 
 
         if combination is None:
             raise UserError("judge rule logistic needs a fitted combination: set evaluate.judge_combination to the "
-                            "JSON file `faithforge eval calibrate --rule logistic` wrote")
+                            "JSON file `faithforge eval fit-combination` wrote")
         if not isinstance(combination, FittedCombination):
             combination = FittedCombination.load(combination)
         unknown = sorted(set(combination.judges) - set(names))

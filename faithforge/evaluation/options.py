@@ -23,7 +23,7 @@ def judge_options(cfg, *, base_model: str | None = None, cache_dir: str | None =
     if rule == "logistic":
         if not cfg.judge_combination:
             raise UserError("evaluate.judge_rule is logistic but evaluate.judge_combination is empty; set it to the "
-                            "JSON file of a combination fitted on labels (faithforge eval calibrate --rule logistic)")
+                            "JSON file of a combination fitted on labels (faithforge eval fit-combination)")
         from faithforge.evaluation.fitted import FittedCombination
 
         combination = FittedCombination.load(cfg.judge_combination)  # unreadable or missing: fails here
