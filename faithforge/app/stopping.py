@@ -166,5 +166,6 @@ class Stopper:
             raise
         finally:
             remove_sink(self._sink)
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
+            if not self.signals:  # a stop under way keeps this handler: a second Ctrl-C still exits at once, 130
+                for sig, handler in old.items():
+                    signal.signal(sig, handler)
