@@ -207,3 +207,17 @@ def test_eval_fit_combination_fits_on_validation_and_reports_held_out(tmp_path):
                                        "--out", str(tmp_path / "other.json")])
     assert isinstance(missing.exception, UserError) and "likelihood" in str(missing.exception)
     assert not (tmp_path / "other.json").exists()
+
+
+def test_the_pairs_stage_can_choose_with_the_likelihood_judge_on_the_sampled_policy(tiny_model_dir):
+    from faithforge.core.config import PipelineConfig
+    from faithforge.evaluation.likelihood import LikelihoodJudge
+    from faithforge.stages.pairs import _pairs_judge
+
+    config = PipelineConfig.model_validate({"pairs": {"builder": "on-policy", "judge": "likelihood"},
+                                            "evaluate": {"judge": "grounding", "likelihood_feature": "pmi"}})
+    judge = _pairs_judge(config, str(tiny_model_dir))
+    assert isinstance(judge, LikelihoodJudge) and judge.feature == "pmi"
+    assert judge.scorer.model_path == str(tiny_model_dir)
+    with pytest.raises(UserError, match="causal LM"):
+        _pairs_judge(config, None)

@@ -183,9 +183,12 @@ class PairsConfig(Section):
     faithful_chosen: bool = False
     """`on-policy`: the chosen sample must be one the judge flags nothing in; otherwise a sample that states the
     answer and invents a detail can win over a wrong answer, and training raises the invention with it."""
-    judge: Literal["grounding", "grounded-qa"] | None = None
+    judge: Literal["grounding", "grounded-qa", "likelihood"] | None = None
     """`on-policy`: the judge that scores the samples; empty uses `evaluate.judge`. `grounded-qa` also flags a value
-    given to the wrong person ("Nia sold 5 books." when Wim sold them), which `grounding` lets through."""
+    given to the wrong person ("Nia sold 5 books." when Wim sold them), which `grounding` lets through.
+    `likelihood` scores with the policy being sampled (or `evaluate.likelihood_model`) and its `evaluate.likelihood_*`
+    settings: on real text it scores in degrees where `grounding` rarely flags anything. Choose a judge of another
+    family for `evaluate.judge`, or the rate measures what DPO was trained to please."""
     omission_share: float = Field(1.0, ge=0.0, le=1.0)
     """Share of the sources that state a day which also get a pair whose rejected summary drops that day, so
     that the model cannot lower its hallucination rate by saying less."""

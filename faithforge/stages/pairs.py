@@ -108,6 +108,9 @@ def _pairs_judge(config, base_model: str | None = None):
     from faithforge.evaluation import get_judge
     from faithforge.evaluation.options import judge_options
 
+    if config.pairs.judge == "likelihood":  # its model and settings are the evaluate section's likelihood_* fields
+        settings = config.evaluate.model_copy(update={"judge": "likelihood", "judge_rule": "any"})
+        return get_judge("likelihood", **judge_options(settings, base_model=base_model))
     if config.pairs.judge:
         return get_judge(config.pairs.judge)
     return get_judge(config.evaluate.judge, **judge_options(config.evaluate, base_model=base_model))
