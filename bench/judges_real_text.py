@@ -53,17 +53,9 @@ class Row:
     features: dict
 
 
-def auc(scores: list[float], positive: list[bool]) -> float | None:
-    """ROC AUC (Mann-Whitney, ties count half): P(score of a positive > score of a negative)."""
-    pos = [s for s, p in zip(scores, positive) if p]
-    neg = [s for s, p in zip(scores, positive) if not p]
-    if not pos or not neg:
-        return None
-    wins = sum((p > n) + 0.5 * (p == n) for p in pos for n in neg)
-    return wins / (len(pos) * len(neg))
-
-
 def metrics(predicted: list[bool], positive: list[bool], scores: list[float] | None) -> dict:
+    from faithforge.evaluation.trained import roc_auc
+
     tp = sum(p and y for p, y in zip(predicted, positive))
     fp = sum(p and not y for p, y in zip(predicted, positive))
     fn = sum(not p and y for p, y in zip(predicted, positive))
@@ -72,7 +64,7 @@ def metrics(predicted: list[bool], positive: list[bool], scores: list[float] | N
     specificity = tn / (tn + fp) if tn + fp else None
     return {"n": len(positive), "bacc": (recall + specificity) / 2 if recall is not None and specificity is not None
             else None, "precision": tp / (tp + fp) if tp + fp else None, "recall": recall,
-            "auc": auc(scores, positive) if scores is not None else None}
+            "auc": roc_auc(scores, positive) if scores is not None else None}
 
 
 def load_rows(model: Path, cache: Path, say) -> tuple[list[Row], float]:

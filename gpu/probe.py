@@ -4,7 +4,7 @@ Every NVML call goes through one choke point, `Nvml.call`, which initialises NVM
 registers `nvmlShutdown` with `atexit`. NVML is read instead of `torch.cuda.mem_get_info` because the latter
 creates a CUDA context (~0.5 GiB) in the calling process, and the orchestrator must not hold one.
 
-Facts this relies on (see /work/shared/research-notes.md):
+Facts this relies on (see the research notes):
 - `nvmlDeviceGetMemoryInfo(handle, version=nvmlMemory_v2)` reports driver-reserved memory separately; v1
   counts it as used. v2 is tried first and v1 is the fallback on drivers without it.
 - Under MIG the parent handle reports the whole card (vLLM PR #39874 saw 141 GB for a 16 GB slice), so each

@@ -1,5 +1,5 @@
 """One model call that appends to a KV cache, with the three arguments transformers 5.x gets wrong silently
-if left implicit (see /work/shared/research-notes.md, "prefix-cache pitfalls"):
+if left implicit (see the research notes, "prefix-cache pitfalls"):
 
 - attention_mask covers cached + new tokens ([batch, past + new]; a mask over the new tokens only gave
   max |Δlogit| 43.6);

@@ -7,7 +7,7 @@ Why a GGUF import rebuilds the model: transformers dequantizes a GGUF file to pl
 marks the model as GGUF-quantized, and `save_pretrained` then refuses ("quantized with gguf and is not
 serializable", transformers 5.24). A fresh model of the same class built from the same config (without the
 quantization marker) takes the dequantized state dict and saves normally, with identical logits (measured:
-max |Δlogit| 0.0 on SmolLM2-135M-Instruct; /work/shared/research-notes.md).
+max |Δlogit| 0.0 on SmolLM2-135M-Instruct; the research notes).
 
 Every import is verified: the same chat-formatted probe goes through the loaded source model and through the
 written folder loaded back the way the pipeline loads it, and the largest logit difference must stay within
