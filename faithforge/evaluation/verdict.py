@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol, runtime_checkable
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Iterable, Literal, Protocol, Sequence, runtime_checkable
 
 FlagKind = Literal["number", "date", "entity", "quote", "claim", "inconsistent"]
 
@@ -90,4 +90,21 @@ def verdict_from_sentences(judge: str, sentences: list[SentenceResult], flags: l
                    sentences=tuple(sentences), flags=tuple(flags), score=score)
 
 
-__all__ = ["Flag", "FlagKind", "Judge", "SentenceResult", "Verdict", "unjudgeable", "verdict_from_sentences"]
+def thresholded_verdict(judge: str, spans: Sequence[tuple[int, int]],
+                        scored: Iterable[tuple[int, str, float, str]], threshold: float, *,
+                        truncated: bool = False) -> Verdict:
+    """A verdict from per-sentence support scores: `scored` yields (index, text, score, reason); a sentence is
+    supported when its score reaches `threshold`, an unsupported one is flagged at its span with `reason`, and
+    the summary's score is its weakest sentence's (1.0 with none)."""
+    results: list[SentenceResult] = []
+    flags: list[Flag] = []
+    for index, text, score, reason in scored:
+        supported = score >= threshold
+        results.append(SentenceResult(index=index, text=text, supported=supported, score=score))
+        if not supported:
+            flags.append(Flag(text, spans[index], "inconsistent", index, reason))
+    score = min((r.score for r in results if r.score is not None), default=1.0)
+    return replace(verdict_from_sentences(judge, results, flags, score=score), truncated=truncated)
+
+
+__all__ = ["Flag", "FlagKind", "Judge", "SentenceResult", "Verdict", "thresholded_verdict", "unjudgeable", "verdict_from_sentences"]
