@@ -6,6 +6,8 @@ hallucination rates. Errors the user can fix end with a one-line message and exi
 
 from __future__ import annotations
 
+import contextlib
+
 import os
 import sys
 from pathlib import Path
@@ -207,6 +209,21 @@ def _strip_verbose(args: list[str]) -> tuple[list[str], bool]:
     return args, verbose
 
 
+def _exit_now(status: int) -> None:
+    """Exit after a stop without the interpreter's shutdown: Python's finalization resets every signal it
+    handles to the OS default, so a second Ctrl-C arriving while a torch-and-Prefect process tears down
+    (often over half a second) killed it by SIGINT (status -2) instead of the 130 a stop promises. The
+    stopper has already marked the run and stopped the children; logs are flushed here."""
+    import logging
+
+    with contextlib.suppress(Exception):
+        logging.shutdown()
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(status)
+
+
 def main(argv: list[str] | None = None) -> None:
     """The `faithforge` entry point: bad input ends with one line on stderr and exit status 2."""
     # Before anything imports Prefect: its settings are read once.
@@ -230,7 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         from faithforge.app.stopping import EXIT_STATUS, StopRequested
 
         if isinstance(exc, StopRequested):  # its one line is printed; the run is marked cancelled
-            sys.exit(EXIT_STATUS)
+            _exit_now(EXIT_STATUS)
         typer.echo("interrupted; rerun the same command to continue (finished stages are reused)", err=True)
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the one place errors become messages

@@ -85,10 +85,16 @@ def end(stage: str, message: str) -> None:
     """Say that `stage` is over (counts 1/1, `message`); while the sinks hear it, `has_ended(stage)` is true.
 
     A stage's own reports may reach done == total before it ends (evaluation counts each model's answers to
-    the full total): only this report ends it, so a bar's clock stops here and not at the first full count."""
+    the full total): only this report ends it, so a bar's clock stops here and not at the first full count.
+    The mark is cleared once the sinks have heard it, so a stage of the same name in a later run (or test)
+    in this process starts with a clean slate."""
     with _lock:
         _ended.add(stage)
-    report(stage, 1, 1, message)
+    try:
+        report(stage, 1, 1, message)
+    finally:
+        with _lock:
+            _ended.discard(stage)
 
 
 def has_ended(stage: str) -> bool:
