@@ -90,3 +90,18 @@ def test_lines_count_the_rate_from_the_first_count_and_say_what_is_left():
     lines.tick()
     assert out == ["DPO training: started", "DPO training: 0:00:40 elapsed",
                    "DPO training: 25/100, 0.50/s, ~0:02:30 left, 0:01:30 elapsed"]
+
+
+def test_a_stage_that_ended_earlier_in_the_process_counts_again_when_it_runs_again():
+    """The CI failure of 2026-12-04: a test that ended stage "train" left it marked ended for the whole process,
+    so a later run's "train" reports were printed as ends ("DPO training:  (0:00:00 elapsed)")."""
+    heard: list[bool] = []
+    sink = lambda stage, done, total, message: heard.append(progress.has_ended(stage))  # noqa: E731
+    progress.add_sink(sink)
+    try:
+        progress.end("train", "done in 1 s")
+    finally:
+        progress.remove_sink(sink)
+    assert heard == [True]  # the sinks hear the end as an end
+    assert not progress.has_ended("train")  # and it is not an end for ever after
+    test_lines_count_the_rate_from_the_first_count_and_say_what_is_left()
