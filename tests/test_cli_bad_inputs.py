@@ -8,6 +8,7 @@ Prefect server starts. `test_cli.py` runs a few of the same inputs in a real sub
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,8 @@ ROWS = {
     # --- configuration files -------------------------------------------------------------------------------------
     "config-missing": lambda t: (["demo", "-c", str(t / "missing.yaml"), "-w", str(t / "ws")], {}),
     "config-is-a-directory": lambda t: (["demo", "-c", str(t), "-w", str(t / "ws")], {}),
+    # /dev/zero exists but is no regular file: it used to be reported "not found" (round 3's leftover)
+    "config-is-an-endless-device": lambda t: (["demo", "-c", "/dev/zero", "-w", str(t / "ws")], {}),
     "config-not-utf8": lambda t: (["demo", "-c", str(_write(t / "c.yaml", NOT_UTF8)), "-w", str(t / "ws")], {}),
     "config-bad-yaml": lambda t: (["demo", "-c", str(_write(t / "c.yaml", "train: [1, 2\n")), "-w", str(t / "ws")], {}),
     "config-is-a-list": lambda t: (["demo", "-c", str(_write(t / "c.yaml", "- 1\n- 2\n")), "-w", str(t / "ws")], {}),
@@ -433,3 +436,20 @@ def test_a_sample_of_the_family_through_the_real_command(tmp_path):
         assert proc.returncode == 2 and len(lines) == 1 and len(lines[0]) <= 300, (case, proc.stdout, proc.stderr)
         assert cpu < 5, f"{case}: {cpu:.1f} s of CPU ({wall:.1f} s wall)"
         assert not (folder / "ws").exists()
+
+
+def test_a_config_that_is_a_device_or_a_pipe_is_read_with_a_limit_not_called_missing(tmp_path):
+    """`--config /dev/zero` said "not found" (it exists); a pipe (`-c <(…)`) is a fine place for a config."""
+    from faithforge.core.config import load_config
+    from faithforge.core.errors import UserError
+
+    with pytest.raises(UserError) as info:
+        load_config("/dev/zero")
+    assert "not found" not in str(info.value) and "not a regular file" in str(info.value)
+    read_end, write_end = os.pipe()
+    os.write(write_end, b"seed: 3\n")
+    os.close(write_end)
+    try:
+        assert load_config(f"/dev/fd/{read_end}").seed == 3
+    finally:
+        os.close(read_end)

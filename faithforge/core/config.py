@@ -634,13 +634,18 @@ def load_config(
         file = Path(path)
         if file.is_dir():
             raise UserError(f"config file {file} is a directory; pass a YAML file (see configs/demo.yaml)")
-        if not file.is_file():
+        if not file.exists():
             raise UserError(f"config file {file} not found; pass an existing YAML file (see configs/demo.yaml)")
         try:
-            if file.stat().st_size > MAX_CONFIG_BYTES:
-                raise UserError(f"config file {file} is {file.stat().st_size:,} bytes; a configuration is a few "
-                                f"kilobytes (at most {MAX_CONFIG_BYTES:,}): pass the right file")
-            loaded = strict_yaml.load(file.read_text(encoding="utf-8"), f"config file {file}") or {}
+            # Read at most one byte past the limit, from a regular file or a pipe alike (`-c <(…)` works): a
+            # device such as /dev/zero, or a huge file, is refused without reading it whole.
+            with open(file, "rb") as handle:
+                raw = handle.read(MAX_CONFIG_BYTES + 1)
+            if len(raw) > MAX_CONFIG_BYTES:
+                kind = "a regular file" if file.is_file() else "not a regular file"
+                raise UserError(f"config file {file} ({kind}) holds over {MAX_CONFIG_BYTES:,} bytes; a configuration "
+                                "is a few kilobytes: pass the right YAML file")
+            loaded = strict_yaml.load(raw.decode("utf-8"), f"config file {file}") or {}
         except UnicodeDecodeError as exc:
             raise UserError(f"config file {file} is not UTF-8 text (byte {exc.object[exc.start:exc.start + 1]!r} at "
                             f"position {exc.start}); save it as UTF-8") from None
