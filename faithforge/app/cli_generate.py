@@ -9,7 +9,6 @@ run log and tracebacks.
 
 from __future__ import annotations
 
-import os
 import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Optional
@@ -105,6 +104,8 @@ def generate(
         console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
         raise typer.Exit(exc.exit_code) from None
     _print_summary(console, result)
+    if result.summary.stopped == "interrupted":  # Ctrl-C without Prefect: the summary, then a stop's status
+        raise typer.Exit(130)
     if result.summary.stopped not in ("completed", "limit"):  # e.g. backend_errors, max_failures
         raise typer.Exit(1)
 
@@ -129,17 +130,21 @@ def _run(params: GenerateParameters, console: Console, *, prefect: bool, verbose
 
         add_sink(sink)
         try:
-            if not prefect:
+            if not prefect:  # Ctrl-C ends the runner's loop; it releases its claims and returns its summary
                 reporter = StageReporter(job.PROGRESS_STAGE)
                 return job.run(params, reporter.counts, reporter.news)
-            from faithforge.app.prefect_settings import offline_environment
+            from faithforge.app.prefect_settings import offline_environment, quiet_prefect_logs
+            from faithforge.app.stopping import Stopper
 
             offline_environment()
             if not verbose:  # our bar and summary speak for the run; Prefect's log (with tracebacks) only with -v
-                os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+                quiet_prefect_logs()
             from flows.generate import generate_flow
 
-            return generate_flow(params)
+            # Ctrl-C reaches the embedded Prefect server too (one process group): without the stopper the
+            # server died and generation went on against it. Finished examples are files and a rerun skips them.
+            with Stopper(None, {job.PROGRESS_STAGE: "generation"}).installed():
+                return generate_flow(params)
         finally:
             remove_sink(sink)
 

@@ -18,16 +18,11 @@ STAGE_LABELS = {
 
 
 def run_pipeline_with_progress(config: PipelineConfig, verbose: bool = False) -> dict:
-    from faithforge.app.prefect_settings import offline_environment
+    from faithforge.app.prefect_settings import offline_environment, quiet_prefect_logs
 
     offline_environment()
-    if not verbose:
-        # Our progress bars and summary speak for the run; a failing stage's one-line error is printed by the
-        # CLI, so Prefect's own log (with tracebacks) is shown only with --verbose.
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
-        # The embedded server's own log (uvicorn, FastAPI, prefect.server) goes to this terminal too: two runs
-        # sharing Prefect's SQLite database printed its "database is locked" tracebacks, which both runs survive.
-        os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+    if not verbose:  # a failing stage's one-line error is printed by the CLI; Prefect's log only with --verbose
+        quiet_prefect_logs()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     import warnings

@@ -17,6 +17,15 @@ def offline_environment() -> None:
     os.environ.setdefault("OMP_WAIT_POLICY", omp_wait_policy())
 
 
+def quiet_prefect_logs() -> None:
+    """Prefect's own log and its embedded server's log stay off the terminal (a command's progress and summary
+    speak for the run; `-v` shows them). The embedded server's log (uvicorn, FastAPI, prefect.server) goes to this
+    terminal too: two runs sharing Prefect's SQLite database printed its "database is locked" tracebacks, which
+    both runs survive, and a Ctrl-C printed the server's shutdown tracebacks."""
+    os.environ.setdefault("PREFECT_LOGGING_LEVEL", "CRITICAL")
+    os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+
+
 def omp_wait_policy(load_average_1m: float | None = None, cpu_count: int | None = None) -> str:
     """OpenMP's wait policy for this process, chosen before torch is imported (OpenMP reads it once).
 

@@ -82,7 +82,9 @@ def stop_children(wait_s: float = 3.0) -> None:
 class Stopper:
     """Installed around a pipeline run in the CLI: turns Ctrl-C and SIGTERM into a prompt, clean stop."""
 
-    def __init__(self, database_url: str, labels: dict[str, str], say: Callable[[str], None] | None = None):
+    def __init__(self, database_url: str | None, labels: dict[str, str], say: Callable[[str], None] | None = None):
+        """`database_url`: the run store whose runs of this process are marked cancelled (None: no run store,
+        e.g. `faithforge generate`, whose progress lives in its coverage database and its example files)."""
         self.database_url, self.labels = database_url, labels
         self.say = say or (lambda line: (sys.stderr.write(line + "\n"), sys.stderr.flush()))
         self.signals = 0
@@ -138,14 +140,15 @@ class Stopper:
             if self._done:
                 return
             self._done = True
-        try:
-            from faithforge.core.store import Store
+        if self.database_url is not None:
+            try:
+                from faithforge.core.store import Store
 
-            store = Store(self.database_url)
-            store.cancel_runs_of_this_process(self.where)
-            store.engine.dispose()
-        except Exception:  # noqa: BLE001 - stopping must not fail on a store problem; the run then shows crashed
-            pass
+                store = Store(self.database_url)
+                store.cancel_runs_of_this_process(self.where)
+                store.engine.dispose()
+            except Exception:  # noqa: BLE001 - stopping must not fail on a store problem; the run then shows crashed
+                pass
         stop_children(wait_s)
         with contextlib.suppress(Exception):
             sys.stdout.flush()
