@@ -195,6 +195,6 @@ def test_ctrl_c_stops_faithforge_generate_and_its_embedded_server_and_a_rerun_ke
     assert kept >= 20
     rerun = subprocess.run([*command, "--no-prefect", "--limit", "1"], capture_output=True, text=True, env=env,
                            cwd=tmp_path, timeout=120)
-    done = re.search(r"grounded-summaries: (\d+)/3000 examples \((\d+) new this run", rerun.stdout.replace("\n", " "))
+    done = re.search(r"(\d+)/3000 examples \((\d+) new this run", " ".join((rerun.stdout + rerun.stderr).split()))
     assert done, rerun.stdout[-2000:] + rerun.stderr[-2000:]
     assert int(done.group(1)) >= kept and int(done.group(2)) <= 1, rerun.stdout[-2000:]
