@@ -29,18 +29,14 @@ STAGES = ("generate", "pairs", "reference", "train", "control", "evaluate")
 
 
 def _nested(assignments: list[str], split: str) -> dict:
-    """`a.b=v` strings (YAML values) → a nested config dict, plus the evaluated split."""
-    config: dict = {"evaluate": {"split": split}}
-    for assignment in assignments:
-        key, _, value = assignment.partition("=")
-        if not value:
-            raise SystemExit(f"--set {assignment!r}: write it as section.field=value (e.g. train.learning_rate=3e-4)")
-        node = config
-        *parents, leaf = key.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = yaml.safe_load(value)
-    return config
+    """`a.b=v` strings → a nested config dict (the same rules as `faithforge demo --set`), plus the split."""
+    from faithforge.core.config import assignment_overrides, deep_merge
+    from faithforge.core.errors import UserError
+
+    try:
+        return deep_merge(assignment_overrides(assignments), {"evaluate": {"split": split}})
+    except UserError as exc:
+        raise SystemExit(str(exc)) from None
 
 
 def run_seed(seed: int, workspace: Path, config: dict) -> dict:

@@ -105,9 +105,21 @@ def demo(
     eval_documents: Optional[Path] = typer.Option(None, "--eval-documents", help="With --documents: a held-out "
                                                   "file the before/after rates are measured on (else a share of "
                                                   "--documents is held out)."),
+    assignments: Optional[list[str]] = typer.Option(None, "--set", metavar="SECTION.FIELD=VALUE",
+                                                    help="Set one option (repeatable), e.g. --set train.steps=64 "
+                                                    "--set train.beta=0.2; the same as the variable "
+                                                    "FAITHFORGE_TRAIN__STEPS=64. Every option is listed in "
+                                                    "configs/demo.yaml."),
 ) -> None:
-    """Run the whole pipeline (generate → pairs → reference log-probs → DPO → evaluate) on this machine."""
-    overrides: dict[str, Any] = {"workspace": workspace, "seed": seed}
+    """Run the whole pipeline (generate → pairs → reference log-probs → DPO → evaluate) on this machine.
+
+    Settings, later ones winning: built-in defaults (or --real's), --config FILE (or FAITHFORGE_CONFIG),
+    FAITHFORGE_SECTION__FIELD variables, --set, then the flags below."""
+    from faithforge.core.config import assignment_overrides, deep_merge
+
+    overrides: dict[str, Any] = deep_merge(assignment_overrides(assignments or []),
+                                           {k: v for k, v in {"workspace": workspace, "seed": seed}.items()
+                                            if v is not None})
     if profile:
         overrides["gpu"] = {"profile": profile}
     if documents is not None or eval_documents is not None:

@@ -534,6 +534,32 @@ def _set_path(tree: dict[str, Any], dotted: list[str], value: Any) -> None:
     node[dotted[-1]] = value
 
 
+def _option_value(dotted: list[str], raw: str, source: str) -> Any:
+    """A command-line or environment value for the option at `dotted`: text options literally (`run #2` is not a
+    YAML comment, a newline stays), anything else as one strict YAML scalar (the empty string is null)."""
+    if raw != "" and _is_text(dotted):
+        return raw
+    try:
+        return strict_yaml.load(raw, source) if raw != "" else None
+    except yaml.YAMLError:
+        return raw  # validation then names the option and what it expects
+
+
+def assignment_overrides(assignments: list[str], flag: str = "--set") -> dict[str, Any]:
+    """`["train.steps=64", "evaluate.judge=[grounding]"]` → `{"train": {"steps": 64}, "evaluate": {...}}`, by the
+    same value rules as the `FAITHFORGE_SECTION__FIELD` variables. An unknown option is reported by validation
+    with the others; a malformed assignment is refused here in one line."""
+    tree: dict[str, Any] = {}
+    for assignment in assignments:
+        key, sign, raw = assignment.partition("=")
+        dotted = [part.strip() for part in key.split(".")]
+        if not sign or not all(dotted):
+            raise UserError(f"{flag} {clip_text(assignment, 80)!r}: write it as section.field=value (e.g. "
+                            "train.steps=64 or evaluate.judge=[grounding])")
+        _set_path(tree, dotted, _option_value(dotted, raw, f"{flag} {dotted[-1]}"))
+    return tree
+
+
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """`FAITHFORGE_TRAIN__STEPS=64` → `{"train": {"steps": 64}}`; values are parsed as YAML scalars.
 
@@ -548,14 +574,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         dotted = [part.lower() for part in name[len(ENV_PREFIX):].split("__") if part]
         if not dotted or dotted[0] not in PipelineConfig.model_fields:
             continue
-        if raw != "" and _is_text(dotted):
-            value = raw  # a path or a name is taken literally: `run #2` is not a YAML comment, a newline stays
-        else:
-            try:
-                value = strict_yaml.load(raw, name) if raw != "" else None
-            except yaml.YAMLError:
-                value = raw
-        _set_path(tree, dotted, value)
+        _set_path(tree, dotted, _option_value(dotted, raw, name))
     return tree
 
 
@@ -663,4 +682,5 @@ def load_config(
         source += " + FAITHFORGE_* environment"
     if overrides:
         data = deep_merge(data, overrides)
+        source += " + command-line options"
     return validate_config(data, source)
