@@ -1,6 +1,6 @@
 """`faithforge demo --real`: the pipeline on a real pretrained model (SmolLM2-135M-Instruct) on the CPU.
 
-The task is `grounded-qa` (faithforge/data/grounded_qa.py): questions about three-person documents, half of which
+The task is `grounded-qa` (faithforge/data/grounded_qa.py): questions about three-person documents, 70% of which
 ask for a fact the document does not state. SmolLM2 answers those anyway — it invents a day, a number or a
 city — and the `grounding` judge sees every such invention, because the asked kind of fact appears nowhere in
 the document. Pairs are on-policy: the model's own samples, best against worst by the judge with answer recall

@@ -128,7 +128,7 @@ class GenerateConfig(Section):
 
     task: Literal["summaries", "grounded-qa"] = "summaries"
     """The `template` backend's task. `summaries`: one-event documents whose day is sometimes missing (the tiny
-    demo). `grounded-qa`: questions about three-person documents, half of which ask for a fact the document
+    demo). `grounded-qa`: questions about three-person documents, 70% of which ask for a fact the document
     does not state (the real-model demo, `faithforge demo --real`: SmolLM2 answers them anyway)."""
     backend: Literal["template", "ollama", "openai", "local"] = "template"
     """Who writes the data. `template`: the built-in offline teacher (deterministic, no model needed; the demo).

@@ -1,4 +1,5 @@
-"""The real-model task: questions about a short multi-fact document, half of which the document cannot answer.
+"""The real-model task: questions about a short multi-fact document, 70% of which (`UNANSWERABLE_SHARE`) the
+document cannot answer.
 
 Why this task: a pretrained instruct model summarizing a short document rarely invents anything (SmolLM2-135M
 invented a day 0 times in 72 day-omitted sources of the template task, issue 14). Asked a direct question

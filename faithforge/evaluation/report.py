@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from faithforge.evaluation.results import ComparisonReport, ItemResult, ModelReport
+from faithforge.evaluation.wording import SUMMARIES, TaskWords
 
 
 def _pct(value: float | None) -> str:
@@ -47,14 +48,14 @@ def table_rows(comparison: ComparisonReport, control: ComparisonReport | None = 
     return rows
 
 
-def _comparison_lines(name: str, c: ComparisonReport) -> list[str]:
-    lines = [f"- **{name}** ({c.after.label} − {c.before.label}, {c.n_paired} paired summaries): rate "
+def _comparison_lines(name: str, c: ComparisonReport, words: TaskWords = SUMMARIES) -> list[str]:
+    lines = [f"- **{name}** ({c.after.label} − {c.before.label}, {c.n_paired} paired {words.units}): rate "
              f"{_signed_pct(c.rate.difference)}, {int(100 * c.confidence)}% paired bootstrap CI "
              f"[{_signed_pct(c.rate.ci_low)}, {_signed_pct(c.rate.ci_high)}] "
              f"({c.bootstrap_samples} resamples, seed {c.seed}); McNemar exact p = {_p(c.mcnemar_p)} "
              f"(fixed {c.fixed}, newly hallucinated {c.broken}, both {c.both}, neither {c.neither})"]
     if c.recall is not None:
-        lines.append(f"  - key-fact recall {_signed_pct(c.recall.difference)}, CI "
+        lines.append(f"  - {words.recall} {_signed_pct(c.recall.difference)}, CI "
                      f"[{_signed_pct(c.recall.ci_low)}, {_signed_pct(c.recall.ci_high)}] on {c.recall.n} items")
     if c.retention is not None:
         lines.append(f"  - content retention {_signed_pct(c.retention.difference)}, CI "
@@ -62,12 +63,13 @@ def _comparison_lines(name: str, c: ComparisonReport) -> list[str]:
     return lines
 
 
-def said_lines(comparison: ComparisonReport, control: ComparisonReport | None = None) -> list[str]:
+def said_lines(comparison: ComparisonReport, control: ComparisonReport | None = None,
+               words: TaskWords = SUMMARIES) -> list[str]:
     """"Length and coverage beside the rate": so that "hallucinates less" is never "says less" unseen."""
     lines = ["", "## Length and coverage beside the rate", "",
-             "Judge-free: coverage is the share of the key content (the reference summary, else the article's first "
-             "three sentences) whose content words the summary carries; a refusal declines the task; an evasive "
-             "answer carries almost nothing of the source, or restates the question without its answer.", "",
+             f"Judge-free: coverage is the share of the key content (the reference {words.unit}, else the source's "
+             f"first three sentences) whose content words the {words.unit} carries; a refusal declines the task; an "
+             "evasive answer carries almost nothing of the source, or restates the question without its answer.", "",
              "| model | mean length (words) | coverage | refusals | evasive |", "|---|---:|---:|---:|---:|"]
     for m in _models(comparison, control):
         length = "n/a" if m.mean_summary_length is None else f"{m.mean_summary_length:.1f}"
@@ -140,16 +142,18 @@ def _calibration_text(c: dict[str, Any]) -> str:
 
 
 def markdown_report(comparison: ComparisonReport, control: ComparisonReport | None = None, *,
-                    worst_examples: int = 5, title: str = "Hallucination evaluation") -> str:
-    """The report users read: rates with intervals and recall beside them, the tests, and worst examples.
+                    worst_examples: int = 5, title: str = "Hallucination evaluation",
+                    words: TaskWords = SUMMARIES) -> str:
+    """The report users read: rates with intervals and recall beside them, the tests, and worst examples, in the
+    task's own words (`words`: "answer" and "answer recall" for a question-answering run).
 
     Its first line states the judge's measured accuracy, or that it has none."""
     conf = int(100 * comparison.confidence)
     lines = judge_accuracy_lines(comparison.before) + ["", f"# {title}", "",
-             f"Judge: `{comparison.judge}`. Unit: {comparison.unit}. Rates are shares of judged summaries; "
-             f"intervals are {conf}% Wilson intervals for single rates and paired bootstrap intervals for "
-             f"differences.", "",
-             "| model | judged | unjudgeable | hallucination rate | CI | sentence rate | key-fact recall "
+             f"Judge: `{comparison.judge}`. Unit: {words.unit}: {words.rule}. Rates are shares of judged "
+             f"{words.units}; intervals are {conf}% Wilson intervals for single rates and paired bootstrap "
+             f"intervals for differences.", "",
+             f"| model | judged | unjudgeable | hallucination rate | CI | sentence rate | {words.recall} "
              "| content retention |",
              "|---|---:|---:|---:|---|---:|---:|---:|"]
     for m in _models(comparison, control):
@@ -158,7 +162,8 @@ def markdown_report(comparison: ComparisonReport, control: ComparisonReport | No
     judge_names = list(dict.fromkeys(n for m in _models(comparison, control) for n in m.judge_rates))
     if judge_names:
         lines += ["", "## Each judge", "",
-                  "A summary is hallucinated when any judge says so; each judge's own rate is beside the combined one.",
+                  f"One {words.unit} is hallucinated when any judge says so; each judge's own rate is beside the "
+                  "combined one.",
                   "", "| model | combined | " + " | ".join(judge_names) + " |",
                   "|---|---:|" + "---:|" * len(judge_names)]
         for m in _models(comparison, control):
@@ -169,11 +174,11 @@ def markdown_report(comparison: ComparisonReport, control: ComparisonReport | No
     if truncated:
         lines += ["", "Cut off by the token limit (their last word is not judged as a claim): "
                   + ", ".join(f"{m.label} {m.n_truncated} of {m.n_items}" for m in truncated) + "."]
-    lines += said_lines(comparison, control)
+    lines += said_lines(comparison, control, words)
     lines += ["", "## Paired comparisons", ""]
-    lines += _comparison_lines("after vs before", comparison)
+    lines += _comparison_lines("after vs before", comparison, words)
     if control is not None:
-        lines += _comparison_lines("control vs before", control)
+        lines += _comparison_lines("control vs before", control, words)
     categories = sorted({name for m in _models(comparison, control) for name in m.per_category})
     if len(categories) > 1:
         lines += ["", "## By category", "", "| category | " + " | ".join(

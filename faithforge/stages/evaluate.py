@@ -96,6 +96,7 @@ def evaluate_models(ctx: StageContext, model: ModelOutput, dataset: DatasetOutpu
     out = ctx.workspace.dir("reports") / f"eval-{ctx.run_id or 'adhoc'}"
     markdown, chart = _write_report(ctx, out, *comparisons)
     from faithforge.evaluation.labeling import OUTPUTS_FILE, output_rows
+    from faithforge.evaluation.wording import task_words
 
     atomic_write_jsonl(out / OUTPUTS_FILE, output_rows(items, reports))  # what `faithforge label` shows people
     comparison, control_cmp, served_cmp = comparisons
@@ -104,7 +105,8 @@ def evaluate_models(ctx: StageContext, model: ModelOutput, dataset: DatasetOutpu
                                   control=control_cmp)
     result = EvaluationOutput(
         path=str(out), markdown_path=str(out / "report.md"), chart=str(Path(chart)),
-        judge_accuracy=_judge_accuracy(comparison),
+        judge_accuracy=_judge_accuracy(comparison), unit=task_words(ctx.config).unit,
+        recall_name=task_words(ctx.config).recall,
         artifact_id=artifact_id, judge=cfg.judge, split=cfg.split, items=len(items), seconds=round(seconds, 2),
         **measured_peak(),
         items_per_second=round(len(items) * len(reports) / seconds, 1),
@@ -208,10 +210,12 @@ def _write_report(ctx: StageContext, out: Path, comparison, control_cmp, served_
     """report.md, report.json and the rates chart under `out`; returns (the markdown, the chart's path)."""
     from faithforge.evaluation import bar_chart, markdown_report
 
-    cfg = ctx.config.evaluate
-    markdown = markdown_report(comparison, control=control_cmp, worst_examples=cfg.worst_examples)
+    from faithforge.evaluation.wording import task_words
+
+    cfg, words = ctx.config.evaluate, task_words(ctx.config)
+    markdown = markdown_report(comparison, control=control_cmp, worst_examples=cfg.worst_examples, words=words)
     if served_cmp is not None:
-        markdown += "\n\n" + markdown_report(served_cmp, worst_examples=cfg.worst_examples,
+        markdown += "\n\n" + markdown_report(served_cmp, worst_examples=cfg.worst_examples, words=words,
                                                title=f"Served model {cfg.served_model} vs before DPO")
     atomic_write_text(out / "report.md", markdown)
     atomic_write_json(out / "report.json", {"comparison": comparison.to_dict(),

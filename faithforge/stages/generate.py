@@ -22,7 +22,9 @@ if TYPE_CHECKING:
 def dataset_dir(ctx: StageContext) -> Path:
     cfg = ctx.config
     key = content_key("dataset", TEACHER_VERSION, cfg.generate.model_dump(), cfg.seed, *_documents_key(cfg))
-    return ctx.workspace.dir("datasets") / f"summaries-{key}"
+    from faithforge.evaluation.wording import task_words
+
+    return ctx.workspace.dir("datasets") / f"{task_words(cfg).dataset}-{key}"  # e.g. questions-… for grounded-qa
 
 
 def generate_examples(ctx: StageContext) -> DatasetOutput:

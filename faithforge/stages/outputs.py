@@ -182,6 +182,10 @@ class EvaluationOutput(StageOutput):
     """The judge's stored held-out accuracy, or that it has none (one line)."""
     judge: str
     split: str
+    unit: str = "summary"
+    """What one judged output is, in the task's words (`faithforge.evaluation.wording`)."""
+    recall_name: str = "key-fact recall"
+    """What the recall column measures, in the task's words."""
     items: int
     seconds: float
     items_per_second: float
