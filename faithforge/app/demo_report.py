@@ -36,6 +36,8 @@ def print_summary(summary: dict) -> None:
     console.print(table)
     if ev.get("judge_accuracy"):  # report.md's first line, word for word
         console.print(f"judge accuracy: {ev['judge_accuracy']}", markup=False, highlight=False)
+    if ev.get("pairs_judge"):
+        console.print(ev["pairs_judge"], markup=False, highlight=False)
     diff = ev["difference"]["rate"]
     console.print(f"paired difference after − before: {_pct(diff['difference'])}{_ci([diff['ci_low'], diff['ci_high']])} "
                   f"(paired bootstrap, 95%); McNemar exact p = {ev['difference']['mcnemar_p']:.2g}; "

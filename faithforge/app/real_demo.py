@@ -28,15 +28,18 @@ REAL_SETTINGS: dict[str, Any] = {
     # min_chosen_recall 1.0: on an answerable question only a sample that answers it may be chosen (a faithful
     # non-answer chosen over a wrong answer taught DPO to stop answering: −10.7 points of answer accuracy);
     # omission_pairs: there, a non-answer also loses to the answer (validation: BENCHMARKS.md).
+    # The judge that chooses is not the judge that measures (the judge issue, item 5): `grounding` chooses the
+    # pairs (it sees invented values), `grounded-qa` measures (it also checks who did what, which DPO trained on
+    # grounding's choices cannot learn to please); both are calibrated on the hand labels and the report names both.
     "pairs": {"builder": "on-policy", "samples_per_source": 4, "temperature": 1.0, "margin": 0.5,
-              "min_chosen_recall": 1.0, "omission_pairs": True, "val_fraction": 0.1},
+              "min_chosen_recall": 1.0, "omission_pairs": True, "val_fraction": 0.1, "judge": "grounding"},
     "reference": {"batch_size": 16, "max_length": 256},
     # lr 1e-4 with LoRA r 16 on a 135M model: large enough to move in 32 steps of 8 pairs; the NLL term (RPO)
     # keeps the chosen answers likely, so answerable questions keep their answers.
     "train": {"steps": 32, "batch_size": 8, "learning_rate": 1e-4, "beta": 0.1, "sft_weight": 0.5, "lora_r": 16,
               "lora_alpha": 32, "checkpoint_every": 16, "quantization": "none"},
     "control": {"sft_on_chosen": True},
-    "evaluate": {"max_new_tokens": 40, "batch_size": 16, "worst_examples": 5},
+    "evaluate": {"max_new_tokens": 40, "batch_size": 16, "worst_examples": 5, "judge": "grounded-qa"},
 }
 
 #: A run that fits the CI's 4-minute budget on 2 cores: every stage, a handful of items.
@@ -92,10 +95,12 @@ def ensure_real_model(workspace: str | Path, say: Callable[[str], None] = lambda
 LABELED_SET = Path(__file__).resolve().parents[2] / "tests" / "data" / "smollm2_grounded_qa_labels.jsonl"
 
 
-def calibrate_judge_on_labels(workspace: str | Path, labels: Path = LABELED_SET) -> Path | None:
-    """Store the grounding judge's accuracy on the labeled set in the workspace, so every report of the real demo
-    carries the judge's precision and recall beside its rates (what `faithforge eval calibrate --labels` does).
-    None when the labels are not there (an installed wheel without the repository's tests/)."""
+def calibrate_judge_on_labels(workspace: str | Path, labels: Path = LABELED_SET,
+                              judges: tuple[str, ...] = ("grounded-qa", "grounding")) -> Path | None:
+    """Store the accuracy of the measuring judge and of the pair-choosing one on the labeled set in the workspace,
+    so every report of the real demo carries both judges' held-out precision and recall beside its rates (what
+    `faithforge eval calibrate --labels` does). Returns the measuring judge's file; None when the labels are not
+    there (an installed wheel without the repository's tests/)."""
     if not labels.is_file():
         return None
     from faithforge.evaluation import get_judge
@@ -103,5 +108,7 @@ def calibrate_judge_on_labels(workspace: str | Path, labels: Path = LABELED_SET)
     from faithforge.evaluation.heldout import calibrate_heldout, save_calibration
     from faithforge.core.workspace import Workspace
 
-    result = calibrate_heldout(get_judge("grounding"), read_labels(labels), labels_path=labels)
-    return save_calibration(Workspace.open(workspace).root / "calibrations", result)
+    examples, directory = read_labels(labels), Workspace.open(workspace).root / "calibrations"
+    saved = [save_calibration(directory, calibrate_heldout(get_judge(name), examples, labels_path=labels))
+             for name in judges]
+    return saved[0]

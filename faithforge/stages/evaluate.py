@@ -106,6 +106,7 @@ def evaluate_models(ctx: StageContext, model: ModelOutput, dataset: DatasetOutpu
     result = EvaluationOutput(
         path=str(out), markdown_path=str(out / "report.md"), chart=str(Path(chart)),
         judge_accuracy=_judge_accuracy(comparison), unit=task_words(ctx.config).unit,
+        pairs_judge=chooser_line(ctx.config, ctx.workspace.root / "calibrations"),
         recall_name=task_words(ctx.config).recall,
         artifact_id=artifact_id, judge=cfg.judge, split=cfg.split, items=len(items), seconds=round(seconds, 2),
         **measured_peak(),
@@ -214,6 +215,10 @@ def _write_report(ctx: StageContext, out: Path, comparison, control_cmp, served_
 
     cfg, words = ctx.config.evaluate, task_words(ctx.config)
     markdown = markdown_report(comparison, control=control_cmp, worst_examples=cfg.worst_examples, words=words)
+    chooser = chooser_line(ctx.config, ctx.workspace.root / "calibrations")
+    if chooser:  # after the judge-accuracy headline: who chose the pairs, and whether it is the judge that measures
+        head, _, rest = markdown.partition("\n\n")
+        markdown = f"{head}\n> {chooser}\n\n{rest}"
     if served_cmp is not None:
         markdown += "\n\n" + markdown_report(served_cmp, worst_examples=cfg.worst_examples, words=words,
                                                title=f"Served model {cfg.served_model} vs before DPO")
@@ -222,6 +227,38 @@ def _write_report(ctx: StageContext, out: Path, comparison, control_cmp, served_
                                             "control": control_cmp.to_dict() if control_cmp else None,
                                             "served": served_cmp.to_dict() if served_cmp else None})
     return markdown, bar_chart(comparison, out / "rates.png", control=control_cmp)
+
+
+def pairs_chooser(config) -> str | None:
+    """The judge that chose the training pairs: `pairs.judge`, else the evaluation's judge; None when no judge chose
+    (synthetic pairs, or pairs imported from `pairs.path`)."""
+    if config.pairs.path or config.pairs.builder != "on-policy":
+        return None
+    judge = config.pairs.judge or config.evaluate.judge
+    return judge if isinstance(judge, str) else "+".join(judge)
+
+
+def chooser_line(config, calibration_dir: Path) -> str | None:
+    """One line for the report and the terminal: which judge chose the pairs and its held-out accuracy, and a
+    warning when it is the judge that measures (its rate then measures what DPO was trained to please)."""
+    chooser = pairs_chooser(config)
+    if chooser is None:
+        return None
+    measurer = config.evaluate.judge if isinstance(config.evaluate.judge, str) else "+".join(config.evaluate.judge)
+    accuracy = ""
+    if "+" not in chooser and chooser not in ("likelihood", "trained", "nli", "llm"):  # option-free judges
+        from faithforge.evaluation import get_judge
+        from faithforge.evaluation.heldout import judge_checkpoint, load_calibration
+
+        found = load_calibration(calibration_dir, chooser, judge_checkpoint(get_judge(chooser)))
+        if found is not None:
+            test = found.to_dict().get("test") or {}
+            accuracy = (f" (held out: precision {test.get('precision', 0):.2f}, recall {test.get('recall', 0):.2f} "
+                        f"on {test.get('n')} labels)")
+    if chooser == measurer:
+        return (f"Pairs chosen by `{chooser}`, the judge that measures: this rate measures what DPO was trained to "
+                "please; set `pairs.judge` and `evaluate.judge` to different judges for an independent rate.")
+    return f"Pairs chosen by `{chooser}`{accuracy}; measured by `{measurer}`, another judge."
 
 
 def _judge_accuracy(comparison) -> str:

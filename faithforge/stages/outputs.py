@@ -186,6 +186,8 @@ class EvaluationOutput(StageOutput):
     """What one judged output is, in the task's words (`faithforge.evaluation.wording`)."""
     recall_name: str = "key-fact recall"
     """What the recall column measures, in the task's words."""
+    pairs_judge: Optional[str] = None
+    """Which judge chose the pairs and whether it is the one that measures (one line), or None when no judge chose."""
     items: int
     seconds: float
     items_per_second: float
