@@ -27,3 +27,15 @@ def test_a_chooser_that_also_measures_is_called_out_and_no_chooser_no_line(tmp_p
     same = PipelineConfig.model_validate({"pairs": {"builder": "on-policy"}, "evaluate": {"judge": "grounding"}})
     assert "the judge that measures: this rate measures what DPO was trained to please" in chooser_line(same, tmp_path)
     assert chooser_line(PipelineConfig(), tmp_path) is None  # the toy demo's synthetic pairs: no judge chose
+
+
+def test_your_documents_are_judged_by_the_best_judge_measured_on_real_news_and_the_report_says_it_also_chose():
+    """The judge issue, item 6: with `--documents` the default is the judge measured best offline on the QAGS
+    held-out half (`likelihood`, 0.617 against `grounding`'s 0.473, BENCHMARKS.md). It is the only offline judge
+    above chance there, so it chooses too, and the chooser line says what that means."""
+    from faithforge.app.real_demo import REAL_DOCUMENTS_SETTINGS
+
+    data = {**REAL_DOCUMENTS_SETTINGS, "data": {**REAL_DOCUMENTS_SETTINGS["data"], "documents_path": "docs.jsonl"}}
+    cfg = PipelineConfig.model_validate(data)
+    assert cfg.evaluate.judge == "likelihood" and pairs_chooser(cfg) == "likelihood"
+    assert "what DPO was trained to please" in chooser_line(cfg, __import__("pathlib").Path("/nonexistent"))

@@ -62,13 +62,18 @@ REAL_DOCUMENTS_SETTINGS: dict[str, Any] = {
     "generate": {"val_share": 0.2, "test_share": 0.2},
     "data": {"system_prompt": DOCUMENTS_PROMPT},
     "warm_start": {"enabled": False},
+    # The judge: the best measured offline on real news (BENCHMARKS.md, the QAGS held-out half: `likelihood`
+    # weakest-sentence `cond`, macro balanced accuracy 0.617 with its dev-chosen default threshold, against 0.473
+    # for `grounding`), below the 0.70 bar, so the report says its rate is not evidence without your labels. No
+    # second offline judge above chance exists without training one (`faithforge judge train`, then
+    # `evaluate.judge: trained`), so it both chooses and measures here, and the report says so.
     "pairs": {"builder": "on-policy", "samples_per_source": 4, "temperature": 1.0, "margin": 0.5,
-              "val_fraction": 0.1},
+              "val_fraction": 0.1, "judge": "likelihood"},
     "reference": {"batch_size": 4, "max_length": 640},
     "train": {"steps": 16, "batch_size": 4, "learning_rate": 1e-4, "beta": 0.1, "sft_weight": 0.5, "lora_r": 16,
               "lora_alpha": 32, "checkpoint_every": 8, "quantization": "none"},
     "control": {"sft_on_chosen": True},
-    "evaluate": {"max_new_tokens": 80, "batch_size": 8, "worst_examples": 5},
+    "evaluate": {"max_new_tokens": 80, "batch_size": 8, "worst_examples": 5, "judge": "likelihood"},
 }
 
 
