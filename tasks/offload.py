@@ -55,23 +55,21 @@ def enforce_gpu_limit(config: PipelineConfig) -> bool:
 
 
 @contextlib.contextmanager
-def gpu_slot(config: PipelineConfig, plan: Plan) -> Iterator[None]:
-    """Hold one slot of the `gpu` limit while a stage uses the local GPU (CPU and offload plans take none)."""
+def gpu_slot(config: PipelineConfig, plan: Plan, run_id: str | None = None) -> Iterator[None]:
+    """Hold one slot of the `gpu` limit while a stage uses the local GPU (CPU and offload plans take none).
+
+    While it waits, the run's log and the stage's progress artifact say who holds the slot and for how long;
+    the slot is held under a short lease and recorded in the run store, so a holder that dies frees it
+    (tasks/supervision.py)."""
     if plan.placement != "local" or not enforce_gpu_limit(config):
         yield
         return
-    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
-    from prefect.concurrency.sync import concurrency
+    from faithforge.core.progress import fan_out
+    from tasks.common import _artifact_progress
+    from tasks.supervision import held_slot, store_url
 
-    name = gpu_limit_name(config)
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(concurrency(name, occupy=1, strict=True))
-        except ConcurrencySlotAcquisitionError as exc:
-            raise UserError(f"the global concurrency limit {name!r} is missing on the Prefect server ({exc}); "
-                            f"create it with `prefect gcl create {name} --limit 1` or `python -m deployments.deploy`"
-                            ) from None
-        get_run_logger().info("holding a slot of the %r concurrency limit for %s", name, plan.stage)
+    with held_slot(gpu_limit_name(config), plan.stage, store_url(config), run_id,
+                   progress=fan_out(_artifact_progress(plan.stage))):
         yield
 
 
