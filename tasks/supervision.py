@@ -31,9 +31,9 @@ log = logging.getLogger(__name__)
 #: without releasing (SIGKILL, a lost machine) loses the slot when the lease runs out and Prefect's repossessor
 #: next runs (every 15 s). Prefect's default is 300 s: the next run then waited minutes in silence (issue 29).
 GPU_LEASE_S = 60.0
-#: A waiting run asks for the slot this long per try, and says again that it waits after each try.
-SLOT_TRY_S = 3.0
-#: The wait line is repeated at most this often (the first one comes after the first try).
+#: A waiting run asks for the slot again this often, seconds.
+SLOT_POLL_S = 2.0
+#: The wait line comes at the first refusal, then again this often with how long, seconds.
 SLOT_REPORT_S = 30.0
 
 _watching = False
@@ -226,18 +226,48 @@ def cancel_requested() -> bool:
         return False
 
 
+def _root_flow_run() -> tuple[Optional[str], Optional[str]]:
+    """(id, name) of the top flow run of this one (the pipeline run an operator sees in the UI's list)."""
+    from prefect.runtime import flow_run
+
+    root = str(flow_run.root_flow_run_id or flow_run.id or "") or None
+    if root is None or root == str(flow_run.id):
+        return root, flow_run.name
+    try:
+        with _client() as client:
+            return root, client.read_flow_run(root).name
+    except Exception:  # noqa: BLE001 - the name is for people; the id is what matters
+        return root, None
+
+
 # -- the gpu slot -----------------------------------------------------------------------------------------
+
+def _try_slot(client, limit: str, holder) -> Optional[str]:
+    """One request for a slot of `limit` under a `GPU_LEASE_S` lease: its lease id, or None while it is full."""
+    import httpx
+
+    try:
+        response = client.increment_concurrency_slots_with_lease([limit], 1, "concurrency", GPU_LEASE_S, holder)
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code == 423:  # locked: every slot is held
+            return None
+        raise
+    body = response.json()
+    if not body.get("limits"):
+        raise UserError(f"the global concurrency limit {limit!r} is missing on the Prefect server; create it with "
+                        f"`prefect gcl create {limit} --limit 1` or `python -m deployments.deploy`")
+    return str(body["lease_id"])
+
 
 @contextlib.contextmanager
 def held_slot(limit: str, stage: str, database_url: str, run_id: Optional[str],
               progress: Callable[[str, int, int, str], None] | None = None) -> Iterator[None]:
-    """Hold one slot of `limit` (strict: a missing limit is an error) under a `GPU_LEASE_S` lease; while waiting,
-    say who holds it (run logger and `progress`), and free slots whose holder's process is gone."""
+    """Hold one slot of `limit` (a missing limit is an error) under a `GPU_LEASE_S` lease. While waiting, say at
+    once and then every `SLOT_REPORT_S` who holds it (run log and `progress`), and free slots whose holder's
+    process is gone. (Prefect's own `concurrency()` waits in silence and logs each timed-out try as an error.)"""
     from prefect import get_run_logger
     from prefect.client.schemas.objects import ConcurrencyLeaseHolder
-    from prefect.concurrency._asyncio import AcquireConcurrencySlotTimeoutError, ConcurrencySlotAcquisitionError
     from prefect.concurrency._leases import maintain_concurrency_lease
-    from prefect.concurrency._sync import acquire_concurrency_slots_with_lease
     from prefect.runtime import flow_run
 
     from faithforge.core.store import Store
@@ -246,37 +276,31 @@ def held_slot(limit: str, stage: str, database_url: str, run_id: Optional[str],
     holder = ConcurrencyLeaseHolder(type="flow_run", id=flow_run.id) if flow_run.id else None
     store = Store(database_url)
     started = time.monotonic()
-    said = -SLOT_REPORT_S
+    said = None
     try:
-        while True:
-            try:
-                response = acquire_concurrency_slots_with_lease([limit], 1, timeout_seconds=SLOT_TRY_S, strict=True,
-                                                                lease_duration=GPU_LEASE_S, holder=holder)
-                break
-            except (AcquireConcurrencySlotTimeoutError, TimeoutError):
+        with _client() as client:
+            while (lease_id := _try_slot(client, limit, holder)) is None:
                 holders = store.held_slots(limit)
                 if any(h["alive"] is False for h in holders):
                     reconcile(database_url, say=logger.warning)
                     holders = store.held_slots(limit)
                 waited = time.monotonic() - started
-                if waited - said >= SLOT_REPORT_S:
+                if said is None or waited - said >= SLOT_REPORT_S:
                     said = waited
                     line = slot_wait_message(limit, stage, holders, waited, dt.datetime.now(dt.timezone.utc))
                     logger.info(line)
                     if progress is not None:
                         progress(stage, 0, 1, line)
-            except ConcurrencySlotAcquisitionError as exc:
-                raise UserError(f"the global concurrency limit {limit!r} is missing on the Prefect server ({exc}); "
-                                f"create it with `prefect gcl create {limit} --limit 1` or "
-                                "`python -m deployments.deploy`") from None
-        lease_id = str(response.lease_id)
-        hold = store.hold_slot(run_id, limit, lease_id, stage, flow_run_id=str(flow_run.id or "") or None,
-                               flow_run_name=flow_run.name)
+                time.sleep(SLOT_POLL_S)
+        root_id, root_name = _root_flow_run()
+        hold = store.hold_slot(run_id, limit, lease_id, stage, flow_run_id=root_id, flow_run_name=root_name)
         waited = time.monotonic() - started
         logger.info("holding a slot of the %r concurrency limit for %s%s", limit, stage,
-                    f" (after waiting {waited:.0f} s)" if waited >= SLOT_TRY_S else "")
+                    f" (after waiting {waited:.0f} s)" if said is not None else "")
         try:
-            with maintain_concurrency_lease(response.lease_id, GPU_LEASE_S, raise_on_lease_renewal_failure=True):
+            from uuid import UUID
+
+            with maintain_concurrency_lease(UUID(lease_id), GPU_LEASE_S, raise_on_lease_renewal_failure=True):
                 yield
         finally:
             with contextlib.suppress(Exception), _client() as client:

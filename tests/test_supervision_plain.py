@@ -140,7 +140,8 @@ def test_slot_holds_are_recorded_released_and_a_dead_holder_is_seen(tmp_path):
     run = store.start_run("pipeline", {}, prefect_flow_run_id="f-1")
     hold = store.hold_slot(run, "gpu", "lease-1", "train", flow_run_id="f-1", flow_run_name="calm-fox")
     (held,) = store.held_slots("gpu")
-    assert (held["lease_id"], held["flow_run_name"], held["alive"]) == ("lease-1", "calm-fox", True)
+    assert (held["limit_name"], held["lease_id"], held["flow_run_name"], held["alive"]) == (
+        "gpu", "lease-1", "calm-fox", True)
     assert store.held_slots("other") == []
     with store.session() as s:  # the holder's process is gone: a pid no process has
         s.get(SlotHold, hold).pid = 2 ** 22 + 17
