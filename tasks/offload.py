@@ -23,13 +23,14 @@ from pydantic import BaseModel
 
 from faithforge.offload import dispatch as offload
 from faithforge.core.config import PipelineConfig
-from faithforge.core.errors import UserError
 from faithforge.stages.context import StageContext
 from faithforge.core.workspace import sha256_file, sha256_tree
 from gpu.planner import Plan
 
 DEFAULT_GPU_LIMIT = "gpu"
 POLL_S = 2.0
+#: How often a wait is said again in the run's log, seconds.
+WAIT_REPORT_S = 30.0
 
 
 # -- the GPU guard --------------------------------------------------------------------------------------
@@ -82,6 +83,7 @@ def _wait_for_child(client, flow_run_id, stage: str, pool: str, pickup_timeout_s
     logger = get_run_logger()
     started = time.monotonic()
     announced = False
+    said = -1.0
     while True:
         run = client.read_flow_run(flow_run_id)
         state = run.state
@@ -89,6 +91,11 @@ def _wait_for_child(client, flow_run_id, stage: str, pool: str, pickup_timeout_s
             return run
         if state is None or state.is_scheduled():
             waited = time.monotonic() - started
+            if waited >= said + WAIT_REPORT_S or said < 0:  # said at once, then every WAIT_REPORT_S (issue 29)
+                said = waited
+                logger.info("%s: waiting %.0f s for a worker of the work pool %r to start the offloaded run "
+                            "(gives up after %.0f s; `prefect worker start --pool %s` starts one)", stage, waited,
+                            pool, pickup_timeout_s, pool)
             if waited >= pickup_timeout_s:
                 client.set_flow_run_state(flow_run_id, Cancelled(message="no worker picked it up in time"),
                                           force=True)

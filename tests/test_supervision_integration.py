@@ -346,7 +346,8 @@ def test_the_artifacts_page_lists_faithforges_artifacts(stack, deaths, tmp_path)
     shots = tmp_path / "screenshots"
     with Browser(chromium, tmp_path / "chromium-profile") as browser:
         browser.goto(f"{stack['ui']}/artifacts")
-        browser.wait_for("document.body.innerText.includes('gpu-plan-warm-start')", 120, "the artifacts grid")
+        browser.wait_for("!!document.body && document.body.innerText.includes('gpu-plan-warm-start')", 120,
+                         "the artifacts grid")
         text = browser.evaluate("document.body.innerText")
         shot = browser.screenshot(shots / "artifacts-page.png", full_page=True)
     listed = [key for key in keys if key in text]
