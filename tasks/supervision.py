@@ -77,9 +77,15 @@ def watch_worker(config: PipelineConfig) -> None:
     if _watching:
         return
     _watching = True
-    from faithforge.core.orphans import start_reaper, watch_parent
+    import atexit
+    import sys
 
-    start_reaper()
+    from faithforge.core.orphans import exited_cleanly, start_reaper, watch_parent
+
+    # Killed without warning (SIGKILL; a worker's shutdown kills its flow processes outright), this process cannot
+    # report its own death: its reaper then runs `python -m tasks.supervision DATABASE_URL`, which reconciles it.
+    start_reaper(after_death=[sys.executable, "-m", "tasks.supervision", store_url(config)])
+    atexit.register(exited_cleanly)
     watch_parent(lambda parent: worker_died(config, parent))
 
 
@@ -289,8 +295,8 @@ def held_slot(limit: str, stage: str, database_url: str, run_id: Optional[str],
                     said = waited
                     line = slot_wait_message(limit, stage, holders, waited, dt.datetime.now(dt.timezone.utc))
                     logger.info(line)
-                    if progress is not None:
-                        progress(stage, 0, 1, line)
+                    if progress is not None:  # the artifact puts the stage's name in front itself
+                        progress(stage, 0, 1, line.removeprefix(f"{stage}: "))
                 time.sleep(SLOT_POLL_S)
         root_id, root_name = _root_flow_run()
         hold = store.hold_slot(run_id, limit, lease_id, stage, flow_run_id=root_id, flow_run_name=root_name)
@@ -308,3 +314,9 @@ def held_slot(limit: str, stage: str, database_url: str, run_id: Optional[str],
             store.release_slot(hold)
     finally:
         store.engine.dispose()
+
+
+if __name__ == "__main__":  # python -m tasks.supervision DATABASE_URL: what a dead flow process's reaper runs
+    import sys
+
+    reconcile(sys.argv[1], say=lambda line: None)

@@ -274,10 +274,18 @@ def _deaths_scenario(stack) -> dict:
         figures["cancelled_s"] = time.monotonic() - asked
         # the worker's SIGTERM (Prefect sends it on cancel) stops the flow process within 10 s (the deadline)
         assert figures["cancel_process_gone_s"] <= 10, figures
-        worker.send_signal(signal.SIGTERM)  # an idle worker stops on SIGTERM
+
+        # --- SIGTERM to a worker whose flow is training: both stop within 10 s, and Prefect hears of it ----------
+        run_e = _start(client, _config(stack))
+        _training(stack, client, run_e)
+        pid_e = _flow_pid(stack, run_e.id)
+        worker.send_signal(signal.SIGTERM)
         asked = time.monotonic()
         worker.wait(GUARD_S)
-        figures["idle_worker_sigterm_s"] = time.monotonic() - asked
+        figures["busy_worker_sigterm_s"] = time.monotonic() - asked
+        # Prefect's worker kills its flow processes outright on shutdown: the flow's reaper reports the death
+        figures["sigterm"] = _dead_within(stack, client, run_e, pid_e, asked)
+        assert figures["busy_worker_sigterm_s"] <= 10 and figures["sigterm"]["process_gone_s"] <= 10, figures
     listed = subprocess.run([sys.executable, "-m", "faithforge.app.cli", "runs", "-w", str(stack["root"] / "ws")],
                             env=stack["env"], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert listed.returncode == 0, listed.stdout + listed.stderr
@@ -287,7 +295,7 @@ def _deaths_scenario(stack) -> dict:
     finally:
         store.engine.dispose()
     assert statuses[str(run_c.id)] == "cancelled", (statuses, listed.stdout)
-    assert statuses[str(run_a.id)] == statuses[str(run_b.id)] == "crashed", statuses
+    assert statuses[str(run_a.id)] == statuses[str(run_b.id)] == statuses[str(run_e.id)] == "crashed", statuses
     assert sum(" cancelled " in line for line in listed.stdout.splitlines()) == 1, listed.stdout
     return figures
 

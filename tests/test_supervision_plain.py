@@ -81,6 +81,35 @@ def test_the_reaper_stops_the_children_of_a_sigkilled_process():
     assert _wait_gone(child) and _wait_gone(grandchild)
 
 
+def test_the_reaper_runs_its_after_death_command_only_after_an_unclean_death(tmp_path):
+    """How a SIGKILLed flow process still gets its death reported: its reaper runs a command (in the flow, the
+    reconciliation) once it is gone — unless it exited normally and said so."""
+    for kill in (True, False):
+        said = tmp_path / f"reported-{kill}"
+        main = _python(f"""
+            import sys, time
+            from faithforge.core.orphans import exited_cleanly, start_reaper
+            start_reaper(after_death=[sys.executable, "-c", "open({str(said)!r}, 'w')"])
+            print("ready", flush=True)
+            if {not kill}:
+                exited_cleanly()
+                sys.exit(0)
+            time.sleep(600)
+        """)
+        assert main.stdout.readline().strip() == "ready"
+        if kill:
+            os.kill(main.pid, signal.SIGKILL)
+        main.wait()
+        if kill:
+            deadline = time.monotonic() + GUARD_S
+            while not said.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert said.exists(), "the reaper did not run its command after the SIGKILL"
+        else:
+            time.sleep(2.0)  # the reaper's look (every 0.5 s) and its command's start: nothing may come
+            assert not said.exists(), "the reaper ran its command after a clean exit"
+
+
 @pytest.mark.slow
 def test_sigkill_of_the_demo_leaves_no_embedded_prefect_server(tmp_path):
     """Issue 25's leftover: SIGKILL of `faithforge demo`'s main process left Prefect's embedded server (a

@@ -104,17 +104,30 @@ def watch_parent(on_death: Callable[[int], None], poll_s: float = POLL_S) -> thr
     return thread
 
 
-def start_reaper(pid: int | None = None) -> subprocess.Popen | None:
+def start_reaper(pid: int | None = None, after_death: list[str] | None = None) -> subprocess.Popen | None:
     """Start the watcher process for `pid` (default: this process); None where /proc is missing.
 
     The watcher runs in its own session (a Ctrl-C to the terminal's group does not stop it first) and ends by
-    itself once `pid` is gone and its descendants are stopped."""
+    itself once `pid` is gone and its descendants are stopped. `after_death`: a command it then runs (in this
+    process's directory and environment) unless `pid` first called `exited_cleanly()` — how a flow process killed
+    without warning (SIGKILL, or its worker's shutdown) still gets its death reported."""
     if not os.path.isdir("/proc"):
         return None
     pid = os.getpid() if pid is None else pid
-    return subprocess.Popen([sys.executable, "-I", "-S", os.path.abspath(__file__), str(pid), _start_time(pid)],
+    return subprocess.Popen([sys.executable, "-I", "-S", os.path.abspath(__file__), str(pid), _start_time(pid),
+                             _clean_marker(pid), *(after_death or [])],
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True, close_fds=True)
+
+
+def _clean_marker(pid: int) -> str:
+    return os.path.join(os.environ.get("TMPDIR", "/tmp"), f"faithforge-clean-exit-{pid}-{_start_time(pid)}")
+
+
+def exited_cleanly() -> None:
+    """Tell this process's reaper not to run its after-death command (call at a normal exit, e.g. atexit)."""
+    with contextlib.suppress(OSError), open(_clean_marker(os.getpid()), "w"):
+        pass
 
 
 def reap_after(pid: int, start: str, poll_s: float = POLL_S) -> list[int]:
@@ -128,6 +141,12 @@ def reap_after(pid: int, start: str, poll_s: float = POLL_S) -> list[int]:
     return terminate(seen)
 
 
-if __name__ == "__main__":  # the watcher process: python -I -S orphans.py PID START
+if __name__ == "__main__":  # the watcher process: python -I -S orphans.py PID START [MARKER [COMMAND...]]
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     reap_after(int(sys.argv[1]), sys.argv[2] if len(sys.argv) > 2 else "")
+    marker, command = (sys.argv[3], sys.argv[4:]) if len(sys.argv) > 3 else ("", [])
+    if marker and os.path.exists(marker):
+        os.unlink(marker)
+    elif command:
+        subprocess.run(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                       timeout=300, check=False)
