@@ -280,12 +280,14 @@ def held_slot(limit: str, stage: str, database_url: str, run_id: Optional[str],
 
     logger = get_run_logger()
     holder = ConcurrencyLeaseHolder(type="flow_run", id=flow_run.id) if flow_run.id else None
-    store = Store(database_url)
     started = time.monotonic()
     said = None
+    with _client() as client:
+        lease_id = _try_slot(client, limit, holder)  # a missing limit fails here, before the run store is opened
+    store = Store(database_url)
     try:
         with _client() as client:
-            while (lease_id := _try_slot(client, limit, holder)) is None:
+            while lease_id is None:
                 holders = store.held_slots(limit)
                 if any(h["alive"] is False for h in holders):
                     reconcile(database_url, say=logger.warning)
@@ -298,6 +300,7 @@ def held_slot(limit: str, stage: str, database_url: str, run_id: Optional[str],
                     if progress is not None:  # the artifact puts the stage's name in front itself
                         progress(stage, 0, 1, line.removeprefix(f"{stage}: "))
                 time.sleep(SLOT_POLL_S)
+                lease_id = _try_slot(client, limit, holder)
         root_id, root_name = _root_flow_run()
         hold = store.hold_slot(run_id, limit, lease_id, stage, flow_run_id=root_id, flow_run_name=root_name)
         waited = time.monotonic() - started
