@@ -9,10 +9,11 @@ from typing import Any, Callable, Optional
 from pydantic import BaseModel
 
 from faithforge.core.config import PipelineConfig
+from faithforge.core.errors import UserError
 from gpu.planner import Plan
 from tasks.gate import gate_task
 from tasks.offload import gpu_slot, offload_task, receive_task, send_task
-from tasks.supervision import started_by_worker, watch_worker
+from tasks.supervision import begin_flow_run, started_by_worker, watch_worker
 
 #: The task that does a stage's work here: (config, run id, typed inputs by name, plan) → the stage's output.
 StageWork = Callable[[PipelineConfig, Optional[str], dict[str, Any], Plan], BaseModel]
@@ -26,13 +27,18 @@ def gated_stage(stage: str, config: PipelineConfig, run_id: str | None, *, offlo
     `inputs` are the stage flow's inputs by name and `input_types` their types (received JSON is validated back
     into them on the pool). Offloaded here: the pool's JSON, validated into `output_type`. Run on the pool
     (`offloaded`): the published outputs' JSON, which the caller on the other machine validates."""
-    if started_by_worker():  # this stage's flow run is its own process (a deployment): it dies with its worker
-        watch_worker(config)
     if offloaded:
         received = receive_task(config, stage, inputs)
         config, run_id = PipelineConfig.model_validate(received["config"]), received["run_id"]
         inputs = {name: None if value is None else input_types[name].model_validate(value)
                   for name, value in received["inputs"].items()}
+    if started_by_worker():  # this stage's flow run is its own process (a deployment): it dies with its worker
+        from prefect.runtime import flow_run
+
+        if offloaded or flow_run.parent_flow_run_id:
+            watch_worker(config)
+        elif (problem := begin_flow_run(config)) is not None:  # run by hand from the UI: the CLI's checks first
+            raise UserError(problem)
     plan = gate_task(config, run_id, stage)
     if plan.placement == "offload":
         return output_type.model_validate(offload_task(config, run_id, stage, plan, inputs))
