@@ -91,7 +91,9 @@ def watch_worker(config: PipelineConfig) -> None:
 
 def worker_died(config: PipelineConfig, parent: int) -> None:
     """This flow process lost its worker: tell the run store and Prefect, free the slots, stop, exit."""
-    from faithforge.app.stopping import stop_children
+    import socket
+
+    from faithforge.core.orphans import descendants, terminate
 
     with contextlib.suppress(OSError):  # the dead worker's pipe: nothing more goes there (no BrokenPipeError)
         devnull = os.open(os.devnull, os.O_WRONLY)
@@ -109,12 +111,12 @@ def worker_died(config: PipelineConfig, parent: int) -> None:
             for hold in mine:
                 release_lease(client, hold["lease_id"])
                 store.release_slot(hold["id"])
-            message = death_message(os.getpid(), None, last, cause)
+            message = death_message(os.getpid(), socket.gethostname(), last, cause)
             end_flow_run_tree(client, os.environ["PREFECT__FLOW_RUN_ID"], message)
         store.engine.dispose()
     except Exception:  # noqa: BLE001 - exit whatever happens; the next start reconciles what is left
         pass
-    stop_children(2.0)
+    terminate(descendants(os.getpid()), grace_s=2.0)  # its reaper too: this death is reported already
     os._exit(1)
 
 

@@ -32,7 +32,7 @@ def decide(state_type: Optional[str]) -> tuple[Optional[str], str]:
 def death_message(pid: Optional[int], host: Optional[str], last_stage: Optional[str], cause: str) -> str:
     """One line for the Crashed/Cancelled state: which process, what ended it, where it stopped."""
     where = f"; last stage: {last_stage}" if last_stage else ""
-    process = f"process {pid} on {host}" if pid else "its process"
+    process = (f"process {pid} on {host}" if host else f"process {pid}") if pid else "its process"
     return f"FaithForge: {process} is gone ({cause}){where}. Rerun it: finished stages are reused."
 
 
