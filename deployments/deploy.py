@@ -8,7 +8,8 @@ The Python twin of `deployments/prefect.yaml` (same names, pools, entrypoints an
 - work pools `local` (process: this machine) and `a100` (process: a rented GPU VM running
   `prefect worker start --pool a100 --limit 1`, see the Dockerfile); with `--docker` also `a100-docker`
   (docker: a docker worker on the GPU VM starts each run in the image with the GPU requested);
-- global concurrency limits `gpu` (this machine's GPU) — every GPU stage takes one slot with `strict=True`;
+- global concurrency limits `gpu` (this machine's GPU) — every GPU stage takes one slot, under a 60 s lease;
+- the automation that sets a flow run Crashed when its heartbeats (every 30 s, `PROCESS_ENV`) stop for 90 s;
 - deployments `faithforge-pipeline/local`, `faithforge-generate/nightly-generation` (cron 02:00 in
   `--timezone`), and `faithforge-{reference,train,evaluate}/local` and `/a100` (and `/a100-docker`): a stage's
   deployment is named after its pool, which is how the pipeline finds the one to offload to (gpu.offload_pool).
@@ -38,7 +39,13 @@ PREFECT_VERSION = "3.8.8"
 #: Environment of every flow run a process worker starts. OMP_WAIT_POLICY=PASSIVE: torch's OpenMP threads sleep
 #: instead of spinning while they wait. On a loaded 2-core worker, spinning threads took the warm start from
 #: 34 s to 250 s for 60 steps; PASSIVE ran them in 23 s with 2 threads (bench/cpu_wait_policy.py, BENCHMARKS.md).
-PROCESS_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+#: PREFECT_FLOWS_HEARTBEAT_FREQUENCY: a flow run emits a heartbeat event every 30 s (Prefect's minimum; its default
+#: is 180 s), so the zombie automation below can mark a run Crashed about 90 s after its machine or process vanished
+#: without anyone left to say so (issue 29; FaithForge itself reports the deaths it can see: tasks/supervision.py).
+PROCESS_ENV = {"OMP_WAIT_POLICY": "PASSIVE", "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}
+#: The automation that crashes flow runs whose heartbeats stopped (Prefect's "detect zombie flows" recipe).
+ZOMBIE_AUTOMATION = "faithforge: crash flow runs whose heartbeats stopped"
+ZOMBIE_AFTER_S = 90
 #: The nightly generation's model tiers, largest first. The GPU gate takes the largest that fits this machine's
 #: GPU; qwen3:0.6b (750M parameters, under gpu.cpu_max_params) runs on the CPU when no tier fits a GPU, so a
 #: nightly run never tries a model that does not fit (README: "Nightly generation").
@@ -118,6 +125,37 @@ def ensure_limits(slots: int = 1) -> list[str]:
         except ObjectNotFound:
             client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=GPU_LIMIT, limit=slots))
             return [GPU_LIMIT]
+
+
+def ensure_automations() -> list[str]:
+    """Create the zombie automation when missing: a flow run that sent a heartbeat and then, for
+    `ZOMBIE_AFTER_S`, neither another heartbeat nor a final state is set Crashed (self-hosted servers have no
+    managed one)."""
+    from datetime import timedelta
+
+    from prefect import get_client
+    from prefect.client.schemas.objects import StateType
+    from prefect.events.actions import ChangeFlowRunState
+    from prefect.events.schemas.automations import AutomationCore, EventTrigger, Posture
+    from prefect.events.schemas.events import ResourceSpecification
+
+    with get_client(sync_client=True) as client:
+        if client.read_automations_by_name(ZOMBIE_AUTOMATION):
+            return []
+        client.create_automation(AutomationCore(
+            name=ZOMBIE_AUTOMATION,
+            description="FaithForge (deployments/deploy.py): a flow run whose heartbeats stopped is Crashed.",
+            trigger=EventTrigger(
+                after={"prefect.flow-run.heartbeat"},
+                expect={"prefect.flow-run.heartbeat", "prefect.flow-run.Completed", "prefect.flow-run.Failed",
+                        "prefect.flow-run.Cancelled", "prefect.flow-run.Crashed"},
+                match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+                for_each={"prefect.resource.id"}, posture=Posture.Proactive, threshold=1,
+                within=timedelta(seconds=ZOMBIE_AFTER_S)),
+            actions=[ChangeFlowRunState(state=StateType.CRASHED,
+                                        message=f"No heartbeat for {ZOMBIE_AFTER_S} s: its process or machine is "
+                                                "gone (FaithForge's zombie automation)")]))
+        return [ZOMBIE_AUTOMATION]
 
 
 def _run(value):
@@ -275,11 +313,13 @@ def deploy(project_dir: str | os.PathLike[str] = ".", *, gpu_slots: int = 1, doc
     """Pools, limits and deployments on the server at PREFECT_API_URL; returns what was created/applied."""
     pools = ensure_pools(docker=docker)
     limits = ensure_limits(gpu_slots)
+    automations = ensure_automations()
     applied = []
     for deployment in build_deployments(project_dir, docker=docker, **options):
         deployment.apply()
         applied.append(f"{deployment.flow_name}/{deployment.name}")
-    return {"pools_created": pools, "limits_created": limits, "deployments": applied}
+    return {"pools_created": pools, "limits_created": limits, "automations_created": automations,
+            "deployments": applied}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,6 +366,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"created work pool {name}")
     for name in result["limits_created"]:
         print(f"created global concurrency limit {name}")
+    for name in result["automations_created"]:
+        print(f"created automation {name!r}")
     for name in result["deployments"]:
         print(f"deployment {name}")
     return 0

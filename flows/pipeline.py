@@ -6,7 +6,8 @@ Reads top to bottom like the diagram in the README. Every step is a task or a su
 
 from __future__ import annotations
 
-from prefect import flow
+from prefect import flow, get_run_logger
+from prefect.states import Failed
 
 from faithforge.core.config import PipelineConfig
 from faithforge.stages.generate import generation_parameters
@@ -22,6 +23,7 @@ from tasks.label import label_step
 from tasks.offload import gpu_slot
 from tasks.report import report_task
 from tasks.runs import cancel_run, finish_run_task, start_run_task
+from tasks.supervision import begin_flow_run, cancel_requested
 from gpu.errors import redact_credentials
 
 
@@ -30,6 +32,10 @@ from gpu.errors import redact_credentials
 @flow(name="faithforge-pipeline", log_prints=False)
 def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
     """Run the whole pipeline and return where everything was written and the before/after rates."""
+    problem = begin_flow_run(config)  # on a worker: watch it, the CLI's preflight, reconcile the dead
+    if problem is not None:  # bad input: one line in the UI, before any work (no traceback: it is not a bug)
+        get_run_logger().error(problem)
+        return Failed(message=problem)
     run_id = start_run_task(config, "pipeline")
     stages: dict[str, StageOutput | None] = {}
     try:
@@ -44,7 +50,7 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
         # (and its artifact shows) that it runs on this machine's CPU. It exists for the tiny model (turn it off
         # for your own).
         warm_plan = gate_task(config, run_id, "warm_start")
-        with gpu_slot(config, warm_plan):
+        with gpu_slot(config, warm_plan, run_id):
             stages["warm_start"] = model = warm_start_task(config, run_id, base, dataset, warm_plan)
         # On-policy pairs sample from the warm-started model: a generation workload, gated like one.
         pairs_plan = gate_task(config, run_id, "evaluate") if config.pairs.builder == "on-policy" else None
@@ -62,6 +68,9 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
         cancel_run(config, run_id, _as_json(stages))
         raise
     except BaseException as exc:
+        if cancel_requested():  # cancelled in Prefect (the worker's SIGTERM): `cancelled`, not `failed`
+            cancel_run(config, run_id, _as_json(stages), "cancelled in Prefect")
+            raise
         finish_run_task(config, run_id, "failed", {"error": redact_credentials(str(exc))[:2000],
                                                    "stages": _as_json(stages)})
         raise

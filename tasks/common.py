@@ -24,13 +24,19 @@ from faithforge.stages.outputs import StageOutput
 _BULKY = {"markdown", "table", "history"}
 
 
+def is_wait(message: str) -> bool:
+    """A progress message that says the stage waits for someone else (a lock, a `gpu` slot, a worker)."""
+    return "waiting" in message[:80]
+
+
 def _artifact_progress(stage: str) -> Callable[[str, int, int, str], None]:
-    """A Prefect progress artifact for this stage, updated at most once per percent."""
+    """A Prefect progress artifact for this stage, updated at most once per percent, and whenever it says what
+    the stage waits for (issue 29: waits were only in the worker's stdout)."""
     state: dict[str, Any] = {"id": None, "last": -1.0}
 
     def sink(_stage: str, done: int, total: int, message: str) -> None:  # noqa: ARG001
         percent = round(100.0 * done / max(total, 1), 0)
-        if percent == state["last"]:
+        if percent == state["last"] and not is_wait(message):
             return
         state["last"] = percent
         try:
@@ -45,10 +51,20 @@ def _artifact_progress(stage: str) -> Callable[[str, int, int, str], None]:
     return sink
 
 
+def _log_waits(logger) -> Callable[[str, int, int, str], None]:
+    """Waits (another run's lock on this stage's output) as lines of the run's Prefect log."""
+
+    def sink(stage: str, done: int, total: int, message: str) -> None:  # noqa: ARG001
+        if is_wait(message):
+            logger.info("%s: %s", stage, message)
+
+    return sink
+
+
 def run_stage(stage: str, config: PipelineConfig, run_id: str | None, fn: Callable[..., StageOutput],
               *args: Any) -> StageOutput:
     logger = get_run_logger()
-    ctx = StageContext.open(config, run_id, progress=fan_out(_artifact_progress(stage)))
+    ctx = StageContext.open(config, run_id, progress=fan_out(_artifact_progress(stage), _log_waits(logger)))
     started = time.perf_counter()
     progress_registry.begin(stage)
     try:

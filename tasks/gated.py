@@ -9,9 +9,11 @@ from typing import Any, Callable, Optional
 from pydantic import BaseModel
 
 from faithforge.core.config import PipelineConfig
+from faithforge.core.errors import UserError
 from gpu.planner import Plan
 from tasks.gate import gate_task
 from tasks.offload import gpu_slot, offload_task, receive_task, send_task
+from tasks.supervision import begin_flow_run, started_by_worker, watch_worker
 
 #: The task that does a stage's work here: (config, run id, typed inputs by name, plan) → the stage's output.
 StageWork = Callable[[PipelineConfig, Optional[str], dict[str, Any], Plan], BaseModel]
@@ -30,9 +32,16 @@ def gated_stage(stage: str, config: PipelineConfig, run_id: str | None, *, offlo
         config, run_id = PipelineConfig.model_validate(received["config"]), received["run_id"]
         inputs = {name: None if value is None else input_types[name].model_validate(value)
                   for name, value in received["inputs"].items()}
+    if started_by_worker():  # this stage's flow run is its own process (a deployment): it dies with its worker
+        from prefect.runtime import flow_run
+
+        if offloaded or flow_run.parent_flow_run_id:
+            watch_worker(config)
+        elif (problem := begin_flow_run(config)) is not None:  # run by hand from the UI: the CLI's checks first
+            raise UserError(problem)
     plan = gate_task(config, run_id, stage)
     if plan.placement == "offload":
         return output_type.model_validate(offload_task(config, run_id, stage, plan, inputs))
-    with gpu_slot(config, plan):
+    with gpu_slot(config, plan, run_id):
         out = work(config, run_id, inputs, plan)
     return send_task(config, run_id, stage, out)["outputs"] if offloaded else out

@@ -23,13 +23,14 @@ from pydantic import BaseModel
 
 from faithforge.offload import dispatch as offload
 from faithforge.core.config import PipelineConfig
-from faithforge.core.errors import UserError
 from faithforge.stages.context import StageContext
 from faithforge.core.workspace import sha256_file, sha256_tree
 from gpu.planner import Plan
 
 DEFAULT_GPU_LIMIT = "gpu"
 POLL_S = 2.0
+#: How often a wait is said again in the run's log, seconds.
+WAIT_REPORT_S = 30.0
 
 
 # -- the GPU guard --------------------------------------------------------------------------------------
@@ -55,23 +56,21 @@ def enforce_gpu_limit(config: PipelineConfig) -> bool:
 
 
 @contextlib.contextmanager
-def gpu_slot(config: PipelineConfig, plan: Plan) -> Iterator[None]:
-    """Hold one slot of the `gpu` limit while a stage uses the local GPU (CPU and offload plans take none)."""
+def gpu_slot(config: PipelineConfig, plan: Plan, run_id: str | None = None) -> Iterator[None]:
+    """Hold one slot of the `gpu` limit while a stage uses the local GPU (CPU and offload plans take none).
+
+    While it waits, the run's log and the stage's progress artifact say who holds the slot and for how long;
+    the slot is held under a short lease and recorded in the run store, so a holder that dies frees it
+    (tasks/supervision.py)."""
     if plan.placement != "local" or not enforce_gpu_limit(config):
         yield
         return
-    from prefect.concurrency._asyncio import ConcurrencySlotAcquisitionError
-    from prefect.concurrency.sync import concurrency
+    from faithforge.core.progress import fan_out
+    from tasks.common import _artifact_progress
+    from tasks.supervision import held_slot, store_url
 
-    name = gpu_limit_name(config)
-    with contextlib.ExitStack() as stack:
-        try:
-            stack.enter_context(concurrency(name, occupy=1, strict=True))
-        except ConcurrencySlotAcquisitionError as exc:
-            raise UserError(f"the global concurrency limit {name!r} is missing on the Prefect server ({exc}); "
-                            f"create it with `prefect gcl create {name} --limit 1` or `python -m deployments.deploy`"
-                            ) from None
-        get_run_logger().info("holding a slot of the %r concurrency limit for %s", name, plan.stage)
+    with held_slot(gpu_limit_name(config), plan.stage, store_url(config), run_id,
+                   progress=fan_out(_artifact_progress(plan.stage))):
         yield
 
 
@@ -84,6 +83,7 @@ def _wait_for_child(client, flow_run_id, stage: str, pool: str, pickup_timeout_s
     logger = get_run_logger()
     started = time.monotonic()
     announced = False
+    said = -1.0
     while True:
         run = client.read_flow_run(flow_run_id)
         state = run.state
@@ -91,6 +91,11 @@ def _wait_for_child(client, flow_run_id, stage: str, pool: str, pickup_timeout_s
             return run
         if state is None or state.is_scheduled():
             waited = time.monotonic() - started
+            if waited >= said + WAIT_REPORT_S or said < 0:  # said at once, then every WAIT_REPORT_S (issue 29)
+                said = waited
+                logger.info("%s: waiting %.0f s for a worker of the work pool %r to start the offloaded run "
+                            "(gives up after %.0f s; `prefect worker start --pool %s` starts one)", stage, waited,
+                            pool, pickup_timeout_s, pool)
             if waited >= pickup_timeout_s:
                 client.set_flow_run_state(flow_run_id, Cancelled(message="no worker picked it up in time"),
                                           force=True)

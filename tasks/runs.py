@@ -21,10 +21,10 @@ def finish_run_task(config: PipelineConfig, run_id: str, status: str, summary: d
     StageContext.open(config).store.finish_run(run_id, status, summary)
 
 
-def cancel_run(config: PipelineConfig, run_id: str, stages: dict) -> None:
+def cancel_run(config: PipelineConfig, run_id: str, stages: dict, why: str = "Ctrl-C or SIGTERM") -> None:
     """Mark the run `cancelled` (stopped on request) straight in the store: not a task, because a Ctrl-C also
     stops Prefect's embedded server, and a task would wait for it."""
     store = StageContext.open(config).store
     run = store.get_run(run_id)
     if run is not None and run.status == "running":
-        store.finish_run(run_id, "cancelled", {"stages": stages, "cancelled": "Ctrl-C or SIGTERM"})
+        store.finish_run(run_id, "cancelled", {"stages": stages, "cancelled": why})

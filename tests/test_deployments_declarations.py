@@ -37,7 +37,8 @@ def test_options_reach_the_yaml_and_the_python_deployments(tmp_path):
     assert pipeline["parameters"]["config"] == {"workspace": "{{ $PWD }}/.faithforge", "storage_url": "s3://bucket/ff",
                                                 "gpu": {"offload_pool": "a100"}}
     assert pipeline["work_pool"] == {"name": "local", "job_variables": {"working_dir": "{{ $PWD }}",
-                                                                "env": {"OMP_WAIT_POLICY": "PASSIVE"}}}
+                                                                "env": {"OMP_WAIT_POLICY": "PASSIVE",
+                                                                        "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}}}
 
     from deployments.deploy import build_deployments
 

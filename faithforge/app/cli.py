@@ -126,7 +126,7 @@ def demo(
         overrides["data"] = _documents_options(real, documents, eval_documents)
     cfg = _load(config, overrides, base=_real_preset(config, overrides, fresh, documents is not None)
                 if real else None)
-    from faithforge.app.preflight import check_pipeline_inputs
+    from faithforge.stages.preflight import check_pipeline_inputs
     from faithforge.core.workspace import drop_outside_links, refuse_unowned
 
     if cfg.label.enabled and not os.environ.get("PREFECT_API_URL"):
@@ -201,6 +201,14 @@ def runs(
         database_url = sqlite_url(db)
     store = Store(database_url)
     store.mark_crashed_runs()
+    if os.environ.get("PREFECT_API_URL"):  # runs of a Prefect server: follow it (cancelled there → `cancelled`)
+        from tasks.supervision import reconcile
+
+        try:
+            reconcile(database_url, say=lambda line: typer.echo(line, err=True))
+        except Exception as exc:  # noqa: BLE001 - the list still shows what the store knows
+            typer.echo(f"could not ask the Prefect server at {os.environ['PREFECT_API_URL']} about these runs "
+                       f"({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})", err=True)
     rows = store.list_runs(limit)
     if not rows:
         typer.echo("no runs yet")

@@ -48,8 +48,12 @@ def run_pipeline_with_progress(config: PipelineConfig, verbose: bool = False) ->
     store_url = config.database_url or Workspace(Path(config.workspace).expanduser().resolve()).database_url
     try:
         from faithforge.app.prefect_settings import without_heartbeats
+        from faithforge.core.orphans import start_reaper
         from flows.pipeline import pipeline
 
+        # Prefect starts its embedded server itself (a `uvicorn` child, no hook to make it die with us): a
+        # watcher process stops it, and any other child, if this process is killed (SIGKILL cannot be handled).
+        start_reaper()
         with Stopper(store_url, STAGE_LABELS).installed(), display, without_heartbeats():
             summary = pipeline(config)
     finally:

@@ -470,7 +470,9 @@ class ExportConfig(Section):
 class PipelineConfig(Section):
     """Everything one FaithForge run needs."""
 
-    workspace: str = ".faithforge"
+    # minLength/pattern in the schema: the Prefect API (enforce_parameter_schema) and the UI's form refuse an empty
+    # or blank workspace before a run is created; the validator below says the same in words to the CLI.
+    workspace: str = Field(".faithforge", json_schema_extra={"minLength": 1, "pattern": r"\S"})
     """Directory for datasets, caches, checkpoints, adapters, reports and the SQLite database."""
 
     @field_validator("workspace")

@@ -22,6 +22,8 @@ from faithforge.core.errors import UserError
 
 #: How often a waiting run re-tries the lock, seconds (a stage takes seconds to hours; 0.2 s costs nothing).
 POLL_S = 0.2
+#: How often a waiting run says again that it waits (with how long), seconds.
+REPORT_S = 30.0
 
 
 def lock_path(output: Path) -> Path:
@@ -43,8 +45,9 @@ def describe_holder(holder: dict) -> str:
 
 @contextlib.contextmanager
 def output_lock(output: Path, stage: str, *, wait_s: float | None = None,
-                on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
-    """Hold the lock of `output` for the block. Another holder: call `on_wait` once with who it is, then wait.
+                on_wait: Callable[[str], None] | None = None, report_s: float = REPORT_S) -> Iterator[None]:
+    """Hold the lock of `output` for the block. Another holder: call `on_wait` with who it is, then again every
+    `report_s` seconds of waiting (with how long), until the lock is free.
 
     `wait_s=None` waits as long as the other run takes (it is computing what this run needs); a number of
     seconds gives up with a `UserError` naming the other process.
@@ -54,7 +57,7 @@ def output_lock(output: Path, stage: str, *, wait_s: float | None = None,
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         started = time.monotonic()
-        told = False
+        told = None
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -63,9 +66,11 @@ def output_lock(output: Path, stage: str, *, wait_s: float | None = None,
                 if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise
             holder = describe_holder(_holder(path))
-            if not told and on_wait is not None:
-                on_wait(f"waiting for {holder}, which is computing {output.name}")
-                told = True
+            now = time.monotonic()
+            if on_wait is not None and (told is None or now - told >= report_s):
+                waited = f" (waited {now - started:.0f} s)" if told is not None else ""
+                on_wait(f"waiting for {holder}, which is computing {output.name}{waited}")
+                told = now
             if wait_s is not None and time.monotonic() - started > wait_s:
                 raise UserError(f"{output} is being computed by {holder}; wait for it to finish "
                                 f"or stop it, then run again")

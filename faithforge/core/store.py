@@ -73,6 +73,25 @@ class StageOutput(Base):
     created_at: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
 
 
+class SlotHold(Base):
+    """A slot of a Prefect global concurrency limit (the `gpu` limit) held by a run: who holds it since when, and
+    the lease to release when its process dies (a waiting run names the holder; a restart frees a dead one's)."""
+
+    __tablename__ = "slot_holds"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=_new_id)
+    run_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    limit_name: Mapped[str] = mapped_column(String(255), index=True)
+    lease_id: Mapped[str] = mapped_column(String(64))
+    stage: Mapped[str] = mapped_column(String(64))
+    flow_run_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    flow_run_name: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    pid: Mapped[int | None] = mapped_column(nullable=True)
+    host: Mapped[str | None] = mapped_column(String(255), nullable=True)
+    pid_started: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    since: Mapped[dt.datetime] = mapped_column(DateTime(timezone=True), default=_now)
+    released_at: Mapped[dt.datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
 class Artifact(Base):
     """Something a stage wrote: a dataset, pairs, a reference cache, an adapter, an evaluation."""
 
@@ -187,6 +206,22 @@ class Store:
                 crashed.append(run.id)
         return crashed
 
+    def crash_runs_of_this_process(self, message: str) -> list[str]:
+        """Runs of this process still `running` become `crashed` (its supervisor died: issue 29). Returns their ids."""
+        crashed = []
+        with self.session() as s:
+            for run in s.scalars(select(Run).where(Run.status == "running", Run.host == socket.gethostname(),
+                                                   Run.pid == os.getpid())):
+                last = s.scalars(select(StageOutput).where(StageOutput.run_id == run.id)
+                                 .order_by(StageOutput.created_at.desc())).first()
+                run.status = "crashed"
+                run.finished_at = _now()
+                run.summary = {**(run.summary or {}), "crashed": {
+                    "detected_at": _now().isoformat(), "pid": run.pid, "host": run.host, "message": message,
+                    "last_stage": f"{last.stage} ({last.status})" if last is not None else None}}
+                crashed.append(run.id)
+        return crashed
+
     def cancel_runs_of_this_process(self, where: str) -> list[str]:
         """Runs of this process still `running` become `cancelled` (stopped on request: Ctrl-C or SIGTERM), with
         where they stopped. Returns their ids."""
@@ -199,6 +234,69 @@ class Store:
                 run.summary = {**(run.summary or {}), "cancelled": {"where": where, "pid": run.pid}}
                 cancelled.append(run.id)
         return cancelled
+
+    def runs_to_reconcile(self) -> list[dict[str, Any]]:
+        """Runs on this host whose process is gone and whose Prefect flow run has not been told yet: the ones
+        `mark_crashed_runs` marked (and any marked by an older version), newest first."""
+        host = socket.gethostname()
+        out = []
+        with self.session() as s:
+            for run in s.scalars(select(Run).where(Run.status.in_(("crashed", "running")), Run.host == host,
+                                                   Run.prefect_flow_run_id.is_not(None))
+                                 .order_by(Run.created_at.desc())):
+                summary = run.summary or {}
+                if not run.prefect_flow_run_id or summary.get("prefect_reconciled"):
+                    continue
+                if run.status == "running" and (run.pid is None or process_alive(run.pid, run.pid_started or "")):
+                    continue
+                out.append({"id": run.id, "prefect_flow_run_id": run.prefect_flow_run_id, "status": run.status,
+                            "pid": run.pid, "host": run.host,
+                            "last_stage": (summary.get("crashed") or {}).get("last_stage")})
+        return out
+
+    def reconciled(self, run_id: str, status: str, prefect_state: str) -> None:
+        """Record what Prefect was told about a dead run (`status`: `crashed` or `cancelled` here too)."""
+        with self.session() as s:
+            run = s.get(Run, run_id)
+            if run is None:
+                return
+            run.status = status
+            run.finished_at = run.finished_at or _now()
+            run.summary = {**(run.summary or {}), "prefect_reconciled": prefect_state}
+
+    # slots of Prefect concurrency limits ------------------------------------------------------------
+    def hold_slot(self, run_id: str | None, limit_name: str, lease_id: str, stage: str,
+                  flow_run_id: str | None = None, flow_run_name: str | None = None) -> str:
+        pid = os.getpid()
+        with self.session() as s:
+            row = SlotHold(run_id=run_id, limit_name=limit_name, lease_id=lease_id, stage=stage,
+                           flow_run_id=flow_run_id, flow_run_name=flow_run_name, pid=pid,
+                           host=socket.gethostname(), pid_started=process_start(pid) or None)
+            s.add(row)
+            s.flush()
+            return row.id
+
+    def release_slot(self, hold_id: str) -> None:
+        with self.session() as s:
+            row = s.get(SlotHold, hold_id)
+            if row is not None and row.released_at is None:
+                row.released_at = _now()
+
+    def held_slots(self, limit_name: str | None = None) -> list[dict[str, Any]]:
+        """Holds (of `limit_name`, or of every limit) not released yet, oldest first, each with `alive`: whether
+        its process still runs (None: on another host, which cannot be checked from here)."""
+        host = socket.gethostname()
+        query = select(SlotHold).where(SlotHold.released_at.is_(None))
+        if limit_name is not None:
+            query = query.where(SlotHold.limit_name == limit_name)
+        with self.session() as s:
+            rows = s.scalars(query.order_by(SlotHold.since)).all()
+            return [{"id": r.id, "run_id": r.run_id, "limit_name": r.limit_name, "lease_id": r.lease_id,
+                     "stage": r.stage,
+                     "flow_run_id": r.flow_run_id, "flow_run_name": r.flow_run_name, "pid": r.pid, "host": r.host,
+                     "since": r.since if r.since.tzinfo else r.since.replace(tzinfo=dt.timezone.utc),
+                     "alive": process_alive(r.pid or 0, r.pid_started or "") if r.host == host else None}
+                    for r in rows]
 
     def list_runs(self, limit: int = 20) -> list[dict[str, Any]]:
         """The newest runs with their status and the last stage each reached."""

@@ -1,4 +1,5 @@
-"""Checks of a pipeline configuration that need no model: run before Prefect starts, so bad input costs seconds.
+"""Checks of a pipeline configuration that need no model: the CLI runs them before Prefect starts, and a deployed
+flow run before its first task (issue 29: the UI and the API skipped them), so bad input costs seconds.
 
 Every check raises a `UserError` (one line, what to fix). A stage would find the same problems, but only
 after the server started and earlier stages ran — with Prefect's logs in front of the message.

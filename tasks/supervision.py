@@ -1,0 +1,327 @@
+"""A flow run's processes die with it, and Prefect learns of every death (issue 29). Prefect glue only: the
+decisions are `faithforge.core.reconcile` (plain Python), the process watching `faithforge.core.orphans`.
+
+- `begin_flow_run` (first thing in a flow run a worker started): watch the worker, so this process reports
+  Crashed, frees its `gpu` slot and exits when the worker dies (instead of training on unsupervised and dying
+  later on a BrokenPipeError); run the CLI's preflight, so bad input fails in seconds with one line; reconcile.
+- `reconcile`: runs on this host whose process is gone are set Crashed in Prefect (a stuck Cancelling one is
+  finished as Cancelled), with where they stopped, and their `gpu` slots are released.
+- `gpu_slot`: a slot of the `gpu` global concurrency limit, waited for with a log line (and the progress
+  artifact) that names the holder's flow run and for how long, re-said while waiting; held under a short lease.
+- `cancel_requested`: whether Prefect is cancelling this flow run (so the run store says `cancelled`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterator, Optional
+
+from faithforge.core.config import PipelineConfig
+from faithforge.core.errors import UserError
+from faithforge.core.reconcile import death_message, decide, slot_wait_message
+
+log = logging.getLogger(__name__)
+
+#: Lease of a `gpu` slot, seconds. Prefect renews it at 3/4 of this while the holder lives; a holder that dies
+#: without releasing (SIGKILL, a lost machine) loses the slot when the lease runs out and Prefect's repossessor
+#: next runs (every 15 s). Prefect's default is 300 s: the next run then waited minutes in silence (issue 29).
+GPU_LEASE_S = 60.0
+#: A waiting run asks for the slot again this often, seconds.
+SLOT_POLL_S = 2.0
+#: The wait line comes at the first refusal, then again this often with how long, seconds.
+SLOT_REPORT_S = 30.0
+
+_watching = False
+
+
+def started_by_worker() -> bool:
+    """A flow run a worker (or `serve`) started in its own process: Prefect sets PREFECT__FLOW_RUN_ID for it."""
+    return bool(os.environ.get("PREFECT__FLOW_RUN_ID"))
+
+
+def store_url(config: PipelineConfig) -> str:
+    from faithforge.core.workspace import Workspace
+
+    return config.database_url or Workspace(Path(config.workspace).expanduser().resolve()).database_url
+
+
+def begin_flow_run(config: PipelineConfig) -> Optional[str]:
+    """The start of a pipeline (or top-level stage) flow run on a worker: watch the worker, check the inputs,
+    reconcile the dead. Returns the one-line problem with the inputs, or None. In the CLI (`faithforge demo`)
+    it does nothing: the CLI ran the same checks before Prefect started and stops its own children."""
+    if not started_by_worker():
+        return None
+    watch_worker(config)
+    from faithforge.stages.preflight import check_pipeline_inputs
+
+    try:
+        check_pipeline_inputs(config)
+    except UserError as exc:
+        return str(exc)
+    with contextlib.suppress(Exception):  # reconciling others must never stop this run
+        reconcile(store_url(config))
+    return None
+
+
+# -- the worker's death -----------------------------------------------------------------------------------
+
+def watch_worker(config: PipelineConfig) -> None:
+    """Once per process: end this flow process when its parent (the worker) dies, and stop this process's own
+    children if it is itself killed."""
+    global _watching
+    if _watching:
+        return
+    _watching = True
+    import atexit
+    import sys
+
+    from faithforge.core.orphans import exited_cleanly, start_reaper, watch_parent
+
+    # Killed without warning (SIGKILL; a worker's shutdown kills its flow processes outright), this process cannot
+    # report its own death: its reaper then runs `python -m tasks.supervision DATABASE_URL`, which reconciles it.
+    start_reaper(after_death=[sys.executable, "-m", "tasks.supervision", store_url(config)])
+    atexit.register(exited_cleanly)
+    watch_parent(lambda parent: worker_died(config, parent))
+
+
+def worker_died(config: PipelineConfig, parent: int) -> None:
+    """This flow process lost its worker: tell the run store and Prefect, free the slots, stop, exit."""
+    import socket
+
+    from faithforge.core.orphans import descendants, terminate
+
+    with contextlib.suppress(OSError):  # the dead worker's pipe: nothing more goes there (no BrokenPipeError)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
+    cause = f"its Prefect worker, process {parent}, died"
+    try:
+        from faithforge.core.store import Store
+
+        store = Store(store_url(config))
+        mine = [h for h in store.held_slots() if h["pid"] == os.getpid() and h["alive"]]
+        runs = store.crash_runs_of_this_process(cause)
+        last = store.get_run(runs[0]).summary.get("crashed", {}).get("last_stage") if runs else None
+        with _client() as client:
+            for hold in mine:
+                release_lease(client, hold["lease_id"])
+                store.release_slot(hold["id"])
+            message = death_message(os.getpid(), socket.gethostname(), last, cause)
+            end_flow_run_tree(client, os.environ["PREFECT__FLOW_RUN_ID"], message)
+        store.engine.dispose()
+    except Exception:  # noqa: BLE001 - exit whatever happens; the next start reconciles what is left
+        pass
+    terminate(descendants(os.getpid()), grace_s=2.0)  # its reaper too: this death is reported already
+    os._exit(1)
+
+
+# -- reconciling Prefect with what is alive ---------------------------------------------------------------
+
+@contextlib.contextmanager
+def _client() -> Iterator[Any]:
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        yield client
+
+
+def release_lease(client, lease_id: str) -> None:
+    from prefect.exceptions import ObjectNotFound
+
+    with contextlib.suppress(ObjectNotFound):
+        client.release_concurrency_slots_with_lease(lease_id)
+
+
+def end_flow_run_tree(client, flow_run_id: str, message: str) -> list[tuple[str, str]]:
+    """Set the flow run and its subflow runs that are still under way Crashed (Cancelled, when the run was being
+    cancelled). Returns (flow run name, new state) for each state set."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+    from prefect.states import Cancelled, Crashed
+
+    root = client.read_flow_run(flow_run_id)
+    root_new, _ = decide(root.state_type.value if root.state_type else None)
+    changed = []
+    frontier, seen = [root], set()
+    while frontier:
+        run = frontier.pop()
+        if run.id in seen:
+            continue
+        seen.add(run.id)
+        new, _ = decide(run.state_type.value if run.state_type else None)
+        if root_new == "CANCELLED" and new is not None:
+            new = "CANCELLED"  # a cancelled run's subflows are cancelled, not crashed
+        if new is not None:
+            state = Cancelled(message=message) if new == "CANCELLED" else Crashed(message=message)
+            client.set_flow_run_state(run.id, state, force=True)
+            changed.append((run.name, new))
+        frontier += client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            parent_flow_run_id=FlowRunFilterParentFlowRunId(operator="or_", any_=[run.id])))
+    return changed
+
+
+def reconcile(database_url: str, say: Callable[[str], None] | None = None) -> list[str]:
+    """Runs of this host's run store whose process is gone: Prefect is told (Crashed, or Cancelled for a stuck
+    Cancelling run), the store follows Prefect (`cancelled` / `crashed`), and the `gpu` slots of dead processes
+    are released. Returns one line per run reconciled."""
+    from prefect.exceptions import ObjectNotFound
+
+    from faithforge.core.store import Store
+
+    say = say or _say
+    store = Store(database_url)
+    try:
+        store.mark_crashed_runs()
+        dead_holds = [h for h in store.held_slots() if h["alive"] is False]
+        dead_runs = store.runs_to_reconcile()
+        if not dead_holds and not dead_runs:
+            return []
+        lines = []
+        with _client() as client:
+            for hold in dead_holds:
+                release_lease(client, hold["lease_id"])
+                store.release_slot(hold["id"])
+                lines.append(f"released the {hold['limit_name']!r} slot of flow run {hold['flow_run_name']!r} "
+                             f"({hold['stage']}): its process {hold['pid']} is gone")
+            for run in dead_runs:
+                try:
+                    flow_run = client.read_flow_run(run["prefect_flow_run_id"])
+                except ObjectNotFound:
+                    store.reconciled(run["id"], run["status"], "not on this Prefect server")
+                    continue
+                state = flow_run.state_type.value if flow_run.state_type else None
+                _, status = decide(state)
+                message = death_message(run["pid"], run["host"], run["last_stage"], "killed or crashed")
+                changed = end_flow_run_tree(client, str(flow_run.id), message)
+                store.reconciled(run["id"], status, changed[0][1] if changed else str(state))
+                if changed:
+                    lines.append(f"flow run {flow_run.name!r} was {state} but its process {run['pid']} is gone: set "
+                                 + ", ".join(f"{name} {new}" for name, new in changed))
+        for line in lines:
+            say(line)
+        return lines
+    finally:
+        store.engine.dispose()
+
+
+def _say(line: str) -> None:
+    try:
+        from prefect import get_run_logger
+
+        get_run_logger().warning(line)
+    except Exception:  # noqa: BLE001 - outside a run: the module's logger
+        log.warning(line)
+
+
+def cancel_requested() -> bool:
+    """Whether Prefect is cancelling (or cancelled) this flow run: a stop then is `cancelled`, not `failed`."""
+    flow_run_id = os.environ.get("PREFECT__FLOW_RUN_ID")
+    if not flow_run_id:
+        from prefect.runtime import flow_run
+
+        flow_run_id = flow_run.id
+    if not flow_run_id:
+        return False
+    try:
+        with _client() as client:
+            state = client.read_flow_run(flow_run_id).state
+        return state is not None and (state.is_cancelling() or state.is_cancelled())
+    except Exception:  # noqa: BLE001 - no server: not a cancellation we can see
+        return False
+
+
+def _root_flow_run() -> tuple[Optional[str], Optional[str]]:
+    """(id, name) of the top flow run of this one (the pipeline run an operator sees in the UI's list)."""
+    from prefect.runtime import flow_run
+
+    root = str(flow_run.root_flow_run_id or flow_run.id or "") or None
+    if root is None or root == str(flow_run.id):
+        return root, flow_run.name
+    try:
+        with _client() as client:
+            return root, client.read_flow_run(root).name
+    except Exception:  # noqa: BLE001 - the name is for people; the id is what matters
+        return root, None
+
+
+# -- the gpu slot -----------------------------------------------------------------------------------------
+
+def _try_slot(client, limit: str, holder) -> Optional[str]:
+    """One request for a slot of `limit` under a `GPU_LEASE_S` lease: its lease id, or None while it is full."""
+    import httpx
+
+    try:
+        response = client.increment_concurrency_slots_with_lease([limit], 1, "concurrency", GPU_LEASE_S, holder)
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code == 423:  # locked: every slot is held
+            return None
+        raise
+    body = response.json()
+    if not body.get("limits"):
+        raise UserError(f"the global concurrency limit {limit!r} is missing on the Prefect server; create it with "
+                        f"`prefect gcl create {limit} --limit 1` or `python -m deployments.deploy`")
+    return str(body["lease_id"])
+
+
+@contextlib.contextmanager
+def held_slot(limit: str, stage: str, database_url: str, run_id: Optional[str],
+              progress: Callable[[str, int, int, str], None] | None = None) -> Iterator[None]:
+    """Hold one slot of `limit` (a missing limit is an error) under a `GPU_LEASE_S` lease. While waiting, say at
+    once and then every `SLOT_REPORT_S` who holds it (run log and `progress`), and free slots whose holder's
+    process is gone. (Prefect's own `concurrency()` waits in silence and logs each timed-out try as an error.)"""
+    from prefect import get_run_logger
+    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+    from prefect.concurrency._leases import maintain_concurrency_lease
+    from prefect.runtime import flow_run
+
+    from faithforge.core.store import Store
+
+    logger = get_run_logger()
+    holder = ConcurrencyLeaseHolder(type="flow_run", id=flow_run.id) if flow_run.id else None
+    started = time.monotonic()
+    said = None
+    with _client() as client:
+        lease_id = _try_slot(client, limit, holder)  # a missing limit fails here, before the run store is opened
+    store = Store(database_url)
+    try:
+        with _client() as client:
+            while lease_id is None:
+                holders = store.held_slots(limit)
+                if any(h["alive"] is False for h in holders):
+                    reconcile(database_url, say=logger.warning)
+                    holders = store.held_slots(limit)
+                waited = time.monotonic() - started
+                if said is None or waited - said >= SLOT_REPORT_S:
+                    said = waited
+                    line = slot_wait_message(limit, stage, holders, waited, dt.datetime.now(dt.timezone.utc))
+                    logger.info(line)
+                    if progress is not None:  # the artifact puts the stage's name in front itself
+                        progress(stage, 0, 1, line.removeprefix(f"{stage}: "))
+                time.sleep(SLOT_POLL_S)
+                lease_id = _try_slot(client, limit, holder)
+        root_id, root_name = _root_flow_run()
+        hold = store.hold_slot(run_id, limit, lease_id, stage, flow_run_id=root_id, flow_run_name=root_name)
+        waited = time.monotonic() - started
+        logger.info("holding a slot of the %r concurrency limit for %s%s", limit, stage,
+                    f" (after waiting {waited:.0f} s)" if said is not None else "")
+        try:
+            from uuid import UUID
+
+            with maintain_concurrency_lease(UUID(lease_id), GPU_LEASE_S, raise_on_lease_renewal_failure=True):
+                yield
+        finally:
+            with contextlib.suppress(Exception), _client() as client:
+                release_lease(client, lease_id)
+            store.release_slot(hold)
+    finally:
+        store.engine.dispose()
+
+
+if __name__ == "__main__":  # python -m tasks.supervision DATABASE_URL: what a dead flow process's reaper runs
+    import sys
+
+    reconcile(sys.argv[1], say=lambda line: None)
