@@ -143,6 +143,6 @@ def calibrate(
     except UserError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(f"{stage} {shape.name} on {gpu_name}: predicted {formatformat_gib(estimate.total_bytes)}, measured "
-               f"{formatformat_gib(measured + estimate.terms['cuda_context_bytes'])} (reserved + CUDA context); "
+    typer.echo(f"{stage} {shape.name} on {gpu_name}: predicted {format_gib(estimate.total_bytes)}, measured "
+               f"{format_gib(measured + estimate.terms['cuda_context_bytes'])} (reserved + CUDA context); "
                f"correction ×{factor:.3f} saved to {path}")
