@@ -80,7 +80,7 @@ def _compute_group(ctx: StageContext, cache, info: dict, model: ModelOutput, pai
     from faithforge.training.distributed import run_group
 
     cfg = ctx.config.reference
-    work = ctx.workspace.output_dir("distributed", f"reference-{cache.key[:16]}")
+    work = ctx.workspace.output_dir("tmp", f"group-reference-{cache.key[:16]}")
     work.mkdir(parents=True, exist_ok=True)
     atomic_write_json(work / "pairs.json", train_pairs)
     spec = {"kind": "reference", "model_path": model.path, "plan": plan.to_dict(), "seed": ctx.config.seed,

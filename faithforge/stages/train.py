@@ -82,7 +82,7 @@ def _train_dpo_group(ctx: StageContext, claim: Claim, key: str, out: Path, model
     on_gpu = device_for(plan.placement) == "cuda" and torch.cuda.is_available()
     start = starting_plan(plan, cfg.batch_size // n)
     args = _dpo_arguments(ctx, key, on_gpu, start)
-    work = ctx.workspace.output_dir("distributed", f"dpo-{key}")
+    work = ctx.workspace.output_dir("tmp", f"group-dpo-{key}")
     work.mkdir(parents=True, exist_ok=True)
     from faithforge.core.workspace import atomic_write_json
 
