@@ -137,7 +137,10 @@ def test_a_killed_rank_stops_the_group_and_the_rerun_equals_one_process(setup, m
 
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-def test_ctrl_c_in_the_launching_process_stops_every_rank(setup, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
+def test_stopping_the_launching_process_stops_every_rank(setup, tmp_path, sig):
+    """Ctrl-C: the task's wait is interrupted and stops the group's session. SIGKILL (nothing of the task runs any
+    more): torchrun gets SIGTERM from the kernel (parent-death signal) and stops its ranks."""
     work = tmp_path / "work"
     spec = _spec(setup, tmp_path / "out")
     script = ("import json, sys\n"
@@ -150,11 +153,11 @@ def test_ctrl_c_in_the_launching_process_stops_every_rank(setup, tmp_path):
     _wait_for(work / "pids" / "rank-1.pid", parent)
     pids = _pids(work)
     assert set(pids) == {0, 1}
-    parent.send_signal(signal.SIGINT)  # what Ctrl-C (or the CLI's stop) does to the process running the task
+    parent.send_signal(sig)  # Ctrl-C (or the CLI's stop) / a kill -9 of the process running the task
     stopped = time.monotonic()
     output, _ = parent.communicate(timeout=60)
-    assert "KeyboardInterrupt" in output
+    assert sig == signal.SIGKILL or "KeyboardInterrupt" in output
     while any(_alive(pid) for pid in pids.values()) and time.monotonic() - stopped < 30:
         time.sleep(0.1)
-    assert not any(_alive(pid) for pid in pids.values()), "a rank survived Ctrl-C"
-    print(f"every rank gone {time.monotonic() - stopped:.1f} s after SIGINT")
+    assert not any(_alive(pid) for pid in pids.values()), f"a rank survived {sig.name}"
+    print(f"every rank gone {time.monotonic() - stopped:.1f} s after {sig.name}")

@@ -114,3 +114,18 @@ def test_faithforge_gpu_shows_strategy_processes_and_per_gpu_peak(tmp_path, monk
     assert (train["strategy"], train["num_processes"]) == ("ddp", 8)
     table = CliRunner().invoke(app, ["--profile", "2xrtx4090-24gb"], env={"COLUMNS": "300"})
     assert table.exit_code == 0 and "fsdp × 2" in table.output and "peak GiB / GPU" in table.output
+
+
+def test_an_fsdp_plan_loads_nf4_with_the_weights_stored_in_bf16(tiny_model_dir):
+    import torch
+
+    from faithforge.training.modeling import load_for_plan
+    from gpu.planner import Plan
+
+    fsdp = Plan.manual("train", "cpu", precision="nf4", strategy="fsdp", num_processes=2)
+    model, _ = load_for_plan(tiny_model_dir, fsdp)
+    assert model.config.quantization_config.bnb_4bit_quant_storage == torch.bfloat16
+    layer = model.model.layers[0].self_attn.q_proj
+    assert type(layer).__name__ == "Linear4bit" and layer.weight.dtype == torch.bfloat16  # packed codes, bf16 view
+    ddp, _ = load_for_plan(tiny_model_dir, Plan.manual("train", "cpu", precision="nf4", strategy="ddp"))
+    assert ddp.model.layers[0].self_attn.q_proj.weight.dtype == torch.uint8  # the default storage elsewhere

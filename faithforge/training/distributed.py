@@ -108,6 +108,17 @@ def _kill_session(pid: int, sig: int) -> None:
         pass
 
 
+def _die_with_parent() -> None:
+    """In the torchrun child before exec (Linux): SIGTERM when the launching process dies, even by SIGKILL, so a
+    group never outlives its task (the group has its own session, out of reach of the task's process group)."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the parent's own stop is the only one
+        pass
+
+
 def run_group(spec: dict[str, Any], work: str | Path, processes: int, *,
               on_event: Callable[[dict], None] | None = None, on_line: Callable[[str], None] | None = None,
               gpu_uuids: list[str] | None = None, stop: threading.Event | None = None) -> GroupResult:
@@ -128,7 +139,7 @@ def run_group(spec: dict[str, Any], work: str | Path, processes: int, *,
     started = time.perf_counter()
     process = subprocess.Popen(torchrun_command(spec_path, processes), env=group_environment(gpu_uuids),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                               start_new_session=True)
+                               start_new_session=True, preexec_fn=_die_with_parent)
     watcher = None
     if stop is not None:
         watcher = threading.Thread(target=lambda: stop.wait() and process.poll() is None and stop_group(process),
