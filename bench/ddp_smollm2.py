@@ -35,6 +35,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=32)
     parser.add_argument("--test-sources", type=int, default=20)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads of the one-process run (each of the 2 ranks gets 1 per core / 2)")
     parser.add_argument("--work", default="/tmp/faithforge-ddp-bench")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "ddp_smollm2.json"))
     opts = parser.parse_args()
@@ -64,10 +66,11 @@ def main() -> None:
     base = deep_merge(REAL_SETTINGS, {
         "generate": {"train_sources": 80, "val_sources": 10, "test_sources": opts.test_sources},
         "pairs": {"builder": "synthetic", "val_fraction": 0.1},
-        "train": {"steps": opts.steps, "checkpoint_every": 8},
+        "train": {"steps": opts.steps, "checkpoint_every": max(1, opts.steps // 2)},
         "control": {"sft_on_chosen": False}, "warm_start": {"enabled": False},
         "evaluate": {"judge": "grounded-qa", "bootstrap_samples": 200}})
-    figures: dict = {"steps": opts.steps, "torch_threads_per_process": 1, "cores": os.cpu_count()}
+    figures: dict = {"steps": opts.steps, "one_process_torch_threads": opts.threads,
+                     "rank_torch_threads": max(1, (os.cpu_count() or 2) // 2), "cores": os.cpu_count()}
     outs = {}
     for processes in (1, 2):
         cfg = load_config(None, base=base, environ={}, overrides={
@@ -89,8 +92,10 @@ def main() -> None:
         plan = plans["train"]
         if processes == 1:  # the ranks' split: micro-batch 4 × accumulation 2 in one process
             plan = plan.with_micro_batch(cfg.train.batch_size // 2, 2)
+        torch.set_num_threads(opts.threads if processes == 1 else 1)
         started = time.perf_counter()
         adapter = train_dpo(ctx, model, pairs, reference, plan)
+        torch.set_num_threads(1)
         train_s = time.perf_counter() - started
         outs[processes] = {"ctx": ctx, "model": model, "pairs": pairs, "reference": reference, "adapter": adapter,
                            "dataset": None}
