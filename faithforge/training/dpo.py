@@ -325,8 +325,11 @@ def dpo_config(args: DpoArguments, *, precompute_ref_log_probs: bool = True):
         dataloader_num_workers=0,
         use_cpu=not args.bf16 and not _cuda_available(),
         ddp_backend=args.ddp_backend,
-        **({"fsdp": "full_shard auto_wrap", "fsdp_config": {"use_orig_params": True, "cpu_ram_efficient_loading": True,
-                                                             "sync_module_states": True}} if args.fsdp else {}),
+        # FSDP-QLoRA (PEFT's recipe): full sharding per decoder layer; use_orig_params keeps frozen 4-bit and trainable
+        # LoRA weights in one flat parameter; rank 0 loads, the others receive its weights.
+        **({"fsdp": True, "fsdp_config": {"auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "use_orig_params": True,
+                                          "cpu_ram_efficient_loading": True, "sync_module_states": True}}
+           if args.fsdp else {}),
     )
 
 
