@@ -130,13 +130,3 @@ def test_an_fsdp_plan_loads_nf4_with_the_weights_stored_in_bf16(tiny_model_dir):
     ddp, _ = load_for_plan(tiny_model_dir, Plan.manual("train", "cpu", precision="nf4", strategy="ddp"))
     assert ddp.model.layers[0].self_attn.q_proj.weight.dtype == torch.uint8  # the default storage elsewhere
 
-
-def test_a_ddp_rank_on_the_cpu_trains_with_gloo():
-    # (An FSDP DPOConfig can only be built inside a torchrun rank with a GPU: accelerate's FSDP plugin sets up the
-    # process group when the arguments are made. Not run here: no GPU.)
-    from faithforge.training.dpo import DpoArguments, dpo_config
-
-    base = dict(output_dir="unused", steps=2, micro_batch=1, grad_accum=1, learning_rate=1e-3, beta=0.1,
-                max_length=None, seed=0, checkpoint_every=1)
-    ddp = dpo_config(DpoArguments(**base, ddp_backend="gloo"))
-    assert not ddp.fsdp and ddp.ddp_backend == "gloo" and ddp.use_cpu
