@@ -39,6 +39,9 @@ def main() -> None:
                         help="torch threads of the one-process run (each of the 2 ranks gets 1 per core / 2)")
     parser.add_argument("--work", default="/tmp/faithforge-ddp-bench")
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "ddp_smollm2.json"))
+    parser.add_argument("--order", default="1,2", help="process counts in the order they run (timing: try 2,1 too)")
+    parser.add_argument("--shard-size", type=int, default=8, help="pairs per reference shard (the ranks split the shards)")
+    parser.add_argument("--timing-only", action="store_true", help="train and compare only; no evaluation")
     opts = parser.parse_args()
 
     import torch
@@ -65,16 +68,20 @@ def main() -> None:
         import_model(smollm2_gguf(), model_dir)
     base = deep_merge(REAL_SETTINGS, {
         "generate": {"train_sources": 80, "val_sources": 10, "test_sources": opts.test_sources},
-        "pairs": {"builder": "synthetic", "val_fraction": 0.1},
+        "pairs": {"builder": "synthetic", "val_fraction": 0.1}, "reference": {"shard_size": opts.shard_size},
         "train": {"steps": opts.steps, "checkpoint_every": max(1, opts.steps // 2)},
         "control": {"sft_on_chosen": False}, "warm_start": {"enabled": False},
         "evaluate": {"judge": "grounded-qa", "bootstrap_samples": 200}})
     figures: dict = {"steps": opts.steps, "one_process_torch_threads": opts.threads,
                      "rank_torch_threads": max(1, (os.cpu_count() or 2) // 2), "cores": os.cpu_count()}
     outs = {}
-    for processes in (1, 2):
+    order = [int(n) for n in opts.order.split(",")]
+    figures["order"] = order
+    tag = "" if order == [1, 2] else "-" + "".join(map(str, order))
+    for processes in order:
+        load_before = os.getloadavg()
         cfg = load_config(None, base=base, environ={}, overrides={
-            "workspace": str(work / f"ws{processes}"), "model": {"path": str(model_dir)},
+            "workspace": str(work / f"ws{processes}{tag}"), "model": {"path": str(model_dir)},
             "distributed": {"cpu_processes": processes}})
         ctx = StageContext.open(cfg)
         ctx.run_id = ctx.store.start_run("bench", {})
@@ -83,7 +90,7 @@ def main() -> None:
         pairs = build_pairs(ctx, generate_examples(ctx))
         train = load_pairs(pairs.train)
         keep = len(train) - len(train) % cfg.train.batch_size
-        trimmed = work / f"ws{processes}" / "train-trimmed.jsonl"
+        trimmed = work / f"ws{processes}{tag}" / "train-trimmed.jsonl"
         atomic_write_jsonl(trimmed, train[:keep])
         pairs = pairs.model_copy(update={"train": str(trimmed)})
         started = time.perf_counter()
@@ -101,9 +108,13 @@ def main() -> None:
                            "dataset": None}
         figures[f"p{processes}"] = {
             "train_pairs": keep, "reference_seconds": round(ref_s, 1), "train_seconds": round(train_s, 1),
+            "load_average_before": [round(x, 2) for x in load_before],
+            "load_average_after": [round(x, 2) for x in os.getloadavg()],
             "micro_batch": adapter.micro_batch, "grad_accum": adapter.grad_accum, "processes": adapter.processes,
             "losses": json.loads((Path(adapter.path) / "history.json").read_text())}
-        print(processes, "process(es): reference", round(ref_s, 1), "s, train", round(train_s, 1), "s", flush=True)
+        print(processes, "process(es): reference", round(ref_s, 1), "s, train", round(train_s, 1), "s",
+              "(reused)" if adapter.reused else "", flush=True)
+        figures[f"p{processes}"]["reused"] = bool(adapter.reused)
 
     one, two = outs[1], outs[2]
     l1 = [h["loss"] for h in figures["p1"]["losses"]]
@@ -115,6 +126,11 @@ def main() -> None:
     figures["reference_cache_byte_identical"] = (_files(Path(one["reference"].path))
                                                  == _files(Path(two["reference"].path)))
 
+    if opts.timing_only:
+        Path(opts.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(opts.out).write_text(json.dumps(figures, indent=1, default=str))
+        print(json.dumps({k: v for k, v in figures.items() if k not in ("p1", "p2")}, indent=1, default=str))
+        return
     # Evaluation: before / after for each adapter, judged serially; and the 2-process adapter judged on Dask.
     from faithforge.app.prefect_settings import without_heartbeats
     from tasks.judging import judging_mapper
@@ -126,7 +142,8 @@ def main() -> None:
         plan = plan_pipeline(ctx.config, GpuSnapshot(source="none"))["evaluate"]
         started = time.perf_counter()
         result = evaluate_models(ctx, out["model"], dataset, out["pairs"], out["adapter"], None, plan)
-        rates[f"p{processes}"] = {"models": result.models, "seconds": round(time.perf_counter() - started, 1)}
+        models = {k: (v.model_dump() if hasattr(v, "model_dump") else dict(v)) for k, v in result.models.items()}
+        rates[f"p{processes}"] = {"models": models, "seconds": round(time.perf_counter() - started, 1)}
     figures["evaluation"] = rates
     figures["evaluation_rates_equal"] = all(
         rates["p1"]["models"][m]["rate"] == rates["p2"]["models"][m]["rate"] for m in ("before", "after"))
