@@ -47,7 +47,9 @@ def test_two_rank_stages_match_one_process_and_back_off_together(tmp_path, monke
         cfg = load_config(None, environ={}, overrides={
             **settings, "workspace": str(tmp_path / f"ws{processes}"),
             "distributed": {"cpu_processes": processes, "rank_callbacks": ["rank_faults:oom_on_rank1_once"]}})
-        ctx = StageContext.open(cfg)
+        seen: dict[str, list] = {"progress": [], "log": []}
+        ctx = StageContext.open(cfg, progress=lambda *event: seen["progress"].append(event))
+        ctx.log = seen["log"].append
         ctx.run_id = ctx.store.start_run("test", {})
         plans = plan_pipeline(cfg, GpuSnapshot(source="none"))
         assert (plans["train"].num_processes, plans["reference"].num_processes) == (processes, processes)
@@ -56,6 +58,10 @@ def test_two_rank_stages_match_one_process_and_back_off_together(tmp_path, monke
         pairs = build_pairs(ctx, generate_examples(ctx))
         reference = reference_logps(ctx, model, pairs, plans["reference"])
         runs[processes] = (ctx, reference, train_dpo(ctx, model, pairs, reference, plans["train"]))
+    # The ranks' progress and their log lines streamed into the stage (the Prefect task's progress artifact and log).
+    assert ("train", 3, 3, f"loss {runs[2][2].final_loss:.3f} (2 processes)") in seen["progress"]
+    assert any(stage == "reference" and "rank 1" in message for stage, _, _, message in seen["progress"])
+    assert any("Traceback" in line for line in seen["log"])  # rank 1's OOM, as it printed it
 
     (_, ref1, one), (ctx2, ref2, two) = runs[1], runs[2]
     assert ref2.processes == 2 and ref2.shards >= 3 and ref1.key == ref2.key

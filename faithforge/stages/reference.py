@@ -77,7 +77,7 @@ def _compute_group(ctx: StageContext, cache, info: dict, model: ModelOutput, pai
     atomically by the rank that computed it; rank 0 checks every shard's checksum and writes the manifest. The cache
     is byte-identical to the one-process cache (same shards, same batches, same manifest)."""
     from faithforge.core.workspace import atomic_write_json
-    from faithforge.training.distributed import run_group
+    from faithforge.training.distributed import is_log_line, run_group
 
     cfg = ctx.config.reference
     work = ctx.workspace.output_dir("tmp", f"group-reference-{cache.key[:16]}")
@@ -93,7 +93,8 @@ def _compute_group(ctx: StageContext, cache, info: dict, model: ModelOutput, pai
         done.add(event["step"])
         ctx.progress("reference", len(done), event["total"], f"shard {event['step']} (rank {event['rank']})")
 
-    run = run_group(spec, work, plan.num_processes, on_event=on_event, on_line=lambda line: log.info("%s", line),
+    run = run_group(spec, work, plan.num_processes, on_event=on_event,
+                    on_line=lambda line: ctx.log(line) if is_log_line(line) else None,
                     gpu_uuids=plan.gpu_uuids)
     return ReferenceOutput(**{**info, **{k: v for k, v in run.result.items() if k in ("computed_pairs", "shards")},
                               "reused": False, "processes": plan.num_processes,
@@ -104,3 +105,4 @@ def _record(ctx: StageContext, cache, pairs: PairsOutput) -> str:
     return ctx.store.add_artifact("reference_cache", str(cache.directory), cache.key, run_id=ctx.run_id,
                                   meta={"components": cache.components},
                                   parents=[pairs.artifact_id] if pairs.artifact_id else [])
+

@@ -72,7 +72,7 @@ def _train_dpo_group(ctx: StageContext, claim: Claim, key: str, out: Path, model
     stored exactly as one process stores its own."""
     import torch
 
-    from faithforge.training.distributed import run_group
+    from faithforge.training.distributed import is_log_line, run_group
     from faithforge.training.modeling import check_same_precision, device_for
     from gpu import run_with_oom_backoff
 
@@ -99,7 +99,8 @@ def _train_dpo_group(ctx: StageContext, claim: Claim, key: str, out: Path, model
         spec = group_spec(ctx, "dpo", model, reference, plan, work / "pairs.json", args={
             **args.with_micro_batch(current.batch_size, current.grad_accum).__dict__,
             "ddp_backend": None if on_gpu else "gloo", "fsdp": plan.strategy == "fsdp"})
-        run = run_group(spec, work, n, on_event=on_event, on_line=lambda line: log.info("%s", line),
+        run = run_group(spec, work, n, on_event=on_event,
+                        on_line=lambda line: ctx.log(line) if is_log_line(line) else None,
                         gpu_uuids=plan.gpu_uuids)
         return {**run.result, "micro_batch": current.batch_size, "grad_accum": current.grad_accum,
                 "group_seconds": round(run.wall_seconds, 2)}
@@ -334,3 +335,4 @@ def _progress_callback(ctx: StageContext, stage: str, total: int):
                 ctx.progress(stage, state.global_step, total, f"loss {logs['loss']:.3f}")
 
     return Progress()
+

@@ -119,6 +119,11 @@ def _die_with_parent() -> None:
         pass
 
 
+def is_log_line(line: str) -> bool:
+    """A rank's output line worth a log entry: not a progress bar's redraw (tqdm)."""
+    return bool(line.strip()) and "\r" not in line and "it/s]" not in line and "s/it]" not in line
+
+
 def run_group(spec: dict[str, Any], work: str | Path, processes: int, *,
               on_event: Callable[[dict], None] | None = None, on_line: Callable[[str], None] | None = None,
               gpu_uuids: list[str] | None = None, stop: threading.Event | None = None) -> GroupResult:
