@@ -151,6 +151,7 @@ def test_stopping_the_launching_process_stops_every_rank(setup, tmp_path, sig):
                               stderr=subprocess.STDOUT, text=True)
     # As soon as both ranks run (their pid files): the stop is the same whatever a rank is doing.
     _wait_for(work / "pids" / "rank-1.pid", parent)
+    _wait_for(work / "pids" / "rank-0.pid", parent)
     pids = _pids(work)
     assert set(pids) == {0, 1}
     parent.send_signal(sig)  # Ctrl-C (or the CLI's stop) / a kill -9 of the process running the task

@@ -296,7 +296,9 @@ def main(argv: list[str] | None = None) -> int:
     spec = json.loads(Path((argv or sys.argv[1:])[0]).read_text())
     work = Path(spec["work"])
     rank, local_rank, world = rank_info()
-    (work / "pids" / f"rank-{rank}.pid").write_text(str(os.getpid()))
+    from faithforge.core.workspace import atomic_write_text
+
+    atomic_write_text(work / "pids" / f"rank-{rank}.pid", str(os.getpid()))  # never seen half-written
     torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
     try:
         if spec["kind"] == "reference":
