@@ -225,6 +225,44 @@ def estimate_train(shape: ModelShape, *, micro_batch: int, seq_len: int, quantiz
         "ref_strategy": ref_strategy, "reference_model": reference_model})
 
 
+def data_parallel_bytes(estimate: Estimate) -> int:
+    """What DDP adds on each GPU beside the one-GPU plan: its gradient buckets, a flat copy of the trainable
+    gradients (torch `DistributedDataParallel`, `bucket_cap_mb` buckets over `requires_grad` parameters only — the
+    LoRA weights; the frozen 4-bit base is replicated, not communicated)."""
+    return int(estimate.terms.get("lora_grads_bytes", 0))
+
+
+def estimate_train_fsdp(shape: ModelShape, *, processes: int, micro_batch: int, seq_len: int,
+                        quantization: Quantization = "nf4", lora_r: int = 16,
+                        lora_targets: tuple[str, ...] = LORA_TARGETS_ALL_LINEAR,
+                        optimizer: Optimizer = "paged-adamw-8bit", gradient_checkpointing: bool = True,
+                        device: Device = "cuda") -> Estimate:
+    """QLoRA DPO under FSDP over `processes` GPUs: one GPU's share of one micro-batch.
+
+    FSDP flattens parameters of one dtype; QLoRA makes that possible by storing the packed 4-bit weights in the
+    compute dtype (`bnb_4bit_quant_storage=bfloat16`: the same bytes per parameter, viewed as bf16), so the
+    quantized base is sharded like any weight. Per GPU: 1/N of the weights and of the LoRA weights, gradients and
+    optimizer state; the unit being computed all-gathered in full, plus the next one prefetched (FSDP's default
+    backward prefetch), the largest unit being a decoder layer or the 16-bit embedding / LM head; the activations
+    and log-prob buffers of its own micro-batch as on one GPU (each rank trains on its own micro-batch).
+    """
+    _check_positive(processes=processes, micro_batch=micro_batch, seq_len=seq_len, lora_r=lora_r)
+    one = estimate_train(shape, micro_batch=micro_batch, seq_len=seq_len, quantization=quantization, lora_r=lora_r,
+                         lora_targets=lora_targets, optimizer=optimizer, gradient_checkpointing=gradient_checkpointing,
+                         ref_strategy="cached", device=device)
+    terms = {k: v for k, v in one.terms.items() if k not in ("cuda_context_bytes", "allocator_overhead_bytes")}
+    per_layer_linear = sum(a * b for a, b in shape.linear_shapes().values())
+    layer = int(per_layer_linear * LINEAR_BYTES_PER_PARAM[quantization])
+    largest_16bit = shape.embedding_params * OTHER_BYTES_PER_PARAM[quantization]
+    shards = {name: -(-terms[name] // processes) for name in
+              ("weights_bytes", "lora_params_bytes", "lora_grads_bytes", "optimizer_state_bytes")}
+    terms.update(shards)
+    terms["fsdp_gathered_units_bytes"] = int(2 * max(layer, largest_16bit))
+    settings = {**one.settings, "processes": processes, "strategy": "fsdp",
+                "bnb_4bit_quant_storage": "bfloat16" if quantization == "nf4" else None}
+    return _finish("train", shape.name, terms, device, {k: v for k, v in settings.items() if k != "device"})
+
+
 def estimate_full_finetune(shape: ModelShape, *, batch_size: int, seq_len: int, quantization: Quantization = "bf16",
                            stage: str = "warm_start", device: Device = "cuda") -> Estimate:
     """Every parameter trained with torch AdamW (`faithforge.training.sft.train_sft`, the warm start): weights, their

@@ -178,7 +178,7 @@ def load_model_config(path: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 SHIPPED_CONFIGS_DIR = Path(__file__).with_name("model_configs")
-SHIPPED_MODELS = ("llama-2-7b", "llama-3-8b", "qwen2.5-7b", "qwen3-8b")
+SHIPPED_MODELS = ("llama-2-7b", "llama-3-8b", "qwen2.5-7b", "qwen2.5-32b", "qwen3-8b")
 """Real-shape configs shipped in gpu/model_configs/ (public config.json contents)."""
 
 

@@ -10,6 +10,13 @@ Rules:
   train: micro-batch over the divisors of the effective batch, largest first (grad_accum = effective ÷
   micro-batch, so the effective batch never changes); at each micro-batch a live reference pass is tried
   before cached reference log-probs when `ref_strategy="auto"`.
+- Several GPUs (train, reference): the node is planned. DDP over the n GPUs with the most usable memory when
+  each of them holds the one-GPU plan (train: micro-batch over the divisors of effective ÷ n, accumulation
+  = effective ÷ (micro-batch × n), so micro × accumulation × n is the user's effective batch; DDP's gradient
+  buckets are charged); FSDP (train only, QLoRA with `bnb_4bit_quant_storage` = the compute dtype) when no one
+  GPU holds the model but n together do. n runs from all visible GPUs down to 2; the weakest GPU of the n
+  sizes the plan. `max_processes` caps n (1: never more than one process).
+- On the CPU, `cpu_processes` > 1 asks for that many gloo DDP processes (train, reference).
 - Nothing fits locally (or no GPU): `cpu` when the model has at most `cpu_max_params` parameters, else
   `offload` of the preferred model to `offload_target`, sized on `offload_snapshot` (an A100 by default).
   `offload_target=None` yields an offload plan that `require_runnable` refuses with the two ways out.
@@ -18,15 +25,16 @@ Rules:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterator, Literal, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from gpu.corrections import STAGES, Corrections
 from gpu.errors import PlanNotRunnableError
-from gpu.estimate import (Estimate, Optimizer, Quantization, ReferenceModel, estimate_full_finetune,
-                          estimate_hf_generate, estimate_ollama, estimate_reference, estimate_train)
+from gpu.estimate import (Estimate, Optimizer, Quantization, ReferenceModel, data_parallel_bytes,
+                          estimate_full_finetune, estimate_hf_generate, estimate_ollama, estimate_reference,
+                          estimate_train, estimate_train_fsdp)
 from gpu.model_shape import ModelShape
 from gpu.ollama import OllamaModel
 from gpu.profiles import profile_snapshot
@@ -35,6 +43,8 @@ from gpu.units import GiB_bytes, format_gib
 
 Stage = Literal["generate", "reference", "train", "evaluate", "warm_start"]
 Placement = Literal["local", "cpu", "offload"]
+Strategy = Literal["single", "ddp", "fsdp"]
+NODE_STAGES = ("train", "reference")
 Policy = Literal["stay-local", "keep-model"]
 Candidate = Union[ModelShape, OllamaModel]
 
@@ -122,6 +132,15 @@ class Plan(BaseModel):
     num_ctx: int | None = None
     """generate/evaluate with an Ollama model: the context per request (prompt + max tokens) the estimate
     assumes; the request must send exactly this `num_ctx` (a different one makes Ollama reload the model)."""
+    strategy: Strategy = "single"
+    """`single`: one process on one device. `ddp`: `num_processes` data-parallel replicas (each GPU holds the whole
+    model; train: each rank trains `batch_size` × `grad_accum` pairs per step; reference: each rank scores its
+    own shards). `fsdp`: the model sharded over `num_processes` GPUs (QLoRA with the 4-bit weights stored in the
+    compute dtype). `estimated_peak_bytes` is always per GPU (per process)."""
+    num_processes: int = 1
+    """Processes the stage is launched with (torchrun `--nproc_per_node`): one per GPU, or gloo ranks on the CPU."""
+    gpu_uuids: list[str] = Field(default_factory=list)
+    """The GPUs of a multi-process local plan, rank order (rank r uses `gpu_uuids[r]`)."""
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as JSON-able data (what the run store and the Prefect artifacts hold)."""
@@ -129,8 +148,13 @@ class Plan(BaseModel):
 
     @property
     def effective_batch(self) -> int:
-        """Micro-batch × gradient accumulation: what one optimizer step sees (train)."""
+        """Micro-batch × gradient accumulation: what one optimizer step of one process sees (train)."""
         return self.batch_size * self.grad_accum
+
+    @property
+    def global_batch(self) -> int:
+        """Micro-batch × accumulation × processes: pairs per optimizer step over all ranks (train)."""
+        return self.batch_size * self.grad_accum * self.num_processes
 
     def with_micro_batch(self, batch_size: int, grad_accum: int) -> "Plan":
         """A copy with a new micro-batch / accumulation: the batch a stage starts with, or the OOM back-off's."""
@@ -304,11 +328,14 @@ def _template_plan(stage: str, req: StageRequest, policy: Policy) -> Plan:
 def plan_stage(snapshot: GpuSnapshot, stage: Stage, candidates: Sequence[Candidate], request: StageRequest, *,
                policy: Policy = "stay-local", offload_target: str | None = None,
                corrections: Corrections | None = None, offload_snapshot: GpuSnapshot | None = None,
-               cpu_max_params: int = DEFAULT_CPU_MAX_PARAMS, cpu_memory_bytes: int | None = None) -> Plan:
+               cpu_max_params: int = DEFAULT_CPU_MAX_PARAMS, cpu_memory_bytes: int | None = None,
+               max_processes: int = 0, cpu_processes: int = 1) -> Plan:
     """Plan one stage. `candidates`: models, preferred first (generate may list several tiers; the other
     stages pass the one model they run). An empty list is allowed for generate only (template backend).
 
-    Tried in order: the local GPU with the most usable memory, then the CPU (small models), then offload."""
+    Tried in order: the node (train/reference on several GPUs: DDP, else FSDP), the local GPU with the most usable
+    memory, then the CPU (small models; `cpu_processes` gloo ranks), then offload. `max_processes` caps the GPUs
+    a node plan uses (0: all visible)."""
     _check_stage_and_policy(stage, policy)
     if not candidates:
         if stage == "generate":
@@ -319,13 +346,19 @@ def plan_stage(snapshot: GpuSnapshot, stage: Stage, candidates: Sequence[Candida
     device = _best_device(snapshot)
     if device is not None:
         plan, local_note = _plan_local(stage, device, pool, candidates[0], request, policy, corrections)
+        if stage in NODE_STAGES and len(snapshot.devices) > 1 and max_processes != 1:
+            node = _plan_node(stage, snapshot, candidates[0], request, policy, corrections, plan, local_note,
+                              max_processes)
+            if node is not None:
+                return node
         if plan is not None:
             return plan
     else:
         local_note = f"No GPU is visible ({snapshot.note or snapshot.source})."
     small = next((m for m in pool if m.total_params <= cpu_max_params), None)
     if small is not None:
-        return _plan_cpu(stage, small, request, policy, local_note, cpu_max_params, cpu_memory_bytes)
+        plan = _plan_cpu(stage, small, request, policy, local_note, cpu_max_params, cpu_memory_bytes)
+        return _cpu_ranks(plan, small, request, cpu_processes, cpu_memory_bytes) if cpu_processes > 1 else plan
     return _plan_offload(stage, candidates[0], request, policy, local_note, corrections,
                          offload_snapshot or profile_snapshot(DEFAULT_OFFLOAD_PROFILE), offload_target, cpu_max_params)
 
@@ -385,6 +418,93 @@ def _plan_cpu(stage: str, small: Candidate, request: StageRequest, policy: Polic
               + (f" of {format_gib(cpu_usable)} usable RAM" if cpu_usable is not None else " (RAM not checked)") + ".")
     return _make_plan(stage, "cpu", option, request, policy, usable=cpu_usable, margin=0, factor=1.0,
                       fits=found is not None, reason=reason)
+
+
+def _per_rank(stage: str, request: StageRequest, processes: int) -> StageRequest | None:
+    """What one of `processes` ranks is asked for: train splits the effective batch (None when it does not divide);
+    reference keeps its per-forward batch (the ranks split the shards)."""
+    if stage != "train":
+        return request
+    if request.batch_size % processes:
+        return None
+    return replace(request, batch_size=request.batch_size // processes)
+
+
+def _node_options(stage: str, model: ModelShape, request: StageRequest, processes: int,
+                  strategy: Strategy) -> Iterator[_Option]:
+    """Per-rank settings of a `processes`-rank plan, best first; DDP charges its gradient buckets."""
+    per_rank = _per_rank(stage, request, processes)
+    if per_rank is None:
+        return
+    if strategy == "ddp":
+        for option in _options(stage, model, per_rank, "cuda"):
+            est = option.estimate
+            terms = {**est.terms, "ddp_gradient_buckets_bytes": data_parallel_bytes(est)}
+            yield replace(option, estimate=Estimate(est.stage, est.model, terms, {**est.settings, "processes": processes}))
+        return
+    for micro in _divisors_desc(per_rank.batch_size):
+        yield _Option(micro, per_rank.batch_size // micro, request.seq_len, "cached", estimate_train_fsdp(
+            model, processes=processes, micro_batch=micro, seq_len=request.seq_len, quantization=request.quantization,
+            lora_r=request.lora_r, optimizer=request.optimizer, gradient_checkpointing=request.gradient_checkpointing))
+
+
+def _plan_node(stage: str, snapshot: GpuSnapshot, model: Candidate, request: StageRequest, policy: Policy,
+               corrections: Corrections, single: Plan | None, local_note: str, max_processes: int) -> Plan | None:
+    """DDP over as many GPUs as hold the one-GPU plan, else (train) FSDP over as many as it takes; None when
+    neither applies (one usable GPU, an Ollama model, an effective batch no process count divides)."""
+    if not isinstance(model, ModelShape):
+        return None
+    strategy: Strategy = "ddp" if single is not None else "fsdp"
+    if strategy == "fsdp" and (stage != "train" or request.quantization not in ("nf4", "bf16", "fp16")):
+        return None
+    devices = sorted(snapshot.devices, key=usable_bytes, reverse=True)
+    devices = devices[:max_processes] if max_processes > 1 else devices
+    for n in range(len(devices), 1, -1):
+        group, weakest = devices[:n], devices[n - 1]
+        usable, margin = usable_bytes(weakest), margin_bytes(weakest)
+        factor = corrections.factor(weakest.name, model.name, stage)
+        found = next((o for o in _node_options(stage, model, request, n, strategy) if _peak(o, factor) <= usable), None)
+        if found is None:
+            continue
+        if strategy == "ddp":
+            why = (f"each of the {n} GPUs holds the one-GPU plan, so {stage} runs as DDP over {n} processes"
+                   + (f": micro-batch {found.batch_size} × accumulation {found.grad_accum} × {n} ranks = effective "
+                      f"batch {request.batch_size} (kept)" if stage == "train" else
+                      f": each rank scores every {n}th shard of the cache, batch {found.batch_size}"))
+        else:
+            why = (f"no single GPU holds {model.name} ({local_note.rstrip('.')}), but {n} together do: {stage} runs "
+                   f"as FSDP over {n} processes, QLoRA with the 4-bit weights stored in bf16 "
+                   f"(bnb_4bit_quant_storage) so FSDP can shard them; micro-batch {found.batch_size} × accumulation "
+                   f"{found.grad_accum} × {n} ranks = effective batch {request.batch_size}")
+        reason = (f"{stage} on a node of {len(snapshot.devices)} GPUs ({weakest.name}, the weakest of the {n} used: "
+                  f"{format_gib(usable)} usable): {why}; estimated peak per GPU {format_gib(_peak(found, factor))}.")
+        plan = _make_plan(stage, "local", found, request, policy, usable=usable, margin=margin, factor=factor,
+                          fits=True, reason=reason, device=group[0])
+        return plan.model_copy(update={"strategy": strategy, "num_processes": n,
+                                       "gpu_uuids": [d.uuid for d in group]})
+    return None
+
+
+def _cpu_ranks(plan: Plan, model: Candidate, request: StageRequest, processes: int,
+               cpu_memory_bytes: int | None) -> Plan:
+    """A CPU plan as `processes` gloo DDP ranks (train, reference): each rank holds its own fp32 copy."""
+    if plan.stage not in NODE_STAGES:
+        return plan
+    per_rank = _per_rank(plan.stage, request, processes)
+    if per_rank is None:
+        raise ValueError(f"{plan.stage}: the effective batch {request.batch_size} does not split over "
+                         f"{processes} CPU processes; choose a batch divisible by {processes}")
+    usable = None if cpu_memory_bytes is None else max(0, int(cpu_memory_bytes * 0.8)) // processes
+    found, smallest = _search(plan.stage, model, per_rank, usable if usable is not None else 1 << 62, 1.0, "cpu")
+    option = found or smallest
+    ranked = _make_plan(plan.stage, "cpu", option, request, plan.policy, usable=usable, margin=0, factor=1.0,
+                        fits=found is not None, reason=plan.reason + (
+                            f" Asked for {processes} CPU processes: DDP over {processes} gloo ranks"
+                            + (f", micro-batch {option.batch_size} × accumulation {option.grad_accum} × {processes} "
+                               f"= effective batch {request.batch_size}" if plan.stage == "train" else
+                               ", each rank scoring every {processes}th shard".format(processes=processes))
+                            + f"; estimated {format_gib(_peak(option, 1.0))} per process."))
+    return ranked.model_copy(update={"strategy": "ddp", "num_processes": processes})
 
 
 def _plan_offload(stage: str, preferred: Candidate, request: StageRequest, policy: Policy, local_note: str,

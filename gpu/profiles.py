@@ -5,6 +5,9 @@ field note measured it. Sources: `rtx5070-12gb` is the seed note's RTX 5070: 11.
 and "10.48 GB" available. The note does not say whether 10.48 is GB or GiB; the profile takes the stricter reading,
 10.48e9 bytes (= 9.76 GiB), and `bench/gpu_check.py` caps a real card at the same 10.48e9 bytes. The desktop cards
 keep ~0.7 GiB for the display; datacenter cards are idle.
+
+A name `Nx<card>` (`8xa100-80gb`, `2xrtx4090-24gb`) is a node of N identical cards, numbered cuda:0…N-1 as NVML
+would list them: what the planner's node plans (DDP / FSDP over N processes) are shown for.
 """
 
 from __future__ import annotations
@@ -26,6 +29,15 @@ class Profile:
     total_bytes: int
     free_bytes: int
     description: str
+    count: int = 1
+    """Identical GPUs in the node (1: one card)."""
+
+
+def _node(count: int, card: str) -> Profile:
+    """`count` idle copies of the one-card profile `card`, as one node."""
+    one = PROFILES[card]
+    return Profile(f"{count}x{card}", one.gpu_name, one.total_bytes, one.free_bytes,
+                   f"node of {count} × {one.description}", count)
 
 
 def _profile(name: str, gpu_name: str, total_bytes: int, free_bytes: int, description: str) -> Profile:
@@ -53,6 +65,8 @@ PROFILES: dict[str, Profile] = {
         _profile("none", "", 0, 0, "no GPU at all (CPU placement or offload)"),
     )
 }
+PROFILES.update({p.name: p for p in (_node(2, "rtx4090-24gb"), _node(4, "a100-40gb"), _node(8, "a100-40gb"),
+                                      _node(8, "a100-80gb"), _node(8, "h100-80gb"))})
 
 
 def known_profiles() -> list[str]:
@@ -70,13 +84,14 @@ def profile_snapshot(name: str) -> GpuSnapshot:
     source = f"profile:{profile.name}"
     if profile.total_bytes == 0:
         return GpuSnapshot(source=source, note="simulated: no GPU")
-    device = GpuDevice(
-        index=0,
+    devices = tuple(GpuDevice(
+        index=i,
         name=profile.gpu_name,
-        uuid=f"GPU-simulated-{profile.name}",
+        uuid=f"GPU-simulated-{profile.name}" + (f"-{i}" if profile.count > 1 else ""),
         total_bytes=profile.total_bytes,
         free_bytes=profile.free_bytes,
         used_bytes=profile.total_bytes - profile.free_bytes,
         memory_api="simulated",
-    )
-    return GpuSnapshot(devices=(device,), source=source, note=f"simulated: {profile.description}")
+        nvml_index=i if profile.count > 1 else None,
+    ) for i in range(profile.count))
+    return GpuSnapshot(devices=devices, source=source, note=f"simulated: {profile.description}")

@@ -65,6 +65,7 @@ def run_stage(stage: str, config: PipelineConfig, run_id: str | None, fn: Callab
               *args: Any) -> StageOutput:
     logger = get_run_logger()
     ctx = StageContext.open(config, run_id, progress=fan_out(_artifact_progress(stage), _log_waits(logger)))
+    ctx.log = lambda line: logger.info("%s", line)  # e.g. every torchrun rank's lines, into this task's log
     started = time.perf_counter()
     progress_registry.begin(stage)
     try:

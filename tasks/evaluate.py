@@ -14,13 +14,15 @@ from faithforge.stages.evaluate import evaluate_models
 from faithforge.stages.ui_report import image_markdown
 from gpu.planner import Plan
 from tasks.common import run_stage
+from tasks.judging import judging_mapper
 
 
 @task(name="evaluate", cache_policy=NO_CACHE, log_prints=False)
 def evaluate_task(config: PipelineConfig, run_id: str | None, model: ModelOutput, dataset: DatasetOutput,
                   pairs: PairsOutput, dpo: AdapterOutput, control: ControlOutput | None,
                   plan: Plan) -> EvaluationOutput:
-    out = run_stage("evaluate", config, run_id, evaluate_models, model, dataset, pairs, dpo, control, plan)
+    out = run_stage("evaluate", config, run_id, evaluate_models, model, dataset, pairs, dpo, control, plan,
+                    judging_mapper(config))
     chart = image_markdown("Hallucination rate before and after DPO", out.chart)
     create_markdown_artifact(key="hallucination-report", markdown=f"{chart}\n\n{out.markdown}",
                              description="Hallucination rate before and after DPO, with the SFT control")

@@ -53,13 +53,15 @@ def _print_tables(snapshot: GpuSnapshot, plans: dict[str, Plan]) -> None:
         gpus.add_row("—", "no GPU", "—", "—", "—", "—")
     console.print(gpus)
     table = Table(title="Plans")
-    for column in ("stage", "placement", "model", "batch × accum", "tokens", "reference", "peak GiB",
-                   "usable GiB", "headroom GiB"):
+    for column in ("stage", "placement", "strategy × processes", "model", "batch × accum", "tokens", "reference",
+                   "peak GiB / GPU", "usable GiB", "headroom GiB"):
         table.add_column(column)
     for stage, plan in plans.items():
-        where = plan.placement + (f" (cuda:{plan.gpu_index})" if plan.placement == "local" else "") + (
+        where = plan.placement + (f" (cuda:{plan.gpu_index})" if plan.placement == "local" and plan.num_processes == 1
+                                  else f" (cuda:0-{plan.num_processes - 1})" if plan.placement == "local" else "") + (
             f" → {plan.offload_target or 'not configured'}" if plan.placement == "offload" else "")
-        table.add_row(stage, where, plan.model, f"{plan.batch_size} × {plan.grad_accum}", str(plan.max_tokens),
+        table.add_row(stage, where, f"{plan.strategy} × {plan.num_processes}", plan.model,
+                      f"{plan.batch_size} × {plan.grad_accum}", str(plan.max_tokens),
                       plan.ref_strategy or "—", gib(plan.estimated_peak_bytes), gib(plan.usable_bytes),
                       gib(plan.headroom_bytes))
     console.print(table)

@@ -439,6 +439,40 @@ class GpuConfig(Section):
         return self
 
 
+class DistributedConfig(Section):
+    """More than one process for a stage: DDP / FSDP training and the sharded reference pass under torchrun, and the
+    judging of evaluation answers fanned out as mapped Prefect tasks."""
+
+    max_gpus: int = Field(0, ge=0, le=1024)
+    """GPUs a node plan may use for train and reference (0: every visible GPU; 1: always one process). The gate
+    chooses DDP when each GPU holds the one-GPU plan, FSDP when only several together hold the model."""
+    cpu_processes: int = Field(1, ge=1, le=64)
+    """Without a GPU, train and the reference pass run as this many gloo DDP processes (1: one process). It proves
+    the multi-process path on any machine; it speeds nothing up on a few cores. `train.batch_size` must divide by
+    it (the global batch is kept)."""
+    rank_callbacks: list[str] = Field(default_factory=list)
+    """`module:factory` names; each rank of a training group calls `factory(spec)` and adds the returned
+    transformers `TrainerCallback` to its trainer (custom logging, fault drills). Empty: none."""
+    judge_runner: Literal["serial", "threads", "dask"] = "serial"
+    """How evaluation judges the answers: `serial` in the stage's process; `threads` as mapped Prefect tasks on a
+    thread pool (judges that wait on a server: `llm`); `dask` as mapped Prefect tasks on a Dask LocalCluster of
+    `judge_workers` processes (CPU-bound judges: `nli`, `likelihood`, `trained`). Results are identical to `serial`:
+    each item is judged alone and the reports are built in item order. `dask` needs `pip install
+    'faithforge[distributed]'`."""
+    judge_workers: int = Field(2, ge=1, le=1024)
+    """Threads or Dask worker processes for `judge_runner`."""
+    judge_chunk: int = Field(32, ge=1, le=100_000)
+    """Answers per mapped judging task (one task per chunk keeps Prefect's overhead per item small)."""
+
+    @field_validator("rank_callbacks")
+    @classmethod
+    def _callbacks_are_module_attr(cls, value: list[str]) -> list[str]:
+        bad = [v for v in value if not re.fullmatch(r"[A-Za-z_][\w.]*:[A-Za-z_]\w*", v)]
+        if bad:
+            raise ValueError(f"each callback is `module:factory` (e.g. mypkg.hooks:make_callback), got {bad[0]!r}")
+        return value
+
+
 class LabelConfig(Section):
     """People's labels on the run's outputs, asked for in the Prefect UI after evaluate (off by default)."""
 
@@ -504,8 +538,17 @@ class PipelineConfig(Section):
     control: ControlConfig = ControlConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
     gpu: GpuConfig = GpuConfig()
+    distributed: DistributedConfig = DistributedConfig()
     label: LabelConfig = LabelConfig()
     export: ExportConfig = ExportConfig()
+
+    @model_validator(mode="after")
+    def _batch_splits_over_cpu_processes(self) -> "PipelineConfig":
+        n = self.distributed.cpu_processes
+        if self.train.batch_size % n:
+            raise ValueError(f"train.batch_size {self.train.batch_size} does not split over distributed.cpu_processes "
+                             f"{n}: choose a batch divisible by {n} (the global batch is kept across processes)")
+        return self
 
     @model_validator(mode="after")
     def _own_documents_need_pairs_from_somewhere(self) -> "PipelineConfig":

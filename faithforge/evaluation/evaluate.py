@@ -54,8 +54,12 @@ def _check_lengths(items: Sequence[EvalItem], summaries: Sequence[str], label: s
 def evaluate_single(items: Sequence[EvalItem], summaries: Sequence[str],
                     judge: Judge | str | Sequence[str] = "grounding", *, label: str = "model",
                     confidence: float = 0.95, truncated: Sequence[bool] | None = None,
-                    calibration_dir: str | Path | None = None) -> ModelReport:
+                    calibration_dir: str | Path | None = None,
+                    results: Sequence[ItemResult] | None = None) -> ModelReport:
     """Judge each summary against its item's source and aggregate rates, intervals and recall.
+
+    `results`: the items already judged elsewhere (`judge_item` on each, e.g. fanned out over Prefect workers), in
+    item order; the report is then built from them exactly as from a serial pass.
 
     `truncated[i]`: summary i was cut off by the token limit (its last word is not judged; counted apart).
     `calibration_dir`: where stored judge calibrations live; the report carries the judge's (or says none).
@@ -65,24 +69,31 @@ def evaluate_single(items: Sequence[EvalItem], summaries: Sequence[str],
         raise ValueError(f"{len(summaries)} summaries but {len(truncated)} truncation flags")
     judge = resolve_judge(judge)
     cut = list(truncated) if truncated is not None else [False] * len(summaries)
-    results: list[ItemResult] = []
-    for item, summary, was_cut in zip(items, summaries, cut):
-        verdict = call_judge(judge, item.source, summary, was_cut)
-        retention = content_retention(item.source, summary)
-        results.append(ItemResult(
-            id=item.id, category=item.category, summary=summary, hallucinated=verdict.hallucinated,
-            judgeable=verdict.judgeable, sentences=len(verdict.sentences),
-            unsupported_sentences=verdict.unsupported_sentences,
-            recall=key_fact_recall(item.key_facts, summary), retention=clean(retention),
-            flags=[FlagRecord(**f.to_dict()) for f in verdict.flags], error=verdict.error, truncated=was_cut,
-            judges={p.judge: (p.hallucinated if p.judgeable else None) for p in verdict.parts},
-            **_said(item, summary)))
-    report = _aggregate(results, label=label, judge=judge.name, confidence=confidence,
+    if results is None:
+        results = [judge_item(judge, item, summary, was_cut) for item, summary, was_cut in zip(items, summaries, cut)]
+    elif [r.id for r in results] != [item.id for item in items]:
+        raise ValueError(f"{len(results)} judged results do not match the {len(items)} items in order")
+    report = _aggregate(list(results), label=label, judge=judge.name, confidence=confidence,
                         lengths=[summary_length(s) for s in summaries])
     components = judge.judges if isinstance(judge, CombinedJudge) else [judge]
     limits = {j.name: j.limits for j in components if isinstance(getattr(j, "limits", None), str)}
     return report.model_copy(update={"calibrations": calibrations_for(calibration_dir, judge),
                                      "judge_limits": limits})
+
+
+def judge_item(judge: Judge, item: EvalItem, summary: str, was_cut: bool = False) -> ItemResult:
+    """One summary judged against its item's source, with its recall, retention and judge-free measures: what
+    every item of a report holds. Depends on nothing but its arguments, so items can be judged anywhere."""
+    verdict = call_judge(judge, item.source, summary, was_cut)
+    retention = content_retention(item.source, summary)
+    return ItemResult(
+        id=item.id, category=item.category, summary=summary, hallucinated=verdict.hallucinated,
+        judgeable=verdict.judgeable, sentences=len(verdict.sentences),
+        unsupported_sentences=verdict.unsupported_sentences,
+        recall=key_fact_recall(item.key_facts, summary), retention=clean(retention),
+        flags=[FlagRecord(**f.to_dict()) for f in verdict.flags], error=verdict.error, truncated=was_cut,
+        judges={p.judge: (p.hallucinated if p.judgeable else None) for p in verdict.parts},
+        **_said(item, summary))
 
 
 def _said(item: EvalItem, summary: str) -> dict:

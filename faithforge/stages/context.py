@@ -19,6 +19,12 @@ def _no_progress(stage: str, done: int, total: int, message: str) -> None:  # no
     return None
 
 
+def _python_log(line: str) -> None:
+    import logging
+
+    logging.getLogger("faithforge.stages").info("%s", line)
+
+
 @dataclass
 class StageContext:
     config: PipelineConfig
@@ -26,6 +32,9 @@ class StageContext:
     store: Store
     run_id: str | None = None
     progress: ProgressFn = field(default=_no_progress)
+    log: Callable[[str], None] = field(default=_python_log)
+    """Where a stage sends log lines of work it runs in child processes (torchrun ranks): the Prefect run log inside
+    a task (`tasks.common.run_stage`), Python logging otherwise."""
 
     @classmethod
     def open(cls, config: PipelineConfig, run_id: str | None = None, progress: ProgressFn | None = None) -> "StageContext":

@@ -75,8 +75,12 @@ def summarize_with_backend(backend, sources: list[str], *, max_new_tokens: int, 
 
 
 def evaluate_models(ctx: StageContext, model: ModelOutput, dataset: DatasetOutput, pairs: PairsOutput,
-                    dpo: AdapterOutput, control: ControlOutput | None, plan: Plan) -> EvaluationOutput:
-    """check no overlap → summarize and judge each model → compare → write the report → lineage."""
+                    dpo: AdapterOutput, control: ControlOutput | None, plan: Plan,
+                    judge_mapper=None) -> EvaluationOutput:
+    """check no overlap → summarize and judge each model → compare → write the report → lineage.
+
+    `judge_mapper` (`faithforge.evaluation.fanout.ChunkMapper`): runs the judging chunks elsewhere (the evaluate
+    task maps them as Prefect tasks on `distributed.judge_runner`); None judges here, serially. Same report."""
     from faithforge.evaluation import EvalItem, get_judge, save_evaluation, table_rows
     from faithforge.training.modeling import measured_peak, start_peak_measurement
 
@@ -85,12 +89,14 @@ def evaluate_models(ctx: StageContext, model: ModelOutput, dataset: DatasetOutpu
     _check_no_overlap(held_out, dataset, pairs, cfg.split)
     items = [EvalItem(id=e.id, source=e.source, key_facts=list(e.key_facts), category=e.category,
                       reference=e.faithful or None) for e in held_out]
-    judge = get_judge(cfg.judge, **judge_options(cfg, base_model=model.path,
-                                                 cache_dir=str(ctx.workspace.dir("cache") / "likelihood")))
+    options = judge_options(cfg, base_model=model.path, cache_dir=str(ctx.workspace.dir("cache") / "likelihood"))
+    judge = get_judge(cfg.judge, **options)
+    judging = {"spec": {"name": cfg.judge, "options": options}, "mapper": judge_mapper,
+               "chunk": ctx.config.distributed.judge_chunk}
     start_peak_measurement()
     started = time.perf_counter()
     adapters = {"before": None, "after": dpo.path, **({"control": control.path} if control else {})}
-    reports, sampler = _judge_models(ctx, model, items, [e.source for e in held_out], adapters, judge, plan)
+    reports, sampler = _judge_models(ctx, model, items, [e.source for e in held_out], adapters, judge, plan, judging)
     comparisons = _compare(ctx, reports)
     seconds = time.perf_counter() - started
     out = ctx.workspace.dir("reports") / f"eval-{ctx.run_id or 'adhoc'}"
@@ -157,7 +163,7 @@ def _check_no_overlap(held_out: list, dataset: DatasetOutput, pairs: PairsOutput
 
 
 def _judge_models(ctx: StageContext, model: ModelOutput, items: list, sources: list[str],
-                  adapters: dict[str, str | None], judge, plan: Plan) -> tuple[dict, str]:
+                  adapters: dict[str, str | None], judge, plan: Plan, judging: dict | None = None) -> tuple[dict, str]:
     """label → its judged report: each local model (base + adapter) greedy, then the served model if configured;
     and what wrote the local models' answers (one engine for all of them)."""
     from faithforge.engine import SamplingConfig
@@ -178,7 +184,8 @@ def _judge_models(ctx: StageContext, model: ModelOutput, items: list, sources: l
                                       system_prompt=prompt, truncated=cut,
                                       gguf=ggufs[label] if choice.name == "llama.cpp" else None)
         reports[label] = evaluate_single(items, summaries, judge, label=label, confidence=cfg.confidence,
-                                         truncated=cut, calibration_dir=calibrations)
+                                         truncated=cut, calibration_dir=calibrations,
+                                         results=_fanned_out(judging, items, summaries, cut))
         ctx.progress("evaluate", index, len(adapters), f"{label}: rate {reports[label].rate:.3f}")
     if cfg.served_model:
         from faithforge.backends import make_backend
@@ -188,8 +195,18 @@ def _judge_models(ctx: StageContext, model: ModelOutput, items: list, sources: l
         summaries = summarize_with_backend(backend, sources, max_new_tokens=cfg.max_new_tokens, seed=ctx.config.seed,
                                            system_prompt=prompt, truncated=cut)
         reports["served"] = evaluate_single(items, summaries, judge, label=f"served: {cfg.served_model}",
-                                            confidence=cfg.confidence, truncated=cut, calibration_dir=calibrations)
+                                            confidence=cfg.confidence, truncated=cut, calibration_dir=calibrations,
+                                            results=_fanned_out(judging, items, summaries, cut))
     return reports, choice.describe()
+
+
+def _fanned_out(judging: dict | None, items: list, summaries: list[str], cut: list[bool]):
+    """The items judged through the mapper (None without one: `evaluate_single` judges them itself)."""
+    if not judging or judging["mapper"] is None:
+        return None
+    from faithforge.evaluation.fanout import judge_all
+
+    return judge_all(judging["spec"], items, summaries, cut, size=judging["chunk"], mapper=judging["mapper"])
 
 
 def _compare(ctx: StageContext, reports: dict) -> tuple:

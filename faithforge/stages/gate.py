@@ -100,7 +100,8 @@ def plan_pipeline(cfg: PipelineConfig, snapshot: GpuSnapshot, corrections: Corre
         stage: plan_stage(snapshot, stage, generation if stage == "generate" else [shape], requests[stage],
                           policy=cfg.gpu.policy, offload_target=cfg.gpu.offload_pool, corrections=corrections,
                           offload_snapshot=offload, cpu_max_params=cfg.gpu.cpu_max_params,
-                          cpu_memory_bytes=cpu_memory_bytes)
+                          cpu_memory_bytes=cpu_memory_bytes, max_processes=cfg.distributed.max_gpus,
+                          cpu_processes=cfg.distributed.cpu_processes)
         for stage in PLANNED_STAGES if stage != "warm_start" or cfg.warm_start.enabled
     }
     for stage in cfg.gpu.offload_stages:  # offloaded on purpose (a GPU rented for one stage)

@@ -105,6 +105,8 @@ class ReferenceOutput(StageOutput):
     computed_pairs: Optional[int] = None
     shards: Optional[int] = None
     resumed_from_shard: Optional[int] = None
+    processes: int = 1
+    """Ranks that computed the shards (torchrun; the merged cache is the same bytes whatever the count)."""
 
 
 class AdapterOutput(StageOutput):
@@ -127,6 +129,10 @@ class AdapterOutput(StageOutput):
     """The adapter merged into the base model (train.save_merged)."""
     plot: Optional[str] = None
     """The training curves (PNG)."""
+    processes: int = 1
+    """Processes that trained it (torchrun ranks; `micro_batch` × `grad_accum` × `processes` = the global batch)."""
+    strategy: str = "single"
+    """`single`, `ddp` or `fsdp` (the gate's plan)."""
 
 
 class ControlOutput(StageOutput):

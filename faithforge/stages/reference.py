@@ -48,6 +48,8 @@ def _compute(ctx: StageContext, cache, info: dict, model: ModelOutput, pairs: Pa
     from gpu import run_with_oom_backoff
 
     cfg = ctx.config.reference
+    if plan.num_processes > 1:
+        return _compute_group(ctx, cache, info, model, pairs, plan, train_pairs)
     start_peak_measurement()
     loaded, _ = load_for_plan(model.path, plan)
 
@@ -69,7 +71,38 @@ def _compute(ctx: StageContext, cache, info: dict, model: ModelOutput, pairs: Pa
                               "artifact_id": _record(ctx, cache, pairs)})
 
 
+def _compute_group(ctx: StageContext, cache, info: dict, model: ModelOutput, pairs: PairsOutput, plan: Plan,
+                   train_pairs: list) -> ReferenceOutput:
+    """The plan's `num_processes` ranks under torchrun, rank r scoring shards r, r + N, …, each shard written
+    atomically by the rank that computed it; rank 0 checks every shard's checksum and writes the manifest. The cache
+    is byte-identical to the one-process cache (same shards, same batches, same manifest)."""
+    from faithforge.core.workspace import atomic_write_json
+    from faithforge.training.distributed import is_log_line, run_group
+
+    cfg = ctx.config.reference
+    work = ctx.workspace.output_dir("tmp", f"group-reference-{cache.key[:16]}")
+    work.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(work / "pairs.json", train_pairs)
+    spec = {"kind": "reference", "model_path": model.path, "plan": plan.to_dict(), "seed": ctx.config.seed,
+            "pairs_path": str(work / "pairs.json"), "batch_size": plan.batch_size,
+            "reference": {"path": str(cache.directory), "key": cache.key, "components": cache.components,
+                          "shard_size": cfg.shard_size, "max_length": cfg.max_length}}
+    done: set[int] = set()
+
+    def on_event(event: dict) -> None:
+        done.add(event["step"])
+        ctx.progress("reference", len(done), event["total"], f"shard {event['step']} (rank {event['rank']})")
+
+    run = run_group(spec, work, plan.num_processes, on_event=on_event,
+                    on_line=lambda line: ctx.log(line) if is_log_line(line) else None,
+                    gpu_uuids=plan.gpu_uuids)
+    return ReferenceOutput(**{**info, **{k: v for k, v in run.result.items() if k in ("computed_pairs", "shards")},
+                              "reused": False, "processes": plan.num_processes,
+                              "artifact_id": _record(ctx, cache, pairs)})
+
+
 def _record(ctx: StageContext, cache, pairs: PairsOutput) -> str:
     return ctx.store.add_artifact("reference_cache", str(cache.directory), cache.key, run_id=ctx.run_id,
                                   meta={"components": cache.components},
                                   parents=[pairs.artifact_id] if pairs.artifact_id else [])
+

@@ -41,6 +41,8 @@ def _train_dpo(ctx: StageContext, claim: Claim, key: str, out: Path, model: Mode
     """setup (policy, tokenizer, cached reference) → train (with OOM back-off) → save → lineage."""
     from faithforge.training.modeling import measured_peak
 
+    if plan.num_processes > 1:
+        return _train_dpo_group(ctx, claim, key, out, model, pairs, reference, plan)
     policy, tokenizer, reference_logps, on_gpu = _setup_dpo(ctx, model, reference, plan)
     started = time.perf_counter()
     tracker = open_tracker(ctx, f"dpo-{key}")
@@ -60,6 +62,95 @@ def _train_dpo(ctx: StageContext, claim: Claim, key: str, out: Path, model: Mode
             "train_seconds": round(time.perf_counter() - started, 2), **measured_peak()}
     saved = _save_adapter(ctx, claim, out, model, reference, result["trainer"].model, history, info)
     return saved.model_copy(update={"plot": str(out / "training.png")})
+
+
+def _train_dpo_group(ctx: StageContext, claim: Claim, key: str, out: Path, model: ModelOutput, pairs: PairsOutput,
+                     reference: ReferenceOutput, plan: Plan) -> AdapterOutput:
+    """The plan's `num_processes` ranks under torchrun (DDP, or FSDP on GPUs), each running `run_dpo` on its share of
+    every global batch; progress and log lines stream into this stage; an OOM on any rank relaunches every rank with
+    half the micro-batch (twice the accumulation) from the last complete checkpoint; the adapter rank 0 saved is
+    stored exactly as one process stores its own."""
+    import torch
+
+    from faithforge.training.distributed import is_log_line, run_group
+    from faithforge.training.modeling import check_same_precision, device_for
+    from gpu import run_with_oom_backoff
+
+    check_same_precision(plan, reference.precision, reference.quantization)
+    cfg = ctx.config.train
+    n = plan.num_processes
+    on_gpu = device_for(plan.placement) == "cuda" and torch.cuda.is_available()
+    start = starting_plan(plan, cfg.batch_size // n)
+    args = _dpo_arguments(ctx, key, on_gpu, start)
+    work = ctx.workspace.output_dir("tmp", f"group-dpo-{key}")
+    work.mkdir(parents=True, exist_ok=True)
+    from faithforge.core.workspace import atomic_write_json
+
+    atomic_write_json(work / "pairs.json", load_pairs(pairs.train))
+    backoffs: list[dict] = []
+    started = time.perf_counter()
+
+    def on_event(event: dict) -> None:
+        step, total = event.get("step", 0), event.get("total", cfg.steps)
+        if event.get("kind") == "progress" and (step % 8 == 0 or step == total):
+            ctx.progress("train", step, total, f"loss {event['loss']:.3f} ({n} processes)")
+
+    def train_with(current: Plan) -> dict:
+        spec = group_spec(ctx, "dpo", model, reference, plan, work / "pairs.json", args={
+            **args.with_micro_batch(current.batch_size, current.grad_accum).__dict__,
+            "ddp_backend": None if on_gpu else "gloo", "fsdp": plan.strategy == "fsdp"})
+        run = run_group(spec, work, n, on_event=on_event,
+                        on_line=lambda line: ctx.log(line) if is_log_line(line) else None,
+                        gpu_uuids=plan.gpu_uuids)
+        return {**run.result, "micro_batch": current.batch_size, "grad_accum": current.grad_accum,
+                "group_seconds": round(run.wall_seconds, 2)}
+
+    def log_backoff(event) -> None:
+        backoffs.append({"attempt": event.attempt, "error": event.error, "micro_batch": event.next_plan.batch_size,
+                         "grad_accum": event.next_plan.grad_accum, "processes": n})
+        log.warning("CUDA out of memory on a rank (%s); relaunching all %d ranks with micro-batch %d × accumulation "
+                    "%d from the last checkpoint", event.error, n, event.next_plan.batch_size,
+                    event.next_plan.grad_accum)
+        if ctx.run_id:
+            ctx.store.record_stage(ctx.run_id, "train:oom-backoff", status="backoff", plan=backoffs[-1],
+                                   message=event.error)
+
+    result = run_with_oom_backoff(train_with, start, on_backoff=log_backoff, measure_peak=lambda: None)
+    history = result["history"]
+    info = {"path": str(out), "steps": result["steps"], "micro_batch": result["micro_batch"],
+            "grad_accum": result["grad_accum"], "processes": n, "strategy": plan.strategy,
+            "global_batch": result["micro_batch"] * result["grad_accum"] * n,
+            "first_loss": history[0]["loss"] if history else None, "final_loss": history[-1]["loss"] if history else None,
+            "final_margin": history[-1]["margin"] if history else None, "stuck_at_ln2": result["stuck_at_ln2"],
+            "resumed_from": result["resumed_from"], "oom_backoffs": backoffs,
+            "train_seconds": round(time.perf_counter() - started, 2)}
+    saved = _save_adapter(ctx, claim, out, model, reference, _SavedAdapter(work / "adapter"), history, info)
+    return saved.model_copy(update={"plot": str(out / "training.png")})
+
+
+def group_spec(ctx: StageContext, kind: str, model: ModelOutput, reference: ReferenceOutput, plan: Plan,
+               pairs_path: Path, **extra) -> dict:
+    """What every rank of a torchrun group is told (`faithforge.training.distributed`): JSON only."""
+    cfg = ctx.config
+    return {"kind": kind, "model_path": model.path, "plan": plan.to_dict(), "seed": cfg.seed,
+            "pairs_path": str(pairs_path),
+            "lora": {"r": cfg.train.lora_r, "alpha": cfg.train.lora_alpha, "dropout": cfg.train.lora_dropout},
+            "reference": {"path": reference.path, "key": reference.key, "components": _components(reference.path),
+                          "shard_size": cfg.reference.shard_size, "max_length": cfg.reference.max_length},
+            "callbacks": list(cfg.distributed.rank_callbacks), **extra}
+
+
+class _SavedAdapter:
+    """An adapter folder rank 0 wrote, saved like a model's `save_pretrained` (its files, unchanged)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def save_pretrained(self, target) -> None:
+        import shutil
+
+        for item in self.path.iterdir():
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, Path(target) / item.name)
 
 
 def _setup_dpo(ctx: StageContext, model: ModelOutput, reference: ReferenceOutput, plan: Plan):
@@ -244,3 +335,4 @@ def _progress_callback(ctx: StageContext, stage: str, total: int):
                 ctx.progress(stage, state.global_step, total, f"loss {logs['loss']:.3f}")
 
     return Progress()
+

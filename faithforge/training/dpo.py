@@ -55,9 +55,16 @@ class DpoArguments:
     sft_weight: float = 0.0
     """> 0 adds an NLL term on the chosen completions (TRL's `loss_type=["sigmoid", "sft"]`, the RPO objective)."""
 
+    ddp_backend: str | None = None
+    """torch.distributed backend when the run is one rank of a torchrun group (`gloo` on the CPU; None: the
+    Trainer's default, NCCL on GPUs). Ignored in a single process."""
+    fsdp: bool = False
+    """Shard the model over the group with FSDP (QLoRA needs the 4-bit weights stored in the compute dtype,
+    `bnb_4bit_quant_storage`, which the FSDP plan's load sets)."""
+
     @property
     def effective_batch(self) -> int:
-        """Pairs per optimizer step: `micro_batch` × `grad_accum`."""
+        """Pairs per optimizer step of one process: `micro_batch` × `grad_accum` (× ranks for the global batch)."""
         return self.micro_batch * self.grad_accum
 
     def with_micro_batch(self, micro_batch: int, grad_accum: int) -> "DpoArguments":
@@ -317,6 +324,12 @@ def dpo_config(args: DpoArguments, *, precompute_ref_log_probs: bool = True):
         disable_tqdm=True,
         dataloader_num_workers=0,
         use_cpu=not args.bf16 and not _cuda_available(),
+        ddp_backend=args.ddp_backend,
+        # FSDP-QLoRA (PEFT's recipe): full sharding per decoder layer; use_orig_params keeps frozen 4-bit and trainable
+        # LoRA weights in one flat parameter; rank 0 loads, the others receive its weights.
+        **({"fsdp": True, "fsdp_config": {"auto_wrap_policy": "TRANSFORMER_BASED_WRAP", "use_orig_params": True,
+                                          "cpu_ram_efficient_loading": True, "sync_module_states": True}}
+           if args.fsdp else {}),
     )
 
 

@@ -62,8 +62,12 @@ def load_for_plan(path: str | Path, plan: "Plan"):
     if device == "cuda":
         select_planned_gpu(plan)
     precision = plan_precision(plan)
-    return load_causal_lm(path, quantization=precision_quantization(precision), device=device,
-                          precision=precision), device
+    quantization = precision_quantization(precision)
+    if quantization and getattr(plan, "strategy", "single") == "fsdp":
+        # FSDP flattens parameters of one dtype: QLoRA stores the packed 4-bit weights in the compute dtype.
+        quantization = {**quantization, "bnb_4bit_quant_storage": "bfloat16"}
+    return load_causal_lm(path, quantization=quantization, device=device, precision=precision,
+                          sharded=getattr(plan, "strategy", "single") == "fsdp"), device
 
 
 def select_planned_gpu(plan: "Plan") -> int:
@@ -105,7 +109,7 @@ def load_tokenizer(path: str | Path):
 
 
 def load_causal_lm(path: str | Path, *, quantization: dict[str, Any] | None, device: str,
-                   precision: str | None = None):
+                   precision: str | None = None, sharded: bool = False):
     """Load a causal LM: NF4 when `quantization` is given (on `device`, CPU included), else `precision`'s dtype
     (default: fp32 on CPU, bf16 on CUDA)."""
     import torch
@@ -120,9 +124,11 @@ def load_causal_lm(path: str | Path, *, quantization: dict[str, Any] | None, dev
             load_in_4bit=True, bnb_4bit_quant_type=quantization["bnb_4bit_quant_type"],
             bnb_4bit_use_double_quant=quantization["bnb_4bit_use_double_quant"],
             bnb_4bit_compute_dtype=getattr(torch, quantization["bnb_4bit_compute_dtype"]),
+            bnb_4bit_quant_storage=getattr(torch, quantization.get("bnb_4bit_quant_storage", "uint8")),
         )
-        # The current device (the planned GPU after `select_planned_gpu`), not a hard-coded cuda:0.
-        kwargs["device_map"] = {"": torch.cuda.current_device() if device == "cuda" else "cpu"}
+        if not sharded:  # FSDP places the shards itself (sync_module_states from rank 0's load)
+            # The current device (the planned GPU after `select_planned_gpu`), not a hard-coded cuda:0.
+            kwargs["device_map"] = {"": torch.cuda.current_device() if device == "cuda" else "cpu"}
         kwargs["dtype"] = torch.bfloat16
     elif precision in ("bf16", "fp32"):
         kwargs["dtype"] = torch.bfloat16 if precision == "bf16" else torch.float32

@@ -289,7 +289,8 @@ class ReferenceCache:
             "shards": [s.__dict__ for s in shards], "complete": complete,
         })
 
-    def write_shard(self, shards: list[ShardInfo], index: int, rows: dict[str, list]) -> list[ShardInfo]:
+    def write_shard_file(self, index: int, rows: dict[str, list]) -> ShardInfo:
+        """Write shard `index` atomically (Parquet) and return its entry; the manifest is not touched."""
         import pyarrow as pa
         import pyarrow.parquet as pq
 
@@ -305,9 +306,32 @@ class ReferenceCache:
         data = buffer.getvalue()
         name = f"shard-{index:05d}.parquet"
         atomic_write_bytes(self.directory / name, data)
-        shards = shards[:index] + [ShardInfo(index, name, table.num_rows, hashlib.sha256(data).hexdigest())]
+        return ShardInfo(index, name, table.num_rows, hashlib.sha256(data).hexdigest())
+
+    def write_shard(self, shards: list[ShardInfo], index: int, rows: dict[str, list]) -> list[ShardInfo]:
+        """One process: write shard `index` and record it in the manifest (resume point)."""
+        shards = shards[:index] + [self.write_shard_file(index, rows)]
         self._write_manifest(shards, complete=False)
         return shards
+
+    def sidecar_path(self, index: int) -> Path:
+        """Where a rank records a shard it wrote (its entry), for rank 0's merge; removed by the merge."""
+        return self.directory / f"shard-{index:05d}.parquet.entry.json"
+
+    def verified_entry(self, index: int, known: dict[int, ShardInfo] | None = None) -> ShardInfo | None:
+        """Shard `index`'s entry if its file matches the checksum recorded for it (manifest or sidecar)."""
+        candidates = [known[index]] if known and index in known else []
+        sidecar = self.sidecar_path(index)
+        if sidecar.exists():
+            try:
+                candidates.append(ShardInfo(**json.loads(sidecar.read_text())))
+            except (OSError, ValueError, TypeError):
+                self._problem(f"{sidecar.name} is unreadable")
+        for entry in candidates:
+            path = self.directory / entry.file
+            if entry.index == index and path.exists() and sha256_file(path) == entry.sha256:
+                return entry
+        return None
 
     def mark_complete(self, shards: list[ShardInfo]) -> None:
         self._write_manifest(shards, complete=True)
@@ -376,30 +400,108 @@ def compute_reference_cache(
         autocast_bf16 = device.type == "cuda" and cache.components.get("compute_dtype") == "bfloat16"
     start_shard = len(shards)
     computed = 0
-    for index in range(start_shard, (len(pairs) + cache.shard_size - 1) // cache.shard_size):
+    total = shard_count(len(pairs), cache.shard_size)
+    for index in range(start_shard, total):
         chunk = pairs[index * cache.shard_size: (index + 1) * cache.shard_size]
-        rows: dict[str, list] = {k: [] for k in ("pair_id", "ref_chosen_logps", "ref_rejected_logps",
-                                                 "chosen_tokens", "rejected_tokens")}
-        for b in range(0, len(chunk), batch_size):
-            batch = chunk[b: b + batch_size]
-            tokenized = [tokenize_pair(tokenizer, p) for p in batch]
-            input_ids, attention, completion = collate_pairs(tokenized, tokenizer.pad_token_id, max_length,
-                                                             truncation_mode)
-            sums, counts = completion_logps(model, input_ids.to(device), attention.to(device),
-                                            completion.to(device), autocast_bf16=autocast_bf16,
-                                            vocab_chunk=vocab_chunk)
-            n = len(batch)
-            rows["pair_id"] += [p["id"] for p in batch]
-            rows["ref_chosen_logps"] += sums[:n].double().tolist()
-            rows["ref_rejected_logps"] += sums[n:].double().tolist()
-            rows["chosen_tokens"] += counts[:n].tolist()
-            rows["rejected_tokens"] += counts[n:].tolist()
-            del sums, counts
+        rows = _score_shard(model, tokenizer, chunk, device, batch_size=batch_size, max_length=max_length,
+                            truncation_mode=truncation_mode, autocast_bf16=autocast_bf16, vocab_chunk=vocab_chunk)
         shards = cache.write_shard(shards, index, rows)
         computed += len(chunk)
         if on_shard is not None:
-            on_shard(index + 1, (len(pairs) + cache.shard_size - 1) // cache.shard_size)
+            on_shard(index + 1, total)
     cache.mark_complete(shards)
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return {"computed_pairs": computed, "reused": False, "shards": len(shards), "resumed_from_shard": start_shard}
+
+
+def shard_count(pairs: int, shard_size: int) -> int:
+    return (pairs + shard_size - 1) // shard_size
+
+
+def _score_shard(model, tokenizer, chunk: Sequence[dict], device, *, batch_size: int, max_length: int | None,
+                 truncation_mode: str, autocast_bf16: bool, vocab_chunk: int | None) -> dict[str, list]:
+    """One shard's rows: the same batches in the same order whoever computes it, so the bytes are the same."""
+    rows: dict[str, list] = {k: [] for k in ("pair_id", "ref_chosen_logps", "ref_rejected_logps",
+                                             "chosen_tokens", "rejected_tokens")}
+    for b in range(0, len(chunk), batch_size):
+        batch = chunk[b: b + batch_size]
+        tokenized = [tokenize_pair(tokenizer, p) for p in batch]
+        input_ids, attention, completion = collate_pairs(tokenized, tokenizer.pad_token_id, max_length,
+                                                         truncation_mode)
+        sums, counts = completion_logps(model, input_ids.to(device), attention.to(device),
+                                        completion.to(device), autocast_bf16=autocast_bf16,
+                                        vocab_chunk=vocab_chunk)
+        n = len(batch)
+        rows["pair_id"] += [p["id"] for p in batch]
+        rows["ref_chosen_logps"] += sums[:n].double().tolist()
+        rows["ref_rejected_logps"] += sums[n:].double().tolist()
+        rows["chosen_tokens"] += counts[:n].tolist()
+        rows["rejected_tokens"] += counts[n:].tolist()
+        del sums, counts
+    return rows
+
+
+def compute_reference_shards(model, tokenizer, pairs: Sequence[dict], cache: ReferenceCache, *, rank: int,
+                             world_size: int, batch_size: int, max_length: int | None,
+                             truncation_mode: str = "keep_start", on_shard: Callable[[int, int], None] | None = None,
+                             autocast_bf16: bool | None = None, vocab_chunk: int | None = None) -> dict[str, Any]:
+    """Rank `rank` of `world_size`: compute the shards i with i % world_size == rank that are not already on disk
+    and verified, each written atomically with its entry beside it (`sidecar_path`). Ranks (torchrun ranks or
+    Prefect workers) share nothing but the folder; `merge_reference_shards` then writes the manifest.
+
+    A shard's rows depend only on its pairs and the batch size, never on the rank, so the merged cache is
+    byte-identical to the one `compute_reference_cache` writes in one process."""
+    if not pairs:
+        raise UserError("the reference pass got no preference pairs to score (the pairs output is empty); rerun "
+                        "with --fresh, or give pairs.path a file with pairs")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    cache.directory.mkdir(parents=True, exist_ok=True)
+    if cache.is_complete():
+        return {"computed_pairs": 0, "reused": True, "shards": len(cache.verified_shards())}
+    known = {s.index: s for s in cache.verified_shards()}
+    model.eval()
+    device = next(model.parameters()).device
+    if autocast_bf16 is None:
+        autocast_bf16 = device.type == "cuda" and cache.components.get("compute_dtype") == "bfloat16"
+    total = shard_count(len(pairs), cache.shard_size)
+    computed, reused = 0, 0
+    for index in range(rank, total, world_size):
+        if cache.verified_entry(index, known) is not None:
+            reused += 1
+            continue
+        chunk = pairs[index * cache.shard_size: (index + 1) * cache.shard_size]
+        rows = _score_shard(model, tokenizer, chunk, device, batch_size=batch_size, max_length=max_length,
+                            truncation_mode=truncation_mode, autocast_bf16=autocast_bf16, vocab_chunk=vocab_chunk)
+        entry = cache.write_shard_file(index, rows)
+        atomic_write_json(cache.sidecar_path(index), entry.__dict__)  # after the shard: an entry means a whole file
+        computed += len(chunk)
+        if on_shard is not None:
+            on_shard(index + 1, total)
+    return {"computed_pairs": computed, "reused": False, "rank": rank, "world_size": world_size,
+            "reused_shards": reused}
+
+
+def merge_reference_shards(cache: ReferenceCache, pairs: Sequence[dict]) -> dict[str, Any]:
+    """Check every shard against its recorded checksum and write the complete manifest (what one process writes);
+    the ranks' entries are removed. A missing or changed shard is an error naming it (rerun: it is recomputed)."""
+    known = {s.index: s for s in cache.verified_shards()}
+    total = shard_count(len(pairs), cache.shard_size)
+    entries, missing = [], []
+    for index in range(total):
+        entry = cache.verified_entry(index, known)
+        if entry is None:
+            missing.append(f"shard-{index:05d}.parquet")
+        else:
+            entries.append(entry)
+    if missing:
+        raise UserError(f"reference cache {cache.directory}: {len(missing)} shard(s) missing or changed after the "
+                        f"ranks finished ({', '.join(missing[:3])}); run the reference stage again (it recomputes them)")
+    if sum(e.rows for e in entries) != cache.components["num_pairs"]:
+        raise UserError(f"reference cache {cache.directory}: the shards hold {sum(e.rows for e in entries)} pairs, "
+                        f"the key says {cache.components['num_pairs']}; run the reference stage again")
+    cache.mark_complete(entries)
+    for index in range(total):
+        cache.sidecar_path(index).unlink(missing_ok=True)
+    return {"shards": total, "merged": True}
