@@ -11,6 +11,7 @@ import datetime as dt
 import json
 import os
 import socket
+import time
 import sqlite3
 import uuid
 from contextlib import contextmanager
@@ -116,9 +117,11 @@ class Lineage(Base):
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     # WAL lets readers (the UI, a second worker) proceed while a stage writes; busy_timeout waits for the
     # single writer instead of failing with "database is locked".
+    # busy_timeout first: switching a new database to WAL takes a lock, and without the timeout a second process
+    # opening the store at the same moment failed at once with "database is locked".
     cursor = dbapi_conn.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA journal_mode=WAL")
     cursor.execute("PRAGMA foreign_keys=ON")
     cursor.close()
 
@@ -143,18 +146,33 @@ def describe_database_error(url: str, exc: BaseException) -> str:
     return f"the run store at {where} cannot be used ({reason}); check database_url and that the server is up"
 
 
+def _created_meanwhile(exc: BaseException) -> bool:
+    """Whether a schema statement failed because another process created the same table or column first."""
+    reason = str(getattr(exc, "orig", None) or exc).lower()
+    return "already exists" in reason or "duplicate column" in reason
+
+
 class Store:
     """Thin repository over the run database. Every method commits its own transaction."""
 
     def __init__(self, url: str):
         self.url = url
         self.engine = make_engine(url)
-        try:
-            Base.metadata.create_all(self.engine)
-            self._add_missing_columns()
-        except (DBAPIError, sqlite3.DatabaseError) as exc:
-            self.engine.dispose()
-            raise UserError(describe_database_error(url, exc)) from None
+        attempts = 10
+        for attempt in range(attempts):
+            try:
+                Base.metadata.create_all(self.engine)
+                self._add_missing_columns()
+                break
+            except (DBAPIError, sqlite3.DatabaseError) as exc:
+                # Two processes opening a new store at once (a worker and its flow, two runs) both see a table
+                # missing and both create it: the second fails with "already exists" (or "duplicate column") after
+                # the first succeeded. Looking again then finds the schema whole.
+                if attempt < attempts - 1 and _created_meanwhile(exc):
+                    time.sleep(0.02 * (attempt + 1))  # table by table, each racing process gets ahead in turn
+                    continue
+                self.engine.dispose()
+                raise UserError(describe_database_error(url, exc)) from None
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     def _add_missing_columns(self) -> None:

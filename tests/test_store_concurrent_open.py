@@ -1,0 +1,37 @@
+"""Processes opening a new run store at the same moment all get it (a worker and its flow, two runs started
+together). The supervision integration test failed once in the suite with "table stage_outputs already exists":
+two processes both saw the table missing and both created it; then "database is locked" from switching a new
+database to WAL before the busy timeout was set."""
+
+from __future__ import annotations
+
+import multiprocessing
+
+PROCESSES, ROUNDS = 4, 8
+
+
+def _open(url: str, barrier, results) -> None:
+    from faithforge.core.store import Store
+
+    barrier.wait()
+    try:
+        Store(url).engine.dispose()
+        results.put("ok")
+    except Exception as exc:  # noqa: BLE001 - the failure is the result
+        results.put(repr(exc)[:300])
+
+
+def test_processes_opening_a_new_store_at_once_all_get_it(tmp_path):
+    context = multiprocessing.get_context("spawn")  # no inherited SQLite connections or locks
+    failures = []
+    for round_ in range(ROUNDS):
+        url = f"sqlite:///{tmp_path / f'store-{round_}.db'}"
+        barrier, results = context.Barrier(PROCESSES), context.Queue()
+        procs = [context.Process(target=_open, args=(url, barrier, results)) for _ in range(PROCESSES)]
+        for proc in procs:
+            proc.start()
+        outcomes = [results.get(timeout=120) for _ in procs]
+        for proc in procs:
+            proc.join(30)
+        failures += [outcome for outcome in outcomes if outcome != "ok"]
+    assert failures == []
