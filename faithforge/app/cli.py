@@ -266,8 +266,8 @@ def main(argv: list[str] | None = None) -> None:
     except (KeyboardInterrupt, typer.Abort) as exc:
         from faithforge.app.stopping import EXIT_STATUS, StopRequested
 
-        if isinstance(exc, StopRequested):  # its one line is printed; the run is marked cancelled
-            _exit_now(EXIT_STATUS)
+        if _stop_was_handled() or isinstance(exc, StopRequested):
+            _exit_now(EXIT_STATUS)  # its one line is printed; the run is marked cancelled
         typer.echo("interrupted; rerun the same command to continue (finished stages are reused)", err=True)
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the one place errors become messages
@@ -278,7 +278,19 @@ def main(argv: list[str] | None = None) -> None:
             raise  # -v, or a bug: the traceback is what helps
         typer.echo(f"error: {message}", err=True)
         sys.exit(getattr(exc, "exit_code", 2) if isinstance(exc, UserError) else 2)
+    if _stop_was_handled():  # Click/Typer may hand a stop back as an exit status instead of the exception
+        _exit_now(EXIT_STATUS_STOPPED)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+EXIT_STATUS_STOPPED = 130
+
+
+def _stop_was_handled() -> bool:
+    """Whether a `Stopper` took Ctrl-C or SIGTERM in this process (its module is imported only by commands that
+    install one)."""
+    stopping = sys.modules.get("faithforge.app.stopping")
+    return bool(stopping is not None and stopping.stop_handled)
 
 
 if __name__ == "__main__":

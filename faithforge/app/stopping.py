@@ -37,6 +37,11 @@ class StopRequested(KeyboardInterrupt):
     """Raised in the stage that was running when Ctrl-C or SIGTERM came."""
 
 
+stop_handled = False
+"""True once a `Stopper` in this process took a signal: the CLI then leaves without the interpreter's teardown
+(`cli._exit_now`), whichever way the command returns (Click may turn the stop into an exit status)."""
+
+
 def _children(pid: int) -> list[int]:
     """Every descendant of `pid` (Linux `/proc`; elsewhere none are found)."""
     parents: dict[int, int] = {}
@@ -116,6 +121,8 @@ class Stopper:
 
     # the signal ------------------------------------------------------------------------------------------
     def _handle(self, signum: int, frame) -> None:  # noqa: ARG002
+        global stop_handled
+        stop_handled = True
         self.signals += 1
         name = signal.Signals(signum).name
         if self.signals > 1:
