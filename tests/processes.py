@@ -8,11 +8,25 @@ import socket
 import subprocess
 
 
+#: Ports handed out on this machine, one empty file each: test workers start servers at the same time, and a port
+#: free when one worker asked could be handed to another before the first server bound it. Two Prefect servers on
+#: one port made a test's health check answer from another test's server (its `gpu` limit already existed).
+_PORTS_DIR = os.path.join(os.environ.get("TMPDIR", "/tmp"), "faithforge-test-ports")
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing listens on right now and no other test process was given."""
+    os.makedirs(_PORTS_DIR, exist_ok=True)
+    for _ in range(200):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        try:
+            os.close(os.open(os.path.join(_PORTS_DIR, str(port)), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+        except FileExistsError:
+            continue  # given to another test already (this session or an earlier one): ask again
+        return port
+    raise RuntimeError(f"no unused port found; clear {_PORTS_DIR}")
 
 
 def stop_process(proc: subprocess.Popen, *, group: bool = False, timeout_s: float = 15.0) -> None:

@@ -68,6 +68,9 @@ def stack(tmp_path_factory):
             assert procs.running["server"].poll() is None, procs.tail("server")
             assert time.monotonic() < deadline, procs.tail("server")
             time.sleep(0.5)
+        # the health check could have reached another test's server on this port: ours must still be up
+        time.sleep(1.0)
+        assert procs.running["server"].poll() is None, "port taken by another server:\n" + procs.tail("server")
         deployed = subprocess.run([sys.executable, "-m", "deployments.deploy", "--project-dir", str(REPO),
                                    "--pause-nightly"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
