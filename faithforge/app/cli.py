@@ -263,10 +263,10 @@ def main(argv: list[str] | None = None) -> None:
 
         typer.echo(f"error: {one_line_text(exc.format_message(), 300)} (see faithforge --help)", err=True)
         sys.exit(exc.exit_code)
-    except (KeyboardInterrupt, typer.Abort) as exc:
-        from faithforge.app.stopping import EXIT_STATUS, StopRequested
+    except (KeyboardInterrupt, typer.Abort):
+        from faithforge.app.stopping import EXIT_STATUS
 
-        if _stop_was_handled() or isinstance(exc, StopRequested):
+        if _stop_was_handled():  # a StopRequested, or Click's Abort made of one
             _exit_now(EXIT_STATUS)  # its one line is printed; the run is marked cancelled
         typer.echo("interrupted; rerun the same command to continue (finished stages are reused)", err=True)
         sys.exit(130)
@@ -279,11 +279,10 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo(f"error: {message}", err=True)
         sys.exit(getattr(exc, "exit_code", 2) if isinstance(exc, UserError) else 2)
     if _stop_was_handled():  # Click/Typer may hand a stop back as an exit status instead of the exception
-        _exit_now(EXIT_STATUS_STOPPED)
+        from faithforge.app.stopping import EXIT_STATUS
+
+        _exit_now(EXIT_STATUS)
     sys.exit(code if isinstance(code, int) else 0)
-
-
-EXIT_STATUS_STOPPED = 130
 
 
 def _stop_was_handled() -> bool:

@@ -100,9 +100,11 @@ def evaluate_models(ctx: StageContext, model: ModelOutput, dataset: DatasetOutpu
     comparisons = _compare(ctx, reports)
     seconds = time.perf_counter() - started
     out = ctx.workspace.dir("reports") / f"eval-{ctx.run_id or 'adhoc'}"
-    markdown, chart = _write_report(ctx, out, *comparisons)
     from faithforge.evaluation.labeling import OUTPUTS_FILE, output_rows
     from faithforge.evaluation.wording import task_words
+
+    words, chooser = task_words(ctx.config), chooser_line(ctx.config, ctx.workspace.root / "calibrations")
+    markdown, chart = _write_report(ctx, out, *comparisons, words=words, chooser=chooser)
 
     atomic_write_jsonl(out / OUTPUTS_FILE, output_rows(items, reports))  # what `faithforge label` shows people
     comparison, control_cmp, served_cmp = comparisons
@@ -111,9 +113,7 @@ def evaluate_models(ctx: StageContext, model: ModelOutput, dataset: DatasetOutpu
                                   control=control_cmp)
     result = EvaluationOutput(
         path=str(out), markdown_path=str(out / "report.md"), chart=str(Path(chart)),
-        judge_accuracy=_judge_accuracy(comparison), unit=task_words(ctx.config).unit,
-        pairs_judge=chooser_line(ctx.config, ctx.workspace.root / "calibrations"),
-        recall_name=task_words(ctx.config).recall,
+        judge_accuracy=_judge_accuracy(comparison), unit=words.unit, recall_name=words.recall, pairs_judge=chooser,
         artifact_id=artifact_id, judge=cfg.judge, split=cfg.split, items=len(items), seconds=round(seconds, 2),
         **measured_peak(),
         items_per_second=round(len(items) * len(reports) / seconds, 1),
@@ -224,15 +224,14 @@ def _compare(ctx: StageContext, reports: dict) -> tuple:
     return against_before("after"), against_before("control"), against_before("served")
 
 
-def _write_report(ctx: StageContext, out: Path, comparison, control_cmp, served_cmp) -> tuple[str, str]:
-    """report.md, report.json and the rates chart under `out`; returns (the markdown, the chart's path)."""
+def _write_report(ctx: StageContext, out: Path, comparison, control_cmp, served_cmp, *, words,
+                  chooser: str | None) -> tuple[str, str]:
+    """report.md, report.json and the rates chart under `out`, in the task's `words` and with the `chooser` line;
+    returns (the markdown, the chart's path)."""
     from faithforge.evaluation import bar_chart, markdown_report
 
-    from faithforge.evaluation.wording import task_words
-
-    cfg, words = ctx.config.evaluate, task_words(ctx.config)
+    cfg = ctx.config.evaluate
     markdown = markdown_report(comparison, control=control_cmp, worst_examples=cfg.worst_examples, words=words)
-    chooser = chooser_line(ctx.config, ctx.workspace.root / "calibrations")
     if chooser:  # after the judge-accuracy headline: who chose the pairs, and whether it is the judge that measures
         head, _, rest = markdown.partition("\n\n")
         markdown = f"{head}\n> {chooser}\n\n{rest}"
@@ -251,7 +250,11 @@ def pairs_chooser(config) -> str | None:
     (synthetic pairs, or pairs imported from `pairs.path`)."""
     if config.pairs.path or config.pairs.builder != "on-policy":
         return None
-    judge = config.pairs.judge or config.evaluate.judge
+    return _judge_label(config.pairs.judge or config.evaluate.judge)
+
+
+def _judge_label(judge: str | list[str]) -> str:
+    """A judge setting (one name or a list of names) as one name: `grounding+nli`."""
     return judge if isinstance(judge, str) else "+".join(judge)
 
 
@@ -261,9 +264,12 @@ def chooser_line(config, calibration_dir: Path) -> str | None:
     chooser = pairs_chooser(config)
     if chooser is None:
         return None
-    measurer = config.evaluate.judge if isinstance(config.evaluate.judge, str) else "+".join(config.evaluate.judge)
+    measurer = _judge_label(config.evaluate.judge)
+    if chooser == measurer:
+        return (f"Pairs chosen by `{chooser}`, the judge that measures: this rate measures what DPO was trained to "
+                "please; set `pairs.judge` and `evaluate.judge` to different judges for an independent rate.")
     accuracy = ""
-    if "+" not in chooser and chooser not in ("likelihood", "trained", "nli", "llm"):  # option-free judges
+    if chooser in ("grounding", "grounded-qa"):  # the rule judges: built without options or a model to load
         from faithforge.evaluation import get_judge
         from faithforge.evaluation.heldout import judge_checkpoint, load_calibration
 
@@ -272,9 +278,6 @@ def chooser_line(config, calibration_dir: Path) -> str | None:
             test = found.to_dict().get("test") or {}
             accuracy = (f" (held out: precision {test.get('precision', 0):.2f}, recall {test.get('recall', 0):.2f} "
                         f"on {test.get('n')} labels)")
-    if chooser == measurer:
-        return (f"Pairs chosen by `{chooser}`, the judge that measures: this rate measures what DPO was trained to "
-                "please; set `pairs.judge` and `evaluate.judge` to different judges for an independent rate.")
     return f"Pairs chosen by `{chooser}`{accuracy}; measured by `{measurer}`, another judge."
 
 
