@@ -29,6 +29,28 @@ def free_port() -> int:
     raise RuntimeError(f"no unused port found; clear {_PORTS_DIR}")
 
 
+def wait_healthy(url: str, proc: subprocess.Popen, log_tail, timeout_s: float = 120.0) -> None:
+    """Wait until `url` answers 200 while `proc` (the server started for it) runs; then check that `proc` still
+    runs a second later: the answer could have come from another test's server on the same port, and ours would
+    have died on the taken port. `log_tail()` gives the server's log for the failure message."""
+    import time
+
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        assert proc.poll() is None, "the server exited:\n" + log_tail()
+        assert time.monotonic() < deadline, "the server did not become healthy:\n" + log_tail()
+        time.sleep(0.5)
+    time.sleep(1.0)
+    assert proc.poll() is None, "port taken by another server:\n" + log_tail()
+
+
 def stop_process(proc: subprocess.Popen, *, group: bool = False, timeout_s: float = 15.0) -> None:
     """SIGTERM, wait up to `timeout_s`, then SIGKILL and wait again.
 

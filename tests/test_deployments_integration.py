@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.processes import free_port, stop_process
+from tests.processes import free_port, stop_process, wait_healthy
 from tests.small_config import SMALL_PIPELINE
 
 # Under heavy load (six processes on two cores) one run took over 10 min; the waits below have their own guards.
@@ -84,19 +84,7 @@ def stack(tmp_path_factory):
     try:
         procs.start("server", [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                "--port", str(port)], env, root)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert procs.running["server"].poll() is None, procs.tail("server")
-            assert time.monotonic() < deadline, "server did not become healthy:\n" + procs.tail("server")
-            time.sleep(0.5)
-        # the health check could have reached another test's server on this port: ours must still be up
-        time.sleep(1.0)
-        assert procs.running["server"].poll() is None, "port taken by another server:\n" + procs.tail("server")
+        wait_healthy(f"{api}/health", procs.running["server"], lambda: procs.tail("server"))
         yield {"root": root, "api": api, "ui": f"http://127.0.0.1:{port}", "env": env, "procs": procs,
                "storage": root / "storage", "workspace": root / "ws", "worker_workspace": root / "a100-ws"}
     finally:

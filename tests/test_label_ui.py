@@ -81,7 +81,7 @@ def test_the_form_has_a_choice_per_output_and_shows_source_output_and_flags(tmp_
 @pytest.mark.timeout(1800)
 def test_chromium_fills_the_pause_form_and_the_report_shows_the_judges_accuracy(tmp_path):
     from cdp_browser import Browser, find_chromium
-    from processes import free_port, stop_process
+    from processes import free_port, stop_process, wait_healthy
     from small_config import SMALL_PIPELINE
 
     chromium = find_chromium()
@@ -102,15 +102,7 @@ def test_chromium_fills_the_pause_form_and_the_report_shows_the_judges_accuracy(
                               start_new_session=True)
     flow_proc = None
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            try:
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert server.poll() is None and time.monotonic() < deadline, (tmp_path / "server.log").read_text()[-3000:]
-            time.sleep(0.5)
+        wait_healthy(f"{api}/health", server, lambda: (tmp_path / "server.log").read_text()[-3000:], timeout_s=180)
         config = json.loads(json.dumps(SMALL_PIPELINE))
         config["train"]["steps"] = 2
         config.update(workspace=str(tmp_path / "ws"),

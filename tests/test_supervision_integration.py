@@ -22,11 +22,10 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from faithforge.core.liveness import process_alive
-from tests.processes import free_port
+from tests.processes import free_port, wait_healthy
 from tests.small_config import SMALL_PIPELINE
 from tests.test_deployments_integration import Processes, _client
 
@@ -58,19 +57,7 @@ def stack(tmp_path_factory):
     try:
         procs.start("server", [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                "--port", str(port)], env, root)
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert procs.running["server"].poll() is None, procs.tail("server")
-            assert time.monotonic() < deadline, procs.tail("server")
-            time.sleep(0.5)
-        # the health check could have reached another test's server on this port: ours must still be up
-        time.sleep(1.0)
-        assert procs.running["server"].poll() is None, "port taken by another server:\n" + procs.tail("server")
+        wait_healthy(f"{api}/health", procs.running["server"], lambda: procs.tail("server"))
         deployed = subprocess.run([sys.executable, "-m", "deployments.deploy", "--project-dir", str(REPO),
                                    "--pause-nightly"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
