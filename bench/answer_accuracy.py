@@ -4,7 +4,7 @@
 recall 1: the asked value occurs in the answer. SmolLM2 often hedges or lists ("Kofi bought the maps in Malmo,
 not in Turin."; "Hana repaired 5 boots, and Chen ordered 12 kettles."), and recall counts those as correct
 whenever the asked value is among the values it states. The *checked* measure also asks the `grounded-qa` judge
-(faithforge/evaluation/attribution.py) whether the answer asserts anything wrong about who did what.
+(faithforge/evaluation/grounded_qa_judge.py) whether the answer asserts anything wrong about who did what.
 
 This script scores both measures against the hand labels: an answerable answer is correct by reading when it
 states the asked value and was labeled faithful. The 160 validation labels choose the measure; the 60 held-out
@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from faithforge.evaluation.attribution import GroundedQaJudge, parse_source  # noqa: E402
+from faithforge.evaluation.grounded_qa_judge import GroundedQaJudge, parse_source  # noqa: E402
 from faithforge.evaluation.metrics import key_fact_recall  # noqa: E402
 
 LABELS = {"validation (chooses)": ROOT / "tests/data/smollm2_grounded_qa_labels.jsonl",

@@ -106,10 +106,10 @@ def _answers_by_model(report: dict) -> dict[str, list[dict]]:
 
 
 def rejudge(report: dict, sources: dict[str, str], seed: int) -> dict:
-    """Every model's answers judged again by the `grounded-qa` judge (faithforge/evaluation/attribution.py),
+    """Every model's answers judged again by the `grounded-qa` judge (faithforge/evaluation/grounded_qa_judge.py),
     which also catches values attached to the wrong person: the pairs were chosen by the `grounding` judge, so
     this shows whether training moved inventions into that judge's blind spot instead of removing them."""
-    from faithforge.evaluation.attribution import GroundedQaJudge
+    from faithforge.evaluation.grounded_qa_judge import GroundedQaJudge
 
     judge = GroundedQaJudge()
     answers = _answers_by_model(report)

@@ -208,6 +208,7 @@ def declarations(project_dir: str | os.PathLike[str] = ".", *, timezone: str = "
                  generation_paused: bool = False) -> list[Declaration]:
     """Every FaithForge deployment for these options (the one declaration both registrations come from)."""
     from deployments.generation import generation_deployment_kwargs
+    from faithforge.core.backend_registry import BACKENDS
     from faithforge.core.config import load_config
     from faithforge.generation.parameters import GenerateParameters
 
@@ -228,7 +229,7 @@ def declarations(project_dir: str | os.PathLike[str] = ".", *, timezone: str = "
     params = GenerateParameters(spec=str(project / DEFAULT_SPEC), backend=generation_backend, model=generation_model,
                                 fallback_models=[m for m in fallbacks if m != generation_model],
                                 workspace=config.workspace, database_url=config.database_url,
-                                unload_after=generation_backend == "ollama")
+                                unload_after=BACKENDS.get(generation_backend).releases_gpu)
     nightly = generation_deployment_kwargs(params, timezone=timezone, work_pool_name=LOCAL_POOL,
                                            paused=generation_paused)
     out.append(Declaration(

@@ -10,6 +10,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.states import Failed
 
+from faithforge.core.backend_registry import BACKENDS
 from faithforge.generation.job import GenerationResult, failure_of
 from faithforge.generation.parameters import GenerateParameters
 from tasks.generation import export_examples, generate_examples, plan_generation, release_ollama
@@ -22,7 +23,7 @@ def generate_flow(params: GenerateParameters) -> GenerationResult:
     summary = generate_examples(params, plan)
     exported = export_examples(plan)
     unloaded: list[str] = []
-    if params.unload_after and params.backend == "ollama":
+    if params.unload_after and BACKENDS.get(params.backend).releases_gpu:
         unloaded = release_ollama(params.base_url, [plan.decision.model])
     result = GenerationResult(plan=plan, summary=summary, export=exported, unloaded=unloaded)
     failure = failure_of(result)

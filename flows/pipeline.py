@@ -9,6 +9,7 @@ from __future__ import annotations
 from prefect import flow, get_run_logger
 from prefect.states import Failed
 
+from faithforge.core.backend_registry import BACKENDS
 from faithforge.core.config import PipelineConfig
 from faithforge.stages.generate import generation_parameters
 from faithforge.stages.outputs import StageOutput
@@ -39,7 +40,7 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
     run_id = start_run_task(config, "pipeline")
     stages: dict[str, StageOutput | None] = {}
     try:
-        if config.generate.backend == "template":
+        if BACKENDS.get(config.generate.backend).built_in_task:  # written in process, no generation flow
             gate_task(config, run_id, "generate")
             stages["generate"] = dataset = generate_task(config, run_id)
         else:  # an LLM writes the data: the spec-driven generation flow (gated inside) runs as a subflow

@@ -39,7 +39,7 @@ from typing import Any, Literal
 
 from gpu.model_shape import LORA_TARGETS_ALL_LINEAR, ModelShape
 from gpu.ollama import OllamaModel
-from gpu.units import GiB_bytes, MiB_bytes
+from gpu.units import MiB_bytes
 
 Quantization = Literal["fp32", "bf16", "fp16", "int8", "nf4"]
 Optimizer = Literal["adamw-fp32", "paged-adamw-8bit"]

@@ -3,7 +3,7 @@
 Cases written by hand from one document (not taken from the labeled set the judge is measured on)."""
 
 from faithforge.data.grounded_qa import make_question
-from faithforge.evaluation.attribution import GroundedQaJudge, parse_source
+from faithforge.evaluation.grounded_qa_judge import GroundedQaJudge, parse_source
 
 SOURCE = ("Document: Ada bought 5 lamps in Oslo on Monday. The street was quiet. Bruno painted 3 mugs in Lima on "
           "Friday. Chen sold 7 hats in Riga on Sunday.\nQuestion: On which day did Ada buy the lamps?")

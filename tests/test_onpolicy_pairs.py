@@ -231,7 +231,7 @@ def test_the_builder_passes_faithful_chosen_on(model_and_tokenizer, monkeypatch)
 
 def test_pairs_judge_is_its_own_setting_or_the_evaluations():
     from faithforge.core.config import PipelineConfig
-    from faithforge.evaluation.attribution import GroundedQaJudge
+    from faithforge.evaluation.grounded_qa_judge import GroundedQaJudge
     from faithforge.evaluation.grounding import GroundingJudge
     from faithforge.stages.pairs import _pairs_judge
 

@@ -12,7 +12,9 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
+from faithforge.core.backend_registry import BACKENDS
 from faithforge.core.errors import UserError
+from faithforge.core.judge_registry import DEFAULT_JUDGE, JUDGES
 
 if TYPE_CHECKING:
     from faithforge.evaluation.heldout import HeldOutCalibration
@@ -29,16 +31,19 @@ def _pct(value: float | None) -> str:
 def calibrate(
     labels: Path = typer.Option(..., "--labels", help="JSONL with source, summary, label (faithful|hallucinated|0|1), "
                                                       "optional dataset (subset) and split (validation|test)."),
-    judge: list[str] = typer.Option(["grounding"], "--judge",
-                                    help="grounding, nli or llm; repeat to calibrate a combined judge."),
+    judge: list[str] = typer.Option([DEFAULT_JUDGE], "--judge",
+                                    help=f"One of: {JUDGES.choices()}; repeat to calibrate a combined judge."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="nli: local folder or hub id."),
     supported_label: Optional[int] = typer.Option(None, "--supported-label",
                                                   help="nli: index of the 'supported' class (default: by name)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
                                            help="nli: allow a checkpoint that ships its own Python code."),
-    llm_backend: str = typer.Option("ollama", "--llm-backend", help="llm: ollama or openai."),
+    llm_backend: str = typer.Option("ollama", "--llm-backend",
+                                    help=f"llm: one of {BACKENDS.choices(lambda kind: kind.server)}."),
     llm_model: str = typer.Option("qwen3:8b", "--llm-model", help="llm: the judge model."),
     llm_base_url: Optional[str] = typer.Option(None, "--llm-base-url", help="llm: the server root."),
+    likelihood_model: Optional[str] = typer.Option(None, "--likelihood-model", help="likelihood: the causal LM folder."),
+    trained_judge: Optional[str] = typer.Option(None, "--trained-judge", help="trained: the folder judge train wrote."),
     holdout: float = typer.Option(0.5, "--holdout", help="Share of labels held out for the reported accuracy."),
     split_seed: int = typer.Option(0, "--split-seed", min=0, max=2**32 - 1, help="Seed of the validation/test split by source."),
     workspace: Path = typer.Option(Path(".faithforge"), "--workspace",
@@ -53,7 +58,8 @@ def calibrate(
     # build the judges first: a bad checkpoint fails before any labels are read
     built = _calibration_judges(judge, checkpoint=checkpoint, supported_label=supported_label,
                                 trust_remote_code=trust_remote_code, llm_backend=llm_backend, llm_model=llm_model,
-                                llm_base_url=llm_base_url)
+                                llm_base_url=llm_base_url, likelihood_model=likelihood_model,
+                                trained_judge=trained_judge)
     examples = read_labels(labels)
     result = calibrate_heldout(built, examples, labels_path=labels, holdout=holdout, seed=split_seed)
     stored = None
@@ -68,23 +74,39 @@ def calibrate(
 
 
 def _calibration_judges(judge: list[str], *, checkpoint: str | None, supported_label: int | None,
-                        trust_remote_code: bool, llm_backend: str, llm_model: str, llm_base_url: str | None) -> Judge:
-    """The judges `--judge` names, built with their options; nli-only options on other judges are an error."""
+                        trust_remote_code: bool, llm_backend: str, llm_model: str, llm_base_url: str | None,
+                        likelihood_model: str | None = None, trained_judge: str | None = None) -> Judge:
+    """The judges `--judge` names, built with their options the way a run builds them (`evaluate` settings →
+    each judge's `options_from_config`); nli-only options on other judges are an error."""
     from faithforge.evaluation.judges import build_judges, judge_names
 
     names = judge_names(judge)
     if "nli" not in names and (checkpoint is not None or supported_label is not None or trust_remote_code):
         raise UserError("--checkpoint, --supported-label and --trust-remote-code apply to --judge nli only")
-    options: dict[str, dict] = {}
-    if "nli" in names:
-        options["nli"] = {"checkpoint": checkpoint, "trust_remote_code": trust_remote_code}
-        if supported_label is not None:
-            options["nli"]["supported_label"] = supported_label
-    if "llm" in names:
-        from faithforge.backends import make_backend
-
-        options["llm"] = {"backend": make_backend(llm_backend, llm_model, base_url=llm_base_url)}
+    if "nli" in names and not checkpoint:
+        raise UserError("the nli judge needs a checkpoint: pass the folder (or hub id) of a sequence-classification "
+                        "model or seq2seq checker (e.g. --checkpoint PATH)")
+    options = _judge_settings_options(names, nli_checkpoint=checkpoint, nli_supported_label=supported_label,
+                                      nli_trust_remote_code=trust_remote_code, llm_backend=llm_backend,
+                                      llm_model=llm_model, llm_base_url=llm_base_url,
+                                      likelihood_model=likelihood_model, trained_judge_path=trained_judge)
     return build_judges(names, options)
+
+
+def _judge_settings_options(names: list[str], **settings) -> dict[str, dict]:
+    """Each named judge's options, read from `evaluate` settings as a run reads them (one line on a bad value)."""
+    from pydantic import ValidationError
+
+    from faithforge.core.config import EvaluateConfig
+    from faithforge.evaluation.options import judge_options
+
+    try:
+        cfg = EvaluateConfig(judge=names if len(names) > 1 else names[0], **settings)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        raise UserError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+    options = judge_options(cfg)  # a missing model, checkpoint or judge folder fails here, before any label is read
+    return options if len(names) > 1 else {names[0]: options}
 
 
 def _print_calibration(result: HeldOutCalibration, stored: Path | None) -> None:
@@ -117,18 +139,14 @@ def fit_combination_command(
     split_seed: int = typer.Option(0, "--split-seed", min=0, max=2**32 - 1, help="Seed of the split by source."),
 ) -> None:
     """Fit a logistic combination of judges on the validation split of labels; report it on the held-out split."""
-    from faithforge.core.config import EvaluateConfig
     from faithforge.evaluation.calibration import read_labels
     from faithforge.evaluation.fitted import fit_combination, verdict_features
     from faithforge.evaluation.heldout import split_examples
     from faithforge.evaluation.judges import build_judges, judge_names
-    from faithforge.evaluation.options import judge_options
 
     names = judge_names(judge)
-    cfg = EvaluateConfig(judge=names if len(names) > 1 else names[0], likelihood_model=likelihood_model,
-                         trained_judge_path=trained_judge)
-    options = judge_options(cfg)  # a missing model or judge folder fails here, before any label is read
-    built = build_judges(names, options if len(names) > 1 else {names[0]: options})
+    built = build_judges(names, _judge_settings_options(names, likelihood_model=likelihood_model,
+                                                        trained_judge_path=trained_judge))
     validation, test = split_examples(read_labels(labels), holdout=holdout, seed=split_seed)
 
     def features(rows):

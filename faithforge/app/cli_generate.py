@@ -19,8 +19,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from faithforge.core.errors import UserError
-from faithforge.backends import BACKEND_NAMES
+from faithforge.core.errors import UserError, validation_message
+from faithforge.core.backend_registry import BACKENDS
 from faithforge.generation.parameters import GenerateParameters
 
 if TYPE_CHECKING:
@@ -45,14 +45,15 @@ def parameter_problems(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
         field = str(err["loc"][0]) if err["loc"] else "options"
-        message = err["msg"][0].lower() + err["msg"][1:] if err["msg"] else "invalid"
+        message = validation_message(err)
+        message = message[:1].lower() + message[1:]
         parts.append(f"{option_name(field)}: {message} (got {err.get('input')!r})")
     return "; ".join(parts)
 
 
 def generate(
     spec: Annotated[Path, typer.Option("--spec", help="Generation spec YAML (see configs/specs/).")],
-    backend: Annotated[str, typer.Option("--backend", help=f"One of: {', '.join(BACKEND_NAMES)}.")] = _default("backend"),
+    backend: Annotated[str, typer.Option("--backend", help=f"One of: {BACKENDS.choices()}.")] = _default("backend"),
     model: Annotated[str, typer.Option("--model", help="Ollama tag, server model id, or local model folder.")] = _default("model"),
     target: Annotated[Optional[int], typer.Option("--target", help="Total examples (default: the spec's targets).")] = None,
     fallback_model: Annotated[Optional[list[str]], typer.Option(

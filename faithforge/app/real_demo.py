@@ -101,7 +101,7 @@ LABELED_SET = Path(__file__).resolve().parents[2] / "tests" / "data" / "smollm2_
 
 
 def calibrate_judge_on_labels(workspace: str | Path, labels: Path = LABELED_SET,
-                              judges: tuple[str, ...] = ("grounded-qa", "grounding")) -> Path | None:
+                              judges: tuple[str, ...] | None = None) -> Path | None:
     """Store the accuracy of the measuring judge and of the pair-choosing one on the labeled set in the workspace,
     so every report of the real demo carries both judges' held-out precision and recall beside its rates (what
     `faithforge eval calibrate --labels` does). Returns the measuring judge's file; None when the labels are not
@@ -113,6 +113,8 @@ def calibrate_judge_on_labels(workspace: str | Path, labels: Path = LABELED_SET,
     from faithforge.evaluation.heldout import calibrate_heldout, save_calibration
     from faithforge.core.workspace import Workspace
 
+    if judges is None:  # the real demo's measuring judge, then its pair-choosing one
+        judges = (REAL_SETTINGS["evaluate"]["judge"], REAL_SETTINGS["pairs"]["judge"])
     examples, directory = read_labels(labels), Workspace.open(workspace).root / "calibrations"
     saved = [save_calibration(directory, calibrate_heldout(get_judge(name), examples, labels_path=labels))
              for name in judges]

@@ -1,11 +1,13 @@
-"""Chat backends behind one interface (`ChatBackend.chat`), and `make_backend` to build one by name."""
+"""Chat backends behind one interface (`ChatBackend.chat`), and `make_backend` to build one by name.
+
+Which backends exist, and what each can do, is registered once in `faithforge.core.backend_registry`."""
 
 from __future__ import annotations
 
-from faithforge.core.errors import UserError
 from faithforge.backends.base import (
     BackendConfigError,
     BackendError,
+    BackendOptions,
     BackendTimeoutError,
     BackendUnreachableError,
     ChatBackend,
@@ -15,38 +17,26 @@ from faithforge.backends.base import (
     Usage,
 )
 from faithforge.backends.http import HttpOptions
+from faithforge.core.backend_registry import BACKENDS
+from faithforge.core.registry import load_attribute
 
-BACKEND_NAMES = ("ollama", "openai", "local", "template")
+
+def backend_names() -> tuple[str, ...]:
+    """The registered backends' names (read when asked: a backend registered later is included)."""
+    return BACKENDS.names()
 
 
 def make_backend(name: str, model: str, *, base_url: str | None = None, num_ctx: int = 8192,
                  keep_alive: str | int = "30m", stream: bool = True, api_key_env: str | None = None,
                  api_key_secret: str | None = None, http: HttpOptions | None = None,
                  delay_s: float = 0.0) -> ChatBackend:
-    """Build the backend called `name` (one of `BACKEND_NAMES`) for `model`."""
-    if name == "ollama":
-        from faithforge.backends.ollama import DEFAULT_OLLAMA_URL, OllamaBackend
-
-        return OllamaBackend(model, base_url=base_url or DEFAULT_OLLAMA_URL, num_ctx=num_ctx,
-                             keep_alive=keep_alive, stream=stream, http=http)
-    if name == "openai":
-        from faithforge.backends.openai_compat import OpenAICompatBackend
-
-        if not base_url:
-            raise UserError("the openai backend needs --base-url (the server root that serves /v1/chat/completions)")
-        return OpenAICompatBackend(model, base_url=base_url, api_key_env=api_key_env,
-                                   api_key_secret=api_key_secret, stream=stream, http=http)
-    if name == "local":
-        from faithforge.backends.local import LocalTransformersBackend
-
-        return LocalTransformersBackend(model)
-    if name == "template":
-        from faithforge.backends.template import TemplateBackend
-
-        return TemplateBackend(model or "template-teacher", delay_s=delay_s)
-    raise UserError(f"unknown backend {name!r}; choose one of {', '.join(BACKEND_NAMES)}")
+    """Build the registered backend called `name` for `model` (a `UserError` listing the choices otherwise)."""
+    kind = BACKENDS.get(name)
+    options = BackendOptions(base_url=base_url, num_ctx=num_ctx, keep_alive=keep_alive, stream=stream,
+                             api_key_env=api_key_env, api_key_secret=api_key_secret, http=http, delay_s=delay_s)
+    return load_attribute(kind, "build")(model, options)
 
 
-__all__ = ["BACKEND_NAMES", "BackendConfigError", "BackendError", "BackendTimeoutError", "BackendUnreachableError",
+__all__ = ["BackendConfigError", "BackendError", "BackendOptions", "BackendTimeoutError", "BackendUnreachableError",
            "ChatBackend", "ChatResult", "HttpOptions", "ModelNotFoundError", "TransientBackendError", "Usage",
-           "make_backend"]
+           "backend_names", "make_backend"]

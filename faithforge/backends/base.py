@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from faithforge.core.errors import UserError
 
@@ -142,3 +142,26 @@ def server_answer(content: str, thinking: str, finish_reason: str | None, usage:
     reason = finish_reason or "stop"
     return ChatResult(text=answer, thinking="\n".join(t for t in (thinking.strip(), inline) if t),
                       finish_reason=reason, truncated=reason == "length", usage=usage, model=model)
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """What `make_backend` hands a backend module's `build(model, options)`; each backend reads what applies to it."""
+
+    base_url: str | None = None
+    """Server root (server backends; empty: the backend's default URL, if it has one)."""
+    num_ctx: int = 8192
+    """Context the request asks for, tokens (Ollama's `num_ctx`)."""
+    keep_alive: str | int = "30m"
+    """How long Ollama keeps the model loaded after a request."""
+    stream: bool = True
+    """Stream the answer (a stalled server is noticed between chunks)."""
+    api_key_env: str | None = None
+    """OpenAI-compatible: the environment variable holding the API key."""
+    api_key_secret: str | None = None
+    """OpenAI-compatible: the Prefect Secret block holding the API key."""
+    http: Any = None
+    """`HttpOptions` (timeouts, retries) for server backends; None: the defaults."""
+    delay_s: float = 0.0
+    """Template teacher: seconds per request (tests of slow generation)."""
+

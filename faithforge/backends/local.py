@@ -14,7 +14,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from faithforge.backends.base import BackendConfigError, ChatResult, Usage, split_think
+from faithforge.backends.base import BackendConfigError, BackendOptions, ChatResult, Usage, split_think
 
 
 def _engine_module() -> Any | None:
@@ -120,3 +120,9 @@ class LocalTransformersBackend:
         return ChatResult(text=answer, thinking=thinking, finish_reason="length" if truncated else "stop",
                           truncated=truncated, model=self.model,
                           usage=Usage(prompt_tokens=len(prompt), completion_tokens=len(new)))
+
+
+def build(model: str, options: BackendOptions) -> LocalTransformersBackend:
+    """The registered builder (`faithforge.core.backend_registry`)."""
+    return LocalTransformersBackend(model)
+

@@ -18,6 +18,7 @@ import httpx
 
 from faithforge.backends.base import (
     BackendError,
+    BackendOptions,
     ChatResult,
     TransientBackendError,
     Usage,
@@ -37,8 +38,8 @@ from faithforge.backends.negotiation import (
     FormatNegotiator,
     NegotiatedChat,
 )
+from faithforge.core.backend_registry import DEFAULT_OLLAMA_URL
 
-DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
 _NS = 1e-9
 
 
@@ -222,3 +223,10 @@ def release_ollama_gpu(base_url: str = DEFAULT_OLLAMA_URL, models: list[str] | N
         return []
     finally:
         backend.close()
+
+
+def build(model: str, options: BackendOptions) -> "OllamaBackend":
+    """The registered builder (`faithforge.core.backend_registry`)."""
+    return OllamaBackend(model, base_url=options.base_url or DEFAULT_OLLAMA_URL, num_ctx=options.num_ctx,
+                         keep_alive=options.keep_alive, stream=options.stream, http=options.http)
+

@@ -21,6 +21,7 @@ import httpx
 
 from faithforge.backends.base import (
     BackendConfigError,
+    BackendOptions,
     ChatResult,
     TransientBackendError,
     Usage,
@@ -38,6 +39,7 @@ from faithforge.backends.negotiation import (
     FormatNegotiator,
     NegotiatedChat,
 )
+from faithforge.core.errors import UserError
 
 
 def resolve_api_key(env_var: str | None, secret_block: str | None) -> str | None:
@@ -155,3 +157,12 @@ class OpenAICompatBackend(NegotiatedChat):
                              Usage(prompt_tokens=int(usage.get("prompt_tokens") or 0),
                                    completion_tokens=int(usage.get("completion_tokens") or 0)),
                              str(model or self.model))
+
+
+def build(model: str, options: BackendOptions) -> OpenAICompatBackend:
+    """The registered builder (`faithforge.core.backend_registry`)."""
+    if not options.base_url:
+        raise UserError("the openai backend needs --base-url (the server root that serves /v1/chat/completions)")
+    return OpenAICompatBackend(model, base_url=options.base_url, api_key_env=options.api_key_env,
+                               api_key_secret=options.api_key_secret, stream=options.stream, http=options.http)
+

@@ -11,7 +11,8 @@ import json
 import time
 import zlib
 
-from faithforge.backends.base import BackendConfigError, ChatResult, Usage
+from faithforge.backends.base import BackendConfigError, BackendOptions, ChatResult, Usage
+from faithforge.core.errors import UserError
 from faithforge.data.teacher import make_example
 
 STATES_DAY = "must state the day"
@@ -49,3 +50,17 @@ class TemplateBackend:
         words = len(text.split())
         return ChatResult(text=text, finish_reason="stop", truncated=False, model=self.model,
                           usage=Usage(prompt_tokens=len(prompt.split()), completion_tokens=words))
+
+
+def check_spec(spec) -> None:
+    """Refuse, before a run, a generation spec this teacher cannot write (it writes grounded summaries only)."""
+    properties = set((spec.schema_for(spec.categories[0]).get("properties") or {}))
+    if not set(REQUIRED_FIELDS) <= properties:
+        raise UserError(f"the template backend only writes grounded-summaries examples, not {spec.name}; use "
+                        "--backend ollama, openai or local for this spec")
+
+
+def build(model: str, options: BackendOptions) -> TemplateBackend:
+    """The registered builder (`faithforge.core.backend_registry`)."""
+    return TemplateBackend(model or "template-teacher", delay_s=options.delay_s)
+

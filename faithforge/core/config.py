@@ -21,7 +21,9 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from faithforge.core import strict_yaml
-from faithforge.core.errors import ConfigError, UserError
+from faithforge.core.backend_registry import BackendName, ServerBackendName
+from faithforge.core.judge_registry import DEFAULT_JUDGE, JudgeName, SampleJudgeName
+from faithforge.core.errors import ConfigError, UserError, validation_message
 from faithforge.core.strict_yaml import clip
 
 #: The largest config file read (a configuration is a few kilobytes).
@@ -130,7 +132,7 @@ class GenerateConfig(Section):
     """The `template` backend's task. `summaries`: one-event documents whose day is sometimes missing (the tiny
     demo). `grounded-qa`: questions about three-person documents, 70% of which ask for a fact the document
     does not state (the real-model demo, `faithforge demo --real`: SmolLM2 answers them anyway)."""
-    backend: Literal["template", "ollama", "openai", "local"] = "template"
+    backend: BackendName = "template"
     """Who writes the data. `template`: the built-in offline teacher (deterministic, no model needed; the demo).
     `ollama` / `openai` / `local`: the spec-driven generation flow runs as a subflow with that backend and its
     examples are split into train / validation / test by content hash."""
@@ -183,7 +185,7 @@ class PairsConfig(Section):
     faithful_chosen: bool = False
     """`on-policy`: the chosen sample must be one the judge flags nothing in; otherwise a sample that states the
     answer and invents a detail can win over a wrong answer, and training raises the invention with it."""
-    judge: Literal["grounding", "grounded-qa", "likelihood"] | None = None
+    judge: SampleJudgeName | None = None
     """`on-policy`: the judge that scores the samples; empty uses `evaluate.judge`. `grounded-qa` also flags a value
     given to the wrong person ("Nia sold 5 books." when Wim sold them), which `grounding` lets through.
     `likelihood` scores with the policy being sampled (or `evaluate.likelihood_model`) and its `evaluate.likelihood_*`
@@ -305,8 +307,7 @@ class ControlConfig(Section):
 class EvaluateConfig(Section):
     """Before/after hallucination evaluation on held-out sources."""
 
-    judge: Literal["grounding", "grounded-qa", "nli", "llm", "likelihood", "trained"] | \
-        list[Literal["grounding", "grounded-qa", "nli", "llm", "likelihood", "trained"]] = "grounding"
+    judge: JudgeName | list[JudgeName] = DEFAULT_JUDGE
     """How a summary is judged. `grounding`: deterministic; a name, place, number, day or quote that is not in
     the source is a hallucination (a cheap filter: balanced accuracy 0.60 on human-labeled news summaries; it
     misses changed relations, negations, invented events). `grounded-qa`: grounding plus who-did-what, for the
@@ -325,7 +326,7 @@ class EvaluateConfig(Section):
     `faithforge eval calibrate`)."""
     nli_supported_label: int | None = Field(None, ge=0, le=1000)
     """`nli`: index of the label that means "supported" (empty: read from the checkpoint's labels)."""
-    llm_backend: Literal["ollama", "openai"] = "ollama"
+    llm_backend: ServerBackendName = "ollama"
     """`llm`: which server the judge model runs on."""
     llm_model: str = "qwen3:8b"
     """`llm`: the judge model."""
@@ -334,7 +335,7 @@ class EvaluateConfig(Section):
     served_model: str | None = None
     """Also evaluate a model served by Ollama or an OpenAI-compatible server (e.g. your merged model after
     `ollama create`), with the same fixed prompt at temperature 0, compared against the model before DPO."""
-    served_backend: Literal["ollama", "openai"] = "ollama"
+    served_backend: ServerBackendName = "ollama"
     """Where `served_model` runs."""
     served_base_url: str | None = None
     """The server root for `served_model` (Ollama default http://127.0.0.1:11434; required for `openai`)."""
@@ -673,7 +674,7 @@ def format_validation_error(model: type[BaseModel], exc: ValidationError) -> lis
             known = _known_fields(model, loc)
             problems.append(f"{where}: unknown option; known options here: {', '.join(known)}")
         else:
-            problems.append(f"{where}: {err['msg']} (got {clip(err.get('input'))})")
+            problems.append(f"{where}: {validation_message(err)} (got {clip(err.get('input'))})")
     return problems
 
 

@@ -9,7 +9,7 @@ from this package); this module is where the rest of FaithForge takes it from.
 
 from gpu.errors import UserError
 
-__all__ = ["UserError", "ConfigError", "SHOWN_PROBLEMS", "bad_rows_message"]
+__all__ = ["UserError", "ConfigError", "SHOWN_PROBLEMS", "bad_rows_message", "validation_message"]
 
 #: How many problems a message lists before it says "… and N more" (the message stays one readable line).
 SHOWN_PROBLEMS = 10
@@ -31,3 +31,9 @@ def bad_rows_message(source: object, problems: list[str], what: str = "row") -> 
     shown = "; ".join(problems[:SHOWN_PROBLEMS])
     more = f"; … and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
     return f"{source}: {len(problems)} bad {what}(s): {shown}{more}"
+
+
+def validation_message(error: dict) -> str:
+    """One pydantic error's message for a person: a validator's own words (which say what to fix) without
+    pydantic's "Value error, " prefix."""
+    return str(error.get("msg") or "invalid").removeprefix("Value error, ")

@@ -143,7 +143,7 @@ class PrefixCachedEngine:
                     results[i] = res
         return results
 
-    def conversation(self) -> "Conversation":
+    def conversation(self) -> "Conversation":  # noqa: F821 - defined in conversation.py, imported when called
         """A new multi-turn conversation after the prefix (see `Conversation`)."""
         from faithforge.engine.conversation import Conversation
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from faithforge.core.errors import UserError
 from faithforge.evaluation.text import (
     QUOTE_CHARS,
     Analysis,
@@ -172,3 +173,9 @@ def _quotes(units: list[Unit]) -> list[list[Unit]]:
                 opened = None
     return spans
 
+
+def build(**options) -> GroundingJudge:
+    """The registered builder (`faithforge.core.judge_registry`); this judge takes no options."""
+    if options:
+        raise UserError(f"the grounding judge takes no options (got {', '.join(sorted(options))})")
+    return GroundingJudge()

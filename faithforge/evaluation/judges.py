@@ -1,77 +1,27 @@
-"""Judges by name: `grounding` (default), `grounded-qa` (grounding + who-did-what on the grounded-qa task), `nli`,
-`llm`, `likelihood` (a local causal LM's source-conditioned token log-probabilities)."""
+"""Judges by name, built from the registry (`faithforge.core.judge_registry`: which judges exist, where each
+lives, what it needs); a list of names builds a combined judge."""
 
 from __future__ import annotations
 
 from typing import Any, Sequence
 
 from faithforge.core.errors import UserError
-from faithforge.evaluation.grounding import GroundingJudge
+from faithforge.core.judge_registry import DEFAULT_JUDGE, JUDGES
+from faithforge.core.registry import load_attribute
 from faithforge.evaluation.verdict import Judge
 
-JUDGE_NAMES = ("grounding", "grounded-qa", "nli", "llm", "likelihood", "trained")
 RULES = ("any", "all", "logistic")
-DEFAULT_JUDGE = "grounding"
 
 
 def get_judge(name: str | Sequence[str] = DEFAULT_JUDGE, **options: Any) -> Judge:
-    """Build the judge called `name`; a list (or "grounding+nli") builds a combined judge, and then
-    `options` maps each judge's name to its options.
-
-    Options: `nli` takes `checkpoint` (a local folder) and optionally `threshold`, `supported_label`,
-    `batch_size`; `llm` takes `backend` (an object with a `chat` method) and optionally `max_tokens`,
-    `temperature`, `seed`, `attempts`.
-    """
+    """Build the judge called `name` with its module's `build(**options)`; a list (or "grounding+nli") builds a
+    combined judge, and then `options` maps each judge's name to its options (each module's `build` documents
+    its own)."""
     if not isinstance(name, str) or "+" in name or "," in name or "rule" in options:
         rule = options.pop("rule", "any")
         combination = options.pop("combination", None)
         return build_judges(name, options, rule=rule, combination=combination)
-    if name == "grounding":
-        if options:
-            raise UserError(f"the grounding judge takes no options (got {', '.join(sorted(options))})")
-        return GroundingJudge()  # its measured limits travel with every report (GroundingJudge.limits)
-    if name == "grounded-qa":
-        if options:
-            raise UserError(f"the grounded-qa judge takes no options (got {', '.join(sorted(options))})")
-        from faithforge.evaluation.attribution import GroundedQaJudge
-
-        return GroundedQaJudge()
-    if name == "nli":
-        checkpoint = options.pop("checkpoint", None)
-        if not checkpoint:
-            raise UserError("the nli judge needs a checkpoint: pass the folder (or hub id) of a sequence-classification "
-                            "model or seq2seq checker (e.g. --checkpoint PATH)")
-        from faithforge.evaluation.nli import NliJudge
-
-        return NliJudge(checkpoint, **options)
-    if name == "llm":
-        backend = options.pop("backend", None)
-        if backend is None:
-            raise UserError("the llm judge needs a chat backend (an object with a chat(...) method)")
-        from faithforge.evaluation.llm import LlmJudge
-
-        return LlmJudge(backend, **options)
-    if name == "likelihood":
-        from faithforge.evaluation.likelihood import LikelihoodJudge, LikelihoodScorer
-
-        if options.pop("deferred", False) or not (options.get("model_path") or options.get("scorer")
-                                                  or options.get("model")):
-            raise UserError("the likelihood judge needs a causal LM: set evaluate.likelihood_model to a model folder "
-                            "(it defaults to the run's base model inside a pipeline run)")
-        scorer_keys = ("model", "tokenizer", "device", "max_source_tokens", "window_overlap_tokens", "batch_size",
-                       "cache_dir")
-        scorer = options.pop("scorer", None) or LikelihoodScorer(
-            options.pop("model_path", None), **{k: options.pop(k) for k in scorer_keys if k in options})
-        return LikelihoodJudge(scorer, **options)
-    if name == "trained":
-        path = options.pop("path", None)
-        if not path:
-            raise UserError("the trained judge needs the folder `faithforge judge train` wrote: set "
-                            "evaluate.trained_judge_path")
-        from faithforge.evaluation.trained import TrainedJudge
-
-        return TrainedJudge(path, **options)
-    raise UserError(f"unknown judge {name!r}; choose one of {', '.join(JUDGE_NAMES)}")
+    return load_attribute(JUDGES.get(name), "build")(**options)
 
 
 def judge_names(judge: str | Sequence[str]) -> list[str]:
@@ -79,10 +29,10 @@ def judge_names(judge: str | Sequence[str]) -> list[str]:
     raw = [judge] if isinstance(judge, str) else list(judge)
     names = [part.strip() for item in raw for part in str(item).replace("+", ",").split(",") if part.strip()]
     if not names:
-        raise UserError(f"no judge named; choose from {', '.join(JUDGE_NAMES)} (a list combines them)")
-    unknown = [n for n in names if n not in JUDGE_NAMES]
+        raise UserError(f"no judge named; choose from {JUDGES.choices()} (a list combines them)")
+    unknown = [n for n in names if n not in JUDGES]
     if unknown:
-        raise UserError(f"unknown judge {unknown[0]!r}; choose from {', '.join(JUDGE_NAMES)} (a list combines them)")
+        raise UserError(f"unknown judge {unknown[0]!r}; choose from {JUDGES.choices()} (a list combines them)")
     if len(set(names)) != len(names):
         raise UserError(f"judge list {names} names a judge twice; list each judge once")
     return names

@@ -369,3 +369,37 @@ DEFAULT_THRESHOLDS: dict[str, float] = {"cond": -1.84, "pmi": 2.18}
 
 __all__ = ["DEFAULT_THRESHOLDS", "FEATURES", "LikelihoodJudge", "LikelihoodScorer", "LikelihoodScores",
            "SentenceLikelihood", "TokenLikelihood"]
+
+
+#: `build` keywords that configure the scorer (the rest configure the judge).
+SCORER_OPTIONS = ("model", "tokenizer", "device", "max_source_tokens", "window_overlap_tokens", "batch_size",
+                  "cache_dir")
+
+
+def build(**options: Any) -> LikelihoodJudge:
+    """The registered builder (`faithforge.core.judge_registry`): a `scorer`, or a causal LM (`model_path`, or a
+    loaded `model` and `tokenizer`) with the scorer's options; `feature` and `threshold` for the judge."""
+    if options.pop("deferred", False) or not (options.get("model_path") or options.get("scorer")
+                                              or options.get("model")):
+        raise UserError("the likelihood judge needs a causal LM: set evaluate.likelihood_model to a model folder "
+                        "(it defaults to the run's base model inside a pipeline run)")
+    scorer = options.pop("scorer", None) or LikelihoodScorer(
+        options.pop("model_path", None), **{k: options.pop(k) for k in SCORER_OPTIONS if k in options})
+    return LikelihoodJudge(scorer, **options)
+
+
+def options_from_config(cfg, *, base_model: str | None = None, cache_dir: str | None = None) -> dict[str, Any]:
+    """`build`'s keywords from the `evaluate` section. The model is `evaluate.likelihood_model`, else the run's
+    base model; before the run (preflight) it may be unknown, and the options say so (`deferred`)."""
+    model = getattr(cfg, "likelihood_model", None) or base_model
+    options: dict[str, Any] = {"feature": cfg.likelihood_feature, "threshold": cfg.likelihood_threshold,
+                               "max_source_tokens": cfg.likelihood_window_tokens,
+                               "window_overlap_tokens": min(128, cfg.likelihood_window_tokens // 4)}
+    if cache_dir:
+        options["cache_dir"] = cache_dir
+    if model is None:
+        return {**options, "model_path": None, "deferred": True}
+    if not (Path(model).expanduser() / "config.json").is_file():
+        raise UserError(f"evaluate.likelihood_model {model} has no config.json; set it to a causal LM folder "
+                        f"(save_pretrained or `faithforge model import`), or leave it empty for the run's model")
+    return {**options, "model_path": str(Path(model).expanduser())}

@@ -277,3 +277,18 @@ class LlmJudge:
 def _unjudgeable(judge: str, error: str, truncated: bool) -> Verdict:
     verdict = unjudgeable(judge, error)
     return Verdict(**{**verdict.__dict__, "truncated": truncated})
+
+
+def build(backend: ChatBackendLike | None = None, **options: Any) -> LlmJudge:
+    """The registered builder (`faithforge.core.judge_registry`): `backend` (an object with a `chat` method) and
+    optionally `max_tokens`, `temperature`, `seed`, `attempts`."""
+    if backend is None:
+        raise UserError("the llm judge needs a chat backend (an object with a chat(...) method)")
+    return LlmJudge(backend, **options)
+
+
+def options_from_config(cfg, *, base_model: str | None = None, cache_dir: str | None = None) -> dict[str, Any]:
+    """`build`'s keywords from the `evaluate` section: the chat backend the judge model runs on."""
+    from faithforge.backends import make_backend
+
+    return {"backend": make_backend(cfg.llm_backend, cfg.llm_model, base_url=cfg.llm_base_url)}

@@ -357,3 +357,24 @@ class NliJudge:
                   for index, text, score, chunk in self._scored(source, checked))
         return thresholded_verdict(self.name, analyze(checked).sentence_spans, scored, self.threshold,
                                    truncated=truncated)
+
+
+def build(checkpoint: str | Path | None = None, **options: Any) -> NliJudge:
+    """The registered builder (`faithforge.core.judge_registry`): `checkpoint` (a local folder or hub id) and
+    optionally `threshold`, `supported_label`, `batch_size`, `trust_remote_code`."""
+    if not checkpoint:
+        raise UserError("the nli judge needs a checkpoint: pass the folder (or hub id) of a sequence-classification "
+                        "model or seq2seq checker (e.g. --checkpoint PATH)")
+    return NliJudge(checkpoint, **options)
+
+
+def options_from_config(cfg, *, base_model: str | None = None, cache_dir: str | None = None) -> dict[str, Any]:
+    """`build`'s keywords from the `evaluate` section, checked before any model runs."""
+    if not cfg.nli_checkpoint:
+        raise UserError("evaluate.judge includes nli but evaluate.nli_checkpoint is empty; set it to the folder "
+                        "(or hub id) of a sequence-classification or seq2seq checker")
+    options: dict[str, Any] = {"checkpoint": cfg.nli_checkpoint, "threshold": cfg.nli_threshold,
+                               "supported_label": cfg.nli_supported_label}
+    if getattr(cfg, "nli_trust_remote_code", False):  # an explicit opt-in only: it runs the checkpoint's code
+        options["trust_remote_code"] = True
+    return options

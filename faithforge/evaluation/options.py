@@ -39,43 +39,9 @@ def judge_options(cfg, *, base_model: str | None = None, cache_dir: str | None =
 
 
 def _one_judge_options(name: str, cfg, base_model: str | None, cache_dir: str | None) -> dict:
-    from faithforge.core.errors import UserError
+    """The judge module's `options_from_config` (none: the judge takes no options)."""
+    from faithforge.core.judge_registry import JUDGES
+    from faithforge.core.registry import load_attribute
 
-    if name == "trained":
-        from pathlib import Path
-
-        path = getattr(cfg, "trained_judge_path", None)
-        if not path or not Path(path).expanduser().is_dir():
-            raise UserError(f"evaluate.judge includes trained but evaluate.trained_judge_path ({path}) is not a "
-                            f"folder; train one with `faithforge judge train --documents FILE` and set it")
-        return {"path": str(Path(path).expanduser())}
-    if name == "likelihood":
-        model = getattr(cfg, "likelihood_model", None) or base_model
-        options: dict = {"feature": cfg.likelihood_feature, "threshold": cfg.likelihood_threshold,
-                         "max_source_tokens": cfg.likelihood_window_tokens,
-                         "window_overlap_tokens": min(128, cfg.likelihood_window_tokens // 4)}
-        if cache_dir:
-            options["cache_dir"] = cache_dir
-        if model is None:
-            return {**options, "model_path": None, "deferred": True}
-        from pathlib import Path
-
-        if not (Path(model).expanduser() / "config.json").is_file():
-            raise UserError(f"evaluate.likelihood_model {model} has no config.json; set it to a causal LM folder "
-                            f"(save_pretrained or `faithforge model import`), or leave it empty for the run's model")
-        return {**options, "model_path": str(Path(model).expanduser())}
-
-    if name == "nli":
-        if not cfg.nli_checkpoint:
-            raise UserError("evaluate.judge includes nli but evaluate.nli_checkpoint is empty; set it to the folder "
-                            "(or hub id) of a sequence-classification or seq2seq checker")
-        options = {"checkpoint": cfg.nli_checkpoint, "threshold": cfg.nli_threshold,
-                   "supported_label": cfg.nli_supported_label}
-        if getattr(cfg, "nli_trust_remote_code", False):  # an explicit opt-in only: it runs the checkpoint's code
-            options["trust_remote_code"] = True
-        return options
-    if name == "llm":
-        from faithforge.backends import make_backend
-
-        return {"backend": make_backend(cfg.llm_backend, cfg.llm_model, base_url=cfg.llm_base_url)}
-    return {}
+    read = load_attribute(JUDGES.get(name), "options_from_config", None)
+    return {} if read is None else read(cfg, base_model=base_model, cache_dir=cache_dir)

@@ -504,3 +504,21 @@ class TrainedJudge:
 
 __all__ = ["TrainSettings", "TrainedJudge", "base_encoder_dir", "best_threshold", "read_lineage", "set_threshold",
            "train_judge"]
+
+
+def build(path: str | Path | None = None, **options: Any) -> TrainedJudge:
+    """The registered builder (`faithforge.core.judge_registry`): the folder `faithforge judge train` wrote, and
+    optionally `threshold`, `batch_size`."""
+    if not path:
+        raise UserError("the trained judge needs the folder `faithforge judge train` wrote: set "
+                        "evaluate.trained_judge_path")
+    return TrainedJudge(path, **options)
+
+
+def options_from_config(cfg, *, base_model: str | None = None, cache_dir: str | None = None) -> dict[str, Any]:
+    """`build`'s keywords from the `evaluate` section: the trained judge's folder, which must exist."""
+    path = getattr(cfg, "trained_judge_path", None)
+    if not path or not Path(path).expanduser().is_dir():
+        raise UserError(f"evaluate.judge includes trained but evaluate.trained_judge_path ({path}) is not a "
+                        f"folder; train one with `faithforge judge train --documents FILE` and set it")
+    return {"path": str(Path(path).expanduser())}

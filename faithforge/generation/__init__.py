@@ -8,12 +8,12 @@ coverage database and an atomically written file before the next request. Severa
 database: claims are atomic and a dead worker's claims expire.
 """
 
-from faithforge.backends import BACKEND_NAMES, ChatBackend, ChatResult, make_backend
+from faithforge.backends import ChatBackend, ChatResult, make_backend
 from faithforge.generation.coverage import CoverageDB
 from faithforge.generation.files import export_jsonl, reconcile, verify
 from faithforge.generation.runner import GenerationOptions, run_generation
 from faithforge.generation.spec import GenerationSpec, load_spec
 from faithforge.generation.summary import GenerationSummary
 
-__all__ = ["BACKEND_NAMES", "ChatBackend", "ChatResult", "CoverageDB", "GenerationOptions", "GenerationSpec",
+__all__ = ["ChatBackend", "ChatResult", "CoverageDB", "GenerationOptions", "GenerationSpec",
            "GenerationSummary", "export_jsonl", "load_spec", "make_backend", "reconcile", "run_generation", "verify"]

@@ -47,15 +47,18 @@ def decide(backend: str, models: list[str], *, batch_size: int, max_tokens: int,
     """The settings to generate with. `models` are tiers, preferred first (e.g. qwen3:30b-a3b, qwen3:8b)."""
     configured = GateDecision(model=models[0], batch_size=batch_size, max_tokens=max_tokens, source="configured",
                               reason="")
-    if backend == "openai" or (backend == "ollama" and not _is_local(base_url)):
+    from faithforge.core.backend_registry import BACKENDS
+
+    kind = BACKENDS.get(backend)
+    if kind.server and (kind.model_sizes is None or not _is_local(base_url or kind.default_url)):
         return configured.model_copy(update={"reason": "the model runs on another machine: configured values"})
     from gpu import ModelConfigError, StageRequest, load_model_shape, ollama_model, plan_stage, read_snapshot
 
     candidates, skipped = [], []
-    if backend in ("ollama", "local"):
+    if kind.model_sizes is not None:
         for name in models:
             try:
-                candidates.append(ollama_model(name) if backend == "ollama" else load_model_shape(name))
+                candidates.append(ollama_model(name) if kind.model_sizes == "ollama-tag" else load_model_shape(name))
             except (ModelConfigError, OSError, ValueError) as exc:
                 skipped.append(f"{name}: {exc}")
         if not candidates:

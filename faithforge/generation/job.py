@@ -13,7 +13,9 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict, PlainSerializer, PlainValidator, WithJsonSchema
 
+from faithforge.core.backend_registry import BACKENDS
 from faithforge.core.errors import UserError
+from faithforge.core.registry import load_attribute
 from faithforge.backends import ChatBackend, HttpOptions, make_backend
 from faithforge.generation.coverage import CoverageDB
 from faithforge.generation.gate import GateDecision, decide
@@ -109,7 +111,8 @@ def load(params: GenerateParameters) -> GenerationSpec:
 def validate(params: GenerateParameters) -> GenerationSpec:
     """Everything that can be checked before a run starts; raises a one-line `UserError` saying what to fix."""
     spec = load(params)
-    if params.backend in ("ollama", "openai") and params.base_url is not None:
+    kind = BACKENDS.get(params.backend)
+    if kind.server and params.base_url is not None:
         url = urlparse(params.base_url)
         if url.scheme not in ("http", "https") or not url.hostname:
             raise UserError(f"--base-url {params.base_url!r} is not an http(s) URL; give the server root, e.g. "
@@ -117,18 +120,14 @@ def validate(params: GenerateParameters) -> GenerationSpec:
     if not (params.database_url and params.examples_dir) and not params.workspace.strip():
         raise UserError("--workspace is empty; give a folder for FaithForge's files (e.g. .faithforge), never the "
                         "current directory by omission")
-    if params.backend == "openai" and not params.base_url:
-        raise UserError("the openai backend needs --base-url (the server root that serves /v1/chat/completions)")
-    if params.backend == "local" and not (Path(params.model).expanduser() / "config.json").is_file():
+    if kind.needs_url and not params.base_url:
+        raise UserError(f"the {kind.name} backend needs --base-url (the server root it talks to)")
+    if kind.model_is_folder and not (Path(params.model).expanduser() / "config.json").is_file():
         raise UserError(f"--model {params.model!r} is not a local model folder with a config.json; the local backend "
                         "takes the path of a folder written by save_pretrained")
-    if params.backend == "template":
-        from faithforge.backends.template import REQUIRED_FIELDS
-
-        properties = set((spec.schema_for(spec.categories[0]).get("properties") or {}))
-        if not set(REQUIRED_FIELDS) <= properties:
-            raise UserError(f"the template backend only writes grounded-summaries examples, not {spec.name}; use "
-                            "--backend ollama, openai or local for this spec")
+    check_spec = load_attribute(kind, "check_spec", None)  # a backend that writes only some specs refuses others
+    if check_spec is not None:
+        check_spec(spec)
     return spec
 
 
@@ -216,7 +215,7 @@ def export(plan_: GenerationPlan) -> ExportedExamples:
 
 def release(params: GenerateParameters, plan_: GenerationPlan) -> list[str]:
     """Unload the Ollama model when asked to (frees VRAM for a GPU stage); the names unloaded."""
-    if not (params.unload_after and params.backend == "ollama"):
+    if not (params.unload_after and BACKENDS.get(params.backend).releases_gpu):
         return []
     from faithforge.backends.ollama import DEFAULT_OLLAMA_URL, release_ollama_gpu
 

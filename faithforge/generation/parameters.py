@@ -6,9 +6,9 @@ model and hand it to `faithforge.generation.job`; their options take their defau
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import BaseModel, ConfigDict, Field
+
+from faithforge.core.backend_registry import BackendName
 
 
 class GenerateParameters(BaseModel):
@@ -18,7 +18,7 @@ class GenerateParameters(BaseModel):
 
     spec: str
     """Path of the generation spec YAML (e.g. configs/specs/grounded-summaries.yaml)."""
-    backend: Literal["ollama", "openai", "local", "template"] = "ollama"
+    backend: BackendName = "ollama"
     """Who writes the examples: an Ollama server, an OpenAI-compatible server, a local transformers model
     folder, or the offline template teacher."""
     model: str = "qwen3:8b"

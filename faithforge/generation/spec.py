@@ -32,7 +32,7 @@ from jsonschema.exceptions import SchemaError
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
-from faithforge.core.errors import ConfigError, UserError
+from faithforge.core.errors import ConfigError, UserError, validation_message
 from faithforge.generation.quality import QualityRules
 
 #: Most parameter combinations one category may have (each gets a coverage row).
@@ -375,7 +375,7 @@ def spec_problems(data: dict[str, Any], exc: ValidationError) -> list[str]:
             known = sorted(f.alias or name for name, f in model.model_fields.items())
             problems.append(f"{where}: unknown option; known options here: {', '.join(known)}")
         else:
-            problems.append(f"{where}: {err['msg']} (got {err.get('input')!r})"[:300])
+            problems.append(f"{where}: {validation_message(err)} (got {err.get('input')!r})"[:300])
     return problems
 
 

@@ -20,7 +20,6 @@ from typing import Any, Callable, Iterator, Mapping
 from faithforge.core.errors import UserError
 from gpu.corrections import Corrections
 from gpu.estimate import CUDA_CONTEXT_BYTES, Estimate
-from gpu.model_shape import LORA_TARGETS_ALL_LINEAR
 
 NO_CUDA_MESSAGE = ("calibration needs a CUDA GPU (torch.cuda.is_available() is False here); run "
                    "`faithforge gpu calibrate` on the machine whose GPU you want to calibrate")

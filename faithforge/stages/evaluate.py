@@ -15,6 +15,7 @@ from faithforge.stages.outputs import (AdapterOutput, ControlOutput, DatasetOutp
                                        PairsOutput)
 from faithforge.stages.pairs import load_pairs
 from faithforge.data.overlap import check_no_text_overlap
+from faithforge.core.judge_registry import JUDGES
 from faithforge.evaluation.options import judge_options
 from faithforge.data.own_data import system_prompt
 from faithforge.data.teacher import SYSTEM_PROMPT
@@ -269,7 +270,7 @@ def chooser_line(config, calibration_dir: Path) -> str | None:
         return (f"Pairs chosen by `{chooser}`, the judge that measures: this rate measures what DPO was trained to "
                 "please; set `pairs.judge` and `evaluate.judge` to different judges for an independent rate.")
     accuracy = ""
-    if chooser in ("grounding", "grounded-qa"):  # the rule judges: built without options or a model to load
+    if chooser in JUDGES and JUDGES.get(chooser).rule_based:  # built without options or a model to load
         from faithforge.evaluation import get_judge
         from faithforge.evaluation.heldout import judge_checkpoint, load_calibration
 

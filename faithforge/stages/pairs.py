@@ -103,16 +103,14 @@ def onpolicy_sampler(config, model: ModelOutput, plan: Plan):
 
 
 def _pairs_judge(config, base_model: str | None = None):
-    """`pairs.judge` when set (a deterministic judge, no options), else the evaluation's judge with its options
+    """`pairs.judge` when set, else the evaluation's judge, with its options
     (the likelihood judge scores with `base_model`, the policy being sampled, unless it names its own model)."""
     from faithforge.evaluation import get_judge
     from faithforge.evaluation.options import judge_options
 
-    if config.pairs.judge == "likelihood":  # its model and settings are the evaluate section's likelihood_* fields
-        settings = config.evaluate.model_copy(update={"judge": "likelihood", "judge_rule": "any"})
-        return get_judge("likelihood", **judge_options(settings, base_model=base_model))
-    if config.pairs.judge:
-        return get_judge(config.pairs.judge)
+    if config.pairs.judge:  # its settings (e.g. likelihood_*) are the evaluate section's, read by its registry entry
+        settings = config.evaluate.model_copy(update={"judge": config.pairs.judge, "judge_rule": "any"})
+        return get_judge(config.pairs.judge, **judge_options(settings, base_model=base_model))
     return get_judge(config.evaluate.judge, **judge_options(config.evaluate, base_model=base_model))
 
 

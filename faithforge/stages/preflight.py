@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from faithforge.core.backend_registry import BACKENDS
 from faithforge.core.config import PipelineConfig
 from faithforge.core.errors import UserError
 from faithforge.core.workspace import Workspace
@@ -39,7 +40,7 @@ def check_pipeline_inputs(cfg: PipelineConfig) -> Workspace:
     ev, gen = cfg.evaluate, cfg.generate
     for option, url, used in (("evaluate.served_base_url", ev.served_base_url, bool(ev.served_model)),
                               ("evaluate.llm_base_url", ev.llm_base_url, "llm" in judge_names(ev.judge)),
-                              ("generate.base_url", gen.base_url, gen.backend in ("ollama", "openai"))):
+                              ("generate.base_url", gen.base_url, BACKENDS.get(gen.backend).server)):
         if used and url:
             check_server_url(option, url)
     if cfg.evaluate.served_model:
@@ -47,7 +48,7 @@ def check_pipeline_inputs(cfg: PipelineConfig) -> Workspace:
 
         make_backend(cfg.evaluate.served_backend, cfg.evaluate.served_model, base_url=cfg.evaluate.served_base_url)
     check_data_files(cfg)
-    if cfg.generate.backend != "template":
+    if not BACKENDS.get(cfg.generate.backend).built_in_task:
         from faithforge.generation.spec import load_spec
         from faithforge.stages.generate import generation_parameters
 

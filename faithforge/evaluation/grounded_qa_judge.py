@@ -20,8 +20,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from faithforge.core.errors import UserError
 from faithforge.data.grounded_qa import DAYS, VERBS
 from faithforge.evaluation.grounding import GroundingJudge
+from faithforge.evaluation.text import drop_truncated_word
 from faithforge.evaluation.verdict import Flag, Verdict
 
 NAME = "grounded-qa"
@@ -145,13 +147,15 @@ class GroundedQaJudge:
             return Verdict(judge=NAME, hallucinated=verdict.hallucinated, sentences=verdict.sentences,
                            flags=verdict.flags, judgeable=verdict.judgeable, error=verdict.error,
                            truncated=verdict.truncated)
-        extra = attribution_flags(document, _without_cut_word(summary) if truncated else summary)
+        extra = attribution_flags(document, drop_truncated_word(summary) if truncated else summary)
         taken = {flag.span for flag in verdict.flags}
         flags = verdict.flags + tuple(f for f in extra if f.span not in taken)
         return Verdict(judge=NAME, hallucinated=bool(flags), sentences=verdict.sentences, flags=flags,
                        judgeable=verdict.judgeable, error=verdict.error, truncated=verdict.truncated)
 
 
-def _without_cut_word(summary: str) -> str:
-    """A truncated answer without its last (cut-off) word: a cut-off word is not a claim."""
-    return summary[:len(summary.rstrip()) - len(summary.rstrip().split()[-1])] if summary.split() else summary
+def build(**options) -> GroundedQaJudge:
+    """The registered builder (`faithforge.core.judge_registry`); this judge takes no options."""
+    if options:
+        raise UserError(f"the {NAME} judge takes no options (got {', '.join(sorted(options))})")
+    return GroundedQaJudge()

@@ -1,0 +1,68 @@
+"""Every chat backend FaithForge knows, registered once, with what it can do: the generation gate, job validation,
+preflight, the pipeline, the CLI's help and checks and the UI form's choices ask a backend's capabilities here
+instead of testing its name.
+
+Adding a backend is one new module plus one `BACKENDS.register(...)` line here. The module defines
+`build(model, options: BackendOptions) -> ChatBackend` (see `faithforge.backends.base`), and may define
+`check_spec(spec) -> None` to refuse, before a run, a generation spec it cannot write.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from faithforge.core.registry import Registry, registered_name
+
+
+@dataclass(frozen=True)
+class BackendKind:
+    """One registered chat backend and its capabilities."""
+
+    name: str
+    """The name users write (`generate.backend: ollama`)."""
+    module: str
+    """The module defining `build`."""
+    summary: str
+    """One line for the CLI's help."""
+    server: bool
+    """It talks to a server over HTTP: `base_url` applies, and it can be an LLM judge's or a served model's
+    backend."""
+    default_url: str | None = None
+    """The server root used when `base_url` is empty; None with `server`: a URL is required."""
+    model_sizes: Literal["ollama-tag", "model-folder"] | None = None
+    """How the GPU gate reads a model's size: an Ollama tag (a server on loopback uses this machine's GPU), a local
+    model folder's config.json; None: the model runs elsewhere (or needs no GPU) and the configured values stay."""
+    model_is_folder: bool = False
+    """`model` is a local folder written by save_pretrained (checked before a run)."""
+    releases_gpu: bool = False
+    """It can unload the model from the server's GPU after a run (`unload_after`)."""
+    built_in_task: bool = False
+    """It writes the built-in task's examples in process (the pipeline generates without the generation flow)."""
+
+    @property
+    def needs_url(self) -> bool:
+        return self.server and self.default_url is None
+
+
+#: Ollama's default server root (its own default port 11434).
+DEFAULT_OLLAMA_URL = "http://127.0.0.1:11434"
+
+BACKENDS: Registry[BackendKind] = Registry("backend")
+
+BACKENDS.register(BackendKind("ollama", "faithforge.backends.ollama", "an Ollama server (native /api/chat)",
+                              server=True, default_url=DEFAULT_OLLAMA_URL, model_sizes="ollama-tag",
+                              releases_gpu=True))
+BACKENDS.register(BackendKind("openai", "faithforge.backends.openai_compat",
+                              "an OpenAI-compatible server (/v1/chat/completions: llama.cpp, vLLM, a cloud API)",
+                              server=True))
+BACKENDS.register(BackendKind("local", "faithforge.backends.local", "a local transformers model folder, in process",
+                              server=False, model_sizes="model-folder", model_is_folder=True))
+BACKENDS.register(BackendKind("template", "faithforge.backends.template",
+                              "the offline template teacher (grounded-summaries only; no model)", server=False,
+                              built_in_task=True))
+
+#: A config field naming one registered backend.
+BackendName = registered_name(BACKENDS)
+#: A config field naming a backend that talks to a server (an LLM judge's, a served model's).
+ServerBackendName = registered_name(BACKENDS, where=lambda kind: kind.server, what="server backend")

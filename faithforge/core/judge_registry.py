@@ -1,0 +1,66 @@
+"""Every judge FaithForge knows, registered once: config validation (`evaluate.judge`, `pairs.judge`), the Prefect
+UI form's choices, the CLI's help, preflight and the report read this list and no other.
+
+Adding a judge is one new module plus one `JUDGES.register(...)` line here. The module defines
+
+- `build(**options) -> Judge` — the judge (an object with `judge(source, summary) -> Verdict`, see `verdict.Judge`);
+- `options_from_config(cfg, *, base_model, cache_dir) -> dict` (optional) — the `build` keywords read from the
+  `evaluate` config section, checked before any model runs (a missing checkpoint fails in preflight, not after
+  training); without it the judge takes no options.
+
+The module is imported only when the judge is built or its options are read, so listing the names stays cheap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from faithforge.core.registry import Registry, registered_name
+
+
+@dataclass(frozen=True)
+class JudgeKind:
+    """One registered judge: its name and where it lives, and what it needs before it can run."""
+
+    name: str
+    """The name users write (`evaluate.judge: likelihood`)."""
+    module: str
+    """The module defining `build` (and `options_from_config` when the judge takes options)."""
+    summary: str
+    """One line for the CLI's help and `faithforge eval judges`."""
+    needs: tuple[str, ...] = ()
+    """What must exist before it runs, in words ("a causal LM folder", "a chat server"): preflight names them."""
+    scores_samples: bool = False
+    """Cheap and offline enough to score every on-policy sample: may be `pairs.judge`."""
+    rule_based: bool = False
+    """No options and no model: the report builds it as is (e.g. to read its stored calibration)."""
+
+
+JUDGES: Registry[JudgeKind] = Registry("judge")
+
+JUDGES.register(JudgeKind("grounding", "faithforge.evaluation.grounding",
+                          "names, places, numbers, days and quotes absent from the source (deterministic)",
+                          scores_samples=True, rule_based=True))
+JUDGES.register(JudgeKind("grounded-qa", "faithforge.evaluation.grounded_qa_judge",
+                          "grounding plus who-did-what on the grounded-qa task's documents",
+                          scores_samples=True, rule_based=True))
+JUDGES.register(JudgeKind("nli", "faithforge.evaluation.nli",
+                          "an NLI / HHEM / MiniCheck checkpoint scores each sentence against the source",
+                          needs=("a checkpoint (evaluate.nli_checkpoint)",)))
+JUDGES.register(JudgeKind("llm", "faithforge.evaluation.llm",
+                          "an LLM on a chat server extracts claims and checks each",
+                          needs=("a chat server (evaluate.llm_backend, evaluate.llm_model)",)))
+JUDGES.register(JudgeKind("likelihood", "faithforge.evaluation.likelihood",
+                          "a local causal LM's token log-probabilities with and without the source (offline, CPU)",
+                          needs=("a causal LM folder (evaluate.likelihood_model or the run's base model)",),
+                          scores_samples=True))
+JUDGES.register(JudgeKind("trained", "faithforge.evaluation.trained",
+                          "the support classifier `faithforge judge train` fitted on your documents",
+                          needs=("a trained judge folder (evaluate.trained_judge_path)",)))
+
+DEFAULT_JUDGE = "grounding"
+
+#: A config field naming one registered judge (checked against `JUDGES`; the UI form's enum is `JUDGES`' names).
+JudgeName = registered_name(JUDGES)
+#: A config field naming a judge that may score on-policy samples (`pairs.judge`).
+SampleJudgeName = registered_name(JUDGES, where=lambda kind: kind.scores_samples, what="pairs judge")
