@@ -1,31 +1,55 @@
 """The FaithForge pipeline: generate → pairs → reference log-probs → DPO → evaluate, each GPU stage gated.
 
-Reads top to bottom like the diagram in the README. Every step is a task or a subflow whose logic lives in
+The flow reads top to bottom like the diagram in the README; below it are the tasks only this flow runs (the data
+stages, the run record, the optional label and export steps, the run's own report). Every task's logic lives in
 `faithforge.stages` (plain Python); this file only composes them and imports no torch.
+
+The optional `label` step pauses the run and asks people, through a form in the Prefect UI, whether the source
+supports each output; then it saves the labels, re-calibrates the judge and extends the report. The form is a
+`RunInput` model built per batch: one choice per output (supported / unsupported / skip) and a note; its
+description (markdown above the form) shows each output with its source excerpt and the judge's flagged spans.
+`pause_flow_run(wait_for_input=...)` blocks the flow until the form is submitted or `label.timeout_s` passes; a
+timeout is not a failure: the paused state is replaced by Running and the report says "unlabeled" (Prefect would
+otherwise fail the run: "paused and never resumed"). What the answers change is plain Python in
+`faithforge.stages.label`.
 """
 
 from __future__ import annotations
 
-from prefect import flow, get_run_logger
+from pathlib import Path
+from typing import Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 from prefect.states import Failed
 
 from faithforge.core.backend_registry import BACKENDS
 from faithforge.core.config import PipelineConfig
-from faithforge.stages.generate import generation_parameters
-from faithforge.stages.outputs import StageOutput
+from faithforge.generation.job import ExportedExamples
+from faithforge.stages.context import StageContext
+from faithforge.stages.export_stage import export_trained_model
+from faithforge.stages.generate import generate_examples, generation_parameters, import_generated
+from faithforge.stages.label import LabelOutput, answers_from_form, form_description, form_fields, label_batches
+from faithforge.stages.model import base_model, warm_start
+from faithforge.stages.outputs import (AdapterOutput, BaseModelOutput, DatasetOutput, EvaluationOutput, ModelOutput,
+                                       PairsOutput, StageOutput, WarmStartOutput)
+from faithforge.stages.pairs import build_pairs
+from faithforge.stages.ui_report import pipeline_report_markdown
 from flows.evaluate import evaluate_flow
 from flows.generate import generate_flow
 from flows.reference import reference_flow
 from flows.train import train_flow
-from tasks.export_model import export_model_task
-from tasks.data import base_model_task, generate_task, import_generated_task, pairs_task, warm_start_task
-from tasks.gate import gate_task
-from tasks.label import label_step
-from tasks.offload import gpu_slot
-from tasks.report import report_task
-from tasks.runs import cancel_run, finish_run_task, start_run_task
-from tasks.supervision import begin_flow_run, cancel_requested
 from gpu.errors import redact_credentials
+from gpu.planner import Plan
+from tasks.stage_runner import run_stage
+from tasks.gated_stage import gate_task
+from tasks.offload import gpu_slot
+from tasks.supervision import begin_flow_run, cancel_requested
+
+REPORT_KEY = "faithforge-report"
+TABLE_KEY = "faithforge-rates"
 
 
 # log_prints=False on every FaithForge flow: FaithForge logs through the run logger; captured prints were only
@@ -53,8 +77,8 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
         warm_plan = gate_task(config, run_id, "warm_start")
         with gpu_slot(config, warm_plan, run_id):
             stages["warm_start"] = model = warm_start_task(config, run_id, base, dataset, warm_plan)
-        # On-policy pairs sample from the warm-started model: a generation workload, gated like one.
-        pairs_plan = gate_task(config, run_id, "evaluate") if config.pairs.builder == "on-policy" else None
+        # On-policy pairs sample from the warm-started model: gated as a generation workload (stages/gate.py).
+        pairs_plan = gate_task(config, run_id, "pairs") if config.pairs.builder == "on-policy" else None
         stages["pairs"] = pairs = pairs_task(config, run_id, dataset, model, pairs_plan)
         stages["reference"] = reference = reference_flow(config, model, pairs, run_id=run_id)
         trained = train_flow(config, model, pairs, reference, run_id=run_id)
@@ -84,3 +108,154 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
 
 def _as_json(stages: dict[str, StageOutput | None]) -> dict[str, dict | None]:
     return {name: out.model_dump(mode="json") if out is not None else None for name, out in stages.items()}
+
+
+# The data stages and the starting model.
+
+
+@task(name="generate-examples", cache_policy=NO_CACHE, retries=1)
+def generate_task(config: PipelineConfig, run_id: str | None) -> DatasetOutput:
+    return run_stage("generate", config, run_id, generate_examples)
+
+
+@task(name="base-model", cache_policy=NO_CACHE)
+def base_model_task(config: PipelineConfig, run_id: str | None) -> BaseModelOutput:
+    return run_stage("base_model", config, run_id, base_model)
+
+
+@task(name="warm-start-sft", cache_policy=NO_CACHE)
+def warm_start_task(config: PipelineConfig, run_id: str | None, base: ModelOutput, dataset: DatasetOutput,
+                    plan: Plan) -> WarmStartOutput:
+    return run_stage("warm_start", config, run_id, warm_start, base, dataset, plan)
+
+
+@task(name="preference-pairs", cache_policy=NO_CACHE)
+def pairs_task(config: PipelineConfig, run_id: str | None, dataset: DatasetOutput, model: ModelOutput | None = None,
+               plan: Plan | None = None) -> PairsOutput:
+    # `model` and `plan` matter for on-policy pairs only (sampled from the warm-started model, gated).
+    return run_stage("pairs", config, run_id, build_pairs, dataset, model, plan)
+
+
+@task(name="import-generated-examples", cache_policy=NO_CACHE)
+def import_generated_task(config: PipelineConfig, run_id: str | None, export: ExportedExamples) -> DatasetOutput:
+    return run_stage("generate", config, run_id, import_generated, export)
+
+
+# The run record in FaithForge's store (linked to this flow run).
+
+
+@task(name="start-run", cache_policy=NO_CACHE)
+def start_run_task(config: PipelineConfig, kind: str) -> str:
+    ctx = StageContext.open(config)
+    return ctx.store.start_run(kind, config.model_dump(mode="json"), prefect_flow_run_id=str(flow_run.id or ""))
+
+
+@task(name="finish-run", cache_policy=NO_CACHE)
+def finish_run_task(config: PipelineConfig, run_id: str, status: str, summary: dict) -> None:
+    StageContext.open(config).store.finish_run(run_id, status, summary)
+
+
+def cancel_run(config: PipelineConfig, run_id: str, stages: dict, why: str = "Ctrl-C or SIGTERM") -> None:
+    """Mark the run `cancelled` (stopped on request) straight in the store: not a task, because a Ctrl-C also
+    stops Prefect's embedded server, and a task would wait for it."""
+    store = StageContext.open(config).store
+    run = store.get_run(run_id)
+    if run is not None and run.status == "running":
+        store.finish_run(run_id, "cancelled", {"stages": stages, "cancelled": why})
+
+
+# The optional steps after the evaluation, and the run's own report.
+
+
+def label_form(batch) -> type:
+    """The `RunInput` subclass the UI renders for one batch: `output_1`… choices (default skip) and a note."""
+    from pydantic import Field, create_model
+    from prefect.input import RunInput
+
+    fields = {name: (Literal["supported", "unsupported", "skip"], Field("skip", title=title, description=text))
+              for name, (title, text) in form_fields(batch).items()}
+    fields["note"] = (str, Field("", title="Note", description="Optional: anything worth keeping about these outputs."))
+    return create_model("LabelOutputs", __base__=RunInput, **fields)
+
+
+def label_step(config: PipelineConfig, run_id: str | None, evaluation: EvaluationOutput) -> LabelOutput:
+    """Ask for labels batch by batch (the flow pauses for each), then record them. Called in the flow's body."""
+    from prefect.exceptions import FlowPauseTimeout
+    from prefect.flow_runs import pause_flow_run
+
+    logger = get_run_logger()
+    cfg = config.label
+    ctx = StageContext.open(config, run_id)
+    batches = label_batches(ctx, evaluation)
+    answers, timed_out = [], 0
+    notes = []
+    for number, batch in enumerate(batches, 1):
+        form = label_form(batch).with_initial_data(description=form_description(batch, number, len(batches)))
+        logger.info("label: waiting up to %d s for the form %d of %d in the Prefect UI (Resume on this run)",
+                    cfg.timeout_s, number, len(batches))
+        try:
+            submitted = pause_flow_run(wait_for_input=form, timeout=cfg.timeout_s, poll_interval=cfg.poll_s,
+                                       key=f"label-{number}")
+        except FlowPauseTimeout:
+            timed_out += 1
+            _back_to_running()
+            logger.warning("label: nobody answered form %d within %d s; continuing unlabeled", number, cfg.timeout_s)
+            break  # nobody is there: do not make the next form wait as long again
+        values = submitted.model_dump() if hasattr(submitted, "model_dump") else dict(submitted)
+        answers += answers_from_form(batch, values)
+        if values.get("note"):
+            notes.append(str(values["note"]))
+    return record_task(config, run_id, evaluation, answers, sum(len(b) for b in batches), timed_out,
+                       " / ".join(notes))
+
+
+@task(name="record-labels", cache_policy=NO_CACHE)
+def record_task(config: PipelineConfig, run_id: str | None, evaluation: EvaluationOutput, answers: list,
+                asked: int, timed_out: int, note: str) -> LabelOutput:
+    from faithforge.stages.label import record_labels
+
+    return record_labels(StageContext.open(config, run_id), evaluation, answers, asked=asked, timed_out=timed_out,
+                         note=note)
+
+
+def _back_to_running() -> None:
+    """After a pause timed out: the run's state back to Running (forced: the server would fail an expired pause)."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import FlowRunContext
+    from prefect.states import Running
+    from prefect.utilities.engine import propose_state_sync
+
+    context = FlowRunContext.get()
+    with get_client(sync_client=True) as client:
+        propose_state_sync(client, Running(), flow_run_id=context.flow_run.id, force=True)
+
+
+@task(name="export-model", cache_policy=NO_CACHE, log_prints=False)
+def export_model_task(config: PipelineConfig, run_id: str | None, dpo: AdapterOutput) -> StageOutput:
+    out = run_stage("export", config, run_id, export_trained_model, dpo)
+    card = Path(out.model_card) if getattr(out, "model_card", None) else None
+    if card is not None and card.is_file():
+        create_markdown_artifact(key="faithforge-export", markdown=card.read_text(encoding="utf-8"),
+                                 description=f"The exported model ({out.format}) and its verification")
+    return out
+
+
+# The pipeline run's own report — headline rates, the before/after chart, the evaluation report, the training
+# curves, where each stage ran, and the rates table — so the top-level run's Artifacts tab shows them (the evaluate
+# subflow's artifacts sit one or two levels down, on the worker's run when it was offloaded).
+REPORT_KEY = "faithforge-report"
+TABLE_KEY = "faithforge-rates"
+
+
+@task(name="pipeline-report", cache_policy=NO_CACHE, persist_result=False)
+def report_task(run_id: str | None, stages: dict) -> dict:
+    markdown = pipeline_report_markdown(run_id, stages)
+    report_id = create_markdown_artifact(key=REPORT_KEY, markdown=markdown,
+                                         description="Hallucination rate before and after DPO, charts, and where "
+                                                     "each stage ran")
+    table = (stages.get("evaluate") or {}).get("table")
+    table_id = None
+    if table:
+        table_id = create_table_artifact(key=TABLE_KEY, table=table,
+                                         description="Rates, confidence intervals and recall per model")
+    return {"report_artifact_id": str(report_id), "table_artifact_id": str(table_id) if table_id else None}

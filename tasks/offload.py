@@ -66,7 +66,7 @@ def gpu_slot(config: PipelineConfig, plan: Plan, run_id: str | None = None) -> I
         yield
         return
     from faithforge.core.progress import fan_out
-    from tasks.common import _artifact_progress
+    from tasks.stage_runner import _artifact_progress
     from tasks.supervision import held_slot, store_url
 
     with held_slot(gpu_limit_name(config), plan.stage, store_url(config), run_id,

@@ -40,7 +40,7 @@ def test_a_form_nobody_answers_times_out_into_unlabeled_and_the_run_completes(pr
     from prefect import flow
 
     from faithforge.core.config import load_config
-    from tasks.label import label_step
+    from flows.pipeline import label_step
 
     evaluation = _evaluation(tmp_path / "eval")
     cfg = load_config(None, overrides={"workspace": str(tmp_path / "ws"),
@@ -64,7 +64,7 @@ def test_a_form_nobody_answers_times_out_into_unlabeled_and_the_run_completes(pr
 def test_the_form_has_a_choice_per_output_and_shows_source_output_and_flags(tmp_path):
     from faithforge.stages.label import form_description
     from faithforge.evaluation.labeling import read_label_items
-    from tasks.label import label_form
+    from flows.pipeline import label_form
 
     items = read_label_items(_evaluation(tmp_path / "eval").path)
     schema = label_form(items).model_json_schema()

@@ -74,7 +74,7 @@ def storage_root(config: PipelineConfig, environ: dict[str, str] | None = None) 
 def runs_here(record: dict) -> dict:
     """The gate's record as it is executed: a stage that cannot be offloaded (the warm start: no deployment runs
     it) runs on this machine's CPU even when the plan says offload, and its record says so."""
-    stage = record.get("stage")
+    stage = record.get("step") or record.get("stage")  # a step planned as another stage's workload: its own name
     if record.get("placement") != "offload" or stage in STAGE_FLOWS:
         return record
     return {**record, "placement": "cpu", "planned_placement": "offload", "offload_target": None,

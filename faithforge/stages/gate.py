@@ -27,6 +27,9 @@ from gpu.snapshot import GpuSnapshot
 TINY_VOCAB_SIZE = 1024  # upper bound for the tiny model's word-level tokenizer (~120 words)
 WARM_START_MAX_LENGTH = 128  # faithforge.training.sft.train_sft's default max_length, which the warm start uses
 PLANNED_STAGES = ("generate", "reference", "train", "evaluate", "warm_start")
+#: Pipeline steps planned as another stage's workload: on-policy pairs sample answers from the model being trained,
+#: the evaluate stage's workload (same model, same prompts, generation); their record keeps their own name.
+PLANNED_AS = {"pairs": "evaluate"}
 
 
 class GateSnapshot(BaseModel):
@@ -47,6 +50,8 @@ class GateRecord(Plan):
     """The stage is turned off (warm_start.enabled false): nothing is planned, refused or run."""
     planned_placement: Optional[Placement] = None
     """Set by `faithforge.offload.dispatch.runs_here` when a stage that cannot be offloaded runs here instead."""
+    step: Optional[str] = None
+    """The pipeline step this plan is for when it is planned as another stage's workload (`PLANNED_AS`)."""
 
 
 def train_model_shape(cfg: PipelineConfig) -> ModelShape:
@@ -137,8 +142,9 @@ def gate(ctx: StageContext, stage: str) -> GateRecord:
     if stage == "warm_start" and not ctx.config.warm_start.enabled:  # nothing runs, nothing to plan or refuse
         return GateRecord(**Plan.manual(stage, "cpu", reason="warm_start.enabled is false: the warm start is "
                                         "skipped").model_dump(), skipped=True)
-    plan = plan_pipeline(ctx.config, snapshot, corrections=load_corrections(calibration_path(ctx.config)))[stage]
-    record = GateRecord(**plan.model_dump(), snapshot=GateSnapshot(
+    workload = PLANNED_AS.get(stage, stage)
+    plan = plan_pipeline(ctx.config, snapshot, corrections=load_corrections(calibration_path(ctx.config)))[workload]
+    record = GateRecord(**plan.model_dump(), step=stage if stage != workload else None, snapshot=GateSnapshot(
         source=snapshot.source, devices=len(snapshot.devices),
         profile=ctx.config.gpu.profile or os.environ.get("FAITHFORGE_GPU_PROFILE")))
     if ctx.run_id:

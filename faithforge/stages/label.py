@@ -1,6 +1,6 @@
 """Stage: people's labels on the run's outputs — what to ask, the form's text, and what their answers change.
 
-Plain Python, no Prefect: `tasks/label.py` pauses the run with the form this module describes and hands the
+Plain Python, no Prefect: `flows/pipeline.py` (its `label_step`) pauses the run with the form this module describes and hands the
 answers back here. Outputs are drawn from every evaluated model's `outputs.jsonl`, shuffled by the run's seed,
 with the model hidden. Answers are saved in the evaluation's folder (`labels.jsonl`, what `faithforge eval
 calibrate --labels` reads); the judge is re-calibrated on them (stored in the workspace's `calibrations/`, so later

@@ -34,7 +34,7 @@ class StageOutput(BaseModel):
     recomputed_because: Optional[str] = None
     """Why an earlier output was not reused (one line), when there was one."""
     wall_seconds: Optional[float] = None
-    """Seconds the task spent on the stage (set by `tasks.common.run_stage`)."""
+    """Seconds the task spent on the stage (set by `tasks.stage_runner.run_stage`)."""
     measured_peak_reserved_bytes: Optional[int] = None
     """CUDA peak reserved bytes while the stage ran (stages that used CUDA), beside the gate's estimate."""
     measured_peak_allocated_bytes: Optional[int] = None
