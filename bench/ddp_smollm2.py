@@ -149,7 +149,7 @@ def main() -> None:
         rates["p1"]["models"][m]["rate"] == rates["p2"]["models"][m]["rate"] for m in ("before", "after"))
 
     from faithforge.evaluation import EvalItem
-    from faithforge.evaluation.evaluate import evaluate_single
+    from faithforge.evaluation.compare import evaluate_single
     from faithforge.evaluation.fanout import judge_all
     from faithforge.evaluation.labeling import OUTPUTS_FILE
 

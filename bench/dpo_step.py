@@ -45,7 +45,7 @@ SHAPES = {
 def bench_pairs(tokenizer, count: int, seq_len: int) -> list[dict]:
     """Synthetic pairs whose rendered prompt + completion is close to `seq_len` tokens (sources concatenated)."""
     from faithforge.data.pairs import build_synthetic_pairs
-    from faithforge.training.reference import tokenize_pair
+    from faithforge.training.reference_cache import tokenize_pair
     from faithforge.data.teacher import generate_split
 
     examples = list(generate_split("bench", count + 64, 0, 0.5))
@@ -130,7 +130,7 @@ def run_variant(variant: str, args: argparse.Namespace) -> dict:
 
     from faithforge.training.dpo import DpoArguments, dpo_config, run_dpo
     from faithforge.training.modeling import attach_lora
-    from faithforge.training.reference import ReferenceCache, cache_key, compute_reference_cache
+    from faithforge.training.reference_cache import ReferenceCache, cache_key, compute_reference_cache
     from faithforge.training.tiny_model import build_tokenizer
     from faithforge.data.teacher import VOCABULARY_TEXTS
 

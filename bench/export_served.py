@@ -39,7 +39,7 @@ def _run(workspace: Path, run_id: str | None, need: str):
 
 def _in_process(cfg, workspace: Path, model_path: str, adapter: str | None, held_out, items, judge, label: str) -> dict:
     """The evaluate stage's in-process path (PrefixCachedEngine, greedy, the evaluate plan's precision)."""
-    from faithforge.data.own_data import system_prompt
+    from faithforge.data.sources import system_prompt
     from faithforge.evaluation import evaluate_single
     from faithforge.stages.context import StageContext
     from faithforge.stages.evaluate import summarize_sources
@@ -83,9 +83,9 @@ def main() -> None:
 
     from faithforge.backends import make_backend
     from faithforge.core.config import PipelineConfig
-    from faithforge.data.own_data import system_prompt
+    from faithforge.data.sources import system_prompt
     from faithforge.evaluation import EvalItem, evaluate_single, get_judge
-    from faithforge.evaluation.options import judge_options
+    from faithforge.evaluation.judge_options import judge_options
     from faithforge.stages.evaluate import summarize_with_backend
     from faithforge.stages.generate import load_split
     from faithforge.stages.outputs import DatasetOutput

@@ -204,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     from faithforge.gpu_calibration.calibrate import build_random_model_dir, measure_peak, pairs_of_length
     from faithforge.training.dpo import DpoArguments, run_dpo
     from faithforge.training.modeling import attach_lora, load_for_plan, load_tokenizer
-    from faithforge.training.reference import ReferenceCache, cache_key, compute_reference_cache
+    from faithforge.training.reference_cache import ReferenceCache, cache_key, compute_reference_cache
     from gpu.model_shape import SHIPPED_CONFIGS_DIR, load_model_config
     from gpu.planner import Plan
 

@@ -33,7 +33,7 @@ SPEC = ROOT / "configs" / "specs" / "grounded-summaries.yaml"
 
 def measure(base_url: str, model: str, attempts: int, max_tokens: int, seed: int) -> dict:
     from faithforge.backends import make_backend
-    from faithforge.generation.coverage import CoverageDB
+    from faithforge.generation.coverage_db import CoverageDB
     from faithforge.generation.quality import QUALITY_REASONS
     from faithforge.generation.runner import GenerationOptions, Generator
     from faithforge.generation.spec import load_spec

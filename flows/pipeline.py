@@ -41,7 +41,7 @@ from flows.evaluate import evaluate_flow
 from flows.generate import generate_flow
 from flows.reference import reference_flow
 from flows.train import train_flow
-from gpu.errors import redact_credentials
+from faithforge.core.errors import redact_credentials
 from gpu.planner import Plan
 from tasks.stage_runner import run_stage
 from tasks.gated_stage import gate_task

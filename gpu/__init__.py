@@ -9,7 +9,7 @@ from gpu.errors import (GpuGateError, ModelConfigError, OomBackoffExhausted, Pla
                         UnknownProfileError)
 from gpu.estimate import Estimate, estimate_hf_generate, estimate_ollama, estimate_reference, estimate_train
 from gpu.model_shape import ModelShape, load_model_config, load_model_shape, model_shape_from_config
-from gpu.ollama import OllamaModel, ollama_model, ollama_model_from_api
+from gpu.ollama_sizes import OllamaModel, ollama_model, ollama_model_from_api
 from gpu.planner import Plan, StageRequest, plan_stage, require_runnable
 from gpu.probe import read_snapshot
 from gpu.profiles import known_profiles, profile_snapshot

@@ -1,33 +1,16 @@
-"""Errors raised by the GPU gate. All are `UserError`s: one line that says what to fix (CLI exit 2)."""
+"""Errors raised by the GPU gate: one line that says what to fix (the CLI exits with 2)."""
 
 from __future__ import annotations
 
 
-import re
+class GpuGateError(Exception):
+    """Base class for the GPU gate's actionable errors: one line that says what to fix.
 
-#: `scheme://user:password@` in a URL: the password is never printed, logged or stored in a message.
-_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/\s:@'\"]*):(?P<password>[^/\s@'\"]*)@")
-
-
-def redact_credentials(text: str) -> str:
-    """`text` with the password of every `scheme://user:password@host` URL in it replaced by `***`."""
-    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
-
-
-class UserError(Exception):
-    """Bad input or environment the user can fix; the message says how (one line; the CLI exits with 2).
-
-    Defined here because `gpu/` imports nothing from `faithforge/`; `faithforge.core.errors.UserError` is this class.
-    A password inside a URL in the message is redacted when the error is made, so no log or store keeps it."""
+    `gpu/` imports nothing of the application, so this is the gate's own type; the application treats it as its
+    `UserError` at the boundary (`faithforge.core.errors.USER_ERRORS`: the CLI prints it as one line and exits 2,
+    a flow run fails with that line)."""
 
     exit_code = 2
-
-    def __init__(self, *args: object) -> None:
-        super().__init__(*(redact_credentials(a) if isinstance(a, str) else a for a in args))
-
-
-class GpuGateError(UserError):
-    """Base class for the GPU gate's actionable errors."""
 
 
 class UnknownProfileError(GpuGateError, ValueError):

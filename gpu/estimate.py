@@ -16,7 +16,7 @@ comment at each constant names its source. `bench/gpu_check.py` measures them on
   (`trl/trainer/utils.py` `add_fused_lm_head`, `trl/kernels/chunked_logprob.py` `ChunkedLogProbFunction`)
   projects the scored positions through the head in [4,096 tokens × 32,768 vocab] tiles in the compute dtype
   (bf16 under the Trainer's autocast), folding each tile into fp32 running statistics; its backward recomputes
-  the tiles and accumulates the hidden-state gradient in fp32. The reference pass (`faithforge.training.reference.
+  the tiles and accumulates the hidden-state gradient in fp32. The reference pass (`faithforge.training.reference_cache.
   completion_logps`) runs the same kernel forward-only, so reference and policy agree to the bit at step 0.
   All positions are charged: the estimator cannot know the prompt share, and off-Triton devices score every
   position anyway.
@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gpu.model_shape import LORA_TARGETS_ALL_LINEAR, ModelShape
-from gpu.ollama import OllamaModel
+from gpu.ollama_sizes import OllamaModel
 from gpu.units import MiB_bytes
 
 Quantization = Literal["fp32", "bf16", "fp16", "int8", "nf4"]
@@ -168,7 +168,7 @@ def _finish(stage: str, model: str, terms: dict[str, int], device: Device, setti
 def estimate_reference(shape: ModelShape, *, batch_size: int, seq_len: int, quantization: Quantization = "nf4",
                        device: Device = "cuda") -> Estimate:
     """The reference log-prob pass: forward only over chosen + rejected (2 × batch_size sequences), log-probs
-    through TRL's chunked kernel (`faithforge.training.reference.completion_logps`)."""
+    through TRL's chunked kernel (`faithforge.training.reference_cache.completion_logps`)."""
     _check_positive(batch_size=batch_size, seq_len=seq_len)
     tokens = 2 * batch_size * seq_len
     terms = {

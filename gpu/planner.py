@@ -36,7 +36,7 @@ from gpu.estimate import (Estimate, Optimizer, Quantization, ReferenceModel, dat
                           estimate_full_finetune, estimate_hf_generate, estimate_ollama, estimate_reference,
                           estimate_train, estimate_train_fsdp)
 from gpu.model_shape import ModelShape
-from gpu.ollama import OllamaModel
+from gpu.ollama_sizes import OllamaModel
 from gpu.profiles import profile_snapshot
 from gpu.snapshot import GpuDevice, GpuSnapshot
 from gpu.units import GiB_bytes, format_gib

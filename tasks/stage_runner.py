@@ -16,7 +16,7 @@ from prefect.events import emit_event
 from faithforge.core.config import PipelineConfig
 from faithforge.core import progress as progress_registry
 from faithforge.core.progress import fan_out
-from gpu.errors import redact_credentials
+from faithforge.core.errors import redact_credentials
 from faithforge.stages.context import StageContext
 from faithforge.stages.outputs import StageOutput
 

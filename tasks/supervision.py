@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
 
 from faithforge.core.config import PipelineConfig
-from faithforge.core.errors import UserError
+from faithforge.core.errors import USER_ERRORS, UserError
 from faithforge.core.reconcile import death_message, decide, slot_wait_message
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,7 @@ def begin_flow_run(config: PipelineConfig) -> Optional[str]:
 
     try:
         check_pipeline_inputs(config)
-    except UserError as exc:
+    except USER_ERRORS as exc:
         return str(exc)
     with contextlib.suppress(Exception):  # reconciling others must never stop this run
         reconcile(store_url(config))

@@ -57,7 +57,7 @@ def test_nightly_generation_has_smaller_tiers_and_shares_the_pipeline_workspace(
     assert params["model"] == "qwen3:8b" and params["fallback_models"] == ["qwen3:4b", "qwen3:1.7b", "qwen3:0.6b"]
     assert params["workspace"] == pipeline["workspace"]  # the pipeline's LLM generation resumes what nightly wrote
     # the smallest tier runs on this 2-core machine's CPU when no tier fits a GPU: never "generating anyway"
-    from faithforge.generation.gate import decide
+    from faithforge.generation.model_tiers import decide
 
     decision = decide("ollama", [params["model"], *params["fallback_models"]], batch_size=1, max_tokens=4000,
                       prompt_tokens=1500, gpu_profile=None)

@@ -30,7 +30,7 @@ def _nf4_policy(model_dir):
 def _reference(model_dir, pairs, directory):
     """The reference cache computed the way the stage does for an NF4 plan (same kernel, bf16 tiles)."""
     from faithforge.training.modeling import compute_dtype_name, load_for_plan, load_tokenizer, precision_quantization
-    from faithforge.training.reference import ReferenceCache, cache_key, compute_reference_cache, weights_fingerprint
+    from faithforge.training.reference_cache import ReferenceCache, cache_key, compute_reference_cache, weights_fingerprint
 
     model, _ = load_for_plan(model_dir, NF4_PLAN)
     tokenizer = load_tokenizer(model_dir)

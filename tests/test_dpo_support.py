@@ -49,7 +49,7 @@ def lora_policy(model_dir: str | Path, seed: int = 0):
 def build_cache(model_dir: str | Path, pairs: list[dict], directory: str | Path, *, shard_size: int = 4,
                 max_length: int | None = None, batch_size: int = 3, on_shard=None):
     """Compute (or resume) the reference cache of the model at `model_dir`; returns (cache, summary)."""
-    from faithforge.training.reference import ReferenceCache, cache_key, compute_reference_cache, weights_fingerprint
+    from faithforge.training.reference_cache import ReferenceCache, cache_key, compute_reference_cache, weights_fingerprint
 
     model, tokenizer = load(model_dir)
     key, components = cache_key(weights=weights_fingerprint(model_dir), tokenizer=tokenizer, max_length=max_length,

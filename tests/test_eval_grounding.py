@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from faithforge.evaluation import GroundingJudge, get_judge
-from faithforge.evaluation.text import analyze
+from faithforge.evaluation.text_analysis import analyze
 from faithforge.core.errors import UserError
 
 SOURCE = "The weather was mild . On Monday , Alice bought 3 lamps in Paris . Nobody seemed surprised ."

@@ -172,7 +172,7 @@ def test_the_logistic_rule_decides_a_judge_list_from_its_judges_numbers():
 
 def test_config_accepts_the_likelihood_judge_and_checks_its_options_before_work(tmp_path, tiny_model_dir):
     from faithforge.core.config import EvaluateConfig
-    from faithforge.evaluation.options import judge_options
+    from faithforge.evaluation.judge_options import judge_options
 
     cfg = EvaluateConfig(judge="likelihood")
     options = judge_options(cfg, base_model=str(tiny_model_dir))

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from faithforge.evaluation import GroundingJudge
 from faithforge.evaluation.llm import locate_claim
 from faithforge.evaluation.metrics import content_retention, key_fact_recall, summary_length
-from faithforge.evaluation.text import analyze, sentences_of
+from faithforge.evaluation.text_analysis import analyze, sentences_of
 
 HANG_DEADLINE_S = 30.0  # a hang, not slowness: a 20,000-character source takes well under 1 s here
 

@@ -7,8 +7,8 @@ from dataclasses import dataclass
 
 from faithforge.core.config import EvaluateConfig
 from faithforge.evaluation import EvalItem, GroundingJudge, evaluate_pair, evaluate_single, get_judge, markdown_report
-from faithforge.evaluation.text import drop_truncated_word
-from faithforge.evaluation.options import judge_options
+from faithforge.evaluation.text_analysis import drop_truncated_word
+from faithforge.evaluation.judge_options import judge_options
 from faithforge.stages.evaluate import summarize_with_backend
 
 SOURCE = 'Anna said "I moved to Graz ." Then she left for Vienna .'

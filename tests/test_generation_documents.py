@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from faithforge.core.errors import ConfigError, UserError
-from faithforge.generation.coverage import CoverageDB
+from faithforge.generation.coverage_db import CoverageDB
 from faithforge.generation.files import verify
 from faithforge.generation.runner import GenerationOptions, run_generation
 from faithforge.generation.spec import load_spec, parse_spec

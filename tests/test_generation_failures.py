@@ -18,7 +18,7 @@ import typer
 from typer.testing import CliRunner
 
 from faithforge.backends.template import TemplateBackend
-from faithforge.generation.coverage import CoverageDB
+from faithforge.generation.coverage_db import CoverageDB
 from faithforge.generation.parameters import GenerateParameters
 from faithforge.generation.runner import GenerationOptions, run_generation
 from faithforge.generation.spec import load_spec
@@ -142,7 +142,7 @@ def test_a_dead_workers_claims_are_taken_back_at_once(tmp_path):
     url = f"sqlite:///{tmp_path / 'c.db'}"
     holder = textwrap.dedent(f"""
         import sys, time
-        from faithforge.generation.coverage import CoverageDB
+        from faithforge.generation.coverage_db import CoverageDB
         from faithforge.generation.spec import load_spec
         spec = load_spec({GROUNDED!r})
         db = CoverageDB({url!r})

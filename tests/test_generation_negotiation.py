@@ -9,7 +9,7 @@ from faithforge.backends import HttpOptions
 from faithforge.backends.ollama import OllamaBackend
 from faithforge.backends.openai_compat import OpenAICompatBackend
 from faithforge.backends.template import TemplateBackend
-from faithforge.generation.coverage import CoverageDB
+from faithforge.generation.coverage_db import CoverageDB
 from faithforge.generation.runner import GenerationOptions, run_generation
 from faithforge.generation.spec import load_spec
 from tests.fake_llm_servers import FakeOllama, FakeOpenAI, Reply, Status

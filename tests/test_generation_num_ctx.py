@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from faithforge.generation.gate import GateDecision, decide
+from faithforge.generation.model_tiers import GateDecision, decide
 from faithforge.generation.job import build_backend, planned_num_ctx
 from faithforge.generation.parameters import GenerateParameters
 

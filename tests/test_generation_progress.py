@@ -9,7 +9,7 @@ from pathlib import Path
 from faithforge.backends.template import TemplateBackend
 from faithforge.core import progress
 from faithforge.core.progress import StageReporter, add_sink, remove_sink
-from faithforge.generation.coverage import CoverageDB
+from faithforge.generation.coverage_db import CoverageDB
 from faithforge.generation.job import PROGRESS_STAGE
 from faithforge.generation.runner import GenerationOptions, run_generation
 from faithforge.generation.spec import load_spec

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from faithforge.backends import ChatResult
-from faithforge.generation.coverage import CoverageDB
+from faithforge.generation.coverage_db import CoverageDB
 from faithforge.generation.parsing import parse_reply
 from faithforge.generation.quality import QualityGate
 from faithforge.generation.runner import GenerationOptions, run_generation

@@ -16,7 +16,7 @@ import pytest
 
 from faithforge.backends import make_backend
 from faithforge.backends.openai_compat import OpenAICompatBackend
-from faithforge.generation.coverage import CoverageDB
+from faithforge.generation.coverage_db import CoverageDB
 from faithforge.generation.files import verify
 from faithforge.generation.runner import GenerationOptions, run_generation
 from faithforge.generation.spec import load_spec

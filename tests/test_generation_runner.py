@@ -11,7 +11,7 @@ import pytest
 from faithforge.backends import BackendError, ChatResult, HttpOptions, ModelNotFoundError
 from faithforge.backends.ollama import OllamaBackend
 from faithforge.backends.template import TemplateBackend
-from faithforge.generation.coverage import CoverageDB
+from faithforge.generation.coverage_db import CoverageDB
 from faithforge.generation.files import verify
 from faithforge.generation.runner import GenerationOptions, run_generation
 from faithforge.generation.spec import load_spec, parse_spec

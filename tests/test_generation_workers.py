@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from faithforge.generation.coverage import CoverageDB
+from faithforge.generation.coverage_db import CoverageDB
 from faithforge.generation.files import verify
 from faithforge.generation.schemas import GroundedSummary
 

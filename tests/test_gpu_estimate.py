@@ -9,7 +9,7 @@ import pytest
 from gpu.errors import ModelConfigError
 from gpu.estimate import (CUDA_CONTEXT_BYTES, estimate_ollama, estimate_reference, estimate_train, weights_bytes)
 from gpu.model_shape import load_model_config, load_model_shape, model_shape_from_config
-from gpu.ollama import ollama_model, ollama_model_from_api
+from gpu.ollama_sizes import ollama_model, ollama_model_from_api
 
 KIB = 1024
 

@@ -8,7 +8,7 @@ from gpu.corrections import Corrections
 from gpu.errors import PlanNotRunnableError
 from gpu.estimate import estimate_ollama, estimate_train
 from gpu.model_shape import ModelShape, load_model_shape
-from gpu.ollama import ollama_model
+from gpu.ollama_sizes import ollama_model
 from gpu.planner import StageRequest, plan_stage, require_runnable, usable_bytes
 from gpu.profiles import profile_snapshot
 

@@ -8,7 +8,7 @@ import pytest
 from faithforge.core.config import load_config
 from faithforge.data.teacher import generate_split
 from faithforge.evaluation import EvalItem
-from faithforge.evaluation.evaluate import evaluate_single
+from faithforge.evaluation.compare import evaluate_single
 from faithforge.evaluation.fanout import judge_all, make_chunks
 
 

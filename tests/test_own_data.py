@@ -9,7 +9,7 @@ import pytest
 from faithforge.core.config import validate_config
 from faithforge.core.errors import ConfigError, UserError
 from faithforge.data.overlap import check_no_text_overlap, overlapping_sources
-from faithforge.data.own_data import DOCUMENTS_PROMPT, document_splits, system_prompt
+from faithforge.data.sources import DOCUMENTS_PROMPT, document_splits, system_prompt
 from faithforge.data.pairs import PairsImportError, import_pairs, normalize_pair, split_by_source
 
 STANDARD = {"prompt": "What colour is the sky?", "chosen": "Blue.", "rejected": "Green."}

@@ -68,3 +68,27 @@ def test_every_mapped_module_exists():
     mapped = mapped_modules((ROOT / "README.md").read_text())
     absent = sorted(m for m in mapped if not (ROOT / m).is_file())
     assert not absent, f"the README's architecture section names modules that do not exist: {absent}"
+
+
+def shared_names(root: Path = ROOT) -> dict[str, list[str]]:
+    """File names used by more than one module of the installed package, and where."""
+    by_name: dict[str, list[str]] = {}
+    for module in sorted(existing_modules(root)):
+        by_name.setdefault(module.rsplit("/", 1)[-1], []).append(module)
+    return {name: paths for name, paths in by_name.items() if len(paths) > 1}
+
+
+def test_a_shared_module_name_is_one_concept_at_two_layers_and_the_readme_names_each():
+    """The README's "One name per place" paragraph lists every module that shares its file name (a flow and its
+    stage, the pairs format and stage, each layer's errors); any other shared name is a second room for one name."""
+    readme = (ROOT / "README.md").read_text()
+    paragraph = readme[readme.index("One name per place"):readme.index("- `flows/`")]
+    listed = set(re.findall(r"`([^`\s]+\.py)`", paragraph))
+    stems = set(re.findall(r"`(\w+)`", paragraph))  # the X of `flows/X.py`
+    assert shared_names(), "the check needs the package's modules"
+    for name, paths in shared_names().items():
+        for path in paths:
+            by_stem = name[:-3] in stems and path.replace(name, "X.py") in listed
+            assert path in listed or by_stem, (
+                f"{path} shares its name with {[p for p in paths if p != path]}; rename it or explain it in the "
+                "README's 'One name per place' paragraph")

@@ -8,7 +8,7 @@ import pytest
 from test_dpo_support import build_cache, kill_when, load, make_pairs, start_script
 
 from faithforge.core.errors import UserError
-from faithforge.training.reference import ReferenceCache, cache_key, weights_fingerprint
+from faithforge.training.reference_cache import ReferenceCache, cache_key, weights_fingerprint
 
 PAIRS = 10  # teacher examples → about 15 pairs, 4 shards of 4
 

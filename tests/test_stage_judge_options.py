@@ -9,7 +9,7 @@ from faithforge.core.errors import UserError
 def test_judge_options_are_checked_before_generation():
     from faithforge.backends.ollama import OllamaBackend
     from faithforge.backends.openai_compat import OpenAICompatBackend
-    from faithforge.evaluation.options import judge_options
+    from faithforge.evaluation.judge_options import judge_options
 
     assert judge_options(EvaluateConfig()) == {}
     with pytest.raises(UserError, match="nli_checkpoint is empty"):

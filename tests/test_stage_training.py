@@ -29,7 +29,7 @@ def test_chunked_log_probs_equal_the_full_softmax(tiny_model_dir):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from faithforge.training.reference import collate_pairs, completion_logps, tokenize_pair
+    from faithforge.training.reference_cache import collate_pairs, completion_logps, tokenize_pair
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()

@@ -9,7 +9,7 @@ import pytest
 from test_dpo_support import build_cache, make_pairs
 
 from faithforge.core.errors import UserError
-from faithforge.training.reference import ReferenceCache
+from faithforge.training.reference_cache import ReferenceCache
 from faithforge.offload.storage import INDEX, fetch_dir, publish_dir, read_index
 from faithforge.core.workspace import sha256_tree
 

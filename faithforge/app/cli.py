@@ -15,7 +15,7 @@ from typing import Any, Optional
 
 import typer
 
-from faithforge.core.errors import UserError
+from faithforge.core.errors import USER_ERRORS, UserError
 
 app = typer.Typer(help="FaithForge: make a local LLM hallucinate less, and measure it. Add -v to any command "
                        "to see the traceback behind an error.", no_args_is_help=True, pretty_exceptions_enable=False)
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         if message is None:
             raise  # -v, or a bug: the traceback is what helps
         typer.echo(f"error: {message}", err=True)
-        sys.exit(getattr(exc, "exit_code", 2) if isinstance(exc, UserError) else 2)
+        sys.exit(getattr(exc, "exit_code", 2) if isinstance(exc, USER_ERRORS) else 2)
     if _stop_was_handled():  # Click/Typer may hand a stop back as an exit status instead of the exception
         from faithforge.app.stopping import EXIT_STATUS
 

@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from faithforge.core.errors import UserError, validation_message
+from faithforge.core.errors import USER_ERRORS, validation_message
 from faithforge.core.strict_yaml import clip
 
 #: The longest error line the CLI prints (a message listing many problems is cut there, never a value dumped).
@@ -62,7 +62,7 @@ def one_line(exc: BaseException) -> str | None:
 
 
 def _describe(err: BaseException) -> str | None:
-    if isinstance(err, UserError):
+    if isinstance(err, USER_ERRORS):
         return str(err)
     import pydantic
 
@@ -113,7 +113,7 @@ def _is_http_url_error(err: BaseException) -> bool:
 def one_line_text(text: str, limit: int = MAX_LINE) -> str:
     """`text` as one line of at most `limit` characters (a huge bad value inside is cut, not printed whole), with
     any password in a URL redacted."""
-    from gpu.errors import redact_credentials
+    from faithforge.core.errors import redact_credentials
 
     text = redact_credentials(" ".join(text[: 4 * limit].split()))
     return text if len(text) <= limit else text[: limit - 1] + "…"

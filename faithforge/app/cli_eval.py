@@ -98,7 +98,7 @@ def _judge_settings_options(names: list[str], **settings) -> dict[str, dict]:
     from pydantic import ValidationError
 
     from faithforge.core.config import EvaluateConfig
-    from faithforge.evaluation.options import judge_options
+    from faithforge.evaluation.judge_options import judge_options
 
     try:
         cfg = EvaluateConfig(judge=names if len(names) > 1 else names[0], **settings)

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from faithforge.core.errors import UserError, validation_message
+from faithforge.core.errors import USER_ERRORS, validation_message
 from faithforge.core.backend_registry import BACKENDS
 from faithforge.generation.parameters import GenerateParameters
 
@@ -95,7 +95,7 @@ def generate(
         raise typer.Exit(2) from None
     try:
         result = _run(params, console, prefect=prefect, verbose=verbose)
-    except UserError as exc:
+    except USER_ERRORS as exc:
         from faithforge.generation.job import GenerationFailed
 
         if verbose:

@@ -16,7 +16,7 @@ import typer
 
 from faithforge.gpu_calibration.calibrate import correction_factor, load_corrections, measure_stage, require_cuda, save_corrections
 from faithforge.core.config import PipelineConfig, load_config
-from faithforge.core.errors import UserError
+from faithforge.core.errors import USER_ERRORS, UserError
 from faithforge.stages.gate import calibration_path, plan_pipeline
 from gpu.estimate import estimate_hf_generate, estimate_reference, estimate_train
 from gpu.model_shape import SHIPPED_MODELS, load_model_config, load_model_shape
@@ -90,7 +90,7 @@ def show(
         name = profile or os.environ.get(PROFILE_ENV) or cfg.gpu.profile
         snapshot = read_snapshot(name)
         plans = plan_pipeline(cfg, snapshot, load_corrections(calibration_path(cfg)), _ram_bytes())
-    except UserError as exc:
+    except USER_ERRORS as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     if as_json:
@@ -142,7 +142,7 @@ def calibrate(
         factor = correction_factor(estimate, measured)
         path = calibration_path(cfg)
         save_corrections(path, load_corrections(path).with_factor(gpu_name, shape.name, stage, factor))
-    except UserError as exc:
+    except USER_ERRORS as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     typer.echo(f"{stage} {shape.name} on {gpu_name}: predicted {format_gib(estimate.total_bytes)}, measured "

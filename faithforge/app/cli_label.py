@@ -63,7 +63,7 @@ def _flagged_words(item) -> set[str]:
     """Words (4+ letters) of the judge's flagged spans' sentences that also occur in the source: where to look."""
     import re
 
-    from faithforge.evaluation.text import sentences_of
+    from faithforge.evaluation.text_analysis import sentences_of
 
     if not item.spans:
         return set()

@@ -1,15 +1,44 @@
 """Errors a user can act on.
 
 A `UserError` carries a one-line message that says what to fix. The CLI prints it and exits with a
-non-zero status instead of showing a traceback.
-
-The class itself is defined in `gpu/errors.py` (the GPU gate's errors derive from it, and `gpu/` imports nothing
-from this package); this module is where the rest of FaithForge takes it from.
+non-zero status instead of showing a traceback. The GPU gate (`gpu/`, which imports nothing of the application)
+has its own `GpuGateError`; `USER_ERRORS` is both, and every place that turns an error into one line for a person
+(the CLI, a flow run's problem line, the generation worker) catches `USER_ERRORS`.
 """
 
-from gpu.errors import UserError
+from __future__ import annotations
 
-__all__ = ["UserError", "ConfigError", "SHOWN_PROBLEMS", "bad_rows_message", "validation_message"]
+import re
+
+from gpu.errors import GpuGateError
+
+__all__ = ["USER_ERRORS", "UserError", "ConfigError", "SHOWN_PROBLEMS", "bad_rows_message", "redact_credentials",
+           "validation_message"]
+
+#: `scheme://user:password@` in a URL: the password is never printed, logged or stored in a message.
+_CREDENTIALS = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^/\s:@'\"]*):(?P<password>[^/\s@'\"]*)@")
+
+
+def redact_credentials(text: str) -> str:
+    """`text` with the password of every `scheme://user:password@host` URL in it replaced by `***`."""
+    return _CREDENTIALS.sub(lambda m: f"{m['scheme']}{m['user']}:***@", text)
+
+
+class UserError(Exception):
+    """Bad input or environment the user can fix; the message says how (one line; the CLI exits with 2).
+
+    A password inside a URL in the message is redacted when the error is made, so no log or store keeps it."""
+
+    exit_code = 2
+
+    def __init__(self, *args: object) -> None:
+        super().__init__(*(redact_credentials(a) if isinstance(a, str) else a for a in args))
+
+
+#: What is the user's to fix: the application's errors and the GPU gate's own type (translated where a person
+#: reads it: one line, exit status 2).
+USER_ERRORS: tuple[type[Exception], ...] = (UserError, GpuGateError)
+
 
 #: How many problems a message lists before it says "… and N more" (the message stays one readable line).
 SHOWN_PROBLEMS = 10

@@ -14,7 +14,7 @@ from faithforge.engine.errors import CacheMismatchError, EngineError
 from faithforge.engine.prefix_cache import PrefixCache
 from faithforge.engine.result import GenerationResult
 from faithforge.engine.sampling import SamplingConfig
-from faithforge.engine.stopping import TokenEvent
+from faithforge.engine.finish import TokenEvent
 
 __all__ = [
     "CacheMismatchError", "Conversation", "EngineError", "GenerationResult", "PrefixCache",

@@ -18,7 +18,7 @@ from faithforge.engine.kv import WorkingCache, new_cache
 from faithforge.engine.prompts import common_prefix_length
 from faithforge.engine.result import GenerationResult
 from faithforge.engine.sampling import SamplingConfig, choose_tokens
-from faithforge.engine.stopping import StopTracker
+from faithforge.engine.finish import StopTracker
 
 
 class BatchRunner:

@@ -14,7 +14,7 @@ from faithforge.engine.kv import KVSegment
 from faithforge.engine.prompts import Prompt, Turn
 from faithforge.engine.result import GenerationResult
 from faithforge.engine.sampling import SamplingConfig
-from faithforge.engine.stopping import TokenCallback
+from faithforge.engine.finish import TokenCallback
 
 
 class Conversation:

@@ -25,7 +25,7 @@ from faithforge.engine.prefix_cache import PrefixCache
 from faithforge.engine.prompts import Prompt, PromptRenderer, Turn, common_prefix_length
 from faithforge.engine.result import GenerationResult
 from faithforge.engine.sampling import SamplingConfig, choose_tokens
-from faithforge.engine.stopping import StopTracker, TokenCallback, eos_ids, normalize_stop
+from faithforge.engine.finish import StopTracker, TokenCallback, eos_ids, normalize_stop
 
 DEFAULT_PREFILL_CHUNK = 2048
 """Tokens per forward call when encoding long inputs (bounds attention scores to chunk x context per head)."""

@@ -32,7 +32,7 @@ from faithforge.engine.errors import EngineError
 from faithforge.engine.prompts import Prompt, PromptRenderer, common_prefix_length
 from faithforge.engine.result import GenerationResult
 from faithforge.engine.sampling import SamplingConfig
-from faithforge.engine.stopping import StopTracker, normalize_stop
+from faithforge.engine.finish import StopTracker, normalize_stop
 
 NAME = "llama.cpp"
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from faithforge.engine.stopping import FinishReason
+from faithforge.engine.finish import FinishReason
 
 
 @dataclass(frozen=True)

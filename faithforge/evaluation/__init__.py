@@ -5,7 +5,7 @@ Plain Python (no Prefect): the pipeline's tasks call `evaluate_pair` / `evaluate
 only when it is built.
 """
 
-from faithforge.evaluation.evaluate import compare_reports, evaluate_pair, evaluate_single
+from faithforge.evaluation.compare import compare_reports, evaluate_pair, evaluate_single
 from faithforge.evaluation.grounding import GroundingJudge
 from faithforge.evaluation.items import EvalItem, check_disjoint
 from faithforge.evaluation.judges import DEFAULT_JUDGE, get_judge

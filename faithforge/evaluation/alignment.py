@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from faithforge.evaluation.corruptions import _RELATION_MAP
-from faithforge.evaluation.text import STOPWORDS, analyze
+from faithforge.evaluation.text_analysis import STOPWORDS, analyze
 
 FEATURES = ("token_min", "token_mean", "token_p20", "tokens_below_0.5", "tokens_below_0.7", "sentence_best",
             "absent_share", "absent_count", "number_absent", "date_absent", "negation_mismatch", "relation_flip",

@@ -26,7 +26,7 @@ def call_judge(judge: Judge, source: str, summary: str, truncated: bool = False)
         takes = False
     if takes:
         return judge.judge(source, summary, truncated=True)
-    from faithforge.evaluation.text import drop_truncated_word
+    from faithforge.evaluation.text_analysis import drop_truncated_word
 
     return judge.judge(source, drop_truncated_word(summary))
 

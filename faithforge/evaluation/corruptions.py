@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from faithforge.core.errors import UserError
-from faithforge.evaluation.text import DAYS, MONTHS, STOPWORDS, analyze
+from faithforge.evaluation.text_analysis import DAYS, MONTHS, STOPWORDS, analyze
 
 FAITHFUL_KINDS = ("extract", "compress", "reorder")
 UNFAITHFUL_KINDS = ("entity", "roles", "number", "date", "negation", "relation", "other-document", "addition")

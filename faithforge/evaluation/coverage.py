@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from typing import Sequence
 
-from faithforge.evaluation.text import analyze, sentences_of
+from faithforge.evaluation.text_analysis import analyze, sentences_of
 
 #: Sentences of the article that stand for its key content when there is no reference summary.
 LEAD_SENTENCES = 3

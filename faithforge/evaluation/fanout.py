@@ -13,7 +13,7 @@ import json
 import threading
 from typing import Any, Callable, Sequence
 
-from faithforge.evaluation.evaluate import judge_item
+from faithforge.evaluation.compare import judge_item
 from faithforge.evaluation.items import EvalItem
 from faithforge.evaluation.results import ItemResult
 

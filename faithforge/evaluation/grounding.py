@@ -30,7 +30,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from faithforge.core.errors import UserError
-from faithforge.evaluation.text import (
+from faithforge.evaluation.text_analysis import (
     QUOTE_CHARS,
     Analysis,
     STOPWORDS,

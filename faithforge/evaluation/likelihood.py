@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Callable, Literal, Sequence
 
 from faithforge.core.errors import UserError
-from faithforge.evaluation.text import analyze, drop_truncated_word
+from faithforge.evaluation.text_analysis import analyze, drop_truncated_word
 from faithforge.evaluation.verdict import Flag, SentenceResult, Verdict
 
 #: The two prompts around the same summary tokens. Plain text, no chat template, so a base model and an

@@ -29,7 +29,7 @@ import re
 from typing import Any, Protocol, runtime_checkable
 
 from faithforge.core.errors import UserError
-from faithforge.evaluation.text import analyze, drop_truncated_word, tokenize
+from faithforge.evaluation.text_analysis import analyze, drop_truncated_word, tokenize
 from faithforge.evaluation.verdict import Flag, SentenceResult, Verdict, unjudgeable
 
 CLAIMS_SCHEMA: dict[str, Any] = {

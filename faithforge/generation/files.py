@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from faithforge.generation.coverage import CoverageDB
+from faithforge.generation.coverage_db import CoverageDB
 from faithforge.generation.parsing import content_hash
 from faithforge.generation.tables import ExampleRow
 from faithforge.core.workspace import atomic_write_json, atomic_write_text

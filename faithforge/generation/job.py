@@ -17,8 +17,8 @@ from faithforge.core.backend_registry import BACKENDS
 from faithforge.core.errors import UserError
 from faithforge.core.registry import load_attribute
 from faithforge.backends import ChatBackend, HttpOptions, make_backend
-from faithforge.generation.coverage import CoverageDB
-from faithforge.generation.gate import GateDecision, decide
+from faithforge.generation.coverage_db import CoverageDB
+from faithforge.generation.model_tiers import GateDecision, decide
 from faithforge.generation.parameters import GenerateParameters
 from faithforge.generation.runner import GenerationOptions, LogCallback, ProgressCallback, default_worker_id, run_generation
 from faithforge.generation.spec import GenerationSpec, load_spec

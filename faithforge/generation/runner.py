@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from faithforge.backends.base import BackendError, ChatBackend, ChatResult
-from faithforge.generation.coverage import Claim, CoverageDB
+from faithforge.generation.coverage_db import Claim, CoverageDB
 from faithforge.generation.files import (
     example_relpath,
     reconcile,

@@ -14,7 +14,7 @@ import sys
 
 from pydantic import ValidationError
 
-from faithforge.core.errors import UserError
+from faithforge.core.errors import USER_ERRORS
 from faithforge.generation import job
 from faithforge.backends import backend_names
 from faithforge.generation.parameters import GenerateParameters
@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as exc:
         print("error: " + "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()), file=sys.stderr)
         return 2
-    except UserError as exc:
+    except USER_ERRORS as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     print(json.dumps(summary.to_dict(), sort_keys=True))

@@ -143,7 +143,7 @@ def build_random_model_dir(config: Mapping[str, Any], out: str | os.PathLike[str
 def pairs_of_length(tokenizer, count: int, seq_len: int) -> list[dict]:
     """Synthetic pairs whose prompt is padded with teacher sources until prompt + completion ≈ `seq_len` tokens."""
     from faithforge.data.pairs import build_synthetic_pairs
-    from faithforge.training.reference import tokenize_pair
+    from faithforge.training.reference_cache import tokenize_pair
     from faithforge.data.teacher import generate_split
 
     examples = list(generate_split("bench", count + 64, 0, 0.5))
@@ -173,7 +173,7 @@ def run_real_stage(stage: str, policy: Any, tokenizer: Any, *, seq_len: int, bat
     `train` = reference cache then `run_dpo` (LoRA already attached to `policy`), `evaluate` = the prefix-cached
     engine's greedy summaries. Returns the measurement and what ran."""
     from faithforge.training.modeling import compute_dtype_name
-    from faithforge.training.reference import ReferenceCache, cache_key, compute_reference_cache
+    from faithforge.training.reference_cache import ReferenceCache, cache_key, compute_reference_cache
 
     work = Path(workdir)
     count = pairs or max(2 * batch_size, batch_size * steps)

@@ -16,8 +16,8 @@ from faithforge.stages.outputs import (AdapterOutput, ControlOutput, DatasetOutp
 from faithforge.stages.pairs import load_pairs
 from faithforge.data.overlap import check_no_text_overlap
 from faithforge.core.judge_registry import JUDGES
-from faithforge.evaluation.options import judge_options
-from faithforge.data.own_data import system_prompt
+from faithforge.evaluation.judge_options import judge_options
+from faithforge.data.sources import system_prompt
 from faithforge.data.teacher import SYSTEM_PROMPT
 from faithforge.core.workspace import atomic_write_json, atomic_write_jsonl, atomic_write_text
 from gpu.planner import Plan

@@ -19,7 +19,7 @@ from faithforge.core.config import PipelineConfig
 from faithforge.stages.context import StageContext
 from gpu.corrections import Corrections
 from gpu.model_shape import ModelShape, load_model_shape
-from gpu.ollama import ollama_model
+from gpu.ollama_sizes import ollama_model
 from gpu.planner import Placement, Plan, StageRequest, plan_stage
 from gpu.profiles import profile_snapshot
 from gpu.snapshot import GpuSnapshot

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from faithforge.stages.context import StageContext, content_key
 from faithforge.stages.outputs import DatasetOutput
 from faithforge.stages.reuse import claim_output
-from faithforge.data.own_data import document_splits, task_examples
+from faithforge.data.sources import document_splits, task_examples
 from faithforge.data.teacher import Example
 from faithforge.core.workspace import atomic_directory, atomic_write_jsonl, read_jsonl, sha256_file, sha256_tree
 

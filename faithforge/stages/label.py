@@ -112,7 +112,7 @@ def _recalibrate(ctx: StageContext, labels: Path) -> str:
     from faithforge.evaluation import get_judge
     from faithforge.evaluation.calibration import read_labels
     from faithforge.evaluation.heldout import calibrate_heldout, save_calibration
-    from faithforge.evaluation.options import judge_options
+    from faithforge.evaluation.judge_options import judge_options
 
     cfg = ctx.config.evaluate
     try:

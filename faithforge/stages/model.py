@@ -40,7 +40,7 @@ def warm_start(ctx: StageContext, base: ModelOutput, dataset: DatasetOutput, pla
     cfg = ctx.config.warm_start
     if not cfg.enabled:
         return WarmStartOutput(path=base.path, skipped=True, reused=True)
-    from faithforge.training.reference import weights_fingerprint
+    from faithforge.training.reference_cache import weights_fingerprint
 
     # How often it checkpoints does not change the result, so it is not part of the key.
     key = content_key("warm", weights_fingerprint(base.path), dataset.key,
@@ -57,7 +57,7 @@ def _train_warm_start(ctx: StageContext, claim, base: ModelOutput, dataset: Data
     import torch
 
     from faithforge.training.modeling import load_for_plan, load_tokenizer, measured_peak, plan_precision, start_peak_measurement
-    from faithforge.training.reference import weights_fingerprint
+    from faithforge.training.reference_cache import weights_fingerprint
     from faithforge.training.sft import SftExample, train_sft
 
     cfg = ctx.config.warm_start

@@ -90,7 +90,7 @@ class PairsOutput(StageOutput):
 
 
 class ReferenceOutput(StageOutput):
-    """The reference log-prob cache for the training pairs (`faithforge.training.reference.ReferenceCache`)."""
+    """The reference log-prob cache for the training pairs (`faithforge.training.reference_cache.ReferenceCache`)."""
 
     key: str
     """The cache key (SHA-256 over everything the numbers depend on)."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from faithforge.core.errors import UserError
-from faithforge.data.own_data import system_prompt
+from faithforge.data.sources import system_prompt
 from faithforge.data.pairs import build_synthetic_pairs, split_by_source, validate_pairs
 from faithforge.stages.reuse import claim_output
 from faithforge.stages.context import StageContext, content_key
@@ -37,7 +37,7 @@ def build_pairs(ctx: StageContext, dataset: DatasetOutput, model: ModelOutput | 
             raise UserError(f"pairs.path {cfg.path} does not exist; point it at your pairs file or folder")
         depends_on.append((sha256_tree if Path(cfg.path).is_dir() else sha256_file)(cfg.path))
     elif on_policy:
-        from faithforge.training.reference import weights_fingerprint
+        from faithforge.training.reference_cache import weights_fingerprint
 
         depends_on.append(weights_fingerprint(model.path))  # on-policy samples depend on the policy
         depends_on.append(onpolicy_sampler(ctx.config, model, plan or NO_GATE_PLAN).name)  # and on what samples
@@ -106,7 +106,7 @@ def _pairs_judge(config, base_model: str | None = None):
     """`pairs.judge` when set, else the evaluation's judge, with its options
     (the likelihood judge scores with `base_model`, the policy being sampled, unless it names its own model)."""
     from faithforge.evaluation import get_judge
-    from faithforge.evaluation.options import judge_options
+    from faithforge.evaluation.judge_options import judge_options
 
     if config.pairs.judge:  # its settings (e.g. likelihood_*) are the evaluate section's, read by its registry entry
         settings = config.evaluate.model_copy(update={"judge": config.pairs.judge, "judge_rule": "any"})

@@ -30,7 +30,7 @@ def check_pipeline_inputs(cfg: PipelineConfig) -> Workspace:
         raise UserError(f"model.path {cfg.model.path} has no config.json; point it at a folder saved with "
                         "save_pretrained")
     from faithforge.evaluation.judges import judge_names
-    from faithforge.evaluation.options import judge_options
+    from faithforge.evaluation.judge_options import judge_options
 
     judge_options(cfg.evaluate)  # nli without a checkpoint, llm without a model: before any training
     if cfg.train.report_to:
@@ -73,7 +73,7 @@ def check_data_files(cfg: PipelineConfig) -> None:
     """Read the user's documents and pairs files as the stages will (schema, every row, ids, splits), so a bad
     file is one line here instead of a failed stage after Prefect started."""
     if cfg.data.documents_path:
-        from faithforge.data.own_data import document_splits
+        from faithforge.data.sources import document_splits
 
         document_splits(cfg)
     if cfg.pairs.path:

@@ -16,7 +16,7 @@ log = logging.getLogger(__name__)
 def reference_logps(ctx: StageContext, model: ModelOutput, pairs: PairsOutput, plan: Plan) -> ReferenceOutput:
     from faithforge.training.modeling import (compute_dtype_name, device_for, load_tokenizer, plan_precision,
                                      precision_quantization)
-    from faithforge.training.reference import ReferenceCache, cache_key, weights_fingerprint
+    from faithforge.training.reference_cache import ReferenceCache, cache_key, weights_fingerprint
 
     cfg = ctx.config.reference
     device = device_for(plan.placement)
@@ -44,7 +44,7 @@ def reference_logps(ctx: StageContext, model: ModelOutput, pairs: PairsOutput, p
 def _compute(ctx: StageContext, cache, info: dict, model: ModelOutput, pairs: PairsOutput, plan: Plan,
              train_pairs: list, tokenizer) -> ReferenceOutput:
     from faithforge.training.modeling import load_for_plan, measured_peak, start_peak_measurement
-    from faithforge.training.reference import compute_reference_cache
+    from faithforge.training.reference_cache import compute_reference_cache
     from gpu import run_with_oom_backoff
 
     cfg = ctx.config.reference

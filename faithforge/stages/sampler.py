@@ -69,7 +69,7 @@ def gguf_sampler(gguf: Path, model_path: str | Path, tokenizer, system_prompt: s
     from transformers import GenerationConfig
 
     from faithforge.engine.gguf_sampler import GGUFSampler
-    from faithforge.engine.stopping import eos_ids
+    from faithforge.engine.finish import eos_ids
 
     try:
         generation_config = GenerationConfig.from_pretrained(str(model_path))

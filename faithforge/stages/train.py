@@ -159,7 +159,7 @@ def _setup_dpo(ctx: StageContext, model: ModelOutput, reference: ReferenceOutput
 
     from faithforge.training.modeling import (attach_lora, check_same_precision, load_for_plan, load_tokenizer,
                                               plan_precision, start_peak_measurement)
-    from faithforge.training.reference import ReferenceCache
+    from faithforge.training.reference_cache import ReferenceCache
 
     cfg = ctx.config.train
     cache = ReferenceCache(reference.path, reference.key, _components(reference.path), ctx.config.reference.shard_size)

@@ -15,7 +15,7 @@ Ranks talk to the parent through the work folder and one line protocol on stdout
 - `<work>/result.json` and `<work>/adapter/` (rank 0, atomically): the step log and the adapter in peft's format.
 
 The DPO task (`kind: "dpo"`) is `faithforge.training.dpo.run_dpo` unchanged; the reference pass (`kind:
-"reference"`) is `faithforge.training.reference.compute_reference_shards` for this rank's shards, then rank 0
+"reference"`) is `faithforge.training.reference_cache.compute_reference_shards` for this rank's shards, then rank 0
 merges. No Prefect here.
 """
 
@@ -249,7 +249,7 @@ def _callbacks(spec: dict, rank: int, total: int) -> list:
 def _run_dpo_rank(spec: dict, work: Path, rank: int, local_rank: int) -> None:
     from faithforge.core.workspace import atomic_directory, atomic_write_json
     from faithforge.training.dpo import DpoArguments, run_dpo
-    from faithforge.training.reference import ReferenceCache
+    from faithforge.training.reference_cache import ReferenceCache
 
     ref = spec["reference"]
     reference_logps = ReferenceCache(ref["path"], ref["key"], ref["components"], ref["shard_size"]).load()
@@ -269,7 +269,7 @@ def _run_reference_rank(spec: dict, work: Path, rank: int, local_rank: int, worl
 
     from faithforge.core.workspace import atomic_write_json
     from faithforge.training.modeling import load_for_plan, load_tokenizer
-    from faithforge.training.reference import ReferenceCache, compute_reference_shards, merge_reference_shards
+    from faithforge.training.reference_cache import ReferenceCache, compute_reference_shards, merge_reference_shards
     from gpu.planner import Plan
 
     ref = spec["reference"]

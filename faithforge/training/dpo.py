@@ -18,7 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from faithforge.core.errors import UserError
-from faithforge.training.reference import ReferenceLogpsByPair
+from faithforge.training.reference_cache import ReferenceLogpsByPair
 
 LN2 = math.log(2.0)
 
