@@ -39,7 +39,7 @@ COPY gpu ./gpu
 COPY deployments ./deployments
 COPY configs ./configs
 RUN pip install ".[postgres]" s3fs gcsfs \
-    && python -c "import faithforge, flows.train, tasks.offload, gpu; print('faithforge imports')"
+    && python -c "import faithforge.flows.train, faithforge.tasks.offload, faithforge.gpu; print('faithforge imports')"
 
 # The worker's workspace (inputs fetched from storage, caches, checkpoints): mount a volume to keep it.
 ENV FAITHFORGE_WORKSPACE=/root/.faithforge-worker \

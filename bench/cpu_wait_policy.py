@@ -32,7 +32,7 @@ from faithforge.core.config import load_config
 from faithforge.stages.context import StageContext
 from faithforge.stages.generate import generate_examples
 from faithforge.stages.model import base_model, warm_start
-from gpu.planner import Plan
+from faithforge.gpu.planner import Plan
 cfg = load_config(None, overrides={"workspace": sys.argv[1], "warm_start": {"steps": int(sys.argv[3]),
                                    "checkpoint_every": 1_000_000}}, environ={})
 ctx = StageContext.open(cfg, None)

@@ -60,7 +60,7 @@ def main() -> None:
     from faithforge.stages.reference import reference_logps
     from faithforge.stages.train import train_dpo
     from faithforge.training.model_import import RECORD_NAME, import_model, smollm2_gguf
-    from gpu.snapshot import GpuSnapshot
+    from faithforge.gpu.snapshot import GpuSnapshot
 
     work = Path(opts.work)
     model_dir = work / "smollm2"
@@ -133,7 +133,7 @@ def main() -> None:
         return
     # Evaluation: before / after for each adapter, judged serially; and the 2-process adapter judged on Dask.
     from faithforge.app.prefect_settings import without_heartbeats
-    from tasks.judging import judging_mapper
+    from faithforge.tasks.judging import judging_mapper
 
     rates = {}
     for processes, out in outs.items():

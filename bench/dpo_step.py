@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 GIB = 1024 ** 3
-from gpu.profiles import RTX5070_FREE_BYTES as BUDGET_BYTES  # noqa: E402 - one reading of "10.48": 10.48e9 bytes
+from faithforge.gpu.profiles import RTX5070_FREE_BYTES as BUDGET_BYTES  # noqa: E402 - one reading of "10.48": 10.48e9 bytes
 GOAL_BYTES = 8 * GIB
 SHAPES = {
     "cpu-mid": {"hidden": 256, "layers": 4, "heads": 4, "intermediate": 688, "vocab": 8192, "seq": 128,
@@ -74,7 +74,7 @@ def build_model(shape: dict, device: str):
 
         from faithforge.gpu_calibration.calibrate import build_random_model_dir
         from faithforge.training.modeling import load_for_plan
-        from gpu.planner import Plan
+        from faithforge.gpu.planner import Plan
 
         config = json.loads(Path(shape["config"]).read_text())
         folder = build_random_model_dir(config, Path(tempfile.mkdtemp(prefix="dpo-step-")) / "model",

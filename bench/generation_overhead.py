@@ -58,7 +58,7 @@ def prepared_answers(count: int) -> list[str]:
 def run_once(target: int, answers: list[str]) -> tuple[float, dict]:
     from faithforge.generation import job
     from faithforge.generation.parameters import GenerateParameters
-    from flows.generate import generate_flow
+    from faithforge.flows.generate import generate_flow
 
     backend = InstantBackend(answers)
     job.build_backend = lambda *a, **k: backend  # the flow's own code path, model swapped out

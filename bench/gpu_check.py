@@ -11,7 +11,7 @@ What it does, once: writes a random-init folder of the qwen2.5-7b shape (bf16 sa
 and loads it the way the train stage does (`load_for_plan`, NF4 + double quantization, bf16 compute), attaches
 LoRA (r 16, all linears) once. Then, with the real `run_dpo` (cached reference log-probs, paged 8-bit AdamW,
 gradient checkpointing, bf16), for (seq, micro-batch) in (512, 1), (1024, 1), (1024, 2), (2048, 1): peak
-reserved and allocated beside `gpu.estimate.estimate_train`'s prediction; the (1024, 1) case again under
+reserved and allocated beside `faithforge.gpu.estimate.estimate_train`'s prediction; the (1024, 1) case again under
 `torch.cuda.set_per_process_memory_fraction((10.48e9 - 0.5 GiB context) / total)` for 4 steps (the RTX 5070
 verdict); steps/s of the cached reference vs TRL's live reference (same model, adapters disabled); and
 bench/prefix_cache.py's 6,287-token prefix variant. Everything goes to `<out>/gpu_check.json` as it is measured (a timeout keeps what
@@ -31,7 +31,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from gpu.profiles import RTX5070_FREE_BYTES as BUDGET_BYTES  # noqa: E402 - one reading of "10.48": 10.48e9 bytes
+from faithforge.gpu.profiles import RTX5070_FREE_BYTES as BUDGET_BYTES  # noqa: E402 - one reading of "10.48": 10.48e9 bytes
 CASES = ((512, 1), (1024, 1), (1024, 2), (2048, 1))
 CAPPED_CASE, CAPPED_STEPS = (1024, 1), 4
 TINY = {"model_type": "qwen2", "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
@@ -45,8 +45,8 @@ def write(out: Path, report: dict) -> None:
 
 
 def predicted(config: dict, name: str, seq: int, micro: int, device: str) -> dict:
-    from gpu.estimate import estimate_train
-    from gpu.model_shape import model_shape_from_config
+    from faithforge.gpu.estimate import estimate_train
+    from faithforge.gpu.model_shape import model_shape_from_config
 
     est = estimate_train(model_shape_from_config(config, name), micro_batch=micro, seq_len=seq, device=device,
                          optimizer="paged-adamw-8bit" if device == "cuda" else "adamw-fp32",
@@ -205,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     from faithforge.training.dpo import DpoArguments, run_dpo
     from faithforge.training.modeling import attach_lora, load_for_plan, load_tokenizer
     from faithforge.training.reference_cache import ReferenceCache, cache_key, compute_reference_cache
-    from gpu.model_shape import SHIPPED_CONFIGS_DIR, load_model_config
-    from gpu.planner import Plan
+    from faithforge.gpu.model_shape import SHIPPED_CONFIGS_DIR, load_model_config
+    from faithforge.gpu.planner import Plan
 
     on_gpu = not args.dry_run
     if on_gpu and not torch.cuda.is_available():
@@ -281,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if on_gpu:  # the RTX 5070 verdict: 10.48e9 bytes for the whole process, so torch's allocator gets that minus
         # the CUDA context it does not count (the estimator's 0.5 GiB; a stricter cap than the card's free memory)
-        from gpu.estimate import CUDA_CONTEXT_BYTES
+        from faithforge.gpu.estimate import CUDA_CONTEXT_BYTES
 
         total = torch.cuda.get_device_properties(0).total_memory
         torch.cuda.set_per_process_memory_fraction((BUDGET_BYTES - CUDA_CONTEXT_BYTES) / total)

@@ -18,9 +18,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from gpu.estimate import Estimate, estimate_hf_generate, estimate_reference, estimate_train  # noqa: E402
-from gpu.units import GiB_bytes as GIB  # noqa: E402
-from gpu.model_shape import SHIPPED_CONFIGS_DIR, SHIPPED_MODELS, load_model_config, load_model_shape  # noqa: E402
+from faithforge.gpu.estimate import Estimate, estimate_hf_generate, estimate_reference, estimate_train  # noqa: E402
+from faithforge.gpu.units import GiB_bytes as GIB  # noqa: E402
+from faithforge.gpu.model_shape import SHIPPED_CONFIGS_DIR, SHIPPED_MODELS, load_model_config, load_model_shape  # noqa: E402
 
 # stage label → (estimator stage, reference strategy, reference model)
 CASES = {

@@ -1,6 +1,6 @@
 """Register FaithForge with a self-hosted Prefect server: work pools, the `gpu` limit, and the deployments.
 
-    PREFECT_API_URL=http://127.0.0.1:4200/api python -m deployments.deploy \
+    PREFECT_API_URL=http://127.0.0.1:4200/api python -m faithforge.deployments.deploy \
         --timezone Europe/Berlin --storage-url s3://bucket/faithforge [--docker]
 
 The Python twin of `deployments/prefect.yaml` (same names, pools, entrypoints and schedule). It creates:
@@ -14,7 +14,7 @@ The Python twin of `deployments/prefect.yaml` (same names, pools, entrypoints an
   `--timezone`), and `faithforge-{reference,train,evaluate}/local` and `/a100` (and `/a100-docker`): a stage's
   deployment is named after its pool, which is how the pipeline finds the one to offload to (gpu.offload_pool).
 
-Entrypoints are module paths (`flows.train.train_flow`): the code is the installed package on every machine,
+Entrypoints are module paths (`faithforge.flows.train.train_flow`): the code is the installed package on every machine,
 so no pull step is needed. Flows on the `local` pool run in `--project-dir` (relative workspaces and spec paths
 resolve there). Running it again updates everything in place.
 """
@@ -53,12 +53,12 @@ NIGHTLY_MODEL = "qwen3:8b"
 NIGHTLY_FALLBACK_MODELS = ["qwen3:4b", "qwen3:1.7b", "qwen3:0.6b"]
 #: the stage flows that can run on a GPU pool, by stage name
 STAGE_ENTRYPOINTS = {
-    "reference": "flows.reference.reference_flow",
-    "train": "flows.train.train_flow",
-    "evaluate": "flows.evaluate.evaluate_flow",
+    "reference": "faithforge.flows.reference.reference_flow",
+    "train": "faithforge.flows.train.train_flow",
+    "evaluate": "faithforge.flows.evaluate.evaluate_flow",
 }
-PIPELINE_ENTRYPOINT = "flows.pipeline.pipeline"
-GENERATION_ENTRYPOINT = "flows.generate.generate_flow"
+PIPELINE_ENTRYPOINT = "faithforge.flows.pipeline.pipeline"
+GENERATION_ENTRYPOINT = "faithforge.flows.generate.generate_flow"
 #: a GPU for the docker variant: what `docker run --gpus all` sends (docker-py DeviceRequest fields)
 GPU_DEVICE_REQUESTS = [{"driver": "nvidia", "count": -1, "capabilities": [["gpu"]]}]
 WORKER_WORKSPACE_VOLUME = "faithforge-worker:/root/.faithforge-worker"
@@ -183,11 +183,11 @@ class Declaration:
 
 
 def _flows() -> dict[str, Any]:
-    from flows.evaluate import evaluate_flow
-    from flows.generate import generate_flow
-    from flows.pipeline import pipeline
-    from flows.reference import reference_flow
-    from flows.train import train_flow
+    from faithforge.flows.evaluate import evaluate_flow
+    from faithforge.flows.generate import generate_flow
+    from faithforge.flows.pipeline import pipeline
+    from faithforge.flows.reference import reference_flow
+    from faithforge.flows.train import train_flow
 
     return {PIPELINE_ENTRYPOINT: pipeline, GENERATION_ENTRYPOINT: generate_flow,
             STAGE_ENTRYPOINTS["reference"]: reference_flow, STAGE_ENTRYPOINTS["train"]: train_flow,
@@ -207,7 +207,7 @@ def declarations(project_dir: str | os.PathLike[str] = ".", *, timezone: str = "
                  generation_model: str = NIGHTLY_MODEL, generation_fallback_models: list[str] | None = None,
                  generation_paused: bool = False) -> list[Declaration]:
     """Every FaithForge deployment for these options (the one declaration both registrations come from)."""
-    from deployments.generation import generation_deployment_kwargs
+    from faithforge.deployments.generation import generation_deployment_kwargs
     from faithforge.core.backend_registry import BACKENDS
     from faithforge.core.config import load_config
     from faithforge.generation.parameters import GenerateParameters
@@ -271,7 +271,7 @@ PWD = "{{ $PWD }}"
 
 
 def prefect_yaml(decls: list[Declaration], project_dir: str | os.PathLike[str], *, portable: bool = True,
-                 name: str = "faithforge", command: str = "python -m deployments.deploy --write-prefect-yaml PATH") -> str:
+                 name: str = "faithforge", command: str = "python -m faithforge.deployments.deploy --write-prefect-yaml PATH") -> str:
     """The same deployments as a prefect.yaml. `portable`: the project root becomes `{{ $PWD }}`, so the file is
     the same on every machine and resolves to the directory `prefect deploy` runs in (the repository root)."""
     import yaml
@@ -304,7 +304,7 @@ def prefect_yaml(decls: list[Declaration], project_dir: str | os.PathLike[str], 
               "# Before `prefect --no-prompt deploy --all --prefect-file <this file>` (from the repository root):\n"
               "#   prefect work-pool create local --type process; prefect work-pool create a100 --type process\n"
               "#   prefect gcl create gpu --limit 1\n"
-              "# (`python -m deployments.deploy` does all of it in one step.) {{ $PWD }} is the directory you run\n"
+              "# (`python -m faithforge.deployments.deploy` does all of it in one step.) {{ $PWD }} is the directory you run\n"
               "# `prefect deploy` in: flows on the `local` pool run there.\n")
     return header + yaml.safe_dump(body, sort_keys=False, allow_unicode=True, width=110)
 
@@ -326,7 +326,7 @@ def deploy(project_dir: str | os.PathLike[str] = ".", *, gpu_slots: int = 1, doc
 def main(argv: list[str] | None = None) -> int:
     from prefect.settings import PREFECT_API_URL
 
-    parser = argparse.ArgumentParser(prog="python -m deployments.deploy", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m faithforge.deployments.deploy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--project-dir", default=".", help="Repository root: flows on the local pool run here.")
     parser.add_argument("--timezone", default="UTC", help="IANA timezone of the nightly 02:00 generation run.")
     parser.add_argument("--config", default=None, help="Pipeline YAML baked into the deployments' defaults.")
@@ -351,7 +351,7 @@ def main(argv: list[str] | None = None) -> int:
                                                if m.strip()],
                    generation_paused=args.pause_nightly)
     if args.write_prefect_yaml:
-        command = "python -m deployments.deploy " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "python -m faithforge.deployments.deploy " + " ".join(argv if argv is not None else sys.argv[1:])
         text = prefect_yaml(declarations(args.project_dir, docker=args.docker, **options), args.project_dir,
                             portable=args.project_dir == ".", name="faithforge-docker" if args.docker else "faithforge",
                             command=command)

@@ -46,6 +46,6 @@ def generation_deployment_kwargs(params: GenerateParameters, *, name: str = "nig
 
 def generation_deployment(params: GenerateParameters, **options: Any):
     """The `RunnerDeployment` of the nightly generation (serve it with `prefect.serve(...)`)."""
-    from flows.generate import generate_flow
+    from faithforge.flows.generate import generate_flow
 
     return generate_flow.to_deployment(**generation_deployment_kwargs(params, **options))

@@ -12,10 +12,10 @@ from faithforge.stages.evaluate import evaluate_models
 from faithforge.stages.outputs import (AdapterOutput, ControlOutput, DatasetOutput, EvaluationOutput, ModelOutput,
                                        PairsOutput)
 from faithforge.stages.ui_report import image_markdown
-from gpu.planner import Plan
-from tasks.gated_stage import enter_gated_stage
-from tasks.stage_runner import run_stage
-from tasks.judging import judging_mapper
+from faithforge.gpu.planner import Plan
+from faithforge.tasks.gated_stage import enter_gated_stage
+from faithforge.tasks.stage_runner import run_stage
+from faithforge.tasks.judging import judging_mapper
 
 
 @flow(name="faithforge-evaluate", log_prints=False)

@@ -37,16 +37,16 @@ from faithforge.stages.outputs import (AdapterOutput, BaseModelOutput, DatasetOu
                                        PairsOutput, StageOutput, WarmStartOutput)
 from faithforge.stages.pairs import build_pairs
 from faithforge.stages.ui_report import pipeline_report_markdown
-from flows.evaluate import evaluate_flow
-from flows.generate import generate_flow
-from flows.reference import reference_flow
-from flows.train import train_flow
+from faithforge.flows.evaluate import evaluate_flow
+from faithforge.flows.generate import generate_flow
+from faithforge.flows.reference import reference_flow
+from faithforge.flows.train import train_flow
 from faithforge.core.errors import redact_credentials
-from gpu.planner import Plan
-from tasks.stage_runner import run_stage
-from tasks.gated_stage import gate_task
-from tasks.offload import gpu_slot
-from tasks.supervision import begin_flow_run, cancel_requested
+from faithforge.gpu.planner import Plan
+from faithforge.tasks.stage_runner import run_stage
+from faithforge.tasks.gated_stage import gate_task
+from faithforge.tasks.offload import gpu_slot
+from faithforge.tasks.supervision import begin_flow_run, cancel_requested
 
 REPORT_KEY = "faithforge-report"
 TABLE_KEY = "faithforge-rates"

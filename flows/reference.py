@@ -8,9 +8,9 @@ from prefect.cache_policies import NO_CACHE
 from faithforge.core.config import PipelineConfig
 from faithforge.stages.outputs import ModelOutput, PairsOutput, ReferenceOutput
 from faithforge.stages.reference import reference_logps
-from gpu.planner import Plan
-from tasks.gated_stage import enter_gated_stage
-from tasks.stage_runner import run_stage
+from faithforge.gpu.planner import Plan
+from faithforge.tasks.gated_stage import enter_gated_stage
+from faithforge.tasks.stage_runner import run_stage
 
 
 @flow(name="faithforge-reference", log_prints=False)

@@ -15,9 +15,9 @@ from faithforge.stages.outputs import (AdapterOutput, ControlOutput, ModelOutput
                                        TrainOutputs)
 from faithforge.stages.train import train_dpo, train_sft_control
 from faithforge.stages.ui_report import image_markdown
-from gpu.planner import Plan
-from tasks.gated_stage import enter_gated_stage
-from tasks.stage_runner import run_stage
+from faithforge.gpu.planner import Plan
+from faithforge.tasks.gated_stage import enter_gated_stage
+from faithforge.tasks.stage_runner import run_stage
 
 
 @flow(name="faithforge-train", log_prints=False)

@@ -12,9 +12,9 @@ import sys
 from dataclasses import dataclass
 from typing import Callable, TypeVar
 
-from gpu.errors import OomBackoffExhausted
-from gpu.planner import Plan
-from gpu.units import format_gib
+from faithforge.gpu.errors import OomBackoffExhausted
+from faithforge.gpu.planner import Plan
+from faithforge.gpu.units import format_gib
 
 T = TypeVar("T")
 OOM_CLASS_NAMES = ("OutOfMemoryError",)

@@ -37,9 +37,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from gpu.model_shape import LORA_TARGETS_ALL_LINEAR, ModelShape
-from gpu.ollama_sizes import OllamaModel
-from gpu.units import MiB_bytes
+from faithforge.gpu.model_shape import LORA_TARGETS_ALL_LINEAR, ModelShape
+from faithforge.gpu.ollama_sizes import OllamaModel
+from faithforge.gpu.units import MiB_bytes
 
 Quantization = Literal["fp32", "bf16", "fp16", "int8", "nf4"]
 Optimizer = Literal["adamw-fp32", "paged-adamw-8bit"]

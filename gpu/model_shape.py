@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-from gpu.errors import ModelConfigError
+from faithforge.gpu.errors import ModelConfigError
 
 REQUIRED_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 MOE_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from gpu.errors import ModelConfigError
+from faithforge.gpu.errors import ModelConfigError
 
 GB = 10**9
 

@@ -30,16 +30,16 @@ from typing import Any, Iterator, Literal, Sequence, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from gpu.corrections import STAGES, Corrections
-from gpu.errors import PlanNotRunnableError
-from gpu.estimate import (Estimate, Optimizer, Quantization, ReferenceModel, data_parallel_bytes,
+from faithforge.gpu.corrections import STAGES, Corrections
+from faithforge.gpu.errors import PlanNotRunnableError
+from faithforge.gpu.estimate import (Estimate, Optimizer, Quantization, ReferenceModel, data_parallel_bytes,
                           estimate_full_finetune, estimate_hf_generate, estimate_ollama, estimate_reference,
                           estimate_train, estimate_train_fsdp)
-from gpu.model_shape import ModelShape
-from gpu.ollama_sizes import OllamaModel
-from gpu.profiles import profile_snapshot
-from gpu.snapshot import GpuDevice, GpuSnapshot
-from gpu.units import GiB_bytes, format_gib
+from faithforge.gpu.model_shape import ModelShape
+from faithforge.gpu.ollama_sizes import OllamaModel
+from faithforge.gpu.profiles import profile_snapshot
+from faithforge.gpu.snapshot import GpuDevice, GpuSnapshot
+from faithforge.gpu.units import GiB_bytes, format_gib
 
 Stage = Literal["generate", "reference", "train", "evaluate", "warm_start"]
 Placement = Literal["local", "cpu", "offload"]

@@ -22,8 +22,8 @@ import os
 from types import ModuleType
 from typing import Any, Callable, Mapping
 
-from gpu.profiles import PROFILE_ENV, profile_snapshot
-from gpu.snapshot import GpuDevice, GpuProcess, GpuSnapshot
+from faithforge.gpu.profiles import PROFILE_ENV, profile_snapshot
+from faithforge.gpu.snapshot import GpuDevice, GpuProcess, GpuSnapshot
 
 # NVML constants, used when the module does not define them (values from nvml.h).
 _NVML_DEVICE_MIG_ENABLE = 1

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from gpu.errors import UnknownProfileError
-from gpu.snapshot import GpuDevice, GpuSnapshot
-from gpu.units import GiB_bytes, MiB_bytes
+from faithforge.gpu.errors import UnknownProfileError
+from faithforge.gpu.snapshot import GpuDevice, GpuSnapshot
+from faithforge.gpu.units import GiB_bytes, MiB_bytes
 
 PROFILE_ENV = "FAITHFORGE_GPU_PROFILE"
 RTX5070_FREE_BYTES = 10_480_000_000  # the seed note's "10.48", read as GB (the stricter reading)

@@ -32,8 +32,8 @@ from faithforge.offload.dispatch import runs_here
 from faithforge.stages.context import StageContext
 from faithforge.stages.gate import GateRecord, gate
 from faithforge.stages.ui_report import plan_markdown, runs_on
-from tasks.offload import gpu_slot, offload_task, receive_task, send_task
-from tasks.supervision import begin_flow_run, started_by_worker, watch_worker
+from faithforge.tasks.offload import gpu_slot, offload_task, receive_task, send_task
+from faithforge.tasks.supervision import begin_flow_run, started_by_worker, watch_worker
 
 
 def _cuda_available() -> bool:

@@ -25,7 +25,7 @@ from faithforge.offload import dispatch as offload
 from faithforge.core.config import PipelineConfig
 from faithforge.stages.context import StageContext
 from faithforge.core.workspace import sha256_file, sha256_tree
-from gpu.planner import Plan
+from faithforge.gpu.planner import Plan
 
 DEFAULT_GPU_LIMIT = "gpu"
 POLL_S = 2.0
@@ -66,8 +66,8 @@ def gpu_slot(config: PipelineConfig, plan: Plan, run_id: str | None = None) -> I
         yield
         return
     from faithforge.core.progress import fan_out
-    from tasks.stage_runner import _artifact_progress
-    from tasks.supervision import held_slot, store_url
+    from faithforge.tasks.stage_runner import _artifact_progress
+    from faithforge.tasks.supervision import held_slot, store_url
 
     with held_slot(gpu_limit_name(config), plan.stage, store_url(config), run_id,
                    progress=fan_out(_artifact_progress(plan.stage))):
@@ -152,7 +152,7 @@ def offload_task(config: PipelineConfig, run_id: str | None, stage: str, plan: P
                                tags=["faithforge", "offload", stage])
     except ObjectNotFound:
         raise offload.OffloadError(f"{stage}: the deployment {name!r} does not exist on the Prefect server; register "
-                                   f"it with `python -m deployments.deploy` or `prefect deploy --all`") from None
+                                   f"it with `python -m faithforge.deployments.deploy` or `prefect deploy --all`") from None
     with get_client(sync_client=True) as client:
         run = _wait_for_child(client, child.id, stage, pool, timeout_s)
     if not run.state.is_completed():

@@ -83,8 +83,8 @@ def watch_worker(config: PipelineConfig) -> None:
     from faithforge.core.orphans import exited_cleanly, start_reaper, watch_parent
 
     # Killed without warning (SIGKILL; a worker's shutdown kills its flow processes outright), this process cannot
-    # report its own death: its reaper then runs `python -m tasks.supervision DATABASE_URL`, which reconciles it.
-    start_reaper(after_death=[sys.executable, "-m", "tasks.supervision", store_url(config)])
+    # report its own death: its reaper then runs `python -m faithforge.tasks.supervision DATABASE_URL`, which reconciles it.
+    start_reaper(after_death=[sys.executable, "-m", "faithforge.tasks.supervision", store_url(config)])
     atexit.register(exited_cleanly)
     watch_parent(lambda parent: worker_died(config, parent))
 
@@ -263,7 +263,7 @@ def _try_slot(client, limit: str, holder) -> Optional[str]:
     body = response.json()
     if not body.get("limits"):
         raise UserError(f"the global concurrency limit {limit!r} is missing on the Prefect server; create it with "
-                        f"`prefect gcl create {limit} --limit 1` or `python -m deployments.deploy`")
+                        f"`prefect gcl create {limit} --limit 1` or `python -m faithforge.deployments.deploy`")
     return str(body["lease_id"])
 
 
@@ -321,7 +321,7 @@ def held_slot(limit: str, stage: str, database_url: str, run_id: Optional[str],
         store.engine.dispose()
 
 
-if __name__ == "__main__":  # python -m tasks.supervision DATABASE_URL: what a dead flow process's reaper runs
+if __name__ == "__main__":  # python -m faithforge.tasks.supervision DATABASE_URL: what a dead flow process's reaper runs
     import sys
 
     reconcile(sys.argv[1], say=lambda line: None)

@@ -14,7 +14,7 @@ from faithforge.core.config import PipelineConfig
 
 def run_stages(cfg: PipelineConfig) -> dict:
     """Run generate → base model → warm start → pairs → reference → DPO (+ control) → evaluate; the outputs by
-    stage name, as `flows.pipeline.pipeline` returns them."""
+    stage name, as `faithforge.flows.pipeline.pipeline` returns them."""
     from faithforge.stages.preflight import check_pipeline_inputs
     from faithforge.stages.context import StageContext
     from faithforge.stages.evaluate import evaluate_models

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import yaml
 
-from deployments.deploy import declarations, prefect_yaml
+from faithforge.deployments.deploy import declarations, prefect_yaml
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_committed_prefect_yaml_files_are_generated_from_deploy_py():
     for docker, name, path in ((False, "faithforge", "deployments/prefect.yaml"),
                                (True, "faithforge-docker", "deployments/prefect.docker.yaml")):
-        command = "python -m deployments.deploy " + ("--docker " if docker else "") + f"--write-prefect-yaml {path}"
+        command = "python -m faithforge.deployments.deploy " + ("--docker " if docker else "") + f"--write-prefect-yaml {path}"
         expected = prefect_yaml(declarations(REPO, docker=docker), REPO, portable=True, name=name, command=command)
         assert (REPO / path).read_text(encoding="utf-8") == expected, (
             f"{path} is stale: regenerate it with `{command}` from the repository root")
@@ -30,30 +30,30 @@ def test_options_reach_the_yaml_and_the_python_deployments(tmp_path):
     decls = declarations(tmp_path, **options)
     spec = yaml.safe_load(prefect_yaml(decls, tmp_path, portable=True))
     by_name = {(d["entrypoint"], d["name"]): d for d in spec["deployments"]}
-    nightly = by_name[("flows.generate.generate_flow", "nightly-generation")]
+    nightly = by_name[("faithforge.flows.generate.generate_flow", "nightly-generation")]
     assert nightly["schedules"] == [{"cron": "0 2 * * *", "timezone": "Europe/Berlin", "active": True}]
     assert nightly["parameters"]["params"]["workspace"] == "{{ $PWD }}/.faithforge"
-    pipeline = by_name[("flows.pipeline.pipeline", "local")]
+    pipeline = by_name[("faithforge.flows.pipeline.pipeline", "local")]
     assert pipeline["parameters"]["config"] == {"workspace": "{{ $PWD }}/.faithforge", "storage_url": "s3://bucket/ff",
                                                 "gpu": {"offload_pool": "a100"}}
     assert pipeline["work_pool"] == {"name": "local", "job_variables": {"working_dir": "{{ $PWD }}",
                                                                 "env": {"OMP_WAIT_POLICY": "PASSIVE",
                                                                         "PREFECT_FLOWS_HEARTBEAT_FREQUENCY": "30"}}}
 
-    from deployments.deploy import build_deployments
+    from faithforge.deployments.deploy import build_deployments
 
     runners = {(r.entrypoint, r.name): r for r in build_deployments(tmp_path, **options)}
     assert set(runners) == set(by_name)
-    cron = runners[("flows.generate.generate_flow", "nightly-generation")].schedules[0].schedule
+    cron = runners[("faithforge.flows.generate.generate_flow", "nightly-generation")].schedules[0].schedule
     assert (cron.cron, cron.timezone) == ("0 2 * * *", "Europe/Berlin")
-    assert runners[("flows.pipeline.pipeline", "local")].parameters["config"]["workspace"] == str(
+    assert runners[("faithforge.flows.pipeline.pipeline", "local")].parameters["config"]["workspace"] == str(
         tmp_path.resolve() / ".faithforge")
 
 
 def test_nightly_generation_has_smaller_tiers_and_shares_the_pipeline_workspace(tmp_path):
     decls = {(d.entrypoint, d.name): d for d in declarations(tmp_path)}
-    params = decls[("flows.generate.generate_flow", "nightly-generation")].parameters["params"]
-    pipeline = decls[("flows.pipeline.pipeline", "local")].parameters["config"]
+    params = decls[("faithforge.flows.generate.generate_flow", "nightly-generation")].parameters["params"]
+    pipeline = decls[("faithforge.flows.pipeline.pipeline", "local")].parameters["config"]
     assert params["model"] == "qwen3:8b" and params["fallback_models"] == ["qwen3:4b", "qwen3:1.7b", "qwen3:0.6b"]
     assert params["workspace"] == pipeline["workspace"]  # the pipeline's LLM generation resumes what nightly wrote
     # the smallest tier runs on this 2-core machine's CPU when no tier fits a GPU: never "generating anyway"

@@ -47,7 +47,7 @@ def test_dockerfile_builds_from_cuda_and_copies_what_exists():
 
 
 def test_dockerfile_starts_one_job_at_a_time_worker_on_the_a100_pool():
-    from deployments.deploy import A100_POOL
+    from faithforge.deployments.deploy import A100_POOL
 
     ops = dict((op, rest) for op, rest in _instructions() if op in ("CMD", "ENTRYPOINT"))
     cmd = json.loads(ops["CMD"])

@@ -170,7 +170,7 @@ def _offload_scenario(stack) -> str:
 
     api, procs = stack["api"], stack["procs"]
     deployed = subprocess.run(
-        [sys.executable, "-m", "deployments.deploy", "--project-dir", str(REPO), "--timezone", "Europe/Berlin",
+        [sys.executable, "-m", "faithforge.deployments.deploy", "--project-dir", str(REPO), "--timezone", "Europe/Berlin",
          "--storage-url", str(stack["storage"]), "--pause-nightly"],
         env=stack["env"], cwd=REPO, capture_output=True, text=True, timeout=300)
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
@@ -341,7 +341,7 @@ def test_a_schedule_set_to_a_near_time_produces_a_completed_run(stack):
         try:
             nightly = client.read_deployment_by_name("faithforge-generate/nightly-generation")
         except Exception:  # the first test did not get as far as deploying
-            subprocess.run([sys.executable, "-m", "deployments.deploy", "--project-dir", str(REPO),
+            subprocess.run([sys.executable, "-m", "faithforge.deployments.deploy", "--project-dir", str(REPO),
                             "--storage-url", str(stack["storage"]), "--pause-nightly"],
                            env=stack["env"], cwd=REPO, check=True, capture_output=True, timeout=300)
             nightly = client.read_deployment_by_name("faithforge-generate/nightly-generation")
@@ -444,21 +444,21 @@ def _delete_all_deployments(client) -> None:
 
 
 def test_prefect_yaml_and_deploy_py_register_the_same_deployments(stack, tmp_path):
-    """Both declarations, with the same non-default options, on a real server: `python -m deployments.deploy` and
+    """Both declarations, with the same non-default options, on a real server: `python -m faithforge.deployments.deploy` and
     `prefect deploy --all` with the prefect.yaml that `--write-prefect-yaml` generates register the same
     deployments, schedules (with the timezone) and parameters (with the storage URL and workspace)."""
     options = ["--timezone", "Europe/Berlin", "--storage-url", str(stack["storage"])]
     env = {**stack["env"], "PWD": str(REPO)}  # what a shell sets when `prefect deploy` runs in the repository root
     with _client(stack["api"]) as client:
         _delete_all_deployments(client)  # earlier tests changed the nightly deployment
-    done = subprocess.run([sys.executable, "-m", "deployments.deploy", *options], env=env, cwd=REPO,
+    done = subprocess.run([sys.executable, "-m", "faithforge.deployments.deploy", *options], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     with _client(stack["api"]) as client:
         from_python = _deployments_snapshot(client)
         _delete_all_deployments(client)
     yaml_file = tmp_path / "prefect.yaml"
-    done = subprocess.run([sys.executable, "-m", "deployments.deploy", *options, "--write-prefect-yaml",
+    done = subprocess.run([sys.executable, "-m", "faithforge.deployments.deploy", *options, "--write-prefect-yaml",
                            str(yaml_file)], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
     done = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file",

@@ -31,7 +31,7 @@ def test_two_rank_stages_match_one_process_and_back_off_together(tmp_path, monke
     from faithforge.stages.pairs import build_pairs
     from faithforge.stages.reference import reference_logps
     from faithforge.stages.train import train_dpo
-    from gpu.snapshot import GpuSnapshot
+    from faithforge.gpu.snapshot import GpuSnapshot
 
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO), str(REPO / "tests")]))
     settings = {"generate": {"train_sources": 12, "val_sources": 10, "test_sources": 10},

@@ -20,7 +20,7 @@ from test_dpo_support import REPO, build_cache, dpo_args, lora_policy, lora_stat
 
 from faithforge.training.distributed import GroupFailedError, run_group
 from faithforge.training.dpo import last_complete_checkpoint, run_dpo
-from gpu.planner import Plan
+from faithforge.gpu.planner import Plan
 
 STEPS = 4
 GLOBAL = dict(micro_batch=2, grad_accum=2)  # one process: 2 × 2 = 4 pairs per step

@@ -96,7 +96,7 @@ def test_failing_training_stage_leaves_existing_adapter_untouched(tiny_model_dir
     from faithforge.stages.outputs import ModelOutput, PairsOutput
     from faithforge.stages.reference import reference_logps
     from faithforge.stages.train import train_dpo
-    from gpu.planner import Plan
+    from faithforge.gpu.planner import Plan
     from faithforge.training.tiny_model import build_tiny_model
     from faithforge.core.workspace import atomic_write_jsonl, sha256_tree
 

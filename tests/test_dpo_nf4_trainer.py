@@ -10,7 +10,7 @@ import pytest
 
 from test_dpo_support import make_pairs
 
-from gpu.planner import Plan
+from faithforge.gpu.planner import Plan
 
 pytestmark = pytest.mark.filterwarnings("ignore")
 NF4_PLAN = Plan.manual("train", "cpu", precision="nf4", batch_size=2, grad_accum=1)
@@ -71,7 +71,7 @@ def test_oom_inside_a_training_step_backs_off_and_retries_on_the_same_model(tiny
     import torch
 
     from faithforge.training.dpo import DpoArguments, run_dpo
-    from gpu import run_with_oom_backoff
+    from faithforge.gpu import run_with_oom_backoff
 
     pairs = make_pairs(6)
     reference, _ = _reference(tiny_model_dir, pairs, tmp_path / "ref")

@@ -72,7 +72,7 @@ def test_summary_survives_its_own_dict_round_trip():
 # issue 15 item 4 / issue 11 item 9: a run that stores nothing fails ---------------------------------------
 def test_a_run_that_stores_nothing_fails_with_its_top_reasons(prefect_harness, tmp_path):
     from faithforge.generation.job import GenerationFailed
-    from flows.generate import generate_flow
+    from faithforge.flows.generate import generate_flow
 
     with FakeOllama(default=lambda body: Reply("I cannot write JSON, sorry.")) as server:
         params = GenerateParameters(spec=GROUNDED, backend="ollama", base_url=server.url, target=2, use_gpu_gate=False,

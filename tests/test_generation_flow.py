@@ -22,7 +22,7 @@ GROUNDED = str(ROOT / "configs" / "specs" / "grounded-summaries.yaml")
 def test_flow_module_does_not_import_torch():
     import subprocess
 
-    code = "import sys, flows.generate, deployments.generation; print('torch' in sys.modules)"
+    code = "import sys, faithforge.flows.generate, faithforge.deployments.generation; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
 
@@ -33,7 +33,7 @@ def test_flow_generates_exports_records_and_reports_progress(prefect_harness, tm
     from faithforge.core.store import Store
     from faithforge.core.workspace import sha256_file
     from faithforge.generation.job import GenerationResult
-    from flows.generate import generate_flow
+    from faithforge.flows.generate import generate_flow
 
     params = GenerateParameters(spec=GROUNDED, backend="template", model="template", target=6,
                                 workspace=str(tmp_path))
@@ -60,7 +60,7 @@ def test_flow_generates_exports_records_and_reports_progress(prefect_harness, tm
 
 
 def test_flow_over_ollama_unloads_the_model_afterwards(prefect_harness, tmp_path):
-    from flows.generate import generate_flow
+    from faithforge.flows.generate import generate_flow
 
     teacher = TemplateBackend()
     with FakeOllama(default=lambda body: Reply(teacher.chat(body["messages"], schema=body["format"],
@@ -108,7 +108,7 @@ def test_openai_key_from_a_prefect_secret_block(prefect_harness):
 
 
 def test_nightly_deployment_at_two_in_a_configurable_timezone():
-    from deployments.generation import generation_deployment, generation_deployment_kwargs
+    from faithforge.deployments.generation import generation_deployment, generation_deployment_kwargs
     from faithforge.core.errors import UserError
 
     params = GenerateParameters(spec=GROUNDED, target=500)

@@ -12,7 +12,7 @@ import torch
 from faithforge.engine import EngineError, PrefixCachedEngine, SamplingConfig
 from faithforge.engine.gguf_sampler import default_threads, llama_cpp_available
 from faithforge.stages.sampler import choose_sampler, gguf_of
-from gpu.planner import Plan
+from faithforge.gpu.planner import Plan
 from real_model import imported_smollm2
 
 SYSTEM = "Summarize the document in one sentence. Use only facts stated in the document."

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 
-from gpu.backoff import is_cuda_oom, run_with_oom_backoff
-from gpu.errors import OomBackoffExhausted
-from gpu.model_shape import load_model_shape
-from gpu.planner import StageRequest, plan_stage
-from gpu.profiles import profile_snapshot
+from faithforge.gpu.backoff import is_cuda_oom, run_with_oom_backoff
+from faithforge.gpu.errors import OomBackoffExhausted
+from faithforge.gpu.model_shape import load_model_shape
+from faithforge.gpu.planner import StageRequest, plan_stage
+from faithforge.gpu.profiles import profile_snapshot
 
 
 class OutOfMemoryError(RuntimeError):

@@ -11,9 +11,9 @@ from faithforge.gpu_calibration.calibrate import (NO_CUDA_MESSAGE, correction_fa
                                     save_corrections)
 from faithforge.app.cli_gpu import app
 from faithforge.core.errors import UserError
-from gpu.corrections import Corrections
-from gpu.estimate import estimate_reference
-from gpu.model_shape import load_model_shape
+from faithforge.gpu.corrections import Corrections
+from faithforge.gpu.estimate import estimate_reference
+from faithforge.gpu.model_shape import load_model_shape
 
 runner = CliRunner()
 PLAN_KEYS = {"placement", "model", "batch_size", "grad_accum", "ref_strategy", "estimated_peak_bytes",

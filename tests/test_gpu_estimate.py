@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from gpu.errors import ModelConfigError
-from gpu.estimate import (CUDA_CONTEXT_BYTES, estimate_ollama, estimate_reference, estimate_train, weights_bytes)
-from gpu.model_shape import load_model_config, load_model_shape, model_shape_from_config
-from gpu.ollama_sizes import ollama_model, ollama_model_from_api
+from faithforge.gpu.errors import ModelConfigError
+from faithforge.gpu.estimate import (CUDA_CONTEXT_BYTES, estimate_ollama, estimate_reference, estimate_train, weights_bytes)
+from faithforge.gpu.model_shape import load_model_config, load_model_shape, model_shape_from_config
+from faithforge.gpu.ollama_sizes import ollama_model, ollama_model_from_api
 
 KIB = 1024
 
@@ -67,7 +67,7 @@ def test_lora_optimizer_and_checkpointing_terms():
 
 
 def test_full_fine_tune_charges_weights_grads_and_two_adamw_states():
-    from gpu.estimate import estimate_full_finetune
+    from faithforge.gpu.estimate import estimate_full_finetune
 
     shape = load_model_shape("qwen2.5-7b")
     est = estimate_full_finetune(shape, batch_size=1, seq_len=128, quantization="bf16")
@@ -117,7 +117,7 @@ def test_unknown_architecture_names_missing_keys_and_fallback_is_opt_in():
 
 
 def load_model_config_dict():
-    from gpu.model_shape import SHIPPED_CONFIGS_DIR
+    from faithforge.gpu.model_shape import SHIPPED_CONFIGS_DIR
 
     return load_model_config(SHIPPED_CONFIGS_DIR / "qwen3-8b.json")
 

@@ -9,11 +9,11 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from gpu.estimate import estimate_train, estimate_train_fsdp
-from gpu.model_shape import load_model_shape
-from gpu.planner import StageRequest, plan_stage, usable_bytes
-from gpu.profiles import profile_snapshot
-from gpu.snapshot import GpuSnapshot
+from faithforge.gpu.estimate import estimate_train, estimate_train_fsdp
+from faithforge.gpu.model_shape import load_model_shape
+from faithforge.gpu.planner import StageRequest, plan_stage, usable_bytes
+from faithforge.gpu.profiles import profile_snapshot
+from faithforge.gpu.snapshot import GpuSnapshot
 
 TRAIN = StageRequest(batch_size=16, seq_len=512)
 
@@ -120,7 +120,7 @@ def test_an_fsdp_plan_loads_nf4_with_the_weights_stored_in_bf16(tiny_model_dir):
     import torch
 
     from faithforge.training.modeling import load_for_plan
-    from gpu.planner import Plan
+    from faithforge.gpu.planner import Plan
 
     fsdp = Plan.manual("train", "cpu", precision="nf4", strategy="fsdp", num_processes=2)
     model, _ = load_for_plan(tiny_model_dir, fsdp)

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from gpu.corrections import Corrections
-from gpu.errors import PlanNotRunnableError
-from gpu.estimate import estimate_ollama, estimate_train
-from gpu.model_shape import ModelShape, load_model_shape
-from gpu.ollama_sizes import ollama_model
-from gpu.planner import StageRequest, plan_stage, require_runnable, usable_bytes
-from gpu.profiles import profile_snapshot
+from faithforge.gpu.corrections import Corrections
+from faithforge.gpu.errors import PlanNotRunnableError
+from faithforge.gpu.estimate import estimate_ollama, estimate_train
+from faithforge.gpu.model_shape import ModelShape, load_model_shape
+from faithforge.gpu.ollama_sizes import ollama_model
+from faithforge.gpu.planner import StageRequest, plan_stage, require_runnable, usable_bytes
+from faithforge.gpu.profiles import profile_snapshot
 
 TINY = ModelShape(name="tiny", model_type="llama", hidden_size=128, intermediate_size=256, num_layers=2,
                   num_attention_heads=4, num_kv_heads=4, head_dim=32, vocab_size=1024)

@@ -6,9 +6,9 @@ import types
 
 import pytest
 
-from gpu.errors import UnknownProfileError
-from gpu.probe import Nvml, probe_nvml, read_snapshot
-from gpu.units import GiB_bytes as GIB
+from faithforge.gpu.errors import UnknownProfileError
+from faithforge.gpu.probe import Nvml, probe_nvml, read_snapshot
+from faithforge.gpu.units import GiB_bytes as GIB
 
 
 class FakeNVMLError(Exception):

@@ -8,7 +8,7 @@ import pytest
 from faithforge.core.config import load_config
 from faithforge.core.errors import UserError
 from faithforge.stages.context import StageContext
-from gpu.planner import Plan
+from faithforge.gpu.planner import Plan
 
 NF4 = Plan.manual("train", "cpu", precision="nf4", batch_size=2, grad_accum=1)
 
@@ -96,9 +96,9 @@ def test_the_warm_start_refuses_a_4bit_plan(tmp_path):
 
 def test_the_planned_gpu_is_the_only_one_the_stage_sees():
     from faithforge.training.modeling import visibility_env
-    from gpu.planner import StageRequest, plan_stage
-    from gpu.model_shape import load_model_shape
-    from gpu.snapshot import GpuDevice, GpuSnapshot
+    from faithforge.gpu.planner import StageRequest, plan_stage
+    from faithforge.gpu.model_shape import load_model_shape
+    from faithforge.gpu.snapshot import GpuDevice, GpuSnapshot
 
     busy = GpuDevice(index=0, name="A", uuid="GPU-aaaa", total_bytes=80 << 30, free_bytes=1 << 30, used_bytes=79 << 30)
     idle = GpuDevice(index=1, name="B", uuid="GPU-bbbb", total_bytes=80 << 30, free_bytes=79 << 30, used_bytes=1 << 30)
@@ -115,7 +115,7 @@ def test_a_disabled_warm_start_is_neither_planned_nor_refused(tmp_path):
     """A 7B full fine-tune fits no 12 GB card; with the warm start off (your own SFT model) the gate must not
     refuse the run for it."""
     from faithforge.stages.gate import gate, plan_pipeline
-    from gpu.profiles import profile_snapshot
+    from faithforge.gpu.profiles import profile_snapshot
 
     cfg = load_config(None, environ={}, overrides={
         "workspace": str(tmp_path / "ws"), "gpu": {"sizing_model": "qwen2.5-7b", "profile": "rtx5070-12gb"},
@@ -124,7 +124,7 @@ def test_a_disabled_warm_start_is_neither_planned_nor_refused(tmp_path):
     record = gate(StageContext.open(cfg), "warm_start")
     assert record.skipped and record.placement == "cpu" and record.stage == "warm_start"
     enabled = cfg.model_copy(update={"warm_start": cfg.warm_start.model_copy(update={"enabled": True})})
-    from gpu.errors import PlanNotRunnableError
+    from faithforge.gpu.errors import PlanNotRunnableError
 
     with pytest.raises(PlanNotRunnableError, match="warm_start"):
         gate(StageContext.open(enabled), "warm_start")

@@ -44,7 +44,7 @@ def test_serial_chunks_equal_one_pass(judge):
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("runner", ["dask", "threads"])
 def test_mapped_prefect_tasks_give_the_serial_report(prefect_harness, runner):
-    from tasks.judging import judging_mapper
+    from faithforge.tasks.judging import judging_mapper
 
     items, summaries = _items_and_summaries()
     cut = [i % 5 == 0 for i in range(len(items))]
@@ -61,7 +61,7 @@ def test_mapped_prefect_tasks_give_the_serial_report(prefect_harness, runner):
 
 def test_serial_runner_maps_nothing_and_a_bad_runner_is_refused():
     from faithforge.core.errors import ConfigError
-    from tasks.judging import JUDGE_RUNNERS, judging_mapper
+    from faithforge.tasks.judging import JUDGE_RUNNERS, judging_mapper
 
     assert judging_mapper(load_config(None, environ={})) is None
     assert set(JUDGE_RUNNERS) == {"threads", "dask"}

@@ -40,7 +40,7 @@ def test_a_form_nobody_answers_times_out_into_unlabeled_and_the_run_completes(pr
     from prefect import flow
 
     from faithforge.core.config import load_config
-    from flows.pipeline import label_step
+    from faithforge.flows.pipeline import label_step
 
     evaluation = _evaluation(tmp_path / "eval")
     cfg = load_config(None, overrides={"workspace": str(tmp_path / "ws"),
@@ -64,7 +64,7 @@ def test_a_form_nobody_answers_times_out_into_unlabeled_and_the_run_completes(pr
 def test_the_form_has_a_choice_per_output_and_shows_source_output_and_flags(tmp_path):
     from faithforge.stages.label import form_description
     from faithforge.evaluation.labeling import read_label_items
-    from flows.pipeline import label_form
+    from faithforge.flows.pipeline import label_form
 
     items = read_label_items(_evaluation(tmp_path / "eval").path)
     schema = label_form(items).model_json_schema()
@@ -107,7 +107,7 @@ def test_chromium_fills_the_pause_form_and_the_report_shows_the_judges_accuracy(
         config["train"]["steps"] = 2
         config.update(workspace=str(tmp_path / "ws"),
                       label={"enabled": True, "items": 3, "batch_size": 3, "timeout_s": 900, "poll_s": 1})
-        script = ("import json, sys\nfrom faithforge.core.config import load_config\nfrom flows.pipeline import pipeline\n"
+        script = ("import json, sys\nfrom faithforge.core.config import load_config\nfrom faithforge.flows.pipeline import pipeline\n"
                   "summary = pipeline(load_config(None, overrides=json.loads(sys.argv[1]), environ={}))\n"
                   "print('LABEL', json.dumps(summary['stages']['label']))\n")
         flow_proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(config)], env=env, cwd=REPO,

@@ -114,7 +114,7 @@ def test_child_and_worker_configs():
 def test_offload_stages_offload_on_purpose_and_need_a_pool():
     from faithforge.core.errors import ConfigError
     from faithforge.stages.gate import plan_pipeline
-    from gpu.profiles import profile_snapshot
+    from faithforge.gpu.profiles import profile_snapshot
 
     cfg = PipelineConfig.model_validate({"gpu": {"offload_pool": "a100", "offload_stages": ["train"],
                                                  "offload_profile": "a100-80gb"}})
@@ -167,8 +167,8 @@ def test_result_json_round_trip(tmp_path):
 
 
 def test_prefect_yaml_matches_deploy_py():
-    from deployments import deploy
-    from deployments.generation import NIGHTLY_CRON
+    from faithforge.deployments import deploy
+    from faithforge.deployments.generation import NIGHTLY_CRON
 
     spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
     docker_spec = yaml.safe_load((REPO / "deployments" / "prefect.docker.yaml").read_text())
@@ -193,7 +193,7 @@ def test_prefect_yaml_matches_deploy_py():
 
 
 def test_docker_template_exposes_container_kwargs():
-    from deployments.deploy import docker_base_job_template
+    from faithforge.deployments.deploy import docker_base_job_template
 
     template = {"job_configuration": {"image": "{{ image }}"}, "variables": {"properties": {"image": {}}}}
     out = docker_base_job_template(template)
@@ -207,9 +207,9 @@ def test_gpu_slot_without_a_limit(prefect_harness, monkeypatch):
     local demo (not enforced) and CPU plans take no slot."""
     from prefect import flow
 
-    import tasks.offload as glue
+    import faithforge.tasks.offload as glue
     from faithforge.core.errors import UserError
-    from gpu.planner import Plan
+    from faithforge.gpu.planner import Plan
 
     cfg = PipelineConfig()
 

@@ -31,7 +31,7 @@ async def _all_log_messages() -> list[str]:
 def test_pipeline_runs_end_to_end_and_reuses(prefect_harness, tmp_path):
     from prefect.client.orchestration import get_client
 
-    from flows.pipeline import pipeline
+    from faithforge.flows.pipeline import pipeline
 
     cfg = load_config(None, overrides={**SMALL_PIPELINE, "workspace": str(tmp_path / "ws")}, environ={})
     first = pipeline(cfg)

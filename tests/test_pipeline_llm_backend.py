@@ -22,7 +22,7 @@ def test_pipeline_trains_on_examples_generated_through_ollama(prefect_harness, t
     from fake_llm_servers import FakeOllama
 
     from faithforge.core.store import Store
-    from flows.pipeline import pipeline
+    from faithforge.flows.pipeline import pipeline
 
     with FakeOllama(default=_answer_as_teacher) as server:
         cfg = load_config(None, environ={}, overrides={

@@ -14,7 +14,7 @@ from faithforge.app.real_demo import CI_SETTINGS, REAL_SETTINGS
 @pytest.mark.slow
 @pytest.mark.timeout(1800)  # ~3-4 min on 2 idle cores; the limit leaves room for a loaded machine
 def test_real_model_runs_every_stage(prefect_harness, tmp_path, tmp_path_factory):
-    from flows.pipeline import pipeline
+    from faithforge.flows.pipeline import pipeline
     from faithforge.stages.pairs import load_pairs
 
     model = imported_smollm2(tmp_path_factory)

@@ -60,8 +60,8 @@ def test_the_config_form_and_cli_list_exactly_the_registered_names():
 
     from faithforge.app.cli import _register_subcommands, app
     from faithforge.generation.worker import build_parser
-    from flows.generate import generate_flow
-    from flows.pipeline import pipeline
+    from faithforge.flows.generate import generate_flow
+    from faithforge.flows.pipeline import pipeline
 
     judges, backends = list(JUDGES.names()), list(BACKENDS.names())
     sample_judges = [k.name for k in JUDGES if k.scores_samples]
@@ -117,7 +117,7 @@ def test_a_judge_registered_once_is_accepted_by_config_cli_and_form(throwaway_ju
     from faithforge.core.config import load_config
     from faithforge.evaluation import get_judge
     from faithforge.stages.preflight import check_pipeline_inputs
-    from flows.pipeline import pipeline
+    from faithforge.flows.pipeline import pipeline
 
     config = load_config(None, overrides={"workspace": str(tmp_path / "ws"), "evaluate": {"judge": throwaway_judge},
                                           "pairs": {"judge": throwaway_judge}}, environ={})
@@ -166,7 +166,7 @@ def test_a_backend_registered_once_is_accepted_by_config_cli_and_form(throwaway_
     from faithforge.app.cli import _register_subcommands, app
     from faithforge.core.config import load_config
     from faithforge.generation.parameters import GenerateParameters
-    from flows.generate import generate_flow
+    from faithforge.flows.generate import generate_flow
 
     assert GenerateParameters(spec="s.yaml", backend=throwaway_backend).backend == throwaway_backend
     config = load_config(None, overrides={"generate": {"backend": throwaway_backend}}, environ={})

@@ -48,7 +48,7 @@ def test_on_policy_pairs_stage_samples_from_the_given_model(tiny_model_dir, tmp_
     from faithforge.stages.generate import generate_examples
     from faithforge.stages.outputs import ModelOutput
     from faithforge.stages.pairs import build_pairs, load_pairs
-    from gpu.planner import Plan
+    from faithforge.gpu.planner import Plan
 
     cfg = load_config(None, environ={}, overrides={
         "workspace": str(tmp_path / "ws"), "generate": {"train_sources": 12, "val_sources": 10, "test_sources": 10},

@@ -58,7 +58,7 @@ def stack(tmp_path_factory):
         procs.start("server", [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
                                "--port", str(port)], env, root)
         wait_healthy(f"{api}/health", procs.running["server"], lambda: procs.tail("server"))
-        deployed = subprocess.run([sys.executable, "-m", "deployments.deploy", "--project-dir", str(REPO),
+        deployed = subprocess.run([sys.executable, "-m", "faithforge.deployments.deploy", "--project-dir", str(REPO),
                                    "--pause-nightly"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
         yield {"root": root, "api": api, "ui": f"http://127.0.0.1:{port}", "env": env, "procs": procs,
@@ -305,7 +305,7 @@ def _bad_input(stack, client) -> None:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
     from prefect.exceptions import PrefectHTTPStatusError
 
-    from deployments.deploy import ZOMBIE_AUTOMATION
+    from faithforge.deployments.deploy import ZOMBIE_AUTOMATION
 
     bad = _config(stack, workspace=str(stack["root"] / "ws-bad"), evaluate={"judge": "nli"})
     created = time.monotonic()

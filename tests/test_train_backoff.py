@@ -8,7 +8,7 @@ import pytest
 
 from faithforge.core.config import load_config
 from faithforge.stages.context import StageContext
-from gpu.planner import Plan
+from faithforge.gpu.planner import Plan
 from tests.model_loads import watch_load_for_plan
 
 

@@ -202,7 +202,7 @@ def runs(
     store = Store(database_url)
     store.mark_crashed_runs()
     if os.environ.get("PREFECT_API_URL"):  # runs of a Prefect server: follow it (cancelled there → `cancelled`)
-        from tasks.supervision import reconcile
+        from faithforge.tasks.supervision import reconcile
 
         try:
             reconcile(database_url, say=lambda line: typer.echo(line, err=True))

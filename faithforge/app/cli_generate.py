@@ -140,7 +140,7 @@ def _run(params: GenerateParameters, console: Console, *, prefect: bool, verbose
             offline_environment()
             if not verbose:  # our bar and summary speak for the run; Prefect's log (with tracebacks) only with -v
                 quiet_prefect_logs()
-            from flows.generate import generate_flow
+            from faithforge.flows.generate import generate_flow
 
             # Ctrl-C reaches the embedded Prefect server too (one process group): without the stopper the
             # server died and generation went on against it. Finished examples are files and a rerun skips them.

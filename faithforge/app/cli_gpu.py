@@ -18,13 +18,13 @@ from faithforge.gpu_calibration.calibrate import correction_factor, load_correct
 from faithforge.core.config import PipelineConfig, load_config
 from faithforge.core.errors import USER_ERRORS, UserError
 from faithforge.stages.gate import calibration_path, plan_pipeline
-from gpu.estimate import estimate_hf_generate, estimate_reference, estimate_train
-from gpu.model_shape import SHIPPED_MODELS, load_model_config, load_model_shape
-from gpu.planner import Plan
-from gpu.probe import probe_nvml, read_snapshot
-from gpu.profiles import PROFILE_ENV, known_profiles
-from gpu.snapshot import GpuSnapshot
-from gpu.units import format_gib
+from faithforge.gpu.estimate import estimate_hf_generate, estimate_reference, estimate_train
+from faithforge.gpu.model_shape import SHIPPED_MODELS, load_model_config, load_model_shape
+from faithforge.gpu.planner import Plan
+from faithforge.gpu.probe import probe_nvml, read_snapshot
+from faithforge.gpu.profiles import PROFILE_ENV, known_profiles
+from faithforge.gpu.snapshot import GpuSnapshot
+from faithforge.gpu.units import format_gib
 
 app = typer.Typer(help="The GPU gate: what the GPU has free, and where and how each stage will run.",
                   no_args_is_help=False)

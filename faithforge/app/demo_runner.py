@@ -49,7 +49,7 @@ def run_pipeline_with_progress(config: PipelineConfig, verbose: bool = False) ->
     try:
         from faithforge.app.prefect_settings import without_heartbeats
         from faithforge.core.orphans import start_reaper
-        from flows.pipeline import pipeline
+        from faithforge.flows.pipeline import pipeline
 
         # Prefect starts its embedded server itself (a `uvicorn` child, no hook to make it die with us): a
         # watcher process stops it, and any other child, if this process is killed (SIGKILL cannot be handled).

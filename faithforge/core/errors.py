@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-from gpu.errors import GpuGateError
+from faithforge.gpu.errors import GpuGateError
 
 __all__ = ["USER_ERRORS", "UserError", "ConfigError", "SHOWN_PROBLEMS", "bad_rows_message", "redact_credentials",
            "validation_message"]

@@ -1,4 +1,4 @@
-"""Ask the GPU gate (`gpu.planner`) for the model tier, parallel requests and max tokens.
+"""Ask the GPU gate (`faithforge.gpu.planner`) for the model tier, parallel requests and max tokens.
 
 Generation runs on the machine that serves the model. The gate reads *this* machine's GPU, so it is
 consulted only for the local backend and for an Ollama on loopback; a remote server or an
@@ -11,7 +11,7 @@ from urllib.parse import urlparse
 
 from pydantic import BaseModel, ConfigDict
 
-from gpu.planner import Plan
+from faithforge.gpu.planner import Plan
 
 LOOPBACK = {"127.0.0.1", "localhost", "::1", "0.0.0.0"}
 
@@ -52,7 +52,7 @@ def decide(backend: str, models: list[str], *, batch_size: int, max_tokens: int,
     kind = BACKENDS.get(backend)
     if kind.server and (kind.model_sizes is None or not _is_local(base_url or kind.default_url)):
         return configured.model_copy(update={"reason": "the model runs on another machine: configured values"})
-    from gpu import ModelConfigError, StageRequest, load_model_shape, ollama_model, plan_stage, read_snapshot
+    from faithforge.gpu import ModelConfigError, StageRequest, load_model_shape, ollama_model, plan_stage, read_snapshot
 
     candidates, skipped = [], []
     if kind.model_sizes is not None:

@@ -18,8 +18,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping
 
 from faithforge.core.errors import UserError
-from gpu.corrections import Corrections
-from gpu.estimate import CUDA_CONTEXT_BYTES, Estimate
+from faithforge.gpu.corrections import Corrections
+from faithforge.gpu.estimate import CUDA_CONTEXT_BYTES, Estimate
 
 NO_CUDA_MESSAGE = ("calibration needs a CUDA GPU (torch.cuda.is_available() is False here); run "
                    "`faithforge gpu calibrate` on the machine whose GPU you want to calibrate")
@@ -217,7 +217,7 @@ def measure_stage(config: Mapping[str, Any], stage: str, *, precision: str, seq_
     import tempfile
 
     from faithforge.training.modeling import attach_lora, load_for_plan, load_tokenizer
-    from gpu.planner import Plan
+    from faithforge.gpu.planner import Plan
 
     with tempfile.TemporaryDirectory(prefix="ff-calibrate-", dir=workdir) as tmp:
         folder = build_random_model_dir(config, Path(tmp) / "model", init_device=device)

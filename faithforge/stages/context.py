@@ -34,7 +34,7 @@ class StageContext:
     progress: ProgressFn = field(default=_no_progress)
     log: Callable[[str], None] = field(default=_python_log)
     """Where a stage sends log lines of work it runs in child processes (torchrun ranks): the Prefect run log inside
-    a task (`tasks.stage_runner.run_stage`), Python logging otherwise."""
+    a task (`faithforge.tasks.stage_runner.run_stage`), Python logging otherwise."""
 
     @classmethod
     def open(cls, config: PipelineConfig, run_id: str | None = None, progress: ProgressFn | None = None) -> "StageContext":

@@ -20,7 +20,7 @@ from faithforge.evaluation.judge_options import judge_options
 from faithforge.data.sources import system_prompt
 from faithforge.data.teacher import SYSTEM_PROMPT
 from faithforge.core.workspace import atomic_write_json, atomic_write_jsonl, atomic_write_text
-from gpu.planner import Plan
+from faithforge.gpu.planner import Plan
 
 
 def summarize_sources(model_path: str, sources: list[str], *, adapter: str | None, plan: Plan,

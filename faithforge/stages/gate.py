@@ -1,6 +1,6 @@
 """Stage: the GPU gate. Reads the GPU (NVML or a simulated profile) and plans each stage before it loads anything.
 
-`plan_pipeline` turns the pipeline configuration into one `gpu.planner` request per stage (what the gate task
+`plan_pipeline` turns the pipeline configuration into one `faithforge.gpu.planner` request per stage (what the gate task
 and `faithforge gpu` show); `gate` plans one stage for a run and records the decision as a `GateRecord`: the
 stage's `Plan` plus what the gate saw (`snapshot`), whether the stage is turned off (`skipped`) and, for a stage
 that cannot be offloaded, the placement that was planned before it was moved here (`planned_placement`). A
@@ -17,12 +17,12 @@ from pydantic import BaseModel, ConfigDict
 
 from faithforge.core.config import PipelineConfig
 from faithforge.stages.context import StageContext
-from gpu.corrections import Corrections
-from gpu.model_shape import ModelShape, load_model_shape
-from gpu.ollama_sizes import ollama_model
-from gpu.planner import Placement, Plan, StageRequest, plan_stage
-from gpu.profiles import profile_snapshot
-from gpu.snapshot import GpuSnapshot
+from faithforge.gpu.corrections import Corrections
+from faithforge.gpu.model_shape import ModelShape, load_model_shape
+from faithforge.gpu.ollama_sizes import ollama_model
+from faithforge.gpu.planner import Placement, Plan, StageRequest, plan_stage
+from faithforge.gpu.profiles import profile_snapshot
+from faithforge.gpu.snapshot import GpuSnapshot
 
 TINY_VOCAB_SIZE = 1024  # upper bound for the tiny model's word-level tokenizer (~120 words)
 WARM_START_MAX_LENGTH = 128  # faithforge.training.sft.train_sft's default max_length, which the warm start uses
@@ -136,7 +136,7 @@ def gate(ctx: StageContext, stage: str) -> GateRecord:
     and no offload pool is configured.
     """
     from faithforge.gpu_calibration.calibrate import load_corrections
-    from gpu import read_snapshot, require_runnable
+    from faithforge.gpu import read_snapshot, require_runnable
 
     snapshot = read_snapshot(ctx.config.gpu.profile)
     if stage == "warm_start" and not ctx.config.warm_start.enabled:  # nothing runs, nothing to plan or refuse

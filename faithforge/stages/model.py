@@ -10,7 +10,7 @@ from faithforge.stages.reuse import claim_output
 from faithforge.stages.context import StageContext, content_key
 from faithforge.stages.generate import load_split
 from faithforge.stages.outputs import BaseModelOutput, DatasetOutput, ModelOutput, WarmStartOutput
-from gpu.planner import Plan
+from faithforge.gpu.planner import Plan
 from faithforge.data.teacher import prompt_messages
 from faithforge.core.workspace import atomic_directory, remove_inside
 

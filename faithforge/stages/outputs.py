@@ -34,12 +34,12 @@ class StageOutput(BaseModel):
     recomputed_because: Optional[str] = None
     """Why an earlier output was not reused (one line), when there was one."""
     wall_seconds: Optional[float] = None
-    """Seconds the task spent on the stage (set by `tasks.stage_runner.run_stage`)."""
+    """Seconds the task spent on the stage (set by `faithforge.tasks.stage_runner.run_stage`)."""
     measured_peak_reserved_bytes: Optional[int] = None
     """CUDA peak reserved bytes while the stage ran (stages that used CUDA), beside the gate's estimate."""
     measured_peak_allocated_bytes: Optional[int] = None
     offloaded_to: Optional[str] = None
-    """The work pool the stage ran on when it was offloaded (set by `tasks.offload.offload_task`)."""
+    """The work pool the stage ran on when it was offloaded (set by `faithforge.tasks.offload.offload_task`)."""
     offload_flow_run: Optional[str] = None
     offload_flow_run_id: Optional[str] = None
 

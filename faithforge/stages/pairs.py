@@ -11,7 +11,7 @@ from faithforge.stages.reuse import claim_output
 from faithforge.stages.context import StageContext, content_key
 from faithforge.stages.generate import load_split
 from faithforge.stages.outputs import DatasetOutput, ModelOutput, PairsOutput
-from gpu.planner import Plan
+from faithforge.gpu.planner import Plan
 from faithforge.core.workspace import atomic_directory, atomic_write_jsonl, read_jsonl, sha256_file
 
 #: On-policy sampling without a gate plan: on the CPU in fp32, 32 summaries at a time.

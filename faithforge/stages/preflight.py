@@ -23,7 +23,7 @@ def check_pipeline_inputs(cfg: PipelineConfig) -> Workspace:
     store = Store(cfg.database_url or workspace.database_url)  # a damaged or unreachable store fails here
     store.mark_crashed_runs()
     store.engine.dispose()
-    from gpu import read_snapshot
+    from faithforge.gpu import read_snapshot
 
     read_snapshot(cfg.gpu.profile)  # an unknown profile name fails here, listing the known ones
     if cfg.model.path and not (Path(cfg.model.path).expanduser() / "config.json").is_file():

@@ -8,7 +8,7 @@ from faithforge.core.locks import output_lock
 from faithforge.stages.context import StageContext
 from faithforge.stages.outputs import ModelOutput, PairsOutput, ReferenceOutput
 from faithforge.stages.pairs import load_pairs
-from gpu.planner import Plan
+from faithforge.gpu.planner import Plan
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ def _compute(ctx: StageContext, cache, info: dict, model: ModelOutput, pairs: Pa
              train_pairs: list, tokenizer) -> ReferenceOutput:
     from faithforge.training.modeling import load_for_plan, measured_peak, start_peak_measurement
     from faithforge.training.reference_cache import compute_reference_cache
-    from gpu import run_with_oom_backoff
+    from faithforge.gpu import run_with_oom_backoff
 
     cfg = ctx.config.reference
     if plan.num_processes > 1:

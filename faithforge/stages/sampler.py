@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from faithforge.engine import SamplingConfig
-from gpu.planner import Plan
+from faithforge.gpu.planner import Plan
 
 
 @dataclass(frozen=True)

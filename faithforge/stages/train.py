@@ -12,7 +12,7 @@ from faithforge.stages.context import StageContext, content_key
 from faithforge.stages.outputs import AdapterOutput, ControlOutput, ModelOutput, PairsOutput, ReferenceOutput
 from faithforge.stages.pairs import load_pairs
 from faithforge.core.workspace import atomic_directory, atomic_write_json, remove_inside, sha256_tree
-from gpu.planner import Plan
+from faithforge.gpu.planner import Plan
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ def _train_dpo_group(ctx: StageContext, claim: Claim, key: str, out: Path, model
 
     from faithforge.training.distributed import is_log_line, run_group
     from faithforge.training.modeling import check_same_precision, device_for
-    from gpu import run_with_oom_backoff
+    from faithforge.gpu import run_with_oom_backoff
 
     check_same_precision(plan, reference.precision, reference.quantization)
     cfg = ctx.config.train
@@ -191,7 +191,7 @@ def _run_dpo_with_backoff(ctx: StageContext, key: str, policy, tokenizer, train_
                           start: Plan, on_gpu: bool, report_callbacks: list | None = None) -> tuple[dict, list[dict]]:
     """`run_dpo` from `start`'s micro-batch; after a CUDA OOM again with half of it (the run store hears of each)."""
     from faithforge.training.dpo import run_dpo
-    from gpu import run_with_oom_backoff
+    from faithforge.gpu import run_with_oom_backoff
 
     args = _dpo_arguments(ctx, key, on_gpu, start)
     backoffs: list[dict] = []
@@ -255,7 +255,7 @@ def _train_sft_control(ctx: StageContext, claim: Claim, out: Path, model: ModelO
     from faithforge.training.modeling import (attach_lora, load_for_plan, load_tokenizer, measured_peak, plan_precision,
                                      start_peak_measurement, use_chunked_head_loss)
     from faithforge.training.sft import SftExample, train_sft
-    from gpu import run_with_oom_backoff
+    from faithforge.gpu import run_with_oom_backoff
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     cfg = ctx.config.train

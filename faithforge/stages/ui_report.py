@@ -12,7 +12,7 @@ import base64
 from pathlib import Path
 from typing import Any
 
-from gpu.units import format_gib
+from faithforge.gpu.units import format_gib
 
 #: Largest PNG embedded in an artifact, bytes. The charts FaithForge draws are 20-80 KB; a file far larger than
 #: that is not one of them, and base64 would make each artifact version in the server's database 4/3 of it.

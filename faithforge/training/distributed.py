@@ -43,7 +43,7 @@ STOP_GRACE_S = 10.0
 
 
 class RankOutOfMemoryError(RuntimeError):
-    """A rank ran out of CUDA memory; the message keeps CUDA's text (`gpu.backoff.is_cuda_oom` recognises it)."""
+    """A rank ran out of CUDA memory; the message keeps CUDA's text (`faithforge.gpu.backoff.is_cuda_oom` recognises it)."""
 
 
 class GroupFailedError(UserError):
@@ -198,7 +198,7 @@ def emit(event: dict) -> None:
 
 
 def _report_failure(work: Path, rank: int, exc: BaseException) -> int:
-    from gpu.backoff import is_cuda_oom
+    from faithforge.gpu.backoff import is_cuda_oom
 
     oom = is_cuda_oom(exc)
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
@@ -214,7 +214,7 @@ def _load_policy(spec: dict, local_rank: int):
     import torch
 
     from faithforge.training.modeling import attach_lora, load_for_plan, load_tokenizer, plan_precision
-    from gpu.planner import Plan
+    from faithforge.gpu.planner import Plan
 
     plan = Plan.model_validate(spec["plan"])
     # Each rank sees the plan's GPUs (CUDA_VISIBLE_DEVICES in rank order) and takes cuda:<local rank>.
@@ -270,7 +270,7 @@ def _run_reference_rank(spec: dict, work: Path, rank: int, local_rank: int, worl
     from faithforge.core.workspace import atomic_write_json
     from faithforge.training.modeling import load_for_plan, load_tokenizer
     from faithforge.training.reference_cache import ReferenceCache, compute_reference_shards, merge_reference_shards
-    from gpu.planner import Plan
+    from faithforge.gpu.planner import Plan
 
     ref = spec["reference"]
     cache = ReferenceCache(ref["path"], ref["key"], ref["components"], ref["shard_size"])

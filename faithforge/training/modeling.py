@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 from faithforge.core.errors import UserError
 
 if TYPE_CHECKING:
-    from gpu.planner import Plan
+    from faithforge.gpu.planner import Plan
 
 
 def quantization_settings(mode: str, device: str) -> dict[str, Any] | None:
