@@ -31,9 +31,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-GIB = 1024 ** 3
+from faithforge.gpu.units import GiB_bytes, MiB_bytes  # noqa: E402 - the one byte-unit module
 from faithforge.gpu.profiles import RTX5070_FREE_BYTES as BUDGET_BYTES  # noqa: E402 - one reading of "10.48": 10.48e9 bytes
-GOAL_BYTES = 8 * GIB
+GOAL_BYTES = 8 * GiB_bytes
 SHAPES = {
     "cpu-mid": {"hidden": 256, "layers": 4, "heads": 4, "intermediate": 688, "vocab": 8192, "seq": 128,
                 "micro_batch": 2, "lora_r": 16},
@@ -241,7 +241,7 @@ def main() -> int:
                    "peak_bytes": max(x["peak_bytes"] for x in r)} for v, r in runs.items()}
     ours, live = results["faithforge"], results["trl-live"]
     unit = "GiB" if args.device == "cuda" else "MiB"
-    scale = GIB if args.device == "cuda" else 1024 ** 2
+    scale = GiB_bytes if args.device == "cuda" else MiB_bytes
     memory = "peak reserved" if args.device == "cuda" else "peak RSS"
     print(f"DPO step benchmark — {args.device}, shape {args.shape}, {ours['parameters'] / 1e6:.1f}M parameters, "
           f"seq {ours['seq_len']}, {ours['pairs']} pairs, {args.steps} steps ({args.warmup} warm-up), "
@@ -260,7 +260,7 @@ def main() -> int:
           f"for {ours['pairs']} pairs, cache {ours['cache_bytes'] / 1024:.1f} KiB")
     if args.device == "cuda":
         verdict = "fits" if ours["peak_bytes"] < BUDGET_BYTES else "DOES NOT FIT"
-        print(f"faithforge peak {ours['peak_bytes'] / GIB:.2f} GiB reserved: {verdict} the 10.48e9-byte budget "
+        print(f"faithforge peak {ours['peak_bytes'] / GiB_bytes:.2f} GiB reserved: {verdict} the 10.48e9-byte budget "
               f"(goal < 8 GiB: {'met' if ours['peak_bytes'] < GOAL_BYTES else 'missed'})")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")

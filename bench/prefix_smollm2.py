@@ -112,12 +112,10 @@ def llama_tokens(llm, ids: list[int], n: int, *, reset: bool) -> list[int]:
 
 
 def leading_agreement(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
+    """How many leading tokens two generations share."""
+    from faithforge.training.reference_cache import common_prefix_length
+
+    return common_prefix_length(a, b)
 
 
 def timed(fn):

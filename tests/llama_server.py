@@ -14,12 +14,9 @@ from __future__ import annotations
 import importlib.util
 import os
 import subprocess
-import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from processes import free_port, stop_process
@@ -73,28 +70,18 @@ def start_llama_server(log_path: Path, *, n_ctx: int = 4096, threads: int = THRE
                        gguf: Path | None = None) -> tuple[LlamaServer, subprocess.Popen]:
     """Start the server (on `gguf`, default the SmolLM2 file) and wait until it lists its model; the caller stops
     it (`_stop`)."""
+    from faithforge.training.export_verify import launch_llama_server, wait_until_serving
+
     port = free_port()
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(gguf or smollm2_gguf()), "--model_alias", MODEL_ALIAS,
-           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
-           "--n_threads_batch", str(threads)]
     log = open(log_path, "wb")  # noqa: SIM115 - kept open for the server's life, closed by the OS at exit
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = launch_llama_server(gguf or smollm2_gguf(), port=port, alias=MODEL_ALIAS, n_ctx=n_ctx, threads=threads,
+                               log=log)
     root = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"llama_cpp.server exited with {proc.returncode}: "
-                               f"{log_path.read_text(errors='replace')[-2000:]}")
-        try:
-            if httpx.get(f"{root}/v1/models", timeout=2.0).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            _stop(proc)
-            raise RuntimeError(f"llama_cpp.server did not answer within {STARTUP_TIMEOUT_S:g} s: "
-                               f"{log_path.read_text(errors='replace')[-2000:]}")
-        time.sleep(0.25)
+    try:
+        wait_until_serving(proc, root, timeout_s=STARTUP_TIMEOUT_S, what="(the test server)", log_path=log_path)
+    except BaseException:
+        _stop(proc)
+        raise
     return LlamaServer(base_url=f"{root}/v1", model=MODEL_ALIAS, root_url=root, pid=proc.pid, log_path=log_path), proc
 
 

@@ -84,7 +84,7 @@ class _FlakyJudge:
 
     name = "flaky"
 
-    def judge(self, source: str, summary: str) -> Verdict:
+    def judge(self, source: str, summary: str, *, truncated: bool = False) -> Verdict:
         if "Bruno" in source:
             return unjudgeable(self.name, "no valid JSON after 2 attempts")
         return Verdict(judge=self.name, hallucinated=True)

@@ -99,7 +99,7 @@ def throwaway_judge(tmp_path, monkeypatch):
         "class EveryNumberJudge:\n"
         "    name = 'every-number'\n"
         "    def judge(self, source, summary, *, truncated=False):\n"
-        "        return Verdict(judge=self.name, hallucinated=any(c.isdigit() for c in summary))\n\n"
+        "        return Verdict(judge=self.name, hallucinated=any(c.isdigit() for c in summary), truncated=truncated)\n\n"
         "def build(**options):\n"
         "    return EveryNumberJudge()\n")
     monkeypatch.syspath_prepend(str(tmp_path))

@@ -16,28 +16,11 @@ from typing import Any
 
 import httpx
 
-from faithforge.backends.base import (
-    BackendError,
-    BackendOptions,
-    ChatResult,
-    TransientBackendError,
-    Usage,
-    server_answer,
-)
-from faithforge.backends.http import (
-    Deadline,
-    HttpOptions,
-    json_object,
-    lines_with_deadline,
-    make_client,
-    translate_transport_errors,
-    with_retries,
-)
-from faithforge.backends.negotiation import (
-    OLLAMA_MODES,
-    FormatNegotiator,
-    NegotiatedChat,
-)
+from faithforge.backends.base import (BackendError, BackendOptions, ChatResult, TransientBackendError, Usage,
+                                      server_answer)
+from faithforge.backends.http import (Deadline, HttpOptions, json_object, lines_with_deadline, make_client,
+                                      translate_transport_errors, with_retries)
+from faithforge.backends.negotiation import OLLAMA_MODES, FormatNegotiator, NegotiatedChat
 from faithforge.core.backend_registry import DEFAULT_OLLAMA_URL
 
 _NS = 1e-9

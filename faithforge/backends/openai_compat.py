@@ -19,26 +19,10 @@ from typing import Any
 
 import httpx
 
-from faithforge.backends.base import (
-    BackendConfigError,
-    BackendOptions,
-    ChatResult,
-    TransientBackendError,
-    Usage,
-    server_answer,
-)
-from faithforge.backends.http import (
-    Deadline,
-    HttpOptions,
-    json_object,
-    lines_with_deadline,
-    make_client,
-)
-from faithforge.backends.negotiation import (
-    OPENAI_MODES,
-    FormatNegotiator,
-    NegotiatedChat,
-)
+from faithforge.backends.base import (BackendConfigError, BackendOptions, ChatResult, TransientBackendError, Usage,
+                                      server_answer)
+from faithforge.backends.http import Deadline, HttpOptions, json_object, lines_with_deadline, make_client
+from faithforge.backends.negotiation import OPENAI_MODES, FormatNegotiator, NegotiatedChat
 from faithforge.core.errors import UserError
 
 

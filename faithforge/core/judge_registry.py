@@ -3,7 +3,8 @@ UI form's choices, the CLI's help, preflight and the report read this list and n
 
 Adding a judge is one new module plus one `JUDGES.register(...)` line here. The module defines
 
-- `build(**options) -> Judge` — the judge (an object with `judge(source, summary) -> Verdict`, see `verdict.Judge`);
+- `build(**options) -> Judge` — the judge (an object with `judge(source, summary, *, truncated=False) ->
+  Verdict`: the one judge signature, `faithforge.evaluation.verdict.Judge`);
 - `options_from_config(cfg, *, base_model, cache_dir) -> dict` (optional) — the `build` keywords read from the
   `evaluate` config section, checked before any model runs (a missing checkpoint fails in preflight, not after
   training); without it the judge takes no options.

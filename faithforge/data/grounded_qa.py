@@ -21,6 +21,7 @@ import hashlib
 import random
 
 from faithforge.data.teacher import Example
+from faithforge.data.vocabulary import COUNTS, DAYS, ITEMS, NAMES, PLACES, VERBS
 
 TASK_NAME = "grounded-qa"
 ABSTAIN = "The document does not say."
@@ -31,17 +32,6 @@ ABSTAIN = "The document does not say."
 #: questions correctly. A user's prompt rarely spells out the abstention; the plain one is the realistic case.
 SYSTEM_PROMPT = "Answer the question about the document in one short sentence."
 
-# Names and places are single capitalized words that are unambiguous as names; days are weekdays.
-NAMES = ("Ada", "Bruno", "Chen", "Dara", "Emil", "Farah", "Goran", "Hana", "Ivo", "Jana", "Kofi", "Lena",
-         "Mateo", "Nia", "Omar", "Petra", "Quinn", "Rosa", "Sami", "Tomas", "Uma", "Vera", "Wim", "Yara")
-PLACES = ("Oslo", "Lima", "Porto", "Kyoto", "Dakar", "Quito", "Riga", "Turin", "Hanoi", "Leeds", "Perth",
-          "Bergen", "Malmo", "Cusco", "Ghent", "Izmir", "Tartu", "Lyon", "Graz", "Nantes")
-DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-ITEMS = ("lamps", "chairs", "books", "kettles", "clocks", "rugs", "vases", "bikes", "maps", "mugs",
-         "boots", "hats", "drums", "kites", "pens", "plates")
-COUNTS = tuple(range(2, 13))
-VERBS = (("bought", "buy"), ("sold", "sell"), ("repaired", "repair"), ("painted", "paint"),
-         ("delivered", "deliver"), ("ordered", "order"))
 FILLERS = ("The weather was mild.", "It was a busy week.", "The shop was crowded.", "Nobody seemed surprised.",
            "The street was quiet.", "Prices had gone up.", "The market opened early.")
 KINDS = ("day", "count", "place")

@@ -17,15 +17,12 @@ import random
 from dataclasses import asdict, dataclass, field
 from typing import Iterator
 
-NAMES = ("Ada", "Bruno", "Chen", "Dara", "Emil", "Farah", "Goran", "Hana", "Ivo", "Jana", "Kofi", "Lena",
-         "Mateo", "Nia", "Omar", "Petra", "Quinn", "Rosa", "Sami", "Tomas", "Uma", "Vera", "Wim", "Yara")
-PLACES = ("Oslo", "Lima", "Porto", "Kyoto", "Dakar", "Quito", "Riga", "Turin", "Hanoi", "Leeds", "Perth",
-          "Bergen", "Malmo", "Cusco", "Split", "Ghent", "Izmir", "Tartu", "Lyon", "Graz")
-DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
-ITEMS = ("lamps", "chairs", "books", "kettles", "clocks", "rugs", "vases", "bikes", "maps", "mugs",
-         "boots", "hats", "drums", "kites", "pens", "plates")
-COUNTS = tuple(str(n) for n in range(2, 13))
-VERBS = ("bought", "sold", "repaired", "painted", "delivered", "ordered")
+from faithforge.data import vocabulary
+from faithforge.data.vocabulary import DAYS, ITEMS, NAMES, PLACES
+
+#: The shared vocabulary (faithforge/data/vocabulary.py), as this task writes it: counts and verbs as words.
+COUNTS = tuple(str(n) for n in vocabulary.COUNTS)
+VERBS = tuple(past for past, _ in vocabulary.VERBS)
 # Filler sentences carry no checkable fact; they make sources longer than summaries, as real sources are.
 FILLERS = (
     "The weather was mild .",

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
+from faithforge.data import vocabulary
 from faithforge.core.errors import UserError
 from faithforge.evaluation.verdict import Judge
 from faithforge.core.workspace import atomic_write_jsonl
@@ -176,10 +177,11 @@ def calibrate_nli(judge: Any, examples: Sequence[LabeledExample]) -> Calibration
 
 
 # A small crafted labeled set ---------------------------------------------------------------------
-_NAMES = ("Alice", "Bruno", "Chen", "Dara", "Emil", "Farah", "Goran", "Hana")
-_PLACES = ("Paris", "Lima", "Oslo", "Kyoto", "Riga", "Porto", "Quito", "Leeds")
-_ITEMS = ("lamps", "chairs", "books", "clocks", "maps", "kettles")
-_DAYS = ("Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday")
+# From the synthetic tasks' one vocabulary (faithforge/data/vocabulary.py).
+_NAMES = vocabulary.NAMES[:8]
+_PLACES = vocabulary.PLACES[:8]
+_ITEMS = vocabulary.ITEMS[:6]
+_DAYS = vocabulary.DAYS
 _WORDS = {2: "two", 3: "three", 4: "four", 5: "five", 6: "six", 7: "seven", 8: "eight", 9: "nine"}
 
 

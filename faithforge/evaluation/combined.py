@@ -10,25 +10,9 @@ judge flagged it and at least one could not decide (a flag from any judge decide
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Sequence
 
 from faithforge.evaluation.verdict import Flag, Judge, SentenceResult, Verdict
-
-
-def call_judge(judge: Judge, source: str, summary: str, truncated: bool = False) -> Verdict:
-    """`judge.judge(...)`, passing `truncated` only to judges that take it (third-party judges may not)."""
-    if not truncated:
-        return judge.judge(source, summary)
-    try:
-        takes = "truncated" in inspect.signature(judge.judge).parameters
-    except (TypeError, ValueError):
-        takes = False
-    if takes:
-        return judge.judge(source, summary, truncated=True)
-    from faithforge.evaluation.text_analysis import drop_truncated_word
-
-    return judge.judge(source, drop_truncated_word(summary))
 
 
 class CombinedJudge:
@@ -53,7 +37,7 @@ class CombinedJudge:
         return list(self.judges)
 
     def judge(self, source: str, summary: str, *, truncated: bool = False) -> Verdict:
-        parts = [call_judge(j, source, summary, truncated) for j in self.judges]
+        parts = [j.judge(source, summary, truncated=truncated) for j in self.judges]
         judged = [p for p in parts if p.judgeable]
         score = None
         if self.rule == "logistic":

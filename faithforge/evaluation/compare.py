@@ -8,7 +8,7 @@ from typing import Sequence
 
 from pathlib import Path
 
-from faithforge.evaluation.combined import CombinedJudge, call_judge
+from faithforge.evaluation.combined import CombinedJudge
 from faithforge.evaluation.heldout import calibrations_for
 from faithforge.evaluation.items import EvalItem
 from faithforge.evaluation.judges import resolve_judge
@@ -84,7 +84,7 @@ def evaluate_single(items: Sequence[EvalItem], summaries: Sequence[str],
 def judge_item(judge: Judge, item: EvalItem, summary: str, was_cut: bool = False) -> ItemResult:
     """One summary judged against its item's source, with its recall, retention and judge-free measures: what
     every item of a report holds. Depends on nothing but its arguments, so items can be judged anywhere."""
-    verdict = call_judge(judge, item.source, summary, was_cut)
+    verdict = judge.judge(item.source, summary, truncated=was_cut)
     retention = content_retention(item.source, summary)
     return ItemResult(
         id=item.id, category=item.category, summary=summary, hallucinated=verdict.hallucinated,

@@ -21,7 +21,7 @@ import re
 from dataclasses import dataclass, field
 
 from faithforge.core.errors import UserError
-from faithforge.data.grounded_qa import DAYS, VERBS
+from faithforge.data.vocabulary import DAYS, VERBS
 from faithforge.evaluation.grounding import GroundingJudge
 from faithforge.evaluation.text_analysis import drop_truncated_word
 from faithforge.evaluation.verdict import Flag, Verdict

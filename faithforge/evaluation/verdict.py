@@ -73,8 +73,9 @@ class Judge(Protocol):
 
     name: str
 
-    def judge(self, source: str, summary: str) -> Verdict:
-        """Judge one summary against its source."""
+    def judge(self, source: str, summary: str, *, truncated: bool = False) -> Verdict:
+        """Judge one summary against its source. `truncated`: the summary was cut off by the token limit, so its
+        final word may be cut short and is not a claim (`text_analysis.drop_truncated_word`)."""
         ...
 
 

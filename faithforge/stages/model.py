@@ -6,13 +6,12 @@ import time
 from pathlib import Path
 
 from faithforge.core.errors import UserError
-from faithforge.stages.reuse import claim_output
+from faithforge.stages.reuse import claim_output, save_and_record
 from faithforge.stages.context import StageContext, content_key
 from faithforge.stages.generate import load_split
 from faithforge.stages.outputs import BaseModelOutput, DatasetOutput, ModelOutput, WarmStartOutput
 from faithforge.gpu.planner import Plan
 from faithforge.data.teacher import prompt_messages
-from faithforge.core.workspace import atomic_directory, remove_inside
 
 
 def base_model(ctx: StageContext) -> BaseModelOutput:
@@ -83,15 +82,10 @@ def _train_warm_start(ctx: StageContext, claim, base: ModelOutput, dataset: Data
     info = {"path": str(out), "first_loss": losses[0], "final_loss": losses[-1], "steps": cfg.steps,
             "resumed_from_step": resumed[0] if resumed else None,
             "train_seconds": round(time.perf_counter() - started, 2), **measured_peak()}
-    with atomic_directory(out) as tmp:
-        model.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        result = WarmStartOutput.model_validate(claim.record(
-            ctx.store, ctx.run_id, tmp, "model", weights_fingerprint(tmp), info,
-            meta={"stage": "warm_start", **info}, parents=[dataset.artifact_id]))
-    remove_inside(ctx.workspace.root, checkpoints)  # the finished model replaces them
-    del model
-    return result
+    return save_and_record(ctx, claim, out, WarmStartOutput,
+                           write=lambda tmp: (model.save_pretrained(tmp), tokenizer.save_pretrained(tmp)),
+                           kind="model", fingerprint=weights_fingerprint, info=info,
+                           meta={"stage": "warm_start", **info}, parents=[dataset.artifact_id], checkpoints=checkpoints)
 
 
 def _report_losses(ctx: StageContext, name: str, losses: list[float]) -> None:

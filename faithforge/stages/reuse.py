@@ -176,3 +176,19 @@ def claim_output(stage: str, folder: Path, manifest: str = "faithforge.json",
                 progress(stage, 0, 1, f"recomputing: {why}")
         yield claim
 
+
+def save_and_record(ctx, claim: "Claim", out: Path, output_type: type, *, write: Callable[[Path], None],
+                    kind: str, fingerprint: Callable[[Path], str], info: dict[str, Any], meta: dict[str, Any],
+                    parents: Iterable[str | None], checkpoints: Path | None = None) -> Any:
+    """How a trained stage ends (`ctx` is its `StageContext`): `write(tmp)` fills the output's atomic folder, the run store records it (`kind`,
+    `fingerprint(tmp)` of what was written, lineage from `parents`), and the `checkpoints` it replaces are removed
+    once it is in place. Returns the stage's output as `output_type`."""
+    from faithforge.core.workspace import atomic_directory, remove_inside
+
+    with atomic_directory(out) as tmp:
+        write(tmp)
+        result = output_type.model_validate(claim.record(ctx.store, ctx.run_id, tmp, kind, fingerprint(tmp), info,
+                                                         meta=meta, parents=parents))
+    if checkpoints is not None:
+        remove_inside(ctx.workspace.root, checkpoints)
+    return result

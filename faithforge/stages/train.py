@@ -7,11 +7,11 @@ import logging
 import time
 from pathlib import Path
 
-from faithforge.stages.reuse import Claim, claim_output
+from faithforge.stages.reuse import Claim, claim_output, save_and_record
 from faithforge.stages.context import StageContext, content_key
 from faithforge.stages.outputs import AdapterOutput, ControlOutput, ModelOutput, PairsOutput, ReferenceOutput
 from faithforge.stages.pairs import load_pairs
-from faithforge.core.workspace import atomic_directory, atomic_write_json, remove_inside, sha256_tree
+from faithforge.core.workspace import atomic_write_json, sha256_tree
 from faithforge.gpu.planner import Plan
 
 log = logging.getLogger(__name__)
@@ -222,17 +222,18 @@ def _save_adapter(ctx: StageContext, claim: Claim, out: Path, model: ModelOutput
     """The adapter, its history and curves (and the merged model) written atomically; lineage: reference → adapter."""
     from faithforge.training.plot import plot_training
 
-    with atomic_directory(out) as tmp:
+    def write(tmp: Path) -> None:
         trained.save_pretrained(tmp)
         atomic_write_json(tmp / "history.json", history)
         plot_training(history, tmp / "training.png")
-        if ctx.config.train.save_merged:  # inside the atomic block: an adapter is complete only with its merged model
+        if ctx.config.train.save_merged:  # inside the atomic folder: an adapter is complete only with its merged model
             from faithforge.training.modeling import merge_adapter
 
             merge_adapter(model.path, tmp, tmp / "merged")
             info["merged_path"] = str(out / "merged")
-        return AdapterOutput.model_validate(claim.record(
-            ctx.store, ctx.run_id, tmp, "adapter", sha256_tree(tmp), info, meta=info, parents=[reference.artifact_id]))
+
+    return save_and_record(ctx, claim, out, AdapterOutput, write=write, kind="adapter", fingerprint=sha256_tree,
+                           info=info, meta=info, parents=[reference.artifact_id])
 
 
 def train_sft_control(ctx: StageContext, model: ModelOutput, pairs: PairsOutput, plan: Plan) -> ControlOutput:
@@ -300,13 +301,9 @@ def _train_sft_control(ctx: StageContext, claim: Claim, out: Path, model: ModelO
             "micro_batch": attempts[-1],
             "resumed_from_step": resumed[0] if resumed else None,
             "train_seconds": round(time.perf_counter() - started, 2), **measured_peak()}
-    with atomic_directory(out) as tmp:
-        policy.save_pretrained(tmp)
-        result = ControlOutput.model_validate(claim.record(
-            ctx.store, ctx.run_id, tmp, "adapter", sha256_tree(tmp), info,
-            meta={"control": "sft-on-chosen", **info}, parents=[pairs.artifact_id]))
-    remove_inside(ctx.workspace.root, checkpoints)  # the finished adapter replaces them
-    return result
+    return save_and_record(ctx, claim, out, ControlOutput, write=policy.save_pretrained, kind="adapter",
+                           fingerprint=sha256_tree, info=info, meta={"control": "sft-on-chosen", **info},
+                           parents=[pairs.artifact_id], checkpoints=checkpoints)
 
 
 def open_tracker(ctx: StageContext, fallback_name: str):

@@ -71,36 +71,52 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def launch_llama_server(model: str | Path, *, port: int, alias: str, n_ctx: int, threads: int,
+                        log: Any) -> subprocess.Popen:
+    """llama.cpp's OpenAI-compatible server (llama-cpp-python's `llama_cpp.server`) on `model` at 127.0.0.1:`port`,
+    its output into `log` (a file opened for writing, or DEVNULL); the caller waits for it and stops it."""
+    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", alias,
+           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
+           "--n_threads_batch", str(threads)]
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+
+def wait_until_serving(proc: subprocess.Popen, root: str, *, timeout_s: float, what: str = "",
+                       log_path: str | Path | None = None) -> None:
+    """Return once the server at `root` lists its models; a one-line `UserError` (with the end of its log) if the
+    process exits first or `timeout_s` passes (the process is left for the caller to stop)."""
+    import httpx
+
+    def tail() -> str:
+        return Path(log_path).read_text(errors="replace")[-1500:] if log_path else ""
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if proc.poll() is not None:
+            raise UserError(f"llama.cpp's server exited ({proc.returncode}) {what}: {tail()}")
+        try:
+            if httpx.get(f"{root}/v1/models", timeout=2.0).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise UserError(f"llama.cpp's server did not answer {what} within {timeout_s:g} s: {tail()}")
+        time.sleep(0.25)
+
+
 @contextlib.contextmanager
 def served_gguf(path: str | Path, *, threads: int = 2, n_ctx: int = 2048, alias: str = "exported",
                 log_path: str | Path | None = None, timeout_s: float = 180.0) -> Iterator[str]:
     """llama.cpp's OpenAI-compatible server on `path`; yields its root URL and stops it (by its PID) after."""
-    import httpx
-
     from faithforge.training.gguf_writer import llama_cpp_or_error
 
     llama_cpp_or_error("serving the exported GGUF")
     port = _free_port()
-    cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(path), "--model_alias", alias,
-           "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
-           "--n_threads_batch", str(threads)]
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    proc = launch_llama_server(path, port=port, alias=alias, n_ctx=n_ctx, threads=threads, log=log)
     root = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if proc.poll() is not None:
-                tail = Path(log_path).read_text(errors="replace")[-1500:] if log_path else ""
-                raise UserError(f"llama.cpp's server exited ({proc.returncode}) loading {path}: {tail}")
-            try:
-                if httpx.get(f"{root}/v1/models", timeout=2.0).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            if time.monotonic() > deadline:
-                raise UserError(f"llama.cpp's server did not load {path} within {timeout_s:g} s")
-            time.sleep(0.25)
+        wait_until_serving(proc, root, timeout_s=timeout_s, what=f"loading {path}", log_path=log_path)
         yield root
     finally:
         proc.terminate()

@@ -64,7 +64,18 @@ def tokenize_pair(tokenizer, pair: dict) -> dict[str, list[int]]:
 
 def collate_pairs(tokenized: Sequence[dict[str, list[int]]], pad_id: int, max_length: int | None,
                   truncation_mode: str = "keep_start"):
-    """Batch of 2B sequences — chosen first, then rejected — right-padded, with the completion mask."""
+    """Batch of 2B sequences — chosen first, then rejected — right-padded, with the completion mask.
+
+    Args:
+        tokenized: B pairs, each `prompt_ids`, `chosen_ids`, `rejected_ids` (token ids).
+        pad_id: The id padding fills with.
+        max_length: Longest sequence kept, tokens (None: no cut); `truncation_mode` says which end is kept.
+
+    Returns:
+        `(input_ids, attention_mask, completion_mask)`, each of shape (2 * B, width), dtype long; rows 0..B-1 are
+        the chosen sequences, B..2B-1 the rejected ones; width is the longest kept sequence, tokens. The
+        completion mask is 1 on the completion's tokens, 0 on the prompt and the padding.
+    """
     import torch
 
     if truncation_mode not in TRUNCATION_MODES:
@@ -95,6 +106,10 @@ def collate_pairs(tokenized: Sequence[dict[str, list[int]]], pad_id: int, max_le
 def completion_logps(model, input_ids, attention_mask, completion_mask, autocast_bf16: bool = False,
                      vocab_chunk: int | None = None):
     """Summed log-prob of the completion tokens of each sequence, and their count.
+
+    Shapes: `input_ids`, `attention_mask`, `completion_mask` (batch_size, seq_len), long. Returns `(sums, counts)`:
+    `sums` (batch_size,) float32, nats (a sum of natural-log probabilities, ≤ 0); `counts` (batch_size,) long,
+    tokens scored (the completion tokens after the first position, which has no prediction).
 
     Runs TRL's chunked log-prob kernel (`trl.kernels.chunked_logprob.ChunkedLogProbFunction`), the code
     `DPOTrainer`'s fused LM head scores the policy with: the backbone runs once and the head projects the scored
@@ -421,7 +436,10 @@ def shard_count(pairs: int, shard_size: int) -> int:
 
 def _score_shard(model, tokenizer, chunk: Sequence[dict], device, *, batch_size: int, max_length: int | None,
                  truncation_mode: str, autocast_bf16: bool, vocab_chunk: int | None) -> dict[str, list]:
-    """One shard's rows: the same batches in the same order whoever computes it, so the bytes are the same."""
+    """One shard's rows: the same batches in the same order whoever computes it, so the bytes are the same.
+
+    Returns lists of length len(chunk): `pair_id`; `ref_chosen_logps`, `ref_rejected_logps` (float64, nats: the
+    reference model's summed completion log-probs); `chosen_tokens`, `rejected_tokens` (tokens scored)."""
     rows: dict[str, list] = {k: [] for k in ("pair_id", "ref_chosen_logps", "ref_rejected_logps",
                                              "chosen_tokens", "rejected_tokens")}
     for b in range(0, len(chunk), batch_size):

@@ -32,6 +32,10 @@ def encode_example(tokenizer, example: SftExample, max_length: int) -> tuple[lis
 
 
 def collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """B encoded examples `(input ids, labels)` as one right-padded batch.
+
+    Returns `input_ids`, `labels` and `attention_mask`, each of shape (B, width), dtype long; width is the longest
+    example, tokens; labels are -100 on the prompt and the padding (not scored)."""
     width = max(len(ids) for ids, _ in batch)
     input_ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
     labels = torch.full((len(batch), width), -100, dtype=torch.long)
@@ -113,7 +117,10 @@ def _restore(state: dict, model, optimizer, generator) -> None:
 def _backward_in_micro_batches(model, batch: dict[str, torch.Tensor], micro_batch: int) -> torch.Tensor:
     """Backward over `batch` in slices of `micro_batch` rows (the GPU plan's micro-batch), each slice's mean
     token loss weighted by its share of the batch's label tokens: the same gradient and loss as one pass over
-    the whole batch, with the activations of one slice at a time. Returns the batch's mean token loss."""
+    the whole batch, with the activations of one slice at a time.
+
+    Shapes: every tensor of `batch` is (batch_size, seq_len). Returns the batch's mean token loss: a scalar tensor
+    (shape ()), nats per label token."""
     rows = batch["input_ids"].shape[0]
     if micro_batch >= rows:
         loss = model(**batch).loss
