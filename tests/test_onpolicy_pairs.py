@@ -21,11 +21,12 @@ def model_and_tokenizer(tiny_model_dir):
 
 def test_pairs_prefer_the_more_faithful_sample_and_every_source_is_accounted_for(model_and_tokenizer):
     model, tokenizer = model_and_tokenizer
-    examples = list(generate_split("train", 6, 3, 0.5))
-    pairs, report = build_onpolicy_pairs(model, tokenizer, examples, **SETTINGS)
+    # 12 sources, sampling seed 13: since the one vocabulary (issue 26) seed 11 on 6 sources gave no pair
+    examples = list(generate_split("train", 12, 3, 0.5))
+    pairs, report = build_onpolicy_pairs(model, tokenizer, examples, **{**SETTINGS, "seed": 13})
 
     assert pairs, "the seeded tiny model must give at least one pair, or this test checks nothing"
-    assert report.sources == 6 and report.samples == 6 * SETTINGS["k"]
+    assert report.sources == 12 and report.samples == 12 * SETTINGS["k"]
     assert report.built == len(pairs)
     assert report.built + sum(report.dropped_sources.values()) == report.sources
     validate_pairs(pairs, "on-policy")
@@ -238,3 +239,31 @@ def test_pairs_judge_is_its_own_setting_or_the_evaluations():
     assert isinstance(_pairs_judge(PipelineConfig()), GroundingJudge)
     config = PipelineConfig.model_validate({"pairs": {"judge": "grounded-qa"}})
     assert isinstance(_pairs_judge(config), GroundedQaJudge)
+
+
+class _GradedJudge:
+    """Flags every summary (as `likelihood` flags most long real-news summaries) but scores each in degrees."""
+
+    name = "graded"
+
+    def judge(self, source: str, summary: str, *, truncated: bool = False):
+        from faithforge.evaluation.verdict import Verdict
+
+        return Verdict(judge=self.name, hallucinated=True, score=-float(len(summary.split())))
+
+
+def test_judge_score_ranks_samples_a_verdict_cannot_tell_apart():
+    source, key_facts = "Ada sold 3 lamps in Oslo .", []
+    short = score_summary(_GradedJudge(), source, "Ada sold lamps .", key_facts, 1.0, "judge-score")
+    long = score_summary(_GradedJudge(), source, "Ada sold 3 lamps in Oslo on Monday .", key_facts, 1.0, "judge-score")
+    assert short["score"] - long["score"] == 5.0  # by verdict both would score 0: no pair
+    by_verdict = score_summary(_GradedJudge(), source, "Ada sold lamps .", key_facts, 1.0)
+    assert by_verdict["score"] == 0.0
+
+
+def test_judge_score_refuses_a_judge_without_a_score():
+    from faithforge.core.errors import UserError
+    from faithforge.evaluation.grounding import GroundingJudge
+
+    with pytest.raises(UserError, match="gives no support score"):
+        score_summary(GroundingJudge(), "Ada sold 3 lamps .", "Ada sold 3 lamps .", [], 1.0, "judge-score")

@@ -173,6 +173,12 @@ class PairsConfig(Section):
     """`on-policy`: summaries sampled per source."""
     temperature: float = Field(1.0, gt=0.0, le=5.0)
     """`on-policy`: sampling temperature."""
+    score_by: Literal["verdict", "judge-score"] = "verdict"
+    """`on-policy`: what ranks a source's samples. `verdict`: 1 when the judge flags nothing, else 0; `judge-score`:
+    the judge's own support score (a graded judge: `likelihood` — weakest sentence's log-probability per token,
+    nats — or `trained` / `nli` — support probability), so samples the judge flags alike still rank. Either way
+    plus key-fact recall. On real news `likelihood` flags most long summaries: by verdict 30 of 31 sources gave
+    no pair (BENCHMARKS.md)."""
     margin: float = Field(0.5, ge=0.0, le=100.0)
     """`on-policy`: smallest score difference (judge verdict + key-fact recall) that makes a pair."""
     min_chosen_recall: float = Field(0.0, ge=0.0, le=1.0)

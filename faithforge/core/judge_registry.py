@@ -35,6 +35,9 @@ class JudgeKind:
     """Cheap and offline enough to score every on-policy sample: may be `pairs.judge`."""
     rule_based: bool = False
     """No options and no model: the report builds it as is (e.g. to read its stored calibration)."""
+    graded: bool = False
+    """Its verdict carries a support score in degrees (`Verdict.score`, higher = better supported): it can rank
+    on-policy samples by score (`pairs.score_by: judge-score`)."""
 
 
 JUDGES: Registry[JudgeKind] = Registry("judge")
@@ -47,17 +50,17 @@ JUDGES.register(JudgeKind("grounded-qa", "faithforge.evaluation.grounded_qa_judg
                           scores_samples=True, rule_based=True))
 JUDGES.register(JudgeKind("nli", "faithforge.evaluation.nli",
                           "an NLI / HHEM / MiniCheck checkpoint scores each sentence against the source",
-                          needs=("a checkpoint (evaluate.nli_checkpoint)",)))
+                          needs=("a checkpoint (evaluate.nli_checkpoint)",), graded=True))
 JUDGES.register(JudgeKind("llm", "faithforge.evaluation.llm",
                           "an LLM on a chat server extracts claims and checks each",
                           needs=("a chat server (evaluate.llm_backend, evaluate.llm_model)",)))
 JUDGES.register(JudgeKind("likelihood", "faithforge.evaluation.likelihood",
                           "a local causal LM's token log-probabilities with and without the source (offline, CPU)",
                           needs=("a causal LM folder (evaluate.likelihood_model or the run's base model)",),
-                          scores_samples=True))
+                          scores_samples=True, graded=True))
 JUDGES.register(JudgeKind("trained", "faithforge.evaluation.trained",
                           "the support classifier `faithforge judge train` fitted on your documents",
-                          needs=("a trained judge folder (evaluate.trained_judge_path)",)))
+                          needs=("a trained judge folder (evaluate.trained_judge_path)",), graded=True))
 
 DEFAULT_JUDGE = "grounding"
 

@@ -86,7 +86,7 @@ def _sample_onpolicy_pairs(ctx: StageContext, examples, model: ModelOutput, plan
     ctx.progress("pairs", 0, 1, f"sampling {cfg.samples_per_source} summaries per source with {choice.describe()}")
     return build_onpolicy_pairs(policy, tokenizer, examples, k=cfg.samples_per_source, temperature=cfg.temperature,
                                 seed=ctx.config.seed, max_new_tokens=ctx.config.evaluate.max_new_tokens,
-                                margin=cfg.margin, min_chosen_recall=cfg.min_chosen_recall,
+                                margin=cfg.margin, score_by=cfg.score_by, min_chosen_recall=cfg.min_chosen_recall,
                                 omission_pairs=cfg.omission_pairs, faithful_chosen=cfg.faithful_chosen,
                                 judge=_pairs_judge(ctx.config, model.path),
                                 batch_size=plan.batch_size, system_prompt=system_prompt(ctx.config),

@@ -30,6 +30,15 @@ def check_pipeline_inputs(cfg: PipelineConfig) -> Workspace:
         raise UserError(f"model.path {cfg.model.path} has no config.json; point it at a folder saved with "
                         "save_pretrained")
     from faithforge.evaluation.judges import judge_names
+
+    if cfg.pairs.builder == "on-policy" and cfg.pairs.score_by == "judge-score":
+        from faithforge.core.judge_registry import JUDGES
+
+        chooser = judge_names(cfg.pairs.judge or cfg.evaluate.judge)
+        if len(chooser) != 1 or not JUDGES.get(chooser[0]).graded:
+            raise UserError(f"pairs.score_by is judge-score but the pairs judge ({', '.join(chooser)}) gives no support "
+                            f"score; choose one of {JUDGES.choices(lambda kind: kind.graded)} as pairs.judge, or "
+                            "pairs.score_by: verdict")
     from faithforge.evaluation.judge_options import judge_options
 
     judge_options(cfg.evaluate)  # nli without a checkpoint, llm without a model: before any training

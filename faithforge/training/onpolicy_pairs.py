@@ -5,6 +5,11 @@ once and shared by every request). Each is scored
 
     score = (1 if the judge finds nothing unsupported else 0) + recall_weight × key-fact recall
 
+or, with `score_by="judge-score"`, the judge's own support score in place of the 0/1 verdict (a graded judge: the
+`likelihood` judge's weakest-sentence log-probability per token, nats; the `trained` and `nli` judges' support
+probability). On real news a judge that flags most long summaries leaves almost every source without a pair by
+its verdict alone (measured with `likelihood`: 30 of 31 sources, one pair); its score still ranks them.
+
 with the evaluation judge (`grounding` by default) and `key_fact_recall`, so a summary that hallucinates
 loses to one that does not, and among faithful ones the one that keeps more facts wins (the model cannot
 learn to be faithful by saying nothing). The highest-scoring summary becomes `chosen`, the lowest
@@ -81,14 +86,30 @@ def _source_of(example: Any) -> tuple[str, str, list[str]]:
     return example.id, example.source, list(example.key_facts)
 
 
-def score_summary(judge, source: str, summary: str, key_facts: list[str], recall_weight: float) -> dict[str, Any]:
-    """The judge's verdict and recall folded into one number (see the module docstring)."""
+SCORE_BY = ("verdict", "judge-score")
+
+
+def score_summary(judge, source: str, summary: str, key_facts: list[str], recall_weight: float,
+                  score_by: str = "verdict") -> dict[str, Any]:
+    """The judge's verdict (or, with `score_by="judge-score"`, its own support score) and recall folded into one
+    number (see the module docstring)."""
     from faithforge.evaluation.metrics import key_fact_recall
 
     verdict = judge.judge(source, summary)
     recall = key_fact_recall(key_facts, summary)
-    score = (0.0 if verdict.hallucinated else 1.0) + recall_weight * (recall or 0.0)
-    return {"judgeable": verdict.judgeable, "hallucinated": verdict.hallucinated, "recall": recall, "score": score}
+    if score_by == "judge-score":
+        from faithforge.core.judge_registry import JUDGES
+
+        registered = JUDGES.get(verdict.judge) if verdict.judge in JUDGES else None
+        if verdict.judgeable and (verdict.score is None or (registered is not None and not registered.graded)):
+            raise UserError(f"pairs.score_by is judge-score but the {verdict.judge} judge gives no support score; "
+                            "use a graded judge (faithforge.core.judge_registry) or pairs.score_by: verdict")
+        support = verdict.score if verdict.score is not None else 0.0
+    else:
+        support = 0.0 if verdict.hallucinated else 1.0
+    score = support + recall_weight * (recall or 0.0)
+    return {"judgeable": verdict.judgeable, "hallucinated": verdict.hallucinated, "recall": recall, "score": score,
+            "judge_score": verdict.score}
 
 
 def build_onpolicy_pairs(
@@ -103,6 +124,7 @@ def build_onpolicy_pairs(
     max_new_tokens: int = 48,
     margin: float = 0.5,
     recall_weight: float = 1.0,
+    score_by: str = "verdict",
     min_chosen_recall: float = 0.0,
     omission_pairs: bool = False,
     faithful_chosen: bool = False,
@@ -148,7 +170,7 @@ def build_onpolicy_pairs(
     rules = ChosenRules(min_chosen_recall, faithful_chosen)
     for index, (source_id, source, key_facts) in enumerate(sources):
         texts = [result.text for result in results[index * k: (index + 1) * k]]
-        candidates = _judged_candidates(judge, source, key_facts, texts, recall_weight, report)
+        candidates = _judged_candidates(judge, source, key_facts, texts, recall_weight, report, score_by)
         chosen_rejected = _source_pairs(candidates, margin, rules, omission_pairs, report)
         for position, ((best, best_score), (rejected, rejected_score)) in enumerate(chosen_rejected):
             if (source, best, rejected) in seen:
@@ -178,7 +200,7 @@ def _sample(model, tokenizer, prompts: list[str], sampling, batch_size: int, sys
 
 
 def _judged_candidates(judge, source: str, key_facts: list[str], texts: list[str], recall_weight: float,
-                       report: OnPolicyReport) -> dict[str, dict[str, Any]]:
+                       report: OnPolicyReport, score_by: str = "verdict") -> dict[str, dict[str, Any]]:
     """One source's distinct, judgeable summaries and their scores; the report counts the samples dropped."""
     candidates: dict[str, dict[str, Any]] = {}
     for raw in texts:
@@ -189,7 +211,7 @@ def _judged_candidates(judge, source: str, key_facts: list[str], texts: list[str
         if text in candidates:
             report.dropped_samples["duplicate summary"] += 1
             continue
-        scored = score_summary(judge, source, text, key_facts, recall_weight)
+        scored = score_summary(judge, source, text, key_facts, recall_weight, score_by)
         if not scored["judgeable"]:
             report.dropped_samples["judge could not decide"] += 1
             continue
