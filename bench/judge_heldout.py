@@ -8,7 +8,7 @@ verb that the grounding judge cannot see).
 
     python bench/judge_heldout.py [--labels FILE] [--n 40] [--base-url URL --model NAME] [--no-llm]
 
-Without --base-url it starts llama-cpp-python's server with SmolLM2-135M-Instruct itself (tests/llama_server.py,
+Without --base-url it starts llama-cpp-python's server with SmolLM2-135M-Instruct itself (tests/fixtures/llama_server.py,
 the code the test suite uses) and stops it afterwards. SmolLM2-135M is far too small to judge: its row shows what
 a weak LLM judge looks like, not what qwen3:8b would score.
 """
@@ -58,7 +58,7 @@ def main() -> None:
         proc = None
         base_url = args.base_url
         if base_url is None:
-            from llama_server import _stop, start_llama_server
+            from tests.fixtures.llama_server import _stop, start_llama_server
 
             server, proc = start_llama_server(tmp / "server.log")
             base_url, args.model = server.root_url, server.model

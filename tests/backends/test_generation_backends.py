@@ -1,0 +1,246 @@
+"""Ollama and OpenAI-compatible backends against loopback fakes that speak the real wire formats."""
+
+from __future__ import annotations
+
+import json
+import socket
+
+import pytest
+
+from faithforge.backends import (
+    BackendError,
+    BackendTimeoutError,
+    BackendUnreachableError,
+    HttpOptions,
+    ModelNotFoundError,
+    make_backend,
+)
+from faithforge.backends.base import BackendConfigError
+from faithforge.backends.ollama import OllamaBackend, release_ollama_gpu
+from faithforge.backends.openai_compat import OpenAICompatBackend
+from tests.fixtures.fake_llm_servers import Drop, FakeOllama, FakeOpenAI, MidStreamError, Reply, Stall, Status
+
+FAST = HttpOptions(connect_timeout_s=1.0, read_timeout_s=0.5, deadline_s=30.0, retries=2, backoff_s=0.01)
+SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+MESSAGES = [{"role": "system", "content": "JSON only."}, {"role": "user", "content": "Give a."}]
+
+
+def ollama(server: FakeOllama, **kw) -> OllamaBackend:
+    return OllamaBackend("qwen3:8b", base_url=server.url, http=kw.pop("http", FAST), **kw)
+
+
+# Ollama ----------------------------------------------------------------------------------------------
+def test_ollama_streams_ndjson_and_sends_the_documented_request():
+    with FakeOllama() as server:
+        server.push(Reply('{"a": 1}', pieces=4, prompt_tokens=7, completion_tokens=5))
+        result = ollama(server, num_ctx=4096, keep_alive="10m").chat(MESSAGES, schema=SCHEMA, max_tokens=64,
+                                                                     temperature=0.3, seed=11)
+    assert result.text == '{"a": 1}' and not result.truncated and result.finish_reason == "stop"
+    assert result.usage.prompt_tokens == 7 and result.usage.completion_tokens == 5
+    assert result.usage.load_s == 0.0  # omitted by the server when zero
+    assert result.usage.eval_s == pytest.approx(1.5)
+    body = server.chat_requests()[0]
+    assert body["format"] == SCHEMA and body["think"] is False and body["stream"] is True
+    assert body["options"] == {"num_predict": 64, "num_ctx": 4096, "temperature": 0.3, "seed": 11}
+    assert body["keep_alive"] == "10m" and body["messages"] == MESSAGES
+
+
+def test_ollama_num_ctx_is_the_same_on_every_request():
+    with FakeOllama() as server:
+        backend = ollama(server, num_ctx=2048)
+        for n in (16, 4000):
+            backend.chat(MESSAGES, schema=None, max_tokens=n, temperature=0.0, seed=None)
+    assert {b["options"]["num_ctx"] for b in server.chat_requests()} == {2048}
+    assert "format" not in server.chat_requests()[0] and "seed" not in server.chat_requests()[0]["options"]
+
+
+def test_ollama_non_streaming_body():
+    with FakeOllama() as server:
+        server.push(Reply('{"a": 2}', thinking="hmm"))
+        result = ollama(server, stream=False).chat(MESSAGES, schema=SCHEMA, max_tokens=32, temperature=0, seed=1)
+    assert result.text == '{"a": 2}' and result.thinking == "hmm"
+    assert server.chat_requests()[0]["stream"] is False
+
+
+def test_ollama_done_reason_length_is_truncation():
+    with FakeOllama() as server:
+        server.push(Reply('{"a": ', finish="length"))
+        result = ollama(server).chat(MESSAGES, schema=SCHEMA, max_tokens=3, temperature=0, seed=1)
+    assert result.truncated and result.finish_reason == "length"
+
+
+def test_ollama_thinking_field_and_inline_think_block_are_kept_out_of_the_answer():
+    with FakeOllama() as server:
+        server.push(Reply('{"a": 3}', thinking="let me think"),
+                    Reply('<think>old servers put it inline</think>\n{"a": 4}'))
+        backend = ollama(server)
+        first = backend.chat(MESSAGES, schema=SCHEMA, max_tokens=32, temperature=0, seed=1)
+        second = backend.chat(MESSAGES, schema=SCHEMA, max_tokens=32, temperature=0, seed=1)
+    assert (first.text, first.thinking) == ('{"a": 3}', "let me think")
+    assert (second.text, second.thinking) == ('{"a": 4}', "old servers put it inline")
+
+
+def test_ollama_missing_model_is_fatal_names_ollama_pull_and_is_not_retried():
+    with FakeOllama(models=("llama3:8b",)) as server:
+        with pytest.raises(ModelNotFoundError, match=r"ollama pull qwen3:8b") as info:
+            ollama(server).chat(MESSAGES, schema=SCHEMA, max_tokens=8, temperature=0, seed=1)
+    assert info.value.fatal and len(server.requests) == 1  # not retried
+
+
+def test_ollama_busy_503_is_retried_then_succeeds():
+    with FakeOllama() as server:
+        server.push(Status(503, "server busy, please try again.  maximum pending requests exceeded"),
+                    Reply('{"a": 5}'))
+        result = ollama(server).chat(MESSAGES, schema=SCHEMA, max_tokens=8, temperature=0, seed=1)
+    assert result.text == '{"a": 5}' and len(server.chat_requests()) == 2
+
+
+def test_ollama_error_body_becomes_a_typed_error_with_the_server_message():
+    with FakeOllama() as server:
+        server.push(Status(500, "llama runner process has terminated: CUDA error: out of memory"))
+        with pytest.raises(BackendError, match="out of memory") as info:
+            ollama(server).chat(MESSAGES, schema=SCHEMA, max_tokens=8, temperature=0, seed=1)
+    assert not info.value.fatal and not info.value.retryable
+
+
+def test_ollama_error_line_mid_stream_is_a_typed_error():
+    with FakeOllama() as server:
+        server.push(MidStreamError("an error was encountered while running the model"))
+        with pytest.raises(BackendError, match="mid-answer: an error was encountered"):
+            ollama(server).chat(MESSAGES, schema=SCHEMA, max_tokens=8, temperature=0, seed=1)
+
+
+def test_ollama_connection_dropped_mid_stream_is_retried():
+    with FakeOllama() as server:
+        server.push(Drop(), Reply('{"a": 6}'))
+        result = ollama(server).chat(MESSAGES, schema=SCHEMA, max_tokens=8, temperature=0, seed=1)
+    assert result.text == '{"a": 6}' and len(server.chat_requests()) == 2
+
+
+def test_ollama_stall_past_the_read_timeout_raises_instead_of_hanging():
+    with FakeOllama() as server:
+        server.push(Stall(30.0, partial='{"a"'))
+        backend = ollama(server, http=HttpOptions(read_timeout_s=0.3, retries=0))
+        with pytest.raises(BackendTimeoutError, match="read timeout"):
+            backend.chat(MESSAGES, schema=SCHEMA, max_tokens=8, temperature=0, seed=1)
+
+
+def test_ollama_unreachable_server_is_fatal_after_retries():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # nothing listens once the socket closes
+    backend = OllamaBackend("qwen3:8b", base_url=f"http://127.0.0.1:{port}", http=FAST)
+    with pytest.raises(BackendUnreachableError, match=f"127.0.0.1:{port}.*3 tries") as info:
+        backend.chat(MESSAGES, schema=SCHEMA, max_tokens=8, temperature=0, seed=1)
+    assert info.value.fatal
+
+
+def test_ollama_model_management_ps_show_unload():
+    with FakeOllama(models=("qwen3:8b", "qwen3:30b-a3b")) as server:
+        backend = ollama(server)
+        loaded = backend.loaded_models()
+        info = backend.show()
+        backend.unload("qwen3:30b-a3b")
+        after = release_ollama_gpu(server.url, http=FAST)
+    assert {m.name for m in loaded} == {"qwen3:8b", "qwen3:30b-a3b"} and loaded[0].vram_bytes == 5_000_000_000
+    assert (info.parameter_count, info.context_length, info.quantization) == (8_190_735_360, 40960, "Q4_K_M")
+    assert server.unloaded == ["qwen3:30b-a3b", "qwen3:8b"] and after == ["qwen3:8b"]
+
+
+def test_release_gpu_without_a_running_ollama_is_a_no_op():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    assert release_ollama_gpu(f"http://127.0.0.1:{port}", http=FAST) == []
+
+
+# OpenAI-compatible -------------------------------------------------------------------------------------
+def test_openai_sse_stream_with_usage_done_marker_and_api_key_from_env(monkeypatch):
+    monkeypatch.setenv("FF_TEST_KEY", "sk-secret-123")
+    with FakeOpenAI() as server:
+        server.push(Reply('{"a": 7}', thinking="reasoning", prompt_tokens=9, completion_tokens=4))
+        backend = OpenAICompatBackend("qwen3:8b", base_url=server.url, api_key_env="FF_TEST_KEY", http=FAST)
+        result = backend.chat(MESSAGES, schema=SCHEMA, max_tokens=64, temperature=0.2, seed=5)
+    assert (result.text, result.thinking, result.finish_reason) == ('{"a": 7}', "reasoning", "stop")
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens) == (9, 4)
+    _, _, body, headers = server.requests[0]
+    assert body["response_format"]["type"] == "json_schema" and body["response_format"]["json_schema"]["schema"] == SCHEMA
+    assert body["temperature"] == 0.2 and body["max_tokens"] == 64 and body["seed"] == 5 and body["stream"] is True
+    assert {k.lower(): v for k, v in headers.items()}["authorization"] == "Bearer sk-secret-123"
+    assert "sk-secret" not in repr(backend)
+
+
+def test_openai_length_is_truncation_and_non_streaming_works():
+    with FakeOpenAI() as server:
+        server.push(Reply('{"a": ', finish="length"), Reply('{"a": 8}'))
+        streamed = OpenAICompatBackend("qwen3:8b", base_url=server.url, http=FAST)
+        plain = OpenAICompatBackend("qwen3:8b", base_url=server.url, stream=False, http=FAST)
+        first = streamed.chat(MESSAGES, schema=SCHEMA, max_tokens=3, temperature=0, seed=None)
+        second = plain.chat(MESSAGES, schema=SCHEMA, max_tokens=30, temperature=0, seed=None)
+    assert first.truncated and first.finish_reason == "length"
+    assert second.text == '{"a": 8}' and second.usage.completion_tokens == 34
+
+
+def test_openai_error_objects_busy_retry_and_mid_stream_error():
+    with FakeOpenAI() as server:
+        server.push(Status(503, "overloaded"), Reply('{"a": 9}'), MidStreamError("upstream crashed"),
+                    Status(401, "Incorrect API key provided"))
+        backend = OpenAICompatBackend("qwen3:8b", base_url=server.url, http=FAST)
+        assert backend.chat(MESSAGES, schema=SCHEMA, max_tokens=8, temperature=0, seed=None).text == '{"a": 9}'
+        with pytest.raises(BackendError, match="upstream crashed"):
+            backend.chat(MESSAGES, schema=SCHEMA, max_tokens=8, temperature=0, seed=None)
+        with pytest.raises(BackendConfigError, match="check the API key"):
+            backend.chat(MESSAGES, schema=SCHEMA, max_tokens=8, temperature=0, seed=None)
+        missing = OpenAICompatBackend("nope", base_url=server.url, http=FAST)
+        with pytest.raises(ModelNotFoundError, match="nope"):
+            missing.chat(MESSAGES, schema=SCHEMA, max_tokens=8, temperature=0, seed=None)
+
+
+def test_openai_dropped_stream_is_retried():
+    with FakeOpenAI() as server:
+        server.push(Drop(), Reply('{"a": 10}'))
+        result = OpenAICompatBackend("qwen3:8b", base_url=server.url, http=FAST).chat(
+            MESSAGES, schema=SCHEMA, max_tokens=8, temperature=0, seed=None)
+    assert result.text == '{"a": 10}'
+
+
+def test_openai_missing_key_env_is_a_clear_error(monkeypatch):
+    monkeypatch.delenv("FF_MISSING_KEY", raising=False)
+    backend = OpenAICompatBackend("m", base_url="http://127.0.0.1:9", api_key_env="FF_MISSING_KEY")
+    with pytest.raises(BackendConfigError, match="FF_MISSING_KEY is empty"):
+        backend.chat(MESSAGES, schema=None, max_tokens=8, temperature=0, seed=None)
+
+
+# shared HTTP plumbing ----------------------------------------------------------------------------------
+def test_json_object_accepts_an_object_and_names_the_server_in_every_refusal():
+    from faithforge.backends.http import json_object
+
+    assert json_object('{"a": 1}', "server S") == {"a": 1}
+    with pytest.raises(BackendError, match=r"^server S sent a line that is not JSON: '\{oops'$"):
+        json_object("{oops", "server S", what="a line")
+    with pytest.raises(BackendError, match=r"^server S sent list instead of an object$"):
+        json_object("[1]", "server S")
+    with pytest.raises(BackendError, match=r"^server S failed mid-answer: boom$"):
+        json_object('{"error": "boom"}', "server S", failed="failed mid-answer")
+    with pytest.raises(BackendError, match=r"^server S failed: bad key$"):
+        json_object('{"error": {"message": "bad key"}}', "server S")
+
+
+# registry and template ---------------------------------------------------------------------------------
+def test_make_backend_by_name_and_template_is_deterministic_valid_json():
+    from faithforge.generation.schemas import GroundedSummary
+
+    template = make_backend("template", "")
+    schema = GroundedSummary.model_json_schema()
+    messages = [{"role": "user", "content": "x. Rule: the document must not mention the day."}]
+    a = template.chat(messages, schema=schema, max_tokens=100, temperature=0.8, seed=3)
+    b = template.chat(messages, schema=schema, max_tokens=100, temperature=0.8, seed=3)
+    assert a == b
+    example = GroundedSummary.model_validate(json.loads(a.text))
+    assert not any(day in example.source_document for day in ("Monday", "Tuesday", "Wednesday", "Thursday",
+                                                               "Friday", "Saturday", "Sunday"))
+    with pytest.raises(BackendConfigError, match="grounded-summaries"):
+        template.chat(messages, schema={"type": "object", "properties": {"lines": {}}}, max_tokens=10,
+                      temperature=0, seed=1)
+    with pytest.raises(Exception, match="choose one of"):
+        make_backend("vllm", "m")

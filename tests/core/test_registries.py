@@ -1,0 +1,195 @@
+"""One registry per pluggable kind: every list of judge or backend names agrees with its registry, and a judge or
+a backend registered by one new module plus one registration line is accepted by the config, the CLI and the
+Prefect UI form without touching anything else."""
+
+from __future__ import annotations
+
+import ast
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from faithforge.core.backend_registry import BACKENDS, BackendKind
+from faithforge.core.judge_registry import JUDGES, JudgeKind
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE_FOLDERS = ("faithforge", "flows", "tasks", "gpu", "deployments")
+REGISTRY_MODULES = {ROOT / "faithforge" / "core" / "judge_registry.py", ROOT / "faithforge" / "core" / "backend_registry.py"}
+
+
+def _enums(schema: object) -> list[list[str]]:
+    """Every `enum` list anywhere in a JSON schema."""
+    found = []
+    if isinstance(schema, dict):
+        if isinstance(schema.get("enum"), list):
+            found.append(schema["enum"])
+        for value in schema.values():
+            found += _enums(value)
+    elif isinstance(schema, list):
+        for value in schema:
+            found += _enums(value)
+    return found
+
+
+def _name_lists_in_source(names: set[str]) -> list[str]:
+    """Literal tuples, lists and sets in the package's source naming two or more of `names` (a hand-kept copy of a
+    registry), outside the registry modules."""
+    found = []
+    for folder in PACKAGE_FOLDERS:
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            if path in REGISTRY_MODULES:
+                continue
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                    strings = {e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
+                    if len(strings & names) >= 2:
+                        found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {sorted(strings & names)}")
+    return found
+
+
+def test_no_module_keeps_its_own_list_of_judge_or_backend_names():
+    assert _name_lists_in_source(set(JUDGES.names())) == []
+    assert _name_lists_in_source(set(BACKENDS.names())) == []
+
+
+def test_the_config_form_and_cli_list_exactly_the_registered_names():
+    from prefect.utilities.callables import parameter_schema
+
+    from faithforge.app.cli import _register_subcommands, app
+    from faithforge.generation.worker import build_parser
+    from faithforge.flows.generate import generate_flow
+    from faithforge.flows.pipeline import pipeline
+
+    judges, backends = list(JUDGES.names()), list(BACKENDS.names())
+    sample_judges = [k.name for k in JUDGES if k.scores_samples]
+    server_backends = [k.name for k in BACKENDS if k.server]
+    form = parameter_schema(pipeline.fn).model_dump()
+    definitions = form["definitions"]
+    assert _enums(definitions["EvaluateConfig"]["properties"]["judge"]) == [judges, judges]
+    assert _enums(definitions["PairsConfig"]["properties"]["judge"]) == [sample_judges]
+    assert _enums(definitions["GenerateConfig"]["properties"]["backend"]) == [backends]
+    for field in ("llm_backend", "served_backend"):
+        assert _enums(definitions["EvaluateConfig"]["properties"][field]) == [server_backends]
+    generation_form = parameter_schema(generate_flow.fn).model_dump()
+    assert _enums(generation_form["definitions"]["GenerateParameters"]["properties"]["backend"]) == [backends]
+
+    _register_subcommands()
+    runner = CliRunner()
+    calibrate_help = _help(runner, app, "eval", "calibrate")
+    assert f"One of: {', '.join(judges)};" in calibrate_help
+    assert f"One of: {', '.join(backends)}." in _help(runner, app, "generate")
+    with pytest.raises(SystemExit):  # argparse refuses a name the registry does not have
+        build_parser().parse_args(["--spec", "s.yaml", "--backend", "nope"])
+
+
+def _help(runner, app, *command: str) -> str:
+    """A command's --help as one line (rich's box drawing and wrapping removed)."""
+    text = runner.invoke(app, [*command, "--help"], env={"COLUMNS": "300"}).output
+    return " ".join(text.replace("│", " ").split())
+
+
+@pytest.fixture
+def throwaway_judge(tmp_path, monkeypatch):
+    """A judge added the documented way: one module (`build`) and one registration line."""
+    (tmp_path / "throwaway_judge.py").write_text(
+        "from faithforge.evaluation.verdict import Verdict\n\n"
+        "class EveryNumberJudge:\n"
+        "    name = 'every-number'\n"
+        "    def judge(self, source, summary, *, truncated=False):\n"
+        "        return Verdict(judge=self.name, hallucinated=any(c.isdigit() for c in summary), truncated=truncated)\n\n"
+        "def build(**options):\n"
+        "    return EveryNumberJudge()\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    JUDGES.register(JudgeKind("every-number", "throwaway_judge", "flags any summary with a digit",
+                              scores_samples=True, rule_based=True))
+    yield "every-number"
+    JUDGES.unregister("every-number")
+    sys.modules.pop("throwaway_judge", None)
+
+
+def test_a_judge_registered_once_is_accepted_by_config_cli_and_form(throwaway_judge, tmp_path):
+    from prefect.utilities.callables import parameter_schema
+
+    from faithforge.app.cli import _register_subcommands, app
+    from faithforge.core.config import load_config
+    from faithforge.evaluation import get_judge
+    from faithforge.stages.preflight import check_pipeline_inputs
+    from faithforge.flows.pipeline import pipeline
+
+    config = load_config(None, overrides={"workspace": str(tmp_path / "ws"), "evaluate": {"judge": throwaway_judge},
+                                          "pairs": {"judge": throwaway_judge}}, environ={})
+    assert config.evaluate.judge == throwaway_judge and config.pairs.judge == throwaway_judge
+    check_pipeline_inputs(config)  # the run's checks accept it (no options to read)
+    assert get_judge(throwaway_judge).judge("Alice sold books.", "Alice sold 3 books.").hallucinated
+    assert get_judge([throwaway_judge, "grounding"]).judge("Alice sold books.", "Alice sold books.").hallucinated is False
+
+    form = parameter_schema(pipeline.fn).model_dump()["definitions"]
+    assert throwaway_judge in _enums(form["EvaluateConfig"]["properties"]["judge"])[0]
+    assert throwaway_judge in _enums(form["PairsConfig"]["properties"]["judge"])[0]
+
+    _register_subcommands()
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps({"source": f"Alice sold books on day {i}.", "summary": summary,
+                                          "label": label}) + "\n"
+                              for i in range(12) for summary, label in [("Alice sold 3 books.", "hallucinated"),
+                                                                        ("Alice sold books.", "faithful")]))
+    result = CliRunner().invoke(app, ["eval", "calibrate", "--labels", str(labels), "--judge", throwaway_judge,
+                                      "--no-save", "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["test"]["recall"] == 1.0
+
+
+@pytest.fixture
+def throwaway_backend(tmp_path, monkeypatch):
+    """A backend added the documented way: one module (`build`) and one registration line. It answers like the
+    template teacher, so a real generation run can use it."""
+    (tmp_path / "throwaway_backend.py").write_text(
+        "from faithforge.backends.template import TemplateBackend\n\n"
+        "class EchoTeacher(TemplateBackend):\n"
+        "    name = 'echo-teacher'\n\n"
+        "def build(model, options):\n"
+        "    return EchoTeacher(model or 'echo')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    BACKENDS.register(BackendKind("echo-teacher", "throwaway_backend", "the template teacher under another name",
+                                  server=False))
+    yield "echo-teacher"
+    BACKENDS.unregister("echo-teacher")
+    sys.modules.pop("throwaway_backend", None)
+
+
+def test_a_backend_registered_once_is_accepted_by_config_cli_and_form(throwaway_backend, tmp_path):
+    from prefect.utilities.callables import parameter_schema
+
+    from faithforge.app.cli import _register_subcommands, app
+    from faithforge.core.config import load_config
+    from faithforge.generation.parameters import GenerateParameters
+    from faithforge.flows.generate import generate_flow
+
+    assert GenerateParameters(spec="s.yaml", backend=throwaway_backend).backend == throwaway_backend
+    config = load_config(None, overrides={"generate": {"backend": throwaway_backend}}, environ={})
+    assert config.generate.backend == throwaway_backend
+    form = parameter_schema(generate_flow.fn).model_dump()["definitions"]["GenerateParameters"]
+    assert throwaway_backend in _enums(form["properties"]["backend"])[0]
+
+    _register_subcommands()
+    spec = ROOT / "configs" / "specs" / "grounded-summaries.yaml"
+    result = CliRunner().invoke(app, ["generate", "--spec", str(spec), "--backend", throwaway_backend,
+                                      "--model", "echo", "--target", "2", "--no-prefect", "--no-gate",
+                                      "--workspace", str(tmp_path / "ws")])
+    assert result.exit_code == 0, result.output
+    written = list((tmp_path / "ws").rglob("*.jsonl"))
+    assert written and sum(len(p.read_text().splitlines()) for p in written) >= 2
+
+
+def test_an_unknown_name_is_one_line_that_lists_the_registered_ones():
+    from faithforge.core.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides={"evaluate": {"judge": "nope"}, "generate": {"backend": "nope"}}, environ={})
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"unknown judge 'nope'; choose one of {', '.join(JUDGES.names())}" in message
+    assert f"unknown backend 'nope'; choose one of {', '.join(BACKENDS.names())}" in message

@@ -1,0 +1,197 @@
+"""Runs that go wrong end clearly: a failed attempt never crashes the summary, a run that stores nothing
+fails (flow state and exit status), bad input is one line before any flow starts, a stalled server is given
+up on after `--read-timeout`, and a dead worker's slots are taken back at once (issue 11 items 8, 9, 12;
+issue 15 item 4)."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import typer
+from typer.testing import CliRunner
+
+from faithforge.backends.template import TemplateBackend
+from faithforge.generation.coverage_db import CoverageDB
+from faithforge.generation.parameters import GenerateParameters
+from faithforge.generation.runner import GenerationOptions, run_generation
+from faithforge.generation.spec import load_spec
+from faithforge.generation.summary import GenerationSummary
+from tests.fixtures.fake_llm_servers import FakeOllama, Reply, Stall
+
+ROOT = Path(__file__).resolve().parents[2]
+GROUNDED = str(ROOT / "configs" / "specs" / "grounded-summaries.yaml")
+HANG_GUARD_S = 120  # only to fail instead of hanging; nothing asserts on time
+
+
+def cli() -> typer.Typer:
+    from faithforge.app.cli_generate import generate
+
+    app = typer.Typer()
+    app.command("generate")(generate)
+    app.command("version")(lambda: None)  # keeps `generate` a sub-command, as in the real CLI
+    return app
+
+
+def invoke(*args: str):
+    return CliRunner(env={"COLUMNS": "250"}).invoke(cli(), ["generate", *args])
+
+
+def as_teacher(body: dict) -> Reply:
+    return Reply(TemplateBackend().chat(body["messages"], schema=body.get("format"), seed=body["options"]["seed"]).text)
+
+
+def lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.strip()]
+
+
+# issue 11 item 9 ---------------------------------------------------------------------------------------------
+def test_summary_prints_after_a_failed_attempt_instead_of_crashing(tmp_path):
+    with FakeOllama(default=as_teacher) as server:
+        server.push(Reply("no json here"), Reply("still none"))  # one attempt fails, repair included
+        result = invoke("--spec", GROUNDED, "--backend", "ollama", "--base-url", server.url, "--target", "2",
+                        "--no-gate", "--no-prefect", "--workspace", str(tmp_path))
+    assert result.exit_code == 0, result.output
+    assert "failed attempts: 1 (no_json 1)" in result.output and "2/2 examples" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_summary_survives_its_own_dict_round_trip():
+    summary = GenerationSummary(spec="s", backend="b", model="m", targets={"a": 2})
+    summary.failures.update({"schema": 2, "placeholder": 1})
+    again = GenerationSummary.from_dict(summary.to_dict())
+    assert again.lines() == summary.lines() and again.top_failures() == "schema 2, placeholder 1"
+
+
+# issue 15 item 4 / issue 11 item 9: a run that stores nothing fails ---------------------------------------
+def test_a_run_that_stores_nothing_fails_with_its_top_reasons(prefect_harness, tmp_path):
+    from faithforge.generation.job import GenerationFailed
+    from faithforge.flows.generate import generate_flow
+
+    with FakeOllama(default=lambda body: Reply("I cannot write JSON, sorry.")) as server:
+        params = GenerateParameters(spec=GROUNDED, backend="ollama", base_url=server.url, target=2, use_gpu_gate=False,
+                                    workspace=str(tmp_path / "flow"), max_failures=4)
+        state = generate_flow(params, return_state=True)
+        assert state.is_failed() and "stored 0 of the 2" in state.message and "no_json 4" in state.message
+        failure = state.result(raise_on_failure=False)
+        assert isinstance(failure, GenerationFailed) and failure.result.summary.generated == 0
+        direct = invoke("--spec", GROUNDED, "--backend", "ollama", "--base-url", server.url, "--target", "2",
+                        "--no-gate", "--no-prefect", "--workspace", str(tmp_path / "direct"))
+        flow = invoke("--spec", GROUNDED, "--backend", "ollama", "--base-url", server.url, "--target", "2",
+                      "--no-gate", "--workspace", str(tmp_path / "cli-flow"))
+    for result in (direct, flow):
+        assert result.exit_code == 1, result.output
+        assert "0/2 examples" in result.output and "top failure reasons: no_json" in result.output
+        assert "Traceback" not in result.output
+
+
+def test_a_finished_target_is_not_a_failure(tmp_path):
+    spec = load_spec(GROUNDED)
+    db = CoverageDB(f"sqlite:///{tmp_path / 'c.db'}")
+    run_generation(spec, TemplateBackend(), db, tmp_path / "out", GenerationOptions(target=2, poll_s=0.01))
+    again = run_generation(spec, TemplateBackend(), db, tmp_path / "out", GenerationOptions(target=2, poll_s=0.01))
+    assert again.generated == 0 and not again.stored_nothing
+
+
+# issue 11 item 12 --------------------------------------------------------------------------------------------
+def test_a_bad_option_is_one_line_naming_the_option(tmp_path):
+    result = invoke("--spec", GROUNDED, "--backend", "bogus", "--workspace", str(tmp_path))
+    assert result.exit_code == 2 and len(lines(result.output)) == 1, result.output
+    assert "--backend" in result.output and "choose one of ollama, openai, local, template" in result.output and "pydantic" not in result.output
+
+
+def test_bad_input_on_the_prefect_path_fails_in_one_line_before_the_flow_starts(tmp_path):
+    for args in (["--backend", "ollama", "--base-url", "not-a-url"],
+                 ["--backend", "openai"],
+                 ["--backend", "local", "--model", str(tmp_path / "no-model")]):
+        result = invoke("--spec", GROUNDED, *args, "--workspace", str(tmp_path), "--target", "2")
+        assert result.exit_code == 2, result.output
+        assert len(lines(result.output)) == 1 and "Traceback" not in result.output, result.output
+
+
+# issue 11 item 8 ---------------------------------------------------------------------------------------------
+def test_a_stalled_server_is_given_up_on_after_the_read_timeout_option(tmp_path):
+    with FakeOllama(default=as_teacher) as server:
+        server.push(Stall(60.0, partial='{"source_document": "On'))  # one chunk, then silence
+        result = invoke("--spec", GROUNDED, "--backend", "ollama", "--base-url", server.url, "--target", "1",
+                        "--no-gate", "--no-prefect", "--read-timeout", "0.5", "--workspace", str(tmp_path))
+        requests = len(server.chat_requests())
+    assert result.exit_code == 0, result.output
+    assert "1/1 examples" in result.output and requests == 2  # the stalled request, then its retry
+
+
+def test_the_summary_names_only_options_that_exist():
+    summary = GenerationSummary(spec="s", backend="b", model="m", targets={"a": 2}, truncations=3, lost_claims=2,
+                                stopped="max_failures", message="x", first_answers=4)
+    summary.failures.update({"schema": 1, "placeholder": 1})
+    summary.response_formats.update({"json_object": 4})
+    help_text = invoke("--help").output
+    named = set(re.findall(r"--[a-z][a-z-]+", "\n".join(summary.lines())))
+    assert all(option in help_text for option in named), named
+
+
+def test_a_dead_workers_claims_are_taken_back_at_once(tmp_path):
+    """A worker killed while holding claims with a 15-minute lease: the next claim takes its slots at once
+    (its process is gone), instead of waiting out the lease."""
+    url = f"sqlite:///{tmp_path / 'c.db'}"
+    holder = textwrap.dedent(f"""
+        import sys, time
+        from faithforge.generation.coverage_db import CoverageDB
+        from faithforge.generation.spec import load_spec
+        spec = load_spec({GROUNDED!r})
+        db = CoverageDB({url!r})
+        db.register_worker("doomed")
+        db.sync(spec, spec.targets(3))
+        claims = db.claim(spec.name, "doomed", 3, 900.0)
+        print(len(claims), flush=True)
+        time.sleep(600)
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", holder], cwd=ROOT, stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        assert proc.stdout.readline().strip() == "3"
+        db = CoverageDB(url)
+        spec = load_spec(GROUNDED)
+        assert db.claim(spec.name, "alive", 3, 900.0) == []  # a live worker's claims are respected
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=HANG_GUARD_S)
+        taken = db.claim(spec.name, "next", 3, 900.0)
+        assert len(taken) == 3 and db.holders(spec.name) == {"next": max(c.until for c in taken)}
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_running_worker_keeps_its_claims_alive_with_heartbeats(tmp_path):
+    spec = load_spec(GROUNDED)
+    db = CoverageDB(f"sqlite:///{tmp_path / 'c.db'}")
+    db.register_worker("w")
+    db.sync(spec, spec.targets(2))
+    (claim,) = db.claim(spec.name, "w", 1, 0.5)
+    time.sleep(0.1)
+    assert db.heartbeat("w", 60.0) == 1
+    time.sleep(0.6)  # past the first lease: only the renewal keeps the slot
+    assert db.holders(spec.name)["w"] > time.time() + 30
+    assert [c.slot_id for c in db.claim(spec.name, "other", 2, 60.0)] != [claim.slot_id]
+
+
+def test_waiting_for_another_worker_says_so_and_names_it(tmp_path):
+    """A live worker holds the last slot (its lease runs out in 1 s): the run says whom it waits for instead of
+    waiting silently, then takes the slot when the lease ends."""
+    spec = load_spec(GROUNDED)
+    db = CoverageDB(f"sqlite:///{tmp_path / 'c.db'}")
+    db.register_worker("busy-elsewhere")  # this process: alive, so only its lease can free the slot
+    db.sync(spec, spec.targets(1))
+    db.claim(spec.name, "busy-elsewhere", 1, 1.0)
+    said: list[str] = []
+    summary = run_generation(spec, TemplateBackend(), db, tmp_path / "out", GenerationOptions(target=1, poll_s=0.05),
+                             log=said.append)
+    assert summary.done_total == 1
+    assert len(said) == 1 and "waiting for 1 other worker(s)" in said[0] and "busy-elsewhere" in said[0]

@@ -1,0 +1,88 @@
+"""Spec validation (every problem at once) and answer parsing (fences, think blocks, schema, truncation)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from faithforge.core.errors import ConfigError, UserError
+from faithforge.generation.parsing import content_hash, parse_answer, repair_messages
+from faithforge.generation.spec import load_spec, parse_spec
+
+ROOT = Path(__file__).resolve().parents[2]
+SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"], "additionalProperties": False}
+
+
+@pytest.mark.parametrize("name", ["grounded-summaries", "dialogue"])
+def test_shipped_specs_load_and_render(name):
+    spec = load_spec(ROOT / "configs" / "specs" / f"{name}.yaml")
+    for category in spec.categories:
+        params = next(category.combinations())
+        messages = spec.messages_for(category, params)
+        assert messages[-1]["role"] == "user" and "JSON Schema" in messages[-1]["content"]
+        assert spec.schema_for(category)["type"] == "object"
+    assert sum(spec.targets(17).values()) == 17
+
+
+def test_dialogue_spec_has_the_field_note_categories():
+    spec = load_spec(ROOT / "configs" / "specs" / "dialogue.yaml")
+    assert [c.name for c in spec.categories] == ["emotional", "dramatic", "tension", "memory", "personality",
+                                                 "relationship"]
+
+
+def test_a_bad_spec_reports_every_problem_at_once():
+    bad = {"name": "x", "schema": {"type": "object"}, "categories": [
+        {"name": "one", "target": -1, "axes": {"tone": ["dry"]}, "prompt": "Write {tone} about {topic}"},
+        {"name": "one", "target": 1, "axes": {"tone": []}, "prompt": "fine"},
+        {"name": "two", "target": 1, "prompt": "x", "schema": {"type": "strnig"}, "surprise": 1},
+    ]}
+    with pytest.raises(ConfigError) as info:
+        parse_spec(bad, "bad.yaml")
+    text = "\n".join(info.value.problems)
+    for expected in ("categories[one].axes", "axis 'tone' has no values", "prompt uses topic",
+                     "categories[one].target", "not valid JSON Schema", "unknown option", "surprise"):
+        assert expected in text, (expected, text)
+    assert len(info.value.problems) >= 5
+
+
+def test_spec_level_problems_and_missing_schema():
+    twice = {"name": "x", "schema": {"type": "object"}, "categories": [{"name": "a", "target": 1, "prompt": "p"}] * 2}
+    with pytest.raises(ConfigError, match="'a' is used twice"):
+        parse_spec(twice, "s")
+    with pytest.raises(ConfigError, match="has no output schema"):
+        parse_spec({"name": "x", "categories": [{"name": "a", "target": 1, "prompt": "p"}]}, "s")
+    with pytest.raises(ConfigError, match="cannot be imported"):
+        parse_spec({"name": "x", "schema_model": "nowhere:Thing",
+                    "categories": [{"name": "a", "target": 1, "prompt": "p"}]}, "s")
+    with pytest.raises(UserError, match="not found"):
+        load_spec(ROOT / "configs" / "specs" / "missing.yaml")
+
+
+def test_parse_plain_fenced_thinking_and_chatty_answers():
+    for text in ('{"a": 1}', '```json\n{"a": 1}\n```', '<think>{"a": 2} no</think>Sure! {"a": 1} hope it helps',
+                 'Here: {"a": 1}\n\nLet me know.', '</think>{"a": 1}'):
+        obj, failure = parse_answer(text, SCHEMA)
+        assert obj == {"a": 1} and failure is None, text
+
+
+@pytest.mark.parametrize("text,truncated,reason", [
+    ("", False, "empty"),
+    ("<think>only thoughts", False, "empty"),
+    ("no braces here", False, "no_json"),
+    ('{"a": 1,}', False, "invalid_json"),
+    ('{"a": "one"}', False, "schema"),
+    ('{"a": 1, "b": 2}', False, "schema"),
+    ('{"a": ', True, "truncated"),
+])
+def test_parse_failures_have_reasons(text, truncated, reason):
+    obj, failure = parse_answer(text, SCHEMA, truncated=truncated)
+    assert obj is None and failure.reason == reason
+
+
+def test_content_hash_is_canonical_and_repair_quotes_the_problem():
+    assert content_hash({"a": 1, "b": [1, 2]}) == content_hash({"b": [1, 2], "a": 1})
+    _, failure = parse_answer('{"a": "x"}', SCHEMA)
+    messages = repair_messages([{"role": "user", "content": "q"}], '{"a": "x"}', failure)
+    assert messages[1] == {"role": "assistant", "content": '{"a": "x"}'}
+    assert "is not of type 'integer'" in messages[2]["content"]

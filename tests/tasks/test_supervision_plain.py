@@ -1,0 +1,225 @@
+"""Issue 29, the plain-Python half: children die with their parent (real processes, real SIGKILL), what Prefect is
+told about a dead run, what a waiting run says, the run store's slot holds, and a lock wait said again while
+waiting. The Prefect half (a real server and process workers) is tests/tasks/test_supervision_integration.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from faithforge.core.liveness import process_alive
+from faithforge.core.reconcile import decide, death_message, slot_wait_message
+
+REPO = Path(__file__).resolve().parents[2]
+GUARD_S = 60  # a death that is never noticed is a failure, not a slow pass
+
+
+def _python(code: str, **kwargs) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=REPO,
+                            stdout=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
+
+
+def _wait_gone(pid: int) -> bool:
+    deadline = time.monotonic() + GUARD_S
+    while process_alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not process_alive(pid)
+
+
+def test_a_process_watching_its_parent_ends_when_the_parent_is_sigkilled(tmp_path):
+    """What a flow process does when its worker dies: `watch_parent` calls back with the dead parent's pid."""
+    marker = tmp_path / "noticed"
+    parent = _python(f"""
+        import subprocess, sys, textwrap
+        child = subprocess.Popen([sys.executable, "-c", textwrap.dedent('''
+            import os, time
+            from faithforge.core.orphans import watch_parent
+            def died(parent):
+                open({str(marker)!r}, "w").write(str(parent))
+                os._exit(3)
+            watch_parent(died, poll_s=0.1)
+            print(os.getpid(), flush=True)
+            time.sleep(600)
+        ''')], stdout=sys.stdout)
+        child.wait()
+    """)
+    child_pid = int(parent.stdout.readline())
+    os.kill(parent.pid, signal.SIGKILL)
+    parent.wait()
+    assert _wait_gone(child_pid)
+    assert marker.read_text() == str(parent.pid)
+
+
+def test_the_reaper_stops_the_children_of_a_sigkilled_process():
+    """What `faithforge demo` does for Prefect's embedded server: the reaper outlives its SIGKILLed parent and
+    stops the children that parent started (here a sleeping grandchild too)."""
+    main = _python("""
+        import os, subprocess, sys, time
+        from faithforge.core.orphans import start_reaper
+        start_reaper()
+        child = subprocess.Popen([sys.executable, "-c", "import subprocess, sys, time; "
+                                  "g = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)']); "
+                                  "print(g.pid, flush=True); time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+        grandchild = child.stdout.readline().strip()
+        print(child.pid, grandchild, flush=True)
+        time.sleep(600)
+    """)
+    child, grandchild = (int(p) for p in main.stdout.readline().split())
+    time.sleep(1.5)  # the reaper's first look at the process tree (it looks every 0.5 s)
+    os.kill(main.pid, signal.SIGKILL)
+    main.wait()
+    assert _wait_gone(child) and _wait_gone(grandchild)
+
+
+def test_the_reaper_runs_its_after_death_command_only_after_an_unclean_death(tmp_path):
+    """How a SIGKILLed flow process still gets its death reported: its reaper runs a command (in the flow, the
+    reconciliation) once it is gone — unless it exited normally and said so."""
+    for kill in (True, False):
+        said = tmp_path / f"reported-{kill}"
+        main = _python(f"""
+            import sys, time
+            from faithforge.core.orphans import exited_cleanly, start_reaper
+            start_reaper(after_death=[sys.executable, "-c", "open({str(said)!r}, 'w')"])
+            print("ready", flush=True)
+            if {not kill}:
+                exited_cleanly()
+                sys.exit(0)
+            time.sleep(600)
+        """)
+        assert main.stdout.readline().strip() == "ready"
+        if kill:
+            os.kill(main.pid, signal.SIGKILL)
+        main.wait()
+        if kill:
+            deadline = time.monotonic() + GUARD_S
+            while not said.exists() and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert said.exists(), "the reaper did not run its command after the SIGKILL"
+        else:
+            time.sleep(2.0)  # the reaper's look (every 0.5 s) and its command's start: nothing may come
+            assert not said.exists(), "the reaper ran its command after a clean exit"
+
+
+@pytest.mark.slow
+def test_sigkill_of_the_demo_leaves_no_embedded_prefect_server(tmp_path):
+    """Issue 25's leftover: SIGKILL of `faithforge demo`'s main process left Prefect's embedded server (a
+    `uvicorn ... prefect.server` child) running."""
+    import psutil
+
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect-home"),
+           "TQDM_DISABLE": "1"}
+    env.pop("PREFECT_API_URL", None)
+    demo = subprocess.Popen([sys.executable, "-m", "faithforge.app.cli", "demo", "-w", str(tmp_path / "ws")],
+                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    server = None
+    deadline = time.monotonic() + 180
+    while server is None and time.monotonic() < deadline and demo.poll() is None:
+        for proc in psutil.Process(demo.pid).children(recursive=True):
+            try:
+                if "prefect.server" in " ".join(proc.cmdline()):
+                    server = proc
+            except psutil.Error:
+                continue
+        time.sleep(0.2)
+    assert server is not None, "the demo never started Prefect's embedded server"
+    time.sleep(1.0)  # the reaper's next look at the process tree
+    demo.kill()
+    demo.wait()
+    assert _wait_gone(server.pid), f"Prefect's embedded server {server.pid} outlived the demo"
+
+
+def test_what_prefect_is_told_about_a_run_whose_process_is_gone():
+    assert decide("RUNNING") == ("CRASHED", "crashed")
+    assert decide("PENDING") == ("CRASHED", "crashed")
+    assert decide("CANCELLING") == ("CANCELLED", "cancelled")  # the stuck cancel of issue 29
+    assert decide("CANCELLED") == (None, "cancelled")
+    for final in ("COMPLETED", "FAILED", "CRASHED"):
+        assert decide(final) == (None, "crashed")
+    line = death_message(123, "vm", "train (planned)", "killed or crashed")
+    assert "\n" not in line and "process 123 on vm" in line and "last stage: train (planned)" in line
+
+
+def test_a_slot_wait_names_the_holders_flow_run_stage_and_how_long():
+    now = dt.datetime(2026, 12, 4, 12, 0, 0, tzinfo=dt.timezone.utc)
+    holders = [{"flow_run_name": "calm-fox", "stage": "train", "since": now - dt.timedelta(seconds=135),
+                "alive": True}]
+    line = slot_wait_message("gpu", "warm_start", holders, 6.4, now)
+    assert line == ("warm_start: waiting 6 s for a slot of the 'gpu' concurrency limit, held by flow run "
+                    "'calm-fox' (train, for 2 min 15 s)")
+    dead = [{**holders[0], "alive": False}]
+    assert "its process is gone" in slot_wait_message("gpu", "train", dead, 3, now)
+    assert "prefect gcl inspect gpu" in slot_wait_message("gpu", "train", [], 3, now)
+
+
+def test_slot_holds_are_recorded_released_and_a_dead_holder_is_seen(tmp_path):
+    from faithforge.core.store import SlotHold, Store
+
+    store = Store(f"sqlite:///{tmp_path / 'runs.db'}")
+    run = store.start_run("pipeline", {}, prefect_flow_run_id="f-1")
+    hold = store.hold_slot(run, "gpu", "lease-1", "train", flow_run_id="f-1", flow_run_name="calm-fox")
+    (held,) = store.held_slots("gpu")
+    assert (held["limit_name"], held["lease_id"], held["flow_run_name"], held["alive"]) == (
+        "gpu", "lease-1", "calm-fox", True)
+    assert store.held_slots("other") == []
+    with store.session() as s:  # the holder's process is gone: a pid no process has
+        s.get(SlotHold, hold).pid = 2 ** 22 + 17
+    assert store.held_slots()[0]["alive"] is False
+    store.release_slot(hold)
+    assert store.held_slots() == []
+
+
+def test_runs_to_reconcile_are_the_dead_ones_not_yet_told_to_prefect(tmp_path):
+    from faithforge.core.store import Run, Store
+
+    store = Store(f"sqlite:///{tmp_path / 'runs.db'}")
+    alive = store.start_run("pipeline", {}, prefect_flow_run_id="f-alive")
+    dead = store.start_run("pipeline", {}, prefect_flow_run_id="f-dead")
+    store.start_run("pipeline", {})  # no flow run: nothing to tell Prefect
+    with store.session() as s:
+        s.get(Run, dead).pid = 2 ** 22 + 17
+    store.mark_crashed_runs()
+    assert [r["id"] for r in store.runs_to_reconcile()] == [dead]
+    store.reconciled(dead, "cancelled", "CANCELLED")
+    assert store.runs_to_reconcile() == [] and store.get_run(dead).status == "cancelled"
+    assert store.get_run(alive).status == "running"
+    assert store.crash_runs_of_this_process("its Prefect worker, process 1, died")
+    assert store.get_run(alive).summary["crashed"]["message"] == "its Prefect worker, process 1, died"
+
+
+def test_a_lock_wait_is_said_again_while_waiting(tmp_path):
+    """Issue 29: the wait line came once, in the worker's stdout. It is now repeated (with how long) while the
+    other run holds the lock, so a progress artifact shows a live wait."""
+    from faithforge.core.locks import output_lock
+
+    target = tmp_path / "out"
+    said: list[str] = []
+    released = threading.Event()
+
+    def holder():
+        with output_lock(target, "train"):
+            released.wait(GUARD_S)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    time.sleep(0.3)
+
+    def on_wait(line: str) -> None:
+        said.append(line)
+        if len(said) == 3:
+            released.set()
+
+    with output_lock(target, "train", on_wait=on_wait, report_s=0.05):
+        pass
+    thread.join()
+    assert len(said) >= 3 and "waiting for process" in said[0] and "(waited" in said[2], said
