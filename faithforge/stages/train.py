@@ -240,8 +240,9 @@ def train_sft_control(ctx: StageContext, model: ModelOutput, pairs: PairsOutput,
     """LoRA SFT on the chosen summaries, same steps, batch, rank and learning rate as DPO."""
     cfg = ctx.config.train
     # Inside the workspace by their relative paths: a copied or moved workspace keeps its key (issue 25, item 4).
+    # The pairs' max length (reference.max_length, as DPO's) is part of what the control trains on.
     key = content_key("sft-control", ctx.workspace.relative(model.path), ctx.workspace.relative(pairs.path),
-                      cfg.model_dump(exclude={"report_to"}), ctx.config.seed)
+                      cfg.model_dump(exclude={"report_to"}), ctx.config.seed, ctx.config.reference.max_length)
     out = ctx.workspace.dir("adapters") / f"sft-control-{key}"
     with claim_output("control", out, progress=ctx.progress) as claim:
         if claim.reused is not None:
@@ -283,7 +284,7 @@ def _train_sft_control(ctx: StageContext, claim: Claim, out: Path, model: ModelO
         attempts.append(current.batch_size)
         return train_sft(
             policy, tokenizer, examples, steps=cfg.steps, batch_size=cfg.batch_size, micro_batch=current.batch_size,
-            learning_rate=cfg.learning_rate, seed=ctx.config.seed,
+            learning_rate=cfg.learning_rate, seed=ctx.config.seed, max_length=ctx.config.reference.max_length,
             on_step=lambda s, loss: ctx.progress("control", s, cfg.steps, f"loss {loss:.3f}")
             if s % 16 == 0 or s == cfg.steps else None,
             checkpoint_dir=checkpoints, checkpoint_every=cfg.checkpoint_every, on_resume=resumed.append)

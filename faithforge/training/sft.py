@@ -12,6 +12,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from faithforge.core.errors import UserError
+
 
 @dataclass(frozen=True)
 class SftExample:
@@ -162,6 +164,11 @@ def train_sft(
     if not examples:
         raise ValueError("no SFT examples: the dataset is empty")
     encoded = [encode_example(tokenizer, ex, max_length) for ex in examples]
+    if all(label == -100 for _, labels in encoded for label in labels):
+        # Every completion lies beyond the cut: the loss would be 0 at every step and the weights would not move
+        # (the real-documents SFT control trained like this at max_length 128 on ~450-token prompts).
+        raise UserError(f"every SFT example's completion falls beyond max_length {max_length} tokens (the prompt "
+                        "alone is longer); raise the max length (reference.max_length for the SFT control)")
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=learning_rate, weight_decay=0.0)
     generator = torch.Generator().manual_seed(seed)

@@ -133,3 +133,21 @@ def test_the_chunked_head_loss_equals_the_causal_lm_loss(tiny_model_dir):
     out = model(**batch)
     assert float(out.loss) == pytest.approx(float(expected), abs=1e-5)
     assert getattr(out, "logits", None) is None  # no batch × seq × vocab tensor
+
+
+def test_sft_refuses_examples_whose_completion_is_cut_off_entirely(tiny_model_dir):
+    """At max_length 128 every real-news prompt (~450 tokens) was cut before its completion: the SFT control's
+    loss was 0 at every step and its adapter equalled the base model (bench/real_documents.py, seed 0)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from faithforge.core.errors import UserError
+    from faithforge.training.sft import SftExample, train_sft
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    long_prompt = [{"role": "user", "content": " ".join(["Ada bought 3 lamps in Oslo ."] * 40)}]
+    examples = [SftExample(long_prompt, "Ada bought 3 lamps .")]
+    with pytest.raises(UserError, match="falls beyond max_length 16"):
+        train_sft(model, tokenizer, examples, steps=1, batch_size=1, learning_rate=1e-4, seed=0, max_length=16)
+    losses = train_sft(model, tokenizer, examples, steps=1, batch_size=1, learning_rate=1e-4, seed=0, max_length=1024)
+    assert losses[0] > 0.0
