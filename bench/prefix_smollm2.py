@@ -43,6 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from faithforge.engine import PrefixCachedEngine, SamplingConfig  # noqa: E402
+from faithforge.training.reference_cache import common_prefix_length  # noqa: E402 - the one prefix comparison
 
 QUESTIONS = [
     "Which stage takes the longest on CPU?",
@@ -109,13 +110,6 @@ def llama_tokens(llm, ids: list[int], n: int, *, reset: bool) -> list[int]:
         if len(out) == n:
             break
     return out
-
-
-def leading_agreement(a: list[int], b: list[int]) -> int:
-    """How many leading tokens two generations share."""
-    from faithforge.training.reference_cache import common_prefix_length
-
-    return common_prefix_length(a, b)
 
 
 def timed(fn):
@@ -190,7 +184,7 @@ def bench_length(length: int, args, model, tokenizer, llamas: dict) -> dict:
         ratios[f"llama_{kind} reencode/cached"] = median_ratio(f"llama_{kind}_reencode", f"llama_{kind}_cached")
         ratios[f"engine/llama_{kind}_cached"] = median_ratio("engine", f"llama_{kind}_cached")
         ratios[f"reencode/llama_{kind}_cached"] = median_ratio("reencode", f"llama_{kind}_cached")
-        agreement[kind] = [leading_agreement(a, b) for a, b in zip(tokens["engine"], tokens[f"llama_{kind}_cached"])]
+        agreement[kind] = [common_prefix_length(a, b) for a, b in zip(tokens["engine"], tokens[f"llama_{kind}_cached"])]
     return {
         "length": len(prefix), "requests": len(questions), "gen_tokens": n, "load_1m_end": load_avg(),
         "engine_prefill_s": round(t_prefill, 2), "llama_prefill_s": {k: round(v, 2) for k, v in prefill_llama.items()},

@@ -21,11 +21,6 @@ from faithforge.core.backend_registry import BACKENDS
 from faithforge.core.registry import load_attribute
 
 
-def backend_names() -> tuple[str, ...]:
-    """The registered backends' names (read when asked: a backend registered later is included)."""
-    return BACKENDS.names()
-
-
 def make_backend(name: str, model: str, *, base_url: str | None = None, num_ctx: int = 8192,
                  keep_alive: str | int = "30m", stream: bool = True, api_key_env: str | None = None,
                  api_key_secret: str | None = None, http: HttpOptions | None = None,
@@ -39,4 +34,4 @@ def make_backend(name: str, model: str, *, base_url: str | None = None, num_ctx:
 
 __all__ = ["BackendConfigError", "BackendError", "BackendOptions", "BackendTimeoutError", "BackendUnreachableError",
            "ChatBackend", "ChatResult", "HttpOptions", "ModelNotFoundError", "TransientBackendError", "Usage",
-           "backend_names", "make_backend"]
+           "make_backend"]

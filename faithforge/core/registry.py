@@ -87,9 +87,6 @@ class _EnumFromRegistry:
         schema["enum"] = [e.name for e in self.registry if self.where is None or self.where(e)]
         return schema
 
-    def __hash__(self) -> int:  # pydantic hashes metadata; identity is enough
-        return id(self)
-
 
 def registered_name(registry: Registry, where: Callable[[Any], bool] | None = None, what: str = "") -> Any:
     """The pydantic type of a field naming one entry of `registry` (those `where` accepts): a `str` checked

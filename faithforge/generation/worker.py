@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from faithforge.core.errors import USER_ERRORS
 from faithforge.generation import job
-from faithforge.backends import backend_names
+from faithforge.core.backend_registry import BACKENDS
 from faithforge.generation.parameters import GenerateParameters
 
 _FIELDS = GenerateParameters.model_fields
@@ -31,7 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", required=True, help="generation spec YAML")
     p.add_argument("--db", required=True, help="coverage database URL (sqlite:///x.db, postgresql://...)")
     p.add_argument("--out", required=True, help="folder the example files are written to")
-    p.add_argument("--backend", default=_default("backend"), choices=backend_names())
+    p.add_argument("--backend", default=_default("backend"), choices=BACKENDS.names())
     p.add_argument("--model", default=_default("model"))
     p.add_argument("--base-url", default=None)
     p.add_argument("--target", type=int, default=None, help="total examples (default: the spec's targets)")

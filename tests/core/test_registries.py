@@ -4,13 +4,14 @@ Prefect UI form without touching anything else."""
 
 from __future__ import annotations
 
-import ast
 import json
 import sys
 from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
+
+from tests.fixtures.source_scan import copies_of
 
 from faithforge.core.backend_registry import BACKENDS, BackendKind
 from faithforge.core.judge_registry import JUDGES, JudgeKind
@@ -34,25 +35,9 @@ def _enums(schema: object) -> list[list[str]]:
     return found
 
 
-def _name_lists_in_source(names: set[str]) -> list[str]:
-    """Literal tuples, lists and sets in the package's source naming two or more of `names` (a hand-kept copy of a
-    registry), outside the registry modules."""
-    found = []
-    for folder in PACKAGE_FOLDERS:
-        for path in sorted((ROOT / folder).rglob("*.py")):
-            if path in REGISTRY_MODULES:
-                continue
-            for node in ast.walk(ast.parse(path.read_text())):
-                if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
-                    strings = {e.value for e in node.elts if isinstance(e, ast.Constant) and isinstance(e.value, str)}
-                    if len(strings & names) >= 2:
-                        found.append(f"{path.relative_to(ROOT)}:{node.lineno}: {sorted(strings & names)}")
-    return found
-
-
 def test_no_module_keeps_its_own_list_of_judge_or_backend_names():
-    assert _name_lists_in_source(set(JUDGES.names())) == []
-    assert _name_lists_in_source(set(BACKENDS.names())) == []
+    assert copies_of(set(JUDGES.names()), PACKAGE_FOLDERS, at_least=2, owners=REGISTRY_MODULES) == []
+    assert copies_of(set(BACKENDS.names()), PACKAGE_FOLDERS, at_least=2, owners=REGISTRY_MODULES) == []
 
 
 def test_the_config_form_and_cli_list_exactly_the_registered_names():
@@ -91,23 +76,32 @@ def _help(runner, app, *command: str) -> str:
     return " ".join(text.replace("│", " ").split())
 
 
+def _register_throwaway(registry, kind, source: str, tmp_path, monkeypatch):
+    """Add `kind` the documented way: its module (`source`, written as `kind.module`) and one registration line;
+    undone afterwards."""
+    (tmp_path / f"{kind.module}.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    registry.register(kind)
+    try:
+        yield kind.name
+    finally:
+        registry.unregister(kind.name)
+        sys.modules.pop(kind.module, None)
+
+
 @pytest.fixture
 def throwaway_judge(tmp_path, monkeypatch):
     """A judge added the documented way: one module (`build`) and one registration line."""
-    (tmp_path / "throwaway_judge.py").write_text(
-        "from faithforge.evaluation.verdict import Verdict\n\n"
-        "class EveryNumberJudge:\n"
-        "    name = 'every-number'\n"
-        "    def judge(self, source, summary, *, truncated=False):\n"
-        "        return Verdict(judge=self.name, hallucinated=any(c.isdigit() for c in summary), truncated=truncated)\n\n"
-        "def build(**options):\n"
-        "    return EveryNumberJudge()\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    JUDGES.register(JudgeKind("every-number", "throwaway_judge", "flags any summary with a digit",
-                              scores_samples=True, rule_based=True))
-    yield "every-number"
-    JUDGES.unregister("every-number")
-    sys.modules.pop("throwaway_judge", None)
+    yield from _register_throwaway(JUDGES, JudgeKind("every-number", "throwaway_judge", "flags any summary with a digit",
+                                                     scores_samples=True, rule_based=True),
+                                   "from faithforge.evaluation.verdict import Verdict\n\n"
+                                   "class EveryNumberJudge:\n"
+                                   "    name = 'every-number'\n"
+                                   "    def judge(self, source, summary, *, truncated=False):\n"
+                                   "        return Verdict(judge=self.name, hallucinated=any(c.isdigit() for c in summary), "
+                                   "truncated=truncated)\n\n"
+                                   "def build(**options):\n"
+                                   "    return EveryNumberJudge()\n", tmp_path, monkeypatch)
 
 
 def test_a_judge_registered_once_is_accepted_by_config_cli_and_form(throwaway_judge, tmp_path):
@@ -146,18 +140,13 @@ def test_a_judge_registered_once_is_accepted_by_config_cli_and_form(throwaway_ju
 def throwaway_backend(tmp_path, monkeypatch):
     """A backend added the documented way: one module (`build`) and one registration line. It answers like the
     template teacher, so a real generation run can use it."""
-    (tmp_path / "throwaway_backend.py").write_text(
-        "from faithforge.backends.template import TemplateBackend\n\n"
-        "class EchoTeacher(TemplateBackend):\n"
-        "    name = 'echo-teacher'\n\n"
-        "def build(model, options):\n"
-        "    return EchoTeacher(model or 'echo')\n")
-    monkeypatch.syspath_prepend(str(tmp_path))
-    BACKENDS.register(BackendKind("echo-teacher", "throwaway_backend", "the template teacher under another name",
-                                  server=False))
-    yield "echo-teacher"
-    BACKENDS.unregister("echo-teacher")
-    sys.modules.pop("throwaway_backend", None)
+    yield from _register_throwaway(BACKENDS, BackendKind("echo-teacher", "throwaway_backend",
+                                                         "the template teacher under another name", server=False),
+                                   "from faithforge.backends.template import TemplateBackend\n\n"
+                                   "class EchoTeacher(TemplateBackend):\n"
+                                   "    name = 'echo-teacher'\n\n"
+                                   "def build(model, options):\n"
+                                   "    return EchoTeacher(model or 'echo')\n", tmp_path, monkeypatch)
 
 
 def test_a_backend_registered_once_is_accepted_by_config_cli_and_form(throwaway_backend, tmp_path):
