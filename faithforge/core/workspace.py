@@ -18,9 +18,11 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, TypeVar
 
 from faithforge.core.errors import UserError
+
+T = TypeVar("T")
 
 #: Sub-directories of a workspace, by what they hold.
 SUBDIRS = ("datasets", "pairs", "refcache", "models", "checkpoints", "adapters", "reports", "tmp", "cache")
@@ -98,7 +100,41 @@ def atomic_write_jsonl(path: str | os.PathLike[str], rows: list[dict[str, Any]])
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
     """Rows of a JSON-lines file; a line that is not JSON is a `UserError` naming the file and line."""
-    rows = []
+    return [row for _, row in numbered_jsonl_rows(path)]
+
+
+def read_keyed_jsonl(path: str | os.PathLike[str], parse: Callable[[dict[str, Any], int], T], *, what: str,
+                     needs: str) -> list[T]:
+    """Items of a JSON-lines file, each built by `parse(row, line_number)` and carrying a unique `.id`.
+
+    `what` names an item ("a labeled summary"), `needs` what each line must hold ("id, source, summary"). A row
+    `parse` rejects (ValueError, KeyError, TypeError), a repeated id and a file without rows are each a one-line
+    `UserError` naming the file and line."""
+    items: list[T] = []
+    seen: set[str] = set()
+    for number, row in numbered_jsonl_rows(path):
+        try:
+            item = parse(row, number)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UserError(f"{path}:{number}: not {what} ({str(exc)[:120]}); each line needs {needs}") from None
+        item_id = getattr(item, "id")
+        if item_id in seen:
+            raise UserError(f"{path}:{number}: id {item_id[:80]!r} occurs twice; ids must be unique")
+        seen.add(item_id)
+        items.append(item)
+    if not items:
+        raise UserError(f"{path} holds no rows; add JSON lines with {needs}")
+    return items
+
+
+def numbered_jsonl_rows(path: str | os.PathLike[str],
+                        fail: Callable[[int, str], UserError] | None = None) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) of each non-blank line, numbered as an editor shows them. A line that is not JSON
+    is `fail(line, problem)` (default: a `UserError` naming the file and line); a file that is not UTF-8 or cannot
+    be read is a `UserError` too."""
+    if fail is None:
+        def fail(number: int, problem: str) -> UserError:
+            return UserError(f"{path}: line {number}: {problem}; fix or remove that line")
     try:
         handle = open(path, encoding="utf-8")
     except OSError as exc:
@@ -110,14 +146,13 @@ def read_jsonl(path: str | os.PathLike[str]) -> list[dict[str, Any]]:
                 if not line.strip():
                     continue
                 try:
-                    rows.append(json.loads(line))
+                    row = json.loads(line)
                 except json.JSONDecodeError as exc:
-                    raise UserError(f"{path}: line {number} is not valid JSON ({exc.msg}); fix or remove that "
-                                    "line") from None
+                    raise fail(number, f"not valid JSON ({exc.msg})") from None
+                yield number, row
         except UnicodeDecodeError as exc:
             raise UserError(f"{path} is not UTF-8 text after line {number} ({exc.reason}); save the file as "
                             "UTF-8") from None
-    return rows
 
 
 @contextlib.contextmanager

@@ -53,23 +53,23 @@ def _sentence(person: dict, omitted: str) -> str:
     return text + "."
 
 
+#: kind → (question, the sentence that answers it with `value`); `base` / `past` are the person's verb forms.
+_TEMPLATES = {
+    "day": ("On which day did {name} {base} the {item}?", "{name} {past} the {item} on {value}."),
+    "count": ("How many {item} did {name} {base}?", "{name} {past} {value} {item}."),
+    "place": ("In which city did {name} {base} the {item}?", "{name} {past} the {item} in {value}."),
+}
+
+
 def _question(person: dict, kind: str) -> str:
-    past, base = person["verb"]
-    if kind == "day":
-        return f"On which day did {person['name']} {base} the {person['item']}?"
-    if kind == "count":
-        return f"How many {person['item']} did {person['name']} {base}?"
-    return f"In which city did {person['name']} {base} the {person['item']}?"
+    _, base = person["verb"]
+    return _TEMPLATES[kind][0].format(name=person["name"], base=base, item=person["item"])
 
 
 def _statement(person: dict, kind: str, value: object) -> str:
     """The sentence that answers `person`'s question of `kind` with `value` (a day, a count or a place)."""
     past, _ = person["verb"]
-    if kind == "day":
-        return f"{person['name']} {past} the {person['item']} on {value}."
-    if kind == "count":
-        return f"{person['name']} {past} {value} {person['item']}."
-    return f"{person['name']} {past} the {person['item']} in {value}."
+    return _TEMPLATES[kind][1].format(name=person["name"], past=past, item=person["item"], value=value)
 
 
 def _answer(person: dict, kind: str) -> tuple[str, str]:

@@ -9,12 +9,12 @@ real-text judge benchmark and the real-documents benchmark share it).
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from faithforge.core.errors import UserError
+from faithforge.core.workspace import read_keyed_jsonl
 
 Half = Literal["dev", "heldout"]
 
@@ -46,28 +46,14 @@ def read_labeled_summaries(path: str | Path) -> list[LabeledSummary]:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"labeled summaries {path} not found; pass a JSONL file with id, dataset, source, summary, label")
-    rows: list[LabeledSummary] = []
-    seen: set[str] = set()
-    with path.open(encoding="utf-8") as handle:
-        for line_no, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                raw = json.loads(line)
-                item = LabeledSummary(id=str(raw["id"]), dataset=str(raw.get("dataset", "all")),
-                                      source=str(raw["source"]), summary=str(raw["summary"]),
-                                      consistent=_label(raw["label"]),
-                                      unsupported_sentences=tuple(raw.get("unsupported_sentences") or ()))
-            except (ValueError, KeyError, TypeError) as exc:
-                raise UserError(f"{path}:{line_no}: not a labeled summary ({str(exc)[:120]}); each line needs id, "
-                                f"source, summary and label 1 (consistent) or 0") from None
-            if item.id in seen:
-                raise UserError(f"{path}:{line_no}: id {item.id[:80]!r} occurs twice; ids must be unique")
-            seen.add(item.id)
-            rows.append(item)
-    if not rows:
-        raise UserError(f"{path} holds no labeled summaries; add JSONL rows with id, source, summary, label")
-    return rows
+    return read_keyed_jsonl(path, _labeled_summary, what="a labeled summary",
+                            needs="id, source, summary and label 1 (consistent) or 0")
+
+
+def _labeled_summary(raw: dict, _line: int) -> LabeledSummary:
+    return LabeledSummary(id=str(raw["id"]), dataset=str(raw.get("dataset", "all")), source=str(raw["source"]),
+                          summary=str(raw["summary"]), consistent=_label(raw["label"]),
+                          unsupported_sentences=tuple(raw.get("unsupported_sentences") or ()))
 
 
 def _label(value: object) -> bool:

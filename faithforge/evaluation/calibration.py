@@ -9,7 +9,6 @@ hallucinated, recall the share of hallucinated summaries the judge flags. Blank 
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any, Sequence
 from faithforge.data import vocabulary
 from faithforge.core.errors import UserError
 from faithforge.evaluation.verdict import Judge
-from faithforge.core.workspace import atomic_write_jsonl
+from faithforge.core.workspace import atomic_write_jsonl, numbered_jsonl_rows
 
 _LABELS = {"faithful": False, "hallucinated": True}
 
@@ -59,36 +58,29 @@ def read_labels(path: str | Path) -> list[LabeledExample]:
     if not file.is_file():
         raise UserError(f"labels file {file} not found; pass a JSONL file (make one with make_calibration_set)")
     examples: list[LabeledExample] = []
-    with file.open(encoding="utf-8") as handle:
-        for number, raw in enumerate(handle, start=1):
-            if not raw.strip():
-                continue
-            try:
-                row = json.loads(raw)
-            except json.JSONDecodeError as exc:
-                raise _fail(file, number, f"not valid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise _fail(file, number, f"expected an object, got {type(row).__name__}")
-            missing = [k for k in ("source", "summary", "label") if k not in row]
-            if missing:
-                raise _fail(file, number, f"missing field(s) {', '.join(missing)}")
-            for key in ("source", "summary"):
-                if not isinstance(row[key], str):
-                    raise _fail(file, number, f"{key} must be a string, got {type(row[key]).__name__}")
-            empty = [key for key in ("source", "summary") if not row[key].strip()]
-            if empty:  # a judge has nothing to compare: scoring it would add a meaningless verdict
-                raise _fail(file, number, f"{' and '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty; fill "
-                                          f"in the text or delete the row")
-            dataset = row.get("dataset")
-            if dataset is not None and not isinstance(dataset, str):
-                raise _fail(file, number, f"dataset must be a string naming the subset, got {type(dataset).__name__}")
-            split = row.get("split")
-            if split is not None and (not isinstance(split, str) or split.strip().lower() not in _SPLITS):
-                raise _fail(file, number, f"split {split!r} is neither validation nor test; use one of those or "
-                                          f"leave the field out (rows are then split by source)")
-            examples.append(LabeledExample(row["source"], row["summary"], _parse_label(row["label"], file, number),
-                                           number, dataset=dataset or None,
-                                           split=_SPLITS[split.strip().lower()] if split else None))
+    for number, row in numbered_jsonl_rows(file, lambda line, problem: _fail(file, line, problem)):
+        if not isinstance(row, dict):
+            raise _fail(file, number, f"expected an object, got {type(row).__name__}")
+        missing = [k for k in ("source", "summary", "label") if k not in row]
+        if missing:
+            raise _fail(file, number, f"missing field(s) {', '.join(missing)}")
+        for key in ("source", "summary"):
+            if not isinstance(row[key], str):
+                raise _fail(file, number, f"{key} must be a string, got {type(row[key]).__name__}")
+        empty = [key for key in ("source", "summary") if not row[key].strip()]
+        if empty:  # a judge has nothing to compare: scoring it would add a meaningless verdict
+            raise _fail(file, number, f"{' and '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty; fill "
+                                      f"in the text or delete the row")
+        dataset = row.get("dataset")
+        if dataset is not None and not isinstance(dataset, str):
+            raise _fail(file, number, f"dataset must be a string naming the subset, got {type(dataset).__name__}")
+        split = row.get("split")
+        if split is not None and (not isinstance(split, str) or split.strip().lower() not in _SPLITS):
+            raise _fail(file, number, f"split {split!r} is neither validation nor test; use one of those or "
+                                      f"leave the field out (rows are then split by source)")
+        examples.append(LabeledExample(row["source"], row["summary"], _parse_label(row["label"], file, number),
+                                       number, dataset=dataset or None,
+                                       split=_SPLITS[split.strip().lower()] if split else None))
     positives = sum(e.hallucinated for e in examples)
     if not examples or positives in (0, len(examples)):
         raise UserError(f"labels file {file} needs at least one faithful and one hallucinated example "

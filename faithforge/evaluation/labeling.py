@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
 from faithforge.core.errors import UserError
+from faithforge.core.workspace import read_keyed_jsonl
 
 #: The file an evaluation writes its outputs to for labeling (beside report.md).
 OUTPUTS_FILE = "outputs.jsonl"
@@ -63,27 +64,14 @@ def read_label_items(path: str | Path) -> list[LabelItem]:
     if not path.is_file():
         raise UserError(f"{path} not found; pass an evaluation folder (reports/eval-RUN) or a JSONL file of "
                         "outputs with source and summary")
-    items: list[LabelItem] = []
-    seen: set[str] = set()
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            item = LabelItem(id=str(row.get("id", number)), source=str(row["source"]), summary=str(row["summary"]),
-                             spans=tuple((int(s), int(e)) for s, e in row.get("spans") or ()),
-                             model=row.get("model"), judge_hallucinated=row.get("judge_hallucinated"),
-                             meta={k: v for k, v in row.items() if k in ("item", "judge")})
-        except (ValueError, KeyError, TypeError) as exc:
-            raise UserError(f"{path}:{number}: not an output to label ({str(exc)[:100]}); each line needs source "
-                            "and summary") from None
-        if item.id in seen:
-            raise UserError(f"{path}:{number}: id {item.id!r} occurs twice; ids must be unique")
-        seen.add(item.id)
-        items.append(item)
-    if not items:
-        raise UserError(f"{path} holds no outputs to label")
-    return items
+    return read_keyed_jsonl(path, _label_item, what="an output to label", needs="source and summary")
+
+
+def _label_item(row: dict, line: int) -> LabelItem:
+    return LabelItem(id=str(row.get("id", line)), source=str(row["source"]), summary=str(row["summary"]),
+                     spans=tuple((int(s), int(e)) for s, e in row.get("spans") or ()),
+                     model=row.get("model"), judge_hallucinated=row.get("judge_hallucinated"),
+                     meta={k: v for k, v in row.items() if k in ("item", "judge")})
 
 
 def shuffled(items: Sequence[LabelItem], seed: int) -> list[LabelItem]:

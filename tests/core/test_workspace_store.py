@@ -4,7 +4,8 @@ import pytest
 
 from faithforge.core.errors import UserError
 from faithforge.core.store import Store
-from faithforge.core.workspace import Workspace, atomic_directory, atomic_write_json, atomic_write_text
+from faithforge.core.workspace import (Workspace, atomic_directory, atomic_write_json, atomic_write_text,
+                                       read_keyed_jsonl)
 
 
 def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
@@ -13,6 +14,30 @@ def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
     atomic_write_text(target, "new")
     assert target.read_text() == "new"
     assert [p.name for p in target.parent.iterdir()] == ["f.json"]
+
+
+def _item(row, line):
+    return type("Item", (), {"id": str(row.get("id", line)), "text": str(row["text"])})()
+
+
+@pytest.mark.parametrize("body, says", [
+    ('{"id": "a", "text": "x"}\n\n{"id": "b"}\n', "f.jsonl:3: not an item ('text'); each line needs id and text"),
+    ('{"id": "a", "text": "x"}\n{"id": "a", "text": "y"}\n', "f.jsonl:2: id 'a' occurs twice"),
+    ('{"id": "a", "text": "x"}\n{"id": \n', "f.jsonl: line 2: not valid JSON"),
+    ('\n\n', "holds no rows; add JSON lines with id and text"),
+])
+def test_keyed_jsonl_names_the_line_to_fix(tmp_path, body, says):
+    path = tmp_path / "f.jsonl"
+    path.write_text(body)
+    with pytest.raises(UserError, match=None) as caught:
+        read_keyed_jsonl(path, _item, what="an item", needs="id and text")
+    assert says in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_keyed_jsonl_numbers_lines_as_the_editor_does(tmp_path):
+    path = tmp_path / "f.jsonl"
+    path.write_text('{"text": "x"}\n\n{"text": "y"}\n')
+    assert [item.id for item in read_keyed_jsonl(path, _item, what="an item", needs="text")] == ["1", "3"]
 
 
 def test_atomic_directory_keeps_old_content_when_the_block_fails(tmp_path):
@@ -69,7 +94,7 @@ def test_read_jsonl_names_file_and_line(tmp_path):
 
     path = tmp_path / "pairs.jsonl"
     path.write_text('{"id": 1}\n\n{"id": 2\n')
-    with pytest.raises(UserError, match=r"pairs.jsonl: line 3 is not valid JSON"):
+    with pytest.raises(UserError, match=r"pairs.jsonl: line 3: not valid JSON"):
         read_jsonl(path)
     with pytest.raises(UserError, match="cannot read"):
         read_jsonl(tmp_path / "missing.jsonl")
