@@ -50,16 +50,27 @@ def calibrate(
                                    help="Workspace whose calibrations/ folder stores the result for later reports."),
     save: bool = typer.Option(True, "--save/--no-save", help="Store the calibration for reports using this judge."),
     as_json: bool = typer.Option(False, "--json", help="Print the calibration as JSON."),
+    choose: bool = typer.Option(False, "--choose", help="With two or more --judge: calibrate each on its own and "
+                                                        "choose the best on the validation split (not a combination)."),
 ) -> None:
     """A judge's accuracy on labeled summaries: threshold chosen on one split, accuracy reported on the other."""
     from faithforge.evaluation.calibration import read_labels
     from faithforge.evaluation.heldout import calibrate_heldout, save_calibration
 
+    settings = dict(llm_backend=llm_backend, llm_model=llm_model, llm_base_url=llm_base_url,
+                    likelihood_model=likelihood_model, trained_judge=trained_judge)
+    nli = dict(checkpoint=checkpoint, supported_label=supported_label, trust_remote_code=trust_remote_code)
+    if choose:
+        # each candidate on its own, nli's options to nli only; all built before any labels are read
+        if len(set(judge)) < 2:
+            raise UserError("--choose needs two or more different --judge values to choose among")
+        candidates = [_calibration_judges([name], **settings, **(nli if name == "nli" else {}))
+                      for name in dict.fromkeys(judge)]
+        _choose(candidates, read_labels(labels), labels=labels, holdout=holdout, split_seed=split_seed,
+                workspace=workspace if save else None, as_json=as_json)
+        return
     # build the judges first: a bad checkpoint fails before any labels are read
-    built = _calibration_judges(judge, checkpoint=checkpoint, supported_label=supported_label,
-                                trust_remote_code=trust_remote_code, llm_backend=llm_backend, llm_model=llm_model,
-                                llm_base_url=llm_base_url, likelihood_model=likelihood_model,
-                                trained_judge=trained_judge)
+    built = _calibration_judges(judge, **nli, **settings)
     examples = read_labels(labels)
     result = calibrate_heldout(built, examples, labels_path=labels, holdout=holdout, seed=split_seed)
     stored = None
@@ -73,8 +84,37 @@ def calibrate(
     _print_calibration(result, stored)
 
 
-def _calibration_judges(judge: list[str], *, checkpoint: str | None, supported_label: int | None,
-                        trust_remote_code: bool, llm_backend: str, llm_model: str, llm_base_url: str | None,
+def _choose(candidates: list[Judge], examples, *, labels: Path, holdout: float, split_seed: int,
+            workspace: Path | None, as_json: bool) -> None:
+    """`eval calibrate --choose`: every candidate's figures, the one chosen on validation, what to set."""
+    from faithforge.evaluation.heldout import choose_judge, save_calibration
+
+    choice = choose_judge(candidates, examples, labels_path=labels, holdout=holdout, seed=split_seed)
+    stored = {}
+    if workspace is not None:
+        from faithforge.core.workspace import Workspace
+
+        directory = Workspace.open(workspace).root / "calibrations"
+        stored = {name: str(save_calibration(directory, c)) for name, c in choice.calibrations.items()}
+    if as_json:
+        typer.echo(json.dumps({"chosen": choice.chosen, "validation_balanced_accuracy":
+                               choice.validation_balanced_accuracy, "stored": stored,
+                               "calibrations": {k: v.to_dict() for k, v in choice.calibrations.items()}}, indent=2))
+        return
+    for name, calibration in choice.calibrations.items():
+        mark = "chosen" if name == choice.chosen else "      "
+        typer.echo(f"{mark} {name:<12} validation balanced accuracy "
+                   f"{_pct(choice.validation_balanced_accuracy[name])}  held-out: "
+                   f"{_pct(calibration.test.balanced_accuracy)} (precision {_pct(calibration.test.precision)}, "
+                   f"recall {_pct(calibration.test.recall)}, n {calibration.test.n})")
+    typer.echo(f"chosen on the validation split: {choice.chosen}; to measure with it, set evaluate.judge: "
+               f"{choice.chosen} (and pairs.judge to another family)")
+    if stored:
+        typer.echo(f"every candidate's calibration stored in {Path(next(iter(stored.values()))).parent}")
+
+
+def _calibration_judges(judge: list[str], *, checkpoint: str | None = None, supported_label: int | None = None,
+                        trust_remote_code: bool = False, llm_backend: str, llm_model: str, llm_base_url: str | None,
                         likelihood_model: str | None = None, trained_judge: str | None = None) -> Judge:
     """The judges `--judge` names, built with their options the way a run builds them (`evaluate` settings →
     each judge's `options_from_config`); nli-only options on other judges are an error."""

@@ -5,6 +5,9 @@ of the source so a source never sits on both sides), chooses the judge's thresho
 split where it has one (nli: the support score below which a sentence is flagged), and reports
 precision, recall and balanced accuracy on the test split, overall and per `dataset` subset.
 
+`choose_judge` calibrates several judges on the same labels and chooses the one that does best on the
+validation split.
+
 The result is stored in the workspace (`calibrations/<judge>-<checkpoint digest>.json`) and attached to
 every report that uses the same judge and checkpoint; a report whose judge has none says so first.
 """
@@ -116,16 +119,8 @@ def calibrate_heldout(judge: Judge, examples: Sequence[LabeledExample], *, label
                       holdout: float = 0.5, seed: int = 0) -> HeldOutCalibration:
     """Choose thresholds on the validation split, set them on the judge, report on the test split."""
     validation, test = split_examples(examples, holdout=holdout, seed=seed)
-    thresholds: dict[str, float] = {}
-    for part in _thresholded(judge):  # nli: its own best threshold on validation labels only
-        scores = [_summary_score(part, e) for e in validation]
-        part.threshold = best_threshold(scores, [e.hallucinated for e in validation])
-        thresholds[part.name] = part.threshold
-    predicted: list[bool | None] = []
-    for example in test:
-        verdict = judge.judge(example.source, example.summary)
-        predicted.append(verdict.hallucinated if verdict.judgeable else None)
-    truth = [e.hallucinated for e in test]
+    thresholds = _fit_thresholds(judge, validation)
+    truth, predicted = _judged(judge, test)
     single = next(iter(thresholds.values())) if len(thresholds) == 1 else None
     report = confusion_report(judge.name, truth, predicted, threshold=single)
     subsets: dict[str, CalibrationReport] = {}
@@ -138,6 +133,61 @@ def calibrate_heldout(judge: Judge, examples: Sequence[LabeledExample], *, label
                               labels_sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
                               validation=len(validation), test=report, thresholds=thresholds, per_subset=subsets,
                               created=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+
+
+def _fit_thresholds(judge: Judge, validation: Sequence[LabeledExample]) -> dict[str, float]:
+    thresholds: dict[str, float] = {}
+    for part in _thresholded(judge):  # nli, likelihood, trained: its own best threshold on validation labels only
+        scores = [_summary_score(part, e) for e in validation]
+        part.threshold = best_threshold(scores, [e.hallucinated for e in validation])
+        thresholds[part.name] = part.threshold
+    return thresholds
+
+
+def _judged(judge: Judge, examples: Sequence[LabeledExample]) -> tuple[list[bool], list[bool | None]]:
+    """(labels, the judge's verdicts) with None where the judge could not judge."""
+    predicted: list[bool | None] = []
+    for example in examples:
+        verdict = judge.judge(example.source, example.summary)
+        predicted.append(verdict.hallucinated if verdict.judgeable else None)
+    return [e.hallucinated for e in examples], predicted
+
+
+@dataclass(frozen=True)
+class JudgeChoice:
+    """Several judges calibrated on the same labels; the one with the best balanced accuracy on the VALIDATION
+    split is chosen, so the held-out figures of every candidate (and of the chosen one) stay unbiased."""
+
+    chosen: str
+    """The chosen judge's name."""
+    validation_balanced_accuracy: dict[str, float | None]
+    """Judge name → balanced accuracy on the validation split at the threshold chosen there (the choosing figure)."""
+    calibrations: dict[str, HeldOutCalibration]
+    """Judge name → its thresholds and held-out figures, as `calibrate_heldout` gives them."""
+
+
+def choose_judge(judges: Sequence[Judge], examples: Sequence[LabeledExample], *, labels_path: str | Path,
+                 holdout: float = 0.5, seed: int = 0) -> JudgeChoice:
+    """Calibrate each judge on the validation split and choose the best there; report every one on the test split.
+
+    On real news the best family depends on the kind of text (QAGS development half: the likelihood judge's
+    source-conditioned score on CNN/DM, the trained judge on XSum; BENCHMARKS.md, judges on real text), so a
+    user's own labels, not a global default, should pick the judge for their documents."""
+    if len(judges) < 2:
+        raise UserError("choosing a judge needs two or more candidates: repeat --judge")
+    validation, _ = split_examples(examples, holdout=holdout, seed=seed)
+    on_validation: dict[str, float | None] = {}
+    calibrations: dict[str, HeldOutCalibration] = {}
+    for judge in judges:
+        calibration = calibrate_heldout(judge, examples, labels_path=labels_path, holdout=holdout, seed=seed)
+        truth, predicted = _judged(judge, validation)  # at the thresholds just chosen on these rows
+        on_validation[judge.name] = confusion_report(judge.name, truth, predicted).balanced_accuracy
+        calibrations[judge.name] = calibration
+    ranked = [name for name, value in on_validation.items() if value is not None]
+    if not ranked:
+        raise UserError("no candidate judge could judge the validation labels; check the judges' settings")
+    chosen = max(ranked, key=lambda name: on_validation[name])  # ties: the first named
+    return JudgeChoice(chosen=chosen, validation_balanced_accuracy=on_validation, calibrations=calibrations)
 
 
 def calibration_file(directory: str | Path, judge_name: str, checkpoint: str) -> Path:

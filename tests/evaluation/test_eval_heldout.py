@@ -169,3 +169,48 @@ def test_labels_with_a_split_on_some_rows_only_are_refused(tmp_path):
     path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     with pytest.raises(UserError, match="1 of 10 label rows have a split field"):
         split_examples(read_labels(path))
+
+
+def test_choosing_a_judge_ranks_on_validation_and_reports_each_held_out_as_calibrated_alone(tmp_path, tiny_model_dir):
+    """`choose_judge`: the deterministic `grounding` judge beats a random-init likelihood judge on the synthetic
+    labels' validation split, so it is chosen; each candidate's held-out figures are what calibrating it alone gives."""
+    from faithforge.evaluation.calibration import make_calibration_set
+    from faithforge.evaluation.heldout import calibrate_heldout, choose_judge
+    from faithforge.evaluation.judge_options import judge_options
+    from faithforge.core.config import EvaluateConfig
+    from faithforge.evaluation.judges import get_judge
+
+    labels = make_calibration_set(tmp_path / "cal.jsonl", n=40, seed=3)
+    examples = read_labels(labels)
+
+    def likelihood():
+        options = judge_options(EvaluateConfig(judge="likelihood"), base_model=str(tiny_model_dir))
+        return get_judge("likelihood", **options)
+
+    choice = choose_judge([likelihood(), get_judge("grounding")], examples, labels_path=labels, seed=1)
+    assert choice.chosen == "grounding"
+    assert set(choice.validation_balanced_accuracy) == {"likelihood", "grounding"}
+    assert choice.validation_balanced_accuracy["grounding"] > choice.validation_balanced_accuracy["likelihood"]
+    for name, build in (("grounding", lambda: get_judge("grounding")), ("likelihood", likelihood)):
+        alone = calibrate_heldout(build(), examples, labels_path=labels, seed=1)
+        assert choice.calibrations[name].test == alone.test and choice.calibrations[name].thresholds == alone.thresholds
+    with pytest.raises(UserError, match="two or more"):
+        choose_judge([get_judge("grounding")], examples, labels_path=labels)
+
+
+def test_eval_calibrate_choose_names_the_chosen_judge_and_stores_every_candidate(tmp_path):
+    from faithforge.evaluation.calibration import make_calibration_set
+
+    labels = make_calibration_set(tmp_path / "cal.jsonl", n=30, seed=2)
+    ws = tmp_path / "ws"
+    result = runner.invoke(app, ["calibrate", "--labels", str(labels), "--judge", "grounding", "--judge",
+                                 "grounded-qa", "--choose", "--workspace", str(ws)])
+    assert result.exit_code == 0, result.output
+    assert "chosen on the validation split:" in result.output and "set evaluate.judge:" in result.output
+    assert len(list((ws / "calibrations").glob("*.json"))) == 2
+    data = json.loads(runner.invoke(app, ["calibrate", "--labels", str(labels), "--judge", "grounding", "--judge",
+                                          "grounded-qa", "--choose", "--json", "--no-save"]).stdout)
+    best = max(data["validation_balanced_accuracy"].values())
+    assert data["validation_balanced_accuracy"][data["chosen"]] == best and data["stored"] == {}
+    one = runner.invoke(app, ["calibrate", "--labels", str(labels), "--judge", "grounding", "--choose", "--no-save"])
+    assert isinstance(one.exception, UserError) and "two or more" in str(one.exception)
