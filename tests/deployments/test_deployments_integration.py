@@ -12,7 +12,6 @@ the earlier stages reused and the adapter brought back through the storage direc
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.fixtures.processes import free_port, stop_process, wait_healthy
+from tests.fixtures.prefect_server import Processes, prefect_client, prefect_server
 from tests.fixtures.small_config import SMALL_PIPELINE
 
 # Under heavy load (six processes on two cores) one run took over 10 min; the waits below have their own guards.
@@ -38,75 +37,12 @@ SMALL = {**SMALL_PIPELINE,
 BYTECODE = re.compile(r"\b(LOAD_GLOBAL|LOAD_FAST|LOAD_CONST|RETURN_VALUE|PRECALL|RESUME)\b")
 
 
-class Processes:
-    """Every process this test starts, each in its own session so its children (flow runs) stop with it."""
-
-    def __init__(self, logs: Path):
-        self.logs = logs
-        self.running: dict[str, subprocess.Popen] = {}
-
-    def start(self, name: str, args: list[str], env: dict[str, str], cwd: Path) -> subprocess.Popen:
-        log = open(self.logs / f"{name}.log", "ab")
-        proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-        log.close()
-        self.running[name] = proc
-        return proc
-
-    def stop(self, name: str) -> None:
-        stop_process(self.running.pop(name), group=True, timeout_s=30)
-
-    def stop_all(self) -> None:
-        for name in list(self.running)[::-1]:
-            self.stop(name)
-
-    def tail(self, name: str, chars: int = 4000) -> str:
-        path = self.logs / f"{name}.log"
-        return path.read_text(errors="replace")[-chars:] if path.exists() else ""
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    root = tmp_path_factory.mktemp("deploy-it")
-    (root / "logs").mkdir()
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    # The UI is on (the browser test reads it); on a port other than 4200 it needs PREFECT_UI_API_URL, and every
-    # server setting must be in the server's environment before it starts.
-    env = {**os.environ, "PREFECT_HOME": str(root / "prefect-home"), "PREFECT_API_URL": api,
-           "PREFECT_UI_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true",
-           "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_LOGGING_LEVEL": "INFO",
-           # recently changed deployments are scheduled within 5 s; the full scheduler pass every 10 s
-           "PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS": "10",
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    for name in [k for k in env if k.startswith("FAITHFORGE_")]:
-        env.pop(name)  # the machines below are configured explicitly
-    procs = Processes(root / "logs")
-    try:
-        procs.start("server", [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], env, root)
-        wait_healthy(f"{api}/health", procs.running["server"], lambda: procs.tail("server"))
-        yield {"root": root, "api": api, "ui": f"http://127.0.0.1:{port}", "env": env, "procs": procs,
-               "storage": root / "storage", "workspace": root / "ws", "worker_workspace": root / "a100-ws"}
-    finally:
-        procs.stop_all()
-
-
-def _client(api: str):
-    from prefect.client.orchestration import get_client
-    from prefect.settings import PREFECT_API_URL, temporary_settings
-
-    class _Ctx:
-        def __enter__(self):
-            self._settings = temporary_settings(updates={PREFECT_API_URL: api})
-            self._settings.__enter__()
-            self._client = get_client(sync_client=True)
-            return self._client.__enter__()
-
-        def __exit__(self, *exc):
-            self._client.__exit__(*exc)
-            self._settings.__exit__(*exc)
-
-    return _Ctx()
+    # recently changed deployments are scheduled within 5 s; the full scheduler pass every 10 s
+    with prefect_server(tmp_path_factory.mktemp("deploy-it"), PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="10") as server:
+        root = server["root"]
+        yield {**server, "storage": root / "storage", "workspace": root / "ws", "worker_workspace": root / "a100-ws"}
 
 
 def _wait_final(client, flow_run_id, procs: Processes):
@@ -178,7 +114,7 @@ def _offload_scenario(stack) -> str:
     # the module's other deploy test if the shuffled order ran that one first: the scenario must not care which.
 
     _start_worker(stack, "local", "rtx5070-12gb", {})
-    with _client(api) as client:
+    with prefect_client(api) as client:
         assert {p.name: p.type for p in client.read_work_pools()} == {"local": "process", "a100": "process"}
         assert client.read_global_concurrency_limit_by_name("gpu").limit == 1
 
@@ -337,7 +273,7 @@ def test_a_schedule_set_to_a_near_time_produces_a_completed_run(stack):
     api, procs = stack["api"], stack["procs"]
     if "worker-local" not in procs.running:
         _start_worker(stack, "local", "rtx5070-12gb", {})
-    with _client(api) as client:
+    with prefect_client(api) as client:
         try:
             nightly = client.read_deployment_by_name("faithforge-generate/nightly-generation")
         except Exception:  # the first test did not get as far as deploying
@@ -398,7 +334,7 @@ def test_the_ui_shows_the_pipeline_report_with_its_charts(stack, offloaded_pipel
         texts = browser.evaluate("document.body.innerText")
         assert "faithforge-rates" in texts and "gpu-plan-warm-start" in texts, texts[:2000]
 
-        with _client(stack["api"]) as client:
+        with prefect_client(stack["api"]) as client:
             from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, ArtifactFilterKey
 
             report = client.read_artifacts(artifact_filter=ArtifactFilter(
@@ -449,12 +385,12 @@ def test_prefect_yaml_and_deploy_py_register_the_same_deployments(stack, tmp_pat
     deployments, schedules (with the timezone) and parameters (with the storage URL and workspace)."""
     options = ["--timezone", "Europe/Berlin", "--storage-url", str(stack["storage"])]
     env = {**stack["env"], "PWD": str(REPO)}  # what a shell sets when `prefect deploy` runs in the repository root
-    with _client(stack["api"]) as client:
+    with prefect_client(stack["api"]) as client:
         _delete_all_deployments(client)  # earlier tests changed the nightly deployment
     done = subprocess.run([sys.executable, "-m", "faithforge.deployments.deploy", *options], env=env, cwd=REPO,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout + done.stderr
-    with _client(stack["api"]) as client:
+    with prefect_client(stack["api"]) as client:
         from_python = _deployments_snapshot(client)
         _delete_all_deployments(client)
     yaml_file = tmp_path / "prefect.yaml"
@@ -464,7 +400,7 @@ def test_prefect_yaml_and_deploy_py_register_the_same_deployments(stack, tmp_pat
     done = subprocess.run([sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--all", "--prefect-file",
                            str(yaml_file)], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    with _client(stack["api"]) as client:
+    with prefect_client(stack["api"]) as client:
         from_yaml = _deployments_snapshot(client)
 
     assert len(from_python) == 8 and set(from_yaml) == set(from_python)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -81,7 +80,7 @@ def test_the_form_has_a_choice_per_output_and_shows_source_output_and_flags(tmp_
 @pytest.mark.timeout(1800)
 def test_chromium_fills_the_pause_form_and_the_report_shows_the_judges_accuracy(tmp_path):
     from tests.fixtures.cdp_browser import Browser, find_chromium
-    from tests.fixtures.processes import free_port, stop_process, wait_healthy
+    from tests.fixtures.prefect_server import prefect_server
     from tests.fixtures.small_config import SMALL_PIPELINE
 
     chromium = find_chromium()
@@ -89,20 +88,8 @@ def test_chromium_fills_the_pause_form_and_the_report_shows_the_judges_accuracy(
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail("chromium is not installed (.ci/run installs it)")
         pytest.skip("chromium is not installed (.ci/run installs it)")
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect-home"), "PREFECT_API_URL": api,
-           "PREFECT_UI_API_URL": api, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true",
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "PYTHONPATH": str(REPO)}
-    for name in [k for k in env if k.startswith("FAITHFORGE_")]:
-        env.pop(name)
-    logs = {name: open(tmp_path / f"{name}.log", "wb") for name in ("server", "flow")}
-    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-                               str(port)], env=env, cwd=tmp_path, stdout=logs["server"], stderr=subprocess.STDOUT,
-                              start_new_session=True)
-    flow_proc = None
-    try:
-        wait_healthy(f"{api}/health", server, lambda: (tmp_path / "server.log").read_text()[-3000:], timeout_s=180)
+    with prefect_server(tmp_path, PYTHONPATH=str(REPO)) as server:
+        api, ui, procs = server["api"], server["ui"], server["procs"]
         config = json.loads(json.dumps(SMALL_PIPELINE))
         config["train"]["steps"] = 2
         config.update(workspace=str(tmp_path / "ws"),
@@ -110,28 +97,27 @@ def test_chromium_fills_the_pause_form_and_the_report_shows_the_judges_accuracy(
         script = ("import json, sys\nfrom faithforge.core.config import load_config\nfrom faithforge.flows.pipeline import pipeline\n"
                   "summary = pipeline(load_config(None, overrides=json.loads(sys.argv[1]), environ={}))\n"
                   "print('LABEL', json.dumps(summary['stages']['label']))\n")
-        flow_proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(config)], env=env, cwd=REPO,
-                                     stdout=logs["flow"], stderr=subprocess.STDOUT, start_new_session=True)
+        flow_proc = procs.start("flow", [sys.executable, "-c", script, json.dumps(config)], server["env"], REPO)
         deadline = time.monotonic() + 900
         while True:  # the pipeline runs every stage, then pauses at the label step
             paused = httpx.post(f"{api}/flow_runs/filter",
                                 json={"flow_runs": {"state": {"type": {"any_": ["PAUSED"]}}}}).json()
             if paused:
                 break
-            assert flow_proc.poll() is None and time.monotonic() < deadline, (tmp_path / "flow.log").read_text()[-4000:]
+            assert flow_proc.poll() is None and time.monotonic() < deadline, procs.tail("flow")
             time.sleep(2)
         run_id = paused[0]["id"]
         with Browser(chromium, tmp_path / "chromium-profile") as browser:
-            _fill_the_form(browser, f"http://127.0.0.1:{port}/runs/flow-run/{run_id}", tmp_path)
+            _fill_the_form(browser, f"{ui}/runs/flow-run/{run_id}", tmp_path)
             flow_proc.wait(timeout=600)
-            out = (tmp_path / "flow.log").read_text()
+            out = procs.tail("flow", 10**6)
             assert flow_proc.returncode == 0, out[-4000:]
             label = json.loads(out.split("LABEL ", 1)[1].splitlines()[0])
             assert label["status"] == "labeled" and label["labeled"] == 2 and label["skipped"] == 1
             rows = [json.loads(line) for line in Path(label["labels_path"]).read_text().splitlines()]
             assert sorted(r["label"] for r in rows) == ["faithful", "hallucinated"]
             # the run's report artifact, in the UI: the judge's accuracy on those two labels
-            browser.goto(f"http://127.0.0.1:{port}/runs/flow-run/{run_id}")
+            browser.goto(f"{ui}/runs/flow-run/{run_id}")
             browser.wait_for("!!document.body", 60, "the page")
             # the run page's tabs are not addressable by URL: click the one whose own text is "Artifacts"
             tab = ("[...document.querySelectorAll('body *')].find(e => e.children.length == 0 && e.innerText && "
@@ -141,18 +127,12 @@ def test_chromium_fills_the_pause_form_and_the_report_shows_the_judges_accuracy(
             browser.wait_for("document.body.innerText.includes('faithforge-report')", 60, "the Artifacts tab")
             reports = httpx.post(f"{api}/artifacts/filter", json={"artifacts": {"key": {"any_": ["faithforge-report"]}}})
             report_id = reports.json()[0]["id"]
-            browser.goto(f"http://127.0.0.1:{port}/artifacts/artifact/{report_id}")
+            browser.goto(f"{ui}/artifacts/artifact/{report_id}")
             text = browser.wait_for("document.body && document.body.innerText.includes('Judge accuracy on your "
                                     "labels') && document.body.innerText", 120, "the report with the label section")
             accuracy = label["agreement"]["accuracy"]
             assert f"{100 * accuracy:.1f}%" in text and "2 outputs labeled by you (1 skipped)" in text
             browser.screenshot(tmp_path / "report.png")
-    finally:
-        if flow_proc is not None and flow_proc.poll() is None:
-            stop_process(flow_proc, group=True, timeout_s=30)
-        stop_process(server, group=True, timeout_s=30)
-        for handle in logs.values():
-            handle.close()
 
 
 def _fill_the_form(browser, url: str, tmp_path: Path) -> None:

@@ -25,9 +25,8 @@ from pathlib import Path
 import pytest
 
 from faithforge.core.liveness import process_alive
-from tests.fixtures.processes import free_port, wait_healthy
 from tests.fixtures.small_config import SMALL_PIPELINE
-from tests.deployments.test_deployments_integration import Processes, _client
+from tests.fixtures.prefect_server import prefect_client, prefect_server
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1200)]
 
@@ -42,33 +41,19 @@ CONFIG = {**SMALL_PIPELINE, "generate": {"train_sources": 60, "val_sources": 10,
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    root = tmp_path_factory.mktemp("supervision-it")
-    (root / "logs").mkdir()
-    port = free_port()
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(root / "prefect-home"), "PREFECT_API_URL": api,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "true", "PREFECT_UI_API_URL": api,
-           "PREFECT_WORKER_QUERY_SECONDS": "2", "PREFECT_LOGGING_LEVEL": "INFO", "PYTHONPATH": str(REPO),
-           "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
-    for name in [k for k in env if k.startswith("FAITHFORGE_")]:
-        env.pop(name)
-    procs = Processes(root / "logs")
-    stack_workers: list[subprocess.Popen] = []
-    try:
-        procs.start("server", [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                               "--port", str(port)], env, root)
-        wait_healthy(f"{api}/health", procs.running["server"], lambda: procs.tail("server"))
-        deployed = subprocess.run([sys.executable, "-m", "faithforge.deployments.deploy", "--project-dir", str(REPO),
-                                   "--pause-nightly"], env=env, cwd=REPO, capture_output=True, text=True, timeout=300)
-        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-        yield {"root": root, "api": api, "ui": f"http://127.0.0.1:{port}", "env": env, "procs": procs,
-               "workers": stack_workers}
-    finally:
-        for worker in stack_workers:
-            if worker.poll() is None:
-                worker.kill()
-                worker.wait(30)
-        procs.stop_all()
+    with prefect_server(tmp_path_factory.mktemp("supervision-it"), PYTHONPATH=str(REPO), OMP_NUM_THREADS="1") as server:
+        stack_workers: list[subprocess.Popen] = []
+        try:
+            deployed = subprocess.run([sys.executable, "-m", "faithforge.deployments.deploy", "--project-dir",
+                                       str(REPO), "--pause-nightly"], env=server["env"], cwd=REPO,
+                                      capture_output=True, text=True, timeout=300)
+            assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+            yield {**server, "workers": stack_workers}
+        finally:
+            for worker in stack_workers:
+                if worker.poll() is None:
+                    worker.kill()
+                    worker.wait(30)
 
 
 def _worker(stack) -> subprocess.Popen:
@@ -212,7 +197,7 @@ def _deaths_scenario(stack) -> dict:
     from prefect.states import Cancelling
 
     figures: dict[str, object] = {}
-    with _client(stack["api"]) as client:
+    with prefect_client(stack["api"]) as client:
         # --- run A trains; run D waits for the gpu slot and says for whom ----------------------------------
         worker = _worker(stack)
         run_a = _start(client, _config(stack))
@@ -292,7 +277,7 @@ def _deaths_scenario(stack) -> dict:
 
 
 def test_a_deployed_run_with_bad_input_fails_in_seconds_with_one_line(stack):
-    with _client(stack["api"]) as client:
+    with prefect_client(stack["api"]) as client:
         worker = _worker(stack)
         try:
             _bad_input(stack, client)
@@ -339,7 +324,7 @@ def test_the_artifacts_page_lists_faithforges_artifacts(stack, deaths, tmp_path)
     chromium = find_chromium()
     if chromium is None:
         pytest.skip("no chromium on this machine (.ci/run installs Debian's chromium)")
-    with _client(stack["api"]) as client:  # the scenario's runs made them
+    with prefect_client(stack["api"]) as client:  # the scenario's runs made them
         keys = sorted({a.key for a in client.read_artifacts() if a.key})
     assert "gpu-plan-warm-start" in keys, keys
     shots = tmp_path / "screenshots"
