@@ -101,6 +101,9 @@ def test_curves_and_results_reach_tensorboard_and_mlflow_and_the_export_card(tmp
     after = evaluation.models["after"]
     assert f"| after | {100 * after.rate:.1f}% [{100 * after.rate_ci[0]:.1f}%, {100 * after.rate_ci[1]:.1f}%]" in card
     assert evaluation.judge_accuracy in card and exported.merge_max_abs_logit_diff < 1e-3
+    rate = evaluation.difference["rate"]
+    assert (f"After − before: {100 * rate['difference']:+.1f} points [{100 * rate['ci_low']:+.1f}, "
+            f"{100 * rate['ci_high']:+.1f}]" in card) and "{'before'" not in card
     rerun = load_config(ctx.workspace.root / "exports" / ctx.run_id / "faithforge-run-config.yaml", environ={})
     assert rerun.model_dump(mode="json") == cfg.model_dump(mode="json") and "faithforge demo --config" in card
 
