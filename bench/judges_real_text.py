@@ -120,14 +120,14 @@ def threshold_method(name: str, feature: str, sign: float, per_dataset: bool = F
     return name, run
 
 
-def logistic_method(name: str, per_dataset: bool = False, keep: list | None = None):
+def logistic_method(name: str, per_dataset: bool = False, keep: list | None = None, features=FEATURES):
     from faithforge.evaluation.fitted import fit_combination
 
     def run(dev: list[Row], test: list[Row]):
         decided = {}
         for group in (DATASETS if per_dataset else (None,)):
             d = [r for r in dev if group in (None, r.dataset)]
-            combo = fit_combination([r.features for r in d], [r.inconsistent for r in d], FEATURES,
+            combo = fit_combination([r.features for r in d], [r.inconsistent for r in d], features,
                                     fitted_on={"labels": "bench/data/qags-human-labels.jsonl",
                                                "split": "dev half (faithforge.data.labeled_split)",
                                                "datasets": [group] if group else list(DATASETS)})
@@ -154,22 +154,6 @@ def add_trained_scores(rows: list[Row], path: Path) -> None:
             row.features[TRAINED] = support[row.id]
         if row.half == "dev" and row.id not in tune:
             row.half = "dev-trained-on"  # the trained judge's own training articles
-
-
-def families_method(name: str, per_dataset: bool):
-    from faithforge.evaluation.fitted import fit_combination
-
-    def run(dev: list[Row], test: list[Row]):
-        decided = {}
-        for group in (DATASETS if per_dataset else (None,)):
-            d = [r for r in dev if group in (None, r.dataset)]
-            combo = fit_combination([r.features for r in d], [r.inconsistent for r in d], FEATURES + (TRAINED,))
-            for r in test:
-                if group in (None, r.dataset):
-                    p = combo.probability(r.features)
-                    decided[r.id] = (p >= combo.threshold, p, combo.threshold)
-        return decided
-    return name, run
 
 
 def chosen_family_method(name: str):
@@ -288,8 +272,11 @@ def main(argv: list[str] | None = None) -> int:
     table = report(methods, rows)
     if args.trained_scores and args.trained_scores.is_file():
         add_trained_scores(rows, args.trained_scores)
-        table += report([families_method("families combined (+ trained judge), one fit on tune rows", False),
-                         families_method("families combined (+ trained judge), per-dataset fit on tune rows", True),
+        with_trained = FEATURES + (TRAINED,)
+        table += report([logistic_method("families combined (+ trained judge), one fit on tune rows",
+                                         features=with_trained),
+                         logistic_method("families combined (+ trained judge), per-dataset fit on tune rows", True,
+                                         features=with_trained),
                          chosen_family_method("dev-chosen family, per dataset (tune rows)")], rows)
     seconds = time_fresh(model, args.time) if args.time else None
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
