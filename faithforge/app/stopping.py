@@ -18,6 +18,7 @@ at its next report.
 
 from __future__ import annotations
 
+import _thread
 import contextlib
 import os
 import signal
@@ -97,6 +98,8 @@ class Stopper:
         self.last: tuple[str, int, int] | None = None
         self._finished = threading.Lock()
         self._done = False
+        self._redelivering = False
+        self._previous_unraisable = sys.unraisablehook
 
     # progress: where the run is -----------------------------------------------------------------------
     def _sink(self, stage: str, done: int, total: int, message: str) -> None:  # noqa: ARG002
@@ -125,6 +128,9 @@ class Stopper:
         stop_handled = True
         self.signals += 1
         name = signal.Signals(signum).name
+        if self._redelivering:  # a stop swallowed where Python cannot raise (see `_unraisable`): raise it here
+            self._redelivering = False
+            raise StopRequested(self.where)
         if self.signals > 1:
             self.say(f"{name} again: stopping now")
             self.finish(wait_s=0.0)
@@ -135,6 +141,18 @@ class Stopper:
                  "same command to resume")
         threading.Thread(target=self._watchdog, name="faithforge-stop", daemon=True).start()
         raise StopRequested(self.where)
+
+    def _unraisable(self, unraisable) -> None:
+        """A signal that lands while Python runs a weakref callback or a `__del__` raises the stop there, where
+        Python prints it as "Exception ignored" and goes on (seen in the suite: a stop swallowed inside
+        `WeakValueDictionary`'s callback, the run carrying on until the watchdog). Deliver it again to the main
+        thread instead, as the stop already announced (not a second Ctrl-C)."""
+        if isinstance(unraisable.exc_value, StopRequested) and self.signals:
+            # From another thread, a moment later: interrupting from here would run the handler inside this hook.
+            self._redelivering = True
+            threading.Timer(0.01, _thread.interrupt_main, args=(signal.SIGINT,)).start()
+            return
+        self._previous_unraisable(unraisable)
 
     def _watchdog(self) -> None:
         time.sleep(GRACE_S)
@@ -168,6 +186,7 @@ class Stopper:
             yield self
             return
         old = {sig: signal.signal(sig, self._handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+        self._previous_unraisable, sys.unraisablehook = sys.unraisablehook, self._unraisable
         add_sink(self._sink)
         try:
             yield self
@@ -176,6 +195,7 @@ class Stopper:
             raise
         finally:
             remove_sink(self._sink)
+            sys.unraisablehook = self._previous_unraisable
             if not self.signals:  # a stop under way keeps this handler: a second Ctrl-C still exits at once, 130
                 for sig, handler in old.items():
                     signal.signal(sig, handler)
