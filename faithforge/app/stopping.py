@@ -99,6 +99,8 @@ class Stopper:
         self._finished = threading.Lock()
         self._done = False
         self._redelivering = False
+        self._raised: StopRequested | None = None
+        """The stop the signal handler raised last (the one `_unraisable` may deliver again)."""
         self._previous_unraisable = sys.unraisablehook
 
     # progress: where the run is -----------------------------------------------------------------------
@@ -126,11 +128,12 @@ class Stopper:
     def _handle(self, signum: int, frame) -> None:  # noqa: ARG002
         global stop_handled
         stop_handled = True
+        if self._redelivering:  # the stop already counted, swallowed where Python cannot raise (`_unraisable`)
+            self._redelivering = False
+            self._raised = StopRequested(self.where)
+            raise self._raised
         self.signals += 1
         name = signal.Signals(signum).name
-        if self._redelivering:  # a stop swallowed where Python cannot raise (see `_unraisable`): raise it here
-            self._redelivering = False
-            raise StopRequested(self.where)
         if self.signals > 1:
             self.say(f"{name} again: stopping now")
             self.finish(wait_s=0.0)
@@ -140,14 +143,17 @@ class Stopper:
         self.say(f"stopped on {name} {self.where}; every finished stage and checkpoint is kept whole: rerun the "
                  "same command to resume")
         threading.Thread(target=self._watchdog, name="faithforge-stop", daemon=True).start()
-        raise StopRequested(self.where)
+        self._raised = StopRequested(self.where)
+        raise self._raised
 
     def _unraisable(self, unraisable) -> None:
         """A signal that lands while Python runs a weakref callback or a `__del__` raises the stop there, where
         Python prints it as "Exception ignored" and goes on (seen in the suite: a stop swallowed inside
         `WeakValueDictionary`'s callback, the run carrying on until the watchdog). Deliver it again to the main
-        thread instead, as the stop already announced (not a second Ctrl-C)."""
-        if isinstance(unraisable.exc_value, StopRequested) and self.signals:
+        thread instead, as the stop already announced (not a second Ctrl-C). Only the very stop this handler
+        raised: a stop a worker thread raised at its progress report (`_sink`) and a generator dropped later must
+        not interrupt the main thread's clean-up."""
+        if self._raised is not None and unraisable.exc_value is self._raised:
             # From another thread, a moment later: interrupting from here would run the handler inside this hook.
             self._redelivering = True
             threading.Timer(0.01, _thread.interrupt_main, args=(signal.SIGINT,)).start()
