@@ -90,7 +90,7 @@ def _choose(candidates: list[Judge], examples, *, labels: Path, holdout: float, 
     from faithforge.evaluation.heldout import choose_judge, save_calibration
 
     choice = choose_judge(candidates, examples, labels_path=labels, holdout=holdout, seed=split_seed)
-    stored = {}
+    stored, directory = {}, None
     if workspace is not None:
         from faithforge.core.workspace import Workspace
 
@@ -109,8 +109,8 @@ def _choose(candidates: list[Judge], examples, *, labels: Path, holdout: float, 
                    f"recall {_pct(calibration.test.recall)}, n {calibration.test.n})")
     typer.echo(f"chosen on the validation split: {choice.chosen}; to measure with it, set evaluate.judge: "
                f"{choice.chosen} (and pairs.judge to another family)")
-    if stored:
-        typer.echo(f"every candidate's calibration stored in {Path(next(iter(stored.values()))).parent}")
+    if directory is not None:
+        typer.echo(f"every candidate's calibration stored in {directory}")
 
 
 def _calibration_judges(judge: list[str], *, checkpoint: str | None = None, supported_label: int | None = None,

@@ -254,12 +254,10 @@ def model_card(src: ExportSource, record: dict, opts: ExportOptions, out: Path) 
         lines += [f"| {label} | {_fmt_rate(rates)} |" for label, rates in models.items()]
         diff = evaluation.get("difference") or {}
         rate = diff.get("rate")
-        if isinstance(rate, dict) and rate.get("difference") is not None:
+        if rate and rate.get("difference") is not None:  # the evaluate stage's paired difference (a dict)
             lines += ["", f"After − before: {100 * rate['difference']:+.1f} points "
                           f"[{100 * rate['ci_low']:+.1f}, {100 * rate['ci_high']:+.1f}] (paired bootstrap 95%, "
                           f"n {rate.get('n')})."]
-        elif rate:
-            lines += ["", f"After − before: {rate}."]
     else:
         lines.append("No evaluation of this adapter was found in a run store; measure it before you rely on it.")
     lines += ["", "## Verification of this export", "",
