@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from faithforge.core.errors import UserError
+from faithforge.training.modeling import score_completions_only
 from faithforge.training.reference_cache import ReferenceLogpsByPair
 
 LN2 = math.log(2.0)
@@ -107,6 +108,10 @@ def make_trainer_class():
             with _no_model_hash():
                 super().__init__(*args, **kwargs)
             drop_reference_adapter(self.model)
+
+        def compute_loss(self, *args: Any, **kwargs: Any):
+            with score_completions_only():
+                return super().compute_loss(*args, **kwargs)
 
         def _precompute_ref_logps(self, dataset, name, batch_size):  # noqa: ARG002 - TRL's signature
             if "id" not in dataset.column_names:

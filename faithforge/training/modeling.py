@@ -237,6 +237,34 @@ def measured_peak() -> dict[str, int]:
             "measured_peak_allocated_bytes": int(torch.cuda.max_memory_allocated())}
 
 
+class score_completions_only:
+    """Let TRL's fused LM head project only the completion positions on every device, as it does on Triton devices.
+
+    TRL's fused head (`trl.trainer.utils.add_fused_lm_head`) scores only the positions whose label is not -100 when
+    `_use_triton(device)` is true, and every position (prompt and padding included, masked out afterwards)
+    elsewhere — for XLA devices such as Neuron, where a varying count would recompile the tiles each batch. The CPU
+    has no such compile, so scoring every position only multiplies the LM head's work (49,152-word vocabulary ×
+    ~85 tokens per row instead of the ~30 completion tokens in the real demo). Same kernel, same per-token numbers:
+    measured on the real demo's pairs, a DPO step took 12.5 s → 6.7 s on 2 cores with the losses equal to 6 decimals
+    (BENCHMARKS.md, issue 28). XLA devices keep TRL's choice. Replaced only while a loss is computed: the DPO
+    trainer's `compute_loss` and the SFT control's forward (`use_chunked_head_loss`) enter it.
+    """
+
+    def __enter__(self):
+        import trl.trainer.utils as trl_utils
+
+        self._module = trl_utils
+        self._saved = getattr(trl_utils, "_use_triton", None)
+        if self._saved is not None:  # a TRL without the switch: nothing to change
+            saved = self._saved
+            trl_utils._use_triton = lambda device: device.type in ("cpu", "cuda", "mps") or saved(device)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._saved is not None:
+            self._module._use_triton = self._saved
+
+
 def use_chunked_head_loss(policy) -> None:
     """Make `policy(**batch).loss` come from TRL's chunked LM head (`add_fused_lm_head`, the kernel the DPO stage
     trains with): the mean NLL of the labelled tokens, as the causal-LM loss, without the micro-batch × seq ×
@@ -248,4 +276,10 @@ def use_chunked_head_loss(policy) -> None:
 
     base = policy.get_base_model() if hasattr(policy, "get_base_model") else policy
     add_fused_lm_head(base)
-    base.forward = functools.partial(base.forward, fused_lm_head=True)
+    fused = functools.partial(base.forward, fused_lm_head=True)
+
+    def forward(*args, **kwargs):
+        with score_completions_only():  # only the labelled positions meet the head, on the CPU too
+            return fused(*args, **kwargs)
+
+    base.forward = forward

@@ -4,11 +4,13 @@ micro-batch, doubles accumulation, rebuilds the trainer on the same NF4 policy a
 The OOM is raised by a forward pre-hook on the first decoder layer of the model the stage itself loaded (a
 CPU cannot run out of CUDA memory on demand); everything else is the real stage."""
 
+
 import pytest
 
 from faithforge.core.config import load_config
 from faithforge.stages.context import StageContext
 from faithforge.gpu.planner import Plan
+from tests.fixtures.dpo_support import rows_meeting_the_head
 from tests.fixtures.model_loads import watch_load_for_plan
 
 
@@ -130,9 +132,14 @@ def test_the_chunked_head_loss_equals_the_causal_lm_loss(tiny_model_dir):
                         quantized=False, gradient_checkpointing=False)
     expected = model(**batch).loss
     use_chunked_head_loss(model)
-    out = model(**batch)
+    with rows_meeting_the_head() as rows:
+        out = model(**batch)
     assert float(out.loss) == pytest.approx(float(expected), abs=1e-5)
     assert getattr(out, "logits", None) is None  # no batch × seq × vocab tensor
+    # on the CPU too, only the labelled positions are projected through the head (not prompt and padding)
+    assert rows == [int((batch["labels"][:, 1:] != -100).sum())]
+    out.loss.backward()  # and the loss still trains the adapter
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for n, p in model.named_parameters() if "lora_" in n)
 
 
 def test_sft_refuses_examples_whose_completion_is_cut_off_entirely(tiny_model_dir):
@@ -151,3 +158,4 @@ def test_sft_refuses_examples_whose_completion_is_cut_off_entirely(tiny_model_di
         train_sft(model, tokenizer, examples, steps=1, batch_size=1, learning_rate=1e-4, seed=0, max_length=16)
     losses = train_sft(model, tokenizer, examples, steps=1, batch_size=1, learning_rate=1e-4, seed=0, max_length=1024)
     assert losses[0] > 0.0
+
