@@ -105,18 +105,26 @@ def _answers_by_model(report: dict) -> dict[str, list[dict]]:
     return answers
 
 
-def rejudge(report: dict, sources: dict[str, str], seed: int) -> dict:
-    """Every model's answers judged again by the `grounded-qa` judge (faithforge/evaluation/grounded_qa_judge.py),
-    which also catches values attached to the wrong person: the pairs were chosen by the `grounding` judge, so
-    this shows whether training moved inventions into that judge's blind spot instead of removing them."""
-    from faithforge.evaluation.grounded_qa_judge import GroundedQaJudge
+def second_judge(report: dict) -> str:
+    """The judge that did not write the run's rates: `grounding` (the judge that chose the pairs) when the run measured
+    with `grounded-qa` (`demo --real`'s headline), `grounded-qa` otherwise."""
+    return "grounding" if report["comparison"].get("judge") == "grounded-qa" else "grounded-qa"
 
-    judge = GroundedQaJudge()
+
+def rejudge(report: dict, sources: dict[str, str], seed: int) -> dict:
+    """Every model's answers judged again by the second judge (`second_judge`): `grounded-qa`
+    (faithforge/evaluation/grounded_qa_judge.py) also catches values attached to the wrong person, `grounding` only
+    invented values. The pairs were chosen by `grounding`, so the two together show whether training moved
+    inventions into the chooser's blind spot instead of removing them."""
+    from faithforge.evaluation import get_judge
+
+    name = second_judge(report)
+    judge = get_judge(name)
     answers = _answers_by_model(report)
     flagged = {label: {i["id"]: float(judge.judge(sources[i["id"]], i["summary"], truncated=i["truncated"]).hallucinated)
                        for i in items} for label, items in answers.items()}
     ids = sorted(flagged["before"])
-    out = {"rates": {label: sum(v.values()) / len(v) for label, v in flagged.items()}, "n": len(ids)}
+    out = {"judge": name, "rates": {label: sum(v.values()) / len(v) for label, v in flagged.items()}, "n": len(ids)}
     for label in [k for k in flagged if k != "before"]:
         out[f"{label}_minus_before"] = paired_difference([flagged["before"][i] for i in ids],
                                                          [flagged[label][i] for i in ids], seed)
@@ -208,7 +216,8 @@ def table(rows: list[dict]) -> str:
                                   for k in STAGES)
                      + f" | {rate('before')} | {rate('dpo')} | {rate('control')} | {diff(r['dpo_minus_before'])} | "
                      f"{diff(r.get('control_minus_before'))} | {diff(r.get('dpo_minus_control'))} | {accuracy} |")
-    lines += ["", "The same answers judged by `grounded-qa` (grounding + who-did-what):", "",
+    second = rows[0]["attribution"].get("judge", "grounded-qa") if rows else "grounded-qa"
+    lines += ["", f"The same answers judged by `{second}`, the second judge:", "",
               "| seed | before | after DPO | SFT control | Δ DPO−before [95% CI] | Δ control−before [95% CI] | "
               "Δ DPO−control [95% CI] | checked answer accuracy before → DPO → control |", "|---|---|---|---|---|---|---|---|"]
     for r in rows:

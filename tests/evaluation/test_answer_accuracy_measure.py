@@ -75,3 +75,27 @@ def test_pooling_earlier_out_files_counts_every_seeds_answerable_items(tmp_path)
     plain.write_text("| a table without its JSON |\n")
     with pytest.raises(SystemExit, match="no ```json block"):
         read_out(plain)
+
+
+def test_the_real_model_bench_rejudges_with_the_judge_that_did_not_measure():
+    """`demo --real` measures with `grounded-qa`: the benchmark's second table must then be `grounding` (the judge
+    that chose the pairs), not `grounded-qa` again; a run measured by `grounding` gets `grounded-qa`."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_real_model_2", Path(__file__).resolve().parents[2] / "bench"
+                                                  / "real_model.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    source = ("Document: Goran sold 9 pens on Tuesday. Tomas painted 5 vases in Porto.\n"
+              "Question: In which city did Goran sell the pens?")
+    # a wrong person's city: `grounding` sees nothing invented (Porto is in the document), `grounded-qa` does
+    answer = {"id": "q1", "summary": "Goran sold the pens in Porto.", "truncated": False}
+
+    def report(judge: str) -> dict:
+        return {"comparison": {"judge": judge, "before": {"items": [answer]}, "after": {"items": [answer]}},
+                "control": None}
+
+    by_grounding = bench.rejudge(report("grounded-qa"), {"q1": source}, seed=0)
+    by_grounded_qa = bench.rejudge(report("grounding"), {"q1": source}, seed=0)
+    assert by_grounding["judge"] == "grounding" and by_grounding["rates"] == {"before": 0.0, "dpo": 0.0}
+    assert by_grounded_qa["judge"] == "grounded-qa" and by_grounded_qa["rates"] == {"before": 1.0, "dpo": 1.0}
