@@ -119,8 +119,6 @@ def test_the_sft_control_backs_off_on_an_oom_inside_a_step(tmp_path, monkeypatch
 
 
 def test_the_chunked_head_loss_equals_the_causal_lm_loss(tiny_model_dir):
-    import torch
-
     from faithforge.training.modeling import attach_lora, load_causal_lm, load_tokenizer, use_chunked_head_loss
     from faithforge.training.sft import SftExample, collate, encode_example
     from faithforge.data.teacher import generate_split, prompt_messages
