@@ -277,9 +277,10 @@ def test_a_schedule_set_to_a_near_time_produces_a_completed_run(stack):
         try:
             nightly = client.read_deployment_by_name("faithforge-generate/nightly-generation")
         except Exception:  # the first test did not get as far as deploying
-            subprocess.run([sys.executable, "-m", "faithforge.deployments.deploy", "--project-dir", str(REPO),
-                            "--storage-url", str(stack["storage"]), "--pause-nightly"],
-                           env=stack["env"], cwd=REPO, check=True, capture_output=True, timeout=300)
+            done = subprocess.run([sys.executable, "-m", "faithforge.deployments.deploy", "--project-dir", str(REPO),
+                                   "--storage-url", str(stack["storage"]), "--pause-nightly"],
+                                  env=stack["env"], cwd=REPO, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stdout + done.stderr  # its one-line reason, not a bare exit status
             nightly = client.read_deployment_by_name("faithforge-generate/nightly-generation")
         # Offline for the test: the template teacher instead of an Ollama server, a small target.
         params = {**nightly.parameters["params"], "backend": "template", "model": "template-teacher", "target": 12,
