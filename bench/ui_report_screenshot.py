@@ -3,10 +3,10 @@
     python bench/real_model.py --split test --seeds 6 --workspace WS --out OUT.md   # a finished real run
     python bench/ui_report_screenshot.py --workspace WS --seed 6 --config WS/../real-model-seed6.yaml
 
-Starts a Prefect server with its UI (a temporary home), runs `faithforge demo --real` against it on the finished
-workspace — every stage is reused, so the run takes seconds and its report holds that run's own figures — then
-opens the run's `faithforge-report` artifact in headless Chromium (the suite's CDP driver) and saves the page.
-Nothing is trained again and nothing in the workspace changes but the run store's new run record.
+Starts a Prefect server with its UI (a temporary home), runs `faithforge demo --real` against it on the workspace,
+then opens the run's `faithforge-report` artifact in headless Chromium (the suite's CDP driver) and saves the page.
+With the finished run's own `--config`, every stage is reused and the run takes seconds; with other settings the
+stages they change run again (a whole seed, ~11 min on 2 cores), and the report holds that run's figures.
 """
 
 from __future__ import annotations

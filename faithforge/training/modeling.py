@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -237,7 +238,8 @@ def measured_peak() -> dict[str, int]:
             "measured_peak_allocated_bytes": int(torch.cuda.max_memory_allocated())}
 
 
-class score_completions_only:
+@contextlib.contextmanager
+def score_completions_only():
     """Let TRL's fused LM head project only the completion positions on every device, as it does on Triton devices.
 
     TRL's fused head (`trl.trainer.utils.add_fused_lm_head`) scores only the positions whose label is not -100 when
@@ -249,20 +251,17 @@ class score_completions_only:
     (BENCHMARKS.md, issue 28). XLA devices keep TRL's choice. Replaced only while a loss is computed: the DPO
     trainer's `compute_loss` and the SFT control's forward (`use_chunked_head_loss`) enter it.
     """
+    import trl.trainer.utils as trl_utils
 
-    def __enter__(self):
-        import trl.trainer.utils as trl_utils
-
-        self._module = trl_utils
-        self._saved = getattr(trl_utils, "_use_triton", None)
-        if self._saved is not None:  # a TRL without the switch: nothing to change
-            saved = self._saved
-            trl_utils._use_triton = lambda device: device.type in ("cpu", "cuda", "mps") or saved(device)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._saved is not None:
-            self._module._use_triton = self._saved
+    saved = getattr(trl_utils, "_use_triton", None)
+    if saved is None:  # a TRL without the switch: nothing to change
+        yield
+        return
+    trl_utils._use_triton = lambda device: device.type in ("cpu", "cuda", "mps") or saved(device)
+    try:
+        yield
+    finally:
+        trl_utils._use_triton = saved
 
 
 def use_chunked_head_loss(policy) -> None:
