@@ -31,7 +31,8 @@ def _read_key(stream: TextIO) -> str:
         fd = stream.fileno()
         saved = termios.tcgetattr(fd)
         try:
-            tty.setcbreak(fd)
+            # TCSANOW, not tty's default TCSAFLUSH: a flush discards keys typed ahead of the prompt
+            tty.setcbreak(fd, termios.TCSANOW)
             key = stream.read(1)
         finally:
             termios.tcsetattr(fd, termios.TCSADRAIN, saved)

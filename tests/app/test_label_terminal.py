@@ -134,3 +134,31 @@ def test_a_piped_session_reads_one_line_per_answer(tmp_path):
     items = read_label_items(folder)
     assert [i.id for i in shuffled(items, 0)][:3] == [r["id"] for r in rows]
     assert [i.id for i in shuffled(items, 0)] != [i.id for i in shuffled(items, 5)] or len(items) < 3
+
+
+def test_a_key_typed_before_the_prompt_is_read_not_discarded():
+    """Type-ahead: a key pressed while the terminal is still in line mode (between two prompts, as a fast
+    labeler does) is the next answer. `tty.setcbreak`'s default (TCSAFLUSH) threw it away, and the CI run on
+    record hung on the lost key; a pty makes the moment exact."""
+    import pty
+    import threading
+
+    from faithforge.app.cli_label import _read_key
+
+    leader, follower = pty.openpty()
+    stream = os.fdopen(follower, "r", closefd=False)
+    try:
+        os.write(leader, b"u")  # the terminal is in its default line mode: the key waits in the line buffer
+        time.sleep(0.1)
+        got: list[str] = []
+        reader = threading.Thread(target=lambda: got.append(_read_key(stream)), daemon=True)
+        reader.start()
+        reader.join(5)
+        if reader.is_alive():
+            os.write(leader, b"x")  # unblock the reader so the test ends; the "u" was lost
+            reader.join(5)
+        assert got == ["u"]
+    finally:
+        stream.close()
+        os.close(follower)
+        os.close(leader)
