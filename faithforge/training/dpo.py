@@ -13,6 +13,7 @@ and the run stops. A loss stuck at ln 2 after warm-up is flagged.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass, replace
 from typing import Any
@@ -20,6 +21,7 @@ from typing import Any
 from faithforge.core.errors import UserError
 from faithforge.training.modeling import score_completions_only
 from faithforge.training.reference_cache import ReferenceLogpsByPair
+from faithforge.training.shared_prefix import share_pair_prefixes
 
 LN2 = math.log(2.0)
 
@@ -55,6 +57,10 @@ class DpoArguments:
     """Train under bf16 autocast (CUDA)."""
     sft_weight: float = 0.0
     """> 0 adds an NLL term on the chosen completions (TRL's `loss_type=["sigmoid", "sft"]`, the RPO objective)."""
+
+    share_prompt: bool = True
+    """Encode each pair's prompt once for both answers (`training.shared_prefix`; same loss and gradients up to
+    float rounding). False runs TRL's single pass over both full rows, for comparison."""
 
     ddp_backend: str | None = None
     """torch.distributed backend when the run is one rank of a torchrun group (`gloo` on the CPU; None: the
@@ -94,8 +100,10 @@ def make_trainer_class():
     class CachedReferenceDPOTrainer(DPOTrainer):
         """`DPOTrainer` whose reference log-probs come from a `ReferenceCache`, never from a forward pass."""
 
-        def __init__(self, *args: Any, reference_logps: ReferenceLogpsByPair, **kwargs: Any):
+        def __init__(self, *args: Any, reference_logps: ReferenceLogpsByPair, share_prompt: bool = True,
+                     **kwargs: Any):
             self._cached_reference = reference_logps
+            self._share_prompt = share_prompt
             model = kwargs.get("model")
             # TRL adds a frozen copy of the adapter named `ref` to a PeftModel passed without a peft_config
             # (dpo_trainer.py ~666-694). Our reference comes from the cache, so that copy is never read: a second
@@ -109,9 +117,13 @@ def make_trainer_class():
                 super().__init__(*args, **kwargs)
             drop_reference_adapter(self.model)
 
-        def compute_loss(self, *args: Any, **kwargs: Any):
-            with score_completions_only():
-                return super().compute_loss(*args, **kwargs)
+        def compute_loss(self, model, *args: Any, **kwargs: Any):
+            # Each pair's prompt goes through the backbone once, not once per answer (`shared_prefix`); FSDP
+            # gathers a layer's shards per call, so a sharded model keeps TRL's single pass.
+            sharing = (share_pair_prefixes(model) if self._share_prompt and not self.is_fsdp_enabled
+                       else contextlib.nullcontext())
+            with score_completions_only(), sharing:
+                return super().compute_loss(model, *args, **kwargs)
 
         def _precompute_ref_logps(self, dataset, name, batch_size):  # noqa: ARG002 - TRL's signature
             if "id" not in dataset.column_names:
@@ -260,7 +272,7 @@ def _setup_trainer(model, tokenizer, train_pairs: list[dict], reference_logps: R
                                 pure_dpo=args.sft_weight == 0)
     trainer = make_trainer_class()(
         model=model, args=dpo_config(args), train_dataset=dataset, processing_class=tokenizer,
-        reference_logps=reference_logps, callbacks=[guard, *(extra_callbacks or [])],
+        reference_logps=reference_logps, share_prompt=args.share_prompt, callbacks=[guard, *(extra_callbacks or [])],
     )
     trainer.remove_callback(PrinterCallback)  # metrics go to our log and artifacts, not raw dicts on stdout
     return trainer, guard

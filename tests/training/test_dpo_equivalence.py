@@ -46,8 +46,10 @@ def test_cached_reference_training_equals_live_reference_training(tiny_model_dir
     cache, _ = build_cache(tiny_model_dir, pairs, tmp_path / "cache", shard_size=4)
 
     ours_model, tokenizer = lora_policy(tiny_model_dir, seed=3)
+    # TRL's single pass, as the live run does: this test isolates the cache; prompt sharing has its own below
     ours = run_dpo(ours_model, tokenizer, pairs, cache.load(),
-                   dpo_args(tmp_path / "ours", steps=STEPS, max_length=None, checkpoint_every=100))
+                   dpo_args(tmp_path / "ours", steps=STEPS, max_length=None, checkpoint_every=100,
+                            share_prompt=False))
 
     live_model, tokenizer = lora_policy(tiny_model_dir, seed=3)
     args = dpo_config(dpo_args(tmp_path / "live", steps=STEPS, max_length=None, checkpoint_every=100),
@@ -87,3 +89,22 @@ def test_the_policy_head_projects_only_the_completion_tokens_on_the_cpu(tiny_mod
     assert out["steps"] == 1
     assert rows == [sum(cached[p["id"]].chosen_tokens + cached[p["id"]].rejected_tokens for p in pairs)]
     assert abs(out["history"][0]["loss"] - math.log(2)) < 1e-4  # and the numbers are the reference's at step 0
+
+
+def test_training_with_each_prompt_encoded_once_equals_training_without(tiny_model_dir, tmp_path):
+    """`share_prompt` (the default) changes how the backbone is run, not what it computes: the same steps give
+    the same losses and LoRA weights as TRL's single pass, up to float32 rounding carried through AdamW."""
+    pairs = make_pairs(8)
+    cache, _ = build_cache(tiny_model_dir, pairs, tmp_path / "cache", shard_size=4)
+    runs = {}
+    for share in (True, False):
+        model, tokenizer = lora_policy(tiny_model_dir, seed=3)
+        out = run_dpo(model, tokenizer, pairs, cache.load(),
+                      dpo_args(tmp_path / f"run-{share}", steps=STEPS, max_length=None, checkpoint_every=100,
+                               share_prompt=share))
+        runs[share] = ([h["loss"] for h in out["history"]], lora_state(out["trainer"].model))
+    (shared_losses, shared_weights), (plain_losses, plain_weights) = runs[True], runs[False]
+    assert max(abs(a - b) for a, b in zip(shared_losses, plain_losses)) < 1e-5
+    assert shared_losses[-1] < shared_losses[0] - 1e-3, "training must move the loss, or the comparison proves nothing"
+    for name, value in shared_weights.items():
+        torch.testing.assert_close(value, plain_weights[name], atol=1e-5, rtol=1e-4, msg=name)

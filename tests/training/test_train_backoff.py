@@ -16,7 +16,7 @@ from tests.fixtures.model_loads import watch_load_for_plan
 
 def oom_on_the_second_training_forward(monkeypatch, allocate: str) -> dict[str, int]:
     """Every model a stage loads (`load_for_plan`) raises one CUDA OOM ("Tried to allocate `allocate`") from a
-    forward pre-hook on its first decoder layer, at the second forward in training mode; returns the counters
+    forward pre-hook on its backbone, at the second forward in training mode; returns the counters
     (`n` forwards seen, `raised` OOMs)."""
     import torch
 
@@ -29,7 +29,7 @@ def oom_on_the_second_training_forward(monkeypatch, allocate: str) -> dict[str, 
             raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {allocate} (raised inside step 2)")
 
     def hook(model, plan) -> None:  # noqa: ARG001
-        model.model.layers[0].register_forward_pre_hook(oom_in_step_two)
+        model.model.register_forward_pre_hook(oom_in_step_two)  # the backbone: called once per training forward
 
     watch_load_for_plan(monkeypatch, hook)
     return forwards

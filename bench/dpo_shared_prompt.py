@@ -1,0 +1,114 @@
+"""Real TRL DPO steps on a run's own pairs, each pair's prompt encoded once (`DpoArguments.share_prompt`) vs
+TRL's single pass over both full rows, side by side in one process.
+
+    python bench/dpo_shared_prompt.py --workspace WS [--steps 4] [--rounds 2]
+
+WS is a finished `faithforge demo --real` workspace: its imported model (`models/*`), its train pairs
+(`pairs/*/train.jsonl`) and its reference cache (`refcache/*`). Each variant trains a fresh LoRA policy
+(r 16 / alpha 32, the demo's seed) for `--steps` steps with the demo's DPO settings (8 pairs per step, prompt +
+answer ≤ 256 tokens, lr 1e-4, β 0.1, sft weight 0.5); variants alternate `--rounds` times so load drifts fall on
+both. Reported: median step time (the first step of each run, which warms up, left out), the ratio, the
+losses step by step and their largest difference, the tokens the backbone encodes per step both ways.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+
+def parse_args():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--workspace", type=Path, required=True)
+    p.add_argument("--steps", type=int, default=4)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "dpo_shared_prompt.json")
+    return p.parse_args()
+
+
+def _one(pattern: str, workspace: Path) -> Path:
+    found = sorted(workspace.glob(pattern))
+    if not found:
+        raise SystemExit(f"{workspace} has no {pattern}: pass a finished `demo --real` workspace")
+    return found[-1]
+
+
+def main() -> int:
+    args = parse_args()
+    warnings.filterwarnings("ignore")
+    import torch
+    from transformers import AutoModelForCausalLM, TrainerCallback
+
+    from faithforge.stages.pairs import load_pairs
+    from faithforge.training.dpo import DpoArguments, run_dpo
+    from faithforge.training.modeling import attach_lora, load_tokenizer
+    from faithforge.training.reference_cache import ReferenceCache, tokenize_pair
+
+    model_dir = _one("models/*/config.json", args.workspace).parent
+    manifest_path = _one("refcache/*/manifest.json", args.workspace)
+    manifest = json.loads(manifest_path.read_text())
+    reference = ReferenceCache(manifest_path.parent, manifest["key"], manifest["components"],
+                               manifest["shard_size"]).load()
+    pairs = load_pairs(str(_one("pairs/*/train.jsonl", args.workspace)))
+    tokenizer = load_tokenizer(model_dir)
+    tokenized = [tokenize_pair(tokenizer, p) for p in pairs]
+    shared = sum(len(t["prompt_ids"]) for t in tokenized)
+    every_row = sum(2 * len(t["prompt_ids"]) + len(t["chosen_ids"]) + len(t["rejected_ids"]) for t in tokenized)
+
+    class StepTimes(TrainerCallback):
+        def __init__(self):
+            self.seconds: list[float] = []
+
+        def on_step_begin(self, *a, **k):  # noqa: ARG002
+            self.started = time.perf_counter()
+
+        def on_step_end(self, *a, **k):  # noqa: ARG002
+            self.seconds.append(time.perf_counter() - self.started)
+
+    runs: dict[str, list[dict]] = {"plain": [], "shared": []}
+    print(f"{len(pairs)} pairs; prompt tokens {shared} of {every_row} in both rows "
+          f"({shared / every_row:.1%} encoded twice without sharing); {os.cpu_count()} cores, "
+          f"load {os.getloadavg()[0]:.2f}", flush=True)
+    for round_ in range(args.rounds):
+        for name in (("plain", "shared") if round_ % 2 == 0 else ("shared", "plain")):
+            torch.manual_seed(0)
+            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+            model = attach_lora(model, r=16, alpha=32, dropout=0.0, quantized=False, gradient_checkpointing=False)
+            out_dir = Path(tempfile.mkdtemp(prefix=f"dpo-{name}-"))
+            timer = StepTimes()
+            dpo = DpoArguments(output_dir=str(out_dir), steps=args.steps, micro_batch=8, grad_accum=1,
+                               learning_rate=1e-4, beta=0.1, max_length=256, seed=0, checkpoint_every=10_000,
+                               sft_weight=0.5, share_prompt=name == "shared")
+            result = run_dpo(model, tokenizer, pairs, reference, dpo, extra_callbacks=[timer])
+            shutil.rmtree(out_dir, ignore_errors=True)
+            runs[name].append({"seconds": timer.seconds, "losses": [h["loss"] for h in result["history"]]})
+            print(f"  round {round_ + 1} {name:<6} steps {[round(s, 2) for s in timer.seconds]} s, load "
+                  f"{os.getloadavg()[0]:.2f}", flush=True)
+    median = {name: statistics.median(s for run in rs for s in run["seconds"][1:]) for name, rs in runs.items()}
+    loss_diff = max(abs(a - b) for p, s in zip(runs["plain"], runs["shared"])
+                    for a, b in zip(p["losses"], s["losses"]))
+    report = {"pairs": len(pairs), "prompt_tokens_shared": shared, "tokens_both_rows": every_row,
+              "median_step_seconds": {k: round(v, 3) for k, v in median.items()},
+              "speedup": round(median["plain"] / median["shared"], 2), "loss_abs_diff_max": loss_diff,
+              "losses": {k: [run["losses"] for run in v] for k, v in runs.items()}, "load_1m_end": os.getloadavg()[0]}
+    print(f"median step: plain {median['plain']:.2f} s, shared {median['shared']:.2f} s → "
+          f"{report['speedup']:.2f}× ; largest |Δloss| over the steps {loss_diff:.2e}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
