@@ -16,12 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
-import time
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,9 +26,10 @@ sys.path.insert(0, str(ROOT))
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workspace", type=Path, required=True)
-    p.add_argument("--steps", type=int, default=4)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--workspace", type=Path, required=True,
+                   help="a finished `demo --real` workspace (its model, pairs and reference cache)")
+    p.add_argument("--steps", type=int, default=4, help="DPO steps per run (the first is left out as warm-up)")
+    p.add_argument("--rounds", type=int, default=2, help="times each variant runs, alternating")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "dpo_shared_prompt.json")
     return p.parse_args()
 
@@ -45,6 +42,11 @@ def _one(pattern: str, workspace: Path) -> Path:
 
 
 def main() -> int:
+    import shutil
+    import tempfile
+    import time
+    import warnings
+
     args = parse_args()
     warnings.filterwarnings("ignore")
     import torch
@@ -104,9 +106,13 @@ def main() -> int:
               "losses": {k: [run["losses"] for run in v] for k, v in runs.items()}, "load_1m_end": os.getloadavg()[0]}
     print(f"median step: plain {median['plain']:.2f} s, shared {median['shared']:.2f} s → "
           f"{report['speedup']:.2f}× ; largest |Δloss| over the steps {loss_diff:.2e}")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2))
-    print(f"wrote {args.out}")
+    return _save(report, args.out)
+
+
+def _save(report: dict, path: Path) -> int:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(report, indent=2))
+    print(f"wrote {path}")
     return 0
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from faithforge.stages.context import StageContext
+from faithforge.stages.context import StageContext, reads
 from faithforge.stages.generate import load_split
 from faithforge.stages.outputs import (AdapterOutput, ControlOutput, DatasetOutput, EvaluationOutput, ModelOutput,
                                        PairsOutput)
@@ -75,6 +75,7 @@ def summarize_with_backend(backend, sources: list[str], *, max_new_tokens: int, 
     return [r.text.strip() for r in results]
 
 
+@reads("evaluate", "distributed", "pairs", "data", "generate", "train", "seed")
 def evaluate_models(ctx: StageContext, model: ModelOutput, dataset: DatasetOutput, pairs: PairsOutput,
                     dpo: AdapterOutput, control: ControlOutput | None, plan: Plan,
                     judge_mapper=None) -> EvaluationOutput:

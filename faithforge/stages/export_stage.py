@@ -9,10 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from faithforge.stages.context import StageContext
+from faithforge.stages.context import StageContext, reads
 from faithforge.stages.outputs import AdapterOutput, StageOutput
 
 
+@reads("export")
 def export_trained_model(ctx: StageContext, dpo: AdapterOutput) -> StageOutput:
     from faithforge.training.model_export import ExportOptions, export_model
 

@@ -16,7 +16,7 @@ from typing import Optional
 from pydantic import BaseModel, ConfigDict
 
 from faithforge.core.config import PipelineConfig
-from faithforge.stages.context import StageContext
+from faithforge.stages.context import StageContext, reads
 from faithforge.gpu.corrections import Corrections
 from faithforge.gpu.model_shape import ModelShape, load_model_shape
 from faithforge.gpu.ollama_sizes import ollama_model
@@ -129,6 +129,7 @@ def offloaded_on_purpose(cfg: PipelineConfig, stage: str, shape: ModelShape, req
                                              f"{cfg.gpu.offload_pool!r}{sizing}"})
 
 
+@reads("gpu", "model", "warm_start", "reference", "train", "evaluate", "distributed", "workspace")
 def gate(ctx: StageContext, stage: str) -> GateRecord:
     """The plan for `stage`: placement, model, micro-batch × accumulation, estimate, and the reason.
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from faithforge.stages.context import StageContext, content_key
+from faithforge.stages.context import StageContext, content_key, reads
 from faithforge.stages.outputs import DatasetOutput
 from faithforge.stages.reuse import claim_output
 from faithforge.data.sources import document_splits, task_examples
@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from faithforge.generation.job import ExportedExamples
 
 
+@reads("generate", "data", "seed")
 def dataset_dir(ctx: StageContext) -> Path:
     cfg = ctx.config
     key = content_key("dataset", TEACHER_VERSION, cfg.generate.model_dump(), cfg.seed, *_documents_key(cfg))
@@ -27,6 +28,7 @@ def dataset_dir(ctx: StageContext) -> Path:
     return ctx.workspace.dir("datasets") / f"{task_words(cfg).dataset}-{key}"  # e.g. questions-… for grounded-qa
 
 
+@reads("generate", "data", "seed")
 def generate_examples(ctx: StageContext) -> DatasetOutput:
     cfg = ctx.config.generate
     out = dataset_dir(ctx)
@@ -91,6 +93,7 @@ def _split_of(content_hash: str, seed: int, val_share: float, test_share: float)
     return "val" if position < test_share + val_share else "train"
 
 
+@reads("generate", "seed")
 def import_generated(ctx: StageContext, export: "ExportedExamples") -> DatasetOutput:
     """Turn the generation flow's export (one JSON object per line) into the pipeline's three splits.
 

@@ -17,7 +17,7 @@ from faithforge.core.errors import UserError
 from faithforge.core.workspace import atomic_write_text
 from faithforge.evaluation.labeling import (LabelItem, append_label, judge_agreement, label_row, read_label_items,
                                             shuffled)
-from faithforge.stages.context import StageContext
+from faithforge.stages.context import StageContext, reads
 from faithforge.stages.outputs import EvaluationOutput, StageOutput
 
 #: The form's choices, in the order the UI lists them.
@@ -43,6 +43,7 @@ class LabelOutput(StageOutput):
     """The re-calibration's summary line, or why there is none."""
 
 
+@reads("label", "seed")
 def label_batches(ctx: StageContext, evaluation: EvaluationOutput) -> list[list[LabelItem]]:
     """The outputs to ask about, shuffled by the run's seed, `label.items` of them in forms of `label.batch_size`."""
     cfg = ctx.config.label
@@ -89,6 +90,7 @@ def answers_from_form(batch: Sequence[LabelItem], values: dict[str, Any]) -> lis
     return out
 
 
+@reads("evaluate", "seed")
 def record_labels(ctx: StageContext, evaluation: EvaluationOutput, answers: Sequence[tuple[LabelItem, str]],
                   *, asked: int, timed_out: int, note: str = "") -> LabelOutput:
     """Save the answers, measure and re-calibrate the judge on them, and add the section to report.md."""

@@ -7,13 +7,14 @@ from pathlib import Path
 
 from faithforge.core.errors import UserError
 from faithforge.stages.reuse import claim_output, save_and_record
-from faithforge.stages.context import StageContext, content_key
+from faithforge.stages.context import StageContext, content_key, reads
 from faithforge.stages.generate import load_split
 from faithforge.stages.outputs import BaseModelOutput, DatasetOutput, ModelOutput, WarmStartOutput
 from faithforge.gpu.planner import Plan
 from faithforge.data.teacher import prompt_messages
 
 
+@reads("model", "seed")
 def base_model(ctx: StageContext) -> BaseModelOutput:
     """The folder of the model everything starts from; builds the tiny model when `model.path` is empty."""
     cfg = ctx.config.model
@@ -34,6 +35,7 @@ def base_model(ctx: StageContext) -> BaseModelOutput:
         return BaseModelOutput.model_validate(claim.finish(path, {"path": str(path), "built": True}))
 
 
+@reads("warm_start", "train", "seed")
 def warm_start(ctx: StageContext, base: ModelOutput, dataset: DatasetOutput, plan: Plan) -> WarmStartOutput:
     """SFT on the (noisy) reference summaries so the tiny model can summarize; skipped when disabled."""
     cfg = ctx.config.warm_start

@@ -8,7 +8,7 @@ from faithforge.core.errors import UserError
 from faithforge.data.sources import system_prompt
 from faithforge.data.pairs import build_synthetic_pairs, split_by_source, validate_pairs
 from faithforge.stages.reuse import claim_output
-from faithforge.stages.context import StageContext, content_key
+from faithforge.stages.context import StageContext, content_key, reads
 from faithforge.stages.generate import load_split
 from faithforge.stages.outputs import DatasetOutput, ModelOutput, PairsOutput
 from faithforge.gpu.planner import Plan
@@ -20,6 +20,7 @@ NO_GATE_PLAN = Plan.manual("evaluate", "cpu", batch_size=32)
 SAMPLER_CONTEXT = 0
 
 
+@reads("pairs", "evaluate", "data", "generate", "seed")
 def build_pairs(ctx: StageContext, dataset: DatasetOutput, model: ModelOutput | None = None,
                 plan: Plan | None = None) -> PairsOutput:
     """Pairs from the training split: synthetic, or on-policy from `model` (the warm-started policy), sampled as

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 
 from faithforge.core.locks import output_lock
-from faithforge.stages.context import StageContext
+from faithforge.stages.context import StageContext, reads
 from faithforge.stages.outputs import ModelOutput, PairsOutput, ReferenceOutput
 from faithforge.stages.pairs import load_pairs
 from faithforge.gpu.planner import Plan
@@ -13,6 +13,7 @@ from faithforge.gpu.planner import Plan
 log = logging.getLogger(__name__)
 
 
+@reads("reference", "seed")
 def reference_logps(ctx: StageContext, model: ModelOutput, pairs: PairsOutput, plan: Plan) -> ReferenceOutput:
     from faithforge.training.modeling import (compute_dtype_name, device_for, load_tokenizer, plan_precision,
                                      precision_quantization)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from faithforge.core.locks import output_lock
 from faithforge.core.workspace import atomic_write_json, sha256_file
+from faithforge.stages.context import reads
 
 if TYPE_CHECKING:
     from faithforge.core.store import Store
@@ -177,6 +178,7 @@ def claim_output(stage: str, folder: Path, manifest: str = "faithforge.json",
         yield claim
 
 
+@reads()  # a stage's ending reads no settings
 def save_and_record(ctx, claim: "Claim", out: Path, output_type: type, *, write: Callable[[Path], None],
                     kind: str, fingerprint: Callable[[Path], str], info: dict[str, Any], meta: dict[str, Any],
                     parents: Iterable[str | None], checkpoints: Path | None = None) -> Any:

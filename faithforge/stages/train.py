@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from faithforge.stages.reuse import Claim, claim_output, save_and_record
-from faithforge.stages.context import StageContext, content_key
+from faithforge.stages.context import StageContext, content_key, reads
 from faithforge.stages.outputs import AdapterOutput, ControlOutput, ModelOutput, PairsOutput, ReferenceOutput
 from faithforge.stages.pairs import load_pairs
 from faithforge.core.workspace import atomic_write_json, sha256_tree
@@ -24,6 +24,7 @@ def starting_plan(plan: Plan, effective: int) -> Plan:
     return plan.with_micro_batch(micro, plan.grad_accum or max(1, effective // micro))
 
 
+@reads("train", "reference", "distributed", "seed")
 def train_dpo(ctx: StageContext, model: ModelOutput, pairs: PairsOutput, reference: ReferenceOutput,
               plan: Plan) -> AdapterOutput:
     cfg = ctx.config.train
@@ -128,6 +129,7 @@ def _train_dpo_group(ctx: StageContext, claim: Claim, key: str, out: Path, model
     return saved.model_copy(update={"plot": str(out / "training.png")})
 
 
+@reads("train", "reference", "distributed", "seed")
 def group_spec(ctx: StageContext, kind: str, model: ModelOutput, reference: ReferenceOutput, plan: Plan,
                pairs_path: Path, **extra) -> dict:
     """What every rank of a torchrun group is told (`faithforge.training.distributed`): JSON only."""
@@ -236,6 +238,7 @@ def _save_adapter(ctx: StageContext, claim: Claim, out: Path, model: ModelOutput
                            info=info, meta=info, parents=[reference.artifact_id])
 
 
+@reads("train", "reference", "seed")
 def train_sft_control(ctx: StageContext, model: ModelOutput, pairs: PairsOutput, plan: Plan) -> ControlOutput:
     """LoRA SFT on the chosen summaries, same steps, batch, rank and learning rate as DPO."""
     cfg = ctx.config.train
@@ -307,6 +310,7 @@ def _train_sft_control(ctx: StageContext, claim: Claim, out: Path, model: ModelO
                            parents=[pairs.artifact_id], checkpoints=checkpoints)
 
 
+@reads("train")
 def open_tracker(ctx: StageContext, fallback_name: str):
     """The run's trackers (`train.report_to`), tagged with the Prefect flow run that started the run; None when
     none is configured. Named after the FaithForge run (or `fallback_name` for a stage run on its own)."""
