@@ -28,6 +28,8 @@ def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workspace", type=Path, required=True,
                    help="a finished `demo --real` workspace (its model, pairs and reference cache)")
+    p.add_argument("--model", type=Path, help="the model the reference cache was computed for (needed when the "
+                   "workspace holds several, e.g. the toy demo's warm-started `models/sft-*`)")
     p.add_argument("--steps", type=int, default=4, help="DPO steps per run (the first is left out as warm-up)")
     p.add_argument("--rounds", type=int, default=2, help="times each variant runs, alternating")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "dpo_shared_prompt.json")
@@ -57,7 +59,11 @@ def main() -> int:
     from faithforge.training.modeling import attach_lora, load_tokenizer
     from faithforge.training.reference_cache import ReferenceCache, tokenize_pair
 
-    model_dir = _one("models/*/config.json", args.workspace).parent
+    models = sorted(args.workspace.glob("models/*/config.json"))
+    if args.model is None and len(models) != 1:
+        raise SystemExit(f"{args.workspace} holds {len(models)} models: pass --model (the one its reference cache "
+                         "was computed for)")
+    model_dir = args.model or models[0].parent
     manifest_path = _one("refcache/*/manifest.json", args.workspace)
     manifest = json.loads(manifest_path.read_text())
     reference = ReferenceCache(manifest_path.parent, manifest["key"], manifest["components"],
