@@ -85,6 +85,47 @@ def test_shared_hidden_states_and_gradients_equal_the_plain_forward_in_float64(m
         assert (shared - plain).abs().max() <= tolerance * max(1.0, float(plain.abs().max()))
 
 
+@pytest.mark.parametrize("architecture", ["gpt-neo local window", "mpt alibi", "gpt2"])
+def test_architectures_that_measure_distance_by_cache_position_get_the_same_hidden_states(architecture):
+    """GPT-Neo's local window and MPT's ALiBi count distance in cache positions, not position ids: the shared
+    prefix keeps every token at the position the plain forward gives it, whatever the pairs' prefix lengths
+    (here 7, 14 and 4 tokens: a per-pair prefix padded to the longest would open a gap and move them)."""
+    import transformers
+    from transformers import AutoModelForCausalLM
+
+    settings = {
+        "gpt-neo local window": ("GPTNeoConfig", dict(hidden_size=64, num_layers=2, num_heads=4, window_size=4,
+                                                      attention_types=[[["global", "local"], 1]], resid_dropout=0.0,
+                                                      embed_dropout=0.0, attention_dropout=0.0)),
+        "mpt alibi": ("MptConfig", dict(d_model=64, n_layers=2, n_heads=4)),
+        "gpt2": ("GPT2Config", dict(n_embd=64, n_layer=2, n_head=4, resid_pdrop=0.0, embd_pdrop=0.0,
+                                    attn_pdrop=0.0)),
+    }
+    name, config = settings[architecture]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(getattr(transformers, name)(vocab_size=100, **config)).float().train()
+    ids, mask = _pair_batch()
+    real = mask.bool()
+    plain = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    with share_pair_prefixes(model):
+        shared = model.get_decoder()(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    assert (shared - plain)[real].abs().max() < 1e-5
+
+
+def test_a_tensor_argument_sends_the_call_down_the_plain_forward():
+    """Keyword tensors (Gemma 3's language model is always called with `inputs_embeds`) are not the shared pass's
+    to interpret: the plain forward runs, with them."""
+    model = _tiny_llama()
+    ids, mask = _pair_batch()
+    embeds = model.model.embed_tokens(ids)
+    expected = model.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+    with share_pair_prefixes(model):
+        hidden = model.model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
+        positioned = model.model(input_ids=ids, attention_mask=mask,
+                                 position_ids=torch.arange(ids.shape[1]).expand_as(ids)).last_hidden_state
+    assert torch.equal(hidden, expected) and torch.equal(positioned, expected)
+
+
 def _count_tokens(monkeypatch, model_class):
     """Real tokens (attention mask ones) each call of the backbone class's forward is given."""
     import functools
@@ -111,8 +152,8 @@ def test_each_shared_prefix_is_encoded_once(monkeypatch):
     calls = _count_tokens(monkeypatch, LlamaModel)
     with torch.no_grad(), share_pair_prefixes(model):
         model.model(input_ids=ids, attention_mask=mask)
-    # two calls: the 25 prefix tokens once, then each row's own suffix
-    assert calls == [7 + 14 + 4, int(mask.sum()) - 2 * (7 + 14 + 4)]
+    # two calls: the batch's shortest common prefix (4 tokens) once per pair, then the rest of every row
+    assert calls == [3 * 4, int(mask.sum()) - 2 * 3 * 4]
 
 
 @pytest.mark.parametrize("case", ["odd rows", "left padding", "gradient checkpointing", "no common prefix"])
