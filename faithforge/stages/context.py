@@ -35,7 +35,8 @@ def _python_log(line: str) -> None:
 
 @dataclass
 class StageContext:
-    config: PipelineConfig
+    config: "PipelineConfig | ConfigView"
+    """The whole config where a context is opened; inside a stage, the view of the sections it declares."""
     workspace: Workspace
     store: Store
     run_id: str | None = None
@@ -79,15 +80,22 @@ class ConfigView:
         object.__setattr__(self, "_stage", stage)
 
     def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):  # dunders and the slots themselves while unset (copy and pickle probe them)
+            raise AttributeError(name)
         if name in self._sections:
             return getattr(self._config, name)
-        if name.startswith("__"):
-            raise AttributeError(name)
+        if name not in type(self._config).model_fields:
+            raise AttributeError(f"stage {self._stage!r} asked its config for {name!r}: a stage's config is a view "
+                                 "of the sections it declares, not the whole PipelineConfig")
         raise AttributeError(f"stage {self._stage!r} reads config.{name} but declares only "
                              f"{', '.join(sorted(self._sections))}: add {name!r} to its @reads")
 
     def __setattr__(self, name: str, value: Any) -> None:
         raise AttributeError("a stage's config is read-only")
+
+    def __reduce__(self):
+        """Copied and pickled as the same view (the config, the sections, the stage)."""
+        return ConfigView, (self._config, self._sections, self._stage)
 
     @property
     def sections(self) -> frozenset[str]:

@@ -60,10 +60,19 @@ def test_a_section_that_does_not_exist_is_refused_at_import():
         reads("trian")
 
 
-def test_the_view_is_read_only(tmp_path):
-    view = ConfigView(_context(tmp_path).config, frozenset({"seed"}), "stage")
+def test_the_view_is_read_only_and_copies_as_itself(tmp_path):
+    import copy
+    import pickle
+
+    view = ConfigView(_context(tmp_path).config, frozenset({"seed", "train"}), "stage")
     with pytest.raises(AttributeError, match="read-only"):
         view.seed = 3
+    for twin in (copy.copy(view), copy.deepcopy(view), pickle.loads(pickle.dumps(view))):
+        assert twin.sections == view.sections and twin.train == view.train
+        with pytest.raises(AttributeError, match="add 'evaluate' to its @reads"):
+            twin.evaluate  # noqa: B018
+    with pytest.raises(AttributeError, match="not the whole PipelineConfig"):
+        view.model_dump()
 
 
 def _stage_modules():
@@ -90,34 +99,92 @@ def _is_ctx_config(node: ast.AST) -> bool:
             and node.value.id == "ctx")
 
 
-def _config_reads(tree: ast.AST) -> set[str]:
-    """Sections a module reads: `ctx.config.<section>`, and `<name>.<section>` where the name holds the whole
-    config in that function (`cfg = ctx.config`, a parameter `config`, a parameter typed `PipelineConfig`)."""
+class _Function:
+    """What one function of the package reads of the config, whom it hands the context or the config to, and
+    the sections it declares (None: no `@reads`)."""
+
+    def __init__(self, node: ast.FunctionDef):
+        args = node.args.args
+        whole = {a.arg for a in args
+                 if a.arg == "config" or (a.annotation is not None and "PipelineConfig" in ast.unparse(a.annotation))}
+        whole |= {t.id for n in ast.walk(node) if isinstance(n, ast.Assign) and _is_ctx_config(n.value)
+                  for t in n.targets if isinstance(t, ast.Name)}
+        self.takes_ctx = bool(args) and args[0].arg == "ctx"
+
+        def is_config(n: ast.AST) -> bool:
+            return _is_ctx_config(n) or (isinstance(n, ast.Name) and n.id in whole)
+
+        self.reads = {n.attr for n in ast.walk(node) if isinstance(n, ast.Attribute) and is_config(n.value)}
+        self.hands_to = set()
+        for call in (n for n in ast.walk(node) if isinstance(n, ast.Call)):
+            passed = list(call.args) + [k.value for k in call.keywords]
+            if any(is_config(a) or (isinstance(a, ast.Name) and a.id == "ctx") for a in passed):
+                func = call.func
+                self.hands_to.add(func.id if isinstance(func, ast.Name) else getattr(func, "attr", ""))
+        self.declared = None
+        for decorator in node.decorator_list:
+            if isinstance(decorator, ast.Call) and getattr(decorator.func, "id", "") == "reads":
+                self.declared = {a.value for a in decorator.args if isinstance(a, ast.Constant)}
+
+
+def _package_functions() -> dict[str, list[tuple[str, _Function]]]:
+    """Every function of the installed package by name (several modules may define one name: all are kept)."""
+    root = STAGES.parent
+    found: dict[str, list[tuple[str, _Function]]] = {}
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                found.setdefault(node.name, []).append((str(path.relative_to(root)), _Function(node)))
+    return found
+
+
+def test_every_declared_function_declares_exactly_what_it_reads_through_every_helper():
+    """Statically, for each `@reads` function: its own reads, and those of every function it hands the context or
+    the whole config to, across modules, are its declaration, no more and no less (a called `@reads` function counts with its own
+    declaration, which the view allows only if it is narrower). The runtime view refuses an undeclared read on
+    the paths the tests run; this reads every path. Names defined in several modules count with all of them."""
     from faithforge.core.config import PipelineConfig
 
-    found = set()
-    for function in [n for n in ast.walk(tree) if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef))]:
-        aliases = {a.arg for a in function.args.args
-                   if a.arg == "config" or (a.annotation is not None and "PipelineConfig" in ast.unparse(a.annotation))}
-        aliases |= {t.id for n in ast.walk(function) if isinstance(n, ast.Assign) and _is_ctx_config(n.value)
-                    for t in n.targets if isinstance(t, ast.Name)}
-        for node in ast.walk(function):
-            if isinstance(node, ast.Attribute) and (
-                    _is_ctx_config(node.value) or (isinstance(node.value, ast.Name) and node.value.id in aliases)):
-                found.add(node.attr)
-    return found & set(PipelineConfig.model_fields)
+    sections = set(PipelineConfig.model_fields)
+    functions = _package_functions()
+
+    def needs(name: str, seen: frozenset) -> set[str]:
+        out: set[str] = set()
+        for _, function in functions.get(name, []):
+            if function.declared is not None and seen:  # a declared callee: its declaration, checked on its own
+                out |= function.declared
+                continue
+            out |= function.reads & sections
+            for callee in function.hands_to - seen:
+                out |= needs(callee, seen | {name})
+        return out
+
+    problems, checked = [], 0
+    for name, defs in functions.items():
+        for path, function in defs:
+            if function.declared is None:
+                continue
+            checked += 1
+            needed = needs(name, frozenset())
+            if needed - function.declared:
+                problems.append(f"{path}:{name} reads config.{sorted(needed - function.declared)} without declaring it")
+            if function.declared - needed:  # a declaration is the list of what can change the stage: exact
+                problems.append(f"{path}:{name} declares config.{sorted(function.declared - needed)} it never reads")
+    assert checked >= 16 and not problems, problems
 
 
-def test_a_stage_module_reads_only_sections_its_entries_declare():
-    """The runtime view refuses an undeclared read on the paths the tests run; this reads every path's source."""
-    for name, module in _stage_modules():
-        if name == "context":  # opens a stage's context from the whole config: what the sections are cut from
+def test_every_function_that_reads_a_stage_context_config_is_declared_or_called_by_one():
+    """A function reading `ctx.config` outside every `@reads` function would get the whole config: none exists."""
+    functions = _package_functions()
+    reached: set[str] = set()
+    todo = [n for n, defs in functions.items() if any(f.declared is not None for _, f in defs)]
+    while todo:
+        name = todo.pop()
+        if name in reached:
             continue
-        functions = [f for _, f in inspect.getmembers(module, inspect.isfunction) if f.__module__ == module.__name__]
-        if not any(list(inspect.signature(f).parameters)[:1] == ["ctx"] for f in functions):
-            continue  # no stage here (`preflight` checks the whole config before any stage starts)
-        declared = set()
-        for function in functions:
-            declared |= set(getattr(function, "config_sections", ()))
-        read = _config_reads(ast.parse((STAGES / f"{name}.py").read_text()))
-        assert read <= declared, f"stages/{name}.py reads config.{sorted(read - declared)} that no entry declares"
+        reached.add(name)
+        for _, function in functions.get(name, []):
+            todo.extend(function.hands_to)
+    loose = [f"{path}:{name}" for name, defs in functions.items() for path, function in defs
+             if function.takes_ctx and function.reads and name not in reached and not path.startswith("stages/context")]
+    assert not loose, loose
