@@ -60,7 +60,9 @@ class DpoArguments:
 
     share_prompt: bool = True
     """Encode each pair's prompt once for both answers (`training.shared_prefix`; same loss and gradients up to
-    float rounding). False runs TRL's single pass over both full rows, for comparison."""
+    float rounding). False runs TRL's single pass over both full rows, for comparison. With LoRA dropout > 0 (the
+    default is 0) the two rows then share one dropout mask on the prompt instead of drawing two: the prompt's noise
+    cancels in the chosen − rejected margin."""
 
     ddp_backend: str | None = None
     """torch.distributed backend when the run is one rank of a torchrun group (`gloo` on the CPU; None: the
