@@ -111,8 +111,6 @@ def reads(*sections: str) -> Callable[[F], F]:
     The decorated function's first argument is its `StageContext`. The sections must be fields of
     `PipelineConfig` (checked here, at import).
     """
-    from faithforge.core.config import PipelineConfig
-
     unknown = sorted(set(sections) - set(PipelineConfig.model_fields))
     if unknown:
         raise ValueError(f"@reads names {unknown}, which PipelineConfig does not have")

@@ -45,19 +45,11 @@ def pair_prefix_lengths(input_ids, attention_mask):
 
 def _flush_left(attention_mask) -> bool:
     """True when every row's real tokens are its first ones (right padding only)."""
-    lengths = attention_mask.sum(dim=1, keepdim=True)
     import torch
 
+    lengths = attention_mask.sum(dim=1, keepdim=True)
     positions = torch.arange(attention_mask.shape[1], device=attention_mask.device)
     return bool((attention_mask.bool() == (positions < lengths)).all())
-
-
-def _checkpointing(backbone) -> bool:
-    """Gradient checkpointing is on and would run: the layers then drop the cache the suffix pass needs."""
-    import torch
-
-    return (torch.is_grad_enabled() and backbone.training
-            and any(getattr(m, "gradient_checkpointing", False) for m in backbone.modules()))
 
 
 def _cache_argument(forward: Callable) -> str:
@@ -67,7 +59,7 @@ def _cache_argument(forward: Callable) -> str:
     return "cache" if "cache" in parameters else "past_key_values"
 
 
-def shared_prefix_hidden(forward: Callable, config, input_ids, attention_mask):
+def shared_prefix_hidden(forward: Callable, config, input_ids, attention_mask, cache_name: str | None = None):
     """The backbone's last hidden states for a pair batch, the batch's common prefix encoded once per pair.
 
     The prefix is the first S tokens, S the shortest of the pairs' common prefixes, so every row's tokens stay at
@@ -79,6 +71,7 @@ def shared_prefix_hidden(forward: Callable, config, input_ids, attention_mask):
         forward: The backbone's own forward (a transformers decoder: `LlamaModel.forward` and the like).
         config: Its config (for the cache).
         input_ids, attention_mask: (2 * B, seq_len), long; rows i and i + B are a pair; right padding only.
+        cache_name: The keyword `forward` takes its cache by (read from its signature when not given).
 
     Returns:
         (2 * B, seq_len, hidden_size) in the backbone's dtype, or None when this batch cannot share (odd rows, not
@@ -98,7 +91,7 @@ def shared_prefix_hidden(forward: Callable, config, input_ids, attention_mask):
     cache = DynamicCache(config=config)
     if not _keeps_every_token(cache):
         return None
-    cache_name = _cache_argument(forward)
+    cache_name = cache_name or _cache_argument(forward)
     prefix = forward(input_ids=input_ids[:half, :width], attention_mask=attention_mask[:half, :width],
                      use_cache=True, **{cache_name: cache})
     if not _keeps_every_token(cache):  # layers made on first use
@@ -131,16 +124,23 @@ def share_pair_prefixes(model):
     if backbone is None:
         yield
         return
+    import torch
+
     plain = backbone.forward
+    # Read once per entry, not per forward: neither changes while a loss is computed.
+    cache_name = _cache_argument(plain)
+    checkpointed = any(getattr(m, "gradient_checkpointing", False) for m in backbone.modules())
 
     def forward(*args: Any, **kwargs: Any):
         # PEFT passes `inputs_embeds=None`, `output_attentions=False` and the like: None or False asks for nothing
         asks = {key for key, value in kwargs.items()
                 if key not in _PLAIN_KEYS and not (value is None or value is False)}
-        if args or asks or kwargs.get("input_ids") is None or kwargs.get("attention_mask") is None \
-                or _checkpointing(backbone):
+        # with gradient checkpointing running, the layers drop the cache the suffix pass needs
+        dropped = checkpointed and backbone.training and torch.is_grad_enabled()
+        if args or asks or kwargs.get("input_ids") is None or kwargs.get("attention_mask") is None or dropped:
             return plain(*args, **kwargs)
-        hidden = shared_prefix_hidden(plain, backbone.config, kwargs["input_ids"], kwargs["attention_mask"])
+        hidden = shared_prefix_hidden(plain, backbone.config, kwargs["input_ids"], kwargs["attention_mask"],
+                                      cache_name)
         if hidden is None:
             return plain(*args, **kwargs)
         return BaseModelOutputWithPast(last_hidden_state=hidden)
