@@ -1,6 +1,6 @@
 """Judges on real text: every judge family that runs offline here, on the QAGS human labels, held-out half.
 
-    python bench/judges_real_text.py [--model DIR] [--workspace DIR] [--time 20] [--out FILE.md]
+    python bench/judges_real_text.py [--model DIR] [--workspace DIR] [--time 20] [--out FILE.md] [--dtype D]
                                      [--trained-judge DIR] [--save-combination FILE.json]
 
 The data is bench/data/qags-human-labels.jsonl (469 real CNN/DM and BBC/XSum articles, machine summaries, human
@@ -23,6 +23,11 @@ held-out figure was read, and the script applies them mechanically:
    dataset and once over both. `dev-chosen family` takes, per dataset, whichever of the three single scores
    (likelihood cond and pmi of the weakest sentence, trained support) has the best balanced accuracy on that
    dataset's tune rows at its tune-chosen threshold, with that threshold.
+7. Added 2026-12-05 (a later session), written before any bfloat16 figure: `--dtype` picks the likelihood
+   scorer's weights: `float32`, as rules 1-6 were first run, or `bfloat16` (what the judge's default `auto` uses
+   on a CPU that multiplies bfloat16 natively). Rules 1-6 apply unchanged to each dtype's own scores: every
+   threshold and fit is chosen again on the dev rows. The trained judge's scores (rule 6) do not depend on it.
+   Both tables are kept in bench/results; the speed target is read for the dtype the judge uses by default.
 
 Baselines on the same items: the lexical rule ("more than 10% of the summary's content words absent from the
 article", a fixed rule, nothing fitted) and the `grounding` judge. The `likelihood` judge scores with SmolLM2-135M-
@@ -79,14 +84,14 @@ def metrics(predicted: list[bool], positive: list[bool], scores: list[float] | N
             "auc": roc_auc(scores, positive) if scores is not None else None}
 
 
-def load_rows(model: Path, cache: Path, say) -> tuple[list[Row], float]:
+def load_rows(model: Path, cache: Path, say, dtype: str = "float32") -> tuple[list[Row], float]:
     from faithforge.data.labeled_split import read_labeled_summaries
     from faithforge.evaluation.grounding import GroundingJudge
     from faithforge.evaluation.likelihood import LikelihoodJudge, LikelihoodScorer
 
     labeled = read_labeled_summaries(DATA)
     scorer = LikelihoodScorer(model, batch_size=1, max_source_tokens=1024, window_overlap_tokens=128,
-                              cache_dir=cache)
+                              cache_dir=cache, dtype=dtype)
     grounding, likelihood = GroundingJudge(), LikelihoodJudge(scorer)
     started = time.perf_counter()
     scores = scorer.score_many([(r.source, r.summary) for r in labeled],
@@ -203,11 +208,13 @@ def report(methods, rows: list[Row]) -> list[dict]:
     return table
 
 
-def render(table: list[dict], n_dev: int, n_test: int, seconds_per_item: dict | None, load: str) -> str:
+def render(table: list[dict], n_dev: int, n_test: int, seconds_per_item: dict | None, load: str,
+           dtype: str = "float32") -> str:
     def f(v):
         return "n/a" if v is None else f"{v:.3f}"
 
-    lines = [f"QAGS held-out half: {n_test} items (dev half {n_dev} items chose every threshold and fit)",
+    lines = [f"QAGS held-out half: {n_test} items (dev half {n_dev} items chose every threshold and fit); likelihood "
+             f"scores in {dtype}",
              "", "| method | macro bacc | qags-c bacc | qags-x bacc | macro P | macro R | qags-c AUC | qags-x AUC |",
              "|---|---|---|---|---|---|---|---|"]
     for e in table:
@@ -228,7 +235,7 @@ def render(table: list[dict], n_dev: int, n_test: int, seconds_per_item: dict | 
 TIMED_ARTICLE_TOKENS = 600
 
 
-def time_fresh(model: Path, rows_n: int) -> dict:
+def time_fresh(model: Path, rows_n: int, dtype: str = "float32") -> dict:
     """Seconds per item of likelihood scoring with no cache, a fresh scorer each time: the first `rows_n` held-out
     items as they are (articles up to the scorer's 1,024-token window), and the first `rows_n` held-out items whose
     article has at least 600 tokens, each cut to exactly its first 600 (the issue's case)."""
@@ -246,7 +253,8 @@ def time_fresh(model: Path, rows_n: int) -> dict:
     out = {"items": len(as_is), "mean_article_tokens": sum(len(tokens[r.id]) for r in heldout[:rows_n]) / len(as_is),
            "items_cut": len(cut)}
     for name, pairs in (("as_is", as_is), (f"cut_{TIMED_ARTICLE_TOKENS}", cut)):
-        scorer = LikelihoodScorer(model, batch_size=1, max_source_tokens=1024, window_overlap_tokens=128)
+        scorer = LikelihoodScorer(model, batch_size=1, max_source_tokens=1024, window_overlap_tokens=128,
+                                  dtype=dtype)
         scorer.score("warm up", "the model loads here.")
         started = time.perf_counter()
         scorer.score_many(pairs)
@@ -261,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workspace", type=Path, default=ROOT / "bench" / "out" / "ws")
     parser.add_argument("--time", type=int, default=0, help="score N held-out items with no cache, report s/item")
     parser.add_argument("--out", type=Path, help="also write the table here (markdown)")
+    parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                        help="rule 7: the likelihood scorer's weights on CPU")
     parser.add_argument("--save-combination", type=Path, help="write the logistic combination fitted on dev here")
     parser.add_argument("--trained-scores", type=Path, default=ROOT / "bench" / "results" /
                         "trained_judge_qags_seed0.json", help="rule 6: the trained judge's per-row scores")
@@ -275,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         from faithforge.app.real_demo import ensure_real_model
 
         model = ensure_real_model(args.workspace, say)
-    rows, _ = load_rows(model, args.workspace / "likelihood-cache", say)
+    rows, _ = load_rows(model, args.workspace / "likelihood-cache", say, args.dtype)
     fitted: list = []
     methods = [
         fixed_method("lexical rule (>10% content words absent)",
@@ -300,9 +310,10 @@ def main(argv: list[str] | None = None) -> int:
                          logistic_method("families combined (+ trained judge), per-dataset fit on tune rows", True,
                                          features=with_trained),
                          chosen_family_method("dev-chosen family, per dataset (tune rows)")], rows)
-    seconds = time_fresh(model, args.time) if args.time else None
+    seconds = time_fresh(model, args.time, args.dtype) if args.time else None
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    text = render(table, sum(r.half == "dev" for r in rows), sum(r.half == "heldout" for r in rows), seconds, load)
+    text = render(table, sum(r.half == "dev" for r in rows), sum(r.half == "heldout" for r in rows), seconds, load,
+                  args.dtype)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -359,6 +359,9 @@ class EvaluateConfig(Section):
     likelihood_window_tokens: int = Field(1024, ge=16, le=131072)
     """`likelihood`: a source longer than this many tokens is read in overlapping windows; each sentence keeps
     the window that makes it most likely."""
+    likelihood_dtype: Literal["auto", "float32", "bfloat16"] = "auto"
+    """`likelihood`: the scoring model's weights on CPU. `auto`: bfloat16 where the CPU has it natively (about
+    1.8× faster, scores within 0.04 nats of float32), else float32. A GPU always scores in bfloat16."""
     trained_judge_path: str | None = None
     """`trained`: the folder `faithforge judge train --documents FILE` wrote (MiniLM features and a head trained on
     corruptions of your own documents, with its lineage)."""

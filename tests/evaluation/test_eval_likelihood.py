@@ -221,3 +221,27 @@ def test_the_pairs_stage_can_choose_with_the_likelihood_judge_on_the_sampled_pol
     assert judge.scorer.model_path == str(tiny_model_dir)
     with pytest.raises(UserError, match="causal LM"):
         _pairs_judge(config, None)
+
+
+def test_bfloat16_scoring_stays_close_to_float32_and_keeps_its_own_cache(tiny_model_dir, tmp_path):
+    exact = LikelihoodScorer(tiny_model_dir, dtype="float32", cache_dir=tmp_path)
+    fast = LikelihoodScorer(tiny_model_dir, dtype="bfloat16", cache_dir=tmp_path)
+    a, b = exact.score(SOURCE, SUMMARY), fast.score(SOURCE, SUMMARY)
+    assert exact._model.dtype == torch.float32 and fast._model.dtype == torch.bfloat16
+    assert [s.cond for s in b.sentences] == pytest.approx([s.cond for s in a.sentences], abs=0.1)
+    assert [s.cond for s in b.sentences] != [s.cond for s in a.sentences]  # really scored in bfloat16
+    # one cache file each: a bfloat16 score is never read back as a float32 one
+    assert exact.fingerprint != fast.fingerprint and len(list(tmp_path.glob("likelihood-*.jsonl"))) == 2
+
+
+def test_auto_dtype_is_bfloat16_only_where_the_cpu_has_it(tiny_model_dir, monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+    assert LikelihoodScorer(tiny_model_dir).dtype == "float32"
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: True)
+    assert LikelihoodScorer(tiny_model_dir).dtype == "bfloat16"
+    assert LikelihoodScorer(tiny_model_dir, device="cuda").dtype == "bfloat16"
+    assert LikelihoodScorer(tiny_model_dir, dtype="float32").dtype == "float32"
+    with pytest.raises(UserError, match="likelihood dtype 'half': choose one of auto, float32, bfloat16"):
+        LikelihoodScorer(tiny_model_dir, dtype="half")
