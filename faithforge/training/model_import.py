@@ -38,6 +38,8 @@ PROBE_MESSAGES = [
     {"role": "user", "content": "Document: Ada bought 3 lamps in Graz on Monday. Question: Who bought lamps?"},
 ]
 DTYPES = ("float32", "bfloat16", "float16")
+#: The probe of a `scoring` import (a base model has no chat template): plain text, as the likelihood judge reads.
+PLAIN_PROBE = "Document:\nAda bought 3 lamps in Graz on Monday.\n\nSummary of the document:\nAda bought lamps."
 
 
 @dataclass
@@ -54,6 +56,8 @@ class ImportReport:
     tolerance: float
     same_greedy_tokens: bool
     seconds: float
+    chat_template: bool = True
+    """False for a `scoring` import: a base model for `evaluate.likelihood_model` only, which cannot be trained."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -133,9 +137,11 @@ def _serializable_copy(model):
     return fresh.eval()
 
 
-def probe_ids(tokenizer):
+def probe_ids(tokenizer, *, plain: bool = False):
     import torch
 
+    if plain:
+        return torch.tensor([tokenizer(PLAIN_PROBE)["input_ids"]])
     rendered = tokenizer.apply_chat_template(PROBE_MESSAGES, tokenize=False, add_generation_prompt=True)
     return torch.tensor([tokenizer(rendered, add_special_tokens=False)["input_ids"]])
 
@@ -162,8 +168,13 @@ def _reload(out: Path, dtype: str):
 
 
 def import_model(source: str | Path, out: str | Path, *, dtype: str = "float32",
-                 tolerance: float = DEFAULT_TOLERANCE, on_step=None) -> ImportReport:
-    """Write `source` as a standard model folder at `out` and verify it by comparing logits before and after."""
+                 tolerance: float = DEFAULT_TOLERANCE, on_step=None, scoring: bool = False) -> ImportReport:
+    """Write `source` as a standard model folder at `out` and verify it by comparing logits before and after.
+
+    `scoring`: the model may lack a chat template (a base model such as Gemma 3 270M, for the likelihood judge's
+    `evaluate.likelihood_model`); it is probed with plain text, and training refuses it (no template)."""
+    from transformers import AutoTokenizer
+
     from faithforge.training.modeling import load_tokenizer
     from faithforge.core.workspace import atomic_directory, atomic_write_json
 
@@ -173,10 +184,12 @@ def import_model(source: str | Path, out: str | Path, *, dtype: str = "float32",
     started = time.perf_counter()
     say(f"loading {source}")
     model, tokenizer, kind = load_source(source, dtype)
-    if not tokenizer.chat_template:
+    plain = not tokenizer.chat_template
+    if plain and not scoring:
         raise UserError(f"{source} carries no chat template; FaithForge renders every prompt through one — "
-                        "import an instruct/chat model (nothing was written)")
-    ids = probe_ids(tokenizer)
+                        "import an instruct/chat model, or pass --scoring to import it as the likelihood judge's "
+                        "model only (nothing was written)")
+    ids = probe_ids(tokenizer, plain=plain)
     before = probe_logits(model, ids)
     to_save = _serializable_copy(model) if kind == "gguf" else model
     parameters = sum(p.numel() for p in to_save.parameters())
@@ -189,7 +202,7 @@ def import_model(source: str | Path, out: str | Path, *, dtype: str = "float32",
     del to_save, model
     say("verifying: reloading the written folder and comparing logits")
     reloaded = _reload(out, dtype)
-    reloaded_ids = probe_ids(load_tokenizer(out))
+    reloaded_ids = probe_ids(AutoTokenizer.from_pretrained(str(out)) if plain else load_tokenizer(out), plain=plain)
     if reloaded_ids.tolist() != ids.tolist():
         raise UserError(f"the tokenizer written to {out} tokenizes the probe differently from {source}; "
                         "the import is not usable (delete the folder and report the model)")
@@ -200,7 +213,7 @@ def import_model(source: str | Path, out: str | Path, *, dtype: str = "float32",
         model_type=reloaded.config.model_type, parameters=parameters, dtype=dtype, probe_tokens=ids.shape[1],
         max_abs_logit_diff=diff, tolerance=tolerance,
         same_greedy_tokens=bool((after.argmax(-1) == before.argmax(-1)).all()),
-        seconds=round(time.perf_counter() - started, 1))
+        seconds=round(time.perf_counter() - started, 1), chat_template=not plain)
     atomic_write_json(out / RECORD_NAME, report.to_dict())
     if diff > tolerance:
         raise UserError(f"imported logits differ from the source's by {diff:.3g} (> {tolerance}); the folder at "

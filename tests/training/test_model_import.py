@@ -105,3 +105,33 @@ def test_cli_needs_src_and_out_or_smollm2(tmp_path):
     result = _faithforge("model", "import", str(tmp_path / "only-one"))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "pass SRC and OUT" in result.stderr and "--smollm2 OUT" in result.stderr
+
+
+def test_a_base_model_without_chat_template_imports_for_scoring_only(tmp_path):
+    """A base model (e.g. Gemma 3 270M) has no chat template: a training import refuses it and says how to bring it
+    in for the likelihood judge; `scoring=True` writes it, verified on a plain-text probe, and the judge reads it,
+    while training still refuses it with a one-line error."""
+    from transformers import AutoTokenizer
+
+    from faithforge.evaluation.likelihood import LikelihoodScorer
+    from faithforge.training.modeling import load_tokenizer
+    from faithforge.training.tiny_model import build_tiny_model
+
+    source = build_tiny_model(tmp_path / "tiny", seed=1)
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    tokenizer.chat_template = None
+    for stale in source.glob("chat_template*"):
+        stale.unlink()
+    tokenizer.save_pretrained(source)
+    assert not AutoTokenizer.from_pretrained(source).chat_template
+
+    with pytest.raises(UserError, match="pass --scoring to import it as the likelihood judge's model only"):
+        import_model(source, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+    report = import_model(source, tmp_path / "scorer", scoring=True)
+    assert report.chat_template is False and report.max_abs_logit_diff == 0.0
+    assert json.loads((tmp_path / "scorer" / RECORD_NAME).read_text())["chat_template"] is False
+    scores = LikelihoodScorer(tmp_path / "scorer", dtype="float32").score("Ada bought lamps in Graz.", "Ada bought lamps.")
+    assert len(scores.tokens) > 0
+    with pytest.raises(UserError, match="has no chat template"):
+        load_tokenizer(tmp_path / "scorer")
