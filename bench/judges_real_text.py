@@ -236,6 +236,17 @@ def render(table: list[dict], n_dev: int, n_test: int, seconds_per_item: dict | 
                       f"{t['as_is']:.2f} s per item as they are (articles {t['mean_article_tokens']:.0f} tokens on "
                       f"average); {t[f'cut_{TIMED_ARTICLE_TOKENS}']:.2f} s per item on {t['items_cut']} articles of "
                       f"{TIMED_ARTICLE_TOKENS}+ tokens, each cut to its first {TIMED_ARTICLE_TOKENS}"]
+        if "float32_as_is" in t:
+            cut_key = f"cut_{TIMED_ARTICLE_TOKENS}"
+            lines += ["", f"the same items in float32, same run: {t['float32_as_is']:.2f} s and "
+                          f"{t['float32_' + cut_key]:.2f} s per item ({t['float32_as_is'] / t['as_is']:.2f}× and "
+                          f"{t['float32_' + cut_key] / t[cut_key]:.2f}× the {dtype} time)"]
+        if "trained_as_is" in t:
+            cut_key = f"cut_{TIMED_ARTICLE_TOKENS}"
+            lines += ["", f"trained judge on the same items: {t['trained_as_is']:.2f} s per item as they are, "
+                          f"{t['trained_' + cut_key]:.2f} s cut to {TIMED_ARTICLE_TOKENS}; both judges (what the "
+                          f"dev-chosen family costs an item of unknown kind): {t['as_is'] + t['trained_as_is']:.2f} s "
+                          f"and {t[cut_key] + t['trained_' + cut_key]:.2f} s"]
     return "\n".join(lines)
 
 
@@ -243,7 +254,7 @@ def render(table: list[dict], n_dev: int, n_test: int, seconds_per_item: dict | 
 TIMED_ARTICLE_TOKENS = 600
 
 
-def time_fresh(model: Path, rows_n: int, dtype: str = "float32") -> dict:
+def time_fresh(model: Path, rows_n: int, dtype: str = "float32", trained_judge: Path | None = None) -> dict:
     """Seconds per item of likelihood scoring with no cache, a fresh scorer each time: the first `rows_n` held-out
     items as they are (articles up to the scorer's 1,024-token window), and the first `rows_n` held-out items whose
     article has at least 600 tokens, each cut to exactly its first 600 (the issue's case)."""
@@ -267,6 +278,22 @@ def time_fresh(model: Path, rows_n: int, dtype: str = "float32") -> dict:
         started = time.perf_counter()
         scorer.score_many(pairs)
         out[name] = (time.perf_counter() - started) / len(pairs)
+        if trained_judge is not None:  # the dev-chosen family's other score, on the same items
+            from faithforge.evaluation.trained import TrainedJudge
+
+            judge = TrainedJudge(trained_judge)
+            judge.judge("warm up.", "the model loads here.")
+            started = time.perf_counter()
+            for source, summary in pairs:
+                judge.judge(source, summary)
+            out[f"trained_{name}"] = (time.perf_counter() - started) / len(pairs)
+        if dtype != "float32":  # the float32 scorer on the same items, in the same run: the ratio is side by side
+            exact = LikelihoodScorer(model, batch_size=1, max_source_tokens=1024, window_overlap_tokens=128,
+                                     dtype="float32")
+            exact.score("warm up", "the model loads here.")
+            started = time.perf_counter()
+            exact.score_many(pairs)
+            out[f"float32_{name}"] = (time.perf_counter() - started) / len(pairs)
     return out
 
 
@@ -282,6 +309,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--save-combination", type=Path, help="write the logistic combination fitted on dev here")
     parser.add_argument("--trained-scores", type=Path, default=ROOT / "bench" / "results" /
                         "trained_judge_qags_seed0.json", help="rule 6: the trained judge's per-row scores")
+    parser.add_argument("--trained-judge", type=Path, help="--time also times this trained judge folder (default: "
+                                                          "the folder the --trained-scores file names, if present)")
     args = parser.parse_args(argv)
 
     import torch
@@ -318,7 +347,13 @@ def main(argv: list[str] | None = None) -> int:
                          logistic_method("families combined (+ trained judge), per-dataset fit on tune rows", True,
                                          features=with_trained),
                          chosen_family_method("dev-chosen family, per dataset (tune rows)")], rows)
-    seconds = time_fresh(model, args.time, args.dtype) if args.time else None
+    trained_judge = args.trained_judge
+    if trained_judge is None and args.trained_scores and args.trained_scores.is_file():
+        import json
+
+        named = Path(json.loads(args.trained_scores.read_text(encoding="utf-8"))["judge"])
+        trained_judge = named if named.is_dir() else None
+    seconds = time_fresh(model, args.time, args.dtype, trained_judge) if args.time else None
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
     text = render(table, sum(r.half == "dev" for r in rows), sum(r.half == "heldout" for r in rows), seconds, load,
                   args.dtype)
