@@ -245,3 +245,33 @@ def test_auto_dtype_is_bfloat16_only_where_the_cpu_has_it(tiny_model_dir, monkey
     assert LikelihoodScorer(tiny_model_dir, dtype="float32").dtype == "float32"
     with pytest.raises(UserError, match="likelihood dtype 'half': choose one of auto, float32, bfloat16"):
         LikelihoodScorer(tiny_model_dir, dtype="half")
+
+
+def test_the_short_no_source_row_is_never_padded_to_a_window(loaded):
+    """The no-source row (a few tokens) batched with a source window was padded to the window's width and cost as
+    much as it; rows now batch only with rows of similar length, and the scores do not change."""
+    from faithforge.evaluation.likelihood import _length_batches
+
+    assert _length_batches([600, 8, 600, 590, 7], 4) == [[0, 2, 3], [1, 4]]
+    assert _length_batches([600, 600, 600], 2) == [[0, 1], [2]]
+    model, tokenizer = loaded
+    widths: list[tuple[int, list[int]]] = []
+    real = model.forward
+
+    def recording(*args, **kwargs):
+        mask = kwargs["attention_mask"]
+        widths.append((mask.shape[1], mask.sum(-1).tolist()))
+        return real(*args, **kwargs)
+
+    source = " ".join([SOURCE] * 3)
+    batched = LikelihoodScorer(model=model, tokenizer=tokenizer, device="cpu", batch_size=8)
+    model.forward = recording
+    try:
+        scores = batched.score(source, SUMMARY)
+    finally:
+        del model.forward
+    # one source window and the no-source row: two forward passes of one row each, not one padded pair
+    assert [len(lengths) for _, lengths in widths] == [1, 1]
+    assert widths[1][0] == widths[1][1][0] < widths[0][0] // 2  # the short row runs at its own width
+    one = LikelihoodScorer(model=model, tokenizer=tokenizer, device="cpu", batch_size=1).score(source, SUMMARY)
+    assert [t.pmi for t in scores.tokens] == pytest.approx([t.pmi for t in one.tokens], abs=1e-5)
