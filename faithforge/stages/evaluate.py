@@ -25,12 +25,14 @@ from faithforge.gpu.planner import Plan
 
 def summarize_sources(model_path: str, sources: list[str], *, adapter: str | None, plan: Plan,
                       max_new_tokens: int, batch_size: int, system_prompt: str = SYSTEM_PROMPT,
-                      truncated: list[bool] | None = None, gguf: Path | None = None) -> list[str]:
+                      truncated: list[bool] | None = None, gguf: Path | None = None,
+                      bfloat16: bool = False) -> list[str]:
     """Greedy (temperature 0) summaries of `sources`, optionally with a LoRA adapter merged in.
 
     `truncated`: a list to fill with whether each summary was cut off by `max_new_tokens` (for the judge:
     a cut-off last word is not a claim). `gguf`: the same model (base + adapter) as a GGUF file: written by
-    llama.cpp instead (`faithforge.stages.sampler`)."""
+    llama.cpp instead (`faithforge.stages.sampler`). `bfloat16`: the engine reads the (merged) weights in
+    bfloat16 (`evaluate.sampler: engine-bf16`)."""
     from faithforge.engine import PrefixCachedEngine, SamplingConfig
     from faithforge.training.modeling import load_for_plan, load_tokenizer, plan_precision
 
@@ -52,6 +54,10 @@ def summarize_sources(model_path: str, sources: list[str], *, adapter: str | Non
         if plan_precision(plan) != "nf4":  # merging into 4-bit weights would re-quantize (and round) the update
             model = model.merge_and_unload()
         model.eval()
+    if bfloat16 and plan.placement == "cpu":
+        from faithforge.stages.sampler import SamplerChoice, sampling_weights
+
+        model = sampling_weights(model, SamplerChoice("engine-bf16", None, "evaluate.sampler"))
     engine = PrefixCachedEngine(model, tokenizer, [{"role": "system", "content": system_prompt}])
     results = engine.generate_batch([[{"role": "user", "content": s}] for s in sources], greedy,
                                     batch_size=batch_size)
@@ -184,7 +190,8 @@ def _judge_models(ctx: StageContext, model: ModelOutput, items: list, sources: l
         summaries = summarize_sources(model.path, sources, adapter=adapter, plan=plan,
                                       max_new_tokens=cfg.max_new_tokens, batch_size=plan.batch_size,
                                       system_prompt=prompt, truncated=cut,
-                                      gguf=ggufs[label] if choice.name == "llama.cpp" else None)
+                                      gguf=ggufs[label] if choice.name == "llama.cpp" else None,
+                                      bfloat16=choice.name == "engine-bf16")
         reports[label] = evaluate_single(items, summaries, judge, label=label, confidence=cfg.confidence,
                                          truncated=cut, calibration_dir=calibrations,
                                          results=_fanned_out(judging, items, summaries, cut))

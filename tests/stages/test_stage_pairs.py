@@ -64,3 +64,49 @@ def test_on_policy_pairs_stage_samples_from_the_given_model(tiny_model_dir, tmp_
     assert pairs and {p["kind"] for p in pairs} == {"on-policy"}
     assert report["sources"] == 12 and report["built"] == len(pairs)
     assert build_pairs(ctx, dataset, model, Plan.manual("evaluate", "cpu")).reused
+
+
+def test_engine_bf16_samples_and_answers_with_bfloat16_weights_only_when_asked(tiny_model_dir, tmp_path, monkeypatch):
+    """`pairs.sampler` / `evaluate.sampler: engine-bf16` hand the engine bfloat16 weights on a CPU plan (the
+    default hands it the plan's float32); the pairs' report and key say which, and a GPU plan keeps its precision."""
+    import torch
+
+    from faithforge.core.config import load_config
+    from faithforge.engine import PrefixCachedEngine, SamplingConfig
+    from faithforge.gpu.planner import Plan
+    from faithforge.stages.context import StageContext
+    from faithforge.stages.evaluate import summarize_sources
+    from faithforge.stages.generate import generate_examples, load_split
+    from faithforge.stages.outputs import ModelOutput
+    from faithforge.stages.pairs import build_pairs
+    from faithforge.stages.sampler import choose_sampler
+
+    seen: list = []
+    real_init = PrefixCachedEngine.__init__
+
+    def watched(self, model, *args, **kwargs):
+        seen.append(next(model.parameters()).dtype)
+        real_init(self, model, *args, **kwargs)
+
+    monkeypatch.setattr(PrefixCachedEngine, "__init__", watched)
+    cpu = Plan.manual("evaluate", "cpu", batch_size=8)
+    model = ModelOutput(path=str(tiny_model_dir))
+    outs = {}
+    for sampler in ("engine", "engine-bf16"):
+        cfg = load_config(None, environ={}, overrides={
+            "workspace": str(tmp_path / "ws"), "generate": {"train_sources": 10, "val_sources": 10, "test_sources": 10},
+            "pairs": {"builder": "on-policy", "samples_per_source": 2, "margin": 0.0, "val_fraction": 0.0,
+                      "sampler": sampler}})
+        ctx = StageContext.open(cfg)
+        outs[sampler] = build_pairs(ctx, generate_examples(ctx), model, cpu)
+    assert seen == [torch.float32, torch.bfloat16]
+    assert outs["engine"].train != outs["engine-bf16"].train  # a separate output: never reused for the other
+    assert outs["engine-bf16"].report["sampler"].startswith("engine-bf16")
+    test = [e.source for e in load_split(generate_examples(ctx), "test")][:4]
+    for bfloat16 in (False, True):
+        summarize_sources(str(tiny_model_dir), test, adapter=None, plan=cpu, max_new_tokens=4, batch_size=2, bfloat16=bfloat16)
+    assert seen[2:] == [torch.float32, torch.bfloat16]
+    greedy = SamplingConfig()
+    assert choose_sampler("engine-bf16", cpu, greedy, [None]).name == "engine-bf16"
+    on_gpu = choose_sampler("engine-bf16", Plan.manual("evaluate", "local"), greedy, [None])
+    assert on_gpu.name == "engine" and "keep the plan's precision" in on_gpu.reason
