@@ -10,8 +10,9 @@ far do its answers move? On the real demo's task, the *validation* split (nothin
 
 1. Speed: `--questions` greedy answers (≤ 40 tokens), batch 64 as the evaluate stage runs, the two dtypes
    interleaved in alternating order for `--rounds` rounds; the median tokens/s and the ratio.
-2. Greedy agreement: each bfloat16 answer against the float32 one, token for token; at every first divergence the
-   float32 model's logit gap between its own token and bfloat16's (a small gap is a near-tie that rounding flips).
+2. Greedy agreement (`sampler_engines.greedy_agreement`, the float32 engine's answers at batch 16, which equal
+   batch 64's): each bfloat16 answer token for token; at every first divergence the float32 model's logit gap
+   between its own token and bfloat16's (a small gap is a near-tie that rounding flips).
 3. Sampling at temperature 1 (`--sources` × `--k`, as the pairs stage draws): the pairs' judge (`grounding`) on
    every sample of each dtype, the flagged rate with its Wilson 95% interval, and whether each rate lies inside
    the other's interval (equal in distribution, the issue's test for sampled outputs).
@@ -23,7 +24,6 @@ save). The 1-minute load average is printed beside the figures: on a shared mach
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -35,7 +35,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+sys.path.insert(0, str(ROOT / "bench"))
+
 from faithforge.engine import PrefixCachedEngine, SamplingConfig  # noqa: E402
+from sampler_engines import greedy_agreement, write_results  # noqa: E402
 
 MAX_NEW_TOKENS = 40  # the real demo's evaluate.max_new_tokens (pairs sample with the same budget)
 BATCH = 64  # the real demo's evaluate batch
@@ -44,22 +47,14 @@ BATCH = 64  # the real demo's evaluate batch
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", type=Path, required=True, help="folder written by `faithforge model import --smollm2`")
-    p.add_argument("--questions", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--sources", type=int, default=60)
-    p.add_argument("--k", type=int, default=4)
-    p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
-    p.add_argument("--seed", type=int, default=0, help="the data seed (grounded-qa validation questions)")
+    counts = {"questions": (64, "greedy questions timed"), "rounds": (3, "interleaved timing rounds"),
+              "sources": (60, "sources sampled at temperature 1"), "k": (4, "samples per source"),
+              "threads": (len(os.sched_getaffinity(0)), "torch threads"),
+              "seed": (0, "the data seed (grounded-qa validation questions) and the sampling seed")}
+    for name, (default, what) in counts.items():
+        p.add_argument(f"--{name}", type=int, default=default, help=f"{what} (default {default})")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "engine_bf16.json")
     return p.parse_args(argv)
-
-
-def first_divergence(a: list[int], b: list[int]) -> int | None:
-    """The first position where two token lists differ (None when equal; the shorter length when one is a
-    prefix of the other)."""
-    if a == b:
-        return None
-    return next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
 
 
 def main(argv=None) -> int:
@@ -103,25 +98,19 @@ def main(argv=None) -> int:
     print(f"  float32  {speed['float32']:7.1f} tokens/s\n  bfloat16 {speed['bfloat16']:7.1f} tokens/s  "
           f"({report['ratio']:.2f}×)")
 
-    # 2. greedy agreement
-    identical, gaps, positions = 0, [], []
-    for q, a, b in zip(questions, answers["float32"], answers["bfloat16"]):
-        i = first_divergence(a.token_ids, b.token_ids)
-        if i is None:
-            identical += 1
-            continue
-        positions.append(i)
-        if i < min(len(a.token_ids), len(b.token_ids)):
-            prompt = engines["float32"].renderer.render(engines["float32"].renderer.request_turns(q))
+    # 2. greedy agreement, measured as bench/sampler_engines.py measures llama.cpp against the float32 engine
+    class AsSampler:  # the bfloat16 engine behind the sampler interface, at the evaluate stage's batch
+        @staticmethod
+        def generate_batch(prompts, sampling):
             with torch.inference_mode():
-                logits = models["float32"](torch.tensor([prompt + a.token_ids[:i]])).logits[0, -1]
-            gaps.append(float(logits[a.token_ids[i]] - logits[b.token_ids[i]]))
-    report["greedy"] = {"answers": len(questions), "identical": identical, "first_divergences": positions,
-                        "fp32_logit_gap": {"median": round(statistics.median(gaps), 3) if gaps else None,
-                                           "max": round(max(gaps), 3) if gaps else None}}
-    print(f"\n== greedy agreement: {identical}/{len(questions)} answers token-identical; first divergences at "
-          f"{positions}; float32 logit gap there: median {report['greedy']['fp32_logit_gap']['median']}, max "
-          f"{report['greedy']['fp32_logit_gap']['max']}")
+                return engines["bfloat16"].generate_batch(prompts, sampling, batch_size=BATCH)
+
+    report["greedy"] = greedy_agreement(models["float32"], engines["float32"], tokenizer, {"bfloat16": AsSampler},
+                                        questions)["bfloat16"]
+    row = report["greedy"]
+    print(f"\n== greedy agreement: {row['identical']}/{row['answers']} answers token-identical; first divergences "
+          f"at {row['first_divergence_positions']}; float32 logit gap there: median "
+          f"{row['fp32_logit_gap_at_divergence']['median']}, max {row['fp32_logit_gap_at_divergence']['max']}")
 
     # 3. sampling at temperature 1, judged as the pairs stage judges
     judge = get_judge("grounding")
@@ -152,9 +141,7 @@ def main(argv=None) -> int:
     print(f"  each rate inside the other's 95% interval: "
           f"{report['sampled']['each_rate_inside_the_others_interval']}")
     report["load_end"] = round(os.getloadavg()[0], 2)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, **report}, indent=2))
-    print(f"\nwrote {args.out}")
+    write_results(args, report)
     return 0
 
 

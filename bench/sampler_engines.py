@@ -230,10 +230,15 @@ def main() -> int:
               f"[{row['flagged_rate_ci95'][0]:.3f}, {row['flagged_rate_ci95'][1]:.3f}]  mean recall "
               f"{row['mean_recall']}  mean tokens {row['mean_tokens']}  ({s['seconds'][name]} s)")
     print(f"  each rate inside the other's 95% interval: {s['each_rate_inside_the_others_interval']}")
+    write_results(args, report)
+    return 0
+
+
+def write_results(args: argparse.Namespace, report: dict) -> None:
+    """The run's arguments and figures as JSON at `args.out` (bench/engine_bf16.py writes its own the same way)."""
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, **report}, indent=2))
     print(f"\nwrote {args.out}")
-    return 0
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import contextlib
 import datetime as dt
 import logging
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional
@@ -37,6 +38,15 @@ SLOT_POLL_S = 2.0
 SLOT_REPORT_S = 30.0
 
 _watching = False
+#: Leases this process was granted, from the moment the server grants them (before the run store records them):
+#: a dying process releases them all. A run waiting for the slot died with its worker holding a slot it was granted
+#: while its death was being reported, unrecorded, so nobody released it and the next run waited for the lease
+#: to run out (61 s; the supervision integration test).
+_leases: set[str] = set()
+#: Set when this process is dying: no slot is asked for any more. `_slot_lock` makes ask-and-record one step, so
+#: the dying process, once it holds the lock, knows every lease there will ever be.
+_dying = threading.Event()
+_slot_lock = threading.Lock()
 
 
 def started_by_worker() -> bool:
@@ -108,6 +118,7 @@ def worker_died(config: PipelineConfig, parent: int) -> None:
         runs = store.crash_runs_of_this_process(cause)
         last = store.get_run(runs[0]).summary.get("crashed", {}).get("last_stage") if runs else None
         with _client() as client:
+            stop_taking_slots(client)
             for hold in mine:
                 release_lease(client, hold["lease_id"])
                 store.release_slot(hold["id"])
@@ -135,6 +146,22 @@ def release_lease(client, lease_id: str) -> None:
 
     with contextlib.suppress(ObjectNotFound):
         client.release_concurrency_slots_with_lease(lease_id)
+    _leases.discard(lease_id)
+
+
+def stop_taking_slots(client, wait_s: float = 10.0) -> list[str]:
+    """This process is dying: ask for no slot from now on, and release every lease it was granted, recorded in the
+    run store or not. Waits up to `wait_s` for a request already in flight to come back. Returns the leases."""
+    _dying.set()
+    locked = _slot_lock.acquire(timeout=wait_s)
+    try:
+        granted = sorted(_leases)
+        for lease_id in granted:
+            release_lease(client, lease_id)
+        return granted
+    finally:
+        if locked:
+            _slot_lock.release()
 
 
 def end_flow_run_tree(client, flow_run_id: str, message: str) -> list[tuple[str, str]]:
@@ -251,20 +278,25 @@ def _root_flow_run() -> tuple[Optional[str], Optional[str]]:
 # -- the gpu slot -----------------------------------------------------------------------------------------
 
 def _try_slot(client, limit: str, holder) -> Optional[str]:
-    """One request for a slot of `limit` under a `GPU_LEASE_S` lease: its lease id, or None while it is full."""
+    """One request for a slot of `limit` under a `GPU_LEASE_S` lease: its lease id, or None while it is full (or
+    while this process is dying: then it asks for nothing)."""
     import httpx
 
-    try:
-        response = client.increment_concurrency_slots_with_lease([limit], 1, "concurrency", GPU_LEASE_S, holder)
-    except httpx.HTTPStatusError as exc:
-        if exc.response.status_code == 423:  # locked: every slot is held
+    with _slot_lock:
+        if _dying.is_set():
             return None
-        raise
-    body = response.json()
-    if not body.get("limits"):
-        raise UserError(f"the global concurrency limit {limit!r} is missing on the Prefect server; create it with "
-                        f"`prefect gcl create {limit} --limit 1` or `python -m faithforge.deployments.deploy`")
-    return str(body["lease_id"])
+        try:
+            response = client.increment_concurrency_slots_with_lease([limit], 1, "concurrency", GPU_LEASE_S, holder)
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code == 423:  # locked: every slot is held
+                return None
+            raise
+        body = response.json()
+        if not body.get("limits"):
+            raise UserError(f"the global concurrency limit {limit!r} is missing on the Prefect server; create it "
+                            f"with `prefect gcl create {limit} --limit 1` or `python -m faithforge.deployments.deploy`")
+        _leases.add(str(body["lease_id"]))
+        return str(body["lease_id"])
 
 
 @contextlib.contextmanager

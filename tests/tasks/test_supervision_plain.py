@@ -223,3 +223,28 @@ def test_a_lock_wait_is_said_again_while_waiting(tmp_path):
         pass
     thread.join()
     assert len(said) >= 3 and "waiting for process" in said[0] and "(waited" in said[2], said
+
+
+def test_a_dying_process_releases_a_slot_it_was_granted_before_the_store_recorded_it(tmp_path, monkeypatch):
+    """The race the supervision integration test hit (the slot freed only when its lease ran out, 61 s): a run
+    waiting for the `gpu` slot is granted it while its worker's death is being reported. The grant is registered
+    the moment the server makes it, so the dying process releases it; and once dying, it asks for no slot.
+    A real Prefect server and its real global concurrency limit."""
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    import faithforge.tasks.supervision as supervision
+    from tests.fixtures.prefect_server import prefect_client, prefect_server
+
+    monkeypatch.setattr(supervision, "_dying", threading.Event())  # this test's process is not really dying
+    monkeypatch.setattr(supervision, "_leases", set())
+    with prefect_server(tmp_path) as server, prefect_client(server["api"]) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="gpu", limit=1))
+        active = lambda: client.read_global_concurrency_limit_by_name("gpu").active_slots  # noqa: E731
+        lease = supervision._try_slot(client, "gpu", None)  # granted; the run store has not recorded it
+        assert lease is not None and active() == 1
+        assert supervision._try_slot(client, "gpu", None) is None  # full: nothing granted, nothing registered
+        assert supervision.stop_taking_slots(client) == [lease]
+        assert active() == 0  # released at once, not when the 60 s lease runs out
+        asked = []
+        monkeypatch.setattr(client, "increment_concurrency_slots_with_lease", lambda *a, **k: asked.append(a))
+        assert supervision._try_slot(client, "gpu", None) is None and asked == []  # dying: no request at all
