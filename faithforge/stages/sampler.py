@@ -67,8 +67,8 @@ def choose_sampler(setting: str, plan: Plan, sampling: SamplingConfig, ggufs: li
 
 def sampling_weights(model, choice: SamplerChoice):
     """The model as `choice` samples it: cast to bfloat16 for `engine-bf16` (after any adapter is merged, so the
-    update is rounded once), unchanged otherwise. On a CPU with native bfloat16 the engine writes 2.04× the tokens
-    per second of float32, and 56 of 64 greedy answers of SmolLM2 stay token-identical, the others parting at
+    update is rounded once), unchanged otherwise. On a CPU with native bfloat16 the engine writes 1.84–2.04× the
+    tokens per second of float32, and 56 of 64 greedy answers of SmolLM2 stay token-identical, the others parting at
     near-ties (float32 logit gap ≤ 0.12; bench/engine_bf16.py, BENCHMARKS.md)."""
     if choice.name != "engine-bf16" or getattr(model, "hf_quantizer", None) is not None:
         return model  # 4-bit weights keep their own compute dtype
