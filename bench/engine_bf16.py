@@ -17,8 +17,8 @@ far do its answers move? On the real demo's task, the *validation* split (nothin
    every sample of each dtype, the flagged rate with its Wilson 95% interval, and whether each rate lies inside
    the other's interval (equal in distribution, the issue's test for sampled outputs).
 
-Nothing in the pipeline uses bfloat16 on the CPU yet; this measures the lever (BENCHMARKS.md says what it would
-save). The 1-minute load average is printed beside the figures: on a shared machine only the ratios mean anything.
+The stages sample this way only when asked (`pairs.sampler` / `evaluate.sampler: engine-bf16`); this measures the
+lever, and BENCHMARKS.md says what it saves on `demo --real`. The 1-minute load average is printed beside the figures: on a shared machine only the ratios mean anything.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
 sys.path.insert(0, str(ROOT / "bench"))
 
 from faithforge.engine import PrefixCachedEngine, SamplingConfig  # noqa: E402

@@ -118,9 +118,8 @@ def worker_died(config: PipelineConfig, parent: int) -> None:
         runs = store.crash_runs_of_this_process(cause)
         last = store.get_run(runs[0]).summary.get("crashed", {}).get("last_stage") if runs else None
         with _client() as client:
-            stop_taking_slots(client)
+            stop_taking_slots(client)  # every lease this process was granted, the recorded holds' included
             for hold in mine:
-                release_lease(client, hold["lease_id"])
                 store.release_slot(hold["id"])
             message = death_message(os.getpid(), socket.gethostname(), last, cause)
             end_flow_run_tree(client, os.environ["PREFECT__FLOW_RUN_ID"], message)

@@ -126,7 +126,7 @@ class LikelihoodScorer:
             raise UserError(f"likelihood batch_size {batch_size} must be at least 1")
         if dtype not in DTYPES:
             raise UserError(f"likelihood dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-        self._requested_dtype, self._dtype = dtype, None if dtype == "auto" else dtype
+        self._dtype = dtype
         self.model_path = str(model_path) if model_path is not None else None
         self._model, self._tokenizer = model, tokenizer
         self._device = device
@@ -141,8 +141,8 @@ class LikelihoodScorer:
     @property
     def dtype(self) -> str:
         """The weights' dtype on CPU, `auto` made concrete on first use (it asks torch what the CPU has)."""
-        if self._dtype is None:
-            self._dtype = _resolve_dtype(self._requested_dtype, self._device)
+        if self._dtype == "auto":
+            self._dtype = _resolve_dtype(self._dtype, self._device)
         return self._dtype
 
     def _load(self) -> None:

@@ -54,10 +54,10 @@ def summarize_sources(model_path: str, sources: list[str], *, adapter: str | Non
         if plan_precision(plan) != "nf4":  # merging into 4-bit weights would re-quantize (and round) the update
             model = model.merge_and_unload()
         model.eval()
-    if bfloat16 and plan.placement == "cpu":
-        from faithforge.stages.sampler import SamplerChoice, sampling_weights
+    if bfloat16:  # choose_sampler picks `engine-bf16` for CPU plans only
+        from faithforge.stages.sampler import sampling_weights
 
-        model = sampling_weights(model, SamplerChoice("engine-bf16", None, "evaluate.sampler"))
+        model = sampling_weights(model, bfloat16)
     engine = PrefixCachedEngine(model, tokenizer, [{"role": "system", "content": system_prompt}])
     results = engine.generate_batch([[{"role": "user", "content": s}] for s in sources], greedy,
                                     batch_size=batch_size)

@@ -84,7 +84,7 @@ def _sample_onpolicy_pairs(ctx: StageContext, examples, model: ModelOutput, plan
         sampler = gguf_sampler(choice.gguf, model.path, tokenizer, system_prompt(ctx.config), SAMPLER_CONTEXT)
     else:
         policy, _ = load_for_plan(model.path, plan)  # sampled in the precision the plan names
-        policy = sampling_weights(policy, choice)  # or in bfloat16, when pairs.sampler asks for engine-bf16
+        policy = sampling_weights(policy, choice.name == "engine-bf16")  # or in bfloat16 when asked
     ctx.progress("pairs", 0, 1, f"sampling {cfg.samples_per_source} summaries per source with {choice.describe()}")
     return build_onpolicy_pairs(policy, tokenizer, examples, k=cfg.samples_per_source, temperature=cfg.temperature,
                                 seed=ctx.config.seed, max_new_tokens=ctx.config.evaluate.max_new_tokens,

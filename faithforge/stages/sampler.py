@@ -65,12 +65,12 @@ def choose_sampler(setting: str, plan: Plan, sampling: SamplingConfig, ggufs: li
     return SamplerChoice("llama.cpp", ggufs[0], "the model exists as GGUF and the stage runs on the CPU")
 
 
-def sampling_weights(model, choice: SamplerChoice):
-    """The model as `choice` samples it: cast to bfloat16 for `engine-bf16` (after any adapter is merged, so the
-    update is rounded once), unchanged otherwise. On a CPU with native bfloat16 the engine writes 1.84–2.04× the
+def sampling_weights(model, bfloat16: bool):
+    """The model as the chosen sampler reads it: cast to bfloat16 for `engine-bf16` (after any adapter is merged, so
+    the update is rounded once), unchanged otherwise. On a CPU with native bfloat16 the engine writes 1.84–2.04× the
     tokens per second of float32, and 56 of 64 greedy answers of SmolLM2 stay token-identical, the others parting at
     near-ties (float32 logit gap ≤ 0.12; bench/engine_bf16.py, BENCHMARKS.md)."""
-    if choice.name != "engine-bf16" or getattr(model, "hf_quantizer", None) is not None:
+    if not bfloat16 or getattr(model, "hf_quantizer", None) is not None:
         return model  # 4-bit weights keep their own compute dtype
     import torch
 
