@@ -108,3 +108,15 @@ def test_training_with_each_prompt_encoded_once_equals_training_without(tiny_mod
     assert shared_losses[-1] < shared_losses[0] - 1e-3, "training must move the loss, or the comparison proves nothing"
     for name, value in shared_weights.items():
         torch.testing.assert_close(value, plain_weights[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_bf16_autocast_builds_on_a_machine_without_cuda(tmp_path):
+    """`bench/dpo_cpu_autocast.py` trains under bf16 autocast on the CPU; transformers refuses `bf16=True` there
+    unless `use_cpu` is set, which the config used to leave off whenever bf16 was asked for."""
+    if torch.cuda.is_available():
+        import pytest
+
+        pytest.skip("on a CUDA machine bf16 trains on the GPU")
+    config = dpo_config(dpo_args(tmp_path / "bf16", steps=1, max_length=40, checkpoint_every=100, bf16=True),
+                        precompute_ref_log_probs=False)
+    assert config.bf16 and config.use_cpu
