@@ -109,23 +109,28 @@ def worker_died(config: PipelineConfig, parent: int) -> None:
         devnull = os.open(os.devnull, os.O_WRONLY)
         os.dup2(devnull, 1)
         os.dup2(devnull, 2)
+    _dying.set()  # first: from here on this process asks for no slot
     cause = f"its Prefect worker, process {parent}, died"
-    try:
+    last = None
+    # Each step on its own: one that fails (Prefect unreachable, say) must not skip the others. Whatever is left,
+    # the next start reconciles.
+    with contextlib.suppress(Exception):
         from faithforge.core.store import Store
 
         store = Store(store_url(config))
-        mine = [h for h in store.held_slots() if h["pid"] == os.getpid() and h["alive"]]
-        runs = store.crash_runs_of_this_process(cause)
-        last = store.get_run(runs[0]).summary.get("crashed", {}).get("last_stage") if runs else None
-        with _client() as client:
-            stop_taking_slots(client)  # every lease this process was granted, the recorded holds' included
-            for hold in mine:
-                store.release_slot(hold["id"])
-            message = death_message(os.getpid(), socket.gethostname(), last, cause)
-            end_flow_run_tree(client, os.environ["PREFECT__FLOW_RUN_ID"], message)
-        store.engine.dispose()
-    except Exception:  # noqa: BLE001 - exit whatever happens; the next start reconciles what is left
-        pass
+        try:
+            for hold in store.held_slots():  # the run store's own records first: they need no Prefect
+                if hold["pid"] == os.getpid() and hold["alive"]:
+                    store.release_slot(hold["id"])
+            runs = store.crash_runs_of_this_process(cause)
+            last = store.get_run(runs[0]).summary.get("crashed", {}).get("last_stage") if runs else None
+        finally:
+            store.engine.dispose()
+    with contextlib.suppress(Exception), _client() as client:
+        stop_taking_slots(client)  # every lease this process was granted, recorded in the run store or not
+    with contextlib.suppress(Exception), _client() as client:
+        message = death_message(os.getpid(), socket.gethostname(), last, cause)
+        end_flow_run_tree(client, os.environ["PREFECT__FLOW_RUN_ID"], message)
     terminate(descendants(os.getpid()), grace_s=2.0)  # its reaper too: this death is reported already
     os._exit(1)
 
@@ -150,14 +155,18 @@ def release_lease(client, lease_id: str) -> None:
 
 def stop_taking_slots(client, wait_s: float = 10.0) -> list[str]:
     """This process is dying: ask for no slot from now on, and release every lease it was granted, recorded in the
-    run store or not. Waits up to `wait_s` for a request already in flight to come back. Returns the leases."""
+    run store or not. Waits up to `wait_s` for a request already in flight to come back (one that comes back later
+    releases its own grant: `_try_slot`). Each lease is released on its own, so one failure skips none of the others.
+    Returns the leases released."""
     _dying.set()
     locked = _slot_lock.acquire(timeout=wait_s)
     try:
-        granted = sorted(_leases)
-        for lease_id in granted:
-            release_lease(client, lease_id)
-        return granted
+        released = []
+        for lease_id in sorted(_leases):
+            with contextlib.suppress(Exception):
+                release_lease(client, lease_id)
+                released.append(lease_id)
+        return released
     finally:
         if locked:
             _slot_lock.release()
@@ -294,8 +303,13 @@ def _try_slot(client, limit: str, holder) -> Optional[str]:
         if not body.get("limits"):
             raise UserError(f"the global concurrency limit {limit!r} is missing on the Prefect server; create it "
                             f"with `prefect gcl create {limit} --limit 1` or `python -m faithforge.deployments.deploy`")
-        _leases.add(str(body["lease_id"]))
-        return str(body["lease_id"])
+        lease_id = str(body["lease_id"])
+        _leases.add(lease_id)
+        if _dying.is_set():  # the process began dying while this request was out (stop_taking_slots timed out)
+            with contextlib.suppress(Exception):
+                release_lease(client, lease_id)
+            return None
+        return lease_id
 
 
 @contextlib.contextmanager
@@ -315,10 +329,11 @@ def held_slot(limit: str, stage: str, database_url: str, run_id: Optional[str],
     holder = ConcurrencyLeaseHolder(type="flow_run", id=flow_run.id) if flow_run.id else None
     started = time.monotonic()
     said = None
-    with _client() as client:
-        lease_id = _try_slot(client, limit, holder)  # a missing limit fails here, before the run store is opened
-    store = Store(database_url)
-    try:
+    lease_id, store, hold = None, None, None
+    try:  # from the first request on: whatever was granted is released on the way out, whatever fails in between
+        with _client() as client:
+            lease_id = _try_slot(client, limit, holder)  # a missing limit fails here, before the run store is opened
+        store = Store(database_url)
         with _client() as client:
             while lease_id is None:
                 holders = store.held_slots(limit)
@@ -339,17 +354,20 @@ def held_slot(limit: str, stage: str, database_url: str, run_id: Optional[str],
         waited = time.monotonic() - started
         logger.info("holding a slot of the %r concurrency limit for %s%s", limit, stage,
                     f" (after waiting {waited:.0f} s)" if said is not None else "")
-        try:
-            from uuid import UUID
+        from uuid import UUID
 
-            with maintain_concurrency_lease(UUID(lease_id), GPU_LEASE_S, raise_on_lease_renewal_failure=True):
-                yield
-        finally:
+        with maintain_concurrency_lease(UUID(lease_id), GPU_LEASE_S, raise_on_lease_renewal_failure=True):
+            yield
+    finally:
+        if lease_id is not None:
             with contextlib.suppress(Exception), _client() as client:
                 release_lease(client, lease_id)
-            store.release_slot(hold)
-    finally:
-        store.engine.dispose()
+        if store is not None:
+            try:
+                if hold is not None:
+                    store.release_slot(hold)
+            finally:
+                store.engine.dispose()
 
 
 if __name__ == "__main__":  # python -m faithforge.tasks.supervision DATABASE_URL: what a dead flow process's reaper runs

@@ -126,7 +126,7 @@ class LikelihoodScorer:
             raise UserError(f"likelihood batch_size {batch_size} must be at least 1")
         if dtype not in DTYPES:
             raise UserError(f"likelihood dtype {dtype!r}: choose one of {', '.join(DTYPES)}")
-        self._dtype = dtype
+        self._dtype, self._dtype_resolved = dtype, False
         self.model_path = str(model_path) if model_path is not None else None
         self._model, self._tokenizer = model, tokenizer
         self._device = device
@@ -140,9 +140,10 @@ class LikelihoodScorer:
     # -- the model ---------------------------------------------------------------------------------------------
     @property
     def dtype(self) -> str:
-        """The weights' dtype on CPU, `auto` made concrete on first use (it asks torch what the CPU has)."""
-        if self._dtype == "auto":
-            self._dtype = _resolve_dtype(self._dtype, self._device)
+        """The dtype the weights are loaded in, made concrete on first use: what the cache key records. A GPU
+        always scores in bfloat16 whatever was asked (`_load`), so a float32 CPU run never reads a GPU's scores."""
+        if not self._dtype_resolved:
+            self._dtype, self._dtype_resolved = resolved_dtype(self._dtype, self._device), True
         return self._dtype
 
     def _load(self) -> None:
@@ -157,7 +158,7 @@ class LikelihoodScorer:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         device = self._device or ("cuda" if torch.cuda.is_available() else "cpu")
-        dtype = torch.bfloat16 if device != "cpu" or self.dtype == "bfloat16" else torch.float32
+        dtype = torch.bfloat16 if self.dtype == "bfloat16" else torch.float32  # bfloat16 on any GPU
         self._tokenizer = self._tokenizer or AutoTokenizer.from_pretrained(path)
         self._model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device).eval()
         self._device = device
@@ -322,16 +323,15 @@ def _length_batches(lengths: Sequence[int], size: int) -> list[list[int]]:
     return batches
 
 
-def _resolve_dtype(dtype: str, device: str | None) -> str:
-    """`auto` made concrete for the CPU: bfloat16 where the CPU has it natively, else float32 (see DTYPES)."""
-    if dtype != "auto":
-        return dtype
-    if device not in (None, "cpu"):
-        return "bfloat16"
+def resolved_dtype(dtype: str, device: str | None = None) -> str:
+    """The dtype the scorer loads its weights in: bfloat16 on a GPU (any setting), else the setting, with `auto`
+    made concrete for the CPU: bfloat16 where the CPU has it natively, else float32 (see DTYPES)."""
     import torch
 
-    if device is None and torch.cuda.is_available():
+    if device not in (None, "cpu") or (device is None and torch.cuda.is_available()):
         return "bfloat16"
+    if dtype != "auto":
+        return dtype
     native = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or \
         getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)()
     return "bfloat16" if native else "float32"

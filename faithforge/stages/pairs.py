@@ -42,6 +42,7 @@ def build_pairs(ctx: StageContext, dataset: DatasetOutput, model: ModelOutput | 
 
         depends_on.append(weights_fingerprint(model.path))  # on-policy samples depend on the policy
         depends_on.append(onpolicy_sampler(ctx.config, model, plan or NO_GATE_PLAN).name)  # and on what samples
+        depends_on.append(_judging_settings(ctx.config))  # and on what judges the samples
     out = ctx.workspace.dir("pairs") / f"pairs-{content_key('pairs', *depends_on)}"
     with claim_output("pairs", out, "manifest.json", ctx.progress) as claim:
         if claim.reused is not None:
@@ -102,6 +103,23 @@ def onpolicy_sampler(config, model: ModelOutput, plan: Plan):
 
     sampling = SamplingConfig(temperature=config.pairs.temperature, max_new_tokens=config.evaluate.max_new_tokens)
     return choose_sampler(config.pairs.sampler, plan, sampling, [gguf_of(model.path)])
+
+
+#: The evaluate settings on-policy pairs do not read: the rest (the judge's, the answer length) are in their key.
+_EVALUATION_ONLY = frozenset({"split", "served_model", "served_backend", "served_base_url", "worst_examples",
+                              "batch_size", "bootstrap_samples", "confidence", "sampler"})
+
+
+def _judging_settings(config) -> dict:
+    """The evaluate settings that judge (and cap) the on-policy samples, for the pairs' key: `pairs.judge` in place
+    of `evaluate.judge` when set, and the likelihood dtype as the scorer will load it (`auto` differs by machine)."""
+    from faithforge.evaluation.likelihood import resolved_dtype
+
+    settings = config.evaluate.model_dump(exclude=set(_EVALUATION_ONLY))
+    if config.pairs.judge:
+        settings.update(judge=config.pairs.judge, judge_rule="any")
+    settings["likelihood_dtype"] = resolved_dtype(settings["likelihood_dtype"])
+    return settings
 
 
 def _pairs_judge(config, base_model: str | None = None):

@@ -186,7 +186,7 @@ def _dpo_arguments(ctx: StageContext, key: str, on_gpu: bool, start: Plan):
         micro_batch=start.batch_size, grad_accum=start.grad_accum, learning_rate=cfg.learning_rate, beta=cfg.beta,
         max_length=ctx.config.reference.max_length, seed=ctx.config.seed, checkpoint_every=cfg.checkpoint_every,
         gradient_checkpointing=on_gpu, optimizer="paged_adamw_8bit" if on_gpu else "adamw_torch", bf16=on_gpu,
-        sft_weight=cfg.sft_weight)
+        sft_weight=cfg.sft_weight, on_cpu=not on_gpu)
 
 
 def _run_dpo_with_backoff(ctx: StageContext, key: str, policy, tokenizer, train_pairs: list[dict], reference_logps,

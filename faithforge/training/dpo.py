@@ -59,6 +59,11 @@ class DpoArguments:
     sft_weight: float = 0.0
     """> 0 adds an NLL term on the chosen completions (TRL's `loss_type=["sigmoid", "sft"]`, the RPO objective)."""
 
+    on_cpu: bool | None = None
+    """Train on the CPU: the stage passes where its plan placed it, so a CPU plan on a host with a GPU stays off the
+    GPU (the Trainer would move the model to `cuda:0`, outside the gate and the `gpu` slot). None: the CPU only
+    where the host has no CUDA device."""
+
     share_prompt: bool = True
     """Encode each pair's prompt once for both answers (`training.shared_prefix`; same loss and gradients up to
     float rounding). False runs TRL's single pass over both full rows, for comparison. With LoRA dropout > 0 (the
@@ -343,7 +348,8 @@ def dpo_config(args: DpoArguments, *, precompute_ref_log_probs: bool = True):
         optim=args.optimizer,
         disable_tqdm=True,
         dataloader_num_workers=0,
-        use_cpu=not _cuda_available(),  # bf16 on the CPU is autocast too (transformers refuses it without use_cpu)
+        # bf16 on the CPU is autocast too (transformers refuses it without use_cpu)
+        use_cpu=(not _cuda_available()) if args.on_cpu is None else args.on_cpu,
         ddp_backend=args.ddp_backend,
         # FSDP-QLoRA (PEFT's recipe): full sharding per decoder layer; use_orig_params keeps frozen 4-bit and trainable
         # LoRA weights in one flat parameter; rank 0 loads, the others receive its weights.

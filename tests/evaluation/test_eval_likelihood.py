@@ -243,6 +243,11 @@ def test_auto_dtype_is_bfloat16_only_where_the_cpu_has_it(tiny_model_dir, monkey
     assert LikelihoodScorer(tiny_model_dir).dtype == "bfloat16"
     assert LikelihoodScorer(tiny_model_dir, device="cuda").dtype == "bfloat16"
     assert LikelihoodScorer(tiny_model_dir, dtype="float32").dtype == "float32"
+    # A GPU loads bfloat16 whatever was asked, and the key says so: a float32 CPU run never reads its scores
+    # (a review found `float32` on a GPU written under the float32 key).
+    on_gpu = LikelihoodScorer(tiny_model_dir, dtype="float32", device="cuda")
+    assert on_gpu.dtype == "bfloat16"
+    assert on_gpu.fingerprint != LikelihoodScorer(tiny_model_dir, dtype="float32").fingerprint
     with pytest.raises(UserError, match="likelihood dtype 'half': choose one of auto, float32, bfloat16"):
         LikelihoodScorer(tiny_model_dir, dtype="half")
 

@@ -66,6 +66,29 @@ def test_on_policy_pairs_stage_samples_from_the_given_model(tiny_model_dir, tmp_
     assert build_pairs(ctx, dataset, model, Plan.manual("evaluate", "cpu")).reused
 
 
+def test_on_policy_pairs_are_keyed_by_what_judges_the_samples_not_by_evaluation_only_settings(tmp_path):
+    """A review found the pairs' key blind to the evaluate settings that judge the samples: a run with another
+    likelihood threshold or dtype reused pairs chosen under the old one."""
+    from faithforge.core.config import load_config
+    from faithforge.evaluation.likelihood import resolved_dtype
+    from faithforge.stages.pairs import _judging_settings
+
+    def settings(**evaluate):
+        pairs = evaluate.pop("pairs", {})
+        return _judging_settings(load_config(None, environ={}, overrides={
+            "workspace": str(tmp_path / "ws"), "pairs": {"builder": "on-policy", **pairs}, "evaluate": evaluate}))
+
+    base = settings()
+    for changed in ({"likelihood_threshold": -2.5}, {"likelihood_dtype": "float32" if resolved_dtype("auto") ==
+                                                                        "bfloat16" else "bfloat16"},
+                    {"judge": "likelihood"}, {"max_new_tokens": 17}, {"pairs": {"judge": "likelihood"}}):
+        assert settings(**changed) != base, changed
+    for evaluation_only in ({"bootstrap_samples": 500}, {"sampler": "engine"}, {"worst_examples": 3},
+                            {"split": "val"}):
+        assert settings(**evaluation_only) == base, evaluation_only
+    assert base["likelihood_dtype"] == resolved_dtype("auto") != "auto"  # as this machine will load it
+
+
 def test_engine_bf16_samples_and_answers_with_bfloat16_weights_only_when_asked(tiny_model_dir, tmp_path, monkeypatch):
     """`pairs.sampler` / `evaluate.sampler: engine-bf16` hand the engine bfloat16 weights on a CPU plan (the
     default hands it the plan's float32); the pairs' report and key say which, and a GPU plan keeps its precision."""

@@ -245,6 +245,38 @@ def test_a_dying_process_releases_a_slot_it_was_granted_before_the_store_recorde
         assert supervision._try_slot(client, "gpu", None) is None  # full: nothing granted, nothing registered
         assert supervision.stop_taking_slots(client) == [lease]
         assert active() == 0  # released at once, not when the 60 s lease runs out
+
+        # A request still out when dying began (stop_taking_slots waits 10 s at most) releases its own grant.
+        supervision._dying.clear()
+        increment = client.increment_concurrency_slots_with_lease
+
+        def answered_after_dying_began(*args, **kwargs):
+            response = increment(*args, **kwargs)
+            supervision._dying.set()
+            return response
+
+        monkeypatch.setattr(client, "increment_concurrency_slots_with_lease", answered_after_dying_began)
+        assert supervision._try_slot(client, "gpu", None) is None and active() == 0 and not supervision._leases
+        monkeypatch.setattr(client, "increment_concurrency_slots_with_lease", increment)
+
+        # One release that fails (Prefect unreachable for it) does not keep the others.
+        supervision._dying.clear()
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="pool", limit=2))
+        pool = lambda: client.read_global_concurrency_limit_by_name("pool").active_slots  # noqa: E731
+        leases = [supervision._try_slot(client, "pool", None) for _ in range(2)]
+        assert None not in leases and pool() == 2
+        release = client.release_concurrency_slots_with_lease
+
+        def unreachable_for_the_first(lease_id):
+            if str(lease_id) == min(leases):
+                raise ConnectionError("connection refused")
+            return release(lease_id)
+
+        monkeypatch.setattr(client, "release_concurrency_slots_with_lease", unreachable_for_the_first)
+        assert supervision.stop_taking_slots(client) == [max(leases)]
+        assert pool() == 1 and supervision._leases == {min(leases)}  # kept, so a later try can still release it
+        monkeypatch.setattr(client, "release_concurrency_slots_with_lease", release)
+        assert supervision.stop_taking_slots(client) == [min(leases)] and pool() == 0
         asked = []
         monkeypatch.setattr(client, "increment_concurrency_slots_with_lease", lambda *a, **k: asked.append(a))
         assert supervision._try_slot(client, "gpu", None) is None and asked == []  # dying: no request at all

@@ -110,6 +110,7 @@ def test_training_with_each_prompt_encoded_once_equals_training_without(tiny_mod
         torch.testing.assert_close(value, plain_weights[name], atol=1e-5, rtol=1e-4, msg=name)
 
 
+
 def test_bf16_autocast_builds_on_a_machine_without_cuda(tmp_path):
     """`bench/dpo_cpu_autocast.py` trains under bf16 autocast on the CPU; transformers refuses `bf16=True` there
     unless `use_cpu` is set, which the config used to leave off whenever bf16 was asked for."""
@@ -120,3 +121,15 @@ def test_bf16_autocast_builds_on_a_machine_without_cuda(tmp_path):
     config = dpo_config(dpo_args(tmp_path / "bf16", steps=1, max_length=40, checkpoint_every=100, bf16=True),
                         precompute_ref_log_probs=False)
     assert config.bf16 and config.use_cpu
+
+
+def test_a_cpu_plan_trains_on_the_cpu_on_a_host_with_a_gpu(tmp_path, monkeypatch):
+    """A review found `use_cpu` decided by the host, not the plan: on a GPU host a CPU-placed train stage (or a
+    gloo rank) would have been moved to cuda:0 by the Trainer, outside the gate and the `gpu` slot."""
+    import faithforge.training.dpo as dpo
+
+    monkeypatch.setattr(dpo, "_cuda_available", lambda: True)
+    on_cpu = dpo.dpo_config(dpo_args(tmp_path / "cpu", steps=1, max_length=40, checkpoint_every=100, on_cpu=True))
+    assert on_cpu.use_cpu
+    unplanned = dpo.dpo_config(dpo_args(tmp_path / "any", steps=1, max_length=40, checkpoint_every=100))
+    assert not unplanned.use_cpu  # no plan said where: the host's GPU, as before
