@@ -79,10 +79,12 @@ def _real_preset(config: Optional[Path], overrides: dict[str, Any], fresh: bool 
 def tiny_model(path: Path = typer.Argument(..., help="Folder to write the tokenizer and model to."),
                seed: int = typer.Option(0, min=0, max=2**32 - 1, help="Seed for the random initialization.")) -> None:
     """Build the tiny offline model: a word-level tokenizer trained on the synthetic corpus + a random-init Llama."""
+    from faithforge.core.workspace import require_new_folder
     from faithforge.training.tiny_model import build_tiny_model
 
+    target = require_new_folder(path, "folder for the tiny model")  # never replaces a folder or file it finds
     try:
-        out = build_tiny_model(path, seed=seed)
+        out = build_tiny_model(target, seed=seed)
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}; choose a writable folder") from None
     typer.echo(f"tiny model written to {out} (load it with AutoModelForCausalLM.from_pretrained)")
@@ -222,9 +224,9 @@ def runs(
 
 
 def _strip_verbose(args: list[str]) -> tuple[list[str], bool]:
-    """`-v` anywhere means "show tracebacks"; only `demo` also takes it as its own option (Prefect logs)."""
+    """`-v` anywhere means "show tracebacks"; `demo` and `generate` also take it as their own option (Prefect logs)."""
     verbose = any(a in VERBOSE_FLAGS for a in args)
-    if verbose and (not args or args[0] != "demo"):
+    if verbose and (not args or args[0] not in ("demo", "generate")):
         args = [a for a in args if a not in VERBOSE_FLAGS]
     return args, verbose
 
@@ -271,6 +273,10 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo("interrupted; rerun the same command to continue (finished stages are reused)", err=True)
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the one place errors become messages
+        if _stop_was_handled():  # a library turned the stop into its own error: Prefect's task engine, stopped
+            from faithforge.app.stopping import EXIT_STATUS  # while it set up a task run, raises "Task run is not
+
+            _exit_now(EXIT_STATUS)  # set" from its crash handler; the stop's line is printed, the run marked
         from faithforge.app.cli_errors import one_line
 
         message = None if verbose else one_line(exc)

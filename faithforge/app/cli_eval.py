@@ -66,11 +66,19 @@ def calibrate(
             raise UserError("--choose needs two or more different --judge values to choose among")
         candidates = [_calibration_judges([name], **settings, **(nli if name == "nli" else {}))
                       for name in dict.fromkeys(judge)]
+        if save:
+            from faithforge.core.workspace import Workspace
+
+            Workspace.check(workspace)
         _choose(candidates, read_labels(labels), labels=labels, holdout=holdout, split_seed=split_seed,
                 workspace=workspace if save else None, as_json=as_json)
         return
     # build the judges first: a bad checkpoint fails before any labels are read
     built = _calibration_judges(judge, **nli, **settings)
+    if save:  # and a workspace that cannot store the result fails before any label is judged
+        from faithforge.core.workspace import Workspace
+
+        Workspace.check(workspace)
     examples = read_labels(labels)
     result = calibrate_heldout(built, examples, labels_path=labels, holdout=holdout, seed=split_seed)
     stored = None
@@ -126,6 +134,10 @@ def _calibration_judges(judge: list[str], *, checkpoint: str | None = None, supp
     if "nli" in names and not checkpoint:
         raise UserError("the nli judge needs a checkpoint: pass the folder (or hub id) of a sequence-classification "
                         "model or seq2seq checker (e.g. --checkpoint PATH)")
+    if "llm" in names and llm_base_url:  # a bad URL would make every label unjudgeable, then be stored
+        from faithforge.backends.http import check_server_url
+
+        check_server_url("--llm-base-url", llm_base_url)
     options = _judge_settings_options(names, nli_checkpoint=checkpoint, nli_supported_label=supported_label,
                                       nli_trust_remote_code=trust_remote_code, llm_backend=llm_backend,
                                       llm_model=llm_model, llm_base_url=llm_base_url,
@@ -187,6 +199,7 @@ def fit_combination_command(
     names = judge_names(judge)
     built = build_judges(names, _judge_settings_options(names, likelihood_model=likelihood_model,
                                                         trained_judge_path=trained_judge))
+    replaces = _check_combination_out(out)  # before any judging: a fit is minutes with a model judge
     validation, test = split_examples(read_labels(labels), holdout=holdout, seed=split_seed)
 
     def features(rows):
@@ -207,8 +220,28 @@ def fit_combination_command(
     combo.save(out)
     typer.echo(f"fitted {', '.join(names)} on {len(validation)} validation labels ({len(used)} features); on "
                f"{len(test)} held-out labels: balanced accuracy {_pct((recall + specificity) / 2)}, precision "
-               f"{_pct(precision)}, recall {_pct(recall)}; written to {out} (set evaluate.judge_rule: logistic and "
-               f"evaluate.judge_combination: {out})")
+               f"{_pct(precision)}, recall {_pct(recall)}; written to {out}{' (replacing the earlier fit)' * replaces} "
+               f"(set evaluate.judge_rule: logistic and evaluate.judge_combination: {out})")
+
+
+def _check_combination_out(out: Path) -> bool:
+    """Whether `--out` holds an earlier fitted combination, which a new fit replaces; anything else there (a file
+    of the user's, a folder) or a parent that cannot hold it is refused in one line, before the fit."""
+    from faithforge.core.workspace import writable_parent
+    from faithforge.evaluation.fitted import FittedCombination
+
+    target = out.expanduser().resolve()
+    if target.is_dir():
+        raise UserError(f"--out {out} is a folder; name a JSON file, e.g. {out / 'combination.json'}")
+    if target.exists():
+        try:
+            FittedCombination.load(target)
+        except (UserError, OSError):
+            raise UserError(f"--out {out} already exists and is not a fitted combination; choose a new file "
+                            "(nothing was written)") from None
+        return True
+    writable_parent(target)
+    return False
 
 
 @app.command()

@@ -33,13 +33,25 @@ def train(
         raise UserError(f"--steps must be at least 1 (got {steps})")
     if not name.strip():
         raise UserError("--name is empty; pass a short name for the judge folder")
-    target = (out if out is not None else Path(workspace) / "judges").expanduser()
-    if target.exists() and not target.is_dir():
-        raise UserError(f"--out {target} is a file; pass a folder to save the judge in")
+    if out is not None:
+        from faithforge.core.workspace import writable_parent
+
+        target = out.expanduser().resolve()
+        if target.exists() and not target.is_dir():
+            raise UserError(f"--out {out} is a file; pass a folder to save the judge in")
+        if not target.exists():
+            writable_parent(target)  # a parent that is a file or not writable: before any training
+    else:  # the workspace's judges/ folder: checked now, created (with the workspace's marker) only to save
+        from faithforge.core.workspace import Workspace
+
+        target = Workspace.check(workspace) / "judges"
+        if target.exists() and not target.is_dir():
+            raise UserError(f"{target} is a file; move it or pass --out DIR")
     from faithforge.data.documents import read_documents
     from faithforge.evaluation.trained import TrainSettings, base_encoder_dir, train_judge
 
-    docs = read_documents(documents, text_column=text_column, id_column=id_column, allow_duplicates=True)
+    docs = read_documents(documents, text_column=text_column, id_column=id_column, allow_duplicates=True,
+                          settings={"path": "--documents", "text_column": "--text-column", "id_column": "--id-column"})
     if len(docs) < 2:
         raise UserError(f"{documents} holds {len(docs)} document; the judge needs at least 2 (a sentence of another "
                         f"document is one of its unsupported examples)")
@@ -47,6 +59,10 @@ def train(
     settings.check()
     base_encoder_dir()  # the encoder package is there, before any work
     typer.echo(f"training a judge on {len(docs)} documents from {documents}", err=True)
+    if out is None:
+        from faithforge.core.workspace import Workspace
+
+        Workspace.open(workspace)  # a FaithForge workspace (marker and all), so `demo --fresh` may use it later
     folder = train_judge([(d.id, d.text) for d in docs], target, settings, name=name,
                          say=lambda message: typer.echo(message, err=True))
     typer.echo(f"trained judge saved to {folder}; use it with evaluate.judge: trained and its path {folder}")

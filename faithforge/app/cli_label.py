@@ -143,4 +143,7 @@ def label(
     """Label outputs as supported or unsupported by their source, in the terminal (resumable)."""
     if labels.is_dir():
         raise UserError(f"--labels {labels} is a folder; name a JSONL file, e.g. {labels / 'labels.jsonl'}")
+    from faithforge.core.workspace import writable_parent
+
+    writable_parent(labels.expanduser().resolve())  # before the first label is given, not after
     run_labeler(outputs, labels, seed=seed, stream=sys.stdin, limit=limit)

@@ -22,6 +22,7 @@ from faithforge.backends.base import (
     BackendUnreachableError,
     TransientBackendError,
 )
+from faithforge.core.errors import UserError
 
 T = TypeVar("T")
 
@@ -52,6 +53,15 @@ class ConnectFailed(TransientBackendError):
     """The connection never opened (nothing listening, DNS, refused)."""
 
 
+def check_server_url(option: str, url: str) -> None:
+    """An http(s) URL with a host, or a `UserError` naming the option (a request would fail much later)."""
+    try:
+        parsed = httpx.URL(url)
+    except (httpx.InvalidURL, TypeError) as exc:
+        raise UserError(f"{option} {url!r} is not a URL ({exc}); use e.g. http://127.0.0.1:11434") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise UserError(f"{option} {url!r} is not an http(s) URL with a host; use e.g. http://127.0.0.1:11434")
+
 def make_client(base_url: str, options: HttpOptions, headers: dict[str, str] | None = None) -> httpx.Client:
     return httpx.Client(base_url=base_url.rstrip("/"), timeout=options.timeout(), headers=headers or {})
 
@@ -68,7 +78,8 @@ def with_retries(call: Callable[[], T], options: HttpOptions, where: str) -> T:
                 if isinstance(exc, ConnectFailed):
                     raise BackendUnreachableError(
                         f"cannot connect to {where} after {attempt + 1} tries ({exc}); start the server "
-                        "or pass the right --base-url") from None
+                        "or point the setting that names it (--base-url, --llm-base-url, generate.base_url, ...) at "
+                        "the right address") from None
                 raise
             time.sleep(min(delay, options.backoff_max_s))
             delay *= 2

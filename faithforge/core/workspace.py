@@ -183,6 +183,47 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
+def require_new_folder(path: str | os.PathLike[str], what: str = "output folder") -> Path:
+    """`path` resolved, refused in one line unless it is missing or an empty folder: a command that writes a whole
+    folder never replaces one it did not create (`tiny-model mydocs` once wiped `mydocs`)."""
+    target = Path(path).expanduser().resolve()
+    if target.exists() and not target.is_dir():
+        raise UserError(f"{path} is a file; choose a new {what} (nothing was written)")
+    if target.exists() and any(target.iterdir()):
+        raise UserError(f"{path} already exists and is not empty; choose a new {what} (nothing was written)")
+    writable_parent(target)
+    return target
+
+
+def require_new_file(path: str | os.PathLike[str], what: str = "output file") -> Path:
+    """`path` resolved, refused in one line if something is there already or its folder cannot hold it: checked
+    before the work that produces it, so nothing is computed in vain and nothing is overwritten."""
+    target = Path(path).expanduser().resolve()
+    if target.exists() or target.is_symlink():
+        raise UserError(f"{path} already exists; choose a new {what} (nothing was written)")
+    writable_parent(target)
+    return target
+
+
+def writable_parent(target: Path) -> None:
+    """Refuse in one line, before any work, a path whose nearest existing ancestor is a file or not writable."""
+    problem = _parent_problem(target)
+    if problem:
+        raise UserError(f"cannot write {target}: {problem}; choose another path")
+
+
+def _parent_problem(target: Path) -> str | None:
+    """Why `target` cannot be created (its nearest existing ancestor is a file, or not writable), or None."""
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        return f"{parent} is a file, not a folder"
+    if not os.access(parent, os.W_OK | os.X_OK):
+        return f"{parent} is not writable"
+    return None
+
+
 def remove_entry(path: Path) -> None:
     """Delete `path` itself, never what a symbolic link points to: a link (dangling or not) or a file is
     unlinked, a real directory removed with its contents (`shutil.rmtree` unlinks links inside it, it does not
@@ -242,6 +283,8 @@ KNOWN_TOP_LEVEL = frozenset(SUBDIRS) | {MARKER, "faithforge.db", "faithforge.db-
                                         "calibrations"}  # judge calibrations (faithforge.evaluation.heldout)
 #: `train.report_to`'s TensorBoard/MLflow files and the export stage's models (faithforge.training.tracking, .model_export).
 KNOWN_TOP_LEVEL = KNOWN_TOP_LEVEL | {"tracking", "exports"}
+#: `faithforge judge train`'s default output folder (faithforge.app.cli_judge).
+KNOWN_TOP_LEVEL = KNOWN_TOP_LEVEL | {"judges"}
 #: Sub-directories whose entries are recomputable stage outputs (`--fresh` removes FaithForge's ones).
 DERIVED_DIRS = ("datasets", "pairs", "refcache", "models", "checkpoints", "adapters")
 #: Names of what stages write there: `<kind>-<16 hex content key>`, a reference cache `<16 hex>`, and the
@@ -344,13 +387,9 @@ class Workspace:
     root: Path
 
     @classmethod
-    def open(cls, root: str | os.PathLike[str]) -> "Workspace":
-        """Create the tree if needed and prove it is writable, or raise a `UserError` saying what to fix.
-
-        A directory FaithForge creates (or finds empty) gets the `MARKER` file: it is FaithForge's, and
-        `fresh` may clean it. An existing non-empty directory without the marker is used as it is (FaithForge
-        only adds its own sub-directories) but is never cleaned.
-        """
+    def check(cls, root: str | os.PathLike[str]) -> Path:
+        """The workspace path resolved, or a `UserError` saying what to fix, creating nothing: what a command
+        checks before long work whose result it then stores with `open` (a calibration, a trained judge)."""
         if not str(root).strip():
             raise UserError("the workspace is an empty string; pass --workspace DIR (or set workspace: / "
                             "FAITHFORGE_WORKSPACE) to a directory for FaithForge's files, e.g. .faithforge")
@@ -360,6 +399,22 @@ class Workspace:
         path = Path(root).expanduser().resolve()
         if path.exists() and not path.is_dir():
             raise UserError(f"workspace {path} is a file, not a directory; pass --workspace DIR")
+        problem = _parent_problem(path) if not path.exists() else \
+            None if os.access(path, os.W_OK | os.X_OK) else "no write permission"
+        if problem:
+            raise UserError(f"workspace {path} is not writable ({problem}); pass --workspace DIR or set "
+                            "FAITHFORGE_WORKSPACE to a directory you can write")
+        return path
+
+    @classmethod
+    def open(cls, root: str | os.PathLike[str]) -> "Workspace":
+        """Create the tree if needed and prove it is writable, or raise a `UserError` saying what to fix.
+
+        A directory FaithForge creates (or finds empty) gets the `MARKER` file: it is FaithForge's, and
+        `fresh` may clean it. An existing non-empty directory without the marker is used as it is (FaithForge
+        only adds its own sub-directories) but is never cleaned.
+        """
+        path = cls.check(root)
         try:
             claimable = may_own(path)
             path.mkdir(parents=True, exist_ok=True)

@@ -45,13 +45,18 @@ def read_documents(
     id_column: str | None = None,
     split: str | None = None,
     allow_duplicates: bool = False,
+    settings: dict[str, str] | None = None,
 ) -> list[Document]:
     """Read every document of `path`. `split` picks one split of a `DatasetDict` folder.
 
     Duplicate texts (or duplicate ids) are bad rows unless `allow_duplicates`, in which case later copies are
-    dropped: a repeated document would otherwise be counted twice and could sit on both sides of a split."""
+    dropped: a repeated document would otherwise be counted twice and could sit on both sides of a split.
+    `settings` names what the user sets for `path`, `text_column` and `id_column` where it is not the config's
+    `data.*` (a command's flags: `judge train --documents`), so an error names what this entry point takes."""
     path = Path(path)
-    rows = read_rows(path, split, what="documents file", setting="data.documents_path")
+    names = {"path": "data.documents_path", "text_column": "data.text_column", "id_column": "data.id_column",
+             **(settings or {})}
+    rows = read_rows(path, split, what="documents file", setting=names["path"])
     problems: list[str] = []
     documents: list[Document] = []
     seen_ids: dict[str, str] = {}
@@ -79,9 +84,9 @@ def read_documents(
     missing_everywhere = [c for c in (text_column, id_column) if c and columns_seen and c not in columns_seen]
     if missing_everywhere:
         column = missing_everywhere[0]
-        option = "text_column" if column == text_column else "id_column"
+        option = names["text_column" if column == text_column else "id_column"]
         raise DocumentError(f"{path}: no row has a column {column!r} (columns: {', '.join(sorted(columns_seen))}); "
-                            f"set data.{option} to the column that holds it")
+                            f"set {option} to the column that holds it")
     if problems:
         raise DocumentError(bad_rows_message(path, problems))
     if not documents:
@@ -205,7 +210,7 @@ def _dataset_rows(path: Path, split: str | None) -> Iterator[tuple[str, Any]]:
 
     if not ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
         raise DocumentError(f"{path} is a folder but not a datasets.save_to_disk folder (no dataset_info.json or "
-                            "dataset_dict.json); point data.documents_path at a file or such a folder")
+                            "dataset_dict.json); point it at a file or such a folder")
     try:
         loaded = datasets.load_from_disk(str(path))
     except Exception as exc:  # datasets raises FileNotFoundError, ValueError or its own errors for a bad folder

@@ -196,6 +196,12 @@ def calibration_file(directory: str | Path, judge_name: str, checkpoint: str) ->
 
 
 def save_calibration(directory: str | Path, calibration: HeldOutCalibration) -> Path:
+    """Store the calibration where reports of this judge and checkpoint read it; one that judged no held-out label
+    (a server that never answered) is refused, so it never replaces a real one."""
+    if calibration.test.n and calibration.test.unjudgeable == calibration.test.n:
+        raise UserError(f"the {calibration.judge} judge could judge none of the {calibration.test.n} held-out labels "
+                        f"(each one unjudgeable); nothing was stored, so an earlier calibration stays: check the "
+                        f"judge's server or model and run again")
     return atomic_write_json(calibration_file(directory, calibration.judge, calibration.checkpoint),
                              calibration.to_dict())
 

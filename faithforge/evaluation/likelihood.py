@@ -427,8 +427,9 @@ def build(**options: Any) -> LikelihoodJudge:
     loaded `model` and `tokenizer`) with the scorer's options; `feature` and `threshold` for the judge."""
     if options.pop("deferred", False) or not (options.get("model_path") or options.get("scorer")
                                               or options.get("model")):
-        raise UserError("the likelihood judge needs a causal LM: set evaluate.likelihood_model to a model folder "
-                        "(it defaults to the run's base model inside a pipeline run)")
+        raise UserError("the likelihood judge needs a causal LM: set evaluate.likelihood_model (the `eval` "
+                        "commands' --likelihood-model) to a model folder; it defaults to the run's base model inside a "
+                        "pipeline run")
     scorer = options.pop("scorer", None) or LikelihoodScorer(
         options.pop("model_path", None), **{k: options.pop(k) for k in SCORER_OPTIONS if k in options})
     return LikelihoodJudge(scorer, **options)

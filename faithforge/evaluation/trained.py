@@ -519,6 +519,7 @@ def options_from_config(cfg, *, base_model: str | None = None, cache_dir: str | 
     """`build`'s keywords from the `evaluate` section: the trained judge's folder, which must exist."""
     path = getattr(cfg, "trained_judge_path", None)
     if not path or not Path(path).expanduser().is_dir():
-        raise UserError(f"evaluate.judge includes trained but evaluate.trained_judge_path ({path}) is not a "
-                        f"folder; train one with `faithforge judge train --documents FILE` and set it")
+        raise UserError(f"evaluate.judge includes trained but evaluate.trained_judge_path (the `eval` commands' "
+                        f"--trained-judge) is {path or 'empty'}, not a folder; train one with `faithforge judge "
+                        f"train --documents FILE` and set it")
     return {"path": str(Path(path).expanduser())}

@@ -117,9 +117,18 @@ def validate(params: GenerateParameters) -> GenerationSpec:
         if url.scheme not in ("http", "https") or not url.hostname:
             raise UserError(f"--base-url {params.base_url!r} is not an http(s) URL; give the server root, e.g. "
                             "http://127.0.0.1:11434 (Ollama) or http://127.0.0.1:8000 (OpenAI-compatible)")
-    if not (params.database_url and params.examples_dir) and not params.workspace.strip():
-        raise UserError("--workspace is empty; give a folder for FaithForge's files (e.g. .faithforge), never the "
-                        "current directory by omission")
+    if not (params.database_url and params.examples_dir):
+        if not params.workspace.strip():
+            raise UserError("--workspace is empty; give a folder for FaithForge's files (e.g. .faithforge), never the "
+                            "current directory by omission")
+        from faithforge.core.workspace import Workspace
+
+        Workspace.check(params.workspace)  # a file, an unwritable parent: now, not after Prefect has started
+    from faithforge.gpu.profiles import known_profiles
+
+    if params.gpu_profile and params.gpu_profile.strip().lower() not in known_profiles():
+        raise UserError(f"unknown GPU profile {params.gpu_profile!r}; known profiles: {', '.join(known_profiles())} "
+                        "(or leave --gpu-profile out to read the real GPU)")
     if kind.needs_url and not params.base_url:
         raise UserError(f"the {kind.name} backend needs --base-url (the server root it talks to)")
     if kind.model_is_folder and not (Path(params.model).expanduser() / "config.json").is_file():

@@ -41,11 +41,13 @@ def warm_start(ctx: StageContext, base: ModelOutput, dataset: DatasetOutput, pla
     cfg = ctx.config.warm_start
     if not cfg.enabled:
         return WarmStartOutput(path=base.path, skipped=True, reused=True)
-    from faithforge.training.reference_cache import weights_fingerprint
+    from faithforge.training.modeling import plan_precision
+    from faithforge.training.reference_cache import model_folder_fingerprint
 
-    # How often it checkpoints does not change the result, so it is not part of the key.
-    key = content_key("warm", weights_fingerprint(base.path), dataset.key,
-                      cfg.model_dump(exclude={"checkpoint_every"}), ctx.config.seed)
+    # How often it checkpoints does not change the result, so it is not part of the key. The precision it trains
+    # and saves in (bf16 on a GPU, fp32 on the CPU) and the base's tokenizer and template do.
+    key = content_key("warm", model_folder_fingerprint(base.path), dataset.key,
+                      cfg.model_dump(exclude={"checkpoint_every"}), ctx.config.seed, plan_precision(plan))
     out = ctx.workspace.dir("models") / f"sft-{key}"
     with claim_output("warm_start", out, progress=ctx.progress) as claim:
         if claim.reused is not None:

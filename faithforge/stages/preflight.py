@@ -51,6 +51,8 @@ def check_pipeline_inputs(cfg: PipelineConfig) -> Workspace:
                               ("evaluate.llm_base_url", ev.llm_base_url, "llm" in judge_names(ev.judge)),
                               ("generate.base_url", gen.base_url, BACKENDS.get(gen.backend).server)):
         if used and url:
+            from faithforge.backends.http import check_server_url
+
             check_server_url(option, url)
     if cfg.evaluate.served_model:
         from faithforge.backends import make_backend
@@ -64,18 +66,6 @@ def check_pipeline_inputs(cfg: PipelineConfig) -> Workspace:
         load_spec(cfg.generate.spec)
         generation_parameters(cfg)  # the generation flow's parameters, validated
     return workspace
-
-
-def check_server_url(option: str, url: str) -> None:
-    """An http(s) URL with a host, or a `UserError` naming the option (a request would fail much later)."""
-    import httpx
-
-    try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError) as exc:
-        raise UserError(f"{option} {url!r} is not a URL ({exc}); use e.g. http://127.0.0.1:11434") from None
-    if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise UserError(f"{option} {url!r} is not an http(s) URL with a host; use e.g. http://127.0.0.1:11434")
 
 
 def check_data_files(cfg: PipelineConfig) -> None:

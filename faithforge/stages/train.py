@@ -242,9 +242,15 @@ def _save_adapter(ctx: StageContext, claim: Claim, out: Path, model: ModelOutput
 def train_sft_control(ctx: StageContext, model: ModelOutput, pairs: PairsOutput, plan: Plan) -> ControlOutput:
     """LoRA SFT on the chosen summaries, same steps, batch, rank and learning rate as DPO."""
     cfg = ctx.config.train
-    # Inside the workspace by their relative paths: a copied or moved workspace keeps its key (issue 25, item 4).
+    # Inside the workspace by their relative paths: a copied or moved workspace keeps its key (issue 25, item 4);
+    # those folders are named by their content. A model outside it (the user's model.path with the warm start
+    # off) by its content: the same path holding other weights or another template is another model.
     # The pairs' max length (reference.max_length, as DPO's) is part of what the control trains on.
-    key = content_key("sft-control", ctx.workspace.relative(model.path), ctx.workspace.relative(pairs.path),
+    from faithforge.training.reference_cache import model_folder_fingerprint
+
+    inside = ctx.workspace.relative(model.path) != str(model.path)
+    model_id = ctx.workspace.relative(model.path) if inside else model_folder_fingerprint(model.path)
+    key = content_key("sft-control", model_id, ctx.workspace.relative(pairs.path),
                       cfg.model_dump(exclude={"report_to"}), ctx.config.seed, ctx.config.reference.max_length)
     out = ctx.workspace.dir("adapters") / f"sft-control-{key}"
     with claim_output("control", out, progress=ctx.progress) as claim:

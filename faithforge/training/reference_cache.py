@@ -181,6 +181,23 @@ def weights_fingerprint(model_dir: str | Path) -> str:
     return _FINGERPRINTS[signature]
 
 
+#: The files a model folder's tokenizer and chat template are read from (`save_pretrained`'s names).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja",
+                   "chat_template.json", "vocab.json", "merges.txt", "tokenizer.model", "added_tokens.json")
+
+
+def model_folder_fingerprint(model_dir: str | Path) -> str:
+    """`weights_fingerprint` plus the tokenizer and chat-template files: what a stage that trains on a folder it
+    does not own depends on (a user's `model.path` rewritten with new weights or a new template is another model)."""
+    root = Path(model_dir)
+    digest = hashlib.sha256(weights_fingerprint(root).encode())
+    for name in TOKENIZER_FILES:
+        if (root / name).is_file():
+            digest.update(name.encode())
+            digest.update(sha256_file(root / name).encode())
+    return digest.hexdigest()
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     digest = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)

@@ -82,7 +82,7 @@ def shared_prefix_hidden(forward: Callable, config, input_ids, attention_mask, c
     from transformers import DynamicCache
 
     rows = input_ids.shape[0]
-    if rows < 2 or rows % 2 or not _flush_left(attention_mask):
+    if rows < 2 or rows % 2 or not _flush_left(attention_mask) or _rope_depends_on_length(config):
         return None
     half = rows // 2
     width = int(pair_prefix_lengths(input_ids, attention_mask).min())  # S: every row's first S tokens are real
@@ -103,6 +103,15 @@ def shared_prefix_hidden(forward: Callable, config, input_ids, attention_mask, c
     suffix = forward(input_ids=input_ids[:, width:], attention_mask=attention_mask, use_cache=True,
                      **{cache_name: cache})
     return torch.cat([prefix.last_hidden_state.repeat(2, 1, 1), suffix.last_hidden_state], dim=1)
+
+
+def _rope_depends_on_length(config) -> bool:
+    """Rotary angles chosen per call from the longest position it sees ("dynamic" NTK scaling, Phi-3's "longrope"):
+    a prefix pass and a suffix pass could then use other frequencies than one whole pass (a review measured 2e-3
+    past the original context on "dynamic"). Such models take the plain pass."""
+    scaling = getattr(config, "rope_scaling", None) or getattr(config, "rope_parameters", None) or {}
+    kind = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else None
+    return kind in ("dynamic", "longrope")
 
 
 def _keeps_every_token(cache) -> bool:

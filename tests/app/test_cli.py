@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -79,3 +81,23 @@ def test_openmp_threads_sleep_only_on_an_oversubscribed_machine():
     assert omp_wait_policy(load_average_1m=0.3, cpu_count=2) == "ACTIVE"  # idle: spinning is faster
     assert omp_wait_policy(load_average_1m=2.0, cpu_count=2) == "PASSIVE"  # every core busy already
     assert omp_wait_policy(load_average_1m=15.0, cpu_count=2) == "PASSIVE"
+
+
+def test_a_stop_that_a_library_turned_into_its_own_error_still_exits_as_a_stop(monkeypatch, capsys):
+    """Ctrl-C landing while Prefect's task engine set up a task run: its crash handler raised "Task run is not set"
+    over our StopRequested, and the CLI printed that traceback and exited 1 (the Ctrl-C test caught it once at the
+    base-model stage). A handled stop decides the exit, whatever error comes out."""
+    import faithforge.app.cli as cli
+    import faithforge.app.stopping as stopping
+
+    def interrupted_setup(**_):
+        monkeypatch.setattr(stopping, "stop_handled", True)  # the Stopper took SIGINT and printed its line
+        raise ValueError("Task run is not set")
+
+    monkeypatch.setattr(cli, "_register_subcommands", lambda: None)
+    monkeypatch.setattr(cli, "app", interrupted_setup)
+    monkeypatch.setattr(cli, "_exit_now", lambda status: (_ for _ in ()).throw(SystemExit(status)))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["demo"])
+    assert exit_info.value.code == stopping.EXIT_STATUS == 130
+    assert "Traceback" not in capsys.readouterr().err

@@ -31,6 +31,17 @@ def _labels(tmp: Path, *rows: str | bytes) -> str:
     return str(_write(tmp / "labels.jsonl", body))
 
 
+def _good_labels(tmp: Path) -> str:
+    return _labels(tmp, *(json.dumps({"source": f"Ivo sold hats in Split on day {i}.", "summary": f"Ivo sold hats "
+                                      f"on day {i}." if i % 2 else "Vera sold boats.", "label": i % 2})
+                          for i in range(8)))
+
+
+def _two_documents(tmp: Path) -> str:
+    return str(_write(tmp / "docs.jsonl", '{"document": "Ivo sold hats in Split. He was glad."}\n'
+                                          '{"document": "Vera bought a boat in Nantes. It was red."}\n'))
+
+
 def _garbled_db(tmp: Path) -> Path:
     return _write(tmp / "ws" / "faithforge.db", b"this is not a database\x00" * 64)
 
@@ -142,6 +153,31 @@ ROWS = {
         t, json.dumps({"source": "a b", "summary": "a", "label": 0})), "--judge", "vibes"], {}),
     "calibrate-nli-without-checkpoint": lambda t: (["eval", "calibrate", "--labels", _labels(
         t, json.dumps({"source": "a b", "summary": "a", "label": 0})), "--judge", "nli"], {}),
+    # --- found by an attack on 2026-12-05: each used to do its work first, or lose what was there ---------------
+    "tiny-model-over-a-folder": lambda t: (["tiny-model", str(_write(t / "mydocs" / "thesis.txt", "mine").parent)],
+                                           {}),
+    "tiny-model-over-a-file": lambda t: (["tiny-model", str(_write(t / "notes.txt", "mine"))], {}),
+    "tiny-model-current-folder": lambda t: (_write(t / "notes.txt", "mine") and ["tiny-model", "."], {}),
+    "calibrate-llm-url-not-a-url": lambda t: (["eval", "calibrate", "--labels", _good_labels(t), "--judge", "llm",
+                                               "--llm-base-url", "notaurl", "--workspace", str(t / "ws")], {}),
+    "calibrate-workspace-is-a-file": lambda t: (["eval", "calibrate", "--labels", _good_labels(t), "--workspace",
+                                                 str(_write(t / "afile", "x"))], {}),
+    "fit-combination-out-is-a-users-file": lambda t: (["eval", "fit-combination", "--labels", _good_labels(t),
+                                                       "--judge", "grounding", "--out", str(_write(t / "keep.json",
+                                                                                                   "mine"))], {}),
+    "fit-combination-out-under-a-file": lambda t: (["eval", "fit-combination", "--labels", _good_labels(t),
+                                                    "--judge", "grounding", "--out",
+                                                    str(_write(t / "afile", "x") / "c.json")], {}),
+    "judge-train-workspace-is-a-file": lambda t: (["judge", "train", "--documents", _two_documents(t), "-w",
+                                                   str(_write(t / "afile", "x"))], {}),
+    "judge-train-missing-column": lambda t: (["judge", "train", "--documents", _two_documents(t), "--text-column",
+                                              "nope", "-w", str(t / "ws")], {}),
+    "label-output-under-a-file": lambda t: (["label", _good_labels(t), "-o", str(_write(t / "afile", "x") / "l")],
+                                            {}),
+    "generate-workspace-is-a-file": lambda t: (["generate", "--spec", str(GOOD_SPEC), "--workspace",
+                                                str(_write(t / "afile", "x"))], {}),
+    "generate-unknown-gpu-profile": lambda t: (["generate", "--spec", str(GOOD_SPEC), "--gpu-profile", "gtx-9000",
+                                                "--workspace", str(t / "ws")], {}),
     # --- usage ---------------------------------------------------------------------------------------------------
     "usage-unknown-option": lambda t: (["demo", "--bogus"], {}),
     "usage-unknown-command": lambda t: (["frobnicate"], {}),
@@ -186,6 +222,17 @@ def test_bad_input_is_one_line_and_exit_2(name, tmp_path, monkeypatch, capsys):
     assert code == 2, f"[{owner}] exit {code}:\n{output}"
     assert len(lines) == 1, f"[{owner}] {len(lines)} lines:\n{output}"
     assert lines[0].lower().startswith("error"), lines[0]
+
+
+def test_what_a_refused_command_found_there_is_kept(tmp_path, monkeypatch, capsys):
+    """`tiny-model mydocs` replaced the folder, `fit-combination --out keep.json` the file (both exit 0)."""
+    monkeypatch.chdir(tmp_path)
+    for name in ("tiny-model-over-a-folder", "fit-combination-out-is-a-users-file", "tiny-model-current-folder"):
+        argv, env = ROWS[name](tmp_path)
+        code, _ = run_cli(argv, env, monkeypatch, capsys)
+        assert code == 2, name
+    assert (tmp_path / "mydocs" / "thesis.txt").read_text() == "mine"
+    assert (tmp_path / "keep.json").read_text() == "mine" and (tmp_path / "notes.txt").read_text() == "mine"
 
 
 def test_the_table_is_large_enough():

@@ -6,7 +6,6 @@ adapter as one process trains."""
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest

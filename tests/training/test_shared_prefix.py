@@ -156,11 +156,15 @@ def test_each_shared_prefix_is_encoded_once(monkeypatch):
     assert calls == [3 * 4, int(mask.sum()) - 2 * 3 * 4]
 
 
-@pytest.mark.parametrize("case", ["odd rows", "left padding", "gradient checkpointing", "no common prefix"])
+@pytest.mark.parametrize("case", ["odd rows", "left padding", "gradient checkpointing", "no common prefix",
+                                  "rotary angles chosen per call"])
 def test_the_plain_forward_runs_where_sharing_cannot_hold(monkeypatch, case):
     from transformers.models.llama.modeling_llama import LlamaModel
 
-    model = _tiny_llama().train()
+    # "dynamic" NTK scaling picks its frequencies from the longest position of each call (a review measured 2e-3
+    # between a split and a whole pass past the original context of 16)
+    dynamic = {"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}, "max_position_embeddings": 16}
+    model = _tiny_llama(**(dynamic if case == "rotary angles chosen per call" else {})).train()
     ids, mask = _pair_batch()
     if case == "odd rows":
         ids, mask = ids[:5], mask[:5]

@@ -97,7 +97,7 @@ def test_curves_and_results_reach_tensorboard_and_mlflow_and_the_export_card(tmp
     exported = export_trained_model(ctx, dpo)
     card = (ctx.workspace.root / "exports" / ctx.run_id / "README.md").read_text()
     assert exported.path == str(ctx.workspace.root / "exports" / ctx.run_id)
-    assert f"Pipeline run `{ctx.run_id}`" in card and f"DPO: 4 steps" in card
+    assert f"Pipeline run `{ctx.run_id}`" in card and "DPO: 4 steps" in card
     after = evaluation.models["after"]
     assert f"| after | {100 * after.rate:.1f}% [{100 * after.rate_ci[0]:.1f}%, {100 * after.rate_ci[1]:.1f}%]" in card
     assert evaluation.judge_accuracy in card and exported.merge_max_abs_logit_diff < 1e-3
