@@ -19,7 +19,8 @@ def train(
     out: Optional[Path] = typer.Option(None, "--out", help="Folder to save the judge in (default: "
                                        "<workspace>/judges); the judge goes to OUT/<name>-<hash>/."),
     workspace: Path = typer.Option(Path(".faithforge"), "--workspace", "-w", help="Workspace (for the default --out)."),
-    seed: int = typer.Option(0, "--seed", help="Seed of the training examples and the head's initialization."),
+    seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1,
+                             help="Seed of the training examples and the head's initialization."),
     steps: int = typer.Option(40, "--steps", help="Training examples in batches of 16 (40 → 640 examples)."),
     method: str = typer.Option("alignment", "--method", help="alignment (frozen encoder + a logistic head, "
                                "minutes on CPU) or cross-encoder (fine-tunes the encoder; needs far more steps)."),
