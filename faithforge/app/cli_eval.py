@@ -187,6 +187,11 @@ def fit_combination_command(
                                                 "evaluate.judge_combination."),
     likelihood_model: Optional[str] = typer.Option(None, "--likelihood-model", help="likelihood: the causal LM folder."),
     trained_judge: Optional[str] = typer.Option(None, "--trained-judge", help="trained: the folder judge train wrote."),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="nli: local folder or hub id."),
+    supported_label: Optional[int] = typer.Option(None, "--supported-label",
+                                                  help="nli: index of the 'supported' class (default: by name)."),
+    trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
+                                           help="nli: allow a checkpoint that ships its own Python code."),
     holdout: float = typer.Option(0.5, "--holdout", help="Share of labels held out for the reported accuracy."),
     split_seed: int = typer.Option(0, "--split-seed", min=0, max=2**32 - 1, help="Seed of the split by source."),
 ) -> None:
@@ -197,8 +202,11 @@ def fit_combination_command(
     from faithforge.evaluation.judges import build_judges, judge_names
 
     names = judge_names(judge)
-    built = build_judges(names, _judge_settings_options(names, likelihood_model=likelihood_model,
-                                                        trained_judge_path=trained_judge))
+    if "nli" not in names and (checkpoint is not None or supported_label is not None or trust_remote_code):
+        raise UserError("--checkpoint, --supported-label and --trust-remote-code apply to --judge nli only")
+    built = build_judges(names, _judge_settings_options(
+        names, likelihood_model=likelihood_model, trained_judge_path=trained_judge, nli_checkpoint=checkpoint,
+        nli_supported_label=supported_label, nli_trust_remote_code=trust_remote_code))
     replaces = _check_combination_out(out)  # before any judging: a fit is minutes with a model judge
     validation, test = split_examples(read_labels(labels), holdout=holdout, seed=split_seed)
 

@@ -624,13 +624,18 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
 
     Only variables whose first part names a config field are configuration; other `FAITHFORGE_*` variables
     belong to tools (`FAITHFORGE_GPU_PROFILE` for the probe, `FAITHFORGE_CONFIG` for the CLI, test settings).
-    An unknown option *inside* a section (`FAITHFORGE_TRAIN__EPOCHS`) is still an error.
+    An unknown option *inside* a section (`FAITHFORGE_TRAIN__EPOCHS`) is still an error, and so is an unknown
+    section before a `__` (`FAITHFORGE_TRAINN__STEPS`): no tool's variable has one, so it can only be a typo.
     """
     tree: dict[str, Any] = {}
     for name, raw in environ.items():
         if not name.startswith(ENV_PREFIX):
             continue
         dotted = [part.lower() for part in name[len(ENV_PREFIX):].split("__") if part]
+        if dotted and len(dotted) > 1 and dotted[0] not in PipelineConfig.model_fields:
+            sections = sorted(k for k, f in PipelineConfig.model_fields.items() if hasattr(f.annotation, "model_fields"))
+            raise UserError(f"{name}: no config section {dotted[0]!r}; write FAITHFORGE_SECTION__FIELD with one of "
+                            f"{', '.join(s.upper() for s in sections)} (or unset it)")
         if not dotted or dotted[0] not in PipelineConfig.model_fields:
             continue
         _set_path(tree, dotted, _option_value(dotted, raw, name))

@@ -371,8 +371,9 @@ def build(checkpoint: str | Path | None = None, **options: Any) -> NliJudge:
 def options_from_config(cfg, *, base_model: str | None = None, cache_dir: str | None = None) -> dict[str, Any]:
     """`build`'s keywords from the `evaluate` section, checked before any model runs."""
     if not cfg.nli_checkpoint:
-        raise UserError("evaluate.judge includes nli but evaluate.nli_checkpoint is empty; set it to the folder "
-                        "(or hub id) of a sequence-classification or seq2seq checker")
+        raise UserError("evaluate.judge includes nli but evaluate.nli_checkpoint is empty (the eval commands' "
+                        "--checkpoint); set it to the folder (or hub id) of a sequence-classification or seq2seq "
+                        "checker")
     options: dict[str, Any] = {"checkpoint": cfg.nli_checkpoint, "threshold": cfg.nli_threshold,
                                "supported_label": cfg.nli_supported_label}
     if getattr(cfg, "nli_trust_remote_code", False):  # an explicit opt-in only: it runs the checkpoint's code

@@ -89,6 +89,7 @@ ROWS = {
     # --- environment variables -----------------------------------------------------------------------------------
     "env-steps-not-a-number": lambda t: (["demo", "-w", str(t / "ws")], {"FAITHFORGE_TRAIN__STEPS": "abc"}),
     "env-unknown-option": lambda t: (["demo", "-w", str(t / "ws")], {"FAITHFORGE_TRAIN__EPOCHS": "3"}),
+    "env-unknown-section": lambda t: (["demo", "-w", str(t / "ws")], {"FAITHFORGE_TRAINN__STEPS": "3"}),
     "env-empty-workspace": lambda t: (["demo"], {"FAITHFORGE_WORKSPACE": ""}),
     "env-config-missing": lambda t: (["demo", "-w", str(t / "ws")], {"FAITHFORGE_CONFIG": str(t / "nope.yaml")}),
     "env-negative-seed": lambda t: (["demo", "-w", str(t / "ws")], {"FAITHFORGE_SEED": "-5"}),
