@@ -28,7 +28,6 @@ difference of the trained LoRA weights (‖ΔW_bf16 − ΔW_fp32‖ / ‖ΔW_fp3
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import statistics
@@ -38,16 +37,11 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.dpo_shared_prompt import _one  # noqa: E402 - the same workspace lookup
+from bench.dpo_shared_prompt import demo_workspace, train_demo_dpo, workspace_parser  # noqa: E402 - shared
 
 
 def parse_args():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--workspace", type=Path, required=True,
-                   help="a finished `demo --real` workspace (its model, pairs and float32 reference cache)")
-    p.add_argument("--steps", type=int, default=32, help="DPO steps per variant (the demo's 32)")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "dpo_cpu_autocast.json")
-    return p.parse_args()
+    return workspace_parser(__doc__, "dpo_cpu_autocast", 32, "DPO steps per variant (the demo's 32)").parse_args()
 
 
 def main() -> int:
@@ -59,23 +53,11 @@ def main() -> int:
     args = parse_args()
     warnings.filterwarnings("ignore")
     import torch
-    from transformers import AutoModelForCausalLM, TrainerCallback
+    from transformers import AutoModelForCausalLM
 
-    from faithforge.stages.pairs import load_pairs
-    from faithforge.training.dpo import DpoArguments, run_dpo
-    from faithforge.training.modeling import attach_lora, load_tokenizer
     from faithforge.training.reference_cache import ReferenceCache, compute_reference_cache
 
-    models = sorted(args.workspace.glob("models/*/config.json"))
-    if len(models) != 1:
-        raise SystemExit(f"{args.workspace} holds {len(models)} models; pass a `demo --real` workspace")
-    model_dir = models[0].parent
-    manifest_path = _one("refcache/*/manifest.json", args.workspace)
-    manifest = json.loads(manifest_path.read_text())
-    fp32_ref = ReferenceCache(manifest_path.parent, manifest["key"], manifest["components"],
-                              manifest["shard_size"]).load()
-    pairs = load_pairs(str(_one("pairs/*/train.jsonl", args.workspace)))
-    tokenizer = load_tokenizer(model_dir)
+    model_dir, manifest, fp32_ref, pairs, tokenizer = demo_workspace(args.workspace, args.model)
     threads = torch.get_num_threads()
     print(f"{len(pairs)} pairs, {args.steps} steps, {threads} threads, load {os.getloadavg()[0]:.2f}", flush=True)
 
@@ -102,34 +84,16 @@ def main() -> int:
     print(f"  reference pass: fp32 {timings['fp32']:.1f} s, bf16 {timings['bf16']:.1f} s "
           f"({timings['fp32'] / timings['bf16']:.2f}×); largest |Δ sum log-prob| {ref_diff:.3f} nats", flush=True)
 
-    class StepTimes(TrainerCallback):
-        def __init__(self):
-            self.seconds: list[float] = []
-
-        def on_step_begin(self, *a, **k):  # noqa: ARG002
-            self.started = time.perf_counter()
-
-        def on_step_end(self, *a, **k):  # noqa: ARG002
-            self.seconds.append(time.perf_counter() - self.started)
-
     runs, adapters = {}, {}
     for name in ("fp32", "bf16"):
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-        model = attach_lora(model, r=16, alpha=32, dropout=0.0, quantized=False, gradient_checkpointing=False)
-        out_dir = Path(tempfile.mkdtemp(prefix=f"dpo-{name}-"))
-        timer = StepTimes()
-        dpo = DpoArguments(output_dir=str(out_dir), steps=args.steps, micro_batch=8, grad_accum=1,
-                           learning_rate=1e-4, beta=0.1, max_length=256, seed=0, checkpoint_every=10_000,
-                           sft_weight=0.5, bf16=name == "bf16")
-        result = run_dpo(model, tokenizer, pairs, refs[name], dpo, extra_callbacks=[timer])
+        result, model, seconds = train_demo_dpo(model_dir, tokenizer, pairs, refs[name], args.steps,
+                                                bf16=name == "bf16")
         adapters[name] = _lora_deltas(model)
-        shutil.rmtree(out_dir, ignore_errors=True)
         history = result["history"]
-        runs[name] = {"seconds": timer.seconds, "loss": [h["loss"] for h in history],
+        runs[name] = {"seconds": seconds, "loss": [h["loss"] for h in history],
                       "margin": [h["margin"] for h in history],
                       "accuracy": [h["accuracy"] for h in history]}
-        print(f"  {name}: median step {statistics.median(timer.seconds[1:]):.2f} s, losses "
+        print(f"  {name}: median step {statistics.median(seconds[1:]):.2f} s, losses "
               f"{[round(x, 3) for x in runs[name]['loss']]}, load {os.getloadavg()[0]:.2f}", flush=True)
         del model
     shutil.rmtree(scratch, ignore_errors=True)

@@ -24,15 +24,21 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def parse_args():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def workspace_parser(doc: str, name: str, steps: int, steps_help: str) -> argparse.ArgumentParser:
+    """The DPO benches' shared options: `--workspace`, `--model`, `--steps` and `--out` (bench/out/NAME.json)."""
+    p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--workspace", type=Path, required=True,
                    help="a finished `demo --real` workspace (its model, pairs and reference cache)")
     p.add_argument("--model", type=Path, help="the model the reference cache was computed for (needed when the "
                    "workspace holds several, e.g. the toy demo's warm-started `models/sft-*`)")
-    p.add_argument("--steps", type=int, default=4, help="DPO steps per run (the first is left out as warm-up)")
+    p.add_argument("--steps", type=int, default=steps, help=steps_help)
+    p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / f"{name}.json")
+    return p
+
+
+def parse_args():
+    p = workspace_parser(__doc__, "dpo_shared_prompt", 4, "DPO steps per run (the first is left out as warm-up)")
     p.add_argument("--rounds", type=int, default=2, help="times each variant runs, alternating")
-    p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "dpo_shared_prompt.json")
     return p.parse_args()
 
 
@@ -43,36 +49,58 @@ def _one(pattern: str, workspace: Path) -> Path:
     return found[-1]
 
 
-def main() -> int:
-    import shutil
-    import tempfile
-    import time
-    import warnings
-
-    args = parse_args()
-    warnings.filterwarnings("ignore")
-    import torch
-    from transformers import AutoModelForCausalLM, TrainerCallback
-
+def demo_workspace(workspace: Path, model: Path | None = None):
+    """A finished `demo --real` workspace's (model folder, reference-cache manifest, reference log-probs, train
+    pairs, tokenizer): what the DPO benches train on (this one and `bench/dpo_cpu_autocast.py`)."""
     from faithforge.stages.pairs import load_pairs
-    from faithforge.training.dpo import DpoArguments, run_dpo
-    from faithforge.training.modeling import attach_lora, load_tokenizer
-    from faithforge.training.reference_cache import ReferenceCache, tokenize_pair
+    from faithforge.training.modeling import load_tokenizer
+    from faithforge.training.reference_cache import ReferenceCache
 
-    models = sorted(args.workspace.glob("models/*/config.json"))
-    if args.model is None and len(models) != 1:
-        raise SystemExit(f"{args.workspace} holds {len(models)} models: pass --model (the one its reference cache "
+    models = sorted(workspace.glob("models/*/config.json"))
+    if model is None and len(models) != 1:
+        raise SystemExit(f"{workspace} holds {len(models)} models: pass --model (the one its reference cache "
                          "was computed for)")
-    model_dir = args.model or models[0].parent
-    manifest_path = _one("refcache/*/manifest.json", args.workspace)
+    model_dir = model or models[0].parent
+    manifest_path = _one("refcache/*/manifest.json", workspace)
     manifest = json.loads(manifest_path.read_text())
     reference = ReferenceCache(manifest_path.parent, manifest["key"], manifest["components"],
                                manifest["shard_size"]).load()
-    pairs = load_pairs(str(_one("pairs/*/train.jsonl", args.workspace)))
-    tokenizer = load_tokenizer(model_dir)
-    tokenized = [tokenize_pair(tokenizer, p) for p in pairs]
-    shared = sum(len(t["prompt_ids"]) for t in tokenized)
-    every_row = sum(2 * len(t["prompt_ids"]) + len(t["chosen_ids"]) + len(t["rejected_ids"]) for t in tokenized)
+    pairs = load_pairs(str(_one("pairs/*/train.jsonl", workspace)))
+    return model_dir, manifest, reference, pairs, load_tokenizer(model_dir)
+
+
+def train_demo_dpo(model_dir: Path, tokenizer, pairs, reference, steps: int, **settings):
+    """A fresh LoRA policy (r 16 / alpha 32, seed 0) trained `steps` DPO steps with the demo's settings (8 pairs a
+    step, prompt + answer ≤ 256 tokens, lr 1e-4, β 0.1, sft weight 0.5; `settings` on top) in a scratch folder.
+    Returns (run_dpo's result, the trained model, each step's seconds)."""
+    import shutil
+    import tempfile
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from faithforge.training.dpo import DpoArguments, run_dpo
+    from faithforge.training.modeling import attach_lora
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    model = attach_lora(model, r=16, alpha=32, dropout=0.0, quantized=False, gradient_checkpointing=False)
+    out_dir = Path(tempfile.mkdtemp(prefix="dpo-bench-"))
+    timer = step_timer()
+    try:
+        dpo = DpoArguments(output_dir=str(out_dir), steps=steps, micro_batch=8, grad_accum=1, learning_rate=1e-4,
+                           beta=0.1, max_length=256, seed=0, checkpoint_every=10_000, sft_weight=0.5, **settings)
+        result = run_dpo(model, tokenizer, pairs, reference, dpo, extra_callbacks=[timer])
+    finally:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    return result, model, timer.seconds
+
+
+def step_timer():
+    """A `TrainerCallback` whose `seconds` lists each optimizer step's wall time."""
+    import time
+
+    from transformers import TrainerCallback
 
     class StepTimes(TrainerCallback):
         def __init__(self):
@@ -84,24 +112,31 @@ def main() -> int:
         def on_step_end(self, *a, **k):  # noqa: ARG002
             self.seconds.append(time.perf_counter() - self.started)
 
+    return StepTimes()
+
+
+def main() -> int:
+    import warnings
+
+    args = parse_args()
+    warnings.filterwarnings("ignore")
+    from faithforge.training.reference_cache import tokenize_pair
+
+    model_dir, _, reference, pairs, tokenizer = demo_workspace(args.workspace, args.model)
+    tokenized = [tokenize_pair(tokenizer, p) for p in pairs]
+    shared = sum(len(t["prompt_ids"]) for t in tokenized)
+    every_row = sum(2 * len(t["prompt_ids"]) + len(t["chosen_ids"]) + len(t["rejected_ids"]) for t in tokenized)
+
     runs: dict[str, list[dict]] = {"plain": [], "shared": []}
     print(f"{len(pairs)} pairs; prompt tokens {shared} of {every_row} in both rows "
           f"({shared / every_row:.1%} encoded twice without sharing); {os.cpu_count()} cores, "
           f"load {os.getloadavg()[0]:.2f}", flush=True)
     for round_ in range(args.rounds):
         for name in (("plain", "shared") if round_ % 2 == 0 else ("shared", "plain")):
-            torch.manual_seed(0)
-            model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
-            model = attach_lora(model, r=16, alpha=32, dropout=0.0, quantized=False, gradient_checkpointing=False)
-            out_dir = Path(tempfile.mkdtemp(prefix=f"dpo-{name}-"))
-            timer = StepTimes()
-            dpo = DpoArguments(output_dir=str(out_dir), steps=args.steps, micro_batch=8, grad_accum=1,
-                               learning_rate=1e-4, beta=0.1, max_length=256, seed=0, checkpoint_every=10_000,
-                               sft_weight=0.5, share_prompt=name == "shared")
-            result = run_dpo(model, tokenizer, pairs, reference, dpo, extra_callbacks=[timer])
-            shutil.rmtree(out_dir, ignore_errors=True)
-            runs[name].append({"seconds": timer.seconds, "losses": [h["loss"] for h in result["history"]]})
-            print(f"  round {round_ + 1} {name:<6} steps {[round(s, 2) for s in timer.seconds]} s, load "
+            result, _, seconds = train_demo_dpo(model_dir, tokenizer, pairs, reference, args.steps,
+                                                share_prompt=name == "shared")
+            runs[name].append({"seconds": seconds, "losses": [h["loss"] for h in result["history"]]})
+            print(f"  round {round_ + 1} {name:<6} steps {[round(s, 2) for s in seconds]} s, load "
                   f"{os.getloadavg()[0]:.2f}", flush=True)
     median = {name: statistics.median(s for run in rs for s in run["seconds"][1:]) for name, rs in runs.items()}
     loss_diff = max(abs(a - b) for p, s in zip(runs["plain"], runs["shared"])
