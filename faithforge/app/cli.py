@@ -140,8 +140,14 @@ def demo(
         for line in drop_outside_links(cfg.workspace):  # a link out of the workspace: the link alone goes
             typer.echo(f"--fresh: {line}")
     ws = check_pipeline_inputs(cfg)  # every check that needs no model, before Prefect starts
+    from faithforge.core.locks import hold_workspace, sole_user
+
+    hold_workspace(ws.root)  # a later --fresh elsewhere waits for this run instead of deleting under it
     if fresh:
-        removed, kept = ws.remove_outputs()
+        from faithforge.core.workspace import DERIVED_DIRS
+
+        with sole_user(ws.root, DERIVED_DIRS):
+            removed, kept = ws.remove_outputs()
         typer.echo(f"--fresh: removed {len(removed)} output(s) FaithForge wrote in {ws.root}")
         for entry in kept:
             typer.echo(f"--fresh: kept {entry} (not written by FaithForge)")

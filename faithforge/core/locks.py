@@ -85,3 +85,63 @@ def output_lock(output: Path, stage: str, *, wait_s: float | None = None,
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+#: The workspace's run lock: every `faithforge demo` holds it shared for its whole life; `--fresh` needs it alone.
+RUN_LOCK = ".faithforge-run.lock"
+_held: dict[str, int] = {}  # workspace root → the descriptor this process holds its run lock by (open till exit)
+
+
+def hold_workspace(root: Path) -> None:
+    """Mark this process as a run using the workspace (a shared `flock`, released by the kernel when it exits).
+    Waits while a `--fresh` of another process is removing outputs there (seconds)."""
+    key = str(Path(root).resolve())
+    if key in _held:
+        return
+    fd = os.open(Path(root) / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    fcntl.flock(fd, fcntl.LOCK_SH)
+    _held[key] = fd
+
+
+@contextlib.contextmanager
+def sole_user(root: Path, derived: tuple[str, ...]) -> Iterator[None]:
+    """For `--fresh`: hold the workspace alone while the block removes outputs, or refuse in one line while another
+    run uses it (an attack's `--fresh` deleted the models a running demo was reading, which then died with a
+    traceback). Also refuses while any output lock in `derived` folders is held (a run started some other way,
+    e.g. by a Prefect worker). This process's own run lock goes back to shared afterwards."""
+    hold_workspace(root)
+    fd = _held[str(Path(root).resolve())]
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        fcntl.flock(fd, fcntl.LOCK_SH)  # a refused conversion may have dropped the shared lock (flock(2)): retake it
+        if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            raise
+        raise UserError(f"--fresh would delete outputs another FaithForge run is using in {root}; wait for it to "
+                        "finish or stop it, then run again (nothing was deleted)") from None
+    try:
+        for sub in derived:
+            for lock in sorted((Path(root) / sub).glob(".*.lock")):
+                holder = _busy(lock)
+                if holder is not None:
+                    raise UserError(f"--fresh would delete outputs that {describe_holder(holder)} is computing in "
+                                    f"{root}; wait for it to finish or stop it, then run again (nothing was deleted)")
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_SH)
+
+
+def _busy(lock: Path) -> dict | None:
+    """The holder of an output lock someone holds now, or None (free, or gone)."""
+    try:
+        fd = os.open(lock, os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    except OSError:
+        return _holder(lock)
+    finally:
+        os.close(fd)

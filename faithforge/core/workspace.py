@@ -285,6 +285,8 @@ KNOWN_TOP_LEVEL = frozenset(SUBDIRS) | {MARKER, "faithforge.db", "faithforge.db-
 KNOWN_TOP_LEVEL = KNOWN_TOP_LEVEL | {"tracking", "exports"}
 #: `faithforge judge train`'s default output folder (faithforge.app.cli_judge).
 KNOWN_TOP_LEVEL = KNOWN_TOP_LEVEL | {"judges"}
+#: Every run's shared lock of the workspace, which `--fresh` must hold alone (faithforge.core.locks.RUN_LOCK).
+KNOWN_TOP_LEVEL = KNOWN_TOP_LEVEL | {".faithforge-run.lock"}
 #: Sub-directories whose entries are recomputable stage outputs (`--fresh` removes FaithForge's ones).
 DERIVED_DIRS = ("datasets", "pairs", "refcache", "models", "checkpoints", "adapters")
 #: Names of what stages write there: `<kind>-<16 hex content key>`, a reference cache `<16 hex>`, and the
@@ -468,6 +470,8 @@ class Workspace:
             if not folder.is_dir():
                 continue
             for entry in sorted(folder.iterdir()):
+                if entry.name.endswith(".lock") and entry.name.startswith("."):
+                    continue  # another run's flock lives on this file: removing it would let a third one in
                 if not written_by_faithforge(entry):
                     if not (sub == "datasets" and _GENERATED_DATA.match(entry.name)):
                         kept.append(entry)

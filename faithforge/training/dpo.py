@@ -281,7 +281,8 @@ def _setup_trainer(model, tokenizer, train_pairs: list[dict], reference_logps: R
                                 pure_dpo=args.sft_weight == 0)
     trainer = make_trainer_class()(
         model=model, args=dpo_config(args), train_dataset=dataset, processing_class=tokenizer,
-        reference_logps=reference_logps, share_prompt=args.share_prompt, callbacks=[guard, *(extra_callbacks or [])],
+        reference_logps=reference_logps, share_prompt=args.share_prompt,
+        callbacks=[guard, make_checksum_callback(), *(extra_callbacks or [])],
     )
     trainer.remove_callback(PrinterCallback)  # metrics go to our log and artifacts, not raw dicts on stdout
     return trainer, guard
@@ -415,14 +416,72 @@ def load_finished_checkpoint(trainer, path: str) -> None:
     trainer.state = TrainerState.load_from_json(str(Path(path) / "trainer_state.json"))
 
 
+#: Written into each checkpoint folder after the Trainer saved it: file name → SHA-256 of its bytes.
+CHECKSUMS = "faithforge-checksums.json"
+
+
+def _checksummed_files(folder) -> list:
+    """The files a checkpoint's checksums cover: all but other ranks' RNG states (`rng_state_1.pth`, ...), which
+    those ranks may still be writing when rank 0 lists the folder."""
+    import re
+
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.name != CHECKSUMS
+                  and not re.fullmatch(r"rng_state_[1-9]\d*\.pth", p.name))
+
+
+def make_checksum_callback():
+    """A `TrainerCallback` that writes `CHECKSUMS` into each checkpoint the Trainer saves (rank 0 only), so a
+    checkpoint damaged on disk is never resumed from (an attack garbled 16 bytes of one: the rerun loaded it
+    without a word and evaluated an adapter that wrote empty answers)."""
+    from pathlib import Path
+
+    from transformers import TrainerCallback
+
+    from faithforge.core.workspace import atomic_write_json, sha256_file
+
+    class ChecksumCheckpoints(TrainerCallback):
+        def on_save(self, args, state, control, **kwargs):  # noqa: ARG002
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if state.is_world_process_zero and folder.is_dir():
+                atomic_write_json(folder / CHECKSUMS, {p.name: sha256_file(p) for p in _checksummed_files(folder)})
+
+    return ChecksumCheckpoints()
+
+
+def checkpoint_problem(path) -> str | None:
+    """Why the checkpoint folder cannot be resumed from (None: it can): not written to the end (the Trainer writes
+    `trainer_state.json` last, this module its checksums after that), or a file that no longer matches them."""
+    import json
+    from pathlib import Path
+
+    from faithforge.core.workspace import sha256_file
+
+    path = Path(path)
+    try:
+        json.loads((path / "trainer_state.json").read_text())
+    except (OSError, ValueError):
+        return "not written to the end (no readable trainer_state.json)"
+    try:
+        sums = json.loads((path / CHECKSUMS).read_text())
+    except (OSError, ValueError):
+        return f"no readable {CHECKSUMS} (killed before it was written, or written by an older FaithForge)"
+    for name, digest in sums.items():
+        try:
+            if sha256_file(path / name) != digest:
+                return f"{name} no longer matches its checksum (damaged on disk)"
+        except OSError:
+            return f"{name} is missing"
+    return None
+
+
 def last_complete_checkpoint(output_dir: str) -> str | None:
-    """The newest `checkpoint-N` in `output_dir` that was written to the end, or None.
+    """The newest `checkpoint-N` in `output_dir` that was written to the end and is intact, or None.
 
     transformers' `get_last_checkpoint` returns the highest-numbered folder even when the process was killed
-    while writing it; the Trainer writes `trainer_state.json` last, so a folder whose state file parses is
-    complete. Incomplete ones are skipped (and left in place for inspection).
+    while writing it, and trusts whatever bytes are there. Folders with a `checkpoint_problem` are skipped, with
+    a log line when they look finished (and left in place for inspection).
     """
-    import json
+    import logging
     import re
     from pathlib import Path
 
@@ -435,11 +494,11 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
         if match and path.is_dir():
             numbered.append((int(match.group(1)), path))
     for _, path in sorted(numbered, reverse=True):
-        try:
-            json.loads((path / "trainer_state.json").read_text())
-        except (OSError, ValueError):
-            continue
-        return str(path)
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return str(path)
+        if not problem.startswith("not written"):
+            logging.getLogger(__name__).warning("not resuming from %s: %s", path, problem)
     return None
 
 

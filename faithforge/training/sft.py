@@ -53,8 +53,24 @@ def collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[s
 CHECKPOINT_GLOB = "step-*.pt"
 
 
-def _checkpoint_name(step: int) -> str:
-    return f"step-{step:06d}.pt"
+def _checkpoint_name(step: int, payload: bytes) -> str:
+    """`step-000100.<first 16 hex of the payload's SHA-256>.pt`: the name carries the checksum, so a file damaged
+    on disk after it was written is seen (a garbled tensor still loads) and the file stays one atomic write."""
+    import hashlib
+
+    return f"step-{step:06d}.{hashlib.sha256(payload).hexdigest()[:16]}.pt"
+
+
+def _checksum_problem(path: Path, payload: bytes) -> str | None:
+    """Why the file's bytes do not match the checksum in its name (None: they do)."""
+    import hashlib
+
+    parts = path.name.split(".")
+    if len(parts) != 3:
+        return "written before checkpoints carried a checksum"
+    if hashlib.sha256(payload).hexdigest()[:16] != parts[1]:
+        return "its bytes no longer match the checksum in its name (damaged on disk)"
+    return None
 
 
 def _run_identity(examples: Sequence[SftExample], steps: int, batch_size: int, learning_rate: float, seed: int,
@@ -72,9 +88,17 @@ def last_checkpoint(directory: str | Path | None, identity: dict) -> tuple[Path,
     """The newest checkpoint in `directory` that loads and belongs to this run (a torn file is skipped)."""
     if directory is None or not Path(directory).is_dir():
         return None
+    import io
+    import logging
+
     for path in sorted(Path(directory).glob(CHECKPOINT_GLOB), reverse=True):
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
+            payload = path.read_bytes()
+            problem = _checksum_problem(path, payload)
+            if problem:
+                logging.getLogger(__name__).warning("not resuming from %s: %s", path, problem)
+                continue
+            state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
         except Exception:  # noqa: BLE001 - a file cut short by a kill: try the one before
             continue
         if state.get("identity") == identity:
@@ -98,7 +122,8 @@ def _save_checkpoint(directory: Path, step: int, model, optimizer, generator, lo
     }
     buffer = io.BytesIO()
     torch.save(state, buffer)
-    written = atomic_write_bytes(directory / _checkpoint_name(step), buffer.getvalue())
+    payload = buffer.getvalue()
+    written = atomic_write_bytes(directory / _checkpoint_name(step, payload), payload)
     for older in directory.glob(CHECKPOINT_GLOB):
         if older != written:
             older.unlink(missing_ok=True)

@@ -176,3 +176,62 @@ def test_no_cleanup_ever_removes_anything_outside_the_workspace(tree):
         Workspace.open(root).remove_outputs()
         assert _snapshot(outside) == before
         assert _snapshot(root / "reports") == inside_before
+
+
+def test_fresh_refuses_while_another_run_uses_the_workspace_and_keeps_its_locks(tmp_path, monkeypatch, capsys):
+    """An attack ran `demo --fresh` beside a running demo: it deleted the models the running one was reading (which
+    died with a traceback) and the output locks it held. Now every demo holds the workspace's run lock shared and
+    `--fresh` needs it alone; a held output lock (a run started by a worker) refuses it too; lock files stay."""
+    import subprocess
+    import sys
+    import textwrap
+
+    from faithforge.app import demo_runner
+    from faithforge.app.cli import main
+    from faithforge.core.locks import RUN_LOCK
+
+    workspace = Workspace.open(tmp_path / "W").root
+    output = workspace / "pairs" / f"pairs-{KEY}"
+    output.mkdir()
+    (output / "train.jsonl").write_text("{}\n")
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import sys, time
+        from faithforge.core.locks import hold_workspace
+        hold_workspace({str(workspace)!r})
+        print("holding", flush=True)
+        time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        monkeypatch.setattr(demo_runner, "run_pipeline_with_progress", lambda cfg, verbose=False: None)
+        monkeypatch.setattr("faithforge.app.demo_report.print_summary", lambda summary: None)
+        with pytest.raises(SystemExit) as code:
+            main(["demo", "-w", str(workspace), "--fresh"])
+        assert code.value.code == 2
+        assert "another FaithForge run is using" in capsys.readouterr().err
+        assert (output / "train.jsonl").is_file()  # nothing deleted
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (workspace / RUN_LOCK).is_file()
+    # An output lock held by a run that holds no run lock (one a Prefect worker started): refused too.
+    worker = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from faithforge.core.locks import output_lock
+        with output_lock(Path({str(output)!r}), "pairs"):
+            print("computing", flush=True)
+            time.sleep(60)
+        """)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert worker.stdout.readline().strip() == "computing"
+        with pytest.raises(SystemExit) as code:
+            main(["demo", "-w", str(workspace), "--fresh"])
+        assert code.value.code == 2 and "is computing" in capsys.readouterr().err
+        assert (output / "train.jsonl").is_file()
+    finally:
+        worker.kill()
+        worker.wait()
+    with pytest.raises(SystemExit) as code:  # nobody else now: it removes the output and keeps the lock file
+        main(["demo", "-w", str(workspace), "--fresh"])
+    assert not output.exists() and (workspace / "pairs" / f".pairs-{KEY}.lock").is_file()

@@ -4,6 +4,8 @@ and a warm start that resumes after SIGKILL."""
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -256,7 +258,10 @@ def test_warm_start_sft_resumes_after_sigkill_to_the_same_weights(tiny_model_dir
     child = subprocess.run([sys.executable, "-c", _SFT_SCRIPT, str(tiny_model_dir), str(checkpoints)], env=ENV,
                            capture_output=True, text=True, timeout=300)
     assert child.returncode == -signal.SIGKILL, child.stderr[-2000:]
-    assert sorted(p.name for p in checkpoints.iterdir()) == ["step-000004.pt"]
+    [written] = [p.name for p in checkpoints.iterdir()]
+    assert re.fullmatch(r"step-000004\.[0-9a-f]{16}\.pt", written), written  # the name carries its checksum
+    damaged = tmp_path / "damaged"
+    shutil.copytree(checkpoints, damaged)
 
     resumed_at = []
     model, tokenizer, examples = sft_inputs(str(tiny_model_dir))
@@ -268,3 +273,16 @@ def test_warm_start_sft_resumes_after_sigkill_to_the_same_weights(tiny_model_dir
     assert resumed == straight
     for (name, a), (_, b) in zip(model.state_dict().items(), straight_model.state_dict().items()):
         assert torch.equal(a, b), name
+
+    # An attack garbled 16 bytes of a checkpoint: it still loaded, and the run resumed from wrong weights (loss
+    # 1.8-2.3 instead of ~0.07, stored under the right key). Now it is not resumed from; the run starts over.
+    garbled = damaged / written
+    data = bytearray(garbled.read_bytes())
+    middle = int(len(data) * 0.7)
+    data[middle:middle + 16] = bytes(b ^ 0xFF for b in data[middle:middle + 16])
+    garbled.write_bytes(bytes(data))
+    restarted_at = []
+    model, tokenizer, examples = sft_inputs(str(tiny_model_dir))
+    again = train_sft(model, tokenizer, examples, steps=8, batch_size=4, learning_rate=1e-3, seed=0,
+                      checkpoint_dir=damaged, checkpoint_every=2, on_resume=restarted_at.append)
+    assert restarted_at == [] and again == straight

@@ -123,3 +123,33 @@ def test_failing_training_stage_leaves_existing_adapter_untouched(tiny_model_dir
     assert sorted(p.name for p in adapter.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
     assert sha256_tree(foreign.path) == cache_before
     assert last_complete_checkpoint(str(ctx.workspace.dir("checkpoints") / f"dpo-{key}")) is None
+
+
+def test_a_checkpoint_damaged_on_disk_is_not_resumed_from(tmp_path, caplog):
+    """An attack garbled 16 bytes of `checkpoint-N/adapter_model.safetensors`: the rerun resumed from it without a
+    word (or loaded it as the finished result) and evaluated an adapter that wrote empty answers. Each checkpoint
+    now carries checksums (written by the Trainer callback after the save); a damaged one is skipped, and said."""
+    from types import SimpleNamespace
+
+    from faithforge.training.dpo import CHECKSUMS, make_checksum_callback
+
+    callback = make_checksum_callback()
+    for step in (2, 4):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "adapter_model.safetensors").write_bytes(bytes(range(256)) * 64)
+        (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+        callback.on_save(SimpleNamespace(output_dir=str(tmp_path)),
+                         SimpleNamespace(global_step=step, is_world_process_zero=True), None)
+        assert set(json.loads((folder / CHECKSUMS).read_text())) == {"adapter_model.safetensors",
+                                                                      "trainer_state.json"}
+    assert last_complete_checkpoint(str(tmp_path)).endswith("checkpoint-4")
+    weights = tmp_path / "checkpoint-4" / "adapter_model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[1000:1016] = bytes(b ^ 0xFF for b in data[1000:1016])  # same size: only the bytes differ
+    weights.write_bytes(bytes(data))
+    with caplog.at_level("WARNING"):
+        assert last_complete_checkpoint(str(tmp_path)).endswith("checkpoint-2")
+    assert "checkpoint-4: adapter_model.safetensors no longer matches its checksum" in caplog.text
+    (tmp_path / "checkpoint-2" / CHECKSUMS).unlink()  # killed between the Trainer's save and the checksums
+    assert last_complete_checkpoint(str(tmp_path)) is None
