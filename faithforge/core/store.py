@@ -147,9 +147,13 @@ def describe_database_error(url: str, exc: BaseException) -> str:
 
 
 def _created_meanwhile(exc: BaseException) -> bool:
-    """Whether a schema statement failed because another process created the same table or column first."""
+    """Whether a schema statement failed because another process was creating the same schema: it created the
+    table or column first ("already exists", "duplicate column"), or committed while this one's read of the
+    schema turned into a write. SQLite then answers "database is locked" at once, without the busy timeout
+    (SQLITE_BUSY_SNAPSHOT in WAL mode; a deadlock it refuses to wait on), so looking again is the remedy."""
     reason = str(getattr(exc, "orig", None) or exc).lower()
-    return "already exists" in reason or "duplicate column" in reason
+    return any(text in reason for text in ("already exists", "duplicate column", "database is locked",
+                                           "database table is locked"))
 
 
 class Store:

@@ -1,7 +1,9 @@
 """Processes opening a new run store at the same moment all get it (a worker and its flow, two runs started
 together). The supervision integration test failed once in the suite with "table stage_outputs already exists":
 two processes both saw the table missing and both created it; then "database is locked" from switching a new
-database to WAL before the busy timeout was set."""
+database to WAL before the busy timeout was set. The full suite of 2026-12-05 then saw one process of 32 refused
+("cannot be used"), its reason cut off: SQLite answers "database is locked" at once, busy timeout or not, when a
+schema read turns into a write after another process committed; that is now looked at again too."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ def _open(url: str, barrier, results) -> None:
         Store(url).engine.dispose()
         results.put("ok")
     except Exception as exc:  # noqa: BLE001 - the failure is the result
-        results.put(repr(exc)[:300])
+        results.put(str(exc)[:600])  # the reason is in the message's parentheses: keep it whole
 
 
 def test_processes_opening_a_new_store_at_once_all_get_it(tmp_path):
