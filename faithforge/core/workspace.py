@@ -12,10 +12,12 @@ import contextlib
 import errno
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
@@ -171,11 +173,16 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         if target.exists() or target.is_symlink():
             old = target.with_name(f".{target.name}.old")
             remove_entry(old)
+            if old.exists() or old.is_symlink():  # an earlier one that could not be deleted (a read-only file in it)
+                old = target.with_name(f".{target.name}.{os.getpid()}-{time.time_ns()}.old")
             os.replace(target, old)
         os.replace(tmp, target)
         _fsync_dir(target.parent)
         if old is not None:
             remove_entry(old)
+            if old.exists() or old.is_symlink():  # said, not hidden: an attack found one left without a word
+                logging.getLogger(__name__).warning("could not delete %s (the output %s replaced); delete it by hand",
+                                                    old, target.name)
     except BaseException as exc:
         remove_entry(tmp)
         if is_disk_full(exc):
@@ -337,10 +344,12 @@ def _outside_link(root: Path, sub: str) -> str | None:
 def _refuse_outside_link(root: Path, sub: str) -> None:
     target = _outside_link(root, sub)
     if target is not None:
+        # --fresh drops the links of recomputable folders (drop_outside_links); reports and the cache it never
+        # touches, so for them the advice is the user's own step.
+        fresh = " (--fresh removes the link alone)" if sub in (*DERIVED_DIRS, "tmp") else ""
         raise UserError(f"{root / sub} is a symbolic link to {target}, outside the workspace (or missing); "
                         "FaithForge never deletes anything outside its workspace and cleans its outputs there, so it "
-                        "refuses it: replace the link by a folder (--fresh removes the link alone), or put the whole "
-                        "workspace on that disk")
+                        f"refuses it: replace the link by a folder{fresh}, or put the whole workspace on that disk")
 
 
 def drop_outside_links(root: str | os.PathLike[str]) -> list[str]:

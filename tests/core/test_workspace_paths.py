@@ -95,6 +95,13 @@ def test_a_run_refuses_a_subdirectory_that_links_out_of_the_workspace(tmp_path):
     (workspace / "models").unlink()
     (workspace / "models").symlink_to(inner)  # a link that stays inside the workspace is fine
     assert Workspace.open(workspace).root == workspace
+    # `cache` (and `reports`) are not what --fresh drops links of: the advice does not promise it (an attack found
+    # it did, and --fresh then refused again with the same words)
+    (workspace / "cache").rmdir()
+    (workspace / "cache").symlink_to(tmp_path)
+    with pytest.raises(UserError, match=r"cache is a symbolic link") as refused:
+        Workspace.open(workspace)
+    assert "--fresh" not in str(refused.value) and "replace the link by a folder" in str(refused.value)
 
 
 # ---------------------------------------------------------------------------------------------------- property

@@ -40,6 +40,31 @@ def test_keyed_jsonl_numbers_lines_as_the_editor_does(tmp_path):
     assert [item.id for item in read_keyed_jsonl(path, _item, what="an item", needs="text")] == ["1", "3"]
 
 
+def test_a_replaced_output_that_cannot_be_deleted_never_blocks_the_next_swap(tmp_path, caplog):
+    """An attack made a file of an output read-only (`chattr +i`): its replaced copy stayed as `.NAME.old` without a
+    word, and every later recompute of that output failed ("Directory not empty", naming the output). Now the swap
+    goes round a stale `.old` and says what it could not delete. A real immutable file (root and chattr needed)."""
+    import subprocess
+
+    target = tmp_path / "adapter"
+    target.mkdir()
+    stuck = target / "README.md"
+    stuck.write_text("first")
+    if os.geteuid() != 0 or subprocess.run(["chattr", "+i", str(stuck)], capture_output=True).returncode != 0:
+        pytest.skip("needs root and chattr to make a file no one can delete")
+    try:
+        with caplog.at_level("WARNING"):
+            for round_ in range(2):
+                with atomic_directory(target) as new:
+                    (new / "weights").write_text(str(round_))
+        assert (target / "weights").read_text() == "1"
+        assert "could not delete" in caplog.text and str(tmp_path) in caplog.text
+    finally:
+        for left in tmp_path.glob(".adapter.*old/README.md"):
+            subprocess.run(["chattr", "-i", str(left)], check=False)
+        subprocess.run(["chattr", "-i", str(stuck)], check=False)
+
+
 def test_atomic_directory_keeps_old_content_when_the_block_fails(tmp_path):
     target = tmp_path / "model"
     with atomic_directory(target) as tmp:
