@@ -37,13 +37,20 @@ def _outputs(folder: Path) -> Path:
 
 
 class Tmux:
+    """A detached tmux session on its own server (`-L name`): the suite once failed to start the second session while
+    the first one's server, killed with its last session, was still going away on the shared default socket."""
+
     def __init__(self, name: str, command: str):
         self.name = name
-        subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", "120", "-y", "50", command], check=True)
+        self.tmux = ["tmux", "-L", name]
+        started = subprocess.run([*self.tmux, "new-session", "-d", "-s", name, "-x", "120", "-y", "50", command],
+                                 capture_output=True, text=True)
+        assert started.returncode == 0, f"tmux did not start: {started.stderr}"
 
     def screen(self) -> str:
         """The pane's text with its line wraps and padding folded into single spaces."""
-        raw = subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name], capture_output=True, text=True).stdout
+        raw = subprocess.run([*self.tmux, "capture-pane", "-p", "-t", self.name], capture_output=True,
+                             text=True).stdout
         return " ".join(raw.split())
 
     def wait_for(self, text: str, timeout: float = 60.0) -> str:
@@ -56,10 +63,10 @@ class Tmux:
         raise AssertionError(f"{text!r} never appeared; the screen was:\n{self.screen()}")
 
     def keys(self, *keys: str) -> None:
-        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
+        subprocess.run([*self.tmux, "send-keys", "-t", self.name, *keys], check=True)
 
     def close(self) -> None:
-        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+        subprocess.run([*self.tmux, "kill-server"], capture_output=True)
 
 
 @pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
