@@ -7,6 +7,7 @@ hallucination rates. Errors the user can fix end with a one-line message and exi
 from __future__ import annotations
 
 import contextlib
+import logging
 
 import os
 import sys
@@ -289,6 +290,9 @@ def main(argv: list[str] | None = None) -> None:
         if message is None:
             raise  # -v, or a bug: the traceback is what helps
         typer.echo(f"error: {message}", err=True)
+        # What Prefect's embedded server tears down after this line (its database on the same full disk, say)
+        # is not the user's to fix: its pool's reset errors would print a traceback under the one line.
+        logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
         sys.exit(getattr(exc, "exit_code", 2) if isinstance(exc, USER_ERRORS) else 2)
     if _stop_was_handled():  # Click/Typer may hand a stop back as an exit status instead of the exception
         from faithforge.app.stopping import EXIT_STATUS
