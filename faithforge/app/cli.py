@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-
 import os
 import sys
 from pathlib import Path
@@ -280,10 +279,12 @@ def main(argv: list[str] | None = None) -> None:
         typer.echo("interrupted; rerun the same command to continue (finished stages are reused)", err=True)
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the one place errors become messages
-        if _stop_was_handled():  # a library turned the stop into its own error: Prefect's task engine, stopped
-            from faithforge.app.stopping import EXIT_STATUS  # while it set up a task run, raises "Task run is not
+        # A library may turn a stop into its own error (Prefect's task engine, stopped while it sets up a task run,
+        # raises "Task run is not set" from its crash handler): the stop's line is printed, the run marked.
+        if _stop_was_handled():
+            from faithforge.app.stopping import EXIT_STATUS
 
-            _exit_now(EXIT_STATUS)  # set" from its crash handler; the stop's line is printed, the run marked
+            _exit_now(EXIT_STATUS)
         from faithforge.app.cli_errors import one_line
 
         message = None if verbose else one_line(exc)

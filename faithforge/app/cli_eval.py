@@ -60,25 +60,21 @@ def calibrate(
     settings = dict(llm_backend=llm_backend, llm_model=llm_model, llm_base_url=llm_base_url,
                     likelihood_model=likelihood_model, trained_judge=trained_judge)
     nli = dict(checkpoint=checkpoint, supported_label=supported_label, trust_remote_code=trust_remote_code)
+    if save:  # a workspace that cannot store the result fails before any label is judged
+        from faithforge.core.workspace import Workspace
+
+        Workspace.check(workspace)
     if choose:
         # each candidate on its own, nli's options to nli only; all built before any labels are read
         if len(set(judge)) < 2:
             raise UserError("--choose needs two or more different --judge values to choose among")
         candidates = [_calibration_judges([name], **settings, **(nli if name == "nli" else {}))
                       for name in dict.fromkeys(judge)]
-        if save:
-            from faithforge.core.workspace import Workspace
-
-            Workspace.check(workspace)
         _choose(candidates, read_labels(labels), labels=labels, holdout=holdout, split_seed=split_seed,
                 workspace=workspace if save else None, as_json=as_json)
         return
     # build the judges first: a bad checkpoint fails before any labels are read
     built = _calibration_judges(judge, **nli, **settings)
-    if save:  # and a workspace that cannot store the result fails before any label is judged
-        from faithforge.core.workspace import Workspace
-
-        Workspace.check(workspace)
     examples = read_labels(labels)
     result = calibrate_heldout(built, examples, labels_path=labels, holdout=holdout, seed=split_seed)
     stored = None
@@ -129,8 +125,7 @@ def _calibration_judges(judge: list[str], *, checkpoint: str | None = None, supp
     from faithforge.evaluation.judges import build_judges, judge_names
 
     names = judge_names(judge)
-    if "nli" not in names and (checkpoint is not None or supported_label is not None or trust_remote_code):
-        raise UserError("--checkpoint, --supported-label and --trust-remote-code apply to --judge nli only")
+    _refuse_nli_options_without_nli(names, checkpoint, supported_label, trust_remote_code)
     if "nli" in names and not checkpoint:
         raise UserError("the nli judge needs a checkpoint: pass the folder (or hub id) of a sequence-classification "
                         "model or seq2seq checker (e.g. --checkpoint PATH)")
@@ -143,6 +138,12 @@ def _calibration_judges(judge: list[str], *, checkpoint: str | None = None, supp
                                       llm_model=llm_model, llm_base_url=llm_base_url,
                                       likelihood_model=likelihood_model, trained_judge_path=trained_judge)
     return build_judges(names, options)
+
+
+def _refuse_nli_options_without_nli(names: list[str], checkpoint: str | None, supported_label: int | None,
+                                    trust_remote_code: bool) -> None:
+    if "nli" not in names and (checkpoint is not None or supported_label is not None or trust_remote_code):
+        raise UserError("--checkpoint, --supported-label and --trust-remote-code apply to --judge nli only")
 
 
 def _judge_settings_options(names: list[str], **settings) -> dict[str, dict]:
@@ -202,8 +203,7 @@ def fit_combination_command(
     from faithforge.evaluation.judges import build_judges, judge_names
 
     names = judge_names(judge)
-    if "nli" not in names and (checkpoint is not None or supported_label is not None or trust_remote_code):
-        raise UserError("--checkpoint, --supported-label and --trust-remote-code apply to --judge nli only")
+    _refuse_nli_options_without_nli(names, checkpoint, supported_label, trust_remote_code)
     built = build_judges(names, _judge_settings_options(
         names, likelihood_model=likelihood_model, trained_judge_path=trained_judge, nli_checkpoint=checkpoint,
         nli_supported_label=supported_label, nli_trust_remote_code=trust_remote_code))

@@ -34,17 +34,15 @@ def train(
         raise UserError(f"--steps must be at least 1 (got {steps})")
     if not name.strip():
         raise UserError("--name is empty; pass a short name for the judge folder")
-    if out is not None:
-        from faithforge.core.workspace import writable_parent
+    from faithforge.core.workspace import Workspace, writable_parent
 
+    if out is not None:
         target = out.expanduser().resolve()
         if target.exists() and not target.is_dir():
             raise UserError(f"--out {out} is a file; pass a folder to save the judge in")
         if not target.exists():
             writable_parent(target)  # a parent that is a file or not writable: before any training
     else:  # the workspace's judges/ folder: checked now, created (with the workspace's marker) only to save
-        from faithforge.core.workspace import Workspace
-
         target = Workspace.check(workspace) / "judges"
         if target.exists() and not target.is_dir():
             raise UserError(f"{target} is a file; move it or pass --out DIR")
@@ -61,8 +59,6 @@ def train(
     base_encoder_dir()  # the encoder package is there, before any work
     typer.echo(f"training a judge on {len(docs)} documents from {documents}", err=True)
     if out is None:
-        from faithforge.core.workspace import Workspace
-
         Workspace.open(workspace)  # a FaithForge workspace (marker and all), so `demo --fresh` may use it later
     folder = train_judge([(d.id, d.text) for d in docs], target, settings, name=name,
                          say=lambda message: typer.echo(message, err=True))

@@ -62,6 +62,7 @@ def check_server_url(option: str, url: str) -> None:
     if parsed.scheme not in ("http", "https") or not parsed.host:
         raise UserError(f"{option} {url!r} is not an http(s) URL with a host; use e.g. http://127.0.0.1:11434")
 
+
 def make_client(base_url: str, options: HttpOptions, headers: dict[str, str] | None = None) -> httpx.Client:
     return httpx.Client(base_url=base_url.rstrip("/"), timeout=options.timeout(), headers=headers or {})
 

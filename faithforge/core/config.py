@@ -632,7 +632,7 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
         if not name.startswith(ENV_PREFIX):
             continue
         dotted = [part.lower() for part in name[len(ENV_PREFIX):].split("__") if part]
-        if dotted and len(dotted) > 1 and dotted[0] not in PipelineConfig.model_fields:
+        if len(dotted) > 1 and dotted[0] not in PipelineConfig.model_fields:
             sections = sorted(k for k, f in PipelineConfig.model_fields.items() if hasattr(f.annotation, "model_fields"))
             raise UserError(f"{name}: no config section {dotted[0]!r}; write FAITHFORGE_SECTION__FIELD with one of "
                             f"{', '.join(s.upper() for s in sections)} (or unset it)")

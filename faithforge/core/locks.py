@@ -92,15 +92,15 @@ RUN_LOCK = ".faithforge-run.lock"
 _held: dict[str, int] = {}  # workspace root → the descriptor this process holds its run lock by (open till exit)
 
 
-def hold_workspace(root: Path) -> None:
-    """Mark this process as a run using the workspace (a shared `flock`, released by the kernel when it exits).
-    Waits while a `--fresh` of another process is removing outputs there (seconds)."""
+def hold_workspace(root: Path) -> int:
+    """Mark this process as a run using the workspace (a shared `flock`, released by the kernel when it exits);
+    returns the lock's descriptor. Waits while a `--fresh` of another process is removing outputs there (seconds)."""
     key = str(Path(root).resolve())
-    if key in _held:
-        return
-    fd = os.open(Path(root) / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
-    fcntl.flock(fd, fcntl.LOCK_SH)
-    _held[key] = fd
+    if key not in _held:
+        fd = os.open(Path(root) / RUN_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        fcntl.flock(fd, fcntl.LOCK_SH)
+        _held[key] = fd
+    return _held[key]
 
 
 @contextlib.contextmanager
@@ -109,8 +109,7 @@ def sole_user(root: Path, derived: tuple[str, ...]) -> Iterator[None]:
     run uses it (an attack's `--fresh` deleted the models a running demo was reading, which then died with a
     traceback). Also refuses while any output lock in `derived` folders is held (a run started some other way,
     e.g. by a Prefect worker). This process's own run lock goes back to shared afterwards."""
-    hold_workspace(root)
-    fd = _held[str(Path(root).resolve())]
+    fd = hold_workspace(root)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as exc:

@@ -202,16 +202,6 @@ def require_new_folder(path: str | os.PathLike[str], what: str = "output folder"
     return target
 
 
-def require_new_file(path: str | os.PathLike[str], what: str = "output file") -> Path:
-    """`path` resolved, refused in one line if something is there already or its folder cannot hold it: checked
-    before the work that produces it, so nothing is computed in vain and nothing is overwritten."""
-    target = Path(path).expanduser().resolve()
-    if target.exists() or target.is_symlink():
-        raise UserError(f"{path} already exists; choose a new {what} (nothing was written)")
-    writable_parent(target)
-    return target
-
-
 def writable_parent(target: Path) -> None:
     """Refuse in one line, before any work, a path whose nearest existing ancestor is a file or not writable."""
     problem = _parent_problem(target)
@@ -410,8 +400,10 @@ class Workspace:
         path = Path(root).expanduser().resolve()
         if path.exists() and not path.is_dir():
             raise UserError(f"workspace {path} is a file, not a directory; pass --workspace DIR")
-        problem = _parent_problem(path) if not path.exists() else \
-            None if os.access(path, os.W_OK | os.X_OK) else "no write permission"
+        if path.exists():
+            problem = None if os.access(path, os.W_OK | os.X_OK) else "no write permission"
+        else:
+            problem = _parent_problem(path)
         if problem:
             raise UserError(f"workspace {path} is not writable ({problem}); pass --workspace DIR or set "
                             "FAITHFORGE_WORKSPACE to a directory you can write")

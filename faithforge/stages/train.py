@@ -246,10 +246,11 @@ def train_sft_control(ctx: StageContext, model: ModelOutput, pairs: PairsOutput,
     # those folders are named by their content. A model outside it (the user's model.path with the warm start
     # off) by its content: the same path holding other weights or another template is another model.
     # The pairs' max length (reference.max_length, as DPO's) is part of what the control trains on.
+    from faithforge.core.workspace import inside
     from faithforge.training.reference_cache import model_folder_fingerprint
 
-    inside = ctx.workspace.relative(model.path) != str(model.path)
-    model_id = ctx.workspace.relative(model.path) if inside else model_folder_fingerprint(model.path)
+    model_id = (ctx.workspace.relative(model.path) if inside(model.path, ctx.workspace.root)
+                else model_folder_fingerprint(model.path))
     key = content_key("sft-control", model_id, ctx.workspace.relative(pairs.path),
                       cfg.model_dump(exclude={"report_to"}), ctx.config.seed, ctx.config.reference.max_length)
     out = ctx.workspace.dir("adapters") / f"sft-control-{key}"

@@ -448,19 +448,24 @@ def make_checksum_callback():
     return ChecksumCheckpoints()
 
 
-def checkpoint_problem(path) -> str | None:
-    """Why the checkpoint folder cannot be resumed from (None: it can): not written to the end (the Trainer writes
-    `trainer_state.json` last, this module its checksums after that), or a file that no longer matches them."""
+def _finished(path) -> bool:
+    """The Trainer wrote the checkpoint to the end: it writes `trainer_state.json` last."""
     import json
-    from pathlib import Path
 
-    from faithforge.core.workspace import sha256_file
-
-    path = Path(path)
     try:
         json.loads((path / "trainer_state.json").read_text())
     except (OSError, ValueError):
-        return "not written to the end (no readable trainer_state.json)"
+        return False
+    return True
+
+
+def checksum_problem(path) -> str | None:
+    """Why a finished checkpoint folder cannot be resumed from (None: it can): its checksums are missing (killed
+    before they were written, or an older FaithForge's) or a file no longer matches them."""
+    import json
+
+    from faithforge.core.workspace import sha256_file
+
     try:
         sums = json.loads((path / CHECKSUMS).read_text())
     except (OSError, ValueError):
@@ -478,8 +483,8 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
     """The newest `checkpoint-N` in `output_dir` that was written to the end and is intact, or None.
 
     transformers' `get_last_checkpoint` returns the highest-numbered folder even when the process was killed
-    while writing it, and trusts whatever bytes are there. Folders with a `checkpoint_problem` are skipped, with
-    a log line when they look finished (and left in place for inspection).
+    while writing it, and trusts whatever bytes are there. Unfinished folders are skipped quietly, finished ones
+    with a `checksum_problem` with a log line (both are left in place for inspection).
     """
     import logging
     import re
@@ -494,11 +499,12 @@ def last_complete_checkpoint(output_dir: str) -> str | None:
         if match and path.is_dir():
             numbered.append((int(match.group(1)), path))
     for _, path in sorted(numbered, reverse=True):
-        problem = checkpoint_problem(path)
+        if not _finished(path):
+            continue
+        problem = checksum_problem(path)
         if problem is None:
             return str(path)
-        if not problem.startswith("not written"):
-            logging.getLogger(__name__).warning("not resuming from %s: %s", path, problem)
+        logging.getLogger(__name__).warning("not resuming from %s: %s", path, problem)
     return None
 
 

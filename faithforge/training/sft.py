@@ -53,22 +53,24 @@ def collate(batch: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[s
 CHECKPOINT_GLOB = "step-*.pt"
 
 
+def _digest(payload: bytes) -> str:
+    import hashlib
+
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
 def _checkpoint_name(step: int, payload: bytes) -> str:
     """`step-000100.<first 16 hex of the payload's SHA-256>.pt`: the name carries the checksum, so a file damaged
     on disk after it was written is seen (a garbled tensor still loads) and the file stays one atomic write."""
-    import hashlib
-
-    return f"step-{step:06d}.{hashlib.sha256(payload).hexdigest()[:16]}.pt"
+    return f"step-{step:06d}.{_digest(payload)}.pt"
 
 
 def _checksum_problem(path: Path, payload: bytes) -> str | None:
     """Why the file's bytes do not match the checksum in its name (None: they do)."""
-    import hashlib
-
     parts = path.name.split(".")
     if len(parts) != 3:
         return "written before checkpoints carried a checksum"
-    if hashlib.sha256(payload).hexdigest()[:16] != parts[1]:
+    if _digest(payload) != parts[1]:
         return "its bytes no longer match the checksum in its name (damaged on disk)"
     return None
 
