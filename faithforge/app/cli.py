@@ -147,10 +147,12 @@ def demo(
         from faithforge.core.workspace import DERIVED_DIRS
 
         with sole_user(ws.root, DERIVED_DIRS):
-            removed, kept = ws.remove_outputs()
+            removed, kept, moved = ws.remove_outputs()
         typer.echo(f"--fresh: removed {len(removed)} output(s) FaithForge wrote in {ws.root}")
         for entry in kept:
             typer.echo(f"--fresh: kept {entry} (not written by FaithForge)")
+        for entry in moved:
+            typer.echo(f"--fresh: kept your file {entry.relative_to(ws.root)} (moved out of the output it removed)")
     from faithforge.app.demo_runner import run_pipeline_with_progress
 
     summary = run_pipeline_with_progress(cfg, verbose=verbose)

@@ -294,6 +294,66 @@ _HIDDEN_NAME = re.compile(r"^\..+\.(tmp|lock|old)$")
 _GENERATED_DATA = re.compile(r"^generated(-.+\.jsonl)?$")
 
 
+#: Where `--fresh` and a recompute move the files you put inside a FaithForge output folder (`keep_your_files`).
+KEPT_DIR = "kept"
+KNOWN_TOP_LEVEL = KNOWN_TOP_LEVEL | {KEPT_DIR}
+#: The manifests a finished output folder holds, written last: `faithforge.json` / `manifest.json` with a
+#: `checksums` map (faithforge.stages.reuse), or a reference cache's `manifest.json` with its `shards`
+#: (faithforge.training.reference_cache, whose shards and ranks' sidecar entries are named as below).
+MANIFEST_NAMES = ("faithforge.json", "manifest.json")
+_SHARD_NAME = re.compile(r"^shard-\d+\.parquet(\.entry\.json)?$")
+
+
+def files_written(folder: Path) -> Callable[[str], bool] | None:
+    """For a finished output folder: a test of whether a relative file name is one FaithForge wrote there (its
+    manifest lists it, or it is the manifest, a shard of a reference cache, or a hidden temporary or lock).
+    None when no readable manifest says what was written (a damaged folder: nothing can be told apart)."""
+    for name in MANIFEST_NAMES:
+        try:
+            data = json.loads((folder / name).read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError):
+            return None
+        if not isinstance(data, dict):
+            return None
+        if isinstance(data.get("checksums"), dict):
+            listed = set(data["checksums"]) | {name}
+            return lambda rel: rel in listed or bool(_HIDDEN_NAME.match(Path(rel).name))
+        if isinstance(data.get("shards"), list):
+            return lambda rel: rel == name or bool(_SHARD_NAME.match(rel) or _HIDDEN_NAME.match(Path(rel).name))
+        return None
+    return None
+
+
+def keep_your_files(root: str | os.PathLike[str], folder: Path) -> list[Path]:
+    """Before FaithForge deletes or replaces its output `folder` (`--fresh`, a recompute), move the files in it that
+    its manifest does not list — yours, put there by hand — to `<root>/kept/<sub-directory>/<folder>/…`, and
+    return where each went. A link is moved as a link. A folder without a readable manifest keeps nothing: its
+    files cannot be told from FaithForge's (see the README's guarantees)."""
+    root, folder = Path(root).resolve(), Path(folder)
+    if not (root / MARKER).is_file() or not inside(folder, root):
+        return []  # only ever inside a workspace FaithForge created
+    ours = files_written(folder) if folder.is_dir() and not folder.is_symlink() else None
+    if ours is None:
+        return []
+    moved: list[Path] = []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        here = Path(dirpath)
+        links = [d for d in dirnames if (here / d).is_symlink()]  # os.walk lists them but does not enter them
+        for name in sorted(filenames + links):
+            rel = str((here / name).relative_to(folder))
+            if ours(rel):
+                continue
+            target = root / KEPT_DIR / folder.parent.name / folder.name / rel
+            while target.exists() or target.is_symlink():  # never over an earlier kept file
+                target = target.with_name(target.name + ".again")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.rename(here / name, target)
+            moved.append(target)
+    return moved
+
+
 def written_by_faithforge(entry: Path) -> bool:
     """Whether `entry` (directly under a derived sub-directory) is a stage output or FaithForge's temporary."""
     return bool(_OUTPUT_NAME.match(entry.name) or _HIDDEN_NAME.match(entry.name))
@@ -451,15 +511,16 @@ class Workspace:
     def database_url(self) -> str:
         return sqlite_url(self.root / "faithforge.db")
 
-    def remove_outputs(self) -> tuple[list[Path], list[Path]]:
-        """`--fresh`: delete the stage outputs FaithForge wrote; return (removed, kept as not ours).
+    def remove_outputs(self) -> tuple[list[Path], list[Path], list[Path]]:
+        """`--fresh`: delete the stage outputs FaithForge wrote; return (removed, kept as not ours, your files
+        moved out of removed outputs into `kept/` first).
 
         Refuses a workspace without the marker: FaithForge cannot tell its files from yours there. The run
         database and the reports are history and stay.
         """
         if not self.owned:
             refuse_unowned(self.root)
-        removed, kept = [], []
+        removed, kept, moved = [], [], []
         for sub in DERIVED_DIRS:
             folder = self.dir(sub)
             if folder.is_symlink() or not inside(folder, self.root):  # its link alone, never what it points to
@@ -477,9 +538,10 @@ class Workspace:
                     if not (sub == "datasets" and _GENERATED_DATA.match(entry.name)):
                         kept.append(entry)
                     continue
+                moved += keep_your_files(self.root, entry)
                 if remove_inside(self.root, entry):
                     removed.append(entry)
-        return removed, kept
+        return removed, kept, moved
 
     def relative(self, path: str | os.PathLike[str]) -> str:
         """`path` relative to the workspace when it lies inside it (for keys and lineage that must survive a copied

@@ -1,0 +1,116 @@
+"""A file you put inside a FaithForge output folder is moved to `<workspace>/kept/`, never deleted with the folder.
+
+An attack found `--fresh` (and a recompute of a damaged output) deleting a user's notes placed inside
+`pairs/pairs-<key>/`: the folder went whole. Now the files its manifest does not list are moved out first
+(`faithforge.core.workspace.keep_your_files`), on both paths.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from faithforge.core.workspace import KEPT_DIR, Workspace, atomic_directory, keep_your_files
+from faithforge.stages.reuse import claim_output, write_manifest
+
+KEY = "0123456789abcdef"
+
+
+def _finished_output(ws: Workspace) -> tuple:
+    """A pairs output as the stage leaves it: its files, then its manifest listing them."""
+    out = ws.dir("pairs") / f"pairs-{KEY}"
+    with atomic_directory(out) as tmp:
+        (tmp / "train.jsonl").write_text('{"prompt": "p"}\n')
+        (tmp / "reports").mkdir()
+        (tmp / "reports" / "ranking.json").write_text("{}")
+        write_manifest(tmp, {"path": str(out)}, "manifest.json")
+    return out
+
+
+def _put_your_files(out, outside):
+    (out / "my-notes.txt").write_text("mine")
+    (out / "reports" / "my-plot.png").write_bytes(b"\x89PNG")
+    (out / "link-to-outside").symlink_to(outside)
+
+
+def test_fresh_moves_your_files_out_of_an_output_before_removing_it(tmp_path, monkeypatch, capsys):
+    from faithforge.app import demo_runner
+    from faithforge.app.cli import main
+
+    ws = Workspace.open(tmp_path / "W")
+    out = _finished_output(ws)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("precious")
+    _put_your_files(out, outside)
+    monkeypatch.setattr(demo_runner, "run_pipeline_with_progress", lambda cfg, verbose=False: None)
+    monkeypatch.setattr("faithforge.app.demo_report.print_summary", lambda summary: None)
+
+    with pytest.raises(SystemExit) as code:
+        main(["demo", "-w", str(ws.root), "--fresh"])
+    assert code.value.code == 0
+
+    kept = ws.root / KEPT_DIR / "pairs" / f"pairs-{KEY}"
+    assert not out.exists()
+    assert (kept / "my-notes.txt").read_text() == "mine"
+    assert (kept / "reports" / "my-plot.png").read_bytes() == b"\x89PNG"
+    assert (kept / "link-to-outside").is_symlink() and (outside / "precious.txt").read_text() == "precious"
+    assert not (kept / "train.jsonl").exists() and not (kept / "manifest.json").exists()  # FaithForge's went
+    printed = capsys.readouterr().out
+    assert f"kept your file {KEPT_DIR}/pairs/pairs-{KEY}/my-notes.txt (moved out of the output it removed)" in printed
+
+
+def test_a_recompute_moves_your_files_out_before_replacing_the_output(tmp_path):
+    ws = Workspace.open(tmp_path / "W")
+    out = _finished_output(ws)
+    (out / "my-notes.txt").write_text("mine")
+    (out / "train.jsonl").write_text("damaged\n")  # a listed file changed: the stage must recompute
+
+    with claim_output("pairs", out, "manifest.json") as claim:
+        assert claim.reused is None and "train.jsonl" in claim.why
+        with atomic_directory(out) as tmp:  # what the stage then does
+            (tmp / "train.jsonl").write_text('{"prompt": "q"}\n')
+            claim.finish(tmp, {"path": str(out)})
+
+    assert (ws.root / KEPT_DIR / "pairs" / f"pairs-{KEY}" / "my-notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "train.jsonl"]
+
+
+def test_a_second_kept_file_of_the_same_name_never_replaces_the_first(tmp_path):
+    ws = Workspace.open(tmp_path / "W")
+    for text in ("first", "second"):
+        out = _finished_output(ws)
+        (out / "my-notes.txt").write_text(text)
+        keep_your_files(ws.root, out)
+    kept = ws.root / KEPT_DIR / "pairs" / f"pairs-{KEY}"
+    assert (kept / "my-notes.txt").read_text() == "first" and (kept / "my-notes.txt.again").read_text() == "second"
+
+
+def test_a_reference_cache_keeps_its_shards_and_sidecars_and_moves_the_rest(tmp_path):
+    ws = Workspace.open(tmp_path / "W")
+    cache = ws.dir("refcache") / KEY
+    cache.mkdir()
+    (cache / "shard-00000.parquet").write_bytes(b"p")
+    (cache / "shard-00001.parquet.entry.json").write_text("{}")  # a rank's entry before the merge
+    (cache / "manifest.json").write_text(json.dumps({"key": KEY, "shards": [{"name": "shard-00000.parquet"}]}))
+    (cache / "mine.csv").write_text("a,b")
+    moved = keep_your_files(ws.root, cache)
+    assert moved == [ws.root / KEPT_DIR / "refcache" / KEY / "mine.csv"]
+    assert sorted(p.name for p in cache.iterdir()) == ["manifest.json", "shard-00000.parquet",
+                                                       "shard-00001.parquet.entry.json"]
+
+
+@pytest.mark.parametrize("case", ["no manifest", "unreadable manifest", "workspace not FaithForge's"])
+def test_nothing_is_moved_where_yours_cannot_be_told_from_faithforges(tmp_path, case):
+    ws = Workspace.open(tmp_path / "W")
+    out = _finished_output(ws)
+    (out / "my-notes.txt").write_text("mine")
+    if case == "no manifest":
+        (out / "manifest.json").unlink()
+    elif case == "unreadable manifest":
+        (out / "manifest.json").write_text("{not json")
+    else:
+        (ws.root / ".faithforge-workspace").unlink()
+    assert keep_your_files(ws.root, out) == [] and (out / "my-notes.txt").is_file()
+    assert not (ws.root / KEPT_DIR).exists()
