@@ -13,7 +13,12 @@ rotating order (a shared machine's load hits all alike):
   (c) the prefix engine (`PrefixCachedEngine.generate`, fp32, same weights);
   (d) llama.cpp (llama-cpp-python, in process) on the GGUF, re-encoding every time (`reset()` first);
   (e) llama.cpp on the GGUF keeping its context between requests: `Llama.generate` reuses the longest common
-      prefix of what it holds (its own prompt cache), so only the question and the answer are computed.
+      prefix of what it holds (its own prompt cache), so only the question and the answer are computed;
+  (f) the engine answering all the questions as one batch (`generate_batch`), the system prompt's states read
+      once per step for every row (`faithforge.engine.prefix_attention`), against the one-by-one totals of (b)
+      and (c): serving the same requests. Stock `generate` has no batched form over a prefilled cache with
+      questions of different lengths (it would need padding between prompt and question);
+  (g) the same batch with the system prompt copied into every row, as the engine batched before (f) existed.
 (d) and (e) run on two separate `Llama` instances so re-encoding never evicts the cached one. The GGUF is the
 wheel's Q4_1 (the transformers model is that file dequantized, so both compute with the same weight values) and,
 with --f16, also an f16 GGUF written from the same dequantized tensors (`bench/gguf_f16.py`).
@@ -67,6 +72,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--n-ctx", type=int, default=8192, help="llama.cpp context (SmolLM2's is 8,192)")
     p.add_argument("--f16", action="store_true", help="also time llama.cpp on an f16 GGUF of the same weights")
     p.add_argument("--no-llama", action="store_true", help="skip the llama.cpp variants")
+    p.add_argument("--batch-rounds", type=int, default=3, help="rounds of the batched variants (f) and (g)")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "prefix_smollm2.json")
     return p.parse_args()
 
@@ -170,6 +176,7 @@ def bench_length(length: int, args, model, tokenizer, llamas: dict) -> dict:
                 out, t = timed(lambda: variants[name](q))
             seconds[name].append(t)
             tokens[name].append(out)
+    batch_seconds, batch_tokens = batched_variants(engine, questions, greedy, args.batch_rounds)
     del base, engine
 
     def median_ratio(a: str, b: str) -> float | None:
@@ -179,6 +186,14 @@ def bench_length(length: int, args, model, tokenizer, llamas: dict) -> dict:
 
     ratios = {"reencode/engine": median_ratio("reencode", "engine"),
               "deepcopy/engine": median_ratio("deepcopy", "engine")}
+    one_by_one = {name: sum(seconds[name]) for name in ("deepcopy", "engine")}
+    for name, times in batch_seconds.items():
+        best = statistics.median(times)
+        ratios[f"deepcopy one by one/{name}"] = round(one_by_one["deepcopy"] / best, 2)
+        ratios[f"engine one by one/{name}"] = round(one_by_one["engine"] / best, 2)
+    if len(batch_seconds) == 2:
+        ratios["engine_batch_copied/engine_batch"] = round(statistics.median(batch_seconds["engine_batch_copied"])
+                                                           / statistics.median(batch_seconds["engine_batch"]), 2)
     agreement = {}
     for kind in llamas:
         ratios[f"llama_{kind} reencode/cached"] = median_ratio(f"llama_{kind}_reencode", f"llama_{kind}_cached")
@@ -192,10 +207,36 @@ def bench_length(length: int, args, model, tokenizer, llamas: dict) -> dict:
         "seconds_per_request": {k: [round(x, 3) for x in v] for k, v in seconds.items()},
         "median_ratios": ratios,
         "same_tokens_reencode_deepcopy_engine": tokens["reencode"] == tokens["deepcopy"] == tokens["engine"],
+        "batch_seconds": {k: [round(x, 3) for x in v] for k, v in batch_seconds.items()},
+        "batch_tokens_equal_one_by_one": {k: v == tokens["engine"] for k, v in batch_tokens.items()},
         "llama_cached_equals_llama_reencode": {k: tokens[f"llama_{k}_cached"] == tokens[f"llama_{k}_reencode"]
                                                for k in llamas},
         "llama_leading_tokens_shared_with_engine": agreement,
     }
+
+
+def batched_variants(engine, questions: list[list[int]], greedy, rounds: int) -> tuple[dict, dict]:
+    """All questions as one batch of the engine, `rounds` times each, alternating: (f) `engine_batch`, the shared
+    prefix read once per step (`faithforge.engine.prefix_attention`), and (g) `engine_batch_copied`, the prefix
+    copied into every row as before it (forced by raising the batch runner's threshold). Seconds per round and
+    the tokens of the last round per variant."""
+    from faithforge.engine import batch as batch_module
+
+    threshold = batch_module.MIN_SHARED_TOKENS
+    settings = {"engine_batch": threshold, "engine_batch_copied": 10**9}
+    seconds: dict[str, list[float]] = {name: [] for name in settings}
+    tokens: dict[str, list] = {}
+    try:
+        for r in range(rounds):
+            for name in (list(settings) if r % 2 == 0 else list(settings)[::-1]):
+                batch_module.MIN_SHARED_TOKENS = settings[name]
+                with torch.inference_mode():
+                    out, t = timed(lambda: engine.generate_batch(questions, greedy, batch_size=len(questions)))
+                seconds[name].append(t)
+                tokens[name] = [res.token_ids for res in out]
+    finally:
+        batch_module.MIN_SHARED_TOKENS = threshold
+    return seconds, tokens
 
 
 def print_length(row: dict) -> None:
@@ -206,6 +247,9 @@ def print_length(row: dict) -> None:
     for name, total in row["seconds_total"].items():
         print(f"  {name:<24} {total:8.2f} s")
     print("  median ratios: " + "   ".join(f"{k} = {v:.2f}x" for k, v in row["median_ratios"].items() if v is not None))
+    for name, times in row["batch_seconds"].items():
+        print(f"  {name:<24} {statistics.median(times):8.2f} s  (all {row['requests']} questions in one batch; "
+              f"rounds {times}; tokens = one by one: {row['batch_tokens_equal_one_by_one'][name]})")
     print(f"  same tokens (a)=(b)=(c): {row['same_tokens_reencode_deepcopy_engine']}; llama.cpp cached = "
           f"re-encoded: {row['llama_cached_equals_llama_reencode']}; leading tokens llama.cpp shares with the "
           f"engine: {row['llama_leading_tokens_shared_with_engine']} of {row['gen_tokens']}")

@@ -2,7 +2,9 @@
 
 Layout of row i in the batch cache: [shared prefix][pads][suffix_i][generated...]
 - the prefix states are expanded to the batch once, into a buffer sized for prefix + suffixes + generated
-  tokens (one copy of batch x prefix; the engine's own cache is only read);
+  tokens (one copy of batch x prefix; the engine's own cache is only read); from `MIN_SHARED_TOKENS` shared
+  tokens on they are not copied at all: the batch cache holds views of them and the rows' own states, and
+  attention reads the prefix once per step for all rows (`faithforge.engine.prefix_attention`);
 - suffixes are left-padded; the attention mask is 0 on pads and covers cached + new tokens;
 - position ids are explicit: suffix_i runs shared, shared+1, ... whatever its padding, so each row's
   positions equal an unpadded re-encode of that row; pads get position `shared` (they are masked out);
@@ -11,10 +13,13 @@ Layout of row i in the batch cache: [shared prefix][pads][suffix_i][generated...
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from faithforge.engine.forward import forward_last_logits
 from faithforge.engine.kv import WorkingCache, new_cache
+from faithforge.engine.prefix_attention import MIN_SHARED_TOKENS, shared_prefix_attention, shared_prefix_cache
 from faithforge.engine.prompts import common_prefix_length
 from faithforge.engine.result import GenerationResult
 from faithforge.engine.sampling import SamplingConfig, choose_tokens
@@ -28,6 +33,7 @@ class BatchRunner:
                  pad_id: int, stop: tuple[str, ...], prefill_chunk: int):
         self.model, self.tokenizer, self.working, self.device = model, tokenizer, working, device
         self.eos, self.pad_id, self.stop, self.prefill_chunk = eos, pad_id, stop, prefill_chunk
+        self._extra: dict = {}  # keyword arguments of every model call in the current batch
 
     def run(self, rows: list[list[int]], sampling: SamplingConfig, generator: torch.Generator | None,
             return_logits: bool) -> list[GenerationResult]:
@@ -35,15 +41,21 @@ class BatchRunner:
         shared = min(min(common_prefix_length(self.working.ids, r), len(r) - 1) for r in rows)
         suffixes = [r[shared:] for r in rows]
         width = max(len(s) for s in suffixes)
-        cache = self._batch_cache(len(rows), shared, shared + width + sampling.max_new_tokens)
+        one_prefix = shared >= MIN_SHARED_TOKENS  # read the prefix once per step, not once per row
+        if one_prefix:
+            cache = shared_prefix_cache(self.model, self.working.prefix_views(shared))
+        else:
+            cache = self._batch_cache(len(rows), shared, shared + width + sampling.max_new_tokens)
+        self._extra = {"shared_prefix": cache} if one_prefix else {}
         input_ids, mask, positions = self._padded_inputs(suffixes, shared, width)
-        logits = None
-        for start in range(0, width, self.prefill_chunk):
-            end = min(width, start + self.prefill_chunk)
-            logits = forward_last_logits(self.model, cache, input_ids[:, start:end], mask[:, :shared + end],
-                                         positions[:, start:end])
-        next_pos = torch.tensor([shared + len(s) for s in suffixes], dtype=torch.long, device=self.device)
-        trackers, kept = self._decode(cache, logits, mask, next_pos, sampling, generator, return_logits)
+        with shared_prefix_attention(self.model) if one_prefix else contextlib.nullcontext():
+            logits = None
+            for start in range(0, width, self.prefill_chunk):
+                end = min(width, start + self.prefill_chunk)
+                logits = forward_last_logits(self.model, cache, input_ids[:, start:end], mask[:, :shared + end],
+                                             positions[:, start:end], **self._extra)
+            next_pos = torch.tensor([shared + len(s) for s in suffixes], dtype=torch.long, device=self.device)
+            trackers, kept = self._decode(cache, logits, mask, next_pos, sampling, generator, return_logits)
         return [
             GenerationResult(text=t.final_text(), token_ids=t.token_ids, finish_reason=t.finish_reason,
                              prompt_tokens=len(r), cached_tokens=shared,
@@ -103,5 +115,6 @@ class BatchRunner:
                 mask, next_pos, tokens = mask[keep], next_pos[keep], tokens[keep]
                 active = [active[j] for j in still]
             mask = torch.cat([mask, torch.ones(len(active), 1, dtype=mask.dtype, device=self.device)], dim=1)
-            logits = forward_last_logits(self.model, cache, tokens.unsqueeze(1), mask, next_pos.unsqueeze(1))
+            logits = forward_last_logits(self.model, cache, tokens.unsqueeze(1), mask, next_pos.unsqueeze(1),
+                                         **self._extra)
             next_pos = next_pos + 1

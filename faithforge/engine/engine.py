@@ -115,8 +115,9 @@ class PrefixCachedEngine:
                        batch_size: int = 32, return_logits: bool = False) -> list[GenerationResult]:
         """Continuations of prefix + each prompt, `batch_size` prompts per forward (results in input order).
 
-        The prefix states are expanded to the batch once per chunk; per-request suffixes are left-padded with
-        explicit position ids; rows that finish leave the batch. max_new_tokens overrides sampling's.
+        The prefix states are expanded to the batch once per chunk, or, from `MIN_SHARED_TOKENS` shared tokens
+        on, read once per step for all rows without a copy (`prefix_attention`); per-request suffixes are
+        left-padded with explicit position ids; rows that finish leave the batch. max_new_tokens overrides sampling's.
         Stop strings apply per row; there is no per-token callback in batched mode.
         Seeded sampling is reproducible for the same prompts and batch_size, but draws differ from `generate`.
         """

@@ -36,8 +36,9 @@ def cache_argument(model) -> str:
 
 
 def forward_last_logits(model, cache: DynamicCache, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                        position_ids: torch.Tensor) -> torch.Tensor:
+                        position_ids: torch.Tensor, **attention_kwargs) -> torch.Tensor:
     """Run `model` on input_ids [batch, new] after `cache`; returns float32 logits [batch, vocab] of the last position.
+    `attention_kwargs` reach the attention function (`shared_prefix` of `faithforge.engine.prefix_attention`).
 
     If the call fails part-way (e.g. out of memory), layers that were already extended are cropped back so
     the cache again holds exactly its previous tokens, then the error propagates.
@@ -45,7 +46,7 @@ def forward_last_logits(model, cache: DynamicCache, input_ids: torch.Tensor, att
     before = cache.get_seq_length()
     try:
         out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                    use_cache=True, logits_to_keep=1, **{cache_argument(model): cache})
+                    use_cache=True, logits_to_keep=1, **{cache_argument(model): cache}, **attention_kwargs)
     except BaseException:
         for layer in cache.layers:
             extra = layer.get_seq_length() - before
