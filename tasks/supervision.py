@@ -62,7 +62,7 @@ def store_url(config: PipelineConfig) -> str:
 
 def begin_flow_run(config: PipelineConfig) -> Optional[str]:
     """The start of a pipeline (or top-level stage) flow run on a worker: watch the worker, check the inputs,
-    reconcile the dead. Returns the one-line problem with the inputs, or None. In the CLI (`faithforge demo`)
+    hold the workspace's run lock (shared) for the run's life, reconcile the dead. Returns the one-line problem with the inputs, or None. In the CLI (`faithforge demo`)
     it does nothing: the CLI ran the same checks before Prefect started and stops its own children."""
     if not started_by_worker():
         return None
@@ -70,9 +70,14 @@ def begin_flow_run(config: PipelineConfig) -> Optional[str]:
     from faithforge.stages.preflight import check_pipeline_inputs
 
     try:
-        check_pipeline_inputs(config)
+        workspace = check_pipeline_inputs(config)
     except USER_ERRORS as exc:
         return str(exc)
+    from faithforge.core.locks import hold_workspace
+
+    # This process is this one flow run (a worker or `serve` starts each in its own), so the run lock held till
+    # it exits covers the run between stages too: a `--fresh` elsewhere refuses instead of deleting its inputs.
+    hold_workspace(workspace.root)
     with contextlib.suppress(Exception):  # reconciling others must never stop this run
         reconcile(store_url(config))
     return None

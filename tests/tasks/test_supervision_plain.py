@@ -280,3 +280,33 @@ def test_a_dying_process_releases_a_slot_it_was_granted_before_the_store_recorde
         asked = []
         monkeypatch.setattr(client, "increment_concurrency_slots_with_lease", lambda *a, **k: asked.append(a))
         assert supervision._try_slot(client, "gpu", None) is None and asked == []  # dying: no request at all
+
+
+def test_a_run_a_worker_started_holds_the_workspace_so_fresh_refuses_until_it_ends(tmp_path):
+    """A flow run a worker starts is its own process: `begin_flow_run` holds the workspace's run lock (shared) till
+    it exits, so a `--fresh` elsewhere refuses between its stages too (it used to see only output locks, held
+    while a stage computes)."""
+    from faithforge.core.errors import UserError
+    from faithforge.core.locks import sole_user
+    from faithforge.core.workspace import DERIVED_DIRS, Workspace
+
+    root = Workspace.open(tmp_path / "W").root
+    run = _python(f"""
+        import os, time
+        os.environ["PREFECT__FLOW_RUN_ID"] = "00000000-0000-0000-0000-000000000001"  # as a worker sets it
+        from faithforge.core.config import PipelineConfig
+        from faithforge.tasks.supervision import begin_flow_run
+        assert begin_flow_run(PipelineConfig(workspace={str(root)!r})) is None
+        print("running", flush=True)
+        time.sleep(120)
+        """)
+    try:
+        assert run.stdout.readline().strip() == "running"
+        with pytest.raises(UserError, match="another FaithForge run is using"):
+            with sole_user(root, DERIVED_DIRS):
+                pass
+    finally:
+        os.killpg(run.pid, signal.SIGKILL)  # the run and its reaper
+        run.wait()
+    with sole_user(root, DERIVED_DIRS):  # its process gone, the kernel dropped the lock
+        pass
