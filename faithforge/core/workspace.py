@@ -179,15 +179,29 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.replace(tmp, target)
         _fsync_dir(target.parent)
         if old is not None:
-            remove_entry(old)
-            if old.exists() or old.is_symlink():  # said, not hidden: an attack found one left without a word
-                logging.getLogger(__name__).warning("could not delete %s (the output %s replaced); delete it by hand",
-                                                    old, target.name)
+            _drop_replaced(old, target)
     except BaseException as exc:
         remove_entry(tmp)
         if is_disk_full(exc):
             raise disk_full(target) from None
         raise
+
+
+def _drop_replaced(old: Path, target: Path) -> None:
+    """Delete the folder `target` replaced, after moving out the files you put in it (`keep_your_files`; a stage
+    output's workspace is two levels up); left in place, and said, when they cannot be moved."""
+    log = logging.getLogger(__name__)
+    try:
+        kept = keep_your_files(target.parent.parent, old, target.name)
+    except OSError as exc:
+        log.warning("left %s (the output %s replaced) in place: your files in it could not be moved (%s)", old,
+                    target.name, exc)
+        return
+    for path in kept:
+        log.warning("kept your file %s (moved out of %s, which was recomputed)", path, target.name)
+    remove_entry(old)
+    if old.exists() or old.is_symlink():  # said, not hidden: an attack found one left without a word
+        log.warning("could not delete %s (the output %s replaced); delete it by hand", old, target.name)
 
 
 def require_new_folder(path: str | os.PathLike[str], what: str = "output folder") -> Path:
@@ -311,46 +325,57 @@ def files_written(folder: Path) -> Callable[[str], bool] | None:
     for name in MANIFEST_NAMES:
         try:
             data = json.loads((folder / name).read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        except (OSError, ValueError):  # missing, a folder, unreadable: try the other kind
             continue
-        except (OSError, ValueError):
-            return None
-        if not isinstance(data, dict):
-            return None
-        if isinstance(data.get("checksums"), dict):
+        if isinstance(data, dict) and isinstance(data.get("checksums"), dict):
             listed = set(data["checksums"]) | {name}
             return lambda rel: rel in listed or bool(_HIDDEN_NAME.match(Path(rel).name))
-        if isinstance(data.get("shards"), list):
+        if isinstance(data, dict) and isinstance(data.get("shards"), list):
             return lambda rel: rel == name or bool(_SHARD_NAME.match(rel) or _HIDDEN_NAME.match(Path(rel).name))
-        return None
     return None
 
 
-def keep_your_files(root: str | os.PathLike[str], folder: Path) -> list[Path]:
-    """Before FaithForge deletes or replaces its output `folder` (`--fresh`, a recompute), move the files in it that
-    its manifest does not list — yours, put there by hand — to `<root>/kept/<sub-directory>/<folder>/…`, and
+def keep_your_files(root: str | os.PathLike[str], folder: Path, name: str | None = None) -> list[Path]:
+    """Before FaithForge deletes or replaces its output `folder` (`--fresh`; a recompute, when `atomic_directory`
+    swaps the new one in), move the files in it that its manifest does not list — yours, put there by hand — to a
+    new folder `<root>/kept/<sub-directory>/<name>.<UTC time>/` (`name`: the output's, default the folder's), and
     return where each went. A link is moved as a link. A folder without a readable manifest keeps nothing: its
-    files cannot be told from FaithForge's (see the README's guarantees)."""
+    files cannot be told from FaithForge's (see the README's guarantees). Raises OSError when your files cannot
+    be moved (the caller then leaves the folder in place)."""
     root, folder = Path(root).resolve(), Path(folder)
     if not (root / MARKER).is_file() or not inside(folder, root):
         return []  # only ever inside a workspace FaithForge created
     ours = files_written(folder) if folder.is_dir() and not folder.is_symlink() else None
     if ours is None:
         return []
-    moved: list[Path] = []
+    yours = []
     for dirpath, dirnames, filenames in os.walk(folder):
         here = Path(dirpath)
         links = [d for d in dirnames if (here / d).is_symlink()]  # os.walk lists them but does not enter them
-        for name in sorted(filenames + links):
-            rel = str((here / name).relative_to(folder))
-            if ours(rel):
-                continue
-            target = root / KEPT_DIR / folder.parent.name / folder.name / rel
-            while target.exists() or target.is_symlink():  # never over an earlier kept file
-                target = target.with_name(target.name + ".again")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.rename(here / name, target)
-            moved.append(target)
+        yours += [here / n for n in sorted(filenames + links) if not ours(str((here / n).relative_to(folder)))]
+    if not yours:
+        return []
+    # A new folder per keep: an earlier keep's files (or a link among them) can never be in the way.
+    kept_root = root / KEPT_DIR
+    if not inside(kept_root / folder.parent.name, root):
+        raise OSError(errno.EXDEV, f"{kept_root} links out of the workspace, so your files in {folder} cannot be "
+                      "kept there")
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    (kept_root / folder.parent.name).mkdir(parents=True, exist_ok=True)
+    attempt = 0
+    while True:
+        into = kept_root / folder.parent.name / f"{name or folder.name}.{stamp}{f'.{attempt}' if attempt else ''}"
+        try:
+            into.mkdir()
+            break
+        except FileExistsError:
+            attempt += 1
+    moved = []
+    for source in yours:
+        target = into / source.relative_to(folder)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.move(str(source), str(target))  # a rename; a copy where kept/ lies on another file system
+        moved.append(target)
     return moved
 
 
@@ -538,7 +563,11 @@ class Workspace:
                     if not (sub == "datasets" and _GENERATED_DATA.match(entry.name)):
                         kept.append(entry)
                     continue
-                moved += keep_your_files(self.root, entry)
+                try:
+                    moved += keep_your_files(self.root, entry)
+                except OSError:  # your files there cannot be moved out: the output stays with them
+                    kept.append(entry)
+                    continue
                 if remove_inside(self.root, entry):
                     removed.append(entry)
         return removed, kept, moved

@@ -19,7 +19,8 @@ import torch
 
 from faithforge.engine.forward import forward_last_logits
 from faithforge.engine.kv import WorkingCache, new_cache
-from faithforge.engine.prefix_attention import MIN_SHARED_TOKENS, shared_prefix_attention, shared_prefix_cache
+from faithforge.engine.prefix_attention import (MIN_SHARED_TOKENS, check_read, shared_prefix_attention,
+                                                shared_prefix_cache, supports_shared_prefix)
 from faithforge.engine.prompts import common_prefix_length
 from faithforge.engine.result import GenerationResult
 from faithforge.engine.sampling import SamplingConfig, choose_tokens
@@ -41,7 +42,8 @@ class BatchRunner:
         shared = min(min(common_prefix_length(self.working.ids, r), len(r) - 1) for r in rows)
         suffixes = [r[shared:] for r in rows]
         width = max(len(s) for s in suffixes)
-        one_prefix = shared >= MIN_SHARED_TOKENS  # read the prefix once per step, not once per row
+        # Read the prefix once per step, not once per row (a plain language model's config only).
+        one_prefix = shared >= MIN_SHARED_TOKENS and supports_shared_prefix(self.model)
         if one_prefix:
             cache = shared_prefix_cache(self.model, self.working.prefix_views(shared))
         else:
@@ -52,8 +54,8 @@ class BatchRunner:
             logits = None
             for start in range(0, width, self.prefill_chunk):
                 end = min(width, start + self.prefill_chunk)
-                logits = forward_last_logits(self.model, cache, input_ids[:, start:end], mask[:, :shared + end],
-                                             positions[:, start:end], **self._extra)
+                logits = self._forward(cache, input_ids[:, start:end], mask[:, :shared + end],
+                                       positions[:, start:end])
             next_pos = torch.tensor([shared + len(s) for s in suffixes], dtype=torch.long, device=self.device)
             trackers, kept = self._decode(cache, logits, mask, next_pos, sampling, generator, return_logits)
         return [
@@ -62,6 +64,13 @@ class BatchRunner:
                              logits=torch.stack(kept[i]) if return_logits else None)
             for i, (t, r) in enumerate(zip(trackers, rows))
         ]
+
+    def _forward(self, cache, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """One model call of the batch; on a shared prefix, also checked to have read it (`check_read`)."""
+        logits = forward_last_logits(self.model, cache, input_ids, mask, positions, **self._extra)
+        if self._extra:
+            check_read(cache)
+        return logits
 
     def _batch_cache(self, batch: int, shared: int, capacity: int):
         """A fresh cache holding the first `shared` prefix positions for every row, with room for `capacity`."""
@@ -115,6 +124,5 @@ class BatchRunner:
                 mask, next_pos, tokens = mask[keep], next_pos[keep], tokens[keep]
                 active = [active[j] for j in still]
             mask = torch.cat([mask, torch.ones(len(active), 1, dtype=mask.dtype, device=self.device)], dim=1)
-            logits = forward_last_logits(self.model, cache, tokens.unsqueeze(1), mask, next_pos.unsqueeze(1),
-                                         **self._extra)
+            logits = self._forward(cache, tokens.unsqueeze(1), mask, next_pos.unsqueeze(1))
             next_pos = next_pos + 1

@@ -26,6 +26,7 @@ sinks) are refused with the reason.
 from __future__ import annotations
 
 import contextlib
+import threading
 from typing import Iterator
 
 import torch
@@ -43,11 +44,16 @@ NAME = "faithforge_shared_prefix"
 #: few and SDPA's one fused call per layer is cheaper than the two matrix products and the join here; the
 #: demo's prompts (~70 tokens) stay on SDPA. Chosen from bench/prefix_smollm2.py's batched rows (BENCHMARKS.md).
 MIN_SHARED_TOKENS = 512
-#: Largest score matrix of the prefix part built at once, in elements (queries × prefix tokens × kv heads):
-#: 2**25 float32 scores = 128 MiB, so a long batched prefill is done in slices of queries.
-_MAX_PREFIX_SCORES = 1 << 25
-#: Keyword arguments of attention that this implementation cannot honour (transformers passes None when off).
-_UNSUPPORTED = ("softcap", "sliding_window", "s_aux")
+#: Largest score matrix built at once, in elements (queries × keys, over all heads and rows): 2**25 float32
+#: scores = 128 MiB, so a long batched prefill is done in slices of its new tokens (a review measured 1.7 GB
+#: for 8 rows × 1,500 new tokens before the rows' part was sliced too).
+_MAX_SCORES = 1 << 25
+#: Keyword arguments of attention that carry nothing this implementation must honour. Any other with a value
+#: (soft-capping, a sliding window, attention sinks, block-sparse indices, ...) is refused, not ignored.
+_HARMLESS = frozenset({"position_ids", "use_cache", "cache_position", "is_causal", "output_attentions"})
+
+_switch_lock = threading.Lock()
+_switched: dict[int, list] = {}  # id(config) → [batches inside, the implementation to restore]
 
 
 class SharedPrefixLayer(GrowableLayer):
@@ -59,6 +65,11 @@ class SharedPrefixLayer(GrowableLayer):
     def __init__(self, prefix_keys: torch.Tensor, prefix_values: torch.Tensor):
         super().__init__()
         self.prefix_keys, self.prefix_values = prefix_keys, prefix_values  # [1, kv_heads, P, head_dim]
+        self.pending = False  # states appended that `attention` has not yet read (see `check_read`)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        self.pending = True
+        return super().update(key_states, value_states, *args, **kwargs)
 
     def get_seq_length(self) -> int:
         return self.prefix_keys.shape[-2] + (self._length if self.is_initialized else 0)
@@ -79,16 +90,40 @@ def shared_prefix_cache(model, prefix_layers: list[tuple[torch.Tensor, torch.Ten
     return cache
 
 
+def supports_shared_prefix(model) -> bool:
+    """Whether `model` can run the shared-prefix path: one plain language-model config (a composite one, e.g. a
+    vision-language model, keeps per-part attention settings that one switch would overwrite)."""
+    return not getattr(model.config, "sub_configs", None)
+
+
+def check_read(cache: DynamicCache) -> None:
+    """After a model call on a shared-prefix batch cache: every layer's new states went through `attention`.
+    Without this, a model whose attention setting was changed under the batch would run SDPA over the rows'
+    own states alone and silently ignore the prefix."""
+    if any(getattr(layer, "pending", False) for layer in cache.layers):
+        raise EngineError("the model's attention did not read the shared prefix (its attention setting changed "
+                          "during a batch); run one batch at a time on a model")
+
+
 @contextlib.contextmanager
 def shared_prefix_attention(model) -> Iterator[None]:
-    """Run `model`'s attention through `attention` (below) inside the block; SDPA (or what was set) after it."""
+    """Run `model`'s attention through `attention` (below) inside the block, then set back what was there.
+
+    Several blocks may overlap on one model (two engines, two threads): the first in switches, the last out
+    restores, under a lock, so none leaves the model switched or switches it back under another."""
     config = model.config
-    before = config._attn_implementation
-    config._attn_implementation = NAME
+    with _switch_lock:
+        entry = _switched.setdefault(id(config), [0, config._attn_implementation])
+        entry[0] += 1
+        config._attn_implementation = NAME
     try:
         yield
     finally:
-        config._attn_implementation = before
+        with _switch_lock:
+            entry[0] -= 1
+            if entry[0] == 0:
+                config._attn_implementation = entry[1]
+                del _switched[id(config)]
 
 
 def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
@@ -102,53 +137,58 @@ def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, v
     if shared_prefix is None:
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    unsupported = [name for name in _UNSUPPORTED if kwargs.get(name) is not None]
+    unsupported = sorted(name for name, v in kwargs.items() if v is not None and name not in _HARMLESS)
+    if kwargs.get("output_attentions"):
+        unsupported.append("output_attentions")
     if unsupported or dropout:
         raise EngineError(f"shared-prefix attention does not support {', '.join(unsupported) or 'dropout'} "
                           f"({type(module).__name__}); run the engine without it")
     layer = shared_prefix.layers[module.layer_idx]
     batch, heads, new, head_dim = query.shape
-    kv_heads, rows = key.shape[1], key.shape[-2]
-    groups = heads // kv_heads
+    rows = key.shape[-2]
     scale = scaling if scaling is not None else head_dim ** -0.5
-
-    # The prefix: all rows' queries of one kv head form one matrix against that head's one copy of the prefix.
-    q = query.reshape(batch, kv_heads, groups * new, head_dim)
-    flat = q.transpose(0, 1).reshape(kv_heads, batch * groups * new, head_dim)
-    out_p, sum_p, max_p = _prefix_part(flat, layer.prefix_keys[0], layer.prefix_values[0], scale)
-    out_p, sum_p, max_p = (t.reshape(kv_heads, batch, groups * new, -1).transpose(0, 1) for t in (out_p, sum_p, max_p))
-
-    # The rows' own tokens, under the mask's last `rows` columns (padding and causality).
-    scores = torch.matmul(q, key.transpose(-1, -2)).float() * scale  # [batch, kv_heads, groups*new, rows]
     allowed = _row_mask(attention_mask, batch, new, rows, query.device)
-    if allowed is not None:
-        scores = scores.view(batch, kv_heads, groups, new, rows).masked_fill(~allowed, float("-inf"))
-        scores = scores.view(batch, kv_heads, groups * new, rows)
-    top = torch.maximum(max_p, scores.amax(-1, keepdim=True))  # finite: the prefix is never masked
-    weights = torch.exp(scores - top)
-    rescale = torch.exp(max_p - top)
-    numerator = out_p * rescale + torch.matmul(weights.to(value.dtype), value).float()
-    denominator = sum_p * rescale + weights.sum(-1, keepdim=True)
-    out = (numerator / denominator).to(query.dtype).reshape(batch, heads, new, head_dim)
+    # Slices of the new tokens, so no score matrix over prefix + rows exceeds _MAX_SCORES elements.
+    step = max(1, _MAX_SCORES // max(1, batch * heads * (layer.prefix_keys.shape[-2] + rows)))
+    outs = [_attend(query[:, :, t:t + step], layer.prefix_keys[0], layer.prefix_values[0], key, value,
+                    None if allowed is None else allowed[..., t:t + step, :], scale)
+            for t in range(0, new, step)]
+    out = outs[0] if len(outs) == 1 else torch.cat(outs, 2)
+    layer.pending = False
     return out.transpose(1, 2).contiguous(), None
 
 
-def _prefix_part(flat_queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, scale: float
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Unnormalised attention of queries [kv_heads, Q, head_dim] over the prefix keys/values [kv_heads, P,
-    head_dim]: (weighted values [kv_heads, Q, head_dim], weight sums [kv_heads, Q, 1], largest scores [kv_heads,
-    Q, 1]), float32, in slices of queries so no score matrix exceeds `_MAX_PREFIX_SCORES` elements."""
-    kv_heads, queries, _ = flat_queries.shape
-    step = max(1, _MAX_PREFIX_SCORES // max(1, kv_heads * keys.shape[-2]))
-    outs, sums, maxes = [], [], []
-    for start in range(0, queries, step):
-        scores = torch.matmul(flat_queries[:, start:start + step], keys.transpose(-1, -2)).float() * scale
-        largest = scores.amax(-1, keepdim=True)
-        weights = torch.exp(scores - largest)
-        outs.append(torch.matmul(weights.to(values.dtype), values).float())
-        sums.append(weights.sum(-1, keepdim=True))
-        maxes.append(largest)
-    return torch.cat(outs, 1), torch.cat(sums, 1), torch.cat(maxes, 1)
+def _attend(query: torch.Tensor, prefix_keys: torch.Tensor, prefix_values: torch.Tensor, keys: torch.Tensor,
+            values: torch.Tensor, allowed: torch.Tensor | None, scale: float) -> torch.Tensor:
+    """Attention of query [batch, heads, n, head_dim] over the prefix [kv_heads, P, head_dim] and the rows' own
+    keys/values [batch, kv_heads, rows, head_dim] under `allowed` ([batch, 1, 1, n, rows] or None: all).
+    Returns [batch, heads, n, head_dim] in the query's dtype; scores and sums in float32."""
+    batch, heads, n, head_dim = query.shape
+    kv_heads = keys.shape[1]
+    groups = heads // kv_heads
+    q = query.reshape(batch, kv_heads, groups * n, head_dim)  # head h reads kv head h // groups, as repeat_kv
+
+    # The prefix: all rows' queries of one kv head form one matrix against that head's one copy of the prefix.
+    flat = q.transpose(0, 1).reshape(kv_heads, batch * groups * n, head_dim)
+    scores_p = torch.matmul(flat, prefix_keys.transpose(-1, -2)).float() * scale  # [kv_heads, batch*groups*n, P]
+    max_p = scores_p.amax(-1, keepdim=True)
+    weights_p = torch.exp(scores_p - max_p)
+    out_p = torch.matmul(weights_p.to(prefix_values.dtype), prefix_values).float()
+    out_p, sum_p, max_p = (t.reshape(kv_heads, batch, groups * n, -1).transpose(0, 1)
+                           for t in (out_p, weights_p.sum(-1, keepdim=True), max_p))
+
+    # The rows' own tokens, under the mask's last `rows` columns (padding and causality).
+    rows = keys.shape[-2]
+    scores = torch.matmul(q, keys.transpose(-1, -2)).float() * scale  # [batch, kv_heads, groups*n, rows]
+    if allowed is not None:
+        scores = scores.view(batch, kv_heads, groups, n, rows).masked_fill(~allowed, float("-inf"))
+        scores = scores.view(batch, kv_heads, groups * n, rows)
+    top = torch.maximum(max_p, scores.amax(-1, keepdim=True))  # finite: the prefix is never masked
+    weights = torch.exp(scores - top)
+    rescale = torch.exp(max_p - top)
+    numerator = out_p * rescale + torch.matmul(weights.to(values.dtype), values).float()
+    denominator = sum_p * rescale + weights.sum(-1, keepdim=True)
+    return (numerator / denominator).to(query.dtype).reshape(batch, heads, n, head_dim)
 
 
 def _row_mask(attention_mask: torch.Tensor | None, batch: int, new: int, rows: int, device: torch.device

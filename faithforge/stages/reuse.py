@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from faithforge.core.locks import output_lock
-from faithforge.core.workspace import atomic_write_json, keep_your_files, sha256_file
+from faithforge.core.workspace import atomic_write_json, sha256_file
 from faithforge.stages.context import reads
 
 if TYPE_CHECKING:
@@ -175,10 +175,6 @@ def claim_output(stage: str, folder: Path, manifest: str = "faithforge.json",
             log.warning("%s: recomputing because %s", stage, why)
             if progress is not None:
                 progress(stage, 0, 1, f"recomputing: {why}")
-            # The new output replaces this folder whole: first move out what you put in it (outputs lie at
-            # <workspace>/<sub-directory>/<name>, so the workspace is two levels up).
-            for moved in keep_your_files(folder.parent.parent, folder):
-                log.warning("%s: kept your file %s (moved out of the output it recomputes)", stage, moved)
         yield claim
 
 

@@ -8,6 +8,7 @@ An attack found `--fresh` (and a recompute of a damaged output) deleting a user'
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +27,11 @@ def _finished_output(ws: Workspace) -> tuple:
         (tmp / "reports" / "ranking.json").write_text("{}")
         write_manifest(tmp, {"path": str(out)}, "manifest.json")
     return out
+
+
+def _kept(ws: Workspace, sub: str = "pairs", name: str = f"pairs-{KEY}") -> list:
+    """The folders keeps of output `name` made, oldest first (one per keep: `<name>.<UTC time>[.N]`)."""
+    return sorted((ws.root / KEPT_DIR / sub).glob(f"{name}.*"), key=lambda p: p.stat().st_mtime_ns)
 
 
 def _put_your_files(out, outside):
@@ -51,17 +57,17 @@ def test_fresh_moves_your_files_out_of_an_output_before_removing_it(tmp_path, mo
         main(["demo", "-w", str(ws.root), "--fresh"])
     assert code.value.code == 0
 
-    kept = ws.root / KEPT_DIR / "pairs" / f"pairs-{KEY}"
+    [kept] = _kept(ws)
     assert not out.exists()
     assert (kept / "my-notes.txt").read_text() == "mine"
     assert (kept / "reports" / "my-plot.png").read_bytes() == b"\x89PNG"
     assert (kept / "link-to-outside").is_symlink() and (outside / "precious.txt").read_text() == "precious"
     assert not (kept / "train.jsonl").exists() and not (kept / "manifest.json").exists()  # FaithForge's went
     printed = capsys.readouterr().out
-    assert f"kept your file {KEPT_DIR}/pairs/pairs-{KEY}/my-notes.txt (moved out of the output it removed)" in printed
+    assert f"kept your file {(kept / 'my-notes.txt').relative_to(ws.root)} (moved out of the output it removed)" in printed
 
 
-def test_a_recompute_moves_your_files_out_before_replacing_the_output(tmp_path):
+def test_a_recompute_moves_your_files_out_when_it_replaces_the_output(tmp_path, caplog):
     ws = Workspace.open(tmp_path / "W")
     out = _finished_output(ws)
     (out / "my-notes.txt").write_text("mine")
@@ -69,22 +75,49 @@ def test_a_recompute_moves_your_files_out_before_replacing_the_output(tmp_path):
 
     with claim_output("pairs", out, "manifest.json") as claim:
         assert claim.reused is None and "train.jsonl" in claim.why
-        with atomic_directory(out) as tmp:  # what the stage then does
+        with atomic_directory(out) as tmp:  # what the stage then does, for minutes or hours
+            (out / "added-meanwhile.txt").write_text("also mine")  # a review found this one deleted
             (tmp / "train.jsonl").write_text('{"prompt": "q"}\n')
             claim.finish(tmp, {"path": str(out)})
 
-    assert (ws.root / KEPT_DIR / "pairs" / f"pairs-{KEY}" / "my-notes.txt").read_text() == "mine"
+    [kept] = _kept(ws)
+    assert (kept / "my-notes.txt").read_text() == "mine" and (kept / "added-meanwhile.txt").read_text() == "also mine"
     assert sorted(p.name for p in out.iterdir()) == ["manifest.json", "train.jsonl"]
+    assert "kept your file" in caplog.text
 
 
-def test_a_second_kept_file_of_the_same_name_never_replaces_the_first(tmp_path):
+def test_each_keep_has_its_own_folder_so_earlier_keeps_are_never_in_the_way(tmp_path):
+    """A review found two ways an earlier keep broke a later one: a kept link `data -> /outside` sent a later
+    `data/mine.txt` outside the workspace, and a kept file `notes` made a later folder `notes/` fail for good."""
     ws = Workspace.open(tmp_path / "W")
-    for text in ("first", "second"):
-        out = _finished_output(ws)
-        (out / "my-notes.txt").write_text(text)
-        keep_your_files(ws.root, out)
-    kept = ws.root / KEPT_DIR / "pairs" / f"pairs-{KEY}"
-    assert (kept / "my-notes.txt").read_text() == "first" and (kept / "my-notes.txt.again").read_text() == "second"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    out = _finished_output(ws)
+    (out / "data").symlink_to(outside)
+    (out / "notes").write_text("a file")
+    first = keep_your_files(ws.root, out)
+    out = _finished_output(ws)
+    (out / "data").mkdir()
+    (out / "data" / "mine.txt").write_text("mine")
+    (out / "notes").mkdir()
+    (out / "notes" / "a.txt").write_text("a folder")
+    second = keep_your_files(ws.root, out)
+    assert len(_kept(ws)) == 2 and len(first) == len(second) == 2
+    assert list(outside.iterdir()) == []  # nothing went through the kept link
+    assert all(path.is_relative_to(ws.root / KEPT_DIR) for path in first + second)
+    assert sorted(path.read_text() for path in second) == ["a folder", "mine"]
+
+
+def test_when_kept_links_out_of_the_workspace_the_output_stays_whole(tmp_path):
+    ws = Workspace.open(tmp_path / "W")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (ws.root / KEPT_DIR).symlink_to(outside)
+    out = _finished_output(ws)
+    (out / "my-notes.txt").write_text("mine")
+    removed, kept, moved = ws.remove_outputs()
+    assert out in kept and not removed and not moved
+    assert (out / "my-notes.txt").read_text() == "mine" and list(outside.iterdir()) == []
 
 
 def test_a_reference_cache_keeps_its_shards_and_sidecars_and_moves_the_rest(tmp_path):
@@ -96,7 +129,7 @@ def test_a_reference_cache_keeps_its_shards_and_sidecars_and_moves_the_rest(tmp_
     (cache / "manifest.json").write_text(json.dumps({"key": KEY, "shards": [{"name": "shard-00000.parquet"}]}))
     (cache / "mine.csv").write_text("a,b")
     moved = keep_your_files(ws.root, cache)
-    assert moved == [ws.root / KEPT_DIR / "refcache" / KEY / "mine.csv"]
+    assert [p.relative_to(_kept(ws, "refcache", KEY)[0]) for p in moved] == [Path("mine.csv")]
     assert sorted(p.name for p in cache.iterdir()) == ["manifest.json", "shard-00000.parquet",
                                                        "shard-00001.parquet.entry.json"]
 

@@ -97,7 +97,7 @@ def test_the_join_equals_one_softmax_over_prefix_and_rows(new, monkeypatch):
     for t in range(new):
         allowed[..., t, prefix + rows - new + t + 1:] = False
     cache = prefix_attention.shared_prefix_cache(make_llama(10), [(prefix_k, prefix_v)] * 2)
-    monkeypatch.setattr(prefix_attention, "_MAX_PREFIX_SCORES", 100)  # many slices of queries
+    monkeypatch.setattr(prefix_attention, "_MAX_SCORES", 300)  # a slice per new token
     out, _ = prefix_attention.attention(_Attention(), query, key, value, allowed, shared_prefix=cache)
     assert max_diff(out, _reference(query, prefix_k, prefix_v, key, value, allowed)) < 1e-5
     if new > 1:  # no mask at all: causal among the rows' last tokens
@@ -121,3 +121,56 @@ def test_attention_it_cannot_honour_is_refused():
     q, kv = torch.zeros(1, 6, 1, 16), torch.zeros(1, 2, 1, 16)
     with pytest.raises(EngineError, match="softcap"):
         prefix_attention.attention(_Attention(), q, kv, kv, None, shared_prefix=cache, softcap=30.0)
+    with pytest.raises(EngineError, match="block_indices"):  # an argument it does not know, with a value
+        prefix_attention.attention(_Attention(), q, kv, kv, None, shared_prefix=cache, block_indices=[0])
+
+
+def test_a_prefill_in_several_chunks_matches(chat_engine, monkeypatch):
+    chat_engine.prefill_chunk = 3  # each row's question arrives in pieces of 3 tokens
+    copied, shared = _both_ways(chat_engine, monkeypatch, sampling=SamplingConfig(), max_new_tokens=5,
+                                return_logits=True)
+    for a, b in zip(copied, shared):
+        assert a.token_ids == b.token_ids and max_diff(a.logits, b.logits) < 1e-4
+
+
+def test_a_qwen2_model_passes_its_attention_arguments_through(word_tokenizer, monkeypatch):
+    """Qwen2 hands attention `sliding_window=None`; only arguments with a value are refused."""
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    config = Qwen2Config(vocab_size=len(word_tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, initializer_range=0.3, use_sliding_window=False,
+                         eos_token_id=word_tokenizer.eos_token_id, attn_implementation="sdpa")
+    torch.manual_seed(5)
+    engine = PrefixCachedEngine(Qwen2ForCausalLM(config).eval(), word_tokenizer,
+                                [{"role": "system", "content": SYSTEM_PROMPT}])
+    copied, shared = _both_ways(engine, monkeypatch, sampling=SamplingConfig(), max_new_tokens=5, return_logits=True)
+    for a, b in zip(copied, shared):
+        assert a.token_ids == b.token_ids and max_diff(a.logits, b.logits) < 1e-4
+
+
+def test_overlapping_batches_on_one_model_leave_it_as_it_was(word_tokenizer):
+    """A review found two overlapping blocks restoring in the wrong order: the first out set SDPA back under the
+    second, whose steps then ignored the prefix. Now the last one out restores."""
+    model = make_llama(len(word_tokenizer))
+    first, second = (prefix_attention.shared_prefix_attention(model) for _ in range(2))
+    first.__enter__()
+    second.__enter__()
+    first.__exit__(None, None, None)
+    assert model.config._attn_implementation == prefix_attention.NAME  # still inside the second
+    second.__exit__(None, None, None)
+    assert model.config._attn_implementation == "sdpa"
+
+
+def test_a_batch_whose_attention_skipped_the_prefix_is_an_error_not_a_wrong_answer(chat_engine, monkeypatch):
+    monkeypatch.setattr(batch_module, "MIN_SHARED_TOKENS", 1)
+    decode = batch_module.BatchRunner._decode
+
+    def switched_back_after_the_prefill(runner, *args, **kwargs):  # what the overlapping blocks once did
+        runner.model.config._attn_implementation = "sdpa"
+        return decode(runner, *args, **kwargs)
+
+    monkeypatch.setattr(batch_module.BatchRunner, "_decode", switched_back_after_the_prefill)
+    # Same lengths: no padding, so decode steps get no mask and SDPA would run over the rows' states alone.
+    with pytest.raises(EngineError, match="did not read the shared prefix"):
+        chat_engine.generate_batch(["the cat is red"] * 3, SamplingConfig(), max_new_tokens=3)
+    assert chat_engine.model.config._attn_implementation == "sdpa"
