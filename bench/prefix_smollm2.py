@@ -73,6 +73,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--f16", action="store_true", help="also time llama.cpp on an f16 GGUF of the same weights")
     p.add_argument("--no-llama", action="store_true", help="skip the llama.cpp variants")
     p.add_argument("--batch-rounds", type=int, default=3, help="rounds of the batched variants (f) and (g)")
+    p.add_argument("--document-words", type=int, default=0,
+                   help="put a different document of about this many words before each question (0: none), "
+                        "to time long per-row prompts, where the batch's prefill dominates")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "prefix_smollm2.json")
     return p.parse_args()
 
@@ -93,9 +96,18 @@ def system_prompt_ids(tokenizer, length: int) -> list[int]:
     return head + body[:need] + tail
 
 
-def question_ids(tokenizer, question: str) -> list[int]:
-    return tokenizer.encode(f"<|im_start|>user\n{question}<|im_end|>\n<|im_start|>assistant\n",
+def question_ids(tokenizer, question: str, document: str = "") -> list[int]:
+    text = f"{document}\n\n{question}" if document else question
+    return tokenizer.encode(f"<|im_start|>user\n{text}<|im_end|>\n<|im_start|>assistant\n",
                             add_special_tokens=False)
+
+
+def documents(count: int, words: int) -> list[str]:
+    """`count` different passages of `words` words each, from the QAGS articles in bench/data (real news text)."""
+    if words <= 0:
+        return [""] * count
+    rows = [json.loads(line) for line in (ROOT / "bench" / "data" / "qags-human-labels.jsonl").open()]
+    return [" ".join(row["source"].split()[:words]) for row in rows[:count]]
 
 
 def hf_generate(model, ids: list[int], n: int, cache=None) -> list[int]:
@@ -137,7 +149,8 @@ def bench_length(length: int, args, model, tokenizer, llamas: dict) -> dict:
 
     n = args.gen_tokens
     prefix = system_prompt_ids(tokenizer, length)
-    questions = [question_ids(tokenizer, q) for q in (QUESTIONS * 4)[: args.requests + 1]]
+    asked = (QUESTIONS * 4)[: args.requests + 1]
+    questions = [question_ids(tokenizer, q, d) for q, d in zip(asked, documents(len(asked), args.document_words))]
     warm, questions = questions[0], questions[1:]
     greedy = SamplingConfig(max_new_tokens=n)
     with torch.inference_mode():

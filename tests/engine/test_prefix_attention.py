@@ -83,8 +83,11 @@ def _reference(query, prefix_k, prefix_v, key, value, allowed):
     return F.scaled_dot_product_attention(query, full_k, full_v, attn_mask=allowed).transpose(1, 2)
 
 
+@pytest.mark.parametrize("kernel", ["fused (CPU)", "unfused (other devices)"])
 @pytest.mark.parametrize("new", [1, 5])
-def test_the_join_equals_one_softmax_over_prefix_and_rows(new, monkeypatch):
+def test_the_join_equals_one_softmax_over_prefix_and_rows(new, kernel, monkeypatch):
+    if kernel.startswith("unfused"):
+        monkeypatch.setattr(prefix_attention, "_attend_fused", prefix_attention._attend_unfused)
     torch.manual_seed(0)
     batch, kv_heads, groups, prefix, rows, dim = 3, 2, 3, 37, 9, 16
     query = torch.randn(batch, kv_heads * groups, new, dim)
