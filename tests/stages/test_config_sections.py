@@ -188,3 +188,18 @@ def test_every_function_that_reads_a_stage_context_config_is_declared_or_called_
     loose = [f"{path}:{name}" for name, defs in functions.items() for path, function in defs
              if function.takes_ctx and function.reads and name not in reached and not path.startswith("stages/context")]
     assert not loose, loose
+
+
+def test_no_code_reaches_past_a_view_to_the_whole_config():
+    """`ConfigView` keeps the whole config in a slot (`_config`) that Python cannot hide; a review found this bypass
+    of @reads. Only the view itself may touch it: no module of the package, its flows or its tasks does."""
+    root = Path(stages_package.__file__).resolve().parents[2]
+    offenders = []
+    for folder in ("faithforge", "flows", "tasks", "deployments"):
+        for path in sorted((root / folder).rglob("*.py")):
+            if path.name == "context.py" and path.parent.name == "stages":
+                continue
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.Attribute) and node.attr in ("_config", "_sections"):
+                    offenders.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert offenders == [], f"reads a ConfigView's hidden whole config: {offenders}"
