@@ -391,12 +391,32 @@ def parse_spec(data: Any, source: str, base_dir: Path | None = None) -> Generati
     return spec
 
 
+def _bundled_dir() -> Path:
+    """The specs FaithForge ships: `configs/specs/` of a checkout (and an editable install), installed by a wheel
+    as `faithforge/specs/` (pyproject's package-dir)."""
+    package = Path(__file__).resolve().parents[1]
+    installed = package / "specs"
+    return installed if installed.is_dir() else package.parent / "configs" / "specs"
+
+
+def bundled_spec(path: Path) -> Path | None:
+    """A shipped spec named like `configs/specs/NAME.yaml` (the default `generate.spec`) or `NAME.yaml`, for a run
+    started outside a checkout, where the relative path finds nothing; None when there is none of that name."""
+    if path.is_absolute() or path.parts[:-1] not in ((), ("configs", "specs")):
+        return None
+    candidate = _bundled_dir() / path.name
+    return candidate if candidate.is_file() else None
+
+
 def load_spec(path: str | Path, *, documents: str | None = None) -> GenerationSpec:
     """Read and validate a spec YAML file, reporting every problem at once (`ConfigError`). `documents`
     replaces the spec's documents file (relative to the current directory)."""
     file = Path(path)
     if not file.is_file():
-        raise UserError(f"spec file {file} not found; pass a YAML spec such as configs/specs/grounded-summaries.yaml")
+        file = bundled_spec(file) or file
+    if not file.is_file():
+        raise UserError(f"spec file {file} not found; pass a YAML spec such as configs/specs/grounded-summaries.yaml "
+                        f"(bundled: {', '.join(p.name for p in sorted(_bundled_dir().glob('*.yaml')))})")
     try:
         # YAML 1.2 scalars, duplicate keys refused, alias expansion bounded (a "billion laughs" spec hung for minutes)
         data = strict_yaml.load(file.read_text(encoding="utf-8"), f"spec file {file}")

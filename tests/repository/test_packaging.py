@@ -10,6 +10,8 @@ import sys
 import zipfile
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 SOURCES = ("faithforge", "flows", "tasks", "gpu", "deployments", "configs", "pyproject.toml", "README.md")
 
@@ -38,3 +40,18 @@ def test_the_wheel_installs_one_top_level_name_with_the_four_folders_inside_it(t
         assert expected <= set(names), f"{folder}/ is not installed whole under faithforge/{folder}/"
     assert any(n.startswith("faithforge/gpu/model_configs/") and n.endswith(".json") for n in names)
     assert {"faithforge/deployments/prefect.yaml", "faithforge/deployments/prefect.docker.yaml"} <= set(names)
+    # The generation specs ship too, so the default `generate.spec` (configs/specs/…) is found outside a checkout.
+    shipped = {f"faithforge/specs/{p.name}" for p in (ROOT / "configs" / "specs").iterdir() if p.suffix in (".yaml", ".jsonl")}
+    assert shipped <= set(names), f"specs missing from the wheel: {sorted(shipped - set(names))}"
+
+
+def test_the_default_spec_is_found_from_any_directory(tmp_path, monkeypatch):
+    """A run started outside the checkout asked for `configs/specs/grounded-summaries.yaml` and was told the file
+    it could not find; the shipped spec of that name is used instead. A path that names a folder of yours is not."""
+    from faithforge.core.errors import UserError
+    from faithforge.generation.spec import load_spec
+
+    monkeypatch.chdir(tmp_path)
+    assert load_spec("configs/specs/grounded-summaries.yaml").categories
+    with pytest.raises(UserError, match="bundled: .*grounded-summaries.yaml"):
+        load_spec("my-specs/grounded-summaries.yaml")
