@@ -147,12 +147,15 @@ def demo(
         from faithforge.core.workspace import DERIVED_DIRS
 
         with sole_user(ws.root, DERIVED_DIRS):
-            removed, kept, moved = ws.remove_outputs()
-        typer.echo(f"--fresh: removed {len(removed)} output(s) FaithForge wrote in {ws.root}")
-        for entry in kept:
+            fresh = ws.remove_outputs()
+        typer.echo(f"--fresh: removed {len(fresh.removed)} output(s) FaithForge wrote in {ws.root}")
+        for entry in fresh.kept:
             typer.echo(f"--fresh: kept {entry} (not written by FaithForge)")
-        for entry in moved:
+        for entry in fresh.moved:
             typer.echo(f"--fresh: kept your file {entry.relative_to(ws.root)} (moved out of the output it removed)")
+        for entry, why in fresh.left.items():  # reused by this run as it is
+            typer.echo(f"--fresh: left {entry.relative_to(ws.root)} in place, not fresh: your files in it could not "
+                       f"be moved ({why})")
     from faithforge.app.demo_runner import run_pipeline_with_progress
 
     summary = run_pipeline_with_progress(cfg, verbose=verbose)

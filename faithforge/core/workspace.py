@@ -18,7 +18,7 @@ import re
 import shutil
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
@@ -172,8 +172,9 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         old = None
         if target.exists() or target.is_symlink():
             old = target.with_name(f".{target.name}.old")
-            remove_entry(old)
-            if old.exists() or old.is_symlink():  # an earlier one that could not be deleted (a read-only file in it)
+            if old.exists() or old.is_symlink():  # an earlier swap's leftover: your files in it are kept first
+                _drop_replaced(old, target)
+            if old.exists() or old.is_symlink():  # still there (your files, or a read-only file in it)
                 old = target.with_name(f".{target.name}.{os.getpid()}-{time.time_ns()}.old")
             os.replace(target, old)
         os.replace(tmp, target)
@@ -316,6 +317,8 @@ KNOWN_TOP_LEVEL = KNOWN_TOP_LEVEL | {KEPT_DIR}
 #: (faithforge.training.reference_cache, whose shards and ranks' sidecar entries are named as below).
 MANIFEST_NAMES = ("faithforge.json", "manifest.json")
 _SHARD_NAME = re.compile(r"^shard-\d+\.parquet(\.entry\.json)?$")
+#: `atomic_write_bytes`' temporary of a file NAME: `.NAME.<8 random characters of tempfile>.tmp`.
+_TEMPORARY_OF = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
 
 
 def files_written(folder: Path) -> Callable[[str], bool] | None:
@@ -329,10 +332,20 @@ def files_written(folder: Path) -> Callable[[str], bool] | None:
             continue
         if isinstance(data, dict) and isinstance(data.get("checksums"), dict):
             listed = set(data["checksums"]) | {name}
-            return lambda rel: rel in listed or bool(_HIDDEN_NAME.match(Path(rel).name))
-        if isinstance(data, dict) and isinstance(data.get("shards"), list):
-            return lambda rel: rel == name or bool(_SHARD_NAME.match(rel) or _HIDDEN_NAME.match(Path(rel).name))
+            written = listed.__contains__
+        elif isinstance(data, dict) and isinstance(data.get("shards"), list):
+            written = lambda rel, name=name: rel == name or bool(_SHARD_NAME.match(rel))  # noqa: E731
+        else:
+            continue
+        return lambda rel: written(rel) or _temporary_of(rel, written)
     return None
+
+
+def _temporary_of(rel: str, written: Callable[[str], bool]) -> bool:
+    """Whether `rel` is FaithForge's half-written temporary of a file it writes there (a user's `.draft.tmp` is
+    not: an attack found such files deleted as FaithForge's)."""
+    match = _TEMPORARY_OF.match(Path(rel).name)
+    return bool(match) and written(str(Path(rel).parent / match["name"]).removeprefix("./"))
 
 
 def keep_your_files(root: str | os.PathLike[str], folder: Path, name: str | None = None) -> list[Path]:
@@ -357,9 +370,10 @@ def keep_your_files(root: str | os.PathLike[str], folder: Path, name: str | None
         return []
     # A new folder per keep: an earlier keep's files (or a link among them) can never be in the way.
     kept_root = root / KEPT_DIR
-    if not inside(kept_root / folder.parent.name, root):
-        raise OSError(errno.EXDEV, f"{kept_root} links out of the workspace, so your files in {folder} cannot be "
-                      "kept there")
+    if os.path.realpath(kept_root / folder.parent.name) != str(kept_root / folder.parent.name):
+        # A link anywhere on the way could lead out of the workspace, or into an output this run deletes.
+        raise OSError(errno.EXDEV, f"{kept_root.relative_to(root)}/{folder.parent.name} is a link; make it a folder "
+                      f"so your files in {folder.relative_to(root)} can be kept there")
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     (kept_root / folder.parent.name).mkdir(parents=True, exist_ok=True)
     attempt = 0
@@ -466,6 +480,20 @@ def clip_name(name: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+@dataclass
+class FreshResult:
+    """What `Workspace.remove_outputs` (`--fresh`) did."""
+
+    removed: list[Path] = field(default_factory=list)
+    """FaithForge's outputs deleted."""
+    kept: list[Path] = field(default_factory=list)
+    """Entries FaithForge did not write, left as they are."""
+    moved: list[Path] = field(default_factory=list)
+    """Your files, moved out of removed outputs into `kept/` (where each went)."""
+    left: dict[Path, str] = field(default_factory=dict)
+    """Outputs left in place because your files in them could not be moved, with why."""
+
+
 @dataclass(frozen=True)
 class Workspace:
     """The directory tree of one FaithForge workspace (default `./.faithforge`)."""
@@ -536,16 +564,16 @@ class Workspace:
     def database_url(self) -> str:
         return sqlite_url(self.root / "faithforge.db")
 
-    def remove_outputs(self) -> tuple[list[Path], list[Path], list[Path]]:
-        """`--fresh`: delete the stage outputs FaithForge wrote; return (removed, kept as not ours, your files
-        moved out of removed outputs into `kept/` first).
+    def remove_outputs(self) -> FreshResult:
+        """`--fresh`: delete the stage outputs FaithForge wrote (your files in them moved to `kept/` first).
 
         Refuses a workspace without the marker: FaithForge cannot tell its files from yours there. The run
         database and the reports are history and stay.
         """
         if not self.owned:
             refuse_unowned(self.root)
-        removed, kept, moved = [], [], []
+        result = FreshResult()
+        removed, kept, moved = result.removed, result.kept, result.moved
         for sub in DERIVED_DIRS:
             folder = self.dir(sub)
             if folder.is_symlink() or not inside(folder, self.root):  # its link alone, never what it points to
@@ -565,12 +593,12 @@ class Workspace:
                     continue
                 try:
                     moved += keep_your_files(self.root, entry)
-                except OSError:  # your files there cannot be moved out: the output stays with them
-                    kept.append(entry)
+                except OSError as exc:  # your files there cannot be moved out: the output stays with them
+                    result.left[entry] = exc.strerror or str(exc)
                     continue
                 if remove_inside(self.root, entry):
                     removed.append(entry)
-        return removed, kept, moved
+        return result
 
     def relative(self, path: str | os.PathLike[str]) -> str:
         """`path` relative to the workspace when it lies inside it (for keys and lineage that must survive a copied

@@ -81,6 +81,8 @@ def verify(folder: Path, name: str = "faithforge.json") -> tuple[dict[str, Any] 
         return None, f"{manifest} lists no checksums (written by an older FaithForge)"
     refreshed = False
     for rel, want in recorded.items():
+        if not (isinstance(want, dict) and isinstance(want.get("bytes"), int) and isinstance(want.get("sha256"), str)):
+            return None, f"{manifest} is damaged (its entry for {rel} is not a size and a checksum)"
         path = folder / rel
         if not path.is_file():
             return None, f"{rel} is missing from {folder}"

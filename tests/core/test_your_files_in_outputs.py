@@ -115,8 +115,8 @@ def test_when_kept_links_out_of_the_workspace_the_output_stays_whole(tmp_path):
     (ws.root / KEPT_DIR).symlink_to(outside)
     out = _finished_output(ws)
     (out / "my-notes.txt").write_text("mine")
-    removed, kept, moved = ws.remove_outputs()
-    assert out in kept and not removed and not moved
+    fresh = ws.remove_outputs()
+    assert list(fresh.left) == [out] and "is a link" in fresh.left[out] and not fresh.removed and not fresh.moved
     assert (out / "my-notes.txt").read_text() == "mine" and list(outside.iterdir()) == []
 
 
@@ -147,3 +147,56 @@ def test_nothing_is_moved_where_yours_cannot_be_told_from_faithforges(tmp_path, 
         (ws.root / ".faithforge-workspace").unlink()
     assert keep_your_files(ws.root, out) == [] and (out / "my-notes.txt").is_file()
     assert not (ws.root / KEPT_DIR).exists()
+
+
+def test_kept_linked_into_an_output_is_refused_not_followed(tmp_path):
+    """An attack linked kept -> models/tiny-<key>: the file was moved into that model, which the same --fresh then
+    deleted, while the message said it was kept."""
+    ws = Workspace.open(tmp_path / "W")
+    model = ws.dir("models") / f"tiny-{KEY}"
+    model.mkdir()
+    (model / "faithforge.json").write_text(json.dumps({"checksums": {}}))
+    (ws.root / KEPT_DIR).symlink_to(model)
+    out = _finished_output(ws)
+    (out / "my-notes.txt").write_text("mine")
+    fresh = ws.remove_outputs()
+    assert out in fresh.left and (out / "my-notes.txt").read_text() == "mine"
+
+
+def test_a_leftover_of_an_earlier_swap_has_your_files_kept_before_it_goes(tmp_path):
+    """An attack's second recompute deleted the `.X.old` the first had left (with your file in it) without a word."""
+    ws = Workspace.open(tmp_path / "W")
+    out = _finished_output(ws)
+    (out / "my-notes.txt").write_text("mine")
+    (ws.root / KEPT_DIR).write_text("a file where kept/ should be")  # the first swap cannot keep the note
+    with atomic_directory(out) as tmp:
+        write_manifest(tmp, {"path": str(out)}, "manifest.json")
+    leftover = out.with_name(f".{out.name}.old")
+    assert (leftover / "my-notes.txt").read_text() == "mine"  # left in place, said in the log
+    (ws.root / KEPT_DIR).unlink()  # kept/ usable again
+    with atomic_directory(out) as tmp:
+        write_manifest(tmp, {"path": str(out)}, "manifest.json")
+    assert not leftover.exists()
+    assert [p.read_text() for p in (ws.root / KEPT_DIR).rglob("my-notes.txt")] == ["mine"]
+
+
+def test_your_files_named_like_faithforges_temporaries_are_yours(tmp_path):
+    ws = Workspace.open(tmp_path / "W")
+    out = _finished_output(ws)
+    yours = [".draft.tmp", ".backup.old", ".mine.lock", ".train.jsonl.notes.tmp"]
+    for name in yours:
+        (out / name).write_text("mine")
+    (out / ".train.jsonl.ab12cd_9.tmp").write_text("half-written")  # FaithForge's temporary of a listed file
+    moved = keep_your_files(ws.root, out)
+    assert sorted(p.name for p in moved) == sorted(yours)
+
+
+def test_a_damaged_checksum_entry_recomputes_instead_of_crashing(tmp_path):
+    """An attack set a checksum entry to a string: every later run died with `TypeError` in `verify`."""
+    ws = Workspace.open(tmp_path / "W")
+    out = _finished_output(ws)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["checksums"]["train.jsonl"] = "deadbeef"
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    with claim_output("pairs", out, "manifest.json") as claim:
+        assert claim.reused is None and "is damaged" in claim.why
