@@ -149,7 +149,7 @@ def demo(
         with sole_user(ws.root, DERIVED_DIRS):
             fresh = ws.remove_outputs()
         typer.echo(f"--fresh: removed {len(fresh.removed)} output(s) FaithForge wrote in {ws.root}")
-        for entry in fresh.kept:
+        for entry in fresh.not_ours:
             typer.echo(f"--fresh: kept {entry} (not written by FaithForge)")
         for entry in fresh.moved:
             typer.echo(f"--fresh: kept your file {entry.relative_to(ws.root)} (moved out of the output it removed)")

@@ -323,7 +323,7 @@ _TEMPORARY_OF = re.compile(r"^\.(?P<name>.+)\.[a-z0-9_]{8}\.tmp$")
 
 def files_written(folder: Path) -> Callable[[str], bool] | None:
     """For a finished output folder: a test of whether a relative file name is one FaithForge wrote there (its
-    manifest lists it, or it is the manifest, a shard of a reference cache, or a hidden temporary or lock).
+    manifest lists it, or it is the manifest, a shard of a reference cache, or the half-written temporary of one).
     None when no readable manifest says what was written (a damaged folder: nothing can be told apart)."""
     for name in MANIFEST_NAMES:
         try:
@@ -486,8 +486,8 @@ class FreshResult:
 
     removed: list[Path] = field(default_factory=list)
     """FaithForge's outputs deleted."""
-    kept: list[Path] = field(default_factory=list)
-    """Entries FaithForge did not write, left as they are."""
+    not_ours: list[Path] = field(default_factory=list)
+    """Entries beside the outputs that FaithForge did not write, left as they are."""
     moved: list[Path] = field(default_factory=list)
     """Your files, moved out of removed outputs into `kept/` (where each went)."""
     left: dict[Path, str] = field(default_factory=dict)
@@ -573,7 +573,7 @@ class Workspace:
         if not self.owned:
             refuse_unowned(self.root)
         result = FreshResult()
-        removed, kept, moved = result.removed, result.kept, result.moved
+        removed, not_ours, moved = result.removed, result.not_ours, result.moved
         for sub in DERIVED_DIRS:
             folder = self.dir(sub)
             if folder.is_symlink() or not inside(folder, self.root):  # its link alone, never what it points to
@@ -589,7 +589,7 @@ class Workspace:
                     continue  # another run's flock lives on this file: removing it would let a third one in
                 if not written_by_faithforge(entry):
                     if not (sub == "datasets" and _GENERATED_DATA.match(entry.name)):
-                        kept.append(entry)
+                        not_ours.append(entry)
                     continue
                 try:
                     moved += keep_your_files(self.root, entry)

@@ -7,15 +7,16 @@ row (30 layers × 2 × 3 kv heads × 64 × 4 bytes a token), read on top of the 
 read 2.9 GB where one copy of the prompt needs 0.8 GB (BENCHMARKS.md, "The seed's prompt lengths on SmolLM2").
 
 How: the batch cache holds the rows' own states only ([batch, kv_heads, tokens, head_dim]) and views of the
-engine's prefix states ([1, kv_heads, P, head_dim], never copied). Attention is split in two and joined exactly
-by the log-sum-exp rule (the "cascade" / "bifurcated" attention of shared-prefix serving):
+engine's prefix states ([1, kv_heads, P, head_dim], never copied). Attention runs in two parts, each giving every
+query its softmax-weighted values O and the log-sum-exp L of its scores: over the prefix (p: every row's queries
+against the one prefix, as one call) and over the row's own tokens (r: under the padding and causal mask
+transformers builds). They are joined exactly (the "cascade" / "bifurcated" attention of shared-prefix serving):
 
-    out = (exp(m_p − m)·O_p + exp(m_r − m)·O_r) / (exp(m_p − m)·l_p + exp(m_r − m)·l_r),   m = max(m_p, m_r)
+    out = (exp(L_p − m)·O_p + exp(L_r − m)·O_r) / (exp(L_p − m) + exp(L_r − m)),   m = max(L_p, L_r)
 
-where for each query O is the unnormalised softmax-weighted sum of values, l the sum of weights and m the largest
-score, over the prefix (p: every row's queries against the one prefix, as one matrix product per kv head) and
-over the row's own tokens (r: with the padding and causal mask transformers builds). In float32 the result
-equals SDPA over the concatenated states to rounding (tests/engine/test_prefix_attention.py).
+On the CPU both parts are PyTorch's fused flash-attention kernel, which returns L beside O; elsewhere the scores
+are built here in float32. In float32 the result equals SDPA over the concatenated states to rounding
+(tests/engine/test_prefix_attention.py).
 
 Used by `faithforge.engine.batch.BatchRunner` for batches whose shared prefix is at least `MIN_SHARED_TOKENS`
 long; shorter prefixes (the demo's ~70-token prompts) keep transformers' SDPA path, so their answers stay the
@@ -49,8 +50,9 @@ MIN_SHARED_TOKENS = 512
 #: scores = 128 MiB, so a long batched prefill is done in slices of its new tokens (a review measured 1.7 GB
 #: for 8 rows × 1,500 new tokens before the rows' part was sliced too).
 _MAX_SCORES = 1 << 25
-#: Keyword arguments of attention that carry nothing this implementation must honour. Any other with a value
-#: (soft-capping, a sliding window, attention sinks, block-sparse indices, ...) is refused, not ignored.
+#: Keyword arguments of attention that carry nothing this implementation must honour (`output_attentions` only
+#: while false). Any other with a value (soft-capping, a sliding window, attention sinks, block-sparse indices,
+#: ...) is refused, not ignored.
 _HARMLESS = frozenset({"position_ids", "use_cache", "cache_position", "is_causal", "output_attentions"})
 
 _switch_lock = threading.Lock()

@@ -175,7 +175,7 @@ def test_fresh_removes_only_what_faithforge_wrote(tmp_path):
     yours[1].mkdir()
     (ws.root / "reports" / "eval-1").mkdir()
     fresh = ws.remove_outputs()
-    removed, kept = fresh.removed, fresh.kept
+    removed, kept = fresh.removed, fresh.not_ours
     assert sorted(removed) == sorted(outputs) and lock.is_file()  # a lock file stays: a live run's flock is on it
     assert sorted(kept) == sorted(yours) and all(p.exists() for p in yours)
     assert (ws.root / "reports" / "eval-1").is_dir()  # history stays
