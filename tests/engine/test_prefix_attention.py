@@ -34,9 +34,11 @@ def _both_ways(engine, monkeypatch, **kwargs):
         calls.append(kw.get("shared_prefix") is not None)
         return real(*args, **kw)
 
-    monkeypatch.setattr(prefix_attention, "attention", counted)
-    monkeypatch.setitem(prefix_attention.AttentionInterface._global_mapping, prefix_attention.NAME, counted)
-    shared = engine.generate_batch(PROMPTS, **kwargs)
+    prefix_attention.AttentionInterface.register(prefix_attention.NAME, counted)  # transformers' public registry
+    try:
+        shared = engine.generate_batch(PROMPTS, **kwargs)
+    finally:
+        prefix_attention.AttentionInterface.register(prefix_attention.NAME, real)
     assert calls and all(calls)  # every attention call of the second pass went through the shared prefix
     return copied, shared
 
