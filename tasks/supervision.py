@@ -61,9 +61,10 @@ def store_url(config: PipelineConfig) -> str:
 
 
 def begin_flow_run(config: PipelineConfig) -> Optional[str]:
-    """The start of a pipeline (or top-level stage) flow run on a worker: watch the worker, check the inputs,
-    hold the workspace's run lock (shared) for the run's life, reconcile the dead. Returns the one-line problem with the inputs, or None. In the CLI (`faithforge demo`)
-    it does nothing: the CLI ran the same checks before Prefect started and stops its own children."""
+    """The start of a pipeline (or top-level stage) flow run on a worker: watch the worker, check the inputs, hold
+    the workspace's run lock (shared) for the run's life, reconcile the dead. Returns the one-line problem with the
+    inputs, or None. In the CLI (`faithforge demo`) it does nothing: the CLI ran the same checks before Prefect
+    started, holds the run lock itself and stops its own children."""
     if not started_by_worker():
         return None
     watch_worker(config)

@@ -147,13 +147,13 @@ def demo(
         from faithforge.core.workspace import DERIVED_DIRS
 
         with sole_user(ws.root, DERIVED_DIRS):
-            fresh = ws.remove_outputs()
-        typer.echo(f"--fresh: removed {len(fresh.removed)} output(s) FaithForge wrote in {ws.root}")
-        for entry in fresh.not_ours:
+            cleared = ws.remove_outputs()
+        typer.echo(f"--fresh: removed {len(cleared.removed)} output(s) FaithForge wrote in {ws.root}")
+        for entry in cleared.not_ours:
             typer.echo(f"--fresh: kept {entry} (not written by FaithForge)")
-        for entry in fresh.moved:
+        for entry in cleared.moved:
             typer.echo(f"--fresh: kept your file {entry.relative_to(ws.root)} (moved out of the output it removed)")
-        for entry, why in fresh.left.items():  # reused by this run as it is
+        for entry, why in cleared.left.items():  # reused by this run as it is
             typer.echo(f"--fresh: left {entry.relative_to(ws.root)} in place, not fresh: your files in it could not "
                        f"be moved ({why})")
     from faithforge.app.demo_runner import run_pipeline_with_progress

@@ -573,14 +573,13 @@ class Workspace:
         if not self.owned:
             refuse_unowned(self.root)
         result = FreshResult()
-        removed, not_ours, moved = result.removed, result.not_ours, result.moved
         for sub in DERIVED_DIRS:
             folder = self.dir(sub)
             if folder.is_symlink() or not inside(folder, self.root):  # its link alone, never what it points to
                 if _outside_link(self.root, sub) is not None:
                     folder.unlink()
                     folder.mkdir()
-                    removed.append(folder)
+                    result.removed.append(folder)
                 continue
             if not folder.is_dir():
                 continue
@@ -589,15 +588,15 @@ class Workspace:
                     continue  # another run's flock lives on this file: removing it would let a third one in
                 if not written_by_faithforge(entry):
                     if not (sub == "datasets" and _GENERATED_DATA.match(entry.name)):
-                        not_ours.append(entry)
+                        result.not_ours.append(entry)
                     continue
                 try:
-                    moved += keep_your_files(self.root, entry)
+                    result.moved += keep_your_files(self.root, entry)
                 except OSError as exc:  # your files there cannot be moved out: the output stays with them
                     result.left[entry] = exc.strerror or str(exc)
                     continue
                 if remove_inside(self.root, entry):
-                    removed.append(entry)
+                    result.removed.append(entry)
         return result
 
     def relative(self, path: str | os.PathLike[str]) -> str:

@@ -19,8 +19,8 @@ import torch
 
 from faithforge.engine.forward import forward_last_logits
 from faithforge.engine.kv import WorkingCache, new_cache
-from faithforge.engine.prefix_attention import (MIN_SHARED_TOKENS, check_read, shared_prefix_attention,
-                                                shared_prefix_cache, supports_shared_prefix)
+from faithforge.engine.prefix_attention import (MIN_SHARED_TOKENS, check_read, is_shared_prefix_cache,
+                                                shared_prefix_attention, shared_prefix_cache, supports_shared_prefix)
 from faithforge.engine.prompts import common_prefix_length
 from faithforge.engine.result import GenerationResult
 from faithforge.engine.sampling import SamplingConfig, choose_tokens
@@ -34,7 +34,6 @@ class BatchRunner:
                  pad_id: int, stop: tuple[str, ...], prefill_chunk: int):
         self.model, self.tokenizer, self.working, self.device = model, tokenizer, working, device
         self.eos, self.pad_id, self.stop, self.prefill_chunk = eos, pad_id, stop, prefill_chunk
-        self._extra: dict = {}  # keyword arguments of every model call in the current batch
 
     def run(self, rows: list[list[int]], sampling: SamplingConfig, generator: torch.Generator | None,
             return_logits: bool) -> list[GenerationResult]:
@@ -48,7 +47,6 @@ class BatchRunner:
             cache = shared_prefix_cache(self.model, self.working.prefix_views(shared))
         else:
             cache = self._batch_cache(len(rows), shared, shared + width + sampling.max_new_tokens)
-        self._extra = {"shared_prefix": cache} if one_prefix else {}
         input_ids, mask, positions = self._padded_inputs(suffixes, shared, width)
         with shared_prefix_attention(self.model) if one_prefix else contextlib.nullcontext():
             logits = None
@@ -67,9 +65,10 @@ class BatchRunner:
 
     def _forward(self, cache, input_ids: torch.Tensor, mask: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """One model call of the batch; on a shared prefix, also checked to have read it (`check_read`)."""
-        logits = forward_last_logits(self.model, cache, input_ids, mask, positions, **self._extra)
-        if self._extra:
-            check_read(cache)
+        if not is_shared_prefix_cache(cache):
+            return forward_last_logits(self.model, cache, input_ids, mask, positions)
+        logits = forward_last_logits(self.model, cache, input_ids, mask, positions, shared_prefix=cache)
+        check_read(cache)
         return logits
 
     def _batch_cache(self, batch: int, shared: int, capacity: int):

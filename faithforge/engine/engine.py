@@ -117,7 +117,8 @@ class PrefixCachedEngine:
 
         The prefix states are expanded to the batch once per chunk, or, from `MIN_SHARED_TOKENS` shared tokens
         on, read once per step for all rows without a copy (`prefix_attention`); per-request suffixes are
-        left-padded with explicit position ids; rows that finish leave the batch. max_new_tokens overrides sampling's.
+        left-padded with explicit position ids; rows that finish leave the batch. max_new_tokens overrides
+        sampling's.
         Stop strings apply per row; there is no per-token callback in batched mode.
         Seeded sampling is reproducible for the same prompts and batch_size, but draws differ from `generate`.
         """

@@ -83,6 +83,8 @@ class SharedPrefixLayer(GrowableLayer):
         super().crop(tokens_to_remove)
 
     def batch_repeat_interleave(self, repeats: int) -> None:
+        # Deliberate: only `generate`'s beam search / num_return_sequences repeats a cache; the batch runner never
+        # does, and the inherited version would fail on rows not yet written. Refused rather than half-supported.
         raise NotImplementedError("a shared-prefix batch cache is built for its batch")
 
 
@@ -91,6 +93,11 @@ def shared_prefix_cache(model, prefix_layers: list[tuple[torch.Tensor, torch.Ten
     cache = new_cache(model)
     cache.layers = [SharedPrefixLayer(k, v) for k, v in prefix_layers]
     return cache
+
+
+def is_shared_prefix_cache(cache: DynamicCache) -> bool:
+    """Whether `cache` was built by `shared_prefix_cache` (its model calls go through `attention`)."""
+    return bool(cache.layers) and isinstance(cache.layers[0], SharedPrefixLayer)
 
 
 def supports_shared_prefix(model) -> bool:
@@ -238,11 +245,8 @@ def _row_mask(attention_mask: torch.Tensor | None, batch: int, new: int, rows: i
               ) -> torch.Tensor | None:
     """Which row tokens each query may see, [batch, 1, 1, new, rows] (broadcast over kv heads and groups), or
     None when it may see them all (one new token and no padding)."""
-    if attention_mask is not None:
-        allowed = attention_mask[..., -rows:]
-        if allowed.dtype != torch.bool:  # an additive float mask: 0 where allowed, a large negative elsewhere
-            allowed = allowed > torch.finfo(allowed.dtype).min / 2
-        return allowed.expand(batch, 1, new, rows).unsqueeze(2)
+    if attention_mask is not None:  # boolean: transformers builds it with `sdpa_mask`, registered below
+        return attention_mask[..., -rows:].expand(batch, 1, new, rows).unsqueeze(2)
     if new == 1:
         return None
     query_at = torch.arange(rows - new, rows, device=device).unsqueeze(1)  # causal within the rows' tokens
