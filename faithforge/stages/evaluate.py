@@ -42,7 +42,7 @@ def summarize_sources(model_path: str, sources: list[str], *, adapter: str | Non
         from faithforge.stages.sampler import gguf_sampler
 
         results = gguf_sampler(gguf, model_path, tokenizer, system_prompt, n_ctx=0).generate_batch(
-            [[{"role": "user", "content": s}] for s in sources], greedy)
+            [[{"role": "user", "content": s}] for s in sources], greedy, batch_size=batch_size)
         if truncated is not None:
             truncated[:] = [r.finish_reason == "length" for r in results]
         return [r.text.strip() for r in results]

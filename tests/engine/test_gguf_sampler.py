@@ -129,3 +129,83 @@ def test_threads_drop_to_one_on_an_oversubscribed_machine():
     assert default_threads(load_average_1m=2.0, cores=2) == 1  # every core busy already: no spinning barrier
     assert default_threads(load_average_1m=8.4, cores=2) == 1
     assert default_threads(load_average_1m=3.0, cores=8) == 8
+
+
+def _llama_generate_one(llm, tokenizer, eos, ids: list[int], sampling: SamplingConfig, seed: int) -> list[int]:
+    """llama-cpp-python's own one-sequence API (an independent reference): reset, seed, generate until stopped."""
+    from faithforge.engine.finish import StopTracker
+
+    llm.reset()
+    llm.set_seed(seed)
+    tracker = StopTracker(tokenizer, eos, (), None, sampling.max_new_tokens)
+    greedy = sampling.temperature == 0
+    for token in llm.generate(ids, top_k=1 if greedy else sampling.top_k, top_p=sampling.top_p, min_p=0.0,
+                              typical_p=1.0, temp=sampling.temperature, repeat_penalty=1.0, reset=True):
+        if tracker.push(int(token)) is not None:
+            break
+    return tracker.token_ids
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_request_alone_computes_what_llama_generate_computes(sampler, temperature):
+    """batch_size=1: every request, repeats included, gives the tokens llama-cpp-python's `Llama.generate` gives on
+    the same file, ids and seed (flash attention on, as the batched context has it): the tree prefill, the
+    resident prefix and the per-request sampler chain change nothing a request computes on its own."""
+    from llama_cpp import Llama
+
+    from faithforge.engine.gguf_sampler import request_seed
+
+    sampling = SamplingConfig(temperature=temperature, seed=11, max_new_tokens=16)
+    prompts = [DOCUMENTS[0], DOCUMENTS[0], DOCUMENTS[1], DOCUMENTS[2]]
+    results = sampler.generate_batch(prompts, sampling, batch_size=1)
+    llm = Llama(model_path=str(sampler.gguf), n_ctx=2048, n_threads=sampler.threads,
+                n_threads_batch=sampler.threads, flash_attn=True, verbose=False)
+    try:
+        for i, (prompt, result) in enumerate(zip(prompts, results)):
+            ids = sampler.renderer.render(sampler.renderer.request_turns(prompt))
+            expected = _llama_generate_one(llm, sampler.tokenizer, sampler._eos, ids, sampling,
+                                           request_seed(sampling.seed, i))
+            assert result.token_ids == expected, f"request {i} parts from Llama.generate"
+    finally:
+        llm.close()
+    assert results[1].cached_tokens == results[1].prompt_tokens - 1  # a repeat re-reads only its last token
+    assert 0 < results[2].cached_tokens < results[2].prompt_tokens  # the system prompt, held from request 1
+
+
+def test_a_group_evaluates_a_shared_prompt_once_and_calls_do_not_depend_on_each_other(sampler):
+    sampling = SamplingConfig(temperature=1.0, seed=3, max_new_tokens=12)
+    prompts = [DOCUMENTS[0]] * 3 + [DOCUMENTS[1]] * 3
+    first = sampler.generate_batch(prompts, sampling, batch_size=6)
+    assert first[0].cached_tokens == 0  # the call starts from an empty context
+    assert [r.cached_tokens == r.prompt_tokens for r in first] == [False, True, True, False, True, True]
+    assert 0 < first[3].cached_tokens < first[3].prompt_tokens  # the system prompt, evaluated for request 0
+    sampler.generate_batch(DOCUMENTS[2:], SamplingConfig(temperature=1.0, seed=9, max_new_tokens=20), batch_size=1)
+    again = sampler.generate_batch(prompts, sampling, batch_size=6)
+    assert [r.token_ids for r in again] == [r.token_ids for r in first]
+    assert len({tuple(r.token_ids) for r in first[:3]}) > 1  # repeats share a prompt, not a draw
+
+
+def test_groups_shrink_to_fit_the_context():
+    from faithforge.engine.llama_batch import cells_needed, fitting_groups
+
+    rows = [[1] * 30 + [i + 2, 2, 3] for i in range(6)]
+    assert cells_needed(rows[:2], 10) == 30 + 2 * 3 + 2 * 10  # the shared 30 once, each tail, each budget
+    assert cells_needed([rows[0]] * 4, 10) == 32 + 1 + 4 * 10  # repeats: one prompt, four budgets
+    assert [list(g) for g in fitting_groups(rows, 4, 10, 10_000)] == [[0, 1, 2, 3], [4, 5]]
+    groups = fitting_groups(rows, 4, 10, 60)
+    assert all(cells_needed(rows[g.start:g.stop], 10) <= 60 for g in groups)
+    assert [len(g) for g in groups] == [2, 2, 2] and sum(map(len, groups)) == len(rows)
+    assert [list(g) for g in fitting_groups(rows[:1], 4, 100, 50)] == [[0]]  # alone, always a group
+
+
+def test_a_small_context_still_answers_every_request_in_order(smollm2):
+    _need_llama_cpp()
+    from faithforge.stages.sampler import gguf_sampler
+
+    folder, tokenizer = smollm2
+    small = gguf_sampler(gguf_of(folder), folder, tokenizer, SYSTEM, n_ctx=256)
+    greedy = SamplingConfig(max_new_tokens=24)
+    together = small.generate_batch(DOCUMENTS * 2, greedy, batch_size=6)  # 6 x (~60 + 24) cells > 256: split
+    assert [r.prompt_tokens for r in together] == [r.prompt_tokens for r in small.generate_batch(DOCUMENTS * 2,
+                                                                                                 greedy, batch_size=1)]
+    assert all(r.token_ids and r.finish_reason in ("eos", "length") for r in together)
