@@ -14,8 +14,10 @@ from one process:
    demo's pairs); the flagged rate per size with its Wilson 95% interval, and whether each rate lies inside the
    others' interval. The draws differ between sizes (a step's arithmetic depends on the rows in it), the
    distribution must not.
-3. Greedy agreement: `--greedy-questions` distinct questions, greedy, batch 1 against the largest size:
-   answers token-identical.
+3. Greedy agreement: `--greedy-questions` distinct questions, greedy (40 tokens), among llama.cpp at batch 1,
+   llama.cpp at the largest size and the fp32 prefix engine on the imported folder (the same weight values):
+   answers token-identical, and at each first divergence the fp32 model's logit gap between the two tokens (a
+   small gap is a near-tie that rounding flips). `--greedy-only` runs this part alone.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--greedy-questions", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0, help="the data seed and the sampling seed")
+    p.add_argument("--greedy-only", action="store_true")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "gguf_batched.json")
     return p.parse_args()
 
@@ -62,6 +65,44 @@ def flagged_rate(judge, examples, k: int, results) -> dict:
     return {"samples": len(results), "flagged": flagged, "rate": round(flagged / len(results), 3),
             "ci95": [round(lo, 3), round(hi, 3)],
             "mean_tokens": round(statistics.mean(len(r.token_ids) for r in results), 1)}
+
+
+def greedy_agreement(args, sampler, tokenizer, examples, batch: int) -> dict:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from faithforge.data.grounded_qa import SYSTEM_PROMPT
+    from faithforge.engine import PrefixCachedEngine, SamplingConfig
+
+    questions = [e.source for e in examples[: args.greedy_questions]]
+    greedy = SamplingConfig(max_new_tokens=40)
+    torch.set_num_threads(args.threads)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32).eval()
+    engine = PrefixCachedEngine(model, tokenizer, [{"role": "system", "content": SYSTEM_PROMPT}])
+    with torch.inference_mode():
+        answers = {"llama.cpp batch 1": sampler.generate_batch(questions, greedy, batch_size=1),
+                   f"llama.cpp batch {batch}": sampler.generate_batch(questions, greedy, batch_size=batch),
+                   "fp32 engine": engine.generate_batch(questions, greedy, batch_size=16)}
+        names, out = list(answers), {}
+        print(f"\n== greedy, {len(questions)} distinct questions, <= 40 tokens ==")
+        for i, a_name in enumerate(names):
+            for b_name in names[i + 1:]:
+                identical, gaps = 0, []
+                for q, a, b in zip(questions, answers[a_name], answers[b_name]):
+                    a, b = a.token_ids, b.token_ids
+                    at = next((j for j, (x, y) in enumerate(zip(a, b)) if x != y), None)
+                    identical += a == b
+                    if at is not None:
+                        prompt = engine.renderer.render(engine.renderer.request_turns(q))
+                        logits = model(torch.tensor([prompt + a[:at]])).logits[0, -1]
+                        gaps.append(abs(float(logits[a[at]] - logits[b[at]])))
+                key = f"{a_name} vs {b_name}"
+                out[key] = {"identical": identical, "questions": len(questions),
+                            "fp32_gap_median": round(statistics.median(gaps), 3) if gaps else None,
+                            "fp32_gap_max": round(max(gaps), 3) if gaps else None}
+                print(f"  {key:<42} identical {identical}/{len(questions)}; fp32 logit gap at the first "
+                      f"divergence: median {out[key]['fp32_gap_median']}, max {out[key]['fp32_gap_max']}")
+    return out
 
 
 def main() -> int:
@@ -84,6 +125,12 @@ def main() -> int:
     print(f"SmolLM2-135M {gguf.name}, {sampler.threads} threads; {args.sources} sources x {args.k} samples; "
           f"load at start {load_avg()}", flush=True)
     sampler.generate_batch(prompts[:4], sampling, batch_size=4)  # warm-up, untimed
+    if args.greedy_only:
+        report = {"greedy": greedy_agreement(args, sampler, tokenizer, examples, batches[-1])}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(report, indent=1) + "\n")
+        print(f"wrote {args.out}")
+        return 0
 
     speeds: dict[int, list[float]] = {b: [] for b in batches}
     first: dict[int, list] = {}
@@ -115,14 +162,7 @@ def main() -> int:
     report["sampled_each_rate_inside_every_interval"] = inside
     print(f"  each rate inside every other's 95% interval: {inside}")
 
-    questions = [e.source for e in examples[: args.greedy_questions]]
-    greedy = SamplingConfig(max_new_tokens=40)
-    one = sampler.generate_batch(questions, greedy, batch_size=1)
-    many = sampler.generate_batch(questions, greedy, batch_size=batches[-1])
-    identical = sum(a.token_ids == b.token_ids for a, b in zip(one, many))
-    report["greedy"] = {"questions": len(questions), "batch": batches[-1], "identical": identical}
-    print(f"\n== greedy, {len(questions)} distinct questions: batch {batches[-1]} token-identical to batch 1 for "
-          f"{identical}/{len(questions)} ==")
+    report["greedy"] = greedy_agreement(args, sampler, tokenizer, examples, batches[-1])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=1) + "\n")
     print(f"wrote {args.out}")

@@ -17,7 +17,7 @@ bits, so near-ties can flip (measured as a greedy agreement rate, BENCHMARKS.md)
 Batched (`faithforge.engine.llama_batch`): up to `batch_size` consecutive prompts decode together, one llama.cpp
 step carrying each one's next token, and a prompt shared by several requests is evaluated once: the system
 prompt once per call, the k samples of one source once (put a source's samples together). On 2 cores that is
-1.5x the tokens/s of one sequence at a time for the pairs stage's shape (BENCHMARKS.md, issue 28).
+1.70x the tokens/s of one sequence at a time for the pairs stage's shape (BENCHMARKS.md, issue 28).
 
 Seeded: request i draws from its own seed derived from (sampling.seed, i), so the same prompts in the same
 order give the same samples. The draws differ from the engine's (another RNG), the distribution does not.

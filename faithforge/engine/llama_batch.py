@@ -1,9 +1,9 @@
 """LlamaBatchDecoder: many sequences decoded together in one llama.cpp context, prompts shared as a tree.
 
-Why: on 2 CPU cores llama.cpp decodes SmolLM2-135M one sequence at a time at ~73 tokens/s, and 16 sequences a
-step at ~219 tokens/s (decode only, 70-token prompt, Q4_1; measured on this machine 2026-12-05): one token a step
-leaves the cores waiting on the weights, so a step that carries many sequences' next tokens costs little more.
-The pairs stage samples k answers for each of many sources, which is exactly that shape.
+Why: one token a step leaves 2 CPU cores waiting on the weights, so a step that carries many sequences' next
+tokens costs little more (a decode-only probe of SmolLM2-135M Q4_1: ~73 tokens/s one sequence at a time, ~219 with
+16 a step). The pairs stage samples k answers for each of many sources, exactly that shape: 1.70x the tokens/s
+at 64 a step, the same `grounding`-flagged rate (`bench/gguf_batched.py`, BENCHMARKS.md).
 
 How, with llama.cpp's public C API (through llama-cpp-python's ctypes bindings):
 - one context with a unified KV cache (`kv_unified`): a cell can belong to several sequences, so a prompt
@@ -14,14 +14,15 @@ How, with llama.cpp's public C API (through llama-cpp-python's ctypes bindings):
 - the group's shared prefix stays in sequence 0 after the group ("resident"), so the next group evaluates only
   what differs: the system prompt once per call, the k samples of one source once, as llama.cpp's own
   longest-common-prefix reuse does for one sequence at a time (`reset` forgets it);
-- each request samples through its own llama.cpp sampler chain seeded by the caller (`SamplerSpec`), so a
-  request's draw does not depend on which others share its step.
+- each request samples through its own llama.cpp sampler chain seeded by the caller (`SamplerSpec`), so its
+  random stream is its own (its logits still depend on the step's arithmetic, below).
 
-The context is `llama_cpp.Llama`'s (a batch of 512, the model's own context) with flash attention where the backend
-has it: 1.15-1.35x the tokens/s of the unfused attention here. A request alone in its group computes what
-`Llama(flash_attn=True).generate` computes, token for token (tests/engine/test_gguf_sampler.py). Rows that share a
-step are not bit-identical to the same rows one by one: the step's arithmetic depends on the rows in it, so
-near-ties can part (BENCHMARKS.md measures how often), as in the engine's batches.
+The context is `llama_cpp.Llama`'s (a batch of 512, the model's own context) with flash attention where the
+backend has it (a probe while building this: 1.16-1.34x the tokens/s of the unfused attention at 1-64
+sequences). A request alone in its group computes what `Llama(flash_attn=True).generate` computes, token for
+token (tests/engine/test_gguf_sampler.py). Rows that share a step are not bit-identical to the same rows one by
+one: the step's arithmetic depends on the rows in it, so near-ties can part (BENCHMARKS.md measures how often),
+as in the engine's batches.
 """
 
 from __future__ import annotations
