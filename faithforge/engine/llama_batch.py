@@ -17,8 +17,8 @@ How, with llama.cpp's public C API (through llama-cpp-python's ctypes bindings):
 - each request samples through its own llama.cpp sampler chain seeded by the caller (`SamplerSpec`), so its
   random stream is its own (its logits still depend on the step's arithmetic, below).
 
-The context is `llama_cpp.Llama`'s (a batch of 512, the model's own context) with flash attention where the
-backend has it (a probe while building this: 1.16-1.34x the tokens/s of the unfused attention at 1-64
+The context is `llama_cpp.Llama`'s (a decode call of at most 512 tokens, the caller's context or the model's
+own) with flash attention where the backend has it (a probe while building this: 1.16-1.34x the tokens/s of the unfused attention at 1-64
 sequences). A request alone in its group computes what `Llama(flash_attn=True).generate` computes, token for
 token (tests/engine/test_gguf_sampler.py). Rows that share a step are not bit-identical to the same rows one by
 one: the step's arithmetic depends on the rows in it, so near-ties can part (BENCHMARKS.md measures how often),
@@ -89,6 +89,7 @@ class LlamaBatchDecoder:
         import llama_cpp
 
         # llama.cpp logs every load step through llama-cpp-python's logger: errors only, as Llama(verbose=False)
+        # sets it too (the logger is process-wide in llama-cpp-python)
         logging.getLogger("llama-cpp-python").setLevel(logging.ERROR)
         llama_cpp.llama_backend_init()
         model_params = llama_cpp.llama_model_default_params()
@@ -98,10 +99,11 @@ class LlamaBatchDecoder:
             raise EngineError(f"llama.cpp could not load {gguf}: is it a GGUF model file?")
         params = llama_cpp.llama_context_default_params()
         params.n_ctx = n_ctx or llama_cpp.llama_model_n_ctx_train(model)
-        params.n_batch = params.n_ubatch = DECODE_BATCH_TOKENS
+        # llama.cpp caps a decode call at min(n_ctx, n_batch) tokens, and a step carries one token per sequence
+        params.n_batch = params.n_ubatch = min(params.n_ctx, DECODE_BATCH_TOKENS)
         params.n_threads = params.n_threads_batch = threads
         params.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO  # on where the backend has it (CPU: yes)
-        params.n_seq_max = llama_cpp.llama_max_parallel_sequences()
+        params.n_seq_max = min(llama_cpp.llama_max_parallel_sequences(), params.n_batch)
         params.kv_unified = True  # cells shared between sequences (prompts stored once)
         ctx = llama_cpp.llama_init_from_model(model, params)
         if not ctx:
@@ -110,12 +112,13 @@ class LlamaBatchDecoder:
         self._llama = llama_cpp
         self._model, self._ctx = model, ctx
         self._memory = llama_cpp.llama_get_memory(ctx)
-        self._batch = llama_cpp.llama_batch_init(DECODE_BATCH_TOKENS, 0, params.n_seq_max)
+        self.n_batch = llama_cpp.llama_n_batch(ctx)  # what llama.cpp took: a decode call holds at most this many
+        self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, params.n_seq_max)
         self._chains: list = []  # live sampler chains, freed with the context if a call is interrupted
         self._finalizer = weakref.finalize(self, _free, ctx, model, self._chains)
         weakref.finalize(self, llama_cpp.llama_batch_free, self._batch)
         self.n_ctx = llama_cpp.llama_n_ctx(ctx)
-        self.max_sequences = params.n_seq_max
+        self.max_sequences = min(params.n_seq_max, self.n_batch)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model))
         self._resident: list[int] = []  # prompt tokens sequence 0 holds from the last group
 
@@ -132,11 +135,13 @@ class LlamaBatchDecoder:
             raise EngineError(f"{len(requests)} requests in one group; llama.cpp holds at most {self.max_sequences}")
         rows = [ids for ids, _, _ in requests]
         group = [_Request(ids, spec, seq, on_token) for seq, (ids, spec, on_token) in enumerate(requests)]
+        resident, self._resident = self._resident, []  # until this group ends well, nothing is known to be held
         try:
             for request in group:
                 request.chain = self._chain(request.spec)
-            self._prefill(group)
+            self._prefill(group, resident)
             self._decode_to_end(group)
+            self._keep_resident(rows)
         except BaseException:
             self.reset()  # an interrupted prefill may have left cells half written: keep none of them
             raise
@@ -145,16 +150,17 @@ class LlamaBatchDecoder:
                 if request.chain is not None:
                     self._chains.remove(request.chain)
                     self._llama.llama_sampler_free(request.chain)
-        self._keep_resident(rows)
         return [r.cached_tokens for r in group]
 
     # -- the steps of a group ------------------------------------------------------------------------------
 
-    def _prefill(self, group: list[_Request]) -> None:
+    def _prefill(self, group: list[_Request], resident: list[int]) -> None:
         llama, rows = self._llama, [r.ids for r in group]
         shared = _shared_length(rows)
-        reuse = min(common_prefix_length(self._resident, rows[0]), shared)
-        llama.llama_memory_seq_rm(self._memory, 0, reuse, -1)  # the resident's tail this group does not share
+        reuse = min(common_prefix_length(resident, rows[0]), shared)
+        if not llama.llama_memory_seq_rm(self._memory, 0, reuse, -1):  # the resident's tail this group does not share
+            self.reset()  # a cache that cannot drop a tail (recurrent models): evaluate the whole prompt instead
+            reuse = 0
         for request in group[1:]:
             llama.llama_memory_seq_rm(self._memory, request.seq, -1, -1)
             if reuse:
@@ -194,16 +200,15 @@ class LlamaBatchDecoder:
         request.next_token = token
         if request.on_token(token):
             request.done = True
-            # its own tokens leave the cache; sequence 0 keeps the prompt the next group may reuse
-            keep = len(request.ids) if request.seq == 0 else -1
-            self._llama.llama_memory_seq_rm(self._memory, request.seq, keep, -1)
+            if request.seq != 0:  # its own tokens leave the cache; sequence 0 keeps the prompt until the group ends
+                self._llama.llama_memory_seq_rm(self._memory, request.seq, -1, -1)
 
     def _decode(self, entries: list, on_logits: Callable) -> None:
-        """Evaluate `entries` (token, position, sequence ids, logits tag or None), `DECODE_BATCH_TOKENS` a call;
+        """Evaluate `entries` (token, position, sequence ids, logits tag or None), `n_batch` tokens a call;
         after each call, `on_logits(tag, index in that call)` for the entries that asked for logits."""
         llama, batch = self._llama, self._batch
-        for start in range(0, len(entries), DECODE_BATCH_TOKENS):
-            chunk = entries[start: start + DECODE_BATCH_TOKENS]
+        for start in range(0, len(entries), self.n_batch):
+            chunk = entries[start: start + self.n_batch]
             for i, (token, position, seqs, tag) in enumerate(chunk):
                 batch.token[i], batch.pos[i], batch.n_seq_id[i] = token, position, len(seqs)
                 for j, seq in enumerate(seqs):
@@ -211,9 +216,11 @@ class LlamaBatchDecoder:
                 batch.logits[i] = tag is not None
             batch.n_tokens = len(chunk)
             status = llama.llama_decode(self._ctx, batch)
+            if status == 1:
+                raise EngineError(f"llama.cpp found no room for {len(chunk)} tokens in its {self.n_ctx}-token "
+                                  "context: raise n_ctx or lower batch_size")
             if status != 0:
-                raise EngineError(f"llama.cpp could not decode a batch of {len(chunk)} tokens (status {status}: "
-                                  f"1 means the {self.n_ctx}-token context is full; use fewer requests per group)")
+                raise EngineError(f"llama.cpp could not decode a batch of {len(chunk)} tokens (status {status})")
             for i, (_, _, _, tag) in enumerate(chunk):
                 if tag is not None:
                     on_logits(tag, i)
@@ -238,8 +245,10 @@ class LlamaBatchDecoder:
         shared = _shared_length(rows)
         for seq in range(1, len(rows)):
             llama.llama_memory_seq_rm(self._memory, seq, -1, -1)
-        llama.llama_memory_seq_rm(self._memory, 0, shared, -1)
-        self._resident = list(rows[0][:shared])
+        if llama.llama_memory_seq_rm(self._memory, 0, shared, -1):
+            self._resident = list(rows[0][:shared])
+        else:  # the cache cannot drop a tail: hold nothing
+            self.reset()
 
 
 def _shared_length(rows: list[list[int]]) -> int:

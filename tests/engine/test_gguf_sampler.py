@@ -209,3 +209,19 @@ def test_a_small_context_still_answers_every_request_in_order(smollm2):
     assert [r.prompt_tokens for r in together] == [r.prompt_tokens for r in small.generate_batch(DOCUMENTS * 2,
                                                                                                  greedy, batch_size=1)]
     assert all(r.token_ids and r.finish_reason in ("eos", "length") for r in together)
+
+
+@pytest.mark.parametrize("n_ctx", [64, 300])
+def test_contexts_smaller_than_a_decode_call_still_answer(smollm2, n_ctx):
+    """llama.cpp caps a decode call at min(n_ctx, 512) tokens and rounds the cells up to 256: a 64-token context
+    (fewer cells than llama.cpp's 256 parallel sequences) and a 300-token one with a 380-token prompt (more than
+    one call) both answer, where a fixed 512-token call or 256 sequences aborted the process (a review's repro)."""
+    _need_llama_cpp()
+    from faithforge.stages.sampler import gguf_sampler
+
+    folder, tokenizer = smollm2
+    small = gguf_sampler(gguf_of(folder), folder, tokenizer, SYSTEM, n_ctx=n_ctx)
+    assert small._decoder.n_batch <= n_ctx and small._decoder.max_sequences <= small._decoder.n_batch
+    document = "Rain fell." if n_ctx < 100 else " ".join(DOCUMENTS * 6)
+    [result] = small.generate_batch([document], SamplingConfig(max_new_tokens=8), batch_size=4)
+    assert result.token_ids and result.prompt_tokens > (0 if n_ctx < 100 else small._decoder.n_batch)
