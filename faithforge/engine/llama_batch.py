@@ -17,12 +17,12 @@ How, with llama.cpp's public C API (through llama-cpp-python's ctypes bindings):
 - each request samples through its own llama.cpp sampler chain seeded by the caller (`SamplerSpec`), so its
   random stream is its own (its logits still depend on the step's arithmetic, below).
 
-The context is `llama_cpp.Llama`'s (a decode call of at most 512 tokens, the caller's context or the model's
-own) with flash attention where the backend has it (a probe while building this: 1.16-1.34x the tokens/s of
-the unfused attention at 1-64 sequences). A request alone in its group computes what `Llama(flash_attn=True).generate` computes, token for
-token (tests/engine/test_gguf_sampler.py). Rows that share a step are not bit-identical to the same rows one by
-one: the step's arithmetic depends on the rows in it, so near-ties can part (BENCHMARKS.md measures how often),
-as in the engine's batches.
+The context is `llama_cpp.Llama`'s (a decode call of at most 512 tokens, the caller's context or the model's own)
+with flash attention where the backend has it (a probe while building this: 1.16-1.34x the tokens/s of the unfused
+attention at 1-64 sequences). A request alone in its group computes what `Llama(flash_attn=True).generate`
+computes, token for token (tests/engine/test_gguf_sampler.py). Rows that share a step are not bit-identical to the
+same rows one by one: the step's arithmetic depends on the rows in it, so near-ties can part (BENCHMARKS.md
+measures how often), as in the engine's batches.
 """
 
 from __future__ import annotations
