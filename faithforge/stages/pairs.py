@@ -93,7 +93,13 @@ def _sample_onpolicy_pairs(ctx: StageContext, examples, model: ModelOutput, plan
                                 omission_pairs=cfg.omission_pairs, faithful_chosen=cfg.faithful_chosen,
                                 judge=_pairs_judge(ctx.config, model.path),
                                 batch_size=plan.batch_size, system_prompt=system_prompt(ctx.config),
-                                sampler=sampler, sampler_note=choice.describe())
+                                sampler=sampler, sampler_note=_sampler_note(choice, plan))
+
+
+def _sampler_note(choice, plan: Plan) -> str:
+    """What the pairs report records about the sampler: the choice and its reason, and how many sequences shared a
+    step (seeded draws depend on it, as the engine's do on its batch)."""
+    return f"{choice.describe()}; {plan.batch_size} sequences a step"
 
 
 def onpolicy_sampler(config, model: ModelOutput, plan: Plan):
