@@ -100,7 +100,8 @@ def main(argv=None) -> int:
     # 2. greedy agreement, measured as bench/sampler_engines.py measures llama.cpp against the float32 engine
     class AsSampler:  # the bfloat16 engine behind the sampler interface, at the evaluate stage's batch
         @staticmethod
-        def generate_batch(prompts, sampling):
+        def generate_batch(prompts, sampling, batch_size=BATCH):
+            del batch_size  # always the evaluate stage's batch (sampler_engines asks llama.cpp for one at a time)
             with torch.inference_mode():
                 return engines["bfloat16"].generate_batch(prompts, sampling, batch_size=BATCH)
 

@@ -14,6 +14,8 @@ Not thread-safe: one request at a time per engine.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 from faithforge.engine.batch import BatchRunner
@@ -112,7 +114,8 @@ class PrefixCachedEngine:
 
     def generate_batch(self, prompts: list[Prompt], sampling: SamplingConfig = SamplingConfig(),
                        max_new_tokens: int | None = None, *, stop: str | list[str] | None = None,
-                       batch_size: int = 32, return_logits: bool = False) -> list[GenerationResult]:
+                       batch_size: int = 32, return_logits: bool = False,
+                       progress: Callable[[int, int], None] | None = None) -> list[GenerationResult]:
         """Continuations of prefix + each prompt, `batch_size` prompts per forward (results in input order).
 
         The prefix states are expanded to the batch once per chunk, or, from `MIN_SHARED_TOKENS` shared tokens
@@ -121,6 +124,7 @@ class PrefixCachedEngine:
         sampling's.
         Stop strings apply per row; there is no per-token callback in batched mode.
         Seeded sampling is reproducible for the same prompts and batch_size, but draws differ from `generate`.
+        `progress(done, total)` is called after each batch (requests answered so far, all requests).
         """
         self._check_ready()
         if max_new_tokens is not None:
@@ -143,6 +147,8 @@ class PrefixCachedEngine:
                 chunk = order[start:start + batch_size]
                 for i, res in zip(chunk, runner.run([rows[i] for i in chunk], sampling, generator, return_logits)):
                     results[i] = res
+                if progress is not None:
+                    progress(start + len(chunk), len(rows))
         return results
 
     def conversation(self) -> "Conversation":  # noqa: F821 - defined in conversation.py, imported when called

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
+from typing import Callable
 
 from faithforge.engine.errors import EngineError
 from faithforge.engine.prompts import Prompt, PromptRenderer
@@ -103,12 +104,14 @@ class GGUFSampler:
 
     def generate_batch(self, prompts: list[Prompt], sampling: SamplingConfig = SamplingConfig(),
                        max_new_tokens: int | None = None, *, stop: str | list[str] | None = None,
-                       batch_size: int = 32) -> list[GenerationResult]:
+                       batch_size: int = 32,
+                       progress: Callable[[int, int], None] | None = None) -> list[GenerationResult]:
         """One continuation per prompt, in order; up to `batch_size` consecutive prompts decode together (one
         llama.cpp step carries each one's next token), fewer when their prompts and token budgets would not fit
         the context. Request i draws from its own seeded generator (`request_seed`). The same prompts, sampling
         and `batch_size` give the same tokens whatever ran before; another `batch_size` changes only the
-        arithmetic of the steps, so near-ties can part (BENCHMARKS.md measures how often)."""
+        arithmetic of the steps, so near-ties can part (BENCHMARKS.md measures how often). `progress(done, total)`
+        is called after each group."""
         if max_new_tokens is not None:
             sampling = SamplingConfig(sampling.temperature, sampling.top_k, sampling.top_p, sampling.seed,
                                       max_new_tokens)
@@ -132,6 +135,8 @@ class GGUFSampler:
         size = min(batch_size, self._decoder.max_sequences)
         for group in fitting_groups(rows, size, sampling.max_new_tokens, self.n_ctx):
             results += self._run(rows, group, sampling, stops)
+            if progress is not None:
+                progress(len(results), len(rows))
         return results
 
     def _run(self, rows: list[list[int]], group: range, sampling: SamplingConfig,

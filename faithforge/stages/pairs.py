@@ -93,7 +93,8 @@ def _sample_onpolicy_pairs(ctx: StageContext, examples, model: ModelOutput, plan
                                 omission_pairs=cfg.omission_pairs, faithful_chosen=cfg.faithful_chosen,
                                 judge=_pairs_judge(ctx.config, model.path),
                                 batch_size=plan.batch_size, system_prompt=system_prompt(ctx.config),
-                                sampler=sampler, sampler_note=_sampler_note(choice, plan))
+                                sampler=sampler, sampler_note=_sampler_note(choice, plan),
+                                progress=lambda done, total: ctx.progress("pairs", done, total, ""))
 
 
 def _sampler_note(choice, plan: Plan) -> str:

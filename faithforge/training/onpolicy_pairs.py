@@ -39,7 +39,7 @@ import hashlib
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from faithforge.core.errors import UserError
 from faithforge.data.pairs import validate_pairs
@@ -133,6 +133,7 @@ def build_onpolicy_pairs(
     system_prompt: str = SYSTEM_PROMPT,
     sampler: Any = None,
     sampler_note: str = "engine",
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[dict], OnPolicyReport]:
     """Sample `k` summaries per source from `model` (the current policy), judge them, pair best vs worst.
 
@@ -140,7 +141,7 @@ def build_onpolicy_pairs(
     the same model, sources and arguments give the same pairs. The model is used in eval mode and put back
     into the mode it was in. `sampler`: something with the engine's `generate_batch` that samples instead (the
     pairs stage passes a `GGUFSampler` when the policy exists as GGUF; `model` is then unused), `sampler_note`
-    what the report records about it.
+    what the report records about it. `progress(done, total)`: samples drawn so far, after each batch.
     """
     from faithforge.engine import SamplingConfig
     from faithforge.evaluation.judges import resolve_judge
@@ -159,9 +160,9 @@ def build_onpolicy_pairs(
     prompts = [source for _, source, _ in sources for _ in range(k)]  # a source's k samples together
     started = time.perf_counter()
     if sampler is not None:
-        results = sampler.generate_batch(prompts, sampling, batch_size=batch_size)
+        results = sampler.generate_batch(prompts, sampling, batch_size=batch_size, progress=progress)
     else:
-        results = _sample(model, tokenizer, prompts, sampling, batch_size, system_prompt)
+        results = _sample(model, tokenizer, prompts, sampling, batch_size, system_prompt, progress)
     report.sample_seconds = round(time.perf_counter() - started, 1)
     report.samples = len(results)
 
@@ -186,7 +187,8 @@ def build_onpolicy_pairs(
     return pairs, report
 
 
-def _sample(model, tokenizer, prompts: list[str], sampling, batch_size: int, system_prompt: str) -> list:
+def _sample(model, tokenizer, prompts: list[str], sampling, batch_size: int, system_prompt: str,
+            progress: Callable[[int, int], None] | None = None) -> list:
     """One generation per prompt through the prefix-cached engine, the model in eval mode (then put back)."""
     from faithforge.engine import PrefixCachedEngine
 
@@ -194,7 +196,7 @@ def _sample(model, tokenizer, prompts: list[str], sampling, batch_size: int, sys
     model.eval()
     try:
         engine = PrefixCachedEngine(model, tokenizer, [{"role": "system", "content": system_prompt}])
-        return engine.generate_batch(prompts, sampling, batch_size=batch_size)
+        return engine.generate_batch(prompts, sampling, batch_size=batch_size, progress=progress)
     finally:
         model.train(was_training)
 

@@ -142,3 +142,11 @@ def test_bad_input_is_explained(chat_engine, word_model, word_tokenizer):
             chat_engine.generate("the cat")
     finally:
         word_model.eval()
+
+
+def test_a_batched_call_reports_its_progress_after_each_batch(chat_engine):
+    """The pairs stage's lines in a log file show done/total while it samples (issue 28, item 5)."""
+    seen = []
+    chat_engine.generate_batch(["a", "b", "c", "d", "e"], SamplingConfig(max_new_tokens=2), batch_size=2,
+                               progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(2, 5), (4, 5), (5, 5)]

@@ -225,3 +225,10 @@ def test_contexts_smaller_than_a_decode_call_still_answer(smollm2, n_ctx):
     document = "Rain fell." if n_ctx < 100 else " ".join(DOCUMENTS * 6)
     [result] = small.generate_batch([document], SamplingConfig(max_new_tokens=8), batch_size=4)
     assert result.token_ids and result.prompt_tokens > (0 if n_ctx < 100 else small._decoder.n_batch)
+
+
+def test_a_call_reports_its_progress_after_each_group(sampler):
+    seen = []
+    sampler.generate_batch(DOCUMENTS * 2, SamplingConfig(max_new_tokens=2), batch_size=4,
+                           progress=lambda done, total: seen.append((done, total)))
+    assert seen == [(4, 6), (6, 6)]

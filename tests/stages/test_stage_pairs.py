@@ -53,16 +53,21 @@ def test_on_policy_pairs_stage_samples_from_the_given_model(tiny_model_dir, tmp_
     cfg = load_config(None, environ={}, overrides={
         "workspace": str(tmp_path / "ws"), "generate": {"train_sources": 12, "val_sources": 10, "test_sources": 10},
         "pairs": {"builder": "on-policy", "samples_per_source": 4, "margin": 0.0, "val_fraction": 0.0}})
-    ctx = StageContext.open(cfg)
+    counts = []
+    ctx = StageContext.open(cfg, progress=lambda stage, done, total, message: counts.append((stage, done, total)))
     dataset = generate_examples(ctx)
     with pytest.raises(UserError, match="no model"):
         build_pairs(ctx, dataset)
     model = ModelOutput(path=str(tiny_model_dir))
+    counts.clear()
     out = build_pairs(ctx, dataset, model, Plan.manual("evaluate", "cpu", batch_size=16))
     pairs = load_pairs(out.train)
     report = out.report
     assert pairs and {p["kind"] for p in pairs} == {"on-policy"}
     assert report["sources"] == 12 and report["built"] == len(pairs)
+    # a log file shows the sampling's done/total (48 samples, 16 a batch), not only the time elapsed
+    assert [c for c in counts if c[2] == 48] == [("pairs", 16, 48), ("pairs", 32, 48), ("pairs", 48, 48)]
+    assert "16 sequences a step" in report["sampler"]
     assert build_pairs(ctx, dataset, model, Plan.manual("evaluate", "cpu")).reused
 
 
