@@ -232,3 +232,19 @@ def test_a_call_reports_its_progress_after_each_group(sampler):
     sampler.generate_batch(DOCUMENTS * 2, SamplingConfig(max_new_tokens=2), batch_size=4,
                            progress=lambda done, total: seen.append((done, total)))
     assert seen == [(4, 6), (6, 6)]
+
+
+def test_evaluation_answers_through_llama_cpp_in_batches_when_the_model_exists_as_gguf(smollm2):
+    """The evaluate stage's llama.cpp path (taken when every evaluated model exists as GGUF): greedy answers in
+    the order of the sources, the cut-off flags filled, the same answers at any batch size up to near-ties."""
+    _need_llama_cpp()
+    from faithforge.stages.evaluate import summarize_sources
+
+    folder, _ = smollm2
+    cut: list[bool] = []
+    answers = summarize_sources(str(folder), DOCUMENTS, adapter=None, plan=CPU, max_new_tokens=6, batch_size=3,
+                                system_prompt=SYSTEM, truncated=cut, gguf=gguf_of(folder))
+    assert len(answers) == len(cut) == len(DOCUMENTS) and all(answers) and True in cut  # 6 tokens cut most
+    alone = summarize_sources(str(folder), DOCUMENTS[:1], adapter=None, plan=CPU, max_new_tokens=6, batch_size=1,
+                              system_prompt=SYSTEM, gguf=gguf_of(folder))
+    assert alone[0].split()[0] == answers[0].split()[0]  # the first word is read from the same prefill logits
