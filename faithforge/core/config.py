@@ -173,6 +173,9 @@ class PairsConfig(Section):
     """`on-policy`: summaries sampled per source."""
     temperature: float = Field(1.0, gt=0.0, le=5.0)
     """`on-policy`: sampling temperature."""
+    sample_seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    """`on-policy`: seed of the samples (None: the run's `seed`). Another value draws other pairs from the same
+    policy and data, to see how far one draw moves the rates (BENCHMARKS.md: further than their interval)."""
     score_by: Literal["verdict", "judge-score"] = "verdict"
     """`on-policy`: what ranks a source's samples. `verdict`: 1 when the judge flags nothing, else 0; `judge-score`:
     the judge's own support score (a graded judge: `likelihood` — weakest sentence's log-probability per token,

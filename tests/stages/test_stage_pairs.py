@@ -138,3 +138,27 @@ def test_engine_bf16_samples_and_answers_with_bfloat16_weights_only_when_asked(t
     assert choose_sampler("engine-bf16", cpu, greedy, [None]).name == "engine-bf16"
     on_gpu = choose_sampler("engine-bf16", Plan.manual("evaluate", "local"), greedy, [None])
     assert on_gpu.name == "engine" and "keep the plan's precision" in on_gpu.reason
+
+
+def test_a_sample_seed_draws_other_pairs_and_leaves_the_default_key_alone(tiny_model_dir, tmp_path):
+    """`pairs.sample_seed` re-draws the on-policy samples from the same policy and data (a new output); unset,
+    the pairs' key is the one earlier versions wrote, so their pairs stay reusable."""
+    from faithforge.core.config import load_config
+    from faithforge.gpu.planner import Plan
+    from faithforge.stages.context import StageContext
+    from faithforge.stages.generate import generate_examples
+    from faithforge.stages.outputs import ModelOutput
+    from faithforge.stages.pairs import build_pairs, load_pairs
+
+    def run(**pairs):
+        cfg = load_config(None, environ={}, overrides={
+            "workspace": str(tmp_path / "ws"), "generate": {"train_sources": 12, "val_sources": 10, "test_sources": 10},
+            "pairs": {"builder": "on-policy", "samples_per_source": 4, "margin": 0.0, "val_fraction": 0.0, **pairs}})
+        ctx = StageContext.open(cfg)
+        return build_pairs(ctx, generate_examples(ctx), ModelOutput(path=str(tiny_model_dir)),
+                           Plan.manual("evaluate", "cpu", batch_size=16))
+
+    default, again, other = run(), run(sample_seed=0), run(sample_seed=7)
+    assert again.path == default.path and again.reused  # seed 0 is the run's own: the same draw, the same key
+    assert other.path != default.path
+    assert load_pairs(other.train) != load_pairs(default.train)
