@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from faithforge.engine.errors import EngineError
+from faithforge.engine.llama_batch import LlamaBatchDecoder, SamplerSpec, fitting_groups
 from faithforge.engine.prompts import Prompt, PromptRenderer
 from faithforge.engine.result import GenerationResult
 from faithforge.engine.sampling import SamplingConfig
@@ -87,8 +88,6 @@ class GGUFSampler:
         gguf = Path(gguf)
         if not gguf.is_file():
             raise EngineError(f"{gguf} is not a file: pass the GGUF of the model to sample from")
-        from faithforge.engine.llama_batch import LlamaBatchDecoder
-
         self.gguf, self.tokenizer = gguf, tokenizer
         self.threads = threads or default_threads()
         self.renderer = PromptRenderer(tokenizer, prefix)
@@ -128,8 +127,6 @@ class GGUFSampler:
             if len(ids) + sampling.max_new_tokens > self.n_ctx:
                 raise EngineError(f"prompt {i} has {len(ids)} tokens; with {sampling.max_new_tokens} new tokens it "
                                   f"exceeds llama.cpp's context of {self.n_ctx}: raise n_ctx")
-        from faithforge.engine.llama_batch import fitting_groups
-
         self._decoder.reset()  # a call's samples depend on its own arguments only, not on the calls before it
         results: list[GenerationResult] = []
         size = min(batch_size, self._decoder.max_sequences)
@@ -141,8 +138,6 @@ class GGUFSampler:
 
     def _run(self, rows: list[list[int]], group: range, sampling: SamplingConfig,
              stops: tuple[str, ...]) -> list[GenerationResult]:
-        from faithforge.engine.llama_batch import SamplerSpec
-
         trackers = [StopTracker(self.tokenizer, self._eos, stops, None, sampling.max_new_tokens) for _ in group]
         requests = [(rows[i], SamplerSpec(sampling.temperature, sampling.top_k, sampling.top_p,
                                           request_seed(sampling.seed, i)),

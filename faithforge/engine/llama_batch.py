@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import logging
 import weakref
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -60,18 +60,20 @@ class _Request:
     seq: int
     on_token: Callable[[int], bool]
     """Called with each sampled token; returns True when the request is finished (that token is not decoded)."""
+    position: int
+    """Where its next token goes: the prompt's length, then one more per decoded token."""
     chain: object = None
     next_token: int = -1
-    position: int = 0
     cached_tokens: int = 0
-    done: bool = field(default=False)
+    done: bool = False
 
 
-def _free(ctx, model, chains_box) -> None:
+def _free(ctx, model, batch, chains_box) -> None:
     import llama_cpp
 
     for chain in chains_box:
         llama_cpp.llama_sampler_free(chain)
+    llama_cpp.llama_batch_free(batch)
     if ctx:
         llama_cpp.llama_free(ctx)
     if model:
@@ -115,8 +117,7 @@ class LlamaBatchDecoder:
         self.n_batch = llama_cpp.llama_n_batch(ctx)  # what llama.cpp took: a decode call holds at most this many
         self._batch = llama_cpp.llama_batch_init(self.n_batch, 0, params.n_seq_max)
         self._chains: list = []  # live sampler chains, freed with the context if a call is interrupted
-        self._finalizer = weakref.finalize(self, _free, ctx, model, self._chains)
-        weakref.finalize(self, llama_cpp.llama_batch_free, self._batch)
+        weakref.finalize(self, _free, ctx, model, self._batch, self._chains)
         self.n_ctx = llama_cpp.llama_n_ctx(ctx)
         self.max_sequences = min(params.n_seq_max, self.n_batch)
         self.n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(model))
@@ -134,7 +135,8 @@ class LlamaBatchDecoder:
         if len(requests) > self.max_sequences:
             raise EngineError(f"{len(requests)} requests in one group; llama.cpp holds at most {self.max_sequences}")
         rows = [ids for ids, _, _ in requests]
-        group = [_Request(ids, spec, seq, on_token) for seq, (ids, spec, on_token) in enumerate(requests)]
+        group = [_Request(ids, spec, seq, on_token, position=len(ids))
+                 for seq, (ids, spec, on_token) in enumerate(requests)]
         resident, self._resident = self._resident, []  # until this group ends well, nothing is known to be held
         try:
             for request in group:
@@ -165,23 +167,19 @@ class LlamaBatchDecoder:
             llama.llama_memory_seq_rm(self._memory, request.seq, -1, -1)
             if reuse:
                 llama.llama_memory_seq_cp(self._memory, 0, request.seq, 0, reuse)
+        by_prompt: dict[tuple[int, ...], list[_Request]] = {}  # a distinct prompt -> its requests, in order
+        for request in group:
+            by_prompt.setdefault(tuple(request.ids), []).append(request)
         every = tuple(r.seq for r in group)
         entries = [(rows[0][p], p, every, None) for p in range(reuse, shared)]
-        first_of: dict[tuple[int, ...], _Request] = {}
-        for request in group:
-            key = tuple(request.ids)
-            if key in first_of:
-                request.cached_tokens = len(request.ids)
-                continue
-            request.cached_tokens = reuse if request is group[0] else shared
-            first_of[key] = request
-            seqs = tuple(r.seq for r in group if r.ids == request.ids)
-            tail = range(shared, len(request.ids))
-            entries += [(request.ids[p], p, seqs, key if p == len(request.ids) - 1 else None) for p in tail]
-        for request in group:
-            request.position = len(request.ids)
-        waiting = {key: [r for r in group if tuple(r.ids) == key] for key in first_of}
-        self._decode(entries, lambda key, index: [self._sample(r, index) for r in waiting[key]])
+        for prompt, same in by_prompt.items():
+            same[0].cached_tokens = reuse if same[0] is group[0] else shared
+            for repeat in same[1:]:
+                repeat.cached_tokens = len(prompt)
+            seqs = tuple(r.seq for r in same)
+            last = len(prompt) - 1
+            entries += [(prompt[p], p, seqs, prompt if p == last else None) for p in range(shared, len(prompt))]
+        self._decode(entries, lambda prompt, index: [self._sample(r, index) for r in by_prompt[prompt]])
 
     def _decode_to_end(self, group: list[_Request]) -> None:
         by_seq = {r.seq: r for r in group}

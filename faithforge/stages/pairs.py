@@ -31,7 +31,7 @@ def build_pairs(ctx: StageContext, dataset: DatasetOutput, model: ModelOutput | 
         raise UserError("pairs.builder is on-policy but no model was given to sample from")
     # a sample_seed that is unset or the run's own draws what was drawn before the setting existed: the same key,
     # so earlier pairs stay reusable
-    own_draw = cfg.sample_seed in (None, ctx.config.seed)
+    own_draw = sample_seed(ctx.config) == ctx.config.seed
     depends_on = [dataset.key, cfg.model_dump(exclude={"sample_seed"} if own_draw else None), ctx.config.seed]
     if cfg.path:  # imported pairs depend on the file's content, not on a model
         from faithforge.core.workspace import sha256_tree
@@ -91,7 +91,7 @@ def _sample_onpolicy_pairs(ctx: StageContext, examples, model: ModelOutput, plan
         policy = sampling_weights(policy, choice.name == "engine-bf16")  # or in bfloat16 when asked
     ctx.progress("pairs", 0, 1, f"sampling {cfg.samples_per_source} summaries per source with {choice.describe()}")
     return build_onpolicy_pairs(policy, tokenizer, examples, k=cfg.samples_per_source, temperature=cfg.temperature,
-                                seed=ctx.config.seed if cfg.sample_seed is None else cfg.sample_seed,
+                                seed=sample_seed(ctx.config),
                                 max_new_tokens=ctx.config.evaluate.max_new_tokens,
                                 margin=cfg.margin, score_by=cfg.score_by, min_chosen_recall=cfg.min_chosen_recall,
                                 omission_pairs=cfg.omission_pairs, faithful_chosen=cfg.faithful_chosen,
@@ -99,6 +99,11 @@ def _sample_onpolicy_pairs(ctx: StageContext, examples, model: ModelOutput, plan
                                 batch_size=plan.batch_size, system_prompt=system_prompt(ctx.config),
                                 sampler=sampler, sampler_note=_sampler_note(choice, plan),
                                 progress=lambda done, total: ctx.progress("pairs", done, total, ""))
+
+
+def sample_seed(config) -> int:
+    """The seed the on-policy samples are drawn with: `pairs.sample_seed`, else the run's `seed`."""
+    return config.seed if config.pairs.sample_seed is None else config.pairs.sample_seed
 
 
 def _sampler_note(choice, plan: Plan) -> str:
