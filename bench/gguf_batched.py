@@ -105,6 +105,13 @@ def greedy_agreement(args, sampler, tokenizer, examples, batch: int) -> dict:
     return out
 
 
+def write(out: Path, report: dict) -> int:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1) + "\n")
+    print(f"wrote {out}")
+    return 0
+
+
 def main() -> int:
     args = parse_args()
     from faithforge.data.grounded_qa import SYSTEM_PROMPT, generate_questions
@@ -127,10 +134,7 @@ def main() -> int:
     sampler.generate_batch(prompts[:4], sampling, batch_size=4)  # warm-up, untimed
     if args.greedy_only:
         report = {"greedy": greedy_agreement(args, sampler, tokenizer, examples, batches[-1])}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(report, indent=1) + "\n")
-        print(f"wrote {args.out}")
-        return 0
+        return write(args.out, report)
 
     speeds: dict[int, list[float]] = {b: [] for b in batches}
     first: dict[int, list] = {}
@@ -163,10 +167,7 @@ def main() -> int:
     print(f"  each rate inside every other's 95% interval: {inside}")
 
     report["greedy"] = greedy_agreement(args, sampler, tokenizer, examples, batches[-1])
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1) + "\n")
-    print(f"wrote {args.out}")
-    return 0
+    return write(args.out, report)
 
 
 if __name__ == "__main__":
