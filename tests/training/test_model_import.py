@@ -135,3 +135,37 @@ def test_a_base_model_without_chat_template_imports_for_scoring_only(tmp_path):
     assert len(scores.tokens) > 0
     with pytest.raises(UserError, match="has no chat template"):
         load_tokenizer(tmp_path / "scorer")
+
+
+def test_inside_an_import_a_gguf_file_is_parsed_once_and_the_library_is_restored_after(tmp_path, monkeypatch):
+    """transformers parses the file for the tokenizer, the config and the weights; `_gguf_parsed_once` makes
+    that one parse (and one tensor-name table), and leaves `gguf` as it found it, also when the load fails."""
+    import gguf
+
+    from faithforge.training.model_import import _gguf_parsed_once
+
+    path = tmp_path / "small.gguf"
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_block_count(2)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    parsed = []
+
+    class CountingReader(gguf.GGUFReader):
+        def __init__(self, source, *args, **kwargs):
+            parsed.append(str(source))
+            super().__init__(source, *args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", CountingReader)
+    table = gguf.get_tensor_name_map
+    with _gguf_parsed_once():
+        first, second = gguf.GGUFReader(path), gguf.GGUFReader(str(path))
+        assert first is second and int(first.fields["llama.block_count"].parts[-1][0]) == 2
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2) is gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 2)
+    assert parsed == [str(path)]
+    assert gguf.GGUFReader is CountingReader and gguf.get_tensor_name_map is table
+    with pytest.raises(RuntimeError), _gguf_parsed_once():
+        raise RuntimeError("a load that fails")
+    assert gguf.GGUFReader is CountingReader and gguf.get_tensor_name_map is table
