@@ -240,7 +240,8 @@ def measured_peak() -> dict[str, int]:
 
 @contextlib.contextmanager
 def score_completions_only():
-    """Let TRL's fused LM head project only the completion positions on every device, as it does on Triton devices.
+    """Let TRL's fused LM head project only the completion positions on every device, as it does on Triton devices,
+    through FaithForge's head (`faithforge.training.log_prob_head`).
 
     TRL's fused head (`trl.trainer.utils.add_fused_lm_head`) scores only the positions whose label is not -100 when
     `_use_triton(device)` is true, and every position (prompt and padding included, masked out afterwards)
@@ -248,20 +249,29 @@ def score_completions_only():
     has no such compile, so scoring every position only multiplies the LM head's work (49,152-word vocabulary ×
     ~85 tokens per row instead of the ~30 completion tokens in the real demo). Same kernel, same per-token numbers:
     measured on the real demo's pairs, a DPO step took 12.5 s → 6.7 s on 2 cores with the losses equal to 6 decimals
-    (BENCHMARKS.md, issue 28). XLA devices keep TRL's choice. Replaced only while a loss is computed: the DPO
-    trainer's `compute_loss` and the SFT control's forward (`use_chunked_head_loss`) enter it.
+    (BENCHMARKS.md, issue 28). XLA devices keep TRL's choice. The head function TRL calls
+    (`_ChunkedLogProbFunction`) becomes `log_prob_head.CompletionLogProbs`: TRL's kernel on a GPU, the whole logits
+    on the CPU when they are small (2.2× faster there, the same numbers to fp32 rounding). Replaced only while a
+    loss is computed: the DPO trainer's `compute_loss`, the SFT control's forward (`use_chunked_head_loss`) and the
+    reference pass enter it.
     """
     import trl.trainer.utils as trl_utils
 
+    from faithforge.training.log_prob_head import CompletionLogProbs
+
     saved = getattr(trl_utils, "_use_triton", None)
-    if saved is None:  # a TRL without the switch: nothing to change
-        yield
-        return
-    trl_utils._use_triton = lambda device: device.type in ("cpu", "cuda", "mps") or saved(device)
+    saved_head = getattr(trl_utils, "_ChunkedLogProbFunction", None)
+    if saved is not None:  # a TRL without the switch keeps its own choice
+        trl_utils._use_triton = lambda device: device.type in ("cpu", "cuda", "mps") or saved(device)
+    if saved_head is not None:
+        trl_utils._ChunkedLogProbFunction = CompletionLogProbs
     try:
         yield
     finally:
-        trl_utils._use_triton = saved
+        if saved is not None:
+            trl_utils._use_triton = saved
+        if saved_head is not None:
+            trl_utils._ChunkedLogProbFunction = saved_head
 
 
 def use_chunked_head_loss(policy) -> None:

@@ -112,17 +112,19 @@ def completion_logps(model, input_ids, attention_mask, completion_mask, autocast
     `sums` (batch_size,) float32, nats (a sum of natural-log probabilities, ≤ 0); `counts` (batch_size,) long,
     tokens scored (the completion tokens after the first position, which has no prediction).
 
-    Runs TRL's chunked log-prob kernel (`trl.kernels.chunked_logprob.ChunkedLogProbFunction`), the code
-    `DPOTrainer`'s fused LM head scores the policy with: the backbone runs once and the head projects the scored
-    positions in [4,096 tokens × `vocab_chunk`] tiles (TRL's 32,768 by default) in the compute dtype with fp32
-    running statistics, so the batch × seq × vocab logits never exist. `autocast_bf16` reproduces the Trainer's
-    bf16 autocast (GPU training with `bf16=True`); without it the tiles run in the hidden states' dtype, as
-    training on that device does. Same kernel, same dtype: at step 0 the policy reproduces these numbers.
+    The head is `faithforge.training.log_prob_head.completion_log_probs`, the code the DPO trainer's fused LM head
+    and the SFT control score the policy with (TRL's chunked kernel on a GPU or for large logits, the whole logits
+    on the CPU otherwise): the backbone runs once and the head projects only the scored positions, in the compute
+    dtype with fp32 statistics. `autocast_bf16` reproduces the Trainer's bf16 autocast (GPU training with
+    `bf16=True`); without it the head runs in the hidden states' dtype, as training on that device does. Same head,
+    same dtype: at step 0 the policy reproduces these numbers.
     Models that scale their logits (Granite, Falcon-H1, ...) go through TRL's `add_fused_lm_head` instead.
     """
     import torch
-    from trl.kernels.chunked_logprob import ChunkedLogProbFunction
     from trl.trainer.utils import _CHUNKED_LOGPROB_CHUNK_SIZE, add_fused_lm_head
+
+    from faithforge.training import log_prob_head
+    from faithforge.training.modeling import score_completions_only
 
     labels = input_ids.masked_fill(completion_mask == 0, -100)
     mask = completion_mask[:, 1:]
@@ -134,7 +136,7 @@ def completion_logps(model, input_ids, attention_mask, completion_mask, autocast
             if not getattr(model, "_faithforge_fused_head", False):
                 add_fused_lm_head(model)
                 object.__setattr__(model, "_faithforge_fused_head", True)
-            with share_pair_prefixes(model):
+            with share_pair_prefixes(model), score_completions_only():
                 out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True,
                             use_cache=False)
             return (out.log_probs.float() * mask).sum(-1), mask.sum(-1)
@@ -144,7 +146,7 @@ def completion_logps(model, input_ids, attention_mask, completion_mask, autocast
         head = model.get_output_embeddings()
         targets = labels[:, 1:]
         scored = targets != -100
-        per_token = ChunkedLogProbFunction.apply(
+        per_token = log_prob_head.completion_log_probs(
             hidden[scored], head.weight, getattr(head, "bias", None), targets[scored], 1.0,
             vocab_chunk or _CHUNKED_LOGPROB_CHUNK_SIZE, getattr(config, "final_logit_softcapping", None), 1.0,
             ("log_probs",))[0]

@@ -1,0 +1,83 @@
+"""The LM head's completion log-probs: on the CPU with small logits FaithForge builds them whole; the numbers and
+gradients are TRL's chunked kernel's to fp32 rounding, every optional output included."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+
+from faithforge.training import log_prob_head
+from faithforge.training.log_prob_head import OPTIONAL_OUTPUTS, completion_log_probs, materializes
+
+ALL = ("log_probs", *OPTIONAL_OUTPUTS)
+
+
+def _inputs(tokens=37, hidden=24, vocab=301, bias=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(tokens, hidden, generator=g)
+    w = torch.randn(vocab, hidden, generator=g) * 0.3
+    b = torch.randn(vocab, generator=g) if bias else None
+    t = torch.randint(0, vocab, (tokens,), generator=g)
+    return h, w, b, t
+
+
+def _run(function, h, w, b, t, chunk, softcap, scale, temperature, outputs, weight_grad=False):
+    h = h.clone().requires_grad_(True)
+    w = w.clone().requires_grad_(weight_grad)
+    out = function(h, w, b, t, temperature, chunk, softcap, scale, outputs)
+    loss = (out[0] * torch.linspace(0.5, 1.5, len(t))).sum()
+    if out[1] is not None:
+        loss = loss + 0.3 * out[1].sum()
+    loss.backward()
+    return out, h.grad, (w.grad if weight_grad else None)
+
+
+@pytest.mark.parametrize("softcap,scale,temperature,bias", [(None, 1.0, 1.0, False), (30.0, 0.5, 0.7, True)])
+def test_the_whole_logits_give_trls_numbers_and_gradients(softcap, scale, temperature, bias):
+    h, w, b, t = _inputs(bias=bias)
+    assert materializes(h, w)
+    ours, grad_h, grad_w = _run(completion_log_probs, h, w, b, t, 64, softcap, scale, temperature, ALL, True)
+    trl, trl_h, trl_w = _run(ChunkedLogProbFunction.apply, h, w, b, t, 64, softcap, scale, temperature, ALL, True)
+    for name, a, c in zip(ALL, ours, trl):
+        if name == "is_top1":
+            assert torch.equal(a, c)
+        else:
+            assert torch.allclose(a, c, atol=2e-5, rtol=1e-5), name
+    assert torch.allclose(grad_h, trl_h, atol=2e-5) and torch.allclose(grad_w, trl_w, atol=2e-5)
+    assert ours[0].dtype == torch.float32 and ours[0].shape == (len(t),)
+
+
+def test_only_the_outputs_asked_for_are_computed_and_the_metrics_carry_no_gradient():
+    h, w, b, t = _inputs()
+    log_probs, entropy, log_sum_sq, mean_logits, is_top1 = completion_log_probs(
+        h.requires_grad_(True), w, b, t, 1.0, 64, None, 1.0, ("log_probs",))
+    assert log_probs.requires_grad and entropy is None and log_sum_sq is None and mean_logits is None and is_top1 is None
+    out = completion_log_probs(h, w, b, t, 1.0, 64, None, 1.0, ALL)
+    assert out[1].requires_grad and not any(x.requires_grad for x in out[2:])
+
+
+def test_a_tie_for_the_top_word_counts_only_for_the_first_as_trls_kernel_does():
+    h, w, b, _ = _inputs(tokens=2, vocab=8)
+    w[5] = w[2]  # words 2 and 5 always share a logit
+    h[:] = w[2] * 3  # and both lead
+    t = torch.tensor([2, 5])
+    ours = completion_log_probs(h, w, b, t, 1.0, 4, None, 1.0, ALL)[4]
+    trl = ChunkedLogProbFunction.apply(h, w, b, t, 1.0, 4, None, 1.0, ALL)[4]
+    assert ours.tolist() == trl.tolist() == [True, False]
+
+
+def test_logits_above_the_limit_go_through_trls_kernel(monkeypatch):
+    h, w, b, t = _inputs()
+    monkeypatch.setattr(log_prob_head, "MATERIALIZE_LIMIT_BYTES", h.shape[0] * w.shape[0] * 4 - 1)
+    assert not materializes(h, w)
+    called = []
+    real = ChunkedLogProbFunction.apply
+
+    def spy(*args):
+        called.append(args[0].shape[0])
+        return real(*args)
+
+    monkeypatch.setattr(ChunkedLogProbFunction, "apply", spy)
+    completion_log_probs(h, w, b, t, 1.0, 64, None, 1.0, ("log_probs",))
+    assert called == [h.shape[0]]
