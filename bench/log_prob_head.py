@@ -14,6 +14,10 @@ bench/dpo_shared_prompt.py reads them). Two parts, the variants interleaved:
    set to 0, so every call goes to TRL's kernel) against `whole` (the default); median step time without each
    run's first step, losses step by step and their largest difference, and the trained LoRA weights' largest
    difference.
+3. The SFT control's steps (`faithforge.training.sft.train_sft` on the chosen answers, the demo's settings:
+   8 a step, LoRA r 16, lr 1e-4, max length 256) both ways: median step time, losses and their largest difference.
+
+`--parts` picks parts (default all three).
 """
 
 from __future__ import annotations
@@ -81,12 +85,33 @@ def head_alone(model_dir: Path, tokenizer, pairs, rounds: int) -> dict:
             "speedup": median["trl"] / median["whole"], "max_abs_diff": diff}
 
 
+def control_steps(model_dir: Path, tokenizer, pairs, steps: int) -> tuple[list[float], list[float]]:
+    """(each step's seconds, each step's loss) of the SFT control trained `steps` steps from a fresh adapter."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from faithforge.training.modeling import attach_lora, use_chunked_head_loss
+    from faithforge.training.sft import SftExample, train_sft
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    policy = attach_lora(model, r=16, alpha=32, dropout=0.0, quantized=False, gradient_checkpointing=False)
+    use_chunked_head_loss(policy)
+    examples = [SftExample(p["prompt"], p["chosen"][0]["content"]) for p in pairs]
+    marks = [time.perf_counter()]
+    losses = train_sft(policy, tokenizer, examples, steps=steps, batch_size=8, learning_rate=1e-4, seed=0,
+                       max_length=256, on_step=lambda s, loss: marks.append(time.perf_counter()))
+    return [b - a for a, b in zip(marks, marks[1:])], losses
+
+
 def main() -> int:
     import warnings
 
     p = workspace_parser(__doc__, "log_prob_head", 8, "DPO steps per run (the first is left out as warm-up)")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--parts", default="1,2,3", help="which parts to run, e.g. 3 or 1,2")
     args = p.parse_args()
+    parts = {int(x) for x in args.parts.split(",")}
     warnings.filterwarnings("ignore")
     import torch
 
@@ -94,12 +119,32 @@ def main() -> int:
 
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     model_dir, _, reference, pairs, tokenizer = demo_workspace(args.workspace, args.model)
-    alone = head_alone(model_dir, tokenizer, pairs, max(3, args.rounds))
-    print(f"head alone, {alone['tokens']} tokens × {alone['vocab']} words, forward + backward: TRL's kernel "
+    report: dict = {"dpo_steps": args.steps}
+    limit = log_prob_head.MATERIALIZE_LIMIT_BYTES
+    if 3 in parts:
+        control: dict[str, list] = {"trl": [], "whole": []}
+        for round_ in range(args.rounds):
+            for way in (("trl", "whole") if round_ % 2 == 0 else ("whole", "trl")):
+                log_prob_head.MATERIALIZE_LIMIT_BYTES = 0 if way == "trl" else limit
+                try:
+                    control[way].append(control_steps(model_dir, tokenizer, pairs, args.steps))
+                finally:
+                    log_prob_head.MATERIALIZE_LIMIT_BYTES = limit
+                print(f"  control round {round_ + 1} {way:<5} steps "
+                      f"{[round(x, 2) for x in control[way][-1][0]]} s", flush=True)
+        median = {way: statistics.median(x for seconds, _ in runs for x in seconds[1:]) for way, runs in control.items()}
+        loss_diff = max(abs(a - b) for (_, t), (_, w) in zip(control["trl"], control["whole"]) for a, b in zip(t, w))
+        report["control"] = {"median_step_seconds": median, "step_speedup": median["trl"] / median["whole"],
+                             "loss_abs_diff_max": loss_diff}
+        print(f"control step median: TRL's kernel {median['trl']:.2f} s, whole logits {median['whole']:.2f} s "
+              f"({median['trl'] / median['whole']:.2f}×); largest |Δloss| {loss_diff:.2e}", flush=True)
+    if 1 in parts:
+        report["head_alone"] = alone = head_alone(model_dir, tokenizer, pairs, max(3, args.rounds))
+        print(f"head alone, {alone['tokens']} tokens × {alone['vocab']} words, forward + backward: TRL's kernel "
           f"{alone['median_seconds']['trl']:.3f} s, whole logits {alone['median_seconds']['whole']:.3f} s "
           f"({alone['speedup']:.2f}×); largest differences {alone['max_abs_diff']}", flush=True)
-
-    limit = log_prob_head.MATERIALIZE_LIMIT_BYTES
+    if 2 not in parts:
+        return _save({**report, "load_1m_end": os.getloadavg()[0]}, args.out)
     runs: dict[str, list[dict]] = {"trl": [], "whole": []}
     lora: dict[str, dict] = {}
     for round_ in range(args.rounds):
@@ -116,10 +161,10 @@ def main() -> int:
     median = {way: statistics.median(s for run in rs for s in run["seconds"][1:]) for way, rs in runs.items()}
     loss_diff = max(abs(a - b) for t, w in zip(runs["trl"], runs["whole"]) for a, b in zip(t["losses"], w["losses"]))
     lora_diff = max(float((lora["trl"][k] - lora["whole"][k]).abs().max()) for k in lora["trl"])
-    report = {"head_alone": alone, "dpo_steps": args.steps, "median_step_seconds": median,
+    report.update({"median_step_seconds": median,
               "step_speedup": median["trl"] / median["whole"], "loss_abs_diff_max": loss_diff,
               "lora_abs_diff_max": lora_diff, "losses": {k: [r["losses"] for r in v] for k, v in runs.items()},
-              "load_1m_end": os.getloadavg()[0]}
+              "load_1m_end": os.getloadavg()[0]})
     print(f"DPO step median: TRL's kernel {median['trl']:.2f} s, whole logits {median['whole']:.2f} s "
           f"({report['step_speedup']:.2f}×); largest |Δloss| {loss_diff:.2e}, largest |ΔLoRA| {lora_diff:.2e}")
     return _save(report, args.out)
