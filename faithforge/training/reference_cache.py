@@ -33,7 +33,9 @@ log = logging.getLogger(__name__)
 
 TRUNCATION_MODES = ("keep_start", "keep_end")
 MANIFEST = "manifest.json"
-CACHE_FORMAT = 2  # 2: TRL's chunked kernel in the training dtype; the dtype is part of the key
+CACHE_FORMAT = 2  # 2: the training head (log_prob_head) in the training dtype; the dtype is part of the key.
+# Not bumped when the CPU head began building whole logits: it gives TRL's kernel's numbers within 2e-5 nats
+# a token (bench/log_prob_head.py), far inside the step-0 check's 1e-3, so earlier caches stay valid.
 
 
 # --- tokenization (mirrors TRL 1.x DPO) -----------------------------------------------------------
@@ -102,7 +104,7 @@ def collate_pairs(tokenized: Sequence[dict[str, list[int]]], pad_id: int, max_le
     return input_ids, attention, completion
 
 
-# --- log-probs: TRL's own chunked kernel, in the training dtype ---------------------------------------
+# --- log-probs: the training head (log_prob_head), in the training dtype --------------------------------
 
 def completion_logps(model, input_ids, attention_mask, completion_mask, autocast_bf16: bool = False,
                      vocab_chunk: int | None = None):
