@@ -28,7 +28,8 @@ BUCKETS = (
     ("decode", "BatchRunner._decode"),
     ("prefill", "BatchRunner._forward"),
     ("llama.cpp sampling", "LlamaBatchDecoder"),
-    ("log-prob head", "ChunkedLogProbFunction"),
+    ("log-prob head", "ChunkedLogProbFunction"),  # TRL's kernel (forward and backward have Python frames)
+    ("log-prob head", "training/log_prob_head.py"),  # the whole logits: forward only, backward is autograd's
     ("backward", "_engine_run_backward"),
     ("forward", "PeftModelForCausalLM.forward"),
     ("judging", "faithforge/evaluation/"),

@@ -251,7 +251,7 @@ def score_completions_only():
     measured on the real demo's pairs, a DPO step took 12.5 s → 6.7 s on 2 cores with the losses equal to 6 decimals
     (BENCHMARKS.md, issue 28). XLA devices keep TRL's choice. The head function TRL calls
     (`_ChunkedLogProbFunction`) becomes `log_prob_head.CompletionLogProbs`: TRL's kernel on a GPU, the whole logits
-    on the CPU when they are small (2.2× faster there, the same numbers to fp32 rounding). Replaced only while a
+    on the CPU when they are small (1.57× faster there, the same numbers to fp32 rounding). Replaced only while a
     loss is computed: the DPO trainer's `compute_loss`, the SFT control's forward (`use_chunked_head_loss`) and the
     reference pass enter it.
     """

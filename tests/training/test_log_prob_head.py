@@ -25,26 +25,30 @@ def _inputs(tokens=37, hidden=24, vocab=301, bias=False, seed=0):
 def _run(function, h, w, b, t, chunk, softcap, scale, temperature, outputs, weight_grad=False):
     h = h.clone().requires_grad_(True)
     w = w.clone().requires_grad_(weight_grad)
+    b = None if b is None else b.clone().requires_grad_(weight_grad)
     out = function(h, w, b, t, temperature, chunk, softcap, scale, outputs)
     loss = (out[0] * torch.linspace(0.5, 1.5, len(t))).sum()
     if out[1] is not None:
         loss = loss + 0.3 * out[1].sum()
     loss.backward()
-    return out, h.grad, (w.grad if weight_grad else None)
+    return out, h.grad, (w.grad if weight_grad else None), (b.grad if b is not None and weight_grad else None)
 
 
 @pytest.mark.parametrize("softcap,scale,temperature,bias", [(None, 1.0, 1.0, False), (30.0, 0.5, 0.7, True)])
 def test_the_whole_logits_give_trls_numbers_and_gradients(softcap, scale, temperature, bias):
     h, w, b, t = _inputs(bias=bias)
     assert materializes(h, w)
-    ours, grad_h, grad_w = _run(completion_log_probs, h, w, b, t, 64, softcap, scale, temperature, ALL, True)
-    trl, trl_h, trl_w = _run(ChunkedLogProbFunction.apply, h, w, b, t, 64, softcap, scale, temperature, ALL, True)
+    ours, grad_h, grad_w, grad_b = _run(completion_log_probs, h, w, b, t, 64, softcap, scale, temperature, ALL, True)
+    trl, trl_h, trl_w, trl_b = _run(ChunkedLogProbFunction.apply, h, w, b, t, 64, softcap, scale, temperature, ALL,
+                                    True)
     for name, a, c in zip(ALL, ours, trl):
         if name == "is_top1":
             assert torch.equal(a, c)
         else:
             assert torch.allclose(a, c, atol=2e-5, rtol=1e-5), name
     assert torch.allclose(grad_h, trl_h, atol=2e-5) and torch.allclose(grad_w, trl_w, atol=2e-5)
+    if bias:
+        assert torch.allclose(grad_b, trl_b, atol=2e-5)
     assert ours[0].dtype == torch.float32 and ours[0].shape == (len(t),)
 
 
@@ -81,3 +85,39 @@ def test_logits_above_the_limit_go_through_trls_kernel(monkeypatch):
     monkeypatch.setattr(ChunkedLogProbFunction, "apply", spy)
     completion_log_probs(h, w, b, t, 1.0, 64, None, 1.0, ("log_probs",))
     assert called == [h.shape[0]]
+
+
+def test_autocast_and_non_fp32_inputs_go_through_trls_kernel():
+    """Under bf16 autocast TRL adds the gradient tiles up in fp32; autograd through a bf16 matmul would not."""
+    h, w, _, _ = _inputs()
+    assert materializes(h, w)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not materializes(h, w)
+    assert not materializes(h.bfloat16(), w.bfloat16())
+
+
+def test_a_batch_without_a_scored_token_still_trains_through_the_callers_scatter():
+    """TRL's fused head passes an empty hidden matrix when no label is valid and scatters the result back."""
+    h, w, b, _ = _inputs()
+    policy_hidden = h[:3].clone().requires_grad_(True)
+    mask = torch.zeros(3, dtype=torch.bool)
+    out = completion_log_probs(policy_hidden[mask], w, b, torch.zeros(0, dtype=torch.long), 1.0, 64, None, 1.0, ALL)
+    assert out[0].shape == (0,)
+    per_row = out[0].new_zeros(mask.shape).masked_scatter(mask, out[0])
+    per_row.sum().backward()
+    assert torch.equal(policy_hidden.grad, torch.zeros_like(policy_hidden))
+
+
+def test_trls_head_function_is_faithforges_only_inside_score_completions_only():
+    import trl.trainer.utils as trl_utils
+
+    from faithforge.training.log_prob_head import CompletionLogProbs
+    from faithforge.training.modeling import score_completions_only
+
+    before = trl_utils._ChunkedLogProbFunction
+    with score_completions_only():
+        assert trl_utils._ChunkedLogProbFunction is CompletionLogProbs
+    assert trl_utils._ChunkedLogProbFunction is before
+    with pytest.raises(RuntimeError), score_completions_only():
+        raise RuntimeError("a step that fails")
+    assert trl_utils._ChunkedLogProbFunction is before

@@ -169,3 +169,25 @@ def test_inside_an_import_a_gguf_file_is_parsed_once_and_the_library_is_restored
     with pytest.raises(RuntimeError), _gguf_parsed_once():
         raise RuntimeError("a load that fails")
     assert gguf.GGUFReader is CountingReader and gguf.get_tensor_name_map is table
+
+
+@pytest.mark.slow
+def test_loading_a_real_gguf_parses_the_file_once(monkeypatch):
+    """transformers looks `GGUFReader` up in `gguf` at each of its three reads (tokenizer, config, weights): the
+    import's load must reach the file once."""
+    import gguf
+
+    from faithforge.training.model_import import load_source
+
+    source = smollm2_or_skip()
+    parsed = []
+
+    class CountingReader(gguf.GGUFReader):
+        def __init__(self, path, *args, **kwargs):
+            parsed.append(os.fspath(path))
+            super().__init__(path, *args, **kwargs)
+
+    monkeypatch.setattr(gguf, "GGUFReader", CountingReader)
+    model, tokenizer, kind = load_source(source)
+    assert kind == "gguf" and tokenizer.chat_template and model.config.num_hidden_layers == 30
+    assert parsed == [os.fspath(source)]
