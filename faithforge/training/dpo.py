@@ -190,9 +190,10 @@ def step0_tolerance(compute_dtype: str, beta: float, completion_tokens: float) -
     """How far the step-0 loss and rewards may stray from ln 2 and 0 before the reference is called wrong.
 
     The cache is computed with the head training uses (`log_prob_head`) in the training dtype, so step 0
-    reproduces it up to the backbone's run-to-run noise. In fp32 that is ~1e-6 nats per sequence: 1e-3 is generous. In bf16 the
-    noise is per token (0.007-0.022 nats measured between fp32 and bf16 tiles on the 7B head shape) and adds up
-    over the completion like a random walk, so the reward noise is β × 0.022 × √tokens (plus the fp32 floor).
+    reproduces it up to the backbone's run-to-run noise. In fp32 that is ~1e-6 nats per sequence: 1e-3 is
+    generous. In bf16 the noise is per token (0.007-0.022 nats measured between fp32 and bf16 tiles on the 7B
+    head shape) and adds up over the completion like a random walk, so the reward noise is β × 0.022 × √tokens
+    (plus the fp32 floor).
     A wrong cache (another model, another tokenizer) is off by whole nats per token.
     """
     if compute_dtype == "float32":

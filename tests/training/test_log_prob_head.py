@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from trl.kernels.chunked_logprob import ChunkedLogProbFunction
+from trl.kernels.chunked_logprob import OPTIONAL_OUTPUTS, ChunkedLogProbFunction
 
 from faithforge.training import log_prob_head
-from faithforge.training.log_prob_head import OPTIONAL_OUTPUTS, completion_log_probs, materializes
+from faithforge.training.log_prob_head import completion_log_probs, materializes
 
 ALL = ("log_probs", *OPTIONAL_OUTPUTS)
 
