@@ -212,8 +212,9 @@ class PairsConfig(Section):
     path_split: str | None = None
     """`path` is a `DatasetDict` folder: the split to read (e.g. `train`)."""
     sampler: Literal["auto", "engine", "engine-bf16"] = "auto"
-    """`on-policy`: what samples the summaries. `auto`: llama.cpp on the model's GGUF when the policy is that file's
-    weights (an imported GGUF, not warm-started) and the stage runs on the CPU, the prefix-cached engine otherwise;
+    """`on-policy`: what samples the summaries. `auto`: llama.cpp when the stage runs on the CPU and the policy (a
+    llama-family folder) is written as an f16 GGUF from its own weights into the workspace's `cache/gguf` (or was
+    imported from a GGUF), the prefix-cached engine otherwise;
     `engine`: always the prefix-cached engine; `engine-bf16`: the engine with the weights in bfloat16 on a CPU
     plan (about 2× the tokens/s where the CPU has native bfloat16; the samples move slightly). The choice is
     recorded in the pairs report."""
@@ -387,9 +388,10 @@ class EvaluateConfig(Section):
     confidence: float = Field(0.95, gt=0.5, lt=1.0)
     """Confidence level of the interval."""
     sampler: Literal["auto", "engine", "engine-bf16"] = "auto"
-    """What writes the models' answers. `auto`: llama.cpp when *every* evaluated model exists as GGUF with exactly
-    its weights (one engine for all, so the models differ only by their weights) and the stage runs on the CPU;
-    the prefix-cached engine otherwise (today: the adapters exist only as PyTorch weights). `engine-bf16`: the
+    """What writes the models' answers. `auto`: llama.cpp when the stage runs on the CPU and *every* evaluated model
+    (base + adapter, merged in float32) is written as an f16 GGUF into the workspace's `cache/gguf` (one engine for
+    all, so the models differ only by their weights; 1.53x the float32 engine's speed with 196 of 200 greedy
+    answers token-identical to it, bench/sampler_gguf.py); the prefix-cached engine otherwise. `engine-bf16`: the
     engine with every model's (merged) weights in bfloat16 on a CPU plan: about 2× faster where the CPU has native
     bfloat16, 56 of 64 greedy answers token-identical to float32 (bench/engine_bf16.py). Recorded in the output."""
 

@@ -56,12 +56,52 @@ def unsupported_sampling(sampling: SamplingConfig) -> str | None:
 
 def default_threads(load_average_1m: float | None = None, cores: int | None = None) -> int:
     """llama.cpp's threads meet at a spinning barrier after every operation, so on an oversubscribed machine
-    (1-minute load at or above the cores) a descheduled thread stalls the others: one thread, else every core.
+    (other work at or above the cores) a descheduled thread stalls the others: one thread, else every core.
     Measured side by side at load 8.4 on 2 cores: Q4_1 greedy 14.1 tokens/s on 1 thread, 1.4 on 2
-    (BENCHMARKS.md, issue 28); the same rule as the OpenMP wait policy (faithforge.app.prefect_settings)."""
+    (BENCHMARKS.md, issue 28); the same rule as the OpenMP wait policy (faithforge.app.prefect_settings).
+    Without `load_average_1m`, the work of other processes now (`busy_elsewhere`)."""
     cores = cores or len(os.sched_getaffinity(0))
-    load = os.getloadavg()[0] if load_average_1m is None else load_average_1m
+    load = busy_elsewhere() if load_average_1m is None else load_average_1m
     return 1 if load >= cores else cores
+
+
+def busy_elsewhere(samples: int = 5, interval_s: float = 0.02) -> float:
+    """Runnable threads of other processes now: the kernel's count of runnable threads (`procs_running` in
+    /proc/stat) less this process's own, the median of `samples` readings; the 1-minute load average where /proc
+    cannot be read. Not the load average alone: it trails by a minute and counts this process, so right after a
+    stage trained on both of 2 cores it read ~2 and llama.cpp evaluated on one thread (`demo --real` seed 6:
+    evaluate 176 s against ~70 s, BENCHMARKS.md)."""
+    import statistics
+    import time
+
+    readings = []
+    try:
+        for i in range(samples):
+            if i:
+                time.sleep(interval_s)
+            readings.append(_procs_running() - _own_running())
+    except (OSError, ValueError):
+        return os.getloadavg()[0]
+    return max(0.0, statistics.median(readings))
+
+
+def _procs_running() -> int:
+    with open("/proc/stat") as stat:
+        for line in stat:
+            if line.startswith("procs_running "):
+                return int(line.split()[1])
+    raise ValueError("/proc/stat has no procs_running line")
+
+
+def _own_running() -> int:
+    running = 0
+    for task in os.scandir("/proc/self/task"):
+        try:
+            with open(f"{task.path}/stat") as stat:
+                running += stat.read().rsplit(")", 1)[1].split()[0] == "R"  # state follows the command name
+        except OSError:  # the thread ended between the listing and the read
+            continue
+    return running
 
 
 def request_seed(seed: int | None, index: int) -> int:

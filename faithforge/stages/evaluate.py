@@ -1,7 +1,8 @@
 """Stage: greedy summaries of held-out sources before and after training, judged and compared.
 
-Summaries come from the prefix-cached engine (the shared system prompt is encoded once). The
-evaluation sources are checked against everything training saw: overlap stops the run.
+Summaries come from one engine for all models (`faithforge.stages.sampler`): llama.cpp on f16 GGUFs written from
+each model's weights when the stage runs on the CPU, else the prefix-cached engine (the shared system prompt is
+encoded once). The evaluation sources are checked against everything training saw: overlap stops the run.
 """
 
 from __future__ import annotations
@@ -176,11 +177,12 @@ def _judge_models(ctx: StageContext, model: ModelOutput, items: list, sources: l
     and what wrote the local models' answers (one engine for all of them)."""
     from faithforge.engine import SamplingConfig
     from faithforge.evaluation import evaluate_single
-    from faithforge.stages.sampler import choose_sampler, gguf_of
+    from faithforge.stages.sampler import choose_sampler, gguf_cache
 
     cfg = ctx.config.evaluate
-    ggufs = {label: gguf_of(model.path, adapter) for label, adapter in adapters.items()}
-    choice = choose_sampler(cfg.sampler, plan, SamplingConfig(max_new_tokens=cfg.max_new_tokens), list(ggufs.values()))
+    choice = choose_sampler(cfg.sampler, plan, SamplingConfig(max_new_tokens=cfg.max_new_tokens),
+                            [(model.path, adapter) for adapter in adapters.values()], gguf_cache(ctx.workspace))
+    ggufs = dict(zip(adapters, choice.ggufs))  # empty unless llama.cpp writes the answers
     ctx.progress("evaluate", 0, len(adapters), f"answers written by {choice.describe()}")
     prompt = system_prompt(ctx.config)
     calibrations = ctx.workspace.root / "calibrations"  # written by `faithforge eval calibrate --workspace`
@@ -190,8 +192,10 @@ def _judge_models(ctx: StageContext, model: ModelOutput, items: list, sources: l
         summaries = summarize_sources(model.path, sources, adapter=adapter, plan=plan,
                                       max_new_tokens=cfg.max_new_tokens, batch_size=plan.batch_size,
                                       system_prompt=prompt, truncated=cut,
-                                      gguf=ggufs[label] if choice.name == "llama.cpp" else None,
+                                      gguf=ggufs.get(label),
                                       bfloat16=choice.name == "engine-bf16")
+        if adapter and label in ggufs:  # a trained model's file (the size of the model) is rewritten in seconds
+            ggufs[label].unlink(missing_ok=True)  # when needed again: the cache keeps only the base model's
         reports[label] = evaluate_single(items, summaries, judge, label=label, confidence=cfg.confidence,
                                          truncated=cut, calibration_dir=calibrations,
                                          results=_fanned_out(judging, items, summaries, cut))

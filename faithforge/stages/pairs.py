@@ -44,7 +44,7 @@ def build_pairs(ctx: StageContext, dataset: DatasetOutput, model: ModelOutput | 
         from faithforge.training.reference_cache import weights_fingerprint
 
         depends_on.append(weights_fingerprint(model.path))  # on-policy samples depend on the policy
-        depends_on.append(onpolicy_sampler(ctx.config, model, plan or NO_GATE_PLAN).name)  # and on what samples
+        depends_on.append(onpolicy_sampler(ctx.config, model, plan or NO_GATE_PLAN, ctx.workspace).key())
         depends_on.append(_judging_settings(ctx.config))  # and on what judges the samples
     out = ctx.workspace.dir("pairs") / f"pairs-{content_key('pairs', *depends_on)}"
     with claim_output("pairs", out, "manifest.json", ctx.progress) as claim:
@@ -82,7 +82,7 @@ def _sample_onpolicy_pairs(ctx: StageContext, examples, model: ModelOutput, plan
 
     cfg = ctx.config.pairs
     tokenizer = load_tokenizer(model.path)
-    choice = onpolicy_sampler(ctx.config, model, plan)
+    choice = onpolicy_sampler(ctx.config, model, plan, ctx.workspace)
     sampler = policy = None
     if choice.name == "llama.cpp":  # the policy is that file's weights: no PyTorch model to load
         sampler = gguf_sampler(choice.gguf, model.path, tokenizer, system_prompt(ctx.config), SAMPLER_CONTEXT)
@@ -112,13 +112,15 @@ def _sampler_note(choice, plan: Plan) -> str:
     return f"{choice.describe()}; {plan.batch_size} sequences a step"
 
 
-def onpolicy_sampler(config, model: ModelOutput, plan: Plan):
-    """What samples the on-policy summaries (`faithforge.stages.sampler`): part of the pairs' content key."""
+def onpolicy_sampler(config, model: ModelOutput, plan: Plan, workspace=None):
+    """What samples the on-policy summaries (`faithforge.stages.sampler`; a GGUF is written into the workspace's
+    cache): part of the pairs' content key."""
     from faithforge.engine import SamplingConfig
-    from faithforge.stages.sampler import choose_sampler, gguf_of
+    from faithforge.stages.sampler import choose_sampler, gguf_cache
 
     sampling = SamplingConfig(temperature=config.pairs.temperature, max_new_tokens=config.evaluate.max_new_tokens)
-    return choose_sampler(config.pairs.sampler, plan, sampling, [gguf_of(model.path)])
+    return choose_sampler(config.pairs.sampler, plan, sampling, [(model.path, None)],
+                          gguf_cache(workspace) if workspace is not None else None)
 
 
 #: The evaluate settings on-policy pairs do not read: the rest (the judge's, the answer length) are in their key.

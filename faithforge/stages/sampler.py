@@ -1,11 +1,14 @@
-"""Which engine samples a stage's answers: llama.cpp when the model exists as a GGUF file with exactly these
-weights and the stage runs on the CPU, the prefix-cached engine otherwise; the choice and its reason are part of
+"""Which engine samples a stage's answers: llama.cpp when every model the stage samples from can be given to it as a
+GGUF file and the stage runs on the CPU, the prefix-cached engine otherwise; the choice and its reason are part of
 the stage's output.
 
-`gguf_of(model_path, adapter)` is the one place that knows which models exist as GGUF: an imported GGUF
-(`faithforge model import`, float32, so the folder holds that file's values dequantized) and, for an adapter,
-nothing yet — an adapter exported to GGUF (the export issue) returns its file here, and every stage that
-samples through `choose_sampler` picks it up.
+`gguf_of(model_path, adapter, cache_dir)` is the one place that knows which models exist as GGUF:
+- with a cache folder (what the stages pass): base + adapter written as f16 from the folder's float32 weights by
+  `faithforge.training.sampling_gguf`, once per content (2-4 s for SmolLM2-135M). On 2 cores llama.cpp samples
+  that file at 1.49x the tokens/s of SmolLM2's own Q4_1, and evaluates 1.53x faster than the float32 engine with
+  196 of 200 greedy answers token-identical to it, against Q4_1's 137 (`bench/sampler_gguf.py`, BENCHMARKS.md);
+- without one, or for an architecture the writer does not know: the file a float32 `faithforge model import`
+  dequantized (its values exactly), and nothing for an adapter.
 """
 
 from __future__ import annotations
@@ -13,25 +16,39 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from faithforge.core.errors import UserError
 from faithforge.engine import SamplingConfig
 from faithforge.gpu.planner import Plan
-
 
 @dataclass(frozen=True)
 class SamplerChoice:
     name: str  # "llama.cpp", "engine" or "engine-bf16" (the engine with bfloat16 weights on the CPU)
-    gguf: Path | None
+    ggufs: tuple[Path, ...]
+    """llama.cpp only: one file per model the stage samples from, in the order they were given."""
     reason: str
+
+    @property
+    def gguf(self) -> Path | None:
+        """The first model's file (a stage that samples one model)."""
+        return self.ggufs[0] if self.ggufs else None
+
+    def key(self) -> str | list:
+        """What a stage's output depends on: the engine, and for llama.cpp the files' names (the cache names them by
+        content; Q4_1 and f16 draw different samples)."""
+        return [self.name, [g.name for g in self.ggufs]] if self.ggufs else self.name
 
     def describe(self) -> str:
         where = f" on {self.gguf.name}" if self.gguf else ""
         return f"{self.name}{where}: {self.reason}"
 
 
-def gguf_of(model_path: str | Path, adapter: str | None = None) -> Path | None:
-    """The GGUF file holding exactly the weights of `model_path` (+ `adapter`), or None."""
-    if adapter:
-        return None  # an adapter exported to GGUF plugs in here
+def gguf_cache(workspace) -> Path:
+    """Where the stages keep the GGUF files llama.cpp samples from: the workspace's `cache/gguf`."""
+    return workspace.dir("cache") / "gguf"
+
+
+def imported_gguf(model_path: str | Path) -> Path | None:
+    """The GGUF file a float32 `faithforge model import` read `model_path` from (its weights exactly), or None."""
     from faithforge.training.model_import import read_import_record
 
     record = read_import_record(model_path) or {}
@@ -41,28 +58,59 @@ def gguf_of(model_path: str | Path, adapter: str | None = None) -> Path | None:
     return source if source.is_file() else None
 
 
-def choose_sampler(setting: str, plan: Plan, sampling: SamplingConfig, ggufs: list[Path | None]) -> SamplerChoice:
-    """llama.cpp for all `ggufs` (one per model the stage samples from) or the engine for all: one stage never
-    mixes engines, so models compared in it differ only by their weights."""
+def gguf_of(model_path: str | Path, adapter: str | None = None, cache_dir: str | Path | None = None) -> Path | None:
+    """A GGUF file holding the weights of `model_path` (+ `adapter`) for llama.cpp, or None (see the module's
+    docstring). With `cache_dir` the file is written there when missing."""
+    return _gguf_or_reason(model_path, adapter, cache_dir)[0]
+
+
+def _gguf_or_reason(model_path: str | Path, adapter: str | None, cache_dir: str | Path | None
+                    ) -> tuple[Path | None, str]:
+    from faithforge.training.sampling_gguf import sampling_gguf_key, unwritable_reason, write_sampling_gguf
+
+    reason = "no cache folder to write an f16 GGUF into" if cache_dir is None else unwritable_reason(model_path)
+    if reason is None:
+        path = Path(cache_dir) / f"{Path(model_path).name}-{sampling_gguf_key(model_path, adapter)}.f16.gguf"
+        if path.is_file():
+            return path, ""
+        try:
+            return write_sampling_gguf(model_path, adapter, path), ""
+        except UserError as exc:  # e.g. a weight beyond float16's range: sample another way
+            reason = str(exc)
+    if adapter is None and imported_gguf(model_path) is not None:
+        return imported_gguf(model_path), ""
+    return None, reason
+
+
+def choose_sampler(setting: str, plan: Plan, sampling: SamplingConfig, models: list[tuple[str | Path, str | None]],
+                   cache_dir: str | Path | None = None) -> SamplerChoice:
+    """llama.cpp for all `models` ((model folder, adapter or None), one per model the stage samples from) or the
+    engine for all: one stage never mixes engines, so models compared in it differ only by their weights. A GGUF
+    is looked up (and written into `cache_dir`) only once everything else allows llama.cpp."""
     from faithforge.engine.gguf_sampler import llama_cpp_available, unsupported_sampling
 
     if setting == "engine":
-        return SamplerChoice("engine", None, "the config asks for the prefix-cached engine")
+        return SamplerChoice("engine", (), "the config asks for the prefix-cached engine")
     if plan.placement != "cpu":
         keeps = "; the weights keep the plan's precision" if setting == "engine-bf16" else ""
-        return SamplerChoice("engine", None, f"the plan places the stage on {plan.placement} (llama.cpp here is "
-                                             f"CPU-only{keeps})")
+        return SamplerChoice("engine", (), f"the plan places the stage on {plan.placement} (llama.cpp here is "
+                                           f"CPU-only{keeps})")
     if setting == "engine-bf16":
-        return SamplerChoice("engine-bf16", None, "the config asks for the prefix-cached engine with bfloat16 weights")
-    missing = sum(g is None for g in ggufs)
-    if missing:
-        return SamplerChoice("engine", None, f"{missing} of {len(ggufs)} model(s) exist only as PyTorch weights")
+        return SamplerChoice("engine-bf16", (), "the config asks for the prefix-cached engine with bfloat16 weights")
     if not llama_cpp_available():
-        return SamplerChoice("engine", None, "llama-cpp-python is not installed")
+        return SamplerChoice("engine", (), "llama-cpp-python is not installed")
     why = unsupported_sampling(sampling)
     if why:
-        return SamplerChoice("engine", None, why)
-    return SamplerChoice("llama.cpp", ggufs[0], "the model exists as GGUF and the stage runs on the CPU")
+        return SamplerChoice("engine", (), why)
+    found = [_gguf_or_reason(path, adapter, cache_dir) for path, adapter in models]
+    ggufs = [gguf for gguf, _ in found]
+    missing = [why for gguf, why in found if gguf is None]
+    if missing:
+        return SamplerChoice("engine", (), f"{len(missing)} of {len(ggufs)} model(s) have no GGUF for llama.cpp "
+                                           f"({missing[0]})")
+    written = ("written as f16 from these weights" if cache_dir is not None and ggufs[0].parent == Path(cache_dir)
+               else "the file these weights were imported from")
+    return SamplerChoice("llama.cpp", tuple(ggufs), f"the stage runs on the CPU; GGUF {written}")
 
 
 def sampling_weights(model, bfloat16: bool):

@@ -107,21 +107,108 @@ def test_pairs_sampled_through_llama_cpp_say_so(smollm2, sampler):
 def test_the_choice_takes_llama_cpp_only_for_a_gguf_on_the_cpu(smollm2, tmp_path):
     folder, _ = smollm2
     greedy = SamplingConfig()
-    gguf = gguf_of(folder)
+    gguf = gguf_of(folder)  # no cache folder: the file the import read
     assert gguf is not None and gguf.suffix == ".gguf" and gguf_of(folder, adapter="some/adapter") is None
-    assert choose_sampler("engine", CPU, greedy, [gguf]).name == "engine"
-    assert "on local" in choose_sampler("auto", Plan.manual("pairs", "local"), greedy, [gguf]).reason
-    assert "1 of 2" in choose_sampler("auto", CPU, greedy, [gguf, None]).reason  # never two engines in a stage
+    base = [(folder, None)]
+    assert choose_sampler("engine", CPU, greedy, base).name == "engine"
+    assert "on local" in choose_sampler("auto", Plan.manual("pairs", "local"), greedy, base).reason
     nucleus = SamplingConfig(temperature=0.7, top_p=0.9)
-    assert "top-p before" in choose_sampler("auto", CPU, nucleus, [gguf]).reason
     record = json.loads((folder / "faithforge-import.json").read_text())
     rounded = tmp_path / "bf16-import"
     rounded.mkdir()
     (rounded / "faithforge-import.json").write_text(json.dumps({**record, "dtype": "bfloat16"}))
     assert gguf_of(rounded) is None  # rounded weights are not the file's
     if llama_cpp_available():
-        choice = choose_sampler("auto", CPU, greedy, [gguf])
-        assert (choice.name, choice.gguf) == ("llama.cpp", gguf)
+        assert "top-p before" in choose_sampler("auto", CPU, nucleus, base).reason
+        # never two engines in a stage: an adapter with no cache folder to be written into has no GGUF
+        assert "1 of 2" in choose_sampler("auto", CPU, greedy, [(folder, None), (folder, "some/adapter")]).reason
+        choice = choose_sampler("auto", CPU, greedy, base)
+        assert (choice.name, choice.gguf, choice.key()) == ("llama.cpp", gguf, ["llama.cpp", [gguf.name]])
+        assert "imported from" in choice.reason
+    assert not list(tmp_path.glob("**/*.gguf"))  # nothing was written: the choice stopped before any GGUF
+
+
+@pytest.fixture(scope="module")
+def lora_adapter(smollm2, tmp_path_factory):
+    """A LoRA adapter on SmolLM2 whose update is not zero (B drawn at random), saved as training saves one."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    folder, _ = smollm2
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"]))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, param in peft.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+    out = tmp_path_factory.mktemp("adapter")
+    peft.save_pretrained(out)
+    return out
+
+
+def test_a_model_and_an_adapter_are_written_as_f16_gguf_once_per_content(smollm2, lora_adapter, tmp_path):
+    """With a cache folder the stages get an f16 GGUF written from the folder's own weights (the adapter merged in
+    float32), named by content: a second lookup reuses the file, another adapter gets another file, and the
+    choice records which file samples (so pairs drawn from Q4_1 are not reused as f16's)."""
+    _need_llama_cpp()
+    folder, _ = smollm2
+    cache = tmp_path / "cache" / "gguf"
+    base = gguf_of(folder, None, cache)
+    merged = gguf_of(folder, str(lora_adapter), cache)
+    assert base.parent == cache and merged.parent == cache and base != merged
+    assert base.name.endswith(".f16.gguf") and base != gguf_of(folder)
+    stamp = base.stat().st_mtime_ns
+    assert gguf_of(folder, None, cache) == base and base.stat().st_mtime_ns == stamp  # reused, not rewritten
+    from faithforge.training.gguf_writer import read_metadata
+
+    assert read_metadata(base)["general.file_type"] == 1  # LLAMA_FTYPE_MOSTLY_F16
+    choice = choose_sampler("auto", CPU, SamplingConfig(), [(folder, None), (folder, str(lora_adapter))], cache)
+    assert choice.name == "llama.cpp" and choice.ggufs == (base, merged) and "written as f16" in choice.reason
+    assert choice.key() == ["llama.cpp", [base.name, merged.name]]
+
+
+def test_the_f16_gguf_of_base_plus_adapter_answers_as_the_fp32_merged_model(smollm2, lora_adapter, tmp_path):
+    """Teacher-forced on llama.cpp's greedy answers from the written file, the fp32 model with the adapter merged
+    puts every chosen token at (or within a near-tie of) its top logit; and the adapter changed the answers (a
+    file written without it would not pass for it)."""
+    _need_llama_cpp()
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from faithforge.stages.sampler import gguf_sampler
+
+    folder, tokenizer = smollm2
+    written = gguf_of(folder, str(lora_adapter), tmp_path)
+    results = gguf_sampler(written, folder, tokenizer, SYSTEM, n_ctx=1024).generate_batch(
+        DOCUMENTS, SamplingConfig(max_new_tokens=16), batch_size=3)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model = PeftModel.from_pretrained(model, lora_adapter).merge_and_unload().eval()
+    engine = PrefixCachedEngine(model, tokenizer, [{"role": "system", "content": SYSTEM}])
+    with torch.inference_mode():
+        expected = engine.generate_batch(DOCUMENTS, SamplingConfig(max_new_tokens=16), batch_size=3)
+        worst_gap = 0.0
+        for document, result in zip(DOCUMENTS, results):
+            prompt = engine.renderer.render(engine.renderer.request_turns(document))
+            logits = model(torch.tensor([prompt + result.token_ids])).logits[0, len(prompt) - 1: -1]
+            chosen = logits.gather(1, torch.tensor(result.token_ids)[:, None])[:, 0]
+            worst_gap = max(worst_gap, float((logits.max(dim=1).values - chosen).max()))
+    assert worst_gap < 0.5, f"llama.cpp chose a token {worst_gap:.2f} logits below the merged fp32 model's best"
+    assert sum(r.token_ids == e.token_ids for r, e in zip(results, expected)) >= 2
+    plain = gguf_sampler(gguf_of(folder, None, tmp_path), folder, tokenizer, SYSTEM, n_ctx=1024).generate_batch(
+        DOCUMENTS, SamplingConfig(max_new_tokens=16), batch_size=3)
+    assert [r.token_ids for r in plain] != [r.token_ids for r in results]
+
+
+def test_a_model_the_writer_does_not_know_falls_back_to_its_imported_file(tmp_path):
+    from faithforge.training.sampling_gguf import unwritable_reason
+
+    other = tmp_path / "gpt2"
+    other.mkdir()
+    (other / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    (other / "model.safetensors").write_bytes(b"weights")
+    assert unwritable_reason(other).endswith("this model is 'gpt2'")
+    assert gguf_of(other, None, tmp_path / "cache") is None and not (tmp_path / "cache").exists()
 
 
 def test_threads_drop_to_one_on_an_oversubscribed_machine():
@@ -129,6 +216,42 @@ def test_threads_drop_to_one_on_an_oversubscribed_machine():
     assert default_threads(load_average_1m=2.0, cores=2) == 1  # every core busy already: no spinning barrier
     assert default_threads(load_average_1m=8.4, cores=2) == 1
     assert default_threads(load_average_1m=3.0, cores=8) == 8
+
+
+def test_threads_count_other_processes_now_not_this_ones_last_minute():
+    """The load average trails by a minute and counts this process: right after training on both cores it read ~2
+    and llama.cpp evaluated on one thread. `busy_elsewhere` counts other processes' runnable threads now."""
+    import subprocess
+    import sys
+    import threading
+
+    from faithforge.engine.gguf_sampler import _own_running, busy_elsewhere
+
+    stop = threading.Event()
+
+    def spin():  # this process's own busy thread (torch releases the GIL in matmul)
+        a = torch.ones(256, 256)
+        while not stop.is_set():
+            a @ a
+
+    worker = threading.Thread(target=spin, daemon=True)
+    worker.start()
+    try:
+        assert max(_own_running() for _ in range(50)) >= 2  # the reader and the spinning thread
+    finally:
+        stop.set()
+        worker.join()
+    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
+    try:
+        import time
+
+        time.sleep(0.5)
+        assert busy_elsewhere() >= 1.5  # two other processes spin (more if the machine is busy besides)
+        assert default_threads(cores=2) == 1
+    finally:
+        for spinner in spinners:
+            spinner.kill()
+            spinner.wait()
 
 
 def _llama_generate_one(llm, tokenizer, eos, ids: list[int], sampling: SamplingConfig, seed: int) -> list[int]:
