@@ -10,8 +10,8 @@ the same float32 weights (issue 28, item 1). Side by side, one process, on the d
    rotating order for `--rounds` rounds; tokens/s as the median, and each file's `grounding`-flagged share of the
    first round's samples with its Wilson 95% interval (the draws differ, the distribution must not).
 3. The evaluation's shape: `--questions` distinct *test* questions, greedy, batch 64: seconds for the float32
-   prefix engine (what evaluates today), llama.cpp on f16 and on Q4_1, and how many answers each llama.cpp file
-   writes token-identical to the float32 engine.
+   prefix engine, llama.cpp on f16 and on Q4_1 (once each, in that order), and how many answers each llama.cpp
+   file writes token-identical to the float32 engine (the base model; with `--adapter` only the writing is timed).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-MAX_NEW_TOKENS = 64  # the demo's evaluate.max_new_tokens, which caps the pairs stage's samples too
+MAX_NEW_TOKENS = 64  # the cap bench/gguf_batched.py used (the demo's evaluate.max_new_tokens is 40)
 BATCH = 64  # the demo's plan: sequences a step, for sampling and for evaluation
 
 
@@ -111,7 +111,8 @@ def main() -> int:
         tps = statistics.median(speeds[name])
         report["sampling"][name] = {"tokens_per_s": round(tps, 1), "x_q4_1": round(tps / base_tps, 2),
                                     "flagged": flagged, "samples": len(first[name]),
-                                    "rate": round(flagged / len(first[name]), 3), "ci95": [round(low, 3), round(high, 3)]}
+                                    "rate": round(flagged / len(first[name]), 3),
+                                    "ci95": [round(low, 3), round(high, 3)]}
         row = report["sampling"][name]
         print(f"  {name:<16} {tps:7.1f} tokens/s {row['x_q4_1']:5.2f}x   grounding-flagged {flagged}/{row['samples']}"
               f" = {row['rate']:.3f} [{row['ci95'][0]:.3f}, {row['ci95'][1]:.3f}]")

@@ -70,7 +70,8 @@ def busy_elsewhere(samples: int = 5, interval_s: float = 0.02) -> float:
     /proc/stat) less this process's own, the median of `samples` readings; the 1-minute load average where /proc
     cannot be read. Not the load average alone: it trails by a minute and counts this process, so right after a
     stage trained on both of 2 cores it read ~2 and llama.cpp evaluated on one thread (`demo --real` seed 6:
-    evaluate 176 s against ~70 s, BENCHMARKS.md)."""
+    evaluate 176 s against 110 s with this, BENCHMARKS.md). The count is the host's: in a container pinned to
+    fewer CPUs other tenants' threads count too, as they did in the load average."""
     import statistics
     import time
 
@@ -97,8 +98,8 @@ def _own_running() -> int:
     running = 0
     for task in os.scandir("/proc/self/task"):
         try:
-            with open(f"{task.path}/stat") as stat:
-                running += stat.read().rsplit(")", 1)[1].split()[0] == "R"  # state follows the command name
+            with open(f"{task.path}/stat", "rb") as stat:  # a thread's name may be any bytes
+                running += stat.read().rsplit(b")", 1)[1].split()[0] == b"R"  # the state follows the name
         except OSError:  # the thread ended between the listing and the read
             continue
     return running

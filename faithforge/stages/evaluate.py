@@ -7,6 +7,8 @@ encoded once). The evaluation sources are checked against everything training sa
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
@@ -176,12 +178,27 @@ def _judge_models(ctx: StageContext, model: ModelOutput, items: list, sources: l
     """label → its judged report: each local model (base + adapter) greedy, then the served model if configured;
     and what wrote the local models' answers (one engine for all of them)."""
     from faithforge.engine import SamplingConfig
-    from faithforge.evaluation import evaluate_single
     from faithforge.stages.sampler import choose_sampler, gguf_cache
 
     cfg = ctx.config.evaluate
-    choice = choose_sampler(cfg.sampler, plan, SamplingConfig(max_new_tokens=cfg.max_new_tokens),
-                            [(model.path, adapter) for adapter in adapters.values()], gguf_cache(ctx.workspace))
+    # The trained models' files (each the size of the model, rewritten in seconds) go to this call's own folder,
+    # removed at the end; the base model's stays in the cache the pairs stage shares.
+    ctx.workspace.dir("tmp").mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="gguf-evaluate-", dir=ctx.workspace.dir("tmp")))
+    try:
+        return _answer_and_judge(ctx, model, items, sources, adapters, judge, plan, judging, choose_sampler(
+            cfg.sampler, plan, SamplingConfig(max_new_tokens=cfg.max_new_tokens),
+            [(model.path, adapter) for adapter in adapters.values()], gguf_cache(ctx.workspace), adapter_dir=scratch))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _answer_and_judge(ctx: StageContext, model: ModelOutput, items: list, sources: list[str],
+                      adapters: dict[str, str | None], judge, plan: Plan, judging: dict | None, choice
+                      ) -> tuple[dict, str]:
+    from faithforge.evaluation import evaluate_single
+
+    cfg = ctx.config.evaluate
     ggufs = dict(zip(adapters, choice.ggufs))  # empty unless llama.cpp writes the answers
     ctx.progress("evaluate", 0, len(adapters), f"answers written by {choice.describe()}")
     prompt = system_prompt(ctx.config)
@@ -194,8 +211,6 @@ def _judge_models(ctx: StageContext, model: ModelOutput, items: list, sources: l
                                       system_prompt=prompt, truncated=cut,
                                       gguf=ggufs.get(label),
                                       bfloat16=choice.name == "engine-bf16")
-        if adapter and label in ggufs:  # a trained model's file (the size of the model) is rewritten in seconds
-            ggufs[label].unlink(missing_ok=True)  # when needed again: the cache keeps only the base model's
         reports[label] = evaluate_single(items, summaries, judge, label=label, confidence=cfg.confidence,
                                          truncated=cut, calibration_dir=calibrations,
                                          results=_fanned_out(judging, items, summaries, cut))

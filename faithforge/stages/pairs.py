@@ -44,7 +44,8 @@ def build_pairs(ctx: StageContext, dataset: DatasetOutput, model: ModelOutput | 
         from faithforge.training.reference_cache import weights_fingerprint
 
         depends_on.append(weights_fingerprint(model.path))  # on-policy samples depend on the policy
-        depends_on.append(onpolicy_sampler(ctx.config, model, plan or NO_GATE_PLAN, ctx.workspace).key())
+        depends_on.append(onpolicy_sampler(ctx.config, model, plan or NO_GATE_PLAN, ctx.workspace,
+                                          write=False).key())  # named, not written: reused pairs need no file
         depends_on.append(_judging_settings(ctx.config))  # and on what judges the samples
     out = ctx.workspace.dir("pairs") / f"pairs-{content_key('pairs', *depends_on)}"
     with claim_output("pairs", out, "manifest.json", ctx.progress) as claim:
@@ -112,7 +113,7 @@ def _sampler_note(choice, plan: Plan) -> str:
     return f"{choice.describe()}; {plan.batch_size} sequences a step"
 
 
-def onpolicy_sampler(config, model: ModelOutput, plan: Plan, workspace=None):
+def onpolicy_sampler(config, model: ModelOutput, plan: Plan, workspace=None, write: bool = True):
     """What samples the on-policy summaries (`faithforge.stages.sampler`; a GGUF is written into the workspace's
     cache): part of the pairs' content key."""
     from faithforge.engine import SamplingConfig
@@ -120,7 +121,7 @@ def onpolicy_sampler(config, model: ModelOutput, plan: Plan, workspace=None):
 
     sampling = SamplingConfig(temperature=config.pairs.temperature, max_new_tokens=config.evaluate.max_new_tokens)
     return choose_sampler(config.pairs.sampler, plan, sampling, [(model.path, None)],
-                          gguf_cache(workspace) if workspace is not None else None)
+                          gguf_cache(workspace) if workspace is not None else None, write=write)
 
 
 #: The evaluate settings on-policy pairs do not read: the rest (the judge's, the answer length) are in their key.

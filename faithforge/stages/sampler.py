@@ -5,8 +5,10 @@ the stage's output.
 `gguf_of(model_path, adapter, cache_dir)` is the one place that knows which models exist as GGUF:
 - with a cache folder (what the stages pass): base + adapter written as f16 from the folder's float32 weights by
   `faithforge.training.sampling_gguf`, once per content (2-4 s for SmolLM2-135M). On 2 cores llama.cpp samples
-  that file at 1.49x the tokens/s of SmolLM2's own Q4_1, and evaluates 1.53x faster than the float32 engine with
-  196 of 200 greedy answers token-identical to it, against Q4_1's 137 (`bench/sampler_gguf.py`, BENCHMARKS.md);
+  that file at 1.49x the tokens/s of SmolLM2's own Q4_1; it wrote 200 greedy answers of up to 64 tokens 1.53x
+  faster than the float32 engine (at the demo's 40 tokens, with the files written, no faster end to end), 196 of
+  them token-identical to the engine's against Q4_1's 137 (`bench/sampler_gguf.py`, BENCHMARKS.md). An adapter's
+  file goes to the calling stage's own folder (`adapter_dir`), removed after it;
 - without one, or for an architecture the writer does not know: the file a float32 `faithforge model import`
   dequantized (its values exactly), and nothing for an adapter.
 """
@@ -61,17 +63,20 @@ def imported_gguf(model_path: str | Path) -> Path | None:
 def gguf_of(model_path: str | Path, adapter: str | None = None, cache_dir: str | Path | None = None) -> Path | None:
     """A GGUF file holding the weights of `model_path` (+ `adapter`) for llama.cpp, or None (see the module's
     docstring). With `cache_dir` the file is written there when missing."""
-    return _gguf_or_reason(model_path, adapter, cache_dir)[0]
+    return _gguf_or_reason(model_path, adapter, cache_dir, cache_dir)[0]
 
 
-def _gguf_or_reason(model_path: str | Path, adapter: str | None, cache_dir: str | Path | None
-                    ) -> tuple[Path | None, str]:
+def _gguf_or_reason(model_path: str | Path, adapter: str | None, cache_dir: str | Path | None,
+                    adapter_dir: str | Path | None, write: bool = True) -> tuple[Path | None, str]:
+    """(the file, "") or (None, why). An adapter's file goes to `adapter_dir`, the base model's to `cache_dir`;
+    with `write=False` the path the file would have is returned without writing it (a content key)."""
     from faithforge.training.sampling_gguf import sampling_gguf_key, unwritable_reason, write_sampling_gguf
 
-    reason = "no cache folder to write an f16 GGUF into" if cache_dir is None else unwritable_reason(model_path)
+    folder = adapter_dir if adapter else cache_dir
+    reason = "no cache folder to write an f16 GGUF into" if folder is None else unwritable_reason(model_path)
     if reason is None:
-        path = Path(cache_dir) / f"{Path(model_path).name}-{sampling_gguf_key(model_path, adapter)}.f16.gguf"
-        if path.is_file():
+        path = Path(folder) / f"{sampling_gguf_key(model_path, adapter)}.f16.gguf"  # named by content alone
+        if path.is_file() or not write:
             return path, ""
         try:
             return write_sampling_gguf(model_path, adapter, path), ""
@@ -83,10 +88,13 @@ def _gguf_or_reason(model_path: str | Path, adapter: str | None, cache_dir: str 
 
 
 def choose_sampler(setting: str, plan: Plan, sampling: SamplingConfig, models: list[tuple[str | Path, str | None]],
-                   cache_dir: str | Path | None = None) -> SamplerChoice:
+                   cache_dir: str | Path | None = None, *, adapter_dir: str | Path | None = None,
+                   write: bool = True) -> SamplerChoice:
     """llama.cpp for all `models` ((model folder, adapter or None), one per model the stage samples from) or the
     engine for all: one stage never mixes engines, so models compared in it differ only by their weights. A GGUF
-    is looked up (and written into `cache_dir`) only once everything else allows llama.cpp."""
+    is looked up (and written: a base model's into `cache_dir`, an adapter's into `adapter_dir`, default
+    `cache_dir`) only once everything else allows llama.cpp; `write=False` names the files without writing them
+    (for a content key)."""
     from faithforge.engine.gguf_sampler import llama_cpp_available, unsupported_sampling
 
     if setting == "engine":
@@ -102,13 +110,14 @@ def choose_sampler(setting: str, plan: Plan, sampling: SamplingConfig, models: l
     why = unsupported_sampling(sampling)
     if why:
         return SamplerChoice("engine", (), why)
-    found = [_gguf_or_reason(path, adapter, cache_dir) for path, adapter in models]
+    adapter_dir = cache_dir if adapter_dir is None else adapter_dir
+    found = [_gguf_or_reason(path, adapter, cache_dir, adapter_dir, write) for path, adapter in models]
     ggufs = [gguf for gguf, _ in found]
     missing = [why for gguf, why in found if gguf is None]
     if missing:
         return SamplerChoice("engine", (), f"{len(missing)} of {len(ggufs)} model(s) have no GGUF for llama.cpp "
                                            f"({missing[0]})")
-    written = ("written as f16 from these weights" if cache_dir is not None and ggufs[0].parent == Path(cache_dir)
+    written = ("written as f16 from these weights" if ggufs[0].name.endswith(".f16.gguf")
                else "the file these weights were imported from")
     return SamplerChoice("llama.cpp", tuple(ggufs), f"the stage runs on the CPU; GGUF {written}")
 

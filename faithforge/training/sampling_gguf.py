@@ -3,11 +3,11 @@ written from exactly the weights the stages train and evaluate, and kept in a ca
 
 Why write one instead of sampling the file a model was imported from (SmolLM2's own Q4_1): on this machine's 2
 cores llama.cpp's f16 path sampled the pairs stage's shape (64 sequences a step) at 1.49x Q4_1's tokens/s with the
-same `grounding`-flagged share, and wrote the evaluation's 200 greedy answers in 0.65x the float32 engine's time,
-196 of them token-identical to the engine's against Q4_1's 137 (`bench/sampler_gguf.py`, BENCHMARKS.md). f16 rounds
-each weight by at most 2^-11 of its value; Q4_1's path also rounds every activation to 8 bits before each product.
-And a trained adapter has no GGUF of its own: merged and written here (about 4 s for 135M parameters), the
-evaluation's three models go through the same engine.
+same `grounding`-flagged share, and 196 of 200 greedy answers were token-identical to the float32 engine's against
+Q4_1's 137 (`bench/sampler_gguf.py`, BENCHMARKS.md). f16 rounds each weight by at most 2^-11 of its value (above
+f16's subnormals, 6.1e-5); Q4_1's path also rounds every activation to 8 bits before each product. And a trained
+adapter has no GGUF of its own: merged and written here (about 4 s for 135M parameters), the evaluation's three
+models go through the same engine.
 
 Nothing here imports torch at module import; `write_sampling_gguf` does.
 """
@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import tempfile
 from pathlib import Path
 
 from faithforge.core.errors import UserError
@@ -106,7 +108,16 @@ def write_sampling_gguf(model_path: str | Path, adapter: str | Path | None, out:
     config = json.loads((Path(model_path) / "config.json").read_text())
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    write_gguf(state, config, tokenizer, model_path, out, name=Path(model_path).name)
+    # Two runs may write the same content at once: each writes its own file and renames it into place (the same
+    # bytes either way); a reader holds whichever file it opened.
+    fd, own = tempfile.mkstemp(prefix=f".{out.stem}-", suffix=".gguf", dir=out.parent)
+    os.close(fd)
+    try:
+        write_gguf(state, config, tokenizer, model_path, own, name=Path(model_path).name)
+        os.replace(own, out)
+    finally:
+        Path(own).unlink(missing_ok=True)
+        Path(own).with_name(f".{Path(own).name}.partial").unlink(missing_ok=True)
     return out
 
 

@@ -110,8 +110,9 @@ def test_the_choice_takes_llama_cpp_only_for_a_gguf_on_the_cpu(smollm2, tmp_path
     gguf = gguf_of(folder)  # no cache folder: the file the import read
     assert gguf is not None and gguf.suffix == ".gguf" and gguf_of(folder, adapter="some/adapter") is None
     base = [(folder, None)]
-    assert choose_sampler("engine", CPU, greedy, base).name == "engine"
-    assert "on local" in choose_sampler("auto", Plan.manual("pairs", "local"), greedy, base).reason
+    cache = tmp_path / "cache"
+    assert choose_sampler("engine", CPU, greedy, base, cache).name == "engine"
+    assert "on local" in choose_sampler("auto", Plan.manual("pairs", "local"), greedy, base, cache).reason
     nucleus = SamplingConfig(temperature=0.7, top_p=0.9)
     record = json.loads((folder / "faithforge-import.json").read_text())
     rounded = tmp_path / "bf16-import"
@@ -119,13 +120,15 @@ def test_the_choice_takes_llama_cpp_only_for_a_gguf_on_the_cpu(smollm2, tmp_path
     (rounded / "faithforge-import.json").write_text(json.dumps({**record, "dtype": "bfloat16"}))
     assert gguf_of(rounded) is None  # rounded weights are not the file's
     if llama_cpp_available():
-        assert "top-p before" in choose_sampler("auto", CPU, nucleus, base).reason
+        assert "top-p before" in choose_sampler("auto", CPU, nucleus, base, cache).reason
+        planned = choose_sampler("auto", CPU, greedy, base, cache, write=False)  # a content key: named, not written
+        assert planned.name == "llama.cpp" and planned.gguf.parent == cache and not planned.gguf.exists()
         # never two engines in a stage: an adapter with no cache folder to be written into has no GGUF
         assert "1 of 2" in choose_sampler("auto", CPU, greedy, [(folder, None), (folder, "some/adapter")]).reason
         choice = choose_sampler("auto", CPU, greedy, base)
         assert (choice.name, choice.gguf, choice.key()) == ("llama.cpp", gguf, ["llama.cpp", [gguf.name]])
         assert "imported from" in choice.reason
-    assert not list(tmp_path.glob("**/*.gguf"))  # nothing was written: the choice stopped before any GGUF
+    assert not list(tmp_path.glob("**/*.gguf"))  # nothing was written: engine, GPU plan, top-p, a key
 
 
 @pytest.fixture(scope="module")
@@ -158,6 +161,7 @@ def test_a_model_and_an_adapter_are_written_as_f16_gguf_once_per_content(smollm2
     merged = gguf_of(folder, str(lora_adapter), cache)
     assert base.parent == cache and merged.parent == cache and base != merged
     assert base.name.endswith(".f16.gguf") and base != gguf_of(folder)
+    assert sorted(p.name for p in cache.iterdir()) == sorted([base.name, merged.name])  # no temporary left
     stamp = base.stat().st_mtime_ns
     assert gguf_of(folder, None, cache) == base and base.stat().st_mtime_ns == stamp  # reused, not rewritten
     from faithforge.training.gguf_writer import read_metadata
@@ -166,6 +170,38 @@ def test_a_model_and_an_adapter_are_written_as_f16_gguf_once_per_content(smollm2
     choice = choose_sampler("auto", CPU, SamplingConfig(), [(folder, None), (folder, str(lora_adapter))], cache)
     assert choice.name == "llama.cpp" and choice.ggufs == (base, merged) and "written as f16" in choice.reason
     assert choice.key() == ["llama.cpp", [base.name, merged.name]]
+    scratch = tmp_path / "scratch"
+    apart = choose_sampler("auto", CPU, SamplingConfig(), [(folder, None), (folder, str(lora_adapter))], cache,
+                           adapter_dir=scratch)
+    assert apart.ggufs[0] == base and apart.ggufs[1].parent == scratch  # a trained model's file where asked
+
+
+def test_the_key_follows_the_template_the_tokenizer_and_the_adapter_config(smollm2, lora_adapter, tmp_path):
+    """Another chat template, tokenizer file or adapter config is another model for llama.cpp: another file."""
+    from faithforge.training.sampling_gguf import sampling_gguf_key
+
+    folder, _ = smollm2
+    copy = tmp_path / "model"
+    copy.mkdir()
+    for entry in folder.iterdir():
+        (copy / entry.name).symlink_to(entry)
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    for entry in lora_adapter.iterdir():
+        (adapter / entry.name).symlink_to(entry)
+    keys = {sampling_gguf_key(copy), sampling_gguf_key(copy, adapter)}
+    assert sampling_gguf_key(copy) == sampling_gguf_key(folder)  # content, not the folder's name or place
+    template = copy / "chat_template.jinja"
+    text = template.read_text()
+    template.unlink()
+    template.write_text(text + "{# another template #}")
+    keys.add(sampling_gguf_key(copy))
+    config = adapter / "adapter_config.json"
+    settings = json.loads(config.read_text())
+    config.unlink()
+    config.write_text(json.dumps({**settings, "lora_alpha": settings["lora_alpha"] * 2}))
+    keys.add(sampling_gguf_key(copy, adapter))
+    assert len(keys) == 4
 
 
 def test_the_f16_gguf_of_base_plus_adapter_answers_as_the_fp32_merged_model(smollm2, lora_adapter, tmp_path):
@@ -252,6 +288,23 @@ def test_threads_count_other_processes_now_not_this_ones_last_minute():
         for spinner in spinners:
             spinner.kill()
             spinner.wait()
+
+
+def test_this_process_own_running_threads_are_not_counted_and_no_proc_falls_back(monkeypatch):
+    import os
+
+    from faithforge.engine import gguf_sampler
+
+    monkeypatch.setattr(gguf_sampler, "_procs_running", lambda: 3)  # the host: 3 runnable threads now
+    monkeypatch.setattr(gguf_sampler, "_own_running", lambda: 2)  # 2 of them this process's (its training)
+    assert gguf_sampler.busy_elsewhere(interval_s=0) == 1 and gguf_sampler.default_threads(cores=2) == 2
+
+    def no_proc():
+        raise OSError("no /proc here")
+
+    monkeypatch.setattr(gguf_sampler, "_procs_running", no_proc)
+    monkeypatch.setattr(os, "getloadavg", lambda: (7.5, 0.0, 0.0))
+    assert gguf_sampler.busy_elsewhere() == 7.5 and gguf_sampler.default_threads(cores=2) == 1
 
 
 def _llama_generate_one(llm, tokenizer, eos, ids: list[int], sampling: SamplingConfig, seed: int) -> list[int]:
