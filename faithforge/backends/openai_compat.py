@@ -54,6 +54,9 @@ class OpenAICompatBackend(NegotiatedChat):
     name = "openai"
     chat_path = "/v1/chat/completions"
     format_field = "response_format"
+    extra_body: dict[str, Any] = {}
+    """Fields sent with every request besides the standard ones (a served sampler's, e.g. `top_k`); never
+    overriding the model, the messages, the token limit or the temperature."""
 
     def __init__(self, model: str, *, base_url: str, api_key_env: str | None = None,
                  api_key_secret: str | None = None, stream: bool = True, http: HttpOptions | None = None):
@@ -85,8 +88,8 @@ class OpenAICompatBackend(NegotiatedChat):
 
     def _body(self, messages: list[dict], *, schema: dict | None, max_tokens: int, temperature: float,
               seed: int | None, mode: str | None) -> dict[str, Any]:
-        body: dict[str, Any] = {"model": self.model, "messages": messages, "max_tokens": max_tokens,
-                                "temperature": temperature, "stream": self.stream}
+        body: dict[str, Any] = {**self.extra_body, "model": self.model, "messages": messages,
+                                "max_tokens": max_tokens, "temperature": temperature, "stream": self.stream}
         if self.stream:
             body["stream_options"] = {"include_usage": True}
         if seed is not None:

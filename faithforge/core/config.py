@@ -211,13 +211,37 @@ class PairsConfig(Section):
     Missing ids and source ids are derived from the content; pairs are split by source (`val_fraction`)."""
     path_split: str | None = None
     """`path` is a `DatasetDict` folder: the split to read (e.g. `train`)."""
-    sampler: Literal["auto", "engine", "engine-bf16"] = "auto"
+    sampler: Literal["auto", "engine", "engine-bf16", "served"] = "auto"
     """`on-policy`: what samples the summaries. `auto`: llama.cpp when the stage runs on the CPU and the policy (a
     llama-family folder) is written as an f16 GGUF from its own weights into the workspace's `cache/gguf` (or was
     imported from a GGUF), the prefix-cached engine otherwise;
     `engine`: always the prefix-cached engine; `engine-bf16`: the engine with the weights in bfloat16 on a CPU
     plan (about 2× the tokens/s where the CPU has native bfloat16; the samples move slightly). The choice is
-    recorded in the pairs report."""
+    recorded in the pairs report. `served`: the policy as an OpenAI-compatible server serves it (`served_model`:
+    vLLM on a GPU, llama.cpp's server), `served_concurrency` requests in flight, with the fields that turn the
+    server's own sampling defaults off; its greedy answers to 8 sources are compared with the local model's
+    first, and a server whose answers are not the policy's is refused."""
+    served_model: str | None = None
+    """`sampler: served`: the model name the OpenAI-compatible server answers to, serving exactly the policy's
+    weights (e.g. `vllm serve MODEL_PATH --served-model-name NAME` on `model.path`)."""
+    served_base_url: str | None = None
+    """`sampler: served`: the server root (e.g. http://127.0.0.1:8000/v1 for vLLM)."""
+    served_server: Literal["vllm", "llama.cpp"] = "vllm"
+    """`sampler: served`: which server it is, for the fields that turn its own sampling defaults off (llama.cpp's
+    server: top-k 40, top-p 0.95, min-p 0.05, repeat penalty 1.1; vLLM: the model's generation_config) so the
+    samples are the policy's distribution at `temperature`."""
+    served_concurrency: int = Field(16, ge=1, le=1024)
+    """`sampler: served`: most requests in flight (vLLM batches them). llama-cpp-python's server interrupts a
+    running request when another arrives, and the interrupted answer comes back empty: 1 there, unless it was
+    started with `--interrupt_requests False`."""
+
+    @model_validator(mode="after")
+    def _served_needs_a_server(self) -> "PairsConfig":
+        missing = [name for name in ("served_model", "served_base_url") if not getattr(self, name)]
+        if self.sampler == "served" and missing:
+            raise ValueError(f"pairs.sampler is served but pairs.{missing[0]} is empty: name the model the server "
+                             "serves (the policy's weights) and the server root (e.g. http://127.0.0.1:8000/v1)")
+        return self
 
 
 class DataConfig(Section):
@@ -393,8 +417,8 @@ class EvaluateConfig(Section):
     trained models into a folder removed after the stage): one engine for all, so the models differ only by their
     weights; 1.53x the float32 engine's speed at 64 new tokens, no faster at 40 once the files are written; 196 of
     200 greedy answers token-identical to it (bench/sampler_gguf.py). The prefix-cached engine otherwise.
-    `engine-bf16`: the engine with every model's (merged) weights in bfloat16 on a CPU plan: about 2× faster where the CPU has native
-    bfloat16, 56 of 64 greedy answers token-identical to float32 (bench/engine_bf16.py). Recorded in the output."""
+    `engine-bf16`: the engine with every model's (merged) weights in bfloat16 on a CPU plan: about 2× faster where
+    the CPU has native bfloat16, 56 of 64 greedy answers token-identical to float32 (bench/engine_bf16.py). Recorded in the output."""
 
     @field_validator("judge")
     @classmethod

@@ -32,7 +32,10 @@ def build_pairs(ctx: StageContext, dataset: DatasetOutput, model: ModelOutput | 
     # a sample_seed that is unset or the run's own draws what was drawn before the setting existed: the same key,
     # so earlier pairs stay reusable
     own_draw = sample_seed(ctx.config) == ctx.config.seed
-    depends_on = [dataset.key, cfg.model_dump(exclude={"sample_seed"} if own_draw else None), ctx.config.seed]
+    # the served_* settings exist since the served sampler; unless it samples they change nothing, so earlier
+    # pairs keep their key
+    unread = ({"sample_seed"} if own_draw else set()) | (set() if cfg.sampler == "served" else _SERVED_SETTINGS)
+    depends_on = [dataset.key, cfg.model_dump(exclude=unread or None), ctx.config.seed]
     if cfg.path:  # imported pairs depend on the file's content, not on a model
         from faithforge.core.workspace import sha256_tree
 
@@ -85,8 +88,12 @@ def _sample_onpolicy_pairs(ctx: StageContext, examples, model: ModelOutput, plan
     tokenizer = load_tokenizer(model.path)
     choice = onpolicy_sampler(ctx.config, model, plan, ctx.workspace)
     sampler = policy = None
+    note = _sampler_note(choice, plan)
     if choice.name == "llama.cpp":  # the policy is that file's weights: no PyTorch model to load
         sampler = gguf_sampler(choice.gguf, model.path, tokenizer, system_prompt(ctx.config), SAMPLER_CONTEXT)
+    elif choice.name == "served":
+        sampler, probed = _served_policy(ctx, model, plan, tokenizer, examples)
+        note = f"{note}; {probed}"
     else:
         policy, _ = load_for_plan(model.path, plan)  # sampled in the precision the plan names
         policy = sampling_weights(policy, choice.name == "engine-bf16")  # or in bfloat16 when asked
@@ -98,8 +105,31 @@ def _sample_onpolicy_pairs(ctx: StageContext, examples, model: ModelOutput, plan
                                 omission_pairs=cfg.omission_pairs, faithful_chosen=cfg.faithful_chosen,
                                 judge=_pairs_judge(ctx.config, model.path),
                                 batch_size=plan.batch_size, system_prompt=system_prompt(ctx.config),
-                                sampler=sampler, sampler_note=_sampler_note(choice, plan),
+                                sampler=sampler, sampler_note=note,
                                 progress=lambda done, total: ctx.progress("pairs", done, total, ""))
+
+
+_SERVED_SETTINGS = {"served_model", "served_base_url", "served_server", "served_concurrency"}
+
+
+def _served_policy(ctx: StageContext, model: ModelOutput, plan: Plan, tokenizer, examples):
+    """The server named by `pairs.served_*` as a sampler, after its greedy answers were checked against the local
+    policy's (`check_served_policy`), and the check's note."""
+    from faithforge.backends import make_backend
+    from faithforge.engine import PrefixCachedEngine
+    from faithforge.engine.served_sampler import ServedSampler
+    from faithforge.stages.sampler import PLAIN_SAMPLING, check_served_policy
+    from faithforge.training.modeling import load_for_plan
+
+    cfg, prompt = ctx.config.pairs, system_prompt(ctx.config)
+    backend = make_backend("openai", cfg.served_model, base_url=cfg.served_base_url)
+    backend.extra_body = PLAIN_SAMPLING[cfg.served_server]  # the policy's distribution, not the server's defaults
+    served = ServedSampler(backend, tokenizer, prompt, concurrency=cfg.served_concurrency)
+    policy, _ = load_for_plan(model.path, plan)
+    local = PrefixCachedEngine(policy.eval(), tokenizer, [{"role": "system", "content": prompt}])
+    probed = check_served_policy(served, local, [e.source for e in examples])
+    del local, policy  # the samples come from the server
+    return served, probed
 
 
 def sample_seed(config) -> int:
@@ -119,8 +149,13 @@ def onpolicy_sampler(config, model: ModelOutput, plan: Plan, workspace=None, wri
     from faithforge.engine import SamplingConfig
     from faithforge.stages.sampler import choose_sampler, gguf_cache
 
-    sampling = SamplingConfig(temperature=config.pairs.temperature, max_new_tokens=config.evaluate.max_new_tokens)
-    return choose_sampler(config.pairs.sampler, plan, sampling, [(model.path, None)],
+    cfg = config.pairs
+    if cfg.sampler == "served":
+        from faithforge.stages.sampler import served_choice
+
+        return served_choice(cfg.served_server, cfg.served_model, cfg.served_base_url)
+    sampling = SamplingConfig(temperature=cfg.temperature, max_new_tokens=config.evaluate.max_new_tokens)
+    return choose_sampler(cfg.sampler, plan, sampling, [(model.path, None)],
                           gguf_cache(workspace) if workspace is not None else None, write=write)
 
 

@@ -49,6 +49,7 @@ def check_pipeline_inputs(cfg: PipelineConfig) -> Workspace:
     ev, gen = cfg.evaluate, cfg.generate
     for option, url, used in (("evaluate.served_base_url", ev.served_base_url, bool(ev.served_model)),
                               ("evaluate.llm_base_url", ev.llm_base_url, "llm" in judge_names(ev.judge)),
+                              ("pairs.served_base_url", cfg.pairs.served_base_url, cfg.pairs.sampler == "served"),
                               ("generate.base_url", gen.base_url, BACKENDS.get(gen.backend).server)):
         if used and url:
             from faithforge.backends.http import check_server_url

@@ -24,10 +24,12 @@ from faithforge.gpu.planner import Plan
 
 @dataclass(frozen=True)
 class SamplerChoice:
-    name: str  # "llama.cpp", "engine" or "engine-bf16" (the engine with bfloat16 weights on the CPU)
+    name: str  # "llama.cpp", "engine", "engine-bf16" (the engine with bfloat16 weights on the CPU) or "served"
     ggufs: tuple[Path, ...]
     """llama.cpp only: one file per model the stage samples from, in the order they were given."""
     reason: str
+    server: str = ""
+    """served only: `backend model at url`."""
 
     @property
     def gguf(self) -> Path | None:
@@ -37,6 +39,8 @@ class SamplerChoice:
     def key(self) -> str | list:
         """What a stage's output depends on: the engine, and for llama.cpp the files' names (the cache names them by
         content; Q4_1 and f16 draw different samples)."""
+        if self.server:
+            return [self.name, self.server]
         return [self.name, [g.name for g in self.ggufs]] if self.ggufs else self.name
 
     def describe(self) -> str:
@@ -99,6 +103,8 @@ def choose_sampler(setting: str, plan: Plan, sampling: SamplingConfig, models: l
 
     if setting == "engine":
         return SamplerChoice("engine", (), "the config asks for the prefix-cached engine")
+    if setting == "served":
+        raise ValueError("a served sampler is chosen by `served_choice` (it needs the server's settings)")
     if plan.placement != "cpu":
         keeps = "; the weights keep the plan's precision" if setting == "engine-bf16" else ""
         return SamplerChoice("engine", (), f"the plan places the stage on {plan.placement} (llama.cpp here is "
@@ -120,6 +126,50 @@ def choose_sampler(setting: str, plan: Plan, sampling: SamplingConfig, models: l
     written = ("written as f16 from these weights" if ggufs[0].name.endswith(".f16.gguf")
                else "the file these weights were imported from")
     return SamplerChoice("llama.cpp", tuple(ggufs), f"the stage runs on the CPU; GGUF {written}")
+
+
+def served_choice(server: str, model: str, base_url: str) -> SamplerChoice:
+    return SamplerChoice("served", (), "the config names a server that serves the policy",
+                         server=f"{server} {model} at {base_url}")
+
+
+#: The request fields that make each server sample from the model's distribution at the requested temperature and
+#: nothing else. llama-cpp-python's server defaults to top-k 40, top-p 0.95, min-p 0.05 and repeat penalty 1.1
+#: (its request model) and takes top-k 0 as off; vLLM applies the model's generation_config.json defaults unless
+#: a request overrides them, and takes top-k -1 as off (0 is refused by older releases).
+PLAIN_SAMPLING = {
+    "llama.cpp": {"top_p": 1.0, "top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0, "presence_penalty": 0.0,
+                  "frequency_penalty": 0.0},
+    "vllm": {"top_p": 1.0, "top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0,
+             "frequency_penalty": 0.0},
+}
+
+
+#: Greedy probes that decide whether a served model is the policy: sources, and new tokens per answer.
+PROBES, PROBE_TOKENS = 8, 12
+#: Share of the probes whose greedy answers must be word for word the local policy's. The same weights agree on
+#: nearly all (a quantized server flips a near-tie now and then: Q4_1 against float32, 137 of 200 whole answers
+#: identical and most first words); another model agrees on almost none.
+MIN_PROBE_AGREEMENT = 0.5
+
+
+def check_served_policy(served, local, prompts: list[str]) -> str:
+    """Ask `served` and `local` (anything with `generate_batch`) for greedy answers to the first `PROBES` prompts;
+    a UserError unless at least `MIN_PROBE_AGREEMENT` of them agree word for word; else the note for the report."""
+    probes = prompts[:PROBES]
+    if not probes:
+        return "no sources to probe the server with"
+    greedy = SamplingConfig(max_new_tokens=PROBE_TOKENS)
+    theirs = served.generate_batch(probes, greedy, batch_size=len(probes))
+    ours = local.generate_batch(probes, greedy, batch_size=len(probes))
+    agree = sum(a.text.split() == b.text.split() for a, b in zip(theirs, ours))
+    if agree < MIN_PROBE_AGREEMENT * len(probes):
+        differs = next(i for i, (a, b) in enumerate(zip(theirs, ours)) if a.text.split() != b.text.split())
+        said, expected = theirs[differs].text.strip()[:60], ours[differs].text.strip()[:60]
+        raise UserError(f"the served model answers as the policy on {agree} of {len(probes)} greedy probes (e.g. "
+                        f"{said!r} where the policy says {expected!r}): on-policy pairs need the policy's own "
+                        "weights served (pairs.served_model), or another pairs.sampler")
+    return f"{agree} of {len(probes)} greedy probes answered as the local policy"
 
 
 def sampling_weights(model, bfloat16: bool):

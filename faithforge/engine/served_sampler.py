@@ -1,0 +1,76 @@
+"""The engine's `generate_batch` through a served model: vLLM on a GPU user's machine, llama.cpp's server, any
+OpenAI-compatible or Ollama server FaithForge has a backend for (issue 28, item 1: sampling on the fastest engine
+present).
+
+A server batches concurrent requests itself (vLLM's continuous batching, llama.cpp's slots), so `generate_batch`
+keeps up to `batch_size` requests in flight. Each request i is seeded with `request_seed(seed, i)`, as the local
+samplers seed theirs, so a server that honours seeds draws the same samples again. The server returns text; the
+token ids are the policy tokenizer's encoding of it (what DPO trains on), and `finish_reason` is "length" when the
+server cut the answer at the token limit, "eos" otherwise.
+
+Whether the served model is the policy cannot be read off a server; `faithforge.stages.sampler.check_served_policy`
+compares its greedy answers with the local model's before any sample is drawn.
+"""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable
+
+from faithforge.engine.errors import EngineError
+from faithforge.engine.gguf_sampler import request_seed
+from faithforge.engine.result import GenerationResult
+from faithforge.engine.sampling import SamplingConfig
+
+NAME = "served"
+
+
+class ServedSampler:
+    """Generate answers to `system_prompt` + each prompt (a user message) from `backend` (a `ChatBackend`:
+    `chat(messages, *, max_tokens, temperature, seed)`); `tokenizer` is the policy's, for the token ids;
+    `concurrency`: most requests in flight (vLLM batches them; llama-cpp-python's server interrupts a running
+    request when another arrives, and the interrupted one comes back empty, unless it was started with
+    `--interrupt_requests False`: 1 there)."""
+
+    def __init__(self, backend, tokenizer, system_prompt: str, concurrency: int = 8):
+        self.backend, self.tokenizer, self.system_prompt = backend, tokenizer, system_prompt
+        self.concurrency = concurrency
+
+    def describe(self) -> str:
+        return f"{NAME} ({self.backend.name}: {self.backend.model})"
+
+    def generate_batch(self, prompts: list[str], sampling: SamplingConfig = SamplingConfig(),
+                       max_new_tokens: int | None = None, *, batch_size: int = 32,
+                       progress: Callable[[int, int], None] | None = None) -> list[GenerationResult]:
+        """One answer per prompt, in order, up to `batch_size` (and `concurrency`) requests in flight;
+        `progress(done, total)` after each answer. Sampling the server cannot be told (top-p, top-k) is refused before any request."""
+        if sampling.top_p < 1.0 or sampling.top_k:
+            raise EngineError("a served model is sampled with temperature only: top-p / top-k are not sent to the "
+                              "server (set pairs.top_p to 1)")
+        budget = max_new_tokens or sampling.max_new_tokens
+        done = 0
+
+        def one(index: int) -> GenerationResult:
+            messages = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": prompts[index]}]
+            answer = self.backend.chat(messages, max_tokens=budget, temperature=sampling.temperature,
+                                       seed=request_seed(sampling.seed, index))
+            ids = self.tokenizer.encode(answer.text, add_special_tokens=False)
+            return GenerationResult(text=answer.text, token_ids=ids,
+                                    finish_reason="length" if answer.truncated else "eos",
+                                    prompt_tokens=answer.usage.prompt_tokens, cached_tokens=0)
+
+        results: list[GenerationResult | None] = [None] * len(prompts)
+        pool = ThreadPoolExecutor(max_workers=max(1, min(batch_size, self.concurrency, len(prompts))))
+        try:
+            futures = [pool.submit(one, i) for i in range(len(prompts))]
+            for index, future in enumerate(futures):  # in order; a failed request raises here
+                results[index] = future.result()
+                done += 1
+                if progress is not None:
+                    progress(done, len(prompts))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)  # after a failure: no request is sent for the rest
+        return results  # type: ignore[return-value]
+
+
+__all__ = ["NAME", "ServedSampler"]
