@@ -142,9 +142,13 @@ def main() -> int:
         print(f"  {name:<16} {row['seconds']:6.1f} s {row['x_engine']:5.2f}x the engine;  token-identical to the "
               f"float32 engine: {row['identical_to_float32_engine']}/{len(questions)}")
     report["load_1m_end"] = load_avg()
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=1))
-    print(f"\nload {report['load_1m_start']} -> {report['load_1m_end']}; written {args.out}")
+    return save(report, args.out)
+
+
+def save(report: dict, out: Path) -> int:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=1))
+    print(f"\nload {report['load_1m_start']} -> {report['load_1m_end']}; written {out}")
     return 0
 
 

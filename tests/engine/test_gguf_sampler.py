@@ -13,7 +13,7 @@ from faithforge.engine import EngineError, PrefixCachedEngine, SamplingConfig
 from faithforge.engine.gguf_sampler import default_threads, llama_cpp_available
 from faithforge.stages.sampler import choose_sampler, gguf_of
 from faithforge.gpu.planner import Plan
-from tests.fixtures.smollm2 import imported_smollm2
+from tests.fixtures.smollm2 import imported_smollm2, random_lora
 
 SYSTEM = "Summarize the document in one sentence. Use only facts stated in the document."
 DOCUMENTS = [
@@ -134,17 +134,10 @@ def test_the_choice_takes_llama_cpp_only_for_a_gguf_on_the_cpu(smollm2, tmp_path
 @pytest.fixture(scope="module")
 def lora_adapter(smollm2, tmp_path_factory):
     """A LoRA adapter on SmolLM2 whose update is not zero (B drawn at random), saved as training saves one."""
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     folder, _ = smollm2
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32)
-    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"]))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in peft.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
+    peft = random_lora(AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32))
     out = tmp_path_factory.mktemp("adapter")
     peft.save_pretrained(out)
     return out

@@ -16,7 +16,7 @@ from faithforge.core.errors import UserError
 from faithforge.data.grounded_qa import SYSTEM_PROMPT, generate_questions
 from faithforge.engine import EngineError, PrefixCachedEngine, SamplingConfig
 from faithforge.engine.served_sampler import ServedSampler
-from tests.fixtures.smollm2 import imported_smollm2
+from tests.fixtures.smollm2 import imported_smollm2, random_lora
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +80,6 @@ def test_served_samples_come_back_in_order_seeded_and_cut_at_the_limit(served, s
 def test_the_policy_check_passes_the_served_weights_and_refuses_another_model(served, smollm2):
     """The server holds SmolLM2's Q4_1 file; the local policy is the float32 folder imported from it (the same
     weights): their greedy answers agree. The same folder with a LoRA update merged is another model: refused."""
-    from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
     from faithforge.stages.sampler import PROBES, check_served_policy
@@ -93,13 +92,7 @@ def test_the_policy_check_passes_the_served_weights_and_refuses_another_model(se
     agreed = int(note.split()[0])
     assert agreed >= PROBES // 2 and note.endswith(f"of {PROBES} greedy probes answered as the local policy")
 
-    peft = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "down_proj"]))
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, param in peft.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=generator) * 0.2)
-    other = PrefixCachedEngine(peft.merge_and_unload().eval(), tokenizer,
+    other = PrefixCachedEngine(random_lora(model).merge_and_unload().eval(), tokenizer,
                                [{"role": "system", "content": SYSTEM_PROMPT}])
     with torch.inference_mode(), pytest.raises(UserError, match="answers as the policy on [0-3] of 8"):
         check_served_policy(served, other, QUESTIONS)
