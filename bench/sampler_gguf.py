@@ -17,8 +17,6 @@ the same float32 weights (issue 28, item 1). Side by side, one process, on the d
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import tempfile
@@ -28,6 +26,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.gguf_batched import load_avg, write  # noqa: E402 - the same report helpers
+
 MAX_NEW_TOKENS = 64  # the cap bench/gguf_batched.py used (the demo's evaluate.max_new_tokens is 40)
 BATCH = 64  # the demo's plan: sequences a step, for sampling and for evaluation
 
@@ -36,18 +36,11 @@ def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--model", required=True, help="SmolLM2 imported with `faithforge model import --smollm2 DIR`")
     p.add_argument("--adapter", default=None, help="a trained LoRA adapter of that model: time its merge + write")
-    p.add_argument("--sources", type=int, default=40)
-    p.add_argument("--k", type=int, default=4)
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--questions", type=int, default=200)
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    for name, default in (("--sources", 40), ("--k", 4), ("--rounds", 2), ("--questions", 200), ("--threads", 2),
+                          ("--seed", 0)):  # see the module docstring
+        p.add_argument(name, type=int, default=default)
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "sampler_gguf.json")
     return p.parse_args()
-
-
-def load_avg() -> float:
-    return round(os.getloadavg()[0], 2)
 
 
 def main() -> int:
@@ -142,14 +135,8 @@ def main() -> int:
         print(f"  {name:<16} {row['seconds']:6.1f} s {row['x_engine']:5.2f}x the engine;  token-identical to the "
               f"float32 engine: {row['identical_to_float32_engine']}/{len(questions)}")
     report["load_1m_end"] = load_avg()
-    return save(report, args.out)
-
-
-def save(report: dict, out: Path) -> int:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(report, indent=1))
-    print(f"\nload {report['load_1m_start']} -> {report['load_1m_end']}; written {out}")
-    return 0
+    print(f"\nload {report['load_1m_start']} -> {report['load_1m_end']}")
+    return write(args.out, report)
 
 
 if __name__ == "__main__":
