@@ -227,13 +227,13 @@ class PairsConfig(Section):
     served_base_url: str | None = None
     """`sampler: served`: the server root (e.g. http://127.0.0.1:8000/v1 for vLLM)."""
     served_server: Literal["vllm", "llama.cpp"] = "vllm"
-    """`sampler: served`: which server it is, for the fields that turn its own sampling defaults off (llama.cpp's
-    server: top-k 40, top-p 0.95, min-p 0.05, repeat penalty 1.1; vLLM: the model's generation_config) so the
-    samples are the policy's distribution at `temperature`."""
+    """`sampler: served`: which server it is, for the fields that turn its own sampling defaults off
+    (llama-cpp-python's server: top-k 40, top-p 0.95, min-p 0.05, repeat penalty 1.1; vLLM: the model's
+    generation_config) so the samples are the policy's distribution at `temperature`."""
     served_concurrency: int = Field(16, ge=1, le=1024)
-    """`sampler: served`: most requests in flight (vLLM batches them). llama-cpp-python's server interrupts a
-    running request when another arrives, and the interrupted answer comes back empty: 1 there, unless it was
-    started with `--interrupt_requests False`."""
+    """`sampler: served`: requests in flight (vLLM batches them). llama-cpp-python's server interrupts a running
+    request when another arrives and returns the interrupted one empty: such answers are asked again alone, but 1
+    (or `--interrupt_requests False` on the server) wastes nothing there."""
 
     @model_validator(mode="after")
     def _served_needs_a_server(self) -> "PairsConfig":

@@ -42,11 +42,16 @@ class ServedSampler:
     def generate_batch(self, prompts: list[str], sampling: SamplingConfig = SamplingConfig(),
                        max_new_tokens: int | None = None, *, batch_size: int = 32,
                        progress: Callable[[int, int], None] | None = None) -> list[GenerationResult]:
-        """One answer per prompt, in order, up to `batch_size` (and `concurrency`) requests in flight;
-        `progress(done, total)` after each answer. Sampling the server cannot be told (top-p, top-k) is refused before any request."""
+        """One answer per prompt, in order, `concurrency` requests in flight (`batch_size` is the local engines'
+        and is not used: the server batches); `progress(done, total)` after each answer. Sampling the server
+        cannot be told (top-p, top-k) is refused before any request.
+
+        An empty answer is asked again, alone, after the others: llama-cpp-python's server returns an empty answer
+        with no error for a request another one interrupted. The same seed alone gives the model's own answer (an
+        empty one stays empty)."""
         if sampling.top_p < 1.0 or sampling.top_k:
             raise EngineError("a served model is sampled with temperature only: top-p / top-k are not sent to the "
-                              "server (set pairs.top_p to 1)")
+                              "server")
         budget = max_new_tokens or sampling.max_new_tokens
         done = 0
 
@@ -59,18 +64,23 @@ class ServedSampler:
                                     finish_reason="length" if answer.truncated else "eos",
                                     prompt_tokens=answer.usage.prompt_tokens, cached_tokens=0)
 
-        results: list[GenerationResult | None] = [None] * len(prompts)
-        pool = ThreadPoolExecutor(max_workers=max(1, min(batch_size, self.concurrency, len(prompts))))
+        results: list[GenerationResult] = []
+        pool = ThreadPoolExecutor(max_workers=max(1, min(self.concurrency, len(prompts))))
         try:
             futures = [pool.submit(one, i) for i in range(len(prompts))]
-            for index, future in enumerate(futures):  # in order; a failed request raises here
-                results[index] = future.result()
+            for future in futures:  # in order; a failed request raises here
+                results.append(future.result())
                 done += 1
                 if progress is not None:
                     progress(done, len(prompts))
-        finally:
-            pool.shutdown(wait=True, cancel_futures=True)  # after a failure: no request is sent for the rest
-        return results  # type: ignore[return-value]
+        except BaseException:
+            pool.shutdown(wait=False, cancel_futures=True)  # the error now, not after the requests in flight
+            raise
+        pool.shutdown(wait=True)
+        for index, result in enumerate(results):
+            if not result.text:  # asked again with nothing else in flight
+                results[index] = one(index)
+        return results
 
 
 __all__ = ["NAME", "ServedSampler"]

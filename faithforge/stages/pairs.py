@@ -125,11 +125,24 @@ def _served_policy(ctx: StageContext, model: ModelOutput, plan: Plan, tokenizer,
     backend = make_backend("openai", cfg.served_model, base_url=cfg.served_base_url)
     backend.extra_body = PLAIN_SAMPLING[cfg.served_server]  # the policy's distribution, not the server's defaults
     served = ServedSampler(backend, tokenizer, prompt, concurrency=cfg.served_concurrency)
+    # the policy once, where the plan puts it (a vLLM on the same GPU must leave room for it: its
+    # --gpu-memory-utilization), for 8 greedy answers; freed before the samples are drawn
     policy, _ = load_for_plan(model.path, plan)
     local = PrefixCachedEngine(policy.eval(), tokenizer, [{"role": "system", "content": prompt}])
     probed = check_served_policy(served, local, [e.source for e in examples])
-    del local, policy  # the samples come from the server
+    del local, policy
+    _free_memory()
     return served, probed
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def sample_seed(config) -> int:

@@ -145,12 +145,13 @@ PLAIN_SAMPLING = {
 }
 
 
-#: Greedy probes that decide whether a served model is the policy: sources, and new tokens per answer.
-PROBES, PROBE_TOKENS = 8, 12
-#: Share of the probes whose greedy answers must be word for word the local policy's. The same weights agree on
-#: nearly all (a quantized server flips a near-tie now and then: Q4_1 against float32, 137 of 200 whole answers
-#: identical and most first words); another model agrees on almost none.
-MIN_PROBE_AGREEMENT = 0.5
+#: Greedy probes that decide whether a served model is the policy: sources, and new tokens per answer (long enough
+#: that a checkpoint a few steps away, sharing its first words, parts somewhere).
+PROBES, PROBE_TOKENS = 8, 32
+#: Share of the probes whose greedy answers must be word for word the local policy's. An f16 copy of the weights
+#: agreed with float32 on 196 of 200 whole answers (bench/sampler_gguf.py); a quantized server flips a near-tie
+#: more often (Q4_1: 137 of 200), so 6 of 8 and not 8.
+MIN_PROBE_AGREEMENT = 0.75
 
 
 def check_served_policy(served, local, prompts: list[str]) -> str:
