@@ -1,9 +1,8 @@
 """The engine's `generate_batch` through a served model: vLLM on a GPU user's machine, llama.cpp's server, any
-OpenAI-compatible or Ollama server FaithForge has a backend for (issue 28, item 1: sampling on the fastest engine
-present).
+OpenAI-compatible server (issue 28, item 1: sampling on the fastest engine present).
 
 A server batches concurrent requests itself (vLLM's continuous batching, llama.cpp's slots), so `generate_batch`
-keeps up to `batch_size` requests in flight. Each request i is seeded with `request_seed(seed, i)`, as the local
+keeps up to `concurrency` requests in flight. Each request i is seeded with `request_seed(seed, i)`, as the local
 samplers seed theirs, so a server that honours seeds draws the same samples again. The server returns text; the
 token ids are the policy tokenizer's encoding of it (what DPO trains on), and `finish_reason` is "length" when the
 server cut the answer at the token limit, "eos" otherwise.
@@ -53,7 +52,6 @@ class ServedSampler:
             raise EngineError("a served model is sampled with temperature only: top-p / top-k are not sent to the "
                               "server")
         budget = max_new_tokens or sampling.max_new_tokens
-        done = 0
 
         def one(index: int) -> GenerationResult:
             messages = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": prompts[index]}]
@@ -70,9 +68,8 @@ class ServedSampler:
             futures = [pool.submit(one, i) for i in range(len(prompts))]
             for future in futures:  # in order; a failed request raises here
                 results.append(future.result())
-                done += 1
                 if progress is not None:
-                    progress(done, len(prompts))
+                    progress(len(results), len(prompts))
         except BaseException:
             pool.shutdown(wait=False, cancel_futures=True)  # the error now, not after the requests in flight
             raise

@@ -86,9 +86,8 @@ def _gguf_or_reason(model_path: str | Path, adapter: str | None, cache_dir: str 
             return write_sampling_gguf(model_path, adapter, path), ""
         except UserError as exc:  # e.g. a weight beyond float16's range: sample another way
             reason = str(exc)
-    if adapter is None and imported_gguf(model_path) is not None:
-        return imported_gguf(model_path), ""
-    return None, reason
+    imported = None if adapter else imported_gguf(model_path)
+    return (imported, "") if imported is not None else (None, reason)
 
 
 def choose_sampler(setting: str, plan: Plan, sampling: SamplingConfig, models: list[tuple[str | Path, str | None]],
