@@ -85,8 +85,9 @@ def head_alone(model_dir: Path, tokenizer, pairs, rounds: int) -> dict:
             "speedup": median["trl"] / median["whole"], "max_abs_diff": diff}
 
 
-def control_steps(model_dir: Path, tokenizer, pairs, steps: int) -> tuple[list[float], list[float]]:
-    """(each step's seconds, each step's loss) of the SFT control trained `steps` steps from a fresh adapter."""
+def control_steps(model_dir: Path, tokenizer, pairs, steps: int, **settings) -> tuple[list[float], list[float]]:
+    """(each step's seconds, each step's loss) of the SFT control trained `steps` steps from a fresh adapter
+    (`settings`: more `train_sft` keywords)."""
     import torch
     from transformers import AutoModelForCausalLM
 
@@ -100,7 +101,7 @@ def control_steps(model_dir: Path, tokenizer, pairs, steps: int) -> tuple[list[f
     examples = [SftExample(p["prompt"], p["chosen"][0]["content"]) for p in pairs]
     marks = [time.perf_counter()]
     losses = train_sft(policy, tokenizer, examples, steps=steps, batch_size=8, learning_rate=1e-4, seed=0,
-                       max_length=256, on_step=lambda s, loss: marks.append(time.perf_counter()))
+                       max_length=256, on_step=lambda s, loss: marks.append(time.perf_counter()), **settings)
     return [b - a for a, b in zip(marks, marks[1:])], losses
 
 

@@ -21,6 +21,7 @@ from typing import Any
 from faithforge.core.errors import UserError
 from faithforge.training.modeling import score_completions_only
 from faithforge.training.reference_cache import ReferenceLogpsByPair
+from faithforge.training.real_tokens import mlp_on_real_tokens
 from faithforge.training.shared_prefix import share_pair_prefixes
 
 LN2 = math.log(2.0)
@@ -71,6 +72,10 @@ class DpoArguments:
     drawing two: their noise is correlated, not cancelled (the answers' log-probs depend on the prompt's states
     non-linearly), so training is not the same draw as without sharing."""
 
+    mlp_real_tokens: bool = True
+    """Run each layer's MLP on the batch's real tokens only, not its padding (`training.real_tokens`; same loss and
+    gradients up to float rounding). False computes the padding too, for comparison."""
+
     ddp_backend: str | None = None
     """torch.distributed backend when the run is one rank of a torchrun group (`gloo` on the CPU; None: the
     Trainer's default, NCCL on GPUs). Ignored in a single process."""
@@ -110,9 +115,10 @@ def make_trainer_class():
         """`DPOTrainer` whose reference log-probs come from a `ReferenceCache`, never from a forward pass."""
 
         def __init__(self, *args: Any, reference_logps: ReferenceLogpsByPair, share_prompt: bool = True,
-                     **kwargs: Any):
+                     mlp_real_tokens: bool = True, **kwargs: Any):
             self._cached_reference = reference_logps
             self._share_prompt = share_prompt
+            self._mlp_real_tokens = mlp_real_tokens
             model = kwargs.get("model")
             # TRL adds a frozen copy of the adapter named `ref` to a PeftModel passed without a peft_config
             # (dpo_trainer.py ~666-694). Our reference comes from the cache, so that copy is never read: a second
@@ -131,7 +137,10 @@ def make_trainer_class():
             # gathers a layer's shards per call, so a sharded model keeps TRL's single pass.
             sharing = (share_pair_prefixes(model) if self._share_prompt and not self.is_fsdp_enabled
                        else contextlib.nullcontext())
-            with score_completions_only(), sharing:
+            # The MLPs skip the padding (`real_tokens`); entered first, so each of the shared pass's two backbone
+            # calls is seen with its own mask.
+            real_tokens = mlp_on_real_tokens(model, enabled=self._mlp_real_tokens and not self.is_fsdp_enabled)
+            with score_completions_only(), real_tokens, sharing:
                 return super().compute_loss(model, *args, **kwargs)
 
         def _precompute_ref_logps(self, dataset, name, batch_size):  # noqa: ARG002 - TRL's signature
@@ -282,7 +291,7 @@ def _setup_trainer(model, tokenizer, train_pairs: list[dict], reference_logps: R
                                 pure_dpo=args.sft_weight == 0)
     trainer = make_trainer_class()(
         model=model, args=dpo_config(args), train_dataset=dataset, processing_class=tokenizer,
-        reference_logps=reference_logps, share_prompt=args.share_prompt,
+        reference_logps=reference_logps, share_prompt=args.share_prompt, mlp_real_tokens=args.mlp_real_tokens,
         callbacks=[guard, make_checksum_callback(), *(extra_callbacks or [])],
     )
     trainer.remove_callback(PrinterCallback)  # metrics go to our log and artifacts, not raw dicts on stdout

@@ -27,6 +27,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 
 from faithforge.core.errors import UserError
 from faithforge.core.workspace import atomic_write_bytes, atomic_write_json, sha256_file
+from faithforge.training.real_tokens import mlp_on_real_tokens
 from faithforge.training.shared_prefix import share_pair_prefixes
 
 log = logging.getLogger(__name__)
@@ -138,11 +139,12 @@ def completion_logps(model, input_ids, attention_mask, completion_mask, autocast
             if not getattr(model, "_faithforge_fused_head", False):
                 add_fused_lm_head(model)
                 object.__setattr__(model, "_faithforge_fused_head", True)
-            with share_pair_prefixes(model), score_completions_only():
+            with mlp_on_real_tokens(model), share_pair_prefixes(model), score_completions_only():
                 out = model(input_ids=input_ids, attention_mask=attention_mask, labels=labels, fused_lm_head=True,
                             use_cache=False)
             return (out.log_probs.float() * mask).sum(-1), mask.sum(-1)
-        with share_pair_prefixes(model):  # each pair's prompt through the backbone once, as training does
+        # each pair's prompt through the backbone once and the MLPs on real tokens only, as training does
+        with mlp_on_real_tokens(model), share_pair_prefixes(model):
             hidden = model.get_decoder()(input_ids=input_ids, attention_mask=attention_mask,
                                          use_cache=False).last_hidden_state[:, :-1]
         head = model.get_output_embeddings()

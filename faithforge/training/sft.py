@@ -13,6 +13,7 @@ from typing import Callable, Sequence
 import torch
 
 from faithforge.core.errors import UserError
+from faithforge.training.real_tokens import mlp_on_real_tokens
 
 
 @dataclass(frozen=True)
@@ -181,12 +182,15 @@ def train_sft(
     checkpoint_every: int = 0,
     on_resume: Callable[[int], None] | None = None,
     micro_batch: int | None = None,
+    mlp_real_tokens: bool = True,
 ) -> list[float]:
     """Train `model` in place (all its trainable parameters) and return the loss of every step.
 
     With `checkpoint_dir`, every `checkpoint_every` steps the trainable weights, the optimizer, the step and
     every RNG state are saved; a later call with the same examples and settings resumes from the newest one
-    and ends with the same weights and losses as a run that was never interrupted.
+    and ends with the same weights and losses as a run that was never interrupted. `mlp_real_tokens` runs the
+    layers' MLPs on the batch's real tokens only (`training.real_tokens`; same losses up to float rounding);
+    False computes the padding too, for comparison.
     """
     if not examples:
         raise ValueError("no SFT examples: the dataset is empty")
@@ -214,7 +218,8 @@ def train_sft(
         index = torch.randint(len(encoded), (batch_size,), generator=generator).tolist()
         batch = collate([encoded[i] for i in index], tokenizer.pad_token_id)
         batch = {k: v.to(model.device) for k, v in batch.items()}
-        loss = _backward_in_micro_batches(model, batch, micro_batch or batch_size)
+        with mlp_on_real_tokens(model, enabled=mlp_real_tokens):
+            loss = _backward_in_micro_batches(model, batch, micro_batch or batch_size)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))

@@ -129,7 +129,7 @@ def share_pair_prefixes(model):
     """
     from transformers.modeling_outputs import BaseModelOutputWithPast
 
-    backbone = _backbone(model)
+    backbone = decoder_of(model)
     if backbone is None:
         yield
         return
@@ -165,7 +165,7 @@ def share_pair_prefixes(model):
             backbone.forward = own
 
 
-def _backbone(model):
+def decoder_of(model):
     """The decoder stack under any wrapping (DDP's `module`, PEFT's `base_model.model`), or None."""
     inner = getattr(model, "module", model)
     get_decoder = getattr(inner, "get_decoder", None)
