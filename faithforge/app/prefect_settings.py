@@ -26,20 +26,25 @@ def quiet_prefect_logs() -> None:
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
 
 
-def omp_wait_policy(load_average_1m: float | None = None, cpu_count: int | None = None) -> str:
+def omp_wait_policy(busy: float | None = None, cpu_count: int | None = None) -> str:
     """OpenMP's wait policy for this process, chosen before torch is imported (OpenMP reads it once).
 
     On an oversubscribed machine spinning threads wait for descheduled partners: the demo's warm start ran
     ~10x slower than with PASSIVE at load 12-19 on 2 cores. On an idle 2-core machine PASSIVE costs instead:
-    the whole demo took 138 s with it vs 108 s with ACTIVE (BENCHMARKS.md, bench/cpu_wait_policy.py).
-    So sleep only when the 1-minute load average already reaches the core count."""
-    if load_average_1m is None:
+    the whole demo took 138 s with it vs 108 s with ACTIVE (BENCHMARKS.md, bench/cpu_wait_policy.py), and a real
+    DPO step 1.2× longer (issue 28). So sleep only when other processes' runnable threads (`busy`; default
+    `core.cpu_load.busy_elsewhere`, what runs now) already reach the core count. Not the 1-minute load average:
+    it still counts a command that ended seconds ago, so `demo --real` started right after another run slept on
+    an idle machine."""
+    if busy is None:
+        from faithforge.core.cpu_load import busy_elsewhere
+
         try:
-            load_average_1m = os.getloadavg()[0]
-        except OSError:  # not available on this platform: keep OpenMP's default
+            busy = busy_elsewhere()
+        except OSError:  # neither /proc nor a load average on this platform: keep OpenMP's default
             return "ACTIVE"
     cores = cpu_count or os.cpu_count() or 1
-    return "PASSIVE" if load_average_1m >= cores else "ACTIVE"
+    return "PASSIVE" if busy >= cores else "ACTIVE"
 
 
 def without_heartbeats():

@@ -1,22 +1,26 @@
 """Run each decoder layer's MLP on the batch's real tokens only, not on its padding.
 
-A training batch is padded to its longest row, and every layer computes every position. On the real demo's
-pairs a DPO step's backbone sees 1,352 positions of which 990 are tokens (the rest of the shared-prefix pass's
-16 answer rows is padding up to the longest one), and an SFT-control step 889 of which 751 are
-(`bench/mlp_real_tokens.py` prints the counts). The MLP is most of a layer's arithmetic (SmolLM2-135M:
-3 × 576 × 1,536 multiply-adds a token against 576 × (576 + 2 × 192 + 576) for the attention's projections) and,
-unlike attention, it is a function of one position at a time, in every decoder (dense, gated, mixture of
-experts). So gathering the real positions, running the MLP on those, and putting the result back in place
-gives every real position the same numbers up to float rounding, with the padding's share of the MLP's work gone.
+A training batch is padded to its longest row, and every layer computes every position. On `demo --real`'s
+pairs (seed 6) a DPO step's backbone computes 1,326 positions on average for 991 tokens (the shared-prefix pass's
+16 answer rows are padded to the longest one), and an SFT-control step 889 for 751 (`bench/mlp_real_tokens.py`
+counts them). The MLP is most of a layer's arithmetic (SmolLM2-135M: 3 × 576 × 1,536 multiply-adds a token
+against 576 × (576 + 2 × 192 + 576) for the attention's projections) and, unlike attention, it is a function of
+one position at a time, in every decoder (dense, gated, mixture of experts). So gathering the real positions,
+running the MLP on those, and putting the result back in place gives every real position the same numbers up to
+float rounding, with the padding's share of the MLP's work gone. Measured side by side on real TRL steps with
+that run's pairs on 2 cores: a DPO step 1.21× faster, a control step 1.07×, losses within 1.2e-6 (BENCHMARKS.md,
+issue 28). The attention's linear projections treated the same way gained nothing measurable (a gather and a
+scatter per projection cost what the smaller matmuls save), so they compute the padding as before.
 
 Padding positions get an MLP output of 0 instead of whatever the MLP made of a pad token. No real position reads
 them: a padded key is masked out of attention, and losses, log-probs and metrics read only labelled positions.
 
 `mlp_on_real_tokens(model)` puts this in place while a loss is computed. It records each backbone call's 2D
-`attention_mask` (the shared-prefix pass calls the backbone twice per batch, with its own mask each time) and
-the layers' MLPs read it. Calls without a 2D mask, batches with no padding, and models whose layers have no
-`mlp` run as before. Under gradient checkpointing it does nothing: the layers' forward runs again in backward,
-after the mask is gone, and would then compute a different graph than the one it saved.
+`attention_mask` (the shared-prefix pass calls the backbone twice per batch, with its own mask each time) and the
+layers' MLPs read it. Calls without a 2D mask, batches with no padding, MLPs that return more than a tensor, and
+decoders whose blocks are not `layers[i].mlp` (GPT-2's `h`) run as before. Under gradient checkpointing it does
+nothing: the layers' forward runs again in backward, after the mask is gone, and would then compute a different
+graph than the one it saved.
 """
 
 from __future__ import annotations

@@ -78,9 +78,9 @@ def test_a_non_utf8_config_names_the_file_and_v_shows_the_traceback(tmp_path):
 def test_openmp_threads_sleep_only_on_an_oversubscribed_machine():
     from faithforge.app.prefect_settings import omp_wait_policy
 
-    assert omp_wait_policy(load_average_1m=0.3, cpu_count=2) == "ACTIVE"  # idle: spinning is faster
-    assert omp_wait_policy(load_average_1m=2.0, cpu_count=2) == "PASSIVE"  # every core busy already
-    assert omp_wait_policy(load_average_1m=15.0, cpu_count=2) == "PASSIVE"
+    assert omp_wait_policy(busy=0.3, cpu_count=2) == "ACTIVE"  # idle: spinning is faster
+    assert omp_wait_policy(busy=2.0, cpu_count=2) == "PASSIVE"  # every core busy already
+    assert omp_wait_policy(busy=15.0, cpu_count=2) == "PASSIVE"
 
 
 def test_a_stop_that_a_library_turned_into_its_own_error_still_exits_as_a_stop(monkeypatch, capsys):

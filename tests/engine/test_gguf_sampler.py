@@ -247,59 +247,6 @@ def test_threads_drop_to_one_on_an_oversubscribed_machine():
     assert default_threads(load_average_1m=3.0, cores=8) == 8
 
 
-def test_threads_count_other_processes_now_not_this_ones_last_minute():
-    """The load average trails by a minute and counts this process: right after training on both cores it read ~2
-    and llama.cpp evaluated on one thread. `busy_elsewhere` counts other processes' runnable threads now."""
-    import subprocess
-    import sys
-    import threading
-
-    from faithforge.engine.gguf_sampler import _own_running, busy_elsewhere
-
-    stop = threading.Event()
-
-    def spin():  # this process's own busy thread (torch releases the GIL in matmul)
-        a = torch.ones(256, 256)
-        while not stop.is_set():
-            a @ a
-
-    worker = threading.Thread(target=spin, daemon=True)
-    worker.start()
-    try:
-        assert max(_own_running() for _ in range(50)) >= 2  # the reader and the spinning thread
-    finally:
-        stop.set()
-        worker.join()
-    spinners = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
-    try:
-        import time
-
-        time.sleep(0.5)
-        assert busy_elsewhere() >= 1.5  # two other processes spin (more if the machine is busy besides)
-        assert default_threads(cores=2) == 1
-    finally:
-        for spinner in spinners:
-            spinner.kill()
-            spinner.wait()
-
-
-def test_this_process_own_running_threads_are_not_counted_and_no_proc_falls_back(monkeypatch):
-    import os
-
-    from faithforge.engine import gguf_sampler
-
-    monkeypatch.setattr(gguf_sampler, "_procs_running", lambda: 3)  # the host: 3 runnable threads now
-    monkeypatch.setattr(gguf_sampler, "_own_running", lambda: 2)  # 2 of them this process's (its training)
-    assert gguf_sampler.busy_elsewhere(interval_s=0) == 1 and gguf_sampler.default_threads(cores=2) == 2
-
-    def no_proc():
-        raise OSError("no /proc here")
-
-    monkeypatch.setattr(gguf_sampler, "_procs_running", no_proc)
-    monkeypatch.setattr(os, "getloadavg", lambda: (7.5, 0.0, 0.0))
-    assert gguf_sampler.busy_elsewhere() == 7.5 and gguf_sampler.default_threads(cores=2) == 1
-
-
 def _llama_generate_one(llm, tokenizer, eos, ids: list[int], sampling: SamplingConfig, seed: int) -> list[int]:
     """llama-cpp-python's own one-sequence API (an independent reference): reset, seed, generate until stopped."""
     from faithforge.engine.finish import StopTracker
