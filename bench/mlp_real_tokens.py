@@ -61,6 +61,12 @@ def _compare(runs: dict[str, list[dict]]) -> dict:
             "loss_abs_diff_max": loss_diff, "losses": {k: [r["losses"] for r in v] for k, v in runs.items()}}
 
 
+def _summary(name: str, part: dict) -> str:
+    seconds = part["median_step_seconds"]
+    return (f"{name} step median: padded {seconds['padded']:.2f} s, real tokens {seconds['real']:.2f} s "
+            f"({part['step_speedup']:.2f}×); largest |Δloss| {part['loss_abs_diff_max']:.2e}")
+
+
 def main() -> int:
     import warnings
 
@@ -93,11 +99,7 @@ def main() -> int:
               "control": _compare(control), "load_1m_end": os.getloadavg()[0]}
     report["dpo"]["lora_abs_diff_max"] = max(float((lora["padded"][k] - lora["real"][k]).abs().max())
                                              for k in lora["padded"])
-    for name in ("dpo", "control"):
-        part = report[name]
-        print(f"{name} step median: padded {part['median_step_seconds']['padded']:.2f} s, real tokens "
-              f"{part['median_step_seconds']['real']:.2f} s ({part['step_speedup']:.2f}×); largest |Δloss| "
-              f"{part['loss_abs_diff_max']:.2e}")
+    print("\n".join(_summary(name, report[name]) for name in ("dpo", "control")))
     print(f"DPO's trained LoRA weights: largest difference {report['dpo']['lora_abs_diff_max']:.2e}")
     return _save(report, args.out)
 
