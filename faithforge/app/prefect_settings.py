@@ -14,7 +14,8 @@ def offline_environment() -> None:
     """Defaults for a machine without internet: no telemetry (it also races on a fresh SQLite database)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-    os.environ.setdefault("OMP_WAIT_POLICY", omp_wait_policy())
+    if "OMP_WAIT_POLICY" not in os.environ:  # a user's own choice stands, and costs no reading
+        os.environ["OMP_WAIT_POLICY"] = omp_wait_policy()
 
 
 def quiet_prefect_logs() -> None:

@@ -12,11 +12,12 @@ import os
 def busy_elsewhere(samples: int = 5, interval_s: float = 0.02) -> float:
     """Runnable threads of other processes now: the kernel's count of runnable threads (`procs_running` in
     /proc/stat) less this process's own, the median of `samples` readings; the 1-minute load average where /proc
-    cannot be read. Not the load average alone: it trails by a minute and counts this process, so right after a
-    stage trained on both of 2 cores it read ~2 and llama.cpp evaluated on one thread (`demo --real` seed 6:
-    evaluate 176 s against 110 s with this, BENCHMARKS.md), and a command started within a minute of another one's
-    end chose OpenMP's sleeping wait policy on an idle machine (a DPO step 1.2× slower). The count is the host's: in
-    a container pinned to fewer CPUs other tenants' threads count too, as they did in the load average."""
+    cannot be read; OSError where neither can. Not the load average alone: it trails by a minute and counts this
+    process, so right after a stage trained on both of 2 cores it read ~2 and llama.cpp evaluated on one thread
+    (`demo --real` seed 6: evaluate 176 s against 110 s with this, BENCHMARKS.md), and a command started within a
+    minute of another one's end chose OpenMP's sleeping wait policy on an idle machine (a DPO step 1.2× slower). The
+    count is the host's: in a container pinned to fewer CPUs other tenants' threads count too, as they did in the
+    load average."""
     import statistics
     import time
 
@@ -27,7 +28,10 @@ def busy_elsewhere(samples: int = 5, interval_s: float = 0.02) -> float:
                 time.sleep(interval_s)
             readings.append(_procs_running() - _own_running())
     except (OSError, ValueError):
-        return os.getloadavg()[0]
+        try:
+            return os.getloadavg()[0]
+        except (OSError, AttributeError) as error:  # Windows has no load average
+            raise OSError("neither /proc/stat nor a load average can be read here") from error
     return max(0.0, statistics.median(readings))
 
 

@@ -62,8 +62,12 @@ def default_threads(load_average_1m: float | None = None, cores: int | None = No
     (BENCHMARKS.md, issue 28); the same rule as the OpenMP wait policy (faithforge.app.prefect_settings).
     Without `load_average_1m`, the work of other processes now (`busy_elsewhere`)."""
     cores = cores or len(os.sched_getaffinity(0))
-    load = busy_elsewhere() if load_average_1m is None else load_average_1m
-    return 1 if load >= cores else cores
+    if load_average_1m is None:
+        try:
+            load_average_1m = busy_elsewhere()
+        except OSError:  # nothing to read the machine's load from: every core, llama.cpp's own default
+            return cores
+    return 1 if load_average_1m >= cores else cores
 
 
 def request_seed(seed: int | None, index: int) -> int:

@@ -73,8 +73,9 @@ class DpoArguments:
     non-linearly), so training is not the same draw as without sharing."""
 
     mlp_real_tokens: bool = True
-    """Run each layer's MLP on the batch's real tokens only, not its padding (`training.real_tokens`; same loss and
-    gradients up to float rounding). False computes the padding too, for comparison."""
+    """Run each layer's MLP on the batch's real tokens only, not its padding (`training.real_tokens`; with no
+    dropout, the default, the same loss and gradients up to float rounding). False computes the padding too, for
+    comparison."""
 
     ddp_backend: str | None = None
     """torch.distributed backend when the run is one rank of a torchrun group (`gloo` on the CPU; None: the

@@ -5,7 +5,8 @@ pairs (seed 6) a DPO step's backbone computes 1,326 positions on average for 991
 16 answer rows are padded to the longest one), and an SFT-control step 889 for 751 (`bench/mlp_real_tokens.py`
 counts them). The MLP is most of a layer's arithmetic (SmolLM2-135M: 3 × 576 × 1,536 multiply-adds a token
 against 576 × (576 + 2 × 192 + 576) for the attention's projections) and, unlike attention, it is a function of
-one position at a time, in every decoder (dense, gated, mixture of experts). So gathering the real positions,
+one position at a time, in every decoder (dense, gated, mixture of experts; a model asked for its router
+logits runs as before, since its load-balancing loss counts them per position). So gathering the real positions,
 running the MLP on those, and putting the result back in place gives every real position the same numbers up to
 float rounding, with the padding's share of the MLP's work gone. Measured side by side on real TRL steps with
 that run's pairs on 2 cores: a DPO step 1.21× faster, a control step 1.07×, losses within 1.2e-6 (BENCHMARKS.md,
@@ -20,7 +21,8 @@ them: a padded key is masked out of attention, and losses, log-probs and metrics
 layers' MLPs read it. Calls without a 2D mask, batches with no padding, MLPs that return more than a tensor, and
 decoders whose blocks are not `layers[i].mlp` (GPT-2's `h`) run as before. Under gradient checkpointing it does
 nothing: the layers' forward runs again in backward, after the mask is gone, and would then compute a different
-graph than the one it saved.
+graph than the one it saved. The patches sit on the model instance: one thread runs the model while inside. With
+dropout > 0 in the MLP (0 in every FaithForge default) its masks are drawn for the real rows only: another draw.
 """
 
 from __future__ import annotations
@@ -35,15 +37,18 @@ class _CallMask:
 
     def __init__(self) -> None:
         self.mask = None  # (batch, mask_len) long/bool, the call's attention_mask, or None outside a call
+        self.cached = False  # the call continues a KV cache: its mask also covers the cached positions
         self._index = None
         self._shape: tuple[int, int] | None = None
 
     def index_for(self, batch: int, seq_len: int):
         """Flat indices of the real positions among the last `seq_len` columns of the mask (a pass over a cached
         prefix gets the whole rows' mask and computes only the positions after the cache), or None when the mask
-        does not fit these hidden states or every position is real."""
+        does not fit these hidden states or every position is real. Without a cache the hidden states must span
+        the whole mask: anything shorter is not this call's rows."""
         mask = self.mask
-        if mask is None or mask.shape[0] != batch or mask.shape[1] < seq_len:
+        if mask is None or mask.shape[0] != batch or mask.shape[1] < seq_len \
+                or (mask.shape[1] != seq_len and not self.cached):
             return None
         if self._shape != (batch, seq_len):
             real = mask[:, mask.shape[1] - seq_len:].reshape(-1).bool()
@@ -51,8 +56,8 @@ class _CallMask:
             self._shape = (batch, seq_len)
         return self._index
 
-    def start(self, mask) -> None:
-        self.mask, self._index, self._shape = mask, None, None
+    def start(self, mask, cached: bool = False) -> None:
+        self.mask, self.cached, self._index, self._shape = mask, cached, None, None
 
     def stop(self) -> None:
         self.start(None)
@@ -80,21 +85,29 @@ def mlp_on_real_tokens(model, enabled: bool = True):
 
     `model` is the causal LM or any wrapper of one (PEFT, DDP's `module`). Enter it outside `share_pair_prefixes`
     so that the shared pass's two backbone calls are each seen with their own mask. A no-op when `enabled` is
-    False, for models without `layers[i].mlp`, and under gradient checkpointing.
+    False, for models without `layers[i].mlp`, under gradient checkpointing, for a model that records its
+    router logits, and inside another entry on the same model.
     """
+    import functools
+
     from faithforge.training.shared_prefix import decoder_of
 
     backbone = decoder_of(model) if enabled else None
-    mlps = [layer.mlp for layer in getattr(backbone, "layers", None) or () if hasattr(layer, "mlp")]
-    if not mlps or any(getattr(m, "gradient_checkpointing", False) for m in backbone.modules()):
+    mlps = list({id(layer.mlp): layer.mlp  # one module may serve several layers: patch it once
+                 for layer in getattr(backbone, "layers", None) or () if hasattr(layer, "mlp")}.values())
+    if (not mlps or getattr(backbone, _PATCHED, False)  # entered already: the outer context does the work
+            or any(getattr(m, "gradient_checkpointing", False) for m in backbone.modules())
+            or _records_router_logits(backbone)):
         yield
         return
     call = _CallMask()
     plain_backbone = backbone.forward
 
+    @functools.wraps(plain_backbone)  # its signature: `share_pair_prefixes` reads the cache keyword's name from it
     def backbone_forward(*args: Any, **kwargs: Any):
         mask = kwargs.get("attention_mask")
-        call.start(mask if getattr(mask, "dim", lambda: 0)() == 2 else None)
+        cached = any(kwargs.get(name) is not None for name in ("cache", "past_key_values"))
+        call.start(mask if getattr(mask, "dim", lambda: 0)() == 2 else None, cached)
         try:
             return plain_backbone(*args, **kwargs)
         finally:
@@ -120,12 +133,26 @@ def mlp_on_real_tokens(model, enabled: bool = True):
     saved = [(module, module.__dict__.get("forward")) for module, _ in patched]
     for module, forward in patched:
         module.forward = forward
+    setattr(backbone, _PATCHED, True)
     try:
         yield
     finally:
+        delattr(backbone, _PATCHED)
         for module, own in saved:  # a forward set on the instance (accelerate's hooks) is put back
             if own is None:
-                del module.forward
+                module.__dict__.pop("forward", None)  # the class's forward shows through again
             else:
                 module.forward = own
 
+
+#: Set on a backbone while its MLPs are patched, so a nested entry leaves them to the outer one.
+_PATCHED = "_faithforge_mlp_on_real_tokens"
+
+
+def _records_router_logits(backbone) -> bool:
+    """A mixture-of-experts model asked for its router logits: transformers records them from inside the MLP, one
+    row per position, and its load-balancing loss counts them against the (batch, seq_len) mask; with the
+    padding skipped there are fewer rows than the mask has positions (a review's tiny Mixtral failed so)."""
+    config = getattr(backbone, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    return bool(getattr(text, "output_router_logits", False))

@@ -64,3 +64,34 @@ def test_this_process_own_running_threads_are_not_counted_and_no_proc_falls_back
     monkeypatch.setattr(os, "getloadavg", lambda: (7.5, 0.0, 0.0))
     assert cpu_load.busy_elsewhere() == 7.5 and default_threads(cores=2) == 1
     assert omp_wait_policy(cpu_count=2) == "PASSIVE"
+
+
+def test_without_proc_or_a_load_average_the_choices_keep_their_defaults(monkeypatch):
+    """Windows has neither /proc nor `os.getloadavg`: OpenMP keeps its own default and llama.cpp every core."""
+    import os
+
+    import pytest
+
+    from faithforge.app.prefect_settings import omp_wait_policy
+    from faithforge.core import cpu_load
+    from faithforge.engine.gguf_sampler import default_threads
+
+    def no_proc():
+        raise OSError("no /proc here")
+
+    monkeypatch.setattr(cpu_load, "_procs_running", no_proc)
+    monkeypatch.delattr(os, "getloadavg")
+    with pytest.raises(OSError, match="neither"):
+        cpu_load.busy_elsewhere()
+    assert omp_wait_policy(cpu_count=2) == "ACTIVE" and default_threads(cores=2) == 2
+
+
+def test_a_wait_policy_the_user_set_is_kept_and_not_measured(monkeypatch):
+    from faithforge.app import prefect_settings
+    from faithforge.core import cpu_load
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    monkeypatch.setattr(cpu_load, "busy_elsewhere", lambda *a, **k: (_ for _ in ()).throw(AssertionError("read")))
+    prefect_settings.offline_environment()
+    assert prefect_settings.os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+

@@ -152,3 +152,62 @@ def test_a_dpo_step_and_a_control_step_keep_their_losses(tiny_model_dir, tmp_pat
         losses[on] = ([h["loss"] for h in out["history"]], sft)
     for plain, real in zip(losses[False], losses[True]):
         assert plain == pytest.approx(real, abs=1e-5)
+
+
+def test_the_shared_pass_inside_still_passes_the_cache_by_the_backbones_own_keyword():
+    """The recording wrapper keeps the backbone's signature, which `share_pair_prefixes` reads the cache keyword's
+    name from: transformers 5.2x takes `cache` and warns that `past_key_values` goes away."""
+    import warnings
+
+    from faithforge.training.shared_prefix import _cache_argument
+
+    model = _tiny_llama().train()
+    ids, mask = _pair_batch()
+    with mlp_on_real_tokens(model):
+        assert _cache_argument(model.model.forward) == _cache_argument(type(model.model).forward)
+        with share_pair_prefixes(model), warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)  # the deprecated keyword would warn here
+            model.model(input_ids=ids, attention_mask=mask)
+
+
+def test_a_second_entry_on_the_same_model_leaves_the_work_to_the_first():
+    """Nested, the outer MLP wrapper would be handed the inner one's gathered rows: a padded batch of one row
+    then had its real positions zeroed (a review measured 0.46 off). The inner entry is a no-op instead."""
+    model = _tiny_llama().eval()
+    ids, mask = _pair_batch()
+    ids, mask = ids[:1], mask[:1]
+    assert not mask.all()
+    real = mask.bool()
+    expected = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    with mlp_on_real_tokens(model), mlp_on_real_tokens(model):
+        hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert (hidden - expected)[real].abs().max() < 1e-5
+    assert "forward" not in model.model.__dict__ and "forward" not in model.model.layers[0].mlp.__dict__
+
+
+def test_one_mlp_serving_two_layers_is_patched_once_and_put_back():
+    model = _tiny_llama()
+    model.model.layers[1].mlp = model.model.layers[0].mlp
+    ids, mask = _pair_batch()
+    expected = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    with mlp_on_real_tokens(model):
+        hidden = model.model(input_ids=ids, attention_mask=mask).last_hidden_state
+    assert "forward" not in model.model.layers[0].mlp.__dict__
+    assert (hidden - expected)[mask.bool()].abs().max() < 1e-5
+
+
+def test_a_mixture_of_experts_that_records_router_logits_runs_as_before():
+    """transformers records the router logits from inside the MLP, one row per position, and its load-balancing
+    loss counts them against the (batch, seq_len) mask: with the padding skipped the rows would not match."""
+    from transformers import MixtralConfig, MixtralForCausalLM
+
+    torch.manual_seed(0)
+    model = MixtralForCausalLM(MixtralConfig(
+        vocab_size=100, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, num_local_experts=4, num_experts_per_tok=2, output_router_logits=True,
+        max_position_embeddings=64))
+    ids, mask = _pair_batch()
+    expected = model(input_ids=ids, attention_mask=mask, labels=ids)
+    with mlp_on_real_tokens(model):
+        out = model(input_ids=ids, attention_mask=mask, labels=ids)
+    assert torch.equal(out.loss, expected.loss) and torch.equal(out.aux_loss, expected.aux_loss)
