@@ -37,15 +37,9 @@ def omp_wait_policy(busy: float | None = None, cpu_count: int | None = None) -> 
     `core.cpu_load.busy_elsewhere`, what runs now) already reach the core count. Not the 1-minute load average:
     it still counts a command that ended seconds ago, so `demo --real` started right after another run slept on
     an idle machine."""
-    if busy is None:
-        from faithforge.core.cpu_load import busy_elsewhere
+    from faithforge.core.cpu_load import oversubscribed
 
-        try:
-            busy = busy_elsewhere()
-        except OSError:  # neither /proc nor a load average on this platform: keep OpenMP's default
-            return "ACTIVE"
-    cores = cpu_count or os.cpu_count() or 1
-    return "PASSIVE" if busy >= cores else "ACTIVE"
+    return "PASSIVE" if oversubscribed(cpu_count or os.cpu_count() or 1, busy) else "ACTIVE"
 
 
 def without_heartbeats():

@@ -9,6 +9,19 @@ from __future__ import annotations
 import os
 
 
+def oversubscribed(cores: int, busy: float | None = None) -> bool:
+    """Whether other work already fills `cores`: `busy` runnable threads elsewhere (default: `busy_elsewhere()`,
+    measured now) at or above the core count. Threads that spin at a barrier (OpenMP's, llama.cpp's) then stall on
+    descheduled partners, so the callers sleep or use one thread. False where nothing can be read: the libraries'
+    own defaults."""
+    if busy is None:
+        try:
+            busy = busy_elsewhere()
+        except OSError:
+            return False
+    return busy >= cores
+
+
 def busy_elsewhere(samples: int = 5, interval_s: float = 0.02) -> float:
     """Runnable threads of other processes now: the kernel's count of runnable threads (`procs_running` in
     /proc/stat) less this process's own, the median of `samples` readings; the 1-minute load average where /proc

@@ -30,7 +30,7 @@ import os
 from pathlib import Path
 from typing import Callable
 
-from faithforge.core.cpu_load import busy_elsewhere
+from faithforge.core.cpu_load import oversubscribed
 from faithforge.engine.errors import EngineError
 from faithforge.engine.llama_batch import LlamaBatchDecoder, SamplerSpec, fitting_groups
 from faithforge.engine.prompts import Prompt, PromptRenderer
@@ -55,19 +55,14 @@ def unsupported_sampling(sampling: SamplingConfig) -> str | None:
     return None
 
 
-def default_threads(load_average_1m: float | None = None, cores: int | None = None) -> int:
+def default_threads(busy: float | None = None, cores: int | None = None) -> int:
     """llama.cpp's threads meet at a spinning barrier after every operation, so on an oversubscribed machine
     (other work at or above the cores) a descheduled thread stalls the others: one thread, else every core.
     Measured side by side at load 8.4 on 2 cores: Q4_1 greedy 14.1 tokens/s on 1 thread, 1.4 on 2
-    (BENCHMARKS.md, issue 28); the same rule as the OpenMP wait policy (faithforge.app.prefect_settings).
-    Without `load_average_1m`, the work of other processes now (`busy_elsewhere`)."""
+    (BENCHMARKS.md, issue 28); the same rule as the OpenMP wait policy (`core.cpu_load.oversubscribed`).
+    `busy`: other processes' runnable threads, measured now when not given."""
     cores = cores or len(os.sched_getaffinity(0))
-    if load_average_1m is None:
-        try:
-            load_average_1m = busy_elsewhere()
-        except OSError:  # nothing to read the machine's load from: every core, llama.cpp's own default
-            return cores
-    return 1 if load_average_1m >= cores else cores
+    return 1 if oversubscribed(cores, busy) else cores
 
 
 def request_seed(seed: int | None, index: int) -> int:

@@ -241,10 +241,10 @@ def test_a_model_the_writer_does_not_know_falls_back_to_its_imported_file(tmp_pa
 
 
 def test_threads_drop_to_one_on_an_oversubscribed_machine():
-    assert default_threads(load_average_1m=0.4, cores=2) == 2  # idle: every core
-    assert default_threads(load_average_1m=2.0, cores=2) == 1  # every core busy already: no spinning barrier
-    assert default_threads(load_average_1m=8.4, cores=2) == 1
-    assert default_threads(load_average_1m=3.0, cores=8) == 8
+    assert default_threads(busy=0.4, cores=2) == 2  # idle: every core
+    assert default_threads(busy=2.0, cores=2) == 1  # every core busy already: no spinning barrier
+    assert default_threads(busy=8.4, cores=2) == 1
+    assert default_threads(busy=3.0, cores=8) == 8
 
 
 def _llama_generate_one(llm, tokenizer, eos, ids: list[int], sampling: SamplingConfig, seed: int) -> list[int]:
