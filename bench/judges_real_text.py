@@ -204,6 +204,83 @@ def chosen_family_method(name: str):
     return name, run
 
 
+#: Rule 9's scores for `rank mean`: (feature, sign so that higher = more suspect).
+RANK_SCORES = (("likelihood.min_sentence_cond", -1.0), ("likelihood.min_sentence_pmi", -1.0),
+               ("grounding.novel_share", 1.0))
+
+
+def fit_single(feature: str, sign: float):
+    """A rule-3 threshold on one score: fitted on `dev`, returns (score of a row, threshold)."""
+    from faithforge.evaluation.fitted import best_balanced_threshold
+
+    def fit(dev: list[Row]):
+        score = lambda r: sign * r.features[feature]  # noqa: E731
+        return score, best_balanced_threshold([score(r) for r in dev], [r.inconsistent for r in dev])
+    return fit
+
+
+def fit_rank_mean(dev: list[Row]):
+    """Rule 9: the mean of each RANK_SCORES score's empirical distribution function among `dev` (in (0, 1]), with a
+    rule-3 threshold on `dev`. Nothing but the threshold is chosen with labels."""
+    from bisect import bisect_right
+
+    from faithforge.evaluation.fitted import best_balanced_threshold
+
+    sorted_dev = {f: sorted(s * r.features[f] for r in dev) for f, s in RANK_SCORES}
+
+    def score(r: Row) -> float:
+        return sum(bisect_right(sorted_dev[f], s * r.features[f]) / len(sorted_dev[f])
+                   for f, s in RANK_SCORES) / len(RANK_SCORES)
+    return score, best_balanced_threshold([score(r) for r in dev], [r.inconsistent for r in dev])
+
+
+#: Rule 9's candidates for `CV-chosen`.
+CV_CANDIDATES = {"likelihood cond (mean)": fit_single("likelihood.cond", -1.0),
+                 "likelihood cond (weakest sentence)": fit_single("likelihood.min_sentence_cond", -1.0),
+                 "likelihood pmi (weakest sentence)": fit_single("likelihood.min_sentence_pmi", -1.0),
+                 "lexical absent share": fit_single("grounding.novel_share", 1.0),
+                 "rank mean": fit_rank_mean}
+
+
+def cross_validated_bacc(fit, rows: list[Row], folds: int = 5, repeats: int = 40) -> float:
+    """Rule 9: mean over `repeats` seeded shuffles of the balanced accuracy of `folds`-fold predictions, folds
+    stratified by label; every fit sees only the other folds."""
+    import random
+
+    out = []
+    for repeat in range(repeats):
+        rnd = random.Random(repeat)
+        positive, negative = [r for r in rows if r.inconsistent], [r for r in rows if not r.inconsistent]
+        rnd.shuffle(positive)
+        rnd.shuffle(negative)
+        parts = [positive[i::folds] + negative[i::folds] for i in range(folds)]
+        predicted = {}
+        for i, part in enumerate(parts):
+            score, cut = fit([r for j, other in enumerate(parts) if j != i for r in other])
+            predicted.update({r.id: score(r) >= cut for r in part})
+        out.append(metrics([predicted[r.id] for r in rows], [r.inconsistent for r in rows], None)["bacc"])
+    return sum(out) / len(out)
+
+
+def per_dataset_method(name: str, fit_for_dataset):
+    """Rule 9's rows: per dataset, `fit_for_dataset(that dataset's dev rows)` → (score, threshold) on its test rows."""
+    def run(dev: list[Row], test: list[Row]):
+        decided = {}
+        for group in DATASETS:
+            score, cut = fit_for_dataset([r for r in dev if r.dataset == group], group)
+            decided.update({r.id: (score(r) >= cut, score(r), cut) for r in test if r.dataset == group})
+        return decided
+    return name, run
+
+
+def cv_chosen(dev: list[Row], group: str):
+    cross_validated = {name: cross_validated_bacc(fit, dev) for name, fit in CV_CANDIDATES.items()}
+    chosen = max(cross_validated, key=lambda name: (cross_validated[name], name))
+    print(f"  rule 9, CV-chosen for {group}: {chosen} (dev cross-validated balanced accuracy "
+          f"{cross_validated[chosen]:.3f}; " + ", ".join(f"{n} {v:.3f}" for n, v in cross_validated.items()) + ")")
+    return CV_CANDIDATES[chosen](dev)
+
+
 def fixed_method(name: str, decide, score):
     def run(dev, test):  # noqa: ARG001 - nothing is fitted: the rule is fixed
         return {r.id: (decide(r), score(r), None) for r in test}
@@ -349,6 +426,8 @@ def main(argv: list[str] | None = None) -> int:
         threshold_method("likelihood cond, per-dataset threshold", "likelihood.min_sentence_cond", -1.0, True),
         threshold_method("likelihood pmi, per-dataset threshold", "likelihood.min_sentence_pmi", -1.0, True),
         logistic_method("logistic, per-dataset fit", per_dataset=True),
+        per_dataset_method("rank mean (cond, pmi, lexical), per dataset (rule 9)", lambda dev, _: fit_rank_mean(dev)),
+        per_dataset_method("CV-chosen on dev, per dataset (rule 9)", cv_chosen),
     ]
     table = report(methods, rows)
     if args.trained_scores and args.trained_scores.is_file():
