@@ -306,12 +306,12 @@ def report(methods, rows: list[Row]) -> list[dict]:
 
 
 def render(table: list[dict], n_dev: int, n_test: int, seconds_per_item: dict | None, load: str,
-           dtype: str = "float32") -> str:
+           dtype: str = "float32", n_tune: int = 0) -> str:
     def f(v):
         return "n/a" if v is None else f"{v:.3f}"
 
-    lines = [f"QAGS held-out half: {n_test} items (dev half {n_dev} items chose every threshold and fit); likelihood "
-             f"scores in {dtype}",
+    lines = [f"QAGS held-out half: {n_test} items (dev half {n_dev} items chose every threshold and fit; the rows with "
+             f"the trained judge, rule 6, only its {n_tune} tune rows); likelihood scores in {dtype}",
              "", "| method | macro bacc | qags-c bacc | qags-x bacc | macro P | macro R | qags-c AUC | qags-x AUC |",
              "|---|---|---|---|---|---|---|---|"]
     for e in table:
@@ -446,8 +446,8 @@ def main(argv: list[str] | None = None) -> int:
         trained_judge = named if named.is_dir() else None
     seconds = time_fresh(model, args.time, args.dtype, trained_judge) if args.time else None
     load = " ".join(f"{x:.1f}" for x in os.getloadavg())
-    text = render(table, sum(r.half == "dev" for r in rows), sum(r.half == "heldout" for r in rows), seconds, load,
-                  args.dtype)
+    text = render(table, sum(r.half in ("dev", "dev-trained-on") for r in rows),
+                  sum(r.half == "heldout" for r in rows), seconds, load, args.dtype, sum(r.half == "dev" for r in rows))
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
