@@ -201,8 +201,10 @@ def markdown_report(comparison: ComparisonReport, control: ComparisonReport | No
     return "\n".join(lines) + "\n"
 
 
-def bar_chart(comparison: ComparisonReport, path: str | Path, control: ComparisonReport | None = None) -> Path:
-    """PNG bar chart of hallucination rates with CI whiskers, recall annotated on each bar."""
+def bar_chart(comparison: ComparisonReport, path: str | Path, control: ComparisonReport | None = None, *,
+              words: TaskWords = SUMMARIES) -> Path:
+    """PNG bar chart of hallucination rates with CI whiskers, recall annotated on each bar, in the task's `words`
+    (the axis counts hallucinated answers on a question-answering run, summaries otherwise)."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -220,7 +222,7 @@ def bar_chart(comparison: ComparisonReport, path: str | Path, control: Compariso
             ax.annotate(f"{_pct(m.rate)}\nrecall {_pct(m.recall)}", (bar.get_x() + bar.get_width() / 2, 0),
                         xytext=(0, 4), textcoords="offset points", ha="center", va="bottom", fontsize=8)
         ax.set_ylim(0, 1)
-        ax.set_ylabel("hallucinated summaries")
+        ax.set_ylabel(f"hallucinated {words.units}")
         ax.set_title(f"judge: {comparison.judge}, {int(100 * comparison.confidence)}% CI", fontsize=9)
         fig.tight_layout()
         out = Path(path)

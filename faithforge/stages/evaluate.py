@@ -270,7 +270,7 @@ def _write_report(ctx: StageContext, out: Path, comparison, control_cmp, served_
     atomic_write_json(out / "report.json", {"comparison": comparison.to_dict(),
                                             "control": control_cmp.to_dict() if control_cmp else None,
                                             "served": served_cmp.to_dict() if served_cmp else None})
-    return markdown, bar_chart(comparison, out / "rates.png", control=control_cmp)
+    return markdown, bar_chart(comparison, out / "rates.png", control=control_cmp, words=words)
 
 
 def pairs_chooser(config) -> str | None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from faithforge.core.errors import UserError
 from faithforge.data.sources import system_prompt
+from faithforge.evaluation.wording import task_words
 from faithforge.data.pairs import build_synthetic_pairs, split_by_source, validate_pairs
 from faithforge.stages.reuse import claim_output
 from faithforge.stages.context import StageContext, content_key, reads
@@ -97,7 +98,8 @@ def _sample_onpolicy_pairs(ctx: StageContext, examples, model: ModelOutput, plan
     else:
         policy, _ = load_for_plan(model.path, plan)  # sampled in the precision the plan names
         policy = sampling_weights(policy, choice.name == "engine-bf16")  # or in bfloat16 when asked
-    ctx.progress("pairs", 0, 1, f"sampling {cfg.samples_per_source} summaries per source with {choice.describe()}")
+    units = task_words(ctx.config).units  # "answers" on a question-answering run
+    ctx.progress("pairs", 0, 1, f"sampling {cfg.samples_per_source} {units} per source with {choice.describe()}")
     return build_onpolicy_pairs(policy, tokenizer, examples, k=cfg.samples_per_source, temperature=cfg.temperature,
                                 seed=sample_seed(ctx.config),
                                 max_new_tokens=ctx.config.evaluate.max_new_tokens,

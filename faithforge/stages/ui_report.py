@@ -98,7 +98,9 @@ def pipeline_report_markdown(run_id: str | None, stages: dict[str, Any]) -> str:
     models = evaluation.get("models") or {}
     parts = [f"# FaithForge run {run_id or ''}".rstrip(), ""]
     if models:
-        parts += ["| model | hallucination rate [CI], key-fact recall |", "|---|---|"]
+        # in the task's words (faithforge.evaluation.wording), as the terminal and report.md say them
+        recall_name = evaluation.get("recall_name") or "key-fact recall"
+        parts += [f"| model | hallucination rate [CI], {recall_name} |", "|---|---|"]
         parts += [f"| {label} | {_rate(model)} |" for label, model in models.items()]
         parts.append("")
     parts += ["## Hallucination rate before and after DPO", "",

@@ -43,6 +43,29 @@ def test_a_question_answering_report_speaks_of_answers_not_summaries():
     assert "Unit: summary:" in toy and "key-fact recall" in toy
 
 
+def test_the_chart_and_the_prefect_report_speak_of_answers_on_a_question_answering_run(tmp_path, monkeypatch):
+    """Both used to say "hallucinated summaries" and "key-fact recall" whatever the task (seen on a real
+    `demo --real` run's Prefect report)."""
+    import matplotlib.axes
+
+    from faithforge.evaluation.report import bar_chart
+    from faithforge.stages.ui_report import pipeline_report_markdown
+
+    labels = []
+    real_set_ylabel = matplotlib.axes.Axes.set_ylabel
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_ylabel",
+                        lambda ax, label, *a, **k: (labels.append(label), real_set_ylabel(ax, label, *a, **k))[1])
+    bar_chart(_comparison(), tmp_path / "qa.png", words=WORDS["grounded-qa"])
+    bar_chart(_comparison(), tmp_path / "toy.png")
+    assert labels == ["hallucinated answers", "hallucinated summaries"]
+
+    qa = WORDS["grounded-qa"]
+    model = {"rate": 0.3, "rate_ci": [0.2, 0.4], "recall": 0.5}
+    evaluation = {"models": {"before": model}, "unit": qa.unit, "recall_name": qa.recall}
+    header = pipeline_report_markdown("r", {"evaluate": evaluation}).splitlines()[2]
+    assert header == f"| model | hallucination rate [CI], {qa.recall} |" and "key-fact" not in header
+
+
 def test_a_question_answering_dataset_is_not_filed_under_summaries(tmp_path):
     from faithforge.stages.context import StageContext
     from faithforge.stages.generate import dataset_dir
