@@ -5,8 +5,9 @@
 
 Starts a Prefect server with its UI (a temporary home), runs `faithforge demo --real` against it on the workspace,
 then opens the run's `faithforge-report` artifact in headless Chromium (the suite's CDP driver) and saves the page.
-With the finished run's own `--config`, every stage is reused and the run takes seconds; with other settings the
-stages they change run again (a whole seed, ~11 min on 2 cores), and the report holds that run's figures.
+With the finished run's own `--config`, every training stage is reused and only the evaluation runs again (each run
+writes its own: ~2 min for a real seed on 2 cores); with other settings the stages they change run again (a whole
+seed, ~8 min), and the report holds that run's figures.
 """
 
 from __future__ import annotations
