@@ -303,7 +303,9 @@ KNOWN_TOP_LEVEL = KNOWN_TOP_LEVEL | {".faithforge-run.lock"}
 DERIVED_DIRS = ("datasets", "pairs", "refcache", "models", "checkpoints", "adapters")
 #: Names of what stages write there: `<kind>-<16 hex content key>`, a reference cache `<16 hex>`, and the
 #: hidden temporary, lock and swap names of `atomic_write_bytes`, `atomic_directory` and `faithforge.core.locks`.
-_OUTPUT_NAME = re.compile(r"^((summaries|generated|pairs|tiny|sft|sft-control|dpo)-)?[0-9a-f]{16}$")
+#: `questions` is a grounded-qa run's dataset (`faithforge.evaluation.wording`): without it `--fresh` kept every
+#: earlier grounded-qa dataset as "not written by FaithForge" (a test builds each stage's name and checks it here).
+_OUTPUT_NAME = re.compile(r"^((summaries|questions|generated|pairs|tiny|sft|sft-control|dpo)-)?[0-9a-f]{16}$")
 _HIDDEN_NAME = re.compile(r"^\..+\.(tmp|lock|old)$")
 #: The generation flow's examples and export: generated data (LLM time), kept by `--fresh` without comment.
 _GENERATED_DATA = re.compile(r"^generated(-.+\.jsonl)?$")

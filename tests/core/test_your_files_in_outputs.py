@@ -200,3 +200,26 @@ def test_a_damaged_checksum_entry_recomputes_instead_of_crashing(tmp_path):
     (out / "manifest.json").write_text(json.dumps(manifest))
     with claim_output("pairs", out, "manifest.json") as claim:
         assert claim.reused is None and "is damaged" in claim.why
+
+
+def test_every_stage_output_name_is_known_as_faithforges_so_fresh_removes_it(tmp_path):
+    """Each task's dataset folder, as the generate stage names it (`questions-…` for grounded-qa, `summaries-…`
+    otherwise), is a FaithForge output: `--fresh` used to keep grounded-qa datasets as "not written by FaithForge"."""
+    from faithforge.core.config import PipelineConfig
+    from faithforge.core.workspace import written_by_faithforge
+    from faithforge.evaluation.wording import WORDS
+    from faithforge.stages.context import StageContext
+    from faithforge.stages.generate import dataset_dir
+
+    names = set()
+    for task in ("summaries", "grounded-qa"):
+        cfg = PipelineConfig.model_validate({"workspace": str(tmp_path / task), "generate": {"task": task}})
+        names.add(dataset_dir(StageContext.open(cfg)).name)
+    assert {name.rsplit("-", 1)[0] for name in names} == {w.dataset for w in WORDS.values()}
+    assert all(written_by_faithforge(tmp_path / name) for name in names), names
+
+    ws = Workspace.open(tmp_path / "ws")
+    for name in names:
+        (ws.dir("datasets") / name).mkdir()
+    fresh = ws.remove_outputs()
+    assert not fresh.not_ours and not any(ws.dir("datasets").iterdir()), fresh

@@ -140,18 +140,21 @@ def test_a_killed_rank_stops_the_group_and_the_rerun_equals_one_process(setup, m
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=["ctrl-c", "sigkill"])
 def test_stopping_the_launching_process_stops_every_rank(setup, tmp_path, sig):
     """Ctrl-C: the task's wait is interrupted and stops the group's session. SIGKILL (nothing of the task runs any
-    more): torchrun gets SIGTERM from the kernel (parent-death signal) and stops its ranks."""
+    more): torchrun gets SIGTERM from the kernel (parent-death signal) and stops its ranks.
+
+    The ranks pause after step 2's checkpoint (`rank_faults.pause_after_save`), so the signal always finds the group
+    mid-run: when it was sent as soon as the ranks' pid files appeared, a loaded machine (the whole suite on 2 cores)
+    let the 4-step group finish first, and the signal reached a parent that had nothing left to stop."""
     work = tmp_path / "work"
-    spec = _spec(setup, tmp_path / "out")
+    spec = _spec(setup, tmp_path / "out", ["tests.fixtures.rank_faults:pause_after_save"])
     script = ("import json, sys\n"
               "from faithforge.training.distributed import run_group\n"
               f"run_group(json.loads({json.dumps(json.dumps(spec))}), {str(work)!r}, 2)\n")
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), str(REPO / "tests")]), "OMP_NUM_THREADS": "1",
+           "FAITHFORGE_TEST_PAUSE_AT_STEP": "2"}
     parent = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True)
-    # As soon as both ranks run (their pid files): the stop is the same whatever a rank is doing.
-    _wait_for(work / "pids" / "rank-1.pid", parent)
-    _wait_for(work / "pids" / "rank-0.pid", parent)
+    _wait_for(work / "paused", parent)  # both ranks are mid-run, asleep after step 2's checkpoint
     pids = _pids(work)
     assert set(pids) == {0, 1}
     parent.send_signal(sig)  # Ctrl-C (or the CLI's stop) / a kill -9 of the process running the task
