@@ -51,6 +51,12 @@ def test_demo_real_stores_the_judge_calibration_its_reports_show(tmp_path):
     assert stored is not None and stored.parent == tmp_path / "ws" / "calibrations"
     found = calibrations_for(tmp_path / "ws" / "calibrations", get_judge("grounding"))
     assert found  # what the evaluation report reads and prints beside its rates
+    # grounded-qa's rules were written on LABELS: its accuracy is measured on the 60 labels made after, LABELS being
+    # the validation split (a held-out half of LABELS, "86 held-out labels", was in-sample for its rules)
+    record = json.loads(stored.read_text())
+    assert record["judge"] == "grounded-qa" and Path(record["labels"]).name == HELD_OUT.name
+    assert record["validation"] == len(_rows()) and record["test"]["n"] == 60
+    assert (round(record["test"]["precision"], 3), round(record["test"]["recall"], 3)) == (0.906, 0.967)  # 29/32, 29/30
     assert calibrate_judge_on_labels(tmp_path / "ws2", labels=tmp_path / "missing.jsonl") is None
 
 
