@@ -15,7 +15,9 @@ from typing import Any, Optional
 
 import typer
 
+from faithforge.core.backend_registry import BACKENDS
 from faithforge.core.errors import USER_ERRORS, UserError
+from faithforge.core.judge_registry import JUDGES
 
 app = typer.Typer(help="FaithForge: make a local LLM hallucinate less, and measure it. Add -v to any command "
                        "to see the traceback behind an error.", no_args_is_help=True, pretty_exceptions_enable=False)
@@ -110,8 +112,10 @@ def demo(
     assignments: Optional[list[str]] = typer.Option(None, "--set", metavar="SECTION.FIELD=VALUE",
                                                     help="Set one option (repeatable), e.g. --set train.steps=64 "
                                                     "--set train.beta=0.2; the same as the variable "
-                                                    "FAITHFORGE_TRAIN__STEPS=64. Every option is listed in "
-                                                    "configs/demo.yaml."),
+                                                    "FAITHFORGE_TRAIN__STEPS=64. Judges (evaluate.judge, "
+                                                    f"pairs.judge): {JUDGES.choices()}; backends (generate.backend): "
+                                                    f"{BACKENDS.choices()}. configs/demo.yaml shows the common "
+                                                    "options; faithforge/core/config.py documents every one."),
 ) -> None:
     """Run the whole pipeline (generate → pairs → reference log-probs → DPO → evaluate) on this machine.
 

@@ -32,7 +32,8 @@ def calibrate(
     labels: Path = typer.Option(..., "--labels", help="JSONL with source, summary, label (faithful|hallucinated|0|1), "
                                                       "optional dataset (subset) and split (validation|test)."),
     judge: list[str] = typer.Option([DEFAULT_JUDGE], "--judge",
-                                    help=f"One of: {JUDGES.choices()}; repeat to calibrate a combined judge."),
+                                    help=f"One of: {JUDGES.choices()}; repeat to calibrate a combined judge. "
+                                    + "; ".join(f"{k.name}: {k.summary}" for k in JUDGES) + "."),
     checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="nli: local folder or hub id."),
     supported_label: Optional[int] = typer.Option(None, "--supported-label",
                                                   help="nli: index of the 'supported' class (default: by name)."),
@@ -182,8 +183,8 @@ def _print_calibration(result: HeldOutCalibration, stored: Path | None) -> None:
 @app.command("fit-combination")
 def fit_combination_command(
     labels: Path = typer.Option(..., "--labels", help="JSONL with source, summary, label, optional dataset and split."),
-    judge: list[str] = typer.Option(..., "--judge", help="A judge whose numbers the fit reads; repeat (e.g. "
-                                                         "--judge likelihood --judge grounding)."),
+    judge: list[str] = typer.Option(..., "--judge", help=f"A judge whose numbers the fit reads ({JUDGES.choices()}); "
+                                                         "repeat (e.g. --judge likelihood --judge grounding)."),
     out: Path = typer.Option(..., "--out", help="Where to write the fitted combination (JSON) for "
                                                 "evaluate.judge_combination."),
     likelihood_model: Optional[str] = typer.Option(None, "--likelihood-model", help="likelihood: the causal LM folder."),

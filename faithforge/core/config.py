@@ -167,10 +167,11 @@ class PairsConfig(Section):
 
     builder: Literal["synthetic", "on-policy"] = "synthetic"
     """`synthetic`: chosen = faithful summary, rejected = the generator's hallucinated variant (plus the
-    omission variants below). `on-policy`: sample `samples_per_source` summaries from the warm-started model,
-    judge them, and pair the most faithful against the least faithful when their scores differ by `margin`."""
+    omission variants below). `on-policy`: sample `samples_per_source` outputs (summaries, or answers on a
+    question-answering task) from the warm-started model, judge them, and pair the most faithful against the least
+    faithful when their scores differ by `margin`."""
     samples_per_source: int = Field(4, ge=2, le=64)
-    """`on-policy`: summaries sampled per source."""
+    """`on-policy`: outputs (summaries or answers) sampled per source."""
     temperature: float = Field(1.0, gt=0.0, le=5.0)
     """`on-policy`: sampling temperature."""
     sample_seed: int | None = Field(None, ge=0, le=2**32 - 1)
@@ -212,7 +213,7 @@ class PairsConfig(Section):
     path_split: str | None = None
     """`path` is a `DatasetDict` folder: the split to read (e.g. `train`)."""
     sampler: Literal["auto", "engine", "engine-bf16", "served"] = "auto"
-    """`on-policy`: what samples the summaries. `auto`: llama.cpp when the stage runs on the CPU and the policy (a
+    """`on-policy`: what samples the outputs. `auto`: llama.cpp when the stage runs on the CPU and the policy (a
     llama-family folder) is written as an f16 GGUF from its own weights into the workspace's `cache/gguf` (or was
     imported from a GGUF), the prefix-cached engine otherwise;
     `engine`: always the prefix-cached engine; `engine-bf16`: the engine with the weights in bfloat16 on a CPU

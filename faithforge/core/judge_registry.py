@@ -28,7 +28,7 @@ class JudgeKind:
     module: str
     """The module defining `build` (and `options_from_config` when the judge takes options)."""
     summary: str
-    """One line for the CLI's help and `faithforge eval judges`."""
+    """One line for the CLI's help (`faithforge eval calibrate --help` lists every judge with it)."""
     needs: tuple[str, ...] = ()
     """What must exist before it runs, in words ("a causal LM folder", "a chat server"): preflight names them."""
     scores_samples: bool = False

@@ -37,8 +37,10 @@ def table_rows(comparison: ComparisonReport, control: ComparisonReport | None = 
             "model": model.label, "judge": model.judge, "judged": model.n_judged,
             "unjudgeable": model.n_unjudgeable, "hallucination_rate": model.rate,
             "rate_ci_low": model.rate_ci[0], "rate_ci_high": model.rate_ci[1],
-            "sentence_rate": model.sentence_rate, "key_fact_recall": model.recall,
-            "content_retention": model.retention, "mean_summary_length": model.mean_summary_length,
+            # task-neutral names: the column is answer recall on a question-answering run, key-fact recall on
+            # summaries (the report beside the table names it in the task's words)
+            "sentence_rate": model.sentence_rate, "recall": model.recall,
+            "content_retention": model.retention, "mean_length_words": model.mean_summary_length,
             "truncated": model.n_truncated, "coverage": model.coverage, "refusals": model.refusals,
             "evasive": model.evasive,
             **{f"rate_{name}": rate.rate for name, rate in model.judge_rates.items()},

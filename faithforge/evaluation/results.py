@@ -166,3 +166,9 @@ class ComparisonReport(_Record):
     """after − before of the key-content coverage, paired."""
     length: Difference | None = None
     """after − before of the summary length in words, paired."""
+
+    def with_unit(self, unit: str) -> "ComparisonReport":
+        """The same report with its unit, and its two models', stated in the run's task words
+        (`faithforge.evaluation.wording`): a question-answering run's report.json used to call its unit a summary."""
+        return self.model_copy(update={"unit": unit, "before": self.before.model_copy(update={"unit": unit}),
+                                       "after": self.after.model_copy(update={"unit": unit})})

@@ -20,6 +20,7 @@ from faithforge.stages.pairs import load_pairs
 from faithforge.data.overlap import check_no_text_overlap
 from faithforge.core.judge_registry import JUDGES
 from faithforge.evaluation.judge_options import judge_options
+from faithforge.evaluation.wording import task_words
 from faithforge.data.sources import system_prompt
 from faithforge.data.teacher import SYSTEM_PROMPT
 from faithforge.core.workspace import atomic_write_json, atomic_write_jsonl, atomic_write_text
@@ -108,13 +109,13 @@ def evaluate_models(ctx: StageContext, model: ModelOutput, dataset: DatasetOutpu
     started = time.perf_counter()
     adapters = {"before": None, "after": dpo.path, **({"control": control.path} if control else {})}
     reports, sampler = _judge_models(ctx, model, items, [e.source for e in held_out], adapters, judge, plan, judging)
-    comparisons = _compare(ctx, reports)
-    seconds = time.perf_counter() - started
-    out = ctx.workspace.dir("reports") / f"eval-{ctx.run_id or 'adhoc'}"
     from faithforge.evaluation.labeling import OUTPUTS_FILE, output_rows
-    from faithforge.evaluation.wording import task_words
 
     words, chooser = task_words(ctx.config), chooser_line(ctx.config, ctx.workspace.root / "calibrations")
+    comparisons = tuple(c.with_unit(f"{words.unit}: {words.rule}") if c is not None else None
+                        for c in _compare(ctx, reports))
+    seconds = time.perf_counter() - started
+    out = ctx.workspace.dir("reports") / f"eval-{ctx.run_id or 'adhoc'}"
     markdown, chart = _write_report(ctx, out, *comparisons, words=words, chooser=chooser)
 
     atomic_write_jsonl(out / OUTPUTS_FILE, output_rows(items, reports))  # what `faithforge label` shows people
@@ -200,7 +201,8 @@ def _answer_and_judge(ctx: StageContext, model: ModelOutput, items: list, source
 
     cfg = ctx.config.evaluate
     ggufs = dict(zip(adapters, choice.ggufs))  # empty unless llama.cpp writes the answers
-    ctx.progress("evaluate", 0, len(adapters), f"answers written by {choice.describe()}")
+    units = task_words(ctx.config).units  # "summaries" or "answers"
+    ctx.progress("evaluate", 0, len(adapters), f"{units} written by {choice.describe()}")
     prompt = system_prompt(ctx.config)
     calibrations = ctx.workspace.root / "calibrations"  # written by `faithforge eval calibrate --workspace`
     reports = {}

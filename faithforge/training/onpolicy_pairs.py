@@ -208,10 +208,10 @@ def _judged_candidates(judge, source: str, key_facts: list[str], texts: list[str
     for raw in texts:
         text = " ".join(raw.split())
         if not text:
-            report.dropped_samples["empty summary"] += 1
+            report.dropped_samples["empty sample"] += 1
             continue
         if text in candidates:
-            report.dropped_samples["duplicate summary"] += 1
+            report.dropped_samples["duplicate sample"] += 1
             continue
         scored = score_summary(judge, source, text, key_facts, recall_weight, score_by)
         if not scored["judgeable"]:
@@ -277,7 +277,7 @@ def _best_and_worst(candidates: dict[str, dict[str, Any]], margin: float, rules:
     """(best, worst) summaries with their scores, or None (the report says why) when there are fewer than two,
     none may be chosen (`ChosenRules`), or best and worst differ by less than `margin`."""
     if len(candidates) < 2:
-        report.dropped_sources["fewer than 2 distinct judged summaries"] += 1
+        report.dropped_sources["fewer than 2 distinct judged samples"] += 1
         return None
     ranked = sorted(candidates.items(), key=lambda item: item[1]["score"])
     eligible = [item for item in ranked if _may_be_chosen(item[0], item[1], rules)]

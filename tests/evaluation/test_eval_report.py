@@ -42,7 +42,7 @@ def test_markdown_has_rates_ci_recall_judge_unit_and_flagged_spans(reports):
 def test_table_rows(reports):
     rows = table_rows(*reports)
     assert [r["model"] for r in rows] == ["before", "after", "control"]
-    assert rows[2]["hallucination_rate"] == 0.0 and rows[2]["key_fact_recall"] == pytest.approx(1 / 3)
+    assert rows[2]["hallucination_rate"] == 0.0 and rows[2]["recall"] == pytest.approx(1 / 3)
 
 
 def test_bar_chart_writes_png(reports, tmp_path):

@@ -102,3 +102,15 @@ def test_the_unanswerable_share_is_stated_as_the_code_uses_it():
     field_doc = GenerateConfig.model_fields["task"].description or ""
     for text in (grounded_qa.__doc__, real_demo.__doc__, field_doc):
         assert share in text and "half of which" not in text
+
+
+def test_report_json_states_the_unit_in_the_tasks_words_and_the_toy_unit_is_unchanged():
+    """A question-answering run's report.json called its unit "summary: …" (the reports' default); the evaluation
+    stage now restates it, and the summaries wording is exactly the old default, so the toy demo's files keep
+    their bytes."""
+    from faithforge.evaluation.results import UNIT
+
+    qa = WORDS["grounded-qa"]
+    stated = _comparison().with_unit(f"{qa.unit}: {qa.rule}")
+    assert {stated.unit, stated.before.unit, stated.after.unit} == {f"answer: {qa.rule}"}
+    assert f"{WORDS['summaries'].unit}: {WORDS['summaries'].rule}" == UNIT

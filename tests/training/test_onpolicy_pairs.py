@@ -141,7 +141,7 @@ def test_min_chosen_recall_reaches_the_builder_and_drops_sources_with_a_reason(m
     assert strict == [] and sum(report.dropped_sources.values()) == 6
     assert report.dropped_sources["no sample may be chosen (recall below 1, or a question)"] >= 1
     assert set(report.dropped_sources) <= {"no sample may be chosen (recall below 1, or a question)",
-                                           "fewer than 2 distinct judged summaries"}
+                                           "fewer than 2 distinct judged samples"}
 
 
 def test_a_question_is_never_chosen():
@@ -202,7 +202,7 @@ def test_the_builder_adds_omission_pairs_on_answerable_sources_only(model_and_to
                     (answerable.id, "Kofi sold the plates in Dakar.", "Kofi sold the plates in Oslo."),
                     (answerable.id, "Kofi sold the plates in Dakar.", "Kofi sold the plates.")]
     assert report.built == 3 and report.omission_pairs == 1 and report.to_dict()["omission_pairs"] == 1
-    assert report.dropped_samples == {"duplicate summary": 2}
+    assert report.dropped_samples == {"duplicate sample": 2}
 
     without, _ = build_onpolicy_pairs(model, tokenizer, [unanswerable, answerable], **SETTINGS, min_chosen_recall=1.0)
     assert [p["id"] for p in without] == [p["id"] for p in pairs[:2]]
