@@ -13,6 +13,25 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.pop("FAITHFORGE_GPU_PROFILE", None)  # tests choose profiles explicitly
 
+
+def _interruptible_children() -> None:
+    """Run every process the tests start with Ctrl-C and SIGQUIT at their defaults.
+
+    A suite started as a background job of a non-interactive shell (`nohup python -m pytest … &`, a script's
+    `cmd &`) inherits SIGINT and SIGQUIT ignored. Every process the tests start then inherits that too, and Python
+    installs no KeyboardInterrupt handler in a process that starts with SIGINT ignored. The Ctrl-C tests (a training
+    group's launcher, Prefect workers and their flow runs) then hung or tested nothing: two failures of a full run
+    started that way, 2026-12-06, that pass in a terminal and in CI. A terminal's defaults are what they test."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    if hasattr(signal, "SIGQUIT") and signal.getsignal(signal.SIGQUIT) == signal.SIG_IGN:
+        signal.signal(signal.SIGQUIT, signal.SIG_DFL)
+
+
+_interruptible_children()  # at import: in the main pytest process and in every xdist worker
+
 #: Test files that share one expensive session resource run in one xdist worker (pyproject's `--dist loadgroup`);
 #: every other file is its own group, so a file's module fixtures are built once.
 SHARED_RESOURCE_GROUPS = {"test_model_import.py": "smollm2-import", "test_real_pipeline.py": "smollm2-import",
