@@ -67,9 +67,8 @@ REAL_DOCUMENTS_SETTINGS: dict[str, Any] = {
     # The judge: the best measured offline on real news (BENCHMARKS.md, the QAGS held-out half: `likelihood`
     # weakest-sentence `cond`, macro balanced accuracy 0.621 in bfloat16 (0.617 in float32) with its dev-chosen
     # default threshold, against 0.473 for `grounding`), below the 0.70 bar, so the report says its rate is not
-    # evidence without your labels. No
-    # second offline judge above chance exists without training one (`faithforge judge train`, then
-    # `evaluate.judge: trained`), so it both chooses and measures here, and the report says so.
+    # evidence without your labels. No second offline judge above chance exists without training one (`faithforge
+    # judge train`, then `evaluate.judge: trained`), so it both chooses and measures here, and the report says so.
     # Pairs ranked by the judge's score, not its verdict: by verdict `likelihood` flagged all four samples alike on
     # 30 of 31 QAGS development articles (one pair; bench/real_documents.py, 2026-12-04). The margin, 0.2 nats per
     # token on the weakest sentence, was set once before any test article was read, not tuned.

@@ -111,11 +111,12 @@ def evaluate_models(ctx: StageContext, model: ModelOutput, dataset: DatasetOutpu
     reports, sampler = _judge_models(ctx, model, items, [e.source for e in held_out], adapters, judge, plan, judging)
     from faithforge.evaluation.labeling import OUTPUTS_FILE, output_rows
 
-    words, chooser = task_words(ctx.config), chooser_line(ctx.config, ctx.workspace.root / "calibrations")
+    words = task_words(ctx.config)
     comparisons = tuple(c.with_unit(f"{words.unit}: {words.rule}") if c is not None else None
                         for c in _compare(ctx, reports))
     seconds = time.perf_counter() - started
     out = ctx.workspace.dir("reports") / f"eval-{ctx.run_id or 'adhoc'}"
+    chooser = chooser_line(ctx.config, ctx.workspace.root / "calibrations")
     markdown, chart = _write_report(ctx, out, *comparisons, words=words, chooser=chooser)
 
     atomic_write_jsonl(out / OUTPUTS_FILE, output_rows(items, reports))  # what `faithforge label` shows people

@@ -12,6 +12,7 @@ import base64
 from pathlib import Path
 from typing import Any
 
+from faithforge.evaluation.wording import SUMMARIES
 from faithforge.gpu.units import format_gib
 
 #: Largest PNG embedded in an artifact, bytes. The charts FaithForge draws are 20-80 KB; a file far larger than
@@ -98,8 +99,8 @@ def pipeline_report_markdown(run_id: str | None, stages: dict[str, Any]) -> str:
     models = evaluation.get("models") or {}
     parts = [f"# FaithForge run {run_id or ''}".rstrip(), ""]
     if models:
-        # in the task's words (faithforge.evaluation.wording), as the terminal and report.md say them
-        recall_name = evaluation.get("recall_name") or "key-fact recall"
+        # in the task's words, as the terminal and report.md say them (an older output has none: summaries)
+        recall_name = evaluation.get("recall_name") or SUMMARIES.recall
         parts += [f"| model | hallucination rate [CI], {recall_name} |", "|---|---|"]
         parts += [f"| {label} | {_rate(model)} |" for label, model in models.items()]
         parts.append("")
