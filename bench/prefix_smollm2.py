@@ -10,7 +10,10 @@ ignored in every variant, so each makes exactly that many). Variants, interleave
 rotating order (a shared machine's load hits all alike):
   (a) transformers `generate`, re-encoding system prompt + question every time (fp32);
   (b) `generate` with a `copy.deepcopy` of a prefilled system-prompt cache (best stock usage);
-  (c) the prefix engine (`PrefixCachedEngine.generate`, fp32, same weights);
+  (c) the prefix engine (`PrefixCachedEngine.generate`, fp32, same weights), decoding with its one-row CPU
+      kernels (`faithforge.engine.one_row`: oneDNN's linear, grouped split-K attention);
+  (c') the same engine with those kernels off (`one_row_kernels=False`): stock PyTorch's linear and SDPA, so
+      (c')/(c) is what the kernels buy and (b)/(c') what the cache alone buys;
   (d) llama.cpp (llama-cpp-python, in process) on the GGUF, re-encoding every time (`reset()` first);
   (e) llama.cpp on the GGUF keeping its context between requests: `Llama.generate` reuses the longest common
       prefix of what it holds (its own prompt cache), so only the question and the answer are computed;
@@ -23,9 +26,9 @@ rotating order (a shared machine's load hits all alike):
 wheel's Q4_1 (the transformers model is that file dequantized, so both compute with the same weight values) and,
 with --f16, also an f16 GGUF written from the same dequantized tensors (`bench/gguf_f16.py`).
 
-Reported per length: the median over requests of each per-request ratio (a/c, b/c, d/e, and c/e: the engine's
-time over llama.cpp's cached time, > 1 means llama.cpp is faster), the summed seconds per variant, the one-off
-prefill of (c) and (e), and whether (a), (b) and (c) gave the same tokens (they must) and how many leading
+Reported per length: the median over requests of each per-request ratio (a/c, b/c, b/c', c'/c, d/e, and c/e:
+the engine's time over llama.cpp's cached time, > 1 means llama.cpp is faster), the summed seconds per variant,
+the one-off prefill of (c) and (e), and whether (a), (b), (c) and (c') gave the same tokens and how many leading
 tokens llama.cpp shares with them. The 1-minute load average is printed beside the figures: on a shared
 machine only the ratios mean anything. JSON results go to bench/out/prefix_smollm2.json.
 """
@@ -72,6 +75,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--n-ctx", type=int, default=8192, help="llama.cpp context (SmolLM2's is 8,192)")
     p.add_argument("--f16", action="store_true", help="also time llama.cpp on an f16 GGUF of the same weights")
     p.add_argument("--no-llama", action="store_true", help="skip the llama.cpp variants")
+    p.add_argument("--no-reencode", action="store_true",
+                   help="skip (a), re-encoding (~21 s a request at 6,287 tokens), to repeat the other ratios quickly")
     p.add_argument("--batch-rounds", type=int, default=3, help="rounds of the batched variants (f) and (g)")
     p.add_argument("--document-words", type=int, default=0,
                    help="put a different document of about this many words before each question (0: none), "
@@ -165,7 +170,10 @@ def bench_length(length: int, args, model, tokenizer, llamas: dict) -> dict:
         "reencode": lambda q: hf_generate(model, prefix + q, n),
         "deepcopy": lambda q: hf_generate(model, prefix + q, n, copy.deepcopy(base)),
         "engine": lambda q: engine.generate(q, greedy).token_ids,
+        "engine_stock": lambda q: stock_kernels(engine, q, greedy),
     }
+    if args.no_reencode:
+        del variants["reencode"]
     prefill_llama = {}
     for kind, (fresh, cached) in llamas.items():
         variants[f"llama_{kind}_reencode"] = lambda q, llm=fresh: llama_tokens(llm, prefix + q, n, reset=True)
@@ -198,7 +206,9 @@ def bench_length(length: int, args, model, tokenizer, llamas: dict) -> dict:
         return round(statistics.median(x / y for x, y in zip(seconds[a], seconds[b])), 2)
 
     ratios = {"reencode/engine": median_ratio("reencode", "engine"),
-              "deepcopy/engine": median_ratio("deepcopy", "engine")}
+              "deepcopy/engine": median_ratio("deepcopy", "engine"),
+              "deepcopy/engine_stock": median_ratio("deepcopy", "engine_stock"),
+              "engine_stock/engine": median_ratio("engine_stock", "engine")}
     one_by_one = {name: sum(seconds[name]) for name in ("deepcopy", "engine")}
     for name, times in batch_seconds.items():
         best = statistics.median(times)
@@ -219,13 +229,23 @@ def bench_length(length: int, args, model, tokenizer, llamas: dict) -> dict:
         "seconds_total": {k: round(sum(v), 2) for k, v in seconds.items()},
         "seconds_per_request": {k: [round(x, 3) for x in v] for k, v in seconds.items()},
         "median_ratios": ratios,
-        "same_tokens_reencode_deepcopy_engine": tokens["reencode"] == tokens["deepcopy"] == tokens["engine"],
+        "same_tokens_reencode_deepcopy_engine": (tokens.get("reencode", tokens["deepcopy"]) == tokens["deepcopy"]
+                                                 == tokens["engine"] == tokens["engine_stock"]),
         "batch_seconds": {k: [round(x, 3) for x in v] for k, v in batch_seconds.items()},
         "batch_tokens_equal_one_by_one": {k: v == tokens["engine"] for k, v in batch_tokens.items()},
         "llama_cached_equals_llama_reencode": {k: tokens[f"llama_{k}_cached"] == tokens[f"llama_{k}_reencode"]
                                                for k in llamas},
         "llama_leading_tokens_shared_with_engine": agreement,
     }
+
+
+def stock_kernels(engine, question: list[int], greedy) -> list[int]:
+    """(c'): the engine's answer with its one-row kernels off (stock PyTorch linear and SDPA)."""
+    engine.one_row_kernels = False
+    try:
+        return engine.generate(question, greedy).token_ids
+    finally:
+        engine.one_row_kernels = True
 
 
 def batched_variants(engine, questions: list[list[int]], greedy, rounds: int) -> tuple[dict, dict]:
@@ -263,7 +283,7 @@ def print_length(row: dict) -> None:
     for name, times in row["batch_seconds"].items():
         print(f"  {name:<24} {statistics.median(times):8.2f} s  (all {row['requests']} questions in one batch; "
               f"rounds {times}; tokens = one by one: {row['batch_tokens_equal_one_by_one'][name]})")
-    print(f"  same tokens (a)=(b)=(c): {row['same_tokens_reencode_deepcopy_engine']}; llama.cpp cached = "
+    print(f"  same tokens (a)=(b)=(c)=(c'): {row['same_tokens_reencode_deepcopy_engine']}; llama.cpp cached = "
           f"re-encoded: {row['llama_cached_equals_llama_reencode']}; leading tokens llama.cpp shares with the "
           f"engine: {row['llama_leading_tokens_shared_with_engine']} of {row['gen_tokens']}")
 

@@ -20,7 +20,7 @@ import torch
 from faithforge.engine.forward import forward_last_logits
 from faithforge.engine.kv import WorkingCache, new_cache
 from faithforge.engine.prefix_attention import (MIN_SHARED_TOKENS, check_read, is_shared_prefix_cache,
-                                                shared_prefix_attention, shared_prefix_cache, supports_shared_prefix)
+                                                engine_attention, shared_prefix_cache, supports_shared_prefix)
 from faithforge.engine.prompts import common_prefix_length
 from faithforge.engine.result import GenerationResult
 from faithforge.engine.sampling import SamplingConfig, choose_tokens
@@ -48,7 +48,7 @@ class BatchRunner:
         else:
             cache = self._batch_cache(len(rows), shared, shared + width + sampling.max_new_tokens)
         input_ids, mask, positions = self._padded_inputs(suffixes, shared, width)
-        with shared_prefix_attention(self.model) if one_prefix else contextlib.nullcontext():
+        with engine_attention(self.model) if one_prefix else contextlib.nullcontext():
             logits = None
             for start in range(0, width, self.prefill_chunk):
                 end = min(width, start + self.prefill_chunk)

@@ -14,6 +14,7 @@ Not thread-safe: one request at a time per engine.
 
 from __future__ import annotations
 
+import contextlib
 from typing import Callable
 
 import torch
@@ -23,6 +24,8 @@ from faithforge.engine.errors import CacheMismatchError, EngineError
 from faithforge.engine.fingerprint import fingerprint, weights_version
 from faithforge.engine.forward import forward_last_logits, prefill_in_chunks
 from faithforge.engine.kv import WorkingCache, cache_storage_nbytes, new_cache
+from faithforge.engine.one_row import applies_to, one_row_linears
+from faithforge.engine.prefix_attention import engine_attention
 from faithforge.engine.prefix_cache import PrefixCache
 from faithforge.engine.prompts import Prompt, PromptRenderer, Turn, common_prefix_length
 from faithforge.engine.result import GenerationResult
@@ -43,10 +46,14 @@ class PrefixCachedEngine:
     prefix_cache: a `PrefixCache` exported earlier (`export_prefix_cache`) to skip encoding the prefix;
         rejected with CacheMismatchError if it belongs to another model, tokenizer or prefix.
     prefill_chunk: most tokens per forward call when encoding the prefix or a long request.
+    one_row_kernels: decode `generate`'s tokens with the one-row CPU kernels of `one_row.py` (float32 models on
+        the CPU; equal to stock PyTorch up to float rounding); False keeps stock PyTorch's (for side-by-side
+        benchmarks).
     """
 
     def __init__(self, model, tokenizer, prefix: Prompt, *, device: str | torch.device | None = None,
-                 prefix_cache: PrefixCache | None = None, prefill_chunk: int = DEFAULT_PREFILL_CHUNK):
+                 prefix_cache: PrefixCache | None = None, prefill_chunk: int = DEFAULT_PREFILL_CHUNK,
+                 one_row_kernels: bool = True):
         model_device = next(model.parameters()).device
         if device is not None and torch.device(device) != model_device:
             raise EngineError(f"device={device} but the model is on {model_device}; move it with model.to({str(device)!r})")
@@ -56,6 +63,7 @@ class PrefixCachedEngine:
         self.tokenizer = tokenizer
         self.device = model_device
         self.prefill_chunk = prefill_chunk
+        self.one_row_kernels = one_row_kernels
         self.renderer = PromptRenderer(tokenizer, prefix)
         self.fingerprint = fingerprint(model, tokenizer)
         self._eos = eos_ids(tokenizer, model)
@@ -227,9 +235,10 @@ class PrefixCachedEngine:
     def _run_turns(self, turns: list[Turn], sampling: SamplingConfig, stop, callback, return_logits) -> GenerationResult:
         return self._run(self.renderer.render(turns), sampling, normalize_stop(stop), callback, return_logits)
 
-    def _sync(self, full_ids: list[int]) -> tuple[torch.Tensor, int]:
+    def _sync(self, full_ids: list[int], one_row: bool = False) -> tuple[torch.Tensor, int]:
         """Make the cache hold full_ids: keep the longest common prefix with what is cached, compute the
-        rest; returns (next-token logits [vocab] after full_ids, tokens reused)."""
+        rest; returns (next-token logits [vocab] after full_ids, tokens reused). `one_row`: the model's attention
+        is switched to the engine's (`_run`), and the one-row kernels are asked for."""
         if not full_ids:
             raise EngineError("the prefix and the prompt are both empty: there is nothing to continue; "
                               "give a non-empty prompt or prefix")
@@ -237,7 +246,8 @@ class PrefixCachedEngine:
         reused = min(reused, len(full_ids) - 1)  # at least one token must go through the model for logits
         self._wc.truncate(reused)
         new = full_ids[reused:]
-        logits = prefill_in_chunks(self.model, self._wc.cache, new, self.device, self.prefill_chunk)
+        logits = prefill_in_chunks(self.model, self._wc.cache, new, self.device, self.prefill_chunk,
+                                   **({"one_row": True} if one_row else {}))
         self._wc.record_forward(new)
         return logits, reused
 
@@ -247,8 +257,12 @@ class PrefixCachedEngine:
         tracker = StopTracker(self.tokenizer, self._eos, stop, callback, sampling.max_new_tokens)
         generator = sampling.make_generator(self.device)
         kept: list[torch.Tensor] = []
-        with torch.inference_mode():
-            logits, reused = self._sync(full_ids)
+        one_row = self.one_row_kernels and applies_to(self.model)
+        with torch.inference_mode(), contextlib.ExitStack() as kernels:
+            if one_row:
+                kernels.enter_context(engine_attention(self.model))
+                kernels.enter_context(one_row_linears(self.model))
+            logits, reused = self._sync(full_ids, one_row=one_row)
             while True:
                 if return_logits:
                     kept.append(logits.clone())
@@ -261,6 +275,7 @@ class PrefixCachedEngine:
                     torch.tensor([[token]], dtype=torch.long, device=self.device),
                     torch.ones(1, past + 1, dtype=torch.long, device=self.device),
                     torch.tensor([[past]], dtype=torch.long, device=self.device),
+                    **({"one_row": True} if one_row else {}),
                 )[0]
                 self._wc.record_forward([token])
         return GenerationResult(

@@ -56,8 +56,10 @@ def forward_last_logits(model, cache: DynamicCache, input_ids: torch.Tensor, att
     return out.logits[:, -1, :].float()
 
 
-def prefill_in_chunks(model, cache: DynamicCache, ids: list[int], device: torch.device, chunk: int) -> torch.Tensor:
+def prefill_in_chunks(model, cache: DynamicCache, ids: list[int], device: torch.device, chunk: int,
+                      **attention_kwargs) -> torch.Tensor:
     """Append `ids` (one sequence) to `cache` in chunks of at most `chunk` tokens; returns last logits [vocab].
+    `attention_kwargs` reach the attention function (`one_row` of `faithforge.engine.prefix_attention`).
 
     Chunking bounds the attention scores held at once to chunk x (cache + chunk) per head.
     """
@@ -69,6 +71,6 @@ def prefill_in_chunks(model, cache: DynamicCache, ids: list[int], device: torch.
             model, cache,
             torch.tensor([piece], dtype=torch.long, device=device),
             torch.ones(1, past + len(piece), dtype=torch.long, device=device),
-            torch.arange(past, past + len(piece), device=device).unsqueeze(0),
+            torch.arange(past, past + len(piece), device=device).unsqueeze(0), **attention_kwargs,
         )
     return logits[0]

@@ -18,6 +18,9 @@ On the CPU both parts are PyTorch's fused flash-attention kernel, which returns 
 are built here in float32. In float32 the result equals SDPA over the concatenated states to rounding
 (tests/engine/test_prefix_attention.py).
 
+The same attention function also serves `PrefixCachedEngine.generate` (one request at a time), whose calls it
+sends to `faithforge.engine.one_row` (one row, no padding: no prefix to share, but the kv heads read once).
+
 Used by `faithforge.engine.batch.BatchRunner` for batches whose shared prefix is at least `MIN_SHARED_TOKENS`
 long; shorter prefixes (the demo's ~70-token prompts) keep transformers' SDPA path, so their answers stay the
 same to the bit. Models whose attention needs more than scores + mask (soft-capping, sliding windows, attention
@@ -38,6 +41,7 @@ from transformers.masking_utils import sdpa_mask
 
 from faithforge.engine.errors import EngineError
 from faithforge.engine.kv import GrowableLayer, new_cache
+from faithforge.engine.one_row import attend_one_row, is_plain_causal
 
 #: The attention implementation's name in transformers' registries (config._attn_implementation).
 NAME = "faithforge_shared_prefix"
@@ -116,8 +120,9 @@ def check_read(cache: DynamicCache) -> None:
 
 
 @contextlib.contextmanager
-def shared_prefix_attention(model) -> Iterator[None]:
-    """Run `model`'s attention through `attention` (below) inside the block, then set back what was there.
+def engine_attention(model) -> Iterator[None]:
+    """Run `model`'s attention through `attention` (below) inside the block, then set back what was there: for a
+    batch that shares its prefix, and for `PrefixCachedEngine.generate`'s one-row decode steps.
 
     Several blocks may overlap on one model (two engines, two threads): the first in switches, the last out
     restores, under a lock, so none leaves the model switched or switches it back under another."""
@@ -138,13 +143,20 @@ def shared_prefix_attention(model) -> Iterator[None]:
 
 def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
               attention_mask: torch.Tensor | None, dropout: float = 0.0, scaling: float | None = None,
-              shared_prefix: DynamicCache | None = None, **kwargs) -> tuple[torch.Tensor, None]:
+              shared_prefix: DynamicCache | None = None, one_row: bool = False, **kwargs) -> tuple[torch.Tensor, None]:
     """transformers' attention interface. query [batch, heads, new, head_dim]; key, value [batch, kv_heads, row
     tokens, head_dim] (the rows' own states); attention_mask boolean [batch, 1, new, P + row tokens] (True: attend)
     or None (no padding: causal). Returns ([batch, new, heads, head_dim], None).
 
-    Without `shared_prefix` (the model called outside a shared batch) it is transformers' SDPA."""
+    With `one_row` (`PrefixCachedEngine.generate`), one row's new tokens under a plain causal mask (no padding)
+    go through `one_row.attend_one_row`. Otherwise, without `shared_prefix` (the model called outside a shared
+    batch) it is transformers' SDPA."""
     if shared_prefix is None:
+        if (one_row and query.shape[0] == 1 and not dropout and query.device.type == "cpu"
+                and is_plain_causal(attention_mask, query.shape[2], key.shape[2]) and not kwargs.get("output_attentions")
+                and not any(v is not None and name not in _HARMLESS for name, v in kwargs.items())):
+            scale = scaling if scaling is not None else query.shape[-1] ** -0.5
+            return attend_one_row(query, key, value, scale).transpose(1, 2).contiguous(), None
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
     unsupported = sorted(name for name, v in kwargs.items() if v is not None and name not in _HARMLESS)

@@ -157,7 +157,7 @@ def test_overlapping_batches_on_one_model_leave_it_as_it_was(word_tokenizer):
     """A review found two overlapping blocks restoring in the wrong order: the first out set SDPA back under the
     second, whose steps then ignored the prefix. Now the last one out restores."""
     model = make_llama(len(word_tokenizer))
-    first, second = (prefix_attention.shared_prefix_attention(model) for _ in range(2))
+    first, second = (prefix_attention.engine_attention(model) for _ in range(2))
     first.__enter__()
     second.__enter__()
     first.__exit__(None, None, None)
