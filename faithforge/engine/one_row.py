@@ -128,23 +128,27 @@ def attend_one_row(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     strides along the tokens); head h reads kv head h // (heads / kv_heads), as transformers' repeat_kv.
     Returns (1, heads, n, head_dim) in the query's dtype.
 
-    Two parts joined by their log-sum-exp: the earlier keys, no mask, in chunks (see `key_chunks`), with all of a
-    kv head's queries as one block; and the new keys, causal, the kv head's query heads as the kernel's heads."""
+    Parts joined by their log-sum-exp: the keys every new token sees (all of them while decoding one token; the
+    earlier ones otherwise), no mask, in chunks (see `key_chunks`), with all of a kv head's queries as one block;
+    and, for n > 1, the new keys, causal, the kv head's query heads as the kernel's heads."""
     flash = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
     _, heads, new, head_dim = query.shape
     kv_heads, tokens = key.shape[1], key.shape[2]
-    groups, past = heads // kv_heads, tokens - new
+    groups = heads // kv_heads
+    seen_by_all = tokens if new == 1 else tokens - new
     k, v = key[0], value[0]  # (kv_heads, tokens, head_dim)
-    # The new keys: (kv_heads as the batch, groups as heads, new, head_dim), the kv head broadcast to its groups.
-    out, lse = flash(query.reshape(kv_heads, groups, new, head_dim),
-                     k[:, past:].unsqueeze(1).expand(kv_heads, groups, new, head_dim),
-                     v[:, past:].unsqueeze(1).expand(kv_heads, groups, new, head_dim), is_causal=True, scale=scale)
-    parts_out = [out.reshape(kv_heads, 1, groups * new, head_dim)]
-    parts_lse = [lse.reshape(kv_heads, 1, groups * new)]
-    if past:
+    parts_out, parts_lse = [], []
+    if new > 1:  # the new keys: (kv_heads as the batch, groups as heads, new, head_dim), each kv head broadcast
+        out, lse = flash(query.reshape(kv_heads, groups, new, head_dim),
+                         k[:, seen_by_all:].unsqueeze(1).expand(kv_heads, groups, new, head_dim),
+                         v[:, seen_by_all:].unsqueeze(1).expand(kv_heads, groups, new, head_dim),
+                         is_causal=True, scale=scale)
+        parts_out.append(out.reshape(kv_heads, 1, groups * new, head_dim))
+        parts_lse.append(lse.reshape(kv_heads, 1, groups * new))
+    if seen_by_all:
         q = query.reshape(kv_heads, 1, groups * new, head_dim)  # a kv head's queries as one block
-        chunks = key_chunks(kv_heads, past, torch.get_num_threads())
-        size = past // chunks
+        chunks = key_chunks(kv_heads, seen_by_all, torch.get_num_threads())
+        size = seen_by_all // chunks
         # (kv_heads, chunks, size, head_dim) as views: chunk c of a kv head holds its keys [c·size, (c+1)·size).
         k_chunks, v_chunks = (t.as_strided((kv_heads, chunks, size, head_dim),
                                            (t.stride(0), size * t.stride(1), t.stride(1), t.stride(2)),
@@ -152,12 +156,12 @@ def attend_one_row(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
         out, lse = flash(q.expand(kv_heads, chunks, groups * new, head_dim), k_chunks, v_chunks, scale=scale)
         parts_out.append(out)
         parts_lse.append(lse)
-        if chunks * size < past:  # the last past % chunks earlier keys
-            out, lse = flash(q, k[:, chunks * size:past].unsqueeze(1), v[:, chunks * size:past].unsqueeze(1),
-                             scale=scale)
+        if chunks * size < seen_by_all:  # the last seen_by_all % chunks keys
+            rest = slice(chunks * size, seen_by_all)
+            out, lse = flash(q, k[:, rest].unsqueeze(1), v[:, rest].unsqueeze(1), scale=scale)
             parts_out.append(out)
             parts_lse.append(lse)
-    if len(parts_out) == 1:
+    if len(parts_out) == 1 and parts_out[0].shape[1] == 1:
         return parts_out[0].reshape(1, heads, new, head_dim)
     out, lse = torch.cat(parts_out, 1).float(), torch.cat(parts_lse, 1)
     weight = torch.softmax(lse, dim=1).unsqueeze(-1)  # each part's share of the whole softmax's mass
