@@ -5,9 +5,9 @@ whole KV cache once; both are bound by memory, not arithmetic. Profiled on 2 cor
 after the seed field note's 6,287-token system prompt (BENCHMARKS.md, "One row at a time"), a step took ~90 ms:
 - ~47 ms in the linears: 540 MB of weights at ~11 GB/s. PyTorch sends a one-row float32 product to MKL's
   matrix-vector kernel, which runs as fast on one thread as on two, although the memory gives one core 18.6 GB/s
-  and two 27 GB/s (a plain `sum` over 400 MB). oneDNN's matmul (`mkldnn::_linear_pointwise`, the kernel
-  PyTorch's own compiler emits for CPU linears) reads the same weights with both cores: 45.8 → 29.5 ms for
-  SmolLM2's 211 matrices in isolation, ~36 ms inside the model.
+  and two 27 GB/s (a plain `sum` over 400 MB). oneDNN's matmul (`mkldnn::_linear_pointwise`, which PyTorch's
+  compiler uses for low-precision or fused CPU linears) reads the same weights with both cores: 45.8 → 29.5 ms
+  for SmolLM2's 211 matrices in isolation, ~34 ms inside the model.
 - ~31 ms in attention: 290 MB of keys and values. The fused kernel gives each query head its own work item, so
   SmolLM2's 9 query heads read each of the 3 kv heads three times, and 3 kv heads split badly over 2 threads.
   Here the query heads that share a kv head are one block of queries (each kv head read once), and the keys are
@@ -17,7 +17,7 @@ after the seed field note's 6,287-token system prompt (BENCHMARKS.md, "One row a
   every kv head three times (`repeat_kv`: 870 MB written, then read) before attending: ~160 of the ~280 ms of
   the request's first call. The same two-part attention needs no copy.
 
-Both equal stock PyTorch up to float rounding (a sum taken in another order): attention outputs within 1e-6,
+Both equal stock PyTorch up to float rounding (a sum taken in another order): attention outputs within 1e-5,
 logits within 1e-4, the same greedy tokens (tests/engine/test_one_row.py; bench/prefix_smollm2.py checks the
 real model). Used for float32 models on the CPU only, where they were measured; anything else runs as before.
 """
@@ -37,6 +37,7 @@ import torch.nn.functional as F
 #: thread balance saves (a decode step over a few hundred keys takes microseconds).
 MIN_CHUNK_TOKENS = 256
 
+_DENSE = (torch.Tensor, torch.nn.Parameter)  # weight types oneDNN is given; subclasses keep F.linear
 _local = threading.local()  # .depth > 0 while this thread decodes one row (see `one_row_linears`)
 _lock = threading.Lock()
 _patched: dict[int, list] = {}  # id(model) → [blocks inside, the nn.Linear modules given `_forward`]
@@ -58,6 +59,8 @@ def onednn_linear_available() -> bool:
 def applies_to(model) -> bool:
     """Whether `model` decodes through these kernels: float32 weights on the CPU, transformers' SDPA attention,
     one plain language-model config (as `prefix_attention.supports_shared_prefix`)."""
+    if hasattr(model, "_orig_mod"):  # torch.compile'd: switching forwards and the config would defeat its guards
+        return False
     try:
         weight = next(model.parameters())
     except StopIteration:
@@ -73,9 +76,12 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
 
 
 def _forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
-    """nn.Linear.forward, with one float32 row through oneDNN while this thread is inside `one_row_linears`."""
+    """nn.Linear.forward, with one float32 row through oneDNN while this thread is inside `one_row_linears`.
+    Plain dense weights only: a tensor subclass (e.g. a quantized weight that reports float32) keeps `F.linear`."""
+    weight = self.weight
     if (getattr(_local, "depth", 0) and x.numel() == x.shape[-1] and x.dtype == torch.float32
-            and self.weight.dtype == torch.float32 and x.device.type == "cpu" and not torch.is_grad_enabled()):
+            and weight.dtype == torch.float32 and type(weight) in _DENSE and weight.layout == torch.strided
+            and x.device.type == "cpu" and not torch.is_grad_enabled()):
         return onednn_linear(x, self.weight, self.bias)
     return F.linear(x, self.weight, self.bias)
 
@@ -108,8 +114,10 @@ def one_row_linears(model) -> Iterator[None]:
         with _lock:
             entry[0] -= 1
             if entry[0] == 0:
-                for m in entry[1]:
-                    m.__dict__.pop("forward", None)
+                for m in entry[1]:  # only the forward installed here (another may have been set since)
+                    own = m.__dict__.get("forward")
+                    if getattr(own, "__func__", None) is _forward and getattr(own, "__self__", None) is m:
+                        del m.__dict__["forward"]
                 del _patched[key]
 
 

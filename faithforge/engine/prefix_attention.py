@@ -148,11 +148,14 @@ def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, v
     tokens, head_dim] (the rows' own states); attention_mask boolean [batch, 1, new, P + row tokens] (True: attend)
     or None (no padding: causal). Returns ([batch, new, heads, head_dim], None).
 
-    With `one_row` (`PrefixCachedEngine.generate`), one row's new tokens under a plain causal mask (no padding)
-    go through `one_row.attend_one_row`. Otherwise, without `shared_prefix` (the model called outside a shared
+    With `one_row` (`PrefixCachedEngine.generate`), one row's new tokens under a plain causal mask (no padding),
+    in float32, with keys, values and queries of one head size, go through `one_row.attend_one_row`. Otherwise, without `shared_prefix` (the model called outside a shared
     batch) it is transformers' SDPA."""
     if shared_prefix is None:
         if (one_row and query.shape[0] == 1 and not dropout and query.device.type == "cpu"
+                and query.dtype == key.dtype == value.dtype == torch.float32
+                and query.shape[-1] == key.shape[-1] == value.shape[-1] and query.shape[1] % key.shape[1] == 0
+                and getattr(module, "is_causal", True) and kwargs.get("is_causal") is not False
                 and is_plain_causal(attention_mask, query.shape[2], key.shape[2]) and not kwargs.get("output_attentions")
                 and not any(v is not None and name not in _HARMLESS for name, v in kwargs.items())):
             scale = scaling if scaling is not None else query.shape[-1] ** -0.5

@@ -103,6 +103,10 @@ def _both_ways(engine, question, sampling, **kwargs):
 @pytest.mark.parametrize("min_chunk", [256, 8])  # the fixture's ~50-token prefix: one chunk, then split
 def test_generate_gives_the_stock_tokens_and_logits(word_model, word_tokenizer, counted, monkeypatch, min_chunk):
     monkeypatch.setattr(one_row, "MIN_CHUNK_TOKENS", min_chunk)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 3)  # 2 kv heads on 3 threads: 3 chunks where allowed
+    chunked = []
+    real_chunks = one_row.key_chunks
+    monkeypatch.setattr(one_row, "key_chunks", lambda *a: chunked.append(real_chunks(*a)) or chunked[-1])
     engine = PrefixCachedEngine(word_model, word_tokenizer, [{"role": "system", "content": SYSTEM_PROMPT}])
     for sampling in (SamplingConfig(max_new_tokens=10), SamplingConfig(temperature=1.0, seed=3, max_new_tokens=10)):
         stock, fast = _both_ways(engine, "the old king walks to the river", sampling)
@@ -112,6 +116,7 @@ def test_generate_gives_the_stock_tokens_and_logits(word_model, word_tokenizer, 
     # Per generate: the request's first call and 9 decode steps, each through every layer's attention.
     assert counted["attention"] == 2 * 10 * layers
     assert counted["linear"] >= 2 * 9 * (7 * layers + 1)  # q k v o gate up down per layer, and the head
+    assert (max(chunked) > 1) == (min_chunk == 8)  # the split really ran in the second case, not in the first
     assert word_model.config._attn_implementation == "sdpa"  # set back after each request
     assert not any("forward" in m.__dict__ for m in word_model.modules())  # the linears too
 
@@ -162,7 +167,32 @@ def test_other_threads_keep_stock_linears_while_a_block_is_open(word_model):
     assert "forward" not in head.__dict__  # removed when the block closed
 
 
+def test_a_forward_set_by_someone_else_meanwhile_is_left_in_place(word_model):
+    head = word_model.lm_head
+    with one_row.one_row_linears(word_model):
+        theirs = head.forward = lambda x: F.linear(x, head.weight, head.bias)  # e.g. a hook library, mid-block
+    assert head.__dict__.pop("forward") is theirs
+
+
+def test_attention_outside_its_scope_falls_back_to_sdpa(counted):
+    """Heads of different key and value sizes (multi-head latent attention) or a non-causal module go to SDPA."""
+
+    class Module(torch.nn.Module):
+        is_causal = True
+        num_key_value_groups = 2  # what transformers' attention modules carry for SDPA's repeat_kv
+
+    query, key, value = torch.randn(1, 4, 1, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 6)
+    out, _ = prefix_attention.attention(Module(), query, key, value, None, one_row=True)
+    assert out.shape == (1, 1, 4, 6) and counted["attention"] == 0
+    acausal = Module()
+    acausal.is_causal = False
+    prefix_attention.attention(acausal, query, key, torch.randn(1, 2, 5, 8), None, one_row=True)
+    assert counted["attention"] == 0
+
+
 def test_models_it_was_not_measured_on_keep_the_stock_path(word_tokenizer, counted):
+    compiled = torch.compile(make_llama(len(word_tokenizer)))  # wrapped only, never run: compiling is not the point
+    assert not one_row.applies_to(compiled)
     for model in (make_llama(len(word_tokenizer), attn="eager"), make_llama(len(word_tokenizer)).to(torch.bfloat16)):
         assert not one_row.applies_to(model)
         engine = PrefixCachedEngine(model, word_tokenizer, "the cat")
