@@ -235,10 +235,10 @@ class PrefixCachedEngine:
     def _run_turns(self, turns: list[Turn], sampling: SamplingConfig, stop, callback, return_logits) -> GenerationResult:
         return self._run(self.renderer.render(turns), sampling, normalize_stop(stop), callback, return_logits)
 
-    def _sync(self, full_ids: list[int], one_row: bool = False) -> tuple[torch.Tensor, int]:
+    def _sync(self, full_ids: list[int], **attention_kwargs) -> tuple[torch.Tensor, int]:
         """Make the cache hold full_ids: keep the longest common prefix with what is cached, compute the
-        rest; returns (next-token logits [vocab] after full_ids, tokens reused). `one_row`: the model's attention
-        is switched to the engine's (`_run`), and the one-row kernels are asked for."""
+        rest; returns (next-token logits [vocab] after full_ids, tokens reused). `attention_kwargs` reach the
+        attention function (`one_row`, while `_run` has switched the model to the engine's attention)."""
         if not full_ids:
             raise EngineError("the prefix and the prompt are both empty: there is nothing to continue; "
                               "give a non-empty prompt or prefix")
@@ -247,7 +247,7 @@ class PrefixCachedEngine:
         self._wc.truncate(reused)
         new = full_ids[reused:]
         logits = prefill_in_chunks(self.model, self._wc.cache, new, self.device, self.prefill_chunk,
-                                   **({"one_row": True} if one_row else {}))
+                                   **attention_kwargs)
         self._wc.record_forward(new)
         return logits, reused
 
@@ -258,11 +258,12 @@ class PrefixCachedEngine:
         generator = sampling.make_generator(self.device)
         kept: list[torch.Tensor] = []
         one_row = self.one_row_kernels and applies_to(self.model)
+        attention = {"one_row": True} if one_row else {}
         with torch.inference_mode(), contextlib.ExitStack() as kernels:
             if one_row:
                 kernels.enter_context(engine_attention(self.model))
                 kernels.enter_context(one_row_linears(self.model))
-            logits, reused = self._sync(full_ids, one_row=one_row)
+            logits, reused = self._sync(full_ids, **attention)
             while True:
                 if return_logits:
                     kept.append(logits.clone())
@@ -275,7 +276,7 @@ class PrefixCachedEngine:
                     torch.tensor([[token]], dtype=torch.long, device=self.device),
                     torch.ones(1, past + 1, dtype=torch.long, device=self.device),
                     torch.tensor([[past]], dtype=torch.long, device=self.device),
-                    **({"one_row": True} if one_row else {}),
+                    **attention,
                 )[0]
                 self._wc.record_forward([token])
         return GenerationResult(

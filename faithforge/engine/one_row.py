@@ -82,8 +82,8 @@ def _forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     if (getattr(_local, "depth", 0) and x.numel() == x.shape[-1] and x.dtype == torch.float32
             and weight.dtype == torch.float32 and type(weight) in _DENSE and weight.layout == torch.strided
             and x.device.type == "cpu" and not torch.is_grad_enabled()):
-        return onednn_linear(x, self.weight, self.bias)
-    return F.linear(x, self.weight, self.bias)
+        return onednn_linear(x, weight, self.bias)
+    return F.linear(x, weight, self.bias)
 
 
 @contextlib.contextmanager
@@ -174,6 +174,18 @@ def attend_one_row(query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, 
     out, lse = torch.cat(parts_out, 1).float(), torch.cat(parts_lse, 1)
     weight = torch.softmax(lse, dim=1).unsqueeze(-1)  # each part's share of the whole softmax's mass
     return (out * weight).sum(1).to(query.dtype).reshape(1, heads, new, head_dim)
+
+
+def can_attend(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
+               attention_mask: torch.Tensor | None, is_causal: bool | None = None) -> bool:
+    """Whether `attend_one_row` computes what SDPA would for this call of transformers' attention: one row on the
+    CPU in float32, queries, keys and values of one head size (not multi-head latent attention), whole groups of
+    query heads per kv head, a causal module, and a plain causal mask (`is_plain_causal`)."""
+    return (query.shape[0] == 1 and query.device.type == "cpu"
+            and query.dtype == key.dtype == value.dtype == torch.float32
+            and query.shape[-1] == key.shape[-1] == value.shape[-1] and query.shape[1] % key.shape[1] == 0
+            and getattr(module, "is_causal", True) and is_causal is not False
+            and is_plain_causal(attention_mask, query.shape[2], key.shape[2]))
 
 
 def is_plain_causal(attention_mask: torch.Tensor | None, new: int, tokens: int) -> bool:

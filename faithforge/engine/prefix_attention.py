@@ -41,7 +41,7 @@ from transformers.masking_utils import sdpa_mask
 
 from faithforge.engine.errors import EngineError
 from faithforge.engine.kv import GrowableLayer, new_cache
-from faithforge.engine.one_row import attend_one_row, is_plain_causal
+from faithforge.engine.one_row import attend_one_row, can_attend
 
 #: The attention implementation's name in transformers' registries (config._attn_implementation).
 NAME = "faithforge_shared_prefix"
@@ -148,23 +148,19 @@ def attention(module: torch.nn.Module, query: torch.Tensor, key: torch.Tensor, v
     tokens, head_dim] (the rows' own states); attention_mask boolean [batch, 1, new, P + row tokens] (True: attend)
     or None (no padding: causal). Returns ([batch, new, heads, head_dim], None).
 
-    With `one_row` (`PrefixCachedEngine.generate`), one row's new tokens under a plain causal mask (no padding),
-    in float32, with keys, values and queries of one head size, go through `one_row.attend_one_row`. Otherwise, without `shared_prefix` (the model called outside a shared
-    batch) it is transformers' SDPA."""
+    With `one_row` (`PrefixCachedEngine.generate`), what `one_row.can_attend` accepts goes through
+    `one_row.attend_one_row`. Otherwise, without `shared_prefix` (the model called outside a shared batch) it is
+    transformers' SDPA."""
+    unsupported = sorted(name for name, v in kwargs.items() if v is not None and name not in _HARMLESS)
+    if kwargs.get("output_attentions"):
+        unsupported.append("output_attentions")
     if shared_prefix is None:
-        if (one_row and query.shape[0] == 1 and not dropout and query.device.type == "cpu"
-                and query.dtype == key.dtype == value.dtype == torch.float32
-                and query.shape[-1] == key.shape[-1] == value.shape[-1] and query.shape[1] % key.shape[1] == 0
-                and getattr(module, "is_causal", True) and kwargs.get("is_causal") is not False
-                and is_plain_causal(attention_mask, query.shape[2], key.shape[2]) and not kwargs.get("output_attentions")
-                and not any(v is not None and name not in _HARMLESS for name, v in kwargs.items())):
+        if (one_row and not unsupported and not dropout
+                and can_attend(module, query, key, value, attention_mask, kwargs.get("is_causal"))):
             scale = scaling if scaling is not None else query.shape[-1] ** -0.5
             return attend_one_row(query, key, value, scale).transpose(1, 2).contiguous(), None
         return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
                                       **kwargs)
-    unsupported = sorted(name for name, v in kwargs.items() if v is not None and name not in _HARMLESS)
-    if kwargs.get("output_attentions"):
-        unsupported.append("output_attentions")
     if unsupported or dropout:
         raise EngineError(f"shared-prefix attention does not support {', '.join(unsupported) or 'dropout'} "
                           f"({type(module).__name__}); run the engine without it")
