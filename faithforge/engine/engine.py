@@ -19,6 +19,7 @@ from typing import Callable
 
 import torch
 
+import faithforge.engine.llama_step as llama_step
 from faithforge.engine.batch import BatchRunner
 from faithforge.engine.errors import CacheMismatchError, EngineError
 from faithforge.engine.fingerprint import fingerprint, weights_version
@@ -47,8 +48,9 @@ class PrefixCachedEngine:
         rejected with CacheMismatchError if it belongs to another model, tokenizer or prefix.
     prefill_chunk: most tokens per forward call when encoding the prefix or a long request.
     one_row_kernels: decode `generate`'s tokens with the one-row CPU kernels of `one_row.py` (float32 models on
-        the CPU; equal to stock PyTorch up to float rounding); False keeps stock PyTorch's (for side-by-side
-        benchmarks).
+        the CPU; equal to stock PyTorch up to float rounding), and a plain Llama model's decode steps through
+        `llama_step.py` (bit-identical to its forward with those kernels); False keeps stock PyTorch's and the
+        model's own forward (for side-by-side benchmarks).
     """
 
     def __init__(self, model, tokenizer, prefix: Prompt, *, device: str | torch.device | None = None,
@@ -259,6 +261,7 @@ class PrefixCachedEngine:
         kept: list[torch.Tensor] = []
         one_row = self.one_row_kernels and applies_to(self.model)
         attention = {"one_row": True} if one_row else {}
+        written_out = one_row and llama_step.applies_to(self.model)
         with torch.inference_mode(), contextlib.ExitStack() as kernels:
             if one_row:
                 kernels.enter_context(engine_attention(self.model))
@@ -271,13 +274,16 @@ class PrefixCachedEngine:
                 if tracker.push(token) is not None:
                     break
                 past = self._wc.length
-                logits = forward_last_logits(
-                    self.model, self._wc.cache,
-                    torch.tensor([[token]], dtype=torch.long, device=self.device),
-                    torch.ones(1, past + 1, dtype=torch.long, device=self.device),
-                    torch.tensor([[past]], dtype=torch.long, device=self.device),
-                    **attention,
-                )[0]
+                if written_out:
+                    logits = llama_step.decode_step(self.model, self._wc.cache, token, past)
+                else:
+                    logits = forward_last_logits(
+                        self.model, self._wc.cache,
+                        torch.tensor([[token]], dtype=torch.long, device=self.device),
+                        torch.ones(1, past + 1, dtype=torch.long, device=self.device),
+                        torch.tensor([[past]], dtype=torch.long, device=self.device),
+                        **attention,
+                    )[0]
                 self._wc.record_forward([token])
         return GenerationResult(
             text=tracker.final_text(), token_ids=tracker.token_ids, finish_reason=tracker.finish_reason,

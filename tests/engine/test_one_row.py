@@ -87,7 +87,8 @@ def counted(monkeypatch):
         calls["linear"] += 1
         return linear(*args)
 
-    monkeypatch.setattr(prefix_attention, "attend_one_row", attend_counted)
+    monkeypatch.setattr(prefix_attention, "attend_one_row", attend_counted)  # the model's forward
+    monkeypatch.setattr(one_row, "attend_one_row", attend_counted)  # llama_step's decode steps
     monkeypatch.setattr(one_row, "onednn_linear", linear_counted)
     return calls
 
