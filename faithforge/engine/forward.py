@@ -48,12 +48,18 @@ def forward_last_logits(model, cache: DynamicCache, input_ids: torch.Tensor, att
         out = model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                     use_cache=True, logits_to_keep=1, **{cache_argument(model): cache}, **attention_kwargs)
     except BaseException:
-        for layer in cache.layers:
-            extra = layer.get_seq_length() - before
-            if extra > 0:
-                layer.crop(-extra)
+        crop_back(cache, before)
         raise
     return out.logits[:, -1, :].float()
+
+
+def crop_back(cache: DynamicCache, tokens: int) -> None:
+    """Crop every layer that holds more than `tokens` back to `tokens`: undoes a forward that failed part-way,
+    after some layers had appended their states and others had not."""
+    for layer in cache.layers:
+        extra = layer.get_seq_length() - tokens
+        if extra > 0:
+            layer.crop(-extra)
 
 
 def prefill_in_chunks(model, cache: DynamicCache, ids: list[int], device: torch.device, chunk: int,

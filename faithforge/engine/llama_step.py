@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 
 import faithforge.engine.one_row as one_row  # the module: its kernels are looked up at each call
+from faithforge.engine.forward import crop_back
 
 
 def applies_to(model) -> bool:
@@ -94,10 +95,7 @@ def decode_step(model, cache: DynamicCache, token: int, position: int) -> torch.
         hidden = _rms_norm(inner.norm, hidden)
         return _linear(hidden[:, -1], model.lm_head)[0].float()
     except BaseException:
-        for layer in cache.layers:
-            extra = layer.get_seq_length() - before
-            if extra > 0:
-                layer.crop(-extra)
+        crop_back(cache, before)
         raise
 
 
