@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache
 
 import faithforge.engine.one_row as one_row  # the module: its kernels are looked up at each call
+from faithforge.engine.errors import EngineError
 from faithforge.engine.forward import crop_back
 
 
@@ -35,18 +36,20 @@ def applies_to(model) -> bool:
         return False
     if type(model) is not llama.LlamaForCausalLM or not one_row.applies_to(model):
         return False
-    if _runs_other_code(model):
+    if _patched(llama) or _runs_other_code(model, llama):
         return False
     inner = model.model
-    if type(inner) is not llama.LlamaModel or type(inner.embed_tokens) is not torch.nn.Embedding:
+    if (type(inner) is not llama.LlamaModel or type(inner.embed_tokens) is not torch.nn.Embedding
+            or getattr(model.config, "is_causal", True) is False):  # non-causal: the model's attention is SDPA's
         return False
     linears = [model.lm_head]
-    for layer in inner.layers:
+    for layer in inner.layers[: model.config.num_hidden_layers]:
         attention, mlp = layer.self_attn, layer.mlp
         if (type(layer) is not llama.LlamaDecoderLayer or type(attention) is not llama.LlamaAttention
                 or type(mlp) is not llama.LlamaMLP
                 or type(layer.input_layernorm) is not llama.LlamaRMSNorm
-                or type(layer.post_attention_layernorm) is not llama.LlamaRMSNorm):
+                or type(layer.post_attention_layernorm) is not llama.LlamaRMSNorm
+                or attention.is_causal is not True):
             return False
         linears += [attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj,
                     mlp.gate_proj, mlp.up_proj, mlp.down_proj]
@@ -55,32 +58,47 @@ def applies_to(model) -> bool:
                     and m.weight.layout == torch.strided for m in linears))
 
 
-def _runs_other_code(model) -> bool:
-    """Whether `model`'s forward would run code this step skips: hooks, a forward replaced on an instance
-    (accelerate's offloading), or a hub kernel. transformers 5.x loads models with `use_kernels` on; where the
-    `kernels` library finds a kernel for a layer, or for the rotary function a Llama attention calls, it sets that
-    module's (or the function wrapper's, kept in `_kernel_funcs`) `forward`; where it finds none (no hub here, or
-    no CPU kernel) the stock forward stays. The one-row kernels' own switch (`one_row.one_row_linears`) is the one
-    replaced forward allowed."""
+def _patched(llama) -> bool:
+    """Whether a library replaced a Llama forward or the rotary function on the classes or the module (as
+    liger-kernel does): the step mirrors transformers' own code only."""
+    functions = (llama.LlamaForCausalLM.forward, llama.LlamaModel.forward, llama.LlamaDecoderLayer.forward,
+                 llama.LlamaAttention.forward, llama.LlamaMLP.forward, llama.LlamaRMSNorm.forward,
+                 llama.LlamaRotaryEmbedding.forward, llama.rotate_half, llama.apply_rotary_pos_emb)
+    return any(getattr(f, "__module__", None) != llama.__name__ for f in functions)
+
+
+def _runs_other_code(model, llama) -> bool:
+    """Whether `model`'s forward would run code this step skips: hooks, a compiled module, a forward replaced on
+    an instance (accelerate's offloading), or a hub kernel. transformers 5.x loads models with `use_kernels` on;
+    where the `kernels` library finds a kernel for a layer, or for the rotary function a Llama attention calls, it
+    sets that module's (or the function wrapper's, kept in `_kernel_funcs`, or the module-level
+    `apply_rotary_pos_emb`'s) `forward`; where it finds none (no hub here, or no CPU kernel) the stock forward
+    stays. The one-row kernels' own switch (`one_row.one_row_linears`) is the one replaced forward allowed."""
     if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
         return True
+    shared_rotary = llama.apply_rotary_pos_emb
     for m in model.modules():
-        if m._forward_hooks or m._forward_pre_hooks:
-            return True
-        for wrapper in (m, *m.__dict__.get("_kernel_funcs", {}).values()):
+        for wrapper in (m, *m.__dict__.get("_kernel_funcs", {}).values(), shared_rotary):
             own = wrapper.__dict__.get("forward")
-            if "_kernel_repo" in wrapper.__dict__ or (
-                    own is not None and getattr(own, "__func__", None) is not one_row._forward):
+            if (wrapper._forward_hooks or wrapper._forward_pre_hooks
+                    or getattr(wrapper, "_compiled_call_impl", None) is not None  # `module.compile()` in place
+                    or "_kernel_repo" in wrapper.__dict__
+                    or (own is not None and getattr(own, "__func__", None) is not one_row._forward)):
                 return True
     return False
 
 
 def decode_step(model, cache: DynamicCache, token: int, position: int) -> torch.Tensor:
     """Feed one `token` at `position` (the cache's length) through `model`, appending its keys and values to
-    `cache`; returns float32 logits [vocab] for the next token. `model` must pass `applies_to`.
+    `cache`; returns float32 logits [vocab] for the next token. `model` must pass `applies_to`, and the call must
+    run with gradients off (`generate` runs it under `torch.inference_mode()`): the model's forward sends one row
+    through oneDNN only then (`one_row._forward`), and so does this.
 
     If the step fails part-way (e.g. out of memory), layers already extended are cropped back, so the cache again
     holds exactly its previous tokens, as `forward.forward_last_logits` does."""
+    if torch.is_grad_enabled():
+        raise EngineError("llama_step.decode_step runs with gradients off (under torch.inference_mode()), as the "
+                          "engine's generate does")
     inner = model.model
     before = cache.get_seq_length()
     device = model.lm_head.weight.device
@@ -88,9 +106,8 @@ def decode_step(model, cache: DynamicCache, token: int, position: int) -> torch.
         hidden = inner.embed_tokens(torch.tensor([[token]], dtype=torch.long, device=device))  # (1, 1, hidden)
         cos, sin = inner.rotary_emb(hidden, position_ids=torch.tensor([[position]], dtype=torch.long, device=device))
         cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (1, 1, 1, head_dim): one position for every head
-        for index, layer in enumerate(inner.layers[: model.config.num_hidden_layers]):
-            hidden = hidden + _attention(layer.self_attn, _rms_norm(layer.input_layernorm, hidden), cos, sin,
-                                         cache, index)
+        for layer in inner.layers[: model.config.num_hidden_layers]:
+            hidden = hidden + _attention(layer.self_attn, _rms_norm(layer.input_layernorm, hidden), cos, sin, cache)
             hidden = hidden + _mlp(layer.mlp, _rms_norm(layer.post_attention_layernorm, hidden))
         hidden = _rms_norm(inner.norm, hidden)
         return _linear(hidden[:, -1], model.lm_head)[0].float()
@@ -122,14 +139,15 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 def _attention(attention: torch.nn.Module, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-               cache: DynamicCache, index: int) -> torch.Tensor:
+               cache: DynamicCache) -> torch.Tensor:
     """`LlamaAttention.forward` for one token, attending through `one_row.attend_one_row` (what the engine's
-    attention function runs for one row). Shape: (1, 1, hidden) → (1, 1, hidden)."""
+    attention function runs for one row); its states go to the cache slot of its `layer_idx`, as there (a pruned
+    model's layers keep their original slots). Shape: (1, 1, hidden) → (1, 1, hidden)."""
     heads_shape = (1, 1, -1, attention.head_dim)
     query = _linear(x, attention.q_proj).view(heads_shape).transpose(1, 2)  # (1, heads, 1, head_dim)
     key = _linear(x, attention.k_proj).view(heads_shape).transpose(1, 2)  # (1, kv_heads, 1, head_dim)
     value = _linear(x, attention.v_proj).view(heads_shape).transpose(1, 2)
-    keys, values = cache.update(_rotate(key, cos, sin), value, index)
+    keys, values = cache.update(_rotate(key, cos, sin), value, attention.layer_idx)
     out = one_row.attend_one_row(_rotate(query, cos, sin), keys, values, attention.scaling)
     return _linear(out.transpose(1, 2).reshape(1, 1, -1), attention.o_proj)
 

@@ -59,8 +59,9 @@ def onednn_linear_available() -> bool:
 def applies_to(model) -> bool:
     """Whether `model` decodes through these kernels: float32 weights on the CPU, transformers' SDPA attention,
     one plain language-model config (as `prefix_attention.supports_shared_prefix`)."""
-    if hasattr(model, "_orig_mod"):  # torch.compile'd: switching forwards and the config would defeat its guards
-        return False
+    if hasattr(model, "_orig_mod") or getattr(model, "_compiled_call_impl", None) is not None:
+        return False  # torch.compile'd (wrapped, or `model.compile()` in place): switching forwards and the config
+        # would defeat its guards
     try:
         weight = next(model.parameters())
     except StopIteration:

@@ -10,6 +10,7 @@ import torch
 from tests.fixtures.engine_models import SYSTEM_PROMPT, make_llama, word_model, word_tokenizer  # noqa: F401
 
 from faithforge.engine import PrefixCachedEngine, SamplingConfig, llama_step, one_row
+from faithforge.engine.errors import EngineError
 from faithforge.engine.forward import forward_last_logits
 from faithforge.engine.prefix_attention import engine_attention
 
@@ -42,14 +43,32 @@ VARIANTS = {
 }
 
 
+def _states(cache) -> list:
+    """Copies of each cache layer's keys and values (None for a slot no layer writes: a pruned model's)."""
+    return [None if layer.keys is None else (layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+
+
+def _same(a: list, b: list) -> bool:
+    return len(a) == len(b) and all(
+        x is None and y is None or (x is not None and y is not None and torch.equal(x[0], y[0])
+                                    and torch.equal(x[1], y[1])) for x, y in zip(a, b))
+
+
+def _pruned(vocab_size: int):
+    """Layer 1 of 3 removed the usual way: the others keep their `layer_idx` (0 and 2), so their cache slots."""
+    model = _llama(vocab_size)
+    del model.model.layers[1]
+    return model
+
+
 @pytest.mark.parametrize("onednn", [True, False])
-@pytest.mark.parametrize("variant", list(VARIANTS))
+@pytest.mark.parametrize("variant", [*VARIANTS, "pruned"])
 def test_each_step_equals_the_models_forward_bit_for_bit(word_tokenizer, variant, onednn, monkeypatch):
     if onednn and not one_row.onednn_linear_available():
         pytest.skip("this PyTorch build has no oneDNN")
     if not onednn:
         monkeypatch.setattr(one_row, "onednn_linear_available", lambda: False)
-    model = _llama(len(word_tokenizer), **VARIANTS[variant])
+    model = _pruned(len(word_tokenizer)) if variant == "pruned" else _llama(len(word_tokenizer), **VARIANTS[variant])
     assert llama_step.applies_to(model)
     engine = PrefixCachedEngine(model, word_tokenizer, [{"role": "system", "content": SYSTEM_PROMPT}])
     cache = engine._wc.cache
@@ -59,12 +78,11 @@ def test_each_step_equals_the_models_forward_bit_for_bit(word_tokenizer, variant
             theirs = forward_last_logits(model, cache, torch.tensor([[token]]),
                                          torch.ones(1, past + 1, dtype=torch.long), torch.tensor([[past]]),
                                          one_row=True)[0]
-            their_states = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+            their_states = _states(cache)
             cache.crop(-1)
             mine = llama_step.decode_step(model, cache, token, past)
             assert torch.equal(mine, theirs) and mine.dtype == torch.float32
-            assert all(torch.equal(layer.keys, k) and torch.equal(layer.values, v)
-                       for layer, (k, v) in zip(cache.layers, their_states))
+            assert _same(_states(cache), their_states)
 
 
 def test_generate_and_conversations_give_the_same_tokens_and_logits(word_model, word_tokenizer, monkeypatch):
@@ -125,30 +143,70 @@ def test_models_it_was_not_checked_on_keep_their_own_forward(word_model, word_to
     offloaded.model.layers[0].self_attn.forward = lambda *a, **k: None
     hub_kernel = make_llama(vocab)  # what the `kernels` library sets where it found a kernel on the hub
     hub_kernel.model.layers[1].self_attn._kernel_funcs["rotary_pos_emb"].forward = lambda *a: None
+    rotary_hooked = make_llama(vocab)  # the model's forward calls the rotary wrapper as a module: hooks run
+    rotary_hooked.model.layers[0].self_attn._kernel_funcs["rotary_pos_emb"].register_forward_hook(
+        lambda module, args, out: out)
+    compiled, layer_compiled = make_llama(vocab), make_llama(vocab)
+    compiled.compile()  # in place: no `_orig_mod`, the call goes to compiled code (never run here)
+    layer_compiled.model.layers[1].compile()
+    non_causal, one_non_causal = make_llama(vocab), make_llama(vocab)
+    non_causal.config.is_causal = False  # transformers then passes is_causal=False: SDPA, not the one-row kernel
+    one_non_causal.model.layers[1].self_attn.is_causal = False
     others = {"adapter": adapted, "hub kernel": hub_kernel, "qwen": qwen, "subclass": subclassed, "hook": hooked,
-              "instance forward": offloaded,
+              "hooked rotary wrapper": rotary_hooked, "compiled in place": compiled, "a layer compiled": layer_compiled,
+              "non-causal config": non_causal, "a non-causal layer": one_non_causal, "instance forward": offloaded,
               "bf16": make_llama(vocab).to(torch.bfloat16), "eager attention": make_llama(vocab, attn="eager")}
     assert {name: llama_step.applies_to(m) for name, m in others.items()} == dict.fromkeys(others, False)
     with one_row.one_row_linears(word_model):  # the kernels' own switch is the one replaced forward allowed
         assert llama_step.applies_to(word_model)
 
 
+def test_patches_on_the_classes_or_the_module_keep_the_models_forward(word_model, monkeypatch):
+    """A library that swaps transformers' Llama code (as liger-kernel swaps the RMS norm and the rotary function)."""
+    from transformers.models.llama import modeling_llama
+
+    def own_norm(self, hidden_states):
+        return hidden_states
+
+    monkeypatch.setattr(modeling_llama.LlamaRMSNorm, "forward", own_norm)
+    assert not llama_step.applies_to(word_model)
+    monkeypatch.undo()
+    monkeypatch.setattr(modeling_llama, "apply_rotary_pos_emb", lambda q, k, cos, sin: (q, k))
+    assert not llama_step.applies_to(word_model)
+    monkeypatch.undo()
+    hook = modeling_llama.apply_rotary_pos_emb.register_forward_hook(lambda module, args, out: out)
+    try:  # the function wrapper every Llama attention shares
+        assert not llama_step.applies_to(word_model)
+    finally:
+        hook.remove()
+    assert llama_step.applies_to(word_model)
+
+
 def test_the_engine_keeps_the_models_forward_where_the_step_does_not_apply(word_tokenizer, monkeypatch):
     calls = []
     monkeypatch.setattr(llama_step, "decode_step", lambda *a: calls.append(a))
-    model = make_llama(len(word_tokenizer))
-    model.model.layers[0].register_forward_pre_hook(lambda module, args: None)
-    engine = PrefixCachedEngine(model, word_tokenizer, "the cat")
-    assert len(engine.generate(" is", SamplingConfig(max_new_tokens=4)).token_ids) >= 1
+    hooked = make_llama(len(word_tokenizer))
+    hooked.model.layers[0].register_forward_pre_hook(lambda module, args: None)
+    assert len(PrefixCachedEngine(hooked, word_tokenizer, "the cat").generate(
+        " is", SamplingConfig(max_new_tokens=4)).token_ids) >= 1
+    plain = make_llama(len(word_tokenizer))
+    assert llama_step.applies_to(plain)
+    engine = PrefixCachedEngine(plain, word_tokenizer, "the cat")
     engine.one_row_kernels = False  # benchmarks' stock way: no written-out step either
-    engine.generate(" is", SamplingConfig(max_new_tokens=4))
+    assert len(engine.generate(" is", SamplingConfig(max_new_tokens=4)).token_ids) >= 1
     assert calls == []
+
+
+def test_a_step_with_gradients_on_is_refused(word_model, word_tokenizer):
+    engine = PrefixCachedEngine(word_model, word_tokenizer, "the cat")
+    with pytest.raises(EngineError, match="gradients off"):
+        llama_step.decode_step(word_model, engine._wc.cache, 7, engine._wc.length)
 
 
 def test_a_step_that_fails_part_way_leaves_the_cache_as_it_was(word_model, word_tokenizer, monkeypatch):
     engine = PrefixCachedEngine(word_model, word_tokenizer, [{"role": "system", "content": SYSTEM_PROMPT}])
     cache = engine._wc.cache
-    before = [(layer.keys.clone(), layer.values.clone()) for layer in cache.layers]
+    before = _states(cache)
     real = one_row.attend_one_row
     calls = []
 
@@ -161,7 +219,6 @@ def test_a_step_that_fails_part_way_leaves_the_cache_as_it_was(word_model, word_
     monkeypatch.setattr(one_row, "attend_one_row", fails_in_the_second_layer)
     with torch.inference_mode(), pytest.raises(MemoryError):
         llama_step.decode_step(word_model, cache, 7, cache.get_seq_length())
-    assert all(torch.equal(layer.keys, k) and torch.equal(layer.values, v)
-               for layer, (k, v) in zip(cache.layers, before))
+    assert _same(_states(cache), before)
     monkeypatch.setattr(one_row, "attend_one_row", real)
     assert engine.generate("the cat is red", SamplingConfig(max_new_tokens=3)).token_ids  # still usable

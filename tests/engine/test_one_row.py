@@ -194,6 +194,9 @@ def test_attention_outside_its_scope_falls_back_to_sdpa(counted):
 def test_models_it_was_not_measured_on_keep_the_stock_path(word_tokenizer, counted):
     compiled = torch.compile(make_llama(len(word_tokenizer)))  # wrapped only, never run: compiling is not the point
     assert not one_row.applies_to(compiled)
+    in_place = make_llama(len(word_tokenizer))
+    in_place.compile()
+    assert not one_row.applies_to(in_place)
     for model in (make_llama(len(word_tokenizer), attn="eager"), make_llama(len(word_tokenizer)).to(torch.bfloat16)):
         assert not one_row.applies_to(model)
         engine = PrefixCachedEngine(model, word_tokenizer, "the cat")
