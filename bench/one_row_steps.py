@@ -31,7 +31,7 @@ from prefix_smollm2 import SEED_LENGTH, system_prompt_ids  # noqa: E402 - bench/
 
 from faithforge.engine import PrefixCachedEngine  # noqa: E402
 from faithforge.engine import llama_step  # noqa: E402
-from faithforge.engine.forward import forward_last_logits  # noqa: E402
+from faithforge.engine.forward import forward_token  # noqa: E402
 from faithforge.engine.one_row import one_row_linears  # noqa: E402
 from faithforge.engine.prefix_attention import engine_attention  # noqa: E402
 
@@ -53,8 +53,7 @@ def steps(engine: PrefixCachedEngine, attention: bool, linears: bool, written_ou
             if written_out:
                 llama_step.decode_step(model, cache, 100 + i, past)
                 continue
-            forward_last_logits(model, cache, torch.tensor([[100 + i]]), torch.ones(1, past + 1, dtype=torch.long),
-                                torch.tensor([[past]]), **({"one_row": True} if attention else {}))
+            forward_token(model, cache, 100 + i, past, **({"one_row": True} if attention else {}))
         seconds = (time.perf_counter() - start) / count
     cache.crop(-count)
     return seconds
@@ -65,13 +64,12 @@ def check_written_out(engine: PrefixCachedEngine) -> None:
     model, cache = engine.model, engine._wc.cache
     with torch.inference_mode(), engine_attention(model), one_row_linears(model):
         past = cache.get_seq_length()
-        theirs = forward_last_logits(model, cache, torch.tensor([[100]]), torch.ones(1, past + 1, dtype=torch.long),
-                                     torch.tensor([[past]]), one_row=True)
+        theirs = forward_token(model, cache, 100, past, one_row=True)
         cache.crop(-1)
         mine = llama_step.decode_step(model, cache, 100, past)
         cache.crop(-1)
-    if not torch.equal(mine, theirs[0]):
-        diff = float((mine - theirs[0]).abs().max())
+    if not torch.equal(mine, theirs):
+        diff = float((mine - theirs).abs().max())
         raise SystemExit(f"written-out step differs from the model's forward: max |diff| {diff}")
     print("written-out step: logits bit-identical to the model's forward with both kernels")
 

@@ -23,7 +23,7 @@ import faithforge.engine.llama_step as llama_step
 from faithforge.engine.batch import BatchRunner
 from faithforge.engine.errors import CacheMismatchError, EngineError
 from faithforge.engine.fingerprint import fingerprint, weights_version
-from faithforge.engine.forward import forward_last_logits, prefill_in_chunks
+from faithforge.engine.forward import forward_token, prefill_in_chunks
 from faithforge.engine.kv import WorkingCache, cache_storage_nbytes, new_cache
 from faithforge.engine.one_row import applies_to, one_row_linears
 from faithforge.engine.prefix_attention import engine_attention
@@ -277,13 +277,7 @@ class PrefixCachedEngine:
                 if written_out:
                     logits = llama_step.decode_step(self.model, self._wc.cache, token, past)
                 else:
-                    logits = forward_last_logits(
-                        self.model, self._wc.cache,
-                        torch.tensor([[token]], dtype=torch.long, device=self.device),
-                        torch.ones(1, past + 1, dtype=torch.long, device=self.device),
-                        torch.tensor([[past]], dtype=torch.long, device=self.device),
-                        **attention,
-                    )[0]
+                    logits = forward_token(self.model, self._wc.cache, token, past, **attention)
                 self._wc.record_forward([token])
         return GenerationResult(
             text=tracker.final_text(), token_ids=tracker.token_ids, finish_reason=tracker.finish_reason,

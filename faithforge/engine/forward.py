@@ -53,6 +53,15 @@ def forward_last_logits(model, cache: DynamicCache, input_ids: torch.Tensor, att
     return out.logits[:, -1, :].float()
 
 
+def forward_token(model, cache: DynamicCache, token: int, position: int, **attention_kwargs) -> torch.Tensor:
+    """Feed one `token` at `position` (the cache's length) through `model`'s own forward; float32 logits [vocab]
+    for the next token. The counterpart of `llama_step.decode_step`, which writes the same step out."""
+    device = next(model.parameters()).device
+    return forward_last_logits(model, cache, torch.tensor([[token]], dtype=torch.long, device=device),
+                               torch.ones(1, position + 1, dtype=torch.long, device=device),
+                               torch.tensor([[position]], dtype=torch.long, device=device), **attention_kwargs)[0]
+
+
 def crop_back(cache: DynamicCache, tokens: int) -> None:
     """Crop every layer that holds more than `tokens` back to `tokens`: undoes a forward that failed part-way,
     after some layers had appended their states and others had not."""

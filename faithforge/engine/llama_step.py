@@ -54,8 +54,7 @@ def applies_to(model) -> bool:
         linears += [attention.q_proj, attention.k_proj, attention.v_proj, attention.o_proj,
                     mlp.gate_proj, mlp.up_proj, mlp.down_proj]
     return (type(inner.norm) is llama.LlamaRMSNorm
-            and all(type(m) is torch.nn.Linear and type(m.weight) in (torch.Tensor, torch.nn.Parameter)
-                    and m.weight.layout == torch.strided for m in linears))
+            and all(type(m) is torch.nn.Linear and one_row.is_dense(m.weight) for m in linears))
 
 
 def _patched(llama) -> bool:
@@ -76,16 +75,19 @@ def _runs_other_code(model, llama) -> bool:
     stays. The one-row kernels' own switch (`one_row.one_row_linears`) is the one replaced forward allowed."""
     if torch.nn.modules.module._global_forward_hooks or torch.nn.modules.module._global_forward_pre_hooks:
         return True
-    shared_rotary = llama.apply_rotary_pos_emb
+    wrappers = [llama.apply_rotary_pos_emb]  # shared by every Llama attention
     for m in model.modules():
-        for wrapper in (m, *m.__dict__.get("_kernel_funcs", {}).values(), shared_rotary):
-            own = wrapper.__dict__.get("forward")
-            if (wrapper._forward_hooks or wrapper._forward_pre_hooks
-                    or getattr(wrapper, "_compiled_call_impl", None) is not None  # `module.compile()` in place
-                    or "_kernel_repo" in wrapper.__dict__
-                    or (own is not None and getattr(own, "__func__", None) is not one_row._forward)):
-                return True
-    return False
+        wrappers += [m, *m.__dict__.get("_kernel_funcs", {}).values()]
+    return any(_replaced(w) for w in wrappers)
+
+
+def _replaced(module: torch.nn.Module) -> bool:
+    """Whether calling `module` runs more or other than its class's forward (see `_runs_other_code`)."""
+    own = module.__dict__.get("forward")
+    return bool(module._forward_hooks or module._forward_pre_hooks
+                or getattr(module, "_compiled_call_impl", None) is not None  # `module.compile()` in place
+                or "_kernel_repo" in module.__dict__
+                or (own is not None and getattr(own, "__func__", None) is not one_row._forward))
 
 
 def decode_step(model, cache: DynamicCache, token: int, position: int) -> torch.Tensor:

@@ -37,7 +37,6 @@ import torch.nn.functional as F
 #: thread balance saves (a decode step over a few hundred keys takes microseconds).
 MIN_CHUNK_TOKENS = 256
 
-_DENSE = (torch.Tensor, torch.nn.Parameter)  # weight types oneDNN is given; subclasses keep F.linear
 _local = threading.local()  # .depth > 0 while this thread decodes one row (see `one_row_linears`)
 _lock = threading.Lock()
 _patched: dict[int, list] = {}  # id(model) → [blocks inside, the nn.Linear modules given `_forward`]
@@ -76,12 +75,18 @@ def onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
 
 
+def is_dense(weight: torch.Tensor) -> bool:
+    """A plain strided tensor or parameter, what oneDNN is given: a tensor subclass (e.g. a quantized weight that
+    reports float32) keeps `F.linear`."""
+    return type(weight) in (torch.Tensor, torch.nn.Parameter) and weight.layout == torch.strided
+
+
 def _forward(self: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
     """nn.Linear.forward, with one float32 row through oneDNN while this thread is inside `one_row_linears`.
     Plain dense weights only: a tensor subclass (e.g. a quantized weight that reports float32) keeps `F.linear`."""
     weight = self.weight
     if (getattr(_local, "depth", 0) and x.numel() == x.shape[-1] and x.dtype == torch.float32
-            and weight.dtype == torch.float32 and type(weight) in _DENSE and weight.layout == torch.strided
+            and weight.dtype == torch.float32 and is_dense(weight)
             and x.device.type == "cpu" and not torch.is_grad_enabled()):
         return onednn_linear(x, weight, self.bias)
     return F.linear(x, weight, self.bias)

@@ -11,7 +11,7 @@ from tests.fixtures.engine_models import SYSTEM_PROMPT, make_llama, word_model, 
 
 from faithforge.engine import PrefixCachedEngine, SamplingConfig, llama_step, one_row
 from faithforge.engine.errors import EngineError
-from faithforge.engine.forward import forward_last_logits
+from faithforge.engine.forward import forward_token
 from faithforge.engine.prefix_attention import engine_attention
 
 
@@ -75,9 +75,7 @@ def test_each_step_equals_the_models_forward_bit_for_bit(word_tokenizer, variant
     with torch.inference_mode(), engine_attention(model), one_row.one_row_linears(model):
         for token in (5, 17, 2, 9):
             past = cache.get_seq_length()
-            theirs = forward_last_logits(model, cache, torch.tensor([[token]]),
-                                         torch.ones(1, past + 1, dtype=torch.long), torch.tensor([[past]]),
-                                         one_row=True)[0]
+            theirs = forward_token(model, cache, token, past, one_row=True)
             their_states = _states(cache)
             cache.crop(-1)
             mine = llama_step.decode_step(model, cache, token, past)
@@ -89,18 +87,18 @@ def test_generate_and_conversations_give_the_same_tokens_and_logits(word_model, 
     import faithforge.engine.engine as engine_module
 
     counts = {"written out": 0, "model forward": 0}
-    real_step, real_forward = llama_step.decode_step, engine_module.forward_last_logits
+    real_step, real_forward = llama_step.decode_step, engine_module.forward_token
 
     def step(*args):
         counts["written out"] += 1
         return real_step(*args)
 
-    def forward(*args, **kwargs):  # the engine's decode steps through the model (first calls go through prefill)
+    def forward(*args, **kwargs):  # the engine's decode steps through the model's own forward
         counts["model forward"] += 1
         return real_forward(*args, **kwargs)
 
     monkeypatch.setattr(llama_step, "decode_step", step)
-    monkeypatch.setattr(engine_module, "forward_last_logits", forward)
+    monkeypatch.setattr(engine_module, "forward_token", forward)
     engine = PrefixCachedEngine(word_model, word_tokenizer, [{"role": "system", "content": SYSTEM_PROMPT}])
     runs, seen = {}, {}
     for written_out in (False, True):
