@@ -32,7 +32,7 @@ def describe(folder: Path) -> dict:
     chosen_recall = [s["chosen"]["recall"] for s in scores if s["chosen"].get("recall") is not None]
     return {
         "folder": folder.name,
-        "sampler": report.get("sampler", "").split(":")[0],
+        "sampler": report.get("sampler", "").split(":")[0].split(" on ")[0],  # "llama.cpp on X.gguf" → "llama.cpp"
         "sample_seconds": report.get("sample_seconds"),
         "built": report.get("built"), "train": manifest["counts"]["train"], "val": manifest["counts"]["val"],
         "omission_pairs": report.get("omission_pairs"),

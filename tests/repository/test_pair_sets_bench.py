@@ -35,7 +35,7 @@ def test_a_folder_is_summarized_as_by_hand(tmp_path):
               {"chosen": {"hallucinated": False, "recall": None}, "rejected": {"hallucinated": False, "recall": None}}]
     (folder / "manifest.json").write_text(json.dumps({
         "counts": {"train": 2, "val": 1},
-        "report": {"built": 3, "omission_pairs": 1, "sampler": "llama.cpp: the f16 GGUF", "sample_seconds": 60.0,
+        "report": {"built": 3, "omission_pairs": 1, "sampler": "llama.cpp on abc.f16.gguf", "sample_seconds": 60.0,
                    "dropped_sources": {"no sample may be chosen (recall below 1, or a question)": 2},
                    "scores": scores}}))
     row = _bench().describe(folder)
