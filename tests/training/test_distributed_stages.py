@@ -21,7 +21,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1200)
-def test_two_rank_stages_match_one_process_and_back_off_together(tmp_path, monkeypatch):
+def test_two_rank_stages_match_one_process_and_back_off_together(tmp_path, monkeypatch, request):
     from safetensors.torch import load_file
 
     from faithforge.stages.gate import plan_pipeline
@@ -41,6 +41,13 @@ def test_two_rank_stages_match_one_process_and_back_off_together(tmp_path, monke
                           "sft_weight": 0.0}}
     # 15 training pairs: 3 steps × 4 stay inside the first epoch. At an epoch's ragged end accelerate gives every rank
     # a full micro-batch by repeating the epoch's first pairs (even_batches), where one process trains on fewer.
+    # Like with like: each rank computes on one thread (OMP_NUM_THREADS=1), so the one process does too. On some CPUs
+    # float32 reductions depend on the thread count (seen on an AMD EPYC machine, 2026-12-06: with two threads here
+    # one reference shard differed in its last bits), which would make this compare threads, not processes.
+    import torch
+
+    request.addfinalizer(lambda threads=torch.get_num_threads(): torch.set_num_threads(threads))
+    torch.set_num_threads(1)
     runs = {}
     for processes in (1, 2):
         cfg = load_config(None, environ={}, overrides={
