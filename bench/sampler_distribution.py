@@ -42,14 +42,15 @@ def token_log_probs(model, prompt_ids: list[int], answer_ids: list[int]) -> floa
 
 
 def paired(a: list[float], b: list[float]) -> dict:
-    """Mean of a − b over paired items, with a t 95% interval."""
+    """Mean of a − b over paired items, with a t 95% interval (scipy's one-sample t test on the differences)."""
     from scipy import stats
 
     d = [x - y for x, y in zip(a, b)]
-    mean, se = statistics.mean(d), statistics.stdev(d) / len(d) ** 0.5
-    half = stats.t.ppf(0.975, len(d) - 1) * se
-    return {"mean": round(mean, 4), "ci95": [round(mean - half, 4), round(mean + half, 4)],
-            "p": round(float(stats.ttest_1samp(d, 0.0).pvalue), 4), "n": len(d)}
+    test = stats.ttest_1samp(d, 0.0)
+    interval = test.confidence_interval(0.95)
+    return {"mean": round(statistics.mean(d), 4),
+            "ci95": [round(float(interval.low), 4), round(float(interval.high), 4)],
+            "p": round(float(test.pvalue), 4), "n": len(d)}
 
 
 def main() -> int:

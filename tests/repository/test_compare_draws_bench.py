@@ -35,7 +35,8 @@ def test_welch_matches_scipy_and_hand(monkeypatch):
     diff, low, high, p = bench.welch(a, b)
     assert diff == pytest.approx(11.3)
     assert p == pytest.approx(stats.ttest_ind(a, b, equal_var=False).pvalue, rel=1e-9)
-    # by hand: sample variances 55.3 and 57.675, se² = (55.3 + 57.675) / 5; Welch–Satterthwaite dof ≈ 8.0, t(0.975, 8) ≈ 2.306
+    # by hand: sample variances 55.3 and 57.675, se² = (55.3 + 57.675) / 5;
+    # Welch–Satterthwaite dof ≈ 8.0, t(0.975, 8) ≈ 2.306
     se = ((55.3 + 57.675) / 5) ** 0.5
     assert (high - low) / 2 == pytest.approx(2.306 * se, rel=1e-3)
 
