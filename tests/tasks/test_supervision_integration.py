@@ -8,7 +8,7 @@ stage up to DPO is reused and each later run reaches training in seconds.
 - SIGKILL of the worker and its flow process during DPO: the next run's start reconciles (Crashed, slot freed)
   and that run takes the slot without waiting on the dead one.
 - Cancel during DPO: Cancelled in Prefect, `cancelled` in `faithforge runs`.
-- A deployed run with `judge: nli` and no checkpoint fails in seconds with one line, before any model loads;
+- A deployed run with `judge: nli` and no checkpoint fails with one line before any task runs (no model loads);
   `workspace: ""` is refused by the API.
 """
 
@@ -276,7 +276,7 @@ def _deaths_scenario(stack) -> dict:
     return figures
 
 
-def test_a_deployed_run_with_bad_input_fails_in_seconds_with_one_line(stack):
+def test_a_deployed_run_with_bad_input_fails_before_any_task_with_one_line(stack):
     with prefect_client(stack["api"]) as client:
         worker = _worker(stack)
         try:
@@ -302,7 +302,9 @@ def _bad_input(stack, client) -> None:
     message = final.state.message or ""
     assert "\n" not in message and "nli" in message and "checkpoint" in message, message
     seconds = (final.end_time - final.start_time).total_seconds()
-    assert from_creation <= 20, (from_creation, seconds)
+    # No bound on the seconds themselves (no timing thresholds in tests): from creation they are mostly the new
+    # worker's and the flow process's Python start (0.5 s from the flow's start to Failed, 20 s from creation, on
+    # CI's slower machine of 2026-12-06), which the machine sets. What FaithForge decides is tested: nothing ran.
     tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
     assert not tasks, [t.name for t in tasks]  # no task ran: no stage, no model load
     logs = [m for _, m in _messages(client, run.id)]
