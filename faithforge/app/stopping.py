@@ -99,6 +99,10 @@ class Stopper:
         self._finished = threading.Lock()
         self._done = False
         self._redelivering = False
+        self._in_hook = False
+        """The main thread is inside `_unraisable`: a stop raised there would be swallowed again."""
+        self._redeliver = threading.Event()
+        """Set by `_unraisable`: the redelivery thread interrupts the main thread once the hook has returned."""
         self._raised: StopRequested | None = None
         """The stop the signal handler raised last (the one `_unraisable` may deliver again)."""
         self._previous_unraisable = sys.unraisablehook
@@ -129,6 +133,9 @@ class Stopper:
         global stop_handled
         stop_handled = True
         if self._redelivering:  # the stop already counted, swallowed where Python cannot raise (`_unraisable`)
+            if self._in_hook:  # still inside the hook (a loaded machine): raising here is swallowed again
+                self._redeliver.set()
+                return
             self._redelivering = False
             self._raised = StopRequested(self.where)
             raise self._raised
@@ -143,6 +150,7 @@ class Stopper:
         self.say(f"stopped on {name} {self.where}; every finished stage and checkpoint is kept whole: rerun the "
                  "same command to resume")
         threading.Thread(target=self._watchdog, name="faithforge-stop", daemon=True).start()
+        threading.Thread(target=self._redeliver_loop, name="faithforge-stop-redeliver", daemon=True).start()
         self._raised = StopRequested(self.where)
         raise self._raised
 
@@ -154,11 +162,25 @@ class Stopper:
         raised: a stop a worker thread raised at its progress report (`_sink`) and a generator dropped later must
         not interrupt the main thread's clean-up."""
         if self._raised is not None and unraisable.exc_value is self._raised:
-            # From another thread, a moment later: interrupting from here would run the handler inside this hook.
-            self._redelivering = True
-            threading.Timer(0.01, _thread.interrupt_main, args=(signal.SIGINT,)).start()
+            # From another thread, after this hook returned: nothing here may block or start a thread. (It once
+            # started a `threading.Timer(0.01, interrupt_main)`; on a loaded machine the timer fired while this
+            # hook still waited in the timer's `start()`, and the redelivered stop was swallowed too.)
+            self._in_hook = True
+            try:
+                self._redelivering = True
+                self._redeliver.set()
+            finally:
+                self._in_hook = False
             return
         self._previous_unraisable(unraisable)
+
+    def _redeliver_loop(self) -> None:
+        """Interrupt the main thread each time `_unraisable` (or the handler, still inside it) asks."""
+        while True:
+            self._redeliver.wait()
+            self._redeliver.clear()
+            time.sleep(0.01)  # let the hook return first; the handler re-asks if it still lands inside
+            _thread.interrupt_main(signal.SIGINT)
 
     def _watchdog(self) -> None:
         time.sleep(GRACE_S)

@@ -240,3 +240,31 @@ def test_a_stop_that_lands_inside_a_weakref_callback_still_stops_the_run():
     out = subprocess.run([sys.executable, "-c", SWALLOWED], capture_output=True, text=True, timeout=60)
     assert "STOPPED" in out.stdout and "NOT STOPPED" not in out.stdout, out.stdout + out.stderr
     assert "Exception ignored" not in out.stderr and out.stdout.count("SAID") == 1, out.stdout + out.stderr
+
+
+#: The same, with the redelivered interrupt landing while the main thread is still inside the unraisable hook (on
+#: a loaded machine the suite saw it: "Exception ignored in sys.unraisablehook", the run going on to the
+#: watchdog's exit). The hook's wake-up is made to interrupt at once, from inside the hook.
+LANDS_IN_HOOK = SWALLOWED.replace("""stopper = Stopper(None, {}, say=lambda line: print("SAID", line, flush=True))""", """
+import _thread, threading
+stopper = Stopper(None, {}, say=lambda line: print("SAID", line, flush=True))
+
+class EarlyEvent(threading.Event):
+    early = True
+
+    def set(self):
+        super().set()
+        if EarlyEvent.early:  # as if the redelivery thread ran before the hook returned
+            EarlyEvent.early = False
+            _thread.interrupt_main(signal.SIGINT)
+            for _ in range(1000):
+                len("the handler runs at one of these calls, inside the hook")
+
+stopper._redeliver = EarlyEvent()""")
+
+
+def test_a_redelivered_stop_that_lands_inside_the_hook_still_stops_the_run():
+    assert "EarlyEvent()" in LANDS_IN_HOOK
+    out = subprocess.run([sys.executable, "-c", LANDS_IN_HOOK], capture_output=True, text=True, timeout=60)
+    assert "STOPPED" in out.stdout and "NOT STOPPED" not in out.stdout, out.stdout + out.stderr
+    assert "Exception ignored" not in out.stderr and out.stdout.count("SAID") == 1, out.stdout + out.stderr
