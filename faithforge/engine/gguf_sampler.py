@@ -55,13 +55,24 @@ def unsupported_sampling(sampling: SamplingConfig) -> str | None:
     return None
 
 
-def default_threads(busy: float | None = None, cores: int | None = None) -> int:
-    """llama.cpp's threads meet at a spinning barrier after every operation, so on an oversubscribed machine
-    (other work at or above the cores) a descheduled thread stalls the others: one thread, else every core.
-    Measured side by side at load 8.4 on 2 cores: Q4_1 greedy 14.1 tokens/s on 1 thread, 1.4 on 2
-    (BENCHMARKS.md, issue 28); the same rule as the OpenMP wait policy (`core.cpu_load.oversubscribed`).
-    `busy`: other processes' runnable threads, measured now when not given."""
+def default_threads(busy: float | None = None, cores: int | None = None, wait_policy: str | None = None) -> int:
+    """llama.cpp's threads meet at a barrier after every operation, so one thread where partners would be late:
+
+    - on an oversubscribed machine (other work at or above the cores) a descheduled thread stalls the others.
+      Measured side by side at load 8.4 on 2 cores: Q4_1 greedy 14.1 tokens/s on 1 thread, 1.4 on 2
+      (BENCHMARKS.md, issue 28); the same rule as the OpenMP wait policy (`core.cpu_load.oversubscribed`);
+    - in a process whose OpenMP threads sleep between operations (`OMP_WAIT_POLICY=PASSIVE`, which FaithForge
+      chooses on a busy machine and the test suite sets; torch and llama.cpp share one libgomp, read once): waking
+      a partner costs more than the work it takes over. SmolLM2 Q4_1 greedy on an idle 2-core AMD EPYC, 160
+      tokens: 22–26 tokens/s on 2 threads against 59–67 on 1, and 87–101 on 2 threads spinning (ACTIVE)
+      (`bench/llama_wait_policy.py`, BENCHMARKS.md, 2026-12-06).
+
+    Else every core. `busy`: other processes' runnable threads, measured now when not given. `wait_policy`: this
+    process's `OMP_WAIT_POLICY` (default: as the environment says)."""
     cores = cores or len(os.sched_getaffinity(0))
+    policy = os.environ.get("OMP_WAIT_POLICY", "") if wait_policy is None else wait_policy
+    if policy.strip().upper() == "PASSIVE":
+        return 1
     return 1 if oversubscribed(cores, busy) else cores
 
 

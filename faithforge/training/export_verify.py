@@ -12,6 +12,7 @@ why the figure is a rate, reported as measured; a quantized file's rate says wha
 from __future__ import annotations
 
 import contextlib
+import os
 import socket
 import subprocess
 import sys
@@ -78,7 +79,16 @@ def launch_llama_server(model: str | Path, *, port: int, alias: str, n_ctx: int,
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", alias,
            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
            "--n_threads_batch", str(threads)]
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            env=server_environment(threads))
+
+
+def server_environment(threads: int) -> dict[str, str] | None:
+    """The llama.cpp server's environment (None: this process's). The server is llama.cpp alone (no torch): on
+    more than one thread it must not inherit the sleeping OpenMP wait policy FaithForge chose for torch on a busy
+    machine (or the test suite set): llama.cpp threads that sleep between operations are slower than one thread
+    (SmolLM2 Q4_1: 22-26 tokens/s on 2 threads against 59-67 on 1; `engine.gguf_sampler.default_threads`)."""
+    return {**os.environ, "OMP_WAIT_POLICY": "ACTIVE"} if threads > 1 else None
 
 
 def wait_until_serving(proc: subprocess.Popen, root: str, *, timeout_s: float, what: str = "",

@@ -37,7 +37,7 @@ def test_threads_count_other_processes_now_not_this_ones_last_minute():
 
         time.sleep(0.5)
         assert busy_elsewhere() >= 1.5  # two other processes spin (more if the machine is busy besides)
-        assert default_threads(cores=2) == 1
+        assert default_threads(cores=2, wait_policy="") == 1
         assert omp_wait_policy(cpu_count=2) == "PASSIVE"  # and OpenMP's threads sleep instead of spinning
     finally:
         for spinner in spinners:
@@ -54,7 +54,7 @@ def test_this_process_own_running_threads_are_not_counted_and_no_proc_falls_back
 
     monkeypatch.setattr(cpu_load, "_procs_running", lambda: 3)  # the host: 3 runnable threads now
     monkeypatch.setattr(cpu_load, "_own_running", lambda: 2)  # 2 of them this process's (its training)
-    assert cpu_load.busy_elsewhere(interval_s=0) == 1 and default_threads(cores=2) == 2
+    assert cpu_load.busy_elsewhere(interval_s=0) == 1 and default_threads(cores=2, wait_policy="") == 2
     assert omp_wait_policy(cpu_count=2) == "ACTIVE"  # a load average of ~2 from a run that just ended would sleep
 
     def no_proc():
@@ -62,7 +62,7 @@ def test_this_process_own_running_threads_are_not_counted_and_no_proc_falls_back
 
     monkeypatch.setattr(cpu_load, "_procs_running", no_proc)
     monkeypatch.setattr(os, "getloadavg", lambda: (7.5, 0.0, 0.0))
-    assert cpu_load.busy_elsewhere() == 7.5 and default_threads(cores=2) == 1
+    assert cpu_load.busy_elsewhere() == 7.5 and default_threads(cores=2, wait_policy="") == 1
     assert omp_wait_policy(cpu_count=2) == "PASSIVE"
 
 
@@ -83,7 +83,7 @@ def test_without_proc_or_a_load_average_the_choices_keep_their_defaults(monkeypa
     monkeypatch.delattr(os, "getloadavg")
     with pytest.raises(OSError, match="neither"):
         cpu_load.busy_elsewhere()
-    assert omp_wait_policy(cpu_count=2) == "ACTIVE" and default_threads(cores=2) == 2
+    assert omp_wait_policy(cpu_count=2) == "ACTIVE" and default_threads(cores=2, wait_policy="") == 2
 
 
 def test_a_wait_policy_the_user_set_is_kept_and_not_measured(monkeypatch):
