@@ -7,7 +7,8 @@ with `--set train.steps=N` and records, when TRL's `DPOConfig` is built, every F
 that call (Prefect's own frames in between are left out: they are the library, not a room of ours). It prints:
 
 - the files on the path, caller first, from the first flow module down to the one that builds `DPOConfig`, and
-  their count (the issue's bar: at most 5);
+  their count, also from the stage's own flow (`flows/train.py`, deployed on its own too) (the issue's bar: at
+  most 5);
 - the path's climbs: a call from a lower layer into a higher one (the bar: none). Layers, highest first:
   app → flows → tasks → stages → the library packages (training, evaluation, generation, engine, data,
   backends, offload) → core and gpu;
@@ -59,6 +60,13 @@ def files_on(path: list[tuple[str, str]]) -> list[str]:
     return files
 
 
+def from_stage_flow(files: list[str]) -> list[str]:
+    """`files` from the last flow module on (the pipeline flow calls the stage's flow; the stage's flow is also
+    deployed and run on its own, with the config as its parameter)."""
+    flows = [i for i, module in enumerate(files) if module_layer(module) == "flows"]
+    return files[flows[-1]:] if flows else []
+
+
 def climbs(files: list[str]) -> list[tuple[str, str]]:
     """Calls from a lower layer into a higher one along `files` (caller, callee)."""
     return [(a, b) for a, b in zip(files, files[1:])
@@ -70,19 +78,18 @@ def capture_dpo_config_stack(argv: list[str]) -> tuple[list[tuple[str, str, str]
     import trl
 
     seen: dict = {}
-    original = trl.DPOConfig
+    original_init = trl.DPOConfig.__init__  # wrapped in place: the Trainer pickles its arguments with the class
 
-    class RecordingDPOConfig(original):  # type: ignore[misc, valid-type]
-        def __init__(self, *args, **kwargs):
-            if "stack" not in seen:
-                frames = []
-                for frame, _ in traceback.walk_stack(sys._getframe(1)):
-                    frames.append((frame.f_globals.get("__name__", "?"), frame.f_code.co_name, frame.f_code.co_filename))
-                seen["stack"] = frames[::-1]
-                seen["max_steps"] = kwargs.get("max_steps")
-            super().__init__(*args, **kwargs)
+    def recording_init(self, *args, **kwargs):
+        if "stack" not in seen:
+            frames = []
+            for frame, _ in traceback.walk_stack(sys._getframe(1)):
+                frames.append((frame.f_globals.get("__name__", "?"), frame.f_code.co_name, frame.f_code.co_filename))
+            seen["stack"] = frames[::-1]
+            seen["max_steps"] = kwargs.get("max_steps")
+        original_init(self, *args, **kwargs)
 
-    trl.DPOConfig = RecordingDPOConfig
+    trl.DPOConfig.__init__ = recording_init
     try:
         from faithforge.app.cli import main
 
@@ -92,7 +99,7 @@ def capture_dpo_config_stack(argv: list[str]) -> tuple[list[tuple[str, str, str]
             if exc.code not in (0, None):
                 raise
     finally:
-        trl.DPOConfig = original
+        trl.DPOConfig.__init__ = original_init
     if "stack" not in seen:
         raise SystemExit("error: DPOConfig was never built: the DPO stage was reused from an earlier run "
                          "(use a fresh --workspace)")
@@ -116,6 +123,9 @@ def main() -> None:
     for module, function in path:
         print(f"  {module}.{function}  [{module_layer(module)}]")
     print(f"files: {len(set(files))} distinct, {len(files)} visits ({' → '.join(files)})")
+    own = from_stage_flow(files)
+    print(f"from the stage's own flow ({own[0] if own else '-'}, which a deployment also runs alone): "
+          f"{len(set(own))} files")
     print(f"climbs (a lower layer calling a higher one): {len(up)}" + "".join(f"\n  {a} → {b}" for a, b in up))
     if args.out:
         args.out.write_text(json.dumps({"steps": args.steps, "max_steps": seen["max_steps"], "path": path,

@@ -3,7 +3,7 @@
 No Prefect and no I/O here except NVML in `faithforge.gpu.probe` and the config.json loader in `faithforge.gpu.model_shape`.
 """
 
-from faithforge.gpu.backoff import BackoffEvent, is_cuda_oom, run_with_oom_backoff
+from faithforge.gpu.backoff import BackoffEvent, OomAttempt, is_cuda_oom, oom_backoff, run_with_oom_backoff
 from faithforge.gpu.corrections import Corrections, correction_key
 from faithforge.gpu.errors import (GpuGateError, ModelConfigError, OomBackoffExhausted, PlanNotRunnableError,
                         UnknownProfileError)
@@ -21,5 +21,5 @@ __all__ = [
     "StageRequest", "UnknownProfileError", "correction_key", "estimate_hf_generate", "estimate_ollama",
     "estimate_reference", "estimate_train", "is_cuda_oom", "known_profiles", "load_model_config",
     "load_model_shape", "model_shape_from_config", "ollama_model", "ollama_model_from_api", "plan_stage",
-    "profile_snapshot", "read_snapshot", "require_runnable", "run_with_oom_backoff",
+    "profile_snapshot", "read_snapshot", "require_runnable", "run_with_oom_backoff", "oom_backoff", "OomAttempt",
 ]

@@ -46,7 +46,7 @@ def _compute(ctx: StageContext, cache, info: dict, model: ModelOutput, pairs: Pa
              train_pairs: list, tokenizer) -> ReferenceOutput:
     from faithforge.training.modeling import load_for_plan, measured_peak, start_peak_measurement
     from faithforge.training.reference_cache import compute_reference_cache
-    from faithforge.gpu import run_with_oom_backoff
+    from faithforge.gpu import oom_backoff
 
     cfg = ctx.config.reference
     if plan.num_processes > 1:
@@ -67,7 +67,11 @@ def _compute(ctx: StageContext, cache, info: dict, model: ModelOutput, pairs: Pa
             ctx.store.record_stage(ctx.run_id, "reference:oom-backoff", status="backoff", message=event.error,
                                    plan={"attempt": event.attempt, "batch_size": event.next_plan.batch_size})
 
-    summary = run_with_oom_backoff(compute, plan.with_micro_batch(plan.batch_size, 1), on_backoff=log_backoff)
+    for attempt in oom_backoff(plan.with_micro_batch(plan.batch_size, 1)):
+        with attempt:
+            summary = compute(attempt.plan)
+        if attempt.backoff:
+            log_backoff(attempt.backoff)
     return ReferenceOutput(**{**info, **summary, **measured_peak(), "reused": False,
                               "artifact_id": _record(ctx, cache, pairs)})
 

@@ -75,7 +75,7 @@ def _train_dpo_group(ctx: StageContext, claim: Claim, key: str, out: Path, model
 
     from faithforge.training.distributed import is_log_line, run_group
     from faithforge.training.modeling import check_same_precision, device_for
-    from faithforge.gpu import run_with_oom_backoff
+    from faithforge.gpu import oom_backoff
 
     check_same_precision(plan, reference.precision, reference.quantization)
     cfg = ctx.config.train
@@ -116,7 +116,11 @@ def _train_dpo_group(ctx: StageContext, claim: Claim, key: str, out: Path, model
             ctx.store.record_stage(ctx.run_id, "train:oom-backoff", status="backoff", plan=backoffs[-1],
                                    message=event.error)
 
-    result = run_with_oom_backoff(train_with, start, on_backoff=log_backoff, measure_peak=lambda: None)
+    for attempt in oom_backoff(start, measure_peak=lambda: None):
+        with attempt:
+            result = train_with(attempt.plan)
+        if attempt.backoff:
+            log_backoff(attempt.backoff)
     history = result["history"]
     info = {"path": str(out), "steps": result["steps"], "micro_batch": result["micro_batch"],
             "grad_accum": result["grad_accum"], "processes": n, "strategy": plan.strategy,
@@ -193,7 +197,7 @@ def _run_dpo_with_backoff(ctx: StageContext, key: str, policy, tokenizer, train_
                           start: Plan, on_gpu: bool, report_callbacks: list | None = None) -> tuple[dict, list[dict]]:
     """`run_dpo` from `start`'s micro-batch; after a CUDA OOM again with half of it (the run store hears of each)."""
     from faithforge.training.dpo import run_dpo
-    from faithforge.gpu import run_with_oom_backoff
+    from faithforge.gpu import oom_backoff
 
     args = _dpo_arguments(ctx, key, on_gpu, start)
     backoffs: list[dict] = []
@@ -216,7 +220,12 @@ def _run_dpo_with_backoff(ctx: StageContext, key: str, policy, tokenizer, train_
             ctx.store.record_stage(ctx.run_id, "train:oom-backoff", status="backoff", plan=backoffs[-1],
                                    message=event.error)
 
-    return run_with_oom_backoff(train_with, start, on_backoff=log_backoff), backoffs
+    for attempt in oom_backoff(start):
+        with attempt:
+            result = train_with(attempt.plan)
+        if attempt.backoff:
+            log_backoff(attempt.backoff)
+    return result, backoffs
 
 
 def _save_adapter(ctx: StageContext, claim: Claim, out: Path, model: ModelOutput, reference: ReferenceOutput,
@@ -267,7 +276,7 @@ def _train_sft_control(ctx: StageContext, claim: Claim, out: Path, model: ModelO
     from faithforge.training.modeling import (attach_lora, load_for_plan, load_tokenizer, measured_peak, plan_precision,
                                      start_peak_measurement, use_chunked_head_loss)
     from faithforge.training.sft import SftExample, train_sft
-    from faithforge.gpu import run_with_oom_backoff
+    from faithforge.gpu import oom_backoff
     from peft import get_peft_model_state_dict, set_peft_model_state_dict
 
     cfg = ctx.config.train
@@ -301,7 +310,9 @@ def _train_sft_control(ctx: StageContext, claim: Claim, out: Path, model: ModelO
 
     tracker = open_tracker(ctx, out.name)
     try:
-        losses = run_with_oom_backoff(control_with, starting_plan(plan, cfg.batch_size))
+        for attempt in oom_backoff(starting_plan(plan, cfg.batch_size)):
+            with attempt:
+                losses = control_with(attempt.plan)
         if tracker:
             for step, loss in enumerate(losses, start=1):
                 tracker.log_metrics({"control/loss": loss}, step=step)

@@ -75,3 +75,29 @@ def test_odd_batches_keep_the_effective_batch_and_other_errors_propagate():
 
     with pytest.raises(KeyError):
         run_with_oom_backoff(broken, a100_plan(4))
+
+
+def test_the_caller_runs_the_work_in_its_own_loop_and_logs_each_back_off():
+    """The stages' form: no callback into the stage; the loop ends after the try that finished."""
+    from faithforge.gpu.backoff import oom_backoff
+
+    tries, logged = [], []
+    for attempt in oom_backoff(a100_plan(8), measure_peak=lambda: None):
+        with attempt:
+            tries.append((attempt.number, attempt.plan.batch_size, attempt.plan.grad_accum))
+            if attempt.plan.batch_size > 2:
+                raise OutOfMemoryError("CUDA out of memory")
+            result = "trained"
+        if attempt.backoff:
+            logged.append((attempt.backoff.attempt, attempt.backoff.failed.batch_size, attempt.backoff.next_plan.batch_size))
+    assert result == "trained" and tries == [(0, 8, 1), (1, 4, 2), (2, 2, 4)]
+    assert logged == [(1, 8, 4), (2, 4, 2)]
+
+    with pytest.raises(KeyError):  # another error leaves the loop at once, untouched
+        for attempt in oom_backoff(a100_plan(8)):
+            with attempt:
+                raise KeyError("not an OOM")
+    with pytest.raises(OomBackoffExhausted, match="after 1 back-off"):
+        for attempt in oom_backoff(a100_plan(8), max_backoffs=1, measure_peak=lambda: None):
+            with attempt:
+                raise OutOfMemoryError("CUDA out of memory")

@@ -40,6 +40,7 @@ def test_the_path_starts_at_the_first_flow_and_counts_each_room_once_per_visit()
                                     "faithforge.tasks.stage_runner", "faithforge.stages.train",
                                     "faithforge.training.dpo"]
     assert bench.climbs(bench.files_on(path)) == []
+    assert bench.from_stage_flow(bench.files_on(path))[0] == "faithforge.flows.train"
 
 
 def test_a_lower_layer_calling_back_up_is_a_climb():
