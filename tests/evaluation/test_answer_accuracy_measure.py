@@ -47,14 +47,11 @@ def test_on_the_labeled_sets_checked_agrees_with_reading_at_least_as_often_as_re
 
 def test_pooling_earlier_out_files_counts_every_seeds_answerable_items(tmp_path):
     """`bench/real_model.py --pool`: two --out files, 2 + 1 answerable items; counts and difference by hand."""
-    import importlib.util
     import json
 
-    # by path: tests/fixtures/smollm2.py (the SmolLM2 test helper) shadows bench/real_model.py by name
-    spec = importlib.util.spec_from_file_location("bench_real_model", Path(__file__).resolve().parents[2] / "bench"
-                                                  / "real_model.py")
-    bench_real_model = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench_real_model)
+    from tests.fixtures.bench_scripts import load_bench
+
+    bench_real_model = load_bench("real_model")  # by path: tests/fixtures/smollm2.py shadowed it by name
     pooled_accuracy, read_out = bench_real_model.pooled_accuracy, bench_real_model.read_out
 
     def out_file(name: str, rows: list[dict]) -> Path:
@@ -80,12 +77,9 @@ def test_pooling_earlier_out_files_counts_every_seeds_answerable_items(tmp_path)
 def test_the_real_model_bench_rejudges_with_the_judge_that_did_not_measure():
     """`demo --real` measures with `grounded-qa`: the benchmark's second table must then be `grounding` (the judge
     that chose the pairs), not `grounded-qa` again; a run measured by `grounding` gets `grounded-qa`."""
-    import importlib.util
+    from tests.fixtures.bench_scripts import load_bench
 
-    spec = importlib.util.spec_from_file_location("bench_real_model_2", Path(__file__).resolve().parents[2] / "bench"
-                                                  / "real_model.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = load_bench("real_model")
     source = ("Document: Goran sold 9 pens on Tuesday. Tomas painted 5 vases in Porto.\n"
               "Question: In which city did Goran sell the pens?")
     # a wrong person's city: `grounding` sees nothing invented (Porto is in the document), `grounded-qa` does

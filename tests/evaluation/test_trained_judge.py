@@ -4,18 +4,15 @@ bad input."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import random
 import re
-from pathlib import Path
 
 import pytest
 
 from faithforge.evaluation.corruptions import (FAITHFUL_KINDS, UNFAITHFUL_KINDS, CorruptionBuilder, build_examples,
                                                document_hash)
 
-ROOT = Path(__file__).resolve().parents[2]
 
 DOCS = [
     ("graz", "Ivo Petrov sold the hats at the market in Graz on Monday. He was paid 40 euros for 12 hats. "
@@ -95,10 +92,9 @@ def test_names_in_lower_cased_text_are_found_where_names_stand():
 
 
 def _bench_module():
-    spec = importlib.util.spec_from_file_location("bench_trained_judge_qags", ROOT / "bench" / "trained_judge_qags.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from tests.fixtures.bench_scripts import load_bench
+
+    return load_bench("trained_judge_qags")
 
 
 def test_qags_training_documents_hold_no_heldout_article():

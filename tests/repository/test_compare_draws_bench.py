@@ -3,22 +3,20 @@ with scipy's own test and with an interval worked out by hand, and a file withou
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 from scipy import stats
 
+from tests.fixtures.bench_scripts import load_bench
+
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
 
 def _bench(monkeypatch):
     monkeypatch.syspath_prepend(str(BENCH))  # it reads --out files with real_model.read_out, as when run from bench/
-    spec = importlib.util.spec_from_file_location("compare_draws_bench", BENCH / "compare_draws.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("compare_draws")
 
 
 def _out(path: Path, seed: int, dpo: float, control: float, right: int) -> Path:

@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "config_trace.py"
+from tests.fixtures.bench_scripts import load_bench
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("config_trace_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("config_trace")
 
 
 #: (module, function, file) outermost first: the CLI, Prefect's engine in between, then our rooms down to TRL

@@ -3,23 +3,18 @@ scores a row with a fit that did not see it, and the per-dataset rows fit on tha
 
 from __future__ import annotations
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "judges_real_text.py"
+from tests.fixtures.bench_scripts import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("judges_real_text_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclass looks its module up while it is built
-    spec.loader.exec_module(module)
+    module = load_bench("judges_real_text")
     yield module
-    sys.modules.pop(spec.name, None)
+    sys.modules.pop(module.__name__, None)
 
 
 def row(bench, i, dataset, inconsistent, cond, pmi, novel):

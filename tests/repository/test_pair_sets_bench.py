@@ -2,20 +2,15 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "pair_sets.py"
+from tests.fixtures.bench_scripts import load_bench
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("pair_sets_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("pair_sets")
 
 
 def _pair(chosen: str, rejected: str) -> str:

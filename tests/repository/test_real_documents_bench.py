@@ -3,7 +3,6 @@ hand labels against the key (hand-computed figures)."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,15 +10,12 @@ import pytest
 
 from faithforge.data.labeled_split import label_split
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "real_documents.py"
+from tests.fixtures.bench_scripts import load_bench
 
 
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("real_documents_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("real_documents")
 
 
 def test_train_articles_come_from_the_development_half_and_test_articles_from_the_held_out_half(bench, tmp_path):

@@ -3,11 +3,10 @@ questions before and after; the scoring matches figures worked out by hand."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
-BENCH = Path(__file__).resolve().parents[2] / "bench" / "real_model_labels.py"
+from tests.fixtures.bench_scripts import load_bench
+
 DOC = "Document: Ivo sold 3 hats in Graz on Monday. Vera painted 5 lamps in Lima on Friday.\nQuestion: {q}"
 #: item → (question, before answer, after answer)
 ANSWERS = {
@@ -19,10 +18,7 @@ ANSWERS = {
 
 
 def _bench():
-    spec = importlib.util.spec_from_file_location("real_model_labels_bench", BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench("real_model_labels")
 
 
 def test_export_hides_the_model_and_scoring_counts_as_by_hand(tmp_path):
