@@ -101,8 +101,8 @@ class Stopper:
         self._redelivering = False
         self._in_hook = False
         """The main thread is inside `_unraisable`: a stop raised there would be swallowed again."""
-        self._redeliver = threading.Event()
-        """Set by `_unraisable`: the redelivery thread interrupts the main thread once the hook has returned."""
+        self._asked = False
+        """A stop waits to be raised again in the main thread, outside the hook (`_redeliver_loop` does it)."""
         self._raised: StopRequested | None = None
         """The stop the signal handler raised last (the one `_unraisable` may deliver again)."""
         self._previous_unraisable = sys.unraisablehook
@@ -133,8 +133,8 @@ class Stopper:
         global stop_handled
         stop_handled = True
         if self._redelivering:  # the stop already counted, swallowed where Python cannot raise (`_unraisable`)
-            if self._in_hook:  # still inside the hook (a loaded machine): raising here is swallowed again
-                self._redeliver.set()
+            if self._in_hook:  # still inside the hook: raising here is swallowed again, so ask once more
+                self._asked = True  # a plain flag: a handler must not take a lock the main thread may hold
                 return
             self._redelivering = False
             self._raised = StopRequested(self.where)
@@ -152,6 +152,9 @@ class Stopper:
         threading.Thread(target=self._watchdog, name="faithforge-stop", daemon=True).start()
         threading.Thread(target=self._redeliver_loop, name="faithforge-stop-redeliver", daemon=True).start()
         self._raised = StopRequested(self.where)
+        if self._in_hook:  # it landed in the hook itself (an unrelated unraisable): raise it once the hook is left
+            self._redelivering = self._asked = True
+            return
         raise self._raised
 
     def _unraisable(self, unraisable) -> None:
@@ -161,26 +164,28 @@ class Stopper:
         thread instead, as the stop already announced (not a second Ctrl-C). Only the very stop this handler
         raised: a stop a worker thread raised at its progress report (`_sink`) and a generator dropped later must
         not interrupt the main thread's clean-up."""
-        if self._raised is not None and unraisable.exc_value is self._raised:
-            # From another thread, after this hook returned: nothing here may block or start a thread. (It once
-            # started a `threading.Timer(0.01, interrupt_main)`; on a loaded machine the timer fired while this
-            # hook still waited in the timer's `start()`, and the redelivered stop was swallowed too.)
-            self._in_hook = True
-            try:
-                self._redelivering = True
-                self._redeliver.set()
-            finally:
-                self._in_hook = False
-            return
-        self._previous_unraisable(unraisable)
+        self._in_hook = True  # the whole hook: a redelivered stop that lands anywhere in it asks again
+        try:
+            if self._raised is not None and unraisable.exc_value is self._raised:
+                # Deliver it again from another thread once this hook has returned; a delivery that still lands
+                # in here only asks again. Nothing here blocks or starts a thread: it once started a
+                # `threading.Timer(0.01, interrupt_main)`, which on a loaded machine fired while this hook still
+                # waited in the timer's `start()`, and the redelivered stop was swallowed too.
+                self._redelivering = self._asked = True
+                return
+            self._previous_unraisable(unraisable)
+        finally:
+            self._in_hook = False
 
     def _redeliver_loop(self) -> None:
-        """Interrupt the main thread each time `_unraisable` (or the handler, still inside it) asks."""
+        """After the first signal: whenever a stop asks to be raised again, interrupt the main thread once it is
+        out of the hook. Polls plain flags (no lock a signal handler could meet held); the process ends within
+        `GRACE_S` anyway."""
         while True:
-            self._redeliver.wait()
-            self._redeliver.clear()
-            time.sleep(0.01)  # let the hook return first; the handler re-asks if it still lands inside
-            _thread.interrupt_main(signal.SIGINT)
+            time.sleep(0.005)
+            if self._asked and not self._in_hook:
+                self._asked = False
+                _thread.interrupt_main(signal.SIGINT)
 
     def _watchdog(self) -> None:
         time.sleep(GRACE_S)

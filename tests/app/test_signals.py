@@ -244,27 +244,47 @@ def test_a_stop_that_lands_inside_a_weakref_callback_still_stops_the_run():
 
 #: The same, with the redelivered interrupt landing while the main thread is still inside the unraisable hook (on
 #: a loaded machine the suite saw it: "Exception ignored in sys.unraisablehook", the run going on to the
-#: watchdog's exit). The hook's wake-up is made to interrupt at once, from inside the hook.
+#: watchdog's exit). The hook is made slow (its first `_in_hook = False` is delayed by 50 ms of Python calls) and
+#: the redelivery thread made blind to it, so the interrupt lands inside the hook.
 LANDS_IN_HOOK = SWALLOWED.replace("""stopper = Stopper(None, {}, say=lambda line: print("SAID", line, flush=True))""", """
-import _thread, threading
-stopper = Stopper(None, {}, say=lambda line: print("SAID", line, flush=True))
+import time as _time
 
-class EarlyEvent(threading.Event):
-    early = True
+class SlowHookStopper(Stopper):
+    first = True
 
-    def set(self):
-        super().set()
-        if EarlyEvent.early:  # as if the redelivery thread ran before the hook returned
-            EarlyEvent.early = False
-            _thread.interrupt_main(signal.SIGINT)
-            for _ in range(1000):
+    def __setattr__(self, name, value):
+        if name == "_in_hook" and value is False and SlowHookStopper.first and getattr(self, "_raised", None):
+            SlowHookStopper.first = False
+            object.__setattr__(self, "_blind", True)  # the loop thinks the hook was left: it interrupts now
+            deadline = _time.monotonic() + 0.05
+            while _time.monotonic() < deadline:
                 len("the handler runs at one of these calls, inside the hook")
+            object.__setattr__(self, "_blind", False)
+        object.__setattr__(self, name, value)
 
-stopper._redeliver = EarlyEvent()""")
+    def __getattribute__(self, name):
+        if name == "_in_hook" and object.__getattribute__(self, "__dict__").get("_blind") and \\
+                threading.current_thread() is not threading.main_thread():
+            return False
+        return object.__getattribute__(self, name)
+
+import threading
+answered_inside = []
+stopper = SlowHookStopper(None, {}, say=lambda line: print("SAID", line, flush=True))
+handle = stopper._handle
+
+def counting_handle(signum, frame):
+    if stopper._in_hook:
+        answered_inside.append(signum)
+    return handle(signum, frame)
+
+stopper._handle = counting_handle""").replace("""    print("STOPPED", stop, flush=True)""", """    print("STOPPED", stop, "answered inside the hook:", len(answered_inside), flush=True)""")
 
 
 def test_a_redelivered_stop_that_lands_inside_the_hook_still_stops_the_run():
-    assert "EarlyEvent()" in LANDS_IN_HOOK
+    assert "SlowHookStopper" in LANDS_IN_HOOK and "answered inside the hook" in LANDS_IN_HOOK
     out = subprocess.run([sys.executable, "-c", LANDS_IN_HOOK], capture_output=True, text=True, timeout=60)
     assert "STOPPED" in out.stdout and "NOT STOPPED" not in out.stdout, out.stdout + out.stderr
     assert "Exception ignored" not in out.stderr and out.stdout.count("SAID") == 1, out.stdout + out.stderr
+    inside = int(out.stdout.split("answered inside the hook:")[1].split()[0])
+    assert inside >= 1, out.stdout  # the moment under test did happen
