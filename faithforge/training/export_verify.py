@@ -76,19 +76,16 @@ def launch_llama_server(model: str | Path, *, port: int, alias: str, n_ctx: int,
                         log: Any) -> subprocess.Popen:
     """llama.cpp's OpenAI-compatible server (llama-cpp-python's `llama_cpp.server`) on `model` at 127.0.0.1:`port`,
     its output into `log` (a file opened for writing, or DEVNULL); the caller waits for it and stops it."""
+    from faithforge.engine.gguf_sampler import threads_sleep
+
+    # The server inherits this process's OpenMP wait policy (FaithForge sleeps on a busy machine, the suite always):
+    # llama.cpp threads that sleep between operations are slower than one (SmolLM2 Q4_1: 22-26 tokens/s on 2
+    # threads against 59-67 on 1; `engine.gguf_sampler.default_threads`), so then it serves on one.
+    threads = 1 if threads_sleep() else threads
     cmd = [sys.executable, "-m", "llama_cpp.server", "--model", str(model), "--model_alias", alias,
            "--host", "127.0.0.1", "--port", str(port), "--n_ctx", str(n_ctx), "--n_threads", str(threads),
            "--n_threads_batch", str(threads)]
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                            env=server_environment(threads))
-
-
-def server_environment(threads: int) -> dict[str, str] | None:
-    """The llama.cpp server's environment (None: this process's). The server is llama.cpp alone (no torch): on
-    more than one thread it must not inherit the sleeping OpenMP wait policy FaithForge chose for torch on a busy
-    machine (or the test suite set): llama.cpp threads that sleep between operations are slower than one thread
-    (SmolLM2 Q4_1: 22-26 tokens/s on 2 threads against 59-67 on 1; `engine.gguf_sampler.default_threads`)."""
-    return {**os.environ, "OMP_WAIT_POLICY": "ACTIVE"} if threads > 1 else None
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
 
 def wait_until_serving(proc: subprocess.Popen, root: str, *, timeout_s: float, what: str = "",

@@ -369,12 +369,16 @@ def test_evaluation_answers_through_llama_cpp_in_batches_when_the_model_exists_a
     assert alone[0].split()[0] == answers[0].split()[0]  # the first word is read from the same prefill logits
 
 
-def test_a_server_on_several_threads_spins_and_one_thread_inherits(monkeypatch):
-    """The llama.cpp server is its own process: on 2+ threads it waits spinning whatever this process chose for
-    torch; one thread has no partner to wait for, so nothing is changed."""
-    from faithforge.training.export_verify import server_environment
+def test_a_server_started_where_threads_sleep_serves_on_one_thread(monkeypatch):
+    """The llama.cpp server inherits this process's wait policy: where threads sleep it gets one thread (a user's
+    or FaithForge's PASSIVE is kept), elsewhere the threads asked for."""
+    from faithforge.training import export_verify
 
-    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
-    env = server_environment(2)
-    assert env is not None and env["OMP_WAIT_POLICY"] == "ACTIVE" and env["PATH"] == os.environ["PATH"]
-    assert server_environment(1) is None
+    started = []
+    monkeypatch.setattr(export_verify.subprocess, "Popen", lambda cmd, **kw: started.append((cmd, kw)))
+    for policy, asked, served in (("PASSIVE", 2, "1"), ("ACTIVE", 2, "2"), ("", 4, "4")):
+        monkeypatch.setenv("OMP_WAIT_POLICY", policy)
+        export_verify.launch_llama_server("m.gguf", port=1, alias="a", n_ctx=64, threads=asked, log=None)
+        cmd, kw = started[-1]
+        assert cmd[cmd.index("--n_threads") + 1] == served and cmd[cmd.index("--n_threads_batch") + 1] == served
+        assert kw.get("env") is None  # inherited as it is
