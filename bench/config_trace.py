@@ -115,7 +115,12 @@ def main() -> None:
     workspace = args.workspace or Path(tempfile.mkdtemp(prefix="ff-trace-")) / "ws"
     stack, seen = capture_dpo_config_stack(["demo", "-w", str(workspace), "--set", f"train.steps={args.steps}"])
     path = path_from_flows(faithforge_frames(stack))
+    if not path:  # 0 files would read as a pass
+        raise SystemExit("error: no flow module on DPOConfig's stack (was it built on another thread?)")
     files = files_on(path)
+    unknown = sorted({module_layer(m) for m in files} - set(LAYER_RANK))
+    if unknown:  # a layer without a rank cannot be judged for climbs
+        raise SystemExit(f"error: layers without a rank in LAYER_RANK: {', '.join(unknown)}")
     up = climbs(files)
     print(f"train.steps={args.steps} → DPOConfig(max_steps={seen['max_steps']}): "
           f"{'arrived' if seen['max_steps'] == args.steps else 'DIFFERENT'}")
