@@ -39,7 +39,7 @@ def module_layer(module: str) -> str:
 
 def faithforge_frames(stack: list[tuple[str, str, str]]) -> list[tuple[str, str]]:
     """(module, function) of FaithForge's own frames, caller first; `stack` is (module, function, file) per frame,
-    outermost first. Consecutive frames of one module are one hop."""
+    outermost first (`files_on` merges consecutive frames of one module into one visit)."""
     return [(module, function) for module, function, _ in stack if module.startswith("faithforge.")]
 
 

@@ -88,7 +88,6 @@ class OomAttempt:
     def __exit__(self, exc_type, exc, tb) -> bool:
         if not isinstance(exc, Exception) or not is_cuda_oom(exc):
             return False  # finished, or another error: it propagates untouched
-        error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         peak, current = self._measure_peak(), self.plan
         smaller = _smaller(current.batch_size)
         if self.number >= self._max_backoffs or smaller is None:
@@ -100,6 +99,7 @@ class OomAttempt:
                 f"shorten the sequences, choose a smaller model, run `faithforge gpu calibrate`, or offload "
                 f"(gpu.offload_pool)")
         else:
+            error = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             next_plan = current.with_micro_batch(smaller, current.grad_accum * (current.batch_size // smaller))
             self.backoff = BackoffEvent(self.number + 1, current, next_plan, error, peak)
         return True  # the loop decides (after the error's frames, and the tensors they hold, are gone)

@@ -12,7 +12,6 @@ why the figure is a rate, reported as measured; a quantized file's rate says wha
 from __future__ import annotations
 
 import contextlib
-import os
 import socket
 import subprocess
 import sys

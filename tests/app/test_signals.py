@@ -247,6 +247,7 @@ def test_a_stop_that_lands_inside_a_weakref_callback_still_stops_the_run():
 #: watchdog's exit). The hook is made slow (its first `_in_hook = False` is delayed by 50 ms of Python calls) and
 #: the redelivery thread made blind to it, so the interrupt lands inside the hook.
 LANDS_IN_HOOK = SWALLOWED.replace("""stopper = Stopper(None, {}, say=lambda line: print("SAID", line, flush=True))""", """
+import threading
 import time as _time
 
 class SlowHookStopper(Stopper):
@@ -268,7 +269,6 @@ class SlowHookStopper(Stopper):
             return False
         return object.__getattribute__(self, name)
 
-import threading
 answered_inside = []
 stopper = SlowHookStopper(None, {}, say=lambda line: print("SAID", line, flush=True))
 handle = stopper._handle
