@@ -25,6 +25,7 @@ import signal
 import sys
 import threading
 import time
+from datetime import datetime, timezone
 from typing import Callable, Iterator
 
 from faithforge.core.progress import add_sink, remove_sink
@@ -95,6 +96,8 @@ class Stopper:
         self.say = say or (lambda line: (sys.stderr.write(line + "\n"), sys.stderr.flush()))
         self.signals = 0
         self.where = "before the first stage started"
+        self.stopped_at: datetime | None = None
+        """When the first signal came (UTC): a run this process marked `failed` after it was stopped, not failed."""
         self.last: tuple[str, int, int] | None = None
         self._finished = threading.Lock()
         self._done = False
@@ -140,6 +143,7 @@ class Stopper:
             self._raised = StopRequested(self.where)
             raise self._raised
         self.signals += 1
+        self.stopped_at = self.stopped_at or datetime.now(timezone.utc)
         name = signal.Signals(signum).name
         if self.signals > 1:
             self.say(f"{name} again: stopping now")
@@ -203,7 +207,7 @@ class Stopper:
                 from faithforge.core.store import Store
 
                 store = Store(self.database_url)
-                store.cancel_runs_of_this_process(self.where)
+                store.cancel_runs_of_this_process(self.where, self.stopped_at)
                 store.engine.dispose()
             except Exception:  # noqa: BLE001 - stopping must not fail on a store problem; the run then shows crashed
                 pass
@@ -223,8 +227,11 @@ class Stopper:
         add_sink(self._sink)
         try:
             yield self
-        except KeyboardInterrupt:
-            self.finish()
+        except BaseException as exc:
+            # A library may hand the stop back as its own error (see `Store.cancel_runs_of_this_process`): once a
+            # signal came, whatever ends the block is the stop, and the run is marked and the children stopped.
+            if self.signals or isinstance(exc, KeyboardInterrupt):
+                self.finish()
             raise
         finally:
             remove_sink(self._sink)

@@ -30,6 +30,13 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc)
 
 
+def _utc(when: dt.datetime | None) -> dt.datetime:
+    """`when` in UTC; SQLite hands back the naive UTC time `_now()` stored (None: the earliest time)."""
+    if when is None:
+        return dt.datetime.min.replace(tzinfo=dt.timezone.utc)
+    return when if when.tzinfo is not None else when.replace(tzinfo=dt.timezone.utc)
+
+
 def _new_id() -> str:
     return uuid.uuid4().hex
 
@@ -244,13 +251,18 @@ class Store:
                 crashed.append(run.id)
         return crashed
 
-    def cancel_runs_of_this_process(self, where: str) -> list[str]:
+    def cancel_runs_of_this_process(self, where: str, stopped_at: dt.datetime | None = None) -> list[str]:
         """Runs of this process still `running` become `cancelled` (stopped on request: Ctrl-C or SIGTERM), with
-        where they stopped. Returns their ids."""
+        where they stopped; so do those it marked `failed` at or after `stopped_at`, the signal's time. A library
+        may turn the stop into its own error (Prefect's task engine raises from its crash handler once its server
+        died with the process group), and the flow records that as `failed` before the stop gets here (seen once in
+        the suite's Ctrl-C test, `tests/app/test_signals.py`). Returns their ids."""
         cancelled = []
         with self.session() as s:
-            for run in s.scalars(select(Run).where(Run.status == "running", Run.host == socket.gethostname(),
-                                                   Run.pid == os.getpid())):
+            for run in s.scalars(select(Run).where(Run.status.in_(("running", "failed")),
+                                                   Run.host == socket.gethostname(), Run.pid == os.getpid())):
+                if run.status == "failed" and (stopped_at is None or _utc(run.finished_at) < _utc(stopped_at)):
+                    continue  # failed before the stop: its own failure
                 run.status = "cancelled"
                 run.finished_at = _now()
                 run.summary = {**(run.summary or {}), "cancelled": {"where": where, "pid": run.pid}}

@@ -288,3 +288,40 @@ def test_a_redelivered_stop_that_lands_inside_the_hook_still_stops_the_run():
     assert "Exception ignored" not in out.stderr and out.stdout.count("SAID") == 1, out.stdout + out.stderr
     inside = int(out.stdout.split("answered inside the hook:")[1].split()[0])
     assert inside >= 1, out.stdout  # the moment under test did happen
+
+
+#: A stop a library hands back as its own error (Prefect's task engine, once its server died with the group, raises
+#: from its crash handler), after which the flow records the run `failed`: seen once in the suite, the run then
+#: said "stopped on SIGINT" and exited 130 but stayed `failed`, and the children were left to the reaper.
+CONVERTED = """
+import os, signal, sys, time
+from faithforge.app.stopping import Stopper
+from faithforge.core.store import Store
+
+url = sys.argv[1]
+store = Store(url)
+before = store.start_run("pipeline", {})
+store.finish_run(before, "failed", {"error": "its own failure, before any stop"})
+run = store.start_run("pipeline", {})
+stopper = Stopper(url, {}, say=lambda line: print("SAID", line, flush=True))
+try:
+    with stopper.installed():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            store.finish_run(run, "failed", {"error": "Task run is not set"})  # the flow's `except BaseException`
+            raise RuntimeError("Task run is not set")
+except RuntimeError:
+    print("RAISED", flush=True)
+print({r["id"]: r["status"] for r in Store(url).list_runs(5)}[run], Store(url).get_run(before).status, flush=True)
+os._exit(0)
+"""
+
+
+def test_a_stop_turned_into_a_librarys_error_still_marks_the_run_cancelled(tmp_path):
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    out = subprocess.run([sys.executable, "-c", CONVERTED, url], capture_output=True, text=True, timeout=60)
+    assert "RAISED" in out.stdout and out.stdout.count("SAID") == 1, out.stdout + out.stderr
+    # the run stopped on request is `cancelled`; one that failed before any stop keeps `failed`
+    assert out.stdout.strip().splitlines()[-1] == "cancelled failed", out.stdout + out.stderr
