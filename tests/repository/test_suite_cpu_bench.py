@@ -17,7 +17,8 @@ def spin(seconds):
     while time.process_time() < end:
         pass
 spin(1.0)
-subprocess.run([sys.executable, "-c", "import time\\nend = time.process_time() + 0.6\\nwhile time.process_time() < end: pass"])
+grandchild = "import time\\nend = time.process_time() + 0.6\\nwhile time.process_time() < end: pass"
+subprocess.run([sys.executable, "-c", grandchild])
 """
 
 
@@ -43,7 +44,8 @@ def test_processes_are_counted_under_their_kind():
         .startswith("Prefect server's API process")
     assert bench.kind_of("python -m faithforge.app.cli demo -w ws") == "`faithforge demo` process"
     assert bench.kind_of("python -m prefect.engine") == "Prefect flow-run process (started by a worker)"
-    seen = {"1:5": {"command": "python -m faithforge.app.cli demo", "first_cpu_s": 0.5, "last_cpu_s": 30.5, "new": True},
+    demo = "python -m faithforge.app.cli demo"
+    seen = {"1:5": {"command": demo, "first_cpu_s": 0.5, "last_cpu_s": 30.5, "new": True},
             "2:7": {"command": "bash", "first_cpu_s": 100.0, "last_cpu_s": 106.0, "new": False}}
     # a new process counts all its CPU; one there before the run only what it spent during it
     assert bench.summarize(seen) == [("`faithforge demo` process", 30.5 / 60, 1), ("other", 6.0 / 60, 1)]
