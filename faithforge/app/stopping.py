@@ -97,7 +97,8 @@ class Stopper:
         self.signals = 0
         self.where = "before the first stage started"
         self.stopped_at: datetime | None = None
-        """When the first signal came (UTC): a run this process marked `failed` after it was stopped, not failed."""
+        """When the first signal came (UTC): runs this process marked `failed` after it were stopped, not failed
+        (`Store.cancel_runs_of_this_process`)."""
         self.last: tuple[str, int, int] | None = None
         self._finished = threading.Lock()
         self._done = False

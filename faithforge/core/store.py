@@ -328,7 +328,7 @@ class Store:
             return [{"id": r.id, "run_id": r.run_id, "limit_name": r.limit_name, "lease_id": r.lease_id,
                      "stage": r.stage,
                      "flow_run_id": r.flow_run_id, "flow_run_name": r.flow_run_name, "pid": r.pid, "host": r.host,
-                     "since": r.since if r.since.tzinfo else r.since.replace(tzinfo=dt.timezone.utc),
+                     "since": _utc(r.since),
                      "alive": process_alive(r.pid or 0, r.pid_started or "") if r.host == host else None}
                     for r in rows]
 
