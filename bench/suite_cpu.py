@@ -8,7 +8,9 @@ and command line. A process is known by its pid and start time, so a reused pid 
 last reading less its first (a process that existed before the suite, such as a kernel thread, then counts only
 what it spent during the run). A process that lived less than 0.5 s may be missed; one that ran on after its last
 reading loses at most 0.5 s. Prints CPU-minutes and process counts per kind (Prefect servers, flow-run processes,
-demo CLIs, ...), and the suite's wall time.
+demo CLIs, ...), the suite's wall time, and how busy the whole machine was minute by minute (`/proc/stat`): a
+suite whose cores are all busy throughout is made faster only by spending less CPU; one with idle minutes (a
+long test left alone at the end) by starting it earlier.
 """
 
 from __future__ import annotations
@@ -69,13 +71,41 @@ def _reading(entry: str) -> tuple[str, float, str] | None:
     return f"{entry}:{fields[19]}", (int(fields[11]) + int(fields[12])) / TICKS_PER_S, command
 
 
-def sample_while(proc: subprocess.Popen, every_s: float = 0.5) -> dict[str, dict]:
-    """Read every process each `every_s` until `proc` ends: key -> {command, first_cpu_s, last_cpu_s}."""
+def machine_jiffies() -> tuple[int, int]:
+    """(busy, all) clock ticks of every core since boot, from the `cpu` line of `/proc/stat` (idle and iowait are
+    not busy)."""
+    with open("/proc/stat") as handle:
+        ticks = [int(x) for x in handle.readline().split()[1:]]
+    return sum(ticks) - ticks[3] - ticks[4], sum(ticks)
+
+
+def busy_by_minute(readings: list[tuple[float, int, int]]) -> list[float]:
+    """Share of the machine's cores busy (0..1) in each whole minute of `readings` ((seconds since the start,
+    busy ticks, all ticks), in order); the last partial minute is counted if it is at least 10 s long."""
+    shares, start = [], 0
+    for index, (seconds, _, _) in enumerate(readings):
+        whole = seconds - readings[start][0] >= 60
+        last = index == len(readings) - 1 and seconds - readings[start][0] >= 10
+        if whole or last:
+            busy = readings[index][1] - readings[start][1]
+            total = readings[index][2] - readings[start][2]
+            shares.append(busy / total if total else 0.0)
+            start = index
+    return shares
+
+
+def sample_while(proc: subprocess.Popen, every_s: float = 0.5,
+                 machine: list[tuple[float, int, int]] | None = None) -> dict[str, dict]:
+    """Read every process each `every_s` until `proc` ends: key -> {command, first_cpu_s, last_cpu_s}. With
+    `machine`, each sweep also appends (seconds since the start, busy ticks, all ticks) of the whole machine."""
     seen: dict[str, dict] = {}
+    started = time.monotonic()
     me = str(os.getpid())
     first_sweep = True
     while True:
         done = proc.poll() is not None
+        if machine is not None:
+            machine.append((time.monotonic() - started, *machine_jiffies()))
         for entry in os.listdir("/proc"):
             if not entry.isdigit() or entry == me:
                 continue
@@ -107,12 +137,16 @@ def summarize(seen: dict[str, dict]) -> list[tuple[str, float, int]]:
     return [(kind, minutes, count[kind]) for kind, minutes in cpu.most_common()]
 
 
-def print_table(rows: list[tuple[str, float, int]], wall_s: float | None = None) -> None:
+def print_table(rows: list[tuple[str, float, int]], wall_s: float | None = None,
+                busy: list[float] | None = None) -> None:
     print(f"{'CPU-min':>8} {'processes':>9}  kind")
     for kind, minutes, processes in rows:
         print(f"{minutes:8.2f} {processes:9d}  {kind}")
     print(f"{sum(m for _, m, _ in rows):8.2f} {sum(p for _, _, p in rows):9d}  in all"
           + (f"; the suite's wall time {wall_s / 60:.1f} min" if wall_s else ""))
+    if busy:
+        print("the machine's cores busy, minute by minute (%): " + " ".join(f"{round(100 * b)}" for b in busy))
+        print(f"minutes under 75% busy: {sum(b < 0.75 for b in busy)} of {len(busy)}")
 
 
 def main() -> None:
@@ -123,15 +157,18 @@ def main() -> None:
     args = parser.parse_args()
     if args.summarize:
         saved = json.loads(args.summarize.read_text())
-        print_table(summarize(saved["processes"]), saved.get("wall_s"))
+        print_table(summarize(saved["processes"]), saved.get("wall_s"), saved.get("busy_by_minute"))
         return
     started = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "pytest", "-q", *args.pytest_args], cwd=REPO)
-    seen = sample_while(proc)
+    machine: list[tuple[float, int, int]] = []
+    seen = sample_while(proc, machine=machine)
     wall_s = time.perf_counter() - started
-    print_table(summarize(seen), wall_s)
+    busy = busy_by_minute(machine)
+    print_table(summarize(seen), wall_s, busy)
     if args.out:
-        args.out.write_text(json.dumps({"wall_s": wall_s, "exit_status": proc.returncode, "processes": seen}))
+        args.out.write_text(json.dumps({"wall_s": wall_s, "exit_status": proc.returncode, "processes": seen,
+                                        "busy_by_minute": busy}))
     sys.exit(proc.returncode)
 
 

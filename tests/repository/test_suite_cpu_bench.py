@@ -49,3 +49,15 @@ def test_processes_are_counted_under_their_kind():
             "2:7": {"command": "bash", "first_cpu_s": 100.0, "last_cpu_s": 106.0, "new": False}}
     # a new process counts all its CPU; one there before the run only what it spent during it
     assert bench.summarize(seen) == [("`faithforge demo` process", 30.5 / 60, 1), ("other", 6.0 / 60, 1)]
+
+
+def test_the_machine_is_read_busy_minute_by_minute():
+    bench = load_bench("suite_cpu")
+    busy, total = bench.machine_jiffies()
+    assert 0 <= busy <= total
+    # 0-60 s: half the ticks busy; 60-90 s: all busy (a last part of 30 s counts)
+    readings = [(0.0, 0, 0), (30.0, 50, 100), (60.0, 100, 200), (90.0, 200, 300)]
+    assert bench.busy_by_minute(readings) == [0.5, 1.0]
+    # a last part under 10 s is not a minute of its own
+    assert bench.busy_by_minute([(0.0, 0, 0), (60.0, 30, 120), (65.0, 40, 130)]) == [0.25]
+    assert bench.busy_by_minute([(0.0, 0, 0), (5.0, 1, 2)]) == []
