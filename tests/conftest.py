@@ -72,8 +72,9 @@ def prefect_harness():
     from prefect.testing.utilities import prefect_test_harness
 
     from faithforge.app.prefect_settings import without_heartbeats
+    from tests.fixtures.prefect_db import harness_on_a_migrated_database
 
-    with prefect_test_harness(server_startup_timeout=240):
+    with harness_on_a_migrated_database(), prefect_test_harness(server_startup_timeout=240):
         with without_heartbeats():
             yield
 

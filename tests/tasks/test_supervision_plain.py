@@ -116,9 +116,12 @@ def test_sigkill_of_the_demo_leaves_no_embedded_prefect_server(tmp_path):
     `uvicorn ... prefect.server` child) running."""
     import psutil
 
+    from tests.fixtures.prefect_db import migrated_database
+
     env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_HOME": str(tmp_path / "prefect-home"),
            "TQDM_DISABLE": "1"}
     env.pop("PREFECT_API_URL", None)
+    migrated_database(tmp_path / "prefect-home" / "prefect.db")
     demo = subprocess.Popen([sys.executable, "-m", "faithforge.app.cli", "demo", "-w", str(tmp_path / "ws")],
                             env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)

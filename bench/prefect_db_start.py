@@ -1,0 +1,117 @@
+"""A Prefect server's start on a new database against one on a copy of a migrated database, side by side.
+
+    python bench/prefect_db_start.py [--repeats 3] [--out FILE.json]
+
+The suite starts about eight Prefect servers on new SQLite databases; `tests/fixtures/prefect_db.py` copies one
+migrated database into each instead. This starts `prefect server start` (UI off) alternately on a new database and
+on a copy, and prints, per start, the CPU seconds of the server's process tree until `/api/health` answers
+(user + system, from `/proc`, its children included) and the wall seconds to that answer; then the medians and
+their ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from tests.fixtures.prefect_db import migrated_database  # noqa: E402
+from tests.fixtures.processes import free_port, stop_process  # noqa: E402
+
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds (user + system) of `pid` and its living descendants, plus what its reaped children spent."""
+    parents: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        # utime, stime, and the waited-for children's cutime, cstime
+        cpu[int(entry)] = sum(int(x) for x in fields[11:15]) / TICKS_PER_S
+    total, frontier = 0.0, [pid]
+    while frontier:
+        current = frontier.pop()
+        total += cpu.get(current, 0.0)
+        frontier.extend(child for child, parent in parents.items() if parent == current)
+    return total
+
+
+def start_once(home: Path, migrated: bool) -> dict:
+    """Start a server under `home` (on a copy of the migrated database if `migrated`), wait for its health answer,
+    read its CPU, stop it."""
+    import httpx
+
+    home.mkdir(parents=True)
+    if migrated:
+        migrated_database(home / "prefect.db")
+    port = free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
+    started = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                             str(port)], env=env, cwd=home, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None:
+                raise SystemExit(f"the server exited with {proc.returncode}")
+            time.sleep(0.1)
+        wall_s = time.perf_counter() - started
+        cpu_s = tree_cpu_s(proc.pid)
+    finally:
+        stop_process(proc, group=True, timeout_s=30)
+    return {"database": "migrated copy" if migrated else "new", "cpu_s": round(cpu_s, 2), "wall_s": round(wall_s, 2)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    migrated_database(Path(tempfile.mkdtemp()) / "warm.db")  # the template is made before anything is timed
+    runs = []
+    with tempfile.TemporaryDirectory() as scratch:
+        for repeat in range(args.repeats):
+            for migrated in (False, True):
+                run = start_once(Path(scratch) / f"{repeat}-{int(migrated)}", migrated)
+                runs.append(run)
+                print(f"{run['database']:>13}: {run['cpu_s']:5.1f} CPU-s, {run['wall_s']:5.1f} s to answer", flush=True)
+    summary = {}
+    for name in ("new", "migrated copy"):
+        mine = [r for r in runs if r["database"] == name]
+        summary[name] = {"cpu_s": statistics.median(r["cpu_s"] for r in mine),
+                         "wall_s": statistics.median(r["wall_s"] for r in mine)}
+    cpu_ratio = summary["new"]["cpu_s"] / summary["migrated copy"]["cpu_s"]
+    wall_ratio = summary["new"]["wall_s"] / summary["migrated copy"]["wall_s"]
+    print(f"medians: new {summary['new']['cpu_s']:.1f} CPU-s / {summary['new']['wall_s']:.1f} s, migrated copy "
+          f"{summary['migrated copy']['cpu_s']:.1f} CPU-s / {summary['migrated copy']['wall_s']:.1f} s: "
+          f"{cpu_ratio:.2f}x less CPU, {wall_ratio:.2f}x sooner")
+    if args.out:
+        args.out.write_text(json.dumps({"runs": runs, "medians": summary, "cpu_ratio": cpu_ratio,
+                                        "wall_ratio": wall_ratio}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
