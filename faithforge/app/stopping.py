@@ -10,10 +10,10 @@ used to end minutes later with "Connection refused". Here the first signal:
   whole or absent — the same guarantee a SIGKILL at any moment has (`tests/stages/test_kill_resume.py`);
 - marks the run `cancelled` in the run store (not through Prefect: its server may be gone), stops every child
   process (the embedded server included) and exits with status 130 — at the latest `GRACE_S` seconds after the
-  signal, whatever Prefect's clean-up is waiting for, and at once when this process's embedded Prefect server has
-  died of the stop: Prefect's flow engine then only proposes the final state to a dead server, retrying with
-  sleeps (`_send_with_retry`), which was where half of the stops spent their 5 s (a stack dumped when the
-  watchdog fired: 5 of 10 stops, every one there).
+  signal, whatever Prefect's clean-up is waiting for, and `SERVER_GONE_S` after this process's embedded Prefect
+  server has died of the stop: Prefect's flow engine then only proposes the final state to a dead server,
+  retrying with sleeps (`_send_with_retry`), which was where half of the stops spent their 5 s (a stack dumped
+  when the watchdog fired: 5 of 10 stops, every one there).
 
 A second signal exits at once (children killed, run marked). Work reporting progress from another thread stops
 at its next report.
@@ -37,6 +37,12 @@ from faithforge.core.progress import add_sink, remove_sink
 GRACE_S = 5.0
 #: How often the watchdog looks whether the embedded Prefect server is still there, seconds.
 SERVER_POLL_S = 0.05
+#: Seconds the main thread still gets once the embedded server is gone, for its own clean-up (a temporary folder
+#: removed, a progress bar closed, the cursor shown again): it takes 0.3-0.5 s in a stop that does not meet
+#: Prefect's retries.
+SERVER_GONE_S = 1.0
+#: Seconds between two looks for the embedded server while the run reports progress (a /proc scan, ~5-10 ms).
+SERVER_LOOK_EVERY_S = 2.0
 EXIT_STATUS = 130
 
 
@@ -131,8 +137,16 @@ class Stopper:
         (`Store.cancel_runs_of_this_process`)."""
         self.last: tuple[str, int, int] | None = None
         self._finishing = threading.RLock()
-        """Held through the whole of `finish`: a second caller (the watchdog) waits for the first's store write."""
+        """Held through the whole of `finish`: a second caller (the watchdog) waits for the first's clean-up."""
         self._done = False
+        self._marked = False
+        """The run store was marked (at least once) since the signal."""
+        self._marking = False
+        self._marking_thread: int | None = None
+        self.servers: set[int] = set()
+        """Embedded Prefect servers of this process seen so far (pids): a server already dead at the signal is a
+        zombie whose command line reads empty, so it is noted while the run reports progress."""
+        self._looked_at = 0.0
         self._redelivering = False
         self._in_hook = False
         """The main thread is inside `_unraisable`: a stop raised there would be swallowed again."""
@@ -149,6 +163,9 @@ class Stopper:
             if self.signals:
                 raise StopRequested(self.where)  # work in another thread stops at its next report
             return
+        if not self.signals and time.monotonic() - self._looked_at >= SERVER_LOOK_EVERY_S:
+            self._looked_at = time.monotonic()
+            self.servers.update(embedded_servers(os.getpid()))
         # Prefect's flow engine swaps in its own SIGTERM handler (it turns SIGTERM into a crash that first talks
         # to the server); a stage's progress report takes SIGTERM back, so it stops like Ctrl-C.
         if signal.getsignal(signal.SIGTERM) != self._handle:  # bound methods compare equal, never identical
@@ -179,8 +196,11 @@ class Stopper:
         name = signal.Signals(signum).name
         if self.signals > 1:
             self.say(f"{name} again: stopping now")
-            self.finish(wait_s=0.0, lock_wait_s=1.0)
+            self._mark_once_more()  # whatever the first signal's clean-up is doing (it may be waiting on children)
             stop_children(0.0)  # even while the first signal's clean-up is still waiting on them
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
             os._exit(EXIT_STATUS)
         self.where = self._describe()
         self.say(f"stopped on {name} {self.where}; every finished stage and checkpoint is kept whole: rerun the "
@@ -224,49 +244,76 @@ class Stopper:
                 _thread.interrupt_main(signal.SIGINT)
 
     def _watchdog(self) -> None:
-        """Exit `GRACE_S` after the first signal, or as soon as the embedded Prefect servers this process had at
-        the signal are all gone (a stop sent to the process group kills them): from then on nothing Prefect's
-        clean-up waits for can succeed. A stop sent to this process alone leaves its server up, and Prefect
-        reports the run's end to it within the grace."""
+        """Exit `GRACE_S` after the first signal, or `SERVER_GONE_S` after the embedded Prefect servers this
+        process had are all gone (a stop sent to the process group kills them): from then on nothing Prefect's
+        clean-up waits for can succeed, while the main thread's own clean-up has had its second. A stop sent to
+        this process alone leaves its server up, and Prefect reports the run's end to it within the grace."""
         deadline = time.monotonic() + GRACE_S
-        servers = embedded_servers(os.getpid())
+        servers = self.servers | set(embedded_servers(os.getpid()))
+        gone_since = None
         while time.monotonic() < deadline:
             time.sleep(SERVER_POLL_S)
             if servers and not any(_running(pid) for pid in servers):
-                break
+                gone_since = gone_since or time.monotonic()
+                if time.monotonic() - gone_since >= SERVER_GONE_S:
+                    break
+        by_main = self._done  # the main thread's clean-up got there: it exits on its own in a moment
         self.finish(lock_wait_s=max(0.0, deadline - time.monotonic()) + 3.0)
+        if by_main:
+            time.sleep(max(0.0, min(SERVER_GONE_S, deadline - time.monotonic())))
         os._exit(EXIT_STATUS)
 
     def finish(self, wait_s: float = 3.0, lock_wait_s: float = -1) -> None:
         """Mark this process's running runs cancelled and stop its children (once). A caller that finds another
         thread finishing waits for it (at most `lock_wait_s`; -1: as long as it takes), so the process never
-        exits in the middle of the other's store write."""
+        exits in the middle of the other's clean-up; one that waited in vain still marks the store."""
         if not self._finishing.acquire(timeout=lock_wait_s):
+            self._mark_once_more()
             return
         try:
             if self._done:
                 return
             self._done = True
-            self._finish(wait_s)
+            # The store first (milliseconds), so a stop cut short while children are stopped has still marked it;
+            # and again after: a `failed` the main thread's flow wrote meanwhile (a stop handed back as a
+            # library's error) becomes `cancelled`.
+            self._mark()
+            stop_children(wait_s)
+            self._mark()
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
         finally:
             self._finishing.release()
 
-    def _finish(self, wait_s: float) -> None:
-        # Children first, the run store last: a `failed` the main thread's flow still writes meanwhile (a stop
-        # handed back as a library's error) is then turned into `cancelled`, and the exit follows the mark at once.
-        stop_children(wait_s)
-        if self.database_url is not None:
-            try:
-                from faithforge.core.store import Store
+    def _mark(self) -> None:
+        """Mark this process's runs cancelled in the run store (repeatable: a second mark changes only what was
+        written since)."""
+        if self.database_url is None:
+            self._marked = True
+            return
+        self._marking, self._marking_thread = True, threading.get_ident()
+        try:
+            from faithforge.core.store import Store
 
-                store = Store(self.database_url)
-                store.cancel_runs_of_this_process(self.where, self.stopped_at)
-                store.engine.dispose()
-            except Exception:  # noqa: BLE001 - stopping must not fail on a store problem; the run then shows crashed
-                pass
-        with contextlib.suppress(Exception):
-            sys.stdout.flush()
-            sys.stderr.flush()
+            store = Store(self.database_url)
+            store.cancel_runs_of_this_process(self.where, self.stopped_at)
+            store.engine.dispose()
+            self._marked = True
+        except Exception:  # noqa: BLE001 - stopping must not fail on a store problem; the run then shows crashed
+            pass
+        finally:
+            self._marking = False
+
+    def _mark_once_more(self, wait_s: float = 1.0) -> None:
+        """For a caller that does not wait for `finish` (a second signal): mark the store unless it was marked.
+        Another thread marking right now is given `wait_s`; a mark this very thread was in the middle of (the
+        handler interrupted it) is left alone: its own connection holds the database."""
+        deadline = time.monotonic() + wait_s
+        while self._marking and self._marking_thread != threading.get_ident() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        if not self._marked and not self._marking:
+            self._mark()
 
     @contextlib.contextmanager
     def installed(self) -> Iterator["Stopper"]:

@@ -341,6 +341,9 @@ server = subprocess.Popen([sys.executable, "-c", "import time; print('up', flush
                            "prefect.server.api.server:create_app"], stdout=subprocess.PIPE, text=True)
 server.stdout.readline()
 with stopping.Stopper(None, {}, say=lambda line: print("SAID", line, flush=True)).installed():
+    from faithforge.core.progress import report
+
+    report("stage", 0, 1)  # a progress report: the stopper notes the server (it may be a zombie by the signal)
     try:
         print("READY", flush=True)
         time.sleep(600)
@@ -375,3 +378,53 @@ def test_a_stop_ends_once_the_embedded_server_died_of_it_not_after_prefects_retr
 def test_a_stop_to_the_process_alone_leaves_prefect_its_grace_while_its_server_lives():
     code, output = _stopped(2.0, to_group=False)
     assert code == 130 and "STILL WAITING" in output and output.count("SAID") == 1, output
+
+
+#: A second Ctrl-C while the first stop's clean-up waits for a child that takes 2.5 s to go after SIGTERM (a server
+#: in its graceful shutdown): found in review, the second signal's exit skipped the run store, which the first
+#: clean-up marked only after its children, and the run was left `running` (then shown crashed).
+SECOND_WHILE_CHILDREN_STOP = """
+import subprocess, sys, time
+from faithforge.app.stopping import Stopper
+from faithforge.core.store import Store
+
+url = sys.argv[1]
+store = Store(url)
+run = store.start_run("pipeline", {})
+slow = subprocess.Popen([sys.executable, "-c", "import signal, time; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+                         "signal.signal(signal.SIGTERM, lambda *a: (time.sleep(2.5), exit())); print('up', flush=True); "
+                         "time.sleep(600)"], stdout=subprocess.PIPE, text=True)
+slow.stdout.readline()
+print("RUN", run, flush=True)
+with Stopper(url, {}, say=lambda line: print("SAID", line, flush=True)).installed():
+    print("READY", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_second_ctrl_c_while_the_first_waits_on_children_still_leaves_the_run_cancelled(tmp_path):
+    from faithforge.core.store import Store
+
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    proc = subprocess.Popen([sys.executable, "-c", SECOND_WHILE_CHILDREN_STOP, url], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, cwd=REPO,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    try:
+        lines = []
+        while not lines or lines[-1].strip() not in ("READY", ""):
+            lines.append(proc.stdout.readline())
+        run = next(line.split()[1] for line in lines if line.startswith("RUN"))
+        os.kill(proc.pid, signal.SIGINT)
+        time.sleep(0.8)  # the first stop now waits on the slow child
+        os.kill(proc.pid, signal.SIGINT)
+        code = proc.wait(60)
+        output = "".join(lines) + proc.stdout.read()
+    finally:
+        with __import__("contextlib").suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert code == 130 and "SIGINT again: stopping now" in output, output
+    store = Store(url)
+    try:
+        assert store.get_run(run).status == "cancelled", output
+    finally:
+        store.engine.dispose()
