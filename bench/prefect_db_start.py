@@ -12,6 +12,7 @@ their ratios.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -27,29 +28,16 @@ sys.path.insert(0, str(REPO))
 from tests.fixtures.prefect_db import migrated_database  # noqa: E402
 from tests.fixtures.processes import free_port, stop_process  # noqa: E402
 
-TICKS_PER_S = os.sysconf("SC_CLK_TCK")
-
-
 def tree_cpu_s(pid: int) -> float:
-    """CPU seconds (user + system) of `pid` and its living descendants, plus what its reaped children spent."""
-    parents: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                fields = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(entry)] = int(fields[1])
-        # utime, stime, and the waited-for children's cutime, cstime
-        cpu[int(entry)] = sum(int(x) for x in fields[11:15]) / TICKS_PER_S
-    total, frontier = 0.0, [pid]
-    while frontier:
-        current = frontier.pop()
-        total += cpu.get(current, 0.0)
-        frontier.extend(child for child, parent in parents.items() if parent == current)
+    """CPU seconds (user + system) of `pid` and its living descendants, plus what their reaped children spent."""
+    import psutil
+
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in [root, *root.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
     return total
 
 

@@ -101,6 +101,13 @@ def embedded_servers(pid: int) -> list[int]:
     return found
 
 
+def _flush() -> None:
+    """Flush stdout and stderr before an `os._exit` (which skips it), whatever state they are in."""
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+
+
 def stop_children(wait_s: float = 3.0) -> None:
     """SIGTERM every descendant process, wait up to `wait_s`, then SIGKILL those left, and reap them."""
     children = _children(os.getpid())
@@ -141,8 +148,8 @@ class Stopper:
         self._done = False
         self._marked = False
         """The run store was marked (at least once) since the signal."""
-        self._marking = False
         self._marking_thread: int | None = None
+        """The thread writing the mark right now (None: nobody is)."""
         self.servers: set[int] = set()
         """Embedded Prefect servers of this process seen so far (pids): a server already dead at the signal is a
         zombie whose command line reads empty, so it is noted while the run reports progress."""
@@ -198,9 +205,7 @@ class Stopper:
             self.say(f"{name} again: stopping now")
             self._mark_once_more()  # whatever the first signal's clean-up is doing (it may be waiting on children)
             stop_children(0.0)  # even while the first signal's clean-up is still waiting on them
-            with contextlib.suppress(Exception):
-                sys.stdout.flush()
-                sys.stderr.flush()
+            _flush()
             os._exit(EXIT_STATUS)
         self.where = self._describe()
         self.say(f"stopped on {name} {self.where}; every finished stage and checkpoint is kept whole: rerun the "
@@ -280,9 +285,7 @@ class Stopper:
             self._mark()
             stop_children(wait_s)
             self._mark()
-            with contextlib.suppress(Exception):
-                sys.stdout.flush()
-                sys.stderr.flush()
+            _flush()
         finally:
             self._finishing.release()
 
@@ -292,7 +295,7 @@ class Stopper:
         if self.database_url is None:
             self._marked = True
             return
-        self._marking, self._marking_thread = True, threading.get_ident()
+        self._marking_thread = threading.get_ident()
         try:
             from faithforge.core.store import Store
 
@@ -303,16 +306,16 @@ class Stopper:
         except Exception:  # noqa: BLE001 - stopping must not fail on a store problem; the run then shows crashed
             pass
         finally:
-            self._marking = False
+            self._marking_thread = None
 
     def _mark_once_more(self, wait_s: float = 1.0) -> None:
         """For a caller that does not wait for `finish` (a second signal): mark the store unless it was marked.
         Another thread marking right now is given `wait_s`; a mark this very thread was in the middle of (the
         handler interrupted it) is left alone: its own connection holds the database."""
         deadline = time.monotonic() + wait_s
-        while self._marking and self._marking_thread != threading.get_ident() and time.monotonic() < deadline:
+        while self._marking_thread not in (None, threading.get_ident()) and time.monotonic() < deadline:
             time.sleep(0.01)
-        if not self._marked and not self._marking:
+        if not self._marked and self._marking_thread is None:
             self._mark()
 
     @contextlib.contextmanager
