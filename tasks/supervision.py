@@ -36,6 +36,9 @@ GPU_LEASE_S = 60.0
 SLOT_POLL_S = 2.0
 #: The wait line comes at the first refusal, then again this often with how long, seconds.
 SLOT_REPORT_S = 30.0
+#: A Prefect server that answers no request for a slot this long (503s, refused connections) fails the stage,
+#: seconds. Prefect's own client gave up after 6 tries, about 62 s; a busy SQLite server can take longer.
+NO_ANSWER_MAX_S = 300.0
 
 _watching = False
 #: Leases this process was granted, from the moment the server grants them (before the run store records them):
@@ -291,20 +294,41 @@ def _root_flow_run() -> tuple[Optional[str], Optional[str]]:
 
 # -- the gpu slot -----------------------------------------------------------------------------------------
 
+#: Answers that mean "the server is busy, ask again" (Prefect's own client retries these). 503 is what a Prefect
+#: server on SQLite answers while its database is locked ("database is locked" is retryable to it).
+BUSY_STATUS = {408, 429, 502, 503}
+
+
+class ServerBusy(Exception):
+    """The Prefect server did not answer a request for a slot (503 and the like, or no connection): ask again."""
+
+
 def _try_slot(client, limit: str, holder) -> Optional[str]:
     """One request for a slot of `limit` under a `GPU_LEASE_S` lease: its lease id, or None while it is full (or
-    while this process is dying: then it asks for nothing)."""
+    while this process is dying: then it asks for nothing). Raises `ServerBusy` when the server does not answer.
+
+    The request is sent once: Prefect's client would retry a busy answer itself, backing off 2, 4, 8, 16 and 32 s,
+    and then raise. A run waiting for the slot was then silent for 65 s when the server's SQLite database was
+    locked (CI, the supervision integration test), and would have failed at the sixth busy answer. The wait loop
+    asks again every `SLOT_POLL_S` instead, and says meanwhile that it waits."""
     import httpx
+    from prefect.settings import PREFECT_CLIENT_MAX_RETRIES, temporary_settings
 
     with _slot_lock:
         if _dying.is_set():
             return None
         try:
-            response = client.increment_concurrency_slots_with_lease([limit], 1, "concurrency", GPU_LEASE_S, holder)
+            with temporary_settings(updates={PREFECT_CLIENT_MAX_RETRIES: 0}):
+                response = client.increment_concurrency_slots_with_lease([limit], 1, "concurrency", GPU_LEASE_S,
+                                                                         holder)
         except httpx.HTTPStatusError as exc:
             if exc.response.status_code == 423:  # locked: every slot is held
                 return None
+            if exc.response.status_code in BUSY_STATUS:
+                raise ServerBusy(f"{exc.response.status_code} {exc.response.reason_phrase}") from None
             raise
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:  # nothing reached the server: nothing granted
+            raise ServerBusy(f"no connection ({type(exc).__name__})") from None
         body = response.json()
         if not body.get("limits"):
             raise UserError(f"the global concurrency limit {limit!r} is missing on the Prefect server; create it "
@@ -318,48 +342,72 @@ def _try_slot(client, limit: str, holder) -> Optional[str]:
         return lease_id
 
 
+def _wait_for_slot(client, limit: str, stage: str, holder, database_url: str, opened: list[Any],
+                   say: Callable[[str], None], progress: Callable[[str, int, int, str], None] | None):
+    """Ask for a slot every `SLOT_POLL_S` until granted: (lease id, seconds waited or None when the first ask was
+    granted). The run store is opened (and appended to `opened`, for the caller to close) after the server's first
+    answer, so a missing limit fails before it is touched. A server that answers nothing for `NO_ANSWER_MAX_S` is
+    an error."""
+    from faithforge.core.store import Store
+
+    started = time.monotonic()
+    said, unanswered_since = None, None
+    while True:
+        try:
+            lease_id, busy = _try_slot(client, limit, holder), None
+            unanswered_since = None
+        except ServerBusy as exc:
+            lease_id, busy = None, str(exc)
+            unanswered_since = unanswered_since if unanswered_since is not None else time.monotonic()
+            if time.monotonic() - unanswered_since > NO_ANSWER_MAX_S:
+                raise UserError(f"{stage}: the Prefect server has not answered a request for a slot of the {limit!r} "
+                                f"concurrency limit for {NO_ANSWER_MAX_S:.0f} s (last: {busy}); check that it "
+                                "runs (`prefect server start`) and rerun: finished stages are reused") from None
+        if not opened:
+            opened.append(Store(database_url))
+        store = opened[0]
+        if lease_id is not None:
+            return lease_id, (time.monotonic() - started if said is not None else None)
+        holders = store.held_slots(limit)
+        if any(h["alive"] is False for h in holders):
+            reconcile(database_url, say=say)
+            holders = store.held_slots(limit)
+        waited = time.monotonic() - started
+        if said is None or waited - said >= SLOT_REPORT_S:
+            said = waited
+            line = slot_wait_message(limit, stage, holders, waited, dt.datetime.now(dt.timezone.utc), busy=busy)
+            say(line)
+            if progress is not None:  # the artifact puts the stage's name in front itself
+                progress(stage, 0, 1, line.removeprefix(f"{stage}: "))
+        time.sleep(SLOT_POLL_S)
+
+
 @contextlib.contextmanager
 def held_slot(limit: str, stage: str, database_url: str, run_id: Optional[str],
-              progress: Callable[[str, int, int, str], None] | None = None) -> Iterator[None]:
+              progress: Callable[[str, int, int, str], None] | None = None,
+              say: Callable[[str], None] | None = None) -> Iterator[None]:
     """Hold one slot of `limit` (a missing limit is an error) under a `GPU_LEASE_S` lease. While waiting, say at
-    once and then every `SLOT_REPORT_S` who holds it (run log and `progress`), and free slots whose holder's
-    process is gone. (Prefect's own `concurrency()` waits in silence and logs each timed-out try as an error.)"""
-    from prefect import get_run_logger
+    once and then every `SLOT_REPORT_S` who holds it (`say`, by default the run's log, and `progress`), and free
+    slots whose holder's process is gone. (Prefect's own `concurrency()` waits in silence and logs each timed-out
+    try as an error.)"""
     from prefect.client.schemas.objects import ConcurrencyLeaseHolder
     from prefect.concurrency._leases import maintain_concurrency_lease
     from prefect.runtime import flow_run
 
-    from faithforge.core.store import Store
+    if say is None:
+        from prefect import get_run_logger
 
-    logger = get_run_logger()
+        say = get_run_logger().info
     holder = ConcurrencyLeaseHolder(type="flow_run", id=flow_run.id) if flow_run.id else None
-    started = time.monotonic()
-    said = None
-    lease_id, store, hold = None, None, None
+    lease_id, opened, hold = None, [], None
     try:  # from the first request on: whatever was granted is released on the way out, whatever fails in between
         with _client() as client:
-            lease_id = _try_slot(client, limit, holder)  # a missing limit fails here, before the run store is opened
-        store = Store(database_url)
-        with _client() as client:
-            while lease_id is None:
-                holders = store.held_slots(limit)
-                if any(h["alive"] is False for h in holders):
-                    reconcile(database_url, say=logger.warning)
-                    holders = store.held_slots(limit)
-                waited = time.monotonic() - started
-                if said is None or waited - said >= SLOT_REPORT_S:
-                    said = waited
-                    line = slot_wait_message(limit, stage, holders, waited, dt.datetime.now(dt.timezone.utc))
-                    logger.info(line)
-                    if progress is not None:  # the artifact puts the stage's name in front itself
-                        progress(stage, 0, 1, line.removeprefix(f"{stage}: "))
-                time.sleep(SLOT_POLL_S)
-                lease_id = _try_slot(client, limit, holder)
+            lease_id, waited = _wait_for_slot(client, limit, stage, holder, database_url, opened, say, progress)
+        (store,) = opened
         root_id, root_name = _root_flow_run()
         hold = store.hold_slot(run_id, limit, lease_id, stage, flow_run_id=root_id, flow_run_name=root_name)
-        waited = time.monotonic() - started
-        logger.info("holding a slot of the %r concurrency limit for %s%s", limit, stage,
-                    f" (after waiting {waited:.0f} s)" if said is not None else "")
+        say(f"holding a slot of the {limit!r} concurrency limit for {stage}"
+            + (f" (after waiting {waited:.0f} s)" if waited is not None else ""))
         from uuid import UUID
 
         with maintain_concurrency_lease(UUID(lease_id), GPU_LEASE_S, raise_on_lease_renewal_failure=True):
@@ -368,7 +416,7 @@ def held_slot(limit: str, stage: str, database_url: str, run_id: Optional[str],
         if lease_id is not None:
             with contextlib.suppress(Exception), _client() as client:
                 release_lease(client, lease_id)
-        if store is not None:
+        for store in opened:
             try:
                 if hold is not None:
                     store.release_slot(hold)

@@ -42,8 +42,13 @@ def _age(since: dt.datetime, now: dt.datetime) -> str:
 
 
 def slot_wait_message(limit: str, stage: str, holders: list[dict[str, Any]], waited_s: float,
-                      now: dt.datetime) -> str:
-    """`train: waiting 6 s for a slot of the 'gpu' limit, held by flow run 'calm-fox' (train, 42 s) …`."""
+                      now: dt.datetime, busy: Optional[str] = None) -> str:
+    """`train: waiting 6 s for a slot of the 'gpu' limit, held by flow run 'calm-fox' (train, 42 s) …`. `busy`:
+    why the Prefect server did not answer the last request (it is then said too)."""
+    waiting = f"{stage}: waiting {int(waited_s)} s for a slot of the {limit!r} concurrency limit"
+    unanswered = f"the Prefect server did not answer the last request ({busy}); asking again" if busy else ""
+    if busy and not holders:  # nobody known holds it: the server's silence is the whole story
+        return f"{waiting}: {unanswered}"
     if not holders:
         who = "held by a run this run store does not know (another workspace or database_url); `prefect gcl inspect " \
               f"{limit}` shows the active slots"
@@ -54,4 +59,4 @@ def slot_wait_message(limit: str, stage: str, holders: list[dict[str, Any]], wai
             state = "" if hold.get("alive") is not False else ", its process is gone: freed on the next start"
             described.append(f"flow run {name!r} ({hold.get('stage')}, for {_age(hold['since'], now)}{state})")
         who = "held by " + "; ".join(described)
-    return f"{stage}: waiting {int(waited_s)} s for a slot of the {limit!r} concurrency limit, {who}"
+    return f"{waiting}, {who}" + (f"; {unanswered}" if busy else "")

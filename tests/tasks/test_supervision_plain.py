@@ -163,6 +163,13 @@ def test_a_slot_wait_names_the_holders_flow_run_stage_and_how_long():
     dead = [{**holders[0], "alive": False}]
     assert "its process is gone" in slot_wait_message("gpu", "train", dead, 3, now)
     assert "prefect gcl inspect gpu" in slot_wait_message("gpu", "train", [], 3, now)
+    busy = "503 Service Unavailable"
+    assert slot_wait_message("gpu", "train", holders, 3, now, busy=busy).endswith(
+        "(train, for 2 min 15 s); the Prefect server did not answer the last request (503 Service Unavailable); "
+        "asking again")
+    assert slot_wait_message("gpu", "train", [], 3, now, busy=busy) == (
+        "train: waiting 3 s for a slot of the 'gpu' concurrency limit: the Prefect server did not answer the last "
+        "request (503 Service Unavailable); asking again")
 
 
 def test_slot_holds_are_recorded_released_and_a_dead_holder_is_seen(tmp_path):
@@ -283,6 +290,93 @@ def test_a_dying_process_releases_a_slot_it_was_granted_before_the_store_recorde
         asked = []
         monkeypatch.setattr(client, "increment_concurrency_slots_with_lease", lambda *a, **k: asked.append(a))
         assert supervision._try_slot(client, "gpu", None) is None and asked == []  # dying: no request at all
+
+
+def test_a_slot_wait_is_said_at_once_while_the_prefect_servers_database_is_locked(tmp_path, monkeypatch):
+    """CI's failure (stop 46): the Prefect server's SQLite database was locked, the server answered 503, Prefect's
+    client backed off 2, 4, 8, 16 and 32 s on its own, and the waiting run's first wait line came after 65 s. Now
+    each request is sent once and the wait loop asks again every 2 s, saying meanwhile who holds the slot; when
+    the database is free again and the holder lets go, the slot is taken. A real Prefect server whose real
+    database this test locks (`BEGIN EXCLUSIVE`), and a real run store naming the holder."""
+    import sqlite3
+
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    import faithforge.tasks.supervision as supervision
+    from faithforge.core.store import Store
+    from tests.fixtures.prefect_server import prefect_client, prefect_server
+
+    monkeypatch.setattr(supervision, "_dying", threading.Event())
+    monkeypatch.setattr(supervision, "_leases", set())
+    url = f"sqlite:///{tmp_path / 'runs.db'}"
+    store = Store(url)
+    with prefect_server(tmp_path) as server, prefect_client(server["api"]) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="gpu", limit=1))
+        other = supervision._try_slot(client, "gpu", None)  # another run holds the slot, as the run store says
+        hold = store.hold_slot(store.start_run("pipeline", {}), "gpu", other, "train", flow_run_name="calm-fox")
+        said: list[tuple[float, str]] = []
+        outcome: list[object] = []
+
+        def waiting_run() -> None:
+            try:
+                with temporary_settings(updates={PREFECT_API_URL: server["api"]}), \
+                        supervision.held_slot("gpu", "warm_start", url, None, say=lambda line: said.append(
+                            (time.monotonic(), line))):
+                    outcome.append("held")
+            except Exception as exc:  # noqa: BLE001 - reported by the assertion below
+                outcome.append(exc)
+
+        locked = sqlite3.connect(tmp_path / "prefect-home" / "prefect.db", isolation_level=None,
+                                 check_same_thread=False)
+        locked.execute("BEGIN EXCLUSIVE")  # every write the server tries now fails: it answers 503
+        entered = time.monotonic()
+        thread = threading.Thread(target=waiting_run, daemon=True)
+        thread.start()
+        deadline = entered + 30
+        while not said and time.monotonic() < deadline:
+            time.sleep(0.1)
+        first_after_s = said[0][0] - entered if said else None
+        time.sleep(max(0.0, entered + 6 - time.monotonic()))  # a few more busy answers: none may fail the wait
+        locked.execute("COMMIT")
+        locked.close()
+        assert first_after_s is not None and first_after_s <= 5, (first_after_s, said)
+        line = said[0][1]
+        assert line.startswith("warm_start: waiting ") and "held by flow run 'calm-fox' (train, for" in line, line
+        assert "the Prefect server did not answer the last request (503 Service Unavailable)" in line, line
+        assert thread.is_alive() and not outcome, outcome  # still waiting: the slot is held
+        supervision.release_lease(client, other)
+        store.release_slot(hold)
+        thread.join(60)
+        assert outcome == ["held"], (outcome, said)
+        assert said[-1][1].startswith("holding a slot of the 'gpu' concurrency limit for warm_start (after waiting")
+        assert client.read_global_concurrency_limit_by_name("gpu").active_slots == 0  # released on the way out
+    store.engine.dispose()
+
+
+def test_a_slot_wait_on_a_prefect_server_that_never_answers_ends_with_one_line(tmp_path, monkeypatch):
+    """Nothing listens where PREFECT_API_URL points: the wait says so while it asks again, and after
+    `NO_ANSWER_MAX_S` (shortened here) fails with one line that says what to check; the run store is closed."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    import faithforge.tasks.supervision as supervision
+    from faithforge.core.errors import UserError
+    from tests.fixtures.processes import free_port
+
+    monkeypatch.setattr(supervision, "_dying", threading.Event())
+    monkeypatch.setattr(supervision, "NO_ANSWER_MAX_S", 1.0)
+    monkeypatch.setattr(supervision, "SLOT_POLL_S", 0.2)
+    said: list[str] = []
+    with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}), \
+            pytest.raises(UserError) as failed:
+        with supervision.held_slot("gpu", "train", f"sqlite:///{tmp_path / 'runs.db'}", None, say=said.append):
+            pass
+    message = str(failed.value)
+    assert "\n" not in message and "has not answered a request for a slot of the 'gpu' concurrency limit for 1 s" \
+        in message and "prefect server start" in message, message
+    assert said and said[0].startswith("train: waiting ") and said[0].split(" s for", 1)[1].startswith(
+        " a slot of the 'gpu' concurrency limit: the Prefect server did not answer the last request (no connection"), \
+        said
 
 
 def test_a_run_a_worker_started_holds_the_workspace_so_fresh_refuses_until_it_ends(tmp_path):
