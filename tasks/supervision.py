@@ -36,6 +36,10 @@ GPU_LEASE_S = 60.0
 SLOT_POLL_S = 2.0
 #: The wait line comes at the first refusal, then again this often with how long, seconds.
 SLOT_REPORT_S = 30.0
+#: A busy answer (503) when the run store knows no holder is asked again quietly this long, seconds: a Prefect
+#: server on SQLite under load answers 503 now and then (2 of 8 requests for a slot in one suite run), and a line
+#: saying so each time would read as a wait for another run. With a holder known, the wait is said at once.
+BUSY_QUIET_S = 10.0
 #: A Prefect server that answers no request for a slot this long (503s, refused connections) fails the stage,
 #: seconds. Prefect's own client gave up after 6 tries, about 62 s; a busy SQLite server can take longer.
 NO_ANSWER_MAX_S = 300.0
@@ -346,19 +350,20 @@ def _wait_for_slot(client, limit: str, stage: str, holder, database_url: str, op
                    say: Callable[[str], None], progress: Callable[[str, int, int, str], None] | None):
     """Ask for a slot every `SLOT_POLL_S` until granted: (lease id, seconds waited or None when the first ask was
     granted). The run store is opened (and appended to `opened`, for the caller to close) after the server's first
-    answer, so a missing limit fails before it is touched. A server that answers nothing for `NO_ANSWER_MAX_S` is
-    an error."""
+    answer, so a missing limit fails before it is touched. A busy server with no holder known is asked again
+    quietly for `BUSY_QUIET_S`; one that answers nothing for `NO_ANSWER_MAX_S` is an error."""
     from faithforge.core.store import Store
 
     started = time.monotonic()
     said, unanswered_since = None, None
     while True:
+        asked = time.monotonic()
         try:
             lease_id, busy = _try_slot(client, limit, holder), None
             unanswered_since = None
         except ServerBusy as exc:
             lease_id, busy = None, str(exc)
-            unanswered_since = unanswered_since if unanswered_since is not None else time.monotonic()
+            unanswered_since = unanswered_since if unanswered_since is not None else asked
             if time.monotonic() - unanswered_since > NO_ANSWER_MAX_S:
                 raise UserError(f"{stage}: the Prefect server has not answered a request for a slot of the {limit!r} "
                                 f"concurrency limit for {NO_ANSWER_MAX_S:.0f} s (last: {busy}); check that it "
@@ -373,7 +378,8 @@ def _wait_for_slot(client, limit: str, stage: str, holder, database_url: str, op
             reconcile(database_url, say=say)
             holders = store.held_slots(limit)
         waited = time.monotonic() - started
-        if said is None or waited - said >= SLOT_REPORT_S:
+        quiet = busy is not None and not holders and time.monotonic() - unanswered_since < BUSY_QUIET_S
+        if not quiet and (said is None or waited - said >= SLOT_REPORT_S):
             said = waited
             line = slot_wait_message(limit, stage, holders, waited, dt.datetime.now(dt.timezone.utc), busy=busy)
             say(line)

@@ -237,7 +237,8 @@ def _deaths_scenario(stack) -> dict:
         held = _until("C holds the warm start's slot", lambda: [
             m for _, m in _messages(client, run_c.id) if "holding a slot of the 'gpu' concurrency limit for warm_start"
             in m], stack)
-        assert "after waiting" not in held[0], held  # it did not wait on the dead run
+        assert "after waiting" not in held[0], [  # it did not wait on the dead run
+            m for _, m in _messages(client, run_c.id) if "'gpu' concurrency limit" in m or "reconcil" in m]
 
         # --- cancel during DPO: Cancelled in Prefect, `cancelled` in `faithforge runs` -----------------------
         _training(stack, client, run_c)

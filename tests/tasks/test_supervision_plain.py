@@ -29,6 +29,15 @@ def _python(code: str, **kwargs) -> subprocess.Popen:
                             stdout=subprocess.PIPE, text=True, start_new_session=True, **kwargs)
 
 
+@pytest.fixture(scope="module")
+def slot_server(tmp_path_factory):
+    """One real Prefect server for this file's slot tests (each uses its own limits): a start is ~8 CPU-s."""
+    from tests.fixtures.prefect_server import prefect_server
+
+    with prefect_server(tmp_path_factory.mktemp("slot-server")) as server:
+        yield server
+
+
 def _wait_gone(pid: int) -> bool:
     deadline = time.monotonic() + GUARD_S
     while process_alive(pid) and time.monotonic() < deadline:
@@ -235,7 +244,7 @@ def test_a_lock_wait_is_said_again_while_waiting(tmp_path):
     assert len(said) >= 3 and "waiting for process" in said[0] and "(waited" in said[2], said
 
 
-def test_a_dying_process_releases_a_slot_it_was_granted_before_the_store_recorded_it(tmp_path, monkeypatch):
+def test_a_dying_process_releases_a_slot_it_was_granted_before_the_store_recorded_it(slot_server, monkeypatch):
     """The race the supervision integration test hit (the slot freed only when its lease ran out, 61 s): a run
     waiting for the `gpu` slot is granted it while its worker's death is being reported. The grant is registered
     the moment the server makes it, so the dying process releases it; and once dying, it asks for no slot.
@@ -243,11 +252,11 @@ def test_a_dying_process_releases_a_slot_it_was_granted_before_the_store_recorde
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 
     import faithforge.tasks.supervision as supervision
-    from tests.fixtures.prefect_server import prefect_client, prefect_server
+    from tests.fixtures.prefect_server import prefect_client
 
     monkeypatch.setattr(supervision, "_dying", threading.Event())  # this test's process is not really dying
     monkeypatch.setattr(supervision, "_leases", set())
-    with prefect_server(tmp_path) as server, prefect_client(server["api"]) as client:
+    with prefect_client(slot_server["api"]) as client:
         client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="gpu", limit=1))
         active = lambda: client.read_global_concurrency_limit_by_name("gpu").active_slots  # noqa: E731
         lease = supervision._try_slot(client, "gpu", None)  # granted; the run store has not recorded it
@@ -292,11 +301,13 @@ def test_a_dying_process_releases_a_slot_it_was_granted_before_the_store_recorde
         assert supervision._try_slot(client, "gpu", None) is None and asked == []  # dying: no request at all
 
 
-def test_a_slot_wait_is_said_at_once_while_the_prefect_servers_database_is_locked(tmp_path, monkeypatch):
+def test_a_slot_wait_is_said_at_once_while_the_prefect_servers_database_is_locked(slot_server, tmp_path,
+                                                                                   monkeypatch):
     """CI's failure (stop 46): the Prefect server's SQLite database was locked, the server answered 503, Prefect's
     client backed off 2, 4, 8, 16 and 32 s on its own, and the waiting run's first wait line came after 65 s. Now
-    each request is sent once and the wait loop asks again every 2 s, saying meanwhile who holds the slot; when
-    the database is free again and the holder lets go, the slot is taken. A real Prefect server whose real
+    each request is sent once and the wait loop asks again every 2 s: quietly while no holder is known (a short
+    busy spell is no wait for another run), saying at once who holds the slot when one is; when the database is
+    free again and the holder lets go, the slot is taken. A real Prefect server whose real
     database this test locks (`BEGIN EXCLUSIVE`), and a real run store naming the holder."""
     import sqlite3
 
@@ -305,31 +316,62 @@ def test_a_slot_wait_is_said_at_once_while_the_prefect_servers_database_is_locke
 
     import faithforge.tasks.supervision as supervision
     from faithforge.core.store import Store
-    from tests.fixtures.prefect_server import prefect_client, prefect_server
+    from tests.fixtures.prefect_server import prefect_client
 
     monkeypatch.setattr(supervision, "_dying", threading.Event())
     monkeypatch.setattr(supervision, "_leases", set())
     url = f"sqlite:///{tmp_path / 'runs.db'}"
     store = Store(url)
-    with prefect_server(tmp_path) as server, prefect_client(server["api"]) as client:
-        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="gpu", limit=1))
-        other = supervision._try_slot(client, "gpu", None)  # another run holds the slot, as the run store says
-        hold = store.hold_slot(store.start_run("pipeline", {}), "gpu", other, "train", flow_run_name="calm-fox")
+    server = slot_server
+    with prefect_client(server["api"]) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name="gpu-busy", limit=1))
         said: list[tuple[float, str]] = []
         outcome: list[object] = []
 
         def waiting_run() -> None:
             try:
                 with temporary_settings(updates={PREFECT_API_URL: server["api"]}), \
-                        supervision.held_slot("gpu", "warm_start", url, None, say=lambda line: said.append(
+                        supervision.held_slot("gpu-busy", "warm_start", url, None, say=lambda line: said.append(
                             (time.monotonic(), line))):
                     outcome.append("held")
             except Exception as exc:  # noqa: BLE001 - reported by the assertion below
                 outcome.append(exc)
 
-        locked = sqlite3.connect(tmp_path / "prefect-home" / "prefect.db", isolation_level=None,
-                                 check_same_thread=False)
-        locked.execute("BEGIN EXCLUSIVE")  # every write the server tries now fails: it answers 503
+        def lock() -> sqlite3.Connection:
+            locked = sqlite3.connect(server["root"] / "prefect-home" / "prefect.db", isolation_level=None,
+                                     check_same_thread=False)
+            locked.execute("BEGIN EXCLUSIVE")  # every write the server tries now fails: it answers 503
+            return locked
+
+        busy_answers: list[str] = []
+        ask = supervision._try_slot
+
+        def counted(*args):
+            try:
+                return ask(*args)
+            except supervision.ServerBusy as exc:
+                busy_answers.append(str(exc))
+                raise
+
+        monkeypatch.setattr(supervision, "_try_slot", counted)
+        # A short busy spell with no holder known: asked again quietly, then granted, no wait said.
+        locked = lock()
+        thread = threading.Thread(target=waiting_run, daemon=True)
+        thread.start()
+        time.sleep(3)
+        locked.execute("COMMIT")
+        locked.close()
+        thread.join(60)
+        assert busy_answers and set(busy_answers) == {"503 Service Unavailable"}, busy_answers
+        assert outcome == ["held"] and [line for _, line in said] == [
+            "holding a slot of the 'gpu-busy' concurrency limit for warm_start"], (outcome, said)
+        said.clear()
+        outcome.clear()
+
+        # Busy while another run holds the slot: the wait and its holder are said at once.
+        other = ask(client, "gpu-busy", None)
+        hold = store.hold_slot(store.start_run("pipeline", {}), "gpu-busy", other, "train", flow_run_name="calm-fox")
+        locked = lock()
         entered = time.monotonic()
         thread = threading.Thread(target=waiting_run, daemon=True)
         thread.start()
@@ -349,14 +391,14 @@ def test_a_slot_wait_is_said_at_once_while_the_prefect_servers_database_is_locke
         store.release_slot(hold)
         thread.join(60)
         assert outcome == ["held"], (outcome, said)
-        assert said[-1][1].startswith("holding a slot of the 'gpu' concurrency limit for warm_start (after waiting")
-        assert client.read_global_concurrency_limit_by_name("gpu").active_slots == 0  # released on the way out
+        assert said[-1][1].startswith("holding a slot of the 'gpu-busy' concurrency limit for warm_start (after waiting")
+        assert client.read_global_concurrency_limit_by_name("gpu-busy").active_slots == 0  # released on the way out
     store.engine.dispose()
 
 
 def test_a_slot_wait_on_a_prefect_server_that_never_answers_ends_with_one_line(tmp_path, monkeypatch):
-    """Nothing listens where PREFECT_API_URL points: the wait says so while it asks again, and after
-    `NO_ANSWER_MAX_S` (shortened here) fails with one line that says what to check; the run store is closed."""
+    """Nothing listens where PREFECT_API_URL points: after `BUSY_QUIET_S` the wait says so while it asks again, and
+    after `NO_ANSWER_MAX_S` (both shortened here) fails with one line that says what to check."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     import faithforge.tasks.supervision as supervision
@@ -364,7 +406,8 @@ def test_a_slot_wait_on_a_prefect_server_that_never_answers_ends_with_one_line(t
     from tests.fixtures.processes import free_port
 
     monkeypatch.setattr(supervision, "_dying", threading.Event())
-    monkeypatch.setattr(supervision, "NO_ANSWER_MAX_S", 1.0)
+    monkeypatch.setattr(supervision, "BUSY_QUIET_S", 0.5)
+    monkeypatch.setattr(supervision, "NO_ANSWER_MAX_S", 3.0)
     monkeypatch.setattr(supervision, "SLOT_POLL_S", 0.2)
     said: list[str] = []
     with temporary_settings(updates={PREFECT_API_URL: f"http://127.0.0.1:{free_port()}/api"}), \
@@ -372,7 +415,7 @@ def test_a_slot_wait_on_a_prefect_server_that_never_answers_ends_with_one_line(t
         with supervision.held_slot("gpu", "train", f"sqlite:///{tmp_path / 'runs.db'}", None, say=said.append):
             pass
     message = str(failed.value)
-    assert "\n" not in message and "has not answered a request for a slot of the 'gpu' concurrency limit for 1 s" \
+    assert "\n" not in message and "has not answered a request for a slot of the 'gpu' concurrency limit for 3 s" \
         in message and "prefect server start" in message, message
     assert said and said[0].startswith("train: waiting ") and said[0].split(" s for", 1)[1].startswith(
         " a slot of the 'gpu' concurrency limit: the Prefect server did not answer the last request (no connection"), \
