@@ -347,7 +347,8 @@ def _try_slot(client, limit: str, holder) -> Optional[str]:
 
 
 def _wait_for_slot(client, limit: str, stage: str, holder, database_url: str, opened: list[Any],
-                   say: Callable[[str], None], progress: Callable[[str, int, int, str], None] | None):
+                   say: Callable[[str], None], warn: Callable[[str], None],
+                   progress: Callable[[str, int, int, str], None] | None):
     """Ask for a slot every `SLOT_POLL_S` until granted: (lease id, seconds waited or None when the first ask was
     granted). The run store is opened (and appended to `opened`, for the caller to close) after the server's first
     answer, so a missing limit fails before it is touched. A busy server with no holder known is asked again
@@ -375,7 +376,7 @@ def _wait_for_slot(client, limit: str, stage: str, holder, database_url: str, op
             return lease_id, (time.monotonic() - started if said is not None else None)
         holders = store.held_slots(limit)
         if any(h["alive"] is False for h in holders):
-            reconcile(database_url, say=say)
+            reconcile(database_url, say=warn)
             holders = store.held_slots(limit)
         waited = time.monotonic() - started
         quiet = busy is not None and not holders and time.monotonic() - unanswered_since < BUSY_QUIET_S
@@ -400,15 +401,17 @@ def held_slot(limit: str, stage: str, database_url: str, run_id: Optional[str],
     from prefect.concurrency._leases import maintain_concurrency_lease
     from prefect.runtime import flow_run
 
+    warn = say
     if say is None:
         from prefect import get_run_logger
 
-        say = get_run_logger().info
+        say, warn = get_run_logger().info, get_run_logger().warning
     holder = ConcurrencyLeaseHolder(type="flow_run", id=flow_run.id) if flow_run.id else None
     lease_id, opened, hold = None, [], None
     try:  # from the first request on: whatever was granted is released on the way out, whatever fails in between
         with _client() as client:
-            lease_id, waited = _wait_for_slot(client, limit, stage, holder, database_url, opened, say, progress)
+            lease_id, waited = _wait_for_slot(client, limit, stage, holder, database_url, opened, say, warn,
+                                              progress)
         (store,) = opened
         root_id, root_name = _root_flow_run()
         hold = store.hold_slot(run_id, limit, lease_id, stage, flow_run_id=root_id, flow_run_name=root_name)
