@@ -31,6 +31,7 @@ import time
 from datetime import datetime, timezone
 from typing import Callable, Iterator
 
+from faithforge.core.liveness import process_alive
 from faithforge.core.progress import add_sink, remove_sink
 
 #: Seconds Prefect's own clean-up gets after the first signal before the process exits anyway.
@@ -74,16 +75,6 @@ def _children(pid: int) -> list[int]:
                 found.append(child)
                 frontier.append(child)
     return found
-
-
-def _running(pid: int) -> bool:
-    """Whether process `pid` exists and is not a zombie (a dead child its parent has not reaped yet)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as handle:
-            state = handle.read().decode(errors="replace").rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
 
 
 def embedded_servers(pid: int) -> list[int]:
@@ -258,7 +249,7 @@ class Stopper:
         gone_since = None
         while time.monotonic() < deadline:
             time.sleep(SERVER_POLL_S)
-            if servers and not any(_running(pid) for pid in servers):
+            if servers and not any(process_alive(pid) for pid in servers):  # a zombie is gone too
                 gone_since = gone_since or time.monotonic()
                 if time.monotonic() - gone_since >= SERVER_GONE_S:
                     break
