@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import statistics
 import subprocess
 import sys
@@ -25,8 +24,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.fixtures.prefect_db import migrated_database  # noqa: E402
-from tests.fixtures.processes import free_port, stop_process  # noqa: E402
+from tests.fixtures.prefect_db import migrated_database, start_bare_server  # noqa: E402
+from tests.fixtures.processes import stop_process  # noqa: E402
 
 def tree_cpu_s(pid: int) -> float:
     """CPU seconds (user + system) of `pid` and its living descendants, plus what their reaped children spent."""
@@ -49,19 +48,15 @@ def start_once(home: Path, migrated: bool) -> dict:
     home.mkdir(parents=True)
     if migrated:
         migrated_database(home / "prefect.db")
-    port = free_port()
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_UI_ENABLED": "false"}
     started = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
-                             str(port)], env=env, cwd=home, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+    proc, health = start_bare_server(home, subprocess.DEVNULL)
     try:
+        # polled here every 0.1 s, not by the fixtures' `wait_healthy` (0.5 s, then 1 s more): the time is the figure
         while True:
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/api/health", timeout=2).status_code == 200:
+                if httpx.get(health, timeout=2).status_code == 200:
                     break
-            except httpx.HTTPError:
+            except httpx.HTTPError:  # not listening yet
                 pass
             if proc.poll() is not None:
                 raise SystemExit(f"the server exited with {proc.returncode}")
