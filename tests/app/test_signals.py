@@ -12,6 +12,7 @@ equal an uninterrupted run's.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import re
@@ -364,7 +365,7 @@ def _stopped(grace_s: float, to_group: bool) -> tuple[int, str]:
         proc.wait(timeout=120)
         output = proc.stdout.read()  # the stand-in server, stopped by now, held the pipe open while it lived
     finally:
-        with __import__("contextlib").suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
     return proc.returncode, output
 
@@ -420,7 +421,7 @@ def test_a_second_ctrl_c_while_the_first_waits_on_children_still_leaves_the_run_
         code = proc.wait(60)
         output = "".join(lines) + proc.stdout.read()
     finally:
-        with __import__("contextlib").suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
     assert code == 130 and "SIGINT again: stopping now" in output, output
     store = Store(url)
