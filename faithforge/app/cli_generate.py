@@ -140,12 +140,17 @@ def _run(params: GenerateParameters, console: Console, *, prefect: bool, verbose
             offline_environment()
             if not verbose:  # our bar and summary speak for the run; Prefect's log (with tracebacks) only with -v
                 quiet_prefect_logs()
-            from faithforge.flows.generate import generate_flow
+            from faithforge.app.embedded_server import embedded_server
 
-            # Ctrl-C reaches the embedded Prefect server too (one process group): without the stopper the
-            # server died and generation went on against it. Finished examples are files and a rerun skips them.
-            with Stopper(None, {job.PROGRESS_STAGE: "generation"}).installed():
-                return generate_flow(params)
+            with embedded_server() as server:  # started before the flow's imports, so beside them
+                from faithforge.flows.generate import generate_flow
+
+                if server is not None:
+                    server.wait_until_ready()
+                # Ctrl-C reaches the embedded Prefect server too (one process group): without the stopper the
+                # server died and generation went on against it. Finished examples are files and a rerun skips them.
+                with Stopper(None, {job.PROGRESS_STAGE: "generation"}).installed():
+                    return generate_flow(params)
         finally:
             remove_sink(sink)
 

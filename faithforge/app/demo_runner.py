@@ -1,4 +1,5 @@
-"""Run the pipeline flow in this process on Prefect's embedded server, with rich progress bars."""
+"""Run the pipeline flow in this process on Prefect's embedded server (or the one the user set), with rich progress
+bars."""
 
 from __future__ import annotations
 
@@ -46,16 +47,22 @@ def run_pipeline_with_progress(config: PipelineConfig, verbose: bool = False) ->
     from faithforge.core.workspace import Workspace
 
     store_url = config.database_url or Workspace(Path(config.workspace).expanduser().resolve()).database_url
-    try:
-        from faithforge.app.prefect_settings import without_heartbeats
-        from faithforge.core.orphans import start_reaper
-        from faithforge.flows.pipeline import pipeline
+    from faithforge.app.embedded_server import embedded_server
+    from faithforge.core.orphans import start_reaper
 
-        # Prefect starts its embedded server itself (a `uvicorn` child, no hook to make it die with us): a
-        # watcher process stops it, and any other child, if this process is killed (SIGKILL cannot be handled).
-        start_reaper()
-        with Stopper(store_url, STAGE_LABELS).installed(), display, without_heartbeats():
-            summary = pipeline(config)
+    # A watcher process stops the embedded server (a `uvicorn` child), and any other child, if this process is
+    # killed (SIGKILL cannot be handled). Then the server, before the flows, torch and transformers are imported:
+    # it starts while they are (faithforge/app/embedded_server.py).
+    start_reaper()
+    try:
+        with embedded_server() as server:
+            from faithforge.app.prefect_settings import without_heartbeats
+            from faithforge.flows.pipeline import pipeline
+
+            if server is not None:
+                server.wait_until_ready()
+            with Stopper(store_url, STAGE_LABELS).installed(), display, without_heartbeats():
+                summary = pipeline(config)
     finally:
         remove_sink(sink)
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)

@@ -1,0 +1,155 @@
+"""Prefect's embedded API server, started first thing by a command that runs flows, beside its imports.
+
+Prefect starts this server itself (`SubprocessASGIServer`: `uvicorn … prefect.server.api.server:create_app` on
+127.0.0.1, its UI off) at the first API call of a process that has no `PREFECT_API_URL`. In `faithforge demo` that
+call came after torch, transformers and the flows were imported, so the server's own start (~6.5 CPU-s, mostly its
+imports) only began then, and the command first imported the module that starts it (FastAPI, docket, the server's
+models: ~2.9 CPU-s, 2026-12-06) although only the child uses it. Started here with the same command, environment
+and health check, before those imports, the server starts while they run, and Prefect finds `PREFECT_API_URL`
+set and starts nothing (`python bench/embedded_server.py`; BENCHMARKS.md).
+
+A server the user configured (environment, Prefect profile, `prefect.toml`, `.env`: whatever Prefect's settings
+resolve to) is used as it is: nothing is started.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from faithforge.core.errors import UserError
+
+#: uvicorn's exit status when its start failed: its port was taken since it was chosen, or the app's start-up
+#: (Prefect's database, say) failed.
+STARTUP_FAILED_EXIT_STATUS = 3
+#: Starts on another port after that status before it counts as the server's own failure (Prefect's loop retries
+#: without end, until its time-out).
+MAX_RESTARTS = 2
+#: What Prefect sets for its own embedded server: no UI, and the server's ephemeral mode (its services off).
+SERVER_ENVIRONMENT = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1"}
+#: Seconds between two health checks while the server starts (Prefect's own loop uses the same).
+POLL_S = 0.1
+#: Seconds a stopped server gets to exit before it is killed.
+STOP_GRACE_S = 10.0
+
+
+@dataclass
+class EmbeddedServer:
+    """One `uvicorn` child serving Prefect's API to this process and the processes it starts."""
+
+    api_url: str
+    """`http://127.0.0.1:PORT/api`, also in this process's `PREFECT_API_URL`."""
+    process: subprocess.Popen
+    """The server's process (a child of this one, in its process group: Ctrl-C reaches it too)."""
+    environment: dict[str, str] = field(repr=False)
+    """The environment it was started with (a restart on another port reuses it)."""
+
+    def wait_until_ready(self, timeout_s: float | None = None) -> float:
+        """Block until the API answers its health check; seconds waited. One-line `UserError` if the server
+        exits or does not answer within `timeout_s` (default: Prefect's
+        `PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS`, which FaithForge sets to 90 s)."""
+        import httpx
+
+        if timeout_s is None:
+            timeout_s = float(os.environ.get("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90"))
+        started, restarts = time.monotonic(), 0
+        with httpx.Client(timeout=5.0) as client:
+            while True:
+                status = self.process.poll()
+                if status == STARTUP_FAILED_EXIT_STATUS and restarts < MAX_RESTARTS:  # the port taken meanwhile?
+                    self._restart()
+                    restarts += 1
+                    continue
+                if status is not None:
+                    raise UserError(f"Prefect's embedded server exited with status {status} before it answered "
+                                    f"(its own messages: rerun with -v); set PREFECT_API_URL to use a Prefect "
+                                    f"server you started")
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get(f"{self.api_url}/health").status_code == 200:
+                        return time.monotonic() - started
+                if time.monotonic() - started > timeout_s:
+                    self.stop()
+                    raise UserError(f"Prefect's embedded server did not answer within {timeout_s:.0f} s; raise "
+                                    f"PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS on a busy machine, or set "
+                                    f"PREFECT_API_URL to a Prefect server you started")
+                time.sleep(POLL_S)
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL after `STOP_GRACE_S`); nothing if it already ended."""
+        if self.process.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+    def _restart(self) -> None:
+        port = free_port()
+        self.api_url = f"http://127.0.0.1:{port}/api"
+        self.process = _launch(port, self.environment)
+        _point_prefect_at(self.api_url)
+
+
+@contextlib.contextmanager
+def embedded_server() -> Iterator[EmbeddedServer | None]:
+    """Prefect's embedded server for the `with` block, started now, unless Prefect's settings already name an API
+    server (then None, and nothing is started).
+
+    Inside the block `PREFECT_API_URL` points at it, in this process's environment and in Prefect's settings, so
+    every Prefect client of this process and of the processes it starts uses it; call `wait_until_ready` before
+    the first flow. At the end the server is stopped and `PREFECT_API_URL` is unset again (a second command in
+    the same process starts its own). Set the environment Prefect and the server should see (log levels,
+    timeouts) before entering."""
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url:
+        yield None
+        return
+    environment = {**os.environ, **SERVER_ENVIRONMENT, **settings.to_environment_variables(exclude_unset=True)}
+    port = free_port()
+    server = EmbeddedServer(f"http://127.0.0.1:{port}/api", _launch(port, environment), environment)
+    try:
+        _point_prefect_at(server.api_url)
+        yield server
+    finally:
+        server.stop()
+        _point_prefect_at(None)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now (the kernel's choice)."""
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _launch(port: int, environment: dict[str, str]) -> subprocess.Popen:
+    import prefect
+
+    # Prefect's own command for its embedded server (prefect/server/api/server.py, SubprocessASGIServer).
+    return subprocess.Popen([sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
+                             "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port",
+                             str(port), "--log-level", "error", "--lifespan", "on"], env=environment)
+
+
+def _point_prefect_at(api_url: str | None) -> None:
+    """`PREFECT_API_URL` (None: unset) for this process (Prefect's settings, read once at import, are read again)
+    and its children (the environment)."""
+    from prefect.context import refresh_global_settings_context
+
+    if api_url is None:
+        os.environ.pop("PREFECT_API_URL", None)
+    else:
+        os.environ["PREFECT_API_URL"] = api_url
+    refresh_global_settings_context()

@@ -1,0 +1,120 @@
+"""Prefect's embedded server started by FaithForge (faithforge/app/embedded_server.py): a flow runs on it and is
+recorded there, the command never imports Prefect's server module, a server the user set is used instead, and a
+server that dies or never answers ends in one line."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from faithforge.app import embedded_server as module
+from faithforge.app.embedded_server import EmbeddedServer, free_port
+from faithforge.core.errors import UserError
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _python(script: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """`script` in a fresh interpreter: Prefect reads its settings once per process."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True,
+                          timeout=300, cwd=REPO, env={**env, "PYTHONPATH": str(REPO)})
+
+
+def _environment_without_a_server(tmp_path: Path) -> dict[str, str]:
+    from tests.fixtures.prefect_db import migrated_database
+
+    home = tmp_path / "prefect-home"
+    migrated_database(home / "prefect.db")  # a copy of a migrated database: the server answers in seconds
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API_")}
+    return {**env, "PREFECT_HOME": str(home), "PREFECT_PROFILES_PATH": str(home / "profiles.toml"),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "CRITICAL",
+            "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL"}
+
+
+@pytest.mark.slow
+def test_a_flow_runs_on_the_server_started_first_and_the_command_never_imports_prefects_server(tmp_path):
+    done = _python("""
+        import os, sys
+        from faithforge.app.embedded_server import embedded_server
+
+        with embedded_server() as server:
+            assert os.environ["PREFECT_API_URL"] == server.api_url
+            from prefect import flow
+            from prefect.settings import get_current_settings
+
+            assert get_current_settings().api.url == server.api_url  # Prefect's settings were read again
+            server.wait_until_ready()
+
+            @flow(name="embedded-check")
+            def check() -> int:
+                return 7
+
+            assert check() == 7
+            from prefect.client.orchestration import get_client
+            from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+            with get_client(sync_client=True) as client:
+                runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["embedded-check"])))
+            print("runs", [run.state.type.value for run in runs])
+            print("server module imported:", "prefect.server.api.server" in sys.modules)
+            process = server.process
+        print("after: url set", "PREFECT_API_URL" in os.environ, "exit", process.poll() is not None)
+    """, _environment_without_a_server(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "runs ['COMPLETED']" in done.stdout, done.stdout  # recorded on this server, not elsewhere
+    assert "server module imported: False" in done.stdout
+    assert "after: url set False exit True" in done.stdout  # stopped, and a second command would start its own
+
+
+def test_a_server_the_user_set_is_used_and_nothing_is_started(tmp_path):
+    env = {**_environment_without_a_server(tmp_path), "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+    done = _python("""
+        import os, sys
+        from faithforge.app.embedded_server import embedded_server
+
+        with embedded_server() as server:
+            print(server, os.environ["PREFECT_API_URL"])
+    """, env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "None http://127.0.0.1:9/api"
+
+
+def _server(command: list[str]) -> EmbeddedServer:
+    """A stand-in server process (what a real one cannot be made to do on demand: die at once, never answer)."""
+    return EmbeddedServer(f"http://127.0.0.1:{free_port()}/api", subprocess.Popen(command), dict(os.environ))
+
+
+def test_a_server_that_exits_before_it_answers_ends_in_one_line():
+    server = _server([sys.executable, "-c", "raise SystemExit(1)"])
+    with pytest.raises(UserError) as caught:
+        server.wait_until_ready(timeout_s=30)
+    message = str(caught.value)
+    assert "exited with status 1" in message and "PREFECT_API_URL" in message and "\n" not in message
+
+
+def test_a_server_whose_start_keeps_failing_is_started_again_twice_then_said(monkeypatch):
+    """uvicorn's status 3 is a port taken meanwhile, or a failed start of the app: two more tries, then one line."""
+    launched = []
+
+    def launch(port, environment):
+        launched.append(port)
+        return subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+
+    monkeypatch.setattr(module, "_launch", launch)
+    monkeypatch.setattr(module, "_point_prefect_at", lambda url: None)
+    server = _server([sys.executable, "-c", "raise SystemExit(3)"])
+    with pytest.raises(UserError, match="exited with status 3"):
+        server.wait_until_ready(timeout_s=60)
+    assert len(launched) == module.MAX_RESTARTS and len(set(launched)) == module.MAX_RESTARTS
+
+
+def test_a_server_that_never_answers_is_stopped_and_said():
+    server = _server([sys.executable, "-c", "import time; time.sleep(60)"])
+    with pytest.raises(UserError, match=r"did not answer within 1 s.*PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT"):
+        server.wait_until_ready(timeout_s=1)
+    assert server.process.poll() is not None  # stopped, not left running
