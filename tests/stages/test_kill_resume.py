@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -35,11 +33,26 @@ KILL_POINTS = [
 ]
 
 
-def _drive(workspace: Path, out: Path, kill_at: str | None = None) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(HERE), str(HERE.parents[1])]), "TQDM_DISABLE": "1",
-           "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
-    args = [sys.executable, str(DRIVER), str(workspace), str(out)] + ([kill_at] if kill_at else [])
-    return subprocess.run(args, capture_output=True, text=True, timeout=900, env=env)
+#: What every driver run imports: loaded once by the fork server (tests/fixtures/forked.py) instead of in each of
+#: the nine runs (~8 CPU-s apiece on 2 cores).
+PRELOAD = ["torch", "transformers", "peft", "trl", "datasets", "faithforge.training.dpo", "faithforge.training.sft",
+           "pipeline_driver"]
+
+
+@pytest.fixture
+def driver():
+    from tests.fixtures.forked import ForkServer
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(DRIVER.parent), str(HERE.parents[1])]),
+           "TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1"}
+    with ForkServer(PRELOAD, env) as server:
+        yield server
+
+
+def _drive(driver, workspace: Path, out: Path, kill_at: str | None = None):
+    """One fresh process (forked from `driver`) that runs the stages and SIGKILLs itself at `kill_at`."""
+    return driver.run("pipeline_driver:main", [workspace, out, kill_at] if kill_at else [workspace, out, ""],
+                      timeout=900)
 
 
 def _tensors(folder: Path, name: str) -> dict:
@@ -50,15 +63,15 @@ def _tensors(folder: Path, name: str) -> dict:
 
 @pytest.mark.slow
 @pytest.mark.timeout(2400)  # nine child processes; ~4 min on an idle 2-core machine
-def test_sigkill_in_every_stage_then_rerun_equals_an_uninterrupted_run(tmp_path):
+def test_sigkill_in_every_stage_then_rerun_equals_an_uninterrupted_run(tmp_path, driver):
     import torch
 
-    straight = _drive(tmp_path / "straight", tmp_path / "straight.json")
+    straight = _drive(driver, tmp_path / "straight", tmp_path / "straight.json")
     assert straight.returncode == 0, straight.stderr[-3000:]
     for kill_at in KILL_POINTS:
-        killed = _drive(tmp_path / "killed", tmp_path / "unused.json", kill_at)
+        killed = _drive(driver, tmp_path / "killed", tmp_path / "unused.json", kill_at)
         assert killed.returncode == -signal.SIGKILL, (kill_at, killed.returncode, killed.stderr[-3000:])
-    final = _drive(tmp_path / "killed", tmp_path / "final.json")
+    final = _drive(driver, tmp_path / "killed", tmp_path / "final.json")
     assert final.returncode == 0, final.stderr[-3000:]
     a = json.loads((tmp_path / "straight.json").read_text())
     b = json.loads((tmp_path / "final.json").read_text())
