@@ -38,6 +38,8 @@ SERVER_ENVIRONMENT = {"PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1
 POLL_S = 0.1
 #: Seconds a stopped server gets to exit before it is killed.
 STOP_GRACE_S = 10.0
+#: Longest wait for Prefect's log and event workers to send what they hold before the server stops, seconds.
+DRAIN_S = 5.0
 
 
 @dataclass
@@ -123,8 +125,21 @@ def embedded_server() -> Iterator[EmbeddedServer | None]:
         _point_prefect_at(server.api_url)
         yield server
     finally:
+        drain_prefects_senders()
         server.stop()
         _point_prefect_at(None)
+
+
+def drain_prefects_senders(timeout_s: float = DRAIN_S) -> None:
+    """Send what Prefect's log and event workers still hold before their server stops, as Prefect's own test
+    harness does before it stops its server. Prefect stopped its embedded server last, at the interpreter's exit;
+    stopped at the end of the command, the server missed the run's last log lines, and `-v` printed "Error logging
+    to API" after the summary."""
+    for module, worker in (("prefect.logging.handlers", "APILogWorker"), ("prefect.events.worker", "EventsWorker")):
+        loaded = sys.modules.get(module)  # never imported: nothing was queued
+        if loaded is not None:
+            with contextlib.suppress(Exception):  # a worker that never started, a server already gone
+                getattr(loaded, worker).drain_all(timeout=timeout_s)
 
 
 def free_port() -> int:
