@@ -141,16 +141,19 @@ def _run(params: GenerateParameters, console: Console, *, prefect: bool, verbose
             if not verbose:  # our bar and summary speak for the run; Prefect's log (with tracebacks) only with -v
                 quiet_prefect_logs()
             from faithforge.app.embedded_server import embedded_server
+            from faithforge.core.orphans import start_reaper
 
-            with embedded_server() as server:  # started before the flow's imports, so beside them
-                from faithforge.flows.generate import generate_flow
+            # Ctrl-C reaches the embedded Prefect server too (one process group): without the stopper the server
+            # died and generation went on against it; it is installed before the server starts, so a stop while it
+            # starts is one too. The reaper stops the server if this process is killed. Finished examples are files
+            # and a rerun skips them.
+            start_reaper()
+            with Stopper(None, {job.PROGRESS_STAGE: "generation"}).installed(), embedded_server() as server:
+                from faithforge.flows.generate import generate_flow  # after the server's start, so beside it
 
                 if server is not None:
                     server.wait_until_ready()
-                # Ctrl-C reaches the embedded Prefect server too (one process group): without the stopper the
-                # server died and generation went on against it. Finished examples are files and a rerun skips them.
-                with Stopper(None, {job.PROGRESS_STAGE: "generation"}).installed():
-                    return generate_flow(params)
+                return generate_flow(params)
         finally:
             remove_sink(sink)
 

@@ -53,15 +53,16 @@ def run_pipeline_with_progress(config: PipelineConfig, verbose: bool = False) ->
     # A watcher process stops the embedded server (a `uvicorn` child), and any other child, if this process is
     # killed (SIGKILL cannot be handled). Then the server, before the flows, torch and transformers are imported:
     # it starts while they are (faithforge/app/embedded_server.py).
+    # The Stopper first: a Ctrl-C or SIGTERM while the server starts is a stop too (one line, exit 130).
     start_reaper()
     try:
-        with embedded_server() as server:
+        with Stopper(store_url, STAGE_LABELS).installed(), embedded_server() as server:
             from faithforge.app.prefect_settings import without_heartbeats
             from faithforge.flows.pipeline import pipeline
 
             if server is not None:
                 server.wait_until_ready()
-            with Stopper(store_url, STAGE_LABELS).installed(), display, without_heartbeats():
+            with display, without_heartbeats():
                 summary = pipeline(config)
     finally:
         remove_sink(sink)

@@ -124,8 +124,15 @@ def embedded_server() -> Iterator[EmbeddedServer | None]:
     try:
         _point_prefect_at(server.api_url)
         yield server
-    finally:
+    except KeyboardInterrupt:  # a stop (Ctrl-C, or the Stopper's SIGTERM): end now, no wait for queued logs
+        raise
+    except BaseException:
+        if server.process.poll() is None:
+            drain_prefects_senders()  # a failed run: its last lines, the error among them, reach the server
+        raise
+    else:
         drain_prefects_senders()
+    finally:
         server.stop()
         _point_prefect_at(None)
 

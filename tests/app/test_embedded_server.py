@@ -4,6 +4,7 @@ module, a server the user set is used instead, and a server that dies or never a
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -123,3 +124,41 @@ def test_a_server_that_never_answers_is_stopped_and_said():
     with pytest.raises(UserError, match=r"did not answer within 1 s.*PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT"):
         server.wait_until_ready(timeout_s=1)
     assert server.process.poll() is not None  # stopped, not left running
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["demo", "generate"])
+def test_a_stop_while_the_server_starts_is_a_stop_and_leaves_no_server(tmp_path, command):
+    """SIGTERM to the command alone once its server is launched, before it answers: exit 130 with the stop's one
+    line and no server left (the Stopper is installed before the server starts; a review found the command
+    killed outright, and `generate`'s server left running, when it was installed after)."""
+    import signal
+    import time
+
+    import psutil
+
+    args = {"demo": ["demo", "-w", str(tmp_path / "ws")],
+            "generate": ["generate", "--spec", str(REPO / "configs/specs/grounded-summaries.yaml"), "--backend",
+                         "template", "--target", "40", "--workspace", str(tmp_path / "gen")]}[command]
+    env = {**_environment_without_a_server(tmp_path), "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    proc = subprocess.Popen([sys.executable, "-m", "faithforge.app.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+    me = psutil.Process(proc.pid)
+    deadline = time.monotonic() + 120
+    servers: list = []
+    while not servers and proc.poll() is None and time.monotonic() < deadline:
+        for child in me.children(recursive=True):
+            with contextlib.suppress(psutil.Error):  # a child that ended between the listing and the look
+                if "uvicorn" in " ".join(child.cmdline()):
+                    servers.append(child)
+        time.sleep(0.05)
+    if not servers:
+        proc.kill()
+        pytest.fail(f"the server was never launched:\n{proc.communicate()[0][-3000:]}")
+    proc.send_signal(signal.SIGTERM)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output[-3000:]
+    said = [line for line in output.splitlines() if line.startswith("stopped on SIGTERM")]
+    assert len(said) == 1 and "Traceback" not in output, output[-3000:]
+    psutil.wait_procs(servers, timeout=10)
+    assert not any(server.is_running() and server.status() != psutil.STATUS_ZOMBIE for server in servers)
