@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Iterator
 
 from faithforge.core.errors import UserError
+from faithforge.core.ports import free_port
 
 #: uvicorn's exit status when its start failed: its port was taken since it was chosen, or the app's start-up
 #: (Prefect's database, say) failed.
@@ -147,13 +147,6 @@ def drain_prefects_senders(timeout_s: float = DRAIN_S) -> None:
         if loaded is not None:
             with contextlib.suppress(Exception):  # a worker that never started, a server already gone
                 getattr(loaded, worker).drain_all(timeout=timeout_s)
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on now (the kernel's choice)."""
-    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _launch(port: int, environment: dict[str, str]) -> subprocess.Popen:

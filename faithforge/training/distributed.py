@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -34,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from faithforge.core.errors import UserError
+from faithforge.core.ports import free_port
 
 EVENT_PREFIX = "FAITHFORGE-EVENT "
 #: Exit status of a rank that ran out of CUDA memory (the parent backs off and relaunches).
@@ -56,13 +56,6 @@ class GroupResult:
 
     result: dict[str, Any]
     wall_seconds: float
-
-
-def free_port() -> int:
-    """A TCP port free on 127.0.0.1 now (torchrun's rendezvous for a standalone node)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def torchrun_command(spec_path: str | Path, processes: int, *, port: int | None = None) -> list[str]:

@@ -12,7 +12,6 @@ why the figure is a rate, reported as measured; a quantized file's rate says wha
 from __future__ import annotations
 
 import contextlib
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from faithforge.core.errors import UserError
+from faithforge.core.ports import free_port
 
 #: Fixed probe prompts (not evaluation items): short document questions like the real task's, and open requests.
 PROMPTS = [
@@ -63,12 +63,6 @@ class Agreement:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def launch_llama_server(model: str | Path, *, port: int, alias: str, n_ctx: int, threads: int,
@@ -117,7 +111,7 @@ def served_gguf(path: str | Path, *, threads: int = 2, n_ctx: int = 2048, alias:
     from faithforge.training.gguf_writer import llama_cpp_or_error
 
     llama_cpp_or_error("serving the exported GGUF")
-    port = _free_port()
+    port = free_port()
     log = open(log_path, "wb") if log_path else subprocess.DEVNULL  # noqa: SIM115 - closed below
     proc = launch_llama_server(path, port=port, alias=alias, n_ctx=n_ctx, threads=threads, log=log)
     root = f"http://127.0.0.1:{port}"
