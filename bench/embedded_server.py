@@ -69,13 +69,9 @@ print("FIGURES", wall, own.ru_utime + own.ru_stime, reaped.ru_utime + reaped.ru_
 
 
 def run(variant: str, home: Path) -> dict:
-    from tests.fixtures.prefect_db import migrated_database
+    from tests.fixtures.prefect_db import home_without_a_server
 
-    migrated_database(home / "prefect.db")
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API_")}
-    env.update(PREFECT_HOME=str(home), PREFECT_PROFILES_PATH=str(home / "profiles.toml"),
-               PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_LOGGING_LEVEL="CRITICAL",
-               PREFECT_SERVER_LOGGING_LEVEL="CRITICAL", PYTHONPATH=str(REPO), OMP_WAIT_POLICY="PASSIVE")
+    env = {**home_without_a_server(home), "PYTHONPATH": str(REPO), "OMP_WAIT_POLICY": "PASSIVE"}
     started = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", MEASURE, textwrap.dedent(VARIANTS[variant])], env=env,
                           capture_output=True, text=True, timeout=600)

@@ -50,10 +50,10 @@ def run_pipeline_with_progress(config: PipelineConfig, verbose: bool = False) ->
     from faithforge.app.embedded_server import embedded_server
     from faithforge.core.orphans import start_reaper
 
-    # A watcher process stops the embedded server (a `uvicorn` child), and any other child, if this process is
-    # killed (SIGKILL cannot be handled). Then the server, before the flows, torch and transformers are imported:
-    # it starts while they are (faithforge/app/embedded_server.py).
-    # The Stopper first: a Ctrl-C or SIGTERM while the server starts is a stop too (one line, exit 130).
+    # In this order: a watcher process that stops the embedded server (a `uvicorn` child), and any other child, if
+    # this process is killed (SIGKILL cannot be handled); the Stopper, so a Ctrl-C or SIGTERM while the server starts
+    # is a stop too (one line, exit 130); the server, before the flows, torch and transformers are imported, so it
+    # starts while they are (faithforge/app/embedded_server.py).
     start_reaper()
     try:
         with Stopper(store_url, STAGE_LABELS).installed(), embedded_server() as server:

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from faithforge.app import embedded_server as module
-from faithforge.app.embedded_server import EmbeddedServer, free_port
+from faithforge.app.embedded_server import EmbeddedServer
+from faithforge.core.ports import free_port
 from faithforge.core.errors import UserError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -27,14 +28,9 @@ def _python(script: str, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 def _environment_without_a_server(tmp_path: Path) -> dict[str, str]:
-    from tests.fixtures.prefect_db import migrated_database
+    from tests.fixtures.prefect_db import home_without_a_server
 
-    home = tmp_path / "prefect-home"
-    migrated_database(home / "prefect.db")  # a copy of a migrated database: the server answers in seconds
-    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API_")}
-    return {**env, "PREFECT_HOME": str(home), "PREFECT_PROFILES_PATH": str(home / "profiles.toml"),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PREFECT_LOGGING_LEVEL": "CRITICAL",
-            "PREFECT_SERVER_LOGGING_LEVEL": "CRITICAL"}
+    return home_without_a_server(tmp_path / "prefect-home")
 
 
 @pytest.mark.slow

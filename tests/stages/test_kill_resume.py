@@ -51,8 +51,7 @@ def driver():
 
 def _drive(driver, workspace: Path, out: Path, kill_at: str | None = None):
     """One fresh process (forked from `driver`) that runs the stages and SIGKILLs itself at `kill_at`."""
-    return driver.run("pipeline_driver:main", [workspace, out, kill_at] if kill_at else [workspace, out, ""],
-                      timeout=900)
+    return driver.run("pipeline_driver:main", [workspace, out, kill_at or ""], timeout=900)
 
 
 def _tensors(folder: Path, name: str) -> dict:
