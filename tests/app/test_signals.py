@@ -20,7 +20,6 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -63,16 +62,32 @@ def _group_members(pgid: int) -> list[str]:
     return found
 
 
-def _demo(workspace: Path, config: Path, stop_when: str | None = None, sig=signal.SIGINT, to: str = "group"):
-    """Run `faithforge demo`; once `stop_when` matches a file in the workspace, send `sig`. Returns
-    (exit status, output, seconds from the signal to the exit, processes of the group left after it)."""
+#: What `faithforge demo` imports before its first stage, loaded once by the fork server (tests/fixtures/forked.py)
+#: instead of in each of the seven runs (~8 CPU-s apiece on 2 cores). Not Prefect: `main()` sets Prefect's
+#: environment before Prefect is first imported, as it does in a fresh interpreter.
+PRELOAD = ["torch", "transformers", "peft", "trl", "datasets"]
+
+
+@contextlib.contextmanager
+def _demo_forks():
+    """A fork server for `_demo`, in the environment a fresh `faithforge demo` process would see: the settings
+    read once at import (OpenMP's wait policy at torch's import, tqdm's at its own) are set before the preload."""
+    from faithforge.app.prefect_settings import omp_wait_policy
+    from tests.fixtures.forked import ForkServer
+
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", "TQDM_DISABLE": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "faithforge.app.cli", "demo", "-w", str(workspace), "-c",
-                             str(config)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True, env=env, cwd=REPO)
-    lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
-    reader.start()
+    env.setdefault("OMP_WAIT_POLICY", omp_wait_policy())  # what `main()` would choose before importing torch
+    with ForkServer(PRELOAD, env, cwd=REPO) as server:
+        yield server
+
+
+def _demo(forks, workspace: Path, config: Path, stop_when: str | None = None, sig=signal.SIGINT,
+          to: str = "group"):
+    """Run `faithforge demo` (its `main()`, in its own session, forked from `forks`); once `stop_when` matches a
+    file in the workspace, send `sig`. Returns (exit status, output, seconds from the signal to the exit,
+    processes of the group left after it)."""
+    proc = forks.start("faithforge.app.cli:main", argv=["faithforge", "demo", "-w", workspace, "-c", config],
+                       new_session=True)
     sent = None
     try:
         deadline = time.monotonic() + 900
@@ -97,14 +112,14 @@ def _demo(workspace: Path, config: Path, stop_when: str | None = None, sig=signa
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
         for _ in _group_members(proc.pid):
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             break
-    reader.join(5)
-    return proc.returncode, "".join(lines), stopped_after, left
+    return proc.returncode, proc.output(), stopped_after, left
 
 
 def _runs(workspace: Path) -> list[dict]:
@@ -135,8 +150,13 @@ def test_ctrl_c_and_sigterm_stop_within_10_s_at_every_kind_of_stage_and_a_rerun_
     config = tmp_path / "small.yaml"
     config.write_text(CONFIG)
     stopped = tmp_path / "stopped"
+    with _demo_forks() as forks:
+        _stop_at_every_moment_then_resume(forks, stopped, config, tmp_path / "straight")
+
+
+def _stop_at_every_moment_then_resume(forks, stopped: Path, config: Path, straight: Path) -> None:
     for where, stop_when, sig, to in MOMENTS:
-        code, output, seconds, left = _demo(stopped, config, stop_when, sig, to)
+        code, output, seconds, left = _demo(forks, stopped, config, stop_when, sig, to)
         context = f"{where} ({sig.name} to the {to}):\n{output[-3000:]}"
         print(f"stopped at {where} ({sig.name} to the {to}) in {seconds:.1f} s")  # -s shows them
         assert seconds is not None, "the moment never came: " + context
@@ -148,14 +168,13 @@ def test_ctrl_c_and_sigterm_stop_within_10_s_at_every_kind_of_stage_and_a_rerun_
         assert len(said[0]) <= 300 and "Traceback" not in output and "Connection refused" not in output, context
         newest = _runs(stopped)[0]
         assert newest["status"] == "cancelled", (newest, context)
-    code, output, _, left = _demo(stopped, config)
+    code, output, _, left = _demo(forks, stopped, config)
     assert code == 0 and left == [], output[-3000:]
     assert "reused" in output  # finished stages were kept
     statuses = [run["status"] for run in _runs(stopped)]
     assert statuses == ["completed"] + ["cancelled"] * len(MOMENTS), statuses
 
-    straight = tmp_path / "straight"
-    code, output, _, _ = _demo(straight, config)
+    code, output, _, _ = _demo(forks, straight, config)
     assert code == 0, output[-3000:]
     assert _results(stopped) == _results(straight)
 
