@@ -155,16 +155,45 @@ def _launch(port: int, environment: dict[str, str]) -> subprocess.Popen:
     # Prefect's own command for its embedded server (prefect/server/api/server.py, SubprocessASGIServer).
     return subprocess.Popen([sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
                              "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port",
-                             str(port), "--log-level", "error", "--lifespan", "on"], env=environment)
+                             str(port), "--log-level", "error", "--lifespan", "on"], env=environment,
+                            preexec_fn=_dies_with_this_process())
+
+
+def _dies_with_this_process():
+    """For `Popen(preexec_fn=...)` on Linux: the child gets SIGTERM when this process dies, SIGKILL included
+    (`prctl(PR_SET_PDEATHSIG)`), so no server outlives a killed command. The reaper (core/orphans.py) does the same
+    for every child but looks every 0.5 s: a command killed within that time of the launch left its server running.
+    The kernel signals when the *thread* that forked ends, so launch from the main thread (as this module does).
+    None elsewhere (the reaper alone)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: the child only calls it
+    parent = os.getpid()
+
+    def in_child() -> None:
+        prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died between the fork and the call: no signal will come
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return in_child
 
 
 def _point_prefect_at(api_url: str | None) -> None:
     """`PREFECT_API_URL` (None: unset) for this process (Prefect's settings, read once at import, are read again)
-    and its children (the environment)."""
+    and its children (the environment).
+
+    With it an empty `PREFECT_UI_URL`, unless the user set one: Prefect derives a UI address from the API's and
+    logs "View at http://127.0.0.1:PORT/runs/…" for each flow run, but this server serves no UI and ends with the
+    command (Prefect's own embedded server had no API URL in the settings, so it printed no link)."""
     from prefect.context import refresh_global_settings_context
 
     if api_url is None:
         os.environ.pop("PREFECT_API_URL", None)
+        if os.environ.get("PREFECT_UI_URL") == "":
+            del os.environ["PREFECT_UI_URL"]
     else:
         os.environ["PREFECT_API_URL"] = api_url
+        os.environ.setdefault("PREFECT_UI_URL", "")
     refresh_global_settings_context()

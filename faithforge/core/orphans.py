@@ -8,8 +8,9 @@ Two mechanisms, one per direction:
   training on unsupervised (and dying later of a BrokenPipeError on the dead worker's pipe).
 - `start_reaper()`: a tiny watcher process (this file, run by path: it imports nothing of FaithForge) that keeps
   a list of this process's descendants and, when this process dies — SIGKILL included — terminates them. The
-  demo uses it for Prefect's embedded server, a `uvicorn` child Prefect starts itself with `subprocess.Popen`
-  and no hook for `prctl(PR_SET_PDEATHSIG)`; a flow process uses it for whatever it started.
+  demo and `generate` use it for every child (Prefect's embedded server, a `uvicorn` child, also dies with its
+  parent through `prctl(PR_SET_PDEATHSIG)`, which covers the first 0.5 s the reaper has not yet seen it: see
+  app/embedded_server.py); a flow process uses it for whatever it started.
 
 Both work from `/proc` (Linux). Elsewhere `watch_parent` still works (getppid) and `start_reaper` does nothing.
 """
