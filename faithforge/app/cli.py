@@ -135,7 +135,9 @@ def demo(
     from faithforge.stages.preflight import check_pipeline_inputs
     from faithforge.core.workspace import drop_outside_links, refuse_unowned
 
-    if cfg.label.enabled and not os.environ.get("PREFECT_API_URL"):
+    from faithforge.app.embedded_server import configured_api_url
+
+    if cfg.label.enabled and not configured_api_url():  # from the environment, a profile, prefect.toml or .env
         raise UserError("label.enabled asks for labels in the Prefect UI, but `faithforge demo` runs on the embedded "
                         "server, which has no UI; start a server (see the README) and set PREFECT_API_URL, or label "
                         "afterwards with `faithforge label`")
@@ -218,13 +220,15 @@ def runs(
         database_url = sqlite_url(db)
     store = Store(database_url)
     store.mark_crashed_runs()
-    if os.environ.get("PREFECT_API_URL"):  # runs of a Prefect server: follow it (cancelled there → `cancelled`)
+    from faithforge.app.embedded_server import configured_api_url
+
+    if server := configured_api_url():  # runs of a Prefect server: follow it (cancelled there → `cancelled`)
         from faithforge.tasks.supervision import reconcile
 
         try:
             reconcile(database_url, say=lambda line: typer.echo(line, err=True))
         except Exception as exc:  # noqa: BLE001 - the list still shows what the store knows
-            typer.echo(f"could not ask the Prefect server at {os.environ['PREFECT_API_URL']} about these runs "
+            typer.echo(f"could not ask the Prefect server at {server} about these runs "
                        f"({str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__})", err=True)
     rows = store.list_runs(limit)
     if not rows:

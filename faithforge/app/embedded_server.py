@@ -115,7 +115,7 @@ def embedded_server() -> Iterator[EmbeddedServer | None]:
     from prefect.settings import get_current_settings
 
     settings = get_current_settings()
-    if settings.api.url:
+    if configured_api_url():
         yield None
         return
     environment = {**os.environ, **SERVER_ENVIRONMENT, **settings.to_environment_variables(exclude_unset=True)}
@@ -135,6 +135,14 @@ def embedded_server() -> Iterator[EmbeddedServer | None]:
     finally:
         server.stop()
         _point_prefect_at(None)
+
+
+def configured_api_url() -> str | None:
+    """The Prefect API server the user configured, wherever Prefect's settings found it (environment, the active
+    profile, `prefect.toml`, `.env`); None when a command would run on its own embedded server."""
+    from prefect.settings import get_current_settings
+
+    return get_current_settings().api.url or None
 
 
 def drain_prefects_senders(timeout_s: float = DRAIN_S) -> None:

@@ -76,14 +76,23 @@ def test_a_flow_runs_on_the_server_started_first_and_the_command_never_imports_p
     assert "after: url set False exit True" in done.stdout  # stopped, and a second command would start its own
 
 
-def test_a_server_the_user_set_is_used_and_nothing_is_started(tmp_path):
-    env = {**_environment_without_a_server(tmp_path), "PREFECT_API_URL": "http://127.0.0.1:9/api"}
+@pytest.mark.parametrize("where", ["environment", "profile"])
+def test_a_server_the_user_set_is_used_and_nothing_is_started(tmp_path, where):
+    """Wherever Prefect's settings find the user's server: the embedded server is not started, and the demo's
+    label step (which needs a UI) and `faithforge runs` (which follows the server's runs) see it too (a review found
+    both read only the environment)."""
+    env = _environment_without_a_server(tmp_path)
+    if where == "environment":
+        env["PREFECT_API_URL"] = "http://127.0.0.1:9/api"
+    else:
+        Path(env["PREFECT_PROFILES_PATH"]).write_text('active = "mine"\n[profiles.mine]\n'
+                                                       'PREFECT_API_URL = "http://127.0.0.1:9/api"\n')
     done = _python("""
         import os, sys
-        from faithforge.app.embedded_server import embedded_server
+        from faithforge.app.embedded_server import configured_api_url, embedded_server
 
         with embedded_server() as server:
-            print(server, os.environ["PREFECT_API_URL"])
+            print(server, configured_api_url())
     """, env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == "None http://127.0.0.1:9/api"
