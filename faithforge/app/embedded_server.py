@@ -19,9 +19,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Callable, Iterator
 
 from faithforge.core.errors import UserError
 from faithforge.core.ports import free_port
@@ -40,6 +41,12 @@ POLL_S = 0.1
 STOP_GRACE_S = 10.0
 #: Longest wait for Prefect's log and event workers to send what they hold before the server stops, seconds.
 DRAIN_S = 5.0
+#: Seconds between two looks at a running server's process.
+WATCH_S = 0.5
+#: Seconds a dead server is left dead before it is started again, for a stop that killed it to be noted.
+STOP_NOTICE_S = 1.0
+#: Starts on the same port after the server died mid-run, before the command stops instead (rerun to resume).
+MAX_RESTARTS_WHILE_RUNNING = 3
 
 
 @dataclass
@@ -51,7 +58,11 @@ class EmbeddedServer:
     process: subprocess.Popen
     """The server's process (a child of this one, in its process group: Ctrl-C reaches it too)."""
     environment: dict[str, str] = field(repr=False)
-    """The environment it was started with (a restart on another port reuses it)."""
+    """The environment it was started with (a restart reuses it)."""
+    say: Callable[[str], None] = field(default=lambda line: print(line, file=sys.stderr, flush=True), repr=False)
+    """Where a line about the server's death and restart goes."""
+    _stopping: threading.Event = field(default_factory=threading.Event, init=False, repr=False)
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False)
 
     def wait_until_ready(self, timeout_s: float | None = None) -> float:
         """Block until the API answers its health check; seconds waited. One-line `UserError` if the server
@@ -75,6 +86,7 @@ class EmbeddedServer:
                                     f"server you started")
                 with contextlib.suppress(httpx.HTTPError):
                     if client.get(f"{self.api_url}/health").status_code == 200:
+                        self._watch()
                         return time.monotonic() - started
                 if time.monotonic() - started > timeout_s:
                     self.stop()
@@ -85,6 +97,8 @@ class EmbeddedServer:
 
     def stop(self) -> None:
         """Stop the server (SIGTERM, then SIGKILL after `STOP_GRACE_S`); nothing if it already ended."""
+        with self._lock:  # the watcher starts no server after this
+            self._stopping.set()
         if self.process.poll() is not None:
             return
         with contextlib.suppress(ProcessLookupError):
@@ -100,6 +114,42 @@ class EmbeddedServer:
         self.api_url = f"http://127.0.0.1:{port}/api"
         self.process = _launch(port, self.environment)
         _point_prefect_at(self.api_url)
+
+    def _watch(self) -> None:
+        """Once the server answered: a daemon thread that starts it again, on the same port, if it dies before
+        `stop` (killed by the OOM killer, say). Every Prefect client of this process and its children keeps the
+        URL and retries; the server's database is a file, so the run's flow and task runs are all still there.
+        Left dead, each API call of the run waited out Prefect's retries (~70 s) and the run crawled on, printing
+        tracebacks (2026-12-07). After `MAX_RESTARTS_WHILE_RUNNING` starts the command gets SIGTERM: its stop
+        marks the run cancelled and says to rerun, which resumes. A restarted server is tied to this thread
+        (`PR_SET_PDEATHSIG` follows the forking thread), which ends only when the server is stopped."""
+        threading.Thread(target=self._keep_alive, name="faithforge-embedded-server-watch", daemon=True).start()
+
+    def _keep_alive(self) -> None:
+        from faithforge.app import stopping
+
+        port = int(self.api_url.rsplit(":", 1)[1].split("/", 1)[0])
+        restarts = 0
+        while not self._stopping.wait(WATCH_S):
+            if self.process.poll() is None:
+                continue
+            # Ctrl-C reaches the server too (one process group): its death is then part of a stop, which the
+            # main thread's signal handler notes within moments; a server started again would only be killed.
+            if self._stopping.wait(STOP_NOTICE_S) or stopping.stop_handled:
+                return
+            with self._lock:
+                status = self.process.poll()
+                if self._stopping.is_set():
+                    return
+                if restarts == MAX_RESTARTS_WHILE_RUNNING:
+                    self.say(f"Prefect's embedded server exited (status {status}) again after {restarts} restarts; "
+                             f"stopping this run (rerun the same command to resume)")
+                    os.kill(os.getpid(), signal.SIGTERM)
+                    return
+                restarts += 1
+                self.process = _launch(port, self.environment)
+            self.say(f"Prefect's embedded server exited (status {status}); started it again on the same port "
+                     f"(restart {restarts} of {MAX_RESTARTS_WHILE_RUNNING}), the run goes on")
 
 
 @contextlib.contextmanager

@@ -203,3 +203,48 @@ def test_a_command_killed_the_moment_its_server_is_launched_leaves_no_server(tmp
     for process in left:
         process.kill()
     assert not left, "the server outlived the command that started it"
+
+
+@pytest.mark.slow
+def test_a_server_that_dies_mid_run_is_started_again_and_the_run_goes_on(tmp_path):
+    """The server killed mid-run (the OOM killer, say): each of the run's API calls waited out Prefect's retries
+    (~70 s) and the run crawled on, printing tracebacks (2026-12-07). Now it is started again on the same port
+    and the run finishes, recorded on the same database; one line says so."""
+    done = _python("""
+        import os, signal, time
+        from faithforge.app.embedded_server import embedded_server
+
+        with embedded_server() as server:
+            server.wait_until_ready()
+            from prefect import flow, task
+
+            @task
+            def kill_the_server() -> int:
+                os.kill(server.process.pid, signal.SIGKILL)
+                return server.process.pid
+
+            @task
+            def after(first: int) -> int:
+                return first
+
+            @flow(name="outlives-its-server")
+            def run() -> bool:
+                first = kill_the_server()
+                time.sleep(2)  # the server is dead now, or being started again
+                return after(first) == first
+
+            started = time.monotonic()
+            assert run()
+            from prefect.client.orchestration import get_client
+            from prefect.client.schemas.filters import FlowFilter, FlowFilterName
+
+            with get_client(sync_client=True) as client:
+                runs = client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["outlives-its-server"])))
+            print("runs", [run.state.type.value for run in runs], "took", round(time.monotonic() - started))
+    """, _environment_without_a_server(tmp_path))
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "runs ['COMPLETED']" in done.stdout, done.stdout + done.stderr[-3000:]
+    took = int(done.stdout.split("took")[1])
+    assert took < 60, f"the run took {took} s: it waited on the dead server"
+    said = [line for line in done.stderr.splitlines() if line.startswith("Prefect's embedded server exited")]
+    assert len(said) == 1 and "started it again on the same port" in said[0], done.stderr[-3000:]

@@ -166,6 +166,7 @@ def _stop_at_every_moment_then_resume(forks, stopped: Path, config: Path, straig
         said = [line for line in output.splitlines() if line.startswith(f"stopped on {sig.name}")]
         assert len(said) == 1 and said[0].endswith("rerun the same command to resume"), context
         assert len(said[0]) <= 300 and "Traceback" not in output and "Connection refused" not in output, context
+        assert "embedded server exited" not in output, context  # killed by the stop: not started again
         newest = _runs(stopped)[0]
         assert newest["status"] == "cancelled", (newest, context)
     code, output, _, left = _demo(forks, stopped, config)
