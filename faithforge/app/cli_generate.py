@@ -148,12 +148,14 @@ def _run(params: GenerateParameters, console: Console, *, prefect: bool, verbose
             # starts is one too. The reaper stops the server if this process is killed. Finished examples are files
             # and a rerun skips them.
             start_reaper()
-            with Stopper(None, {job.PROGRESS_STAGE: "generation"}).installed(), embedded_server() as server:
+            with Stopper(None, {job.PROGRESS_STAGE: "generation"}).installed() as stopper, \
+                    embedded_server() as server:
                 from faithforge.flows.generate import generate_flow  # after the server's start, so beside it
 
                 if server is not None:
                     server.wait_until_ready()
-                return generate_flow(params)
+                with stopper.owning_sigterm_in_flows():
+                    return generate_flow(params)
         finally:
             remove_sink(sink)
 

@@ -56,13 +56,13 @@ def run_pipeline_with_progress(config: PipelineConfig, verbose: bool = False) ->
     # starts while they are (faithforge/app/embedded_server.py).
     start_reaper()
     try:
-        with Stopper(store_url, STAGE_LABELS).installed(), embedded_server() as server:
+        with Stopper(store_url, STAGE_LABELS).installed() as stopper, embedded_server() as server:
             from faithforge.app.prefect_settings import without_heartbeats
             from faithforge.flows.pipeline import pipeline
 
             if server is not None:
                 server.wait_until_ready()
-            with display, without_heartbeats():
+            with display, without_heartbeats(), stopper.owning_sigterm_in_flows():
                 summary = pipeline(config)
     finally:
         remove_sink(sink)

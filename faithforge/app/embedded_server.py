@@ -43,6 +43,8 @@ STOP_GRACE_S = 10.0
 DRAIN_S = 5.0
 #: Seconds between two looks at a running server's process.
 WATCH_S = 0.5
+#: Exit statuses of a server that was asked to stop (uvicorn's own clean exit, or the signal's default action).
+ASKED_TO_STOP = (0, -signal.SIGINT, -signal.SIGTERM)
 #: Seconds a dead server is left dead before it is started again, for a stop that killed it to be noted.
 STOP_NOTICE_S = 1.0
 #: Starts on the same port after the server died mid-run, before the command stops instead (rerun to resume).
@@ -131,11 +133,14 @@ class EmbeddedServer:
         port = int(self.api_url.rsplit(":", 1)[1].split("/", 1)[0])
         restarts = 0
         while not self._stopping.wait(WATCH_S):
-            if self.process.poll() is None:
+            status = self.process.poll()
+            if status is None:
                 continue
-            # Ctrl-C reaches the server too (one process group): its death is then part of a stop, which the
-            # main thread's signal handler notes within moments; a server started again would only be killed.
-            if self._stopping.wait(STOP_NOTICE_S) or stopping.stop_handled:
+            # Ctrl-C reaches the server too (one process group), and uvicorn ends cleanly on SIGINT and SIGTERM: a
+            # server that exited so was asked to stop, and the command is stopping (its main thread may note the
+            # signal only seconds later, after a long C call). Started again, it would only be killed. Otherwise
+            # a stop the main thread noted within `STOP_NOTICE_S` also ends the watch.
+            if status in ASKED_TO_STOP or self._stopping.wait(STOP_NOTICE_S) or stopping.stop_handled:
                 return
             with self._lock:
                 status = self.process.poll()

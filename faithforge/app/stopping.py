@@ -310,6 +310,30 @@ class Stopper:
             self._mark()
 
     @contextlib.contextmanager
+    def owning_sigterm_in_flows(self) -> Iterator[None]:
+        """Within the block, flows run in this process leave SIGTERM to this Stopper.
+
+        Prefect's flow engine installs its own SIGTERM handler as each flow and subflow starts
+        (`prefect.utilities.engine.capture_sigterm`): SIGTERM becomes a crash that Prefect first reports to its
+        server. A stage's progress report takes SIGTERM back (`_sink`), but a SIGTERM to the process group before
+        that (2.7 s after the demo's flow starts, 0.8 s in `generate`) met Prefect's handler while the same signal
+        killed the embedded server: the stop took ~10 s and the run was marked `failed`, not `cancelled` (a
+        review's repro, 2026-12-07). Prefect's bridge serves its runners' cancellation of a flow process, which a
+        command running its flows in process has none of. Prefect without that name: nothing is changed (the
+        progress reports still take SIGTERM back)."""
+        import prefect.flow_engine as engine
+
+        bridge = getattr(engine, "capture_sigterm", None)
+        if bridge is None or threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        engine.capture_sigterm = contextlib.nullcontext  # `capture_sigterm()` takes no argument; neither need this
+        try:
+            yield
+        finally:
+            engine.capture_sigterm = bridge
+
+    @contextlib.contextmanager
     def installed(self) -> Iterator["Stopper"]:
         """Handle SIGINT and SIGTERM while the block runs (main thread only); restore the old handlers after."""
         if threading.current_thread() is not threading.main_thread():

@@ -248,3 +248,35 @@ def test_a_server_that_dies_mid_run_is_started_again_and_the_run_goes_on(tmp_pat
     assert took < 60, f"the run took {took} s: it waited on the dead server"
     said = [line for line in done.stderr.splitlines() if line.startswith("Prefect's embedded server exited")]
     assert len(said) == 1 and "started it again on the same port" in said[0], done.stderr[-3000:]
+
+
+def test_the_watch_starts_a_killed_server_again_but_not_one_asked_to_stop(monkeypatch):
+    """A server killed outright (SIGKILL: the OOM killer) is started again on its port; one that ended on SIGINT
+    or SIGTERM was asked to (Ctrl-C reaches the whole group) and stays down, even when the main thread has not yet
+    noted the stop (a review: inside a long C call it noted it after the restart)."""
+    import signal
+    import time
+
+    def stand_in(port, environment):  # what a real server cannot be made to do on demand: die just so
+        launched.append(port)
+        return subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+
+    launched: list[int] = []
+    said: list[str] = []
+    monkeypatch.setattr(module, "_launch", stand_in)
+    port = free_port()
+    server = EmbeddedServer(f"http://127.0.0.1:{port}/api", stand_in(port, {}), {}, say=said.append)
+    try:
+        server._watch()
+        server.process.kill()
+        deadline = time.monotonic() + 10
+        while len(launched) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert launched == [port, port], launched  # started again, on the same port
+        server.process.send_signal(signal.SIGTERM)
+        server.process.wait(10)
+        time.sleep(module.WATCH_S + module.STOP_NOTICE_S + 1.0)
+        assert len(launched) == 2, launched  # asked to stop: not started again
+    finally:
+        server.stop()
+    assert len(said) == 1 and "started it again on the same port" in said[0], said

@@ -2,8 +2,9 @@
 (issue 25, item 2).
 
 Ctrl-C sends SIGINT to the process group: Prefect's embedded server (a `uvicorn` child) died, the warm start went
-on for minutes and the run ended with "Connection refused". Here one workspace is stopped at five moments, one
-per kind of stage (building the base model, the full fine-tune, the reference pass, LoRA training, evaluation),
+on for minutes and the run ended with "Connection refused". Here one workspace is stopped at six moments: the
+flow's start, before any stage reported progress, and one per kind of stage (building the base model, the full
+fine-tune, the reference pass, LoRA training, evaluation),
 by SIGINT or SIGTERM to the group or SIGTERM to the main process alone (what `timeout` sends). Each stop: exit
 within 10 s with status 130, one line naming where and that a rerun resumes, the run `cancelled` in `faithforge
 runs`, no process of the group left (the process table is read). A last rerun finishes, and its models and rates
@@ -37,9 +38,25 @@ train: {steps: 12, batch_size: 8, checkpoint_every: 2}
 evaluate: {bootstrap_samples: 200}
 """
 
-#: (what the stop interrupts, the workspace file whose appearance means it is under way, signal, to whom; "twice":
-#: a second Ctrl-C half a second after the first, which stops at once)
+def _a_run_is_running(workspace: Path) -> bool:
+    """The run store holds a run of status `running`: the pipeline's flow has started (its first task wrote it),
+    and no stage has reported progress yet."""
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{workspace / 'faithforge.db'}?mode=ro", uri=True,
+                                                timeout=0.1)) as db:
+            return bool(db.execute("select count(*) from runs where status = 'running'").fetchone()[0])
+    except sqlite3.Error:  # not created yet, or its table not yet
+        return False
+
+
+#: (what the stop interrupts, the workspace file whose appearance means it is under way (or a test of the
+#: workspace), signal, to whom; "twice": a second Ctrl-C half a second after the first, which stops at once)
 MOMENTS = [
+    # Before any stage reported progress Prefect's own SIGTERM handler held the signal: the stop took ~10 s and the
+    # run was marked failed (a review's repro, 2026-12-07).
+    ("the flow's start", _a_run_is_running, signal.SIGTERM, "group"),
     ("base model", "datasets/summaries-*/manifest.json", signal.SIGINT, "group"),
     ("warm-start SFT", "checkpoints/sft-[0-9a-f][0-9a-f][0-9a-f]*/*", signal.SIGTERM, "group"),
     ("reference log-probs", "refcache/*/shard-00000.parquet", signal.SIGINT, "group"),
@@ -85,14 +102,15 @@ def _demo(forks, workspace: Path, config: Path, stop_when: str | None = None, si
           to: str = "group"):
     """Run `faithforge demo` (its `main()`, in its own session, forked from `forks`); once `stop_when` matches a
     file in the workspace, send `sig`. Returns (exit status, output, seconds from the signal to the exit,
-    processes of the group left after it)."""
+    processes of the group left after it). `stop_when`: a glob in the workspace, or a test of the workspace."""
     proc = forks.start("faithforge.app.cli:main", argv=["faithforge", "demo", "-w", workspace, "-c", config],
                        new_session=True)
     sent = None
     try:
         deadline = time.monotonic() + 900
         while proc.poll() is None and time.monotonic() < deadline:
-            if sent is None and stop_when and glob.glob(str(workspace / stop_when)):
+            if sent is None and stop_when and (stop_when(workspace) if callable(stop_when)
+                                               else glob.glob(str(workspace / stop_when))):
                 (os.kill if to == "main" else os.killpg)(proc.pid, sig)
                 sent = time.monotonic()
                 if to == "twice":
