@@ -167,10 +167,10 @@ def embedded_server() -> Iterator[EmbeddedServer | None]:
     the first flow. At the end the server is stopped and `PREFECT_API_URL` is unset again (a second command in
     the same process starts its own). Set the environment Prefect and the server should see (log levels,
     timeouts) before entering."""
-    from prefect.settings import get_current_settings
+    from prefect.settings import Settings
 
-    settings = get_current_settings()
-    if configured_api_url():
+    settings = Settings()  # afresh, as `configured_api_url` reads them
+    if settings.api.url:
         yield None
         return
     environment = {**os.environ, **SERVER_ENVIRONMENT, **settings.to_environment_variables(exclude_unset=True)}
@@ -193,11 +193,13 @@ def embedded_server() -> Iterator[EmbeddedServer | None]:
 
 
 def configured_api_url() -> str | None:
-    """The Prefect API server the user configured, wherever Prefect's settings found it (environment, the active
-    profile, `prefect.toml`, `.env`); None when a command would run on its own embedded server."""
-    from prefect.settings import get_current_settings
+    """The Prefect API server the user configured, wherever Prefect's settings find it now (environment, the active
+    profile, `prefect.toml`, `.env`); None when a command would run on its own embedded server. Read afresh, not
+    from the settings this process loaded at Prefect's import: a process that ran an earlier command (a test
+    worker) still held that command's server there."""
+    from prefect.settings import Settings
 
-    return get_current_settings().api.url or None
+    return Settings().api.url or None
 
 
 def drain_prefects_senders(timeout_s: float = DRAIN_S) -> None:
