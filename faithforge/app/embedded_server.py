@@ -217,32 +217,15 @@ def drain_prefects_senders(timeout_s: float = DRAIN_S) -> None:
 def _launch(port: int, environment: dict[str, str]) -> subprocess.Popen:
     import prefect
 
-    # Prefect's own command for its embedded server (prefect/server/api/server.py, SubprocessASGIServer).
+    from faithforge.core.orphans import dies_with_this_process
+
+    # Prefect's own command for its embedded server (prefect/server/api/server.py, SubprocessASGIServer). It dies with
+    # this process, SIGKILL included: the reaper looks every 0.5 s, and a command killed within that time of the
+    # launch left its server running.
     return subprocess.Popen([sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
                              "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port",
                              str(port), "--log-level", "error", "--lifespan", "on"], env=environment,
-                            preexec_fn=_dies_with_this_process())
-
-
-def _dies_with_this_process():
-    """For `Popen(preexec_fn=...)` on Linux: the child gets SIGTERM when this process dies, SIGKILL included
-    (`prctl(PR_SET_PDEATHSIG)`), so no server outlives a killed command. The reaper (core/orphans.py) does the same
-    for every child but looks every 0.5 s: a command killed within that time of the launch left its server running.
-    The kernel signals when the *thread* that forked ends, so launch from the main thread (as this module does).
-    None elsewhere (the reaper alone)."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: the child only calls it
-    parent = os.getpid()
-
-    def in_child() -> None:
-        prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
-        if os.getppid() != parent:  # the parent died between the fork and the call: no signal will come
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    return in_child
+                            preexec_fn=dies_with_this_process())
 
 
 def _point_prefect_at(api_url: str | None) -> None:

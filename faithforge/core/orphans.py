@@ -32,6 +32,29 @@ POLL_S = 0.5
 TERM_GRACE_S = 3.0
 
 
+def dies_with_this_process() -> Callable[[], None] | None:
+    """For `subprocess.Popen(preexec_fn=...)` on Linux: the child gets SIGTERM when this process dies, SIGKILL
+    included (`prctl(PR_SET_PDEATHSIG)`), from its first instruction on (the reaper looks only every `POLL_S`).
+    If this process died between the fork and the call, the child ends itself. The kernel signals when the *thread*
+    that forked ends: start such children from a thread that lives as long as they should. None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up before the fork: the child only calls it
+    except (OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def in_child() -> None:
+        prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+        if os.getppid() != parent:  # the parent died between the fork and the call: no signal will come
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return in_child
+
+
 def _stat_fields(pid: int) -> list[str] | None:
     try:
         with open(f"/proc/{pid}/stat", "rb") as handle:

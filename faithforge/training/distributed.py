@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from faithforge.core.errors import UserError
+from faithforge.core.orphans import dies_with_this_process
 from faithforge.core.ports import free_port
 
 EVENT_PREFIX = "FAITHFORGE-EVENT "
@@ -101,17 +102,6 @@ def _kill_session(pid: int, sig: int) -> None:
         pass
 
 
-def _die_with_parent() -> None:
-    """In the torchrun child before exec (Linux): SIGTERM when the launching process dies, even by SIGKILL, so a
-    group never outlives its task (the group has its own session, out of reach of the task's process group)."""
-    try:
-        import ctypes
-
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):  # not Linux: the parent's own stop is the only one
-        pass
-
-
 def is_log_line(line: str) -> bool:
     """A rank's output line worth a log entry: not a progress bar's redraw (tqdm)."""
     return bool(line.strip()) and "\r" not in line and "it/s]" not in line and "s/it]" not in line
@@ -137,7 +127,7 @@ def run_group(spec: dict[str, Any], work: str | Path, processes: int, *,
     started = time.perf_counter()
     process = subprocess.Popen(torchrun_command(spec_path, processes), env=group_environment(gpu_uuids),
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
-                               start_new_session=True, preexec_fn=_die_with_parent)
+                               start_new_session=True, preexec_fn=dies_with_this_process())
     watcher = None
     if stop is not None:
         watcher = threading.Thread(target=lambda: stop.wait() and process.poll() is None and stop_group(process),
@@ -186,8 +176,11 @@ def rank_info() -> tuple[int, int, int]:
 
 
 def emit(event: dict) -> None:
-    """One event line for the parent (rank 0 only sends them)."""
-    print(EVENT_PREFIX + json.dumps(event), flush=True)
+    """One event line for the parent, written with its newline in one `write` (one pipe write of under 4,096 bytes
+    is atomic): `print` writes the text and the newline apart, and another rank's line sharing torchrun's pipe
+    landed between them (the suite, 2026-12-07: '{...rank 0}FAITHFORGE-EVENT {...rank 1}' as one line)."""
+    sys.stdout.flush()  # what this rank printed before stays before
+    os.write(sys.stdout.fileno(), (EVENT_PREFIX + json.dumps(event) + "\n").encode())
 
 
 def _report_failure(work: Path, rank: int, exc: BaseException) -> int:

@@ -166,3 +166,26 @@ def test_stopping_the_launching_process_stops_every_rank(setup, tmp_path, sig):
         time.sleep(0.1)
     assert not any(_alive(pid) for pid in pids.values()), f"a rank survived {sig.name}"
     print(f"every rank gone {time.monotonic() - stopped:.1f} s after {sig.name}")
+
+
+def test_an_event_line_goes_out_in_one_write_with_its_newline(monkeypatch):
+    """Ranks share torchrun's pipe, and one pipe write under 4,096 bytes is never split: `print` wrote the text and
+    its newline apart, and another rank's event landed between them (the suite, 2026-12-07: two events on one
+    line, which the parent could not parse)."""
+    from faithforge.training import distributed
+
+    class Stdout:
+        def flush(self) -> None:
+            writes.append("flush")
+
+        def fileno(self) -> int:
+            return 1
+
+    writes: list = []
+    monkeypatch.setattr(distributed.sys, "stdout", Stdout())
+    monkeypatch.setattr(distributed.os, "write", lambda fd, data: writes.append((fd, data)) or len(data))
+    distributed.emit({"kind": "progress", "step": 2, "total": 3, "rank": 1})
+    assert writes[0] == "flush" and len(writes) == 2  # what was printed before goes first, then one write
+    fd, data = writes[1]
+    assert fd == 1 and data.endswith(b"\n") and data.count(b"\n") == 1
+    assert json.loads(data[len(distributed.EVENT_PREFIX):]) == {"kind": "progress", "step": 2, "total": 3, "rank": 1}
