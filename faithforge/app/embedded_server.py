@@ -23,6 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
+from urllib.parse import urlsplit
 
 from faithforge.core.errors import UserError
 from faithforge.core.ports import free_port
@@ -130,7 +131,7 @@ class EmbeddedServer:
     def _keep_alive(self) -> None:
         from faithforge.app import stopping
 
-        port = int(self.api_url.rsplit(":", 1)[1].split("/", 1)[0])
+        port = urlsplit(self.api_url).port
         restarts = 0
         while not self._stopping.wait(WATCH_S):
             status = self.process.poll()
@@ -143,7 +144,6 @@ class EmbeddedServer:
             if status in ASKED_TO_STOP or self._stopping.wait(STOP_NOTICE_S) or stopping.stop_handled:
                 return
             with self._lock:
-                status = self.process.poll()
                 if self._stopping.is_set():
                     return
                 if restarts == MAX_RESTARTS_WHILE_RUNNING:

@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -80,7 +81,7 @@ def _group_members(pgid: int) -> list[str]:
 
 
 #: What `faithforge demo` imports before its first stage, loaded once by the fork server (tests/fixtures/forked.py)
-#: instead of in each of the seven runs (~8 CPU-s apiece on 2 cores). Not Prefect: `main()` sets Prefect's
+#: instead of in each of the eight runs (~8 CPU-s apiece on 2 cores). Not Prefect: `main()` sets Prefect's
 #: environment before Prefect is first imported, as it does in a fresh interpreter.
 PRELOAD = ["torch", "transformers", "peft", "trl", "datasets"]
 
@@ -98,8 +99,8 @@ def _demo_forks():
         yield server
 
 
-def _demo(forks, workspace: Path, config: Path, stop_when: str | None = None, sig=signal.SIGINT,
-          to: str = "group"):
+def _demo(forks, workspace: Path, config: Path, stop_when: str | Callable[[Path], bool] | None = None,
+          sig=signal.SIGINT, to: str = "group"):
     """Run `faithforge demo` (its `main()`, in its own session, forked from `forks`); once `stop_when` matches a
     file in the workspace, send `sig`. Returns (exit status, output, seconds from the signal to the exit,
     processes of the group left after it). `stop_when`: a glob in the workspace, or a test of the workspace."""
