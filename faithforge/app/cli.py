@@ -270,9 +270,14 @@ def main(argv: list[str] | None = None) -> None:
     # Before anything imports Prefect: its settings are read once.
     from faithforge.app.prefect_settings import offline_environment
 
-    offline_environment()
-    args, verbose = _strip_verbose(list(sys.argv[1:] if argv is None else argv))
-    _register_subcommands()
+    try:
+        offline_environment()
+        args, verbose = _strip_verbose(list(sys.argv[1:] if argv is None else argv))
+        _register_subcommands()  # imports every subcommand (~1 s): a Ctrl-C here is a stop before any command
+    except KeyboardInterrupt:
+        from faithforge.app.stopping import exit_stopped_before_start
+
+        exit_stopped_before_start()
     from typer._click.exceptions import ClickException, NoArgsIsHelpError
 
     try:

@@ -217,15 +217,33 @@ def drain_prefects_senders(timeout_s: float = DRAIN_S) -> None:
 def _launch(port: int, environment: dict[str, str]) -> subprocess.Popen:
     import prefect
 
-    from faithforge.core.orphans import dies_with_this_process
-
-    # Prefect's own command for its embedded server (prefect/server/api/server.py, SubprocessASGIServer). It dies with
-    # this process, SIGKILL included: the reaper looks every 0.5 s, and a command killed within that time of the
-    # launch left its server running.
+    # Prefect's own command for its embedded server (prefect/server/api/server.py, SubprocessASGIServer).
     return subprocess.Popen([sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
                              "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port",
                              str(port), "--log-level", "error", "--lifespan", "on"], env=environment,
-                            preexec_fn=dies_with_this_process())
+                            preexec_fn=_in_the_server_before_it_starts())
+
+
+def _in_the_server_before_it_starts() -> Callable[[], None]:
+    """What the server's child runs between fork and exec.
+
+    - It dies with this process, SIGKILL included: the reaper looks every 0.5 s, and a command killed within that
+      time of the launch left its server running.
+    - It starts with SIGINT ignored. Ctrl-C reaches the whole process group, and a server still importing uvicorn
+      and Prefect (~1 s) printed a `KeyboardInterrupt` traceback on the user's terminal under the command's own
+      stop line (2026-12-07). A Python started with SIGINT ignored installs no `KeyboardInterrupt` handler;
+      uvicorn installs its own when it starts serving, so a running server still ends cleanly on Ctrl-C, and
+      this command stops one that is still starting (`EmbeddedServer.stop`)."""
+    from faithforge.core.orphans import dies_with_this_process
+
+    dies = dies_with_this_process()
+
+    def in_child() -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        if dies is not None:
+            dies()
+
+    return in_child
 
 
 def _point_prefect_at(api_url: str | None) -> None:

@@ -44,8 +44,23 @@ SERVER_POLL_S = 0.05
 SERVER_GONE_S = 1.0
 #: Seconds between two looks for the embedded server while the run reports progress (a /proc scan, ~5-10 ms).
 SERVER_LOOK_EVERY_S = 2.0
+#: The exit status of a stopped command (128 + SIGINT, what shells report), a stop before any command started too.
 EXIT_STATUS = 130
+#: What a stop before any command started says: nothing has been written by then.
+STOPPED_BEFORE_START_LINE = "interrupted before the command started; nothing was written"
 
+
+
+def exit_stopped_before_start() -> None:
+    """For a Ctrl-C while the command line loads (the console script's imports, `cli.main` importing the
+    subcommands, ~1-2 s on 2 cores), before this module's `Stopper` exists: say so and exit at once. The
+    interpreter's own shutdown would run for nothing, and a second Ctrl-C during it would end the process by
+    SIGINT instead of `EXIT_STATUS`."""
+    try:
+        sys.stderr.write(STOPPED_BEFORE_START_LINE + "\n")
+        sys.stderr.flush()
+    finally:
+        os._exit(EXIT_STATUS)
 
 class StopRequested(KeyboardInterrupt):
     """Raised in the stage that was running when Ctrl-C or SIGTERM came."""

@@ -1,0 +1,128 @@
+"""Ctrl-C in the first seconds of `faithforge demo`, while Python imports the command line and while Prefect's
+embedded server imports uvicorn: one line, status 130, no traceback, no process left (2026-12-07: a Ctrl-C 0.3 s
+and 0.8 s after the start printed the interrupted import's `KeyboardInterrupt` traceback and ended by SIGINT, and
+one 2.3 s after it printed the starting server's traceback under the command's own stop line).
+
+The console script runs as installed (`python -m faithforge.app.entry`, what the `faithforge` script calls), in a
+new session, with SIGINT at its default, and each moment is found in the process table, not by a sleep: a C
+extension that typer's imports load is mapped; one that the configuration's imports load is; one that the
+server's imports load is.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import psutil
+import pytest
+
+from faithforge.app.stopping import EXIT_STATUS, STOPPED_BEFORE_START_LINE
+
+REPO = Path(__file__).resolve().parents[2]
+STOP_WITHIN_S = 10.0
+TRACEBACK_MARKS = ("Traceback", "KeyboardInterrupt", "Aborted!")
+
+
+def _mapped(proc: subprocess.Popen | psutil.Process, extension: str) -> bool:
+    with open(f"/proc/{proc.pid}/maps") as maps:
+        return f"/{extension}." in maps.read()
+
+
+def _typer_is_importing(proc: subprocess.Popen) -> bool:
+    """`_opcode` is loaded (by `inspect`, for typer): the console script is importing the command line. (The
+    interpreter's own start, before it, cannot be helped: a Ctrl-C there interrupts Python importing `os`.)"""
+    return _mapped(proc, "_opcode")
+
+
+def _the_config_is_importing(proc: subprocess.Popen) -> bool:
+    """libyaml's binding is loaded: `main()` is importing the subcommands and the configuration."""
+    return _mapped(proc, "_yaml")
+
+
+def _the_server_is_importing(proc: subprocess.Popen) -> bool:
+    """Prefect's embedded server (a `uvicorn` child) has loaded `_socket`: it is importing uvicorn, before uvicorn
+    handles signals itself."""
+    for child in psutil.Process(proc.pid).children():
+        try:
+            if "uvicorn" in " ".join(child.cmdline()) and _mapped(child, "_socket"):
+                return True
+        except (psutil.Error, OSError):  # it exec'd or ended meanwhile
+            continue
+    return False
+
+
+def _group_members(pgid: int) -> list[str]:
+    found = []
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(f"{proc.pid} {' '.join(proc.info['cmdline'] or [])[:120]}")
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return found
+
+
+def _ctrl_c_when(moment: Callable[[subprocess.Popen], bool], workspace: Path) -> tuple[int, str, float, list[str]]:
+    """Start `faithforge demo`, send SIGINT to its process group as soon as `moment` holds; (exit status, output,
+    seconds from the signal to the exit, processes of the group left)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
+    for key in [k for k in env if k.startswith("PREFECT_API_")]:
+        env.pop(key)  # the command must start its own server
+    proc = subprocess.Popen([sys.executable, "-m", "faithforge.app.entry", "demo", "-w", str(workspace)], env=env,
+                            cwd=workspace.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))  # as a terminal starts it
+    try:
+        deadline = time.monotonic() + 120
+        while not moment(proc):
+            assert proc.poll() is None, proc.communicate()[0]
+            assert time.monotonic() < deadline, "the moment never came"
+            time.sleep(0.002)
+        os.killpg(proc.pid, signal.SIGINT)
+        sent = time.monotonic()
+        try:
+            output = proc.communicate(timeout=30)[0]
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            output = proc.communicate()[0]
+        stopped_after = time.monotonic() - sent
+        time.sleep(0.5)  # let the kernel hand orphans to init
+        return proc.returncode, output, stopped_after, _group_members(proc.pid)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        if _group_members(proc.pid):
+            os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_the_installed_script_is_the_entry_that_handles_a_stop_during_its_imports():
+    from importlib.metadata import entry_points
+
+    (script,) = [e for e in entry_points(group="console_scripts") if e.name == "faithforge"]
+    assert script.value == "faithforge.app.entry:main"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("moment, line", [
+    (_typer_is_importing, STOPPED_BEFORE_START_LINE),
+    (_the_config_is_importing, STOPPED_BEFORE_START_LINE),
+    (_the_server_is_importing, "stopped on SIGINT before the first stage started"),
+], ids=["typer-imports", "config-imports", "server-imports"])
+def test_ctrl_c_while_the_command_starts_ends_in_one_line_and_status_130(tmp_path, moment, line):
+    workspace = tmp_path / "ws"
+    status, output, stopped_after, left = _ctrl_c_when(moment, workspace)
+    assert status == EXIT_STATUS, output
+    assert not [mark for mark in TRACEBACK_MARKS if mark in output], output
+    assert output.strip().splitlines()[-1].startswith(line), output
+    assert stopped_after < STOP_WITHIN_S, (stopped_after, output)
+    assert not left, left
+    if line == STOPPED_BEFORE_START_LINE:
+        assert not workspace.exists()  # nothing was written
