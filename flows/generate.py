@@ -13,7 +13,6 @@ from __future__ import annotations
 import time
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
@@ -25,6 +24,7 @@ from faithforge.generation import job
 from faithforge.generation.job import GenerationResult, failure_of
 from faithforge.generation.parameters import GenerateParameters
 from faithforge.generation.summary import GenerationSummary
+from faithforge.tasks.progress_artifact import ProgressArtifact
 
 
 @flow(name="faithforge-generate", log_prints=False, persist_result=False)
@@ -63,23 +63,26 @@ def generate_examples(params: GenerateParameters, plan: job.GenerationPlan) -> G
     sinks (stage `job.PROGRESS_STAGE`)."""
     logger = get_run_logger()
     target_total = sum(plan.targets.values())
-    artifact_id = create_progress_artifact(progress=0.0, description=f"{plan.spec}: examples stored of {target_total}")
+    description = f"{plan.spec}: examples stored of {target_total}"
     last = [0.0]
     sinks = StageReporter(job.PROGRESS_STAGE)
 
-    def on_progress(done: int, target: int) -> None:
-        sinks.counts(done, target)
-        now = time.monotonic()
-        if now - last[0] >= PROGRESS_EVERY_S or done >= target:
-            last[0] = now
-            update_progress_artifact(artifact_id, progress=100.0 * done / max(1, target))
+    with ProgressArtifact(None, plan.spec) as artifact:
+        artifact.set(0.0, description)
 
-    def log(line: str) -> None:  # the run log, and whoever started the flow in this process (the CLI)
-        logger.info(line)
-        sinks.news(line)
+        def on_progress(done: int, target: int) -> None:
+            sinks.counts(done, target)
+            now = time.monotonic()
+            if now - last[0] >= PROGRESS_EVERY_S or done >= target:
+                last[0] = now
+                artifact.set(100.0 * done / max(1, target), description)
 
-    summary = job.generate(params, plan, on_progress, log=log)
-    update_progress_artifact(artifact_id, progress=100.0 * summary.done_total / max(1, summary.target_total))
+        def log(line: str) -> None:  # the run log, and whoever started the flow in this process (the CLI)
+            logger.info(line)
+            sinks.news(line)
+
+        summary = job.generate(params, plan, on_progress, log=log)
+        artifact.set(100.0 * summary.done_total / max(1, summary.target_total), description)
     for line in summary.lines():
         logger.info(line)
     return summary

@@ -10,7 +10,6 @@ import time
 from typing import Any, Callable
 
 from prefect import get_run_logger
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.events import emit_event
 
 from faithforge.core.config import PipelineConfig
@@ -19,36 +18,10 @@ from faithforge.core.progress import fan_out
 from faithforge.core.errors import redact_credentials
 from faithforge.stages.context import StageContext
 from faithforge.stages.outputs import StageOutput
+from faithforge.tasks.progress_artifact import FLUSH_S, is_wait, stage_progress_artifact
 
 #: keys too large or too internal to store with a stage record
 _BULKY = {"markdown", "table", "history"}
-
-
-def is_wait(message: str) -> bool:
-    """A progress message that says the stage waits for someone else (a lock, a `gpu` slot, a worker)."""
-    return "waiting" in message[:80]
-
-
-def _artifact_progress(stage: str) -> Callable[[str, int, int, str], None]:
-    """A Prefect progress artifact for this stage, updated at most once per percent, and whenever it says what
-    the stage waits for (issue 29: waits were only in the worker's stdout)."""
-    state: dict[str, Any] = {"id": None, "last": -1.0}
-
-    def sink(_stage: str, done: int, total: int, message: str) -> None:  # noqa: ARG001
-        percent = round(100.0 * done / max(total, 1), 0)
-        if percent == state["last"] and not is_wait(message):
-            return
-        state["last"] = percent
-        try:
-            if state["id"] is None:
-                state["id"] = create_progress_artifact(progress=percent, key=f"progress-{stage}".replace("_", "-"),
-                                                       description=f"{stage}: {message}")
-            else:
-                update_progress_artifact(state["id"], progress=percent, description=f"{stage}: {message}")
-        except Exception:  # noqa: BLE001 - progress display must never fail a stage
-            pass
-
-    return sink
 
 
 def _log_waits(logger) -> Callable[[str, int, int, str], None]:
@@ -64,18 +37,23 @@ def _log_waits(logger) -> Callable[[str, int, int, str], None]:
 def run_stage(stage: str, config: PipelineConfig, run_id: str | None, fn: Callable[..., StageOutput],
               *args: Any) -> StageOutput:
     logger = get_run_logger()
-    ctx = StageContext.open(config, run_id, progress=fan_out(_artifact_progress(stage), _log_waits(logger)))
+    artifact = stage_progress_artifact(stage)
+    ctx = StageContext.open(config, run_id, progress=fan_out(artifact, _log_waits(logger)))
     ctx.log = lambda line: logger.info("%s", line)  # e.g. every torchrun rank's lines, into this task's log
     started = time.perf_counter()
     progress_registry.begin(stage)
+    succeeded = False
     try:
         out = fn(ctx, *args)
+        succeeded = True
     except Exception as exc:
         progress_registry.end(stage, f"failed after {time.perf_counter() - started:.1f} s")
         if run_id:
             ctx.store.record_stage(run_id, stage, status="failed", message=redact_credentials(str(exc))[:2000],
                                    wall_seconds=time.perf_counter() - started)
         raise
+    finally:
+        artifact.close(FLUSH_S if succeeded else 0.0)  # a failed or stopped stage waits for no server
     wall = round(time.perf_counter() - started, 2)
     out = out.model_copy(update={"wall_seconds": wall})
     # A stage that is turned off (the warm start for your own model) was neither run nor reused: say so.
