@@ -65,11 +65,14 @@ def gpu_slot(config: PipelineConfig, plan: Plan, run_id: str | None = None) -> I
     if plan.placement != "local" or not enforce_gpu_limit(config):
         yield
         return
+    from faithforge.core.progress import fan_out
     from faithforge.tasks.progress_artifact import stage_progress_artifact
     from faithforge.tasks.supervision import held_slot, store_url
 
-    with stage_progress_artifact(plan.stage) as artifact, held_slot(gpu_limit_name(config), plan.stage,
-                                                                    store_url(config), run_id, progress=artifact):
+    artifact = stage_progress_artifact(plan.stage)
+    with held_slot(gpu_limit_name(config), plan.stage, store_url(config), run_id, progress=fan_out(artifact)):
+        # The stage's own artifact has the same key: the last wait line reaches the server before it is created.
+        artifact.close()
         yield
 
 

@@ -4,9 +4,9 @@ Each new percent was one HTTP call to the Prefect API made by the stage's own th
 sampling loop. While the embedded server was started again after it died, each such call waited out the
 client's retries: the warm start stood still for ~10 s (a loss line every ~1.5 s, then none for 10 s; a stack
 dump showed the loop inside `update_progress_artifact`, 2026-12-07). Against a server far away every call costs
-its round trip. Here the stage only hands over the latest value; a daemon thread sends it, skipping values that
-were superseded while a call was on its way. At the end of a stage that succeeded the last value is sent within
-`FLUSH_S`; a stage that failed or was stopped waits for nothing.
+its round trip. Here the stage's loop only hands over the latest value; a daemon thread sends it, skipping values
+that were superseded while a call was on its way. When a stage has ended well it waits up to `FLUSH_S` for its
+last value to be sent; a stage that failed or was stopped waits for nothing.
 
 The thread runs in a copy of the stage's context, so Prefect ties the artifact to the stage's task run (its
 `TaskRunContext`) and reuses that run's API client.
@@ -70,9 +70,14 @@ class ProgressArtifact:
                 return
             self._pending = (percent, description)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._context.run, args=(self._run,), daemon=True,
-                                                name=f"faithforge-progress-{self.label}")
-                self._thread.start()
+                thread = threading.Thread(target=self._context.run, args=(self._run,), daemon=True,
+                                          name=f"faithforge-progress-{self.label}")
+                try:
+                    thread.start()
+                except RuntimeError:  # no thread to be had: progress display must never fail a stage
+                    self._pending = None
+                    return
+                self._thread = thread
             self._changed.notify()
 
     def close(self, flush_s: float = FLUSH_S) -> None:

@@ -45,6 +45,7 @@ def run_stage(stage: str, config: PipelineConfig, run_id: str | None, fn: Callab
     succeeded = False
     try:
         out = fn(ctx, *args)
+        wall = round(time.perf_counter() - started, 2)  # the stage's own time, before the progress flush
         succeeded = True
     except Exception as exc:
         progress_registry.end(stage, f"failed after {time.perf_counter() - started:.1f} s")
@@ -54,7 +55,6 @@ def run_stage(stage: str, config: PipelineConfig, run_id: str | None, fn: Callab
         raise
     finally:
         artifact.close(FLUSH_S if succeeded else 0.0)  # a failed or stopped stage waits for no server
-    wall = round(time.perf_counter() - started, 2)
     out = out.model_copy(update={"wall_seconds": wall})
     # A stage that is turned off (the warm start for your own model) was neither run nor reused: say so.
     skipped = bool(getattr(out, "skipped", False))

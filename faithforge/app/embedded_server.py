@@ -173,7 +173,7 @@ def embedded_server() -> Iterator[EmbeddedServer | None]:
     if settings.api.url:
         yield None
         return
-    environment = {**os.environ, **SERVER_ENVIRONMENT, **settings.to_environment_variables(exclude_unset=True)}
+    environment = server_environment(settings.to_environment_variables(exclude_unset=True))
     port = free_port()
     server = EmbeddedServer(f"http://127.0.0.1:{port}/api", _launch(port, environment), environment)
     try:
@@ -190,6 +190,19 @@ def embedded_server() -> Iterator[EmbeddedServer | None]:
     finally:
         server.stop()
         _point_prefect_at(None)
+
+
+def server_environment(settings: dict[str, str]) -> dict[str, str]:
+    """The embedded server's environment: this process's, Prefect's embedded-server settings, the Prefect settings
+    that are set (`settings`, as environment variables, wherever Prefect found them), and the root
+    logger at the server's log level when that is set (`quiet_prefect_logs`). The libraries the server uses log
+    through the root logger, which Prefect leaves at WARNING: a Ctrl-C that stopped the server while its event
+    consumer held a database connection printed SQLAlchemy's "Exception during reset" traceback under the
+    command's stop line (a run of the Ctrl-C test on a busy machine, 2026-12-07)."""
+    environment = {**os.environ, **SERVER_ENVIRONMENT, **settings}
+    if "PREFECT_SERVER_LOGGING_LEVEL" in environment:
+        environment.setdefault("PREFECT_LOGGING_ROOT_LEVEL", environment["PREFECT_SERVER_LOGGING_LEVEL"])
+    return environment
 
 
 def configured_api_url() -> str | None:
@@ -214,11 +227,20 @@ def drain_prefects_senders(timeout_s: float = DRAIN_S) -> None:
                 getattr(loaded, worker).drain_all(timeout=timeout_s)
 
 
+#: What the server's Python runs instead of `-m uvicorn`: SIGINT back at the system default, then uvicorn's own
+#: `__main__`. The child starts with SIGINT ignored (`_in_the_server_before_it_starts`), so Python's start installs
+#: no `KeyboardInterrupt` handler; from here on a Ctrl-C ends the server at once and silently while it imports,
+#: and uvicorn's own handler takes over when it starts serving.
+SERVER_BOOTSTRAP = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); sys.argv[0] = 'uvicorn'; "
+                    "runpy.run_module('uvicorn', run_name='__main__', alter_sys=True)")
+
+
 def _launch(port: int, environment: dict[str, str]) -> subprocess.Popen:
     import prefect
 
-    # Prefect's own command for its embedded server (prefect/server/api/server.py, SubprocessASGIServer).
-    return subprocess.Popen([sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
+    # Prefect's own command for its embedded server (prefect/server/api/server.py, SubprocessASGIServer), with
+    # `python -m uvicorn` run through `SERVER_BOOTSTRAP`.
+    return subprocess.Popen([sys.executable, "-c", SERVER_BOOTSTRAP, "--app-dir", str(prefect.__module_path__.parent),
                              "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port",
                              str(port), "--log-level", "error", "--lifespan", "on"], env=environment,
                             preexec_fn=_in_the_server_before_it_starts())
@@ -229,11 +251,10 @@ def _in_the_server_before_it_starts() -> Callable[[], None]:
 
     - It dies with this process, SIGKILL included: the reaper looks every 0.5 s, and a command killed within that
       time of the launch left its server running.
-    - It starts with SIGINT ignored. Ctrl-C reaches the whole process group, and a server still importing uvicorn
-      and Prefect (~1 s) printed a `KeyboardInterrupt` traceback on the user's terminal under the command's own
-      stop line (2026-12-07). A Python started with SIGINT ignored installs no `KeyboardInterrupt` handler;
-      uvicorn installs its own when it starts serving, so a running server still ends cleanly on Ctrl-C, and
-      this command stops one that is still starting (`EmbeddedServer.stop`)."""
+    - It starts with SIGINT ignored, until `SERVER_BOOTSTRAP` puts the default back. Ctrl-C reaches the whole
+      process group, and a server still importing uvicorn (~1 s) printed a `KeyboardInterrupt` traceback on the
+      user's terminal under the command's own stop line (2026-12-07). A Python started with SIGINT ignored
+      installs no handler that raises it; the default action ends the process without a word."""
     from faithforge.core.orphans import dies_with_this_process
 
     dies = dies_with_this_process()

@@ -29,7 +29,7 @@ import sys
 import threading
 import time
 from datetime import datetime, timezone
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NoReturn
 
 from faithforge.core.liveness import process_alive
 from faithforge.core.progress import add_sink, remove_sink
@@ -50,8 +50,7 @@ EXIT_STATUS = 130
 STOPPED_BEFORE_START_LINE = "interrupted before the command started; nothing was written"
 
 
-
-def exit_stopped_before_start() -> None:
+def exit_stopped_before_start() -> NoReturn:
     """For a Ctrl-C while the command line loads (the console script's imports, `cli.main` importing the
     subcommands, ~1-2 s on 2 cores), before this module's `Stopper` exists: say so and exit at once. The
     interpreter's own shutdown would run for nothing, and a second Ctrl-C during it would end the process by
@@ -61,6 +60,7 @@ def exit_stopped_before_start() -> None:
         sys.stderr.flush()
     finally:
         os._exit(EXIT_STATUS)
+
 
 class StopRequested(KeyboardInterrupt):
     """Raised in the stage that was running when Ctrl-C or SIGTERM came."""

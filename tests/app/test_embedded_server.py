@@ -280,3 +280,28 @@ def test_the_watch_starts_a_killed_server_again_but_not_one_asked_to_stop(monkey
     finally:
         server.stop()
     assert len(said) == 1 and "started it again on the same port" in said[0], said
+
+
+@pytest.mark.parametrize("quiet", [True, False], ids=["quiet", "-v"])
+def test_the_quiet_servers_libraries_log_nothing_on_the_terminal(monkeypatch, quiet):
+    """SQLAlchemy's pool logs its "Exception during reset" through the root logger when a stopped server cancels a
+    database call; with the server's log quiet (the default, `quiet_prefect_logs`) it must not reach the terminal,
+    with `-v` it does. A real Python sets up Prefect's logging from the server's environment and logs it."""
+    from faithforge.app.embedded_server import server_environment
+
+    monkeypatch.delenv("PREFECT_LOGGING_ROOT_LEVEL", raising=False)
+    if quiet:
+        monkeypatch.setenv("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
+    else:
+        monkeypatch.delenv("PREFECT_SERVER_LOGGING_LEVEL", raising=False)
+    env = server_environment({})
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+        import logging
+        from prefect.logging.configuration import setup_logging
+
+        setup_logging()
+        logging.getLogger("sqlalchemy.pool.impl.AsyncAdaptedQueuePool").error("Exception during reset or similar")
+    """)], capture_output=True, text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    said = done.stdout + done.stderr
+    assert ("Exception during reset" in said) is (not quiet), said

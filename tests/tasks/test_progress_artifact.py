@@ -18,6 +18,7 @@ class HeldSender:
     def __init__(self, fail_first: int = 0) -> None:
         self.release = threading.Event()
         self.started = threading.Event()
+        self.refused = threading.Event()
         self.sent: list[tuple[object, str | None, float, str]] = []
         self.fail_first = fail_first
 
@@ -26,6 +27,7 @@ class HeldSender:
         self.release.wait()
         if self.fail_first:
             self.fail_first -= 1
+            self.refused.set()
             raise ConnectionError("refused")
         self.sent.append((artifact_id, key, percent, description))
         return "artifact-1"
@@ -57,23 +59,47 @@ def test_one_value_per_percent_and_every_wait_message():
                       (100.0, "train: step 1000"), (100.0, "train: waiting for the gpu slot held by run abc")]
 
 
-def test_a_failed_or_stopped_stage_waits_for_nothing_and_a_refused_send_is_retried_by_the_next_value():
+def test_a_refused_send_is_retried_by_the_next_value_of_the_same_artifact():
     sender = HeldSender(fail_first=1)
-    artifact = ProgressArtifact("progress-reference", "reference", send=sender)
-    artifact("reference", 1, 10, "shard 1")
-    assert sender.started.wait(60)
-    artifact.close(0.0)  # returns although the send is held (the test would hang otherwise)
     sender.release.set()
-
-    retried = HeldSender(fail_first=1)
-    retried.release.set()
-    artifact = ProgressArtifact("progress-reference", "reference", send=retried)
-    artifact("reference", 1, 10, "shard 1")  # refused: no id yet
-    artifact.close()
-    artifact = ProgressArtifact("progress-reference", "reference", send=retried)
+    artifact = ProgressArtifact("progress-reference", "reference", send=sender)
+    artifact("reference", 1, 10, "shard 1")  # refused: no id yet, and the sending thread must live on
+    assert sender.refused.wait(60)
     artifact("reference", 2, 10, "shard 2")
     artifact.close()
-    assert retried.sent == [(None, "progress-reference", 20.0, "reference: shard 2")]  # created by the next value
+    assert sender.sent == [(None, "progress-reference", 20.0, "reference: shard 2")]  # created by the next value
+
+
+def test_a_stage_that_fails_waits_for_no_server(monkeypatch, prefect_harness, tmp_path):
+    """A stage that raises leaves at once although its last progress value is still held by a server that does
+    not answer: the flush it would wait for after a success is set to an hour here, so waiting would time out."""
+    from prefect import flow, task
+
+    from faithforge.core.config import PipelineConfig
+    from faithforge.tasks import stage_runner
+
+    sender = HeldSender()
+    monkeypatch.setattr(stage_runner, "FLUSH_S", 3600.0)
+    monkeypatch.setattr(stage_runner, "stage_progress_artifact",
+                        lambda stage: ProgressArtifact(f"progress-{stage}", stage, send=sender))
+
+    def failing_stage(ctx):
+        ctx.progress("reference", 3, 10, "step 3")
+        assert sender.started.wait(60)  # that value is on its way, and held
+        raise ValueError("the stage failed")
+
+    @task(retries=0)
+    def stage_task(config):
+        return stage_runner.run_stage("reference", config, None, failing_stage)
+
+    @flow
+    def run(config):
+        return stage_task(config)
+
+    with pytest.raises(ValueError, match="the stage failed"):
+        run(PipelineConfig(workspace=str(tmp_path / "ws")))
+    assert sender.sent == []  # still held: the stage did not wait for it
+    sender.release.set()
 
 
 @pytest.mark.usefixtures("prefect_harness")
