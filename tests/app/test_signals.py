@@ -28,6 +28,7 @@ from typing import Callable
 import pytest
 
 from faithforge.core.workspace import sha256_file
+from tests.fixtures.processes import group_members
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,20 +65,6 @@ MOMENTS = [
     ("DPO training", "checkpoints/dpo-*/checkpoint-*", signal.SIGTERM, "main"),
     ("evaluate", "adapters/sft-control-*/adapter_model.safetensors", signal.SIGINT, "twice"),
 ]
-
-
-def _group_members(pgid: int) -> list[str]:
-    """Processes of the process group `pgid`, from the process table (zombies not counted)."""
-    import psutil
-
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                found.append(f"{proc.pid} {' '.join(proc.info['cmdline'] or [])[:120]}")
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return found
 
 
 #: What `faithforge demo` imports before its first stage, loaded once by the fork server (tests/fixtures/forked.py)
@@ -127,12 +114,12 @@ def _demo(forks, workspace: Path, config: Path, stop_when: str | Callable[[Path]
             proc.wait(10)
             stopped_after = float("inf")
         time.sleep(1.0)  # let the kernel hand orphans to init
-        left = _group_members(proc.pid)
+        left = group_members(proc.pid)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
-        for _ in _group_members(proc.pid):
+        for _ in group_members(proc.pid):
             try:
                 os.killpg(proc.pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -235,7 +222,7 @@ def test_ctrl_c_stops_faithforge_generate_and_its_embedded_server_and_a_rerun_ke
     time.sleep(1.0)
     output = out.read_text()
     assert code == 130 and seconds <= 10, (code, seconds, output[-2000:])
-    assert _group_members(proc.pid) == [], output[-2000:]
+    assert group_members(proc.pid) == [], output[-2000:]
     said = [line for line in output.splitlines() if line.startswith("stopped on SIGINT")]
     assert len(said) == 1 and "Traceback" not in output, output[-2000:]
     kept = examples()

@@ -23,6 +23,7 @@ import psutil
 import pytest
 
 from faithforge.app.stopping import EXIT_STATUS, STOPPED_BEFORE_START_LINE
+from tests.fixtures.processes import group_members
 
 REPO = Path(__file__).resolve().parents[2]
 STOP_WITHIN_S = 10.0
@@ -57,17 +58,6 @@ def _the_server_is_importing(proc: subprocess.Popen) -> bool:
     return False
 
 
-def _group_members(pgid: int) -> list[str]:
-    found = []
-    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.info["status"] != psutil.STATUS_ZOMBIE:
-                found.append(f"{proc.pid} {' '.join(proc.info['cmdline'] or [])[:120]}")
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return found
-
-
 def _ctrl_c_when(moment: Callable[[subprocess.Popen], bool], workspace: Path) -> tuple[int, str, float, list[str]]:
     """Start `faithforge demo`, send SIGINT to its process group as soon as `moment` holds; (exit status, output,
     seconds from the signal to the exit, processes of the group left)."""
@@ -93,12 +83,12 @@ def _ctrl_c_when(moment: Callable[[subprocess.Popen], bool], workspace: Path) ->
             output = proc.communicate()[0]
         stopped_after = time.monotonic() - sent
         time.sleep(0.5)  # let the kernel hand orphans to init
-        return proc.returncode, output, stopped_after, _group_members(proc.pid)
+        return proc.returncode, output, stopped_after, group_members(proc.pid)
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(10)
-        if _group_members(proc.pid):
+        if group_members(proc.pid):
             os.killpg(proc.pid, signal.SIGKILL)
 
 
