@@ -18,7 +18,7 @@ from faithforge.core.progress import fan_out
 from faithforge.core.errors import redact_credentials
 from faithforge.stages.context import StageContext
 from faithforge.stages.outputs import StageOutput
-from faithforge.tasks.progress_artifact import FLUSH_S, is_wait, stage_progress_artifact
+from faithforge.tasks.progress_artifact import is_wait, stage_progress_artifact
 
 #: keys too large or too internal to store with a stage record
 _BULKY = {"markdown", "table", "history"}
@@ -42,19 +42,16 @@ def run_stage(stage: str, config: PipelineConfig, run_id: str | None, fn: Callab
     ctx.log = lambda line: logger.info("%s", line)  # e.g. every torchrun rank's lines, into this task's log
     started = time.perf_counter()
     progress_registry.begin(stage)
-    succeeded = False
     try:
-        out = fn(ctx, *args)
-        wall = round(time.perf_counter() - started, 2)  # the stage's own time, before the progress flush
-        succeeded = True
+        with artifact:  # flushes its last value after a success; a failed or stopped stage waits for no server
+            out = fn(ctx, *args)
+            wall = round(time.perf_counter() - started, 2)  # the stage's own time, before the flush
     except Exception as exc:
         progress_registry.end(stage, f"failed after {time.perf_counter() - started:.1f} s")
         if run_id:
             ctx.store.record_stage(run_id, stage, status="failed", message=redact_credentials(str(exc))[:2000],
                                    wall_seconds=time.perf_counter() - started)
         raise
-    finally:
-        artifact.close(FLUSH_S if succeeded else 0.0)  # a failed or stopped stage waits for no server
     out = out.model_copy(update={"wall_seconds": wall})
     # A stage that is turned off (the warm start for your own model) was neither run nor reused: say so.
     skipped = bool(getattr(out, "skipped", False))

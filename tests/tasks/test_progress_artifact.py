@@ -76,10 +76,10 @@ def test_a_stage_that_fails_waits_for_no_server(monkeypatch, prefect_harness, tm
     from prefect import flow, task
 
     from faithforge.core.config import PipelineConfig
-    from faithforge.tasks import stage_runner
+    from faithforge.tasks import progress_artifact, stage_runner
 
     sender = HeldSender()
-    monkeypatch.setattr(stage_runner, "FLUSH_S", 3600.0)
+    monkeypatch.setattr(progress_artifact, "FLUSH_S", 3600.0)
     monkeypatch.setattr(stage_runner, "stage_progress_artifact",
                         lambda stage: ProgressArtifact(f"progress-{stage}", stage, send=sender))
 
