@@ -44,6 +44,22 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def umask_mode(directory: bool = False) -> int:
+    """The mode `open()` (or `mkdir()` for a folder) gives a new file under this process's umask: 0o666 (0o777)
+    less the umask. `tempfile.mkstemp` and `mkdtemp` create 0o600 and 0o700 whatever the umask, so every output
+    written through them (weights, datasets, manifests, reports) was unreadable to the group and to others, beside
+    0o644 files written another way in the same folder (an attack, 2026-12-07: 34 of a demo workspace's 81 files,
+    `model.safetensors` among them, under umask 022). The umask is read from /proc (Linux); elsewhere it is set and
+    put back at once (a thread creating a file in that instant gets umask 022)."""
+    try:
+        with open("/proc/self/status") as status:
+            mask = next(int(line.split()[1], 8) for line in status if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError, IndexError):
+        mask = os.umask(0o022)
+        os.umask(mask)
+    return (0o777 if directory else 0o666) & ~mask
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     """Write `data` to `path` so that readers see the old content or the new, never a mix."""
     target = Path(path)
@@ -51,6 +67,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), umask_mode())  # as a plain `open()` would create it (`umask_mode`)
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -168,7 +185,9 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
     try:
+        os.chmod(tmp, umask_mode(directory=True))  # as a plain `mkdir()` would create it (`umask_mode`)
         yield tmp
+        _umask_modes(tmp)
         old = None
         if target.exists() or target.is_symlink():
             old = target.with_name(f".{target.name}.old")
@@ -186,6 +205,21 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         if is_disk_full(exc):
             raise disk_full(target) from None
         raise
+
+
+def _umask_modes(folder: Path) -> None:
+    """Give what a library wrote into a new output folder the modes the umask allows: safetensors' `save_file`
+    (every `save_pretrained` of weights) creates its file 0o600 whatever the umask. Execute bits are kept."""
+    file_mode, dir_mode = umask_mode(), umask_mode(directory=True)
+    for root, dirs, files in os.walk(folder):  # does not follow links to folders
+        for name in dirs + files:
+            path = os.path.join(root, name)
+            if os.path.islink(path):  # a link's target is not ours to change
+                continue
+            if name in dirs:
+                os.chmod(path, dir_mode)
+            else:
+                os.chmod(path, file_mode | (os.stat(path).st_mode & 0o111 & dir_mode))
 
 
 def _drop_replaced(old: Path, target: Path) -> None:

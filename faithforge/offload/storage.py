@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from faithforge.core.errors import UserError
-from faithforge.core.workspace import atomic_directory, sha256_file
+from faithforge.core.workspace import atomic_directory, sha256_file, umask_mode
 
 INDEX = "faithforge-index.json"
 INDEX_FORMAT = 1
@@ -211,6 +211,7 @@ def fetch_dir(url: str, local_dir: str | os.PathLike[str]) -> Path:
             dest.parent.mkdir(parents=True, exist_ok=True)
             digest, size = hashlib.sha256(), 0
             fd, partial = tempfile.mkstemp(prefix=f".{dest.name}.", dir=dest.parent)
+            os.fchmod(fd, umask_mode())
             with os.fdopen(fd, "wb") as out, fs.open(_join(base, entry["path"]), "rb") as src:
                 while chunk := src.read(_CHUNK):
                     digest.update(chunk)
