@@ -267,6 +267,9 @@ def _exit_now(status: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """The `faithforge` entry point: bad input ends with one line on stderr and exit status 2."""
+    from faithforge.app.stopping import sigterm_like_ctrl_c
+
+    sigterm_like_ctrl_c()  # also when started as `python -m faithforge.app.cli`, not through `entry.py`
     # Before anything imports Prefect: its settings are read once.
     from faithforge.app.prefect_settings import offline_environment
 

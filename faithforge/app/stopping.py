@@ -62,6 +62,19 @@ def exit_stopped_before_start() -> NoReturn:
         os._exit(EXIT_STATUS)
 
 
+def sigterm_like_ctrl_c() -> None:
+    """Until a command installs its own handling (a `Stopper`), SIGTERM stops like Ctrl-C: one line and
+    `EXIT_STATUS`. At Python's default, a SIGTERM in a command's first ~0.5 s (what `timeout` sends, or a
+    service manager) ended it silently with status 143, while one a moment later said where it stopped and exited
+    130 (an attack, 2026-12-07). A handler someone else installed (an embedding program's) is left alone."""
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _sigterm_raises_interrupt)
+
+
+def _sigterm_raises_interrupt(signum: int, frame) -> None:  # noqa: ARG001
+    raise KeyboardInterrupt
+
+
 class StopRequested(KeyboardInterrupt):
     """Raised in the stage that was running when Ctrl-C or SIGTERM came."""
 
