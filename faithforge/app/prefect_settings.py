@@ -14,8 +14,8 @@ def offline_environment() -> None:
     """Defaults for a machine without internet: no telemetry (it also races on a fresh SQLite database)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
-    if "OMP_WAIT_POLICY" not in os.environ:  # a user's own choice stands, and costs no reading
-        os.environ["OMP_WAIT_POLICY"] = omp_wait_policy()
+    if not OPENMP_WAIT_SETTINGS & set(os.environ):  # a user's own choice stands, and costs no reading
+        os.environ.update(omp_environment())
 
 
 def quiet_prefect_logs() -> None:
@@ -27,19 +27,30 @@ def quiet_prefect_logs() -> None:
     os.environ.setdefault("PREFECT_SERVER_LOGGING_LEVEL", "CRITICAL")
 
 
-def omp_wait_policy(busy: float | None = None, cpu_count: int | None = None) -> str:
-    """OpenMP's wait policy for this process, chosen before torch is imported (OpenMP reads it once).
+#: The variables that set how OpenMP's threads wait (libgomp's; torch and llama.cpp share one libgomp).
+OPENMP_WAIT_SETTINGS = {"OMP_WAIT_POLICY", "GOMP_SPINCOUNT"}
+#: On a machine where nothing else runs: libgomp's own policy (spin, then sleep) with a short spin, 1,000
+#: iterations instead of its default 300,000. As fast as spinning for good (ACTIVE) alone, and it does not
+#: collapse when another process starts beside it: two `faithforge demo` started at the same moment both read an
+#: idle machine, and with ACTIVE each took 650 s instead of 37 s (an attack, 2026-12-07), 626 s with libgomp's
+#: default spin; with this, 65 s (BENCHMARKS.md, "OpenMP's wait when two runs start together").
+IDLE_OPENMP = {"GOMP_SPINCOUNT": "1000"}
+#: On a machine whose cores other work already fills: threads sleep at once (issue 17: the demo's warm start
+#: ~10x slower spinning at load 12-19 on 2 cores).
+BUSY_OPENMP = {"OMP_WAIT_POLICY": "PASSIVE"}
 
-    On an oversubscribed machine spinning threads wait for descheduled partners: the demo's warm start ran
-    ~10x slower than with PASSIVE at load 12-19 on 2 cores. On an idle 2-core machine PASSIVE costs instead:
-    the whole demo took 138 s with it vs 108 s with ACTIVE (BENCHMARKS.md, bench/cpu_wait_policy.py), and a real
-    DPO step 1.2× longer (issue 28). So sleep only when other processes' runnable threads (`busy`; default
-    `core.cpu_load.busy_elsewhere`, what runs now) already reach the core count. Not the 1-minute load average:
-    it still counts a command that ended seconds ago, so `demo --real` started right after another run slept on
-    an idle machine."""
+
+def omp_environment(busy: float | None = None, cpu_count: int | None = None) -> dict[str, str]:
+    """How OpenMP's threads wait in this process, chosen before torch is imported (libgomp reads it once).
+
+    Sleeping at once (`BUSY_OPENMP`) only when other processes' runnable threads (`busy`; default
+    `core.cpu_load.busy_elsewhere`, what runs now) already reach the core count. Not the 1-minute load average: it
+    still counts a command that ended seconds ago. Otherwise a short spin (`IDLE_OPENMP`), not ACTIVE's endless
+    one: what runs now says nothing of what starts a second later. Measured on an idle 2-core machine, the whole
+    demo: ACTIVE 35.3 s, short spin 35.8 s, PASSIVE 38.3 s (on an AMD EPYC earlier, PASSIVE 138 s vs ACTIVE 108 s)."""
     from faithforge.core.cpu_load import oversubscribed
 
-    return "PASSIVE" if oversubscribed(cpu_count or os.cpu_count() or 1, busy) else "ACTIVE"
+    return dict(BUSY_OPENMP if oversubscribed(cpu_count or os.cpu_count() or 1, busy) else IDLE_OPENMP)
 
 
 def without_heartbeats():

@@ -1,5 +1,5 @@
 """How busy the machine is now, for choices that must not spin threads against other work: llama.cpp's thread
-count (`engine.gguf_sampler.default_threads`) and OpenMP's wait policy (`app.prefect_settings.omp_wait_policy`).
+count (`engine.gguf_sampler.default_threads`) and OpenMP's wait policy (`app.prefect_settings.omp_environment`).
 
 Standard library only: the wait policy is chosen before torch is imported.
 """

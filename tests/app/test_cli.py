@@ -75,12 +75,12 @@ def test_a_non_utf8_config_names_the_file_and_v_shows_the_traceback(tmp_path):
     assert verbose.returncode != 0 and "Traceback" in verbose.stderr
 
 
-def test_openmp_threads_sleep_only_on_an_oversubscribed_machine():
-    from faithforge.app.prefect_settings import omp_wait_policy
+def test_openmp_threads_sleep_at_once_only_on_an_oversubscribed_machine():
+    from faithforge.app.prefect_settings import BUSY_OPENMP, IDLE_OPENMP, omp_environment
 
-    assert omp_wait_policy(busy=0.3, cpu_count=2) == "ACTIVE"  # idle: spinning is faster
-    assert omp_wait_policy(busy=2.0, cpu_count=2) == "PASSIVE"  # every core busy already
-    assert omp_wait_policy(busy=15.0, cpu_count=2) == "PASSIVE"
+    assert omp_environment(busy=0.3, cpu_count=2) == IDLE_OPENMP  # idle: a short spin is as fast as spinning
+    assert omp_environment(busy=2.0, cpu_count=2) == BUSY_OPENMP  # every core busy already
+    assert omp_environment(busy=15.0, cpu_count=2) == BUSY_OPENMP
 
 
 def test_a_stop_that_a_library_turned_into_its_own_error_still_exits_as_a_stop(monkeypatch, capsys):

@@ -77,11 +77,12 @@ PRELOAD = ["torch", "transformers", "peft", "trl", "datasets"]
 def _demo_forks():
     """A fork server for `_demo`, in the environment a fresh `faithforge demo` process would see: the settings
     read once at import (OpenMP's wait policy at torch's import, tqdm's at its own) are set before the preload."""
-    from faithforge.app.prefect_settings import omp_wait_policy
+    from faithforge.app.prefect_settings import OPENMP_WAIT_SETTINGS, omp_environment
     from tests.fixtures.forked import ForkServer
 
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200", "TQDM_DISABLE": "1"}
-    env.setdefault("OMP_WAIT_POLICY", omp_wait_policy())  # what `main()` would choose before importing torch
+    if not OPENMP_WAIT_SETTINGS & set(env):
+        env.update(omp_environment())  # what `main()` would choose before importing torch
     with ForkServer(PRELOAD, env, cwd=REPO) as server:
         yield server
 
