@@ -116,19 +116,8 @@ def _run(params: GenerateParameters, console: Console, *, prefect: bool, verbose
     from faithforge.generation import job
 
     job.validate(params)  # bad input fails here, in one line, before a server or a flow starts
-    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-               TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=False) as bar:
-        task_id = bar.add_task(f"generating {Path(params.spec).stem}", total=None)
-
-        def sink(stage: str, done: int, total: int, message: str) -> None:
-            if stage != job.PROGRESS_STAGE:
-                return
-            if message:  # a line of news: printed above the bar, which stays where it is
-                bar.console.print(message, markup=False, highlight=False)
-            else:
-                bar.update(task_id, completed=done, total=total)
-
+    sink, display = _display(console, f"generating {Path(params.spec).stem}", job.PROGRESS_STAGE)
+    with display:
         add_sink(sink)
         try:
             if not prefect:  # Ctrl-C ends the runner's loop; it releases its claims and returns its summary
@@ -160,12 +149,43 @@ def _run(params: GenerateParameters, console: Console, *, prefect: bool, verbose
             remove_sink(sink)
 
 
+def _display(console: Console, label: str, stage: str):
+    """(progress sink, context manager to run in): a live bar on a terminal; on a file or a pipe, where a bar
+    shows nothing until the end (a log stayed empty for the whole run, an attack, 2026-12-07), a time-stamped line
+    at the start, one every 30 s with done/total and rate, and each line of news as it comes."""
+    if not console.is_terminal:
+        from faithforge.app.demo_runner import plain_lines
+
+        lines, display = plain_lines(console, {stage: label})
+
+        def plain_sink(reported: str, done: int, total: int, message: str) -> None:
+            if reported == stage:
+                lines(reported, done, total, message)
+
+        return plain_sink, display
+    columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+               TimeRemainingColumn())
+    bar = Progress(*columns, console=console, transient=False)
+    task_id = bar.add_task(label, total=None)
+
+    def bar_sink(reported: str, done: int, total: int, message: str) -> None:
+        if reported != stage:
+            return
+        if message:  # a line of news: printed above the bar, which stays where it is
+            bar.console.print(message, markup=False, highlight=False)
+        else:
+            bar.update(task_id, completed=done, total=total)
+
+    return bar_sink, bar
+
+
 def _print_summary(console: Console, result: GenerationResult) -> None:
     decision = result.plan.decision
     console.print(f"model {decision.model}, {decision.batch_size} parallel, max {decision.max_tokens} tokens "
-                  f"({decision.source})", highlight=False)
+                  f"({decision.source})", highlight=False, soft_wrap=True)
     for line in result.summary.lines():
-        console.print(line, markup=False, highlight=False)
-    console.print(f"dataset: {result.export.path} ({result.export.examples} examples)", highlight=False)
+        console.print(line, markup=False, highlight=False, soft_wrap=True)  # a log's lines unbroken
+    console.print(f"dataset: {result.export.path} ({result.export.examples} examples)", highlight=False,
+                  soft_wrap=True)
     if result.unloaded:
         console.print(f"unloaded from Ollama: {', '.join(result.unloaded)}")

@@ -74,15 +74,16 @@ def stage_display(console, every_s: float = 30.0):
     """(progress sink, context manager to run the work in): a file or a pipe gets plain lines, a line per stage
     at its start, every `every_s` seconds and at its end (a live bar would show nothing there until the end);
     a terminal gets bars."""
-    return _bars(console) if console.is_terminal else _plain_lines(console, every_s)
+    return _bars(console) if console.is_terminal else plain_lines(console, STAGE_LABELS, every_s)
 
 
-def _plain_lines(console, every_s: float):
+def plain_lines(console, labels: dict[str, str], every_s: float = 30.0) -> tuple[PlainLines, PlainLines]:
+    """(sink, context manager): progress as time-stamped plain lines on `console`'s file (a log file or a pipe)."""
     def write(line: str) -> None:
         console.file.write(f"{time.strftime('%H:%M:%S')} {line}\n")
         console.file.flush()
 
-    lines = PlainLines(write, STAGE_LABELS, every_s=every_s)
+    lines = PlainLines(write, labels, every_s=every_s)
     return lines, lines
 
 

@@ -4,6 +4,7 @@ at its end, through a real pipe; and a bar's clock that agrees with the stage's 
 from __future__ import annotations
 
 import io
+import os
 import re
 import subprocess
 import sys
@@ -105,3 +106,31 @@ def test_a_stage_that_ended_earlier_in_the_process_counts_again_when_it_runs_aga
     assert heard == [True]  # the sinks hear the end as an end
     assert not progress.has_ended("train")  # and it is not an end for ever after
     test_lines_count_the_rate_from_the_first_count_and_say_what_is_left()
+
+
+def test_generate_to_a_pipe_shows_its_start_while_it_runs_and_a_terminal_gets_a_bar(tmp_path):
+    """`faithforge generate` printed nothing to a pipe or a log file until it finished (a 3,000-example run: 23 s
+    of silence, then every line at once; an attack, 2026-12-07)."""
+    from rich.console import Console
+    from rich.progress import Progress
+
+    from faithforge.app.cli_generate import _display
+
+    sink, display = _display(Console(file=io.StringIO(), force_terminal=True), "generating x", "generate")
+    assert isinstance(display, Progress)
+    proc = subprocess.Popen([sys.executable, "-m", "faithforge.app.cli", "generate", "--spec",
+                             str(ROOT / "configs/specs/grounded-summaries.yaml"), "--backend", "template",
+                             "--target", "1200", "--no-prefect", "--workspace", str(tmp_path / "ws")],
+                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        first = proc.stdout.readline()
+        running = proc.poll() is None
+        rest = proc.communicate(timeout=300)[0]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, first + rest
+    assert re.match(r"\d\d:\d\d:\d\d generating grounded-summaries: started$", first.strip()), first
+    assert running, "the first line came only when the run had ended"
+    assert "1200/1200 examples" in rest
