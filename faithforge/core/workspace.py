@@ -511,6 +511,18 @@ def name_problem(name: str) -> str | None:
     return None
 
 
+def _shared_folder(path: Path) -> str | None:
+    """What `path` is, when it is a folder that holds other things by nature (the filesystem's root, the home
+    directory): never a workspace. None for any other folder."""
+    if path.parent == path:
+        return "the filesystem's root"
+    try:
+        home = Path.home().resolve()
+    except (RuntimeError, KeyError, OSError):  # no home directory can be found
+        return None
+    return "your home directory" if path == home else None
+
+
 def clip_name(name: str, limit: int = 120) -> str:
     text = repr(name)
     return text if len(text) <= limit else text[:limit] + "…"
@@ -549,6 +561,10 @@ class Workspace:
         path = Path(root).expanduser().resolve()
         if path.exists() and not path.is_dir():
             raise UserError(f"workspace {path} is a file, not a directory; pass --workspace DIR")
+        shared = _shared_folder(path)
+        if shared:  # `-w ~` or `-w /` put eleven folders and a database among the user's (an attack, 2026-12-07)
+            raise UserError(f"workspace {path} is {shared}: FaithForge's folders (models, datasets, tmp, …) would go "
+                            f"among yours; pass --workspace {path / '.faithforge'} or another folder of its own")
         if path.exists():
             problem = None if os.access(path, os.W_OK | os.X_OK) else "no write permission"
         else:

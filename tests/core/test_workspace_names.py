@@ -51,3 +51,27 @@ def test_a_name_that_cannot_be_taken_literally_is_refused_before_anything_is_wri
     assert code.value.code == 2 and list(tmp_path.iterdir()) == []
     with pytest.raises(UserError, match="workspace"):
         Workspace.open(tmp_path / name)
+
+
+def test_the_home_directory_and_the_filesystem_root_are_refused_as_workspaces(tmp_path, monkeypatch, capsys):
+    """`-w ~` put eleven FaithForge entries (models/, datasets/, tmp/, faithforge.db, …) among the user's own, and
+    `-w /` used the system's /tmp as the workspace's scratch (an attack, 2026-12-07)."""
+    from faithforge.app.cli import main
+
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "notes.txt").write_text("mine")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("FAITHFORGE_WORKSPACE", raising=False)
+    monkeypatch.setattr("faithforge.app.demo_runner.run_pipeline_with_progress",
+                        lambda *a, **k: (_ for _ in ()).throw(AssertionError("the pipeline would have started")))
+    for given in (str(home), "~", f"{home}/."):
+        with pytest.raises(SystemExit) as code:
+            main(["demo", "-w", given])
+        err = capsys.readouterr().err
+        assert code.value.code == 2 and len(err.strip().splitlines()) == 1, err
+        assert "your home directory" in err and str(home / ".faithforge") in err
+    assert sorted(p.name for p in home.iterdir()) == ["notes.txt"]  # nothing was written there
+    with pytest.raises(UserError, match="filesystem's root"):
+        Workspace.check("/")
+    assert Workspace.check(home / ".faithforge") == (home / ".faithforge").resolve()
