@@ -63,6 +63,23 @@ def check_server_url(option: str, url: str) -> None:
         raise UserError(f"{option} {url!r} is not an http(s) URL with a host; use e.g. http://127.0.0.1:11434")
 
 
+def check_server_answers(option: str, url: str, needed_by: str, timeout_s: float = 3.0) -> None:
+    """A server at `url` accepts a connection now, or a `UserError` naming the option: for a server that a stage
+    needs only after the training (an llm judge's server with an unreachable address failed the evaluate stage
+    after every other stage had run, ~7 min on `--real`; an attack, 2026-12-07). A TCP connection only: whether
+    the server serves the model is the stage's own check."""
+    import socket
+
+    parsed = httpx.URL(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        socket.create_connection((parsed.host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        why = f"no answer in {timeout_s:g} s" if isinstance(exc, TimeoutError) else exc.strerror or str(exc)
+        raise UserError(f"{option} {url} does not answer ({why}); start that server before the run ({needed_by} "
+                        f"needs it) or point {option} at it") from None
+
+
 def make_client(base_url: str, options: HttpOptions, headers: dict[str, str] | None = None) -> httpx.Client:
     return httpx.Client(base_url=base_url.rstrip("/"), timeout=options.timeout(), headers=headers or {})
 

@@ -52,9 +52,13 @@ def check_pipeline_inputs(cfg: PipelineConfig) -> Workspace:
                               ("pairs.served_base_url", cfg.pairs.served_base_url, cfg.pairs.sampler == "served"),
                               ("generate.base_url", gen.base_url, BACKENDS.get(gen.backend).server)):
         if used and url:
-            from faithforge.backends.http import check_server_url
+            from faithforge.backends.http import check_server_answers, check_server_url
 
             check_server_url(option, url)
+            # A server only a late stage needs: asked now, not after the training. Not where the stage may run on
+            # an offload pool's machine (its address may be that machine's), nor generation's (it runs first).
+            if option != "generate.base_url" and not cfg.gpu.offload_pool:
+                check_server_answers(option, url, "the " + option.split(".")[0] + " stage")
     if cfg.evaluate.served_model:
         from faithforge.backends import make_backend
 

@@ -17,6 +17,15 @@ GOOD_SPEC = Path(__file__).resolve().parents[2] / "configs" / "specs" / "grounde
 NOT_UTF8 = b"train:\n  steps: 4  # caf\xe9 in Latin-1\n"
 
 
+def _closed_port() -> int:
+    """A loopback port nothing listens on (bound, then closed)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def _write(path: Path, data: str | bytes) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     if isinstance(data, bytes):
@@ -137,6 +146,10 @@ ROWS = {
         {}),
     "llm-judge-base-url-ftp": lambda t: (["demo", "-c", str(_write(
         t / "c.yaml", "evaluate:\n  judge: llm\n  llm_model: qwen3:8b\n  llm_base_url: ftp://example\n")),
+        "-w", str(t / "ws")], {}),
+    # an attack, 2026-12-07: every stage ran and trained, then evaluate failed on the judge's server
+    "llm-judge-server-not-answering": lambda t: (["demo", "-c", str(_write(
+        t / "c.yaml", f"evaluate:\n  judge: llm\n  llm_model: qwen3:8b\n  llm_base_url: http://127.0.0.1:{_closed_port()}\n")),
         "-w", str(t / "ws")], {}),
     # --- labels --------------------------------------------------------------------------------------------------
     "labels-missing": lambda t: (["eval", "calibrate", "--labels", str(t / "missing.jsonl")], {}),
