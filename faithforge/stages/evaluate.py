@@ -23,7 +23,7 @@ from faithforge.evaluation.judge_options import judge_options
 from faithforge.evaluation.wording import task_words
 from faithforge.data.sources import system_prompt
 from faithforge.data.teacher import SYSTEM_PROMPT
-from faithforge.core.workspace import atomic_write_json, atomic_write_jsonl, atomic_write_text
+from faithforge.core.workspace import atomic_directory, atomic_write_json, atomic_write_jsonl, atomic_write_text
 from faithforge.gpu.planner import Plan
 
 
@@ -117,9 +117,12 @@ def evaluate_models(ctx: StageContext, model: ModelOutput, dataset: DatasetOutpu
     seconds = time.perf_counter() - started
     out = ctx.workspace.dir("reports") / f"eval-{ctx.run_id or 'adhoc'}"
     chooser = chooser_line(ctx.config, ctx.workspace.root / "calibrations")
-    markdown, chart = _write_report(ctx, out, *comparisons, words=words, chooser=chooser)
-
-    atomic_write_jsonl(out / OUTPUTS_FILE, output_rows(items, reports))  # what `faithforge label` shows people
+    # The folder whole or not at all: a report written file by file left `report.md` alone in a new folder each
+    # time a full disk failed the next file, eating the space the rerun needed (an attack, 2026-12-07).
+    with atomic_directory(out) as folder:
+        markdown, chart = _write_report(ctx, folder, *comparisons, words=words, chooser=chooser)
+        atomic_write_jsonl(folder / OUTPUTS_FILE, output_rows(items, reports))  # what `faithforge label` shows
+    chart = str(out / Path(chart).relative_to(folder))
     comparison, control_cmp, served_cmp = comparisons
     parents = [dpo.artifact_id] + ([control.artifact_id] if control and control.artifact_id else [])
     artifact_id = save_evaluation(ctx.store, comparison, uri=str(out), run_id=ctx.run_id, parents=parents,
