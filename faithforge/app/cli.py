@@ -267,9 +267,9 @@ def _exit_now(status: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """The `faithforge` entry point: bad input ends with one line on stderr and exit status 2."""
-    from faithforge.app.stopping import sigterm_like_ctrl_c
+    from faithforge.app.stopping import take_stop_signals
 
-    sigterm_like_ctrl_c()  # also when started as `python -m faithforge.app.cli`, not through `entry.py`
+    take_stop_signals()  # also when started as `python -m faithforge.app.cli`, not through `entry.py`
     # Before anything imports Prefect: its settings are read once.
     from faithforge.app.prefect_settings import offline_environment
 
@@ -297,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
 
         if _stop_was_handled():  # a StopRequested, or Click's Abort made of one
             _exit_now(EXIT_STATUS)  # its one line is printed; the run is marked cancelled
-        typer.echo("interrupted; rerun the same command to continue (finished stages are reused)", err=True)
+        typer.echo(INTERRUPTED_LINE, err=True)
         sys.exit(130)
     except Exception as exc:  # noqa: BLE001 - the one place errors become messages
         # A library may turn a stop into its own error (Prefect's task engine, stopped while it sets up a task run,
@@ -320,7 +320,19 @@ def main(argv: list[str] | None = None) -> None:
         from faithforge.app.stopping import EXIT_STATUS
 
         _exit_now(EXIT_STATUS)
+    if _interrupted():  # Typer turned a Ctrl-C or SIGTERM outside a `Stopper` into a silent status 130
+        typer.echo(INTERRUPTED_LINE, err=True)
+        sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
+
+
+#: What a command stopped outside a `Stopper` says (Ctrl-C or SIGTERM in `label`, `runs`, `eval`, ...).
+INTERRUPTED_LINE = "interrupted; rerun the same command to continue (finished stages are reused)"
+
+
+def _interrupted() -> bool:
+    stopping = sys.modules.get("faithforge.app.stopping")
+    return bool(stopping is not None and stopping.interrupted)
 
 
 def _stop_was_handled() -> bool:

@@ -62,16 +62,28 @@ def exit_stopped_before_start() -> NoReturn:
         os._exit(EXIT_STATUS)
 
 
-def sigterm_like_ctrl_c() -> None:
-    """Until a command installs its own handling (a `Stopper`), SIGTERM stops like Ctrl-C: one line and
-    `EXIT_STATUS`. At Python's default, a SIGTERM in a command's first ~0.5 s (what `timeout` sends, or a
-    service manager) ended it silently with status 143, while one a moment later said where it stopped and exited
-    130 (an attack, 2026-12-07). A handler someone else installed (an embedding program's) is left alone."""
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
-        signal.signal(signal.SIGTERM, _sigterm_raises_interrupt)
+interrupted = False
+"""True once Ctrl-C or SIGTERM reached this process outside a `Stopper`: Typer turns that `KeyboardInterrupt` into
+a silent exit status 130, so the CLI asks this to say its one line (`cli.main`)."""
 
 
-def _sigterm_raises_interrupt(signum: int, frame) -> None:  # noqa: ARG001
+def take_stop_signals() -> None:
+    """Until a command installs its own handling (a `Stopper`), Ctrl-C and SIGTERM raise `KeyboardInterrupt` and
+    are noted (`interrupted`). At Python's default a SIGTERM in a command's first ~0.5 s (what `timeout` sends, or
+    a service manager) ended it silently with status 143, and a Ctrl-C in `faithforge label` ended it with 130 and
+    no line (Typer's doing; an attack, 2026-12-07). A handler someone else installed (an embedding program's) is
+    left alone."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _noted_interrupt)
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        signal.signal(signal.SIGINT, _noted_interrupt)
+
+
+def _noted_interrupt(signum: int, frame) -> None:  # noqa: ARG001
+    global interrupted
+    interrupted = True
     raise KeyboardInterrupt
 
 

@@ -169,3 +169,34 @@ def test_a_key_typed_before_the_prompt_is_read_not_discarded():
         stream.close()
         os.close(follower)
         os.close(leader)
+
+
+@pytest.mark.parametrize("sig", ["SIGINT", "SIGTERM"])
+def test_ctrl_c_or_sigterm_while_label_waits_for_an_answer_ends_in_one_line(tmp_path, sig):
+    """Typer turns a Ctrl-C outside a run into a silent status 130: `label` ended at its prompt with no line, and
+    on SIGTERM with 143 (an attack, 2026-12-07)."""
+    import signal
+
+    from faithforge.app.cli import INTERRUPTED_LINE
+
+    folder = _outputs(tmp_path / "eval")
+    read_end, write_end = os.pipe()  # an answer that never comes: the write end stays open
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "faithforge.app.entry", "label", str(folder), "-o",
+                                 str(tmp_path / "labels.jsonl")], stdin=read_end, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True, start_new_session=True, cwd=tmp_path,
+                                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+        seen = ""
+        while "[s/u/k/q]" not in seen:  # the prompt is out: it waits for the answer
+            chunk = os.read(proc.stdout.fileno(), 4096)  # what has come, without waiting for a whole line
+            assert chunk, proc.communicate(timeout=30)
+            seen += chunk.decode(errors="replace")
+        os.killpg(proc.pid, getattr(signal, sig))
+        out, err = proc.communicate(timeout=30)
+    finally:
+        os.close(write_end)
+        os.close(read_end)
+    assert proc.returncode == 130, (proc.returncode, err)
+    assert err.strip().splitlines() == [INTERRUPTED_LINE], err
+    assert not (tmp_path / "labels.jsonl").exists() or (tmp_path / "labels.jsonl").read_text() == ""
