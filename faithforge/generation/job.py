@@ -7,6 +7,8 @@ however it is started. No Prefect here.
 
 from __future__ import annotations
 
+import os
+
 from pathlib import Path
 from typing import Annotated, Any, Optional
 from urllib.parse import urlparse
@@ -137,6 +139,14 @@ def validate(params: GenerateParameters) -> GenerationSpec:
     check_spec = load_attribute(kind, "check_spec", None)  # a backend that writes only some specs refuses others
     if check_spec is not None:
         check_spec(spec)
+    # Both were found only after Prefect's server had started and the progress bar was drawn (an attack, 2026-12-07)
+    if params.database_url:
+        from faithforge.generation.database import make_coverage_engine
+
+        make_coverage_engine(params.database_url).dispose()  # a garbled URL or a missing driver; connects to nothing
+    if kind.server and params.api_key_env and not params.api_key_secret and not os.environ.get(params.api_key_env):
+        raise UserError(f"--api-key-env {params.api_key_env}: that environment variable is empty; export the API "
+                        "key there (or name a Prefect Secret block with --api-key-secret)")
     return spec
 
 

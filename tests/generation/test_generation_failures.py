@@ -14,6 +14,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -195,3 +196,23 @@ def test_waiting_for_another_worker_says_so_and_names_it(tmp_path):
                              log=said.append)
     assert summary.done_total == 1
     assert len(said) == 1 and "waiting for 1 other worker(s)" in said[0] and "busy-elsewhere" in said[0]
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"database_url": "garbage"}, "database URL 'garbage' is not usable"),
+    ({"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key_env": "FF_TEST_NO_SUCH_KEY"},
+     "--api-key-env FF_TEST_NO_SUCH_KEY: that environment variable is empty"),
+])
+def test_a_bad_store_url_or_an_empty_key_variable_is_refused_before_the_run_starts(tmp_path, monkeypatch, options,
+                                                                                    message):
+    """Both were found only after Prefect's server had started and the bar was drawn (an attack, 2026-12-07)."""
+    from faithforge.core.errors import UserError
+    from faithforge.generation import job
+    from faithforge.generation.parameters import GenerateParameters
+
+    monkeypatch.delenv("FF_TEST_NO_SUCH_KEY", raising=False)
+    spec = Path(__file__).resolve().parents[2] / "configs" / "specs" / "grounded-summaries.yaml"
+    params = GenerateParameters(spec=str(spec), workspace=str(tmp_path / "ws"), **{"backend": "template", **options})
+    with pytest.raises(UserError, match=re.escape(message)):
+        job.validate(params)
+    assert not (tmp_path / "ws").exists()
