@@ -40,7 +40,11 @@ def run_pipeline_with_progress(config: PipelineConfig, verbose: bool = False) ->
     sink, display = stage_display(console)
     add_sink(sink)
     started = time.perf_counter()
-    console.print("[bold]FaithForge demo[/bold]: starting Prefect's embedded server (first start takes ~10 s)…")
+    if os.environ.get("PREFECT_API_URL"):  # `embedded_server` starts none: it checks that this one answers
+        console.print(f"[bold]FaithForge demo[/bold]: using the Prefect server at {os.environ['PREFECT_API_URL']}",
+                      highlight=False)
+    else:
+        console.print("[bold]FaithForge demo[/bold]: starting Prefect's embedded server (first start takes ~10 s)…")
     from pathlib import Path
 
     from faithforge.app.stopping import Stopper

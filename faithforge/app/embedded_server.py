@@ -157,6 +157,21 @@ class EmbeddedServer:
                      f"(restart {restarts} of {MAX_RESTARTS_WHILE_RUNNING}), the run goes on")
 
 
+def _check_answers(api_url: str) -> None:
+    """The Prefect server the settings name accepts a connection, or one line that names the setting: an
+    unreachable `PREFECT_API_URL` said "the server URL is not usable …; pass a URL like http://127.0.0.1:11434"
+    (Ollama's port) under a line announcing an embedded server that was never started (an attack, 2026-12-07)."""
+    from faithforge.backends.http import check_server_answers, check_server_url
+    from faithforge.core.errors import UserError
+
+    try:
+        check_server_url("PREFECT_API_URL", api_url, "http://127.0.0.1:4200/api")
+        check_server_answers("PREFECT_API_URL", api_url, "every flow")
+    except UserError as exc:
+        raise UserError(f"{exc}; or unset PREFECT_API_URL (and the active Prefect profile's) so that FaithForge "
+                        "starts its own server") from None
+
+
 @contextlib.contextmanager
 def embedded_server() -> Iterator[EmbeddedServer | None]:
     """Prefect's embedded server for the `with` block, started now, unless Prefect's settings already name an API
@@ -171,6 +186,7 @@ def embedded_server() -> Iterator[EmbeddedServer | None]:
 
     settings = Settings()  # afresh, as `configured_api_url` reads them
     if settings.api.url:
+        _check_answers(str(settings.api.url))
         yield None
         return
     environment = server_environment(settings.to_environment_variables(exclude_unset=True))

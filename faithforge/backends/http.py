@@ -53,14 +53,14 @@ class ConnectFailed(TransientBackendError):
     """The connection never opened (nothing listening, DNS, refused)."""
 
 
-def check_server_url(option: str, url: str) -> None:
+def check_server_url(option: str, url: str, example: str = "http://127.0.0.1:11434") -> None:
     """An http(s) URL with a host, or a `UserError` naming the option (a request would fail much later)."""
     try:
         parsed = httpx.URL(url)
     except (httpx.InvalidURL, TypeError) as exc:
-        raise UserError(f"{option} {url!r} is not a URL ({exc}); use e.g. http://127.0.0.1:11434") from None
+        raise UserError(f"{option} {url!r} is not a URL ({exc}); use e.g. {example}") from None
     if parsed.scheme not in ("http", "https") or not parsed.host:
-        raise UserError(f"{option} {url!r} is not an http(s) URL with a host; use e.g. http://127.0.0.1:11434")
+        raise UserError(f"{option} {url!r} is not an http(s) URL with a host; use e.g. {example}")
 
 
 def check_server_answers(option: str, url: str, needed_by: str, timeout_s: float = 3.0) -> None:

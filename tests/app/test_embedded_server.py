@@ -81,21 +81,26 @@ def test_a_server_the_user_set_is_used_and_nothing_is_started(tmp_path, where):
     """Wherever Prefect's settings find the user's server: the embedded server is not started, and the demo's
     label step (which needs a UI) and `faithforge runs` (which follows the server's runs) see it too (a review found
     both read only the environment)."""
-    env = _environment_without_a_server(tmp_path)
-    if where == "environment":
-        env["PREFECT_API_URL"] = "http://127.0.0.1:9/api"
-    else:
-        Path(env["PREFECT_PROFILES_PATH"]).write_text('active = "mine"\n[profiles.mine]\n'
-                                                       'PREFECT_API_URL = "http://127.0.0.1:9/api"\n')
-    done = _python("""
-        import os, sys
-        from faithforge.app.embedded_server import configured_api_url, embedded_server
+    import socket
 
-        with embedded_server() as server:
-            print(server, configured_api_url())
-    """, env)
+    env = _environment_without_a_server(tmp_path)
+    with socket.socket() as listener:  # the user's server: it accepts connections (the check asks no more)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        url = f"http://127.0.0.1:{listener.getsockname()[1]}/api"
+        if where == "environment":
+            env["PREFECT_API_URL"] = url
+        else:
+            Path(env["PREFECT_PROFILES_PATH"]).write_text(f'active = "mine"\n[profiles.mine]\nPREFECT_API_URL = "{url}"\n')
+        done = _python("""
+            import os, sys
+            from faithforge.app.embedded_server import configured_api_url, embedded_server
+
+            with embedded_server() as server:
+                print(server, configured_api_url())
+        """, env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip() == "None http://127.0.0.1:9/api"
+    assert done.stdout.strip() == f"None {url}"
 
 
 def _server(command: list[str]) -> EmbeddedServer:
@@ -305,3 +310,21 @@ def test_the_quiet_servers_libraries_log_nothing_on_the_terminal(monkeypatch, qu
     assert done.returncode == 0, done.stderr
     said = done.stdout + done.stderr
     assert ("Exception during reset" in said) is (not quiet), said
+
+
+@pytest.mark.parametrize("api_url", ["http://127.0.0.1:{port}/api", "notaurl"])
+def test_a_prefect_api_url_that_does_not_answer_is_one_line_that_names_it(tmp_path, api_url):
+    """It said "the server URL is not usable …; pass a URL like http://127.0.0.1:11434" (Ollama's port), under a
+    line announcing an embedded server that was never started (an attack, 2026-12-07)."""
+    import socket
+
+    with socket.socket() as sock:  # a loopback port nothing listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PREFECT_API_URL": api_url.format(port=port)}
+    done = subprocess.run([sys.executable, "-m", "faithforge.app.entry", "demo", "-w", str(tmp_path / "ws")],
+                          env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    errors = [line for line in done.stderr.splitlines() if line.strip()]
+    assert done.returncode == 2 and len(errors) == 1, done.stdout + done.stderr
+    assert errors[0].startswith("error: PREFECT_API_URL") and "unset PREFECT_API_URL" in errors[0], errors[0]
+    assert "11434" not in errors[0] and "embedded server" not in done.stdout, done.stdout
