@@ -64,6 +64,7 @@ def check_pipeline_inputs(cfg: PipelineConfig) -> Workspace:
 
         make_backend(cfg.evaluate.served_backend, cfg.evaluate.served_model, base_url=cfg.evaluate.served_base_url)
     check_data_files(cfg)
+    check_export(cfg)
     if not BACKENDS.get(cfg.generate.backend).built_in_task:
         from faithforge.generation.spec import load_spec
         from faithforge.stages.generate import generation_parameters
@@ -71,6 +72,28 @@ def check_pipeline_inputs(cfg: PipelineConfig) -> Workspace:
         load_spec(cfg.generate.spec)
         generation_parameters(cfg)  # the generation flow's parameters, validated
     return workspace
+
+
+def check_export(cfg: PipelineConfig) -> None:
+    """An export to GGUF (or Ollama) of a model llama.cpp cannot read, refused before the training: it failed after
+    every other stage had run, and its fix named `model export`'s `--format hf` (an attack, 2026-12-07). The tiny
+    model's word tokenizer is no llama.cpp pre-tokenizer; a model folder's type is read from its config.json (its
+    tokenizer is checked when the export writes it)."""
+    if not cfg.export.enabled or cfg.export.format == "hf":
+        return
+    fix = "set export.format: hf (merged safetensors for transformers), or export.enabled: false"
+    if not cfg.model.path:
+        raise UserError(f"export.format {cfg.export.format} needs a model llama.cpp can read; the tiny model's "
+                        f"tokenizer is FaithForge's own: {fix} (`faithforge demo --real` trains SmolLM2, which exports "
+                        "to GGUF)")
+    import json
+
+    from faithforge.training.gguf_writer import ARCHITECTURES
+
+    model_type = json.loads((Path(cfg.model.path).expanduser() / "config.json").read_text()).get("model_type")
+    if model_type not in ARCHITECTURES:
+        raise UserError(f"export.format {cfg.export.format} writes GGUF for model types {', '.join(ARCHITECTURES)}; "
+                        f"model.path is {model_type!r}: {fix}")
 
 
 def check_data_files(cfg: PipelineConfig) -> None:

@@ -151,6 +151,12 @@ ROWS = {
     "llm-judge-server-not-answering": lambda t: (["demo", "-c", str(_write(
         t / "c.yaml", f"evaluate:\n  judge: llm\n  llm_model: qwen3:8b\n  llm_base_url: http://127.0.0.1:{_closed_port()}\n")),
         "-w", str(t / "ws")], {}),
+    # an attack, 2026-12-07: both trained and evaluated first, then failed at the export
+    "export-gguf-of-the-tiny-model": lambda t: (["demo", "-w", str(t / "ws"), "--set", "export.enabled=true"], {}),
+    "export-gguf-of-an-unknown-model-type": lambda t: (["demo", "-w", str(t / "ws"), "--set", "export.enabled=true",
+                                                        "--set", "export.format=gguf", "--set", "model.path=" + str(
+                                                            _write(t / "m" / "config.json",
+                                                                   '{"model_type": "gpt2"}').parent)], {}),
     # --- labels --------------------------------------------------------------------------------------------------
     "labels-missing": lambda t: (["eval", "calibrate", "--labels", str(t / "missing.jsonl")], {}),
     "labels-not-utf8": lambda t: (["eval", "calibrate", "--labels", _labels(
