@@ -14,6 +14,7 @@ def offline_environment() -> None:
     """Defaults for a machine without internet: no telemetry (it also races on a fresh SQLite database)."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "90")
+    os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")  # `train.report_to: [mlflow]` sends nothing away
     if not OPENMP_WAIT_SETTINGS & set(os.environ):  # a user's own choice stands, and costs no reading
         os.environ.update(omp_environment())
 
