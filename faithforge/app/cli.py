@@ -277,6 +277,7 @@ def main(argv: list[str] | None = None) -> None:
         offline_environment()
         args, verbose = _strip_verbose(list(sys.argv[1:] if argv is None else argv))
         _register_subcommands()  # imports every subcommand (~1 s): a Ctrl-C here is a stop before any command
+        _stop_if_an_interrupt_was_swallowed()
     except KeyboardInterrupt:
         from faithforge.app.stopping import exit_stopped_before_start
 
@@ -320,7 +321,7 @@ def main(argv: list[str] | None = None) -> None:
         from faithforge.app.stopping import EXIT_STATUS
 
         _exit_now(EXIT_STATUS)
-    if _interrupted():  # Typer turned a Ctrl-C or SIGTERM outside a `Stopper` into a silent status 130
+    if code == 130 and _interrupted():  # Typer turned a Ctrl-C or SIGTERM outside a `Stopper` into a silent 130
         typer.echo(INTERRUPTED_LINE, err=True)
         sys.exit(130)
     sys.exit(code if isinstance(code, int) else 0)
@@ -328,6 +329,14 @@ def main(argv: list[str] | None = None) -> None:
 
 #: What a command stopped outside a `Stopper` says (Ctrl-C or SIGTERM in `label`, `runs`, `eval`, ...).
 INTERRUPTED_LINE = "interrupted; rerun the same command to continue (finished stages are reused)"
+
+
+def _stop_if_an_interrupt_was_swallowed() -> None:
+    """Raise the `KeyboardInterrupt` of a Ctrl-C that came while the command line loaded but that the code it
+    landed in swallowed (a weakref callback's "Exception ignored", an import's bare `except`): once, under the
+    suite's load, a Ctrl-C while the subcommands imported was lost, and the demo ran on."""
+    if _interrupted():
+        raise KeyboardInterrupt
 
 
 def _interrupted() -> bool:

@@ -16,6 +16,10 @@ def main() -> None:
     take_stop_signals()
     try:
         from faithforge.app.cli import main as run
+        from faithforge.app import stopping
+
+        if stopping.interrupted:  # noted, but swallowed where it landed (see `cli._stop_if_an_interrupt_was_swallowed`)
+            raise KeyboardInterrupt
     except KeyboardInterrupt:
         exit_stopped_before_start()
     run()

@@ -121,3 +121,15 @@ def test_ctrl_c_while_the_command_starts_ends_in_one_line_and_status_130(tmp_pat
     assert not left, left
     if line == STOPPED_BEFORE_START_LINE:
         assert not workspace.exists()  # nothing was written
+
+
+def test_a_ctrl_c_that_an_import_swallowed_still_stops_before_the_command(tmp_path):
+    """Under the suite's load a Ctrl-C while the subcommands imported was lost once (swallowed where it landed: a
+    weakref callback's "Exception ignored" or an import's bare `except`) and the demo ran on. The handler notes
+    every Ctrl-C, and the command line, once loaded, stops on a noted one. Here the note stands for the lost one."""
+    script = ("import sys; from faithforge.app import stopping; stopping.interrupted = True; "
+              "from faithforge.app.cli import main; main(sys.argv[1:])")
+    done = subprocess.run([sys.executable, "-c", script, "demo", "-w", str(tmp_path / "ws")], cwd=tmp_path,
+                          env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120)
+    assert done.returncode == EXIT_STATUS, done.stdout + done.stderr
+    assert done.stderr.strip() == STOPPED_BEFORE_START_LINE and not (tmp_path / "ws").exists()
