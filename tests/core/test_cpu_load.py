@@ -3,6 +3,7 @@ process's own nor the last minute's; what llama.cpp's thread count and OpenMP's 
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 
@@ -13,7 +14,7 @@ def test_threads_count_other_processes_now_not_this_ones_last_minute():
     import sys
     import threading
 
-    from faithforge.app.prefect_settings import BUSY_OPENMP, IDLE_OPENMP, omp_environment
+    from faithforge.app.prefect_settings import BUSY_OPENMP, omp_environment
     from faithforge.core.cpu_load import _own_running, busy_elsewhere
     from faithforge.engine.gguf_sampler import default_threads
 
@@ -72,7 +73,7 @@ def test_without_proc_or_a_load_average_the_choices_keep_their_defaults(monkeypa
 
     import pytest
 
-    from faithforge.app.prefect_settings import BUSY_OPENMP, IDLE_OPENMP, omp_environment
+    from faithforge.app.prefect_settings import IDLE_OPENMP, omp_environment
     from faithforge.core import cpu_load
     from faithforge.engine.gguf_sampler import default_threads
 
@@ -84,9 +85,6 @@ def test_without_proc_or_a_load_average_the_choices_keep_their_defaults(monkeypa
     with pytest.raises(OSError, match="neither"):
         cpu_load.busy_elsewhere()
     assert omp_environment(cpu_count=2) == IDLE_OPENMP and default_threads(cores=2, wait_policy="") == 2
-
-
-import pytest  # noqa: E402
 
 
 @pytest.mark.parametrize("name, value", [("OMP_WAIT_POLICY", "PASSIVE"), ("OMP_WAIT_POLICY", "ACTIVE"),
