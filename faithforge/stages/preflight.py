@@ -90,7 +90,12 @@ def check_export(cfg: PipelineConfig) -> None:
 
     from faithforge.training.gguf_writer import ARCHITECTURES
 
-    model_type = json.loads((Path(cfg.model.path).expanduser() / "config.json").read_text()).get("model_type")
+    config_file = Path(cfg.model.path).expanduser() / "config.json"
+    try:
+        model_type = json.loads(config_file.read_text()).get("model_type")
+    except (ValueError, AttributeError) as exc:  # not JSON, or JSON that is not an object
+        raise UserError(f"model.path {config_file} is not a model's config (not a JSON object: {exc}); point "
+                        "model.path at a folder saved with save_pretrained") from None
     if model_type not in ARCHITECTURES:
         raise UserError(f"export.format {cfg.export.format} writes GGUF for model types {', '.join(ARCHITECTURES)}; "
                         f"model.path is {model_type!r}: {fix}")
