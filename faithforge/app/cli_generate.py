@@ -101,10 +101,10 @@ def generate(
         if verbose:
             console.print(traceback.format_exc(), markup=False, highlight=False)
         if isinstance(exc, GenerationFailed) and exc.result is not None:
-            _print_summary(console, exc.result)
+            _print_summary(console, exc.result, params.backend)
         console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
         raise typer.Exit(exc.exit_code) from None
-    _print_summary(console, result)
+    _print_summary(console, result, params.backend)
     if result.summary.stopped == "interrupted":  # Ctrl-C without Prefect: the summary, then a stop's status
         raise typer.Exit(130)
     if result.summary.stopped not in ("completed", "limit"):  # e.g. backend_errors, max_failures
@@ -179,10 +179,13 @@ def _display(console: Console, label: str, stage: str):
     return bar_sink, bar
 
 
-def _print_summary(console: Console, result: GenerationResult) -> None:
-    decision = result.plan.decision
-    console.print(f"model {decision.model}, {decision.batch_size} parallel, max {decision.max_tokens} tokens "
-                  f"({decision.source})", highlight=False, soft_wrap=True)
+def _print_summary(console: Console, result: GenerationResult, backend: str) -> None:
+    decision, kind = result.plan.decision, BACKENDS.get(backend)
+    if kind.server or kind.model_is_folder:
+        console.print(f"model {decision.model}, {decision.batch_size} parallel, max {decision.max_tokens} tokens "
+                      f"({decision.source})", highlight=False, soft_wrap=True)
+    else:  # the template teacher: the gate's model line named `qwen3:8b`, a model it never used (an attack)
+        console.print(f"backend {backend}: {kind.summary}", highlight=False, soft_wrap=True)
     for line in result.summary.lines():
         console.print(line, markup=False, highlight=False, soft_wrap=True)  # a log's lines unbroken
     console.print(f"dataset: {result.export.path} ({result.export.examples} examples)", highlight=False,

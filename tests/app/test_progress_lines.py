@@ -134,3 +134,4 @@ def test_generate_to_a_pipe_shows_its_start_while_it_runs_and_a_terminal_gets_a_
     assert re.match(r"\d\d:\d\d:\d\d generating grounded-summaries: started$", first.strip()), first
     assert running, "the first line came only when the run had ended"
     assert "1200/1200 examples" in rest
+    assert "backend template: " in rest and "qwen3" not in rest  # not the gate's model, which it never used
