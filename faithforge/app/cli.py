@@ -340,15 +340,17 @@ def _stop_if_an_interrupt_was_swallowed() -> None:
 
 
 def _interrupted() -> bool:
-    stopping = sys.modules.get("faithforge.app.stopping")
-    return bool(stopping is not None and stopping.interrupted)
+    """Whether Ctrl-C or SIGTERM came outside a `Stopper` (`stopping.take_stop_signals` notes it)."""
+    from faithforge.app import stopping  # imported at `main`'s start already
+
+    return stopping.interrupted
 
 
 def _stop_was_handled() -> bool:
-    """Whether a `Stopper` took Ctrl-C or SIGTERM in this process (its module is imported only by commands that
-    install one)."""
-    stopping = sys.modules.get("faithforge.app.stopping")
-    return bool(stopping is not None and stopping.stop_handled)
+    """Whether a `Stopper` took Ctrl-C or SIGTERM in this process."""
+    from faithforge.app import stopping  # imported at `main`'s start already
+
+    return stopping.stop_handled
 
 
 if __name__ == "__main__":

@@ -15,11 +15,7 @@ from faithforge.app.stopping import exit_stopped_before_start, take_stop_signals
 def main() -> None:
     take_stop_signals()
     try:
-        from faithforge.app.cli import main as run
-        from faithforge.app import stopping
-
-        if stopping.interrupted:  # noted, but swallowed where it landed (see `cli._stop_if_an_interrupt_was_swallowed`)
-            raise KeyboardInterrupt
+        from faithforge.app.cli import main as run  # a Ctrl-C swallowed in here is noted; `cli.main` stops on it
     except KeyboardInterrupt:
         exit_stopped_before_start()
     run()

@@ -212,14 +212,11 @@ def _umask_modes(folder: Path) -> None:
     (every `save_pretrained` of weights) creates its file 0o600 whatever the umask. Execute bits are kept."""
     file_mode, dir_mode = umask_mode(), umask_mode(directory=True)
     for root, dirs, files in os.walk(folder):  # does not follow links to folders
-        for name in dirs + files:
+        for name, is_dir in [(d, True) for d in dirs] + [(f, False) for f in files]:
             path = os.path.join(root, name)
             if os.path.islink(path):  # a link's target is not ours to change
                 continue
-            if name in dirs:
-                os.chmod(path, dir_mode)
-            else:
-                os.chmod(path, file_mode | (os.stat(path).st_mode & 0o111 & dir_mode))
+            os.chmod(path, dir_mode if is_dir else file_mode | (os.stat(path).st_mode & 0o111 & dir_mode))
 
 
 def _drop_replaced(old: Path, target: Path) -> None:
