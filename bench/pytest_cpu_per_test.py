@@ -9,7 +9,7 @@ keeps, read through psutil). A module-scoped fixture's cost lands on the test th
 totals are the fairer figure. Wall-clock time on 2 cores says little here: under xdist two tests share the
 cores, so CPU is what one test takes from the others.
 
-`FAITHFORGE_CPU_PER_TEST_DIR` names the output folder (default `bench/out/cpu_per_test`); each xdist worker
+`FAITHFORGE_TEST_CPU_DIR` names the output folder (default `bench/out/cpu_per_test`); each xdist worker
 writes its own `<worker>.jsonl`, one line per test.
 """
 
@@ -80,7 +80,7 @@ class _CpuPerTest:
 
 def pytest_configure(config) -> None:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
-    folder = Path(os.environ.get("FAITHFORGE_CPU_PER_TEST_DIR", _DEFAULT_DIR))
+    folder = Path(os.environ.get("FAITHFORGE_TEST_CPU_DIR", _DEFAULT_DIR))
     config.pluginmanager.register(_CpuPerTest(folder, worker), "faithforge-cpu-per-test")
 
 

@@ -37,6 +37,14 @@ def clip_text(text: str, limit: int) -> str:
 
 ENV_PREFIX = "FAITHFORGE_"
 
+#: `FAITHFORGE_*` variables that are not configuration options: each is read by one tool.
+TOOL_VARIABLES = {
+    "FAITHFORGE_CONFIG": "the CLI's config file when --config is not given",
+    "FAITHFORGE_GPU_PROFILE": "the GPU probe's named card in place of NVML (gpu/profiles.py)",
+}
+#: Variables of the test suite and benchmarks (e.g. FAITHFORGE_TEST_POSTGRES_URL): never configuration.
+TEST_VARIABLE_PREFIX = "FAITHFORGE_TEST_"
+
 
 def _number(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else f"{value:g}"
@@ -656,11 +664,13 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     Only variables whose first part names a config field are configuration; other `FAITHFORGE_*` variables
     belong to tools (`FAITHFORGE_GPU_PROFILE` for the probe, `FAITHFORGE_CONFIG` for the CLI, test settings).
     An unknown option *inside* a section (`FAITHFORGE_TRAIN__EPOCHS`) is still an error, and so is an unknown
-    section before a `__` (`FAITHFORGE_TRAINN__STEPS`): no tool's variable has one, so it can only be a typo.
+    section before a `__` (`FAITHFORGE_TRAINN__STEPS`): no tool's variable has one, so it can only be a typo. So is
+    any other `FAITHFORGE_*` name that is neither an option, a tool's (`TOOL_VARIABLES`) nor a test's: a misspelled
+    `FAITHFORGE_WORKSPAC=/data/ff` once left the default workspace in use without a word.
     """
     tree: dict[str, Any] = {}
     for name, raw in environ.items():
-        if not name.startswith(ENV_PREFIX):
+        if not name.startswith(ENV_PREFIX) or name in TOOL_VARIABLES or name.startswith(TEST_VARIABLE_PREFIX):
             continue
         dotted = [part.lower() for part in name[len(ENV_PREFIX):].split("__") if part]
         if len(dotted) > 1 and dotted[0] not in PipelineConfig.model_fields:
@@ -668,9 +678,23 @@ def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
             raise UserError(f"{name}: no config section {dotted[0]!r}; write FAITHFORGE_SECTION__FIELD with one of "
                             f"{', '.join(s.upper() for s in sections)} (or unset it)")
         if not dotted or dotted[0] not in PipelineConfig.model_fields:
-            continue
+            raise UserError(_unknown_variable(name))
         _set_path(tree, dotted, _option_value(dotted, raw, name))
     return tree
+
+
+def _unknown_variable(name: str) -> str:
+    """The one line for a `FAITHFORGE_*` variable nobody reads, with the closest known name."""
+    import difflib
+
+    known = [ENV_PREFIX + field.upper() for field in PipelineConfig.model_fields] + list(TOOL_VARIABLES)
+    close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
+    if close:
+        return f"{name}: FaithForge reads no such variable; did you mean {close[0]}? (or unset it)"
+    plain = [ENV_PREFIX + field.upper() for field, info in PipelineConfig.model_fields.items()
+             if not hasattr(info.annotation, "model_fields")]
+    return (f"{name}: FaithForge reads no such variable; it reads FAITHFORGE_SECTION__FIELD (e.g. "
+            f"FAITHFORGE_TRAIN__STEPS), {', '.join(plain + list(TOOL_VARIABLES))} (or unset it)")
 
 
 def _is_text(dotted: list[str]) -> bool:

@@ -99,6 +99,8 @@ ROWS = {
     "env-steps-not-a-number": lambda t: (["demo", "-w", str(t / "ws")], {"FAITHFORGE_TRAIN__STEPS": "abc"}),
     "env-unknown-option": lambda t: (["demo", "-w", str(t / "ws")], {"FAITHFORGE_TRAIN__EPOCHS": "3"}),
     "env-unknown-section": lambda t: (["demo", "-w", str(t / "ws")], {"FAITHFORGE_TRAINN__STEPS": "3"}),
+    "env-misspelled-variable": lambda t: (["demo"], {"FAITHFORGE_WORKSPAC": str(t / "ws")}),
+    "env-unknown-variable": lambda t: (["demo", "-w", str(t / "ws")], {"FAITHFORGE_STEPZ": "3"}),
     "env-empty-workspace": lambda t: (["demo"], {"FAITHFORGE_WORKSPACE": ""}),
     "env-config-missing": lambda t: (["demo", "-w", str(t / "ws")], {"FAITHFORGE_CONFIG": str(t / "nope.yaml")}),
     "env-negative-seed": lambda t: (["demo", "-w", str(t / "ws")], {"FAITHFORGE_SEED": "-5"}),
@@ -253,6 +255,23 @@ def test_what_a_refused_command_found_there_is_kept(tmp_path, monkeypatch, capsy
         assert code == 2, name
     assert (tmp_path / "mydocs" / "thesis.txt").read_text() == "mine"
     assert (tmp_path / "keep.json").read_text() == "mine" and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_misspelled_variable_is_named_with_the_right_one_and_nothing_is_written(tmp_path, monkeypatch, capsys):
+    """`FAITHFORGE_WORKSPAC=/data/ff faithforge demo` ran in ./.faithforge without a word (an attack, 2026-12-07);
+    the tools' and the tests' own variables are still let through."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("FAITHFORGE_WORKSPACE", raising=False)
+    monkeypatch.setattr("faithforge.app.demo_runner.run_pipeline_with_progress", _validation_passed)
+    code, output = run_cli(["demo"], {"FAITHFORGE_WORKSPAC": str(tmp_path / "ws")}, monkeypatch, capsys)
+    assert code == 2 and "did you mean FAITHFORGE_WORKSPACE?" in output, output
+    assert sorted(os.listdir(tmp_path)) == []
+
+    from faithforge.core.config import env_overrides
+
+    assert env_overrides({"FAITHFORGE_GPU_PROFILE": "rtx-3060-12gb", "FAITHFORGE_CONFIG": "c.yaml",
+                          "FAITHFORGE_TEST_POSTGRES_URL": "postgresql://x", "FAITHFORGE_TRAIN__STEPS": "4"}) \
+        == {"train": {"steps": 4}}
 
 
 def test_the_table_is_large_enough():
