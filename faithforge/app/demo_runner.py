@@ -40,11 +40,6 @@ def run_pipeline_with_progress(config: PipelineConfig, verbose: bool = False) ->
     sink, display = stage_display(console)
     add_sink(sink)
     started = time.perf_counter()
-    if os.environ.get("PREFECT_API_URL"):  # `embedded_server` starts none: it checks that this one answers
-        console.print(f"[bold]FaithForge demo[/bold]: using the Prefect server at {os.environ['PREFECT_API_URL']}",
-                      highlight=False)
-    else:
-        console.print("[bold]FaithForge demo[/bold]: starting Prefect's embedded server (first start takes ~10 s)…")
     from pathlib import Path
 
     from faithforge.app.stopping import Stopper
@@ -61,6 +56,7 @@ def run_pipeline_with_progress(config: PipelineConfig, verbose: bool = False) ->
     start_reaper()
     try:
         with Stopper(store_url, STAGE_LABELS).installed() as stopper, embedded_server() as server:
+            _say_which_server(console, server)
             from faithforge.app.prefect_settings import without_heartbeats
             from faithforge.flows.pipeline import pipeline
 
@@ -72,6 +68,19 @@ def run_pipeline_with_progress(config: PipelineConfig, verbose: bool = False) ->
         remove_sink(sink)
     summary["wall_seconds"] = round(time.perf_counter() - started, 1)
     return summary
+
+
+def _say_which_server(console, server) -> None:
+    """The demo's first line: the Prefect server it runs on. Said once `embedded_server` has decided, from all of
+    Prefect's settings: read from `PREFECT_API_URL` alone, a server named by the active Prefect profile was
+    announced as an embedded one being started (an attack, 2026-12-07)."""
+    from faithforge.app.embedded_server import configured_api_url
+
+    if server is None:  # a server the user configured, checked to answer
+        console.print(f"[bold]FaithForge demo[/bold]: using the Prefect server at {configured_api_url()}",
+                      highlight=False)
+    else:
+        console.print("[bold]FaithForge demo[/bold]: starting Prefect's embedded server (first start takes ~10 s)…")
 
 
 def stage_display(console, every_s: float = 30.0):

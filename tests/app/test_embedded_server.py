@@ -80,7 +80,8 @@ def test_a_flow_runs_on_the_server_started_first_and_the_command_never_imports_p
 def test_a_server_the_user_set_is_used_and_nothing_is_started(tmp_path, where):
     """Wherever Prefect's settings find the user's server: the embedded server is not started, and the demo's
     label step (which needs a UI) and `faithforge runs` (which follows the server's runs) see it too (a review found
-    both read only the environment)."""
+    both read only the environment), and the demo's first line names it (it announced an embedded server for a
+    profile's, an attack, 2026-12-07)."""
     import socket
 
     env = _environment_without_a_server(tmp_path)
@@ -94,13 +95,16 @@ def test_a_server_the_user_set_is_used_and_nothing_is_started(tmp_path, where):
             Path(env["PREFECT_PROFILES_PATH"]).write_text(f'active = "mine"\n[profiles.mine]\nPREFECT_API_URL = "{url}"\n')
         done = _python("""
             import os, sys
+            from rich.console import Console
+            from faithforge.app.demo_runner import _say_which_server
             from faithforge.app.embedded_server import configured_api_url, embedded_server
 
             with embedded_server() as server:
                 print(server, configured_api_url())
+                _say_which_server(Console(width=300), server)
         """, env)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert done.stdout.strip() == f"None {url}"
+    assert done.stdout.splitlines() == [f"None {url}", f"FaithForge demo: using the Prefect server at {url}"]
 
 
 def _server(command: list[str]) -> EmbeddedServer:
