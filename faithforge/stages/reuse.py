@@ -165,18 +165,18 @@ def claim_output(stage: str, folder: Path, manifest: str = "faithforge.json",
                  wait_s: float | None = None) -> Iterator[Claim]:
     """Lock `folder`'s output, verify what is there, and yield a `Claim` (see module docstring)."""
 
-    def waiting(message: str) -> None:
-        log.warning("%s: %s", stage, message)
+    def news(message: str) -> None:
+        """A line for the user: through `progress` when a caller shows it (then the log keeps it at INFO: the
+        root logger's WARNING handler printed every wait twice on the demo's terminal), else a warning."""
+        log.log(logging.INFO if progress is not None else logging.WARNING, "%s: %s", stage, message)
         if progress is not None:
             progress(stage, 0, 1, message)
 
-    with output_lock(folder, stage, wait_s=wait_s, on_wait=waiting):
+    with output_lock(folder, stage, wait_s=wait_s, on_wait=news):
         info, why = verify(folder, manifest)
         claim = Claim(stage, folder, manifest, reused=info, why=why)
         if why:
-            log.warning("%s: recomputing because %s", stage, why)
-            if progress is not None:
-                progress(stage, 0, 1, f"recomputing: {why}")
+            news(f"recomputing: {why}")
         yield claim
 
 

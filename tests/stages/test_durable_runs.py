@@ -173,6 +173,8 @@ def test_a_second_run_waits_for_the_first_and_reuses_its_output(tmp_path):
     assert "RESULT reused=False" in out_first, err_first
     assert "RESULT reused=True" in out_second, err_second
     assert "examples" not in out_second  # the second never generated anything itself
+    # Said once, by the progress the caller shows: a warning log too printed it twice on the demo's terminal.
+    assert "waiting for" not in err_second, err_second
 
 
 def test_a_lock_held_elsewhere_can_be_refused_naming_the_holder(tmp_path):
