@@ -70,7 +70,7 @@ def generate(
                                                 "a request is given up and retried.")] = _default("read_timeout_s"),
     documents: Annotated[Optional[str], typer.Option("--documents", help="Your documents file (JSONL/CSV/Parquet) "
                                                      "for a spec with a documents: section.")] = None,
-    workspace: Annotated[str, typer.Option("--workspace", help="Workspace directory.")] = _default("workspace"),
+    workspace: Annotated[str, typer.Option("--workspace", "-w", help="Workspace directory.")] = _default("workspace"),
     database_url: Annotated[Optional[str], typer.Option("--database-url",
                                                         help="Coverage DB URL (share a PostgreSQL URL between machines).")] = None,
     gpu_profile: Annotated[Optional[str], typer.Option("--gpu-profile", help="Plan for a simulated GPU.")] = None,

@@ -101,3 +101,27 @@ def test_a_stop_that_a_library_turned_into_its_own_error_still_exits_as_a_stop(m
         cli.main(["demo"])
     assert exit_info.value.code == stopping.EXIT_STATUS == 130
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_every_command_with_a_workspace_takes_it_as_w_too():
+    """`-w` worked on `demo` and `runs` but not on `eval calibrate`, `eval compare` or `generate` (an attack)."""
+    import typer
+
+    import faithforge.app.cli as cli
+
+    cli._register_subcommands()
+
+    def commands(group, path: str):
+        if hasattr(group, "commands"):  # a group (Typer's click may be its own copy: no isinstance)
+            for name, command in group.commands.items():
+                yield from commands(command, f"{path} {name}")
+        else:
+            yield path, group
+
+    found = []
+    for path, command in commands(typer.main.get_command(cli.app), "faithforge"):
+        for option in command.params:
+            if "--workspace" in getattr(option, "opts", []):
+                found.append(path)
+                assert "-w" in option.opts + option.secondary_opts, f"{path}: --workspace without -w"
+    assert len(found) >= 7, found
