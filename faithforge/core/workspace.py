@@ -187,7 +187,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         os.chmod(tmp, umask_mode(directory=True))  # as a plain `mkdir()` would create it (`umask_mode`)
         yield tmp
-        _umask_modes(tmp)
+        give_umask_modes(tmp)
         old = None
         if target.exists() or target.is_symlink():
             old = target.with_name(f".{target.name}.old")
@@ -207,7 +207,7 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         raise
 
 
-def _umask_modes(folder: Path) -> None:
+def give_umask_modes(folder: Path) -> None:
     """Give what a library wrote into a new output folder the modes the umask allows: safetensors' `save_file`
     (every `save_pretrained` of weights) creates its file 0o600 whatever the umask. Execute bits are kept."""
     file_mode, dir_mode = umask_mode(), umask_mode(directory=True)

@@ -443,17 +443,19 @@ def _checksummed_files(folder) -> list:
 def make_checksum_callback():
     """A `TrainerCallback` that writes `CHECKSUMS` into each checkpoint the Trainer saves (rank 0 only), so a
     checkpoint damaged on disk is never resumed from (an attack garbled 16 bytes of one: the rerun loaded it
-    without a word and evaluated an adapter that wrote empty answers)."""
+    without a word and evaluated an adapter that wrote empty answers). The checkpoint's files get the modes the
+    umask allows first: safetensors writes `adapter_model.safetensors` 0o600 whatever the umask."""
     from pathlib import Path
 
     from transformers import TrainerCallback
 
-    from faithforge.core.workspace import atomic_write_json, sha256_file
+    from faithforge.core.workspace import atomic_write_json, give_umask_modes, sha256_file
 
     class ChecksumCheckpoints(TrainerCallback):
         def on_save(self, args, state, control, **kwargs):  # noqa: ARG002
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
             if state.is_world_process_zero and folder.is_dir():
+                give_umask_modes(folder)
                 atomic_write_json(folder / CHECKSUMS, {p.name: sha256_file(p) for p in _checksummed_files(folder)})
 
     return ChecksumCheckpoints()

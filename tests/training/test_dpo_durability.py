@@ -57,6 +57,12 @@ def test_sigkill_after_checkpoint_resumes_to_max_steps_as_if_never_killed(tiny_m
     ours, ref = lora_state(resumed["trainer"].model), lora_state(straight["trainer"].model)
     for name, value in ours.items():
         torch.testing.assert_close(value, ref[name], atol=1e-6, rtol=1e-5, msg=name)
+    # Checkpoints are readable as the umask allows, like every other output (safetensors writes 0o600).
+    from faithforge.core.workspace import umask_mode
+
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777)
+             for p in (tmp_path / "straight").rglob("checkpoint-*/*") if p.is_file()}
+    assert modes and set(modes.values()) == {oct(umask_mode())}, modes
 
 
 def test_cache_of_another_model_is_stopped_at_step_zero(tiny_model_dir, tmp_path):
