@@ -238,7 +238,10 @@ def _drop_replaced(old: Path, target: Path) -> None:
 
 def require_new_folder(path: str | os.PathLike[str], what: str = "output folder") -> Path:
     """`path` resolved, refused in one line unless it is missing or an empty folder: a command that writes a whole
-    folder never replaces one it did not create (`tiny-model mydocs` once wiped `mydocs`)."""
+    folder never replaces one it did not create (`tiny-model mydocs` once wiped `mydocs`). A blank name is refused
+    too: `tiny-model "  "` wrote a folder named by two spaces."""
+    if not os.fspath(path).strip() or not Path(path).name.strip() and Path(path).name:
+        raise UserError(f"{what}: {os.fspath(path)!r} is blank; name a folder (nothing was written)")
     target = Path(path).expanduser().resolve()
     if target.exists() and not target.is_dir():
         raise UserError(f"{path} is a file; choose a new {what} (nothing was written)")
