@@ -3,11 +3,10 @@
     PYTHONPATH=bench python -m pytest -p pytest_cpu_per_test ...          # writes bench/out/cpu_per_test/*.jsonl
     python bench/pytest_cpu_per_test.py [--top 40] [FOLDER]                # the costliest tests and modules
 
-A test's CPU is what its process spent (user + system) while the test ran - setup, call and teardown - plus what its
-reaped children spent (`RUSAGE_CHILDREN`), plus what its live descendants spent (servers and workers a fixture
-keeps, read through psutil). A module-scoped fixture's cost lands on the test that first asked for it, so the module
-totals are the fairer figure. Wall-clock time on 2 cores says little here: under xdist two tests share the
-cores, so CPU is what one test takes from the others.
+A test's CPU is what its process and every process it started spent (user + system) while the test ran - setup,
+call and teardown - servers and workers a fixture keeps included (`_tree_cpu_s`). A module-scoped fixture's start
+lands on the test that first asked for it, so the module totals are the fairer figure. Wall-clock time says little
+here: under xdist the tests share the cores, so CPU is what one test takes from the others.
 
 `FAITHFORGE_TEST_CPU_DIR` names the output folder (default `bench/out/cpu_per_test`); each xdist worker
 writes its own `<worker>.jsonl`, one line per test.
@@ -28,29 +27,31 @@ import pytest
 _DEFAULT_DIR = Path(__file__).resolve().parent / "out" / "cpu_per_test"  # bench/out/ is git-ignored
 
 
-def _descendants_cpu_s() -> dict[tuple[int, float], float]:
-    """CPU seconds of every live descendant, keyed by (pid, start time) so a reused pid is a new process."""
+def _tree_cpu_s() -> float:
+    """CPU seconds spent so far by this process and every process it started, alive or reaped.
+
+    This process's own time, plus its reaped children's (`RUSAGE_CHILDREN`), plus each live descendant's own time
+    and its reaped children's. A process's time moves between these terms without being counted twice: a live
+    child's is in the sum until this process reaps it, then in `RUSAGE_CHILDREN`; a grandchild's is in the sum
+    until its parent reaps it, then in that parent's children's time. Only an orphan handed to init drops out.
+    The difference across a test is what the test cost; a module fixture's server is charged to each test for
+    what it spent meanwhile."""
     import psutil
 
-    readings: dict[tuple[int, float], float] = {}
-    try:
-        children = psutil.Process().children(recursive=True)
-    except psutil.Error:
-        return readings
-    for child in children:
-        try:
-            times = child.cpu_times()
-            readings[(child.pid, child.create_time())] = times.user + times.system
-        except psutil.Error:
-            continue
-    return readings
-
-
-def _own_cpu_s() -> float:
-    """This process's CPU plus its reaped children's, seconds."""
     own = resource.getrusage(resource.RUSAGE_SELF)
     reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
+    total = own.ru_utime + own.ru_stime + reaped.ru_utime + reaped.ru_stime
+    try:
+        descendants = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return total
+    for process in descendants:
+        try:
+            times = process.cpu_times()
+        except psutil.Error:  # gone meanwhile: its time is in its reaper's figure (or lost to init)
+            continue
+        total += times.user + times.system + times.children_user + times.children_system
+    return total
 
 
 class _CpuPerTest:
@@ -60,18 +61,12 @@ class _CpuPerTest:
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_protocol(self, item, nextitem):
-        own_before = _own_cpu_s()
-        live_before = _descendants_cpu_s()
-        wall_before = time.monotonic()
+        cpu_before, wall_before = _tree_cpu_s(), time.monotonic()
         yield
-        own_after = _own_cpu_s()
-        live_after = _descendants_cpu_s()
-        # A descendant that still lives counts what it spent during the test; one that died in between was either
-        # reaped by this process (in RUSAGE_CHILDREN) or by another descendant (in that one's reading once reaped).
-        live_s = sum(cpu_s - live_before.get(key, 0.0) for key, cpu_s in live_after.items())
+        cpu_s = _tree_cpu_s() - cpu_before
         record = {
             "test": item.nodeid,
-            "cpu_s": round(own_after - own_before + max(live_s, 0.0), 2),
+            "cpu_s": round(cpu_s, 2),
             "wall_s": round(time.monotonic() - wall_before, 2),
         }
         self._handle.write(json.dumps(record) + "\n")
