@@ -207,18 +207,18 @@ def runs(
     limit: int = typer.Option(20, "--limit", min=1, max=100_000, help="How many of the newest runs to list."),
 ) -> None:
     """List runs with their status; runs whose process is gone are marked crashed, with where they stopped."""
-    from faithforge.core.store import Store
+    from faithforge.core.store import existing_store
 
     if database_url is None:
         if not workspace.strip():
             raise UserError("--workspace is empty; pass the workspace directory (default .faithforge)")
         from faithforge.core.workspace import sqlite_url
 
-        db = Path(workspace).expanduser().resolve() / "faithforge.db"
-        if not db.is_file():
-            raise UserError(f"no run store at {db}; pass --workspace DIR of a workspace that has run the pipeline")
-        database_url = sqlite_url(db)
-    store = Store(database_url)
+        database_url = sqlite_url(Path(workspace).expanduser().resolve() / "faithforge.db")
+        fix = "pass --workspace DIR of a workspace that has run the pipeline"
+    else:
+        fix = "pass the --database-url of a store a run wrote"
+    store = existing_store(database_url, fix)
     store.mark_crashed_runs()
     from faithforge.app.embedded_server import configured_api_url
 

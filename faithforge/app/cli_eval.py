@@ -262,15 +262,16 @@ def compare(
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
     """Compare two stored evaluations (B − A): rates, recall, intervals, and whether they are comparable."""
+    from faithforge.core.store import existing_store
+    from faithforge.core.workspace import sqlite_url
     from faithforge.evaluation.persist import compare_runs
-    from faithforge.core.store import Store
 
     if database_url is None:
-        db = workspace.expanduser().resolve() / "faithforge.db"
-        if not db.is_file():
-            raise UserError(f"no run store at {db}; pass --workspace DIR of a workspace that has run an evaluation")
-        database_url = f"sqlite:///{db}"
-    result = compare_runs(Store(database_url), run_a, run_b)
+        database_url = sqlite_url(workspace.expanduser().resolve() / "faithforge.db")
+        fix = "pass --workspace DIR of a workspace that has run an evaluation"
+    else:
+        fix = "pass the --database-url of a store a run wrote"
+    result = compare_runs(existing_store(database_url, fix), run_a, run_b)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return

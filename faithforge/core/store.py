@@ -137,6 +137,9 @@ def make_engine(url: str) -> Engine:
     try:
         engine = create_engine(url, future=True)
     except Exception as exc:  # noqa: BLE001 - SQLAlchemy raises several types for a bad URL
+        if "psycopg2" in str(exc):  # `postgresql://` names SQLAlchemy's default driver; FaithForge installs psycopg 3
+            raise UserError(f"database_url {url!r} asks for the psycopg2 driver, which is not installed; write "
+                            "postgresql+psycopg://… (psycopg 3: pip install 'faithforge[postgres]')") from None
         raise UserError(f"database_url {url!r} is not usable ({exc}); use e.g. sqlite:///path.db") from None
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", _sqlite_pragmas)
@@ -161,6 +164,30 @@ def _created_meanwhile(exc: BaseException) -> bool:
     reason = str(getattr(exc, "orig", None) or exc).lower()
     return any(text in reason for text in ("already exists", "duplicate column", "database is locked",
                                            "database table is locked"))
+
+
+def existing_store(url: str, fix: str) -> "Store":
+    """The run store at `url` for a command that only reads it (`runs`, `eval compare`), refused in one line ending
+    in `fix` when there is none: opening it as `Store` does created an empty one (`faithforge runs --database-url
+    sqlite:////tmp/typo.db` wrote typo.db, and "no runs yet"; an attack, 2026-12-07)."""
+    from sqlalchemy.engine import make_url
+
+    where = url.split("///", 1)[1] if url.startswith("sqlite:///") else url.split("@")[-1]
+    engine = make_engine(url)
+    try:
+        if engine.dialect.name == "sqlite":
+            database = make_url(url).database
+            missing = bool(database) and database != ":memory:" and not os.path.isfile(database)
+        else:
+            with engine.connect() as connection:
+                missing = not inspect(connection).has_table("runs")
+    except DBAPIError as exc:
+        raise UserError(describe_database_error(url, exc)) from None
+    finally:
+        engine.dispose()
+    if missing:
+        raise UserError(f"no run store at {where}; {fix}")
+    return Store(url)
 
 
 class Store:

@@ -125,6 +125,11 @@ ROWS = {
     "store-missing-compare": lambda t: (["eval", "compare", "a", "b", "--workspace", str(t / "empty")], {}),
     "store-garbled-runs": lambda t: (_garbled_db(t) and ["runs", "-w", str(t / "ws")], {}),
     "store-missing-runs": lambda t: (["runs", "-w", str(t / "nothing-here")], {}),
+    # A store URL that names no store: read-only commands created an empty one there ("no runs yet").
+    "store-url-missing-runs": lambda t: (["runs", "--database-url", f"sqlite:///{t / 'typo.db'}"], {}),
+    "store-url-missing-compare": lambda t: (["eval", "compare", "a", "b", "--database-url",
+                                             f"sqlite:///{t / 'typo.db'}"], {}),
+    "store-url-psycopg2": lambda t: (["runs", "--database-url", "postgresql://u@127.0.0.1:1/x"], {}),
     # --- generation specs and server URLs ------------------------------------------------------------------------
     "spec-missing": lambda t: (["generate", "--spec", str(t / "missing.yaml"), "--no-prefect", "-w" if False else
                                 "--workspace", str(t / "ws")], {}),
@@ -273,6 +278,14 @@ def test_a_misspelled_variable_is_named_with_the_right_one_and_nothing_is_writte
     assert env_overrides({"FAITHFORGE_GPU_PROFILE": "rtx-3060-12gb", "FAITHFORGE_CONFIG": "c.yaml",
                           "FAITHFORGE_TEST_POSTGRES_URL": "postgresql://x", "FAITHFORGE_TRAIN__STEPS": "4"}) \
         == {"train": {"steps": 4}}
+
+
+def test_a_read_only_command_creates_no_store_where_its_url_names_none(tmp_path, monkeypatch, capsys):
+    for name in ("store-url-missing-runs", "store-url-missing-compare"):
+        argv, env = ROWS[name](tmp_path)
+        code, output = run_cli(argv, env, monkeypatch, capsys)
+        assert code == 2 and "no run store at" in output, output
+    assert not (tmp_path / "typo.db").exists()
 
 
 def test_the_table_is_large_enough():
