@@ -57,24 +57,30 @@ def _load(config: Optional[Path], overrides: dict[str, Any], base: dict[str, Any
     return load_config(path, overrides={k: v for k, v in overrides.items() if v is not None}, base=base)
 
 
-def _real_preset(config: Optional[Path], overrides: dict[str, Any], fresh: bool = False,
-                 documents: bool = False) -> dict[str, Any]:
-    """`demo --real`'s settings with `model.path` at SmolLM2 imported into the workspace (imported once); with
-    `documents`, the settings for the user's own documents (`--documents FILE`)."""
-    from faithforge.app.real_demo import REAL_DOCUMENTS_SETTINGS, REAL_SETTINGS, ensure_real_model
+def _real_preset(config: Optional[Path], overrides: dict[str, Any], documents: Path | None) -> dict[str, Any]:
+    """`demo --real`'s settings, `model.path` at where SmolLM2 is imported into the workspace (`_import_real_model`);
+    with `documents`, the settings for the user's own documents, `data.id_column` guessed from the file (`id` when
+    its first row has one): a guess, so any setting of yours wins over it."""
+    from faithforge.app.real_demo import REAL_DOCUMENTS_SETTINGS, REAL_SETTINGS, real_model_path
+    from faithforge.core.config import deep_merge
+    from faithforge.core.workspace import Workspace
 
-    preset = REAL_DOCUMENTS_SETTINGS if documents else REAL_SETTINGS
+    preset = REAL_DOCUMENTS_SETTINGS if documents is not None else REAL_SETTINGS
+    if documents is not None:
+        preset = deep_merge(preset, {"data": {"id_column": _id_column(documents)}})
     workspace = _load(config, overrides, base=preset).workspace
-    if fresh:
-        from faithforge.core.workspace import refuse_unowned
+    root = Workspace(Path(workspace).expanduser().resolve()).root
+    return {**preset, "model": {"path": str(real_model_path(root))}}
 
-        refuse_unowned(workspace)  # before the import writes anything there
-    path = ensure_real_model(workspace, say=lambda message: typer.echo(message, err=True))
-    if not documents:  # the labeled answers are of the grounded-qa task, not of your documents
-        from faithforge.app.real_demo import calibrate_judge_on_labels
 
-        calibrate_judge_on_labels(workspace)  # the report then shows the judge's measured precision and recall
-    return {**preset, "model": {"path": str(path)}}
+def _import_real_model(cfg, documents: bool) -> None:
+    """SmolLM2 imported into the workspace (once), and, for the grounded-qa task, its judges' accuracy on the
+    labeled answers stored there so the report shows it (not for your documents: the labels are of the task's)."""
+    from faithforge.app.real_demo import calibrate_judge_on_labels, ensure_real_model
+
+    ensure_real_model(cfg.workspace, say=lambda message: typer.echo(message, err=True))
+    if not documents:
+        calibrate_judge_on_labels(cfg.workspace)
 
 
 @app.command("tiny-model")
@@ -128,11 +134,10 @@ def demo(
                                             if v is not None})
     if profile:
         overrides["gpu"] = {"profile": profile}
-    if documents is not None or eval_documents is not None:
-        overrides["data"] = _documents_options(real, documents, eval_documents)
-    cfg = _load(config, overrides, base=_real_preset(config, overrides, fresh, documents is not None)
-                if real else None)
-    from faithforge.stages.preflight import check_pipeline_inputs
+    if documents is not None or eval_documents is not None:  # beside --set's data.* options, not instead of them
+        overrides = deep_merge(overrides, {"data": _documents_options(real, documents, eval_documents)})
+    cfg = _load(config, overrides, base=_real_preset(config, overrides, documents) if real else None)
+    from faithforge.stages.preflight import check_model_folder, check_pipeline_inputs
     from faithforge.core.workspace import drop_outside_links, refuse_unowned
 
     from faithforge.app.embedded_server import configured_api_url
@@ -145,7 +150,10 @@ def demo(
         refuse_unowned(cfg.workspace)  # before anything is written there
         for line in drop_outside_links(cfg.workspace):  # a link out of the workspace: the link alone goes
             typer.echo(f"--fresh: {line}")
-    ws = check_pipeline_inputs(cfg)  # every check that needs no model, before Prefect starts
+    ws = check_pipeline_inputs(cfg, model_folder=not real)  # every check that needs no model, before Prefect starts
+    if real:  # the import, once the rest of the input is known good
+        _import_real_model(cfg, documents is not None)
+        check_model_folder(cfg)
     from faithforge.core.locks import hold_workspace, sole_user
 
     hold_workspace(ws.root)  # a later --fresh elsewhere waits for this run instead of deleting under it
@@ -180,7 +188,7 @@ def _documents_options(real: bool, documents: Path | None, eval_documents: Path 
         if path is not None and not path.exists():
             raise UserError(f"{option} {path} does not exist; pass your documents file (JSONL with a `document` "
                             "column, or JSON, CSV, Parquet)")
-    options: dict[str, Any] = {"documents_path": str(documents), "id_column": _id_column(documents)}
+    options: dict[str, Any] = {"documents_path": str(documents)}
     if eval_documents is not None:
         options["eval_path"] = str(eval_documents)
     return options
@@ -192,8 +200,11 @@ def _id_column(path: Path) -> str | None:
 
     if path.suffix != ".jsonl" or not path.is_file():
         return None
-    with path.open(encoding="utf-8") as handle:
-        first = handle.readline()
+    try:  # a file that cannot be read as text is refused by the documents reader, with its name and line
+        with path.open(encoding="utf-8") as handle:
+            first = handle.readline()
+    except (OSError, UnicodeDecodeError):
+        return None
     try:
         return "id" if isinstance(json.loads(first), dict) and "id" in json.loads(first) else None
     except ValueError:

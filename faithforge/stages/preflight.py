@@ -15,8 +15,12 @@ from faithforge.core.errors import UserError
 from faithforge.core.workspace import Workspace
 
 
-def check_pipeline_inputs(cfg: PipelineConfig) -> Workspace:
-    """Open the workspace and the run store, and check the GPU profile, model folder, judge and data spec."""
+def check_pipeline_inputs(cfg: PipelineConfig, model_folder: bool = True) -> Workspace:
+    """Open the workspace and the run store, and check the GPU profile, model folder, judge and data spec.
+
+    `model_folder=False`: every check but the model folder's (`check_model_folder`), for a caller that imports the
+    model next: `demo --real` imported SmolLM2 (517 MB, ~15 s) before it found an empty documents file or an nli
+    judge without a checkpoint (an attack, 2026-12-07)."""
     workspace = Workspace.open(cfg.workspace)
     from faithforge.core.store import Store
 
@@ -26,9 +30,8 @@ def check_pipeline_inputs(cfg: PipelineConfig) -> Workspace:
     from faithforge.gpu import read_snapshot
 
     read_snapshot(cfg.gpu.profile)  # an unknown profile name fails here, listing the known ones
-    if cfg.model.path and not (Path(cfg.model.path).expanduser() / "config.json").is_file():
-        raise UserError(f"model.path {cfg.model.path} has no config.json; point it at a folder saved with "
-                        "save_pretrained")
+    if model_folder:
+        check_model_folder(cfg)
     from faithforge.evaluation.judges import judge_names
 
     if cfg.pairs.builder == "on-policy" and cfg.pairs.score_by == "judge-score":
@@ -64,7 +67,6 @@ def check_pipeline_inputs(cfg: PipelineConfig) -> Workspace:
 
         make_backend(cfg.evaluate.served_backend, cfg.evaluate.served_model, base_url=cfg.evaluate.served_base_url)
     check_data_files(cfg)
-    check_export(cfg)
     if not BACKENDS.get(cfg.generate.backend).built_in_task:
         from faithforge.generation.spec import load_spec
         from faithforge.stages.generate import generation_parameters
@@ -72,6 +74,14 @@ def check_pipeline_inputs(cfg: PipelineConfig) -> Workspace:
         load_spec(cfg.generate.spec)
         generation_parameters(cfg)  # the generation flow's parameters, validated
     return workspace
+
+
+def check_model_folder(cfg: PipelineConfig) -> None:
+    """`model.path` is a saved model, and one the configured export can write."""
+    if cfg.model.path and not (Path(cfg.model.path).expanduser() / "config.json").is_file():
+        raise UserError(f"model.path {cfg.model.path} has no config.json; point it at a folder saved with "
+                        "save_pretrained")
+    check_export(cfg)
 
 
 def check_export(cfg: PipelineConfig) -> None:

@@ -288,6 +288,45 @@ def test_a_read_only_command_creates_no_store_where_its_url_names_none(tmp_path,
     assert not (tmp_path / "typo.db").exists()
 
 
+def test_demo_real_refuses_bad_documents_before_it_imports_the_model(tmp_path, monkeypatch, capsys):
+    """The import (517 MB, ~15 s) came first, then "holds no documents" (an attack, 2026-12-07)."""
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("faithforge.app.cli._import_real_model", _validation_passed)
+    (tmp_path / "empty.jsonl").write_text("")
+    for argv in (["--documents", "empty.jsonl"], ["--set", "evaluate.judge=nli"]):
+        code, output = run_cli(["demo", "--real", "-w", str(tmp_path / "ws"), *argv], {}, monkeypatch, capsys)
+        assert code == 2 and "Traceback" not in output and len(output.strip().splitlines()) == 1, output
+    assert not list((tmp_path / "ws").glob("models/*"))  # nothing imported
+
+
+def test_demo_set_data_options_stand_beside_documents(tmp_path, monkeypatch, capsys):
+    """`--set data.text_column=text` was dropped whenever --documents was given, and the error then asked for the
+    very setting (an attack); the guessed `id` column yields to yours."""
+    import json
+
+    monkeypatch.chdir(tmp_path)
+    docs = tmp_path / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"id": str(i), "text": f"Ann{i} went to Rome on Monday."}) + "\n"
+                            for i in range(40)))
+    seen = {}
+
+    def imported(cfg, documents):  # instead of the 15 s import: a folder check_model_folder accepts
+        Path(cfg.model.path).mkdir(parents=True)
+        (Path(cfg.model.path) / "config.json").write_text('{"model_type": "llama"}')
+
+    monkeypatch.setattr("faithforge.app.cli._import_real_model", imported)
+    def started(cfg, verbose=False):
+        seen["cfg"] = cfg
+        raise SystemExit(0)
+
+    monkeypatch.setattr("faithforge.app.demo_runner.run_pipeline_with_progress", started)
+    code, output = run_cli(["demo", "--real", "-w", str(tmp_path / "ws"), "--documents", str(docs), "--set",
+                            "data.text_column=text", "--set", "data.id_column="], {}, monkeypatch, capsys)
+    assert "cfg" in seen, output
+    data = seen["cfg"].data
+    assert (data.text_column, data.id_column, data.documents_path) == ("text", None, str(docs))
+
+
 def test_the_table_is_large_enough():
     assert len(ROWS) >= 40
 
