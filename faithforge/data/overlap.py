@@ -42,8 +42,12 @@ def overlapping_sources(eval_sources: dict[str, str], training_texts: Iterable[s
     found = []
     for source_id, text in eval_sources.items():
         words = _normalized(text).split()
-        own = shingles(words)
-        if not own or not all(s in seen for s in own):
+        if not words:
+            continue
+        # The shingle filter only holds for a source of `size` words or more: a shorter one is a single shingle of
+        # its own length, which no training text's shingles of `size` words can equal, so a short held-out
+        # document copied from training passed (an attack, 2026-12-07). It goes straight to the search.
+        if len(words) >= SHINGLE_WORDS and not all(s in seen for s in shingles(words)):
             continue
         needle = f" {' '.join(words)} "
         if any(needle in f" {t} " for t in training):

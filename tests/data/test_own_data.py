@@ -120,6 +120,14 @@ def test_overlap_guard_finds_a_document_wrapped_in_an_imported_prompt():
         check_no_text_overlap({"d1": document}, [wrapped], what="test")
 
 
+def test_overlap_guard_finds_a_held_out_document_shorter_than_a_shingle():
+    """A source under 8 words is one shingle of its own length, never among training's 8-word ones: a one-sentence
+    held-out document copied from training passed (an attack, 2026-12-07)."""
+    training = ["Person3 went to City3 on Monday. They bought 3 apples. The weather was warm."]
+    assert overlapping_sources({"short": "Person3 went to  City3 on Monday.", "other": "Person4 went to Oslo."},
+                               training) == ["short"]
+
+
 def test_template_tasks_never_trip_the_guard():
     from faithforge.data.grounded_qa import generate_questions
     from faithforge.data.teacher import generate_split
