@@ -196,6 +196,8 @@ def fit_combination_command(
                                            help="nli: allow a checkpoint that ships its own Python code."),
     holdout: float = typer.Option(0.5, "--holdout", help="Share of labels held out for the reported accuracy."),
     split_seed: int = typer.Option(0, "--split-seed", min=0, max=2**32 - 1, help="Seed of the split by source."),
+    replace: bool = typer.Option(False, "--replace", help="Replace an earlier fit at --out (a config that names "
+                                 "it then means the new one)."),
 ) -> None:
     """Fit a logistic combination of judges on the validation split of labels; report it on the held-out split."""
     from faithforge.evaluation.calibration import read_labels
@@ -208,7 +210,7 @@ def fit_combination_command(
     built = build_judges(names, _judge_settings_options(
         names, likelihood_model=likelihood_model, trained_judge_path=trained_judge, nli_checkpoint=checkpoint,
         nli_supported_label=supported_label, nli_trust_remote_code=trust_remote_code))
-    replaces = _check_combination_out(out)  # before any judging: a fit is minutes with a model judge
+    replaces = _check_combination_out(out, replace)  # before any judging: a fit is minutes with a model judge
     validation, test = split_examples(read_labels(labels), holdout=holdout, seed=split_seed)
 
     def features(rows):
@@ -233,9 +235,10 @@ def fit_combination_command(
                f"(set evaluate.judge_rule: logistic and evaluate.judge_combination: {out})")
 
 
-def _check_combination_out(out: Path) -> bool:
-    """Whether `--out` holds an earlier fitted combination, which a new fit replaces; anything else there (a file
-    of the user's, a folder) or a parent that cannot hold it is refused in one line, before the fit."""
+def _check_combination_out(out: Path, replace: bool) -> bool:
+    """Whether `--out` holds an earlier fitted combination, which a new fit replaces only with `replace` (a config's
+    `evaluate.judge_combination` naming it silently changed meaning, an attack, 2026-12-07); anything else there
+    (a file of the user's, a folder) or a parent that cannot hold it is refused in one line, before the fit."""
     from faithforge.core.workspace import writable_parent
     from faithforge.evaluation.fitted import FittedCombination
 
@@ -248,6 +251,9 @@ def _check_combination_out(out: Path) -> bool:
         except (UserError, OSError):
             raise UserError(f"--out {out} already exists and is not a fitted combination; choose a new file "
                             "(nothing was written)") from None
+        if not replace:
+            raise UserError(f"--out {out} holds an earlier fit, which a config may name; choose a new file, or pass "
+                            "--replace (nothing was written)")
         return True
     writable_parent(target)
     return False

@@ -203,6 +203,16 @@ def test_eval_fit_combination_fits_on_validation_and_reports_held_out(tmp_path):
     assert "held-out labels" in result.output
     combo = FittedCombination.load(out)
     assert set(combo.judges) <= {"grounding", "grounded-qa"} and combo.fitted_on["held_out"]["n"] > 0
+    # An earlier fit is replaced only when asked: a config naming it would silently mean another fit.
+    before = out.read_bytes()
+    again = CliRunner().invoke(app, ["fit-combination", "--labels", str(labels), "--judge", "grounding",
+                                     "--out", str(out)])
+    assert isinstance(again.exception, UserError) and "--replace" in str(again.exception)
+    assert out.read_bytes() == before
+    replaced = CliRunner().invoke(app, ["fit-combination", "--labels", str(labels), "--judge", "grounding",
+                                        "--out", str(out), "--replace"])
+    assert replaced.exit_code == 0 and "replacing the earlier fit" in replaced.output, replaced.output
+    assert list(FittedCombination.load(out).judges) == ["grounding"]
     missing = CliRunner().invoke(app, ["fit-combination", "--labels", str(labels), "--judge", "likelihood",
                                        "--out", str(tmp_path / "other.json")])
     assert isinstance(missing.exception, UserError) and "likelihood" in str(missing.exception)
