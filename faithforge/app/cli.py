@@ -339,7 +339,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 #: What a command stopped outside a `Stopper` says (Ctrl-C or SIGTERM in `label`, `runs`, `eval`, ...).
-INTERRUPTED_LINE = "interrupted; rerun the same command to continue (finished stages are reused)"
+#: Not "finished stages are reused": an interrupted `model export` reuses nothing (an attack, 2026-12-07).
+INTERRUPTED_LINE = "interrupted; rerun the same command (what it finished is kept, nothing half-written is)"
 
 
 def _stop_if_an_interrupt_was_swallowed() -> None:

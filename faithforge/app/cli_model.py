@@ -65,8 +65,12 @@ def export_command(
                                        "folder name)."),
 ) -> None:
     """Merge the adapter and write a model a server runs (hf, gguf, ollama), verified by serving it back."""
+    from faithforge.core.orphans import start_reaper
     from faithforge.training.model_export import ExportOptions, export_model
 
+    # The export serves its GGUF back with llama.cpp's server to verify it: killed (SIGKILL, the OOM killer), it
+    # left that server running, orphaned, holding its port and a core (an attack, 2026-12-07).
+    start_reaper()
     opts = ExportOptions(fmt=fmt, quants=tuple(quant), dtype=dtype, base=base, workspace=workspace, prompts=prompts,
                          max_new_tokens=max_new_tokens, threads=threads, name=name)
     record = export_model(source, out, opts, on_step=lambda message: typer.echo(message, err=True))

@@ -125,3 +125,20 @@ def test_every_command_with_a_workspace_takes_it_as_w_too():
                 found.append(path)
                 assert "-w" in option.opts + option.secondary_opts, f"{path}: --workspace without -w"
     assert len(found) >= 7, found
+
+
+def test_model_export_starts_the_reaper_before_it_serves_anything(tmp_path, monkeypatch):
+    """Killed while it served its GGUF back, `model export` left llama.cpp's server running, orphaned (an attack,
+    2026-12-07). The reaper (tests/tasks/test_supervision_plain.py kills its parent and sees the children stopped) is started
+    before the export begins."""
+    from typer.testing import CliRunner
+
+    import faithforge.core.orphans as orphans
+    import faithforge.training.model_export as model_export
+    from faithforge.app.cli_model import app
+
+    calls = []
+    monkeypatch.setattr(orphans, "start_reaper", lambda *a, **k: calls.append("reaper"))
+    monkeypatch.setattr(model_export, "export_model", lambda *a, **k: calls.append("export") or {})
+    result = CliRunner().invoke(app, ["export", str(tmp_path / "adapter"), str(tmp_path / "out")])
+    assert calls == ["reaper", "export"], result.output
