@@ -129,8 +129,8 @@ def test_every_command_with_a_workspace_takes_it_as_w_too():
 
 def test_model_export_starts_the_reaper_before_it_serves_anything(tmp_path, monkeypatch):
     """Killed while it served its GGUF back, `model export` left llama.cpp's server running, orphaned (an attack,
-    2026-12-07). The reaper (tests/tasks/test_supervision_plain.py kills its parent and sees the children stopped) is started
-    before the export begins."""
+    2026-12-07). The reaper (tests/tasks/test_supervision_plain.py kills its parent and sees the children stopped)
+    is started before the export begins."""
     from typer.testing import CliRunner
 
     import faithforge.core.orphans as orphans
