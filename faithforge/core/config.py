@@ -688,6 +688,9 @@ def _unknown_variable(name: str) -> str:
     import difflib
 
     known = [ENV_PREFIX + field.upper() for field in PipelineConfig.model_fields] + list(TOOL_VARIABLES)
+    for section, info in PipelineConfig.model_fields.items():  # FAITHFORGE_TRAIN_STEPS: one underscore short
+        known += [f"{ENV_PREFIX}{section.upper()}__{field.upper()}"
+                  for field in getattr(info.annotation, "model_fields", {})]
     close = difflib.get_close_matches(name, known, n=1, cutoff=0.75)
     if close:
         return f"{name}: FaithForge reads no such variable; did you mean {close[0]}? (or unset it)"

@@ -163,10 +163,24 @@ def _export_gguf(src: ExportSource, merged, tokenizer, config: dict, tmp: Path, 
                         f"{f16_agreement['same_prompt_tokens']} prompt tokenizations agree; nothing was written "
                         "(report the model)")
     if opts.fmt == "ollama":
-        _write_modelfile(tokenizer, tmp, out, opts, files, record)
+        _write_modelfile(tokenizer, tmp, out, opts, files, record, system=_run_system_prompt(src))
 
 
-def _write_modelfile(tokenizer, tmp: Path, out: Path, opts: ExportOptions, files: dict, record: dict) -> None:
+def _run_system_prompt(src: ExportSource) -> str | None:
+    """The system prompt the run trained and measured with (None when the source is no run's): the Modelfile's
+    SYSTEM, which Ollama sends when a chat has none. It was the chat template's default ("You are a helpful AI
+    assistant named SmolLM…"), so `ollama run` answered under another prompt than the rates on the card (an
+    attack, 2026-12-07)."""
+    if not src.run_config:
+        return None
+    from faithforge.core.config import validate_config
+    from faithforge.data.sources import system_prompt
+
+    return system_prompt(validate_config(src.run_config, f"run {src.run_id}'s settings"))
+
+
+def _write_modelfile(tokenizer, tmp: Path, out: Path, opts: ExportOptions, files: dict, record: dict,
+                     system: str | None = None) -> None:
     from faithforge.core.workspace import atomic_write_text
     from faithforge.training.export_verify import PROMPTS
     from faithforge.training.modelfile import modelfile_text, reproduces_chat_template, template_pieces
@@ -183,9 +197,9 @@ def _write_modelfile(tokenizer, tmp: Path, out: Path, opts: ExportOptions, files
                         "differently from the model's chat template; export with --format gguf instead")
     chosen = next((q for q in opts.quants if q != "f16"), "f16")
     gguf_name = files[chosen]["file"]
-    atomic_write_text(tmp / "Modelfile", modelfile_text(gguf_name, pieces, tokenizer))
+    atomic_write_text(tmp / "Modelfile", modelfile_text(gguf_name, pieces, tokenizer, system=system))
     name = _ollama_name(out, opts.name)
-    record["ollama"] = {"modelfile": "Modelfile", "gguf": gguf_name, "name": name,
+    record["ollama"] = {"modelfile": "Modelfile", "gguf": gguf_name, "name": name, "system": system,
                         "create": f"ollama create {name} -f {shlex.quote(str(out / 'Modelfile'))}",
                         "template_checked_on": len(conversations), "template": pieces.to_dict()}
 
@@ -281,6 +295,10 @@ def model_card(src: ExportSource, record: dict, opts: ExportOptions, out: Path) 
         lines += ["```bash", f"python -m llama_cpp.server --model {out / first} --host 127.0.0.1 --port 8000", "```"]
     if "ollama" in record:
         lines += ["", "```bash", record["ollama"]["create"], f"ollama run {record['ollama']['name']}", "```"]
+        if record["ollama"].get("system"):
+            lines += ["", "The rates above were measured with this system prompt; the Modelfile's SYSTEM sends it "
+                      "when a chat has none (a chat that sends its own replaces it):", "", "```text",
+                      record["ollama"]["system"], "```"]
     lines += ["", "## Reproduce", ""]
     if record.get("command"):
         lines += ["```bash", record["command"], "```"]

@@ -151,11 +151,14 @@ def _quote(text: str) -> str:
     return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def modelfile_text(gguf_name: str, pieces: TemplatePieces, tokenizer, *, num_ctx: int = 4096) -> str:
+def modelfile_text(gguf_name: str, pieces: TemplatePieces, tokenizer, *, num_ctx: int = 4096,
+                   system: str | None = None) -> str:
+    """The Modelfile; `system` (the run's system prompt) replaces the chat template's default as SYSTEM."""
     lines = [f"# Written by `faithforge model export`: the chat template of {gguf_name}, as Ollama's TEMPLATE.",
              f"FROM ./{gguf_name}", f'TEMPLATE """{go_template(pieces)}"""']
-    if pieces.default_system is not None:
-        lines.append(f'SYSTEM """{_go_literal(pieces.default_system)}"""')
+    system = system if system is not None else pieces.default_system
+    if system is not None:
+        lines.append(f'SYSTEM """{_go_literal(system)}"""')
     lines += [f"PARAMETER stop {_quote(s)}" for s in stop_tokens(pieces, tokenizer)]
     lines.append(f"PARAMETER num_ctx {num_ctx}")
     return "\n".join(lines) + "\n"

@@ -272,6 +272,9 @@ def test_a_misspelled_variable_is_named_with_the_right_one_and_nothing_is_writte
     code, output = run_cli(["demo"], {"FAITHFORGE_WORKSPAC": str(tmp_path / "ws")}, monkeypatch, capsys)
     assert code == 2 and "did you mean FAITHFORGE_WORKSPACE?" in output, output
     assert sorted(os.listdir(tmp_path)) == []
+    monkeypatch.delenv("FAITHFORGE_WORKSPAC")
+    code, output = run_cli(["demo"], {"FAITHFORGE_TRAIN_STEPS": "5"}, monkeypatch, capsys)  # one underscore short
+    assert code == 2 and "did you mean FAITHFORGE_TRAIN__STEPS?" in output, output
 
     from faithforge.core.config import env_overrides
 

@@ -211,6 +211,31 @@ def test_modelfile_template_is_read_from_the_chat_template(tiny_model_dir):
     assert stop_tokens(pieces, tokenizer)[0] == "<|eot_id|>"
     text = modelfile_text("m.gguf", pieces, tokenizer)
     assert 'PARAMETER stop "<|eot_id|>"' in text and "SYSTEM" not in text and go_template(pieces) in text
+    assert 'SYSTEM """Summarize only."""' in modelfile_text("m.gguf", pieces, tokenizer, system="Summarize only.")
+
+
+def test_an_exported_runs_modelfile_sends_the_system_prompt_its_rates_were_measured_with():
+    """The Modelfile's SYSTEM was the chat template's default ("You are a helpful AI assistant named SmolLM"),
+    not the prompt the run trained and measured with (an attack, 2026-12-07)."""
+    from faithforge.data.sources import DOCUMENTS_PROMPT
+    from faithforge.training.export_hf import ExportSource
+    from faithforge.training.model_export import _run_system_prompt
+
+    def source(run_config):
+        if run_config:  # as `demo --real --documents` records it
+            from faithforge.app.real_demo import REAL_DOCUMENTS_SETTINGS
+            from faithforge.core.config import deep_merge
+
+            run_config = deep_merge(REAL_DOCUMENTS_SETTINGS, run_config)
+        return ExportSource(kind="adapter", model_path="m", run_id="r1", run_config=run_config)
+
+    assert _run_system_prompt(source({})) is None  # an adapter folder alone: the template's default stays
+    from faithforge.app.real_demo import REAL_DOCUMENTS_SETTINGS
+
+    assert _run_system_prompt(source({"data": {"documents_path": "d.jsonl"}})) \
+        == REAL_DOCUMENTS_SETTINGS["data"].get("system_prompt", DOCUMENTS_PROMPT)
+    assert _run_system_prompt(source({"data": {"documents_path": "d.jsonl", "system_prompt": "Be terse."}})) \
+        == "Be terse."
 
 
 def test_a_chat_template_without_system_turns_is_refused(tiny_model_dir):
