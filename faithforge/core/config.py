@@ -272,6 +272,10 @@ class DataConfig(Section):
     retention is reported instead."""
     split: str | None = None
     """The split to read when a path is a `DatasetDict` folder."""
+    max_document_chars: int = Field(100_000, ge=100, le=100_000_000)
+    """The longest document, in characters, refused with its file and line before any work: a prompt must fit the
+    model's context (SmolLM2: 8,192 tokens, ~32,000 characters of English), and a 47 MB document was tokenized for
+    minutes before the run failed. Raise it for a long-context model."""
     system_prompt: str | None = None
     """The instruction every stage gives the model with each document (sampling, evaluation). Empty: "Summarize
     the document. State only facts the document states." (`demo --real --documents` asks for at most three

@@ -46,13 +46,15 @@ def read_documents(
     split: str | None = None,
     allow_duplicates: bool = False,
     settings: dict[str, str] | None = None,
+    max_chars: int | None = None,
 ) -> list[Document]:
     """Read every document of `path`. `split` picks one split of a `DatasetDict` folder.
 
     Duplicate texts (or duplicate ids) are bad rows unless `allow_duplicates`, in which case later copies are
     dropped: a repeated document would otherwise be counted twice and could sit on both sides of a split.
     `settings` names what the user sets for `path`, `text_column` and `id_column` where it is not the config's
-    `data.*` (a command's flags: `judge train --documents`), so an error names what this entry point takes."""
+    `data.*` (a command's flags: `judge train --documents`), so an error names what this entry point takes.
+    `max_chars`: a longer document is a bad row (`data.max_document_chars`)."""
     path = Path(path)
     names = {"path": "data.documents_path", "text_column": "data.text_column", "id_column": "data.id_column",
              **(settings or {})}
@@ -70,6 +72,9 @@ def read_documents(
             continue
         columns_seen.update(row)
         document, problem = _document(row, where, text_column, id_column)
+        if not problem and max_chars is not None and len(document.text) > max_chars:
+            problem = (f"{where}: {len(document.text):,} characters, over data.max_document_chars ({max_chars:,}); "
+                       "split it into shorter documents (or raise the limit for a long-context model)")
         if problem:
             problems.append(problem)
             continue

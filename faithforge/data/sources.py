@@ -71,7 +71,8 @@ def _split_of(document_id: str, seed: int, val_share: float, test_share: float) 
 def document_splits(config) -> dict[str, list[Example]]:
     """train / val / test examples from the user's documents (test from `data.eval_path` when set)."""
     data, gen = config.data, config.generate
-    options = {"text_column": data.text_column, "id_column": data.id_column, "split": data.split}
+    options = {"text_column": data.text_column, "id_column": data.id_column, "split": data.split,
+               "max_chars": data.max_document_chars}
     documents = read_documents(data.documents_path, **options)
     splits: dict[str, list[Example]] = {"train": [], "val": [], "test": []}
     test_share = 0.0 if data.eval_path else gen.test_share

@@ -79,6 +79,11 @@ def _help(runner, app, *command: str) -> str:
 def _register_throwaway(registry, kind, source: str, tmp_path, monkeypatch):
     """Add `kind` the documented way: its module (`source`, written as `kind.module`) and one registration line;
     undone afterwards."""
+    from faithforge.app.cli import _register_subcommands
+
+    # The commands' help lists the names when they are first imported: imported here, with the kind registered,
+    # it listed the throwaway for the rest of the process (a later help check failed in some test orders).
+    _register_subcommands()
     (tmp_path / f"{kind.module}.py").write_text(source)
     monkeypatch.syspath_prepend(str(tmp_path))
     registry.register(kind)

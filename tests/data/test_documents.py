@@ -153,3 +153,13 @@ def test_a_plain_folder_is_not_a_dataset(tmp_path):
     (tmp_path / "folder").mkdir()
     with pytest.raises(DocumentError, match="not a datasets.save_to_disk folder"):
         read_documents(tmp_path / "folder")
+
+
+def test_a_document_longer_than_the_limit_is_a_bad_row_named_with_its_line(tmp_path):
+    """A 47 MB document was tokenized for minutes before the run failed on it (an attack, 2026-12-07)."""
+    path = tmp_path / "docs.jsonl"
+    path.write_text(json.dumps({"document": "Ann went to Rome. " * 10}) + "\n"
+                    + json.dumps({"document": "x" * 5000}) + "\n")
+    with pytest.raises(DocumentError, match=rf"{path}:2: 5,000 characters, over data.max_document_chars \(1,000\)"):
+        read_documents(path, max_chars=1000)
+    assert len(read_documents(path)) == 2  # no limit unless one is given

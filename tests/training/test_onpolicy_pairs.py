@@ -79,6 +79,23 @@ def test_bad_settings_are_refused(model_and_tokenizer):
         build_onpolicy_pairs(model, tokenizer, [{"id": "x"}])
 
 
+def test_a_document_over_the_samplers_context_is_named_with_its_id():
+    """llama.cpp's sampler said "prompt 164 has 30051 tokens …: raise n_ctx", naming neither the document nor a
+    setting that exists (an attack, 2026-12-07). The sampler stands in for llama.cpp's check (tested with the
+    real GGUF in tests/engine/test_gguf_sampler.py)."""
+    from faithforge.engine.errors import EngineError
+
+    class TooLong:
+        def generate_batch(self, prompts, sampling, batch_size, progress):
+            error = EngineError("prompt 5 has 9000 tokens; … raise n_ctx")
+            error.prompt_index, error.prompt_tokens, error.context_tokens = 5, 9000, 8192
+            raise error
+
+    rows = [{"id": f"doc-{n}", "source": f"Ann{n} went to Rome."} for n in range(3)]
+    with pytest.raises(UserError, match=r"document doc-1 is 9,000 tokens .* context of 8,192: split it"):
+        build_onpolicy_pairs(None, None, rows, k=4, sampler=TooLong(), judge="grounding")
+
+
 def _scored(hallucinated: bool, recall: float | None) -> dict:
     return {"judgeable": True, "hallucinated": hallucinated, "recall": recall,
             "score": (0.0 if hallucinated else 1.0) + (recall or 0.0)}
