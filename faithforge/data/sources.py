@@ -20,6 +20,21 @@ from faithforge.data.teacher import Example, generate_split
 DOCUMENTS_PROMPT = "Summarize the document. State only facts the document states."
 
 
+def _refuse_contained(held_out, documents, data) -> None:
+    """The overlap guard on the two files themselves, before any work: a held-out document whose words (spacing,
+    case and punctuation aside) occur inside a training document. Found only at the evaluate stage, after every
+    training stage had run, it cost a whole run (an attack, 2026-12-07)."""
+    from faithforge.data.overlap import overlapping_sources
+
+    found = overlapping_sources({d.id: d.text for d in held_out}, [d.text for d in documents])
+    if found:
+        first = next(d for d in held_out if d.id == found[0])
+        raise UserError(f"{len(found)} document(s) of data.eval_path {data.eval_path} occur inside documents of "
+                        f"data.documents_path (e.g. id {first.id}: {' '.join(first.text.split())[:60]!r}); a "
+                        "held-out file must hold only text the model is not trained on — remove them from one of "
+                        "the files")
+
+
 def system_prompt(config) -> str:
     if config.data.documents_path:
         return config.data.system_prompt or DOCUMENTS_PROMPT
@@ -87,6 +102,7 @@ def document_splits(config) -> dict[str, list[Example]]:
             raise UserError(f"{len(shared)} document(s) of data.eval_path {data.eval_path} also occur in "
                             f"data.documents_path (e.g. id {sorted(shared)[0]}); a held-out file must hold only "
                             "documents the model is not trained on — remove them from one of the files")
+        _refuse_contained(held_out, documents, data)
     empty = [name for name, rows in splits.items() if not rows]
     if empty:
         raise UserError(f"{data.documents_path}: {len(documents)} documents leave the {', '.join(empty)} split(s) "

@@ -101,6 +101,13 @@ def test_documents_are_split_by_id_and_an_eval_file_is_held_out(tmp_path):
     with pytest.raises(UserError, match="also occur in data.documents_path"):
         document_splits(config)
 
+    # Not the same text, the same words: found here, before any work, not at the evaluate stage after training.
+    respaced = _jsonl(tmp_path / "respaced.jsonl", [{"document": "  " + docs[3]["document"].replace(" ", "   ")},
+                                                    {"document": "Bruno sold 4 kites."}])
+    config = config.model_copy(update={"data": config.data.model_copy(update={"eval_path": str(respaced)})})
+    with pytest.raises(UserError, match=r"1 document\(s\) of data.eval_path .* occur inside documents of"):
+        document_splits(config)
+
 
 def test_documents_need_pairs_from_somewhere_and_no_warm_start():
     with pytest.raises(ConfigError, match="warm_start.enabled: false"):
