@@ -40,7 +40,7 @@ def print_summary(summary: dict) -> None:
         console.print(ev["pairs_judge"], markup=False, highlight=False)
     diff = ev["difference"]["rate"]
     console.print(f"paired difference after − before: {_pct(diff['difference'])}{_ci([diff['ci_low'], diff['ci_high']])} "
-                  f"(paired bootstrap, 95%); McNemar exact p = {ev['difference']['mcnemar_p']:.2g}; "
+                  f"({diff.get('method', 'paired bootstrap')}, 95%); McNemar exact p = {ev['difference']['mcnemar_p']:.2g}; "
                   f"fixed {ev['difference']['fixed']}, newly broken {ev['difference']['broken']}")
     if ev.get("control_difference"):
         c = ev["control_difference"]

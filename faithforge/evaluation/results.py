@@ -137,6 +137,9 @@ class Difference(_Record):
     ci_low: float | None
     ci_high: float | None
     n: int
+    method: str = "paired bootstrap"
+    """How the interval was computed: the paired bootstrap, or for a rate where no item changed (the bootstrap's
+    interval is then [0, 0]) Newcombe's score interval (`metrics.newcombe_paired_interval`)."""
 
 
 class ComparisonReport(_Record):

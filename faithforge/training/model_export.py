@@ -267,7 +267,8 @@ def model_card(src: ExportSource, record: dict, opts: ExportOptions, out: Path) 
         rate = diff.get("rate")
         if rate and rate.get("difference") is not None:  # the evaluate stage's paired difference (a dict)
             lines += ["", f"After − before: {100 * rate['difference']:+.1f} points "
-                          f"[{100 * rate['ci_low']:+.1f}, {100 * rate['ci_high']:+.1f}] (paired bootstrap 95%, "
+                          f"[{100 * rate['ci_low']:+.1f}, {100 * rate['ci_high']:+.1f}] "
+                          f"({rate.get('method', 'paired bootstrap')}, 95%, "
                           f"n {rate.get('n')})."]
     else:
         lines.append("No evaluation of this adapter was found in a run store; measure it before you rely on it.")

@@ -7,9 +7,10 @@ import math
 import numpy as np
 import pytest
 
-from faithforge.evaluation.metrics import (content_retention, hallucination_rate, key_fact_recall, mcnemar_exact,
-                                           paired_bootstrap, paired_counts, per_category_rates,
-                                           sentence_unsupported_rate, summary_length, wilson_interval)
+from faithforge.evaluation.metrics import (PairedCounts, content_retention, hallucination_rate, key_fact_recall,
+                                           mcnemar_exact, newcombe_paired_interval, paired_bootstrap, paired_counts,
+                                           per_category_rates, sentence_unsupported_rate, summary_length,
+                                           wilson_interval)
 
 
 def test_rates():
@@ -75,6 +76,36 @@ def test_bootstrap_coverage_over_repeated_samples():
 def test_bootstrap_of_identical_runs_is_a_point():
     result = paired_bootstrap([1, 0, 1], [1, 0, 1], samples=100, seed=0)
     assert (result.difference, result.ci_low, result.ci_high) == (0.0, 0.0, 0.0)
+
+
+def test_newcombe_keeps_the_rates_uncertainty_where_no_item_changed():
+    """0 of 10 hallucinated before and after: the bootstrap says [0, 0]; Newcombe's interval is Wilson's ±28 points."""
+    low, high = newcombe_paired_interval(PairedCounts(fixed=0, broken=0, both=0, neither=10))
+    wilson_high = wilson_interval(0, 10, 0.95)[1]
+    assert low == pytest.approx(-wilson_high) and high == pytest.approx(wilson_high) and wilson_high > 0.27
+    low, high = newcombe_paired_interval(PairedCounts(fixed=0, broken=0, both=4, neither=6))
+    assert low < 0 < high and high - low < 2 * wilson_high + 0.5
+
+
+def test_newcombe_covers_the_true_difference_about_as_often_as_it_says():
+    rng = np.random.default_rng(0)
+    trials, covered = 400, 0
+    for _ in range(trials):  # P(fixed) = 0.15, P(broken) = 0.05: after − before = −0.10 on 60 items
+        cells = rng.multinomial(60, [0.15, 0.05, 0.2, 0.6])
+        low, high = newcombe_paired_interval(PairedCounts(*map(int, cells)))
+        covered += low <= -0.10 <= high
+    assert 0.92 <= covered / trials <= 0.99
+
+
+def test_a_comparison_where_no_item_changed_has_an_interval_with_width():
+    from faithforge.evaluation.compare import evaluate_pair
+    from faithforge.evaluation.items import EvalItem
+
+    items = [EvalItem(id=str(i), source=f"Anna{i} left Rome on Monday.") for i in range(10)]
+    same = [f"Anna{i} left Rome." for i in range(10)]
+    rate = evaluate_pair(items, same, same, bootstrap_samples=50).rate
+    assert rate.difference == 0 and rate.ci_low < -0.2 and rate.ci_high > 0.2
+    assert rate.method.startswith("Newcombe")
 
 
 def test_bootstrap_rejects_bad_input():
