@@ -65,8 +65,11 @@ def export_command(
                                        "folder name)."),
 ) -> None:
     """Merge the adapter and write a model a server runs (hf, gguf, ollama), verified by serving it back."""
+    from faithforge.app.prefect_settings import quiet_library_logs
     from faithforge.core.orphans import start_reaper
     from faithforge.training.model_export import ExportOptions, export_model
+
+    quiet_library_logs()
 
     # The export serves its GGUF back with llama.cpp's server to verify it: killed (SIGKILL, the OOM killer), it
     # left that server running, orphaned, holding its port and a core (an attack, 2026-12-07).

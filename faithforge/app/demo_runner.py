@@ -3,7 +3,6 @@ bars."""
 
 from __future__ import annotations
 
-import logging
 import os
 import time
 
@@ -19,7 +18,7 @@ STAGE_LABELS = {
 
 
 def run_pipeline_with_progress(config: PipelineConfig, verbose: bool = False) -> dict:
-    from faithforge.app.prefect_settings import offline_environment, quiet_prefect_logs
+    from faithforge.app.prefect_settings import offline_environment, quiet_library_logs, quiet_prefect_logs
 
     offline_environment()
     if not verbose:  # a failing stage's one-line error is printed by the CLI; Prefect's log only with --verbose
@@ -29,8 +28,7 @@ def run_pipeline_with_progress(config: PipelineConfig, verbose: bool = False) ->
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # library deprecation notices, not user news
-    for noisy in ("transformers", "datasets", "bitsandbytes", "accelerate", "peft", "kernels"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    quiet_library_logs()
     os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
     os.environ.setdefault("TQDM_DISABLE", "1")
 

@@ -19,6 +19,20 @@ def offline_environment() -> None:
         os.environ.update(omp_environment())
 
 
+#: Libraries whose warnings are not the user's news (deprecations, optional kernels FaithForge does not use).
+NOISY_LIBRARIES = ("transformers", "datasets", "bitsandbytes", "accelerate", "peft", "kernels")
+
+
+def quiet_library_logs() -> None:
+    """Only the errors of `NOISY_LIBRARIES`: bitsandbytes, imported by every model load, warned on a CPU with
+    AVX512-BF16 that it "Failed to load CPU gemm_4bit_forward from kernels-community" (a hub kernel FaithForge
+    never asks for) in the middle of `model export`'s lines (an attack, 2026-12-07)."""
+    import logging
+
+    for noisy in NOISY_LIBRARIES:
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
 def quiet_prefect_logs() -> None:
     """Prefect's own log and its embedded server's log stay off the terminal (a command's progress and summary
     speak for the run; `-v` shows them). The embedded server's log (uvicorn, FastAPI, prefect.server) goes to this
