@@ -126,9 +126,11 @@ def run_labeler(items_path: Path, labels_path: Path, *, seed: int, stream: TextI
         if on_label:
             on_label(row)
     counts["left"] = len([i for i in items if i.id not in labeled_ids(labels_path)])
+    # Only when there are labels to measure on: after none, it named a file that was never written (an attack).
+    measure = (f" Measure the judge on them: faithforge eval calibrate --labels {labels_path}"
+               if Path(labels_path).is_file() else " No labels yet; rerun the same command to start.")
     console.print(f"labeled {counts['supported']} supported, {counts['unsupported']} unsupported, skipped "
-                  f"{counts['skip']}; {counts['left']} left. Measure the judge on them: "
-                  f"faithforge eval calibrate --labels {labels_path}")
+                  f"{counts['skip']}; {counts['left']} left.{measure}")
     return counts
 
 

@@ -143,6 +143,18 @@ def test_a_piped_session_reads_one_line_per_answer(tmp_path):
     assert [i.id for i in shuffled(items, 0)] != [i.id for i in shuffled(items, 5)] or len(items) < 3
 
 
+def test_quitting_before_any_label_points_at_no_file(tmp_path):
+    """After `q` at once it said "Measure the judge on them: … --labels FILE", a file never written (an attack)."""
+    from rich.console import Console
+
+    from faithforge.app.cli_label import run_labeler
+
+    out = io.StringIO()
+    labels = tmp_path / "labels.jsonl"
+    run_labeler(_outputs(tmp_path / "eval"), labels, seed=0, stream=io.StringIO("q\n"), console=Console(file=out))
+    assert not labels.exists() and "No labels yet" in out.getvalue() and "calibrate" not in out.getvalue()
+
+
 def test_a_key_typed_before_the_prompt_is_read_not_discarded():
     """Type-ahead: a key pressed while the terminal is still in line mode (between two prompts, as a fast
     labeler does) is the next answer. `tty.setcbreak`'s default (TCSAFLUSH) threw it away, and the CI run on
