@@ -19,7 +19,8 @@ from faithforge.core.errors import UserError
 from faithforge.evaluation.verdict import Judge
 from faithforge.core.workspace import atomic_write_jsonl, numbered_jsonl_rows
 
-_LABELS = {"faithful": False, "hallucinated": True}
+#: Label values; "0" and "1" as text too (a labels file converted from CSV), as the error's hint lists 0 | 1.
+_LABELS = {"faithful": False, "hallucinated": True, "0": False, "1": True}
 
 
 @dataclass(frozen=True)
@@ -56,7 +57,8 @@ def read_labels(path: str | Path) -> list[LabeledExample]:
     """Read and validate a labels file; any problem raises `UserError` naming the file and line."""
     file = Path(path)
     if not file.is_file():
-        raise UserError(f"labels file {file} not found; pass a JSONL file (make one with make_calibration_set)")
+        raise UserError(f"labels file {file} not found; pass a JSONL file of source, summary and label rows "
+                        "(`faithforge label` writes one from a run's outputs)")
     examples: list[LabeledExample] = []
     for number, row in numbered_jsonl_rows(file, lambda line, problem: _fail(file, line, problem)):
         if not isinstance(row, dict):

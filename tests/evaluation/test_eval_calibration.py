@@ -27,9 +27,10 @@ BAD = {"source": "Alice bought 3 lamps .", "summary": "Bob bought 3 lamps .", "l
 
 
 def test_labels_accept_names_and_integers(tmp_path):
-    examples = read_labels(write(tmp_path / "l.jsonl", GOOD, "", {**BAD, "label": "HALLUCINATED"}, {**GOOD, "label": 0}))
-    assert [e.hallucinated for e in examples] == [False, True, False]
-    assert [e.line for e in examples] == [1, 3, 4]
+    examples = read_labels(write(tmp_path / "l.jsonl", GOOD, "", {**BAD, "label": "HALLUCINATED"}, {**GOOD, "label": 0},
+                                 {**BAD, "label": "1"}, {**GOOD, "label": " 0"}))  # "0"/"1": a file from CSV
+    assert [e.hallucinated for e in examples] == [False, True, False, True, False]
+    assert [e.line for e in examples] == [1, 3, 4, 5, 6]
 
 
 @pytest.mark.parametrize("row, problem", [
