@@ -127,6 +127,9 @@ def read_rows(path: str | Path, split: str | None = None, *, what: str = "file",
     path = Path(path)
     if not path.exists():
         raise DocumentError(f"{what} {path} does not exist; check {setting}")
+    if not path.is_dir() and not path.is_file():  # opening a named pipe waits for a writer: it hung, silent
+        raise DocumentError(f"{what} {path} is not a regular file (a pipe or a device); write the rows to a file "
+                            f"and point {setting} at it")
     return _rows(path, split)
 
 

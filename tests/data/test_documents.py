@@ -163,3 +163,13 @@ def test_a_document_longer_than_the_limit_is_a_bad_row_named_with_its_line(tmp_p
     with pytest.raises(DocumentError, match=rf"{path}:2: 5,000 characters, over data.max_document_chars \(1,000\)"):
         read_documents(path, max_chars=1000)
     assert len(read_documents(path)) == 2  # no limit unless one is given
+
+
+def test_a_named_pipe_is_refused_not_waited_on(tmp_path):
+    """`--documents fifo.jsonl` hung with no word: opening a named pipe waits for a writer (an attack)."""
+    import os
+
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo)
+    with pytest.raises(DocumentError, match="is not a regular file"):
+        read_documents(fifo)
