@@ -242,6 +242,9 @@ def require_new_folder(path: str | os.PathLike[str], what: str = "output folder"
     too: `tiny-model "  "` wrote a folder named by two spaces."""
     if not os.fspath(path).strip() or not Path(path).name.strip() and Path(path).name:
         raise UserError(f"{what}: {os.fspath(path)!r} is blank; name a folder (nothing was written)")
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in os.fspath(path)):  # printed, it broke every line naming it
+        raise UserError(f"{what}: {clip_name(os.fspath(path))} contains a control character (a newline or tab); "
+                        "choose a name without one (nothing was written)")
     target = Path(path).expanduser().resolve()
     if target.exists() and not target.is_dir():
         raise UserError(f"{path} is a file; choose a new {what} (nothing was written)")

@@ -185,6 +185,7 @@ ROWS = {
                                            {}),
     "tiny-model-over-a-file": lambda t: (["tiny-model", str(_write(t / "notes.txt", "mine"))], {}),
     "tiny-model-blank-name": lambda t: (["tiny-model", "  "], {}),  # wrote a folder named by two spaces
+    "tiny-model-newline-name": lambda t: (["tiny-model", str(t / "new\nline")], {}),  # split every line naming it
     "tiny-model-current-folder": lambda t: (_write(t / "notes.txt", "mine") and ["tiny-model", "."], {}),
     "calibrate-llm-url-not-a-url": lambda t: (["eval", "calibrate", "--labels", _good_labels(t), "--judge", "llm",
                                                "--llm-base-url", "notaurl", "--workspace", str(t / "ws")], {}),
