@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, TypeVar
 
 from faithforge.core.errors import UserError
+from faithforge.core.liveness import process_alive, process_start
 
 T = TypeVar("T")
 
@@ -183,7 +184,9 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    _drop_dead_temporaries(target)
+    owner = f"{os.getpid()}-{process_start(os.getpid())}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{owner}-", suffix=".tmp", dir=target.parent))
     try:
         os.chmod(tmp, umask_mode(directory=True))  # as a plain `mkdir()` would create it (`umask_mode`)
         yield tmp
@@ -205,6 +208,22 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         if is_disk_full(exc):
             raise disk_full(target) from None
         raise
+
+
+def _drop_dead_temporaries(target: Path) -> None:
+    """Remove the temporaries of `target` that processes now gone left (`.NAME.<pid>-<start>-<random>.tmp`, named
+    by `atomic_directory`): a killed process cannot clean up, and a SIGKILLed `model export` left 359 MB behind
+    that later exports neither removed nor mentioned (an attack, 2026-12-07). A live process's, and any other
+    name, is left alone."""
+    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(?P<pid>\d+)-(?P<start>\d*)-[^.]+\.tmp$")
+    with contextlib.suppress(OSError):
+        for entry in target.parent.iterdir():
+            match = pattern.match(entry.name)
+            if match and entry.is_dir() and not entry.is_symlink() \
+                    and not process_alive(int(match["pid"]), match["start"]):
+                logging.getLogger(__name__).info("removing %s, left by process %s, which is gone", entry,
+                                                 match["pid"])
+                remove_entry(entry)
 
 
 def give_umask_modes(folder: Path) -> None:

@@ -77,6 +77,30 @@ def test_atomic_directory_keeps_old_content_when_the_block_fails(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
+def test_a_killed_writers_temporary_is_removed_by_the_next_write_of_the_same_folder(tmp_path):
+    """A SIGKILLed `model export` left `.OUT.<random>.tmp` (359 MB) that later exports never removed (an attack)."""
+    import subprocess
+    import sys
+
+    from faithforge.core.liveness import process_start
+
+    gone = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    gone_start = process_start(gone.pid)
+    gone.kill()
+    gone.wait()
+    dead = tmp_path / f".out.{gone.pid}-{gone_start}-abc123.tmp"
+    live = tmp_path / f".out.{os.getpid()}-{process_start(os.getpid())}-def456.tmp"  # another writer, running
+    yours = tmp_path / ".out.draft.tmp"
+    other = tmp_path / f".other.{gone.pid}-{gone_start}-abc123.tmp"  # another folder's: not this write's business
+    for folder in (dead, live, yours, other):
+        folder.mkdir()
+        (folder / "weights.bin").write_bytes(b"x")
+    with atomic_directory(tmp_path / "out") as tmp:
+        (tmp / "model.bin").write_bytes(b"m")
+    assert not dead.exists() and live.exists() and yours.exists() and other.exists()
+    assert (tmp_path / "out" / "model.bin").read_bytes() == b"m"
+
+
 def test_unwritable_workspace_says_what_to_fix(tmp_path):
     if os.geteuid() == 0:
         blocker = tmp_path / "file"
