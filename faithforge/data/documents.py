@@ -71,7 +71,7 @@ def read_documents(
             problems.append(f"{where}: not an object with named columns; write one JSON object per line")
             continue
         columns_seen.update(row)
-        document, problem = _document(row, where, text_column, id_column)
+        document, problem = _document(row, where, text_column, id_column, names["id_column"])
         if not problem and max_chars is not None and len(document.text) > max_chars:
             problem = (f"{where}: {len(document.text):,} characters, over data.max_document_chars ({max_chars:,}); "
                        "split it into shorter documents (or raise the limit for a long-context model)")
@@ -99,7 +99,8 @@ def read_documents(
     return documents
 
 
-def _document(row: dict, where: str, text_column: str, id_column: str | None) -> tuple[Document | None, str]:
+def _document(row: dict, where: str, text_column: str, id_column: str | None,
+              id_option: str = "data.id_column") -> tuple[Document | None, str]:
     if text_column not in row or row[text_column] is None:
         return None, f"{where}: no {text_column!r} value; add the document text or remove the row"
     text = row[text_column]
@@ -110,7 +111,7 @@ def _document(row: dict, where: str, text_column: str, id_column: str | None) ->
     if id_column:
         raw_id = row.get(id_column)
         if raw_id is None or (isinstance(raw_id, str) and not raw_id.strip()):
-            return None, f"{where}: no {id_column!r} value; give every row an id (or drop data.id_column)"
+            return None, f"{where}: no {id_column!r} value; give every row an id (or drop {id_option})"
         if isinstance(raw_id, (dict, list, float)):
             return None, f"{where}: {id_column!r} is {type(raw_id).__name__}; use a string or integer id"
         doc_id = str(raw_id).strip()

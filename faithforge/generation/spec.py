@@ -283,8 +283,11 @@ class GenerationSpec(BaseModel):
         path = Path(self.documents.path).expanduser()
         if not path.is_absolute():
             path = base_dir / path
+        where = f"spec {self.name}'s documents"  # `generate` has no data.* options (an attack, 2026-12-07)
         docs = read_documents(path, text_column=self.documents.text_column, id_column=self.documents.id_column,
-                              allow_duplicates=True)
+                              allow_duplicates=True,
+                              settings={"path": f"{where}.path (or --documents)",
+                                        "text_column": f"{where}.text_column", "id_column": f"{where}.id_column"})
         self._documents = {doc.id: doc for doc in docs}
 
     def document_ids(self) -> list[str]:

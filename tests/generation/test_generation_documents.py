@@ -72,6 +72,10 @@ def test_documents_problems_are_reported_before_any_request(tmp_path, docs_file)
         load_spec(SPEC, documents=str(tmp_path / "missing.jsonl"))
     with pytest.raises(UserError, match="does not take its sources from documents"):
         load_spec(ROOT / "configs" / "specs" / "grounded-summaries.yaml", documents=str(docs_file))
+    no_ids = tmp_path / "no-ids.jsonl"  # the fix names the spec's option: `generate` has no data.* options
+    no_ids.write_text("".join(json.dumps({"document": d["document"]}) + "\n" for d in DOCS))
+    with pytest.raises(UserError, match=r"set spec \S+'s documents.id_column to the column"):
+        load_spec(SPEC, documents=str(no_ids))
     no_docs = {"name": "x", "schema": {"type": "object"},
                "categories": [{"name": "c", "target": 1, "prompt": "Summarize {document}"}]}
     with pytest.raises(ConfigError, match="prompt uses {document} but the spec has no documents"):
