@@ -61,7 +61,13 @@ def test_a_garbled_run_store_is_one_line_not_a_sqlite_traceback(tmp_path):
 
 
 def test_an_unopenable_database_url_is_one_line(tmp_path):
+    # A read-only command finds no store there (it used to try to create one, and failed on the folder)
     err = _one_line_error(_faithforge("eval", "compare", "a", "b", "--database-url", "sqlite:////nonexistent/x.db"))
+    assert "no run store at /nonexistent/x.db" in err
+    assert len(err.strip().splitlines()) == 1
+    # A command that writes one still says why it cannot
+    err = _one_line_error(_faithforge("demo", "-w", str(tmp_path / "w"), "--set",
+                                      "database_url=sqlite:////nonexistent/x.db"))
     assert "/nonexistent/x.db cannot be used (unable to open database file)" in err
     assert len(err.strip().splitlines()) == 1
 
