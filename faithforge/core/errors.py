@@ -56,10 +56,40 @@ class ConfigError(UserError):
 
 def bad_rows_message(source: object, problems: list[str], what: str = "row") -> str:
     """One line for a file with bad rows: `source: N bad <what>(s): ` and the first `SHOWN_PROBLEMS` problems
-    (each already naming its row and the fix), then `; … and M more` for the rest."""
-    shown = "; ".join(problems[:SHOWN_PROBLEMS])
-    more = f"; … and {len(problems) - SHOWN_PROBLEMS} more" if len(problems) > SHOWN_PROBLEMS else ""
+    (each already naming its row and the fix), then `; … and M more` for the rest. Rows with the same problem are
+    said once, with their lines (`source:2, 3, 4 (3 rows): …`): 50 copies of one document made a line of 1,600
+    characters that said the same thing ten times (an attack, 2026-12-07)."""
+    groups = _same_problem_groups(str(source), problems)
+    shown = "; ".join(groups[:SHOWN_PROBLEMS])
+    more = f"; … and {len(groups) - SHOWN_PROBLEMS} more" if len(groups) > SHOWN_PROBLEMS else ""
     return f"{source}: {len(problems)} bad {what}(s): {shown}{more}"
+
+
+def _same_problem_groups(source: str, problems: list[str], lines_shown: int = 5) -> list[str]:
+    """`problems` with those of one text on several lines of `source` (`{source}:{line}: {text}`) merged, in the
+    order each text first appears; any other problem is kept as it is."""
+    import re
+
+    pattern = re.compile(rf"^{re.escape(source)}:(\d+): (.*)$", re.S)
+    order: list[str] = []
+    lines: dict[str, list[str]] = {}
+    for problem in problems:
+        match = pattern.match(problem)
+        key = match[2] if match else problem
+        if key not in lines:
+            order.append(key)
+            lines[key] = []
+        if match:
+            lines[key].append(match[1])
+    merged = []
+    for key in order:
+        found = lines[key]
+        if len(found) <= 1:
+            merged.append(f"{source}:{found[0]}: {key}" if found else key)
+        else:
+            listed = ", ".join(found[:lines_shown]) + (", …" if len(found) > lines_shown else "")
+            merged.append(f"{source}:{listed} ({len(found)} rows): {key}")
+    return merged
 
 
 def validation_message(error: dict) -> str:

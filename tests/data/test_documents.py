@@ -84,13 +84,23 @@ def test_every_bad_jsonl_row_is_named_with_its_line_and_fix(tmp_path):
 
 
 def test_many_bad_rows_are_listed_up_to_ten_then_counted(tmp_path):
+    path = tmp_path / "docs.jsonl"  # 12 documents, each followed by its copy: 12 different problems
+    path.write_text("".join(json.dumps({"document": f"Doc {n}."}) + "\n" for n in range(12) for _ in range(2)))
+    with pytest.raises(DocumentError) as error:
+        read_documents(path)
+    shown = "; ".join(f"{path}:{2 * n + 2}: repeats the text of {path}:{2 * n + 1} (id {content_id(f'Doc {n}.')}); "
+                      "remove the duplicate" for n in range(10))
+    assert str(error.value) == f"{path}: 12 bad row(s): {shown}; … and 2 more"
+
+
+def test_rows_with_the_same_problem_are_said_once_with_their_lines(tmp_path):
+    """50 copies of one document made a 1,600-character line saying the same thing ten times (an attack)."""
     path = tmp_path / "docs.jsonl"
     path.write_text("".join(json.dumps({"document": n}) + "\n" for n in range(12)))
     with pytest.raises(DocumentError) as error:
         read_documents(path)
-    shown = "; ".join(f"{path}:{n + 1}: 'document' is int, not text; write the document as a string"
-                      for n in range(10))
-    assert str(error.value) == f"{path}: 12 bad row(s): {shown}; … and 2 more"
+    assert str(error.value) == (f"{path}: 12 bad row(s): {path}:1, 2, 3, 4, 5, … (12 rows): 'document' is int, not "
+                                "text; write the document as a string")
 
 
 def test_duplicates_can_be_dropped_instead(tmp_path):
