@@ -220,16 +220,9 @@ def runs(
     """List runs with their status; runs whose process is gone are marked crashed, with where they stopped."""
     from faithforge.core.store import existing_store
 
-    if database_url is None:
-        if not workspace.strip():
-            raise UserError("--workspace is empty; pass the workspace directory (default .faithforge)")
-        from faithforge.core.workspace import sqlite_url
-
-        database_url = sqlite_url(Path(workspace).expanduser().resolve() / "faithforge.db")
-        fix = "pass --workspace DIR of a workspace that has run the pipeline"
-    else:
-        fix = "pass the --database-url of a store a run wrote"
-    store = existing_store(database_url, fix)
+    if database_url is None and not workspace.strip():
+        raise UserError("--workspace is empty; pass the workspace directory (default .faithforge)")
+    store = existing_store(database_url, workspace, "the pipeline")
     store.mark_crashed_runs()
     from faithforge.app.embedded_server import configured_api_url
 

@@ -269,15 +269,9 @@ def compare(
 ) -> None:
     """Compare two stored evaluations (B − A): rates, recall, intervals, and whether they are comparable."""
     from faithforge.core.store import existing_store
-    from faithforge.core.workspace import sqlite_url
     from faithforge.evaluation.persist import compare_runs
 
-    if database_url is None:
-        database_url = sqlite_url(workspace.expanduser().resolve() / "faithforge.db")
-        fix = "pass --workspace DIR of a workspace that has run an evaluation"
-    else:
-        fix = "pass the --database-url of a store a run wrote"
-    result = compare_runs(existing_store(database_url, fix), run_a, run_b)
+    result = compare_runs(existing_store(database_url, workspace, "an evaluation"), run_a, run_b)
     if as_json:
         typer.echo(json.dumps(result, indent=2))
         return

@@ -15,6 +15,7 @@ import time
 import sqlite3
 import uuid
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any, Iterator
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, String, Text, create_engine, event, inspect, select, text
@@ -149,7 +150,7 @@ def make_engine(url: str) -> Engine:
 def describe_database_error(url: str, exc: BaseException) -> str:
     """One line for a store that cannot be opened or read: which, why, and what to do."""
     reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
-    where = url.split("///", 1)[1] if url.startswith("sqlite:///") else url.split("@")[-1]
+    where = _store_place(url)
     if url.startswith("sqlite"):
         return (f"the run store {where} cannot be used ({reason}); if it is damaged, move it aside (a new one is "
                 "created), or pass --database-url / set database_url to a database you can open")
@@ -166,13 +167,25 @@ def _created_meanwhile(exc: BaseException) -> bool:
                                            "database table is locked"))
 
 
-def existing_store(url: str, fix: str) -> "Store":
-    """The run store at `url` for a command that only reads it (`runs`, `eval compare`), refused in one line ending
-    in `fix` when there is none: opening it as `Store` does created an empty one (`faithforge runs --database-url
-    sqlite:////tmp/typo.db` wrote typo.db, and "no runs yet"; an attack, 2026-12-07)."""
+def _store_place(url: str) -> str:
+    """Where a store is, for a message: the SQLite file, or the server and database (no credentials)."""
+    return url.split("///", 1)[1] if url.startswith("sqlite:///") else url.split("@")[-1]
+
+
+def existing_store(database_url: str | None, workspace: str | os.PathLike[str], ran: str) -> "Store":
+    """The run store a command only reads (`runs`, `eval compare`): `database_url`, else the SQLite file of
+    `workspace`; refused in one line when there is none there (`ran`: what a workspace with one has run). Opening
+    it as `Store` does created an empty one (`faithforge runs --database-url sqlite:////tmp/typo.db` wrote
+    typo.db, and "no runs yet"; an attack, 2026-12-07)."""
     from sqlalchemy.engine import make_url
 
-    where = url.split("///", 1)[1] if url.startswith("sqlite:///") else url.split("@")[-1]
+    if database_url is None:
+        from faithforge.core.workspace import sqlite_url
+
+        url = sqlite_url(Path(workspace).expanduser().resolve() / "faithforge.db")
+        fix = f"pass --workspace DIR of a workspace that has run {ran}"
+    else:
+        url, fix = database_url, "pass the --database-url of a store a run wrote"
     engine = make_engine(url)
     try:
         if engine.dialect.name == "sqlite":
@@ -186,7 +199,7 @@ def existing_store(url: str, fix: str) -> "Store":
     finally:
         engine.dispose()
     if missing:
-        raise UserError(f"no run store at {where}; {fix}")
+        raise UserError(f"no run store at {_store_place(url)}; {fix}")
     return Store(url)
 
 
