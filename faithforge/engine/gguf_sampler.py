@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Callable
 
 from faithforge.core.cpu_load import oversubscribed
-from faithforge.engine.errors import EngineError
+from faithforge.engine.errors import EngineError, PromptTooLongError
 from faithforge.engine.llama_batch import LlamaBatchDecoder, SamplerSpec, fitting_groups
 from faithforge.engine.prompts import Prompt, PromptRenderer
 from faithforge.engine.result import GenerationResult
@@ -144,11 +144,7 @@ class GGUFSampler:
             if not ids:
                 raise EngineError(f"prompt {i} and the prefix are both empty: there is nothing to continue")
             if len(ids) + sampling.max_new_tokens > self.n_ctx:
-                too_long = EngineError(f"prompt {i} has {len(ids)} tokens; with {sampling.max_new_tokens} new "
-                                       f"tokens it exceeds llama.cpp's context of {self.n_ctx}: raise n_ctx")
-                # which prompt, and by how much, for a caller that can name its document
-                too_long.prompt_index, too_long.prompt_tokens, too_long.context_tokens = i, len(ids), self.n_ctx
-                raise too_long
+                raise PromptTooLongError(i, len(ids), sampling.max_new_tokens, self.n_ctx)
         self._decoder.reset()  # a call's samples depend on its own arguments only, not on the calls before it
         results: list[GenerationResult] = []
         size = min(batch_size, self._decoder.max_sequences)

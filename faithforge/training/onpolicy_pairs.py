@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from faithforge.core.errors import UserError
-from faithforge.engine.errors import EngineError
+from faithforge.engine.errors import PromptTooLongError
 from faithforge.data.pairs import validate_pairs
 from faithforge.data.teacher import SYSTEM_PROMPT, prompt_messages
 
@@ -163,13 +163,10 @@ def build_onpolicy_pairs(
     if sampler is not None:
         try:
             results = sampler.generate_batch(prompts, sampling, batch_size=batch_size, progress=progress)
-        except EngineError as exc:
-            index = getattr(exc, "prompt_index", None)
-            if index is None:
-                raise
+        except PromptTooLongError as exc:
             # "prompt 164 has 30051 tokens …: raise n_ctx" named no document and a setting there is not
             # (an attack, 2026-12-07)
-            raise UserError(f"document {sources[index // k][0]} is {exc.prompt_tokens:,} tokens with the prompt; "
+            raise UserError(f"document {sources[exc.index // k][0]} is {exc.prompt_tokens:,} tokens with the prompt; "
                             f"with {max_new_tokens} new tokens it exceeds the model's context of "
                             f"{exc.context_tokens:,}: split it into shorter documents (data.max_document_chars "
                             "refuses long ones before any work)") from None

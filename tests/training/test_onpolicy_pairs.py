@@ -83,13 +83,11 @@ def test_a_document_over_the_samplers_context_is_named_with_its_id():
     """llama.cpp's sampler said "prompt 164 has 30051 tokens …: raise n_ctx", naming neither the document nor a
     setting that exists (an attack, 2026-12-07). The sampler stands in for llama.cpp's check (tested with the
     real GGUF in tests/engine/test_gguf_sampler.py)."""
-    from faithforge.engine.errors import EngineError
+    from faithforge.engine.errors import PromptTooLongError
 
     class TooLong:
         def generate_batch(self, prompts, sampling, batch_size, progress):
-            error = EngineError("prompt 5 has 9000 tokens; … raise n_ctx")
-            error.prompt_index, error.prompt_tokens, error.context_tokens = 5, 9000, 8192
-            raise error
+            raise PromptTooLongError(5, 9000, sampling.max_new_tokens, 8192)
 
     rows = [{"id": f"doc-{n}", "source": f"Ann{n} went to Rome."} for n in range(3)]
     with pytest.raises(UserError, match=r"document doc-1 is 9,000 tokens .* context of 8,192: split it"):
