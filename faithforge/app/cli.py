@@ -206,9 +206,10 @@ def _id_column(path: Path) -> str | None:
     except (OSError, UnicodeDecodeError):
         return None
     try:
-        return "id" if isinstance(json.loads(first), dict) and "id" in json.loads(first) else None
+        row = json.loads(first)
     except ValueError:
         return None
+    return "id" if isinstance(row, dict) and "id" in row else None
 
 
 @app.command()

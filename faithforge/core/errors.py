@@ -71,19 +71,14 @@ def _same_problem_groups(source: str, problems: list[str], lines_shown: int = 5)
     import re
 
     pattern = re.compile(rf"^{re.escape(source)}:(\d+): (.*)$", re.S)
-    order: list[str] = []
-    lines: dict[str, list[str]] = {}
+    lines: dict[str, list[str]] = {}  # problem text → its lines, in the order the texts first appear
     for problem in problems:
         match = pattern.match(problem)
-        key = match[2] if match else problem
-        if key not in lines:
-            order.append(key)
-            lines[key] = []
+        found = lines.setdefault(match[2] if match else problem, [])
         if match:
-            lines[key].append(match[1])
+            found.append(match[1])
     merged = []
-    for key in order:
-        found = lines[key]
+    for key, found in lines.items():
         if len(found) <= 1:
             merged.append(f"{source}:{found[0]}: {key}" if found else key)
         else:

@@ -259,10 +259,11 @@ def require_new_folder(path: str | os.PathLike[str], what: str = "output folder"
     """`path` resolved, refused in one line unless it is missing or an empty folder: a command that writes a whole
     folder never replaces one it did not create (`tiny-model mydocs` once wiped `mydocs`). A blank name is refused
     too: `tiny-model "  "` wrote a folder named by two spaces."""
-    if not os.fspath(path).strip() or not Path(path).name.strip() and Path(path).name:
-        raise UserError(f"{what}: {os.fspath(path)!r} is blank; name a folder (nothing was written)")
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in os.fspath(path)):  # printed, it broke every line naming it
-        raise UserError(f"{what}: {clip_name(os.fspath(path))} contains a control character (a newline or tab); "
+    text, name = os.fspath(path), Path(path).name
+    if not text.strip() or (name and not name.strip()):
+        raise UserError(f"{what}: {text!r} is blank; name a folder (nothing was written)")
+    if _has_control_character(text):  # printed, it broke every line naming it
+        raise UserError(f"{what}: {clip_name(text)} contains a control character (a newline or tab); "
                         "choose a name without one (nothing was written)")
     target = Path(path).expanduser().resolve()
     if target.exists() and not target.is_dir():
@@ -521,10 +522,14 @@ def sqlite_url(path: str | os.PathLike[str]) -> str:
     return f"sqlite:///{path}"
 
 
+def _has_control_character(text: str) -> bool:
+    return any(ord(ch) < 32 or ord(ch) == 127 for ch in text)
+
+
 def name_problem(name: str) -> str | None:
     """Why `name` cannot be a workspace path taken literally, or None. A control character (a newline) would be
     printed and logged as something else; a `?` would turn the run database's SQLite URL into a query."""
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
+    if _has_control_character(name):
         return (f"the workspace {clip_name(name)} contains a control character (a newline or tab); choose a folder "
                 "name without one")
     if "?" in name:

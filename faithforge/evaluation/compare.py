@@ -164,8 +164,7 @@ def compare_reports(before: ModelReport, after: ModelReport, *, confidence: floa
             return None
         d = paired_bootstrap([x for x, _ in values], [y for _, y in values], **options)
         if field == "hallucinated" and d.ci_low == d.ci_high:  # no item changed: the bootstrap has no spread
-            low, high = newcombe_paired_interval(paired_counts([x > 0.5 for x, _ in values],
-                                                               [y > 0.5 for _, y in values]), confidence)
+            low, high = newcombe_paired_interval(counts, confidence)  # the table of these same pairs
             return Difference(before=d.before, after=d.after, difference=d.difference, ci_low=low, ci_high=high,
                               n=d.n, method="Newcombe score, no item changed")
         return Difference(before=d.before, after=d.after, difference=d.difference, ci_low=d.ci_low,
