@@ -82,6 +82,8 @@ def export_model(source: str, out: str | Path, opts: ExportOptions,
     require_new_folder(out)
     src = resolve_source(source, base=opts.base, workspace=opts.workspace)
     config = json.loads((Path(src.model_path) / "config.json").read_text())
+    # Read before any model loads: a run's settings this version cannot read are said now, not after the merge.
+    system = _run_system_prompt(src) if opts.fmt == "ollama" else None
     if opts.fmt != "hf":
         from faithforge.training.gguf_writer import pre_tokenizer
         from faithforge.training.modeling import load_tokenizer
@@ -113,7 +115,7 @@ def export_model(source: str, out: str | Path, opts: ExportOptions,
                 raise UserError(f"the written model's logits differ from base + adapter by "
                                 f"{record['hf']['reloaded_max_abs_logit_diff']:.3g}; nothing was written")
         else:
-            _export_gguf(src, merged, tokenizer, config, tmp, out, opts, record, say)
+            _export_gguf(src, merged, tokenizer, config, tmp, out, opts, record, say, system)
         if src.run_config:  # the run's settings, so the card's reproduce command is exact
             import yaml
 
@@ -125,7 +127,7 @@ def export_model(source: str, out: str | Path, opts: ExportOptions,
 
 
 def _export_gguf(src: ExportSource, merged, tokenizer, config: dict, tmp: Path, out: Path, opts: ExportOptions,
-                 record: dict, say: Callable[[str], None]) -> None:
+                 record: dict, say: Callable[[str], None], system: str | None) -> None:
     from faithforge.training.export_verify import greedy_agreement, hf_greedy, rendered_prompts
 
     prompts = rendered_prompts(tokenizer, opts.prompts)
@@ -163,7 +165,7 @@ def _export_gguf(src: ExportSource, merged, tokenizer, config: dict, tmp: Path, 
                         f"{f16_agreement['same_prompt_tokens']} prompt tokenizations agree; nothing was written "
                         "(report the model)")
     if opts.fmt == "ollama":
-        _write_modelfile(tokenizer, tmp, out, opts, files, record, system=_run_system_prompt(src))
+        _write_modelfile(tokenizer, tmp, out, opts, files, record, system=system)
 
 
 def _run_system_prompt(src: ExportSource) -> str | None:

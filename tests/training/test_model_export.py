@@ -248,3 +248,20 @@ def test_a_chat_template_without_system_turns_is_refused(tiny_model_dir):
                                "\n{% endif %}{% endfor %}{% if add_generation_prompt %}[assistant] {% endif %}")
     with pytest.raises(UserError, match="drops a system, user or assistant message"):
         template_pieces(tokenizer)
+
+
+def test_a_runs_settings_this_version_cannot_read_are_refused_before_any_model_loads(tmp_path, tiny_model_dir,
+                                                                                      monkeypatch):
+    """The run's system prompt is read from its recorded settings; settings that no longer validate (an older
+    version's) were found only when the Modelfile was written, after the merge and the GGUF's verification."""
+    from faithforge.training import model_export
+    from faithforge.training.export_hf import ExportSource
+
+    stale = ExportSource(kind="model", model_path=str(tiny_model_dir), run_id="r1",
+                         run_config={"train": {"stepz": 3}})
+    monkeypatch.setattr(model_export, "resolve_source", lambda *args, **kwargs: stale)
+    monkeypatch.setattr(model_export, "merged_model", lambda *args: pytest.fail("the model was loaded first"))
+    with pytest.raises(UserError, match="run r1's settings") as refused:
+        model_export.export_model("r1", tmp_path / "out", model_export.ExportOptions(fmt="ollama"))
+    assert "\n" not in str(refused.value) and "stepz" in str(refused.value)
+    assert not (tmp_path / "out").exists()
