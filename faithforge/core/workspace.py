@@ -500,6 +500,27 @@ def _refuse_outside_link(root: Path, sub: str) -> None:
                         f"refuses it: replace the link by a folder{fresh}, or put the whole workspace on that disk")
 
 
+def refuse_links_out(root: str | os.PathLike[str], rel: str) -> None:
+    """Refuse, before anything is written or cleaned there, a folder on the way from `root` to `root/rel` — or
+    one already below it — that is a symbolic link out of the workspace: FaithForge writes and cleans there, and
+    `generate` deleted a user's hidden `.*.tmp` files behind `datasets/generated` linked to another disk (an
+    attack, 2026-12-07). Links that stay inside the workspace are followed as usual."""
+    path = Path(root).expanduser().resolve()
+    parts = Path(rel).parts
+    for depth in range(1, len(parts) + 1):
+        _refuse_outside_link(path, str(Path(*parts[:depth])))
+    for folder, subfolders, _files in os.walk(path / rel):  # links are listed, never followed
+        for name in subfolders:
+            _refuse_outside_link(path, os.path.relpath(os.path.join(folder, name), path))
+
+
+def temporary_target(name: str) -> str | None:
+    """The file name whose half-written temporary `name` is (`atomic_write_bytes`' naming), or None: a user's
+    `.draft.tmp` is not FaithForge's to remove."""
+    match = _TEMPORARY_OF.match(name)
+    return match["name"] if match else None
+
+
 def drop_outside_links(root: str | os.PathLike[str]) -> list[str]:
     """`--fresh` in a FaithForge workspace: remove each derived sub-directory that is a symbolic link out of the
     workspace — the link alone, never what it points to. Returns one message per link removed."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -21,8 +22,10 @@ from typing import Any
 from faithforge.generation.coverage_db import CoverageDB
 from faithforge.generation.parsing import content_hash
 from faithforge.generation.tables import ExampleRow
-from faithforge.core.workspace import atomic_write_json, atomic_write_text
+from faithforge.core.workspace import atomic_write_json, atomic_write_text, temporary_target
 
+#: The files written here (examples, quarantined attempts, reasoning): whose temporaries `reconcile` may remove.
+_EXAMPLE_FILE = re.compile(r"^\d{6,}\.(json|txt)$")
 QUARANTINE_DIR = "_quarantine"
 REASONING_DIR = "_reasoning"
 
@@ -67,11 +70,14 @@ def reconcile(db: CoverageDB, spec: str, out_dir: Path, stale_after_s: float = 3
         if not _file_matches(path, row.content_hash):
             write_example_file(out_dir, row)
             report.rewritten += 1
-    if out_dir.is_dir():
-        cutoff = time.time() - stale_after_s
-        for tmp in out_dir.rglob(".*.tmp"):
+    cutoff = time.time() - stale_after_s
+    for folder, _subfolders, names in os.walk(out_dir):  # never through a link: only what lies in `out_dir`
+        for name in names:
+            if not _EXAMPLE_FILE.match(temporary_target(name) or ""):
+                continue  # not the temporary of a file written here: a user's, left alone
+            tmp = Path(folder) / name
             try:
-                if tmp.stat().st_mtime < cutoff:
+                if tmp.stat(follow_symlinks=False).st_mtime < cutoff:
                     tmp.unlink()
                     report.stale_temp_files_removed += 1
             except FileNotFoundError:

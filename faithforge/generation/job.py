@@ -156,9 +156,11 @@ def resolve_paths(params: GenerateParameters, spec_name: str) -> dict[str, str]:
     if params.database_url and params.examples_dir:
         return {"workspace": "", "database_url": params.database_url, "examples_dir": params.examples_dir,
                 "export": str(Path(params.examples_dir) / f"{spec_name}.jsonl")}
-    from faithforge.core.workspace import Workspace
+    from faithforge.core.workspace import Workspace, refuse_links_out
 
     ws = Workspace.open(params.workspace)
+    if not params.examples_dir:
+        refuse_links_out(ws.root, f"datasets/generated/{spec_name}")
     return {"workspace": str(ws.root), "database_url": params.database_url or ws.database_url,
             "examples_dir": params.examples_dir or str(ws.dir("datasets") / "generated" / spec_name),
             "export": str(ws.dir("datasets") / f"generated-{spec_name}.jsonl")}
