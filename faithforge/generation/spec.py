@@ -87,6 +87,26 @@ def placeholders(template: str) -> set[str]:
     return {field.split(".")[0].split("[")[0] for _, field, _, _ in string.Formatter().parse(template) if field}
 
 
+def _fill_once_per_value(prompt: str, axes: dict[str, list[Scalar]]) -> None:
+    """Fill `prompt` with every value of every axis (the others at their first): `{}`, `{x.attr}`, `{x[key]}`,
+    `{x!z}` or a format spec a value does not take passed the name check and failed at the first request, as a
+    traceback (an attack, 2026-12-07). One line: the message may not hold "; " (problems are joined by it)."""
+    for _, field, _, _ in string.Formatter().parse(prompt):
+        if field is not None and not field.isidentifier():  # `{}`, `{0}`, `{x.attr}`, `{x[key]}`
+            raise ValueError(f"prompt has {{{field}}}: write {{axis}} with an axis name only (no index, attribute "
+                             "or position), and {{ }} for a literal brace")
+    first = {name: values[0] for name, values in axes.items() if values}
+    first.update({name: "text" for name in DOCUMENT_PLACEHOLDERS})
+    for name, value in [(None, None)] + [(n, v) for n, values in axes.items() for v in values[1:]]:
+        try:
+            prompt.format(**(first if name is None else {**first, name: value}))
+        except (IndexError, KeyError, AttributeError, TypeError, ValueError) as exc:
+            with_value = "" if name is None else f" with {name}={value!r}"
+            raise ValueError(f"prompt cannot be filled{with_value} ({type(exc).__name__}: {exc}): write {{axis}} "
+                             "with an axis name only (no index, attribute or conversion), and {{ }} for a literal "
+                             "brace") from None
+
+
 class Category(BaseModel):
     """One kind of example: the axes its parameter combinations are drawn from, its prompt and target."""
 
@@ -149,6 +169,8 @@ class Category(BaseModel):
         if axes is not None and used - set(axes) - DOCUMENT_PLACEHOLDERS:
             raise ValueError(f"prompt uses {', '.join(sorted(used - set(axes) - DOCUMENT_PLACEHOLDERS))} but the axes are "
                              f"{', '.join(sorted(axes)) or '(none)'}; add the axis or write {{{{ }}}} for a brace")
+        if axes is not None:
+            _fill_once_per_value(prompt, axes)
         return prompt
 
     @model_validator(mode="after")
@@ -243,9 +265,31 @@ class GenerationSpec(BaseModel):
             if self.documents is not None and "document" not in used:
                 problems.append(f"category {category.name!r}: a documents spec needs {{document}} in the prompt "
                                 "(where the document text goes)")
+        if not problems:
+            problems += self._quality_field_problems()
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def _quality_field_problems(self) -> list[str]:
+        """`quality:` names fields of the output schema; one it lacks turned a gate off without a word (a typo in
+        `summary: sumary` stored ungrounded summaries as training data: an attack, 2026-12-07)."""
+        named = {f"quality.{key}": getattr(self.quality, key) for key in ("source", "summary", "hallucinated",
+                                                                         "key_facts")}
+        named.update({f"quality.min_words.{key}": key for key in self.quality.min_words})
+        missing: dict[tuple[str, str, tuple[str, ...]], list[str]] = {}
+        for category in self.categories:
+            fields = set(self.declared_schema(category).get("properties") or {})
+            if not fields:
+                continue  # a schema without named properties: nothing to check the names against
+            fields |= {self.documents.field} if self.documents is not None else set()
+            for where, name in named.items():
+                if name is not None and name not in fields:
+                    missing.setdefault((where, name, tuple(sorted(fields))), []).append(category.name)
+        whose = lambda names: ("the output schema" if len(names) == len(self.categories)  # noqa: E731
+                               else "the schema of category " + ", ".join(map(repr, names)))
+        return [f"{where}: {name!r} is not a field of {whose(names)} (fields: {', '.join(fields)})"
+                for (where, name, fields), names in missing.items()]
 
     # derived ------------------------------------------------------------------------------------
     def category(self, name: str) -> Category:

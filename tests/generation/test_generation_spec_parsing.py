@@ -59,6 +59,47 @@ def test_spec_level_problems_and_missing_schema():
         load_spec(ROOT / "configs" / "specs" / "missing.yaml")
 
 
+@pytest.mark.parametrize("template, error", [
+    ("Write {}", "prompt has {}"), ("Write {tone.upper}", "prompt has {tone.upper}"), ("Write {tone[k]}", "has {tone[k]}"),
+    ("Write {tone!z}", "Unknown conversion"), ("Write {tone:>>>}", "ValueError"), ("Write {tone:{tone}}", "ValueError"),
+    ("Write {n:d}", "with n='two'"),
+])
+def test_a_prompt_that_cannot_be_filled_is_refused_when_the_spec_is_read(template, error):
+    """The name check passed these; `str.format` then raised at the first request, a traceback (an attack,
+    2026-12-07). Every axis value is tried: `{n:d}` takes 1 but not 'two'."""
+    spec = {"name": "x", "schema": SCHEMA, "categories": [
+        {"name": "a", "target": 1, "axes": {"tone": ["dry"], "n": [1, "two"]}, "prompt": template}]}
+    with pytest.raises(ConfigError) as info:
+        parse_spec(spec, "s.yaml")
+    (problem,) = info.value.problems
+    assert "categories[a].prompt" in problem and error in problem, problem
+    assert "{{ }} for a literal brace" in problem
+    parse_spec({**spec, "categories": [{**spec["categories"][0], "prompt": "Write {tone} {n} {{as JSON}}"}]}, "s")
+
+
+def test_quality_names_a_field_the_schema_lacks_is_refused():
+    """`summary: sumary` turned the grounding gate off without a word and stored ungrounded summaries (an attack,
+    2026-12-07); the shipped spec's names all exist."""
+    import yaml
+
+    shipped = yaml.safe_load((ROOT / "configs" / "specs" / "grounded-summaries.yaml").read_text())
+    typo = {**shipped, "quality": {**shipped["quality"], "summary": "sumary", "min_words": {"zzz": 5}}}
+    with pytest.raises(ConfigError) as info:
+        parse_spec(typo, "typo.yaml")
+    assert info.value.problems == [
+        "(top level): quality.summary: 'sumary' is not a field of the output schema (fields: hallucinated_summary, "
+        "key_facts, source_document, summary)",
+        "(top level): quality.min_words.zzz: 'zzz' is not a field of the output schema (fields: "
+        "hallucinated_summary, key_facts, source_document, summary)"]
+    parse_spec(shipped, "grounded-summaries.yaml")
+    only_b = {"name": "x", "schema": SCHEMA, "quality": {"summary": "b"}, "categories": [
+        {"name": "one", "target": 1, "prompt": "p"},
+        {"name": "two", "target": 1, "prompt": "p", "schema": {**SCHEMA, "properties": {"b": {"type": "string"}},
+                                                                "required": ["b"]}}]}
+    with pytest.raises(ConfigError, match=r"'b' is not a field of the schema of category 'one' \(fields: a\)"):
+        parse_spec(only_b, "s")
+
+
 def test_parse_plain_fenced_thinking_and_chatty_answers():
     for text in ('{"a": 1}', '```json\n{"a": 1}\n```', '<think>{"a": 2} no</think>Sure! {"a": 1} hope it helps',
                  'Here: {"a": 1}\n\nLet me know.', '</think>{"a": 1}'):
