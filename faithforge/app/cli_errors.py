@@ -75,8 +75,8 @@ def _describe(err: BaseException) -> str | None:
     if _is_database_error(err):
         from faithforge.core.store import describe_database_error
 
-        url = getattr(err, "url", None) or "(the run store)"
-        return describe_database_error(str(url), err)
+        url = getattr(err, "url", None)
+        return describe_database_error(None if url is None else str(url), err)
     if _is_http_url_error(err):
         return f"the server URL is not usable ({err}); pass a URL like http://127.0.0.1:11434"
     from faithforge.core.workspace import is_disk_full

@@ -147,10 +147,17 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
-def describe_database_error(url: str, exc: BaseException) -> str:
-    """One line for a store that cannot be opened or read: which, why, and what to do."""
+def describe_database_error(url: str | None, exc: BaseException) -> str:
+    """One line for a store that cannot be opened or read: which (None: not known where the error was caught),
+    why, and what to do."""
     reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+    if url is None:
+        return (f"the run store cannot be used ({reason}); check database_url (--database-url) and, for a database "
+                "server, that it is up")
     where = _store_place(url)
+    if url.startswith("sqlite:///") and where and not Path(where).expanduser().parent.is_dir():
+        return (f"the run store {where} cannot be opened: the folder {Path(where).expanduser().parent} does not "
+                "exist; create it, or pass --database-url / set database_url to a file in a folder that exists")
     if url.startswith("sqlite"):
         return (f"the run store {where} cannot be used ({reason}); if it is damaged, move it aside (a new one is "
                 "created), or pass --database-url / set database_url to a database you can open")

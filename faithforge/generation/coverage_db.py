@@ -10,6 +10,7 @@ so `attempts == successes + failures` always holds, whatever was killed when.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import heapq
 import json
@@ -23,10 +24,46 @@ from sqlalchemy import func, or_, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
+from faithforge.core.errors import UserError
 from faithforge.generation.database import advisory_lock, make_coverage_engine
 from faithforge.core.liveness import process_alive, process_start, this_host
 from faithforge.generation.spec import GenerationSpec
-from faithforge.generation.tables import Combination, ExampleRow, FailureRow, GenerationBase, Slot, WorkerRow
+from faithforge.generation.tables import (Combination, ExampleRow, FailureRow, GenerationBase, Slot, SpecRecord,
+                                         WorkerRow)
+
+
+@contextlib.contextmanager
+def _named_store(url: str) -> Iterator[None]:
+    """A store that cannot be opened is said with its place (SQLAlchemy's errors carry no URL, and the message
+    read "the run store at (the run store)" for a SQLite file in a missing folder: an attack, 2026-12-07)."""
+    from sqlalchemy.exc import DBAPIError
+
+    from faithforge.core.store import describe_database_error
+
+    try:
+        yield
+    except DBAPIError as exc:  # what is left after `_create_tables`' retries of a concurrent creator's race
+        raise UserError(describe_database_error(url, exc)) from None
+
+
+def examples_of_another_schema(url: str, spec: GenerationSpec) -> int:
+    """How many stored examples of `spec.name` were made under another output schema than `spec`'s (0 when none,
+    or when the store predates the record). Reads only: no table is created, nothing written."""
+    from sqlalchemy import inspect
+
+    engine = make_coverage_engine(url)
+    try:
+        with _named_store(url), engine.connect() as conn:
+            if not inspect(conn).has_table(SpecRecord.__tablename__):
+                return 0
+            recorded = conn.execute(select(SpecRecord.schema_fingerprint).where(
+                SpecRecord.spec == spec.name)).scalar()
+            if recorded is None or recorded == spec.schema_fingerprint():
+                return 0
+            return conn.execute(select(func.count()).select_from(ExampleRow).where(
+                ExampleRow.spec == spec.name)).scalar() or 0
+    finally:
+        engine.dispose()
 
 
 def combination_key(params: dict[str, Any]) -> str:
@@ -78,7 +115,8 @@ class CoverageDB:
         self.engine = make_coverage_engine(url)
         self.dialect = self.engine.dialect.name
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-        self._create_tables()
+        with _named_store(url):
+            self._create_tables()
 
     def _create_tables(self) -> None:
         for attempt in range(5):
@@ -106,6 +144,11 @@ class CoverageDB:
         combination left the spec. Done slots are never touched."""
         with self.session() as s, s.begin():
             advisory_lock(s.connection(), f"faithforge-generation-plan:{spec.name}")
+            record = s.get(SpecRecord, spec.name)
+            if record is None:
+                s.add(SpecRecord(spec=spec.name, schema_fingerprint=spec.schema_fingerprint(), updated_at=time.time()))
+            else:
+                record.schema_fingerprint, record.updated_at = spec.schema_fingerprint(), time.time()
             for category in spec.categories:
                 wanted = {combination_key(p): p for p in spec.combinations(category)}
                 known = dict(s.execute(select(Combination.key_hash, Combination.id).where(

@@ -19,7 +19,7 @@ from faithforge.core.backend_registry import BACKENDS
 from faithforge.core.errors import UserError
 from faithforge.core.registry import load_attribute
 from faithforge.backends import ChatBackend, HttpOptions, make_backend
-from faithforge.generation.coverage_db import CoverageDB
+from faithforge.generation.coverage_db import CoverageDB, examples_of_another_schema
 from faithforge.generation.model_tiers import GateDecision, decide
 from faithforge.generation.parameters import GenerateParameters
 from faithforge.generation.runner import GenerationOptions, LogCallback, ProgressCallback, default_worker_id, run_generation
@@ -144,10 +144,32 @@ def validate(params: GenerateParameters) -> GenerationSpec:
         from faithforge.generation.database import make_coverage_engine
 
         make_coverage_engine(params.database_url).dispose()  # a garbled URL or a missing driver; connects to nothing
+    _refuse_another_schema(params, spec)
     if kind.server and params.api_key_env and not params.api_key_secret and not os.environ.get(params.api_key_env):
         raise UserError(f"--api-key-env {params.api_key_env}: that environment variable is empty; export the API "
                         "key there (or name a Prefect Secret block with --api-key-secret)")
     return spec
+
+
+def _refuse_another_schema(params: GenerateParameters, spec: GenerationSpec) -> None:
+    """A spec edited under its old name with another output schema: its new examples would join the old ones in
+    one dataset and count toward the same target (an attack, 2026-12-07). Edits to prompts, axes or quality keep
+    the examples made so far, as a rerun after tuning expects."""
+    url = params.database_url
+    if not url:
+        from faithforge.core.workspace import sqlite_url
+
+        stored = Path(params.workspace).expanduser().resolve() / "faithforge.db"
+        if not stored.is_file():
+            return  # a new workspace: nothing made yet (and nothing is created to find that out)
+        url = sqlite_url(stored)
+    elif url.startswith("sqlite:///") and not Path(url.split("///", 1)[1]).expanduser().is_file():
+        return  # likewise: a SQLite file that does not exist yet holds no examples (and is not created here)
+    made = examples_of_another_schema(url, spec)
+    if made:
+        raise UserError(f"spec {spec.name}'s output schema changed since its {made:,} stored examples were made; "
+                        "they would be mixed with the new ones in one dataset: give the changed spec a new name "
+                        f"(e.g. name: {spec.name}-v2), or put the old schema back")
 
 
 def resolve_paths(params: GenerateParameters, spec_name: str) -> dict[str, str]:

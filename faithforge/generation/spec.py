@@ -397,6 +397,12 @@ class GenerationSpec(BaseModel):
             out[name] += 1
         return out
 
+    def schema_fingerprint(self) -> str:
+        """A hash of what the teacher is asked to answer, category by category (sha256 hex): examples made under
+        another are of another dataset, even when the spec kept its name."""
+        body = json.dumps({c.name: self.schema_for(c) for c in self.categories}, sort_keys=True)
+        return hashlib.sha256(body.encode()).hexdigest()
+
     def fingerprint(self) -> str:
         """A content hash of the spec (sha256 hex), recorded with the generated examples."""
         body = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)

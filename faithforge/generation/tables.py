@@ -8,6 +8,8 @@
 - `gen_examples`: each accepted example with its content (the database is the source of truth; files
   are written from it). Unique by (spec, content hash) and by slot.
 - `gen_failures`: every failed attempt with its reason and raw text (quarantine).
+- `gen_specs`: per spec name, the fingerprint of the output schemas its examples were made under, so a spec
+  edited under the same name with another schema is refused instead of mixing two schemas in one dataset.
 - `gen_workers`: where each worker runs (host, pid, process start) and its last heartbeat, so a claim held
   by a worker whose process is gone is taken back at once (`faithforge/core/liveness.py`).
 
@@ -111,3 +113,12 @@ class WorkerRow(GenerationBase):
     process_start: Mapped[str] = mapped_column(String(64), default="")
     """The process's start time as the OS reports it (tells a reused pid from the original)."""
     heartbeat_at: Mapped[float] = mapped_column(Float)
+
+
+class SpecRecord(GenerationBase):
+    __tablename__ = "gen_specs"
+
+    spec: Mapped[str] = mapped_column(String(64), primary_key=True)
+    schema_fingerprint: Mapped[str] = mapped_column(String(64))
+    """`GenerationSpec.schema_fingerprint()` of the last run that planned this spec's examples."""
+    updated_at: Mapped[float] = mapped_column(Float)
