@@ -124,6 +124,8 @@ class NegotiatedChat(abc.ABC):
     stream: bool
     http: HttpOptions
     _where: str
+    stream_type: str = "application/x-ndjson"
+    """The content type of the backend's stream (a one-object `application/json` body is then a whole answer)."""
 
     def chat(self, messages: list[dict], *, schema: dict | None = None, max_tokens: int = 1024,
              temperature: float = 0.0, seed: int | None = None) -> ChatResult:
@@ -147,14 +149,29 @@ class NegotiatedChat(abc.ABC):
                             and names_response_format(message)):
                         raise FormatRejected(f"HTTP {response.status_code}: {message}")
                     self._raise(response)
-                if not self.stream:
-                    response.read()
-                    result = self._from_body(self._decode(response.text))
-                else:
-                    result = self._from_stream(response, deadline)
+                result = self._answer(response, deadline)
                 return replace(result, response_format=mode)
         except httpx.HTTPError as exc:
             raise translate_transport_errors(exc, self._where, self.http) from None
+
+    def _answer(self, response: httpx.Response, deadline: Deadline) -> ChatResult:
+        """The answer of a 2xx response. A server that ignores `stream: true` and sends one JSON body is read as
+        one; an HTML page (a proxy's, a wrong --base-url's) is named as such, not "closed the stream"; an answer
+        whose JSON has another shape (`choices` a string, `usage` not numbers) is a `BackendError` saying so, never
+        a traceback (an attack, 2026-12-07)."""
+        kind = response.headers.get("content-type", "").split(";")[0].strip().lower()
+        if kind == "text/html":
+            response.read()
+            raise BackendError(f"{self._where} sent an HTML page instead of an answer ({response.text[:120]!r}); "
+                               "check --base-url")
+        try:
+            if not self.stream or (kind == "application/json" and self.stream_type != kind):
+                response.read()
+                return self._from_body(self._decode(response.text))
+            return self._from_stream(response, deadline)
+        except (AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:
+            raise BackendError(f"{self._where} sent an answer of another shape than its API's "
+                               f"({type(exc).__name__}: {exc})") from None
 
     def request_body(self, messages: list[dict], *, schema: dict | None, max_tokens: int, temperature: float,
                      seed: int | None, mode: str | None = None) -> dict[str, Any]:

@@ -54,6 +54,7 @@ class OpenAICompatBackend(NegotiatedChat):
     name = "openai"
     chat_path = "/v1/chat/completions"
     format_field = "response_format"
+    stream_type = "text/event-stream"
     extra_body: dict[str, Any] = {}
     """Fields sent with every request besides the standard ones (a served sampler's, e.g. `top_k`); never
     overriding the model, the messages, the token limit or the temperature."""
@@ -139,11 +140,18 @@ class OpenAICompatBackend(NegotiatedChat):
 
     def _result(self, content: str, thinking: str, finish: str | None, usage: dict | None,
                 model: str | None) -> ChatResult:
-        usage = usage or {}
+        usage = usage if isinstance(usage, dict) else {}  # counts are bookkeeping: odd ones are read as 0
         return server_answer(content, thinking, finish,
-                             Usage(prompt_tokens=int(usage.get("prompt_tokens") or 0),
-                                   completion_tokens=int(usage.get("completion_tokens") or 0)),
+                             Usage(prompt_tokens=_count(usage.get("prompt_tokens")),
+                                   completion_tokens=_count(usage.get("completion_tokens"))),
                              str(model or self.model))
+
+
+def _count(value: Any) -> int:
+    """A token count as the server sent it; 0 for what is not a whole number ("lots", null, a list)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        return 0
+    return int(value)
 
 
 def build(model: str, options: BackendOptions) -> OpenAICompatBackend:

@@ -18,7 +18,7 @@ from faithforge.backends import (
 from faithforge.backends.base import BackendConfigError
 from faithforge.backends.ollama import OllamaBackend, release_ollama_gpu
 from faithforge.backends.openai_compat import OpenAICompatBackend
-from tests.fixtures.fake_llm_servers import Drop, FakeOllama, FakeOpenAI, MidStreamError, Reply, Stall, Status
+from tests.fixtures.fake_llm_servers import Drop, FakeOllama, FakeOpenAI, MidStreamError, Raw, Reply, Stall, Status
 
 FAST = HttpOptions(connect_timeout_s=1.0, read_timeout_s=0.5, deadline_s=30.0, retries=2, backoff_s=0.01)
 SCHEMA = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
@@ -194,6 +194,25 @@ def test_openai_error_objects_busy_retry_and_mid_stream_error():
         missing = OpenAICompatBackend("nope", base_url=server.url, http=FAST)
         with pytest.raises(ModelNotFoundError, match="nope"):
             missing.chat(MESSAGES, schema=SCHEMA, max_tokens=8, temperature=0, seed=None)
+
+
+def test_openai_answers_of_another_shape_are_said_in_one_line_and_odd_usage_is_read_as_zero():
+    """A server that ignores `stream: true` (one JSON body), a proxy's HTML page, `choices` that is not a list and
+    `usage` that is not numbers: a traceback, or "closed the stream" after 77 s of retries (an attack, 2026-12-07)."""
+    whole = {"object": "chat.completion", "model": "qwen3:8b", "usage": {"prompt_tokens": "lots"},
+             "choices": [{"index": 0, "message": {"role": "assistant", "content": '{"a": 3}'}, "finish_reason": "stop"}]}
+    with FakeOpenAI() as server:
+        server.push(Raw("application/json", json.dumps(whole)),
+                    Raw("text/html; charset=utf-8", "<html><body>Bad gateway</body></html>"),
+                    Raw("text/event-stream", 'data: {"choices": "oops"}\n\ndata: [DONE]\n\n'))
+        backend = OpenAICompatBackend("qwen3:8b", base_url=server.url, http=FAST)
+        result = backend.chat(MESSAGES, schema=SCHEMA, max_tokens=8, temperature=0, seed=None)
+        assert (result.text, result.usage.prompt_tokens, result.finish_reason) == ('{"a": 3}', 0, "stop")
+        with pytest.raises(BackendError, match=r"sent an HTML page instead of an answer .*Bad gateway.*check --base-url"):
+            backend.chat(MESSAGES, schema=SCHEMA, max_tokens=8, temperature=0, seed=None)
+        with pytest.raises(BackendError, match=r"sent an answer of another shape than its API's \(AttributeError"):
+            backend.chat(MESSAGES, schema=SCHEMA, max_tokens=8, temperature=0, seed=None)
+    assert len(server.chat_requests()) == 3  # neither was retried as an outage
 
 
 def test_openai_dropped_stream_is_retried():
