@@ -14,7 +14,7 @@ from faithforge.core.backend_registry import BackendName
 class GenerateParameters(BaseModel):
     """Generate examples from a spec with a local LLM, resumably."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False)
 
     spec: str
     """Path of the generation spec YAML (e.g. configs/specs/grounded-summaries.yaml)."""
@@ -41,7 +41,7 @@ class GenerateParameters(BaseModel):
     """Sampling temperature (sent explicitly: OpenAI-compatible servers default to 1.0)."""
     num_ctx: int = Field(8192, ge=512, le=1_048_576)
     """Ollama context window, tokens. Constant for the whole run (a change reloads the model)."""
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=2**32 - 1)
     """Base seed; each slot attempt derives its own."""
     use_gpu_gate: bool = True
     """Ask the GPU gate for model tier, parallel requests and max tokens (when it is installed)."""
@@ -52,12 +52,13 @@ class GenerateParameters(BaseModel):
     database_url: str | None = None
     """Coverage database (SQLAlchemy URL). Empty: the workspace's SQLite database. Share one PostgreSQL
     URL between machines to split the work."""
-    claim_ttl_s: float = Field(120.0, gt=0)
+    claim_ttl_s: float = Field(120.0, gt=0, le=86_400)
     """Lease of a claimed slot, seconds, renewed by the worker's heartbeat while it runs. A worker that dies on
     this machine loses its slots at once; one that dies elsewhere, when this lease runs out."""
-    read_timeout_s: float = Field(300.0, gt=0)
+    read_timeout_s: float = Field(300.0, gt=0, le=86_400)
     """Longest silence from the server before a request is retried, seconds (a stalled server is given up on
-    after this; the first request may include loading the model)."""
+    after this; the first request may include loading the model). At most a day: the socket's timeout must be a
+    finite time."""
     documents: str | None = None
     """A documents file that replaces the spec's `documents.path` (the spec must take its sources from
     documents)."""
@@ -65,13 +66,13 @@ class GenerateParameters(BaseModel):
     """Folder the example files are written to. Empty: <workspace>/datasets/generated/<spec name>."""
     worker_id: str | None = None
     """Name of this worker in the coverage database. Empty: host:pid."""
-    poll_s: float = Field(1.0, gt=0)
+    poll_s: float = Field(1.0, gt=0, le=3_600)
     """Wait between looks for free slots while other workers hold them, seconds."""
-    template_delay_s: float = Field(0.0, ge=0)
+    template_delay_s: float = Field(0.0, ge=0, le=3_600)
     """`template` backend only: seconds per request (simulates a model in tests and benchmarks)."""
-    max_failures: int = Field(200, ge=1)
+    max_failures: int = Field(200, ge=1, le=10_000_000)
     """Failed attempts after which the run stops."""
-    limit: int | None = Field(None, ge=1)
+    limit: int | None = Field(None, ge=1, le=10_000_000)
     """Stop after storing this many new examples (the next run resumes)."""
     unload_after: bool = False
     """Unload the Ollama model when done (frees VRAM before a GPU training stage)."""

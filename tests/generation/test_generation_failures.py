@@ -107,6 +107,21 @@ def test_a_bad_option_is_one_line_naming_the_option(tmp_path):
     assert "--backend" in result.output and "choose one of ollama, openai, local, template" in result.output and "pydantic" not in result.output
 
 
+def test_every_number_of_generate_is_finite_and_bounded_both_ways(tmp_path):
+    """`--read-timeout inf` (or 1e300) passed `gt=0` and overflowed the socket's timeout at the first request, a
+    traceback (an attack, 2026-12-07): every number has a floor and a ceiling its consumer can honour."""
+    unbounded = [name for name, field in GenerateParameters.model_fields.items()
+                 if str(field.annotation) in ("<class 'int'>", "<class 'float'>", "int | None", "float | None")
+                 and not ({"Le", "Lt"} & {type(m).__name__ for m in field.metadata}
+                          and {"Ge", "Gt"} & {type(m).__name__ for m in field.metadata})]
+    assert unbounded == []
+    for value, said in (("inf", "should be a finite number (got inf)"),
+                        ("1e300", "should be less than or equal to 86400 (got 1e+300)")):
+        result = invoke("--spec", GROUNDED, "--backend", "openai", "--base-url", "http://127.0.0.1:9", "--model", "m",
+                         "--no-prefect", "--read-timeout", value, "--workspace", str(tmp_path / "ws"))
+        assert result.exit_code == 2 and result.output.strip() == f"error: --read-timeout: input {said}", result.output
+
+
 def test_bad_input_on_the_prefect_path_fails_in_one_line_before_the_flow_starts(tmp_path):
     for args in (["--backend", "ollama", "--base-url", "not-a-url"],
                  ["--backend", "openai"],
