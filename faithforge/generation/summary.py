@@ -58,8 +58,10 @@ class GenerationSummary:
 
     @property
     def stored_nothing(self) -> bool:
-        """True when there was work to do and this run stored no example: the run failed."""
-        return self.generated == 0 and self.done_total < self.target_total
+        """True when there was work to do and this run stored no example: the run failed. A run stopped by Ctrl-C
+        or SIGTERM did not fail, whenever the stop came: it ended "stored 0 … top failure reasons: none" with exit
+        status 1 when the stop came before the first example (an attack, 2026-12-07)."""
+        return self.generated == 0 and self.done_total < self.target_total and self.stopped != "interrupted"
 
     def top_failures(self, n: int = 3) -> str:
         """The `n` most frequent failure reasons, e.g. `placeholder 4, schema 2` ("none" when there were none)."""

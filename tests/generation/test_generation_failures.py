@@ -100,6 +100,21 @@ def test_a_finished_target_is_not_a_failure(tmp_path):
     assert again.generated == 0 and not again.stored_nothing
 
 
+def test_a_stop_before_the_first_example_is_an_interruption_not_a_failure(tmp_path):
+    """Ctrl-C or SIGTERM while the first request waited: "error: … stored 0 … top failure reasons: none" and exit
+    status 1 without Prefect, where a stop after one example said "interrupted; rerun" with 130 (an attack,
+    2026-12-07). The backend here is stopped as the signal handler stops it: KeyboardInterrupt in the request."""
+    class Stopped(TemplateBackend):
+        def chat(self, *args, **kwargs):
+            raise KeyboardInterrupt
+
+    spec = load_spec(GROUNDED)
+    db = CoverageDB(f"sqlite:///{tmp_path / 'c.db'}")
+    summary = run_generation(spec, Stopped(), db, tmp_path / "out", GenerationOptions(target=2, poll_s=0.01))
+    assert summary.stopped == "interrupted" and summary.generated == 0
+    assert not summary.stored_nothing  # what `job.failure_of` and a worker's exit status read
+
+
 # issue 11 item 12 --------------------------------------------------------------------------------------------
 def test_a_bad_option_is_one_line_naming_the_option(tmp_path):
     result = invoke("--spec", GROUNDED, "--backend", "bogus", "--workspace", str(tmp_path))
