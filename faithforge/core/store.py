@@ -158,6 +158,12 @@ def describe_database_error(url: str | None, exc: BaseException) -> str:
     if url.startswith("sqlite:///") and where and not Path(where).expanduser().parent.is_dir():
         return (f"the run store {where} cannot be opened: the folder {Path(where).expanduser().parent} does not "
                 "exist; create it, or pass --database-url / set database_url to a file in a folder that exists")
+    if url.startswith("sqlite") and "readonly" in reason.replace("-", "").replace(" ", "").lower():
+        # Not "move it aside": nothing is damaged, and a teammate's shared history is not to be moved (an attack,
+        # 2026-12-07). Even `runs` writes: it marks the runs whose process is gone as crashed.
+        return (f"the run store {where} is read-only for you ({reason}); FaithForge records run states in it, "
+                "even to list them: make the file and its folder writable, or copy the workspace and pass the copy "
+                "with --workspace")
     if url.startswith("sqlite"):
         return (f"the run store {where} cannot be used ({reason}); if it is damaged, move it aside (a new one is "
                 "created), or pass --database-url / set database_url to a database you can open")

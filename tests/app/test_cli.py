@@ -68,8 +68,27 @@ def test_an_unopenable_database_url_is_one_line(tmp_path):
     # A command that writes one still says why it cannot
     err = _one_line_error(_faithforge("demo", "-w", str(tmp_path / "w"), "--set",
                                       "database_url=sqlite:////nonexistent/x.db"))
-    assert "/nonexistent/x.db cannot be used (unable to open database file)" in err
+    assert "/nonexistent/x.db cannot be opened: the folder /nonexistent does not exist; create it" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_a_read_only_run_store_is_said_so_and_never_to_be_moved_aside(tmp_path):
+    """"move it aside (a new one is created)" was the advice for a teammate's read-only workspace, whose history
+    is not damaged (an attack, 2026-12-07). The error is SQLite's own, from a store opened read-only."""
+    import sqlite3
+
+    from faithforge.core.store import describe_database_error
+
+    store = tmp_path / "faithforge.db"
+    sqlite3.connect(store).close()
+    try:
+        with sqlite3.connect(f"file:{store}?mode=ro", uri=True) as db:
+            db.execute("CREATE TABLE runs (id TEXT)")
+    except sqlite3.OperationalError as exc:
+        line = describe_database_error(f"sqlite:///{store}", exc)
+    assert line == (f"the run store {store} is read-only for you (attempt to write a readonly database); FaithForge "
+                    "records run states in it, even to list them: make the file and its folder writable, or copy the "
+                    "workspace and pass the copy with --workspace")
 
 
 def test_a_non_utf8_config_names_the_file_and_v_shows_the_traceback(tmp_path):
