@@ -98,7 +98,7 @@ def plan_pipeline(cfg: PipelineConfig, snapshot: GpuSnapshot, corrections: Corre
                   cpu_memory_bytes: int | None = None) -> dict[str, Plan]:
     """A plan for every stage with the configured models (what the gate task and `faithforge gpu` show)."""
     shape = train_model_shape(cfg)
-    generation = [ollama_model(tag) for tag in cfg.gpu.generation_models]
+    generation, unsized = _generation_models(cfg)
     offload = profile_snapshot(cfg.gpu.offload_profile)
     requests = stage_requests(cfg)
     plans = {
@@ -111,7 +111,28 @@ def plan_pipeline(cfg: PipelineConfig, snapshot: GpuSnapshot, corrections: Corre
     }
     for stage in cfg.gpu.offload_stages:  # offloaded on purpose (a GPU rented for one stage)
         plans[stage] = offloaded_on_purpose(cfg, stage, shape, requests[stage], offload, corrections)
+    if unsized:
+        plans["generate"] = plans["generate"].model_copy(update={"placement": "local", "model": cfg.generate.model,
+                                                                 "reason": unsized})
     return plans
+
+
+def _generation_models(cfg: PipelineConfig) -> tuple[list, str | None]:
+    """The models the generate stage is planned for, and else why they are not sized here. `gpu.generation_models`
+    first; without them, the model `generate` runs (`generate.model` and its fallbacks) when an Ollama backend
+    serves tags the GGUF table knows. `faithforge gpu` said the template teacher writes the data when the config
+    named an Ollama model, and `demo` then used Ollama (an attack, 2026-12-07)."""
+    if cfg.gpu.generation_models or cfg.generate.backend == "template":
+        return [ollama_model(tag) for tag in cfg.gpu.generation_models], None
+    tags = [cfg.generate.model, *cfg.generate.fallback_models]
+    if cfg.generate.backend == "ollama":
+        from faithforge.gpu.ollama_sizes import known_tag
+
+        if all(known_tag(tag) for tag in tags):
+            return [ollama_model(tag) for tag in tags], None
+    return [], (f"generate writes the data with the {cfg.generate.backend} backend and {', '.join(tags)}; its own "
+                "gate sizes that model from the server when the run starts (list Ollama tags in "
+                "gpu.generation_models to plan it here)")
 
 
 def offloaded_on_purpose(cfg: PipelineConfig, stage: str, shape: ModelShape, request: StageRequest,
@@ -129,7 +150,7 @@ def offloaded_on_purpose(cfg: PipelineConfig, stage: str, shape: ModelShape, req
                                              f"{cfg.gpu.offload_pool!r}{sizing}"})
 
 
-@reads("gpu", "model", "warm_start", "reference", "train", "evaluate", "distributed", "workspace")
+@reads("gpu", "generate", "model", "warm_start", "reference", "train", "evaluate", "distributed", "workspace")
 def gate(ctx: StageContext, stage: str) -> GateRecord:
     """The plan for `stage`: placement, model, micro-batch × accumulation, estimate, and the reason.
 

@@ -54,6 +54,25 @@ def test_config_file_model_and_no_gpu_without_pool_still_prints_plans(tmp_path):
     assert plans["train"]["offload_target"] == "a100" and plans["train"]["model"] == "qwen"
 
 
+def test_the_generate_plan_is_for_the_model_generate_runs_not_the_template(tmp_path):
+    """With `generate.backend: ollama` and `model: qwen3:30b-a3b` (and no `gpu.generation_models`) the plan said the
+    template teacher writes the data on the CPU; `demo` then used Ollama (an attack, 2026-12-07)."""
+    ollama = tmp_path / "ollama.yaml"
+    ollama.write_text("generate: {backend: ollama, model: 'qwen3:30b-a3b', fallback_models: ['qwen3:8b'], "
+                      "spec: configs/specs/grounded-summaries.yaml}\n")
+    plan = json.loads(runner.invoke(app, ["--profile", "rtx5070-12gb", "--json", "--config", str(ollama)]).output)
+    generate = plan["plans"]["generate"]
+    assert generate["model"] == "qwen3:8b" and generate["placement"] == "local", generate  # 30B does not fit 12 GB
+    served = tmp_path / "served.yaml"
+    served.write_text("generate: {backend: openai, model: Qwen/Qwen3-8B, base_url: 'http://127.0.0.1:8000', "
+                      "spec: configs/specs/grounded-summaries.yaml}\n")
+    generate = json.loads(runner.invoke(app, ["--profile", "rtx5070-12gb", "--json", "--config", str(served)])
+                          .output)["plans"]["generate"]
+    assert generate["model"] == "Qwen/Qwen3-8B" and "template" not in generate["reason"], generate
+    assert generate["reason"].startswith("generate writes the data with the openai backend and Qwen/Qwen3-8B; its "
+                                         "own gate sizes that model from the server when the run starts")
+
+
 def test_rich_tables_by_default():
     result = runner.invoke(app, ["--profile", "a100-80gb"])
     assert result.exit_code == 0, result.output
