@@ -92,7 +92,7 @@ def tiny_model(path: Path = typer.Argument(..., help="Folder to write the tokeni
 
     target = require_new_folder(path, "folder for the tiny model")  # never replaces a folder or file it finds
     try:
-        out = build_tiny_model(target, seed=seed)
+        out = build_tiny_model(target, seed=seed, new=True)
     except OSError as exc:
         raise UserError(f"cannot write {path}: {exc.strerror or exc}; choose a writable folder") from None
     typer.echo(f"tiny model written to {out} (load it with AutoModelForCausalLM.from_pretrained)")

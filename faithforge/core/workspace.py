@@ -176,11 +176,13 @@ def numbered_jsonl_rows(path: str | os.PathLike[str],
 
 
 @contextlib.contextmanager
-def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_directory(path: str | os.PathLike[str], *, new: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that replaces `path` only if the block finishes.
 
     Used for model folders (`save_pretrained` writes several files). An existing `path` is kept
-    until the new one is complete, then swapped out.
+    until the new one is complete, then swapped out. `new`: for a command that never replaces a folder it finds
+    (`require_new_folder`): the swap refuses one that another command wrote meanwhile. Three `tiny-model` runs
+    into one new folder all said "written"; the last replaced the others (an attack, 2026-12-07).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -191,6 +193,9 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         os.chmod(tmp, umask_mode(directory=True))  # as a plain `mkdir()` would create it (`umask_mode`)
         yield tmp
         give_umask_modes(tmp)
+        if new:
+            _swap_in_new(tmp, target)
+            return
         old = None
         if target.exists() or target.is_symlink():
             old = target.with_name(f".{target.name}.old")
@@ -208,6 +213,23 @@ def atomic_directory(path: str | os.PathLike[str]) -> Iterator[Path]:
         if is_disk_full(exc):
             raise disk_full(target) from None
         raise
+
+
+def _swap_in_new(tmp: Path, target: Path) -> None:
+    """Rename `tmp` to `target` unless `target` is now there and not an empty folder. The check and the rename
+    hold the parent folder's `flock`, so of two commands finishing at once the second sees the first's folder."""
+    import fcntl
+
+    parent = os.open(target.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(parent, fcntl.LOCK_EX)
+        if target.is_symlink() or (target.exists() and (not target.is_dir() or any(target.iterdir()))):
+            raise UserError(f"{target} was written by another command while this one worked; nothing was replaced: "
+                            "choose a new folder")
+        os.replace(tmp, target)  # onto nothing, or onto an empty folder
+        _fsync_dir(target.parent)
+    finally:
+        os.close(parent)  # releases the lock
 
 
 def _drop_dead_temporaries(target: Path) -> None:

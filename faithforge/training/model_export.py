@@ -106,7 +106,7 @@ def export_model(source: str, out: str | Path, opts: ExportOptions,
     }
     if out.is_dir():
         out.rmdir()
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, new=True) as tmp:
         if opts.fmt == "hf":
             dtype = opts.dtype or default_dtype(src.model_path)
             say(f"writing the merged model ({dtype}) and loading it back with plain transformers")

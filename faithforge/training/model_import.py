@@ -223,7 +223,7 @@ def import_model(source: str | Path, out: str | Path, *, dtype: str = "float32",
     say(f"writing {parameters:,} parameters to {out}")
     if out.is_dir():
         out.rmdir()  # empty (checked above); atomic_directory creates it complete or not at all
-    with atomic_directory(out) as tmp:
+    with atomic_directory(out, new=True) as tmp:
         to_save.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     del to_save, model

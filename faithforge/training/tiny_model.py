@@ -48,8 +48,9 @@ def build_tokenizer(corpus: list[str]):
 
 
 def build_tiny_model(path: str | os.PathLike[str], seed: int = 0, spec: TinyModelConfig | None = None,
-                     extra_corpus: list[str] | tuple[str, ...] = ()) -> Path:
-    """Write tokenizer + random-init `LlamaForCausalLM` to `path` (atomically) and return it.
+                     extra_corpus: list[str] | tuple[str, ...] = (), new: bool = False) -> Path:
+    """Write tokenizer + random-init `LlamaForCausalLM` to `path` (atomically) and return it. `new`: refuse to
+    replace a folder another command wrote there meanwhile (`atomic_directory`).
 
     `extra_corpus`: more texts whose words join the vocabulary (e.g. real documents a test runs on, so the model's
     samples are words of those documents rather than `<unk>`)."""
@@ -80,7 +81,7 @@ def build_tiny_model(path: str | os.PathLike[str], seed: int = 0, spec: TinyMode
     finally:
         torch.random.set_rng_state(generator_state)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
-    with atomic_directory(path) as tmp:
+    with atomic_directory(path, new=new) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     return Path(path)

@@ -77,6 +77,29 @@ def test_atomic_directory_keeps_old_content_when_the_block_fails(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
 
+def test_a_new_folder_written_meanwhile_by_another_command_is_never_replaced(tmp_path):
+    """`tiny-model`, `model import` and `model export` never replace a folder they find; three `tiny-model` runs into
+    one new folder all said "written" and the last replaced the others (an attack, 2026-12-07)."""
+    import pytest
+
+    from faithforge.core.errors import UserError
+
+    target = tmp_path / "model"
+    with pytest.raises(UserError, match=r"model was written by another command while this one worked; nothing was "
+                                        r"replaced: choose a new folder"):
+        with atomic_directory(target, new=True) as tmp:
+            (tmp / "mine.txt").write_text("second")
+            target.mkdir()
+            (target / "theirs.txt").write_text("first")  # another command finished first
+    assert [p.name for p in target.iterdir()] == ["theirs.txt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no temporary left
+    empty = tmp_path / "empty"
+    empty.mkdir()  # an empty folder given by the user is written into
+    with atomic_directory(empty, new=True) as tmp:
+        (tmp / "a.txt").write_text("a")
+    assert (empty / "a.txt").read_text() == "a"
+
+
 def test_a_killed_writers_temporary_is_removed_by_the_next_write_of_the_same_folder(tmp_path):
     """A SIGKILLed `model export` left `.OUT.<random>.tmp` (359 MB) that later exports never removed (an attack)."""
     import subprocess
