@@ -30,8 +30,10 @@ def train(
     name: str = typer.Option("trained", "--name", help="Name of the judge folder (before its hash)."),
 ) -> None:
     """Build supported/unsupported examples from your documents and train a MiniLM-based judge on them (CPU)."""
-    if steps < 1:
-        raise UserError(f"--steps must be at least 1 (got {steps})")
+    from faithforge.evaluation.trained import MAX_STEPS
+
+    if not 1 <= steps <= MAX_STEPS:
+        raise UserError(f"--steps must be between 1 and {MAX_STEPS:,} (got {steps})")
     if not name.strip():
         raise UserError("--name is empty; pass a short name for the judge folder")
     from faithforge.core.workspace import Workspace, writable_parent

@@ -48,6 +48,11 @@ HEAD_FILE = "head.safetensors"
 METHODS = ("alignment", "cross-encoder")
 
 
+#: Most steps `judge train` takes: a million batches of 16 (16 million examples), far past what one user's
+#: documents give.
+MAX_STEPS = 1_000_000
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """Hyperparameters of one training run (all recorded in the lineage)."""
@@ -82,8 +87,8 @@ class TrainSettings:
         problems = []
         if self.method not in METHODS:
             problems.append(f"method must be one of {', '.join(METHODS)} (got {self.method!r})")
-        if self.steps < 1:
-            problems.append(f"steps must be at least 1 (got {self.steps})")
+        if not 1 <= self.steps <= MAX_STEPS:
+            problems.append(f"steps must be between 1 and {MAX_STEPS:,} (got {self.steps})")
         if self.batch_size < 1:
             problems.append(f"batch_size must be at least 1 (got {self.batch_size})")
         if not 0 < self.learning_rate < 1 or not 0 < (self.head_learning_rate or self.learning_rate) < 1:
@@ -334,6 +339,9 @@ def train_judge(documents: Sequence[tuple[str, str]], out: str | Path, settings:
                                       premise_words=settings.premise_words)
     if not examples:
         raise UserError("the documents gave no training examples; they need sentences of ordinary prose")
+    if len(examples) < count:  # said, not silent: the lineage's `examples.count` is what was trained on
+        say(f"the documents gave {len(examples):,} distinct training examples, fewer than the {count:,} asked "
+            f"({settings.steps:,} steps of {settings.batch_size}); training on those")
 
     threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)

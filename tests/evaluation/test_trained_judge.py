@@ -150,7 +150,10 @@ def tiny_judge(tmp_path_factory):
     settings = TrainSettings(seed=0, steps=24, batch_size=8, max_length=128, premise_words=40,
                              validation_share=0.0, validation_examples=16)
     out = tmp_path_factory.mktemp("judges")
-    folder = train_judge(DOCS, out, settings, name="tiny")
+    said: list[str] = []
+    folder = train_judge(DOCS, out, settings, name="tiny", say=said.append)
+    # 3 short documents run out before 24 steps of 8: said, where it was silent (an attack, 2026-12-07)
+    assert [line for line in said if "fewer than the 192 asked (24 steps of 8); training on those" in line], said
     return folder, settings
 
 
@@ -197,7 +200,7 @@ def _no_training(*args, **kwargs):
     raise AssertionError("bad input passed validation and training started")
 
 
-@pytest.mark.parametrize("case", ["missing-file", "one-document", "zero-steps", "out-is-a-file",
+@pytest.mark.parametrize("case", ["missing-file", "one-document", "zero-steps", "too-many-steps", "out-is-a-file",
                                   "unknown-method"])
 def test_judge_train_bad_input_is_one_line_and_exit_2(case, tmp_path, monkeypatch, capsys):
     from faithforge.app.cli import main
@@ -209,6 +212,8 @@ def test_judge_train_bad_input_is_one_line_and_exit_2(case, tmp_path, monkeypatc
     argv = {"missing-file": ["--documents", str(tmp_path / "nope.jsonl")],
             "one-document": ["--documents", str(tmp_path / "one.jsonl")],
             "zero-steps": ["--documents", str(docs), "--steps", "0"],
+            # 99,999,999,999 steps trained a few seconds on what the documents gave and recorded the number asked
+            "too-many-steps": ["--documents", str(docs), "--steps", "99999999999"],
             "out-is-a-file": ["--documents", str(docs), "--out", str(tmp_path / "file")],
             "unknown-method": ["--documents", str(docs), "--method", "magic"]}[case]
     (tmp_path / "one.jsonl").write_text(json.dumps({"document": DOCS[0][1]}) + "\n", encoding="utf-8")
