@@ -37,10 +37,11 @@ def _ram_bytes() -> int | None:
 
 
 def _print_tables(snapshot: GpuSnapshot, plans: dict[str, Plan]) -> None:
-    from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    from faithforge.app.demo_report import table_console
+
+    console = table_console()
     gib = partial(format_gib, unit=False)  # a table cell: the column header names the unit
     gpus = Table(title=f"GPU snapshot ({snapshot.source}{': ' + snapshot.note if snapshot.note else ''})")
     for column in ("cuda", "name", "total GiB", "free GiB", "used GiB", "processes (pid: GiB)"):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 def _pct(x) -> str:
     return "—" if x is None else f"{100 * x:.1f}%"
@@ -11,11 +13,25 @@ def _ci(ci) -> str:
     return "" if not ci else f" [{_pct(ci[0])}, {_pct(ci[1])}]"
 
 
-def print_summary(summary: dict) -> None:
+#: Columns of a table written to a file or a pipe (COLUMNS wins): rich's 80 cut `faithforge gpu`'s cells to five
+#: characters ("gene…", "refe…"), unreadable in a pasted report (an attack, 2026-12-07).
+PIPED_COLUMNS = 200
+
+
+def table_console():
+    """A rich console for tables: the terminal's width on a terminal, else COLUMNS or `PIPED_COLUMNS`."""
     from rich.console import Console
-    from rich.table import Table
 
     console = Console()
+    if not console.is_terminal and not os.environ.get("COLUMNS"):
+        console = Console(width=PIPED_COLUMNS)
+    return console
+
+
+def print_summary(summary: dict) -> None:
+    from rich.table import Table
+
+    console = table_console()
     stages = summary["stages"]
     ev = stages["evaluate"]
     unit = ev.get("unit", "summary")

@@ -73,10 +73,15 @@ def test_the_generate_plan_is_for_the_model_generate_runs_not_the_template(tmp_p
                                          "own gate sizes that model from the server when the run starts")
 
 
-def test_rich_tables_by_default():
+def test_rich_tables_by_default_whole_when_piped(monkeypatch):
+    """Written to a pipe (as here), rich's 80 columns cut every cell to five characters ("gene…", "refe…"): a
+    report pasted into an issue was unreadable (an attack, 2026-12-07)."""
+    monkeypatch.delenv("COLUMNS", raising=False)
     result = runner.invoke(app, ["--profile", "a100-80gb"])
     assert result.exit_code == 0, result.output
     assert "Plans" in result.output and "NVIDIA A100-SXM4-80GB" in result.output and "train" in result.output
+    for whole in ("generate", "reference", "warm_start", "placement", "strategy × processes", "headroom GiB"):
+        assert whole in result.output, whole
 
 
 def test_unknown_profile_exits_2_listing_known_profiles():
