@@ -54,6 +54,9 @@ def compare_runs(store: Store, artifact_a: str, artifact_b: str) -> dict[str, An
     """
     id_a, a = load_evaluation(store, artifact_a)
     id_b, b = load_evaluation(store, artifact_b)
+    if id_a == id_b:  # a table of zeros said nothing of it (an attack, 2026-12-07); a run id names its evaluation
+        named = "" if artifact_a == artifact_b else f", named {artifact_a!r} and {artifact_b!r}"
+        raise UserError(f"A and B are the same evaluation ({id_a}{named}); pass two different evaluations or runs")
     warnings = []
     if a.judge != b.judge:
         warnings.append(f"different judges ({a.judge} vs {b.judge}): rates are not directly comparable")

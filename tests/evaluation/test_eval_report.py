@@ -66,3 +66,5 @@ def test_store_and_compare_runs(reports, tmp_path):
         compare_runs(store, first, other)
     with pytest.raises(UserError, match="'nope' is unknown"):
         compare_runs(store, "nope", first)
+    with pytest.raises(UserError, match=f"A and B are the same evaluation \\({first}, named '{run}' and '{first}'\\); "):
+        compare_runs(store, run, first)  # a table of zeros before (an attack, 2026-12-07)
