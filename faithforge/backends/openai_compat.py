@@ -134,6 +134,11 @@ class OpenAICompatBackend(NegotiatedChat):
                 content.append(delta.get("content") or "")
                 thinking.append(delta.get("reasoning_content") or delta.get("reasoning") or "")
                 finish = choice.get("finish_reason") or finish
+            if finish is not None and usage:
+                # The usage chunk comes last (`stream_options.include_usage`): the answer is whole. A server that
+                # then kept the stream open without `data: [DONE]` had a finished answer thrown away after the
+                # read timeout and asked again (an attack, 2026-12-07).
+                break
         if not done and finish is None:
             raise TransientBackendError(f"{self._where} closed the stream before `data: [DONE]`")
         return self._result("".join(content), "".join(thinking), finish, usage, model)

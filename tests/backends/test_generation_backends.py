@@ -215,6 +215,17 @@ def test_openai_answers_of_another_shape_are_said_in_one_line_and_odd_usage_is_r
     assert len(server.chat_requests()) == 3  # neither was retried as an outage
 
 
+def test_openai_a_whole_answer_is_taken_when_the_stream_stays_open_without_done():
+    """Finish reason, then usage, then silence without `data: [DONE]`: the whole answer was thrown away after the
+    read timeout and asked again (an attack, 2026-12-07)."""
+    with FakeOpenAI() as server:
+        server.push(Reply('{"a": 5}', silent_before_done_s=30.0))
+        backend = OpenAICompatBackend("qwen3:8b", base_url=server.url, http=FAST)  # read timeout 0.5 s
+        result = backend.chat(MESSAGES, schema=SCHEMA, max_tokens=8, temperature=0, seed=None)
+    assert (result.text, result.finish_reason, result.usage.completion_tokens) == ('{"a": 5}', "stop", 34)
+    assert len(server.chat_requests()) == 1
+
+
 def test_openai_dropped_stream_is_retried():
     with FakeOpenAI() as server:
         server.push(Drop(), Reply('{"a": 10}'))
