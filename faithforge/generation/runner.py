@@ -23,6 +23,7 @@ from typing import Any, Callable
 from faithforge.backends.base import BackendError, ChatBackend, ChatResult
 from faithforge.generation.coverage_db import Claim, CoverageDB
 from faithforge.generation.files import (
+    QUARANTINE_DIR,
     example_relpath,
     reconcile,
     write_example_file,
@@ -40,6 +41,9 @@ ProgressCallback = Callable[[int, int], None]
 """Called with (examples stored, target) after every stored example."""
 LogCallback = Callable[[str], None]
 """Called with one line when the run has news the user should see (e.g. it waits for other workers)."""
+#: Seconds between two lines saying how many attempts failed (the first is said at once): the bar counts only
+#: stored examples, so a run whose attempts all fail would look stalled.
+FAILURES_SAID_EVERY_S = 30.0
 
 
 # The defaults shared with the run's parameters are declared once, in `GenerateParameters`.
@@ -131,6 +135,8 @@ class Generator:
         self.quality = QualityGate(spec.quality, remember_sources=spec.documents is None)
         self.summary = GenerationSummary(spec=spec.name, backend=backend.name, model=backend.model,
                                          targets=self.targets, examples_dir=str(self.out_dir))
+        self._failures_said: tuple[float, int] = (float("-inf"), 0)
+        """(when, how many) the failures were last said (`_say_failures`)."""
 
     # one slot -----------------------------------------------------------------------------------
     def attempt(self, claim: Claim) -> Attempt:
@@ -338,7 +344,20 @@ class Generator:
                     and sum(self.summary.failures.values()) + 1 < o.max_failures)
             prefetched = self.store(att, claim_next=1 if more else 0)
             consecutive_errors = consecutive_errors + 1 if att.error is not None else 0
+        self._say_failures()
         return prefetched, consecutive_errors
+
+    def _say_failures(self, every_s: float = FAILURES_SAID_EVERY_S) -> None:
+        """A line of news when attempts failed since the last one, at most every `every_s` seconds (the first at
+        once): the bar stayed at 0/3 for 11 minutes while 20 attempts were quarantined, and the reasons came only
+        at the end (an attack, 2026-12-07)."""
+        failed = sum(self.summary.failures.values())
+        said_at, said = self._failures_said
+        now = time.monotonic()
+        if failed > said and now - said_at >= every_s:
+            self._failures_said = (now, failed)
+            self.log(f"{failed} attempt(s) failed so far ({self.summary.top_failures()}); the raw answers are in "
+                     f"{self.out_dir / QUARANTINE_DIR}")
 
     def _heartbeat(self, stop: threading.Event) -> None:
         """Renew this worker's leases every `heartbeat_s` seconds until `stop` is set."""

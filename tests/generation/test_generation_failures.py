@@ -115,6 +115,24 @@ def test_a_stop_before_the_first_example_is_an_interruption_not_a_failure(tmp_pa
     assert not summary.stored_nothing  # what `job.failure_of` and a worker's exit status read
 
 
+def test_failed_attempts_are_said_while_the_run_goes_on(tmp_path):
+    """The bar counts stored examples only: it stayed at 0/3 for 11 minutes while 20 attempts were quarantined
+    (an attack, 2026-12-07). The first failure is said at once, then at most one line every 30 s."""
+    from faithforge.backends.openai_compat import OpenAICompatBackend
+    from tests.fixtures.fake_llm_servers import FakeOpenAI
+
+    said: list[str] = []
+    with FakeOpenAI(default=lambda body: Reply("I cannot write JSON today.")) as server:
+        backend = OpenAICompatBackend("qwen3:8b", base_url=server.url)
+        summary = run_generation(load_spec(GROUNDED), backend, CoverageDB(f"sqlite:///{tmp_path / 'c.db'}"),
+                                 tmp_path / "out", GenerationOptions(target=2, poll_s=0.01, max_failures=4),
+                                 log=said.append)
+    assert summary.stopped == "max_failures" and sum(summary.failures.values()) == 4
+    failed = [line for line in said if "failed so far" in line]
+    assert len(failed) == 1 and failed[0].startswith("1 attempt(s) failed so far ("), said  # then within 30 s
+    assert failed[0].endswith(f"; the raw answers are in {tmp_path / 'out' / '_quarantine'}")
+
+
 # issue 11 item 12 --------------------------------------------------------------------------------------------
 def test_a_bad_option_is_one_line_naming_the_option(tmp_path):
     result = invoke("--spec", GROUNDED, "--backend", "bogus", "--workspace", str(tmp_path))
