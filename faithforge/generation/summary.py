@@ -98,6 +98,9 @@ class GenerationSummary:
                f"({self.generated} new this run, {self.repaired} after repair) in {self.elapsed_s:.1f} s",
                "by category: " + ", ".join(f"{c} {self.done_by_category.get(c, 0)}/{t}"
                                            for c, t in self.targets.items())]
+        if self.done_total > self.target_total:  # "10/5 examples" said nothing of what the dataset holds
+            out.append(f"the target is below the {self.done_total} examples stored earlier: none is removed, and the "
+                       f"exported dataset holds all {self.done_total}")
         if set(self.response_formats) - {"none"}:  # backends without modes (template, local) say nothing
             out.append("structured output: " + ", ".join(f"{m} {n}" for m, n in self.response_formats.most_common()))
         if self.first_answers:

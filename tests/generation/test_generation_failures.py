@@ -98,6 +98,10 @@ def test_a_finished_target_is_not_a_failure(tmp_path):
     run_generation(spec, TemplateBackend(), db, tmp_path / "out", GenerationOptions(target=2, poll_s=0.01))
     again = run_generation(spec, TemplateBackend(), db, tmp_path / "out", GenerationOptions(target=2, poll_s=0.01))
     assert again.generated == 0 and not again.stored_nothing
+    # a lower target: "2/1 examples" said nothing of what the dataset holds (an attack, 2026-12-07)
+    lower = run_generation(spec, TemplateBackend(), db, tmp_path / "out", GenerationOptions(target=1, poll_s=0.01))
+    assert not lower.stored_nothing and ("the target is below the 2 examples stored earlier: none is removed, and the "
+                                         "exported dataset holds all 2") in lower.lines()
 
 
 def test_a_stop_before_the_first_example_is_an_interruption_not_a_failure(tmp_path):
