@@ -64,20 +64,12 @@ DEFAULT_TAGS = {"qwen3": "qwen3:8b", "qwen2.5": "qwen2.5:7b", "llama3": "llama3:
                 "llama3.2": "llama3.2:3b", "mistral": "mistral:7b"}
 
 
-def _table_key(tag: str) -> str:
-    key = tag.strip().lower()
-    key = key[: -len(":latest")] if key.endswith(":latest") else key
-    return DEFAULT_TAGS.get(key, key)
-
-
-def known_tag(tag: str) -> bool:
-    """Whether the GGUF table sizes `tag` (else a running server's numbers are needed)."""
-    return _table_key(tag) in GGUF_TABLE
-
-
 def ollama_model(tag: str) -> OllamaModel:
     """Look a tag up in the GGUF table (`qwen3` and `qwen3:latest` mean `qwen3:8b`, as on ollama.com)."""
-    model = GGUF_TABLE.get(_table_key(tag))
+    key = tag.strip().lower()
+    key = key[: -len(":latest")] if key.endswith(":latest") else key
+    key = DEFAULT_TAGS.get(key, key)
+    model = GGUF_TABLE.get(key)
     if model is None:
         raise ModelConfigError(f"unknown Ollama model {tag!r}; known tags: {', '.join(GGUF_TABLE)} — or pass the "
                                f"numbers from a running server (ollama_model_from_api with /api/show and the size)")

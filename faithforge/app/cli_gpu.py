@@ -17,7 +17,7 @@ import typer
 from faithforge.gpu_calibration.calibrate import correction_factor, load_corrections, measure_stage, require_cuda, save_corrections
 from faithforge.core.config import PipelineConfig, load_config
 from faithforge.core.errors import USER_ERRORS, UserError
-from faithforge.stages.gate import calibration_path, plan_pipeline
+from faithforge.stages.gate import calibration_path, generation_not_planned, plan_pipeline
 from faithforge.gpu.estimate import estimate_hf_generate, estimate_reference, estimate_train
 from faithforge.gpu.model_shape import SHIPPED_MODELS, load_model_config, load_model_shape
 from faithforge.gpu.planner import Plan
@@ -36,7 +36,7 @@ def _ram_bytes() -> int | None:
         return None
 
 
-def _print_tables(snapshot: GpuSnapshot, plans: dict[str, Plan]) -> None:
+def _print_tables(snapshot: GpuSnapshot, plans: dict[str, Plan], not_planned: dict[str, str]) -> None:
     from rich.table import Table
 
     from faithforge.app.demo_report import table_console
@@ -68,6 +68,8 @@ def _print_tables(snapshot: GpuSnapshot, plans: dict[str, Plan]) -> None:
     console.print(table)
     for stage, plan in plans.items():
         console.print(f"[bold]{stage}[/bold]: {plan.reason}")
+    for stage, why in not_planned.items():
+        console.print(f"[bold]{stage}[/bold]: {why}")
 
 
 def _load(config: Optional[Path]) -> PipelineConfig:
@@ -80,7 +82,7 @@ def show(
     ctx: typer.Context,
     profile: Optional[str] = typer.Option(
         None, "--profile", help=f"Plan for a simulated GPU instead of the real one: {', '.join(known_profiles())}."),
-    as_json: bool = typer.Option(False, "--json", help="Print one JSON object {snapshot, plans} instead of tables."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object {snapshot, plans, not_planned} instead of tables."),
     config: Optional[Path] = typer.Option(None, "--config", help="Pipeline YAML file (default: built-in defaults)."),
 ) -> None:
     """Show the GPU snapshot and the plan for every stage (generate, reference, train, evaluate)."""
@@ -91,14 +93,17 @@ def show(
         name = profile or os.environ.get(PROFILE_ENV) or cfg.gpu.profile
         snapshot = read_snapshot(name)
         plans = plan_pipeline(cfg, snapshot, load_corrections(calibration_path(cfg)), _ram_bytes())
+        why = generation_not_planned(cfg)
+        not_planned = {"generate": why} if why else {}
     except USER_ERRORS as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from None
     if as_json:
         typer.echo(json.dumps({"snapshot": snapshot.to_dict(),
-                               "plans": {stage: plan.to_dict() for stage, plan in plans.items()}}))
+                               "plans": {stage: plan.to_dict() for stage, plan in plans.items()},
+                               "not_planned": not_planned}))
     else:
-        _print_tables(snapshot, plans)
+        _print_tables(snapshot, plans, not_planned)
 
 
 @app.command()

@@ -42,17 +42,17 @@ def _is_local(base_url: str | None) -> bool:
     return base_url is None or (urlparse(base_url).hostname or "") in LOOPBACK
 
 
-def decide(backend: str, models: list[str], *, batch_size: int, max_tokens: int, prompt_tokens: int,
-           base_url: str | None = None, gpu_profile: str | None = None, policy: str = "stay-local") -> GateDecision:
-    """The settings to generate with. `models` are tiers, preferred first (e.g. qwen3:30b-a3b, qwen3:8b)."""
-    configured = GateDecision(model=models[0], batch_size=batch_size, max_tokens=max_tokens, source="configured",
-                              reason="")
+def sized_tiers(backend: str, models: list[str], base_url: str | None = None) -> tuple[list, str]:
+    """(the tiers the gate can size, preferred first; why the others are not sized, "" when all are). The generate
+    gate and `faithforge gpu` read this one answer, so the table says what the run will do."""
     from faithforge.core.backend_registry import BACKENDS
 
     kind = BACKENDS.get(backend)
-    if kind.server and (kind.model_sizes is None or not _is_local(base_url or kind.default_url)):
-        return configured.model_copy(update={"reason": "the model runs on another machine: configured values"})
-    from faithforge.gpu import ModelConfigError, StageRequest, load_model_shape, ollama_model, plan_stage, read_snapshot
+    if kind.server and not _is_local(base_url or kind.default_url):
+        return [], "the model runs on another machine: configured values"
+    if kind.server and kind.model_sizes is None:
+        return [], f"the gate cannot size a model the {backend} server serves: configured values"
+    from faithforge.gpu import ModelConfigError, load_model_shape, ollama_model
 
     candidates, skipped = [], []
     if kind.model_sizes is not None:
@@ -62,13 +62,25 @@ def decide(backend: str, models: list[str], *, batch_size: int, max_tokens: int,
             except (ModelConfigError, OSError, ValueError) as exc:
                 skipped.append(f"{name}: {exc}")
         if not candidates:
-            return configured.model_copy(
-                update={"reason": "the gate cannot size " + "; ".join(skipped) + ": configured values"})
+            return [], "the gate cannot size " + "; ".join(skipped) + ": configured values"
+    return candidates, (f"not sized: {'; '.join(skipped)}" if skipped else "")
+
+
+def decide(backend: str, models: list[str], *, batch_size: int, max_tokens: int, prompt_tokens: int,
+           base_url: str | None = None, gpu_profile: str | None = None, policy: str = "stay-local") -> GateDecision:
+    """The settings to generate with. `models` are tiers, preferred first (e.g. qwen3:30b-a3b, qwen3:8b)."""
+    configured = GateDecision(model=models[0], batch_size=batch_size, max_tokens=max_tokens, source="configured",
+                              reason="")
+    candidates, why = sized_tiers(backend, models, base_url)
+    if not candidates and why:
+        return configured.model_copy(update={"reason": why})
+    from faithforge.gpu import StageRequest, plan_stage, read_snapshot
+
     request = StageRequest(batch_size=batch_size, max_tokens=max_tokens, prompt_tokens=max(1, prompt_tokens),
                            min_max_tokens=min(max_tokens, 1024))
     plan = plan_stage(read_snapshot(gpu_profile), "generate", candidates, request, policy=policy)  # type: ignore[arg-type]
     model = plan.model if candidates else models[0]
-    note = f" (not sized: {'; '.join(skipped)})" if skipped else ""
+    note = f" ({why})" if why else ""
     batch = plan.batch_size
     if plan.placement == "offload":  # the server runs here anyway (on CPU or partly offloaded): be gentle
         batch, note = 1, note + " Generating here anyway in single-example mode."

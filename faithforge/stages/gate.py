@@ -98,7 +98,7 @@ def plan_pipeline(cfg: PipelineConfig, snapshot: GpuSnapshot, corrections: Corre
                   cpu_memory_bytes: int | None = None) -> dict[str, Plan]:
     """A plan for every stage with the configured models (what the gate task and `faithforge gpu` show)."""
     shape = train_model_shape(cfg)
-    generation, unsized = _generation_models(cfg)
+    generation, unplanned = _generation_models(cfg)
     offload = profile_snapshot(cfg.gpu.offload_profile)
     requests = stage_requests(cfg)
     plans = {
@@ -107,32 +107,34 @@ def plan_pipeline(cfg: PipelineConfig, snapshot: GpuSnapshot, corrections: Corre
                           offload_snapshot=offload, cpu_max_params=cfg.gpu.cpu_max_params,
                           cpu_memory_bytes=cpu_memory_bytes, max_processes=cfg.distributed.max_gpus,
                           cpu_processes=cfg.distributed.cpu_processes)
-        for stage in PLANNED_STAGES if stage != "warm_start" or cfg.warm_start.enabled
+        for stage in PLANNED_STAGES if (stage != "warm_start" or cfg.warm_start.enabled)
+        and (stage != "generate" or not unplanned)
     }
     for stage in cfg.gpu.offload_stages:  # offloaded on purpose (a GPU rented for one stage)
         plans[stage] = offloaded_on_purpose(cfg, stage, shape, requests[stage], offload, corrections)
-    if unsized:
-        plans["generate"] = plans["generate"].model_copy(update={"placement": "local", "model": cfg.generate.model,
-                                                                 "reason": unsized})
     return plans
 
 
+def generation_not_planned(cfg: PipelineConfig) -> str | None:
+    """Why `plan_pipeline` has no plan for generate (None when it has one): the LLM backend's model is not one the
+    gate sizes here, so the run generates with the configured values, as `generation.model_tiers.decide` says."""
+    return _generation_models(cfg)[1]
+
+
 def _generation_models(cfg: PipelineConfig) -> tuple[list, str | None]:
-    """The models the generate stage is planned for, and else why they are not sized here. `gpu.generation_models`
-    first; without them, the model `generate` runs (`generate.model` and its fallbacks) when an Ollama backend
-    serves tags the GGUF table knows. `faithforge gpu` said the template teacher writes the data when the config
-    named an Ollama model, and `demo` then used Ollama (an attack, 2026-12-07)."""
+    """The models the generate stage is planned for, else why none is. `gpu.generation_models` first; without
+    them, the model `generate` runs (`generate.model` and its fallbacks), sized as the run's own gate sizes it
+    (`sized_tiers`). `faithforge gpu` said the template teacher writes the data when the config named an Ollama
+    model, and `demo` then used Ollama (an attack, 2026-12-07)."""
     if cfg.gpu.generation_models or cfg.generate.backend == "template":
         return [ollama_model(tag) for tag in cfg.gpu.generation_models], None
-    tags = [cfg.generate.model, *cfg.generate.fallback_models]
-    if cfg.generate.backend == "ollama":
-        from faithforge.gpu.ollama_sizes import known_tag
+    from faithforge.generation.model_tiers import sized_tiers
 
-        if all(known_tag(tag) for tag in tags):
-            return [ollama_model(tag) for tag in tags], None
-    return [], (f"generate writes the data with the {cfg.generate.backend} backend and {', '.join(tags)}; its own "
-                "gate sizes that model from the server when the run starts (list Ollama tags in "
-                "gpu.generation_models to plan it here)")
+    tags = [cfg.generate.model, *cfg.generate.fallback_models]
+    candidates, why = sized_tiers(cfg.generate.backend, tags, cfg.generate.base_url)
+    if candidates:
+        return candidates, None
+    return [], f"generate runs {', '.join(tags)} on the {cfg.generate.backend} backend, not planned here: {why}"
 
 
 def offloaded_on_purpose(cfg: PipelineConfig, stage: str, shape: ModelShape, request: StageRequest,

@@ -31,7 +31,7 @@ def test_json_prints_one_object_with_snapshot_and_every_stage_plan():
     result = runner.invoke(app, ["--profile", "rtx5070-12gb", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
-    assert set(data) == {"snapshot", "plans"}
+    assert set(data) == {"snapshot", "plans", "not_planned"} and data["not_planned"] == {}
     assert data["snapshot"]["devices"][0]["free_bytes"] == 10_480_000_000  # "10.48" read as GB, the stricter
     assert set(data["plans"]) == {"generate", "reference", "train", "evaluate", "warm_start"}
     for plan in data["plans"].values():
@@ -56,21 +56,27 @@ def test_config_file_model_and_no_gpu_without_pool_still_prints_plans(tmp_path):
 
 def test_the_generate_plan_is_for_the_model_generate_runs_not_the_template(tmp_path):
     """With `generate.backend: ollama` and `model: qwen3:30b-a3b` (and no `gpu.generation_models`) the plan said the
-    template teacher writes the data on the CPU; `demo` then used Ollama (an attack, 2026-12-07)."""
+    template teacher writes the data on the CPU; `demo` then used Ollama (an attack, 2026-12-07). A model the
+    gate cannot size has no plan, and the reason is the generation gate's own (`model_tiers.sized_tiers`)."""
     ollama = tmp_path / "ollama.yaml"
     ollama.write_text("generate: {backend: ollama, model: 'qwen3:30b-a3b', fallback_models: ['qwen3:8b'], "
                       "spec: configs/specs/grounded-summaries.yaml}\n")
     plan = json.loads(runner.invoke(app, ["--profile", "rtx5070-12gb", "--json", "--config", str(ollama)]).output)
     generate = plan["plans"]["generate"]
     assert generate["model"] == "qwen3:8b" and generate["placement"] == "local", generate  # 30B does not fit 12 GB
-    served = tmp_path / "served.yaml"
-    served.write_text("generate: {backend: openai, model: Qwen/Qwen3-8B, base_url: 'http://127.0.0.1:8000', "
-                      "spec: configs/specs/grounded-summaries.yaml}\n")
-    generate = json.loads(runner.invoke(app, ["--profile", "rtx5070-12gb", "--json", "--config", str(served)])
-                          .output)["plans"]["generate"]
-    assert generate["model"] == "Qwen/Qwen3-8B" and "template" not in generate["reason"], generate
-    assert generate["reason"].startswith("generate writes the data with the openai backend and Qwen/Qwen3-8B; its "
-                                         "own gate sizes that model from the server when the run starts")
+    assert plan["not_planned"] == {}
+    for backend, url, why in (("openai", "https://api.example.com", "the model runs on another machine"),
+                              ("openai", "http://127.0.0.1:8000", "the gate cannot size a model the openai server "
+                                                                  "serves")):
+        served = tmp_path / "served.yaml"
+        served.write_text(f"generate: {{backend: {backend}, model: Qwen/Qwen3-8B, base_url: '{url}', "
+                          "spec: configs/specs/grounded-summaries.yaml}\n")
+        plan = json.loads(runner.invoke(app, ["--profile", "rtx5070-12gb", "--json", "--config", str(served)]).output)
+        assert "generate" not in plan["plans"] and plan["not_planned"] == {
+            "generate": f"generate runs Qwen/Qwen3-8B on the openai backend, not planned here: {why}: configured "
+                        "values"}
+        table = runner.invoke(app, ["--profile", "rtx5070-12gb", "--config", str(served)]).output
+        assert "not planned here" in table and "template" not in table
 
 
 def test_rich_tables_by_default_whole_when_piped(monkeypatch):
