@@ -28,7 +28,7 @@ from faithforge.core.errors import UserError
 from faithforge.generation.database import advisory_lock, make_coverage_engine
 from faithforge.core.liveness import process_alive, process_start, this_host
 from faithforge.generation.spec import GenerationSpec
-from faithforge.generation.tables import (Combination, ExampleRow, FailureRow, GenerationBase, Slot, SpecRecord,
+from faithforge.generation.tables import (Combination, ExampleRow, FailureRow, GenerationBase, Slot, CategorySchema,
                                          WorkerRow)
 
 
@@ -46,24 +46,39 @@ def _named_store(url: str) -> Iterator[None]:
         raise UserError(describe_database_error(url, exc)) from None
 
 
-def examples_of_another_schema(url: str, spec: GenerationSpec) -> int:
-    """How many stored examples of `spec.name` were made under another output schema than `spec`'s (0 when none,
-    or when the store predates the record). Reads only: no table is created, nothing written."""
+def examples_of_another_schema(url: str, spec: GenerationSpec) -> dict[str, int]:
+    """Category → stored examples made under another output schema than `spec`'s (empty when none, or when the
+    store predates the record). Reads only: no table is created, nothing written (`validate`, before a run)."""
     from sqlalchemy import inspect
 
     engine = make_coverage_engine(url)
     try:
         with _named_store(url), engine.connect() as conn:
-            if not inspect(conn).has_table(SpecRecord.__tablename__):
-                return 0
-            recorded = conn.execute(select(SpecRecord.schema_fingerprint).where(
-                SpecRecord.spec == spec.name)).scalar()
-            if recorded is None or recorded == spec.schema_fingerprint():
-                return 0
-            return conn.execute(select(func.count()).select_from(ExampleRow).where(
-                ExampleRow.spec == spec.name)).scalar() or 0
+            if not inspect(conn).has_table(CategorySchema.__tablename__):
+                return {}
+            return _schema_changes(conn, spec)
     finally:
         engine.dispose()
+
+
+def _schema_changes(conn, spec: GenerationSpec) -> dict[str, int]:
+    recorded = dict(conn.execute(select(CategorySchema.category, CategorySchema.schema_fingerprint).where(
+        CategorySchema.spec == spec.name)).all())
+    now = spec.schema_fingerprints()
+    changed = [name for name, fingerprint in now.items() if recorded.get(name, fingerprint) != fingerprint]
+    if not changed:
+        return {}
+    counts = dict(conn.execute(select(ExampleRow.category, func.count()).where(
+        ExampleRow.spec == spec.name, ExampleRow.category.in_(changed)).group_by(ExampleRow.category)).all())
+    return {name: counts[name] for name in changed if counts.get(name)}
+
+
+def another_schema_message(spec: str, changes: dict[str, int]) -> str:
+    """One line for categories whose output schema changed under the same names since examples were made."""
+    which = ", ".join(f"{name!r} ({count:,} stored example{'s' * (count != 1)})" for name, count in changes.items())
+    return (f"spec {spec}: the output schema of category {which} changed since those examples were made; they would "
+            "be mixed with the new ones in one dataset: give the changed spec (or category) a new name, or put the "
+            "old schema back")
 
 
 def combination_key(params: dict[str, Any]) -> str:
@@ -144,11 +159,18 @@ class CoverageDB:
         combination left the spec. Done slots are never touched."""
         with self.session() as s, s.begin():
             advisory_lock(s.connection(), f"faithforge-generation-plan:{spec.name}")
-            record = s.get(SpecRecord, spec.name)
-            if record is None:
-                s.add(SpecRecord(spec=spec.name, schema_fingerprint=spec.schema_fingerprint(), updated_at=time.time()))
-            else:
-                record.schema_fingerprint, record.updated_at = spec.schema_fingerprint(), time.time()
+            # Checked again here, under the plan's lock: another worker may have recorded another schema since this
+            # run's `validate` read the store.
+            changes = _schema_changes(s.connection(), spec)
+            if changes:
+                raise UserError(another_schema_message(spec.name, changes))
+            for name, fingerprint in spec.schema_fingerprints().items():
+                record = s.get(CategorySchema, (spec.name, name))
+                if record is None:
+                    s.add(CategorySchema(spec=spec.name, category=name, schema_fingerprint=fingerprint,
+                                         updated_at=time.time()))
+                elif record.schema_fingerprint != fingerprint:  # no examples of it yet: the new schema is its own
+                    record.schema_fingerprint, record.updated_at = fingerprint, time.time()
             for category in spec.categories:
                 wanted = {combination_key(p): p for p in spec.combinations(category)}
                 known = dict(s.execute(select(Combination.key_hash, Combination.id).where(

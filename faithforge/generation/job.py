@@ -19,7 +19,7 @@ from faithforge.core.backend_registry import BACKENDS
 from faithforge.core.errors import UserError
 from faithforge.core.registry import load_attribute
 from faithforge.backends import ChatBackend, HttpOptions, make_backend
-from faithforge.generation.coverage_db import CoverageDB, examples_of_another_schema
+from faithforge.generation.coverage_db import CoverageDB, another_schema_message, examples_of_another_schema
 from faithforge.generation.model_tiers import GateDecision, decide
 from faithforge.generation.parameters import GenerateParameters
 from faithforge.generation.runner import GenerationOptions, LogCallback, ProgressCallback, default_worker_id, run_generation
@@ -152,9 +152,10 @@ def validate(params: GenerateParameters) -> GenerationSpec:
 
 
 def _refuse_another_schema(params: GenerateParameters, spec: GenerationSpec) -> None:
-    """A spec edited under its old name with another output schema: its new examples would join the old ones in
-    one dataset and count toward the same target (an attack, 2026-12-07). Edits to prompts, axes or quality keep
-    the examples made so far, as a rerun after tuning expects."""
+    """A category edited under its old names with another output schema: its new examples would join the old ones in
+    one dataset and count toward the same target (an attack, 2026-12-07). Edits to prompts, axes or quality, and
+    new categories, keep the examples made so far, as a rerun after tuning expects. `CoverageDB.sync` checks again
+    under the plan's lock (another worker may record a schema meanwhile)."""
     url = params.database_url
     if not url:
         from faithforge.core.workspace import sqlite_url
@@ -165,11 +166,9 @@ def _refuse_another_schema(params: GenerateParameters, spec: GenerationSpec) -> 
         url = sqlite_url(stored)
     elif url.startswith("sqlite:///") and not Path(url.split("///", 1)[1]).expanduser().is_file():
         return  # likewise: a SQLite file that does not exist yet holds no examples (and is not created here)
-    made = examples_of_another_schema(url, spec)
-    if made:
-        raise UserError(f"spec {spec.name}'s output schema changed since its {made:,} stored examples were made; "
-                        "they would be mixed with the new ones in one dataset: give the changed spec a new name "
-                        f"(e.g. name: {spec.name}-v2), or put the old schema back")
+    changes = examples_of_another_schema(url, spec)
+    if changes:
+        raise UserError(another_schema_message(spec.name, changes))
 
 
 def resolve_paths(params: GenerateParameters, spec_name: str) -> dict[str, str]:

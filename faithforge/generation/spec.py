@@ -397,16 +397,26 @@ class GenerationSpec(BaseModel):
             out[name] += 1
         return out
 
-    def schema_fingerprint(self) -> str:
-        """A hash of what the teacher is asked to answer, category by category (sha256 hex): examples made under
-        another are of another dataset, even when the spec kept its name."""
-        body = json.dumps({c.name: self.schema_for(c) for c in self.categories}, sort_keys=True)
-        return hashlib.sha256(body.encode()).hexdigest()
+    def schema_fingerprints(self) -> dict[str, str]:
+        """Per category, a hash of the shape the teacher is asked to answer (sha256 hex): examples made under another
+        are of another dataset, even when the spec kept its name. Titles, descriptions and examples are left out:
+        a docstring edit of a `schema_model` (or a pydantic upgrade) changes no example's shape."""
+        return {c.name: hashlib.sha256(json.dumps(_shape(self.schema_for(c)), sort_keys=True).encode()).hexdigest()
+                for c in self.categories}
 
     def fingerprint(self) -> str:
         """A content hash of the spec (sha256 hex), recorded with the generated examples."""
         body = json.dumps(self.model_dump(mode="json", by_alias=True), sort_keys=True)
         return hashlib.sha256(body.encode()).hexdigest()
+
+
+def _shape(schema: Any) -> Any:
+    """`schema` without the words that describe it (`title`, `description`, `examples`), at every depth."""
+    if isinstance(schema, dict):
+        return {k: _shape(v) for k, v in schema.items() if k not in ("title", "description", "examples")}
+    if isinstance(schema, list):
+        return [_shape(v) for v in schema]
+    return schema
 
 
 def spec_problems(data: dict[str, Any], exc: ValidationError) -> list[str]:

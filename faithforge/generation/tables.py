@@ -8,8 +8,9 @@
 - `gen_examples`: each accepted example with its content (the database is the source of truth; files
   are written from it). Unique by (spec, content hash) and by slot.
 - `gen_failures`: every failed attempt with its reason and raw text (quarantine).
-- `gen_specs`: per spec name, the fingerprint of the output schemas its examples were made under, so a spec
-  edited under the same name with another schema is refused instead of mixing two schemas in one dataset.
+- `gen_category_schemas`: per (spec, category), the fingerprint of the output schema its examples were made
+  under, so a category whose schema changed under the same names is refused instead of mixing two schemas in one
+  dataset.
 - `gen_workers`: where each worker runs (host, pid, process start) and its last heartbeat, so a claim held
   by a worker whose process is gone is taken back at once (`faithforge/core/liveness.py`).
 
@@ -115,10 +116,11 @@ class WorkerRow(GenerationBase):
     heartbeat_at: Mapped[float] = mapped_column(Float)
 
 
-class SpecRecord(GenerationBase):
-    __tablename__ = "gen_specs"
+class CategorySchema(GenerationBase):
+    __tablename__ = "gen_category_schemas"
 
     spec: Mapped[str] = mapped_column(String(64), primary_key=True)
+    category: Mapped[str] = mapped_column(String(64), primary_key=True)
     schema_fingerprint: Mapped[str] = mapped_column(String(64))
-    """`GenerationSpec.schema_fingerprint()` of the last run that planned this spec's examples."""
+    """`GenerationSpec.schema_fingerprints()[category]` of the last run that planned this category's examples."""
     updated_at: Mapped[float] = mapped_column(Float)

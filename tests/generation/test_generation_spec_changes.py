@@ -51,9 +51,17 @@ def test_another_output_schema_under_the_same_name_is_refused_and_a_prompt_edit_
     with pytest.raises(UserError) as refused:
         job.validate(_params(changed, workspace, 4, backend="openai", base_url="http://127.0.0.1:9", model="m"))
     assert str(refused.value) == (
-        "spec grounded-summaries's output schema changed since its 3 stored examples were made; they would be mixed "
-        "with the new ones in one dataset: give the changed spec a new name (e.g. name: grounded-summaries-v2), or "
-        "put the old schema back")
+        "spec grounded-summaries: the output schema of category 'day-stated' (2 stored examples), 'day-omitted' "
+        "(1 stored example) changed since those examples were made; they would be mixed with the new ones in one "
+        "dataset: give the changed spec (or category) a new name, or put the old schema back")
+    # and again under the plan's lock, for a run that did not go through `validate` (a worker beside another)
+    from faithforge.generation.coverage_db import CoverageDB
+    from faithforge.generation.spec import load_spec
+
+    db = CoverageDB(f"sqlite:///{workspace / 'faithforge.db'}")
+    with pytest.raises(UserError, match="the output schema of category 'day-stated'"):
+        db.sync(load_spec(changed), {"day-stated": 3, "day-omitted": 1})
+    db.close()
 
     tuned = _variant(tmp_path, "tuned", lambda spec: spec.update(system_prompt=spec["system_prompt"] + " Be brief."))
     assert job.run(_params(tuned, workspace, 4)).summary.done_total == 4  # the 3 made before still count
@@ -61,12 +69,33 @@ def test_another_output_schema_under_the_same_name_is_refused_and_a_prompt_edit_
     job.validate(_params(renamed, workspace, 4, backend="openai", base_url="http://127.0.0.1:9", model="m"))
 
 
+def test_a_new_category_and_a_reworded_schema_keep_what_was_made(tmp_path):
+    """Adding a category with the same schema was refused as "output schema changed" when the fingerprint covered
+    every category together (a review, 2026-12-07); so would a docstring edit of a `schema_model`."""
+    workspace = tmp_path / "ws"
+    job.run(_params(str(GROUNDED), workspace, 3))
+
+    def add_category(spec: dict) -> None:
+        spec["categories"].append({**spec["categories"][0], "name": "extra"})
+
+    job.validate(_params(_variant(tmp_path, "added", add_category), workspace, 4, backend="openai",
+                         base_url="http://127.0.0.1:9", model="m"))
+
+    def reworded(spec: dict) -> None:
+        schema = GroundedSummary.model_json_schema()
+        schema["properties"]["summary"]["description"] = "A faithful summary, reworded."
+        del spec["schema_model"]
+        spec["schema"] = schema
+
+    assert job.run(_params(_variant(tmp_path, "reworded", reworded), workspace, 3)).summary.done_total == 3
+
+
 def test_a_store_made_before_the_record_is_not_refused(tmp_path):
     """Examples of an older FaithForge (no `gen_specs` table): nothing tells their schema, so nothing is refused."""
     workspace = tmp_path / "ws"
     job.run(_params(str(GROUNDED), workspace, 2))
     with sqlite3.connect(workspace / "faithforge.db") as db:
-        db.execute("DROP TABLE gen_specs")
+        db.execute("DROP TABLE gen_category_schemas")
     job.validate(_params(_variant(tmp_path, "titled", _with_title), workspace, 4, backend="openai",
                          base_url="http://127.0.0.1:9", model="m"))
 
