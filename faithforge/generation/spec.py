@@ -92,7 +92,8 @@ def _fill_once_per_value(prompt: str, axes: dict[str, list[Scalar]]) -> None:
     `{x!z}` or a format spec a value does not take passed the name check and failed at the first request, as a
     traceback (an attack, 2026-12-07). One line: the message may not hold "; " (problems are joined by it)."""
     for _, field, _, _ in string.Formatter().parse(prompt):
-        if field is not None and not field.isidentifier():  # `{}`, `{0}`, `{x.attr}`, `{x[key]}`
+        if field is not None and (not field or field.isdigit() or "." in field or "[" in field):  # `{}`, `{0}`,
+            # `{x.attr}`, `{x[key]}`: what str.format cannot look up by an axis name (`{tone-of-voice}` it can)
             raise ValueError(f"prompt has {{{field}}}: write {{axis}} with an axis name only (no index, attribute "
                              "or position), and {{ }} for a literal brace")
     first = {name: values[0] for name, values in axes.items() if values}
@@ -277,19 +278,18 @@ class GenerationSpec(BaseModel):
         named = {f"quality.{key}": getattr(self.quality, key) for key in ("source", "summary", "hallucinated",
                                                                          "key_facts")}
         named.update({f"quality.min_words.{key}": key for key in self.quality.min_words})
-        missing: dict[tuple[str, str, tuple[str, ...]], list[str]] = {}
+        fields: set[str] = set()
         for category in self.categories:
-            fields = set(self.declared_schema(category).get("properties") or {})
-            if not fields:
-                continue  # a schema without named properties: nothing to check the names against
-            fields |= {self.documents.field} if self.documents is not None else set()
-            for where, name in named.items():
-                if name is not None and name not in fields:
-                    missing.setdefault((where, name, tuple(sorted(fields))), []).append(category.name)
-        whose = lambda names: ("the output schema" if len(names) == len(self.categories)  # noqa: E731
-                               else "the schema of category " + ", ".join(map(repr, names)))
-        return [f"{where}: {name!r} is not a field of {whose(names)} (fields: {', '.join(fields)})"
-                for (where, name, fields), names in missing.items()]
+            named_here = set(self.declared_schema(category).get("properties") or {})
+            if not named_here:
+                return []  # a schema without named properties: nothing to check the names against
+            fields |= named_here
+        fields |= {self.documents.field} if self.documents is not None else set()
+        # A name in some categories' schemas only is fine: the gates run where the field exists (a spec of summaries
+        # beside questions names `summary` once).
+        return [f"{where}: {name!r} is not a field of any category's output schema (fields: "
+                f"{', '.join(sorted(fields))})" for where, name in named.items() if name is not None
+                and name not in fields]
 
     # derived ------------------------------------------------------------------------------------
     def category(self, name: str) -> Category:
