@@ -216,20 +216,18 @@ def atomic_directory(path: str | os.PathLike[str], *, new: bool = False) -> Iter
 
 
 def _swap_in_new(tmp: Path, target: Path) -> None:
-    """Rename `tmp` to `target` unless `target` is now there and not an empty folder. The check and the rename
-    hold the parent folder's `flock`, so of two commands finishing at once the second sees the first's folder."""
-    import fcntl
-
-    parent = os.open(target.parent, os.O_RDONLY)
+    """Rename `tmp` to `target` unless `target` is now there and not an empty folder. rename(2) itself refuses a
+    non-empty folder (ENOTEMPTY or EEXIST) and a file or link in the way (ENOTDIR), at once and atomically, so of
+    two commands finishing together the second is refused (no lock: `flock` on a folder fails on NFS, after the
+    whole model was written: a review, 2026-12-07)."""
     try:
-        fcntl.flock(parent, fcntl.LOCK_EX)
-        if target.is_symlink() or (target.exists() and (not target.is_dir() or any(target.iterdir()))):
-            raise UserError(f"{target} was written by another command while this one worked; nothing was replaced: "
-                            "choose a new folder")
-        os.replace(tmp, target)  # onto nothing, or onto an empty folder
-        _fsync_dir(target.parent)
-    finally:
-        os.close(parent)  # releases the lock
+        os.rename(tmp, target)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+            raise
+        raise UserError(f"{target} was written by another command while this one worked; nothing was replaced: "
+                        "choose a new folder") from None
+    _fsync_dir(target.parent)
 
 
 def _drop_dead_temporaries(target: Path) -> None:
