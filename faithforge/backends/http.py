@@ -132,6 +132,14 @@ def error_message(body: bytes) -> str:
     return text[:500]
 
 
+def server_count(value: Any) -> int:
+    """A count the server reports (tokens, nanoseconds) as a whole number; 0 for what is not a finite one ("lots",
+    null, a list, `1e400`): counts are bookkeeping, and an odd one never costs the answer it came with."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
+        return 0
+    return int(value)
+
+
 def json_object(text: str, where: str, *, what: str = "data", failed: str = "failed") -> dict[str, Any]:
     """`text` (a body, an NDJSON line or an SSE payload) as a JSON object; text that is not JSON, JSON that is
     not an object, or an `{"error": ...}` object (a failure after the status was already 200) is a

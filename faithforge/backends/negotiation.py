@@ -169,7 +169,7 @@ class NegotiatedChat(abc.ABC):
                 response.read()
                 return self._from_body(self._decode(response.text))
             return self._from_stream(response, deadline)
-        except (AttributeError, TypeError, ValueError, KeyError, IndexError) as exc:
+        except (AttributeError, TypeError, ValueError, KeyError, IndexError, ArithmeticError) as exc:
             raise BackendError(f"{self._where} sent an answer of another shape than its API's "
                                f"({type(exc).__name__}: {exc})") from None
 

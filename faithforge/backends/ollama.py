@@ -19,7 +19,7 @@ import httpx
 from faithforge.backends.base import (BackendError, BackendOptions, ChatResult, TransientBackendError, Usage,
                                       server_answer)
 from faithforge.backends.http import (Deadline, HttpOptions, json_object, lines_with_deadline, make_client,
-                                      translate_transport_errors, with_retries)
+                                      server_count, translate_transport_errors, with_retries)
 from faithforge.backends.negotiation import OLLAMA_MODES, FormatNegotiator, NegotiatedChat
 from faithforge.core.backend_registry import DEFAULT_OLLAMA_URL
 
@@ -57,12 +57,12 @@ class ModelInfo:
 def _usage(final: dict[str, Any]) -> Usage:
     """Metrics from a final chunk; absent fields (Ollama omits zeros) count as 0."""
     return Usage(
-        prompt_tokens=int(final.get("prompt_eval_count") or 0),
-        completion_tokens=int(final.get("eval_count") or 0),
-        total_s=float(final.get("total_duration") or 0) * _NS,
-        load_s=float(final.get("load_duration") or 0) * _NS,
-        prompt_eval_s=float(final.get("prompt_eval_duration") or 0) * _NS,
-        eval_s=float(final.get("eval_duration") or 0) * _NS,
+        prompt_tokens=server_count(final.get("prompt_eval_count")),
+        completion_tokens=server_count(final.get("eval_count")),
+        total_s=server_count(final.get("total_duration")) * _NS,
+        load_s=server_count(final.get("load_duration")) * _NS,
+        prompt_eval_s=server_count(final.get("prompt_eval_duration")) * _NS,
+        eval_s=server_count(final.get("eval_duration")) * _NS,
     )
 
 

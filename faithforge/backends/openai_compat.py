@@ -21,7 +21,7 @@ import httpx
 
 from faithforge.backends.base import (BackendConfigError, BackendOptions, ChatResult, TransientBackendError, Usage,
                                       server_answer)
-from faithforge.backends.http import Deadline, HttpOptions, json_object, lines_with_deadline, make_client
+from faithforge.backends.http import Deadline, HttpOptions, json_object, lines_with_deadline, make_client, server_count
 from faithforge.backends.negotiation import OPENAI_MODES, FormatNegotiator, NegotiatedChat
 from faithforge.core.errors import UserError
 
@@ -147,16 +147,9 @@ class OpenAICompatBackend(NegotiatedChat):
                 model: str | None) -> ChatResult:
         usage = usage if isinstance(usage, dict) else {}  # counts are bookkeeping: odd ones are read as 0
         return server_answer(content, thinking, finish,
-                             Usage(prompt_tokens=_count(usage.get("prompt_tokens")),
-                                   completion_tokens=_count(usage.get("completion_tokens"))),
+                             Usage(prompt_tokens=server_count(usage.get("prompt_tokens")),
+                                   completion_tokens=server_count(usage.get("completion_tokens"))),
                              str(model or self.model))
-
-
-def _count(value: Any) -> int:
-    """A token count as the server sent it; 0 for what is not a whole number ("lots", null, a list)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < float("inf"):
-        return 0
-    return int(value)
 
 
 def build(model: str, options: BackendOptions) -> OpenAICompatBackend:

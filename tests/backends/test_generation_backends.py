@@ -45,6 +45,18 @@ def test_ollama_streams_ndjson_and_sends_the_documented_request():
     assert body["keep_alive"] == "10m" and body["messages"] == MESSAGES
 
 
+def test_ollama_odd_counts_are_read_as_zero_and_never_cost_the_answer():
+    """`prompt_eval_count: "lots"` failed a whole answer, and `Infinity` was a traceback (OverflowError), where the
+    OpenAI backend read both as 0 (a review, 2026-12-07)."""
+    with FakeOllama() as server:
+        server.push(Reply('{"a": 1}', prompt_tokens="lots"), Reply('{"a": 2}', prompt_tokens=float("inf")),
+                    Reply('{"a": 3}', completion_tokens=[1]))
+        backend = ollama(server)
+        answers = [backend.chat(MESSAGES, schema=SCHEMA, max_tokens=8, temperature=0, seed=None) for _ in range(3)]
+    assert [a.text for a in answers] == ['{"a": 1}', '{"a": 2}', '{"a": 3}']
+    assert [(a.usage.prompt_tokens, a.usage.completion_tokens) for a in answers] == [(0, 34), (0, 34), (12, 0)]
+
+
 def test_ollama_num_ctx_is_the_same_on_every_request():
     with FakeOllama() as server:
         backend = ollama(server, num_ctx=2048)
