@@ -356,8 +356,8 @@ class Generator:
         now = time.monotonic()
         if failed > said and now - said_at >= every_s:
             self._failures_said = (now, failed)
-            self.log(f"{failed} attempt(s) failed so far ({self.summary.top_failures()}); the raw answers are in "
-                     f"{self.out_dir / QUARANTINE_DIR}")
+            self.log(f"{failed} attempt(s) failed so far ({self.summary.top_failures()}); the quarantine "
+                     f"{self.out_dir / QUARANTINE_DIR} keeps each failed answer (a duplicate is only counted)")
 
     def _heartbeat(self, stop: threading.Event) -> None:
         """Renew this worker's leases every `heartbeat_s` seconds until `stop` is set."""

@@ -70,6 +70,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     print(json.dumps(summary.to_dict(), sort_keys=True))
+    if summary.stopped == "interrupted":  # a stop is neither a success nor a failure: a supervisor reruns it
+        return 130
     return 1 if summary.stored_nothing else 0
 
 

@@ -116,7 +116,25 @@ def test_a_stop_before_the_first_example_is_an_interruption_not_a_failure(tmp_pa
     db = CoverageDB(f"sqlite:///{tmp_path / 'c.db'}")
     summary = run_generation(spec, Stopped(), db, tmp_path / "out", GenerationOptions(target=2, poll_s=0.01))
     assert summary.stopped == "interrupted" and summary.generated == 0
-    assert not summary.stored_nothing  # what `job.failure_of` and a worker's exit status read
+    assert not summary.stored_nothing  # what `job.failure_of` reads
+
+
+def test_a_worker_stopped_before_its_first_example_exits_130(tmp_path):
+    """A stop is neither success nor failure: `faithforge-worker` exited 1 (then 0, after the change above; a
+    review, 2026-12-07) when stopped before its first example; a supervisor reads 130 as "stopped, rerun"."""
+    command = [sys.executable, "-m", "faithforge.generation.worker", "--spec", GROUNDED, "--backend", "template",
+               "--target", "3", "--delay", "30", "--db", f"sqlite:///{tmp_path / 'c.db'}", "--out",
+               str(tmp_path / "out")]
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.monotonic() + HANG_GUARD_S
+    while not (tmp_path / "c.db").exists() and time.monotonic() < deadline:  # the run has started
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=HANG_GUARD_S)
+    assert proc.returncode == 130, (out, err)
+    assert '"stopped": "interrupted"' in out and '"generated": 0' in out, out
 
 
 def test_failed_attempts_are_said_while_the_run_goes_on(tmp_path):
@@ -134,7 +152,8 @@ def test_failed_attempts_are_said_while_the_run_goes_on(tmp_path):
     assert summary.stopped == "max_failures" and sum(summary.failures.values()) == 4
     failed = [line for line in said if "failed so far" in line]
     assert len(failed) == 1 and failed[0].startswith("1 attempt(s) failed so far ("), said  # then within 30 s
-    assert failed[0].endswith(f"; the raw answers are in {tmp_path / 'out' / '_quarantine'}")
+    assert failed[0].endswith(f"; the quarantine {tmp_path / 'out' / '_quarantine'} keeps each failed answer (a "
+                              "duplicate is only counted)")
 
 
 # issue 11 item 12 --------------------------------------------------------------------------------------------
