@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterator
 
 from sqlalchemy import func, or_, select, update
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from faithforge.core.errors import UserError
@@ -36,13 +36,11 @@ from faithforge.generation.tables import (Combination, ExampleRow, FailureRow, G
 def _named_store(url: str) -> Iterator[None]:
     """A store that cannot be opened is said with its place (SQLAlchemy's errors carry no URL, and the message
     read "the run store at (the run store)" for a SQLite file in a missing folder: an attack, 2026-12-07)."""
-    from sqlalchemy.exc import DBAPIError
-
     from faithforge.core.store import describe_database_error
 
     try:
         yield
-    except DBAPIError as exc:  # what is left after `_create_tables`' retries of a concurrent creator's race
+    except DBAPIError as exc:  # after `_create_tables`' own retries of a concurrent creator's race, if any
         raise UserError(describe_database_error(url, exc)) from None
 
 
@@ -56,20 +54,20 @@ def examples_of_another_schema(url: str, spec: GenerationSpec) -> dict[str, int]
         with _named_store(url), engine.connect() as conn:
             if not inspect(conn).has_table(CategorySchema.__tablename__):
                 return {}
-            return _schema_changes(conn, spec)
+            return _schema_changes(conn, spec.name, spec.schema_fingerprints())
     finally:
         engine.dispose()
 
 
-def _schema_changes(conn, spec: GenerationSpec) -> dict[str, int]:
+def _schema_changes(conn, spec: str, now: dict[str, str]) -> dict[str, int]:
+    """Category → stored examples of `spec` whose recorded schema fingerprint differs from `now`'s."""
     recorded = dict(conn.execute(select(CategorySchema.category, CategorySchema.schema_fingerprint).where(
-        CategorySchema.spec == spec.name)).all())
-    now = spec.schema_fingerprints()
+        CategorySchema.spec == spec)).all())
     changed = [name for name, fingerprint in now.items() if recorded.get(name, fingerprint) != fingerprint]
     if not changed:
         return {}
     counts = dict(conn.execute(select(ExampleRow.category, func.count()).where(
-        ExampleRow.spec == spec.name, ExampleRow.category.in_(changed)).group_by(ExampleRow.category)).all())
+        ExampleRow.spec == spec, ExampleRow.category.in_(changed)).group_by(ExampleRow.category)).all())
     return {name: counts[name] for name in changed if counts.get(name)}
 
 
@@ -161,16 +159,13 @@ class CoverageDB:
             advisory_lock(s.connection(), f"faithforge-generation-plan:{spec.name}")
             # Checked again here, under the plan's lock: another worker may have recorded another schema since this
             # run's `validate` read the store.
-            changes = _schema_changes(s.connection(), spec)
+            fingerprints = spec.schema_fingerprints()
+            changes = _schema_changes(s.connection(), spec.name, fingerprints)
             if changes:
                 raise UserError(another_schema_message(spec.name, changes))
-            for name, fingerprint in spec.schema_fingerprints().items():
-                record = s.get(CategorySchema, (spec.name, name))
-                if record is None:
-                    s.add(CategorySchema(spec=spec.name, category=name, schema_fingerprint=fingerprint,
-                                         updated_at=time.time()))
-                elif record.schema_fingerprint != fingerprint:  # no examples of it yet: the new schema is its own
-                    record.schema_fingerprint, record.updated_at = fingerprint, time.time()
+            for name, fingerprint in fingerprints.items():  # a changed one has no examples: the new schema is its own
+                s.merge(CategorySchema(spec=spec.name, category=name, schema_fingerprint=fingerprint,
+                                       updated_at=time.time()))
             for category in spec.categories:
                 wanted = {combination_key(p): p for p in spec.combinations(category)}
                 known = dict(s.execute(select(Combination.key_hash, Combination.id).where(

@@ -104,9 +104,7 @@ def export_model(source: str, out: str | Path, opts: ExportOptions,
         "merge_max_abs_logit_diff": merge["merge_max_abs_logit_diff"],
         "adapter_changes_logits_by": merge.get("adapter_changes_logits_by"), "probe_tokens": merge["probe_tokens"],
     }
-    if out.is_dir():
-        out.rmdir()
-    with atomic_directory(out, new=True) as tmp:
+    with atomic_directory(out, new=True) as tmp:  # onto nothing or the empty folder checked above
         if opts.fmt == "hf":
             dtype = opts.dtype or default_dtype(src.model_path)
             say(f"writing the merged model ({dtype}) and loading it back with plain transformers")

@@ -221,9 +221,7 @@ def import_model(source: str | Path, out: str | Path, *, dtype: str = "float32",
     to_save = _serializable_copy(model) if kind == "gguf" else model
     parameters = sum(p.numel() for p in to_save.parameters())
     say(f"writing {parameters:,} parameters to {out}")
-    if out.is_dir():
-        out.rmdir()  # empty (checked above); atomic_directory creates it complete or not at all
-    with atomic_directory(out, new=True) as tmp:
+    with atomic_directory(out, new=True) as tmp:  # complete or not at all, onto the empty folder checked above
         to_save.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
     del to_save, model
