@@ -185,13 +185,22 @@ def _store_place(url: str) -> str:
     return url.split("///", 1)[1] if url.startswith("sqlite:///") else url.split("@")[-1]
 
 
+def sqlite_file_missing(url: str) -> bool:
+    """Whether `url` names a SQLite file that does not exist: opening it would create an empty one, so a command
+    that only reads says so (or skips it) instead."""
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    database = parsed.database
+    return (parsed.get_backend_name() == "sqlite" and bool(database) and database != ":memory:"
+            and not os.path.isfile(database))
+
+
 def existing_store(database_url: str | None, workspace: str | os.PathLike[str], ran: str) -> "Store":
     """The run store a command only reads (`runs`, `eval compare`): `database_url`, else the SQLite file of
     `workspace`; refused in one line when there is none there (`ran`: what a workspace with one has run). Opening
     it as `Store` does created an empty one (`faithforge runs --database-url sqlite:////tmp/typo.db` wrote
     typo.db, and "no runs yet"; an attack, 2026-12-07)."""
-    from sqlalchemy.engine import make_url
-
     if database_url is None:
         from faithforge.core.workspace import sqlite_url
 
@@ -202,8 +211,7 @@ def existing_store(database_url: str | None, workspace: str | os.PathLike[str], 
     engine = make_engine(url)
     try:
         if engine.dialect.name == "sqlite":
-            database = make_url(url).database
-            missing = bool(database) and database != ":memory:" and not os.path.isfile(database)
+            missing = sqlite_file_missing(url)
         else:
             with engine.connect() as connection:
                 missing = not inspect(connection).has_table("runs")

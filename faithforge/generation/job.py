@@ -156,16 +156,12 @@ def _refuse_another_schema(params: GenerateParameters, spec: GenerationSpec) -> 
     one dataset and count toward the same target (an attack, 2026-12-07). Edits to prompts, axes or quality, and
     new categories, keep the examples made so far, as a rerun after tuning expects. `CoverageDB.sync` checks again
     under the plan's lock (another worker may record a schema meanwhile)."""
-    url = params.database_url
-    if not url:
-        from faithforge.core.workspace import sqlite_url
+    from faithforge.core.store import sqlite_file_missing
+    from faithforge.core.workspace import sqlite_url
 
-        stored = Path(params.workspace).expanduser().resolve() / "faithforge.db"
-        if not stored.is_file():
-            return  # a new workspace: nothing made yet (and nothing is created to find that out)
-        url = sqlite_url(stored)
-    elif url.startswith("sqlite:///") and not Path(url.split("///", 1)[1]).expanduser().is_file():
-        return  # likewise: a SQLite file that does not exist yet holds no examples (and is not created here)
+    url = params.database_url or sqlite_url(Path(params.workspace).expanduser().resolve() / "faithforge.db")
+    if sqlite_file_missing(url):
+        return  # a new store: nothing made yet (and nothing is created to find that out)
     changes = examples_of_another_schema(url, spec)
     if changes:
         raise UserError(another_schema_message(spec.name, changes))
