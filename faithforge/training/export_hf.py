@@ -115,6 +115,7 @@ def resolve_source(source: str, *, base: str | None = None, workspace: str | Pat
 
 
 def _probe_ids(tokenizer):
+    """One tensor per probe prompt, chat template applied. Shape: (1, prompt_tokens), long."""
     import torch
 
     rows = []
@@ -125,6 +126,7 @@ def _probe_ids(tokenizer):
 
 
 def _logits(model, probes):
+    """The model's logits on each probe, no gradient. Shape: (1, prompt_tokens, vocab_size) each, float32."""
     import torch
 
     with torch.no_grad():
@@ -132,6 +134,7 @@ def _logits(model, probes):
 
 
 def _max_diff(a, b) -> float:
+    """Largest |a − b| over paired lists of same-shaped tensors (logits: nats before the softmax)."""
     return max(float((x - y).abs().max()) for x, y in zip(a, b))
 
 

@@ -106,7 +106,10 @@ def _vocabulary(tokenizer, vocab_size: int) -> tuple[list[str], list[int]]:
 
 
 def _permute(weight, heads: int):
-    """Hugging Face's half-split rotary layout → llama.cpp's interleaved one, per head (rows of q or k)."""
+    """Hugging Face's half-split rotary layout → llama.cpp's interleaved one, per head (rows of q or k).
+
+    Shape: `weight` (heads * head_dim, hidden_size) or (heads * head_dim,); returned in the same shape, rows
+    reordered within each head."""
     return (weight.reshape(heads, 2, weight.shape[0] // heads // 2, *weight.shape[1:])
             .swapaxes(1, 2).reshape(weight.shape))
 

@@ -27,7 +27,8 @@ MATERIALIZE_LIMIT_BYTES = 256 * 2**20
 def materializes(hidden, weight) -> bool:
     """Whether `completion_log_probs` builds the logits whole for these inputs: on the CPU, in fp32 without
     autocast (under bf16 autocast TRL's kernel adds the gradient tiles up in fp32, which autograd through a bf16
-    matmul would not: 4e-3 apart, measured), and small enough."""
+    matmul would not: 4e-3 apart, measured), and small enough. Shapes: `hidden` (tokens, hidden_size), `weight`
+    (vocab_size, hidden_size); the logits would be tokens × vocab_size × 4 bytes."""
     import torch
 
     return (hidden.device.type == "cpu" and hidden.dtype == torch.float32 and weight.dtype == torch.float32
@@ -57,7 +58,9 @@ def completion_log_probs(hidden, weight, bias, targets, temperature: float = 1.0
 
 
 def _materialized(hidden, weight, bias, targets, temperature, softcap, logit_scale, outputs):
-    """The whole-logits path of `completion_log_probs` (fp32 on the CPU, see `materializes`)."""
+    """The whole-logits path of `completion_log_probs` (fp32 on the CPU, see `materializes`); the same shapes:
+    `hidden` (tokens, hidden_size), `weight` (vocab_size, hidden_size), `targets` (tokens,) → five (tokens,) or
+    None. Builds (tokens, vocab_size) logits, at most `MATERIALIZE_LIMIT_BYTES`."""
     import torch
     import torch.nn.functional as F
 

@@ -165,6 +165,7 @@ def _serializable_copy(model):
 
 
 def probe_ids(tokenizer, *, plain: bool = False):
+    """The probe prompt's token ids (chat template applied unless `plain`). Shape: (1, prompt_tokens), long."""
     import torch
 
     if plain:
@@ -174,6 +175,8 @@ def probe_ids(tokenizer, *, plain: bool = False):
 
 
 def probe_logits(model, ids):
+    """The model's logits on `ids`, no gradient. Shape: `ids` (1, prompt_tokens) long → (1, prompt_tokens,
+    vocab_size) float32."""
     import torch
 
     with torch.no_grad():

@@ -45,7 +45,8 @@ class _CallMask:
         """Flat indices of the real positions among the last `seq_len` columns of the mask (a pass over a cached
         prefix gets the whole rows' mask and computes only the positions after the cache), or None when the mask
         does not fit these hidden states or every position is real. Without a cache the hidden states must span
-        the whole mask: anything shorter is not this call's rows."""
+        the whole mask: anything shorter is not this call's rows. Shape: the mask (batch, mask_len), 0/1;
+        returns (n_real,) long, flat positions into batch * seq_len."""
         mask = self.mask
         if mask is None or mask.shape[0] != batch or mask.shape[1] < seq_len \
                 or (mask.shape[1] != seq_len and not self.cached):

@@ -44,7 +44,8 @@ def pair_prefix_lengths(input_ids, attention_mask):
 
 
 def _flush_left(attention_mask) -> bool:
-    """True when every row's real tokens are its first ones (right padding only)."""
+    """True when every row's real tokens are its first ones (right padding only). Shape: `attention_mask`
+    (rows, seq_len), 0/1."""
     import torch
 
     lengths = attention_mask.sum(dim=1, keepdim=True)
