@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from faithforge.core import strict_yaml
 from faithforge.core.backend_registry import BackendName, ServerBackendName
-from faithforge.core.judge_registry import DEFAULT_JUDGE, JudgeName, SampleJudgeName
+from faithforge.core.judge_registry import DEFAULT_JUDGE, JUDGE_RULES, JudgeName, SampleJudgeName
 from faithforge.core.errors import ConfigError, UserError, validation_message
 from faithforge.core.strict_yaml import clip
 
@@ -408,7 +408,7 @@ class EvaluateConfig(Section):
     trained_judge_path: str | None = None
     """`trained`: the folder `faithforge judge train --documents FILE` wrote (MiniLM features and a head trained on
     corruptions of your own documents, with its lineage)."""
-    judge_rule: Literal["any", "all", "logistic"] = "any"
+    judge_rule: Literal[tuple(JUDGE_RULES)] = "any"  # type: ignore[valid-type]
     """How a judge list decides: `any` flags what any judge flags; `all` what every judge flags; `logistic`
     applies the combination fitted on labels in `judge_combination`."""
     judge_combination: str | None = None

@@ -64,6 +64,14 @@ JUDGES.register(JudgeKind("trained", "faithforge.evaluation.trained",
 
 DEFAULT_JUDGE = "grounding"
 
+#: How a list of judges decides (`evaluate.judge_rule`), each with the words the report states it in. The config's
+#: choices, `build_judges`, the combined judge and the report read this table.
+JUDGE_RULES: dict[str, str] = {
+    "any": "hallucinated when any judge says so",
+    "all": "hallucinated only when every judge says so",
+    "logistic": "hallucinated when the logistic combination fitted on labels (`evaluate.judge_combination`) says so",
+}
+
 #: A config field naming one registered judge (checked against `JUDGES`; the UI form's enum is `JUDGES`' names).
 JudgeName = registered_name(JUDGES)
 #: A config field naming a judge that may score on-policy samples (`pairs.judge`).

@@ -12,11 +12,16 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from faithforge.core.judge_registry import JUDGE_RULES
 from faithforge.evaluation.verdict import Flag, Judge, SentenceResult, Verdict
+
+#: How a combined judge's name joins its judges' names, by rule (`rule_of_name` reads it back).
+_JOINERS = {"any": "+", "all": "&", "logistic": "+"}
+_LOGISTIC_SUFFIX = "~logistic"
 
 
 class CombinedJudge:
-    """Runs every judge; hallucinated when any judge says so."""
+    """Runs every judge; decides by its rule (`JUDGE_RULES`: any, all, or a fitted logistic combination)."""
 
     def __init__(self, judges: Sequence[Judge], *, rule: str = "any", combination: Any = None):
         if len(judges) < 2 and rule != "logistic":
@@ -24,13 +29,12 @@ class CombinedJudge:
         names = [j.name for j in judges]
         if len(set(names)) != len(names):
             raise ValueError(f"judge names repeat: {', '.join(names)}")
-        if rule not in ("any", "all", "logistic") or (rule == "logistic") != (combination is not None):
+        if rule not in JUDGE_RULES or (rule == "logistic") != (combination is not None):
             raise ValueError(f"rule {rule!r}: any, all, or logistic with a fitted combination")
         self.judges = list(judges)
         self.rule = rule
         self.combination = combination
-        joiner = {"any": "+", "all": "&", "logistic": "+"}[rule]
-        self.name = joiner.join(names) + ("~logistic" if rule == "logistic" else "")
+        self.name = _JOINERS[rule].join(names) + (_LOGISTIC_SUFFIX if rule == "logistic" else "")
 
     @property
     def components(self) -> list[Judge]:
@@ -65,6 +69,13 @@ class CombinedJudge:
             sentences = tuple(SentenceResult(s.index, s.text, True, s.score) for s in sentences)
         return Verdict(judge=self.name, hallucinated=hallucinated, sentences=sentences, flags=flags,
                        truncated=truncated, parts=tuple(parts), score=score)
+
+
+def rule_of_name(name: str) -> str:
+    """The rule a combined judge called `name` decides by (its name says it: `a+b`, `a&b`, `a+b~logistic`)."""
+    if name.endswith(_LOGISTIC_SUFFIX):
+        return "logistic"
+    return "all" if _JOINERS["all"] in name else "any"
 
 
 def _merge_sentences(parts: list[Verdict]) -> tuple[SentenceResult, ...]:

@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from faithforge.core.errors import UserError
-from faithforge.core.judge_registry import DEFAULT_JUDGE, JUDGES
+from faithforge.core.judge_registry import DEFAULT_JUDGE, JUDGE_RULES, JUDGES
 from faithforge.core.registry import load_attribute
 from faithforge.evaluation.verdict import Judge
 
-RULES = ("any", "all", "logistic")
+RULES = tuple(JUDGE_RULES)
 
 
 def get_judge(name: str | Sequence[str] = DEFAULT_JUDGE, **options: Any) -> Judge:

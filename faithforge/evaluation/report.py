@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from faithforge.core.judge_registry import JUDGE_RULES
+from faithforge.evaluation.combined import rule_of_name
 from faithforge.evaluation.results import ComparisonReport, ItemResult, ModelReport
 from faithforge.evaluation.wording import SUMMARIES, TaskWords
 
@@ -164,8 +166,8 @@ def markdown_report(comparison: ComparisonReport, control: ComparisonReport | No
     judge_names = list(dict.fromkeys(n for m in _models(comparison, control) for n in m.judge_rates))
     if judge_names:
         lines += ["", "## Each judge", "",
-                  f"One {words.unit} is hallucinated when any judge says so; each judge's own rate is beside the "
-                  "combined one.",
+                  f"One {words.unit} is {JUDGE_RULES[rule_of_name(comparison.judge)]}; each judge's own rate is "
+                  "beside the combined one.",
                   "", "| model | combined | " + " | ".join(judge_names) + " |",
                   "|---|---:|" + "---:|" * len(judge_names)]
         for m in _models(comparison, control):

@@ -68,3 +68,19 @@ def test_store_and_compare_runs(reports, tmp_path):
         compare_runs(store, "nope", first)
     with pytest.raises(UserError, match=f"A and B are the same evaluation \\({first}, named '{run}' and '{first}'\\); "):
         compare_runs(store, run, first)  # a table of zeros before (an attack, 2026-12-07)
+
+
+@pytest.mark.parametrize("rule", ["any", "all"])
+def test_a_judge_list_report_states_the_rule_it_decided_by(rule):
+    """The "Each judge" section said "when any judge says so" under every rule (a review, 2026-12-07): its
+    sentence is now the rule's own, and the combined rate follows that rule."""
+    from faithforge.core.judge_registry import JUDGE_RULES
+    from faithforge.evaluation.judges import build_judges
+
+    judge = build_judges(["grounding", "grounded-qa"], rule=rule)
+    comparison = compare_reports(evaluate_single(ITEMS, BEFORE, judge, label="before"),
+                                 evaluate_single(ITEMS, AFTER, judge, label="after"), bootstrap_samples=50)
+    text = markdown_report(comparison)
+    assert f"One summary is {JUDGE_RULES[rule]}; each judge's own rate" in text
+    other = next(r for r in ("any", "all") if r != rule)
+    assert JUDGE_RULES[other] not in text
