@@ -16,8 +16,6 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.states import Failed
 
-from faithforge.backends.ollama import DEFAULT_OLLAMA_URL, release_ollama_gpu
-from faithforge.core.backend_registry import BACKENDS
 from faithforge.core.progress import StageReporter
 from faithforge.core.workspace import sha256_file
 from faithforge.generation import job
@@ -33,9 +31,7 @@ def generate_flow(params: GenerateParameters) -> GenerationResult:
     plan = plan_generation(params)
     summary = generate_examples(params, plan)
     exported = export_examples(plan)
-    unloaded: list[str] = []
-    if params.unload_after and BACKENDS.get(params.backend).releases_gpu:
-        unloaded = release_ollama(params.base_url, [plan.decision.model])
+    unloaded = release_gpu(params, plan)
     result = GenerationResult(plan=plan, summary=summary, export=exported, unloaded=unloaded)
     failure = failure_of(result)
     if failure is not None:  # a returned Failed state ends the run without a traceback in its log; calling
@@ -102,9 +98,11 @@ def export_examples(plan: job.GenerationPlan) -> job.ExportedExamples:
     return exported.model_copy(update={"sha256": digest, "artifact_id": artifact_id})
 
 
-@task(name="release-ollama-gpu", cache_policy=NO_CACHE, persist_result=False)
-def release_ollama(base_url: str | None = None, models: list[str] | None = None) -> list[str]:
-    """Unload Ollama models (`keep_alive: 0`) so a following GPU stage gets the VRAM; returns their names."""
-    names = release_ollama_gpu(base_url or DEFAULT_OLLAMA_URL, models)
-    get_run_logger().info("unloaded from Ollama: %s", ", ".join(names) or "(nothing was loaded)")
+@task(name="release-gpu", cache_policy=NO_CACHE, persist_result=False)
+def release_gpu(params: GenerateParameters, plan: job.GenerationPlan) -> list[str]:
+    """With `unload_after`, unload the model from the backend's server so a following GPU stage gets the VRAM
+    (`job.release`); returns the names unloaded."""
+    names = job.release(params, plan)
+    if params.unload_after:
+        get_run_logger().info("unloaded from the %s server: %s", params.backend, ", ".join(names) or "(nothing)")
     return names

@@ -208,6 +208,11 @@ def release_ollama_gpu(base_url: str = DEFAULT_OLLAMA_URL, models: list[str] | N
         backend.close()
 
 
+def release_gpu(base_url: str, models: list[str]) -> list[str]:
+    """The registry's hook for `releases_gpu` (`faithforge.generation.job.release`)."""
+    return release_ollama_gpu(base_url, models)
+
+
 def build(model: str, options: BackendOptions) -> "OllamaBackend":
     """The registered builder (`faithforge.core.backend_registry`)."""
     return OllamaBackend(model, base_url=options.base_url or DEFAULT_OLLAMA_URL, num_ctx=options.num_ctx,

@@ -4,7 +4,8 @@ instead of testing its name.
 
 Adding a backend is one new module plus one `BACKENDS.register(...)` line here. The module defines
 `build(model, options: BackendOptions) -> ChatBackend` (see `faithforge.backends.base`), and may define
-`check_spec(spec) -> None` to refuse, before a run, a generation spec it cannot write.
+`check_spec(spec) -> None` to refuse, before a run, a generation spec it cannot write; a backend registered with
+`releases_gpu` defines `release_gpu(base_url, models) -> list[str]` (unload those models, return their names).
 """
 
 from __future__ import annotations
@@ -36,7 +37,9 @@ class BackendKind:
     model_is_folder: bool = False
     """`model` is a local folder written by save_pretrained (checked before a run)."""
     releases_gpu: bool = False
-    """It can unload the model from the server's GPU after a run (`unload_after`)."""
+    """It can unload the model from the server's GPU after a run (`unload_after`): its module's `release_gpu`."""
+    runs_model: bool = True
+    """It runs a language model (False: the offline template teacher), so the GPU gate plans `generate` for it."""
     built_in_task: bool = False
     """It writes the built-in task's examples in process (the pipeline generates without the generation flow)."""
 
@@ -60,7 +63,7 @@ BACKENDS.register(BackendKind("local", "faithforge.backends.local", "a local tra
                               server=False, model_sizes="model-folder", model_is_folder=True))
 BACKENDS.register(BackendKind("template", "faithforge.backends.template",
                               "the offline template teacher (grounded-summaries only; no model)", server=False,
-                              built_in_task=True))
+                              built_in_task=True, runs_model=False))
 
 #: A config field naming one registered backend.
 BackendName = registered_name(BACKENDS)

@@ -252,12 +252,12 @@ def export(plan_: GenerationPlan) -> ExportedExamples:
 
 
 def release(params: GenerateParameters, plan_: GenerationPlan) -> list[str]:
-    """Unload the Ollama model when asked to (frees VRAM for a GPU stage); the names unloaded."""
-    if not (params.unload_after and BACKENDS.get(params.backend).releases_gpu):
+    """Unload the run's model from the server's GPU when asked to and the backend can (frees VRAM for a GPU stage:
+    the backend module's `release_gpu`); the names unloaded."""
+    kind = BACKENDS.get(params.backend)
+    if not (params.unload_after and kind.releases_gpu):
         return []
-    from faithforge.backends.ollama import DEFAULT_OLLAMA_URL, release_ollama_gpu
-
-    return release_ollama_gpu(params.base_url or DEFAULT_OLLAMA_URL, [plan_.decision.model])
+    return load_attribute(kind, "release_gpu")(params.base_url or kind.default_url, [plan_.decision.model])
 
 
 def failure_of(result: GenerationResult) -> GenerationFailed | None:

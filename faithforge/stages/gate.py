@@ -15,6 +15,7 @@ from typing import Optional
 
 from pydantic import BaseModel, ConfigDict
 
+from faithforge.core.backend_registry import BACKENDS
 from faithforge.core.config import PipelineConfig
 from faithforge.stages.context import StageContext, reads
 from faithforge.gpu.corrections import Corrections
@@ -126,7 +127,7 @@ def _generation_models(cfg: PipelineConfig) -> tuple[list, str | None]:
     them, the model `generate` runs (`generate.model` and its fallbacks), sized as the run's own gate sizes it
     (`sized_tiers`). `faithforge gpu` said the template teacher writes the data when the config named an Ollama
     model, and `demo` then used Ollama (an attack, 2026-12-07)."""
-    if cfg.gpu.generation_models or cfg.generate.backend == "template":
+    if cfg.gpu.generation_models or not BACKENDS.get(cfg.generate.backend).runs_model:
         return [ollama_model(tag) for tag in cfg.gpu.generation_models], None
     from faithforge.generation.model_tiers import sized_tiers
 

@@ -178,6 +178,48 @@ def test_a_backend_registered_once_is_accepted_by_config_cli_and_form(throwaway_
     assert written and sum(len(p.read_text().splitlines()) for p in written) >= 2
 
 
+@pytest.fixture
+def throwaway_server_backend(tmp_path, monkeypatch):
+    """A server backend that can free the GPU, added the documented way: its module defines `build` and the
+    `release_gpu` hook, and one registration line says `releases_gpu`."""
+    yield from _register_throwaway(BACKENDS, BackendKind("unloading-server", "throwaway_server_backend",
+                                                         "a server that unloads on request", server=True,
+                                                         default_url="http://127.0.0.1:9", releases_gpu=True),
+                                   "RELEASED = []\n\n"
+                                   "def build(model, options):\n"
+                                   "    raise NotImplementedError\n\n"
+                                   "def release_gpu(base_url, models):\n"
+                                   "    RELEASED.append((base_url, list(models)))\n"
+                                   "    return list(models)\n", tmp_path, monkeypatch)
+
+
+def test_unloading_after_a_run_calls_the_registered_backends_own_hook(throwaway_server_backend):
+    """`releases_gpu` sent Ollama's unload request whatever the backend (a review, 2026-12-07): the generation
+    job now calls the backend module's `release_gpu`, at its default URL when none is given."""
+    from types import SimpleNamespace
+
+    from faithforge.generation import job
+    from faithforge.generation.parameters import GenerateParameters
+
+    plan = SimpleNamespace(decision=SimpleNamespace(model="m-8b"))
+    module = sys.modules.get("throwaway_server_backend") or __import__("throwaway_server_backend")
+    asked = GenerateParameters(spec="s.yaml", backend=throwaway_server_backend, unload_after=True)
+    assert job.release(asked, plan) == ["m-8b"]
+    assert module.RELEASED == [("http://127.0.0.1:9", ["m-8b"])]
+    assert job.release(asked.model_copy(update={"unload_after": False}), plan) == []
+    assert len(module.RELEASED) == 1
+
+
+def test_a_backend_that_runs_no_model_is_not_planned_by_the_gate():
+    """The gate asked `backend == "template"`; it asks the registry's `runs_model` now."""
+    from faithforge.core.config import load_config
+    from faithforge.stages.gate import generation_not_planned
+
+    assert [k.name for k in BACKENDS if not k.runs_model] == ["template"]
+    config = load_config(None, overrides={"generate": {"backend": "template"}}, environ={})
+    assert generation_not_planned(config) is None
+
+
 def test_an_unknown_name_is_one_line_that_lists_the_registered_ones():
     from faithforge.core.config import ConfigError, load_config
 
