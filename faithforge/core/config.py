@@ -21,10 +21,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from faithforge.core import strict_yaml
-from faithforge.core.backend_registry import BackendName, ServerBackendName
-from faithforge.core.judge_registry import DEFAULT_JUDGE, JUDGE_RULES, JudgeName, SampleJudgeName
+from faithforge.core.backend_registry import BACKENDS, BackendName, ServerBackendName
+from faithforge.core.judge_registry import DEFAULT_JUDGE, JUDGE_RULES, JUDGES, JudgeName, SampleJudgeName
 from faithforge.core.errors import ConfigError, UserError, validation_message
 from faithforge.core.strict_yaml import clip
+from faithforge.core.registry import choices_described
 
 #: The largest config file read (a configuration is a few kilobytes).
 MAX_CONFIG_BYTES = 1 << 20
@@ -140,10 +141,10 @@ class GenerateConfig(Section):
     """The `template` backend's task. `summaries`: one-event documents whose day is sometimes missing (the tiny
     demo). `grounded-qa`: questions about three-person documents, 70% of which ask for a fact the document
     does not state (the real-model demo, `faithforge demo --real`: SmolLM2 answers them anyway)."""
-    backend: BackendName = "template"
-    """Who writes the data. `template`: the built-in offline teacher (deterministic, no model needed; the demo).
-    `ollama` / `openai` / `local`: the spec-driven generation flow runs as a subflow with that backend and its
-    examples are split into train / validation / test by content hash."""
+    backend: BackendName = Field("template", json_schema_extra=choices_described(BACKENDS))
+    """Who writes the data. The built-in offline teacher (`template`: deterministic, no model needed; the demo)
+    writes the built-in task in process; any other backend runs the spec-driven generation flow as a subflow, and
+    its examples are split into train / validation / test by content hash."""
     spec: str = "configs/specs/grounded-summaries.yaml"
     """Generation spec for LLM backends (must produce source_document, summary, key_facts and, for pairs,
     hallucinated_summary)."""
@@ -203,7 +204,7 @@ class PairsConfig(Section):
     faithful_chosen: bool = False
     """`on-policy`: the chosen sample must be one the judge flags nothing in; otherwise a sample that states the
     answer and invents a detail can win over a wrong answer, and training raises the invention with it."""
-    judge: SampleJudgeName | None = None
+    judge: SampleJudgeName | None = Field(None, json_schema_extra=choices_described(JUDGES, lambda k: k.scores_samples))
     """`on-policy`: the judge that scores the samples; empty uses `evaluate.judge`. `grounded-qa` also flags a value
     given to the wrong person ("Nia sold 5 books." when Wim sold them), which `grounding` lets through.
     `likelihood` scores with the policy being sampled (or `evaluate.likelihood_model`) and its `evaluate.likelihood_*`
@@ -356,16 +357,12 @@ class ControlConfig(Section):
 class EvaluateConfig(Section):
     """Before/after hallucination evaluation on held-out sources."""
 
-    judge: JudgeName | list[JudgeName] = DEFAULT_JUDGE
-    """How a summary is judged. `grounding`: deterministic; a name, place, number, day or quote that is not in
-    the source is a hallucination (a cheap filter: balanced accuracy 0.60 on human-labeled news summaries; it
-    misses changed relations, negations, invented events). `grounded-qa`: grounding plus who-did-what, for the
-    grounded-qa task's documents (another person's value, a person named as a place, invented relations;
-    precision 0.91, recall 0.97 on 60 held-out labeled SmolLM2 answers). `nli`: a checkpoint scores each
-    sentence against the source (MNLI / HHEM / MiniCheck). `llm`: an LLM extracts claims and checks each (Ollama or an
-    OpenAI-compatible server). `likelihood`: a local causal LM (`likelihood_model`, default the run's base model)
-    scores each sentence's tokens with and without the source; runs offline on CPU. A list (`[grounding, nli]`)
-    combines judges (`judge_rule`), each judge's rate reported beside the combined one."""
+    judge: JudgeName | list[JudgeName] = Field(DEFAULT_JUDGE, json_schema_extra=choices_described(JUDGES))
+    """How a summary is judged: one registered judge, or a list (`[grounding, nli]`) combined by `judge_rule`,
+    each judge's rate reported beside the combined one. Measured: `grounding` is a cheap filter (balanced
+    accuracy 0.60 on human-labeled news summaries; it misses changed relations, negations, invented events);
+    `grounded-qa` has precision 0.91, recall 0.97 on 60 held-out labeled SmolLM2 answers. Judges that need a
+    model or a server read the settings below named after them."""
     nli_checkpoint: str | None = None
     """`nli`: folder or hub id of a sequence-classification model or a seq2seq yes/no checker (required for `nli`)."""
     nli_trust_remote_code: bool = False
@@ -375,7 +372,7 @@ class EvaluateConfig(Section):
     `faithforge eval calibrate`)."""
     nli_supported_label: int | None = Field(None, ge=0, le=1000)
     """`nli`: index of the label that means "supported" (empty: read from the checkpoint's labels)."""
-    llm_backend: ServerBackendName = "ollama"
+    llm_backend: ServerBackendName = Field("ollama", json_schema_extra=choices_described(BACKENDS, lambda k: k.server))
     """`llm`: which server the judge model runs on."""
     llm_model: str = "qwen3:8b"
     """`llm`: the judge model."""
@@ -384,7 +381,7 @@ class EvaluateConfig(Section):
     served_model: str | None = None
     """Also evaluate a model served by Ollama or an OpenAI-compatible server (e.g. your merged model after
     `ollama create`), with the same fixed prompt at temperature 0, compared against the model before DPO."""
-    served_backend: ServerBackendName = "ollama"
+    served_backend: ServerBackendName = Field("ollama", json_schema_extra=choices_described(BACKENDS, lambda k: k.server))
     """Where `served_model` runs."""
     served_base_url: str | None = None
     """The server root for `served_model` (Ollama default http://127.0.0.1:11434; required for `openai`)."""

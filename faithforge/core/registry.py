@@ -88,6 +88,17 @@ class _EnumFromRegistry:
         return schema
 
 
+def choices_described(registry: Registry, where: Callable[[Any], bool] | None = None) -> Callable[[dict], None]:
+    """A field's `json_schema_extra`: appends each registered name with its one-line summary to the field's
+    description when the schema is made, so the UI form's help lists what the registry holds now (a hand-written
+    list in a field's docstring had already left a judge out)."""
+    def extend(schema: dict) -> None:
+        listed = "; ".join(f"`{e.name}`: {e.summary}" for e in registry if where is None or where(e))
+        schema["description"] = (schema.get("description", "").rstrip() + f"\n\nChoices: {listed}.").lstrip()
+
+    return extend
+
+
 def registered_name(registry: Registry, where: Callable[[Any], bool] | None = None, what: str = "") -> Any:
     """The pydantic type of a field naming one entry of `registry` (those `where` accepts): a `str` checked
     against the registry at validation time, with the registry's names as its JSON-schema enum."""

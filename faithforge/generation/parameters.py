@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from faithforge.core.backend_registry import BackendName
+from faithforge.core.backend_registry import BACKENDS, BackendName
+from faithforge.core.registry import choices_described
 
 
 class GenerateParameters(BaseModel):
@@ -18,9 +19,8 @@ class GenerateParameters(BaseModel):
 
     spec: str
     """Path of the generation spec YAML (e.g. configs/specs/grounded-summaries.yaml)."""
-    backend: BackendName = "ollama"
-    """Who writes the examples: an Ollama server, an OpenAI-compatible server, a local transformers model
-    folder, or the offline template teacher."""
+    backend: BackendName = Field("ollama", json_schema_extra=choices_described(BACKENDS))
+    """Who writes the examples."""
     model: str = "qwen3:8b"
     """Model name (Ollama tag, server model id) or, for `local`, the model folder."""
     fallback_models: list[str] = Field(default_factory=list)

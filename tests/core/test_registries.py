@@ -5,6 +5,7 @@ Prefect UI form without touching anything else."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -58,6 +59,13 @@ def test_the_config_form_and_cli_list_exactly_the_registered_names():
     assert _enums(definitions["GenerateConfig"]["properties"]["backend"]) == [backends]
     for field in ("llm_backend", "served_backend"):
         assert _enums(definitions["EvaluateConfig"]["properties"][field]) == [server_backends]
+    # the form's help lists what the registry holds, each with its summary (a hand list had left `trained` out)
+    described = {("EvaluateConfig", "judge"): judges, ("PairsConfig", "judge"): sample_judges,
+                 ("GenerateConfig", "backend"): backends, ("EvaluateConfig", "llm_backend"): server_backends,
+                 ("EvaluateConfig", "served_backend"): server_backends}
+    for (section, field), names in described.items():
+        choices = definitions[section]["properties"][field]["description"].split("Choices: ", 1)[1]
+        assert re.findall(r"(?:^|; )`([^`]+)`: ", choices) == names, (section, field)
     generation_form = parameter_schema(generate_flow.fn).model_dump()
     assert _enums(generation_form["definitions"]["GenerateParameters"]["properties"]["backend"]) == [backends]
 
@@ -128,6 +136,7 @@ def test_a_judge_registered_once_is_accepted_by_config_cli_and_form(throwaway_ju
     form = parameter_schema(pipeline.fn).model_dump()["definitions"]
     assert throwaway_judge in _enums(form["EvaluateConfig"]["properties"]["judge"])[0]
     assert throwaway_judge in _enums(form["PairsConfig"]["properties"]["judge"])[0]
+    assert f"`{throwaway_judge}`: flags any summary with a digit" in form["EvaluateConfig"]["properties"]["judge"]["description"]
 
     _register_subcommands()
     labels = tmp_path / "labels.jsonl"
@@ -167,6 +176,7 @@ def test_a_backend_registered_once_is_accepted_by_config_cli_and_form(throwaway_
     assert config.generate.backend == throwaway_backend
     form = parameter_schema(generate_flow.fn).model_dump()["definitions"]["GenerateParameters"]
     assert throwaway_backend in _enums(form["properties"]["backend"])[0]
+    assert f"`{throwaway_backend}`: the template teacher under another name" in form["properties"]["backend"]["description"]
 
     _register_subcommands()
     spec = ROOT / "configs" / "specs" / "grounded-summaries.yaml"
