@@ -8,6 +8,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+#: The stages the gate plans, listed once: the planner's `Stage`, the pipeline's gate and the calibration keys read it.
 STAGES = ("generate", "reference", "train", "evaluate", "warm_start")
 
 

@@ -41,7 +41,7 @@ from faithforge.gpu.profiles import profile_snapshot
 from faithforge.gpu.snapshot import GpuDevice, GpuSnapshot
 from faithforge.gpu.units import GiB_bytes, format_gib
 
-Stage = Literal["generate", "reference", "train", "evaluate", "warm_start"]
+Stage = Literal[STAGES]  # type: ignore[valid-type]
 Placement = Literal["local", "cpu", "offload"]
 Strategy = Literal["single", "ddp", "fsdp"]
 NODE_STAGES = ("train", "reference")

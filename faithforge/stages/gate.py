@@ -21,13 +21,12 @@ from faithforge.stages.context import StageContext, reads
 from faithforge.gpu.corrections import Corrections
 from faithforge.gpu.model_shape import ModelShape, load_model_shape
 from faithforge.gpu.ollama_sizes import ollama_model
-from faithforge.gpu.planner import Placement, Plan, StageRequest, plan_stage
+from faithforge.gpu.planner import STAGES, Placement, Plan, StageRequest, plan_stage
 from faithforge.gpu.profiles import profile_snapshot
 from faithforge.gpu.snapshot import GpuSnapshot
 
 TINY_VOCAB_SIZE = 1024  # upper bound for the tiny model's word-level tokenizer (~120 words)
 WARM_START_MAX_LENGTH = 128  # faithforge.training.sft.train_sft's default max_length, which the warm start uses
-PLANNED_STAGES = ("generate", "reference", "train", "evaluate", "warm_start")
 #: Pipeline steps planned as another stage's workload: on-policy pairs sample answers from the model being trained,
 #: the evaluate stage's workload (same model, same prompts, generation); their record keeps their own name.
 PLANNED_AS = {"pairs": "evaluate"}
@@ -108,7 +107,7 @@ def plan_pipeline(cfg: PipelineConfig, snapshot: GpuSnapshot, corrections: Corre
                           offload_snapshot=offload, cpu_max_params=cfg.gpu.cpu_max_params,
                           cpu_memory_bytes=cpu_memory_bytes, max_processes=cfg.distributed.max_gpus,
                           cpu_processes=cfg.distributed.cpu_processes)
-        for stage in PLANNED_STAGES if (stage != "warm_start" or cfg.warm_start.enabled)
+        for stage in STAGES if (stage != "warm_start" or cfg.warm_start.enabled)
         and (stage != "generate" or not unplanned)
     }
     for stage in cfg.gpu.offload_stages:  # offloaded on purpose (a GPU rented for one stage)
