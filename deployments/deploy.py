@@ -10,8 +10,8 @@ The Python twin of `deployments/prefect.yaml` (same names, pools, entrypoints an
   (docker: a docker worker on the GPU VM starts each run in the image with the GPU requested);
 - global concurrency limits `gpu` (this machine's GPU) — every GPU stage takes one slot, under a 60 s lease;
 - the automation that sets a flow run Crashed when its heartbeats (every 30 s, `PROCESS_ENV`) stop for 90 s;
-- deployments `faithforge-pipeline/local`, `faithforge-generate/nightly-generation` (cron 02:00 in
-  `--timezone`), and `faithforge-{reference,train,evaluate}/local` and `/a100` (and `/a100-docker`): a stage's
+- deployments `faithforge-pipeline/local`, `faithforge-generate/nightly-generation` (`--cron`, by default
+  `generation.NIGHTLY_CRON`: 02:00, in `--timezone`), and `faithforge-{reference,train,evaluate}/local` and `/a100` (and `/a100-docker`): a stage's
   deployment is named after its pool, which is how the pipeline finds the one to offload to (gpu.offload_pool).
 
 Entrypoints are module paths (`faithforge.flows.train.train_flow`): the code is the installed package on every machine,
@@ -24,10 +24,13 @@ from __future__ import annotations
 import argparse
 import copy
 import os
+import shlex
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from faithforge.core.errors import USER_ERRORS
 
 LOCAL_POOL = "local"
 A100_POOL = "a100"
@@ -201,7 +204,8 @@ def pipeline_parameters(config) -> dict[str, Any]:
     return {"config": config.model_dump(mode="json", exclude_defaults=True)}
 
 
-def declarations(project_dir: str | os.PathLike[str] = ".", *, timezone: str = "UTC", config_file: str | None = None,
+def declarations(project_dir: str | os.PathLike[str] = ".", *, timezone: str = "UTC", cron: str | None = None,
+                 config_file: str | None = None,
                  storage_url: str | None = None, offload_pool: str = A100_POOL, docker: bool = False,
                  image: str = DEFAULT_IMAGE, generation_backend: str = "ollama",
                  generation_model: str = NIGHTLY_MODEL, generation_fallback_models: list[str] | None = None,
@@ -231,7 +235,7 @@ def declarations(project_dir: str | os.PathLike[str] = ".", *, timezone: str = "
                                 workspace=config.workspace, database_url=config.database_url,
                                 unload_after=BACKENDS.get(generation_backend).releases_gpu)
     nightly = generation_deployment_kwargs(params, timezone=timezone, work_pool_name=LOCAL_POOL,
-                                           paused=generation_paused)
+                                           paused=generation_paused, **({"cron": cron} if cron else {}))
     out.append(Declaration(
         entrypoint=GENERATION_ENTRYPOINT, name=nightly["name"], work_pool=LOCAL_POOL, job_variables=dict(local_vars),
         parameters={"params": {"spec": params.spec, "backend": params.backend, "model": params.model,
@@ -311,12 +315,14 @@ def prefect_yaml(decls: list[Declaration], project_dir: str | os.PathLike[str], 
 
 def deploy(project_dir: str | os.PathLike[str] = ".", *, gpu_slots: int = 1, docker: bool = False,
            **options: Any) -> dict[str, list[str]]:
-    """Pools, limits and deployments on the server at PREFECT_API_URL; returns what was created/applied."""
+    """Pools, limits and deployments on the server at PREFECT_API_URL; returns what was created/applied. The
+    deployments are built (and their options checked) before anything is created on the server."""
+    deployments = build_deployments(project_dir, docker=docker, **options)
     pools = ensure_pools(docker=docker)
     limits = ensure_limits(gpu_slots)
     automations = ensure_automations()
     applied = []
-    for deployment in build_deployments(project_dir, docker=docker, **options):
+    for deployment in deployments:
         deployment.apply()
         applied.append(f"{deployment.flow_name}/{deployment.name}")
     return {"pools_created": pools, "limits_created": limits, "automations_created": automations,
@@ -324,11 +330,11 @@ def deploy(project_dir: str | os.PathLike[str] = ".", *, gpu_slots: int = 1, doc
 
 
 def main(argv: list[str] | None = None) -> int:
-    from prefect.settings import PREFECT_API_URL
-
     parser = argparse.ArgumentParser(prog="python -m faithforge.deployments.deploy", description=__doc__.split("\n\n")[0])
     parser.add_argument("--project-dir", default=".", help="Repository root: flows on the local pool run here.")
-    parser.add_argument("--timezone", default="UTC", help="IANA timezone of the nightly 02:00 generation run.")
+    parser.add_argument("--timezone", default="UTC", help="IANA timezone of the nightly generation run.")
+    parser.add_argument("--cron", default=None,
+                        help="When the nightly generation runs, a cron expression (default: 02:00 every day).")
     parser.add_argument("--config", default=None, help="Pipeline YAML baked into the deployments' defaults.")
     parser.add_argument("--storage-url", default=None, help="Shared storage for offloaded stages (fsspec URL).")
     parser.add_argument("--offload-pool", default=A100_POOL, help="gpu.offload_pool in the default parameters.")
@@ -344,14 +350,24 @@ def main(argv: list[str] | None = None) -> int:
                         help="Write these deployments as a prefect.yaml for `prefect deploy` instead of registering "
                              "them (no server needed).")
     args = parser.parse_args(argv)
-    options = dict(timezone=args.timezone, config_file=args.config, storage_url=args.storage_url,
+    try:
+        return _main(args, argv)
+    except USER_ERRORS as error:  # bad input: one line that says what to fix, before anything is registered
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from prefect.settings import PREFECT_API_URL
+
+    options = dict(timezone=args.timezone, cron=args.cron, config_file=args.config, storage_url=args.storage_url,
                    offload_pool=args.offload_pool, image=args.image, generation_backend=args.generation_backend,
                    generation_model=args.generation_model,
                    generation_fallback_models=[m.strip() for m in args.generation_fallback_models.split(",")
                                                if m.strip()],
                    generation_paused=args.pause_nightly)
     if args.write_prefect_yaml:
-        command = "python -m faithforge.deployments.deploy " + " ".join(argv if argv is not None else sys.argv[1:])
+        command = "python -m faithforge.deployments.deploy " + shlex.join(argv if argv is not None else sys.argv[1:])
         text = prefect_yaml(declarations(args.project_dir, docker=args.docker, **options), args.project_dir,
                             portable=args.project_dir == ".", name="faithforge-docker" if args.docker else "faithforge",
                             command=command)

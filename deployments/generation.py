@@ -1,4 +1,5 @@
-"""The nightly generation deployment: every night at 02:00 (timezone configurable), resume generation.
+"""The nightly generation deployment: every night at `NIGHTLY_CRON` (02:00; cron and timezone configurable),
+resume generation.
 
 `generation_deployment_kwargs(...)` returns the keyword arguments of `flow.to_deployment`, so a
 `prefect.yaml` or a `serve()` script can share them; `generation_deployment(...)` builds the deployment.
@@ -13,7 +14,8 @@ from typing import Any
 from faithforge.generation.parameters import GenerateParameters
 
 NIGHTLY_CRON = "0 2 * * *"
-"""02:00 every day."""
+"""02:00 every day: the nightly schedule's one definition (`deploy.py --cron` overrides it; the prefect.yaml files
+are written from it)."""
 
 
 def generation_deployment_kwargs(params: GenerateParameters, *, name: str = "nightly-generation",
@@ -24,15 +26,20 @@ def generation_deployment_kwargs(params: GenerateParameters, *, name: str = "nig
 
     from prefect.schedules import Cron
 
+    from faithforge.core.errors import UserError
+
     try:
         ZoneInfo(timezone)
     except (ZoneInfoNotFoundError, ValueError):
-        from faithforge.core.errors import UserError
-
         raise UserError(f"unknown timezone {timezone!r}; use an IANA name such as UTC or Europe/Berlin") from None
+    try:
+        schedule = Cron(cron, timezone=timezone)
+    except ValueError:
+        raise UserError(f"cron {cron!r} is not a cron expression; write five fields: minute hour day month weekday "
+                        f"(e.g. {NIGHTLY_CRON!r}: 02:00 every day)") from None
     kwargs: dict[str, Any] = {
         "name": name,
-        "schedules": [Cron(cron, timezone=timezone)],
+        "schedules": [schedule],
         "parameters": {"params": params.model_dump(mode="json")},
         "description": f"Resume generation of {params.spec} with {params.backend}/{params.model} toward "
                        f"{params.target if params.target is not None else 'the spec targets'} examples.",

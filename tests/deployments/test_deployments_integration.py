@@ -23,6 +23,7 @@ import pytest
 
 from tests.fixtures.prefect_server import Processes, prefect_client, prefect_server
 from tests.fixtures.small_config import SMALL_PIPELINE
+from faithforge.deployments.generation import NIGHTLY_CRON
 
 # Under heavy load (six processes on two cores) one run took over 10 min; the waits below have their own guards.
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -121,7 +122,7 @@ def _offload_scenario(stack) -> str:
         # --- the server holds the nightly schedule and typed parameter forms ---------------------------
         nightly = client.read_deployment_by_name("faithforge-generate/nightly-generation")
         schedule = nightly.schedules[0].schedule
-        assert (schedule.cron, schedule.timezone) == ("0 2 * * *", "Europe/Berlin")
+        assert (schedule.cron, schedule.timezone) == (NIGHTLY_CRON, "Europe/Berlin")
         assert nightly.work_pool_name == "local"
         gen_schema = nightly.parameter_openapi_schema["definitions"]["GenerateParameters"]["properties"]
         assert gen_schema["target"]["description"] and gen_schema["target"]["anyOf"][0]["maximum"] == 10_000_000
@@ -411,7 +412,7 @@ def test_prefect_yaml_and_deploy_py_register_the_same_deployments(stack, tmp_pat
         assert not differing, f"{name}: {json.dumps(differing, indent=1, default=str)[:3000]}"
     # what went wrong before: the YAML reset the timezone and dropped the storage URL and workspace
     nightly = from_yaml["faithforge-generate/nightly-generation"]
-    assert nightly["schedules"] == [{"cron": "0 2 * * *", "timezone": "Europe/Berlin", "day_or": True, "active": True}]
+    assert nightly["schedules"] == [{"cron": NIGHTLY_CRON, "timezone": "Europe/Berlin", "day_or": True, "active": True}]
     config = from_yaml["faithforge-pipeline/local"]["parameters"]["config"]
     assert config["storage_url"] == str(stack["storage"]) and config["workspace"] == str(REPO / ".faithforge")
     assert nightly["parameters"]["params"]["workspace"] == str(REPO / ".faithforge")

@@ -11,6 +11,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from faithforge.deployments.generation import NIGHTLY_CRON
 from faithforge.backends.template import TemplateBackend
 from faithforge.generation.parameters import GenerateParameters
 from tests.fixtures.fake_llm_servers import FakeOllama, FakeOpenAI, Reply
@@ -114,7 +115,7 @@ def test_nightly_deployment_at_two_in_a_configurable_timezone():
     params = GenerateParameters(spec=GROUNDED, target=500)
     kwargs = generation_deployment_kwargs(params, timezone="Europe/Berlin")
     (schedule,) = kwargs["schedules"]
-    assert (schedule.cron, schedule.timezone) == ("0 2 * * *", "Europe/Berlin")
+    assert (schedule.cron, schedule.timezone) == (NIGHTLY_CRON, "Europe/Berlin")
     assert kwargs["parameters"]["params"]["target"] == 500
     deployment = generation_deployment(params, timezone="America/New_York")
     assert deployment.schedules[0].schedule.timezone == "America/New_York"

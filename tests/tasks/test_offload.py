@@ -6,13 +6,10 @@ import json
 from pathlib import Path
 
 import pytest
-import yaml
 
 from faithforge.offload import dispatch as offload, storage
 from faithforge.core.config import PipelineConfig
 from faithforge.core.errors import UserError
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _tree(root: Path) -> None:
@@ -164,32 +161,6 @@ def test_result_json_round_trip(tmp_path):
     assert offload.read_result(storage, "run-1") == {"outputs": {"rate": 0.25}, "reused": False}
     with pytest.raises(offload.OffloadError, match="same storage"):
         offload.read_result(storage, "run-2")
-
-
-def test_prefect_yaml_matches_deploy_py():
-    from faithforge.deployments import deploy
-    from faithforge.deployments.generation import NIGHTLY_CRON
-
-    spec = yaml.safe_load((REPO / "deployments" / "prefect.yaml").read_text())
-    docker_spec = yaml.safe_load((REPO / "deployments" / "prefect.docker.yaml").read_text())
-    # prefect.yaml needs only the pools its own header creates; the docker variant is a file of its own
-    assert {d["work_pool"]["name"] for d in spec["deployments"]} == {deploy.LOCAL_POOL, deploy.A100_POOL}
-    declared = {(d["entrypoint"], d["name"], d["work_pool"]["name"])
-                for d in spec["deployments"] + docker_spec["deployments"]}
-    expected = {(deploy.PIPELINE_ENTRYPOINT, deploy.LOCAL_POOL, deploy.LOCAL_POOL),
-                (deploy.GENERATION_ENTRYPOINT, "nightly-generation", deploy.LOCAL_POOL)}
-    pools = [deploy.LOCAL_POOL, deploy.A100_POOL, deploy.A100_DOCKER_POOL]
-    expected |= {(entry, pool, pool) for entry in deploy.STAGE_ENTRYPOINTS.values() for pool in pools}
-    assert declared == expected
-    nightly = next(d for d in spec["deployments"] if d["name"] == "nightly-generation")
-    assert nightly["schedules"][0]["cron"] == NIGHTLY_CRON
-    docker = next(d for d in docker_spec["deployments"] if d["work_pool"]["name"] == deploy.A100_DOCKER_POOL)
-    assert docker["work_pool"]["job_variables"] == deploy.docker_job_variables()
-    # every entrypoint is importable as a flow, and stage deployments follow `<flow>/<pool>` naming
-    from prefect.flows import load_flow_from_entrypoint
-
-    for stage, entry in deploy.STAGE_ENTRYPOINTS.items():
-        assert load_flow_from_entrypoint(entry).name == offload.STAGE_FLOWS[stage]
 
 
 def test_docker_template_exposes_container_kwargs():
