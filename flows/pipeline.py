@@ -113,7 +113,7 @@ def _as_json(stages: dict[str, StageOutput | None]) -> dict[str, dict | None]:
 # The data stages and the starting model.
 
 
-@task(name="generate-examples", cache_policy=NO_CACHE, retries=1)
+@task(name="generate-dataset", cache_policy=NO_CACHE, retries=1)
 def generate_task(config: PipelineConfig, run_id: str | None) -> DatasetOutput:
     return run_stage("generate", config, run_id, generate_examples)
 
