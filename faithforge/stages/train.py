@@ -54,15 +54,44 @@ def _train_dpo(ctx: StageContext, claim: Claim, key: str, out: Path, model: Mode
     finally:
         if tracker:
             tracker.close()
+    info = {**_run_info(out, result, backoffs, started), **measured_peak()}
+    saved = _save_adapter(ctx, claim, out, model, reference, result["trainer"].model, result["history"], info)
+    return saved.model_copy(update={"plot": str(out / "training.png")})
+
+
+def _run_info(out: Path, result: dict, backoffs: list[dict], started: float, **extra) -> dict:
+    """What the adapter's record says of its training run (one process or a group): steps, batch, losses, back-offs,
+    seconds since `started` (`time.perf_counter()`)."""
     history = result["history"]
-    info = {"path": str(out), "steps": result["steps"], "micro_batch": result["micro_batch"],
-            "grad_accum": result["grad_accum"],
+    return {"path": str(out), "steps": result["steps"], "micro_batch": result["micro_batch"],
+            "grad_accum": result["grad_accum"], **extra,
             "first_loss": history[0]["loss"] if history else None, "final_loss": history[-1]["loss"] if history else None,
             "final_margin": history[-1]["margin"] if history else None, "stuck_at_ln2": result["stuck_at_ln2"],
             "resumed_from": result["resumed_from"], "oom_backoffs": backoffs,
-            "train_seconds": round(time.perf_counter() - started, 2), **measured_peak()}
-    saved = _save_adapter(ctx, claim, out, model, reference, result["trainer"].model, history, info)
-    return saved.model_copy(update={"plot": str(out / "training.png")})
+            "train_seconds": round(time.perf_counter() - started, 2)}
+
+
+def _with_oom_backoff(ctx: StageContext, start: Plan, train_with, say: str, *, measure_peak=None,
+                      **recorded) -> tuple[dict, list[dict]]:
+    """`train_with(plan)` from `start`; after a CUDA OOM again with half the micro-batch and twice the accumulation
+    (the work resumes from its newest complete checkpoint). Each back-off is logged (`say`, formatted with the
+    error, the micro-batch and the accumulation) and told to the run store; `recorded` joins its record."""
+    from faithforge.gpu import oom_backoff
+
+    backoffs: list[dict] = []
+    for attempt in oom_backoff(start, **({"measure_peak": measure_peak} if measure_peak else {})):
+        with attempt:
+            result = train_with(attempt.plan)
+        event = attempt.backoff
+        if event:
+            backoffs.append({"attempt": event.attempt, "error": event.error, "micro_batch": event.next_plan.batch_size,
+                             "grad_accum": event.next_plan.grad_accum, **recorded,
+                             **({} if measure_peak else {"measured_peak_bytes": event.measured_peak_bytes})})
+            log.warning(say, event.error, event.next_plan.batch_size, event.next_plan.grad_accum)
+            if ctx.run_id:
+                ctx.store.record_stage(ctx.run_id, "train:oom-backoff", status="backoff", plan=backoffs[-1],
+                                       message=event.error)
+    return result, backoffs
 
 
 def _train_dpo_group(ctx: StageContext, claim: Claim, key: str, out: Path, model: ModelOutput, pairs: PairsOutput,
@@ -75,7 +104,6 @@ def _train_dpo_group(ctx: StageContext, claim: Claim, key: str, out: Path, model
 
     from faithforge.training.distributed import is_log_line, run_group
     from faithforge.training.modeling import check_same_precision, device_for
-    from faithforge.gpu import oom_backoff
 
     check_same_precision(plan, reference.precision, reference.quantization)
     cfg = ctx.config.train
@@ -88,7 +116,6 @@ def _train_dpo_group(ctx: StageContext, claim: Claim, key: str, out: Path, model
     from faithforge.core.workspace import atomic_write_json
 
     atomic_write_json(work / "pairs.json", load_pairs(pairs.train))
-    backoffs: list[dict] = []
     started = time.perf_counter()
 
     def on_event(event: dict) -> None:
@@ -106,30 +133,12 @@ def _train_dpo_group(ctx: StageContext, claim: Claim, key: str, out: Path, model
         return {**run.result, "micro_batch": current.batch_size, "grad_accum": current.grad_accum,
                 "group_seconds": round(run.wall_seconds, 2)}
 
-    def log_backoff(event) -> None:
-        backoffs.append({"attempt": event.attempt, "error": event.error, "micro_batch": event.next_plan.batch_size,
-                         "grad_accum": event.next_plan.grad_accum, "processes": n})
-        log.warning("CUDA out of memory on a rank (%s); relaunching all %d ranks with micro-batch %d × accumulation "
-                    "%d from the last checkpoint", event.error, n, event.next_plan.batch_size,
-                    event.next_plan.grad_accum)
-        if ctx.run_id:
-            ctx.store.record_stage(ctx.run_id, "train:oom-backoff", status="backoff", plan=backoffs[-1],
-                                   message=event.error)
-
-    for attempt in oom_backoff(start, measure_peak=lambda: None):
-        with attempt:
-            result = train_with(attempt.plan)
-        if attempt.backoff:
-            log_backoff(attempt.backoff)
-    history = result["history"]
-    info = {"path": str(out), "steps": result["steps"], "micro_batch": result["micro_batch"],
-            "grad_accum": result["grad_accum"], "processes": n, "strategy": plan.strategy,
-            "global_batch": result["micro_batch"] * result["grad_accum"] * n,
-            "first_loss": history[0]["loss"] if history else None, "final_loss": history[-1]["loss"] if history else None,
-            "final_margin": history[-1]["margin"] if history else None, "stuck_at_ln2": result["stuck_at_ln2"],
-            "resumed_from": result["resumed_from"], "oom_backoffs": backoffs,
-            "train_seconds": round(time.perf_counter() - started, 2)}
-    saved = _save_adapter(ctx, claim, out, model, reference, _SavedAdapter(work / "adapter"), history, info)
+    result, backoffs = _with_oom_backoff(
+        ctx, start, train_with, f"CUDA out of memory on a rank (%s); relaunching all {n} ranks with micro-batch %d × "
+        "accumulation %d from the last checkpoint", measure_peak=lambda: None, processes=n)
+    info = _run_info(out, result, backoffs, started, processes=n, strategy=plan.strategy,
+                     global_batch=result["micro_batch"] * result["grad_accum"] * n)
+    saved = _save_adapter(ctx, claim, out, model, reference, _SavedAdapter(work / "adapter"), result["history"], info)
     return saved.model_copy(update={"plot": str(out / "training.png")})
 
 
@@ -197,10 +206,8 @@ def _run_dpo_with_backoff(ctx: StageContext, key: str, policy, tokenizer, train_
                           start: Plan, on_gpu: bool, report_callbacks: list | None = None) -> tuple[dict, list[dict]]:
     """`run_dpo` from `start`'s micro-batch; after a CUDA OOM again with half of it (the run store hears of each)."""
     from faithforge.training.dpo import run_dpo
-    from faithforge.gpu import oom_backoff
 
     args = _dpo_arguments(ctx, key, on_gpu, start)
-    backoffs: list[dict] = []
 
     def train_with(current: Plan) -> dict:
         # Called again after a CUDA OOM with half the micro-batch and twice the accumulation; run_dpo resumes
@@ -211,21 +218,8 @@ def _run_dpo_with_backoff(ctx: StageContext, key: str, policy, tokenizer, train_
                       extra_callbacks=[_progress_callback(ctx, "train", args.steps), *(report_callbacks or [])])
         return {**out, "micro_batch": current.batch_size, "grad_accum": current.grad_accum}
 
-    def log_backoff(event) -> None:
-        backoffs.append({"attempt": event.attempt, "error": event.error, "micro_batch": event.next_plan.batch_size,
-                         "grad_accum": event.next_plan.grad_accum, "measured_peak_bytes": event.measured_peak_bytes})
-        log.warning("CUDA out of memory (%s); retrying with micro-batch %d × accumulation %d from the last "
-                    "checkpoint", event.error, event.next_plan.batch_size, event.next_plan.grad_accum)
-        if ctx.run_id:
-            ctx.store.record_stage(ctx.run_id, "train:oom-backoff", status="backoff", plan=backoffs[-1],
-                                   message=event.error)
-
-    for attempt in oom_backoff(start):
-        with attempt:
-            result = train_with(attempt.plan)
-        if attempt.backoff:
-            log_backoff(attempt.backoff)
-    return result, backoffs
+    return _with_oom_backoff(ctx, start, train_with, "CUDA out of memory (%s); retrying with micro-batch %d × "
+                             "accumulation %d from the last checkpoint")
 
 
 def _save_adapter(ctx: StageContext, claim: Claim, out: Path, model: ModelOutput, reference: ReferenceOutput,
