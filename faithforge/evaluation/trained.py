@@ -192,6 +192,33 @@ def _score_examples(model, tokenizer, examples: list[TrainingExample], max_lengt
     return scores
 
 
+def _top_layers_optimizer(model, settings: TrainSettings):
+    """(trainable parameters, AdamW, linear warm-up then decay): the embeddings and all but the top
+    `train_layers` encoder layers frozen; the new head and the pooler at `head_learning_rate`."""
+    import torch
+
+    frozen = len(model.bert.encoder.layer) - settings.train_layers
+    for param in model.bert.embeddings.parameters():
+        param.requires_grad = False
+    for layer in model.bert.encoder.layer[:frozen]:
+        for param in layer.parameters():
+            param.requires_grad = False
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    head = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith(("classifier", "bert.pooler"))]
+    body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(("classifier", "bert.pooler"))]
+    optimizer = torch.optim.AdamW([{"params": body}, {"params": head, "lr": settings.head_learning_rate
+                                                      or settings.learning_rate}],
+                                  lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    warmup = max(1, int(settings.steps * settings.warmup_share))
+
+    def rate(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (settings.steps - step) / max(1, settings.steps - warmup))
+
+    return trainable, optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
+
+
 def _train_cross_encoder(base: Path, examples: list[TrainingExample], val_examples: list[TrainingExample],
                          settings: TrainSettings, say: Callable[[str], None]):
     """Fine-tune the encoder's top layers with a classification head on (premise, hypothesis) pairs."""
@@ -205,26 +232,7 @@ def _train_cross_encoder(base: Path, examples: list[TrainingExample], val_exampl
         model = AutoModelForSequenceClassification.from_pretrained(
             base, num_labels=2, id2label=dict(LABELS), label2id={v: k for k, v in LABELS.items()})
         restore()
-        frozen = len(model.bert.encoder.layer) - settings.train_layers
-        for param in model.bert.embeddings.parameters():
-            param.requires_grad = False
-        for layer in model.bert.encoder.layer[:frozen]:
-            for param in layer.parameters():
-                param.requires_grad = False
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        head = [p for n, p in model.named_parameters() if p.requires_grad and n.startswith(("classifier", "bert.pooler"))]
-        body = [p for n, p in model.named_parameters() if p.requires_grad and not n.startswith(("classifier", "bert.pooler"))]
-        optimizer = torch.optim.AdamW([{"params": body}, {"params": head, "lr": settings.head_learning_rate
-                                                          or settings.learning_rate}],
-                                      lr=settings.learning_rate, weight_decay=settings.weight_decay)
-        warmup = max(1, int(settings.steps * settings.warmup_share))
-
-        def rate(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            return max(0.0, (settings.steps - step) / max(1, settings.steps - warmup))
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, rate)
+        trainable, optimizer, scheduler = _top_layers_optimizer(model, settings)
         rng = random.Random(settings.seed)
         model.train()
         losses: list[float] = []
@@ -307,21 +315,9 @@ def _train_alignment(base: Path, documents: dict[str, str], examples: list[Train
                               "train_seconds": round(train_seconds, 1)}
 
 
-def train_judge(documents: Sequence[tuple[str, str]], out: str | Path, settings: TrainSettings | None = None, *,
-                name: str = "trained", say: Callable[[str], None] = lambda _: None) -> Path:
-    """Fine-tune the judge on (id, text) documents and save it under `out`; returns the judge's folder.
-
-    Only the documents are read. The threshold stored is the one that best separates the synthetic validation
-    examples; `set_threshold` replaces it with one chosen on labels."""
-    settings = settings or TrainSettings()
-    settings.check()
-    documents = [(str(i), str(t)) for i, t in documents]
-    if len(documents) < 2:
-        raise UserError(f"training a judge needs at least 2 documents (got {len(documents)})")
-    base = base_encoder_dir()
-    import torch
-
-    started = time.perf_counter()
+def _judge_examples(documents: list[tuple[str, str]], settings: TrainSettings, say: Callable[[str], None]):
+    """(training documents, validation documents, training examples, validation examples): documents kept out for
+    validation by their id's hash (all of them trained on, other sentences validated, when too few are left)."""
     validation = [d for d in documents if validation_document(d[0], settings.validation_share)]
     training = [d for d in documents if d not in validation]
     if len(training) < 2 or not validation:  # too few documents to keep any out: validate on unseen sentences
@@ -342,7 +338,43 @@ def train_judge(documents: Sequence[tuple[str, str]], out: str | Path, settings:
     if len(examples) < count:  # said, not silent: the lineage's `examples.count` is what was trained on
         say(f"the documents gave {len(examples):,} distinct training examples, fewer than the {count:,} asked "
             f"({settings.steps:,} steps of {settings.batch_size}); training on those")
+    return training, validation, examples, val_examples
 
+
+def _threshold_on_validation(val_scores: list[float], val_examples: list[TrainingExample],
+                             documents_kept_out: bool) -> tuple[float, dict]:
+    """(the threshold that best separates the validation examples, 0.5 with one class only; its metrics)."""
+    val_supported = [e.label == 1 for e in val_examples]
+    threshold = best_threshold(val_scores, val_supported) if len(set(val_supported)) == 2 else 0.5
+    per_kind = {}
+    for kind in sorted({e.kind for e in val_examples}):
+        picked = [(s, e.label) for s, e in zip(val_scores, val_examples) if e.kind == kind]
+        per_kind[kind] = round(sum((s >= threshold) == (label == 1) for s, label in picked) / len(picked), 3)
+    return threshold, {
+        "examples": len(val_examples),
+        "documents": "kept out of training" if documents_kept_out else "training documents, other sentences and seed",
+        "roc_auc": roc_auc(val_scores, val_supported),
+        "balanced_accuracy": balanced_accuracy([s >= threshold for s in val_scores], val_supported),
+        "accuracy_per_kind": per_kind,
+    }
+
+
+def train_judge(documents: Sequence[tuple[str, str]], out: str | Path, settings: TrainSettings | None = None, *,
+                name: str = "trained", say: Callable[[str], None] = lambda _: None) -> Path:
+    """Fine-tune the judge on (id, text) documents and save it under `out`; returns the judge's folder.
+
+    Only the documents are read. The threshold stored is the one that best separates the synthetic validation
+    examples; `set_threshold` replaces it with one chosen on labels."""
+    settings = settings or TrainSettings()
+    settings.check()
+    documents = [(str(i), str(t)) for i, t in documents]
+    if len(documents) < 2:
+        raise UserError(f"training a judge needs at least 2 documents (got {len(documents)})")
+    base = base_encoder_dir()
+    import torch
+
+    started = time.perf_counter()
+    training, validation, examples, val_examples = _judge_examples(documents, settings, say)
     threads = torch.get_num_threads()
     torch.set_num_threads(settings.threads)
     try:
@@ -352,19 +384,7 @@ def train_judge(documents: Sequence[tuple[str, str]], out: str | Path, settings:
             save, val_scores, extra = _train_cross_encoder(base, examples, val_examples, settings, say)
     finally:
         torch.set_num_threads(threads)
-    val_supported = [e.label == 1 for e in val_examples]
-    threshold = best_threshold(val_scores, val_supported) if len(set(val_supported)) == 2 else 0.5
-    per_kind = {}
-    for kind in sorted({e.kind for e in val_examples}):
-        picked = [(s, e.label) for s, e in zip(val_scores, val_examples) if e.kind == kind]
-        per_kind[kind] = round(sum((s >= threshold) == (label == 1) for s, label in picked) / len(picked), 3)
-    validation_metrics = {
-        "examples": len(val_examples),
-        "documents": "kept out of training" if validation else "training documents, other sentences and seed",
-        "roc_auc": roc_auc(val_scores, val_supported),
-        "balanced_accuracy": balanced_accuracy([s >= threshold for s in val_scores], val_supported),
-        "accuracy_per_kind": per_kind,
-    }
+    threshold, validation_metrics = _threshold_on_validation(val_scores, val_examples, bool(validation))
     doc_hashes = sorted(document_hash(text) for _, text in training)
     fingerprint = hashlib.sha256(json.dumps({"documents": doc_hashes, "settings": settings.__dict__},
                                             sort_keys=True).encode("utf-8")).hexdigest()

@@ -143,25 +143,10 @@ def _tensors(state: dict[str, Any], config: dict[str, Any], arch: str, permute: 
         yield name, array.astype(np.float32 if array.ndim == 1 else np.float16)
 
 
-def write_gguf(state: dict[str, Any], config: dict[str, Any], tokenizer, tokenizer_dir: str | Path, out: str | Path,
-               *, name: str, on_step: Callable[[str], None] | None = None) -> GgufReport:
-    """Write `state` (a merged Hugging Face state dict of a llama-family model) with `config` and `tokenizer` as
-    an f16 GGUF file at `out`. `tokenizer_dir` is the folder the tokenizer was saved to (merges, special ids and
-    the chat template are read from its files). The file is written under a temporary name and renamed."""
-    import time
-
+def _add_shape(writer, config: dict[str, Any], arch: str) -> None:
+    """The model's shape and rotary settings, from its Hugging Face `config`, as GGUF keys (f16 weights)."""
     import gguf
 
-    say = on_step or (lambda message: None)
-    started = time.perf_counter()
-    arch, permute = gguf_architecture(config)
-    if not tokenizer.chat_template:
-        raise UserError("the tokenizer has no chat template; a GGUF for serving needs one (nothing was written)")
-    pre = pre_tokenizer(tokenizer)
-    out = Path(out)
-    tmp = out.with_name(f".{out.name}.partial")
-    writer = gguf.GGUFWriter(str(tmp), arch)
-    writer.add_name(name)
     writer.add_block_count(config["num_hidden_layers"])
     writer.add_context_length(config.get("max_position_embeddings", 2048))
     writer.add_embedding_length(config["hidden_size"])
@@ -183,6 +168,28 @@ def write_gguf(state: dict[str, Any], config: dict[str, Any], tokenizer, tokeniz
         writer.add_vocab_size(config["vocab_size"])
         writer.add_rope_dimension_count(head_dim)
     writer.add_file_type(gguf.LlamaFileType.MOSTLY_F16)
+
+
+def write_gguf(state: dict[str, Any], config: dict[str, Any], tokenizer, tokenizer_dir: str | Path, out: str | Path,
+               *, name: str, on_step: Callable[[str], None] | None = None) -> GgufReport:
+    """Write `state` (a merged Hugging Face state dict of a llama-family model) with `config` and `tokenizer` as
+    an f16 GGUF file at `out`. `tokenizer_dir` is the folder the tokenizer was saved to (merges, special ids and
+    the chat template are read from its files). The file is written under a temporary name and renamed."""
+    import time
+
+    import gguf
+
+    say = on_step or (lambda message: None)
+    started = time.perf_counter()
+    arch, permute = gguf_architecture(config)
+    if not tokenizer.chat_template:
+        raise UserError("the tokenizer has no chat template; a GGUF for serving needs one (nothing was written)")
+    pre = pre_tokenizer(tokenizer)
+    out = Path(out)
+    tmp = out.with_name(f".{out.name}.partial")
+    writer = gguf.GGUFWriter(str(tmp), arch)
+    writer.add_name(name)
+    _add_shape(writer, config, arch)
 
     tokens, types = _vocabulary(tokenizer, config["vocab_size"])
     writer.add_tokenizer_model("gpt2")

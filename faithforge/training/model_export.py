@@ -223,11 +223,19 @@ def _fmt_bytes(n: int) -> str:
 
 def model_card(src: ExportSource, record: dict, opts: ExportOptions, out: Path) -> str:
     """README.md of the export: what it is, where it came from, what was measured, how to reproduce it."""
-    from faithforge.training.model_import import read_import_record
-
     lines = [f"# {out.name}", "",
              f"Exported by FaithForge (`faithforge model export`, format `{opts.fmt}`) on "
-             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "", "## What it is", ""]
+             f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", ""]
+    for section in (_card_what_it_is(src), _card_lineage(src), _card_rates(src.run or {}), _card_verification(record),
+                    _card_use(record, opts, out), _card_reproduce(src, record, opts, out)):
+        lines += section
+    return "\n".join(lines[:-1]) + "\n"
+
+
+def _card_what_it_is(src: ExportSource) -> list[str]:
+    from faithforge.training.model_import import read_import_record
+
+    lines = ["## What it is", ""]
     imported = read_import_record(src.model_path)
     base_line = f"- **Base model:** `{src.model_path}`"
     if imported:
@@ -238,7 +246,11 @@ def model_card(src: ExportSource, record: dict, opts: ExportOptions, out: Path) 
                      "The adapter alone stays loadable with plain peft (`PeftModel.from_pretrained(base, ADAPTER)`).")
     else:
         lines.append("- A model folder exported as it is (no adapter merged).")
-    lines += ["", "## Data lineage", ""]
+    return lines + [""]
+
+
+def _card_lineage(src: ExportSource) -> list[str]:
+    lines = ["## Data lineage", ""]
     run = src.run or {}
     if src.run_id:
         lines.append(f"- Pipeline run `{src.run_id}` in the workspace `{src.workspace}` (`faithforge runs -w "
@@ -255,7 +267,11 @@ def model_card(src: ExportSource, record: dict, opts: ExportOptions, out: Path) 
                          f"{train.get('grad_accum')}, loss {train.get('first_loss')} → {train.get('final_loss')}.")
     else:
         lines.append("- No run store beside the adapter names the run that trained it; lineage unknown.")
-    lines += ["", "## Measured hallucination rates", ""]
+    return lines + [""]
+
+
+def _card_rates(run: dict) -> list[str]:
+    lines = ["## Measured hallucination rates", ""]
     evaluation = run.get("evaluate") or {}
     models = evaluation.get("models") or {}
     if models:
@@ -272,10 +288,14 @@ def model_card(src: ExportSource, record: dict, opts: ExportOptions, out: Path) 
                           f"n {rate.get('n')})."]
     else:
         lines.append("No evaluation of this adapter was found in a run store; measure it before you rely on it.")
-    lines += ["", "## Verification of this export", "",
-              f"- Merged vs base + adapter (fp32, {record['probe_tokens']} probe tokens): max |Δlogit| "
-              f"{_fmt_num(record['merge_max_abs_logit_diff'])}; the adapter itself moves the logits by up to "
-              f"{_fmt_num(record.get('adapter_changes_logits_by'))}."]
+    return lines + [""]
+
+
+def _card_verification(record: dict) -> list[str]:
+    lines = ["## Verification of this export", "",
+             f"- Merged vs base + adapter (fp32, {record['probe_tokens']} probe tokens): max |Δlogit| "
+             f"{_fmt_num(record['merge_max_abs_logit_diff'])}; the adapter itself moves the logits by up to "
+             f"{_fmt_num(record.get('adapter_changes_logits_by'))}."]
     if "hf" in record:
         lines.append(f"- The written {record['hf']['dtype']} folder, loaded back with plain transformers: max "
                      f"|Δlogit| {record['hf']['reloaded_max_abs_logit_diff']:.3g} vs base + adapter; "
@@ -286,7 +306,11 @@ def model_card(src: ExportSource, record: dict, opts: ExportOptions, out: Path) 
                      f"{a['same_greedy']}/{a['prompts']} greedy answers identical to transformers' "
                      f"(up to {a['max_new_tokens']} tokens; mean common prefix {a['mean_common_prefix_tokens']} "
                      f"tokens), prompt tokenization identical on {a['same_prompt_tokens']}/{a['prompts']}.")
-    lines += ["", "## Use it", ""]
+    return lines + [""]
+
+
+def _card_use(record: dict, opts: ExportOptions, out: Path) -> list[str]:
+    lines = ["## Use it", ""]
     if opts.fmt == "hf":
         lines += ["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
                   f'model = AutoModelForCausalLM.from_pretrained("{out}")',
@@ -300,7 +324,11 @@ def model_card(src: ExportSource, record: dict, opts: ExportOptions, out: Path) 
             lines += ["", "The rates above were measured with this system prompt; the Modelfile's SYSTEM sends it "
                       "when a chat has none (a chat that sends its own replaces it):", "", "```text",
                       record["ollama"]["system"], "```"]
-    lines += ["", "## Reproduce", ""]
+    return lines + [""]
+
+
+def _card_reproduce(src: ExportSource, record: dict, opts: ExportOptions, out: Path) -> list[str]:
+    lines = ["## Reproduce", ""]
     if record.get("command"):
         lines += ["```bash", record["command"], "```"]
     else:
@@ -310,4 +338,4 @@ def model_card(src: ExportSource, record: dict, opts: ExportOptions, out: Path) 
         lines += ["", f"The run itself (`{src.run_id}`), with the settings it ran with (`{RUN_CONFIG_NAME}` beside this "
                   "card; its `model.path` must exist):", "", "```bash",
                   f"faithforge demo --config {RUN_CONFIG_NAME}", "```"]
-    return "\n".join(lines) + "\n"
+    return lines + [""]
