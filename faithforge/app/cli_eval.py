@@ -82,7 +82,7 @@ def calibrate(
     if save:  # through Workspace.open: the folder is (or becomes) a FaithForge workspace, never a stray directory
         from faithforge.core.workspace import Workspace
 
-        stored = save_calibration(Workspace.open(workspace).root / "calibrations", result)
+        stored = save_calibration(Workspace.open(workspace).calibrations, result)
     if as_json:
         typer.echo(json.dumps({**result.to_dict(), "stored": str(stored) if stored else None}, indent=2))
         return
@@ -99,7 +99,7 @@ def _choose(candidates: list[Judge], examples, *, labels: Path, holdout: float, 
     if workspace is not None:
         from faithforge.core.workspace import Workspace
 
-        directory = Workspace.open(workspace).root / "calibrations"
+        directory = Workspace.open(workspace).calibrations
         stored = {name: str(save_calibration(directory, c)) for name, c in choice.calibrations.items()}
     if as_json:
         typer.echo(json.dumps({"chosen": choice.chosen, "validation_balanced_accuracy":

@@ -134,7 +134,7 @@ def calibrate_judge_on_labels(workspace: str | Path, labels: Path = LABELED_SET,
         examples = ([replace(e, split="validation") for e in examples]
                     + [replace(e, split="test") for e in read_labels(held_out)])
         reported = held_out
-    directory = Workspace.open(workspace).root / "calibrations"
+    directory = Workspace.open(workspace).calibrations
     saved = [save_calibration(directory, calibrate_heldout(get_judge(name), examples, labels_path=reported))
              for name in judges]
     return saved[0]

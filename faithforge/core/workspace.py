@@ -684,6 +684,12 @@ class Workspace:
     def database_url(self) -> str:
         return sqlite_url(self.root / "faithforge.db")
 
+    @property
+    def calibrations(self) -> Path:
+        """The judge calibrations `faithforge eval calibrate --workspace` stores and every report reads
+        (`faithforge.evaluation.heldout.save_calibration`)."""
+        return self.root / "calibrations"
+
     def remove_outputs(self) -> FreshResult:
         """`--fresh`: delete the stage outputs FaithForge wrote (your files in them moved to `kept/` first).
 

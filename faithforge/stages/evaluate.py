@@ -116,7 +116,7 @@ def evaluate_models(ctx: StageContext, model: ModelOutput, dataset: DatasetOutpu
                         for c in _compare(ctx, reports))
     seconds = time.perf_counter() - started
     out = ctx.workspace.dir("reports") / f"eval-{ctx.run_id or 'adhoc'}"
-    chooser = chooser_line(ctx.config, ctx.workspace.root / "calibrations")
+    chooser = chooser_line(ctx.config, ctx.workspace.calibrations)
     # The folder whole or not at all: a report written file by file left `report.md` alone in a new folder each
     # time a full disk failed the next file, eating the space the rerun needed (an attack, 2026-12-07).
     with atomic_directory(out) as folder:
@@ -208,7 +208,7 @@ def _answer_and_judge(ctx: StageContext, model: ModelOutput, items: list, source
     units = task_words(ctx.config).units  # "summaries" or "answers"
     ctx.progress("evaluate", 0, len(adapters), f"{units} written by {choice.describe()}")
     prompt = system_prompt(ctx.config)
-    calibrations = ctx.workspace.root / "calibrations"  # written by `faithforge eval calibrate --workspace`
+    calibrations = ctx.workspace.calibrations
     reports = {}
     for index, (label, adapter) in enumerate(adapters.items(), start=1):
         cut: list[bool] = []

@@ -122,7 +122,7 @@ def _recalibrate(ctx: StageContext, labels: Path) -> str:
                                    labels_path=labels, holdout=0.5, seed=ctx.config.seed)
     except (UserError, ValueError) as exc:  # e.g. too few labels, or one class only, to split
         return f"not re-calibrated: {str(exc).splitlines()[0][:200]}"
-    save_calibration(ctx.workspace.root / "calibrations", result)
+    save_calibration(ctx.workspace.calibrations, result)
     return result.summary_line()
 
 
