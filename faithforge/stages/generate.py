@@ -16,7 +16,9 @@ SPLITS = ("train", "val", "test")
 TEACHER_VERSION = 1
 
 if TYPE_CHECKING:
+    from faithforge.core.config import PipelineConfig
     from faithforge.generation.job import ExportedExamples
+    from faithforge.generation.parameters import GenerateParameters
 
 
 @reads("generate", "data", "seed")
@@ -71,7 +73,7 @@ def load_split(dataset: DatasetOutput, split: str) -> list[Example]:
     return [Example.from_dict(row) for row in read_jsonl(dataset.files[split])]
 
 
-def generation_parameters(ctx_config) -> "object":
+def generation_parameters(ctx_config: PipelineConfig) -> GenerateParameters:
     """The spec-driven generation flow's parameters for the pipeline's LLM backends."""
     from faithforge.generation.parameters import GenerateParameters
 
