@@ -65,6 +65,18 @@ BACKENDS.register(BackendKind("template", "faithforge.backends.template",
                               "the offline template teacher (grounded-summaries only; no model)", server=False,
                               built_in_task=True, runs_model=False))
 
+#: The OpenAI-compatible servers that may serve the policy for `pairs.sampler: served` (`pairs.served_server`, through
+#: the `openai` backend), each with the request fields that make it sample from the model's distribution at the
+#: requested temperature and nothing else. llama-cpp-python's server defaults to top-k 40, top-p 0.95, min-p 0.05 and repeat penalty 1.1
+#: (its request model) and takes top-k 0 as off; vLLM applies the model's generation_config.json defaults unless
+#: a request overrides them, and takes top-k -1 as off (0 is refused by older releases).
+PLAIN_SAMPLING = {
+    "vllm": {"top_p": 1.0, "top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0,
+             "frequency_penalty": 0.0},
+    "llama.cpp": {"top_p": 1.0, "top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0, "presence_penalty": 0.0,
+                  "frequency_penalty": 0.0},
+}
+
 #: A config field naming one registered backend.
 BackendName = registered_name(BACKENDS)
 #: A config field naming a backend that talks to a server (an LLM judge's, a served model's).

@@ -21,7 +21,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from faithforge.core import strict_yaml
-from faithforge.core.backend_registry import BACKENDS, BackendName, ServerBackendName
+from faithforge.core.backend_registry import BACKENDS, PLAIN_SAMPLING, BackendName, ServerBackendName
 from faithforge.core.judge_registry import DEFAULT_JUDGE, JUDGE_RULES, JUDGES, JudgeName, SampleJudgeName
 from faithforge.core.errors import ConfigError, UserError, validation_message
 from faithforge.core.strict_yaml import clip
@@ -236,7 +236,7 @@ class PairsConfig(Section):
     weights (e.g. `vllm serve MODEL_PATH --served-model-name NAME` on `model.path`)."""
     served_base_url: str | None = None
     """`sampler: served`: the server root (e.g. http://127.0.0.1:8000/v1 for vLLM)."""
-    served_server: Literal["vllm", "llama.cpp"] = "vllm"
+    served_server: Literal[tuple(PLAIN_SAMPLING)] = "vllm"  # type: ignore[valid-type]
     """`sampler: served`: which server it is, for the fields that turn its own sampling defaults off
     (llama-cpp-python's server: top-k 40, top-p 0.95, min-p 0.05, repeat penalty 1.1; vLLM: the model's
     generation_config) so the samples are the policy's distribution at `temperature`."""

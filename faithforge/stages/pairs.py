@@ -120,7 +120,8 @@ def _served_policy(ctx: StageContext, model: ModelOutput, plan: Plan, tokenizer,
     from faithforge.backends import make_backend
     from faithforge.engine import PrefixCachedEngine
     from faithforge.engine.served_sampler import ServedSampler
-    from faithforge.stages.sampler import PLAIN_SAMPLING, check_served_policy
+    from faithforge.core.backend_registry import PLAIN_SAMPLING
+    from faithforge.stages.sampler import check_served_policy
     from faithforge.training.modeling import load_for_plan
 
     cfg, prompt = ctx.config.pairs, system_prompt(ctx.config)

@@ -132,16 +132,6 @@ def served_choice(server: str, model: str, base_url: str) -> SamplerChoice:
                          server=f"{server} {model} at {base_url}")
 
 
-#: The request fields that make each server sample from the model's distribution at the requested temperature and
-#: nothing else. llama-cpp-python's server defaults to top-k 40, top-p 0.95, min-p 0.05 and repeat penalty 1.1
-#: (its request model) and takes top-k 0 as off; vLLM applies the model's generation_config.json defaults unless
-#: a request overrides them, and takes top-k -1 as off (0 is refused by older releases).
-PLAIN_SAMPLING = {
-    "llama.cpp": {"top_p": 1.0, "top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0, "presence_penalty": 0.0,
-                  "frequency_penalty": 0.0},
-    "vllm": {"top_p": 1.0, "top_k": -1, "min_p": 0.0, "repetition_penalty": 1.0, "presence_penalty": 0.0,
-             "frequency_penalty": 0.0},
-}
 
 
 #: Greedy probes that decide whether a served model is the policy: sources, and new tokens per answer (long enough

@@ -50,7 +50,7 @@ def served(policy_server, smollm2):
     from faithforge.backends import make_backend
 
     _, tokenizer = smollm2
-    from faithforge.stages.sampler import PLAIN_SAMPLING
+    from faithforge.core.backend_registry import PLAIN_SAMPLING
 
     backend = make_backend("openai", policy_server.model, base_url=policy_server.base_url)
     backend.extra_body = PLAIN_SAMPLING["llama.cpp"]
@@ -136,7 +136,7 @@ def test_the_pairs_stage_samples_from_the_server_after_the_check(policy_server, 
 
 def test_the_served_fields_go_with_each_request_and_never_override_the_standard_ones():
     from faithforge.backends import make_backend
-    from faithforge.stages.sampler import PLAIN_SAMPLING
+    from faithforge.core.backend_registry import PLAIN_SAMPLING
 
     backend = make_backend("openai", "policy", base_url="http://127.0.0.1:9/v1")
     plain = backend._body([{"role": "user", "content": "hi"}], schema=None, max_tokens=8, temperature=1.0, seed=3,
