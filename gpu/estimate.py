@@ -47,6 +47,11 @@ RefStrategy = Literal["cached", "live"]
 ReferenceModel = Literal["adapters-disabled", "separate-copy"]
 Device = Literal["cuda", "cpu"]
 
+#: The estimates' revision: raise it when a term below changes. Correction factors are measured ÷ predicted, so a
+#: factor stored against another revision would multiply an estimate it was not measured against: such factors are
+#: set aside until `faithforge gpu calibrate` measures again (`faithforge.gpu_calibration.calibrate`).
+ESTIMATE_REVISION = 1
+
 CUDA_CONTEXT_BYTES = 512 * MiB_bytes
 ALLOCATOR_OVERHEAD_FRACTION = 0.10
 LINEAR_BYTES_PER_PARAM: dict[str, float] = {"fp32": 4.0, "bf16": 2.0, "fp16": 2.0, "int8": 1.0, "nf4": 0.516}

@@ -11,6 +11,7 @@ folder of the real shape (memory does not depend on the weights' values) loaded 
 from __future__ import annotations
 
 import json
+import logging
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -26,14 +27,25 @@ NO_CUDA_MESSAGE = ("calibration needs a CUDA GPU (torch.cuda.is_available() is F
 
 
 def load_corrections(path: str | os.PathLike[str] | None) -> Corrections:
-    """Read the calibration file; a missing file (or None) means no corrections yet."""
+    """Read the calibration file; a missing file (or None) means no corrections yet. Factors measured against
+    another revision of the estimates are set aside (said once in the log): the estimates run uncorrected until
+    `faithforge gpu calibrate` measures again."""
     if path is None or not Path(path).is_file():
         return Corrections()
     try:
-        return Corrections.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
+        stored = Corrections.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
     except (OSError, json.JSONDecodeError, ValueError) as exc:
         raise UserError(f"calibration file {path} is unusable ({exc}); fix it or delete it and re-run "
                         f"`faithforge gpu calibrate`".replace("\n", " ")) from None
+    if not stored.current:
+        from faithforge.gpu.estimate import ESTIMATE_REVISION
+
+        logging.getLogger(__name__).warning(
+            "calibration file %s was measured against estimate revision %d, and these estimates are revision %d: "
+            "its %d factor(s) are not applied; re-run `faithforge gpu calibrate`", path, stored.estimate_revision,
+            ESTIMATE_REVISION, len(stored.factors))
+        return Corrections()
+    return stored
 
 
 def save_corrections(path: str | os.PathLike[str], corrections: Corrections) -> None:

@@ -41,3 +41,34 @@ def test_calibration_runs_the_real_stage_code_on_a_random_nf4_folder_on_cpu(tmp_
         assert set(run) == {"stage", "device", "peak_rss_bytes", "seconds"}, run  # no CUDA counters off CUDA
         assert (run["stage"], run["device"]) == (stage, "cpu") and run["peak_rss_bytes"] > 0
     assert list(tmp_path.iterdir()) == []  # the random model folders and caches went with their temp dirs
+
+
+def test_factors_measured_against_other_estimates_are_set_aside(tmp_path, monkeypatch, caplog):
+    """A factor is measured ÷ predicted: after the estimates change (ESTIMATE_REVISION), an old factor would
+    multiply an estimate it was not measured against (a review, 2026-12-07). It is set aside, said in the log, and
+    the next calibration writes a file of the new revision without it."""
+    import json
+    import logging
+
+    from faithforge.gpu import corrections, estimate
+
+    path = tmp_path / "gpu.json"
+    save_corrections(path, Corrections().with_factor("GPU", "qwen2.5-7b", "train", 1.3))
+    stored = json.loads(path.read_text())
+    assert stored["estimate_revision"] == estimate.ESTIMATE_REVISION
+    del stored["estimate_revision"]  # a file written before the revision was recorded: revision 1
+    path.write_text(json.dumps(stored))
+    assert load_corrections(path).factor("GPU", "qwen2.5-7b", "train") == 1.3
+
+    monkeypatch.setattr(corrections, "ESTIMATE_REVISION", 2)
+    monkeypatch.setattr(estimate, "ESTIMATE_REVISION", 2)
+    with caplog.at_level(logging.WARNING):
+        loaded = load_corrections(path)
+    assert loaded.factor("GPU", "qwen2.5-7b", "train") == 1.0
+    assert "measured against estimate revision 1, and these estimates are revision 2" in caplog.text
+    save_corrections(path, loaded.with_factor("GPU", "qwen2.5-7b", "reference", 1.1))
+    assert json.loads(path.read_text()) == {"version": 1, "estimate_revision": 2,
+                                            "factors": {"GPU|qwen2.5-7b|reference": 1.1}}
+    path.write_text(json.dumps({"version": 1, "estimate_revision": "two", "factors": {}}))
+    with pytest.raises(UserError, match="estimate_revision must be a positive whole number"):
+        load_corrections(path)
