@@ -79,18 +79,27 @@ def gpu_slot(config: PipelineConfig, plan: Plan, run_id: str | None = None) -> I
 # -- parent side ----------------------------------------------------------------------------------------
 
 def _wait_for_child(client, flow_run_id, stage: str, pool: str, pickup_timeout_s: float) -> Any:
-    """Poll the child run: it must leave SCHEDULED within the timeout, then reach a final state."""
+    """Poll the child run: it must leave SCHEDULED within the timeout, leave PENDING (taken by a worker, its flow
+    not started yet) within the timeout too, then reach a final state. A worker that dies between taking the run
+    and starting its flow leaves it Pending for ever, with no heartbeat for the crash automation to miss: that
+    waited with no end (an attack, 2026-12-07)."""
     from prefect.states import Cancelled
 
     logger = get_run_logger()
     started = time.monotonic()
     announced = False
     said = -1.0
+    pending_since: float | None = None
     while True:
         run = client.read_flow_run(flow_run_id)
         state = run.state
         if state is not None and state.is_final():
             return run
+        pending_since = (pending_since or time.monotonic()) if state is not None and state.is_pending() else None
+        if pending_since is not None and time.monotonic() - pending_since >= pickup_timeout_s:
+            client.set_flow_run_state(flow_run_id, Cancelled(message="taken by a worker that never started it"),
+                                      force=True)
+            raise offload.OffloadError(offload.stuck_pending_message(stage, pool, pickup_timeout_s))
         if state is None or state.is_scheduled():
             waited = time.monotonic() - started
             if waited >= said + WAIT_REPORT_S or said < 0:  # said at once, then every WAIT_REPORT_S (issue 29)

@@ -196,3 +196,34 @@ def test_gpu_slot_without_a_limit(prefect_harness, monkeypatch):
     assert state.is_failed()
     with pytest.raises(UserError, match="prefect gcl create gpu"):
         state.result()
+
+
+def test_a_run_taken_by_a_worker_that_never_starts_it_ends_within_the_offload_timeout(monkeypatch):
+    """A worker that died between taking the child run and starting its flow left the run Pending and the
+    pipeline waiting for ever (an attack, 2026-12-07): the Pending state now has the same time limit as the wait
+    for a worker, and the child is cancelled. The client is a stand-in: a real server cannot be made to hold a run
+    in Pending on demand; the states are Prefect's own."""
+    import logging
+    from types import SimpleNamespace
+
+    from prefect.states import Pending, Scheduled
+
+    from faithforge.tasks import offload as offload_tasks
+
+    states = iter([Scheduled(), Pending()])
+    set_states = []
+
+    class Client:
+        def read_flow_run(self, flow_run_id):
+            return SimpleNamespace(state=next(states, Pending()))
+
+        def set_flow_run_state(self, flow_run_id, state, force=False):
+            set_states.append((state.type.value, state.message, force))
+
+    monkeypatch.setattr(offload_tasks, "POLL_S", 0.01)
+    monkeypatch.setattr(offload_tasks, "get_run_logger", lambda: logging.getLogger("test-offload"))
+    with pytest.raises(offload.OffloadError) as err:
+        offload_tasks._wait_for_child(Client(), "run-1", "train", "a100", pickup_timeout_s=1.0)
+    assert "took the offloaded run but it did not start within 1 s" in str(err.value)
+    assert "prefect worker start --pool a100" in str(err.value) and "\n" not in str(err.value)
+    assert set_states == [("CANCELLED", "taken by a worker that never started it", True)]
