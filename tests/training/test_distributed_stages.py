@@ -72,6 +72,9 @@ def test_two_rank_stages_match_one_process_and_back_off_together(tmp_path, monke
     (_, ref1, one), (ctx2, ref2, two) = runs[1], runs[2]
     assert ref2.processes == 2 and ref2.shards >= 3 and ref1.key == ref2.key
     assert _files(Path(ref2.path)) == _files(Path(ref1.path)), "the 2-rank cache differs from the 1-process cache"
+    # The reference is the same bytes either way and shares its key; the adapters are not (another micro-batch per
+    # process), so a 1-process run must not take a 2-process adapter for its own (an attack, 2026-12-07).
+    assert Path(two.path).name != Path(one.path).name
 
     # Rank 1 ran out of memory at step 3 with micro-batch 2: both ranks were relaunched with 1 × accumulation 2.
     assert [(b["micro_batch"], b["grad_accum"]) for b in two.oom_backoffs] == [(1, 2)]
