@@ -235,15 +235,37 @@ def _drop_dead_temporaries(target: Path) -> None:
     by `atomic_directory`): a killed process cannot clean up, and a SIGKILLed `model export` left 359 MB behind
     that later exports neither removed nor mentioned (an attack, 2026-12-07). A live process's, and any other
     name, is left alone."""
-    pattern = re.compile(rf"^\.{re.escape(target.name)}\.(?P<pid>\d+)-(?P<start>\d*)-[^.]+\.tmp$")
+    _drop_dead(target.parent, re.compile(rf"^\.{re.escape(target.name)}\.(?P<pid>\d+)-(?P<start>\d*)-[^.]+\.tmp$"))
+
+
+def _drop_dead(parent: Path, pattern: re.Pattern) -> None:
+    """Remove the folders in `parent` whose names `pattern` matches (its `pid` and `start` groups: the owner) and
+    whose owner is gone. Links and files are left alone."""
     with contextlib.suppress(OSError):
-        for entry in target.parent.iterdir():
+        for entry in parent.iterdir():
             match = pattern.match(entry.name)
             if match and entry.is_dir() and not entry.is_symlink() \
                     and not process_alive(int(match["pid"]), match["start"]):
                 logging.getLogger(__name__).info("removing %s, left by process %s, which is gone", entry,
                                                  match["pid"])
                 remove_entry(entry)
+
+
+@contextlib.contextmanager
+def scratch_directory(parent: str | os.PathLike[str], prefix: str) -> Iterator[Path]:
+    """A folder in `parent` for this process's scratch files, removed when the block ends. Its name carries the
+    process (`<prefix><pid>-<start>-<random>`), so the scratch of a process killed before it could clean up is
+    removed by the next one to ask for scratch with that prefix: a SIGKILL during evaluation left a
+    `tmp/gguf-evaluate-*` folder per kill that nothing removed (an attack, 2026-12-07)."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    _drop_dead(parent, re.compile(rf"^{re.escape(prefix)}(?P<pid>\d+)-(?P<start>\d*)-[^.]+$"))
+    owner = f"{os.getpid()}-{process_start(os.getpid())}"
+    folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{owner}-", dir=parent))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def give_umask_modes(folder: Path) -> None:

@@ -7,8 +7,6 @@ encoded once). The evaluation sources are checked against everything training sa
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -23,7 +21,8 @@ from faithforge.evaluation.judge_options import judge_options
 from faithforge.evaluation.wording import task_words
 from faithforge.data.sources import system_prompt
 from faithforge.data.teacher import SYSTEM_PROMPT
-from faithforge.core.workspace import atomic_directory, atomic_write_json, atomic_write_jsonl, atomic_write_text
+from faithforge.core.workspace import (atomic_directory, atomic_write_json, atomic_write_jsonl, atomic_write_text,
+                                       scratch_directory)
 from faithforge.gpu.planner import Plan
 
 
@@ -188,14 +187,10 @@ def _judge_models(ctx: StageContext, model: ModelOutput, items: list, sources: l
     cfg = ctx.config.evaluate
     # The trained models' files (each the size of the model, rewritten in seconds) go to this call's own folder,
     # removed at the end; the base model's stays in the cache the pairs stage shares.
-    ctx.workspace.dir("tmp").mkdir(parents=True, exist_ok=True)
-    scratch = Path(tempfile.mkdtemp(prefix="gguf-evaluate-", dir=ctx.workspace.dir("tmp")))
-    try:
+    with scratch_directory(ctx.workspace.dir("tmp"), "gguf-evaluate-") as scratch:
         return _answer_and_judge(ctx, model, items, sources, adapters, judge, plan, judging, choose_sampler(
             cfg.sampler, plan, SamplingConfig(max_new_tokens=cfg.max_new_tokens),
             [(model.path, adapter) for adapter in adapters.values()], gguf_cache(ctx.workspace), adapter_dir=scratch))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _answer_and_judge(ctx: StageContext, model: ModelOutput, items: list, sources: list[str],

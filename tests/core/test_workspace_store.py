@@ -124,6 +124,31 @@ def test_a_killed_writers_temporary_is_removed_by_the_next_write_of_the_same_fol
     assert (tmp_path / "out" / "model.bin").read_bytes() == b"m"
 
 
+def test_a_killed_processs_scratch_folder_is_removed_by_the_next_one_and_its_own_at_the_end(tmp_path):
+    """A SIGKILL during evaluation left a `tmp/gguf-evaluate-*` folder per kill that no rerun removed (an attack,
+    2026-12-07): scratch folders carry their process, and a dead one's goes when the next asks for scratch."""
+    import subprocess
+    import sys
+
+    from faithforge.core.liveness import process_start
+    from faithforge.core.workspace import scratch_directory
+
+    gone = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
+    gone_start = process_start(gone.pid)
+    gone.kill()
+    gone.wait()
+    dead = tmp_path / f"gguf-evaluate-{gone.pid}-{gone_start}-abc123"
+    live = tmp_path / f"gguf-evaluate-{os.getpid()}-{process_start(os.getpid())}-def456"  # a running evaluation's
+    yours = tmp_path / "gguf-evaluate-notes"
+    for folder in (dead, live, yours):
+        folder.mkdir()
+        (folder / "model.gguf").write_bytes(b"x")
+    with scratch_directory(tmp_path, "gguf-evaluate-") as scratch:
+        assert scratch.name.startswith(f"gguf-evaluate-{os.getpid()}-")
+        (scratch / "adapter.gguf").write_bytes(b"a")
+    assert not dead.exists() and live.exists() and yours.exists() and not scratch.exists()
+
+
 def test_unwritable_workspace_says_what_to_fix(tmp_path):
     if os.geteuid() == 0:
         blocker = tmp_path / "file"
