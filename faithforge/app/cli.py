@@ -214,8 +214,10 @@ def _id_column(path: Path) -> str | None:
 
 @app.command()
 def runs(
-    workspace: str = typer.Option(".faithforge", "--workspace", "-w", help="Workspace holding faithforge.db."),
-    database_url: Optional[str] = typer.Option(None, "--database-url", help="Run store URL (default: the workspace's)."),
+    workspace: str = typer.Option(".faithforge", "--workspace", "-w", envvar="FAITHFORGE_WORKSPACE",
+                                  help="Workspace holding faithforge.db."),
+    database_url: Optional[str] = typer.Option(None, "--database-url", envvar="FAITHFORGE_DATABASE_URL",
+                                               help="Run store URL (default: the workspace's)."),
     limit: int = typer.Option(20, "--limit", min=1, max=100_000, help="How many of the newest runs to list."),
 ) -> None:
     """List runs with their status; runs whose process is gone are marked crashed, with where they stopped."""

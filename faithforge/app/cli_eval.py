@@ -47,7 +47,7 @@ def calibrate(
     trained_judge: Optional[str] = typer.Option(None, "--trained-judge", help="trained: the folder judge train wrote."),
     holdout: float = typer.Option(0.5, "--holdout", help="Share of labels held out for the reported accuracy."),
     split_seed: int = typer.Option(0, "--split-seed", min=0, max=2**32 - 1, help="Seed of the validation/test split by source."),
-    workspace: Path = typer.Option(Path(".faithforge"), "--workspace", "-w",
+    workspace: Path = typer.Option(Path(".faithforge"), "--workspace", "-w", envvar="FAITHFORGE_WORKSPACE",
                                    help="Workspace whose calibrations/ folder stores the result for later reports."),
     save: bool = typer.Option(True, "--save/--no-save", help="Store the calibration for reports using this judge."),
     as_json: bool = typer.Option(False, "--json", help="Print the calibration as JSON."),
@@ -263,8 +263,10 @@ def _check_combination_out(out: Path, replace: bool) -> bool:
 def compare(
     run_a: str = typer.Argument(..., help="Evaluation artifact id, or a run id (its newest evaluation)."),
     run_b: str = typer.Argument(..., help="Evaluation artifact id, or a run id."),
-    workspace: Path = typer.Option(Path(".faithforge"), "--workspace", "-w", help="Workspace holding faithforge.db."),
-    database_url: Optional[str] = typer.Option(None, "--database-url", help="Run store URL (default: the workspace's SQLite)."),
+    workspace: Path = typer.Option(Path(".faithforge"), "--workspace", "-w", envvar="FAITHFORGE_WORKSPACE",
+                                   help="Workspace holding faithforge.db."),
+    database_url: Optional[str] = typer.Option(None, "--database-url", envvar="FAITHFORGE_DATABASE_URL",
+                                               help="Run store URL (default: the workspace's SQLite)."),
     as_json: bool = typer.Option(False, "--json", help="Print the comparison as JSON."),
 ) -> None:
     """Compare two stored evaluations (B − A): rates, recall, intervals, and whether they are comparable."""

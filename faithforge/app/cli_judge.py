@@ -18,7 +18,8 @@ def train(
                                    "datasets folder (the text in the --text-column column)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Folder to save the judge in (default: "
                                        "<workspace>/judges); the judge goes to OUT/<name>-<hash>/."),
-    workspace: Path = typer.Option(Path(".faithforge"), "--workspace", "-w", help="Workspace (for the default --out)."),
+    workspace: Path = typer.Option(Path(".faithforge"), "--workspace", "-w", envvar="FAITHFORGE_WORKSPACE",
+                                   help="Workspace (for the default --out)."),
     seed: int = typer.Option(0, "--seed", min=0, max=2**32 - 1,
                              help="Seed of the training examples and the head's initialization."),
     steps: int = typer.Option(40, "--steps", help="Training examples in batches of 16 (40 → 640 examples)."),

@@ -57,7 +57,8 @@ def export_command(
                                         "base model's)."),
     base: Optional[str] = typer.Option(None, help="The adapter's base model folder (default: from "
                                        "adapter_config.json or the run)."),
-    workspace: str = typer.Option(".faithforge", "--workspace", "-w", help="Workspace of a run id."),
+    workspace: str = typer.Option(".faithforge", "--workspace", "-w", envvar="FAITHFORGE_WORKSPACE",
+                                  help="Workspace of a run id."),
     prompts: int = typer.Option(20, help="Probe prompts for the served-vs-transformers greedy check (1-20)."),
     max_new_tokens: int = typer.Option(24, "--max-new-tokens", min=1, help="Greedy tokens compared per prompt."),
     threads: int = typer.Option(2, min=1, help="CPU threads for llama.cpp."),

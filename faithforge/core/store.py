@@ -152,12 +152,12 @@ def describe_database_error(url: str | None, exc: BaseException) -> str:
     why, and what to do."""
     reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
     if url is None:
-        return (f"the run store cannot be used ({reason}); check database_url (--database-url) and, for a database "
-                "server, that it is up")
+        return (f"the run store cannot be used ({reason}); check database_url and, for a database server, that it "
+                "is up")
     where = _store_place(url)
     if url.startswith("sqlite:///") and where and not Path(where).expanduser().parent.is_dir():
         return (f"the run store {where} cannot be opened: the folder {Path(where).expanduser().parent} does not "
-                "exist; create it, or pass --database-url / set database_url to a file in a folder that exists")
+                "exist; create it, or point database_url at a file in a folder that exists")
     if url.startswith("sqlite") and "readonly" in reason.replace("-", "").replace(" ", "").lower():
         # Not "move it aside": nothing is damaged, and a teammate's shared history is not to be moved (an attack,
         # 2026-12-07). Even `runs` writes: it marks the runs whose process is gone as crashed.
@@ -166,7 +166,7 @@ def describe_database_error(url: str | None, exc: BaseException) -> str:
                 "with --workspace")
     if url.startswith("sqlite"):
         return (f"the run store {where} cannot be used ({reason}); if it is damaged, move it aside (a new one is "
-                "created), or pass --database-url / set database_url to a database you can open")
+                "created), or point database_url at a database you can open")
     return f"the run store at {where} cannot be used ({reason}); check database_url and that the server is up"
 
 

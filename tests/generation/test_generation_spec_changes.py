@@ -105,6 +105,6 @@ def test_a_sqlite_store_in_a_missing_folder_is_named_with_the_folder(tmp_path):
     with pytest.raises(UserError) as refused:
         job.run(_params(str(GROUNDED), tmp_path / "ws", 2, database_url=f"sqlite:///{missing}"))
     assert str(refused.value) == (
-        f"the run store {missing} cannot be opened: the folder {missing.parent} does not exist; create it, or pass "
-        "--database-url / set database_url to a file in a folder that exists")
+        f"the run store {missing} cannot be opened: the folder {missing.parent} does not exist; create it, or point "
+        "database_url at a file in a folder that exists")
     assert not missing.parent.exists()

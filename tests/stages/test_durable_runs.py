@@ -218,6 +218,14 @@ def test_a_killed_run_is_marked_crashed_with_where_it_stopped(tmp_path, monkeypa
     line = next(row for row in listing.splitlines() if row.startswith(killed))
     assert "crashed" in line and "warm_start (completed)" in line
 
+    # `runs` finds the same store where `demo` put it by the environment alone (an attack, 2026-12-07: it said
+    # "no run store at ./.faithforge/faithforge.db" under FAITHFORGE_WORKSPACE)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("FAITHFORGE_WORKSPACE", str(workspace))
+    with pytest.raises(SystemExit) as code:
+        main(["runs"])
+    assert code.value.code == 0 and killed in capsys.readouterr().out
+
 
 # --- item 6: the warm start resumes after SIGKILL -------------------------------------------------------------------
 
