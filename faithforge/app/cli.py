@@ -146,6 +146,11 @@ def demo(
         raise UserError("label.enabled asks for labels in the Prefect UI, but `faithforge demo` runs on the embedded "
                         "server, which has no UI; start a server (see the README) and set PREFECT_API_URL, or label "
                         "afterwards with `faithforge label`")
+    if cfg.gpu.offload_stages and not configured_api_url():  # before any stage runs: it could never be offloaded
+        raise UserError(f"gpu.offload_stages names {', '.join(cfg.gpu.offload_stages)}, but `faithforge demo` runs on "
+                        "its own embedded Prefect server, which has no deployments to offload to; register them on "
+                        "your server (python -m faithforge.deployments.deploy) and set PREFECT_API_URL, or leave "
+                        "gpu.offload_stages empty")
     if fresh:
         refuse_unowned(cfg.workspace)  # before anything is written there
         for line in drop_outside_links(cfg.workspace):  # a link out of the workspace: the link alone goes

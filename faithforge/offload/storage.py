@@ -46,6 +46,11 @@ def _filesystem(url: str):
                         "whose package is installed (s3fs for s3://, gcsfs for gs://)") from exc
 
 
+def check_storage_url(url: str) -> None:
+    """Refuse, in one line, a storage URL whose protocol this machine cannot open (nothing is read or written)."""
+    _filesystem(url)
+
+
 def _join(root: str, relative: str) -> str:
     return f"{root.rstrip('/')}/{relative}"
 

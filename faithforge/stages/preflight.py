@@ -7,12 +7,30 @@ after the server started and earlier stages ran — with Prefect's logs in front
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from faithforge.core.backend_registry import BACKENDS
 from faithforge.core.config import PipelineConfig
 from faithforge.core.errors import UserError
 from faithforge.core.workspace import Workspace
+
+
+def check_offload_storage(cfg: PipelineConfig) -> None:
+    """Offloading's shared storage, before any stage runs: stages that always offload (`gpu.offload_stages`) need
+    a storage URL, and a storage URL must name an fsspec protocol this machine can open. Both were found only at
+    the offloaded stage, after generation, the pairs and the reference pass had run (an attack, 2026-12-07). A
+    pool that takes only what does not fit here (`gpu.offload_pool` alone) needs storage only if it is used: the
+    deployments name one by default."""
+    from faithforge.offload.dispatch import storage_root
+    from faithforge.offload.storage import check_storage_url
+
+    if cfg.gpu.offload_stages:
+        storage_root(cfg)  # one line when there is none
+    if cfg.gpu.offload_stages or cfg.gpu.offload_pool:
+        url = os.environ.get("FAITHFORGE_STORAGE_URL") or cfg.storage_url
+        if url:
+            check_storage_url(url)
 
 
 def check_pipeline_inputs(cfg: PipelineConfig, model_folder: bool = True) -> Workspace:
@@ -45,6 +63,7 @@ def check_pipeline_inputs(cfg: PipelineConfig, model_folder: bool = True) -> Wor
     from faithforge.evaluation.judge_options import judge_options
 
     judge_options(cfg.evaluate)  # nli without a checkpoint, llm without a model: before any training
+    check_offload_storage(cfg)
     if cfg.train.report_to:
         from faithforge.training.tracking import check_trackers
 

@@ -130,6 +130,15 @@ ROWS = {
     "store-url-missing-compare": lambda t: (["eval", "compare", "a", "b", "--database-url",
                                              f"sqlite:///{t / 'typo.db'}"], {}),
     "store-url-psycopg2": lambda t: (["runs", "--database-url", "postgresql://u@127.0.0.1:1/x"], {}),
+    # --- offloading (attack 4: refused only at the offloaded stage, after the stages before it ran) --------------
+    "offload-stages-on-embedded-demo": lambda t: (["demo", "-w", str(t / "ws"), "--set", "gpu.offload_pool=a100",
+                                                    "--set", "gpu.offload_stages=[train]",
+                                                    "--set", f"storage_url=file://{t / 'store'}"],
+                                                   {"PREFECT_API_URL": ""}),
+    "offload-stages-without-storage": lambda t: (["demo", "-w", str(t / "ws"), "--set", "gpu.offload_pool=a100",
+                                                   "--set", "gpu.offload_stages=[train]"], {}),
+    "offload-storage-unknown-protocol": lambda t: (["demo", "-w", str(t / "ws"), "--set", "gpu.offload_pool=a100",
+                                                     "--set", "storage_url=bogus://x"], {}),
     # --- generation specs and server URLs ------------------------------------------------------------------------
     "spec-missing": lambda t: (["generate", "--spec", str(t / "missing.yaml"), "--no-prefect", "-w" if False else
                                 "--workspace", str(t / "ws")], {}),
@@ -626,3 +635,16 @@ def test_demo_set_reaches_the_config_after_the_file_and_the_environment_and_befo
     assert cfg.seed == 5  # the --seed flag wins over --set seed
     assert cfg.evaluate.judge == ["grounding", "nli"]
     assert cfg.evaluate.nli_checkpoint == "models/my nli #1"  # text is taken literally, as in the variables
+
+
+@pytest.mark.parametrize("row, says", [
+    ("offload-stages-on-embedded-demo", "runs on its own embedded Prefect server, which has no deployments"),
+    ("offload-storage-unknown-protocol", "cannot open storage URL 'bogus://x' (Protocol not known: bogus)"),
+])
+def test_offloading_that_cannot_work_is_refused_before_any_stage(row, says, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr("faithforge.app.demo_runner.run_pipeline_with_progress", _validation_passed)
+    argv, env = ROWS[row](tmp_path)
+    code, output = run_cli(argv, env, monkeypatch, capsys)
+    assert code == 2 and says in output, output
+    assert not (tmp_path / "ws" / "datasets").exists() or not any((tmp_path / "ws" / "datasets").iterdir())
