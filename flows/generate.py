@@ -14,7 +14,6 @@ import time
 
 from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
-from prefect.states import Failed
 
 from faithforge.core.progress import StageReporter
 from faithforge.core.workspace import sha256_file
@@ -23,19 +22,25 @@ from faithforge.generation.job import GenerationResult, failure_of
 from faithforge.generation.parameters import GenerateParameters
 from faithforge.generation.summary import GenerationSummary
 from faithforge.tasks.progress_artifact import ProgressArtifact
+from faithforge.tasks.supervision import begin_generation_run, reported_failure
 
 
 @flow(name="faithforge-generate", log_prints=False, persist_result=False)
 def generate_flow(params: GenerateParameters) -> GenerationResult:
     """Generate examples from `params.spec` until its targets are met; a rerun resumes where it stopped."""
+    problem = begin_generation_run(params)  # on a worker (the nightly deployment): the CLI's checks, before a task
+    if problem is not None:
+        get_run_logger().error(problem)
+        return reported_failure(problem)
     plan = plan_generation(params)
     summary = generate_examples(params, plan)
     exported = export_examples(plan)
     unloaded = release_gpu(params, plan)
     result = GenerationResult(plan=plan, summary=summary, export=exported, unloaded=unloaded)
     failure = failure_of(result)
-    if failure is not None:  # a returned Failed state ends the run without a traceback in its log; calling
-        return Failed(message=str(failure), data=failure)  # the flow raises `failure` (a one-line UserError)
+    if failure is not None:  # a returned Failed state ends the run with its one line; calling the flow (the
+        get_run_logger().error(str(failure))  # pipeline's subflow) raises `failure` (a one-line UserError)
+        return reported_failure(str(failure), data=failure)
     return result
 
 

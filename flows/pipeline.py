@@ -23,7 +23,6 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
-from prefect.states import Failed
 
 from faithforge.core.backend_registry import BACKENDS
 from faithforge.core.config import PipelineConfig
@@ -46,7 +45,7 @@ from faithforge.gpu.planner import Plan
 from faithforge.tasks.stage_runner import run_stage
 from faithforge.tasks.gated_stage import gate_task
 from faithforge.tasks.offload import gpu_slot
-from faithforge.tasks.supervision import begin_flow_run, cancel_requested
+from faithforge.tasks.supervision import begin_flow_run, cancel_requested, reported_failure
 
 REPORT_KEY = "faithforge-report"
 TABLE_KEY = "faithforge-rates"
@@ -60,7 +59,7 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
     problem = begin_flow_run(config)  # on a worker: watch it, the CLI's preflight, reconcile the dead
     if problem is not None:  # bad input: one line in the UI, before any work (no traceback: it is not a bug)
         get_run_logger().error(problem)
-        return Failed(message=problem)
+        return reported_failure(problem)
     run_id = start_run_task(config, "pipeline")
     stages: dict[str, StageOutput | None] = {}
     try:

@@ -91,6 +91,50 @@ def begin_flow_run(config: PipelineConfig) -> Optional[str]:
     return None
 
 
+def begin_generation_run(params: Any) -> Optional[str]:
+    """The start of a generation flow run a worker started (the nightly deployment): the CLI's checks of its
+    parameters (`job.validate`: the spec, the backend's URL, the workspace), so a missing spec fails in one line
+    before a task runs; it ran the planning task and failed there with a traceback (an attack, 2026-12-07).
+    Returns the one-line problem, or None. In the CLI, and as the pipeline's subflow, the caller checked already."""
+    if not started_by_worker():
+        return None
+    from faithforge.generation import job
+
+    try:
+        job.validate(params)
+    except USER_ERRORS as exc:
+        return str(exc)
+    return None
+
+
+class _ReportedFailureFilter(logging.Filter):
+    """Drops the record Prefect's engine logs after a flow returned a Failed state ("Engine execution exited with
+    unexpected exception" with the `FailedRun` traceback), once this process has logged the failure in one line
+    itself (`reported_failure`). Bad input is not a bug: its log is the one line, as the CLI's is."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from prefect.exceptions import FailedRun
+
+        error = record.exc_info[1] if record.exc_info else None
+        return not (_reported and isinstance(error, FailedRun)
+                    and str(record.msg).startswith("Engine execution exited with unexpected exception"))
+
+
+_reported: list[str] = []
+
+
+def reported_failure(problem: str, data: Any = None):
+    """The Failed state a flow returns for a problem it has just logged in one line (bad input, a run that stored
+    nothing). This process is that one flow run, so its engine's closing `FailedRun` traceback is left out of the
+    run's log (`_ReportedFailureFilter` on Prefect's flow-run logger)."""
+    from prefect.states import Failed
+
+    if not _reported:
+        logging.getLogger("prefect.flow_runs").addFilter(_ReportedFailureFilter())
+    _reported.append(problem)
+    return Failed(message=problem, data=data)
+
+
 # -- the worker's death -----------------------------------------------------------------------------------
 
 def watch_worker(config: PipelineConfig) -> None:

@@ -308,14 +308,52 @@ def _bad_input(stack, client) -> None:
     # CI's slower machine of 2026-12-06), which the machine sets. What FaithForge decides is tested: nothing ran.
     tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
     assert not tasks, [t.name for t in tasks]  # no task ran: no stage, no model load
-    logs = [m for _, m in _messages(client, run.id)]
-    assert not [m for m in logs if "Traceback" in m], logs
+    logs = _settled_messages(client, run.id, stack)
+    assert any("nli" in m and "checkpoint" in m for m in logs), logs
+    assert not [m for m in logs if "Traceback" in m or "Engine execution exited" in m], logs
     print(f"bad input: Failed {from_creation:.1f} s after the run was created, {seconds:.1f} s after it started")
+    _bad_nightly_input(stack, client)
     (zombies,) = client.read_automations_by_name(ZOMBIE_AUTOMATION)  # registered by deploy.py, enabled
     assert zombies.enabled and zombies.trigger.within.total_seconds() == 90
     # an empty workspace is refused by the API itself (the schema), before a run exists
     with pytest.raises(PrefectHTTPStatusError):
         _start(client, {**_config(stack), "workspace": ""})
+
+
+def _settled_messages(client, flow_run_id, stack, quiet_s: float = 5.0) -> list[str]:
+    """The run's log once it has stopped growing: the flow process logs its engine's closing lines after the final
+    state (Prefect's `FailedRun` traceback came last, after a check that read the log at the final state had
+    passed: an attack, 2026-12-07)."""
+    seen: list[str] = []
+    still_since = time.monotonic()
+
+    def settled():
+        nonlocal seen, still_since
+        now = [m for _, m in _messages(client, flow_run_id)]
+        if len(now) != len(seen):
+            seen, still_since = now, time.monotonic()
+        return seen if any("Finished in state" in m for m in seen) and time.monotonic() - still_since >= quiet_s \
+            else None
+
+    return _until("the run's log settles", settled, stack, guard_s=120)
+
+
+def _bad_nightly_input(stack, client) -> None:
+    """The nightly generation deployment with a spec that does not exist: one line before any task (it ran the
+    planning task and failed there with a traceback: an attack, 2026-12-07)."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    deployment = client.read_deployment_by_name("faithforge-generate/nightly-generation")
+    params = {**deployment.parameters["params"], "spec": str(stack["root"] / "no-such-spec.yaml"),
+              "workspace": str(stack["root"] / "ws-nightly")}
+    run = client.create_flow_run_from_deployment(deployment.id, parameters={"params": params})
+    final = _until("the bad nightly run ends", lambda: (lambda r: r if r.state.is_final() else None)(
+        client.read_flow_run(run.id)), stack, guard_s=180)
+    assert final.state.is_failed() and "no-such-spec.yaml" in (final.state.message or ""), final.state
+    assert "\n" not in final.state.message
+    assert not client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[run.id])))
+    logs = _settled_messages(client, run.id, stack)
+    assert not [m for m in logs if "Traceback" in m or "Engine execution exited" in m], logs
 
 
 def test_the_artifacts_page_lists_faithforges_artifacts(stack, deaths, tmp_path):
