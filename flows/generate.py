@@ -35,7 +35,7 @@ def generate_flow(params: GenerateParameters) -> GenerationResult:
     plan = plan_generation(params)
     summary = generate_examples(params, plan)
     exported = export_examples(plan)
-    unloaded = release_gpu(params, plan)
+    unloaded = release_gpu(params, plan) if job.releases_gpu(params) else []
     result = GenerationResult(plan=plan, summary=summary, export=exported, unloaded=unloaded)
     failure = failure_of(result)
     if failure is not None:  # a returned Failed state ends the run with its one line; calling the flow (the
@@ -108,6 +108,5 @@ def release_gpu(params: GenerateParameters, plan: job.GenerationPlan) -> list[st
     """With `unload_after`, unload the model from the backend's server so a following GPU stage gets the VRAM
     (`job.release`); returns the names unloaded."""
     names = job.release(params, plan)
-    if params.unload_after:
-        get_run_logger().info("unloaded from the %s server: %s", params.backend, ", ".join(names) or "(nothing)")
+    get_run_logger().info("unloaded from the %s server: %s", params.backend, ", ".join(names) or "(nothing was loaded)")
     return names

@@ -47,7 +47,8 @@ class Corrections:
     def from_dict(cls, data: Mapping[str, Any]) -> "Corrections":
         factors = data.get("factors") if isinstance(data, Mapping) else None
         if not isinstance(factors, Mapping):
-            raise ValueError('calibration data must be {"version": 1, "factors": {"<gpu>|<model>|<stage>": <factor>}}')
+            raise ValueError('calibration data must be {"version": 1, "estimate_revision": <n>, "factors": '
+                             '{"<gpu>|<model>|<stage>": <factor>}}')
         out: dict[str, float] = {}
         for key, value in factors.items():
             if str(key).count("|") != 2 or str(key).rsplit("|", 1)[1] not in STAGES:

@@ -83,7 +83,7 @@ def _wait_for_child(client, flow_run_id, stage: str, pool: str, pickup_timeout_s
     not started yet) within the timeout too, then reach a final state. A worker that dies between taking the run
     and starting its flow leaves it Pending for ever, with no heartbeat for the crash automation to miss: that
     waited with no end (an attack, 2026-12-07)."""
-    from prefect.states import Cancelled
+    from prefect.states import Cancelled, Cancelling
 
     logger = get_run_logger()
     started = time.monotonic()
@@ -97,8 +97,10 @@ def _wait_for_child(client, flow_run_id, stage: str, pool: str, pickup_timeout_s
             return run
         pending_since = (pending_since or time.monotonic()) if state is not None and state.is_pending() else None
         if pending_since is not None and time.monotonic() - pending_since >= pickup_timeout_s:
-            client.set_flow_run_state(flow_run_id, Cancelled(message="taken by a worker that never started it"),
-                                      force=True)
+            # Cancelling, not Cancelled: a worker that is alive after all (still pulling an image) stops the run it
+            # was starting instead of running it unwatched
+            client.set_flow_run_state(flow_run_id, Cancelling(message="taken by a worker that did not start it in "
+                                                                      "time"), force=True)
             raise offload.OffloadError(offload.stuck_pending_message(stage, pool, pickup_timeout_s))
         if state is None or state.is_scheduled():
             waited = time.monotonic() - started

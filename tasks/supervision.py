@@ -98,6 +98,10 @@ def begin_generation_run(params: Any) -> Optional[str]:
     Returns the one-line problem, or None. In the CLI, and as the pipeline's subflow, the caller checked already."""
     if not started_by_worker():
         return None
+    from prefect.runtime import flow_run
+
+    if flow_run.parent_flow_run_id:  # the pipeline's subflow: the pipeline's own preflight checked its config
+        return None
     from faithforge.generation import job
 
     try:
@@ -116,7 +120,9 @@ class _ReportedFailureFilter(logging.Filter):
         from prefect.exceptions import FailedRun
 
         error = record.exc_info[1] if record.exc_info else None
-        return not (_reported and isinstance(error, FailedRun)
+        # FailedRun for a Failed state without data; the state's own exception (a generation run that stored
+        # nothing returns its `GenerationFailed`) when it has one: either way the line it says was logged already
+        return not (_reported and (isinstance(error, FailedRun) or str(error) in _reported)
                     and str(record.msg).startswith("Engine execution exited with unexpected exception"))
 
 

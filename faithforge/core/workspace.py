@@ -16,6 +16,7 @@ import logging
 import os
 import re
 import shutil
+import socket
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -259,8 +260,11 @@ def scratch_directory(parent: str | os.PathLike[str], prefix: str) -> Iterator[P
     `tmp/gguf-evaluate-*` folder per kill that nothing removed (an attack, 2026-12-07)."""
     parent = Path(parent)
     parent.mkdir(parents=True, exist_ok=True)
-    _drop_dead(parent, re.compile(rf"^{re.escape(prefix)}(?P<pid>\d+)-(?P<start>\d*)-[^.]+$"))
-    owner = f"{os.getpid()}-{process_start(os.getpid())}"
+    # The host is in the name too: a workspace on a shared disk (NFS, a worker's volume) holds other machines'
+    # scratch, whose processes this one cannot see
+    host = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())
+    _drop_dead(parent, re.compile(rf"^{re.escape(prefix)}{re.escape(host)}-(?P<pid>\d+)-(?P<start>\d*)-[^.]+$"))
+    owner = f"{host}-{os.getpid()}-{process_start(os.getpid())}"
     folder = Path(tempfile.mkdtemp(prefix=f"{prefix}{owner}-", dir=parent))
     try:
         yield folder

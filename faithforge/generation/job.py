@@ -251,12 +251,17 @@ def export(plan_: GenerationPlan) -> ExportedExamples:
     return ExportedExamples(path=plan_.export, examples=count)
 
 
+def releases_gpu(params: GenerateParameters) -> bool:
+    """Whether `release` unloads anything: asked to (`unload_after`), by a backend that can."""
+    return params.unload_after and BACKENDS.get(params.backend).releases_gpu
+
+
 def release(params: GenerateParameters, plan_: GenerationPlan) -> list[str]:
     """Unload the run's model from the server's GPU when asked to and the backend can (frees VRAM for a GPU stage:
     the backend module's `release_gpu`); the names unloaded."""
-    kind = BACKENDS.get(params.backend)
-    if not (params.unload_after and kind.releases_gpu):
+    if not releases_gpu(params):
         return []
+    kind = BACKENDS.get(params.backend)
     return load_attribute(kind, "release_gpu")(params.base_url or kind.default_url, [plan_.decision.model])
 
 

@@ -1,7 +1,7 @@
 """Calibrate the GPU gate: run the real stage code on CUDA, measure its peak, store a correction factor.
 
-The file is JSON: `{"version": 1, "factors": {"<gpu name>|<model>|<stage>": measured ÷ predicted}}`; the
-planner multiplies its estimate by the factor for the GPU, model and stage at hand. The model is a random-init
+The file is JSON: `{"version": 1, "estimate_revision": n, "factors": {"<gpu name>|<model>|<stage>": measured ÷
+predicted}}` (`estimate_revision`: `faithforge.gpu.estimate.ESTIMATE_REVISION` when measured); the planner multiplies its estimate by the factor for the GPU, model and stage at hand. The model is a random-init
 folder of the real shape (memory does not depend on the weights' values) loaded by the stages' own loader
 (`faithforge.training.modeling.load_for_plan`: NF4 via bitsandbytes, `is_loaded_in_4bit` set, so peft and TRL take their
 4-bit paths), and the measured code is the stages' own: `compute_reference_cache`, `run_dpo`, the engine.
@@ -26,6 +26,10 @@ NO_CUDA_MESSAGE = ("calibration needs a CUDA GPU (torch.cuda.is_available() is F
                    "`faithforge gpu calibrate` on the machine whose GPU you want to calibrate")
 
 
+#: Calibration files whose stale factors this process has said it sets aside (said once per file, not per stage).
+_SAID_STALE: set[str] = set()
+
+
 def load_corrections(path: str | os.PathLike[str] | None) -> Corrections:
     """Read the calibration file; a missing file (or None) means no corrections yet. Factors measured against
     another revision of the estimates are set aside (said once in the log): the estimates run uncorrected until
@@ -40,6 +44,9 @@ def load_corrections(path: str | os.PathLike[str] | None) -> Corrections:
     if not stored.current:
         from faithforge.gpu.estimate import ESTIMATE_REVISION
 
+        if str(path) in _SAID_STALE:
+            return Corrections()
+        _SAID_STALE.add(str(path))
         logging.getLogger(__name__).warning(
             "calibration file %s was measured against estimate revision %d, and these estimates are revision %d: "
             "its %d factor(s) are not applied; re-run `faithforge gpu calibrate`", path, stored.estimate_revision,

@@ -100,8 +100,9 @@ def stuck_pending_message(stage: str, pool: str, timeout_s: float) -> str:
     """A worker took the offloaded run and its flow never started: the worker (or its machine) died in between, and
     a run that never ran sends no heartbeat, so nothing else would ever end it."""
     return (f"{stage}: a worker of the work pool {pool!r} took the offloaded run but it did not start within "
-            f"{timeout_s:.0f} s (gpu.offload_timeout_s; still Pending): the worker or its machine probably stopped. "
-            f"The run was cancelled; {worker_start_hint(pool)}, then retry this run — finished stages are reused")
+            f"{timeout_s:.0f} s (gpu.offload_timeout_s; still Pending): the worker or its machine stopped, or it "
+            f"starts runs slowly (an image pull: raise gpu.offload_timeout_s). The run is being cancelled; "
+            f"{worker_start_hint(pool)}, then retry this run — finished stages are reused")
 
 
 def child_config(config: PipelineConfig, model_path_ref: str | None) -> dict[str, Any]:

@@ -47,8 +47,15 @@ def _filesystem(url: str):
 
 
 def check_storage_url(url: str) -> None:
-    """Refuse, in one line, a storage URL whose protocol this machine cannot open (nothing is read or written)."""
-    _filesystem(url)
+    """Refuse, in one line, a storage URL whose protocol this machine cannot open (nothing is read or written; a
+    protocol that connects when opened, sftp say, must reach its server)."""
+    try:
+        _filesystem(url)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - fsspec's protocols raise their own errors (connections, credentials)
+        raise UserError(f"cannot open storage URL {url!r} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+                        "); check the URL and that its server answers") from None
 
 
 def _join(root: str, relative: str) -> str:

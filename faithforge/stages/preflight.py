@@ -7,7 +7,6 @@ after the server started and earlier stages ran — with Prefect's logs in front
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from faithforge.core.backend_registry import BACKENDS
@@ -21,16 +20,12 @@ def check_offload_storage(cfg: PipelineConfig) -> None:
     a storage URL, and a storage URL must name an fsspec protocol this machine can open. Both were found only at
     the offloaded stage, after generation, the pairs and the reference pass had run (an attack, 2026-12-07). A
     pool that takes only what does not fit here (`gpu.offload_pool` alone) needs storage only if it is used: the
-    deployments name one by default."""
+    deployments name one by default, and a run that fits here must not need s3fs installed."""
     from faithforge.offload.dispatch import storage_root
     from faithforge.offload.storage import check_storage_url
 
-    if cfg.gpu.offload_stages:
-        storage_root(cfg)  # one line when there is none
-    if cfg.gpu.offload_stages or cfg.gpu.offload_pool:
-        url = os.environ.get("FAITHFORGE_STORAGE_URL") or cfg.storage_url
-        if url:
-            check_storage_url(url)
+    if cfg.gpu.offload_stages:  # a pool used only when a stage does not fit here is checked when it is used
+        check_storage_url(storage_root(cfg))  # one line when there is none, or when its protocol cannot be opened
 
 
 def check_pipeline_inputs(cfg: PipelineConfig, model_folder: bool = True) -> Workspace:

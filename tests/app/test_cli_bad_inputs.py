@@ -135,10 +135,13 @@ ROWS = {
                                                     "--set", "gpu.offload_stages=[train]",
                                                     "--set", f"storage_url=file://{t / 'store'}"],
                                                    {"PREFECT_API_URL": ""}),
+    # with a Prefect server configured (never reached: refused before Prefect starts), as a deployed run has one
     "offload-stages-without-storage": lambda t: (["demo", "-w", str(t / "ws"), "--set", "gpu.offload_pool=a100",
-                                                   "--set", "gpu.offload_stages=[train]"], {}),
+                                                   "--set", "gpu.offload_stages=[train]"],
+                                                  {"PREFECT_API_URL": "http://127.0.0.1:9/api"}),
     "offload-storage-unknown-protocol": lambda t: (["demo", "-w", str(t / "ws"), "--set", "gpu.offload_pool=a100",
-                                                     "--set", "storage_url=bogus://x"], {}),
+                                                     "--set", "gpu.offload_stages=[train]", "--set",
+                                                     "storage_url=bogus://x"], {"PREFECT_API_URL": "http://127.0.0.1:9/api"}),
     # --- generation specs and server URLs ------------------------------------------------------------------------
     "spec-missing": lambda t: (["generate", "--spec", str(t / "missing.yaml"), "--no-prefect", "-w" if False else
                                 "--workspace", str(t / "ws")], {}),
@@ -640,6 +643,7 @@ def test_demo_set_reaches_the_config_after_the_file_and_the_environment_and_befo
 @pytest.mark.parametrize("row, says", [
     ("offload-stages-on-embedded-demo", "runs on its own embedded Prefect server, which has no deployments"),
     ("offload-storage-unknown-protocol", "cannot open storage URL 'bogus://x' (Protocol not known: bogus)"),
+    ("offload-stages-without-storage", "offloading needs shared storage: set storage_url"),
 ])
 def test_offloading_that_cannot_work_is_refused_before_any_stage(row, says, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)

@@ -220,14 +220,19 @@ def test_unloading_after_a_run_calls_the_registered_backends_own_hook(throwaway_
     assert len(module.RELEASED) == 1
 
 
-def test_a_backend_that_runs_no_model_is_not_planned_by_the_gate():
-    """The gate asked `backend == "template"`; it asks the registry's `runs_model` now."""
+@pytest.mark.parametrize("runs_model, says", [(False, None), (True, "not planned here")])
+def test_the_gate_asks_whether_a_backend_runs_a_model(runs_model, says, tmp_path, monkeypatch):
+    """The gate asked `backend == "template"`; it asks the registry's `runs_model` now: a throwaway backend that
+    runs no model needs no generation plan, one that runs a model it cannot size is said to be not planned."""
     from faithforge.core.config import load_config
     from faithforge.stages.gate import generation_not_planned
 
-    assert [k.name for k in BACKENDS if not k.runs_model] == ["template"]
-    config = load_config(None, overrides={"generate": {"backend": "template"}}, environ={})
-    assert generation_not_planned(config) is None
+    for name in _register_throwaway(BACKENDS, BackendKind("no-model-teacher", "throwaway_no_model", "writes from rules",
+                                                          server=False, runs_model=runs_model),
+                                    "def build(model, options):\n    raise NotImplementedError\n", tmp_path, monkeypatch):
+        config = load_config(None, overrides={"generate": {"backend": name}}, environ={})
+        reason = generation_not_planned(config)
+        assert reason is None if says is None else says in reason, reason
 
 
 def test_an_unknown_name_is_one_line_that_lists_the_registered_ones():

@@ -137,16 +137,21 @@ def test_a_killed_processs_scratch_folder_is_removed_by_the_next_one_and_its_own
     gone_start = process_start(gone.pid)
     gone.kill()
     gone.wait()
-    dead = tmp_path / f"gguf-evaluate-{gone.pid}-{gone_start}-abc123"
-    live = tmp_path / f"gguf-evaluate-{os.getpid()}-{process_start(os.getpid())}-def456"  # a running evaluation's
+    import re
+    import socket
+
+    host = re.sub(r"[^A-Za-z0-9]", "_", socket.gethostname())
+    dead = tmp_path / f"gguf-evaluate-{host}-{gone.pid}-{gone_start}-abc123"
+    live = tmp_path / f"gguf-evaluate-{host}-{os.getpid()}-{process_start(os.getpid())}-def456"  # running here
+    elsewhere = tmp_path / f"gguf-evaluate-otherhost-{gone.pid}-{gone_start}-abc123"  # another machine's: unseen
     yours = tmp_path / "gguf-evaluate-notes"
-    for folder in (dead, live, yours):
+    for folder in (dead, live, elsewhere, yours):
         folder.mkdir()
         (folder / "model.gguf").write_bytes(b"x")
     with scratch_directory(tmp_path, "gguf-evaluate-") as scratch:
-        assert scratch.name.startswith(f"gguf-evaluate-{os.getpid()}-")
+        assert scratch.name.startswith(f"gguf-evaluate-{host}-{os.getpid()}-")
         (scratch / "adapter.gguf").write_bytes(b"a")
-    assert not dead.exists() and live.exists() and yours.exists() and not scratch.exists()
+    assert not dead.exists() and live.exists() and elsewhere.exists() and yours.exists() and not scratch.exists()
 
 
 def test_unwritable_workspace_says_what_to_fix(tmp_path):

@@ -226,4 +226,5 @@ def test_a_run_taken_by_a_worker_that_never_starts_it_ends_within_the_offload_ti
         offload_tasks._wait_for_child(Client(), "run-1", "train", "a100", pickup_timeout_s=1.0)
     assert "took the offloaded run but it did not start within 1 s" in str(err.value)
     assert "prefect worker start --pool a100" in str(err.value) and "\n" not in str(err.value)
-    assert set_states == [("CANCELLED", "taken by a worker that never started it", True)]
+    # Cancelling, so a worker alive after all stops the run it was starting
+    assert set_states == [("CANCELLING", "taken by a worker that did not start it in time", True)]

@@ -450,3 +450,37 @@ def test_a_run_a_worker_started_holds_the_workspace_so_fresh_refuses_until_it_en
         run.wait()
     with sole_user(root, DERIVED_DIRS):  # its process gone, the kernel dropped the lock
         pass
+
+
+def test_the_engines_closing_traceback_is_left_out_only_for_a_failure_already_said_in_one_line(monkeypatch):
+    """Prefect's engine logs "Engine execution exited with unexpected exception" with a traceback after any
+    Failed flow run: `FailedRun` for a state without data, the state's own exception otherwise (a generation run
+    that stored nothing). Once FaithForge has said the failure in one line (`reported_failure`), that record is
+    dropped; any other failure keeps its traceback (an attack and a review, 2026-12-07)."""
+    import logging
+    import sys
+
+    from prefect.exceptions import FailedRun
+
+    from faithforge.tasks import supervision
+
+    monkeypatch.setattr(supervision, "_reported", [])
+    logger = logging.getLogger("prefect.flow_runs")
+    monkeypatch.setattr(logger, "filters", [])
+
+    def record(error: BaseException) -> logging.LogRecord:
+        try:
+            raise error
+        except BaseException:
+            return logger.makeRecord(logger.name, logging.ERROR, __file__, 1,
+                                     "Engine execution exited with unexpected exception", (), sys.exc_info())
+
+    class GenerationFailed(Exception):
+        pass
+
+    state = supervision.reported_failure("nothing stored: 4 answers had no JSON", data=GenerationFailed(
+        "nothing stored: 4 answers had no JSON"))
+    assert state.is_failed() and state.message == "nothing stored: 4 answers had no JSON"
+    assert not logger.filter(record(GenerationFailed("nothing stored: 4 answers had no JSON")))
+    assert not logger.filter(record(FailedRun("Run failed")))
+    assert logger.filter(record(RuntimeError("a bug: keep its traceback")))
