@@ -247,7 +247,11 @@ def drain_prefects_senders(timeout_s: float = DRAIN_S) -> None:
 #: `__main__`. The child starts with SIGINT ignored (`_in_the_server_before_it_starts`), so Python's start installs
 #: no `KeyboardInterrupt` handler; from here on a Ctrl-C ends the server at once and silently while it imports,
 #: and uvicorn's own handler takes over when it starts serving.
-SERVER_BOOTSTRAP = ("import runpy, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); sys.argv[0] = 'uvicorn'; "
+#: SQLAlchemy's pool is quiet below CRITICAL there: a stop cancels the server's event consumer mid-rollback, and
+#: the pool's "Exception during reset" traceback reached the terminal under the command's stop line (a Ctrl-C test
+#: run, 2026-12-07); the server's database is the command's own, nothing in that message is the user's to fix.
+SERVER_BOOTSTRAP = ("import logging, runpy, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL); "
+                    "logging.getLogger('sqlalchemy.pool').setLevel(logging.CRITICAL); sys.argv[0] = 'uvicorn'; "
                     "runpy.run_module('uvicorn', run_name='__main__', alter_sys=True)")
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import _thread
 import contextlib
+import logging
 import os
 import signal
 import sys
@@ -241,6 +242,10 @@ class Stopper:
         self.where = self._describe()
         self.say(f"stopped on {name} {self.where}; every finished stage and checkpoint is kept whole: rerun the "
                  "same command to resume")
+        # What the stop tears down (connections of Prefect's client and server, cancelled mid-rollback) is not the
+        # user's to fix: SQLAlchemy's pool would print its reset traceback under the stop line (a Ctrl-C test run,
+        # 2026-12-07)
+        logging.getLogger("sqlalchemy.pool").setLevel(logging.CRITICAL)
         threading.Thread(target=self._watchdog, name="faithforge-stop", daemon=True).start()
         threading.Thread(target=self._redeliver_loop, name="faithforge-stop-redeliver", daemon=True).start()
         self._raised = StopRequested(self.where)
