@@ -30,7 +30,6 @@ def generate_flow(params: GenerateParameters) -> GenerationResult:
     """Generate examples from `params.spec` until its targets are met; a rerun resumes where it stopped."""
     problem = begin_generation_run(params)  # on a worker (the nightly deployment): the CLI's checks, before a task
     if problem is not None:
-        get_run_logger().error(problem)
         return reported_failure(problem)
     plan = plan_generation(params)
     summary = generate_examples(params, plan)
@@ -39,8 +38,7 @@ def generate_flow(params: GenerateParameters) -> GenerationResult:
     result = GenerationResult(plan=plan, summary=summary, export=exported, unloaded=unloaded)
     failure = failure_of(result)
     if failure is not None:  # a returned Failed state ends the run with its one line; calling the flow (the
-        get_run_logger().error(str(failure))  # pipeline's subflow) raises `failure` (a one-line UserError)
-        return reported_failure(str(failure), data=failure)
+        return reported_failure(str(failure), data=failure)  # pipeline's subflow) raises `failure` (a UserError)
     return result
 
 

@@ -58,7 +58,6 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
     """Run the whole pipeline and return where everything was written and the before/after rates."""
     problem = begin_flow_run(config)  # on a worker: watch it, the CLI's preflight, reconcile the dead
     if problem is not None:  # bad input: one line in the UI, before any work (no traceback: it is not a bug)
-        get_run_logger().error(problem)
         return reported_failure(problem)
     run_id = start_run_task(config, "pipeline")
     stages: dict[str, StageOutput | None] = {}

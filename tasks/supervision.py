@@ -130,10 +130,17 @@ _reported: list[str] = []
 
 
 def reported_failure(problem: str, data: Any = None):
-    """The Failed state a flow returns for a problem it has just logged in one line (bad input, a run that stored
-    nothing). This process is that one flow run, so its engine's closing `FailedRun` traceback is left out of the
-    run's log (`_ReportedFailureFilter` on Prefect's flow-run logger)."""
+    """Log `problem` as the run's one line and return the Failed state the flow ends with (bad input, a run that
+    stored nothing). This process is that one flow run, so its engine's closing `FailedRun` traceback is left out
+    of the run's log (`_ReportedFailureFilter` on Prefect's flow-run logger)."""
+    from prefect import get_run_logger
+    from prefect.exceptions import MissingContextError
     from prefect.states import Failed
+
+    try:
+        get_run_logger().error(problem)
+    except MissingContextError:  # called outside a flow run: this module's log says it
+        log.error(problem)
 
     if not _reported:
         logging.getLogger("prefect.flow_runs").addFilter(_ReportedFailureFilter())

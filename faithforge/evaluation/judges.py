@@ -10,9 +10,6 @@ from faithforge.core.judge_registry import DEFAULT_JUDGE, JUDGE_RULES, JUDGES
 from faithforge.core.registry import load_attribute
 from faithforge.evaluation.verdict import Judge
 
-RULES = tuple(JUDGE_RULES)
-
-
 def get_judge(name: str | Sequence[str] = DEFAULT_JUDGE, **options: Any) -> Judge:
     """Build the judge called `name` with its module's `build(**options)`; a list (or "grounding+nli") builds a
     combined judge, and then `options` maps each judge's name to its options (each module's `build` documents
@@ -45,8 +42,8 @@ def build_judges(judge: str | Sequence[str], options: dict[str, dict[str, Any]] 
     names = judge_names(judge)
     options = options or {}
     built = [get_judge(name, **dict(options.get(name, {}))) for name in names]
-    if rule not in RULES:
-        raise UserError(f"judge rule {rule!r}: choose one of {', '.join(RULES)}")
+    if rule not in JUDGE_RULES:
+        raise UserError(f"judge rule {rule!r}: choose one of {', '.join(JUDGE_RULES)}")
     if len(built) == 1 and rule != "logistic":
         return built[0]
     from faithforge.evaluation.combined import CombinedJudge

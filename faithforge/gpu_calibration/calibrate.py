@@ -1,7 +1,8 @@
 """Calibrate the GPU gate: run the real stage code on CUDA, measure its peak, store a correction factor.
 
 The file is JSON: `{"version": 1, "estimate_revision": n, "factors": {"<gpu name>|<model>|<stage>": measured ÷
-predicted}}` (`estimate_revision`: `faithforge.gpu.estimate.ESTIMATE_REVISION` when measured); the planner multiplies its estimate by the factor for the GPU, model and stage at hand. The model is a random-init
+predicted}}` (`estimate_revision`: `faithforge.gpu.estimate.ESTIMATE_REVISION` when measured); the planner
+multiplies its estimate by the factor for the GPU, model and stage at hand. The model is a random-init
 folder of the real shape (memory does not depend on the weights' values) loaded by the stages' own loader
 (`faithforge.training.modeling.load_for_plan`: NF4 via bitsandbytes, `is_loaded_in_4bit` set, so peft and TRL take their
 4-bit paths), and the measured code is the stages' own: `compute_reference_cache`, `run_dpo`, the engine.
@@ -20,6 +21,7 @@ from typing import Any, Callable, Iterator, Mapping
 
 from faithforge.core.errors import UserError
 from faithforge.gpu.corrections import Corrections
+from faithforge.gpu import estimate as gpu_estimate
 from faithforge.gpu.estimate import CUDA_CONTEXT_BYTES, Estimate
 
 NO_CUDA_MESSAGE = ("calibration needs a CUDA GPU (torch.cuda.is_available() is False here); run "
@@ -41,18 +43,15 @@ def load_corrections(path: str | os.PathLike[str] | None) -> Corrections:
     except (OSError, json.JSONDecodeError, ValueError) as exc:
         raise UserError(f"calibration file {path} is unusable ({exc}); fix it or delete it and re-run "
                         f"`faithforge gpu calibrate`".replace("\n", " ")) from None
-    if not stored.current:
-        from faithforge.gpu.estimate import ESTIMATE_REVISION
-
-        if str(path) in _SAID_STALE:
-            return Corrections()
+    if stored.current:
+        return stored
+    if str(path) not in _SAID_STALE:
         _SAID_STALE.add(str(path))
         logging.getLogger(__name__).warning(
             "calibration file %s was measured against estimate revision %d, and these estimates are revision %d: "
             "its %d factor(s) are not applied; re-run `faithforge gpu calibrate`", path, stored.estimate_revision,
-            ESTIMATE_REVISION, len(stored.factors))
-        return Corrections()
-    return stored
+            gpu_estimate.ESTIMATE_REVISION, len(stored.factors))
+    return Corrections()
 
 
 def save_corrections(path: str | os.PathLike[str], corrections: Corrections) -> None:
