@@ -80,22 +80,23 @@ def _run_info(out: Path, result: dict, backoffs: list[dict], started: float, **e
             "train_seconds": round(time.perf_counter() - started, 2)}
 
 
-def _with_oom_backoff(ctx: StageContext, start: Plan, train_with, say: str, *, measure_peak=None,
+def _with_oom_backoff(ctx: StageContext, start: Plan, train_with, say: str, *, peak_here: bool = True,
                       **recorded) -> tuple[dict, list[dict]]:
     """`train_with(plan)` from `start`; after a CUDA OOM again with half the micro-batch and twice the accumulation
     (the work resumes from its newest complete checkpoint). Each back-off is logged (`say`, formatted with the
-    error, the micro-batch and the accumulation) and told to the run store; `recorded` joins its record."""
+    error, the micro-batch and the accumulation) and told to the run store; `recorded` joins its record, and so
+    does this process's measured CUDA peak unless the work runs in other processes (`peak_here=False`)."""
     from faithforge.gpu import oom_backoff
 
     backoffs: list[dict] = []
-    for attempt in oom_backoff(start, **({"measure_peak": measure_peak} if measure_peak else {})):
+    for attempt in oom_backoff(start, **({} if peak_here else {"measure_peak": lambda: None})):
         with attempt:
             result = train_with(attempt.plan)
         event = attempt.backoff
         if event:
             backoffs.append({"attempt": event.attempt, "error": event.error, "micro_batch": event.next_plan.batch_size,
                              "grad_accum": event.next_plan.grad_accum, **recorded,
-                             **({} if measure_peak else {"measured_peak_bytes": event.measured_peak_bytes})})
+                             **({"measured_peak_bytes": event.measured_peak_bytes} if peak_here else {})})
             log.warning(say, event.error, event.next_plan.batch_size, event.next_plan.grad_accum)
             if ctx.run_id:
                 ctx.store.record_stage(ctx.run_id, "train:oom-backoff", status="backoff", plan=backoffs[-1],
@@ -144,7 +145,7 @@ def _train_dpo_group(ctx: StageContext, claim: Claim, key: str, out: Path, model
 
     result, backoffs = _with_oom_backoff(
         ctx, start, train_with, f"CUDA out of memory on a rank (%s); relaunching all {n} ranks with micro-batch %d × "
-        "accumulation %d from the last checkpoint", measure_peak=lambda: None, processes=n)
+        "accumulation %d from the last checkpoint", peak_here=False, processes=n)
     info = _run_info(out, result, backoffs, started, processes=n, strategy=plan.strategy,
                      global_batch=result["micro_batch"] * result["grad_accum"] * n)
     saved = _save_adapter(ctx, claim, out, model, reference, _SavedAdapter(work / "adapter"), result["history"], info)
