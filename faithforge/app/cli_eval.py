@@ -45,6 +45,8 @@ def calibrate(
     llm_base_url: Optional[str] = typer.Option(None, "--llm-base-url", help="llm: the server root."),
     likelihood_model: Optional[str] = typer.Option(None, "--likelihood-model", help="likelihood: the causal LM folder."),
     trained_judge: Optional[str] = typer.Option(None, "--trained-judge", help="trained: the folder judge train wrote."),
+    judge_option: list[str] = typer.Option([], "--judge-option", help="NAME.FIELD=VALUE: a setting of a judge that "
+                                           "declares its own (evaluate.judge_options); repeatable."),
     holdout: float = typer.Option(0.5, "--holdout", help="Share of labels held out for the reported accuracy."),
     split_seed: int = typer.Option(0, "--split-seed", min=0, max=2**32 - 1, help="Seed of the validation/test split by source."),
     workspace: Path = typer.Option(Path(".faithforge"), "--workspace", "-w", envvar="FAITHFORGE_WORKSPACE",
@@ -59,7 +61,8 @@ def calibrate(
     from faithforge.evaluation.heldout import calibrate_heldout, save_calibration
 
     settings = dict(llm_backend=llm_backend, llm_model=llm_model, llm_base_url=llm_base_url,
-                    likelihood_model=likelihood_model, trained_judge=trained_judge)
+                    likelihood_model=likelihood_model, trained_judge=trained_judge,
+                    judge_options=_judge_option_flags(judge_option, judge))
     nli = dict(checkpoint=checkpoint, supported_label=supported_label, trust_remote_code=trust_remote_code)
     if save:  # a workspace that cannot store the result fails before any label is judged
         from faithforge.core.workspace import Workspace
@@ -120,7 +123,8 @@ def _choose(candidates: list[Judge], examples, *, labels: Path, holdout: float, 
 
 def _calibration_judges(judge: list[str], *, checkpoint: str | None = None, supported_label: int | None = None,
                         trust_remote_code: bool = False, llm_backend: str, llm_model: str, llm_base_url: str | None,
-                        likelihood_model: str | None = None, trained_judge: str | None = None) -> Judge:
+                        likelihood_model: str | None = None, trained_judge: str | None = None,
+                        judge_options: dict[str, dict] | None = None) -> Judge:
     """The judges `--judge` names, built with their options the way a run builds them (`evaluate` settings →
     each judge's `options_from_config`); nli-only options on other judges are an error."""
     from faithforge.evaluation.judges import build_judges, judge_names
@@ -137,8 +141,29 @@ def _calibration_judges(judge: list[str], *, checkpoint: str | None = None, supp
     options = _judge_settings_options(names, nli_checkpoint=checkpoint, nli_supported_label=supported_label,
                                       nli_trust_remote_code=trust_remote_code, llm_backend=llm_backend,
                                       llm_model=llm_model, llm_base_url=llm_base_url,
-                                      likelihood_model=likelihood_model, trained_judge_path=trained_judge)
+                                      likelihood_model=likelihood_model, trained_judge_path=trained_judge,
+                                      judge_options={n: o for n, o in (judge_options or {}).items() if n in names})
     return build_judges(names, options)
+
+
+def _judge_option_flags(flags: list[str], judges: list[str]) -> dict[str, dict]:
+    """`--judge-option NAME.FIELD=VALUE` flags as `evaluate.judge_options` (each VALUE read as a YAML scalar: 0.3 is a
+    number, true a boolean); a malformed flag or one naming a judge not among `--judge` is one line."""
+    import yaml
+
+    options: dict[str, dict] = {}
+    for flag in flags:
+        target, equals, value = flag.partition("=")
+        name, dot, field = target.partition(".")
+        if not (equals and dot and name and field):
+            raise UserError(f"--judge-option expects NAME.FIELD=VALUE (e.g. my-judge.threshold=0.3), got {flag!r}")
+        if name not in judges:
+            raise UserError(f"--judge-option {flag!r} names {name}, which is not among --judge ({', '.join(judges)})")
+        try:
+            options.setdefault(name, {})[field] = yaml.safe_load(value) if value else ""
+        except yaml.YAMLError:
+            raise UserError(f"--judge-option {flag!r}: {value!r} is not a readable value") from None
+    return options
 
 
 def _refuse_nli_options_without_nli(names: list[str], checkpoint: str | None, supported_label: int | None,
@@ -158,7 +183,8 @@ def _judge_settings_options(names: list[str], **settings) -> dict[str, dict]:
         cfg = EvaluateConfig(judge=names if len(names) > 1 else names[0], **settings)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise UserError(f"--{str(first['loc'][0]).replace('_', '-')}: {first['msg']}") from None
+        flag = "judge-option" if first["loc"][0] == "judge_options" else str(first["loc"][0]).replace("_", "-")
+        raise UserError(f"--{flag}: {first['msg']}") from None
     options = judge_options(cfg)  # a missing model, checkpoint or judge folder fails here, before any label is read
     return options if len(names) > 1 else {names[0]: options}
 
@@ -194,6 +220,8 @@ def fit_combination_command(
                                                   help="nli: index of the 'supported' class (default: by name)."),
     trust_remote_code: bool = typer.Option(False, "--trust-remote-code",
                                            help="nli: allow a checkpoint that ships its own Python code."),
+    judge_option: list[str] = typer.Option([], "--judge-option", help="NAME.FIELD=VALUE: a setting of a judge that "
+                                           "declares its own (evaluate.judge_options); repeatable."),
     holdout: float = typer.Option(0.5, "--holdout", help="Share of labels held out for the reported accuracy."),
     split_seed: int = typer.Option(0, "--split-seed", min=0, max=2**32 - 1, help="Seed of the split by source."),
     replace: bool = typer.Option(False, "--replace", help="Replace an earlier fit at --out (a config that names "
@@ -209,7 +237,8 @@ def fit_combination_command(
     _refuse_nli_options_without_nli(names, checkpoint, supported_label, trust_remote_code)
     built = build_judges(names, _judge_settings_options(
         names, likelihood_model=likelihood_model, trained_judge_path=trained_judge, nli_checkpoint=checkpoint,
-        nli_supported_label=supported_label, nli_trust_remote_code=trust_remote_code))
+        nli_supported_label=supported_label, nli_trust_remote_code=trust_remote_code,
+        judge_options=_judge_option_flags(judge_option, names)))
     replaces = _check_combination_out(out, replace)  # before any judging: a fit is minutes with a model judge
     validation, test = split_examples(read_labels(labels), holdout=holdout, seed=split_seed)
 

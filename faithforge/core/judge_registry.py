@@ -5,9 +5,12 @@ Adding a judge is one new module plus one `JUDGES.register(...)` line here. The 
 
 - `build(**options) -> Judge` — the judge (an object with `judge(source, summary, *, truncated=False) ->
   Verdict`: the one judge signature, `faithforge.evaluation.verdict.Judge`);
-- `options_from_config(cfg, *, base_model, cache_dir) -> dict` (optional) — the `build` keywords read from the
-  `evaluate` config section, checked before any model runs (a missing checkpoint fails in preflight, not after
-  training); without it the judge takes no options.
+- its settings, if it has any, as `Options`: a pydantic model (a docstring under each field), filled from
+  `evaluate.judge_options[<name>]` and checked before any model runs (a bad value fails in preflight, not after
+  training); `build` receives its fields as keywords. The CLI's `--judge-option NAME.FIELD=VALUE` sets them.
+  The built-in judges instead define `options_from_config(cfg, *, base_model, cache_dir) -> dict`, reading the
+  `evaluate` fields named after them (`nli_checkpoint`, …), which are older than `judge_options`. Neither: the
+  judge takes no options.
 
 The module is imported only when the judge is built or its options are read, so listing the names stays cheap.
 """

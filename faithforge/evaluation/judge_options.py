@@ -39,9 +39,42 @@ def judge_options(cfg, *, base_model: str | None = None, cache_dir: str | None =
 
 
 def _one_judge_options(name: str, cfg, base_model: str | None, cache_dir: str | None) -> dict:
-    """The judge module's `options_from_config` (none: the judge takes no options)."""
+    """A judge's `build` keywords: its module's `options_from_config` (the built-in judges, which read the
+    `evaluate` fields named after them), else its `Options` model filled from `evaluate.judge_options[name]`, else
+    none (a judge that takes no options)."""
+    from faithforge.core.errors import UserError
     from faithforge.core.judge_registry import JUDGES
     from faithforge.core.registry import load_attribute
 
-    read = load_attribute(JUDGES.get(name), "options_from_config", None)
-    return {} if read is None else read(cfg, base_model=base_model, cache_dir=cache_dir)
+    kind = JUDGES.get(name)
+    given = dict((getattr(cfg, "judge_options", None) or {}).get(name) or {})
+    read = load_attribute(kind, "options_from_config", None)
+    if read is not None:
+        if given:
+            raise UserError(f"evaluate.judge_options.{name}: the {name} judge reads its settings from evaluate's own "
+                            f"fields ({name.replace('-', '_')}_…), not from judge_options; move them there")
+        return read(cfg, base_model=base_model, cache_dir=cache_dir)
+    model = load_attribute(kind, "Options", None)
+    if model is None:
+        if given:
+            raise UserError(f"evaluate.judge_options.{name}: the {name} judge takes no options; remove "
+                            f"{', '.join(sorted(given))}")
+        return {}
+    return _validated(name, model, given)
+
+
+def _validated(name: str, model, given: dict) -> dict:
+    """`given` checked against the judge's `Options` model: its keywords, or one line naming every bad field."""
+    from pydantic import ValidationError
+
+    from faithforge.core.errors import UserError
+
+    unknown = sorted(set(given) - set(model.model_fields))  # a typo never passes silently, whatever the model says
+    if unknown:
+        raise UserError(f"evaluate.judge_options.{name}: unknown setting {', '.join(unknown)}; the {name} judge "
+                        f"takes {', '.join(model.model_fields) or 'none'}")
+    try:
+        return model.model_validate(given).model_dump()
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(options)'}: {e['msg']}" for e in exc.errors())
+        raise UserError(f"evaluate.judge_options.{name}: {problems}") from None

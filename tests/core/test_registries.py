@@ -151,6 +151,95 @@ def test_a_judge_registered_once_is_accepted_by_config_cli_and_form(throwaway_ju
 
 
 @pytest.fixture
+def throwaway_judge_with_settings(tmp_path, monkeypatch):
+    """A judge with settings of its own, added the documented way: its module (`Options` and `build`) and one
+    registration line; no config field, no CLI flag."""
+    yield from _register_throwaway(
+        JUDGES, JudgeKind("long-summary", "throwaway_settings_judge", "flags a summary over a word limit",
+                          scores_samples=True),
+        "from pydantic import BaseModel, Field\n"
+        "from faithforge.evaluation.verdict import Verdict\n\n"
+        "class Options(BaseModel):\n"
+        "    max_words: int = Field(5, ge=1)\n"
+        "    \"A summary longer than this many words is flagged.\"\n\n"
+        "class LongSummaryJudge:\n"
+        "    name = 'long-summary'\n"
+        "    def __init__(self, max_words):\n"
+        "        self.max_words = max_words\n"
+        "    def judge(self, source, summary, *, truncated=False):\n"
+        "        return Verdict(judge=self.name, hallucinated=len(summary.split()) > self.max_words, "
+        "truncated=truncated)\n\n"
+        "def build(max_words):\n"
+        "    return LongSummaryJudge(max_words)\n", tmp_path, monkeypatch)
+
+
+def test_a_judge_with_settings_of_its_own_needs_no_config_field_or_flag(throwaway_judge_with_settings, tmp_path):
+    """Its settings go in `evaluate.judge_options`, are checked against its `Options` by the run's checks before any
+    work, reach `build`, show in the UI form, and are set on the CLI by `--judge-option`."""
+    from prefect.utilities.callables import parameter_schema
+
+    from faithforge.app.cli import _register_subcommands, app
+    from faithforge.core.config import ConfigError, load_config
+    from faithforge.core.errors import UserError
+    from faithforge.evaluation import get_judge
+    from faithforge.evaluation.judge_options import judge_options
+    from faithforge.flows.pipeline import pipeline
+    from faithforge.stages.preflight import check_pipeline_inputs
+
+    name = throwaway_judge_with_settings
+
+    def config(options):
+        return load_config(None, overrides={"workspace": str(tmp_path / "ws"),
+                                            "evaluate": {"judge": name, "judge_options": options}}, environ={})
+
+    cfg = config({name: {"max_words": 3}})
+    check_pipeline_inputs(cfg)
+    assert judge_options(cfg.evaluate) == {"max_words": 3}
+    judge = get_judge(name, **judge_options(cfg.evaluate))
+    assert judge.judge("Alice sold books.", "Alice sold many books.").hallucinated
+    assert not judge.judge("Alice sold books.", "Alice sold books.").hallucinated
+    assert judge_options(config({}).evaluate) == {"max_words": 5}  # the model's default
+
+    for options, says in [({name: {"max_word": 3}}, "unknown setting max_word; the long-summary judge takes max_words"),
+                          ({name: {"max_words": 0}}, "max_words: Input should be greater than or equal to 1"),
+                          ({"grounding": {"strict": True}}, "the grounding judge takes no options")]:
+        with pytest.raises(UserError) as err:
+            check_pipeline_inputs(config(options) if "grounding" not in options else load_config(
+                None, overrides={"workspace": str(tmp_path / "ws"), "evaluate": {
+                    "judge": [name, "grounding"], "judge_options": options}}, environ={}))
+        assert says in str(err.value) and "\n" not in str(err.value)
+    with pytest.raises(UserError, match="reads its settings from evaluate's own fields"):
+        judge_options(load_config(None, overrides={"evaluate": {"judge": "nli", "nli_checkpoint": "x",
+                                                                 "judge_options": {"nli": {"threshold": 0.2}}}},
+                                  environ={}).evaluate)
+    with pytest.raises(ConfigError, match="unknown judge 'nope'"):
+        config({"nope": {}})
+
+    form = parameter_schema(pipeline.fn).model_dump()["definitions"]
+    assert "judge_options" in form["EvaluateConfig"]["properties"]
+    assert name in _enums(form["EvaluateConfig"]["properties"]["judge_options"])[0]
+
+    _register_subcommands()
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps({"source": f"Alice sold books on day {i}.", "summary": summary,
+                                          "label": label}) + "\n"
+                              for i in range(12) for summary, label in [("Alice sold many old books.", "hallucinated"),
+                                                                        ("Alice sold books.", "faithful")]))
+    runner = CliRunner()
+    base = ["eval", "calibrate", "--labels", str(labels), "--judge", name, "--no-save", "--json"]
+    result = runner.invoke(app, [*base, "--judge-option", f"{name}.max_words=3"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["test"]["recall"] == 1.0
+    result = runner.invoke(app, [*base, "--judge-option", f"{name}.max_words=9"])  # the setting reached the judge
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["test"]["recall"] == 0.0
+    for flag, says in [(f"{name}.max_words", "expects NAME.FIELD=VALUE"), ("grounding.x=1", "not among --judge"),
+                       (f"{name}.max_words=many", "max_words: Input should be a valid integer")]:
+        error = runner.invoke(app, [*base, "--judge-option", flag]).exception  # `faithforge` prints it as one line
+        assert isinstance(error, UserError) and says in str(error) and "\n" not in str(error), error
+
+
+@pytest.fixture
 def throwaway_backend(tmp_path, monkeypatch):
     """A backend added the documented way: one module (`build`) and one registration line. It answers like the
     template teacher, so a real generation run can use it."""
