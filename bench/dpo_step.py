@@ -79,7 +79,7 @@ def build_model(shape: dict, device: str):
         config = json.loads(Path(shape["config"]).read_text())
         folder = build_random_model_dir(config, Path(tempfile.mkdtemp(prefix="dpo-step-")) / "model",
                                         init_device="cuda")
-        return load_for_plan(folder, Plan.manual("train", "local", precision="nf4"))[0]
+        return load_for_plan(folder, Plan.manual("train", "gpu", precision="nf4"))[0]
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(vocab_size=shape["vocab"], hidden_size=shape["hidden"], num_hidden_layers=shape["layers"],

@@ -222,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     started = time.perf_counter()
     folder = build_random_model_dir(config, work / "model", init_device=device)
-    plan = Plan.manual("train", "local" if on_gpu else "cpu", precision="nf4")
+    plan = Plan.manual("train", "gpu" if on_gpu else "cpu", precision="nf4")
     base, loaded_on = load_for_plan(folder, plan)
     tokenizer = load_tokenizer(folder)
     policy = attach_lora(base, r=16, alpha=32, dropout=0.0, quantized=True, gradient_checkpointing=on_gpu)

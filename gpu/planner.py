@@ -1,8 +1,8 @@
 """Choose where and how each stage runs, from a snapshot and the estimator. Pure: no I/O, no Prefect.
 
 Rules:
-- Safety margin per GPU: max(1 GiB, 10 % of its total). usable = free − margin. A plan is `local` only if its
-  (calibrated) estimate is ≤ usable; the GPU with the most usable memory is tried.
+- Safety margin per GPU: max(1 GiB, 10 % of its total). usable = free − margin. A plan is `gpu` (this
+  machine's GPU) only if its (calibrated) estimate is ≤ usable; the GPU with the most usable memory is tried.
 - Search order. generate: candidates in order (stay-local) or the preferred one only (keep-model); per
   model, max tokens from the requested value down to `min_max_tokens` (halving), and at each, parallel
   requests from the requested batch down to 1 (1 = single-example mode). reference/evaluate/warm_start: batch
@@ -28,7 +28,7 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any, Iterator, Literal, Sequence, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from faithforge.gpu.corrections import STAGES, Corrections
 from faithforge.gpu.errors import PlanNotRunnableError
@@ -42,7 +42,9 @@ from faithforge.gpu.snapshot import GpuDevice, GpuSnapshot
 from faithforge.gpu.units import GiB_bytes, format_gib
 
 Stage = Literal[STAGES]  # type: ignore[valid-type]
-Placement = Literal["local", "cpu", "offload"]
+#: Where a stage runs: this machine's GPU, this machine's CPU, or the offload pool. (Named `local` before
+#: 2026-12-07, which was also a backend's and a work pool's name; a stored plan saying `local` still reads back.)
+Placement = Literal["gpu", "cpu", "offload"]
 Strategy = Literal["single", "ddp", "fsdp"]
 NODE_STAGES = ("train", "reference")
 Policy = Literal["stay-local", "keep-model"]
@@ -128,7 +130,7 @@ class Plan(BaseModel):
     precision: str = "fp32"
     """How the stage loads the model's weights: `nf4` (4-bit NF4, bf16 compute), `bf16`, or `fp32` (CPU)."""
     gpu_uuid: str | None = None
-    """The planned GPU's UUID (local plans): the stage restricts CUDA visibility to it."""
+    """The planned GPU's UUID (`gpu` plans): the stage restricts CUDA visibility to it."""
     num_ctx: int | None = None
     """generate/evaluate with an Ollama model: the context per request (prompt + max tokens) the estimate
     assumes; the request must send exactly this `num_ctx` (a different one makes Ollama reload the model)."""
@@ -140,7 +142,13 @@ class Plan(BaseModel):
     num_processes: int = 1
     """Processes the stage is launched with (torchrun `--nproc_per_node`): one per GPU, or gloo ranks on the CPU."""
     gpu_uuids: list[str] = Field(default_factory=list)
-    """The GPUs of a multi-process local plan, rank order (rank r uses `gpu_uuids[r]`)."""
+    """The GPUs of a multi-process `gpu` plan, rank order (rank r uses `gpu_uuids[r]`)."""
+
+    @field_validator("placement", mode="before")
+    @classmethod
+    def _older_name(cls, value: Any) -> Any:
+        """A gate record written before the placement `local` was renamed `gpu` reads back (a resumed run)."""
+        return "gpu" if value == "local" else value
 
     def to_dict(self) -> dict[str, Any]:
         """The plan as JSON-able data (what the run store and the Prefect artifacts hold)."""
@@ -303,11 +311,11 @@ def _make_plan(stage: str, placement: Placement, option: _Option, req: StageRequ
         margin_bytes=margin, breakdown=_breakdown(option, factor), reason=reason, fits=fits, policy=policy,
         requested_batch_size=req.batch_size,
         requested_max_tokens=req.max_tokens if stage in ("generate", "evaluate") else req.seq_len,
-        gpu_index=None if device is None or placement != "local" else device.index,
+        gpu_index=None if device is None or placement != "gpu" else device.index,
         gpu_name=None if device is None else device.name, offload_target=offload_target,
         correction_factor=factor, settings=dict(option.estimate.settings),
         precision=quant if quant in ("nf4", "bf16", "fp32") else ("gguf" if num_ctx else "fp32"),
-        gpu_uuid=None if device is None or placement != "local" else device.uuid,
+        gpu_uuid=None if device is None or placement != "gpu" else device.uuid,
         num_ctx=num_ctx,
     )
 
@@ -372,7 +380,7 @@ def _check_stage_and_policy(stage: str, policy: str) -> None:
 
 def _plan_local(stage: str, device: GpuDevice, pool: list[Candidate], preferred: Candidate, request: StageRequest,
                 policy: Policy, corrections: Corrections) -> tuple[Plan | None, str]:
-    """(the local plan of the first model in `pool` that fits on `device`, or None; what was tried there)."""
+    """(the `gpu` plan of the first model in `pool` that fits on `device`, or None; what was tried there)."""
     usable, margin = usable_bytes(device), margin_bytes(device)
     where = (f"GPU {device.index} ({device.name}: {format_gib(device.free_bytes)} free of "
              f"{format_gib(device.total_bytes)}, {format_gib(usable)} usable after a {format_gib(margin)} safety margin)")
@@ -382,7 +390,7 @@ def _plan_local(stage: str, device: GpuDevice, pool: list[Candidate], preferred:
         found, smallest = _search(stage, model, request, usable, factor)
         if found is not None:
             reason = _local_reason(stage, where, model, preferred, found, factor, request, tried)
-            return _make_plan(stage, "local", found, request, policy, usable=usable, margin=margin, factor=factor,
+            return _make_plan(stage, "gpu", found, request, policy, usable=usable, margin=margin, factor=factor,
                               fits=True, reason=reason, device=device), ""
         tried.append(f"{model.name} needs at least {format_gib(_peak(smallest, factor))} even at its smallest "
                      f"setting (batch {smallest.batch_size}, {smallest.max_tokens} tokens)")
@@ -478,7 +486,7 @@ def _plan_node(stage: str, snapshot: GpuSnapshot, model: Candidate, request: Sta
                    f"{found.grad_accum} × {n} ranks = effective batch {request.batch_size}")
         reason = (f"{stage} on a node of {len(snapshot.devices)} GPUs ({weakest.name}, the weakest of the {n} used: "
                   f"{format_gib(usable)} usable): {why}; estimated peak per GPU {format_gib(_peak(found, factor))}.")
-        plan = _make_plan(stage, "local", found, request, policy, usable=usable, margin=margin, factor=factor,
+        plan = _make_plan(stage, "gpu", found, request, policy, usable=usable, margin=margin, factor=factor,
                           fits=True, reason=reason, device=group[0])
         return plan.model_copy(update={"strategy": strategy, "num_processes": n,
                                        "gpu_uuids": [d.uuid for d in group]})
@@ -540,7 +548,7 @@ def require_runnable(plan: Plan) -> Plan:
             f"(e.g. FAITHFORGE_GPU__OFFLOAD_POOL=a100)"
         )
     if not plan.fits:
-        where = {"local": "this GPU", "cpu": "this machine's RAM", "offload": f"the offload pool {plan.offload_target}"}
+        where = {"gpu": "this GPU", "cpu": "this machine's RAM", "offload": f"the offload pool {plan.offload_target}"}
         raise PlanNotRunnableError(
             f"{plan.stage}: {plan.model} needs ~{format_gib(plan.estimated_peak_bytes)} even at batch {plan.batch_size}, "
             f"more than {where[plan.placement]} offers ({format_gib(plan.usable_bytes, unknown='n/a')}); choose a smaller model, shorter "

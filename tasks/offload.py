@@ -62,7 +62,7 @@ def gpu_slot(config: PipelineConfig, plan: Plan, run_id: str | None = None) -> I
     While it waits, the run's log and the stage's progress artifact say who holds the slot and for how long;
     the slot is held under a short lease and recorded in the run store, so a holder that dies frees it
     (tasks/supervision.py)."""
-    if plan.placement != "local" or not enforce_gpu_limit(config):
+    if plan.placement != "gpu" or not enforce_gpu_limit(config):
         yield
         return
     from faithforge.core.progress import fan_out

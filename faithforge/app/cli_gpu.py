@@ -58,8 +58,8 @@ def _print_tables(snapshot: GpuSnapshot, plans: dict[str, Plan], not_planned: di
                    "peak GiB / GPU", "usable GiB", "headroom GiB"):
         table.add_column(column)
     for stage, plan in plans.items():
-        where = plan.placement + (f" (cuda:{plan.gpu_index})" if plan.placement == "local" and plan.num_processes == 1
-                                  else f" (cuda:0-{plan.num_processes - 1})" if plan.placement == "local" else "") + (
+        where = plan.placement + (f" (cuda:{plan.gpu_index})" if plan.placement == "gpu" and plan.num_processes == 1
+                                  else f" (cuda:0-{plan.num_processes - 1})" if plan.placement == "gpu" else "") + (
             f" → {plan.offload_target or 'not configured'}" if plan.placement == "offload" else "")
         table.add_row(stage, where, f"{plan.strategy} × {plan.num_processes}", plan.model,
                       f"{plan.batch_size} × {plan.grad_accum}", str(plan.max_tokens),

@@ -239,7 +239,7 @@ def measure_stage(config: Mapping[str, Any], stage: str, *, precision: str, seq_
 
     with tempfile.TemporaryDirectory(prefix="ff-calibrate-", dir=workdir) as tmp:
         folder = build_random_model_dir(config, Path(tmp) / "model", init_device=device)
-        plan = Plan.manual(stage, "local" if device == "cuda" else "cpu", precision=precision)
+        plan = Plan.manual(stage, "gpu" if device == "cuda" else "cpu", precision=precision)
         model, loaded_on = load_for_plan(folder, plan)
         tokenizer = load_tokenizer(folder)
         if stage == "train":

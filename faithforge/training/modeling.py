@@ -164,14 +164,14 @@ def attach_lora(model, *, r: int, alpha: int, dropout: float, quantized: bool, g
 
 
 def device_for(placement: str) -> str:
-    """`local` plans run on CUDA, `cpu` plans on the CPU (`offload` never reaches a local loader).
+    """`gpu` plans run on CUDA, `cpu` plans on the CPU (`offload` never reaches a local loader).
 
-    A `local` plan made from a simulated profile (`FAITHFORGE_GPU_PROFILE`) on a machine without CUDA runs on
+    A `gpu` plan made from a simulated profile (`FAITHFORGE_GPU_PROFILE`) on a machine without CUDA runs on
     the CPU: the profile changes what is planned, not what hardware exists.
     """
     import torch
 
-    return "cuda" if placement == "local" and torch.cuda.is_available() else "cpu"
+    return "cuda" if placement == "gpu" and torch.cuda.is_available() else "cpu"
 
 
 def merge_adapter(base_path: str | Path, adapter_path: str | Path, out_path: str | Path) -> Path:

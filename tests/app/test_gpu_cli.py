@@ -33,7 +33,7 @@ def test_json_prints_one_object_with_snapshot_and_every_stage_plan():
     for plan in data["plans"].values():
         assert PLAN_KEYS <= set(plan)
     assert data["plans"]["train"]["ref_strategy"] in ("cached", "live")
-    assert data["plans"]["train"]["placement"] == "local"
+    assert data["plans"]["train"]["placement"] == "gpu"
 
 
 def test_config_file_model_and_no_gpu_without_pool_still_prints_plans(tmp_path):
@@ -59,7 +59,7 @@ def test_the_generate_plan_is_for_the_model_generate_runs_not_the_template(tmp_p
                       "spec: configs/specs/grounded-summaries.yaml}\n")
     plan = json.loads(runner.invoke(app, ["--profile", "rtx5070-12gb", "--json", "--config", str(ollama)]).output)
     generate = plan["plans"]["generate"]
-    assert generate["model"] == "qwen3:8b" and generate["placement"] == "local", generate  # 30B does not fit 12 GB
+    assert generate["model"] == "qwen3:8b" and generate["placement"] == "gpu", generate  # 30B does not fit 12 GB
     assert plan["not_planned"] == {}
     for backend, url, why in (("openai", "https://api.example.com", "the model runs on another machine"),
                               ("openai", "http://127.0.0.1:8000", "the gate cannot size a model the openai server "
@@ -105,7 +105,7 @@ def test_rtx5070_plans_qlora_dpo_of_a_7b_model_locally_within_10_48e9_bytes(tmp_
     assert result.exit_code == 0, result.output
     plans = json.loads(result.output)["plans"]
     train = plans["train"]
-    assert (train["placement"], train["ref_strategy"], train["precision"]) == ("local", "cached", "nf4")
+    assert (train["placement"], train["ref_strategy"], train["precision"]) == ("gpu", "cached", "nf4")
     assert train["batch_size"] >= 1 and train["max_tokens"] == 1024
     assert train["breakdown"]["cuda_context_bytes"] > 0
     assert train["estimated_peak_bytes"] <= 10_480_000_000

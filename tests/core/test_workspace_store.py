@@ -212,9 +212,9 @@ def test_store_and_lineage_on_postgresql():
     run = store.start_run("pipeline", {"seed": 0, "nested": {"a": [1, 2]}})
     data = store.add_artifact("dataset", f"/d/{run}", f"h-{run}", run_id=run)
     adapter = store.add_artifact("adapter", f"/a/{run}", f"a-{run}", run_id=run, parents=[data])
-    store.record_stage(run, "train", status="completed", plan={"placement": "local"}, wall_seconds=2.0)
+    store.record_stage(run, "train", status="completed", plan={"placement": "gpu"}, wall_seconds=2.0)
     assert [a.id for a in store.ancestors(adapter)] == [data]
-    assert store.stages(run)[0].plan == {"placement": "local"}
+    assert store.stages(run)[0].plan == {"placement": "gpu"}
     store.finish_run(run, "completed", {"ok": True})
     assert store.get_run(run).config == {"seed": 0, "nested": {"a": [1, 2]}}
 

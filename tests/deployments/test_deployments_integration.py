@@ -179,7 +179,7 @@ def _offload_scenario(stack) -> str:
                                for a in reports)
         plans = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["gpu-plan-train"])))
         by_placement = {("| offload |" in a.data): a for a in plans}
-        assert True in by_placement and False in by_placement  # offload here, local on the A100
+        assert True in by_placement and False in by_placement  # offload here, on the GPU of the A100 pool
         assert str(by_placement[False].flow_run_id) == str(child.id)
         assert "gpu.offload_stages lists train" in by_placement[True].data
         assert "**Runs on:** the `a100` work pool" in by_placement[True].data

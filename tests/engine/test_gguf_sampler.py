@@ -112,7 +112,7 @@ def test_the_choice_takes_llama_cpp_only_for_a_gguf_on_the_cpu(smollm2, tmp_path
     base = [(folder, None)]
     cache = tmp_path / "cache"
     assert choose_sampler("engine", CPU, greedy, base, cache).name == "engine"
-    assert "on local" in choose_sampler("auto", Plan.manual("pairs", "local"), greedy, base, cache).reason
+    assert "on gpu" in choose_sampler("auto", Plan.manual("pairs", "gpu"), greedy, base, cache).reason
     nucleus = SamplingConfig(temperature=0.7, top_p=0.9)
     record = json.loads((folder / "faithforge-import.json").read_text())
     rounded = tmp_path / "bf16-import"

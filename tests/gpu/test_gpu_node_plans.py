@@ -25,13 +25,13 @@ def _plan(profile: str, model: str, stage: str = "train", request: StageRequest 
 @pytest.mark.parametrize("model", ["qwen2.5-7b", "qwen2.5-32b"])
 def test_eight_a100s_run_ddp_with_the_effective_batch_kept_and_each_gpu_holding_the_one_gpu_plan(model):
     plan = _plan("8xa100-80gb", model)
-    assert (plan.placement, plan.strategy, plan.num_processes) == ("local", "ddp", 8)
+    assert (plan.placement, plan.strategy, plan.num_processes) == ("gpu", "ddp", 8)
     assert plan.global_batch == TRAIN.batch_size and plan.requested_batch_size == 16
     assert len(plan.gpu_uuids) == 8 and len(set(plan.gpu_uuids)) == 8
     assert plan.estimated_peak_bytes <= plan.usable_bytes == usable_bytes(profile_snapshot("a100-80gb").devices[0])
     one_gpu = plan_stage(profile_snapshot("a100-80gb"), "train", [load_model_shape(model)],
                          dataclasses.replace(TRAIN, batch_size=plan.batch_size * plan.grad_accum))
-    assert one_gpu.placement == "local" and one_gpu.batch_size == plan.batch_size
+    assert one_gpu.placement == "gpu" and one_gpu.batch_size == plan.batch_size
     # The DDP plan is the one-GPU plan of its micro-batch plus DDP's gradient buckets (one copy of the LoRA grads).
     assert plan.breakdown["ddp_gradient_buckets_bytes"] == plan.breakdown["lora_grads_bytes"] > 0
     assert plan.estimated_peak_bytes == one_gpu.estimated_peak_bytes + plan.breakdown["ddp_gradient_buckets_bytes"]
@@ -48,9 +48,9 @@ def test_accumulation_is_cut_so_micro_times_accumulation_times_ranks_is_the_effe
 
 def test_fsdp_when_no_single_gpu_holds_the_model_but_the_node_does():
     alone = _plan("rtx4090-24gb", "qwen2.5-32b")
-    assert alone.placement != "local"  # one 24 GB card cannot train a 32B model even at micro-batch 1
+    assert alone.placement != "gpu"  # one 24 GB card cannot train a 32B model even at micro-batch 1
     plan = _plan("2xrtx4090-24gb", "qwen2.5-32b")
-    assert (plan.placement, plan.strategy, plan.num_processes, plan.global_batch) == ("local", "fsdp", 2, 16)
+    assert (plan.placement, plan.strategy, plan.num_processes, plan.global_batch) == ("gpu", "fsdp", 2, 16)
     assert plan.settings["bnb_4bit_quant_storage"] == "bfloat16" and plan.precision == "nf4"
     assert plan.estimated_peak_bytes <= plan.usable_bytes
     assert "bnb_4bit_quant_storage" in plan.reason and "FSDP over 2" in plan.reason

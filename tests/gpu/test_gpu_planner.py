@@ -9,7 +9,7 @@ from faithforge.gpu.errors import PlanNotRunnableError
 from faithforge.gpu.estimate import estimate_ollama, estimate_train
 from faithforge.gpu.model_shape import ModelShape, load_model_shape
 from faithforge.gpu.ollama_sizes import ollama_model
-from faithforge.gpu.planner import StageRequest, plan_stage, require_runnable, usable_bytes
+from faithforge.gpu.planner import Plan, StageRequest, plan_stage, require_runnable, usable_bytes
 from faithforge.gpu.profiles import profile_snapshot
 
 TINY = ModelShape(name="tiny", model_type="llama", hidden_size=128, intermediate_size=256, num_layers=2,
@@ -24,7 +24,7 @@ def test_rtx5070_two_live_4bit_7b_models_do_not_fit_so_reference_log_probs_are_c
     assert two_models.total_bytes > usable  # the seed note: 15.8 GB reserved vs 10.48 GB free
     request = StageRequest(batch_size=4, seq_len=512, reference_model="separate-copy")
     plan = plan_stage(snap, "train", [model], request)
-    assert (plan.placement, plan.gpu_index, plan.ref_strategy) == ("local", 0, "cached")
+    assert (plan.placement, plan.gpu_index, plan.ref_strategy) == ("gpu", 0, "cached")
     assert plan.batch_size * plan.grad_accum == 4
     assert plan.estimated_peak_bytes <= plan.usable_bytes == usable
     assert plan.headroom_bytes == usable - plan.estimated_peak_bytes
@@ -40,7 +40,7 @@ def test_rtx4070super_refuses_30b_at_batch_8_and_16k_tokens():
     request = StageRequest(batch_size=8, max_tokens=16000, prompt_tokens=2048)
     assert estimate_ollama(big, parallel=8, context_tokens=18048).total_bytes > usable_bytes(snap.devices[0])
     plan = plan_stage(snap, "generate", [big, small], request)
-    assert plan.placement == "local" and plan.fits
+    assert plan.placement == "gpu" and plan.fits
     assert plan.model == "qwen3:8b" or (plan.batch_size == 1 and plan.max_tokens <= 4096)
     assert not (plan.model == "qwen3:30b-a3b" and plan.batch_size == 8 and plan.max_tokens == 16000)
     assert plan.estimated_peak_bytes <= plan.usable_bytes
@@ -53,7 +53,7 @@ def test_generation_shrinks_tokens_and_batch_within_one_model():
     snap = profile_snapshot("rtx4070super-12gb")
     plan = plan_stage(snap, "generate", [ollama_model("qwen3:8b")],
                       StageRequest(batch_size=8, max_tokens=16000, prompt_tokens=2048))
-    assert plan.placement == "local" and plan.batch_size < 8
+    assert plan.placement == "gpu" and plan.batch_size < 8
     assert plan.estimated_peak_bytes <= plan.usable_bytes
 
 
@@ -62,12 +62,12 @@ def test_a100_80gb_runs_everything_locally_as_requested():
     model = load_model_shape("llama-3-8b")
     gen = plan_stage(snap, "generate", [ollama_model("qwen3:30b-a3b")],
                      StageRequest(batch_size=8, max_tokens=16000, prompt_tokens=2048))
-    assert (gen.placement, gen.model, gen.batch_size, gen.max_tokens) == ("local", "qwen3:30b-a3b", 8, 16000)
+    assert (gen.placement, gen.model, gen.batch_size, gen.max_tokens) == ("gpu", "qwen3:30b-a3b", 8, 16000)
     for stage, request in {"reference": StageRequest(batch_size=8, seq_len=1024),
                            "train": StageRequest(batch_size=8, seq_len=1024),
                            "evaluate": StageRequest(batch_size=32, max_tokens=256, prompt_tokens=1024)}.items():
         plan = plan_stage(snap, stage, [model], request)
-        assert plan.placement == "local" and plan.batch_size == request.batch_size and plan.grad_accum == 1, stage
+        assert plan.placement == "gpu" and plan.batch_size == request.batch_size and plan.grad_accum == 1, stage
         assert require_runnable(plan) is plan
 
 
@@ -103,7 +103,7 @@ def test_train_plans_keep_the_effective_batch_and_never_exceed_usable(profile, e
     plan = plan_stage(snap, "train", [load_model_shape("llama-3-8b")],
                       StageRequest(batch_size=effective, seq_len=1024), offload_target="a100")
     assert plan.batch_size * plan.grad_accum == effective
-    if plan.placement == "local":
+    if plan.placement == "gpu":
         assert plan.estimated_peak_bytes <= plan.usable_bytes
         assert sum(plan.breakdown.values()) == plan.estimated_peak_bytes
 
@@ -140,3 +140,10 @@ def test_generation_plans_name_the_ollama_num_ctx_their_estimate_assumes():
     assert plan.breakdown["kv_cache_bytes"] == kv.terms["kv_cache_bytes"]
     hf = plan_stage(snap, "evaluate", [load_model_shape("qwen2.5-7b")], StageRequest(batch_size=4))
     assert hf.num_ctx is None and hf.precision == "nf4"
+
+
+def test_a_plan_stored_with_the_older_placement_name_reads_back():
+    """The placement `gpu` was named `local` (also a backend's and a work pool's name); a gate record written then,
+    read back by a resumed run, is a `gpu` plan."""
+    stored = Plan.manual("train", "gpu").to_dict() | {"placement": "local"}
+    assert Plan.model_validate(stored).placement == "gpu"

@@ -77,7 +77,7 @@ def test_fp32_and_bf16_plans_load_no_4bit_layers(tiny_model_dir, spy):
     import faithforge.training.modeling as modeling
 
     for precision, dtype in (("fp32", "torch.float32"), ("bf16", "torch.bfloat16")):
-        modeling.load_for_plan(tiny_model_dir, Plan.manual("warm_start", "local", precision=precision))
+        modeling.load_for_plan(tiny_model_dir, Plan.manual("warm_start", "gpu", precision=precision))
         assert spy[-1][1]["linear4bit"] == 0 and spy[-1][1]["dtype"] == dtype
 
 

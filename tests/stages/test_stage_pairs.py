@@ -136,7 +136,7 @@ def test_engine_bf16_samples_and_answers_with_bfloat16_weights_only_when_asked(t
     assert seen[2:] == [torch.float32, torch.bfloat16]
     greedy = SamplingConfig()
     assert choose_sampler("engine-bf16", cpu, greedy, [(str(tiny_model_dir), None)]).name == "engine-bf16"
-    on_gpu = choose_sampler("engine-bf16", Plan.manual("evaluate", "local"), greedy, [(str(tiny_model_dir), None)])
+    on_gpu = choose_sampler("engine-bf16", Plan.manual("evaluate", "gpu"), greedy, [(str(tiny_model_dir), None)])
     assert on_gpu.name == "engine" and "keep the plan's precision" in on_gpu.reason
 
 

@@ -36,7 +36,7 @@ def test_png_becomes_a_data_uri_and_anything_else_a_note(tmp_path):
 
 
 def test_plan_markdown_says_where_the_stage_runs():
-    record = {"stage": "reference", "placement": "local", "model": "tiny", "batch_size": 8, "grad_accum": 1,
+    record = {"stage": "reference", "placement": "gpu", "model": "tiny", "batch_size": 8, "grad_accum": 1,
               "estimated_peak_bytes": 2**29, "usable_bytes": 2**33, "reason": "fits",
               "snapshot": {"profile": "rtx5070-12gb"}}
     where = runs_on(record, cuda_available=False)
@@ -46,7 +46,7 @@ def test_plan_markdown_says_where_the_stage_runs():
     assert runs_on({**record, "placement": "offload", "offload_target": "a100"}, False).startswith("the `a100` work pool")
     assert runs_on({**record, "placement": "cpu"}, True) == "this machine's CPU"
     text = plan_markdown(record, where)
-    assert f"**Runs on:** {where}" in text and "| local | tiny | 8 × 1 | 0.50 GiB | 8.00 GiB |" in text
+    assert f"**Runs on:** {where}" in text and "| gpu | tiny | 8 × 1 | 0.50 GiB | 8.00 GiB |" in text
 
 
 def test_pipeline_report_has_rates_charts_report_and_where_each_stage_ran(tmp_path):

@@ -119,7 +119,7 @@ def test_offload_stages_offload_on_purpose_and_need_a_pool():
     assert plans["train"].placement == "offload" and plans["train"].offload_target == "a100" and plans["train"].fits
     assert plans["train"].reason.startswith("gpu.offload_stages lists train, so it is offloaded to the pool 'a100'")
     assert "A100" in plans["train"].reason  # sized for the pool's GPU, not this one
-    assert {plans[s].placement for s in ("reference", "evaluate", "warm_start")} == {"local"}  # the tiny model fits
+    assert {plans[s].placement for s in ("reference", "evaluate", "warm_start")} == {"gpu"}  # the tiny model fits
     from faithforge.core.config import validate_config
 
     with pytest.raises(ConfigError, match="offload_stages .* needs offload_pool"):
@@ -189,10 +189,10 @@ def test_gpu_slot_without_a_limit(prefect_harness, monkeypatch):
         with glue.gpu_slot(cfg, Plan.manual("train", placement)):
             return "ran"
 
-    assert guarded("local") == "ran"  # not under a deployment: no slot, no error
+    assert guarded("gpu") == "ran"  # not under a deployment: no slot, no error
     monkeypatch.setattr(glue, "enforce_gpu_limit", lambda config: True)
     assert guarded("cpu") == "ran"
-    state = guarded("local", return_state=True)
+    state = guarded("gpu", return_state=True)
     assert state.is_failed()
     with pytest.raises(UserError, match="prefect gcl create gpu"):
         state.result()
