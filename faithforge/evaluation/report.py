@@ -147,13 +147,14 @@ def _calibration_text(c: dict[str, Any]) -> str:
 
 def markdown_report(comparison: ComparisonReport, control: ComparisonReport | None = None, *,
                     worst_examples: int = 5, title: str = "Hallucination evaluation",
-                    words: TaskWords = SUMMARIES) -> str:
+                    words: TaskWords = SUMMARIES, note: str | None = None) -> str:
     """The report users read: rates with intervals and recall beside them, the tests, and worst examples, in the
     task's own words (`words`: "answer" and "answer recall" for a question-answering run).
 
-    Its first line states the judge's measured accuracy, or that it has none."""
+    Its first line states the judge's measured accuracy, or that it has none; `note` (which judge chose the
+    training pairs) is quoted right under it."""
     conf = int(100 * comparison.confidence)
-    lines = judge_accuracy_lines(comparison.before) + ["", f"# {title}", "",
+    lines = judge_accuracy_lines(comparison.before) + ([f"> {note}"] if note else []) + ["", f"# {title}", "",
              f"Judge: `{comparison.judge}`. Unit: {words.unit}: {words.rule}. Rates are shares of judged "
              f"{words.units}; intervals are {conf}% Wilson intervals for single rates and paired bootstrap "
              f"intervals for differences.", "",
@@ -235,3 +236,11 @@ def bar_chart(comparison: ComparisonReport, path: str | Path, control: Compariso
     finally:
         plt.close(fig)
     return out
+
+
+def with_section(markdown: str, heading: str, body: list[str]) -> str:
+    """`markdown` with the section `heading` (a `## …` line) set to `body`: added at the end, or, when a rerun
+    wrote it before, replacing it and whatever followed it (a section added after the run is always the last)."""
+    if heading in markdown:
+        markdown = markdown[:markdown.index(heading)]
+    return markdown.rstrip() + "\n\n" + "\n".join([heading, "", *body]) + "\n"

@@ -260,10 +260,8 @@ def _write_report(ctx: StageContext, out: Path, comparison, control_cmp, served_
     from faithforge.evaluation import bar_chart, markdown_report
 
     cfg = ctx.config.evaluate
-    markdown = markdown_report(comparison, control=control_cmp, worst_examples=cfg.worst_examples, words=words)
-    if chooser:  # after the judge-accuracy headline: who chose the pairs, and whether it is the judge that measures
-        head, _, rest = markdown.partition("\n\n")
-        markdown = f"{head}\n> {chooser}\n\n{rest}"
+    markdown = markdown_report(comparison, control=control_cmp, worst_examples=cfg.worst_examples, words=words,
+                               note=chooser)
     if served_cmp is not None:
         markdown += "\n\n" + markdown_report(served_cmp, worst_examples=cfg.worst_examples, words=words,
                                                title=f"Served model {cfg.served_model} vs before DPO")

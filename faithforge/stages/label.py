@@ -131,7 +131,9 @@ def _pct(value: float | None) -> str:
 
 
 def _add_to_report(report: Path, out: LabelOutput, judge: Any, timed_out: int) -> None:
-    lines = ["", SECTION, ""]
+    from faithforge.evaluation.report import with_section
+
+    lines: list[str] = []
     if out.status == "unlabeled":
         lines.append(f"Unlabeled: the run asked about {out.asked} outputs in the Prefect UI and nobody answered before "
                      "the timeout (`label.timeout_s`). Label them later with `faithforge label "
@@ -146,6 +148,4 @@ def _add_to_report(report: Path, out: LabelOutput, judge: Any, timed_out: int) -
                   f"{_pct(a.get('human_rate'))} | {_pct(a.get('judge_rate'))} | {a.get('n', 0)} |", "",
                   f"Labels: `{out.labels_path}`. Re-calibration: {out.calibration}."]
     text = report.read_text(encoding="utf-8") if report.is_file() else ""
-    if SECTION in text:  # a rerun replaces its own section
-        text = text[:text.index(SECTION)].rstrip() + "\n"
-    atomic_write_text(report, text.rstrip() + "\n" + "\n".join(lines) + "\n")
+    atomic_write_text(report, with_section(text, SECTION, lines))  # a rerun replaces its own section

@@ -7,7 +7,7 @@ import pytest
 from faithforge.core.errors import UserError
 from faithforge.evaluation import EvalItem, compare_reports, evaluate_single
 from faithforge.evaluation.persist import compare_runs, load_evaluation, save_evaluation
-from faithforge.evaluation.report import bar_chart, markdown_report, table_rows
+from faithforge.evaluation.report import bar_chart, markdown_report, table_rows, with_section
 from faithforge.core.store import Store
 
 ITEMS = [EvalItem(id=f"i{k}", source=f"Alice bought {k} lamps in Paris .", key_facts=["Alice", str(k), "Paris"],
@@ -24,6 +24,19 @@ def reports():
     control = evaluate_single(ITEMS, CONTROL, label="control")
     return (compare_reports(before, after, bootstrap_samples=200),
             compare_reports(before, control, bootstrap_samples=200))
+
+
+def test_the_report_module_writes_every_part_of_report_md(reports):
+    """The note on who chose the pairs sits under the judge-accuracy headline, before the title; a section added
+    after the run (the labels) is appended once and replaced, not repeated, on a rerun."""
+    comparison, control = reports
+    text = markdown_report(comparison, control, note="Pairs chosen by `grounding`.")
+    head, title = text.split("\n\n# Hallucination evaluation", 1)
+    assert head.splitlines()[0].startswith("> ") and head.splitlines()[-1] == "> Pairs chosen by `grounding`."
+    first = with_section(text, "## Judge accuracy on your labels", ["3 outputs labeled"])
+    again = with_section(first, "## Judge accuracy on your labels", ["4 outputs labeled"])
+    assert first.startswith(text.rstrip()) and first.endswith("\n\n## Judge accuracy on your labels\n\n3 outputs labeled\n")
+    assert again == first.replace("3 outputs", "4 outputs")
 
 
 def test_markdown_has_rates_ci_recall_judge_unit_and_flagged_spans(reports):
