@@ -62,7 +62,7 @@ def calibrate(
 
     settings = dict(llm_backend=llm_backend, llm_model=llm_model, llm_base_url=llm_base_url,
                     likelihood_model=likelihood_model, trained_judge=trained_judge,
-                    judge_options=_judge_option_flags(judge_option, judge))
+                    judge_options=_judge_option_flags(judge_option, judge))  # --judge a+b names a and b
     nli = dict(checkpoint=checkpoint, supported_label=supported_label, trust_remote_code=trust_remote_code)
     if save:  # a workspace that cannot store the result fails before any label is judged
         from faithforge.core.workspace import Workspace
@@ -125,8 +125,9 @@ def _calibration_judges(judge: list[str], *, checkpoint: str | None = None, supp
                         trust_remote_code: bool = False, llm_backend: str, llm_model: str, llm_base_url: str | None,
                         likelihood_model: str | None = None, trained_judge: str | None = None,
                         judge_options: dict[str, dict] | None = None) -> Judge:
-    """The judges `--judge` names, built with their options the way a run builds them (`evaluate` settings →
-    each judge's `options_from_config`); nli-only options on other judges are an error."""
+    """The judges `--judge` names, built with their options the way a run builds them (`evaluate` settings and
+    `judge_options` → each judge's `Options` or `options_from_config`); nli-only options on other judges are an
+    error."""
     from faithforge.evaluation.judges import build_judges, judge_names
 
     names = judge_names(judge)
@@ -146,11 +147,14 @@ def _calibration_judges(judge: list[str], *, checkpoint: str | None = None, supp
     return build_judges(names, options)
 
 
-def _judge_option_flags(flags: list[str], judges: list[str]) -> dict[str, dict]:
-    """`--judge-option NAME.FIELD=VALUE` flags as `evaluate.judge_options` (each VALUE read as a YAML scalar: 0.3 is a
-    number, true a boolean); a malformed flag or one naming a judge not among `--judge` is one line."""
-    import yaml
+def _judge_option_flags(flags: list[str], judge: list[str]) -> dict[str, dict]:
+    """`--judge-option NAME.FIELD=VALUE` flags as `evaluate.judge_options`. Each VALUE stays a string: the judge's
+    `Options` converts it to its field's type (`0.3` to a float, `true` to a bool; `0123` stays 123, not octal).
+    A malformed flag, or one naming a judge not among `--judge` or without settings of its own, is one line."""
+    from faithforge.core.judge_registry import JUDGES
+    from faithforge.evaluation.judges import judge_names
 
+    judges = judge_names(judge) if flags else []
     options: dict[str, dict] = {}
     for flag in flags:
         target, equals, value = flag.partition("=")
@@ -159,10 +163,10 @@ def _judge_option_flags(flags: list[str], judges: list[str]) -> dict[str, dict]:
             raise UserError(f"--judge-option expects NAME.FIELD=VALUE (e.g. my-judge.threshold=0.3), got {flag!r}")
         if name not in judges:
             raise UserError(f"--judge-option {flag!r} names {name}, which is not among --judge ({', '.join(judges)})")
-        try:
-            options.setdefault(name, {})[field] = yaml.safe_load(value) if value else ""
-        except yaml.YAMLError:
-            raise UserError(f"--judge-option {flag!r}: {value!r} is not a readable value") from None
+        if not JUDGES.get(name).own_settings:
+            raise UserError(f"--judge-option {flag!r}: the {name} judge has no settings of its own; set it with this "
+                            "command's own flags (--help lists them)")
+        options.setdefault(name, {})[field] = value
     return options
 
 

@@ -5,12 +5,13 @@ Adding a judge is one new module plus one `JUDGES.register(...)` line here. The 
 
 - `build(**options) -> Judge` — the judge (an object with `judge(source, summary, *, truncated=False) ->
   Verdict`: the one judge signature, `faithforge.evaluation.verdict.Judge`);
-- its settings, if it has any, as `Options`: a pydantic model (a docstring under each field), filled from
-  `evaluate.judge_options[<name>]` and checked before any model runs (a bad value fails in preflight, not after
-  training); `build` receives its fields as keywords. The CLI's `--judge-option NAME.FIELD=VALUE` sets them.
-  The built-in judges instead define `options_from_config(cfg, *, base_model, cache_dir) -> dict`, reading the
-  `evaluate` fields named after them (`nli_checkpoint`, …), which are older than `judge_options`. Neither: the
-  judge takes no options.
+- its settings, if it has any, as `Options`: a pydantic model (a docstring under each field), registered with
+  `own_settings=True`, filled from `evaluate.judge_options[<name>]` and checked before any model runs (a bad
+  value fails in preflight, not after training); `build` receives its fields as keywords. The CLI's
+  `--judge-option NAME.FIELD=VALUE` sets them. The built-in judges instead define `options_from_config(cfg, *,
+  base_model, cache_dir) -> dict`, reading the `evaluate` fields named after them (`nli_checkpoint`, …), which
+  are older than `judge_options`; so does a judge that needs the run's model folder (`base_model`) or a cache
+  folder, and its settings are then `evaluate` fields too. Neither: the judge takes no options.
 
 The module is imported only when the judge is built or its options are read, so listing the names stays cheap.
 """
@@ -29,7 +30,8 @@ class JudgeKind:
     name: str
     """The name users write (`evaluate.judge: likelihood`)."""
     module: str
-    """The module defining `build` (and `options_from_config` when the judge takes options)."""
+    """The module defining `build` (and `Options`, or `options_from_config` for a built-in judge, when it takes
+    options)."""
     summary: str
     """One line for the CLI's help (`faithforge eval calibrate --help` lists every judge with it)."""
     needs: tuple[str, ...] = ()
@@ -41,6 +43,9 @@ class JudgeKind:
     graded: bool = False
     """Its verdict carries a support score in degrees (`Verdict.score`, higher = better supported): it can rank
     on-policy samples by score (`pairs.score_by: judge-score`)."""
+    own_settings: bool = False
+    """Its module declares `Options`, set in `evaluate.judge_options[<name>]` (and `--judge-option`): the only
+    judges that field, its form and the flag accept."""
 
 
 JUDGES: Registry[JudgeKind] = Registry("judge")
@@ -77,5 +82,8 @@ JUDGE_RULES: dict[str, str] = {
 
 #: A config field naming one registered judge (checked against `JUDGES`; the UI form's enum is `JUDGES`' names).
 JudgeName = registered_name(JUDGES)
+#: A config field naming a judge whose settings are its own `Options` (`evaluate.judge_options`' keys).
+OwnSettingsJudgeName = registered_name(JUDGES, where=lambda kind: kind.own_settings,
+                                       what="judge with settings of its own")
 #: A config field naming a judge that may score on-policy samples (`pairs.judge`).
 SampleJudgeName = registered_name(JUDGES, where=lambda kind: kind.scores_samples, what="pairs judge")

@@ -38,29 +38,47 @@ def judge_options(cfg, *, base_model: str | None = None, cache_dir: str | None =
     return {**options, "rule": rule} if rule != "any" else options
 
 
+def pairs_judge_settings(config):
+    """The `evaluate` settings that judge on-policy samples: `pairs.judge` in place of `evaluate.judge` when set
+    (its options are still the `evaluate` section's), the evaluation's own otherwise."""
+    if config.pairs.judge:
+        return config.evaluate.model_copy(update={"judge": config.pairs.judge, "judge_rule": "any"})
+    return config.evaluate
+
+
+def declared_options(cfg, names=None) -> dict[str, dict]:
+    """The validated `Options` of each judge with settings of its own: every entry of `cfg.judge_options` (names
+    None: preflight checks them all, used or not, so a typo never waits), or each of `names` that has some (with
+    its defaults filled in: what a key that depends on the judge hashes)."""
+    from faithforge.core.judge_registry import JUDGES
+
+    wanted = list(cfg.judge_options) if names is None else [n for n in names if JUDGES.get(n).own_settings]
+    return {name: _own_settings(name, cfg) for name in wanted}
+
+
 def _one_judge_options(name: str, cfg, base_model: str | None, cache_dir: str | None) -> dict:
-    """A judge's `build` keywords: its module's `options_from_config` (the built-in judges, which read the
-    `evaluate` fields named after them), else its `Options` model filled from `evaluate.judge_options[name]`, else
-    none (a judge that takes no options)."""
-    from faithforge.core.errors import UserError
+    """A judge's `build` keywords: its `Options` filled from `evaluate.judge_options[name]` (a judge registered
+    `own_settings`), else its module's `options_from_config` (the built-in judges, which read the `evaluate`
+    fields named after them), else none (a judge that takes no options)."""
     from faithforge.core.judge_registry import JUDGES
     from faithforge.core.registry import load_attribute
 
     kind = JUDGES.get(name)
-    given = dict((getattr(cfg, "judge_options", None) or {}).get(name) or {})
+    if kind.own_settings:
+        return _own_settings(name, cfg)
     read = load_attribute(kind, "options_from_config", None)
-    if read is not None:
-        if given:
-            raise UserError(f"evaluate.judge_options.{name}: the {name} judge reads its settings from evaluate's own "
-                            f"fields ({name.replace('-', '_')}_…), not from judge_options; move them there")
-        return read(cfg, base_model=base_model, cache_dir=cache_dir)
-    model = load_attribute(kind, "Options", None)
+    return {} if read is None else read(cfg, base_model=base_model, cache_dir=cache_dir)
+
+
+def _own_settings(name: str, cfg) -> dict:
+    from faithforge.core.judge_registry import JUDGES
+    from faithforge.core.registry import load_attribute
+
+    model = load_attribute(JUDGES.get(name), "Options", None)
     if model is None:
-        if given:
-            raise UserError(f"evaluate.judge_options.{name}: the {name} judge takes no options; remove "
-                            f"{', '.join(sorted(given))}")
-        return {}
-    return _validated(name, model, given)
+        raise TypeError(f"judge {name} is registered with own_settings but {JUDGES.get(name).module} defines no "
+                        "Options model")
+    return _validated(name, model, dict(cfg.judge_options.get(name) or {}))
 
 
 def _validated(name: str, model, given: dict) -> dict:

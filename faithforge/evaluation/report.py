@@ -239,8 +239,10 @@ def bar_chart(comparison: ComparisonReport, path: str | Path, control: Compariso
 
 
 def with_section(markdown: str, heading: str, body: list[str]) -> str:
-    """`markdown` with the section `heading` (a `## …` line) set to `body`: added at the end, or, when a rerun
-    wrote it before, replacing it and whatever followed it (a section added after the run is always the last)."""
-    if heading in markdown:
-        markdown = markdown[:markdown.index(heading)]
-    return markdown.rstrip() + "\n\n" + "\n".join([heading, "", *body]) + "\n"
+    """`markdown` with the section `heading` (a whole `## …` line) set to `body`: added at the end, or, when a
+    rerun wrote it before, replacing it and whatever followed it (a section added after the run is always the
+    last, so its last occurrence is the one written; a summary that happens to quote the heading is not)."""
+    lines = markdown.splitlines()
+    at = max((i for i, line in enumerate(lines) if line == heading), default=None)
+    kept = "\n".join(lines if at is None else lines[:at])
+    return kept.rstrip() + "\n\n" + "\n".join([heading, "", *body]) + "\n"

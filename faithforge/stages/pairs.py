@@ -183,25 +183,27 @@ _EVALUATION_ONLY = frozenset({"split", "served_model", "served_backend", "served
 def _judging_settings(config) -> dict:
     """The evaluate settings that judge (and cap) the on-policy samples, for the pairs' key: `pairs.judge` in place
     of `evaluate.judge` when set, and the likelihood dtype as the scorer will load it (`auto` differs by machine)."""
+    from faithforge.evaluation.judge_options import declared_options, pairs_judge_settings
+    from faithforge.evaluation.judges import judge_names
     from faithforge.evaluation.likelihood import resolved_dtype
 
-    settings = config.evaluate.model_dump(exclude=set(_EVALUATION_ONLY))
-    if config.pairs.judge:
-        settings.update(judge=config.pairs.judge, judge_rule="any")
+    judging = pairs_judge_settings(config)
+    settings = judging.model_dump(exclude=set(_EVALUATION_ONLY) | {"judge_options"})
     settings["likelihood_dtype"] = resolved_dtype(settings["likelihood_dtype"])
-    return settings
+    # only the sample judges' own settings, validated (defaults filled in); none (every built-in judge): no entry,
+    # so pairs drawn before `judge_options` existed keep their key
+    own = declared_options(judging, judge_names(judging.judge))
+    return {**settings, "judge_options": own} if own else settings
 
 
 def _pairs_judge(config, base_model: str | None = None):
     """`pairs.judge` when set, else the evaluation's judge, with its options
     (the likelihood judge scores with `base_model`, the policy being sampled, unless it names its own model)."""
     from faithforge.evaluation import get_judge
-    from faithforge.evaluation.judge_options import judge_options
+    from faithforge.evaluation.judge_options import judge_options, pairs_judge_settings
 
-    if config.pairs.judge:  # its settings (e.g. likelihood_*) are the evaluate section's, read by its registry entry
-        settings = config.evaluate.model_copy(update={"judge": config.pairs.judge, "judge_rule": "any"})
-        return get_judge(config.pairs.judge, **judge_options(settings, base_model=base_model))
-    return get_judge(config.evaluate.judge, **judge_options(config.evaluate, base_model=base_model))
+    settings = pairs_judge_settings(config)  # pairs.judge's settings (e.g. likelihood_*) are the evaluate section's
+    return get_judge(settings.judge, **judge_options(settings, base_model=base_model))
 
 
 def _imported_pairs(cfg):

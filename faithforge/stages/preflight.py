@@ -55,9 +55,12 @@ def check_pipeline_inputs(cfg: PipelineConfig, model_folder: bool = True) -> Wor
             raise UserError(f"pairs.score_by is judge-score but the pairs judge ({', '.join(chooser)}) gives no support "
                             f"score; choose one of {JUDGES.choices(lambda kind: kind.graded)} as pairs.judge, or "
                             "pairs.score_by: verdict")
-    from faithforge.evaluation.judge_options import judge_options
+    from faithforge.evaluation.judge_options import declared_options, judge_options, pairs_judge_settings
 
     judge_options(cfg.evaluate)  # nli without a checkpoint, llm without a model: before any training
+    if cfg.pairs.builder == "on-policy" and cfg.pairs.judge:
+        judge_options(pairs_judge_settings(cfg))  # the pairs judge's too: the pairs stage comes before training
+    declared_options(cfg.evaluate)  # every judge_options entry, in use or not: a typo fails now
     check_offload_storage(cfg)
     if cfg.train.report_to:
         from faithforge.training.tracking import check_trackers

@@ -156,7 +156,7 @@ def throwaway_judge_with_settings(tmp_path, monkeypatch):
     registration line; no config field, no CLI flag."""
     yield from _register_throwaway(
         JUDGES, JudgeKind("long-summary", "throwaway_settings_judge", "flags a summary over a word limit",
-                          scores_samples=True),
+                          scores_samples=True, own_settings=True),
         "from pydantic import BaseModel, Field\n"
         "from faithforge.evaluation.verdict import Verdict\n\n"
         "class Options(BaseModel):\n"
@@ -201,19 +201,29 @@ def test_a_judge_with_settings_of_its_own_needs_no_config_field_or_flag(throwawa
     assert judge_options(config({}).evaluate) == {"max_words": 5}  # the model's default
 
     for options, says in [({name: {"max_word": 3}}, "unknown setting max_word; the long-summary judge takes max_words"),
-                          ({name: {"max_words": 0}}, "max_words: Input should be greater than or equal to 1"),
-                          ({"grounding": {"strict": True}}, "the grounding judge takes no options")]:
-        with pytest.raises(UserError) as err:
-            check_pipeline_inputs(config(options) if "grounding" not in options else load_config(
-                None, overrides={"workspace": str(tmp_path / "ws"), "evaluate": {
-                    "judge": [name, "grounding"], "judge_options": options}}, environ={}))
-        assert says in str(err.value) and "\n" not in str(err.value)
-    with pytest.raises(UserError, match="reads its settings from evaluate's own fields"):
-        judge_options(load_config(None, overrides={"evaluate": {"judge": "nli", "nli_checkpoint": "x",
-                                                                 "judge_options": {"nli": {"threshold": 0.2}}}},
-                                  environ={}).evaluate)
-    with pytest.raises(ConfigError, match="unknown judge 'nope'"):
+                          ({name: {"max_words": 0}}, "max_words: Input should be greater than or equal to 1")]:
+        for section in ({"evaluate": {"judge_options": options}},  # set but unused: checked all the same
+                        {"evaluate": {"judge_options": options}, "pairs": {"judge": name}}):  # the pairs judge's
+            cfg = load_config(None, overrides={"workspace": str(tmp_path / "ws"), **section}, environ={})
+            with pytest.raises(UserError) as err:
+                check_pipeline_inputs(cfg)
+            assert says in str(err.value) and "\n" not in str(err.value)
+    for builtin in ("grounding", "nli"):  # their settings are evaluate's own fields: no entry for them
+        with pytest.raises(ConfigError, match=f"unknown judge with settings of its own '{builtin}'; choose one of {name}"):
+            config({builtin: {"threshold": 0.2}})
+    with pytest.raises(ConfigError, match="unknown judge with settings of its own 'nope'"):
         config({"nope": {}})
+
+    # the on-policy pairs' key holds the sample judge's own settings, validated, and nothing for a built-in judge
+    from faithforge.stages.pairs import _judging_settings
+
+    unused = load_config(None, overrides={"evaluate": {"judge_options": {name: {"max_words": 3}}}}, environ={})
+    assert "judge_options" not in _judging_settings(unused)  # the pairs are judged by grounding
+    own = load_config(None, overrides={"pairs": {"judge": name}, "evaluate": {"judge_options": {name: {}}}}, environ={})
+    assert _judging_settings(own)["judge_options"] == {name: {"max_words": 5}}
+    same = load_config(None, overrides={"pairs": {"judge": name}, "evaluate": {"judge_options": {name: {"max_words": "5"}}}},
+                       environ={})
+    assert _judging_settings(same) == _judging_settings(own)  # "5" and 5 and the default are one setting
 
     form = parameter_schema(pipeline.fn).model_dump()["definitions"]
     assert "judge_options" in form["EvaluateConfig"]["properties"]
@@ -233,10 +243,15 @@ def test_a_judge_with_settings_of_its_own_needs_no_config_field_or_flag(throwawa
     result = runner.invoke(app, [*base, "--judge-option", f"{name}.max_words=9"])  # the setting reached the judge
     assert result.exit_code == 0, result.output
     assert json.loads(result.stdout)["test"]["recall"] == 0.0
-    for flag, says in [(f"{name}.max_words", "expects NAME.FIELD=VALUE"), ("grounding.x=1", "not among --judge"),
+    result = runner.invoke(app, [*base[:-4], "--judge", f"grounding+{name}", "--no-save", "--json",
+                                 "--judge-option", f"{name}.max_words=3"])  # a combined judge's member
+    assert result.exit_code == 0, result.output
+    for flag, says in [(f"{name}.max_words", "expects NAME.FIELD=VALUE"), ("nli.x=1", "not among --judge"),
                        (f"{name}.max_words=many", "max_words: Input should be a valid integer")]:
         error = runner.invoke(app, [*base, "--judge-option", flag]).exception  # `faithforge` prints it as one line
         assert isinstance(error, UserError) and says in str(error) and "\n" not in str(error), error
+    error = runner.invoke(app, [*base[:-4], "--judge", "grounding", "--judge-option", "grounding.x=1"]).exception
+    assert isinstance(error, UserError) and "the grounding judge has no settings of its own" in str(error)
 
 
 @pytest.fixture
