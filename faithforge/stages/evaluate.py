@@ -180,43 +180,80 @@ def _check_no_overlap(held_out: list, dataset: DatasetOutput, pairs: PairsOutput
 def _judge_models(ctx: StageContext, model: ModelOutput, items: list, sources: list[str],
                   adapters: dict[str, str | None], judge, plan: Plan, judging: dict | None = None) -> tuple[dict, str]:
     """label → its judged report: each local model (base + adapter) greedy, then the served model if configured;
-    and what wrote the local models' answers (one engine for all of them)."""
+    and what wrote the local models' answers (one engine for all of them). Answers an earlier run wrote with the
+    same key are judged again, not written again (`faithforge.stages.answer_cache`); when every model's are
+    stored, no GGUF is written either."""
     from faithforge.engine import SamplingConfig
     from faithforge.stages.sampler import choose_sampler, gguf_cache
 
     cfg = ctx.config.evaluate
+    models = [(model.path, adapter) for adapter in adapters.values()]
+    sampling = SamplingConfig(max_new_tokens=cfg.max_new_tokens)
     # The trained models' files (each the size of the model, rewritten in seconds) go to this call's own folder,
     # removed at the end; the base model's stays in the cache the pairs stage shares.
     with scratch_directory(ctx.workspace.dir("tmp"), "gguf-evaluate-") as scratch:
-        return _answer_and_judge(ctx, model, items, sources, adapters, judge, plan, judging, choose_sampler(
-            cfg.sampler, plan, SamplingConfig(max_new_tokens=cfg.max_new_tokens),
-            [(model.path, adapter) for adapter in adapters.values()], gguf_cache(ctx.workspace), adapter_dir=scratch))
+        def choose(write: bool):
+            return choose_sampler(cfg.sampler, plan, sampling, models, gguf_cache(ctx.workspace), adapter_dir=scratch,
+                                  write=write)
+
+        choice = choose(write=False)  # named, not written: enough for the answers' keys
+        stored = _stored_answers(ctx, model, adapters, sources, plan, choice)
+        if any(answers is None for _, answers in stored.values()):
+            choice = choose(write=True)
+            stored = _stored_answers(ctx, model, adapters, sources, plan, choice)
+        return _answer_and_judge(ctx, model, items, sources, adapters, judge, plan, judging, choice, stored)
+
+
+def _stored_answers(ctx: StageContext, model: ModelOutput, adapters: dict[str, str | None], sources: list[str],
+                    plan: Plan, choice) -> dict:
+    """label → (where its answers are kept, the answers stored there or None) under `choice`'s engine."""
+    from faithforge.stages.answer_cache import adapter_fingerprint, answers_key, read_answers
+    from faithforge.training.reference_cache import weights_fingerprint
+
+    cfg = ctx.config.evaluate
+    ggufs = dict(zip(adapters, choice.ggufs))
+    folder = ctx.workspace.dir("cache") / "answers"
+    stored = {}
+    for label, adapter in adapters.items():
+        key = answers_key(sampler=choice.name, gguf=ggufs[label].name if label in ggufs else None,
+                          weights=weights_fingerprint(model.path), adapter=adapter_fingerprint(adapter),
+                          sources=sources, system_prompt=system_prompt(ctx.config),
+                          max_new_tokens=cfg.max_new_tokens, batch_size=plan.batch_size, precision=plan.precision)
+        path = folder / f"answers-{key}.json"
+        stored[label] = (path, read_answers(path, len(sources)))
+    return stored
 
 
 def _answer_and_judge(ctx: StageContext, model: ModelOutput, items: list, sources: list[str],
-                      adapters: dict[str, str | None], judge, plan: Plan, judging: dict | None, choice
+                      adapters: dict[str, str | None], judge, plan: Plan, judging: dict | None, choice, stored: dict
                       ) -> tuple[dict, str]:
     from faithforge.evaluation import evaluate_single
+    from faithforge.stages.answer_cache import Answers, write_answers
 
     cfg = ctx.config.evaluate
     ggufs = dict(zip(adapters, choice.ggufs))  # empty unless llama.cpp writes the answers
     units = task_words(ctx.config).units  # "summaries" or "answers"
-    ctx.progress("evaluate", 0, len(adapters), f"{units} written by {choice.describe()}")
+    reused = [label for label, (_, answers) in stored.items() if answers is not None]
+    sampler = choice.describe() + (f" ({units} of {', '.join(reused)} reused from an earlier run)" if reused else "")
+    ctx.progress("evaluate", 0, len(adapters), f"{units} written by {sampler}")
     prompt = system_prompt(ctx.config)
     calibrations = ctx.workspace.calibrations
     reports = {}
     for index, (label, adapter) in enumerate(adapters.items(), start=1):
-        cut: list[bool] = []
-        summaries = summarize_sources(model.path, sources, adapter=adapter, plan=plan,
-                                      max_new_tokens=cfg.max_new_tokens, batch_size=plan.batch_size,
-                                      system_prompt=prompt, truncated=cut,
-                                      gguf=ggufs.get(label),
-                                      bfloat16=choice.name == "engine-bf16")
-        reports[label] = evaluate_single(items, summaries, judge, label=label, confidence=cfg.confidence,
-                                         truncated=cut, calibration_dir=calibrations,
-                                         results=_fanned_out(judging, items, summaries, cut))
+        path, answers = stored[label]
+        if answers is None:
+            cut: list[bool] = []
+            summaries = summarize_sources(model.path, sources, adapter=adapter, plan=plan,
+                                          max_new_tokens=cfg.max_new_tokens, batch_size=plan.batch_size,
+                                          system_prompt=prompt, truncated=cut, gguf=ggufs.get(label),
+                                          bfloat16=choice.name == "engine-bf16")
+            answers = Answers(summaries, cut)
+            write_answers(path, answers)  # a kill after this model resumes at the next one
+        reports[label] = evaluate_single(items, answers.texts, judge, label=label, confidence=cfg.confidence,
+                                         truncated=answers.truncated, calibration_dir=calibrations,
+                                         results=_fanned_out(judging, items, answers.texts, answers.truncated))
         ctx.progress("evaluate", index, len(adapters), f"{label}: rate {reports[label].rate:.3f}")
-    if cfg.served_model:
+    if cfg.served_model:  # never reused: a server may serve other weights under the same name tomorrow
         from faithforge.backends import make_backend
 
         backend = make_backend(cfg.served_backend, cfg.served_model, base_url=cfg.served_base_url)
@@ -226,7 +263,7 @@ def _answer_and_judge(ctx: StageContext, model: ModelOutput, items: list, source
         reports["served"] = evaluate_single(items, summaries, judge, label=f"served: {cfg.served_model}",
                                             confidence=cfg.confidence, truncated=cut, calibration_dir=calibrations,
                                             results=_fanned_out(judging, items, summaries, cut))
-    return reports, choice.describe()
+    return reports, sampler
 
 
 def _fanned_out(judging: dict | None, items: list, summaries: list[str], cut: list[bool]):
