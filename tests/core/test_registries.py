@@ -102,6 +102,16 @@ def _register_throwaway(registry, kind, source: str, tmp_path, monkeypatch):
         sys.modules.pop(kind.module, None)
 
 
+def _labels(tmp_path, *, hallucinated: str) -> Path:
+    """12 sources about Alice, each with `hallucinated` labeled so and a faithful summary beside it."""
+    labels = tmp_path / "labels.jsonl"
+    labels.write_text("".join(json.dumps({"source": f"Alice sold books on day {i}.", "summary": summary,
+                                          "label": label}) + "\n"
+                              for i in range(12) for summary, label in [(hallucinated, "hallucinated"),
+                                                                        ("Alice sold books.", "faithful")]))
+    return labels
+
+
 @pytest.fixture
 def throwaway_judge(tmp_path, monkeypatch):
     """A judge added the documented way: one module (`build`) and one registration line."""
@@ -139,11 +149,7 @@ def test_a_judge_registered_once_is_accepted_by_config_cli_and_form(throwaway_ju
     assert f"`{throwaway_judge}`: flags any summary with a digit" in form["EvaluateConfig"]["properties"]["judge"]["description"]
 
     _register_subcommands()
-    labels = tmp_path / "labels.jsonl"
-    labels.write_text("".join(json.dumps({"source": f"Alice sold books on day {i}.", "summary": summary,
-                                          "label": label}) + "\n"
-                              for i in range(12) for summary, label in [("Alice sold 3 books.", "hallucinated"),
-                                                                        ("Alice sold books.", "faithful")]))
+    labels = _labels(tmp_path, hallucinated="Alice sold 3 books.")
     result = CliRunner().invoke(app, ["eval", "calibrate", "--labels", str(labels), "--judge", throwaway_judge,
                                       "--no-save", "--json"])
     assert result.exit_code == 0, result.output
@@ -230,11 +236,7 @@ def test_a_judge_with_settings_of_its_own_needs_no_config_field_or_flag(throwawa
     assert name in _enums(form["EvaluateConfig"]["properties"]["judge_options"])[0]
 
     _register_subcommands()
-    labels = tmp_path / "labels.jsonl"
-    labels.write_text("".join(json.dumps({"source": f"Alice sold books on day {i}.", "summary": summary,
-                                          "label": label}) + "\n"
-                              for i in range(12) for summary, label in [("Alice sold many old books.", "hallucinated"),
-                                                                        ("Alice sold books.", "faithful")]))
+    labels = _labels(tmp_path, hallucinated="Alice sold many old books.")
     runner = CliRunner()
     base = ["eval", "calibrate", "--labels", str(labels), "--judge", name, "--no-save", "--json"]
     result = runner.invoke(app, [*base, "--judge-option", f"{name}.max_words=3"])
