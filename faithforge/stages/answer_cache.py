@@ -2,9 +2,9 @@
 
 Writing the answers is nearly all of the stage (for SmolLM2-135M on 2 cores about 30 s per model, judging them
 under 1 s): a run that changes only the judge, a repeated `demo`, or a run resumed after a kill while evaluating
-reuses each model's answers whose key matches. The key is everything that decides greedy answers: the engine
-and its file, the base weights, the adapter's weights and settings, the sources, the system prompt, the token
-limit, the batch and the precision. A missing, unreadable or mismatched file is written again, never trusted.
+reuses each model's answers whose key matches. The key is everything that decides greedy answers: the engine,
+its file and its library's version, the base weights with the tokenizer and chat template, the adapter's weights
+and settings, the sources, the system prompt, the token limit, the batch and the precision. A missing, unreadable or mismatched file is written again, never trusted.
 """
 
 from __future__ import annotations
@@ -44,13 +44,27 @@ def adapter_fingerprint(folder: str | Path | None) -> str | None:
     return digest.hexdigest()
 
 
-def answers_key(*, sampler: str, gguf: str | None, weights: str, adapter: str | None, sources: list[str],
+def answers_key(*, sampler: str, gguf: str | None, model: str, adapter: str | None, sources: list[str],
                 system_prompt: str, max_new_tokens: int, batch_size: int, precision: str) -> str:
-    """The content key of one model's answers (`weights`: the base folder's fingerprint; `adapter`: its
-    `adapter_fingerprint`; `gguf`: the file llama.cpp reads, named by its content)."""
-    return content_key("answers", ANSWERS_VERSION, sampler, gguf, weights, adapter,
+    """The content key of one model's answers (`model`: the base folder's `model_folder_fingerprint`, weights,
+    tokenizer and chat template; `adapter`: its `adapter_fingerprint`; `gguf`: the file llama.cpp reads, named by
+    its content)."""
+    return content_key("answers", ANSWERS_VERSION, sampler, _library_versions(sampler), gguf, model, adapter,
                        hashlib.sha256(json.dumps(sources).encode()).hexdigest(), system_prompt, max_new_tokens,
                        batch_size, precision)
+
+
+def _library_versions(sampler: str) -> list[str]:
+    """The installed versions of what computes the answers: a new llama.cpp or torch may change a greedy token."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for package in ("llama_cpp_python",) if sampler == "llama.cpp" else ("torch", "transformers"):
+        try:
+            found.append(f"{package}=={version(package)}")
+        except PackageNotFoundError:
+            found.append(f"{package} missing")
+    return found
 
 
 def read_answers(path: Path, count: int) -> Answers | None:

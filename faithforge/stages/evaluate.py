@@ -208,7 +208,7 @@ def _stored_answers(ctx: StageContext, model: ModelOutput, adapters: dict[str, s
                     plan: Plan, choice) -> dict:
     """label → (where its answers are kept, the answers stored there or None) under `choice`'s engine."""
     from faithforge.stages.answer_cache import adapter_fingerprint, answers_key, read_answers
-    from faithforge.training.reference_cache import weights_fingerprint
+    from faithforge.training.reference_cache import model_folder_fingerprint
 
     cfg = ctx.config.evaluate
     ggufs = dict(zip(adapters, choice.ggufs))
@@ -216,7 +216,7 @@ def _stored_answers(ctx: StageContext, model: ModelOutput, adapters: dict[str, s
     stored = {}
     for label, adapter in adapters.items():
         key = answers_key(sampler=choice.name, gguf=ggufs[label].name if label in ggufs else None,
-                          weights=weights_fingerprint(model.path), adapter=adapter_fingerprint(adapter),
+                          model=model_folder_fingerprint(model.path), adapter=adapter_fingerprint(adapter),
                           sources=sources, system_prompt=system_prompt(ctx.config),
                           max_new_tokens=cfg.max_new_tokens, batch_size=plan.batch_size, precision=plan.precision)
         path = folder / f"answers-{key}.json"

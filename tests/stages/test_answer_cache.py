@@ -6,7 +6,7 @@ from __future__ import annotations
 import copy
 
 from faithforge.core.config import load_config
-from faithforge.stages.answer_cache import Answers, adapter_fingerprint, read_answers, write_answers
+from faithforge.stages.answer_cache import Answers, adapter_fingerprint, answers_key, read_answers, write_answers
 from tests.fixtures.small_config import SMALL_PIPELINE
 
 
@@ -20,6 +20,17 @@ def test_stored_answers_read_back_and_anything_else_reads_as_none(tmp_path):
     for damaged in (changed, '{"texts": ["One."', '{"texts": ["a", 2], "truncated": [false, false]}', "[]", ""):
         path.write_text(damaged)
         assert read_answers(path, 2) is None, damaged
+
+
+def test_every_input_of_the_answers_is_in_their_key():
+    inputs = dict(sampler="llama.cpp", gguf="abc.f16.gguf", model="m1", adapter="a1", sources=["s1", "s2"],
+                  system_prompt="Answer from the document.", max_new_tokens=32, batch_size=64, precision="fp32")
+    other = dict(sampler="engine", gguf=None, model="m2", adapter=None, sources=["s1", "s3"], system_prompt="Answer.",
+                 max_new_tokens=40, batch_size=8, precision="bf16")
+    key = answers_key(**inputs)
+    assert answers_key(**inputs) == key
+    for name, value in other.items():
+        assert answers_key(**{**inputs, name: value}) != key, name
 
 
 def test_an_adapters_fingerprint_is_its_weights_and_settings_only(tmp_path):
