@@ -148,9 +148,12 @@ def _calibration_judges(judge: list[str], *, checkpoint: str | None = None, supp
 
 
 def _judge_option_flags(flags: list[str], judge: list[str]) -> dict[str, dict]:
-    """`--judge-option NAME.FIELD=VALUE` flags as `evaluate.judge_options`. Each VALUE stays a string: the judge's
-    `Options` converts it to its field's type (`0.3` to a float, `true` to a bool; `0123` stays 123, not octal).
-    A malformed flag, or one naming a judge not among `--judge` or without settings of its own, is one line."""
+    """`--judge-option NAME.FIELD=VALUE` flags as `evaluate.judge_options`. A VALUE stays a string, which the judge's
+    `Options` converts to its field's type (`0.3` to a float, `true` to a bool; `0123` stays 123, not octal), except
+    one starting with `[` or `{`: JSON (a list or an object). A malformed flag, a field given twice, or one naming a
+    judge not among `--judge` or without settings of its own is one line."""
+    import json
+
     from faithforge.core.judge_registry import JUDGES
     from faithforge.evaluation.judges import judge_names
 
@@ -166,6 +169,14 @@ def _judge_option_flags(flags: list[str], judge: list[str]) -> dict[str, dict]:
         if not JUDGES.get(name).own_settings:
             raise UserError(f"--judge-option {flag!r}: the {name} judge has no settings of its own; set it with this "
                             "command's own flags (--help lists them)")
+        if field in options.get(name, {}):
+            raise UserError(f"--judge-option {name}.{field} is given twice; give each setting once")
+        if value.lstrip().startswith(("[", "{")):
+            try:
+                value = json.loads(value)
+            except ValueError as exc:
+                raise UserError(f"--judge-option {flag!r}: the value is not JSON ({exc}); write a list as "
+                                '[1, 2] and an object as {"key": 1}') from None
         options.setdefault(name, {})[field] = value
     return options
 

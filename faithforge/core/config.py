@@ -406,9 +406,10 @@ class EvaluateConfig(Section):
     trained_judge_path: str | None = None
     """`trained`: the folder `faithforge judge train --documents FILE` wrote (MiniLM features and a head trained on
     corruptions of your own documents, with its lineage)."""
-    judge_options: dict[OwnSettingsJudgeName, dict[str, Any]] = {}
+    judge_options: dict[OwnSettingsJudgeName, dict[str, Any] | None] = {}
     """Settings of a judge whose module declares its own (`Options`), by judge name: `{my-judge: {threshold: 0.3}}`.
-    Checked against that model before any model runs; the built-in judges read the fields above instead."""
+    Checked against that model before any model runs (an empty entry: its defaults); the built-in judges read the
+    fields above instead."""
     judge_rule: Literal[tuple(JUDGE_RULES)] = "any"  # type: ignore[valid-type]
     """How a judge list decides: `any` flags what any judge flags; `all` what every judge flags; `logistic`
     applies the combination fitted on labels in `judge_combination`."""

@@ -84,6 +84,7 @@ JUDGE_RULES: dict[str, str] = {
 JudgeName = registered_name(JUDGES)
 #: A config field naming a judge whose settings are its own `Options` (`evaluate.judge_options`' keys).
 OwnSettingsJudgeName = registered_name(JUDGES, where=lambda kind: kind.own_settings,
-                                       what="judge with settings of its own")
+                                       what="judge with settings of its own",
+                                       when_none="built-in judges use evaluate's own fields")
 #: A config field naming a judge that may score on-policy samples (`pairs.judge`).
 SampleJudgeName = registered_name(JUDGES, where=lambda kind: kind.scores_samples, what="pairs judge")

@@ -99,13 +99,18 @@ def choices_described(registry: Registry, where: Callable[[Any], bool] | None = 
     return extend
 
 
-def registered_name(registry: Registry, where: Callable[[Any], bool] | None = None, what: str = "") -> Any:
+def registered_name(registry: Registry, where: Callable[[Any], bool] | None = None, what: str = "",
+                    when_none: str = "") -> Any:
     """The pydantic type of a field naming one entry of `registry` (those `where` accepts): a `str` checked
-    against the registry at validation time, with the registry's names as its JSON-schema enum."""
+    against the registry at validation time, with the registry's names as its JSON-schema enum. `when_none`: what
+    to do instead when no entry is accepted at all (an empty list of choices says nothing)."""
     label = what or registry.kind
 
     def check(value: str) -> str:
         if value not in registry or (where is not None and not where(registry.get(value))):
+            if not any(where is None or where(entry) for entry in registry):
+                raise ValueError(f"unknown {label} {value!r}: none is registered" + (f"; {when_none}" if when_none
+                                                                                   else ""))
             raise ValueError(f"unknown {label} {value!r}; choose one of {registry.choices(where)}")
         return value
 

@@ -29,7 +29,7 @@ from faithforge.core.liveness import process_alive, process_start
 T = TypeVar("T")
 
 #: Sub-directories of a workspace, by what they hold.
-SUBDIRS = ("datasets", "pairs", "refcache", "models", "checkpoints", "adapters", "reports", "tmp", "cache")
+SUBDIRS = ("datasets", "pairs", "refcache", "models", "checkpoints", "adapters", "answers", "reports", "tmp", "cache")
 
 
 def _fsync_dir(path: Path) -> None:
@@ -403,12 +403,12 @@ KNOWN_TOP_LEVEL = KNOWN_TOP_LEVEL | {"judges"}
 #: Every run's shared lock of the workspace, which `--fresh` must hold alone (faithforge.core.locks.RUN_LOCK).
 KNOWN_TOP_LEVEL = KNOWN_TOP_LEVEL | {".faithforge-run.lock"}
 #: Sub-directories whose entries are recomputable stage outputs (`--fresh` removes FaithForge's ones).
-DERIVED_DIRS = ("datasets", "pairs", "refcache", "models", "checkpoints", "adapters")
+DERIVED_DIRS = ("datasets", "pairs", "refcache", "models", "checkpoints", "adapters", "answers")
 #: Names of what stages write there: `<kind>-<16 hex content key>`, a reference cache `<16 hex>`, and the
 #: hidden temporary, lock and swap names of `atomic_write_bytes`, `atomic_directory` and `faithforge.core.locks`.
 #: `questions` is a grounded-qa run's dataset (`faithforge.evaluation.wording`): without it `--fresh` kept every
 #: earlier grounded-qa dataset as "not written by FaithForge" (a test builds each stage's name and checks it here).
-_OUTPUT_NAME = re.compile(r"^((summaries|questions|generated|pairs|tiny|sft|sft-control|dpo)-)?[0-9a-f]{16}$")
+_OUTPUT_NAME = re.compile(r"^((summaries|questions|generated|pairs|tiny|sft|sft-control|dpo|answers)-)?[0-9a-f]{16}$")
 _HIDDEN_NAME = re.compile(r"^\..+\.(tmp|lock|old)$")
 #: The generation flow's examples and export: generated data (LLM time), kept by `--fresh` without comment.
 _GENERATED_DATA = re.compile(r"^generated(-.+\.jsonl)?$")

@@ -9,7 +9,7 @@ from typing import Sequence
 from pathlib import Path
 
 from faithforge.evaluation.combined import CombinedJudge
-from faithforge.evaluation.heldout import calibrations_for
+from faithforge.evaluation.heldout import calibrations_for, judge_checkpoint
 from faithforge.evaluation.items import EvalItem
 from faithforge.evaluation.judges import resolve_judge
 from faithforge.evaluation.metrics import (
@@ -79,7 +79,7 @@ def evaluate_single(items: Sequence[EvalItem], summaries: Sequence[str],
     components = judge.judges if isinstance(judge, CombinedJudge) else [judge]
     limits = {j.name: j.limits for j in components if isinstance(getattr(j, "limits", None), str)}
     return report.model_copy(update={"calibrations": calibrations_for(calibration_dir, judge),
-                                     "judge_limits": limits})
+                                     "judge_limits": limits, "judge_checkpoint": judge_checkpoint(judge)})
 
 
 def judge_item(judge: Judge, item: EvalItem, summary: str, was_cut: bool = False) -> ItemResult:

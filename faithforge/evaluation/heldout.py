@@ -29,11 +29,20 @@ from faithforge.core.workspace import atomic_write_json
 
 
 def judge_checkpoint(judge: Judge) -> str:
-    """What identifies a judge's behaviour besides its name: a checkpoint, a served model, or the rules."""
+    """What identifies a judge's behaviour besides its name: a checkpoint, a served model, or the rules, and the
+    settings of a judge that has its own (`evaluate.judge_options`; `max_words=3` and `max_words=9` are two judges,
+    each with its own stored calibration)."""
     if isinstance(judge, CombinedJudge):
         return "+".join(judge_checkpoint(j) for j in judge.judges)
+    from faithforge.evaluation.judges import own_settings_of
+
     checkpoint = getattr(judge, "checkpoint", None)
-    return str(checkpoint) if checkpoint else f"{judge.name}-rules"
+    named = str(checkpoint) if checkpoint else f"{judge.name}-rules"
+    settings = own_settings_of(judge)
+    if settings is None:
+        return named
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{named}-settings-{digest}"
 
 
 def split_examples(examples: Sequence[LabeledExample], *, holdout: float = 0.5,

@@ -6,6 +6,8 @@ here, not in a stage, so no stage imports another for it.
 
 from __future__ import annotations
 
+from typing import Any
+
 
 def judge_options(cfg, *, base_model: str | None = None, cache_dir: str | None = None) -> dict:
     """The configured judge's options (`EvaluateConfig`), checked before any summary is generated.
@@ -92,7 +94,23 @@ def _validated(name: str, model, given: dict) -> dict:
         raise UserError(f"evaluate.judge_options.{name}: unknown setting {', '.join(unknown)}; the {name} judge "
                         f"takes {', '.join(model.model_fields) or 'none'}")
     try:
-        return model.model_validate(given).model_dump()
+        settings = model.model_validate(given).model_dump()
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(options)'}: {e['msg']}" for e in exc.errors())
         raise UserError(f"evaluate.judge_options.{name}: {problems}") from None
+    dropped = _dropped_keys(given, settings)  # a nested model that ignores unknown keys: a typo would pass
+    if dropped:
+        raise UserError(f"evaluate.judge_options.{name}: unknown setting {', '.join(dropped)}; the {name} judge's "
+                        "Options has no such field")
+    return settings
+
+
+def _dropped_keys(given: Any, kept: Any, where: str = "") -> list[str]:
+    """Keys of `given` (nested dicts) that validation did not keep, as dotted paths."""
+    if not (isinstance(given, dict) and isinstance(kept, dict)):
+        return []
+    dropped = []
+    for key, value in given.items():
+        path = f"{where}{key}"
+        dropped += [path] if key not in kept else _dropped_keys(value, kept[key], f"{path}.")
+    return dropped

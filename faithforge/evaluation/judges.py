@@ -18,7 +18,20 @@ def get_judge(name: str | Sequence[str] = DEFAULT_JUDGE, **options: Any) -> Judg
         rule = options.pop("rule", "any")
         combination = options.pop("combination", None)
         return build_judges(name, options, rule=rule, combination=combination)
-    return load_attribute(JUDGES.get(name), "build")(**options)
+    judge = load_attribute(JUDGES.get(name), "build")(**options)
+    if JUDGES.get(name).own_settings:  # its settings are part of its identity (`heldout.judge_checkpoint`)
+        try:
+            judge.faithforge_settings = dict(options)
+        except (AttributeError, TypeError):
+            raise TypeError(f"the {name} judge's build returned an object that takes no new attribute (__slots__?); "
+                            "a judge with settings of its own carries them as `faithforge_settings`") from None
+    return judge
+
+
+def own_settings_of(judge: Judge) -> dict[str, Any] | None:
+    """The settings a judge with settings of its own was built with (None: a judge without any)."""
+    settings = getattr(judge, "faithforge_settings", None)
+    return settings if isinstance(settings, dict) else None
 
 
 def judge_names(judge: str | Sequence[str]) -> list[str]:

@@ -60,6 +60,10 @@ def compare_runs(store: Store, artifact_a: str, artifact_b: str) -> dict[str, An
     warnings = []
     if a.judge != b.judge:
         warnings.append(f"different judges ({a.judge} vs {b.judge}): rates are not directly comparable")
+    elif None not in (a.after.judge_checkpoint, b.after.judge_checkpoint) and \
+            a.after.judge_checkpoint != b.after.judge_checkpoint:  # same name, another checkpoint or other settings
+        warnings.append(f"the judge {a.judge} differs ({a.after.judge_checkpoint} vs {b.after.judge_checkpoint}): "
+                        "rates are not directly comparable")
     if [i.id for i in a.after.items] != [i.id for i in b.after.items]:
         warnings.append("different evaluation items: differences include sampling of items")
     rows = []

@@ -120,6 +120,9 @@ class ModelReport(_Record):
     """The stored held-out calibration of the judge and of each judge it combines (None: not calibrated)."""
     judge_limits: dict[str, str] = {}
     """Known measured limits of the judges used (the grounding judge's figures)."""
+    judge_checkpoint: str | None = None
+    """What identifies the judge's behaviour besides its name (`heldout.judge_checkpoint`: a checkpoint, a served
+    model, its own settings, or the rules); None in evaluations stored before it was recorded."""
     coverage: float | None = None
     """Mean share of the key content covered (reference summary, else the article's lead), over all items."""
     refusals: int = 0

@@ -3,8 +3,10 @@
 Writing the answers is nearly all of the stage (for SmolLM2-135M on 2 cores about 30 s per model, judging them
 under 1 s): a run that changes only the judge, a repeated `demo`, or a run resumed after a kill while evaluating
 reuses each model's answers whose key matches. The key is everything that decides greedy answers: the engine,
-its file and its library's version, the base weights with the tokenizer and chat template, the adapter's weights
-and settings, the sources, the system prompt, the token limit, the batch and the precision. A missing, unreadable or mismatched file is written again, never trusted.
+its file and its libraries' versions, the base weights with the tokenizer, chat template and generation config
+(its EOS ids end an answer), the adapter's weights and settings, the sources, the system prompt, the token limit,
+the batch, the placement and the precision. A missing, unreadable, changed or mismatched file is written again,
+never trusted, and `--fresh` removes them all (the `answers/` folder is a derived one).
 """
 
 from __future__ import annotations
@@ -32,7 +34,10 @@ class Answers:
 
 def adapter_fingerprint(folder: str | Path | None) -> str | None:
     """SHA-256 over a PEFT adapter's own files (`adapter_config.json`, `adapter_model.*`): its weights and its
-    settings (rank, alpha, targets), not the README or the training record beside them. None: no adapter."""
+    settings (rank, alpha, targets), not the README or the training record beside them. None: no adapter.
+
+    The settings are read, not hashed as bytes: PEFT writes `target_modules` in a different order in each process,
+    and the base model's path (where the weights are, not which: those are in the key already)."""
     if folder is None:
         return None
     from faithforge.core.workspace import sha256_file
@@ -40,18 +45,42 @@ def adapter_fingerprint(folder: str | Path | None) -> str | None:
     digest = hashlib.sha256()
     for file in sorted(Path(folder).glob("adapter_*")):
         digest.update(file.name.encode())
-        digest.update(sha256_file(file).encode())
+        digest.update((_settings_digest(file) if file.name == "adapter_config.json" else sha256_file(file)).encode())
     return digest.hexdigest()
 
 
+def model_fingerprint(model_dir: str | Path) -> str:
+    """The base folder's weights, tokenizer and chat template (`model_folder_fingerprint`) and its
+    `generation_config.json`, whose EOS ids decide where an answer stops."""
+    from faithforge.core.workspace import sha256_file
+    from faithforge.training.reference_cache import model_folder_fingerprint
+
+    generation = Path(model_dir) / "generation_config.json"
+    return content_key(model_folder_fingerprint(model_dir), sha256_file(generation) if generation.is_file() else None)
+
+
+def _settings_digest(config: Path) -> str:
+    from faithforge.core.workspace import sha256_file
+
+    try:
+        settings = json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return sha256_file(config)
+    if not isinstance(settings, dict):
+        return sha256_file(config)
+    settings.pop("base_model_name_or_path", None)
+    canonical = {k: sorted(v, key=str) if k == "target_modules" and isinstance(v, list) else v
+                 for k, v in settings.items()}
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True, default=str).encode()).hexdigest()
+
+
 def answers_key(*, sampler: str, gguf: str | None, model: str, adapter: str | None, sources: list[str],
-                system_prompt: str, max_new_tokens: int, batch_size: int, precision: str) -> str:
-    """The content key of one model's answers (`model`: the base folder's `model_folder_fingerprint`, weights,
-    tokenizer and chat template; `adapter`: its `adapter_fingerprint`; `gguf`: the file llama.cpp reads, named by
-    its content)."""
+                system_prompt: str, max_new_tokens: int, batch_size: int, placement: str, precision: str) -> str:
+    """The content key of one model's answers (`model`: the base folder's `model_fingerprint`; `adapter`: its
+    `adapter_fingerprint`; `gguf`: the file llama.cpp reads, named by its content)."""
     return content_key("answers", ANSWERS_VERSION, sampler, _library_versions(sampler), gguf, model, adapter,
                        hashlib.sha256(json.dumps(sources).encode()).hexdigest(), system_prompt, max_new_tokens,
-                       batch_size, precision)
+                       batch_size, placement, precision)
 
 
 def _library_versions(sampler: str) -> list[str]:
@@ -59,7 +88,9 @@ def _library_versions(sampler: str) -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
     found = []
-    for package in ("llama_cpp_python",) if sampler == "llama.cpp" else ("torch", "transformers"):
+    # the tokenizer writes the prompt either way; the engine merges the adapter with peft
+    for package in ("llama_cpp_python", "transformers", "tokenizers") if sampler == "llama.cpp" else (
+            "torch", "transformers", "tokenizers", "peft"):
         try:
             found.append(f"{package}=={version(package)}")
         except PackageNotFoundError:
@@ -67,13 +98,18 @@ def _library_versions(sampler: str) -> list[str]:
     return found
 
 
+def answers_path(workspace, key: str) -> Path:
+    """Where the answers of `key` are kept: the workspace's `answers/` (a derived folder: `--fresh` removes it)."""
+    return workspace.dir("answers") / f"answers-{key}"
+
+
 def read_answers(path: Path, count: int) -> Answers | None:
-    """The answers stored at `path`, or None when absent, unreadable, changed since written (their checksum) or
-    not `count` of them: then they are written again."""
+    """The answers stored at `path`, or None when absent, unreadable, changed since written (their checksum),
+    written under another key (a copied or renamed file) or not `count` of them: then they are written again."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
         texts, truncated = data["texts"], data["truncated"]
-        intact = data["sha256"] == _checksum(texts, truncated)
+        intact = data["sha256"] == _checksum(texts, truncated) and data["key"] == path.name
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if not (intact and isinstance(texts, list) and isinstance(truncated, list) and len(texts) == len(truncated) == count
@@ -87,7 +123,7 @@ def write_answers(path: Path, answers: Answers) -> None:
     from faithforge.core.workspace import atomic_write_json
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(path, {"texts": answers.texts, "truncated": answers.truncated,
+    atomic_write_json(path, {"key": path.name, "texts": answers.texts, "truncated": answers.truncated,
                              "sha256": _checksum(answers.texts, answers.truncated)})
 
 

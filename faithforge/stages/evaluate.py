@@ -207,19 +207,18 @@ def _judge_models(ctx: StageContext, model: ModelOutput, items: list, sources: l
 def _stored_answers(ctx: StageContext, model: ModelOutput, adapters: dict[str, str | None], sources: list[str],
                     plan: Plan, choice) -> dict:
     """label → (where its answers are kept, the answers stored there or None) under `choice`'s engine."""
-    from faithforge.stages.answer_cache import adapter_fingerprint, answers_key, read_answers
-    from faithforge.training.reference_cache import model_folder_fingerprint
+    from faithforge.stages.answer_cache import (adapter_fingerprint, answers_key, answers_path, model_fingerprint,
+                                                read_answers)
 
     cfg = ctx.config.evaluate
     ggufs = dict(zip(adapters, choice.ggufs))
-    folder = ctx.workspace.dir("cache") / "answers"
     stored = {}
     for label, adapter in adapters.items():
         key = answers_key(sampler=choice.name, gguf=ggufs[label].name if label in ggufs else None,
-                          model=model_folder_fingerprint(model.path), adapter=adapter_fingerprint(adapter),
-                          sources=sources, system_prompt=system_prompt(ctx.config),
-                          max_new_tokens=cfg.max_new_tokens, batch_size=plan.batch_size, precision=plan.precision)
-        path = folder / f"answers-{key}.json"
+                          model=model_fingerprint(model.path), adapter=adapter_fingerprint(adapter),
+                          sources=sources, system_prompt=system_prompt(ctx.config), max_new_tokens=cfg.max_new_tokens,
+                          batch_size=plan.batch_size, placement=plan.placement, precision=plan.precision)
+        path = answers_path(ctx.workspace, key)
         stored[label] = (path, read_answers(path, len(sources)))
     return stored
 

@@ -47,3 +47,34 @@ def test_compare(tmp_path):
     assert "after rate" in result.output and "0.0000" in result.output
     missing = runner.invoke(app, ["compare", first, second, "--workspace", str(tmp_path / "empty")])
     assert isinstance(missing.exception, UserError) and "no run store" in str(missing.exception)
+
+
+def test_compare_warns_when_one_judge_name_ran_with_another_checkpoint(tmp_path):
+    """Two evaluations by `nli` with different checkpoints, or by a judge with different settings of its own, are
+    not comparable: the name alone said they were (an attack, 2026-12-07)."""
+    from faithforge.evaluation import evaluate_single
+    from faithforge.evaluation.compare import compare_reports
+    from faithforge.evaluation.persist import compare_runs
+    from faithforge.evaluation.verdict import Verdict
+
+    class Strict:
+        name = "nli"
+
+        def __init__(self, checkpoint: str):
+            self.checkpoint = checkpoint
+
+        def judge(self, source, summary, *, truncated=False):
+            return Verdict(judge=self.name, hallucinated="Bob" in summary, truncated=truncated)
+
+    items = [EvalItem(id="a", source="Alice bought 3 lamps .", key_facts=["Alice"])]
+    store = Store(f"sqlite:///{tmp_path / 'faithforge.db'}")
+    saved = []
+    for checkpoint in ("model-a", "model-b", "model-b"):
+        judge = Strict(checkpoint)
+        before = evaluate_single(items, ["Bob bought 3 lamps ."], judge, label="before")
+        after = evaluate_single(items, ["Alice bought 3 lamps ."], judge, label="after")
+        assert after.judge_checkpoint == checkpoint
+        saved.append(save_evaluation(store, compare_reports(before, after, bootstrap_samples=50), uri=f"{len(saved)}"))
+    warnings = compare_runs(store, saved[0], saved[1])["warnings"]
+    assert any("the judge nli differs (model-a vs model-b)" in w for w in warnings), warnings
+    assert compare_runs(store, saved[1], saved[2])["warnings"] == []

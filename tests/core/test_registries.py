@@ -165,9 +165,12 @@ def throwaway_judge_with_settings(tmp_path, monkeypatch):
                           scores_samples=True, own_settings=True),
         "from pydantic import BaseModel, Field\n"
         "from faithforge.evaluation.verdict import Verdict\n\n"
+        "class Limits(BaseModel):\n"
+        "    low: int = 1\n\n"
         "class Options(BaseModel):\n"
         "    max_words: int = Field(5, ge=1)\n"
-        "    \"A summary longer than this many words is flagged.\"\n\n"
+        "    \"A summary longer than this many words is flagged.\"\n"
+        "    limits: Limits = Limits()\n\n"
         "class LongSummaryJudge:\n"
         "    name = 'long-summary'\n"
         "    def __init__(self, max_words):\n"
@@ -175,7 +178,7 @@ def throwaway_judge_with_settings(tmp_path, monkeypatch):
         "    def judge(self, source, summary, *, truncated=False):\n"
         "        return Verdict(judge=self.name, hallucinated=len(summary.split()) > self.max_words, "
         "truncated=truncated)\n\n"
-        "def build(max_words):\n"
+        "def build(max_words, limits):\n"
         "    return LongSummaryJudge(max_words)\n", tmp_path, monkeypatch)
 
 
@@ -200,14 +203,22 @@ def test_a_judge_with_settings_of_its_own_needs_no_config_field_or_flag(throwawa
 
     cfg = config({name: {"max_words": 3}})
     check_pipeline_inputs(cfg)
-    assert judge_options(cfg.evaluate) == {"max_words": 3}
+    assert judge_options(cfg.evaluate) == {"max_words": 3, "limits": {"low": 1}}
     judge = get_judge(name, **judge_options(cfg.evaluate))
     assert judge.judge("Alice sold books.", "Alice sold many books.").hallucinated
     assert not judge.judge("Alice sold books.", "Alice sold books.").hallucinated
-    assert judge_options(config({}).evaluate) == {"max_words": 5}  # the model's default
+    assert judge_options(config({}).evaluate) == {"max_words": 5, "limits": {"low": 1}}  # the model's defaults
+    assert judge_options(config({name: None}).evaluate) == judge_options(config({}).evaluate)  # `long-summary:` in YAML
+
+    from faithforge.evaluation.heldout import judge_checkpoint
+
+    three, nine = (get_judge(name, **judge_options(config({name: {"max_words": n}}).evaluate)) for n in (3, 9))
+    assert judge_checkpoint(three) != judge_checkpoint(nine)  # each its own stored calibration
+    assert judge_checkpoint(three) == judge_checkpoint(get_judge(name, max_words=3, limits={"low": 1}))
 
     for options, says in [({name: {"max_word": 3}}, "unknown setting max_word; the long-summary judge takes max_words"),
-                          ({name: {"max_words": 0}}, "max_words: Input should be greater than or equal to 1")]:
+                          ({name: {"max_words": 0}}, "max_words: Input should be greater than or equal to 1"),
+                          ({name: {"limits": {"lwo": 2}}}, "unknown setting limits.lwo")]:
         for section in ({"evaluate": {"judge_options": options}},  # set but unused: checked all the same
                         {"evaluate": {"judge_options": options}, "pairs": {"judge": name}}):  # the pairs judge's
             cfg = load_config(None, overrides={"workspace": str(tmp_path / "ws"), **section}, environ={})
@@ -226,7 +237,7 @@ def test_a_judge_with_settings_of_its_own_needs_no_config_field_or_flag(throwawa
     unused = load_config(None, overrides={"evaluate": {"judge_options": {name: {"max_words": 3}}}}, environ={})
     assert "judge_options" not in _judging_settings(unused)  # the pairs are judged by grounding
     own = load_config(None, overrides={"pairs": {"judge": name}, "evaluate": {"judge_options": {name: {}}}}, environ={})
-    assert _judging_settings(own)["judge_options"] == {name: {"max_words": 5}}
+    assert _judging_settings(own)["judge_options"] == {name: {"max_words": 5, "limits": {"low": 1}}}
     same = load_config(None, overrides={"pairs": {"judge": name}, "evaluate": {"judge_options": {name: {"max_words": "5"}}}},
                        environ={})
     assert _judging_settings(same) == _judging_settings(own)  # "5" and 5 and the default are one setting
@@ -248,6 +259,12 @@ def test_a_judge_with_settings_of_its_own_needs_no_config_field_or_flag(throwawa
     result = runner.invoke(app, [*base[:-4], "--judge", f"grounding+{name}", "--no-save", "--json",
                                  "--judge-option", f"{name}.max_words=3"])  # a combined judge's member
     assert result.exit_code == 0, result.output
+    result = runner.invoke(app, [*base, "--judge-option", f"{name}.max_words=3",
+                                 "--judge-option", f'{name}.limits={{"low": 2}}'])  # JSON for an object
+    assert result.exit_code == 0, result.output
+    error = runner.invoke(app, [*base, "--judge-option", f"{name}.max_words=3", "--judge-option",
+                                f"{name}.max_words=9"]).exception
+    assert isinstance(error, UserError) and "is given twice" in str(error)
     for flag, says in [(f"{name}.max_words", "expects NAME.FIELD=VALUE"), ("nli.x=1", "not among --judge"),
                        (f"{name}.max_words=many", "max_words: Input should be a valid integer")]:
         error = runner.invoke(app, [*base, "--judge-option", flag]).exception  # `faithforge` prints it as one line
@@ -350,3 +367,12 @@ def test_an_unknown_name_is_one_line_that_lists_the_registered_ones():
     assert "\n" not in message
     assert f"unknown judge 'nope'; choose one of {', '.join(JUDGES.names())}" in message
     assert f"unknown backend 'nope'; choose one of {', '.join(BACKENDS.names())}" in message
+
+
+def test_judge_options_on_an_install_without_such_judges_says_what_to_set_instead():
+    from faithforge.core.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides={"evaluate": {"judge_options": {"grounding": {"x": 1}}}}, environ={})
+    assert ("unknown judge with settings of its own 'grounding': none is registered; built-in judges use "
+            "evaluate's own fields") in str(err.value) and "\n" not in str(err.value)

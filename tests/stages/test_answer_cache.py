@@ -6,7 +6,8 @@ from __future__ import annotations
 import copy
 
 from faithforge.core.config import load_config
-from faithforge.stages.answer_cache import Answers, adapter_fingerprint, answers_key, read_answers, write_answers
+from faithforge.stages.answer_cache import (Answers, adapter_fingerprint, answers_key, model_fingerprint, read_answers,
+                                            write_answers)
 from tests.fixtures.small_config import SMALL_PIPELINE
 
 
@@ -16,6 +17,9 @@ def test_stored_answers_read_back_and_anything_else_reads_as_none(tmp_path):
     write_answers(path, Answers(["One.", "Two"], [False, True]))
     assert read_answers(path, 2) == Answers(["One.", "Two"], [False, True])
     assert read_answers(path, 3) is None  # written for other sources
+    copied = path.with_name("b.json")
+    copied.write_text(path.read_text())
+    assert read_answers(copied, 2) is None  # a file renamed or copied under another key
     changed = path.read_text().replace('"Two"', '"Three"')  # still valid JSON of the right shape
     for damaged in (changed, '{"texts": ["One."', '{"texts": ["a", 2], "truncated": [false, false]}', "[]", ""):
         path.write_text(damaged)
@@ -24,9 +28,10 @@ def test_stored_answers_read_back_and_anything_else_reads_as_none(tmp_path):
 
 def test_every_input_of_the_answers_is_in_their_key():
     inputs = dict(sampler="llama.cpp", gguf="abc.f16.gguf", model="m1", adapter="a1", sources=["s1", "s2"],
-                  system_prompt="Answer from the document.", max_new_tokens=32, batch_size=64, precision="fp32")
+                  system_prompt="Answer from the document.", max_new_tokens=32, batch_size=64, placement="cpu",
+                  precision="fp32")
     other = dict(sampler="engine", gguf=None, model="m2", adapter=None, sources=["s1", "s3"], system_prompt="Answer.",
-                 max_new_tokens=40, batch_size=8, precision="bf16")
+                 max_new_tokens=40, batch_size=8, placement="gpu", precision="bf16")
     key = answers_key(**inputs)
     assert answers_key(**inputs) == key
     for name, value in other.items():
@@ -34,13 +39,30 @@ def test_every_input_of_the_answers_is_in_their_key():
 
 
 def test_an_adapters_fingerprint_is_its_weights_and_settings_only(tmp_path):
-    (tmp_path / "adapter_config.json").write_text('{"r": 8}')
+    (tmp_path / "adapter_config.json").write_text('{"r": 8, "target_modules": ["q_proj", "v_proj"], '
+                                                  '"base_model_name_or_path": "/a/model"}')
     (tmp_path / "adapter_model.safetensors").write_bytes(b"weights")
     first = adapter_fingerprint(tmp_path)
     (tmp_path / "README.md").write_text("a model card written again")
     assert adapter_fingerprint(tmp_path) == first
-    (tmp_path / "adapter_config.json").write_text('{"r": 16}')
+    # PEFT's order of target_modules differs by process, and the base path says where, not which, weights
+    (tmp_path / "adapter_config.json").write_text('{"target_modules": ["v_proj", "q_proj"], "r": 8, '
+                                                  '"base_model_name_or_path": "/b/model"}')
+    assert adapter_fingerprint(tmp_path) == first
+    (tmp_path / "adapter_config.json").write_text('{"r": 16, "target_modules": ["q_proj", "v_proj"]}')
     assert adapter_fingerprint(tmp_path) != first and adapter_fingerprint(None) is None
+
+
+def test_the_models_fingerprint_holds_its_generation_config(tiny_model_dir, tmp_path):
+    """An attack (2026-12-07): new EOS ids in generation_config.json kept the key, and the stale answers of one
+    model beside fresh ones of another made a difference that was not there."""
+    import shutil
+
+    folder = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    first = model_fingerprint(folder)
+    assert model_fingerprint(folder) == first
+    (folder / "generation_config.json").write_text('{"eos_token_id": [2, 7]}')
+    assert model_fingerprint(folder) != first
 
 
 def test_a_rerun_judges_the_stored_answers_and_a_damaged_file_is_written_again(tmp_path, monkeypatch):
@@ -66,7 +88,7 @@ def test_a_rerun_judges_the_stored_answers_and_a_damaged_file_is_written_again(t
     assert written == [] and "of before, after, control reused from an earlier run" in again.sampler
     assert again.models == first.models and again.table == first.table
 
-    stored = sorted((tmp_path / "ws" / "cache" / "answers").glob("answers-*.json"))
+    stored = sorted((tmp_path / "ws" / "answers").glob("answers-*"))
     assert len(stored) == 3
     stored[0].write_text('{"texts": ["cut short')  # a damaged file is never trusted
     resumed = run_stages(cfg)["evaluate"]
@@ -77,3 +99,8 @@ def test_a_rerun_judges_the_stored_answers_and_a_damaged_file_is_written_again(t
                          environ={})
     run_stages(longer)
     assert len(written) == 3  # another token limit: other answers
+
+    from faithforge.core.workspace import Workspace
+
+    fresh = Workspace.open(tmp_path / "ws").remove_outputs()  # `--fresh`: no answer survives it
+    assert not fresh.not_ours and not any((tmp_path / "ws" / "answers").iterdir())
