@@ -49,16 +49,6 @@ def adapter_fingerprint(folder: str | Path | None) -> str | None:
     return digest.hexdigest()
 
 
-def model_fingerprint(model_dir: str | Path) -> str:
-    """The base folder's weights, tokenizer and chat template (`model_folder_fingerprint`) and its
-    `generation_config.json`, whose EOS ids decide where an answer stops."""
-    from faithforge.core.workspace import sha256_file
-    from faithforge.training.reference_cache import model_folder_fingerprint
-
-    generation = Path(model_dir) / "generation_config.json"
-    return content_key(model_folder_fingerprint(model_dir), sha256_file(generation) if generation.is_file() else None)
-
-
 def _settings_digest(config: Path) -> str:
     from faithforge.core.workspace import sha256_file
 
@@ -76,7 +66,7 @@ def _settings_digest(config: Path) -> str:
 
 def answers_key(*, sampler: str, gguf: str | None, model: str, adapter: str | None, sources: list[str],
                 system_prompt: str, max_new_tokens: int, batch_size: int, placement: str, precision: str) -> str:
-    """The content key of one model's answers (`model`: the base folder's `model_fingerprint`; `adapter`: its
+    """The content key of one model's answers (`model`: the base folder's `sampling_fingerprint`; `adapter`: its
     `adapter_fingerprint`; `gguf`: the file llama.cpp reads, named by its content)."""
     return content_key("answers", ANSWERS_VERSION, sampler, _library_versions(sampler), gguf, model, adapter,
                        hashlib.sha256(json.dumps(sources).encode()).hexdigest(), system_prompt, max_new_tokens,

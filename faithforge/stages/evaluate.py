@@ -207,15 +207,15 @@ def _judge_models(ctx: StageContext, model: ModelOutput, items: list, sources: l
 def _stored_answers(ctx: StageContext, model: ModelOutput, adapters: dict[str, str | None], sources: list[str],
                     plan: Plan, choice) -> dict:
     """label → (where its answers are kept, the answers stored there or None) under `choice`'s engine."""
-    from faithforge.stages.answer_cache import (adapter_fingerprint, answers_key, answers_path, model_fingerprint,
-                                                read_answers)
+    from faithforge.stages.answer_cache import adapter_fingerprint, answers_key, answers_path, read_answers
+    from faithforge.training.reference_cache import sampling_fingerprint
 
     cfg = ctx.config.evaluate
     ggufs = dict(zip(adapters, choice.ggufs))
     stored = {}
     for label, adapter in adapters.items():
         key = answers_key(sampler=choice.name, gguf=ggufs[label].name if label in ggufs else None,
-                          model=model_fingerprint(model.path), adapter=adapter_fingerprint(adapter),
+                          model=sampling_fingerprint(model.path), adapter=adapter_fingerprint(adapter),
                           sources=sources, system_prompt=system_prompt(ctx.config), max_new_tokens=cfg.max_new_tokens,
                           batch_size=plan.batch_size, placement=plan.placement, precision=plan.precision)
         path = answers_path(ctx.workspace, key)

@@ -45,9 +45,10 @@ def build_pairs(ctx: StageContext, dataset: DatasetOutput, model: ModelOutput | 
             raise UserError(f"pairs.path {cfg.path} does not exist; point it at your pairs file or folder")
         depends_on.append((sha256_tree if Path(cfg.path).is_dir() else sha256_file)(cfg.path))
     elif on_policy:
-        from faithforge.training.reference_cache import weights_fingerprint
+        from faithforge.training.reference_cache import sampling_fingerprint
 
-        depends_on.append(weights_fingerprint(model.path))  # on-policy samples depend on the policy
+        # on-policy samples depend on the policy: its weights, tokenizer, chat template and EOS ids
+        depends_on.append(sampling_fingerprint(model.path))
         depends_on.append(onpolicy_sampler(ctx.config, model, plan or NO_GATE_PLAN, ctx.workspace,
                                           write=False).key())  # named, not written: reused pairs need no file
         depends_on.append(_judging_settings(ctx.config))  # and on what judges the samples

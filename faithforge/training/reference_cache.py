@@ -204,6 +204,17 @@ def model_folder_fingerprint(model_dir: str | Path) -> str:
     return digest.hexdigest()
 
 
+def sampling_fingerprint(model_dir: str | Path) -> str:
+    """`model_folder_fingerprint` plus `generation_config.json`, whose EOS ids decide where a sampled answer stops:
+    what a stage that samples from the folder depends on (the on-policy pairs, the evaluation's answers). An
+    attack (2026-12-07) changed only those ids and got stale answers of one model beside fresh ones of another."""
+    root = Path(model_dir)
+    digest = hashlib.sha256(model_folder_fingerprint(root).encode())
+    if (root / "generation_config.json").is_file():
+        digest.update(sha256_file(root / "generation_config.json").encode())
+    return digest.hexdigest()
+
+
 def tokenizer_fingerprint(tokenizer) -> str:
     digest = hashlib.sha256()
     backend = getattr(tokenizer, "backend_tokenizer", None)

@@ -6,8 +6,8 @@ from __future__ import annotations
 import copy
 
 from faithforge.core.config import load_config
-from faithforge.stages.answer_cache import (Answers, adapter_fingerprint, answers_key, model_fingerprint, read_answers,
-                                            write_answers)
+from faithforge.stages.answer_cache import Answers, adapter_fingerprint, answers_key, read_answers, write_answers
+from faithforge.training.reference_cache import sampling_fingerprint
 from tests.fixtures.small_config import SMALL_PIPELINE
 
 
@@ -53,16 +53,16 @@ def test_an_adapters_fingerprint_is_its_weights_and_settings_only(tmp_path):
     assert adapter_fingerprint(tmp_path) != first and adapter_fingerprint(None) is None
 
 
-def test_the_models_fingerprint_holds_its_generation_config(tiny_model_dir, tmp_path):
+def test_the_sampled_models_fingerprint_holds_its_generation_config(tiny_model_dir, tmp_path):
     """An attack (2026-12-07): new EOS ids in generation_config.json kept the key, and the stale answers of one
     model beside fresh ones of another made a difference that was not there."""
     import shutil
 
     folder = shutil.copytree(tiny_model_dir, tmp_path / "model")
-    first = model_fingerprint(folder)
-    assert model_fingerprint(folder) == first
+    first = sampling_fingerprint(folder)
+    assert sampling_fingerprint(folder) == first
     (folder / "generation_config.json").write_text('{"eos_token_id": [2, 7]}')
-    assert model_fingerprint(folder) != first
+    assert sampling_fingerprint(folder) != first  # the answers' key and the on-policy pairs' key hold it
 
 
 def test_a_rerun_judges_the_stored_answers_and_a_damaged_file_is_written_again(tmp_path, monkeypatch):
