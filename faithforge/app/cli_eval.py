@@ -200,7 +200,11 @@ def _judge_settings_options(names: list[str], **settings) -> dict[str, dict]:
         first = exc.errors()[0]
         flag = "judge-option" if first["loc"][0] == "judge_options" else str(first["loc"][0]).replace("_", "-")
         raise UserError(f"--{flag}: {first['msg']}") from None
-    options = judge_options(cfg)  # a missing model, checkpoint or judge folder fails here, before any label is read
+    try:  # a missing model, checkpoint or judge folder fails here, before any label is read
+        options = judge_options(cfg)
+    except UserError as exc:  # a judge's own setting: named as the flag that set it
+        own = "evaluate.judge_options."
+        raise UserError(f"--judge-option {str(exc)[len(own):]}" if str(exc).startswith(own) else str(exc)) from None
     return options if len(names) > 1 else {names[0]: options}
 
 

@@ -269,6 +269,7 @@ def test_a_judge_with_settings_of_its_own_needs_no_config_field_or_flag(throwawa
                        (f"{name}.max_words=many", "max_words: Input should be a valid integer")]:
         error = runner.invoke(app, [*base, "--judge-option", flag]).exception  # `faithforge` prints it as one line
         assert isinstance(error, UserError) and says in str(error) and "\n" not in str(error), error
+        assert str(error).startswith("--judge-option"), error  # the flag, not a config path the user never wrote
     error = runner.invoke(app, [*base[:-4], "--judge", "grounding", "--judge-option", "grounding.x=1"]).exception
     assert isinstance(error, UserError) and "the grounding judge has no settings of its own" in str(error)
 
