@@ -192,7 +192,7 @@ def _judge_settings_options(names: list[str], **settings) -> dict[str, dict]:
     from pydantic import ValidationError
 
     from faithforge.core.config import EvaluateConfig
-    from faithforge.evaluation.judge_options import judge_options
+    from faithforge.evaluation.judge_options import JudgeSettingsError, judge_options
 
     try:
         cfg = EvaluateConfig(judge=names if len(names) > 1 else names[0], **settings)
@@ -202,9 +202,8 @@ def _judge_settings_options(names: list[str], **settings) -> dict[str, dict]:
         raise UserError(f"--{flag}: {first['msg']}") from None
     try:  # a missing model, checkpoint or judge folder fails here, before any label is read
         options = judge_options(cfg)
-    except UserError as exc:  # a judge's own setting: named as the flag that set it
-        own = "evaluate.judge_options."
-        raise UserError(f"--judge-option {str(exc)[len(own):]}" if str(exc).startswith(own) else str(exc)) from None
+    except JudgeSettingsError as exc:  # named as the flag that set it
+        raise UserError(f"--judge-option {exc.judge}: {exc.problem}") from None
     return options if len(names) > 1 else {names[0]: options}
 
 

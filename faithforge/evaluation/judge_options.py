@@ -8,6 +8,17 @@ from __future__ import annotations
 
 from typing import Any
 
+from faithforge.core.errors import UserError
+
+
+class JudgeSettingsError(UserError):
+    """A bad setting of a judge with settings of its own, named as the config does (`evaluate.judge_options.NAME:
+    …`); `judge` and `problem` let the CLI name it as the flag that set it (`--judge-option NAME: …`)."""
+
+    def __init__(self, judge: str, problem: str):
+        super().__init__(f"evaluate.judge_options.{judge}: {problem}")
+        self.judge, self.problem = judge, problem
+
 
 def judge_options(cfg, *, base_model: str | None = None, cache_dir: str | None = None) -> dict:
     """The configured judge's options (`EvaluateConfig`), checked before any summary is generated.
@@ -16,7 +27,6 @@ def judge_options(cfg, *, base_model: str | None = None, cache_dir: str | None =
     `combination`, which `get_judge(cfg.judge, **judge_options(cfg))` turns into a combined judge. `base_model` is
     the run's starting model folder (the likelihood judge's default model; unknown before the run, e.g. in
     preflight); `cache_dir` is where the likelihood judge keeps its scores."""
-    from faithforge.core.errors import UserError
     from faithforge.evaluation.judges import judge_names
 
     names = judge_names(cfg.judge)
@@ -87,21 +97,19 @@ def _validated(name: str, model, given: dict) -> dict:
     """`given` checked against the judge's `Options` model: its keywords, or one line naming every bad field."""
     from pydantic import ValidationError
 
-    from faithforge.core.errors import UserError
-
     unknown = sorted(set(given) - set(model.model_fields))  # a typo never passes silently, whatever the model says
     if unknown:
-        raise UserError(f"evaluate.judge_options.{name}: unknown setting {', '.join(unknown)}; the {name} judge "
-                        f"takes {', '.join(model.model_fields) or 'none'}")
+        raise JudgeSettingsError(name, f"unknown setting {', '.join(unknown)}; the {name} judge takes "
+                                       f"{', '.join(model.model_fields) or 'none'}")
     try:
         settings = model.model_validate(given).model_dump()
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(options)'}: {e['msg']}" for e in exc.errors())
-        raise UserError(f"evaluate.judge_options.{name}: {problems}") from None
+        raise JudgeSettingsError(name, problems) from None
     dropped = _dropped_keys(given, settings)  # a nested model that ignores unknown keys: a typo would pass
     if dropped:
-        raise UserError(f"evaluate.judge_options.{name}: unknown setting {', '.join(dropped)}; the {name} judge's "
-                        "Options has no such field")
+        raise JudgeSettingsError(name, f"unknown setting {', '.join(dropped)}; the {name} judge's Options has no "
+                                       "such field")
     return settings
 
 
