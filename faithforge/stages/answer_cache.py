@@ -55,8 +55,8 @@ def _settings_digest(config: Path) -> str:
     try:
         settings = json.loads(config.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return sha256_file(config)
-    if not isinstance(settings, dict):
+        settings = None
+    if not isinstance(settings, dict):  # not PEFT's settings: its bytes, as any other file
         return sha256_file(config)
     settings.pop("base_model_name_or_path", None)
     canonical = {k: sorted(v, key=str) if k == "target_modules" and isinstance(v, list) else v

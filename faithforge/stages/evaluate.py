@@ -196,30 +196,38 @@ def _judge_models(ctx: StageContext, model: ModelOutput, items: list, sources: l
             return choose_sampler(cfg.sampler, plan, sampling, models, gguf_cache(ctx.workspace), adapter_dir=scratch,
                                   write=write)
 
+        inputs = _answer_inputs(ctx, model, adapters, sources, plan)  # hashed once, whatever the engine
         choice = choose(write=False)  # named, not written: enough for the answers' keys
-        stored = _stored_answers(ctx, model, adapters, sources, plan, choice)
+        stored = _stored_answers(ctx, inputs, choice, len(sources))
         if any(answers is None for _, answers in stored.values()):
             choice = choose(write=True)
-            stored = _stored_answers(ctx, model, adapters, sources, plan, choice)
+            stored = _stored_answers(ctx, inputs, choice, len(sources))
         return _answer_and_judge(ctx, model, items, sources, adapters, judge, plan, judging, choice, stored)
 
 
-def _stored_answers(ctx: StageContext, model: ModelOutput, adapters: dict[str, str | None], sources: list[str],
-                    plan: Plan, choice) -> dict:
-    """label → (where its answers are kept, the answers stored there or None) under `choice`'s engine."""
-    from faithforge.stages.answer_cache import adapter_fingerprint, answers_key, answers_path, read_answers
+def _answer_inputs(ctx: StageContext, model: ModelOutput, adapters: dict[str, str | None], sources: list[str],
+                   plan: Plan) -> dict[str, dict]:
+    """label → the `answers_key` keywords that do not depend on the engine (the base model's and the adapter's
+    fingerprints, the sources, the prompt, the limits of the plan)."""
+    from faithforge.stages.answer_cache import adapter_fingerprint
     from faithforge.training.reference_cache import sampling_fingerprint
 
-    cfg = ctx.config.evaluate
-    ggufs = dict(zip(adapters, choice.ggufs))
+    common = dict(model=sampling_fingerprint(model.path), sources=sources, system_prompt=system_prompt(ctx.config),
+                  max_new_tokens=ctx.config.evaluate.max_new_tokens, batch_size=plan.batch_size,
+                  placement=plan.placement, precision=plan.precision)
+    return {label: {**common, "adapter": adapter_fingerprint(adapter)} for label, adapter in adapters.items()}
+
+
+def _stored_answers(ctx: StageContext, inputs: dict[str, dict], choice, count: int) -> dict:
+    """label → (where its answers are kept, the answers stored there or None) under `choice`'s engine."""
+    from faithforge.stages.answer_cache import answers_key, answers_path, read_answers
+
+    ggufs = dict(zip(inputs, choice.ggufs))
     stored = {}
-    for label, adapter in adapters.items():
-        key = answers_key(sampler=choice.name, gguf=ggufs[label].name if label in ggufs else None,
-                          model=sampling_fingerprint(model.path), adapter=adapter_fingerprint(adapter),
-                          sources=sources, system_prompt=system_prompt(ctx.config), max_new_tokens=cfg.max_new_tokens,
-                          batch_size=plan.batch_size, placement=plan.placement, precision=plan.precision)
+    for label, keywords in inputs.items():
+        key = answers_key(sampler=choice.name, gguf=ggufs[label].name if label in ggufs else None, **keywords)
         path = answers_path(ctx.workspace, key)
-        stored[label] = (path, read_answers(path, len(sources)))
+        stored[label] = (path, read_answers(path, count))
     return stored
 
 
