@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from faithforge.core import strict_yaml
 from faithforge.core.backend_registry import BACKENDS, PLAIN_SAMPLING, BackendName, ServerBackendName
-from faithforge.core.judge_registry import (DEFAULT_JUDGE, JUDGE_RULES, JUDGES, JudgeName, OwnSettingsJudgeName,
+from faithforge.core.judge_registry import (DEFAULT_JUDGE, JUDGE_RULES, JUDGES, JudgeName, JudgeSettingsByName,
                                             SampleJudgeName)
 from faithforge.core.errors import ConfigError, UserError, validation_message
 from faithforge.core.strict_yaml import clip
@@ -406,7 +406,7 @@ class EvaluateConfig(Section):
     trained_judge_path: str | None = None
     """`trained`: the folder `faithforge judge train --documents FILE` wrote (MiniLM features and a head trained on
     corruptions of your own documents, with its lineage)."""
-    judge_options: dict[OwnSettingsJudgeName, dict[str, Any] | None] = {}
+    judge_options: JudgeSettingsByName = {}
     """Settings of a judge whose module declares its own (`Options`), by judge name: `{my-judge: {threshold: 0.3}}`.
     Checked against that model before any model runs (an empty entry: its defaults); the built-in judges read the
     fields above instead."""

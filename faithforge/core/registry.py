@@ -70,8 +70,13 @@ class Registry(Generic[E]):
 
 def load_attribute(entry: Entry, attribute: str, default: Any = ...) -> Any:
     """`entry.module`'s `attribute` (the module is imported now, not when the registry is read); `default` when
-    the module does not define it (an optional hook), an AttributeError without a default."""
-    module = importlib.import_module(entry.module)
+    the module does not define it (an optional hook), an AttributeError without a default. A module that does not
+    import (a package it needs is missing) is a one-line `UserError` naming the entry."""
+    try:
+        module = importlib.import_module(entry.module)
+    except ImportError as exc:
+        raise UserError(f"{entry.name!r} cannot be used: its module {entry.module} does not import "
+                        f"({' '.join(str(exc).split())}); install what it needs") from exc
     return getattr(module, attribute) if default is ... else getattr(module, attribute, default)
 
 

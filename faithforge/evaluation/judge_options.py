@@ -6,6 +6,7 @@ here, not in a stage, so no stage imports another for it.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from faithforge.core.errors import UserError
@@ -20,17 +21,18 @@ class JudgeSettingsError(UserError):
         self.judge, self.problem = judge, problem
 
 
-def judge_options(cfg, *, base_model: str | None = None, cache_dir: str | None = None) -> dict:
+def judge_options(cfg, *, base_model: str | None = None, cache_root: str | None = None) -> dict:
     """The configured judge's options (`EvaluateConfig`), checked before any summary is generated.
 
     One judge: its options. A judge list (`[grounding, nli]`): a dict of options per judge name plus `rule` and
     `combination`, which `get_judge(cfg.judge, **judge_options(cfg))` turns into a combined judge. `base_model` is
     the run's starting model folder (the likelihood judge's default model; unknown before the run, e.g. in
-    preflight); `cache_dir` is where the likelihood judge keeps its scores."""
+    preflight); `cache_root` is the workspace's cache folder, in which each judge that keeps something between
+    runs (the likelihood judge's scores) has a folder of its own name."""
     from faithforge.evaluation.judges import judge_names
 
     names = judge_names(cfg.judge)
-    options = {name: _one_judge_options(name, cfg, base_model, cache_dir) for name in names}
+    options = {name: _one_judge_options(name, cfg, base_model, cache_root) for name in names}
     rule = getattr(cfg, "judge_rule", "any")
     if rule == "logistic":
         if not cfg.judge_combination:
@@ -68,28 +70,35 @@ def declared_options(cfg, names=None) -> dict[str, dict]:
     return {name: _own_settings(name, cfg) for name in wanted}
 
 
-def _one_judge_options(name: str, cfg, base_model: str | None, cache_dir: str | None) -> dict:
+def _one_judge_options(name: str, cfg, base_model: str | None, cache_root: str | None) -> dict:
     """A judge's `build` keywords: its `Options` filled from `evaluate.judge_options[name]` (a judge registered
     `own_settings`), else its module's `options_from_config` (the built-in judges, which read the `evaluate`
-    fields named after them), else none (a judge that takes no options)."""
+    fields named after them), else none (a judge that takes no options); plus what the run hands the judges
+    registered with `run_inputs` (its model folder, a cache folder of the judge's name)."""
     from faithforge.core.judge_registry import JUDGES
     from faithforge.core.registry import load_attribute
 
     kind = JUDGES.get(name)
-    if kind.own_settings:
-        return _own_settings(name, cfg)
-    read = load_attribute(kind, "options_from_config", None)
-    return {} if read is None else read(cfg, base_model=base_model, cache_dir=cache_dir)
+    given = {"base_model": base_model, "cache_dir": str(Path(cache_root) / name) if cache_root else None}
+    read = None if kind.own_settings else load_attribute(kind, "options_from_config", None)
+    if read is not None:
+        return read(cfg, base_model=given["base_model"], cache_dir=given["cache_dir"])
+    own = _own_settings(name, cfg) if kind.own_settings else {}
+    return {**own, **{key: given[key] for key in kind.run_inputs}}
 
 
 def _own_settings(name: str, cfg) -> dict:
     from faithforge.core.judge_registry import JUDGES
     from faithforge.core.registry import load_attribute
 
-    model = load_attribute(JUDGES.get(name), "Options", None)
+    kind = JUDGES.get(name)
+    model = load_attribute(kind, "Options", None)
     if model is None:
-        raise TypeError(f"judge {name} is registered with own_settings but {JUDGES.get(name).module} defines no "
-                        "Options model")
+        raise TypeError(f"judge {name} is registered with own_settings but {kind.module} defines no Options model")
+    clash = sorted(set(kind.run_inputs) & set(model.model_fields))
+    if clash:  # the run's value would silently replace the user's setting
+        raise TypeError(f"judge {name}'s Options declares {', '.join(clash)}, which the run hands it (run_inputs); "
+                        "rename the field")
     return _validated(name, model, dict(cfg.judge_options.get(name) or {}))
 
 

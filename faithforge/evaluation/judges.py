@@ -18,10 +18,11 @@ def get_judge(name: str | Sequence[str] = DEFAULT_JUDGE, **options: Any) -> Judg
         rule = options.pop("rule", "any")
         combination = options.pop("combination", None)
         return build_judges(name, options, rule=rule, combination=combination)
-    judge = load_attribute(JUDGES.get(name), "build")(**options)
-    if JUDGES.get(name).own_settings:  # its settings are part of its identity (`heldout.judge_checkpoint`)
+    kind = JUDGES.get(name)
+    judge = load_attribute(kind, "build")(**options)
+    if kind.own_settings:  # its settings are part of its identity (`heldout.judge_checkpoint`); the run's paths not
         try:
-            judge.faithforge_settings = dict(options)
+            judge.faithforge_settings = {k: v for k, v in options.items() if k not in kind.run_inputs}
         except (AttributeError, TypeError):
             raise TypeError(f"the {name} judge's build returned an object that takes no new attribute (__slots__?); "
                             "a judge with settings of its own carries them as `faithforge_settings`") from None

@@ -100,7 +100,7 @@ def evaluate_models(ctx: StageContext, model: ModelOutput, dataset: DatasetOutpu
     _check_no_overlap(held_out, dataset, pairs, cfg.split)
     items = [EvalItem(id=e.id, source=e.source, key_facts=list(e.key_facts), category=e.category,
                       reference=e.faithful or None) for e in held_out]
-    options = judge_options(cfg, base_model=model.path, cache_dir=str(ctx.workspace.dir("cache") / "likelihood"))
+    options = judge_options(cfg, base_model=model.path, cache_root=str(ctx.workspace.dir("cache")))
     judge = get_judge(cfg.judge, **options)
     judging = {"spec": {"name": cfg.judge, "options": options}, "mapper": judge_mapper,
                "chunk": ctx.config.distributed.judge_chunk}

@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.fixtures.source_scan import copies_of
+from tests.fixtures.throwaway_kinds import register_throwaway, settings_judge
 
 from faithforge.core.backend_registry import BACKENDS, BackendKind
 from faithforge.core.judge_registry import JUDGES, JudgeKind
@@ -84,24 +85,6 @@ def _help(runner, app, *command: str) -> str:
     return " ".join(text.replace("│", " ").split())
 
 
-def _register_throwaway(registry, kind, source: str, tmp_path, monkeypatch):
-    """Add `kind` the documented way: its module (`source`, written as `kind.module`) and one registration line;
-    undone afterwards."""
-    from faithforge.app.cli import _register_subcommands
-
-    # The commands' help lists the names when they are first imported: imported here, with the kind registered,
-    # it listed the throwaway for the rest of the process (a later help check failed in some test orders).
-    _register_subcommands()
-    (tmp_path / f"{kind.module}.py").write_text(source)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    registry.register(kind)
-    try:
-        yield kind.name
-    finally:
-        registry.unregister(kind.name)
-        sys.modules.pop(kind.module, None)
-
-
 def _labels(tmp_path, *, hallucinated: str) -> Path:
     """12 sources about Alice, each with `hallucinated` labeled so and a faithful summary beside it."""
     labels = tmp_path / "labels.jsonl"
@@ -115,7 +98,7 @@ def _labels(tmp_path, *, hallucinated: str) -> Path:
 @pytest.fixture
 def throwaway_judge(tmp_path, monkeypatch):
     """A judge added the documented way: one module (`build`) and one registration line."""
-    yield from _register_throwaway(JUDGES, JudgeKind("every-number", "throwaway_judge", "flags any summary with a digit",
+    yield from register_throwaway(JUDGES, JudgeKind("every-number", "throwaway_judge", "flags any summary with a digit",
                                                      scores_samples=True, rule_based=True),
                                    "from faithforge.evaluation.verdict import Verdict\n\n"
                                    "class EveryNumberJudge:\n"
@@ -160,26 +143,7 @@ def test_a_judge_registered_once_is_accepted_by_config_cli_and_form(throwaway_ju
 def throwaway_judge_with_settings(tmp_path, monkeypatch):
     """A judge with settings of its own, added the documented way: its module (`Options` and `build`) and one
     registration line; no config field, no CLI flag."""
-    yield from _register_throwaway(
-        JUDGES, JudgeKind("long-summary", "throwaway_settings_judge", "flags a summary over a word limit",
-                          scores_samples=True, own_settings=True),
-        "from pydantic import BaseModel, Field\n"
-        "from faithforge.evaluation.verdict import Verdict\n\n"
-        "class Limits(BaseModel):\n"
-        "    low: int = 1\n\n"
-        "class Options(BaseModel):\n"
-        "    max_words: int = Field(5, ge=1)\n"
-        "    \"A summary longer than this many words is flagged.\"\n"
-        "    limits: Limits = Limits()\n\n"
-        "class LongSummaryJudge:\n"
-        "    name = 'long-summary'\n"
-        "    def __init__(self, max_words):\n"
-        "        self.max_words = max_words\n"
-        "    def judge(self, source, summary, *, truncated=False):\n"
-        "        return Verdict(judge=self.name, hallucinated=len(summary.split()) > self.max_words, "
-        "truncated=truncated)\n\n"
-        "def build(max_words, limits):\n"
-        "    return LongSummaryJudge(max_words)\n", tmp_path, monkeypatch)
+    yield from settings_judge(tmp_path, monkeypatch)
 
 
 def test_a_judge_with_settings_of_its_own_needs_no_config_field_or_flag(throwaway_judge_with_settings, tmp_path):
@@ -243,8 +207,14 @@ def test_a_judge_with_settings_of_its_own_needs_no_config_field_or_flag(throwawa
     assert _judging_settings(same) == _judging_settings(own)  # "5" and 5 and the default are one setting
 
     form = parameter_schema(pipeline.fn).model_dump()["definitions"]
-    assert "judge_options" in form["EvaluateConfig"]["properties"]
-    assert name in _enums(form["EvaluateConfig"]["properties"]["judge_options"])[0]
+    entry = form["EvaluateConfig"]["properties"]["judge_options"]
+    assert name in _enums(entry)[0]
+    # the form shows the judge's own fields (types, limits, defaults, docstrings), not a JSON object
+    fields = entry["properties"][name]["anyOf"][0]["properties"]
+    assert fields["max_words"] == {"default": 5, "minimum": 1, "title": "Max Words", "type": "integer",
+                                   "description": "A summary longer than this many words is flagged."}
+    assert fields["limits"]["properties"]["low"]["type"] == "integer"  # the nested model inlined: no $ref left
+    assert "$ref" not in json.dumps(entry) and entry["properties"][name]["description"] == JUDGES.get(name).summary
 
     _register_subcommands()
     labels = _labels(tmp_path, hallucinated="Alice sold many old books.")
@@ -278,7 +248,7 @@ def test_a_judge_with_settings_of_its_own_needs_no_config_field_or_flag(throwawa
 def throwaway_backend(tmp_path, monkeypatch):
     """A backend added the documented way: one module (`build`) and one registration line. It answers like the
     template teacher, so a real generation run can use it."""
-    yield from _register_throwaway(BACKENDS, BackendKind("echo-teacher", "throwaway_backend",
+    yield from register_throwaway(BACKENDS, BackendKind("echo-teacher", "throwaway_backend",
                                                          "the template teacher under another name", server=False),
                                    "from faithforge.backends.template import TemplateBackend\n\n"
                                    "class EchoTeacher(TemplateBackend):\n"
@@ -316,7 +286,7 @@ def test_a_backend_registered_once_is_accepted_by_config_cli_and_form(throwaway_
 def throwaway_server_backend(tmp_path, monkeypatch):
     """A server backend that can free the GPU, added the documented way: its module defines `build` and the
     `release_gpu` hook, and one registration line says `releases_gpu`."""
-    yield from _register_throwaway(BACKENDS, BackendKind("unloading-server", "throwaway_server_backend",
+    yield from register_throwaway(BACKENDS, BackendKind("unloading-server", "throwaway_server_backend",
                                                          "a server that unloads on request", server=True,
                                                          default_url="http://127.0.0.1:9", releases_gpu=True),
                                    "RELEASED = []\n\n"
@@ -351,7 +321,7 @@ def test_the_gate_asks_whether_a_backend_runs_a_model(runs_model, says, tmp_path
     from faithforge.core.config import load_config
     from faithforge.stages.gate import generation_not_planned
 
-    for name in _register_throwaway(BACKENDS, BackendKind("no-model-teacher", "throwaway_no_model", "writes from rules",
+    for name in register_throwaway(BACKENDS, BackendKind("no-model-teacher", "throwaway_no_model", "writes from rules",
                                                           server=False, runs_model=runs_model),
                                     "def build(model, options):\n    raise NotImplementedError\n", tmp_path, monkeypatch):
         config = load_config(None, overrides={"generate": {"backend": name}}, environ={})
@@ -377,3 +347,71 @@ def test_judge_options_on_an_install_without_such_judges_says_what_to_set_instea
         load_config(None, overrides={"evaluate": {"judge_options": {"grounding": {"x": 1}}}}, environ={})
     assert ("unknown judge with settings of its own 'grounding': none is registered; built-in judges use "
             "evaluate's own fields") in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.fixture
+def throwaway_model_folder_judge(tmp_path, monkeypatch):
+    from tests.fixtures.throwaway_kinds import model_folder_judge
+
+    yield from model_folder_judge(tmp_path, monkeypatch)
+
+
+def test_a_judge_that_needs_the_runs_model_folder_is_handed_it_beside_its_settings(throwaway_model_folder_judge,
+                                                                                   tiny_model_dir, tmp_path):
+    """Two files as well: `run_inputs` in its registration names what the run hands `build` (the evaluate stage's
+    own use is tests/stages/test_answer_cache.py); they are not settings, so not part of the judge's identity."""
+    from faithforge.core.config import load_config
+    from faithforge.evaluation import get_judge
+    from faithforge.evaluation.heldout import judge_checkpoint
+    from faithforge.evaluation.judge_options import judge_options
+    from faithforge.stages.preflight import check_pipeline_inputs
+
+    name = throwaway_model_folder_judge
+    cfg = load_config(None, overrides={"workspace": str(tmp_path / "ws"), "evaluate": {"judge": name}}, environ={})
+    check_pipeline_inputs(cfg)  # before the run its model is unknown: nothing is built
+    options = judge_options(cfg.evaluate, base_model=str(tiny_model_dir), cache_root=str(tmp_path / "cache"))
+    assert options == {"max_words": 40, "base_model": str(tiny_model_dir), "cache_dir": str(tmp_path / "cache" / name)}
+    judge = get_judge(name, **options)
+    assert json.loads((tmp_path / "cache" / name / "handed.json").read_text())["base_model"] == str(tiny_model_dir)
+    elsewhere = get_judge(name, **{**options, "cache_dir": str(tmp_path / "other")})
+    assert judge_checkpoint(judge) == judge_checkpoint(elsewhere)  # where the run keeps things is not a setting
+    assert judge_checkpoint(judge) != judge_checkpoint(get_judge(name, **{**options, "max_words": 3}))
+    with pytest.raises(ValueError, match="unknown run_inputs base_modle; the run hands a judge base_model, cache_dir"):
+        JudgeKind("typo", "m", "s", run_inputs=("base_modle",))
+
+
+def test_a_setting_named_like_what_the_run_hands_is_refused(tmp_path, monkeypatch):
+    """The run's model folder would silently replace the user's `base_model` setting."""
+    from faithforge.core.config import load_config
+    from faithforge.evaluation.judge_options import judge_options
+    from tests.fixtures.throwaway_kinds import register_throwaway
+
+    source = "from pydantic import BaseModel\n\nclass Options(BaseModel):\n    base_model: str = 'mine'\n"
+    for name in register_throwaway(JUDGES, JudgeKind("clash", "throwaway_clash_judge", "s", own_settings=True,
+                                                     run_inputs=("base_model",)), source, tmp_path, monkeypatch):
+        cfg = load_config(None, overrides={"evaluate": {"judge": name}}, environ={})
+        with pytest.raises(TypeError, match="Options declares base_model, which the run hands it"):
+            judge_options(cfg.evaluate)
+
+
+def test_a_judge_module_that_cannot_be_imported_leaves_the_form_a_json_object_for_it(tmp_path, monkeypatch):
+    """Deploying still works (the form falls back to a JSON object for that judge); the run's preflight names the
+    import error in one line before any work."""
+    from prefect.utilities.callables import parameter_schema
+
+    from faithforge.core.config import load_config
+    from faithforge.core.errors import UserError
+    from faithforge.flows.pipeline import pipeline
+    from faithforge.stages.preflight import check_pipeline_inputs
+    from tests.fixtures.throwaway_kinds import register_throwaway
+
+    source = "import a_package_this_machine_lacks\n"
+    for name in register_throwaway(JUDGES, JudgeKind("broken", "throwaway_broken_judge", "s", own_settings=True),
+                                   source, tmp_path, monkeypatch):
+        entry = parameter_schema(pipeline.fn).model_dump()["definitions"]["EvaluateConfig"]["properties"]["judge_options"]
+        assert name in _enums(entry)[0] and name not in entry.get("properties", {})
+        cfg = load_config(None, overrides={"workspace": str(tmp_path / "ws"), "evaluate": {"judge": name}}, environ={})
+        with pytest.raises(UserError) as err:
+            check_pipeline_inputs(cfg)
+        assert str(err.value) == ("'broken' cannot be used: its module throwaway_broken_judge does not import (No "
+                                  "module named 'a_package_this_machine_lacks'); install what it needs")

@@ -358,6 +358,64 @@ def test_the_ui_shows_the_pipeline_report_with_its_charts(stack, offloaded_pipel
     print(f"screenshots: {shots}")
 
 
+@pytest.fixture
+def throwaway_settings_judge(tmp_path, monkeypatch):
+    from tests.fixtures.throwaway_kinds import settings_judge
+
+    folder = tmp_path / "judge-module"
+    folder.mkdir()
+    yield from settings_judge(folder, monkeypatch)
+
+
+def test_the_run_form_shows_a_judges_own_settings_as_fields(stack, throwaway_settings_judge, tmp_path):
+    """A judge with settings of its own (one module, one registration line) appears in the pipeline's run form as
+    its `Options` fields, not as a JSON object; a value typed there reaches the run's parameters and passes the
+    run's own check. The deployment is made with the judge registered, as `deploy` makes its form."""
+    from prefect.utilities.callables import parameter_schema
+
+    from tests.fixtures.cdp_browser import Browser, find_chromium
+    from faithforge.core.config import PipelineConfig
+    from faithforge.evaluation.judge_options import declared_options
+    from faithforge.flows.pipeline import pipeline
+
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no chromium on this machine (.ci/run installs Debian's chromium)")
+    name = throwaway_settings_judge
+    with prefect_client(stack["api"]) as client:
+        deployment = client.create_deployment(client.create_flow(pipeline), "judge-settings-form",
+                                              parameter_openapi_schema=parameter_schema(pipeline.fn).model_dump(),
+                                              entrypoint="faithforge/flows/pipeline.py:pipeline")
+    label = ("[...document.querySelectorAll('.schema-form-property__label')]"
+             ".find(e => e.textContent.trim() == %r)")
+    try:
+        with Browser(chromium, tmp_path / "chromium-profile") as browser:
+            browser.goto(f"{stack['ui']}/deployments/deployment/{deployment}/run")
+            browser.wait_for("!!" + label % "Max Words (Optional)", 120, "the judge's own field in the run form")
+            text = browser.evaluate("document.body.innerText")
+            assert f"{name} (Optional)\nflags a summary over a word limit" in text
+            assert "A summary longer than this many words is flagged." in text  # the field's docstring
+            input_js = f"({label % 'Max Words (Optional)'}).closest('.schema-form-property').querySelector('input')"
+            field = browser.evaluate(f"{input_js}.value")
+            assert field == "5"  # its default
+            browser.evaluate(f"(() => {{ const input = {input_js}; const set = Object.getOwnPropertyDescriptor("
+                             "HTMLInputElement.prototype, 'value').set; set.call(input, '3'); "
+                             "input.dispatchEvent(new Event('input', {bubbles: true})); })()")
+            browser.evaluate("[...document.querySelectorAll('button')].find(b => b.textContent.trim() == 'Submit')"
+                             ".click()")
+            browser.wait_for("!location.pathname.endsWith('/run')", 60, "the form to submit")
+        with prefect_client(stack["api"]) as client:
+            from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment])))
+            assert len(runs) == 1
+            config = PipelineConfig.model_validate(runs[0].parameters["config"])
+            assert declared_options(config.evaluate) == {name: {"max_words": 3, "limits": {"low": 1}}}
+    finally:
+        with prefect_client(stack["api"]) as client:
+            client.delete_deployment(deployment)
+
+
 def _deployments_snapshot(client) -> dict[str, dict]:
     """Every deployment on the server, as the fields an operator sees, keyed `flow/deployment`."""
     # Left out: ids and timestamps, and `version` — the YAML path stores the flow's source hash in it (as

@@ -4,6 +4,10 @@ them again, a damaged file is written again, and anything that changes the answe
 from __future__ import annotations
 
 import copy
+import json
+from pathlib import Path
+
+import pytest
 
 from faithforge.core.config import load_config
 from faithforge.stages.answer_cache import Answers, adapter_fingerprint, answers_key, read_answers, write_answers
@@ -65,7 +69,17 @@ def test_the_sampled_models_fingerprint_holds_its_generation_config(tiny_model_d
     assert sampling_fingerprint(folder) != first  # the answers' key and the on-policy pairs' key hold it
 
 
-def test_a_rerun_judges_the_stored_answers_and_a_damaged_file_is_written_again(tmp_path, monkeypatch):
+@pytest.fixture
+def model_folder_judge(tmp_path, monkeypatch):
+    from tests.fixtures.throwaway_kinds import model_folder_judge
+
+    folder = tmp_path / "judge-module"
+    folder.mkdir()
+    yield from model_folder_judge(folder, monkeypatch)
+
+
+def test_a_rerun_judges_the_stored_answers_and_a_damaged_file_is_written_again(tmp_path, monkeypatch,
+                                                                                model_folder_judge):
     import faithforge.stages.evaluate as evaluate
     from tests.fixtures.inprocess_pipeline import run_stages
 
@@ -87,6 +101,20 @@ def test_a_rerun_judges_the_stored_answers_and_a_damaged_file_is_written_again(t
     again = run_stages(cfg)["evaluate"]
     assert written == [] and "of before, after, control reused from an earlier run" in again.sampler
     assert again.models == first.models and again.table == first.table
+
+    # Another judge alone judges the stored answers. This one, added as one module and one registration line
+    # (tests/fixtures/throwaway_kinds.py), needs the run's model folder: the run hands it that folder and a cache
+    # folder of its own name, beside its own setting.
+    judged = load_config(None, overrides={**overrides, "evaluate": {**overrides["evaluate"], "judge": model_folder_judge,
+                                                                   "judge_options": {model_folder_judge: {"max_words": 3}}}},
+                         environ={})
+    by_words = run_stages(judged)
+    assert written == []
+    rows = [json.loads(line) for line in (Path(by_words["evaluate"].path) / "outputs.jsonl").read_text().splitlines()]
+    assert rows and all(r["judge"] == model_folder_judge for r in rows)
+    assert all(r["judge_hallucinated"] == (len(r["summary"].split()) > 3) for r in rows)  # its setting reached it
+    handed = json.loads((tmp_path / "ws" / "cache" / model_folder_judge / "handed.json").read_text())
+    assert handed["base_model"] == by_words["warm_start"].path and handed["vocab_size"] > 0
 
     stored = sorted((tmp_path / "ws" / "answers").glob("answers-*"))
     assert len(stored) == 3
