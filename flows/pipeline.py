@@ -84,7 +84,7 @@ def pipeline(config: PipelineConfig = PipelineConfig()) -> dict:
         stages["evaluate"] = evaluation = evaluate_flow(config, model, dataset, pairs, trained.dpo, trained.control,
                                                         run_id=run_id)
         if config.label.enabled:  # pauses the run for people's labels in the UI; times out into "unlabeled"
-            stages["label"] = label_step(config, run_id, evaluation)
+            stages["label"] = label_step(config, run_id, evaluation, model)
         if config.export.enabled:  # after the evaluation: the model card carries the measured rates
             stages["export"] = export_model_task(config, run_id, trained.dpo)
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM: Prefect's server may be gone, so no task records it
@@ -176,8 +176,10 @@ def label_form(batch) -> type:
     return create_model("LabelOutputs", __base__=RunInput, **fields)
 
 
-def label_step(config: PipelineConfig, run_id: str | None, evaluation: EvaluationOutput) -> LabelOutput:
-    """Ask for labels batch by batch (the flow pauses for each), then record them. Called in the flow's body."""
+def label_step(config: PipelineConfig, run_id: str | None, evaluation: EvaluationOutput,
+               model: ModelOutput | None = None) -> LabelOutput:
+    """Ask for labels batch by batch (the flow pauses for each), then record them. Called in the flow's body.
+    `model`: the run's starting model, which a judge that reads it is re-calibrated with."""
     from prefect.exceptions import FlowPauseTimeout
     from prefect.flow_runs import pause_flow_run
 
@@ -204,16 +206,16 @@ def label_step(config: PipelineConfig, run_id: str | None, evaluation: Evaluatio
         if values.get("note"):
             notes.append(str(values["note"]))
     return record_task(config, run_id, evaluation, answers, sum(len(b) for b in batches), timed_out,
-                       " / ".join(notes))
+                       " / ".join(notes), model.path if model is not None else None)
 
 
 @task(name="record-labels", cache_policy=NO_CACHE)
 def record_task(config: PipelineConfig, run_id: str | None, evaluation: EvaluationOutput, answers: list,
-                asked: int, timed_out: int, note: str) -> LabelOutput:
+                asked: int, timed_out: int, note: str, base_model: str | None = None) -> LabelOutput:
     from faithforge.stages.label import record_labels
 
     return record_labels(StageContext.open(config, run_id), evaluation, answers, asked=asked, timed_out=timed_out,
-                         note=note)
+                         note=note, base_model=base_model)
 
 
 def _back_to_running() -> None:

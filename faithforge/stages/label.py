@@ -92,8 +92,9 @@ def answers_from_form(batch: Sequence[LabelItem], values: dict[str, Any]) -> lis
 
 @reads("evaluate", "seed")
 def record_labels(ctx: StageContext, evaluation: EvaluationOutput, answers: Sequence[tuple[LabelItem, str]],
-                  *, asked: int, timed_out: int, note: str = "") -> LabelOutput:
-    """Save the answers, measure and re-calibrate the judge on them, and add the section to report.md."""
+                  *, asked: int, timed_out: int, note: str = "", base_model: str | None = None) -> LabelOutput:
+    """Save the answers, measure and re-calibrate the judge on them, and add the section to report.md.
+    `base_model`: the run's starting model folder, which a judge that reads it is built with (as in evaluate)."""
     folder = Path(evaluation.path)
     labels = folder / LABELS_FILE
     for item, choice in answers:
@@ -101,7 +102,7 @@ def record_labels(ctx: StageContext, evaluation: EvaluationOutput, answers: Sequ
     labeled = sum(choice != "skip" for _, choice in answers)
     status = "unlabeled" if not answers else "partly labeled" if timed_out else "labeled"
     agreement = judge_agreement(read_label_items(folder), labels) if labeled else None
-    calibration = _recalibrate(ctx, labels) if labeled else None
+    calibration = _recalibrate(ctx, labels, base_model) if labeled else None
     out = LabelOutput(path=str(labels if labeled else folder), status=status, asked=asked, labeled=labeled,
                       skipped=len(answers) - labeled, labels_path=str(labels) if labeled else None,
                       agreement=agreement.to_dict() if agreement else None, calibration=calibration)
@@ -109,8 +110,9 @@ def record_labels(ctx: StageContext, evaluation: EvaluationOutput, answers: Sequ
     return out
 
 
-def _recalibrate(ctx: StageContext, labels: Path) -> str:
-    """`faithforge eval calibrate --labels` on these labels with the run's judge, stored for later reports."""
+def _recalibrate(ctx: StageContext, labels: Path, base_model: str | None) -> str:
+    """`faithforge eval calibrate --labels` on these labels with the run's judge (built as the evaluate stage
+    builds it), stored for later reports."""
     from faithforge.evaluation import get_judge
     from faithforge.evaluation.calibration import read_labels
     from faithforge.evaluation.heldout import calibrate_heldout, save_calibration
@@ -118,7 +120,8 @@ def _recalibrate(ctx: StageContext, labels: Path) -> str:
 
     cfg = ctx.config.evaluate
     try:
-        result = calibrate_heldout(get_judge(cfg.judge, **judge_options(cfg)), read_labels(labels),
+        options = judge_options(cfg, base_model=base_model, cache_root=str(ctx.workspace.dir("cache")))
+        result = calibrate_heldout(get_judge(cfg.judge, **options), read_labels(labels),
                                    labels_path=labels, holdout=0.5, seed=ctx.config.seed)
     except (UserError, ValueError) as exc:  # e.g. too few labels, or one class only, to split
         return f"not re-calibrated: {str(exc).splitlines()[0][:200]}"
