@@ -22,6 +22,9 @@ if TYPE_CHECKING:
 
 app = typer.Typer(help="Judge calibration and comparison of stored evaluations.", no_args_is_help=True)
 
+BASE_MODEL_HELP = ("A judge that reads the run's model folder (registered with run_inputs): the folder a run would "
+                   "hand it, the run's starting model.")
+
 
 def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{100 * value:.1f}%"
@@ -47,6 +50,7 @@ def calibrate(
     trained_judge: Optional[str] = typer.Option(None, "--trained-judge", help="trained: the folder judge train wrote."),
     judge_option: list[str] = typer.Option([], "--judge-option", help="NAME.FIELD=VALUE: a setting of a judge that "
                                            "declares its own (evaluate.judge_options); repeatable."),
+    base_model: Optional[str] = typer.Option(None, "--base-model", help=BASE_MODEL_HELP),
     holdout: float = typer.Option(0.5, "--holdout", help="Share of labels held out for the reported accuracy."),
     split_seed: int = typer.Option(0, "--split-seed", min=0, max=2**32 - 1, help="Seed of the validation/test split by source."),
     workspace: Path = typer.Option(Path(".faithforge"), "--workspace", "-w", envvar="FAITHFORGE_WORKSPACE",
@@ -62,7 +66,8 @@ def calibrate(
 
     settings = dict(llm_backend=llm_backend, llm_model=llm_model, llm_base_url=llm_base_url,
                     likelihood_model=likelihood_model, trained_judge=trained_judge,
-                    judge_options=_judge_option_flags(judge_option, judge))  # --judge a+b names a and b
+                    judge_options=_judge_option_flags(judge_option, judge),  # --judge a+b names a and b
+                    run=dict(base_model=base_model, cache_root=str(workspace / "cache") if save else None))
     nli = dict(checkpoint=checkpoint, supported_label=supported_label, trust_remote_code=trust_remote_code)
     if save:  # a workspace that cannot store the result fails before any label is judged
         from faithforge.core.workspace import Workspace
@@ -124,7 +129,7 @@ def _choose(candidates: list[Judge], examples, *, labels: Path, holdout: float, 
 def _calibration_judges(judge: list[str], *, checkpoint: str | None = None, supported_label: int | None = None,
                         trust_remote_code: bool = False, llm_backend: str, llm_model: str, llm_base_url: str | None,
                         likelihood_model: str | None = None, trained_judge: str | None = None,
-                        judge_options: dict[str, dict] | None = None) -> Judge:
+                        judge_options: dict[str, dict] | None = None, run: dict | None = None) -> Judge:
     """The judges `--judge` names, built with their options the way a run builds them (`evaluate` settings and
     `judge_options` → each judge's `Options` or `options_from_config`); nli-only options on other judges are an
     error."""
@@ -143,7 +148,8 @@ def _calibration_judges(judge: list[str], *, checkpoint: str | None = None, supp
                                       nli_trust_remote_code=trust_remote_code, llm_backend=llm_backend,
                                       llm_model=llm_model, llm_base_url=llm_base_url,
                                       likelihood_model=likelihood_model, trained_judge_path=trained_judge,
-                                      judge_options={n: o for n, o in (judge_options or {}).items() if n in names})
+                                      judge_options={n: o for n, o in (judge_options or {}).items() if n in names},
+                                      run=run)
     return build_judges(names, options)
 
 
@@ -187,8 +193,9 @@ def _refuse_nli_options_without_nli(names: list[str], checkpoint: str | None, su
         raise UserError("--checkpoint, --supported-label and --trust-remote-code apply to --judge nli only")
 
 
-def _judge_settings_options(names: list[str], **settings) -> dict[str, dict]:
-    """Each named judge's options, read from `evaluate` settings as a run reads them (one line on a bad value)."""
+def _judge_settings_options(names: list[str], run: dict | None = None, **settings) -> dict[str, dict]:
+    """Each named judge's options, read from `evaluate` settings as a run reads them (one line on a bad value);
+    `run`: what a run hands the judges registered with `run_inputs` (`base_model`, `cache_root`)."""
     from pydantic import ValidationError
 
     from faithforge.core.config import EvaluateConfig
@@ -201,7 +208,7 @@ def _judge_settings_options(names: list[str], **settings) -> dict[str, dict]:
         flag = "judge-option" if first["loc"][0] == "judge_options" else str(first["loc"][0]).replace("_", "-")
         raise UserError(f"--{flag}: {first['msg']}") from None
     try:  # a missing model, checkpoint or judge folder fails here, before any label is read
-        options = judge_options(cfg)
+        options = judge_options(cfg, **(run or {}))
     except JudgeSettingsError as exc:  # named as the flag that set it
         raise UserError(f"--judge-option {exc.judge}: {exc.problem}") from None
     return options if len(names) > 1 else {names[0]: options}
@@ -240,6 +247,7 @@ def fit_combination_command(
                                            help="nli: allow a checkpoint that ships its own Python code."),
     judge_option: list[str] = typer.Option([], "--judge-option", help="NAME.FIELD=VALUE: a setting of a judge that "
                                            "declares its own (evaluate.judge_options); repeatable."),
+    base_model: Optional[str] = typer.Option(None, "--base-model", help=BASE_MODEL_HELP),
     holdout: float = typer.Option(0.5, "--holdout", help="Share of labels held out for the reported accuracy."),
     split_seed: int = typer.Option(0, "--split-seed", min=0, max=2**32 - 1, help="Seed of the split by source."),
     replace: bool = typer.Option(False, "--replace", help="Replace an earlier fit at --out (a config that names "
@@ -256,7 +264,7 @@ def fit_combination_command(
     built = build_judges(names, _judge_settings_options(
         names, likelihood_model=likelihood_model, trained_judge_path=trained_judge, nli_checkpoint=checkpoint,
         nli_supported_label=supported_label, nli_trust_remote_code=trust_remote_code,
-        judge_options=_judge_option_flags(judge_option, names)))
+        judge_options=_judge_option_flags(judge_option, names), run=dict(base_model=base_model)))
     replaces = _check_combination_out(out, replace)  # before any judging: a fit is minutes with a model judge
     validation, test = split_examples(read_labels(labels), holdout=holdout, seed=split_seed)
 

@@ -13,20 +13,22 @@ Adding a judge is one new module plus one `JUDGES.register(...)` line here. The 
   base_model, cache_dir) -> dict`, reading the `evaluate` fields named after them (`nli_checkpoint`, …), which
   are older than `judge_options`. Neither: the judge takes no settings.
 - what it needs from the run, if anything, as `run_inputs` in its registration: `base_model` (the run's starting
-  model folder; None where there is no run, e.g. `faithforge eval calibrate`) and `cache_dir` (a folder of the
+  model folder; `--base-model` in `faithforge eval calibrate`, None without it) and `cache_dir` (a folder of the
   judge's own name in the workspace's cache, kept between runs). `build` receives them as keywords beside its
   settings; they are not settings, so they are not part of its identity.
 
-The module is imported only when the judge is built or its options are read, so listing the names stays cheap.
+The module is imported only when the judge is built or its options are read, so listing the names stays cheap;
+one exception: the module of a judge with settings of its own is imported for the UI form's schema, which Prefect
+makes when a flow is defined (importing `faithforge.flows`). Import heavy packages (torch) inside `build`, as the
+built-in judges do.
 """
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-from faithforge.core.registry import Registry, load_attribute, registered_name
+from faithforge.core.registry import Registry, SettingsForm, registered_name
 
 
 @dataclass(frozen=True)
@@ -57,10 +59,15 @@ class JudgeKind:
     `base_model`, the run's starting model folder, and `cache_dir`, a folder of its own in the workspace's cache."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.run_inputs, str):  # ("cache_dir") without its comma is a string, not a tuple
+            raise ValueError(f"judge {self.name!r}: run_inputs is a tuple of names, e.g. ({self.run_inputs!r},)")
         unknown = sorted(set(self.run_inputs) - set(RUN_INPUTS))
         if unknown:
             raise ValueError(f"judge {self.name!r}: unknown run_inputs {', '.join(unknown)}; the run hands a judge "
                              f"{', '.join(RUN_INPUTS)}")
+        if self.rule_based and (self.own_settings or self.run_inputs):  # the report builds it with nothing
+            raise ValueError(f"judge {self.name!r}: rule_based means no settings and no model; drop rule_based, or "
+                             "own_settings and run_inputs")
 
 
 #: What a run can hand a judge's `build` (`JudgeKind.run_inputs`): `evaluation.judge_options` fills them.
@@ -108,54 +115,7 @@ OwnSettingsJudgeName = registered_name(JUDGES, where=lambda kind: kind.own_setti
 SampleJudgeName = registered_name(JUDGES, where=lambda kind: kind.scores_samples, what="pairs judge")
 
 
-@dataclass(frozen=True)
-class _SettingsForm:
-    """Pydantic JSON-schema hook of `evaluate.judge_options`: an entry per judge with settings of its own, holding
-    the fields of its `Options` (their types, defaults and docstrings), read from the registry when the schema is
-    made. The UI form then shows each judge's settings as fields instead of one JSON object. Its module is imported
-    then (deploying, serving), never when the config is imported; one that cannot be imported keeps the plain
-    object, and the run's preflight names its error."""
-
-    def __get_pydantic_json_schema__(self, core_schema, handler):
-        schema = handler(core_schema)
-        entries = {}
-        for kind in JUDGES:
-            if not kind.own_settings:
-                continue
-            try:
-                options = load_attribute(kind, "Options")
-                form = _inlined(options.model_json_schema())
-            except Exception:  # noqa: BLE001 - a form falls back to JSON; preflight reports the judge's error
-                continue
-            form["title"] = "settings"  # the form's toggle: settings | None (None: its defaults)
-            entries[kind.name] = {"anyOf": [form, {"type": "null"}], "title": kind.name, "description": kind.summary}
-        if entries:
-            schema["properties"] = entries
-        return schema
-
-
-def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
-    """`schema` with each `{"$ref": "#/$defs/X"}` replaced by X itself: a judge's `Options` schema placed inside
-    the config's, whose own definitions do not hold X. A model that refers to itself keeps its reference once."""
-    definitions = schema.get("$defs", {})
-
-    def resolve(node: Any, seen: tuple[str, ...]) -> Any:
-        if isinstance(node, list):
-            return [resolve(item, seen) for item in node]
-        if not isinstance(node, dict):
-            return node
-        reference = node.get("$ref", "")
-        name = reference.removeprefix("#/$defs/")
-        if reference.startswith("#/$defs/") and name in definitions and name not in seen:
-            rest = {k: v for k, v in node.items() if k != "$ref"}
-            return {**resolve(copy.deepcopy(definitions[name]), (*seen, name)), **resolve(rest, seen)}
-        if reference.startswith("#/$defs/"):
-            return {k: v for k, v in node.items() if k != "$ref"} or {"type": "object"}
-        return {k: resolve(v, seen) for k, v in node.items() if k != "$defs"}
-
-    return resolve(schema, ())
-
-
 #: The type of `evaluate.judge_options`: settings by the name of a judge with settings of its own, each checked
 #: against that judge's `Options` before any work (`evaluation.judge_options`), each shown as its fields in the form.
-JudgeSettingsByName = Annotated[dict[OwnSettingsJudgeName, dict[str, Any] | None], _SettingsForm()]
+JudgeSettingsByName = Annotated[dict[OwnSettingsJudgeName, dict[str, Any] | None],
+                                SettingsForm(JUDGES, lambda kind: kind.own_settings)]

@@ -11,6 +11,7 @@ made, so a name registered later is accepted and offered without touching the co
 
 from __future__ import annotations
 
+import copy
 import importlib
 from dataclasses import dataclass
 from typing import Annotated, Any, Callable, Generic, Iterator, Protocol, TypeVar
@@ -70,13 +71,17 @@ class Registry(Generic[E]):
 
 def load_attribute(entry: Entry, attribute: str, default: Any = ...) -> Any:
     """`entry.module`'s `attribute` (the module is imported now, not when the registry is read); `default` when
-    the module does not define it (an optional hook), an AttributeError without a default. A module that does not
-    import (a package it needs is missing) is a one-line `UserError` naming the entry."""
+    the module does not define it (an optional hook), an AttributeError without a default. A package the module
+    needs that is not installed is a one-line `UserError` naming the entry; any other import error (the module
+    itself missing, a name it imports from FaithForge) is a programming error and keeps its traceback."""
     try:
         module = importlib.import_module(entry.module)
-    except ImportError as exc:
-        raise UserError(f"{entry.name!r} cannot be used: its module {entry.module} does not import "
-                        f"({' '.join(str(exc).split())}); install what it needs") from exc
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if not missing or entry.module.startswith(missing) or missing.split(".")[0] == "faithforge":
+            raise
+        raise UserError(f"{entry.name!r} cannot be used: its module {entry.module} needs the package {missing}, "
+                        "which is not installed; install it") from exc
     return getattr(module, attribute) if default is ... else getattr(module, attribute, default)
 
 
@@ -120,3 +125,80 @@ def registered_name(registry: Registry, where: Callable[[Any], bool] | None = No
         return value
 
     return Annotated[str, AfterValidator(check), _EnumFromRegistry(registry, where)]
+
+
+@dataclass(frozen=True)
+class SettingsForm:
+    """Pydantic JSON-schema hook of a field holding settings by entry name (`evaluate.judge_options`): a property
+    per entry `where` accepts, holding the fields of its module's `Options` model (types, limits, defaults,
+    docstrings), read from the registry when the schema is made. The UI form then shows each entry's settings as
+    fields instead of one JSON object; each starts at None (its defaults, checked only if the run uses it), so an
+    untouched form submits nothing a run could trip on. A module that cannot give a schema keeps the plain object,
+    and the run's preflight names its error."""
+
+    registry: Registry
+    where: Callable[[Any], bool]
+
+    def __get_pydantic_json_schema__(self, core_schema, handler):
+        schema = handler(core_schema)
+        entries = {}
+        for entry in self.registry:
+            form = _options_form(entry) if self.where(entry) else None
+            if form is not None:
+                entries[entry.name] = {"anyOf": [form, {"type": "null"}], "default": None, "title": entry.name,
+                                       "description": getattr(entry, "summary", "")}
+        if entries:
+            schema["properties"] = entries
+        return schema
+
+
+def _options_form(entry: Entry) -> dict[str, Any] | None:
+    """The form of `entry`'s `Options` (inlined, no default a browser would show masked), or None when its
+    module does not import or its `Options` is not a pydantic model with a JSON schema."""
+    try:
+        raw = load_attribute(entry, "Options").model_json_schema()
+    except (ImportError, UserError, AttributeError, TypeError, ValueError):
+        return None
+    form = _inlined(raw)
+    form["title"] = "settings"  # the form's toggle: settings | None
+    _drop_secret_defaults(form)
+    return form
+
+
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """`schema` with each `{"$ref": "#/$defs/X"}` replaced by X itself: an `Options` schema placed inside the
+    config's, whose own definitions do not hold X. A model that refers to itself becomes a plain object where it
+    recurs (a JSON field in the form), and a discriminator keeps only its property name (its mapping pointed into
+    the dropped definitions)."""
+    definitions = schema.get("$defs", {})
+
+    def resolve(node: Any, seen: tuple[str, ...]) -> Any:
+        if isinstance(node, list):
+            return [resolve(item, seen) for item in node]
+        if not isinstance(node, dict):
+            return node
+        reference = node.get("$ref", "")
+        name = reference.removeprefix("#/$defs/")
+        rest = {k: v for k, v in node.items() if k != "$ref"}
+        if reference.startswith("#/$defs/") and name in definitions and name not in seen:
+            return {**resolve(copy.deepcopy(definitions[name]), (*seen, name)), **resolve(rest, seen)}
+        if reference.startswith("#/$defs/"):
+            return resolve(rest, seen) or {"type": "object"}
+        out = {k: resolve(v, seen) for k, v in node.items() if k != "$defs"}
+        if isinstance(out.get("discriminator"), dict):
+            out["discriminator"] = {k: v for k, v in out["discriminator"].items() if k != "mapping"}
+        return out
+
+    return resolve(schema, ())
+
+
+def _drop_secret_defaults(node: Any) -> None:
+    """A secret's default is its mask (`**********`): shown and submitted, it would replace the real default."""
+    if isinstance(node, list):
+        for item in node:
+            _drop_secret_defaults(item)
+    elif isinstance(node, dict):
+        if node.get("writeOnly") or node.get("format") == "password":
+            node.pop("default", None)
+        for value in node.values():
+            _drop_secret_defaults(value)

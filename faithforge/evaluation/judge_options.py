@@ -62,11 +62,17 @@ def pairs_judge_settings(config):
 
 def declared_options(cfg, names=None) -> dict[str, dict]:
     """The validated `Options` of each judge with settings of its own: every entry of `cfg.judge_options` (names
-    None: preflight checks them all, used or not, so a typo never waits), or each of `names` that has some (with
-    its defaults filled in: what a key that depends on the judge hashes)."""
+    None: preflight checks them all, used or not, so a typo never waits; an empty entry of a judge the run does
+    not use is left alone, which is what the UI form submits for a judge nobody set), or each of `names` that has
+    some (with its defaults filled in: what a key that depends on the judge hashes)."""
     from faithforge.core.judge_registry import JUDGES
+    from faithforge.evaluation.judges import judge_names
 
-    wanted = list(cfg.judge_options) if names is None else [n for n in names if JUDGES.get(n).own_settings]
+    if names is None:
+        used = set(judge_names(cfg.judge))
+        wanted = [n for n, given in cfg.judge_options.items() if given is not None or n in used]
+    else:
+        wanted = [n for n in names if JUDGES.get(n).own_settings]
     return {name: _own_settings(name, cfg) for name in wanted}
 
 
@@ -103,23 +109,38 @@ def _own_settings(name: str, cfg) -> dict:
 
 
 def _validated(name: str, model, given: dict) -> dict:
-    """`given` checked against the judge's `Options` model: its keywords, or one line naming every bad field."""
+    """`given` checked against the judge's `Options` model: its keywords (every field, by its name), or one line
+    naming every bad field. A field may be given by its name or its alias (the UI form writes the alias)."""
     from pydantic import ValidationError
 
-    unknown = sorted(set(given) - set(model.model_fields))  # a typo never passes silently, whatever the model says
+    names = _field_names(model)
+    unknown = sorted(set(given) - set(names))  # a typo never passes silently, whatever the model says
     if unknown:
         raise JudgeSettingsError(name, f"unknown setting {', '.join(unknown)}; the {name} judge takes "
                                        f"{', '.join(model.model_fields) or 'none'}")
     try:
-        settings = model.model_validate(given).model_dump()
+        validated = model.model_validate(given, by_alias=True, by_name=True)
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(options)'}: {e['msg']}" for e in exc.errors())
         raise JudgeSettingsError(name, problems) from None
-    dropped = _dropped_keys(given, settings)  # a nested model that ignores unknown keys: a typo would pass
-    if dropped:
+    settings = validated.model_dump()
+    settings.update({f: getattr(validated, f) for f, info in model.model_fields.items() if info.exclude})
+    dropped = _dropped_keys({names[k]: v for k, v in given.items()}, settings)  # a nested model that ignores
+    if dropped:                                                                # unknown keys: a typo would pass
         raise JudgeSettingsError(name, f"unknown setting {', '.join(dropped)}; the {name} judge's Options has no "
                                        "such field")
     return settings
+
+
+def _field_names(model) -> dict[str, str]:
+    """Every key that sets a field of `model` (its name, its alias) → the field's name."""
+    keys = {}
+    for field, info in model.model_fields.items():
+        keys[field] = field
+        for alias in (info.alias, info.validation_alias):
+            if isinstance(alias, str):
+                keys[alias] = field
+    return keys
 
 
 def _dropped_keys(given: Any, kept: Any, where: str = "") -> list[str]:

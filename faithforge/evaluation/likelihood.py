@@ -368,6 +368,13 @@ class LikelihoodJudge:
         if not math.isfinite(self.threshold):
             raise UserError(f"likelihood threshold {threshold!r} must be a finite number of nats per token")
 
+    @property
+    def checkpoint(self) -> str:
+        """Which model scores, and how (`heldout.judge_checkpoint`): a calibration made with one model is not
+        shown for another. The folder's name, the scorer's fingerprint (weights, window, dtype) and the feature."""
+        where = Path(self.scorer.model_path).name if self.scorer.model_path else "a loaded model"
+        return f"likelihood {where} {self.scorer.fingerprint} {self.feature}"
+
     def judge(self, source: str, summary: str, *, truncated: bool = False) -> Verdict:
         text = drop_truncated_word(summary) if truncated else summary
         scores = self.scorer.score(source, text)

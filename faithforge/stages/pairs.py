@@ -106,7 +106,7 @@ def _sample_onpolicy_pairs(ctx: StageContext, examples, model: ModelOutput, plan
                                 max_new_tokens=ctx.config.evaluate.max_new_tokens,
                                 margin=cfg.margin, score_by=cfg.score_by, min_chosen_recall=cfg.min_chosen_recall,
                                 omission_pairs=cfg.omission_pairs, faithful_chosen=cfg.faithful_chosen,
-                                judge=_pairs_judge(ctx.config, model.path),
+                                judge=_pairs_judge(ctx.config, model.path, str(ctx.workspace.dir("cache"))),
                                 batch_size=plan.batch_size, system_prompt=system_prompt(ctx.config),
                                 sampler=sampler, sampler_note=note,
                                 progress=lambda done, total: ctx.progress("pairs", done, total, ""))
@@ -197,14 +197,14 @@ def _judging_settings(config) -> dict:
     return {**settings, "judge_options": own} if own else settings
 
 
-def _pairs_judge(config, base_model: str | None = None):
-    """`pairs.judge` when set, else the evaluation's judge, with its options
-    (the likelihood judge scores with `base_model`, the policy being sampled, unless it names its own model)."""
+def _pairs_judge(config, base_model: str | None = None, cache_root: str | None = None):
+    """`pairs.judge` when set, else the evaluation's judge, with its options, built as the evaluate stage builds
+    it (the likelihood judge scores with `base_model`, the policy being sampled, unless it names its own model)."""
     from faithforge.evaluation import get_judge
     from faithforge.evaluation.judge_options import judge_options, pairs_judge_settings
 
     settings = pairs_judge_settings(config)  # pairs.judge's settings (e.g. likelihood_*) are the evaluate section's
-    return get_judge(settings.judge, **judge_options(settings, base_model=base_model))
+    return get_judge(settings.judge, **judge_options(settings, base_model=base_model, cache_root=cache_root))
 
 
 def _imported_pairs(cfg):

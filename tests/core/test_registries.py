@@ -215,6 +215,7 @@ def test_a_judge_with_settings_of_its_own_needs_no_config_field_or_flag(throwawa
                                    "description": "A summary longer than this many words is flagged."}
     assert fields["limits"]["properties"]["low"]["type"] == "integer"  # the nested model inlined: no $ref left
     assert "$ref" not in json.dumps(entry) and entry["properties"][name]["description"] == JUDGES.get(name).summary
+    assert entry["properties"][name]["default"] is None  # an untouched form submits nothing a run could trip on
 
     _register_subcommands()
     labels = _labels(tmp_path, hallucinated="Alice sold many old books.")
@@ -361,6 +362,7 @@ def test_a_judge_that_needs_the_runs_model_folder_is_handed_it_beside_its_settin
     """Two files as well: `run_inputs` in its registration names what the run hands `build` (the evaluate stage's
     own use is tests/stages/test_answer_cache.py); they are not settings, so not part of the judge's identity."""
     from faithforge.core.config import load_config
+    from faithforge.core.errors import UserError
     from faithforge.evaluation import get_judge
     from faithforge.evaluation.heldout import judge_checkpoint
     from faithforge.evaluation.judge_options import judge_options
@@ -378,6 +380,31 @@ def test_a_judge_that_needs_the_runs_model_folder_is_handed_it_beside_its_settin
     assert judge_checkpoint(judge) != judge_checkpoint(get_judge(name, **{**options, "max_words": 3}))
     with pytest.raises(ValueError, match="unknown run_inputs base_modle; the run hands a judge base_model, cache_dir"):
         JudgeKind("typo", "m", "s", run_inputs=("base_modle",))
+    with pytest.raises(ValueError, match=r"run_inputs is a tuple of names, e.g. \('cache_dir',\)"):
+        JudgeKind("typo", "m", "s", run_inputs=("cache_dir"))  # the comma forgotten
+    with pytest.raises(ValueError, match="rule_based means no settings and no model"):
+        JudgeKind("typo", "m", "s", rule_based=True, run_inputs=("base_model",))  # the report builds it bare
+
+    # the pairs stage builds it as the evaluate stage does (a review found it without its cache folder)
+    from faithforge.stages.pairs import _pairs_judge
+
+    pairs = load_config(None, overrides={"pairs": {"builder": "on-policy", "judge": name}}, environ={})
+    _pairs_judge(pairs, str(tiny_model_dir), str(tmp_path / "pairs-cache"))
+    assert (tmp_path / "pairs-cache" / name / "handed.json").is_file()
+
+    # `eval calibrate` hands it --base-model, and the workspace's cache; without it, the judge's own one line
+    from faithforge.app.cli import _register_subcommands, app
+
+    _register_subcommands()
+    labels = _labels(tmp_path, hallucinated="Alice sold many old books on that day.")
+    base = ["eval", "calibrate", "--labels", str(labels), "--judge", name, "--judge-option", f"{name}.max_words=3",
+            "--json", "-w", str(tmp_path / "calibrate-ws")]
+    result = CliRunner().invoke(app, [*base, "--base-model", str(tiny_model_dir)])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["test"]["recall"] == 1.0
+    assert (tmp_path / "calibrate-ws" / "cache" / name / "handed.json").is_file()
+    error = CliRunner().invoke(app, base).exception
+    assert isinstance(error, UserError) and "pass --base-model" in str(error)
 
 
 def test_a_setting_named_like_what_the_run_hands_is_refused(tmp_path, monkeypatch):
@@ -413,5 +440,86 @@ def test_a_judge_module_that_cannot_be_imported_leaves_the_form_a_json_object_fo
         cfg = load_config(None, overrides={"workspace": str(tmp_path / "ws"), "evaluate": {"judge": name}}, environ={})
         with pytest.raises(UserError) as err:
             check_pipeline_inputs(cfg)
-        assert str(err.value) == ("'broken' cannot be used: its module throwaway_broken_judge does not import (No "
-                                  "module named 'a_package_this_machine_lacks'); install what it needs")
+        assert str(err.value) == ("'broken' cannot be used: its module throwaway_broken_judge needs the package "
+                                  "a_package_this_machine_lacks, which is not installed; install it")
+    # a mistake in the code (a registration's module path, a name imported from FaithForge) keeps its traceback
+    for source, kind in [("", JudgeKind("typo", "throwaway_no_such_module", "s")),
+                         ("from faithforge.evaluation.verdict import Verdikt\n",
+                          JudgeKind("bug", "throwaway_buggy_judge", "s"))]:
+        for name in register_throwaway(JUDGES, kind, source, tmp_path, monkeypatch):
+            (tmp_path / "throwaway_no_such_module.py").unlink(missing_ok=True)
+            with pytest.raises(ImportError) as err:
+                check_pipeline_inputs(load_config(None, overrides={"workspace": str(tmp_path / "ws"),
+                                                                   "evaluate": {"judge": name}}, environ={}))
+            assert not isinstance(err.value, UserError)
+
+
+def test_what_the_form_submits_for_awkward_settings_passes_the_runs_check(tmp_path, monkeypatch):
+    """A review (2026-12-07) typed the form's defaults into the run's check: a judge nobody set, with a required
+    setting, stopped every run started from the UI; an alias or an excluded field was refused; a secret's masked
+    default was shown and sent."""
+    from prefect.utilities.callables import parameter_schema
+
+    from faithforge.core.config import load_config
+    from faithforge.core.errors import UserError
+    from faithforge.evaluation.judge_options import declared_options, judge_options
+    from faithforge.flows.pipeline import pipeline
+    from faithforge.stages.preflight import check_pipeline_inputs
+    from tests.fixtures.throwaway_kinds import register_throwaway
+
+    source = ("from pydantic import BaseModel, Field, SecretStr\n\n"
+              "class Options(BaseModel):\n"
+              "    checkpoint: str\n"
+              "    max_words: int = Field(5, alias='maxWords')\n"
+              "    debug: bool = Field(False, exclude=True)\n"
+              "    token: SecretStr = SecretStr('real-default')\n")
+    for name in register_throwaway(JUDGES, JudgeKind("awkward", "throwaway_awkward_judge", "s", own_settings=True),
+                                   source, tmp_path, monkeypatch):
+        entry = parameter_schema(pipeline.fn).model_dump()["definitions"]["EvaluateConfig"]["properties"]
+        fields = entry["judge_options"]["properties"][name]["anyOf"][0]["properties"]
+        assert "default" not in fields["token"] and fields["maxWords"]["default"] == 5
+
+        def config(options, judge="grounding"):
+            return load_config(None, overrides={"workspace": str(tmp_path / "ws"),
+                                                "evaluate": {"judge": judge, "judge_options": options}}, environ={})
+
+        check_pipeline_inputs(config({name: None}))  # the untouched form, the judge unused: nothing to check
+        with pytest.raises(UserError, match="checkpoint: Field required"):
+            check_pipeline_inputs(config({name: None}, judge=name))  # used: its required setting is asked for
+        with pytest.raises(UserError, match="checkpoint: Field required"):
+            check_pipeline_inputs(config({name: {}}))  # an entry someone wrote is checked, used or not
+        for given in ({"checkpoint": "c", "maxWords": 3, "debug": True}, {"checkpoint": "c", "max_words": 3,
+                                                                           "debug": True}):
+            settings = judge_options(config({name: given}, judge=name).evaluate)
+            assert settings["max_words"] == 3 and settings["debug"] is True  # by alias or name; excluded kept
+            assert settings["token"].get_secret_value() == "real-default"
+        assert declared_options(config({name: None}).evaluate) == {}
+
+
+def test_an_options_schema_is_inlined_without_a_reference_left_pointing_nowhere():
+    """Recursive models and discriminated unions (a review's cases): the form's schema names no definition it lacks."""
+    from typing import Literal, Optional, Union
+
+    from pydantic import BaseModel, Field
+
+    from faithforge.core.registry import _inlined
+
+    class Node(BaseModel):
+        label: str = "a"
+        children: list["Node"] = []
+
+    class Cat(BaseModel):
+        kind: Literal["cat"] = "cat"
+
+    class Dog(BaseModel):
+        kind: Literal["dog"] = "dog"
+
+    class Options(BaseModel):
+        tree: Node = Node()
+        maybe: Optional[Node] = None
+        pet: Union[Cat, Dog] = Field(Cat(), discriminator="kind")
+
+    form = _inlined(Options.model_json_schema())
+    assert "$defs" not in json.dumps(form) and "$ref" not in json.dumps(form)
+    assert form["properties"]["tree"]["properties"]["children"]["items"] == {"type": "object"}  # recursion: JSON
+    assert form["properties"]["pet"]["discriminator"] == {"propertyName": "kind"}

@@ -391,7 +391,14 @@ def test_the_run_form_shows_a_judges_own_settings_as_fields(stack, throwaway_set
     try:
         with Browser(chromium, tmp_path / "chromium-profile") as browser:
             browser.goto(f"{stack['ui']}/deployments/deployment/{deployment}/run")
-            browser.wait_for("!!" + label % "Max Words (Optional)", 120, "the judge's own field in the run form")
+            entry = f"({label % f'{name} (Optional)'}).closest('.schema-form-property')"
+            browser.wait_for("!!" + label % f"{name} (Optional)", 120, "the judge's entry in the run form")
+            # untouched, the entry is None (its defaults): a run of another judge never trips on it
+            assert browser.evaluate(f"[...{entry}.querySelectorAll('button[aria-selected=true]')]"
+                                    ".map(b => b.textContent.trim())") == ["None"]
+            browser.evaluate(f"[...{entry}.querySelectorAll('button')].find(b => b.textContent.trim() == 'settings')"
+                             ".click()")
+            browser.wait_for("!!" + label % "Max Words (Optional)", 30, "the judge's own field in the run form")
             text = browser.evaluate("document.body.innerText")
             assert f"{name} (Optional)\nflags a summary over a word limit" in text
             assert "A summary longer than this many words is flagged." in text  # the field's docstring
@@ -401,6 +408,9 @@ def test_the_run_form_shows_a_judges_own_settings_as_fields(stack, throwaway_set
             browser.evaluate(f"(() => {{ const input = {input_js}; const set = Object.getOwnPropertyDescriptor("
                              "HTMLInputElement.prototype, 'value').set; set.call(input, '3'); "
                              "input.dispatchEvent(new Event('input', {bubbles: true})); })()")
+            # the form takes the typed value a moment after the input event (submitted at once, it sent the
+            # default in 2 of 3 runs: a review, 2026-12-07); what a person's next click always waits for
+            time.sleep(2)
             browser.evaluate("[...document.querySelectorAll('button')].find(b => b.textContent.trim() == 'Submit')"
                              ".click()")
             browser.wait_for("!location.pathname.endsWith('/run')", 60, "the form to submit")

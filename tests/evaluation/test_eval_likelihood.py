@@ -233,6 +233,26 @@ def test_the_pairs_stage_can_choose_with_the_likelihood_judge_on_the_sampled_pol
         _pairs_judge(config, None)
 
 
+def test_a_calibration_of_the_likelihood_judge_belongs_to_its_model(tiny_model_dir, tmp_path):
+    """A review (2026-12-07): every model's likelihood judge had one identity (`likelihood-rules`), so a threshold
+    calibrated on one model was shown in the report of another."""
+    import shutil
+
+    from faithforge.core.config import EvaluateConfig
+    from faithforge.evaluation import get_judge
+    from faithforge.evaluation.heldout import judge_checkpoint
+    from faithforge.evaluation.judge_options import judge_options
+
+    other = shutil.copytree(tiny_model_dir, tmp_path / "other-model")
+    cfg = EvaluateConfig(judge="likelihood")
+    first, second = (judge_checkpoint(get_judge("likelihood", **judge_options(cfg, base_model=str(m))))
+                     for m in (tiny_model_dir, other))
+    assert first != second and "other-model" in second
+    assert first == judge_checkpoint(get_judge("likelihood", **judge_options(cfg, base_model=str(tiny_model_dir))))
+    pmi = EvaluateConfig(judge="likelihood", likelihood_feature="pmi")
+    assert judge_checkpoint(get_judge("likelihood", **judge_options(pmi, base_model=str(tiny_model_dir)))) != first
+
+
 def test_bfloat16_scoring_stays_close_to_float32_and_keeps_its_own_cache(tiny_model_dir, tmp_path):
     exact = LikelihoodScorer(tiny_model_dir, dtype="float32", cache_dir=tmp_path)
     fast = LikelihoodScorer(tiny_model_dir, dtype="bfloat16", cache_dir=tmp_path)
