@@ -78,7 +78,8 @@ def load_attribute(entry: Entry, attribute: str, default: Any = ...) -> Any:
         module = importlib.import_module(entry.module)
     except ModuleNotFoundError as exc:
         missing = exc.name or ""
-        if not missing or entry.module.startswith(missing) or missing.split(".")[0] == "faithforge":
+        own = missing == entry.module or entry.module.startswith(missing + ".")  # the module or its package
+        if not missing or own or missing.split(".")[0] == "faithforge":
             raise
         raise UserError(f"{entry.name!r} cannot be used: its module {entry.module} needs the package {missing}, "
                         "which is not installed; install it") from exc
