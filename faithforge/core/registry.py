@@ -154,15 +154,15 @@ class SettingsForm:
 
 
 def _options_form(entry: Entry) -> dict[str, Any] | None:
-    """The form of `entry`'s `Options` (inlined, no default a browser would show masked), or None when its
-    module does not import or its `Options` is not a pydantic model with a JSON schema."""
+    """The form of `entry`'s `Options` (inlined), or None when its module does not import or its `Options` is not a
+    pydantic model with a JSON schema. A secret keeps its masked default (`**********`): Prefect's UI fails the
+    whole form on a secret field without one; `evaluation.judge_options` reads the mask back as "not set"."""
     try:
         raw = load_attribute(entry, "Options").model_json_schema()
     except (ImportError, UserError, AttributeError, TypeError, ValueError):
         return None
     form = _inlined(raw)
     form["title"] = "settings"  # the form's toggle: settings | None
-    _drop_secret_defaults(form)
     return form
 
 
@@ -192,14 +192,3 @@ def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
 
     return resolve(schema, ())
 
-
-def _drop_secret_defaults(node: Any) -> None:
-    """A secret's default is its mask (`**********`): shown and submitted, it would replace the real default."""
-    if isinstance(node, list):
-        for item in node:
-            _drop_secret_defaults(item)
-    elif isinstance(node, dict):
-        if node.get("writeOnly") or node.get("format") == "password":
-            node.pop("default", None)
-        for value in node.values():
-            _drop_secret_defaults(value)

@@ -114,6 +114,7 @@ def _validated(name: str, model, given: dict) -> dict:
     from pydantic import ValidationError
 
     names = _field_names(model)
+    given = {k: v for k, v in given.items() if not _masked_secret(model, names.get(k), v)}
     unknown = sorted(set(given) - set(names))  # a typo never passes silently, whatever the model says
     if unknown:
         raise JudgeSettingsError(name, f"unknown setting {', '.join(unknown)}; the {name} judge takes "
@@ -130,6 +131,15 @@ def _validated(name: str, model, given: dict) -> dict:
         raise JudgeSettingsError(name, f"unknown setting {', '.join(dropped)}; the {name} judge's Options has no "
                                        "such field")
     return settings
+
+
+def _masked_secret(model, field: str | None, value: Any) -> bool:
+    """The UI form's value of a secret left as shown: pydantic's mask of its default, which means "not set" (the
+    default then applies), never the secret itself."""
+    from pydantic import SecretBytes, SecretStr
+
+    annotation = model.model_fields[field].annotation if field else None
+    return value == "**********" and annotation in (SecretStr, SecretBytes)
 
 
 def _field_names(model) -> dict[str, str]:
