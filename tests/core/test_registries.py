@@ -13,7 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from tests.fixtures.source_scan import copies_of
-from tests.fixtures.throwaway_kinds import register_throwaway, settings_judge
+from tests.fixtures.throwaway_kinds import (register_throwaway, throwaway_model_folder_judge,  # noqa: F401
+                                           throwaway_settings_judge)  # noqa: F401 - fixtures
 
 from faithforge.core.backend_registry import BACKENDS, BackendKind
 from faithforge.core.judge_registry import JUDGES, JudgeKind
@@ -139,14 +140,7 @@ def test_a_judge_registered_once_is_accepted_by_config_cli_and_form(throwaway_ju
     assert json.loads(result.stdout)["test"]["recall"] == 1.0
 
 
-@pytest.fixture
-def throwaway_judge_with_settings(tmp_path, monkeypatch):
-    """A judge with settings of its own, added the documented way: its module (`Options` and `build`) and one
-    registration line; no config field, no CLI flag."""
-    yield from settings_judge(tmp_path, monkeypatch)
-
-
-def test_a_judge_with_settings_of_its_own_needs_no_config_field_or_flag(throwaway_judge_with_settings, tmp_path):
+def test_a_judge_with_settings_of_its_own_needs_no_config_field_or_flag(throwaway_settings_judge, tmp_path):
     """Its settings go in `evaluate.judge_options`, are checked against its `Options` by the run's checks before any
     work, reach `build`, show in the UI form, and are set on the CLI by `--judge-option`."""
     from prefect.utilities.callables import parameter_schema
@@ -159,7 +153,7 @@ def test_a_judge_with_settings_of_its_own_needs_no_config_field_or_flag(throwawa
     from faithforge.flows.pipeline import pipeline
     from faithforge.stages.preflight import check_pipeline_inputs
 
-    name = throwaway_judge_with_settings
+    name = throwaway_settings_judge
 
     def config(options):
         return load_config(None, overrides={"workspace": str(tmp_path / "ws"),
@@ -350,13 +344,6 @@ def test_judge_options_on_an_install_without_such_judges_says_what_to_set_instea
             "evaluate's own fields") in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.fixture
-def throwaway_model_folder_judge(tmp_path, monkeypatch):
-    from tests.fixtures.throwaway_kinds import model_folder_judge
-
-    yield from model_folder_judge(tmp_path, monkeypatch)
-
-
 def test_a_judge_that_needs_the_runs_model_folder_is_handed_it_beside_its_settings(throwaway_model_folder_judge,
                                                                                    tiny_model_dir, tmp_path):
     """Two files as well: `run_inputs` in its registration names what the run hands `build` (the evaluate stage's
@@ -411,7 +398,6 @@ def test_a_setting_named_like_what_the_run_hands_is_refused(tmp_path, monkeypatc
     """The run's model folder would silently replace the user's `base_model` setting."""
     from faithforge.core.config import load_config
     from faithforge.evaluation.judge_options import judge_options
-    from tests.fixtures.throwaway_kinds import register_throwaway
 
     source = "from pydantic import BaseModel\n\nclass Options(BaseModel):\n    base_model: str = 'mine'\n"
     for name in register_throwaway(JUDGES, JudgeKind("clash", "throwaway_clash_judge", "s", own_settings=True,
@@ -430,7 +416,6 @@ def test_a_judge_module_that_cannot_be_imported_leaves_the_form_a_json_object_fo
     from faithforge.core.errors import UserError
     from faithforge.flows.pipeline import pipeline
     from faithforge.stages.preflight import check_pipeline_inputs
-    from tests.fixtures.throwaway_kinds import register_throwaway
 
     source = "import a_package_this_machine_lacks\n"
     for name in register_throwaway(JUDGES, JudgeKind("broken", "throwaway_broken_judge", "s", own_settings=True),
@@ -447,7 +432,7 @@ def test_a_judge_module_that_cannot_be_imported_leaves_the_form_a_json_object_fo
                          ("from faithforge.evaluation.verdict import Verdikt\n",
                           JudgeKind("bug", "throwaway_buggy_judge", "s"))]:
         for name in register_throwaway(JUDGES, kind, source, tmp_path, monkeypatch):
-            (tmp_path / "throwaway_no_such_module.py").unlink(missing_ok=True)
+            (tmp_path / "throwaway-modules" / "throwaway_no_such_module.py").unlink(missing_ok=True)
             with pytest.raises(ImportError) as err:
                 check_pipeline_inputs(load_config(None, overrides={"workspace": str(tmp_path / "ws"),
                                                                    "evaluate": {"judge": name}}, environ={}))
@@ -465,7 +450,6 @@ def test_what_the_form_submits_for_awkward_settings_passes_the_runs_check(tmp_pa
     from faithforge.evaluation.judge_options import declared_options, judge_options
     from faithforge.flows.pipeline import pipeline
     from faithforge.stages.preflight import check_pipeline_inputs
-    from tests.fixtures.throwaway_kinds import register_throwaway
 
     source = ("from pydantic import BaseModel, Field, SecretStr\n\n"
               "class Options(BaseModel):\n"

@@ -23,6 +23,7 @@ import pytest
 
 from tests.fixtures.prefect_server import Processes, prefect_client, prefect_server
 from tests.fixtures.small_config import SMALL_PIPELINE
+from tests.fixtures.throwaway_kinds import throwaway_settings_judge  # noqa: F401 - a fixture
 from faithforge.deployments.generation import NIGHTLY_CRON
 
 # Under heavy load (six processes on two cores) one run took over 10 min; the waits below have their own guards.
@@ -356,15 +357,6 @@ def test_the_ui_shows_the_pipeline_report_with_its_charts(stack, offloaded_pipel
     for shot in (tab, page):
         assert shot.stat().st_size > 10_000 and shot.read_bytes().startswith(b"\x89PNG")
     print(f"screenshots: {shots}")
-
-
-@pytest.fixture
-def throwaway_settings_judge(tmp_path, monkeypatch):
-    from tests.fixtures.throwaway_kinds import settings_judge
-
-    folder = tmp_path / "judge-module"
-    folder.mkdir()
-    yield from settings_judge(folder, monkeypatch)
 
 
 def test_the_run_form_shows_a_judges_own_settings_as_fields(stack, throwaway_settings_judge, tmp_path):

@@ -7,12 +7,11 @@ import copy
 import json
 from pathlib import Path
 
-import pytest
-
 from faithforge.core.config import load_config
 from faithforge.stages.answer_cache import Answers, adapter_fingerprint, answers_key, read_answers, write_answers
 from faithforge.training.reference_cache import sampling_fingerprint
 from tests.fixtures.small_config import SMALL_PIPELINE
+from tests.fixtures.throwaway_kinds import throwaway_model_folder_judge  # noqa: F401 - a fixture
 
 
 def test_stored_answers_read_back_and_anything_else_reads_as_none(tmp_path):
@@ -69,19 +68,12 @@ def test_the_sampled_models_fingerprint_holds_its_generation_config(tiny_model_d
     assert sampling_fingerprint(folder) != first  # the answers' key and the on-policy pairs' key hold it
 
 
-@pytest.fixture
-def model_folder_judge(tmp_path, monkeypatch):
-    from tests.fixtures.throwaway_kinds import model_folder_judge
-
-    folder = tmp_path / "judge-module"
-    folder.mkdir()
-    yield from model_folder_judge(folder, monkeypatch)
-
-
 def test_a_rerun_judges_the_stored_answers_and_a_damaged_file_is_written_again(tmp_path, monkeypatch,
-                                                                                model_folder_judge):
+                                                                                throwaway_model_folder_judge):
     import faithforge.stages.evaluate as evaluate
     from tests.fixtures.inprocess_pipeline import run_stages
+
+    model_folder_judge = throwaway_model_folder_judge
 
     written = []
     summarize = evaluate.summarize_sources

@@ -6,18 +6,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
 from faithforge.stages.outputs import EvaluationOutput
-
-
-@pytest.fixture
-def model_folder_judge(tmp_path, monkeypatch):
-    from tests.fixtures.throwaway_kinds import model_folder_judge
-
-    folder = tmp_path / "judge-module"
-    folder.mkdir()
-    yield from model_folder_judge(folder, monkeypatch)
+from tests.fixtures.throwaway_kinds import throwaway_model_folder_judge  # noqa: F401 - a fixture
 
 
 def _evaluation(folder: Path, judge: str) -> EvaluationOutput:
@@ -34,8 +24,8 @@ def _evaluation(folder: Path, judge: str) -> EvaluationOutput:
                             models={}, difference={})
 
 
-def test_the_judge_is_recalibrated_on_the_labels_with_the_runs_model_folder(model_folder_judge, tiny_model_dir,
-                                                                            tmp_path):
+def test_the_judge_is_recalibrated_on_the_labels_with_the_runs_model_folder(throwaway_model_folder_judge,
+                                                                            tiny_model_dir, tmp_path):
     """A judge that reads the run's model folder (`run_inputs`) gets it here too: before, the label stage built
     the judge without it, so such a judge (and the likelihood judge on the run's model) was never re-calibrated."""
     from faithforge.core.config import load_config
@@ -43,7 +33,7 @@ def test_the_judge_is_recalibrated_on_the_labels_with_the_runs_model_folder(mode
     from faithforge.stages.context import StageContext
     from faithforge.stages.label import record_labels
 
-    name = model_folder_judge
+    name = throwaway_model_folder_judge
     cfg = load_config(None, overrides={"workspace": str(tmp_path / "ws"), "evaluate": {"judge": name,
                       "judge_options": {name: {"max_words": 3}}}}, environ={})
     evaluation = _evaluation(tmp_path / "eval", name)
