@@ -50,6 +50,9 @@ def calibrate(
     trained_judge: Optional[str] = typer.Option(None, "--trained-judge", help="trained: the folder judge train wrote."),
     judge_option: list[str] = typer.Option([], "--judge-option", help="NAME.FIELD=VALUE: a setting of a judge that "
                                            "declares its own (evaluate.judge_options); repeatable."),
+    backend_option: list[str] = typer.Option([], "--backend-option", help="llm: NAME.FIELD=VALUE, a setting of "
+                                             "--llm-backend (evaluate.llm_backend_options, e.g. "
+                                             "openai.api_key_env=OPENAI_API_KEY); repeatable."),
     base_model: Optional[str] = typer.Option(None, "--base-model", help=BASE_MODEL_HELP),
     holdout: float = typer.Option(0.5, "--holdout", help="Share of labels held out for the reported accuracy."),
     split_seed: int = typer.Option(0, "--split-seed", min=0, max=2**32 - 1, help="Seed of the validation/test split by source."),
@@ -65,6 +68,7 @@ def calibrate(
     from faithforge.evaluation.heldout import calibrate_heldout, save_calibration
 
     settings = dict(llm_backend=llm_backend, llm_model=llm_model, llm_base_url=llm_base_url,
+                    llm_backend_options=_llm_backend_option_flags(backend_option, llm_backend, judge),
                     likelihood_model=likelihood_model, trained_judge=trained_judge,
                     judge_options=_judge_option_flags(judge_option, judge),  # --judge a+b names a and b
                     run=dict(base_model=base_model, cache_root=str(workspace / "cache") if save else None))
@@ -128,7 +132,7 @@ def _choose(candidates: list[Judge], examples, *, labels: Path, holdout: float, 
 
 def _calibration_judges(judge: list[str], *, checkpoint: str | None = None, supported_label: int | None = None,
                         trust_remote_code: bool = False, llm_backend: str, llm_model: str, llm_base_url: str | None,
-                        likelihood_model: str | None = None, trained_judge: str | None = None,
+                        llm_backend_options: dict[str, dict] | None = None, likelihood_model: str | None = None, trained_judge: str | None = None,
                         judge_options: dict[str, dict] | None = None, run: dict | None = None) -> Judge:
     """The judges `--judge` names, built with their options the way a run builds them (`evaluate` settings and
     `judge_options` → each judge's `Options` or `options_from_config`); nli-only options on other judges are an
@@ -147,44 +151,38 @@ def _calibration_judges(judge: list[str], *, checkpoint: str | None = None, supp
     options = _judge_settings_options(names, nli_checkpoint=checkpoint, nli_supported_label=supported_label,
                                       nli_trust_remote_code=trust_remote_code, llm_backend=llm_backend,
                                       llm_model=llm_model, llm_base_url=llm_base_url,
+                                      llm_backend_options=llm_backend_options or {},
                                       likelihood_model=likelihood_model, trained_judge_path=trained_judge,
                                       judge_options={n: o for n, o in (judge_options or {}).items() if n in names},
                                       run=run)
     return build_judges(names, options)
 
 
-def _judge_option_flags(flags: list[str], judge: list[str]) -> dict[str, dict]:
-    """`--judge-option NAME.FIELD=VALUE` flags as `evaluate.judge_options`. A VALUE stays a string, which the judge's
-    `Options` converts to its field's type (`0.3` to a float, `true` to a bool; `0123` stays 123, not octal), except
-    one starting with `[` or `{`: JSON (a list or an object). A malformed flag, a field given twice, or one naming a
-    judge not among `--judge` or without settings of its own is one line."""
-    import json
+#: The `evaluate` fields of settings by name, and the flag that sets each here.
+_SETTINGS_FLAGS = {"judge_options": "judge-option", "llm_backend_options": "backend-option"}
 
+
+def _llm_backend_option_flags(flags: list[str], llm_backend: str, judge: list[str]) -> dict[str, dict]:
+    """`--backend-option NAME.FIELD=VALUE` flags as `evaluate.llm_backend_options`: each names `--llm-backend`, and
+    only with `--judge llm` (no other judge talks to it)."""
+    from faithforge.app.settings_flags import settings_flags
+    from faithforge.evaluation.judges import judge_names
+
+    if flags and "llm" not in judge_names(judge):
+        raise UserError("--backend-option sets --llm-backend, which only --judge llm uses")
+    return settings_flags(flags, flag="--backend-option", registry=BACKENDS, chosen=[llm_backend],
+                          chosen_flag="--llm-backend", example="openai.api_key_env=OPENAI_API_KEY")
+
+
+def _judge_option_flags(flags: list[str], judge: list[str]) -> dict[str, dict]:
+    """`--judge-option NAME.FIELD=VALUE` flags as `evaluate.judge_options` (`app.settings_flags`): each must name a
+    judge among `--judge` with settings of its own."""
+    from faithforge.app.settings_flags import settings_flags
     from faithforge.core.judge_registry import JUDGES
     from faithforge.evaluation.judges import judge_names
 
-    judges = judge_names(judge) if flags else []
-    options: dict[str, dict] = {}
-    for flag in flags:
-        target, equals, value = flag.partition("=")
-        name, dot, field = target.partition(".")
-        if not (equals and dot and name and field):
-            raise UserError(f"--judge-option expects NAME.FIELD=VALUE (e.g. my-judge.threshold=0.3), got {flag!r}")
-        if name not in judges:
-            raise UserError(f"--judge-option {flag!r} names {name}, which is not among --judge ({', '.join(judges)})")
-        if not JUDGES.get(name).own_settings:
-            raise UserError(f"--judge-option {flag!r}: the {name} judge has no settings of its own; set it with this "
-                            "command's own flags (--help lists them)")
-        if field in options.get(name, {}):
-            raise UserError(f"--judge-option {name}.{field} is given twice; give each setting once")
-        if value.lstrip().startswith(("[", "{")):
-            try:
-                value = json.loads(value)
-            except ValueError as exc:
-                raise UserError(f"--judge-option {flag!r}: the value is not JSON ({exc}); write a list as "
-                                '[1, 2] and an object as {"key": 1}') from None
-        options.setdefault(name, {})[field] = value
-    return options
+    return settings_flags(flags, flag="--judge-option", registry=JUDGES, chosen=judge_names(judge) if flags else [],
+                          chosen_flag="--judge", example="my-judge.threshold=0.3")
 
 
 def _refuse_nli_options_without_nli(names: list[str], checkpoint: str | None, supported_label: int | None,
@@ -199,18 +197,26 @@ def _judge_settings_options(names: list[str], run: dict | None = None, **setting
     from pydantic import ValidationError
 
     from faithforge.core.config import EvaluateConfig
-    from faithforge.evaluation.judge_options import JudgeSettingsError, judge_options
+    from faithforge.core.settings import SettingsError
+    from faithforge.evaluation.judge_options import judge_options
 
     try:
         cfg = EvaluateConfig(judge=names if len(names) > 1 else names[0], **settings)
     except ValidationError as exc:
         first = exc.errors()[0]
-        flag = "judge-option" if first["loc"][0] == "judge_options" else str(first["loc"][0]).replace("_", "-")
+        flag = _SETTINGS_FLAGS.get(first["loc"][0], str(first["loc"][0]).replace("_", "-"))
         raise UserError(f"--{flag}: {first['msg']}") from None
     try:  # a missing model, checkpoint or judge folder fails here, before any label is read
         options = judge_options(cfg, **(run or {}))
-    except JudgeSettingsError as exc:  # named as the flag that set it
-        raise UserError(f"--judge-option {exc.judge}: {exc.problem}") from None
+        if "llm" in names:  # its requests are made here: its key variable must be set here
+            from faithforge.backends import check_backend_options
+
+            check_backend_options(cfg.llm_backend_options, cfg.llm_backend, where="evaluate.llm_backend_options")
+    except SettingsError as exc:  # named as the flag that set it
+        field = exc.where.split(".")[1] if exc.where.startswith("evaluate.") else ""
+        if field not in _SETTINGS_FLAGS:
+            raise
+        raise UserError(f"--{_SETTINGS_FLAGS[field]} {exc.entry}: {exc.problem}") from None
     return options if len(names) > 1 else {names[0]: options}
 
 

@@ -19,7 +19,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from faithforge.core.errors import USER_ERRORS, validation_message
+from faithforge.core.errors import USER_ERRORS, UserError, validation_message
+from faithforge.core.settings import SettingsError
 from faithforge.core.backend_registry import BACKENDS
 from faithforge.generation.parameters import GenerateParameters
 
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
 _FIELDS = GenerateParameters.model_fields
 # Option names of the parameters whose flag is not --<field with dashes>.
 _OPTION_OF = {"use_gpu_gate": "--no-gate", "fallback_models": "--fallback-model", "read_timeout_s": "--read-timeout",
-              "spec": "--spec"}
+              "spec": "--spec", "backend_options": "--backend-option"}
 
 
 def _default(name: str) -> Any:
@@ -38,6 +39,26 @@ def _default(name: str) -> Any:
 
 def option_name(field: str) -> str:
     return _OPTION_OF.get(field, "--" + field.replace("_", "-"))
+
+
+def _backend_option_flags(flags: list[str], backend: str, api_key_env: str | None,
+                          api_key_secret: str | None) -> dict[str, dict]:
+    """`--backend-option NAME.FIELD=VALUE` flags (and the openai key's two short flags) as `backend_options`: each
+    names `--backend`, which must declare settings of its own; a setting given both ways is one line."""
+    from faithforge.app.settings_flags import settings_flags
+
+    short = {"api_key_env": api_key_env, "api_key_secret": api_key_secret}
+    given = [f"--{field.replace('_', '-')}" for field, value in short.items() if value is not None]
+    if given and backend != "openai":
+        raise UserError(f"{' and '.join(given)} {'apply' if len(given) > 1 else 'applies'} to --backend openai only "
+                        "(the server that takes an API key)")
+    for field, value in short.items():
+        if value is not None and any(f.partition("=")[0].strip() == f"openai.{field}" for f in flags):
+            raise UserError(f"--{field.replace('_', '-')} and --backend-option openai.{field} set the same thing; "
+                            "give one")
+    flags = [*flags, *(f"openai.{field}={value}" for field, value in short.items() if value is not None)]
+    return settings_flags(flags, flag="--backend-option", registry=BACKENDS, chosen=[backend],
+                          chosen_flag="--backend", example="ollama.keep_alive=1h")
 
 
 def parameter_problems(exc: ValidationError) -> str:
@@ -59,9 +80,13 @@ def generate(
     fallback_model: Annotated[Optional[list[str]], typer.Option(
         "--fallback-model", help="Smaller tier the GPU gate may pick instead (repeatable).")] = None,
     base_url: Annotated[Optional[str], typer.Option("--base-url", help="Server root URL.")] = None,
-    api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", help="openai: env var with the key.")] = None,
-    api_key_secret: Annotated[Optional[str], typer.Option("--api-key-secret",
-                                                          help="openai: Prefect Secret block with the key.")] = None,
+    backend_option: Annotated[Optional[list[str]], typer.Option(
+        "--backend-option", help="NAME.FIELD=VALUE: a setting of a backend that declares its own (backend_options, "
+        "e.g. ollama.keep_alive=1h); repeatable.")] = None,
+    api_key_env: Annotated[Optional[str], typer.Option("--api-key-env", help="openai: env var with the key (short "
+                                                       "for --backend-option openai.api_key_env=VAR).")] = None,
+    api_key_secret: Annotated[Optional[str], typer.Option("--api-key-secret", help="openai: Prefect Secret block "
+                                                          "with the key (openai.api_key_secret).")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size", help="Parallel requests (gate may lower).")] = _default("batch_size"),
     max_tokens: Annotated[int, typer.Option("--max-tokens", help="Longest answer, tokens (gate may lower).")] = _default("max_tokens"),
     temperature: Annotated[float, typer.Option("--temperature")] = _default("temperature"),
@@ -83,15 +108,19 @@ def generate(
     """Generate examples from a local LLM, resumably (rerun the same command to continue)."""
     console = Console(stderr=True)
     try:
+        backend_options = _backend_option_flags(backend_option or [], backend, api_key_env, api_key_secret)
         params = GenerateParameters(spec=str(spec), backend=backend, model=model, target=target,  # type: ignore[arg-type]
-                                    fallback_models=fallback_model or [], base_url=base_url, api_key_env=api_key_env,
-                                    api_key_secret=api_key_secret, batch_size=batch_size, max_tokens=max_tokens,
+                                    fallback_models=fallback_model or [], base_url=base_url,
+                                    backend_options=backend_options, batch_size=batch_size, max_tokens=max_tokens,
                                     temperature=temperature, seed=seed, read_timeout_s=read_timeout,
                                     documents=documents, workspace=workspace, database_url=database_url,
                                     gpu_profile=gpu_profile, use_gpu_gate=not no_gate, limit=limit,
                                     unload_after=unload_after)
     except ValidationError as exc:
         console.print(f"[red]error:[/red] {escape(parameter_problems(exc))}", soft_wrap=True, highlight=False)
+        raise typer.Exit(2) from None
+    except USER_ERRORS as exc:  # a malformed --backend-option
+        console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
     try:
         result = _run(params, console, prefect=prefect, verbose=verbose)
@@ -102,6 +131,8 @@ def generate(
             console.print(traceback.format_exc(), markup=False, highlight=False)
         if isinstance(exc, GenerationFailed) and exc.result is not None:
             _print_summary(console, exc.result, params.backend)
+        if isinstance(exc, SettingsError) and exc.where.startswith("backend_options."):  # as the flag that sets it
+            exc = UserError(f"--backend-option {exc.entry}: {exc.problem}")
         console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
         raise typer.Exit(exc.exit_code) from None
     _print_summary(console, result, params.backend)

@@ -146,22 +146,17 @@ def server_answer(content: str, thinking: str, finish_reason: str | None, usage:
 
 @dataclass(frozen=True)
 class BackendOptions:
-    """What `make_backend` hands a backend module's `build(model, options)`; each backend reads what applies to it."""
+    """What `make_backend` hands a backend module's `build(model, options)`: what the run decides for any backend
+    (each reads what applies to it), and the backend's own settings."""
 
     base_url: str | None = None
     """Server root (server backends; empty: the backend's default URL, if it has one)."""
     num_ctx: int = 8192
-    """Context the request asks for, tokens (Ollama's `num_ctx`)."""
-    keep_alive: str | int = "30m"
-    """How long Ollama keeps the model loaded after a request."""
+    """Context the request asks for, tokens (the GPU gate plans it; Ollama sends it as `num_ctx`)."""
     stream: bool = True
     """Stream the answer (a stalled server is noticed between chunks)."""
-    api_key_env: str | None = None
-    """OpenAI-compatible: the environment variable holding the API key."""
-    api_key_secret: str | None = None
-    """OpenAI-compatible: the Prefect Secret block holding the API key."""
     http: Any = None
     """`HttpOptions` (timeouts, retries) for server backends; None: the defaults."""
-    delay_s: float = 0.0
-    """Template teacher: seconds per request (tests of slow generation)."""
+    settings: Any = None
+    """The backend's own `Options`, validated (a backend registered with `own_settings`); None for the others."""
 

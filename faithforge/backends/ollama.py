@@ -11,10 +11,12 @@ negotiated (`negotiation.py`): `format` with the schema, then `format: "json"`, 
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from pydantic import BaseModel, ConfigDict, field_validator
 
 from faithforge.backends.base import (BackendError, BackendOptions, ChatResult, TransientBackendError, Usage,
                                       server_answer)
@@ -213,8 +215,40 @@ def release_gpu(base_url: str, models: list[str]) -> list[str]:
     return release_ollama_gpu(base_url, models)
 
 
+class Options(BaseModel):
+    """The Ollama backend's own settings (`backend_options.ollama`)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    keep_alive: str | int = "30m"
+    """How long Ollama keeps the model loaded after a request: a duration with a unit (`30m`, `1h30m`), whole
+    seconds (`3600`), 0 to unload at once, or -1 for ever (Ollama's own default is 5m; a long run keeps it longer,
+    so no request waits for a reload)."""
+
+    @field_validator("keep_alive", mode="before")
+    @classmethod
+    def _duration_or_seconds(cls, value: Any) -> Any:
+        """Ollama reads a string with Go's `time.ParseDuration`, which refuses a number without a unit (an HTTP 400
+        on the first request), and a JSON number as seconds: whole seconds given as text (every value from the
+        command line is text) are sent as a number, and a string that is not a Go duration is refused here."""
+        if isinstance(value, bool):  # YAML `false` would be 0: unload after every request
+            raise ValueError("a duration (30m, 1h) or whole seconds (-1: for ever), not true/false")
+        if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]+", value.strip()):
+            return int(value)
+        if isinstance(value, str) and not _GO_DURATION.fullmatch(value.strip()):
+            raise ValueError(f"{value!r} is not a duration: write one with a unit (30m, 1h30m, 90s) or whole "
+                             "seconds (3600; -1 for ever)")
+        return value.strip() if isinstance(value, str) else value
+
+
+#: A Go duration (`time.ParseDuration`): an optional sign, then one or more numbers each with its unit.
+_GO_DURATION = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|ms|s|m|h)(([0-9]+(\.[0-9]*)?|\.[0-9]+)"
+                          r"(ns|us|µs|ms|s|m|h))*")
+
+
 def build(model: str, options: BackendOptions) -> "OllamaBackend":
     """The registered builder (`faithforge.core.backend_registry`)."""
+    settings = options.settings if options.settings is not None else Options()
     return OllamaBackend(model, base_url=options.base_url or DEFAULT_OLLAMA_URL, num_ctx=options.num_ctx,
-                         keep_alive=options.keep_alive, stream=options.stream, http=options.http)
+                         keep_alive=settings.keep_alive, stream=options.stream, http=options.http)
 

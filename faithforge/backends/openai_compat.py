@@ -15,9 +15,10 @@ never printed.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import Annotated, Any
 
 import httpx
+from pydantic import BaseModel, ConfigDict, StringConstraints, field_validator
 
 from faithforge.backends.base import (BackendConfigError, BackendOptions, ChatResult, TransientBackendError, Usage,
                                       server_answer)
@@ -152,10 +153,37 @@ class OpenAICompatBackend(NegotiatedChat):
                              str(model or self.model))
 
 
+class Options(BaseModel):
+    """The OpenAI-compatible backend's own settings (`backend_options.openai`): where its API key is. The key itself
+    is never a setting (it would be stored with the run's parameters)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    api_key_env: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
+    """The environment variable holding the API key (e.g. OPENAI_API_KEY). Empty: no key is sent (a local server)."""
+    api_key_secret: str | None = None
+    """The name of a Prefect Secret block holding the API key (read when the first request is made; used when
+    `api_key_env` is empty or unset on the machine that runs the requests)."""
+
+    @field_validator("api_key_env", "api_key_secret", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: Any) -> Any:
+        """An empty field of the UI form, or `--api-key-env ""`, means no key, as before these were settings."""
+        return None if isinstance(value, str) and not value.strip() else value
+
+
+def check_settings(settings: Options) -> None:
+    """Refuse, before a run, a key variable that is empty here with no Secret block to fall back on."""
+    if settings.api_key_env and not settings.api_key_secret and not os.environ.get(settings.api_key_env):
+        raise UserError(f"api_key_env {settings.api_key_env}: that environment variable is empty; export the API key "
+                        "there (or name a Prefect Secret block in api_key_secret)")
+
+
 def build(model: str, options: BackendOptions) -> OpenAICompatBackend:
     """The registered builder (`faithforge.core.backend_registry`)."""
     if not options.base_url:
         raise UserError("the openai backend needs --base-url (the server root that serves /v1/chat/completions)")
-    return OpenAICompatBackend(model, base_url=options.base_url, api_key_env=options.api_key_env,
-                               api_key_secret=options.api_key_secret, stream=options.stream, http=options.http)
+    settings = options.settings if options.settings is not None else Options()
+    return OpenAICompatBackend(model, base_url=options.base_url, api_key_env=settings.api_key_env,
+                               api_key_secret=settings.api_key_secret, stream=options.stream, http=options.http)
 

@@ -11,6 +11,8 @@ import json
 import time
 import zlib
 
+from pydantic import BaseModel, ConfigDict, Field
+
 from faithforge.backends.base import BackendConfigError, BackendOptions, ChatResult, Usage
 from faithforge.core.errors import UserError
 from faithforge.data.teacher import make_example
@@ -60,7 +62,17 @@ def check_spec(spec) -> None:
                         "--backend ollama, openai or local for this spec")
 
 
+class Options(BaseModel):
+    """The template teacher's own settings (`backend_options.template`)."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    delay_s: float = Field(0.0, ge=0, le=3_600)
+    """Seconds per request: simulates a model in tests and benchmarks of slow generation."""
+
+
 def build(model: str, options: BackendOptions) -> TemplateBackend:
     """The registered builder (`faithforge.core.backend_registry`)."""
-    return TemplateBackend(model or "template-teacher", delay_s=options.delay_s)
+    settings = options.settings if options.settings is not None else Options()
+    return TemplateBackend(model or "template-teacher", delay_s=settings.delay_s)
 

@@ -5,15 +5,19 @@ instead of testing its name.
 Adding a backend is one new module plus one `BACKENDS.register(...)` line here. The module defines
 `build(model, options: BackendOptions) -> ChatBackend` (see `faithforge.backends.base`), and may define
 `check_spec(spec) -> None` to refuse, before a run, a generation spec it cannot write; a backend registered with
-`releases_gpu` defines `release_gpu(base_url, models) -> list[str]` (unload those models, return their names).
+`releases_gpu` defines `release_gpu(base_url, models) -> list[str]` (unload those models, return their names). A
+backend registered with `own_settings` declares `Options` (a pydantic model: its settings, which users set in
+`generate.backend_options[<name>]` or `evaluate.backend_options[<name>]` and the UI form shows as fields) and reads
+them as `options.settings` in `build`; it may define `check_settings(settings) -> None` to refuse, before a run,
+what its model cannot check alone (an environment variable that is empty here).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Any, Callable, Literal
 
-from faithforge.core.registry import Registry, registered_name
+from faithforge.core.registry import Registry, SettingsForm, registered_name
 
 
 @dataclass(frozen=True)
@@ -42,6 +46,9 @@ class BackendKind:
     """It runs a language model (False: the offline template teacher), so the GPU gate plans `generate` for it."""
     built_in_task: bool = False
     """It writes the built-in task's examples in process (the pipeline generates without the generation flow)."""
+    own_settings: bool = False
+    """Its module declares `Options`, set in `backend_options[<name>]` of the section that chooses it (and
+    `--backend-option`): the only backends that field, its form and the flag accept."""
 
     @property
     def needs_url(self) -> bool:
@@ -55,15 +62,15 @@ BACKENDS: Registry[BackendKind] = Registry("backend")
 
 BACKENDS.register(BackendKind("ollama", "faithforge.backends.ollama", "an Ollama server (native /api/chat)",
                               server=True, default_url=DEFAULT_OLLAMA_URL, model_sizes="ollama-tag",
-                              releases_gpu=True))
+                              releases_gpu=True, own_settings=True))
 BACKENDS.register(BackendKind("openai", "faithforge.backends.openai_compat",
                               "an OpenAI-compatible server (/v1/chat/completions: llama.cpp, vLLM, a cloud API)",
-                              server=True))
+                              server=True, own_settings=True))
 BACKENDS.register(BackendKind("local", "faithforge.backends.local", "a local transformers model folder, in process",
                               server=False, model_sizes="model-folder", model_is_folder=True))
 BACKENDS.register(BackendKind("template", "faithforge.backends.template",
                               "the offline template teacher (grounded-summaries only; no model)", server=False,
-                              built_in_task=True, runs_model=False))
+                              built_in_task=True, runs_model=False, own_settings=True))
 
 #: The OpenAI-compatible servers that may serve the policy for `pairs.sampler: served` (`pairs.served_server`, through
 #: the `openai` backend), each with the request fields that make it sample from the model's distribution at the
@@ -81,3 +88,22 @@ PLAIN_SAMPLING = {
 BackendName = registered_name(BACKENDS)
 #: A config field naming a backend that talks to a server (an LLM judge's, a served model's).
 ServerBackendName = registered_name(BACKENDS, where=lambda kind: kind.server, what="server backend")
+def settings_by_name(where: Callable[[BackendKind], bool] = lambda kind: True, what: str = "backend") -> Any:
+    """The type of a `backend_options` field: settings by the name of a backend with settings of its own that
+    `where` accepts (the backends that field's section can use), each checked against that backend's `Options`
+    before any work (`backends.backend_settings`), each shown as its fields in the form."""
+    def accepted(kind: BackendKind) -> bool:
+        return kind.own_settings and where(kind)
+
+    name = registered_name(BACKENDS, where=accepted, what=f"{what} with settings of its own",
+                           when_none="no such backend declares settings")
+    return Annotated[dict[name, dict[str, Any] | None], SettingsForm(BACKENDS, accepted)]
+
+
+#: `backend_options` of the generation flow's parameters: any backend it can run.
+BackendSettingsByName = settings_by_name()
+#: `generate.backend_options` of the pipeline: the backends that run the generation flow (the built-in task's
+#: teacher writes in process and builds no backend, so its settings would be ignored).
+FlowBackendSettingsByName = settings_by_name(lambda kind: not kind.built_in_task, "generation backend")
+#: `evaluate.llm_backend_options` and `evaluate.served_backend_options`: server backends.
+ServerBackendSettingsByName = settings_by_name(lambda kind: kind.server, "server backend")

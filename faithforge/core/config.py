@@ -21,7 +21,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from faithforge.core import strict_yaml
-from faithforge.core.backend_registry import BACKENDS, PLAIN_SAMPLING, BackendName, ServerBackendName
+from faithforge.core.backend_registry import (BACKENDS, PLAIN_SAMPLING, BackendName, FlowBackendSettingsByName,
+                                              ServerBackendName, ServerBackendSettingsByName)
 from faithforge.core.judge_registry import (DEFAULT_JUDGE, JUDGE_RULES, JUDGES, JudgeName, JudgeSettingsByName,
                                             SampleJudgeName)
 from faithforge.core.errors import ConfigError, UserError, validation_message
@@ -155,6 +156,11 @@ class GenerateConfig(Section):
     """Smaller tiers the GPU gate may pick when `model` does not fit (e.g. `qwen3:8b` after `qwen3:30b-a3b`)."""
     base_url: str | None = None
     """LLM backends: the server root (Ollama default http://127.0.0.1:11434; required for `openai`)."""
+    backend_options: FlowBackendSettingsByName = {}
+    """LLM backends: settings of a backend that declares its own, by backend name: `{openai: {api_key_env:
+    OPENAI_API_KEY}}`, `{ollama: {keep_alive: 1h}}`. Checked against that backend's `Options` before any work (an
+    empty entry: its defaults); not part of the dataset's identity (where a key is kept does not change the
+    examples)."""
     target: int = Field(1000, ge=10, le=10_000_000)
     """LLM backends: total examples to generate (a rerun tops up to this)."""
     val_share: float = Field(0.1, ge=0.0, lt=0.5)
@@ -386,6 +392,13 @@ class EvaluateConfig(Section):
     """Where `served_model` runs."""
     served_base_url: str | None = None
     """The server root for `served_model` (Ollama default http://127.0.0.1:11434; required for `openai`)."""
+    llm_backend_options: ServerBackendSettingsByName = {}
+    """`llm`: settings of `llm_backend` when it declares its own, by backend name: `{openai: {api_key_env:
+    OPENAI_API_KEY}}` for a judge model behind a cloud API. Checked before any model runs; not part of a verdict's
+    identity (where a key is kept does not change what the model says)."""
+    served_backend_options: ServerBackendSettingsByName = {}
+    """Settings of `served_backend` when it declares its own, by backend name (`{ollama: {keep_alive: 5m}}`): its
+    own, never the judge's (a cloud key must not reach a local server)."""
     split: Literal["test", "val"] = "test"
     """Which held-out split is evaluated. `test` for the figures you report; `val` while choosing settings
     (training steps, learning rate, β, a prompt), so the test split never chooses anything."""

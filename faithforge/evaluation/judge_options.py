@@ -7,18 +7,9 @@ here, not in a stage, so no stage imports another for it.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from faithforge.core.errors import UserError
-
-
-class JudgeSettingsError(UserError):
-    """A bad setting of a judge with settings of its own, named as the config does (`evaluate.judge_options.NAME:
-    …`); `judge` and `problem` let the CLI name it as the flag that set it (`--judge-option NAME: …`)."""
-
-    def __init__(self, judge: str, problem: str):
-        super().__init__(f"evaluate.judge_options.{judge}: {problem}")
-        self.judge, self.problem = judge, problem
+from faithforge.core.settings import validated_settings
 
 
 def judge_options(cfg, *, base_model: str | None = None, cache_root: str | None = None) -> dict:
@@ -109,56 +100,5 @@ def _own_settings(name: str, cfg) -> dict:
 
 
 def _validated(name: str, model, given: dict) -> dict:
-    """`given` checked against the judge's `Options` model: its keywords (every field, by its name), or one line
-    naming every bad field. A field may be given by its name or its alias (the UI form writes the alias)."""
-    from pydantic import ValidationError
-
-    names = _field_names(model)
-    given = {k: v for k, v in given.items() if not _masked_secret(model, names.get(k), v)}
-    unknown = sorted(set(given) - set(names))  # a typo never passes silently, whatever the model says
-    if unknown:
-        raise JudgeSettingsError(name, f"unknown setting {', '.join(unknown)}; the {name} judge takes "
-                                       f"{', '.join(model.model_fields) or 'none'}")
-    try:
-        validated = model.model_validate(given, by_alias=True, by_name=True)
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(options)'}: {e['msg']}" for e in exc.errors())
-        raise JudgeSettingsError(name, problems) from None
-    settings = validated.model_dump()
-    settings.update({f: getattr(validated, f) for f, info in model.model_fields.items() if info.exclude})
-    dropped = _dropped_keys({names[k]: v for k, v in given.items()}, settings)  # a nested model that ignores
-    if dropped:                                                                # unknown keys: a typo would pass
-        raise JudgeSettingsError(name, f"unknown setting {', '.join(dropped)}; the {name} judge's Options has no "
-                                       "such field")
-    return settings
-
-
-def _masked_secret(model, field: str | None, value: Any) -> bool:
-    """The UI form's value of a secret left as shown: pydantic's mask of its default, which means "not set" (the
-    default then applies), never the secret itself."""
-    from pydantic import SecretBytes, SecretStr
-
-    annotation = model.model_fields[field].annotation if field else None
-    return value == "**********" and annotation in (SecretStr, SecretBytes)
-
-
-def _field_names(model) -> dict[str, str]:
-    """Every key that sets a field of `model` (its name, its alias) → the field's name."""
-    keys = {}
-    for field, info in model.model_fields.items():
-        keys[field] = field
-        for alias in (info.alias, info.validation_alias):
-            if isinstance(alias, str):
-                keys[alias] = field
-    return keys
-
-
-def _dropped_keys(given: Any, kept: Any, where: str = "") -> list[str]:
-    """Keys of `given` (nested dicts) that validation did not keep, as dotted paths."""
-    if not (isinstance(given, dict) and isinstance(kept, dict)):
-        return []
-    dropped = []
-    for key, value in given.items():
-        path = f"{where}{key}"
-        dropped += [path] if key not in kept else _dropped_keys(value, kept[key], f"{path}.")
-    return dropped
+    """`given` checked against the judge's `Options` model: its keywords, or one line naming every bad field."""
+    return validated_settings(model, given, where=f"evaluate.judge_options.{name}", entry=name, kind="judge")

@@ -291,4 +291,6 @@ def options_from_config(cfg, *, base_model: str | None = None, cache_dir: str | 
     """`build`'s keywords from the `evaluate` section: the chat backend the judge model runs on."""
     from faithforge.backends import make_backend
 
-    return {"backend": make_backend(cfg.llm_backend, cfg.llm_model, base_url=cfg.llm_base_url)}
+    return {"backend": make_backend(cfg.llm_backend, cfg.llm_model, base_url=cfg.llm_base_url,
+                                    settings=cfg.llm_backend_options.get(cfg.llm_backend),
+                                    where="evaluate.llm_backend_options")}

@@ -7,7 +7,6 @@ however it is started. No Prefect here.
 
 from __future__ import annotations
 
-import os
 
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -18,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, PlainSerializer, PlainValidator, Wit
 from faithforge.core.backend_registry import BACKENDS
 from faithforge.core.errors import UserError
 from faithforge.core.registry import load_attribute
-from faithforge.backends import ChatBackend, HttpOptions, make_backend
+from faithforge.backends import ChatBackend, HttpOptions, check_backend_options, make_backend
 from faithforge.generation.coverage_db import CoverageDB, another_schema_message, examples_of_another_schema
 from faithforge.generation.model_tiers import GateDecision, decide
 from faithforge.generation.parameters import GenerateParameters
@@ -145,9 +144,7 @@ def validate(params: GenerateParameters) -> GenerationSpec:
 
         make_coverage_engine(params.database_url).dispose()  # a garbled URL or a missing driver; connects to nothing
     _refuse_another_schema(params, spec)
-    if kind.server and params.api_key_env and not params.api_key_secret and not os.environ.get(params.api_key_env):
-        raise UserError(f"--api-key-env {params.api_key_env}: that environment variable is empty; export the API "
-                        "key there (or name a Prefect Secret block with --api-key-secret)")
+    check_backend_options(params.backend_options, params.backend)
     return spec
 
 
@@ -212,8 +209,8 @@ def planned_num_ctx(params: GenerateParameters, decision: GateDecision) -> int:
 
 def build_backend(params: GenerateParameters, model: str, num_ctx: int | None = None) -> ChatBackend:
     return make_backend(params.backend, model, base_url=params.base_url, num_ctx=num_ctx or params.num_ctx,
-                        api_key_env=params.api_key_env, api_key_secret=params.api_key_secret,
-                        http=HttpOptions(read_timeout_s=params.read_timeout_s), delay_s=params.template_delay_s)
+                        http=HttpOptions(read_timeout_s=params.read_timeout_s),
+                        settings=params.backend_options.get(params.backend))
 
 
 def build_options(params: GenerateParameters, decision: GateDecision) -> GenerationOptions:

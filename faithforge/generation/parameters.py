@@ -6,9 +6,11 @@ model and hand it to `faithforge.generation.job`; their options take their defau
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Any
 
-from faithforge.core.backend_registry import BACKENDS, BackendName
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from faithforge.core.backend_registry import BACKENDS, BackendName, BackendSettingsByName
 from faithforge.core.registry import choices_described
 
 
@@ -29,10 +31,10 @@ class GenerateParameters(BaseModel):
     """Total examples wanted, split over categories in proportion to the spec's targets. Empty: the spec's."""
     base_url: str | None = None
     """Server root (Ollama default http://127.0.0.1:11434; required for `openai`)."""
-    api_key_env: str | None = None
-    """`openai`: environment variable holding the API key."""
-    api_key_secret: str | None = None
-    """`openai`: name of a Prefect Secret block holding the API key (read when the first request is made)."""
+    backend_options: BackendSettingsByName = {}
+    """Settings of a backend that declares its own, by backend name: `{openai: {api_key_env: OPENAI_API_KEY}}`,
+    `{ollama: {keep_alive: 1h}}`. Checked against that backend's `Options` before any work (an empty entry: its
+    defaults)."""
     batch_size: int = Field(1, ge=1, le=256)
     """Parallel requests wanted (1 = single-example mode); the GPU gate may lower it."""
     max_tokens: int = Field(4000, ge=16, le=262_144)
@@ -68,11 +70,28 @@ class GenerateParameters(BaseModel):
     """Name of this worker in the coverage database. Empty: host:pid."""
     poll_s: float = Field(1.0, gt=0, le=3_600)
     """Wait between looks for free slots while other workers hold them, seconds."""
-    template_delay_s: float = Field(0.0, ge=0, le=3_600)
-    """`template` backend only: seconds per request (simulates a model in tests and benchmarks)."""
     max_failures: int = Field(200, ge=1, le=10_000_000)
     """Failed attempts after which the run stops."""
     limit: int | None = Field(None, ge=1, le=10_000_000)
     """Stop after storing this many new examples (the next run resumes)."""
     unload_after: bool = False
     """Unload the Ollama model when done (frees VRAM before a GPU training stage)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _moved_settings(cls, given: Any) -> Any:
+        """The fields that became a backend's own settings (2026-12-07), as a deployment or a schedule made before
+        then still sends them: each moved to `backend_options` (its default dropped), so those runs keep working."""
+        if not isinstance(given, dict) or not set(MOVED_TO_BACKEND) & set(given):
+            return given
+        given, options = dict(given), {k: dict(v or {}) for k, v in (given.get("backend_options") or {}).items()}
+        for old, (backend, field) in MOVED_TO_BACKEND.items():
+            value = given.pop(old, None)
+            if value not in (None, 0, 0.0, ""):
+                options.setdefault(backend, {}).setdefault(field, value)
+        return {**given, "backend_options": options}
+
+
+#: Fields of these parameters that moved to a backend's own settings: old name → (backend, its setting).
+MOVED_TO_BACKEND = {"api_key_env": ("openai", "api_key_env"), "api_key_secret": ("openai", "api_key_secret"),
+                    "template_delay_s": ("template", "delay_s")}

@@ -53,11 +53,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.delay and args.backend != "template" or args.delay < 0:  # the template teacher's delay_s setting
+        print("error: --delay is the template backend's seconds per request: a number ≥ 0 with --backend template",
+              file=sys.stderr)
+        return 2
     try:
         params = GenerateParameters(spec=args.spec, backend=args.backend, model=args.model, base_url=args.base_url,
                                     target=args.target, batch_size=args.batch_size, max_tokens=args.max_tokens,
                                     temperature=args.temperature, seed=args.seed, claim_ttl_s=args.claim_ttl,
-                                    poll_s=args.poll, limit=args.limit, template_delay_s=args.delay,
+                                    poll_s=args.poll, limit=args.limit,
+                                    backend_options={"template": {"delay_s": args.delay}} if args.delay else {},
                                     read_timeout_s=args.read_timeout, documents=args.documents,
                                     database_url=args.db, examples_dir=args.out, worker_id=args.worker_id,
                                     use_gpu_gate=False)

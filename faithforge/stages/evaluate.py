@@ -263,7 +263,9 @@ def _answer_and_judge(ctx: StageContext, model: ModelOutput, items: list, source
     if cfg.served_model:  # never reused: a server may serve other weights under the same name tomorrow
         from faithforge.backends import make_backend
 
-        backend = make_backend(cfg.served_backend, cfg.served_model, base_url=cfg.served_base_url)
+        backend = make_backend(cfg.served_backend, cfg.served_model, base_url=cfg.served_base_url,
+                               settings=cfg.served_backend_options.get(cfg.served_backend),
+                               where="evaluate.served_backend_options")
         cut = []
         summaries = summarize_with_backend(backend, sources, max_new_tokens=cfg.max_new_tokens, seed=ctx.config.seed,
                                            system_prompt=prompt, truncated=cut)

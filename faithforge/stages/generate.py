@@ -24,7 +24,8 @@ if TYPE_CHECKING:
 @reads("generate", "data", "seed")
 def dataset_dir(ctx: StageContext) -> Path:
     cfg = ctx.config
-    key = content_key("dataset", TEACHER_VERSION, cfg.generate.model_dump(), cfg.seed, *_documents_key(cfg))
+    key = content_key("dataset", TEACHER_VERSION, cfg.generate.model_dump(exclude={"backend_options"}), cfg.seed,
+                      *_documents_key(cfg))
     from faithforge.evaluation.wording import task_words
 
     return ctx.workspace.dir("datasets") / f"{task_words(cfg).dataset}-{key}"  # e.g. questions-… for grounded-qa
@@ -80,7 +81,8 @@ def generation_parameters(ctx_config: PipelineConfig) -> GenerateParameters:
     cfg = ctx_config.generate
     return GenerateParameters(
         spec=cfg.spec, backend=cfg.backend, model=cfg.model, fallback_models=cfg.fallback_models, target=cfg.target,
-        base_url=cfg.base_url, seed=ctx_config.seed, gpu_profile=ctx_config.gpu.profile,
+        base_url=cfg.base_url, backend_options=cfg.backend_options, seed=ctx_config.seed,
+        gpu_profile=ctx_config.gpu.profile,
         workspace=ctx_config.workspace, database_url=ctx_config.database_url,
         unload_after=True,  # free the GPU for the training stages that follow
     )

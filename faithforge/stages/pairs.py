@@ -177,8 +177,8 @@ def onpolicy_sampler(config, model: ModelOutput, plan: Plan, workspace=None, wri
 
 
 #: The evaluate settings on-policy pairs do not read: the rest (the judge's, the answer length) are in their key.
-_EVALUATION_ONLY = frozenset({"split", "served_model", "served_backend", "served_base_url", "worst_examples",
-                              "batch_size", "bootstrap_samples", "confidence", "sampler"})
+_EVALUATION_ONLY = frozenset({"split", "served_model", "served_backend", "served_base_url", "served_backend_options",
+                              "worst_examples", "batch_size", "bootstrap_samples", "confidence", "sampler"})
 
 
 def _judging_settings(config) -> dict:
@@ -189,7 +189,8 @@ def _judging_settings(config) -> dict:
     from faithforge.evaluation.likelihood import resolved_dtype
 
     judging = pairs_judge_settings(config)
-    settings = judging.model_dump(exclude=set(_EVALUATION_ONLY) | {"judge_options"})
+    # the LLM judge's backend settings say where its key is kept, not what it says
+    settings = judging.model_dump(exclude=set(_EVALUATION_ONLY) | {"judge_options", "llm_backend_options"})
     settings["likelihood_dtype"] = resolved_dtype(settings["likelihood_dtype"])
     # only the sample judges' own settings, validated (defaults filled in); none (every built-in judge): no entry,
     # so pairs drawn before `judge_options` existed keep their key

@@ -79,10 +79,7 @@ def check_pipeline_inputs(cfg: PipelineConfig, model_folder: bool = True) -> Wor
             # an offload pool's machine (its address may be that machine's), nor generation's (it runs first).
             if option != "generate.base_url" and not cfg.gpu.offload_pool:
                 check_server_answers(option, url, "the " + option.split(".")[0] + " stage")
-    if cfg.evaluate.served_model:
-        from faithforge.backends import make_backend
-
-        make_backend(cfg.evaluate.served_backend, cfg.evaluate.served_model, base_url=cfg.evaluate.served_base_url)
+    check_backend_settings(cfg)
     check_data_files(cfg)
     if not BACKENDS.get(cfg.generate.backend).built_in_task:
         from faithforge.generation.spec import load_spec
@@ -91,6 +88,25 @@ def check_pipeline_inputs(cfg: PipelineConfig, model_folder: bool = True) -> Wor
         load_spec(cfg.generate.spec)
         generation_parameters(cfg)  # the generation flow's parameters, validated
     return workspace
+
+
+def check_backend_settings(cfg: PipelineConfig) -> None:
+    """Every `backend_options` entry of the run, in use or not, checked against its backend's `Options` (a typo
+    fails before any work), with the key variables of the backends the run uses set on this machine; not the
+    evaluate stage's where it may run on an offload pool's machine (its variables are set there, and checked when
+    the first request is made). A served model's backend is built too (an openai one without a URL)."""
+    from faithforge.backends import check_backend_options, make_backend
+    from faithforge.evaluation.judges import judge_names
+
+    ev, gen, here = cfg.evaluate, cfg.generate, not cfg.gpu.offload_pool
+    check_backend_options(gen.backend_options, gen.backend, where="generate.backend_options")
+    check_backend_options(ev.llm_backend_options, (ev.llm_backend,) if here and "llm" in judge_names(ev.judge) else (),
+                          where="evaluate.llm_backend_options")
+    check_backend_options(ev.served_backend_options, (ev.served_backend,) if here and ev.served_model else (),
+                          where="evaluate.served_backend_options")
+    if ev.served_model:
+        make_backend(ev.served_backend, ev.served_model, base_url=ev.served_base_url,
+                     settings=ev.served_backend_options.get(ev.served_backend), where="evaluate.served_backend_options")
 
 
 def check_model_folder(cfg: PipelineConfig) -> None:

@@ -369,6 +369,12 @@ def _laughs(levels: int = 9) -> str:
     return text
 
 
+def _generate_row(*flags: str):
+    """`faithforge generate` on the shipped spec with `flags`, in the row's own workspace."""
+    return lambda t: (["generate", "--spec", str(GOOD_SPEC), "--target", "10", "--workspace", str(t / "ws"),
+                       *flags], {})
+
+
 def _config_row(body: str):
     return lambda t: (["demo", "-c", str(_write(t / "c.yaml", body)), "-w", str(t / "ws")], {})
 
@@ -430,7 +436,43 @@ FOUND_ROWS = {
     "pairs-non-string": _pairs_row('{"prompt": "p", "chosen": 1, "rejected": 2}\n'),
     "pairs-missing-file": lambda t: (["demo", "-c", str(_write(t / "c.yaml", f"pairs:\n  path: {t / 'no.jsonl'}\n")),
                                       "-w", str(t / "ws")], {}),
+    # A backend's own settings (backend_options), 2026-12-07: each refused before Prefect starts.
+    "backend-option-unknown-field": _generate_row("--backend", "ollama", "--backend-option", "ollama.keepalive=1h"),
+    "backend-option-not-a-duration": _generate_row("--backend", "ollama", "--backend-option", "ollama.keep_alive=1.5"),
+    "backend-option-other-backend": _generate_row("--backend", "ollama", "--backend-option", "openai.api_key_env=K"),
+    "backend-option-without-value": _generate_row("--backend", "ollama", "--backend-option", "ollama.keep_alive"),
+    "api-key-env-with-ollama": _generate_row("--backend", "ollama", "--api-key-env", "OPENAI_API_KEY"),
+    "api-key-env-given-twice": _generate_row("--backend", "openai", "--base-url", "http://127.0.0.1:9/v1",
+                                             "--api-key-env", "A", "--backend-option", "openai.api_key_env=B"),
+    "api-key-env-empty-here": _generate_row("--backend", "openai", "--base-url", "http://127.0.0.1:9/v1",
+                                            "--api-key-env", "FF_TEST_NEVER_SET_KEY"),
+    "config-llm-backend-options-typo": _config_row("evaluate:\n  llm_backend_options:\n    openai:\n"
+                                                   "      api_key: OPENAI_API_KEY\n"),
+    "config-generate-backend-options-template": _config_row("generate:\n  backend_options:\n    template:\n"
+                                                            "      delay_s: 1\n"),
+    "calibrate-backend-option-without-llm": lambda t: (["eval", "calibrate", "--labels", _good_labels(t),
+                                                        "--backend-option", "ollama.keep_alive=1h", "-w",
+                                                        str(t / "ws")], {}),
+    "calibrate-backend-option-bad": lambda t: (["eval", "calibrate", "--labels", _good_labels(t), "--judge", "llm",
+                                                "--llm-base-url", f"http://127.0.0.1:{_closed_port()}",
+                                                "--backend-option", "ollama.keep_alive=soon", "-w", str(t / "ws")],
+                                               {}),
 }
+
+
+def test_a_backend_settings_refusal_names_the_flag_and_never_the_value(tmp_path, monkeypatch, capsys):
+    """A value may be a secret (a third-party backend's token): messages name `NAME.FIELD` only."""
+    for extra in (["--backend-option", "openai.token=sk-NEVER-PRINTED"],
+                  ["--backend-option", "openai.api_key_env={sk-NEVER-PRINTED"]):
+        argv, env = _generate_row("--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", *extra)(tmp_path)
+        code, output = run_cli(argv, env, monkeypatch, capsys)
+        assert code == 2 and "sk-NEVER-PRINTED" not in output and "openai" in output, output
+    argv, env = _generate_row("--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--api-key-env",
+                              "FF_TEST_NEVER_SET_KEY")(tmp_path)
+    monkeypatch.delenv("FF_TEST_NEVER_SET_KEY", raising=False)
+    code, output = run_cli(argv, env, monkeypatch, capsys)
+    assert code == 2 and "--backend-option openai: api_key_env FF_TEST_NEVER_SET_KEY: that environment variable is " \
+                         "empty" in output, output
 
 
 def _check_bad_input(name: str, argv, env, tmp_path, monkeypatch, capsys, limit_chars: int = 300) -> None:

@@ -286,3 +286,79 @@ def test_make_backend_by_name_and_template_is_deterministic_valid_json():
                       temperature=0, seed=1)
     with pytest.raises(Exception, match="choose one of"):
         make_backend("vllm", "m")
+
+
+# a backend's own settings ------------------------------------------------------------------------------
+def test_a_backends_own_settings_reach_its_requests_through_make_backend(monkeypatch):
+    """`keep_alive` was fixed at 30m with no way to set it, and the key variable was a field of every backend's
+    options: each is now a setting of the one backend that reads it (`Options` in its module)."""
+    monkeypatch.setenv("FF_TEST_KEY", "sk-settings-456")
+    with FakeOllama() as server:
+        server.push(Reply('{"a": 1}'), Reply('{"a": 2}'))
+        make_backend("ollama", "qwen3:8b", base_url=server.url, http=FAST,
+                     settings={"keep_alive": "1h"}).chat(MESSAGES, schema=SCHEMA, max_tokens=8, temperature=0, seed=1)
+        make_backend("ollama", "qwen3:8b", base_url=server.url, http=FAST).chat(MESSAGES, schema=SCHEMA, max_tokens=8,
+                                                                               temperature=0, seed=1)
+        assert [body["keep_alive"] for body in server.chat_requests()] == ["1h", "30m"]  # set, then the default
+    with FakeOpenAI() as server:
+        server.push(Reply('{"a": 3}'))
+        make_backend("openai", "qwen3:8b", base_url=server.url, http=FAST,
+                     settings={"api_key_env": "FF_TEST_KEY"}).chat(MESSAGES, schema=SCHEMA, max_tokens=8,
+                                                                   temperature=0, seed=1)
+        _, _, _, headers = server.requests[0]
+    assert {k.lower(): v for k, v in headers.items()}["authorization"] == "Bearer sk-settings-456"
+    delayed = make_backend("template", "", settings={"delay_s": 0.25})
+    assert delayed.delay_s == 0.25
+
+
+@pytest.mark.parametrize("name, settings, says", [
+    ("ollama", {"keep_alive": "soon"}, "backend_options.ollama: keep_alive"),
+    ("ollama", {"keepalive": "1h"}, "backend_options.ollama: unknown setting keepalive; the ollama backend takes "
+                                    "keep_alive"),
+    ("openai", {"api_key_env": "FF_TEST_EMPTY_KEY"}, "backend_options.openai: api_key_env FF_TEST_EMPTY_KEY: that "
+                                                     "environment variable is empty"),
+    ("openai", {"api_key_env": "not a name"}, "backend_options.openai: api_key_env"),
+    ("template", {"delay_s": -1}, "backend_options.template: delay_s: Input should be greater than or equal to 0"),
+    ("local", {"device": "cpu"}, "backend_options.local: the local backend has no settings of its own"),
+])
+def test_a_bad_backend_setting_is_one_line_naming_the_field(name, settings, says, monkeypatch):
+    from faithforge.backends import check_backend_options
+    from faithforge.core.errors import UserError
+
+    monkeypatch.delenv("FF_TEST_EMPTY_KEY", raising=False)
+    with pytest.raises(UserError) as err:
+        check_backend_options({name: settings}, name)  # what a run checks before any work
+    assert says in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("given, sent", [("1h30m", "1h30m"), ("3600", 3600), ("-1", -1), (0, 0), ("90s", "90s")])
+def test_ollama_keep_alive_is_sent_as_ollama_reads_it(given, sent):
+    """Ollama parses a string with Go's `time.ParseDuration` (a bare number is refused with HTTP 400) and a number
+    as seconds: every value from the command line is a string, so whole seconds are sent as a number."""
+    from faithforge.backends import backend_settings
+
+    assert backend_settings("ollama", {"keep_alive": given}).keep_alive == sent
+
+
+@pytest.mark.parametrize("given", ["1.5", "soon", "1h 30m", True, ""])
+def test_ollama_keep_alive_that_ollama_would_refuse_is_refused_before_the_run(given):
+    from faithforge.backends import backend_settings
+    from faithforge.core.errors import UserError
+
+    with pytest.raises(UserError, match=r"^backend_options\.ollama: keep_alive"):
+        backend_settings("ollama", {"keep_alive": given})
+
+
+def test_a_key_variable_set_only_on_another_machine_is_checked_only_where_the_backend_is_used(monkeypatch):
+    """Preflight checks every entry's fields, but an empty key variable only for a backend the run uses: a config
+    that keeps an openai key for another day must not fail a run on Ollama."""
+    from faithforge.backends import check_backend_options
+    from faithforge.core.errors import UserError
+
+    monkeypatch.delenv("FF_TEST_EMPTY_KEY", raising=False)
+    kept = {"openai": {"api_key_env": "FF_TEST_EMPTY_KEY"}, "ollama": None}
+    check_backend_options(kept, "ollama")
+    with pytest.raises(UserError, match="FF_TEST_EMPTY_KEY: that environment variable is empty"):
+        check_backend_options(kept, "openai")
+    with pytest.raises(UserError, match="unknown setting api_key"):  # a typo in an unused entry: refused all the same
+        check_backend_options({"openai": {"api_key": "FF_X"}}, "ollama", where="generate.backend_options")

@@ -241,24 +241,37 @@ def test_a_judge_with_settings_of_its_own_needs_no_config_field_or_flag(throwawa
 
 @pytest.fixture
 def throwaway_backend(tmp_path, monkeypatch):
-    """A backend added the documented way: one module (`build`) and one registration line. It answers like the
-    template teacher, so a real generation run can use it."""
+    """A backend added the documented way: one module (`Options`, `build`) and one registration line. It answers
+    like the template teacher, so a real generation run can use it, and notes the settings it was built with."""
     yield from register_throwaway(BACKENDS, BackendKind("echo-teacher", "throwaway_backend",
-                                                         "the template teacher under another name", server=False),
+                                                         "the template teacher under another name", server=False,
+                                                         own_settings=True),
+                                   "from pydantic import BaseModel, ConfigDict, Field\n"
                                    "from faithforge.backends.template import TemplateBackend\n\n"
+                                   "BUILT = []\n\n"
+                                   "class Options(BaseModel):\n"
+                                   "    model_config = ConfigDict(use_attribute_docstrings=True)\n"
+                                   "    voice: str = Field('plain', min_length=1)\n"
+                                   "    \"How the teacher speaks.\"\n\n"
                                    "class EchoTeacher(TemplateBackend):\n"
                                    "    name = 'echo-teacher'\n\n"
                                    "def build(model, options):\n"
+                                   "    BUILT.append(options.settings.voice)\n"
                                    "    return EchoTeacher(model or 'echo')\n", tmp_path, monkeypatch)
 
 
 def test_a_backend_registered_once_is_accepted_by_config_cli_and_form(throwaway_backend, tmp_path):
+    """Its name and its own settings (`backend_options`, `--backend-option`) need no config field or flag: the
+    config, the CLI, the preflight and the UI form read the registration and its module's `Options`."""
     from prefect.utilities.callables import parameter_schema
 
     from faithforge.app.cli import _register_subcommands, app
     from faithforge.core.config import load_config
+    from faithforge.core.errors import UserError
+    from faithforge.generation import job
     from faithforge.generation.parameters import GenerateParameters
     from faithforge.flows.generate import generate_flow
+    from faithforge.stages.preflight import check_pipeline_inputs
 
     assert GenerateParameters(spec="s.yaml", backend=throwaway_backend).backend == throwaway_backend
     config = load_config(None, overrides={"generate": {"backend": throwaway_backend}}, environ={})
@@ -266,13 +279,36 @@ def test_a_backend_registered_once_is_accepted_by_config_cli_and_form(throwaway_
     form = parameter_schema(generate_flow.fn).model_dump()["definitions"]["GenerateParameters"]
     assert throwaway_backend in _enums(form["properties"]["backend"])[0]
     assert f"`{throwaway_backend}`: the template teacher under another name" in form["properties"]["backend"]["description"]
+    settings_form = form["properties"]["backend_options"]["properties"]
+    own = settings_form[throwaway_backend]["anyOf"][0]["properties"]["voice"]
+    assert own["default"] == "plain" and own["description"] == "How the teacher speaks."
+    assert "api_key_env" in settings_form["openai"]["anyOf"][0]["properties"]  # the built-in ones the same way
+    assert "local" not in settings_form  # no settings of its own: no entry
+
+    spec = ROOT / "configs" / "specs" / "grounded-summaries.yaml"
+    for given, says in [({"voic": "x"}, "backend_options.echo-teacher: unknown setting voic; the echo-teacher backend "
+                                         "takes voice"),
+                        ({"voice": ""}, "backend_options.echo-teacher: voice: String should have at least 1 character")]:
+        with pytest.raises(UserError, match=re.escape(says)):  # the flow's own check, before any work
+            job.validate(GenerateParameters(spec=str(spec), backend=throwaway_backend, workspace=str(tmp_path / "no"),
+                                            backend_options={throwaway_backend: given}))
+        cfg = load_config(None, overrides={"workspace": str(tmp_path / "pipeline"), "generate": {
+            "backend": throwaway_backend, "backend_options": {throwaway_backend: given}}}, environ={})
+        with pytest.raises(UserError, match=re.escape(says.replace("backend_options", "generate.backend_options"))):
+            check_pipeline_inputs(cfg)
+    assert not (tmp_path / "no").exists()
 
     _register_subcommands()
-    spec = ROOT / "configs" / "specs" / "grounded-summaries.yaml"
-    result = CliRunner().invoke(app, ["generate", "--spec", str(spec), "--backend", throwaway_backend,
-                                      "--model", "echo", "--target", "2", "--no-prefect", "--no-gate",
+    module = sys.modules["throwaway_backend"]
+    generate = ["generate", "--spec", str(spec), "--backend", throwaway_backend, "--model", "echo", "--target", "2",
+                "--no-prefect", "--no-gate"]
+    refused = CliRunner().invoke(app, [*generate, "--backend-option", f"{throwaway_backend}.voic=loud",
+                                       "--workspace", str(tmp_path / "no")])
+    assert refused.exit_code == 2 and "unknown setting voic" in refused.output and not (tmp_path / "no").exists()
+    result = CliRunner().invoke(app, [*generate, "--backend-option", f"{throwaway_backend}.voice=loud",
                                       "--workspace", str(tmp_path / "ws")])
     assert result.exit_code == 0, result.output
+    assert module.BUILT == ["loud"]
     written = list((tmp_path / "ws").rglob("*.jsonl"))
     assert written and sum(len(p.read_text().splitlines()) for p in written) >= 2
 

@@ -378,18 +378,11 @@ def test_the_run_form_shows_a_judges_own_settings_as_fields(stack, throwaway_set
         deployment = client.create_deployment(client.create_flow(pipeline), "judge-settings-form",
                                               parameter_openapi_schema=parameter_schema(pipeline.fn).model_dump(),
                                               entrypoint="faithforge/flows/pipeline.py:pipeline")
-    label = ("[...document.querySelectorAll('.schema-form-property__label')]"
-             ".find(e => e.textContent.trim() == %r)")
+    label = FORM_LABEL
     try:
         with Browser(chromium, tmp_path / "chromium-profile") as browser:
-            browser.goto(f"{stack['ui']}/deployments/deployment/{deployment}/run")
-            entry = f"({label % f'{name} (Optional)'}).closest('.schema-form-property')"
-            browser.wait_for("!!" + label % f"{name} (Optional)", 120, "the judge's entry in the run form")
-            # untouched, the entry is None (its defaults): a run of another judge never trips on it
-            assert browser.evaluate(f"[...{entry}.querySelectorAll('button[aria-selected=true]')]"
-                                    ".map(b => b.textContent.trim())") == ["None"]
-            browser.evaluate(f"[...{entry}.querySelectorAll('button')].find(b => b.textContent.trim() == 'settings')"
-                             ".click()")
+            untouched = _open_settings(browser, stack, deployment, f"{name} (Optional)", "the judge's entry")
+            assert untouched == ["None"]  # its defaults: a run of another judge never trips on it
             browser.wait_for("!!" + label % "Max Words (Optional)", 30, "the judge's own field in the run form")
             text = browser.evaluate("document.body.innerText")
             assert f"{name} (Optional)\nflags a summary over a word limit" in text
@@ -397,25 +390,99 @@ def test_the_run_form_shows_a_judges_own_settings_as_fields(stack, throwaway_set
             input_js = f"({label % 'Max Words (Optional)'}).closest('.schema-form-property').querySelector('input')"
             field = browser.evaluate(f"{input_js}.value")
             assert field == "5"  # its default
-            browser.evaluate(f"(() => {{ const input = {input_js}; const set = Object.getOwnPropertyDescriptor("
-                             "HTMLInputElement.prototype, 'value').set; set.call(input, '3'); "
-                             "input.dispatchEvent(new Event('input', {bubbles: true})); })()")
-            # the form takes the typed value a moment after the input event (submitted at once, it sent the
-            # default in 2 of 3 runs: a review, 2026-12-07); what a person's next click always waits for
-            time.sleep(2)
-            browser.evaluate("[...document.querySelectorAll('button')].find(b => b.textContent.trim() == 'Submit')"
-                             ".click()")
-            browser.wait_for("!location.pathname.endsWith('/run')", 60, "the form to submit")
-        with prefect_client(stack["api"]) as client:
-            from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
-
-            runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment])))
-            assert len(runs) == 1
-            config = PipelineConfig.model_validate(runs[0].parameters["config"])
-            assert declared_options(config.evaluate) == {name: {"max_words": 3, "limits": {"low": 1}}}
+            _type_and_submit(browser, input_js, "HTMLInputElement", "3")
+        config = PipelineConfig.model_validate(_the_one_run(stack, deployment).parameters["config"])
+        assert declared_options(config.evaluate) == {name: {"max_words": 3, "limits": {"low": 1}}}
     finally:
         with prefect_client(stack["api"]) as client:
             client.delete_deployment(deployment)
+
+
+def test_the_generation_form_shows_a_backends_own_settings_as_fields(stack, tmp_path):
+    """The generation flow's run form shows each backend's `Options` as fields under `backend_options`, as it shows
+    a judge's: the openai backend's key variable typed there reaches the run's parameters, and the untouched
+    entries submit None (their defaults)."""
+    from prefect.utilities.callables import parameter_schema
+
+    from tests.fixtures.cdp_browser import Browser, find_chromium
+    from faithforge.flows.generate import generate_flow
+    from faithforge.generation.parameters import GenerateParameters
+
+    chromium = find_chromium()
+    if chromium is None:
+        pytest.skip("no chromium on this machine (.ci/run installs Debian's chromium)")
+    spec = str(Path(__file__).resolve().parents[2] / "configs" / "specs" / "grounded-summaries.yaml")
+    with prefect_client(stack["api"]) as client:
+        deployment = client.create_deployment(client.create_flow(generate_flow), "backend-settings-form",
+                                              parameter_openapi_schema=parameter_schema(generate_flow.fn).model_dump(),
+                                              parameters={"params": {"spec": spec, "backend": "openai"}},
+                                              entrypoint="faithforge/flows/generate.py:generate_flow")
+    label = FORM_LABEL
+    try:
+        with Browser(chromium, tmp_path / "chromium-profile") as browser:
+            assert _open_settings(browser, stack, deployment, "openai (Optional)", "the openai backend's entry") == [
+                "None"]
+            browser.wait_for("!!" + label % "Api Key Env (Optional)", 30, "the backend's own field in the run form")
+            text = browser.evaluate("document.body.innerText")
+            assert "The environment variable holding the API key" in text  # the field's docstring
+            field = f"({label % 'Api Key Env (Optional)'}).closest('.schema-form-property')"
+            _click(browser, field, "str")  # the field is optional: None until a person picks `str`
+            browser.wait_for(f"!!{field}.querySelector('textarea')", 30, "the key variable's text box")
+            input_js = f"{field}.querySelector('textarea')"  # Prefect's form writes a string in a text area
+            _type_and_submit(browser, input_js, "HTMLTextAreaElement", "OPENAI_API_KEY")
+        params = GenerateParameters.model_validate(_the_one_run(stack, deployment).parameters["params"])
+        assert params.backend_options["openai"] == {"api_key_env": "OPENAI_API_KEY", "api_key_secret": None}
+        assert all(given is None for name, given in params.backend_options.items() if name != "openai")
+        from faithforge.backends import backend_settings
+
+        assert backend_settings("openai", params.backend_options["openai"]).api_key_env == "OPENAI_API_KEY"
+    finally:
+        with prefect_client(stack["api"]) as client:
+            client.delete_deployment(deployment)
+
+
+#: A JavaScript expression for the run form's label reading `%r` (a property's title, "(Optional)" appended).
+FORM_LABEL = "[...document.querySelectorAll('.schema-form-property__label')].find(e => e.textContent.trim() == %r)"
+
+
+def _click(browser, within: str, text: str) -> None:
+    """Click the button reading `text` inside the element `within` (a JavaScript expression)."""
+    browser.evaluate(f"[...{within}.querySelectorAll('button')].find(b => b.textContent.trim() == {text!r}).click()")
+
+
+def _open_settings(browser, stack, deployment, title: str, what: str) -> list[str]:
+    """Open the deployment's run form, wait for the settings entry `title`, and switch it from None to its fields;
+    the entry's toggle as the form first showed it."""
+    browser.goto(f"{stack['ui']}/deployments/deployment/{deployment}/run")
+    browser.wait_for("!!" + FORM_LABEL % title, 120, f"{what} in the run form")
+    entry = f"({FORM_LABEL % title}).closest('.schema-form-property')"
+    shown = browser.evaluate(f"[...{entry}.querySelectorAll('button[aria-selected=true]')]"
+                             ".map(b => b.textContent.trim())")
+    _click(browser, entry, "settings")
+    return shown
+
+
+def _type_and_submit(browser, input_js: str, element: str, text: str) -> None:
+    """Type `text` into the form's field `input_js` (an `element`: HTMLInputElement, HTMLTextAreaElement) as a
+    person does, then submit the run form."""
+    browser.evaluate(f"(() => {{ const input = {input_js}; const set = Object.getOwnPropertyDescriptor("
+                     f"{element}.prototype, 'value').set; set.call(input, {text!r}); "
+                     "input.dispatchEvent(new Event('input', {bubbles: true})); })()")
+    # the form takes the typed value a moment after the input event (submitted at once, it sent the default in 2 of
+    # 3 runs: a review, 2026-12-07); what a person's next click always waits for
+    time.sleep(2)
+    browser.evaluate("[...document.querySelectorAll('button')].find(b => b.textContent.trim() == 'Submit').click()")
+    browser.wait_for("!location.pathname.endsWith('/run')", 60, "the form to submit")
+
+
+def _the_one_run(stack, deployment):
+    """The flow run the form submitted: the deployment's only one."""
+    from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterId
+
+    with prefect_client(stack["api"]) as client:
+        runs = client.read_flow_runs(deployment_filter=DeploymentFilter(id=DeploymentFilterId(any_=[deployment])))
+    assert len(runs) == 1
+    return runs[0]
 
 
 def _deployments_snapshot(client) -> dict[str, dict]:

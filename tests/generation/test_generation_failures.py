@@ -271,8 +271,9 @@ def test_waiting_for_another_worker_says_so_and_names_it(tmp_path):
 
 @pytest.mark.parametrize("options, message", [
     ({"database_url": "garbage"}, "database URL 'garbage' is not usable"),
-    ({"backend": "openai", "base_url": "http://127.0.0.1:9/v1", "api_key_env": "FF_TEST_NO_SUCH_KEY"},
-     "--api-key-env FF_TEST_NO_SUCH_KEY: that environment variable is empty"),
+    ({"backend": "openai", "base_url": "http://127.0.0.1:9/v1",
+      "backend_options": {"openai": {"api_key_env": "FF_TEST_NO_SUCH_KEY"}}},
+     "backend_options.openai: api_key_env FF_TEST_NO_SUCH_KEY: that environment variable is empty"),
 ])
 def test_a_bad_store_url_or_an_empty_key_variable_is_refused_before_the_run_starts(tmp_path, monkeypatch, options,
                                                                                     message):
@@ -287,3 +288,31 @@ def test_a_bad_store_url_or_an_empty_key_variable_is_refused_before_the_run_star
     with pytest.raises(UserError, match=re.escape(message)):
         job.validate(params)
     assert not (tmp_path / "ws").exists()
+
+
+def test_a_deployment_made_before_the_backend_settings_moved_still_runs(tmp_path):
+    """Deployments and schedules store the generation parameters as they were (`api_key_env`, `api_key_secret`,
+    `template_delay_s` at the top): after the move to `backend_options` they would have failed every run with
+    "extra inputs are not permitted". Their values move; their defaults are dropped."""
+    from faithforge.generation.parameters import GenerateParameters
+
+    stored = {"spec": "s.yaml", "backend": "template", "api_key_env": None, "api_key_secret": None,
+              "template_delay_s": 0.0}
+    assert GenerateParameters.model_validate(stored).backend_options == {}
+    moved = GenerateParameters.model_validate({**stored, "backend": "openai", "api_key_env": "OPENAI_API_KEY",
+                                               "template_delay_s": 0.5, "backend_options": {"openai": None}})
+    assert moved.backend_options == {"openai": {"api_key_env": "OPENAI_API_KEY"}, "template": {"delay_s": 0.5}}
+    kept = GenerateParameters.model_validate({**stored, "api_key_env": "OLD",
+                                              "backend_options": {"openai": {"api_key_env": "NEW"}}})
+    assert kept.backend_options["openai"]["api_key_env"] == "NEW"  # the new field wins
+
+
+@pytest.mark.parametrize("flags", [["--delay", "-1"], ["--backend", "ollama", "--delay", "2"]])
+def test_the_workers_delay_is_the_template_teachers_and_never_negative(flags, tmp_path, capsys):
+    from faithforge.generation import worker
+
+    spec = Path(__file__).resolve().parents[2] / "configs" / "specs" / "grounded-summaries.yaml"
+    code = worker.main(["--spec", str(spec), "--db", f"sqlite:///{tmp_path / 'c.db'}", "--out", str(tmp_path / "out"),
+                        *(["--backend", "template"] if "--backend" not in flags else []), *flags])
+    assert code == 2 and "--delay is the template backend's seconds per request" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "c.db").exists()

@@ -162,3 +162,23 @@ def test_a_sample_seed_draws_other_pairs_and_leaves_the_default_key_alone(tiny_m
     assert again.path == default.path and again.reused  # seed 0 is the run's own: the same draw, the same key
     assert other.path != default.path
     assert load_pairs(other.train) != load_pairs(default.train)
+
+
+def test_where_a_backend_keeps_its_key_is_not_part_of_any_stage_key(tmp_path):
+    """`backend_options` (a key variable, a keep-alive) change neither the examples nor a verdict: a run that sets
+    them reuses the dataset and the on-policy pairs of one that did not (keys as before these fields existed)."""
+    from faithforge.core.config import load_config
+    from faithforge.stages.context import StageContext
+    from faithforge.stages.generate import dataset_dir
+    from faithforge.stages.pairs import _judging_settings
+
+    def config(**sections):
+        return load_config(None, environ={}, overrides={"workspace": str(tmp_path / "ws"),
+                                                        "pairs": {"builder": "on-policy"}, **sections})
+
+    plain = config()
+    keyed = config(generate={"backend_options": {"openai": {"api_key_env": "OPENAI_API_KEY"}}},
+                   evaluate={"llm_backend_options": {"openai": {"api_key_env": "OPENAI_API_KEY"}},
+                             "served_backend_options": {"ollama": {"keep_alive": "1h"}}})
+    assert _judging_settings(keyed) == _judging_settings(plain)
+    assert dataset_dir(StageContext.open(keyed)) == dataset_dir(StageContext.open(plain))
