@@ -40,7 +40,7 @@ class TemplateBackend:
         if schema is not None and not all(name in properties for name in REQUIRED_FIELDS):
             raise BackendConfigError(
                 "the template backend only writes grounded-summaries examples (fields "
-                f"{', '.join(REQUIRED_FIELDS)}); use --backend ollama/openai/local for this spec")
+                f"{', '.join(REQUIRED_FIELDS)}); use --backend {_model_backends()} for this spec")
         if self.delay_s:
             time.sleep(self.delay_s)
         prompt = next((m.get("content") or "" for m in messages if m.get("role") == "user"), "")
@@ -59,7 +59,14 @@ def check_spec(spec) -> None:
     properties = set((spec.schema_for(spec.categories[0]).get("properties") or {}))
     if not set(REQUIRED_FIELDS) <= properties:
         raise UserError(f"the template backend only writes grounded-summaries examples, not {spec.name}; use "
-                        "--backend ollama, openai or local for this spec")
+                        f"--backend {_model_backends()} for this spec")
+
+
+def _model_backends() -> str:
+    """The backends that run a model, as the registry lists them (a hand-written list here had gone stale)."""
+    from faithforge.core.backend_registry import BACKENDS
+
+    return BACKENDS.choices(lambda kind: kind.runs_model).replace(", ", "/")
 
 
 class Options(BaseModel):

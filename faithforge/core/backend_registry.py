@@ -66,8 +66,10 @@ BACKENDS.register(BackendKind("ollama", "faithforge.backends.ollama", "an Ollama
 BACKENDS.register(BackendKind("openai", "faithforge.backends.openai_compat",
                               "an OpenAI-compatible server (/v1/chat/completions: llama.cpp, vLLM, a cloud API)",
                               server=True, own_settings=True))
-BACKENDS.register(BackendKind("local", "faithforge.backends.local", "a local transformers model folder, in process",
+BACKENDS.register(BackendKind("transformers", "faithforge.backends.transformers_folder",
+                              "a transformers model folder on this machine, in process",
                               server=False, model_sizes="model-folder", model_is_folder=True))
+BACKENDS.renamed["local"] = "transformers"  # 2026-12-07: `local` also named the work pool on this machine
 BACKENDS.register(BackendKind("template", "faithforge.backends.template",
                               "the offline template teacher (grounded-summaries only; no model)", server=False,
                               built_in_task=True, runs_model=False, own_settings=True))

@@ -151,7 +151,7 @@ class GenerateConfig(Section):
     """Generation spec for LLM backends (must produce source_document, summary, key_facts and, for pairs,
     hallucinated_summary)."""
     model: str = "qwen3:8b"
-    """LLM backends: the model (Ollama tag, server model id, or for `local` a model folder)."""
+    """LLM backends: the model (Ollama tag, server model id, or for `transformers` a model folder)."""
     fallback_models: list[str] = []
     """Smaller tiers the GPU gate may pick when `model` does not fit (e.g. `qwen3:8b` after `qwen3:30b-a3b`)."""
     base_url: str | None = None

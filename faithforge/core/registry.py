@@ -36,6 +36,8 @@ class Registry(Generic[E]):
         self.kind = kind
         """What an entry is, in the words of an error message ("judge", "backend")."""
         self._entries: dict[str, E] = {}
+        self.renamed: dict[str, str] = {}
+        """Old name → the name that replaced it: written by a user, the old one is refused with the new one."""
 
     def register(self, entry: E) -> E:
         """Add `entry`; a second entry with the same name is a programming error (two rooms for one name)."""
@@ -52,11 +54,19 @@ class Registry(Generic[E]):
         return tuple(self._entries)
 
     def get(self, name: str) -> E:
-        """The entry called `name`, or a one-line `UserError` listing the choices."""
+        """The entry called `name`, or a one-line `UserError` listing the choices (or naming the new name of a
+        renamed one)."""
         try:
             return self._entries[name]
         except (KeyError, TypeError):
-            raise UserError(f"unknown {self.kind} {name!r}; choose one of {', '.join(self._entries)}") from None
+            raise UserError(self.unknown(name)) from None
+
+    def unknown(self, name: object, label: str = "", choices: str = "") -> str:
+        """What to say about `name`, which is not a registered `label` (default: the kind): its new name if it was
+        renamed, else the choices (default: every name)."""
+        if isinstance(name, str) and name in self.renamed:
+            return f"the {label or self.kind} {name!r} is now called {self.renamed[name]!r}; write {self.renamed[name]}"
+        return f"unknown {label or self.kind} {name!r}; choose one of {choices or ', '.join(self._entries)}"
 
     def __contains__(self, name: object) -> bool:
         return name in self._entries
@@ -122,7 +132,7 @@ def registered_name(registry: Registry, where: Callable[[Any], bool] | None = No
             if not any(where is None or where(entry) for entry in registry):
                 raise ValueError(f"unknown {label} {value!r}: none is registered" + (f"; {when_none}" if when_none
                                                                                    else ""))
-            raise ValueError(f"unknown {label} {value!r}; choose one of {registry.choices(where)}")
+            raise ValueError(registry.unknown(value, label, registry.choices(where)))
         return value
 
     return Annotated[str, AfterValidator(check), _EnumFromRegistry(registry, where)]

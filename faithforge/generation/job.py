@@ -133,7 +133,7 @@ def validate(params: GenerateParameters) -> GenerationSpec:
     if kind.needs_url and not params.base_url:
         raise UserError(f"the {kind.name} backend needs --base-url (the server root it talks to)")
     if kind.model_is_folder and not (Path(params.model).expanduser() / "config.json").is_file():
-        raise UserError(f"--model {params.model!r} is not a local model folder with a config.json; the local backend "
+        raise UserError(f"--model {params.model!r} is not a model folder with a config.json; the {kind.name} backend "
                         "takes the path of a folder written by save_pretrained")
     check_spec = load_attribute(kind, "check_spec", None)  # a backend that writes only some specs refuses others
     if check_spec is not None:

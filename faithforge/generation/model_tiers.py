@@ -1,7 +1,7 @@
 """Ask the GPU gate (`faithforge.gpu.planner`) for the model tier, parallel requests and max tokens.
 
 Generation runs on the machine that serves the model. The gate reads *this* machine's GPU, so it is
-consulted only for the local backend and for an Ollama on loopback; a remote server or an
+consulted only for the transformers backend and for an Ollama on loopback; a remote server or an
 OpenAI-compatible API keeps the configured values. Without the gate, the configured values are used.
 """
 

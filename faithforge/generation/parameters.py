@@ -24,7 +24,7 @@ class GenerateParameters(BaseModel):
     backend: BackendName = Field("ollama", json_schema_extra=choices_described(BACKENDS))
     """Who writes the examples."""
     model: str = "qwen3:8b"
-    """Model name (Ollama tag, server model id) or, for `local`, the model folder."""
+    """Model name (Ollama tag, server model id) or, for `transformers`, the model folder."""
     fallback_models: list[str] = Field(default_factory=list)
     """Smaller tiers the GPU gate may pick when `model` does not fit (e.g. qwen3:8b after qwen3:30b-a3b)."""
     target: int | None = Field(None, ge=0, le=10_000_000)
@@ -81,7 +81,9 @@ class GenerateParameters(BaseModel):
     @classmethod
     def _moved_settings(cls, given: Any) -> Any:
         """The fields that became a backend's own settings (2026-12-07), as a deployment or a schedule made before
-        then still sends them: each moved to `backend_options` (its default dropped), so those runs keep working."""
+        then still sends them (it stored every field): each moved to `backend_options` (its default dropped), and
+        the backend then called `local` named `transformers`, so those runs keep working. A person who writes
+        `local` today is told the new name instead."""
         if not isinstance(given, dict) or not set(MOVED_TO_BACKEND) & set(given):
             return given
         given, options = dict(given), {k: dict(v or {}) for k, v in (given.get("backend_options") or {}).items()}
@@ -89,6 +91,8 @@ class GenerateParameters(BaseModel):
             value = given.pop(old, None)
             if value not in (None, 0, 0.0, ""):
                 options.setdefault(backend, {}).setdefault(field, value)
+        if given.get("backend") in BACKENDS.renamed:
+            given["backend"] = BACKENDS.renamed[given["backend"]]
         return {**given, "backend_options": options}
 
 

@@ -101,7 +101,7 @@ class GenerationSummary:
         if self.done_total > self.target_total:  # "10/5 examples" said nothing of what the dataset holds
             out.append(f"the target is below the {self.done_total} examples stored earlier: none is removed, and the "
                        f"exported dataset holds all {self.done_total}")
-        if set(self.response_formats) - {"none"}:  # backends without modes (template, local) say nothing
+        if set(self.response_formats) - {"none"}:  # backends without modes (template, transformers) say nothing
             out.append("structured output: " + ", ".join(f"{m} {n}" for m, n in self.response_formats.most_common()))
         if self.first_answers:
             out.append(f"first answers: {self.first_answers}, {self.parse_failures} unparsable or off-schema, "

@@ -319,7 +319,8 @@ def test_a_backends_own_settings_reach_its_requests_through_make_backend(monkeyp
                                                      "environment variable is empty"),
     ("openai", {"api_key_env": "not a name"}, "backend_options.openai: api_key_env"),
     ("template", {"delay_s": -1}, "backend_options.template: delay_s: Input should be greater than or equal to 0"),
-    ("local", {"device": "cpu"}, "backend_options.local: the local backend has no settings of its own"),
+    ("transformers", {"device": "cpu"}, "backend_options.transformers: the transformers backend has no settings of "
+                                        "its own"),
 ])
 def test_a_bad_backend_setting_is_one_line_naming_the_field(name, settings, says, monkeypatch):
     from faithforge.backends import check_backend_options

@@ -283,7 +283,7 @@ def test_a_backend_registered_once_is_accepted_by_config_cli_and_form(throwaway_
     own = settings_form[throwaway_backend]["anyOf"][0]["properties"]["voice"]
     assert own["default"] == "plain" and own["description"] == "How the teacher speaks."
     assert "api_key_env" in settings_form["openai"]["anyOf"][0]["properties"]  # the built-in ones the same way
-    assert "local" not in settings_form  # no settings of its own: no entry
+    assert "transformers" not in settings_form  # no settings of its own: no entry
 
     spec = ROOT / "configs" / "specs" / "grounded-summaries.yaml"
     for given, says in [({"voic": "x"}, "backend_options.echo-teacher: unknown setting voic; the echo-teacher backend "
@@ -548,3 +548,24 @@ def test_an_options_schema_is_inlined_without_a_reference_left_pointing_nowhere(
     assert "$defs" not in json.dumps(form) and "$ref" not in json.dumps(form)
     assert form["properties"]["tree"]["properties"]["children"]["items"] == {"type": "object"}  # recursion: JSON
     assert form["properties"]["pet"]["discriminator"] == {"propertyName": "kind"}
+
+
+def test_the_backend_once_called_local_is_named_anew_and_a_stored_deployment_still_runs(tmp_path):
+    """`local` named both a backend and the work pool on this machine: the backend is `transformers` now. Written
+    by a person, the old name is one line giving the new one; a deployment stored before the rename (every field of
+    the parameters then, `api_key_env` among them) still validates, on the new name."""
+    from faithforge.app.cli import _register_subcommands, app
+    from faithforge.core.config import ConfigError, load_config
+    from faithforge.generation.parameters import GenerateParameters
+
+    says = "the backend 'local' is now called 'transformers'; write transformers"
+    with pytest.raises(ConfigError, match=re.escape(says)):
+        load_config(None, overrides={"generate": {"backend": "local"}}, environ={})
+    _register_subcommands()
+    result = CliRunner().invoke(app, ["generate", "--spec", str(ROOT / "configs" / "specs" / "grounded-summaries.yaml"),
+                                      "--backend", "local", "--workspace", str(tmp_path / "ws")])
+    assert result.exit_code == 2 and says in result.output and len(result.output.strip().splitlines()) == 1
+    stored = {"spec": "s.yaml", "backend": "local", "model": "/models/m", "api_key_env": None, "api_key_secret": None,
+              "template_delay_s": 0.0}
+    assert GenerateParameters.model_validate(stored).backend == "transformers"
+    assert "local" not in BACKENDS and BACKENDS.renamed == {"local": "transformers"}

@@ -127,7 +127,7 @@ def _offload_scenario(stack) -> str:
         assert nightly.work_pool_name == "local"
         gen_schema = nightly.parameter_openapi_schema["definitions"]["GenerateParameters"]["properties"]
         assert gen_schema["target"]["description"] and gen_schema["target"]["anyOf"][0]["maximum"] == 10_000_000
-        assert gen_schema["backend"]["enum"] == ["ollama", "openai", "local", "template"]
+        assert gen_schema["backend"]["enum"] == ["ollama", "openai", "transformers", "template"]
         for name in ("faithforge-pipeline/local", "faithforge-reference/a100", "faithforge-train/a100",
                      "faithforge-evaluate/a100", "faithforge-train/local"):
             deployment = client.read_deployment_by_name(name)

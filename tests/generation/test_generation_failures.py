@@ -160,7 +160,7 @@ def test_failed_attempts_are_said_while_the_run_goes_on(tmp_path):
 def test_a_bad_option_is_one_line_naming_the_option(tmp_path):
     result = invoke("--spec", GROUNDED, "--backend", "bogus", "--workspace", str(tmp_path))
     assert result.exit_code == 2 and len(lines(result.output)) == 1, result.output
-    assert "--backend" in result.output and "choose one of ollama, openai, local, template" in result.output and "pydantic" not in result.output
+    assert "--backend" in result.output and "choose one of ollama, openai, transformers, template" in result.output and "pydantic" not in result.output
 
 
 def test_every_number_of_generate_is_finite_and_bounded_both_ways(tmp_path):
@@ -181,7 +181,7 @@ def test_every_number_of_generate_is_finite_and_bounded_both_ways(tmp_path):
 def test_bad_input_on_the_prefect_path_fails_in_one_line_before_the_flow_starts(tmp_path):
     for args in (["--backend", "ollama", "--base-url", "not-a-url"],
                  ["--backend", "openai"],
-                 ["--backend", "local", "--model", str(tmp_path / "no-model")]):
+                 ["--backend", "transformers", "--model", str(tmp_path / "no-model")]):
         result = invoke("--spec", GROUNDED, *args, "--workspace", str(tmp_path), "--target", "2")
         assert result.exit_code == 2, result.output
         assert len(lines(result.output)) == 1 and "Traceback" not in result.output, result.output

@@ -1,4 +1,5 @@
-"""A local transformers model as a chat backend (no server).
+"""A transformers model folder on this machine as a chat backend, in process (no server): the `transformers`
+backend (called `local` before 2026-12-07, a name the work pool on this machine also had).
 
 If FaithForge's prefix-cached engine (`faithforge.engine.PrefixCachedEngine`) is importable when a
 request arrives it is used, with the system prompt as the cached prefix; otherwise plain `model.generate`. torch and transformers are imported on first use only, so
@@ -28,10 +29,10 @@ def _engine_module() -> Any | None:
     return module if hasattr(module, "PrefixCachedEngine") and hasattr(module, "SamplingConfig") else None
 
 
-class LocalTransformersBackend:
+class TransformersBackend:
     """Chat with a local Hugging Face model folder (`model` is its path)."""
 
-    name = "local"
+    name = "transformers"
 
     def __init__(self, model: str, *, device: str | None = None):
         self.model = model
@@ -41,13 +42,13 @@ class LocalTransformersBackend:
         self._engines: dict[str, Any] = {}  # one prefix-cached engine per distinct system prompt
 
     def __repr__(self) -> str:
-        return f"LocalTransformersBackend(model={self.model!r})"
+        return f"TransformersBackend(model={self.model!r})"
 
     def _load(self) -> tuple[Any, Any]:
         if self._loaded is None:
             path = Path(self.model).expanduser()
             if not (path / "config.json").is_file():
-                raise BackendConfigError(f"local model folder {path} has no config.json; pass a folder written "
+                raise BackendConfigError(f"model folder {path} has no config.json; pass a folder written "
                                          "by save_pretrained (e.g. `faithforge tiny-model`) as --model")
             import torch
             from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -122,7 +123,7 @@ class LocalTransformersBackend:
                           usage=Usage(prompt_tokens=len(prompt), completion_tokens=len(new)))
 
 
-def build(model: str, options: BackendOptions) -> LocalTransformersBackend:
+def build(model: str, options: BackendOptions) -> TransformersBackend:
     """The registered builder (`faithforge.core.backend_registry`)."""
-    return LocalTransformersBackend(model)
+    return TransformersBackend(model)
 
