@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from faithforge.core.errors import USER_ERRORS, validation_message
+from faithforge.core.errors import USER_ERRORS, given_input, validation_message
 from faithforge.core.strict_yaml import clip
 
 #: The longest error line the CLI prints (a message listing many problems is cut there, never a value dumped).
@@ -48,7 +48,7 @@ def _validation_line(exc) -> str:
     parts = []
     for err in exc.errors():
         where = ".".join(str(p) for p in err.get("loc", ())) or exc.title
-        parts.append(f"{where}: {validation_message(err)} (got {clip(err.get('input'))})")
+        parts.append(f"{where}: {validation_message(err)}{given_input(err)}")
     return "invalid value: " + "; ".join(parts)
 
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from faithforge.core.backend_registry import BACKENDS
-from faithforge.core.errors import UserError
+from faithforge.core.errors import UserError, validation_message
 from faithforge.core.judge_registry import DEFAULT_JUDGE, JUDGES
 
 if TYPE_CHECKING:
@@ -205,7 +205,7 @@ def _judge_settings_options(names: list[str], run: dict | None = None, **setting
     except ValidationError as exc:
         first = exc.errors()[0]
         flag = _SETTINGS_FLAGS.get(first["loc"][0], str(first["loc"][0]).replace("_", "-"))
-        raise UserError(f"--{flag}: {first['msg']}") from None
+        raise UserError(f"--{flag}: {validation_message(first)}") from None
     try:  # a missing model, checkpoint or judge folder fails here, before any label is read
         options = judge_options(cfg, **(run or {}))
         if "llm" in names:  # its requests are made here: its key variable must be set here

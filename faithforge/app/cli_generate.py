@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from faithforge.core.errors import USER_ERRORS, UserError, validation_message
+from faithforge.core.errors import USER_ERRORS, UserError, given_input, validation_message
 from faithforge.core.settings import SettingsError
 from faithforge.core.backend_registry import BACKENDS
 from faithforge.generation.parameters import GenerateParameters
@@ -47,6 +47,8 @@ def _backend_option_flags(flags: list[str], backend: str, api_key_env: str | Non
     names `--backend`, which must declare settings of its own; a setting given both ways is one line."""
     from faithforge.app.settings_flags import settings_flags
 
+    if backend in BACKENDS.renamed:  # the parameters take the old name from a stored deployment; a person learns it
+        raise UserError("--backend: " + BACKENDS.unknown(backend))
     short = {"api_key_env": api_key_env, "api_key_secret": api_key_secret}
     given = [f"--{field.replace('_', '-')}" for field, value in short.items() if value is not None]
     if given and backend != "openai":
@@ -61,6 +63,16 @@ def _backend_option_flags(flags: list[str], backend: str, api_key_env: str | Non
                           chosen_flag="--backend", example="ollama.keep_alive=1h")
 
 
+def _as_typed(message: str, api_key_env: str | None, api_key_secret: str | None) -> str:
+    """`message` about the openai key's settings named as the short flag that set them, when one did."""
+    for field, value in (("api_key_env", api_key_env), ("api_key_secret", api_key_secret)):
+        if value is not None:
+            message = message.replace(f"--backend-option openai: {field}", f"--{field.replace('_', '-')}")
+    if api_key_env is not None or api_key_secret is not None:
+        message = message.replace("in api_key_secret)", "with --api-key-secret)")
+    return message
+
+
 def parameter_problems(exc: ValidationError) -> str:
     """Pydantic's errors as one line, each named by its command-line option."""
     parts = []
@@ -68,7 +80,8 @@ def parameter_problems(exc: ValidationError) -> str:
         field = str(err["loc"][0]) if err["loc"] else "options"
         message = validation_message(err)
         message = message[:1].lower() + message[1:]
-        parts.append(f"{option_name(field)}: {message} (got {err.get('input')!r})")
+        joint = " " if field == "backend_options" and err["type"] == "value_error" else ": "  # "NAME: problem"
+        parts.append(f"{option_name(field)}{joint}{message}{given_input(err)}")
     return "; ".join(parts)
 
 
@@ -117,7 +130,8 @@ def generate(
                                     gpu_profile=gpu_profile, use_gpu_gate=not no_gate, limit=limit,
                                     unload_after=unload_after)
     except ValidationError as exc:
-        console.print(f"[red]error:[/red] {escape(parameter_problems(exc))}", soft_wrap=True, highlight=False)
+        said = _as_typed(parameter_problems(exc), api_key_env, api_key_secret)
+        console.print(f"[red]error:[/red] {escape(said)}", soft_wrap=True, highlight=False)
         raise typer.Exit(2) from None
     except USER_ERRORS as exc:  # a malformed --backend-option
         console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
@@ -132,7 +146,7 @@ def generate(
         if isinstance(exc, GenerationFailed) and exc.result is not None:
             _print_summary(console, exc.result, params.backend)
         if isinstance(exc, SettingsError) and exc.where.startswith("backend_options."):  # as the flag that sets it
-            exc = UserError(f"--backend-option {exc.entry}: {exc.problem}")
+            exc = UserError(_as_typed(f"--backend-option {exc.entry}: {exc.problem}", api_key_env, api_key_secret))
         console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True, highlight=False)
         raise typer.Exit(exc.exit_code) from None
     _print_summary(console, result, params.backend)

@@ -24,6 +24,7 @@ from faithforge.backends.http import (Deadline, HttpOptions, json_object, lines_
                                       server_count, translate_transport_errors, with_retries)
 from faithforge.backends.negotiation import OLLAMA_MODES, FormatNegotiator, NegotiatedChat
 from faithforge.core.backend_registry import DEFAULT_OLLAMA_URL
+from faithforge.core.strict_yaml import clip
 
 _NS = 1e-9
 
@@ -218,7 +219,7 @@ def release_gpu(base_url: str, models: list[str]) -> list[str]:
 class Options(BaseModel):
     """The Ollama backend's own settings (`backend_options.ollama`)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False)
 
     keep_alive: str | int = "30m"
     """How long Ollama keeps the model loaded after a request: a duration with a unit (`30m`, `1h30m`), whole
@@ -231,19 +232,20 @@ class Options(BaseModel):
         """Ollama reads a string with Go's `time.ParseDuration`, which refuses a number without a unit (an HTTP 400
         on the first request), and a JSON number as seconds: whole seconds given as text (every value from the
         command line is text) are sent as a number, and a string that is not a Go duration is refused here."""
-        if isinstance(value, bool):  # YAML `false` would be 0: unload after every request
-            raise ValueError("a duration (30m, 1h) or whole seconds (-1: for ever), not true/false")
+        what = "write a duration with a unit (30m, 1h30m, 90s) or whole seconds (3600; 0 unloads at once, -1 keeps it)"
+        if isinstance(value, bool) or not isinstance(value, (str, int)):  # YAML `false` would be 0: unload each time
+            raise ValueError(f"not a duration ({type(value).__name__}): {what}")
         if isinstance(value, str) and re.fullmatch(r"[+-]?[0-9]+", value.strip()):
             return int(value)
         if isinstance(value, str) and not _GO_DURATION.fullmatch(value.strip()):
-            raise ValueError(f"{value!r} is not a duration: write one with a unit (30m, 1h30m, 90s) or whole "
-                             "seconds (3600; -1 for ever)")
+            raise ValueError(f"{clip(value, 40)} is not a duration: {what}")
         return value.strip() if isinstance(value, str) else value
 
 
-#: A Go duration (`time.ParseDuration`): an optional sign, then one or more numbers each with its unit.
-_GO_DURATION = re.compile(r"[+-]?([0-9]+(\.[0-9]*)?|\.[0-9]+)(ns|us|µs|ms|s|m|h)(([0-9]+(\.[0-9]*)?|\.[0-9]+)"
-                          r"(ns|us|µs|ms|s|m|h))*")
+#: A Go duration (`time.ParseDuration`): an optional sign, then one or more numbers each with its unit (Go takes
+#: microseconds as `us`, `µs` U+00B5 or `μs` U+03BC).
+_UNIT = "(ns|us|\u00b5s|\u03bcs|ms|s|m|h)"
+_GO_DURATION = re.compile(rf"[+-]?(([0-9]+(\.[0-9]*)?|\.[0-9]+){_UNIT})+")
 
 
 def build(model: str, options: BackendOptions) -> "OllamaBackend":

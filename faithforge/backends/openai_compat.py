@@ -15,6 +15,7 @@ never printed.
 from __future__ import annotations
 
 import os
+import re
 from typing import Annotated, Any
 
 import httpx
@@ -157,7 +158,7 @@ class Options(BaseModel):
     """The OpenAI-compatible backend's own settings (`backend_options.openai`): where its API key is. The key itself
     is never a setting (it would be stored with the run's parameters)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False)
 
     api_key_env: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] | None = None
     """The environment variable holding the API key (e.g. OPENAI_API_KEY). Empty: no key is sent (a local server)."""
@@ -174,9 +175,13 @@ class Options(BaseModel):
 
 def check_settings(settings: Options) -> None:
     """Refuse, before a run, a key variable that is empty here with no Secret block to fall back on."""
-    if settings.api_key_env and not settings.api_key_secret and not os.environ.get(settings.api_key_env):
-        raise UserError(f"api_key_env {settings.api_key_env}: that environment variable is empty; export the API key "
-                        "there (or name a Prefect Secret block in api_key_secret)")
+    name = settings.api_key_env
+    if name and not settings.api_key_secret and not os.environ.get(name):
+        # a variable's name is upper case by convention; anything else may be a key pasted in its place: not echoed
+        shown = name if re.fullmatch(r"[A-Z_][A-Z0-9_]{0,63}", name) else ("(not an upper-case name: it takes the "
+                                                                         "variable's name, not the key)")
+        raise UserError(f"api_key_env {shown}: that environment variable is empty; export the API key there (or "
+                        "name a Prefect Secret block in api_key_secret)")
 
 
 def build(model: str, options: BackendOptions) -> OpenAICompatBackend:

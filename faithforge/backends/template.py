@@ -72,7 +72,7 @@ def _model_backends() -> str:
 class Options(BaseModel):
     """The template teacher's own settings (`backend_options.template`)."""
 
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True, allow_inf_nan=False)
 
     delay_s: float = Field(0.0, ge=0, le=3_600)
     """Seconds per request: simulates a model in tests and benchmarks of slow generation."""

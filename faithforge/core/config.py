@@ -25,8 +25,7 @@ from faithforge.core.backend_registry import (BACKENDS, PLAIN_SAMPLING, BackendN
                                               ServerBackendName, ServerBackendSettingsByName)
 from faithforge.core.judge_registry import (DEFAULT_JUDGE, JUDGE_RULES, JUDGES, JudgeName, JudgeSettingsByName,
                                             SampleJudgeName)
-from faithforge.core.errors import ConfigError, UserError, validation_message
-from faithforge.core.strict_yaml import clip
+from faithforge.core.errors import ConfigError, UserError, given_input, validation_message
 from faithforge.core.registry import choices_described
 
 #: The largest config file read (a configuration is a few kilobytes).
@@ -769,7 +768,7 @@ def format_validation_error(model: type[BaseModel], exc: ValidationError) -> lis
             known = _known_fields(model, loc)
             problems.append(f"{where}: unknown option; known options here: {', '.join(known)}")
         else:
-            problems.append(f"{where}: {validation_message(err)} (got {clip(err.get('input'))})")
+            problems.append(f"{where}: {validation_message(err)}{given_input(err)}")
     return problems
 
 

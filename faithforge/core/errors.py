@@ -87,6 +87,20 @@ def _same_problem_groups(source: str, problems: list[str], lines_shown: int = 5)
     return merged
 
 
+#: Config fields holding an entry's own settings: a value there may be a secret (a key a user pasted where a
+#: variable's name goes, a third-party backend's token), so a message about it never quotes what was given.
+SETTINGS_FIELDS = ("backend_options", "llm_backend_options", "served_backend_options", "judge_options")
+
+
+def given_input(error: dict) -> str:
+    """" (got X)" for a pydantic error, the input clipped; nothing for a value among an entry's own settings."""
+    from faithforge.core.strict_yaml import clip
+
+    if any(part in SETTINGS_FIELDS for part in error.get("loc", ())):
+        return ""
+    return f" (got {clip(error.get('input'))})"
+
+
 def validation_message(error: dict) -> str:
     """One pydantic error's message for a person: a validator's own words (which say what to fix) without
     pydantic's "Value error, " prefix."""

@@ -61,10 +61,11 @@ class Registry(Generic[E]):
         except (KeyError, TypeError):
             raise UserError(self.unknown(name)) from None
 
-    def unknown(self, name: object, label: str = "", choices: str = "") -> str:
+    def unknown(self, name: object, label: str = "", choices: str = "",
+                allowed: Callable[[str], bool] | None = None) -> str:
         """What to say about `name`, which is not a registered `label` (default: the kind): its new name if it was
-        renamed, else the choices (default: every name)."""
-        if isinstance(name, str) and name in self.renamed:
+        renamed (and the new one is `allowed` where it was written), else the choices (default: every name)."""
+        if isinstance(name, str) and name in self.renamed and (allowed is None or allowed(self.renamed[name])):
             return f"the {label or self.kind} {name!r} is now called {self.renamed[name]!r}; write {self.renamed[name]}"
         return f"unknown {label or self.kind} {name!r}; choose one of {choices or ', '.join(self._entries)}"
 
@@ -132,7 +133,8 @@ def registered_name(registry: Registry, where: Callable[[Any], bool] | None = No
             if not any(where is None or where(entry) for entry in registry):
                 raise ValueError(f"unknown {label} {value!r}: none is registered" + (f"; {when_none}" if when_none
                                                                                    else ""))
-            raise ValueError(registry.unknown(value, label, registry.choices(where)))
+            raise ValueError(registry.unknown(value, label, registry.choices(where),
+                                              allowed=lambda new: where is None or where(registry.get(new))))
         return value
 
     return Annotated[str, AfterValidator(check), _EnumFromRegistry(registry, where)]

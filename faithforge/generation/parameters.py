@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from faithforge.core.backend_registry import BACKENDS, BackendName, BackendSettingsByName
 from faithforge.core.registry import choices_described
@@ -80,20 +80,39 @@ class GenerateParameters(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _moved_settings(cls, given: Any) -> Any:
-        """The fields that became a backend's own settings (2026-12-07), as a deployment or a schedule made before
-        then still sends them (it stored every field): each moved to `backend_options` (its default dropped), and
-        the backend then called `local` named `transformers`, so those runs keep working. A person who writes
-        `local` today is told the new name instead."""
-        if not isinstance(given, dict) or not set(MOVED_TO_BACKEND) & set(given):
+        """What a deployment or a schedule made before 2026-12-07 still sends: the backend then called `local`
+        (now `transformers`; the CLI tells a person the new name instead), and the fields that became a backend's own
+        settings, each moved to `backend_options` when it belongs to the run's backend (the others were ignored
+        then, and are dropped), its default dropped, so those runs keep working."""
+        if not isinstance(given, dict):
             return given
-        given, options = dict(given), {k: dict(v or {}) for k, v in (given.get("backend_options") or {}).items()}
-        for old, (backend, field) in MOVED_TO_BACKEND.items():
-            value = given.pop(old, None)
-            if value not in (None, 0, 0.0, ""):
-                options.setdefault(backend, {}).setdefault(field, value)
+        given = dict(given)
         if given.get("backend") in BACKENDS.renamed:
             given["backend"] = BACKENDS.renamed[given["backend"]]
+        options = given.get("backend_options") or {}
+        if not set(MOVED_TO_BACKEND) & set(given) or not isinstance(options, dict) or not all(
+                isinstance(entry, dict) or entry is None for entry in options.values()):
+            return given  # nothing moved, or settings pydantic refuses with its own message
+        options = {name: dict(entry or {}) for name, entry in options.items()}
+        for old, (backend, field) in MOVED_TO_BACKEND.items():
+            value = given.pop(old, None)
+            if value not in (None, 0, 0.0, "") and backend == given.get("backend"):
+                options.setdefault(backend, {}).setdefault(field, value)
         return {**given, "backend_options": options}
+
+    @field_validator("backend_options")
+    @classmethod
+    def _settings_checked(cls, options: dict) -> dict:
+        """Each entry's fields checked against its backend's `Options` here, so a deployment is never made with
+        settings every run would refuse (its key variable is checked where the run starts)."""
+        from faithforge.backends import check_backend_options
+        from faithforge.core.settings import SettingsError
+
+        try:
+            check_backend_options(options, ())
+        except SettingsError as exc:
+            raise ValueError(f"{exc.entry}: {exc.problem}") from None
+        return options
 
 
 #: Fields of these parameters that moved to a backend's own settings: old name → (backend, its setting).

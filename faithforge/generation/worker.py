@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spec", required=True, help="generation spec YAML")
     p.add_argument("--db", required=True, help="coverage database URL (sqlite:///x.db, postgresql://...)")
     p.add_argument("--out", required=True, help="folder the example files are written to")
-    p.add_argument("--backend", default=_default("backend"), choices=BACKENDS.names())
+    p.add_argument("--backend", default=_default("backend"), choices=[*BACKENDS.names(), *BACKENDS.renamed],
+                   help="a renamed backend's old name (local) is read as its new one")
     p.add_argument("--model", default=_default("model"))
     p.add_argument("--base-url", default=None)
     p.add_argument("--target", type=int, default=None, help="total examples (default: the spec's targets)")
@@ -53,8 +54,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.delay and args.backend != "template" or args.delay < 0:  # the template teacher's delay_s setting
-        print("error: --delay is the template backend's seconds per request: a number ≥ 0 with --backend template",
+    if args.delay and args.backend != "template" or not 0 <= args.delay <= 3600:  # the template teacher's delay_s
+        print("error: --delay is the template backend's seconds per request: 0 to 3600 with --backend template",
               file=sys.stderr)
         return 2
     try:

@@ -34,6 +34,11 @@ def check_pipeline_inputs(cfg: PipelineConfig, model_folder: bool = True) -> Wor
     `model_folder=False`: every check but the model folder's (`check_model_folder`), for a caller that imports the
     model next: `demo --real` imported SmolLM2 (517 MB, ~15 s) before it found an empty documents file or an nli
     judge without a checkpoint (an attack, 2026-12-07)."""
+    from faithforge.evaluation.judge_options import declared_options
+
+    # settings by name first: a typo there needs no workspace, and refused, leaves none behind (an attack, 2026-12-07)
+    check_backend_settings(cfg)
+    declared_options(cfg.evaluate)  # every judge_options entry, in use or not: a typo fails now
     workspace = Workspace.open(cfg.workspace)
     from faithforge.core.store import Store
 
@@ -55,12 +60,11 @@ def check_pipeline_inputs(cfg: PipelineConfig, model_folder: bool = True) -> Wor
             raise UserError(f"pairs.score_by is judge-score but the pairs judge ({', '.join(chooser)}) gives no support "
                             f"score; choose one of {JUDGES.choices(lambda kind: kind.graded)} as pairs.judge, or "
                             "pairs.score_by: verdict")
-    from faithforge.evaluation.judge_options import declared_options, judge_options, pairs_judge_settings
+    from faithforge.evaluation.judge_options import judge_options, pairs_judge_settings
 
     judge_options(cfg.evaluate)  # nli without a checkpoint, llm without a model: before any training
     if cfg.pairs.builder == "on-policy" and cfg.pairs.judge:
         judge_options(pairs_judge_settings(cfg))  # the pairs judge's too: the pairs stage comes before training
-    declared_options(cfg.evaluate)  # every judge_options entry, in use or not: a typo fails now
     check_offload_storage(cfg)
     if cfg.train.report_to:
         from faithforge.training.tracking import check_trackers
@@ -79,7 +83,6 @@ def check_pipeline_inputs(cfg: PipelineConfig, model_folder: bool = True) -> Wor
             # an offload pool's machine (its address may be that machine's), nor generation's (it runs first).
             if option != "generate.base_url" and not cfg.gpu.offload_pool:
                 check_server_answers(option, url, "the " + option.split(".")[0] + " stage")
-    check_backend_settings(cfg)
     check_data_files(cfg)
     if not BACKENDS.get(cfg.generate.backend).built_in_task:
         from faithforge.generation.spec import load_spec

@@ -471,8 +471,15 @@ def test_a_backend_settings_refusal_names_the_flag_and_never_the_value(tmp_path,
                               "FF_TEST_NEVER_SET_KEY")(tmp_path)
     monkeypatch.delenv("FF_TEST_NEVER_SET_KEY", raising=False)
     code, output = run_cli(argv, env, monkeypatch, capsys)
-    assert code == 2 and "--backend-option openai: api_key_env FF_TEST_NEVER_SET_KEY: that environment variable is " \
-                         "empty" in output, output
+    assert code == 2 and "--api-key-env FF_TEST_NEVER_SET_KEY: that environment variable is empty" in output, output
+    assert "with --api-key-secret" in output  # named as the flags that set them
+    argv, env = _generate_row("--backend", "openai", "--base-url", "http://127.0.0.1:9/v1", "--api-key-env",
+                              "gsk_pasted_key_1234567890")(tmp_path)  # a key where the variable's name goes
+    code, output = run_cli(argv, env, monkeypatch, capsys)
+    assert code == 2 and "gsk_pasted" not in output and "not the key" in output, output
+    code, output = run_cli(["demo", "-w", str(tmp_path / "ws"), "--set", "generate.backend_options.openai=sk-SECRET3"],
+                           {}, monkeypatch, capsys)
+    assert code == 2 and "sk-SECRET3" not in output and "generate.backend_options.openai" in output, output
 
 
 def _check_bad_input(name: str, argv, env, tmp_path, monkeypatch, capsys, limit_chars: int = 300) -> None:

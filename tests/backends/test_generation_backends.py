@@ -319,6 +319,7 @@ def test_a_backends_own_settings_reach_its_requests_through_make_backend(monkeyp
                                                      "environment variable is empty"),
     ("openai", {"api_key_env": "not a name"}, "backend_options.openai: api_key_env"),
     ("template", {"delay_s": -1}, "backend_options.template: delay_s: Input should be greater than or equal to 0"),
+    ("template", {"delay_s": "nan"}, "backend_options.template: delay_s: Input should be a finite number"),
     ("transformers", {"device": "cpu"}, "backend_options.transformers: the transformers backend has no settings of "
                                         "its own"),
 ])
@@ -332,7 +333,8 @@ def test_a_bad_backend_setting_is_one_line_naming_the_field(name, settings, says
     assert says in str(err.value) and "\n" not in str(err.value)
 
 
-@pytest.mark.parametrize("given, sent", [("1h30m", "1h30m"), ("3600", 3600), ("-1", -1), (0, 0), ("90s", "90s")])
+@pytest.mark.parametrize("given, sent", [("1h30m", "1h30m"), ("3600", 3600), ("-1", -1), (0, 0), ("90s", "90s"),
+                                         ("1\u00b5s", "1\u00b5s"), ("1\u03bcs", "1\u03bcs"), (".5h", ".5h")])
 def test_ollama_keep_alive_is_sent_as_ollama_reads_it(given, sent):
     """Ollama parses a string with Go's `time.ParseDuration` (a bare number is refused with HTTP 400) and a number
     as seconds: every value from the command line is a string, so whole seconds are sent as a number."""
@@ -341,7 +343,7 @@ def test_ollama_keep_alive_is_sent_as_ollama_reads_it(given, sent):
     assert backend_settings("ollama", {"keep_alive": given}).keep_alive == sent
 
 
-@pytest.mark.parametrize("given", ["1.5", "soon", "1h 30m", True, ""])
+@pytest.mark.parametrize("given", ["1.5", "soon", "1h 30m", True, "", None, 1.5, [1], "9" * 30 + "x"])
 def test_ollama_keep_alive_that_ollama_would_refuse_is_refused_before_the_run(given):
     from faithforge.backends import backend_settings
     from faithforge.core.errors import UserError

@@ -264,11 +264,11 @@ def test_a_backend_registered_once_is_accepted_by_config_cli_and_form(throwaway_
     """Its name and its own settings (`backend_options`, `--backend-option`) need no config field or flag: the
     config, the CLI, the preflight and the UI form read the registration and its module's `Options`."""
     from prefect.utilities.callables import parameter_schema
+    from pydantic import ValidationError
 
     from faithforge.app.cli import _register_subcommands, app
     from faithforge.core.config import load_config
     from faithforge.core.errors import UserError
-    from faithforge.generation import job
     from faithforge.generation.parameters import GenerateParameters
     from faithforge.flows.generate import generate_flow
     from faithforge.stages.preflight import check_pipeline_inputs
@@ -289,14 +289,14 @@ def test_a_backend_registered_once_is_accepted_by_config_cli_and_form(throwaway_
     for given, says in [({"voic": "x"}, "backend_options.echo-teacher: unknown setting voic; the echo-teacher backend "
                                          "takes voice"),
                         ({"voice": ""}, "backend_options.echo-teacher: voice: String should have at least 1 character")]:
-        with pytest.raises(UserError, match=re.escape(says)):  # the flow's own check, before any work
-            job.validate(GenerateParameters(spec=str(spec), backend=throwaway_backend, workspace=str(tmp_path / "no"),
-                                            backend_options={throwaway_backend: given}))
+        with pytest.raises(ValidationError, match=re.escape(says.replace("backend_options.", ""))):  # when made
+            GenerateParameters(spec=str(spec), backend=throwaway_backend, workspace=str(tmp_path / "no"),
+                               backend_options={throwaway_backend: given})
         cfg = load_config(None, overrides={"workspace": str(tmp_path / "pipeline"), "generate": {
             "backend": throwaway_backend, "backend_options": {throwaway_backend: given}}}, environ={})
         with pytest.raises(UserError, match=re.escape(says.replace("backend_options", "generate.backend_options"))):
             check_pipeline_inputs(cfg)
-    assert not (tmp_path / "no").exists()
+    assert not (tmp_path / "no").exists() and not (tmp_path / "pipeline").exists()  # refused before any workspace
 
     _register_subcommands()
     module = sys.modules["throwaway_backend"]
@@ -569,3 +569,9 @@ def test_the_backend_once_called_local_is_named_anew_and_a_stored_deployment_sti
               "template_delay_s": 0.0}
     assert GenerateParameters.model_validate(stored).backend == "transformers"
     assert "local" not in BACKENDS and BACKENDS.renamed == {"local": "transformers"}
+    # where the new name is not allowed either (the LLM judge talks to a server), the choices, not the new name
+    with pytest.raises(ConfigError, match=re.escape("unknown server backend 'local'; choose one of ollama, openai")):
+        load_config(None, overrides={"evaluate": {"llm_backend": "local"}}, environ={})
+    result = CliRunner().invoke(app, ["generate", "--spec", str(ROOT / "configs" / "specs" / "grounded-summaries.yaml"),
+                                      "--backend", "local", "--api-key-env", "K", "--workspace", str(tmp_path / "ws")])
+    assert result.exit_code == 2 and says in result.output  # the rename before anything said about its flags

@@ -301,13 +301,20 @@ def test_a_deployment_made_before_the_backend_settings_moved_still_runs(tmp_path
     assert GenerateParameters.model_validate(stored).backend_options == {}
     moved = GenerateParameters.model_validate({**stored, "backend": "openai", "api_key_env": "OPENAI_API_KEY",
                                                "template_delay_s": 0.5, "backend_options": {"openai": None}})
-    assert moved.backend_options == {"openai": {"api_key_env": "OPENAI_API_KEY"}, "template": {"delay_s": 0.5}}
-    kept = GenerateParameters.model_validate({**stored, "api_key_env": "OLD",
+    assert moved.backend_options == {"openai": {"api_key_env": "OPENAI_API_KEY"}}  # the delay was the template's
+    ignored = GenerateParameters.model_validate({**stored, "backend": "ollama", "api_key_env": "$OPENAI_API_KEY"})
+    assert ignored.backend_options == {}  # ignored by Ollama then: not a setting that would now refuse the run
+    assert GenerateParameters.model_validate({"spec": "s.yaml", "backend": "local"}).backend == "transformers"
+    with pytest.raises(Exception, match="Input should be a valid dictionary"):  # a validation error, no traceback
+        GenerateParameters.model_validate({**stored, "api_key_env": "A", "backend_options": {"openai": 5}})
+    with pytest.raises(Exception, match=r"template: delay_s: Input should be greater than or equal to 0"):
+        GenerateParameters.model_validate({**stored, "template_delay_s": -1})  # refused when made, as before
+    kept = GenerateParameters.model_validate({**stored, "backend": "openai", "api_key_env": "OLD",
                                               "backend_options": {"openai": {"api_key_env": "NEW"}}})
     assert kept.backend_options["openai"]["api_key_env"] == "NEW"  # the new field wins
 
 
-@pytest.mark.parametrize("flags", [["--delay", "-1"], ["--backend", "ollama", "--delay", "2"]])
+@pytest.mark.parametrize("flags", [["--delay", "-1"], ["--delay", "nan"], ["--backend", "ollama", "--delay", "2"]])
 def test_the_workers_delay_is_the_template_teachers_and_never_negative(flags, tmp_path, capsys):
     from faithforge.generation import worker
 
