@@ -13,8 +13,7 @@ import os
 from pathlib import Path
 from types import TracebackType
 
-from faithforge.core.errors import USER_ERRORS, given_input, validation_message
-from faithforge.core.strict_yaml import clip
+from faithforge.core.errors import USER_ERRORS, clip, given_input, validation_message
 
 #: The longest error line the CLI prints (a message listing many problems is cut there, never a value dumped).
 MAX_LINE = 2000

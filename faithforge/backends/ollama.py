@@ -24,7 +24,7 @@ from faithforge.backends.http import (Deadline, HttpOptions, json_object, lines_
                                       server_count, translate_transport_errors, with_retries)
 from faithforge.backends.negotiation import OLLAMA_MODES, FormatNegotiator, NegotiatedChat
 from faithforge.core.backend_registry import DEFAULT_OLLAMA_URL
-from faithforge.core.strict_yaml import clip
+from faithforge.core.errors import clip
 
 _NS = 1e-9
 

@@ -92,10 +92,25 @@ def _same_problem_groups(source: str, problems: list[str], lines_shown: int = 5)
 SETTINGS_FIELDS = ("backend_options", "llm_backend_options", "served_backend_options", "judge_options")
 
 
+#: The longest text `clip` lets through: error messages quote at most this much of a bad value.
+QUOTE_LIMIT_CHARS = 120
+
+
+def clip(value: object, limit: int = QUOTE_LIMIT_CHARS) -> str:
+    """`repr(value)`, cut to `limit` characters with how long it was (a bad value is quoted, never dumped)."""
+    if isinstance(value, str) and len(value) > 4 * limit:
+        text = repr(value[: 4 * limit])  # never repr a huge string whole
+        size = len(value)
+    else:
+        text = repr(value)
+        size = len(text)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… ({size:,} characters)"
+
+
 def given_input(error: dict) -> str:
     """" (got X)" for a pydantic error, the input clipped; nothing for a value among an entry's own settings."""
-    from faithforge.core.strict_yaml import clip
-
     if any(part in SETTINGS_FIELDS for part in error.get("loc", ())):
         return ""
     return f" (got {clip(error.get('input'))})"

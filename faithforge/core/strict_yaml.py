@@ -14,30 +14,15 @@ import re
 
 import yaml
 
-from faithforge.core.errors import UserError
+from faithforge.core.errors import UserError, clip
 
 #: The most values (scalars, lists, mappings) a document may hold once its aliases are expanded.
 MAX_NODES = 100_000
-#: The longest text `clip` lets through: error messages quote at most this much of a bad value.
-QUOTE_CHARS = 120
 
 _BOOL = re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$")
 _INT = re.compile(r"^(?:[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+)$")
 _FLOAT = re.compile(r"^(?:[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$")
 _NULL = re.compile(r"^(?:~|null|Null|NULL|)$")
-
-
-def clip(value: object, limit: int = QUOTE_CHARS) -> str:
-    """`repr(value)`, cut to `limit` characters with how long it was (a bad value is quoted, never dumped)."""
-    if isinstance(value, str) and len(value) > 4 * limit:
-        text = repr(value[: 4 * limit])  # never repr a huge string whole
-        size = len(value)
-    else:
-        text = repr(value)
-        size = len(text)
-    if len(text) <= limit:
-        return text
-    return f"{text[:limit]}… ({size:,} characters)"
 
 
 class _Loader(yaml.SafeLoader):
