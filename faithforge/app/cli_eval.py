@@ -132,8 +132,8 @@ def _choose(candidates: list[Judge], examples, *, labels: Path, holdout: float, 
 
 def _calibration_judges(judge: list[str], *, checkpoint: str | None = None, supported_label: int | None = None,
                         trust_remote_code: bool = False, llm_backend: str, llm_model: str, llm_base_url: str | None,
-                        llm_backend_options: dict[str, dict] | None = None, likelihood_model: str | None = None, trained_judge: str | None = None,
-                        judge_options: dict[str, dict] | None = None, run: dict | None = None) -> Judge:
+                        llm_backend_options: dict[str, dict] | None = None, likelihood_model: str | None = None,
+                        trained_judge: str | None = None, judge_options: dict[str, dict] | None = None, run: dict | None = None) -> Judge:
     """The judges `--judge` names, built with their options the way a run builds them (`evaluate` settings and
     `judge_options` → each judge's `Options` or `options_from_config`); nli-only options on other judges are an
     error."""

@@ -158,5 +158,6 @@ class BackendOptions:
     http: Any = None
     """`HttpOptions` (timeouts, retries) for server backends; None: the defaults."""
     settings: Any = None
-    """The backend's own `Options`, validated (a backend registered with `own_settings`); None for the others."""
+    """The backend's own `Options`, validated (a backend registered with `own_settings`: `make_backend` fills in
+    its defaults when none are given); None for the others."""
 

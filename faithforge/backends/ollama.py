@@ -250,7 +250,6 @@ _GO_DURATION = re.compile(rf"[+-]?(([0-9]+(\.[0-9]*)?|\.[0-9]+){_UNIT})+")
 
 def build(model: str, options: BackendOptions) -> "OllamaBackend":
     """The registered builder (`faithforge.core.backend_registry`)."""
-    settings = options.settings if options.settings is not None else Options()
     return OllamaBackend(model, base_url=options.base_url or DEFAULT_OLLAMA_URL, num_ctx=options.num_ctx,
-                         keep_alive=settings.keep_alive, stream=options.stream, http=options.http)
+                         keep_alive=options.settings.keep_alive, stream=options.stream, http=options.http)
 

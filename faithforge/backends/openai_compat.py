@@ -188,7 +188,6 @@ def build(model: str, options: BackendOptions) -> OpenAICompatBackend:
     """The registered builder (`faithforge.core.backend_registry`)."""
     if not options.base_url:
         raise UserError("the openai backend needs --base-url (the server root that serves /v1/chat/completions)")
-    settings = options.settings if options.settings is not None else Options()
-    return OpenAICompatBackend(model, base_url=options.base_url, api_key_env=settings.api_key_env,
-                               api_key_secret=settings.api_key_secret, stream=options.stream, http=options.http)
+    return OpenAICompatBackend(model, base_url=options.base_url, api_key_env=options.settings.api_key_env,
+                               api_key_secret=options.settings.api_key_secret, stream=options.stream, http=options.http)
 

@@ -80,6 +80,5 @@ class Options(BaseModel):
 
 def build(model: str, options: BackendOptions) -> TemplateBackend:
     """The registered builder (`faithforge.core.backend_registry`)."""
-    settings = options.settings if options.settings is not None else Options()
-    return TemplateBackend(model or "template-teacher", delay_s=settings.delay_s)
+    return TemplateBackend(model or "template-teacher", delay_s=options.settings.delay_s)
 

@@ -7,8 +7,9 @@ Adding a backend is one new module plus one `BACKENDS.register(...)` line here. 
 `check_spec(spec) -> None` to refuse, before a run, a generation spec it cannot write; a backend registered with
 `releases_gpu` defines `release_gpu(base_url, models) -> list[str]` (unload those models, return their names). A
 backend registered with `own_settings` declares `Options` (a pydantic model: its settings, which users set in
-`generate.backend_options[<name>]` or `evaluate.backend_options[<name>]` and the UI form shows as fields) and reads
-them as `options.settings` in `build`; it may define `check_settings(settings) -> None` to refuse, before a run,
+`backend_options[<name>]` of the generation parameters or the `generate` section, or in
+`evaluate.llm_backend_options` / `served_backend_options`, and the UI form shows as fields) and reads them as
+`options.settings` in `build`; it may define `check_settings(settings) -> None` to refuse, before a run,
 what its model cannot check alone (an environment variable that is empty here).
 """
 
@@ -90,6 +91,8 @@ PLAIN_SAMPLING = {
 BackendName = registered_name(BACKENDS)
 #: A config field naming a backend that talks to a server (an LLM judge's, a served model's).
 ServerBackendName = registered_name(BACKENDS, where=lambda kind: kind.server, what="server backend")
+
+
 def settings_by_name(where: Callable[[BackendKind], bool] = lambda kind: True, what: str = "backend") -> Any:
     """The type of a `backend_options` field: settings by the name of a backend with settings of its own that
     `where` accepts (the backends that field's section can use), each checked against that backend's `Options`

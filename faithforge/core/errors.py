@@ -87,11 +87,6 @@ def _same_problem_groups(source: str, problems: list[str], lines_shown: int = 5)
     return merged
 
 
-#: Config fields holding an entry's own settings: a value there may be a secret (a key a user pasted where a
-#: variable's name goes, a third-party backend's token), so a message about it never quotes what was given.
-SETTINGS_FIELDS = ("backend_options", "llm_backend_options", "served_backend_options", "judge_options")
-
-
 #: The longest text `clip` lets through: error messages quote at most this much of a bad value.
 QUOTE_LIMIT_CHARS = 120
 
@@ -110,8 +105,10 @@ def clip(value: object, limit: int = QUOTE_LIMIT_CHARS) -> str:
 
 
 def given_input(error: dict) -> str:
-    """" (got X)" for a pydantic error, the input clipped; nothing for a value among an entry's own settings."""
-    if any(part in SETTINGS_FIELDS for part in error.get("loc", ())):
+    """" (got X)" for a pydantic error, the input clipped; nothing for a value among an entry's own settings (a
+    field named `*_options`: `judge_options`, `backend_options`, `llm_backend_options`, …), where a value may be a
+    secret (a key pasted where a variable's name goes, a third-party backend's token)."""
+    if any(str(part).endswith("_options") for part in error.get("loc", ())):
         return ""
     return f" (got {clip(error.get('input'))})"
 

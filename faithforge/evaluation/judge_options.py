@@ -96,9 +96,5 @@ def _own_settings(name: str, cfg) -> dict:
     if clash:  # the run's value would silently replace the user's setting
         raise TypeError(f"judge {name}'s Options declares {', '.join(clash)}, which the run hands it (run_inputs); "
                         "rename the field")
-    return _validated(name, model, dict(cfg.judge_options.get(name) or {}))
-
-
-def _validated(name: str, model, given: dict) -> dict:
-    """`given` checked against the judge's `Options` model: its keywords, or one line naming every bad field."""
-    return validated_settings(model, given, where=f"evaluate.judge_options.{name}", entry=name, kind="judge")
+    return validated_settings(model, cfg.judge_options.get(name), where=f"evaluate.judge_options.{name}", entry=name,
+                              kind="judge")

@@ -7,7 +7,6 @@ however it is started. No Prefect here.
 
 from __future__ import annotations
 
-
 from pathlib import Path
 from typing import Annotated, Any, Optional
 from urllib.parse import urlparse

@@ -14,7 +14,9 @@ import sys
 
 from pydantic import ValidationError
 
-from faithforge.core.errors import USER_ERRORS
+from faithforge.backends import backend_settings
+from faithforge.core.errors import USER_ERRORS, UserError
+from faithforge.core.settings import SettingsError
 from faithforge.generation import job
 from faithforge.core.backend_registry import BACKENDS
 from faithforge.generation.parameters import GenerateParameters
@@ -54,9 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.delay and args.backend != "template" or not 0 <= args.delay <= 3600:  # the template teacher's delay_s
-        print("error: --delay is the template backend's seconds per request: 0 to 3600 with --backend template",
-              file=sys.stderr)
+    try:  # --delay is the template teacher's own setting `delay_s`, its bounds checked by its `Options`
+        if args.delay and args.backend != "template":
+            raise UserError("applies to --backend template only")
+        backend_settings("template", {"delay_s": args.delay})
+    except UserError as exc:
+        problem = exc.problem if isinstance(exc, SettingsError) else str(exc)
+        print(f"error: --delay is the template backend's seconds per request: {problem}", file=sys.stderr)
         return 2
     try:
         params = GenerateParameters(spec=args.spec, backend=args.backend, model=args.model, base_url=args.base_url,
